@@ -1,0 +1,88 @@
+/* abi.h: every struct shared with Python (ebpflb/dataplane/bpf/abi.py mirrors each one,
+ * and tests/bpf/test_abi.py checks sizes and offsets). Addresses and ports are in
+ * network byte order, everything else in host order. Padding is written out because
+ * keys are hashed as raw bytes. A layout change renames the map (_v2). */
+#ifndef EBPFLB_ABI_H
+#define EBPFLB_ABI_H
+
+/* Service map key: one frontend (ClusterIP:port/proto, NodePort, external IP...). */
+struct lb4_key {
+	__be32 address;		/* frontend IPv4 address */
+	__be16 dport;		/* frontend port */
+	__u8 proto;		/* IPPROTO_TCP / IPPROTO_UDP */
+	__u8 pad;
+};
+
+/* Service map value. */
+struct lb4_service {
+	__u32 id;		/* frontend id: slot, reverse-NAT and stats index, 1..MAX_SERVICES-1 */
+	__u16 count;		/* backend slots usable by new flows (0 = no backend: drop) */
+	__u16 flags;		/* SVC_F_* */
+	__u32 affinity_timeout;	/* seconds of ClientIP affinity, 0 = none (reserved) */
+	__u32 pad;
+};
+
+/* Slot map key: the slot-th backend of a service, 0 <= slot < count. */
+struct lb4_slot_key {
+	__u32 svc_id;
+	__u32 slot;
+};
+
+/* Backend map value, keyed by a __u32 backend id (1..MAX_BACKENDS). A backend id
+ * belongs to one service: an entry that exists means "this endpoint is still part of
+ * svc_id", so established flows keep it while it stays, and re-select once it is gone. */
+struct lb4_backend {
+	__be32 address;		/* pod IPv4 address */
+	__be16 port;		/* pod port */
+	__u8 proto;
+	__u8 flags;		/* BE_F_* */
+	__u32 svc_id;		/* owning frontend id */
+};
+
+/* Reverse-NAT map value, keyed by a __u32 frontend id: what replies are rewritten to. */
+struct lb4_rnat {
+	__be32 address;		/* frontend address */
+	__be16 port;		/* frontend port */
+	__u16 pad;
+};
+
+/* Conntrack key: the packet's own 5-tuple, plus which side of the flow it describes. */
+struct ct4_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 dir;		/* CT_DIR_SERVICE: client -> frontend; CT_DIR_REPLY: backend -> client */
+	__u16 pad;
+};
+
+/* Conntrack value. */
+struct ct4_value {
+	__u64 created_ns;	/* bpf_ktime_get_ns() at flow creation */
+	__u64 last_seen_ns;	/* bpf_ktime_get_ns() at the last packet */
+	__u32 backend_id;
+	__u32 svc_id;
+	__be32 nat_address;	/* SERVICE: backend address; REPLY: frontend address */
+	__be16 nat_port;	/* SERVICE: backend port; REPLY: frontend port */
+	__u16 flags;		/* CT_F_* */
+};
+
+/* Per-frontend counters (per-CPU array indexed by frontend id). */
+struct lb_stats {
+	__u64 rx_packets;	/* client -> service packets translated */
+	__u64 rx_bytes;
+	__u64 tx_packets;	/* backend -> client replies reverse-translated */
+	__u64 tx_bytes;
+};
+
+_Static_assert(sizeof(struct lb4_key) == 8, "lb4_key");
+_Static_assert(sizeof(struct lb4_service) == 16, "lb4_service");
+_Static_assert(sizeof(struct lb4_slot_key) == 8, "lb4_slot_key");
+_Static_assert(sizeof(struct lb4_backend) == 12, "lb4_backend");
+_Static_assert(sizeof(struct lb4_rnat) == 8, "lb4_rnat");
+_Static_assert(sizeof(struct ct4_key) == 16, "ct4_key");
+_Static_assert(sizeof(struct ct4_value) == 32, "ct4_value");
+_Static_assert(sizeof(struct lb_stats) == 32, "lb_stats");
+
+#endif

@@ -1,0 +1,196 @@
+"""Python mirrors of bpf/lib/abi.h, consts.h and drop_reasons.h.
+
+The one place that knows byte order and packing: addresses and ports are stored in
+network byte order inside little-endian integers, so ``pack_ip4``/``htons`` convert.
+tests/bpf/test_abi.py checks every struct here against the compiled C.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import ipaddress
+import socket
+import sys
+
+# Map names (<= 15 chars); each is pinned as PIN_DIR/<name>.
+MAP_SERVICES = "ebpflb_svc4"
+MAP_SLOTS = "ebpflb_slot4"
+MAP_BACKENDS = "ebpflb_be4"
+MAP_REVNAT = "ebpflb_rnat4"
+MAP_CONNTRACK = "ebpflb_ct4"
+MAP_SVC_STATS = "ebpflb_svcstat"
+MAP_GLOBAL_STATS = "ebpflb_gstat"
+ALL_MAPS = (
+    MAP_SERVICES,
+    MAP_SLOTS,
+    MAP_BACKENDS,
+    MAP_REVNAT,
+    MAP_CONNTRACK,
+    MAP_SVC_STATS,
+    MAP_GLOBAL_STATS,
+)
+
+DEFAULT_PIN_DIR = "/sys/fs/bpf/ebpflb"
+DEFAULT_MAX_SERVICES = 65536
+DEFAULT_MAX_BACKENDS = 262144
+DEFAULT_MAX_CONNTRACK = 262144
+
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+IPPROTO_SCTP = 132
+
+
+class SvcFlag(enum.IntFlag):
+    """lb4_service.flags."""
+
+    CLUSTERIP = 0x0001
+    NODEPORT = 0x0002
+    EXTERNAL = 0x0004
+    LOADBALANCER = 0x0008
+
+
+class BackendFlag(enum.IntFlag):
+    """lb4_backend.flags."""
+
+    ACTIVE = 0x01
+    TERMINATING = 0x02
+
+
+class CtDir(enum.IntEnum):
+    """ct4_key.dir."""
+
+    SERVICE = 0
+    REPLY = 1
+
+
+class GlobalStat(enum.IntEnum):
+    """Indexes of the ebpflb_gstat per-CPU array."""
+
+    NEW_FLOW = 0
+    CT_HIT = 1
+    RESELECT = 2
+    REPLY = 3
+    NO_BACKEND = 4
+    FRAGMENT = 5
+    CT_FULL = 6
+
+
+GSTAT_MAX = 8
+
+
+class DropReason(enum.IntEnum):
+    """drop_reasons.h."""
+
+    NO_BACKEND = -1
+    BACKEND_MISSING = -2
+    CT_FULL = -3
+    WRITE = -4
+
+
+class Lb4Key(ctypes.Structure):
+    _fields_ = [
+        ("address", ctypes.c_uint32),
+        ("dport", ctypes.c_uint16),
+        ("proto", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8),
+    ]
+
+
+class Lb4Service(ctypes.Structure):
+    _fields_ = [
+        ("id", ctypes.c_uint32),
+        ("count", ctypes.c_uint16),
+        ("flags", ctypes.c_uint16),
+        ("affinity_timeout", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+    ]
+
+
+class Lb4SlotKey(ctypes.Structure):
+    _fields_ = [("svc_id", ctypes.c_uint32), ("slot", ctypes.c_uint32)]
+
+
+class Lb4Backend(ctypes.Structure):
+    _fields_ = [
+        ("address", ctypes.c_uint32),
+        ("port", ctypes.c_uint16),
+        ("proto", ctypes.c_uint8),
+        ("flags", ctypes.c_uint8),
+        ("svc_id", ctypes.c_uint32),
+    ]
+
+
+class Lb4Rnat(ctypes.Structure):
+    _fields_ = [("address", ctypes.c_uint32), ("port", ctypes.c_uint16), ("pad", ctypes.c_uint16)]
+
+
+class Ct4Key(ctypes.Structure):
+    _fields_ = [
+        ("saddr", ctypes.c_uint32),
+        ("daddr", ctypes.c_uint32),
+        ("sport", ctypes.c_uint16),
+        ("dport", ctypes.c_uint16),
+        ("proto", ctypes.c_uint8),
+        ("dir", ctypes.c_uint8),
+        ("pad", ctypes.c_uint16),
+    ]
+
+
+class Ct4Value(ctypes.Structure):
+    _fields_ = [
+        ("created_ns", ctypes.c_uint64),
+        ("last_seen_ns", ctypes.c_uint64),
+        ("backend_id", ctypes.c_uint32),
+        ("svc_id", ctypes.c_uint32),
+        ("nat_address", ctypes.c_uint32),
+        ("nat_port", ctypes.c_uint16),
+        ("flags", ctypes.c_uint16),
+    ]
+
+
+class LbStats(ctypes.Structure):
+    _fields_ = [
+        ("rx_packets", ctypes.c_uint64),
+        ("rx_bytes", ctypes.c_uint64),
+        ("tx_packets", ctypes.c_uint64),
+        ("tx_bytes", ctypes.c_uint64),
+    ]
+
+
+# struct name in abi.h -> ctypes mirror, for the layout test.
+C_STRUCTS: dict[str, type[ctypes.Structure]] = {
+    "lb4_key": Lb4Key,
+    "lb4_service": Lb4Service,
+    "lb4_slot_key": Lb4SlotKey,
+    "lb4_backend": Lb4Backend,
+    "lb4_rnat": Lb4Rnat,
+    "ct4_key": Ct4Key,
+    "ct4_value": Ct4Value,
+    "lb_stats": LbStats,
+}
+
+
+def pack_ip4(addr: ipaddress.IPv4Address | str) -> int:
+    """An IPv4 address as the __be32 the kernel sees, read as a host-order integer."""
+    return int.from_bytes(ipaddress.IPv4Address(addr).packed, sys.byteorder)
+
+
+def unpack_ip4(value: int) -> ipaddress.IPv4Address:
+    return ipaddress.IPv4Address(value.to_bytes(4, sys.byteorder))
+
+
+def htons(port: int) -> int:
+    return socket.htons(port)
+
+
+def ntohs(port: int) -> int:
+    return socket.ntohs(port)
+
+
+def proto_number(name: str) -> int:
+    return {"TCP": IPPROTO_TCP, "UDP": IPPROTO_UDP, "SCTP": IPPROTO_SCTP}[name]
+
+
+def proto_name(number: int) -> str:
+    return {IPPROTO_TCP: "TCP", IPPROTO_UDP: "UDP", IPPROTO_SCTP: "SCTP"}.get(number, str(number))

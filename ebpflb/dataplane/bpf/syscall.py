@@ -1,0 +1,312 @@
+"""The bpf(2) system call through ctypes: open pinned maps, read and write elements
+(one at a time or in batches), read map info, and BPF_PROG_TEST_RUN.
+
+Kept free of bcc so that inspection (``ebpflb services`` ...) works on a machine
+where bcc cannot compile, and while the agent is down.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TypeVar
+
+from ebpflb.errors import DataplaneError
+
+_NR_BPF = 321  # x86_64
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+BPF_MAP_LOOKUP_ELEM = 1
+BPF_MAP_UPDATE_ELEM = 2
+BPF_MAP_DELETE_ELEM = 3
+BPF_MAP_GET_NEXT_KEY = 4
+BPF_OBJ_GET = 7
+BPF_PROG_TEST_RUN = 10
+BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_MAP_LOOKUP_BATCH = 24
+BPF_MAP_UPDATE_BATCH = 26
+BPF_MAP_DELETE_BATCH = 27
+
+BPF_ANY = 0
+BPF_NOEXIST = 1
+BPF_EXIST = 2
+
+BPF_MAP_TYPE_PERCPU_HASH = 5
+BPF_MAP_TYPE_PERCPU_ARRAY = 6
+BPF_MAP_TYPE_LRU_PERCPU_HASH = 10
+_PERCPU_TYPES = {BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_LRU_PERCPU_HASH}
+
+
+class _ElemAttr(ctypes.Structure):
+    _fields_ = [
+        ("map_fd", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+        ("key", ctypes.c_uint64),
+        ("value", ctypes.c_uint64),  # or next_key
+        ("flags", ctypes.c_uint64),
+    ]
+
+
+class _ObjAttr(ctypes.Structure):
+    _fields_ = [
+        ("pathname", ctypes.c_uint64),
+        ("bpf_fd", ctypes.c_uint32),
+        ("file_flags", ctypes.c_uint32),
+    ]
+
+
+class _InfoAttr(ctypes.Structure):
+    _fields_ = [("bpf_fd", ctypes.c_uint32), ("info_len", ctypes.c_uint32), ("info", ctypes.c_uint64)]
+
+
+class _MapInfo(ctypes.Structure):
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+        ("name", ctypes.c_char * 16),
+    ]
+
+
+class _BatchAttr(ctypes.Structure):
+    _fields_ = [
+        ("in_batch", ctypes.c_uint64),
+        ("out_batch", ctypes.c_uint64),
+        ("keys", ctypes.c_uint64),
+        ("values", ctypes.c_uint64),
+        ("count", ctypes.c_uint32),
+        ("map_fd", ctypes.c_uint32),
+        ("elem_flags", ctypes.c_uint64),
+        ("flags", ctypes.c_uint64),
+    ]
+
+
+class _TestRunAttr(ctypes.Structure):
+    _fields_ = [
+        ("prog_fd", ctypes.c_uint32),
+        ("retval", ctypes.c_uint32),
+        ("data_size_in", ctypes.c_uint32),
+        ("data_size_out", ctypes.c_uint32),
+        ("data_in", ctypes.c_uint64),
+        ("data_out", ctypes.c_uint64),
+        ("repeat", ctypes.c_uint32),
+        ("duration", ctypes.c_uint32),
+        ("ctx_size_in", ctypes.c_uint32),
+        ("ctx_size_out", ctypes.c_uint32),
+        ("ctx_in", ctypes.c_uint64),
+        ("ctx_out", ctypes.c_uint64),
+        ("flags", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+        ("batch_size", ctypes.c_uint32),
+    ]
+
+
+def _bpf(cmd: int, attr: ctypes.Structure) -> int:
+    ret = int(_libc.syscall(_NR_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr)))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return ret
+
+
+def _addr(obj: ctypes._CData | None) -> int:
+    return 0 if obj is None else ctypes.addressof(obj)
+
+
+def possible_cpus() -> int:
+    """Number of possible CPUs: the stride count of per-CPU map values."""
+    with open("/sys/devices/system/cpu/possible") as f:
+        text = f.read().strip()
+    total = 0
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        total += (int(hi) if hi else int(lo)) - int(lo) + 1
+    return total
+
+
+@dataclass(frozen=True)
+class MapInfo:
+    type: int
+    id: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    name: str
+
+    @property
+    def percpu(self) -> bool:
+        return self.type in _PERCPU_TYPES
+
+
+K = TypeVar("K", bound=ctypes.Structure)
+V = TypeVar("V", bound=ctypes.Structure)
+
+
+class PinnedMap:
+    """A map opened from its pin; values are ctypes objects of the caller's types."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        raw = path.encode()
+        buf = ctypes.create_string_buffer(raw)
+        try:
+            self.fd = _bpf(BPF_OBJ_GET, _ObjAttr(pathname=ctypes.addressof(buf)))
+        except OSError as exc:
+            raise DataplaneError(f"cannot open pinned map {path}: {exc.strerror}") from exc
+        self.info = self._info()
+        self._ncpu = possible_cpus() if self.info.percpu else 1
+
+    def _info(self) -> MapInfo:
+        info = _MapInfo()
+        _bpf(
+            BPF_OBJ_GET_INFO_BY_FD,
+            _InfoAttr(bpf_fd=self.fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info)),
+        )
+        return MapInfo(
+            info.type, info.id, info.key_size, info.value_size, info.max_entries,
+            info.name.decode(errors="replace"),
+        )
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> PinnedMap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check(self, key: ctypes.Structure | ctypes._SimpleCData, value_type: type) -> None:
+        if ctypes.sizeof(key) != self.info.key_size:
+            raise DataplaneError(
+                f"{self.path}: key is {ctypes.sizeof(key)} bytes, map has {self.info.key_size}"
+            )
+        if ctypes.sizeof(value_type) != self.info.value_size:
+            raise DataplaneError(
+                f"{self.path}: value is {ctypes.sizeof(value_type)} bytes, "
+                f"map has {self.info.value_size}"
+            )
+
+    def lookup(self, key: ctypes._CData, value_type: type[V]) -> V | None:
+        value = value_type()
+        attr = _ElemAttr(map_fd=self.fd, key=_addr(key), value=_addr(value))
+        try:
+            _bpf(BPF_MAP_LOOKUP_ELEM, attr)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            raise
+        return value
+
+    def lookup_percpu(self, key: ctypes._CData, value_type: type[V]) -> list[V]:
+        """All CPUs' values of a per-CPU map (value size is 8-byte aligned per CPU)."""
+        stride = (ctypes.sizeof(value_type) + 7) & ~7
+        buf = ctypes.create_string_buffer(stride * self._ncpu)
+        attr = _ElemAttr(map_fd=self.fd, key=_addr(key), value=ctypes.addressof(buf))
+        try:
+            _bpf(BPF_MAP_LOOKUP_ELEM, attr)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return []
+            raise
+        return [value_type.from_buffer_copy(buf, i * stride) for i in range(self._ncpu)]
+
+    def update(self, key: ctypes._CData, value: ctypes._CData, flags: int = BPF_ANY) -> None:
+        _bpf(BPF_MAP_UPDATE_ELEM, _ElemAttr(map_fd=self.fd, key=_addr(key), value=_addr(value),
+                                            flags=flags))
+
+    def delete(self, key: ctypes._CData) -> bool:
+        try:
+            _bpf(BPF_MAP_DELETE_ELEM, _ElemAttr(map_fd=self.fd, key=_addr(key)))
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return False
+            raise
+        return True
+
+    def keys(self, key_type: type[K]) -> Iterator[K]:
+        """Iterate keys with GET_NEXT_KEY (restarts safely if the current key vanishes)."""
+        prev: K | None = None
+        for _ in range(self.info.max_entries + 1):
+            nxt = key_type()
+            attr = _ElemAttr(map_fd=self.fd, key=_addr(prev), value=ctypes.addressof(nxt))
+            try:
+                _bpf(BPF_MAP_GET_NEXT_KEY, attr)
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:
+                    return
+                raise
+            yield nxt
+            prev = nxt
+
+    def items(self, key_type: type[K], value_type: type[V]) -> list[tuple[K, V]]:
+        out: list[tuple[K, V]] = []
+        for key in self.keys(key_type):
+            value = self.lookup(key, value_type)
+            if value is not None:
+                out.append((key, value))
+        return out
+
+    def update_batch(self, keys: list[K], values: list[V], flags: int = BPF_ANY) -> None:
+        """One BPF_MAP_UPDATE_BATCH for many elements; falls back to single updates on
+        kernels or map types without batch support."""
+        if not keys:
+            return
+        ktype, vtype = type(keys[0]), type(values[0])
+        karr = (ktype * len(keys))(*keys)
+        varr = (vtype * len(values))(*values)
+        attr = _BatchAttr(keys=ctypes.addressof(karr), values=ctypes.addressof(varr),
+                          count=len(keys), map_fd=self.fd, elem_flags=flags)
+        try:
+            _bpf(BPF_MAP_UPDATE_BATCH, attr)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOTSUPP if hasattr(errno, "ENOTSUPP")
+                                 else 524, 524):
+                raise
+            for k, v in zip(keys, values, strict=True):
+                self.update(k, v, flags)
+
+    def delete_batch(self, keys: list[K]) -> None:
+        if not keys:
+            return
+        ktype = type(keys[0])
+        karr = (ktype * len(keys))(*keys)
+        attr = _BatchAttr(keys=ctypes.addressof(karr), count=len(keys), map_fd=self.fd)
+        try:
+            _bpf(BPF_MAP_DELETE_BATCH, attr)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOENT, 524):
+                raise
+            for k in keys:
+                self.delete(k)
+
+
+@dataclass(frozen=True)
+class TestRunResult:
+    retval: int
+    data: bytes
+    duration_ns: int
+
+
+def prog_test_run(prog_fd: int, packet: bytes, *, repeat: int = 1,
+                  out_size: int | None = None) -> TestRunResult:
+    """Run a loaded program on ``packet`` (BPF_PROG_TEST_RUN); duration is the mean
+    ns per run as the kernel measured it."""
+    size = out_size if out_size is not None else len(packet) + 256
+    inbuf = ctypes.create_string_buffer(packet, len(packet))
+    outbuf = ctypes.create_string_buffer(size)
+    attr = _TestRunAttr(prog_fd=prog_fd, data_size_in=len(packet), data_size_out=size,
+                        data_in=ctypes.addressof(inbuf), data_out=ctypes.addressof(outbuf),
+                        repeat=repeat)
+    _bpf(BPF_PROG_TEST_RUN, attr)
+    return TestRunResult(int(ctypes.c_int32(attr.retval).value),
+                         outbuf.raw[: attr.data_size_out], attr.duration)

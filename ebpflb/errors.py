@@ -1,0 +1,32 @@
+"""Every exception ebpflb raises on purpose. The CLI turns any of them into one line
+and exit status 1."""
+
+from __future__ import annotations
+
+
+class EbpflbError(Exception):
+    """Base of all ebpflb errors."""
+
+
+class InvalidObjectError(EbpflbError):
+    """A Kubernetes object could not be translated; the message names the object."""
+
+
+class SourceError(EbpflbError):
+    """A source (manifest directory, API server) could not be read."""
+
+
+class DataplaneError(EbpflbError):
+    """The data path could not be set up or written."""
+
+
+class BpfUnavailableError(DataplaneError):
+    """BPF cannot run here (no bcc, no headers, no privileges); the message says why."""
+
+
+class CapacityError(DataplaneError):
+    """A change would overflow a map; it was refused whole."""
+
+
+class LabError(EbpflbError):
+    """The network-namespace lab could not be built or torn down."""

@@ -1,0 +1,161 @@
+"""The desired state of one node, as frozen values: what every frontend (ClusterIP:port,
+NodePort, external address) must balance to. Pure: no I/O, no Kubernetes client types.
+
+A *frontend* is the unit the data path programs: one address, port and protocol.
+Every frontend of one Service port shares that port's backends.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class Protocol(enum.StrEnum):
+    TCP = "TCP"
+    UDP = "UDP"
+    SCTP = "SCTP"
+
+    @property
+    def number(self) -> int:
+        return {"TCP": 6, "UDP": 17, "SCTP": 132}[self.value]
+
+
+class FrontendKind(enum.StrEnum):
+    CLUSTER_IP = "clusterip"
+    NODE_PORT = "nodeport"
+    EXTERNAL = "external"
+    LOAD_BALANCER = "loadbalancer"
+
+
+class ServiceType(enum.StrEnum):
+    CLUSTER_IP = "ClusterIP"
+    NODE_PORT = "NodePort"
+    LOAD_BALANCER = "LoadBalancer"
+    EXTERNAL_NAME = "ExternalName"
+
+
+@dataclass(frozen=True, order=True)
+class ServiceRef:
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, order=True)
+class ServicePortName:
+    """One port of a Service (kube-proxy's ServicePortName): the load-balancing unit."""
+
+    service: ServiceRef
+    port: str  # the port's name; "" for an unnamed single port
+    protocol: Protocol
+
+    def __str__(self) -> str:
+        name = f"{self.service}:{self.port}" if self.port else str(self.service)
+        return f"{name}/{self.protocol}"
+
+
+@dataclass(frozen=True, order=True)
+class Frontend:
+    address: IPAddress
+    port: int
+    protocol: Protocol
+    kind: FrontendKind = field(compare=False, default=FrontendKind.CLUSTER_IP)
+
+    @property
+    def key(self) -> tuple[IPAddress, int, Protocol]:
+        return (self.address, self.port, self.protocol)
+
+    def __str__(self) -> str:
+        host = f"[{self.address}]" if self.address.version == 6 else str(self.address)
+        return f"{host}:{self.port}/{self.protocol}"
+
+
+@dataclass(frozen=True, order=True)
+class Backend:
+    """One endpoint address and its resolved pod port, with its conditions."""
+
+    address: IPAddress
+    port: int
+    ready: bool = True
+    serving: bool = True
+    terminating: bool = False
+    node: str | None = field(default=None, compare=False)
+    zone: str | None = field(default=None, compare=False)
+
+    @property
+    def key(self) -> tuple[IPAddress, int]:
+        return (self.address, self.port)
+
+    def __str__(self) -> str:
+        host = f"[{self.address}]" if self.address.version == 6 else str(self.address)
+        return f"{host}:{self.port}"
+
+
+def usable_backends(backends: Iterable[Backend]) -> tuple[Backend, ...]:
+    """The backends that receive new flows: the ready ones, or, when none is ready,
+    the serving-and-terminating ones (graceful drain, as kube-proxy does)."""
+    items = tuple(backends)
+    ready = tuple(b for b in items if b.ready)
+    if ready:
+        return ready
+    return tuple(b for b in items if b.serving and b.terminating)
+
+
+@dataclass(frozen=True)
+class ServiceEntry:
+    """One frontend with everything the data path needs to balance it."""
+
+    frontend: Frontend
+    port_name: ServicePortName
+    backends: tuple[Backend, ...]  # every known endpoint, sorted; see `active`
+    affinity_timeout: int = 0  # seconds of ClientIP session affinity; 0 = none
+
+    @property
+    def active(self) -> tuple[Backend, ...]:
+        return usable_backends(self.backends)
+
+
+@dataclass(frozen=True)
+class ServiceInfo:
+    """A Service as the user sees it in `ebpflb services`, including the kinds that are
+    never load-balanced (headless, ExternalName)."""
+
+    ref: ServiceRef
+    type: ServiceType
+    cluster_ip: str | None  # "None" for headless
+    external_name: str | None = None
+
+    @property
+    def headless(self) -> bool:
+        return self.cluster_ip == "None"
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """Everything one node must do, keyed by frontend."""
+
+    entries: Mapping[tuple[IPAddress, int, Protocol], ServiceEntry] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    services: Mapping[ServiceRef, ServiceInfo] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+
+    @classmethod
+    def build(
+        cls, entries: Iterable[ServiceEntry], services: Iterable[ServiceInfo] = ()
+    ) -> DesiredState:
+        by_key = {e.frontend.key: e for e in sorted(entries, key=lambda e: e.frontend)}
+        by_ref = {s.ref: s for s in sorted(services, key=lambda s: s.ref)}
+        return cls(MappingProxyType(by_key), MappingProxyType(by_ref))
+
+    def __len__(self) -> int:
+        return len(self.entries)

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# One-shot, idempotent set-up of a fresh Debian 12 machine for ebpflb:
+# Debian packages, kernel headers for bcc, bpffs, and the project's virtualenv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PKGS=(python3-bpfcc libbpfcc linux-headers-amd64 iproute2 iptables iputils-ping gcc make
+      python3-venv iperf3)
+missing=()
+for p in "${PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "setup: installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# bcc compiles at load time against /lib/modules/$(uname -r)/build. When the running
+# kernel ships no headers (a custom or cloud kernel), link the Debian ones: tc/XDP
+# programs only use UAPI-stable headers, so a nearby version is enough.
+kdir="/lib/modules/$(uname -r)"
+if [[ ! -e "$kdir/build/include" ]]; then
+    hdr=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -1)
+    common=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -1)
+    if [[ -z "$hdr" || -z "$common" ]]; then
+        echo "setup: no linux-headers under /usr/src; install linux-headers-amd64" >&2
+        exit 1
+    fi
+    echo "setup: linking $hdr into $kdir (running kernel has no headers)"
+    mkdir -p "$kdir"
+    ln -sfn "$hdr" "$kdir/build"
+    ln -sfn "$common" "$kdir/source"
+fi
+
+if ! mountpoint -q /sys/fs/bpf; then
+    mount -t bpf bpf /sys/fs/bpf
+fi
+
+# The venv is made from Debian's python so that bcc (python3-bpfcc) is importable.
+if [[ ! -x .venv/bin/python ]] || ! .venv/bin/python -c "import bcc" 2>/dev/null; then
+    rm -rf .venv
+    /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+stamp=.venv/.installed
+if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
+    echo "setup: installing ebpflb into .venv"
+    .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 \
+        | { grep -v -e 'is ignored: it is neither' -e 'BuildBackendWarning' -e '^ *[!*]*$' \
+            -e 'Please be careful' -e 'name as your package' -e 'with strategy' || true; }
+    touch "$stamp"
+fi
