@@ -32,6 +32,7 @@ BPF_MAP_UPDATE_BATCH = 26
 BPF_MAP_DELETE_BATCH = 27
 
 BPF_ANY = 0
+_ENOTSUPP = 524  # kernel-internal 'not supported', returned for batch ops
 BPF_NOEXIST = 1
 BPF_EXIST = 2
 
@@ -60,7 +61,11 @@ class _ObjAttr(ctypes.Structure):
 
 
 class _InfoAttr(ctypes.Structure):
-    _fields_ = [("bpf_fd", ctypes.c_uint32), ("info_len", ctypes.c_uint32), ("info", ctypes.c_uint64)]
+    _fields_ = [
+        ("bpf_fd", ctypes.c_uint32),
+        ("info_len", ctypes.c_uint32),
+        ("info", ctypes.c_uint64),
+    ]
 
 
 class _MapInfo(ctypes.Structure):
@@ -170,7 +175,11 @@ class PinnedMap:
             _InfoAttr(bpf_fd=self.fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info)),
         )
         return MapInfo(
-            info.type, info.id, info.key_size, info.value_size, info.max_entries,
+            info.type,
+            info.id,
+            info.key_size,
+            info.value_size,
+            info.max_entries,
             info.name.decode(errors="replace"),
         )
 
@@ -184,17 +193,6 @@ class PinnedMap:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def _check(self, key: ctypes.Structure | ctypes._SimpleCData, value_type: type) -> None:
-        if ctypes.sizeof(key) != self.info.key_size:
-            raise DataplaneError(
-                f"{self.path}: key is {ctypes.sizeof(key)} bytes, map has {self.info.key_size}"
-            )
-        if ctypes.sizeof(value_type) != self.info.value_size:
-            raise DataplaneError(
-                f"{self.path}: value is {ctypes.sizeof(value_type)} bytes, "
-                f"map has {self.info.value_size}"
-            )
 
     def lookup(self, key: ctypes._CData, value_type: type[V]) -> V | None:
         value = value_type()
@@ -221,8 +219,23 @@ class PinnedMap:
         return [value_type.from_buffer_copy(buf, i * stride) for i in range(self._ncpu)]
 
     def update(self, key: ctypes._CData, value: ctypes._CData, flags: int = BPF_ANY) -> None:
-        _bpf(BPF_MAP_UPDATE_ELEM, _ElemAttr(map_fd=self.fd, key=_addr(key), value=_addr(value),
-                                            flags=flags))
+        _bpf(
+            BPF_MAP_UPDATE_ELEM,
+            _ElemAttr(map_fd=self.fd, key=_addr(key), value=_addr(value), flags=flags),
+        )
+
+    def update_percpu(self, key: ctypes._CData, value: ctypes._CData) -> None:
+        """Set every CPU's copy of a per-CPU map element to `value`."""
+        size = ctypes.sizeof(value)
+        stride = (size + 7) & ~7
+        buf = ctypes.create_string_buffer(stride * self._ncpu)
+        raw = bytes(value)
+        for i in range(self._ncpu):
+            ctypes.memmove(ctypes.addressof(buf) + i * stride, raw, size)
+        _bpf(
+            BPF_MAP_UPDATE_ELEM,
+            _ElemAttr(map_fd=self.fd, key=_addr(key), value=ctypes.addressof(buf)),
+        )
 
     def delete(self, key: ctypes._CData) -> bool:
         try:
@@ -264,13 +277,17 @@ class PinnedMap:
         ktype, vtype = type(keys[0]), type(values[0])
         karr = (ktype * len(keys))(*keys)
         varr = (vtype * len(values))(*values)
-        attr = _BatchAttr(keys=ctypes.addressof(karr), values=ctypes.addressof(varr),
-                          count=len(keys), map_fd=self.fd, elem_flags=flags)
+        attr = _BatchAttr(
+            keys=ctypes.addressof(karr),
+            values=ctypes.addressof(varr),
+            count=len(keys),
+            map_fd=self.fd,
+            elem_flags=flags,
+        )
         try:
             _bpf(BPF_MAP_UPDATE_BATCH, attr)
         except OSError as exc:
-            if exc.errno not in (errno.EINVAL, errno.ENOTSUPP if hasattr(errno, "ENOTSUPP")
-                                 else 524, 524):
+            if exc.errno not in (errno.EINVAL, _ENOTSUPP):
                 raise
             for k, v in zip(keys, values, strict=True):
                 self.update(k, v, flags)
@@ -284,7 +301,7 @@ class PinnedMap:
         try:
             _bpf(BPF_MAP_DELETE_BATCH, attr)
         except OSError as exc:
-            if exc.errno not in (errno.EINVAL, errno.ENOENT, 524):
+            if exc.errno not in (errno.EINVAL, errno.ENOENT, _ENOTSUPP):
                 raise
             for k in keys:
                 self.delete(k)
@@ -297,16 +314,23 @@ class TestRunResult:
     duration_ns: int
 
 
-def prog_test_run(prog_fd: int, packet: bytes, *, repeat: int = 1,
-                  out_size: int | None = None) -> TestRunResult:
+def prog_test_run(
+    prog_fd: int, packet: bytes, *, repeat: int = 1, out_size: int | None = None
+) -> TestRunResult:
     """Run a loaded program on ``packet`` (BPF_PROG_TEST_RUN); duration is the mean
     ns per run as the kernel measured it."""
     size = out_size if out_size is not None else len(packet) + 256
     inbuf = ctypes.create_string_buffer(packet, len(packet))
     outbuf = ctypes.create_string_buffer(size)
-    attr = _TestRunAttr(prog_fd=prog_fd, data_size_in=len(packet), data_size_out=size,
-                        data_in=ctypes.addressof(inbuf), data_out=ctypes.addressof(outbuf),
-                        repeat=repeat)
+    attr = _TestRunAttr(
+        prog_fd=prog_fd,
+        data_size_in=len(packet),
+        data_size_out=size,
+        data_in=ctypes.addressof(inbuf),
+        data_out=ctypes.addressof(outbuf),
+        repeat=repeat,
+    )
     _bpf(BPF_PROG_TEST_RUN, attr)
-    return TestRunResult(int(ctypes.c_int32(attr.retval).value),
-                         outbuf.raw[: attr.data_size_out], attr.duration)
+    return TestRunResult(
+        int(ctypes.c_int32(attr.retval).value), outbuf.raw[: attr.data_size_out], attr.duration
+    )

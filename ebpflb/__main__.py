@@ -1,0 +1,5 @@
+"""`python -m ebpflb` is the `ebpflb` command."""
+
+from ebpflb.cli import main
+
+main()

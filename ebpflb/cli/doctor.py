@@ -1,0 +1,25 @@
+"""`ebpflb doctor`: which data path would run here, and why."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ebpflb.cli import render
+
+
+def doctor(json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Check the kernel, bcc, headers and privileges; say which data path would run."""
+    from ebpflb.doctor import run_checks
+
+    report = run_checks()
+    if json:
+        typer.echo(render.to_json(report.as_json()))
+    else:
+        rows = [["ok" if c.ok else ("WARN" if not c.required else "FAIL"), c.name, c.detail,
+                 c.fix] for c in report.checks]
+        typer.echo(render.table(["", "CHECK", "DETAIL", "FIX"], rows))
+        typer.echo(f"\ndataplane: {report.dataplane} ({report.reason})")
+    if not report.bpf_ok:
+        raise typer.Exit(1)

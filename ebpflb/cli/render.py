@@ -1,0 +1,60 @@
+"""Pure rendering of views as aligned text tables or JSON."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from ebpflb.dataplane.view import BackendView, ConnView, ServiceView, StatsView
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+             for r in cells]
+    return "\n".join(lines)
+
+
+def to_json(obj: object) -> str:
+    return json.dumps(obj, indent=2, sort_keys=False)
+
+
+def _svc(pn: object) -> str:
+    return str(pn) if pn is not None else "-"
+
+
+def services_table(views: Sequence[ServiceView]) -> str:
+    return table(
+        ["ID", "SERVICE", "KIND", "FRONTEND", "BACKENDS", "ACTIVE", "AFFINITY"],
+        [[v.id, _svc(v.port_name), v.kind, v.frontend, v.backends, v.active_backends,
+          f"{v.affinity_timeout}s" if v.affinity_timeout else "-"] for v in views],
+    )
+
+
+def backends_table(views: Sequence[BackendView]) -> str:
+    return table(
+        ["ID", "SERVICE", "FRONTEND", "BACKEND", "STATE"],
+        [[v.id, _svc(v.port_name), v.frontend, f"{v.address}:{v.port}",
+          ("active" if v.active else "inactive") + (",terminating" if v.terminating else "")]
+         for v in views],
+    )
+
+
+def conntrack_table(views: Sequence[ConnView]) -> str:
+    return table(
+        ["PROTO", "CLIENT", "FRONTEND", "BACKEND", "SERVICE", "AGE", "IDLE"],
+        [[v.protocol, f"{v.client_address}:{v.client_port}",
+          f"{v.frontend_address}:{v.frontend_port}", f"{v.backend_address}:{v.backend_port}",
+          v.service or "-", f"{v.age_seconds:.1f}s", f"{v.idle_seconds:.1f}s"] for v in views],
+    )
+
+
+def stats_table(view: StatsView) -> str:
+    svc = table(
+        ["ID", "SERVICE", "FRONTEND", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES"],
+        [[s.svc_id, _svc(s.port_name), s.frontend, s.rx_packets, s.rx_bytes, s.tx_packets,
+          s.tx_bytes] for s in view.services],
+    )
+    counters = table(["COUNTER", "VALUE"], sorted(view.counters.items()))
+    return f"{svc}\n\n{counters}"

@@ -1,0 +1,43 @@
+"""The one interface every data path implements. The sync and the CLI only see this."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ebpflb.dataplane.view import BackendView, ConnView, ServiceView, StatsView
+from ebpflb.sync.plan import FrontendKey, FrontendState, Plan
+
+
+class Dataplane(Protocol):
+    """A data path: holds frontends, applies plans, reports what it holds."""
+
+    name: str
+
+    def current(self) -> dict[FrontendKey, FrontendState]:
+        """What the data path holds now (read back, not remembered)."""
+        ...
+
+    def apply(self, plan: Plan) -> None:
+        """Apply `plan`; raises DataplaneError (CapacityError: nothing was applied)."""
+        ...
+
+    def housekeeping(self) -> None:
+        """Periodic upkeep between syncs (e.g. attach to interfaces that appeared)."""
+        ...
+
+    def close(self, *, cleanup: bool = False) -> None:
+        """Stop. With cleanup, remove everything installed; without, leave the data path
+        serving so an agent restart does not interrupt traffic."""
+        ...
+
+
+class Inspector(Protocol):
+    """Read-only view of a data path's state, usable while the agent is down."""
+
+    def services(self) -> list[ServiceView]: ...
+
+    def backends(self) -> list[BackendView]: ...
+
+    def conntrack(self) -> list[ConnView]: ...
+
+    def stats(self) -> StatsView: ...

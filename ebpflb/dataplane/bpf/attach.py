@@ -1,0 +1,111 @@
+"""Attaching the tc program with pyroute2: a clsact qdisc and one direct-action bpf
+filter on ingress of each pod-facing interface, identified by a fixed priority and
+handle so a restarted agent replaces its predecessor's filter in place (atomically:
+no packet sees an interface without a program)."""
+
+from __future__ import annotations
+
+import errno
+import logging
+from typing import Any
+
+from ebpflb.errors import DataplaneError
+
+log = logging.getLogger(__name__)
+
+FILTER_NAME = "ebpflb_tc"
+TC_PRIO = 1
+TC_HANDLE = 1
+INGRESS = "ffff:fff2"
+INGRESS_PARENT = 0xFFFFFFF2
+
+
+def _kind(link: Any) -> str | None:
+    info = link.get_attr("IFLA_LINKINFO")
+    return info.get_attr("IFLA_INFO_KIND") if info is not None else None
+
+
+class TcAttacher:
+    def __init__(self, prog_fd: int, *, netns: str | None = None) -> None:
+        from pyroute2 import IPRoute, NetNS
+
+        self.prog_fd = prog_fd
+        self.ipr: Any = NetNS(netns) if netns else IPRoute()
+
+    def close(self) -> None:
+        self.ipr.close()
+
+    def links(self) -> dict[str, int]:
+        return {link.get_attr("IFLA_IFNAME"): link["index"] for link in self.ipr.get_links()}
+
+    def veths(self) -> list[str]:
+        return sorted(
+            link.get_attr("IFLA_IFNAME") for link in self.ipr.get_links() if _kind(link) == "veth"
+        )
+
+    def _index(self, ifname: str) -> int:
+        found = self.ipr.link_lookup(ifname=ifname)
+        if not found:
+            raise DataplaneError(f"interface {ifname} does not exist")
+        return int(found[0])
+
+    def attach(self, ifname: str) -> None:
+        idx = self._index(ifname)
+        try:
+            self.ipr.tc("add", "clsact", idx)
+        except Exception as exc:
+            if getattr(exc, "code", None) != errno.EEXIST:
+                raise DataplaneError(f"cannot add clsact qdisc on {ifname}: {exc}") from exc
+        try:
+            self.ipr.tc(
+                "replace-filter",
+                "bpf",
+                idx,
+                handle=TC_HANDLE,
+                fd=self.prog_fd,
+                name=FILTER_NAME,
+                parent=INGRESS,
+                classid=1,
+                direct_action=True,
+                prio=TC_PRIO,
+            )
+        except Exception as exc:
+            raise DataplaneError(f"cannot attach tc program to {ifname}: {exc}") from exc
+        if not self.is_attached(ifname):
+            raise DataplaneError(f"tc filter on {ifname} not found after attaching")
+
+    def _our_filters(self, idx: int) -> list[Any]:
+        out = []
+        for flt in self.ipr.get_filters(idx, parent=INGRESS_PARENT):
+            opts = flt.get_attr("TCA_OPTIONS")
+            name = opts.get_attr("TCA_BPF_NAME") if opts is not None else None
+            if flt.get_attr("TCA_KIND") == "bpf" and name and name.startswith(FILTER_NAME):
+                out.append(flt)
+        return out
+
+    def is_attached(self, ifname: str) -> bool:
+        try:
+            return bool(self._our_filters(self._index(ifname)))
+        except DataplaneError:
+            return False
+
+    def attached(self) -> list[str]:
+        """Interfaces that carry our filter (also those a previous agent attached)."""
+        return sorted(name for name, idx in self.links().items() if self._our_filters(idx))
+
+    def detach(self, ifname: str) -> None:
+        try:
+            idx = self._index(ifname)
+        except DataplaneError:
+            return
+        if not self._our_filters(idx):
+            return
+        self.ipr.tc("del-filter", "bpf", idx, handle=TC_HANDLE, parent=INGRESS, prio=TC_PRIO)
+        # Remove the qdisc only when nothing else uses it (another tool's filters stay).
+        remaining = [f for f in self.ipr.get_filters(idx, parent=INGRESS_PARENT) if f.get("handle")]
+        remaining += [f for f in self.ipr.get_filters(idx, parent=0xFFFFFFF3) if f.get("handle")]
+        if not remaining:
+            try:
+                self.ipr.tc("del", "clsact", idx)
+            except Exception as exc:  # already gone
+                log.debug("clsact on %s: %s", ifname, exc)

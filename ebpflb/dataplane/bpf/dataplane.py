@@ -1,0 +1,101 @@
+"""The kernel data path: compile, pin, attach, and write plans into the maps."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from ebpflb.dataplane.bpf import abi
+from ebpflb.dataplane.bpf.bpffs import ensure_pin_dir, remove_pins
+from ebpflb.dataplane.bpf.maps import BpfMaps
+from ebpflb.dataplane.bpf.writer import MapWriter
+from ebpflb.errors import DataplaneError
+from ebpflb.sync.plan import FrontendKey, FrontendState, Plan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BpfConfig:
+    pin_dir: str = abi.DEFAULT_PIN_DIR
+    interfaces: tuple[str, ...] = ()  # empty: every veth, including ones that appear later
+    max_services: int = abi.DEFAULT_MAX_SERVICES
+    max_backends: int = abi.DEFAULT_MAX_BACKENDS
+    max_conntrack: int = abi.DEFAULT_MAX_CONNTRACK
+
+
+class BpfDataplane:
+    name = "bpf"
+
+    def __init__(self, config: BpfConfig) -> None:
+        from ebpflb.dataplane.bpf.attach import TcAttacher
+        from ebpflb.dataplane.bpf.loader import compile_program
+
+        self.config = config
+        ensure_pin_dir(config.pin_dir)
+        self.program = compile_program(
+            pin_dir=config.pin_dir,
+            max_services=config.max_services,
+            max_backends=config.max_backends,
+            max_conntrack=config.max_conntrack,
+        )
+        try:
+            self.maps = BpfMaps(config.pin_dir)
+            self.writer = MapWriter(
+                self.maps, max_services=config.max_services, max_backends=config.max_backends
+            )
+            self.attacher = TcAttacher(self.program.fd)
+        except Exception:
+            self.program.close()
+            raise
+        self.attached: set[str] = set()
+        self._warned: set[str] = set()
+        adopted = len(self.writer.frontends)
+        if adopted:
+            log.info("adopted %d frontends from the pinned maps in %s", adopted, config.pin_dir)
+        self.housekeeping()
+
+    def current(self) -> dict[FrontendKey, FrontendState]:
+        return dict(self.writer.frontends)
+
+    def apply(self, plan: Plan) -> None:
+        try:
+            self.writer.apply(plan)
+        except Exception:
+            self.writer.reload()  # the maps are the truth; the next sync diffs against them
+            raise
+
+    def _wanted(self) -> list[str]:
+        if self.config.interfaces:
+            present = set(self.attacher.links())
+            for name in self.config.interfaces:
+                if name not in present and name not in self._warned:
+                    log.warning("interface %s not found; will attach when it appears", name)
+                    self._warned.add(name)
+            return [n for n in self.config.interfaces if n in present]
+        return self.attacher.veths()
+
+    def housekeeping(self) -> None:
+        """Attach to interfaces that appeared since the last call."""
+        wanted = set(self._wanted())
+        self.attached &= wanted
+        for ifname in sorted(wanted - self.attached):
+            try:
+                self.attacher.attach(ifname)
+            except DataplaneError as exc:
+                log.warning("%s", exc)
+                continue
+            log.info("attached %s to %s", self.program.name, ifname)
+            self.attached.add(ifname)
+
+    def close(self, *, cleanup: bool = False) -> None:
+        if cleanup:
+            for ifname in self.attacher.attached():
+                self.attacher.detach(ifname)
+            self.maps.close()
+            remove_pins(self.config.pin_dir, abi.ALL_MAPS)
+            log.info("detached and removed the pins under %s", self.config.pin_dir)
+        else:
+            self.maps.close()
+        self.attacher.close()
+        self.program.close()

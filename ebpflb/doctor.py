@@ -1,0 +1,144 @@
+"""What can run on this machine: each requirement of the bpf data path checked, with
+the fix when it is missing, and the data path `--dataplane auto` would choose."""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+
+from ebpflb.dataplane.bpf.bpffs import BPFFS_ROOT, bpffs_mounts
+
+CAP_NET_ADMIN = 12
+CAP_SYS_ADMIN = 21
+CAP_BPF = 39
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    required: bool = True  # False: a warning, bpf still runs
+
+    def as_json(self) -> dict[str, object]:
+        return {"name": self.name, "ok": self.ok, "required": self.required,
+                "detail": self.detail, "fix": self.fix}
+
+
+@dataclass(frozen=True)
+class Report:
+    checks: tuple[Check, ...]
+
+    @property
+    def bpf_ok(self) -> bool:
+        return all(c.ok for c in self.checks if c.required)
+
+    @property
+    def dataplane(self) -> str:
+        return "bpf" if self.bpf_ok else "none"
+
+    @property
+    def reason(self) -> str:
+        failed = [c for c in self.checks if c.required and not c.ok]
+        if not failed:
+            return "every requirement of the bpf data path is met"
+        return "; ".join(f"{c.name}: {c.detail}" for c in failed)
+
+    def as_json(self) -> dict[str, object]:
+        return {"dataplane": self.dataplane, "reason": self.reason,
+                "checks": [c.as_json() for c in self.checks]}
+
+
+def _effective_caps() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def check_privileges() -> Check:
+    caps = _effective_caps()
+    has_admin = bool(caps & (1 << CAP_SYS_ADMIN))
+    has_bpf = bool(caps & (1 << CAP_BPF)) or has_admin
+    has_net = bool(caps & (1 << CAP_NET_ADMIN))
+    ok = has_bpf and has_net
+    return Check("privileges", ok,
+                 f"uid {os.geteuid()}, CAP_BPF={has_bpf}, CAP_NET_ADMIN={has_net}",
+                 "" if ok else "run as root (or with CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON)")
+
+
+def check_kernel() -> Check:
+    release = platform.release()
+    try:
+        major, minor = (int(x) for x in release.split(".")[:2])
+    except ValueError:
+        return Check("kernel", False, f"cannot parse release {release}")
+    ok = (major, minor) >= (5, 10)
+    return Check("kernel", ok, f"Linux {release}",
+                 "" if ok else "needs Linux 5.10 or newer (batch map ops, BTF)")
+
+
+def check_bcc() -> Check:
+    try:
+        import bcc  # noqa: F401
+    except Exception as exc:
+        return Check("bcc", False, f"not importable: {exc}",
+                     "apt-get install python3-bpfcc, and run ebpflb from a venv made from "
+                     "/usr/bin/python3 with --system-site-packages (make setup does both)")
+    return Check("bcc", True, "python3-bpfcc importable")
+
+
+def check_headers() -> Check:
+    build = f"/lib/modules/{platform.release()}/build"
+    ok = os.path.isdir(os.path.join(build, "include"))
+    return Check("kernel headers", ok, f"{build} {'present' if ok else 'missing'}",
+                 "" if ok else "apt-get install linux-headers-amd64 and link it there "
+                 "(make setup does it)")
+
+
+def check_bpffs() -> Check:
+    mounted = BPFFS_ROOT in bpffs_mounts()
+    return Check("bpffs", True,
+                 f"{BPFFS_ROOT} {'mounted' if mounted else 'not mounted; the agent mounts it'}",
+                 required=False)
+
+
+def check_compile() -> Check:
+    """Compile and load a trivial tc program: proves the compiler, headers and verifier."""
+    try:
+        from bcc import BPF
+
+        prog = BPF(text="#include <uapi/linux/pkt_cls.h>\n"
+                        "int probe(struct __sk_buff *skb) { return TC_ACT_OK; }")
+        prog.load_func("probe", BPF.SCHED_CLS)
+        prog.cleanup()
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[:1]
+        return Check("compile", False, f"bcc could not compile/load a tc program: "
+                     f"{first[0] if first else type(exc).__name__}",
+                     "see the checks above (headers, privileges)")
+    return Check("compile", True, "a tc program compiles and loads")
+
+
+def check_rp_filter() -> Check:
+    try:
+        with open("/proc/sys/net/ipv4/conf/all/rp_filter") as f:
+            value = f.read().strip()
+    except OSError:
+        return Check("rp_filter", True, "unknown", required=False)
+    ok = value != "1"
+    return Check("rp_filter", ok, f"net.ipv4.conf.all.rp_filter={value}",
+                 "" if ok else "strict reverse-path filtering drops replies rewritten to a "
+                 "Service address; set rp_filter=0 or 2 on pod interfaces",
+                 required=False)
+
+
+def run_checks() -> Report:
+    checks = [check_privileges(), check_kernel(), check_bcc(), check_headers(), check_bpffs(),
+              check_rp_filter()]
+    if all(c.ok for c in checks if c.required):
+        checks.append(check_compile())
+    return Report(tuple(checks))

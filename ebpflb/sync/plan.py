@@ -1,0 +1,224 @@
+"""The plan: the smallest ordered list of operations that turns what a data path holds
+into the desired state. Pure data, so a test or `ebpflb diff` can print it.
+
+The order never exposes a half-written Service to a packet: every backend a service
+will point at is written first, then the service entries (whose slot count makes the
+new backends visible), then backends that left a service, and removed services last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ebpflb.model import (
+    DesiredState,
+    Frontend,
+    FrontendKind,
+    IPAddress,
+    Protocol,
+    ServiceEntry,
+    ServicePortName,
+)
+
+FrontendKey = tuple[IPAddress, int, Protocol]
+BackendKey = tuple[IPAddress, int]
+
+
+@dataclass(frozen=True, order=True)
+class BackendState:
+    """A backend as a data path holds it: active = in the slots for new flows."""
+
+    address: IPAddress
+    port: int
+    active: bool = True
+    terminating: bool = False
+
+    @property
+    def key(self) -> BackendKey:
+        return (self.address, self.port)
+
+    def __str__(self) -> str:
+        flags = "" if self.active else " (inactive)"
+        return f"{self.address}:{self.port}{flags}"
+
+
+@dataclass(frozen=True)
+class FrontendState:
+    """Everything a data path holds for one frontend, independent of its encoding."""
+
+    frontend: Frontend
+    port_name: ServicePortName
+    backends: tuple[BackendState, ...]  # sorted by key
+    slots: tuple[BackendKey, ...]  # active backends, in slot order
+    affinity_timeout: int = 0
+
+    @property
+    def kind(self) -> FrontendKind:
+        return self.frontend.kind
+
+    @classmethod
+    def from_entry(cls, entry: ServiceEntry) -> FrontendState:
+        active = {b.key for b in entry.active}
+        backends = tuple(
+            sorted(
+                BackendState(b.address, b.port, b.key in active, b.terminating)
+                for b in entry.backends
+            )
+        )
+        return cls(
+            frontend=entry.frontend,
+            port_name=entry.port_name,
+            backends=backends,
+            slots=tuple(sorted(active)),
+            affinity_timeout=entry.affinity_timeout,
+        )
+
+    def service_fields(self) -> tuple[object, ...]:
+        """What the service entry itself encodes (not its backends)."""
+        return (self.frontend.kind, self.port_name, self.slots, self.affinity_timeout)
+
+
+@dataclass(frozen=True)
+class UpsertBackends:
+    frontend: Frontend
+    backends: tuple[BackendState, ...]
+
+    def __str__(self) -> str:
+        return f"+ backends {self.frontend}: {', '.join(map(str, self.backends))}"
+
+
+@dataclass(frozen=True)
+class WriteService:
+    state: FrontendState
+    new: bool
+
+    def __str__(self) -> str:
+        sign = "+" if self.new else "~"
+        s = self.state
+        return (
+            f"{sign} service {s.frontend} {s.port_name} [{s.kind}] "
+            f"slots={len(s.slots)} affinity={s.affinity_timeout}s"
+        )
+
+
+@dataclass(frozen=True)
+class RemoveBackends:
+    frontend: Frontend
+    backends: tuple[BackendKey, ...]
+
+    def __str__(self) -> str:
+        keys = ", ".join(f"{a}:{p}" for a, p in self.backends)
+        return f"- backends {self.frontend}: {keys}"
+
+
+@dataclass(frozen=True)
+class DeleteService:
+    frontend: Frontend
+    port_name: ServicePortName
+
+    def __str__(self) -> str:
+        return f"- service {self.frontend} {self.port_name}"
+
+
+Op = UpsertBackends | WriteService | RemoveBackends | DeleteService
+
+
+@dataclass(frozen=True)
+class Plan:
+    ops: tuple[Op, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.ops)
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    @property
+    def added(self) -> int:
+        return sum(1 for op in self.ops if isinstance(op, WriteService) and op.new)
+
+    @property
+    def changed(self) -> int:
+        """Frontends that stay but whose service entry or backends change."""
+        touched = {
+            op.frontend.key for op in self.ops if isinstance(op, UpsertBackends | RemoveBackends)
+        }
+        touched |= {
+            op.state.frontend.key for op in self.ops if isinstance(op, WriteService) and not op.new
+        }
+        new = {op.state.frontend.key for op in self.ops if isinstance(op, WriteService) and op.new}
+        return len(touched - new)
+
+    @property
+    def removed(self) -> int:
+        return sum(1 for op in self.ops if isinstance(op, DeleteService))
+
+    def summary(self) -> str:
+        return f"{self.added} added, {self.changed} changed, {self.removed} removed"
+
+
+def desired_frontends(state: DesiredState) -> dict[FrontendKey, FrontendState]:
+    return {key: FrontendState.from_entry(entry) for key, entry in state.entries.items()}
+
+
+def diff(
+    current: Mapping[FrontendKey, FrontendState], desired: Mapping[FrontendKey, FrontendState]
+) -> Plan:
+    """The ordered plan that turns `current` into `desired`."""
+    upserts: list[Op] = []
+    writes: list[Op] = []
+    removals: list[Op] = []
+    deletes: list[Op] = []
+    for key in sorted(desired):
+        want = desired[key]
+        have = current.get(key)
+        if have is None:
+            if want.backends:
+                upserts.append(UpsertBackends(want.frontend, want.backends))
+            writes.append(WriteService(want, new=True))
+            continue
+        have_backends = {b.key: b for b in have.backends}
+        changed = tuple(b for b in want.backends if have_backends.get(b.key) != b)
+        if changed:
+            upserts.append(UpsertBackends(want.frontend, changed))
+        if want.service_fields() != have.service_fields():
+            writes.append(WriteService(want, new=False))
+        want_keys = {b.key for b in want.backends}
+        gone = tuple(sorted(k for k in have_backends if k not in want_keys))
+        if gone:
+            removals.append(RemoveBackends(want.frontend, gone))
+    for key in sorted(current):
+        if key not in desired:
+            deletes.append(DeleteService(current[key].frontend, current[key].port_name))
+    return Plan(tuple(upserts + writes + removals + deletes))
+
+
+def apply_to(
+    current: Mapping[FrontendKey, FrontendState], plan: Plan
+) -> dict[FrontendKey, FrontendState]:
+    """What a data path holds after applying `plan` to `current`: the reference
+    semantics that every data path's writer must match (used by the tests and the
+    fake data path)."""
+    out = dict(current)
+    pending: dict[FrontendKey, dict[BackendKey, BackendState]] = {
+        k: {b.key: b for b in v.backends} for k, v in out.items()
+    }
+    for op in plan.ops:
+        if isinstance(op, UpsertBackends):
+            pending.setdefault(op.frontend.key, {}).update({b.key: b for b in op.backends})
+        elif isinstance(op, WriteService):
+            out[op.state.frontend.key] = op.state
+        elif isinstance(op, RemoveBackends):
+            for k in op.backends:
+                pending.get(op.frontend.key, {}).pop(k, None)
+        else:
+            out.pop(op.frontend.key, None)
+            pending.pop(op.frontend.key, None)
+    result: dict[FrontendKey, FrontendState] = {}
+    for key, st in out.items():
+        backends = tuple(sorted(pending.get(key, {}).values()))
+        result[key] = FrontendState(
+            st.frontend, st.port_name, backends, st.slots, st.affinity_timeout
+        )
+    return result

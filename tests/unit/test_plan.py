@@ -1,0 +1,101 @@
+"""The plan: a pure diff whose application yields exactly the desired state, in an
+order that never exposes a half-written service."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ebpflb.model import (
+    Backend,
+    DesiredState,
+    Frontend,
+    FrontendKind,
+    Protocol,
+    ServiceEntry,
+    ServicePortName,
+    ServiceRef,
+)
+from ebpflb.sync.plan import (
+    DeleteService,
+    RemoveBackends,
+    UpsertBackends,
+    WriteService,
+    apply_to,
+    desired_frontends,
+    diff,
+)
+
+
+def entry(ip: str, port: int, backends: list[tuple[str, int, bool]], *, name: str = "web",
+          proto: Protocol = Protocol.TCP, affinity: int = 0) -> ServiceEntry:
+    return ServiceEntry(
+        Frontend(ipaddress.IPv4Address(ip), port, proto, FrontendKind.CLUSTER_IP),
+        ServicePortName(ServiceRef("demo", name), "http", proto),
+        tuple(sorted(Backend(ipaddress.IPv4Address(a), p, ready=r) for a, p, r in backends)),
+        affinity,
+    )
+
+
+def state(*entries: ServiceEntry) -> DesiredState:
+    return DesiredState.build(entries)
+
+
+def test_new_service_writes_backends_before_the_service():
+    plan = diff({}, desired_frontends(state(entry("10.96.0.1", 80, [("10.0.0.1", 8080, True)]))))
+    assert [type(op) for op in plan.ops] == [UpsertBackends, WriteService]
+    assert plan.added == 1 and plan.removed == 0
+
+
+def test_no_change_is_an_empty_plan():
+    s = desired_frontends(state(entry("10.96.0.1", 80, [("10.0.0.1", 8080, True)])))
+    assert not diff(s, s)
+
+
+def test_backend_removed_after_the_service_stops_pointing_at_it():
+    a = desired_frontends(state(entry("10.96.0.1", 80, [("10.0.0.1", 80, True),
+                                                        ("10.0.0.2", 80, True)])))
+    b = desired_frontends(state(entry("10.96.0.1", 80, [("10.0.0.1", 80, True)])))
+    plan = diff(a, b)
+    assert [type(op) for op in plan.ops] == [WriteService, RemoveBackends]
+    assert plan.changed == 1
+
+
+def test_not_ready_backend_is_kept_but_not_in_the_slots():
+    b = desired_frontends(state(entry("10.96.0.1", 80, [("10.0.0.1", 80, True),
+                                                        ("10.0.0.2", 80, False)])))
+    (fs,) = b.values()
+    assert len(fs.backends) == 2
+    assert [str(a) for a, _ in fs.slots] == ["10.0.0.1"]
+
+
+def test_deleted_services_come_last():
+    a = desired_frontends(state(entry("10.96.0.1", 80, [("10.0.0.1", 80, True)]),
+                                entry("10.96.0.2", 80, [("10.0.0.2", 80, True)], name="b")))
+    b = desired_frontends(state(entry("10.96.0.2", 80, [("10.0.0.3", 80, True)], name="b")))
+    plan = diff(a, b)
+    assert isinstance(plan.ops[-1], DeleteService)
+    assert plan.removed == 1
+
+
+IPS = [f"10.0.0.{i}" for i in range(1, 6)]
+FRONTENDS = [("10.96.0.1", 80), ("10.96.0.1", 443), ("10.96.0.2", 53)]
+
+backend_st = st.tuples(st.sampled_from(IPS), st.sampled_from([80, 8080]), st.booleans())
+entry_st = st.builds(
+    lambda fe, bes, aff: entry(fe[0], fe[1], list({(a, p): (a, p, r) for a, p, r in bes}.values()),
+                               affinity=aff),
+    st.sampled_from(FRONTENDS), st.lists(backend_st, max_size=6), st.sampled_from([0, 10800]),
+)
+state_st = st.lists(entry_st, max_size=3).map(
+    lambda es: state(*{e.frontend.key: e for e in es}.values()))
+
+
+@settings(max_examples=300, deadline=None)
+@given(state_st, state_st)
+def test_applying_the_plan_from_any_a_to_any_b_leaves_exactly_b(a, b):
+    fa, fb = desired_frontends(a), desired_frontends(b)
+    assert apply_to(fa, diff(fa, fb)) == fb
+    assert not diff(apply_to(fa, diff(fa, fb)), fb)
