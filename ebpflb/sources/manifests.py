@@ -1,0 +1,226 @@
+"""The manifest source: a directory of YAML/JSON files holding Services,
+EndpointSlices and Nodes, so the agent runs with no cluster at all.
+
+Every ``*.yaml``, ``*.yml`` and ``*.json`` file directly in the directory is read
+(not recursively, hidden files skipped), in name order; a file may hold several YAML
+documents and ``List`` objects (``kind: List`` or ``ServiceList`` etc., as ``kubectl get
+-o yaml`` and the API write them). Other kinds are ignored.
+
+Change detection is polling, not inotify: a file's signature is (mtime_ns, size,
+inode), and ``poll()`` says whether any signature changed since the last ``load()``.
+A file is only re-parsed when its signature changed. When a file does not parse, its
+error is reported (logged once, and in every ``Snapshot`` until it is fixed) and its
+*previous* content is kept, so a half-written file never deletes Services. Writers
+should still replace files atomically (write elsewhere, then rename): a truncated
+file that happens to parse cannot be told from an intentional edit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ebpflb.errors import SourceError
+from ebpflb.sources.tracker import ENDPOINT_SLICE, NODE, SERVICE, Key, object_key
+
+log = logging.getLogger(__name__)
+
+SUFFIXES = (".yaml", ".yml", ".json")
+KINDS = (SERVICE, ENDPOINT_SLICE, NODE)
+
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+Obj = dict[str, Any]
+_Signature = tuple[int, int, int]  # (mtime_ns, size, inode)
+
+
+@dataclass(frozen=True)
+class FileError:
+    """A manifest file, or one document in it, that could not be used."""
+
+    path: Path
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Every object of the directory, in file order, and what could not be read."""
+
+    services: tuple[Obj, ...] = ()
+    slices: tuple[Obj, ...] = ()
+    nodes: tuple[Obj, ...] = ()
+    errors: tuple[FileError, ...] = ()
+
+    @property
+    def objects(self) -> tuple[Obj, ...]:
+        """Everything, for ``ChangeTracker.replace_all``."""
+        return self.services + self.slices + self.nodes
+
+
+@dataclass(frozen=True)
+class _File:
+    signature: _Signature
+    objects: tuple[Obj, ...]  # the last content that parsed
+    errors: tuple[FileError, ...]  # why the current content did not (fully) parse
+
+
+class ManifestSource:
+    """Reads a manifest directory; ``poll()`` is cheap (one stat per file), ``load()``
+    re-parses only the files that changed."""
+
+    def __init__(self, directory: str | os.PathLike[str], *, node_name: str | None = None):
+        self.directory = Path(directory)
+        self.node_name = node_name  # kept for the agent; files are not filtered by node
+        self._files: dict[Path, _File] = {}
+        self._loaded: dict[Path, _Signature] | None = None  # what the last load() saw
+
+    def poll(self) -> bool:
+        """Whether the directory changed since the last ``load()`` (True before the
+        first one). Raises ``SourceError`` when the directory cannot be listed."""
+        return self._signatures() != self._loaded
+
+    def load(self) -> Snapshot:
+        """Read the directory. Raises ``SourceError`` when it cannot be listed; a file
+        that cannot be read is reported in the snapshot instead."""
+        signatures = self._signatures()
+        files: dict[Path, _File] = {}
+        for path, signature in signatures.items():
+            known = self._files.get(path)
+            if known is not None and known.signature == signature:
+                files[path] = known
+            else:
+                files[path] = self._read(path, signature, known)
+        self._files = files
+        self._loaded = signatures
+        return self._snapshot()
+
+    def watch(
+        self,
+        callback: Callable[[Snapshot], None],
+        *,
+        stop: threading.Event,
+        interval: float = 0.5,
+    ) -> None:
+        """Call ``callback`` with a new snapshot now and after every change, until
+        ``stop`` is set. A directory that cannot be read is logged and retried."""
+        while not stop.is_set():
+            try:
+                if self.poll():
+                    callback(self.load())
+            except SourceError as e:
+                log.error("%s", e)
+            stop.wait(interval)
+
+    def _signatures(self) -> dict[Path, _Signature]:
+        found: dict[Path, _Signature] = {}
+        try:
+            entries = list(os.scandir(self.directory))
+        except OSError as e:
+            raise SourceError(f"cannot read manifest directory {self.directory}: {e}") from e
+        for entry in entries:
+            if entry.name.startswith(".") or not entry.name.endswith(SUFFIXES):
+                continue
+            try:
+                if not entry.is_file():
+                    continue
+                st = entry.stat()
+            except OSError:
+                continue  # removed while listing
+            found[Path(entry.path)] = (st.st_mtime_ns, st.st_size, st.st_ino)
+        return dict(sorted(found.items()))
+
+    def _read(self, path: Path, signature: _Signature, known: _File | None) -> _File:
+        try:
+            text = path.read_text(encoding="utf-8")
+            documents = _parse(path, text)
+        except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as e:
+            error = FileError(path, f"cannot parse: {_one_line(e)}; previous content kept")
+            log.error("manifest %s", error)
+            previous = known.objects if known is not None else ()
+            return _File(signature, previous, (error,))
+        objects: list[Obj] = []
+        errors: list[FileError] = []
+        for index, doc in enumerate(documents):
+            for obj in _expand(doc):
+                problem = _check(obj)
+                if problem:
+                    errors.append(FileError(path, f"document {index + 1}: {problem}; ignored"))
+                elif obj["kind"] in KINDS:
+                    objects.append(obj)
+        for error in errors:
+            log.error("manifest %s", error)
+        return _File(signature, tuple(objects), tuple(errors))
+
+    def _snapshot(self) -> Snapshot:
+        by_kind: dict[str, list[Obj]] = {kind: [] for kind in KINDS}
+        errors: list[FileError] = []
+        owners: dict[Key, Path] = {}
+        for path, file in self._files.items():
+            errors.extend(file.errors)
+            for obj in file.objects:
+                key = object_key(obj)
+                owner = owners.get(key)
+                if owner is not None:
+                    what = f"{key[0]} {key[1]}/{key[2]}" if key[1] else f"{key[0]} {key[2]}"
+                    errors.append(FileError(path, f"{what} is also in {owner.name}; ignored"))
+                    continue
+                owners[key] = path
+                by_kind[key[0]].append(obj)
+        return Snapshot(
+            services=tuple(by_kind[SERVICE]),
+            slices=tuple(by_kind[ENDPOINT_SLICE]),
+            nodes=tuple(by_kind[NODE]),
+            errors=tuple(errors),
+        )
+
+
+def _parse(path: Path, text: str) -> list[Any]:
+    """The documents of one file; JSON files hold one, YAML files any number."""
+    if path.suffix == ".json":
+        return [json.loads(text)]
+    return [doc for doc in yaml.load_all(text, Loader=_Loader) if doc is not None]
+
+
+def _expand(doc: Any) -> Iterator[Any]:
+    """A document, or the items of a list document (``List``, ``ServiceList``...),
+    giving items without a kind the kind their list names."""
+    kind = doc.get("kind") if isinstance(doc, Mapping) else None
+    if isinstance(kind, str) and kind.endswith("List") and isinstance(doc.get("items"), list):
+        item_kind = kind.removesuffix("List")
+        for item in doc["items"]:
+            if isinstance(item, dict) and item_kind and "kind" not in item:
+                item = {"kind": item_kind, **item}
+            yield item
+    else:
+        yield doc
+
+
+def _check(obj: Any) -> str | None:
+    """Why a document cannot be tracked (not an object, no kind, no name), or None.
+    Everything else about it is checked by translation, which names the object."""
+    if not isinstance(obj, dict):
+        return f"not an object but {type(obj).__name__}"
+    kind = obj.get("kind")
+    if not isinstance(kind, str) or not kind:
+        return "kind is missing"
+    if kind not in KINDS:
+        return None
+    try:
+        object_key(obj)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())

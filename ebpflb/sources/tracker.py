@@ -1,0 +1,129 @@
+"""Change tracking between syncs, as kube-proxy does it: the current objects keyed by
+(kind, namespace, name), and one {previous, current} record per object touched since
+the last ``take()``, so an add followed by a delete (or an update back to the same
+content) cancels out and wakes nobody.
+
+Pure and single-threaded: the caller holds a lock around every call. Objects are
+plain dicts; they are stored as given, never copied or modified, so callers must not
+mutate them afterwards. Call ``changed_services()`` before ``take()``, which ends the
+period.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ebpflb.model import ServiceRef
+from ebpflb.sources.translate import SERVICE_NAME_LABEL
+
+Obj = Mapping[str, Any]
+Key = tuple[str, str, str]  # (kind, namespace, name); namespace "" when cluster-scoped
+
+SERVICE = "Service"
+ENDPOINT_SLICE = "EndpointSlice"
+NODE = "Node"
+_CLUSTER_SCOPED = frozenset({NODE})
+
+
+@dataclass
+class _Change:
+    previous: Obj | None  # as it was at the last take(); None = did not exist
+    current: Obj | None  # as it is now; None = deleted
+
+
+class ChangeTracker:
+    """The current Services, EndpointSlices and Nodes, and what changed since ``take()``."""
+
+    def __init__(self) -> None:
+        self._objects: dict[Key, Obj] = {}
+        self._changes: dict[Key, _Change] = {}
+
+    def upsert(self, obj: Obj, *, kind: str | None = None) -> None:
+        """Add or replace an object. ``kind`` is for objects that do not carry one (the
+        items of an API list response)."""
+        key = object_key(obj, kind=kind)
+        self._record(key, obj)
+
+    def delete(self, kind: str, namespace: str, name: str) -> None:
+        """Forget an object; deleting an unknown object is a no-op."""
+        key = (kind, "" if kind in _CLUSTER_SCOPED else namespace, name)
+        if key in self._objects or key in self._changes:
+            self._record(key, None)
+
+    def replace_all(self, objects: Iterable[Obj], *, kinds: Collection[str] | None = None) -> None:
+        """Make ``objects`` the whole current set (a manifest load or a relist): upsert
+        each, delete every other object of the given ``kinds`` (default: every kind).
+        Raises ``ValueError`` (before changing anything) when an object has no key."""
+        keyed = {object_key(obj): obj for obj in objects}
+        for key, obj in keyed.items():
+            self._record(key, obj)
+        for key in list(self._objects):
+            if key not in keyed and (kinds is None or key[0] in kinds):
+                self._record(key, None)
+
+    def pending(self) -> bool:
+        """Whether anything really changed since the last ``take()``."""
+        return any(c.previous != c.current for c in self._changes.values())
+
+    def changed_services(self) -> set[ServiceRef]:
+        """The Services whose own object or whose EndpointSlices changed since the last
+        ``take()`` (a slice counts for the Service named by its label, before and after)."""
+        refs: set[ServiceRef] = set()
+        for (kind, namespace, name), change in self._changes.items():
+            if change.previous == change.current:
+                continue
+            if kind == SERVICE:
+                refs.add(ServiceRef(namespace, name))
+            elif kind == ENDPOINT_SLICE:
+                for obj in (change.previous, change.current):
+                    owner = _slice_owner(obj)
+                    if owner:
+                        refs.add(ServiceRef(namespace, owner))
+        return refs
+
+    def take(self) -> tuple[tuple[Obj, ...], tuple[Obj, ...]]:
+        """The full current (services, slices) in key order, ending the change period."""
+        self._changes.clear()
+        return self.objects(SERVICE), self.objects(ENDPOINT_SLICE)
+
+    def objects(self, kind: str) -> tuple[Obj, ...]:
+        """The current objects of one kind (e.g. ``"Node"``), in key order."""
+        return tuple(self._objects[k] for k in sorted(self._objects) if k[0] == kind)
+
+    def __len__(self) -> int:
+        return len(self._objects)
+
+    def _record(self, key: Key, obj: Obj | None) -> None:
+        change = self._changes.get(key)
+        if change is None:
+            change = self._changes[key] = _Change(self._objects.get(key), None)
+        change.current = obj
+        if obj is None:
+            self._objects.pop(key, None)
+        else:
+            self._objects[key] = obj
+        if change.previous is None and change.current is None:
+            del self._changes[key]
+
+
+def object_key(obj: Obj, *, kind: str | None = None) -> Key:
+    """(kind, namespace, name) of an object; namespace defaults to "default", and is ""
+    for cluster-scoped kinds. Raises ``ValueError`` when kind or name is missing."""
+    kind = kind or obj.get("kind")
+    meta = obj.get("metadata")
+    name = meta.get("name") if isinstance(meta, Mapping) else None
+    if not isinstance(kind, str) or not kind:
+        raise ValueError("object has no kind")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{kind} has no metadata.name")
+    namespace = "" if kind in _CLUSTER_SCOPED else (meta or {}).get("namespace") or "default"
+    return (kind, str(namespace), name)
+
+
+def _slice_owner(obj: Obj | None) -> str | None:
+    meta = obj.get("metadata") if obj is not None else None
+    labels = meta.get("labels") if isinstance(meta, Mapping) else None
+    owner = labels.get(SERVICE_NAME_LABEL) if isinstance(labels, Mapping) else None
+    return owner if isinstance(owner, str) else None

@@ -1,0 +1,573 @@
+"""Kubernetes objects -> the model. Pure: plain dicts in (as parsed from YAML/JSON or
+returned by the API), a ``DesiredState`` and a list of ``ObjectError`` out; no I/O,
+no logging (the caller logs the errors it has not logged before).
+
+What one bad field costs (the unit that is skipped is always complete, so an error
+never leaves half a Service port applied; every other object still applies):
+
+- **the whole Service** (no entries, no ``ServiceInfo``): missing ``metadata.name`` or
+  ``spec``, unknown ``spec.type``, a missing or malformed ``clusterIP``, a ClusterIP
+  with no IPv4 address (this node is IPv4-only), a bad ``sessionAffinity`` /
+  ``timeoutSeconds`` / traffic policy, ``spec.ports`` not a list, the same
+  namespace/name defined twice (the later copy);
+- **one Service port** (the other ports apply): ``port``, ``targetPort`` number or
+  ``nodePort`` outside 1-65535, unknown protocol, a missing name on a multi-port
+  Service, a (port, protocol), name or (nodePort, protocol) already used by an
+  earlier port of the same Service;
+- **one frontend address**: a malformed ``spec.externalIPs`` or load-balancer ingress
+  IP; a frontend (address, port, protocol) already claimed by a Service earlier in
+  (namespace, name) order (the error names the later Service);
+- **the whole EndpointSlice**: missing name, missing ``kubernetes.io/service-name``
+  label, unknown ``addressType``, ``ports``/``endpoints`` not lists;
+- **one slice port**: missing or out-of-range port, unknown protocol;
+- **one endpoint**: no address, a malformed or wrong-family address, conditions that
+  are not booleans.
+
+Quietly ignored (normal, not errors): Services labelled
+``service.kubernetes.io/service-proxy-name`` (another proxy owns them, as in
+kube-proxy), IPv6 and FQDN slices, IPv6 external/ingress IPs and node addresses
+(dual-stack objects are normal on an IPv4 node), ingress entries with only a
+hostname or ``ipMode: Proxy``, a NodePort/LoadBalancer port without ``nodePort``
+(the API server allocates it; a manifest may leave it out), slices whose Service
+is unknown.
+
+Traffic policies need to know which backends are local, so they apply only when
+``node_name`` is given: ``externalTrafficPolicy: Local`` keeps only node-local
+backends on NodePort/external/load-balancer frontends, ``internalTrafficPolicy:
+Local`` on the ClusterIP frontend. Without ``node_name`` both act as ``Cluster``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ebpflb.errors import InvalidObjectError
+from ebpflb.model import (
+    Backend,
+    DesiredState,
+    Frontend,
+    FrontendKind,
+    IPAddress,
+    Protocol,
+    ServiceEntry,
+    ServiceInfo,
+    ServicePortName,
+    ServiceRef,
+    ServiceType,
+)
+
+Obj = Mapping[str, Any]
+_Report = Callable[[str], None]  # records an error about the object being parsed
+
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+SERVICE_PROXY_NAME_LABEL = "service.kubernetes.io/service-proxy-name"
+DEFAULT_NAMESPACE = "default"
+DEFAULT_AFFINITY_TIMEOUT = 10800  # seconds; Kubernetes' default for ClientIP affinity
+MAX_AFFINITY_TIMEOUT = 86400  # seconds; the API server's upper bound
+
+
+@dataclass(frozen=True, order=True)
+class ObjectError:
+    """One Kubernetes object (or a part of it) that could not be translated."""
+
+    kind: str  # "Service", "EndpointSlice", "Node"
+    namespace: str  # "" for cluster-scoped objects
+    name: str  # "" when metadata.name itself is missing
+    message: str  # what is wrong and what was skipped
+
+    @property
+    def object(self) -> str:
+        name = self.name or "<unnamed>"
+        return f"{self.namespace}/{name}" if self.namespace else name
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.object}: {self.message}"
+
+    def exception(self) -> InvalidObjectError:
+        return InvalidObjectError(str(self))
+
+
+@dataclass(frozen=True)
+class TranslateResult:
+    state: DesiredState
+    errors: tuple[ObjectError, ...] = ()
+
+
+def translate(
+    services: Iterable[Obj],
+    slices: Iterable[Obj],
+    *,
+    node_name: str | None = None,
+    node_addresses: Sequence[IPAddress] = (),
+) -> TranslateResult:
+    """Translate Services and EndpointSlices into this node's desired state.
+
+    ``node_addresses`` get the NodePort frontends (IPv4 only for now); ``node_name``
+    enables the Local traffic policies (see the module docstring).
+    """
+    errors: list[ObjectError] = []
+    parsed: dict[ServiceRef, _Service] = {}
+    for obj in services:
+        svc = _parse_service(obj, errors)
+        if svc is None:
+            continue
+        if svc.info.ref in parsed:
+            errors.append(_error("Service", svc.info.ref, "defined more than once; copy skipped"))
+            continue
+        parsed[svc.info.ref] = svc
+    backends = _collect_backends(slices, errors)
+    nodes = tuple(dict.fromkeys(a for a in node_addresses if a.version == 4))
+
+    entries: list[ServiceEntry] = []
+    claims: dict[tuple[IPAddress, int, Protocol], ServiceRef] = {}
+    for ref in sorted(parsed):
+        for entry in _entries(parsed[ref], backends, node_name, nodes):
+            owner = claims.get(entry.frontend.key)
+            if owner is not None:
+                fe = entry.frontend
+                msg = f"{fe.kind} frontend {fe} is already used by Service {owner}; skipped"
+                errors.append(_error("Service", ref, msg))
+                continue
+            claims[entry.frontend.key] = ref
+            entries.append(entry)
+    state = DesiredState.build(entries, (s.info for s in parsed.values()))
+    return TranslateResult(state, tuple(sorted(set(errors))))
+
+
+def node_addresses(nodes: Iterable[Obj], node_name: str) -> tuple[IPAddress, ...]:
+    """The InternalIP and ExternalIP addresses of the Node named ``node_name`` (malformed
+    ones are left out), in the Node's order; () when there is no such Node."""
+    for node in nodes:
+        meta = node.get("metadata")
+        if not isinstance(meta, Mapping) or meta.get("name") != node_name:
+            continue
+        status = node.get("status")
+        items = status.get("addresses") if isinstance(status, Mapping) else None
+        found: list[IPAddress] = []
+        for item in items if isinstance(items, list) else ():
+            if isinstance(item, Mapping) and item.get("type") in ("InternalIP", "ExternalIP"):
+                address = _ip(item.get("address"))
+                if address is not None:
+                    found.append(address)
+        return tuple(dict.fromkeys(found))
+    return ()
+
+
+# --- Services --------------------------------------------------------------------------
+
+
+class _Invalid(Exception):
+    """A field is wrong; caught at the level (object, port, endpoint) that is skipped."""
+
+
+@dataclass(frozen=True)
+class _Port:
+    name: str  # "" for the unnamed single port
+    protocol: Protocol
+    port: int
+    target: int | str  # validated only: the slices carry the resolved pod port
+    node_port: int | None
+
+
+@dataclass(frozen=True)
+class _Service:
+    info: ServiceInfo
+    address: ipaddress.IPv4Address | None  # None: not load-balanced (headless, ExternalName)
+    ports: tuple[_Port, ...] = ()
+    external: tuple[IPAddress, ...] = ()
+    load_balancer: tuple[IPAddress, ...] = ()
+    affinity_timeout: int = 0
+    external_local: bool = False
+    internal_local: bool = False
+
+
+def _parse_service(obj: Obj, errors: list[ObjectError]) -> _Service | None:
+    namespace, name = _identity(obj)
+    ref = ServiceRef(namespace, name)
+    try:
+        if not name:
+            raise _Invalid("metadata.name is missing")
+        labels = _mapping(_mapping(obj.get("metadata"), "metadata").get("labels"), "labels")
+        if labels.get(SERVICE_PROXY_NAME_LABEL):
+            return None
+        spec = obj.get("spec")
+        if not isinstance(spec, Mapping):
+            raise _Invalid("spec is missing")
+        svc_type = _service_type(spec.get("type"))
+        if svc_type is ServiceType.EXTERNAL_NAME:
+            external_name = _string(spec.get("externalName"), "spec.externalName") or None
+            return _Service(ServiceInfo(ref, svc_type, None, external_name), None)
+        raw_ip, address = _cluster_ip(spec)
+        info = ServiceInfo(ref, svc_type, raw_ip)
+        if address is None:
+            return _Service(info, None)
+        affinity = _affinity_timeout(spec)
+        external_local = _policy(spec, "externalTrafficPolicy")
+        internal_local = _policy(spec, "internalTrafficPolicy")
+        items = _list(spec.get("ports"), "spec.ports")
+    except _Invalid as e:
+        errors.append(_error("Service", ref, f"{e}; Service skipped"))
+        return None
+
+    def report(message: str) -> None:
+        errors.append(_error("Service", ref, message))
+
+    lb_ips: tuple[IPAddress, ...] = ()
+    if svc_type is ServiceType.LOAD_BALANCER:
+        lb_ips = _ingress_ips(spec, obj.get("status"), report)
+    return _Service(
+        info,
+        address,
+        ports=_service_ports(items, report),
+        external=_addresses(spec.get("externalIPs"), "spec.externalIPs", report),
+        load_balancer=lb_ips,
+        affinity_timeout=affinity,
+        external_local=external_local,
+        internal_local=internal_local,
+    )
+
+
+def _service_type(value: Any) -> ServiceType:
+    if value is None:
+        return ServiceType.CLUSTER_IP
+    try:
+        return ServiceType(value)
+    except ValueError:
+        raise _Invalid(f"spec.type {value!r} is unknown") from None
+
+
+def _cluster_ip(spec: Obj) -> tuple[str, ipaddress.IPv4Address | None]:
+    """The ClusterIP as written (``"None"`` when headless) and the IPv4 one to balance
+    (of a dual-stack Service, its IPv4 address whichever family is primary)."""
+    raw = [_string(spec.get("clusterIP"), "spec.clusterIP")]
+    raw += [_string(v, "spec.clusterIPs") for v in _list(spec.get("clusterIPs"), "spec.clusterIPs")]
+    raw = [v for v in raw if v]
+    if not raw:
+        raise _Invalid("spec.clusterIP is missing (the API server allocates it; set it here)")
+    if raw[0] == "None":
+        return "None", None
+    for value in dict.fromkeys(raw):
+        try:
+            address = ipaddress.ip_address(value)
+        except ValueError:
+            raise _Invalid(f"spec.clusterIP {value!r} is not an IP address") from None
+        if isinstance(address, ipaddress.IPv4Address):
+            return value, address
+    raise _Invalid(f"spec.clusterIP {raw[0]} is IPv6; this node is IPv4-only")
+
+
+def _affinity_timeout(spec: Obj) -> int:
+    affinity = spec.get("sessionAffinity")
+    if affinity in (None, "None"):
+        return 0
+    if affinity != "ClientIP":
+        raise _Invalid(f"spec.sessionAffinity {affinity!r} is not None or ClientIP")
+    config = _mapping(spec.get("sessionAffinityConfig"), "spec.sessionAffinityConfig")
+    client = _mapping(config.get("clientIP"), "spec.sessionAffinityConfig.clientIP")
+    timeout = client.get("timeoutSeconds")
+    if timeout is None:
+        return DEFAULT_AFFINITY_TIMEOUT
+    if not _is_int(timeout) or not 1 <= timeout <= MAX_AFFINITY_TIMEOUT:
+        raise _Invalid(f"timeoutSeconds {timeout!r} is not in 1-{MAX_AFFINITY_TIMEOUT}")
+    return int(timeout)
+
+
+def _policy(spec: Obj, field: str) -> bool:
+    """Whether a traffic policy field says Local."""
+    value = spec.get(field)
+    if value not in (None, "Cluster", "Local"):
+        raise _Invalid(f"spec.{field} {value!r} is not Cluster or Local")
+    return value == "Local"
+
+
+def _service_ports(items: list[Any], report: _Report) -> tuple[_Port, ...]:
+    ports: list[_Port] = []
+    for i, item in enumerate(items):
+        where = f"spec.ports[{i}]"
+        try:
+            port = _service_port(item, multi=len(items) > 1)
+            for other in ports:
+                _check_distinct(port, other)
+        except _Invalid as e:
+            report(f"{where}: {e}; port skipped")
+            continue
+        ports.append(port)
+    return tuple(ports)
+
+
+def _service_port(item: Any, *, multi: bool) -> _Port:
+    item = _mapping(item, "port")
+    name = _string(item.get("name"), "name")
+    if multi and not name:
+        raise _Invalid("name is missing (required when a Service has several ports)")
+    port = _port_number(item.get("port"), "port")
+    target = item.get("targetPort")
+    if target is None:
+        target = port
+    elif isinstance(target, str) and not target.isdigit():
+        if not target:
+            raise _Invalid("targetPort is empty")
+    else:
+        target = _port_number(int(target) if isinstance(target, str) else target, "targetPort")
+    node_port = item.get("nodePort")
+    if node_port is not None:
+        node_port = _port_number(node_port, "nodePort")
+    return _Port(name, _protocol(item.get("protocol")), port, target, node_port)
+
+
+def _check_distinct(port: _Port, other: _Port) -> None:
+    if (port.port, port.protocol) == (other.port, other.protocol):
+        raise _Invalid(f"{port.port}/{port.protocol} is already used by port {other.name!r}")
+    if port.name == other.name:
+        raise _Invalid(f"name {port.name!r} is already used")
+    if port.node_port is not None and (port.node_port, port.protocol) == (
+        other.node_port,
+        other.protocol,
+    ):
+        raise _Invalid(f"nodePort {port.node_port}/{port.protocol} is already used")
+
+
+def _ingress_ips(spec: Obj, status: Any, report: _Report) -> tuple[IPAddress, ...]:
+    try:
+        lb = _mapping(_mapping(status, "status").get("loadBalancer"), "status.loadBalancer")
+        items = _list(lb.get("ingress"), "status.loadBalancer.ingress")
+    except _Invalid as e:
+        report(f"{e}; load-balancer addresses skipped")
+        return ()
+    values = [
+        item.get("ip")
+        for item in items
+        if isinstance(item, Mapping) and item.get("ip") and item.get("ipMode") != "Proxy"
+    ]
+    return _addresses(values, "status.loadBalancer.ingress", report)
+
+
+def _addresses(values: Any, where: str, report: _Report) -> tuple[IPAddress, ...]:
+    """The IPv4 addresses in a list; malformed ones are reported and skipped."""
+    try:
+        items = _list(values, where)
+    except _Invalid as e:
+        report(f"{e}; skipped")
+        return ()
+    found: list[IPAddress] = []
+    for value in items:
+        address = _ip(value)
+        if address is None:
+            report(f"{where}: {value!r} is not an IP address; address skipped")
+            continue
+        if address.version == 4:
+            found.append(address)
+    return tuple(dict.fromkeys(found))
+
+
+# --- EndpointSlices --------------------------------------------------------------------
+
+_PortKey = tuple[ServiceRef, str, Protocol]  # a ServicePortName, as a plain tuple
+_Backends = dict[_PortKey, dict[tuple[IPAddress, int], Backend]]
+
+
+def _collect_backends(slices: Iterable[Obj], errors: list[ObjectError]) -> _Backends:
+    """Every slice's backends, merged per Service port and deduplicated by (address,
+    port), the ready copy winning. Slices are read in (namespace, name) order."""
+    found: _Backends = {}
+    for obj in sorted(slices, key=_identity):
+        for key, backend in _parse_slice(obj, errors):
+            known = found.setdefault(key, {})
+            old = known.get(backend.key)
+            if old is None or _rank(backend) > _rank(old):
+                known[backend.key] = backend
+    return found
+
+
+def _rank(b: Backend) -> tuple[bool, bool, bool]:
+    return (b.ready, b.serving, not b.terminating)
+
+
+def _parse_slice(obj: Obj, errors: list[ObjectError]) -> list[tuple[_PortKey, Backend]]:
+    namespace, name = _identity(obj)
+
+    def report(message: str) -> None:
+        errors.append(ObjectError("EndpointSlice", namespace, name, message))
+
+    try:
+        if not name:
+            raise _Invalid("metadata.name is missing")
+        labels = _mapping(_mapping(obj.get("metadata"), "metadata").get("labels"), "labels")
+        service = labels.get(SERVICE_NAME_LABEL)
+        if not service or not isinstance(service, str):
+            raise _Invalid(f"label {SERVICE_NAME_LABEL} is missing")
+        address_type = obj.get("addressType")
+        if address_type in ("IPv6", "FQDN"):
+            return []
+        if address_type != "IPv4":
+            raise _Invalid(f"addressType {address_type!r} is not IPv4, IPv6 or FQDN")
+        port_items = _list(obj.get("ports"), "ports")
+        endpoint_items = _list(obj.get("endpoints"), "endpoints")
+    except _Invalid as e:
+        report(f"{e}; EndpointSlice skipped")
+        return []
+
+    ports: list[tuple[str, Protocol, int]] = []
+    for i, item in enumerate(port_items):
+        try:
+            item = _mapping(item, "port")
+            port = _port_number(item.get("port"), "port")
+            ports.append((_string(item.get("name"), "name"), _protocol(item.get("protocol")), port))
+        except _Invalid as e:
+            report(f"ports[{i}]: {e}; slice port skipped")
+    endpoints: list[Backend] = []
+    for i, item in enumerate(endpoint_items):
+        try:
+            endpoints.append(_endpoint(item))
+        except _Invalid as e:
+            report(f"endpoints[{i}]: {e}; endpoint skipped")
+    ref = ServiceRef(namespace, service)
+    return [
+        ((ref, port_name, protocol), replace(e, port=port))
+        for port_name, protocol, port in ports
+        for e in endpoints
+    ]
+
+
+def _endpoint(item: Any) -> Backend:
+    """One endpoint's first address and conditions, with port 0 (filled in per port)."""
+    item = _mapping(item, "endpoint")
+    addresses = _list(item.get("addresses"), "addresses")
+    if not addresses:
+        raise _Invalid("addresses is empty")
+    address = _ip(addresses[0])
+    if address is None:
+        raise _Invalid(f"address {addresses[0]!r} is not an IP address")
+    if address.version != 4:
+        raise _Invalid(f"address {address} is not IPv4 (the slice's addressType)")
+    conditions = _mapping(item.get("conditions"), "conditions")
+    ready = _flag(conditions.get("ready"), "ready", default=True)
+    serving = _flag(conditions.get("serving"), "serving", default=ready)
+    terminating = _flag(conditions.get("terminating"), "terminating", default=False)
+    node = _string(item.get("nodeName"), "nodeName") or None
+    zone = _string(item.get("zone"), "zone") or None
+    return Backend(address, 0, ready, serving, terminating, node=node, zone=zone)
+
+
+# --- Entries -----------------------------------------------------------------------------
+
+
+def _entries(
+    svc: _Service,
+    backends: _Backends,
+    node_name: str | None,
+    nodes: tuple[IPAddress, ...],
+) -> list[ServiceEntry]:
+    """One entry per frontend of every port of one Service, in a stable order."""
+    if svc.address is None:
+        return []
+    ref = svc.info.ref
+    node_port_type = svc.info.type in (ServiceType.NODE_PORT, ServiceType.LOAD_BALANCER)
+    entries: list[ServiceEntry] = []
+    for port in svc.ports:
+        name = ServicePortName(ref, port.name, port.protocol)
+        every = tuple(sorted(backends.get((ref, port.name, port.protocol), {}).values()))
+        local = tuple(b for b in every if b.node == node_name)
+        internal = local if svc.internal_local and node_name else every
+        external = local if svc.external_local and node_name else every
+        frontends: list[tuple[IPAddress, int, FrontendKind, tuple[Backend, ...]]] = [
+            (svc.address, port.port, FrontendKind.CLUSTER_IP, internal)
+        ]
+        if node_port_type and port.node_port is not None:
+            frontends += [(a, port.node_port, FrontendKind.NODE_PORT, external) for a in nodes]
+        frontends += [(a, port.port, FrontendKind.EXTERNAL, external) for a in svc.external]
+        frontends += [
+            (a, port.port, FrontendKind.LOAD_BALANCER, external) for a in svc.load_balancer
+        ]
+        for address, number, kind, chosen in frontends:
+            frontend = Frontend(address, number, port.protocol, kind)
+            entries.append(ServiceEntry(frontend, name, chosen, svc.affinity_timeout))
+    return entries
+
+
+# --- Field helpers -----------------------------------------------------------------------
+
+
+def _error(kind: str, ref: ServiceRef, message: str) -> ObjectError:
+    return ObjectError(kind, ref.namespace, ref.name, message)
+
+
+def _identity(obj: Obj) -> tuple[str, str]:
+    """(namespace, name) as well as can be told; "" for a missing name."""
+    meta = obj.get("metadata") if isinstance(obj, Mapping) else None
+    if not isinstance(meta, Mapping):
+        return DEFAULT_NAMESPACE, ""
+    namespace = meta.get("namespace")
+    name = meta.get("name")
+    return (
+        namespace if isinstance(namespace, str) and namespace else DEFAULT_NAMESPACE,
+        name if isinstance(name, str) else "",
+    )
+
+
+def _mapping(value: Any, where: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise _Invalid(f"{where} is not an object")
+    return value
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _Invalid(f"{where} is not a list")
+    return value
+
+
+def _string(value: Any, where: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise _Invalid(f"{where} {value!r} is not a string")
+    return value
+
+
+def _ip(value: Any) -> IPAddress | None:
+    """An IP address written as a string (a YAML number is not one), or None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError:
+        return None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _port_number(value: Any, where: str) -> int:
+    if value is None:
+        raise _Invalid(f"{where} is missing")
+    if not _is_int(value):
+        raise _Invalid(f"{where} {value!r} is not a number")
+    if not 1 <= value <= 65535:
+        raise _Invalid(f"{where} {value} is out of range 1-65535")
+    return int(value)
+
+
+def _protocol(value: Any) -> Protocol:
+    if value is None:
+        return Protocol.TCP
+    try:
+        return Protocol(value)
+    except ValueError:
+        raise _Invalid(f"protocol {value!r} is not TCP, UDP or SCTP") from None
+
+
+def _flag(value: Any, where: str, *, default: bool) -> bool:
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise _Invalid(f"conditions.{where} {value!r} is not true or false")
+    return value
