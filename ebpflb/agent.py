@@ -14,7 +14,7 @@ from typing import Protocol
 from ebpflb.dataplane.base import Dataplane
 from ebpflb.sources.manifests import Snapshot
 from ebpflb.sources.translate import node_addresses, translate
-from ebpflb.sync.syncer import SyncResult, Syncer
+from ebpflb.sync.syncer import Syncer, SyncResult
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,9 @@ class Agent:
                 self.last_result = self.sync_once()
                 self.syncs += 1
                 self._backoff = 0.0
+                if self.syncs == 1:
+                    log.info("ready: first sync done (%d frontends)",
+                             self.last_result.frontends)
             except Exception as exc:
                 # Keep what the data path holds, and retry the whole sync later.
                 self._backoff = min(self.config.max_backoff, max(0.5, self._backoff * 2))

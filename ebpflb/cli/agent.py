@@ -67,13 +67,8 @@ def agent(
     if min_sync_interval < 0:
         raise typer.BadParameter("--min-sync-interval must be >= 0")
 
-    from ebpflb.dataplane.bpf.dataplane import BpfConfig, BpfDataplane
-
-    assert manifests is not None
-    source = ManifestSource(manifests, node_name=node_name)
-    dp = BpfDataplane(BpfConfig(pin_dir=pin_dir, interfaces=_split(interfaces),
-                                max_services=max_services, max_backends=max_backends,
-                                max_conntrack=max_conntrack))
+    # Handlers first: a SIGTERM that arrives while the program compiles must still
+    # end in an orderly stop (and --cleanup), not in death by signal.
     stop = threading.Event()
 
     def _stop(signum: int, _frame: object) -> None:
@@ -82,6 +77,14 @@ def agent(
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+
+    from ebpflb.dataplane.bpf.dataplane import BpfConfig, BpfDataplane
+
+    assert manifests is not None
+    source = ManifestSource(manifests, node_name=node_name)
+    dp = BpfDataplane(BpfConfig(pin_dir=pin_dir, interfaces=_split(interfaces),
+                                max_services=max_services, max_backends=max_backends,
+                                max_conntrack=max_conntrack))
     try:
         Agent(source, dp, AgentConfig(node_name=node_name, min_sync_interval=min_sync_interval)
               ).run(stop)

@@ -29,11 +29,13 @@ class AgentProcess:
         self.extra_args = tuple(extra_args)
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self._log_start = 0
 
     def start(self) -> AgentProcess:
         argv = [sys.executable, "-m", "ebpflb", "agent", "--manifests", self.manifests,
                 "--pin-dir", self.pin_dir, "--min-sync-interval", "0", *self.extra_args]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()/kill()
         self.proc = netns.spawn(self.node_ns, argv, stdout=self._log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -52,6 +54,15 @@ class AgentProcess:
             return self.log_path.read_text(errors="replace")
         except OSError:
             return ""
+
+    def wait_ready(self, *, timeout: float = 30.0) -> None:
+        """Until this run of the agent has finished its first sync."""
+        def ready() -> bool:
+            with open(self.log_path, "rb") as f:
+                f.seek(self._log_start)
+                return b"ready: first sync done" in f.read()
+
+        self.wait_for(ready, timeout=timeout, what="the agent's first sync")
 
     def wait_for(self, predicate: Callable[[], bool], *, timeout: float = 30.0,
                  what: str = "the agent to sync") -> None:

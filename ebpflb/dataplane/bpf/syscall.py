@@ -13,7 +13,7 @@ import errno
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 from ebpflb.errors import DataplaneError
 
@@ -125,6 +125,12 @@ def _addr(obj: ctypes._CData | None) -> int:
     return 0 if obj is None else ctypes.addressof(obj)
 
 
+def _array(elem: type, items: list[Any]) -> ctypes.Array[Any]:
+    """A C array of `items` (ctypes' `type * n` is opaque to mypy)."""
+    array_type: Any = elem * len(items)  # type: ignore[operator]
+    return array_type(*items)  # type: ignore[no-any-return]
+
+
 def possible_cpus() -> int:
     """Number of possible CPUs: the stride count of per-CPU map values."""
     with open("/sys/devices/system/cpu/possible") as f:
@@ -150,8 +156,8 @@ class MapInfo:
         return self.type in _PERCPU_TYPES
 
 
-K = TypeVar("K", bound=ctypes.Structure)
-V = TypeVar("V", bound=ctypes.Structure)
+K = TypeVar("K", bound="ctypes._CData")
+V = TypeVar("V", bound="ctypes._CData")
 
 
 class PinnedMap:
@@ -216,7 +222,8 @@ class PinnedMap:
             if exc.errno == errno.ENOENT:
                 return []
             raise
-        return [value_type.from_buffer_copy(buf, i * stride) for i in range(self._ncpu)]
+        return [cast(V, cast(Any, value_type).from_buffer_copy(buf, i * stride))
+                for i in range(self._ncpu)]
 
     def update(self, key: ctypes._CData, value: ctypes._CData, flags: int = BPF_ANY) -> None:
         _bpf(
@@ -275,8 +282,8 @@ class PinnedMap:
         if not keys:
             return
         ktype, vtype = type(keys[0]), type(values[0])
-        karr = (ktype * len(keys))(*keys)
-        varr = (vtype * len(values))(*values)
+        karr = _array(ktype, keys)
+        varr = _array(vtype, values)
         attr = _BatchAttr(
             keys=ctypes.addressof(karr),
             values=ctypes.addressof(varr),
@@ -296,7 +303,7 @@ class PinnedMap:
         if not keys:
             return
         ktype = type(keys[0])
-        karr = (ktype * len(keys))(*keys)
+        karr = _array(ktype, keys)
         attr = _BatchAttr(keys=ctypes.addressof(karr), count=len(keys), map_fd=self.fd)
         try:
             _bpf(BPF_MAP_DELETE_BATCH, attr)

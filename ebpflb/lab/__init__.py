@@ -1,0 +1,9 @@
+"""The network-namespace lab behind ``ebpflb lab`` and the traffic tests: a node
+namespace (where the agent runs), backend pods running ``podserver`` and a client,
+wired as routed, bridge-less veths so that no lab address or route ever touches the
+root namespace.
+
+``netns`` steps in and out of namespaces, ``topology`` builds and removes a lab,
+``traffic`` sends requests from inside one, ``podserver`` is what the pods run.
+This package imports nothing heavy, so ``podserver`` starts fast.
+"""

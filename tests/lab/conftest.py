@@ -1,0 +1,63 @@
+"""Fixtures for the lab tests: every lab built here has a unique name and is torn
+down in the fixture's finalizer, with an atexit fallback for an interrupted run."""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import os
+import secrets
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from ebpflb.errors import LabError
+from ebpflb.lab import topology
+
+
+def unique_lab_name() -> str:
+    return "t" + secrets.token_hex(3)[:5]
+
+
+def _down_quietly(name: str) -> None:
+    try:
+        topology.down(name)
+    except LabError as exc:  # pragma: no cover - reported, not raised, at exit
+        print(f"lab {name} teardown failed: {exc}")
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: creates network namespaces")
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[topology.Lab]:
+    """A three-pod lab shared by the session."""
+    _require_root()
+    name = unique_lab_name()
+    fallback = functools.partial(_down_quietly, name)
+    atexit.register(fallback)
+    try:
+        yield topology.up(topology.LabSpec(name, pods=3))
+    finally:
+        topology.down(name)
+        atexit.unregister(fallback)
+
+
+@pytest.fixture
+def lab_names() -> Iterator[Callable[[], str]]:
+    """Hands out unique lab names; every lab built under one is removed afterwards."""
+    _require_root()
+    fallbacks: list[Callable[[], None]] = []
+
+    def make() -> str:
+        name = unique_lab_name()
+        fallbacks.append(functools.partial(_down_quietly, name))
+        atexit.register(fallbacks[-1])
+        return name
+
+    yield make
+    for fallback in fallbacks:
+        fallback()
+        atexit.unregister(fallback)

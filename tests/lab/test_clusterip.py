@@ -1,0 +1,270 @@
+"""ClusterIP load balancing in the kernel, with real traffic through the lab: the agent
+runs in the node namespace on the bpf data path, fed by a manifest directory that the
+tests edit while it runs."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ebpflb.cli import app
+from ebpflb.dataplane.bpf import abi
+from ebpflb.dataplane.bpf.bpffs import remove_pins
+from ebpflb.dataplane.bpf.inspect import BpfInspector
+from ebpflb.lab import topology, traffic
+from ebpflb.lab.agentproc import AgentProcess
+
+from .conftest import _require_root, unique_lab_name
+
+pytestmark = pytest.mark.root
+
+CLUSTER_IP = "10.96.0.10"
+OTHER_IP = "10.96.0.20"
+
+SERVICE = """\
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: demo}}
+spec:
+  clusterIP: {ip}
+  ports:
+  - {{name: http, port: 80, protocol: TCP, targetPort: http}}
+  - {{name: echo, port: 53, protocol: UDP, targetPort: 9090}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}-x1
+  namespace: demo
+  labels: {{kubernetes.io/service-name: {name}}}
+addressType: IPv4
+ports:
+- {{name: http, port: 8080, protocol: TCP}}
+- {{name: echo, port: 9090, protocol: UDP}}
+endpoints:
+{endpoints}
+"""
+
+
+def write_service(d: Path, name: str, ip: str, ready: list[str],
+                  not_ready: tuple[str, ...] | list[str] = ()) -> None:
+    eps = [f"- addresses: [{a}]\n  conditions: {{ready: true}}" for a in ready]
+    eps += [f"- addresses: [{a}]\n  conditions: {{ready: false}}" for a in not_ready]
+    text = SERVICE.format(name=name, ip=ip, endpoints="\n".join(eps) or "[]")
+    tmp = d / f".{name}.tmp"
+    tmp.write_text(text)
+    tmp.rename(d / f"{name}.yaml")  # atomic: the agent never reads half a file
+
+
+def active_backends(pin_dir: str, frontend: str) -> set[str]:
+    with BpfInspector(pin_dir) as insp:
+        return {f"{b.address}" for b in insp.backends()
+                if str(b.frontend) == frontend and b.active}
+
+
+def frontends(pin_dir: str) -> set[str]:
+    with BpfInspector(pin_dir) as insp:
+        return {str(v.frontend) for v in insp.services()}
+
+
+class Harness:
+    """The lab, the manifest directory and the agent, with helpers to wait for syncs."""
+
+    def __init__(self, lab: topology.Lab, manifests: Path, pin_dir: str) -> None:
+        self.lab = lab
+        self.manifests = manifests
+        self.pin_dir = pin_dir
+        self.agent: AgentProcess | None = None
+
+    @property
+    def client(self) -> str:
+        return self.lab.client.netns
+
+    def start_agent(self) -> AgentProcess:
+        self.agent = AgentProcess(self.lab.node_ns, manifests=self.manifests,
+                                  pin_dir=self.pin_dir,
+                                  log_path=self.lab.state_dir / "agent.log",
+                                  extra_args=["--cleanup"]).start()
+        self.agent.wait_ready()
+        return self.agent
+
+    def pods(self) -> list[str]:
+        return [str(p.ip) for p in self.lab.pods]
+
+    def baseline(self) -> None:
+        """Only Service web, balanced over every pod of the lab."""
+        for f in self.manifests.glob("*.yaml"):
+            if f.name != "web.yaml":
+                f.unlink()
+        write_service(self.manifests, "web", CLUSTER_IP, self.pods())
+        self.wait_backends(f"{CLUSTER_IP}:80/TCP", set(self.pods()))
+        self.wait_backends(f"{CLUSTER_IP}:53/UDP", set(self.pods()))
+
+    def wait_backends(self, frontend: str, expected: set[str]) -> None:
+        assert self.agent is not None
+        self.agent.wait_for(lambda: active_backends(self.pin_dir, frontend) == expected,
+                            what=f"{frontend} -> {sorted(expected)}")
+
+    def wait_frontends(self, expected: set[str]) -> None:
+        assert self.agent is not None
+        self.agent.wait_for(lambda: frontends(self.pin_dir) == expected,
+                            what=f"frontends {sorted(expected)}")
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
+    _require_root()
+    name = unique_lab_name()
+    pin_dir = f"/sys/fs/bpf/ebpflb-{name}-{secrets.token_hex(2)}"
+    manifests = tmp_path_factory.mktemp("manifests")
+    lab = topology.up(topology.LabSpec(name, pods=3))
+    h = Harness(lab, manifests, pin_dir)
+    try:
+        write_service(manifests, "web", CLUSTER_IP, h.pods())
+        h.start_agent()
+        yield h
+    finally:
+        if h.agent is not None:
+            h.agent.stop()
+        topology.down(name)  # removes the veths and with them every tc filter
+        remove_pins(pin_dir, abi.ALL_MAPS)  # in case the agent could not clean up
+
+
+@pytest.fixture
+def web(harness: Harness) -> Harness:
+    harness.baseline()
+    return harness
+
+
+def names(counts: dict[str, int]) -> dict[str, int]:
+    return {k.strip(): v for k, v in counts.items()}
+
+
+def test_tcp_reaches_every_ready_backend(web: Harness):
+    counts = names(traffic.spread_tcp(web.client, CLUSTER_IP, 80, 300))
+    assert set(counts) == {p.name for p in web.lab.pods}
+    assert min(counts.values()) >= 300 // 3 // 3, counts  # each gets a fair share
+
+
+def test_udp_reaches_every_ready_backend_and_replies_come_from_the_clusterip(web: Harness):
+    counts = names(traffic.spread_udp(web.client, CLUSTER_IP, 53, 300))
+    assert set(counts) == {p.name for p in web.lab.pods}
+    assert min(counts.values()) >= 300 // 3 // 3, counts
+    for _ in range(5):
+        _, source = traffic.udp_request(web.client, CLUSTER_IP, 53)
+        assert source == (CLUSTER_IP, 53)
+
+
+def test_tcp_connection_is_to_the_clusterip(web: Harness):
+    with traffic.KeepAliveClient(web.client, CLUSTER_IP, 80) as conn:
+        assert conn.get().strip() in {p.name for p in web.lab.pods}
+        assert conn.sock.getpeername() == (CLUSTER_IP, 80)
+
+
+def test_not_ready_endpoint_gets_no_traffic(web: Harness):
+    ready, unready = web.pods()[:2], web.pods()[2:]
+    write_service(web.manifests, "web", CLUSTER_IP, ready, unready)
+    web.wait_backends(f"{CLUSTER_IP}:80/TCP", set(ready))
+    counts = names(traffic.spread_tcp(web.client, CLUSTER_IP, 80, 100))
+    assert set(counts) == {"pod-1", "pod-2"}
+
+
+def test_long_lived_connection_keeps_its_backend_while_one_is_added(web: Harness):
+    pod4 = topology.add_pod(web.lab, 4)
+    try:
+        with traffic.KeepAliveClient(web.client, CLUSTER_IP, 80) as conn:
+            first = conn.get().strip()
+            write_service(web.manifests, "web", CLUSTER_IP, [*web.pods()])
+            web.wait_backends(f"{CLUSTER_IP}:80/TCP", set(web.pods()))
+            assert str(pod4.ip) in web.pods()
+            assert [conn.get().strip() for _ in range(20)] == [first] * 20
+        counts = names(traffic.spread_tcp(web.client, CLUSTER_IP, 80, 200))
+        assert "pod-4" in counts, counts  # the new backend takes new connections
+    finally:
+        topology.remove_pod(web.lab, 4)
+
+
+def test_removed_backend_gets_no_new_flows_and_udp_flow_moves(web: Harness):
+    with traffic.UdpSession(web.client, CLUSTER_IP, 53) as session:
+        first, _ = session.request()
+        first = first.strip()
+        gone = next(p for p in web.lab.pods if p.name == first)
+        remaining = [str(p.ip) for p in web.lab.pods if p is not gone]
+        write_service(web.manifests, "web", CLUSTER_IP, remaining)
+        web.wait_backends(f"{CLUSTER_IP}:53/UDP", set(remaining))
+        # Same client socket, same 5-tuple: not black-holed, moved to a live backend.
+        answer, source = session.request()
+        assert answer.strip() != first
+        assert source == (CLUSTER_IP, 53)
+        assert {session.request()[0].strip() for _ in range(10)} == {answer.strip()}
+    tcp = names(traffic.spread_tcp(web.client, CLUSTER_IP, 80, 150))
+    udp = names(traffic.spread_udp(web.client, CLUSTER_IP, 53, 150))
+    assert first not in tcp and first not in udp
+    assert len(tcp) == len(udp) == 2
+
+
+def test_deleted_service_stops_answering(web: Harness):
+    write_service(web.manifests, "other", OTHER_IP, web.pods()[:1])
+    web.wait_frontends({f"{CLUSTER_IP}:80/TCP", f"{CLUSTER_IP}:53/UDP",
+                        f"{OTHER_IP}:80/TCP", f"{OTHER_IP}:53/UDP"})
+    assert traffic.http_get(web.client, OTHER_IP, 80).strip() == "pod-1"
+    (web.manifests / "other.yaml").unlink()
+    web.wait_frontends({f"{CLUSTER_IP}:80/TCP", f"{CLUSTER_IP}:53/UDP"})
+    with pytest.raises(OSError):
+        traffic.http_get(web.client, OTHER_IP, 80, timeout=1.0)
+    with pytest.raises(OSError):
+        traffic.udp_request(web.client, OTHER_IP, 53, timeout=0.5)
+    assert traffic.http_get(web.client, CLUSTER_IP, 80).strip()  # the other one still works
+
+
+def test_cli_reads_the_pinned_maps(web: Harness):
+    result = CliRunner().invoke(app, ["services", "--json", "--pin-dir", web.pin_dir])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    http = next(r for r in rows if r["frontend"] == f"{CLUSTER_IP}:80/TCP")
+    assert http["service"] == "demo/web" and http["port_name"] == "http"
+    assert http["kind"] == "clusterip" and http["active_backends"] == 3
+    traffic.http_get(web.client, CLUSTER_IP, 80)
+    result = CliRunner().invoke(app, ["stats", "--json", "--pin-dir", web.pin_dir])
+    stats = json.loads(result.output)
+    row = next(s for s in stats["services"] if s["frontend"] == f"{CLUSTER_IP}:80/TCP")
+    assert row["rx_packets"] > 0 and row["tx_packets"] > 0
+    with traffic.KeepAliveClient(web.client, CLUSTER_IP, 80) as conn:
+        conn.get()
+        port = conn.sock.getsockname()[1]
+        result = CliRunner().invoke(app, ["conntrack", "--json", "--pin-dir", web.pin_dir])
+        flows = json.loads(result.output)
+        assert any(f["client_port"] == port and f["frontend_address"] == CLUSTER_IP
+                   and f["service"] == "demo/web:http/TCP" for f in flows), flows
+
+
+def test_agent_killed_and_restarted_keeps_an_established_connection(web: Harness):
+    with traffic.KeepAliveClient(web.client, CLUSTER_IP, 80) as conn:
+        first = conn.get().strip()
+        assert web.agent is not None
+        web.agent.kill()  # SIGKILL: no cleanup, the data path stays in the kernel
+        assert conn.get().strip() == first
+        assert traffic.http_get(web.client, CLUSTER_IP, 80).strip()  # new flows too
+        # Inspection works while the agent is down.
+        result = CliRunner().invoke(app, ["backends", "--json", "--pin-dir", web.pin_dir])
+        assert result.exit_code == 0 and len(json.loads(result.output)) == 6
+        web.start_agent()
+        web.wait_backends(f"{CLUSTER_IP}:80/TCP", set(web.pods()))
+        assert [conn.get().strip() for _ in range(10)] == [first] * 10
+
+
+def test_agent_stop_with_cleanup_removes_filters_and_pins(web: Harness):
+    assert web.agent is not None
+    assert web.agent.stop() == 0
+    with contextlib.suppress(Exception):
+        assert not frontends(web.pin_dir)
+    assert not Path(web.pin_dir).exists()
+    with pytest.raises(OSError):
+        traffic.http_get(web.client, CLUSTER_IP, 80, timeout=1.0)
+    web.start_agent()
