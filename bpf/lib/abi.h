@@ -76,6 +76,14 @@ struct lb_stats {
 	__u64 tx_bytes;
 };
 
+/* Service names map value, keyed by a __u32 frontend id: what the CLI shows. Written
+ * by userspace only, never read by the data path. NUL-terminated strings. */
+struct lb_svc_meta {
+	char ns[64];		/* Service namespace */
+	char name[64];		/* Service name */
+	char port[16];		/* Service port name ("" for an unnamed port) */
+};
+
 _Static_assert(sizeof(struct lb4_key) == 8, "lb4_key");
 _Static_assert(sizeof(struct lb4_service) == 16, "lb4_service");
 _Static_assert(sizeof(struct lb4_slot_key) == 8, "lb4_slot_key");
@@ -84,5 +92,6 @@ _Static_assert(sizeof(struct lb4_rnat) == 8, "lb4_rnat");
 _Static_assert(sizeof(struct ct4_key) == 16, "ct4_key");
 _Static_assert(sizeof(struct ct4_value) == 32, "ct4_value");
 _Static_assert(sizeof(struct lb_stats) == 32, "lb_stats");
+_Static_assert(sizeof(struct lb_svc_meta) == 144, "lb_svc_meta");
 
 #endif

@@ -38,6 +38,7 @@
 #define GSTAT_NO_BACKEND	4	/* dropped: service has no usable backend */
 #define GSTAT_FRAGMENT		5	/* IP fragment passed untouched */
 #define GSTAT_CT_FULL		6	/* conntrack insert failed: packet dropped */
+#define GSTAT_BACKEND_MISSING	7	/* dropped: slot names a backend that is not there */
 #define GSTAT_MAX		8
 
 #endif

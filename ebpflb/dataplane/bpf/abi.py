@@ -21,6 +21,7 @@ MAP_REVNAT = "ebpflb_rnat4"
 MAP_CONNTRACK = "ebpflb_ct4"
 MAP_SVC_STATS = "ebpflb_svcstat"
 MAP_GLOBAL_STATS = "ebpflb_gstat"
+MAP_SVC_META = "ebpflb_svcmeta"
 ALL_MAPS = (
     MAP_SERVICES,
     MAP_SLOTS,
@@ -29,6 +30,7 @@ ALL_MAPS = (
     MAP_CONNTRACK,
     MAP_SVC_STATS,
     MAP_GLOBAL_STATS,
+    MAP_SVC_META,
 )
 
 DEFAULT_PIN_DIR = "/sys/fs/bpf/ebpflb"
@@ -74,6 +76,7 @@ class GlobalStat(enum.IntEnum):
     NO_BACKEND = 4
     FRAGMENT = 5
     CT_FULL = 6
+    BACKEND_MISSING = 7
 
 
 GSTAT_MAX = 8
@@ -158,6 +161,16 @@ class LbStats(ctypes.Structure):
     ]
 
 
+class LbSvcMeta(ctypes.Structure):
+    """Names of a frontend for the CLI (NUL-terminated); userspace writes, BPF never reads."""
+
+    _fields_ = [
+        ("ns", ctypes.c_char * 64),
+        ("name", ctypes.c_char * 64),
+        ("port", ctypes.c_char * 16),
+    ]
+
+
 # struct name in abi.h -> ctypes mirror, for the layout test.
 C_STRUCTS: dict[str, type[ctypes.Structure]] = {
     "lb4_key": Lb4Key,
@@ -168,6 +181,7 @@ C_STRUCTS: dict[str, type[ctypes.Structure]] = {
     "ct4_key": Ct4Key,
     "ct4_value": Ct4Value,
     "lb_stats": LbStats,
+    "lb_svc_meta": LbSvcMeta,
 }
 
 

@@ -1,0 +1,67 @@
+/* lb.h: service lookup and backend selection: which backend a new flow gets (random
+ * slot, as kube-proxy and Cilium do by default), and whether a backend is still one
+ * of its service's. */
+#ifndef EBPFLB_LB_H
+#define EBPFLB_LB_H
+
+#include "abi.h"
+#include "consts.h"
+#include "drop_reasons.h"
+#include "maps.h"
+#include "parse.h"
+#include "stats.h"
+
+/* The service whose frontend the packet is addressed to, or NULL. */
+static __always_inline struct lb4_service *lb4_lookup_service(const struct pkt4 *pkt)
+{
+	struct lb4_key key;
+
+	__builtin_memset(&key, 0, sizeof(key));
+	key.address = pkt->daddr;
+	key.dport = pkt->dport;
+	key.proto = pkt->proto;
+	return map_svc4_lookup(&key);
+}
+
+/* Backend id's entry if it still belongs to service svc_id, else NULL. */
+static __always_inline struct lb4_backend *lb4_lookup_backend(__u32 backend_id, __u32 svc_id)
+{
+	struct lb4_backend *be = map_be4_lookup(&backend_id);
+
+	if (!be || be->svc_id != svc_id)
+		return NULL;
+	return be;
+}
+
+/* Where replies of service svc_id are rewritten to, or NULL once it is deleted. */
+static __always_inline struct lb4_rnat *lb4_lookup_rnat(__u32 svc_id)
+{
+	return map_rnat4_lookup(&svc_id);
+}
+
+/* Pick a backend for a new flow: a random slot among the svc->count usable ones.
+ * Sets *backend_id and *be; 0 or a DROP_* code (counted). */
+static __always_inline int lb4_select_backend(const struct lb4_service *svc,
+					      __u32 *backend_id, struct lb4_backend **be)
+{
+	struct lb4_slot_key key;
+	__u32 *id;
+
+	if (svc->count == 0) {
+		stats_global_inc(GSTAT_NO_BACKEND);
+		return DROP_NO_BACKEND;
+	}
+	__builtin_memset(&key, 0, sizeof(key));
+	key.svc_id = svc->id;
+	key.slot = bpf_get_prandom_u32() % svc->count;
+	id = map_slot4_lookup(&key);
+	*be = id ? lb4_lookup_backend(*id, svc->id) : NULL;
+	if (!*be) {
+		stats_global_inc(GSTAT_BACKEND_MISSING);
+		return DROP_BACKEND_MISSING;
+	}
+	*backend_id = *id;
+	return 0;
+}
+
+#endif

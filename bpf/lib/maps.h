@@ -1,0 +1,53 @@
+/* maps.h: every map of the data path, pinned under PIN_DIR (names mirrored in
+ * ebpflb/dataplane/bpf/abi.py), and the accessors through which the other headers
+ * reach them.
+ *
+ * bcc workaround: bcc rewrites `map.lookup()` calls into real map references only in
+ * the main source file, never in an included header (a header's call compiles but
+ * fails to load). So the headers call the map_* accessors declared here, and
+ * ebpflb_tc.c defines them, one line each. Declarations in headers are fine: bcc
+ * creates and pins every map it sees declared. */
+#ifndef EBPFLB_MAPS_H
+#define EBPFLB_MAPS_H
+
+#include "abi.h"
+#include "consts.h"
+
+/* frontend (address, port, proto) -> service: backend count, id, flags */
+BPF_TABLE_PINNED("hash", struct lb4_key, struct lb4_service, ebpflb_svc4,
+		 MAX_SERVICES, PIN_DIR "/ebpflb_svc4");
+/* (service id, slot) -> backend id: the backends new flows are spread over */
+BPF_TABLE_PINNED("hash", struct lb4_slot_key, __u32, ebpflb_slot4,
+		 MAX_BACKENDS, PIN_DIR "/ebpflb_slot4");
+/* backend id -> backend address, port and owning service */
+BPF_TABLE_PINNED("hash", __u32, struct lb4_backend, ebpflb_be4,
+		 MAX_BACKENDS, PIN_DIR "/ebpflb_be4");
+/* service id -> frontend address and port that replies are rewritten to */
+BPF_TABLE_PINNED("hash", __u32, struct lb4_rnat, ebpflb_rnat4,
+		 MAX_SERVICES, PIN_DIR "/ebpflb_rnat4");
+/* 5-tuple + direction -> flow's backend (SERVICE) or frontend (REPLY); LRU-evicted */
+BPF_TABLE_PINNED("lru_hash", struct ct4_key, struct ct4_value, ebpflb_ct4,
+		 MAX_CONNTRACK, PIN_DIR "/ebpflb_ct4");
+/* service id -> per-CPU packet and byte counters */
+BPF_TABLE_PINNED("percpu_array", __u32, struct lb_stats, ebpflb_svcstat,
+		 MAX_SERVICES, PIN_DIR "/ebpflb_svcstat");
+/* GSTAT_* index -> per-CPU global counter */
+BPF_TABLE_PINNED("percpu_array", __u32, __u64, ebpflb_gstat,
+		 GSTAT_MAX, PIN_DIR "/ebpflb_gstat");
+/* service id -> namespace/name/port names for the CLI; userspace only, never read here */
+BPF_TABLE_PINNED("hash", __u32, struct lb_svc_meta, ebpflb_svcmeta,
+		 MAX_SERVICES, PIN_DIR "/ebpflb_svcmeta", BPF_F_NO_PREALLOC);
+
+/* Accessors, defined in ebpflb_tc.c (see above for why). Update/delete return the
+ * helper's 0 or negative errno. */
+static __always_inline struct lb4_service *map_svc4_lookup(struct lb4_key *key);
+static __always_inline __u32 *map_slot4_lookup(struct lb4_slot_key *key);
+static __always_inline struct lb4_backend *map_be4_lookup(__u32 *id);
+static __always_inline struct lb4_rnat *map_rnat4_lookup(__u32 *id);
+static __always_inline struct ct4_value *map_ct4_lookup(struct ct4_key *key);
+static __always_inline int map_ct4_update(struct ct4_key *key, struct ct4_value *value);
+static __always_inline int map_ct4_delete(struct ct4_key *key);
+static __always_inline struct lb_stats *map_svcstat_lookup(__u32 *id);
+static __always_inline __u64 *map_gstat_lookup(__u32 *index);
+
+#endif

@@ -1,0 +1,134 @@
+"""Compiling and loading the tc program (bpf/ebpflb_tc.c) with bcc.
+
+Owns the one call into bcc's compiler. Tunables reach the C code as ``-D`` flags, never
+by editing the source text. bcc prints compiler and verifier messages on the process's
+stderr (from C++), so the loader captures file descriptor 2 while it compiles and puts
+that text into the ``BpfUnavailableError`` it raises. The maps are pinned under
+``pin_dir`` by bcc itself on first load and reused by later loads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ebpflb.errors import BpfUnavailableError, DataplaneError
+
+log = logging.getLogger(__name__)
+
+PROGRAM_FILE = "ebpflb_tc.c"
+PROGRAM_NAME = "ebpflb_tc"
+BPF_DIR_ENV = "EBPFLB_BPF_DIR"
+
+
+def bpf_dir() -> Path:
+    """The directory of the C sources: $EBPFLB_BPF_DIR, else ``bpf/`` of the source tree."""
+    env = os.environ.get(BPF_DIR_ENV)
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[3] / "bpf"
+
+
+class LoadedProgram:
+    """The loaded tc program; keeps bcc's module (and so the program and maps) alive."""
+
+    def __init__(self, *, bpf: Any, fd: int, name: str, pin_dir: str) -> None:
+        self.bpf = bpf
+        self.fd = fd
+        self.name = name
+        self.pin_dir = pin_dir
+
+    def close(self) -> None:
+        """Release the program and map file descriptors; pinned maps stay."""
+        if self.bpf is not None:
+            self.bpf.cleanup()
+            self.bpf = None
+            self.fd = -1
+
+    def __enter__(self) -> LoadedProgram:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def _captured_stderr(sink: list[str]) -> Iterator[None]:
+    """Redirect fd 2 into a temporary file; its text is appended to ``sink``."""
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            sink.append(tmp.read().decode(errors="replace"))
+
+
+def _cflags(source_dir: Path, *, pin_dir: str, max_services: int, max_backends: int,
+            max_conntrack: int) -> list[str]:
+    if any(c in pin_dir for c in '"\\\n') or not os.path.isabs(pin_dir):
+        raise DataplaneError(f"pin dir must be an absolute path without quotes: {pin_dir!r}")
+    for name, value in (("max_services", max_services), ("max_backends", max_backends),
+                        ("max_conntrack", max_conntrack)):
+        if not 1 <= value <= 1 << 26:
+            raise DataplaneError(f"{name} out of range: {value}")
+    return [
+        f"-I{source_dir}",
+        f'-DPIN_DIR="{pin_dir.rstrip("/")}"',
+        f"-DMAX_SERVICES={max_services}",
+        f"-DMAX_BACKENDS={max_backends}",
+        f"-DMAX_CONNTRACK={max_conntrack}",
+        "-Wall",
+        "-Werror",
+    ]
+
+
+def compile_program(*, pin_dir: str, max_services: int, max_backends: int,
+                    max_conntrack: int) -> LoadedProgram:
+    """Compile bpf/ebpflb_tc.c, create or reuse its maps pinned under ``pin_dir`` (which
+    must be on a bpffs), and load the entry program as a tc classifier."""
+    try:
+        import bcc  # optional: imported only where it is needed
+    except ImportError as exc:
+        raise BpfUnavailableError(
+            f"bcc is not importable: install python3-bpfcc and run with Debian's python3 "
+            f"(or a venv made with --system-site-packages) ({exc})"
+        ) from exc
+
+    source_dir = bpf_dir()
+    source = source_dir / PROGRAM_FILE
+    if not source.is_file():
+        raise BpfUnavailableError(f"BPF source not found: {source} (set ${BPF_DIR_ENV})")
+    cflags = _cflags(source_dir, pin_dir=pin_dir, max_services=max_services,
+                     max_backends=max_backends, max_conntrack=max_conntrack)
+    try:
+        os.makedirs(pin_dir, exist_ok=True)
+    except OSError as exc:
+        raise DataplaneError(f"cannot create pin dir {pin_dir}: {exc.strerror}") from exc
+
+    messages: list[str] = []
+    module: Any = None
+    try:
+        with _captured_stderr(messages):
+            module = bcc.BPF(src_file=str(source).encode(), cflags=cflags)
+            fn = module.load_func(PROGRAM_NAME.encode(), bcc.BPF.SCHED_CLS)
+    except Exception as exc:  # bcc raises bare Exception for compile and verifier errors
+        if module is not None:
+            module.cleanup()
+        detail = "\n".join(m.strip() for m in messages if m.strip())
+        raise BpfUnavailableError(
+            f"cannot load {source}: {exc}" + (f"\n{detail}" if detail else "")
+        ) from exc
+    for text in messages:
+        if text.strip():
+            log.debug("bcc: %s", text.strip())
+    log.info("loaded %s (fd %d), maps pinned under %s", PROGRAM_NAME, fn.fd, pin_dir)
+    return LoadedProgram(bpf=module, fd=int(fn.fd), name=PROGRAM_NAME, pin_dir=pin_dir)

@@ -1,0 +1,177 @@
+"""Fixtures for the packet tests: the tc program compiled once per session with its
+maps pinned on a private bpffs under /run (unmounted and removed afterwards, even when a
+test fails), and a ``maps`` handle that empties every map before each test."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import secrets
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from ebpflb.dataplane.bpf import abi
+from ebpflb.dataplane.bpf.loader import LoadedProgram, compile_program
+from ebpflb.dataplane.bpf.syscall import PinnedMap, TestRunResult, possible_cpus, prog_test_run
+from ebpflb.errors import BpfUnavailableError
+
+MAX_SERVICES = 64
+MAX_BACKENDS = 256
+MAX_CONNTRACK = 1024
+
+TC_ACT_OK = 0
+TC_ACT_SHOT = 2
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: loads BPF programs and mounts a bpffs")
+
+
+@pytest.fixture(scope="session")
+def pin_dir() -> Iterator[str]:
+    """A fresh bpffs under /run, unmounted and removed at the end of the session."""
+    _require_root()
+    path = f"/run/ebpflb-test-{secrets.token_hex(4)}"
+    os.makedirs(path)
+    try:
+        subprocess.run(["mount", "-t", "bpf", "bpf", path], check=True, capture_output=True)
+        try:
+            yield path
+        finally:
+            subprocess.run(["umount", path], check=True, capture_output=True)
+    finally:
+        os.rmdir(path)
+
+
+@pytest.fixture(scope="session")
+def program(pin_dir: str) -> Iterator[LoadedProgram]:
+    try:
+        prog = compile_program(pin_dir=pin_dir, max_services=MAX_SERVICES,
+                               max_backends=MAX_BACKENDS, max_conntrack=MAX_CONNTRACK)
+    except BpfUnavailableError as exc:
+        if "not importable" in str(exc):
+            pytest.skip(str(exc))
+        raise
+    try:
+        yield prog
+    finally:
+        prog.close()
+
+
+@dataclass
+class Maps:
+    """The program's pinned maps, opened like the CLI opens them, plus small writers."""
+
+    pin_dir: str
+    svc4: PinnedMap
+    slot4: PinnedMap
+    be4: PinnedMap
+    rnat4: PinnedMap
+    ct4: PinnedMap
+    svcstat: PinnedMap
+    gstat: PinnedMap
+    svcmeta: PinnedMap
+
+    @classmethod
+    def open(cls, pin_dir: str) -> Maps:
+        def m(name: str) -> PinnedMap:
+            return PinnedMap(os.path.join(pin_dir, name))
+
+        return cls(pin_dir, m(abi.MAP_SERVICES), m(abi.MAP_SLOTS), m(abi.MAP_BACKENDS),
+                   m(abi.MAP_REVNAT), m(abi.MAP_CONNTRACK), m(abi.MAP_SVC_STATS),
+                   m(abi.MAP_GLOBAL_STATS), m(abi.MAP_SVC_META))
+
+    def all(self) -> list[PinnedMap]:
+        return [self.svc4, self.slot4, self.be4, self.rnat4, self.ct4, self.svcstat,
+                self.gstat, self.svcmeta]
+
+    def clear(self) -> None:
+        """Empty the hash maps and zero the per-CPU arrays."""
+        hashes: list[tuple[PinnedMap, type[ctypes.Structure]]] = [
+            (self.svc4, abi.Lb4Key), (self.slot4, abi.Lb4SlotKey), (self.ct4, abi.Ct4Key),
+            (self.be4, _U32), (self.rnat4, _U32), (self.svcmeta, _U32),
+        ]
+        for m, key_type in hashes:
+            for key in list(m.keys(key_type)):
+                m.delete(key)
+        for m in (self.svcstat, self.gstat):
+            stride = (m.info.value_size + 7) & ~7
+            zeros = ctypes.create_string_buffer(stride * possible_cpus())
+            for index in range(m.info.max_entries):
+                m.update(ctypes.c_uint32(index), zeros)
+
+    def close(self) -> None:
+        for m in self.all():
+            m.close()
+
+    # Writers, in the order the real map writer uses: backends, slots, reverse NAT,
+    # then the service entry whose count makes the slots visible.
+    def add_backend(self, svc_id: int, backend_id: int, addr: str, port: int, proto: int) -> None:
+        self.be4.update(ctypes.c_uint32(backend_id),
+                        abi.Lb4Backend(abi.pack_ip4(addr), abi.htons(port), proto,
+                                       abi.BackendFlag.ACTIVE, svc_id))
+
+    def set_slots(self, svc_id: int, backend_ids: list[int]) -> None:
+        for slot, backend_id in enumerate(backend_ids):
+            self.slot4.update(abi.Lb4SlotKey(svc_id, slot), ctypes.c_uint32(backend_id))
+
+    def add_service(self, svc_id: int, addr: str, port: int, proto: int,
+                    backends: dict[int, tuple[str, int]]) -> None:
+        for backend_id, (baddr, bport) in backends.items():
+            self.add_backend(svc_id, backend_id, baddr, bport, proto)
+        self.set_slots(svc_id, list(backends))
+        self.rnat4.update(ctypes.c_uint32(svc_id),
+                          abi.Lb4Rnat(abi.pack_ip4(addr), abi.htons(port)))
+        self.set_count(svc_id, addr, port, proto, len(backends))
+
+    def set_count(self, svc_id: int, addr: str, port: int, proto: int, count: int) -> None:
+        self.svc4.update(abi.Lb4Key(abi.pack_ip4(addr), abi.htons(port), proto),
+                         abi.Lb4Service(svc_id, count, abi.SvcFlag.CLUSTERIP))
+
+    def gstat_value(self, stat: abi.GlobalStat) -> int:
+        return sum(v.value for v in self.gstat.lookup_percpu(ctypes.c_uint32(stat), _U64))
+
+    def svc_stats(self, svc_id: int) -> abi.LbStats:
+        total = abi.LbStats()
+        for v in self.svcstat.lookup_percpu(ctypes.c_uint32(svc_id), abi.LbStats):
+            for field in abi.LbStats._fields_:
+                setattr(total, field[0], getattr(total, field[0]) + getattr(v, field[0]))
+        return total
+
+
+class _U32(ctypes.Structure):
+    _fields_ = [("value", ctypes.c_uint32)]
+
+
+class _U64(ctypes.Structure):
+    _fields_ = [("value", ctypes.c_uint64)]
+
+
+@pytest.fixture(scope="session")
+def session_maps(program: LoadedProgram) -> Iterator[Maps]:
+    maps = Maps.open(program.pin_dir)
+    try:
+        yield maps
+    finally:
+        maps.close()
+
+
+@pytest.fixture
+def maps(session_maps: Maps) -> Maps:
+    """The pinned maps, emptied before the test."""
+    session_maps.clear()
+    return session_maps
+
+
+RunFn = Callable[[bytes], TestRunResult]
+
+
+@pytest.fixture
+def run(program: LoadedProgram) -> RunFn:
+    """Run the program once on a frame (BPF_PROG_TEST_RUN)."""
+    return functools.partial(prog_test_run, program.fd)

@@ -1,0 +1,107 @@
+"""The Python mirrors in ebpflb.dataplane.bpf.abi match the C: struct sizes, field
+offsets and sizes (checked by the C compiler itself, through _Static_assert), the
+#define'd numbers, and the maps the loaded program pinned."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+
+import pytest
+
+from ebpflb.dataplane.bpf import abi
+from ebpflb.dataplane.bpf.loader import LoadedProgram, bpf_dir
+from ebpflb.dataplane.bpf.syscall import PinnedMap
+
+pytestmark = pytest.mark.root
+
+LIB = bpf_dir() / "lib"
+
+
+def _layout_asserts(c_name: str, mirror: type[ctypes.Structure]) -> str:
+    lines = [f"_Static_assert(sizeof(struct {c_name}) == {ctypes.sizeof(mirror)}, "
+             f'"sizeof {c_name}");']
+    for field_name, field_type, *_ in mirror._fields_:
+        offset = getattr(mirror, field_name).offset
+        lines.append(f"_Static_assert(__builtin_offsetof(struct {c_name}, {field_name}) == "
+                     f'{offset}, "offset of {c_name}.{field_name}");')
+        lines.append(f"_Static_assert(sizeof(((struct {c_name} *)0)->{field_name}) == "
+                     f'{ctypes.sizeof(field_type)}, "size of {c_name}.{field_name}");')
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("c_name", sorted(abi.C_STRUCTS))
+def test_struct_layout_matches_c(c_name: str, program: LoadedProgram) -> None:
+    import bcc
+
+    mirror = abi.C_STRUCTS[c_name]
+    text = '#include "lib/abi.h"\n' + _layout_asserts(c_name, mirror) + "\n"
+    text += "int ebpflb_abi_check(struct __sk_buff *skb) { return 0; }\n"
+    # A mismatch is a compile error naming the struct and field (on captured stderr).
+    module = bcc.BPF(text=text.encode(), cflags=[f"-I{bpf_dir()}", "-Wall", "-Werror"])
+    module.cleanup()
+
+
+def _defines(header: str, prefix: str) -> dict[str, int]:
+    text = (LIB / header).read_text()
+    return {m[1]: int(m[2], 0)
+            for m in re.finditer(rf"^#define\s+{prefix}(\w+)\s+(-?(?:0x)?[0-9a-fA-F]+)\b",
+                                 text, re.M)}
+
+
+@pytest.mark.parametrize(
+    ("header", "prefix", "mirror"),
+    [
+        ("drop_reasons.h", "DROP_", {e.name: e.value for e in abi.DropReason}),
+        ("consts.h", "GSTAT_", {e.name: e.value for e in abi.GlobalStat}
+         | {"MAX": abi.GSTAT_MAX}),
+        ("consts.h", "SVC_F_", {e.name: e.value for e in abi.SvcFlag}),
+        ("consts.h", "BE_F_", {e.name: e.value for e in abi.BackendFlag}),
+        ("consts.h", "CT_DIR_", {e.name: e.value for e in abi.CtDir}),
+    ],
+)
+def test_constants_match_c(header: str, prefix: str, mirror: dict[str, int]) -> None:
+    assert _defines(header, prefix) == mirror
+
+
+def test_default_tunables_match_c() -> None:
+    text = (LIB / "consts.h").read_text()
+    for name, value in [("MAX_SERVICES", abi.DEFAULT_MAX_SERVICES),
+                        ("MAX_BACKENDS", abi.DEFAULT_MAX_BACKENDS),
+                        ("MAX_CONNTRACK", abi.DEFAULT_MAX_CONNTRACK)]:
+        assert re.search(rf"^#define {name} {value}\b", text, re.M), name
+    assert f'#define PIN_DIR "{abi.DEFAULT_PIN_DIR}"' in text
+
+
+def test_maps_h_declares_exactly_the_abi_maps() -> None:
+    text = (LIB / "maps.h").read_text()
+    declared = re.findall(r"BPF_TABLE_PINNED\([^;]*?\b(ebpflb_\w+),", text, re.S)
+    pinned_as = re.findall(r'PIN_DIR "/(\w+)"', text)
+    assert sorted(declared) == sorted(abi.ALL_MAPS)
+    assert declared == pinned_as
+    assert all(len(name) <= 15 for name in declared)
+
+
+# map -> (key, value, per-CPU) as the Python side reads it
+_CType = type[ctypes.c_uint32] | type[ctypes.c_uint64] | type[ctypes.Structure]
+MAP_LAYOUT: dict[str, tuple[_CType, _CType, bool]] = {
+    abi.MAP_SERVICES: (abi.Lb4Key, abi.Lb4Service, False),
+    abi.MAP_SLOTS: (abi.Lb4SlotKey, ctypes.c_uint32, False),
+    abi.MAP_BACKENDS: (ctypes.c_uint32, abi.Lb4Backend, False),
+    abi.MAP_REVNAT: (ctypes.c_uint32, abi.Lb4Rnat, False),
+    abi.MAP_CONNTRACK: (abi.Ct4Key, abi.Ct4Value, False),
+    abi.MAP_SVC_STATS: (ctypes.c_uint32, abi.LbStats, True),
+    abi.MAP_GLOBAL_STATS: (ctypes.c_uint32, ctypes.c_uint64, True),
+    abi.MAP_SVC_META: (ctypes.c_uint32, abi.LbSvcMeta, False),
+}
+
+
+@pytest.mark.parametrize("name", abi.ALL_MAPS)
+def test_pinned_map_matches_abi(name: str, program: LoadedProgram) -> None:
+    key, value, percpu = MAP_LAYOUT[name]
+    with PinnedMap(os.path.join(program.pin_dir, name)) as m:
+        assert m.info.name == name
+        assert m.info.key_size == ctypes.sizeof(key)
+        assert m.info.value_size == ctypes.sizeof(value)
+        assert m.info.percpu == percpu
