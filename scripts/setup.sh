@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PKGS=(python3-bpfcc libbpfcc linux-headers-amd64 iproute2 iptables iputils-ping gcc make
-      python3-venv iperf3)
+      python3-venv iperf3 nftables util-linux)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -17,7 +17,7 @@ from ebpflb.cli import app
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import remove_pins
 from ebpflb.dataplane.bpf.inspect import BpfInspector
-from ebpflb.lab import topology, traffic
+from ebpflb.lab import netns, topology, traffic
 from ebpflb.lab.agentproc import AgentProcess
 
 from .conftest import _require_root, unique_lab_name
@@ -261,10 +261,16 @@ def test_agent_killed_and_restarted_keeps_an_established_connection(web: Harness
 
 def test_agent_stop_with_cleanup_removes_filters_and_pins(web: Harness):
     assert web.agent is not None
+    for ifname in web.lab.host_ifnames:
+        out = netns.run(web.lab.node_ns, ["tc", "filter", "show", "dev", ifname, "ingress"])
+        assert "ebpflb_tc" in out.stdout, (ifname, out.stdout)
     assert web.agent.stop() == 0
     with contextlib.suppress(Exception):
         assert not frontends(web.pin_dir)
     assert not Path(web.pin_dir).exists()
+    for ifname in web.lab.host_ifnames:  # read back from the kernel, not trusted
+        out = netns.run(web.lab.node_ns, ["tc", "filter", "show", "dev", ifname, "ingress"])
+        assert "ebpflb_tc" not in out.stdout, (ifname, out.stdout)
     with pytest.raises(OSError):
         traffic.http_get(web.client, CLUSTER_IP, 80, timeout=1.0)
     web.start_agent()

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import ensure_pin_dir, remove_pins
-from ebpflb.dataplane.bpf.maps import BpfMaps
+from ebpflb.dataplane.bpf.maps import BpfMaps, check_geometry
 from ebpflb.dataplane.bpf.writer import MapWriter
 from ebpflb.errors import DataplaneError
 from ebpflb.sync.plan import FrontendKey, FrontendState, Plan
@@ -41,6 +41,8 @@ class BpfDataplane:
         )
         try:
             self.maps = BpfMaps(config.pin_dir)
+            check_geometry(self.maps, max_services=config.max_services,
+                           max_backends=config.max_backends, max_conntrack=config.max_conntrack)
             self.writer = MapWriter(
                 self.maps, max_services=config.max_services, max_backends=config.max_backends
             )

@@ -38,8 +38,9 @@ class BpfMaps:
     def __init__(self, pin_dir: str) -> None:
         if not pins_present(pin_dir):
             missing = [n for n in abi.ALL_MAPS if not os.path.exists(os.path.join(pin_dir, n))]
+            detail = "" if len(missing) == len(abi.ALL_MAPS) else f" (missing {', '.join(missing)})"
             raise DataplaneError(
-                f"no ebpflb maps pinned under {pin_dir} (missing {', '.join(missing)}); "
+                f"no ebpflb maps pinned under {pin_dir}{detail}; "
                 "is the agent running with this --pin-dir?"
             )
         self.pin_dir = pin_dir
@@ -73,6 +74,44 @@ class BpfMaps:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# map -> (key type, value type, the agent option that sizes it)
+_GEOMETRY: dict[str, tuple[type, type, str | None]] = {
+    abi.MAP_SERVICES: (abi.Lb4Key, abi.Lb4Service, "max_services"),
+    abi.MAP_SLOTS: (abi.Lb4SlotKey, ctypes.c_uint32, "max_backends"),
+    abi.MAP_BACKENDS: (ctypes.c_uint32, abi.Lb4Backend, "max_backends"),
+    abi.MAP_REVNAT: (ctypes.c_uint32, abi.Lb4Rnat, "max_services"),
+    abi.MAP_CONNTRACK: (abi.Ct4Key, abi.Ct4Value, "max_conntrack"),
+    abi.MAP_SVC_STATS: (ctypes.c_uint32, abi.LbStats, "max_services"),
+    abi.MAP_GLOBAL_STATS: (ctypes.c_uint32, ctypes.c_uint64, None),
+    abi.MAP_SVC_META: (ctypes.c_uint32, abi.LbSvcMeta, "max_services"),
+}
+
+
+def check_geometry(maps: BpfMaps, *, max_services: int, max_backends: int,
+                   max_conntrack: int) -> None:
+    """Refuse pinned maps whose layout or size differs from what this agent asked for.
+
+    bcc silently reuses a pinned map of the same name whatever its size, so without
+    this check a changed --max-* flag (or a struct layout change) would be ignored."""
+    sizes = {"max_services": max_services, "max_backends": max_backends,
+             "max_conntrack": max_conntrack}
+    problems = []
+    for m in maps.all():
+        key_t, value_t, option = _GEOMETRY[os.path.basename(m.path)]
+        if m.info.key_size != ctypes.sizeof(key_t) or m.info.value_size != ctypes.sizeof(value_t):
+            problems.append(f"{m.path}: key/value size {m.info.key_size}/{m.info.value_size}, "
+                            f"this version expects {ctypes.sizeof(key_t)}/{ctypes.sizeof(value_t)}")
+        elif option is not None and m.info.max_entries != sizes[option]:
+            flag = "--" + option.replace("_", "-")
+            problems.append(f"{m.path} holds {m.info.max_entries} entries but {flag} is "
+                            f"{sizes[option]}")
+    if problems:
+        raise DataplaneError(
+            "the pinned maps do not match this agent: " + "; ".join(problems) + ". Run the "
+            "agent with the sizes the maps were made with, or stop it with --cleanup to "
+            "recreate them (tracked connections are lost)")
 
 
 def _cstr(raw: bytes) -> str:
