@@ -111,9 +111,9 @@ def check_compile() -> Check:
     try:
         from bcc import BPF
 
-        prog = BPF(text="#include <uapi/linux/pkt_cls.h>\n"
-                        "int probe(struct __sk_buff *skb) { return TC_ACT_OK; }")
-        prog.load_func("probe", BPF.SCHED_CLS)
+        prog = BPF(text=b"#include <uapi/linux/pkt_cls.h>\n"
+                        b"int probe(struct __sk_buff *skb) { return TC_ACT_OK; }")
+        prog.load_func(b"probe", BPF.SCHED_CLS)
         prog.cleanup()
     except Exception as exc:
         first = str(exc).strip().splitlines()[:1]
