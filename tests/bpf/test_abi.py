@@ -105,3 +105,23 @@ def test_pinned_map_matches_abi(name: str, program: LoadedProgram) -> None:
         assert m.info.key_size == ctypes.sizeof(key)
         assert m.info.value_size == ctypes.sizeof(value)
         assert m.info.percpu == percpu
+
+
+def test_packed_layouts_match_the_ctypes_mirrors():
+    """The writer's struct formats lay out bytes exactly as the ctypes mirrors do."""
+    import ipaddress
+
+    ip = ipaddress.IPv4Address("10.96.0.10")
+    cases = {
+        "lb4_key": (abi.Lb4Key(abi.pack_ip4(ip), abi.htons(80), 6, 0), (ip.packed, abi.htons(80), 6, 0)),
+        "lb4_service": (abi.Lb4Service(7, 3, 1, 10800, 0), (7, 3, 1, 10800, 0)),
+        "lb4_slot_key": (abi.Lb4SlotKey(7, 2), (7, 2)),
+        "lb4_backend": (abi.Lb4Backend(abi.pack_ip4(ip), abi.htons(8080), 17, 1, 7),
+                        (ip.packed, abi.htons(8080), 17, 1, 7)),
+        "lb4_rnat": (abi.Lb4Rnat(abi.pack_ip4(ip), abi.htons(53), 0), (ip.packed, abi.htons(53), 0)),
+    }
+    for name, (cobj, fields) in cases.items():
+        packer = abi.PACKED[name]
+        assert packer.size == ctypes.sizeof(abi.C_STRUCTS[name]), name
+        assert packer.pack(*fields) == bytes(cobj), name
+    assert abi.PACK_LB_SVC_META.size == ctypes.sizeof(abi.LbSvcMeta)

@@ -11,6 +11,7 @@ import ctypes
 import enum
 import ipaddress
 import socket
+import struct
 import sys
 
 # Map names (<= 15 chars); each is pinned as PIN_DIR/<name>.
@@ -187,7 +188,9 @@ C_STRUCTS: dict[str, type[ctypes.Structure]] = {
 
 def pack_ip4(addr: ipaddress.IPv4Address | str) -> int:
     """An IPv4 address as the __be32 the kernel sees, read as a host-order integer."""
-    return int.from_bytes(ipaddress.IPv4Address(addr).packed, sys.byteorder)
+    if not isinstance(addr, ipaddress.IPv4Address):
+        addr = ipaddress.IPv4Address(addr)
+    return int.from_bytes(addr.packed, sys.byteorder)
 
 
 def unpack_ip4(value: int) -> ipaddress.IPv4Address:
@@ -208,3 +211,25 @@ def proto_number(name: str) -> int:
 
 def proto_name(number: int) -> str:
     return {IPPROTO_TCP: "TCP", IPPROTO_UDP: "UDP", IPPROTO_SCTP: "SCTP"}.get(number, str(number))
+
+
+# Packed layouts of the same structs, for the map writer and bulk reads: one
+# struct.pack per element is far cheaper than a ctypes object. Addresses are the 4
+# network-order bytes (IPv4Address.packed); ports are htons() values packed little-endian,
+# which lays them out in network order. tests/bpf/test_abi.py checks each against ctypes.
+PACK_LB4_KEY = struct.Struct("<4sHBB")
+PACK_LB4_SERVICE = struct.Struct("<IHHII")
+PACK_LB4_SLOT_KEY = struct.Struct("<II")
+PACK_LB4_BACKEND = struct.Struct("<4sHBBI")
+PACK_LB4_RNAT = struct.Struct("<4sHH")
+PACK_LB_SVC_META = struct.Struct("<64s64s16s")
+PACK_U32 = struct.Struct("<I")
+
+PACKED: dict[str, struct.Struct] = {
+    "lb4_key": PACK_LB4_KEY,
+    "lb4_service": PACK_LB4_SERVICE,
+    "lb4_slot_key": PACK_LB4_SLOT_KEY,
+    "lb4_backend": PACK_LB4_BACKEND,
+    "lb4_rnat": PACK_LB4_RNAT,
+    "lb_svc_meta": PACK_LB_SVC_META,
+}

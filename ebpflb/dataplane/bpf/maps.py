@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import ctypes
 import os
+import socket
+import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from typing import Any
 
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.syscall import PinnedMap
 from ebpflb.errors import DataplaneError
 from ebpflb.model import Frontend, FrontendKind, Protocol, ServicePortName, ServiceRef
 from ebpflb.sync.plan import BackendKey, BackendState, FrontendKey, FrontendState
+
+_ACTIVE = int(abi.BackendFlag.ACTIVE)
+_TERMINATING = int(abi.BackendFlag.TERMINATING)
 
 KIND_FLAGS: dict[FrontendKind, abi.SvcFlag] = {
     FrontendKind.CLUSTER_IP: abi.SvcFlag.CLUSTERIP,
@@ -141,50 +149,63 @@ class MapState:
     slot_counts: dict[int, int] = field(default_factory=dict)
     backend_ids: dict[tuple[int, BackendKey], int] = field(default_factory=dict)
     orphan_backends: list[int] = field(default_factory=list)  # owner svc id not in svc map
+    orphan_svc_ids: list[int] = field(default_factory=list)  # names/rnat left without a svc
+
+
+_PROTOCOLS = {6: Protocol.TCP, 17: Protocol.UDP, 132: Protocol.SCTP}
+
+
+def _rows(m: PinnedMap, kfmt: struct.Struct, vfmt: struct.Struct
+          ) -> Iterator[tuple[tuple[Any, ...], tuple[Any, ...]]]:
+    keys, values, count = m.dump_raw()
+    ks, vs = m.info.key_size, len(values) // count if count else 0
+    for i in range(count):
+        yield kfmt.unpack_from(keys, i * ks), vfmt.unpack_from(values, i * vs)
 
 
 def read_state(maps: BpfMaps) -> MapState:
+    """Everything the maps hold, read with batch dumps (four syscalls per few thousand
+    elements), so a restarted agent adopts 10,000s of services in well under a second."""
     out = MapState()
-    by_svc: dict[int, list[tuple[int, abi.Lb4Backend]]] = {}
-    for bkey, be in maps.backends.items(ctypes.c_uint32, abi.Lb4Backend):
-        by_svc.setdefault(be.svc_id, []).append((bkey.value, be))
-    for key, svc in maps.svc.items(abi.Lb4Key, abi.Lb4Service):
-        proto = Protocol(abi.proto_name(key.proto)) if key.proto in (6, 17, 132) else None
+    u32 = abi.PACK_U32
+    by_svc: dict[int, list[tuple[int, BackendState]]] = {}
+    for (bid,), (addr, port, _proto, flags, sid) in _rows(maps.backends, u32,
+                                                          abi.PACK_LB4_BACKEND):
+        by_svc.setdefault(sid, []).append((bid, BackendState(
+            IPv4Address(addr), socket.ntohs(port), bool(flags & _ACTIVE),
+            bool(flags & _TERMINATING))))
+    slot_of: dict[tuple[int, int], int] = {
+        k: v[0] for k, v in _rows(maps.slots, abi.PACK_LB4_SLOT_KEY, u32)}
+    names: dict[int, tuple[bytes, bytes, bytes]] = {
+        k[0]: v for k, v in _rows(maps.meta, u32, abi.PACK_LB_SVC_META)}
+    for (addr, dport, proto_no, _pad), (sid, count, flags, affinity, _) in _rows(
+            maps.svc, abi.PACK_LB4_KEY, abi.PACK_LB4_SERVICE):
+        proto = _PROTOCOLS.get(proto_no)
         if proto is None:
             continue
-        frontend = Frontend(
-            abi.unpack_ip4(key.address), abi.ntohs(key.dport), proto, kind_from_flags(svc.flags)
-        )
-        meta = maps.meta.lookup(ctypes.c_uint32(svc.id), abi.LbSvcMeta)
-        port_name = meta_to_port_name(meta, proto) or ServicePortName(
-            ServiceRef("", f"svc-{svc.id}"), "", proto
-        )
-        id_by_key: dict[BackendKey, int] = {}
-        states: list[BackendState] = []
-        for bid, be in by_svc.pop(svc.id, []):
-            bkey_t = (abi.unpack_ip4(be.address), abi.ntohs(be.port))
-            id_by_key[bkey_t] = bid
-            out.backend_ids[(svc.id, bkey_t)] = bid
-            states.append(
-                BackendState(
-                    bkey_t[0],
-                    bkey_t[1],
-                    bool(be.flags & abi.BackendFlag.ACTIVE),
-                    bool(be.flags & abi.BackendFlag.TERMINATING),
-                )
-            )
-        key_by_id = {v: k for k, v in id_by_key.items()}
+        frontend = Frontend(IPv4Address(addr), socket.ntohs(dport), proto, kind_from_flags(flags))
+        meta = names.pop(sid, None)
+        port_name = (ServicePortName(ServiceRef(_cstr(meta[0]), _cstr(meta[1])), _cstr(meta[2]),
+                                     proto)
+                     if meta is not None and meta[0].strip(b"\0")
+                     else ServicePortName(ServiceRef("", f"svc-{sid}"), "", proto))
+        key_by_id: dict[int, BackendKey] = {}
+        states = []
+        for bid, state in by_svc.pop(sid, []):
+            key_by_id[bid] = state.key
+            out.backend_ids[(sid, state.key)] = bid
+            states.append(state)
         slots: list[BackendKey] = []
-        for i in range(svc.count):
-            sid = maps.slots.lookup(abi.Lb4SlotKey(svc.id, i), ctypes.c_uint32)
-            if sid is not None and sid.value in key_by_id:
-                slots.append(key_by_id[sid.value])
+        for i in range(count):
+            slot_bid = slot_of.get((sid, i))
+            if slot_bid is not None and slot_bid in key_by_id:
+                slots.append(key_by_id[slot_bid])
         fkey = frontend.key
-        out.svc_ids[fkey] = svc.id
-        out.slot_counts[svc.id] = svc.count
-        out.frontends[fkey] = FrontendState(
-            frontend, port_name, tuple(sorted(states)), tuple(slots), svc.affinity_timeout
-        )
+        out.svc_ids[fkey] = sid
+        out.slot_counts[sid] = count
+        out.frontends[fkey] = FrontendState(frontend, port_name, tuple(sorted(states)),
+                                            tuple(slots), affinity)
     for leftovers in by_svc.values():
         out.orphan_backends.extend(bid for bid, _ in leftovers)
+    out.orphan_svc_ids.extend(names)
     return out

@@ -276,6 +276,96 @@ class PinnedMap:
                 out.append((key, value))
         return out
 
+    def update_batch_raw(self, keys: bytes, values: bytes, count: int, flags: int = BPF_ANY
+                         ) -> None:
+        """BPF_MAP_UPDATE_BATCH from packed keys and values (the fast path of the map
+        writer: struct.pack is far cheaper than a ctypes object per element)."""
+        if count == 0:
+            return
+        kbuf = ctypes.create_string_buffer(keys, len(keys))
+        vbuf = ctypes.create_string_buffer(values, len(values))
+        attr = _BatchAttr(keys=ctypes.addressof(kbuf), values=ctypes.addressof(vbuf),
+                          count=count, map_fd=self.fd, elem_flags=flags)
+        try:
+            _bpf(BPF_MAP_UPDATE_BATCH, attr)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, _ENOTSUPP):
+                raise
+            ks, vs = self.info.key_size, len(values) // count
+            for i in range(count):
+                k = ctypes.create_string_buffer(keys[i * ks:(i + 1) * ks], ks)
+                v = ctypes.create_string_buffer(values[i * vs:(i + 1) * vs], vs)
+                _bpf(BPF_MAP_UPDATE_ELEM, _ElemAttr(map_fd=self.fd, key=ctypes.addressof(k),
+                                                    value=ctypes.addressof(v), flags=flags))
+
+    def delete_batch_raw(self, keys: bytes, count: int) -> None:
+        if count == 0:
+            return
+        kbuf = ctypes.create_string_buffer(keys, len(keys))
+        attr = _BatchAttr(keys=ctypes.addressof(kbuf), count=count, map_fd=self.fd)
+        try:
+            _bpf(BPF_MAP_DELETE_BATCH, attr)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOENT, _ENOTSUPP):
+                raise
+            ks = self.info.key_size
+            for i in range(count):
+                k = ctypes.create_string_buffer(keys[i * ks:(i + 1) * ks], ks)
+                try:
+                    _bpf(BPF_MAP_DELETE_ELEM, _ElemAttr(map_fd=self.fd, key=ctypes.addressof(k)))
+                except OSError as e:
+                    if e.errno != errno.ENOENT:
+                        raise
+
+    def dump_raw(self, chunk: int = 4096) -> tuple[bytes, bytes, int]:
+        """Every element as (packed keys, packed values, count), read with
+        BPF_MAP_LOOKUP_BATCH (GET_NEXT_KEY + LOOKUP per element when unsupported).
+        Per-CPU values come as ncpu 8-byte-aligned copies per element."""
+        ks = self.info.key_size
+        vs = ((self.info.value_size + 7) & ~7) * self._ncpu if self.info.percpu \
+            else self.info.value_size
+        keys_out, values_out, total = bytearray(), bytearray(), 0
+        kbuf = ctypes.create_string_buffer(ks * chunk)
+        vbuf = ctypes.create_string_buffer(vs * chunk)
+        token_in = ctypes.create_string_buffer(max(8, ks))
+        token_out = ctypes.create_string_buffer(max(8, ks))
+        first = True
+        for _ in range(self.info.max_entries // chunk + 2):
+            attr = _BatchAttr(in_batch=0 if first else ctypes.addressof(token_in),
+                              out_batch=ctypes.addressof(token_out),
+                              keys=ctypes.addressof(kbuf), values=ctypes.addressof(vbuf),
+                              count=chunk, map_fd=self.fd)
+            done = False
+            try:
+                _bpf(BPF_MAP_LOOKUP_BATCH, attr)
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:
+                    done = True
+                elif exc.errno in (errno.EINVAL, _ENOTSUPP) and first:
+                    return self._dump_slow()
+                else:
+                    raise
+            n = attr.count
+            keys_out += kbuf.raw[: n * ks]
+            values_out += vbuf.raw[: n * vs]
+            total += n
+            if done:
+                break
+            ctypes.memmove(token_in, token_out, len(token_out.raw))
+            first = False
+        return bytes(keys_out), bytes(values_out), total
+
+    def _dump_slow(self) -> tuple[bytes, bytes, int]:
+        ks, vs = self.info.key_size, self.info.value_size
+        keys_out, values_out, total = bytearray(), bytearray(), 0
+        for key in self.keys(ctypes.c_char * ks):
+            value = self.lookup(key, ctypes.c_char * vs)
+            if value is not None:
+                keys_out += bytes(key)
+                values_out += bytes(value)
+                total += 1
+        return bytes(keys_out), bytes(values_out), total
+
     def update_batch(self, keys: list[K], values: list[V], flags: int = BPF_ANY) -> None:
         """One BPF_MAP_UPDATE_BATCH for many elements; falls back to single updates on
         kernels or map types without batch support."""

@@ -4,6 +4,10 @@ Order per phase (the plan is already grouped this way): backends; then slots,
 reverse NAT, names and finally the service entries, whose slot count makes the new
 slots visible; then stale slots and departed backends; removed services last, service
 entry first so no new flow can pick what is being removed.
+
+Elements are packed with struct (abi.PACK_*) into one buffer per map and phase and
+written with one batch syscall: at 10,000 Services this is the difference between
+seconds and a fraction of one.
 """
 
 from __future__ import annotations
@@ -13,12 +17,11 @@ import logging
 
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.ids import IdAllocator
-from ebpflb.dataplane.bpf.maps import KIND_FLAGS, BpfMaps, port_name_to_meta, read_state
+from ebpflb.dataplane.bpf.maps import KIND_FLAGS, BpfMaps, read_state
 from ebpflb.errors import CapacityError
-from ebpflb.model import Frontend
+from ebpflb.model import Frontend, ServicePortName
 from ebpflb.sync.plan import (
     BackendKey,
-    BackendState,
     DeleteService,
     FrontendKey,
     FrontendState,
@@ -30,11 +33,49 @@ from ebpflb.sync.plan import (
 
 log = logging.getLogger(__name__)
 
+_ACTIVE = int(abi.BackendFlag.ACTIVE)
+_TERMINATING = int(abi.BackendFlag.TERMINATING)
+_KIND_BITS = {kind: int(flag) for kind, flag in KIND_FLAGS.items()}
+_U32 = abi.PACK_U32.pack
+_SLOT_KEY = abi.PACK_LB4_SLOT_KEY.pack
+
+
+def pack_lb4_key(frontend: Frontend) -> bytes:
+    return abi.PACK_LB4_KEY.pack(frontend.address.packed, abi.htons(frontend.port),
+                                 frontend.protocol.number, 0)
+
 
 def lb4_key(frontend: Frontend) -> abi.Lb4Key:
-    return abi.Lb4Key(
-        abi.pack_ip4(str(frontend.address)), abi.htons(frontend.port), frontend.protocol.number, 0
-    )
+    return abi.Lb4Key.from_buffer_copy(pack_lb4_key(frontend))
+
+
+def pack_meta(pn: ServicePortName) -> bytes:
+    return abi.PACK_LB_SVC_META.pack(pn.service.namespace.encode()[:63],
+                                     pn.service.name.encode()[:63], pn.port.encode()[:15])
+
+
+class _Batch:
+    """Packed keys and values for one map, written with one syscall."""
+
+    def __init__(self) -> None:
+        self.keys: list[bytes] = []
+        self.values: list[bytes] = []
+
+    def add(self, key: bytes, value: bytes = b"") -> None:
+        self.keys.append(key)
+        self.values.append(value)
+
+    def update(self, m: object) -> None:
+        from ebpflb.dataplane.bpf.syscall import PinnedMap
+
+        assert isinstance(m, PinnedMap)
+        m.update_batch_raw(b"".join(self.keys), b"".join(self.values), len(self.keys))
+
+    def delete(self, m: object) -> None:
+        from ebpflb.dataplane.bpf.syscall import PinnedMap
+
+        assert isinstance(m, PinnedMap)
+        m.delete_batch_raw(b"".join(self.keys), len(self.keys))
 
 
 class MapWriter:
@@ -53,18 +94,20 @@ class MapWriter:
         self.backend_ids: dict[int, dict[BackendKey, int]] = {}
         for (sid, bkey), bid in st.backend_ids.items():
             self.backend_ids.setdefault(sid, {})[bkey] = bid
-        self.svc_alloc = IdAllocator(
-            1, self.max_services - 1, what="service", used=st.svc_ids.values()
-        )
-        self.be_alloc = IdAllocator(
-            1, self.max_backends - 1, what="backend", used=st.backend_ids.values()
-        )
+        self.svc_alloc = IdAllocator(1, self.max_services - 1, what="service",
+                                     used=st.svc_ids.values())
+        self.be_alloc = IdAllocator(1, self.max_backends - 1, what="backend",
+                                    used=st.backend_ids.values())
+        # Service ids whose counters may hold an earlier owner's numbers: everything
+        # the maps held when read, and every id freed since. Fresh ids need no reset.
+        self._dirty_stats: set[int] = set(st.svc_ids.values()) | set(st.orphan_svc_ids)
         if st.orphan_backends:
             # Left by a write interrupted between its phases: no service points at them.
             log.info("removing %d orphaned backends", len(st.orphan_backends))
             self.maps.backends.delete_batch([ctypes.c_uint32(b) for b in st.orphan_backends])
 
     def _check_capacity(self, plan: Plan) -> None:
+        """Refuse the whole plan, before writing anything, when it cannot fit."""
         new_svcs = 0
         new_bes = 0
         for op in plan.ops:
@@ -73,18 +116,15 @@ class MapWriter:
                 if new_svcs > self.svc_alloc.free_count:
                     raise CapacityError(
                         f"service map full ({self.max_services - 1} frontends): cannot add "
-                        f"{op.state.port_name} at {op.state.frontend}"
-                    )
+                        f"{op.state.port_name} at {op.state.frontend}; nothing was applied")
             elif isinstance(op, UpsertBackends):
                 sid = self.svc_ids.get(op.frontend.key)
-                for b in op.backends:
-                    if sid is None or b.key not in self.backend_ids.get(sid, {}):
-                        new_bes += 1
+                owned = self.backend_ids.get(sid, {}) if sid is not None else {}
+                new_bes += sum(1 for b in op.backends if b.key not in owned)
                 if new_bes > self.be_alloc.free_count:
                     raise CapacityError(
                         f"backend map full ({self.max_backends - 1} backends): cannot add "
-                        f"backends of {op.frontend}"
-                    )
+                        f"the backends of {op.frontend}; nothing was applied")
 
     def _svc_id(self, frontend: Frontend) -> int:
         sid = self.svc_ids.get(frontend.key)
@@ -102,76 +142,59 @@ class MapWriter:
         self._remove_backends([op for op in ops if isinstance(op, RemoveBackends)])
         self._delete_services([op for op in ops if isinstance(op, DeleteService)])
 
-    def _backend_value(self, sid: int, frontend: Frontend, b: BackendState) -> abi.Lb4Backend:
-        flags = (abi.BackendFlag.ACTIVE if b.active else 0) | (
-            abi.BackendFlag.TERMINATING if b.terminating else 0
-        )
-        return abi.Lb4Backend(
-            abi.pack_ip4(str(b.address)),
-            abi.htons(b.port),
-            frontend.protocol.number,
-            int(flags),
-            sid,
-        )
-
     def _upsert_backends(self, ops: list[UpsertBackends]) -> None:
-        keys: list[ctypes.c_uint32] = []
-        values: list[abi.Lb4Backend] = []
+        batch = _Batch()
+        pack = abi.PACK_LB4_BACKEND.pack
+        htons = abi.htons
         for op in ops:
             sid = self._svc_id(op.frontend)
+            proto = op.frontend.protocol.number
             owned = self.backend_ids.setdefault(sid, {})
             for b in op.backends:
                 bid = owned.get(b.key)
                 if bid is None:
                     bid = self.be_alloc.alloc()
                     owned[b.key] = bid
-                keys.append(ctypes.c_uint32(bid))
-                values.append(self._backend_value(sid, op.frontend, b))
-        self.maps.backends.update_batch(keys, values)
+                flags = (_ACTIVE if b.active else 0) | (_TERMINATING if b.terminating else 0)
+                batch.add(_U32(bid), pack(b.address.packed, htons(b.port), proto, flags, sid))
+        batch.update(self.maps.backends)
+
+    def _reset_stats(self, sid: int) -> None:
+        if sid in self._dirty_stats:
+            self.maps.svc_stats.update_percpu(ctypes.c_uint32(sid), abi.LbStats())
+            self._dirty_stats.discard(sid)
 
     def _write_services(self, ops: list[WriteService]) -> None:
-        slot_keys: list[abi.Lb4SlotKey] = []
-        slot_vals: list[ctypes.c_uint32] = []
-        id_keys: list[ctypes.c_uint32] = []
-        rnats: list[abi.Lb4Rnat] = []
-        metas: list[abi.LbSvcMeta] = []
-        svc_keys: list[abi.Lb4Key] = []
-        svc_vals: list[abi.Lb4Service] = []
-        stale_slots: list[abi.Lb4SlotKey] = []
-        new_ids: list[int] = []
+        slots, rnat, meta, svc, stale = _Batch(), _Batch(), _Batch(), _Batch(), _Batch()
+        pack_rnat = abi.PACK_LB4_RNAT.pack
+        pack_svc = abi.PACK_LB4_SERVICE.pack
         for op in ops:
             st = op.state
             fe = st.frontend
-            is_new = fe.key not in self.frontends
             sid = self._svc_id(fe)
-            if is_new:
-                new_ids.append(sid)
+            if fe.key not in self.frontends:
+                self._reset_stats(sid)  # a reused id must not inherit old counters
             owned = self.backend_ids.get(sid, {})
             for i, bkey in enumerate(st.slots):
-                slot_keys.append(abi.Lb4SlotKey(sid, i))
-                slot_vals.append(ctypes.c_uint32(owned[bkey]))
+                slots.add(_SLOT_KEY(sid, i), _U32(owned[bkey]))
             old_count = self.slot_counts.get(sid, 0)
-            stale_slots.extend(abi.Lb4SlotKey(sid, i) for i in range(len(st.slots), old_count))
-            id_keys.append(ctypes.c_uint32(sid))
-            rnats.append(abi.Lb4Rnat(abi.pack_ip4(str(fe.address)), abi.htons(fe.port), 0))
-            metas.append(port_name_to_meta(st.port_name))
-            svc_keys.append(lb4_key(fe))
-            svc_vals.append(
-                abi.Lb4Service(sid, len(st.slots), int(KIND_FLAGS[fe.kind]), st.affinity_timeout, 0)
-            )
+            for i in range(len(st.slots), old_count):
+                stale.add(_SLOT_KEY(sid, i))
+            key = _U32(sid)
+            rnat.add(key, pack_rnat(fe.address.packed, abi.htons(fe.port), 0))
+            meta.add(key, pack_meta(st.port_name))
+            svc.add(pack_lb4_key(fe), pack_svc(sid, len(st.slots), _KIND_BITS[fe.kind],
+                                               st.affinity_timeout, 0))
             self.slot_counts[sid] = len(st.slots)
             self.frontends[fe.key] = st
-        zero = abi.LbStats()
-        for sid in new_ids:  # a reused id must not inherit its previous owner's counters
-            self.maps.svc_stats.update_percpu(ctypes.c_uint32(sid), zero)
-        self.maps.slots.update_batch(slot_keys, slot_vals)
-        self.maps.rnat.update_batch(id_keys, rnats)
-        self.maps.meta.update_batch(id_keys, metas)
-        self.maps.svc.update_batch(svc_keys, svc_vals)
-        self.maps.slots.delete_batch(stale_slots)
+        slots.update(self.maps.slots)
+        rnat.update(self.maps.rnat)
+        meta.update(self.maps.meta)
+        svc.update(self.maps.svc)
+        stale.delete(self.maps.slots)
 
     def _remove_backends(self, ops: list[RemoveBackends]) -> None:
-        keys: list[ctypes.c_uint32] = []
+        batch = _Batch()
         for op in ops:
             sid = self.svc_ids.get(op.frontend.key)
             if sid is None:
@@ -180,42 +203,37 @@ class MapWriter:
             for bkey in op.backends:
                 bid = owned.pop(bkey, None)
                 if bid is not None:
-                    keys.append(ctypes.c_uint32(bid))
+                    batch.add(_U32(bid))
                     self.be_alloc.free(bid)
             st = self.frontends.get(op.frontend.key)
             if st is not None:
                 gone = set(op.backends)
                 self.frontends[op.frontend.key] = FrontendState(
-                    st.frontend,
-                    st.port_name,
-                    tuple(b for b in st.backends if b.key not in gone),
-                    st.slots,
-                    st.affinity_timeout,
-                )
-        self.maps.backends.delete_batch(keys)
+                    st.frontend, st.port_name, tuple(b for b in st.backends if b.key not in gone),
+                    st.slots, st.affinity_timeout)
+        batch.delete(self.maps.backends)
 
     def _delete_services(self, ops: list[DeleteService]) -> None:
-        svc_keys: list[abi.Lb4Key] = []
-        slot_keys: list[abi.Lb4SlotKey] = []
-        id_keys: list[ctypes.c_uint32] = []
-        be_keys: list[ctypes.c_uint32] = []
+        svc, slots, ids, bes = _Batch(), _Batch(), _Batch(), _Batch()
         freed: list[int] = []
         for op in ops:
             sid = self.svc_ids.pop(op.frontend.key, None)
             self.frontends.pop(op.frontend.key, None)
-            svc_keys.append(lb4_key(op.frontend))
+            svc.add(pack_lb4_key(op.frontend))
             if sid is None:
                 continue
-            slot_keys.extend(abi.Lb4SlotKey(sid, i) for i in range(self.slot_counts.pop(sid, 0)))
-            id_keys.append(ctypes.c_uint32(sid))
+            for i in range(self.slot_counts.pop(sid, 0)):
+                slots.add(_SLOT_KEY(sid, i))
+            ids.add(_U32(sid))
             for bid in self.backend_ids.pop(sid, {}).values():
-                be_keys.append(ctypes.c_uint32(bid))
+                bes.add(_U32(bid))
                 self.be_alloc.free(bid)
             freed.append(sid)
-        self.maps.svc.delete_batch(svc_keys)
-        self.maps.slots.delete_batch(slot_keys)
-        self.maps.rnat.delete_batch(id_keys)
-        self.maps.meta.delete_batch(id_keys)
-        self.maps.backends.delete_batch(be_keys)
+        svc.delete(self.maps.svc)
+        slots.delete(self.maps.slots)
+        ids.delete(self.maps.rnat)
+        ids.delete(self.maps.meta)
+        bes.delete(self.maps.backends)
         for sid in freed:
             self.svc_alloc.free(sid)
+            self._dirty_stats.add(sid)
