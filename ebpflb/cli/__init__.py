@@ -1,23 +1,30 @@
-"""The ``ebpflb`` command line: one module per command group, mounted here.
-
-NOTE (lab helper): this file was reconstructed after the lab helper overwrote the
-lead's version by mistake; please check it against yours.
-"""
+"""The `ebpflb` command: a thin layer that validates options and calls one function.
+One module per command group, mounted here."""
 
 from __future__ import annotations
 
 import typer
 
-from ebpflb.cli.agent import agent
-from ebpflb.cli.doctor import doctor
-from ebpflb.cli.inspect import backends, conntrack, services, stats
+from ebpflb.cli import agent as _agent
+from ebpflb.cli import diff as _diff
+from ebpflb.cli import doctor as _doctor
+from ebpflb.cli import inspect as _inspect
 from ebpflb.cli.lab import app as lab_app
 
-app = typer.Typer(help="ebpflb: an eBPF Kubernetes service load balancer.", no_args_is_help=True)
-app.command()(agent)
-app.command()(doctor)
-for _cmd in (services, backends, conntrack, stats):
-    app.command()(_cmd)
+app = typer.Typer(
+    name="ebpflb",
+    help="eBPF-accelerated Kubernetes service load balancer.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command()(_agent.agent)
+app.command()(_inspect.services)
+app.command()(_inspect.backends)
+app.command()(_inspect.conntrack)
+app.command()(_inspect.stats)
+app.command()(_doctor.doctor)
+app.command()(_diff.diff)
 app.add_typer(lab_app, name="lab")
 
 

@@ -87,6 +87,10 @@ class UpsertBackends:
     def __str__(self) -> str:
         return f"+ backends {self.frontend}: {', '.join(map(str, self.backends))}"
 
+    def as_json(self) -> dict[str, object]:
+        return {"op": "upsert_backends", "frontend": str(self.frontend),
+                "backends": [_backend_json(b) for b in self.backends]}
+
 
 @dataclass(frozen=True)
 class WriteService:
@@ -101,6 +105,14 @@ class WriteService:
             f"slots={len(s.slots)} affinity={s.affinity_timeout}s"
         )
 
+    def as_json(self) -> dict[str, object]:
+        s = self.state
+        return {"op": "add_service" if self.new else "change_service",
+                "frontend": str(s.frontend), "service": str(s.port_name.service),
+                "port_name": s.port_name.port, "kind": str(s.kind),
+                "slots": [f"{a}:{p}" for a, p in s.slots],
+                "affinity_timeout": s.affinity_timeout}
+
 
 @dataclass(frozen=True)
 class RemoveBackends:
@@ -111,6 +123,10 @@ class RemoveBackends:
         keys = ", ".join(f"{a}:{p}" for a, p in self.backends)
         return f"- backends {self.frontend}: {keys}"
 
+    def as_json(self) -> dict[str, object]:
+        return {"op": "remove_backends", "frontend": str(self.frontend),
+                "backends": [f"{a}:{p}" for a, p in self.backends]}
+
 
 @dataclass(frozen=True)
 class DeleteService:
@@ -119,6 +135,10 @@ class DeleteService:
 
     def __str__(self) -> str:
         return f"- service {self.frontend} {self.port_name}"
+
+    def as_json(self) -> dict[str, object]:
+        return {"op": "remove_service", "frontend": str(self.frontend),
+                "service": str(self.port_name.service), "port_name": self.port_name.port}
 
 
 Op = UpsertBackends | WriteService | RemoveBackends | DeleteService
@@ -156,6 +176,15 @@ class Plan:
 
     def summary(self) -> str:
         return f"{self.added} added, {self.changed} changed, {self.removed} removed"
+
+    def as_json(self) -> dict[str, object]:
+        return {"added": self.added, "changed": self.changed, "removed": self.removed,
+                "ops": [op.as_json() for op in self.ops]}
+
+
+def _backend_json(b: BackendState) -> dict[str, object]:
+    return {"address": str(b.address), "port": b.port, "active": b.active,
+            "terminating": b.terminating}
 
 
 def desired_frontends(state: DesiredState) -> dict[FrontendKey, FrontendState]:
