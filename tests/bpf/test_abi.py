@@ -20,14 +20,19 @@ LIB = bpf_dir() / "lib"
 
 
 def _layout_asserts(c_name: str, mirror: type[ctypes.Structure]) -> str:
-    lines = [f"_Static_assert(sizeof(struct {c_name}) == {ctypes.sizeof(mirror)}, "
-             f'"sizeof {c_name}");']
+    lines = [
+        f'_Static_assert(sizeof(struct {c_name}) == {ctypes.sizeof(mirror)}, "sizeof {c_name}");'
+    ]
     for field_name, field_type, *_ in mirror._fields_:
         offset = getattr(mirror, field_name).offset
-        lines.append(f"_Static_assert(__builtin_offsetof(struct {c_name}, {field_name}) == "
-                     f'{offset}, "offset of {c_name}.{field_name}");')
-        lines.append(f"_Static_assert(sizeof(((struct {c_name} *)0)->{field_name}) == "
-                     f'{ctypes.sizeof(field_type)}, "size of {c_name}.{field_name}");')
+        lines.append(
+            f"_Static_assert(__builtin_offsetof(struct {c_name}, {field_name}) == "
+            f'{offset}, "offset of {c_name}.{field_name}");'
+        )
+        lines.append(
+            f"_Static_assert(sizeof(((struct {c_name} *)0)->{field_name}) == "
+            f'{ctypes.sizeof(field_type)}, "size of {c_name}.{field_name}");'
+        )
     return "\n".join(lines)
 
 
@@ -45,17 +50,17 @@ def test_struct_layout_matches_c(c_name: str, program: LoadedProgram) -> None:
 
 def _defines(header: str, prefix: str) -> dict[str, int]:
     text = (LIB / header).read_text()
-    return {m[1]: int(m[2], 0)
-            for m in re.finditer(rf"^#define\s+{prefix}(\w+)\s+(-?(?:0x)?[0-9a-fA-F]+)\b",
-                                 text, re.M)}
+    return {
+        m[1]: int(m[2], 0)
+        for m in re.finditer(rf"^#define\s+{prefix}(\w+)\s+(-?(?:0x)?[0-9a-fA-F]+)\b", text, re.M)
+    }
 
 
 @pytest.mark.parametrize(
     ("header", "prefix", "mirror"),
     [
         ("drop_reasons.h", "DROP_", {e.name: e.value for e in abi.DropReason}),
-        ("consts.h", "GSTAT_", {e.name: e.value for e in abi.GlobalStat}
-         | {"MAX": abi.GSTAT_MAX}),
+        ("consts.h", "GSTAT_", {e.name: e.value for e in abi.GlobalStat} | {"MAX": abi.GSTAT_MAX}),
         ("consts.h", "SVC_F_", {e.name: e.value for e in abi.SvcFlag}),
         ("consts.h", "BE_F_", {e.name: e.value for e in abi.BackendFlag}),
         ("consts.h", "CT_DIR_", {e.name: e.value for e in abi.CtDir}),
@@ -67,9 +72,11 @@ def test_constants_match_c(header: str, prefix: str, mirror: dict[str, int]) -> 
 
 def test_default_tunables_match_c() -> None:
     text = (LIB / "consts.h").read_text()
-    for name, value in [("MAX_SERVICES", abi.DEFAULT_MAX_SERVICES),
-                        ("MAX_BACKENDS", abi.DEFAULT_MAX_BACKENDS),
-                        ("MAX_CONNTRACK", abi.DEFAULT_MAX_CONNTRACK)]:
+    for name, value in [
+        ("MAX_SERVICES", abi.DEFAULT_MAX_SERVICES),
+        ("MAX_BACKENDS", abi.DEFAULT_MAX_BACKENDS),
+        ("MAX_CONNTRACK", abi.DEFAULT_MAX_CONNTRACK),
+    ]:
         assert re.search(rf"^#define {name} {value}\b", text, re.M), name
     assert f'#define PIN_DIR "{abi.DEFAULT_PIN_DIR}"' in text
 
@@ -113,12 +120,20 @@ def test_packed_layouts_match_the_ctypes_mirrors():
 
     ip = ipaddress.IPv4Address("10.96.0.10")
     cases = {
-        "lb4_key": (abi.Lb4Key(abi.pack_ip4(ip), abi.htons(80), 6, 0), (ip.packed, abi.htons(80), 6, 0)),
+        "lb4_key": (
+            abi.Lb4Key(abi.pack_ip4(ip), abi.htons(80), 6, 0),
+            (ip.packed, abi.htons(80), 6, 0),
+        ),
         "lb4_service": (abi.Lb4Service(7, 3, 1, 10800, 0), (7, 3, 1, 10800, 0)),
         "lb4_slot_key": (abi.Lb4SlotKey(7, 2), (7, 2)),
-        "lb4_backend": (abi.Lb4Backend(abi.pack_ip4(ip), abi.htons(8080), 17, 1, 7),
-                        (ip.packed, abi.htons(8080), 17, 1, 7)),
-        "lb4_rnat": (abi.Lb4Rnat(abi.pack_ip4(ip), abi.htons(53), 0), (ip.packed, abi.htons(53), 0)),
+        "lb4_backend": (
+            abi.Lb4Backend(abi.pack_ip4(ip), abi.htons(8080), 17, 1, 7),
+            (ip.packed, abi.htons(8080), 17, 1, 7),
+        ),
+        "lb4_rnat": (
+            abi.Lb4Rnat(abi.pack_ip4(ip), abi.htons(53), 0),
+            (ip.packed, abi.htons(53), 0),
+        ),
     }
     for name, (cobj, fields) in cases.items():
         packer = abi.PACKED[name]
