@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from ebpflb.dataplane.base import Dataplane
 from ebpflb.model import DesiredState
-from ebpflb.sync.plan import Plan, desired_frontends, diff
+from ebpflb.sync.plan import FrontendKey, FrontendState, Plan, desired_frontends, diff
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +29,22 @@ class Syncer:
         self.dataplane = dataplane
         self.clock = clock
 
-    def plan(self, desired: DesiredState) -> Plan:
-        return diff(self.dataplane.current(), desired_frontends(desired))
+    def plan(self, desired: DesiredState,
+             touched: Collection[FrontendKey] | None = None) -> Plan:
+        """The plan to `desired`; with `touched`, only those frontends are compared
+        (the incremental path: a change to one Service costs one Service's work)."""
+        current = self.dataplane.current()
+        if touched is None:
+            return diff(current, desired_frontends(desired))
+        have = {k: current[k] for k in touched if k in current}
+        want = {k: FrontendState.from_entry(desired.entries[k])
+                for k in touched if k in desired.entries}
+        return diff(have, want)
 
-    def sync(self, desired: DesiredState) -> SyncResult:
+    def sync(self, desired: DesiredState,
+             touched: Collection[FrontendKey] | None = None) -> SyncResult:
         start = self.clock()
-        plan = self.plan(desired)
+        plan = self.plan(desired, touched)
         if plan:
             self.dataplane.apply(plan)
         elapsed = self.clock() - start
