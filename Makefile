@@ -23,9 +23,11 @@ lint: setup
 unit: setup
 	@$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
-## bench: direct vs ebpflb vs kube-proxy-shaped iptables, at 10 / 1,000 / 10,000 Services.
+## bench: the data path (direct vs ebpflb vs kube-proxy-shaped iptables, 10..10,000
+## Services) and the control plane (full sync, event-to-map latency, RSS vs iptables-restore).
 bench: setup
 	@$(PY) -m bench.datapath
+	@$(PY) -m bench.controlplane
 
 clean:
 	@$(PY) -m ebpflb lab down --name ebpflb 2>/dev/null || true
