@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 from ebpflb.dataplane.view import BackendView, ConnView, ServiceView, StatsView
@@ -13,8 +14,8 @@ class Dataplane(Protocol):
 
     name: str
 
-    def current(self) -> dict[FrontendKey, FrontendState]:
-        """What the data path holds now (read back, not remembered)."""
+    def current(self) -> Mapping[FrontendKey, FrontendState]:
+        """What the data path holds now: a read-only view, valid until the next apply."""
         ...
 
     def apply(self, plan: Plan) -> None:

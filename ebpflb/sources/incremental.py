@@ -94,8 +94,11 @@ class IncrementalTranslator:
         return self._publish(frozenset(touched))
 
     def _publish(self, touched: frozenset[FrontendKey] | None) -> Update:
-        self.state = DesiredState(MappingProxyType(dict(self._entries)),
-                                  MappingProxyType(dict(self._info)))
+        # Read-only views, not copies: copying 10,000s of entries per event would make
+        # every event O(all Services). A published state is therefore valid until the
+        # next update() or rebuild(), which is all the agent's single sync loop needs.
+        self.state = DesiredState(MappingProxyType(self._entries),
+                                  MappingProxyType(self._info))
         errors = tuple(e for errs in self._errors.values() for e in errs) + self._other_errors
         return Update(self.state, errors, touched)
 

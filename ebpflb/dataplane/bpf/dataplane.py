@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import ensure_pin_dir, remove_pins
@@ -57,8 +59,8 @@ class BpfDataplane:
             log.info("adopted %d frontends from the pinned maps in %s", adopted, config.pin_dir)
         self.housekeeping()
 
-    def current(self) -> dict[FrontendKey, FrontendState]:
-        return dict(self.writer.frontends)
+    def current(self) -> Mapping[FrontendKey, FrontendState]:
+        return MappingProxyType(self.writer.frontends)
 
     def apply(self, plan: Plan) -> None:
         try:
