@@ -222,8 +222,10 @@ class PinnedMap:
             if exc.errno == errno.ENOENT:
                 return []
             raise
-        return [cast(V, cast(Any, value_type).from_buffer_copy(buf, i * stride))
-                for i in range(self._ncpu)]
+        return [
+            cast(V, cast(Any, value_type).from_buffer_copy(buf, i * stride))
+            for i in range(self._ncpu)
+        ]
 
     def update(self, key: ctypes._CData, value: ctypes._CData, flags: int = BPF_ANY) -> None:
         _bpf(
@@ -276,16 +278,22 @@ class PinnedMap:
                 out.append((key, value))
         return out
 
-    def update_batch_raw(self, keys: bytes, values: bytes, count: int, flags: int = BPF_ANY
-                         ) -> None:
+    def update_batch_raw(
+        self, keys: bytes, values: bytes, count: int, flags: int = BPF_ANY
+    ) -> None:
         """BPF_MAP_UPDATE_BATCH from packed keys and values (the fast path of the map
         writer: struct.pack is far cheaper than a ctypes object per element)."""
         if count == 0:
             return
         kbuf = ctypes.create_string_buffer(keys, len(keys))
         vbuf = ctypes.create_string_buffer(values, len(values))
-        attr = _BatchAttr(keys=ctypes.addressof(kbuf), values=ctypes.addressof(vbuf),
-                          count=count, map_fd=self.fd, elem_flags=flags)
+        attr = _BatchAttr(
+            keys=ctypes.addressof(kbuf),
+            values=ctypes.addressof(vbuf),
+            count=count,
+            map_fd=self.fd,
+            elem_flags=flags,
+        )
         try:
             _bpf(BPF_MAP_UPDATE_BATCH, attr)
         except OSError as exc:
@@ -293,10 +301,17 @@ class PinnedMap:
                 raise
             ks, vs = self.info.key_size, len(values) // count
             for i in range(count):
-                k = ctypes.create_string_buffer(keys[i * ks:(i + 1) * ks], ks)
-                v = ctypes.create_string_buffer(values[i * vs:(i + 1) * vs], vs)
-                _bpf(BPF_MAP_UPDATE_ELEM, _ElemAttr(map_fd=self.fd, key=ctypes.addressof(k),
-                                                    value=ctypes.addressof(v), flags=flags))
+                k = ctypes.create_string_buffer(keys[i * ks : (i + 1) * ks], ks)
+                v = ctypes.create_string_buffer(values[i * vs : (i + 1) * vs], vs)
+                _bpf(
+                    BPF_MAP_UPDATE_ELEM,
+                    _ElemAttr(
+                        map_fd=self.fd,
+                        key=ctypes.addressof(k),
+                        value=ctypes.addressof(v),
+                        flags=flags,
+                    ),
+                )
 
     def delete_batch_raw(self, keys: bytes, count: int) -> None:
         if count == 0:
@@ -310,7 +325,7 @@ class PinnedMap:
                 raise
             ks = self.info.key_size
             for i in range(count):
-                k = ctypes.create_string_buffer(keys[i * ks:(i + 1) * ks], ks)
+                k = ctypes.create_string_buffer(keys[i * ks : (i + 1) * ks], ks)
                 try:
                     _bpf(BPF_MAP_DELETE_ELEM, _ElemAttr(map_fd=self.fd, key=ctypes.addressof(k)))
                 except OSError as e:
@@ -322,8 +337,11 @@ class PinnedMap:
         BPF_MAP_LOOKUP_BATCH (GET_NEXT_KEY + LOOKUP per element when unsupported).
         Per-CPU values come as ncpu 8-byte-aligned copies per element."""
         ks = self.info.key_size
-        vs = ((self.info.value_size + 7) & ~7) * self._ncpu if self.info.percpu \
+        vs = (
+            ((self.info.value_size + 7) & ~7) * self._ncpu
+            if self.info.percpu
             else self.info.value_size
+        )
         keys_out, values_out, total = bytearray(), bytearray(), 0
         kbuf = ctypes.create_string_buffer(ks * chunk)
         vbuf = ctypes.create_string_buffer(vs * chunk)
@@ -331,10 +349,14 @@ class PinnedMap:
         token_out = ctypes.create_string_buffer(max(8, ks))
         first = True
         for _ in range(self.info.max_entries // chunk + 2):
-            attr = _BatchAttr(in_batch=0 if first else ctypes.addressof(token_in),
-                              out_batch=ctypes.addressof(token_out),
-                              keys=ctypes.addressof(kbuf), values=ctypes.addressof(vbuf),
-                              count=chunk, map_fd=self.fd)
+            attr = _BatchAttr(
+                in_batch=0 if first else ctypes.addressof(token_in),
+                out_batch=ctypes.addressof(token_out),
+                keys=ctypes.addressof(kbuf),
+                values=ctypes.addressof(vbuf),
+                count=chunk,
+                map_fd=self.fd,
+            )
             done = False
             try:
                 _bpf(BPF_MAP_LOOKUP_BATCH, attr)
@@ -367,41 +389,14 @@ class PinnedMap:
         return bytes(keys_out), bytes(values_out), total
 
     def update_batch(self, keys: list[K], values: list[V], flags: int = BPF_ANY) -> None:
-        """One BPF_MAP_UPDATE_BATCH for many elements; falls back to single updates on
-        kernels or map types without batch support."""
-        if not keys:
-            return
-        ktype, vtype = type(keys[0]), type(values[0])
-        karr = _array(ktype, keys)
-        varr = _array(vtype, values)
-        attr = _BatchAttr(
-            keys=ctypes.addressof(karr),
-            values=ctypes.addressof(varr),
-            count=len(keys),
-            map_fd=self.fd,
-            elem_flags=flags,
+        """One BPF_MAP_UPDATE_BATCH for many ctypes elements (single updates on kernels
+        or map types without batch support)."""
+        self.update_batch_raw(
+            b"".join(bytes(k) for k in keys), b"".join(bytes(v) for v in values), len(keys), flags
         )
-        try:
-            _bpf(BPF_MAP_UPDATE_BATCH, attr)
-        except OSError as exc:
-            if exc.errno not in (errno.EINVAL, _ENOTSUPP):
-                raise
-            for k, v in zip(keys, values, strict=True):
-                self.update(k, v, flags)
 
     def delete_batch(self, keys: list[K]) -> None:
-        if not keys:
-            return
-        ktype = type(keys[0])
-        karr = _array(ktype, keys)
-        attr = _BatchAttr(keys=ctypes.addressof(karr), count=len(keys), map_fd=self.fd)
-        try:
-            _bpf(BPF_MAP_DELETE_BATCH, attr)
-        except OSError as exc:
-            if exc.errno not in (errno.EINVAL, errno.ENOENT, _ENOTSUPP):
-                raise
-            for k in keys:
-                self.delete(k)
+        self.delete_batch_raw(b"".join(bytes(k) for k in keys), len(keys))
 
 
 @dataclass(frozen=True)
