@@ -106,7 +106,7 @@ class _MapsOnly:
 
 def child(n: int, pin_dir: str, events: int) -> dict[str, Any]:
     from ebpflb.dataplane.bpf import abi
-    from ebpflb.dataplane.bpf.loader import compile_program
+    from ebpflb.dataplane.bpf.isolated import load_isolated
     from ebpflb.dataplane.bpf.maps import BpfMaps
     from ebpflb.dataplane.bpf.writer import MapWriter
     from ebpflb.model import Protocol, ServiceRef
@@ -116,7 +116,7 @@ def child(n: int, pin_dir: str, events: int) -> dict[str, Any]:
     rss_start = _rss_mb()
     services, slices = objects(n)
     rss_objects = _rss_mb()
-    prog = compile_program(
+    prog = load_isolated(
         pin_dir=pin_dir, max_services=65536, max_backends=262144, max_conntrack=262144
     )
     maps = BpfMaps(pin_dir)

@@ -31,11 +31,11 @@ class BpfDataplane:
 
     def __init__(self, config: BpfConfig) -> None:
         from ebpflb.dataplane.bpf.attach import TcAttacher
-        from ebpflb.dataplane.bpf.loader import compile_program
+        from ebpflb.dataplane.bpf.isolated import load_isolated
 
         self.config = config
         ensure_pin_dir(config.pin_dir)
-        self.program = compile_program(
+        self.program = load_isolated(
             pin_dir=config.pin_dir,
             max_services=config.max_services,
             max_backends=config.max_backends,

@@ -24,6 +24,7 @@ BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
 BPF_MAP_GET_NEXT_KEY = 4
+BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
 BPF_PROG_TEST_RUN = 10
 BPF_OBJ_GET_INFO_BY_FD = 15
@@ -140,6 +141,18 @@ def possible_cpus() -> int:
         lo, _, hi = part.partition("-")
         total += (int(hi) if hi else int(lo)) - int(lo) + 1
     return total
+
+
+def obj_pin(fd: int, path: str) -> None:
+    """Pin a program or map fd at `path` (on a bpffs)."""
+    buf = ctypes.create_string_buffer(path.encode())
+    _bpf(BPF_OBJ_PIN, _ObjAttr(pathname=ctypes.addressof(buf), bpf_fd=fd))
+
+
+def obj_get(path: str) -> int:
+    """A new fd for the object pinned at `path`."""
+    buf = ctypes.create_string_buffer(path.encode())
+    return _bpf(BPF_OBJ_GET, _ObjAttr(pathname=ctypes.addressof(buf)))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,84 @@
+"""Compiling in a child process, so the agent never holds bcc's compiler in memory.
+
+bcc links LLVM/clang: importing it and compiling once leaves ~130 MB in the process
+for its whole life. The agent only needs the loaded program's fd, so a short-lived
+child (`python -m ebpflb.dataplane.bpf.isolated`) compiles and loads the program,
+which also creates or reuses the pinned maps, and pins the program at a temporary path.
+The agent takes an fd from that pin and removes it; the child's memory goes with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import subprocess
+import sys
+
+from ebpflb.dataplane.bpf.loader import PROGRAM_NAME, compile_program
+from ebpflb.dataplane.bpf.syscall import obj_get, obj_pin
+from ebpflb.errors import BpfUnavailableError, DataplaneError
+
+COMPILE_TIMEOUT = 180.0
+_EXIT_UNAVAILABLE = 3
+
+
+class PinnedProgram:
+    """The tc program as an fd the agent owns; close() drops it (filters keep theirs)."""
+
+    def __init__(self, fd: int, name: str) -> None:
+        self.fd = fd
+        self.name = name
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def load_isolated(*, pin_dir: str, max_services: int, max_backends: int,
+                  max_conntrack: int) -> PinnedProgram:
+    """compile_program() in a child process; errors come back as the same exceptions."""
+    # bpffs refuses names with a dot; the pin lives only until the agent holds an fd.
+    pin = os.path.join(pin_dir, f"ebpflb_prog_{os.getpid()}_{secrets.token_hex(3)}")
+    args = {"pin_dir": pin_dir, "max_services": max_services, "max_backends": max_backends,
+            "max_conntrack": max_conntrack, "prog_pin": pin}
+    try:
+        proc = subprocess.run([sys.executable, "-m", __name__, json.dumps(args)],
+                              capture_output=True, text=True, timeout=COMPILE_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BpfUnavailableError(f"could not run the BPF compiler process: {exc}") from exc
+    if proc.returncode != 0:
+        message = proc.stdout.strip() or proc.stderr.strip()[-4000:] or f"exit {proc.returncode}"
+        if proc.returncode == _EXIT_UNAVAILABLE:
+            raise BpfUnavailableError(message)
+        raise DataplaneError(f"the BPF compiler process failed: {message}")
+    try:
+        fd = obj_get(pin)
+    except OSError as exc:
+        raise DataplaneError(f"cannot open the loaded program at {pin}: {exc.strerror}") from exc
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(pin)
+    return PinnedProgram(fd, PROGRAM_NAME)
+
+
+def _child(raw: str) -> int:
+    args = json.loads(raw)
+    pin = args.pop("prog_pin")
+    try:
+        program = compile_program(**args)
+    except BpfUnavailableError as exc:
+        print(str(exc))
+        return _EXIT_UNAVAILABLE
+    except DataplaneError as exc:
+        print(str(exc))
+        return 1
+    obj_pin(program.fd, pin)
+    program.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1]))
