@@ -24,10 +24,12 @@ unit: setup
 	@$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
 ## bench: the data path (direct vs ebpflb vs kube-proxy-shaped iptables, 10..10,000
-## Services) and the control plane (full sync, event-to-map latency, RSS vs iptables-restore).
+## Services), the control plane (full sync, event-to-map latency, RSS vs iptables-restore)
+## and the userspace path (vs bpf vs direct, with iperf3 bulk throughput).
 bench: setup
 	@$(PY) -m bench.datapath
 	@$(PY) -m bench.controlplane
+	@$(PY) -m bench.userspace
 
 clean:
 	@$(PY) -m ebpflb lab down --name ebpflb 2>/dev/null || true

@@ -1,5 +1,6 @@
 """What can run on this machine: each requirement of the bpf data path checked, with
-the fix when it is missing, and the data path `--dataplane auto` would choose."""
+the fix when it is missing, whether the userspace fallback can run, and the data path
+`--dataplane auto` would choose."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from ebpflb.dataplane.bpf.bpffs import BPFFS_ROOT, bpffs_mounts
 CAP_NET_ADMIN = 12
 CAP_SYS_ADMIN = 21
 CAP_BPF = 39
+USERSPACE_CHECK = "userspace"
 
 
 @dataclass(frozen=True)
@@ -36,15 +38,29 @@ class Report:
         return all(c.ok for c in self.checks if c.required)
 
     @property
+    def userspace_ok(self) -> bool:
+        return any(c.name == USERSPACE_CHECK and c.ok for c in self.checks)
+
+    @property
     def dataplane(self) -> str:
-        return "bpf" if self.bpf_ok else "none"
+        """What `--dataplane auto` would run: bpf, userspace, or none."""
+        if self.bpf_ok:
+            return "bpf"
+        return "userspace" if self.userspace_ok else "none"
+
+    @property
+    def runnable(self) -> bool:
+        return self.dataplane != "none"
 
     @property
     def reason(self) -> str:
         failed = [c for c in self.checks if c.required and not c.ok]
         if not failed:
             return "every requirement of the bpf data path is met"
-        return "; ".join(f"{c.name}: {c.detail}" for c in failed)
+        why = "; ".join(f"{c.name}: {c.detail}" for c in failed)
+        if self.userspace_ok:
+            return f"the bpf data path cannot run ({why}); the userspace proxy can"
+        return f"the bpf data path cannot run ({why}); nor can the userspace proxy"
 
     def as_json(self) -> dict[str, object]:
         return {"dataplane": self.dataplane, "reason": self.reason,
@@ -136,9 +152,27 @@ def check_rp_filter() -> Check:
                  required=False)
 
 
+def check_userspace() -> Check:
+    """The userspace proxy needs CAP_NET_ADMIN (its device and the frontend addresses)
+    and pyroute2. Not required for bpf: a warning when it fails."""
+    has_net = bool(_effective_caps() & (1 << CAP_NET_ADMIN))
+    try:
+        import pyroute2  # noqa: F401
+    except Exception as exc:
+        return Check(USERSPACE_CHECK, False, f"pyroute2 not importable: {exc}",
+                     "pip install pyroute2 (make setup does it)", required=False)
+    if not has_net:
+        return Check(USERSPACE_CHECK, False, "the fallback proxy needs CAP_NET_ADMIN for "
+                     "its device ebpflb0 and the frontend addresses",
+                     "run as root (or with CAP_NET_ADMIN)", required=False)
+    return Check(USERSPACE_CHECK, True, "the fallback proxy can run (CAP_NET_ADMIN, pyroute2)",
+                 required=False)
+
+
 def run_checks() -> Report:
     checks = [check_privileges(), check_kernel(), check_bcc(), check_headers(), check_bpffs(),
               check_rp_filter()]
     if all(c.ok for c in checks if c.required):
         checks.append(check_compile())
+    checks.append(check_userspace())
     return Report(tuple(checks))

@@ -12,6 +12,7 @@ import typer
 
 from ebpflb.cli.errors import handle_errors
 from ebpflb.dataplane.bpf import abi
+from ebpflb.dataplane.userspace.state import DEFAULT_STATE_DIR
 from ebpflb.errors import EbpflbError
 
 
@@ -48,6 +49,12 @@ def agent(
     = abi.DEFAULT_MAX_BACKENDS,
     max_conntrack: Annotated[int, typer.Option(help="Conntrack map size.")]
     = abi.DEFAULT_MAX_CONNTRACK,
+    state_dir: Annotated[str, typer.Option(help="Where the userspace data path publishes "
+                                                "its state for the CLI.")]
+    = DEFAULT_STATE_DIR,
+    udp_idle_timeout: Annotated[float, typer.Option(help="Userspace data path: seconds "
+                                                        "before an idle UDP session ends.")]
+    = 30.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Run the agent in the foreground (SIGTERM/SIGINT stop it; the bpf data path stays
@@ -62,8 +69,6 @@ def agent(
     if kubeconfig is not None:
         raise EbpflbError("the Kubernetes API source (--kubeconfig) is not available yet; "
                           "use --manifests DIR")
-    if dataplane is DataplaneChoice.userspace:
-        raise EbpflbError("the userspace data path is not available yet; use --dataplane bpf")
     if min_sync_interval < 0:
         raise typer.BadParameter("--min-sync-interval must be >= 0")
 
@@ -78,13 +83,21 @@ def agent(
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
 
-    from ebpflb.dataplane.bpf.dataplane import BpfConfig, BpfDataplane
+    from ebpflb.dataplane.bpf.dataplane import BpfConfig
+    from ebpflb.dataplane.choose import open_dataplane
+    from ebpflb.dataplane.userspace.dataplane import UserspaceConfig
 
     assert manifests is not None
     source = ManifestSource(manifests, node_name=node_name)
-    dp = BpfDataplane(BpfConfig(pin_dir=pin_dir, interfaces=_split(interfaces),
-                                max_services=max_services, max_backends=max_backends,
-                                max_conntrack=max_conntrack))
+    if udp_idle_timeout <= 0:
+        raise typer.BadParameter("--udp-idle-timeout must be > 0")
+    dp = open_dataplane(
+        dataplane.value,
+        bpf_config=BpfConfig(pin_dir=pin_dir, interfaces=_split(interfaces),
+                             max_services=max_services, max_backends=max_backends,
+                             max_conntrack=max_conntrack),
+        userspace_config=UserspaceConfig(state_dir=state_dir,
+                                         udp_idle_timeout=udp_idle_timeout))
     try:
         Agent(source, dp, AgentConfig(node_name=node_name, min_sync_interval=min_sync_interval)
               ).run(stop)

@@ -10,7 +10,8 @@ from ebpflb.cli import render
 
 
 def doctor(json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Check the kernel, bcc, headers and privileges; say which data path would run."""
+    """Check the kernel, bcc, headers and privileges; say which data path would run
+    (exit 0 when one can: bpf, or the userspace fallback)."""
     from ebpflb.doctor import run_checks
 
     report = run_checks()
@@ -21,5 +22,5 @@ def doctor(json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = F
                  c.fix] for c in report.checks]
         typer.echo(render.table(["", "CHECK", "DETAIL", "FIX"], rows))
         typer.echo(f"\ndataplane: {report.dataplane} ({report.reason})")
-    if not report.bpf_ok:
+    if not report.runnable:
         raise typer.Exit(1)

@@ -1,11 +1,13 @@
-"""ClusterIP load balancing in the kernel, with real traffic through the lab: the agent
-runs in the node namespace on the bpf data path, fed by a manifest directory that the
-tests edit while it runs."""
+"""ClusterIP load balancing with real traffic through the lab, on both data paths: the
+agent runs in the node namespace on the bpf data path (tc programs) or on the userspace
+one (the proxy), fed by a manifest directory that the tests edit while it runs. The
+same assertions hold for both; the few that are kernel-specific say why."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,8 @@ from ebpflb.cli import app
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import remove_pins
 from ebpflb.dataplane.bpf.inspect import BpfInspector
+from ebpflb.dataplane.userspace.device import DEVICE_NAME
+from ebpflb.dataplane.userspace.state import UserspaceInspector, state_path
 from ebpflb.lab import netns, topology, traffic
 from ebpflb.lab.agentproc import AgentProcess
 
@@ -62,25 +66,41 @@ def write_service(d: Path, name: str, ip: str, ready: list[str],
     tmp.rename(d / f"{name}.yaml")  # atomic: the agent never reads half a file
 
 
-def active_backends(pin_dir: str, frontend: str) -> set[str]:
-    with BpfInspector(pin_dir) as insp:
-        return {f"{b.address}" for b in insp.backends()
-                if str(b.frontend) == frontend and b.active}
-
-
-def frontends(pin_dir: str) -> set[str]:
-    with BpfInspector(pin_dir) as insp:
-        return {str(v.frontend) for v in insp.services()}
+DATAPLANES = ["bpf", "userspace"]
 
 
 class Harness:
-    """The lab, the manifest directory and the agent, with helpers to wait for syncs."""
+    """The lab, the manifest directory and the agent on one data path, with helpers to
+    read what the data path holds and to wait for syncs."""
 
-    def __init__(self, lab: topology.Lab, manifests: Path, pin_dir: str) -> None:
+    def __init__(self, lab: topology.Lab, manifests: Path, pin_dir: str, dataplane: str,
+                 state_dir: str) -> None:
         self.lab = lab
         self.manifests = manifests
         self.pin_dir = pin_dir
+        self.dataplane = dataplane
+        self.state_dir = state_dir
         self.agent: AgentProcess | None = None
+
+    def inspector(self) -> BpfInspector | UserspaceInspector:
+        if self.dataplane == "bpf":
+            return BpfInspector(self.pin_dir)
+        return UserspaceInspector(self.state_dir)
+
+    def cli(self, *args: str) -> tuple[int, str]:
+        """An inspection command, as a user runs it (pins first, then the state file)."""
+        result = CliRunner().invoke(app, [*args, "--pin-dir", self.pin_dir,
+                                          "--state-dir", self.state_dir])
+        return result.exit_code, result.output
+
+    def active_backends(self, frontend: str) -> set[str]:
+        with self.inspector() as insp:
+            return {f"{b.address}" for b in insp.backends()
+                    if str(b.frontend) == frontend and b.active}
+
+    def frontends(self) -> set[str]:
+        with self.inspector() as insp:
+            return {str(v.frontend) for v in insp.services()}
 
     @property
     def client(self) -> str:
@@ -90,7 +110,8 @@ class Harness:
         self.agent = AgentProcess(self.lab.node_ns, manifests=self.manifests,
                                   pin_dir=self.pin_dir,
                                   log_path=self.lab.state_dir / "agent.log",
-                                  extra_args=["--cleanup"]).start()
+                                  extra_args=["--cleanup", "--dataplane", self.dataplane,
+                                              "--state-dir", self.state_dir]).start()
         self.agent.wait_ready()
         return self.agent
 
@@ -108,23 +129,30 @@ class Harness:
 
     def wait_backends(self, frontend: str, expected: set[str]) -> None:
         assert self.agent is not None
-        self.agent.wait_for(lambda: active_backends(self.pin_dir, frontend) == expected,
+        self.agent.wait_for(lambda: self.active_backends(frontend) == expected,
                             what=f"{frontend} -> {sorted(expected)}")
 
     def wait_frontends(self, expected: set[str]) -> None:
         assert self.agent is not None
-        self.agent.wait_for(lambda: frontends(self.pin_dir) == expected,
+        self.agent.wait_for(lambda: self.frontends() == expected,
                             what=f"frontends {sorted(expected)}")
 
 
+@pytest.fixture(scope="module", params=DATAPLANES)
+def dataplane(request: pytest.FixtureRequest) -> str:
+    param: str = request.param
+    return param
+
+
 @pytest.fixture(scope="module")
-def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
+def harness(tmp_path_factory: pytest.TempPathFactory, dataplane: str) -> Iterator[Harness]:
     _require_root()
     name = unique_lab_name()
     pin_dir = f"/sys/fs/bpf/ebpflb-{name}-{secrets.token_hex(2)}"
     manifests = tmp_path_factory.mktemp("manifests")
+    state_dir = str(tmp_path_factory.mktemp("state"))
     lab = topology.up(topology.LabSpec(name, pods=3))
-    h = Harness(lab, manifests, pin_dir)
+    h = Harness(lab, manifests, pin_dir, dataplane, state_dir)
     try:
         write_service(manifests, "web", CLUSTER_IP, h.pods())
         h.start_agent()
@@ -140,6 +168,12 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
 def web(harness: Harness) -> Harness:
     harness.baseline()
     return harness
+
+
+def bpf_only(h: Harness, why: str) -> None:
+    """A property of the kernel path that the userspace proxy cannot have by design."""
+    if h.dataplane != "bpf":
+        pytest.skip(f"kernel path only: {why}")
 
 
 def names(counts: dict[str, int]) -> dict[str, int]:
@@ -223,28 +257,60 @@ def test_deleted_service_stops_answering(web: Harness):
     assert traffic.http_get(web.client, CLUSTER_IP, 80).strip()  # the other one still works
 
 
-def test_cli_reads_the_pinned_maps(web: Harness):
-    result = CliRunner().invoke(app, ["services", "--json", "--pin-dir", web.pin_dir])
-    assert result.exit_code == 0, result.output
-    rows = json.loads(result.output)
+def test_cli_reads_the_data_path(web: Harness):
+    code, out = web.cli("services", "--json")
+    assert code == 0, out
+    rows = json.loads(out)
     http = next(r for r in rows if r["frontend"] == f"{CLUSTER_IP}:80/TCP")
     assert http["service"] == "demo/web" and http["port_name"] == "http"
     assert http["kind"] == "clusterip" and http["active_backends"] == 3
     traffic.http_get(web.client, CLUSTER_IP, 80)
-    result = CliRunner().invoke(app, ["stats", "--json", "--pin-dir", web.pin_dir])
-    stats = json.loads(result.output)
-    row = next(s for s in stats["services"] if s["frontend"] == f"{CLUSTER_IP}:80/TCP")
-    assert row["rx_packets"] > 0 and row["tx_packets"] > 0
+    assert web.agent is not None
+
+    def counted() -> bool:  # the userspace agent publishes within about 0.5 s
+        stats = json.loads(web.cli("stats", "--json")[1])
+        row = next(s for s in stats["services"] if s["frontend"] == f"{CLUSTER_IP}:80/TCP")
+        return bool(row["rx_packets"] > 0 and row["tx_packets"] > 0)
+
+    web.agent.wait_for(counted, timeout=5, what="counters in `ebpflb stats`")
     with traffic.KeepAliveClient(web.client, CLUSTER_IP, 80) as conn:
         conn.get()
         port = conn.sock.getsockname()[1]
-        result = CliRunner().invoke(app, ["conntrack", "--json", "--pin-dir", web.pin_dir])
-        flows = json.loads(result.output)
-        assert any(f["client_port"] == port and f["frontend_address"] == CLUSTER_IP
-                   and f["service"] == "demo/web:http/TCP" for f in flows), flows
+
+        def tracked() -> bool:
+            flows = json.loads(web.cli("conntrack", "--json")[1])
+            return any(f["client_port"] == port and f["frontend_address"] == CLUSTER_IP
+                       and f["service"] == "demo/web:http/TCP" for f in flows)
+
+        web.agent.wait_for(tracked, timeout=5, what="the flow in `ebpflb conntrack`")
+
+
+def test_cli_json_keys_are_the_contract(web: Harness):
+    rows = json.loads(web.cli("services", "--json")[1])
+    assert set(rows[0]) == {"id", "service", "port_name", "protocol", "address", "port",
+                            "frontend", "kind", "backends", "active_backends",
+                            "affinity_timeout"}
+    rows = json.loads(web.cli("backends", "--json")[1])
+    assert set(rows[0]) == {"id", "svc_id", "service", "port_name", "frontend", "address",
+                            "port", "protocol", "active", "terminating"}
+    stats = json.loads(web.cli("stats", "--json")[1])
+    assert set(stats) == {"services", "counters"}
+    assert set(stats["counters"]) == {"new_flow", "ct_hit", "reselect", "reply", "no_backend",
+                                      "backend_missing", "fragment", "ct_full"}
+    with traffic.KeepAliveClient(web.client, CLUSTER_IP, 80) as conn:
+        conn.get()
+        assert web.agent is not None
+        web.agent.wait_for(lambda: bool(json.loads(web.cli("conntrack", "--json")[1])),
+                           timeout=5, what="a flow")
+        flow = json.loads(web.cli("conntrack", "--json")[1])[0]
+    assert set(flow) == {"protocol", "client_address", "client_port", "frontend_address",
+                         "frontend_port", "backend_address", "backend_port", "backend_id",
+                         "svc_id", "service", "age_seconds", "idle_seconds"}
 
 
 def test_agent_killed_and_restarted_keeps_an_established_connection(web: Harness):
+    bpf_only(web, "the connections live in the kernel's maps and outlive the agent; a "
+                  "userspace proxy's connections die with its process")
     with traffic.KeepAliveClient(web.client, CLUSTER_IP, 80) as conn:
         first = conn.get().strip()
         assert web.agent is not None
@@ -259,18 +325,27 @@ def test_agent_killed_and_restarted_keeps_an_established_connection(web: Harness
         assert [conn.get().strip() for _ in range(10)] == [first] * 10
 
 
-def test_agent_stop_with_cleanup_removes_filters_and_pins(web: Harness):
+def test_agent_stop_with_cleanup_removes_what_it_installed(web: Harness):
     assert web.agent is not None
-    for ifname in web.lab.host_ifnames:
-        out = netns.run(web.lab.node_ns, ["tc", "filter", "show", "dev", ifname, "ingress"])
-        assert "ebpflb_tc" in out.stdout, (ifname, out.stdout)
+    if web.dataplane == "bpf":
+        for ifname in web.lab.host_ifnames:
+            out = netns.run(web.lab.node_ns, ["tc", "filter", "show", "dev", ifname, "ingress"])
+            assert "ebpflb_tc" in out.stdout, (ifname, out.stdout)
+    else:
+        out = netns.run(web.lab.node_ns, ["ip", "-4", "addr", "show", "dev", DEVICE_NAME])
+        assert f"{CLUSTER_IP}/32" in out.stdout, out.stdout
+        assert os.path.exists(state_path(web.state_dir))
     assert web.agent.stop() == 0
     with contextlib.suppress(Exception):
-        assert not frontends(web.pin_dir)
+        assert not web.frontends()
     assert not Path(web.pin_dir).exists()
     for ifname in web.lab.host_ifnames:  # read back from the kernel, not trusted
         out = netns.run(web.lab.node_ns, ["tc", "filter", "show", "dev", ifname, "ingress"])
         assert "ebpflb_tc" not in out.stdout, (ifname, out.stdout)
+    links = netns.run(web.lab.node_ns, ["ip", "link", "show"]).stdout
+    assert DEVICE_NAME not in links
+    assert not os.path.exists(state_path(web.state_dir))
+    assert web.cli("services")[0] == 1
     with pytest.raises(OSError):
         traffic.http_get(web.client, CLUSTER_IP, 80, timeout=1.0)
     web.start_agent()
