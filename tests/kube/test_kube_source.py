@@ -1,0 +1,406 @@
+"""The Kubernetes source with the real ``kubernetes`` client against the API server
+stand-in: the initial paginated list, watch events, bookmarks, 410 Gone, dropped
+connections, a slow server, an outage (503 and down), close(); and the data path (the
+fake one, through translate and the Syncer) after each fault."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from ebpflb.dataplane.fake import FakeDataplane
+from ebpflb.errors import SourceError
+from ebpflb.model import ServiceRef
+from ebpflb.sources.kube import Backoff, KubeSource
+from ebpflb.sources.manifests import Snapshot
+from ebpflb.sources.translate import node_addresses, translate
+from ebpflb.sync.plan import DeleteService, desired_frontends
+from ebpflb.sync.syncer import Syncer
+from tests.kube.apiserver import ApiServerStandIn
+from tests.kube.conftest import NODE_NAME
+from tests.kube.objects import endpoint_slice, node, service
+
+pytestmark = pytest.mark.timeout(20)
+
+MakeSource = Callable[..., KubeSource]
+
+
+def until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def populate(server: ApiServerStandIn, count: int = 7) -> None:
+    for i in range(count):
+        server.apply(service(f"svc{i}", f"10.96.0.{i + 1}"))
+        server.apply(endpoint_slice(f"svc{i}", [f"10.244.0.{i + 1}", f"10.244.1.{i + 1}"]))
+    server.apply(node(NODE_NAME, "192.168.0.10"))
+    server.apply(node("node-b", "192.168.0.11"))
+
+
+def names(objects: tuple[dict[str, Any], ...] | list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return sorted((o["metadata"].get("namespace", ""), o["metadata"]["name"]) for o in objects)
+
+
+def expected(server: ApiServerStandIn) -> Snapshot:
+    """What the source must hold: what the server lists with kube-proxy's filters."""
+    services = [s for s in server.objects("Service")
+                if "service.kubernetes.io/service-proxy-name" not in s["metadata"]["labels"]]
+    nodes = [n for n in server.objects("Node") if n["metadata"]["name"] == NODE_NAME]
+    return Snapshot(tuple(services), tuple(server.objects("EndpointSlice")), tuple(nodes))
+
+
+def same(snap: Snapshot, want: Snapshot) -> bool:
+    def keyed(objs: tuple[dict[str, Any], ...]) -> dict[tuple[str, str], dict[str, Any]]:
+        return {(o["metadata"].get("namespace", ""), o["metadata"]["name"]): o for o in objs}
+    return (keyed(snap.services) == keyed(want.services)
+            and keyed(snap.slices) == keyed(want.slices)
+            and keyed(snap.nodes) == keyed(want.nodes))
+
+
+def converges(source: KubeSource, server: ApiServerStandIn, timeout: float = 5.0) -> Snapshot:
+    want = expected(server)
+    snap: Snapshot = until(lambda: (s := source.load()) and same(s, want) and s,
+                           timeout, "the source to equal the server")
+    return snap
+
+
+def started(make_source: MakeSource, **kwargs: Any) -> KubeSource:
+    source = make_source(**kwargs)
+    source.start()
+    assert source.wait_synced(5), "not synced"
+    return source
+
+
+# --- list ---------------------------------------------------------------------------
+
+
+def test_initial_paginated_list_gives_the_servers_objects(apiserver, make_source):
+    populate(apiserver)
+    apiserver.apply(service("other-proxy", "10.96.1.1", proxy_name="someone-else"))
+    source = started(make_source, page_size=3)
+
+    snap = source.load()
+    assert same(snap, expected(apiserver))
+    assert names(snap.nodes) == [("", NODE_NAME)]  # only this node, by field selector
+    assert ("demo", "other-proxy") not in names(snap.services)  # kube-proxy's label selector
+    assert all(o["kind"] == "Service" and o["apiVersion"] == "v1" for o in snap.services)
+    assert all(o["apiVersion"] == "discovery.k8s.io/v1" for o in snap.slices)
+    assert snap.errors == ()
+    pages = apiserver.list_requests("Service")
+    assert len(pages) == 3 and [p.params.get("continue") is not None for p in pages] == [
+        False, True, True]
+    assert all(p.params["limit"] == "3" for p in pages)
+    assert not source.stale and source.stale_since is None
+
+
+def test_not_synced_until_every_resource_is_listed(apiserver, make_source):
+    populate(apiserver, 2)
+    apiserver.delay = 0.3
+    source = make_source()
+    source.start()
+    assert not source.synced
+    assert not source.poll()
+    with pytest.raises(SourceError):
+        source.load()
+    assert source.wait_synced(5)
+    assert source.poll()
+    assert len(source.load().services) == 2
+
+
+def test_sync_is_logged_once_per_resource(apiserver, make_source, caplog):
+    populate(apiserver, 2)
+    started(make_source)
+    until(lambda: any("every resource synced" in r.getMessage() for r in caplog.records))
+    synced = [r.getMessage() for r in caplog.records if " synced: " in r.getMessage()]
+    assert sorted(m.split()[1] for m in synced) == ["endpointslices", "nodes", "services"]
+
+
+# --- watch --------------------------------------------------------------------------
+
+
+def test_added_modified_deleted_show_up(apiserver, make_source):
+    populate(apiserver, 3)
+    source = started(make_source)
+    source.load()
+    assert not source.changed.is_set()
+
+    apiserver.apply(service("new", "10.96.0.50"))
+    assert source.changed.wait(2)
+    assert source.changed_services() == {ServiceRef("demo", "new")}
+    assert ("demo", "new") in names(source.load().services)
+
+    apiserver.apply(endpoint_slice("svc1", ["10.244.9.9"]))
+    assert source.changed.wait(2)
+    assert source.changed_services() == {ServiceRef("demo", "svc1")}  # slice -> its Service
+    slices = {o["metadata"]["name"]: o for o in source.load().slices}
+    assert slices["svc1-1"]["endpoints"][0]["addresses"] == ["10.244.9.9"]
+
+    apiserver.delete("Service", "demo", "svc0")
+    apiserver.delete("EndpointSlice", "demo", "svc0-1")
+    until(lambda: source.changed_services() == {ServiceRef("demo", "svc0")}, what="delete")
+    converges(source, apiserver)
+    assert not source.poll()
+
+
+def test_a_change_after_changed_services_stays_pending(apiserver, make_source):
+    populate(apiserver, 2)
+    source = started(make_source)
+    source.load()
+    assert source.changed_services() == set()
+    apiserver.apply(service("late", "10.96.0.60"))  # lands between the two calls
+    assert source.changed.wait(2)
+    assert ("demo", "late") in names(source.load().services)
+    assert source.poll()  # not reported yet, so still pending
+    assert source.changed_services() == {ServiceRef("demo", "late")}
+    source.load()
+    assert not source.poll()
+
+
+def test_add_then_delete_cancels_out(apiserver, make_source):
+    populate(apiserver, 1)
+    source = started(make_source)
+    source.load()
+    apiserver.apply(service("blip", "10.96.0.70"))
+    apiserver.delete("Service", "demo", "blip")
+    until(lambda: source.resource_version("Service") == str(apiserver.resource_version))
+    assert not source.poll()
+    assert source.changed_services() == set()
+
+
+def test_bookmark_advances_the_resource_version(apiserver, make_source):
+    populate(apiserver, 2)
+    source = started(make_source)
+    listed = source.resource_version("Service")
+    apiserver.apply(node("node-b", "192.168.0.99"))  # moves the global version only
+    until(lambda: apiserver.open_watches("Service") == 1, what="a service watch")
+    rv = apiserver.bookmark()
+    assert str(rv) != listed
+    until(lambda: source.resource_version("Service") == str(rv), what="the bookmark")
+
+    mark = time.monotonic()
+    apiserver.drop_connections()
+    watch = until(lambda: apiserver.watch_requests("Service", after=mark), what="a re-watch")
+    assert watch[0].params["resourceVersion"] == str(rv)
+    assert apiserver.list_requests("Service", after=mark) == []  # no relist needed
+
+
+def test_watch_timeout_rewatches_from_the_last_version(apiserver, make_source):
+    populate(apiserver, 2)
+    source = started(make_source, watch_timeout=1)
+    apiserver.apply(service("during", "10.96.0.80"))
+    rv = str(apiserver.resource_version)
+    until(lambda: source.resource_version("Service") == rv)
+    mark = time.monotonic()
+    watch = until(lambda: apiserver.watch_requests("Service", after=mark), 3, "a re-watch")
+    assert watch[0].params["resourceVersion"] == rv
+    assert watch[0].params["timeoutSeconds"] == "1"
+    assert apiserver.list_requests("Service", after=mark) == []
+    apiserver.apply(service("after", "10.96.0.81"))
+    converges(source, apiserver)
+
+
+# --- faults -------------------------------------------------------------------------
+
+
+def test_gone_forces_a_relist_that_drops_what_was_deleted_meanwhile(
+        apiserver, make_source, caplog):
+    populate(apiserver, 4)
+    source = started(make_source)
+    source.load()
+    with apiserver.failing(503):
+        apiserver.delete("Service", "demo", "svc0")
+        apiserver.delete("EndpointSlice", "demo", "svc0-1")
+        apiserver.apply(service("svc1", "10.96.0.201"))
+        apiserver.apply(service("born-while-gone", "10.96.0.202"))
+        apiserver.expire_history()
+        until(lambda: source.stale, what="stale")
+    mark = time.monotonic()
+    until(lambda: source.changed_services() == {
+        ServiceRef("demo", "svc0"), ServiceRef("demo", "svc1"),
+        ServiceRef("demo", "born-while-gone")}, what="the relist's changes")
+    snap = converges(source, apiserver)
+    assert ("demo", "svc0") not in names(snap.services)
+    assert apiserver.list_requests("Service", after=mark)  # a relist
+    assert any("relisting" in r.getMessage() for r in caplog.records)
+    until(lambda: not source.stale, what="recovery")
+
+
+def test_expired_continue_token_restarts_the_list(apiserver, make_source):
+    populate(apiserver, 6)
+    apiserver.delay = 0.1
+    source = make_source(page_size=2)
+    source.start()
+    # the second page is asked for (and delayed): its token expires under it
+    until(lambda: len(apiserver.list_requests("Service")) >= 2, what="a second page")
+    apiserver.expire_history()
+    apiserver.delay = 0.0
+    assert source.wait_synced(5)
+    converges(source, apiserver)
+    first_pages = [r for r in apiserver.list_requests("Service") if "continue" not in r.params]
+    assert len(first_pages) >= 2
+
+
+def test_dropped_connection_reconnects_and_catches_up(apiserver, make_source):
+    populate(apiserver, 3)
+    source = started(make_source)
+    rv = source.resource_version("Service")
+    apiserver.delay = 0.2  # changes land while the client is away
+    mark = time.monotonic()
+    apiserver.drop_connections()
+    apiserver.apply(service("while-away", "10.96.0.90"))
+    apiserver.delete("Service", "demo", "svc2")
+    converges(source, apiserver)
+    assert apiserver.watch_requests("Service", after=mark)[0].params["resourceVersion"] == rv
+    assert apiserver.list_requests("Service", after=mark) == []  # caught up by watch
+
+
+def test_slow_server_still_converges(apiserver, make_source):
+    populate(apiserver, 5)
+    apiserver.delay = 0.15
+    source = started(make_source, page_size=2)
+    converges(source, apiserver)
+    apiserver.apply(service("slow", "10.96.0.95"))
+    apiserver.drop_connections()  # may cut a request in flight: stale, briefly
+    converges(source, apiserver)
+    until(lambda: not source.stale, what="recovery")
+
+
+@pytest.mark.parametrize("outage", ["503", "down"])
+def test_outage_keeps_last_known_objects_and_marks_stale(apiserver, make_source, caplog, outage):
+    populate(apiserver, 4)
+    source = started(make_source)
+    before = source.load()
+    fault = apiserver.failing(503) if outage == "503" else apiserver.down()
+    with fault:
+        until(lambda: source.stale, what="stale")
+        assert source.stale_since is not None
+        time.sleep(0.3)  # several failed attempts
+        assert not source.poll()
+        assert same(source.load(), before)  # nothing removed during the outage
+    apiserver.apply(service("after-outage", "10.96.0.99"))
+    converges(source, apiserver)
+    until(lambda: not source.stale, what="recovery")
+    assert source.stale_since is None
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("(stale)" in m for m in messages) == 1
+    assert sum("no longer stale" in m for m in messages) == 1
+    assert any("retrying in" in m for m in messages)
+
+
+def test_close_returns_promptly_and_stops_the_threads(apiserver, make_source):
+    populate(apiserver, 2)
+    source = started(make_source)
+    until(lambda: apiserver.open_watches("Service") == 1, what="a watch")
+    start = time.monotonic()
+    source.close()
+    assert time.monotonic() - start < 2.0
+    assert not any(t.is_alive() for t in source._threads)
+
+
+def test_close_during_backoff_is_prompt(apiserver, make_source):
+    with apiserver.failing(503):
+        source = make_source(backoff=Backoff(base=5.0, cap=5.0))
+        source.start()
+        until(lambda: source.stale, what="stale")
+        start = time.monotonic()
+        source.close()
+        assert time.monotonic() - start < 2.0
+
+
+def test_bad_kubeconfig_is_a_source_error(tmp_path):
+    (tmp_path / "kc").write_text("not: a kubeconfig")
+    with pytest.raises(SourceError, match="kubeconfig"):
+        KubeSource(kubeconfig=str(tmp_path / "kc"), node_name=None)
+
+
+# --- the data path after each fault -------------------------------------------------
+
+
+class DataPath:
+    """translate + Syncer + FakeDataplane, with a record of every frontend removed."""
+
+    def __init__(self, source: KubeSource) -> None:
+        self.source = source
+        self.dataplane = FakeDataplane()
+        self.syncer = Syncer(self.dataplane)
+        self.removed: list[Any] = []
+
+    def sync(self) -> None:
+        snap = self.source.load()
+        result = translate(snap.services, snap.slices, node_name=NODE_NAME,
+                           node_addresses=node_addresses(snap.nodes, NODE_NAME))
+        assert result.errors == ()
+        self.removed += [op for op in self.syncer.sync(result.state).plan.ops
+                         if isinstance(op, DeleteService)]
+
+    def matches(self, server: ApiServerStandIn) -> bool:
+        want = expected(server)
+        state = translate(want.services, want.slices, node_name=NODE_NAME,
+                          node_addresses=node_addresses(want.nodes, NODE_NAME)).state
+        self.sync()
+        return self.dataplane.current() == desired_frontends(state)
+
+
+def test_data_path_equals_the_desired_state_after_every_fault(apiserver, make_source):
+    populate(apiserver, 6)
+    source = started(make_source)
+    path = DataPath(source)
+    path.sync()
+    assert len(path.dataplane.state) == 6
+
+    def check(what: str) -> None:
+        until(lambda: path.matches(apiserver), 5, f"the data path after {what}")
+
+    apiserver.apply(endpoint_slice("svc0", ["10.244.7.7"]))
+    check("an event")
+
+    rv = apiserver.bookmark()
+    until(lambda: source.resource_version("Service") == str(rv))
+    apiserver.drop_connections()
+    apiserver.apply(service("svc-new", "10.96.0.100"))
+    check("a dropped connection")
+
+    for fault in (apiserver.failing(503), apiserver.down()):
+        with fault:
+            until(lambda: source.stale, what="stale")
+            for _ in range(5):
+                path.sync()
+                assert len(path.dataplane.state) == 7
+                time.sleep(0.05)
+        assert path.removed == []  # no Service left the data path during the outage
+        check("an outage")
+
+    with apiserver.failing(503):
+        apiserver.delete("Service", "demo", "svc5")
+        apiserver.delete("EndpointSlice", "demo", "svc5-1")
+        apiserver.expire_history()
+        until(lambda: source.stale, what="stale")
+        path.sync()
+        assert len(path.dataplane.state) == 7
+    check("410 Gone")
+    assert len(path.dataplane.state) == 6
+    assert len(path.removed) == 1  # svc5, only after the relist
+
+    apiserver.delay = 0.2
+    apiserver.apply(service("svc-slow", "10.96.0.101"))
+    check("a slow server")
+
+
+def test_logs_name_the_resource_on_errors(apiserver, make_source, caplog):
+    populate(apiserver, 1)
+    source = started(make_source)
+    with apiserver.failing(503):
+        until(lambda: source.stale, what="stale")
+        until(lambda: any("HTTP 503" in r.getMessage() for r in caplog.records
+                          if r.levelno == logging.WARNING))
