@@ -27,6 +27,10 @@ class BpfUnavailableError(DataplaneError):
 class CapacityError(DataplaneError):
     """A change would overflow a map; it was refused whole."""
 
+    def __init__(self, message: str, *, frontend: object = None) -> None:
+        super().__init__(message)
+        self.frontend = frontend  # the model.Frontend whose change did not fit, if known
+
 
 class LabError(EbpflbError):
     """The network-namespace lab could not be built or torn down."""

@@ -11,7 +11,7 @@ from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import ensure_pin_dir, remove_pins
 from ebpflb.dataplane.bpf.maps import BpfMaps, check_geometry
 from ebpflb.dataplane.bpf.writer import MapWriter
-from ebpflb.errors import DataplaneError
+from ebpflb.errors import CapacityError, DataplaneError
 from ebpflb.sync.plan import FrontendKey, FrontendState, Plan
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,8 @@ class BpfDataplane:
     def apply(self, plan: Plan) -> None:
         try:
             self.writer.apply(plan)
+        except CapacityError:
+            raise  # refused before anything was written: nothing to re-read
         except Exception:
             self.writer.reload()  # the maps are the truth; the next sync diffs against them
             raise

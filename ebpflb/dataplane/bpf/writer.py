@@ -116,7 +116,8 @@ class MapWriter:
                 if new_svcs > self.svc_alloc.free_count:
                     raise CapacityError(
                         f"service map full ({self.max_services - 1} frontends): cannot add "
-                        f"{op.state.port_name} at {op.state.frontend}; nothing was applied")
+                        f"{op.state.port_name} at {op.state.frontend}; nothing was applied",
+                        frontend=op.state.frontend)
             elif isinstance(op, UpsertBackends):
                 sid = self.svc_ids.get(op.frontend.key)
                 owned = self.backend_ids.get(sid, {}) if sid is not None else {}
@@ -124,7 +125,8 @@ class MapWriter:
                 if new_bes > self.be_alloc.free_count:
                     raise CapacityError(
                         f"backend map full ({self.max_backends - 1} backends): cannot add "
-                        f"the backends of {op.frontend}; nothing was applied")
+                        f"the backends of {op.frontend}; nothing was applied",
+                        frontend=op.frontend)
 
     def _svc_id(self, frontend: Frontend) -> int:
         sid = self.svc_ids.get(frontend.key)
