@@ -159,7 +159,19 @@ class MapWriter:
                     owned[b.key] = bid
                 flags = (_ACTIVE if b.active else 0) | (_TERMINATING if b.terminating else 0)
                 batch.add(_U32(bid), pack(b.address.packed, htons(b.port), proto, flags, sid))
+            self._cache_backends(op)
         batch.update(self.maps.backends)
+
+    def _cache_backends(self, op: UpsertBackends) -> None:
+        """Keep the cached state of a held frontend in step with its backends: no
+        service write follows when only backends outside the slots change."""
+        st = self.frontends.get(op.frontend.key)
+        if st is not None:
+            merged = {b.key: b for b in st.backends}
+            merged.update((b.key, b) for b in op.backends)
+            self.frontends[op.frontend.key] = FrontendState(
+                st.frontend, st.port_name, tuple(sorted(merged.values())), st.slots,
+                st.affinity_timeout)
 
     def _reset_stats(self, sid: int) -> None:
         if sid in self._dirty_stats:

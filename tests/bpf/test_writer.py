@@ -1,0 +1,80 @@
+"""The map writer on the real pinned maps: applying the plan from any state A to any
+state B leaves exactly B in the kernel's maps (read back the way a restarted agent adopts
+them), and a plan that does not fit is refused with A left as it was."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from ebpflb.dataplane.bpf.maps import BpfMaps, read_state
+from ebpflb.dataplane.bpf.writer import MapWriter
+from ebpflb.errors import CapacityError
+from ebpflb.model import DesiredState
+from ebpflb.sync.plan import desired_frontends, diff
+from tests.bpf.conftest import MAX_BACKENDS, MAX_SERVICES, Maps
+from tests.unit.test_plan import state_st
+
+SETTINGS = settings(max_examples=60, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _write(maps: Maps, state: DesiredState, **limits: int) -> MapWriter:
+    """A fresh writer (as a starting agent makes) that writes `state` into empty maps."""
+    writer = MapWriter(BpfMaps(maps.pin_dir), max_services=limits.get("services", MAX_SERVICES),
+                       max_backends=limits.get("backends", MAX_BACKENDS))
+    writer.apply(diff(writer.frontends, desired_frontends(state)))
+    return writer
+
+
+def _held(maps: Maps) -> object:
+    with BpfMaps(maps.pin_dir) as fresh:
+        return read_state(fresh).frontends
+
+
+@SETTINGS
+@given(a=state_st, b=state_st)
+def test_any_a_to_any_b_leaves_exactly_b_in_the_maps(maps: Maps, a, b) -> None:
+    maps.clear()
+    writer = _write(maps, a)
+    try:
+        assert _held(maps) == desired_frontends(a)
+        writer.apply(diff(writer.frontends, desired_frontends(b)))
+        assert _held(maps) == desired_frontends(b)
+        assert writer.frontends == desired_frontends(b)  # its cache agrees with the maps
+    finally:
+        writer.maps.close()
+
+
+@SETTINGS
+@given(a=state_st, b=state_st)
+def test_a_refused_overflow_leaves_a(maps: Maps, a, b) -> None:
+    maps.clear()
+    limit = 1 + sum(len(e.backends) for e in a.entries.values())  # ids 1..limit-1 fit A
+    writer = _write(maps, a, backends=limit)
+    try:
+        try:
+            writer.apply(diff(writer.frontends, desired_frontends(b)))
+        except CapacityError as exc:
+            assert exc.frontend is not None and "nothing was applied" in str(exc)
+            assert _held(maps) == desired_frontends(a)
+            assert writer.frontends == desired_frontends(a)
+        else:
+            assert _held(maps) == desired_frontends(b)
+    finally:
+        writer.maps.close()
+
+
+def test_an_overflowing_plan_is_refused(maps: Maps) -> None:
+    """The property above must meet a refusal: one state that surely overflows."""
+    from tests.unit.test_plan import entry, state
+
+    a = state(entry("10.96.0.1", 80, [("10.0.0.1", 80, True)]))
+    b = state(entry("10.96.0.1", 80, [("10.0.0.1", 80, True), ("10.0.0.2", 80, True)]))
+    writer = _write(maps, a, backends=2)
+    try:
+        with pytest.raises(CapacityError, match="backend map full"):
+            writer.apply(diff(writer.frontends, desired_frontends(b)))
+        assert _held(maps) == desired_frontends(a)
+    finally:
+        writer.maps.close()
