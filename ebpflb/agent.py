@@ -1,37 +1,45 @@
 """The agent: wiring only. Source -> translate -> syncer -> data path, in one loop that
-polls the source, coalesces changes (a minimum interval between syncs), retries a
-failed sync with capped backoff, and runs data path upkeep. The loop never raises."""
+waits for the source, coalesces changes (a minimum interval between syncs), retries a
+failed sync with capped backoff, and runs data path upkeep. The loop never raises.
+
+Syncs are incremental, as in kube-proxy: the first sync (and any sync after a failure,
+a change of this node's addresses, or a frontend moving between Services) translates
+everything and compares every frontend; every other sync re-translates only the
+Services the source reports as changed and compares only their frontends, so one event
+costs one Service's work however many Services there are.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from types import MappingProxyType
+from typing import Any
 
 from ebpflb.dataplane.base import Dataplane
-from ebpflb.sources.manifests import Snapshot
-from ebpflb.sources.translate import node_addresses, translate
+from ebpflb.model import IPAddress, ServiceRef
+from ebpflb.sources.base import Source
+from ebpflb.sources.incremental import IncrementalTranslator, NeedsRebuild, Update
+from ebpflb.sources.translate import ObjectError, node_addresses
+from ebpflb.status import AgentStatus, write_status
+from ebpflb.sync.plan import DeleteService, Plan, RemoveBackends
 from ebpflb.sync.syncer import Syncer, SyncResult
 
 log = logging.getLogger(__name__)
-
-
-class Source(Protocol):
-    def poll(self) -> bool: ...
-
-    def load(self) -> Snapshot: ...
 
 
 @dataclass(frozen=True)
 class AgentConfig:
     node_name: str | None = None
     min_sync_interval: float = 0.05  # seconds between two syncs (kube-proxy's min-sync-period)
-    poll_interval: float = 0.1
+    poll_interval: float = 0.1  # longest wait for a change, and for a stop request
     housekeeping_interval: float = 1.0
     max_backoff: float = 30.0
+    state_dir: str | None = None  # where agent.json is published; None: not published
 
 
 class Agent:
@@ -42,64 +50,185 @@ class Agent:
         self.config = config
         self.clock = clock
         self.syncer = Syncer(dataplane, clock=clock)
+        self.translator = IncrementalTranslator(node_name=config.node_name)
+        self._full = True  # the next sync translates and compares everything
         self._dirty = True
         self._last_sync = float("-inf")
         self._retry_at = float("-inf")
         self._backoff = 0.0
         self._next_housekeeping = float("-inf")
         self._logged_errors: frozenset[str] = frozenset()
+        self._refused: dict[ServiceRef, str] = {}
+        self._translate_errors: tuple[ObjectError, ...] = ()
+        self.last_full_sync_seconds: float | None = None
         self.last_result: SyncResult | None = None
+        self.last_sync_at: float | None = None  # wall clock
         self.syncs = 0
+        self.full_syncs = 0
 
-    def _log_errors(self, messages: list[str]) -> None:
-        current = frozenset(messages)
+    @property
+    def refused(self) -> MappingProxyType[ServiceRef, str]:
+        """Services whose change did not fit in the maps, and why (retried every sync)."""
+        return MappingProxyType(self._refused)
+
+    # --- one sync --------------------------------------------------------------------
+
+    def sync_once(self) -> SyncResult:
+        """Sync what changed (everything when a full sync is due); raises on failure,
+        after which the next sync is a full one."""
+        try:
+            result = self._full_sync() if self._full else self._incremental_sync()
+        except Exception:
+            self._full = True
+            raise
+        self._note_refusals(result)
+        return result
+
+    def _full_sync(self) -> SyncResult:
+        snap = self.source.load()
+        self.translator.node_addresses = self._node_addresses(snap.nodes)
+        update = self.translator.rebuild(snap.services, snap.slices)
+        self._translate_errors = update.errors
+        self._log_errors([*snap.errors, *update.errors])
+        result = self.syncer.sync(update.state)
+        self._full = False
+        self.full_syncs += 1
+        self.last_full_sync_seconds = result.seconds
+        return result
+
+    def _incremental_sync(self) -> SyncResult:
+        changes = self.source.take_changes()
+        if changes.nodes and (self._node_addresses(self.source.nodes())
+                              != self.translator.node_addresses):
+            log.info("this node's addresses changed: full sync")
+            return self._full_sync()
+        refs = set(changes.services) | set(self._refused)
+        if not refs:
+            self._log_errors([*changes.errors, *self._translate_errors])
+            return SyncResult(Plan(), len(self.translator.state.entries), 0, 0.0)
+        try:
+            update: Update = self.translator.update(
+                refs, service_of=self.source.service, slices_of=self.source.slices_of)
+        except NeedsRebuild:
+            log.debug("a frontend moved between Services: full sync")
+            return self._full_sync()
+        self._translate_errors = update.errors
+        self._log_errors([*changes.errors, *update.errors])
+        return self.syncer.sync(update.state, update.touched)
+
+    def _node_addresses(self, nodes: Iterable[dict[str, Any]]) -> tuple[IPAddress, ...]:
+        name = self.config.node_name
+        return node_addresses(nodes, name) if name else ()
+
+    def _log_errors(self, errors: Iterable[object]) -> None:
+        current = frozenset(str(e) for e in errors)
         for msg in sorted(current - self._logged_errors):
             log.warning("skipped: %s", msg)
         self._logged_errors = current
 
-    def sync_once(self) -> SyncResult:
-        """Read the source, translate and sync; raises on failure."""
-        snap = self.source.load()
-        addrs = node_addresses(snap.nodes, self.config.node_name) if self.config.node_name else ()
-        result = translate(snap.services, snap.slices, node_name=self.config.node_name,
-                           node_addresses=addrs)
-        self._log_errors([str(e) for e in snap.errors] + [str(e) for e in result.errors])
-        return self.syncer.sync(result.state)
+    def _note_refusals(self, result: SyncResult) -> None:
+        for ref, why in sorted(result.refused.items()):
+            if ref not in self._refused:
+                log.error("refused Service %s: %s; it keeps what the data path held", ref, why)
+        for ref in sorted(set(self._refused) - set(result.refused)):
+            log.info("Service %s now fits and is applied", ref)
+        self._refused = dict(result.refused)
+        if self._refused and any(isinstance(op, RemoveBackends | DeleteService)
+                                 for op in result.plan.ops):
+            self._dirty = True  # room was made: retry the refused at the next sync
 
-    def step(self) -> None:
+    # --- the loop ----------------------------------------------------------------------
+
+    def step(self) -> float:
+        """Sync if due, run upkeep if due; returns how long the loop may wait."""
         now = self.clock()
+        synced = self._source_synced()
         try:
-            if self.source.poll():
+            if synced and self.source.poll():
                 self._dirty = True
         except Exception as exc:
             log.error("source: %s", exc)
-        if self._dirty and now >= self._retry_at and (
-            now - self._last_sync >= self.config.min_sync_interval
-        ):
-            self._dirty = False
-            self._last_sync = now
-            try:
-                self.last_result = self.sync_once()
-                self.syncs += 1
-                self._backoff = 0.0
-                if self.syncs == 1:
-                    log.info("ready: first sync done (%d frontends)",
-                             self.last_result.frontends)
-            except Exception as exc:
-                # Keep what the data path holds, and retry the whole sync later.
-                self._backoff = min(self.config.max_backoff, max(0.5, self._backoff * 2))
-                self._retry_at = now + self._backoff
-                self._dirty = True
-                log.error("sync failed (retrying in %.1fs): %s", self._backoff, exc)
+        due = max(self._retry_at, self._last_sync + self.config.min_sync_interval)
+        if synced and self._dirty and now >= due:
+            self._sync_now(now)
         if now >= self._next_housekeeping:
             self._next_housekeeping = now + self.config.housekeeping_interval
-            try:
-                self.dataplane.housekeeping()
-            except Exception as exc:
-                log.error("housekeeping: %s", exc)
+            self._housekeeping()
+        wait = self.config.poll_interval
+        if self._dirty and synced:
+            due = max(self._retry_at, self._last_sync + self.config.min_sync_interval)
+            wait = min(wait, max(0.0, due - self.clock()))
+        return wait
+
+    def _source_synced(self) -> bool:
+        try:
+            return bool(self.source.synced)
+        except Exception as exc:
+            log.error("source: %s", exc)
+            return False
+
+    def _sync_now(self, now: float) -> None:
+        self._dirty = False
+        self._last_sync = now
+        try:
+            self.last_result = self.sync_once()
+        except Exception as exc:
+            # Keep what the data path holds, and retry with a full sync later.
+            self._backoff = min(self.config.max_backoff, max(0.5, self._backoff * 2))
+            self._retry_at = now + self._backoff
+            self._dirty = True
+            log.error("sync failed (retrying in %.1fs): %s", self._backoff, exc)
+            return
+        self.syncs += 1
+        self.last_sync_at = time.time()
+        self._backoff = 0.0
+        if self.syncs == 1:
+            log.info("ready: first sync done (%d frontends)", self.last_result.frontends)
+        self._publish()
+
+    def _housekeeping(self) -> None:
+        try:
+            self.dataplane.housekeeping()
+        except Exception as exc:
+            log.error("housekeeping: %s", exc)
+        self._publish()
+
+    def _publish(self) -> None:
+        if self.config.state_dir is None:
+            return
+        try:
+            write_status(self.config.state_dir, self.status())
+        except OSError as exc:
+            log.warning("cannot write the status file under %s: %s", self.config.state_dir, exc)
+
+    def status(self) -> AgentStatus:
+        result = self.last_result
+        stale_since = getattr(self.source, "stale_since", None)
+        return AgentStatus(
+            pid=os.getpid(),
+            source=self.source.kind,
+            dataplane=self.dataplane.name,
+            synced=self._source_synced(),
+            stale=bool(self.source.stale),
+            stale_seconds=(self.clock() - stale_since) if isinstance(stale_since, float)
+            else None,
+            syncs=self.syncs,
+            full_syncs=self.full_syncs,
+            last_sync_at=self.last_sync_at,
+            last_sync_seconds=result.seconds if result is not None else None,
+            last_full_sync_seconds=self.last_full_sync_seconds,
+            frontends=len(self.translator.state.entries),
+            backends=sum(len(e.backends) for e in self.translator.state.entries.values()),
+            refused={str(ref): why for ref, why in self._refused.items()},
+            skipped=len(self._logged_errors),
+        )
 
     def run(self, stop: threading.Event) -> None:
-        log.info("agent running on the %s data path", self.dataplane.name)
+        log.info("agent running on the %s data path, source: %s", self.dataplane.name,
+                 self.source.kind)
         while not stop.is_set():
-            self.step()
-            stop.wait(self.config.poll_interval)
+            wait = self.step()
+            if self._dirty or not self._source_synced():
+                stop.wait(wait)  # a change is already pending: don't spin on the event
+            else:
+                self.source.changed.wait(wait)

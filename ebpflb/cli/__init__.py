@@ -9,6 +9,7 @@ from ebpflb.cli import agent as _agent
 from ebpflb.cli import diff as _diff
 from ebpflb.cli import doctor as _doctor
 from ebpflb.cli import inspect as _inspect
+from ebpflb.cli import status as _status
 from ebpflb.cli.lab import app as lab_app
 
 app = typer.Typer(
@@ -23,6 +24,7 @@ app.command()(_inspect.services)
 app.command()(_inspect.backends)
 app.command()(_inspect.conntrack)
 app.command()(_inspect.stats)
+app.command()(_status.status)
 app.command()(_doctor.doctor)
 app.command()(_diff.diff)
 app.add_typer(lab_app, name="lab")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import threading
 from enum import StrEnum
 from typing import Annotated
@@ -13,7 +15,7 @@ import typer
 from ebpflb.cli.errors import handle_errors
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.userspace.state import DEFAULT_STATE_DIR
-from ebpflb.errors import EbpflbError
+from ebpflb.sources.base import Source
 
 
 class DataplaneChoice(StrEnum):
@@ -27,6 +29,31 @@ def _split(values: list[str] | None) -> tuple[str, ...]:
     for v in values or []:
         out.extend(x for x in v.split(",") if x)
     return tuple(out)
+
+
+def _source(manifests: str | None, kubeconfig: str | None, node_name: str | None
+            ) -> tuple[Source, str | None]:
+    """The source the options name, and the node name to use. With neither option, the
+    in-cluster configuration when running in a pod (as a DaemonSet does)."""
+    from ebpflb.sources.manifests import ManifestSource
+
+    in_cluster = manifests is None and kubeconfig is None and bool(
+        os.environ.get("KUBERNETES_SERVICE_HOST"))
+    if manifests is not None and kubeconfig is not None:
+        raise typer.BadParameter("give one of --manifests DIR or --kubeconfig PATH, not both")
+    if manifests is None and kubeconfig is None and not in_cluster:
+        raise typer.BadParameter("give --manifests DIR or --kubeconfig PATH (or run in a "
+                                 "pod, where the in-cluster configuration is used)")
+    if manifests is not None:
+        return ManifestSource(manifests, node_name=node_name), node_name
+    from ebpflb.sources.kube import KubeSource
+
+    # As kube-proxy: this node is --node-name, else $NODE_NAME (the downward API in a
+    # DaemonSet), else the host name.
+    node_name = node_name or os.environ.get("NODE_NAME") or socket.gethostname()
+    source = KubeSource(kubeconfig=kubeconfig, in_cluster=in_cluster, node_name=node_name)
+    source.start()
+    return source, node_name
 
 
 @handle_errors
@@ -60,17 +87,15 @@ def agent(
     """Run the agent in the foreground (SIGTERM/SIGINT stop it; the bpf data path stays
     in place unless --cleanup is given)."""
     from ebpflb.agent import Agent, AgentConfig
-    from ebpflb.sources.manifests import ManifestSource
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if (manifests is None) == (kubeconfig is None):
-        raise typer.BadParameter("give exactly one of --manifests DIR or --kubeconfig PATH")
-    if kubeconfig is not None:
-        raise EbpflbError("the Kubernetes API source (--kubeconfig) is not available yet; "
-                          "use --manifests DIR")
     if min_sync_interval < 0:
         raise typer.BadParameter("--min-sync-interval must be >= 0")
+    if udp_idle_timeout <= 0:
+        raise typer.BadParameter("--udp-idle-timeout must be > 0")
+    if manifests is not None and kubeconfig is not None:
+        raise typer.BadParameter("give one of --manifests DIR or --kubeconfig PATH, not both")
 
     # Handlers first: a SIGTERM that arrives while the program compiles must still
     # end in an orderly stop (and --cleanup), not in death by signal.
@@ -86,20 +111,26 @@ def agent(
     from ebpflb.dataplane.bpf.dataplane import BpfConfig
     from ebpflb.dataplane.choose import open_dataplane
     from ebpflb.dataplane.userspace.dataplane import UserspaceConfig
+    from ebpflb.status import remove_status
 
-    assert manifests is not None
-    source = ManifestSource(manifests, node_name=node_name)
-    if udp_idle_timeout <= 0:
-        raise typer.BadParameter("--udp-idle-timeout must be > 0")
-    dp = open_dataplane(
-        dataplane.value,
-        bpf_config=BpfConfig(pin_dir=pin_dir, interfaces=_split(interfaces),
-                             max_services=max_services, max_backends=max_backends,
-                             max_conntrack=max_conntrack),
-        userspace_config=UserspaceConfig(state_dir=state_dir,
-                                         udp_idle_timeout=udp_idle_timeout))
+    source, node_name = _source(manifests, kubeconfig, node_name)
     try:
-        Agent(source, dp, AgentConfig(node_name=node_name, min_sync_interval=min_sync_interval)
-              ).run(stop)
+        dp = open_dataplane(
+            dataplane.value,
+            bpf_config=BpfConfig(pin_dir=pin_dir, interfaces=_split(interfaces),
+                                 max_services=max_services, max_backends=max_backends,
+                                 max_conntrack=max_conntrack),
+            userspace_config=UserspaceConfig(state_dir=state_dir,
+                                             udp_idle_timeout=udp_idle_timeout))
+        try:
+            Agent(source, dp, AgentConfig(node_name=node_name,
+                                          min_sync_interval=min_sync_interval,
+                                          state_dir=state_dir)).run(stop)
+        finally:
+            dp.close(cleanup=cleanup)
+            if cleanup:
+                remove_status(state_dir)
     finally:
-        dp.close(cleanup=cleanup)
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()

@@ -1,19 +1,31 @@
 """An in-memory data path with the reference semantics of a plan (sync.plan.apply_to),
-for tests of the sync and the agent that need neither root nor BPF."""
+for tests of the sync and the agent that need neither root nor BPF. Optional capacities
+refuse a plan whole, before applying anything, as the bpf map writer does."""
 
 from __future__ import annotations
 
-from ebpflb.sync.plan import FrontendKey, FrontendState, Plan, apply_to
+from ebpflb.errors import CapacityError
+from ebpflb.sync.plan import (
+    FrontendKey,
+    FrontendState,
+    Plan,
+    UpsertBackends,
+    WriteService,
+    apply_to,
+)
 
 
 class FakeDataplane:
     name = "fake"
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_frontends: int | None = None,
+                 max_backends: int | None = None) -> None:
         self.state: dict[FrontendKey, FrontendState] = {}
         self.applied: list[Plan] = []
         self.closed = False
         self.fail_next: Exception | None = None
+        self.max_frontends = max_frontends
+        self.max_backends = max_backends
 
     def current(self) -> dict[FrontendKey, FrontendState]:
         return dict(self.state)
@@ -22,8 +34,28 @@ class FakeDataplane:
         if self.fail_next is not None:
             exc, self.fail_next = self.fail_next, None
             raise exc
+        self._check_capacity(plan)
         self.state = apply_to(self.state, plan)
         self.applied.append(plan)
+
+    def _check_capacity(self, plan: Plan) -> None:
+        """Like the map writer: count what the plan adds before its removals (which come
+        last), and name the first frontend that does not fit."""
+        frontends = len(self.state)
+        backends = sum(len(st.backends) for st in self.state.values())
+        for op in plan.ops:
+            if isinstance(op, WriteService) and op.state.frontend.key not in self.state:
+                frontends += 1
+                if self.max_frontends is not None and frontends > self.max_frontends:
+                    raise CapacityError(f"frontends full: cannot add {op.state.frontend}",
+                                        frontend=op.state.frontend)
+            elif isinstance(op, UpsertBackends):
+                held = self.state.get(op.frontend.key)
+                have = {b.key for b in held.backends} if held is not None else set()
+                backends += sum(1 for b in op.backends if b.key not in have)
+                if self.max_backends is not None and backends > self.max_backends:
+                    raise CapacityError(f"backends full: cannot add those of {op.frontend}",
+                                        frontend=op.frontend)
 
     def housekeeping(self) -> None:
         pass

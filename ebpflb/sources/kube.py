@@ -27,11 +27,9 @@ Odd choices, and why:
 - ``load()`` before every resource has finished its first list raises ``SourceError``:
   an empty snapshot then would mean "delete everything" to a sync, while the pinned
   maps of a restarted agent still serve traffic. ``poll()`` is False until then.
-- ``changed_services()`` and ``load()`` are two calls, so an event can land between
-  them. ``load()`` therefore ends the change period only for the changes that the last
-  ``changed_services()`` reported; a later one stays pending (``poll()`` stays True)
-  and is reported next time. Node changes are not Service changes: a caller doing
-  incremental syncs compares node addresses itself.
+- The objects live in a ``ChangeTracker`` behind one lock: ``take_changes()`` ends the
+  change period atomically, and an event that lands after it stays pending (``poll()``
+  True, ``changed`` set) for the next one.
 """
 
 from __future__ import annotations
@@ -42,7 +40,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,9 +51,9 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 
 from ebpflb.errors import SourceError
 from ebpflb.model import ServiceRef
-from ebpflb.sources.manifests import Snapshot
-from ebpflb.sources.tracker import ENDPOINT_SLICE, NODE, SERVICE
-from ebpflb.sources.translate import SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL
+from ebpflb.sources.base import Changes, Snapshot
+from ebpflb.sources.tracker import ENDPOINT_SLICE, NODE, SERVICE, ChangeTracker
+from ebpflb.sources.translate import SERVICE_PROXY_NAME_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -102,102 +100,58 @@ class _StreamBroken(Exception):
     short backoff, without calling the source stale unless reconnecting fails."""
 
 
-@dataclass
-class _Change:
-    previous: Obj | None  # as at the last load(); None = did not exist
-    current: Obj | None  # now; None = deleted
-    seq: int  # when it last changed (a store-wide counter)
-
-
 class _Store:
-    """Objects per kind and the {previous, current} changes since the last load().
-    Every method takes the lock."""
+    """The objects and their changes (a ``ChangeTracker``) behind one lock, and the
+    event that wakes the agent."""
 
-    def __init__(self, kinds: tuple[str, ...]) -> None:
+    def __init__(self) -> None:
         self.lock = threading.Lock()
         self.changed = threading.Event()
-        self.objects: dict[str, dict[_Name, Obj]] = {kind: {} for kind in kinds}
-        self._changes: dict[tuple[str, _Name], _Change] = {}
-        self._seq = 0
-        self._cut: int | None = None  # seq at the last changed_services(), until load()
+        self.tracker = ChangeTracker()
 
     def upsert(self, kind: str, obj: Obj) -> None:
         with self.lock:
-            self._record(kind, _name_of(kind, obj), obj)
+            self.tracker.upsert(obj, kind=kind)
+            self._wake()
 
     def delete(self, kind: str, obj: Obj) -> None:
+        namespace, name = _name_of(kind, obj)
         with self.lock:
-            name = _name_of(kind, obj)
-            if name in self.objects[kind] or (kind, name) in self._changes:
-                self._record(kind, name, None)
+            self.tracker.delete(kind, namespace, name)
+            self._wake()
 
-    def replace(self, kind: str, objects: dict[_Name, Obj]) -> None:
+    def replace(self, kind: str, objects: list[Obj]) -> None:
         """A relist: ``objects`` become the whole set of this kind."""
         with self.lock:
-            current = self.objects[kind]
-            for name in [n for n in current if n not in objects]:
-                self._record(kind, name, None)
-            for name, obj in objects.items():
-                if current.get(name) != obj:
-                    self._record(kind, name, obj)
+            self.tracker.replace_all(objects, kinds=(kind,))
+            self._wake()
 
     def pending(self) -> bool:
         with self.lock:
-            return any(c.previous != c.current for c in self._changes.values())
-
-    def changed_services(self) -> set[ServiceRef]:
-        with self.lock:
-            self._cut = self._seq
-            refs: set[ServiceRef] = set()
-            for (kind, (namespace, name)), change in self._changes.items():
-                if change.previous == change.current:
-                    continue
-                if kind == SERVICE:
-                    refs.add(ServiceRef(namespace, name))
-                elif kind == ENDPOINT_SLICE:
-                    for obj in (change.previous, change.current):
-                        owner = _slice_owner(obj)
-                        if owner:
-                            refs.add(ServiceRef(namespace, owner))
-            return refs
+            return self.tracker.pending()
 
     def snapshot(self) -> Snapshot:
-        """Everything, ending the change period (see the module docstring)."""
+        """Everything, ending the change period."""
         with self.lock:
-            snap = Snapshot(
-                services=tuple(self.objects[SERVICE].values()),
-                slices=tuple(self.objects[ENDPOINT_SLICE].values()),
-                nodes=tuple(self.objects.get(NODE, {}).values()),
-            )
-            cut = self._cut
-            if cut is None:
-                self._changes.clear()
-            else:
-                for key in [k for k, c in self._changes.items() if c.seq <= cut]:
-                    del self._changes[key]
-            self._cut = None
-            if not any(c.previous != c.current for c in self._changes.values()):
-                self.changed.clear()
-            return snap
+            services, slices = self.tracker.take()
+            nodes = self.tracker.objects(NODE)
+            self.changed.clear()
+        return Snapshot(services=services, slices=slices, nodes=nodes)
 
-    def _record(self, kind: str, name: _Name, obj: Obj | None) -> None:
-        self._seq += 1
-        key = (kind, name)
-        change = self._changes.get(key)
-        if change is None:
-            change = self._changes[key] = _Change(self.objects[kind].get(name), None, 0)
-        change.current, change.seq = obj, self._seq
-        if obj is None:
-            self.objects[kind].pop(name, None)
-        else:
-            self.objects[kind][name] = obj
-        if change.previous is None and change.current is None:
-            del self._changes[key]
-        self.changed.set()
+    def take_changes(self) -> Changes:
+        with self.lock:
+            self.changed.clear()
+            return self.tracker.take_changes()
+
+    def _wake(self) -> None:
+        if self.tracker.pending():
+            self.changed.set()
 
 
 class KubeSource:
     """Follows the API server; ``start()`` it, then use it as the agent's ``Source``."""
+
+    kind = "kubernetes"
 
     def __init__(
         self,
@@ -228,7 +182,7 @@ class KubeSource:
         self.api_client = api_client if api_client is not None else _api_client(
             kubeconfig, context=context, in_cluster=in_cluster)
         self._resources = _resources(self.api_client, node_name)
-        self._store = _Store(tuple(r.kind for r in self._resources))
+        self._store = _Store()
         self.changed: threading.Event = self._store.changed
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -277,10 +231,23 @@ class KubeSource:
             raise SourceError("the Kubernetes API source has not listed every resource yet")
         return self._store.snapshot()
 
-    def changed_services(self) -> set[ServiceRef]:
+    def take_changes(self) -> Changes:
         """The Services whose object or EndpointSlices changed since the last ``load()``
-        (a slice counts for the Service its label names, before and after the change)."""
-        return self._store.changed_services()
+        or ``take_changes()`` (a slice counts for the Service its label names, before and
+        after the change), and whether this node's Node changed."""
+        return self._store.take_changes()
+
+    def service(self, ref: ServiceRef) -> Obj | None:
+        with self._store.lock:
+            return self._store.tracker.service(ref)
+
+    def slices_of(self, ref: ServiceRef) -> Sequence[Obj]:
+        with self._store.lock:
+            return self._store.tracker.slices_of(ref)
+
+    def nodes(self) -> Sequence[Obj]:
+        with self._store.lock:
+            return self._store.tracker.objects(NODE)
 
     def wait_synced(self, timeout: float | None = None) -> bool:
         """Wait until ``synced`` (or ``close()``); returns ``synced``."""
@@ -388,7 +355,7 @@ class KubeSource:
                 break
         if self._stop.is_set():
             return rv
-        self._store.replace(res.kind, objects)
+        self._store.replace(res.kind, list(objects.values()))
         self._set_resource_version(res, rv)
         self._set_failing(res, False)
         with self._state_lock:
@@ -551,13 +518,6 @@ def _name_of(kind: str, obj: Mapping[str, Any]) -> _Name:
         raise ValueError(f"{kind} without metadata.name")
     namespace = "" if kind == NODE else str((meta or {}).get("namespace") or "default")
     return (namespace, name)
-
-
-def _slice_owner(obj: Obj | None) -> str | None:
-    meta = obj.get("metadata") if obj is not None else None
-    labels = meta.get("labels") if isinstance(meta, Mapping) else None
-    owner = labels.get(SERVICE_NAME_LABEL) if isinstance(labels, Mapping) else None
-    return owner if isinstance(owner, str) else None
 
 
 def _describe(e: BaseException) -> str:

@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,9 @@ from typing import Any
 import yaml
 
 from ebpflb.errors import SourceError
-from ebpflb.sources.tracker import ENDPOINT_SLICE, NODE, SERVICE, Key, object_key
+from ebpflb.model import ServiceRef
+from ebpflb.sources.base import Changes, FileError, Snapshot
+from ebpflb.sources.tracker import ENDPOINT_SLICE, NODE, SERVICE, ChangeTracker, Key, object_key
 
 log = logging.getLogger(__name__)
 
@@ -39,32 +41,6 @@ KINDS = (SERVICE, ENDPOINT_SLICE, NODE)
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 Obj = dict[str, Any]
 _Signature = tuple[int, int, int]  # (mtime_ns, size, inode)
-
-
-@dataclass(frozen=True)
-class FileError:
-    """A manifest file, or one document in it, that could not be used."""
-
-    path: Path
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """Every object of the directory, in file order, and what could not be read."""
-
-    services: tuple[Obj, ...] = ()
-    slices: tuple[Obj, ...] = ()
-    nodes: tuple[Obj, ...] = ()
-    errors: tuple[FileError, ...] = ()
-
-    @property
-    def objects(self) -> tuple[Obj, ...]:
-        """Everything, for ``ChangeTracker.replace_all``."""
-        return self.services + self.slices + self.nodes
 
 
 @dataclass(frozen=True)
@@ -78,11 +54,23 @@ class ManifestSource:
     """Reads a manifest directory; ``poll()`` is cheap (one stat per file), ``load()``
     re-parses only the files that changed."""
 
+    kind = "manifests"
+
     def __init__(self, directory: str | os.PathLike[str], *, node_name: str | None = None):
         self.directory = Path(directory)
         self.node_name = node_name  # kept for the agent; files are not filtered by node
+        self.changed = threading.Event()  # never set: the directory is polled
         self._files: dict[Path, _File] = {}
         self._loaded: dict[Path, _Signature] | None = None  # what the last load() saw
+        self._tracker = ChangeTracker()
+
+    @property
+    def synced(self) -> bool:
+        return True  # a directory is read whole at every load()
+
+    @property
+    def stale(self) -> bool:
+        return False
 
     def poll(self) -> bool:
         """Whether the directory changed since the last ``load()`` (True before the
@@ -92,6 +80,26 @@ class ManifestSource:
     def load(self) -> Snapshot:
         """Read the directory. Raises ``SourceError`` when it cannot be listed; a file
         that cannot be read is reported in the snapshot instead."""
+        snap = self._refresh()
+        self._tracker.take()
+        return snap
+
+    def take_changes(self) -> Changes:
+        """Re-read the changed files; the Services they change."""
+        snap = self._refresh()
+        changes = self._tracker.take_changes()
+        return Changes(changes.services, changes.nodes, snap.errors)
+
+    def service(self, ref: ServiceRef) -> Obj | None:
+        return self._tracker.service(ref)
+
+    def slices_of(self, ref: ServiceRef) -> Sequence[Obj]:
+        return self._tracker.slices_of(ref)
+
+    def nodes(self) -> Sequence[Obj]:
+        return self._tracker.objects(NODE)
+
+    def _refresh(self) -> Snapshot:
         signatures = self._signatures()
         files: dict[Path, _File] = {}
         for path, signature in signatures.items():
@@ -102,7 +110,9 @@ class ManifestSource:
                 files[path] = self._read(path, signature, known)
         self._files = files
         self._loaded = signatures
-        return self._snapshot()
+        snap = self._snapshot()
+        self._tracker.replace_all(snap.objects)
+        return snap
 
     def watch(
         self,

@@ -3,10 +3,13 @@
 the last ``take()``, so an add followed by a delete (or an update back to the same
 content) cancels out and wakes nobody.
 
+It is the store behind both sources: ``take_changes()`` tells the agent which Services
+to re-translate, and an index of EndpointSlices by the Service their label names makes
+``slices_of()`` O(that Service's slices), not O(every slice).
+
 Pure and single-threaded: the caller holds a lock around every call. Objects are
 plain dicts; they are stored as given, never copied or modified, so callers must not
-mutate them afterwards. Call ``changed_services()`` before ``take()``, which ends the
-period.
+mutate them afterwards.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ebpflb.model import ServiceRef
+from ebpflb.sources.base import Changes
 from ebpflb.sources.translate import SERVICE_NAME_LABEL
 
-Obj = Mapping[str, Any]
+Obj = dict[str, Any]
 Key = tuple[str, str, str]  # (kind, namespace, name); namespace "" when cluster-scoped
 
 SERVICE = "Service"
@@ -34,11 +38,13 @@ class _Change:
 
 
 class ChangeTracker:
-    """The current Services, EndpointSlices and Nodes, and what changed since ``take()``."""
+    """The current Services, EndpointSlices and Nodes, what changed since the last
+    ``take()``/``take_changes()``, and each Service's slices (by their label)."""
 
     def __init__(self) -> None:
         self._objects: dict[Key, Obj] = {}
         self._changes: dict[Key, _Change] = {}
+        self._slices: dict[ServiceRef, dict[Key, Obj]] = {}  # by owning Service
 
     def upsert(self, obj: Obj, *, kind: str | None = None) -> None:
         """Add or replace an object. ``kind`` is for objects that do not carry one (the
@@ -58,18 +64,20 @@ class ChangeTracker:
         Raises ``ValueError`` (before changing anything) when an object has no key."""
         keyed = {object_key(obj): obj for obj in objects}
         for key, obj in keyed.items():
-            self._record(key, obj)
-        for key in list(self._objects):
-            if key not in keyed and (kinds is None or key[0] in kinds):
+            have = self._objects.get(key)
+            if have is not obj and have != obj:
+                self._record(key, obj)
+        for key in [k for k in self._objects if k not in keyed]:
+            if kinds is None or key[0] in kinds:
                 self._record(key, None)
 
     def pending(self) -> bool:
-        """Whether anything really changed since the last ``take()``."""
+        """Whether anything really changed since the last take."""
         return any(c.previous != c.current for c in self._changes.values())
 
     def changed_services(self) -> set[ServiceRef]:
         """The Services whose own object or whose EndpointSlices changed since the last
-        ``take()`` (a slice counts for the Service named by its label, before and after)."""
+        take (a slice counts for the Service named by its label, before and after)."""
         refs: set[ServiceRef] = set()
         for (kind, namespace, name), change in self._changes.items():
             if change.previous == change.current:
@@ -83,6 +91,13 @@ class ChangeTracker:
                         refs.add(ServiceRef(namespace, owner))
         return refs
 
+    def take_changes(self) -> Changes:
+        """The changed Services and whether a Node changed, ending the change period."""
+        nodes = any(k[0] == NODE and c.previous != c.current for k, c in self._changes.items())
+        changes = Changes(frozenset(self.changed_services()), nodes)
+        self._changes.clear()
+        return changes
+
     def take(self) -> tuple[tuple[Obj, ...], tuple[Obj, ...]]:
         """The full current (services, slices) in key order, ending the change period."""
         self._changes.clear()
@@ -92,20 +107,43 @@ class ChangeTracker:
         """The current objects of one kind (e.g. ``"Node"``), in key order."""
         return tuple(self._objects[k] for k in sorted(self._objects) if k[0] == kind)
 
+    def service(self, ref: ServiceRef) -> Obj | None:
+        return self._objects.get((SERVICE, ref.namespace, ref.name))
+
+    def slices_of(self, ref: ServiceRef) -> tuple[Obj, ...]:
+        """The EndpointSlices labelled with ``ref``'s name in its namespace, in key order."""
+        owned = self._slices.get(ref)
+        return tuple(owned[k] for k in sorted(owned)) if owned else ()
+
     def __len__(self) -> int:
         return len(self._objects)
 
     def _record(self, key: Key, obj: Obj | None) -> None:
         change = self._changes.get(key)
+        old = self._objects.get(key)
         if change is None:
-            change = self._changes[key] = _Change(self._objects.get(key), None)
+            change = self._changes[key] = _Change(old, None)
         change.current = obj
         if obj is None:
             self._objects.pop(key, None)
         else:
             self._objects[key] = obj
+        if key[0] == ENDPOINT_SLICE:
+            self._index_slice(key, old, obj)
         if change.previous is None and change.current is None:
             del self._changes[key]
+
+    def _index_slice(self, key: Key, old: Obj | None, new: Obj | None) -> None:
+        old_owner, new_owner = _slice_owner(old), _slice_owner(new)
+        if old_owner and old_owner != new_owner:
+            ref = ServiceRef(key[1], old_owner)
+            owned = self._slices.get(ref)
+            if owned is not None:
+                owned.pop(key, None)
+                if not owned:
+                    del self._slices[ref]
+        if new_owner and new is not None:
+            self._slices.setdefault(ServiceRef(key[1], new_owner), {})[key] = new
 
 
 def object_key(obj: Obj, *, kind: str | None = None) -> Key:

@@ -8,7 +8,7 @@ new backends visible), then backends that left a service, and removed services l
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from ebpflb.model import (
@@ -144,6 +144,11 @@ class DeleteService:
 Op = UpsertBackends | WriteService | RemoveBackends | DeleteService
 
 
+def op_frontend(op: Op) -> Frontend:
+    """The frontend an operation writes."""
+    return op.state.frontend if isinstance(op, WriteService) else op.frontend
+
+
 @dataclass(frozen=True)
 class Plan:
     ops: tuple[Op, ...] = ()
@@ -173,6 +178,10 @@ class Plan:
     @property
     def removed(self) -> int:
         return sum(1 for op in self.ops if isinstance(op, DeleteService))
+
+    def without(self, keys: Collection[FrontendKey]) -> Plan:
+        """This plan minus every operation on the frontends ``keys`` (kept in order)."""
+        return Plan(tuple(op for op in self.ops if op_frontend(op).key not in keys))
 
     def summary(self) -> str:
         return f"{self.added} added, {self.changed} changed, {self.removed} removed"

@@ -1,26 +1,43 @@
 """The one place that calls Dataplane.apply: diff the desired state against what the
-data path holds, apply the plan, log one line."""
+data path holds, apply the plan, log one line.
+
+A plan that would overflow a map is refused by the data path before it writes
+anything. The syncer then refuses the Service whose change did not fit, whole (every
+operation on any of its frontends), and applies the rest: that Service keeps what the
+data path already held for it, and every other Service still gets its changes. The
+caller retries refused Services at later syncs, so they apply once room is made."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from ebpflb.dataplane.base import Dataplane
-from ebpflb.model import DesiredState
-from ebpflb.sync.plan import FrontendKey, FrontendState, Plan, desired_frontends, diff
+from ebpflb.errors import CapacityError
+from ebpflb.model import DesiredState, Frontend, ServiceRef
+from ebpflb.sync.plan import (
+    FrontendKey,
+    FrontendState,
+    Plan,
+    desired_frontends,
+    diff,
+    op_frontend,
+)
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class SyncResult:
-    plan: Plan
+    plan: Plan  # what was applied
     frontends: int
     backends: int
     seconds: float
+    refused: Mapping[ServiceRef, str] = field(
+        default_factory=lambda: MappingProxyType({}))  # Service -> why it did not fit
 
 
 class Syncer:
@@ -43,14 +60,46 @@ class Syncer:
 
     def sync(self, desired: DesiredState,
              touched: Collection[FrontendKey] | None = None) -> SyncResult:
+        """Apply the plan to `desired`, less the Services that do not fit. Raises on
+        any other data path failure (then the caller resyncs everything later)."""
         start = self.clock()
         plan = self.plan(desired, touched)
-        if plan:
-            self.dataplane.apply(plan)
+        refused: dict[ServiceRef, str] = {}
+        while plan:
+            try:
+                self.dataplane.apply(plan)
+                break
+            except CapacityError as exc:
+                ref = self._owner(exc.frontend, desired)
+                if ref is None or ref in refused:
+                    raise
+                refused[ref] = str(exc)
+                plan = plan.without(self._keys_of(ref, plan, desired))
+                log.debug("refused Service %s: %s", ref, exc)  # the caller logs it
         elapsed = self.clock() - start
         backends = sum(len(e.backends) for e in desired.entries.values())
-        result = SyncResult(plan, len(desired.entries), backends, elapsed)
+        result = SyncResult(plan, len(desired.entries), backends, elapsed,
+                            MappingProxyType(refused))
         if plan:
             log.info("sync: %d frontends, %d backends; %s (%d ops) in %.1f ms",
                      result.frontends, backends, plan.summary(), len(plan), elapsed * 1e3)
         return result
+
+    def _owner(self, frontend: object, desired: DesiredState) -> ServiceRef | None:
+        if not isinstance(frontend, Frontend):
+            return None
+        entry = desired.entries.get(frontend.key)
+        if entry is not None:
+            return entry.port_name.service
+        held = self.dataplane.current().get(frontend.key)
+        return held.port_name.service if held is not None else None
+
+    def _keys_of(self, ref: ServiceRef, plan: Plan, desired: DesiredState
+                 ) -> set[FrontendKey]:
+        """The frontends in `plan` that belong to `ref`, as desired or as held."""
+        keys = set()
+        for op in plan.ops:
+            key = op_frontend(op).key
+            if self._owner(op_frontend(op), desired) == ref:
+                keys.add(key)
+        return keys

@@ -6,20 +6,22 @@ fake one, through translate and the Syncer) after each fault."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
+from ipaddress import IPv4Address
 from typing import Any
 
 import pytest
 
+from ebpflb.agent import Agent, AgentConfig
 from ebpflb.dataplane.fake import FakeDataplane
 from ebpflb.errors import SourceError
-from ebpflb.model import ServiceRef
+from ebpflb.model import Protocol, ServiceRef
+from ebpflb.sources.base import Snapshot
 from ebpflb.sources.kube import Backoff, KubeSource
-from ebpflb.sources.manifests import Snapshot
 from ebpflb.sources.translate import node_addresses, translate
 from ebpflb.sync.plan import DeleteService, desired_frontends
-from ebpflb.sync.syncer import Syncer
 from tests.kube.apiserver import ApiServerStandIn
 from tests.kube.conftest import NODE_NAME
 from tests.kube.objects import endpoint_slice, node, service
@@ -38,6 +40,18 @@ def until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condi
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.01)
+
+
+def changes_until(source: KubeSource, want: set[ServiceRef], timeout: float = 5.0) -> bool:
+    """Take changes until they add up to exactly ``want``."""
+    seen: set[ServiceRef] = set()
+
+    def done() -> bool:
+        seen.update(source.take_changes().services)
+        assert seen <= want, f"unexpected changes: {seen - want}"
+        return seen == want
+
+    return bool(until(done, timeout, f"changes to {sorted(map(str, want))}"))
 
 
 def populate(server: ApiServerStandIn, count: int = 7) -> None:
@@ -137,34 +151,47 @@ def test_added_modified_deleted_show_up(apiserver, make_source):
 
     apiserver.apply(service("new", "10.96.0.50"))
     assert source.changed.wait(2)
-    assert source.changed_services() == {ServiceRef("demo", "new")}
-    assert ("demo", "new") in names(source.load().services)
+    assert changes_until(source, {ServiceRef("demo", "new")})
+    assert source.service(ServiceRef("demo", "new")) is not None
+    assert not source.changed.is_set()
 
     apiserver.apply(endpoint_slice("svc1", ["10.244.9.9"]))
     assert source.changed.wait(2)
-    assert source.changed_services() == {ServiceRef("demo", "svc1")}  # slice -> its Service
-    slices = {o["metadata"]["name"]: o for o in source.load().slices}
-    assert slices["svc1-1"]["endpoints"][0]["addresses"] == ["10.244.9.9"]
+    assert changes_until(source, {ServiceRef("demo", "svc1")})  # slice -> its Service
+    (owned,) = source.slices_of(ServiceRef("demo", "svc1"))
+    assert owned["endpoints"][0]["addresses"] == ["10.244.9.9"]
 
     apiserver.delete("Service", "demo", "svc0")
     apiserver.delete("EndpointSlice", "demo", "svc0-1")
-    until(lambda: source.changed_services() == {ServiceRef("demo", "svc0")}, what="delete")
+    assert changes_until(source, {ServiceRef("demo", "svc0")})
+    assert source.service(ServiceRef("demo", "svc0")) is None
+    assert source.slices_of(ServiceRef("demo", "svc0")) == ()
     converges(source, apiserver)
     assert not source.poll()
 
 
-def test_a_change_after_changed_services_stays_pending(apiserver, make_source):
+def test_a_change_after_take_changes_stays_pending(apiserver, make_source):
     populate(apiserver, 2)
     source = started(make_source)
     source.load()
-    assert source.changed_services() == set()
-    apiserver.apply(service("late", "10.96.0.60"))  # lands between the two calls
+    assert source.take_changes().services == frozenset()
+    apiserver.apply(service("late", "10.96.0.60"))  # lands after the take
     assert source.changed.wait(2)
-    assert ("demo", "late") in names(source.load().services)
+    assert source.service(ServiceRef("demo", "late")) is not None  # readable already
     assert source.poll()  # not reported yet, so still pending
-    assert source.changed_services() == {ServiceRef("demo", "late")}
-    source.load()
+    assert source.take_changes().services == {ServiceRef("demo", "late")}
     assert not source.poll()
+
+
+def test_node_change_is_reported(apiserver, make_source):
+    populate(apiserver, 1)
+    source = started(make_source)
+    source.load()
+    apiserver.apply(node(NODE_NAME, "192.168.0.77"))
+    assert source.changed.wait(2)
+    changes = source.take_changes()
+    assert changes.nodes and not changes.services
+    assert node_addresses(source.nodes(), NODE_NAME) == (IPv4Address("192.168.0.77"),)
 
 
 def test_add_then_delete_cancels_out(apiserver, make_source):
@@ -175,7 +202,7 @@ def test_add_then_delete_cancels_out(apiserver, make_source):
     apiserver.delete("Service", "demo", "blip")
     until(lambda: source.resource_version("Service") == str(apiserver.resource_version))
     assert not source.poll()
-    assert source.changed_services() == set()
+    assert source.take_changes().services == frozenset()
 
 
 def test_bookmark_advances_the_resource_version(apiserver, make_source):
@@ -226,9 +253,9 @@ def test_gone_forces_a_relist_that_drops_what_was_deleted_meanwhile(
         apiserver.expire_history()
         until(lambda: source.stale, what="stale")
     mark = time.monotonic()
-    until(lambda: source.changed_services() == {
+    assert changes_until(source, {
         ServiceRef("demo", "svc0"), ServiceRef("demo", "svc1"),
-        ServiceRef("demo", "born-while-gone")}, what="the relist's changes")
+        ServiceRef("demo", "born-while-gone")})
     snap = converges(source, apiserver)
     assert ("demo", "svc0") not in names(snap.services)
     assert apiserver.list_requests("Service", after=mark)  # a relist
@@ -328,21 +355,24 @@ def test_bad_kubeconfig_is_a_source_error(tmp_path):
 
 
 class DataPath:
-    """translate + Syncer + FakeDataplane, with a record of every frontend removed."""
+    """The agent (its incremental sync) on a FakeDataplane, stepped by the test."""
 
     def __init__(self, source: KubeSource) -> None:
         self.source = source
         self.dataplane = FakeDataplane()
-        self.syncer = Syncer(self.dataplane)
-        self.removed: list[Any] = []
+        self.agent = Agent(source, self.dataplane,
+                           AgentConfig(node_name=NODE_NAME, min_sync_interval=0.0))
+
+    @property
+    def removed(self) -> list[DeleteService]:
+        """Every frontend the agent has removed from the data path."""
+        return [op for plan in self.dataplane.applied for op in plan.ops
+                if isinstance(op, DeleteService)]
 
     def sync(self) -> None:
-        snap = self.source.load()
-        result = translate(snap.services, snap.slices, node_name=NODE_NAME,
-                           node_addresses=node_addresses(snap.nodes, NODE_NAME))
-        assert result.errors == ()
-        self.removed += [op for op in self.syncer.sync(result.state).plan.ops
-                         if isinstance(op, DeleteService)]
+        self.agent.step()
+        assert self.agent.last_result is not None, "the agent has not synced"
+        assert self.agent.status().skipped == 0
 
     def matches(self, server: ApiServerStandIn) -> bool:
         want = expected(server)
@@ -395,6 +425,33 @@ def test_data_path_equals_the_desired_state_after_every_fault(apiserver, make_so
     apiserver.delay = 0.2
     apiserver.apply(service("svc-slow", "10.96.0.101"))
     check("a slow server")
+    assert path.agent.full_syncs == 1  # every change after the first sync was incremental
+
+
+def test_the_running_agent_wakes_on_a_watch_event(apiserver, make_source):
+    """With a 30 s poll interval, only the source's event can wake the agent in time."""
+    populate(apiserver, 3)
+    source = started(make_source)
+    dataplane = FakeDataplane()
+    agent = Agent(source, dataplane, AgentConfig(node_name=NODE_NAME, poll_interval=30.0,
+                                                 min_sync_interval=0.0))
+    stop = threading.Event()
+    thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        until(lambda: len(dataplane.state) == 3, what="the first sync")
+        apiserver.apply(endpoint_slice("svc1", ["10.244.5.5"]))
+        key = (IPv4Address("10.96.0.2"), 80, Protocol.TCP)
+        until(lambda: [str(a) for a, _ in dataplane.state[key].slots] == ["10.244.5.5"],
+              2.0, "the event in the data path")
+        apiserver.delete("Service", "demo", "svc2")
+        until(lambda: len(dataplane.state) == 2, 2.0, "the deletion in the data path")
+        assert agent.full_syncs == 1
+    finally:
+        stop.set()
+        source.changed.set()  # wake the loop so it sees stop at once
+        thread.join(5)
+    assert not thread.is_alive()
 
 
 def test_logs_name_the_resource_on_errors(apiserver, make_source, caplog):

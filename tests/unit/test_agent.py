@@ -3,13 +3,17 @@ survives a failing data path and bad objects."""
 
 from __future__ import annotations
 
+import logging
 import textwrap
 from pathlib import Path
 
 from ebpflb.agent import Agent, AgentConfig
 from ebpflb.dataplane.fake import FakeDataplane
 from ebpflb.errors import DataplaneError
+from ebpflb.model import ServiceRef
 from ebpflb.sources.manifests import ManifestSource
+from ebpflb.status import read_status
+from ebpflb.sync.plan import op_frontend
 
 SERVICE = """
 apiVersion: v1
@@ -111,3 +115,141 @@ def test_a_bad_service_is_logged_by_name_and_the_others_apply(tmp_path: Path, ca
     agent.step()
     assert list(backends_of(dp)) == ["10.96.0.10:80"]
     assert "demo/broken" in caplog.text
+
+
+def frontends_touched(dp: FakeDataplane) -> set[str]:
+    """The frontends the last applied plan wrote or removed."""
+    return {str(op_frontend(op).address) for op in dp.applied[-1].ops}
+
+
+def test_a_change_to_one_service_syncs_only_that_service(tmp_path: Path):
+    for i in range(5):
+        write(tmp_path, f"svc{i}", f"10.96.0.{i + 1}", ["10.244.0.11"])
+    agent, dp, clock = make(tmp_path)
+    agent.step()
+    assert len(dp.state) == 5 and agent.full_syncs == 1
+    write(tmp_path, "svc3", "10.96.0.4", ["10.244.0.11", "10.244.0.12"])
+    clock.t += 1.0
+    agent.step()
+    assert frontends_touched(dp) == {"10.96.0.4"}
+    assert backends_of(dp)["10.96.0.4:80"] == ["10.244.0.11", "10.244.0.12"]
+    (tmp_path / "svc0.yaml").unlink()
+    clock.t += 1.0
+    agent.step()
+    assert frontends_touched(dp) == {"10.96.0.1"} and len(dp.state) == 4
+    assert agent.full_syncs == 1 and agent.syncs == 3
+
+
+def test_a_frontend_moving_between_services_falls_back_to_a_full_sync(tmp_path: Path):
+    write(tmp_path, "a", "10.96.0.1", ["10.244.0.11"])
+    agent, dp, clock = make(tmp_path)
+    agent.step()
+    (tmp_path / "a.yaml").unlink()
+    write(tmp_path, "b", "10.96.0.1", ["10.244.0.12"])  # b takes a's ClusterIP
+    clock.t += 1.0
+    agent.step()
+    assert backends_of(dp) == {"10.96.0.1:80": ["10.244.0.12"]}
+    assert {str(st.port_name.service) for st in dp.state.values()} == {"demo/b"}
+
+
+NODEPORT = """
+apiVersion: v1
+kind: Service
+metadata: {name: np, namespace: demo}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.50
+  ports: [{port: 80, targetPort: 8080, nodePort: 30080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: np-1, namespace: demo, labels: {kubernetes.io/service-name: np}}
+addressType: IPv4
+ports: [{port: 8080, protocol: TCP}]
+endpoints: [{addresses: [10.244.0.11]}]
+"""
+
+
+def node_yaml(address: str) -> str:
+    return (f"apiVersion: v1\nkind: Node\nmetadata: {{name: node-a}}\n"
+            f"status: {{addresses: [{{type: InternalIP, address: {address}}}]}}\n")
+
+
+def test_a_change_of_this_nodes_addresses_moves_the_nodeports(tmp_path: Path):
+    (tmp_path / "np.yaml").write_text(NODEPORT)
+    (tmp_path / "node.yaml").write_text(node_yaml("192.168.0.10"))
+    dp = FakeDataplane()
+    clock = Clock()
+    agent = Agent(ManifestSource(tmp_path), dp,
+                  AgentConfig(node_name="node-a", min_sync_interval=1.0), clock=clock)
+    agent.step()
+    assert "192.168.0.10:30080" in backends_of(dp)
+    (tmp_path / "node.yaml").write_text(node_yaml("192.168.0.20"))
+    clock.t += 1.0
+    agent.step()
+    assert "192.168.0.20:30080" in backends_of(dp)
+    assert "192.168.0.10:30080" not in backends_of(dp)
+    assert agent.full_syncs == 2
+
+
+def test_a_service_that_does_not_fit_is_refused_whole_and_the_others_apply(
+        tmp_path: Path, caplog):
+    caplog.set_level(logging.INFO, logger="ebpflb.agent")
+    write(tmp_path, "a", "10.96.0.1", ["10.244.0.11", "10.244.0.12"])
+    write(tmp_path, "b", "10.96.0.2", ["10.244.0.11"])
+    dp = FakeDataplane(max_backends=4)
+    clock = Clock()
+    agent = Agent(ManifestSource(tmp_path), dp, AgentConfig(min_sync_interval=1.0),
+                  clock=clock)
+    agent.step()
+    assert len(dp.state) == 2
+    # b grows past the capacity while c is added: b is refused whole, c applies.
+    write(tmp_path, "b", "10.96.0.2", ["10.244.0.11", "10.244.0.12", "10.244.0.13"])
+    write(tmp_path, "c", "10.96.0.3", ["10.244.0.14"])
+    clock.t += 1.0
+    agent.step()
+    assert backends_of(dp) == {"10.96.0.1:80": ["10.244.0.11", "10.244.0.12"],
+                               "10.96.0.2:80": ["10.244.0.11"],  # as before
+                               "10.96.0.3:80": ["10.244.0.14"]}
+    assert dict(agent.refused).keys() == {ServiceRef("demo", "b")}
+    assert "refused Service demo/b" in caplog.text
+    assert agent.status().refused == {"demo/b": agent.refused[ServiceRef("demo", "b")]}
+    # Room is made: the refused change applies at the next sync.
+    (tmp_path / "a.yaml").unlink()
+    clock.t += 1.0
+    agent.step()
+    clock.t += 1.0
+    agent.step()
+    assert backends_of(dp) == {"10.96.0.2:80": ["10.244.0.11", "10.244.0.12", "10.244.0.13"],
+                               "10.96.0.3:80": ["10.244.0.14"]}
+    assert not agent.refused
+    assert "Service demo/b now fits" in caplog.text
+
+
+def test_a_failed_sync_is_followed_by_a_full_sync(tmp_path: Path):
+    write(tmp_path, "web", "10.96.0.10", ["10.244.0.11"])
+    agent, dp, clock = make(tmp_path)
+    agent.step()
+    write(tmp_path, "web", "10.96.0.10", ["10.244.0.12"])
+    dp.fail_next = DataplaneError("map write failed")
+    clock.t += 1.0
+    agent.step()
+    assert agent.full_syncs == 1
+    clock.t += 5.0
+    agent.step()
+    assert agent.full_syncs == 2
+    assert backends_of(dp) == {"10.96.0.10:80": ["10.244.0.12"]}
+
+
+def test_status_is_published_to_the_state_dir(tmp_path: Path):
+    manifests = tmp_path / "m"
+    manifests.mkdir()
+    write(manifests, "web", "10.96.0.10", ["10.244.0.11", "10.244.0.12"])
+    state_dir = tmp_path / "state"
+    agent = Agent(ManifestSource(manifests), FakeDataplane(),
+                  AgentConfig(state_dir=str(state_dir)), clock=Clock())
+    agent.step()
+    data = read_status(str(state_dir))
+    assert data["running"] and data["synced"] and not data["stale"]
+    assert (data["source"], data["dataplane"]) == ("manifests", "fake")
+    assert (data["frontends"], data["backends"], data["syncs"]) == (1, 2, 1)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 
 from typer.testing import CliRunner
 
 from ebpflb.cli import app
 from ebpflb.cli.render import table
+from ebpflb.status import AgentStatus, write_status
 
 runner = CliRunner()
 
@@ -33,7 +35,8 @@ def test_doctor_json_has_stable_keys():
 
 
 def test_agent_needs_exactly_one_source(tmp_path):
-    assert runner.invoke(app, ["agent"]).exit_code == 2
+    outside_a_pod = {"KUBERNETES_SERVICE_HOST": ""}
+    assert runner.invoke(app, ["agent"], env=outside_a_pod).exit_code == 2
     both = runner.invoke(app, ["agent", "--manifests", str(tmp_path), "--kubeconfig", "x"])
     assert both.exit_code == 2
 
@@ -43,9 +46,50 @@ def test_agent_rejects_an_unknown_dataplane(tmp_path):
     assert result.exit_code == 2
 
 
-def test_unavailable_source_says_so(tmp_path):
-    result = runner.invoke(app, ["agent", "--kubeconfig", str(tmp_path / "kc")])
-    assert result.exit_code == 1 and "not available yet" in result.output
+def test_unreadable_kubeconfig_is_one_line_naming_it(tmp_path):
+    missing = tmp_path / "kc"
+    result = runner.invoke(app, ["agent", "--kubeconfig", str(missing)])
+    lines = [x for x in result.output.splitlines() if x]
+    assert result.exit_code == 1, result.output
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot load kubeconfig {missing}")
+
+
+STATUS_KEYS = {"version", "written_at", "pid", "source", "dataplane", "synced", "stale",
+               "stale_seconds", "syncs", "full_syncs", "last_sync_at", "last_sync_seconds",
+               "last_full_sync_seconds", "frontends", "backends", "refused", "skipped",
+               "running", "age"}
+
+
+def _status(pid: int, **overrides: object) -> AgentStatus:
+    fields: dict[str, object] = dict(
+        pid=pid, source="kubernetes", dataplane="bpf", synced=True, stale=False,
+        stale_seconds=None, syncs=3, full_syncs=1, last_sync_at=1.0, last_sync_seconds=0.002,
+        last_full_sync_seconds=0.4, frontends=2, backends=6)
+    fields.update(overrides)
+    return AgentStatus(**fields)  # type: ignore[arg-type]
+
+
+def test_status_of_a_running_agent(tmp_path):
+    write_status(str(tmp_path), _status(os.getpid(), stale=True, stale_seconds=12.0,
+                                        refused={"demo/big": "backend map full"}))
+    result = runner.invoke(app, ["status", "--json", "--state-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert set(data) == STATUS_KEYS
+    assert data["running"] and data["stale"] and data["refused"] == {
+        "demo/big": "backend map full"}
+    text = runner.invoke(app, ["status", "--state-dir", str(tmp_path)])
+    assert text.exit_code == 0
+    assert "STALE for 12s" in text.output and "demo/big: backend map full" in text.output
+
+
+def test_status_of_a_dead_agent_or_none_exits_1(tmp_path):
+    result = runner.invoke(app, ["status", "--state-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: no agent status under")
+    write_status(str(tmp_path), _status(2**22 + 1))  # above the largest pid_max: never alive
+    result = runner.invoke(app, ["status", "--state-dir", str(tmp_path)])
+    assert result.exit_code == 1 and "not running" in result.output
 
 
 def test_table_aligns_columns():

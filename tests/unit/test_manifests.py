@@ -14,7 +14,8 @@ import pytest
 
 from ebpflb.errors import SourceError
 from ebpflb.model import Protocol
-from ebpflb.sources.manifests import ManifestSource, Snapshot
+from ebpflb.sources.base import Snapshot
+from ebpflb.sources.manifests import ManifestSource
 from ebpflb.sources.translate import translate
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -1,0 +1,57 @@
+"""`ebpflb status`: the agent's own health from its status file: which source and data
+path it runs, whether the source is in sync or stale (the API server is away and the
+last known state keeps serving), the last sync, and Services refused for lack of room.
+Exit status 0 when a running agent published it; 1 otherwise (no file, or the agent
+that wrote it is gone)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from ebpflb.cli import render
+from ebpflb.cli.errors import handle_errors
+from ebpflb.dataplane.userspace.state import DEFAULT_STATE_DIR
+
+
+@handle_errors
+def status(
+    json: Annotated[bool, typer.Option("--json", help="Print JSON with stable keys.")] = False,
+    state_dir: Annotated[str, typer.Option(
+        "--state-dir", help="Where the agent publishes agent.json.")] = DEFAULT_STATE_DIR,
+) -> None:
+    """The agent's health: source in sync or stale, last sync, refused Services."""
+    from ebpflb.status import read_status
+
+    data = read_status(state_dir)
+    typer.echo(render.to_json(data) if json else status_text(data))
+    if not data["running"]:
+        raise typer.Exit(1)
+
+
+def status_text(d: dict[str, Any]) -> str:
+    if not d["running"]:
+        state = f"not running (pid {d['pid']} gone; status written {d['age']:.0f}s ago)"
+    elif not d["synced"]:
+        state = "starting: waiting for the source's first full read"
+    elif d["stale"]:
+        state = (f"STALE for {d['stale_seconds'] or 0:.0f}s: the source is unreachable; "
+                 "the data path keeps the last synced state")
+    else:
+        state = "in sync"
+    last = ("-" if d["last_sync_seconds"] is None
+            else f"{d['last_sync_seconds'] * 1e3:.1f} ms")
+    full = ("-" if d["last_full_sync_seconds"] is None
+            else f"{d['last_full_sync_seconds'] * 1e3:.1f} ms")
+    rows = [["agent", f"pid {d['pid']}, {state}"],
+            ["source", d["source"]],
+            ["dataplane", d["dataplane"]],
+            ["frontends", d["frontends"]],
+            ["backends", d["backends"]],
+            ["syncs", f"{d['syncs']} ({d['full_syncs']} full)"],
+            ["last sync", last],
+            ["last full sync", full],
+            ["skipped objects", d["skipped"]]]
+    rows += [["refused", f"{ref}: {why}"] for ref, why in sorted(d["refused"].items())]
+    return render.table(["", ""], rows).split("\n", 1)[1]

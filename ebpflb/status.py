@@ -1,0 +1,98 @@
+"""The agent's own health, published for `ebpflb status`: `<state dir>/agent.json`,
+rewritten atomically after every sync and once a second. It says what the maps alone
+cannot: whether the source is in sync or stale (the API server is away and the data
+path keeps serving the last known state), when the last sync ran and how long it took,
+and which Services were refused for lack of map room.
+
+    {"version": 1, "pid": ..., "written_at": <unix time>, "source": "kubernetes",
+     "dataplane": "bpf", "synced": true, "stale": false, "stale_seconds": null,
+     "syncs": 12, "full_syncs": 1, "last_sync_at": <unix time>,
+     "last_sync_seconds": 0.001, "last_full_sync_seconds": 0.41, "frontends": 3,
+     "backends": 9, "refused": {"ns/name": "why"}, "skipped": 0}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ebpflb.errors import EbpflbError
+
+STATUS_FILE = "agent.json"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class AgentStatus:
+    pid: int
+    source: str  # "manifests" | "kubernetes"
+    dataplane: str  # "bpf" | "userspace"
+    synced: bool  # the source has read everything once
+    stale: bool  # the source is failing to follow its origin; last known state kept
+    stale_seconds: float | None  # for how long, when stale
+    syncs: int
+    full_syncs: int
+    last_sync_at: float | None  # unix time
+    last_sync_seconds: float | None
+    last_full_sync_seconds: float | None
+    frontends: int
+    backends: int
+    refused: dict[str, str] = field(default_factory=dict)  # Service -> why it did not fit
+    skipped: int = 0  # objects skipped as invalid (logged by name)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"version": VERSION, "written_at": time.time(), **asdict(self)}
+
+
+def status_path(state_dir: str) -> str:
+    return os.path.join(state_dir, STATUS_FILE)
+
+
+def write_status(state_dir: str, status: AgentStatus) -> None:
+    """Write atomically: a reader sees the old file or the new one, never half."""
+    os.makedirs(state_dir, exist_ok=True)
+    path = status_path(state_dir)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(status.as_json(), f, separators=(",", ":"))
+    os.replace(tmp, path)
+
+
+def remove_status(state_dir: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(status_path(state_dir))
+
+
+def read_status(state_dir: str) -> dict[str, Any]:
+    """The published status plus ``running`` (its agent process is alive) and ``age``
+    (seconds since it was written). Raises ``EbpflbError`` when there is none."""
+    path = status_path(state_dir)
+    try:
+        with open(path) as f:
+            data: dict[str, Any] = json.load(f)
+    except FileNotFoundError:
+        raise EbpflbError(f"no agent status under {state_dir} (is an agent running "
+                          f"with --state-dir {state_dir}?)") from None
+    except (OSError, ValueError) as e:
+        raise EbpflbError(f"cannot read {path}: {e}") from e
+    if data.get("version") != VERSION:
+        raise EbpflbError(f"{path}: unknown version {data.get('version')!r}")
+    data["running"] = _pid_alive(int(data.get("pid", 0)))
+    data["age"] = max(0.0, time.time() - float(data.get("written_at", 0)))
+    return data
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
