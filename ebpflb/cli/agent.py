@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import threading
 from enum import StrEnum
 from typing import Annotated
@@ -46,11 +45,9 @@ def _source(manifests: str | None, kubeconfig: str | None, node_name: str | None
                                  "pod, where the in-cluster configuration is used)")
     if manifests is not None:
         return ManifestSource(manifests, node_name=node_name), node_name
-    from ebpflb.sources.kube import KubeSource
+    from ebpflb.sources.kube import KubeSource, default_node_name
 
-    # As kube-proxy: this node is --node-name, else $NODE_NAME (the downward API in a
-    # DaemonSet), else the host name.
-    node_name = node_name or os.environ.get("NODE_NAME") or socket.gethostname()
+    node_name = default_node_name(node_name)
     source = KubeSource(kubeconfig=kubeconfig, in_cluster=in_cluster, node_name=node_name)
     source.start()
     return source, node_name

@@ -11,6 +11,7 @@ from ebpflb.cli import render
 from ebpflb.cli.errors import handle_errors
 from ebpflb.dataplane.bpf import abi
 from ebpflb.errors import EbpflbError
+from ebpflb.sources.base import Snapshot
 
 
 @handle_errors
@@ -23,6 +24,8 @@ def diff(
     json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     exit_code: Annotated[bool, typer.Option(
         "--exit-code", help="Exit 1 when there are changes (like git diff).")] = False,
+    timeout: Annotated[float, typer.Option(
+        help="Seconds to wait for the API server's lists (--kubeconfig).")] = 30.0,
 ) -> None:
     """Dry run: print the plan a sync would apply to the pinned maps."""
     from ebpflb.dataplane.bpf.maps import BpfMaps, pins_present, read_state
@@ -32,13 +35,13 @@ def diff(
 
     if (manifests is None) == (kubeconfig is None):
         raise typer.BadParameter("give exactly one of --manifests DIR or --kubeconfig PATH")
-    if kubeconfig is not None:
-        raise EbpflbError("the Kubernetes API source (--kubeconfig) is not available yet; "
-                          "use --manifests DIR")
-    from ebpflb.sources.manifests import ManifestSource
+    if manifests is not None:
+        snap = _from_manifests(manifests, node_name)
+    else:
+        from ebpflb.sources.kube import default_node_name
 
-    assert manifests is not None
-    snap = ManifestSource(manifests, node_name=node_name).load()
+        node_name = default_node_name(node_name)  # as the agent does
+        snap = _from_kubernetes(kubeconfig, node_name, timeout)
     addrs = node_addresses(snap.nodes, node_name) if node_name else ()
     result = translate(snap.services, snap.slices, node_name=node_name, node_addresses=addrs)
     for err in (*snap.errors, *result.errors):
@@ -58,3 +61,24 @@ def diff(
         typer.echo(f"{plan.summary()} ({len(plan)} operations)")
     if exit_code and plan:
         raise typer.Exit(1)
+
+
+def _from_manifests(manifests: str, node_name: str | None) -> Snapshot:
+    from ebpflb.sources.manifests import ManifestSource
+
+    return ManifestSource(manifests, node_name=node_name).load()
+
+
+def _from_kubernetes(kubeconfig: str | None, node_name: str | None, timeout: float
+                     ) -> Snapshot:
+    from ebpflb.sources.kube import KubeSource
+
+    source = KubeSource(kubeconfig=kubeconfig, node_name=node_name)
+    source.start()
+    try:
+        if not source.wait_synced(timeout):
+            raise EbpflbError(f"the API server in {kubeconfig} did not list Services, "
+                              f"EndpointSlices and Nodes within {timeout:g}s")
+        return source.load()
+    finally:
+        source.close()

@@ -37,7 +37,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -455,6 +457,13 @@ class KubeSource:
 
 
 # --- helpers ------------------------------------------------------------------------
+
+
+def default_node_name(node_name: str | None) -> str:
+    """As kube-proxy: the given name, else $NODE_NAME (the downward API in a DaemonSet),
+    else the host name."""
+    return node_name or os.environ.get("NODE_NAME") or socket.gethostname()
+
 
 
 def _api_client(kubeconfig: str | None, *, context: str | None, in_cluster: bool) -> Any:

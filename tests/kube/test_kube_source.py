@@ -5,6 +5,7 @@ fake one, through translate and the Syncer) after each fault."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -13,8 +14,10 @@ from ipaddress import IPv4Address
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 from ebpflb.agent import Agent, AgentConfig
+from ebpflb.cli import app
 from ebpflb.dataplane.fake import FakeDataplane
 from ebpflb.errors import SourceError
 from ebpflb.model import Protocol, ServiceRef
@@ -461,3 +464,22 @@ def test_logs_name_the_resource_on_errors(apiserver, make_source, caplog):
         until(lambda: source.stale, what="stale")
         until(lambda: any("HTTP 503" in r.getMessage() for r in caplog.records
                           if r.levelno == logging.WARNING))
+
+
+def test_diff_from_the_api_server(apiserver, kubeconfig, tmp_path):
+    populate(apiserver, 4)
+    result = CliRunner().invoke(app, ["diff", "--kubeconfig", str(kubeconfig), "--node-name",
+                                      NODE_NAME, "--pin-dir", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert (plan["added"], plan["changed"], plan["removed"]) == (4, 0, 0)
+    assert sorted(op["service"] for op in plan["ops"] if op["op"] == "add_service") == [
+        f"demo/svc{i}" for i in range(4)]
+
+
+def test_diff_from_an_unreachable_api_server_fails_in_one_line(apiserver, kubeconfig, tmp_path):
+    apiserver.stop()
+    result = CliRunner().invoke(app, ["diff", "--kubeconfig", str(kubeconfig), "--timeout",
+                                      "0.5", "--pin-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.stderr.strip().startswith("error: the API server in")
