@@ -20,10 +20,14 @@ from ebpflb.lab import netns
 
 
 class AgentProcess:
-    def __init__(self, node_ns: str, *, manifests: str | Path, pin_dir: str,
+    def __init__(self, node_ns: str, *, manifests: str | Path | None = None,
+                 kubeconfig: str | Path | None = None, pin_dir: str,
                  log_path: str | Path, extra_args: Sequence[str] = ()) -> None:
+        if (manifests is None) == (kubeconfig is None):
+            raise ValueError("give exactly one of manifests or kubeconfig")
         self.node_ns = node_ns
-        self.manifests = str(manifests)
+        self.source_args = (("--manifests", str(manifests)) if manifests is not None
+                            else ("--kubeconfig", str(kubeconfig)))
         self.pin_dir = pin_dir
         self.log_path = Path(log_path)
         self.extra_args = tuple(extra_args)
@@ -32,7 +36,7 @@ class AgentProcess:
         self._log_start = 0
 
     def start(self) -> AgentProcess:
-        argv = [sys.executable, "-m", "ebpflb", "agent", "--manifests", self.manifests,
+        argv = [sys.executable, "-m", "ebpflb", "agent", *self.source_args,
                 "--pin-dir", self.pin_dir, "--min-sync-interval", "0", *self.extra_args]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0

@@ -32,10 +32,12 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ebpflb.lab import netns
 
 Obj = dict[str, Any]
 Key = tuple[str, str, str]  # (kind, namespace, name)
@@ -116,8 +118,9 @@ class _Watch:
 class ApiServerStandIn:
     """The stand-in; ``start()`` it, point a kubeconfig at ``url``, drive it."""
 
-    def __init__(self, *, token: str | None = "test-token") -> None:
+    def __init__(self, *, token: str | None = "test-token", netns: str | None = None) -> None:
         self.token = token
+        self.netns = netns
         self.requests: list[Request] = []
         self.delay = 0.0  # seconds before every response (a slow server)
         self.fail_status: int | None = None  # answer every request with this status
@@ -142,8 +145,11 @@ class ApiServerStandIn:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> ApiServerStandIn:
+        """Listen on 127.0.0.1 (of network namespace ``netns`` when set, so that an agent
+        inside a lab reaches it; the socket stays there, whichever thread serves it)."""
         handler = type("Handler", (_Handler,), {"standin": self})
-        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+        with netns.enter(self.netns) if self.netns else nullcontext():
+            self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), handler)
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
         self._thread = threading.Thread(target=self._httpd.serve_forever,
