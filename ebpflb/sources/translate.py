@@ -540,7 +540,7 @@ def _ip(value: Any) -> IPAddress | None:
         return None
     try:  # the common case, ~20x faster than ipaddress' own parser; same strictness
         return ipaddress.IPv4Address(int.from_bytes(socket.inet_pton(socket.AF_INET, value)))
-    except OSError:
+    except (OSError, ValueError):  # ValueError: an embedded NUL
         pass
     try:
         return ipaddress.ip_address(value)
