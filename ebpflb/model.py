@@ -78,6 +78,12 @@ class Frontend:
         return f"{host}:{self.port}/{self.protocol}"
 
 
+def frontend_order(fe: Frontend) -> tuple[int, int, int, str]:
+    """A sort key that orders frontends as comparing them does (and IPv4 before IPv6,
+    where that raises), without Frontend's and ipaddress' slow Python comparisons."""
+    return (fe.address.version, int(fe.address), fe.port, fe.protocol)
+
+
 @dataclass(frozen=True, order=True)
 class Backend:
     """One endpoint address and its resolved pod port, with its conditions."""
@@ -153,8 +159,9 @@ class DesiredState:
     def build(
         cls, entries: Iterable[ServiceEntry], services: Iterable[ServiceInfo] = ()
     ) -> DesiredState:
-        by_key = {e.frontend.key: e for e in sorted(entries, key=lambda e: e.frontend)}
-        by_ref = {s.ref: s for s in sorted(services, key=lambda s: s.ref)}
+        ordered = sorted(entries, key=lambda e: frontend_order(e.frontend))
+        by_key = {e.frontend.key: e for e in ordered}
+        by_ref = {s.ref: s for s in sorted(services, key=lambda s: (s.ref.namespace, s.ref.name))}
         return cls(MappingProxyType(by_key), MappingProxyType(by_ref))
 
     def __len__(self) -> int:

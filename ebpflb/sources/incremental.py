@@ -19,7 +19,7 @@ from ebpflb.model import (
     ServiceInfo,
     ServiceRef,
 )
-from ebpflb.sources.translate import ObjectError, translate
+from ebpflb.sources.translate import ObjectError, translate, translate_dicts
 
 Obj = dict[str, Any]
 FrontendKey = tuple[IPAddress, int, Protocol]
@@ -46,13 +46,11 @@ class IncrementalTranslator:
 
     def rebuild(self, services: Iterable[Obj], slices: Iterable[Obj]) -> Update:
         """Translate everything (first sync, relist, node address change)."""
-        result = translate(services, slices, node_name=self.node_name,
-                           node_addresses=self.node_addresses)
-        self._entries = dict(result.state.entries)
-        self._info = dict(result.state.services)
-        self._keys_of = {}
-        for key, entry in self._entries.items():
-            self._keys_of.setdefault(entry.port_name.service, set()).add(key)
+        result = translate_dicts(services, slices, node_name=self.node_name,
+                                 node_addresses=self.node_addresses)
+        self._entries = result.entries  # fresh dicts of our own: no copies needed
+        self._info = result.services
+        self._keys_of = result.keys_of
         self._errors = {}
         other: list[ObjectError] = []
         for err in result.errors:
