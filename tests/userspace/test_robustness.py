@@ -36,6 +36,11 @@ RESET_IP = "10.96.0.31"  # pod 3 resets every connection mid-stream
 ECHO_PORT = 7000
 RESET_PORT = 7001
 CONCURRENT = 1000
+# The echo backends' accept queues hold the whole burst. With a short one (asyncio's
+# default, 100) a backend answers SYNs with syncookies and drops handshake ACKs while
+# the queue is full; the connecting side's FIN, sent after its data, then fails the
+# cookie check and the backend resets the connection (with or without the proxy).
+BACKEND_BACKLOG = 4096
 
 MANIFEST = """\
 apiVersion: v1
@@ -79,12 +84,17 @@ class Backends:
         sock = netns.socket_in(ns, socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((ip, port))
-        sock.listen(4096)
 
         async def start() -> asyncio.Server:
-            return await asyncio.start_server(handler, sock=sock)
+            # start_server calls listen() itself, with its own backlog (100 unless
+            # told): a listen() made here beforehand would be silently overridden.
+            return await asyncio.start_server(handler, sock=sock, backlog=BACKEND_BACKLOG)
 
         self.servers.append(self.run(start()))
+        # Read back from the kernel (Send-Q of a listener is its backlog, capped by the
+        # namespace's somaxconn): a short queue turns the burst test into a flake.
+        out = netns.run(ns, ["ss", "-Hltn", "src", f"{ip}:{port}"]).stdout.split()
+        assert out[:3] == ["LISTEN", "0", str(BACKEND_BACKLOG)], out
 
     def close(self) -> None:
         async def stop() -> None:
