@@ -47,6 +47,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ebpflb.errors import InvalidObjectError
+from ebpflb.gcpause import no_full_collections
 from ebpflb.model import (
     Backend,
     DesiredState,
@@ -136,7 +137,24 @@ def translate_dicts(
     node_addresses: Sequence[IPAddress] = (),
 ) -> Translation:
     """translate(), without the read-only wrapping."""
-    errors: list[ObjectError] = []
+    with no_full_collections():  # ~30 long-lived objects per Service; see gcpause
+        errors: list[ObjectError] = []
+        parsed = _parse_services(services, errors)
+        backends = _collect_backends(slices, errors)
+        nodes = tuple(dict.fromkeys(a for a in node_addresses if a.version == 4))
+        refs = sorted(parsed, key=_ref_order)
+        entries, keys_of = _claim(
+            ((ref, _entries(parsed[ref], backends, node_name, nodes)) for ref in refs), errors)
+        return Translation(
+            entries=entries,
+            services={ref: parsed[ref].info for ref in refs},
+            keys_of=keys_of,
+            errors=tuple(sorted(set(errors), key=_error_order)),
+        )
+
+
+def _parse_services(services: Iterable[Obj], errors: list[ObjectError]
+                    ) -> dict[ServiceRef, _Service]:
     parsed: dict[ServiceRef, _Service] = {}
     for obj in services:
         svc = _parse_service(obj, errors)
@@ -146,14 +164,18 @@ def translate_dicts(
             errors.append(_error("Service", svc.info.ref, "defined more than once; copy skipped"))
             continue
         parsed[svc.info.ref] = svc
-    backends = _collect_backends(slices, errors)
-    nodes = tuple(dict.fromkeys(a for a in node_addresses if a.version == 4))
+    return parsed
 
+
+def _claim(
+    entries_of: Iterable[tuple[ServiceRef, list[ServiceEntry]]], errors: list[ObjectError]
+) -> tuple[dict[FrontendKey, ServiceEntry], dict[ServiceRef, set[FrontendKey]]]:
+    """Each frontend to the first Service (in the order given) that asks for it, the
+    entries in frontend order, and the frontends each Service got."""
     claimed: dict[FrontendKey, ServiceEntry] = {}
     keys_of: dict[ServiceRef, set[FrontendKey]] = {}
-    refs = sorted(parsed, key=_ref_order)
-    for ref in refs:
-        for entry in _entries(parsed[ref], backends, node_name, nodes):
+    for ref, entries in entries_of:
+        for entry in entries:
             key = entry.frontend.key
             owner = claimed.get(key)
             if owner is not None:
@@ -165,12 +187,7 @@ def translate_dicts(
             claimed[key] = entry
             keys_of.setdefault(ref, set()).add(key)
     in_order = sorted(claimed.values(), key=lambda e: frontend_order(e.frontend))
-    return Translation(
-        entries={e.frontend.key: e for e in in_order},
-        services={ref: parsed[ref].info for ref in refs},
-        keys_of=keys_of,
-        errors=tuple(sorted(set(errors), key=_error_order)),
-    )
+    return {e.frontend.key: e for e in in_order}, keys_of
 
 
 def node_addresses(nodes: Iterable[Obj], node_name: str) -> tuple[IPAddress, ...]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
+from ebpflb.gcpause import no_full_collections
 from ebpflb.model import (
     DesiredState,
     Frontend,
@@ -197,13 +198,21 @@ def _backend_json(b: BackendState) -> dict[str, object]:
 
 
 def desired_frontends(state: DesiredState) -> dict[FrontendKey, FrontendState]:
-    return {key: FrontendState.from_entry(entry) for key, entry in state.entries.items()}
+    with no_full_collections():  # one FrontendState per frontend; see gcpause
+        return {key: FrontendState.from_entry(entry) for key, entry in state.entries.items()}
 
 
 def diff(
     current: Mapping[FrontendKey, FrontendState], desired: Mapping[FrontendKey, FrontendState]
 ) -> Plan:
     """The ordered plan that turns `current` into `desired`."""
+    with no_full_collections():  # two ops per new frontend; see gcpause
+        return _diff(current, desired)
+
+
+def _diff(
+    current: Mapping[FrontendKey, FrontendState], desired: Mapping[FrontendKey, FrontendState]
+) -> Plan:
     upserts: list[Op] = []
     writes: list[Op] = []
     removals: list[Op] = []

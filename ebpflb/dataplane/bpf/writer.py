@@ -19,6 +19,7 @@ from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.ids import IdAllocator
 from ebpflb.dataplane.bpf.maps import KIND_FLAGS, BpfMaps, read_state
 from ebpflb.errors import CapacityError
+from ebpflb.gcpause import no_full_collections
 from ebpflb.model import Frontend, ServicePortName
 from ebpflb.sync.plan import (
     BackendKey,
@@ -137,12 +138,13 @@ class MapWriter:
         return sid
 
     def apply(self, plan: Plan) -> None:
-        self._check_capacity(plan)
-        ops = plan.ops
-        self._upsert_backends([op for op in ops if isinstance(op, UpsertBackends)])
-        self._write_services([op for op in ops if isinstance(op, WriteService)])
-        self._remove_backends([op for op in ops if isinstance(op, RemoveBackends)])
-        self._delete_services([op for op in ops if isinstance(op, DeleteService)])
+        with no_full_collections():  # the cache gains a state per frontend; see gcpause
+            self._check_capacity(plan)
+            ops = plan.ops
+            self._upsert_backends([op for op in ops if isinstance(op, UpsertBackends)])
+            self._write_services([op for op in ops if isinstance(op, WriteService)])
+            self._remove_backends([op for op in ops if isinstance(op, RemoveBackends)])
+            self._delete_services([op for op in ops if isinstance(op, DeleteService)])
 
     def _upsert_backends(self, ops: list[UpsertBackends]) -> None:
         batch = _Batch()

@@ -1,0 +1,53 @@
+"""Holding off the cyclic garbage collector's full collections during bulk work.
+
+A full sync builds some 30 long-lived objects per Service. CPython starts a full
+(oldest-generation) collection whenever the objects that survived the young
+collections grow by a quarter of the heap, and each one walks every tracked object,
+the Kubernetes objects included: at 10,000 Services that was four full collections,
+~0.3 s, inside one full sync. While held off, the young generations are still
+collected (so cyclic garbage made meanwhile is still freed); the full collection that
+became due runs once, at the first collection after the bulk work ends.
+
+Process-wide, like the collector itself; nesting and threads are counted, so the
+threshold is restored only when the last holder leaves.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_NEVER = 2**31 - 1  # the largest threshold gc.set_threshold() takes
+_lock = threading.Lock()
+_holders = 0
+_saved = 0  # the oldest generation's threshold before the first holder came
+
+
+@contextmanager
+def no_full_collections() -> Iterator[None]:
+    """No full collection starts inside this block (young ones still do)."""
+    _enter()
+    try:
+        yield
+    finally:
+        _leave()
+
+
+def _enter() -> None:
+    global _holders, _saved
+    with _lock:
+        if _holders == 0:
+            young, middle, _saved = gc.get_threshold()
+            gc.set_threshold(young, middle, _NEVER)
+        _holders += 1
+
+
+def _leave() -> None:
+    global _holders
+    with _lock:
+        _holders -= 1
+        if _holders == 0:
+            young, middle, _ = gc.get_threshold()
+            gc.set_threshold(young, middle, _saved)
