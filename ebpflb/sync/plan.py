@@ -44,6 +44,12 @@ class BackendState:
         return f"{self.address}:{self.port}{flags}"
 
 
+def _state_order(b: BackendState) -> tuple[int, int, int, bool, bool]:
+    """BackendState's own order (IPv4 before IPv6, where comparing raises), as a key:
+    far cheaper than comparing dataclasses and addresses in Python."""
+    return (b.address.version, int(b.address), b.port, b.active, b.terminating)
+
+
 @dataclass(frozen=True)
 class FrontendState:
     """Everything a data path holds for one frontend, independent of its encoding."""
@@ -60,18 +66,20 @@ class FrontendState:
 
     @classmethod
     def from_entry(cls, entry: ServiceEntry) -> FrontendState:
-        active = {b.key for b in entry.active}
-        backends = tuple(
-            sorted(
-                BackendState(b.address, b.port, b.key in active, b.terminating)
-                for b in entry.backends
-            )
+        usable = entry.active
+        everyone = len(usable) == len(entry.backends)  # the common case: no key set
+        active = set() if everyone else {b.key for b in usable}
+        backends = sorted(
+            (BackendState(b.address, b.port, everyone or b.key in active, b.terminating)
+             for b in entry.backends),
+            key=_state_order,
         )
         return cls(
             frontend=entry.frontend,
             port_name=entry.port_name,
-            backends=backends,
-            slots=tuple(sorted(active)),
+            backends=tuple(backends),
+            # sorted(active), from the backends' order; a key may occur twice there
+            slots=tuple(dict.fromkeys(b.key for b in backends if b.active)),
             affinity_timeout=entry.affinity_timeout,
         )
 
