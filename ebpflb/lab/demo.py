@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         _cli("backends", "--pin-dir", args.pin_dir)
         print("\n== ebpflb stats")
         _cli("stats", "--pin-dir", args.pin_dir)
+        print("\n== ebpflb status")
+        _cli("status")
         ok = set(tcp) == set(udp) == {"pod-1", "pod-2", "pod-3"}
         print(f"\n== {'OK' if ok else 'UNEXPECTED'}: traffic spread over "
               f"{len(tcp)} TCP and {len(udp)} UDP backends")
