@@ -20,6 +20,14 @@ class IdAllocator:
         return (self.high - self.low + 1) - len(self._used)
 
     def alloc(self) -> int:
+        candidate = self._next
+        if candidate <= self.high and candidate not in self._used:  # the common case
+            self._next = candidate + 1
+            self._used.add(candidate)
+            return candidate
+        return self._search()
+
+    def _search(self) -> int:
         span = self.high - self.low + 1
         for _ in range(span):
             if self._next > self.high:

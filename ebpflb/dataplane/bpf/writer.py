@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import socket
 
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.ids import IdAllocator
 from ebpflb.dataplane.bpf.maps import KIND_FLAGS, BpfMaps, read_state
 from ebpflb.errors import CapacityError
 from ebpflb.gcpause import no_full_collections
-from ebpflb.model import Frontend, ServicePortName
+from ebpflb.model import Frontend, Protocol, ServicePortName
 from ebpflb.sync.plan import (
     BackendKey,
     DeleteService,
@@ -39,11 +40,16 @@ _TERMINATING = int(abi.BackendFlag.TERMINATING)
 _KIND_BITS = {kind: int(flag) for kind, flag in KIND_FLAGS.items()}
 _U32 = abi.PACK_U32.pack
 _SLOT_KEY = abi.PACK_LB4_SLOT_KEY.pack
+_PACK_KEY = abi.PACK_LB4_KEY.pack
+
+
+_PROTO_NUMBERS = {p: p.number for p in Protocol}
+_htons = socket.htons  # abi.htons, without a Python call per element
 
 
 def pack_lb4_key(frontend: Frontend) -> bytes:
-    return abi.PACK_LB4_KEY.pack(frontend.address.packed, abi.htons(frontend.port),
-                                 frontend.protocol.number, 0)
+    return abi.PACK_LB4_KEY.pack(frontend.address.packed, _htons(frontend.port),
+                                 _PROTO_NUMBERS[frontend.protocol], 0)
 
 
 def lb4_key(frontend: Frontend) -> abi.Lb4Key:
@@ -53,6 +59,14 @@ def lb4_key(frontend: Frontend) -> abi.Lb4Key:
 def pack_meta(pn: ServicePortName) -> bytes:
     return abi.PACK_LB_SVC_META.pack(pn.service.namespace.encode()[:63],
                                      pn.service.name.encode()[:63], pn.port.encode()[:15])
+
+
+def _update(m: object, keys: list[bytes], values: list[bytes]) -> None:
+    """One batch update of packed keys and values."""
+    from ebpflb.dataplane.bpf.syscall import PinnedMap
+
+    assert isinstance(m, PinnedMap)
+    m.update_batch_raw(b"".join(keys), b"".join(values), len(keys))
 
 
 class _Batch:
@@ -67,10 +81,7 @@ class _Batch:
         self.values.append(value)
 
     def update(self, m: object) -> None:
-        from ebpflb.dataplane.bpf.syscall import PinnedMap
-
-        assert isinstance(m, PinnedMap)
-        m.update_batch_raw(b"".join(self.keys), b"".join(self.values), len(self.keys))
+        _update(m, self.keys, self.values)
 
     def delete(self, m: object) -> None:
         from ebpflb.dataplane.bpf.syscall import PinnedMap
@@ -121,8 +132,9 @@ class MapWriter:
                         frontend=op.state.frontend)
             elif isinstance(op, UpsertBackends):
                 sid = self.svc_ids.get(op.frontend.key)
-                owned = self.backend_ids.get(sid, {}) if sid is not None else {}
-                new_bes += sum(1 for b in op.backends if b.key not in owned)
+                owned = self.backend_ids.get(sid) if sid is not None else None
+                new_bes += (sum(1 for b in op.backends if b.key not in owned) if owned
+                            else len(op.backends))  # a new frontend: all its backends
                 if new_bes > self.be_alloc.free_count:
                     raise CapacityError(
                         f"backend map full ({self.max_backends - 1} backends): cannot add "
@@ -147,22 +159,24 @@ class MapWriter:
             self._delete_services([op for op in ops if isinstance(op, DeleteService)])
 
     def _upsert_backends(self, ops: list[UpsertBackends]) -> None:
-        batch = _Batch()
+        keys: list[bytes] = []
+        values: list[bytes] = []
         pack = abi.PACK_LB4_BACKEND.pack
-        htons = abi.htons
+        alloc = self.be_alloc.alloc
         for op in ops:
             sid = self._svc_id(op.frontend)
-            proto = op.frontend.protocol.number
+            proto = _PROTO_NUMBERS[op.frontend.protocol]
             owned = self.backend_ids.setdefault(sid, {})
             for b in op.backends:
-                bid = owned.get(b.key)
+                bkey = b.key
+                bid = owned.get(bkey)
                 if bid is None:
-                    bid = self.be_alloc.alloc()
-                    owned[b.key] = bid
+                    bid = owned[bkey] = alloc()
                 flags = (_ACTIVE if b.active else 0) | (_TERMINATING if b.terminating else 0)
-                batch.add(_U32(bid), pack(b.address.packed, htons(b.port), proto, flags, sid))
+                keys.append(_U32(bid))
+                values.append(pack(b.address.packed, _htons(b.port), proto, flags, sid))
             self._cache_backends(op)
-        batch.update(self.maps.backends)
+        _update(self.maps.backends, keys, values)
 
     def _cache_backends(self, op: UpsertBackends) -> None:
         """Keep the cached state of a held frontend in step with its backends: no
@@ -187,22 +201,26 @@ class MapWriter:
         for op in ops:
             st = op.state
             fe = st.frontend
+            fkey = fe.key
             sid = self._svc_id(fe)
-            if fe.key not in self.frontends:
+            if fkey not in self.frontends:
                 self._reset_stats(sid)  # a reused id must not inherit old counters
             owned = self.backend_ids.get(sid, {})
-            for i, bkey in enumerate(st.slots):
-                slots.add(_SLOT_KEY(sid, i), _U32(owned[bkey]))
-            old_count = self.slot_counts.get(sid, 0)
-            for i in range(len(st.slots), old_count):
-                stale.add(_SLOT_KEY(sid, i))
+            count = len(st.slots)
+            slots.keys += [_SLOT_KEY(sid, i) for i in range(count)]
+            slots.values += [_U32(owned[bkey]) for bkey in st.slots]
+            stale.keys += [_SLOT_KEY(sid, i) for i in range(count, self.slot_counts.get(sid, 0))]
             key = _U32(sid)
-            rnat.add(key, pack_rnat(fe.address.packed, abi.htons(fe.port), 0))
-            meta.add(key, pack_meta(st.port_name))
-            svc.add(pack_lb4_key(fe), pack_svc(sid, len(st.slots), _KIND_BITS[fe.kind],
-                                               st.affinity_timeout, 0))
-            self.slot_counts[sid] = len(st.slots)
-            self.frontends[fe.key] = st
+            address = fe.address.packed
+            port = _htons(fe.port)
+            rnat.keys.append(key)
+            rnat.values.append(pack_rnat(address, port, 0))
+            meta.keys.append(key)
+            meta.values.append(pack_meta(st.port_name))
+            svc.keys.append(_PACK_KEY(address, port, _PROTO_NUMBERS[fe.protocol], 0))
+            svc.values.append(pack_svc(sid, count, _KIND_BITS[fe.kind], st.affinity_timeout, 0))
+            self.slot_counts[sid] = count
+            self.frontends[fkey] = st
         slots.update(self.maps.slots)
         rnat.update(self.maps.rnat)
         meta.update(self.maps.meta)
