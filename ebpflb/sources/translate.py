@@ -43,8 +43,9 @@ import ipaddress
 import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple, TypeGuard
 
 from ebpflb.errors import InvalidObjectError
 from ebpflb.gcpause import no_full_collections
@@ -142,28 +143,31 @@ def translate_dicts(
         parsed = _parse_services(services, errors)
         backends = _collect_backends(slices, errors)
         nodes = tuple(dict.fromkeys(a for a in node_addresses if a.version == 4))
-        refs = sorted(parsed, key=_ref_order)
+        ordered = [parsed[name] for name in sorted(parsed)]
         entries, keys_of = _claim(
-            ((ref, _entries(parsed[ref], backends, node_name, nodes)) for ref in refs), errors)
+            ((s.info.ref, _entries(s, backends, node_name, nodes)) for s in ordered), errors)
         return Translation(
             entries=entries,
-            services={ref: parsed[ref].info for ref in refs},
+            services={s.info.ref: s.info for s in ordered},
             keys_of=keys_of,
             errors=tuple(sorted(set(errors), key=_error_order)),
         )
 
 
 def _parse_services(services: Iterable[Obj], errors: list[ObjectError]
-                    ) -> dict[ServiceRef, _Service]:
-    parsed: dict[ServiceRef, _Service] = {}
+                    ) -> dict[tuple[str, str], _Service]:
+    """Every good Service by (namespace, name): plain tuples hash and sort in C."""
+    parsed: dict[tuple[str, str], _Service] = {}
     for obj in services:
         svc = _parse_service(obj, errors)
         if svc is None:
             continue
-        if svc.info.ref in parsed:
-            errors.append(_error("Service", svc.info.ref, "defined more than once; copy skipped"))
+        ref = svc.info.ref
+        name = (ref.namespace, ref.name)
+        if name in parsed:
+            errors.append(_error("Service", ref, "defined more than once; copy skipped"))
             continue
-        parsed[svc.info.ref] = svc
+        parsed[name] = svc
     return parsed
 
 
@@ -186,8 +190,8 @@ def _claim(
                 continue
             claimed[key] = entry
             keys_of.setdefault(ref, set()).add(key)
-    in_order = sorted(claimed.values(), key=lambda e: frontend_order(e.frontend))
-    return {e.frontend.key: e for e in in_order}, keys_of
+    in_order = sorted(claimed.items(), key=lambda item: frontend_order(item[1].frontend))
+    return dict(in_order), keys_of  # the key tuples shared with keys_of, not copies
 
 
 def node_addresses(nodes: Iterable[Obj], node_name: str) -> tuple[IPAddress, ...]:
@@ -216,8 +220,7 @@ class _Invalid(Exception):
     """A field is wrong; caught at the level (object, port, endpoint) that is skipped."""
 
 
-@dataclass(frozen=True)
-class _Port:
+class _Port(NamedTuple):  # private records: a NamedTuple is cheaper to make
     name: str  # "" for the unnamed single port
     protocol: Protocol
     port: int
@@ -225,8 +228,7 @@ class _Port:
     node_port: int | None
 
 
-@dataclass(frozen=True)
-class _Service:
+class _Service(NamedTuple):
     info: ServiceInfo
     address: ipaddress.IPv4Address | None  # None: not load-balanced (headless, ExternalName)
     ports: tuple[_Port, ...] = ()
@@ -247,7 +249,7 @@ def _parse_service(obj: Obj, errors: list[ObjectError]) -> _Service | None:
         if labels.get(SERVICE_PROXY_NAME_LABEL):
             return None
         spec = obj.get("spec")
-        if not isinstance(spec, Mapping):
+        if not _is_mapping(spec):
             raise _Invalid("spec is missing")
         svc_type = _service_type(spec.get("type"))
         if svc_type is ServiceType.EXTERNAL_NAME:
@@ -296,17 +298,18 @@ def _cluster_ip(spec: Obj) -> tuple[str, ipaddress.IPv4Address | None]:
     """The ClusterIP as written (``"None"`` when headless) and the IPv4 one to balance
     (of a dual-stack Service, its IPv4 address whichever family is primary)."""
     raw = [_string(spec.get("clusterIP"), "spec.clusterIP")]
-    raw += [_string(v, "spec.clusterIPs") for v in _list(spec.get("clusterIPs"), "spec.clusterIPs")]
+    more = spec.get("clusterIPs")
+    if more is not None:
+        raw += [_string(v, "spec.clusterIPs") for v in _list(more, "spec.clusterIPs")]
     raw = [v for v in raw if v]
     if not raw:
         raise _Invalid("spec.clusterIP is missing (the API server allocates it; set it here)")
     if raw[0] == "None":
         return "None", None
     for value in dict.fromkeys(raw):
-        try:
-            address = ipaddress.ip_address(value)
-        except ValueError:
-            raise _Invalid(f"spec.clusterIP {value!r} is not an IP address") from None
+        address = _ip(value)
+        if address is None:
+            raise _Invalid(f"spec.clusterIP {value!r} is not an IP address")
         if isinstance(address, ipaddress.IPv4Address):
             return value, address
     raise _Invalid(f"spec.clusterIP {raw[0]} is IPv6; this node is IPv4-only")
@@ -339,13 +342,12 @@ def _policy(spec: Obj, field: str) -> bool:
 def _service_ports(items: list[Any], report: _Report) -> tuple[_Port, ...]:
     ports: list[_Port] = []
     for i, item in enumerate(items):
-        where = f"spec.ports[{i}]"
         try:
             port = _service_port(item, multi=len(items) > 1)
             for other in ports:
                 _check_distinct(port, other)
         except _Invalid as e:
-            report(f"{where}: {e}; port skipped")
+            report(f"spec.ports[{i}]: {e}; port skipped")
             continue
         ports.append(port)
     return tuple(ports)
@@ -418,7 +420,9 @@ def _addresses(values: Any, where: str, report: _Report) -> tuple[IPAddress, ...
 
 # --- EndpointSlices --------------------------------------------------------------------
 
-_PortKey = tuple[ServiceRef, str, Protocol]  # a ServicePortName, as a plain tuple
+# A ServicePortName as a plain tuple (namespace, Service name, port name, protocol),
+# which hashes in C, unlike the dataclass.
+_PortKey = tuple[str, str, str, Protocol]
 # Backends of one Service port, by (IPv4 address as an int, port): an int hashes and
 # sorts far faster than an IPv4Address, and orders the same way.
 _Known = dict[tuple[int, int], Backend]
@@ -432,8 +436,8 @@ def _collect_backends(slices: Iterable[Obj], errors: list[ObjectError]) -> _Back
     """Every slice's backends, merged per Service port and deduplicated by (address,
     port), the ready copy winning. Slices are read in (namespace, name) order."""
     found: _Backends = {}
-    for obj in sorted(slices, key=_identity):
-        for key, backends in _parse_slice(obj, errors):
+    for identity, obj in sorted(((_identity(obj), obj) for obj in slices), key=itemgetter(0)):
+        for key, backends in _parse_slice(obj, identity, errors):
             known = found.get(key)
             if known is None:
                 found[key] = backends
@@ -455,9 +459,10 @@ def _rank(b: Backend) -> tuple[bool, bool, bool]:
     return (b.ready, b.serving, not b.terminating)
 
 
-def _parse_slice(obj: Obj, errors: list[ObjectError]) -> list[tuple[_PortKey, _Known]]:
-    """The backends of each of a slice's ports."""
-    namespace, name = _identity(obj)
+def _parse_slice(obj: Obj, identity: tuple[str, str], errors: list[ObjectError]
+                 ) -> list[tuple[_PortKey, _Known]]:
+    """The backends of each of a slice's ports; `identity` is _identity(obj)."""
+    namespace, name = identity
 
     def report(message: str) -> None:
         errors.append(ObjectError("EndpointSlice", namespace, name, message))
@@ -494,13 +499,12 @@ def _parse_slice(obj: Obj, errors: list[ObjectError]) -> list[tuple[_PortKey, _K
             endpoints.append(_endpoint(item))
         except _Invalid as e:
             report(f"endpoints[{i}]: {e}; endpoint skipped")
-    ref = ServiceRef(namespace, service)
     out: list[tuple[_PortKey, _Known]] = []
     for port_name, protocol, port in ports:
         known: _Known = {}
         _merge(known, (((n, port), Backend(a, port, r, s, t, node, zone))
                        for n, a, r, s, t, node, zone in endpoints))
-        out.append(((ref, port_name, protocol), known))
+        out.append(((namespace, service, port_name, protocol), known))
     return out
 
 
@@ -544,7 +548,7 @@ def _entries(
     entries: list[ServiceEntry] = []
     for port in svc.ports:
         name = ServicePortName(ref, port.name, port.protocol)
-        known = backends.get((ref, port.name, port.protocol), {})
+        known = backends.get((ref.namespace, ref.name, port.name, port.protocol), {})
         every = tuple([known[k] for k in sorted(known)])  # (address, port) order
         internal = external = every
         if node_name and (svc.internal_local or svc.external_local):
@@ -556,10 +560,11 @@ def _entries(
         ]
         if node_port_type and port.node_port is not None:
             frontends += [(a, port.node_port, FrontendKind.NODE_PORT, external) for a in nodes]
-        frontends += [(a, port.port, FrontendKind.EXTERNAL, external) for a in svc.external]
-        frontends += [
-            (a, port.port, FrontendKind.LOAD_BALANCER, external) for a in svc.load_balancer
-        ]
+        if svc.external:  # the common case has none: no empty comprehensions
+            frontends += [(a, port.port, FrontendKind.EXTERNAL, external) for a in svc.external]
+        if svc.load_balancer:
+            frontends += [(a, port.port, FrontendKind.LOAD_BALANCER, external)
+                          for a in svc.load_balancer]
         for address, number, kind, chosen in frontends:
             frontend = Frontend(address, number, port.protocol, kind)
             entries.append(ServiceEntry(frontend, name, chosen, svc.affinity_timeout))
@@ -567,11 +572,6 @@ def _entries(
 
 
 # --- Field helpers -----------------------------------------------------------------------
-
-
-def _ref_order(ref: ServiceRef) -> tuple[str, str]:
-    """ServiceRef's own order, as a key: far cheaper than comparing dataclasses."""
-    return (ref.namespace, ref.name)
 
 
 def _error_order(e: ObjectError) -> tuple[str, str, str, str]:
@@ -585,8 +585,8 @@ def _error(kind: str, ref: ServiceRef, message: str) -> ObjectError:
 
 def _identity(obj: Obj) -> tuple[str, str]:
     """(namespace, name) as well as can be told; "" for a missing name."""
-    meta = obj.get("metadata") if isinstance(obj, Mapping) else None
-    if not isinstance(meta, Mapping):
+    meta = obj.get("metadata") if _is_mapping(obj) else None
+    if not _is_mapping(meta):
         return DEFAULT_NAMESPACE, ""
     namespace = meta.get("namespace")
     name = meta.get("name")
@@ -594,6 +594,11 @@ def _identity(obj: Obj) -> tuple[str, str]:
         namespace if isinstance(namespace, str) and namespace else DEFAULT_NAMESPACE,
         name if isinstance(name, str) else "",
     )
+
+
+def _is_mapping(value: Any) -> TypeGuard[Mapping[str, Any]]:
+    # A dict is the common case, told without the slower ABC check.
+    return type(value) is dict or isinstance(value, Mapping)
 
 
 def _mapping(value: Any, where: str) -> Mapping[str, Any]:
@@ -660,13 +665,16 @@ def _port_number(value: Any, where: str) -> int:
     return int(value)
 
 
+_PROTOCOLS = {p.value: p for p in Protocol}  # a dict look-up is ~10x Protocol(value)
+
+
 def _protocol(value: Any) -> Protocol:
     if value is None:
         return Protocol.TCP
-    try:
-        return Protocol(value)
-    except ValueError:
-        raise _Invalid(f"protocol {value!r} is not TCP, UDP or SCTP") from None
+    found = _PROTOCOLS.get(value) if isinstance(value, str) else None
+    if found is None:
+        raise _Invalid(f"protocol {value!r} is not TCP, UDP or SCTP")
+    return found
 
 
 def _flag(value: Any, where: str, *, default: bool) -> bool:
