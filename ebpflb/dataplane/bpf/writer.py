@@ -23,7 +23,6 @@ from ebpflb.errors import CapacityError
 from ebpflb.gcpause import no_full_collections
 from ebpflb.model import Frontend, Protocol, ServicePortName
 from ebpflb.sync.plan import (
-    BackendKey,
     DeleteService,
     FrontendKey,
     FrontendState,
@@ -39,6 +38,9 @@ _ACTIVE = int(abi.BackendFlag.ACTIVE)
 _TERMINATING = int(abi.BackendFlag.TERMINATING)
 _KIND_BITS = {kind: int(flag) for kind, flag in KIND_FLAGS.items()}
 _U32 = abi.PACK_U32.pack
+# A backend in the id tables: (address bytes, port). Unlike (IPv4Address, port) it
+# hashes without running Python code, and the GC stops tracking it (no containers in it).
+_IdKey = tuple[bytes, int]
 _SLOT_KEY = abi.PACK_LB4_SLOT_KEY.pack
 _PACK_KEY = abi.PACK_LB4_KEY.pack
 
@@ -103,9 +105,9 @@ class MapWriter:
         self.frontends: dict[FrontendKey, FrontendState] = st.frontends
         self.svc_ids: dict[FrontendKey, int] = st.svc_ids
         self.slot_counts: dict[int, int] = st.slot_counts
-        self.backend_ids: dict[int, dict[BackendKey, int]] = {}
-        for (sid, bkey), bid in st.backend_ids.items():
-            self.backend_ids.setdefault(sid, {})[bkey] = bid
+        self._backend_ids: dict[int, dict[_IdKey, int]] = {}  # svc id -> backend -> id
+        for (sid, (address, port)), bid in st.backend_ids.items():
+            self._backend_ids.setdefault(sid, {})[(address.packed, port)] = bid
         self.svc_alloc = IdAllocator(1, self.max_services - 1, what="service",
                                      used=st.svc_ids.values())
         self.be_alloc = IdAllocator(1, self.max_backends - 1, what="backend",
@@ -132,20 +134,20 @@ class MapWriter:
                         frontend=op.state.frontend)
             elif isinstance(op, UpsertBackends):
                 sid = self.svc_ids.get(op.frontend.key)
-                owned = self.backend_ids.get(sid) if sid is not None else None
-                new_bes += (sum(1 for b in op.backends if b.key not in owned) if owned
-                            else len(op.backends))  # a new frontend: all its backends
+                owned = self._backend_ids.get(sid) if sid is not None else None
+                new_bes += (sum(1 for b in op.backends if (b.address.packed, b.port) not in owned)
+                            if owned else len(op.backends))  # a new frontend: all are new
                 if new_bes > self.be_alloc.free_count:
                     raise CapacityError(
                         f"backend map full ({self.max_backends - 1} backends): cannot add "
                         f"the backends of {op.frontend}; nothing was applied",
                         frontend=op.frontend)
 
-    def _svc_id(self, frontend: Frontend) -> int:
-        sid = self.svc_ids.get(frontend.key)
+    def _svc_id(self, key: FrontendKey) -> int:
+        sid = self.svc_ids.get(key)
         if sid is None:
             sid = self.svc_alloc.alloc()
-            self.svc_ids[frontend.key] = sid
+            self.svc_ids[key] = sid
             self.slot_counts[sid] = 0
         return sid
 
@@ -164,17 +166,17 @@ class MapWriter:
         pack = abi.PACK_LB4_BACKEND.pack
         alloc = self.be_alloc.alloc
         for op in ops:
-            sid = self._svc_id(op.frontend)
+            sid = self._svc_id(op.frontend.key)
             proto = _PROTO_NUMBERS[op.frontend.protocol]
-            owned = self.backend_ids.setdefault(sid, {})
+            owned = self._backend_ids.setdefault(sid, {})
             for b in op.backends:
-                bkey = b.key
-                bid = owned.get(bkey)
+                address = b.address.packed
+                bid = owned.get((address, b.port))
                 if bid is None:
-                    bid = owned[bkey] = alloc()
+                    bid = owned[(address, b.port)] = alloc()
                 flags = (_ACTIVE if b.active else 0) | (_TERMINATING if b.terminating else 0)
                 keys.append(_U32(bid))
-                values.append(pack(b.address.packed, _htons(b.port), proto, flags, sid))
+                values.append(pack(address, _htons(b.port), proto, flags, sid))
             self._cache_backends(op)
         _update(self.maps.backends, keys, values)
 
@@ -202,13 +204,13 @@ class MapWriter:
             st = op.state
             fe = st.frontend
             fkey = fe.key
-            sid = self._svc_id(fe)
+            sid = self._svc_id(fkey)
             if fkey not in self.frontends:
                 self._reset_stats(sid)  # a reused id must not inherit old counters
-            owned = self.backend_ids.get(sid, {})
+            owned = self._backend_ids.get(sid, {})
             count = len(st.slots)
             slots.keys += [_SLOT_KEY(sid, i) for i in range(count)]
-            slots.values += [_U32(owned[bkey]) for bkey in st.slots]
+            slots.values += [_U32(owned[(a.packed, p)]) for a, p in st.slots]
             stale.keys += [_SLOT_KEY(sid, i) for i in range(count, self.slot_counts.get(sid, 0))]
             key = _U32(sid)
             address = fe.address.packed
@@ -233,9 +235,9 @@ class MapWriter:
             sid = self.svc_ids.get(op.frontend.key)
             if sid is None:
                 continue
-            owned = self.backend_ids.get(sid, {})
-            for bkey in op.backends:
-                bid = owned.pop(bkey, None)
+            owned = self._backend_ids.get(sid, {})
+            for address, port in op.backends:
+                bid = owned.pop((address.packed, port), None)
                 if bid is not None:
                     batch.add(_U32(bid))
                     self.be_alloc.free(bid)
@@ -259,7 +261,7 @@ class MapWriter:
             for i in range(self.slot_counts.pop(sid, 0)):
                 slots.add(_SLOT_KEY(sid, i))
             ids.add(_U32(sid))
-            for bid in self.backend_ids.pop(sid, {}).values():
+            for bid in self._backend_ids.pop(sid, {}).values():
                 bes.add(_U32(bid))
                 self.be_alloc.free(bid)
             freed.append(sid)
