@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from itertools import pairwise
 
 from ebpflb.gcpause import no_full_collections
 from ebpflb.model import (
+    Backend,
     DesiredState,
     Frontend,
     FrontendKind,
@@ -50,6 +52,12 @@ def _state_order(b: BackendState) -> tuple[int, int, int, bool, bool]:
     return (b.address.version, int(b.address), b.port, b.active, b.terminating)
 
 
+def _ascending(backends: tuple[Backend, ...]) -> bool:
+    """Whether the backends' keys are strictly ascending (sorted, none twice)."""
+    keys = [(b.address.version, int(b.address), b.port) for b in backends]
+    return all(a < b for a, b in pairwise(keys))
+
+
 @dataclass(frozen=True)
 class FrontendState:
     """Everything a data path holds for one frontend, independent of its encoding."""
@@ -66,8 +74,19 @@ class FrontendState:
 
     @classmethod
     def from_entry(cls, entry: ServiceEntry) -> FrontendState:
+        if all(b.ready for b in entry.backends) and _ascending(entry.backends):
+            # translate's usual output: in key order, each key once, all active; the
+            # general path below gives the same, sorting and de-duplicating.
+            return cls(
+                frontend=entry.frontend,
+                port_name=entry.port_name,
+                backends=tuple([BackendState(b.address, b.port, True, b.terminating)
+                                for b in entry.backends]),
+                slots=tuple([b.key for b in entry.backends]),
+                affinity_timeout=entry.affinity_timeout,
+            )
         usable = entry.active
-        everyone = len(usable) == len(entry.backends)  # the common case: no key set
+        everyone = len(usable) == len(entry.backends)  # no key set needed
         active = set() if everyone else {b.key for b in usable}
         backends = sorted(
             (BackendState(b.address, b.port, everyone or b.key in active, b.terminating)
