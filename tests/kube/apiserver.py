@@ -346,6 +346,9 @@ class ApiServerStandIn:
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # As the real (Go) API server: without TCP_NODELAY a watch event written while the
+    # previous one is unacknowledged waits for the client's delayed ACK (40 ms).
+    disable_nagle_algorithm = True
     standin: ApiServerStandIn
 
     def setup(self) -> None:
