@@ -46,7 +46,7 @@ class BackendState:
         return f"{self.address}:{self.port}{flags}"
 
 
-def _state_order(b: BackendState) -> tuple[int, int, int, bool, bool]:
+def backend_order(b: BackendState) -> tuple[int, int, int, bool, bool]:
     """BackendState's own order (IPv4 before IPv6, where comparing raises), as a key:
     far cheaper than comparing dataclasses and addresses in Python."""
     return (b.address.version, int(b.address), b.port, b.active, b.terminating)
@@ -91,7 +91,7 @@ class FrontendState:
         backends = sorted(
             (BackendState(b.address, b.port, everyone or b.key in active, b.terminating)
              for b in entry.backends),
-            key=_state_order,
+            key=backend_order,
         )
         return cls(
             frontend=entry.frontend,

@@ -16,7 +16,13 @@ from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.syscall import PinnedMap
 from ebpflb.errors import DataplaneError
 from ebpflb.model import Frontend, FrontendKind, Protocol, ServicePortName, ServiceRef
-from ebpflb.sync.plan import BackendKey, BackendState, FrontendKey, FrontendState
+from ebpflb.sync.plan import (
+    BackendKey,
+    BackendState,
+    FrontendKey,
+    FrontendState,
+    backend_order,
+)
 
 _ACTIVE = int(abi.BackendFlag.ACTIVE)
 _TERMINATING = int(abi.BackendFlag.TERMINATING)
@@ -29,9 +35,13 @@ KIND_FLAGS: dict[FrontendKind, abi.SvcFlag] = {
 }
 
 
+# The same as plain ints: `int & IntFlag` makes an IntFlag, ~10 us each on Python 3.11.
+_KIND_BITS = tuple((kind, int(flag)) for kind, flag in KIND_FLAGS.items())
+
+
 def kind_from_flags(flags: int) -> FrontendKind:
-    for kind, flag in KIND_FLAGS.items():
-        if flags & flag:
+    for kind, bit in _KIND_BITS:
+        if flags & bit:
             return kind
     return FrontendKind.CLUSTER_IP
 
@@ -203,7 +213,8 @@ def read_state(maps: BpfMaps) -> MapState:
         fkey = frontend.key
         out.svc_ids[fkey] = sid
         out.slot_counts[sid] = count
-        out.frontends[fkey] = FrontendState(frontend, port_name, tuple(sorted(states)),
+        out.frontends[fkey] = FrontendState(frontend, port_name,
+                                            tuple(sorted(states, key=backend_order)),
                                             tuple(slots), affinity)
     for leftovers in by_svc.values():
         out.orphan_backends.extend(bid for bid, _ in leftovers)

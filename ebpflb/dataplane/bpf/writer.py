@@ -18,7 +18,7 @@ import socket
 
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.ids import IdAllocator
-from ebpflb.dataplane.bpf.maps import KIND_FLAGS, BpfMaps, read_state
+from ebpflb.dataplane.bpf.maps import KIND_FLAGS, BpfMaps, MapState, read_state
 from ebpflb.errors import CapacityError
 from ebpflb.gcpause import no_full_collections
 from ebpflb.model import Frontend, Protocol, ServicePortName
@@ -101,7 +101,10 @@ class MapWriter:
 
     def reload(self) -> None:
         """Re-read every id from the maps (on start, and after a failed write)."""
-        st = read_state(self.maps)
+        with no_full_collections():  # a state per frontend; see gcpause
+            self._adopt(read_state(self.maps))
+
+    def _adopt(self, st: MapState) -> None:
         self.frontends: dict[FrontendKey, FrontendState] = st.frontends
         self.svc_ids: dict[FrontendKey, int] = st.svc_ids
         self.slot_counts: dict[int, int] = st.slot_counts
