@@ -78,3 +78,17 @@ def test_an_overflowing_plan_is_refused(maps: Maps) -> None:
         assert _held(maps) == desired_frontends(a)
     finally:
         writer.maps.close()
+
+
+def test_changing_held_backends_needs_no_room(maps: Maps) -> None:
+    """A full backend map still takes a change to backends it holds (new flags)."""
+    from tests.unit.test_plan import entry, state
+
+    a = state(entry("10.96.0.1", 80, [("10.0.0.1", 80, True), ("10.0.0.2", 80, True)]))
+    b = state(entry("10.96.0.1", 80, [("10.0.0.1", 80, True), ("10.0.0.2", 80, False)]))
+    writer = _write(maps, a, backends=3)  # ids 1..2: full
+    try:
+        writer.apply(diff(writer.frontends, desired_frontends(b)))
+        assert _held(maps) == desired_frontends(b)
+    finally:
+        writer.maps.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import socket
+import struct
 
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.ids import IdAllocator
@@ -38,9 +39,15 @@ _ACTIVE = int(abi.BackendFlag.ACTIVE)
 _TERMINATING = int(abi.BackendFlag.TERMINATING)
 _KIND_BITS = {kind: int(flag) for kind, flag in KIND_FLAGS.items()}
 _U32 = abi.PACK_U32.pack
-# A backend in the id tables: (address bytes, port). Unlike (IPv4Address, port) it
-# hashes without running Python code, and the GC stops tracking it (no containers in it).
-_IdKey = tuple[bytes, int]
+# A backend in the id tables: its address bytes and then its port. Unlike a tuple
+# (IPv4Address, port) it hashes without running Python code, the GC never tracks it,
+# and it is smaller (48 bytes; 50,000 of them at 10,000 Services).
+_IdKey = bytes
+_U16 = struct.Struct("<H").pack
+
+
+def _id_key(packed_address: bytes, port: int) -> _IdKey:
+    return packed_address + _U16(port)
 _SLOT_KEY = abi.PACK_LB4_SLOT_KEY.pack
 _PACK_KEY = abi.PACK_LB4_KEY.pack
 
@@ -110,7 +117,7 @@ class MapWriter:
         self.slot_counts: dict[int, int] = st.slot_counts
         self._backend_ids: dict[int, dict[_IdKey, int]] = {}  # svc id -> backend -> id
         for (sid, (address, port)), bid in st.backend_ids.items():
-            self._backend_ids.setdefault(sid, {})[(address.packed, port)] = bid
+            self._backend_ids.setdefault(sid, {})[_id_key(address.packed, port)] = bid
         self.svc_alloc = IdAllocator(1, self.max_services - 1, what="service",
                                      used=st.svc_ids.values())
         self.be_alloc = IdAllocator(1, self.max_backends - 1, what="backend",
@@ -138,7 +145,8 @@ class MapWriter:
             elif isinstance(op, UpsertBackends):
                 sid = self.svc_ids.get(op.frontend.key)
                 owned = self._backend_ids.get(sid) if sid is not None else None
-                new_bes += (sum(1 for b in op.backends if (b.address.packed, b.port) not in owned)
+                new_bes += (sum(1 for b in op.backends
+                                if _id_key(b.address.packed, b.port) not in owned)
                             if owned else len(op.backends))  # a new frontend: all are new
                 if new_bes > self.be_alloc.free_count:
                     raise CapacityError(
@@ -174,9 +182,10 @@ class MapWriter:
             owned = self._backend_ids.setdefault(sid, {})
             for b in op.backends:
                 address = b.address.packed
-                bid = owned.get((address, b.port))
+                id_key = _id_key(address, b.port)
+                bid = owned.get(id_key)
                 if bid is None:
-                    bid = owned[(address, b.port)] = alloc()
+                    bid = owned[id_key] = alloc()
                 flags = (_ACTIVE if b.active else 0) | (_TERMINATING if b.terminating else 0)
                 keys.append(_U32(bid))
                 values.append(pack(address, _htons(b.port), proto, flags, sid))
@@ -213,7 +222,7 @@ class MapWriter:
             owned = self._backend_ids.get(sid, {})
             count = len(st.slots)
             slots.keys += [_SLOT_KEY(sid, i) for i in range(count)]
-            slots.values += [_U32(owned[(a.packed, p)]) for a, p in st.slots]
+            slots.values += [_U32(owned[_id_key(a.packed, p)]) for a, p in st.slots]
             stale.keys += [_SLOT_KEY(sid, i) for i in range(count, self.slot_counts.get(sid, 0))]
             key = _U32(sid)
             address = fe.address.packed
@@ -240,7 +249,7 @@ class MapWriter:
                 continue
             owned = self._backend_ids.get(sid, {})
             for address, port in op.backends:
-                bid = owned.pop((address.packed, port), None)
+                bid = owned.pop(_id_key(address.packed, port), None)
                 if bid is not None:
                     batch.add(_U32(bid))
                     self.be_alloc.free(bid)
