@@ -132,6 +132,8 @@ class MapWriter:
 
     def _check_capacity(self, plan: Plan) -> None:
         """Refuse the whole plan, before writing anything, when it cannot fit."""
+        if self._surely_fits(plan):
+            return
         new_svcs = 0
         new_bes = 0
         for op in plan.ops:
@@ -153,6 +155,17 @@ class MapWriter:
                         f"backend map full ({self.max_backends - 1} backends): cannot add "
                         f"the backends of {op.frontend}; nothing was applied",
                         frontend=op.frontend)
+
+    def _surely_fits(self, plan: Plan) -> bool:
+        """Whether the plan would fit even if all its frontends and backends were new:
+        the usual case, told without looking each of them up."""
+        services = backends = 0
+        for op in plan.ops:
+            if isinstance(op, WriteService):
+                services += 1
+            elif isinstance(op, UpsertBackends):
+                backends += len(op.backends)
+        return services <= self.svc_alloc.free_count and backends <= self.be_alloc.free_count
 
     def _svc_id(self, key: FrontendKey) -> int:
         sid = self.svc_ids.get(key)
