@@ -300,8 +300,10 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1,000 Services, 50 events")
     ap.add_argument("--events", type=int, default=EVENTS)
+    ap.add_argument("--scales", type=lambda v: tuple(int(x) for x in v.split(",")),
+                    help="comma-separated Service counts (default 1000,10000,30000)")
     args = ap.parse_args(argv)
-    scales = (1_000,) if args.quick else SCALES
+    scales = args.scales or ((1_000,) if args.quick else SCALES)
     rows = []
     for n in scales:
         row = run_scale(n, 50 if args.quick else args.events)
