@@ -11,9 +11,11 @@ import threading
 import time
 from collections.abc import Callable
 from ipaddress import IPv4Address
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from ebpflb.agent import Agent, AgentConfig
@@ -483,3 +485,23 @@ def test_diff_from_an_unreachable_api_server_fails_in_one_line(apiserver, kubeco
                                       "0.5", "--pin-dir", str(tmp_path)])
     assert result.exit_code == 1
     assert result.stderr.strip().startswith("error: the API server in")
+
+
+def test_deploy_rbac_grants_exactly_what_the_source_asks_for(apiserver, make_source):
+    """deploy/rbac.yaml must allow every request the source makes, and nothing more."""
+    populate(apiserver, 1)
+    source = started(make_source)
+    until(lambda: apiserver.open_watches("EndpointSlice") == 1, what="the watches")
+    source.close()
+    groups = {"/api/v1/": "", "/apis/discovery.k8s.io/v1/": "discovery.k8s.io"}
+    asked = set()
+    for request in apiserver.requests:
+        prefix = next(p for p in groups if request.path.startswith(p))
+        asked.add((groups[prefix], request.path.removeprefix(prefix),
+                   "watch" if request.watch else "list"))
+    rbac = Path(__file__).resolve().parents[2] / "deploy" / "rbac.yaml"
+    (role,) = [d for d in yaml.safe_load_all(rbac.read_text()) if d["kind"] == "ClusterRole"]
+    granted = {(group, resource, verb) for rule in role["rules"]
+               for group in rule["apiGroups"] for resource in rule["resources"]
+               for verb in rule["verbs"]}
+    assert asked == granted
