@@ -35,7 +35,7 @@ KIND_FLAGS: dict[FrontendKind, abi.SvcFlag] = {
 }
 
 
-# The same as plain ints: `int & IntFlag` makes an IntFlag, ~10 us each on Python 3.11.
+# The same as plain ints: `int & IntFlag` builds an IntFlag (~0.5 us a test, ~10x this).
 _KIND_BITS = tuple((kind, int(flag)) for kind, flag in KIND_FLAGS.items())
 
 
