@@ -40,7 +40,7 @@ class ServiceType(enum.StrEnum):
     EXTERNAL_NAME = "ExternalName"
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class ServiceRef:
     namespace: str
     name: str
@@ -49,7 +49,7 @@ class ServiceRef:
         return f"{self.namespace}/{self.name}"
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class ServicePortName:
     """One port of a Service (kube-proxy's ServicePortName): the load-balancing unit."""
 
@@ -62,7 +62,7 @@ class ServicePortName:
         return f"{name}/{self.protocol}"
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Frontend:
     address: IPAddress
     port: int
@@ -84,7 +84,7 @@ def frontend_order(fe: Frontend) -> tuple[int, int, int, str]:
     return (fe.address.version, int(fe.address), fe.port, fe.protocol)
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Backend:
     """One endpoint address and its resolved pod port, with its conditions."""
 
@@ -115,7 +115,7 @@ def usable_backends(backends: Iterable[Backend]) -> tuple[Backend, ...]:
     return tuple(b for b in items if b.serving and b.terminating)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ServiceEntry:
     """One frontend with everything the data path needs to balance it."""
 
@@ -129,7 +129,7 @@ class ServiceEntry:
         return usable_backends(self.backends)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ServiceInfo:
     """A Service as the user sees it in `ebpflb services`, including the kinds that are
     never load-balanced (headless, ExternalName)."""
@@ -144,7 +144,7 @@ class ServiceInfo:
         return self.cluster_ip == "None"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DesiredState:
     """Everything one node must do, keyed by frontend."""
 

@@ -28,7 +28,7 @@ FrontendKey = tuple[IPAddress, int, Protocol]
 BackendKey = tuple[IPAddress, int]
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class BackendState:
     """A backend as a data path holds it: active = in the slots for new flows."""
 
@@ -58,7 +58,7 @@ def _ascending(backends: tuple[Backend, ...]) -> bool:
     return all(a < b for a, b in pairwise(keys))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FrontendState:
     """Everything a data path holds for one frontend, independent of its encoding."""
 
@@ -107,7 +107,7 @@ class FrontendState:
         return (self.frontend.kind, self.port_name, self.slots, self.affinity_timeout)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class UpsertBackends:
     frontend: Frontend
     backends: tuple[BackendState, ...]
@@ -120,7 +120,7 @@ class UpsertBackends:
                 "backends": [_backend_json(b) for b in self.backends]}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WriteService:
     state: FrontendState
     new: bool
@@ -142,7 +142,7 @@ class WriteService:
                 "affinity_timeout": s.affinity_timeout}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RemoveBackends:
     frontend: Frontend
     backends: tuple[BackendKey, ...]
@@ -156,7 +156,7 @@ class RemoveBackends:
                 "backends": [f"{a}:{p}" for a, p in self.backends]}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeleteService:
     frontend: Frontend
     port_name: ServicePortName
@@ -177,7 +177,7 @@ def op_frontend(op: Op) -> Frontend:
     return op.state.frontend if isinstance(op, WriteService) else op.frontend
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Plan:
     ops: tuple[Op, ...] = ()
 
