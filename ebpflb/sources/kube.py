@@ -54,6 +54,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from ebpflb.errors import SourceError
 from ebpflb.model import ServiceRef
 from ebpflb.sources.base import Changes, Snapshot
+from ebpflb.sources.compact import compact
 from ebpflb.sources.tracker import ENDPOINT_SLICE, NODE, SERVICE, ChangeTracker
 from ebpflb.sources.translate import SERVICE_PROXY_NAME_LABEL
 
@@ -349,7 +350,7 @@ class KubeSource:
             for item in page.get("items") or ():
                 item.setdefault("kind", res.kind)
                 item.setdefault("apiVersion", res.api_version)
-                objects[_name_of(res.kind, item)] = item
+                objects[_name_of(res.kind, item)] = compact(res.kind, item)
             meta = page.get("metadata") or {}
             rv = str(meta.get("resourceVersion") or "")
             token = meta.get("continue") or None
@@ -404,7 +405,7 @@ class KubeSource:
         if kind in ("ADDED", "MODIFIED"):
             obj.setdefault("kind", res.kind)
             obj.setdefault("apiVersion", res.api_version)
-            self._store.upsert(res.kind, obj)
+            self._store.upsert(res.kind, compact(res.kind, obj))
         elif kind == "DELETED":
             self._store.delete(res.kind, obj)
         elif kind != "BOOKMARK":

@@ -24,6 +24,7 @@ from ebpflb.dataplane.fake import FakeDataplane
 from ebpflb.errors import SourceError
 from ebpflb.model import Protocol, ServiceRef
 from ebpflb.sources.base import Snapshot
+from ebpflb.sources.compact import compact
 from ebpflb.sources.kube import Backoff, KubeSource
 from ebpflb.sources.translate import node_addresses, translate
 from ebpflb.sync.plan import DeleteService, desired_frontends
@@ -72,11 +73,14 @@ def names(objects: tuple[dict[str, Any], ...] | list[dict[str, Any]]) -> list[tu
 
 
 def expected(server: ApiServerStandIn) -> Snapshot:
-    """What the source must hold: what the server lists with kube-proxy's filters."""
-    services = [s for s in server.objects("Service")
+    """What the source must hold: what the server lists with kube-proxy's filters, in
+    the compact form the source keeps."""
+    services = [compact("Service", s) for s in server.objects("Service")
                 if "service.kubernetes.io/service-proxy-name" not in s["metadata"]["labels"]]
-    nodes = [n for n in server.objects("Node") if n["metadata"]["name"] == NODE_NAME]
-    return Snapshot(tuple(services), tuple(server.objects("EndpointSlice")), tuple(nodes))
+    slices = [compact("EndpointSlice", s) for s in server.objects("EndpointSlice")]
+    nodes = [compact("Node", n) for n in server.objects("Node")
+             if n["metadata"]["name"] == NODE_NAME]
+    return Snapshot(tuple(services), tuple(slices), tuple(nodes))
 
 
 def same(snap: Snapshot, want: Snapshot) -> bool:
