@@ -21,6 +21,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ebpflb.dataplane.base import Dataplane
+from ebpflb.gcpause import trim_heap
 from ebpflb.model import IPAddress, ServiceRef
 from ebpflb.sources.base import Source
 from ebpflb.sources.incremental import IncrementalTranslator, NeedsRebuild, Update
@@ -96,6 +97,7 @@ class Agent:
         self.full_syncs += 1
         # Read, translate, plan and write: the whole of a full sync, not just the write.
         self.last_full_sync_seconds = self.clock() - start
+        trim_heap()  # the previous translation and the list responses are garbage now
         return result
 
     def _incremental_sync(self) -> SyncResult:

@@ -11,10 +11,16 @@ became due runs once, at the first collection after the bulk work ends (~0.1 s a
 
 Process-wide, like the collector itself; nesting and threads are counted, so the
 threshold is restored only when the last holder leaves.
+
+``trim_heap()`` hands the memory a bulk step freed back to the kernel: glibc keeps
+freed heap pages (the list responses, the previous translation) mapped otherwise, and
+they count in the agent's RSS (~10 MB at 10,000 Services).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import threading
 from collections.abc import Iterator
@@ -52,3 +58,17 @@ def _leave() -> None:
         if _holders == 0:
             young, middle, _ = gc.get_threshold()
             gc.set_threshold(young, middle, _saved)
+
+
+def trim_heap() -> None:
+    """Return freed heap memory to the kernel (glibc's malloc_trim); a no-op elsewhere."""
+    global _libc
+    if _libc is None:
+        name = ctypes.util.find_library("c")
+        _libc = ctypes.CDLL(name) if name else False
+    trim = getattr(_libc, "malloc_trim", None) if _libc else None
+    if trim is not None:
+        trim(0)
+
+
+_libc: ctypes.CDLL | bool | None = None  # loaded on first use; False: no C library

@@ -6,7 +6,7 @@ from __future__ import annotations
 import gc
 import threading
 
-from ebpflb.gcpause import no_full_collections
+from ebpflb.gcpause import no_full_collections, trim_heap
 
 
 def test_the_oldest_threshold_is_held_and_restored() -> None:
@@ -66,3 +66,19 @@ def test_young_collections_go_on() -> None:
         gc.callbacks.remove(note)
     if gc.isenabled():
         assert 0 in counts and 2 not in counts
+
+
+def test_trim_heap_returns_freed_memory_to_the_kernel():
+    def rss_kb() -> int:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+    # ~60 MB in blocks too big for Python's own allocator (which unmaps its arenas by
+    # itself) and too small for malloc to give them their own mapping.
+    chunks = [bytes(1000) + b"x" for _ in range(60_000)]
+    keep = chunks[-1]  # holds the top of the heap, so a plain free() cannot shrink it
+    del chunks
+    before = rss_kb()
+    trim_heap()
+    assert rss_kb() < before - 20_000
+    assert keep.endswith(b"x")
