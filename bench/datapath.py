@@ -477,7 +477,6 @@ def testrun_cost(scales: tuple[int, ...], count: int) -> dict[str, Any]:
     from ebpflb.dataplane.bpf.writer import MapWriter
     from tests.bpf import packets as pk
 
-    client = "10.244.0.200"
     payload = b"GET / HTTP/1.1\r\n\r\n"
     mount = f"/run/ebpflb-bench-{secrets.token_hex(4)}"
     os.makedirs(mount)
@@ -499,7 +498,8 @@ def testrun_cost(scales: tuple[int, ...], count: int) -> dict[str, Any]:
                     t0 = time.monotonic()
                     writer.apply(plan.diff(writer.frontends, desired))
                     write_s = time.monotonic() - t0
-                    sport = 20000 + 3 * count * len(out["scales"])  # fresh flows per scale
+                    client = f"10.244.1.{len(out['scales']) + 1}"  # fresh flows per scale
+                    sport = 1024
                     established = pk.Flow(pk.TCP, client, probe_ip, sport, SVC_TCP_PORT)
                     first = prog_test_run(prog.fd, pk.frame(established, payload,
                                                             tcp_flags=pk.TCP_SYN))

@@ -130,8 +130,13 @@ class _Store:
             self._wake()
 
     def pending(self) -> bool:
+        """Whether a real change is pending; clears ``changed`` when none is (changes
+        that cancelled out woke the agent for nothing)."""
         with self.lock:
-            return self.tracker.pending()
+            pending = self.tracker.pending()
+            if not pending:
+                self.changed.clear()
+            return pending
 
     def snapshot(self) -> Snapshot:
         """Everything, ending the change period."""
@@ -147,8 +152,7 @@ class _Store:
             return self.tracker.take_changes()
 
     def _wake(self) -> None:
-        if self.tracker.pending():
-            self.changed.set()
+        self.changed.set()  # O(1) per event; pending() tells a real change from none
 
 
 class KubeSource:
