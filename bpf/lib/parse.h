@@ -31,9 +31,6 @@ struct l4_ports {
 #define IP4_MF			0x2000
 #define IP4_OFFSET		0x1fff
 
-/* Longest header chain parsed: Ethernet + IPv4 with options + TCP without options. */
-#define PKT4_MAX_HDR_LEN	(ETH_HLEN + 60 + TCP_HDR_LEN)
-
 /* What the later stages know about a translatable packet. */
 struct pkt4 {
 	__be32 saddr;
@@ -52,17 +49,18 @@ static __always_inline int pkt4_is_fragment(const struct iphdr *ip)
 	return (ip->frag_off & bpf_htons(IP4_MF | IP4_OFFSET)) != 0;
 }
 
-/* Headers may sit in paged data (GRO, some drivers): make them linear once, before
- * any packet pointer exists. A packet shorter than the chain is left as it is and
- * the bounds checks below then pass it untouched. */
-static __always_inline void pkt4_pull_headers(struct __sk_buff *skb)
+/* Make the first len bytes linear, when they are not already. Almost always they are
+ * (a sender puts every header in the skb's head), and then nothing is done: pulling
+ * un-clones the skb, which a TCP sender's packet always is, and copying its head
+ * would cost every packet, translated or not, about as much as all the rest of this
+ * program. 0, or PKT_PASS when the packet is shorter than len. */
+static __always_inline int pkt4_linear(struct __sk_buff *skb, __u32 len)
 {
-	__u32 want = skb->len < PKT4_MAX_HDR_LEN ? skb->len : PKT4_MAX_HDR_LEN;
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-
-	if (data + want > data_end)
-		bpf_skb_pull_data(skb, want);
+	if ((void *)(long)skb->data + len <= (void *)(long)skb->data_end)
+		return 0;
+	if (len > skb->len || bpf_skb_pull_data(skb, len) < 0)
+		return PKT_PASS;
+	return 0;
 }
 
 /* Fill pkt from the packet: 0 when it is translatable, else PKT_PASS/PKT_FRAGMENT. */
@@ -72,13 +70,13 @@ static __always_inline int pkt4_parse(struct __sk_buff *skb, struct pkt4 *pkt)
 	struct ethhdr *eth;
 	struct iphdr *ip;
 	struct l4_ports *ports;
-	__u32 ip_len, l4_off;
+	__u32 ip_len, l4_off, l4_len;
 
 	__builtin_memset(pkt, 0, sizeof(*pkt));
-	pkt4_pull_headers(skb);
+	if (pkt4_linear(skb, ETH_HLEN + sizeof(struct iphdr)))
+		return PKT_PASS;
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
-
 	eth = data;
 	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
 		return PKT_PASS;
@@ -94,23 +92,33 @@ static __always_inline int pkt4_parse(struct __sk_buff *skb, struct pkt4 *pkt)
 	if (ETH_HLEN + ip_len > skb->len)
 		return PKT_PASS;
 	l4_off = ETH_HLEN + ip->ihl * 4;
+	l4_len = ip->protocol == IP4_PROTO_TCP ? TCP_HDR_LEN : sizeof(struct udphdr);
+	if (ip_len < ip->ihl * 4 + l4_len)
+		return PKT_PASS;
+	pkt->proto = ip->protocol;
+
+	/* Up to the end of the TCP/UDP header; the pointers are re-derived after it. */
+	if (l4_off > ETH_HLEN + 60 || pkt4_linear(skb, l4_off + l4_len))
+		return PKT_PASS;
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	ip = data + ETH_HLEN;
 	ports = data + l4_off;
-	if (ip->protocol == IP4_PROTO_TCP) {
-		if ((void *)ports + TCP_HDR_LEN > data_end || ip_len < ip->ihl * 4 + TCP_HDR_LEN)
+	if ((void *)(ip + 1) > data_end)
+		return PKT_PASS;
+	if (pkt->proto == IP4_PROTO_TCP) {
+		if ((void *)ports + TCP_HDR_LEN > data_end)
 			return PKT_PASS;
 		pkt->csum_off = l4_off + TCP_CSUM_OFF;
 	} else {
-		if ((void *)ports + sizeof(struct udphdr) > data_end ||
-		    ip_len < ip->ihl * 4 + sizeof(struct udphdr))
+		if ((void *)ports + sizeof(struct udphdr) > data_end)
 			return PKT_PASS;
 		pkt->csum_off = l4_off + offsetof(struct udphdr, check);
 	}
-
 	pkt->saddr = ip->saddr;
 	pkt->daddr = ip->daddr;
 	pkt->sport = ports->source;
 	pkt->dport = ports->dest;
-	pkt->proto = ip->protocol;
 	pkt->l3_off = ETH_HLEN;
 	pkt->l4_off = l4_off;
 	return 0;
