@@ -211,6 +211,27 @@ def measure(tools: dict[str, Path], lab: topology.Lab, targets: dict[str, Target
     return out
 
 
+def empty_hook_runs(tools: dict[str, Path], lab: topology.Lab, load: Load) -> Runs:
+    """Direct runs with an empty tc program (it returns TC_ACT_OK) on every pod veth of
+    the node, attached as ebpflb attaches: the cost of the hook itself, which any tc
+    data path pays before it does anything."""
+    from bcc import BPF
+
+    from ebpflb.dataplane.bpf.attach import TcAttacher
+
+    prog = BPF(text="int empty(struct __sk_buff *skb) { return 0; }")
+    attacher = TcAttacher(prog.load_func("empty", BPF.SCHED_CLS).fd, netns=lab.node_ns)
+    try:
+        for ifname in attacher.veths():
+            attacher.attach(ifname)
+        return measure(tools, lab, {"direct": direct_target(lab)}, load)["direct"]
+    finally:
+        for ifname in attacher.attached():
+            attacher.detach(ifname)
+        attacher.close()
+        prog.cleanup()
+
+
 def direct_target(lab: topology.Lab) -> Target:
     """The pods' IPs: TCP connections spread over them at random by the client (the
     spread the load balancers give), UDP to the first."""
@@ -625,6 +646,7 @@ def run(quick: bool) -> dict[str, Any]:
 
     name = "b" + secrets.token_hex(3)[:5]
     rows: list[dict[str, Any]] = []
+    floor: dict[str, dict[str, float]] = {}
     context: dict[str, Any] = {}
     raw: dict[str, Any] = {}
     workdir = Path(tempfile.mkdtemp(prefix="ebpflb-bench-"))
@@ -639,6 +661,15 @@ def run(quick: bool) -> dict[str, Any]:
                 runs = measure(tools, built, {"direct": direct_target(built)}, load)["direct"]
                 raw[tag] = runs
                 return runs
+
+            log("== floor: an empty tc program on every pod veth (the hook's own cost)")
+            f0 = direct("floor/direct-0")
+            raw["floor/empty-tc"] = f_runs = empty_hook_runs(tools, built, load)
+            f1 = direct("floor/direct-1")
+            for proto in ("tcp", "udp"):
+                floor[proto] = ratios(summarize(f_runs[proto]), summarize(f0[proto] + f1[proto]))
+                log(f"   empty tc program {proto}: x{floor[proto]['rps']:.3f} req/s, "
+                    f"x{floor[proto]['p50']:.3f} p50 of direct")
 
             for n in scales:
                 log(f"== {n} Services")
@@ -719,6 +750,7 @@ def run(quick: bool) -> dict[str, Any]:
             "(worst case of the linear match); see bench/kubeproxy.py for what is left out",
         ],
         "rows": rows,
+        "empty_tc_program": floor,
         "flat": flat,
         "context": context,
         "testrun": tr,
@@ -749,6 +781,9 @@ def report(res: dict[str, Any]) -> None:
     for proto, f in res["flat"].items():
         log(f"   flat ({proto}): ebpflb x rps {f['ratio_rps_first']} at the smallest N, "
             f"{f['ratio_rps_last']} at the largest: {'flat' if f['flat'] else 'NOT flat'}")
+    for proto, rat in res["empty_tc_program"].items():
+        log(f"   floor ({proto}): an empty tc program on every veth alone gives x{rat['rps']} "
+            f"req/s of direct: the part of the gap that is the tc hook, not ebpflb")
     log("\n   tc program ns per packet (BPF_PROG_TEST_RUN, median of "
         f"{res['testrun']['count']:,} single runs per packet)")
     log(testrun_table(res["testrun"]))
