@@ -21,7 +21,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ebpflb.dataplane.base import Dataplane
-from ebpflb.gcpause import trim_heap
+from ebpflb.gcpause import freeze_survivors, no_full_collections, trim_heap
 from ebpflb.model import IPAddress, ServiceRef
 from ebpflb.sources.base import Source
 from ebpflb.sources.incremental import IncrementalTranslator, NeedsRebuild, Update
@@ -87,12 +87,14 @@ class Agent:
 
     def _full_sync(self) -> SyncResult:
         start = self.clock()
-        snap = self.source.load()
-        self.translator.node_addresses = self._node_addresses(snap.nodes)
-        update = self.translator.rebuild(snap.services, snap.slices)
-        self._translate_errors = update.errors
-        self._log_errors([*snap.errors, *update.errors])
-        result = self.syncer.sync(update.state)
+        with no_full_collections():
+            snap = self.source.load()
+            self.translator.node_addresses = self._node_addresses(snap.nodes)
+            update = self.translator.rebuild(snap.services, snap.slices)
+            self._translate_errors = update.errors
+            self._log_errors([*snap.errors, *update.errors])
+            result = self.syncer.sync(update.state)
+            freeze_survivors()  # see gcpause: no full collection walks them afterwards
         self._full = False
         self.full_syncs += 1
         # Read, translate, plan and write: the whole of a full sync, not just the write.

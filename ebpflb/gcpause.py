@@ -12,6 +12,13 @@ became due runs once, at the first collection after the bulk work ends (~0.1 s a
 Process-wide, like the collector itself; nesting and threads are counted, so the
 threshold is restored only when the last holder leaves.
 
+``freeze_survivors()`` ends a bulk step for good: what it built lives until the next
+one, so it is moved out of the collector's sight (``gc.freeze``). The full collection
+that became due then walks only what is young (~0.1 s at 10,000 Services otherwise,
+and again at every later full collection). Frozen objects are still freed by reference
+counting when they die; only a reference cycle among them would outlive its use, and
+the state built here holds none.
+
 ``trim_heap()`` hands the memory a bulk step freed back to the kernel: glibc keeps
 freed heap pages (the list responses, the previous translation) mapped otherwise, and
 they count in the agent's RSS (~10 MB at 10,000 Services).
@@ -58,6 +65,11 @@ def _leave() -> None:
         if _holders == 0:
             young, middle, _ = gc.get_threshold()
             gc.set_threshold(young, middle, _saved)
+
+
+def freeze_survivors() -> None:
+    """Every object alive now is long-lived: keep full collections from walking it."""
+    gc.freeze()
 
 
 def trim_heap() -> None:
