@@ -81,12 +81,13 @@ def read_status(state_dir: str) -> dict[str, Any]:
         raise EbpflbError(f"cannot read {path}: {e}") from e
     if data.get("version") != VERSION:
         raise EbpflbError(f"{path}: unknown version {data.get('version')!r}")
-    data["running"] = _pid_alive(int(data.get("pid", 0)))
+    data["running"] = pid_alive(int(data.get("pid", 0)))
     data["age"] = max(0.0, time.time() - float(data.get("written_at", 0)))
     return data
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (the agent that wrote a state file)."""
     if pid <= 0:
         return False
     try:

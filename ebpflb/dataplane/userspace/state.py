@@ -22,6 +22,7 @@ from typing import Any
 from ebpflb.dataplane.view import BackendView, ConnView, ServiceStats, ServiceView, StatsView
 from ebpflb.errors import DataplaneError
 from ebpflb.model import Frontend, FrontendKind, Protocol, ServicePortName, ServiceRef
+from ebpflb.status import pid_alive
 
 DEFAULT_STATE_DIR = "/run/ebpflb"
 STATE_FILE = "userspace.json"
@@ -57,16 +58,6 @@ def remove_state(state_dir: str) -> None:
         os.unlink(state_path(state_dir))
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _port_name(service: str | None, port: str | None, protocol: str) -> ServicePortName | None:
     if service is None:
         return None
@@ -94,7 +85,7 @@ class UserspaceInspector:
         if self.data.get("version") != VERSION:
             raise DataplaneError(f"{path}: unknown version {self.data.get('version')}")
         pid = int(self.data.get("pid", 0))
-        if check_pid and not _pid_alive(pid):
+        if check_pid and not pid_alive(pid):
             raise DataplaneError(f"the userspace data path is not running (agent pid {pid} "
                                  f"is gone; stale {path})")
         self.age = max(0.0, time.time() - float(self.data.get("written_at", time.time())))
