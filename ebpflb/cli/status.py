@@ -35,6 +35,8 @@ def status_text(d: dict[str, Any]) -> str:
         state = f"not running (pid {d['pid']} gone; status written {d['age']:.0f}s ago)"
     elif not d["synced"]:
         state = "starting: waiting for the source's first full read"
+        if d["stale"]:
+            state += f" (the source has been unreachable for {d['stale_seconds'] or 0:.0f}s)"
     elif d["stale"]:
         state = (f"STALE for {d['stale_seconds'] or 0:.0f}s: the source is unreachable; "
                  "the data path keeps the last synced state")

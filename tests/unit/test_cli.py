@@ -95,3 +95,11 @@ def test_status_of_a_dead_agent_or_none_exits_1(tmp_path):
 def test_table_aligns_columns():
     assert table(["A", "BB"], [["xyz", 1], ["q", 22]]).splitlines() == [
         "A    BB", "xyz  1", "q    22"]
+
+
+def test_status_of_an_agent_whose_source_never_answered(tmp_path):
+    write_status(str(tmp_path), _status(os.getpid(), synced=False, stale=True,
+                                        stale_seconds=7.0, syncs=0, full_syncs=0))
+    result = runner.invoke(app, ["status", "--state-dir", str(tmp_path)])
+    assert result.exit_code == 0
+    assert "starting" in result.output and "unreachable for 7s" in result.output
