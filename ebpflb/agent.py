@@ -24,7 +24,7 @@ from ebpflb.dataplane.base import Dataplane
 from ebpflb.gcpause import freeze_survivors, no_full_collections, trim_heap
 from ebpflb.model import IPAddress, ServiceRef
 from ebpflb.sources.base import Source
-from ebpflb.sources.incremental import IncrementalTranslator, NeedsRebuild, Update
+from ebpflb.sources.incremental import IncrementalTranslator, NeedsRebuild
 from ebpflb.sources.translate import ObjectError, node_addresses
 from ebpflb.status import AgentStatus, write_status
 from ebpflb.sync.plan import DeleteService, Plan, RemoveBackends
@@ -111,9 +111,9 @@ class Agent:
         refs = set(changes.services) | set(self._refused)
         if not refs:
             self._log_errors([*changes.errors, *self._translate_errors])
-            return SyncResult(Plan(), len(self.translator.state.entries), 0, 0.0)
+            return SyncResult(Plan(), len(self.translator.state.entries), 0.0)
         try:
-            update: Update = self.translator.update(
+            update = self.translator.update(
                 refs, service_of=self.source.service, slices_of=self.source.slices_of)
         except NeedsRebuild:
             log.debug("a frontend moved between Services: full sync")
@@ -224,7 +224,7 @@ class Agent:
             last_sync_seconds=result.seconds if result is not None else None,
             last_full_sync_seconds=self.last_full_sync_seconds,
             frontends=len(self.translator.state.entries),
-            backends=sum(len(e.backends) for e in self.translator.state.entries.values()),
+            backends=self.translator.backends,
             refused={str(ref): why for ref, why in self._refused.items()},
             skipped=len(self._logged_errors),
         )

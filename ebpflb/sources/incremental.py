@@ -43,12 +43,14 @@ class IncrementalTranslator:
         self._errors: dict[ServiceRef, tuple[ObjectError, ...]] = {}
         self._other_errors: tuple[ObjectError, ...] = ()
         self.state = DesiredState()
+        self.backends = 0  # backends of every entry, kept in step so no event counts all
 
     def rebuild(self, services: Iterable[Obj], slices: Iterable[Obj]) -> Update:
         """Translate everything (first sync, relist, node address change)."""
         result = translate_dicts(services, slices, node_name=self.node_name,
                                  node_addresses=self.node_addresses)
         self._entries = result.entries  # fresh dicts of our own: no copies needed
+        self.backends = sum(len(e.backends) for e in self._entries.values())
         self._info = result.services
         self._keys_of = result.keys_of
         self._errors = {}
@@ -78,9 +80,11 @@ class IncrementalTranslator:
                 if owner is not None and owner.port_name.service != ref:
                     raise _NeedsRebuild
             old_keys = self._keys_of.pop(ref, set())
+            self.backends -= sum(len(self._entries[k].backends) for k in old_keys)
             for key in old_keys - new_keys:
                 del self._entries[key]
             self._entries.update(result.state.entries)
+            self.backends += sum(len(e.backends) for e in result.state.entries.values())
             if new_keys:
                 self._keys_of[ref] = new_keys
             self._info.pop(ref, None)

@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 class SyncResult:
     plan: Plan  # what was applied
     frontends: int
-    backends: int
     seconds: float
     refused: Mapping[ServiceRef, str] = field(
         default_factory=lambda: MappingProxyType({}))  # Service -> why it did not fit
@@ -77,12 +76,10 @@ class Syncer:
                 plan = plan.without(self._keys_of(ref, plan, desired))
                 log.debug("refused Service %s: %s", ref, exc)  # the caller logs it
         elapsed = self.clock() - start
-        backends = sum(len(e.backends) for e in desired.entries.values())
-        result = SyncResult(plan, len(desired.entries), backends, elapsed,
-                            MappingProxyType(refused))
+        result = SyncResult(plan, len(desired.entries), elapsed, MappingProxyType(refused))
         if plan:
-            log.info("sync: %d frontends, %d backends; %s (%d ops) in %.1f ms",
-                     result.frontends, backends, plan.summary(), len(plan), elapsed * 1e3)
+            log.info("sync: %d frontends; %s (%d ops) in %.1f ms",
+                     result.frontends, plan.summary(), len(plan), elapsed * 1e3)
         return result
 
     def _owner(self, frontend: object, desired: DesiredState) -> ServiceRef | None:
@@ -97,9 +94,5 @@ class Syncer:
     def _keys_of(self, ref: ServiceRef, plan: Plan, desired: DesiredState
                  ) -> set[FrontendKey]:
         """The frontends in `plan` that belong to `ref`, as desired or as held."""
-        keys = set()
-        for op in plan.ops:
-            key = op_frontend(op).key
-            if self._owner(op_frontend(op), desired) == ref:
-                keys.add(key)
-        return keys
+        frontends = {op_frontend(op) for op in plan.ops}
+        return {fe.key for fe in frontends if self._owner(fe, desired) == ref}

@@ -56,6 +56,7 @@ def test_random_changes_match_a_full_translation():
         assert update.touched is not None
         full = translate(services.values(), slices.values()).state
         assert dict(update.state.entries) == dict(full.entries)
+        assert tr.backends == sum(len(e.backends) for e in full.entries.values())
         Syncer(dp_inc).sync(update.state, update.touched)
         Syncer(dp_full).sync(full)
         assert dp_inc.state == dp_full.state
