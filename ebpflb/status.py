@@ -13,7 +13,6 @@ and which Services were refused for lack of map room.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
@@ -21,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ebpflb.errors import EbpflbError
+from ebpflb.statefile import pid_alive, remove_file, write_json_atomic
 
 STATUS_FILE = "agent.json"
 VERSION = 1
@@ -53,18 +53,11 @@ def status_path(state_dir: str) -> str:
 
 
 def write_status(state_dir: str, status: AgentStatus) -> None:
-    """Write atomically: a reader sees the old file or the new one, never half."""
-    os.makedirs(state_dir, exist_ok=True)
-    path = status_path(state_dir)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(status.as_json(), f, separators=(",", ":"))
-    os.replace(tmp, path)
+    write_json_atomic(status_path(state_dir), status.as_json())
 
 
 def remove_status(state_dir: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(status_path(state_dir))
+    remove_file(status_path(state_dir))
 
 
 def read_status(state_dir: str) -> dict[str, Any]:
@@ -84,16 +77,3 @@ def read_status(state_dir: str) -> dict[str, Any]:
     data["running"] = pid_alive(int(data.get("pid", 0)))
     data["age"] = max(0.0, time.time() - float(data.get("written_at", 0)))
     return data
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists (the agent that wrote a state file)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -11,7 +11,6 @@ the file within about half a second of any traffic)."""
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import json
 import os
@@ -22,7 +21,7 @@ from typing import Any
 from ebpflb.dataplane.view import BackendView, ConnView, ServiceStats, ServiceView, StatsView
 from ebpflb.errors import DataplaneError
 from ebpflb.model import Frontend, FrontendKind, Protocol, ServicePortName, ServiceRef
-from ebpflb.status import pid_alive
+from ebpflb.statefile import pid_alive, remove_file, write_json_atomic
 
 DEFAULT_STATE_DIR = "/run/ebpflb"
 STATE_FILE = "userspace.json"
@@ -44,18 +43,11 @@ def snapshot(services: list[ServiceView], backends: list[BackendView], conns: li
 
 
 def write_state(state_dir: str, data: dict[str, Any]) -> None:
-    """Write atomically: a reader sees the old file or the new one, never half."""
-    os.makedirs(state_dir, exist_ok=True)
-    path = state_path(state_dir)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, separators=(",", ":"))
-    os.replace(tmp, path)
+    write_json_atomic(state_path(state_dir), data)
 
 
 def remove_state(state_dir: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(state_path(state_dir))
+    remove_file(state_path(state_dir))
 
 
 def _port_name(service: str | None, port: str | None, protocol: str) -> ServicePortName | None:
