@@ -91,8 +91,6 @@ def agent(
         raise typer.BadParameter("--min-sync-interval must be >= 0")
     if udp_idle_timeout <= 0:
         raise typer.BadParameter("--udp-idle-timeout must be > 0")
-    if manifests is not None and kubeconfig is not None:
-        raise typer.BadParameter("give one of --manifests DIR or --kubeconfig PATH, not both")
 
     # Handlers first: a SIGTERM that arrives while the program compiles must still
     # end in an orderly stop (and --cleanup), not in death by signal.

@@ -42,7 +42,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,13 +55,19 @@ from ebpflb.errors import SourceError
 from ebpflb.model import ServiceRef
 from ebpflb.sources.base import Changes, Snapshot
 from ebpflb.sources.compact import compact
-from ebpflb.sources.tracker import ENDPOINT_SLICE, NODE, SERVICE, ChangeTracker
+from ebpflb.sources.tracker import (
+    ENDPOINT_SLICE,
+    NODE,
+    SERVICE,
+    ChangeTracker,
+    Key,
+    object_key,
+)
 from ebpflb.sources.translate import SERVICE_PROXY_NAME_LABEL
 
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
-_Name = tuple[str, str]  # (namespace, name); namespace "" for Nodes
 
 HEADLESS_LABEL = "service.kubernetes.io/headless"
 # kube-proxy's selector for both Services and EndpointSlices.
@@ -118,7 +124,7 @@ class _Store:
             self._wake()
 
     def delete(self, kind: str, obj: Obj) -> None:
-        namespace, name = _name_of(kind, obj)
+        _, namespace, name = object_key(obj, kind=kind)
         with self.lock:
             self.tracker.delete(kind, namespace, name)
             self._wake()
@@ -337,7 +343,7 @@ class KubeSource:
         """List every page; replace the store's objects of this kind; return the list's
         resourceVersion."""
         start = time.monotonic()
-        objects: dict[_Name, Obj] = {}
+        objects: dict[Key, Obj] = {}
         token: str | None = None
         rv = ""
         while True:
@@ -354,7 +360,7 @@ class KubeSource:
             for item in page.get("items") or ():
                 item.setdefault("kind", res.kind)
                 item.setdefault("apiVersion", res.api_version)
-                objects[_name_of(res.kind, item)] = compact(res.kind, item)
+                objects[object_key(item, kind=res.kind)] = compact(res.kind, item)
             meta = page.get("metadata") or {}
             rv = str(meta.get("resourceVersion") or "")
             token = meta.get("continue") or None
@@ -523,15 +529,6 @@ def _shutdown(response: Any) -> None:
         response.shutdown()  # RuntimeError: already back in the pool, nothing to wake
     with contextlib.suppress(Exception):  # closing may race with the reading thread
         response.close()
-
-
-def _name_of(kind: str, obj: Mapping[str, Any]) -> _Name:
-    meta = obj.get("metadata")
-    name = meta.get("name") if isinstance(meta, Mapping) else None
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"{kind} without metadata.name")
-    namespace = "" if kind == NODE else str((meta or {}).get("namespace") or "default")
-    return (namespace, name)
 
 
 def _describe(e: BaseException) -> str:
