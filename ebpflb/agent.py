@@ -209,15 +209,14 @@ class Agent:
 
     def status(self) -> AgentStatus:
         result = self.last_result
-        stale_since = getattr(self.source, "stale_since", None)
+        stale_since = self.source.stale_since
         return AgentStatus(
             pid=os.getpid(),
             source=self.source.kind,
             dataplane=self.dataplane.name,
             synced=self._source_synced(),
             stale=bool(self.source.stale),
-            stale_seconds=(self.clock() - stale_since) if isinstance(stale_since, float)
-            else None,
+            stale_seconds=None if stale_since is None else self.clock() - stale_since,
             syncs=self.syncs,
             full_syncs=self.full_syncs,
             last_sync_at=self.last_sync_at,

@@ -73,6 +73,12 @@ class Source(Protocol):
         are kept meanwhile)."""
         ...
 
+    @property
+    def stale_since(self) -> float | None:
+        """When (on the agent's monotonic clock) the source began failing; None when
+        it is not stale."""
+        ...
+
     def poll(self) -> bool:
         """Whether something changed since the last ``load()``/``take_changes()``."""
         ...

@@ -72,6 +72,10 @@ class ManifestSource:
     def stale(self) -> bool:
         return False
 
+    @property
+    def stale_since(self) -> float | None:
+        return None
+
     def poll(self) -> bool:
         """Whether the directory changed since the last ``load()`` (True before the
         first one). Raises ``SourceError`` when the directory cannot be listed."""
