@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class Protocol(enum.StrEnum):
@@ -123,6 +124,14 @@ class ServiceEntry:
     port_name: ServicePortName
     backends: tuple[Backend, ...]  # every known endpoint, sorted; see `active`
     affinity_timeout: int = 0  # seconds of ClientIP session affinity; 0 = none
+    # The node address that clients of this frontend are source-NATed to (NodePort,
+    # external and load-balancer frontends under externalTrafficPolicy: Cluster, as
+    # kube-proxy masquerades them), so replies come back through this node; None keeps
+    # the client's address (ClusterIP, externalTrafficPolicy: Local).
+    snat_address: ipaddress.IPv4Address | None = None
+    # loadBalancerSourceRanges on a load-balancer frontend: only these clients are
+    # admitted; () admits every client.
+    source_ranges: tuple[IPNetwork, ...] = ()
 
     @property
     def active(self) -> tuple[Backend, ...]:

@@ -55,6 +55,7 @@ from ebpflb.model import (
     Frontend,
     FrontendKind,
     IPAddress,
+    IPNetwork,
     Protocol,
     ServiceEntry,
     ServiceInfo,
@@ -237,6 +238,7 @@ class _Service(NamedTuple):
     affinity_timeout: int = 0
     external_local: bool = False
     internal_local: bool = False
+    source_ranges: tuple[IPNetwork, ...] = ()
 
 
 def _parse_service(obj: Obj, errors: list[ObjectError]) -> _Service | None:
@@ -271,8 +273,14 @@ def _parse_service(obj: Obj, errors: list[ObjectError]) -> _Service | None:
         errors.append(_error("Service", ref, message))
 
     lb_ips: tuple[IPAddress, ...] = ()
+    ranges: tuple[IPNetwork, ...] = ()
     if svc_type is ServiceType.LOAD_BALANCER:
         lb_ips = _ingress_ips(spec, obj.get("status"), report)
+        try:
+            ranges = _source_ranges(spec.get("loadBalancerSourceRanges"))
+        except _Invalid as e:  # never admit more than the user asked: no LB frontends
+            report(f"{e}; load-balancer addresses skipped")
+            lb_ips = ()
     return _Service(  # positionally: keywords make a NamedTuple ~1.7x as costly
         info,
         address,
@@ -282,6 +290,7 @@ def _parse_service(obj: Obj, errors: list[ObjectError]) -> _Service | None:
         affinity,
         external_local,
         internal_local,
+        ranges,
     )
 
 
@@ -386,6 +395,22 @@ def _check_distinct(port: _Port, other: _Port) -> None:
         other.protocol,
     ):
         raise _Invalid(f"nodePort {port.node_port}/{port.protocol} is already used")
+
+
+def _source_ranges(values: Any) -> tuple[IPNetwork, ...]:
+    """spec.loadBalancerSourceRanges as networks (host bits set are an error, as the
+    API server says); IPv6 ones are kept so that a list of only IPv6 ranges still
+    restricts the Service (it then admits no IPv4 client)."""
+    if values is None:
+        return ()
+    found: list[IPNetwork] = []
+    for value in _list(values, "spec.loadBalancerSourceRanges"):
+        try:
+            found.append(ipaddress.ip_network(_string(value, "a source range").strip()))
+        except ValueError:
+            raise _Invalid(
+                f"spec.loadBalancerSourceRanges: {value!r} is not a CIDR") from None
+    return tuple(dict.fromkeys(found))
 
 
 def _ingress_ips(spec: Obj, status: Any, report: _Report) -> tuple[IPAddress, ...]:
@@ -560,20 +585,32 @@ def _entries(
             local = tuple(b for b in every if b.node == node_name)
             internal = local if svc.internal_local else every
             external = local if svc.external_local else every
-        frontends: list[tuple[IPAddress, int, FrontendKind, tuple[Backend, ...]]] = [
-            (svc.address, port.port, FrontendKind.CLUSTER_IP, internal)
-        ]
+        entries.append(ServiceEntry(Frontend(svc.address, port.port, port.protocol),
+                                    name, internal, svc.affinity_timeout))
+        frontends: list[tuple[IPAddress, int, FrontendKind]] = []
         if node_port_type and port.node_port is not None:
-            frontends += [(a, port.node_port, FrontendKind.NODE_PORT, external) for a in nodes]
+            frontends += [(a, port.node_port, FrontendKind.NODE_PORT) for a in nodes]
         if svc.external:  # the common case has none: no empty comprehensions
-            frontends += [(a, port.port, FrontendKind.EXTERNAL, external) for a in svc.external]
+            frontends += [(a, port.port, FrontendKind.EXTERNAL) for a in svc.external]
         if svc.load_balancer:
-            frontends += [(a, port.port, FrontendKind.LOAD_BALANCER, external)
-                          for a in svc.load_balancer]
-        for address, number, kind, chosen in frontends:
-            frontend = Frontend(address, number, port.protocol, kind)
-            entries.append(ServiceEntry(frontend, name, chosen, svc.affinity_timeout))
+            frontends += [(a, port.port, FrontendKind.LOAD_BALANCER) for a in svc.load_balancer]
+        for address, number, kind in frontends:
+            entries.append(ServiceEntry(
+                Frontend(address, number, port.protocol, kind), name, external,
+                svc.affinity_timeout, _snat_address(svc, kind, address, nodes),
+                svc.source_ranges if kind is FrontendKind.LOAD_BALANCER else ()))
     return entries
+
+
+def _snat_address(svc: _Service, kind: FrontendKind, address: IPAddress,
+                  nodes: tuple[IPAddress, ...]) -> ipaddress.IPv4Address | None:
+    """What external clients are source-NATed to: nothing under externalTrafficPolicy:
+    Local (the client's address is kept); else the node address the NodePort was
+    reached at, or the node's first address for an external or load-balancer IP."""
+    if svc.external_local:
+        return None
+    chosen = address if kind is FrontendKind.NODE_PORT else (nodes[0] if nodes else None)
+    return chosen if isinstance(chosen, ipaddress.IPv4Address) else None
 
 
 # --- Field helpers -----------------------------------------------------------------------

@@ -9,7 +9,8 @@ new backends visible), then backends that left a service, and removed services l
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Address
 from itertools import pairwise
 
 from ebpflb.gcpause import no_full_collections
@@ -19,6 +20,7 @@ from ebpflb.model import (
     Frontend,
     FrontendKind,
     IPAddress,
+    IPNetwork,
     Protocol,
     ServiceEntry,
     ServicePortName,
@@ -67,6 +69,8 @@ class FrontendState:
     backends: tuple[BackendState, ...]  # sorted by key
     slots: tuple[BackendKey, ...]  # active backends, in slot order
     affinity_timeout: int = 0
+    snat_address: IPv4Address | None = None  # see ServiceEntry
+    source_ranges: tuple[IPNetwork, ...] = ()
 
     @property
     def kind(self) -> FrontendKind:
@@ -84,6 +88,8 @@ class FrontendState:
                                 for b in entry.backends]),
                 slots=tuple([b.key for b in entry.backends]),
                 affinity_timeout=entry.affinity_timeout,
+                snat_address=entry.snat_address,
+                source_ranges=entry.source_ranges,
             )
         usable = entry.active
         everyone = len(usable) == len(entry.backends)  # no key set needed
@@ -100,11 +106,17 @@ class FrontendState:
             # sorted(active), from the backends' order; a key may occur twice there
             slots=tuple(dict.fromkeys(b.key for b in backends if b.active)),
             affinity_timeout=entry.affinity_timeout,
+            snat_address=entry.snat_address,
+            source_ranges=entry.source_ranges,
         )
 
     def service_fields(self) -> tuple[object, ...]:
         """What the service entry itself encodes (not its backends)."""
-        return (self.frontend.kind, self.port_name, self.slots, self.affinity_timeout)
+        return (self.frontend.kind, self.port_name, self.slots, self.affinity_timeout,
+                self.snat_address, self.source_ranges)
+
+    def with_backends(self, backends: tuple[BackendState, ...]) -> FrontendState:
+        return replace(self, backends=backends)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +143,8 @@ class WriteService:
         return (
             f"{sign} service {s.frontend} {s.port_name} [{s.kind}] "
             f"slots={len(s.slots)} affinity={s.affinity_timeout}s"
+            + (f" snat={s.snat_address}" if s.snat_address else "")
+            + (f" ranges={','.join(map(str, s.source_ranges))}" if s.source_ranges else "")
         )
 
     def as_json(self) -> dict[str, object]:
@@ -139,7 +153,9 @@ class WriteService:
                 "frontend": str(s.frontend), "service": str(s.port_name.service),
                 "port_name": s.port_name.port, "kind": str(s.kind),
                 "slots": [f"{a}:{p}" for a, p in s.slots],
-                "affinity_timeout": s.affinity_timeout}
+                "affinity_timeout": s.affinity_timeout,
+                "snat_address": str(s.snat_address) if s.snat_address else None,
+                "source_ranges": [str(r) for r in s.source_ranges]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,7 +308,5 @@ def apply_to(
     result: dict[FrontendKey, FrontendState] = {}
     for key, st in out.items():
         backends = tuple(sorted(pending.get(key, {}).values()))
-        result[key] = FrontendState(
-            st.frontend, st.port_name, backends, st.slots, st.affinity_timeout
-        )
+        result[key] = st.with_backends(backends)
     return result

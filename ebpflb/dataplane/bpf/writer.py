@@ -212,9 +212,7 @@ class MapWriter:
         if st is not None:
             merged = {b.key: b for b in st.backends}
             merged.update((b.key, b) for b in op.backends)
-            self.frontends[op.frontend.key] = FrontendState(
-                st.frontend, st.port_name, tuple(sorted(merged.values())), st.slots,
-                st.affinity_timeout)
+            self.frontends[op.frontend.key] = st.with_backends(tuple(sorted(merged.values())))
 
     def _reset_stats(self, sid: int) -> None:
         if sid in self._dirty_stats:
@@ -269,9 +267,8 @@ class MapWriter:
             st = self.frontends.get(op.frontend.key)
             if st is not None:
                 gone = set(op.backends)
-                self.frontends[op.frontend.key] = FrontendState(
-                    st.frontend, st.port_name, tuple(b for b in st.backends if b.key not in gone),
-                    st.slots, st.affinity_timeout)
+                self.frontends[op.frontend.key] = st.with_backends(
+                    tuple(b for b in st.backends if b.key not in gone))
         batch.delete(self.maps.backends)
 
     def _delete_services(self, ops: list[DeleteService]) -> None:
