@@ -1,6 +1,7 @@
 /* ebpflb_tc.c: the tc entry program, attached (direct-action) at ingress of the
- * pod-facing veths. A packet to a service frontend is sent to one of its backends
- * (daddr/dport rewritten), a backend's reply is sent back as from the frontend
+ * pod-facing veths and of the node's uplinks. A packet to a service frontend is sent
+ * to one of its backends (daddr/dport rewritten; the source too for external traffic
+ * and hairpin), a backend's reply (or ICMP error) is sent back as from the frontend
  * (saddr/sport rewritten); everything else passes untouched. Built by
  * ebpflb/dataplane/bpf/loader.py with -I<bpf dir> and -D PIN_DIR/MAX_* flags. */
 #include <uapi/linux/pkt_cls.h>
@@ -14,7 +15,9 @@
 #include "lib/nat.h"
 #include "lib/stats.h"
 #include "lib/lb.h"
+#include "lib/affinity.h"
 #include "lib/ct.h"
+#include "lib/icmp.h"
 
 /* Map accessors declared in lib/maps.h: bcc rewrites map calls in this file only. */
 static __always_inline struct lb4_service *map_svc4_lookup(struct lb4_key *key)
@@ -26,18 +29,62 @@ static __always_inline struct lb4_backend *map_be4_lookup(__u32 *id)
 static __always_inline struct lb4_rnat *map_rnat4_lookup(__u32 *id)
 { return ebpflb_rnat4.lookup(id); }
 static __always_inline struct ct4_value *map_ct4_lookup(struct ct4_key *key)
-{ return ebpflb_ct4.lookup(key); }
+{ return ebpflb_ct4_v2.lookup(key); }
 static __always_inline int map_ct4_update(struct ct4_key *key, struct ct4_value *value)
-{ return ebpflb_ct4.update(key, value); }
+{ return ebpflb_ct4_v2.update(key, value); }
+static __always_inline int map_ct4_insert(struct ct4_key *key, struct ct4_value *value)
+{ return ebpflb_ct4_v2.insert(key, value); }
 static __always_inline int map_ct4_delete(struct ct4_key *key)
-{ return ebpflb_ct4.delete(key); }
+{ return ebpflb_ct4_v2.delete(key); }
 static __always_inline struct lb_stats *map_svcstat_lookup(__u32 *id)
 { return ebpflb_svcstat.lookup(id); }
 static __always_inline __u64 *map_gstat_lookup(__u32 *index)
-{ return ebpflb_gstat.lookup(index); }
+{ return ebpflb_gstat_v2.lookup(index); }
+static __always_inline struct aff4_value *map_aff4_lookup(struct aff4_key *key)
+{ return ebpflb_aff4.lookup(key); }
+static __always_inline int map_aff4_update(struct aff4_key *key, struct aff4_value *value)
+{ return ebpflb_aff4.update(key, value); }
+static __always_inline __u8 *map_srcr4_lookup(struct srcrange4_key *key)
+{ return ebpflb_srcr4.lookup(key); }
+
+/* Choose a backend for a new flow of svc: the client's affinity backend when it has a
+ * valid one, else a random slot (remembered for affinity). 0 or DROP_*. */
+static __always_inline int lb4_choose(const struct lb4_service *svc, const struct pkt4 *pkt,
+				      __u32 *backend_id, struct lb4_backend **be)
+{
+	int ret;
+
+	if (svc->affinity_timeout) {
+		*be = aff4_lookup(svc, pkt->saddr, backend_id);
+		if (*be) {
+			stats_global_inc(GSTAT_AFFINITY_HIT);
+			aff4_record(svc, pkt->saddr, *backend_id);
+			return 0;
+		}
+	}
+	ret = lb4_select_backend(svc, backend_id, be);
+	if (ret == 0 && svc->affinity_timeout)
+		aff4_record(svc, pkt->saddr, *backend_id);
+	return ret;
+}
+
+/* The address a new flow to backend be is source-NATed to, or 0: a pod sent to itself
+ * gets the hairpin address (else it would answer itself directly), external traffic
+ * under externalTrafficPolicy: Cluster the node address (so replies return here). */
+static __always_inline __be32 lb4_snat_address(const struct lb4_service *svc,
+					       const struct pkt4 *pkt,
+					       const struct lb4_backend *be)
+{
+	if (be->address == pkt->saddr) {
+		stats_global_inc(GSTAT_HAIRPIN);
+		return bpf_htonl(HAIRPIN_ADDRESS);
+	}
+	return svc->snat_address;
+}
 
 /* Client -> frontend: keep the flow's backend while it is valid, else choose one and
- * record the flow; then rewrite the destination to the backend. 0 or DROP_*. */
+ * record the flow; then rewrite the destination to the backend, and the source to the
+ * flow's NAT address if it has one. 0 or DROP_*. */
 static __always_inline int lb4_forward(struct __sk_buff *skb, const struct pkt4 *pkt,
 				       const struct lb4_service *svc)
 {
@@ -45,6 +92,8 @@ static __always_inline int lb4_forward(struct __sk_buff *skb, const struct pkt4 
 	struct ct4_value *ct;
 	__u32 backend_id = 0, svc_id = svc->id;
 	__u32 event = GSTAT_NEW_FLOW;
+	__be32 snat_addr = 0;
+	__be16 snat_port = 0;
 	int ret;
 
 	ct = ct4_lookup(pkt, CT_DIR_SERVICE);
@@ -52,23 +101,34 @@ static __always_inline int lb4_forward(struct __sk_buff *skb, const struct pkt4 
 		be = lb4_lookup_backend(ct->backend_id, svc_id);
 		if (be && ct4_matches_backend(ct, svc_id, be)) {
 			backend_id = ct->backend_id;
+			snat_addr = ct->peer_address;
+			snat_port = ct->peer_port;
 			ct4_touch(ct);
 			event = GSTAT_CT_HIT;
 		} else {
 			be = NULL;
 			event = GSTAT_RESELECT;
-			ct4_delete_reply(pkt, ct->nat_address, ct->nat_port);
+			ct4_delete_reply(pkt, ct);
 		}
 	}
 	if (!be) {
-		ret = lb4_select_backend(svc, &backend_id, &be);
+		if (!lb4_source_allowed(svc, pkt->saddr)) {
+			stats_global_inc(GSTAT_SOURCE_RANGE_DROP);
+			return DROP_SOURCE_RANGE;
+		}
+		ret = lb4_choose(svc, pkt, &backend_id, &be);
 		if (ret < 0)
 			return ret;
-		ret = ct4_create(pkt, svc_id, backend_id, be);
+		snat_addr = lb4_snat_address(svc, pkt, be);
+		ret = ct4_create(pkt, svc_id, backend_id, be, snat_addr, &snat_port);
 		if (ret < 0)
 			return ret;
+		if (snat_addr)
+			stats_global_inc(GSTAT_SNAT);
 	}
 	ret = nat4_rewrite_dst(skb, pkt, be->address, be->port);
+	if (ret == 0 && snat_addr)
+		ret = nat4_rewrite_src(skb, pkt, snat_addr, snat_port);
 	if (ret < 0)
 		return ret;
 	stats_global_inc(event);
@@ -76,8 +136,9 @@ static __always_inline int lb4_forward(struct __sk_buff *skb, const struct pkt4 
 	return 0;
 }
 
-/* Backend -> client of a tracked flow: rewrite the source to the service's frontend.
- * A flow whose service is gone passes untouched. 0 or DROP_*. */
+/* Backend -> client of a tracked flow: rewrite the source to the service's frontend,
+ * and the destination back to the client when the flow was source-NATed. A flow whose
+ * service is gone passes untouched. 0 or DROP_*. */
 static __always_inline int lb4_reverse(struct __sk_buff *skb, const struct pkt4 *pkt)
 {
 	struct ct4_value *ct;
@@ -91,6 +152,8 @@ static __always_inline int lb4_reverse(struct __sk_buff *skb, const struct pkt4 
 	if (!rnat)
 		return 0;
 	ret = nat4_rewrite_src(skb, pkt, rnat->address, rnat->port);
+	if (ret == 0 && ct->peer_address)
+		ret = nat4_rewrite_dst(skb, pkt, ct->peer_address, ct->peer_port);
 	if (ret < 0)
 		return ret;
 	ct4_touch(ct);
@@ -108,7 +171,9 @@ int ebpflb_tc(struct __sk_buff *skb)
 	ret = pkt4_parse(skb, &pkt);
 	if (ret == PKT_FRAGMENT)
 		stats_global_inc(GSTAT_FRAGMENT);
-	if (ret == 0) {
+	if (ret == PKT_ICMP)
+		ret = icmp4_reverse(skb, &pkt);
+	else if (ret == 0) {
 		svc = lb4_lookup_service(&pkt);
 		ret = svc ? lb4_forward(skb, &pkt, svc) : lb4_reverse(skb, &pkt);
 	}

@@ -18,8 +18,9 @@ struct lb4_service {
 	__u32 id;		/* frontend id: slot, reverse-NAT and stats index, 1..MAX_SERVICES-1 */
 	__u16 count;		/* backend slots usable by new flows (0 = no backend: drop) */
 	__u16 flags;		/* SVC_F_* */
-	__u32 affinity_timeout;	/* seconds of ClientIP affinity, 0 = none (reserved) */
-	__u32 pad;
+	__u32 affinity_timeout;	/* seconds of ClientIP affinity, 0 = none */
+	__be32 snat_address;	/* new flows' clients are source-NATed to this node
+				 * address (externalTrafficPolicy: Cluster); 0 = keep */
 };
 
 /* Slot map key: the slot-th backend of a service, 0 <= slot < count. */
@@ -66,6 +67,32 @@ struct ct4_value {
 	__be32 nat_address;	/* SERVICE: backend address; REPLY: frontend address */
 	__be16 nat_port;	/* SERVICE: backend port; REPLY: frontend port */
 	__u16 flags;		/* CT_F_* */
+	__be32 peer_address;	/* SERVICE: the source the flow is NATed to (node address
+				 * or hairpin address); REPLY: the client replies go back
+				 * to; 0 = no source NAT */
+	__be16 peer_port;
+	__u16 pad;
+};
+
+/* Session affinity map key: one client of one frontend. */
+struct aff4_key {
+	__be32 client;
+	__u32 svc_id;
+};
+
+/* Session affinity map value. */
+struct aff4_value {
+	__u64 last_ns;		/* bpf_ktime_get_ns() when a new flow last used it */
+	__u32 backend_id;
+	__u32 pad;
+};
+
+/* Source-range map key (an LPM trie): prefixlen counts svc_id's 32 bits, which always
+ * match whole, plus the range's own prefix length. */
+struct srcrange4_key {
+	__u32 prefixlen;
+	__u32 svc_id;
+	__be32 address;
 };
 
 /* Per-frontend counters (per-CPU array indexed by frontend id). */
@@ -90,7 +117,10 @@ _Static_assert(sizeof(struct lb4_slot_key) == 8, "lb4_slot_key");
 _Static_assert(sizeof(struct lb4_backend) == 12, "lb4_backend");
 _Static_assert(sizeof(struct lb4_rnat) == 8, "lb4_rnat");
 _Static_assert(sizeof(struct ct4_key) == 16, "ct4_key");
-_Static_assert(sizeof(struct ct4_value) == 32, "ct4_value");
+_Static_assert(sizeof(struct ct4_value) == 40, "ct4_value");
+_Static_assert(sizeof(struct aff4_key) == 8, "aff4_key");
+_Static_assert(sizeof(struct aff4_value) == 16, "aff4_value");
+_Static_assert(sizeof(struct srcrange4_key) == 12, "srcrange4_key");
 _Static_assert(sizeof(struct lb_stats) == 32, "lb_stats");
 _Static_assert(sizeof(struct lb_svc_meta) == 144, "lb_svc_meta");
 

@@ -15,12 +15,30 @@
 #ifndef MAX_CONNTRACK
 #define MAX_CONNTRACK 262144	/* conntrack entries (two per flow) */
 #endif
+#ifndef MAX_AFFINITY
+#define MAX_AFFINITY 65536	/* (client, frontend) session-affinity entries */
+#endif
+#ifndef MAX_SRC_RANGES
+#define MAX_SRC_RANGES 16384	/* loadBalancerSourceRanges entries, all frontends */
+#endif
+
+/* Source NAT (NodePort/external traffic under externalTrafficPolicy: Cluster, and
+ * hairpin): ports are taken from above the default ephemeral range (32768-60999), so
+ * they meet neither the node's own sockets nor the NodePort range. */
+#define NAT_PORT_MIN		61000
+#define NAT_PORT_COUNT		4536	/* 61000..65535 */
+#define NAT_PORT_TRIES		16	/* bounded search for a free port */
+/* A pod reaching its own Service is source-NATed to this link-local address, so its
+ * answer (to an address not its own) comes back through the node to be translated. */
+#define HAIRPIN_ADDRESS		0xa9fe2a01	/* 169.254.42.1, host order */
+#define NSEC_PER_SEC		1000000000ULL
 
 /* lb4_service.flags: the frontend's kind, for inspection. */
 #define SVC_F_CLUSTERIP		0x0001
 #define SVC_F_NODEPORT		0x0002
 #define SVC_F_EXTERNAL		0x0004
 #define SVC_F_LOADBALANCER	0x0008
+#define SVC_F_SRC_RANGES	0x0010	/* only clients in ebpflb_srcr4 are admitted */
 
 /* lb4_backend.flags */
 #define BE_F_ACTIVE		0x01	/* in the slot list (gets new flows) */
@@ -39,6 +57,12 @@
 #define GSTAT_FRAGMENT		5	/* IP fragment passed untouched */
 #define GSTAT_CT_FULL		6	/* conntrack insert failed: packet dropped */
 #define GSTAT_BACKEND_MISSING	7	/* dropped: slot names a backend that is not there */
-#define GSTAT_MAX		8
+#define GSTAT_SOURCE_RANGE_DROP	8	/* dropped: client outside loadBalancerSourceRanges */
+#define GSTAT_SNAT		9	/* new flow source-NATed (external traffic, hairpin) */
+#define GSTAT_NAT_PORT_FULL	10	/* dropped: no free source-NAT port found */
+#define GSTAT_AFFINITY_HIT	11	/* new flow sent to its client's affinity backend */
+#define GSTAT_HAIRPIN		12	/* new flow of a pod to its own Service and itself */
+#define GSTAT_ICMP_ERROR	13	/* ICMP error about a flow reverse-translated */
+#define GSTAT_MAX		16	/* room for more without a new map */
 
 #endif

@@ -1,7 +1,10 @@
 /* ct.h: connection tracking. A translated flow has two entries in ebpflb_ct4: the
  * SERVICE one (client -> frontend, keyed as the client sends) names the backend, so
  * the flow keeps it while backends change; the REPLY one (backend -> client, keyed as
- * the backend answers) names the service whose frontend replies are rewritten to. */
+ * the backend answers) names the service whose frontend replies are rewritten to.
+ * A source-NATed flow (external traffic to a backend anywhere, a pod reaching itself)
+ * is answered to the NAT address and port: its REPLY entry is keyed so, and names the
+ * client (peer) that replies go back to. */
 #ifndef EBPFLB_CT_H
 #define EBPFLB_CT_H
 
@@ -47,45 +50,94 @@ static __always_inline int ct4_matches_backend(const struct ct4_value *ct, __u32
 	       be->port == ct->nat_port;
 }
 
-/* Forget the REPLY entry of a flow that was sent to old_addr:old_port (its backend is
- * gone and the flow is moving to another one). */
-static __always_inline void ct4_delete_reply(const struct pkt4 *pkt, __be32 old_addr,
-					     __be16 old_port)
+/* The REPLY key of the flow whose SERVICE entry is ct: the backend answers the client,
+ * or the source-NAT address and port the flow was given. */
+static __always_inline void ct4_reply_key(struct ct4_key *key, const struct pkt4 *pkt,
+					  const struct ct4_value *ct)
+{
+	__be32 daddr = ct->peer_address ? ct->peer_address : pkt->saddr;
+	__be16 dport = ct->peer_address ? ct->peer_port : pkt->sport;
+
+	ct4_key_init(key, ct->nat_address, daddr, ct->nat_port, dport, pkt->proto,
+		     CT_DIR_REPLY);
+}
+
+/* Forget the REPLY entry of the flow whose SERVICE entry is ct (its backend is gone
+ * and the flow is moving to another one). */
+static __always_inline void ct4_delete_reply(const struct pkt4 *pkt, const struct ct4_value *ct)
 {
 	struct ct4_key key;
 
-	ct4_key_init(&key, old_addr, pkt->saddr, old_port, pkt->sport, pkt->proto,
-		     CT_DIR_REPLY);
+	ct4_reply_key(&key, pkt, ct);
 	map_ct4_delete(&key);
 }
 
-/* Write (or overwrite) both entries of the packet's flow, now sent to backend be.
- * 0 or DROP_CT_FULL (counted; the SERVICE entry is rolled back). */
+/* Claim a free source-NAT port for a flow to be->address:be->port from snat_addr: the
+ * REPLY entry is inserted only where none exists, trying up to NAT_PORT_TRIES ports
+ * from a random start. Fills *key and value->peer_port; 0 or DROP_NAT_PORT_FULL. */
+static __always_inline int ct4_insert_snat_reply(struct ct4_key *key, struct ct4_value *value,
+						 const struct pkt4 *pkt,
+						 const struct lb4_backend *be, __be32 snat_addr,
+						 __be16 *snat_port)
+{
+	__u32 first = bpf_get_prandom_u32() % NAT_PORT_COUNT;
+	__u32 i;
+
+	for (i = 0; i < NAT_PORT_TRIES; i++) {
+		__be16 port = bpf_htons(NAT_PORT_MIN + (first + i) % NAT_PORT_COUNT);
+
+		ct4_key_init(key, be->address, snat_addr, be->port, port, pkt->proto,
+			     CT_DIR_REPLY);
+		if (map_ct4_insert(key, value) == 0) {
+			*snat_port = port;
+			return 0;
+		}
+	}
+	stats_global_inc(GSTAT_NAT_PORT_FULL);
+	return DROP_NAT_PORT_FULL;
+}
+
+/* Write (or overwrite) both entries of the packet's flow, now sent to backend be, and
+ * with snat_addr != 0 source-NATed to snat_addr and a free port (set in *snat_port).
+ * 0 or a DROP_* code (counted; nothing is left half-written). */
 static __always_inline int ct4_create(const struct pkt4 *pkt, __u32 svc_id,
-				      __u32 backend_id, const struct lb4_backend *be)
+				      __u32 backend_id, const struct lb4_backend *be,
+				      __be32 snat_addr, __be16 *snat_port)
 {
 	struct ct4_key svc_key, reply_key;
 	struct ct4_value value;
 	__u64 now = bpf_ktime_get_ns();
+	int ret;
 
-	ct4_key_init(&svc_key, pkt->saddr, pkt->daddr, pkt->sport, pkt->dport, pkt->proto,
-		     CT_DIR_SERVICE);
 	__builtin_memset(&value, 0, sizeof(value));
 	value.created_ns = now;
 	value.last_seen_ns = now;
 	value.backend_id = backend_id;
 	value.svc_id = svc_id;
-	value.nat_address = be->address;
-	value.nat_port = be->port;
-	if (map_ct4_update(&svc_key, &value) < 0)
-		goto full;
-
-	ct4_key_init(&reply_key, be->address, pkt->saddr, be->port, pkt->sport, pkt->proto,
-		     CT_DIR_REPLY);
+	/* REPLY first: with source NAT it is what claims the port. */
 	value.nat_address = pkt->daddr;
 	value.nat_port = pkt->dport;
-	if (map_ct4_update(&reply_key, &value) < 0) {
-		map_ct4_delete(&svc_key);
+	if (snat_addr) {
+		value.peer_address = pkt->saddr;
+		value.peer_port = pkt->sport;
+		ret = ct4_insert_snat_reply(&reply_key, &value, pkt, be, snat_addr, snat_port);
+		if (ret < 0)
+			return ret;
+	} else {
+		ct4_key_init(&reply_key, be->address, pkt->saddr, be->port, pkt->sport,
+			     pkt->proto, CT_DIR_REPLY);
+		if (map_ct4_update(&reply_key, &value) < 0)
+			goto full;
+	}
+
+	ct4_key_init(&svc_key, pkt->saddr, pkt->daddr, pkt->sport, pkt->dport, pkt->proto,
+		     CT_DIR_SERVICE);
+	value.nat_address = be->address;
+	value.nat_port = be->port;
+	value.peer_address = snat_addr;
+	value.peer_port = snat_addr ? *snat_port : 0;
+	if (map_ct4_update(&svc_key, &value) < 0) {
+		map_ct4_delete(&reply_key);
 		goto full;
 	}
 	return 0;

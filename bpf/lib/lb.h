@@ -1,6 +1,6 @@
 /* lb.h: service lookup and backend selection: which backend a new flow gets (random
- * slot, as kube-proxy and Cilium do by default), and whether a backend is still one
- * of its service's. */
+ * slot, as kube-proxy and Cilium do by default), whether a backend is still one of its
+ * service's, and whether a client may use a frontend at all (source ranges). */
 #ifndef EBPFLB_LB_H
 #define EBPFLB_LB_H
 
@@ -37,6 +37,21 @@ static __always_inline struct lb4_backend *lb4_lookup_backend(__u32 backend_id, 
 static __always_inline struct lb4_rnat *lb4_lookup_rnat(__u32 svc_id)
 {
 	return map_rnat4_lookup(&svc_id);
+}
+
+/* Whether svc admits a new flow from saddr: always, unless it has source ranges
+ * (loadBalancerSourceRanges) and saddr is in none of them. */
+static __always_inline int lb4_source_allowed(const struct lb4_service *svc, __be32 saddr)
+{
+	struct srcrange4_key key;
+
+	if (!(svc->flags & SVC_F_SRC_RANGES))
+		return 1;
+	__builtin_memset(&key, 0, sizeof(key));
+	key.prefixlen = 64;
+	key.svc_id = svc->id;
+	key.address = saddr;
+	return map_srcr4_lookup(&key) != NULL;
 }
 
 /* Pick a backend for a new flow: a random slot among the svc->count usable ones.

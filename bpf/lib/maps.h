@@ -26,14 +26,20 @@ BPF_TABLE_PINNED("hash", __u32, struct lb4_backend, ebpflb_be4,
 BPF_TABLE_PINNED("hash", __u32, struct lb4_rnat, ebpflb_rnat4,
 		 MAX_SERVICES, PIN_DIR "/ebpflb_rnat4");
 /* 5-tuple + direction -> flow's backend (SERVICE) or frontend (REPLY); LRU-evicted */
-BPF_TABLE_PINNED("lru_hash", struct ct4_key, struct ct4_value, ebpflb_ct4,
-		 MAX_CONNTRACK, PIN_DIR "/ebpflb_ct4");
+BPF_TABLE_PINNED("lru_hash", struct ct4_key, struct ct4_value, ebpflb_ct4_v2,
+		 MAX_CONNTRACK, PIN_DIR "/ebpflb_ct4_v2");
 /* service id -> per-CPU packet and byte counters */
 BPF_TABLE_PINNED("percpu_array", __u32, struct lb_stats, ebpflb_svcstat,
 		 MAX_SERVICES, PIN_DIR "/ebpflb_svcstat");
 /* GSTAT_* index -> per-CPU global counter */
-BPF_TABLE_PINNED("percpu_array", __u32, __u64, ebpflb_gstat,
-		 GSTAT_MAX, PIN_DIR "/ebpflb_gstat");
+BPF_TABLE_PINNED("percpu_array", __u32, __u64, ebpflb_gstat_v2,
+		 GSTAT_MAX, PIN_DIR "/ebpflb_gstat_v2");
+/* (client, frontend id) -> the backend its last new flow got; LRU-evicted */
+BPF_TABLE_PINNED("lru_hash", struct aff4_key, struct aff4_value, ebpflb_aff4,
+		 MAX_AFFINITY, PIN_DIR "/ebpflb_aff4");
+/* (frontend id, client prefix) -> 1: the clients a frontend with SVC_F_SRC_RANGES admits */
+BPF_TABLE_PINNED("lpm_trie", struct srcrange4_key, __u8, ebpflb_srcr4,
+		 MAX_SRC_RANGES, PIN_DIR "/ebpflb_srcr4", BPF_F_NO_PREALLOC);
 /* service id -> namespace/name/port names for the CLI; userspace only, never read here */
 BPF_TABLE_PINNED("hash", __u32, struct lb_svc_meta, ebpflb_svcmeta,
 		 MAX_SERVICES, PIN_DIR "/ebpflb_svcmeta", BPF_F_NO_PREALLOC);
@@ -46,8 +52,12 @@ static __always_inline struct lb4_backend *map_be4_lookup(__u32 *id);
 static __always_inline struct lb4_rnat *map_rnat4_lookup(__u32 *id);
 static __always_inline struct ct4_value *map_ct4_lookup(struct ct4_key *key);
 static __always_inline int map_ct4_update(struct ct4_key *key, struct ct4_value *value);
+static __always_inline int map_ct4_insert(struct ct4_key *key, struct ct4_value *value);
 static __always_inline int map_ct4_delete(struct ct4_key *key);
 static __always_inline struct lb_stats *map_svcstat_lookup(__u32 *id);
 static __always_inline __u64 *map_gstat_lookup(__u32 *index);
+static __always_inline struct aff4_value *map_aff4_lookup(struct aff4_key *key);
+static __always_inline int map_aff4_update(struct aff4_key *key, struct aff4_value *value);
+static __always_inline __u8 *map_srcr4_lookup(struct srcrange4_key *key);
 
 #endif

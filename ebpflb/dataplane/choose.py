@@ -110,7 +110,7 @@ def clear_bpf_leftovers(config: BpfConfig) -> None:
     except Exception as exc:
         log.warning("could not remove the bpf data path's tc filters: %s", exc)
     try:
-        remove_pins(config.pin_dir, abi.ALL_MAPS)
+        remove_pins(config.pin_dir, abi.ALL_MAPS + abi.LEGACY_MAPS)
     except OSError as exc:
         log.warning("could not remove the pins under %s: %s", config.pin_dir, exc)
 

@@ -76,6 +76,8 @@ class Maps:
     svcstat: PinnedMap
     gstat: PinnedMap
     svcmeta: PinnedMap
+    affinity: PinnedMap
+    src_ranges: PinnedMap
 
     @classmethod
     def open(cls, pin_dir: str) -> Maps:
@@ -84,17 +86,19 @@ class Maps:
 
         return cls(pin_dir, m(abi.MAP_SERVICES), m(abi.MAP_SLOTS), m(abi.MAP_BACKENDS),
                    m(abi.MAP_REVNAT), m(abi.MAP_CONNTRACK), m(abi.MAP_SVC_STATS),
-                   m(abi.MAP_GLOBAL_STATS), m(abi.MAP_SVC_META))
+                   m(abi.MAP_GLOBAL_STATS), m(abi.MAP_SVC_META), m(abi.MAP_AFFINITY),
+                   m(abi.MAP_SRC_RANGES))
 
     def all(self) -> list[PinnedMap]:
         return [self.svc4, self.slot4, self.be4, self.rnat4, self.ct4, self.svcstat,
-                self.gstat, self.svcmeta]
+                self.gstat, self.svcmeta, self.affinity, self.src_ranges]
 
     def clear(self) -> None:
         """Empty the hash maps and zero the per-CPU arrays."""
         hashes: list[tuple[PinnedMap, type[ctypes.Structure]]] = [
             (self.svc4, abi.Lb4Key), (self.slot4, abi.Lb4SlotKey), (self.ct4, abi.Ct4Key),
             (self.be4, _U32), (self.rnat4, _U32), (self.svcmeta, _U32),
+            (self.affinity, abi.Aff4Key), (self.src_ranges, abi.SrcRange4Key),
         ]
         for m, key_type in hashes:
             for key in list(m.keys(key_type)):

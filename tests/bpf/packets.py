@@ -194,3 +194,55 @@ def rewritten(data: bytes, *, saddr: str | None = None, daddr: str | None = None
     hdr[10:12] = b"\0\0"
     hdr[10:12] = struct.pack("!H", inet_csum(bytes(hdr)))
     return data[:ETH_HLEN] + bytes(hdr) + bytes(seg)
+
+
+ICMP_DEST_UNREACH = 3
+ICMP_PORT_UNREACH = 3
+
+
+def icmp_error(sender: str, receiver: str, quoted: bytes, *, icmp_type: int = ICMP_DEST_UNREACH,
+               code: int = ICMP_PORT_UNREACH) -> bytes:
+    """An Ethernet frame with an ICMP error from sender to receiver quoting the IPv4
+    packet `quoted` (an Ethernet frame; its IP header and first 8 L4 bytes are quoted,
+    as a kernel does)."""
+    quote = quoted[ETH_HLEN:ETH_HLEN + _ip_header_len(quoted) + 8]
+    body = struct.pack("!BBHI", icmp_type, code, 0, 0) + quote
+    body = body[:2] + struct.pack("!H", inet_csum(body)) + body[4:]
+    return ethernet(ipv4(Flow(ICMP, sender, receiver, 0, 0), body))
+
+
+@dataclass(frozen=True)
+class IcmpError:
+    """An ICMP error frame: outer addresses, and the quoted packet's flow."""
+
+    saddr: str
+    daddr: str
+    quoted: Flow
+
+
+def parse_icmp_error(data: bytes) -> IcmpError:
+    ip = data[ETH_HLEN:]
+    ihl = _ip_header_len(data)
+    inner = ip[ihl + 8:]
+    iihl = (inner[0] & 0x0F) * 4
+    sport, dport = struct.unpack("!HH", inner[iihl:iihl + 4])
+    quoted = Flow(inner[9], str(ipaddress.IPv4Address(inner[12:16])),
+                  str(ipaddress.IPv4Address(inner[16:20])), sport, dport)
+    return IcmpError(str(ipaddress.IPv4Address(ip[12:16])),
+                     str(ipaddress.IPv4Address(ip[16:20])), quoted)
+
+
+def icmp_checksum_errors(data: bytes) -> list[str]:
+    """What is wrong with an ICMP error frame's IP, ICMP and quoted IP checksums."""
+    errors: list[str] = []
+    ip = data[ETH_HLEN:]
+    ihl = _ip_header_len(data)
+    if inet_csum(ip[:ihl]) != 0:
+        errors.append("IPv4 header checksum")
+    total_len = struct.unpack("!H", ip[2:4])[0]
+    if inet_csum(ip[ihl:total_len]) != 0:
+        errors.append("ICMP checksum")
+    inner = ip[ihl + 8:]
+    if inet_csum(inner[:(inner[0] & 0x0F) * 4]) != 0:
+        errors.append("quoted IPv4 header checksum")
+    return errors

@@ -76,8 +76,10 @@ def test_default_tunables_match_c() -> None:
         ("MAX_SERVICES", abi.DEFAULT_MAX_SERVICES),
         ("MAX_BACKENDS", abi.DEFAULT_MAX_BACKENDS),
         ("MAX_CONNTRACK", abi.DEFAULT_MAX_CONNTRACK),
+        ("NAT_PORT_MIN", abi.NAT_PORT_MIN),
+        ("NAT_PORT_COUNT", abi.NAT_PORT_COUNT),
     ]:
-        assert re.search(rf"^#define {name} {value}\b", text, re.M), name
+        assert re.search(rf"^#define\s+{name}\s+{value}\b", text, re.M), name
     assert f'#define PIN_DIR "{abi.DEFAULT_PIN_DIR}"' in text
 
 
@@ -101,6 +103,8 @@ MAP_LAYOUT: dict[str, tuple[_CType, _CType, bool]] = {
     abi.MAP_SVC_STATS: (ctypes.c_uint32, abi.LbStats, True),
     abi.MAP_GLOBAL_STATS: (ctypes.c_uint32, ctypes.c_uint64, True),
     abi.MAP_SVC_META: (ctypes.c_uint32, abi.LbSvcMeta, False),
+    abi.MAP_AFFINITY: (abi.Aff4Key, abi.Aff4Value, False),
+    abi.MAP_SRC_RANGES: (abi.SrcRange4Key, ctypes.c_uint8, False),
 }
 
 
@@ -124,7 +128,9 @@ def test_packed_layouts_match_the_ctypes_mirrors():
             abi.Lb4Key(abi.pack_ip4(ip), abi.htons(80), 6, 0),
             (ip.packed, abi.htons(80), 6, 0),
         ),
-        "lb4_service": (abi.Lb4Service(7, 3, 1, 10800, 0), (7, 3, 1, 10800, 0)),
+        "lb4_service": (abi.Lb4Service(7, 3, 1, 10800, abi.pack_ip4(ip)),
+                        (7, 3, 1, 10800, ip.packed)),
+        "srcrange4_key": (abi.SrcRange4Key(56, 7, abi.pack_ip4(ip)), (56, 7, ip.packed)),
         "lb4_slot_key": (abi.Lb4SlotKey(7, 2), (7, 2)),
         "lb4_backend": (
             abi.Lb4Backend(abi.pack_ip4(ip), abi.htons(8080), 17, 1, 7),

@@ -19,10 +19,12 @@ MAP_SERVICES = "ebpflb_svc4"
 MAP_SLOTS = "ebpflb_slot4"
 MAP_BACKENDS = "ebpflb_be4"
 MAP_REVNAT = "ebpflb_rnat4"
-MAP_CONNTRACK = "ebpflb_ct4"
+MAP_CONNTRACK = "ebpflb_ct4_v2"
 MAP_SVC_STATS = "ebpflb_svcstat"
-MAP_GLOBAL_STATS = "ebpflb_gstat"
+MAP_GLOBAL_STATS = "ebpflb_gstat_v2"
 MAP_SVC_META = "ebpflb_svcmeta"
+MAP_AFFINITY = "ebpflb_aff4"
+MAP_SRC_RANGES = "ebpflb_srcr4"
 ALL_MAPS = (
     MAP_SERVICES,
     MAP_SLOTS,
@@ -32,7 +34,12 @@ ALL_MAPS = (
     MAP_SVC_STATS,
     MAP_GLOBAL_STATS,
     MAP_SVC_META,
+    MAP_AFFINITY,
+    MAP_SRC_RANGES,
 )
+# Pins of older layouts (renamed when their layout changed): removed on cleanup and
+# when the agent starts, so nothing reads or keeps them.
+LEGACY_MAPS = ("ebpflb_ct4", "ebpflb_gstat")
 
 DEFAULT_PIN_DIR = "/sys/fs/bpf/ebpflb"
 DEFAULT_MAX_SERVICES = 65536
@@ -51,6 +58,7 @@ class SvcFlag(enum.IntFlag):
     NODEPORT = 0x0002
     EXTERNAL = 0x0004
     LOADBALANCER = 0x0008
+    SRC_RANGES = 0x0010
 
 
 class BackendFlag(enum.IntFlag):
@@ -78,9 +86,18 @@ class GlobalStat(enum.IntEnum):
     FRAGMENT = 5
     CT_FULL = 6
     BACKEND_MISSING = 7
+    SOURCE_RANGE_DROP = 8
+    SNAT = 9
+    NAT_PORT_FULL = 10
+    AFFINITY_HIT = 11
+    HAIRPIN = 12
+    ICMP_ERROR = 13
 
 
-GSTAT_MAX = 8
+GSTAT_MAX = 16
+NAT_PORT_MIN = 61000
+NAT_PORT_COUNT = 4536
+HAIRPIN_ADDRESS = ipaddress.IPv4Address("169.254.42.1")
 
 
 class DropReason(enum.IntEnum):
@@ -90,6 +107,8 @@ class DropReason(enum.IntEnum):
     BACKEND_MISSING = -2
     CT_FULL = -3
     WRITE = -4
+    SOURCE_RANGE = -5
+    NAT_PORT_FULL = -6
 
 
 class Lb4Key(ctypes.Structure):
@@ -107,7 +126,7 @@ class Lb4Service(ctypes.Structure):
         ("count", ctypes.c_uint16),
         ("flags", ctypes.c_uint16),
         ("affinity_timeout", ctypes.c_uint32),
-        ("pad", ctypes.c_uint32),
+        ("snat_address", ctypes.c_uint32),
     ]
 
 
@@ -150,6 +169,29 @@ class Ct4Value(ctypes.Structure):
         ("nat_address", ctypes.c_uint32),
         ("nat_port", ctypes.c_uint16),
         ("flags", ctypes.c_uint16),
+        ("peer_address", ctypes.c_uint32),
+        ("peer_port", ctypes.c_uint16),
+        ("pad", ctypes.c_uint16),
+    ]
+
+
+class Aff4Key(ctypes.Structure):
+    _fields_ = [("client", ctypes.c_uint32), ("svc_id", ctypes.c_uint32)]
+
+
+class Aff4Value(ctypes.Structure):
+    _fields_ = [
+        ("last_ns", ctypes.c_uint64),
+        ("backend_id", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+    ]
+
+
+class SrcRange4Key(ctypes.Structure):
+    _fields_ = [
+        ("prefixlen", ctypes.c_uint32),
+        ("svc_id", ctypes.c_uint32),
+        ("address", ctypes.c_uint32),
     ]
 
 
@@ -181,6 +223,9 @@ C_STRUCTS: dict[str, type[ctypes.Structure]] = {
     "lb4_rnat": Lb4Rnat,
     "ct4_key": Ct4Key,
     "ct4_value": Ct4Value,
+    "aff4_key": Aff4Key,
+    "aff4_value": Aff4Value,
+    "srcrange4_key": SrcRange4Key,
     "lb_stats": LbStats,
     "lb_svc_meta": LbSvcMeta,
 }
@@ -218,12 +263,13 @@ def proto_name(number: int) -> str:
 # network-order bytes (IPv4Address.packed); ports are htons() values packed little-endian,
 # which lays them out in network order. tests/bpf/test_abi.py checks each against ctypes.
 PACK_LB4_KEY = struct.Struct("<4sHBB")
-PACK_LB4_SERVICE = struct.Struct("<IHHII")
+PACK_LB4_SERVICE = struct.Struct("<IHHI4s")
 PACK_LB4_SLOT_KEY = struct.Struct("<II")
 PACK_LB4_BACKEND = struct.Struct("<4sHBBI")
 PACK_LB4_RNAT = struct.Struct("<4sHH")
 PACK_LB_SVC_META = struct.Struct("<64s64s16s")
 PACK_U32 = struct.Struct("<I")
+PACK_SRCRANGE4_KEY = struct.Struct("<II4s")
 
 PACKED: dict[str, struct.Struct] = {
     "lb4_key": PACK_LB4_KEY,
@@ -232,4 +278,5 @@ PACKED: dict[str, struct.Struct] = {
     "lb4_backend": PACK_LB4_BACKEND,
     "lb4_rnat": PACK_LB4_RNAT,
     "lb_svc_meta": PACK_LB_SVC_META,
+    "srcrange4_key": PACK_SRCRANGE4_KEY,
 }

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
 from typing import Any
 
 from ebpflb.errors import DataplaneError
@@ -18,6 +19,7 @@ TC_PRIO = 1
 TC_HANDLE = 1
 INGRESS = "ffff:fff2"
 INGRESS_PARENT = 0xFFFFFFF2
+UPLINK_KINDS = (None, "bond", "vlan", "team")  # None: a physical device
 
 
 def _kind(link: Any) -> str | None:
@@ -41,6 +43,17 @@ class TcAttacher:
     def veths(self) -> list[str]:
         return sorted(
             link.get_attr("IFLA_IFNAME") for link in self.ipr.get_links() if _kind(link) == "veth"
+        )
+
+    def uplinks(self) -> list[str]:
+        """The node's own interfaces towards the network (a NIC, bond or VLAN with an
+        IPv4 address): where NodePort, external and load-balancer traffic arrives, and
+        replies from backends on other nodes."""
+        addressed = {a["index"] for a in self.ipr.get_addr(family=socket.AF_INET)}
+        return sorted(
+            link.get_attr("IFLA_IFNAME") for link in self.ipr.get_links()
+            if _kind(link) in UPLINK_KINDS and link["index"] in addressed
+            and link.get_attr("IFLA_IFNAME") != "lo"
         )
 
     def _index(self, ifname: str) -> int:

@@ -46,3 +46,13 @@ def remove_pins(pin_dir: str, names: tuple[str, ...]) -> None:
             os.unlink(os.path.join(pin_dir, name))
     with contextlib.suppress(OSError):
         os.rmdir(pin_dir)
+
+
+def remove_legacy_pins(pin_dir: str) -> None:
+    """Unlink the pins of maps an older version used (a layout change renames a map):
+    no program reads them any more, and they would keep their memory."""
+    from ebpflb.dataplane.bpf import abi
+
+    for name in abi.LEGACY_MAPS:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(pin_dir, name))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from ebpflb.dataplane.bpf import abi
-from ebpflb.dataplane.bpf.bpffs import ensure_pin_dir, remove_pins
+from ebpflb.dataplane.bpf.bpffs import ensure_pin_dir, remove_legacy_pins, remove_pins
 from ebpflb.dataplane.bpf.maps import BpfMaps, check_geometry
 from ebpflb.dataplane.bpf.writer import MapWriter
 from ebpflb.errors import CapacityError, DataplaneError
@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class BpfConfig:
     pin_dir: str = abi.DEFAULT_PIN_DIR
-    interfaces: tuple[str, ...] = ()  # empty: every veth, including ones that appear later
+    # empty: every veth and uplink (see TcAttacher.uplinks), also ones that appear later
+    interfaces: tuple[str, ...] = ()
     max_services: int = abi.DEFAULT_MAX_SERVICES
     max_backends: int = abi.DEFAULT_MAX_BACKENDS
     max_conntrack: int = abi.DEFAULT_MAX_CONNTRACK
@@ -35,6 +36,7 @@ class BpfDataplane:
 
         self.config = config
         ensure_pin_dir(config.pin_dir)
+        remove_legacy_pins(config.pin_dir)
         self.program = load_isolated(
             pin_dir=config.pin_dir,
             max_services=config.max_services,
@@ -79,7 +81,7 @@ class BpfDataplane:
                     log.warning("interface %s not found; will attach when it appears", name)
                     self._warned.add(name)
             return [n for n in self.config.interfaces if n in present]
-        return self.attacher.veths()
+        return sorted(set(self.attacher.veths()) | set(self.attacher.uplinks()))
 
     def housekeeping(self) -> None:
         """Attach to interfaces that appeared since the last call."""
@@ -99,7 +101,7 @@ class BpfDataplane:
             for ifname in self.attacher.attached():
                 self.attacher.detach(ifname)
             self.maps.close()
-            remove_pins(self.config.pin_dir, abi.ALL_MAPS)
+            remove_pins(self.config.pin_dir, abi.ALL_MAPS + abi.LEGACY_MAPS)
             log.info("detached and removed the pins under %s", self.config.pin_dir)
         else:
             self.maps.close()

@@ -9,7 +9,7 @@ import socket
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from ebpflb.dataplane.bpf import abi
@@ -70,6 +70,8 @@ class BpfMaps:
         self.svc_stats = PinnedMap(os.path.join(pin_dir, abi.MAP_SVC_STATS))
         self.global_stats = PinnedMap(os.path.join(pin_dir, abi.MAP_GLOBAL_STATS))
         self.meta = PinnedMap(os.path.join(pin_dir, abi.MAP_SVC_META))
+        self.affinity = PinnedMap(os.path.join(pin_dir, abi.MAP_AFFINITY))
+        self.src_ranges = PinnedMap(os.path.join(pin_dir, abi.MAP_SRC_RANGES))
 
     def all(self) -> tuple[PinnedMap, ...]:
         return (
@@ -81,6 +83,8 @@ class BpfMaps:
             self.svc_stats,
             self.global_stats,
             self.meta,
+            self.affinity,
+            self.src_ranges,
         )
 
     def close(self) -> None:
@@ -104,6 +108,8 @@ _GEOMETRY: dict[str, tuple[type, type, str | None]] = {
     abi.MAP_SVC_STATS: (ctypes.c_uint32, abi.LbStats, "max_services"),
     abi.MAP_GLOBAL_STATS: (ctypes.c_uint32, ctypes.c_uint64, None),
     abi.MAP_SVC_META: (ctypes.c_uint32, abi.LbSvcMeta, "max_services"),
+    abi.MAP_AFFINITY: (abi.Aff4Key, abi.Aff4Value, None),
+    abi.MAP_SRC_RANGES: (abi.SrcRange4Key, ctypes.c_uint8, None),
 }
 
 
@@ -160,9 +166,24 @@ class MapState:
     backend_ids: dict[tuple[int, BackendKey], int] = field(default_factory=dict)
     orphan_backends: list[int] = field(default_factory=list)  # owner svc id not in svc map
     orphan_svc_ids: list[int] = field(default_factory=list)  # names/rnat left without a svc
+    src_ranges: dict[int, tuple[IPv4Network, ...]] = field(default_factory=dict)  # by svc id
 
 
 _PROTOCOLS = {6: Protocol.TCP, 17: Protocol.UDP, 132: Protocol.SCTP}
+_NO_ADDRESS = bytes(4)
+_SRC_RANGES = int(abi.SvcFlag.SRC_RANGES)
+SVC_ID_BITS = 32  # an LPM key's svc_id part, always matched whole
+
+
+def read_src_ranges(maps: BpfMaps) -> dict[int, tuple[IPv4Network, ...]]:
+    """Service id -> its source ranges, sorted (an LPM trie has no batch dump, but it
+    holds only the few frontends that restrict their clients)."""
+    found: dict[int, list[IPv4Network]] = {}
+    for key in maps.src_ranges.keys(abi.SrcRange4Key):
+        prefix = key.prefixlen - SVC_ID_BITS
+        net = IPv4Network((abi.unpack_ip4(key.address), prefix), strict=False)
+        found.setdefault(key.svc_id, []).append(net)
+    return {sid: tuple(sorted(nets)) for sid, nets in found.items()}
 
 
 def _rows(m: PinnedMap, kfmt: struct.Struct, vfmt: struct.Struct
@@ -188,7 +209,8 @@ def read_state(maps: BpfMaps) -> MapState:
         k: v[0] for k, v in _rows(maps.slots, abi.PACK_LB4_SLOT_KEY, u32)}
     names: dict[int, tuple[bytes, bytes, bytes]] = {
         k[0]: v for k, v in _rows(maps.meta, u32, abi.PACK_LB_SVC_META)}
-    for (addr, dport, proto_no, _pad), (sid, count, flags, affinity, _) in _rows(
+    out.src_ranges = read_src_ranges(maps)
+    for (addr, dport, proto_no, _pad), (sid, count, flags, affinity, snat) in _rows(
             maps.svc, abi.PACK_LB4_KEY, abi.PACK_LB4_SERVICE):
         proto = _PROTOCOLS.get(proto_no)
         if proto is None:
@@ -213,9 +235,10 @@ def read_state(maps: BpfMaps) -> MapState:
         fkey = frontend.key
         out.svc_ids[fkey] = sid
         out.slot_counts[sid] = count
-        out.frontends[fkey] = FrontendState(frontend, port_name,
-                                            tuple(sorted(states, key=backend_order)),
-                                            tuple(slots), affinity)
+        out.frontends[fkey] = FrontendState(
+            frontend, port_name, tuple(sorted(states, key=backend_order)), tuple(slots),
+            affinity, IPv4Address(snat) if snat != _NO_ADDRESS else None,
+            out.src_ranges.get(sid, ()) if flags & _SRC_RANGES else ())
     for leftovers in by_svc.values():
         out.orphan_backends.extend(bid for bid, _ in leftovers)
     out.orphan_svc_ids.extend(names)

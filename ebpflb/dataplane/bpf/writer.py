@@ -16,10 +16,17 @@ import ctypes
 import logging
 import socket
 import struct
+from ipaddress import IPv4Network
 
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.ids import IdAllocator
-from ebpflb.dataplane.bpf.maps import KIND_FLAGS, BpfMaps, MapState, read_state
+from ebpflb.dataplane.bpf.maps import (
+    KIND_FLAGS,
+    SVC_ID_BITS,
+    BpfMaps,
+    MapState,
+    read_state,
+)
 from ebpflb.errors import CapacityError
 from ebpflb.gcpause import no_full_collections
 from ebpflb.model import Frontend, Protocol, ServicePortName
@@ -50,6 +57,15 @@ def _id_key(packed_address: bytes, port: int) -> _IdKey:
     return packed_address + _U16(port)
 _SLOT_KEY = abi.PACK_LB4_SLOT_KEY.pack
 _PACK_KEY = abi.PACK_LB4_KEY.pack
+
+
+_SRC_RANGES = int(abi.SvcFlag.SRC_RANGES)
+_NO_ADDRESS = bytes(4)
+
+
+def _range_key(sid: int, net: IPv4Network) -> abi.SrcRange4Key:
+    return abi.SrcRange4Key(SVC_ID_BITS + net.prefixlen, sid,
+                            abi.pack_ip4(net.network_address))
 
 
 _PROTO_NUMBERS = {p: p.number for p in Protocol}
@@ -115,6 +131,12 @@ class MapWriter:
         self.frontends: dict[FrontendKey, FrontendState] = st.frontends
         self.svc_ids: dict[FrontendKey, int] = st.svc_ids
         self.slot_counts: dict[int, int] = st.slot_counts
+        live = set(st.svc_ids.values())
+        self.src_ranges: dict[int, tuple[IPv4Network, ...]] = {
+            sid: ranges for sid, ranges in st.src_ranges.items() if sid in live}
+        self._stale_ranges: list[tuple[int, IPv4Network]] = [
+            (sid, net) for sid, ranges in st.src_ranges.items()
+            if sid not in self.src_ranges for net in ranges]
         self._backend_ids: dict[int, dict[_IdKey, int]] = {}  # svc id -> backend -> id
         for (sid, (address, port)), bid in st.backend_ids.items():
             self._backend_ids.setdefault(sid, {})[_id_key(address.packed, port)] = bid
@@ -243,7 +265,10 @@ class MapWriter:
             meta.keys.append(key)
             meta.values.append(pack_meta(st.port_name))
             svc.keys.append(_PACK_KEY(address, port, _PROTO_NUMBERS[fe.protocol], 0))
-            svc.values.append(pack_svc(sid, count, _KIND_BITS[fe.kind], st.affinity_timeout, 0))
+            flags = _KIND_BITS[fe.kind] | (_SRC_RANGES if st.source_ranges else 0)
+            snat = st.snat_address.packed if st.snat_address else _NO_ADDRESS
+            svc.values.append(pack_svc(sid, count, flags, st.affinity_timeout, snat))
+            self._write_src_ranges(sid, st.source_ranges)
             self.slot_counts[sid] = count
             self.frontends[fkey] = st
         slots.update(self.maps.slots)
@@ -251,7 +276,27 @@ class MapWriter:
         meta.update(self.maps.meta)
         svc.update(self.maps.svc)
         stale.delete(self.maps.slots)
+        self._delete_stale_ranges()
 
+    def _write_src_ranges(self, sid: int, ranges: tuple[IPv4Network, ...]) -> None:
+        """Add a frontend's new source ranges now, before its service entry (whose flag
+        turns them on) is written; the ones it no longer has go after it."""
+        old = self.src_ranges.get(sid, ())
+        if old == ranges:
+            return
+        for net in ranges:
+            if net not in old:
+                self.maps.src_ranges.update(_range_key(sid, net), ctypes.c_uint8(1))
+        self._stale_ranges += [(sid, net) for net in old if net not in ranges]
+        if ranges:
+            self.src_ranges[sid] = ranges
+        else:
+            self.src_ranges.pop(sid, None)
+
+    def _delete_stale_ranges(self) -> None:
+        for sid, net in self._stale_ranges:
+            self.maps.src_ranges.delete(_range_key(sid, net))
+        self._stale_ranges = []
     def _remove_backends(self, ops: list[RemoveBackends]) -> None:
         batch = _Batch()
         for op in ops:
@@ -293,5 +338,7 @@ class MapWriter:
         ids.delete(self.maps.meta)
         bes.delete(self.maps.backends)
         for sid in freed:
+            self._stale_ranges += [(sid, net) for net in self.src_ranges.pop(sid, ())]
             self.svc_alloc.free(sid)
             self._dirty_stats.add(sid)
+        self._delete_stale_ranges()

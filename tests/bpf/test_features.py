@@ -1,0 +1,225 @@
+"""Packet tables for the Service features beyond plain ClusterIP: source NAT of external
+traffic (NodePort under externalTrafficPolicy: Cluster) and of hairpin flows, ClientIP
+session affinity, loadBalancerSourceRanges and ICMP errors about translated flows."""
+
+from __future__ import annotations
+
+import ctypes
+
+import pytest
+
+from ebpflb.dataplane.bpf import abi
+from tests.bpf import packets as pk
+from tests.bpf.conftest import TC_ACT_OK, TC_ACT_SHOT, Maps, RunFn
+
+pytestmark = pytest.mark.root
+
+CLIENT = "10.244.0.200"
+CLUSTER_IP = "10.96.0.10"
+NODE_IP = "192.168.50.1"
+NODE_PORT = 30080
+OUTSIDE = "192.168.50.101"
+LB_IP = "192.168.60.10"
+BACKENDS = {1: ("10.244.1.11", 8080), 2: ("10.244.1.12", 8080), 3: ("10.244.0.13", 8080)}
+HAIRPIN = str(abi.HAIRPIN_ADDRESS)
+
+
+def add(maps: Maps, svc_id: int, addr: str, port: int, proto: int,
+        backends: dict[int, tuple[str, int]], *, flags: int = abi.SvcFlag.CLUSTERIP,
+        affinity: int = 0, snat: str | None = None) -> None:
+    maps.add_service(svc_id, addr, port, proto, backends)
+    maps.svc4.update(abi.Lb4Key(abi.pack_ip4(addr), abi.htons(port), proto),
+                     abi.Lb4Service(svc_id, len(backends), flags, affinity,
+                                    abi.pack_ip4(snat) if snat else 0))
+
+
+def in_nat_range(port: int) -> bool:
+    return abi.NAT_PORT_MIN <= port < abi.NAT_PORT_MIN + abi.NAT_PORT_COUNT
+
+
+# --- source NAT: NodePort under externalTrafficPolicy: Cluster -------------------------
+
+@pytest.mark.parametrize("proto", [pk.TCP, pk.UDP], ids=["tcp", "udp"])
+def test_nodeport_is_source_natted_and_the_reply_goes_back(maps: Maps, run: RunFn,
+                                                           proto: int) -> None:
+    add(maps, 1, NODE_IP, NODE_PORT, proto, BACKENDS, flags=abi.SvcFlag.NODEPORT,
+        snat=NODE_IP)
+    flow = pk.Flow(proto, OUTSIDE, NODE_IP, 40000, NODE_PORT)
+    inp = pk.frame(flow, b"hello")
+    res = run(inp)
+    assert res.retval == TC_ACT_OK
+    out = pk.parse(res.data)
+    assert (out.daddr, out.dport) in BACKENDS.values()
+    assert out.saddr == NODE_IP and in_nat_range(out.sport)
+    assert pk.checksum_errors(res.data) == []
+    assert res.data == pk.rewritten(inp, saddr=NODE_IP, sport=out.sport, daddr=out.daddr,
+                                    dport=out.dport)
+    # the next packet of the flow keeps its backend and its NAT port
+    again = pk.parse(run(pk.frame(flow, b"more", tcp_flags=pk.TCP_ACK)).data)
+    assert (again.daddr, again.dport, again.sport) == (out.daddr, out.dport, out.sport)
+
+    reply = pk.frame(out.flow.reversed(), b"answer", tcp_flags=pk.TCP_SYN | pk.TCP_ACK)
+    back = run(reply)
+    assert back.retval == TC_ACT_OK
+    assert pk.parse(back.data).flow == flow.reversed()
+    assert pk.checksum_errors(back.data) == []
+    assert back.data == pk.rewritten(reply, saddr=NODE_IP, sport=NODE_PORT, daddr=OUTSIDE,
+                                     dport=40000)
+    assert maps.gstat_value(abi.GlobalStat.SNAT) == 1
+    assert maps.gstat_value(abi.GlobalStat.REPLY) == 1
+
+
+def test_without_snat_address_the_client_address_is_kept(maps: Maps, run: RunFn) -> None:
+    """externalTrafficPolicy: Local: no source NAT."""
+    add(maps, 1, NODE_IP, NODE_PORT, pk.TCP, {3: BACKENDS[3]}, flags=abi.SvcFlag.NODEPORT)
+    flow = pk.Flow(pk.TCP, OUTSIDE, NODE_IP, 40000, NODE_PORT)
+    out = pk.parse(run(pk.frame(flow)).data)
+    assert (out.saddr, out.sport) == (OUTSIDE, 40000)
+    assert (out.daddr, out.dport) == BACKENDS[3]
+    back = pk.parse(run(pk.frame(out.flow.reversed())).data)
+    assert back.flow == flow.reversed()
+    assert maps.gstat_value(abi.GlobalStat.SNAT) == 0
+
+
+def test_nat_ports_never_collide(maps: Maps, run: RunFn) -> None:
+    """Many clients with the same source port to one backend: each flow gets its own
+    NAT port (random starts collide often at this count, so the retry is exercised),
+    and every reply finds its own client."""
+    add(maps, 1, NODE_IP, NODE_PORT, pk.UDP, {1: BACKENDS[1]}, flags=abi.SvcFlag.NODEPORT,
+        snat=NODE_IP)
+    ports: dict[int, str] = {}
+    for i in range(300):
+        client = f"192.168.{51 + i // 200}.{1 + i % 200}"
+        res = run(pk.frame(pk.Flow(pk.UDP, client, NODE_IP, 5000, NODE_PORT)))
+        assert res.retval == TC_ACT_OK
+        port = pk.parse(res.data).sport
+        assert port not in ports
+        ports[port] = client
+    for port, client in ports.items():
+        reply = pk.frame(pk.Flow(pk.UDP, *BACKENDS[1][:1], NODE_IP, BACKENDS[1][1], port))
+        assert pk.parse(run(reply).data).flow == pk.Flow(pk.UDP, NODE_IP, client, NODE_PORT,
+                                                         5000)
+    assert maps.gstat_value(abi.GlobalStat.NAT_PORT_FULL) == 0
+
+
+# --- hairpin -------------------------------------------------------------------------------
+
+def test_pod_reaching_itself_is_source_natted_to_the_hairpin_address(maps: Maps,
+                                                                     run: RunFn) -> None:
+    add(maps, 1, CLUSTER_IP, 80, pk.TCP, {1: (CLIENT, 8080)})
+    flow = pk.Flow(pk.TCP, CLIENT, CLUSTER_IP, 40000, 80)
+    res = run(pk.frame(flow))
+    out = pk.parse(res.data)
+    assert (out.daddr, out.dport) == (CLIENT, 8080)
+    assert out.saddr == HAIRPIN and in_nat_range(out.sport)
+    assert pk.checksum_errors(res.data) == []
+    back = run(pk.frame(out.flow.reversed(), tcp_flags=pk.TCP_SYN | pk.TCP_ACK))
+    assert pk.parse(back.data).flow == flow.reversed()
+    assert pk.checksum_errors(back.data) == []
+    assert maps.gstat_value(abi.GlobalStat.HAIRPIN) == 1
+
+
+# --- session affinity ----------------------------------------------------------------------
+
+def _backend(run: RunFn, client: str, sport: int) -> tuple[str, int]:
+    out = pk.parse(run(pk.frame(pk.Flow(pk.TCP, client, CLUSTER_IP, sport, 80))).data)
+    return out.daddr, out.dport
+
+
+def test_affinity_keeps_a_client_on_one_backend(maps: Maps, run: RunFn) -> None:
+    add(maps, 1, CLUSTER_IP, 80, pk.TCP, BACKENDS, affinity=10800)
+    first = _backend(run, CLIENT, 20000)
+    assert all(_backend(run, CLIENT, 20001 + i) == first for i in range(100))
+    assert maps.gstat_value(abi.GlobalStat.AFFINITY_HIT) == 100
+    # other clients are spread as usual
+    others = {_backend(run, f"10.244.2.{i}", 20000) for i in range(1, 60)}
+    assert others == set(BACKENDS.values())
+
+
+def test_affinity_moves_after_the_timeout_or_when_the_backend_goes(maps: Maps,
+                                                                   run: RunFn) -> None:
+    add(maps, 1, CLUSTER_IP, 80, pk.TCP, BACKENDS, affinity=5)
+    first = _backend(run, CLIENT, 20000)
+    key = abi.Aff4Key(abi.pack_ip4(CLIENT), 1)
+    entry = maps.affinity.lookup(key, abi.Aff4Value)
+    assert entry is not None and BACKENDS[entry.backend_id] == first
+    # last used long ago: expired, so new flows are spread again
+    maps.affinity.update(key, abi.Aff4Value(1, entry.backend_id))
+    seen = set()
+    for i in range(60):
+        maps.affinity.update(key, abi.Aff4Value(1, entry.backend_id))
+        seen.add(_backend(run, CLIENT, 21000 + i))
+    assert seen == set(BACKENDS.values())
+    # the affinity backend leaves the slots (not ready): the client moves, and stays
+    chosen = _backend(run, CLIENT, 22000)
+    gone = next(i for i, b in BACKENDS.items() if b == chosen)
+    live = [i for i in BACKENDS if i != gone]
+    maps.add_backend(1, gone, *BACKENDS[gone], pk.TCP)  # still known, inactive
+    maps.be4.update(ctypes.c_uint32(gone), abi.Lb4Backend(
+        abi.pack_ip4(BACKENDS[gone][0]), abi.htons(BACKENDS[gone][1]), pk.TCP, 0, 1))
+    maps.set_slots(1, live)
+    add(maps, 1, CLUSTER_IP, 80, pk.TCP, {i: BACKENDS[i] for i in live}, affinity=5)
+    moved = _backend(run, CLIENT, 22001)
+    assert moved != chosen
+    assert all(_backend(run, CLIENT, 22002 + i) == moved for i in range(20))
+
+
+# --- loadBalancerSourceRanges --------------------------------------------------------------
+
+def test_source_ranges_admit_only_their_clients(maps: Maps, run: RunFn) -> None:
+    add(maps, 1, LB_IP, 80, pk.TCP, BACKENDS,
+        flags=abi.SvcFlag.LOADBALANCER | abi.SvcFlag.SRC_RANGES, snat=NODE_IP)
+    maps.src_ranges.update(abi.SrcRange4Key(32 + 24, 1, abi.pack_ip4("192.168.50.0")),
+                           ctypes.c_uint8(1))
+    maps.src_ranges.update(abi.SrcRange4Key(32 + 32, 1, abi.pack_ip4("10.1.2.3")),
+                           ctypes.c_uint8(1))
+    for client in (OUTSIDE, "10.1.2.3"):
+        res = run(pk.frame(pk.Flow(pk.TCP, client, LB_IP, 40000, 80)))
+        assert res.retval == TC_ACT_OK and pk.parse(res.data).daddr != LB_IP
+    for client in ("192.168.51.101", "10.1.2.4", CLIENT):
+        assert run(pk.frame(pk.Flow(pk.TCP, client, LB_IP, 40000, 80))).retval == TC_ACT_SHOT
+    assert maps.gstat_value(abi.GlobalStat.SOURCE_RANGE_DROP) == 3
+    # another frontend's ranges do not count for this one
+    add(maps, 2, LB_IP, 81, pk.TCP, BACKENDS,
+        flags=abi.SvcFlag.LOADBALANCER | abi.SvcFlag.SRC_RANGES)
+    assert run(pk.frame(pk.Flow(pk.TCP, OUTSIDE, LB_IP, 40000, 81))).retval == TC_ACT_SHOT
+
+
+# --- ICMP errors ---------------------------------------------------------------------------
+
+def test_port_unreachable_from_a_backend_reaches_the_client_as_from_the_frontend(
+        maps: Maps, run: RunFn) -> None:
+    add(maps, 1, CLUSTER_IP, 53, pk.UDP, BACKENDS)
+    flow = pk.Flow(pk.UDP, CLIENT, CLUSTER_IP, 40000, 53)
+    sent = run(pk.frame(flow, b"query")).data
+    backend = pk.parse(sent).daddr
+    err = run(pk.icmp_error(backend, CLIENT, sent))
+    assert err.retval == TC_ACT_OK
+    got = pk.parse_icmp_error(err.data)
+    assert (got.saddr, got.daddr) == (CLUSTER_IP, CLIENT)
+    assert got.quoted == flow
+    assert pk.icmp_checksum_errors(err.data) == []
+    assert maps.gstat_value(abi.GlobalStat.ICMP_ERROR) == 1
+
+
+def test_icmp_error_of_a_source_natted_flow_goes_back_to_the_client(maps: Maps,
+                                                                    run: RunFn) -> None:
+    add(maps, 1, NODE_IP, NODE_PORT, pk.UDP, BACKENDS, flags=abi.SvcFlag.NODEPORT,
+        snat=NODE_IP)
+    flow = pk.Flow(pk.UDP, OUTSIDE, NODE_IP, 40000, NODE_PORT)
+    sent = run(pk.frame(flow, b"query")).data
+    # from a router between the node and the backend: its own address stays
+    err = run(pk.icmp_error("10.9.9.1", NODE_IP, sent, icmp_type=11, code=0))
+    got = pk.parse_icmp_error(err.data)
+    assert (got.saddr, got.daddr) == ("10.9.9.1", OUTSIDE)
+    assert got.quoted == flow
+    assert pk.icmp_checksum_errors(err.data) == []
+
+
+def test_icmp_error_of_an_unknown_flow_passes_untouched(maps: Maps, run: RunFn) -> None:
+    add(maps, 1, CLUSTER_IP, 53, pk.UDP, BACKENDS)
+    quoted = pk.frame(pk.Flow(pk.UDP, CLIENT, "10.244.1.11", 40000, 8080))
+    frame = pk.icmp_error("10.244.1.11", CLIENT, quoted)
+    res = run(frame)
+    assert res.retval == TC_ACT_OK and res.data == frame
+    assert maps.gstat_value(abi.GlobalStat.ICMP_ERROR) == 0
