@@ -96,6 +96,9 @@ class Backend:
     terminating: bool = False
     node: str | None = field(default=None, compare=False)
     zone: str | None = field(default=None, compare=False)
+    # Topology hints of the EndpointSlice (hints.forZones / hints.forNodes names).
+    for_zones: tuple[str, ...] = field(default=(), compare=False)
+    for_nodes: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def key(self) -> tuple[IPAddress, int]:
@@ -131,7 +134,7 @@ class ServiceEntry:
     snat_address: ipaddress.IPv4Address | None = None
     # loadBalancerSourceRanges on a load-balancer frontend: only these clients are
     # admitted; () admits every client.
-    source_ranges: tuple[IPNetwork, ...] = ()
+    source_ranges: tuple[ipaddress.IPv4Network, ...] = ()
 
     @property
     def active(self) -> tuple[Backend, ...]:
@@ -147,6 +150,11 @@ class ServiceInfo:
     type: ServiceType
     cluster_ip: str | None  # "None" for headless
     external_name: str | None = None
+    # A LoadBalancer Service with externalTrafficPolicy: Local: the node port where this
+    # node answers load-balancer health checks (0 = none), and how many ready endpoints
+    # (distinct addresses) the Service has on this node.
+    health_check_node_port: int = 0
+    local_endpoints: int = 0
 
     @property
     def headless(self) -> bool:

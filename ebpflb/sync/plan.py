@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from itertools import pairwise
 
 from ebpflb.gcpause import no_full_collections
@@ -20,7 +20,6 @@ from ebpflb.model import (
     Frontend,
     FrontendKind,
     IPAddress,
-    IPNetwork,
     Protocol,
     ServiceEntry,
     ServicePortName,
@@ -70,7 +69,7 @@ class FrontendState:
     slots: tuple[BackendKey, ...]  # active backends, in slot order
     affinity_timeout: int = 0
     snat_address: IPv4Address | None = None  # see ServiceEntry
-    source_ranges: tuple[IPNetwork, ...] = ()
+    source_ranges: tuple[IPv4Network, ...] = ()
 
     @property
     def kind(self) -> FrontendKind:
