@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ebpflb.lab.topology import Lab
 
 app = typer.Typer(
-    help="A lab of network namespaces (a node, backend pods with servers, a client) "
+    help="A lab of network namespaces (nodes, backend pods with servers, clients) "
     "on this machine; nothing is added to the root namespace.",
     no_args_is_help=True,
 )
@@ -32,14 +32,22 @@ NameOpt = Annotated[
 @handle_errors
 def up(
     name: NameOpt = "ebpflb",
-    pods: Annotated[int, typer.Option("--pods", help="Number of backend pods.")] = 3,
+    pods: Annotated[int, typer.Option("--pods", help="Backend pods per node.")] = 3,
+    nodes: Annotated[int, typer.Option(
+        "--nodes", help="Nodes (1-4); with 2 or more they share an underlay "
+        "192.168.50.0/24 with two clients outside the cluster.")] = 1,
 ) -> None:
     """Build the lab (or keep it, if it already exists as asked) and start the pods'
     servers."""
     from ebpflb.lab import topology
 
-    lab = topology.up(topology.LabSpec(name, pods))
-    typer.echo(f"lab {lab.name} is up: node {lab.node_ns}, client {lab.client.ip}")
+    lab = topology.up(topology.LabSpec(name, pods, nodes))
+    if len(lab.nodes) == 1:
+        typer.echo(f"lab {lab.name} is up: node {lab.node_ns}, client {lab.client.ip}")
+    else:
+        typer.echo(f"lab {lab.name} is up: {len(lab.nodes)} nodes on underlay "
+                   f"{lab.underlay_ns}")
+        typer.echo(_nodes_table(lab))
     typer.echo(_pods_table(lab))
 
 
@@ -59,8 +67,8 @@ def status(
     name: NameOpt = "ebpflb",
     json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Show the lab's namespaces, pods and whether their servers run; exit 1 when the
-    lab does not exist."""
+    """Show the lab's namespaces, nodes, pods and whether their servers run; exit 1 when
+    the lab does not exist."""
     from ebpflb.lab import topology
 
     lab = topology.status(name)
@@ -79,16 +87,34 @@ def status(
         typer.echo(render.to_json(data))
         return
     typer.echo(f"lab {lab.name}  (state in {lab.state_dir})")
-    typer.echo(f"node    {lab.node_ns}  veths {' '.join(lab.host_ifnames)}")
-    typer.echo(f"client  {lab.client.netns}  {lab.client.ip}  via {lab.client.host_ifname}")
+    if len(lab.nodes) == 1:
+        typer.echo(f"node    {lab.node_ns}  veths {' '.join(lab.host_ifnames)}")
+        typer.echo(f"client  {lab.client.netns}  {lab.client.ip}  via {lab.client.host_ifname}")
+    else:
+        typer.echo(f"underlay  {lab.underlay_ns}")
+        typer.echo(_nodes_table(lab))
+        typer.echo(render.table(["OUTSIDE", "NETNS", "IP", "BRIDGE PORT"],
+                                [[o.name, o.netns, o.ip, o.host_ifname] for o in lab.outside]))
     typer.echo(_pods_table(lab))
+
+
+def _nodes_table(lab: Lab) -> str:
+    rows = [
+        [n.name, n.netns, n.address or "-", n.pod_cidr, n.zone,
+         f"{n.client.netns} {n.client.ip}", " ".join(lab.node_ifnames(n.index))]
+        for n in lab.nodes
+    ]  # fmt: skip
+    return render.table(["NODE", "NETNS", "ADDRESS", "POD CIDR", "ZONE", "CLIENT", "IFACES"],
+                        rows)
 
 
 def _pods_table(lab: Lab) -> str:
     alive = lab.servers_alive()
+    multi = len(lab.nodes) > 1
     rows = [
-        [p.name, p.netns, p.ip, p.host_ifname, lab.server_pids.get(p.name, "-"),
-         "running" if alive[p.name] else "NOT RUNNING"]
+        [p.name, p.netns, p.ip, p.host_ifname, *([f"node-{p.node}"] if multi else []),
+         lab.server_pids.get(p.name, "-"), "running" if alive[p.name] else "NOT RUNNING"]
         for p in lab.pods
     ]  # fmt: skip
-    return render.table(["POD", "NETNS", "IP", "VETH", "PID", "SERVER"], rows)
+    headers = ["POD", "NETNS", "IP", "VETH", *(["NODE"] if multi else []), "PID", "SERVER"]
+    return render.table(headers, rows)

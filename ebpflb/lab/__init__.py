@@ -4,6 +4,8 @@ wired as routed, bridge-less veths so that no lab address or route ever touches 
 root namespace.
 
 ``netns`` steps in and out of namespaces, ``topology`` builds and removes a lab,
-``traffic`` sends requests from inside one, ``podserver`` is what the pods run.
+``traffic`` sends requests from inside one, ``podserver`` is what the pods run;
+``underlay`` joins the nodes of a multi-node lab and ``kubeobjects`` describes them
+to Kubernetes (Node objects, EndpointSlice endpoints).
 This package imports nothing heavy, so ``podserver`` starts fast.
 """

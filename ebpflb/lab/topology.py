@@ -1,12 +1,23 @@
-"""The lab's topology: a Kubernetes node, backend pods with servers and a client,
-each in its own network namespace, built and torn down as a unit.
+"""The lab's topology: Kubernetes nodes, backend pods with servers and clients, each
+in its own network namespace, built and torn down as a unit.
 
-For lab ``NAME`` (one node for now; the names leave room for ``NAME-node-2`` ...):
+For lab ``NAME`` with one node (the default):
 
     NAME-node     the node; the agent runs here. Host-side veths ``vp<i>`` (pod i) and
                   ``vc1`` (client), each with 169.254.1.1/32 and a /32 route to its pod.
     NAME-pod-<i>  eth0 = 10.244.0.(10+i)/32, default via 169.254.1.1; runs podserver.
     NAME-client   eth0 = 10.244.0.200/32, default via 169.254.1.1.
+
+With N nodes (2..4), node k is ``NAME-node`` (k = 1) or ``NAME-node-k``, with pod range
+10.244.(k-1).0/24, the same veths, its own client (``NAME-client-k`` at .200 for
+k >= 2) and the pods numbered on from the previous node's (pod i on node k is
+10.244.(k-1).(10+i), so pod names stay unique). The nodes share an underlay:
+
+    NAME-net      a bridge; node k's ``eth0`` = 192.168.50.k/24 is plugged into it, with
+                  a route to every other node's pod range via that node's address.
+    NAME-ext-<j>  a client outside the cluster: 192.168.50.(100+j)/24 on the bridge,
+                  no pod routes, and 192.168.60.0/24 (load-balancer addresses) via
+                  node 1, as a MetalLB-style announcement would deliver them.
 
 Pods are routed, bridge-less, as in Calico: every host-side veth carries the same
 link-local gateway address, so the node answers ARP for it (it is local) and routes
@@ -33,50 +44,97 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any
 
 from ebpflb.errors import LabError
-from ebpflb.lab import netns, traffic
+from ebpflb.lab import kubeobjects, netns, traffic, underlay
 
 LAB_ROOT = Path("/run/ebpflb/labs")
 GATEWAY = IPv4Address("169.254.1.1")
-POD_NET = IPv4Address("10.244.0.0")  # node 0's pod range (a /24)
-POD_IP_BASE = 10  # pod i gets POD_NET + POD_IP_BASE + i
-CLIENT_IP = IPv4Address("10.244.0.200")
-MAX_PODS = 100  # keeps pod addresses below the client's
+POD_NET = IPv4Address("10.244.0.0")  # node 1's pod range (a /24); node k's is k-1 /24s on
+POD_IP_BASE = 10  # pod i gets its node's range + POD_IP_BASE + i
+CLIENT_HOST = 200  # a node's client is its range + CLIENT_HOST
+CLIENT_IP = POD_NET + CLIENT_HOST  # node 1's client, 10.244.0.200
+MAX_PODS = 100  # per node, in a spec
+MAX_POD_INDEX = CLIENT_HOST - POD_IP_BASE - 1  # keeps pod addresses below the clients'
+MAX_NODES = 4
+UNDERLAY_NET = IPv4Network("192.168.50.0/24")  # node k is .k, outside client j is .100+j
+OUTSIDE_HOST_BASE = 100
+OUTSIDE_CLIENTS = 2
+LB_NET = IPv4Network("192.168.60.0/24")  # load-balancer / external IPs, routed to node 1
+UPLINK = "eth0"
 HTTP_PORT = 8080
 UDP_PORT = 9090
 SERVER_MODULE = "ebpflb.lab.podserver"
 READY_TIMEOUT = 5.0
 STOP_TIMEOUT = 3.0
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: nodes, outside clients, a pod's node (version 1 = one node)
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 
 
 @dataclass(frozen=True)
 class LabSpec:
-    """What to build: the lab's name (a prefix of every namespace) and pod count."""
+    """What to build: the lab's name (a prefix of every namespace), the backend pods
+    per node and the number of nodes."""
 
     name: str = "ebpflb"
     pods: int = 3
+    nodes: int = 1
 
     def __post_init__(self) -> None:
         _check_name(self.name)
+        if not 1 <= self.nodes <= MAX_NODES:
+            raise LabError(f"a lab has 1 to {MAX_NODES} nodes, not {self.nodes}")
         if not 1 <= self.pods <= MAX_PODS:
             raise LabError(f"a lab has 1 to {MAX_PODS} pods, not {self.pods}")
+        if self.pods * self.nodes > MAX_POD_INDEX:
+            raise LabError(f"a lab of {self.nodes} nodes has at most "
+                           f"{MAX_POD_INDEX // self.nodes} pods per node, not {self.pods}")
 
 
 @dataclass(frozen=True)
 class Pod:
-    """One pod (or the client): its namespace, address and host-side veth."""
+    """One pod (or a client): its namespace, address, host-side veth (for a client
+    outside the cluster: its port on the underlay's bridge) and the index of the node
+    it runs on (0: outside the cluster)."""
 
     name: str
     netns: str
     ip: IPv4Address
     host_ifname: str
+    node: int = 1
+
+
+@dataclass(frozen=True)
+class Node:
+    """One node of the lab: its namespace, pod range, client, and underlay address and
+    uplink (None in a one-node lab, which has no underlay)."""
+
+    index: int  # 1-based
+    netns: str
+    pod_cidr: IPv4Network
+    client: Pod
+    address: IPv4Address | None = None
+    uplink: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"node-{self.index}"
+
+    @property
+    def zone(self) -> str:
+        return f"zone-{self.index}"
+
+    @property
+    def internal_ip(self) -> IPv4Address:
+        """The Node's InternalIP: the underlay address; in a one-node lab, which has
+        none, the pod range's first address (10.244.0.1). That one is configured
+        nowhere: the client reaches it through its gateway, the node, so a translated
+        NodePort on it works, but nothing can listen on it."""
+        return self.address if self.address is not None else self.pod_cidr[1]
 
 
 @dataclass
@@ -84,11 +142,14 @@ class Lab:
     """A built lab. ``pods`` is sorted by index and changes with add_pod/remove_pod."""
 
     spec: LabSpec
-    node_ns: str
-    pods: list[Pod]
-    client: Pod
+    node_ns: str  # node 1's
+    pods: list[Pod]  # on every node
+    client: Pod  # node 1's
     state_dir: Path
     server_pids: dict[str, int] = field(default_factory=dict)
+    nodes: list[Node] = field(default_factory=list)
+    outside: list[Pod] = field(default_factory=list)  # clients outside the cluster
+    underlay_ns: str | None = None  # the bridge's namespace, with 2 nodes or more
 
     @property
     def name(self) -> str:
@@ -96,18 +157,59 @@ class Lab:
 
     @property
     def namespaces(self) -> list[str]:
-        return [self.node_ns, self.client.netns, *(p.netns for p in self.pods)]
+        return [
+            *(n.netns for n in self.nodes), *(n.client.netns for n in self.nodes),
+            *(p.netns for p in self.pods), *([self.underlay_ns] if self.underlay_ns else []),
+            *(o.netns for o in self.outside),
+        ]  # fmt: skip
 
     @property
     def host_ifnames(self) -> list[str]:
-        """The node-side veths (pods then client): where the agent attaches."""
-        return [*(p.host_ifname for p in self.pods), self.client.host_ifname]
+        """Node 1's pod-side veths (pods then client): where its agent attaches."""
+        return [*(p.host_ifname for p in self.node_pods(1)), self.client.host_ifname]
 
     def pod(self, index: int) -> Pod:
         for p in self.pods:
             if p.name == f"pod-{index}":
                 return p
         raise LabError(f"lab {self.name} has no pod-{index}")
+
+    def node(self, index: int) -> Node:
+        if not 1 <= index <= len(self.nodes):
+            raise LabError(f"lab {self.name} has no node-{index}")
+        return self.nodes[index - 1]
+
+    def node_of(self, pod: Pod) -> Node:
+        """The node ``pod`` (a backend pod or a node's client) runs on."""
+        if pod.node == 0:
+            raise LabError(f"{pod.name} of lab {self.name} is outside the cluster")
+        return self.node(pod.node)
+
+    def node_pods(self, index: int) -> list[Pod]:
+        return [p for p in self.pods if p.node == index]
+
+    def node_ifnames(self, index: int) -> list[str]:
+        """Node ``index``'s host-side interfaces: pod veths, client veth, uplink."""
+        node = self.node(index)
+        uplink = [node.uplink] if node.uplink else []
+        return [*(p.host_ifname for p in self.node_pods(index)), node.client.host_ifname,
+                *uplink]
+
+    def node_manifest(self, index: int) -> dict[str, Any]:
+        """Node ``index`` as a Kubernetes Node object (see Node.internal_ip)."""
+        node = self.node(index)
+        return kubeobjects.node(node.name, internal_ip=node.internal_ip, zone=node.zone,
+                                pod_cidr=node.pod_cidr)
+
+    def endpoint(self, pod: Pod | int, *, ready: bool = True, serving: bool | None = None,
+                 terminating: bool = False) -> dict[str, Any]:
+        """Pod ``pod`` (or pod number) as an EndpointSlice endpoint: its address, node
+        name and zone, and the conditions given."""
+        p = self.pod(pod) if isinstance(pod, int) else pod
+        node = self.node_of(p)
+        return kubeobjects.endpoint(p.ip, pod_name=p.name, node_name=node.name,
+                                    zone=node.zone, ready=ready, serving=serving,
+                                    terminating=terminating)
 
     def servers_alive(self) -> dict[str, bool]:
         """Pod name -> whether its recorded server is still running."""
@@ -120,30 +222,45 @@ class Lab:
             "version": STATE_VERSION,
             "name": self.spec.name,
             "pods_requested": self.spec.pods,
+            "nodes_requested": self.spec.nodes,
             "node_ns": self.node_ns,
             "client": _pod_json(self.client),
             "pods": [_pod_json(p) for p in self.pods],
             "server_pids": dict(self.server_pids),
+            "nodes": [self._node_json(n) for n in self.nodes],
+            "underlay_ns": self.underlay_ns,
+            "outside": [_pod_json(o) for o in self.outside],
         }
+
+    def _node_json(self, n: Node) -> dict[str, Any]:
+        return {
+            "name": n.name, "netns": n.netns, "pod_cidr": str(n.pod_cidr), "zone": n.zone,
+            "address": str(n.address) if n.address else None, "uplink": n.uplink,
+            "internal_ip": str(n.internal_ip), "client": _pod_json(n.client),
+            "ifnames": self.node_ifnames(n.index),
+        }  # fmt: skip
 
     @classmethod
     def from_json(cls, data: dict[str, Any], state_dir: Path) -> Lab:
-        return cls(
-            spec=LabSpec(data["name"], int(data["pods_requested"])),
-            node_ns=str(data["node_ns"]),
-            pods=[_pod_from_json(p) for p in data["pods"]],
-            client=_pod_from_json(data["client"]),
-            state_dir=state_dir,
-            server_pids={str(k): int(v) for k, v in data["server_pids"].items()},
-        )
+        """The recorded lab; nodes and outside clients follow from the spec, so a
+        version 1 record (one node) reads as well."""
+        spec = LabSpec(data["name"], int(data["pods_requested"]),
+                       int(data.get("nodes_requested", 1)))
+        lab = _plan(spec)
+        lab.pods = [_pod_from_json(p) for p in data["pods"]]
+        lab.state_dir = state_dir
+        lab.server_pids = {str(k): int(v) for k, v in data["server_pids"].items()}
+        return lab
 
 
-def _pod_json(p: Pod) -> dict[str, str]:
-    return {"name": p.name, "netns": p.netns, "ip": str(p.ip), "host_ifname": p.host_ifname}
+def _pod_json(p: Pod) -> dict[str, Any]:
+    return {"name": p.name, "netns": p.netns, "ip": str(p.ip), "host_ifname": p.host_ifname,
+            "node": p.node}
 
 
-def _pod_from_json(d: dict[str, str]) -> Pod:
-    return Pod(d["name"], d["netns"], IPv4Address(d["ip"]), d["host_ifname"])
+def _pod_from_json(d: dict[str, Any]) -> Pod:
+    return Pod(str(d["name"]), str(d["netns"]), IPv4Address(d["ip"]), str(d["host_ifname"]),
+               int(d.get("node", 1)))
 
 
 def _check_name(name: str) -> None:
@@ -157,22 +274,43 @@ def _index(pod: Pod) -> int:
     return int(pod.name.rsplit("-", 1)[1])
 
 
-def pod_ip(index: int) -> IPv4Address:
-    """The address of pod ``index`` (1-based): pod-1 = 10.244.0.11."""
-    return POD_NET + POD_IP_BASE + index
+def pod_cidr(node: int) -> IPv4Network:
+    """Node ``node``'s pod range (1-based): node-1 = 10.244.0.0/24."""
+    return IPv4Network((POD_NET + 256 * (node - 1), 24))
 
 
-def _make_pod(name: str, index: int) -> Pod:
-    return Pod(f"pod-{index}", f"{name}-pod-{index}", pod_ip(index), f"vp{index}")
+def pod_ip(index: int, node: int = 1) -> IPv4Address:
+    """The address of pod ``index`` (1-based) on ``node``: pod-1 = 10.244.0.11."""
+    return pod_cidr(node)[POD_IP_BASE + index]
+
+
+def _make_pod(name: str, index: int, node: int = 1) -> Pod:
+    return Pod(f"pod-{index}", f"{name}-pod-{index}", pod_ip(index, node), f"vp{index}", node)
+
+
+def _make_node(spec: LabSpec, k: int) -> Node:
+    suffix = "" if k == 1 else f"-{k}"
+    cidr = pod_cidr(k)
+    client = Pod(f"client{suffix}", f"{spec.name}-client{suffix}", cidr[CLIENT_HOST], "vc1", k)
+    if spec.nodes == 1:
+        return Node(k, f"{spec.name}-node", cidr, client)
+    return Node(k, f"{spec.name}-node{suffix}", cidr, client, UNDERLAY_NET[k], UPLINK)
 
 
 def _plan(spec: LabSpec) -> Lab:
+    nodes = [_make_node(spec, k) for k in range(1, spec.nodes + 1)]
+    multi = spec.nodes > 1
     return Lab(
         spec=spec,
-        node_ns=f"{spec.name}-node",
-        pods=[_make_pod(spec.name, i) for i in range(1, spec.pods + 1)],
-        client=Pod("client", f"{spec.name}-client", CLIENT_IP, "vc1"),
+        node_ns=nodes[0].netns,
+        pods=[_make_pod(spec.name, (k - 1) * spec.pods + i, k)
+              for k in range(1, spec.nodes + 1) for i in range(1, spec.pods + 1)],
+        client=nodes[0].client,
         state_dir=LAB_ROOT / spec.name,
+        nodes=nodes,
+        outside=[Pod(f"ext-{j}", f"{spec.name}-ext-{j}", UNDERLAY_NET[OUTSIDE_HOST_BASE + j],
+                     f"x{j}", 0) for j in range(1, OUTSIDE_CLIENTS + 1)] if multi else [],
+        underlay_ns=f"{spec.name}-net" if multi else None,
     )
 
 
@@ -203,8 +341,15 @@ def _read_state(name: str) -> tuple[Lab, bool] | None:
 
 def _lab_namespaces(name: str) -> list[str]:
     """Every existing namespace named like lab ``name``'s, recorded or not."""
-    pattern = re.compile(rf"^{re.escape(name)}-(node|client|pod)(-\d+)?$")
+    pattern = re.compile(rf"^{re.escape(name)}-((node|client|pod|ext)(-\d+)?|net)$")
     return [ns for ns in netns.list_netns() if pattern.match(ns)]
+
+
+def _delete_order(ns: str) -> int:
+    """Pods and clients first, then nodes, the underlay last (each namespace's veths
+    go with it; the order only keeps every step's remainder a connected lab)."""
+    kind = ns.split("-")[1]
+    return {"node": 1, "net": 2}.get(kind, 0)
 
 
 # --- processes ------------------------------------------------------------------
@@ -353,29 +498,58 @@ def _step(lab: Lab, what: str) -> Iterator[None]:
         raise LabError(f"lab {lab.name}: {what}: {exc}") from exc
 
 
-def _build_node(lab: Lab) -> None:
-    ns = lab.node_ns
+def _build_node(lab: Lab, node: Node) -> None:
+    ns = node.netns
     with _step(lab, f"create node namespace {ns}"):
         netns.create(ns)
         netns.ip_batch(ns, ["link set lo up"])
         netns.sysctl(ns, "net.ipv4.ip_forward", 1)
-        for conf in ("all", "default"):
-            netns.sysctl(ns, f"net.ipv4.conf.{conf}.rp_filter", 0)
+        underlay.no_rp_filter(ns)
+        if lab.underlay_ns:
+            underlay.no_redirects(ns)
+
+
+def _build_underlay(lab: Lab, switch_ns: str) -> None:
+    """The bridge, every node's uplink with routes to the other nodes' pod ranges, and
+    the outside clients (node addresses only, plus the load-balancer range via node 1)."""
+    with _step(lab, f"create the underlay {switch_ns}"):
+        underlay.build_switch(switch_ns)
+    prefix = UNDERLAY_NET.prefixlen
+    for node in lab.nodes:
+        assert node.address is not None and node.uplink is not None
+        with _step(lab, f"connect {node.name} ({node.netns}) to the underlay"):
+            underlay.plug(switch_ns, node.netns, ifname=node.uplink, port=f"n{node.index}",
+                          address=IPv4Interface((node.address, prefix)))
+            underlay.no_redirects(node.netns, node.uplink)
+            underlay.add_routes(node.netns, [
+                (other.pod_cidr, other.address) for other in lab.nodes
+                if other is not node and other.address is not None
+            ], dev=node.uplink)  # fmt: skip
+    gateway = lab.nodes[0].address
+    assert gateway is not None
+    for ext in lab.outside:
+        with _step(lab, f"create outside client {ext.name} ({ext.netns})"):
+            netns.create(ext.netns)
+            netns.ip_batch(ext.netns, ["link set lo up"])
+            underlay.no_rp_filter(ext.netns)
+            underlay.no_redirects(ext.netns)
+            underlay.plug(switch_ns, ext.netns, ifname=UPLINK, port=ext.host_ifname,
+                          address=IPv4Interface((ext.ip, prefix)))
+            underlay.add_routes(ext.netns, [(LB_NET, gateway)], dev=UPLINK)
 
 
 def _build_pod(lab: Lab, pod: Pod) -> None:
-    """Create ``pod``'s namespace and its veth pair (made inside the node namespace,
+    """Create ``pod``'s namespace and its veth pair (made inside its node's namespace,
     the peer created straight into the pod), addresses and routes on both sides."""
     host = pod.host_ifname
+    node_ns = lab.node_of(pod).netns
     with _step(lab, f"create {pod.name} ({pod.netns})"):
         netns.create(pod.netns)
         for conf in ("all", "default"):
             netns.sysctl(pod.netns, f"net.ipv4.conf.{conf}.rp_filter", 0)
-        netns.ip_batch(
-            lab.node_ns, [f"link add {host} type veth peer name eth0 netns {pod.netns}"]
-        )
-        netns.sysctl(lab.node_ns, f"net.ipv4.conf.{host}.rp_filter", 0)
-        netns.ip_batch(lab.node_ns, [
+        netns.ip_batch(node_ns, [f"link add {host} type veth peer name eth0 netns {pod.netns}"])
+        netns.sysctl(node_ns, f"net.ipv4.conf.{host}.rp_filter", 0)
+        netns.ip_batch(node_ns, [
             f"addr add {GATEWAY}/32 dev {host}",
             f"link set {host} up",
             f"route add {pod.ip}/32 dev {host} scope link",
@@ -402,10 +576,31 @@ def _start_servers(lab: Lab, pods: list[Pod]) -> None:
             _wait_ready(lab, pod, proc, deadline)
 
 
+def _check_wiring(lab: Lab) -> None:
+    """Beyond each pod answering node 1's client (checked as its server starts): every
+    other node's client reaches a pod on node 1, and every outside client reaches every
+    node's underlay address."""
+    targets = lab.node_pods(1)
+    for node in lab.nodes[1:]:
+        if not targets:
+            break
+        pod = targets[0]
+        with _step(lab, f"check {node.client.name} reaches {pod.name} ({pod.ip})"):
+            answers = (traffic.http_get(node.client.netns, pod.ip, HTTP_PORT),
+                       traffic.udp_request(node.client.netns, pod.ip, UDP_PORT)[0])
+            if answers != (f"{pod.name}\n",) * 2:
+                raise LabError(f"{pod.ip} answered {answers!r}, expected {pod.name!r}")
+    for ext in lab.outside:
+        for node in lab.nodes:
+            assert node.address is not None
+            with _step(lab, f"check {ext.name} reaches {node.name} ({node.address})"):
+                underlay.check_tcp(ext.netns, node.netns, node.address)
+
+
 def _healthy(lab: Lab, spec: LabSpec) -> bool:
     return (
         lab.spec == spec
-        and [_index(p) for p in lab.pods] == list(range(1, spec.pods + 1))
+        and lab.pods == _plan(spec).pods
         and all(netns.netns_exists(ns) for ns in lab.namespaces)
         and all(lab.servers_alive().values())
     )
@@ -426,11 +621,16 @@ def up(spec: LabSpec | None = None) -> Lab:
     lab = _plan(spec)
     try:
         _write_state(lab, complete=False)
-        _build_node(lab)
-        _build_pod(lab, lab.client)
+        for node in lab.nodes:
+            _build_node(lab, node)
+        if lab.underlay_ns:
+            _build_underlay(lab, lab.underlay_ns)
+        for node in lab.nodes:
+            _build_pod(lab, node.client)
         for pod in lab.pods:
             _build_pod(lab, pod)
         _start_servers(lab, lab.pods)
+        _check_wiring(lab)
         _write_state(lab, complete=True)
     except BaseException as exc:
         try:
@@ -452,8 +652,7 @@ def down(name: str = "ebpflb") -> None:
     lab = recorded[0] if recorded else None
     namespaces = sorted(set(_lab_namespaces(name)) | set(lab.namespaces if lab else []))
     _stop_servers(lab, lab.pods if lab else [], namespaces)
-    # Pods and client first: deleting a pod namespace removes its veth pair.
-    for ns in sorted(namespaces, key=lambda n: n.endswith("-node")):
+    for ns in sorted(namespaces, key=_delete_order):
         netns.delete(ns)
     shutil.rmtree(LAB_ROOT / name, ignore_errors=True)
     left = _lab_namespaces(name)
@@ -474,13 +673,14 @@ def leftovers(name: str = "ebpflb") -> list[str]:
     return _lab_namespaces(name)
 
 
-def add_pod(lab: Lab, index: int) -> Pod:
-    """Add backend pod ``index`` (with its server) to a running lab."""
-    if not 1 <= index <= MAX_PODS:
-        raise LabError(f"pod index {index} is not within 1..{MAX_PODS}")
+def add_pod(lab: Lab, index: int, node: int = 1) -> Pod:
+    """Add backend pod ``index`` (with its server) on node ``node`` of a running lab."""
+    if not 1 <= index <= MAX_POD_INDEX:
+        raise LabError(f"pod index {index} is not within 1..{MAX_POD_INDEX}")
+    lab.node(node)  # exists
     if any(_index(p) == index for p in lab.pods):
         raise LabError(f"lab {lab.name} already has pod-{index}")
-    pod = _make_pod(lab.name, index)
+    pod = _make_pod(lab.name, index, node)
     try:
         _build_pod(lab, pod)
         _start_servers(lab, [pod])
@@ -496,7 +696,7 @@ def add_pod(lab: Lab, index: int) -> Pod:
 def remove_pod(lab: Lab, index: int) -> None:
     """Stop pod ``index``'s server and delete its namespace (and with it the veth
     pair and the node's route). Absent is fine."""
-    pod = _make_pod(lab.name, index)
+    pod = next((p for p in lab.pods if _index(p) == index), None) or _make_pod(lab.name, index)
     _remove(lab, pod)
     lab.pods = [p for p in lab.pods if _index(p) != index]
     _write_state(lab, complete=True)
