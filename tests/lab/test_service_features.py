@@ -1,0 +1,184 @@
+"""Service features beyond plain ClusterIP balancing, with real traffic on the
+single-node lab: hairpin, ICMP errors, ClientIP session affinity, terminating
+endpoints, internalTrafficPolicy: Local, named ports over several EndpointSlices.
+Each runs on both data paths where the userspace proxy can have the feature at all
+(the kernel-only ones say why)."""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ebpflb.dataplane.bpf import abi
+from ebpflb.dataplane.bpf.bpffs import remove_pins
+from ebpflb.dataplane.bpf.inspect import BpfInspector
+from ebpflb.dataplane.userspace.state import UserspaceInspector
+from ebpflb.lab import netns, topology, traffic
+from ebpflb.lab.agentproc import AgentProcess
+
+from . import manifests as k8s
+from .conftest import _require_root, unique_lab_name
+
+pytestmark = pytest.mark.root
+
+NODE = "node-1"
+HTTP = {"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}
+DNS = {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 9090}
+SLICE_PORTS = [{"name": "http", "port": 8080, "protocol": "TCP"},
+               {"name": "dns", "port": 9090, "protocol": "UDP"}]
+
+
+class Env:
+    def __init__(self, lab: topology.Lab, manifests: Path, pin_dir: str, state_dir: str,
+                 dataplane: str) -> None:
+        self.lab = lab
+        self.manifests = manifests
+        self.pin_dir = pin_dir
+        self.state_dir = state_dir
+        self.dataplane = dataplane
+        self.agent: AgentProcess | None = None
+
+    @property
+    def client(self) -> str:
+        return self.lab.client.netns
+
+    def ip(self, i: int) -> str:
+        return str(self.lab.pod(i).ip)
+
+    def start(self) -> None:
+        self.agent = AgentProcess(
+            self.lab.node_ns, manifests=self.manifests, pin_dir=self.pin_dir,
+            log_path=self.lab.state_dir / "agent.log",
+            extra_args=["--cleanup", "--dataplane", self.dataplane, "--state-dir",
+                        self.state_dir, "--node-name", NODE]).start()
+        self.agent.wait_ready()
+
+    def backends(self, frontend: str) -> set[str]:
+        insp = (BpfInspector(self.pin_dir) if self.dataplane == "bpf"
+                else UserspaceInspector(self.state_dir))
+        with insp:
+            return {str(b.address) for b in insp.backends()
+                    if str(b.frontend) == frontend and b.active}
+
+    def publish(self, name: str, ip: str, endpoints: list[k8s.Obj], *,
+                ports: list[dict[str, object]] | None = None,
+                slice_ports: list[dict[str, object]] | None = None,
+                expect: set[str] | None = None, **spec: object) -> None:
+        """Replace every Service with this one, and wait until its TCP frontend holds
+        `expect` (default: the ready endpoints' addresses)."""
+        for f in self.manifests.glob("*.json"):
+            f.unlink()
+        k8s.write(self.manifests, name, [
+            k8s.service(name, ip, ports or [HTTP, DNS], **spec),
+            k8s.endpoint_slice(f"{name}-a", name, slice_ports or SLICE_PORTS, endpoints)])
+        want = expect if expect is not None else {
+            e["addresses"][0] for e in endpoints if e["conditions"]["ready"]}
+        assert self.agent is not None
+        self.agent.wait_for(lambda: self.backends(f"{ip}:80/TCP") == want,
+                            what=f"{ip}:80/TCP -> {sorted(want)}")
+
+
+@pytest.fixture(scope="module", params=["bpf", "userspace"])
+def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+        ) -> Iterator[Env]:
+    _require_root()
+    name = unique_lab_name()
+    pin_dir = f"/sys/fs/bpf/ebpflb-{name}-{secrets.token_hex(2)}"
+    e = Env(topology.up(topology.LabSpec(name, pods=3)), tmp_path_factory.mktemp("manifests"),
+            pin_dir, str(tmp_path_factory.mktemp("state")), request.param)
+    try:
+        e.start()
+        yield e
+    finally:
+        if e.agent is not None:
+            e.agent.stop()
+        topology.down(name)
+        remove_pins(pin_dir, abi.ALL_MAPS + abi.LEGACY_MAPS)
+
+
+kernel_path_only = pytest.mark.parametrize("env", ["bpf"], indirect=True)
+
+
+def test_a_pod_reaching_its_own_service_is_answered(env: Env) -> None:
+    """Hairpin: the only backend is the client itself. Without source NAT the pod would
+    see a packet from its own address and drop it as a martian."""
+    env.publish("self", "10.96.1.10", [k8s.endpoint(env.ip(1))])
+    pod = env.lab.pod(1).netns
+    assert traffic.spread_tcp(pod, "10.96.1.10", 80, 5) == {"pod-1\n": 5}
+    answer, source = traffic.udp_request(pod, "10.96.1.10", 53)
+    assert (answer, source) == ("pod-1\n", ("10.96.1.10", 53))
+
+
+@kernel_path_only
+def test_port_unreachable_from_a_backend_reaches_the_client(env: Env) -> None:
+    """A UDP backend with nothing on the target port answers with ICMP port unreachable;
+    reverse-translated, the client's connected socket (to the ClusterIP) gets
+    ECONNREFUSED. Untranslated, the error would quote the pod's address and match no
+    socket: the client would wait for its timeout. (The userspace proxy has its own
+    socket to the backend: the client cannot see the backend's ICMP by design.)"""
+    dead = {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 9999}
+    env.publish("dead", "10.96.1.11", [k8s.endpoint(env.ip(2))], ports=[HTTP, dead],
+                slice_ports=[SLICE_PORTS[0], {"name": "dns", "port": 9999, "protocol": "UDP"}])
+    with netns.socket_in(env.client, socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(2.0)
+        sock.connect(("10.96.1.11", 53))
+        sock.send(b"x")
+        with pytest.raises(ConnectionRefusedError):
+            sock.recv(100)
+
+
+def test_client_ip_affinity_holds_then_expires(env: Env) -> None:
+    env.publish("sticky", "10.96.1.12", [k8s.endpoint(env.ip(i)) for i in (1, 2, 3)],
+                sessionAffinity="ClientIP",
+                sessionAffinityConfig={"clientIP": {"timeoutSeconds": 2}})
+    seen = traffic.spread_tcp(env.client, "10.96.1.12", 80, 100)
+    assert len(seen) == 1 and sum(seen.values()) == 100
+    time.sleep(3.0)  # the timeout counts from the last new connection
+    moved: set[str] = set()
+    for _ in range(8):  # each round: one new choice, then 2.5 s without a connection
+        moved |= set(traffic.spread_tcp(env.client, "10.96.1.12", 80, 1))
+        if len(moved) > 1:
+            break
+        time.sleep(2.5)
+    assert len(moved) > 1
+
+
+def test_terminating_endpoints_serve_only_when_none_is_ready(env: Env) -> None:
+    draining = k8s.endpoint(env.ip(1), ready=False, serving=True, terminating=True)
+    gone = k8s.endpoint(env.ip(2), ready=False, serving=False, terminating=True)
+    env.publish("drain", "10.96.1.13", [draining, gone], expect={env.ip(1)})
+    assert traffic.spread_tcp(env.client, "10.96.1.13", 80, 10) == {"pod-1\n": 10}
+    env.publish("drain", "10.96.1.13", [draining, gone, k8s.endpoint(env.ip(3))])
+    assert traffic.spread_tcp(env.client, "10.96.1.13", 80, 10) == {"pod-3\n": 10}
+
+
+def test_internal_traffic_policy_local_uses_only_this_nodes_endpoints(env: Env) -> None:
+    eps = [k8s.endpoint(env.ip(1), node=NODE), k8s.endpoint(env.ip(2), node="node-2"),
+           k8s.endpoint(env.ip(3), node="node-2")]
+    env.publish("local", "10.96.1.14", eps, expect={env.ip(1)},
+                internalTrafficPolicy="Local")
+    assert traffic.spread_tcp(env.client, "10.96.1.14", 80, 20) == {"pod-1\n": 20}
+    assert traffic.spread_udp(env.client, "10.96.1.14", 53, 10) == {"pod-1\n": 10}
+
+
+def test_named_target_port_over_several_slices(env: Env) -> None:
+    """targetPort by name; the endpoints come in two slices, each resolving the name."""
+    ports = [{"name": "web", "port": 80, "protocol": "TCP", "targetPort": "http-alt"}]
+    sport = [{"name": "web", "port": 8080, "protocol": "TCP"}]
+    for f in env.manifests.glob("*.json"):
+        f.unlink()
+    k8s.write(env.manifests, "named", [
+        k8s.service("named", "10.96.1.15", ports),
+        k8s.endpoint_slice("named-a", "named", sport,
+                           [k8s.endpoint(env.ip(1)), k8s.endpoint(env.ip(2))]),
+        k8s.endpoint_slice("named-b", "named", sport, [k8s.endpoint(env.ip(3))])])
+    want = {env.ip(i) for i in (1, 2, 3)}
+    assert env.agent is not None
+    env.agent.wait_for(lambda: env.backends("10.96.1.15:80/TCP") == want, what="named")
+    seen = traffic.spread_tcp(env.client, "10.96.1.15", 80, 60)
+    assert set(seen) == {"pod-1\n", "pod-2\n", "pod-3\n"}
