@@ -89,8 +89,13 @@ def _parse_head(head: bytes) -> tuple[bool, int]:
     return close, max(length, -1)
 
 
+WHOAMI = b"whoami"
+
+
 class UdpEcho(asyncio.DatagramProtocol):
-    """Answers every datagram with the pod's name, to the sender."""
+    """Answers every datagram with the pod's name, to the sender; a datagram saying
+    ``whoami`` also gets the sender's address as this pod saw it ("pod-1 10.0.0.5"),
+    which shows whether a load balancer kept the client's source address."""
 
     def __init__(self, body: bytes) -> None:
         self._body = body
@@ -102,6 +107,10 @@ class UdpEcho(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str | bytes, int]) -> None:
         assert self._transport is not None
+        if data == WHOAMI:
+            body = self._body.rstrip(b"\n") + f" {addr[0]!s}\n".encode()
+            self._transport.sendto(body, addr)
+            return
         self._transport.sendto(self._body, addr)
 
 

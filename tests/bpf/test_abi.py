@@ -93,7 +93,8 @@ def test_maps_h_declares_exactly_the_abi_maps() -> None:
 
 
 # map -> (key, value, per-CPU) as the Python side reads it
-_CType = type[ctypes.c_uint32] | type[ctypes.c_uint64] | type[ctypes.Structure]
+_CType = (type[ctypes.c_uint8] | type[ctypes.c_uint32] | type[ctypes.c_uint64]
+          | type[ctypes.Structure])
 MAP_LAYOUT: dict[str, tuple[_CType, _CType, bool]] = {
     abi.MAP_SERVICES: (abi.Lb4Key, abi.Lb4Service, False),
     abi.MAP_SLOTS: (abi.Lb4SlotKey, ctypes.c_uint32, False),

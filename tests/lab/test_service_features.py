@@ -11,6 +11,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,7 +69,7 @@ class Env:
     def publish(self, name: str, ip: str, endpoints: list[k8s.Obj], *,
                 ports: list[dict[str, object]] | None = None,
                 slice_ports: list[dict[str, object]] | None = None,
-                expect: set[str] | None = None, **spec: object) -> None:
+                expect: set[str] | None = None, **spec: Any) -> None:
         """Replace every Service with this one, and wait until its TCP frontend holds
         `expect` (default: the ready endpoints' addresses)."""
         for f in self.manifests.glob("*.json"):

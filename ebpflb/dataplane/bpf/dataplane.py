@@ -27,6 +27,24 @@ class BpfConfig:
     max_conntrack: int = abi.DEFAULT_MAX_CONNTRACK
 
 
+# Per-interface settings for the interfaces the program is attached to, as Cilium sets
+# them on its own: a translated packet may carry a node address as its source (source
+# NAT of external traffic, a reply reverse-translated to a NodePort) or a Service
+# address from a pod interface, which the kernel would otherwise drop as a martian or
+# fail reverse-path filtering.
+SOURCE_CHECK_SYSCTLS = (("accept_local", "1"), ("rp_filter", "0"))
+
+
+def relax_source_checks(ifname: str) -> None:
+    for key, value in SOURCE_CHECK_SYSCTLS:
+        path = f"/proc/sys/net/ipv4/conf/{ifname}/{key}"
+        try:
+            with open(path, "w") as f:
+                f.write(value)
+        except OSError as exc:
+            log.warning("cannot set %s to %s: %s", path, value, exc)
+
+
 class BpfDataplane:
     name = "bpf"
 
@@ -94,6 +112,7 @@ class BpfDataplane:
                 log.warning("%s", exc)
                 continue
             log.info("attached %s to %s", self.program.name, ifname)
+            relax_source_checks(ifname)
             self.attached.add(ifname)
 
     def close(self, *, cleanup: bool = False) -> None:

@@ -1,0 +1,215 @@
+"""Cross-node Service semantics on the kernel path, with real traffic on a two-node
+lab: an agent per node (its own pins, --node-name), one manifest directory for both,
+clients on both nodes and outside the cluster.
+
+node-1: pod-1, pod-2, client 10.244.0.200, uplink 192.168.50.1
+node-2: pod-3, pod-4, client 10.244.1.200, uplink 192.168.50.2
+outside: ext-1 192.168.50.101, ext-2 192.168.50.102 (192.168.60.0/24 routed to node-1)
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from ebpflb.cli import app
+from ebpflb.dataplane.bpf import abi
+from ebpflb.dataplane.bpf.bpffs import remove_pins
+from ebpflb.dataplane.bpf.inspect import BpfInspector
+from ebpflb.lab import topology, traffic
+from ebpflb.lab.agentproc import AgentProcess
+
+from . import manifests as k8s
+from .conftest import _require_root, unique_lab_name
+
+pytestmark = pytest.mark.root
+
+HTTP = {"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}
+DNS = {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 9090}
+SLICE_PORTS = [{"name": "http", "port": 8080, "protocol": "TCP"},
+               {"name": "dns", "port": 9090, "protocol": "UDP"}]
+LB_IP = "192.168.60.10"
+EXTERNAL_IP = "192.168.60.11"
+
+
+class Cluster:
+    def __init__(self, lab: topology.Lab, manifests: Path, pins: list[str]) -> None:
+        self.lab = lab
+        self.manifests = manifests
+        self.pins = pins
+        self.agents: list[AgentProcess] = []
+
+    def start(self) -> None:
+        for k, pin_dir in enumerate(self.pins, start=1):
+            agent = AgentProcess(
+                self.lab.node(k).netns, manifests=self.manifests, pin_dir=pin_dir,
+                log_path=self.lab.state_dir / f"agent-{k}.log",
+                extra_args=["--cleanup", "--dataplane", "bpf", "--node-name", f"node-{k}",
+                            "--state-dir", str(self.manifests.parent / f"state-{k}")])
+            self.agents.append(agent.start())
+        for agent in self.agents:
+            agent.wait_ready()
+
+    def node_ip(self, k: int) -> str:
+        return str(self.lab.node(k).address)
+
+    def client(self, k: int) -> str:
+        return self.lab.node(k).client.netns
+
+    def ext(self, j: int) -> str:
+        return self.lab.outside[j - 1].netns
+
+    def frontends(self, k: int) -> dict[str, set[str]]:
+        """Frontend -> its active backends' addresses, on node k."""
+        out: dict[str, set[str]] = {}
+        with BpfInspector(self.pins[k - 1]) as insp:
+            for v in insp.services():
+                out[str(v.frontend)] = set()
+            for b in insp.backends():
+                if b.active:
+                    out[str(b.frontend)].add(str(b.address))
+        return out
+
+    def ips(self, pods: list[int]) -> set[str]:
+        return {str(self.lab.pod(i).ip) for i in pods}
+
+    def publish(self, name: str, pods: list[int], *,
+                wait: dict[str, dict[str, set[str]]] | None = None,
+                endpoints: list[dict[str, Any]] | None = None, status: Any = None,
+                **spec: Any) -> None:
+        """Replace every Service with this one (plus the Node objects), and wait until
+        each node holds `wait` (node -> frontend -> active backend addresses; default:
+        the ClusterIP's TCP frontend with `pods`)."""
+        for f in self.manifests.glob("*.json"):
+            f.unlink()
+        svc = k8s.service(name, spec.pop("clusterIP", "10.96.2.10"),
+                          spec.pop("ports", [HTTP, DNS]), **spec)
+        if status is not None:
+            svc["status"] = status
+        eps = endpoints if endpoints is not None else [self.lab.endpoint(i) for i in pods]
+        k8s.write(self.manifests, "nodes", [self.lab.node_manifest(1),
+                                            self.lab.node_manifest(2)])
+        k8s.write(self.manifests, name, [svc, k8s.endpoint_slice(f"{name}-a", name,
+                                                                 SLICE_PORTS, eps)])
+        cluster_ip = svc["spec"]["clusterIP"]
+        for k, agent in enumerate(self.agents, start=1):
+            expected = (wait or {}).get(f"node-{k}") or {
+                f"{cluster_ip}:80/TCP": self.ips(pods)}
+            agent.wait_for(self._holds(k, expected), what=f"node-{k} holds {expected}")
+
+    def _holds(self, k: int, expected: dict[str, set[str]]) -> Callable[[], bool]:
+        def check() -> bool:
+            held = self.frontends(k)
+            return all(held.get(fe) == want for fe, want in expected.items())
+        return check
+
+    def counters(self, k: int) -> dict[str, int]:
+        out = CliRunner().invoke(app, ["stats", "--json", "--pin-dir", self.pins[k - 1]])
+        assert out.exit_code == 0, out.output
+        counters: dict[str, int] = json.loads(out.output)["counters"]
+        return counters
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    _require_root()
+    name = unique_lab_name()
+    pins = [f"/sys/fs/bpf/ebpflb-{name}-{k}-{secrets.token_hex(2)}" for k in (1, 2)]
+    base = tmp_path_factory.mktemp("multinode")
+    manifests = base / "manifests"
+    manifests.mkdir()
+    c = Cluster(topology.up(topology.LabSpec(name, pods=2, nodes=2)), manifests, pins)
+    try:
+        k8s.write(manifests, "nodes", [c.lab.node_manifest(1), c.lab.node_manifest(2)])
+        c.start()
+        yield c
+    finally:
+        for agent in c.agents:
+            agent.stop()
+        topology.down(name)
+        for pin_dir in pins:
+            remove_pins(pin_dir, abi.ALL_MAPS + abi.LEGACY_MAPS)
+
+
+def names(pods: list[int]) -> set[str]:
+    return {f"pod-{i}\n" for i in pods}
+
+
+def test_clusterip_to_backends_on_the_other_node(cluster: Cluster) -> None:
+    """The replies of a backend on another node cross the underlay untranslated and are
+    translated at the client's node, on its uplink."""
+    cluster.publish("remote", [3, 4])
+    assert set(traffic.spread_tcp(cluster.client(1), "10.96.2.10", 80, 40)) == names([3, 4])
+    answer, source = traffic.udp_request(cluster.client(1), "10.96.2.10", 53)
+    assert answer in names([3, 4]) and source == ("10.96.2.10", 53)
+    cluster.publish("remote", [1, 2])
+    assert set(traffic.spread_tcp(cluster.client(2), "10.96.2.10", 80, 40)) == names([1, 2])
+
+
+def test_nodeport_cluster_policy_reaches_every_backend_from_anywhere(cluster: Cluster) -> None:
+    ports = [dict(HTTP, nodePort=30080), dict(DNS, nodePort=30053)]
+    every = cluster.ips([1, 2, 3, 4])
+    node_fe = {f"node-{k}": {f"{cluster.node_ip(k)}:30080/TCP": every} for k in (1, 2)}
+    cluster.publish("np", [1, 2, 3, 4], type="NodePort", wait=node_fe, ports=ports)
+    for k in (1, 2):
+        node = cluster.node_ip(k)
+        # from outside the cluster: spread over both nodes' pods, source-NATed
+        assert set(traffic.spread_tcp(cluster.ext(1), node, 30080, 60)) == names([1, 2, 3, 4])
+        answer, source = traffic.udp_request(cluster.ext(1), node, 30053)
+        assert answer in names([1, 2, 3, 4]) and source == (node, 30053)
+        # from pods on both nodes
+        for c in (1, 2):
+            assert traffic.http_get(cluster.client(c), node, 30080) in names([1, 2, 3, 4])
+    # a backend sees the node, not the outside client (source NAT)
+    seen = {traffic.udp_request(cluster.ext(1), cluster.node_ip(1), 30053, b"whoami")[0]
+            for _ in range(20)}
+    assert all(line.split()[1] in {cluster.node_ip(1), str(abi.HAIRPIN_ADDRESS)}
+               or line.split()[1].startswith("192.168.50.") for line in seen)
+    assert all(line.split()[1] != str(cluster.lab.outside[0].ip) for line in seen)
+    assert cluster.counters(1)["snat"] > 0
+
+
+def test_nodeport_local_policy_keeps_the_client_address_and_only_local_backends(
+        cluster: Cluster) -> None:
+    ports = [dict(HTTP, nodePort=30080), dict(DNS, nodePort=30053)]
+    wait: dict[str, dict[str, set[str]]] = {
+        "node-1": {f"{cluster.node_ip(1)}:30080/TCP": cluster.ips([1])},
+        "node-2": {f"{cluster.node_ip(2)}:30080/TCP": set()}}
+    cluster.publish("local", [1, 3], type="NodePort", externalTrafficPolicy="Local",
+                    endpoints=[cluster.lab.endpoint(1), cluster.lab.endpoint(3, ready=False)],
+                    wait=wait, ports=ports)
+    assert traffic.spread_tcp(cluster.ext(1), cluster.node_ip(1), 30080, 20) == {"pod-1\n": 20}
+    answer, _ = traffic.udp_request(cluster.ext(1), cluster.node_ip(1), 30053, b"whoami")
+    assert answer == f"pod-1 {cluster.lab.outside[0].ip}\n"
+    # node-2 has no local endpoint: its NodePort drops, as kube-proxy's does
+    with pytest.raises(OSError):
+        traffic.http_get(cluster.ext(1), cluster.node_ip(2), 30080, timeout=1.0)
+    assert cluster.counters(2)["no_backend"] > 0
+
+
+def test_load_balancer_ip_with_source_ranges(cluster: Cluster) -> None:
+    status = {"loadBalancer": {"ingress": [{"ip": LB_IP}]}}
+    every = cluster.ips([1, 2, 3, 4])
+    wait = {"node-1": {f"{LB_IP}:80/TCP": every}, "node-2": {f"{LB_IP}:80/TCP": every}}
+    cluster.publish("lb", [1, 2, 3, 4], type="LoadBalancer", status=status, wait=wait,
+                    loadBalancerSourceRanges=[f"{cluster.lab.outside[0].ip}/32"])
+    assert set(traffic.spread_tcp(cluster.ext(1), LB_IP, 80, 40)) == names([1, 2, 3, 4])
+    before = cluster.counters(1)["source_range_drop"]
+    with pytest.raises(OSError):
+        traffic.http_get(cluster.ext(2), LB_IP, 80, timeout=1.0)
+    assert cluster.counters(1)["source_range_drop"] > before
+
+
+def test_external_ip_is_a_frontend(cluster: Cluster) -> None:
+    two = cluster.ips([2, 4])
+    wait = {"node-1": {f"{EXTERNAL_IP}:80/TCP": two}, "node-2": {f"{EXTERNAL_IP}:80/TCP": two}}
+    cluster.publish("ext", [2, 4], externalIPs=[EXTERNAL_IP], wait=wait)
+    assert set(traffic.spread_tcp(cluster.ext(2), EXTERNAL_IP, 80, 30)) == names([2, 4])
+    answer, source = traffic.udp_request(cluster.ext(2), EXTERNAL_IP, 53)
+    assert answer in names([2, 4]) and source == (EXTERNAL_IP, 53)
