@@ -2,7 +2,8 @@
  * pod-facing veths and of the node's uplinks. A packet to a service frontend is sent
  * to one of its backends (daddr/dport rewritten; the source too for external traffic
  * and hairpin), a backend's reply (or ICMP error) is sent back as from the frontend
- * (saddr/sport rewritten); everything else passes untouched. Built by
+ * (saddr/sport rewritten); everything else passes untouched. ebpflb_tc_egress, on
+ * egress of the pod veths, does the reverse translation only. Built by
  * ebpflb/dataplane/bpf/loader.py with -I<bpf dir> and -D PIN_DIR/MAX_* flags. */
 #include <uapi/linux/pkt_cls.h>
 
@@ -177,5 +178,22 @@ int ebpflb_tc(struct __sk_buff *skb)
 		svc = lb4_lookup_service(&pkt);
 		ret = svc ? lb4_forward(skb, &pkt, svc) : lb4_reverse(skb, &pkt);
 	}
+	return ret < 0 ? TC_ACT_SHOT : TC_ACT_OK;
+}
+
+/* Egress of the pod veths: replies on their way into a client pod that no ingress hook
+ * saw untranslated, i.e. from a host-network backend on this node (the API server
+ * behind kubernetes.default), which answers from the node's own stack. Only reverse
+ * translation here: every forward packet already met the ingress program. */
+int ebpflb_tc_egress(struct __sk_buff *skb)
+{
+	struct pkt4 pkt;
+	int ret;
+
+	ret = pkt4_parse(skb, &pkt);
+	if (ret == PKT_ICMP)
+		ret = icmp4_reverse(skb, &pkt);
+	else if (ret == 0)
+		ret = lb4_reverse(skb, &pkt);
 	return ret < 0 ? TC_ACT_SHOT : TC_ACT_OK;
 }

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from ebpflb.cli import app
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import remove_pins
 from ebpflb.dataplane.bpf.inspect import BpfInspector
-from ebpflb.lab import topology, traffic
+from ebpflb.lab import netns, topology, traffic
 from ebpflb.lab.agentproc import AgentProcess
 
 from . import manifests as k8s
@@ -82,7 +84,7 @@ class Cluster:
     def publish(self, name: str, pods: list[int], *,
                 wait: dict[str, dict[str, set[str]]] | None = None,
                 endpoints: list[dict[str, Any]] | None = None, status: Any = None,
-                **spec: Any) -> None:
+                slice_ports: list[dict[str, Any]] | None = None, **spec: Any) -> None:
         """Replace every Service with this one (plus the Node objects), and wait until
         each node holds `wait` (node -> frontend -> active backend addresses; default:
         the ClusterIP's TCP frontend with `pods`)."""
@@ -95,12 +97,13 @@ class Cluster:
         eps = endpoints if endpoints is not None else [self.lab.endpoint(i) for i in pods]
         k8s.write(self.manifests, "nodes", [self.lab.node_manifest(1),
                                             self.lab.node_manifest(2)])
-        k8s.write(self.manifests, name, [svc, k8s.endpoint_slice(f"{name}-a", name,
-                                                                 SLICE_PORTS, eps)])
+        k8s.write(self.manifests, name, [svc, k8s.endpoint_slice(
+            f"{name}-a", name, slice_ports or SLICE_PORTS, eps)])
         cluster_ip = svc["spec"]["clusterIP"]
         for k, agent in enumerate(self.agents, start=1):
             expected = (wait or {}).get(f"node-{k}") or {
-                f"{cluster_ip}:80/TCP": self.ips(pods)}
+                f"{cluster_ip}:80/TCP": self.ips(pods) if endpoints is None else {
+                    e["addresses"][0] for e in endpoints if e["conditions"]["ready"]}}
             agent.wait_for(self._holds(k, expected), what=f"node-{k} holds {expected}")
 
     def _holds(self, k: int, expected: dict[str, set[str]]) -> Callable[[], bool]:
@@ -213,3 +216,45 @@ def test_external_ip_is_a_frontend(cluster: Cluster) -> None:
     assert set(traffic.spread_tcp(cluster.ext(2), EXTERNAL_IP, 80, 30)) == names([2, 4])
     answer, source = traffic.udp_request(cluster.ext(2), EXTERNAL_IP, 53)
     assert answer in names([2, 4]) and source == (EXTERNAL_IP, 53)
+
+
+def _serve_http(sock: socket.socket, body: bytes, stop: threading.Event) -> None:
+    """A host-network server: one short HTTP answer per connection, until stop."""
+    sock.settimeout(0.2)
+    while not stop.is_set():
+        try:
+            conn, _ = sock.accept()
+        except TimeoutError:
+            continue
+        with conn:
+            conn.settimeout(2.0)
+            conn.recv(4096)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+                         % len(body) + body)
+
+
+def test_host_network_backend_answers_as_the_service(cluster: Cluster) -> None:
+    """A backend in the node's own network namespace (like the API server behind
+    kubernetes.default) answers from the node's stack: no ingress hook sees the reply.
+    On its own node the egress hook of the client's veth translates it; from the other
+    node it crosses the underlay and is translated on that node's uplink."""
+    node_ip = cluster.node_ip(1)
+    stop = threading.Event()
+    with netns.socket_in(cluster.lab.node(1).netns) as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind((node_ip, 7443))
+        server.listen(64)
+        thread = threading.Thread(target=_serve_http, args=(server, b"host-1\n", stop))
+        thread.start()
+        try:
+            endpoint = k8s.endpoint(node_ip, node="node-1")
+            cluster.publish("kubernetes", [], endpoints=[endpoint], clusterIP="10.96.0.1",
+                            ports=[{"name": "https", "port": 80, "protocol": "TCP",
+                                    "targetPort": 7443}],
+                            slice_ports=[{"name": "https", "port": 7443, "protocol": "TCP"}])
+            for k in (1, 2):
+                assert traffic.spread_tcp(cluster.client(k), "10.96.0.1", 80, 5) == {
+                    "host-1\n": 5}
+        finally:
+            stop.set()
+            thread.join(5)

@@ -1,7 +1,7 @@
-"""Attaching the tc program with pyroute2: a clsact qdisc and one direct-action bpf
-filter on ingress of each pod-facing interface, identified by a fixed priority and
-handle so a restarted agent replaces its predecessor's filter in place (atomically:
-no packet sees an interface without a program)."""
+"""Attaching the tc programs with pyroute2: a clsact qdisc and one direct-action bpf
+filter on ingress of each interface (and, on pod veths, one on egress), identified by a
+fixed priority and handle so a restarted agent replaces its predecessor's filter in
+place (atomically: no packet sees an interface without a program)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ TC_PRIO = 1
 TC_HANDLE = 1
 INGRESS = "ffff:fff2"
 INGRESS_PARENT = 0xFFFFFFF2
+EGRESS = "ffff:fff3"
+EGRESS_PARENT = 0xFFFFFFF3
 UPLINK_KINDS = (None, "bond", "vlan", "team")  # None: a physical device
 
 
@@ -28,10 +30,12 @@ def _kind(link: Any) -> str | None:
 
 
 class TcAttacher:
-    def __init__(self, prog_fd: int, *, netns: str | None = None) -> None:
+    def __init__(self, prog_fd: int, *, netns: str | None = None,
+                 egress_fd: int = -1) -> None:
         from pyroute2 import IPRoute, NetNS
 
         self.prog_fd = prog_fd
+        self.egress_fd = egress_fd
         self.ipr: Any = NetNS(netns) if netns else IPRoute()
 
     def close(self) -> None:
@@ -62,34 +66,30 @@ class TcAttacher:
             raise DataplaneError(f"interface {ifname} does not exist")
         return int(found[0])
 
-    def attach(self, ifname: str) -> None:
+    def attach(self, ifname: str, *, egress: bool = False) -> None:
+        """The ingress program on ifname; with egress, the egress one too."""
         idx = self._index(ifname)
         try:
             self.ipr.tc("add", "clsact", idx)
         except Exception as exc:
             if getattr(exc, "code", None) != errno.EEXIST:
                 raise DataplaneError(f"cannot add clsact qdisc on {ifname}: {exc}") from exc
-        try:
-            self.ipr.tc(
-                "replace-filter",
-                "bpf",
-                idx,
-                handle=TC_HANDLE,
-                fd=self.prog_fd,
-                name=FILTER_NAME,
-                parent=INGRESS,
-                classid=1,
-                direct_action=True,
-                prio=TC_PRIO,
-            )
-        except Exception as exc:
-            raise DataplaneError(f"cannot attach tc program to {ifname}: {exc}") from exc
+        hooks = [(INGRESS, self.prog_fd, FILTER_NAME)]
+        if egress:
+            hooks.append((EGRESS, self.egress_fd, f"{FILTER_NAME}_egress"))
+        for parent, fd, name in hooks:
+            try:
+                self.ipr.tc("replace-filter", "bpf", idx, handle=TC_HANDLE, fd=fd, name=name,
+                            parent=parent, classid=1, direct_action=True, prio=TC_PRIO)
+            except Exception as exc:
+                raise DataplaneError(
+                    f"cannot attach tc program {name} to {ifname}: {exc}") from exc
         if not self.is_attached(ifname):
             raise DataplaneError(f"tc filter on {ifname} not found after attaching")
 
-    def _our_filters(self, idx: int) -> list[Any]:
+    def _our_filters(self, idx: int, parent: int = INGRESS_PARENT) -> list[Any]:
         out = []
-        for flt in self.ipr.get_filters(idx, parent=INGRESS_PARENT):
+        for flt in self.ipr.get_filters(idx, parent=parent):
             opts = flt.get_attr("TCA_OPTIONS")
             name = opts.get_attr("TCA_BPF_NAME") if opts is not None else None
             if flt.get_attr("TCA_KIND") == "bpf" and name and name.startswith(FILTER_NAME):
@@ -111,12 +111,15 @@ class TcAttacher:
             idx = self._index(ifname)
         except DataplaneError:
             return
+        if self._our_filters(idx, EGRESS_PARENT):
+            self.ipr.tc("del-filter", "bpf", idx, handle=TC_HANDLE, parent=EGRESS, prio=TC_PRIO)
         if not self._our_filters(idx):
             return
         self.ipr.tc("del-filter", "bpf", idx, handle=TC_HANDLE, parent=INGRESS, prio=TC_PRIO)
         # Remove the qdisc only when nothing else uses it (another tool's filters stay).
         remaining = [f for f in self.ipr.get_filters(idx, parent=INGRESS_PARENT) if f.get("handle")]
-        remaining += [f for f in self.ipr.get_filters(idx, parent=0xFFFFFFF3) if f.get("handle")]
+        remaining += [f for f in self.ipr.get_filters(idx, parent=EGRESS_PARENT)
+                      if f.get("handle")]
         if not remaining:
             try:
                 self.ipr.tc("del", "clsact", idx)

@@ -68,7 +68,7 @@ class BpfDataplane:
             self.writer = MapWriter(
                 self.maps, max_services=config.max_services, max_backends=config.max_backends
             )
-            self.attacher = TcAttacher(self.program.fd)
+            self.attacher = TcAttacher(self.program.fd, egress_fd=self.program.egress_fd)
         except Exception:
             self.program.close()
             raise
@@ -104,10 +104,11 @@ class BpfDataplane:
     def housekeeping(self) -> None:
         """Attach to interfaces that appeared since the last call."""
         wanted = set(self._wanted())
+        veths = set(self.attacher.veths()) - set(self.attacher.uplinks())
         self.attached &= wanted
         for ifname in sorted(wanted - self.attached):
             try:
-                self.attacher.attach(ifname)
+                self.attacher.attach(ifname, egress=ifname in veths)
             except DataplaneError as exc:
                 log.warning("%s", exc)
                 continue

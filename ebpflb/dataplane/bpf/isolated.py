@@ -22,19 +22,22 @@ from ebpflb.errors import BpfUnavailableError, DataplaneError
 
 COMPILE_TIMEOUT = 180.0
 _EXIT_UNAVAILABLE = 3
+EGRESS_SUFFIX = "_egress"
 
 
 class PinnedProgram:
     """The tc program as an fd the agent owns; close() drops it (filters keep theirs)."""
 
-    def __init__(self, fd: int, name: str) -> None:
+    def __init__(self, fd: int, name: str, egress_fd: int) -> None:
         self.fd = fd
+        self.egress_fd = egress_fd
         self.name = name
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        for fd in (self.fd, self.egress_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.fd = self.egress_fd = -1
 
 
 def load_isolated(*, pin_dir: str, max_services: int, max_backends: int,
@@ -54,14 +57,19 @@ def load_isolated(*, pin_dir: str, max_services: int, max_backends: int,
         if proc.returncode == _EXIT_UNAVAILABLE:
             raise BpfUnavailableError(message)
         raise DataplaneError(f"the BPF compiler process failed: {message}")
+    fds: list[int] = []
     try:
-        fd = obj_get(pin)
+        for path in (pin, pin + EGRESS_SUFFIX):
+            fds.append(obj_get(path))
     except OSError as exc:
+        for fd in fds:
+            os.close(fd)
         raise DataplaneError(f"cannot open the loaded program at {pin}: {exc.strerror}") from exc
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(pin)
-    return PinnedProgram(fd, PROGRAM_NAME)
+        for path in (pin, pin + EGRESS_SUFFIX):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+    return PinnedProgram(fds[0], PROGRAM_NAME, fds[1])
 
 
 def _child(raw: str) -> int:
@@ -76,6 +84,7 @@ def _child(raw: str) -> int:
         print(str(exc))
         return 1
     obj_pin(program.fd, pin)
+    obj_pin(program.egress_fd, pin + EGRESS_SUFFIX)
     program.close()
     return 0
 

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 PROGRAM_FILE = "ebpflb_tc.c"
 PROGRAM_NAME = "ebpflb_tc"
+EGRESS_PROGRAM_NAME = "ebpflb_tc_egress"
 BPF_DIR_ENV = "EBPFLB_BPF_DIR"
 
 
@@ -37,9 +38,11 @@ def bpf_dir() -> Path:
 class LoadedProgram:
     """The loaded tc program; keeps bcc's module (and so the program and maps) alive."""
 
-    def __init__(self, *, bpf: Any, fd: int, name: str, pin_dir: str) -> None:
+    def __init__(self, *, bpf: Any, fd: int, name: str, pin_dir: str,
+                 egress_fd: int = -1) -> None:
         self.bpf = bpf
         self.fd = fd
+        self.egress_fd = egress_fd
         self.name = name
         self.pin_dir = pin_dir
 
@@ -49,6 +52,7 @@ class LoadedProgram:
             self.bpf.cleanup()
             self.bpf = None
             self.fd = -1
+            self.egress_fd = -1
 
     def __enter__(self) -> LoadedProgram:
         return self
@@ -120,6 +124,7 @@ def compile_program(*, pin_dir: str, max_services: int, max_backends: int,
         with _captured_stderr(messages):
             module = bcc.BPF(src_file=str(source).encode(), cflags=cflags)
             fn = module.load_func(PROGRAM_NAME.encode(), bcc.BPF.SCHED_CLS)
+            egress = module.load_func(EGRESS_PROGRAM_NAME.encode(), bcc.BPF.SCHED_CLS)
     except Exception as exc:  # bcc raises bare Exception for compile and verifier errors
         if module is not None:
             module.cleanup()
@@ -130,5 +135,7 @@ def compile_program(*, pin_dir: str, max_services: int, max_backends: int,
     for text in messages:
         if text.strip():
             log.debug("bcc: %s", text.strip())
-    log.info("loaded %s (fd %d), maps pinned under %s", PROGRAM_NAME, fn.fd, pin_dir)
-    return LoadedProgram(bpf=module, fd=int(fn.fd), name=PROGRAM_NAME, pin_dir=pin_dir)
+    log.info("loaded %s (fd %d) and %s (fd %d), maps pinned under %s", PROGRAM_NAME, fn.fd,
+             EGRESS_PROGRAM_NAME, egress.fd, pin_dir)
+    return LoadedProgram(bpf=module, fd=int(fn.fd), name=PROGRAM_NAME, pin_dir=pin_dir,
+                         egress_fd=int(egress.fd))
