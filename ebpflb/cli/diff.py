@@ -29,6 +29,7 @@ def diff(
 ) -> None:
     """Dry run: print the plan a sync would apply to the pinned maps."""
     from ebpflb.dataplane.bpf.maps import BpfMaps, pins_present, read_state
+    from ebpflb.sources.topology import node_zone
     from ebpflb.sources.translate import node_addresses, translate
     from ebpflb.sync.plan import desired_frontends
     from ebpflb.sync.plan import diff as plan_diff
@@ -43,7 +44,9 @@ def diff(
         node_name = default_node_name(node_name)  # as the agent does
         snap = _from_kubernetes(kubeconfig, node_name, timeout)
     addrs = node_addresses(snap.nodes, node_name) if node_name else ()
-    result = translate(snap.services, snap.slices, node_name=node_name, node_addresses=addrs)
+    zone = node_zone(snap.nodes, node_name) if node_name else None
+    result = translate(snap.services, snap.slices, node_name=node_name, node_zone=zone,
+                       node_addresses=addrs)
     for err in (*snap.errors, *result.errors):
         typer.echo(f"skipped: {err}", err=True)
     if pins_present(pin_dir):

@@ -8,6 +8,9 @@ drops managedFields from its informers' caches for the same reason. Keeping less
 means an update that touches only such fields compares equal to what is held, so it
 costs no sync at all.
 
+Of the annotations only the topology ones are kept (translation reads them to enable
+topology-aware routing); of a Node, its labels (its zone) and addresses.
+
 Malformed parts are kept as they are, so translation still reports them by name.
 Objects are never mutated afterwards, which is what makes sharing safe.
 """
@@ -16,6 +19,8 @@ from __future__ import annotations
 
 import sys
 from typing import Any
+
+from ebpflb.sources.topology import ANNOTATIONS
 
 Obj = dict[str, Any]
 
@@ -52,6 +57,11 @@ def _metadata(meta: Any) -> Any:
     if not isinstance(meta, dict):
         return meta
     out = {k: meta[k] for k in _META if k in meta}
+    annotations = meta.get("annotations")
+    if isinstance(annotations, dict):
+        kept = {k: annotations[k] for k in ANNOTATIONS if k in annotations}
+        if kept:
+            out["annotations"] = kept
     if isinstance(out.get("namespace"), str):
         out["namespace"] = sys.intern(out["namespace"])
     return out

@@ -33,9 +33,10 @@ class Update:
 
 
 class IncrementalTranslator:
-    def __init__(self, *, node_name: str | None = None,
+    def __init__(self, *, node_name: str | None = None, node_zone: str | None = None,
                  node_addresses: Sequence[IPAddress] = ()) -> None:
         self.node_name = node_name
+        self.node_zone = node_zone
         self.node_addresses = tuple(node_addresses)
         self._entries: dict[FrontendKey, ServiceEntry] = {}
         self._keys_of: dict[ServiceRef, set[FrontendKey]] = {}
@@ -46,8 +47,9 @@ class IncrementalTranslator:
         self.backends = 0  # backends of every entry, kept in step so no event counts all
 
     def rebuild(self, services: Iterable[Obj], slices: Iterable[Obj]) -> Update:
-        """Translate everything (first sync, relist, node address change)."""
+        """Translate everything (first sync, relist, node address or zone change)."""
         result = translate_dicts(services, slices, node_name=self.node_name,
+                                 node_zone=self.node_zone,
                                  node_addresses=self.node_addresses)
         self._entries = result.entries  # fresh dicts of our own: no copies needed
         self.backends = sum(len(e.backends) for e in self._entries.values())
@@ -73,7 +75,8 @@ class IncrementalTranslator:
         for ref in changed:
             svc = service_of(ref)
             result = translate([svc] if svc is not None else [], slices_of(ref),
-                               node_name=self.node_name, node_addresses=self.node_addresses)
+                               node_name=self.node_name, node_zone=self.node_zone,
+                               node_addresses=self.node_addresses)
             new_keys = set(result.state.entries)
             for key in new_keys:
                 owner = self._entries.get(key)

@@ -35,14 +35,23 @@ Traffic policies need to know which backends are local, so they apply only when
 ``node_name`` is given: ``externalTrafficPolicy: Local`` keeps only node-local
 backends on NodePort/external/load-balancer frontends, ``internalTrafficPolicy:
 Local`` on the ClusterIP frontend. Without ``node_name`` both act as ``Cluster``.
+Under a ``Cluster`` policy, a Service that asks for topology-aware routing
+(``spec.trafficDistribution`` or the topology annotations) gives new flows only to the
+endpoints hinted for this node or ``node_zone`` (see ``topology``). A LoadBalancer
+Service with ``externalTrafficPolicy: Local`` carries its ``healthCheckNodePort`` and
+its count of ready endpoints on ``node_name`` in its ``ServiceInfo``.
+
+Named ports: a Service port's ``targetPort`` may be a pod port's name; each
+EndpointSlice carries the resolved number for its own endpoints (pods of one Service
+may number the port differently), so backends take the port of the slice they are in.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from operator import itemgetter
 from types import MappingProxyType
 from typing import Any, NamedTuple, TypeGuard
@@ -64,6 +73,8 @@ from ebpflb.model import (
     ServiceType,
     frontend_order,
 )
+from ebpflb.sources import topology
+from ebpflb.sources.topology import Preference
 
 Obj = Mapping[str, Any]
 FrontendKey = tuple[IPAddress, int, Protocol]
@@ -108,14 +119,17 @@ def translate(
     slices: Iterable[Obj],
     *,
     node_name: str | None = None,
+    node_zone: str | None = None,
     node_addresses: Sequence[IPAddress] = (),
 ) -> TranslateResult:
     """Translate Services and EndpointSlices into this node's desired state.
 
     ``node_addresses`` get the NodePort frontends (IPv4 only for now); ``node_name``
-    enables the Local traffic policies (see the module docstring).
+    enables the Local traffic policies, and with ``node_zone`` topology-aware routing
+    (see the module docstring).
     """
-    t = translate_dicts(services, slices, node_name=node_name, node_addresses=node_addresses)
+    t = translate_dicts(services, slices, node_name=node_name, node_zone=node_zone,
+                        node_addresses=node_addresses)
     state = DesiredState(MappingProxyType(t.entries), MappingProxyType(t.services))
     return TranslateResult(state, t.errors)
 
@@ -136,6 +150,7 @@ def translate_dicts(
     slices: Iterable[Obj],
     *,
     node_name: str | None = None,
+    node_zone: str | None = None,
     node_addresses: Sequence[IPAddress] = (),
 ) -> Translation:
     """translate(), without the read-only wrapping."""
@@ -146,10 +161,11 @@ def translate_dicts(
         nodes = tuple(dict.fromkeys(a for a in node_addresses if a.version == 4))
         ordered = [parsed[name] for name in sorted(parsed)]
         entries, keys_of = _claim(
-            ((s.info.ref, _entries(s, backends, node_name, nodes)) for s in ordered), errors)
+            ((s.info.ref, _entries(s, backends, node_name, node_zone, nodes))
+             for s in ordered), errors)
         return Translation(
             entries=entries,
-            services={s.info.ref: s.info for s in ordered},
+            services={s.info.ref: _info(s, backends, node_name) for s in ordered},
             keys_of=keys_of,
             errors=tuple(sorted(set(errors), key=_error_order)),
         )
@@ -195,9 +211,12 @@ def _claim(
     return dict(in_order), keys_of  # the key tuples shared with keys_of, not copies
 
 
-def node_addresses(nodes: Iterable[Obj], node_name: str) -> tuple[IPAddress, ...]:
-    """The InternalIP and ExternalIP addresses of the Node named ``node_name`` (malformed
-    ones are left out), in the Node's order; () when there is no such Node."""
+def node_addresses(nodes: Iterable[Obj], node_name: str, *,
+                   types: Collection[str] = ("InternalIP", "ExternalIP")
+                   ) -> tuple[IPAddress, ...]:
+    """The addresses of these ``types`` (by default InternalIP and ExternalIP) of the
+    Node named ``node_name`` (malformed ones are left out), in the Node's order; () when
+    there is no such Node."""
     for node in nodes:
         meta = node.get("metadata")
         if not isinstance(meta, Mapping) or meta.get("name") != node_name:
@@ -206,7 +225,7 @@ def node_addresses(nodes: Iterable[Obj], node_name: str) -> tuple[IPAddress, ...
         items = status.get("addresses") if isinstance(status, Mapping) else None
         found: list[IPAddress] = []
         for item in items if isinstance(items, list) else ():
-            if isinstance(item, Mapping) and item.get("type") in ("InternalIP", "ExternalIP"):
+            if isinstance(item, Mapping) and item.get("type") in types:
                 address = _ip(item.get("address"))
                 if address is not None:
                     found.append(address)
@@ -239,6 +258,7 @@ class _Service(NamedTuple):
     external_local: bool = False
     internal_local: bool = False
     source_ranges: tuple[IPNetwork, ...] = ()
+    topology: Preference = Preference.NONE  # which topology hints to follow
 
 
 def _parse_service(obj: Obj, errors: list[ObjectError]) -> _Service | None:
@@ -247,7 +267,8 @@ def _parse_service(obj: Obj, errors: list[ObjectError]) -> _Service | None:
     try:
         if not name:
             raise _Invalid("metadata.name is missing")
-        labels = _mapping(_mapping(obj.get("metadata"), "metadata").get("labels"), "labels")
+        meta = _mapping(obj.get("metadata"), "metadata")
+        labels = _mapping(meta.get("labels"), "labels")
         if labels.get(SERVICE_PROXY_NAME_LABEL):
             return None
         spec = obj.get("spec")
@@ -281,6 +302,15 @@ def _parse_service(obj: Obj, errors: list[ObjectError]) -> _Service | None:
         except _Invalid as e:  # never admit more than the user asked: no LB frontends
             report(f"{e}; load-balancer addresses skipped")
             lb_ips = ()
+        if external_local:
+            info = _with_health_check(info, spec, report)
+    wanted = Preference.NONE
+    annotations = meta.get("annotations")
+    if "trafficDistribution" in spec or annotations:
+        wanted, problem = topology.preference(
+            spec, annotations if _is_mapping(annotations) else None)
+        if problem:
+            report(problem)
     return _Service(  # positionally: keywords make a NamedTuple ~1.7x as costly
         info,
         address,
@@ -291,7 +321,22 @@ def _parse_service(obj: Obj, errors: list[ObjectError]) -> _Service | None:
         external_local,
         internal_local,
         ranges,
+        wanted,
     )
+
+
+def _with_health_check(info: ServiceInfo, spec: Obj, report: _Report) -> ServiceInfo:
+    """``info`` with the Service's healthCheckNodePort (the API server allocates it; a
+    manifest may leave it out)."""
+    value = spec.get("healthCheckNodePort")
+    if value is None:
+        return info
+    try:
+        port = _port_number(value, "spec.healthCheckNodePort")
+    except _Invalid as e:
+        report(f"{e}; health check skipped")
+        return info
+    return ServiceInfo(info.ref, info.type, info.cluster_ip, info.external_name, port)
 
 
 _SERVICE_TYPES = {t.value: t for t in ServiceType}  # a dict look-up: see _PROTOCOLS
@@ -458,8 +503,9 @@ _PortKey = tuple[str, str, str, Protocol]
 _Known = dict[tuple[int, int], Backend]
 _Backends = dict[_PortKey, _Known]
 # One endpoint before its port is known: address (as int and object), ready, serving,
-# terminating, node, zone.
-_Endpoint = tuple[int, ipaddress.IPv4Address, bool, bool, bool, str | None, str | None]
+# terminating, node, zone, hinted zones, hinted nodes.
+_Endpoint = tuple[int, ipaddress.IPv4Address, bool, bool, bool, str | None, str | None,
+                  tuple[str, ...], tuple[str, ...]]
 
 
 def _collect_backends(slices: Iterable[Obj], errors: list[ObjectError]) -> _Backends:
@@ -532,8 +578,8 @@ def _parse_slice(obj: Obj, identity: tuple[str, str], errors: list[ObjectError]
     out: list[tuple[_PortKey, _Known]] = []
     for port_name, protocol, port in ports:
         known: _Known = {}
-        _merge(known, (((n, port), Backend(a, port, r, s, t, node, zone))
-                       for n, a, r, s, t, node, zone in endpoints))
+        _merge(known, (((n, port), Backend(a, port, r, s, t, node, zone, hz, hn))
+                       for n, a, r, s, t, node, zone, hz, hn in endpoints))
         out.append(((namespace, service, port_name, protocol), known))
     return out
 
@@ -558,7 +604,31 @@ def _endpoint(item: Any) -> _Endpoint:
     terminating = _flag(conditions.get("terminating"), "terminating", default=False)
     node = _string(item.get("nodeName"), "nodeName") or None
     zone = _string(item.get("zone"), "zone") or None
-    return (number, ipaddress.IPv4Address(number), ready, serving, terminating, node, zone)
+    hints = item.get("hints")
+    for_zones, for_nodes = _hints(hints) if hints is not None else _NO_HINTS
+    return (number, ipaddress.IPv4Address(number), ready, serving, terminating, node, zone,
+            for_zones, for_nodes)
+
+
+_NO_HINTS: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+_hint_names: dict[tuple[str, ...], tuple[str, ...]] = {}  # shared: few distinct lists
+
+
+def _hints(value: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """hints.forZones and hints.forNodes as tuples of names."""
+    hints = _mapping(value, "hints")
+    return _hint_list(hints, "forZones"), _hint_list(hints, "forNodes")
+
+
+def _hint_list(hints: Obj, field: str) -> tuple[str, ...]:
+    names: list[str] = []
+    for item in _list(hints.get(field), f"hints.{field}"):
+        name = _mapping(item, f"hints.{field}[]").get("name")
+        if not isinstance(name, str) or not name:
+            raise _Invalid(f"hints.{field}: {item!r} has no name")
+        names.append(name)
+    found = tuple(dict.fromkeys(names))
+    return _hint_names.setdefault(found, found)
 
 
 # --- Entries -----------------------------------------------------------------------------
@@ -568,6 +638,7 @@ def _entries(
     svc: _Service,
     backends: _Backends,
     node_name: str | None,
+    node_zone: str | None,
     nodes: tuple[IPAddress, ...],
 ) -> list[ServiceEntry]:
     """One entry per frontend of every port of one Service, in a stable order."""
@@ -580,11 +651,16 @@ def _entries(
         name = ServicePortName(ref, port.name, port.protocol)
         known = backends.get((ref.namespace, ref.name, port.name, port.protocol), {})
         every = tuple([known[k] for k in sorted(known)])  # (address, port) order
-        internal = external = every
+        # Topology narrows what the Cluster policies use, never the Local ones'.
+        cluster = every
+        if svc.topology is not Preference.NONE:
+            cluster = topology.prefer(every, svc.topology, node_name=node_name,
+                                      zone=node_zone)
+        internal = external = cluster
         if node_name and (svc.internal_local or svc.external_local):
             local = tuple(b for b in every if b.node == node_name)
-            internal = local if svc.internal_local else every
-            external = local if svc.external_local else every
+            internal = local if svc.internal_local else cluster
+            external = local if svc.external_local else cluster
         entries.append(ServiceEntry(Frontend(svc.address, port.port, port.protocol),
                                     name, internal, svc.affinity_timeout))
         frontends: list[tuple[IPAddress, int, FrontendKind]] = []
@@ -600,6 +676,20 @@ def _entries(
                 svc.affinity_timeout, _snat_address(svc, kind, address, nodes),
                 svc.source_ranges if kind is FrontendKind.LOAD_BALANCER else ()))
     return entries
+
+
+def _info(svc: _Service, backends: _Backends, node_name: str | None) -> ServiceInfo:
+    """The Service's info; with a health check, its count of distinct ready endpoint
+    addresses on this node over all its ports (what kube-proxy's health check reports)."""
+    info = svc.info
+    if not info.health_check_node_port or not node_name:
+        return info
+    ref = info.ref
+    local: set[IPAddress] = set()
+    for port in svc.ports:
+        known = backends.get((ref.namespace, ref.name, port.name, port.protocol), {})
+        local.update(b.address for b in known.values() if b.ready and b.node == node_name)
+    return replace(info, local_endpoints=len(local))
 
 
 def _snat_address(svc: _Service, kind: FrontendKind, address: IPAddress,
