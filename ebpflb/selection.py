@@ -46,6 +46,7 @@ class AffinityTable(Generic[K]):
         self.max_entries = max_entries
         self.clock = clock
         self._entries: OrderedDict[tuple[Hashable, Hashable], tuple[K, float]] = OrderedDict()
+        self.hits = 0  # new flows that got their backend from the table
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -107,6 +108,7 @@ def choose_backend(
         kept = affinity.lookup(client, frontend, affinity_timeout)
         if kept is not None and kept in slots and kept not in exclude:
             affinity.record(client, frontend, kept)
+            affinity.hits += 1
             return kept
     candidates = [s for s in slots if s not in exclude] if exclude else slots
     if not candidates:

@@ -75,6 +75,7 @@ def test_affinity_holds_for_a_hundred_new_flows():
         clock.now += 5  # each within the timeout of the previous one: refreshed
         got.add(sticky(table, rng=rng))
     assert got == {first}
+    assert table.hits == 100
     # Another client, or the same client on another frontend, is chosen afresh.
     others = {sticky(table, client=f"10.0.1.{i}", rng=rng) for i in range(40)}
     assert len(others) > 1

@@ -16,6 +16,7 @@ from ebpflb.dataplane.userspace import state as statefile
 from ebpflb.dataplane.userspace.device import DEVICE_NAME
 from ebpflb.dataplane.userspace.proxy import Engine, EngineConfig
 from ebpflb.errors import DataplaneError
+from ebpflb.model import FrontendKind, IPAddress
 from ebpflb.sync.plan import FrontendKey, FrontendState, Plan, apply_to
 
 log = logging.getLogger(__name__)
@@ -34,9 +35,19 @@ class UserspaceConfig:
     netns: str | None = None  # run the proxy in this netns file (tests); None: ours
 
 
+def device_addresses(frontends: Mapping[FrontendKey, FrontendState]) -> set[IPAddress]:
+    """The addresses the device must carry: every frontend's but the NodePorts', which
+    are the node's own addresses, local already (as kube-proxy's IPVS mode leaves them
+    off kube-ipvs0); an address that is also a ClusterIP, external or load-balancer
+    address is on the device for that frontend."""
+    return {st.frontend.address for st in frontends.values()
+            if st.kind is not FrontendKind.NODE_PORT}
+
+
 def raise_fd_limit() -> int:
     """Raise the soft RLIMIT_NOFILE to the hard limit: each relayed TCP connection
-    holds six descriptors (two sockets, two pipes). Returns the new soft limit."""
+    holds two sockets, and four pipe ends once it turns bulk. Returns the new soft
+    limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         try:
@@ -88,12 +99,12 @@ class UserspaceDataplane:
                 self._publish_on_loop(force=True)
                 return held, errors
 
-            errors = self.engine.sync_addresses({k[0] for k in desired}, add=True)
+            errors = self.engine.sync_addresses(device_addresses(desired), add=True)
             held, more = self.engine.call(run)
             self._state = held
             errors += more
             # An address leaves the device once no frontend uses it.
-            errors += self.engine.sync_addresses({k[0] for k in held}, add=False)
+            errors += self.engine.sync_addresses(device_addresses(held), add=False)
         if errors:
             raise DataplaneError("; ".join(errors))
 
