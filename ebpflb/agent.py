@@ -3,10 +3,15 @@ waits for the source, coalesces changes (a minimum interval between syncs), retr
 failed sync with capped backoff, and runs data path upkeep. The loop never raises.
 
 Syncs are incremental, as in kube-proxy: the first sync (and any sync after a failure,
-a change of this node's addresses, or a frontend moving between Services) translates
-everything and compares every frontend; every other sync re-translates only the
-Services the source reports as changed and compares only their frontends, so one event
-costs one Service's work however many Services there are.
+a change of this node's addresses or zone, or a frontend moving between Services)
+translates everything and compares every frontend; every other sync re-translates only
+the Services the source reports as changed and compares only their frontends, so one
+event costs one Service's work however many Services there are.
+
+Beside the data path, each translation feeds the side systems (``sidetables``): the
+health-check listeners (``healthcheck``), the Services never load-balanced (published
+in the status file for ``ebpflb services``), and the frontends the data path cannot
+serve (SCTP on the bpf data path), which are left out of what it is given.
 """
 
 from __future__ import annotations
@@ -15,16 +20,28 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
 from ebpflb.dataplane.base import Dataplane
 from ebpflb.gcpause import freeze_survivors, no_full_collections, trim_heap
-from ebpflb.model import IPAddress, ServiceRef
+from ebpflb.healthcheck import WILDCARD, HealthCheck, HealthCheckServer
+from ebpflb.model import (
+    IPAddress,
+    ServiceRef,
+)
+from ebpflb.nodeports import (
+    DEFAULT_NODEPORT_RANGE,
+    EVERY_NODE_ADDRESS,
+    NodePortAddresses,
+    PortRange,
+)
+from ebpflb.sidetables import SideTables
 from ebpflb.sources.base import Source
 from ebpflb.sources.incremental import IncrementalTranslator, NeedsRebuild
+from ebpflb.sources.topology import node_zone
 from ebpflb.sources.translate import ObjectError, node_addresses
 from ebpflb.status import AgentStatus, write_status
 from ebpflb.sync.plan import DeleteService, Plan, RemoveBackends
@@ -41,6 +58,9 @@ class AgentConfig:
     housekeeping_interval: float = 1.0
     max_backoff: float = 30.0
     state_dir: str | None = None  # where agent.json is published; None: not published
+    zone: str | None = None  # this node's zone; None: its Node's topology label
+    nodeport_addresses: NodePortAddresses = EVERY_NODE_ADDRESS
+    nodeport_range: PortRange = DEFAULT_NODEPORT_RANGE
 
 
 class Agent:
@@ -51,7 +71,11 @@ class Agent:
         self.config = config
         self.clock = clock
         self.syncer = Syncer(dataplane, clock=clock)
-        self.translator = IncrementalTranslator(node_name=config.node_name)
+        self.translator = IncrementalTranslator(node_name=config.node_name,
+                                                node_zone=config.zone)
+        self.health = HealthCheckServer(healthy=self._healthy)
+        self._side = SideTables(dataplane, config.nodeport_range)
+        self._health_pushed: tuple[tuple[HealthCheck, ...], tuple[str, ...]] | None = None
         self._full = True  # the next sync translates and compares everything
         self._dirty = True
         self._last_sync = float("-inf")
@@ -89,11 +113,14 @@ class Agent:
         start = self.clock()
         with no_full_collections():
             snap = self.source.load()
-            self.translator.node_addresses = self._node_addresses(snap.nodes)
+            addresses, zone = self._node_view(snap.nodes)
+            self.translator.node_addresses, self.translator.node_zone = addresses, zone
             update = self.translator.rebuild(snap.services, snap.slices)
             self._translate_errors = update.errors
             self._log_errors([*snap.errors, *update.errors])
-            result = self.syncer.sync(update.state)
+            self._side.rebuild(update.state)
+            self._push_health()
+            result = self.syncer.sync(self._side.served(update.state))
             freeze_survivors()  # see gcpause: no full collection walks them afterwards
         self._full = False
         self.full_syncs += 1
@@ -104,9 +131,9 @@ class Agent:
 
     def _incremental_sync(self) -> SyncResult:
         changes = self.source.take_changes()
-        if changes.nodes and (self._node_addresses(self.source.nodes())
-                              != self.translator.node_addresses):
-            log.info("this node's addresses changed: full sync")
+        if changes.nodes and (self._node_view(self.source.nodes())
+                              != (self.translator.node_addresses, self.translator.node_zone)):
+            log.info("this node's addresses or zone changed: full sync")
             return self._full_sync()
         refs = set(changes.services) | set(self._refused)
         if not refs:
@@ -120,11 +147,35 @@ class Agent:
             return self._full_sync()
         self._translate_errors = update.errors
         self._log_errors([*changes.errors, *update.errors])
-        return self.syncer.sync(update.state, update.touched)
+        self._side.update(update, refs)
+        self._push_health()
+        return self.syncer.sync(self._side.served(update.state), update.touched)
 
-    def _node_addresses(self, nodes: Iterable[dict[str, Any]]) -> tuple[IPAddress, ...]:
+    def _node_view(self, nodes: Sequence[dict[str, Any]]
+                   ) -> tuple[tuple[IPAddress, ...], str | None]:
+        """This node's NodePort addresses (as --nodeport-addresses selects them) and its
+        zone (--zone, else its Node's label)."""
         name = self.config.node_name
-        return node_addresses(nodes, name) if name else ()
+        if not name:
+            return (), self.config.zone
+        internal = [a for a in node_addresses(nodes, name, types=("InternalIP",))
+                    if a.version == 4]
+        addresses = self.config.nodeport_addresses.select(node_addresses(nodes, name),
+                                                          internal)
+        return addresses, self.config.zone or node_zone(nodes, name)
+
+    def _healthy(self) -> bool:
+        """For health checks: the agent has synced, and its last sync did not fail."""
+        return self.syncs > 0 and self._backoff == 0.0
+
+    def _push_health(self) -> None:
+        checks = self._side.health_checks()
+        addresses: tuple[str, ...] = (
+            (WILDCARD,) if self.config.nodeport_addresses.every
+            else tuple(str(a) for a in self.translator.node_addresses))
+        if (checks, addresses) != self._health_pushed:
+            self._health_pushed = (checks, addresses)
+            self.health.update(checks, addresses)
 
     def _log_errors(self, errors: Iterable[object]) -> None:
         current = frozenset(str(e) for e in errors)
@@ -226,14 +277,24 @@ class Agent:
             backends=self.translator.backends,
             refused={str(ref): why for ref, why in self._refused.items()},
             skipped=len(self._logged_errors),
+            unbalanced=self._side.unbalanced_json(),
         )
 
     def run(self, stop: threading.Event) -> None:
         log.info("agent running on the %s data path, source: %s", self.dataplane.name,
                  self.source.kind)
-        while not stop.is_set():
-            wait = self.step()
-            if self._dirty or not self._source_synced():
-                stop.wait(wait)  # a change is already pending: don't spin on the event
-            else:
-                self.source.changed.wait(wait)
+        try:
+            while not stop.is_set():
+                wait = self.step()
+                if self._dirty or not self._source_synced():
+                    stop.wait(wait)  # a change is already pending: don't spin on the event
+                else:
+                    self.source.changed.wait(wait)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the side systems (the health-check listeners); the data path is the
+        caller's."""
+        self.health.close()
+

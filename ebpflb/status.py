@@ -2,13 +2,17 @@
 rewritten atomically after every sync and once a second. It says what the maps alone
 cannot: whether the source is in sync or stale (the API server is away and the data
 path keeps serving the last known state), when the last sync ran and how long it took,
-and which Services were refused for lack of map room.
+which Services were refused for lack of map room, and the Services that are never
+load-balanced (headless, ExternalName), which have no frontend in the data path and
+which `ebpflb services` lists from here.
 
     {"version": 1, "pid": ..., "written_at": <unix time>, "source": "kubernetes",
      "dataplane": "bpf", "synced": true, "stale": false, "stale_seconds": null,
      "syncs": 12, "full_syncs": 1, "last_sync_at": <unix time>,
      "last_sync_seconds": 0.001, "last_full_sync_seconds": 0.41, "frontends": 3,
-     "backends": 9, "refused": {"ns/name": "why"}, "skipped": 0}
+     "backends": 9, "refused": {"ns/name": "why"}, "skipped": 0,
+     "unbalanced": [{"service": "ns/name", "kind": "headless" | "externalname",
+                     "address": "None" | <externalName>}]}
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ class AgentStatus:
     backends: int
     refused: dict[str, str] = field(default_factory=dict)  # Service -> why it did not fit
     skipped: int = 0  # objects skipped as invalid (logged by name)
+    # Services never load-balanced: {"service", "kind", "address"}, by Service.
+    unbalanced: list[dict[str, str]] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return {"version": VERSION, "written_at": time.time(), **asdict(self)}

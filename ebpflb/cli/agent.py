@@ -14,7 +14,10 @@ import typer
 from ebpflb.cli.errors import handle_errors
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.userspace.state import DEFAULT_STATE_DIR
+from ebpflb.nodeports import PortRange, ReservedPorts
 from ebpflb.sources.base import Source
+
+RESERVED_RECORD = "reserved-ports"  # under the state dir: the ports this agent reserved
 
 
 class DataplaneChoice(StrEnum):
@@ -53,6 +56,31 @@ def _source(manifests: str | None, kubeconfig: str | None, node_name: str | None
     return source, node_name
 
 
+def _reserve(ports: ReservedPorts, port_range: PortRange) -> ReservedPorts | None:
+    """Reserve the NodePort range against ephemeral ports, as kube-proxy does; an agent
+    that cannot (no privileges) still runs, and says so."""
+    log = logging.getLogger("ebpflb.agent")
+    try:
+        ports.reserve(port_range)
+    except OSError as exc:
+        log.warning("cannot reserve the NodePort range %s in %s: %s; a local socket may "
+                    "take a NodePort as its ephemeral port", port_range, ports.path, exc)
+        return None
+    if ports.added:
+        log.info("reserved the NodePort range %s against ephemeral ports", port_range)
+    return ports
+
+
+def _release(ports: ReservedPorts | None) -> None:
+    if ports is None:
+        return
+    try:
+        ports.release()
+    except OSError as exc:
+        logging.getLogger("ebpflb.agent").warning(
+            "cannot release the NodePort range in %s: %s", ports.path, exc)
+
+
 @handle_errors
 def agent(
     manifests: Annotated[str | None, typer.Option(help="Directory of Service/EndpointSlice "
@@ -79,6 +107,16 @@ def agent(
     udp_idle_timeout: Annotated[float, typer.Option(help="Userspace data path: seconds "
                                                         "before an idle UDP session ends.")]
     = 30.0,
+    zone: Annotated[str | None, typer.Option(
+        help="This node's zone for topology-aware routing; default: its Node's "
+             "topology.kubernetes.io/zone label.")] = None,
+    nodeport_addresses: Annotated[str | None, typer.Option(
+        help="Node addresses that serve NodePorts and health checks: comma-separated "
+             "CIDRs, or 'primary' (the node's first InternalIP); default: every one.")]
+    = None,
+    nodeport_range: Annotated[str, typer.Option(
+        help="The NodePort range, reserved against ephemeral ports in this network "
+             "namespace (net.ipv4.ip_local_reserved_ports).")] = "30000-32767",
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Run the agent in the foreground (SIGTERM/SIGINT stop it; the bpf data path stays
@@ -91,6 +129,18 @@ def agent(
         raise typer.BadParameter("--min-sync-interval must be >= 0")
     if udp_idle_timeout <= 0:
         raise typer.BadParameter("--udp-idle-timeout must be > 0")
+    from ebpflb.nodeports import NodePortAddresses
+
+    try:
+        addresses = NodePortAddresses.parse(nodeport_addresses)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--nodeport-addresses") from None
+    try:
+        port_range = PortRange.parse(nodeport_range)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--nodeport-range") from None
+    if zone is not None and not zone.strip():
+        raise typer.BadParameter("must not be empty", param_hint="--zone")
 
     # Handlers first: a SIGTERM that arrives while the program compiles must still
     # end in an orderly stop (and --cleanup), not in death by signal.
@@ -117,11 +167,18 @@ def agent(
                                  max_conntrack=max_conntrack),
             userspace_config=UserspaceConfig(state_dir=state_dir,
                                              udp_idle_timeout=udp_idle_timeout))
+        reserved = _reserve(ReservedPorts(record=os.path.join(state_dir, RESERVED_RECORD)),
+                            port_range)
         try:
             Agent(source, dp, AgentConfig(node_name=node_name,
                                           min_sync_interval=min_sync_interval,
-                                          state_dir=state_dir)).run(stop)
+                                          state_dir=state_dir, zone=zone,
+                                          nodeport_addresses=addresses,
+                                          nodeport_range=port_range)).run(stop)
         finally:
+            # NodePorts stay served by a bpf data path left in place: keep them reserved.
+            if cleanup or dp.name != "bpf":
+                _release(reserved)
             dp.close(cleanup=cleanup)
             if cleanup:
                 remove_status(state_dir)

@@ -57,7 +57,7 @@ def test_unreadable_kubeconfig_is_one_line_naming_it(tmp_path):
 STATUS_KEYS = {"version", "written_at", "pid", "source", "dataplane", "synced", "stale",
                "stale_seconds", "syncs", "full_syncs", "last_sync_at", "last_sync_seconds",
                "last_full_sync_seconds", "frontends", "backends", "refused", "skipped",
-               "running", "age"}
+               "unbalanced", "running", "age"}
 
 
 def _status(pid: int, **overrides: object) -> AgentStatus:

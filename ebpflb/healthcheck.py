@@ -1,0 +1,206 @@
+"""Load-balancer health checks (``healthCheckNodePort``), as kube-proxy answers them.
+
+A LoadBalancer Service with ``externalTrafficPolicy: Local`` only works through nodes
+that have one of its endpoints, so the cloud load balancer asks every node on the
+Service's health-check node port: HTTP 200 when this node has ready local endpoints,
+503 when it has none (or when the agent's syncs are failing), with a JSON body::
+
+    {"service": {"namespace": "demo", "name": "web"}, "localEndpoints": 2,
+     "serviceProxyHealthy": true}
+
+The listeners run on an asyncio loop in a thread of their own, so the agent's sync
+loop never waits for them: ``update()`` hands over the wanted set and returns. A port
+that cannot be bound is logged once, naming the Service, and retried at the next
+update. Data-path independent: the listeners are ordinary sockets in the agent's
+network namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from ebpflb.model import ServiceRef
+
+log = logging.getLogger(__name__)
+
+WILDCARD = "0.0.0.0"
+_MAX_REQUEST = 8192  # bytes of request head read before answering
+_READ_TIMEOUT = 5.0  # seconds a client may take to send its request
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """One Service's health check: its node port and ready endpoints on this node."""
+
+    ref: ServiceRef
+    port: int
+    local_endpoints: int
+
+
+class HealthCheckServer:
+    """Listeners for every wanted health check on each of ``addresses``."""
+
+    def __init__(self, *, healthy: Callable[[], bool] = lambda: True) -> None:
+        self._healthy = healthy
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # serialises starting and closing the loop
+        self._closed = False
+        # Owned by the loop's thread:
+        self._servers: dict[tuple[str, int], tuple[ServiceRef, asyncio.Server]] = {}
+        self._checks: dict[int, HealthCheck] = {}  # by port
+        self._failed: set[tuple[ServiceRef, str, int]] = set()  # logged bind failures
+
+    # --- the agent's side ----------------------------------------------------------
+
+    def update(self, checks: Sequence[HealthCheck], addresses: Sequence[str] = (WILDCARD,)
+               ) -> Future[None] | None:
+        """Serve exactly ``checks`` on ``addresses``; returns at once (the future says
+        when the listeners are in place, for tests). None once closed or with nothing
+        to serve and nothing served."""
+        wanted = tuple(sorted(checks, key=lambda c: (c.port, c.ref)))
+        where = tuple(dict.fromkeys(addresses))
+        with self._lock:
+            if self._closed:
+                return None
+            if self._loop is None:
+                if not wanted:
+                    return None
+                self._start()
+            assert self._loop is not None
+            return asyncio.run_coroutine_threadsafe(self._apply(wanted, where), self._loop)
+
+    def settle(self, timeout: float = 5.0) -> None:
+        """Wait until every update handed over so far is in place (for tests)."""
+        with self._lock:
+            loop = self._loop
+        if loop is not None:
+            asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop).result(timeout)
+
+    def close(self) -> None:
+        """Close every listener and stop the thread (idempotent)."""
+        with self._lock:
+            self._closed = True
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is None or thread is None:
+            return
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self._close_all(), loop).result(timeout=5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=5)
+        if not thread.is_alive():
+            loop.close()
+
+    def _start(self) -> None:
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=self._run, args=(loop,), name="ebpflb-healthcheck",
+                                  daemon=True)
+        self._loop, self._thread = loop, thread
+        thread.start()
+
+    @staticmethod
+    def _run(loop: asyncio.AbstractEventLoop) -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_forever()
+
+    # --- the loop's side -----------------------------------------------------------
+
+    async def _apply(self, wanted: tuple[HealthCheck, ...], addresses: tuple[str, ...]
+                     ) -> None:
+        checks: dict[int, HealthCheck] = {}
+        for check in wanted:
+            other = checks.get(check.port)
+            if other is not None:
+                self._log_once(check.ref, "*", check.port,
+                               f"Service {check.ref}: healthCheckNodePort {check.port} "
+                               f"is already used by Service {other.ref}; health check "
+                               "skipped")
+                continue
+            checks[check.port] = check
+        self._checks = checks
+        want = {(a, c.port): c.ref for c in checks.values() for a in addresses}
+        for key in [k for k, (ref, _) in self._servers.items() if want.get(k) != ref]:
+            _, server = self._servers.pop(key)
+            server.close()
+            await server.wait_closed()
+        for (address, port), ref in want.items():
+            if (address, port) in self._servers:
+                continue
+            try:
+                server = await asyncio.start_server(self._serve, address, port,
+                                                    reuse_address=True)
+            except OSError as exc:
+                self._log_once(ref, address, port,
+                               f"cannot listen on {address}:{port} for the health check "
+                               f"of Service {ref}: {exc.strerror or exc}")
+                continue
+            self._failed.discard((ref, address, port))
+            self._servers[(address, port)] = (ref, server)
+            log.info("health check of Service %s on %s:%d", ref, address, port)
+        live = {c.ref for c in checks.values()}
+        self._failed = {f for f in self._failed if f[0] in live}
+
+    def _log_once(self, ref: ServiceRef, address: str, port: int, message: str) -> None:
+        if (ref, address, port) not in self._failed:
+            self._failed.add((ref, address, port))
+            log.error("%s", message)
+
+    async def _close_all(self) -> None:
+        for _, server in self._servers.values():
+            server.close()
+        for _, server in self._servers.values():
+            await server.wait_closed()
+        self._servers.clear()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+                     ) -> None:
+        try:
+            port = writer.get_extra_info("sockname")[1]
+            async with asyncio.timeout(_READ_TIMEOUT):
+                head = await reader.readuntil(b"\r\n\r\n")
+            method = head.split(b" ", 1)[0]
+            check = self._checks.get(port)
+            writer.write(_response(check, method, self._healthy()))
+            await writer.drain()
+        except (OSError, TimeoutError, asyncio.IncompleteReadError,
+                asyncio.LimitOverrunError):
+            pass  # a client that went away or never sent a request
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+
+def answer(check: HealthCheck | None, healthy: bool) -> tuple[int, dict[str, object]]:
+    """The status code and body for one health check."""
+    if check is None:  # the Service left between accept and answer
+        return 503, {"service": None, "localEndpoints": 0, "serviceProxyHealthy": healthy}
+    body: dict[str, object] = {
+        "service": {"namespace": check.ref.namespace, "name": check.ref.name},
+        "localEndpoints": check.local_endpoints,
+        "serviceProxyHealthy": healthy,
+    }
+    return (200 if check.local_endpoints > 0 and healthy else 503), body
+
+
+_REASONS = {200: "OK", 405: "Method Not Allowed", 503: "Service Unavailable"}
+
+
+def _response(check: HealthCheck | None, method: bytes, healthy: bool) -> bytes:
+    if method in (b"GET", b"HEAD"):
+        code, body = answer(check, healthy)
+        payload = json.dumps(body).encode()
+    else:
+        code, payload = 405, b""
+    head = (f"HTTP/1.1 {code} {_REASONS[code]}\r\nContent-Type: application/json\r\n"
+            f"X-Content-Type-Options: nosniff\r\nContent-Length: {len(payload)}\r\n"
+            "Connection: close\r\n\r\n")
+    return head.encode() + (payload if method != b"HEAD" else b"")

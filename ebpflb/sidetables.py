@@ -1,0 +1,156 @@
+"""What the agent's side systems need from the desired state, kept per Service (and
+per frontend) in step with each translation, so that an incremental sync costs only
+the changed Services' work (as kube-proxy's housekeeping after a sync):
+
+- the health checks to serve (``healthCheckNodePort`` and local endpoint counts);
+- the Services never load-balanced (headless, ExternalName), for the status file;
+- frontends of a protocol the data path cannot serve: SCTP on the bpf data path, whose
+  ports the kernel cannot rewrite without recomputing the CRC32c checksum. A data path
+  may say what it serves with a ``protocols`` attribute; they are logged once per
+  Service port and left out of what the data path is given;
+- NodePorts outside the NodePort range: served, logged once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Iterable, Iterator, Mapping
+
+from ebpflb.dataplane.base import Dataplane
+from ebpflb.healthcheck import HealthCheck
+from ebpflb.model import (
+    DesiredState,
+    FrontendKind,
+    Protocol,
+    ServiceEntry,
+    ServiceInfo,
+    ServicePortName,
+    ServiceRef,
+    ServiceType,
+)
+from ebpflb.nodeports import PortRange
+from ebpflb.sources.incremental import Update
+from ebpflb.sync.plan import FrontendKey
+
+log = logging.getLogger("ebpflb.agent")  # these lines are the agent's to the user
+
+# What a data path serves when it does not say (its `protocols` attribute).
+_DEFAULT_PROTOCOLS = {"bpf": frozenset({Protocol.TCP, Protocol.UDP})}
+
+
+class SideTables:
+    """What the side systems need from the desired state, kept per Service (and per
+    frontend) in step with each translation, so that an incremental sync costs the
+    changed Services' work: health checks, Services never load-balanced, frontends
+    the data path cannot serve, NodePorts outside the NodePort range."""
+
+    def __init__(self, dataplane: Dataplane, nodeport_range: PortRange) -> None:
+        protocols = getattr(dataplane, "protocols", None)
+        if protocols is None:
+            protocols = _DEFAULT_PROTOCOLS.get(dataplane.name)
+        self.protocols: frozenset[str] | None = (
+            None if protocols is None else frozenset(str(p) for p in protocols))
+        self.dataplane_name = dataplane.name
+        self.nodeport_range = nodeport_range
+        self.health: dict[ServiceRef, HealthCheck] = {}
+        self.unbalanced: dict[ServiceRef, ServiceInfo] = {}
+        self.unsupported: dict[FrontendKey, ServiceEntry] = {}  # not sent to the data path
+        self._logged_ports: set[ServicePortName] = set()
+        self._out_of_range: dict[FrontendKey, ServiceRef] = {}
+        self._logged_range: set[tuple[ServiceRef, int]] = set()
+
+    def rebuild(self, state: DesiredState) -> None:
+        """Everything anew, after a full translation."""
+        self.health, self.unbalanced = {}, {}
+        for info in state.services.values():
+            self._note_service(info.ref, info)
+        self.unsupported, self._out_of_range = {}, {}
+        for key, entry in state.entries.items():
+            self._note_entry(key, entry)
+        self._log()
+
+    def update(self, update: Update, refs: Iterable[ServiceRef]) -> None:
+        """After an incremental translation of ``refs``."""
+        for ref in refs:
+            self._note_service(ref, update.state.services.get(ref))
+        for key in update.touched or ():
+            self.unsupported.pop(key, None)
+            self._out_of_range.pop(key, None)
+            entry = update.state.entries.get(key)
+            if entry is not None:
+                self._note_entry(key, entry)
+        self._log()
+
+    def served(self, state: DesiredState) -> DesiredState:
+        """``state`` less the frontends the data path cannot serve."""
+        if not self.unsupported:
+            return state
+        return DesiredState(_Without(state.entries, self.unsupported.keys()), state.services)
+
+    def health_checks(self) -> tuple[HealthCheck, ...]:
+        return tuple(sorted(self.health.values(), key=lambda c: (c.port, c.ref)))
+
+    def unbalanced_json(self) -> list[dict[str, str]]:
+        """The Services never load-balanced, for the status file."""
+        return [{"service": str(ref),
+                 "kind": "externalname" if info.type is ServiceType.EXTERNAL_NAME
+                 else "headless",
+                 "address": (info.external_name or "") if info.type is
+                 ServiceType.EXTERNAL_NAME else str(info.cluster_ip)}
+                for ref, info in sorted(self.unbalanced.items())]
+
+    def _note_service(self, ref: ServiceRef, info: ServiceInfo | None) -> None:
+        self.health.pop(ref, None)
+        self.unbalanced.pop(ref, None)
+        if info is None:
+            return
+        if info.health_check_node_port:
+            self.health[ref] = HealthCheck(ref, info.health_check_node_port,
+                                           info.local_endpoints)
+        if info.headless or info.type is ServiceType.EXTERNAL_NAME:
+            self.unbalanced[ref] = info
+
+    def _note_entry(self, key: FrontendKey, entry: ServiceEntry) -> None:
+        fe = entry.frontend
+        if self.protocols is not None and fe.protocol not in self.protocols:
+            self.unsupported[key] = entry
+        if fe.kind is FrontendKind.NODE_PORT and fe.port not in self.nodeport_range:
+            self._out_of_range[key] = entry.port_name.service
+
+    def _log(self) -> None:
+        names: dict[ServicePortName, str] = {}
+        for entry in self.unsupported.values():
+            fe, name = entry.frontend, entry.port_name
+            if fe.kind is not FrontendKind.NODE_PORT or name not in names:
+                names[name] = str(fe.port)  # the Service port, as its other frontends have
+        for name in sorted(set(names) - self._logged_ports):
+            log.warning("Service %s port %s/%s: %s is not supported by the %s data path; "
+                        "skipped", name.service, names[name], name.protocol, name.protocol,
+                        self.dataplane_name)
+        self._logged_ports = set(names)
+        outside = {(ref, key[1]) for key, ref in self._out_of_range.items()}
+        for ref, port in sorted(outside - self._logged_range):
+            log.warning("Service %s: nodePort %d is outside the NodePort range %s "
+                        "(--nodeport-range); served anyway, but a local socket may take it "
+                        "as its ephemeral port", ref, port, self.nodeport_range)
+        self._logged_range = outside
+
+
+class _Without(Mapping[FrontendKey, ServiceEntry]):
+    """A read-only view of ``entries`` without ``excluded``: no copy of 10,000s."""
+
+    def __init__(self, entries: Mapping[FrontendKey, ServiceEntry],
+                 excluded: Collection[FrontendKey]) -> None:
+        self._entries = entries
+        self._excluded = excluded
+
+    def __getitem__(self, key: FrontendKey) -> ServiceEntry:
+        if key in self._excluded:
+            raise KeyError(key)
+        return self._entries[key]
+
+    def __iter__(self) -> Iterator[FrontendKey]:
+        return (k for k in self._entries if k not in self._excluded)
+
+    def __len__(self) -> int:
+        return len(self._entries) - sum(1 for k in self._excluded if k in self._entries)
