@@ -1,10 +1,14 @@
 """`ebpflb services|backends|conntrack|stats`: read the pinned maps directly, so they
 work while the agent is down; where no maps are pinned, the userspace data path's
-state file (published by a running agent). Same tables, same JSON keys."""
+state file (published by a running agent). Same tables, same JSON keys.
+
+`services` also lists the Services that are never load-balanced (headless,
+ExternalName), which have no frontend in any data path, from the agent's status file
+(the last one an agent published under --state-dir, if any)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -45,8 +49,37 @@ def services(json: JsonOpt = False, pin_dir: PinDirOpt = DEFAULT_PIN_DIR,
     """Frontends and their backend counts."""
     with _inspector(pin_dir, state_dir) as insp:
         views = insp.services()
-    typer.echo(render.to_json([v.as_json() for v in views]) if json
-               else render.services_table(views))
+    unbalanced = _unbalanced(state_dir)
+    if json:
+        typer.echo(render.to_json([*(v.as_json() for v in views),
+                                   *(_unbalanced_json(u) for u in unbalanced)]))
+    else:
+        typer.echo(render.services_table(views, extra=[_unbalanced_row(u)
+                                                       for u in unbalanced]))
+
+
+def _unbalanced(state_dir: str) -> list[dict[str, Any]]:
+    """The never load-balanced Services the agent published; none without a status."""
+    from ebpflb.status import read_status
+
+    try:
+        items = read_status(state_dir).get("unbalanced")
+    except EbpflbError:
+        return []
+    return [u for u in items or () if isinstance(u, dict)
+            and {"service", "kind", "address"} <= u.keys()]
+
+
+def _unbalanced_json(u: dict[str, Any]) -> dict[str, object]:
+    """A row with the keys of every other row; no frontend, port or backends."""
+    return {"id": None, "service": u["service"], "port_name": None, "protocol": None,
+            "address": u["address"], "port": None, "frontend": None, "kind": u["kind"],
+            "backends": 0, "active_backends": 0, "affinity_timeout": 0}
+
+
+def _unbalanced_row(u: dict[str, Any]) -> list[object]:
+    """A table row: the address (None or the DNS name) where a frontend would be."""
+    return ["-", u["service"], u["kind"], u["address"], 0, 0, "-"]
 
 
 @handle_errors

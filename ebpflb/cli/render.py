@@ -24,11 +24,14 @@ def _svc(pn: object) -> str:
     return str(pn) if pn is not None else "-"
 
 
-def services_table(views: Sequence[ServiceView]) -> str:
+def services_table(views: Sequence[ServiceView],
+                   extra: Sequence[Sequence[object]] = ()) -> str:
+    """``extra``: rows already in the table's columns (Services without a frontend)."""
     return table(
         ["ID", "SERVICE", "KIND", "FRONTEND", "BACKENDS", "ACTIVE", "AFFINITY"],
-        [[v.id, _svc(v.port_name), v.kind, v.frontend, v.backends, v.active_backends,
-          f"{v.affinity_timeout}s" if v.affinity_timeout else "-"] for v in views],
+        [*([v.id, _svc(v.port_name), v.kind, v.frontend, v.backends, v.active_backends,
+            f"{v.affinity_timeout}s" if v.affinity_timeout else "-"] for v in views),
+         *extra],
     )
 
 
