@@ -19,6 +19,7 @@
 #include "lib/affinity.h"
 #include "lib/ct.h"
 #include "lib/icmp.h"
+#include "lib/reject.h"
 
 /* Map accessors declared in lib/maps.h: bcc rewrites map calls in this file only. */
 static __always_inline struct lb4_service *map_svc4_lookup(struct lb4_key *key)
@@ -85,7 +86,7 @@ static __always_inline __be32 lb4_snat_address(const struct lb4_service *svc,
 
 /* Client -> frontend: keep the flow's backend while it is valid, else choose one and
  * record the flow; then rewrite the destination to the backend, and the source to the
- * flow's NAT address if it has one. 0 or DROP_*. */
+ * flow's NAT address if it has one. 0, DROP_*, or TC_ACT_REDIRECT when refused. */
 static __always_inline int lb4_forward(struct __sk_buff *skb, const struct pkt4 *pkt,
 				       const struct lb4_service *svc)
 {
@@ -117,6 +118,8 @@ static __always_inline int lb4_forward(struct __sk_buff *skb, const struct pkt4 
 			stats_global_inc(GSTAT_SOURCE_RANGE_DROP);
 			return DROP_SOURCE_RANGE;
 		}
+		if (svc->count == 0 && !(svc->flags & SVC_F_DROP_EMPTY))
+			return lb4_reject(skb, pkt);
 		ret = lb4_choose(svc, pkt, &backend_id, &be);
 		if (ret < 0)
 			return ret;
@@ -178,6 +181,8 @@ int ebpflb_tc(struct __sk_buff *skb)
 		svc = lb4_lookup_service(&pkt);
 		ret = svc ? lb4_forward(skb, &pkt, svc) : lb4_reverse(skb, &pkt);
 	}
+	if (ret == TC_ACT_REDIRECT)
+		return ret;
 	return ret < 0 ? TC_ACT_SHOT : TC_ACT_OK;
 }
 

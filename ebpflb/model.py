@@ -135,6 +135,10 @@ class ServiceEntry:
     # loadBalancerSourceRanges on a load-balancer frontend: only these clients are
     # admitted; () admits every client.
     source_ranges: tuple[ipaddress.IPv4Network, ...] = ()
+    # With no active backend: drop (a Local traffic policy left this node without the
+    # Service's endpoints, as kube-proxy drops) rather than refuse (the Service has no
+    # endpoint at all: kube-proxy's REJECT).
+    drop_when_empty: bool = False
 
     @property
     def active(self) -> tuple[Backend, ...]:

@@ -39,6 +39,7 @@
 #define SVC_F_EXTERNAL		0x0004
 #define SVC_F_LOADBALANCER	0x0008
 #define SVC_F_SRC_RANGES	0x0010	/* only clients in ebpflb_srcr4 are admitted */
+#define SVC_F_DROP_EMPTY	0x0020	/* no backend: drop (Local policy), not reject */
 
 /* lb4_backend.flags */
 #define BE_F_ACTIVE		0x01	/* in the slot list (gets new flows) */
@@ -63,6 +64,7 @@
 #define GSTAT_AFFINITY_HIT	11	/* new flow sent to its client's affinity backend */
 #define GSTAT_HAIRPIN		12	/* new flow of a pod to its own Service and itself */
 #define GSTAT_ICMP_ERROR	13	/* ICMP error about a flow reverse-translated */
+#define GSTAT_REJECT		14	/* new flow to a Service without endpoints refused */
 #define GSTAT_MAX		16	/* room for more without a new map */
 
 #endif

@@ -72,6 +72,7 @@ from ebpflb.model import (
     ServiceRef,
     ServiceType,
     frontend_order,
+    usable_backends,
 )
 from ebpflb.sources import topology
 from ebpflb.sources.topology import Preference
@@ -257,7 +258,7 @@ class _Service(NamedTuple):
     affinity_timeout: int = 0
     external_local: bool = False
     internal_local: bool = False
-    source_ranges: tuple[IPNetwork, ...] = ()
+    source_ranges: tuple[ipaddress.IPv4Network, ...] = ()
     topology: Preference = Preference.NONE  # which topology hints to follow
 
 
@@ -294,7 +295,7 @@ def _parse_service(obj: Obj, errors: list[ObjectError]) -> _Service | None:
         errors.append(_error("Service", ref, message))
 
     lb_ips: tuple[IPAddress, ...] = ()
-    ranges: tuple[IPNetwork, ...] = ()
+    ranges: tuple[ipaddress.IPv4Network, ...] = ()
     if svc_type is ServiceType.LOAD_BALANCER:
         lb_ips = _ingress_ips(spec, obj.get("status"), report)
         try:
@@ -442,20 +443,24 @@ def _check_distinct(port: _Port, other: _Port) -> None:
         raise _Invalid(f"nodePort {port.node_port}/{port.protocol} is already used")
 
 
-def _source_ranges(values: Any) -> tuple[IPNetwork, ...]:
-    """spec.loadBalancerSourceRanges as networks (host bits set are an error, as the
-    API server says); IPv6 ones are kept so that a list of only IPv6 ranges still
-    restricts the Service (it then admits no IPv4 client)."""
+def _source_ranges(values: Any) -> tuple[ipaddress.IPv4Network, ...]:
+    """spec.loadBalancerSourceRanges as IPv4 networks (host bits set are an error, as
+    the API server says). IPv6 ranges cannot match on this IPv4 node; a list of only
+    IPv6 ranges admits no IPv4 client, so it is refused rather than read as "all"."""
     if values is None:
         return ()
     found: list[IPNetwork] = []
-    for value in _list(values, "spec.loadBalancerSourceRanges"):
+    items = _list(values, "spec.loadBalancerSourceRanges")
+    for value in items:
         try:
             found.append(ipaddress.ip_network(_string(value, "a source range").strip()))
         except ValueError:
             raise _Invalid(
                 f"spec.loadBalancerSourceRanges: {value!r} is not a CIDR") from None
-    return tuple(dict.fromkeys(found))
+    v4 = tuple(sorted({n for n in found if isinstance(n, ipaddress.IPv4Network)}))
+    if found and not v4:
+        raise _Invalid("spec.loadBalancerSourceRanges has no IPv4 range (this node is IPv4-only)")
+    return v4
 
 
 def _ingress_ips(spec: Obj, status: Any, report: _Report) -> tuple[IPAddress, ...]:
@@ -661,8 +666,12 @@ def _entries(
             local = tuple(b for b in every if b.node == node_name)
             internal = local if svc.internal_local else cluster
             external = local if svc.external_local else cluster
+        # A Local policy that leaves a frontend empty while the Service has endpoints
+        # elsewhere drops its traffic; a Service without any endpoint refuses it.
+        elsewhere = bool(node_name) and bool(usable_backends(every))
         entries.append(ServiceEntry(Frontend(svc.address, port.port, port.protocol),
-                                    name, internal, svc.affinity_timeout))
+                                    name, internal, svc.affinity_timeout,
+                                    drop_when_empty=elsewhere and svc.internal_local))
         frontends: list[tuple[IPAddress, int, FrontendKind]] = []
         if node_port_type and port.node_port is not None:
             frontends += [(a, port.node_port, FrontendKind.NODE_PORT) for a in nodes]
@@ -674,7 +683,8 @@ def _entries(
             entries.append(ServiceEntry(
                 Frontend(address, number, port.protocol, kind), name, external,
                 svc.affinity_timeout, _snat_address(svc, kind, address, nodes),
-                svc.source_ranges if kind is FrontendKind.LOAD_BALANCER else ()))
+                svc.source_ranges if kind is FrontendKind.LOAD_BALANCER else (),
+                elsewhere and svc.external_local))
     return entries
 
 

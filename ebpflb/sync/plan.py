@@ -70,6 +70,7 @@ class FrontendState:
     affinity_timeout: int = 0
     snat_address: IPv4Address | None = None  # see ServiceEntry
     source_ranges: tuple[IPv4Network, ...] = ()
+    drop_when_empty: bool = False  # see ServiceEntry
 
     @property
     def kind(self) -> FrontendKind:
@@ -89,6 +90,7 @@ class FrontendState:
                 affinity_timeout=entry.affinity_timeout,
                 snat_address=entry.snat_address,
                 source_ranges=entry.source_ranges,
+                drop_when_empty=entry.drop_when_empty,
             )
         usable = entry.active
         everyone = len(usable) == len(entry.backends)  # no key set needed
@@ -107,12 +109,13 @@ class FrontendState:
             affinity_timeout=entry.affinity_timeout,
             snat_address=entry.snat_address,
             source_ranges=entry.source_ranges,
+            drop_when_empty=entry.drop_when_empty,
         )
 
     def service_fields(self) -> tuple[object, ...]:
         """What the service entry itself encodes (not its backends)."""
         return (self.frontend.kind, self.port_name, self.slots, self.affinity_timeout,
-                self.snat_address, self.source_ranges)
+                self.snat_address, self.source_ranges, self.drop_when_empty)
 
     def with_backends(self, backends: tuple[BackendState, ...]) -> FrontendState:
         return replace(self, backends=backends)
@@ -144,6 +147,7 @@ class WriteService:
             f"slots={len(s.slots)} affinity={s.affinity_timeout}s"
             + (f" snat={s.snat_address}" if s.snat_address else "")
             + (f" ranges={','.join(map(str, s.source_ranges))}" if s.source_ranges else "")
+            + (" drop-when-empty" if s.drop_when_empty else "")
         )
 
     def as_json(self) -> dict[str, object]:
@@ -154,7 +158,8 @@ class WriteService:
                 "slots": [f"{a}:{p}" for a, p in s.slots],
                 "affinity_timeout": s.affinity_timeout,
                 "snat_address": str(s.snat_address) if s.snat_address else None,
-                "source_ranges": [str(r) for r in s.source_ranges]}
+                "source_ranges": [str(r) for r in s.source_ranges],
+                "drop_when_empty": s.drop_when_empty}
 
 
 @dataclass(frozen=True, slots=True)

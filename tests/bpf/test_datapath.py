@@ -143,10 +143,38 @@ def test_fragments_counted(services: Maps, run: RunFn) -> None:
 
 # --- dropped -------------------------------------------------------------------------
 
-def test_service_without_backend_dropped(services: Maps, run: RunFn) -> None:
+TC_ACT_REDIRECT = 7
+
+
+@pytest.mark.parametrize("flow", [pk.Flow(pk.TCP, CLIENT, EMPTY_IP, 40000, 80),
+                                  pk.Flow(pk.UDP, CLIENT, EMPTY_IP, 40000, 80)],
+                         ids=["tcp", "udp"])
+def test_service_without_any_endpoint_refuses(flow: pk.Flow, services: Maps,
+                                              run: RunFn) -> None:
+    """kube-proxy's REJECT: an ICMP port unreachable quoting the packet goes back out
+    of the interface it came in on (MACs swapped), so connect() fails at once."""
+    services.add_service(4, EMPTY_IP, 80, pk.UDP, {})
+    inp = pk.frame(flow, b"payload of the request")
+    res = run(inp)
+    assert res.retval == TC_ACT_REDIRECT
+    assert res.data[:6] == inp[6:12] and res.data[6:12] == inp[:6]
+    err = pk.parse_icmp_error(res.data)
+    assert (err.saddr, err.daddr) == (EMPTY_IP, CLIENT)
+    assert err.quoted == flow
+    assert res.data[pk.ETH_HLEN + 20:pk.ETH_HLEN + 22] == bytes([3, 3])  # port unreachable
+    assert len(res.data) == pk.ETH_HLEN + 20 + 8 + 28
+    assert pk.icmp_checksum_errors(res.data) == []
+    assert services.gstat_value(abi.GlobalStat.REJECT) == 1
+    assert services.ct4.items(abi.Ct4Key, abi.Ct4Value) == []
+
+
+def test_service_left_empty_by_a_local_policy_drops(services: Maps, run: RunFn) -> None:
+    services.svc4.update(abi.Lb4Key(abi.pack_ip4(EMPTY_IP), abi.htons(80), pk.TCP),
+                         abi.Lb4Service(3, 0, abi.SvcFlag.NODEPORT | abi.SvcFlag.DROP_EMPTY))
     res = run(pk.frame(pk.Flow(pk.TCP, CLIENT, EMPTY_IP, 40000, 80)))
     assert res.retval == TC_ACT_SHOT
     assert services.gstat_value(abi.GlobalStat.NO_BACKEND) == 1
+    assert services.gstat_value(abi.GlobalStat.REJECT) == 0
     assert services.ct4.items(abi.Ct4Key, abi.Ct4Value) == []
 
 

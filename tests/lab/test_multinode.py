@@ -191,9 +191,22 @@ def test_nodeport_local_policy_keeps_the_client_address_and_only_local_backends(
     answer, _ = traffic.udp_request(cluster.ext(1), cluster.node_ip(1), 30053, b"whoami")
     assert answer == f"pod-1 {cluster.lab.outside[0].ip}\n"
     # node-2 has no local endpoint: its NodePort drops, as kube-proxy's does
-    with pytest.raises(OSError):
+    with pytest.raises(TimeoutError):
         traffic.http_get(cluster.ext(1), cluster.node_ip(2), 30080, timeout=1.0)
     assert cluster.counters(2)["no_backend"] > 0
+
+
+def test_nodeport_of_a_service_without_endpoints_refuses(cluster: Cluster) -> None:
+    """No endpoint anywhere: refused at once from outside, as kube-proxy's REJECT."""
+    ports = [dict(HTTP, nodePort=30080), dict(DNS, nodePort=30053)]
+    wait: dict[str, dict[str, set[str]]] = {
+        f"node-{k}": {f"{cluster.node_ip(k)}:30080/TCP": set()} for k in (1, 2)}
+    cluster.publish("empty", [], type="NodePort", externalTrafficPolicy="Local",
+                    endpoints=[], wait=wait, ports=ports)
+    for k in (1, 2):
+        with pytest.raises(ConnectionRefusedError):
+            traffic.http_get(cluster.ext(1), cluster.node_ip(k), 30080, timeout=1.0)
+    assert cluster.counters(1)["reject"] > 0
 
 
 def test_load_balancer_ip_with_source_ranges(cluster: Cluster) -> None:

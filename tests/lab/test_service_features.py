@@ -59,10 +59,14 @@ class Env:
                         self.state_dir, "--node-name", NODE]).start()
         self.agent.wait_ready()
 
-    def backends(self, frontend: str) -> set[str]:
+    def backends(self, frontend: str) -> set[str] | None:
+        """The frontend's active backends; None while the data path has no such
+        frontend."""
         insp = (BpfInspector(self.pin_dir) if self.dataplane == "bpf"
                 else UserspaceInspector(self.state_dir))
         with insp:
+            if frontend not in {str(v.frontend) for v in insp.services()}:
+                return None
             return {str(b.address) for b in insp.backends()
                     if str(b.frontend) == frontend and b.active}
 
@@ -183,3 +187,21 @@ def test_named_target_port_over_several_slices(env: Env) -> None:
     env.agent.wait_for(lambda: env.backends("10.96.1.15:80/TCP") == want, what="named")
     seen = traffic.spread_tcp(env.client, "10.96.1.15", 80, 60)
     assert set(seen) == {"pod-1\n", "pod-2\n", "pod-3\n"}
+
+
+@kernel_path_only
+def test_a_service_without_endpoints_refuses_at_once(env: Env) -> None:
+    """kube-proxy's REJECT: connect() and a connected UDP socket get ECONNREFUSED from
+    an ICMP port unreachable, instead of waiting for their timeout. (The userspace
+    proxy accepts before it knows, so it can only reset.)"""
+    env.publish("empty", "10.96.1.16", [], expect=set())
+    started = time.monotonic()
+    with pytest.raises(ConnectionRefusedError):
+        traffic.http_get(env.client, "10.96.1.16", 80, timeout=2.0)
+    assert time.monotonic() - started < 1.0
+    with netns.socket_in(env.client, socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(2.0)
+        sock.connect(("10.96.1.16", 53))
+        sock.send(b"x")
+        with pytest.raises(ConnectionRefusedError):
+            sock.recv(100)

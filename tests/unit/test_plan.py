@@ -31,7 +31,7 @@ from ebpflb.sync.plan import (
 
 def entry(ip: str, port: int, backends: list[tuple[str, int, bool]], *, name: str = "web",
           proto: Protocol = Protocol.TCP, affinity: int = 0, snat: str | None = None,
-          ranges: tuple[str, ...] = ()) -> ServiceEntry:
+          ranges: tuple[str, ...] = (), drop_when_empty: bool = False) -> ServiceEntry:
     kind = FrontendKind.LOAD_BALANCER if snat or ranges else FrontendKind.CLUSTER_IP
     return ServiceEntry(
         Frontend(ipaddress.IPv4Address(ip), port, proto, kind),
@@ -40,6 +40,7 @@ def entry(ip: str, port: int, backends: list[tuple[str, int, bool]], *, name: st
         affinity,
         ipaddress.IPv4Address(snat) if snat else None,
         tuple(sorted(ipaddress.IPv4Network(r) for r in ranges)),
+        drop_when_empty,
     )
 
 
@@ -90,11 +91,12 @@ FRONTENDS = [("10.96.0.1", 80), ("10.96.0.1", 443), ("10.96.0.2", 53)]
 backend_st = st.tuples(st.sampled_from(IPS), st.sampled_from([80, 8080]), st.booleans())
 RANGES = ["192.168.50.0/24", "10.1.2.3/32", "0.0.0.0/0"]
 entry_st = st.builds(
-    lambda fe, bes, aff, snat, ranges: entry(
+    lambda fe, bes, aff, snat, ranges, drop: entry(
         fe[0], fe[1], list({(a, p): (a, p, r) for a, p, r in bes}.values()), affinity=aff,
-        snat=snat, ranges=tuple(sorted(set(ranges)))),
+        snat=snat, ranges=tuple(sorted(set(ranges))), drop_when_empty=drop),
     st.sampled_from(FRONTENDS), st.lists(backend_st, max_size=6), st.sampled_from([0, 10800]),
     st.sampled_from([None, "192.168.50.1"]), st.lists(st.sampled_from(RANGES), max_size=2),
+    st.booleans(),
 )
 state_st = st.lists(entry_st, max_size=3).map(
     lambda es: state(*{e.frontend.key: e for e in es}.values()))

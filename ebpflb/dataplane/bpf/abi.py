@@ -59,6 +59,7 @@ class SvcFlag(enum.IntFlag):
     EXTERNAL = 0x0004
     LOADBALANCER = 0x0008
     SRC_RANGES = 0x0010
+    DROP_EMPTY = 0x0020
 
 
 class BackendFlag(enum.IntFlag):
@@ -92,6 +93,7 @@ class GlobalStat(enum.IntEnum):
     AFFINITY_HIT = 11
     HAIRPIN = 12
     ICMP_ERROR = 13
+    REJECT = 14
 
 
 GSTAT_MAX = 16

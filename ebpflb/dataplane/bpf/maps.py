@@ -172,6 +172,7 @@ class MapState:
 _PROTOCOLS = {6: Protocol.TCP, 17: Protocol.UDP, 132: Protocol.SCTP}
 _NO_ADDRESS = bytes(4)
 _SRC_RANGES = int(abi.SvcFlag.SRC_RANGES)
+_DROP_EMPTY = int(abi.SvcFlag.DROP_EMPTY)
 SVC_ID_BITS = 32  # an LPM key's svc_id part, always matched whole
 
 
@@ -238,7 +239,8 @@ def read_state(maps: BpfMaps) -> MapState:
         out.frontends[fkey] = FrontendState(
             frontend, port_name, tuple(sorted(states, key=backend_order)), tuple(slots),
             affinity, IPv4Address(snat) if snat != _NO_ADDRESS else None,
-            out.src_ranges.get(sid, ()) if flags & _SRC_RANGES else ())
+            out.src_ranges.get(sid, ()) if flags & _SRC_RANGES else (),
+            bool(flags & _DROP_EMPTY))
     for leftovers in by_svc.values():
         out.orphan_backends.extend(bid for bid, _ in leftovers)
     out.orphan_svc_ids.extend(names)

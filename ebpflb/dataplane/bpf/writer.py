@@ -60,6 +60,7 @@ _PACK_KEY = abi.PACK_LB4_KEY.pack
 
 
 _SRC_RANGES = int(abi.SvcFlag.SRC_RANGES)
+_DROP_EMPTY = int(abi.SvcFlag.DROP_EMPTY)
 _NO_ADDRESS = bytes(4)
 
 
@@ -265,7 +266,8 @@ class MapWriter:
             meta.keys.append(key)
             meta.values.append(pack_meta(st.port_name))
             svc.keys.append(_PACK_KEY(address, port, _PROTO_NUMBERS[fe.protocol], 0))
-            flags = _KIND_BITS[fe.kind] | (_SRC_RANGES if st.source_ranges else 0)
+            flags = (_KIND_BITS[fe.kind] | (_SRC_RANGES if st.source_ranges else 0)
+                     | (_DROP_EMPTY if st.drop_when_empty else 0))
             snat = st.snat_address.packed if st.snat_address else _NO_ADDRESS
             svc.values.append(pack_svc(sid, count, flags, st.affinity_timeout, snat))
             self._write_src_ranges(sid, st.source_ranges)
