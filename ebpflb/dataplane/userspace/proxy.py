@@ -12,7 +12,7 @@ backend at its next datagram, as the kernel path's conntrack does.
 
 Policies, as the kernel path applies them:
 - `sessionAffinity: ClientIP`: new TCP connections and new UDP sessions consult the
-  engine's AffinityTable, keyed by (client address, frontend).
+  engine's AffinityTable, keyed by (client address, frontend id).
 - `loadBalancerSourceRanges`: a connection from a client outside the ranges is reset
   right after accept (a proxy cannot drop a handshake the kernel already answered), a
   datagram is dropped; both are counted as `source_range_drop`. When the ranges
@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 
 from ebpflb.dataplane.userspace.device import DEVICE_NAME, DummyDevice
 from ebpflb.dataplane.userspace.reactor import IN, Reactor
+from ebpflb.dataplane.userspace.target import Target
 from ebpflb.dataplane.userspace.tcp import CHUNK, LINGER_RESET, TcpConn
 from ebpflb.dataplane.userspace.udp import UdpSession
 from ebpflb.dataplane.view import BackendView, ConnView, ServiceStats, ServiceView, StatsView
@@ -70,10 +71,12 @@ ACCEPT_PAUSE = 0.1  # seconds without accepting after EMFILE and the like
 # found no free local port (EADDRNOTAVAIL); affinity_hit = a new flow whose backend
 # came from the ClientIP affinity table; hairpin = a new flow whose backend is its
 # own client; icmp_error = an ICMP error from a backend about a UDP session (the
-# client cannot be told: the proxy's socket, not the client's, receives it).
+# client cannot be told: the proxy's socket, not the client's, receives it);
+# reject = 0 (a Service without endpoints: the kernel path answers port unreachable;
+# the proxy has accepted by then and can only reset, counted as no_backend).
 COUNTERS = ("new_flow", "ct_hit", "reselect", "reply", "no_backend", "backend_missing",
             "fragment", "ct_full", "source_range_drop", "snat", "nat_port_full",
-            "affinity_hit", "hairpin", "icmp_error")
+            "affinity_hit", "hairpin", "icmp_error", "reject")
 
 
 @dataclass(frozen=True)
@@ -100,20 +103,16 @@ def _setns(path: str) -> None:
         os.close(fd)
 
 
-def _sockaddr(key: BackendKey) -> tuple[int, tuple[str, int]]:
-    family = socket.AF_INET if key[0].version == 4 else socket.AF_INET6
-    return family, (str(key[0]), key[1])
-
-
 class FrontendRuntime:
     """One frontend's runtime: its state, ids, socket, flows and counters."""
 
     def __init__(self, state: FrontendState, svc_id: int) -> None:
         self.state = state
         self.key: FrontendKey = state.frontend.key
+        self.family = socket.AF_INET if state.frontend.address.version == 4 else socket.AF_INET6
         self.svc_id = svc_id
-        self.backend_ids: dict[BackendKey, int] = {}
-        self.sockaddrs: dict[BackendKey, tuple[int, tuple[str, int]]] = {}
+        self.targets: dict[BackendKey, Target] = {}  # every backend
+        self.slot_targets: tuple[Target, ...] = ()  # the active ones, in slot order
         self.sock: socket.socket | None = None
         self.conns: set[TcpConn] = set()
         self.sessions: OrderedDict[Any, UdpSession] = OrderedDict()
@@ -139,7 +138,7 @@ class Engine:
         self.reactor = Reactor()
         self.frontends: dict[FrontendKey, FrontendRuntime] = {}
         self.counters = dict.fromkeys(COUNTERS, 0)
-        self.affinity: AffinityTable[BackendKey] = AffinityTable(
+        self.affinity: AffinityTable[Target] = AffinityTable(
             max_entries=config.max_affinity_entries)
         self.connecting: dict[TcpConn, None] = {}  # in connect order, so in deadline order
         self.udp_sessions = 0  # over every frontend
@@ -303,10 +302,11 @@ class Engine:
         """Make the frontends match `desired`; returns what is held and the errors of
         frontends that could not be opened (they are not held, so the next sync retries)."""
         errors: list[str] = []
-        forget: set[FrontendKey] = set()
+        forget: set[int] = set()  # svc ids whose affinity entries go
         for key in [k for k in self.frontends if k not in desired]:
-            self._remove_frontend(self.frontends.pop(key))
-            forget.add(key)
+            removed = self.frontends.pop(key)
+            self._remove_frontend(removed)
+            forget.add(removed.svc_id)
         for key, st in desired.items():
             fe = self.frontends.get(key)
             if fe is None:
@@ -316,21 +316,22 @@ class Engine:
                     errors.append(f"cannot open {st.frontend}: {exc.strerror or exc}")
             else:
                 if fe.state.affinity_timeout and not st.affinity_timeout:
-                    forget.add(key)
+                    forget.add(fe.svc_id)
                 self._update_frontend(fe, st)
         self.affinity.drop_frontends(forget)
         self.dirty = True
         return {k: fe.state for k, fe in self.frontends.items()}, errors
 
-    def _assign_backend_ids(self, fe: FrontendRuntime) -> None:
+    def _sync_targets(self, fe: FrontendRuntime) -> None:
+        """A Target (and id) per backend of the frontend; those of backends that left
+        are marked gone."""
         keep = {b.key for b in fe.state.backends}
-        for k in [k for k in fe.backend_ids if k not in keep]:
-            del fe.backend_ids[k]
-            del fe.sockaddrs[k]
-        for k in sorted(keep - fe.backend_ids.keys()):
-            fe.backend_ids[k] = self._next_backend_id
-            fe.sockaddrs[k] = _sockaddr(k)
+        for k in [k for k in fe.targets if k not in keep]:
+            fe.targets.pop(k).gone = True
+        for k in sorted(keep - fe.targets.keys()):
+            fe.targets[k] = Target(k, self._next_backend_id)
             self._next_backend_id += 1
+        fe.slot_targets = tuple([fe.targets[k] for k in fe.state.slots])
 
     def _add_frontend(self, st: FrontendState) -> FrontendRuntime:
         fe = FrontendRuntime(st, self._next_svc_id)
@@ -365,20 +366,18 @@ class Engine:
                 raise
         fe.sock = s
         self._next_svc_id += 1
-        self._assign_backend_ids(fe)
+        self._sync_targets(fe)
         return fe
 
     def _update_frontend(self, fe: FrontendRuntime, st: FrontendState) -> None:
         old = fe.state
         fe.state = st
-        gone = {b.key for b in old.backends} - {b.key for b in st.backends}
-        self._assign_backend_ids(fe)
-        if gone:
-            # Established TCP flows to a backend that left are reset (the kernel path
-            # reselects and the new backend resets them); UDP sessions move at their
-            # next datagram.
-            for conn in [c for c in fe.conns if c.backend in gone]:
-                conn.abort()
+        self._sync_targets(fe)
+        # Established TCP flows to a backend that left are reset (the kernel path
+        # reselects and the new backend resets them); UDP sessions move at their next
+        # datagram (their Target is marked gone).
+        for conn in [c for c in fe.conns if c.backend is not None and c.backend.gone]:
+            conn.abort()
         if st.source_ranges != old.source_ranges and st.source_ranges:
             for conn in [c for c in fe.conns if not fe.admits(c.caddr[0])]:
                 conn.abort()
@@ -414,13 +413,16 @@ class Engine:
         if lsock is None:
             return
         try:
-            client, caddr = lsock.accept()
+            # _accept and a socket made from the descriptor: socket.accept() converts
+            # the listener's family and type to enums on every call.
+            fd, caddr = lsock._accept()  # type: ignore[attr-defined]
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:  # EMFILE and the like: pause, or the loop would spin
             log.warning("accept on %s: %s", fe.state.frontend, exc)
             self._pause_accepting(fe)
             return
+        client = socket.socket(fe.family, socket.SOCK_STREAM, 0, fd)
         if fe.state.source_ranges and not fe.admits(caddr[0]):
             self._refuse()
             try:  # noqa: SIM105 - per connection: cheaper than contextlib.suppress
@@ -460,7 +462,7 @@ class Engine:
         fe.rx_packets += 1
         fe.rx_bytes += n
         self.dirty = True
-        if sess is not None and sess.backend not in fe.backend_ids:
+        if sess is not None and sess.backend.gone:
             self._drop_session(fe, client)
             sess = None
             self.counters["reselect"] += 1
@@ -479,8 +481,9 @@ class Engine:
 
     def _new_session(self, fe: FrontendRuntime, client: Any) -> UdpSession | None:
         st = fe.state
-        key = choose_backend(st.slots, client=client[0], affinity_timeout=st.affinity_timeout,
-                             affinity=self.affinity, frontend=fe.key)
+        key = choose_backend(fe.slot_targets, client=client[0],
+                             affinity_timeout=st.affinity_timeout, affinity=self.affinity,
+                             frontend=fe.svc_id)
         if key is None:
             self.counters["no_backend"] += 1
             return None
@@ -496,12 +499,12 @@ class Engine:
         self.count_new_flow(fe, client[0], key)
         return sess
 
-    def count_new_flow(self, fe: FrontendRuntime, client: str, backend: BackendKey) -> None:
+    def count_new_flow(self, fe: FrontendRuntime, client: str, backend: Target) -> None:
         counters = self.counters
         counters["new_flow"] += 1
         if fe.state.snat_address is not None:
             counters["snat"] += 1
-        if fe.sockaddrs[backend][1][0] == client:
+        if backend.host == client:
             counters["hairpin"] += 1
         self.dirty = True
 
@@ -537,7 +540,7 @@ class Engine:
         out = []
         for fe in self._sorted():
             for b in fe.state.backends:
-                out.append(BackendView(fe.backend_ids[b.key], fe.svc_id, fe.state.frontend,
+                out.append(BackendView(fe.targets[b.key].id, fe.svc_id, fe.state.frontend,
                                        fe.state.port_name, b.address, b.port, b.active,
                                        b.terminating))
         return out

@@ -136,11 +136,14 @@ class Reactor:
         monotonic = time.monotonic
         while not self._stopping:
             timeout = -1.0
-            if timers:
-                timeout = max(0.0, timers[0][0] - monotonic())
+            if timers:  # from the last wake-up's time: the timers are coarse
+                timeout = timers[0][0] - self.now
+                if timeout < 0.0:
+                    timeout = 0.0
             events = poll(timeout, MAX_EVENTS)
             self.now = monotonic()
-            gone.clear()
+            if gone:
+                gone.clear()
             for fd, ev in events:
                 if gone and fd in gone:
                     continue

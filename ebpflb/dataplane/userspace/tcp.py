@@ -37,10 +37,10 @@ from typing import TYPE_CHECKING
 from ebpflb.dataplane.userspace.reactor import ERR, HUP, IN, OUT, RDHUP
 from ebpflb.dataplane.view import ConnView
 from ebpflb.selection import choose_backend
-from ebpflb.sync.plan import BackendKey
 
 if TYPE_CHECKING:
     from ebpflb.dataplane.userspace.proxy import Engine, FrontendRuntime
+    from ebpflb.dataplane.userspace.target import Target
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,10 @@ class Pump:
     __slots__ = ("buf", "dfd", "done", "dst", "eof", "pending", "r", "reading", "sfd", "src",
                  "up", "w", "writing")
 
-    def __init__(self, src: socket.socket, dst: socket.socket, *, up: bool) -> None:
+    def __init__(self, src: socket.socket, dst: socket.socket, sfd: int, dfd: int, *,
+                 up: bool) -> None:
         self.src, self.dst = src, dst
-        self.sfd, self.dfd = src.fileno(), dst.fileno()
+        self.sfd, self.dfd = sfd, dfd
         self.up = up
         self.r = self.w = -1  # the pipe, made when the flow turns out to be bulk
         self.buf: memoryview | None = None  # bytes read but not yet sent
@@ -190,10 +191,10 @@ class TcpConn:
         self.client = client
         self.cfd = client.fileno()
         self.caddr = caddr
-        self.backend: BackendKey | None = None
+        self.backend: Target | None = None
         self.bsock: socket.socket | None = None
         self.bfd = -1
-        self.tried: tuple[BackendKey, ...] = ()
+        self.tried: tuple[Target, ...] = ()
         self.up: Pump | None = None
         self.down: Pump | None = None
         self.created = self.last_seen = eng.reactor.now
@@ -219,20 +220,19 @@ class TcpConn:
         fe = self.fe
         st = fe.state
         while len(self.tried) < MAX_CONNECT_ATTEMPTS:
-            key = choose_backend(st.slots, client=self.caddr[0],
+            key = choose_backend(fe.slot_targets, client=self.caddr[0],
                                  affinity_timeout=st.affinity_timeout, exclude=self.tried,
-                                 affinity=eng.affinity, frontend=fe.key)
+                                 affinity=eng.affinity, frontend=fe.svc_id)
             if key is None:
                 break
             self.tried += (key,)
-            family, addr = fe.sockaddrs[key]
             try:
-                s = socket.socket(family, NEW_STREAM)
+                s = socket.socket(key.family, NEW_STREAM)
             except OSError as exc:  # out of descriptors
                 log.warning("cannot relay a connection to %s: %s", st.frontend, exc)
                 break
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            err = s.connect_ex(addr)
+            err = s.connect_ex(key.addr)
             if err not in (0, errno.EINPROGRESS):
                 s.close()
                 eng.counters["nat_port_full" if err == errno.EADDRNOTAVAIL
@@ -269,8 +269,8 @@ class TcpConn:
         del eng.connecting[self]
         assert self.backend is not None
         eng.count_new_flow(self.fe, self.caddr[0], self.backend)
-        self.up = Pump(self.client, bsock, up=True)
-        self.down = Pump(bsock, self.client, up=False)
+        self.up = Pump(self.client, bsock, self.cfd, self.bfd, up=True)
+        self.down = Pump(bsock, self.client, self.bfd, self.cfd, up=False)
         eng.reactor.register(self.cfd, 0, self.on_client)
         self.up.on_readable(self, 0)  # the request has usually arrived already
         if not self.closed:
@@ -353,7 +353,7 @@ class TcpConn:
             return None
         fe = self.fe
         front = fe.state.frontend
+        b = self.backend
         return ConnView("TCP", ipaddress.ip_address(self.caddr[0]), self.caddr[1],
-                        front.address, front.port, self.backend[0], self.backend[1],
-                        fe.backend_ids.get(self.backend, 0), fe.svc_id,
+                        front.address, front.port, b.key[0], b.key[1], b.id, fe.svc_id,
                         str(fe.state.port_name), now - self.created, now - self.last_seen)

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from ebpflb.dataplane.userspace.reactor import IN
 from ebpflb.dataplane.view import ConnView
-from ebpflb.sync.plan import BackendKey
 
 if TYPE_CHECKING:
     from ebpflb.dataplane.userspace.proxy import Engine, FrontendRuntime
+    from ebpflb.dataplane.userspace.target import Target
 
 NEW_DGRAM = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 
@@ -27,12 +27,11 @@ class UdpSession:
     __slots__ = ("backend", "client", "created", "eng", "fd", "fe", "last_seen", "sock")
 
     def __init__(self, eng: Engine, fe: FrontendRuntime, client: Any,
-                 backend: BackendKey) -> None:
+                 backend: Target) -> None:
         self.eng, self.fe, self.client, self.backend = eng, fe, client, backend
-        family, addr = fe.sockaddrs[backend]
-        self.sock = socket.socket(family, NEW_DGRAM)
+        self.sock = socket.socket(backend.family, NEW_DGRAM)
         try:
-            self.sock.connect(addr)
+            self.sock.connect(backend.addr)
         except OSError:
             self.sock.close()
             raise
@@ -70,7 +69,7 @@ class UdpSession:
     def view(self, now: float) -> ConnView:
         fe = self.fe
         front = fe.state.frontend
+        b = self.backend
         return ConnView("UDP", ipaddress.ip_address(self.client[0]), self.client[1],
-                        front.address, front.port, self.backend[0], self.backend[1],
-                        fe.backend_ids.get(self.backend, 0), fe.svc_id,
+                        front.address, front.port, b.key[0], b.key[1], b.id, fe.svc_id,
                         str(fe.state.port_name), now - self.created, now - self.last_seen)
