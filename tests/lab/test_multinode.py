@@ -197,15 +197,16 @@ def test_nodeport_local_policy_keeps_the_client_address_and_only_local_backends(
 
 
 def test_nodeport_of_a_service_without_endpoints_refuses(cluster: Cluster) -> None:
-    """No endpoint anywhere: refused at once from outside, as kube-proxy's REJECT."""
-    ports = [dict(HTTP, nodePort=30080), dict(DNS, nodePort=30053)]
+    """No endpoint anywhere: refused at once from outside, as kube-proxy's REJECT.
+    (Its own nodePort: a frontend left by another test must not satisfy the wait.)"""
+    ports = [dict(HTTP, nodePort=30090), dict(DNS, nodePort=30054)]
     wait: dict[str, dict[str, set[str]]] = {
-        f"node-{k}": {f"{cluster.node_ip(k)}:30080/TCP": set()} for k in (1, 2)}
+        f"node-{k}": {f"{cluster.node_ip(k)}:30090/TCP": set()} for k in (1, 2)}
     cluster.publish("empty", [], type="NodePort", externalTrafficPolicy="Local",
                     endpoints=[], wait=wait, ports=ports)
     for k in (1, 2):
         with pytest.raises(ConnectionRefusedError):
-            traffic.http_get(cluster.ext(1), cluster.node_ip(k), 30080, timeout=1.0)
+            traffic.http_get(cluster.ext(1), cluster.node_ip(k), 30090, timeout=1.0)
     assert cluster.counters(1)["reject"] > 0
 
 
@@ -271,3 +272,56 @@ def test_host_network_backend_answers_as_the_service(cluster: Cluster) -> None:
         finally:
             stop.set()
             thread.join(5)
+
+
+def _zoned(cluster: Cluster, pod: int, *, hint: bool = True) -> dict[str, Any]:
+    p = cluster.lab.pod(pod)
+    node = cluster.lab.node_of(p)
+    return k8s.endpoint(str(p.ip), node=node.name, zone=node.zone,
+                        for_zones=[node.zone] if hint else [])
+
+
+def test_prefer_close_keeps_traffic_in_the_clients_zone(cluster: Cluster) -> None:
+    """trafficDistribution: PreferClose with zone hints: each node's clients reach only
+    their own zone's endpoints (zone-k is node-k's, from its Node labels)."""
+    eps = [_zoned(cluster, i) for i in (1, 2, 3, 4)]
+    wait = {"node-1": {"10.96.2.10:80/TCP": cluster.ips([1, 2])},
+            "node-2": {"10.96.2.10:80/TCP": cluster.ips([3, 4])}}
+    cluster.publish("close", [1, 2, 3, 4], endpoints=eps, wait=wait,
+                    trafficDistribution="PreferClose")
+    assert set(traffic.spread_tcp(cluster.client(1), "10.96.2.10", 80, 40)) == names([1, 2])
+    assert set(traffic.spread_tcp(cluster.client(2), "10.96.2.10", 80, 40)) == names([3, 4])
+    # hints incomplete (one endpoint has none): every endpoint, as kube-proxy falls back
+    eps[3] = _zoned(cluster, 4, hint=False)
+    every = cluster.ips([1, 2, 3, 4])
+    cluster.publish("close", [1, 2, 3, 4], endpoints=eps, trafficDistribution="PreferClose",
+                    wait={"node-1": {"10.96.2.10:80/TCP": every},
+                          "node-2": {"10.96.2.10:80/TCP": every}})
+    assert set(traffic.spread_tcp(cluster.client(1), "10.96.2.10", 80, 60)) == names(
+        [1, 2, 3, 4])
+
+
+def test_health_check_node_port_reports_local_endpoints(cluster: Cluster) -> None:
+    """externalTrafficPolicy: Local on a LoadBalancer: each node answers its
+    healthCheckNodePort with its own count of local endpoints (503 when none), which
+    an external load balancer uses to pick nodes."""
+    status = {"loadBalancer": {"ingress": [{"ip": LB_IP}]}}
+    wait = {"node-1": {f"{LB_IP}:80/TCP": cluster.ips([1, 2])},
+            "node-2": {f"{LB_IP}:80/TCP": set()}}
+    cluster.publish("hc", [1, 2], type="LoadBalancer", status=status, wait=wait,
+                    externalTrafficPolicy="Local", healthCheckNodePort=32100,
+                    ports=[dict(HTTP, nodePort=30080), dict(DNS, nodePort=30053)])
+    for k, code, count in ((1, 200, 2), (2, 503, 0)):
+        with netns.socket_in(cluster.ext(1)) as s:
+            s.settimeout(2.0)
+            s.connect((cluster.node_ip(k), 32100))
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            raw = b""
+            while chunk := s.recv(4096):
+                raw += chunk
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert head.split()[1] == str(code).encode()
+        assert json.loads(body)["localEndpoints"] == count
+    # the LB's traffic to the node with endpoints keeps the client's address
+    answer, _ = traffic.udp_request(cluster.ext(2), LB_IP, 53, b"whoami")
+    assert answer.split()[1] == str(cluster.lab.outside[1].ip)
