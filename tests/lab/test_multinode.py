@@ -306,8 +306,9 @@ def test_health_check_node_port_reports_local_endpoints(cluster: Cluster) -> Non
     healthCheckNodePort with its own count of local endpoints (503 when none), which
     an external load balancer uses to pick nodes."""
     status = {"loadBalancer": {"ingress": [{"ip": LB_IP}]}}
-    wait = {"node-1": {f"{LB_IP}:80/TCP": cluster.ips([1, 2])},
-            "node-2": {f"{LB_IP}:80/TCP": set()}}
+    wait: dict[str, dict[str, set[str]]] = {
+        "node-1": {f"{LB_IP}:80/TCP": cluster.ips([1, 2])},
+        "node-2": {f"{LB_IP}:80/TCP": set()}}
     cluster.publish("hc", [1, 2], type="LoadBalancer", status=status, wait=wait,
                     externalTrafficPolicy="Local", healthCheckNodePort=32100,
                     ports=[dict(HTTP, nodePort=30080), dict(DNS, nodePort=30053)])
