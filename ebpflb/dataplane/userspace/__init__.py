@@ -1,2 +1,3 @@
-"""The userspace data path: a Python proxy (asyncio, os.splice for TCP) listening on
-the Service frontends, made local addresses of a dummy device owned by ebpflb."""
+"""The userspace data path: a Python proxy (an epoll event loop; os.splice for bulk
+TCP) listening on the Service frontends, made local addresses of a dummy device owned
+by ebpflb (NodePorts listen on the node's own addresses)."""

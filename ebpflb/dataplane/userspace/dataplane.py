@@ -1,6 +1,7 @@
 """The userspace data path behind the Dataplane protocol: frontends become local
-addresses of `ebpflb0` and sockets of the proxy engine (proxy.py); the state the CLI
-shows is published to `<state dir>/userspace.json` (state.py)."""
+addresses of `ebpflb0` (NodePorts excepted: they are the node's own addresses) and
+sockets of the proxy engine (proxy.py); the state the CLI shows is published to
+`<state dir>/userspace.json` (state.py)."""
 
 from __future__ import annotations
 
