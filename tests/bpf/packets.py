@@ -146,17 +146,21 @@ def parse(data: bytes) -> Parsed:
                   str(ipaddress.IPv4Address(ip[16:20])), sport, dport, l4_csum)
 
 
+def _ip_checked(data: bytes) -> tuple[bytes, int, bytes, list[str]]:
+    """The IPv4 packet of a frame, its header length, its payload (as long as the
+    header says), and ["IPv4 header checksum"] when that checksum is wrong."""
+    ip = data[ETH_HLEN:]
+    ihl = _ip_header_len(data)
+    errors = [] if inet_csum(ip[:ihl]) == 0 else ["IPv4 header checksum"]
+    total_len = struct.unpack("!H", ip[2:4])[0]
+    return ip, ihl, ip[ihl:total_len], errors
+
+
 def checksum_errors(data: bytes, *, udp_zero_allowed: bool = False) -> list[str]:
     """What is wrong with the IPv4 and TCP/UDP checksums of data (empty: all valid).
     A UDP checksum of 0 ("none") is accepted only when udp_zero_allowed."""
-    errors: list[str] = []
-    ip = data[ETH_HLEN:]
-    ihl = _ip_header_len(data)
-    if inet_csum(ip[:ihl]) != 0:
-        errors.append("IPv4 header checksum")
-    total_len = struct.unpack("!H", ip[2:4])[0]
+    ip, _, seg, errors = _ip_checked(data)
     proto = ip[9]
-    seg = ip[ihl:total_len]
     pseudo = _pseudo(ip[12:16], ip[16:20], proto, len(seg))
     if proto == UDP and struct.unpack("!H", seg[6:8])[0] == 0:
         if not udp_zero_allowed:
@@ -234,13 +238,8 @@ def parse_icmp_error(data: bytes) -> IcmpError:
 
 def icmp_checksum_errors(data: bytes) -> list[str]:
     """What is wrong with an ICMP error frame's IP, ICMP and quoted IP checksums."""
-    errors: list[str] = []
-    ip = data[ETH_HLEN:]
-    ihl = _ip_header_len(data)
-    if inet_csum(ip[:ihl]) != 0:
-        errors.append("IPv4 header checksum")
-    total_len = struct.unpack("!H", ip[2:4])[0]
-    if inet_csum(ip[ihl:total_len]) != 0:
+    ip, ihl, seg, errors = _ip_checked(data)
+    if inet_csum(seg) != 0:
         errors.append("ICMP checksum")
     inner = ip[ihl + 8:]
     if inet_csum(inner[:(inner[0] & 0x0F) * 4]) != 0:

@@ -109,6 +109,17 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 kernel_path_only = pytest.mark.parametrize("env", ["bpf"], indirect=True)
 
 
+def assert_udp_refused(ns: str, address: str, port: int) -> None:
+    """A connected UDP socket in ns gets ECONNREFUSED (an ICMP port unreachable that
+    matches it) rather than waiting for an answer."""
+    with netns.socket_in(ns, socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(2.0)
+        sock.connect((address, port))
+        sock.send(b"x")
+        with pytest.raises(ConnectionRefusedError):
+            sock.recv(100)
+
+
 def test_a_pod_reaching_its_own_service_is_answered(env: Env) -> None:
     """Hairpin: the only backend is the client itself. Without source NAT the pod would
     see a packet from its own address and drop it as a martian."""
@@ -129,12 +140,7 @@ def test_port_unreachable_from_a_backend_reaches_the_client(env: Env) -> None:
     dead = {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 9999}
     env.publish("dead", "10.96.1.11", [k8s.endpoint(env.ip(2))], ports=[HTTP, dead],
                 slice_ports=[SLICE_PORTS[0], {"name": "dns", "port": 9999, "protocol": "UDP"}])
-    with netns.socket_in(env.client, socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(2.0)
-        sock.connect(("10.96.1.11", 53))
-        sock.send(b"x")
-        with pytest.raises(ConnectionRefusedError):
-            sock.recv(100)
+    assert_udp_refused(env.client, "10.96.1.11", 53)
 
 
 def test_client_ip_affinity_holds_then_expires(env: Env) -> None:
@@ -199,9 +205,4 @@ def test_a_service_without_endpoints_refuses_at_once(env: Env) -> None:
     with pytest.raises(ConnectionRefusedError):
         traffic.http_get(env.client, "10.96.1.16", 80, timeout=2.0)
     assert time.monotonic() - started < 1.0
-    with netns.socket_in(env.client, socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(2.0)
-        sock.connect(("10.96.1.16", 53))
-        sock.send(b"x")
-        with pytest.raises(ConnectionRefusedError):
-            sock.recv(100)
+    assert_udp_refused(env.client, "10.96.1.16", 53)
