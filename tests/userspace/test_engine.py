@@ -42,31 +42,41 @@ def free_port(kind: int) -> int:
         return port
 
 
+class TcpServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    name = ""
+
+
+class UdpServer(socketserver.ThreadingUDPServer):
+    daemon_threads = True
+    name = ""
+
+
 class NameTcp(socketserver.BaseRequestHandler):
     def handle(self) -> None:
+        assert isinstance(self.server, TcpServer)
         self.request.recv(1024)
-        self.request.sendall(self.server.name.encode())  # type: ignore[attr-defined]
+        self.request.sendall(self.server.name.encode())
 
 
 class NameUdp(socketserver.BaseRequestHandler):
     def handle(self) -> None:
+        assert isinstance(self.server, UdpServer)
         _data, sock = self.request
-        sock.sendto(self.server.name.encode(), self.client_address)  # type: ignore[attr-defined]
+        sock.sendto(self.server.name.encode(), self.client_address)
 
 
 class Backends:
     """Three TCP and three UDP servers on 127.0.0.1, each answering its name."""
 
     def __init__(self, n: int = 3) -> None:
-        self.servers: list[socketserver.BaseServer] = []
+        self.servers: list[TcpServer | UdpServer] = []
         self.tcp: dict[str, int] = {}
         self.udp: dict[str, int] = {}
         for i in range(n):
-            for kind, table, cls in ((socketserver.ThreadingTCPServer, self.tcp, NameTcp),
-                                     (socketserver.ThreadingUDPServer, self.udp, NameUdp)):
-                kind.daemon_threads = True
-                srv = kind(("127.0.0.1", 0), cls)
-                srv.name = f"b{i}"  # type: ignore[attr-defined]
+            for srv, table in ((TcpServer(("127.0.0.1", 0), NameTcp), self.tcp),
+                               (UdpServer(("127.0.0.1", 0), NameUdp), self.udp)):
+                srv.name = f"b{i}"
                 threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True).start()
                 table[f"b{i}"] = srv.server_address[1]
                 self.servers.append(srv)
@@ -74,7 +84,7 @@ class Backends:
     def close(self) -> None:
         for srv in self.servers:
             srv.shutdown()
-            srv.server_close()  # type: ignore[attr-defined]
+            srv.server_close()
 
 
 def state(port: int, protocol: Protocol, ports: dict[str, int], *, affinity: int = 0,
@@ -84,7 +94,7 @@ def state(port: int, protocol: Protocol, ports: dict[str, int], *, affinity: int
     backends = tuple(sorted(Backend(IP("127.0.0.1"), p) for p in ports.values()))
     return FrontendState.from_entry(ServiceEntry(
         Frontend(IP(FRONT_IP), port, protocol, kind), pn, backends, affinity,
-        source_ranges=tuple(ipaddress.ip_network(r) for r in ranges)))
+        source_ranges=tuple(ipaddress.IPv4Network(r) for r in ranges)))
 
 
 class Env:
@@ -165,7 +175,7 @@ def test_hairpin_snat_and_icmp_errors_are_counted(env: Env):
         s.bind(("127.0.0.1", 0))
         dead = s.getsockname()[1]
     udp = state(env.udp_port, Protocol.UDP, {"dead": dead})
-    env.apply(replace(tcp, snat_address=IP("127.0.0.1")), udp)
+    env.apply(replace(tcp, snat_address=ipaddress.IPv4Address("127.0.0.1")), udp)
     assert env.tcp("127.0.0.1") in {"b0", "b1", "b2"}  # the backends' own address
     with pytest.raises(TimeoutError):
         env.udp(CLIENT_A, timeout=0.5)
