@@ -256,7 +256,10 @@ class Engine:
             except BaseException as exc:
                 fut.set_exception(exc)
 
-        self.reactor.call_soon_threadsafe(run)
+        try:
+            self.reactor.call_soon_threadsafe(run)
+        except RuntimeError as exc:  # the loop closed in the meantime
+            raise DataplaneError(str(exc)) from exc
         return fut.result(timeout)
 
     def _tick(self) -> None:

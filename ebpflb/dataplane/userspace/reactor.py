@@ -22,6 +22,7 @@ import itertools
 import logging
 import os
 import select
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -60,6 +61,7 @@ class Reactor:
         self._seq = itertools.count()
         self._calls: deque[Callable[[], None]] = deque()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._wake_lock = threading.Lock()  # no write to the eventfd once it is closed
         self._stopping = False
         self.now = time.monotonic()
         self.register(self._wake, IN, self._run_calls)
@@ -107,8 +109,11 @@ class Reactor:
         return t
 
     def call_soon_threadsafe(self, fn: Callable[[], None]) -> None:
-        self._calls.append(fn)
-        os.eventfd_write(self._wake, 1)
+        with self._wake_lock:
+            if self._wake < 0:
+                raise RuntimeError("the userspace proxy's event loop is closed")
+            self._calls.append(fn)
+            os.eventfd_write(self._wake, 1)
 
     def _run_calls(self, _events: int) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -161,6 +166,8 @@ class Reactor:
 
     def close(self) -> None:
         self._ep.close()
-        os.close(self._wake)
+        with self._wake_lock:
+            os.close(self._wake)
+            self._wake = -1
         self._fds.clear()
         self._masks.clear()
