@@ -705,6 +705,11 @@ def remove_pod(lab: Lab, index: int) -> None:
 def _remove(lab: Lab, pod: Pod) -> None:
     _stop_servers(lab, [pod], [pod.netns])
     lab.server_pids.pop(pod.name, None)
+    # The host-side veth first, synchronously: deleting the namespace alone removes
+    # the pair (and the node's route to the pod) later, from the kernel's cleanup work.
+    node_ns = lab.node(pod.node).netns if pod.node else lab.node_ns
+    with suppress(LabError, OSError):
+        netns.ip_batch(node_ns, [f"link del {pod.host_ifname}"])
     netns.delete(pod.netns)
     if netns.netns_exists(pod.netns):
         raise LabError(f"lab {lab.name}: could not delete namespace {pod.netns}")
