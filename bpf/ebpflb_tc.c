@@ -48,6 +48,8 @@ static __always_inline int map_aff4_update(struct aff4_key *key, struct aff4_val
 { return ebpflb_aff4.update(key, value); }
 static __always_inline __u8 *map_srcr4_lookup(struct srcrange4_key *key)
 { return ebpflb_srcr4.lookup(key); }
+static __always_inline __u32 *map_cfg_lookup(__u32 *index)
+{ return ebpflb_cfg.lookup(index); }
 
 /* Choose a backend for a new flow of svc: the client's affinity backend when it has a
  * valid one, else a random slot (remembered for affinity). 0 or DROP_*. */
@@ -189,12 +191,17 @@ int ebpflb_tc(struct __sk_buff *skb)
 /* Egress of the pod veths: replies on their way into a client pod that no ingress hook
  * saw untranslated, i.e. from a host-network backend on this node (the API server
  * behind kubernetes.default), which answers from the node's own stack. Only reverse
- * translation here: every forward packet already met the ingress program. */
+ * translation here: every forward packet already met the ingress program. A node with
+ * no such backend (CFG_HOST_BACKENDS unset: most nodes) pays one array look-up. */
 int ebpflb_tc_egress(struct __sk_buff *skb)
 {
+	__u32 index = CFG_HOST_BACKENDS;
+	__u32 *host_backends = map_cfg_lookup(&index);
 	struct pkt4 pkt;
 	int ret;
 
+	if (!host_backends || !*host_backends)
+		return TC_ACT_OK;
 	ret = pkt4_parse(skb, &pkt);
 	if (ret == PKT_ICMP)
 		ret = icmp4_reverse(skb, &pkt);

@@ -41,6 +41,10 @@
 #define SVC_F_SRC_RANGES	0x0010	/* only clients in ebpflb_srcr4 are admitted */
 #define SVC_F_DROP_EMPTY	0x0020	/* no backend: drop (Local policy), not reject */
 
+/* ebpflb_cfg: settings the agent writes, by index. */
+#define CFG_HOST_BACKENDS	0	/* non-zero: some backend is an address of this node */
+#define CFG_MAX			4
+
 /* lb4_backend.flags */
 #define BE_F_ACTIVE		0x01	/* in the slot list (gets new flows) */
 #define BE_F_TERMINATING	0x02

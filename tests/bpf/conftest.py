@@ -78,6 +78,7 @@ class Maps:
     svcmeta: PinnedMap
     affinity: PinnedMap
     src_ranges: PinnedMap
+    config: PinnedMap
 
     @classmethod
     def open(cls, pin_dir: str) -> Maps:
@@ -87,11 +88,11 @@ class Maps:
         return cls(pin_dir, m(abi.MAP_SERVICES), m(abi.MAP_SLOTS), m(abi.MAP_BACKENDS),
                    m(abi.MAP_REVNAT), m(abi.MAP_CONNTRACK), m(abi.MAP_SVC_STATS),
                    m(abi.MAP_GLOBAL_STATS), m(abi.MAP_SVC_META), m(abi.MAP_AFFINITY),
-                   m(abi.MAP_SRC_RANGES))
+                   m(abi.MAP_SRC_RANGES), m(abi.MAP_CONFIG))
 
     def all(self) -> list[PinnedMap]:
         return [self.svc4, self.slot4, self.be4, self.rnat4, self.ct4, self.svcstat,
-                self.gstat, self.svcmeta, self.affinity, self.src_ranges]
+                self.gstat, self.svcmeta, self.affinity, self.src_ranges, self.config]
 
     def clear(self) -> None:
         """Empty the hash maps and zero the per-CPU arrays."""
@@ -103,6 +104,8 @@ class Maps:
         for m, key_type in hashes:
             for key in list(m.keys(key_type)):
                 m.delete(key)
+        for index in range(abi.CFG_MAX):
+            self.config.update(ctypes.c_uint32(index), ctypes.c_uint32(0))
         for m in (self.svcstat, self.gstat):
             stride = (m.info.value_size + 7) & ~7
             zeros = ctypes.create_string_buffer(stride * possible_cpus())
@@ -179,3 +182,9 @@ RunFn = Callable[[bytes], TestRunResult]
 def run(program: LoadedProgram) -> RunFn:
     """Run the program once on a frame (BPF_PROG_TEST_RUN)."""
     return functools.partial(prog_test_run, program.fd)
+
+
+@pytest.fixture
+def run_egress(program: LoadedProgram) -> RunFn:
+    """Run the egress program (reverse translation only) once on a frame."""
+    return functools.partial(prog_test_run, program.egress_fd)

@@ -64,6 +64,7 @@ def _defines(header: str, prefix: str) -> dict[str, int]:
         ("consts.h", "SVC_F_", {e.name: e.value for e in abi.SvcFlag}),
         ("consts.h", "BE_F_", {e.name: e.value for e in abi.BackendFlag}),
         ("consts.h", "CT_DIR_", {e.name: e.value for e in abi.CtDir}),
+        ("consts.h", "CFG_", {e.name: e.value for e in abi.Config} | {"MAX": abi.CFG_MAX}),
     ],
 )
 def test_constants_match_c(header: str, prefix: str, mirror: dict[str, int]) -> None:
@@ -106,6 +107,7 @@ MAP_LAYOUT: dict[str, tuple[_CType, _CType, bool]] = {
     abi.MAP_SVC_META: (ctypes.c_uint32, abi.LbSvcMeta, False),
     abi.MAP_AFFINITY: (abi.Aff4Key, abi.Aff4Value, False),
     abi.MAP_SRC_RANGES: (abi.SrcRange4Key, ctypes.c_uint8, False),
+    abi.MAP_CONFIG: (ctypes.c_uint32, ctypes.c_uint32, False),
 }
 
 

@@ -223,3 +223,47 @@ def test_icmp_error_of_an_unknown_flow_passes_untouched(maps: Maps, run: RunFn) 
     res = run(frame)
     assert res.retval == TC_ACT_OK and res.data == frame
     assert maps.gstat_value(abi.GlobalStat.ICMP_ERROR) == 0
+
+
+# --- egress: replies of host-network backends -------------------------------------------
+
+def test_egress_translates_replies_only_when_a_backend_is_a_node_address(
+        maps: Maps, run: RunFn, run_egress: RunFn) -> None:
+    add(maps, 1, CLUSTER_IP, 80, pk.TCP, {1: (NODE_IP, 6443)})
+    flow = pk.Flow(pk.TCP, CLIENT, CLUSTER_IP, 40000, 80)
+    run(pk.frame(flow))
+    reply = pk.frame(pk.Flow(pk.TCP, NODE_IP, CLIENT, 6443, 40000),
+                     tcp_flags=pk.TCP_SYN | pk.TCP_ACK)
+    assert run_egress(reply).data == reply  # switched off: one look-up, nothing else
+    maps.config.update(ctypes.c_uint32(abi.Config.HOST_BACKENDS), ctypes.c_uint32(1))
+    res = run_egress(reply)
+    assert res.retval == TC_ACT_OK
+    assert pk.parse(res.data).flow == flow.reversed()
+    assert pk.checksum_errors(res.data) == []
+    # a forward packet is never translated on egress
+    fwd = pk.frame(flow)
+    assert run_egress(fwd).data == fwd
+
+
+def test_host_backends_switch_follows_the_plans(maps: Maps) -> None:
+    import ipaddress
+
+    from ebpflb.dataplane.bpf.hostbackends import HostBackends
+    from ebpflb.sync.plan import desired_frontends, diff
+    from tests.unit.test_plan import entry, state
+
+    addresses = frozenset({ipaddress.IPv4Address(NODE_IP)})
+    hb = HostBackends(maps.config, lambda: addresses)
+    hb.housekeeping({})
+    assert not hb.on
+    pods = desired_frontends(state(entry(CLUSTER_IP, 80, [("10.244.1.11", 8080, True)])))
+    host = desired_frontends(state(entry(CLUSTER_IP, 80, [(NODE_IP, 6443, True),
+                                                          ("10.244.1.11", 8080, True)])))
+    hb.applied(diff({}, pods))
+    assert not hb.on
+    hb.applied(diff(pods, host))
+    assert hb.on and HostBackends(maps.config, lambda: addresses).on  # in the map
+    hb.applied(diff(host, pods))
+    assert hb.on  # off only once housekeeping has looked at everything held
+    hb.housekeeping(pods)
+    assert not hb.on

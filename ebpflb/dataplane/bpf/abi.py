@@ -25,6 +25,7 @@ MAP_GLOBAL_STATS = "ebpflb_gstat_v2"
 MAP_SVC_META = "ebpflb_svcmeta"
 MAP_AFFINITY = "ebpflb_aff4"
 MAP_SRC_RANGES = "ebpflb_srcr4"
+MAP_CONFIG = "ebpflb_cfg"
 ALL_MAPS = (
     MAP_SERVICES,
     MAP_SLOTS,
@@ -36,6 +37,7 @@ ALL_MAPS = (
     MAP_SVC_META,
     MAP_AFFINITY,
     MAP_SRC_RANGES,
+    MAP_CONFIG,
 )
 # Pins of older layouts (renamed when their layout changed): removed on cleanup and
 # when the agent starts, so nothing reads or keeps them.
@@ -100,6 +102,15 @@ GSTAT_MAX = 16
 NAT_PORT_MIN = 61000
 NAT_PORT_COUNT = 4536
 HAIRPIN_ADDRESS = ipaddress.IPv4Address("169.254.42.1")
+
+
+class Config(enum.IntEnum):
+    """Indexes of the ebpflb_cfg array (settings the agent writes)."""
+
+    HOST_BACKENDS = 0
+
+
+CFG_MAX = 4
 
 
 class DropReason(enum.IntEnum):

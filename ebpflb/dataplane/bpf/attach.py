@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+from ipaddress import IPv4Address
 from typing import Any
 
 from ebpflb.errors import DataplaneError
@@ -59,6 +60,11 @@ class TcAttacher:
             if _kind(link) in UPLINK_KINDS and link["index"] in addressed
             and link.get_attr("IFLA_IFNAME") != "lo"
         )
+
+    def local_addresses(self) -> frozenset[IPv4Address]:
+        """Every IPv4 address of the namespace's interfaces."""
+        return frozenset(IPv4Address(a.get_attr("IFA_ADDRESS"))
+                         for a in self.ipr.get_addr(family=socket.AF_INET))
 
     def _index(self, ifname: str) -> int:
         found = self.ipr.link_lookup(ifname=ifname)

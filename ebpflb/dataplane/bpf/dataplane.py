@@ -9,6 +9,7 @@ from types import MappingProxyType
 
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import ensure_pin_dir, remove_legacy_pins, remove_pins
+from ebpflb.dataplane.bpf.hostbackends import HostBackends
 from ebpflb.dataplane.bpf.maps import BpfMaps, check_geometry
 from ebpflb.dataplane.bpf.writer import MapWriter
 from ebpflb.errors import CapacityError, DataplaneError
@@ -69,6 +70,7 @@ class BpfDataplane:
                 self.maps, max_services=config.max_services, max_backends=config.max_backends
             )
             self.attacher = TcAttacher(self.program.fd, egress_fd=self.program.egress_fd)
+            self.host_backends = HostBackends(self.maps.config, self.attacher.local_addresses)
         except Exception:
             self.program.close()
             raise
@@ -85,6 +87,7 @@ class BpfDataplane:
     def apply(self, plan: Plan) -> None:
         try:
             self.writer.apply(plan)
+            self.host_backends.applied(plan)
         except CapacityError:
             raise  # refused before anything was written: nothing to re-read
         except Exception:
@@ -102,7 +105,9 @@ class BpfDataplane:
         return sorted(set(self.attacher.veths()) | set(self.attacher.uplinks()))
 
     def housekeeping(self) -> None:
-        """Attach to interfaces that appeared since the last call."""
+        """Attach to interfaces that appeared since the last call; decide whether the
+        egress hook has work (see hostbackends)."""
+        self.host_backends.housekeeping(self.writer.frontends)
         wanted = set(self._wanted())
         veths = set(self.attacher.veths()) - set(self.attacher.uplinks())
         self.attached &= wanted

@@ -72,6 +72,7 @@ class BpfMaps:
         self.meta = PinnedMap(os.path.join(pin_dir, abi.MAP_SVC_META))
         self.affinity = PinnedMap(os.path.join(pin_dir, abi.MAP_AFFINITY))
         self.src_ranges = PinnedMap(os.path.join(pin_dir, abi.MAP_SRC_RANGES))
+        self.config = PinnedMap(os.path.join(pin_dir, abi.MAP_CONFIG))
 
     def all(self) -> tuple[PinnedMap, ...]:
         return (
@@ -85,6 +86,7 @@ class BpfMaps:
             self.meta,
             self.affinity,
             self.src_ranges,
+            self.config,
         )
 
     def close(self) -> None:
@@ -110,6 +112,7 @@ _GEOMETRY: dict[str, tuple[type, type, str | None]] = {
     abi.MAP_SVC_META: (ctypes.c_uint32, abi.LbSvcMeta, "max_services"),
     abi.MAP_AFFINITY: (abi.Aff4Key, abi.Aff4Value, None),
     abi.MAP_SRC_RANGES: (abi.SrcRange4Key, ctypes.c_uint8, None),
+    abi.MAP_CONFIG: (ctypes.c_uint32, ctypes.c_uint32, None),
 }
 
 
