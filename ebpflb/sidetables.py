@@ -4,10 +4,10 @@ the changed Services' work (as kube-proxy's housekeeping after a sync):
 
 - the health checks to serve (``healthCheckNodePort`` and local endpoint counts);
 - the Services never load-balanced (headless, ExternalName), for the status file;
-- frontends of a protocol the data path cannot serve: SCTP on the bpf data path, whose
-  ports the kernel cannot rewrite without recomputing the CRC32c checksum. A data path
-  may say what it serves with a ``protocols`` attribute; they are logged once per
-  Service port and left out of what the data path is given;
+- frontends of a protocol the data path does not serve (its ``protocols``): SCTP on
+  both, as the kernel cannot rewrite an SCTP port without recomputing the CRC32c
+  checksum and the proxy relays no SCTP sockets; they are logged once per Service port
+  and left out of what the data path is given;
 - NodePorts outside the NodePort range: served, logged once.
 """
 
@@ -21,7 +21,6 @@ from ebpflb.healthcheck import HealthCheck
 from ebpflb.model import (
     DesiredState,
     FrontendKind,
-    Protocol,
     ServiceEntry,
     ServiceInfo,
     ServicePortName,
@@ -34,9 +33,6 @@ from ebpflb.sync.plan import FrontendKey
 
 log = logging.getLogger("ebpflb.agent")  # these lines are the agent's to the user
 
-# What a data path serves when it does not say (its `protocols` attribute).
-_DEFAULT_PROTOCOLS = {"bpf": frozenset({Protocol.TCP, Protocol.UDP})}
-
 
 class SideTables:
     """What the side systems need from the desired state, kept per Service (and per
@@ -45,11 +41,7 @@ class SideTables:
     the data path cannot serve, NodePorts outside the NodePort range."""
 
     def __init__(self, dataplane: Dataplane, nodeport_range: PortRange) -> None:
-        protocols = getattr(dataplane, "protocols", None)
-        if protocols is None:
-            protocols = _DEFAULT_PROTOCOLS.get(dataplane.name)
-        self.protocols: frozenset[str] | None = (
-            None if protocols is None else frozenset(str(p) for p in protocols))
+        self.protocols: frozenset[str] = frozenset(str(p) for p in dataplane.protocols)
         self.dataplane_name = dataplane.name
         self.nodeport_range = nodeport_range
         self.health: dict[ServiceRef, HealthCheck] = {}
@@ -112,7 +104,7 @@ class SideTables:
 
     def _note_entry(self, key: FrontendKey, entry: ServiceEntry) -> None:
         fe = entry.frontend
-        if self.protocols is not None and fe.protocol not in self.protocols:
+        if fe.protocol not in self.protocols:
             self.unsupported[key] = entry
         if fe.kind is FrontendKind.NODE_PORT and fe.port not in self.nodeport_range:
             self._out_of_range[key] = entry.port_name.service

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from ebpflb.dataplane.view import BackendView, ConnView, ServiceView, StatsView
+from ebpflb.model import Protocol as ModelProtocol
 from ebpflb.sync.plan import FrontendKey, FrontendState, Plan
 
 
@@ -13,6 +14,9 @@ class Dataplane(Protocol):
     """A data path: holds frontends, applies plans, reports what it holds."""
 
     name: str
+    # The protocols it serves; frontends of others are never sent to it (the agent
+    # logs each such Service port once).
+    protocols: frozenset[ModelProtocol]
 
     def current(self) -> Mapping[FrontendKey, FrontendState]:
         """What the data path holds now: a read-only view, valid until the next apply."""

@@ -5,6 +5,7 @@ refuse a plan whole, before applying anything, as the bpf map writer does."""
 from __future__ import annotations
 
 from ebpflb.errors import CapacityError
+from ebpflb.model import Protocol
 from ebpflb.sync.plan import (
     FrontendKey,
     FrontendState,
@@ -19,7 +20,9 @@ class FakeDataplane:
     name = "fake"
 
     def __init__(self, *, max_frontends: int | None = None,
-                 max_backends: int | None = None) -> None:
+                 max_backends: int | None = None,
+                 protocols: frozenset[Protocol] = frozenset(Protocol)) -> None:
+        self.protocols = protocols
         self.state: dict[FrontendKey, FrontendState] = {}
         self.applied: list[Plan] = []
         self.closed = False

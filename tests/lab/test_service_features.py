@@ -6,6 +6,7 @@ Each runs on both data paths where the userspace proxy can have the feature at a
 
 from __future__ import annotations
 
+import json
 import secrets
 import socket
 import time
@@ -14,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+from ebpflb.cli import app
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import remove_pins
 from ebpflb.dataplane.bpf.inspect import BpfInspector
@@ -206,3 +209,43 @@ def test_a_service_without_endpoints_refuses_at_once(env: Env) -> None:
         traffic.http_get(env.client, "10.96.1.16", 80, timeout=2.0)
     assert time.monotonic() - started < 1.0
     assert_udp_refused(env.client, "10.96.1.16", 53)
+
+
+def test_headless_externalname_and_sctp_are_never_an_error(env: Env) -> None:
+    """Headless and ExternalName Services are never load-balanced and listed with their
+    kind; an SCTP port is refused on the kernel path with one line naming it (the
+    proxy does not serve it either); the other Services keep working."""
+    sctp = {"name": "assoc", "port": 3868, "protocol": "SCTP", "targetPort": 3868}
+    k8s.write(env.manifests, "odd", [
+        k8s.service("headless", "None", [HTTP]),
+        k8s.endpoint_slice("headless-a", "headless", SLICE_PORTS[:1],
+                           [k8s.endpoint(env.ip(1))]),
+        {"apiVersion": "v1", "kind": "Service",
+         "metadata": {"name": "db", "namespace": "demo"},
+         "spec": {"type": "ExternalName", "externalName": "db.example.com"}},
+        k8s.service("diameter", "10.96.1.18", [HTTP, sctp]),
+        k8s.endpoint_slice("diameter-a", "diameter",
+                           [*SLICE_PORTS[:1], {"name": "assoc", "port": 3868,
+                                               "protocol": "SCTP"}],
+                           [k8s.endpoint(env.ip(2))])])
+    assert env.agent is not None
+    env.agent.wait_for(lambda: env.backends("10.96.1.18:80/TCP") == {env.ip(2)},
+                       what="diameter's TCP port")
+
+    def listed() -> dict[str, str]:
+        out = CliRunner().invoke(app, ["services", "--json", "--pin-dir", env.pin_dir,
+                                       "--state-dir", env.state_dir])
+        assert out.exit_code == 0, out.output
+        return {row["service"]: row["kind"] for row in json.loads(out.output)}
+
+    env.agent.wait_for(lambda: {"demo/headless", "demo/db"} <= listed().keys(),
+                       what="the unbalanced Services listed")
+    kinds = listed()
+    assert (kinds["demo/headless"], kinds["demo/db"]) == ("headless", "externalname")
+    assert traffic.spread_tcp(env.client, "10.96.1.18", 80, 5) == {"pod-2\n": 5}
+    log = env.agent.log_text()
+    assert "Traceback" not in log
+    assert "diameter" in log and "SCTP" in log
+    if env.dataplane == "bpf":
+        assert "not supported by the bpf data path" in log
+    k8s.remove(env.manifests, "odd")

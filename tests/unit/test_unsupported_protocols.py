@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from ebpflb.agent import Agent, AgentConfig
+from ebpflb.dataplane.bpf.dataplane import BpfDataplane
 from ebpflb.dataplane.fake import FakeDataplane
 from ebpflb.errors import DataplaneError
+from ebpflb.model import Protocol
 from ebpflb.sources.manifests import ManifestSource
 from ebpflb.sync.plan import op_frontend
 
@@ -49,13 +51,12 @@ status: {addresses: [{type: InternalIP, address: 192.168.1.10}]}
 
 
 class BpfNamed(FakeDataplane):
-    """The fake data path under the bpf data path's name, which says nothing else."""
+    """The fake data path under the bpf data path's name, serving what it serves."""
 
     name = "bpf"
 
-
-class TcpOnly(FakeDataplane):
-    protocols = frozenset({"TCP"})
+    def __init__(self) -> None:
+        super().__init__(protocols=BpfDataplane.protocols)
 
 
 class Clock:
@@ -127,7 +128,7 @@ def test_a_removed_and_readded_sctp_port_is_logged_again(tmp_path: Path,
 
 def test_a_data_path_says_which_protocols_it_serves(tmp_path: Path,
                                                     caplog: pytest.LogCaptureFixture):
-    dp = TcpOnly()
+    dp = FakeDataplane(protocols=frozenset({Protocol.TCP}))
     with caplog.at_level(logging.WARNING, logger="ebpflb.agent"):
         run(tmp_path, dp)[0].close()
     assert held(dp) == HTTP

@@ -13,6 +13,7 @@ from ebpflb.dataplane.bpf.hostbackends import HostBackends
 from ebpflb.dataplane.bpf.maps import BpfMaps, check_geometry
 from ebpflb.dataplane.bpf.writer import MapWriter
 from ebpflb.errors import CapacityError, DataplaneError
+from ebpflb.model import Protocol
 from ebpflb.sync.plan import FrontendKey, FrontendState, Plan
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ def relax_source_checks(ifname: str) -> None:
 
 class BpfDataplane:
     name = "bpf"
+    # SCTP: a port rewrite needs the CRC32c over the whole packet recomputed
+    protocols = frozenset({Protocol.TCP, Protocol.UDP})
 
     def __init__(self, config: BpfConfig) -> None:
         from ebpflb.dataplane.bpf.attach import TcAttacher

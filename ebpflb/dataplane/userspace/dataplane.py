@@ -17,7 +17,7 @@ from ebpflb.dataplane.userspace import state as statefile
 from ebpflb.dataplane.userspace.device import DEVICE_NAME
 from ebpflb.dataplane.userspace.proxy import Engine, EngineConfig
 from ebpflb.errors import DataplaneError
-from ebpflb.model import FrontendKind, IPAddress
+from ebpflb.model import FrontendKind, IPAddress, Protocol
 from ebpflb.sync.plan import FrontendKey, FrontendState, Plan, apply_to
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ def raise_fd_limit() -> int:
 
 class UserspaceDataplane:
     name = "userspace"
+    protocols = frozenset({Protocol.TCP, Protocol.UDP})  # no SCTP sockets relayed
 
     def __init__(self, config: UserspaceConfig | None = None) -> None:
         self.config = config or UserspaceConfig()

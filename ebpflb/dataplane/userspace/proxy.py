@@ -150,7 +150,6 @@ class Engine:
         self._next_backend_id = 1
         self._on_tick = on_tick
         self._started = concurrent.futures.Future[None]()
-        self._warned_sctp: set[FrontendKey] = set()
         self.device: DummyDevice | None = None
         self._nl = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="ebpflb-netlink", initializer=self._netlink_init)
@@ -340,16 +339,13 @@ class Engine:
         fe = FrontendRuntime(st, self._next_svc_id)
         front = st.frontend
         fam = socket.AF_INET if front.address.version == 4 else socket.AF_INET6
+        s: socket.socket | None = None
         if front.protocol is Protocol.TCP:
             s = socket.socket(fam, socket.SOCK_STREAM)
         elif front.protocol is Protocol.UDP:
             s = socket.socket(fam, socket.SOCK_DGRAM)
-        else:
-            if front.key not in self._warned_sctp:
-                log.warning("%s: %s is not served by the userspace data path", front,
-                            front.protocol)
-                self._warned_sctp.add(front.key)
-            s = None
+        # Another protocol is held without a socket: the agent sends none, since the data
+        # path's `protocols` leave it out (and logs that).
         if s is not None:
             try:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
