@@ -23,6 +23,10 @@ INGRESS_PARENT = 0xFFFFFFF2
 EGRESS = "ffff:fff3"
 EGRESS_PARENT = 0xFFFFFFF3
 UPLINK_KINDS = (None, "bond", "vlan", "team")  # None: a physical device
+# Overlay devices of the usual CNIs (flannel.1, cilium_vxlan...): replies from backends
+# on other nodes arrive decapsulated here. Ethernet devices only: the program parses
+# an Ethernet header, so L3 tunnels (ipip, wireguard) are left alone.
+TUNNEL_KINDS = ("vxlan", "geneve")
 
 
 def _kind(link: Any) -> str | None:
@@ -52,13 +56,14 @@ class TcAttacher:
 
     def uplinks(self) -> list[str]:
         """The node's own interfaces towards the network (a NIC, bond or VLAN with an
-        IPv4 address): where NodePort, external and load-balancer traffic arrives, and
-        replies from backends on other nodes."""
+        IPv4 address, and overlay devices): where NodePort, external and load-balancer
+        traffic arrives, and replies from backends on other nodes."""
         addressed = {a["index"] for a in self.ipr.get_addr(family=socket.AF_INET)}
         return sorted(
             link.get_attr("IFLA_IFNAME") for link in self.ipr.get_links()
-            if _kind(link) in UPLINK_KINDS and link["index"] in addressed
-            and link.get_attr("IFLA_IFNAME") != "lo"
+            if link.get_attr("IFLA_IFNAME") != "lo" and (
+                _kind(link) in TUNNEL_KINDS
+                or (_kind(link) in UPLINK_KINDS and link["index"] in addressed))
         )
 
     def local_addresses(self) -> frozenset[IPv4Address]:

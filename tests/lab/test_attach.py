@@ -1,0 +1,51 @@
+"""Which interfaces the kernel path attaches to by default, read from a real network
+namespace: veths (pod side) and the node's uplinks, among them overlay devices (VXLAN)
+with or without an address; not a bridge (a CNI's cni0, or the userspace path's
+ebpflb0 where dummy devices are missing), not loopback. (This kernel has no bond, VLAN,
+Geneve or dummy drivers to make more kinds with.)"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+
+import pytest
+
+from ebpflb.dataplane.bpf.attach import TcAttacher
+from ebpflb.lab import netns
+
+from .conftest import _require_root
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def ns() -> Iterator[str]:
+    _require_root()
+    name = f"tatt-{secrets.token_hex(3)}"
+    netns.create(name)
+    try:
+        yield name
+    finally:
+        netns.delete(name)
+
+
+def test_default_interfaces(ns: str) -> None:
+    netns.ip_batch(ns, [
+        "link add vh1 type veth peer name vh1p",
+        "addr add 192.0.2.1/24 dev vh1",
+        "link add flannel.1 type vxlan id 1 dstport 8472",
+        "link add vx2 type vxlan id 2 dstport 4789",
+        "addr add 10.42.0.0/32 dev vx2",
+        "link add ebpflb0 type bridge",
+        "addr add 10.96.0.10/32 dev ebpflb0",
+        "link set lo up",
+    ])  # fmt: skip
+    attacher = TcAttacher(-1, netns=ns)
+    try:
+        assert attacher.veths() == ["vh1", "vh1p"]
+        assert attacher.uplinks() == ["flannel.1", "vx2"]
+        assert {str(a) for a in attacher.local_addresses()} == {
+            "127.0.0.1", "192.0.2.1", "10.42.0.0", "10.96.0.10"}
+    finally:
+        attacher.close()
