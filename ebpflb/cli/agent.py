@@ -92,7 +92,8 @@ def agent(
     = abi.DEFAULT_PIN_DIR,
     interfaces: Annotated[list[str] | None, typer.Option(
         help="Interfaces to attach to (repeat or comma-separate); default: every veth "
-             "and uplink (a NIC, bond or VLAN with an IPv4 address).")] = None,
+             "and uplink (a NIC, bond or VLAN with an IPv4 address; VXLAN, Geneve).")
+    ] = None,
     cleanup: Annotated[bool, typer.Option(help="On exit, detach and remove the pinned maps.")]
     = False,
     min_sync_interval: Annotated[float, typer.Option(help="Seconds between two syncs.")] = 0.05,
