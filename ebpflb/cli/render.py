@@ -46,9 +46,10 @@ def backends_table(views: Sequence[BackendView]) -> str:
 
 def conntrack_table(views: Sequence[ConnView]) -> str:
     return table(
-        ["PROTO", "CLIENT", "FRONTEND", "BACKEND", "SERVICE", "AGE", "IDLE"],
+        ["PROTO", "CLIENT", "FRONTEND", "BACKEND", "SNAT", "SERVICE", "AGE", "IDLE"],
         [[v.protocol, f"{v.client_address}:{v.client_port}",
           f"{v.frontend_address}:{v.frontend_port}", f"{v.backend_address}:{v.backend_port}",
+          f"{v.snat_address}:{v.snat_port}" if v.snat_address else "-",
           v.service or "-", f"{v.age_seconds:.1f}s", f"{v.idle_seconds:.1f}s"] for v in views],
     )
 

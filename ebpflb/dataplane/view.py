@@ -79,6 +79,10 @@ class ConnView:
     service: str | None
     age_seconds: float
     idle_seconds: float
+    # The source the backend sees when the flow is source-NATed (NodePort traffic under
+    # externalTrafficPolicy: Cluster, hairpin); None when the client's own is kept.
+    snat_address: IPAddress | None = None
+    snat_port: int | None = None
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -94,6 +98,8 @@ class ConnView:
             "service": self.service,
             "age_seconds": round(self.age_seconds, 3),
             "idle_seconds": round(self.idle_seconds, 3),
+            "snat_address": str(self.snat_address) if self.snat_address else None,
+            "snat_port": self.snat_port,
         }
 
 

@@ -307,7 +307,8 @@ def test_cli_json_keys_are_the_contract(web: Harness):
         flow = json.loads(web.cli("conntrack", "--json")[1])[0]
     assert set(flow) == {"protocol", "client_address", "client_port", "frontend_address",
                          "frontend_port", "backend_address", "backend_port", "backend_id",
-                         "svc_id", "service", "age_seconds", "idle_seconds"}
+                         "svc_id", "service", "age_seconds", "idle_seconds", "snat_address",
+                         "snat_port"}
 
 
 @kernel_path_only

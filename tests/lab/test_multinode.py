@@ -176,6 +176,15 @@ def test_nodeport_cluster_policy_reaches_every_backend_from_anywhere(cluster: Cl
                or line.split()[1].startswith("192.168.50.") for line in seen)
     assert all(line.split()[1] != str(cluster.lab.outside[0].ip) for line in seen)
     assert cluster.counters(1)["snat"] > 0
+    # `ebpflb conntrack` shows each flow's NAT source next to its client
+    out = CliRunner().invoke(app, ["conntrack", "--json", "--pin-dir", cluster.pins[0]])
+    flows = [f for f in json.loads(out.output)
+             if f["frontend_address"] == cluster.node_ip(1) and f["frontend_port"] == 30053]
+    assert flows and all(
+        f["client_address"] == str(cluster.lab.outside[0].ip)
+        and f["snat_address"] == cluster.node_ip(1)
+        and abi.NAT_PORT_MIN <= f["snat_port"] < abi.NAT_PORT_MIN + abi.NAT_PORT_COUNT
+        for f in flows)
 
 
 def test_nodeport_local_policy_keeps_the_client_address_and_only_local_backends(

@@ -92,6 +92,8 @@ class BpfInspector:
                     names[val.svc_id],
                     max(0.0, (now - val.created_ns) / 1e9),
                     max(0.0, (now - val.last_seen_ns) / 1e9),
+                    abi.unpack_ip4(val.peer_address) if val.peer_address else None,
+                    abi.ntohs(val.peer_port) if val.peer_address else None,
                 )
             )
         out.sort(

@@ -119,7 +119,7 @@ class UserspaceInspector:
                          r["client_port"], ipaddress.ip_address(r["frontend_address"]),
                          r["frontend_port"], ipaddress.ip_address(r["backend_address"]),
                          r["backend_port"], r["backend_id"], r["svc_id"], r["service"],
-                         r["age_seconds"], r["idle_seconds"])
+                         r["age_seconds"], r["idle_seconds"])  # no source NAT of its own
             out.append(replace(v, age_seconds=v.age_seconds + self.age,
                                idle_seconds=v.idle_seconds + self.age))
         return out
