@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import json
 import logging
@@ -13,10 +14,10 @@ from typing import Any
 import pytest
 
 from ebpflb.errors import SourceError
-from ebpflb.model import Protocol
+from ebpflb.model import Protocol, ServiceRef
 from ebpflb.sources.base import Snapshot
 from ebpflb.sources.manifests import ManifestSource
-from ebpflb.sources.translate import translate
+from ebpflb.sources.translate import node_addresses, translate
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -233,3 +234,29 @@ def test_examples_translate_to_the_demo_service():
     assert {e.frontend.protocol for e in result.state.entries.values()} == {
         Protocol.TCP, Protocol.UDP
     }
+
+
+def test_the_multinode_example_is_what_its_readme_says():
+    snap = ManifestSource(EXAMPLES / "multinode").load()
+    assert snap.errors == ()
+    for k in (1, 2):
+        node_ip = ipaddress.IPv4Address(f"192.168.50.{k}")
+        addresses = node_addresses(snap.nodes, f"node-{k}")
+        assert addresses == (node_ip,)
+        result = translate(snap.services, snap.slices, node_name=f"node-{k}",
+                           node_addresses=addresses)
+        assert result.errors == ()
+        entries = {str(e.frontend): e for e in result.state.entries.values()}
+        assert set(entries) == {
+            "10.96.0.10:80/TCP", "10.96.0.10:53/UDP", "10.96.0.20:80/TCP",
+            f"{node_ip}:30080/TCP", f"{node_ip}:30053/UDP", f"{node_ip}:30081/TCP",
+            "192.168.60.10:80/TCP"}
+        web = entries[f"{node_ip}:30080/TCP"]
+        assert len(web.active) == 4 and web.snat_address == node_ip
+        lb = entries["192.168.60.10:80/TCP"]
+        assert lb.snat_address is None  # Local: the client's address is kept
+        assert [str(r) for r in lb.source_ranges] == ["192.168.50.101/32"]
+        assert len(lb.active) == (2 if k == 1 else 0) and lb.drop_when_empty
+        edge = result.state.services[ServiceRef("demo", "edge")]
+        assert (edge.health_check_node_port, edge.local_endpoints) == (
+            32100, 2 if k == 1 else 0)
