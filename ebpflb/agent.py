@@ -56,6 +56,9 @@ class AgentConfig:
     min_sync_interval: float = 0.05  # seconds between two syncs (kube-proxy's min-sync-period)
     poll_interval: float = 0.1  # longest wait for a change, and for a stop request
     housekeeping_interval: float = 1.0
+    # Seconds between two resyncs that read back what the data path holds and repair
+    # any difference (kube-proxy's --sync-period); 0: never.
+    sync_period: float = 300.0
     max_backoff: float = 30.0
     state_dir: str | None = None  # where agent.json is published; None: not published
     zone: str | None = None  # this node's zone; None: its Node's topology label
@@ -82,6 +85,8 @@ class Agent:
         self._retry_at = float("-inf")
         self._backoff = 0.0
         self._next_housekeeping = float("-inf")
+        self._next_resync = float("inf")  # set by the first full sync
+        self._repairing = False  # the pending full sync is a periodic resync
         self._logged_errors: frozenset[str] = frozenset()
         self._refused: dict[ServiceRef, str] = {}
         self._translate_errors: tuple[ObjectError, ...] = ()
@@ -111,6 +116,8 @@ class Agent:
 
     def _full_sync(self) -> SyncResult:
         start = self.clock()
+        if self.config.sync_period > 0:
+            self._next_resync = start + self.config.sync_period
         with no_full_collections():
             snap = self.source.load()
             addresses, zone = self._node_view(snap.nodes)
@@ -205,6 +212,8 @@ class Agent:
                 self._dirty = True
         except Exception as exc:
             log.error("source: %s", exc)
+        if synced and now >= self._next_resync:
+            self._resync()
         due = max(self._retry_at, self._last_sync + self.config.min_sync_interval)
         if synced and self._dirty and now >= due:
             self._sync_now(now)
@@ -216,6 +225,18 @@ class Agent:
             due = max(self._retry_at, self._last_sync + self.config.min_sync_interval)
             wait = min(wait, max(0.0, due - self.clock()))
         return wait
+
+    def _resync(self) -> None:
+        """The periodic repair: read back what the data path holds, then a full sync
+        compares it with the desired state and writes any difference."""
+        self._next_resync = float("inf")  # the full sync sets the next one
+        self._repairing = True
+        try:
+            self.dataplane.reload()
+        except Exception as exc:
+            log.error("resync: cannot read back the data path: %s", exc)
+        self._full = True
+        self._dirty = True
 
     def _source_synced(self) -> bool:
         try:
@@ -239,6 +260,14 @@ class Agent:
         self.syncs += 1
         self.last_sync_at = time.time()
         self._backoff = 0.0
+        if self._repairing:
+            self._repairing = False
+            plan = self.last_result.plan
+            if plan:
+                log.warning("resync: the data path differed from the desired state; "
+                            "repaired %d frontends (%d added, %d changed, %d removed)",
+                            plan.added + plan.changed + plan.removed, plan.added,
+                            plan.changed, plan.removed)
         if self.syncs == 1:
             log.info("ready: first sync done (%d frontends)", self.last_result.frontends)
         self._publish()

@@ -97,6 +97,9 @@ def agent(
     cleanup: Annotated[bool, typer.Option(help="On exit, detach and remove the pinned maps.")]
     = False,
     min_sync_interval: Annotated[float, typer.Option(help="Seconds between two syncs.")] = 0.05,
+    sync_period: Annotated[float, typer.Option(
+        help="Seconds between two resyncs that read back the data path and repair any "
+             "difference (0: never).")] = 300.0,
     max_services: Annotated[int, typer.Option(help="Service map size.")]
     = abi.DEFAULT_MAX_SERVICES,
     max_backends: Annotated[int, typer.Option(help="Backend map size.")]
@@ -127,6 +130,8 @@ def agent(
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if sync_period < 0:
+        raise typer.BadParameter("--sync-period must be >= 0")
     if min_sync_interval < 0:
         raise typer.BadParameter("--min-sync-interval must be >= 0")
     if udp_idle_timeout <= 0:
@@ -174,6 +179,7 @@ def agent(
         try:
             Agent(source, dp, AgentConfig(node_name=node_name,
                                           min_sync_interval=min_sync_interval,
+                                          sync_period=sync_period,
                                           state_dir=state_dir, zone=zone,
                                           nodeport_addresses=addresses,
                                           nodeport_range=port_range)).run(stop)

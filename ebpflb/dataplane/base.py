@@ -30,6 +30,13 @@ class Dataplane(Protocol):
         """Periodic upkeep between syncs (e.g. attach to interfaces that appeared)."""
         ...
 
+    def reload(self) -> None:
+        """Forget what it remembers having written and read back what it holds, so the
+        next sync repairs what something else changed (e.g. map entries deleted with
+        bpftool). A data path whose state lives only in its own process has nothing to
+        read back."""
+        ...
+
     def close(self, *, cleanup: bool = False) -> None:
         """Stop. With cleanup, remove everything installed; without, leave the data path
         serving so an agent restart does not interrupt traffic."""

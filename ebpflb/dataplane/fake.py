@@ -23,6 +23,7 @@ class FakeDataplane:
                  max_backends: int | None = None,
                  protocols: frozenset[Protocol] = frozenset(Protocol)) -> None:
         self.protocols = protocols
+        self.reloads = 0
         self.state: dict[FrontendKey, FrontendState] = {}
         self.applied: list[Plan] = []
         self.closed = False
@@ -59,6 +60,10 @@ class FakeDataplane:
                 if self.max_backends is not None and backends > self.max_backends:
                     raise CapacityError(f"backends full: cannot add those of {op.frontend}",
                                         frontend=op.frontend)
+
+    def reload(self) -> None:
+        """The state is the truth already (a test may have changed it behind our back)."""
+        self.reloads += 1
 
     def housekeeping(self) -> None:
         pass

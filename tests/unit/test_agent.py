@@ -253,3 +253,39 @@ def test_status_is_published_to_the_state_dir(tmp_path: Path):
     assert data["running"] and data["synced"] and not data["stale"]
     assert (data["source"], data["dataplane"]) == ("manifests", "fake")
     assert (data["frontends"], data["backends"], data["syncs"]) == (1, 2, 1)
+
+
+def test_the_periodic_resync_reads_back_and_repairs_the_data_path(tmp_path: Path, caplog):
+    write(tmp_path, "web", "10.96.0.10", ["10.0.0.1", "10.0.0.2"])
+    dp = FakeDataplane()
+    clock = Clock()
+    agent = Agent(ManifestSource(tmp_path), dp, AgentConfig(sync_period=60.0), clock=clock)
+    agent.step()
+    want = backends_of(dp)
+    assert want and dp.reloads == 0
+    dp.state.clear()  # someone deleted the entries behind the agent's back
+    clock.t += 59
+    agent.step()
+    assert backends_of(dp) == {} and dp.reloads == 0  # not due yet
+    clock.t += 2
+    with caplog.at_level(logging.WARNING):
+        agent.step()
+    assert backends_of(dp) == want
+    assert dp.reloads == 1 and agent.full_syncs == 2
+    assert "resync: the data path differed from the desired state; repaired 1" in caplog.text
+    caplog.clear()
+    clock.t += 61  # nothing differs: a quiet resync
+    with caplog.at_level(logging.WARNING):
+        agent.step()
+    assert dp.reloads == 2 and agent.full_syncs == 3 and "resync" not in caplog.text
+
+
+def test_a_zero_sync_period_never_resyncs(tmp_path: Path):
+    write(tmp_path, "web", "10.96.0.10", ["10.0.0.1"])
+    dp = FakeDataplane()
+    clock = Clock()
+    agent = Agent(ManifestSource(tmp_path), dp, AgentConfig(sync_period=0.0), clock=clock)
+    agent.step()
+    clock.t += 10 ** 6
+    agent.step()
+    assert dp.reloads == 0 and agent.full_syncs == 1

@@ -87,6 +87,9 @@ class BpfDataplane:
     def current(self) -> Mapping[FrontendKey, FrontendState]:
         return MappingProxyType(self.writer.frontends)
 
+    def reload(self) -> None:
+        self.writer.reload()
+
     def apply(self, plan: Plan) -> None:
         try:
             self.writer.apply(plan)

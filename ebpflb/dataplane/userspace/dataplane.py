@@ -110,6 +110,9 @@ class UserspaceDataplane:
         if errors:
             raise DataplaneError("; ".join(errors))
 
+    def reload(self) -> None:
+        """Nothing to read back: the proxy's state is this process's own."""
+
     def housekeeping(self) -> None:
         if not self._closed and not self.engine.thread.is_alive():
             raise DataplaneError("the userspace proxy's event loop has stopped")
