@@ -50,6 +50,8 @@ static __always_inline __u8 *map_srcr4_lookup(struct srcrange4_key *key)
 { return ebpflb_srcr4.lookup(key); }
 static __always_inline __u32 *map_cfg_lookup(__u32 *index)
 { return ebpflb_cfg.lookup(index); }
+static __always_inline void *map_mg4_lookup(__u32 *svc_id)
+{ return ebpflb_mg4.lookup(svc_id); }
 
 /* Choose a backend for a new flow of svc: the client's affinity backend when it has a
  * valid one, else a random slot (remembered for affinity). 0 or DROP_*. */
@@ -66,7 +68,7 @@ static __always_inline int lb4_choose(const struct lb4_service *svc, const struc
 			return 0;
 		}
 	}
-	ret = lb4_select_backend(svc, backend_id, be);
+	ret = lb4_select_backend(svc, pkt, backend_id, be);
 	if (ret == 0 && svc->affinity_timeout)
 		aff4_record(svc, pkt->saddr, *backend_id);
 	return ret;

@@ -5,6 +5,8 @@ that explains a decision: the same rule as the kernel path's `lb.h`.
   backends (its slots: ready endpoints, or serving-and-terminating ones when none is
   ready). The kernel draws `bpf_get_prandom_u32() % slot_count`; here `rng.random()`.
 - No active backend: None (the kernel drops and counts `no_backend`).
+- With Maglev (`--lb-algorithm maglev`), the caller passes the backend the frontend's
+  table gives the flow (`preferred`); the random draw is the fallback, as in the kernel.
 - `exclude` leaves out backends that already failed for this flow (the userspace
   proxy retries a refused connection on another backend; the kernel has no such step).
 
@@ -95,13 +97,18 @@ def choose_backend(
     rng: random.Random | None = None,
     affinity: AffinityTable[K] | None = None,
     frontend: Hashable | None = None,
+    preferred: K | None = None,
 ) -> K | None:
     """One of `slots` (the active backends, in slot order), uniformly at random; None
     when there is none left after `exclude`.
 
     With `affinity`, a `client`, a `frontend` and `affinity_timeout` > 0: the client's
     live, still active and not excluded backend for this frontend if it has one, else
-    the random choice, recorded as the client's (see the module docstring)."""
+    the random choice, recorded as the client's (see the module docstring).
+
+    `preferred` (the backend the frontend's Maglev table gives the flow: see
+    ebpflb.maglev) replaces the random draw when it is active and not excluded, after
+    affinity, in the kernel's order."""
     sticky = affinity is not None and affinity_timeout > 0 and client is not None
     if sticky:
         assert affinity is not None
@@ -110,13 +117,16 @@ def choose_backend(
             affinity.record(client, frontend, kept)
             affinity.hits += 1
             return kept
-    candidates = [s for s in slots if s not in exclude] if exclude else slots
-    if not candidates:
-        return None
-    r = rng if rng is not None else _rng
-    # random() * n rather than randrange(n): a third of the cost, and a bias of about
-    # n / 2**53, far below anything measurable.
-    chosen = candidates[int(r.random() * len(candidates))]
+    if preferred is not None and preferred not in exclude and preferred in slots:
+        chosen = preferred
+    else:
+        candidates = [s for s in slots if s not in exclude] if exclude else slots
+        if not candidates:
+            return None
+        r = rng if rng is not None else _rng
+        # random() * n rather than randrange(n): a third of the cost, and a bias of about
+        # n / 2**53, far below anything measurable.
+        chosen = candidates[int(r.random() * len(candidates))]
     if sticky:
         assert affinity is not None
         affinity.record(client, frontend, chosen)

@@ -32,6 +32,7 @@
  * answer (to an address not its own) comes back through the node to be translated. */
 #define HAIRPIN_ADDRESS		0xa9fe2a01	/* 169.254.42.1, host order */
 #define NSEC_PER_SEC		1000000000ULL
+#define FLOW_HASH_SEED		0x6562706cU	/* "ebpl": ebpflb/maglev.py hashes alike */
 
 /* lb4_service.flags: the frontend's kind, for inspection. */
 #define SVC_F_CLUSTERIP		0x0001
@@ -40,9 +41,11 @@
 #define SVC_F_LOADBALANCER	0x0008
 #define SVC_F_SRC_RANGES	0x0010	/* only clients in ebpflb_srcr4 are admitted */
 #define SVC_F_DROP_EMPTY	0x0020	/* no backend: drop (Local policy), not reject */
+#define SVC_F_MAGLEV		0x0040	/* new flows choose by the Maglev table, not at random */
 
 /* ebpflb_cfg: settings the agent writes, by index. */
 #define CFG_HOST_BACKENDS	0	/* non-zero: some backend is an address of this node */
+#define CFG_MAGLEV_SIZE		1	/* entries of every Maglev table; 0 = no Maglev */
 #define CFG_MAX			4
 
 /* lb4_backend.flags */

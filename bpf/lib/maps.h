@@ -34,6 +34,11 @@ BPF_TABLE_PINNED("percpu_array", __u32, struct lb_stats, ebpflb_svcstat,
 /* GSTAT_* index -> per-CPU global counter */
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, ebpflb_gstat_v2,
 		 GSTAT_MAX, PIN_DIR "/ebpflb_gstat_v2");
+/* The shape of every Maglev table (BPF_F_INNER_MAP: tables of any size fit in). */
+BPF_F_TABLE("array", __u32, __u32, ebpflb_mgtmpl, 1, BPF_F_INNER_MAP);
+/* frontend id -> its Maglev table: slot -> backend id (the agent swaps whole tables) */
+BPF_TABLE_PINNED("array_of_maps$ebpflb_mgtmpl", __u32, __u32, ebpflb_mg4, MAX_SERVICES,
+		 PIN_DIR "/ebpflb_mg4");
 /* CFG_* index -> a setting written by the agent */
 BPF_TABLE_PINNED("array", __u32, __u32, ebpflb_cfg, CFG_MAX, PIN_DIR "/ebpflb_cfg");
 /* (client, frontend id) -> the backend its last new flow got; LRU-evicted */
@@ -62,5 +67,6 @@ static __always_inline struct aff4_value *map_aff4_lookup(struct aff4_key *key);
 static __always_inline int map_aff4_update(struct aff4_key *key, struct aff4_value *value);
 static __always_inline __u8 *map_srcr4_lookup(struct srcrange4_key *key);
 static __always_inline __u32 *map_cfg_lookup(__u32 *index);
+static __always_inline void *map_mg4_lookup(__u32 *svc_id);
 
 #endif

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from ebpflb import maglev
 from ebpflb.cli.errors import handle_errors
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.userspace.state import DEFAULT_STATE_DIR
@@ -24,6 +25,11 @@ class DataplaneChoice(StrEnum):
     auto = "auto"
     bpf = "bpf"
     userspace = "userspace"
+
+
+class LbAlgorithm(StrEnum):
+    RANDOM = "random"
+    MAGLEV = "maglev"
 
 
 def _split(values: list[str] | None) -> tuple[str, ...]:
@@ -97,6 +103,14 @@ def agent(
     cleanup: Annotated[bool, typer.Option(help="On exit, detach and remove the pinned maps.")]
     = False,
     min_sync_interval: Annotated[float, typer.Option(help="Seconds between two syncs.")] = 0.05,
+    lb_algorithm: Annotated[LbAlgorithm, typer.Option(
+        help="How a new flow chooses its backend: at random (as kube-proxy), or by Maglev "
+             "consistent hashing (every node picks the same backend for a flow; adding or "
+             "removing a backend moves about 1/N of the flows).")] = LbAlgorithm.RANDOM,
+    maglev_table_size: Annotated[int, typer.Option(
+        help="Slots of each frontend's Maglev table, a prime from "
+             f"{', '.join(map(str, maglev.TABLE_SIZES))}: at least 100x the backends of a "
+             "Service for an even spread.")] = maglev.DEFAULT_TABLE_SIZE,
     sync_period: Annotated[float, typer.Option(
         help="Seconds between two resyncs that read back the data path and repair any "
              "difference (0: never).")] = 300.0,
@@ -130,6 +144,10 @@ def agent(
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if maglev_table_size not in maglev.TABLE_SIZES:
+        raise typer.BadParameter(f"must be one of {', '.join(map(str, maglev.TABLE_SIZES))}",
+                                 param_hint="--maglev-table-size")
+    maglev_size = maglev_table_size if lb_algorithm is LbAlgorithm.MAGLEV else 0
     if sync_period < 0:
         raise typer.BadParameter("--sync-period must be >= 0")
     if min_sync_interval < 0:
@@ -171,9 +189,11 @@ def agent(
             dataplane.value,
             bpf_config=BpfConfig(pin_dir=pin_dir, interfaces=_split(interfaces),
                                  max_services=max_services, max_backends=max_backends,
-                                 max_conntrack=max_conntrack),
+                                 max_conntrack=max_conntrack,
+                                 maglev_table_size=maglev_size),
             userspace_config=UserspaceConfig(state_dir=state_dir,
-                                             udp_idle_timeout=udp_idle_timeout))
+                                             udp_idle_timeout=udp_idle_timeout,
+                                             maglev_table_size=maglev_size))
         reserved = _reserve(ReservedPorts(record=os.path.join(state_dir, RESERVED_RECORD)),
                             port_range)
         try:

@@ -79,6 +79,7 @@ class Maps:
     affinity: PinnedMap
     src_ranges: PinnedMap
     config: PinnedMap
+    maglev: PinnedMap
 
     @classmethod
     def open(cls, pin_dir: str) -> Maps:
@@ -88,11 +89,12 @@ class Maps:
         return cls(pin_dir, m(abi.MAP_SERVICES), m(abi.MAP_SLOTS), m(abi.MAP_BACKENDS),
                    m(abi.MAP_REVNAT), m(abi.MAP_CONNTRACK), m(abi.MAP_SVC_STATS),
                    m(abi.MAP_GLOBAL_STATS), m(abi.MAP_SVC_META), m(abi.MAP_AFFINITY),
-                   m(abi.MAP_SRC_RANGES), m(abi.MAP_CONFIG))
+                   m(abi.MAP_SRC_RANGES), m(abi.MAP_CONFIG), m(abi.MAP_MAGLEV))
 
     def all(self) -> list[PinnedMap]:
         return [self.svc4, self.slot4, self.be4, self.rnat4, self.ct4, self.svcstat,
-                self.gstat, self.svcmeta, self.affinity, self.src_ranges, self.config]
+                self.gstat, self.svcmeta, self.affinity, self.src_ranges, self.config,
+                self.maglev]
 
     def clear(self) -> None:
         """Empty the hash maps and zero the per-CPU arrays."""
@@ -106,6 +108,8 @@ class Maps:
                 m.delete(key)
         for index in range(abi.CFG_MAX):
             self.config.update(ctypes.c_uint32(index), ctypes.c_uint32(0))
+        for index in range(self.maglev.info.max_entries):
+            self.maglev.delete(ctypes.c_uint32(index))
         for m in (self.svcstat, self.gstat):
             stride = (m.info.value_size + 7) & ~7
             zeros = ctypes.create_string_buffer(stride * possible_cpus())

@@ -108,6 +108,7 @@ MAP_LAYOUT: dict[str, tuple[_CType, _CType, bool]] = {
     abi.MAP_AFFINITY: (abi.Aff4Key, abi.Aff4Value, False),
     abi.MAP_SRC_RANGES: (abi.SrcRange4Key, ctypes.c_uint8, False),
     abi.MAP_CONFIG: (ctypes.c_uint32, ctypes.c_uint32, False),
+    abi.MAP_MAGLEV: (ctypes.c_uint32, ctypes.c_uint32, False),
 }
 
 

@@ -1,16 +1,24 @@
 """Packet tables for the Service features beyond plain ClusterIP: source NAT of external
 traffic (NodePort under externalTrafficPolicy: Cluster) and of hairpin flows, ClientIP
-session affinity, loadBalancerSourceRanges and ICMP errors about translated flows."""
+session affinity, loadBalancerSourceRanges, ICMP errors about translated flows, the
+egress hook, and Maglev."""
 
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 
 import pytest
 
+from ebpflb import maglev
 from ebpflb.dataplane.bpf import abi
+from ebpflb.dataplane.bpf.maps import BpfMaps
+from ebpflb.dataplane.bpf.writer import MapWriter
+from ebpflb.model import IPAddress, Protocol
+from ebpflb.sync.plan import desired_frontends, diff
 from tests.bpf import packets as pk
-from tests.bpf.conftest import TC_ACT_OK, TC_ACT_SHOT, Maps, RunFn
+from tests.bpf.conftest import MAX_BACKENDS, MAX_SERVICES, TC_ACT_OK, TC_ACT_SHOT, Maps, RunFn
+from tests.unit.test_plan import entry, state
 
 pytestmark = pytest.mark.root
 
@@ -246,11 +254,7 @@ def test_egress_translates_replies_only_when_a_backend_is_a_node_address(
 
 
 def test_host_backends_switch_follows_the_plans(maps: Maps) -> None:
-    import ipaddress
-
     from ebpflb.dataplane.bpf.hostbackends import HostBackends
-    from ebpflb.sync.plan import desired_frontends, diff
-    from tests.unit.test_plan import entry, state
 
     addresses = frozenset({ipaddress.IPv4Address(NODE_IP)})
     hb = HostBackends(maps.config, lambda: addresses)
@@ -267,3 +271,57 @@ def test_host_backends_switch_follows_the_plans(maps: Maps) -> None:
     assert hb.on  # off only once housekeeping has looked at everything held
     hb.housekeeping(pods)
     assert not hb.on
+
+
+# --- Maglev ----------------------------------------------------------------------------------
+
+def _maglev_writer(maps: Maps, backends: list[tuple[str, int, bool]]
+                   ) -> tuple[BpfMaps, MapWriter]:
+    bmaps = BpfMaps(maps.pin_dir)
+    writer = MapWriter(bmaps, max_services=MAX_SERVICES, max_backends=MAX_BACKENDS,
+                       maglev_size=1021)
+    writer.apply(diff(writer.frontends, desired_frontends(state(entry(CLUSTER_IP, 80,
+                                                                      backends)))))
+    maps.config.update(ctypes.c_uint32(abi.Config.MAGLEV_SIZE), ctypes.c_uint32(1021))
+    return bmaps, writer
+
+
+def _maglev_pick(slots: tuple[tuple[IPAddress, int], ...], sport: int) -> tuple[str, int]:
+    table = maglev.table([f"{a}:{p}" for a, p in slots], 1021)
+    h = maglev.flow_hash(ipaddress.IPv4Address(CLIENT), sport,
+                         ipaddress.IPv4Address(CLUSTER_IP), 80, Protocol.TCP)
+    address, port = slots[table[h % 1021]]
+    return str(address), port
+
+
+def test_maglev_choice_is_the_table_python_computes(maps: Maps, run: RunFn) -> None:
+    bmaps, writer = _maglev_writer(maps, [(f"10.244.1.{i}", 8080, True) for i in range(1, 6)])
+    try:
+        (st,) = writer.frontends.values()
+        chosen = set()
+        for sport in range(20000, 20300):
+            out = pk.parse(run(pk.frame(pk.Flow(pk.TCP, CLIENT, CLUSTER_IP, sport, 80))).data)
+            assert (out.daddr, out.dport) == _maglev_pick(st.slots, sport)
+            chosen.add(out.daddr)
+        assert len(chosen) == 5
+    finally:
+        bmaps.close()
+
+
+def test_maglev_moves_only_the_flows_of_a_backend_that_leaves(maps: Maps, run: RunFn) -> None:
+    five = [(f"10.244.1.{i}", 8080, True) for i in range(1, 6)]
+    bmaps, writer = _maglev_writer(maps, five)
+    try:
+        flows = [pk.Flow(pk.TCP, CLIENT, CLUSTER_IP, sport, 80) for sport in range(20000, 20400)]
+        before = [pk.parse(run(pk.frame(f)).data).daddr for f in flows]
+        four = five[:2] + five[3:]
+        writer.apply(diff(writer.frontends, desired_frontends(state(entry(CLUSTER_IP, 80,
+                                                                          four)))))
+        for key in list(maps.ct4.keys(abi.Ct4Key)):  # as new flows, not tracked ones
+            maps.ct4.delete(key)
+        after = [pk.parse(run(pk.frame(f)).data).daddr for f in flows]
+        stayed = [(b, a) for b, a in zip(before, after, strict=True) if b != "10.244.1.3"]
+        assert sum(1 for b, a in stayed if a != b) <= len(stayed) * 0.05
+        assert "10.244.1.3" not in after
+    finally:
+        bmaps.close()

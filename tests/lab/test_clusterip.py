@@ -19,6 +19,7 @@ from ebpflb.cli import app
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import remove_pins
 from ebpflb.dataplane.bpf.inspect import BpfInspector
+from ebpflb.dataplane.bpf.maps import BpfMaps, read_state
 from ebpflb.dataplane.userspace.device import DEVICE_NAME
 from ebpflb.dataplane.userspace.state import UserspaceInspector, state_path
 from ebpflb.lab import netns, topology, traffic
@@ -94,6 +95,13 @@ class Harness:
         return result.exit_code, result.output
 
     def active_backends(self, frontend: str) -> set[str]:
+        """The backends new flows to `frontend` go to. On the kernel path: the slots as
+        the service entry counts them (a sync writes the backends' flags first and the
+        entry that uses them last, so the flags alone can run ahead of the traffic)."""
+        if self.dataplane == "bpf":
+            with BpfMaps(self.pin_dir) as maps:
+                return {str(a) for st in read_state(maps).frontends.values()
+                        if str(st.frontend) == frontend for a, _ in st.slots}
         with self.inspector() as insp:
             return {f"{b.address}" for b in insp.backends()
                     if str(b.frontend) == frontend and b.active}

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from ebpflb.cli import app
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import remove_pins
-from ebpflb.dataplane.bpf.inspect import BpfInspector
+from ebpflb.dataplane.bpf.maps import BpfMaps, read_state
 from ebpflb.dataplane.userspace.state import UserspaceInspector
 from ebpflb.lab import netns, topology, traffic
 from ebpflb.lab.agentproc import AgentProcess
@@ -63,11 +63,15 @@ class Env:
         self.agent.wait_ready()
 
     def backends(self, frontend: str) -> set[str] | None:
-        """The frontend's active backends; None while the data path has no such
-        frontend."""
-        insp = (BpfInspector(self.pin_dir) if self.dataplane == "bpf"
-                else UserspaceInspector(self.state_dir))
-        with insp:
+        """The backends the frontend's new flows go to; None while the data path has
+        no such frontend. On the kernel path: its slots as the service entry counts
+        them (a sync writes the backends' flags first, the entry that uses them last)."""
+        if self.dataplane == "bpf":
+            with BpfMaps(self.pin_dir) as maps:
+                held = {str(st.frontend): st for st in read_state(maps).frontends.values()}
+            st = held.get(frontend)
+            return None if st is None else {str(a) for a, _ in st.slots}
+        with UserspaceInspector(self.state_dir) as insp:
             if frontend not in {str(v.frontend) for v in insp.services()}:
                 return None
             return {str(b.address) for b in insp.backends()

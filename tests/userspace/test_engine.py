@@ -280,3 +280,33 @@ def test_refused_backend_is_retried_and_counted(env: Env):
     env.apply(state(env.tcp_port, Protocol.TCP, ports))
     assert {env.tcp(CLIENT_A) for _ in range(20)} == {"b0"}
     assert env.counters()["backend_missing"] > 0
+
+
+def test_maglev_choice_is_the_kernel_paths(env: Env) -> None:
+    """With Maglev tables, the proxy picks the backend the kernel's table and flow hash
+    give the same 5-tuple (ebpflb.maglev): so both paths, and every node, agree."""
+    from ebpflb import maglev
+
+    engine = Engine(EngineConfig(device=None, tick=0.05, maglev_table_size=1021))
+    try:
+        st = state(env.tcp_port, Protocol.TCP, env.backends.tcp)
+        held, errors = engine.call(lambda: engine.apply_on_loop({st.frontend.key: st}))
+        assert set(held) == {st.frontend.key}
+        assert not errors
+        table = maglev.table([f"{a}:{p}" for a, p in st.slots], 1021)
+        seen = set()
+        for sport in range(41000, 41030):
+            h = maglev.flow_hash(IP(CLIENT_A), sport, IP(FRONT_IP), env.tcp_port, Protocol.TCP)
+            want = env.names[st.slots[table[h % 1021]][1]]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.settimeout(5)
+                s.bind((CLIENT_A, sport))
+                s.connect((FRONT_IP, env.tcp_port))
+                s.sendall(b"x")
+                assert s.recv(100).decode() == want
+            seen.add(want)
+        assert len(seen) == 3
+    finally:
+        engine.call(engine.shutdown_on_loop)
+        engine.thread.join(5)
+        engine.close_device(remove=False)

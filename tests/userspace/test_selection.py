@@ -156,3 +156,10 @@ def test_drop_frontends_forgets_only_theirs():
     assert table.drop_frontends({"gone"}) == 5
     assert len(table) == 5 and {e[1] for e in table.entries()} == {"keep"}
     assert table.drop_frontends(set()) == 0
+
+
+def test_a_preferred_backend_replaces_the_draw_unless_excluded_or_inactive():
+    slots = ["a", "b", "c"]
+    assert all(choose_backend(slots, preferred="b") == "b" for _ in range(50))
+    assert {choose_backend(slots, preferred="b", exclude={"b"}) for _ in range(50)} == {"a", "c"}
+    assert choose_backend(slots, preferred="z") in slots  # not active: the draw

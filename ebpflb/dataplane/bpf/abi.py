@@ -26,6 +26,7 @@ MAP_SVC_META = "ebpflb_svcmeta"
 MAP_AFFINITY = "ebpflb_aff4"
 MAP_SRC_RANGES = "ebpflb_srcr4"
 MAP_CONFIG = "ebpflb_cfg"
+MAP_MAGLEV = "ebpflb_mg4"
 ALL_MAPS = (
     MAP_SERVICES,
     MAP_SLOTS,
@@ -38,6 +39,7 @@ ALL_MAPS = (
     MAP_AFFINITY,
     MAP_SRC_RANGES,
     MAP_CONFIG,
+    MAP_MAGLEV,
 )
 # Pins of older layouts (renamed when their layout changed): removed on cleanup and
 # when the agent starts, so nothing reads or keeps them.
@@ -62,6 +64,7 @@ class SvcFlag(enum.IntFlag):
     LOADBALANCER = 0x0008
     SRC_RANGES = 0x0010
     DROP_EMPTY = 0x0020
+    MAGLEV = 0x0040
 
 
 class BackendFlag(enum.IntFlag):
@@ -108,6 +111,7 @@ class Config(enum.IntEnum):
     """Indexes of the ebpflb_cfg array (settings the agent writes)."""
 
     HOST_BACKENDS = 0
+    MAGLEV_SIZE = 1
 
 
 CFG_MAX = 4

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ class BpfConfig:
     max_services: int = abi.DEFAULT_MAX_SERVICES
     max_backends: int = abi.DEFAULT_MAX_BACKENDS
     max_conntrack: int = abi.DEFAULT_MAX_CONNTRACK
+    maglev_table_size: int = 0  # > 0: new flows choose by Maglev tables of this size
 
 
 # Per-interface settings for the interfaces the program is attached to, as Cilium sets
@@ -70,8 +72,9 @@ class BpfDataplane:
             check_geometry(self.maps, max_services=config.max_services,
                            max_backends=config.max_backends, max_conntrack=config.max_conntrack)
             self.writer = MapWriter(
-                self.maps, max_services=config.max_services, max_backends=config.max_backends
-            )
+                self.maps, max_services=config.max_services, max_backends=config.max_backends,
+                maglev_size=config.maglev_table_size)
+            self._set_algorithm(config.maglev_table_size)
             self.attacher = TcAttacher(self.program.fd, egress_fd=self.program.egress_fd)
             self.host_backends = HostBackends(self.maps.config, self.attacher.local_addresses)
         except Exception:
@@ -89,6 +92,22 @@ class BpfDataplane:
 
     def reload(self) -> None:
         self.writer.reload()
+        self._set_algorithm(self.config.maglev_table_size)
+
+    def _set_algorithm(self, maglev_size: int) -> None:
+        """Record the backend choice in the config map; when it differs from what the
+        entries were written with, the next sync writes every frontend again (its flag
+        and Maglev table). Until then the kernel falls back to a random choice
+        wherever a table is missing or of another size, never to a wrong one."""
+        key = ctypes.c_uint32(abi.Config.MAGLEV_SIZE)
+        held = self.maps.config.lookup(key, ctypes.c_uint32)
+        if held is not None and held.value == maglev_size:
+            return
+        if self.writer.frontends:
+            log.info("backend choice changed to %s: every frontend is written again",
+                     f"Maglev ({maglev_size} slots)" if maglev_size else "random")
+            self.writer.forget()
+        self.maps.config.update(key, ctypes.c_uint32(maglev_size))
 
     def apply(self, plan: Plan) -> None:
         try:

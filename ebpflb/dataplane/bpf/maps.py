@@ -73,6 +73,7 @@ class BpfMaps:
         self.affinity = PinnedMap(os.path.join(pin_dir, abi.MAP_AFFINITY))
         self.src_ranges = PinnedMap(os.path.join(pin_dir, abi.MAP_SRC_RANGES))
         self.config = PinnedMap(os.path.join(pin_dir, abi.MAP_CONFIG))
+        self.maglev = PinnedMap(os.path.join(pin_dir, abi.MAP_MAGLEV))
 
     def all(self) -> tuple[PinnedMap, ...]:
         return (
@@ -87,6 +88,7 @@ class BpfMaps:
             self.affinity,
             self.src_ranges,
             self.config,
+            self.maglev,
         )
 
     def close(self) -> None:
@@ -113,6 +115,7 @@ _GEOMETRY: dict[str, tuple[type, type, str | None]] = {
     abi.MAP_AFFINITY: (abi.Aff4Key, abi.Aff4Value, None),
     abi.MAP_SRC_RANGES: (abi.SrcRange4Key, ctypes.c_uint8, None),
     abi.MAP_CONFIG: (ctypes.c_uint32, ctypes.c_uint32, None),
+    abi.MAP_MAGLEV: (ctypes.c_uint32, ctypes.c_uint32, "max_services"),
 }
 
 

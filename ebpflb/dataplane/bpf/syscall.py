@@ -20,6 +20,7 @@ from ebpflb.errors import DataplaneError
 _NR_BPF = 321  # x86_64
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
+BPF_MAP_CREATE = 0
 BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
@@ -37,6 +38,8 @@ _ENOTSUPP = 524  # kernel-internal 'not supported', returned for batch ops
 BPF_NOEXIST = 1
 BPF_EXIST = 2
 
+BPF_MAP_TYPE_ARRAY = 2
+BPF_F_INNER_MAP = 1 << 12  # an inner map whose size may differ from the template's
 BPF_MAP_TYPE_PERCPU_HASH = 5
 BPF_MAP_TYPE_PERCPU_ARRAY = 6
 BPF_MAP_TYPE_LRU_PERCPU_HASH = 10
@@ -50,6 +53,19 @@ class _ElemAttr(ctypes.Structure):
         ("key", ctypes.c_uint64),
         ("value", ctypes.c_uint64),  # or next_key
         ("flags", ctypes.c_uint64),
+    ]
+
+
+class _CreateAttr(ctypes.Structure):
+    _fields_ = [
+        ("map_type", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+        ("inner_map_fd", ctypes.c_uint32),
+        ("numa_node", ctypes.c_uint32),
+        ("map_name", ctypes.c_char * 16),
     ]
 
 
@@ -143,6 +159,14 @@ def possible_cpus() -> int:
     return total
 
 
+def map_create(map_type: int, key_size: int, value_size: int, max_entries: int,
+               name: str, *, flags: int = 0) -> int:
+    """A new map's fd (an inner map, which lives as long as an outer map holds it)."""
+    return _bpf(BPF_MAP_CREATE, _CreateAttr(map_type=map_type, key_size=key_size,
+                                            value_size=value_size, max_entries=max_entries,
+                                            map_flags=flags, map_name=name.encode()[:15]))
+
+
 def obj_pin(fd: int, path: str) -> None:
     """Pin a program or map fd at `path` (on a bpffs)."""
     buf = ctypes.create_string_buffer(path.encode())
@@ -176,14 +200,17 @@ V = TypeVar("V", bound="ctypes._CData")
 class PinnedMap:
     """A map opened from its pin; values are ctypes objects of the caller's types."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, fd: int | None = None) -> None:
+        """The map pinned at `path`; or, with `fd`, that map (which this object then
+        owns), `path` naming it in messages."""
         self.path = path
-        raw = path.encode()
-        buf = ctypes.create_string_buffer(raw)
-        try:
-            self.fd = _bpf(BPF_OBJ_GET, _ObjAttr(pathname=ctypes.addressof(buf)))
-        except OSError as exc:
-            raise DataplaneError(f"cannot open pinned map {path}: {exc.strerror}") from exc
+        if fd is None:
+            buf = ctypes.create_string_buffer(path.encode())
+            try:
+                fd = _bpf(BPF_OBJ_GET, _ObjAttr(pathname=ctypes.addressof(buf)))
+            except OSError as exc:
+                raise DataplaneError(f"cannot open pinned map {path}: {exc.strerror}") from exc
+        self.fd = fd
         self.info = self._info()
         self._ncpu = possible_cpus() if self.info.percpu else 1
 

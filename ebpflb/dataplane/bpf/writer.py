@@ -12,12 +12,14 @@ seconds and a fraction of one.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import socket
 import struct
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 
+from ebpflb import maglev
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.ids import IdAllocator
 from ebpflb.dataplane.bpf.maps import (
@@ -61,6 +63,7 @@ _PACK_KEY = abi.PACK_LB4_KEY.pack
 
 _SRC_RANGES = int(abi.SvcFlag.SRC_RANGES)
 _DROP_EMPTY = int(abi.SvcFlag.DROP_EMPTY)
+_MAGLEV = int(abi.SvcFlag.MAGLEV)
 _NO_ADDRESS = bytes(4)
 
 
@@ -116,12 +119,74 @@ class _Batch:
         m.delete_batch_raw(b"".join(self.keys), len(self.keys))
 
 
+class MaglevTables:
+    """Each frontend's Maglev table as an inner map of ebpflb_mg4, replaced whole (a new
+    map swapped in with one update) whenever its active backends change, so a packet
+    sees the old table or the new one, never a mix. The slot -> backend order depends
+    only on the backends' names, so frontends with the same backends share the work."""
+
+    def __init__(self, outer: object, size: int) -> None:
+        from ebpflb.dataplane.bpf.syscall import PinnedMap
+
+        assert isinstance(outer, PinnedMap)
+        self.outer = outer
+        self.size = size
+        self._keys = b"".join(_U32(i) for i in range(size))
+        self._orders: dict[tuple[str, ...], list[int]] = {}
+
+    def _order(self, names: tuple[str, ...]) -> list[int]:
+        order = self._orders.get(names)
+        if order is None:
+            if len(self._orders) >= 4096:  # bounded: a cache, not a record
+                self._orders.clear()
+            order = self._orders[names] = maglev.table(names, self.size)
+        return order
+
+    def write(self, sid: int, slots: tuple[tuple[IPv4Address | IPv6Address, int], ...],
+              owned: dict[_IdKey, int]) -> None:
+        """The table of frontend `sid` over its active backends `slots` (none: no
+        table, and the kernel's random choice finds no slot either)."""
+        from ebpflb.dataplane.bpf.syscall import (
+            BPF_F_INNER_MAP,
+            BPF_MAP_TYPE_ARRAY,
+            PinnedMap,
+            map_create,
+        )
+
+        if not slots:
+            self.remove(sid)
+            return
+        ids = [owned[_id_key(a.packed, p)] for a, p in slots]
+        order = self._order(tuple(f"{a}:{p}" for a, p in slots))
+        values = b"".join([_U32(ids[i]) for i in order])
+        inner = PinnedMap(f"maglev table of frontend {sid}",
+                          fd=map_create(BPF_MAP_TYPE_ARRAY, 4, 4, self.size, "ebpflb_mgt",
+                                        flags=BPF_F_INNER_MAP))
+        try:
+            inner.update_batch_raw(self._keys, values, self.size)
+            self.outer.update(ctypes.c_uint32(sid), ctypes.c_uint32(inner.fd))
+        finally:
+            inner.close()  # the outer map holds the table now
+
+    def remove(self, sid: int) -> None:
+        with contextlib.suppress(OSError):
+            self.outer.delete(ctypes.c_uint32(sid))
+
+
 class MapWriter:
-    def __init__(self, maps: BpfMaps, *, max_services: int, max_backends: int) -> None:
+    def __init__(self, maps: BpfMaps, *, max_services: int, max_backends: int,
+                 maglev_size: int = 0) -> None:
         self.maps = maps
         self.max_services = max_services
         self.max_backends = max_backends
+        self.maglev = MaglevTables(maps.maglev, maglev_size) if maglev_size else None
         self.reload()
+
+    def forget(self) -> None:
+        """Forget what the service entries hold, keeping every id: the next plan from
+        `frontends` writes every frontend again (after a change of the backend-choice
+        algorithm, which the entries encode but FrontendState does not)."""
+        self.frontends.clear()
 
     def reload(self) -> None:
         """Re-read every id from the maps (on start, and after a failed write)."""
@@ -268,6 +333,9 @@ class MapWriter:
             svc.keys.append(_PACK_KEY(address, port, _PROTO_NUMBERS[fe.protocol], 0))
             flags = (_KIND_BITS[fe.kind] | (_SRC_RANGES if st.source_ranges else 0)
                      | (_DROP_EMPTY if st.drop_when_empty else 0))
+            if self.maglev is not None:
+                flags |= _MAGLEV
+                self.maglev.write(sid, st.slots, owned)
             snat = st.snat_address.packed if st.snat_address else _NO_ADDRESS
             svc.values.append(pack_svc(sid, count, flags, st.affinity_timeout, snat))
             self._write_src_ranges(sid, st.source_ranges)
@@ -341,6 +409,8 @@ class MapWriter:
         bes.delete(self.maps.backends)
         for sid in freed:
             self._stale_ranges += [(sid, net) for net in self.src_ranges.pop(sid, ())]
+            if self.maglev is not None:
+                self.maglev.remove(sid)
             self.svc_alloc.free(sid)
             self._dirty_stats.add(sid)
         self._delete_stale_ranges()

@@ -34,6 +34,7 @@ class UserspaceConfig:
     publish_interval: float = 0.5  # at most this often, when something changed
     publish_idle: float = 5.0  # and at least this often
     netns: str | None = None  # run the proxy in this netns file (tests); None: ours
+    maglev_table_size: int = 0  # > 0: new flows choose by Maglev tables of this size
 
 
 def device_addresses(frontends: Mapping[FrontendKey, FrontendState]) -> set[IPAddress]:
@@ -75,7 +76,8 @@ class UserspaceDataplane:
                                           udp_idle_timeout=c.udp_idle_timeout,
                                           max_udp_sessions=c.max_udp_sessions,
                                           connect_timeout=c.connect_timeout, splice=c.splice,
-                                          tick=min(c.publish_interval, 1.0)),
+                                          tick=min(c.publish_interval, 1.0),
+                                          maglev_table_size=c.maglev_table_size),
                              on_tick=self._tick)
         # Start from an empty table; the device may hold a previous run's addresses,
         # which the first apply removes if no frontend wants them.

@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from ebpflb import maglev
 from ebpflb.dataplane.userspace.device import DEVICE_NAME, DummyDevice
 from ebpflb.dataplane.userspace.reactor import IN, Reactor
 from ebpflb.dataplane.userspace.target import Target
@@ -91,6 +92,7 @@ class EngineConfig:
     connect_timeout: float = 5.0
     splice: bool = True
     tick: float = 0.5  # seconds between upkeep passes (expiry, connect timeouts, publishing)
+    maglev_table_size: int = 0  # > 0: new flows choose by Maglev tables of this size
 
 
 def _setns(path: str) -> None:
@@ -113,10 +115,21 @@ class FrontendRuntime:
         self.svc_id = svc_id
         self.targets: dict[BackendKey, Target] = {}  # every backend
         self.slot_targets: tuple[Target, ...] = ()  # the active ones, in slot order
+        self.maglev: list[int] = []  # Maglev table: slot -> index into slot_targets
         self.sock: socket.socket | None = None
         self.conns: set[TcpConn] = set()
         self.sessions: OrderedDict[Any, UdpSession] = OrderedDict()
         self.rx_packets = self.rx_bytes = self.tx_packets = self.tx_bytes = 0
+
+    def preferred(self, host: str, port: int, size: int) -> Target | None:
+        """The backend this frontend's Maglev table gives a new flow from host:port,
+        as the kernel path would (None without a table)."""
+        if not self.maglev:
+            return None
+        front = self.state.frontend
+        h = maglev.flow_hash(ipaddress.ip_address(host), port, front.address, front.port,
+                             front.protocol)
+        return self.slot_targets[self.maglev[h % size]]
 
     def admits(self, host: str) -> bool:
         """Whether loadBalancerSourceRanges let this client in (no ranges: everyone)."""
@@ -333,7 +346,11 @@ class Engine:
         for k in sorted(keep - fe.targets.keys()):
             fe.targets[k] = Target(k, self._next_backend_id)
             self._next_backend_id += 1
-        fe.slot_targets = tuple([fe.targets[k] for k in fe.state.slots])
+        slots = tuple([fe.targets[k] for k in fe.state.slots])
+        size = self.config.maglev_table_size
+        if size and (slots != fe.slot_targets or not fe.maglev):
+            fe.maglev = maglev.table([f"{a}:{p}" for a, p in fe.state.slots], size)
+        fe.slot_targets = slots
 
     def _add_frontend(self, st: FrontendState) -> FrontendRuntime:
         fe = FrontendRuntime(st, self._next_svc_id)
@@ -482,7 +499,9 @@ class Engine:
         st = fe.state
         key = choose_backend(fe.slot_targets, client=client[0],
                              affinity_timeout=st.affinity_timeout, affinity=self.affinity,
-                             frontend=fe.svc_id)
+                             frontend=fe.svc_id,
+                             preferred=fe.preferred(client[0], client[1],
+                                                    self.config.maglev_table_size))
         if key is None:
             self.counters["no_backend"] += 1
             return None

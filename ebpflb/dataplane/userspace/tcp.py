@@ -219,10 +219,12 @@ class TcpConn:
         eng = self.eng
         fe = self.fe
         st = fe.state
+        preferred = fe.preferred(self.caddr[0], self.caddr[1], eng.config.maglev_table_size)
         while len(self.tried) < MAX_CONNECT_ATTEMPTS:
             key = choose_backend(fe.slot_targets, client=self.caddr[0],
                                  affinity_timeout=st.affinity_timeout, exclude=self.tried,
-                                 affinity=eng.affinity, frontend=fe.svc_id)
+                                 affinity=eng.affinity, frontend=fe.svc_id,
+                                 preferred=preferred)
             if key is None:
                 break
             self.tried += (key,)

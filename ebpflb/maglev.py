@@ -1,0 +1,92 @@
+"""Maglev consistent hashing (Eisenbud et al., "Maglev: A Fast and Reliable Software
+Network Load Balancer", NSDI 2016), the optional backend choice of both data paths.
+
+Each frontend gets a lookup table of M slots (M prime) filled with its active
+backends: every backend walks its own permutation of the slots (an offset and a skip
+from two hashes of its name) and the backends take turns claiming their next free
+slot, so each gets M/N slots, give or take one. A new flow goes to the backend in
+slot hash(5-tuple) mod M. Unlike a random choice, every node picks the same backend
+for the same flow, and adding or removing one backend moves about 1/N of the flows.
+
+The table is computed here, once per set of backends, and written into the kernel's
+per-frontend table map; the kernel only looks it up. `flow_hash` is the kernel's
+`lb4_flow_hash`, bit for bit (on the same network-order words), so the userspace path
+and anyone explaining a choice get the kernel's answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import Sequence
+
+from ebpflb.model import IPAddress, Protocol
+
+# Primes, as Cilium offers them: M should be well above 100 x the backend count for
+# the share of each backend to stay within about 1% of 1/N.
+TABLE_SIZES = (251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521)
+DEFAULT_TABLE_SIZE = 1021
+FLOW_HASH_SEED = 0x6562706C  # bpf/lib/consts.h
+_MASK = 0xFFFFFFFF
+
+
+def _name_hash(name: str, salt: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8, salt=salt).digest(),
+                          "little")
+
+
+def table(names: Sequence[str], size: int = DEFAULT_TABLE_SIZE) -> list[int]:
+    """The Maglev table: slot -> index into `names` (the active backends, each named
+    by "address:port" so that every node computes the same table). [] for none."""
+    if size not in TABLE_SIZES:
+        raise ValueError(f"Maglev table size {size} is not one of {TABLE_SIZES}")
+    n = len(names)
+    if n == 0:
+        return []
+    offsets = [_name_hash(b, b"offset") % size for b in names]
+    skips = [_name_hash(b, b"skip") % (size - 1) + 1 for b in names]
+    nexts = [0] * n
+    entry = [-1] * size
+    filled = 0
+    while True:
+        for i in range(n):
+            offset, skip = offsets[i], skips[i]
+            j = nexts[i]
+            slot = (offset + j * skip) % size
+            while entry[slot] >= 0:
+                j += 1
+                slot = (offset + j * skip) % size
+            entry[slot] = i
+            nexts[i] = j + 1
+            filled += 1
+            if filled == size:
+                return entry
+
+
+def _mix32(x: int) -> int:
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & _MASK
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & _MASK
+    x ^= x >> 16
+    return x
+
+
+def _word(address: IPAddress) -> int:
+    """An IPv4 address as the kernel reads its __be32 (network-order bytes, host-order
+    integer)."""
+    return int.from_bytes(address.packed, sys.byteorder)
+
+
+def _be16(port: int) -> int:
+    return int.from_bytes(port.to_bytes(2, "big"), sys.byteorder)
+
+
+def flow_hash(client: IPAddress, client_port: int, frontend: IPAddress, frontend_port: int,
+              protocol: Protocol) -> int:
+    """The kernel's lb4_flow_hash of a flow's first packet (client -> frontend)."""
+    h = FLOW_HASH_SEED
+    h = _mix32(h ^ _word(client))
+    h = _mix32(h ^ _word(frontend))
+    h = _mix32(h ^ ((_be16(client_port) << 16) | _be16(frontend_port)))
+    return _mix32(h ^ protocol.number)

@@ -1,0 +1,75 @@
+"""Maglev tables and the flow hash (ebpflb/maglev.py): an even share per backend, few
+flows moved when one backend comes or goes, the same table on every node."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+
+import pytest
+
+from ebpflb import maglev
+from ebpflb.model import Protocol
+
+NAMES = [f"10.244.{i // 250}.{i % 250 + 1}:8080" for i in range(10)]
+
+
+@pytest.mark.parametrize("size", [251, 1021, 16381])
+@pytest.mark.parametrize("n", [1, 3, 10])
+def test_every_slot_is_filled_and_shares_differ_by_at_most_one(size: int, n: int) -> None:
+    t = maglev.table(NAMES[:n], size)
+    assert len(t) == size and set(t) == set(range(n))
+    counts = Counter(t).values()
+    assert max(counts) - min(counts) <= 1
+
+
+def test_the_table_depends_only_on_the_names() -> None:
+    assert maglev.table(NAMES, 1021) == maglev.table(list(NAMES), 1021)
+    assert maglev.table(NAMES, 1021) != maglev.table(NAMES[::-1], 1021)  # order names it
+
+
+def _owners(names: list[str], size: int) -> list[str]:
+    return [names[i] for i in maglev.table(names, size)]
+
+
+def test_removing_one_backend_moves_little_else() -> None:
+    before = _owners(NAMES, 16381)
+    after = _owners(NAMES[:4] + NAMES[5:], 16381)
+    kept = [i for i, owner in enumerate(before) if owner != NAMES[4]]
+    moved = sum(1 for i in kept if after[i] != before[i])
+    # Only the removed backend's slots must move; Maglev moves a few more, not many.
+    assert moved / len(kept) < 0.03
+    assert all(after[i] != NAMES[4] for i in range(16381))
+
+
+def test_adding_one_backend_takes_about_its_share() -> None:
+    before = _owners(NAMES[:9], 16381)
+    after = _owners(NAMES, 16381)
+    changed = sum(1 for a, b in zip(before, after, strict=True) if a != b)
+    share = 16381 / 10
+    assert changed >= share * 0.99 and changed < share * 1.3
+
+
+def test_sizes_outside_the_list_are_refused() -> None:
+    with pytest.raises(ValueError, match="not one of"):
+        maglev.table(NAMES, 1000)
+
+
+def test_no_backend_no_table() -> None:
+    assert maglev.table([], 1021) == []
+
+
+def test_the_flow_hash_spreads_flows_evenly() -> None:
+    client = ipaddress.IPv4Address("10.244.0.200")
+    vip = ipaddress.IPv4Address("10.96.0.10")
+    t = maglev.table(NAMES[:4], 1021)
+    picks = Counter(t[maglev.flow_hash(client, port, vip, 80, Protocol.TCP) % 1021]
+                    for port in range(30000, 34000))
+    assert set(picks) == {0, 1, 2, 3}
+    assert min(picks.values()) > 4000 / 4 * 0.85
+    # every field counts
+    base = maglev.flow_hash(client, 40000, vip, 80, Protocol.TCP)
+    assert len({base, maglev.flow_hash(client, 40000, vip, 80, Protocol.UDP),
+                maglev.flow_hash(client, 40001, vip, 80, Protocol.TCP),
+                maglev.flow_hash(client, 40000, vip, 81, Protocol.TCP),
+                maglev.flow_hash(vip, 40000, client, 80, Protocol.TCP)}) == 5
