@@ -115,6 +115,9 @@ def test_a_restarted_agent_takes_back_what_an_earlier_one_left_reserved(tmp_path
     ("--nodeport-range", "40000-30000", "--nodeport-range"),
     ("--nodeport-range", "x", "--nodeport-range"),
     ("--zone", " ", "--zone"),
+    ("--maglev-table-size", "1000", "--maglev-table-size"),
+    ("--lb-algorithm", "roundrobin", "--lb-algorithm"),
+    ("--sync-period", "-1", "--sync-period"),
 ])
 def test_agent_refuses_bad_values_with_exit_2(tmp_path: Path, option, value, named):
     result = CliRunner().invoke(app, ["agent", "--manifests", str(tmp_path), option, value,
