@@ -96,6 +96,7 @@ class Scale:
     work: Path
     api: ApiServerStandIn
     agent: subprocess.Popen[bytes] | None = None
+    agent_args: tuple[str, ...] = ()
 
     @property
     def pin_dir(self) -> str:
@@ -111,7 +112,7 @@ class Scale:
                 "--dataplane", "bpf", "--node-name", NODE, "--pin-dir", self.pin_dir,
                 "--state-dir", self.state_dir, "--min-sync-interval", "0",
                 "--max-services", str(abi.DEFAULT_MAX_SERVICES),
-                "--max-backends", str(abi.DEFAULT_MAX_BACKENDS)]
+                "--max-backends", str(abi.DEFAULT_MAX_BACKENDS), *self.agent_args]
         log = open(self.work / "agent.log", "ab")  # noqa: SIM115 - the child holds it
         try:
             self.agent = netns.spawn(self.ns, argv, stdout=log, stderr=subprocess.STDOUT,
@@ -154,14 +155,14 @@ class Scale:
 
 
 @contextlib.contextmanager
-def scale_env(n: int) -> Iterator[Scale]:
+def scale_env(n: int, agent_args: tuple[str, ...] = ()) -> Iterator[Scale]:
     ns = f"elbcp-{secrets.token_hex(3)}"
     pin_root = f"/run/elbcp-{secrets.token_hex(3)}"
     with tempfile.TemporaryDirectory(prefix="elbcp-") as work:
         netns.create(ns)
         mounted = False
         api = ApiServerStandIn(netns=ns)
-        s = Scale(n, ns, pin_root, Path(work), api)
+        s = Scale(n, ns, pin_root, Path(work), api, agent_args=agent_args)
         try:
             netns.run(ns, ["ip", "link", "set", "lo", "up"])
             os.makedirs(pin_root)
@@ -218,8 +219,8 @@ def events(s: Scale, count: int) -> list[float]:
     return sorted(latencies)
 
 
-def run_scale(n: int, event_count: int) -> dict[str, Any]:
-    with scale_env(n) as s:
+def run_scale(n: int, event_count: int, lb_algorithm: str = "random") -> dict[str, Any]:
+    with scale_env(n, ("--lb-algorithm", lb_algorithm)) as s:
         t = time.perf_counter()
         for i in range(n):
             s.api.apply(service(i))
@@ -241,7 +242,8 @@ def run_scale(n: int, event_count: int) -> dict[str, Any]:
         again = s.wait_synced(timeout=600)
         restart_s = time.perf_counter() - t
         return {
-            "services": n, "endpoints": n * ENDPOINTS, "populate_s": populate_s,
+            "services": n, "endpoints": n * ENDPOINTS, "lb_algorithm": lb_algorithm,
+            "populate_s": populate_s,
             "full_sync_s": first["last_full_sync_seconds"], "start_to_synced_s": ready_s,
             "event_p50_ms": statistics.median(lat) * 1e3,
             "event_p99_ms": lat[max(0, int(len(lat) * 0.99) - 1)] * 1e3,
@@ -302,16 +304,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--events", type=int, default=EVENTS)
     ap.add_argument("--scales", type=lambda v: tuple(int(x) for x in v.split(",")),
                     help="comma-separated Service counts (default 1000,10000,30000)")
+    ap.add_argument("--lb-algorithm", choices=("random", "maglev"), default="random",
+                    help="the agent's backend choice (maglev: a table written per frontend)")
     args = ap.parse_args(argv)
     scales = args.scales or ((1_000,) if args.quick else SCALES)
     rows = []
     for n in scales:
-        row = run_scale(n, 50 if args.quick else args.events)
+        row = run_scale(n, 50 if args.quick else args.events, args.lb_algorithm)
         row["iptables_restore_s"], row["iptables_rules"] = iptables_restore_seconds(n)
         rows.append(row)
         print(f"  {n} Services done", flush=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(rows, indent=2))
+    results = RESULTS if args.lb_algorithm == "random" else RESULTS.with_name(
+        f"controlplane-{args.lb_algorithm}.json")
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(rows, indent=2))
     report(rows)
     return 0
 

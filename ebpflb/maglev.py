@@ -43,21 +43,22 @@ def table(names: Sequence[str], size: int = DEFAULT_TABLE_SIZE) -> list[int]:
     n = len(names)
     if n == 0:
         return []
-    offsets = [_name_hash(b, b"offset") % size for b in names]
+    # Each backend's permutation is offset, offset+skip, offset+2*skip... (mod size);
+    # `cursor` is where each one's walk stands, advanced by adding (no multiply, no %).
+    cursor = [_name_hash(b, b"offset") % size for b in names]
     skips = [_name_hash(b, b"skip") % (size - 1) + 1 for b in names]
-    nexts = [0] * n
     entry = [-1] * size
     filled = 0
     while True:
         for i in range(n):
-            offset, skip = offsets[i], skips[i]
-            j = nexts[i]
-            slot = (offset + j * skip) % size
+            slot, skip = cursor[i], skips[i]
             while entry[slot] >= 0:
-                j += 1
-                slot = (offset + j * skip) % size
+                slot += skip
+                if slot >= size:
+                    slot -= size
             entry[slot] = i
-            nexts[i] = j + 1
+            slot += skip
+            cursor[i] = slot - size if slot >= size else slot
             filled += 1
             if filled == size:
                 return entry

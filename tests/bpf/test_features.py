@@ -286,10 +286,11 @@ def _maglev_writer(maps: Maps, backends: list[tuple[str, int, bool]]
     return bmaps, writer
 
 
-def _maglev_pick(slots: tuple[tuple[IPAddress, int], ...], sport: int) -> tuple[str, int]:
+def _maglev_pick(slots: tuple[tuple[IPAddress, int], ...], sport: int,
+                 frontend: str = CLUSTER_IP) -> tuple[str, int]:
     table = maglev.table([f"{a}:{p}" for a, p in slots], 1021)
     h = maglev.flow_hash(ipaddress.IPv4Address(CLIENT), sport,
-                         ipaddress.IPv4Address(CLUSTER_IP), 80, Protocol.TCP)
+                         ipaddress.IPv4Address(frontend), 80, Protocol.TCP)
     address, port = slots[table[h % 1021]]
     return str(address), port
 
@@ -323,5 +324,27 @@ def test_maglev_moves_only_the_flows_of_a_backend_that_leaves(maps: Maps, run: R
         stayed = [(b, a) for b, a in zip(before, after, strict=True) if b != "10.244.1.3"]
         assert sum(1 for b, a in stayed if a != b) <= len(stayed) * 0.05
         assert "10.244.1.3" not in after
+    finally:
+        bmaps.close()
+
+
+def test_maglev_table_of_a_reused_frontend_id_is_rewritten(maps: Maps, run: RunFn) -> None:
+    """A deleted frontend's table stays with its id (no RCU wait to remove it); the next
+    frontend given that id gets its own table before its entry is written."""
+    a = entry(CLUSTER_IP, 80, [("10.244.9.1", 8080, True)])
+    b = entry("10.96.0.99", 80, [("10.244.9.2", 8080, True), ("10.244.9.3", 8080, True)])
+    c = entry("10.96.0.50", 80, [(f"10.244.1.{i}", 8080, True) for i in range(4, 7)])
+    bmaps, writer = _maglev_writer(maps, [("10.244.9.1", 8080, True)])
+    try:
+        writer.apply(diff(writer.frontends, desired_frontends(state(a, b))))
+        writer.apply(diff(writer.frontends, desired_frontends(state(a))))  # b's id 2 freed
+        restarted = MapWriter(bmaps, max_services=MAX_SERVICES, max_backends=MAX_BACKENDS,
+                              maglev_size=1021)
+        restarted.apply(diff(restarted.frontends, desired_frontends(state(a, c))))
+        assert restarted.svc_ids[c.frontend.key] == 2  # b's id, and its old table
+        st = restarted.frontends[c.frontend.key]
+        for sport in range(20000, 20100):
+            out = pk.parse(run(pk.frame(pk.Flow(pk.TCP, CLIENT, "10.96.0.50", sport, 80))).data)
+            assert (out.daddr, out.dport) == _maglev_pick(st.slots, sport, "10.96.0.50")
     finally:
         bmaps.close()

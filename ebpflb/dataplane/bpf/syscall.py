@@ -28,6 +28,7 @@ BPF_MAP_GET_NEXT_KEY = 4
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
 BPF_PROG_TEST_RUN = 10
+BPF_MAP_GET_FD_BY_ID = 14
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_MAP_LOOKUP_BATCH = 24
 BPF_MAP_UPDATE_BATCH = 26
@@ -165,6 +166,19 @@ def map_create(map_type: int, key_size: int, value_size: int, max_entries: int,
     return _bpf(BPF_MAP_CREATE, _CreateAttr(map_type=map_type, key_size=key_size,
                                             value_size=value_size, max_entries=max_entries,
                                             map_flags=flags, map_name=name.encode()[:15]))
+
+
+class _GetIdAttr(ctypes.Structure):
+    _fields_ = [
+        ("id", ctypes.c_uint32),
+        ("next_id", ctypes.c_uint32),
+        ("open_flags", ctypes.c_uint32),
+    ]
+
+
+def map_fd_by_id(map_id: int) -> int:
+    """A new fd for the map with this id (an inner map found in an outer one)."""
+    return _bpf(BPF_MAP_GET_FD_BY_ID, _GetIdAttr(id=map_id))
 
 
 def obj_pin(fd: int, path: str) -> None:

@@ -12,11 +12,11 @@ seconds and a fraction of one.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import logging
 import socket
 import struct
+from array import array
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 
 from ebpflb import maglev
@@ -28,6 +28,13 @@ from ebpflb.dataplane.bpf.maps import (
     BpfMaps,
     MapState,
     read_state,
+)
+from ebpflb.dataplane.bpf.syscall import (
+    BPF_F_INNER_MAP,
+    BPF_MAP_TYPE_ARRAY,
+    PinnedMap,
+    map_create,
+    map_fd_by_id,
 )
 from ebpflb.errors import CapacityError
 from ebpflb.gcpause import no_full_collections
@@ -90,11 +97,8 @@ def pack_meta(pn: ServicePortName) -> bytes:
                                      pn.service.name.encode()[:63], pn.port.encode()[:15])
 
 
-def _update(m: object, keys: list[bytes], values: list[bytes]) -> None:
+def _update(m: PinnedMap, keys: list[bytes], values: list[bytes]) -> None:
     """One batch update of packed keys and values."""
-    from ebpflb.dataplane.bpf.syscall import PinnedMap
-
-    assert isinstance(m, PinnedMap)
     m.update_batch_raw(b"".join(keys), b"".join(values), len(keys))
 
 
@@ -109,68 +113,93 @@ class _Batch:
         self.keys.append(key)
         self.values.append(value)
 
-    def update(self, m: object) -> None:
+    def update(self, m: PinnedMap) -> None:
         _update(m, self.keys, self.values)
 
-    def delete(self, m: object) -> None:
-        from ebpflb.dataplane.bpf.syscall import PinnedMap
-
-        assert isinstance(m, PinnedMap)
+    def delete(self, m: PinnedMap) -> None:
         m.delete_batch_raw(b"".join(self.keys), len(self.keys))
 
 
 class MaglevTables:
-    """Each frontend's Maglev table as an inner map of ebpflb_mg4, replaced whole (a new
-    map swapped in with one update) whenever its active backends change, so a packet
-    sees the old table or the new one, never a mix. The slot -> backend order depends
-    only on the backends' names, so frontends with the same backends share the work."""
+    """Each frontend's Maglev table, an inner map of ebpflb_mg4.
 
-    def __init__(self, outer: object, size: int) -> None:
-        from ebpflb.dataplane.bpf.syscall import PinnedMap
+    A table is rewritten in place when its frontend's active backends change: a packet
+    in between may meet some old and some new slots, each naming a backend of the
+    frontend (or one leaving it, which the kernel then passes over for a random one).
+    Swapping a new inner map in instead would make every update wait for an RCU grace
+    period (about 9 ms here), so only new frontends' tables are put into the outer map,
+    all of a plan's at once with one batch update (one wait). A table stays with its
+    frontend id after the frontend is deleted (no wait for that either) and is
+    rewritten in place when the id is given out again; the kernel never reads a table
+    without a service entry that uses it. The slot -> backend order depends only on
+    the backends' names, so frontends with the same backends share the work."""
 
-        assert isinstance(outer, PinnedMap)
+    def __init__(self, outer: PinnedMap, size: int) -> None:
         self.outer = outer
         self.size = size
         self._keys = b"".join(_U32(i) for i in range(size))
         self._orders: dict[tuple[str, ...], list[int]] = {}
+        self._new: list[tuple[int, PinnedMap]] = []  # (frontend id, new table): pending
 
     def _order(self, names: tuple[str, ...]) -> list[int]:
+        """The table over these names; computed once per write phase (a Service port's
+        ClusterIP and NodePort frontends share it), forgotten after it (`flush`)."""
         order = self._orders.get(names)
         if order is None:
-            if len(self._orders) >= 4096:  # bounded: a cache, not a record
-                self._orders.clear()
             order = self._orders[names] = maglev.table(names, self.size)
         return order
 
     def write(self, sid: int, slots: tuple[tuple[IPv4Address | IPv6Address, int], ...],
               owned: dict[_IdKey, int]) -> None:
-        """The table of frontend `sid` over its active backends `slots` (none: no
-        table, and the kernel's random choice finds no slot either)."""
-        from ebpflb.dataplane.bpf.syscall import (
-            BPF_F_INNER_MAP,
-            BPF_MAP_TYPE_ARRAY,
-            PinnedMap,
-            map_create,
-        )
-
+        """Fill frontend `sid`'s table from its active backends `slots` (none: nothing
+        to fill; the kernel finds no backend before it looks at a table)."""
         if not slots:
-            self.remove(sid)
             return
         ids = [owned[_id_key(a.packed, p)] for a, p in slots]
         order = self._order(tuple(f"{a}:{p}" for a, p in slots))
-        values = b"".join([_U32(ids[i]) for i in order])
-        inner = PinnedMap(f"maglev table of frontend {sid}",
-                          fd=map_create(BPF_MAP_TYPE_ARRAY, 4, 4, self.size, "ebpflb_mgt",
-                                        flags=BPF_F_INNER_MAP))
+        values = array("I", map(ids.__getitem__, order)).tobytes()  # native: as the map
+        table = self._held(sid)
+        if table is not None:
+            with table:
+                table.update_batch_raw(self._keys, values, self.size)
+            return
+        table = self._create(sid)
         try:
-            inner.update_batch_raw(self._keys, values, self.size)
-            self.outer.update(ctypes.c_uint32(sid), ctypes.c_uint32(inner.fd))
-        finally:
-            inner.close()  # the outer map holds the table now
+            table.update_batch_raw(self._keys, values, self.size)
+        except BaseException:
+            table.close()
+            raise
+        self._new.append((sid, table))
 
-    def remove(self, sid: int) -> None:
-        with contextlib.suppress(OSError):
-            self.outer.delete(ctypes.c_uint32(sid))
+    def flush(self) -> None:
+        """End of a write phase: put the new tables into the outer map (one batch, one
+        RCU wait)."""
+        self._orders.clear()
+        if not self._new:
+            return
+        new, self._new = self._new, []
+        try:
+            self.outer.update_batch_raw(b"".join(_U32(sid) for sid, _ in new),
+                                        b"".join(_U32(t.fd) for _, t in new), len(new))
+        finally:
+            for _, t in new:
+                t.close()  # the outer map holds them now
+
+    def _held(self, sid: int) -> PinnedMap | None:
+        """The table the outer map holds for `sid`, if it has this size."""
+        found = self.outer.lookup(ctypes.c_uint32(sid), ctypes.c_uint32)
+        if found is None:
+            return None
+        table = PinnedMap(f"maglev table of frontend {sid}", fd=map_fd_by_id(found.value))
+        if table.info.max_entries != self.size:  # made for another --maglev-table-size
+            table.close()
+            return None
+        return table
+
+    def _create(self, sid: int) -> PinnedMap:
+        return PinnedMap(f"maglev table of frontend {sid}",
+                         fd=map_create(BPF_MAP_TYPE_ARRAY, 4, 4, self.size, "ebpflb_mgt",
+                                       flags=BPF_F_INNER_MAP))
 
 
 class MapWriter:
@@ -344,6 +373,8 @@ class MapWriter:
         slots.update(self.maps.slots)
         rnat.update(self.maps.rnat)
         meta.update(self.maps.meta)
+        if self.maglev is not None:
+            self.maglev.flush()  # the tables before the entries that use them
         svc.update(self.maps.svc)
         stale.delete(self.maps.slots)
         self._delete_stale_ranges()
@@ -409,8 +440,6 @@ class MapWriter:
         bes.delete(self.maps.backends)
         for sid in freed:
             self._stale_ranges += [(sid, net) for net in self.src_ranges.pop(sid, ())]
-            if self.maglev is not None:
-                self.maglev.remove(sid)
             self.svc_alloc.free(sid)
             self._dirty_stats.add(sid)
         self._delete_stale_ranges()
