@@ -8,6 +8,7 @@ import typer
 from ebpflb.cli import agent as _agent
 from ebpflb.cli import diff as _diff
 from ebpflb.cli import doctor as _doctor
+from ebpflb.cli import explain as _explain
 from ebpflb.cli import inspect as _inspect
 from ebpflb.cli import status as _status
 from ebpflb.cli.lab import app as lab_app
@@ -27,6 +28,7 @@ app.command()(_inspect.stats)
 app.command()(_status.status)
 app.command()(_doctor.doctor)
 app.command()(_diff.diff)
+app.command()(_explain.explain)
 app.add_typer(lab_app, name="lab")
 
 
