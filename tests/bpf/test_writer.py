@@ -92,3 +92,43 @@ def test_changing_held_backends_needs_no_room(maps: Maps) -> None:
         assert _held(maps) == desired_frontends(b)
     finally:
         writer.maps.close()
+
+
+def _maglev_tables_match(maps: Maps, writer: MapWriter, size: int) -> None:
+    """Every frontend with active backends has a table in the kernel equal to the one
+    ebpflb.maglev computes over its slots (as backend ids)."""
+    import ctypes
+
+    from ebpflb import maglev
+    from ebpflb.dataplane.bpf.syscall import PinnedMap, map_fd_by_id
+    from ebpflb.dataplane.bpf.writer import _id_key
+
+    for key, st in writer.frontends.items():
+        if not st.slots:
+            continue
+        sid = writer.svc_ids[key]
+        owned = writer._backend_ids[sid]
+        want = [owned[_id_key(st.slots[i][0].packed, st.slots[i][1])]
+                for i in maglev.table([f"{a}:{p}" for a, p in st.slots], size)]
+        table_id = maps.maglev.lookup(ctypes.c_uint32(sid), ctypes.c_uint32)
+        assert table_id is not None, st.frontend
+        with PinnedMap("table", fd=map_fd_by_id(table_id.value)) as table:
+            got = [table.lookup(ctypes.c_uint32(i), ctypes.c_uint32) for i in range(size)]
+        assert [g.value for g in got if g is not None] == want, st.frontend
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(a=state_st, b=state_st)
+def test_maglev_tables_follow_any_a_to_any_b(maps: Maps, a, b) -> None:
+    maps.clear()
+    writer = MapWriter(BpfMaps(maps.pin_dir), max_services=MAX_SERVICES,
+                       max_backends=MAX_BACKENDS, maglev_size=251)
+    try:
+        writer.apply(diff(writer.frontends, desired_frontends(a)))
+        _maglev_tables_match(maps, writer, 251)
+        writer.apply(diff(writer.frontends, desired_frontends(b)))
+        _maglev_tables_match(maps, writer, 251)
+        assert _held(maps) == desired_frontends(b)
+    finally:
+        writer.maps.close()
