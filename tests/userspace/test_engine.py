@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import secrets
 import socket
 import socketserver
 import threading
@@ -295,11 +296,13 @@ def test_maglev_choice_is_the_kernel_paths(env: Env) -> None:
         assert not errors
         table = maglev.table([f"{a}:{p}" for a, p in st.slots], 1021)
         seen = set()
-        for sport in range(41000, 41030):
+        base = 41000 + secrets.randbelow(200) * 30  # fresh ports: no TIME_WAIT of a rerun
+        for sport in range(base, base + 30):
             h = maglev.flow_hash(IP(CLIENT_A), sport, IP(FRONT_IP), env.tcp_port, Protocol.TCP)
             want = env.names[st.slots[table[h % 1021]][1]]
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
                 s.settimeout(5)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 s.bind((CLIENT_A, sport))
                 s.connect((FRONT_IP, env.tcp_port))
                 s.sendall(b"x")

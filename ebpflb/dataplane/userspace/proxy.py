@@ -121,6 +121,14 @@ class FrontendRuntime:
         self.sessions: OrderedDict[Any, UdpSession] = OrderedDict()
         self.rx_packets = self.rx_bytes = self.tx_packets = self.tx_bytes = 0
 
+    def conn_view(self, protocol: str, client: tuple[str, int], backend: Target,
+                  created: float, last_seen: float, now: float) -> ConnView:
+        """One flow of this frontend as `ebpflb conntrack` shows it."""
+        front = self.state.frontend
+        return ConnView(protocol, ipaddress.ip_address(client[0]), client[1], front.address,
+                        front.port, backend.key[0], backend.key[1], backend.id, self.svc_id,
+                        str(self.state.port_name), now - created, now - last_seen)
+
     def preferred(self, host: str, port: int, size: int) -> Target | None:
         """The backend this frontend's Maglev table gives a new flow from host:port,
         as the kernel path would (None without a table)."""

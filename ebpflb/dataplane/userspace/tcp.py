@@ -27,7 +27,6 @@ What a new connection costs is what the proxy's request rate is made of, so:
 from __future__ import annotations
 
 import errno
-import ipaddress
 import logging
 import os
 import socket
@@ -353,9 +352,5 @@ class TcpConn:
     def view(self, now: float) -> ConnView | None:
         if self.up is None or self.backend is None:
             return None
-        fe = self.fe
-        front = fe.state.frontend
-        b = self.backend
-        return ConnView("TCP", ipaddress.ip_address(self.caddr[0]), self.caddr[1],
-                        front.address, front.port, b.key[0], b.key[1], b.id, fe.svc_id,
-                        str(fe.state.port_name), now - self.created, now - self.last_seen)
+        return self.fe.conn_view("TCP", self.caddr, self.backend, self.created,
+                                 self.last_seen, now)

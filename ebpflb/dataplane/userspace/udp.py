@@ -9,7 +9,6 @@ simply reported again, and an idle one costs no failed read."""
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from typing import TYPE_CHECKING, Any
 
@@ -67,9 +66,5 @@ class UdpSession:
         self.sock.close()
 
     def view(self, now: float) -> ConnView:
-        fe = self.fe
-        front = fe.state.frontend
-        b = self.backend
-        return ConnView("UDP", ipaddress.ip_address(self.client[0]), self.client[1],
-                        front.address, front.port, b.key[0], b.key[1], b.id, fe.svc_id,
-                        str(fe.state.port_name), now - self.created, now - self.last_seen)
+        return self.fe.conn_view("UDP", self.client, self.backend, self.created,
+                                 self.last_seen, now)
