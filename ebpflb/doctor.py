@@ -148,7 +148,9 @@ def check_rp_filter() -> Check:
     ok = value != "1"
     return Check("rp_filter", ok, f"net.ipv4.conf.all.rp_filter={value}",
                  "" if ok else "strict reverse-path filtering drops replies rewritten to a "
-                 "Service address; set rp_filter=0 or 2 on pod interfaces",
+                 "Service address; the agent sets rp_filter=0 on the interfaces it attaches "
+                 "to, but the kernel applies the larger of that and all.rp_filter: set "
+                 "net.ipv4.conf.all.rp_filter=0 or 2",
                  required=False)
 
 
