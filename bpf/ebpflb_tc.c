@@ -20,6 +20,7 @@
 #include "lib/ct.h"
 #include "lib/icmp.h"
 #include "lib/reject.h"
+#include "lib/sock.h"
 
 /* Map accessors declared in lib/maps.h: bcc rewrites map calls in this file only. */
 static __always_inline struct lb4_service *map_svc4_lookup(struct lb4_key *key)
@@ -52,6 +53,10 @@ static __always_inline __u32 *map_cfg_lookup(__u32 *index)
 { return ebpflb_cfg.lookup(index); }
 static __always_inline void *map_mg4_lookup(__u32 *svc_id)
 { return ebpflb_mg4.lookup(svc_id); }
+static __always_inline struct sknat4_value *map_sknat4_lookup(struct sknat4_key *key)
+{ return ebpflb_sknat4.lookup(key); }
+static __always_inline int map_sknat4_update(struct sknat4_key *key, struct sknat4_value *v)
+{ return ebpflb_sknat4.update(key, v); }
 
 /* Choose a backend for a new flow of svc: the client's affinity backend when it has a
  * valid one, else a random slot (remembered for affinity). 0 or DROP_*. */
@@ -210,4 +215,25 @@ int ebpflb_tc_egress(struct __sk_buff *skb)
 	else if (ret == 0)
 		ret = lb4_reverse(skb, &pkt);
 	return ret < 0 ? TC_ACT_SHOT : TC_ACT_OK;
+}
+
+/* Socket-LB (lib/sock.h): cgroup hooks for the sockets of the agent's own namespace. */
+int ebpflb_sock_connect4(struct bpf_sock_addr *ctx)
+{
+	return sock4_forward(ctx);
+}
+
+int ebpflb_sock_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return sock4_forward(ctx);
+}
+
+int ebpflb_sock_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	return sock4_reverse(ctx);
+}
+
+int ebpflb_sock_getpeername4(struct bpf_sock_addr *ctx)
+{
+	return sock4_reverse(ctx);
 }

@@ -9,6 +9,7 @@ import platform
 from dataclasses import dataclass
 
 from ebpflb.dataplane.bpf.bpffs import BPFFS_ROOT, bpffs_mounts
+from ebpflb.errors import EbpflbError
 
 CAP_NET_ADMIN = 12
 CAP_SYS_ADMIN = 21
@@ -154,6 +155,21 @@ def check_rp_filter() -> Check:
                  required=False)
 
 
+def check_socket_lb() -> Check:
+    """Socket-LB (the node's own sockets) needs a cgroup v2 hierarchy; without one the
+    bpf data path runs anyway, with those sockets untranslated."""
+    from ebpflb.dataplane.bpf.socklb import cgroup2_root
+
+    try:
+        root = cgroup2_root()
+    except EbpflbError as exc:
+        return Check("socket_lb", False, str(exc),
+                     "mount cgroup2 (mount -t cgroup2 none /sys/fs/cgroup/unified) so the "
+                     "node's own sockets reach Services", required=False)
+    return Check("socket_lb", True, f"cgroup v2 at {root}: the node's own sockets are "
+                 "translated at connect()", required=False)
+
+
 def check_userspace() -> Check:
     """The userspace proxy needs CAP_NET_ADMIN (its device and the frontend addresses)
     and pyroute2. Not required for bpf: a warning when it fails."""
@@ -173,7 +189,7 @@ def check_userspace() -> Check:
 
 def run_checks() -> Report:
     checks = [check_privileges(), check_kernel(), check_bcc(), check_headers(), check_bpffs(),
-              check_rp_filter()]
+              check_rp_filter(), check_socket_lb()]
     if all(c.ok for c in checks if c.required):
         checks.append(check_compile())
     checks.append(check_userspace())

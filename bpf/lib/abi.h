@@ -95,6 +95,22 @@ struct srcrange4_key {
 	__be32 address;
 };
 
+/* Socket-LB reverse map key: a socket and the backend it was sent to at connect() or
+ * sendmsg(), so its peer name and received datagrams show the frontend again. */
+struct sknat4_key {
+	__u64 cookie;		/* bpf_get_socket_cookie() */
+	__be32 address;		/* backend address */
+	__be16 port;		/* backend port */
+	__u16 pad;
+};
+
+/* Socket-LB reverse map value: the frontend the socket asked for. */
+struct sknat4_value {
+	__be32 address;
+	__be16 port;
+	__u16 pad;
+};
+
 /* Per-frontend counters (per-CPU array indexed by frontend id). */
 struct lb_stats {
 	__u64 rx_packets;	/* client -> service packets translated */
@@ -121,6 +137,8 @@ _Static_assert(sizeof(struct ct4_value) == 40, "ct4_value");
 _Static_assert(sizeof(struct aff4_key) == 8, "aff4_key");
 _Static_assert(sizeof(struct aff4_value) == 16, "aff4_value");
 _Static_assert(sizeof(struct srcrange4_key) == 12, "srcrange4_key");
+_Static_assert(sizeof(struct sknat4_key) == 16, "sknat4_key");
+_Static_assert(sizeof(struct sknat4_value) == 8, "sknat4_value");
 _Static_assert(sizeof(struct lb_stats) == 32, "lb_stats");
 _Static_assert(sizeof(struct lb_svc_meta) == 144, "lb_svc_meta");
 

@@ -18,6 +18,9 @@
 #ifndef MAX_AFFINITY
 #define MAX_AFFINITY 65536	/* (client, frontend) session-affinity entries */
 #endif
+#ifndef MAX_SOCK_NAT
+#define MAX_SOCK_NAT 65536	/* (socket, backend) pairs of translated host sockets */
+#endif
 #ifndef MAX_SRC_RANGES
 #define MAX_SRC_RANGES 16384	/* loadBalancerSourceRanges entries, all frontends */
 #endif
@@ -46,6 +49,8 @@
 /* ebpflb_cfg: settings the agent writes, by index. */
 #define CFG_HOST_BACKENDS	0	/* non-zero: some backend is an address of this node */
 #define CFG_MAGLEV_SIZE		1	/* entries of every Maglev table; 0 = no Maglev */
+#define CFG_NETNS_LO		2	/* the agent's netns cookie, low and high words: */
+#define CFG_NETNS_HI		3	/* socket-LB translates sockets of that netns only */
 #define CFG_MAX			4
 
 /* lb4_backend.flags */
@@ -72,6 +77,7 @@
 #define GSTAT_HAIRPIN		12	/* new flow of a pod to its own Service and itself */
 #define GSTAT_ICMP_ERROR	13	/* ICMP error about a flow reverse-translated */
 #define GSTAT_REJECT		14	/* new flow to a Service without endpoints refused */
+#define GSTAT_SOCK_LB		15	/* host socket translated at connect() or sendmsg() */
 #define GSTAT_MAX		16	/* room for more without a new map */
 
 #endif

@@ -106,25 +106,14 @@ static __always_inline struct lb4_backend *lb4_maglev_backend(const struct lb4_s
 	return be;
 }
 
-/* Pick a backend for a new flow: by the Maglev table for a SVC_F_MAGLEV frontend,
- * else a random slot among the svc->count usable ones. Sets *backend_id and *be; 0
- * or a DROP_* code (counted). */
-static __always_inline int lb4_select_backend(const struct lb4_service *svc,
-					      const struct pkt4 *pkt,
+/* A random slot among the svc->count (> 0) usable ones: sets *backend_id and *be; 0
+ * or DROP_BACKEND_MISSING (counted). */
+static __always_inline int lb4_random_backend(const struct lb4_service *svc,
 					      __u32 *backend_id, struct lb4_backend **be)
 {
 	struct lb4_slot_key key;
 	__u32 *id;
 
-	if (svc->count == 0) {
-		stats_global_inc(GSTAT_NO_BACKEND);
-		return DROP_NO_BACKEND;
-	}
-	if (svc->flags & SVC_F_MAGLEV) {
-		*be = lb4_maglev_backend(svc, pkt, backend_id);
-		if (*be)
-			return 0;
-	}
 	__builtin_memset(&key, 0, sizeof(key));
 	key.svc_id = svc->id;
 	key.slot = bpf_get_prandom_u32() % svc->count;
@@ -136,6 +125,25 @@ static __always_inline int lb4_select_backend(const struct lb4_service *svc,
 	}
 	*backend_id = *id;
 	return 0;
+}
+
+/* Pick a backend for a new flow: by the Maglev table for a SVC_F_MAGLEV frontend,
+ * else a random slot among the svc->count usable ones. Sets *backend_id and *be; 0
+ * or a DROP_* code (counted). */
+static __always_inline int lb4_select_backend(const struct lb4_service *svc,
+					      const struct pkt4 *pkt,
+					      __u32 *backend_id, struct lb4_backend **be)
+{
+	if (svc->count == 0) {
+		stats_global_inc(GSTAT_NO_BACKEND);
+		return DROP_NO_BACKEND;
+	}
+	if (svc->flags & SVC_F_MAGLEV) {
+		*be = lb4_maglev_backend(svc, pkt, backend_id);
+		if (*be)
+			return 0;
+	}
+	return lb4_random_backend(svc, backend_id, be);
 }
 
 #endif

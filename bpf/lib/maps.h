@@ -39,6 +39,9 @@ BPF_F_TABLE("array", __u32, __u32, ebpflb_mgtmpl, 1, BPF_F_INNER_MAP);
 /* frontend id -> its Maglev table: slot -> backend id (the agent swaps whole tables) */
 BPF_TABLE_PINNED("array_of_maps$ebpflb_mgtmpl", __u32, __u32, ebpflb_mg4, MAX_SERVICES,
 		 PIN_DIR "/ebpflb_mg4");
+/* (host socket, backend) -> the frontend it asked for; LRU-evicted */
+BPF_TABLE_PINNED("lru_hash", struct sknat4_key, struct sknat4_value, ebpflb_sknat4,
+		 MAX_SOCK_NAT, PIN_DIR "/ebpflb_sknat4");
 /* CFG_* index -> a setting written by the agent */
 BPF_TABLE_PINNED("array", __u32, __u32, ebpflb_cfg, CFG_MAX, PIN_DIR "/ebpflb_cfg");
 /* (client, frontend id) -> the backend its last new flow got; LRU-evicted */
@@ -68,5 +71,7 @@ static __always_inline int map_aff4_update(struct aff4_key *key, struct aff4_val
 static __always_inline __u8 *map_srcr4_lookup(struct srcrange4_key *key);
 static __always_inline __u32 *map_cfg_lookup(__u32 *index);
 static __always_inline void *map_mg4_lookup(__u32 *svc_id);
+static __always_inline struct sknat4_value *map_sknat4_lookup(struct sknat4_key *key);
+static __always_inline int map_sknat4_update(struct sknat4_key *key, struct sknat4_value *v);
 
 #endif

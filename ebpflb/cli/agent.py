@@ -103,6 +103,11 @@ def agent(
     cleanup: Annotated[bool, typer.Option(help="On exit, detach and remove the pinned maps.")]
     = False,
     min_sync_interval: Annotated[float, typer.Option(help="Seconds between two syncs.")] = 0.05,
+    socket_lb: Annotated[bool, typer.Option(
+        help="bpf data path: also translate the sockets of the agent's own network "
+             "namespace (host-network pods, node processes) at connect()/sendmsg(), with "
+             "cgroup hooks, as kube-proxy's OUTPUT rules and Cilium's socket-LB do.")
+    ] = True,
     lb_algorithm: Annotated[LbAlgorithm, typer.Option(
         help="How a new flow chooses its backend: at random (as kube-proxy), or by Maglev "
              "consistent hashing (every node picks the same backend for a flow; adding or "
@@ -190,7 +195,7 @@ def agent(
             bpf_config=BpfConfig(pin_dir=pin_dir, interfaces=_split(interfaces),
                                  max_services=max_services, max_backends=max_backends,
                                  max_conntrack=max_conntrack,
-                                 maglev_table_size=maglev_size),
+                                 maglev_table_size=maglev_size, socket_lb=socket_lb),
             userspace_config=UserspaceConfig(state_dir=state_dir,
                                              udp_idle_timeout=udp_idle_timeout,
                                              maglev_table_size=maglev_size))

@@ -109,6 +109,7 @@ MAP_LAYOUT: dict[str, tuple[_CType, _CType, bool]] = {
     abi.MAP_SRC_RANGES: (abi.SrcRange4Key, ctypes.c_uint8, False),
     abi.MAP_CONFIG: (ctypes.c_uint32, ctypes.c_uint32, False),
     abi.MAP_MAGLEV: (ctypes.c_uint32, ctypes.c_uint32, False),
+    abi.MAP_SOCK_NAT: (abi.SkNat4Key, abi.SkNat4Value, False),
 }
 
 

@@ -306,7 +306,8 @@ def test_cli_json_keys_are_the_contract(web: Harness):
     assert set(stats["counters"]) == {"new_flow", "ct_hit", "reselect", "reply", "no_backend",
                                       "backend_missing", "fragment", "ct_full",
                                       "source_range_drop", "snat", "nat_port_full",
-                                      "affinity_hit", "hairpin", "icmp_error", "reject"}
+                                      "affinity_hit", "hairpin", "icmp_error", "reject",
+                                      "sock_lb"}
     with traffic.KeepAliveClient(web.client, CLUSTER_IP, 80) as conn:
         conn.get()
         assert web.agent is not None

@@ -103,3 +103,21 @@ def test_status_of_an_agent_whose_source_never_answered(tmp_path):
     result = runner.invoke(app, ["status", "--state-dir", str(tmp_path)])
     assert result.exit_code == 0
     assert "starting" in result.output and "unreachable for 7s" in result.output
+
+
+def test_doctor_says_whether_socket_lb_can_run(monkeypatch):
+    from ebpflb import doctor
+    from ebpflb.dataplane.bpf import socklb
+    from ebpflb.errors import DataplaneError
+
+    ok = doctor.check_socket_lb()
+    assert ok.name == "socket_lb" and not ok.required
+    with open("/proc/self/mounts") as mounts:
+        assert ok.ok == any(line.split()[2:3] == ["cgroup2"] for line in mounts)
+
+    def no_cgroup2() -> str:
+        raise DataplaneError("no cgroup v2 hierarchy is mounted (socket-LB needs one)")
+
+    monkeypatch.setattr(socklb, "cgroup2_root", no_cgroup2)
+    missing = doctor.check_socket_lb()
+    assert not missing.ok and "mount -t cgroup2" in missing.fix

@@ -27,6 +27,7 @@ MAP_AFFINITY = "ebpflb_aff4"
 MAP_SRC_RANGES = "ebpflb_srcr4"
 MAP_CONFIG = "ebpflb_cfg"
 MAP_MAGLEV = "ebpflb_mg4"
+MAP_SOCK_NAT = "ebpflb_sknat4"
 ALL_MAPS = (
     MAP_SERVICES,
     MAP_SLOTS,
@@ -40,6 +41,7 @@ ALL_MAPS = (
     MAP_SRC_RANGES,
     MAP_CONFIG,
     MAP_MAGLEV,
+    MAP_SOCK_NAT,
 )
 # Pins of older layouts (renamed when their layout changed): removed on cleanup and
 # when the agent starts, so nothing reads or keeps them.
@@ -99,6 +101,7 @@ class GlobalStat(enum.IntEnum):
     HAIRPIN = 12
     ICMP_ERROR = 13
     REJECT = 14
+    SOCK_LB = 15
 
 
 GSTAT_MAX = 16
@@ -112,6 +115,8 @@ class Config(enum.IntEnum):
 
     HOST_BACKENDS = 0
     MAGLEV_SIZE = 1
+    NETNS_LO = 2
+    NETNS_HI = 3
 
 
 CFG_MAX = 4
@@ -202,6 +207,19 @@ class Aff4Value(ctypes.Structure):
         ("backend_id", ctypes.c_uint32),
         ("pad", ctypes.c_uint32),
     ]
+
+
+class SkNat4Key(ctypes.Structure):
+    _fields_ = [
+        ("cookie", ctypes.c_uint64),
+        ("address", ctypes.c_uint32),
+        ("port", ctypes.c_uint16),
+        ("pad", ctypes.c_uint16),
+    ]
+
+
+class SkNat4Value(ctypes.Structure):
+    _fields_ = [("address", ctypes.c_uint32), ("port", ctypes.c_uint16), ("pad", ctypes.c_uint16)]
 
 
 class SrcRange4Key(ctypes.Structure):

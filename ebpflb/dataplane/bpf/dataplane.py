@@ -12,6 +12,7 @@ from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import ensure_pin_dir, remove_legacy_pins, remove_pins
 from ebpflb.dataplane.bpf.hostbackends import HostBackends
 from ebpflb.dataplane.bpf.maps import BpfMaps, check_geometry
+from ebpflb.dataplane.bpf.socklb import SocketLb
 from ebpflb.dataplane.bpf.writer import MapWriter
 from ebpflb.errors import CapacityError, DataplaneError
 from ebpflb.model import Protocol
@@ -29,6 +30,7 @@ class BpfConfig:
     max_backends: int = abi.DEFAULT_MAX_BACKENDS
     max_conntrack: int = abi.DEFAULT_MAX_CONNTRACK
     maglev_table_size: int = 0  # > 0: new flows choose by Maglev tables of this size
+    socket_lb: bool = True  # translate the agent's own namespace's sockets (socklb)
 
 
 # Per-interface settings for the interfaces the program is attached to, as Cilium sets
@@ -77,6 +79,7 @@ class BpfDataplane:
             self._set_algorithm(config.maglev_table_size)
             self.attacher = TcAttacher(self.program.fd, egress_fd=self.program.egress_fd)
             self.host_backends = HostBackends(self.maps.config, self.attacher.local_addresses)
+            self.socket_lb = self._socket_lb() if config.socket_lb else None
         except Exception:
             self.program.close()
             raise
@@ -89,6 +92,16 @@ class BpfDataplane:
 
     def current(self) -> Mapping[FrontendKey, FrontendState]:
         return MappingProxyType(self.writer.frontends)
+
+    def _socket_lb(self) -> SocketLb | None:
+        """Socket-LB when the machine allows it; without it, only the node's own
+        sockets go untranslated, so the data path runs on (and says so)."""
+        try:
+            return SocketLb(self.maps.config, self.program.sock_fds)
+        except (DataplaneError, OSError) as exc:
+            log.warning("socket-LB is off (%s): sockets of this node's own namespace "
+                        "reach Service addresses untranslated", exc)
+            return None
 
     def reload(self) -> None:
         self.writer.reload()
@@ -147,6 +160,8 @@ class BpfDataplane:
             self.attached.add(ifname)
 
     def close(self, *, cleanup: bool = False) -> None:
+        if self.socket_lb is not None:
+            self.socket_lb.close()  # never left attached: see socklb
         if cleanup:
             for ifname in self.attacher.attached():
                 self.attacher.detach(ifname)

@@ -16,7 +16,7 @@ import secrets
 import subprocess
 import sys
 
-from ebpflb.dataplane.bpf.loader import PROGRAM_NAME, compile_program
+from ebpflb.dataplane.bpf.loader import PROGRAM_NAME, SOCK_PROGRAMS, compile_program
 from ebpflb.dataplane.bpf.syscall import obj_get, obj_pin
 from ebpflb.errors import BpfUnavailableError, DataplaneError
 
@@ -28,16 +28,19 @@ EGRESS_SUFFIX = "_egress"
 class PinnedProgram:
     """The tc program as an fd the agent owns; close() drops it (filters keep theirs)."""
 
-    def __init__(self, fd: int, name: str, egress_fd: int) -> None:
+    def __init__(self, fd: int, name: str, egress_fd: int,
+                 sock_fds: dict[str, int] | None = None) -> None:
         self.fd = fd
         self.egress_fd = egress_fd
+        self.sock_fds = sock_fds or {}  # loader.SOCK_PROGRAMS name -> fd
         self.name = name
 
     def close(self) -> None:
-        for fd in (self.fd, self.egress_fd):
+        for fd in (self.fd, self.egress_fd, *self.sock_fds.values()):
             if fd >= 0:
                 os.close(fd)
         self.fd = self.egress_fd = -1
+        self.sock_fds = {}
 
 
 def load_isolated(*, pin_dir: str, max_services: int, max_backends: int,
@@ -57,19 +60,25 @@ def load_isolated(*, pin_dir: str, max_services: int, max_backends: int,
         if proc.returncode == _EXIT_UNAVAILABLE:
             raise BpfUnavailableError(message)
         raise DataplaneError(f"the BPF compiler process failed: {message}")
+    paths = [pin, pin + EGRESS_SUFFIX, *(pin + _sock_suffix(n) for n in SOCK_PROGRAMS)]
     fds: list[int] = []
     try:
-        for path in (pin, pin + EGRESS_SUFFIX):
+        for path in paths:
             fds.append(obj_get(path))
     except OSError as exc:
         for fd in fds:
             os.close(fd)
         raise DataplaneError(f"cannot open the loaded program at {pin}: {exc.strerror}") from exc
     finally:
-        for path in (pin, pin + EGRESS_SUFFIX):
+        for path in paths:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-    return PinnedProgram(fds[0], PROGRAM_NAME, fds[1])
+    return PinnedProgram(fds[0], PROGRAM_NAME, fds[1], dict(zip(SOCK_PROGRAMS, fds[2:],
+                                                                strict=True)))
+
+
+def _sock_suffix(name: str) -> str:
+    return "_" + name.removeprefix("ebpflb_")
 
 
 def _child(raw: str) -> int:
@@ -85,6 +94,8 @@ def _child(raw: str) -> int:
         return 1
     obj_pin(program.fd, pin)
     obj_pin(program.egress_fd, pin + EGRESS_SUFFIX)
+    for name, fd in program.sock_fds.items():
+        obj_pin(fd, pin + _sock_suffix(name))
     program.close()
     return 0
 

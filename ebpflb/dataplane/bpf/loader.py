@@ -24,6 +24,13 @@ log = logging.getLogger(__name__)
 PROGRAM_FILE = "ebpflb_tc.c"
 PROGRAM_NAME = "ebpflb_tc"
 EGRESS_PROGRAM_NAME = "ebpflb_tc_egress"
+# Socket-LB programs (cgroup sock_addr hooks) -> their attach types (uapi bpf.h).
+SOCK_PROGRAMS = {
+    "ebpflb_sock_connect4": 10,  # BPF_CGROUP_INET4_CONNECT
+    "ebpflb_sock_sendmsg4": 14,  # BPF_CGROUP_UDP4_SENDMSG
+    "ebpflb_sock_recvmsg4": 19,  # BPF_CGROUP_UDP4_RECVMSG
+    "ebpflb_sock_getpeername4": 29,  # BPF_CGROUP_INET4_GETPEERNAME
+}
 BPF_DIR_ENV = "EBPFLB_BPF_DIR"
 
 
@@ -39,10 +46,11 @@ class LoadedProgram:
     """The loaded tc program; keeps bcc's module (and so the program and maps) alive."""
 
     def __init__(self, *, bpf: Any, fd: int, name: str, pin_dir: str,
-                 egress_fd: int = -1) -> None:
+                 egress_fd: int = -1, sock_fds: dict[str, int] | None = None) -> None:
         self.bpf = bpf
         self.fd = fd
         self.egress_fd = egress_fd
+        self.sock_fds = sock_fds or {}  # SOCK_PROGRAMS name -> fd
         self.name = name
         self.pin_dir = pin_dir
 
@@ -125,6 +133,9 @@ def compile_program(*, pin_dir: str, max_services: int, max_backends: int,
             module = bcc.BPF(src_file=str(source).encode(), cflags=cflags)
             fn = module.load_func(PROGRAM_NAME.encode(), bcc.BPF.SCHED_CLS)
             egress = module.load_func(EGRESS_PROGRAM_NAME.encode(), bcc.BPF.SCHED_CLS)
+            socks = {name: module.load_func(name.encode(), bcc.BPF.CGROUP_SOCK_ADDR,
+                                            attach_type=attach_type)
+                     for name, attach_type in SOCK_PROGRAMS.items()}
     except Exception as exc:  # bcc raises bare Exception for compile and verifier errors
         if module is not None:
             module.cleanup()
@@ -138,4 +149,5 @@ def compile_program(*, pin_dir: str, max_services: int, max_backends: int,
     log.info("loaded %s (fd %d) and %s (fd %d), maps pinned under %s", PROGRAM_NAME, fn.fd,
              EGRESS_PROGRAM_NAME, egress.fd, pin_dir)
     return LoadedProgram(bpf=module, fd=int(fn.fd), name=PROGRAM_NAME, pin_dir=pin_dir,
-                         egress_fd=int(egress.fd))
+                         egress_fd=int(egress.fd),
+                         sock_fds={name: int(f.fd) for name, f in socks.items()})

@@ -74,6 +74,7 @@ class BpfMaps:
         self.src_ranges = PinnedMap(os.path.join(pin_dir, abi.MAP_SRC_RANGES))
         self.config = PinnedMap(os.path.join(pin_dir, abi.MAP_CONFIG))
         self.maglev = PinnedMap(os.path.join(pin_dir, abi.MAP_MAGLEV))
+        self.sock_nat = PinnedMap(os.path.join(pin_dir, abi.MAP_SOCK_NAT))
 
     def all(self) -> tuple[PinnedMap, ...]:
         return (
@@ -89,6 +90,7 @@ class BpfMaps:
             self.src_ranges,
             self.config,
             self.maglev,
+            self.sock_nat,
         )
 
     def close(self) -> None:
@@ -116,6 +118,7 @@ _GEOMETRY: dict[str, tuple[type, type, str | None]] = {
     abi.MAP_SRC_RANGES: (abi.SrcRange4Key, ctypes.c_uint8, None),
     abi.MAP_CONFIG: (ctypes.c_uint32, ctypes.c_uint32, None),
     abi.MAP_MAGLEV: (ctypes.c_uint32, ctypes.c_uint32, "max_services"),
+    abi.MAP_SOCK_NAT: (abi.SkNat4Key, abi.SkNat4Value, None),
 }
 
 

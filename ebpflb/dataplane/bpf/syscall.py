@@ -33,6 +33,7 @@ BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_MAP_LOOKUP_BATCH = 24
 BPF_MAP_UPDATE_BATCH = 26
 BPF_MAP_DELETE_BATCH = 27
+BPF_LINK_CREATE = 28
 
 BPF_ANY = 0
 _ENOTSUPP = 524  # kernel-internal 'not supported', returned for batch ops
@@ -174,6 +175,22 @@ class _GetIdAttr(ctypes.Structure):
         ("next_id", ctypes.c_uint32),
         ("open_flags", ctypes.c_uint32),
     ]
+
+
+class _LinkCreateAttr(ctypes.Structure):
+    _fields_ = [
+        ("prog_fd", ctypes.c_uint32),
+        ("target_fd", ctypes.c_uint32),
+        ("attach_type", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+    ]
+
+
+def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
+    """Attach a program (e.g. to a cgroup) through a link; closing the link's fd, also
+    by the process ending, detaches it, so nothing is left behind."""
+    return _bpf(BPF_LINK_CREATE, _LinkCreateAttr(prog_fd=prog_fd, target_fd=target_fd,
+                                                 attach_type=attach_type))
 
 
 def map_fd_by_id(map_id: int) -> int:

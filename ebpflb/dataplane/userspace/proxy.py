@@ -74,10 +74,11 @@ ACCEPT_PAUSE = 0.1  # seconds without accepting after EMFILE and the like
 # own client; icmp_error = an ICMP error from a backend about a UDP session (the
 # client cannot be told: the proxy's socket, not the client's, receives it);
 # reject = 0 (a Service without endpoints: the kernel path answers port unreachable;
-# the proxy has accepted by then and can only reset, counted as no_backend).
+# the proxy has accepted by then and can only reset, counted as no_backend);
+# sock_lb = 0 (the node's own sockets reach the proxy's frontend addresses directly).
 COUNTERS = ("new_flow", "ct_hit", "reselect", "reply", "no_backend", "backend_missing",
             "fragment", "ct_full", "source_range_drop", "snat", "nat_port_full",
-            "affinity_hit", "hairpin", "icmp_error", "reject")
+            "affinity_hit", "hairpin", "icmp_error", "reject", "sock_lb")
 
 
 @dataclass(frozen=True)

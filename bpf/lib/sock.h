@@ -1,0 +1,101 @@
+/* sock.h: socket-LB for the node's own sockets (host-network pods, the kubelet, any
+ * process in the agent's network namespace), whose packets never cross a pod veth or
+ * an uplink on their way in, so the tc programs cannot translate them. cgroup hooks
+ * translate them where the socket is addressed instead: connect() and sendmsg() are
+ * sent to a backend, and getpeername() and recvmsg() show the frontend again, as
+ * kube-proxy's OUTPUT chain and Cilium's socket-LB do. Only sockets of the agent's own
+ * network namespace are touched (CFG_NETNS_*): every other namespace's traffic is the
+ * tc programs' (or another node's agent's, in the lab). */
+#ifndef EBPFLB_SOCK_H
+#define EBPFLB_SOCK_H
+
+#include <uapi/linux/bpf.h>
+
+#include "abi.h"
+#include "consts.h"
+#include "lb.h"
+#include "maps.h"
+#include "parse.h"
+#include "stats.h"
+
+#define SOCK_PASS	1	/* a cgroup sock_addr hook's "go on" */
+#define SOCK_DENY	0	/* ... and its "refuse" (EPERM) */
+
+/* Whether the socket lives in the agent's network namespace. */
+static __always_inline int sock4_ours(struct bpf_sock_addr *ctx)
+{
+	__u32 lo_index = CFG_NETNS_LO, hi_index = CFG_NETNS_HI;
+	__u32 *lo = map_cfg_lookup(&lo_index), *hi = map_cfg_lookup(&hi_index);
+	__u64 want;
+
+	if (!lo || !hi)
+		return 0;
+	want = ((__u64)*hi << 32) | *lo;
+	return want && bpf_get_netns_cookie(ctx) == want;
+}
+
+/* connect() or sendmsg() to a frontend: address the socket (or datagram) to one of its
+ * backends and remember the frontend for the way back. SOCK_PASS or SOCK_DENY (a
+ * Service without a usable endpoint). */
+static __always_inline int sock4_forward(struct bpf_sock_addr *ctx)
+{
+	struct sknat4_value frontend;
+	struct lb4_backend *be = NULL;
+	struct sknat4_key back;
+	struct lb4_service *svc;
+	struct pkt4 pkt;
+	__u32 backend_id;
+
+	if (ctx->protocol != IP4_PROTO_TCP && ctx->protocol != IP4_PROTO_UDP)
+		return SOCK_PASS;
+	if (!sock4_ours(ctx))
+		return SOCK_PASS;
+	__builtin_memset(&pkt, 0, sizeof(pkt));
+	pkt.daddr = ctx->user_ip4;
+	pkt.dport = (__be16)ctx->user_port;
+	pkt.proto = ctx->protocol;
+	svc = lb4_lookup_service(&pkt);
+	if (!svc || (svc->flags & SVC_F_SRC_RANGES))
+		return SOCK_PASS;	/* not a frontend, or one for listed clients only */
+	if (svc->count == 0) {
+		stats_global_inc(GSTAT_NO_BACKEND);
+		return SOCK_DENY;
+	}
+	/* No source port yet: a random slot (Maglev needs the whole 5-tuple). */
+	if (lb4_random_backend(svc, &backend_id, &be) < 0)
+		return SOCK_DENY;
+	__builtin_memset(&back, 0, sizeof(back));
+	back.cookie = bpf_get_socket_cookie(ctx);
+	back.address = be->address;
+	back.port = be->port;
+	__builtin_memset(&frontend, 0, sizeof(frontend));
+	frontend.address = pkt.daddr;
+	frontend.port = pkt.dport;
+	map_sknat4_update(&back, &frontend);
+	ctx->user_ip4 = be->address;
+	ctx->user_port = (__u32)be->port;
+	stats_global_inc(GSTAT_SOCK_LB);
+	return SOCK_PASS;
+}
+
+/* getpeername() or recvmsg() of a translated socket: the frontend, not the backend. */
+static __always_inline int sock4_reverse(struct bpf_sock_addr *ctx)
+{
+	struct sknat4_value *frontend;
+	struct sknat4_key back;
+
+	if (!sock4_ours(ctx))
+		return SOCK_PASS;
+	__builtin_memset(&back, 0, sizeof(back));
+	back.cookie = bpf_get_socket_cookie(ctx);
+	back.address = ctx->user_ip4;
+	back.port = (__be16)ctx->user_port;
+	frontend = map_sknat4_lookup(&back);
+	if (frontend) {
+		ctx->user_ip4 = frontend->address;
+		ctx->user_port = (__u32)frontend->port;
+	}
+	return SOCK_PASS;
+}
+
+#endif

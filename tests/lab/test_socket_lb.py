@@ -1,0 +1,119 @@
+"""Socket-LB on the kernel path: sockets of the agent's own network namespace (what
+host-network pods and node processes use) reach Services through cgroup hooks, since
+their packets cross no veth or uplink on the way in. With --no-socket-lb the same
+requests fail: the node has no route to a ClusterIP."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ebpflb.cli import app
+from ebpflb.dataplane.bpf import abi
+from ebpflb.dataplane.bpf.bpffs import remove_pins
+from ebpflb.lab import netns, topology, traffic
+from ebpflb.lab.agentproc import AgentProcess
+
+from . import manifests as k8s
+from .conftest import _require_root, unique_lab_name
+
+pytestmark = pytest.mark.root
+
+IP = "10.96.4.10"
+EMPTY = "10.96.4.11"
+PORTS = [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080},
+         {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 9090}]
+SLICE = [{"name": "http", "port": 8080, "protocol": "TCP"},
+         {"name": "dns", "port": 9090, "protocol": "UDP"}]
+
+
+class Node:
+    def __init__(self, lab: topology.Lab, manifests: Path, pin_dir: str) -> None:
+        self.lab, self.manifests, self.pin_dir = lab, manifests, pin_dir
+        self.agent: AgentProcess | None = None
+
+    def start(self, *extra: str) -> None:
+        if self.agent is not None:
+            self.agent.stop()
+        self.agent = AgentProcess(self.lab.node_ns, manifests=self.manifests,
+                                  pin_dir=self.pin_dir, log_path=self.lab.state_dir / "agent.log",
+                                  extra_args=["--cleanup", "--dataplane", "bpf", *extra]).start()
+        self.agent.wait_ready()
+
+    def counters(self) -> dict[str, int]:
+        out = CliRunner().invoke(app, ["stats", "--json", "--pin-dir", self.pin_dir])
+        counters: dict[str, int] = json.loads(out.output)["counters"]
+        return counters
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    _require_root()
+    name = unique_lab_name()
+    pin_dir = f"/sys/fs/bpf/ebpflb-{name}-{secrets.token_hex(2)}"
+    lab = topology.up(topology.LabSpec(name, pods=2))
+    manifests = tmp_path_factory.mktemp("manifests")
+    n = Node(lab, manifests, pin_dir)
+    try:
+        k8s.write(manifests, "web", [
+            k8s.service("web", IP, PORTS),
+            k8s.endpoint_slice("web-a", "web", SLICE, [k8s.endpoint(str(p.ip))
+                                                       for p in lab.pods]),
+            k8s.service("empty", EMPTY, PORTS),
+            k8s.endpoint_slice("empty-a", "empty", SLICE, [])])
+        n.start()
+        yield n
+    finally:
+        if n.agent is not None:
+            n.agent.stop()
+        topology.down(name)
+        remove_pins(pin_dir, abi.ALL_MAPS + abi.LEGACY_MAPS)
+
+
+PODS = {"pod-1\n", "pod-2\n"}
+
+
+def test_the_nodes_own_tcp_and_udp_sockets_reach_services(node: Node) -> None:
+    ns = node.lab.node_ns
+    before = node.counters()["sock_lb"]
+    assert set(traffic.spread_tcp(ns, IP, 80, 30)) == PODS
+    with netns.socket_in(ns) as s:
+        s.settimeout(2.0)
+        s.connect((IP, 80))
+        assert s.getpeername() == (IP, 80)  # the frontend, not the pod it went to
+    answer, source = traffic.udp_request(ns, IP, 53)  # unconnected: sendmsg + recvmsg
+    assert answer in PODS and source == (IP, 53)
+    with netns.socket_in(ns, socket.AF_INET, socket.SOCK_DGRAM) as s:  # connected
+        s.settimeout(2.0)
+        s.connect((IP, 53))
+        s.send(b"x")
+        assert s.recv(100).decode() in PODS
+        assert s.getpeername() == (IP, 53)
+    assert node.counters()["sock_lb"] >= before + 33
+    # the client pod's traffic is still the tc programs': tracked in conntrack
+    assert traffic.http_get(node.lab.client.netns, IP, 80) in PODS
+    flows = json.loads(CliRunner().invoke(app, ["conntrack", "--json", "--pin-dir",
+                                                node.pin_dir]).output)
+    assert {f["client_address"] for f in flows} == {str(node.lab.client.ip)}
+
+
+def test_a_service_without_endpoints_is_refused_at_connect(node: Node) -> None:
+    with netns.socket_in(node.lab.node_ns) as s, pytest.raises(PermissionError):
+        s.settimeout(2.0)
+        s.connect((EMPTY, 80))
+
+
+def test_without_socket_lb_the_node_cannot_reach_a_service(node: Node) -> None:
+    node.start("--no-socket-lb")
+    try:
+        with pytest.raises(OSError):
+            traffic.http_get(node.lab.node_ns, IP, 80, timeout=1.0)
+    finally:
+        node.start()
+    assert traffic.http_get(node.lab.node_ns, IP, 80) in PODS
