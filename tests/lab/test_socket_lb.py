@@ -117,3 +117,38 @@ def test_without_socket_lb_the_node_cannot_reach_a_service(node: Node) -> None:
     finally:
         node.start()
     assert traffic.http_get(node.lab.node_ns, IP, 80) in PODS
+
+
+def _attached(attach_type: int) -> int:
+    """How many programs the cgroup v2 root runs for this attach type."""
+    import ctypes
+    import os
+
+    from ebpflb.dataplane.bpf.socklb import cgroup2_root
+    from ebpflb.dataplane.bpf.syscall import _bpf
+
+    class Query(ctypes.Structure):
+        _fields_ = [("target_fd", ctypes.c_uint32), ("attach_type", ctypes.c_uint32),
+                    ("query_flags", ctypes.c_uint32), ("attach_flags", ctypes.c_uint32),
+                    ("prog_ids", ctypes.c_uint64), ("prog_cnt", ctypes.c_uint32)]
+
+    fd = os.open(cgroup2_root(), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        query = Query(target_fd=fd, attach_type=attach_type)
+        _bpf(16, query)  # BPF_PROG_QUERY: with no id buffer, just the count
+        return int(query.prog_cnt)
+    finally:
+        os.close(fd)
+
+
+def test_a_killed_agent_leaves_no_hook_behind(node: Node) -> None:
+    from ebpflb.dataplane.bpf.loader import SOCK_PROGRAMS
+
+    assert node.agent is not None
+    with_agent = {t: _attached(t) for t in SOCK_PROGRAMS.values()}
+    node.agent.kill()  # SIGKILL: no clean-up of its own
+    node.agent = None
+    assert {t: _attached(t) for t in SOCK_PROGRAMS.values()} == {
+        t: n - 1 for t, n in with_agent.items()}
+    node.start()
+    assert {t: _attached(t) for t in SOCK_PROGRAMS.values()} == with_agent
