@@ -242,6 +242,8 @@ def test_external_ip_is_a_frontend(cluster: Cluster) -> None:
     assert set(traffic.spread_tcp(cluster.ext(2), EXTERNAL_IP, 80, 30)) == names([2, 4])
     answer, source = traffic.udp_request(cluster.ext(2), EXTERNAL_IP, 53)
     assert answer in names([2, 4]) and source == (EXTERNAL_IP, 53)
+    for k in (1, 2):  # and from the pods of both nodes, translated where they are
+        assert set(traffic.spread_tcp(cluster.client(k), EXTERNAL_IP, 80, 20)) == names([2, 4])
 
 
 def _serve_http(sock: socket.socket, body: bytes, stop: threading.Event) -> None:
