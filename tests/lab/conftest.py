@@ -61,3 +61,17 @@ def lab_names() -> Iterator[Callable[[], str]]:
     for fallback in fallbacks:
         fallback()
         atexit.unregister(fallback)
+
+
+def kernel_counters(pin_dir: str) -> dict[str, int]:
+    """`ebpflb stats --json`'s global counters of the kernel path pinned at pin_dir."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from ebpflb.cli import app
+
+    out = CliRunner().invoke(app, ["stats", "--json", "--pin-dir", pin_dir])
+    assert out.exit_code == 0, out.output
+    counters: dict[str, int] = json.loads(out.output)["counters"]
+    return counters

@@ -28,7 +28,7 @@ from ebpflb.lab import netns, topology, traffic
 from ebpflb.lab.agentproc import AgentProcess
 
 from . import manifests as k8s
-from .conftest import _require_root, unique_lab_name
+from .conftest import _require_root, kernel_counters, unique_lab_name
 
 pytestmark = pytest.mark.root
 
@@ -116,10 +116,7 @@ class Cluster:
         return check
 
     def counters(self, k: int) -> dict[str, int]:
-        out = CliRunner().invoke(app, ["stats", "--json", "--pin-dir", self.pins[k - 1]])
-        assert out.exit_code == 0, out.output
-        counters: dict[str, int] = json.loads(out.output)["counters"]
-        return counters
+        return kernel_counters(self.pins[k - 1])
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from ebpflb.lab import netns, topology, traffic
 from ebpflb.lab.agentproc import AgentProcess
 
 from . import manifests as k8s
-from .conftest import _require_root, unique_lab_name
+from .conftest import _require_root, kernel_counters, unique_lab_name
 
 pytestmark = pytest.mark.root
 
@@ -47,9 +47,7 @@ class Node:
         self.agent.wait_ready()
 
     def counters(self) -> dict[str, int]:
-        out = CliRunner().invoke(app, ["stats", "--json", "--pin-dir", self.pin_dir])
-        counters: dict[str, int] = json.loads(out.output)["counters"]
-        return counters
+        return kernel_counters(self.pin_dir)
 
 
 @pytest.fixture(scope="module")
