@@ -132,26 +132,26 @@ class BpfDataplane:
             self.writer.reload()  # the maps are the truth; the next sync diffs against them
             raise
 
-    def _wanted(self) -> list[str]:
+    def _wanted(self, veths: set[str], uplinks: set[str]) -> set[str]:
         if self.config.interfaces:
             present = set(self.attacher.links())
             for name in self.config.interfaces:
                 if name not in present and name not in self._warned:
                     log.warning("interface %s not found; will attach when it appears", name)
                     self._warned.add(name)
-            return [n for n in self.config.interfaces if n in present]
-        return sorted(set(self.attacher.veths()) | set(self.attacher.uplinks()))
+            return {n for n in self.config.interfaces if n in present}
+        return veths | uplinks
 
     def housekeeping(self) -> None:
         """Attach to interfaces that appeared since the last call; decide whether the
         egress hook has work (see hostbackends)."""
         self.host_backends.housekeeping(self.writer.frontends)
-        wanted = set(self._wanted())
-        veths = set(self.attacher.veths()) - set(self.attacher.uplinks())
+        veths, uplinks = set(self.attacher.veths()), set(self.attacher.uplinks())
+        wanted = self._wanted(veths, uplinks)
         self.attached &= wanted
         for ifname in sorted(wanted - self.attached):
             try:
-                self.attacher.attach(ifname, egress=ifname in veths)
+                self.attacher.attach(ifname, egress=ifname in veths - uplinks)
             except DataplaneError as exc:
                 log.warning("%s", exc)
                 continue
