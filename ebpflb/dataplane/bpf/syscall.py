@@ -3,6 +3,11 @@
 
 Kept free of bcc so that inspection (``ebpflb services`` ...) works on a machine
 where bcc cannot compile, and while the agent is down.
+
+glibc has no bpf() wrapper, so the call goes through syscall(2) with the system call
+number, which differs per architecture (x86-64 321, arm64 280, ...). The number is
+chosen from the machine on first use; on a machine not in the table every bpf call
+raises a ``BpfUnavailableError`` naming it, rather than making some other system call.
 """
 
 from __future__ import annotations
@@ -11,14 +16,54 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import platform
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
-from ebpflb.errors import DataplaneError
+from ebpflb.errors import BpfUnavailableError, DataplaneError
 
-_NR_BPF = 321  # x86_64
+# __NR_bpf per platform.machine() (uname -m), from the kernel's syscall tables:
+# arch/x86/entry/syscalls/syscall_{64,32}.tbl, arch/arm/tools/syscall.tbl,
+# arch/powerpc/kernel/syscalls/syscall.tbl, arch/s390/kernel/syscalls/syscall.tbl, and
+# include/uapi/asm-generic/unistd.h for the architectures that use the generic table
+# (arm64, riscv, loongarch). mips (a different base per ABI) and sparc are left out.
+BPF_SYSCALL_NUMBERS: dict[str, int] = {
+    "x86_64": 321, "amd64": 321,
+    "i386": 357, "i486": 357, "i586": 357, "i686": 357,
+    "aarch64": 280, "arm64": 280, "aarch64_be": 280,
+    "armv6l": 386, "armv7l": 386, "armv8l": 386,
+    "ppc64le": 361, "ppc64": 361, "ppc": 361,
+    "s390x": 351, "s390": 351,
+    "riscv64": 280, "riscv32": 280,
+    "loongarch64": 280,
+}
+# A 32-bit process on a 64-bit kernel still sees the kernel's machine in uname, but
+# must use its own ABI's numbers (x86-64's compat table is i386's, arm64's is arm's).
+_COMPAT_32BIT = {"x86_64": "i686", "amd64": "i686", "aarch64": "armv7l", "arm64": "armv7l"}
+
+
+def bpf_syscall_number(machine: str | None = None, *, pointer_bits: int | None = None) -> int:
+    """The bpf(2) system call number for `machine` (default: this one) and a process
+    whose pointers are `pointer_bits` wide (default: this one's)."""
+    machine = platform.machine() if machine is None else machine
+    bits = ctypes.sizeof(ctypes.c_void_p) * 8 if pointer_bits is None else pointer_bits
+    key = _COMPAT_32BIT.get(machine.lower(), machine) if bits == 32 else machine
+    number = BPF_SYSCALL_NUMBERS.get(key.lower())
+    if number is None:
+        raise BpfUnavailableError(
+            f"unknown bpf(2) system call number for machine {machine!r} ({bits}-bit): "
+            f"known are {', '.join(sorted(BPF_SYSCALL_NUMBERS))}"
+        )
+    return number
+
+
+_nr_bpf: int | None = None  # chosen on the first call
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+# syscall(long number, ...): declared so every argument is passed full width (without
+# argtypes ctypes passes a C int, whose upper register half is not defined on arm64).
+_libc.syscall.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_ulong]
+_libc.syscall.restype = ctypes.c_long
 
 BPF_MAP_CREATE = 0
 BPF_MAP_LOOKUP_ELEM = 1
@@ -133,7 +178,10 @@ class _TestRunAttr(ctypes.Structure):
 
 
 def _bpf(cmd: int, attr: ctypes.Structure) -> int:
-    ret = int(_libc.syscall(_NR_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr)))
+    global _nr_bpf
+    if _nr_bpf is None:
+        _nr_bpf = bpf_syscall_number()
+    ret = int(_libc.syscall(_nr_bpf, cmd, ctypes.byref(attr), ctypes.sizeof(attr)))
     if ret < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
