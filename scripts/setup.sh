@@ -4,7 +4,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PKGS=(python3-bpfcc libbpfcc linux-headers-amd64 iproute2 iptables iputils-ping gcc make
+# Debian's kernel flavour for this architecture: its linux-headers-FLAVOUR package
+# installs /usr/src/linux-headers-VERSION-FLAVOUR (plus -VERSION-common), which bcc
+# compiles against when the running kernel ships no headers of its own.
+arch=$(dpkg --print-architecture)
+case "$arch" in
+    armhf) flavour=armmp ;;
+    i386) flavour=686-pae ;;
+    ppc64el) flavour=powerpc64le ;;
+    *) flavour=$arch ;;  # amd64, arm64, s390x, riscv64: the flavour is the arch's name
+esac
+
+PKGS=(python3-bpfcc libbpfcc "linux-headers-$flavour" iproute2 iptables iputils-ping gcc make
       python3-venv iperf3 nftables util-linux)
 missing=()
 for p in "${PKGS[@]}"; do
@@ -19,13 +30,17 @@ fi
 
 # bcc compiles at load time against /lib/modules/$(uname -r)/build. When the running
 # kernel ships no headers (a custom or cloud kernel), link the Debian ones: tc/XDP
-# programs only use UAPI-stable headers, so a nearby version is enough.
+# programs only use UAPI-stable headers, so a nearby version is enough: the newest
+# tree of this flavour (not the cloud-/rt- variants, whose common tree is named
+# differently) and the common tree of the same version.
 kdir="/lib/modules/$(uname -r)"
 if [[ ! -e "$kdir/build/include" ]]; then
-    hdr=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -1)
-    common=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -1)
-    if [[ -z "$hdr" || -z "$common" ]]; then
-        echo "setup: no linux-headers under /usr/src; install linux-headers-amd64" >&2
+    hdr=$(find /usr/src -maxdepth 1 -type d -regextype posix-extended \
+              -regex "/usr/src/linux-headers-[0-9.]+-[0-9]+-$flavour" | sort -V | tail -1)
+    common="${hdr%-"$flavour"}-common"
+    if [[ -z "$hdr" || ! -d "$hdr" || ! -d "$common" ]]; then
+        echo "setup: no linux-headers-*-$flavour tree under /usr/src ($arch);" \
+             "install linux-headers-$flavour" >&2
         exit 1
     fi
     echo "setup: linking $hdr into $kdir (running kernel has no headers)"
