@@ -9,6 +9,10 @@ import json
 import os
 from typing import Any
 
+# --state-dir's default: the agent's run directory (its status, the userspace data
+# path's tables, the NodePorts it reserved, socket-LB's own cgroup2 mount if it needs one)
+DEFAULT_STATE_DIR = "/run/ebpflb"
+
 
 def write_json_atomic(path: str, data: dict[str, Any]) -> None:
     """Write atomically: a reader sees the old file or the new one, never half."""

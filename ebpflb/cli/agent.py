@@ -125,8 +125,10 @@ def agent(
     = abi.DEFAULT_MAX_BACKENDS,
     max_conntrack: Annotated[int, typer.Option(help="Conntrack map size.")]
     = abi.DEFAULT_MAX_CONNTRACK,
-    state_dir: Annotated[str, typer.Option(help="Where the userspace data path publishes "
-                                                "its state for the CLI.")]
+    state_dir: Annotated[str, typer.Option(help="The agent's run directory: its status and "
+                                                "the userspace data path's state for the CLI; "
+                                                "socket-LB mounts cgroup2 at cgroupv2 under it "
+                                                "when no cgroup v2 is visible.")]
     = DEFAULT_STATE_DIR,
     udp_idle_timeout: Annotated[float, typer.Option(help="Userspace data path: seconds "
                                                         "before an idle UDP session ends.")]
@@ -195,7 +197,8 @@ def agent(
             bpf_config=BpfConfig(pin_dir=pin_dir, interfaces=_split(interfaces),
                                  max_services=max_services, max_backends=max_backends,
                                  max_conntrack=max_conntrack,
-                                 maglev_table_size=maglev_size, socket_lb=socket_lb),
+                                 maglev_table_size=maglev_size, socket_lb=socket_lb,
+                                 state_dir=state_dir),
             userspace_config=UserspaceConfig(state_dir=state_dir,
                                              udp_idle_timeout=udp_idle_timeout,
                                              maglev_table_size=maglev_size))

@@ -16,6 +16,7 @@ from ebpflb.dataplane.bpf.socklb import SocketLb
 from ebpflb.dataplane.bpf.writer import MapWriter
 from ebpflb.errors import CapacityError, DataplaneError
 from ebpflb.model import Protocol
+from ebpflb.statefile import DEFAULT_STATE_DIR
 from ebpflb.sync.plan import FrontendKey, FrontendState, Plan
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ class BpfConfig:
     max_conntrack: int = abi.DEFAULT_MAX_CONNTRACK
     maglev_table_size: int = 0  # > 0: new flows choose by Maglev tables of this size
     socket_lb: bool = True  # translate the agent's own namespace's sockets (socklb)
+    state_dir: str = DEFAULT_STATE_DIR  # where socket-LB mounts cgroup2 if none is visible
 
 
 # Per-interface settings for the interfaces the program is attached to, as Cilium sets
@@ -97,7 +99,8 @@ class BpfDataplane:
         """Socket-LB when the machine allows it; without it, only the node's own
         sockets go untranslated, so the data path runs on (and says so)."""
         try:
-            return SocketLb(self.maps.config, self.program.sock_fds)
+            return SocketLb(self.maps.config, self.program.sock_fds,
+                            state_dir=self.config.state_dir)
         except (DataplaneError, OSError) as exc:
             log.warning("socket-LB is off (%s): sockets of this node's own namespace "
                         "reach Service addresses untranslated", exc)

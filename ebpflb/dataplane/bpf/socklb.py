@@ -6,8 +6,10 @@ those of the namespace whose cookie the agent writes into ebpflb_cfg, so a node'
 agent (or each node's, in the lab) touches its own namespace's sockets and nothing
 else. They are attached through links held by the agent, never pinned: if the agent
 ends, even killed, the kernel detaches them, and no hook is left on the machine.
-Connections already made keep their backend (the rewrite happened at connect());
-datagrams of unconnected UDP sockets go untranslated until an agent runs again."""
+The cgroup is the v2 hierarchy's root wherever it is mounted, or one mounted under the
+agent's state directory when none is visible (see cgroup). Connections already made
+keep their backend (the rewrite happened at connect()); datagrams of unconnected UDP
+sockets go untranslated until an agent runs again."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import socket
 import struct
 
 from ebpflb.dataplane.bpf import abi
+from ebpflb.dataplane.bpf.cgroup import cgroup2_root, ensure_cgroup2
 from ebpflb.dataplane.bpf.loader import SOCK_PROGRAMS
 from ebpflb.dataplane.bpf.syscall import PinnedMap, link_create
 from ebpflb.errors import DataplaneError
@@ -26,16 +29,7 @@ log = logging.getLogger(__name__)
 
 SO_NETNS_COOKIE = 71
 
-
-def cgroup2_root() -> str:
-    """Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or .../unified on a
-    hybrid system)."""
-    with open("/proc/self/mounts") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) > 2 and fields[2] == "cgroup2":
-                return fields[1]
-    raise DataplaneError("no cgroup v2 hierarchy is mounted (socket-LB needs one)")
+__all__ = ["SocketLb", "cgroup2_root", "netns_cookie"]
 
 
 def netns_cookie() -> int:
@@ -49,12 +43,13 @@ def netns_cookie() -> int:
 class SocketLb:
     """The links of the socket-LB programs; close() detaches them."""
 
-    def __init__(self, config: PinnedMap, programs: dict[str, int]) -> None:
+    def __init__(self, config: PinnedMap, programs: dict[str, int], *, state_dir: str) -> None:
         cookie = netns_cookie()
         for index, word in ((abi.Config.NETNS_LO, cookie & 0xFFFFFFFF),
                             (abi.Config.NETNS_HI, cookie >> 32)):
             config.update(ctypes.c_uint32(index), ctypes.c_uint32(word))
-        root = cgroup2_root()
+        root = ensure_cgroup2(state_dir)  # see cgroup: it is not always at /sys/fs/cgroup
+        self.cgroup = root
         self.links: list[int] = []
         fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
         try:

@@ -21,9 +21,9 @@ from typing import Any
 from ebpflb.dataplane.view import BackendView, ConnView, ServiceStats, ServiceView, StatsView
 from ebpflb.errors import DataplaneError
 from ebpflb.model import Frontend, FrontendKind, Protocol, ServicePortName, ServiceRef
+from ebpflb.statefile import DEFAULT_STATE_DIR as DEFAULT_STATE_DIR  # re-exported
 from ebpflb.statefile import pid_alive, remove_file, write_json_atomic
 
-DEFAULT_STATE_DIR = "/run/ebpflb"
 STATE_FILE = "userspace.json"
 VERSION = 1
 
