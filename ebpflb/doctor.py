@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import os
 import platform
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from ebpflb.dataplane.bpf.bpffs import BPFFS_ROOT, bpffs_mounts
-from ebpflb.errors import EbpflbError
+from ebpflb.statefile import DEFAULT_STATE_DIR
 
 CAP_NET_ADMIN = 12
 CAP_SYS_ADMIN = 21
@@ -24,10 +25,11 @@ class Check:
     detail: str
     fix: str = ""
     required: bool = True  # False: a warning, bpf still runs
+    extra: Mapping[str, object] = field(default_factory=dict)  # more JSON keys of this check
 
     def as_json(self) -> dict[str, object]:
         return {"name": self.name, "ok": self.ok, "required": self.required,
-                "detail": self.detail, "fix": self.fix}
+                "detail": self.detail, "fix": self.fix, **self.extra}
 
 
 @dataclass(frozen=True)
@@ -155,19 +157,25 @@ def check_rp_filter() -> Check:
                  required=False)
 
 
-def check_socket_lb() -> Check:
-    """Socket-LB (the node's own sockets) needs a cgroup v2 hierarchy; without one the
-    bpf data path runs anyway, with those sockets untranslated."""
-    from ebpflb.dataplane.bpf.socklb import cgroup2_root
+def check_socket_lb(state_dir: str = DEFAULT_STATE_DIR) -> Check:
+    """Socket-LB (the node's own sockets) links to the cgroup v2 root: the one visible
+    here, or one the agent mounts under its state directory (see
+    dataplane.bpf.cgroup). Without it the bpf data path runs anyway, with those sockets
+    untranslated. JSON key "cgroup2": {"path", "mount", "visible"}."""
+    from ebpflb.dataplane.bpf.cgroup import choose_cgroup2
 
     try:
-        root = cgroup2_root()
-    except EbpflbError as exc:
-        return Check("socket_lb", False, str(exc),
-                     "mount cgroup2 (mount -t cgroup2 none /sys/fs/cgroup/unified) so the "
-                     "node's own sockets reach Services", required=False)
-    return Check("socket_lb", True, f"cgroup v2 at {root}: the node's own sockets are "
-                 "translated at connect()", required=False)
+        choice = choose_cgroup2(state_dir)
+    except OSError as exc:
+        return Check("socket_lb", False, f"cannot read the mounts: {exc}", required=False)
+    extra = {"cgroup2": choice.as_json()}
+    if choice.mount and not _effective_caps() & (1 << CAP_SYS_ADMIN):
+        return Check("socket_lb", False, f"{choice.describe()}, which needs CAP_SYS_ADMIN",
+                     f"run as root, or mount cgroup2 first (mount -t cgroup2 none "
+                     f"{choice.path}) so the node's own sockets reach Services",
+                     required=False, extra=extra)
+    return Check("socket_lb", True, f"{choice.describe()}: the node's own sockets are "
+                 "translated at connect()", required=False, extra=extra)
 
 
 def check_userspace() -> Check:
@@ -187,9 +195,11 @@ def check_userspace() -> Check:
                  required=False)
 
 
-def run_checks() -> Report:
+def run_checks(*, state_dir: str = DEFAULT_STATE_DIR) -> Report:
+    """Every check; ``state_dir`` is the agent's --state-dir (where it would mount what
+    it finds missing)."""
     checks = [check_privileges(), check_kernel(), check_bcc(), check_headers(), check_bpffs(),
-              check_rp_filter(), check_socket_lb()]
+              check_rp_filter(), check_socket_lb(state_dir)]
     if all(c.ok for c in checks if c.required):
         checks.append(check_compile())
     checks.append(check_userspace())

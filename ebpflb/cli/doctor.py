@@ -7,14 +7,20 @@ from typing import Annotated
 import typer
 
 from ebpflb.cli import render
+from ebpflb.statefile import DEFAULT_STATE_DIR
 
 
-def doctor(json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+def doctor(
+    json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    state_dir: Annotated[str, typer.Option(
+        help="The agent's --state-dir: where it would mount what is missing (cgroup2 for "
+             "socket-LB).")] = DEFAULT_STATE_DIR,
+) -> None:
     """Check the kernel, bcc, headers and privileges; say which data path would run
     (exit 0 when one can: bpf, or the userspace fallback)."""
     from ebpflb.doctor import run_checks
 
-    report = run_checks()
+    report = run_checks(state_dir=state_dir)
     if json:
         typer.echo(render.to_json(report.as_json()))
     else:

@@ -28,8 +28,11 @@ def test_doctor_json_has_stable_keys():
     assert set(report) == {"dataplane", "reason", "checks"}
     assert {c["name"] for c in report["checks"]} >= {"privileges", "kernel", "bcc",
                                                      "kernel headers"}
-    for check in report["checks"]:
-        assert set(check) == {"name", "ok", "required", "detail", "fix"}
+    for check in report["checks"]:  # socket_lb adds the cgroup2 it would use
+        extra = {"cgroup2"} if check["name"] == "socket_lb" else set()
+        assert set(check) == {"name", "ok", "required", "detail", "fix"} | extra
+    socket_lb = next(c for c in report["checks"] if c["name"] == "socket_lb")
+    assert set(socket_lb["cgroup2"]) == {"path", "mount", "visible"}
     assert report["dataplane"] in {"bpf", "userspace", "none"}
     assert result.exit_code == (0 if report["dataplane"] != "none" else 1)
 
@@ -57,7 +60,9 @@ def test_unreadable_kubeconfig_is_one_line_naming_it(tmp_path):
 STATUS_KEYS = {"version", "written_at", "pid", "source", "dataplane", "synced", "stale",
                "stale_seconds", "syncs", "full_syncs", "last_sync_at", "last_sync_seconds",
                "last_full_sync_seconds", "frontends", "backends", "refused", "skipped",
-               "unbalanced", "running", "age"}
+               "unbalanced", "running", "age", "nodeport_addresses",
+               "nodeport_address_source", "nodeport_address_reason",
+               "nodeport_addresses_filter"}
 
 
 def _status(pid: int, **overrides: object) -> AgentStatus:
@@ -105,19 +110,27 @@ def test_status_of_an_agent_whose_source_never_answered(tmp_path):
     assert "starting" in result.output and "unreachable for 7s" in result.output
 
 
-def test_doctor_says_whether_socket_lb_can_run(monkeypatch):
+def test_doctor_says_which_cgroup2_socket_lb_would_use(monkeypatch, tmp_path):
     from ebpflb import doctor
-    from ebpflb.dataplane.bpf import socklb
-    from ebpflb.errors import DataplaneError
+    from ebpflb.dataplane.bpf import cgroup
 
-    ok = doctor.check_socket_lb()
-    assert ok.name == "socket_lb" and not ok.required
-    with open("/proc/self/mounts") as mounts:
-        assert ok.ok == any(line.split()[2:3] == ["cgroup2"] for line in mounts)
+    here = cgroup.choose_cgroup2(str(tmp_path))
+    ok = doctor.check_socket_lb(str(tmp_path))
+    assert ok.name == "socket_lb" and not ok.required and ok.ok
+    assert ok.as_json()["cgroup2"] == here.as_json()
+    assert here.path in ok.detail
 
-    def no_cgroup2() -> str:
-        raise DataplaneError("no cgroup v2 hierarchy is mounted (socket-LB needs one)")
+    monkeypatch.setattr(cgroup, "read_mountinfo",
+                        lambda path=cgroup.MOUNTINFO: "1 0 0:1 / / rw - ext4 /dev/vda rw\n")
+    missing = doctor.check_socket_lb(str(tmp_path))
+    own = str(tmp_path / "cgroupv2")
+    assert missing.ok and f"would mount one at {own}" in missing.detail
+    assert missing.as_json()["cgroup2"] == {"path": own, "mount": True, "visible": None}
 
-    monkeypatch.setattr(socklb, "cgroup2_root", no_cgroup2)
-    missing = doctor.check_socket_lb()
-    assert not missing.ok and "mount -t cgroup2" in missing.fix
+    monkeypatch.setattr(doctor, "_effective_caps", lambda: 0)
+    unprivileged = doctor.check_socket_lb(str(tmp_path))
+    assert not unprivileged.ok and f"mount -t cgroup2 none {own}" in unprivileged.fix
+    result = runner.invoke(app, ["doctor", "--json", "--state-dir", str(tmp_path)])
+    socket_lb = next(c for c in json.loads(result.output)["checks"]
+                     if c["name"] == "socket_lb")
+    assert socket_lb["cgroup2"]["path"] == own and not socket_lb["ok"]
