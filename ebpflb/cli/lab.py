@@ -7,6 +7,7 @@ stderr and exit status 1. The lab is imported on use, so ``ebpflb --help`` stays
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -23,6 +24,14 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
+class CniShape(StrEnum):
+    """The lab's node shapes (ebpflb.lab.podnet.Cni, repeated here so that `--help`
+    does not import the lab)."""
+
+    routed = "routed"
+    bridge = "bridge"
+
+
 NameOpt = Annotated[
     str, typer.Option("--name", help="Lab name: 1-8 lowercase letters and digits.")
 ]
@@ -36,17 +45,23 @@ def up(
     nodes: Annotated[int, typer.Option(
         "--nodes", help="Nodes (1-4); with 2 or more they share an underlay "
         "192.168.50.0/24 with two clients outside the cluster.")] = 1,
+    cni: Annotated[CniShape, typer.Option(
+        "--cni", help="How pods are plugged in: routed (veths as L3 hops, as Calico) or "
+        "bridge (veths on bridge cni0 holding the gateway, and with 2+ nodes a VXLAN "
+        "overlay flannel.1, as flannel).", case_sensitive=False)] = CniShape.routed,
 ) -> None:
     """Build the lab (or keep it, if it already exists as asked) and start the pods'
     servers."""
     from ebpflb.lab import topology
+    from ebpflb.lab.podnet import Cni
 
-    lab = topology.up(topology.LabSpec(name, pods, nodes))
+    lab = topology.up(topology.LabSpec(name, pods, nodes, Cni(cni.value)))
     if len(lab.nodes) == 1:
-        typer.echo(f"lab {lab.name} is up: node {lab.node_ns}, client {lab.client.ip}")
+        typer.echo(f"lab {lab.name} is up ({lab.cni} pods): node {lab.node_ns}, "
+                   f"client {lab.client.ip}")
     else:
-        typer.echo(f"lab {lab.name} is up: {len(lab.nodes)} nodes on underlay "
-                   f"{lab.underlay_ns}")
+        typer.echo(f"lab {lab.name} is up ({lab.cni} pods): {len(lab.nodes)} nodes on "
+                   f"underlay {lab.underlay_ns}")
         typer.echo(_nodes_table(lab))
     typer.echo(_pods_table(lab))
 
@@ -87,6 +102,8 @@ def status(
         typer.echo(render.to_json(data))
         return
     typer.echo(f"lab {lab.name}  (state in {lab.state_dir})")
+    typer.echo(f"pods    {lab.cni}" + (f" on bridge {lab.bridge}" if lab.bridge else "")
+               + (f", overlay {lab.overlay}" if lab.overlay else ""))
     if len(lab.nodes) == 1:
         typer.echo(f"node    {lab.node_ns}  veths {' '.join(lab.host_ifnames)}")
         typer.echo(f"client  {lab.client.netns}  {lab.client.ip}  via {lab.client.host_ifname}")

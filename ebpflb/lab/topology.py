@@ -19,10 +19,13 @@ k >= 2) and the pods numbered on from the previous node's (pod i on node k is
                   no pod routes, and 192.168.60.0/24 (load-balancer addresses) via
                   node 1, as a MetalLB-style announcement would deliver them.
 
-Pods are routed, bridge-less, as in Calico: every host-side veth carries the same
-link-local gateway address, so the node answers ARP for it (it is local) and routes
-between pods by their /32 routes. Nothing is added to the root namespace: the veths
-are created inside the node namespace with their peers created straight into the pod.
+How pods are plugged in is the lab's CNI shape (``LabSpec.cni``, see ``podnet``):
+``routed`` (the default, as Calico: every host-side veth carries the link-local
+gateway, pods are /32 routes, the nodes route pod ranges over the underlay) or
+``bridge`` (as flannel: the veths are ports of ``cni0``, which holds the pod range's
+.1 as the gateway, and with 2 nodes or more a VXLAN overlay ``flannel.1`` carries pod
+traffic between nodes). Nothing is added to the root namespace: the veths are
+created inside the node namespace with their peers created straight into the pod.
 
 ``/run/ebpflb/labs/NAME/state.json`` records what was built (written before the first
 namespace is created, so a half-built lab can be removed from another process), and
@@ -49,10 +52,11 @@ from pathlib import Path
 from typing import Any
 
 from ebpflb.errors import LabError
-from ebpflb.lab import kubeobjects, netns, traffic, underlay
+from ebpflb.lab import kubeobjects, netns, podnet, traffic, underlay
+from ebpflb.lab.podnet import Cni
 
 LAB_ROOT = Path("/run/ebpflb/labs")
-GATEWAY = IPv4Address("169.254.1.1")
+GATEWAY = podnet.ROUTED_GATEWAY  # the routed shape's; see Lab.gateway
 POD_NET = IPv4Address("10.244.0.0")  # node 1's pod range (a /24); node k's is k-1 /24s on
 POD_IP_BASE = 10  # pod i gets its node's range + POD_IP_BASE + i
 CLIENT_HOST = 200  # a node's client is its range + CLIENT_HOST
@@ -70,7 +74,7 @@ UDP_PORT = 9090
 SERVER_MODULE = "ebpflb.lab.podserver"
 READY_TIMEOUT = 5.0
 STOP_TIMEOUT = 3.0
-STATE_VERSION = 2  # 2: nodes, outside clients, a pod's node (version 1 = one node)
+STATE_VERSION = 3  # 3: the CNI shape; 2: nodes, outside clients, a pod's node
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 
@@ -78,14 +82,20 @@ _NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 @dataclass(frozen=True)
 class LabSpec:
     """What to build: the lab's name (a prefix of every namespace), the backend pods
-    per node and the number of nodes."""
+    per node, the number of nodes and how pods are plugged in (the CNI shape)."""
 
     name: str = "ebpflb"
     pods: int = 3
     nodes: int = 1
+    cni: Cni = Cni.ROUTED
 
     def __post_init__(self) -> None:
         _check_name(self.name)
+        try:
+            object.__setattr__(self, "cni", Cni(self.cni))
+        except ValueError:
+            raise LabError(f"lab CNI shape {self.cni!r}: use one of "
+                           f"{', '.join(c.value for c in Cni)}") from None
         if not 1 <= self.nodes <= MAX_NODES:
             raise LabError(f"a lab has 1 to {MAX_NODES} nodes, not {self.nodes}")
         if not 1 <= self.pods <= MAX_PODS:
@@ -164,9 +174,28 @@ class Lab:
         ]  # fmt: skip
 
     @property
+    def cni(self) -> Cni:
+        return self.spec.cni
+
+    @property
     def host_ifnames(self) -> list[str]:
         """Node 1's pod-side veths (pods then client): where its agent attaches."""
         return [*(p.host_ifname for p in self.node_pods(1)), self.client.host_ifname]
+
+    @property
+    def overlay(self) -> str | None:
+        """The overlay device of every node (flannel.1), or None without one."""
+        return podnet.OVERLAY if self.cni is Cni.BRIDGE and self.underlay_ns else None
+
+    def gateway(self, node: int = 1) -> IPv4Address:
+        """The address node ``node``'s pods use as their gateway: an address of the node
+        that every one of its pods and its client reaches."""
+        return podnet.gateway(self.cni, self.node(node).pod_cidr)
+
+    @property
+    def bridge(self) -> str | None:
+        """The bridge the pod veths are ports of (cni0), or None when pods are routed."""
+        return podnet.BRIDGE if self.cni is Cni.BRIDGE else None
 
     def pod(self, index: int) -> Pod:
         for p in self.pods:
@@ -189,11 +218,13 @@ class Lab:
         return [p for p in self.pods if p.node == index]
 
     def node_ifnames(self, index: int) -> list[str]:
-        """Node ``index``'s host-side interfaces: pod veths, client veth, uplink."""
+        """Node ``index``'s host-side interfaces: pod veths, client veth, uplink and
+        overlay."""
         node = self.node(index)
         uplink = [node.uplink] if node.uplink else []
+        overlay = [self.overlay] if self.overlay else []
         return [*(p.host_ifname for p in self.node_pods(index)), node.client.host_ifname,
-                *uplink]
+                *uplink, *overlay]
 
     def node_manifest(self, index: int) -> dict[str, Any]:
         """Node ``index`` as a Kubernetes Node object (see Node.internal_ip)."""
@@ -223,6 +254,7 @@ class Lab:
             "name": self.spec.name,
             "pods_requested": self.spec.pods,
             "nodes_requested": self.spec.nodes,
+            "cni": self.spec.cni.value,
             "node_ns": self.node_ns,
             "client": _pod_json(self.client),
             "pods": [_pod_json(p) for p in self.pods],
@@ -245,7 +277,7 @@ class Lab:
         """The recorded lab; nodes and outside clients follow from the spec, so a
         version 1 record (one node) reads as well."""
         spec = LabSpec(data["name"], int(data["pods_requested"]),
-                       int(data.get("nodes_requested", 1)))
+                       int(data.get("nodes_requested", 1)), Cni(data.get("cni", "routed")))
         lab = _plan(spec)
         lab.pods = [_pod_from_json(p) for p in data["pods"]]
         lab.state_dir = state_dir
@@ -507,6 +539,7 @@ def _build_node(lab: Lab, node: Node) -> None:
         underlay.no_rp_filter(ns)
         if lab.underlay_ns:
             underlay.no_redirects(ns)
+        podnet.prepare_node(ns, lab.cni, node.pod_cidr)
 
 
 def _build_underlay(lab: Lab, switch_ns: str) -> None:
@@ -521,10 +554,16 @@ def _build_underlay(lab: Lab, switch_ns: str) -> None:
             underlay.plug(switch_ns, node.netns, ifname=node.uplink, port=f"n{node.index}",
                           address=IPv4Interface((node.address, prefix)))
             underlay.no_redirects(node.netns, node.uplink)
-            underlay.add_routes(node.netns, [
-                (other.pod_cidr, other.address) for other in lab.nodes
-                if other is not node and other.address is not None
-            ], dev=node.uplink)  # fmt: skip
+            others = [o for o in lab.nodes if o is not node and o.address is not None]
+            if lab.cni is Cni.BRIDGE:
+                podnet.build_overlay(
+                    node.netns, index=node.index, pod_cidr=node.pod_cidr,
+                    underlay=node.address, uplink=node.uplink,
+                    peers=[podnet.OverlayPeer(o.pod_cidr, o.address, o.index)
+                           for o in others if o.address is not None])
+            else:
+                underlay.add_routes(node.netns, [(o.pod_cidr, o.address) for o in others
+                                                 if o.address is not None], dev=node.uplink)
     gateway = lab.nodes[0].address
     assert gateway is not None
     for ext in lab.outside:
@@ -541,26 +580,14 @@ def _build_underlay(lab: Lab, switch_ns: str) -> None:
 def _build_pod(lab: Lab, pod: Pod) -> None:
     """Create ``pod``'s namespace and its veth pair (made inside its node's namespace,
     the peer created straight into the pod), addresses and routes on both sides."""
-    host = pod.host_ifname
-    node_ns = lab.node_of(pod).netns
+    node = lab.node_of(pod)
     with _step(lab, f"create {pod.name} ({pod.netns})"):
         netns.create(pod.netns)
         for conf in ("all", "default"):
             netns.sysctl(pod.netns, f"net.ipv4.conf.{conf}.rp_filter", 0)
-        netns.ip_batch(node_ns, [f"link add {host} type veth peer name eth0 netns {pod.netns}"])
-        netns.sysctl(node_ns, f"net.ipv4.conf.{host}.rp_filter", 0)
-        netns.ip_batch(node_ns, [
-            f"addr add {GATEWAY}/32 dev {host}",
-            f"link set {host} up",
-            f"route add {pod.ip}/32 dev {host} scope link",
-        ])  # fmt: skip
-        netns.ip_batch(pod.netns, [
-            "link set lo up",
-            f"addr add {pod.ip}/32 dev eth0",
-            "link set eth0 up",
-            f"route add {GATEWAY} dev eth0 scope link",
-            f"route add default via {GATEWAY} dev eth0",
-        ])  # fmt: skip
+        podnet.plug_pod(node.netns, pod.netns, cni=lab.cni, host_ifname=pod.host_ifname,
+                        ip=pod.ip, pod_cidr=node.pod_cidr,
+                        mtu=podnet.OVERLAY_MTU if lab.overlay else None)
 
 
 def _start_servers(lab: Lab, pods: list[Pod]) -> None:

@@ -75,3 +75,8 @@ def kernel_counters(pin_dir: str) -> dict[str, int]:
     assert out.exit_code == 0, out.output
     counters: dict[str, int] = json.loads(out.output)["counters"]
     return counters
+
+
+# Every node shape a user's cluster may have (ebpflb.lab.podnet): Service-feature lab
+# tests run on each.
+CNIS = ["routed", "bridge"]

@@ -1,0 +1,127 @@
+"""How a lab node wires its pods: the node shapes that CNIs build, so every Service
+feature is tested on each shape a user's cluster may have.
+
+- ``routed`` (Calico): every host-side veth is an L3 hop of its own. It carries the
+  link-local gateway 169.254.1.1/32 and a /32 route to its pod; the pod has a /32
+  address and a default route via the gateway. Between nodes: plain routes to the
+  other nodes' pod ranges over the underlay (as BGP would announce them).
+- ``bridge`` (flannel's ``cni0``, the bridge plugin, kubenet's ``cbr0``; most kubeadm,
+  k3s and kind clusters): the host-side veths are ports of a Linux bridge that holds
+  the pod range's first address as the gateway; a pod has a /24 address and a default
+  route via the bridge. A packet the tc program lets pass on a pod veth therefore
+  enters the IP stack on the bridge, so the bridge's own sysctls decide its fate.
+  Between nodes: a VXLAN overlay as flannel's ``vxlan`` backend builds it
+  (``flannel.1`` with the node's pod-range network address, static ARP and FDB entries
+  per remote node, pod-range routes via the remote VTEP ``onlink``, MTU 1450).
+
+The bridge gets strict reverse-path filtering, the default of several distributions:
+the lab must not make life easier for the data path than a real node would.
+
+Generic wiring by namespace names and addresses only; ``topology`` decides the plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from ipaddress import IPv4Address, IPv4Network
+
+from ebpflb.lab import netns
+
+ROUTED_GATEWAY = IPv4Address("169.254.1.1")
+BRIDGE = "cni0"
+OVERLAY = "flannel.1"
+VXLAN_ID = 1  # flannel's VNI
+VXLAN_PORT = 8472  # flannel's (Linux's legacy VXLAN port), not IANA's 4789
+OVERLAY_MTU = 1450  # 1500 less the VXLAN, UDP, IP and inner Ethernet headers
+STRICT_RP_FILTER = 1
+
+
+class Cni(StrEnum):
+    """A node shape: how pods are plugged into their node."""
+
+    ROUTED = "routed"
+    BRIDGE = "bridge"
+
+
+@dataclass(frozen=True)
+class OverlayPeer:
+    """Another node as this node's overlay sees it: its pod range, underlay address
+    and node index (which fixes its VTEP's MAC address)."""
+
+    pod_cidr: IPv4Network
+    underlay: IPv4Address
+    index: int
+
+
+def gateway(cni: Cni, pod_cidr: IPv4Network) -> IPv4Address:
+    """The address pods use as their default gateway."""
+    return ROUTED_GATEWAY if cni is Cni.ROUTED else pod_cidr[1]
+
+
+def vtep_mac(index: int) -> str:
+    """Node ``index``'s overlay MAC: fixed, so the other nodes' static entries match
+    (locally administered, unicast)."""
+    return f"0e:eb:00:00:00:{index:02x}"
+
+
+def prepare_node(ns: str, cni: Cni, pod_cidr: IPv4Network) -> None:
+    """What the node needs before its first pod: for a bridge shape, the bridge with
+    the gateway address, up, with strict reverse-path filtering."""
+    if cni is Cni.ROUTED:
+        return
+    netns.ip_batch(ns, [
+        f"link add {BRIDGE} type bridge stp_state 0 forward_delay 0",
+        f"addr add {pod_cidr[1]}/{pod_cidr.prefixlen} dev {BRIDGE}",
+        f"link set {BRIDGE} up",
+    ])  # fmt: skip
+    netns.sysctl(ns, f"net.ipv4.conf.{BRIDGE}.rp_filter", STRICT_RP_FILTER)
+
+
+def plug_pod(node_ns: str, pod_ns: str, *, cni: Cni, host_ifname: str, ip: IPv4Address,
+             pod_cidr: IPv4Network, mtu: int | None = None) -> None:
+    """A veth pair made inside the node with its peer ``eth0`` created straight into the
+    pod (nothing appears in the root namespace), wired as ``cni`` wires pods."""
+    gw = gateway(cni, pod_cidr)
+    mtu_arg = f" mtu {mtu}" if mtu else ""
+    netns.ip_batch(node_ns, [
+        f"link add {host_ifname}{mtu_arg} type veth peer name eth0{mtu_arg} netns {pod_ns}"])
+    netns.sysctl(node_ns, f"net.ipv4.conf.{host_ifname}.rp_filter", 0)
+    if cni is Cni.ROUTED:
+        netns.ip_batch(node_ns, [
+            f"addr add {gw}/32 dev {host_ifname}",
+            f"link set {host_ifname} up",
+            f"route add {ip}/32 dev {host_ifname} scope link",
+        ])  # fmt: skip
+        pod_lines = [f"addr add {ip}/32 dev eth0", "link set eth0 up",
+                     f"route add {gw} dev eth0 scope link"]
+    else:
+        netns.ip_batch(node_ns, [f"link set {host_ifname} master {BRIDGE}",
+                                 f"link set {host_ifname} up"])
+        pod_lines = [f"addr add {ip}/{pod_cidr.prefixlen} dev eth0", "link set eth0 up"]
+    netns.ip_batch(pod_ns, ["link set lo up", *pod_lines,
+                            f"route add default via {gw} dev eth0"])
+
+
+def build_overlay(ns: str, *, index: int, pod_cidr: IPv4Network, underlay: IPv4Address,
+                  uplink: str, peers: Sequence[OverlayPeer]) -> None:
+    """flannel's VXLAN backend on node ``index``: ``flannel.1`` over ``uplink``, and for
+    each peer a static neighbour (its VTEP MAC at its pod range's network address), an
+    FDB entry sending that MAC to its underlay address, and a route to its pod range."""
+    lines = [
+        f"link add {OVERLAY} address {vtep_mac(index)} mtu {OVERLAY_MTU} type vxlan"
+        f" id {VXLAN_ID} local {underlay} dev {uplink} dstport {VXLAN_PORT} nolearning",
+        f"addr add {pod_cidr.network_address}/32 dev {OVERLAY}",
+        f"link set {OVERLAY} up",
+    ]
+    for peer in peers:
+        vtep = peer.pod_cidr.network_address
+        lines += [
+            f"neigh add {vtep} lladdr {vtep_mac(peer.index)} dev {OVERLAY} nud permanent",
+            f"route add {peer.pod_cidr} via {vtep} dev {OVERLAY} onlink",
+        ]
+    netns.ip_batch(ns, lines)
+    for peer in peers:  # FDB entries are `bridge` commands, not `ip` ones
+        netns.run(ns, ["bridge", "fdb", "append", vtep_mac(peer.index), "dev", OVERLAY,
+                       "dst", str(peer.underlay), "self", "permanent"])
