@@ -1,7 +1,8 @@
 """Which interfaces the kernel path attaches to by default, read from a real network
 namespace: veths (pod side) and the node's uplinks, among them overlay devices (VXLAN)
 with or without an address; not a bridge (a CNI's cni0, or the userspace path's
-ebpflb0 where dummy devices are missing), not loopback. (This kernel has no bond, VLAN,
+ebpflb0 where dummy devices are missing), not loopback; and which bridge a pod veth
+is a port of, whose sysctls the agent must set too. (This kernel has no bond, VLAN,
 Geneve or dummy drivers to make more kinds with.)"""
 
 from __future__ import annotations
@@ -39,13 +40,18 @@ def test_default_interfaces(ns: str) -> None:
         "addr add 10.42.0.0/32 dev vx2",
         "link add ebpflb0 type bridge",
         "addr add 10.96.0.10/32 dev ebpflb0",
+        "link add cni0 type bridge",
+        "addr add 10.244.0.1/24 dev cni0",
+        "link add vp1 type veth peer name vp1p",
+        "link set vp1 master cni0",
         "link set lo up",
     ])  # fmt: skip
     attacher = TcAttacher(-1, netns=ns)
     try:
-        assert attacher.veths() == ["vh1", "vh1p"]
+        assert attacher.veths() == ["vh1", "vh1p", "vp1", "vp1p"]
         assert attacher.uplinks() == ["flannel.1", "vx2"]
+        assert attacher.scan().bridge_of == {"vp1": "cni0"}
         assert {str(a) for a in attacher.local_addresses()} == {
-            "127.0.0.1", "192.0.2.1", "10.42.0.0", "10.96.0.10"}
+            "127.0.0.1", "192.0.2.1", "10.42.0.0", "10.96.0.10", "10.244.0.1"}
     finally:
         attacher.close()

@@ -28,7 +28,7 @@ from ebpflb.lab import netns, topology, traffic
 from ebpflb.lab.agentproc import AgentProcess
 
 from . import manifests as k8s
-from .conftest import _require_root, kernel_counters, unique_lab_name
+from .conftest import CNIS, _require_root, kernel_counters, unique_lab_name
 
 pytestmark = pytest.mark.root
 
@@ -119,15 +119,17 @@ class Cluster:
         return kernel_counters(self.pins[k - 1])
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+@pytest.fixture(scope="module", params=CNIS)
+def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[Cluster]:
     _require_root()
     name = unique_lab_name()
     pins = [f"/sys/fs/bpf/ebpflb-{name}-{k}-{secrets.token_hex(2)}" for k in (1, 2)]
     base = tmp_path_factory.mktemp("multinode")
     manifests = base / "manifests"
     manifests.mkdir()
-    c = Cluster(topology.up(topology.LabSpec(name, pods=2, nodes=2)), manifests, pins)
+    spec = topology.LabSpec(name, pods=2, nodes=2, cni=request.param)
+    c = Cluster(topology.up(spec), manifests, pins)
     try:
         k8s.write(manifests, "nodes", [c.lab.node_manifest(1), c.lab.node_manifest(2)])
         c.start()

@@ -8,6 +8,8 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any
 
@@ -34,6 +36,18 @@ def _kind(link: Any) -> str | None:
     return info.get_attr("IFLA_INFO_KIND") if info is not None else None
 
 
+@dataclass(frozen=True)
+class Links:
+    """One look at the namespace's interfaces, by the role each plays for the program."""
+
+    veths: frozenset[str]  # pod side (and a lab's veth uplinks)
+    uplinks: frozenset[str]  # see TcAttacher.uplinks
+    # veth -> the bridge it is a port of (flannel's cni0, kubenet's cbr0, the bridge
+    # plugin): what the program lets pass on such a veth enters the IP stack on the
+    # bridge, so the bridge's sysctls apply to it (see dataplane.relax_source_checks).
+    bridge_of: Mapping[str, str]
+
+
 class TcAttacher:
     def __init__(self, prog_fd: int, *, netns: str | None = None,
                  egress_fd: int = -1) -> None:
@@ -49,22 +63,33 @@ class TcAttacher:
     def links(self) -> dict[str, int]:
         return {link.get_attr("IFLA_IFNAME"): link["index"] for link in self.ipr.get_links()}
 
+    def scan(self) -> Links:
+        """Veths, uplinks and pod bridges, from one dump of links and one of addresses.
+
+        Uplinks are the node's own interfaces towards the network (a NIC, bond or VLAN
+        with an IPv4 address, and overlay devices): where NodePort, external and
+        load-balancer traffic arrives, and replies from backends on other nodes."""
+        links = list(self.ipr.get_links())
+        addressed = {a["index"] for a in self.ipr.get_addr(family=socket.AF_INET)}
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in links}
+        kinds = {link["index"]: _kind(link) for link in links}
+        veths = [link for link in links if kinds[link["index"]] == "veth"]
+        return Links(
+            veths=frozenset(names[link["index"]] for link in veths),
+            uplinks=frozenset(
+                names[i] for i, kind in kinds.items() if names[i] != "lo" and (
+                    kind in TUNNEL_KINDS or (kind in UPLINK_KINDS and i in addressed))),
+            bridge_of={names[link["index"]]: names[m] for link in veths
+                       if (m := link.get_attr("IFLA_MASTER")) in names
+                       and kinds[m] == "bridge"},
+        )  # fmt: skip
+
     def veths(self) -> list[str]:
-        return sorted(
-            link.get_attr("IFLA_IFNAME") for link in self.ipr.get_links() if _kind(link) == "veth"
-        )
+        return sorted(self.scan().veths)
 
     def uplinks(self) -> list[str]:
-        """The node's own interfaces towards the network (a NIC, bond or VLAN with an
-        IPv4 address, and overlay devices): where NodePort, external and load-balancer
-        traffic arrives, and replies from backends on other nodes."""
-        addressed = {a["index"] for a in self.ipr.get_addr(family=socket.AF_INET)}
-        return sorted(
-            link.get_attr("IFLA_IFNAME") for link in self.ipr.get_links()
-            if link.get_attr("IFLA_IFNAME") != "lo" and (
-                _kind(link) in TUNNEL_KINDS
-                or (_kind(link) in UPLINK_KINDS and link["index"] in addressed))
-        )
+        """See scan."""
+        return sorted(self.scan().uplinks)
 
     def local_addresses(self) -> frozenset[IPv4Address]:
         """Every IPv4 address of the namespace's interfaces."""

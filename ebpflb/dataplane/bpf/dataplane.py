@@ -39,7 +39,9 @@ class BpfConfig:
 # them on its own: a translated packet may carry a node address as its source (source
 # NAT of external traffic, a reply reverse-translated to a NodePort) or a Service
 # address from a pod interface, which the kernel would otherwise drop as a martian or
-# fail reverse-path filtering.
+# fail reverse-path filtering. On a bridged node (flannel's cni0) such a packet enters
+# the IP stack on the bridge, not on the veth it was translated on: the bridge gets
+# the same settings (without them, NodePort replies under source NAT were all lost).
 SOURCE_CHECK_SYSCTLS = (("accept_local", "1"), ("rp_filter", "0"))
 
 
@@ -86,6 +88,7 @@ class BpfDataplane:
             self.program.close()
             raise
         self.attached: set[str] = set()
+        self.relaxed_bridges: set[str] = set()
         self._warned: set[str] = set()
         adopted = len(self.writer.frontends)
         if adopted:
@@ -149,7 +152,8 @@ class BpfDataplane:
         """Attach to interfaces that appeared since the last call; decide whether the
         egress hook has work (see hostbackends)."""
         self.host_backends.housekeeping(self.writer.frontends)
-        veths, uplinks = set(self.attacher.veths()), set(self.attacher.uplinks())
+        links = self.attacher.scan()
+        veths, uplinks = set(links.veths), set(links.uplinks)
         wanted = self._wanted(veths, uplinks)
         self.attached &= wanted
         for ifname in sorted(wanted - self.attached):
@@ -161,6 +165,17 @@ class BpfDataplane:
             log.info("attached %s to %s", self.program.name, ifname)
             relax_source_checks(ifname)
             self.attached.add(ifname)
+        self._relax_bridges({links.bridge_of[v] for v in self.attached if v in links.bridge_of})
+
+    def _relax_bridges(self, bridges: set[str]) -> None:
+        """Source checks relaxed on the bridges whose veths the program is on (again
+        for a bridge that went away and came back, as a CNI may recreate it)."""
+        self.relaxed_bridges &= bridges
+        for bridge in sorted(bridges - self.relaxed_bridges):
+            relax_source_checks(bridge)
+            self.relaxed_bridges.add(bridge)
+            log.info("pods are bridged on %s: accept_local=1 and rp_filter=0 set on it, "
+                     "as on the veths", bridge)
 
     def close(self, *, cleanup: bool = False) -> None:
         if self.socket_lb is not None:
