@@ -2,7 +2,10 @@
 
 It is started with netns.spawn (nsenter --net), so it stays in the host's mount
 namespace and its pins land on the host's BPF filesystem, where the CLI and a
-restarted agent find them."""
+restarted agent find them. With ``ip_netns_exec=True`` it is started as an engineer
+would by hand, under ``ip netns exec``: a private mount namespace with /sys remounted,
+so no /sys/fs/bpf and no cgroup2 of the host's are visible to it; its --pin-dir must
+then be on a BPF filesystem mounted outside /sys beforehand (see DESIGN.md)."""
 
 from __future__ import annotations
 
@@ -22,9 +25,14 @@ from ebpflb.lab import netns
 class AgentProcess:
     def __init__(self, node_ns: str, *, manifests: str | Path | None = None,
                  kubeconfig: str | Path | None = None, pin_dir: str,
-                 log_path: str | Path, extra_args: Sequence[str] = ()) -> None:
+                 log_path: str | Path, extra_args: Sequence[str] = (),
+                 ip_netns_exec: bool = False) -> None:
         if (manifests is None) == (kubeconfig is None):
             raise ValueError("give exactly one of manifests or kubeconfig")
+        if ip_netns_exec and os.path.abspath(pin_dir).startswith("/sys/"):
+            raise ValueError(f"pin dir {pin_dir}: under ip netns exec /sys is not the "
+                             "host's; give one on a bpffs mounted elsewhere (e.g. /run)")
+        self.ip_netns_exec = ip_netns_exec
         self.node_ns = node_ns
         self.source_args = (("--manifests", str(manifests)) if manifests is not None
                             else ("--kubeconfig", str(kubeconfig)))
@@ -41,8 +49,13 @@ class AgentProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()/kill()
-        self.proc = netns.spawn(self.node_ns, argv, stdout=self._log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        if self.ip_netns_exec:  # ip execs the agent in place: the PID is the agent's
+            self.proc = subprocess.Popen(["ip", "netns", "exec", self.node_ns, *argv],
+                                         stdout=self._log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        else:
+            self.proc = netns.spawn(self.node_ns, argv, stdout=self._log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
         return self
 
     @property
