@@ -114,8 +114,8 @@ def check_headers() -> Check:
     build = f"/lib/modules/{platform.release()}/build"
     ok = os.path.isdir(os.path.join(build, "include"))
     return Check("kernel headers", ok, f"{build} {'present' if ok else 'missing'}",
-                 "" if ok else "apt-get install linux-headers-amd64 and link it there "
-                 "(make setup does it)")
+                 "" if ok else "install Debian's linux-headers-<flavour> of this "
+                 "architecture and link it there (make setup does both)")
 
 
 def check_bpffs() -> Check:
@@ -126,20 +126,20 @@ def check_bpffs() -> Check:
 
 
 def check_compile() -> Check:
-    """Compile and load a trivial tc program: proves the compiler, headers and verifier."""
-    try:
-        from bcc import BPF
+    """Compile and load ebpflb's own programs from the C sources the agent would use
+    (loader.bpf_dir(): the installed package's copy, or the checkout's): proves the
+    sources are there and the compiler, headers and verifier accept them."""
+    from ebpflb.dataplane.bpf.loader import BPF_DIR_ENV, bpf_dir, compile_check
 
-        prog = BPF(text=b"#include <uapi/linux/pkt_cls.h>\n"
-                        b"int probe(struct __sk_buff *skb) { return TC_ACT_OK; }")
-        prog.load_func(b"probe", BPF.SCHED_CLS)
-        prog.cleanup()
+    try:
+        source_dir = compile_check()
     except Exception as exc:
         first = str(exc).strip().splitlines()[:1]
-        return Check("compile", False, f"bcc could not compile/load a tc program: "
-                     f"{first[0] if first else type(exc).__name__}",
-                     "see the checks above (headers, privileges)")
-    return Check("compile", True, "a tc program compiles and loads")
+        return Check("compile", False, f"bcc could not compile/load the programs in "
+                     f"{bpf_dir()}: {first[0] if first else type(exc).__name__}",
+                     f"see the checks above (headers, privileges); ${BPF_DIR_ENV} names "
+                     "another source directory")
+    return Check("compile", True, f"the programs in {source_dir} compile and load")
 
 
 def check_rp_filter() -> Check:

@@ -10,8 +10,10 @@ that text into the ``BpfUnavailableError`` it raises. The maps are pinned under
 from __future__ import annotations
 
 import contextlib
+import importlib.resources
 import logging
 import os
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,11 +36,19 @@ SOCK_PROGRAMS = {
 BPF_DIR_ENV = "EBPFLB_BPF_DIR"
 
 
+PACKAGED_BPF_DIR = "_bpf"  # ebpflb/_bpf in a built package: setup.py copies bpf/ there
+
+
 def bpf_dir() -> Path:
-    """The directory of the C sources: $EBPFLB_BPF_DIR, else ``bpf/`` of the source tree."""
+    """The directory of the C sources: $EBPFLB_BPF_DIR; else the copy shipped in the
+    installed package (``ebpflb/_bpf``, put there by setup.py when a wheel is built);
+    else ``bpf/`` of the source tree (a checkout, or an editable install of one)."""
     env = os.environ.get(BPF_DIR_ENV)
     if env:
         return Path(env)
+    packaged = importlib.resources.files("ebpflb") / PACKAGED_BPF_DIR
+    if isinstance(packaged, Path) and (packaged / PROGRAM_FILE).is_file():
+        return packaged
     return Path(__file__).resolve().parents[3] / "bpf"
 
 
@@ -151,3 +161,29 @@ def compile_program(*, pin_dir: str, max_services: int, max_backends: int,
     return LoadedProgram(bpf=module, fd=int(fn.fd), name=PROGRAM_NAME, pin_dir=pin_dir,
                          egress_fd=int(egress.fd),
                          sock_fds={name: int(f.fd) for name, f in socks.items()})
+
+
+def compile_check() -> Path:
+    """Compile and load the programs from bpf_dir() as the agent would, with small maps
+    pinned on a private bpffs that is unmounted and removed afterwards (nothing is
+    attached, nothing stays). Returns the source directory; raises
+    ``BpfUnavailableError`` with the compiler's or verifier's words."""
+    source_dir = bpf_dir()
+    mount = tempfile.mkdtemp(prefix="ebpflb-compile-check-")
+    try:
+        try:
+            subprocess.run(["mount", "-t", "bpf", "bpf", mount], check=True,
+                           capture_output=True, text=True)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            detail = getattr(exc, "stderr", "") or exc
+            raise BpfUnavailableError(f"cannot mount a private bpffs at {mount}: "
+                                      f"{str(detail).strip()}") from exc
+        try:
+            compile_program(pin_dir=mount, max_services=16, max_backends=64,
+                            max_conntrack=64).close()
+        finally:
+            subprocess.run(["umount", mount], check=False, capture_output=True)
+    finally:
+        with contextlib.suppress(OSError):
+            os.rmdir(mount)
+    return source_dir

@@ -1,0 +1,40 @@
+"""Build step that ships the C sources inside the package: bpf/ becomes ebpflb/_bpf.
+
+bcc compiles bpf/ebpflb_tc.c when the agent starts, so an installed ebpflb needs the C
+sources beside its Python code. They stay at the top of the repository (bpf/, where the
+README and DESIGN name them), and build_py copies them into the built package, where
+loader.bpf_dir() finds them. The alternatives do not work for both kinds of install: a
+package-dir mapping ("ebpflb._bpf" = "bpf") is ignored while packages are found
+automatically (it would need every subpackage listed by hand), and a symlink
+ebpflb/_bpf -> ../bpf is followed by some archivers and copied as a link by others.
+An editable install builds nothing here: bpf_dir() then uses the checkout's bpf/.
+Everything else is configured in pyproject.toml; MANIFEST.in puts bpf/ in the sdist.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+BPF_SOURCES = ("*.c", "lib/*.h")
+
+
+class BuildPyWithBpf(build_py):
+    """build_py, plus bpf/'s C sources copied to <build>/ebpflb/_bpf."""
+
+    def run(self) -> None:
+        super().run()
+        if getattr(self, "editable_mode", False):
+            return
+        source = Path("bpf")
+        target = Path(self.build_lib) / "ebpflb" / "_bpf"
+        for pattern in BPF_SOURCES:
+            for path in sorted(source.glob(pattern)):
+                dest = target / path.relative_to(source)
+                self.mkpath(str(dest.parent))
+                self.copy_file(str(path), str(dest))
+
+
+setup(cmdclass={"build_py": BuildPyWithBpf})
