@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from ebpflb.dataplane.bpf import abi
+
 pytestmark = pytest.mark.root
 
 CHECKOUT = Path(__file__).resolve().parents[2]
@@ -103,3 +105,37 @@ def test_installed_doctor_compiles_the_shipped_sources(installed: Path) -> None:
     assert str(installed) in compile_check["detail"]
     assert str(CHECKOUT) not in compile_check["detail"]
     assert report["dataplane"] == "bpf"
+
+
+# Run by the installed copy's python: the agent's own load step (a compiler child
+# process started as `sys.executable -m ebpflb.dataplane.bpf.isolated`) on a private
+# bpffs, unmounted and removed even when the load fails.
+AGENT_LOAD = """
+import json, os, subprocess, tempfile
+from ebpflb.dataplane.bpf.isolated import load_isolated
+from ebpflb.dataplane.bpf.loader import bpf_dir
+mount = tempfile.mkdtemp(prefix="ebpflb-installed-pins-")
+try:
+    subprocess.run(["mount", "-t", "bpf", "bpf", mount], check=True)
+    try:
+        prog = load_isolated(pin_dir=mount, max_services=16, max_backends=64,
+                             max_conntrack=64)
+        print(json.dumps({"fds": [prog.fd, prog.egress_fd, *prog.sock_fds.values()],
+                          "pins": sorted(os.listdir(mount)), "sources": str(bpf_dir())}))
+        prog.close()
+    finally:
+        subprocess.run(["umount", mount], check=True)
+finally:
+    os.rmdir(mount)
+"""
+
+
+def test_installed_agent_loads_its_programs(installed: Path) -> None:
+    """The agent's load path (compiler child process, pinned maps, program fds) works
+    from the installed copy alone."""
+    proc = _run([str(installed / "bin" / "python"), "-c", AGENT_LOAD], cwd=installed,
+                env=_env())
+    loaded = json.loads(proc.stdout)
+    assert len(loaded["fds"]) == 6 and all(fd >= 0 for fd in loaded["fds"]), loaded
+    assert set(abi.ALL_MAPS) <= set(loaded["pins"]), loaded["pins"]
+    assert Path(loaded["sources"]).is_relative_to(installed)
