@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ebpflb.dataplane.bpf.bpffs import BPFFS_ROOT, bpffs_mounts
+from ebpflb.errors import EbpflbError
 from ebpflb.statefile import DEFAULT_STATE_DIR
 
 CAP_NET_ADMIN = 12
@@ -98,6 +99,19 @@ def check_kernel() -> Check:
     ok = (major, minor) >= (5, 10)
     return Check("kernel", ok, f"Linux {release}",
                  "" if ok else "needs Linux 5.10 or newer (batch map ops, BTF)")
+
+
+def check_arch() -> Check:
+    """The bpf(2) system call number for this machine (dataplane.bpf.syscall): maps are
+    read and written through it, bypassing bcc."""
+    from ebpflb.dataplane.bpf.syscall import bpf_syscall_number
+
+    try:
+        number = bpf_syscall_number()
+    except EbpflbError as exc:
+        return Check("arch", False, str(exc), "add this machine's __NR_bpf (from the "
+                     "kernel's syscall table) to syscall.BPF_SYSCALL_NUMBERS")
+    return Check("arch", True, f"{platform.machine()}: bpf(2) is system call {number}")
 
 
 def check_bcc() -> Check:
@@ -198,8 +212,8 @@ def check_userspace() -> Check:
 def run_checks(*, state_dir: str = DEFAULT_STATE_DIR) -> Report:
     """Every check; ``state_dir`` is the agent's --state-dir (where it would mount what
     it finds missing)."""
-    checks = [check_privileges(), check_kernel(), check_bcc(), check_headers(), check_bpffs(),
-              check_rp_filter(), check_socket_lb(state_dir)]
+    checks = [check_privileges(), check_kernel(), check_arch(), check_bcc(), check_headers(),
+              check_bpffs(), check_rp_filter(), check_socket_lb(state_dir)]
     if all(c.ok for c in checks if c.required):
         checks.append(check_compile())
     checks.append(check_userspace())

@@ -64,3 +64,20 @@ def test_this_machine_number_is_the_one_used() -> None:
     with pytest.raises(OSError) as info:
         syscall.obj_get("/sys/fs/bpf/ebpflb-no-such-pin")
     assert info.value.errno in (errno.ENOENT, errno.EPERM)  # EPERM: without privileges
+
+
+@pytest.mark.parametrize(("machine", "ok", "words"), [
+    ("aarch64", True, "aarch64: bpf(2) is system call 280"),
+    ("x86_64", True, "x86_64: bpf(2) is system call 321"),
+    ("sparc64", False, "machine 'sparc64'"),
+])
+def test_doctor_names_the_number(monkeypatch: pytest.MonkeyPatch, machine: str, ok: bool,
+                                 words: str) -> None:
+    """`ebpflb doctor` shows the number in use, and fails the bpf data path (a required
+    check) on a machine whose number is not known."""
+    from ebpflb import doctor
+
+    monkeypatch.setattr(platform, "machine", lambda: machine)
+    check = doctor.check_arch()
+    assert (check.ok, check.required) == (ok, True)
+    assert words in check.detail
