@@ -25,7 +25,7 @@ from ebpflb.dataplane.userspace.state import UserspaceInspector, state_path
 from ebpflb.lab import netns, topology, traffic
 from ebpflb.lab.agentproc import AgentProcess
 
-from .conftest import _require_root, unique_lab_name
+from .conftest import CNIS, _require_root, unique_lab_name
 
 pytestmark = pytest.mark.root
 
@@ -152,14 +152,21 @@ def dataplane(request: pytest.FixtureRequest) -> str:
     return param
 
 
+@pytest.fixture(scope="module", params=CNIS)
+def cni(request: pytest.FixtureRequest) -> str:
+    param: str = request.param
+    return param
+
+
 @pytest.fixture(scope="module")
-def harness(tmp_path_factory: pytest.TempPathFactory, dataplane: str) -> Iterator[Harness]:
+def harness(tmp_path_factory: pytest.TempPathFactory, dataplane: str, cni: str
+            ) -> Iterator[Harness]:
     _require_root()
     name = unique_lab_name()
     pin_dir = f"/sys/fs/bpf/ebpflb-{name}-{secrets.token_hex(2)}"
     manifests = tmp_path_factory.mktemp("manifests")
     state_dir = str(tmp_path_factory.mktemp("state"))
-    lab = topology.up(topology.LabSpec(name, pods=3))
+    lab = topology.up(topology.LabSpec(name, pods=3, cni=cni))
     h = Harness(lab, manifests, pin_dir, dataplane, state_dir)
     try:
         write_service(manifests, "web", CLUSTER_IP, h.pods())

@@ -21,13 +21,12 @@ from ebpflb.lab.agentproc import AgentProcess
 from ebpflb.nodeports import RESERVED_PORTS_SYSCTL, parse_ports
 
 from . import manifests as k8s
-from .conftest import _require_root, unique_lab_name
+from .conftest import CNIS, _require_root, unique_lab_name
 
 pytestmark = pytest.mark.root
 
 NODE = "node-1"
 HEALTH_PORT = 32000
-GATEWAY = str(topology.GATEWAY)  # a node address every client reaches
 HTTP = {"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}
 
 
@@ -35,6 +34,7 @@ class Env:
     def __init__(self, lab: topology.Lab, manifests: Path, pin_dir: str, state_dir: str
                  ) -> None:
         self.lab = lab
+        self.node_ip = str(lab.gateway())  # a node address every client reaches
         self.manifests = manifests
         self.pin_dir = pin_dir
         self.state_dir = state_dir
@@ -87,16 +87,17 @@ def reserved(ns: str | None) -> set[int]:
     return parse_ports(out.stdout)
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+@pytest.fixture(scope="module", params=CNIS)
+def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+        ) -> Iterator[Env]:
     _require_root()
     name = unique_lab_name()
     pin_dir = f"/sys/fs/bpf/ebpflb-{name}-{secrets.token_hex(2)}"
     manifests = tmp_path_factory.mktemp("manifests")
-    lab = topology.up(topology.LabSpec(name, pods=2))
+    lab = topology.up(topology.LabSpec(name, pods=2, cni=request.param))
     e = Env(lab, manifests, pin_dir, str(tmp_path_factory.mktemp("state")))
     try:
-        k8s.write(manifests, "node", [k8s.node(NODE, GATEWAY)])
+        k8s.write(manifests, "node", [k8s.node(NODE, e.node_ip)])
         yield e
     finally:
         if e.agent is not None:
@@ -110,28 +111,28 @@ def test_health_check_answers_with_the_local_endpoint_count(env: Env):
     agent = env.start()
     try:
         client = env.lab.client.netns
-        assert health(client, GATEWAY) == (200, {
+        assert health(client, env.node_ip) == (200, {
             "service": {"namespace": "demo", "name": "web"}, "localEndpoints": 2,
             "serviceProxyHealthy": True})
         env.web(NODE, "node-2")
-        agent.wait_for(lambda: health(client, GATEWAY)[1]["localEndpoints"] == 1,
+        agent.wait_for(lambda: health(client, env.node_ip)[1]["localEndpoints"] == 1,
                        what="one local endpoint")
         env.web("node-2", "node-3")  # no endpoint on this node any more
-        agent.wait_for(lambda: health(client, GATEWAY)[0] == 503, what="503")
-        assert health(client, GATEWAY) == (503, {
+        agent.wait_for(lambda: health(client, env.node_ip)[0] == 503, what="503")
+        assert health(client, env.node_ip) == (503, {
             "service": {"namespace": "demo", "name": "web"}, "localEndpoints": 0,
             "serviceProxyHealthy": True})
         k8s.remove(env.manifests, "web")
-        agent.wait_for(lambda: _refused(client, GATEWAY), what="the listener to close")
+        agent.wait_for(lambda: _refused(client, env.node_ip), what="the listener to close")
     finally:
         env.stop()
 
 
 def test_nodeport_addresses_choose_where_health_checks_listen(env: Env):
     env.web(NODE)
-    env.start("--nodeport-addresses", "169.254.0.0/16")
+    env.start("--nodeport-addresses", f"{env.node_ip}/32")
     try:
-        assert health(env.lab.client.netns, GATEWAY)[0] == 200
+        assert health(env.lab.client.netns, env.node_ip)[0] == 200
         assert _refused(env.lab.node_ns, "127.0.0.1")  # not on every address
     finally:
         env.stop()

@@ -26,7 +26,7 @@ from ebpflb.lab import netns, topology, traffic
 from ebpflb.lab.agentproc import AgentProcess
 
 from . import manifests as k8s
-from .conftest import _require_root, unique_lab_name
+from .conftest import CNIS, _require_root, unique_lab_name
 
 pytestmark = pytest.mark.root
 
@@ -95,14 +95,21 @@ class Env:
                             what=f"{ip}:80/TCP -> {sorted(want)}")
 
 
-@pytest.fixture(scope="module", params=["bpf", "userspace"])
+def _setups(*dataplanes: str) -> list[str]:
+    """Each data path on each node shape: "bpf-routed", "userspace-bridge"..."""
+    return [f"{dp}-{cni}" for dp in dataplanes for cni in CNIS]
+
+
+@pytest.fixture(scope="module", params=_setups("bpf", "userspace"))
 def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         ) -> Iterator[Env]:
     _require_root()
     name = unique_lab_name()
     pin_dir = f"/sys/fs/bpf/ebpflb-{name}-{secrets.token_hex(2)}"
-    e = Env(topology.up(topology.LabSpec(name, pods=3)), tmp_path_factory.mktemp("manifests"),
-            pin_dir, str(tmp_path_factory.mktemp("state")), request.param)
+    dataplane, cni = request.param.split("-")
+    e = Env(topology.up(topology.LabSpec(name, pods=3, cni=cni)),
+            tmp_path_factory.mktemp("manifests"), pin_dir,
+            str(tmp_path_factory.mktemp("state")), dataplane)
     try:
         e.start()
         yield e
@@ -113,7 +120,7 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         remove_pins(pin_dir, abi.ALL_MAPS + abi.LEGACY_MAPS)
 
 
-kernel_path_only = pytest.mark.parametrize("env", ["bpf"], indirect=True)
+kernel_path_only = pytest.mark.parametrize("env", _setups("bpf"), indirect=True)
 
 
 def assert_udp_refused(ns: str, address: str, port: int) -> None:

@@ -21,7 +21,7 @@ from ebpflb.lab import netns, topology, traffic
 from ebpflb.lab.agentproc import AgentProcess
 
 from . import manifests as k8s
-from .conftest import _require_root, kernel_counters, unique_lab_name
+from .conftest import CNIS, _require_root, kernel_counters, unique_lab_name
 
 pytestmark = pytest.mark.root
 
@@ -50,12 +50,13 @@ class Node:
         return kernel_counters(self.pin_dir)
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+@pytest.fixture(scope="module", params=CNIS)
+def node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+         ) -> Iterator[Node]:
     _require_root()
     name = unique_lab_name()
     pin_dir = f"/sys/fs/bpf/ebpflb-{name}-{secrets.token_hex(2)}"
-    lab = topology.up(topology.LabSpec(name, pods=2))
+    lab = topology.up(topology.LabSpec(name, pods=2, cni=request.param))
     manifests = tmp_path_factory.mktemp("manifests")
     n = Node(lab, manifests, pin_dir)
     try:

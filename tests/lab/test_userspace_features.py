@@ -26,12 +26,11 @@ from ebpflb.lab import netns, topology, traffic
 from ebpflb.lab.agentproc import AgentProcess
 
 from . import manifests as k8s
-from .conftest import _require_root, unique_lab_name
+from .conftest import CNIS, _require_root, unique_lab_name
 
 pytestmark = pytest.mark.root
 
 NODE = "node-1"
-NODE_IP = str(topology.GATEWAY)  # 169.254.1.1
 CLIENT_IP = str(topology.CLIENT_IP)  # 10.244.0.200
 STICKY_IP = "10.96.3.10"
 LB_CLUSTER_IP = "10.96.3.11"
@@ -48,6 +47,7 @@ SLICE_PORTS = [{"name": "http", "port": 8080, "protocol": "TCP"},
 class Env:
     def __init__(self, lab: topology.Lab, manifests: Path, state_dir: str) -> None:
         self.lab = lab
+        self.node_ip = str(lab.gateway())  # a node address every client reaches
         self.manifests = manifests
         self.state_dir = state_dir
         self.agent: AgentProcess | None = None
@@ -93,16 +93,17 @@ class Env:
         return found
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+@pytest.fixture(scope="module", params=CNIS)
+def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+        ) -> Iterator[Env]:
     _require_root()
     name = unique_lab_name()
     pin_dir = f"/sys/fs/bpf/ebpflb-{name}-{secrets.token_hex(2)}"  # never used: userspace
     manifests = tmp_path_factory.mktemp("manifests")
-    e = Env(topology.up(topology.LabSpec(name, pods=3)), manifests,
+    e = Env(topology.up(topology.LabSpec(name, pods=3, cni=request.param)), manifests,
             str(tmp_path_factory.mktemp("state")))
     try:
-        k8s.write(manifests, "node", [k8s.node(NODE, NODE_IP)])
+        k8s.write(manifests, "node", [k8s.node(NODE, e.node_ip)])
         e.agent = AgentProcess(e.lab.node_ns, manifests=manifests, pin_dir=pin_dir,
                                log_path=e.lab.state_dir / "agent-userspace.log",
                                extra_args=["--cleanup", "--dataplane", "userspace",
@@ -175,16 +176,16 @@ def test_load_balancer_source_ranges(env: Env, admitted: bool):
 def test_node_port_is_served_at_the_node_address(env: Env):
     ports = [dict(HTTP, nodePort=NODE_PORT_TCP), dict(DNS, nodePort=NODE_PORT_UDP)]
     env.publish("np", NP_CLUSTER_IP, ports=ports, type="NodePort")
-    row = env.wait_frontend(f"{NODE_IP}:{NODE_PORT_TCP}/TCP", kind="nodeport",
+    row = env.wait_frontend(f"{env.node_ip}:{NODE_PORT_TCP}/TCP", kind="nodeport",
                             active_backends=3)
     assert row["service"] == "demo/np" and row["port_name"] == "http"
-    env.wait_frontend(f"{NODE_IP}:{NODE_PORT_UDP}/UDP", kind="nodeport")
+    env.wait_frontend(f"{env.node_ip}:{NODE_PORT_UDP}/UDP", kind="nodeport")
     pods = {f"{p.name}\n" for p in env.lab.pods}
-    seen = traffic.spread_tcp(env.client, NODE_IP, NODE_PORT_TCP, 60)
+    seen = traffic.spread_tcp(env.client, env.node_ip, NODE_PORT_TCP, 60)
     assert set(seen) == pods, seen
-    answer, source = traffic.udp_request(env.client, NODE_IP, NODE_PORT_UDP)
-    assert answer in pods and source == (NODE_IP, NODE_PORT_UDP)
+    answer, source = traffic.udp_request(env.client, env.node_ip, NODE_PORT_UDP)
+    assert answer in pods and source == (env.node_ip, NODE_PORT_UDP)
     # The node address is the node's own: the proxy listens on it, the device does not
     # carry it (ClusterIPs are there).
     out = netns.run(env.lab.node_ns, ["ip", "-4", "addr", "show", "dev", DEVICE_NAME]).stdout
-    assert f"{NP_CLUSTER_IP}/32" in out and NODE_IP not in out, out
+    assert f"{NP_CLUSTER_IP}/32" in out and env.node_ip not in out, out
