@@ -8,6 +8,12 @@ translates everything and compares every frontend; every other sync re-translate
 the Services the source reports as changed and compares only their frontends, so one
 event costs one Service's work however many Services there are.
 
+NodePorts open on this node's Node object's addresses, or on its own interfaces'
+addresses when it has no Node object or its Node lists none (``nodeaddrs``); the
+interfaces are read again every ``local_refresh`` seconds while they are in use, and
+a change of either set is a full sync. Which set is in use is logged when it changes
+and published in the status file.
+
 Beside the data path, each translation feeds the side systems (``sidetables``): the
 health-check listeners (``healthcheck``), the Services never load-balanced (published
 in the status file for ``ebpflb services``), and the frontends the data path cannot
@@ -32,17 +38,19 @@ from ebpflb.model import (
     IPAddress,
     ServiceRef,
 )
+from ebpflb.nodeaddrs import AddressSource, NodePortChoice, choose, own_addresses
 from ebpflb.nodeports import (
     DEFAULT_NODEPORT_RANGE,
     EVERY_NODE_ADDRESS,
     NodePortAddresses,
     PortRange,
 )
+from ebpflb.rtnetlink import Interface, interfaces
 from ebpflb.sidetables import SideTables
 from ebpflb.sources.base import Source
 from ebpflb.sources.incremental import IncrementalTranslator, NeedsRebuild
 from ebpflb.sources.topology import node_zone
-from ebpflb.sources.translate import ObjectError, node_addresses
+from ebpflb.sources.translate import ObjectError
 from ebpflb.status import AgentStatus, write_status
 from ebpflb.sync.plan import DeleteService, Plan, RemoveBackends
 from ebpflb.sync.syncer import Syncer, SyncResult
@@ -64,11 +72,15 @@ class AgentConfig:
     zone: str | None = None  # this node's zone; None: its Node's topology label
     nodeport_addresses: NodePortAddresses = EVERY_NODE_ADDRESS
     nodeport_range: PortRange = DEFAULT_NODEPORT_RANGE
+    # Seconds between two reads of this node's interface addresses while NodePorts use
+    # them (no Node object lists any).
+    local_refresh: float = 5.0
 
 
 class Agent:
     def __init__(self, source: Source, dataplane: Dataplane, config: AgentConfig, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 local_interfaces: Callable[[], Sequence[Interface]] = interfaces) -> None:
         self.source = source
         self.dataplane = dataplane
         self.config = config
@@ -90,6 +102,11 @@ class Agent:
         self._logged_errors: frozenset[str] = frozenset()
         self._refused: dict[ServiceRef, str] = {}
         self._translate_errors: tuple[ObjectError, ...] = ()
+        self._local_interfaces = local_interfaces
+        self._local: tuple[IPAddress, ...] = ()  # this node's interface addresses
+        self._local_read_at = float("-inf")
+        self._local_failed = False
+        self.nodeports: NodePortChoice | None = None  # None until the first full sync
         self.last_full_sync_seconds: float | None = None
         self.last_result: SyncResult | None = None
         self.last_sync_at: float | None = None  # wall clock
@@ -120,8 +137,9 @@ class Agent:
             self._next_resync = start + self.config.sync_period
         with no_full_collections():
             snap = self.source.load()
-            addresses, zone = self._node_view(snap.nodes)
-            self.translator.node_addresses, self.translator.node_zone = addresses, zone
+            choice, zone = self._node_view(snap.nodes)
+            self._note_nodeports(choice)
+            self.translator.node_addresses, self.translator.node_zone = choice.addresses, zone
             update = self.translator.rebuild(snap.services, snap.slices)
             self._translate_errors = update.errors
             self._log_errors([*snap.errors, *update.errors])
@@ -139,7 +157,7 @@ class Agent:
     def _incremental_sync(self) -> SyncResult:
         changes = self.source.take_changes()
         if changes.nodes and (self._node_view(self.source.nodes())
-                              != (self.translator.node_addresses, self.translator.node_zone)):
+                              != (self.nodeports, self.translator.node_zone)):
             log.info("this node's addresses or zone changed: full sync")
             return self._full_sync()
         refs = set(changes.services) | set(self._refused)
@@ -159,17 +177,58 @@ class Agent:
         return self.syncer.sync(self._side.served(update.state), update.touched)
 
     def _node_view(self, nodes: Sequence[dict[str, Any]]
-                   ) -> tuple[tuple[IPAddress, ...], str | None]:
+                   ) -> tuple[NodePortChoice, str | None]:
         """This node's NodePort addresses (as --nodeport-addresses selects them) and its
         zone (--zone, else its Node's label)."""
         name = self.config.node_name
-        if not name:
-            return (), self.config.zone
-        internal = [a for a in node_addresses(nodes, name, types=("InternalIP",))
-                    if a.version == 4]
-        addresses = self.config.nodeport_addresses.select(node_addresses(nodes, name),
-                                                          internal)
-        return addresses, self.config.zone or node_zone(nodes, name)
+        choice = choose(nodes, name, self._local_addresses(),
+                        self.config.nodeport_addresses)
+        return choice, self.config.zone or (node_zone(nodes, name) if name else None)
+
+    def _local_addresses(self, *, fresh: bool = False) -> tuple[IPAddress, ...]:
+        """This node's own interface addresses, read at most every ``local_refresh``
+        seconds (unless ``fresh``); the last ones known when they cannot be read."""
+        now = self.clock()
+        if fresh or now - self._local_read_at >= self.config.local_refresh:
+            self._local_read_at = now
+            try:
+                self._local = own_addresses(self._local_interfaces())
+                self._local_failed = False
+            except OSError as exc:
+                if not self._local_failed:
+                    log.warning("cannot read this node's interface addresses: %s", exc)
+                self._local_failed = True
+        return self._local
+
+    def _note_nodeports(self, choice: NodePortChoice) -> None:
+        """Log when the NodePort addresses' source changes (and the first time they come
+        from the interfaces); remember the choice."""
+        before, self.nodeports = self.nodeports, choice
+        if before is not None and before.source is choice.source:
+            return
+        shown = ", ".join(map(str, choice.addresses)) or "none"
+        narrowed = ("" if self.config.nodeport_addresses.every
+                    else f" (--nodeport-addresses {self.config.nodeport_addresses})")
+        if choice.source is AddressSource.LOCAL_INTERFACES:
+            log.info("%s: NodePorts are served on this node's interface addresses%s: %s",
+                     choice.why, narrowed, shown)
+        elif before is not None:
+            log.info("NodePorts are served on the addresses of %s again%s: %s", choice.why,
+                     narrowed, shown)
+
+    def _check_local_addresses(self) -> None:
+        """While NodePorts use the interfaces' addresses: a change of them is a full
+        sync (an address added by DHCP, an uplink that came up late)."""
+        if self.nodeports is None or self.nodeports.source is not AddressSource.LOCAL_INTERFACES:
+            return
+        if self.clock() - self._local_read_at < self.config.local_refresh:
+            return
+        before = self._local
+        if self._local_addresses(fresh=True) != before:
+            log.info("this node's interface addresses changed (%s): full sync",
+                     ", ".join(map(str, self._local)) or "none")
+            self._full = True
+            self._dirty = True
 
     def _healthy(self) -> bool:
         """For health checks: the agent has synced, and its last sync did not fail."""
@@ -219,6 +278,7 @@ class Agent:
             self._sync_now(now)
         if now >= self._next_housekeeping:
             self._next_housekeeping = now + self.config.housekeeping_interval
+            self._check_local_addresses()
             self._housekeeping()
         wait = self.config.poll_interval
         if self._dirty and synced:
@@ -307,7 +367,19 @@ class Agent:
             refused={str(ref): why for ref, why in self._refused.items()},
             skipped=len(self._logged_errors),
             unbalanced=self._side.unbalanced_json(),
+            **self._nodeports_status(),
         )
+
+    def _nodeports_status(self) -> dict[str, Any]:
+        choice = self.nodeports
+        option = self.config.nodeport_addresses
+        return {
+            "nodeport_addresses": ([str(a) for a in choice.addresses if a.version == 4]
+                                   if choice is not None else []),
+            "nodeport_address_source": choice.source.value if choice is not None else None,
+            "nodeport_address_reason": choice.why if choice is not None else None,
+            "nodeport_addresses_filter": None if option.every else str(option),
+        }
 
     def run(self, stop: threading.Event) -> None:
         log.info("agent running on the %s data path, source: %s", self.dataplane.name,

@@ -12,7 +12,15 @@ which `ebpflb services` lists from here.
      "last_sync_seconds": 0.001, "last_full_sync_seconds": 0.41, "frontends": 3,
      "backends": 9, "refused": {"ns/name": "why"}, "skipped": 0,
      "unbalanced": [{"service": "ns/name", "kind": "headless" | "externalname",
-                     "address": "None" | <externalName>}]}
+                     "address": "None" | <externalName>}],
+     "nodeport_addresses": ["192.168.1.10"],
+     "nodeport_address_source": "node-object" | "local-interfaces" | null,
+     "nodeport_address_reason": "Node n1" | "no Node object named n1" | ... | null,
+     "nodeport_addresses_filter": "10.0.0.0/8" | "primary" | null}
+
+The NodePort addresses are those that serve NodePorts (and health checks, and source
+NAT) after ``--nodeport-addresses`` (``nodeport_addresses_filter``, null when not
+given) narrowed them; their source is null until the first full sync.
 """
 
 from __future__ import annotations
@@ -49,6 +57,10 @@ class AgentStatus:
     skipped: int = 0  # objects skipped as invalid (logged by name)
     # Services never load-balanced: {"service", "kind", "address"}, by Service.
     unbalanced: list[dict[str, str]] = field(default_factory=list)
+    nodeport_addresses: list[str] = field(default_factory=list)  # after the filter
+    nodeport_address_source: str | None = None  # "node-object" | "local-interfaces"
+    nodeport_address_reason: str | None = None  # why that source, in words
+    nodeport_addresses_filter: str | None = None  # --nodeport-addresses; None: every
 
     def as_json(self) -> dict[str, Any]:
         return {"version": VERSION, "written_at": time.time(), **asdict(self)}

@@ -1,6 +1,7 @@
 """`ebpflb status`: the agent's own health from its status file: which source and data
 path it runs, whether the source is in sync or stale (the API server is away and the
-last known state keeps serving), the last sync, and Services refused for lack of room.
+last known state keeps serving), the last sync, the NodePort addresses and where they
+come from, and Services refused for lack of room.
 Exit status 0 when a running agent published it; 1 otherwise (no file, or the agent
 that wrote it is gone)."""
 
@@ -54,6 +55,26 @@ def status_text(d: dict[str, Any]) -> str:
             ["syncs", f"{d['syncs']} ({d['full_syncs']} full)"],
             ["last sync", last],
             ["last full sync", full],
+            ["nodeport addresses", nodeport_text(d)],
             ["skipped objects", d["skipped"]]]
     rows += [["refused", f"{ref}: {why}"] for ref, why in sorted(d["refused"].items())]
     return render.table(["", ""], rows).split("\n", 1)[1]
+
+
+SOURCES = {"node-object": "from the Node object",
+           "local-interfaces": "from this node's interfaces"}
+
+
+def nodeport_text(d: dict[str, Any]) -> str:
+    """``192.168.1.10 (from this node's interfaces: no Node object named n1;
+    --nodeport-addresses 192.168.0.0/16)``; "-" before the first sync (or from an agent
+    that does not publish it)."""
+    source = d.get("nodeport_address_source")
+    if source is None:
+        return "-"
+    why = [SOURCES.get(source, source)]
+    if d.get("nodeport_address_reason") and source != "node-object":
+        why[0] += f": {d['nodeport_address_reason']}"
+    if d.get("nodeport_addresses_filter"):
+        why.append(f"--nodeport-addresses {d['nodeport_addresses_filter']}")
+    return f"{', '.join(d.get('nodeport_addresses') or []) or 'none'} ({'; '.join(why)})"
