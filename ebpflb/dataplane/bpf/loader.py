@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ebpflb.dataplane.bpf.bpffs import BPFFS_ROOT, bpffs_mounts
 from ebpflb.errors import BpfUnavailableError, DataplaneError
 
 log = logging.getLogger(__name__)
@@ -165,25 +166,41 @@ def compile_program(*, pin_dir: str, max_services: int, max_backends: int,
 
 def compile_check() -> Path:
     """Compile and load the programs from bpf_dir() as the agent would, with small maps
-    pinned on a private bpffs that is unmounted and removed afterwards (nothing is
-    attached, nothing stays). Returns the source directory; raises
+    pinned in a scratch directory removed afterwards (nothing is attached, nothing
+    stays): a private bpffs, or, where mounting needs a CAP_SYS_ADMIN the process lacks,
+    a directory under the mounted /sys/fs/bpf. Returns the source directory; raises
     ``BpfUnavailableError`` with the compiler's or verifier's words."""
     source_dir = bpf_dir()
+    with _scratch_bpffs() as pin_dir:
+        compile_program(pin_dir=pin_dir, max_services=16, max_backends=64,
+                        max_conntrack=64).close()
+    return source_dir
+
+
+@contextlib.contextmanager
+def _scratch_bpffs() -> Iterator[str]:
     mount = tempfile.mkdtemp(prefix="ebpflb-compile-check-")
     try:
-        try:
-            subprocess.run(["mount", "-t", "bpf", "bpf", mount], check=True,
-                           capture_output=True, text=True)
-        except (OSError, subprocess.CalledProcessError) as exc:
-            detail = getattr(exc, "stderr", "") or exc
-            raise BpfUnavailableError(f"cannot mount a private bpffs at {mount}: "
-                                      f"{str(detail).strip()}") from exc
-        try:
-            compile_program(pin_dir=mount, max_services=16, max_backends=64,
-                            max_conntrack=64).close()
-        finally:
-            subprocess.run(["umount", mount], check=False, capture_output=True)
+        proc = subprocess.run(["mount", "-t", "bpf", "bpf", mount], check=False,
+                              capture_output=True, text=True)
+        if proc.returncode == 0:
+            try:
+                yield mount
+            finally:
+                subprocess.run(["umount", mount], check=False, capture_output=True)
+            return
     finally:
         with contextlib.suppress(OSError):
             os.rmdir(mount)
-    return source_dir
+    if BPFFS_ROOT not in bpffs_mounts():
+        raise BpfUnavailableError(f"cannot mount a scratch bpffs ({proc.stderr.strip()}) "
+                                  f"and none is mounted at {BPFFS_ROOT}")
+    pin_dir = tempfile.mkdtemp(prefix="ebpflb-compile-check-", dir=BPFFS_ROOT)
+    try:
+        yield pin_dir
+    finally:
+        for name in os.listdir(pin_dir):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(pin_dir, name))
+        with contextlib.suppress(OSError):
+            os.rmdir(pin_dir)
