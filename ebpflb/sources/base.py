@@ -53,6 +53,9 @@ class Changes:
     services: frozenset[ServiceRef]  # own object or one of its EndpointSlices changed
     nodes: bool  # a Node object changed (its addresses may be NodePort addresses)
     errors: tuple[FileError, ...] = ()  # the source's current read errors, as in Snapshot
+    # How many Service and EndpointSlice objects changed (kube-proxy's change counters)
+    service_objects: int = 0
+    slice_objects: int = 0
 
 
 class Source(Protocol):

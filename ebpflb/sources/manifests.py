@@ -92,7 +92,9 @@ class ManifestSource:
         """Re-read the changed files; the Services they change."""
         snap = self._refresh()
         changes = self._tracker.take_changes()
-        return Changes(changes.services, changes.nodes, snap.errors)
+        return Changes(changes.services, changes.nodes, snap.errors,
+                       service_objects=changes.service_objects,
+                       slice_objects=changes.slice_objects)
 
     def service(self, ref: ServiceRef) -> Obj | None:
         return self._tracker.service(ref)
