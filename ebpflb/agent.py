@@ -18,6 +18,11 @@ Beside the data path, each translation feeds the side systems (``sidetables``): 
 health-check listeners (``healthcheck``), the Services never load-balanced (published
 in the status file for ``ebpflb services``), and the frontends the data path cannot
 serve (SCTP on the bpf data path), which are left out of what it is given.
+
+The operational endpoints (``opsserver``) report on the loop: ``healthz`` learns when
+a change is queued and when the data path is fully in sync again (a refused Service
+keeps a change pending), ``metrics`` the duration and kind of every sync, the object
+changes, and the EndpointSlices each sync programmed.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from typing import Any
 from ebpflb.dataplane.base import Dataplane
 from ebpflb.gcpause import freeze_survivors, no_full_collections, trim_heap
 from ebpflb.healthcheck import WILDCARD, HealthCheck, HealthCheckServer
+from ebpflb.healthz import ProxyHealth, default_health_timeout, node_eligible
+from ebpflb.metrics import AgentGauges, AgentMetrics
 from ebpflb.model import (
     IPAddress,
     ServiceRef,
@@ -45,12 +52,13 @@ from ebpflb.nodeports import (
     NodePortAddresses,
     PortRange,
 )
+from ebpflb.opsserver import OpsServers
 from ebpflb.rtnetlink import Interface, interfaces
 from ebpflb.sidetables import SideTables
-from ebpflb.sources.base import Source
+from ebpflb.sources.base import Changes, Snapshot, Source
 from ebpflb.sources.incremental import IncrementalTranslator, NeedsRebuild
 from ebpflb.sources.topology import node_zone
-from ebpflb.sources.translate import ObjectError
+from ebpflb.sources.translate import SERVICE_NAME_LABEL, ObjectError
 from ebpflb.status import AgentStatus, write_status
 from ebpflb.sync.plan import DeleteService, Plan, RemoveBackends
 from ebpflb.sync.syncer import Syncer, SyncResult
@@ -69,6 +77,10 @@ class AgentConfig:
     sync_period: float = 300.0
     max_backoff: float = 30.0
     state_dir: str | None = None  # where agent.json is published; None: not published
+    # The proxier health and metrics endpoints, (host, port); None: not served.
+    healthz_address: tuple[str, int] | None = None
+    metrics_address: tuple[str, int] | None = None
+    healthz_timeout: float | None = None  # None: healthz.default_health_timeout(sync_period)
     zone: str | None = None  # this node's zone; None: its Node's topology label
     nodeport_addresses: NodePortAddresses = EVERY_NODE_ADDRESS
     nodeport_range: PortRange = DEFAULT_NODEPORT_RANGE
@@ -89,6 +101,18 @@ class Agent:
         self.translator = IncrementalTranslator(node_name=config.node_name,
                                                 node_zone=config.zone)
         self.health = HealthCheckServer(healthy=self._healthy)
+        self.proxy_health = ProxyHealth(
+            config.healthz_timeout if config.healthz_timeout is not None
+            else default_health_timeout(config.sync_period), clock=clock)
+        self.proxy_health.queued()  # the initial state waits to be programmed
+        self.metrics = AgentMetrics()
+        self.metrics.attach(dataplane, self._gauges)
+        self._ops = OpsServers(self.proxy_health, self.metrics,
+                               healthz_at=config.healthz_address,
+                               metrics_at=config.metrics_address)
+        self._initial_counted = False
+        self._loaded_slices: Sequence[dict[str, Any]] = ()  # of the last full load
+        self._changed_refs: set[ServiceRef] = set()  # of the running partial sync
         self._side = SideTables(dataplane, config.nodeport_range)
         self._health_pushed: tuple[tuple[HealthCheck, ...], tuple[str, ...]] | None = None
         self._full = True  # the next sync translates and compares everything
@@ -137,6 +161,7 @@ class Agent:
             self._next_resync = start + self.config.sync_period
         with no_full_collections():
             snap = self.source.load()
+            self._loaded(snap)
             choice, zone = self._node_view(snap.nodes)
             self._note_nodeports(choice)
             self.translator.node_addresses, self.translator.node_zone = choice.addresses, zone
@@ -156,6 +181,7 @@ class Agent:
 
     def _incremental_sync(self) -> SyncResult:
         changes = self.source.take_changes()
+        self._took(changes)
         if changes.nodes and (self._node_view(self.source.nodes())
                               != (self.nodeports, self.translator.node_zone)):
             log.info("this node's addresses or zone changed: full sync")
@@ -249,6 +275,56 @@ class Agent:
             log.warning("skipped: %s", msg)
         self._logged_errors = current
 
+    # --- health and metrics bookkeeping ---------------------------------------------
+
+    def _loaded(self, snap: Snapshot) -> None:
+        """A full load: the slices this sync programs, this node's eligibility, and
+        (once) the initial objects as changes, as kube-proxy counts their adds."""
+        self._loaded_slices = snap.slices
+        self.proxy_health.set_node_eligible(node_eligible(snap.nodes, self.config.node_name))
+        if not self._initial_counted:
+            self._initial_counted = True
+            self.metrics.changes(services=len(snap.services), slices=len(snap.slices))
+
+    def _took(self, changes: Changes) -> None:
+        self.metrics.changes(services=changes.service_objects, slices=changes.slice_objects)
+        self._changed_refs = set(changes.services) | set(self._refused)
+        if changes.nodes:
+            self.proxy_health.set_node_eligible(
+                node_eligible(self.source.nodes(), self.config.node_name))
+
+    def _queued(self) -> None:
+        self.proxy_health.queued()
+        self.metrics.queued()
+
+    def _synced(self, seconds: float, *, full: bool) -> None:
+        """A sync succeeded: everything queued is programmed unless a Service was
+        refused (its change stays pending for the health check)."""
+        complete = not self._refused
+        self.proxy_health.synced(complete=complete)
+        if not complete:
+            self.proxy_health.queued()
+        if full:
+            slices: Sequence[dict[str, Any]] = self._loaded_slices
+            if self._refused:
+                slices = [s for s in slices if ServiceRef(
+                    s.get("metadata", {}).get("namespace", ""),
+                    s.get("metadata", {}).get("labels", {}).get(SERVICE_NAME_LABEL, ""))
+                    not in self._refused]
+        else:
+            slices = [s for ref in self._changed_refs if ref not in self._refused
+                      for s in self.source.slices_of(ref)]
+        self.metrics.synced(seconds, full=full, complete=complete, slices=slices)
+        self._loaded_slices = ()
+
+    def _gauges(self) -> AgentGauges:
+        """For a scrape (on the metrics server's thread: reads only)."""
+        stale_since = self.source.stale_since
+        return AgentGauges(
+            dataplane=self.dataplane.name, refused_services=len(self._refused),
+            frontends=len(self.translator.state.entries), backends=self.translator.backends,
+            stale_seconds=0.0 if stale_since is None else max(0.0, self.clock() - stale_since))
+
     def _note_refusals(self, result: SyncResult) -> None:
         for ref, why in sorted(result.refused.items()):
             if ref not in self._refused:
@@ -269,6 +345,7 @@ class Agent:
         try:
             if synced and self.source.poll():
                 self._dirty = True
+                self._queued()
         except Exception as exc:
             log.error("source: %s", exc)
         if synced and now >= self._next_resync:
@@ -308,6 +385,7 @@ class Agent:
     def _sync_now(self, now: float) -> None:
         self._dirty = False
         self._last_sync = now
+        began, full_syncs = self.clock(), self.full_syncs
         try:
             self.last_result = self.sync_once()
         except Exception as exc:
@@ -320,6 +398,7 @@ class Agent:
         self.syncs += 1
         self.last_sync_at = time.time()
         self._backoff = 0.0
+        self._synced(self.clock() - began, full=self.full_syncs > full_syncs)
         if self._repairing:
             self._repairing = False
             plan = self.last_result.plan
@@ -384,6 +463,7 @@ class Agent:
     def run(self, stop: threading.Event) -> None:
         log.info("agent running on the %s data path, source: %s", self.dataplane.name,
                  self.source.kind)
+        self._ops.start()
         try:
             while not stop.is_set():
                 wait = self.step()
@@ -398,4 +478,5 @@ class Agent:
         """Stop the side systems (the health-check listeners); the data path is the
         caller's."""
         self.health.close()
+        self._ops.close()
 

@@ -143,6 +143,16 @@ def agent(
     nodeport_range: Annotated[str, typer.Option(
         help="The NodePort range, reserved against ephemeral ports in this network "
              "namespace (net.ipv4.ip_local_reserved_ports).")] = "30000-32767",
+    healthz_bind_address: Annotated[str, typer.Option(
+        help="HOST:PORT of the proxier health server (/healthz, /livez), as kube-proxy's; "
+             "empty or port 0: off.")] = "0.0.0.0:10256",
+    healthz_timeout: Annotated[float | None, typer.Option(
+        help="Seconds a queued change may wait to be programmed before /healthz and "
+             "/livez answer 503; default: 2 x --sync-period (kube-proxy's rule), at most "
+             "60 s (60 s with --sync-period 0).")] = None,
+    metrics_bind_address: Annotated[str, typer.Option(
+        help="HOST:PORT of the Prometheus metrics server (/metrics), as kube-proxy's; "
+             "empty or port 0: off.")] = "127.0.0.1:10249",
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Run the agent in the foreground (SIGTERM/SIGINT stop it; the bpf data path stays
@@ -173,6 +183,18 @@ def agent(
         raise typer.BadParameter(str(e), param_hint="--nodeport-range") from None
     if zone is not None and not zone.strip():
         raise typer.BadParameter("must not be empty", param_hint="--zone")
+    from ebpflb.httpserve import parse_bind_address
+
+    try:
+        healthz_at = parse_bind_address(healthz_bind_address)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--healthz-bind-address") from None
+    try:
+        metrics_at = parse_bind_address(metrics_bind_address)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--metrics-bind-address") from None
+    if healthz_timeout is not None and healthz_timeout <= 0:
+        raise typer.BadParameter("must be > 0", param_hint="--healthz-timeout")
 
     # Handlers first: a SIGTERM that arrives while the program compiles must still
     # end in an orderly stop (and --cleanup), not in death by signal.
@@ -210,7 +232,10 @@ def agent(
                                           sync_period=sync_period,
                                           state_dir=state_dir, zone=zone,
                                           nodeport_addresses=addresses,
-                                          nodeport_range=port_range)).run(stop)
+                                          nodeport_range=port_range,
+                                          healthz_address=healthz_at,
+                                          metrics_address=metrics_at,
+                                          healthz_timeout=healthz_timeout)).run(stop)
         finally:
             # NodePorts stay served by a bpf data path left in place: keep them reserved.
             if cleanup or dp.name != "bpf":

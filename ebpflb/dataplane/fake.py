@@ -4,6 +4,7 @@ refuse a plan whole, before applying anything, as the bpf map writer does."""
 
 from __future__ import annotations
 
+from ebpflb.dataplane.telemetry import TableFill, Telemetry
 from ebpflb.errors import CapacityError
 from ebpflb.model import Protocol
 from ebpflb.sync.plan import (
@@ -30,6 +31,8 @@ class FakeDataplane:
         self.fail_next: Exception | None = None
         self.max_frontends = max_frontends
         self.max_backends = max_backends
+        self.counters: dict[str, int] = {}  # what telemetry() reports
+        self.tables: list[TableFill] = []
 
     def current(self) -> dict[FrontendKey, FrontendState]:
         return dict(self.state)
@@ -60,6 +63,10 @@ class FakeDataplane:
                 if self.max_backends is not None and backends > self.max_backends:
                     raise CapacityError(f"backends full: cannot add those of {op.frontend}",
                                         frontend=op.frontend)
+
+    def telemetry(self) -> Telemetry:
+        """What a test set in ``counters`` and ``tables``; conntrack entries = 0."""
+        return Telemetry(dict(self.counters), tuple(self.tables))
 
     def reload(self) -> None:
         """The state is the truth already (a test may have changed it behind our back)."""

@@ -13,7 +13,9 @@ from ebpflb.dataplane.bpf.bpffs import ensure_pin_dir, remove_legacy_pins, remov
 from ebpflb.dataplane.bpf.hostbackends import HostBackends
 from ebpflb.dataplane.bpf.maps import BpfMaps, check_geometry
 from ebpflb.dataplane.bpf.socklb import SocketLb
+from ebpflb.dataplane.bpf.telemetry import read_telemetry
 from ebpflb.dataplane.bpf.writer import MapWriter
+from ebpflb.dataplane.telemetry import Telemetry
 from ebpflb.errors import CapacityError, DataplaneError
 from ebpflb.model import Protocol
 from ebpflb.statefile import DEFAULT_STATE_DIR
@@ -97,6 +99,10 @@ class BpfDataplane:
 
     def current(self) -> Mapping[FrontendKey, FrontendState]:
         return MappingProxyType(self.writer.frontends)
+
+    def telemetry(self) -> Telemetry:
+        """Counters and map fill, read from the maps now (for a scrape)."""
+        return read_telemetry(self.maps)
 
     def _socket_lb(self) -> SocketLb | None:
         """Socket-LB when the machine allows it; without it, only the node's own

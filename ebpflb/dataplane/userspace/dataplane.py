@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from ebpflb.dataplane.telemetry import TableFill, Telemetry
 from ebpflb.dataplane.userspace import state as statefile
 from ebpflb.dataplane.userspace.device import DEVICE_NAME
 from ebpflb.dataplane.userspace.proxy import Engine, EngineConfig
@@ -139,6 +140,18 @@ class UserspaceDataplane:
                 log.info("removed %s and the userspace state", self.config.device)
 
     # -- inspection (any thread) ---------------------------------------------------------
+
+    def telemetry(self) -> Telemetry:
+        """Counters and table fill, read on the proxy's loop now (for a scrape)."""
+        def read() -> Telemetry:
+            e = self.engine
+            counters = dict(e.counters)
+            counters["affinity_hit"] = e.affinity.hits
+            tables = (TableFill("udp_sessions", e.udp_sessions, e.config.max_udp_sessions),
+                      TableFill("affinity", len(e.affinity), e.affinity.max_entries))
+            return Telemetry(counters, tables, e.flows())
+
+        return self.engine.call(read, timeout=5.0)
 
     def inspector_snapshot(self) -> dict[str, object]:
         """The state file's content, computed now (tests and the bench use it)."""
