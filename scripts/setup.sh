@@ -16,7 +16,8 @@ case "$arch" in
 esac
 
 PKGS=(python3-bpfcc libbpfcc "linux-headers-$flavour" iproute2 iptables iputils-ping gcc make
-      python3-venv iperf3 nftables util-linux)
+      python3-venv iperf3 nftables util-linux
+      vagrant shellcheck)  # make test: `vagrant validate` of vagrant/, shellcheck of scripts
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
