@@ -24,6 +24,7 @@ from ebpflb.dataplane.userspace.device import DEVICE_NAME
 from ebpflb.dataplane.userspace.state import UserspaceInspector, state_path
 from ebpflb.lab import netns, topology, traffic
 from ebpflb.lab.agentproc import AgentProcess
+from ebpflb.lab.podnet import Cni
 
 from .conftest import CNIS, _require_root, unique_lab_name
 
@@ -166,7 +167,7 @@ def harness(tmp_path_factory: pytest.TempPathFactory, dataplane: str, cni: str
     pin_dir = f"/sys/fs/bpf/ebpflb-{name}-{secrets.token_hex(2)}"
     manifests = tmp_path_factory.mktemp("manifests")
     state_dir = str(tmp_path_factory.mktemp("state"))
-    lab = topology.up(topology.LabSpec(name, pods=3, cni=cni))
+    lab = topology.up(topology.LabSpec(name, pods=3, cni=Cni(cni)))
     h = Harness(lab, manifests, pin_dir, dataplane, state_dir)
     try:
         write_service(manifests, "web", CLUSTER_IP, h.pods())

@@ -191,7 +191,8 @@ def test_add_and_remove_a_pod_on_node_2(mlab: Lab) -> None:
 
 
 def test_bad_specs_are_refused() -> None:
-    for kwargs in ({"nodes": 0}, {"nodes": 5}, {"pods": 50, "nodes": 4}):
+    cases: list[dict[str, Any]] = [{"nodes": 0}, {"nodes": 5}, {"pods": 50, "nodes": 4}]
+    for kwargs in cases:
         with pytest.raises(LabError, match="nodes"):
             topology.LabSpec("ok", **kwargs)
     result = CliRunner().invoke(app, ["up", "--name", "ok", "--nodes", "5"])
