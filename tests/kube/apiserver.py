@@ -375,7 +375,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             standin.requests.append(Request(url.path, params))
         if standin.delay:
             time.sleep(standin.delay)
-        if standin.token and self.headers.get("Authorization") != f"Bearer {standin.token}":
+        # The scheme is case-insensitive (RFC 7235): the client's in-cluster loader
+        # sends "bearer <token>", a kubeconfig token goes as "Bearer <token>".
+        scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
+        if standin.token and (scheme.lower() != "bearer" or token != standin.token):
             self._json(401, _status(401, "Unauthorized", "no or wrong bearer token"))
             return
         if standin.fail_status is not None:
