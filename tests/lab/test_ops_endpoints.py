@@ -19,6 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import remove_pins
+from ebpflb.dataplane.bpf.maps import BpfMaps
+from ebpflb.dataplane.bpf.telemetry import read_telemetry
 from ebpflb.lab import netns, topology, traffic
 from ebpflb.lab.agentproc import AgentProcess
 
@@ -175,6 +177,13 @@ def test_kube_proxy_series_and_counters_growing_with_traffic_and_drops(env: Env)
         assert stats["reject"] >= 5
         entries = fams["ebpflb_map_entries"][1]
         assert entries[("ebpflb_map_entries", (("map", "ebpflb_svc4"),))] == 2
+        # What the agent counts from its writer is what the pinned maps hold.
+        with BpfMaps(env.pin_dir) as maps:
+            dumped = {t.name: float(t.entries) for t in read_telemetry(maps).tables}
+        assert {k[1][0][1]: v for k, v in entries.items()
+                if k[1][0][1] != abi.MAP_CONNTRACK} == {
+            k: v for k, v in dumped.items() if k != abi.MAP_CONNTRACK}
+        assert dumped[abi.MAP_SLOTS] == dumped[abi.MAP_BACKENDS] == 2
         assert fams["ebpflb_map_capacity"][1][
             ("ebpflb_map_capacity", (("map", "ebpflb_svc4"),))] == 3
         assert fams["ebpflb_conntrack_entries"][1][("ebpflb_conntrack_entries", ())] > 0

@@ -13,7 +13,7 @@ from ebpflb.dataplane.bpf.bpffs import ensure_pin_dir, remove_legacy_pins, remov
 from ebpflb.dataplane.bpf.hostbackends import HostBackends
 from ebpflb.dataplane.bpf.maps import BpfMaps, check_geometry
 from ebpflb.dataplane.bpf.socklb import SocketLb
-from ebpflb.dataplane.bpf.telemetry import read_telemetry
+from ebpflb.dataplane.bpf.telemetry import read_telemetry, written_counts
 from ebpflb.dataplane.bpf.writer import MapWriter
 from ebpflb.dataplane.telemetry import Telemetry
 from ebpflb.errors import CapacityError, DataplaneError
@@ -102,7 +102,7 @@ class BpfDataplane:
 
     def telemetry(self) -> Telemetry:
         """Counters and map fill, read from the maps now (for a scrape)."""
-        return read_telemetry(self.maps)
+        return read_telemetry(self.maps, known=written_counts(self.writer))
 
     def _socket_lb(self) -> SocketLb | None:
         """Socket-LB when the machine allows it; without it, only the node's own

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Mapping
 
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.maps import BpfMaps
 from ebpflb.dataplane.bpf.syscall import PinnedMap
+from ebpflb.dataplane.bpf.writer import MapWriter
 from ebpflb.dataplane.telemetry import TableFill, Telemetry
 
 
@@ -32,14 +34,34 @@ def count_entries(m: PinnedMap) -> int:
     return m.dump_raw()[2]
 
 
-def read_telemetry(maps: BpfMaps) -> Telemetry:
+def read_telemetry(maps: BpfMaps, *, known: Mapping[str, int] | None = None) -> Telemetry:
+    """Counters and fill; ``known``: entries of maps by pin name that the caller
+    already knows (the agent's map writer knows what it wrote), not read again."""
     bounded = (maps.svc, maps.slots, maps.backends, maps.rnat, maps.ct, maps.affinity,
                maps.src_ranges, maps.sock_nat)
+    known = known or {}
     tables = []
     conntrack = 0
     for m in bounded:
-        n = count_entries(m)
-        tables.append(TableFill(os.path.basename(m.path), n, m.info.max_entries))
+        name = os.path.basename(m.path)
+        n = known[name] if name in known else count_entries(m)
+        tables.append(TableFill(name, n, m.info.max_entries))
         if m is maps.ct:
             conntrack = n
     return Telemetry(global_counters(maps), tuple(tables), conntrack)
+
+
+def written_counts(writer: MapWriter) -> dict[str, int]:
+    """Entries of the maps the agent writes, from the writer's own records: a scrape
+    at 10,000 Services then dumps only the maps the kernel fills (conntrack, affinity,
+    socket NAT), ~30 ms less than dumping 50,000 backends and slots. Read from the
+    metrics server's thread: len() and list() of a dict are atomic under the GIL."""
+    frontends = len(writer.frontends)
+    ids = writer.be_alloc
+    return {
+        abi.MAP_SERVICES: frontends,
+        abi.MAP_REVNAT: frontends,
+        abi.MAP_SLOTS: sum(list(writer.slot_counts.values())),
+        abi.MAP_BACKENDS: ids.high - ids.low + 1 - ids.free_count,
+        abi.MAP_SRC_RANGES: sum(len(r) for r in list(writer.src_ranges.values())),
+    }
