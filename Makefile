@@ -24,12 +24,14 @@ unit: setup
 	@$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
 ## bench: the data path (direct vs ebpflb vs kube-proxy-shaped iptables, 10..10,000
-## Services), the control plane (full sync, event-to-map latency, RSS vs iptables-restore)
-## and the userspace path (vs bpf vs direct, with iperf3 bulk throughput).
+## Services), the control plane (full sync, event-to-map latency, RSS vs iptables-restore),
+## the userspace path (vs bpf vs direct, with iperf3 bulk throughput) and the cost
+## of a /metrics scrape at 10,000 Services (vs `ebpflb stats --json`).
 bench: setup
 	@$(PY) -m bench.datapath
 	@$(PY) -m bench.controlplane
 	@$(PY) -m bench.userspace
+	@$(PY) -m bench.metrics
 
 clean:
 	@$(PY) -m ebpflb lab down --name ebpflb 2>/dev/null || true
