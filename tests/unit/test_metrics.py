@@ -230,3 +230,28 @@ def test_two_agents_in_one_process_do_not_collide(tmp_path: Path):
     sync = "kubeproxy_sync_proxy_rules_duration_seconds"
     assert value(scrape(a), sync, sync + "_count") == 1
     assert value(scrape(b), sync, sync + "_count") == 0
+
+
+def test_grafana_dashboard_uses_only_series_the_agent_exports(tmp_path: Path):
+    import json
+    import re
+
+    dashboard = json.loads((Path(__file__).parents[2] / "deploy" /
+                            "grafana-dashboard.json").read_text())
+    write(tmp_path, "web", "10.96.0.10", ["10.244.0.11"])
+    dp = FakeDataplane()
+    dp.counters = {"new_flow": 1, "reject": 1}
+    dp.tables = [TableFill("ebpflb_svc4", 1, 4)]
+    agent, _ = make(tmp_path, dp)
+    agent.step()
+    agent.metrics.healthz.labels("200").inc()
+    exposition = agent.metrics.exposition().decode()
+    exported = {line.split("{")[0].split(" ")[0] for line in exposition.splitlines()
+                if line and not line.startswith("#")}
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", ())]
+    used = {m for e in exprs for m in re.findall(r"\b(?:kubeproxy|ebpflb)_\w+", e)}
+    assert used and used <= exported, used - exported
+    titles = " ".join(p["title"] for p in dashboard["panels"]).lower()
+    for subject in ("sync latency", "programming latency", "new flows", "drops",
+                    "map fill", "stale"):
+        assert subject in titles, subject
