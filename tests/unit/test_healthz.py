@@ -261,3 +261,22 @@ def test_oversized_head_is_refused():
         assert get(server.port, "/x") == (200, b"ok")
     finally:
         server.close()
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("--healthz-bind-address", "10256"),
+    ("--metrics-bind-address", "localhost:10249"),
+    ("--healthz-timeout", "0"),
+])
+def test_agent_refuses_bad_endpoint_options_with_exit_2(tmp_path: Path, option: str,
+                                                         value: str):
+    from typer.testing import CliRunner
+
+    from ebpflb.cli import app
+
+    result = CliRunner().invoke(app, ["agent", "--manifests", str(tmp_path), option, value,
+                                      "--dataplane", "userspace",
+                                      "--state-dir", str(tmp_path / "state")])
+    assert result.exit_code == 2, result.output
+    assert option in result.output
+    assert not (tmp_path / "state").exists()  # refused before anything started
