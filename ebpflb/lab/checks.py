@@ -140,6 +140,13 @@ def _probe_json(result: Result) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def _should_spread(backends: int, count: int) -> bool:
+    """Whether ``count`` requests spread at random over ``backends`` must reach two of
+    them: all on one has odds ``backends ** (1 - count)``; judged below 1 in 100,000
+    (4 backends: 10 requests or more; 2 backends: 18 or more)."""
+    return backends > 1 and backends ** (1 - count) < 1e-5
+
+
 def _judge_spread(name: str, result: Result, subject: Subject,
                   want_source: str | None = None) -> CheckResult:
     """Every request answered, only by the Service's backends, by more than one of them
@@ -156,7 +163,7 @@ def _judge_spread(name: str, result: Result, subject: Subject,
         return CheckResult(name, False, f"{detail}; {len(errors)} failed: {errors[0]}")
     if strangers:
         return CheckResult(name, False, f"{detail}; not backends: {sorted(strangers)}")
-    if len(subject.backends) > 1 and len(answers) < 2:
+    if _should_spread(len(subject.backends), data["count"]) and len(answers) < 2:
         return CheckResult(name, False, f"{detail}; no balancing")
     sources = set(data.get("sources", []))
     if want_source is not None and sources != {want_source}:
