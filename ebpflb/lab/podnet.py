@@ -60,6 +60,11 @@ def gateway(cni: Cni, pod_cidr: IPv4Network) -> IPv4Address:
     return ROUTED_GATEWAY if cni is Cni.ROUTED else pod_cidr[1]
 
 
+def gateway_mac(pod_cidr: IPv4Network) -> str:
+    """The bridge's MAC: 0a:58 and its IPv4 address, as the CNI plugins derive one."""
+    return "0a:58:" + ":".join(f"{b:02x}" for b in pod_cidr[1].packed)
+
+
 def vtep_mac(index: int) -> str:
     """Node ``index``'s overlay MAC: fixed, so the other nodes' static entries match
     (locally administered, unicast)."""
@@ -71,8 +76,12 @@ def prepare_node(ns: str, cni: Cni, pod_cidr: IPv4Network) -> None:
     the gateway address, up, with strict reverse-path filtering."""
     if cni is Cni.ROUTED:
         return
+    # A fixed MAC, as CNIs give their bridge: by default a bridge takes the lowest MAC
+    # of its ports, so it changed as pods came and went, and every pod's ARP entry for
+    # the gateway went on naming the old one (all traffic via the node lost for 30 s).
     netns.ip_batch(ns, [
-        f"link add {BRIDGE} type bridge stp_state 0 forward_delay 0",
+        f"link add {BRIDGE} address {gateway_mac(pod_cidr)} type bridge stp_state 0"
+        " forward_delay 0",
         f"addr add {pod_cidr[1]}/{pod_cidr.prefixlen} dev {BRIDGE}",
         f"link set {BRIDGE} up",
     ])  # fmt: skip
@@ -102,6 +111,16 @@ def plug_pod(node_ns: str, pod_ns: str, *, cni: Cni, host_ifname: str, ip: IPv4A
         pod_lines = [f"addr add {ip}/{pod_cidr.prefixlen} dev eth0", "link set eth0 up"]
     netns.ip_batch(pod_ns, ["link set lo up", *pod_lines,
                             f"route add default via {gw} dev eth0"])
+
+
+def forget_pod(namespaces: Sequence[str], ip: IPv4Address) -> None:
+    """Drop every neighbour entry for a removed bridged pod's address: a pod added
+    later with that address has another MAC, and an entry left behind would send its
+    first packets to the old one for seconds (the bridge plugin announces a new pod
+    with a gratuitous ARP; forgetting the old one has the same effect here)."""
+    for ns in namespaces:
+        if netns.netns_exists(ns):
+            netns.ip_batch(ns, [f"neigh flush to {ip}"])
 
 
 def build_overlay(ns: str, *, index: int, pod_cidr: IPv4Network, underlay: IPv4Address,

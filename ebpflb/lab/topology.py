@@ -740,3 +740,9 @@ def _remove(lab: Lab, pod: Pod) -> None:
     netns.delete(pod.netns)
     if netns.netns_exists(pod.netns):
         raise LabError(f"lab {lab.name}: could not delete namespace {pod.netns}")
+    if lab.cni is Cni.BRIDGE and pod.node:
+        node = lab.node(pod.node)
+        with suppress(LabError):
+            podnet.forget_pod([node.netns, node.client.netns,
+                               *(p.netns for p in lab.node_pods(pod.node) if p != pod)],
+                              pod.ip)

@@ -102,14 +102,19 @@ def test_one_bridged_node_and_its_pods(lab_names: Callable[[], str]) -> None:
     lab = topology.up(topology.LabSpec(name, pods=2, cni=podnet.Cni.BRIDGE))
     assert lab.overlay is None and lab.bridge == "cni0"
     assert str(lab.gateway()) == "10.244.0.1"
-    # Added and removed pods are bridge ports too.
+    # Added and removed pods are bridge ports too, and the bridge keeps its MAC (a
+    # bridge takes its lowest port's by default: every pod's gateway entry went stale).
+    mac = _json(lab.node_ns, "link", "show", "cni0")[0]["address"]
+    assert mac == "0a:58:0a:f4:00:01"
     added = topology.add_pod(lab, 7)
+    assert _json(lab.node_ns, "link", "show", "cni0")[0]["address"] == mac
     ports = _json(lab.node_ns, "link", "show", "master", podnet.BRIDGE)
     assert "vp7" in {p["ifname"] for p in ports}
     assert traffic.http_get(lab.client.netns, added.ip, HTTP_PORT) == "pod-7\n"
     topology.remove_pod(lab, 7)
     ports = _json(lab.node_ns, "link", "show", "master", podnet.BRIDGE)
     assert "vp7" not in {p["ifname"] for p in ports}
+    assert _json(lab.node_ns, "link", "show", "cni0")[0]["address"] == mac
     again = topology.status(name)
     assert again is not None and again.cni == "bridge"
 
