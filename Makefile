@@ -25,12 +25,14 @@ unit: setup
 
 ## bench: the data path (direct vs ebpflb vs kube-proxy-shaped iptables, 10..10,000
 ## Services), the control plane (full sync, event-to-map latency, RSS vs iptables-restore),
-## the userspace path (vs bpf vs direct, with iperf3 bulk throughput) and the cost
-## of a /metrics scrape at 10,000 Services (vs `ebpflb stats --json`).
+## the userspace path (vs bpf vs direct, with iperf3 bulk throughput), the ClusterIP
+## path on each node shape (routed, bridge) and the cost of a /metrics scrape at
+## 10,000 Services (vs `ebpflb stats --json`).
 bench: setup
 	@$(PY) -m bench.datapath
 	@$(PY) -m bench.controlplane
 	@$(PY) -m bench.userspace
+	@$(PY) -m bench.nodeshapes
 	@$(PY) -m bench.metrics
 
 clean:
