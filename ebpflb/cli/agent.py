@@ -14,9 +14,9 @@ import typer
 from ebpflb import maglev
 from ebpflb.cli.errors import handle_errors
 from ebpflb.dataplane.bpf import abi
-from ebpflb.dataplane.userspace.state import DEFAULT_STATE_DIR
 from ebpflb.nodeports import PortRange, ReservedPorts
 from ebpflb.sources.base import Source
+from ebpflb.statefile import DEFAULT_STATE_DIR
 
 RESERVED_RECORD = "reserved-ports"  # under the state dir: the ports this agent reserved
 

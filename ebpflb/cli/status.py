@@ -13,7 +13,7 @@ import typer
 
 from ebpflb.cli import render
 from ebpflb.cli.errors import handle_errors
-from ebpflb.dataplane.userspace.state import DEFAULT_STATE_DIR
+from ebpflb.statefile import DEFAULT_STATE_DIR
 
 
 @handle_errors
