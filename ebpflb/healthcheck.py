@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 
+from ebpflb.httpserve import Response, encode
 from ebpflb.model import ServiceRef
 
 log = logging.getLogger(__name__)
@@ -191,16 +192,8 @@ def answer(check: HealthCheck | None, healthy: bool) -> tuple[int, dict[str, obj
     return (200 if check.local_endpoints > 0 and healthy else 503), body
 
 
-_REASONS = {200: "OK", 405: "Method Not Allowed", 503: "Service Unavailable"}
-
-
 def _response(check: HealthCheck | None, method: bytes, healthy: bool) -> bytes:
     if method in (b"GET", b"HEAD"):
         code, body = answer(check, healthy)
-        payload = json.dumps(body).encode()
-    else:
-        code, payload = 405, b""
-    head = (f"HTTP/1.1 {code} {_REASONS[code]}\r\nContent-Type: application/json\r\n"
-            f"X-Content-Type-Options: nosniff\r\nContent-Length: {len(payload)}\r\n"
-            "Connection: close\r\n\r\n")
-    return head.encode() + (payload if method != b"HEAD" else b"")
+        return encode(Response(code, json.dumps(body).encode()), method)
+    return encode(Response(405, b""), method)

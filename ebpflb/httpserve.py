@@ -41,6 +41,15 @@ class Response:
 Handler = Callable[[], Response]
 
 
+def encode(resp: Response, method: bytes) -> bytes:
+    """``resp`` as one HTTP/1.1 response that closes the connection (the head alone
+    for HEAD)."""
+    head = (f"HTTP/1.1 {resp.status} {_REASONS.get(resp.status, '')}\r\n"
+            f"Content-Type: {resp.content_type}\r\nX-Content-Type-Options: nosniff\r\n"
+            f"Content-Length: {len(resp.body)}\r\nConnection: close\r\n\r\n")
+    return head.encode() + (resp.body if method != b"HEAD" else b"")
+
+
 def parse_bind_address(value: str) -> tuple[str, int] | None:
     """``HOST:PORT`` (``[V6]:PORT`` for IPv6) as kube-proxy's --healthz-bind-address
     and --metrics-bind-address take it; None (disabled) for an empty value or port 0.
@@ -157,8 +166,4 @@ class HttpServer:
             except Exception as exc:  # a handler's failure is one 500, never the server's
                 log.warning("%s %s: %s", self.name, path, exc)
                 resp = Response(500, f"{exc}\n".encode(), "text/plain")
-        reason = _REASONS.get(resp.status, "")
-        head_out = (f"HTTP/1.1 {resp.status} {reason}\r\nContent-Type: {resp.content_type}\r\n"
-                    f"X-Content-Type-Options: nosniff\r\nContent-Length: {len(resp.body)}\r\n"
-                    "Connection: close\r\n\r\n")
-        return head_out.encode() + (resp.body if method != b"HEAD" else b"")
+        return encode(resp, method)
