@@ -58,7 +58,8 @@ from ebpflb.sidetables import SideTables
 from ebpflb.sources.base import Changes, Snapshot, Source
 from ebpflb.sources.incremental import IncrementalTranslator, NeedsRebuild
 from ebpflb.sources.topology import node_zone
-from ebpflb.sources.translate import SERVICE_NAME_LABEL, ObjectError
+from ebpflb.sources.tracker import slice_owner
+from ebpflb.sources.translate import ObjectError
 from ebpflb.status import AgentStatus, write_status
 from ebpflb.sync.plan import DeleteService, Plan, RemoveBackends
 from ebpflb.sync.syncer import Syncer, SyncResult
@@ -211,11 +212,11 @@ class Agent:
                         self.config.nodeport_addresses)
         return choice, self.config.zone or (node_zone(nodes, name) if name else None)
 
-    def _local_addresses(self, *, fresh: bool = False) -> tuple[IPAddress, ...]:
+    def _local_addresses(self) -> tuple[IPAddress, ...]:
         """This node's own interface addresses, read at most every ``local_refresh``
-        seconds (unless ``fresh``); the last ones known when they cannot be read."""
+        seconds; the last ones known when they cannot be read."""
         now = self.clock()
-        if fresh or now - self._local_read_at >= self.config.local_refresh:
+        if now - self._local_read_at >= self.config.local_refresh:
             self._local_read_at = now
             try:
                 self._local = own_addresses(self._local_interfaces())
@@ -247,10 +248,8 @@ class Agent:
         sync (an address added by DHCP, an uplink that came up late)."""
         if self.nodeports is None or self.nodeports.source is not AddressSource.LOCAL_INTERFACES:
             return
-        if self.clock() - self._local_read_at < self.config.local_refresh:
-            return
         before = self._local
-        if self._local_addresses(fresh=True) != before:
+        if self._local_addresses() != before:  # the same tuple until a read is due
             log.info("this node's interface addresses changed (%s): full sync",
                      ", ".join(map(str, self._local)) or "none")
             self._full = True
@@ -308,8 +307,7 @@ class Agent:
             slices: Sequence[dict[str, Any]] = self._loaded_slices
             if self._refused:
                 slices = [s for s in slices if ServiceRef(
-                    s.get("metadata", {}).get("namespace", ""),
-                    s.get("metadata", {}).get("labels", {}).get(SERVICE_NAME_LABEL, ""))
+                    s.get("metadata", {}).get("namespace", ""), slice_owner(s) or "")
                     not in self._refused]
         else:
             slices = [s for ref in self._changed_refs if ref not in self._refused

@@ -86,7 +86,7 @@ class ChangeTracker:
                 refs.add(ServiceRef(namespace, name))
             elif kind == ENDPOINT_SLICE:
                 for obj in (change.previous, change.current):
-                    owner = _slice_owner(obj)
+                    owner = slice_owner(obj)
                     if owner:
                         refs.add(ServiceRef(namespace, owner))
         return refs
@@ -137,7 +137,7 @@ class ChangeTracker:
             del self._changes[key]
 
     def _index_slice(self, key: Key, old: Obj | None, new: Obj | None) -> None:
-        old_owner, new_owner = _slice_owner(old), _slice_owner(new)
+        old_owner, new_owner = slice_owner(old), slice_owner(new)
         if old_owner and old_owner != new_owner:
             ref = ServiceRef(key[1], old_owner)
             owned = self._slices.get(ref)
@@ -163,7 +163,8 @@ def object_key(obj: Obj, *, kind: str | None = None) -> Key:
     return (kind, str(namespace), name)
 
 
-def _slice_owner(obj: Obj | None) -> str | None:
+def slice_owner(obj: Obj | None) -> str | None:
+    """The name of the Service an EndpointSlice belongs to (its service-name label)."""
     meta = obj.get("metadata") if obj is not None else None
     labels = meta.get("labels") if isinstance(meta, Mapping) else None
     owner = labels.get(SERVICE_NAME_LABEL) if isinstance(labels, Mapping) else None
