@@ -28,6 +28,7 @@ from ebpflb.nodeports import NodePortAddresses
 from ebpflb.rtnetlink import Interface, interfaces
 from ebpflb.sources.manifests import ManifestSource
 from ebpflb.status import read_status
+from tests.unit.test_agent import NODEPORT, Clock
 
 IP = ipaddress.ip_address
 EVERY = NodePortAddresses()
@@ -120,32 +121,6 @@ def test_rtnetlink_reads_what_ip_shows():
     default = {r["dev"] for r in _ip_json("-4", "route", "show", "default")
                if "dev" in r}
     assert {i.name for i in found.values() if i.default_route} == default
-
-
-NODEPORT = """
-apiVersion: v1
-kind: Service
-metadata: {name: np, namespace: demo}
-spec:
-  type: NodePort
-  clusterIP: 10.96.0.50
-  ports: [{port: 80, targetPort: 8080, nodePort: 30080}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: np-1, namespace: demo, labels: {kubernetes.io/service-name: np}}
-addressType: IPv4
-ports: [{port: 8080, protocol: TCP}]
-endpoints: [{addresses: [10.244.0.11]}]
-"""
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class Uplinks:
