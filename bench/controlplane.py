@@ -46,8 +46,8 @@ from bench import kubeproxy
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.syscall import PinnedMap
 from ebpflb.lab import netns
+from ebpflb.lab.apiserver import ApiServerStandIn
 from ebpflb.status import read_status
-from tests.kube.apiserver import ApiServerStandIn
 
 SCALES = (1_000, 10_000, 30_000)
 ENDPOINTS = 5

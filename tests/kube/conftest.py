@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from ebpflb.lab.apiserver import ApiServerStandIn
 from ebpflb.sources.kube import Backoff, KubeSource
-from tests.kube.apiserver import ApiServerStandIn
 
 NODE_NAME = "node-a"
 FAST = Backoff(base=0.02, cap=0.2)

@@ -16,8 +16,8 @@ import pytest
 from kubernetes.config import incluster_config
 
 from ebpflb.cli.agent import _source
+from ebpflb.lab.apiserver import ApiServerStandIn
 from ebpflb.sources.kube import KubeSource
-from tests.kube.apiserver import ApiServerStandIn
 from tests.kube.objects import node, service
 
 NODE_NAME = "node-a"

@@ -21,7 +21,7 @@ from ebpflb.dataplane.bpf.bpffs import remove_pins
 from ebpflb.dataplane.bpf.inspect import BpfInspector
 from ebpflb.lab import topology, traffic
 from ebpflb.lab.agentproc import AgentProcess
-from tests.kube.apiserver import ApiServerStandIn
+from ebpflb.lab.apiserver import ApiServerStandIn
 
 from .conftest import _require_root, unique_lab_name
 
