@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import kubeproxy
+from ebpflb import plan
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import remove_pins
 from ebpflb.dataplane.bpf.maps import BpfMaps
@@ -54,7 +55,7 @@ from ebpflb.model import (
     ServicePortName,
     ServiceRef,
 )
-from ebpflb.sync import plan
+from ebpflb.sync.diff import diff as plan_diff
 
 BENCH_DIR = Path(__file__).resolve().parent
 BIN_DIR = BENCH_DIR / "bin"
@@ -517,7 +518,7 @@ def testrun_cost(scales: tuple[int, ...], count: int) -> dict[str, Any]:
                     probe_ip = kubeproxy.cluster_ip(n - 1, EBPFLB_IP_BASE)
                     desired = plan.desired_frontends(_testrun_state(n))
                     t0 = time.monotonic()
-                    writer.apply(plan.diff(writer.frontends, desired))
+                    writer.apply(plan_diff(writer.frontends, desired))
                     write_s = time.monotonic() - t0
                     client = f"10.244.1.{len(out['scales']) + 1}"  # fresh flows per scale
                     sport = 1024

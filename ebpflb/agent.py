@@ -53,6 +53,7 @@ from ebpflb.nodeports import (
     PortRange,
 )
 from ebpflb.opsserver import OpsServers
+from ebpflb.plan import DeleteService, Plan, RemoveBackends
 from ebpflb.rtnetlink import Interface, interfaces
 from ebpflb.sidetables import SideTables
 from ebpflb.sources.base import Changes, Snapshot, Source
@@ -61,7 +62,6 @@ from ebpflb.sources.topology import node_zone
 from ebpflb.sources.tracker import slice_owner
 from ebpflb.sources.translate import ObjectError
 from ebpflb.status import AgentStatus, write_status
-from ebpflb.sync.plan import DeleteService, Plan, RemoveBackends
 from ebpflb.sync.syncer import Syncer, SyncResult
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,11 @@ class Agent:
         """Sync what changed (everything when a full sync is due); raises on failure,
         after which the next sync is a full one."""
         try:
-            result = self._full_sync() if self._full else self._incremental_sync()
+            # The one place that pauses full GC collections (see gcpause): a sync
+            # creates tens of long-lived objects per Service, in translate, plan and
+            # writer alike, and the pure modules must not change process-wide state.
+            with no_full_collections():
+                result = self._full_sync() if self._full else self._incremental_sync()
         except Exception:
             self._full = True
             raise
@@ -160,19 +164,18 @@ class Agent:
         start = self.clock()
         if self.config.sync_period > 0:
             self._next_resync = start + self.config.sync_period
-        with no_full_collections():
-            snap = self.source.load()
-            self._loaded(snap)
-            choice, zone = self._node_view(snap.nodes)
-            self._note_nodeports(choice)
-            self.translator.node_addresses, self.translator.node_zone = choice.addresses, zone
-            update = self.translator.rebuild(snap.services, snap.slices)
-            self._translate_errors = update.errors
-            self._log_errors([*snap.errors, *update.errors])
-            self._side.rebuild(update.state)
-            self._push_health()
-            result = self.syncer.sync(self._side.served(update.state))
-            freeze_survivors()  # see gcpause: no full collection walks them afterwards
+        snap = self.source.load()
+        self._loaded(snap)
+        choice, zone = self._node_view(snap.nodes)
+        self._note_nodeports(choice)
+        self.translator.node_addresses, self.translator.node_zone = choice.addresses, zone
+        update = self.translator.rebuild(snap.services, snap.slices)
+        self._translate_errors = update.errors
+        self._log_errors([*snap.errors, *update.errors])
+        self._side.rebuild(update.state)
+        self._push_health()
+        result = self.syncer.sync(self._side.served(update.state))
+        freeze_survivors()  # see gcpause: no full collection walks them afterwards
         self._full = False
         self.full_syncs += 1
         # Read, translate, plan and write: the whole of a full sync, not just the write.

@@ -63,6 +63,9 @@ class ServicePortName:
         return f"{name}/{self.protocol}"
 
 
+FrontendKey = tuple[IPAddress, int, Protocol]  # what a frontend is looked up by
+
+
 @dataclass(frozen=True, order=True, slots=True)
 class Frontend:
     address: IPAddress
@@ -71,7 +74,7 @@ class Frontend:
     kind: FrontendKind = field(compare=False, default=FrontendKind.CLUSTER_IP)
 
     @property
-    def key(self) -> tuple[IPAddress, int, Protocol]:
+    def key(self) -> FrontendKey:
         return (self.address, self.port, self.protocol)
 
     def __str__(self) -> str:
@@ -169,7 +172,7 @@ class ServiceInfo:
 class DesiredState:
     """Everything one node must do, keyed by frontend."""
 
-    entries: Mapping[tuple[IPAddress, int, Protocol], ServiceEntry] = field(
+    entries: Mapping[FrontendKey, ServiceEntry] = field(
         default_factory=lambda: MappingProxyType({})
     )
     services: Mapping[ServiceRef, ServiceInfo] = field(

@@ -20,6 +20,7 @@ from ebpflb.dataplane.base import Dataplane
 from ebpflb.healthcheck import HealthCheck
 from ebpflb.model import (
     DesiredState,
+    FrontendKey,
     FrontendKind,
     ServiceEntry,
     ServiceInfo,
@@ -29,7 +30,6 @@ from ebpflb.model import (
 )
 from ebpflb.nodeports import PortRange
 from ebpflb.sources.incremental import Update
-from ebpflb.sync.plan import FrontendKey
 
 log = logging.getLogger("ebpflb.agent")  # these lines are the agent's to the user
 

@@ -29,10 +29,10 @@ def diff(
 ) -> None:
     """Dry run: print the plan a sync would apply to the pinned maps."""
     from ebpflb.dataplane.bpf.maps import BpfMaps, pins_present, read_state
+    from ebpflb.plan import desired_frontends
     from ebpflb.sources.topology import node_zone
     from ebpflb.sources.translate import node_addresses, translate
-    from ebpflb.sync.plan import desired_frontends
-    from ebpflb.sync.plan import diff as plan_diff
+    from ebpflb.sync.diff import diff as plan_diff
 
     if (manifests is None) == (kubeconfig is None):
         raise typer.BadParameter("give exactly one of --manifests DIR or --kubeconfig PATH")

@@ -6,8 +6,9 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from ebpflb.dataplane.view import BackendView, ConnView, ServiceView, StatsView
+from ebpflb.model import FrontendKey
 from ebpflb.model import Protocol as ModelProtocol
-from ebpflb.sync.plan import FrontendKey, FrontendState, Plan
+from ebpflb.plan import FrontendState, Plan
 
 
 class Dataplane(Protocol):

@@ -1,4 +1,4 @@
-"""An in-memory data path with the reference semantics of a plan (sync.plan.apply_to),
+"""An in-memory data path with the reference semantics of a plan (plan.apply_to),
 for tests of the sync and the agent that need neither root nor BPF. Optional capacities
 refuse a plan whole, before applying anything, as the bpf map writer does."""
 
@@ -6,15 +6,8 @@ from __future__ import annotations
 
 from ebpflb.dataplane.telemetry import TableFill, Telemetry
 from ebpflb.errors import CapacityError
-from ebpflb.model import Protocol
-from ebpflb.sync.plan import (
-    FrontendKey,
-    FrontendState,
-    Plan,
-    UpsertBackends,
-    WriteService,
-    apply_to,
-)
+from ebpflb.model import FrontendKey, Protocol
+from ebpflb.plan import FrontendState, Plan, UpsertBackends, WriteService, apply_to
 
 
 class FakeDataplane:

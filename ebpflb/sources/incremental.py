@@ -13,8 +13,8 @@ from typing import Any
 
 from ebpflb.model import (
     DesiredState,
+    FrontendKey,
     IPAddress,
-    Protocol,
     ServiceEntry,
     ServiceInfo,
     ServiceRef,
@@ -22,7 +22,6 @@ from ebpflb.model import (
 from ebpflb.sources.translate import ObjectError, translate, translate_dicts
 
 Obj = dict[str, Any]
-FrontendKey = tuple[IPAddress, int, Protocol]
 
 
 @dataclass(frozen=True)

@@ -57,11 +57,11 @@ from types import MappingProxyType
 from typing import Any, NamedTuple, TypeGuard
 
 from ebpflb.errors import InvalidObjectError
-from ebpflb.gcpause import no_full_collections
 from ebpflb.model import (
     Backend,
     DesiredState,
     Frontend,
+    FrontendKey,
     FrontendKind,
     IPAddress,
     IPNetwork,
@@ -78,7 +78,6 @@ from ebpflb.sources import topology
 from ebpflb.sources.topology import Preference
 
 Obj = Mapping[str, Any]
-FrontendKey = tuple[IPAddress, int, Protocol]
 _Report = Callable[[str], None]  # records an error about the object being parsed
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
@@ -155,21 +154,20 @@ def translate_dicts(
     node_addresses: Sequence[IPAddress] = (),
 ) -> Translation:
     """translate(), without the read-only wrapping."""
-    with no_full_collections():  # ~30 long-lived objects per Service; see gcpause
-        errors: list[ObjectError] = []
-        parsed = _parse_services(services, errors)
-        backends = _collect_backends(slices, errors)
-        nodes = tuple(dict.fromkeys(a for a in node_addresses if a.version == 4))
-        ordered = [parsed[name] for name in sorted(parsed)]
-        entries, keys_of = _claim(
-            ((s.info.ref, _entries(s, backends, node_name, node_zone, nodes))
-             for s in ordered), errors)
-        return Translation(
-            entries=entries,
-            services={s.info.ref: _info(s, backends, node_name) for s in ordered},
-            keys_of=keys_of,
-            errors=tuple(sorted(set(errors), key=_error_order)),
-        )
+    errors: list[ObjectError] = []
+    parsed = _parse_services(services, errors)
+    backends = _collect_backends(slices, errors)
+    nodes = tuple(dict.fromkeys(a for a in node_addresses if a.version == 4))
+    ordered = [parsed[name] for name in sorted(parsed)]
+    entries, keys_of = _claim(
+        ((s.info.ref, _entries(s, backends, node_name, node_zone, nodes))
+         for s in ordered), errors)
+    return Translation(
+        entries=entries,
+        services={s.info.ref: _info(s, backends, node_name) for s in ordered},
+        keys_of=keys_of,
+        errors=tuple(sorted(set(errors), key=_error_order)),
+    )
 
 
 def _parse_services(services: Iterable[Obj], errors: list[ObjectError]

@@ -17,15 +17,9 @@ from types import MappingProxyType
 
 from ebpflb.dataplane.base import Dataplane
 from ebpflb.errors import CapacityError
-from ebpflb.model import DesiredState, Frontend, ServiceRef
-from ebpflb.sync.plan import (
-    FrontendKey,
-    FrontendState,
-    Plan,
-    desired_frontends,
-    diff,
-    op_frontend,
-)
+from ebpflb.model import DesiredState, Frontend, FrontendKey, ServiceRef
+from ebpflb.plan import FrontendState, Plan, desired_frontends, op_frontend
+from ebpflb.sync.diff import diff
 
 log = logging.getLogger(__name__)
 

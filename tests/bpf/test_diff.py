@@ -12,9 +12,10 @@ from typer.testing import CliRunner
 from ebpflb.cli import app
 from ebpflb.dataplane.bpf.maps import BpfMaps, read_state
 from ebpflb.dataplane.bpf.writer import MapWriter
+from ebpflb.plan import desired_frontends
 from ebpflb.sources.manifests import ManifestSource
 from ebpflb.sources.translate import translate
-from ebpflb.sync.plan import desired_frontends, diff
+from ebpflb.sync.diff import diff
 
 from .conftest import MAX_BACKENDS, MAX_SERVICES, Maps
 

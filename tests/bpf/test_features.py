@@ -15,7 +15,8 @@ from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.maps import BpfMaps
 from ebpflb.dataplane.bpf.writer import MapWriter
 from ebpflb.model import IPAddress, Protocol
-from ebpflb.sync.plan import desired_frontends, diff
+from ebpflb.plan import desired_frontends
+from ebpflb.sync.diff import diff
 from tests.bpf import packets as pk
 from tests.bpf.conftest import MAX_BACKENDS, MAX_SERVICES, TC_ACT_OK, TC_ACT_SHOT, Maps, RunFn
 from tests.unit.test_plan import entry, state

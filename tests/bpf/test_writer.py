@@ -11,7 +11,8 @@ from ebpflb.dataplane.bpf.maps import BpfMaps, read_state
 from ebpflb.dataplane.bpf.writer import MapWriter
 from ebpflb.errors import CapacityError
 from ebpflb.model import DesiredState
-from ebpflb.sync.plan import desired_frontends, diff
+from ebpflb.plan import desired_frontends
+from ebpflb.sync.diff import diff
 from tests.bpf.conftest import MAX_BACKENDS, MAX_SERVICES, Maps
 from tests.unit.test_plan import state_st
 

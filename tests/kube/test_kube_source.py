@@ -24,11 +24,11 @@ from ebpflb.dataplane.fake import FakeDataplane
 from ebpflb.errors import SourceError
 from ebpflb.lab.apiserver import ApiServerStandIn
 from ebpflb.model import Protocol, ServiceRef
+from ebpflb.plan import DeleteService, desired_frontends
 from ebpflb.sources.base import Snapshot
 from ebpflb.sources.compact import compact
 from ebpflb.sources.kube import Backoff, KubeSource
 from ebpflb.sources.translate import node_addresses, translate
-from ebpflb.sync.plan import DeleteService, desired_frontends
 from tests.kube.conftest import NODE_NAME
 from tests.kube.objects import endpoint_slice, node, service
 

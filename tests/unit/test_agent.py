@@ -11,9 +11,9 @@ from ebpflb.agent import Agent, AgentConfig
 from ebpflb.dataplane.fake import FakeDataplane
 from ebpflb.errors import DataplaneError
 from ebpflb.model import ServiceRef
+from ebpflb.plan import op_frontend
 from ebpflb.sources.manifests import ManifestSource
 from ebpflb.status import read_status
-from ebpflb.sync.plan import op_frontend
 
 SERVICE = """
 apiVersion: v1

@@ -18,15 +18,15 @@ from ebpflb.model import (
     ServicePortName,
     ServiceRef,
 )
-from ebpflb.sync.plan import (
+from ebpflb.plan import (
     DeleteService,
     RemoveBackends,
     UpsertBackends,
     WriteService,
     apply_to,
     desired_frontends,
-    diff,
 )
+from ebpflb.sync.diff import diff
 
 
 def entry(ip: str, port: int, backends: list[tuple[str, int, bool]], *, name: str = "web",

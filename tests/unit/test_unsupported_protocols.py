@@ -15,8 +15,8 @@ from ebpflb.dataplane.bpf.dataplane import BpfDataplane
 from ebpflb.dataplane.fake import FakeDataplane
 from ebpflb.errors import DataplaneError
 from ebpflb.model import Protocol
+from ebpflb.plan import op_frontend
 from ebpflb.sources.manifests import ManifestSource
-from ebpflb.sync.plan import op_frontend
 
 SERVICE = """
 apiVersion: v1

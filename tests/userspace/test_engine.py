@@ -22,13 +22,14 @@ from ebpflb.dataplane.userspace.proxy import COUNTERS, Engine, EngineConfig
 from ebpflb.model import (
     Backend,
     Frontend,
+    FrontendKey,
     FrontendKind,
     Protocol,
     ServiceEntry,
     ServicePortName,
     ServiceRef,
 )
-from ebpflb.sync.plan import FrontendKey, FrontendState
+from ebpflb.plan import FrontendState
 
 IP = ipaddress.ip_address
 FRONT_IP = "127.0.0.10"

@@ -17,9 +17,9 @@ from ebpflb.dataplane.bpf.telemetry import read_telemetry, written_counts
 from ebpflb.dataplane.bpf.writer import MapWriter
 from ebpflb.dataplane.telemetry import Telemetry
 from ebpflb.errors import CapacityError, DataplaneError
-from ebpflb.model import Protocol
+from ebpflb.model import FrontendKey, Protocol
+from ebpflb.plan import FrontendState, Plan
 from ebpflb.statefile import DEFAULT_STATE_DIR
-from ebpflb.sync.plan import FrontendKey, FrontendState, Plan
 
 log = logging.getLogger(__name__)
 

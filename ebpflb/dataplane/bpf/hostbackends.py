@@ -17,14 +17,8 @@ from ipaddress import IPv4Address
 
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.syscall import PinnedMap
-from ebpflb.sync.plan import (
-    DeleteService,
-    FrontendKey,
-    FrontendState,
-    Plan,
-    RemoveBackends,
-    UpsertBackends,
-)
+from ebpflb.model import FrontendKey
+from ebpflb.plan import DeleteService, FrontendState, Plan, RemoveBackends, UpsertBackends
 
 Addresses = frozenset[IPv4Address]
 

@@ -15,14 +15,8 @@ from typing import Any
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.syscall import PinnedMap
 from ebpflb.errors import DataplaneError
-from ebpflb.model import Frontend, FrontendKind, Protocol, ServicePortName, ServiceRef
-from ebpflb.sync.plan import (
-    BackendKey,
-    BackendState,
-    FrontendKey,
-    FrontendState,
-    backend_order,
-)
+from ebpflb.model import Frontend, FrontendKey, FrontendKind, Protocol, ServicePortName, ServiceRef
+from ebpflb.plan import BackendKey, BackendState, FrontendState, backend_order
 
 _ACTIVE = int(abi.BackendFlag.ACTIVE)
 _TERMINATING = int(abi.BackendFlag.TERMINATING)

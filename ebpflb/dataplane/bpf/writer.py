@@ -37,11 +37,9 @@ from ebpflb.dataplane.bpf.syscall import (
     map_fd_by_id,
 )
 from ebpflb.errors import CapacityError
-from ebpflb.gcpause import no_full_collections
-from ebpflb.model import Frontend, Protocol, ServicePortName
-from ebpflb.sync.plan import (
+from ebpflb.model import Frontend, FrontendKey, Protocol, ServicePortName
+from ebpflb.plan import (
     DeleteService,
-    FrontendKey,
     FrontendState,
     Plan,
     RemoveBackends,
@@ -219,8 +217,7 @@ class MapWriter:
 
     def reload(self) -> None:
         """Re-read every id from the maps (on start, and after a failed write)."""
-        with no_full_collections():  # a state per frontend; see gcpause
-            self._adopt(read_state(self.maps))
+        self._adopt(read_state(self.maps))
 
     def _adopt(self, st: MapState) -> None:
         self.frontends: dict[FrontendKey, FrontendState] = st.frontends
@@ -293,13 +290,12 @@ class MapWriter:
         return sid
 
     def apply(self, plan: Plan) -> None:
-        with no_full_collections():  # the cache gains a state per frontend; see gcpause
-            self._check_capacity(plan)
-            ops = plan.ops
-            self._upsert_backends([op for op in ops if isinstance(op, UpsertBackends)])
-            self._write_services([op for op in ops if isinstance(op, WriteService)])
-            self._remove_backends([op for op in ops if isinstance(op, RemoveBackends)])
-            self._delete_services([op for op in ops if isinstance(op, DeleteService)])
+        self._check_capacity(plan)
+        ops = plan.ops
+        self._upsert_backends([op for op in ops if isinstance(op, UpsertBackends)])
+        self._write_services([op for op in ops if isinstance(op, WriteService)])
+        self._remove_backends([op for op in ops if isinstance(op, RemoveBackends)])
+        self._delete_services([op for op in ops if isinstance(op, DeleteService)])
 
     def _upsert_backends(self, ops: list[UpsertBackends]) -> None:
         keys: list[bytes] = []

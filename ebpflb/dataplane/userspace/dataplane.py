@@ -18,8 +18,8 @@ from ebpflb.dataplane.userspace import state as statefile
 from ebpflb.dataplane.userspace.device import DEVICE_NAME
 from ebpflb.dataplane.userspace.proxy import Engine, EngineConfig
 from ebpflb.errors import DataplaneError
-from ebpflb.model import FrontendKind, IPAddress, Protocol
-from ebpflb.sync.plan import FrontendKey, FrontendState, Plan, apply_to
+from ebpflb.model import FrontendKey, FrontendKind, IPAddress, Protocol
+from ebpflb.plan import FrontendState, Plan, apply_to
 
 log = logging.getLogger(__name__)
 

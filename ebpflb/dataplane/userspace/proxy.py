@@ -46,9 +46,9 @@ from ebpflb.dataplane.userspace.tcp import CHUNK, LINGER_RESET, TcpConn
 from ebpflb.dataplane.userspace.udp import UdpSession
 from ebpflb.dataplane.view import BackendView, ConnView, ServiceStats, ServiceView, StatsView
 from ebpflb.errors import DataplaneError
-from ebpflb.model import IPAddress, Protocol
+from ebpflb.model import FrontendKey, IPAddress, Protocol
+from ebpflb.plan import BackendKey, FrontendState
 from ebpflb.selection import DEFAULT_AFFINITY_ENTRIES, AffinityTable, choose_backend
-from ebpflb.sync.plan import BackendKey, FrontendKey, FrontendState
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import socket
 
-from ebpflb.sync.plan import BackendKey
+from ebpflb.plan import BackendKey
 
 
 class Target:

@@ -1,0 +1,277 @@
+"""The plan's vocabulary: what a data path holds per frontend (FrontendState,
+BackendState), the operations that change it and the Plan that orders them. Pure data,
+so a test or `ebpflb diff` can print it. It sits below both sync/ (which computes
+plans: sync.diff) and dataplane/ (which applies them), so neither imports the other.
+
+The order never exposes a half-written Service to a packet: every backend a service
+will point at is written first, then the service entries (whose slot count makes the
+new backends visible), then backends that left a service, and removed services last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Address, IPv4Network
+from itertools import pairwise
+
+from ebpflb.model import (
+    Backend,
+    DesiredState,
+    Frontend,
+    FrontendKey,
+    FrontendKind,
+    IPAddress,
+    ServiceEntry,
+    ServicePortName,
+)
+
+BackendKey = tuple[IPAddress, int]
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class BackendState:
+    """A backend as a data path holds it: active = in the slots for new flows."""
+
+    address: IPAddress
+    port: int
+    active: bool = True
+    terminating: bool = False
+
+    @property
+    def key(self) -> BackendKey:
+        return (self.address, self.port)
+
+    def __str__(self) -> str:
+        flags = "" if self.active else " (inactive)"
+        return f"{self.address}:{self.port}{flags}"
+
+
+def backend_order(b: BackendState) -> tuple[int, int, int, bool, bool]:
+    """BackendState's own order (IPv4 before IPv6, where comparing raises), as a key:
+    far cheaper than comparing dataclasses and addresses in Python."""
+    return (b.address.version, int(b.address), b.port, b.active, b.terminating)
+
+
+def _ascending(backends: tuple[Backend, ...]) -> bool:
+    """Whether the backends' keys are strictly ascending (sorted, none twice)."""
+    keys = [(b.address.version, int(b.address), b.port) for b in backends]
+    return all(a < b for a, b in pairwise(keys))
+
+
+@dataclass(frozen=True, slots=True)
+class FrontendState:
+    """Everything a data path holds for one frontend, independent of its encoding."""
+
+    frontend: Frontend
+    port_name: ServicePortName
+    backends: tuple[BackendState, ...]  # sorted by key
+    slots: tuple[BackendKey, ...]  # active backends, in slot order
+    affinity_timeout: int = 0
+    snat_address: IPv4Address | None = None  # see ServiceEntry
+    source_ranges: tuple[IPv4Network, ...] = ()
+    drop_when_empty: bool = False  # see ServiceEntry
+
+    @property
+    def kind(self) -> FrontendKind:
+        return self.frontend.kind
+
+    @classmethod
+    def from_entry(cls, entry: ServiceEntry) -> FrontendState:
+        if all(b.ready for b in entry.backends) and _ascending(entry.backends):
+            # translate's usual output: in key order, each key once, all active; the
+            # general path below gives the same, sorting and de-duplicating.
+            return cls(
+                frontend=entry.frontend,
+                port_name=entry.port_name,
+                backends=tuple([BackendState(b.address, b.port, True, b.terminating)
+                                for b in entry.backends]),
+                slots=tuple([b.key for b in entry.backends]),
+                affinity_timeout=entry.affinity_timeout,
+                snat_address=entry.snat_address,
+                source_ranges=entry.source_ranges,
+                drop_when_empty=entry.drop_when_empty,
+            )
+        usable = entry.active
+        everyone = len(usable) == len(entry.backends)  # no key set needed
+        active = set() if everyone else {b.key for b in usable}
+        backends = sorted(
+            (BackendState(b.address, b.port, everyone or b.key in active, b.terminating)
+             for b in entry.backends),
+            key=backend_order,
+        )
+        return cls(
+            frontend=entry.frontend,
+            port_name=entry.port_name,
+            backends=tuple(backends),
+            # sorted(active), from the backends' order; a key may occur twice there
+            slots=tuple(dict.fromkeys(b.key for b in backends if b.active)),
+            affinity_timeout=entry.affinity_timeout,
+            snat_address=entry.snat_address,
+            source_ranges=entry.source_ranges,
+            drop_when_empty=entry.drop_when_empty,
+        )
+
+    def service_fields(self) -> tuple[object, ...]:
+        """What the service entry itself encodes (not its backends)."""
+        return (self.frontend.kind, self.port_name, self.slots, self.affinity_timeout,
+                self.snat_address, self.source_ranges, self.drop_when_empty)
+
+    def with_backends(self, backends: tuple[BackendState, ...]) -> FrontendState:
+        return replace(self, backends=backends)
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertBackends:
+    frontend: Frontend
+    backends: tuple[BackendState, ...]
+
+    def __str__(self) -> str:
+        return f"+ backends {self.frontend}: {', '.join(map(str, self.backends))}"
+
+    def as_json(self) -> dict[str, object]:
+        return {"op": "upsert_backends", "frontend": str(self.frontend),
+                "backends": [_backend_json(b) for b in self.backends]}
+
+
+@dataclass(frozen=True, slots=True)
+class WriteService:
+    state: FrontendState
+    new: bool
+
+    def __str__(self) -> str:
+        sign = "+" if self.new else "~"
+        s = self.state
+        return (
+            f"{sign} service {s.frontend} {s.port_name} [{s.kind}] "
+            f"slots={len(s.slots)} affinity={s.affinity_timeout}s"
+            + (f" snat={s.snat_address}" if s.snat_address else "")
+            + (f" ranges={','.join(map(str, s.source_ranges))}" if s.source_ranges else "")
+            + (" drop-when-empty" if s.drop_when_empty else "")
+        )
+
+    def as_json(self) -> dict[str, object]:
+        s = self.state
+        return {"op": "add_service" if self.new else "change_service",
+                "frontend": str(s.frontend), "service": str(s.port_name.service),
+                "port_name": s.port_name.port, "kind": str(s.kind),
+                "slots": [f"{a}:{p}" for a, p in s.slots],
+                "affinity_timeout": s.affinity_timeout,
+                "snat_address": str(s.snat_address) if s.snat_address else None,
+                "source_ranges": [str(r) for r in s.source_ranges],
+                "drop_when_empty": s.drop_when_empty}
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveBackends:
+    frontend: Frontend
+    backends: tuple[BackendKey, ...]
+
+    def __str__(self) -> str:
+        keys = ", ".join(f"{a}:{p}" for a, p in self.backends)
+        return f"- backends {self.frontend}: {keys}"
+
+    def as_json(self) -> dict[str, object]:
+        return {"op": "remove_backends", "frontend": str(self.frontend),
+                "backends": [f"{a}:{p}" for a, p in self.backends]}
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteService:
+    frontend: Frontend
+    port_name: ServicePortName
+
+    def __str__(self) -> str:
+        return f"- service {self.frontend} {self.port_name}"
+
+    def as_json(self) -> dict[str, object]:
+        return {"op": "remove_service", "frontend": str(self.frontend),
+                "service": str(self.port_name.service), "port_name": self.port_name.port}
+
+
+Op = UpsertBackends | WriteService | RemoveBackends | DeleteService
+
+
+def op_frontend(op: Op) -> Frontend:
+    """The frontend an operation writes."""
+    return op.state.frontend if isinstance(op, WriteService) else op.frontend
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    ops: tuple[Op, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.ops)
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    @property
+    def added(self) -> int:
+        return sum(1 for op in self.ops if isinstance(op, WriteService) and op.new)
+
+    @property
+    def changed(self) -> int:
+        """Frontends that stay but whose service entry or backends change."""
+        touched = {
+            op.frontend.key for op in self.ops if isinstance(op, UpsertBackends | RemoveBackends)
+        }
+        touched |= {
+            op.state.frontend.key for op in self.ops if isinstance(op, WriteService) and not op.new
+        }
+        new = {op.state.frontend.key for op in self.ops if isinstance(op, WriteService) and op.new}
+        return len(touched - new)
+
+    @property
+    def removed(self) -> int:
+        return sum(1 for op in self.ops if isinstance(op, DeleteService))
+
+    def without(self, keys: Collection[FrontendKey]) -> Plan:
+        """This plan minus every operation on the frontends ``keys`` (kept in order)."""
+        return Plan(tuple(op for op in self.ops if op_frontend(op).key not in keys))
+
+    def summary(self) -> str:
+        return f"{self.added} added, {self.changed} changed, {self.removed} removed"
+
+    def as_json(self) -> dict[str, object]:
+        return {"added": self.added, "changed": self.changed, "removed": self.removed,
+                "ops": [op.as_json() for op in self.ops]}
+
+
+def _backend_json(b: BackendState) -> dict[str, object]:
+    return {"address": str(b.address), "port": b.port, "active": b.active,
+            "terminating": b.terminating}
+
+
+def desired_frontends(state: DesiredState) -> dict[FrontendKey, FrontendState]:
+    """Each frontend of the desired state as a data path would hold it."""
+    return {key: FrontendState.from_entry(entry) for key, entry in state.entries.items()}
+
+
+def apply_to(
+    current: Mapping[FrontendKey, FrontendState], plan: Plan
+) -> dict[FrontendKey, FrontendState]:
+    """What a data path holds after applying `plan` to `current`: the reference
+    semantics that every data path's writer must match (used by the tests and the
+    fake data path)."""
+    out = dict(current)
+    pending: dict[FrontendKey, dict[BackendKey, BackendState]] = {
+        k: {b.key: b for b in v.backends} for k, v in out.items()
+    }
+    for op in plan.ops:
+        if isinstance(op, UpsertBackends):
+            pending.setdefault(op.frontend.key, {}).update({b.key: b for b in op.backends})
+        elif isinstance(op, WriteService):
+            out[op.state.frontend.key] = op.state
+        elif isinstance(op, RemoveBackends):
+            for k in op.backends:
+                pending.get(op.frontend.key, {}).pop(k, None)
+        else:
+            out.pop(op.frontend.key, None)
+            pending.pop(op.frontend.key, None)
+    result: dict[FrontendKey, FrontendState] = {}
+    for key, st in out.items():
+        backends = tuple(sorted(pending.get(key, {}).values()))
+        result[key] = st.with_backends(backends)
+    return result
