@@ -24,6 +24,14 @@ class BpfUnavailableError(DataplaneError):
     """BPF cannot run here (no bcc, no headers, no privileges); the message says why."""
 
 
+class PinDirError(DataplaneError):
+    """The pin directory is not safe to use (owner, mode, symlink); its pins are left."""
+
+
+class MapMismatchError(DataplaneError):
+    """A pinned map under one of ebpflb's names has another type, key or value size."""
+
+
 class CapacityError(DataplaneError):
     """A change would overflow a map; it was refused whole."""
 

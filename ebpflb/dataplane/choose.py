@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from ebpflb.dataplane.base import Dataplane
 from ebpflb.dataplane.bpf.dataplane import BpfConfig
 from ebpflb.dataplane.userspace.dataplane import UserspaceConfig
-from ebpflb.errors import DataplaneError, EbpflbError
+from ebpflb.errors import DataplaneError, EbpflbError, PinDirError
 
 log = logging.getLogger("ebpflb.dataplane")
 
@@ -33,6 +33,8 @@ FIX_COMPILE = ("the kernel path needs Linux >= 5.10 and its headers under "
 FIX_ATTACH = ("attaching to tc needs CAP_NET_ADMIN and a clsact qdisc it may add; check "
               "`tc qdisc show` and `ebpflb doctor`")
 FIX_BPFFS = "mount a BPF filesystem (mount -t bpf bpf /sys/fs/bpf) or pass --pin-dir on one"
+FIX_PIN_DIR = ("use a --pin-dir owned by root with mode 0700 (the agent creates it so); "
+               "the one found was left as it is")
 FIX_OTHER = "run `ebpflb doctor` to see which requirement of the bpf data path fails"
 
 
@@ -58,6 +60,8 @@ def explain(exc: BaseException) -> Fallback:
     """The reason (the error's first line) and the fix for a failed kernel path."""
     reason = _first_line(exc)
     text = str(exc).lower()
+    if isinstance(exc, PinDirError):
+        return Fallback(reason, FIX_PIN_DIR)
     if isinstance(exc, ImportError):
         name = exc.name or ("bcc" if "bcc" in text else "a module")
         if not reason.startswith(f"{name} is not importable"):
@@ -111,7 +115,7 @@ def clear_bpf_leftovers(config: BpfConfig) -> None:
         log.warning("could not remove the bpf data path's tc filters: %s", exc)
     try:
         remove_pins(config.pin_dir, abi.ALL_MAPS + abi.LEGACY_MAPS)
-    except OSError as exc:
+    except (OSError, EbpflbError) as exc:  # PinDirError: a directory not ours, left whole
         log.warning("could not remove the pins under %s: %s", config.pin_dir, exc)
 
 

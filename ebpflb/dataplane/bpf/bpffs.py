@@ -1,15 +1,27 @@
 """The BPF filesystem: mounted at /sys/fs/bpf when missing (as Cilium does), and the
-pin directory checked to be on one, since pins anywhere else silently fail."""
+pin directory checked to be on one, since pins anywhere else silently fail.
+
+The pin directory is also checked to be ours before anything in it is used or
+removed: /sys/fs/bpf is world-writable (mode 1777), so an unprivileged user can create
+/sys/fs/bpf/ebpflb before the agent first runs and then delete or replace the pins in
+it (and an agent that adopts a replaced map writes where that user can read and
+write). The directory must be owned by root or by the agent's own user, writable by
+its owner only, and reached through no symlink; every directory above it must be
+owned likewise and, where others may write to it, sticky (as /sys/fs/bpf and /tmp),
+so that nobody else can rename it away. The agent creates it with mode 0700.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import subprocess
 
-from ebpflb.errors import DataplaneError
+from ebpflb.errors import DataplaneError, PinDirError
 
 BPFFS_ROOT = "/sys/fs/bpf"
+PIN_DIR_MODE = 0o700
 
 
 def bpffs_mounts() -> list[str]:
@@ -20,6 +32,59 @@ def bpffs_mounts() -> list[str]:
 def on_bpffs(path: str) -> bool:
     path = os.path.realpath(path)
     return any(path == m or path.startswith(m.rstrip("/") + "/") for m in bpffs_mounts())
+
+
+def _owner(uid: int) -> str:
+    import pwd
+
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def pin_dir_problem(pin_dir: str) -> str | None:
+    """Why `pin_dir` (which exists) is not safe to keep pins in, or None. See the
+    module docstring for the rules."""
+    trusted = {0, os.geteuid()}
+    path = os.path.abspath(pin_dir)
+    fix = f"remove it (rm -r {path}) or choose another --pin-dir"
+    try:
+        real = os.path.realpath(path, strict=True)
+    except OSError as exc:
+        return f"cannot resolve pin dir {path}: {exc.strerror}"
+    if real != path:
+        return f"pin dir {path} is reached through a symlink (it resolves to {real}); " \
+               f"pass --pin-dir {real} if that is meant"
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        return f"pin dir {path} is not a directory; {fix}"
+    if st.st_uid not in trusted:
+        return f"pin dir {path} is owned by {_owner(st.st_uid)}, not root: another user " \
+               f"could replace the pins in it; {fix}"
+    if st.st_mode & 0o022:
+        return f"pin dir {path} has mode {stat.S_IMODE(st.st_mode):04o}: others could " \
+               f"replace the pins in it; chmod 0700 {path}, or {fix}"
+    parent = os.path.dirname(path)
+    while True:
+        pst = os.lstat(parent)
+        if pst.st_uid not in trusted or (pst.st_mode & 0o022 and
+                                         not pst.st_mode & stat.S_ISVTX):
+            return f"pin dir {path} lies under {parent} (owned by {_owner(pst.st_uid)}, " \
+                   f"mode {stat.S_IMODE(pst.st_mode):04o}), where another user could " \
+                   f"rename it away; choose a --pin-dir under a directory only root writes"
+        if parent == "/":
+            return None
+        parent = os.path.dirname(parent)
+
+
+def check_pin_dir(pin_dir: str) -> None:
+    """Raise PinDirError when `pin_dir` exists and is not safe (see pin_dir_problem)."""
+    if not os.path.lexists(pin_dir):
+        return
+    problem = pin_dir_problem(pin_dir)
+    if problem is not None:
+        raise PinDirError(problem)
 
 
 def ensure_pin_dir(pin_dir: str) -> None:
@@ -33,14 +98,21 @@ def ensure_pin_dir(pin_dir: str) -> None:
             )
         except (OSError, subprocess.CalledProcessError) as exc:
             raise DataplaneError(f"cannot mount the BPF filesystem at {BPFFS_ROOT}: {exc}") from exc
+    check_pin_dir(pin_dir)  # before anything is created under a directory not ours
     if not on_bpffs(pin_dir):
         raise DataplaneError(
             f"pin dir {pin_dir} is not on a BPF filesystem (mount -t bpf bpf <dir> first)"
         )
-    os.makedirs(pin_dir, exist_ok=True)
+    if not os.path.lexists(pin_dir):
+        os.makedirs(pin_dir, mode=PIN_DIR_MODE)
+        os.chmod(pin_dir, PIN_DIR_MODE)  # whatever the umask
+    check_pin_dir(pin_dir)
 
 
 def remove_pins(pin_dir: str, names: tuple[str, ...]) -> None:
+    """Unlink the pins `names` and the directory if then empty; refuses (PinDirError,
+    nothing removed) where check_pin_dir does."""
+    check_pin_dir(pin_dir)
     for name in names:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(pin_dir, name))
@@ -53,6 +125,7 @@ def remove_legacy_pins(pin_dir: str) -> None:
     no program reads them any more, and they would keep their memory."""
     from ebpflb.dataplane.bpf import abi
 
+    check_pin_dir(pin_dir)
     for name in abi.LEGACY_MAPS:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(pin_dir, name))

@@ -133,7 +133,7 @@ def compile_program(*, pin_dir: str, max_services: int, max_backends: int,
     cflags = _cflags(source_dir, pin_dir=pin_dir, max_services=max_services,
                      max_backends=max_backends, max_conntrack=max_conntrack)
     try:
-        os.makedirs(pin_dir, exist_ok=True)
+        os.makedirs(pin_dir, mode=0o700, exist_ok=True)  # see bpffs: only root writes
     except OSError as exc:
         raise DataplaneError(f"cannot create pin dir {pin_dir}: {exc.strerror}") from exc
 
