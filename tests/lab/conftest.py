@@ -19,6 +19,13 @@ def unique_lab_name() -> str:
     return "t" + secrets.token_hex(3)[:5]
 
 
+def _require_root() -> None:
+    """A guard for fixtures that build labs: tests/conftest.py already stops a run whose
+    root tests cannot run, so this only fails a test that needs root unmarked."""
+    if os.geteuid() != 0:
+        pytest.fail("needs root: creates network namespaces; mark the test `root`")
+
+
 def _down_quietly(name: str) -> None:
     try:
         topology.down(name)
@@ -26,15 +33,9 @@ def _down_quietly(name: str) -> None:
         print(f"lab {name} teardown failed: {exc}")
 
 
-def _require_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: creates network namespaces")
-
-
 @pytest.fixture(scope="session")
 def lab() -> Iterator[topology.Lab]:
     """A three-pod lab shared by the session."""
-    _require_root()
     name = unique_lab_name()
     fallback = functools.partial(_down_quietly, name)
     atexit.register(fallback)
@@ -48,7 +49,6 @@ def lab() -> Iterator[topology.Lab]:
 @pytest.fixture
 def lab_names() -> Iterator[Callable[[], str]]:
     """Hands out unique lab names; every lab built under one is removed afterwards."""
-    _require_root()
     fallbacks: list[Callable[[], None]] = []
 
     def make() -> str:
