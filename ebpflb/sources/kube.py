@@ -55,6 +55,7 @@ from ebpflb.errors import SourceError
 from ebpflb.model import ServiceRef
 from ebpflb.sources.base import Changes, Snapshot
 from ebpflb.sources.compact import compact
+from ebpflb.sources.services import SERVICE_PROXY_NAME_LABEL
 from ebpflb.sources.tracker import (
     ENDPOINT_SLICE,
     NODE,
@@ -63,7 +64,6 @@ from ebpflb.sources.tracker import (
     Key,
     object_key,
 )
-from ebpflb.sources.translate import SERVICE_PROXY_NAME_LABEL
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from ebpflb.model import ServiceRef
 from ebpflb.sources.base import Changes
-from ebpflb.sources.translate import SERVICE_NAME_LABEL
+from ebpflb.sources.endpointslices import SERVICE_NAME_LABEL
 
 Obj = dict[str, Any]
 Key = tuple[str, str, str]  # (kind, namespace, name); namespace "" when cluster-scoped

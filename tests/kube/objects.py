@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ebpflb.sources.translate import SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL
+from ebpflb.sources.endpointslices import SERVICE_NAME_LABEL
+from ebpflb.sources.services import SERVICE_PROXY_NAME_LABEL
 
 Obj = dict[str, Any]
 

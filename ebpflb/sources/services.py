@@ -1,0 +1,309 @@
+"""Service objects -> ``_Service`` records: the Service's info, ClusterIP, ports,
+external and load-balancer addresses and policies, each field checked (what a bad
+field costs is listed in ``translate``'s docstring). Pure; joined with the backends
+by ``translate``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
+
+from ebpflb.model import IPAddress, IPNetwork, Protocol, ServiceInfo, ServiceRef, ServiceType
+from ebpflb.sources import topology
+from ebpflb.sources.fields import (
+    Obj,
+    ObjectError,
+    _error,
+    _identity,
+    _Invalid,
+    _ip,
+    _is_int,
+    _is_mapping,
+    _list,
+    _mapping,
+    _port_number,
+    _protocol,
+    _Report,
+    _string,
+)
+from ebpflb.sources.topology import Preference
+
+SERVICE_PROXY_NAME_LABEL = "service.kubernetes.io/service-proxy-name"
+DEFAULT_AFFINITY_TIMEOUT = 10800  # seconds; Kubernetes' default for ClientIP affinity
+MAX_AFFINITY_TIMEOUT = 86400  # seconds; the API server's upper bound
+
+
+def _parse_services(services: Iterable[Obj], errors: list[ObjectError]
+                    ) -> dict[tuple[str, str], _Service]:
+    """Every good Service by (namespace, name): plain tuples hash and sort in C."""
+    parsed: dict[tuple[str, str], _Service] = {}
+    for obj in services:
+        svc = _parse_service(obj, errors)
+        if svc is None:
+            continue
+        ref = svc.info.ref
+        name = (ref.namespace, ref.name)
+        if name in parsed:
+            errors.append(_error("Service", ref, "defined more than once; copy skipped"))
+            continue
+        parsed[name] = svc
+    return parsed
+
+
+class _Port(NamedTuple):  # private records: a NamedTuple is cheaper to make
+    name: str  # "" for the unnamed single port
+    protocol: Protocol
+    port: int
+    target: int | str  # validated only: the slices carry the resolved pod port
+    node_port: int | None
+
+
+class _Service(NamedTuple):
+    info: ServiceInfo
+    address: ipaddress.IPv4Address | None  # None: not load-balanced (headless, ExternalName)
+    ports: tuple[_Port, ...] = ()
+    external: tuple[IPAddress, ...] = ()
+    load_balancer: tuple[IPAddress, ...] = ()
+    affinity_timeout: int = 0
+    external_local: bool = False
+    internal_local: bool = False
+    source_ranges: tuple[ipaddress.IPv4Network, ...] = ()
+    topology: Preference = Preference.NONE  # which topology hints to follow
+
+
+def _parse_service(obj: Obj, errors: list[ObjectError]) -> _Service | None:
+    namespace, name = _identity(obj)
+    ref = ServiceRef(namespace, name)
+    try:
+        if not name:
+            raise _Invalid("metadata.name is missing")
+        meta = _mapping(obj.get("metadata"), "metadata")
+        labels = _mapping(meta.get("labels"), "labels")
+        if labels.get(SERVICE_PROXY_NAME_LABEL):
+            return None
+        spec = obj.get("spec")
+        if not _is_mapping(spec):
+            raise _Invalid("spec is missing")
+        svc_type = _service_type(spec.get("type"))
+        if svc_type is ServiceType.EXTERNAL_NAME:
+            external_name = _string(spec.get("externalName"), "spec.externalName") or None
+            return _Service(ServiceInfo(ref, svc_type, None, external_name), None)
+        raw_ip, address = _cluster_ip(spec)
+        info = ServiceInfo(ref, svc_type, raw_ip)
+        if address is None:
+            return _Service(info, None)
+        affinity = _affinity_timeout(spec)
+        external_local = _policy(spec, "externalTrafficPolicy")
+        internal_local = _policy(spec, "internalTrafficPolicy")
+        items = _list(spec.get("ports"), "spec.ports")
+    except _Invalid as e:
+        errors.append(_error("Service", ref, f"{e}; Service skipped"))
+        return None
+
+    def report(message: str) -> None:
+        errors.append(_error("Service", ref, message))
+
+    lb_ips: tuple[IPAddress, ...] = ()
+    ranges: tuple[ipaddress.IPv4Network, ...] = ()
+    if svc_type is ServiceType.LOAD_BALANCER:
+        lb_ips = _ingress_ips(spec, obj.get("status"), report)
+        try:
+            ranges = _source_ranges(spec.get("loadBalancerSourceRanges"))
+        except _Invalid as e:  # never admit more than the user asked: no LB frontends
+            report(f"{e}; load-balancer addresses skipped")
+            lb_ips = ()
+        if external_local:
+            info = _with_health_check(info, spec, report)
+    wanted = Preference.NONE
+    annotations = meta.get("annotations")
+    if "trafficDistribution" in spec or annotations:
+        wanted, problem = topology.preference(
+            spec, annotations if _is_mapping(annotations) else None)
+        if problem:
+            report(problem)
+    return _Service(  # positionally: keywords make a NamedTuple ~1.7x as costly
+        info,
+        address,
+        _service_ports(items, report),
+        _addresses(spec.get("externalIPs"), "spec.externalIPs", report),
+        lb_ips,
+        affinity,
+        external_local,
+        internal_local,
+        ranges,
+        wanted,
+    )
+
+
+def _with_health_check(info: ServiceInfo, spec: Obj, report: _Report) -> ServiceInfo:
+    """``info`` with the Service's healthCheckNodePort (the API server allocates it; a
+    manifest may leave it out)."""
+    value = spec.get("healthCheckNodePort")
+    if value is None:
+        return info
+    try:
+        port = _port_number(value, "spec.healthCheckNodePort")
+    except _Invalid as e:
+        report(f"{e}; health check skipped")
+        return info
+    return ServiceInfo(info.ref, info.type, info.cluster_ip, info.external_name, port)
+
+
+_SERVICE_TYPES = {t.value: t for t in ServiceType}  # a dict look-up: see _PROTOCOLS
+
+
+def _service_type(value: Any) -> ServiceType:
+    if value is None:
+        return ServiceType.CLUSTER_IP
+    found = _SERVICE_TYPES.get(value) if isinstance(value, str) else None
+    if found is None:
+        raise _Invalid(f"spec.type {value!r} is unknown")
+    return found
+
+
+def _cluster_ip(spec: Obj) -> tuple[str, ipaddress.IPv4Address | None]:
+    """The ClusterIP as written (``"None"`` when headless) and the IPv4 one to balance
+    (of a dual-stack Service, its IPv4 address whichever family is primary)."""
+    raw = [_string(spec.get("clusterIP"), "spec.clusterIP")]
+    more = spec.get("clusterIPs")
+    if more is not None:
+        raw += [_string(v, "spec.clusterIPs") for v in _list(more, "spec.clusterIPs")]
+    raw = [v for v in raw if v]
+    if not raw:
+        raise _Invalid("spec.clusterIP is missing (the API server allocates it; set it here)")
+    if raw[0] == "None":
+        return "None", None
+    for value in dict.fromkeys(raw):
+        address = _ip(value)
+        if address is None:
+            raise _Invalid(f"spec.clusterIP {value!r} is not an IP address")
+        if isinstance(address, ipaddress.IPv4Address):
+            return value, address
+    raise _Invalid(f"spec.clusterIP {raw[0]} is IPv6; this node is IPv4-only")
+
+
+def _affinity_timeout(spec: Obj) -> int:
+    affinity = spec.get("sessionAffinity")
+    if affinity in (None, "None"):
+        return 0
+    if affinity != "ClientIP":
+        raise _Invalid(f"spec.sessionAffinity {affinity!r} is not None or ClientIP")
+    config = _mapping(spec.get("sessionAffinityConfig"), "spec.sessionAffinityConfig")
+    client = _mapping(config.get("clientIP"), "spec.sessionAffinityConfig.clientIP")
+    timeout = client.get("timeoutSeconds")
+    if timeout is None:
+        return DEFAULT_AFFINITY_TIMEOUT
+    if not _is_int(timeout) or not 1 <= timeout <= MAX_AFFINITY_TIMEOUT:
+        raise _Invalid(f"timeoutSeconds {timeout!r} is not in 1-{MAX_AFFINITY_TIMEOUT}")
+    return int(timeout)
+
+
+def _policy(spec: Obj, field: str) -> bool:
+    """Whether a traffic policy field says Local."""
+    value = spec.get(field)
+    if value not in (None, "Cluster", "Local"):
+        raise _Invalid(f"spec.{field} {value!r} is not Cluster or Local")
+    return value == "Local"
+
+
+def _service_ports(items: list[Any], report: _Report) -> tuple[_Port, ...]:
+    ports: list[_Port] = []
+    for i, item in enumerate(items):
+        try:
+            port = _service_port(item, multi=len(items) > 1)
+            for other in ports:
+                _check_distinct(port, other)
+        except _Invalid as e:
+            report(f"spec.ports[{i}]: {e}; port skipped")
+            continue
+        ports.append(port)
+    return tuple(ports)
+
+
+def _service_port(item: Any, *, multi: bool) -> _Port:
+    item = _mapping(item, "port")
+    name = _string(item.get("name"), "name")
+    if multi and not name:
+        raise _Invalid("name is missing (required when a Service has several ports)")
+    port = _port_number(item.get("port"), "port")
+    target = item.get("targetPort")
+    if target is None:
+        target = port
+    elif isinstance(target, str) and not target.isdigit():
+        if not target:
+            raise _Invalid("targetPort is empty")
+    else:
+        target = _port_number(int(target) if isinstance(target, str) else target, "targetPort")
+    node_port = item.get("nodePort")
+    if node_port is not None:
+        node_port = _port_number(node_port, "nodePort")
+    return _Port(name, _protocol(item.get("protocol")), port, target, node_port)
+
+
+def _check_distinct(port: _Port, other: _Port) -> None:
+    if (port.port, port.protocol) == (other.port, other.protocol):
+        raise _Invalid(f"{port.port}/{port.protocol} is already used by port {other.name!r}")
+    if port.name == other.name:
+        raise _Invalid(f"name {port.name!r} is already used")
+    if port.node_port is not None and (port.node_port, port.protocol) == (
+        other.node_port,
+        other.protocol,
+    ):
+        raise _Invalid(f"nodePort {port.node_port}/{port.protocol} is already used")
+
+
+def _source_ranges(values: Any) -> tuple[ipaddress.IPv4Network, ...]:
+    """spec.loadBalancerSourceRanges as IPv4 networks (host bits set are an error, as
+    the API server says). IPv6 ranges cannot match on this IPv4 node; a list of only
+    IPv6 ranges admits no IPv4 client, so it is refused rather than read as "all"."""
+    if values is None:
+        return ()
+    found: list[IPNetwork] = []
+    items = _list(values, "spec.loadBalancerSourceRanges")
+    for value in items:
+        try:
+            found.append(ipaddress.ip_network(_string(value, "a source range").strip()))
+        except ValueError:
+            raise _Invalid(
+                f"spec.loadBalancerSourceRanges: {value!r} is not a CIDR") from None
+    v4 = tuple(sorted({n for n in found if isinstance(n, ipaddress.IPv4Network)}))
+    if found and not v4:
+        raise _Invalid("spec.loadBalancerSourceRanges has no IPv4 range (this node is IPv4-only)")
+    return v4
+
+
+def _ingress_ips(spec: Obj, status: Any, report: _Report) -> tuple[IPAddress, ...]:
+    try:
+        lb = _mapping(_mapping(status, "status").get("loadBalancer"), "status.loadBalancer")
+        items = _list(lb.get("ingress"), "status.loadBalancer.ingress")
+    except _Invalid as e:
+        report(f"{e}; load-balancer addresses skipped")
+        return ()
+    values = [
+        item.get("ip")
+        for item in items
+        if isinstance(item, Mapping) and item.get("ip") and item.get("ipMode") != "Proxy"
+    ]
+    return _addresses(values, "status.loadBalancer.ingress", report)
+
+
+def _addresses(values: Any, where: str, report: _Report) -> tuple[IPAddress, ...]:
+    """The IPv4 addresses in a list; malformed ones are reported and skipped."""
+    if values is None:  # the common case
+        return ()
+    try:
+        items = _list(values, where)
+    except _Invalid as e:
+        report(f"{e}; skipped")
+        return ()
+    found: list[IPAddress] = []
+    for value in items:
+        address = _ip(value)
+        if address is None:
+            report(f"{where}: {value!r} is not an IP address; address skipped")
+            continue
+        if address.version == 4:
+            found.append(address)
+    return tuple(dict.fromkeys(found))
