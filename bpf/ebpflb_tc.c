@@ -11,13 +11,14 @@
 #include "lib/consts.h"
 #include "lib/drop_reasons.h"
 #include "lib/maps.h"
+#include "lib/verdict.h"
 #include "lib/parse.h"
 #include "lib/csum.h"
-#include "lib/nat.h"
 #include "lib/stats.h"
 #include "lib/lb.h"
 #include "lib/affinity.h"
 #include "lib/ct.h"
+#include "lib/nat.h"
 #include "lib/icmp.h"
 #include "lib/reject.h"
 #include "lib/sock.h"
@@ -43,6 +44,8 @@ static __always_inline struct lb_stats *map_svcstat_lookup(__u32 *id)
 { return ebpflb_svcstat.lookup(id); }
 static __always_inline __u64 *map_gstat_lookup(__u32 *index)
 { return ebpflb_gstat_v2.lookup(index); }
+static __always_inline __u64 *map_drops_lookup(__u32 *reason)
+{ return ebpflb_drops.lookup(reason); }
 static __always_inline struct aff4_value *map_aff4_lookup(struct aff4_key *key)
 { return ebpflb_aff4.lookup(key); }
 static __always_inline int map_aff4_update(struct aff4_key *key, struct aff4_value *value)
@@ -93,9 +96,31 @@ static __always_inline __be32 lb4_snat_address(const struct lb4_service *svc,
 	return svc->snat_address;
 }
 
+/* Record a new flow of the packet to backend be: its REPLY entry first (with source
+ * NAT to snat_addr it is what claims the port, set in *snat_port), then its SERVICE
+ * entry. 0 or DROP_* (counted; nothing is left half-written). */
+static __always_inline int lb4_track(const struct pkt4 *pkt, __u32 svc_id, __u32 backend_id,
+				     const struct lb4_backend *be, __be32 snat_addr,
+				     __be16 *snat_port)
+{
+	struct ct4_key reply_key;
+	struct ct4_value value;
+	int ret;
+
+	ct4_value_init(&value, pkt, svc_id, backend_id);
+	if (snat_addr)
+		ret = nat4_claim_port(&reply_key, &value, pkt, be, snat_addr, snat_port);
+	else
+		ret = ct4_create_reply(&reply_key, &value, pkt, be);
+	if (ret < 0)
+		return ret;
+	return ct4_create_service(&reply_key, &value, pkt, be, snat_addr, *snat_port);
+}
+
 /* Client -> frontend: keep the flow's backend while it is valid, else choose one and
  * record the flow; then rewrite the destination to the backend, and the source to the
- * flow's NAT address if it has one. 0, DROP_*, or TC_ACT_REDIRECT when refused. */
+ * flow's NAT address if it has one. VERDICT_GO_ON, VERDICT_REDIRECT when refused, or
+ * DROP_*. */
 static __always_inline int lb4_forward(struct __sk_buff *skb, const struct pkt4 *pkt,
 				       const struct lb4_service *svc)
 {
@@ -133,7 +158,7 @@ static __always_inline int lb4_forward(struct __sk_buff *skb, const struct pkt4 
 		if (ret < 0)
 			return ret;
 		snat_addr = lb4_snat_address(svc, pkt, be);
-		ret = ct4_create(pkt, svc_id, backend_id, be, snat_addr, &snat_port);
+		ret = lb4_track(pkt, svc_id, backend_id, be, snat_addr, &snat_port);
 		if (ret < 0)
 			return ret;
 		if (snat_addr)
@@ -146,12 +171,12 @@ static __always_inline int lb4_forward(struct __sk_buff *skb, const struct pkt4 
 		return ret;
 	stats_global_inc(event);
 	stats_svc_rx_add(svc_id, skb->len);
-	return 0;
+	return VERDICT_GO_ON;
 }
 
 /* Backend -> client of a tracked flow: rewrite the source to the service's frontend,
  * and the destination back to the client when the flow was source-NATed. A flow whose
- * service is gone passes untouched. 0 or DROP_*. */
+ * service is gone passes untouched. A VERDICT_* or DROP_*. */
 static __always_inline int lb4_reverse(struct __sk_buff *skb, const struct pkt4 *pkt)
 {
 	struct ct4_value *ct;
@@ -160,10 +185,10 @@ static __always_inline int lb4_reverse(struct __sk_buff *skb, const struct pkt4 
 
 	ct = ct4_lookup(pkt, CT_DIR_REPLY);
 	if (!ct)
-		return 0;
+		return VERDICT_PASS;
 	rnat = lb4_lookup_rnat(ct->svc_id);
 	if (!rnat)
-		return 0;
+		return VERDICT_PASS;
 	ret = nat4_rewrite_src(skb, pkt, rnat->address, rnat->port);
 	if (ret == 0 && ct->peer_address)
 		ret = nat4_rewrite_dst(skb, pkt, ct->peer_address, ct->peer_port);
@@ -172,27 +197,34 @@ static __always_inline int lb4_reverse(struct __sk_buff *skb, const struct pkt4 
 	ct4_touch(ct);
 	stats_global_inc(GSTAT_REPLY);
 	stats_svc_tx_add(ct->svc_id, skb->len);
-	return 0;
+	return VERDICT_GO_ON;
+}
+
+/* Client -> frontend: forward; anything else may be a reply to reverse-translate. */
+static __always_inline int lb4_ingress(struct __sk_buff *skb, const struct pkt4 *pkt)
+{
+	struct lb4_service *svc = lb4_lookup_service(pkt);
+
+	return svc ? lb4_forward(skb, pkt, svc) : lb4_reverse(skb, pkt);
 }
 
 int ebpflb_tc(struct __sk_buff *skb)
 {
-	struct lb4_service *svc;
 	struct pkt4 pkt;
-	int ret;
+	int verdict = VERDICT_PASS;
 
-	ret = pkt4_parse(skb, &pkt);
-	if (ret == PKT_FRAGMENT)
+	switch (pkt4_parse(skb, &pkt)) {
+	case PKT_L4:
+		verdict = lb4_ingress(skb, &pkt);
+		break;
+	case PKT_ICMP:
+		verdict = icmp4_reverse(skb, &pkt);
+		break;
+	case PKT_FRAGMENT:
 		stats_global_inc(GSTAT_FRAGMENT);
-	if (ret == PKT_ICMP)
-		ret = icmp4_reverse(skb, &pkt);
-	else if (ret == 0) {
-		svc = lb4_lookup_service(&pkt);
-		ret = svc ? lb4_forward(skb, &pkt, svc) : lb4_reverse(skb, &pkt);
+		break;
 	}
-	if (ret == TC_ACT_REDIRECT)
-		return ret;
-	return ret < 0 ? TC_ACT_SHOT : TC_ACT_OK;
+	return verdict_tc_exit(skb, verdict);
 }
 
 /* Egress of the pod veths: replies on their way into a client pod that no ingress hook
@@ -205,27 +237,31 @@ int ebpflb_tc_egress(struct __sk_buff *skb)
 	__u32 index = CFG_HOST_BACKENDS;
 	__u32 *host_backends = map_cfg_lookup(&index);
 	struct pkt4 pkt;
-	int ret;
+	int verdict = VERDICT_PASS;
 
-	if (!host_backends || !*host_backends)
-		return TC_ACT_OK;
-	ret = pkt4_parse(skb, &pkt);
-	if (ret == PKT_ICMP)
-		ret = icmp4_reverse(skb, &pkt);
-	else if (ret == 0)
-		ret = lb4_reverse(skb, &pkt);
-	return ret < 0 ? TC_ACT_SHOT : TC_ACT_OK;
+	if (host_backends && *host_backends) {
+		switch (pkt4_parse(skb, &pkt)) {
+		case PKT_L4:
+			verdict = lb4_reverse(skb, &pkt);
+			break;
+		case PKT_ICMP:
+			verdict = icmp4_reverse(skb, &pkt);
+			break;
+		}
+	}
+	return verdict_tc_exit(skb, verdict);
 }
 
 /* Socket-LB (lib/sock.h): cgroup hooks for the sockets of the agent's own namespace. */
 int ebpflb_sock_connect4(struct bpf_sock_addr *ctx)
 {
-	return sock4_forward(ctx);
+	return sock4_forward(ctx, 0);
 }
 
+/* Unconnected UDP: each datagram of a socket goes where its earlier ones went. */
 int ebpflb_sock_sendmsg4(struct bpf_sock_addr *ctx)
 {
-	return sock4_forward(ctx);
+	return sock4_forward(ctx, 1);
 }
 
 int ebpflb_sock_recvmsg4(struct bpf_sock_addr *ctx)

@@ -72,78 +72,60 @@ static __always_inline void ct4_delete_reply(const struct pkt4 *pkt, const struc
 	map_ct4_delete(&key);
 }
 
-/* Claim a free source-NAT port for a flow to be->address:be->port from snat_addr: the
- * REPLY entry is inserted only where none exists, trying up to NAT_PORT_TRIES ports
- * from a random start. Fills *key and value->peer_port; 0 or DROP_NAT_PORT_FULL. */
-static __always_inline int ct4_insert_snat_reply(struct ct4_key *key, struct ct4_value *value,
-						 const struct pkt4 *pkt,
-						 const struct lb4_backend *be, __be32 snat_addr,
-						 __be16 *snat_port)
+/* A new flow's value, as its REPLY entry holds it: the backend, the service, the times,
+ * and the frontend (nat_*) that replies are rewritten to. A source-NAT port claim
+ * (nat.h) adds the client (peer_*) before the REPLY entry is written. */
+static __always_inline void ct4_value_init(struct ct4_value *value, const struct pkt4 *pkt,
+					   __u32 svc_id, __u32 backend_id)
 {
-	__u32 first = bpf_get_prandom_u32() % NAT_PORT_COUNT;
-	__u32 i;
+	__u64 now = bpf_ktime_get_ns();
 
-	for (i = 0; i < NAT_PORT_TRIES; i++) {
-		__be16 port = bpf_htons(NAT_PORT_MIN + (first + i) % NAT_PORT_COUNT);
-
-		ct4_key_init(key, be->address, snat_addr, be->port, port, pkt->proto,
-			     CT_DIR_REPLY);
-		if (map_ct4_insert(key, value) == 0) {
-			*snat_port = port;
-			return 0;
-		}
-	}
-	stats_global_inc(GSTAT_NAT_PORT_FULL);
-	return DROP_NAT_PORT_FULL;
+	__builtin_memset(value, 0, sizeof(*value));
+	value->created_ns = now;
+	value->last_seen_ns = now;
+	value->backend_id = backend_id;
+	value->svc_id = svc_id;
+	value->nat_address = pkt->daddr;
+	value->nat_port = pkt->dport;
 }
 
-/* Write (or overwrite) both entries of the packet's flow, now sent to backend be, and
- * with snat_addr != 0 source-NATed to snat_addr and a free port (set in *snat_port).
- * 0 or a DROP_* code (counted; nothing is left half-written). */
-static __always_inline int ct4_create(const struct pkt4 *pkt, __u32 svc_id,
-				      __u32 backend_id, const struct lb4_backend *be,
-				      __be32 snat_addr, __be16 *snat_port)
+/* Write (or overwrite) the REPLY entry of a flow that keeps its client address:
+ * backend -> client. Fills *key; 0 or DROP_CT_FULL (counted). */
+static __always_inline int ct4_create_reply(struct ct4_key *key, struct ct4_value *value,
+					    const struct pkt4 *pkt, const struct lb4_backend *be)
 {
-	struct ct4_key svc_key, reply_key;
-	struct ct4_value value;
-	__u64 now = bpf_ktime_get_ns();
-	int ret;
-
-	__builtin_memset(&value, 0, sizeof(value));
-	value.created_ns = now;
-	value.last_seen_ns = now;
-	value.backend_id = backend_id;
-	value.svc_id = svc_id;
-	/* REPLY first: with source NAT it is what claims the port. */
-	value.nat_address = pkt->daddr;
-	value.nat_port = pkt->dport;
-	if (snat_addr) {
-		value.peer_address = pkt->saddr;
-		value.peer_port = pkt->sport;
-		ret = ct4_insert_snat_reply(&reply_key, &value, pkt, be, snat_addr, snat_port);
-		if (ret < 0)
-			return ret;
-	} else {
-		ct4_key_init(&reply_key, be->address, pkt->saddr, be->port, pkt->sport,
-			     pkt->proto, CT_DIR_REPLY);
-		if (map_ct4_update(&reply_key, &value) < 0)
-			goto full;
-	}
-
-	ct4_key_init(&svc_key, pkt->saddr, pkt->daddr, pkt->sport, pkt->dport, pkt->proto,
-		     CT_DIR_SERVICE);
-	value.nat_address = be->address;
-	value.nat_port = be->port;
-	value.peer_address = snat_addr;
-	value.peer_port = snat_addr ? *snat_port : 0;
-	if (map_ct4_update(&svc_key, &value) < 0) {
-		map_ct4_delete(&reply_key);
-		goto full;
+	ct4_key_init(key, be->address, pkt->saddr, be->port, pkt->sport, pkt->proto,
+		     CT_DIR_REPLY);
+	if (map_ct4_update(key, value) < 0) {
+		stats_global_inc(GSTAT_CT_FULL);
+		return DROP_CT_FULL;
 	}
 	return 0;
-full:
-	stats_global_inc(GSTAT_CT_FULL);
-	return DROP_CT_FULL;
+}
+
+/* Write (or overwrite) the SERVICE entry of the packet's flow, now sent to backend be
+ * (and source-NATed to snat_addr:snat_port when snat_addr != 0), once its REPLY entry
+ * (reply_key) is written. 0 or DROP_CT_FULL (counted; the REPLY entry is removed
+ * again, so nothing is left half-written). */
+static __always_inline int ct4_create_service(struct ct4_key *reply_key,
+					      struct ct4_value *value, const struct pkt4 *pkt,
+					      const struct lb4_backend *be, __be32 snat_addr,
+					      __be16 snat_port)
+{
+	struct ct4_key key;
+
+	ct4_key_init(&key, pkt->saddr, pkt->daddr, pkt->sport, pkt->dport, pkt->proto,
+		     CT_DIR_SERVICE);
+	value->nat_address = be->address;
+	value->nat_port = be->port;
+	value->peer_address = snat_addr;
+	value->peer_port = snat_addr ? snat_port : 0;
+	if (map_ct4_update(&key, value) < 0) {
+		map_ct4_delete(reply_key);
+		stats_global_inc(GSTAT_CT_FULL);
+		return DROP_CT_FULL;
+	}
+	return 0;
 }
 
 #endif

@@ -21,6 +21,7 @@
 #include "lb.h"
 #include "parse.h"
 #include "stats.h"
+#include "verdict.h"
 
 #define ICMP_HDR_LEN		8
 #define ICMP_CSUM_OFF		2
@@ -98,7 +99,7 @@ static __always_inline int icmp4_store_port(struct __sk_buff *skb, const struct 
 
 /* An ICMP error from the backend side of a tracked flow: rewrite it as the flow's
  * replies are (the quote's backend becomes the frontend, a NAT address the client).
- * Anything else passes untouched. 0 or DROP_*. */
+ * Anything else passes untouched. A VERDICT_* or DROP_*. */
 static __always_inline int icmp4_reverse(struct __sk_buff *skb, const struct pkt4 *pkt)
 {
 	__u32 outer_check = pkt->l3_off + offsetof(struct iphdr, check);
@@ -110,15 +111,15 @@ static __always_inline int icmp4_reverse(struct __sk_buff *skb, const struct pkt
 	int ret;
 
 	if (icmp4_parse_quote(skb, pkt, &q))
-		return 0;
+		return VERDICT_PASS;
 	/* The quote is client -> backend; the flow's replies are backend -> client. */
 	ct4_key_init(&key, q.daddr, q.saddr, q.dport, q.sport, q.proto, CT_DIR_REPLY);
 	ct = map_ct4_lookup(&key);
 	if (!ct)
-		return 0;
+		return VERDICT_PASS;
 	rnat = lb4_lookup_rnat(ct->svc_id);
 	if (!rnat)
-		return 0;
+		return VERDICT_PASS;
 	quote_check = q.l3_off + offsetof(struct iphdr, check);
 	ret = icmp4_store_addr(skb, q.l3_off + offsetof(struct iphdr, daddr), quote_check,
 			       q.daddr, rnat->address);
@@ -144,7 +145,7 @@ static __always_inline int icmp4_reverse(struct __sk_buff *skb, const struct pkt
 	if (ret < 0)
 		return ret;
 	stats_global_inc(GSTAT_ICMP_ERROR);
-	return 0;
+	return VERDICT_GO_ON;
 }
 
 #endif

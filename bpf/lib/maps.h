@@ -12,6 +12,7 @@
 
 #include "abi.h"
 #include "consts.h"
+#include "drop_reasons.h"
 
 /* frontend (address, port, proto) -> service: backend count, id, flags */
 BPF_TABLE_PINNED("hash", struct lb4_key, struct lb4_service, ebpflb_svc4,
@@ -34,6 +35,9 @@ BPF_TABLE_PINNED("percpu_array", __u32, struct lb_stats, ebpflb_svcstat,
 /* GSTAT_* index -> per-CPU global counter */
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, ebpflb_gstat_v2,
 		 GSTAT_MAX, PIN_DIR "/ebpflb_gstat_v2");
+/* -DROP_* reason -> per-CPU count of packets dropped for it (at the programs' exit) */
+BPF_TABLE_PINNED("percpu_array", __u32, __u64, ebpflb_drops, DROP_MAX,
+		 PIN_DIR "/ebpflb_drops");
 /* The shape of every Maglev table (BPF_F_INNER_MAP: tables of any size fit in). */
 BPF_F_TABLE("array", __u32, __u32, ebpflb_mgtmpl, 1, BPF_F_INNER_MAP);
 /* frontend id -> its Maglev table: slot -> backend id (the agent swaps whole tables) */
@@ -66,6 +70,7 @@ static __always_inline int map_ct4_insert(struct ct4_key *key, struct ct4_value 
 static __always_inline int map_ct4_delete(struct ct4_key *key);
 static __always_inline struct lb_stats *map_svcstat_lookup(__u32 *id);
 static __always_inline __u64 *map_gstat_lookup(__u32 *index);
+static __always_inline __u64 *map_drops_lookup(__u32 *reason);
 static __always_inline struct aff4_value *map_aff4_lookup(struct aff4_key *key);
 static __always_inline int map_aff4_update(struct aff4_key *key, struct aff4_value *value);
 static __always_inline __u8 *map_srcr4_lookup(struct srcrange4_key *key);

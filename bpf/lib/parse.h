@@ -24,7 +24,8 @@ struct l4_ports {
 	__be16 dest;
 };
 
-/* pkt4_parse() results besides 0 (= translatable, go on): pass the packet untouched. */
+/* What pkt4_parse() found. Anything but PKT_L4 and PKT_ICMP passes untouched. */
+#define PKT_L4			0	/* IPv4 TCP/UDP, not a fragment: translatable */
 #define PKT_PASS		1	/* not IPv4 TCP/UDP, truncated or malformed */
 #define PKT_FRAGMENT		2	/* an IPv4 fragment: no ports to translate */
 #define PKT_ICMP		3	/* IPv4 ICMP (not a fragment): saddr, daddr and the
@@ -66,7 +67,7 @@ static __always_inline int pkt4_linear(struct __sk_buff *skb, __u32 len)
 	return 0;
 }
 
-/* Fill pkt from the packet: 0 when it is translatable, else PKT_PASS/PKT_FRAGMENT. */
+/* Fill pkt from the packet: one of the PKT_* kinds above. */
 static __always_inline int pkt4_parse(struct __sk_buff *skb, struct pkt4 *pkt)
 {
 	void *data, *data_end;
@@ -133,7 +134,7 @@ static __always_inline int pkt4_parse(struct __sk_buff *skb, struct pkt4 *pkt)
 	pkt->dport = ports->dest;
 	pkt->l3_off = ETH_HLEN;
 	pkt->l4_off = l4_off;
-	return 0;
+	return PKT_L4;
 }
 
 #endif

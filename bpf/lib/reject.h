@@ -9,13 +9,13 @@
 
 #include <uapi/linux/if_ether.h>
 #include <uapi/linux/ip.h>
-#include <uapi/linux/pkt_cls.h>
 
 #include "consts.h"
 #include "drop_reasons.h"
 #include "icmp.h"
 #include "parse.h"
 #include "stats.h"
+#include "verdict.h"
 
 #define ICMP_C_PORT_UNREACH	3
 #define REJECT_QUOTE_LEN	28	/* the quoted IPv4 header (no options) + 8 bytes */
@@ -39,7 +39,7 @@ static __always_inline __sum16 csum4_fold(__s64 sum)
 	return (__sum16)~s;
 }
 
-/* Refuse the packet: TC_ACT_REDIRECT when the ICMP error is on its way back, else a
+/* Refuse the packet: VERDICT_REDIRECT once it is the ICMP error to send back, else a
  * DROP_* code (a packet with IP options, shorter than the quote, or a failed write). */
 static __always_inline int lb4_reject(struct __sk_buff *skb, const struct pkt4 *pkt)
 {
@@ -80,7 +80,7 @@ static __always_inline int lb4_reject(struct __sk_buff *skb, const struct pkt4 *
 	    bpf_skb_store_bytes(skb, ETH_HLEN, &r, sizeof(r), 0) < 0)
 		return DROP_WRITE;
 	stats_global_inc(GSTAT_REJECT);
-	return bpf_redirect(skb->ifindex, 0);
+	return VERDICT_REDIRECT;
 }
 
 #endif

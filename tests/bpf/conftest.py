@@ -68,6 +68,7 @@ class Maps:
     src_ranges: PinnedMap
     config: PinnedMap
     maglev: PinnedMap
+    drops: PinnedMap
 
     @classmethod
     def open(cls, pin_dir: str) -> Maps:
@@ -77,12 +78,13 @@ class Maps:
         return cls(pin_dir, m(abi.MAP_SERVICES), m(abi.MAP_SLOTS), m(abi.MAP_BACKENDS),
                    m(abi.MAP_REVNAT), m(abi.MAP_CONNTRACK), m(abi.MAP_SVC_STATS),
                    m(abi.MAP_GLOBAL_STATS), m(abi.MAP_SVC_META), m(abi.MAP_AFFINITY),
-                   m(abi.MAP_SRC_RANGES), m(abi.MAP_CONFIG), m(abi.MAP_MAGLEV))
+                   m(abi.MAP_SRC_RANGES), m(abi.MAP_CONFIG), m(abi.MAP_MAGLEV),
+                   m(abi.MAP_DROPS))
 
     def all(self) -> list[PinnedMap]:
         return [self.svc4, self.slot4, self.be4, self.rnat4, self.ct4, self.svcstat,
                 self.gstat, self.svcmeta, self.affinity, self.src_ranges, self.config,
-                self.maglev]
+                self.maglev, self.drops]
 
     def clear(self) -> None:
         """Empty the hash maps and zero the per-CPU arrays."""
@@ -98,7 +100,7 @@ class Maps:
             self.config.update(ctypes.c_uint32(index), ctypes.c_uint32(0))
         for index in range(self.maglev.info.max_entries):
             self.maglev.delete(ctypes.c_uint32(index))
-        for m in (self.svcstat, self.gstat):
+        for m in (self.svcstat, self.gstat, self.drops):
             stride = (m.info.value_size + 7) & ~7
             zeros = ctypes.create_string_buffer(stride * possible_cpus())
             for index in range(m.info.max_entries):
@@ -134,6 +136,14 @@ class Maps:
 
     def gstat_value(self, stat: abi.GlobalStat) -> int:
         return sum(v.value for v in self.gstat.lookup_percpu(ctypes.c_uint32(stat), _U64))
+
+    def drop_count(self, reason: abi.DropReason) -> int:
+        return sum(v.value for v in self.drops.lookup_percpu(ctypes.c_uint32(-reason), _U64))
+
+    def drop_counts(self) -> dict[str, int]:
+        """Every reason's count that is not 0, by name: what the exit counted."""
+        counts = {r.name.lower(): self.drop_count(r) for r in abi.DropReason}
+        return {name: n for name, n in counts.items() if n}
 
     def svc_stats(self, svc_id: int) -> abi.LbStats:
         total = abi.LbStats()

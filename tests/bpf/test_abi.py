@@ -59,7 +59,8 @@ def _defines(header: str, prefix: str) -> dict[str, int]:
 @pytest.mark.parametrize(
     ("header", "prefix", "mirror"),
     [
-        ("drop_reasons.h", "DROP_", {e.name: e.value for e in abi.DropReason}),
+        ("drop_reasons.h", "DROP_", {e.name: e.value for e in abi.DropReason}
+         | {"MAX": abi.DROP_MAX}),
         ("consts.h", "GSTAT_", {e.name: e.value for e in abi.GlobalStat} | {"MAX": abi.GSTAT_MAX}),
         ("consts.h", "SVC_F_", {e.name: e.value for e in abi.SvcFlag}),
         ("consts.h", "BE_F_", {e.name: e.value for e in abi.BackendFlag}),
@@ -110,6 +111,7 @@ MAP_LAYOUT: dict[str, tuple[_CType, _CType, bool]] = {
     abi.MAP_CONFIG: (ctypes.c_uint32, ctypes.c_uint32, False),
     abi.MAP_MAGLEV: (ctypes.c_uint32, ctypes.c_uint32, False),
     abi.MAP_SOCK_NAT: (abi.SkNat4Key, abi.SkNat4Value, False),
+    abi.MAP_DROPS: (ctypes.c_uint32, ctypes.c_uint64, True),
 }
 
 

@@ -101,15 +101,15 @@ def _maglev_tables_match(maps: Maps, writer: MapWriter, size: int) -> None:
     import ctypes
 
     from ebpflb import maglev
+    from ebpflb.dataplane.bpf.ids import backend_key
     from ebpflb.dataplane.bpf.syscall import PinnedMap, map_fd_by_id
-    from ebpflb.dataplane.bpf.writer import _id_key
 
     for key, st in writer.frontends.items():
         if not st.slots:
             continue
         sid = writer.svc_ids[key]
         owned = writer._backend_ids[sid]
-        want = [owned[_id_key(st.slots[i][0].packed, st.slots[i][1])]
+        want = [owned[backend_key(st.slots[i][0].packed, st.slots[i][1])]
                 for i in maglev.table([f"{a}:{p}" for a, p in st.slots], size)]
         table_id = maps.maglev.lookup(ctypes.c_uint32(sid), ctypes.c_uint32)
         assert table_id is not None, st.frontend

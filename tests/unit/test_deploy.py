@@ -144,7 +144,8 @@ def _vagrant_validate(vagrant_dir: Path, dotfiles: Path) -> subprocess.Completed
     vagrant = shutil.which("vagrant")
     assert vagrant, "vagrant is missing: scripts/setup.sh installs Debian's vagrant"
     env = {**os.environ, "VAGRANT_CWD": str(vagrant_dir),
-           "VAGRANT_DOTFILE_PATH": str(dotfiles), "VAGRANT_CHECKPOINT_DISABLE": "1"}
+           "VAGRANT_DOTFILE_PATH": str(dotfiles), "VAGRANT_CHECKPOINT_DISABLE": "1",
+           "VAGRANT_HOME": str(dotfiles.parent / "vagrant.d")}  # not $HOME: any user
     return subprocess.run([vagrant, "validate", "--ignore-provider"], env=env,
                           capture_output=True, text=True, timeout=120, check=False)
 

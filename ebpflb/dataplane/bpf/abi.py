@@ -28,6 +28,7 @@ MAP_SRC_RANGES = "ebpflb_srcr4"
 MAP_CONFIG = "ebpflb_cfg"
 MAP_MAGLEV = "ebpflb_mg4"
 MAP_SOCK_NAT = "ebpflb_sknat4"
+MAP_DROPS = "ebpflb_drops"
 ALL_MAPS = (
     MAP_SERVICES,
     MAP_SLOTS,
@@ -42,6 +43,7 @@ ALL_MAPS = (
     MAP_CONFIG,
     MAP_MAGLEV,
     MAP_SOCK_NAT,
+    MAP_DROPS,
 )
 # Pins of older layouts (renamed when their layout changed): removed on cleanup and
 # when the agent starts, so nothing reads or keeps them.
@@ -123,7 +125,8 @@ CFG_MAX = 4
 
 
 class DropReason(enum.IntEnum):
-    """drop_reasons.h."""
+    """drop_reasons.h: ebpflb_drops counts each at index -value; `ebpflb stats` names it
+    by its name in lower case."""
 
     NO_BACKEND = -1
     BACKEND_MISSING = -2
@@ -131,6 +134,9 @@ class DropReason(enum.IntEnum):
     WRITE = -4
     SOURCE_RANGE = -5
     NAT_PORT_FULL = -6
+
+
+DROP_MAX = 16
 
 
 class Lb4Key(ctypes.Structure):

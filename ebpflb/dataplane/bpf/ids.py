@@ -1,12 +1,24 @@
 """Id allocation for frontends and backends. Ids are adopted from the pinned maps on
 start, so live flows (whose conntrack entries name ids) keep their meaning, and a freed
-id is reused as late as possible so a stale conntrack entry rarely meets a new owner."""
+id is reused as late as possible so a stale conntrack entry rarely meets a new owner.
+``backend_key`` is a backend's key in the writer's per-frontend id tables."""
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable
 
 from ebpflb.errors import CapacityError
+
+# A backend in the id tables: its address bytes and then its port. Unlike a tuple
+# (IPv4Address, port) it hashes without running Python code, the GC never tracks it,
+# and it is smaller (48 bytes; 50,000 of them at 10,000 Services).
+BackendKey = bytes
+_U16 = struct.Struct("<H").pack
+
+
+def backend_key(packed_address: bytes, port: int) -> BackendKey:
+    return packed_address + _U16(port)
 
 
 class IdAllocator:

@@ -7,14 +7,14 @@ import ctypes
 import os
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from ebpflb.dataplane.bpf import abi
-from ebpflb.dataplane.bpf.syscall import PinnedMap
-from ebpflb.errors import DataplaneError
+from ebpflb.dataplane.bpf.syscall import MapType, PinnedMap
+from ebpflb.errors import DataplaneError, MapMismatchError
 from ebpflb.model import Frontend, FrontendKey, FrontendKind, Protocol, ServicePortName, ServiceRef
 from ebpflb.plan import BackendKey, BackendState, FrontendState, backend_order
 
@@ -69,6 +69,12 @@ class BpfMaps:
         self.config = PinnedMap(os.path.join(pin_dir, abi.MAP_CONFIG))
         self.maglev = PinnedMap(os.path.join(pin_dir, abi.MAP_MAGLEV))
         self.sock_nat = PinnedMap(os.path.join(pin_dir, abi.MAP_SOCK_NAT))
+        self.drops = PinnedMap(os.path.join(pin_dir, abi.MAP_DROPS))
+        try:
+            check_pinned_maps(self.all())
+        except MapMismatchError:
+            self.close()
+            raise
 
     def all(self) -> tuple[PinnedMap, ...]:
         return (
@@ -85,6 +91,7 @@ class BpfMaps:
             self.config,
             self.maglev,
             self.sock_nat,
+            self.drops,
         )
 
     def close(self) -> None:
@@ -113,7 +120,64 @@ _GEOMETRY: dict[str, tuple[type, type, str | None]] = {
     abi.MAP_CONFIG: (ctypes.c_uint32, ctypes.c_uint32, None),
     abi.MAP_MAGLEV: (ctypes.c_uint32, ctypes.c_uint32, "max_services"),
     abi.MAP_SOCK_NAT: (abi.SkNat4Key, abi.SkNat4Value, None),
+    abi.MAP_DROPS: (ctypes.c_uint32, ctypes.c_uint64, None),
 }
+
+
+# map -> (bpf map type, the smallest max_entries a reader relies on: arrays indexed by
+# an enum are read at every index, so a shorter one would read as silent zeros)
+_MAP_TYPES: dict[str, tuple[int, int]] = {
+    abi.MAP_SERVICES: (MapType.HASH, 1),
+    abi.MAP_SLOTS: (MapType.HASH, 1),
+    abi.MAP_BACKENDS: (MapType.HASH, 1),
+    abi.MAP_REVNAT: (MapType.HASH, 1),
+    abi.MAP_CONNTRACK: (MapType.LRU_HASH, 1),
+    abi.MAP_SVC_STATS: (MapType.PERCPU_ARRAY, 1),
+    abi.MAP_GLOBAL_STATS: (MapType.PERCPU_ARRAY, max(abi.GlobalStat) + 1),
+    abi.MAP_SVC_META: (MapType.HASH, 1),
+    abi.MAP_AFFINITY: (MapType.LRU_HASH, 1),
+    abi.MAP_SRC_RANGES: (MapType.LPM_TRIE, 1),
+    abi.MAP_CONFIG: (MapType.ARRAY, abi.CFG_MAX),
+    abi.MAP_MAGLEV: (MapType.ARRAY_OF_MAPS, 1),
+    abi.MAP_SOCK_NAT: (MapType.LRU_HASH, 1),
+    abi.MAP_DROPS: (MapType.PERCPU_ARRAY, abi.DROP_MAX),
+}
+
+
+def _shape(kind: str, key_size: int, value_size: int) -> str:
+    return f"a {kind} with {key_size}-byte keys and {value_size}-byte values"
+
+
+def map_mismatch(m: PinnedMap) -> str | None:
+    """How the map pinned under one of ebpflb's names differs from ebpflb's (object
+    kind, map type, key and value size, too few entries), or None. Reading a foreign
+    map with ebpflb's structs gives empty tables, tracebacks, or, where the kernel
+    copies a larger value than the caller's buffer, memory corruption."""
+    name = os.path.basename(m.path)
+    if name not in _GEOMETRY or name not in _MAP_TYPES:
+        return None
+    key_t, value_t, _option = _GEOMETRY[name]
+    map_type, min_entries = _MAP_TYPES[name]
+    expected = _shape(f"{MapType(map_type).label} map", ctypes.sizeof(key_t),
+                      ctypes.sizeof(value_t))
+    kind = m.object_kind()
+    if kind != "map":
+        return f"pinned map {m.path} is not ebpflb's: expected {expected}, found a BPF {kind}"
+    found = _shape(f"{MapType.name_of(m.info.type)} map", m.info.key_size, m.info.value_size)
+    if found != expected:
+        return f"pinned map {m.path} is not ebpflb's: expected {expected}, found {found}"
+    if m.info.max_entries < min_entries:
+        return (f"pinned map {m.path} is not ebpflb's: expected at least {min_entries} "
+                f"entries, found {m.info.max_entries}")
+    return None
+
+
+def check_pinned_maps(maps: Iterable[PinnedMap]) -> None:
+    """Raise MapMismatchError (one line, every mismatch) before any map is read."""
+    problems = [p for p in map(map_mismatch, maps) if p is not None]
+    if problems:
+        raise MapMismatchError("; ".join(problems) + " (remove the pins, or stop the agent "
+                               "with --cleanup, and let the agent recreate them)")
 
 
 def check_geometry(maps: BpfMaps, *, max_services: int, max_backends: int,

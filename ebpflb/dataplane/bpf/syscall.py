@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import enum
 import errno
 import os
 import platform
@@ -91,6 +92,31 @@ BPF_MAP_TYPE_PERCPU_HASH = 5
 BPF_MAP_TYPE_PERCPU_ARRAY = 6
 BPF_MAP_TYPE_LRU_PERCPU_HASH = 10
 _PERCPU_TYPES = {BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_LRU_PERCPU_HASH}
+
+
+class MapType(enum.IntEnum):
+    """The map types ebpflb pins (uapi enum bpf_map_type)."""
+
+    HASH = 1
+    ARRAY = 2
+    PERCPU_HASH = 5
+    PERCPU_ARRAY = 6
+    LRU_HASH = 9
+    LRU_PERCPU_HASH = 10
+    LPM_TRIE = 11
+    ARRAY_OF_MAPS = 12
+
+    @property
+    def label(self) -> str:
+        return self.name.lower().replace("_", "-")
+
+    @classmethod
+    def name_of(cls, value: int) -> str:
+        """`lru-hash`; `type 27` for a type not listed here."""
+        try:
+            return cls(value).label
+        except ValueError:
+            return f"type {value}"
 
 
 class _ElemAttr(ctypes.Structure):
@@ -210,11 +236,13 @@ def possible_cpus() -> int:
 
 
 def map_create(map_type: int, key_size: int, value_size: int, max_entries: int,
-               name: str, *, flags: int = 0) -> int:
-    """A new map's fd (an inner map, which lives as long as an outer map holds it)."""
+               name: str, *, flags: int = 0, inner_map_fd: int = 0) -> int:
+    """A new map's fd (an inner map, which lives as long as an outer map holds it; or a
+    map of maps shaped as `inner_map_fd`)."""
     return _bpf(BPF_MAP_CREATE, _CreateAttr(map_type=map_type, key_size=key_size,
                                             value_size=value_size, max_entries=max_entries,
-                                            map_flags=flags, map_name=name.encode()[:15]))
+                                            map_flags=flags, inner_map_fd=inner_map_fd,
+                                            map_name=name.encode()[:15]))
 
 
 class _GetIdAttr(ctypes.Structure):
@@ -307,6 +335,16 @@ class PinnedMap:
             info.max_entries,
             info.name.decode(errors="replace"),
         )
+
+    def object_kind(self) -> str:
+        """What the pin holds: "map", "program", "link" (BPF_OBJ_GET opens any of them,
+        and GET_INFO_BY_FD on a program fills the map info with the program's)."""
+        try:
+            target = os.readlink(f"/proc/self/fd/{self.fd}")
+        except OSError:
+            return "map"  # no /proc: the info above is all there is to go by
+        kind = target.removeprefix("anon_inode:").replace("_", "-").removeprefix("bpf-")
+        return {"prog": "program"}.get(kind, kind)
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -7,7 +7,7 @@ entry first so no new flow can pick what is being removed.
 
 Elements are packed with struct (abi.PACK_*) into one buffer per map and phase and
 written with one batch syscall: at 10,000 Services this is the difference between
-seconds and a fraction of one.
+seconds and a fraction of one. The Maglev tables are ``maglevtables``'s to fill.
 """
 
 from __future__ import annotations
@@ -15,13 +15,11 @@ from __future__ import annotations
 import ctypes
 import logging
 import socket
-import struct
-from array import array
-from ipaddress import IPv4Address, IPv4Network, IPv6Address
+from ipaddress import IPv4Network
 
-from ebpflb import maglev
 from ebpflb.dataplane.bpf import abi
-from ebpflb.dataplane.bpf.ids import IdAllocator
+from ebpflb.dataplane.bpf.ids import BackendKey, IdAllocator, backend_key
+from ebpflb.dataplane.bpf.maglevtables import MaglevTables
 from ebpflb.dataplane.bpf.maps import (
     KIND_FLAGS,
     SVC_ID_BITS,
@@ -29,13 +27,7 @@ from ebpflb.dataplane.bpf.maps import (
     MapState,
     read_state,
 )
-from ebpflb.dataplane.bpf.syscall import (
-    BPF_F_INNER_MAP,
-    BPF_MAP_TYPE_ARRAY,
-    PinnedMap,
-    map_create,
-    map_fd_by_id,
-)
+from ebpflb.dataplane.bpf.syscall import PinnedMap
 from ebpflb.errors import CapacityError
 from ebpflb.model import Frontend, FrontendKey, Protocol, ServicePortName
 from ebpflb.plan import (
@@ -53,15 +45,6 @@ _ACTIVE = int(abi.BackendFlag.ACTIVE)
 _TERMINATING = int(abi.BackendFlag.TERMINATING)
 _KIND_BITS = {kind: int(flag) for kind, flag in KIND_FLAGS.items()}
 _U32 = abi.PACK_U32.pack
-# A backend in the id tables: its address bytes and then its port. Unlike a tuple
-# (IPv4Address, port) it hashes without running Python code, the GC never tracks it,
-# and it is smaller (48 bytes; 50,000 of them at 10,000 Services).
-_IdKey = bytes
-_U16 = struct.Struct("<H").pack
-
-
-def _id_key(packed_address: bytes, port: int) -> _IdKey:
-    return packed_address + _U16(port)
 _SLOT_KEY = abi.PACK_LB4_SLOT_KEY.pack
 _PACK_KEY = abi.PACK_LB4_KEY.pack
 
@@ -118,88 +101,6 @@ class _Batch:
         m.delete_batch_raw(b"".join(self.keys), len(self.keys))
 
 
-class MaglevTables:
-    """Each frontend's Maglev table, an inner map of ebpflb_mg4.
-
-    A table is rewritten in place when its frontend's active backends change: a packet
-    in between may meet some old and some new slots, each naming a backend of the
-    frontend (or one leaving it, which the kernel then passes over for a random one).
-    Swapping a new inner map in instead would make every update wait for an RCU grace
-    period (about 9 ms here), so only new frontends' tables are put into the outer map,
-    all of a plan's at once with one batch update (one wait). A table stays with its
-    frontend id after the frontend is deleted (no wait for that either) and is
-    rewritten in place when the id is given out again; the kernel never reads a table
-    without a service entry that uses it. The slot -> backend order depends only on
-    the backends' names, so frontends with the same backends share the work."""
-
-    def __init__(self, outer: PinnedMap, size: int) -> None:
-        self.outer = outer
-        self.size = size
-        self._keys = b"".join(_U32(i) for i in range(size))
-        self._orders: dict[tuple[str, ...], list[int]] = {}
-        self._new: list[tuple[int, PinnedMap]] = []  # (frontend id, new table): pending
-
-    def _order(self, names: tuple[str, ...]) -> list[int]:
-        """The table over these names; computed once per write phase (a Service port's
-        ClusterIP and NodePort frontends share it), forgotten after it (`flush`)."""
-        order = self._orders.get(names)
-        if order is None:
-            order = self._orders[names] = maglev.table(names, self.size)
-        return order
-
-    def write(self, sid: int, slots: tuple[tuple[IPv4Address | IPv6Address, int], ...],
-              owned: dict[_IdKey, int]) -> None:
-        """Fill frontend `sid`'s table from its active backends `slots` (none: nothing
-        to fill; the kernel finds no backend before it looks at a table)."""
-        if not slots:
-            return
-        ids = [owned[_id_key(a.packed, p)] for a, p in slots]
-        order = self._order(tuple(f"{a}:{p}" for a, p in slots))
-        values = array("I", map(ids.__getitem__, order)).tobytes()  # native: as the map
-        table = self._held(sid)
-        if table is not None:
-            with table:
-                table.update_batch_raw(self._keys, values, self.size)
-            return
-        table = self._create(sid)
-        try:
-            table.update_batch_raw(self._keys, values, self.size)
-        except BaseException:
-            table.close()
-            raise
-        self._new.append((sid, table))
-
-    def flush(self) -> None:
-        """End of a write phase: put the new tables into the outer map (one batch, one
-        RCU wait)."""
-        self._orders.clear()
-        if not self._new:
-            return
-        new, self._new = self._new, []
-        try:
-            self.outer.update_batch_raw(b"".join(_U32(sid) for sid, _ in new),
-                                        b"".join(_U32(t.fd) for _, t in new), len(new))
-        finally:
-            for _, t in new:
-                t.close()  # the outer map holds them now
-
-    def _held(self, sid: int) -> PinnedMap | None:
-        """The table the outer map holds for `sid`, if it has this size."""
-        found = self.outer.lookup(ctypes.c_uint32(sid), ctypes.c_uint32)
-        if found is None:
-            return None
-        table = PinnedMap(f"maglev table of frontend {sid}", fd=map_fd_by_id(found.value))
-        if table.info.max_entries != self.size:  # made for another --maglev-table-size
-            table.close()
-            return None
-        return table
-
-    def _create(self, sid: int) -> PinnedMap:
-        return PinnedMap(f"maglev table of frontend {sid}",
-                         fd=map_create(BPF_MAP_TYPE_ARRAY, 4, 4, self.size, "ebpflb_mgt",
-                                       flags=BPF_F_INNER_MAP))
-
-
 class MapWriter:
     def __init__(self, maps: BpfMaps, *, max_services: int, max_backends: int,
                  maglev_size: int = 0) -> None:
@@ -229,9 +130,9 @@ class MapWriter:
         self._stale_ranges: list[tuple[int, IPv4Network]] = [
             (sid, net) for sid, ranges in st.src_ranges.items()
             if sid not in self.src_ranges for net in ranges]
-        self._backend_ids: dict[int, dict[_IdKey, int]] = {}  # svc id -> backend -> id
+        self._backend_ids: dict[int, dict[BackendKey, int]] = {}  # svc id -> backend -> id
         for (sid, (address, port)), bid in st.backend_ids.items():
-            self._backend_ids.setdefault(sid, {})[_id_key(address.packed, port)] = bid
+            self._backend_ids.setdefault(sid, {})[backend_key(address.packed, port)] = bid
         self.svc_alloc = IdAllocator(1, self.max_services - 1, what="service",
                                      used=st.svc_ids.values())
         self.be_alloc = IdAllocator(1, self.max_backends - 1, what="backend",
@@ -262,7 +163,7 @@ class MapWriter:
                 sid = self.svc_ids.get(op.frontend.key)
                 owned = self._backend_ids.get(sid) if sid is not None else None
                 new_bes += (sum(1 for b in op.backends
-                                if _id_key(b.address.packed, b.port) not in owned)
+                                if backend_key(b.address.packed, b.port) not in owned)
                             if owned else len(op.backends))  # a new frontend: all are new
                 if new_bes > self.be_alloc.free_count:
                     raise CapacityError(
@@ -308,7 +209,7 @@ class MapWriter:
             owned = self._backend_ids.setdefault(sid, {})
             for b in op.backends:
                 address = b.address.packed
-                id_key = _id_key(address, b.port)
+                id_key = backend_key(address, b.port)
                 bid = owned.get(id_key)
                 if bid is None:
                     bid = owned[id_key] = alloc()
@@ -346,7 +247,7 @@ class MapWriter:
             owned = self._backend_ids.get(sid, {})
             count = len(st.slots)
             slots.keys += [_SLOT_KEY(sid, i) for i in range(count)]
-            slots.values += [_U32(owned[_id_key(a.packed, p)]) for a, p in st.slots]
+            slots.values += [_U32(owned[backend_key(a.packed, p)]) for a, p in st.slots]
             stale.keys += [_SLOT_KEY(sid, i) for i in range(count, self.slot_counts.get(sid, 0))]
             key = _U32(sid)
             address = fe.address.packed
@@ -402,7 +303,7 @@ class MapWriter:
                 continue
             owned = self._backend_ids.get(sid, {})
             for address, port in op.backends:
-                bid = owned.pop(_id_key(address.packed, port), None)
+                bid = owned.pop(backend_key(address.packed, port), None)
                 if bid is not None:
                     batch.add(_U32(bid))
                     self.be_alloc.free(bid)
