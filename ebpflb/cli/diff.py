@@ -1,20 +1,44 @@
 """`ebpflb diff`: what a sync would add, change and remove in the pinned maps, computed
-from the source and the maps as they are, without touching either."""
+from the source and the maps as they are, without touching either.
+
+Exit status as `git diff`: 0, or with --exit-code 0 for no changes and 1 for changes;
+2 for an error (one line), since 1 means changes here. With --exit-code an object the
+plan had to leave out (invalid, skipped) is also 2: the plan is not the whole source,
+so "no changes" cannot be told."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import functools
+from collections.abc import Callable
+from typing import Annotated, ParamSpec, TypeVar
 
 import typer
 
 from ebpflb.cli import render
-from ebpflb.cli.errors import handle_errors
 from ebpflb.dataplane.bpf import abi
 from ebpflb.errors import EbpflbError
 from ebpflb.sources.base import Snapshot
 
+P = ParamSpec("P")
+R = TypeVar("R")
+EXIT_CHANGES = 1
+EXIT_ERROR = 2
 
-@handle_errors
+
+def _errors_exit_2(fn: Callable[P, R]) -> Callable[P, R]:
+    """The CLI's one-line error, with diff's status for it (2, not 1)."""
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except EbpflbError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(EXIT_ERROR) from exc
+
+    return wrapper
+
+
+@_errors_exit_2
 def diff(
     manifests: Annotated[str | None, typer.Option(help="Manifest directory.")] = None,
     kubeconfig: Annotated[str | None, typer.Option(help="Kubeconfig of the cluster.")] = None,
@@ -23,7 +47,8 @@ def diff(
     = abi.DEFAULT_PIN_DIR,
     json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     exit_code: Annotated[bool, typer.Option(
-        "--exit-code", help="Exit 1 when there are changes (like git diff).")] = False,
+        "--exit-code", help="Exit 0 for no changes, 1 for changes, 2 for an error or "
+        "skipped objects (like git diff).")] = False,
     timeout: Annotated[float, typer.Option(
         help="Seconds to wait for the API server's lists (--kubeconfig).")] = 30.0,
 ) -> None:
@@ -47,7 +72,8 @@ def diff(
     zone = node_zone(snap.nodes, node_name) if node_name else None
     result = translate(snap.services, snap.slices, node_name=node_name, node_zone=zone,
                        node_addresses=addrs)
-    for err in (*snap.errors, *result.errors):
+    skipped = (*snap.errors, *result.errors)
+    for err in skipped:
         typer.echo(f"skipped: {err}", err=True)
     if pins_present(pin_dir):
         with BpfMaps(pin_dir) as maps:
@@ -62,8 +88,12 @@ def diff(
         for op in plan.ops:
             typer.echo(str(op))
         typer.echo(f"{plan.summary()} ({len(plan)} operations)")
+    if exit_code and skipped:
+        typer.echo(f"error: {len(skipped)} object(s) skipped (above): the plan leaves them "
+                   "out", err=True)
+        raise typer.Exit(EXIT_ERROR)
     if exit_code and plan:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_CHANGES)
 
 
 def _from_manifests(manifests: str, node_name: str | None) -> Snapshot:
