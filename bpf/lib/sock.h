@@ -34,10 +34,45 @@ static __always_inline int sock4_ours(struct bpf_sock_addr *ctx)
 	return want && bpf_get_netns_cookie(ctx) == want;
 }
 
+/* The backend for a datagram of an unconnected socket: the slot that a hash of the
+ * socket's cookie and the frontend picks among the svc->count (> 0) usable ones, so
+ * every datagram of one socket to one frontend reaches the same backend (a random slot
+ * per datagram scattered one socket's 50 datagrams 20/18/12 over three backends).
+ * When the backends change, the agent rewrites the slots and the socket moves with
+ * them; no state is kept. Sets *backend_id and *be; 0 or DROP_BACKEND_MISSING. */
+static __always_inline int sock4_stable_backend(struct bpf_sock_addr *ctx,
+						const struct lb4_service *svc,
+						const struct pkt4 *pkt, __u32 *backend_id,
+						struct lb4_backend **be)
+{
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct lb4_slot_key key;
+	__u32 h = FLOW_HASH_SEED;
+	__u32 *id;
+
+	h = lb_mix32(h ^ (__u32)cookie);
+	h = lb_mix32(h ^ (__u32)(cookie >> 32));
+	h = lb_mix32(h ^ pkt->daddr);
+	h = lb_mix32(h ^ (((__u32)pkt->dport << 16) | pkt->proto));
+	__builtin_memset(&key, 0, sizeof(key));
+	key.svc_id = svc->id;
+	key.slot = h % svc->count;
+	id = map_slot4_lookup(&key);
+	*be = id ? lb4_lookup_backend(*id, svc->id) : NULL;
+	if (!*be) {
+		stats_global_inc(GSTAT_BACKEND_MISSING);
+		return DROP_BACKEND_MISSING;
+	}
+	*backend_id = *id;
+	return 0;
+}
+
 /* connect() or sendmsg() to a frontend: address the socket (or datagram) to one of its
- * backends and remember the frontend for the way back. SOCK_PASS or SOCK_DENY (a
- * Service without a usable endpoint). */
-static __always_inline int sock4_forward(struct bpf_sock_addr *ctx)
+ * backends and remember the frontend for the way back. A connect() gets a random
+ * backend; a datagram of an unconnected socket (per_socket) the same one as the
+ * socket's earlier datagrams to that frontend. SOCK_PASS or SOCK_DENY (a Service
+ * without a usable endpoint). */
+static __always_inline int sock4_forward(struct bpf_sock_addr *ctx, int per_socket)
 {
 	struct sknat4_value frontend;
 	struct lb4_backend *be = NULL;
@@ -61,8 +96,9 @@ static __always_inline int sock4_forward(struct bpf_sock_addr *ctx)
 		stats_global_inc(GSTAT_NO_BACKEND);
 		return SOCK_DENY;
 	}
-	/* No source port yet: a random slot (Maglev needs the whole 5-tuple). */
-	if (lb4_random_backend(svc, &backend_id, &be) < 0)
+	/* No source port yet, so no Maglev (it needs the whole 5-tuple). */
+	if (per_socket ? sock4_stable_backend(ctx, svc, &pkt, &backend_id, &be) < 0
+		       : lb4_random_backend(svc, &backend_id, &be) < 0)
 		return SOCK_DENY;
 	__builtin_memset(&back, 0, sizeof(back));
 	back.cookie = bpf_get_socket_cookie(ctx);
