@@ -97,7 +97,8 @@ def _open_userspace(config: UserspaceConfig) -> Dataplane:
 
 def clear_bpf_leftovers(config: BpfConfig) -> None:
     """Remove what a bpf agent left: our tc filters (found by their fixed name and
-    priority) on every interface of this namespace, and the pinned maps."""
+    priority) on every interface of this namespace, the pinned socket-LB links and the
+    pinned maps."""
     from ebpflb.dataplane.bpf import abi
     from ebpflb.dataplane.bpf.bpffs import remove_pins
 
@@ -113,6 +114,12 @@ def clear_bpf_leftovers(config: BpfConfig) -> None:
             attacher.close()
     except Exception as exc:
         log.warning("could not remove the bpf data path's tc filters: %s", exc)
+    try:
+        from ebpflb.dataplane.bpf.socklb import remove_links
+
+        remove_links(config.pin_dir)
+    except Exception as exc:
+        log.warning("could not remove the socket-LB links under %s: %s", config.pin_dir, exc)
     try:
         remove_pins(config.pin_dir, abi.ALL_MAPS + abi.LEGACY_MAPS)
     except (OSError, EbpflbError) as exc:  # PinDirError: a directory not ours, left whole

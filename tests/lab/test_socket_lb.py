@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from ebpflb.cli import app
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import remove_pins
+from ebpflb.dataplane.bpf.socklb import remove_links
 from ebpflb.lab import netns, topology, traffic
 from ebpflb.lab.agentproc import AgentProcess
 
@@ -71,6 +72,7 @@ def node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     finally:
         if n.agent is not None:
             n.agent.stop()
+        remove_links(pin_dir)  # a failed test's: never left attached to the cgroup
         topology.down(name)
         remove_pins(pin_dir, abi.ALL_MAPS + abi.LEGACY_MAPS)
 
@@ -118,8 +120,8 @@ def test_without_socket_lb_the_node_cannot_reach_a_service(node: Node) -> None:
     assert traffic.http_get(node.lab.node_ns, IP, 80) in PODS
 
 
-def _attached(attach_type: int) -> int:
-    """How many programs the cgroup v2 root runs for this attach type."""
+def _attached(attach_type: int) -> set[int]:
+    """The ids of the programs the cgroup v2 root runs for this attach type."""
     import ctypes
     import os
 
@@ -131,23 +133,48 @@ def _attached(attach_type: int) -> int:
                     ("query_flags", ctypes.c_uint32), ("attach_flags", ctypes.c_uint32),
                     ("prog_ids", ctypes.c_uint64), ("prog_cnt", ctypes.c_uint32)]
 
+    ids = (ctypes.c_uint32 * 1024)()
     fd = os.open(cgroup2_root(), os.O_RDONLY | os.O_DIRECTORY)
     try:
-        query = Query(target_fd=fd, attach_type=attach_type)
-        _bpf(16, query)  # BPF_PROG_QUERY: with no id buffer, just the count
-        return int(query.prog_cnt)
+        query = Query(target_fd=fd, attach_type=attach_type,
+                      prog_ids=ctypes.addressof(ids), prog_cnt=len(ids))
+        _bpf(16, query)  # BPF_PROG_QUERY
+        return set(ids[:query.prog_cnt])
     finally:
         os.close(fd)
 
 
-def test_a_killed_agent_leaves_no_hook_behind(node: Node) -> None:
+def _link_programs(pin_dir: str) -> dict[int, int]:
+    """Attach type -> the program id that the link pinned under pin_dir runs."""
+    import os
+
+    from ebpflb.dataplane.bpf.socklb import pinned_links
+    from ebpflb.dataplane.bpf.syscall import link_info
+
+    out = {}
+    for fd in pinned_links(pin_dir).values():
+        info = link_info(fd)
+        os.close(fd)
+        out[info.attach_type] = info.prog_id
+    return out
+
+
+def test_a_killed_agent_leaves_its_hooks_serving(node: Node) -> None:
+    """The links are pinned: SIGKILL leaves the programs on the cgroup, and the next
+    agent swaps its own into the same links (tests/lab/test_socket_lb_links.py
+    measures that no connection fails meanwhile)."""
     from ebpflb.dataplane.bpf.loader import SOCK_PROGRAMS
 
     assert node.agent is not None
-    with_agent = {t: _attached(t) for t in SOCK_PROGRAMS.values()}
+    killed = _link_programs(node.pin_dir)
+    assert set(killed) == set(SOCK_PROGRAMS.values())
+    assert all(prog in _attached(t) for t, prog in killed.items())
     node.agent.kill()  # SIGKILL: no clean-up of its own
     node.agent = None
-    assert {t: _attached(t) for t in SOCK_PROGRAMS.values()} == {
-        t: n - 1 for t, n in with_agent.items()}
+    assert all(prog in _attached(t) for t, prog in killed.items())
+    assert traffic.http_get(node.lab.node_ns, IP, 80) in PODS
     node.start()
-    assert {t: _attached(t) for t in SOCK_PROGRAMS.values()} == with_agent
+    now = _link_programs(node.pin_dir)
+    assert set(now) == set(killed)
+    for t, prog in now.items():
+        assert prog != killed[t] and prog in _attached(t) and killed[t] not in _attached(t)

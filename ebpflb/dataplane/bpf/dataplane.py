@@ -12,7 +12,7 @@ from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import ensure_pin_dir, remove_legacy_pins, remove_pins
 from ebpflb.dataplane.bpf.hostbackends import HostBackends
 from ebpflb.dataplane.bpf.maps import BpfMaps, check_geometry
-from ebpflb.dataplane.bpf.socklb import SocketLb
+from ebpflb.dataplane.bpf.socklb import SocketLb, remove_links
 from ebpflb.dataplane.bpf.telemetry import read_telemetry, written_counts
 from ebpflb.dataplane.bpf.writer import MapWriter
 from ebpflb.dataplane.telemetry import Telemetry
@@ -85,7 +85,7 @@ class BpfDataplane:
             self._set_algorithm(config.maglev_table_size)
             self.attacher = TcAttacher(self.program.fd, egress_fd=self.program.egress_fd)
             self.host_backends = HostBackends(self.maps.config, self.attacher.local_addresses)
-            self.socket_lb = self._socket_lb() if config.socket_lb else None
+            self.socket_lb = self._socket_lb()
         except Exception:
             self.program.close()
             raise
@@ -106,10 +106,14 @@ class BpfDataplane:
 
     def _socket_lb(self) -> SocketLb | None:
         """Socket-LB when the machine allows it; without it, only the node's own
-        sockets go untranslated, so the data path runs on (and says so)."""
+        sockets go untranslated, so the data path runs on (and says so). Off by
+        configuration: an earlier agent's pinned links are removed."""
+        if not self.config.socket_lb:
+            remove_links(self.config.pin_dir)
+            return None
         try:
             return SocketLb(self.maps.config, self.program.sock_fds,
-                            state_dir=self.config.state_dir)
+                            state_dir=self.config.state_dir, pin_dir=self.config.pin_dir)
         except (DataplaneError, OSError) as exc:
             log.warning("socket-LB is off (%s): sockets of this node's own namespace "
                         "reach Service addresses untranslated", exc)
@@ -185,8 +189,9 @@ class BpfDataplane:
 
     def close(self, *, cleanup: bool = False) -> None:
         if self.socket_lb is not None:
-            self.socket_lb.close()  # never left attached: see socklb
+            self.socket_lb.close()  # its links stay pinned and serving: see socklb
         if cleanup:
+            remove_links(self.config.pin_dir)
             for ifname in self.attacher.attached():
                 self.attacher.detach(ifname)
             self.maps.close()

@@ -1,5 +1,6 @@
 """The bpf(2) system call through ctypes: open pinned maps, read and write elements
-(one at a time or in batches), read map info, and BPF_PROG_TEST_RUN.
+(one at a time or in batches), read map info, create, update and detach links, and
+BPF_PROG_TEST_RUN.
 
 Kept free of bcc so that inspection (``ebpflb services`` ...) works on a machine
 where bcc cannot compile, and while the agent is down.
@@ -74,12 +75,18 @@ BPF_MAP_GET_NEXT_KEY = 4
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
 BPF_PROG_TEST_RUN = 10
+BPF_PROG_GET_FD_BY_ID = 13
 BPF_MAP_GET_FD_BY_ID = 14
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_MAP_LOOKUP_BATCH = 24
 BPF_MAP_UPDATE_BATCH = 26
 BPF_MAP_DELETE_BATCH = 27
 BPF_LINK_CREATE = 28
+BPF_LINK_UPDATE = 29
+BPF_LINK_GET_FD_BY_ID = 30
+BPF_LINK_DETACH = 34
+BPF_F_REPLACE = 1 << 2  # BPF_LINK_UPDATE: only if the link still runs old_prog_fd
+BPF_LINK_TYPE_CGROUP = 3
 
 BPF_ANY = 0
 _ENOTSUPP = 524  # kernel-internal 'not supported', returned for batch ops
@@ -263,10 +270,72 @@ class _LinkCreateAttr(ctypes.Structure):
 
 
 def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
-    """Attach a program (e.g. to a cgroup) through a link; closing the link's fd, also
-    by the process ending, detaches it, so nothing is left behind."""
+    """Attach a program (e.g. to a cgroup) through a link: it stays attached while an
+    fd of the link or a pin of it (obj_pin) is held, and no longer."""
     return _bpf(BPF_LINK_CREATE, _LinkCreateAttr(prog_fd=prog_fd, target_fd=target_fd,
                                                  attach_type=attach_type))
+
+
+class _LinkUpdateAttr(ctypes.Structure):
+    _fields_ = [
+        ("link_fd", ctypes.c_uint32),
+        ("new_prog_fd", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("old_prog_fd", ctypes.c_uint32),
+    ]
+
+
+class _LinkInfo(ctypes.Structure):
+    """struct bpf_link_info, up to its cgroup member (the kernel fills what fits)."""
+
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("prog_id", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),  # the union that follows is 8-byte aligned
+        ("cgroup_id", ctypes.c_uint64),
+        ("attach_type", ctypes.c_uint32),
+        ("pad2", ctypes.c_uint32),
+    ]
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    type: int  # BPF_LINK_TYPE_*
+    id: int
+    prog_id: int  # the program the link runs now
+    cgroup_id: int  # of a cgroup link (0 once its cgroup is gone)
+    attach_type: int  # of a cgroup link
+
+
+def link_info(fd: int) -> LinkInfo:
+    """What the link behind `fd` is, and which program it runs."""
+    info = _LinkInfo()
+    _bpf(BPF_OBJ_GET_INFO_BY_FD,
+         _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info)))
+    return LinkInfo(info.type, info.id, info.prog_id, info.cgroup_id, info.attach_type)
+
+
+def link_update(link_fd: int, new_prog_fd: int, *, old_prog_fd: int) -> None:
+    """Swap the link's program for another, in one step: the hook never runs without
+    one. Refused (EPERM) unless the link still runs old_prog_fd's program."""
+    _bpf(BPF_LINK_UPDATE, _LinkUpdateAttr(link_fd=link_fd, new_prog_fd=new_prog_fd,
+                                          flags=BPF_F_REPLACE, old_prog_fd=old_prog_fd))
+
+
+def link_detach(link_fd: int) -> None:
+    """Detach the link's program now, whoever else holds the link (a pin, an fd)."""
+    _bpf(BPF_LINK_DETACH, _GetIdAttr(id=link_fd))
+
+
+def link_fd_by_id(link_id: int) -> int:
+    """A new fd for the link with this id; FileNotFoundError once it is gone."""
+    return _bpf(BPF_LINK_GET_FD_BY_ID, _GetIdAttr(id=link_id))
+
+
+def prog_fd_by_id(prog_id: int) -> int:
+    """A new fd for the loaded program with this id."""
+    return _bpf(BPF_PROG_GET_FD_BY_ID, _GetIdAttr(id=prog_id))
 
 
 def map_fd_by_id(map_id: int) -> int:
