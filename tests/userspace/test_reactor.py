@@ -56,14 +56,24 @@ def test_callbacks_get_the_event_mask_and_interest_changes(reactor: Reactor):
 
 
 def test_timers_and_calls_from_other_threads(reactor: Reactor):
+    # The loop stops when both the timer and the other thread's call have run, not
+    # after a fixed 50 ms: the thread may not be scheduled that soon on a busy machine.
+    # The cancelled timer is due before "later", so it would have run by then.
     order: list[str] = []
-    reactor.call_later(0.02, lambda: order.append("later"))
-    cancelled = reactor.call_later(0.01, lambda: order.append("cancelled"))
+
+    def record(what: str) -> None:
+        order.append(what)
+        if {"call", "later"} <= set(order):
+            reactor.stop()
+
+    reactor.call_later(0.02, lambda: record("later"))
+    cancelled = reactor.call_later(0.01, lambda: record("cancelled"))
     cancelled.cancel()
-    reactor.call_later(0.05, reactor.stop)
-    threading.Thread(target=reactor.call_soon_threadsafe,
-                     args=(lambda: order.append("call"),)).start()
+    caller = threading.Thread(target=reactor.call_soon_threadsafe,
+                              args=(lambda: record("call"),))
+    caller.start()
     run(reactor)
+    caller.join(5)
     assert sorted(order) == ["call", "later"]
 
 
