@@ -2,14 +2,20 @@
 a lab namespace with ``netns.enter`` and then used from the caller's thread.
 
 Every call has a timeout; a failure raises ``OSError`` (``TimeoutError``,
-``ConnectionRefusedError`` ...) as a plain socket would, so a test can assert on it.
+``ConnectionRefusedError`` ...) as a plain socket would. A test that expects traffic
+to fail says how with ``fails(Failure.X)``: any ``OSError`` would also pass for a
+typo in an address or a lab that is not up.
 The answers are the pod servers' bodies, i.e. the name of the pod that answered.
 """
 
 from __future__ import annotations
 
+import contextlib
+import enum
+import errno
 import socket
 from collections import Counter
+from collections.abc import Iterator
 from ipaddress import IPv4Address
 from types import TracebackType
 from typing import BinaryIO
@@ -23,6 +29,49 @@ Address = str | IPv4Address
 
 def _addr(addr: Address) -> str:
     return str(addr)
+
+
+class Failure(enum.Enum):
+    """How a request failed, as the client's socket saw it."""
+
+    REFUSED = "refused"  # a RST answered the SYN; for UDP, an ICMP port unreachable
+    RESET = "reset"  # the connection was reset or closed before a whole answer
+    TIMEOUT = "timed out"  # nothing answered: the packets were dropped
+    UNREACHABLE = "unreachable"  # ICMP host/net unreachable, or no route
+
+
+_UNREACHABLE = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH})
+
+
+def failure_of(exc: OSError) -> Failure | None:
+    """The Failure an exception of this module's calls means; None for any other error
+    (a bad address, a missing namespace ...)."""
+    if isinstance(exc, TimeoutError):
+        return Failure.TIMEOUT
+    if isinstance(exc, ConnectionRefusedError):
+        return Failure.REFUSED
+    if isinstance(exc, ConnectionResetError | BrokenPipeError | ConnectionAbortedError):
+        return Failure.RESET
+    if exc.errno in _UNREACHABLE:
+        return Failure.UNREACHABLE
+    return None
+
+
+@contextlib.contextmanager
+def fails(*expected: Failure) -> Iterator[None]:
+    """Assert that the block fails the way ``expected`` says (one of them), as
+    ``pytest.raises`` would, but by meaning: an ``OSError`` of another kind, or no
+    error at all, is an ``AssertionError`` that names both."""
+    want = " or ".join(f.value for f in expected)
+    try:
+        yield
+    except OSError as exc:
+        got = failure_of(exc)
+        if got not in expected:
+            raise AssertionError(f"expected the request to be {want}, but it raised "
+                                 f"{type(exc).__name__}: {exc}") from exc
+    else:
+        raise AssertionError(f"expected the request to be {want}, but it succeeded")
 
 
 def _connect(ns: str, addr: Address, port: int, timeout: float) -> socket.socket:
