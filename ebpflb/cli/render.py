@@ -61,4 +61,5 @@ def stats_table(view: StatsView) -> str:
           s.tx_bytes] for s in view.services],
     )
     counters = table(["COUNTER", "VALUE"], sorted(view.counters.items()))
-    return f"{svc}\n\n{counters}"
+    drops = table(["DROP REASON", "COUNT"], list(view.drops_by_reason().items()))
+    return f"{svc}\n\n{counters}\n\n{drops}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ebpflb.dataplane.telemetry import drops_by_reason
 from ebpflb.model import Frontend, FrontendKind, IPAddress, ServicePortName
 
 
@@ -131,9 +132,15 @@ class ServiceStats:
 class StatsView:
     services: tuple[ServiceStats, ...]
     counters: dict[str, int] = field(default_factory=dict)
+    drops: dict[str, int] = field(default_factory=dict)  # by reason (telemetry.DROP_REASONS)
+
+    def drops_by_reason(self) -> dict[str, int]:
+        """Every drop reason, in drop_reasons.h's order, 0 where none was counted."""
+        return drops_by_reason(self.drops)
 
     def as_json(self) -> dict[str, object]:
         return {
             "services": [s.as_json() for s in self.services],
             "counters": dict(sorted(self.counters.items())),
+            "drops": self.drops_by_reason(),
         }

@@ -10,6 +10,7 @@ than the test maps hold)."""
 from __future__ import annotations
 
 import ctypes
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -111,3 +112,29 @@ def test_drops_add_up_per_reason(maps: Maps, run: RunFn) -> None:
 def test_every_reason_has_a_slot_in_the_map(maps: Maps) -> None:
     assert maps.drops.info.max_entries == abi.DROP_MAX
     assert all(0 < -r < abi.DROP_MAX for r in abi.DropReason)
+
+
+def test_stats_cli_shows_the_drops_by_reason(maps: Maps, run: RunFn) -> None:
+    """`ebpflb stats --json` reads ebpflb_drops from the pins: a "drops" key beside the
+    existing ones, every reason present; the table shows them too."""
+    from typer.testing import CliRunner
+
+    from ebpflb.cli import app
+
+    empty_local(maps)
+    run(pk.frame(FLOW))
+    missing_backend(maps)
+    run(pk.frame(FLOW))
+    run(pk.frame(pk.Flow(pk.TCP, CLIENT, SVC_IP, 40001, 80)))
+    result = CliRunner().invoke(app, ["stats", "--json", "--pin-dir", maps.pin_dir])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert list(out) == ["services", "counters", "drops"]
+    assert out["drops"] == {"no_backend": 1, "backend_missing": 2, "ct_full": 0, "write": 0,
+                            "source_range": 0, "nat_port_full": 0}
+    assert out["counters"]["no_backend"] == 1 and out["counters"]["backend_missing"] == 2
+    result = CliRunner().invoke(app, ["stats", "--pin-dir", maps.pin_dir])
+    assert result.exit_code == 0, result.output
+    rows = [line.split() for line in result.output.splitlines()]
+    assert ["DROP", "REASON", "COUNT"] in rows
+    assert ["backend_missing", "2"] in rows and ["write", "0"] in rows

@@ -7,6 +7,7 @@ import time
 
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.maps import BpfMaps, meta_to_port_name, read_state
+from ebpflb.dataplane.bpf.telemetry import drop_counters, global_counters
 from ebpflb.dataplane.view import BackendView, ConnView, ServiceStats, ServiceView, StatsView
 from ebpflb.model import Frontend, Protocol, ServicePortName
 
@@ -116,8 +117,4 @@ class BpfInspector:
                     sum(v.tx_bytes for v in per_cpu),
                 )
             )
-        counters = {}
-        for stat in abi.GlobalStat:
-            vals = self.maps.global_stats.lookup_percpu(ctypes.c_uint32(stat), ctypes.c_uint64)
-            counters[stat.name.lower()] = sum(v.value for v in vals)
-        return StatsView(tuple(rows), counters)
+        return StatsView(tuple(rows), global_counters(self.maps), drop_counters(self.maps))

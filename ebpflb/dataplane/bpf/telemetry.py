@@ -1,6 +1,6 @@
 """The kernel data path's telemetry, read from the pinned maps when Prometheus
-scrapes: the global per-CPU counters summed over CPUs (as ``ebpflb stats`` shows
-them), and how many entries each bounded map holds against its size.
+scrapes: the global per-CPU counters and the drops by reason summed over CPUs (as
+``ebpflb stats`` shows them), and how many entries each bounded map holds against its size.
 
 Entries are counted with BPF_MAP_LOOKUP_BATCH, a few system calls per map whatever
 its size (the kernel keeps no element count a process can read for hash maps). The
@@ -30,6 +30,15 @@ def global_counters(maps: BpfMaps) -> dict[str, int]:
     return out
 
 
+def drop_counters(maps: BpfMaps) -> dict[str, int]:
+    """ebpflb_drops summed over CPUs, by reason (``ebpflb stats --json``'s "drops")."""
+    out = {}
+    for reason in abi.DropReason:
+        vals = maps.drops.lookup_percpu(ctypes.c_uint32(-reason), ctypes.c_uint64)
+        out[reason.name.lower()] = sum(v.value for v in vals)
+    return out
+
+
 def count_entries(m: PinnedMap) -> int:
     return m.dump_raw()[2]
 
@@ -48,7 +57,7 @@ def read_telemetry(maps: BpfMaps, *, known: Mapping[str, int] | None = None) -> 
         tables.append(TableFill(name, n, m.info.max_entries))
         if m is maps.ct:
             conntrack = n
-    return Telemetry(global_counters(maps), tuple(tables), conntrack)
+    return Telemetry(global_counters(maps), tuple(tables), conntrack, drop_counters(maps))
 
 
 def written_counts(writer: MapWriter) -> dict[str, int]:

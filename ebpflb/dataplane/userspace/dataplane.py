@@ -16,7 +16,7 @@ from types import MappingProxyType
 from ebpflb.dataplane.telemetry import TableFill, Telemetry
 from ebpflb.dataplane.userspace import state as statefile
 from ebpflb.dataplane.userspace.device import DEVICE_NAME
-from ebpflb.dataplane.userspace.proxy import Engine, EngineConfig
+from ebpflb.dataplane.userspace.proxy import Engine, EngineConfig, drops_of
 from ebpflb.errors import DataplaneError
 from ebpflb.model import FrontendKey, FrontendKind, IPAddress, Protocol
 from ebpflb.plan import FrontendState, Plan, apply_to
@@ -149,7 +149,7 @@ class UserspaceDataplane:
             counters["affinity_hit"] = e.affinity.hits
             tables = (TableFill("udp_sessions", e.udp_sessions, e.config.max_udp_sessions),
                       TableFill("affinity", len(e.affinity), e.affinity.max_entries))
-            return Telemetry(counters, tables, e.flows())
+            return Telemetry(counters, tables, e.flows(), drops_of(counters))
 
         return self.engine.call(read, timeout=5.0)
 

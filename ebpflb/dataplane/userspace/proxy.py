@@ -43,7 +43,7 @@ from ebpflb.dataplane.userspace.device import DEVICE_NAME, DummyDevice
 from ebpflb.dataplane.userspace.reactor import IN, Reactor
 from ebpflb.dataplane.userspace.target import Target
 from ebpflb.dataplane.userspace.tcp import CHUNK, LINGER_RESET, TcpConn
-from ebpflb.dataplane.userspace.udp import UdpSession
+from ebpflb.dataplane.userspace.udp import UdpSession, frontend_socket
 from ebpflb.dataplane.view import BackendView, ConnView, ServiceStats, ServiceView, StatsView
 from ebpflb.errors import DataplaneError
 from ebpflb.model import FrontendKey, IPAddress, Protocol
@@ -79,6 +79,16 @@ ACCEPT_PAUSE = 0.1  # seconds without accepting after EMFILE and the like
 COUNTERS = ("new_flow", "ct_hit", "reselect", "reply", "no_backend", "backend_missing",
             "fragment", "ct_full", "source_range_drop", "snat", "nat_port_full",
             "affinity_hit", "hairpin", "icmp_error", "reject", "sock_lb")
+
+
+def drops_of(counters: dict[str, int]) -> dict[str, int]:
+    """Drops by reason (the kernel path's drop_reasons.h), from the counters: only a
+    connection or datagram refused for want of a backend, or for its source, is one
+    here. A failed connect (backend_missing, nat_port_full) tries the next backend, an
+    evicted UDP session (ct_full) makes room, and nothing is rewritten in place
+    (write): those reasons stay 0."""
+    return {"no_backend": counters["no_backend"],
+            "source_range": counters["source_range_drop"]}
 
 
 @dataclass(frozen=True)
@@ -369,7 +379,7 @@ class Engine:
         if front.protocol is Protocol.TCP:
             s = socket.socket(fam, socket.SOCK_STREAM)
         elif front.protocol is Protocol.UDP:
-            s = socket.socket(fam, socket.SOCK_DGRAM)
+            s = frontend_socket(fam)
         # Another protocol is held without a socket: the agent sends none, since the data
         # path's `protocols` leave it out (and logs that).
         if s is not None:
@@ -591,7 +601,7 @@ class Engine:
                      for fe in self._sorted())
         counters = dict(self.counters)
         counters["affinity_hit"] = self.affinity.hits
-        return StatsView(rows, counters)
+        return StatsView(rows, counters, drops_of(counters))
 
     def flows(self) -> int:
         return sum(len(fe.conns) + len(fe.sessions) for fe in self.frontends.values())

@@ -135,4 +135,5 @@ class UserspaceInspector:
                                      _port_name(r["service"], r["port_name"], str(fe.protocol)),
                                      r["rx_packets"], r["rx_bytes"], r["tx_packets"],
                                      r["tx_bytes"]))
-        return StatsView(tuple(rows), {k: int(v) for k, v in st["counters"].items()})
+        return StatsView(tuple(rows), {k: int(v) for k, v in st["counters"].items()},
+                         {k: int(v) for k, v in st.get("drops", {}).items()})
