@@ -47,7 +47,7 @@ from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.syscall import PinnedMap
 from ebpflb.lab import netns
 from ebpflb.lab.apiserver import ApiServerStandIn
-from ebpflb.status import read_status
+from ebpflb.agent.status import read_status
 
 SCALES = (1_000, 10_000, 30_000)
 ENDPOINTS = 5

@@ -1,4 +1,5 @@
-"""`ebpflb agent`: run the agent in the foreground until SIGTERM/SIGINT."""
+"""`ebpflb agent`: validate the options into a RunConfig, then run_agent until
+SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
@@ -12,13 +13,10 @@ from typing import Annotated
 import typer
 
 from ebpflb import maglev
+from ebpflb.agent.nodeports import PortRange
 from ebpflb.cli.errors import handle_errors
 from ebpflb.dataplane.bpf import abi
-from ebpflb.nodeports import PortRange, ReservedPorts
-from ebpflb.sources.base import Source
 from ebpflb.statefile import DEFAULT_STATE_DIR
-
-RESERVED_RECORD = "reserved-ports"  # under the state dir: the ports this agent reserved
 
 
 class DataplaneChoice(StrEnum):
@@ -39,12 +37,9 @@ def _split(values: list[str] | None) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _source(manifests: str | None, kubeconfig: str | None, node_name: str | None
-            ) -> tuple[Source, str | None]:
-    """The source the options name, and the node name to use. With neither option, the
-    in-cluster configuration when running in a pod (as a DaemonSet does)."""
-    from ebpflb.sources.manifests import ManifestSource
-
+def _source_choice(manifests: str | None, kubeconfig: str | None) -> bool:
+    """Check the source options; returns whether the in-cluster configuration is used
+    (neither option, in a pod, as a DaemonSet runs)."""
     in_cluster = manifests is None and kubeconfig is None and bool(
         os.environ.get("KUBERNETES_SERVICE_HOST"))
     if manifests is not None and kubeconfig is not None:
@@ -52,39 +47,7 @@ def _source(manifests: str | None, kubeconfig: str | None, node_name: str | None
     if manifests is None and kubeconfig is None and not in_cluster:
         raise typer.BadParameter("give --manifests DIR or --kubeconfig PATH (or run in a "
                                  "pod, where the in-cluster configuration is used)")
-    if manifests is not None:
-        return ManifestSource(manifests, node_name=node_name), node_name
-    from ebpflb.sources.kube import KubeSource, default_node_name
-
-    node_name = default_node_name(node_name)
-    source = KubeSource(kubeconfig=kubeconfig, in_cluster=in_cluster, node_name=node_name)
-    source.start()
-    return source, node_name
-
-
-def _reserve(ports: ReservedPorts, port_range: PortRange) -> ReservedPorts | None:
-    """Reserve the NodePort range against ephemeral ports, as kube-proxy does; an agent
-    that cannot (no privileges) still runs, and says so."""
-    log = logging.getLogger("ebpflb.agent")
-    try:
-        ports.reserve(port_range)
-    except OSError as exc:
-        log.warning("cannot reserve the NodePort range %s in %s: %s; a local socket may "
-                    "take a NodePort as its ephemeral port", port_range, ports.path, exc)
-        return None
-    if ports.added:
-        log.info("reserved the NodePort range %s against ephemeral ports", port_range)
-    return ports
-
-
-def _release(ports: ReservedPorts | None) -> None:
-    if ports is None:
-        return
-    try:
-        ports.release()
-    except OSError as exc:
-        logging.getLogger("ebpflb.agent").warning(
-            "cannot release the NodePort range in %s: %s", ports.path, exc)
+    return in_cluster
 
 
 @handle_errors
@@ -157,8 +120,6 @@ def agent(
 ) -> None:
     """Run the agent in the foreground (SIGTERM/SIGINT stop it; the bpf data path stays
     in place unless --cleanup is given)."""
-    from ebpflb.agent import Agent, AgentConfig
-
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if maglev_table_size not in maglev.TABLE_SIZES:
@@ -171,7 +132,7 @@ def agent(
         raise typer.BadParameter("--min-sync-interval must be >= 0")
     if udp_idle_timeout <= 0:
         raise typer.BadParameter("--udp-idle-timeout must be > 0")
-    from ebpflb.nodeports import NodePortAddresses
+    from ebpflb.agent.nodeports import NodePortAddresses
 
     try:
         addresses = NodePortAddresses.parse(nodeport_addresses)
@@ -196,6 +157,27 @@ def agent(
     if healthz_timeout is not None and healthz_timeout <= 0:
         raise typer.BadParameter("must be > 0", param_hint="--healthz-timeout")
 
+    in_cluster = _source_choice(manifests, kubeconfig)
+    from ebpflb.agent.config import AgentConfig, RunConfig
+    from ebpflb.agent.run import run_agent
+    from ebpflb.dataplane.bpf.dataplane import BpfConfig
+    from ebpflb.dataplane.userspace.dataplane import UserspaceConfig
+
+    config = RunConfig(
+        manifests=manifests, kubeconfig=kubeconfig, in_cluster=in_cluster,
+        dataplane=dataplane.value, cleanup=cleanup,
+        bpf=BpfConfig(pin_dir=pin_dir, interfaces=_split(interfaces),
+                      max_services=max_services, max_backends=max_backends,
+                      max_conntrack=max_conntrack, maglev_table_size=maglev_size,
+                      socket_lb=socket_lb, state_dir=state_dir),
+        userspace=UserspaceConfig(state_dir=state_dir, udp_idle_timeout=udp_idle_timeout,
+                                  maglev_table_size=maglev_size),
+        agent=AgentConfig(node_name=node_name, min_sync_interval=min_sync_interval,
+                          sync_period=sync_period, state_dir=state_dir, zone=zone,
+                          nodeport_addresses=addresses, nodeport_range=port_range,
+                          healthz_address=healthz_at, metrics_address=metrics_at,
+                          healthz_timeout=healthz_timeout))
+
     # Handlers first: a SIGTERM that arrives while the program compiles must still
     # end in an orderly stop (and --cleanup), not in death by signal.
     stop = threading.Event()
@@ -206,44 +188,4 @@ def agent(
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-
-    from ebpflb.dataplane.bpf.dataplane import BpfConfig
-    from ebpflb.dataplane.choose import open_dataplane
-    from ebpflb.dataplane.userspace.dataplane import UserspaceConfig
-    from ebpflb.status import remove_status
-
-    source, node_name = _source(manifests, kubeconfig, node_name)
-    try:
-        dp = open_dataplane(
-            dataplane.value,
-            bpf_config=BpfConfig(pin_dir=pin_dir, interfaces=_split(interfaces),
-                                 max_services=max_services, max_backends=max_backends,
-                                 max_conntrack=max_conntrack,
-                                 maglev_table_size=maglev_size, socket_lb=socket_lb,
-                                 state_dir=state_dir),
-            userspace_config=UserspaceConfig(state_dir=state_dir,
-                                             udp_idle_timeout=udp_idle_timeout,
-                                             maglev_table_size=maglev_size))
-        reserved = _reserve(ReservedPorts(record=os.path.join(state_dir, RESERVED_RECORD)),
-                            port_range)
-        try:
-            Agent(source, dp, AgentConfig(node_name=node_name,
-                                          min_sync_interval=min_sync_interval,
-                                          sync_period=sync_period,
-                                          state_dir=state_dir, zone=zone,
-                                          nodeport_addresses=addresses,
-                                          nodeport_range=port_range,
-                                          healthz_address=healthz_at,
-                                          metrics_address=metrics_at,
-                                          healthz_timeout=healthz_timeout)).run(stop)
-        finally:
-            # NodePorts stay served by a bpf data path left in place: keep them reserved.
-            if cleanup or dp.name != "bpf":
-                _release(reserved)
-            dp.close(cleanup=cleanup)
-            if cleanup:
-                remove_status(state_dir)
-    finally:
-        close = getattr(source, "close", None)
-        if close is not None:
-            close()
+    run_agent(config, stop)

@@ -60,7 +60,7 @@ def services(json: JsonOpt = False, pin_dir: PinDirOpt = DEFAULT_PIN_DIR,
 
 def _unbalanced(state_dir: str) -> list[dict[str, Any]]:
     """The never load-balanced Services the agent published; none without a status."""
-    from ebpflb.status import read_status
+    from ebpflb.agent.status import read_status
 
     try:
         items = read_status(state_dir).get("unbalanced")

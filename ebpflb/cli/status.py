@@ -23,7 +23,7 @@ def status(
         "--state-dir", help="Where the agent publishes agent.json.")] = DEFAULT_STATE_DIR,
 ) -> None:
     """The agent's health: source in sync or stale, last sync, refused Services."""
-    from ebpflb.status import read_status
+    from ebpflb.agent.status import read_status
 
     data = read_status(state_dir)
     typer.echo(render.to_json(data) if json else status_text(data))

@@ -105,6 +105,9 @@ class ManifestSource:
     def nodes(self) -> Sequence[Obj]:
         return self._tracker.objects(NODE)
 
+    def close(self) -> None:
+        """Nothing to stop: the directory is read on the agent's own thread."""
+
     def _refresh(self) -> Snapshot:
         signatures = self._signatures()
         files: dict[Path, _File] = {}

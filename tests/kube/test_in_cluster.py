@@ -15,12 +15,22 @@ from pathlib import Path
 import pytest
 from kubernetes.config import incluster_config
 
-from ebpflb.cli.agent import _source
+from ebpflb.agent.config import AgentConfig, RunConfig
+from ebpflb.agent.run import open_source
+from ebpflb.cli.agent import _source_choice
 from ebpflb.lab.apiserver import ApiServerStandIn
+from ebpflb.sources.base import Source
 from ebpflb.sources.kube import KubeSource
 from tests.kube.objects import node, service
 
 NODE_NAME = "node-a"
+
+
+def _open(node_name: str) -> tuple[Source, str | None]:
+    """What `ebpflb agent` with neither source option does in a pod."""
+    in_cluster = _source_choice(None, None)
+    assert in_cluster
+    return open_source(RunConfig(in_cluster=True, agent=AgentConfig(node_name=node_name)))
 
 
 @pytest.fixture
@@ -70,7 +80,7 @@ def test_the_agent_without_kubeconfig_uses_the_in_cluster_configuration(
     server, _ = tls_apiserver
     server.apply(service("web", "10.96.0.10"))
     server.apply(node(NODE_NAME, "192.168.0.10"))
-    source, node_name = _source(None, None, NODE_NAME)
+    source, node_name = _open(NODE_NAME)
     assert isinstance(source, KubeSource) and node_name == NODE_NAME
     try:
         assert _lists(source), "the in-cluster source never listed"
@@ -85,7 +95,7 @@ def test_a_wrong_token_lists_nothing(tls_apiserver: tuple[ApiServerStandIn, Path
                                      pod_environment: Path) -> None:
     """The token file is what authenticates: another token gets 401s, never a list."""
     pod_environment.write_text("not-the-token")
-    source, _ = _source(None, None, NODE_NAME)
+    source, _ = _open(NODE_NAME)
     assert isinstance(source, KubeSource)
     try:
         assert not _lists(source, timeout=2.0)
@@ -98,4 +108,4 @@ def test_outside_a_pod_a_source_option_is_required(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     with pytest.raises(typer.BadParameter, match="in-cluster"):
-        _source(None, None, NODE_NAME)
+        _source_choice(None, None)

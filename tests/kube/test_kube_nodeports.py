@@ -9,7 +9,8 @@ import ipaddress
 from collections.abc import Sequence
 from typing import Any
 
-from ebpflb.agent import Agent, AgentConfig
+from ebpflb.agent.runner import Agent
+from ebpflb.agent.config import AgentConfig
 from ebpflb.dataplane.fake import FakeDataplane
 from ebpflb.model import FrontendKind
 from ebpflb.rtnetlink import Interface

@@ -7,13 +7,14 @@ import logging
 import textwrap
 from pathlib import Path
 
-from ebpflb.agent import Agent, AgentConfig
+from ebpflb.agent.config import AgentConfig
+from ebpflb.agent.runner import Agent
+from ebpflb.agent.status import read_status
 from ebpflb.dataplane.fake import FakeDataplane
 from ebpflb.errors import DataplaneError
 from ebpflb.model import ServiceRef
 from ebpflb.plan import op_frontend
 from ebpflb.sources.manifests import ManifestSource
-from ebpflb.status import read_status
 
 SERVICE = """
 apiVersion: v1

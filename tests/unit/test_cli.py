@@ -7,9 +7,9 @@ import os
 
 from typer.testing import CliRunner
 
+from ebpflb.agent.status import AgentStatus, write_status
 from ebpflb.cli import app
 from ebpflb.cli.render import table
-from ebpflb.status import AgentStatus, write_status
 
 runner = CliRunner()
 

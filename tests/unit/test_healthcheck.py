@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 
-from ebpflb.agent import Agent, AgentConfig
+from ebpflb.agent.config import AgentConfig
+from ebpflb.agent.healthcheck import HealthCheck, HealthCheckServer
+from ebpflb.agent.nodeports import NodePortAddresses
+from ebpflb.agent.runner import Agent
 from ebpflb.dataplane.fake import FakeDataplane
-from ebpflb.healthcheck import HealthCheck, HealthCheckServer
 from ebpflb.model import ServiceRef
-from ebpflb.nodeports import NodePortAddresses
 from ebpflb.sources.manifests import ManifestSource
 from ebpflb.sources.translate import translate
 
@@ -97,7 +98,7 @@ def test_a_port_that_cannot_be_bound_is_logged_naming_the_service(
         taken.listen()
         port = taken.getsockname()[1]
         ok = free_port()
-        with caplog.at_level(logging.ERROR, logger="ebpflb.healthcheck"):
+        with caplog.at_level(logging.ERROR, logger="ebpflb.agent.healthcheck"):
             apply(server, HealthCheck(WEB, port, 1), HealthCheck(DB, ok, 1))
             apply(server, HealthCheck(WEB, port, 2), HealthCheck(DB, ok, 1))  # once only
         errors = [r.getMessage() for r in caplog.records]
@@ -109,7 +110,7 @@ def test_a_port_that_cannot_be_bound_is_logged_naming_the_service(
 def test_two_services_on_one_port_keep_the_first(server: HealthCheckServer,
                                                  caplog: pytest.LogCaptureFixture):
     port = free_port()
-    with caplog.at_level(logging.ERROR, logger="ebpflb.healthcheck"):
+    with caplog.at_level(logging.ERROR, logger="ebpflb.agent.healthcheck"):
         apply(server, HealthCheck(WEB, port, 1), HealthCheck(DB, port, 0))
     assert get(port)[1]["service"] == {"namespace": "demo", "name": "db"}  # type: ignore[index]
     assert "already used by Service demo/db" in caplog.text and "demo/web" in caplog.text

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from ebpflb.agent import Agent, AgentConfig
+from ebpflb.agent.config import AgentConfig
+from ebpflb.agent.healthz import ProxyHealth, default_health_timeout, node_eligible
+from ebpflb.agent.runner import Agent
 from ebpflb.dataplane.fake import FakeDataplane
 from ebpflb.errors import DataplaneError
-from ebpflb.healthz import ProxyHealth, default_health_timeout, node_eligible
 from ebpflb.httpserve import HttpServer, Response, parse_bind_address
 from ebpflb.sources.manifests import ManifestSource
 from tests.unit.test_agent import Clock, write

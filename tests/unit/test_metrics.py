@@ -10,10 +10,11 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from ebpflb.agent import Agent, AgentConfig
+from ebpflb.agent.config import AgentConfig
+from ebpflb.agent.metrics import PROGRAMMING_BUCKETS, SYNC_BUCKETS
+from ebpflb.agent.runner import Agent
 from ebpflb.dataplane.fake import FakeDataplane
 from ebpflb.dataplane.telemetry import TableFill
-from ebpflb.metrics import PROGRAMMING_BUCKETS, SYNC_BUCKETS
 from ebpflb.sources.manifests import ManifestSource
 from tests.unit.test_agent import Clock, write
 
@@ -158,7 +159,7 @@ def test_network_programming_latency_from_the_trigger_time(tmp_path: Path):
     write(tmp_path, "other", "10.96.0.11", ["10.244.0.13"])
     clock.t += 1.0
     agent.step()
-    agent._full = True  # a full sync sees the slice again: still the same trigger
+    agent.sync.full_due = True  # a full sync sees the slice again: still the same trigger
     clock.t += 1.0
     agent._dirty = True
     agent.step()

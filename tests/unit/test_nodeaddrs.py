@@ -19,15 +19,16 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from ebpflb.agent import Agent, AgentConfig
+from ebpflb.agent.config import AgentConfig
+from ebpflb.agent.nodeaddrs import AddressSource, choose, own_addresses
+from ebpflb.agent.nodeports import NodePortAddresses
+from ebpflb.agent.runner import Agent
+from ebpflb.agent.status import read_status
 from ebpflb.cli import app
 from ebpflb.dataplane.fake import FakeDataplane
 from ebpflb.model import FrontendKind, IPAddress
-from ebpflb.nodeaddrs import AddressSource, choose, own_addresses
-from ebpflb.nodeports import NodePortAddresses
 from ebpflb.rtnetlink import Interface, interfaces
 from ebpflb.sources.manifests import ManifestSource
-from ebpflb.status import read_status
 from tests.unit.test_agent import NODEPORT, Clock
 
 IP = ipaddress.ip_address
@@ -256,6 +257,6 @@ def test_the_default_reader_is_this_namespaces_interfaces():
     """Without a seam, the agent reads the namespace it runs in (readable unprivileged)."""
     agent = Agent(ManifestSource(os.devnull), FakeDataplane(), AgentConfig())
     try:
-        assert agent._local_addresses() == own_addresses(interfaces())
+        assert agent.sync.local_addresses() == own_addresses(interfaces())
     finally:
         agent.close()

@@ -13,17 +13,18 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ebpflb.agent import Agent, AgentConfig
-from ebpflb.cli import app
-from ebpflb.dataplane.fake import FakeDataplane
-from ebpflb.model import FrontendKind
-from ebpflb.nodeports import (
+from ebpflb.agent.config import AgentConfig
+from ebpflb.agent.nodeports import (
     NodePortAddresses,
     PortRange,
     ReservedPorts,
     format_ports,
     parse_ports,
 )
+from ebpflb.agent.runner import Agent
+from ebpflb.cli import app
+from ebpflb.dataplane.fake import FakeDataplane
+from ebpflb.model import FrontendKind
 from ebpflb.sources.manifests import ManifestSource
 
 IP = ipaddress.ip_address

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from ebpflb.agent import Agent, AgentConfig
+from ebpflb.agent.config import AgentConfig
+from ebpflb.agent.runner import Agent
 from ebpflb.dataplane.fake import FakeDataplane
 from ebpflb.model import FrontendKind, ServiceEntry
 from ebpflb.sources.compact import compact

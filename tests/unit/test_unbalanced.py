@@ -10,14 +10,15 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from ebpflb.agent import Agent, AgentConfig
+from ebpflb.agent.config import AgentConfig
+from ebpflb.agent.runner import Agent
+from ebpflb.agent.status import read_status
 from ebpflb.cli import app
 from ebpflb.dataplane.fake import FakeDataplane
 from ebpflb.dataplane.userspace import state
 from ebpflb.dataplane.view import ServiceView, StatsView
 from ebpflb.model import Frontend, Protocol, ServicePortName, ServiceRef
 from ebpflb.sources.manifests import ManifestSource
-from ebpflb.status import read_status
 
 MANIFESTS = """
 apiVersion: v1

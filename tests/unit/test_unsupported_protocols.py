@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ebpflb.agent import Agent, AgentConfig
+from ebpflb.agent.config import AgentConfig
+from ebpflb.agent.runner import Agent
 from ebpflb.dataplane.bpf.dataplane import BpfDataplane
 from ebpflb.dataplane.fake import FakeDataplane
 from ebpflb.errors import DataplaneError

@@ -130,7 +130,7 @@ def test_agent_cli_ends_on_userspace_and_says_why(monkeypatch: pytest.MonkeyPatc
                                                  caplog: pytest.LogCaptureFixture):
     """The whole `ebpflb agent --dataplane auto` with bcc missing: the agent runs on the
     userspace data path (the agent loop itself is stubbed to return at once)."""
-    from ebpflb import agent as agent_mod
+    from ebpflb.agent import runner as agent_mod
 
     ran_on: list[str] = []
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 
-from ebpflb.healthz import ProxyHealth, Verdict
+from ebpflb.agent.healthz import ProxyHealth, Verdict
+from ebpflb.agent.metrics import CONTENT_TYPE, AgentMetrics
 from ebpflb.httpserve import Handler, HttpServer, Response
-from ebpflb.metrics import CONTENT_TYPE, AgentMetrics
 
 log = logging.getLogger(__name__)
 

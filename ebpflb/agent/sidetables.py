@@ -16,8 +16,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection, Iterable, Iterator, Mapping
 
+from ebpflb.agent.healthcheck import HealthCheck
+from ebpflb.agent.nodeports import PortRange
 from ebpflb.dataplane.base import Dataplane
-from ebpflb.healthcheck import HealthCheck
 from ebpflb.model import (
     DesiredState,
     FrontendKey,
@@ -28,7 +29,6 @@ from ebpflb.model import (
     ServiceRef,
     ServiceType,
 )
-from ebpflb.nodeports import PortRange
 from ebpflb.sources.incremental import Update
 
 log = logging.getLogger("ebpflb.agent")  # these lines are the agent's to the user

@@ -27,6 +27,9 @@ collector (the data path's per-CPU counters are summed at that moment, never pol
 
 - ``ebpflb_datapath_events_total{event}`` and ``ebpflb_datapath_drops_total{reason}``:
   every global counter of ``ebpflb stats --json`` under the same key, drops apart.
+- ``ebpflb_drops_total{reason}``: packets the data path dropped, counted once at its
+  exit, by the reasons of bpf/lib/drop_reasons.h (the "drops" of ``ebpflb stats --json``;
+  every reason present, 0 where none was counted).
 - ``ebpflb_map_entries{map}`` / ``ebpflb_map_capacity{map}``: fill of each bounded
   table (BPF maps; the userspace path's UDP session and affinity tables).
 - ``ebpflb_conntrack_entries``, ``ebpflb_refused_services``, ``ebpflb_frontends``,
@@ -54,7 +57,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ebpflb.dataplane.telemetry import DROP_COUNTERS, HasTelemetry, Telemetry
+from ebpflb.dataplane.telemetry import DROP_COUNTERS, HasTelemetry, Telemetry, drops_by_reason
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +216,12 @@ def telemetry_metrics(tel: Telemetry) -> Iterator[Metric]:
         (drops if name in DROP_COUNTERS else events).add_metric([name], value)
     yield events
     yield drops
+    by_reason = CounterMetricFamily("ebpflb_drops", "Packets dropped by the data path, "
+                                    "counted once at its exit, by reason (the \"drops\" of "
+                                    "`ebpflb stats --json`)", labels=["reason"])
+    for reason, value in drops_by_reason(tel.drops).items():
+        by_reason.add_metric([reason], value)
+    yield by_reason
     entries = GaugeMetricFamily("ebpflb_map_entries", "Entries in a bounded table of the "
                                 "data path", labels=["map"])
     capacity = GaugeMetricFamily("ebpflb_map_capacity", "Size of a bounded table of the "

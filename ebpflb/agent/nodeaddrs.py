@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from ebpflb.agent.nodeports import NodePortAddresses
 from ebpflb.model import IPAddress
-from ebpflb.nodeports import NodePortAddresses
 from ebpflb.rtnetlink import Interface
 from ebpflb.sources.translate import node_addresses
 

@@ -1,0 +1,88 @@
+"""``run_agent``: one agent process from a validated ``RunConfig``: open the source and
+the data path, reserve the NodePort range, run the loop until ``stop`` is set, and
+leave the node as the configuration asks (the bpf data path stays in place unless
+``cleanup``). The CLI validates its options and calls this; nothing else wires."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import replace
+
+from ebpflb.agent.config import RunConfig
+from ebpflb.agent.nodeports import PortRange, ReservedPorts
+from ebpflb.agent.runner import Agent
+from ebpflb.agent.status import remove_status
+from ebpflb.gcpause import no_full_collections
+from ebpflb.sources.base import Source
+
+log = logging.getLogger("ebpflb.agent")
+
+RESERVED_RECORD = "reserved-ports"  # under the state dir: the ports this agent reserved
+
+
+def run_agent(config: RunConfig, stop: threading.Event) -> None:
+    """Run until ``stop`` is set; raises an EbpflbError when the agent cannot start."""
+    from ebpflb.dataplane.choose import open_dataplane
+
+    source, node_name = open_source(config)
+    agent_config = replace(config.agent, node_name=node_name)
+    try:
+        with no_full_collections():  # reading back the pinned maps: a state per frontend
+            dp = open_dataplane(config.dataplane, bpf_config=config.bpf,
+                                userspace_config=config.userspace)
+        state_dir = config.userspace.state_dir
+        reserved = reserve(ReservedPorts(record=os.path.join(state_dir, RESERVED_RECORD)),
+                           agent_config.nodeport_range)
+        try:
+            Agent(source, dp, agent_config).run(stop)
+        finally:
+            # NodePorts stay served by a bpf data path left in place: keep them reserved.
+            if config.cleanup or dp.name != "bpf":
+                release(reserved)
+            dp.close(cleanup=config.cleanup)
+            if config.cleanup:
+                remove_status(state_dir)
+    finally:
+        source.close()
+
+
+def open_source(config: RunConfig) -> tuple[Source, str | None]:
+    """The source the configuration names, started, and the node name to use (a
+    cluster source defaults it from the environment or the host name)."""
+    node_name = config.agent.node_name
+    if config.manifests is not None:
+        from ebpflb.sources.manifests import ManifestSource
+
+        return ManifestSource(config.manifests, node_name=node_name), node_name
+    from ebpflb.sources.kube import KubeSource, default_node_name
+
+    node_name = default_node_name(node_name)
+    source = KubeSource(kubeconfig=config.kubeconfig, in_cluster=config.in_cluster,
+                        node_name=node_name)
+    source.start()
+    return source, node_name
+
+
+def reserve(ports: ReservedPorts, port_range: PortRange) -> ReservedPorts | None:
+    """Reserve the NodePort range against ephemeral ports, as kube-proxy does; an agent
+    that cannot (no privileges) still runs, and says so."""
+    try:
+        ports.reserve(port_range)
+    except OSError as exc:
+        log.warning("cannot reserve the NodePort range %s in %s: %s; a local socket may "
+                    "take a NodePort as its ephemeral port", port_range, ports.path, exc)
+        return None
+    if ports.added:
+        log.info("reserved the NodePort range %s against ephemeral ports", port_range)
+    return ports
+
+
+def release(ports: ReservedPorts | None) -> None:
+    if ports is None:
+        return
+    try:
+        ports.release()
+    except OSError as exc:
+        log.warning("cannot release the NodePort range in %s: %s", ports.path, exc)
