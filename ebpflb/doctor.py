@@ -9,6 +9,7 @@ import platform
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ebpflb.dataplane.bpf.abi import DEFAULT_PIN_DIR
 from ebpflb.dataplane.bpf.bpffs import BPFFS_ROOT, bpffs_mounts
 from ebpflb.errors import EbpflbError
 from ebpflb.statefile import DEFAULT_STATE_DIR
@@ -171,25 +172,40 @@ def check_rp_filter() -> Check:
                  required=False)
 
 
-def check_socket_lb(state_dir: str = DEFAULT_STATE_DIR) -> Check:
+def pinned_socket_lb_links(pin_dir: str) -> list[str]:
+    """The socket-LB links pinned under pin_dir (see dataplane.bpf.socklb): hooks that
+    serve the node's own sockets whether or not an agent runs."""
+    from ebpflb.dataplane.bpf.socklb import LINK_PINS
+
+    return [p for p in LINK_PINS.values() if os.path.exists(os.path.join(pin_dir, p))]
+
+
+def check_socket_lb(state_dir: str = DEFAULT_STATE_DIR, pin_dir: str = DEFAULT_PIN_DIR
+                    ) -> Check:
     """Socket-LB (the node's own sockets) links to the cgroup v2 root: the one visible
     here, or one the agent mounts under its state directory (see
     dataplane.bpf.cgroup). Without it the bpf data path runs anyway, with those sockets
-    untranslated. JSON key "cgroup2": {"path", "mount", "visible"}."""
+    untranslated. JSON keys "cgroup2": {"path", "mount", "visible"}, and
+    "pinned_links": the links pinned under pin_dir, which stay attached while no agent
+    runs (until the agent's clean-up)."""
     from ebpflb.dataplane.bpf.cgroup import choose_cgroup2
 
     try:
         choice = choose_cgroup2(state_dir)
     except OSError as exc:
         return Check("socket_lb", False, f"cannot read the mounts: {exc}", required=False)
-    extra = {"cgroup2": choice.as_json()}
+    links = pinned_socket_lb_links(pin_dir)
+    extra: dict[str, object] = {"cgroup2": choice.as_json(), "pinned_links": links}
+    pinned = (f"; {len(links)} socket-LB links are pinned under {pin_dir} and attached, "
+              "agent or not" if links else "")
     if choice.mount and not _effective_caps() & (1 << CAP_SYS_ADMIN):
-        return Check("socket_lb", False, f"{choice.describe()}, which needs CAP_SYS_ADMIN",
+        return Check("socket_lb", False, f"{choice.describe()}, which needs CAP_SYS_ADMIN"
+                     f"{pinned}",
                      f"run as root, or mount cgroup2 first (mount -t cgroup2 none "
                      f"{choice.path}) so the node's own sockets reach Services",
                      required=False, extra=extra)
     return Check("socket_lb", True, f"{choice.describe()}: the node's own sockets are "
-                 "translated at connect()", required=False, extra=extra)
+                 f"translated at connect(){pinned}", required=False, extra=extra)
 
 
 def check_userspace() -> Check:
@@ -209,11 +225,13 @@ def check_userspace() -> Check:
                  required=False)
 
 
-def run_checks(*, state_dir: str = DEFAULT_STATE_DIR) -> Report:
+def run_checks(*, state_dir: str = DEFAULT_STATE_DIR, pin_dir: str = DEFAULT_PIN_DIR
+               ) -> Report:
     """Every check; ``state_dir`` is the agent's --state-dir (where it would mount what
-    it finds missing)."""
+    it finds missing), ``pin_dir`` its --pin-dir (where its socket-LB links may be
+    pinned)."""
     checks = [check_privileges(), check_kernel(), check_arch(), check_bcc(), check_headers(),
-              check_bpffs(), check_rp_filter(), check_socket_lb(state_dir)]
+              check_bpffs(), check_rp_filter(), check_socket_lb(state_dir, pin_dir)]
     if all(c.ok for c in checks if c.required):
         checks.append(check_compile())
     checks.append(check_userspace())

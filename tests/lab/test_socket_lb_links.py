@@ -31,7 +31,7 @@ from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import remove_pins
 from ebpflb.dataplane.bpf.socklb import LINK_PINS, pinned_links, remove_links
 from ebpflb.dataplane.bpf.syscall import link_fd_by_id, link_info
-from ebpflb.lab import netns, topology, traffic
+from ebpflb.lab import build, layout, netns, traffic
 from ebpflb.lab.agentproc import AgentProcess
 
 from . import manifests as k8s
@@ -50,11 +50,11 @@ PROBE_MAX = 20_000  # probes per run at most (bounded however slow the machine)
 
 
 class Node:
-    def __init__(self, lab: topology.Lab, manifests: Path, pin_dir: str) -> None:
+    def __init__(self, lab: layout.Lab, manifests: Path, pin_dir: str) -> None:
         self.lab, self.manifests, self.pin_dir = lab, manifests, pin_dir
         self.agent: AgentProcess | None = None
 
-    def write(self, pods: list[topology.Pod]) -> None:
+    def write(self, pods: list[layout.Pod]) -> None:
         k8s.write(self.manifests, "web", [
             k8s.service("web", IP, PORTS),
             k8s.endpoint_slice("web-a", "web", SLICE, [k8s.endpoint(str(p.ip)) for p in pods])])
@@ -77,7 +77,7 @@ def node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     _require_root()
     name = unique_lab_name()
     pin_dir = f"/sys/fs/bpf/ebpflb-{name}-{secrets.token_hex(2)}"
-    lab = topology.up(topology.LabSpec(name, pods=3, cni=request.param))
+    lab = build.up(layout.LabSpec(name, pods=3, cni=request.param))
     n = Node(lab, tmp_path_factory.mktemp("manifests"), pin_dir)
     try:
         n.write(lab.pods)
@@ -87,7 +87,7 @@ def node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         if n.agent is not None:
             n.agent.stop()
         remove_links(pin_dir)  # whatever a failed test left: never left attached
-        topology.down(name)
+        build.down(name)
         remove_pins(pin_dir, abi.ALL_MAPS + abi.LEGACY_MAPS)
 
 
@@ -159,6 +159,12 @@ def _link_exists(link_id: int) -> bool:
     return True
 
 
+def _doctor_links(node: Node) -> list[str]:
+    out = CliRunner().invoke(app, ["doctor", "--json", "--pin-dir", node.pin_dir])
+    check = next(c for c in json.loads(out.output)["checks"] if c["name"] == "socket_lb")
+    return sorted(check["pinned_links"])
+
+
 def test_host_clients_reach_services_while_the_agent_is_killed_and_restarts(
         node: Node) -> None:
     assert node.agent is not None
@@ -186,9 +192,10 @@ def test_the_clean_up_path_removes_the_pinned_links(node: Node) -> None:
     assert node.agent is not None
     links = _links(node.pin_dir)
     assert set(links) == set(LINK_PINS) and all(_link_exists(i) for i, _ in links.values())
+    assert _doctor_links(node) == sorted(LINK_PINS.values())
     assert node.agent.stop() == 0  # SIGTERM with --cleanup
     try:
-        assert _links(node.pin_dir) == {}
+        assert _links(node.pin_dir) == {} and _doctor_links(node) == []
         assert not any(_link_exists(i) for i, _ in links.values())
         with pytest.raises(OSError):
             traffic.http_get(node.lab.node_ns, IP, 80, timeout=1.0)  # nothing translates

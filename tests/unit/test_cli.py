@@ -28,8 +28,8 @@ def test_doctor_json_has_stable_keys():
     assert set(report) == {"dataplane", "reason", "checks"}
     assert {c["name"] for c in report["checks"]} >= {"privileges", "kernel", "bcc",
                                                      "kernel headers"}
-    for check in report["checks"]:  # socket_lb adds the cgroup2 it would use
-        extra = {"cgroup2"} if check["name"] == "socket_lb" else set()
+    for check in report["checks"]:  # socket_lb adds the cgroup2 it would use, its links
+        extra = {"cgroup2", "pinned_links"} if check["name"] == "socket_lb" else set()
         assert set(check) == {"name", "ok", "required", "detail", "fix"} | extra
     socket_lb = next(c for c in report["checks"] if c["name"] == "socket_lb")
     assert set(socket_lb["cgroup2"]) == {"path", "mount", "visible"}
