@@ -62,6 +62,7 @@ def test_a_2000_datagram_burst_is_not_dropped(engine: Engine, size: int):
             pn, (Backend(ipaddress.ip_address("127.0.0.1"), backend.getsockname()[1]),), 0))
         engine.call(lambda: engine.apply_on_loop({st.frontend.key: st}))
         fe_sock = engine.call(lambda: next(iter(engine.frontends.values())).sock)
+        assert fe_sock is not None
         assert fe_sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 2 * FRONTEND_RCVBUF
 
         client.bind((CLIENT_IP, 0))
