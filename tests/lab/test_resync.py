@@ -1,11 +1,17 @@
 """The periodic resync on the kernel path: map entries deleted behind the agent's back
 (as `bpftool map delete` would) are found and written again within --sync-period,
-with real traffic failing in between and working again after."""
+with real traffic failing in between and working again after.
+
+The agent is stopped (SIGSTOP) while the entry is deleted and the traffic fails: a
+resync every 2 s has no fixed phase, and one that ran between the delete and the
+failing request repaired the entry first and made the request succeed."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,14 +58,26 @@ def setup(tmp_path: Path) -> Iterator[tuple[topology.Lab, AgentProcess, str]]:
         remove_pins(pin_dir, abi.ALL_MAPS + abi.LEGACY_MAPS)
 
 
+@contextlib.contextmanager
+def paused(agent: AgentProcess) -> Iterator[None]:
+    """The agent stopped for the block (the kernel path keeps running): it cannot
+    resync until the block ends."""
+    os.kill(agent.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(agent.pid, signal.SIGCONT)
+
+
 def test_a_deleted_service_entry_is_written_again(setup) -> None:
     lab, agent, pin_dir = setup
     assert traffic.http_get(lab.client.netns, IP, 80) in {"pod-1\n", "pod-2\n"}
     key = abi.Lb4Key(abi.pack_ip4(IP), abi.htons(80), abi.IPPROTO_TCP)
     with PinnedMap(os.path.join(pin_dir, abi.MAP_SERVICES)) as svc:
-        assert svc.delete(key)
-        with pytest.raises(OSError):  # untranslated: the node has no route to it
-            traffic.http_get(lab.client.netns, IP, 80, timeout=0.5)
+        with paused(agent):
+            assert svc.delete(key)
+            with traffic.fails(traffic.Failure.UNREACHABLE):  # untranslated: no route
+                traffic.http_get(lab.client.netns, IP, 80, timeout=0.5)
         agent.wait_for(lambda: svc.lookup(key, abi.Lb4Service) is not None, timeout=10,
                        what="the service entry written again")
     assert traffic.http_get(lab.client.netns, IP, 80) in {"pod-1\n", "pod-2\n"}
