@@ -44,7 +44,7 @@ from ebpflb import plan
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import remove_pins
 from ebpflb.dataplane.bpf.maps import BpfMaps
-from ebpflb.lab import netns, topology
+from ebpflb.lab import build, layout, netns
 from ebpflb.lab.agentproc import AgentProcess
 from ebpflb.model import (
     Backend,
@@ -193,7 +193,7 @@ Target = tuple[str, int, int]  # address(es) for loadgen, TCP port, UDP port
 Runs = dict[str, list[dict[str, Any]]]  # proto -> every run's JSON
 
 
-def measure(tools: dict[str, Path], lab: topology.Lab, targets: dict[str, Target],
+def measure(tools: dict[str, Path], lab: layout.Lab, targets: dict[str, Target],
             load: Load) -> dict[str, Runs]:
     """Warm-up, then `load.repeats` runs of TCP and then of UDP to every target, the
     targets' runs interleaved (A B A B ...) so that they share the machine's drift."""
@@ -212,7 +212,7 @@ def measure(tools: dict[str, Path], lab: topology.Lab, targets: dict[str, Target
     return out
 
 
-def empty_hook_runs(tools: dict[str, Path], lab: topology.Lab, load: Load) -> Runs:
+def empty_hook_runs(tools: dict[str, Path], lab: layout.Lab, load: Load) -> Runs:
     """Direct runs with an empty tc program (it returns TC_ACT_OK) on every pod veth of
     the node, attached as ebpflb attaches: the cost of the hook itself, which any tc
     data path pays before it does anything."""
@@ -233,7 +233,7 @@ def empty_hook_runs(tools: dict[str, Path], lab: topology.Lab, load: Load) -> Ru
         prog.cleanup()
 
 
-def direct_target(lab: topology.Lab) -> Target:
+def direct_target(lab: layout.Lab) -> Target:
     """The pods' IPs: TCP connections spread over them at random by the client (the
     spread the load balancers give), UDP to the first."""
     return (",".join(str(p.ip) for p in lab.pods), *PORTS["direct"])
@@ -253,7 +253,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def responders(tools: dict[str, Path], lab: topology.Lab) -> Iterator[list[int]]:
+def responders(tools: dict[str, Path], lab: layout.Lab) -> Iterator[list[int]]:
     """One responder per pod and measured path; stopped by PID on exit."""
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -354,7 +354,7 @@ def _ready_check(pin_dir: str, addr: str, port: int, proto: int,
     return lambda: ebpflb_service_ready(pin_dir, addr, port, proto, expected)
 
 
-def run_ebpflb(tools: dict[str, Path], lab: topology.Lab, n: int, load: Load,
+def run_ebpflb(tools: dict[str, Path], lab: layout.Lab, n: int, load: Load,
                workdir: Path) -> tuple[Runs, dict[str, Any]]:
     """Start the agent on N Services, measure the ClusterIP, then the direct path while
     the tc program is attached (pass-through cost), stop the agent."""
@@ -427,7 +427,7 @@ def flush_nat(node_ns: str, nft_backend: bool) -> float:
     return seconds
 
 
-def run_iptables(tools: dict[str, Path], lab: topology.Lab, n: int, load: Load,
+def run_iptables(tools: dict[str, Path], lab: layout.Lab, n: int, load: Load,
                  nft_backend: bool) -> tuple[Runs, dict[str, Any]]:
     tcp_target, udp_target = PORTS["iptables"]
     ports = kubeproxy.service_ports(n, base_ip=IPTABLES_IP_BASE,
@@ -651,10 +651,10 @@ def run(quick: bool) -> dict[str, Any]:
     context: dict[str, Any] = {}
     raw: dict[str, Any] = {}
     workdir = Path(tempfile.mkdtemp(prefix="ebpflb-bench-"))
-    lab: topology.Lab | None = None
+    lab: layout.Lab | None = None
     try:
         log(f"== lab {name}: node, 3 pods, client")
-        lab = built = topology.up(topology.LabSpec(name, pods=3))
+        lab = built = build.up(layout.LabSpec(name, pods=3))
         with responders(tools, built) as pids:
             log(f"   responders (PIDs {', '.join(map(str, pids))}) on ports "
                 + ", ".join(f"{k} {t}/{u}" for k, (t, u) in PORTS.items()))
@@ -706,8 +706,8 @@ def run(quick: bool) -> dict[str, Any]:
                             f"{res['p50_us']:.1f}us (x{rat['p50']:.3f}), p99 "
                             f"{res['p99_us']:.1f}us (x{rat['p99']:.3f})")
     finally:
-        if lab is not None or topology.leftovers(name):
-            topology.down(name)
+        if lab is not None or build.leftovers(name):
+            build.down(name)
         shutil.rmtree(workdir, ignore_errors=True)
 
     log("== per-packet cost of the tc program (BPF_PROG_TEST_RUN)")

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import datapath as dp
-from ebpflb.lab import topology
+from ebpflb.lab import build, layout
 from ebpflb.lab.podnet import Cni
 
 RESULTS = dp.BENCH_DIR / "results" / "nodeshapes.json"
@@ -34,14 +34,14 @@ def measure_shape(tools: dict[str, Path], cni: Cni, services: int, load: dp.Load
     name = "s" + secrets.token_hex(3)[:5]
     dp.log(f"== {cni} lab {name}: node, 3 pods, client; {services} Services")
     try:
-        lab = topology.up(topology.LabSpec(name, pods=3, cni=cni))
+        lab = build.up(layout.LabSpec(name, pods=3, cni=cni))
         with dp.responders(tools, lab):
             d0 = dp.measure(tools, lab, {"direct": dp.direct_target(lab)}, load)["direct"]
             runs, info = dp.run_ebpflb(tools, lab, services, load, workdir)
             dp.wait_idle("stopping the agent")
             d1 = dp.measure(tools, lab, {"direct": dp.direct_target(lab)}, load)["direct"]
     finally:
-        topology.down(name)
+        build.down(name)
     out: dict[str, Any] = {}
     for proto in ("tcp", "udp"):
         base = dp.summarize(d0[proto] + d1[proto])

@@ -35,7 +35,7 @@ from typing import Any
 from bench import datapath as dp
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import remove_pins
-from ebpflb.lab import netns, topology
+from ebpflb.lab import build, layout, netns
 from ebpflb.lab.agentproc import AgentProcess
 
 RESULTS = dp.BENCH_DIR / "results" / "userspace.json"
@@ -128,7 +128,7 @@ class IperfServers:
                 p.wait(3)
 
 
-def run_mode(mode: str, tools: dict[str, Path], lab: topology.Lab, load: dp.Load,
+def run_mode(mode: str, tools: dict[str, Path], lab: layout.Lab, load: dp.Load,
              workdir: Path, bulk_seconds: float) -> dict[str, Any]:
     pods = [str(p.ip) for p in lab.pods]
     ip, bulk_ip, _ = MODES[mode]
@@ -188,11 +188,11 @@ def run(quick: bool, bulk_seconds: float) -> dict[str, Any]:
     name = "u" + secrets.token_hex(3)[:5]
     workdir = Path(tempfile.mkdtemp(prefix="ebpflb-bench-us-"))
     results: dict[str, Any] = {}
-    lab: topology.Lab | None = None
+    lab: layout.Lab | None = None
     iperfs: IperfServers | None = None
     try:
         log(f"== lab {name}: node, 3 pods, client")
-        lab = topology.up(topology.LabSpec(name, pods=3))
+        lab = build.up(layout.LabSpec(name, pods=3))
         with dp.responders(tools, lab):
             iperfs = IperfServers(lab.pods[0].netns)
             iperfs.wait(lab.client.netns, str(lab.pods[0].ip))
@@ -203,8 +203,8 @@ def run(quick: bool, bulk_seconds: float) -> dict[str, Any]:
     finally:
         if iperfs is not None:
             iperfs.stop()
-        if lab is not None or topology.leftovers(name):
-            topology.down(name)
+        if lab is not None or build.leftovers(name):
+            build.down(name)
         shutil.rmtree(workdir, ignore_errors=True)
     us = results["userspace"]
     met = {"tcp_rps": us["tcp"]["ratio"]["rps"] >= 0.25,

@@ -1,7 +1,7 @@
 """``ebpflb lab up|down|status``: build, remove and inspect the network-namespace lab.
 
 Thin: each command validates its options, calls one function of
-``ebpflb.lab.topology`` and prints the result; an EbpflbError becomes one line on
+``ebpflb.lab.build`` and prints the result; an EbpflbError becomes one line on
 stderr and exit status 1. The lab is imported on use, so ``ebpflb --help`` stays light.
 """
 
@@ -16,7 +16,7 @@ from ebpflb.cli import render
 from ebpflb.cli.errors import handle_errors
 
 if TYPE_CHECKING:
-    from ebpflb.lab.topology import Lab
+    from ebpflb.lab.layout import Lab
 
 app = typer.Typer(
     help="A lab of network namespaces (nodes, backend pods with servers, clients) "
@@ -52,10 +52,10 @@ def up(
 ) -> None:
     """Build the lab (or keep it, if it already exists as asked) and start the pods'
     servers."""
-    from ebpflb.lab import topology
+    from ebpflb.lab import build, layout
     from ebpflb.lab.podnet import Cni
 
-    lab = topology.up(topology.LabSpec(name, pods, nodes, Cni(cni.value)))
+    lab = build.up(layout.LabSpec(name, pods, nodes, Cni(cni.value)))
     if len(lab.nodes) == 1:
         typer.echo(f"lab {lab.name} is up ({lab.cni} pods): node {lab.node_ns}, "
                    f"client {lab.client.ip}")
@@ -70,9 +70,9 @@ def up(
 @handle_errors
 def down(name: NameOpt = "ebpflb") -> None:
     """Stop the pods' servers and delete every namespace of the lab."""
-    from ebpflb.lab import topology
+    from ebpflb.lab import build
 
-    topology.down(name)
+    build.down(name)
     typer.echo(f"lab {name} is down")
 
 
@@ -84,11 +84,11 @@ def status(
 ) -> None:
     """Show the lab's namespaces, nodes, pods and whether their servers run; exit 1 when
     the lab does not exist."""
-    from ebpflb.lab import topology
+    from ebpflb.lab import build
 
-    lab = topology.status(name)
+    lab = build.status(name)
     if lab is None:
-        left = topology.leftovers(name)
+        left = build.leftovers(name)
         hint = f"; half-built, run `ebpflb lab down --name {name}`" if left else ""
         typer.echo(f"error: lab {name} does not exist{hint}", err=True)
         raise typer.Exit(1)

@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 from ebpflb.dataplane.bpf.abi import DEFAULT_PIN_DIR
-from ebpflb.lab import topology, traffic
+from ebpflb.lab import build, layout, traffic
 from ebpflb.lab.agentproc import AgentProcess, services_synced
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     print("== lab up: node, 3 backend pods (HTTP :8080, UDP echo :9090), a client")
-    lab = topology.up(topology.LabSpec(name="ebpflb", pods=3))
+    lab = build.up(layout.LabSpec(name="ebpflb", pods=3))
     agent = AgentProcess(lab.node_ns, manifests=args.manifests, pin_dir=args.pin_dir,
                          log_path=lab.state_dir / "agent.log", extra_args=["--cleanup"])
     try:
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         print("== cleaning up: agent stopped with --cleanup, lab down")
         agent.stop()
-        topology.down(lab.name)
+        build.down(lab.name)
 
 
 if __name__ == "__main__":

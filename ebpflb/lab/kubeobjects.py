@@ -1,6 +1,6 @@
 """Kubernetes objects describing a lab's nodes and pods, as the plain dicts a manifest
 directory or an API stand-in serves: a Node per lab node and an EndpointSlice
-endpoint per pod. Pure; ``topology.Lab`` fills in the lab's names and addresses.
+endpoint per pod. Pure; ``layout.Lab`` fills in the lab's names and addresses.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ feature is tested on each shape a user's cluster may have.
 The bridge gets strict reverse-path filtering, the default of several distributions:
 the lab must not make life easier for the data path than a real node would.
 
-Generic wiring by namespace names and addresses only; ``topology`` decides the plan.
+Generic wiring by namespace names and addresses only; ``layout`` decides the plan.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The network between a multi-node lab's nodes: one namespace holding a Linux bridge
 (the "switch"), and a veth per attached namespace whose peer is a bridge port.
 
-Generic wiring, by namespace names and addresses only: ``topology`` decides who is
+Generic wiring, by namespace names and addresses only: ``layout`` decides who is
 plugged in and where. As for the pods, every veth is created inside the namespace
 that keeps it with its peer created straight into the switch, so nothing ever
 appears in the root namespace.

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from ebpflb.errors import LabError
-from ebpflb.lab import topology
+from ebpflb.lab import build, layout
 
 
 def unique_lab_name() -> str:
@@ -28,21 +28,21 @@ def _require_root() -> None:
 
 def _down_quietly(name: str) -> None:
     try:
-        topology.down(name)
+        build.down(name)
     except LabError as exc:  # pragma: no cover - reported, not raised, at exit
         print(f"lab {name} teardown failed: {exc}")
 
 
 @pytest.fixture(scope="session")
-def lab() -> Iterator[topology.Lab]:
+def lab() -> Iterator[layout.Lab]:
     """A three-pod lab shared by the session."""
     name = unique_lab_name()
     fallback = functools.partial(_down_quietly, name)
     atexit.register(fallback)
     try:
-        yield topology.up(topology.LabSpec(name, pods=3))
+        yield build.up(layout.LabSpec(name, pods=3))
     finally:
-        topology.down(name)
+        build.down(name)
         atexit.unregister(fallback)
 
 

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from ebpflb.cli.lab import app
 from ebpflb.errors import LabError
-from ebpflb.lab import netns, podnet, topology, traffic
-from ebpflb.lab.topology import HTTP_PORT, UDP_PORT
+from ebpflb.lab import build, layout, netns, podnet, traffic
+from ebpflb.lab.processes import HTTP_PORT, UDP_PORT
 
 pytestmark = pytest.mark.root
 
@@ -46,7 +46,7 @@ def test_two_bridged_nodes_on_an_overlay(lab_names: Callable[[], str]) -> None:
     assert result.exit_code == 0, result.output
     assert "(bridge pods)" in result.output
     assert _root_net() == before
-    lab = topology.status(name)
+    lab = build.status(name)
     assert lab is not None and lab.cni == "bridge" and lab.overlay == "flannel.1"
     assert lab.node_ifnames(2) == ["vp3", "vp4", "vc1", "eth0", "flannel.1"]
 
@@ -99,28 +99,28 @@ def test_two_bridged_nodes_on_an_overlay(lab_names: Callable[[], str]) -> None:
 
 def test_one_bridged_node_and_its_pods(lab_names: Callable[[], str]) -> None:
     name = lab_names()
-    lab = topology.up(topology.LabSpec(name, pods=2, cni=podnet.Cni.BRIDGE))
+    lab = build.up(layout.LabSpec(name, pods=2, cni=podnet.Cni.BRIDGE))
     assert lab.overlay is None and lab.bridge == "cni0"
     assert str(lab.gateway()) == "10.244.0.1"
     # Added and removed pods are bridge ports too, and the bridge keeps its MAC (a
     # bridge takes its lowest port's by default: every pod's gateway entry went stale).
     mac = _json(lab.node_ns, "link", "show", "cni0")[0]["address"]
     assert mac == "0a:58:0a:f4:00:01"
-    added = topology.add_pod(lab, 7)
+    added = build.add_pod(lab, 7)
     assert _json(lab.node_ns, "link", "show", "cni0")[0]["address"] == mac
     ports = _json(lab.node_ns, "link", "show", "master", podnet.BRIDGE)
     assert "vp7" in {p["ifname"] for p in ports}
     assert traffic.http_get(lab.client.netns, added.ip, HTTP_PORT) == "pod-7\n"
-    topology.remove_pod(lab, 7)
+    build.remove_pod(lab, 7)
     ports = _json(lab.node_ns, "link", "show", "master", podnet.BRIDGE)
     assert "vp7" not in {p["ifname"] for p in ports}
     assert _json(lab.node_ns, "link", "show", "cni0")[0]["address"] == mac
-    again = topology.status(name)
+    again = build.status(name)
     assert again is not None and again.cni == "bridge"
 
 
 def test_an_unknown_shape_is_refused() -> None:
     with pytest.raises(LabError, match="use one of routed, bridge"):
-        topology.LabSpec("ok", cni="weave")  # type: ignore[arg-type]
+        layout.LabSpec("ok", cni="weave")  # type: ignore[arg-type]
     result = CliRunner().invoke(app, ["up", "--name", "ok", "--cni", "weave"])
     assert result.exit_code == 2 and "weave" in result.output

@@ -27,7 +27,7 @@ from ebpflb.dataplane.bpf.cgroup import (
     read_mountinfo,
     umount,
 )
-from ebpflb.lab import netns, topology, traffic
+from ebpflb.lab import build, layout, netns, traffic
 from ebpflb.lab.agentproc import AgentProcess
 
 from . import manifests as k8s
@@ -131,9 +131,9 @@ def test_mounted_once_and_reused_and_the_same_hierarchy_as_the_hosts(
 
 
 @pytest.fixture
-def node(run_dir: Path) -> Iterator[tuple[topology.Lab, Path]]:
+def node(run_dir: Path) -> Iterator[tuple[layout.Lab, Path]]:
     name = unique_lab_name()
-    lab = topology.up(topology.LabSpec(name, pods=2))
+    lab = build.up(layout.LabSpec(name, pods=2))
     try:
         manifests = run_dir / "manifests"
         manifests.mkdir()
@@ -143,11 +143,11 @@ def node(run_dir: Path) -> Iterator[tuple[topology.Lab, Path]]:
                                                        for p in lab.pods])])
         yield lab, manifests
     finally:
-        topology.down(name)
+        build.down(name)
 
 
 def test_an_agent_under_ip_netns_exec_serves_the_nodes_own_sockets(
-        node: tuple[topology.Lab, Path], run_dir: Path) -> None:
+        node: tuple[layout.Lab, Path], run_dir: Path) -> None:
     lab, manifests = node
     bpffs = run_dir / "bpf"  # outside /sys: ip netns exec remounts /sys (DESIGN.md)
     bpffs.mkdir()

@@ -23,7 +23,7 @@ import pytest
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import remove_pins
 from ebpflb.dataplane.bpf.inspect import BpfInspector
-from ebpflb.lab import checks, netns, topology
+from ebpflb.lab import build, checks, layout, netns
 from ebpflb.lab.agentproc import AgentProcess
 
 from . import manifests as k8s
@@ -47,11 +47,11 @@ class NetnsAdapter:
     first outside client. Commands run under nsenter --net, so they stay in the host's
     mount namespace and the CLI sees the pins."""
 
-    def __init__(self, lab: topology.Lab, pins: dict[str, str]) -> None:
+    def __init__(self, lab: layout.Lab, pins: dict[str, str]) -> None:
         self.lab = lab
         self.pins = pins
 
-    def _node(self, name: str) -> topology.Node:
+    def _node(self, name: str) -> layout.Node:
         return self.lab.node(int(name.removeprefix("node-")))
 
     def _run(self, ns: str, argv: Sequence[str], timeout: float) -> checks.Result:
@@ -78,7 +78,7 @@ class NetnsAdapter:
 
 
 class TwoNodes:
-    def __init__(self, lab: topology.Lab, manifests: Path, pins: dict[str, str]) -> None:
+    def __init__(self, lab: layout.Lab, manifests: Path, pins: dict[str, str]) -> None:
         self.lab = lab
         self.manifests = manifests
         self.pins = pins
@@ -116,7 +116,7 @@ def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoNodes]:
             for k in (1, 2)}
     manifests = tmp_path_factory.mktemp("checks") / "manifests"
     manifests.mkdir()
-    c = TwoNodes(topology.up(topology.LabSpec(name, pods=2, nodes=2)), manifests, pins)
+    c = TwoNodes(build.up(layout.LabSpec(name, pods=2, nodes=2)), manifests, pins)
     try:
         svc = k8s.service("echo", CLUSTER_IP, PORTS, type="LoadBalancer")
         svc["status"] = {"loadBalancer": {"ingress": [{"ip": LB_IP}]}}
@@ -129,7 +129,7 @@ def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoNodes]:
     finally:
         for agent in c.agents.values():
             agent.stop()
-        topology.down(name)
+        build.down(name)
         for pin_dir in pins.values():
             remove_pins(pin_dir, abi.ALL_MAPS + abi.LEGACY_MAPS)
 

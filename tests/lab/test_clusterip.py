@@ -22,7 +22,7 @@ from ebpflb.dataplane.bpf.inspect import BpfInspector
 from ebpflb.dataplane.bpf.maps import BpfMaps, read_state
 from ebpflb.dataplane.userspace.device import DEVICE_NAME
 from ebpflb.dataplane.userspace.state import UserspaceInspector, state_path
-from ebpflb.lab import netns, topology, traffic
+from ebpflb.lab import build, layout, netns, traffic
 from ebpflb.lab.agentproc import AgentProcess
 from ebpflb.lab.podnet import Cni
 
@@ -75,7 +75,7 @@ class Harness:
     """The lab, the manifest directory and the agent on one data path, with helpers to
     read what the data path holds and to wait for syncs."""
 
-    def __init__(self, lab: topology.Lab, manifests: Path, pin_dir: str, dataplane: str,
+    def __init__(self, lab: layout.Lab, manifests: Path, pin_dir: str, dataplane: str,
                  state_dir: str) -> None:
         self.lab = lab
         self.manifests = manifests
@@ -167,7 +167,7 @@ def harness(tmp_path_factory: pytest.TempPathFactory, dataplane: str, cni: str
     pin_dir = f"/sys/fs/bpf/ebpflb-{name}-{secrets.token_hex(2)}"
     manifests = tmp_path_factory.mktemp("manifests")
     state_dir = str(tmp_path_factory.mktemp("state"))
-    lab = topology.up(topology.LabSpec(name, pods=3, cni=Cni(cni)))
+    lab = build.up(layout.LabSpec(name, pods=3, cni=Cni(cni)))
     h = Harness(lab, manifests, pin_dir, dataplane, state_dir)
     try:
         write_service(manifests, "web", CLUSTER_IP, h.pods())
@@ -176,7 +176,7 @@ def harness(tmp_path_factory: pytest.TempPathFactory, dataplane: str, cni: str
     finally:
         if h.agent is not None:
             h.agent.stop()
-        topology.down(name)  # removes the veths and with them every tc filter
+        build.down(name)  # removes the veths and with them every tc filter
         remove_pins(pin_dir, abi.ALL_MAPS)  # in case the agent could not clean up
 
 
@@ -226,7 +226,7 @@ def test_not_ready_endpoint_gets_no_traffic(web: Harness):
 
 
 def test_long_lived_connection_keeps_its_backend_while_one_is_added(web: Harness):
-    pod4 = topology.add_pod(web.lab, 4)
+    pod4 = build.add_pod(web.lab, 4)
     try:
         with traffic.KeepAliveClient(web.client, CLUSTER_IP, 80) as conn:
             first = conn.get().strip()
@@ -237,7 +237,7 @@ def test_long_lived_connection_keeps_its_backend_while_one_is_added(web: Harness
         counts = names(traffic.spread_tcp(web.client, CLUSTER_IP, 80, 200))
         assert "pod-4" in counts, counts  # the new backend takes new connections
     finally:
-        topology.remove_pod(web.lab, 4)
+        build.remove_pod(web.lab, 4)
 
 
 def test_removed_backend_gets_no_new_flows_and_udp_flow_moves(web: Harness):

@@ -24,7 +24,7 @@ import yaml
 
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import remove_pins
-from ebpflb.lab import netns, topology, traffic
+from ebpflb.lab import build, layout, netns, traffic
 
 from . import manifests as k8s
 
@@ -53,8 +53,8 @@ def _bounding_set() -> set[str]:
 
 
 @pytest.fixture
-def one_node(lab_names: Callable[[], str], tmp_path: Path) -> Iterator[tuple[topology.Lab, Path]]:
-    lab = topology.up(topology.LabSpec(lab_names(), pods=2))
+def one_node(lab_names: Callable[[], str], tmp_path: Path) -> Iterator[tuple[layout.Lab, Path]]:
+    lab = build.up(layout.LabSpec(lab_names(), pods=2))
     manifests = tmp_path / "manifests"
     manifests.mkdir()
     k8s.write(manifests, "web", [
@@ -65,7 +65,7 @@ def one_node(lab_names: Callable[[], str], tmp_path: Path) -> Iterator[tuple[top
     yield lab, manifests
 
 
-def _run_agent(lab: topology.Lab, manifests: Path, caps: list[str]) -> tuple[bool, str]:
+def _run_agent(lab: layout.Lab, manifests: Path, caps: list[str]) -> tuple[bool, str]:
     """Run the agent with exactly ``caps``; whether a client got through, and its log."""
     pin_dir = f"/sys/fs/bpf/ebpflb-{lab.name}-caps"
     log_path = manifests.parent / f"agent-{'-'.join(caps) or 'none'}.log"
@@ -94,7 +94,7 @@ def _run_agent(lab: topology.Lab, manifests: Path, caps: list[str]) -> tuple[boo
 
 
 def test_the_daemonsets_capabilities_run_the_kernel_data_path(
-        one_node: tuple[topology.Lab, Path]) -> None:
+        one_node: tuple[layout.Lab, Path]) -> None:
     lab, manifests = one_node
     caps = daemonset_caps()
     assert {"NET_ADMIN", "BPF", "PERFMON"} <= set(caps)
@@ -107,7 +107,7 @@ def test_the_daemonsets_capabilities_run_the_kernel_data_path(
 
 @pytest.mark.parametrize("missing", ["NET_ADMIN", "BPF", "PERFMON"])
 def test_without_each_capability_the_programs_do_not_load(
-        one_node: tuple[topology.Lab, Path], missing: str) -> None:
+        one_node: tuple[layout.Lab, Path], missing: str) -> None:
     lab, manifests = one_node
     caps = [c for c in daemonset_caps() if c in _bounding_set() and c != missing]
     reached, log = _run_agent(lab, manifests, caps)

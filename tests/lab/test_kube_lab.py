@@ -19,7 +19,7 @@ from ebpflb.cli import app
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import remove_pins
 from ebpflb.dataplane.bpf.inspect import BpfInspector
-from ebpflb.lab import topology, traffic
+from ebpflb.lab import build, layout, traffic
 from ebpflb.lab.agentproc import AgentProcess
 from ebpflb.lab.apiserver import ApiServerStandIn
 
@@ -51,7 +51,7 @@ def endpoint_slice(name: str, addresses: list[str]) -> dict[str, Any]:
 
 
 class KubeLab:
-    def __init__(self, lab: topology.Lab, api: ApiServerStandIn, pin_dir: str,
+    def __init__(self, lab: layout.Lab, api: ApiServerStandIn, pin_dir: str,
                  state_dir: str, kubeconfig: Path) -> None:
         self.lab, self.api, self.pin_dir, self.state_dir = lab, api, pin_dir, state_dir
         self.kubeconfig = kubeconfig
@@ -90,7 +90,7 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeLab]:
     name = unique_lab_name()
     pin_dir = f"/sys/fs/bpf/ebpflb-{name}-{secrets.token_hex(2)}"
     state_dir = str(tmp_path_factory.mktemp("state"))
-    lab = topology.up(topology.LabSpec(name, pods=3))
+    lab = build.up(layout.LabSpec(name, pods=3))
     api = ApiServerStandIn(netns=lab.node_ns)
     h: KubeLab | None = None
     try:
@@ -102,7 +102,7 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeLab]:
         if h is not None and h.agent is not None:
             h.agent.stop()
         api.close()
-        topology.down(name)
+        build.down(name)
         remove_pins(pin_dir, abi.ALL_MAPS)
 
 

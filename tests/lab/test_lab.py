@@ -15,8 +15,9 @@ from typer.testing import CliRunner
 
 from ebpflb.cli.lab import app
 from ebpflb.errors import LabError
-from ebpflb.lab import netns, topology, traffic
-from ebpflb.lab.topology import HTTP_PORT, UDP_PORT, Lab
+from ebpflb.lab import build, layout, netns, processes, traffic
+from ebpflb.lab.layout import Lab
+from ebpflb.lab.processes import HTTP_PORT, UDP_PORT
 
 pytestmark = pytest.mark.root
 
@@ -127,22 +128,22 @@ def test_spawn_enters_the_network_namespace_but_keeps_the_mounts(lab: Lab) -> No
 
 
 def test_add_and_remove_pod(lab: Lab) -> None:
-    pod = topology.add_pod(lab, 4)
+    pod = build.add_pod(lab, 4)
     try:
         assert (pod.name, str(pod.ip), pod.host_ifname) == ("pod-4", "10.244.0.14", "vp4")
         assert traffic.http_get(lab.client.netns, pod.ip, HTTP_PORT) == "pod-4\n"
         assert traffic.udp_request(lab.client.netns, pod.ip, UDP_PORT)[0] == "pod-4\n"
-        recorded = topology.status(lab.name)
+        recorded = build.status(lab.name)
         assert recorded is not None and "pod-4" in [p.name for p in recorded.pods]
         pid = lab.server_pids["pod-4"]
     finally:
-        topology.remove_pod(lab, 4)
+        build.remove_pod(lab, 4)
     assert "pod-4" not in [p.name for p in lab.pods]
     assert not netns.netns_exists(pod.netns)
     assert not _pid_alive(pid)
     with pytest.raises(OSError):
         traffic.http_get(lab.client.netns, pod.ip, HTTP_PORT, timeout=0.5)
-    recorded = topology.status(lab.name)
+    recorded = build.status(lab.name)
     assert recorded is not None and [p.name for p in recorded.pods] == ["pod-1", "pod-2", "pod-3"]
     # The rest of the lab is untouched.
     assert traffic.http_get(lab.client.netns, lab.pods[0].ip, HTTP_PORT) == "pod-1\n"
@@ -170,16 +171,16 @@ def test_cli_status_of_a_missing_lab_fails(lab_names: Callable[[], str]) -> None
 
 def test_bad_spec_is_refused() -> None:
     with pytest.raises(LabError):
-        topology.LabSpec("Has-Dash")
+        layout.LabSpec("Has-Dash")
     with pytest.raises(LabError):
-        topology.LabSpec("ok", pods=0)
+        layout.LabSpec("ok", pods=0)
 
 
 def test_up_is_idempotent_and_down_leaves_nothing(lab_names: Callable[[], str]) -> None:
     before = _root_net()
     name = lab_names()
-    first = topology.up(topology.LabSpec(name, pods=2))
-    again = topology.up(topology.LabSpec(name, pods=2))
+    first = build.up(layout.LabSpec(name, pods=2))
+    again = build.up(layout.LabSpec(name, pods=2))
     assert again.server_pids == first.server_pids
     pids = list(first.server_pids.values())
     assert len(pids) == 2 and all(_pid_alive(pid) for pid in pids)
@@ -190,15 +191,15 @@ def test_up_is_idempotent_and_down_leaves_nothing(lab_names: Callable[[], str]) 
     assert [ns for ns in netns.list_netns() if ns.startswith(f"{name}-")] == []
     assert not any(_pid_alive(pid) for pid in pids)
     assert not first.state_dir.exists()
-    assert topology.status(name) is None
-    topology.down(name)  # absent parts are fine
+    assert build.status(name) is None
+    build.down(name)  # absent parts are fine
     assert _root_net() == before
 
 
 def test_half_built_lab_is_rebuilt(lab_names: Callable[[], str]) -> None:
     name = lab_names()
     netns.create(f"{name}-pod-7")  # debris of an interrupted build
-    built = topology.up(topology.LabSpec(name, pods=1))
+    built = build.up(layout.LabSpec(name, pods=1))
     assert not netns.netns_exists(f"{name}-pod-7")
     assert traffic.http_get(built.client.netns, built.pods[0].ip, HTTP_PORT) == "pod-1\n"
 
@@ -208,9 +209,9 @@ def test_failed_build_removes_what_it_created(
 ) -> None:
     before = _root_net()
     name = lab_names()
-    monkeypatch.setattr(topology, "SERVER_MODULE", "ebpflb.lab.no_such_server")
+    monkeypatch.setattr(processes, "SERVER_MODULE", "ebpflb.lab.no_such_server")
     with pytest.raises(LabError, match=r"server of pod-1: server exited"):
-        topology.up(topology.LabSpec(name, pods=2))
+        build.up(layout.LabSpec(name, pods=2))
     assert [ns for ns in netns.list_netns() if ns.startswith(f"{name}-")] == []
-    assert not (topology.LAB_ROOT / name).exists()
+    assert not (layout.LAB_ROOT / name).exists()
     assert _root_net() == before

@@ -24,7 +24,7 @@ from ebpflb.cli import app
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import remove_pins
 from ebpflb.dataplane.bpf.maps import BpfMaps, read_state
-from ebpflb.lab import netns, topology, traffic
+from ebpflb.lab import build, layout, netns, traffic
 from ebpflb.lab.agentproc import AgentProcess
 
 from . import manifests as k8s
@@ -41,7 +41,7 @@ EXTERNAL_IP = "192.168.60.11"
 
 
 class Cluster:
-    def __init__(self, lab: topology.Lab, manifests: Path, pins: list[str]) -> None:
+    def __init__(self, lab: layout.Lab, manifests: Path, pins: list[str]) -> None:
         self.lab = lab
         self.manifests = manifests
         self.pins = pins
@@ -128,8 +128,8 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     base = tmp_path_factory.mktemp("multinode")
     manifests = base / "manifests"
     manifests.mkdir()
-    spec = topology.LabSpec(name, pods=2, nodes=2, cni=request.param)
-    c = Cluster(topology.up(spec), manifests, pins)
+    spec = layout.LabSpec(name, pods=2, nodes=2, cni=request.param)
+    c = Cluster(build.up(spec), manifests, pins)
     try:
         k8s.write(manifests, "nodes", [c.lab.node_manifest(1), c.lab.node_manifest(2)])
         c.start()
@@ -137,7 +137,7 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     finally:
         for agent in c.agents:
             agent.stop()
-        topology.down(name)
+        build.down(name)
         for pin_dir in pins:
             remove_pins(pin_dir, abi.ALL_MAPS + abi.LEGACY_MAPS)
 

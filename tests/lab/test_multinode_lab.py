@@ -20,8 +20,9 @@ from typer.testing import CliRunner
 
 from ebpflb.cli.lab import app
 from ebpflb.errors import LabError
-from ebpflb.lab import netns, topology, traffic, underlay
-from ebpflb.lab.topology import HTTP_PORT, UDP_PORT, Lab
+from ebpflb.lab import build, layout, netns, traffic, underlay
+from ebpflb.lab.layout import Lab
+from ebpflb.lab.processes import HTTP_PORT, UDP_PORT
 from ebpflb.sources.translate import node_addresses
 from tests.lab.conftest import _down_quietly, _require_root
 
@@ -36,9 +37,9 @@ def mlab() -> Iterator[Lab]:
     fallback = functools.partial(_down_quietly, name)
     atexit.register(fallback)
     try:
-        yield topology.up(topology.LabSpec(name, pods=2, nodes=2))
+        yield build.up(layout.LabSpec(name, pods=2, nodes=2))
     finally:
-        topology.down(name)
+        build.down(name)
         atexit.unregister(fallback)
 
 
@@ -129,7 +130,7 @@ def test_outside_clients_reach_node_addresses_but_not_pods(mlab: Lab) -> None:
 
 
 def test_recorded_state_reads_back(mlab: Lab) -> None:
-    recorded = topology.status(mlab.name)
+    recorded = build.status(mlab.name)
     assert recorded is not None
     assert (recorded.spec, recorded.nodes, recorded.outside, recorded.pods) == (
         mlab.spec, mlab.nodes, mlab.outside, mlab.pods)
@@ -170,7 +171,7 @@ def test_single_node_lab_has_no_underlay(lab: Lab) -> None:
 
 def test_add_and_remove_a_pod_on_node_2(mlab: Lab) -> None:
     node2 = mlab.node(2)
-    pod = topology.add_pod(mlab, 9, node=2)
+    pod = build.add_pod(mlab, 9, node=2)
     try:
         assert (pod.name, str(pod.ip), pod.host_ifname, pod.node) == (
             "pod-9", "10.244.1.19", "vp9", 2)
@@ -178,13 +179,13 @@ def test_add_and_remove_a_pod_on_node_2(mlab: Lab) -> None:
         for client in (mlab.client, node2.client):
             assert traffic.http_get(client.netns, pod.ip, HTTP_PORT) == "pod-9\n"
             assert traffic.udp_request(client.netns, pod.ip, UDP_PORT)[0] == "pod-9\n"
-        recorded = topology.status(mlab.name)
+        recorded = build.status(mlab.name)
         assert recorded is not None and recorded.pod(9).node == 2
         assert mlab.endpoint(pod)["nodeName"] == "node-2"
         with pytest.raises(LabError, match="no node-3"):
-            topology.add_pod(mlab, 10, node=3)
+            build.add_pod(mlab, 10, node=3)
     finally:
-        topology.remove_pod(mlab, 9)
+        build.remove_pod(mlab, 9)
     assert not netns.netns_exists(pod.netns)
     assert ("10.244.1.19", None, "vp9") not in _routes(node2.netns)
     assert [p.name for p in mlab.pods] == ["pod-1", "pod-2", "pod-3", "pod-4"]
@@ -194,7 +195,7 @@ def test_bad_specs_are_refused() -> None:
     cases: list[dict[str, Any]] = [{"nodes": 0}, {"nodes": 5}, {"pods": 50, "nodes": 4}]
     for kwargs in cases:
         with pytest.raises(LabError, match="nodes"):
-            topology.LabSpec("ok", **kwargs)
+            layout.LabSpec("ok", **kwargs)
     result = CliRunner().invoke(app, ["up", "--name", "ok", "--nodes", "5"])
     assert result.exit_code == 1
     assert "1 to 4 nodes" in result.output
@@ -222,7 +223,7 @@ def test_cli_up_status_down_leaves_nothing(lab_names: Callable[[], str]) -> None
     assert result.exit_code == 0, result.output
     assert "192.168.50.2" in result.output
     assert _root_net() == before
-    assert set(topology.leftovers(name)) == {
+    assert set(build.leftovers(name)) == {
         f"{name}-{suffix}" for suffix in
         ("node", "node-2", "client", "client-2", "pod-1", "pod-2", "net", "ext-1", "ext-2")}
 
@@ -241,5 +242,5 @@ def test_cli_up_status_down_leaves_nothing(lab_names: Callable[[], str]) -> None
     result = runner.invoke(app, ["down", "--name", name])
     assert result.exit_code == 0, result.output
     assert [ns for ns in netns.list_netns() if ns.startswith(f"{name}-")] == []
-    assert not (topology.LAB_ROOT / name).exists()
+    assert not (layout.LAB_ROOT / name).exists()
     assert _root_net() == before

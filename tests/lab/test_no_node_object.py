@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from ebpflb.cli import app
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import remove_pins
-from ebpflb.lab import netns, topology, traffic
+from ebpflb.lab import build, layout, netns, traffic
 from ebpflb.lab.agentproc import AgentProcess
 
 from . import manifests as k8s
@@ -41,7 +41,7 @@ SERVED_LINE = "NodePorts are served on"
 
 
 class Env:
-    def __init__(self, lab: topology.Lab, base: Path) -> None:
+    def __init__(self, lab: layout.Lab, base: Path) -> None:
         self.lab = lab
         self.manifests = base / "manifests"
         self.manifests.mkdir()
@@ -82,7 +82,7 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         ) -> Iterator[Env]:
     _require_root()
     name = unique_lab_name()
-    lab = topology.up(topology.LabSpec(name, pods=2, nodes=2, cni=request.param))
+    lab = build.up(layout.LabSpec(name, pods=2, nodes=2, cni=request.param))
     e = Env(lab, tmp_path_factory.mktemp("no-node"))
     try:
         pods = [lab.endpoint(1), lab.endpoint(2)]
@@ -97,7 +97,7 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     finally:
         if e.agent is not None:
             e.agent.stop()
-        topology.down(name)
+        build.down(name)
         remove_pins(e.pin_dir, abi.ALL_MAPS)
 
 

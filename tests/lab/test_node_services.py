@@ -16,7 +16,7 @@ import pytest
 
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import remove_pins
-from ebpflb.lab import netns, topology
+from ebpflb.lab import build, layout, netns
 from ebpflb.lab.agentproc import AgentProcess
 from ebpflb.agent.nodeports import RESERVED_PORTS_SYSCTL, parse_ports
 
@@ -31,7 +31,7 @@ HTTP = {"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}
 
 
 class Env:
-    def __init__(self, lab: topology.Lab, manifests: Path, pin_dir: str, state_dir: str
+    def __init__(self, lab: layout.Lab, manifests: Path, pin_dir: str, state_dir: str
                  ) -> None:
         self.lab = lab
         self.node_ip = str(lab.gateway())  # a node address every client reaches
@@ -94,7 +94,7 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     name = unique_lab_name()
     pin_dir = f"/sys/fs/bpf/ebpflb-{name}-{secrets.token_hex(2)}"
     manifests = tmp_path_factory.mktemp("manifests")
-    lab = topology.up(topology.LabSpec(name, pods=2, cni=request.param))
+    lab = build.up(layout.LabSpec(name, pods=2, cni=request.param))
     e = Env(lab, manifests, pin_dir, str(tmp_path_factory.mktemp("state")))
     try:
         k8s.write(manifests, "node", [k8s.node(NODE, e.node_ip)])
@@ -102,7 +102,7 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     finally:
         if e.agent is not None:
             e.agent.stop()
-        topology.down(name)
+        build.down(name)
         remove_pins(pin_dir, abi.ALL_MAPS)
 
 

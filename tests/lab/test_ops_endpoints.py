@@ -21,7 +21,7 @@ from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import remove_pins
 from ebpflb.dataplane.bpf.maps import BpfMaps
 from ebpflb.dataplane.bpf.telemetry import read_telemetry
-from ebpflb.lab import netns, topology, traffic
+from ebpflb.lab import build, layout, netns, traffic
 from ebpflb.lab.agentproc import AgentProcess
 
 from . import manifests as k8s
@@ -62,7 +62,7 @@ def http(ns: str, address: str, port: int, path: str) -> tuple[int, bytes]:
 
 
 class Env:
-    def __init__(self, lab: topology.Lab, manifests: Path, pin_dir: str, state_dir: str,
+    def __init__(self, lab: layout.Lab, manifests: Path, pin_dir: str, state_dir: str,
                  dataplane: str) -> None:
         self.lab, self.manifests, self.pin_dir = lab, manifests, pin_dir
         self.state_dir, self.dataplane = state_dir, dataplane
@@ -115,7 +115,7 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     _require_root()
     name = unique_lab_name()
     pin_dir = f"/sys/fs/bpf/ebpflb-{name}-{secrets.token_hex(2)}"
-    lab = topology.up(topology.LabSpec(name, pods=2))
+    lab = build.up(layout.LabSpec(name, pods=2))
     e = Env(lab, tmp_path_factory.mktemp("manifests"), pin_dir,
             str(tmp_path_factory.mktemp("state")), request.param)
     try:
@@ -126,7 +126,7 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     finally:
         if e.agent is not None:
             e.agent.stop()
-        topology.down(name)
+        build.down(name)
         remove_pins(pin_dir, abi.ALL_MAPS)
 
 

@@ -20,7 +20,7 @@ import pytest
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import remove_pins
 from ebpflb.dataplane.bpf.syscall import PinnedMap
-from ebpflb.lab import topology, traffic
+from ebpflb.lab import build, layout, traffic
 from ebpflb.lab.agentproc import AgentProcess
 
 from . import manifests as k8s
@@ -32,11 +32,11 @@ IP = "10.96.3.10"
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> Iterator[tuple[topology.Lab, AgentProcess, str]]:
+def setup(tmp_path: Path) -> Iterator[tuple[layout.Lab, AgentProcess, str]]:
     _require_root()
     name = unique_lab_name()
     pin_dir = f"/sys/fs/bpf/ebpflb-{name}-{secrets.token_hex(2)}"
-    lab = topology.up(topology.LabSpec(name, pods=2))
+    lab = build.up(layout.LabSpec(name, pods=2))
     agent: AgentProcess | None = None
     try:
         k8s.write(tmp_path, "web", [
@@ -54,7 +54,7 @@ def setup(tmp_path: Path) -> Iterator[tuple[topology.Lab, AgentProcess, str]]:
     finally:
         if agent is not None:
             agent.stop()
-        topology.down(name)
+        build.down(name)
         remove_pins(pin_dir, abi.ALL_MAPS + abi.LEGACY_MAPS)
 
 

@@ -22,7 +22,7 @@ from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import remove_pins
 from ebpflb.dataplane.bpf.maps import BpfMaps, read_state
 from ebpflb.dataplane.userspace.state import UserspaceInspector
-from ebpflb.lab import netns, topology, traffic
+from ebpflb.lab import build, layout, netns, traffic
 from ebpflb.lab.agentproc import AgentProcess
 
 from . import manifests as k8s
@@ -38,7 +38,7 @@ SLICE_PORTS = [{"name": "http", "port": 8080, "protocol": "TCP"},
 
 
 class Env:
-    def __init__(self, lab: topology.Lab, manifests: Path, pin_dir: str, state_dir: str,
+    def __init__(self, lab: layout.Lab, manifests: Path, pin_dir: str, state_dir: str,
                  dataplane: str) -> None:
         self.lab = lab
         self.manifests = manifests
@@ -107,7 +107,7 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     name = unique_lab_name()
     pin_dir = f"/sys/fs/bpf/ebpflb-{name}-{secrets.token_hex(2)}"
     dataplane, cni = request.param.split("-")
-    e = Env(topology.up(topology.LabSpec(name, pods=3, cni=cni)),
+    e = Env(build.up(layout.LabSpec(name, pods=3, cni=cni)),
             tmp_path_factory.mktemp("manifests"), pin_dir,
             str(tmp_path_factory.mktemp("state")), dataplane)
     try:
@@ -116,7 +116,7 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     finally:
         if e.agent is not None:
             e.agent.stop()
-        topology.down(name)
+        build.down(name)
         remove_pins(pin_dir, abi.ALL_MAPS + abi.LEGACY_MAPS)
 
 

@@ -18,7 +18,7 @@ from ebpflb.cli import app
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import remove_pins
 from ebpflb.dataplane.bpf.socklb import remove_links
-from ebpflb.lab import netns, topology, traffic
+from ebpflb.lab import build, layout, netns, traffic
 from ebpflb.lab.agentproc import AgentProcess
 
 from . import manifests as k8s
@@ -35,7 +35,7 @@ SLICE = [{"name": "http", "port": 8080, "protocol": "TCP"},
 
 
 class Node:
-    def __init__(self, lab: topology.Lab, manifests: Path, pin_dir: str) -> None:
+    def __init__(self, lab: layout.Lab, manifests: Path, pin_dir: str) -> None:
         self.lab, self.manifests, self.pin_dir = lab, manifests, pin_dir
         self.agent: AgentProcess | None = None
 
@@ -57,7 +57,7 @@ def node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     _require_root()
     name = unique_lab_name()
     pin_dir = f"/sys/fs/bpf/ebpflb-{name}-{secrets.token_hex(2)}"
-    lab = topology.up(topology.LabSpec(name, pods=2, cni=request.param))
+    lab = build.up(layout.LabSpec(name, pods=2, cni=request.param))
     manifests = tmp_path_factory.mktemp("manifests")
     n = Node(lab, manifests, pin_dir)
     try:
@@ -73,7 +73,7 @@ def node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         if n.agent is not None:
             n.agent.stop()
         remove_links(pin_dir)  # a failed test's: never left attached to the cgroup
-        topology.down(name)
+        build.down(name)
         remove_pins(pin_dir, abi.ALL_MAPS + abi.LEGACY_MAPS)
 
 

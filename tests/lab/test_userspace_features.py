@@ -22,7 +22,7 @@ from ebpflb.cli import app
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import remove_pins
 from ebpflb.dataplane.userspace.device import DEVICE_NAME
-from ebpflb.lab import netns, topology, traffic
+from ebpflb.lab import build, layout, netns, traffic
 from ebpflb.lab.agentproc import AgentProcess
 
 from . import manifests as k8s
@@ -31,7 +31,7 @@ from .conftest import CNIS, _require_root, unique_lab_name
 pytestmark = pytest.mark.root
 
 NODE = "node-1"
-CLIENT_IP = str(topology.CLIENT_IP)  # 10.244.0.200
+CLIENT_IP = str(layout.CLIENT_IP)  # 10.244.0.200
 STICKY_IP = "10.96.3.10"
 LB_CLUSTER_IP = "10.96.3.11"
 LB_IPS = {True: "10.96.3.100", False: "10.96.3.101"}  # load-balancer ingress IPs
@@ -45,7 +45,7 @@ SLICE_PORTS = [{"name": "http", "port": 8080, "protocol": "TCP"},
 
 
 class Env:
-    def __init__(self, lab: topology.Lab, manifests: Path, state_dir: str) -> None:
+    def __init__(self, lab: layout.Lab, manifests: Path, state_dir: str) -> None:
         self.lab = lab
         self.node_ip = str(lab.gateway())  # a node address every client reaches
         self.manifests = manifests
@@ -100,7 +100,7 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     name = unique_lab_name()
     pin_dir = f"/sys/fs/bpf/ebpflb-{name}-{secrets.token_hex(2)}"  # never used: userspace
     manifests = tmp_path_factory.mktemp("manifests")
-    e = Env(topology.up(topology.LabSpec(name, pods=3, cni=request.param)), manifests,
+    e = Env(build.up(layout.LabSpec(name, pods=3, cni=request.param)), manifests,
             str(tmp_path_factory.mktemp("state")))
     try:
         k8s.write(manifests, "node", [k8s.node(NODE, e.node_ip)])
@@ -114,7 +114,7 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     finally:
         if e.agent is not None:
             e.agent.stop()
-        topology.down(name)
+        build.down(name)
         remove_pins(pin_dir, abi.ALL_MAPS)
 
 

@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from ebpflb.cli import app
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import remove_pins
-from ebpflb.lab import netns, topology
+from ebpflb.lab import build, layout, netns
 from ebpflb.lab.agentproc import AgentProcess
 from tests.lab.conftest import _require_root, unique_lab_name
 
@@ -133,7 +133,7 @@ async def reset_mid_stream(reader: asyncio.StreamReader, writer: asyncio.StreamW
 
 
 class Env:
-    def __init__(self, lab: topology.Lab, agent: AgentProcess, backends: Backends,
+    def __init__(self, lab: layout.Lab, agent: AgentProcess, backends: Backends,
                  state_dir: str) -> None:
         self.lab, self.agent, self.backends, self.state_dir = lab, agent, backends, state_dir
 
@@ -177,7 +177,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     pin_dir = f"/sys/fs/bpf/ebpflb-{name}-{secrets.token_hex(2)}"  # never used: userspace
     manifests = tmp_path_factory.mktemp("manifests")
     state_dir = str(tmp_path_factory.mktemp("state"))
-    lab = topology.up(topology.LabSpec(name, pods=3))
+    lab = build.up(layout.LabSpec(name, pods=3))
     backends = Backends()
     agent: AgentProcess | None = None
     try:
@@ -199,7 +199,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         if agent is not None:
             agent.stop()
         backends.close()
-        topology.down(name)
+        build.down(name)
         remove_pins(pin_dir, abi.ALL_MAPS)
 
 

@@ -1,0 +1,330 @@
+"""The plan of a lab: its Kubernetes nodes, backend pods and clients, each in its own
+network namespace, with their names, addresses and interfaces, and the record of a
+built lab (``Lab``, read back from JSON). No side effects: ``build`` makes it real,
+``processes`` runs the pod servers.
+
+For lab ``NAME`` with one node (the default):
+
+    NAME-node     the node; the agent runs here. Host-side veths ``vp<i>`` (pod i) and
+                  ``vc1`` (client), each with 169.254.1.1/32 and a /32 route to its pod.
+    NAME-pod-<i>  eth0 = 10.244.0.(10+i)/32, default via 169.254.1.1; runs podserver.
+    NAME-client   eth0 = 10.244.0.200/32, default via 169.254.1.1.
+
+With N nodes (2..4), node k is ``NAME-node`` (k = 1) or ``NAME-node-k``, with pod range
+10.244.(k-1).0/24, the same veths, its own client (``NAME-client-k`` at .200 for
+k >= 2) and the pods numbered on from the previous node's (pod i on node k is
+10.244.(k-1).(10+i), so pod names stay unique). The nodes share an underlay:
+
+    NAME-net      a bridge; node k's ``eth0`` = 192.168.50.k/24 is plugged into it, with
+                  a route to every other node's pod range via that node's address.
+    NAME-ext-<j>  a client outside the cluster: 192.168.50.(100+j)/24 on the bridge,
+                  no pod routes, and 192.168.60.0/24 (load-balancer addresses) via
+                  node 1, as a MetalLB-style announcement would deliver them.
+
+How pods are plugged in is the lab's CNI shape (``LabSpec.cni``, see ``podnet``):
+``routed`` (the default, as Calico: every host-side veth carries the link-local
+gateway, pods are /32 routes, the nodes route pod ranges over the underlay) or
+``bridge`` (as flannel: the veths are ports of ``cni0``, which holds the pod range's
+.1 as the gateway, and with 2 nodes or more a VXLAN overlay ``flannel.1`` carries pod
+traffic between nodes). Nothing is added to the root namespace: the veths are
+created inside the node namespace with their peers created straight into the pod.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any
+
+from ebpflb.errors import LabError
+from ebpflb.lab import kubeobjects, podnet
+from ebpflb.lab.podnet import Cni
+from ebpflb.lab.processes import _is_podserver
+
+LAB_ROOT = Path("/run/ebpflb/labs")
+GATEWAY = podnet.ROUTED_GATEWAY  # the routed shape's; see Lab.gateway
+POD_NET = IPv4Address("10.244.0.0")  # node 1's pod range (a /24); node k's is k-1 /24s on
+POD_IP_BASE = 10  # pod i gets its node's range + POD_IP_BASE + i
+CLIENT_HOST = 200  # a node's client is its range + CLIENT_HOST
+CLIENT_IP = POD_NET + CLIENT_HOST  # node 1's client, 10.244.0.200
+MAX_PODS = 100  # per node, in a spec
+MAX_POD_INDEX = CLIENT_HOST - POD_IP_BASE - 1  # keeps pod addresses below the clients'
+MAX_NODES = 4
+UNDERLAY_NET = IPv4Network("192.168.50.0/24")  # node k is .k, outside client j is .100+j
+OUTSIDE_HOST_BASE = 100
+OUTSIDE_CLIENTS = 2
+LB_NET = IPv4Network("192.168.60.0/24")  # load-balancer / external IPs, routed to node 1
+UPLINK = "eth0"
+STATE_VERSION = 3  # 3: the CNI shape; 2: nodes, outside clients, a pod's node
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
+
+
+@dataclass(frozen=True)
+class LabSpec:
+    """What to build: the lab's name (a prefix of every namespace), the backend pods
+    per node, the number of nodes and how pods are plugged in (the CNI shape)."""
+
+    name: str = "ebpflb"
+    pods: int = 3
+    nodes: int = 1
+    cni: Cni = Cni.ROUTED
+
+    def __post_init__(self) -> None:
+        _check_name(self.name)
+        try:
+            object.__setattr__(self, "cni", Cni(self.cni))
+        except ValueError:
+            raise LabError(f"lab CNI shape {self.cni!r}: use one of "
+                           f"{', '.join(c.value for c in Cni)}") from None
+        if not 1 <= self.nodes <= MAX_NODES:
+            raise LabError(f"a lab has 1 to {MAX_NODES} nodes, not {self.nodes}")
+        if not 1 <= self.pods <= MAX_PODS:
+            raise LabError(f"a lab has 1 to {MAX_PODS} pods, not {self.pods}")
+        if self.pods * self.nodes > MAX_POD_INDEX:
+            raise LabError(f"a lab of {self.nodes} nodes has at most "
+                           f"{MAX_POD_INDEX // self.nodes} pods per node, not {self.pods}")
+
+
+@dataclass(frozen=True)
+class Pod:
+    """One pod (or a client): its namespace, address, host-side veth (for a client
+    outside the cluster: its port on the underlay's bridge) and the index of the node
+    it runs on (0: outside the cluster)."""
+
+    name: str
+    netns: str
+    ip: IPv4Address
+    host_ifname: str
+    node: int = 1
+
+
+@dataclass(frozen=True)
+class Node:
+    """One node of the lab: its namespace, pod range, client, and underlay address and
+    uplink (None in a one-node lab, which has no underlay)."""
+
+    index: int  # 1-based
+    netns: str
+    pod_cidr: IPv4Network
+    client: Pod
+    address: IPv4Address | None = None
+    uplink: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"node-{self.index}"
+
+    @property
+    def zone(self) -> str:
+        return f"zone-{self.index}"
+
+    @property
+    def internal_ip(self) -> IPv4Address:
+        """The Node's InternalIP: the underlay address; in a one-node lab, which has
+        none, the pod range's first address (10.244.0.1). That one is configured
+        nowhere: the client reaches it through its gateway, the node, so a translated
+        NodePort on it works, but nothing can listen on it."""
+        return self.address if self.address is not None else self.pod_cidr[1]
+
+
+@dataclass
+class Lab:
+    """A built lab. ``pods`` is sorted by index and changes with add_pod/remove_pod."""
+
+    spec: LabSpec
+    node_ns: str  # node 1's
+    pods: list[Pod]  # on every node
+    client: Pod  # node 1's
+    state_dir: Path
+    server_pids: dict[str, int] = field(default_factory=dict)
+    nodes: list[Node] = field(default_factory=list)
+    outside: list[Pod] = field(default_factory=list)  # clients outside the cluster
+    underlay_ns: str | None = None  # the bridge's namespace, with 2 nodes or more
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def namespaces(self) -> list[str]:
+        return [
+            *(n.netns for n in self.nodes), *(n.client.netns for n in self.nodes),
+            *(p.netns for p in self.pods), *([self.underlay_ns] if self.underlay_ns else []),
+            *(o.netns for o in self.outside),
+        ]  # fmt: skip
+
+    @property
+    def cni(self) -> Cni:
+        return self.spec.cni
+
+    @property
+    def host_ifnames(self) -> list[str]:
+        """Node 1's pod-side veths (pods then client): where its agent attaches."""
+        return [*(p.host_ifname for p in self.node_pods(1)), self.client.host_ifname]
+
+    @property
+    def overlay(self) -> str | None:
+        """The overlay device of every node (flannel.1), or None without one."""
+        return podnet.OVERLAY if self.cni is Cni.BRIDGE and self.underlay_ns else None
+
+    def gateway(self, node: int = 1) -> IPv4Address:
+        """The address node ``node``'s pods use as their gateway: an address of the node
+        that every one of its pods and its client reaches."""
+        return podnet.gateway(self.cni, self.node(node).pod_cidr)
+
+    @property
+    def bridge(self) -> str | None:
+        """The bridge the pod veths are ports of (cni0), or None when pods are routed."""
+        return podnet.BRIDGE if self.cni is Cni.BRIDGE else None
+
+    def pod(self, index: int) -> Pod:
+        for p in self.pods:
+            if p.name == f"pod-{index}":
+                return p
+        raise LabError(f"lab {self.name} has no pod-{index}")
+
+    def node(self, index: int) -> Node:
+        if not 1 <= index <= len(self.nodes):
+            raise LabError(f"lab {self.name} has no node-{index}")
+        return self.nodes[index - 1]
+
+    def node_of(self, pod: Pod) -> Node:
+        """The node ``pod`` (a backend pod or a node's client) runs on."""
+        if pod.node == 0:
+            raise LabError(f"{pod.name} of lab {self.name} is outside the cluster")
+        return self.node(pod.node)
+
+    def node_pods(self, index: int) -> list[Pod]:
+        return [p for p in self.pods if p.node == index]
+
+    def node_ifnames(self, index: int) -> list[str]:
+        """Node ``index``'s host-side interfaces: pod veths, client veth, uplink and
+        overlay."""
+        node = self.node(index)
+        uplink = [node.uplink] if node.uplink else []
+        overlay = [self.overlay] if self.overlay else []
+        return [*(p.host_ifname for p in self.node_pods(index)), node.client.host_ifname,
+                *uplink, *overlay]
+
+    def node_manifest(self, index: int) -> dict[str, Any]:
+        """Node ``index`` as a Kubernetes Node object (see Node.internal_ip)."""
+        node = self.node(index)
+        return kubeobjects.node(node.name, internal_ip=node.internal_ip, zone=node.zone,
+                                pod_cidr=node.pod_cidr)
+
+    def endpoint(self, pod: Pod | int, *, ready: bool = True, serving: bool | None = None,
+                 terminating: bool = False) -> dict[str, Any]:
+        """Pod ``pod`` (or pod number) as an EndpointSlice endpoint: its address, node
+        name and zone, and the conditions given."""
+        p = self.pod(pod) if isinstance(pod, int) else pod
+        node = self.node_of(p)
+        return kubeobjects.endpoint(p.ip, pod_name=p.name, node_name=node.name,
+                                    zone=node.zone, ready=ready, serving=serving,
+                                    terminating=terminating)
+
+    def servers_alive(self) -> dict[str, bool]:
+        """Pod name -> whether its recorded server is still running."""
+        return {
+            p.name: _is_podserver(self.server_pids.get(p.name, 0), p.name) for p in self.pods
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "name": self.spec.name,
+            "pods_requested": self.spec.pods,
+            "nodes_requested": self.spec.nodes,
+            "cni": self.spec.cni.value,
+            "node_ns": self.node_ns,
+            "client": _pod_json(self.client),
+            "pods": [_pod_json(p) for p in self.pods],
+            "server_pids": dict(self.server_pids),
+            "nodes": [self._node_json(n) for n in self.nodes],
+            "underlay_ns": self.underlay_ns,
+            "outside": [_pod_json(o) for o in self.outside],
+        }
+
+    def _node_json(self, n: Node) -> dict[str, Any]:
+        return {
+            "name": n.name, "netns": n.netns, "pod_cidr": str(n.pod_cidr), "zone": n.zone,
+            "address": str(n.address) if n.address else None, "uplink": n.uplink,
+            "internal_ip": str(n.internal_ip), "client": _pod_json(n.client),
+            "ifnames": self.node_ifnames(n.index),
+        }  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], state_dir: Path) -> Lab:
+        """The recorded lab; nodes and outside clients follow from the spec, so a
+        version 1 record (one node) reads as well."""
+        spec = LabSpec(data["name"], int(data["pods_requested"]),
+                       int(data.get("nodes_requested", 1)), Cni(data.get("cni", "routed")))
+        lab = _plan(spec)
+        lab.pods = [_pod_from_json(p) for p in data["pods"]]
+        lab.state_dir = state_dir
+        lab.server_pids = {str(k): int(v) for k, v in data["server_pids"].items()}
+        return lab
+
+
+def _pod_json(p: Pod) -> dict[str, Any]:
+    return {"name": p.name, "netns": p.netns, "ip": str(p.ip), "host_ifname": p.host_ifname,
+            "node": p.node}
+
+
+def _pod_from_json(d: dict[str, Any]) -> Pod:
+    return Pod(str(d["name"]), str(d["netns"]), IPv4Address(d["ip"]), str(d["host_ifname"]),
+               int(d.get("node", 1)))
+
+
+def _check_name(name: str) -> None:
+    if not _NAME_RE.match(name):
+        raise LabError(
+            f"lab name {name!r}: use 1-8 lowercase letters and digits, starting with a letter"
+        )
+
+
+def _index(pod: Pod) -> int:
+    return int(pod.name.rsplit("-", 1)[1])
+
+
+def pod_cidr(node: int) -> IPv4Network:
+    """Node ``node``'s pod range (1-based): node-1 = 10.244.0.0/24."""
+    return IPv4Network((POD_NET + 256 * (node - 1), 24))
+
+
+def pod_ip(index: int, node: int = 1) -> IPv4Address:
+    """The address of pod ``index`` (1-based) on ``node``: pod-1 = 10.244.0.11."""
+    return pod_cidr(node)[POD_IP_BASE + index]
+
+
+def _make_pod(name: str, index: int, node: int = 1) -> Pod:
+    return Pod(f"pod-{index}", f"{name}-pod-{index}", pod_ip(index, node), f"vp{index}", node)
+
+
+def _make_node(spec: LabSpec, k: int) -> Node:
+    suffix = "" if k == 1 else f"-{k}"
+    cidr = pod_cidr(k)
+    client = Pod(f"client{suffix}", f"{spec.name}-client{suffix}", cidr[CLIENT_HOST], "vc1", k)
+    if spec.nodes == 1:
+        return Node(k, f"{spec.name}-node", cidr, client)
+    return Node(k, f"{spec.name}-node{suffix}", cidr, client, UNDERLAY_NET[k], UPLINK)
+
+
+def _plan(spec: LabSpec) -> Lab:
+    nodes = [_make_node(spec, k) for k in range(1, spec.nodes + 1)]
+    multi = spec.nodes > 1
+    return Lab(
+        spec=spec,
+        node_ns=nodes[0].netns,
+        pods=[_make_pod(spec.name, (k - 1) * spec.pods + i, k)
+              for k in range(1, spec.nodes + 1) for i in range(1, spec.pods + 1)],
+        client=nodes[0].client,
+        state_dir=LAB_ROOT / spec.name,
+        nodes=nodes,
+        outside=[Pod(f"ext-{j}", f"{spec.name}-ext-{j}", UNDERLAY_NET[OUTSIDE_HOST_BASE + j],
+                     f"x{j}", 0) for j in range(1, OUTSIDE_CLIENTS + 1)] if multi else [],
+        underlay_ns=f"{spec.name}-net" if multi else None,
+    )
+
