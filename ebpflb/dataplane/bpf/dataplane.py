@@ -65,8 +65,10 @@ class BpfDataplane:
     def __init__(self, config: BpfConfig) -> None:
         from ebpflb.dataplane.bpf.attach import TcAttacher
         from ebpflb.dataplane.bpf.isolated import load_isolated
+        from ebpflb.dataplane.bpf.loader import require_bpf_privileges
 
         self.config = config
+        require_bpf_privileges()  # before the pin dir is made: it would be the caller's
         ensure_pin_dir(config.pin_dir)
         remove_legacy_pins(config.pin_dir)
         self.program = load_isolated(

@@ -95,6 +95,33 @@ def _captured_stderr(sink: list[str]) -> Iterator[None]:
             sink.append(tmp.read().decode(errors="replace"))
 
 
+CAP_SYS_ADMIN = 21
+CAP_BPF = 39  # Linux >= 5.8; loading tc programs with it also takes CAP_PERFMON (38)
+
+
+def _effective_caps() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def require_bpf_privileges(*, caps: int | None = None, uid: int | None = None) -> None:
+    """Raise BpfUnavailableError naming the missing privilege when this process may not
+    load BPF programs, before anything is compiled or created (without the check bcc
+    fails its first map with EPERM and says "Failed to compile BPF module")."""
+    caps = _effective_caps() if caps is None else caps
+    uid = os.geteuid() if uid is None else uid
+    if caps & ((1 << CAP_BPF) | (1 << CAP_SYS_ADMIN)):
+        return
+    raise BpfUnavailableError(
+        f"operation not permitted: loading BPF programs needs root, CAP_BPF (with "
+        f"CAP_PERFMON) or CAP_SYS_ADMIN, and this process (uid {uid}) has none of them "
+        f"(CapEff {caps:016x}); run the agent as root or grant CAP_BPF, CAP_PERFMON and "
+        f"CAP_NET_ADMIN")
+
+
 def _cflags(source_dir: Path, *, pin_dir: str, max_services: int, max_backends: int,
             max_conntrack: int) -> list[str]:
     if any(c in pin_dir for c in '"\\\n') or not os.path.isabs(pin_dir):
@@ -126,6 +153,7 @@ def compile_program(*, pin_dir: str, max_services: int, max_backends: int,
             f"(or a venv made with --system-site-packages) ({exc})"
         ) from exc
 
+    require_bpf_privileges()
     source_dir = bpf_dir()
     source = source_dir / PROGRAM_FILE
     if not source.is_file():
