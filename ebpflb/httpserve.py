@@ -2,10 +2,13 @@
 ``/metrics``): GET and HEAD on fixed paths, one response per connection.
 
 It is bounded so that nobody who can reach the port can exhaust the agent: at most
-``max_connections`` connections are served at once (one more is closed as soon as it
-is accepted), a client has ``read_timeout`` seconds to send its request head, and the
-head may be at most ``MAX_HEAD`` bytes. A slowloris therefore holds at most
-``max_connections`` descriptors, each for at most ``read_timeout`` seconds.
+``max_connections`` connections are served at once, and at most ``per_client`` from one
+address (one more is closed as soon as it is accepted, so a slowloris from one pod
+cannot starve the checker of a load balancer at another address), a client has
+``read_timeout`` seconds to send its request head, and the head may be at most
+``MAX_HEAD`` bytes. A slowloris therefore holds at most ``max_connections``
+descriptors, each for at most ``read_timeout`` seconds. ``ConnectionGuard`` is that
+admission rule, shared with the health-check listeners (agent.healthcheck).
 
 The server runs an asyncio loop in a daemon thread of its own, so the agent's sync
 loop never waits for it; a handler runs on that thread and must be quick (a scrape
@@ -26,6 +29,7 @@ log = logging.getLogger(__name__)
 
 MAX_HEAD = 8192  # bytes of request head read at most
 DEFAULT_MAX_CONNECTIONS = 16
+DEFAULT_PER_CLIENT = 8
 DEFAULT_READ_TIMEOUT = 3.0  # seconds a client may take to send its request head
 _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed",
             500: "Internal Server Error", 503: "Service Unavailable"}
@@ -72,19 +76,82 @@ def parse_bind_address(value: str) -> tuple[str, int] | None:
     return None if port == 0 else (host, port)
 
 
+class ConnectionGuard:
+    """Admission of connections: at most ``max_connections`` at once over every
+    listener that shares the guard, at most ``per_client`` from one address. Used on
+    one event loop's thread only."""
+
+    def __init__(self, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 per_client: int = DEFAULT_PER_CLIENT) -> None:
+        self.max_connections = max_connections
+        self.per_client = per_client
+        self.active = 0
+        self.refused = 0  # connections closed at once, over a bound
+        self._by_client: dict[str, int] = {}
+
+    def admit(self, writer: asyncio.StreamWriter) -> str | None:
+        """The client's key when the connection may be served (release it after);
+        None when it must be closed at once."""
+        peer = writer.get_extra_info("peername")
+        client = str(peer[0]) if peer else ""
+        if (self.active >= self.max_connections
+                or self._by_client.get(client, 0) >= self.per_client):
+            self.refused += 1
+            return None
+        self.active += 1
+        self._by_client[client] = self._by_client.get(client, 0) + 1
+        return client
+
+    def release(self, client: str) -> None:
+        self.active -= 1
+        left = self._by_client[client] - 1
+        if left:
+            self._by_client[client] = left
+        else:
+            del self._by_client[client]
+
+
+async def serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    guard: ConnectionGuard, read_timeout: float,
+                    respond: Callable[[bytes], bytes]) -> None:
+    """One connection under ``guard``: read the request head within ``read_timeout``,
+    write ``respond(head)`` within it too, close. Never raises."""
+    client = guard.admit(writer)
+    try:
+        if client is None:
+            return  # over a bound: no descriptor is held for this client
+        try:
+            async with asyncio.timeout(read_timeout):
+                head = await reader.readuntil(b"\r\n\r\n")
+            writer.write(respond(head))
+            async with asyncio.timeout(read_timeout):
+                await writer.drain()
+        except (OSError, TimeoutError, asyncio.IncompleteReadError,
+                asyncio.LimitOverrunError):
+            pass  # a client that went away, was too slow, or sent too much
+        finally:
+            guard.release(client)
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, TimeoutError):
+            async with asyncio.timeout(1.0):
+                await writer.wait_closed()
+
+
 class HttpServer:
     """Serves ``routes`` (path -> handler) on one address, in a thread of its own."""
 
     def __init__(self, host: str, port: int, routes: Mapping[str, Handler], *,
                  name: str = "ebpflb-http",
                  max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 per_client: int = DEFAULT_PER_CLIENT,
                  read_timeout: float = DEFAULT_READ_TIMEOUT) -> None:
         self.host, self.port = host, port
         self.routes = dict(routes)
         self.name = name
         self.max_connections = max_connections
         self.read_timeout = read_timeout
-        self.active = 0  # connections being served (owned by the loop's thread)
+        self.guard = ConnectionGuard(max_connections, per_client)  # the loop's thread
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
@@ -129,27 +196,14 @@ class HttpServer:
         if not thread.is_alive():
             loop.close()
 
+    @property
+    def active(self) -> int:
+        """Connections being served now."""
+        return self.guard.active
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
                      ) -> None:
-        if self.active >= self.max_connections:
-            writer.close()  # over the bound: no descriptor is held for this client
-            return
-        self.active += 1
-        try:
-            async with asyncio.timeout(self.read_timeout):
-                head = await reader.readuntil(b"\r\n\r\n")
-            writer.write(self._respond(head))
-            async with asyncio.timeout(self.read_timeout):
-                await writer.drain()
-        except (OSError, TimeoutError, asyncio.IncompleteReadError,
-                asyncio.LimitOverrunError):
-            pass  # a client that went away, was too slow, or sent too much
-        finally:
-            self.active -= 1
-            writer.close()
-            with contextlib.suppress(OSError, TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await writer.wait_closed()
+        await serve_one(reader, writer, self.guard, self.read_timeout, self._respond)
 
     def _respond(self, head: bytes) -> bytes:
         parts = head.split(b"\r\n", 1)[0].split(b" ")

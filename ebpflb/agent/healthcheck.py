@@ -13,6 +13,13 @@ loop never waits for them: ``update()`` hands over the wanted set and returns. A
 that cannot be bound is logged once, naming the Service, and retried at the next
 update. Data-path independent: the listeners are ordinary sockets in the agent's
 network namespace.
+
+Anyone who can reach a node port can reach these listeners, so they are bounded as
+the agent's other HTTP endpoints are (httpserve.ConnectionGuard): ``MAX_CONNECTIONS``
+at once over every listener, ``PER_CLIENT`` from one address, ``READ_TIMEOUT`` seconds
+for a request. A 1,500-socket slowloris from one pod once took all 1,024 descriptors of
+the agent, which then could not read its manifests; now it holds at most
+``PER_CLIENT`` of them, and a load balancer's checker at another address is answered.
 """
 
 from __future__ import annotations
@@ -26,14 +33,15 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from ebpflb.httpserve import Response, encode
+from ebpflb.httpserve import MAX_HEAD, ConnectionGuard, Response, encode, serve_one
 from ebpflb.model import ServiceRef
 
 log = logging.getLogger(__name__)
 
 WILDCARD = "0.0.0.0"
-_MAX_REQUEST = 8192  # bytes of request head read before answering
-_READ_TIMEOUT = 5.0  # seconds a client may take to send its request
+MAX_CONNECTIONS = 256  # at once, over every health-check listener
+PER_CLIENT = 16  # at once from one address
+READ_TIMEOUT = 3.0  # seconds a client may take to send its request (and read the answer)
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,7 @@ class HealthCheckServer:
         self._servers: dict[tuple[str, int], tuple[ServiceRef, asyncio.Server]] = {}
         self._checks: dict[int, HealthCheck] = {}  # by port
         self._failed: set[tuple[ServiceRef, str, int]] = set()  # logged bind failures
+        self.guard = ConnectionGuard(MAX_CONNECTIONS, PER_CLIENT)
 
     # --- the agent's side ----------------------------------------------------------
 
@@ -137,7 +146,7 @@ class HealthCheckServer:
                 continue
             try:
                 server = await asyncio.start_server(self._serve, address, port,
-                                                    reuse_address=True)
+                                                    reuse_address=True, limit=MAX_HEAD)
             except OSError as exc:
                 self._log_once(ref, address, port,
                                f"cannot listen on {address}:{port} for the health check "
@@ -163,21 +172,12 @@ class HealthCheckServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
                      ) -> None:
-        try:
-            port = writer.get_extra_info("sockname")[1]
-            async with asyncio.timeout(_READ_TIMEOUT):
-                head = await reader.readuntil(b"\r\n\r\n")
-            method = head.split(b" ", 1)[0]
-            check = self._checks.get(port)
-            writer.write(_response(check, method, self._healthy()))
-            await writer.drain()
-        except (OSError, TimeoutError, asyncio.IncompleteReadError,
-                asyncio.LimitOverrunError):
-            pass  # a client that went away or never sent a request
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+        port = writer.get_extra_info("sockname")[1]
+
+        def respond(head: bytes) -> bytes:
+            return _response(self._checks.get(port), head.split(b" ", 1)[0], self._healthy())
+
+        await serve_one(reader, writer, self.guard, READ_TIMEOUT, respond)
 
 
 def answer(check: HealthCheck | None, healthy: bool) -> tuple[int, dict[str, object]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import threading
 from dataclasses import replace
 
@@ -26,6 +27,7 @@ def run_agent(config: RunConfig, stop: threading.Event) -> None:
     """Run until ``stop`` is set; raises an EbpflbError when the agent cannot start."""
     from ebpflb.dataplane.choose import open_dataplane
 
+    raise_open_files_limit()
     source, node_name = open_source(config)
     agent_config = replace(config.agent, node_name=node_name)
     try:
@@ -86,3 +88,22 @@ def release(ports: ReservedPorts | None) -> None:
         ports.release()
     except OSError as exc:
         log.warning("cannot release the NodePort range in %s: %s", ports.path, exc)
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft limit of open descriptors to the hard one (systemd's default soft
+    limit is 1,024, which a busy node's health-check clients alone can exceed; the
+    unit's LimitNOFILE sets the hard one). Returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError) as exc:
+            log.warning("cannot raise the open-files limit from %d to %d: %s", soft, hard,
+                        exc)
+            return soft
+        log.info("open-files limit raised from %d to %d", soft, hard)
+        return hard
+    return soft

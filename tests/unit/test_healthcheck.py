@@ -10,6 +10,7 @@ import json
 import logging
 import socket
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -273,3 +274,79 @@ def test_agent_serves_health_checks_as_services_change(tmp_path: Path):
         agent.close()
     with contextlib.suppress(Exception):
         assert refused(port)
+
+
+def _open_fds() -> int:
+    return len(list(Path("/proc/self/fd").iterdir()))
+
+
+def test_a_slowloris_holds_a_bounded_number_of_descriptors(server: HealthCheckServer):
+    """300 connections from one address that never send a request: the listener keeps
+    at most PER_CLIENT of them open (the rest are closed at once), and a checker at
+    another address is answered meanwhile."""
+    from ebpflb.agent import healthcheck
+
+    port = free_port()
+    apply(server, HealthCheck(WEB, port, 1))
+    fds_before = _open_fds()
+    hogs: list[socket.socket] = []
+    try:
+        for _ in range(300):
+            s = socket.create_connection((LOOPBACK, port), timeout=5)
+            hogs.append(s)
+        # the kernel completed every handshake; the loop accepts them over a few turns
+        for _ in range(100):
+            server.settle()
+            if server.guard.active + server.guard.refused >= 300:
+                break
+            time.sleep(0.05)
+        assert server.guard.active == healthcheck.PER_CLIENT
+        assert server.guard.refused == 300 - healthcheck.PER_CLIENT
+        # our 300 client sockets, plus at most PER_CLIENT held by the server
+        assert _open_fds() - fds_before <= 300 + healthcheck.PER_CLIENT
+        # a load balancer's checker from another loopback address is still answered
+        conn = socket.create_connection((LOOPBACK, port), timeout=5,
+                                        source_address=("127.0.0.2", 0))
+        with conn:
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert conn.recv(64).startswith(b"HTTP/1.1 200")
+        # the refused ones were closed by the server: reading gives EOF or a reset
+        closed = 0
+        for s in hogs[healthcheck.PER_CLIENT + 10:healthcheck.PER_CLIENT + 20]:
+            try:
+                closed += s.recv(1) == b""
+            except ConnectionResetError:
+                closed += 1
+        assert closed == 10
+    finally:
+        for s in hogs:
+            s.close()
+
+
+def test_a_silent_client_is_dropped_after_the_read_timeout(
+        server: HealthCheckServer, monkeypatch: pytest.MonkeyPatch):
+    from ebpflb.agent import healthcheck
+
+    monkeypatch.setattr(healthcheck, "READ_TIMEOUT", 0.3)
+    port = free_port()
+    apply(server, HealthCheck(WEB, port, 1))
+    with socket.create_connection((LOOPBACK, port), timeout=5) as s:
+        s.settimeout(3)
+        assert s.recv(1) == b""  # closed by the server, not by our timeout
+    server.settle()
+    assert server.guard.active == 0
+
+
+def test_the_agent_raises_its_open_files_limit():
+    import resource
+
+    from ebpflb.agent.run import raise_open_files_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
+        now = raise_open_files_limit()
+        want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+        assert now == want == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
