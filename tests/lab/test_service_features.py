@@ -158,14 +158,20 @@ def test_port_unreachable_from_a_backend_reaches_the_client(env: Env) -> None:
 
 
 def test_client_ip_affinity_holds_then_expires(env: Env) -> None:
-    env.publish("sticky", "10.96.1.12", [k8s.endpoint(env.ip(i)) for i in (1, 2, 3)],
-                sessionAffinity="ClientIP",
-                sessionAffinityConfig={"clientIP": {"timeoutSeconds": 2}})
+    # Held under the default timeout (3 h): with a 2 s timeout, any 2 s stall between
+    # two of the 100 connections (a busy machine, a slow pod server) let the choice
+    # expire and move, and the test failed with nothing wrong. The timeout is then
+    # made 2 s (read at each lookup), and the choice moves once 2 s pass unused.
+    sticky = [k8s.endpoint(env.ip(i)) for i in (1, 2, 3)]
+    env.publish("sticky", "10.96.1.12", sticky, sessionAffinity="ClientIP",
+                sessionAffinityConfig={"clientIP": {"timeoutSeconds": 10800}})
     seen = traffic.spread_tcp(env.client, "10.96.1.12", 80, 100)
     assert len(seen) == 1 and sum(seen.values()) == 100
+    env.publish("sticky", "10.96.1.12", sticky, sessionAffinity="ClientIP",
+                sessionAffinityConfig={"clientIP": {"timeoutSeconds": 2}})
     time.sleep(3.0)  # the timeout counts from the last new connection
-    moved: set[str] = set()
-    for _ in range(8):  # each round: one new choice, then 2.5 s without a connection
+    moved: set[str] = set(seen)
+    for _ in range(10):  # each round: one new choice, then 2.5 s without a connection
         moved |= set(traffic.spread_tcp(env.client, "10.96.1.12", 80, 1))
         if len(moved) > 1:
             break
