@@ -43,7 +43,7 @@ static __always_inline int map_ct4_delete(struct ct4_key *key)
 static __always_inline struct lb_stats *map_svcstat_lookup(__u32 *id)
 { return ebpflb_svcstat.lookup(id); }
 static __always_inline __u64 *map_gstat_lookup(__u32 *index)
-{ return ebpflb_gstat_v2.lookup(index); }
+{ return ebpflb_gstat_v3.lookup(index); }
 static __always_inline __u64 *map_drops_lookup(__u32 *reason)
 { return ebpflb_drops.lookup(reason); }
 static __always_inline struct aff4_value *map_aff4_lookup(struct aff4_key *key)

@@ -61,7 +61,7 @@
 #define CT_DIR_SERVICE		0
 #define CT_DIR_REPLY		1
 
-/* Global counters: index into ebpflb_gstat (per-CPU array of __u64). */
+/* Global counters: index into ebpflb_gstat_v3 (per-CPU array of __u64; _v2 had 16). */
 #define GSTAT_NEW_FLOW		0	/* backend chosen for a new flow */
 #define GSTAT_CT_HIT		1	/* packet of a known flow, backend still valid */
 #define GSTAT_RESELECT		2	/* known flow whose backend is gone: chose again */
@@ -78,6 +78,7 @@
 #define GSTAT_ICMP_ERROR	13	/* ICMP error about a flow reverse-translated */
 #define GSTAT_REJECT		14	/* new flow to a Service without endpoints refused */
 #define GSTAT_SOCK_LB		15	/* host socket translated at connect() or sendmsg() */
-#define GSTAT_MAX		16	/* room for more without a new map */
+#define GSTAT_RESET		16	/* TCP segment of a Service without endpoints: reset */
+#define GSTAT_MAX		32	/* room for more without a new map */
 
 #endif

@@ -33,8 +33,8 @@ BPF_TABLE_PINNED("lru_hash", struct ct4_key, struct ct4_value, ebpflb_ct4_v2,
 BPF_TABLE_PINNED("percpu_array", __u32, struct lb_stats, ebpflb_svcstat,
 		 MAX_SERVICES, PIN_DIR "/ebpflb_svcstat");
 /* GSTAT_* index -> per-CPU global counter */
-BPF_TABLE_PINNED("percpu_array", __u32, __u64, ebpflb_gstat_v2,
-		 GSTAT_MAX, PIN_DIR "/ebpflb_gstat_v2");
+BPF_TABLE_PINNED("percpu_array", __u32, __u64, ebpflb_gstat_v3,
+		 GSTAT_MAX, PIN_DIR "/ebpflb_gstat_v3");
 /* -DROP_* reason -> per-CPU count of packets dropped for it (at the programs' exit) */
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, ebpflb_drops, DROP_MAX,
 		 PIN_DIR "/ebpflb_drops");

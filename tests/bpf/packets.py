@@ -21,7 +21,10 @@ TCP = 6
 UDP = 17
 
 IP_MF = 0x2000
+TCP_FIN = 0x01
 TCP_SYN = 0x02
+TCP_RST = 0x04
+TCP_PSH = 0x08
 TCP_ACK = 0x10
 
 DST_MAC = bytes.fromhex("020000000001")
@@ -61,12 +64,12 @@ class Flow:
 
 
 def l4_segment(flow: Flow, payload: bytes = b"", *, tcp_flags: int = TCP_SYN,
-               udp_zero_csum: bool = False) -> bytes:
+               udp_zero_csum: bool = False, seq: int = 1000, ack: int = 0) -> bytes:
     """A TCP (no options) or UDP header plus payload, with its checksum."""
     src = ipaddress.IPv4Address(flow.saddr).packed
     dst = ipaddress.IPv4Address(flow.daddr).packed
     if flow.proto == TCP:
-        hdr = struct.pack("!HHIIBBHHH", flow.sport, flow.dport, 1000, 0, 5 << 4, tcp_flags,
+        hdr = struct.pack("!HHIIBBHHH", flow.sport, flow.dport, seq, ack, 5 << 4, tcp_flags,
                           65535, 0, 0)
         seg = hdr + payload
         csum = inet_csum(_pseudo(src, dst, TCP, len(seg)) + seg)
@@ -94,9 +97,10 @@ def ipv4(flow: Flow, l4: bytes, *, options: bytes = b"", frag_offset: int = 0,
 
 def frame(flow: Flow, payload: bytes = b"", *, options: bytes = b"", frag_offset: int = 0,
           more_fragments: bool = False, udp_zero_csum: bool = False,
-          tcp_flags: int = TCP_SYN) -> bytes:
+          tcp_flags: int = TCP_SYN, seq: int = 1000, ack: int = 0) -> bytes:
     """An Ethernet frame carrying flow's packet."""
-    l4 = l4_segment(flow, payload, tcp_flags=tcp_flags, udp_zero_csum=udp_zero_csum)
+    l4 = l4_segment(flow, payload, tcp_flags=tcp_flags, udp_zero_csum=udp_zero_csum,
+                    seq=seq, ack=ack)
     return ethernet(ipv4(flow, l4, options=options, frag_offset=frag_offset,
                          more_fragments=more_fragments))
 

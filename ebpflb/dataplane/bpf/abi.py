@@ -21,7 +21,7 @@ MAP_BACKENDS = "ebpflb_be4"
 MAP_REVNAT = "ebpflb_rnat4"
 MAP_CONNTRACK = "ebpflb_ct4_v2"
 MAP_SVC_STATS = "ebpflb_svcstat"
-MAP_GLOBAL_STATS = "ebpflb_gstat_v2"
+MAP_GLOBAL_STATS = "ebpflb_gstat_v3"
 MAP_SVC_META = "ebpflb_svcmeta"
 MAP_AFFINITY = "ebpflb_aff4"
 MAP_SRC_RANGES = "ebpflb_srcr4"
@@ -47,7 +47,7 @@ ALL_MAPS = (
 )
 # Pins of older layouts (renamed when their layout changed): removed on cleanup and
 # when the agent starts, so nothing reads or keeps them.
-LEGACY_MAPS = ("ebpflb_ct4", "ebpflb_gstat")
+LEGACY_MAPS = ("ebpflb_ct4", "ebpflb_gstat", "ebpflb_gstat_v2")
 
 DEFAULT_PIN_DIR = "/sys/fs/bpf/ebpflb"
 DEFAULT_MAX_SERVICES = 65536
@@ -104,9 +104,10 @@ class GlobalStat(enum.IntEnum):
     ICMP_ERROR = 13
     REJECT = 14
     SOCK_LB = 15
+    RESET = 16
 
 
-GSTAT_MAX = 16
+GSTAT_MAX = 32
 NAT_PORT_MIN = 61000
 NAT_PORT_COUNT = 4536
 HAIRPIN_ADDRESS = ipaddress.IPv4Address("169.254.42.1")

@@ -75,10 +75,11 @@ ACCEPT_PAUSE = 0.1  # seconds without accepting after EMFILE and the like
 # client cannot be told: the proxy's socket, not the client's, receives it);
 # reject = 0 (a Service without endpoints: the kernel path answers port unreachable;
 # the proxy has accepted by then and can only reset, counted as no_backend);
-# sock_lb = 0 (the node's own sockets reach the proxy's frontend addresses directly).
+# sock_lb = 0 (the node's own sockets reach the proxy's frontend addresses directly);
+# reset = a relayed TCP connection reset because its Service lost every backend.
 COUNTERS = ("new_flow", "ct_hit", "reselect", "reply", "no_backend", "backend_missing",
             "fragment", "ct_full", "source_range_drop", "snat", "nat_port_full",
-            "affinity_hit", "hairpin", "icmp_error", "reject", "sock_lb")
+            "affinity_hit", "hairpin", "icmp_error", "reject", "sock_lb", "reset")
 
 
 def drops_of(counters: dict[str, int]) -> dict[str, int]:
@@ -413,6 +414,9 @@ class Engine:
         # datagram (their Target is marked gone).
         for conn in [c for c in fe.conns if c.backend is not None and c.backend.gone]:
             conn.abort()
+            if not fe.slot_targets:
+                self.counters["reset"] += 1
+                self.dirty = True
         if st.source_ranges != old.source_ranges and st.source_ranges:
             for conn in [c for c in fe.conns if not fe.admits(c.caddr[0])]:
                 conn.abort()
