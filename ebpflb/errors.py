@@ -35,9 +35,13 @@ class MapMismatchError(DataplaneError):
 class CapacityError(DataplaneError):
     """A change would overflow a map; it was refused whole."""
 
-    def __init__(self, message: str, *, frontend: object = None) -> None:
+    def __init__(self, message: str, *, frontend: object = None,
+                 frontends: tuple[object, ...] = ()) -> None:
         super().__init__(message)
         self.frontend = frontend  # the model.Frontend whose change did not fit, if known
+        # Every frontend whose change did not fit, in plan order, when the data path
+        # checked the whole plan in one pass (so a caller drops them all at once).
+        self.frontends = frontends or ((frontend,) if frontend is not None else ())
 
 
 class LabError(EbpflbError):

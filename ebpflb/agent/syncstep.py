@@ -45,6 +45,8 @@ from ebpflb.sync.syncer import Syncer, SyncResult
 
 log = logging.getLogger("ebpflb.agent")
 
+REFUSALS_LOGGED = 10  # newly refused Services logged one by one per sync; then a count
+
 
 class SyncStep:
     """What one sync does, and what it learnt: the refused Services, the skipped
@@ -221,9 +223,13 @@ class SyncStep:
         self.logged_errors = current
 
     def _note_refusals(self, result: SyncResult) -> None:
-        for ref, why in sorted(result.refused.items()):
-            if ref not in self.refused:
-                log.error("refused Service %s: %s; it keeps what the data path held", ref, why)
+        new = sorted(ref for ref in result.refused if ref not in self.refused)
+        for ref in new[:REFUSALS_LOGGED]:
+            log.error("refused Service %s: %s; it keeps what the data path held", ref,
+                      result.refused[ref])
+        if len(new) > REFUSALS_LOGGED:  # thousands over capacity: one line, not thousands
+            log.error("refused %d more Services for lack of map room (all in `ebpflb "
+                      "status`); they keep what the data path held", len(new) - REFUSALS_LOGGED)
         for ref in sorted(set(self.refused) - set(result.refused)):
             log.info("Service %s now fits and is applied", ref)
         self.refused = dict(result.refused)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ebpflb.dataplane.telemetry import TableFill, Telemetry
 from ebpflb.errors import CapacityError
-from ebpflb.model import FrontendKey, Protocol
+from ebpflb.model import Frontend, FrontendKey, Protocol
 from ebpflb.plan import FrontendState, Plan, UpsertBackends, WriteService, apply_to
 
 
@@ -40,22 +40,27 @@ class FakeDataplane:
 
     def _check_capacity(self, plan: Plan) -> None:
         """Like the map writer: count what the plan adds before its removals (which come
-        last), and name the first frontend that does not fit."""
+        last), in one pass, and name every frontend that does not fit."""
         frontends = len(self.state)
         backends = sum(len(st.backends) for st in self.state.values())
+        over: list[Frontend] = []
         for op in plan.ops:
             if isinstance(op, WriteService) and op.state.frontend.key not in self.state:
-                frontends += 1
-                if self.max_frontends is not None and frontends > self.max_frontends:
-                    raise CapacityError(f"frontends full: cannot add {op.state.frontend}",
-                                        frontend=op.state.frontend)
+                if self.max_frontends is not None and frontends + 1 > self.max_frontends:
+                    over.append(op.state.frontend)
+                else:
+                    frontends += 1
             elif isinstance(op, UpsertBackends):
                 held = self.state.get(op.frontend.key)
                 have = {b.key for b in held.backends} if held is not None else set()
-                backends += sum(1 for b in op.backends if b.key not in have)
-                if self.max_backends is not None and backends > self.max_backends:
-                    raise CapacityError(f"backends full: cannot add those of {op.frontend}",
-                                        frontend=op.frontend)
+                new = sum(1 for b in op.backends if b.key not in have)
+                if self.max_backends is not None and backends + new > self.max_backends:
+                    over.append(op.frontend)
+                else:
+                    backends += new
+        if over:
+            raise CapacityError(f"full: cannot add {over[0]} (and {len(over) - 1} more)",
+                                frontend=over[0], frontends=tuple(dict.fromkeys(over)))
 
     def telemetry(self) -> Telemetry:
         """What a test set in ``counters`` and ``tables``; conntrack entries = 0."""

@@ -23,6 +23,8 @@ from ebpflb.sync.diff import diff
 
 log = logging.getLogger(__name__)
 
+MAX_REFUSAL_ROUNDS = 8
+
 
 @dataclass(frozen=True)
 class SyncResult:
@@ -58,17 +60,28 @@ class Syncer:
         start = self.clock()
         plan = self.plan(desired, touched)
         refused: dict[ServiceRef, str] = {}
-        while plan:
+        # Each round drops every Service the data path named at once, and dropping only
+        # frees room: two rounds suffice; the bound only guards a data path that names
+        # frontends it then accepts.
+        for _ in range(MAX_REFUSAL_ROUNDS):
+            if not plan:
+                break
             try:
                 self.dataplane.apply(plan)
                 break
             except CapacityError as exc:
-                ref = self._owner(exc.frontend, desired)
-                if ref is None or ref in refused:
+                refs = {self._owner(fe, desired) for fe in exc.frontends}
+                if not refs or None in refs or refs <= set(refused):
                     raise
-                refused[ref] = str(exc)
-                plan = plan.without(self._keys_of(ref, plan, desired))
-                log.debug("refused Service %s: %s", ref, exc)  # the caller logs it
+                why = str(exc)
+                for ref in refs - set(refused):
+                    assert ref is not None
+                    refused[ref] = why
+                plan = plan.without(self._keys_of(set(refused), plan, desired))
+                log.debug("refused %d Services: %s", len(refs), exc)  # the caller logs them
+        else:
+            raise CapacityError(f"the plan still does not fit after refusing "
+                                f"{len(refused)} Services")
         elapsed = self.clock() - start
         result = SyncResult(plan, len(desired.entries), elapsed, MappingProxyType(refused))
         if plan:
@@ -85,8 +98,9 @@ class Syncer:
         held = self.dataplane.current().get(frontend.key)
         return held.port_name.service if held is not None else None
 
-    def _keys_of(self, ref: ServiceRef, plan: Plan, desired: DesiredState
+    def _keys_of(self, refs: Collection[ServiceRef], plan: Plan, desired: DesiredState
                  ) -> set[FrontendKey]:
-        """The frontends in `plan` that belong to `ref`, as desired or as held."""
+        """The frontends in `plan` that belong to any of `refs`, as desired or as held
+        (one pass over the plan)."""
         frontends = {op_frontend(op) for op in plan.ops}
-        return {fe.key for fe in frontends if self._owner(fe, desired) == ref}
+        return {fe.key for fe in frontends if self._owner(fe, desired) in refs}

@@ -13,7 +13,7 @@ from ebpflb.agent.status import read_status
 from ebpflb.dataplane.fake import FakeDataplane
 from ebpflb.errors import DataplaneError
 from ebpflb.model import ServiceRef
-from ebpflb.plan import op_frontend
+from ebpflb.plan import Plan, op_frontend
 from ebpflb.sources.manifests import ManifestSource
 
 SERVICE = """
@@ -225,6 +225,51 @@ def test_a_service_that_does_not_fit_is_refused_whole_and_the_others_apply(
                                "10.96.0.3:80": ["10.244.0.14"]}
     assert not agent.refused
     assert "Service demo/b now fits" in caplog.text
+
+
+class CountingDataplane(FakeDataplane):
+    def __init__(self, **kw: int) -> None:
+        super().__init__(**kw)
+        self.attempts = 0
+
+    def apply(self, plan: Plan) -> None:
+        self.attempts += 1
+        super().apply(plan)
+
+
+def test_refusing_thousands_of_services_costs_two_attempts_not_thousands(
+        tmp_path: Path, caplog):
+    """2,000 Services over a capacity of 100 frontends: one sync refuses all 1,900 that
+    do not fit at once (the data path names them all in one pass), applies the rest,
+    and a removal in a Service that fits is applied in the same sync. Before, each
+    refusal was its own attempt over the whole plan: 1,900 attempts, quadratic."""
+    caplog.set_level(logging.INFO, logger="ebpflb.agent")
+    write(tmp_path, "keep", "10.95.0.1", ["10.244.0.11", "10.244.0.12"])
+    dp = CountingDataplane(max_frontends=100)
+    clock = Clock()
+    agent = Agent(ManifestSource(tmp_path), dp, AgentConfig(min_sync_interval=1.0),
+                  clock=clock)
+    agent.step()
+    assert dp.attempts == 1 and len(dp.state) == 1
+    docs = [textwrap.dedent(f"""\
+        apiVersion: v1
+        kind: Service
+        metadata: {{name: s{i}, namespace: demo}}
+        spec:
+          clusterIP: 10.96.{i // 250}.{i % 250 + 1}
+          ports: [{{port: 80, targetPort: 8080}}]
+        """) for i in range(2000)]
+    (tmp_path / "many.yaml").write_text("---\n".join(docs))
+    write(tmp_path, "keep", "10.95.0.1", ["10.244.0.11"])  # a removal that must apply
+    dp.attempts = 0
+    clock.t += 1.0
+    agent.step()
+    assert dp.attempts == 2
+    assert len(dp.state) == 100 and len(agent.refused) == 1901
+    assert backends_of(dp)["10.95.0.1:80"] == ["10.244.0.11"]
+    refusals = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 11  # ten by name, then one count
+    assert "refused 1891 more Services" in refusals[-1].getMessage()
 
 
 def test_a_failed_sync_is_followed_by_a_full_sync(tmp_path: Path):

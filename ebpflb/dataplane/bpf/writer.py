@@ -146,30 +146,39 @@ class MapWriter:
             self.maps.backends.delete_batch([ctypes.c_uint32(b) for b in st.orphan_backends])
 
     def _check_capacity(self, plan: Plan) -> None:
-        """Refuse the whole plan, before writing anything, when it cannot fit."""
+        """Refuse the whole plan, before writing anything, when it cannot fit. One pass
+        names every frontend whose additions do not fit in what is left after the
+        earlier ones (an operation that does not fit is not counted), so a caller can
+        drop them all at once: refusing N Services costs one pass, not N."""
         if self._surely_fits(plan):
             return
-        new_svcs = 0
-        new_bes = 0
+        free_svcs, free_bes = self.svc_alloc.free_count, self.be_alloc.free_count
+        over: dict[Frontend, str] = {}
         for op in plan.ops:
             if isinstance(op, WriteService) and op.state.frontend.key not in self.svc_ids:
-                new_svcs += 1
-                if new_svcs > self.svc_alloc.free_count:
-                    raise CapacityError(
+                if free_svcs == 0:
+                    over.setdefault(op.state.frontend, (
                         f"service map full ({self.max_services - 1} frontends): cannot add "
-                        f"{op.state.port_name} at {op.state.frontend}; nothing was applied",
-                        frontend=op.state.frontend)
+                        f"{op.state.port_name} at {op.state.frontend}"))
+                else:
+                    free_svcs -= 1
             elif isinstance(op, UpsertBackends):
                 sid = self.svc_ids.get(op.frontend.key)
                 owned = self._backend_ids.get(sid) if sid is not None else None
-                new_bes += (sum(1 for b in op.backends
-                                if backend_key(b.address.packed, b.port) not in owned)
-                            if owned else len(op.backends))  # a new frontend: all are new
-                if new_bes > self.be_alloc.free_count:
-                    raise CapacityError(
+                new = (sum(1 for b in op.backends
+                           if backend_key(b.address.packed, b.port) not in owned)
+                       if owned else len(op.backends))  # a new frontend: all are new
+                if new > free_bes:
+                    over.setdefault(op.frontend, (
                         f"backend map full ({self.max_backends - 1} backends): cannot add "
-                        f"the backends of {op.frontend}; nothing was applied",
-                        frontend=op.frontend)
+                        f"the backends of {op.frontend}"))
+                else:
+                    free_bes -= new
+        if over:
+            first, why = next(iter(over.items()))
+            more = f" (and {len(over) - 1} more frontends)" if len(over) > 1 else ""
+            raise CapacityError(f"{why}{more}; nothing was applied", frontend=first,
+                                frontends=tuple(over))
 
     def _surely_fits(self, plan: Plan) -> bool:
         """Whether the plan would fit even if all its frontends and backends were new:
