@@ -2,14 +2,16 @@
 EndpointSlices and Nodes, so the agent runs with no cluster at all.
 
 Every ``*.yaml``, ``*.yml`` and ``*.json`` file directly in the directory is read
-(not recursively, hidden files skipped), in name order; a file may hold several YAML
+(not recursively; hidden entries skipped silently, subdirectories, symlink loops and
+dangling symlinks skipped with one warning each), in name order; a file may hold several YAML
 documents and ``List`` objects (``kind: List`` or ``ServiceList`` etc., as ``kubectl get
 -o yaml`` and the API write them). Other kinds are ignored.
 
 Change detection is polling, not inotify: a file's signature is (mtime_ns, size,
 inode), and ``poll()`` says whether any signature changed since the last ``load()``.
 A file is only re-parsed when its signature changed. When a file does not parse, its
-error is reported (logged once, and in every ``Snapshot`` until it is fixed) and its
+error is reported (in every ``Snapshot`` until it is fixed; the consumer logs it once,
+so the source does not) and its
 *previous* content is kept, so a half-written file never deletes Services. Writers
 should still replace files atomically (write elsewhere, then rename): a truncated
 file that happens to parse cannot be told from an intentional edit.
@@ -17,6 +19,7 @@ file that happens to parse cannot be told from an intentional edit.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -63,6 +66,7 @@ class ManifestSource:
         self._files: dict[Path, _File] = {}
         self._loaded: dict[Path, _Signature] | None = None  # what the last load() saw
         self._tracker = ChangeTracker()
+        self._passed: dict[str, str] = {}  # entries not read, logged once each
 
     @property
     def synced(self) -> bool:
@@ -142,29 +146,52 @@ class ManifestSource:
 
     def _signatures(self) -> dict[Path, _Signature]:
         found: dict[Path, _Signature] = {}
+        passed: dict[str, str] = {}  # entry -> why it is not read
         try:
             entries = list(os.scandir(self.directory))
         except OSError as e:
             raise SourceError(f"cannot read manifest directory {self.directory}: {e}") from e
         for entry in entries:
-            if entry.name.startswith(".") or not entry.name.endswith(SUFFIXES):
+            if entry.name.startswith("."):
                 continue
             try:
+                if entry.is_dir():
+                    passed[entry.path] = ("a subdirectory: only the files directly in "
+                                          "the manifest directory are read")
+                    continue
+                if not entry.name.endswith(SUFFIXES):
+                    continue
                 if not entry.is_file():
+                    passed[entry.path] = (
+                        f"a dangling symlink to {os.readlink(entry.path)}"
+                        if entry.is_symlink() and not os.path.exists(entry.path)
+                        else "not a regular file")
                     continue
                 st = entry.stat()
-            except OSError:
-                continue  # removed while listing
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    passed[entry.path] = "a symlink loop (too many levels of symbolic links)"
+                elif e.errno != errno.ENOENT:  # ENOENT: removed while listing
+                    passed[entry.path] = f"cannot stat it: {e.strerror}"
+                continue
             found[Path(entry.path)] = (st.st_mtime_ns, st.st_size, st.st_ino)
+        self._note_passed(passed)
         return dict(sorted(found.items()))
+
+    def _note_passed(self, passed: dict[str, str]) -> None:
+        """One log line for each directory entry not read, when it first appears (the
+        directory is polled every half second)."""
+        for path, why in sorted(passed.items()):
+            if self._passed.get(path) != why:
+                log.warning("manifest directory: skipping %s: %s", path, why)
+        self._passed = passed
 
     def _read(self, path: Path, signature: _Signature, known: _File | None) -> _File:
         try:
             text = path.read_text(encoding="utf-8")
             documents = _parse(path, text)
         except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as e:
-            error = FileError(path, f"cannot parse: {_one_line(e)}; previous content kept")
-            log.error("manifest %s", error)
+            error = FileError(path, f"cannot parse: {_parse_error(e)}; previous content kept")
             previous = known.objects if known is not None else ()
             return _File(signature, previous, (error,))
         objects: list[Obj] = []
@@ -176,8 +203,6 @@ class ManifestSource:
                     errors.append(FileError(path, f"document {index + 1}: {problem}; ignored"))
                 elif obj["kind"] in KINDS:
                     objects.append(obj)
-        for error in errors:
-            log.error("manifest %s", error)
         return _File(signature, tuple(objects), tuple(errors))
 
     def _snapshot(self) -> Snapshot:
@@ -239,6 +264,20 @@ def _check(obj: Any) -> str | None:
     except ValueError as e:
         return str(e)
     return None
+
+
+def _parse_error(e: BaseException) -> str:
+    """`line 3, column 1: did not find expected node content (while parsing a flow
+    node)`: where the parser stopped, then why, on one line."""
+    if isinstance(e, yaml.MarkedYAMLError) and e.problem_mark is not None:
+        mark = e.problem_mark
+        why = " ".join(str(e.problem or "invalid YAML").split())
+        if e.context:
+            why += f" ({' '.join(str(e.context).split())})"
+        return f"line {mark.line + 1}, column {mark.column + 1}: {why}"
+    if isinstance(e, json.JSONDecodeError):
+        return f"line {e.lineno}, column {e.colno}: {e.msg}"
+    return _one_line(e)
 
 
 def _one_line(e: BaseException) -> str:

@@ -161,8 +161,9 @@ def test_unparsable_file_keeps_previous_content(tmp_path, caplog):
     assert snap.services[1]["spec"]["clusterIP"] == "10.96.0.10"
     (error,) = snap.errors
     assert error.path == path
-    assert "cannot parse" in str(error) and "previous content kept" in str(error)
-    assert str(path) in caplog.text
+    assert "cannot parse: line 3, column " in str(error)
+    assert "previous content kept" in str(error)
+    assert caplog.text == ""  # reported in the snapshot; its consumer logs it once
 
     caplog.clear()
     assert not source.poll()
@@ -260,3 +261,55 @@ def test_the_multinode_example_is_what_its_readme_says():
         edge = result.state.services[ServiceRef("demo", "edge")]
         assert (edge.health_check_node_port, edge.local_endpoints) == (
             32100, 2 if k == 1 else 0)
+
+
+def test_a_parse_error_is_one_line_naming_file_and_line(tmp_path):
+    write(tmp_path / "bad.yaml", "kind: Service\nmetadata: [\n")
+    write(tmp_path / "bad.json", '{"kind": "Service",\n "metadata": }')
+    errors = {e.path.name: str(e) for e in ManifestSource(tmp_path).load().errors}
+    assert errors["bad.yaml"].startswith(f"{tmp_path / 'bad.yaml'}: cannot parse: line 3, "
+                                         "column 1: ")
+    assert errors["bad.json"].startswith(f"{tmp_path / 'bad.json'}: cannot parse: line 2, "
+                                         "column 14: ")
+    assert all("\n" not in e for e in errors.values())
+
+
+def test_diff_prints_one_line_per_malformed_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from ebpflb.cli import app
+
+    (tmp_path / "m").mkdir()
+    write(tmp_path / "m" / "bad.yaml", "kind: Service\nmetadata: [\n")
+    result = CliRunner().invoke(app, ["diff", "--manifests", str(tmp_path / "m"),
+                                      "--pin-dir", str(tmp_path / "none")])
+    assert [x for x in result.stderr.splitlines() if "bad.yaml" in x] == [
+        f"skipped: {tmp_path / 'm' / 'bad.yaml'}: cannot parse: line 3, column 1: did not "
+        "find expected node content (while parsing a flow node); previous content kept"]
+
+
+def test_subdirectories_and_symlink_loops_are_skipped_with_one_warning_each(tmp_path,
+                                                                             caplog):
+    write(tmp_path / "web.yaml", SERVICE % {"name": "web", "ip": 10})
+    (tmp_path / "old").mkdir()
+    (tmp_path / "more.yaml").mkdir()
+    (tmp_path / "loop.yaml").symlink_to(tmp_path / "loop.yaml")
+    (tmp_path / "gone.yaml").symlink_to(tmp_path / "nowhere.yaml")
+    (tmp_path / ".git").mkdir()
+    source = ManifestSource(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="ebpflb.sources.manifests"):
+        snap = source.load()
+        source.poll()
+        source.load()
+    assert names(snap.services) == ["web"]
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        f"manifest directory: skipping {tmp_path / 'gone.yaml'}: a dangling symlink to "
+        f"{tmp_path / 'nowhere.yaml'}",
+        f"manifest directory: skipping {tmp_path / 'loop.yaml'}: a symlink loop (too many "
+        "levels of symbolic links)",
+        f"manifest directory: skipping {tmp_path / 'more.yaml'}: a subdirectory: only the "
+        "files directly in the manifest directory are read",
+        f"manifest directory: skipping {tmp_path / 'old'}: a subdirectory: only the files "
+        "directly in the manifest directory are read",
+    ]
