@@ -124,9 +124,9 @@ class SocketLb:
             os.close(cgroup_fd)
             for fd in held.values():
                 os.close(fd)
-        log.info("socket-LB on cgroup %s for this namespace (cookie %d): %d pinned links "
-                 "adopted with the new programs, %d made", root, cookie, self.adopted,
-                 len(self.links) - self.adopted)
+        log.info("socket-LB attached to cgroup %s for this namespace (cookie %d): %d "
+                 "pinned links adopted with the new programs, %d made", root, cookie,
+                 self.adopted, len(self.links) - self.adopted)
 
     @staticmethod
     def _swap(link: int, prog_fd: int, attach_type: int, cgroup_id: int) -> bool:
