@@ -3,7 +3,7 @@
     python -m bench.userspace [--quick] [--seconds S]
 
 - request/response: new-connection HTTP (one request per TCP connection) and UDP
-  request/response, req/s and p50/p99, with bench/datapath.py's C loadgen and responders
+  request/response, req/s and p50/p99, with bench/harness.py's C loadgen and responders
   (the same CPU placement: load generator and responders on one CPU, everything else,
   the agent and so the userspace proxy included, on the others);
 - bulk TCP throughput with iperf3: server in pod-1, client in the client namespace,
@@ -12,7 +12,7 @@
 Each measured path has its own server ports (TIME_WAIT, see DESIGN): direct uses
 datapath's "direct" ports, bpf its "ebpflb" ports, userspace its "iptables" ports; iperf3
 servers listen on 5201 (direct), 5202 (bpf), 5203 (userspace). The direct path is
-measured interleaved with each data path (datapath.measure). Results go to
+measured interleaved with each data path (harness.measure). Results go to
 bench/results/userspace.json. Everything started is stopped by PID and the lab removed,
 also on failure and Ctrl-C/SIGTERM.
 """
@@ -32,18 +32,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import datapath as dp
+from bench import harness
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import remove_pins
 from ebpflb.lab import build, layout, netns
 from ebpflb.lab.agentproc import AgentProcess
 
-RESULTS = dp.BENCH_DIR / "results" / "userspace.json"
+RESULTS = harness.BENCH_DIR / "results" / "userspace.json"
 TARGET = ("target: userspace >= 25% of direct req/s (new-connection HTTP and UDP) and "
           ">= 1 Gbit/s bulk TCP")
 MODES = {  # mode -> (ClusterIP for request/response, ClusterIP for bulk, datapath ports)
-    "bpf": ("10.96.0.1", "10.96.1.1", dp.PORTS["ebpflb"]),
-    "userspace": ("10.96.0.2", "10.96.1.2", dp.PORTS["iptables"]),
+    "bpf": ("10.96.0.1", "10.96.1.1", harness.PORTS["ebpflb"]),
+    "userspace": ("10.96.0.2", "10.96.1.2", harness.PORTS["iptables"]),
 }
 IPERF_PORT = {"direct": 5201, "bpf": 5202, "userspace": 5203}
 BULK_SVC_PORT = 5201
@@ -85,7 +85,7 @@ def manifest(mode: str, pods: list[str]) -> dict[str, Any]:
 
 def iperf(client_ns: str, addr: str, port: int, seconds: float) -> dict[str, Any]:
     argv = ["ip", "netns", "exec", client_ns,
-            *dp._pin(["iperf3", "-c", addr, "-p", str(port), "-t", f"{seconds:g}", "-J"])]
+            *harness._pin(["iperf3", "-c", addr, "-p", str(port), "-t", f"{seconds:g}", "-J"])]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30,
                           check=False)
     try:
@@ -106,7 +106,7 @@ class IperfServers:
     def __init__(self, pod_ns: str) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
         for port in IPERF_PORT.values():
-            self.procs.append(netns.spawn(pod_ns, dp._pin(["iperf3", "-s", "-p", str(port)]),
+            self.procs.append(netns.spawn(pod_ns, harness._pin(["iperf3", "-s", "-p", str(port)]),
                                           stdin=subprocess.DEVNULL,
                                           stdout=subprocess.DEVNULL,
                                           stderr=subprocess.DEVNULL, start_new_session=True))
@@ -114,7 +114,7 @@ class IperfServers:
     def wait(self, client_ns: str, pod_ip: str) -> None:
         deadline = time.monotonic() + 5
         for port in IPERF_PORT.values():
-            dp._wait_listening(client_ns, pod_ip, port, deadline, self.procs)
+            harness._wait_listening(client_ns, pod_ip, port, deadline, self.procs)
 
     def stop(self) -> None:
         for p in self.procs:
@@ -128,7 +128,7 @@ class IperfServers:
                 p.wait(3)
 
 
-def run_mode(mode: str, tools: dict[str, Path], lab: layout.Lab, load: dp.Load,
+def run_mode(mode: str, tools: dict[str, Path], lab: layout.Lab, load: harness.Load,
              workdir: Path, bulk_seconds: float) -> dict[str, Any]:
     pods = [str(p.ip) for p in lab.pods]
     ip, bulk_ip, _ = MODES[mode]
@@ -143,24 +143,25 @@ def run_mode(mode: str, tools: dict[str, Path], lab: layout.Lab, load: dp.Load,
                                      state_dir])
     try:
         others = os.sched_getaffinity(0)
-        if AGENT_ON_LOAD_CPU and dp.LOAD_CPU >= 0:
-            os.sched_setaffinity(0, {dp.LOAD_CPU})  # the agent inherits it
+        if AGENT_ON_LOAD_CPU and harness.LOAD_CPU >= 0:
+            os.sched_setaffinity(0, {harness.LOAD_CPU})  # the agent inherits it
         try:
             agent.start()
         finally:
             os.sched_setaffinity(0, others)
         agent.wait_ready(timeout=120)
-        dp.wait_idle(f"the {mode} agent's start")
-        both = dp.measure(tools, lab, {"mode": (ip, 80, 53), "direct": dp.direct_target(lab)},
-                          load)
+        harness.wait_idle(f"the {mode} agent's start")
+        both = harness.measure(tools, lab, {"mode": (ip, 80, 53),
+                                            "direct": harness.direct_target(lab)}, load)
         bulk = iperf(lab.client.netns, bulk_ip, BULK_SVC_PORT, bulk_seconds)
         bulk_direct = iperf(lab.client.netns, pods[0], IPERF_PORT["direct"], bulk_seconds)
         if not agent.alive():
             raise RuntimeError(f"the agent died:\n{agent.log_text()[-2000:]}")
         out: dict[str, Any] = {"bulk": bulk, "bulk_direct": bulk_direct}
         for proto in ("tcp", "udp"):
-            res, base = dp.summarize(both["mode"][proto]), dp.summarize(both["direct"][proto])
-            out[proto] = {"result": res, "direct": base, "ratio": dp.ratios(res, base)}
+            res = harness.summarize(both["mode"][proto])
+            base = harness.summarize(both["direct"][proto])
+            out[proto] = {"result": res, "direct": base, "ratio": harness.ratios(res, base)}
             log(f"   {mode:<9} {proto}: {res['rps']:.0f} req/s (direct {base['rps']:.0f}; "
                 f"x{out[proto]['ratio']['rps']:.3f}), p50 {res['p50_us']:.0f}us "
                 f"(direct {base['p50_us']:.0f}), p99 {res['p99_us']:.0f}us "
@@ -178,13 +179,13 @@ def run_mode(mode: str, tools: dict[str, Path], lab: layout.Lab, load: dp.Load,
 
 def run(quick: bool, bulk_seconds: float) -> dict[str, Any]:
     started = time.monotonic()
-    load = dp.LOAD_QUICK if quick else dp.LOAD_FULL
+    load = harness.LOAD_QUICK if quick else harness.LOAD_FULL
     log(f"== ebpflb userspace data-path benchmark{' (quick)' if quick else ''}: "
         f"{os.cpu_count()} CPUs; {TARGET}")
     where = "on the same CPU" if AGENT_ON_LOAD_CPU else "on the other CPUs"
-    log(f"   load generator, responders and iperf3 on CPU {dp.LOAD_CPU}; the agent (and its "
-        f"proxy) {where}" if dp.LOAD_CPU >= 0 else "   no CPU pinning")
-    tools = dp.compile_tools()
+    log(f"   load generator, responders and iperf3 on CPU {harness.LOAD_CPU}; the agent (and its "
+        f"proxy) {where}" if harness.LOAD_CPU >= 0 else "   no CPU pinning")
+    tools = harness.compile_tools()
     name = "u" + secrets.token_hex(3)[:5]
     workdir = Path(tempfile.mkdtemp(prefix="ebpflb-bench-us-"))
     results: dict[str, Any] = {}
@@ -193,13 +194,13 @@ def run(quick: bool, bulk_seconds: float) -> dict[str, Any]:
     try:
         log(f"== lab {name}: node, 3 pods, client")
         lab = build.up(layout.LabSpec(name, pods=3))
-        with dp.responders(tools, lab):
+        with harness.responders(tools, lab):
             iperfs = IperfServers(lab.pods[0].netns)
             iperfs.wait(lab.client.netns, str(lab.pods[0].ip))
             for mode in MODES:
                 log(f"== {mode}")
                 results[mode] = run_mode(mode, tools, lab, load, workdir, bulk_seconds)
-                dp.wait_idle(f"stopping the {mode} agent")
+                harness.wait_idle(f"stopping the {mode} agent")
     finally:
         if iperfs is not None:
             iperfs.stop()
@@ -211,7 +212,7 @@ def run(quick: bool, bulk_seconds: float) -> dict[str, Any]:
            "udp_rps": us["udp"]["ratio"]["rps"] >= 0.25,
            "bulk": us["bulk"]["gbit_s"] >= 1.0}
     return {"target": TARGET, "quick": quick, "cpus": os.cpu_count(), "load": load.__dict__,
-            "load_cpu": dp.LOAD_CPU, "agent_on_load_cpu": AGENT_ON_LOAD_CPU,
+            "load_cpu": harness.LOAD_CPU, "agent_on_load_cpu": AGENT_ON_LOAD_CPU,
             "modes": results, "target_met": met,
             "runtime_s": round(time.monotonic() - started, 1)}
 
@@ -240,24 +241,24 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="ebpflb userspace data-path benchmark")
     ap.add_argument("--quick", action="store_true", help="fewer requests")
     ap.add_argument("--seconds", type=float, default=5.0, help="iperf3 duration per path")
-    ap.add_argument("--cpu", type=int, default=dp.LOAD_CPU,
+    ap.add_argument("--cpu", type=int, default=harness.LOAD_CPU,
                     help="CPU for the load generator, responders and iperf3 (-1: no pinning)")
     ap.add_argument("--agent-cpu", choices=("load", "other"), default="load",
                     help="run the agent on the load CPU (default) or on the other CPUs")
     args = ap.parse_args(argv)
     global AGENT_ON_LOAD_CPU
     AGENT_ON_LOAD_CPU = args.agent_cpu == "load"
-    dp._place(args.cpu)
+    harness._place(args.cpu)
     if os.geteuid() != 0:
         print("the benchmark needs root (network namespaces, BPF)", file=sys.stderr)
         return 1
     if shutil.which("iperf3") is None:
         print("iperf3 not found (apt-get install iperf3)", file=sys.stderr)
         return 1
-    old = signal.signal(signal.SIGTERM, dp._on_sigterm)
+    old = signal.signal(signal.SIGTERM, harness._on_sigterm)
     try:
         res = run(args.quick, args.seconds)
-    except (KeyboardInterrupt, dp.Interrupted):
+    except (KeyboardInterrupt, harness.Interrupted):
         print("\ninterrupted; cleaned up", file=sys.stderr)
         return 130
     finally:
