@@ -8,6 +8,7 @@ ExternalName), which have no frontend in any data path, from the agent's status 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -23,33 +24,79 @@ if TYPE_CHECKING:
     from ebpflb.dataplane.userspace.state import UserspaceInspector
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON with stable keys.")]
-PinDirOpt = Annotated[str, typer.Option("--pin-dir", help="Where the agent pins its maps.")]
-StateDirOpt = Annotated[str, typer.Option(
-    "--state-dir", help=f"Where a userspace agent publishes {STATE_FILE}.")]
+PinDirOpt = Annotated[str | None, typer.Option(
+    "--pin-dir", help=f"Where the agent pins its maps [default: {DEFAULT_PIN_DIR}].",
+    show_default=False)]
+StateDirOpt = Annotated[str | None, typer.Option(
+    "--state-dir", help=f"The agent's run directory: its status and a userspace agent's "
+    f"{STATE_FILE} [default: {DEFAULT_STATE_DIR}].", show_default=False)]
 
 
-def _inspector(pin_dir: str, state_dir: str) -> BpfInspector | UserspaceInspector:
-    """The bpf pins when present, else the userspace state file, else the bpf error."""
+@dataclass
+class _Agent:
+    """The one agent a command shows: its tables, and its status when that is known to
+    be the same agent's (else a default --state-dir could add another agent's rows)."""
+
+    inspector: BpfInspector | UserspaceInspector
+    status_dir: str | None
+    which: str
+
+
+def _status_of(state_dir: str) -> dict[str, Any] | None:
+    from ebpflb.agent.status import read_status
+
+    try:
+        return read_status(state_dir)
+    except EbpflbError:
+        return None
+
+
+def _agent(pin_dir: str | None, state_dir: str | None) -> _Agent:
+    """The agent whose --state-dir is given (or the default one): its data path as its
+    status says; with --pin-dir alone, the maps there and no status (nothing says which
+    agent's status goes with them). Without a status: the pins when present, else the
+    userspace state file, else the bpf error."""
     import os
 
     from ebpflb.dataplane.bpf.inspect import BpfInspector
     from ebpflb.dataplane.userspace.state import UserspaceInspector, state_path
 
+    sdir = state_dir or DEFAULT_STATE_DIR
+    status = _status_of(sdir) if pin_dir is None or state_dir is not None else None
+    dataplane = status.get("dataplane") if status else None
+    if pin_dir is None and dataplane == "userspace":
+        return _Agent(UserspaceInspector(sdir), sdir, f"the userspace agent of {sdir}")
+    recorded = status.get("pin_dir") if status else None  # an agent that publishes it
+    pdir = pin_dir or (str(recorded) if recorded else DEFAULT_PIN_DIR)
     try:
-        return BpfInspector(pin_dir)
+        insp = BpfInspector(pdir)
     except EbpflbError:
-        if not os.path.exists(state_path(state_dir)):
+        paired = pin_dir is None or state_dir is not None  # --pin-dir alone: no state dir
+        if not paired or dataplane == "bpf" or not os.path.exists(state_path(sdir)):
             raise
-    return UserspaceInspector(state_dir)
+        return _Agent(UserspaceInspector(sdir), sdir, f"the userspace agent of {sdir}")
+    return _Agent(insp, sdir if status else None, f"the bpf maps pinned under {pdir}"
+                  + (f" (agent status in {sdir})" if status else ""))
+
+
+def _inspector(pin_dir: str | None, state_dir: str | None, *, json: bool
+               ) -> BpfInspector | UserspaceInspector:
+    agent = _agent(pin_dir, state_dir)
+    if not json:
+        typer.echo(f"# {agent.which}", err=True)
+    return agent.inspector
 
 
 @handle_errors
-def services(json: JsonOpt = False, pin_dir: PinDirOpt = DEFAULT_PIN_DIR,
-             state_dir: StateDirOpt = DEFAULT_STATE_DIR) -> None:
+def services(json: JsonOpt = False, pin_dir: PinDirOpt = None,
+             state_dir: StateDirOpt = None) -> None:
     """Frontends and their backend counts."""
-    with _inspector(pin_dir, state_dir) as insp:
+    agent = _agent(pin_dir, state_dir)
+    if not json:
+        typer.echo(f"# {agent.which}", err=True)
+    with agent.inspector as insp:
         views = insp.services()
-    unbalanced = _unbalanced(state_dir)
+    unbalanced = _unbalanced(agent.status_dir) if agent.status_dir else []
     if json:
         typer.echo(render.to_json([*(v.as_json() for v in views),
                                    *(_unbalanced_json(u) for u in unbalanced)]))
@@ -83,29 +130,29 @@ def _unbalanced_row(u: dict[str, Any]) -> list[object]:
 
 
 @handle_errors
-def backends(json: JsonOpt = False, pin_dir: PinDirOpt = DEFAULT_PIN_DIR,
-             state_dir: StateDirOpt = DEFAULT_STATE_DIR) -> None:
+def backends(json: JsonOpt = False, pin_dir: PinDirOpt = None,
+             state_dir: StateDirOpt = None) -> None:
     """Backends of every frontend."""
-    with _inspector(pin_dir, state_dir) as insp:
+    with _inspector(pin_dir, state_dir, json=json) as insp:
         views = insp.backends()
     typer.echo(render.to_json([v.as_json() for v in views]) if json
                else render.backends_table(views))
 
 
 @handle_errors
-def conntrack(json: JsonOpt = False, pin_dir: PinDirOpt = DEFAULT_PIN_DIR,
-              state_dir: StateDirOpt = DEFAULT_STATE_DIR) -> None:
+def conntrack(json: JsonOpt = False, pin_dir: PinDirOpt = None,
+              state_dir: StateDirOpt = None) -> None:
     """Tracked flows: client, frontend and the backend they are pinned to."""
-    with _inspector(pin_dir, state_dir) as insp:
+    with _inspector(pin_dir, state_dir, json=json) as insp:
         views = insp.conntrack()
     typer.echo(render.to_json([v.as_json() for v in views]) if json
                else render.conntrack_table(views))
 
 
 @handle_errors
-def stats(json: JsonOpt = False, pin_dir: PinDirOpt = DEFAULT_PIN_DIR,
-          state_dir: StateDirOpt = DEFAULT_STATE_DIR) -> None:
+def stats(json: JsonOpt = False, pin_dir: PinDirOpt = None,
+          state_dir: StateDirOpt = None) -> None:
     """Per-service packet and byte counters, and the data path's global counters."""
-    with _inspector(pin_dir, state_dir) as insp:
+    with _inspector(pin_dir, state_dir, json=json) as insp:
         view = insp.stats()
     typer.echo(render.to_json(view.as_json()) if json else render.stats_table(view))

@@ -108,7 +108,7 @@ def _publish(tmp_path: Path) -> str:
 def services(state_dir: str, *args: str) -> tuple[int, str]:
     result = CliRunner().invoke(app, ["services", *args, "--pin-dir",
                                       f"{state_dir}/no-pins", "--state-dir", state_dir])
-    return result.exit_code, result.output
+    return result.exit_code, result.stdout
 
 
 def test_services_json_appends_them_with_the_same_keys(tmp_path: Path):
