@@ -43,11 +43,11 @@ from pathlib import Path
 from typing import Any
 
 from bench import kubeproxy
+from ebpflb.agent.status import read_status
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.syscall import PinnedMap
 from ebpflb.lab import netns
 from ebpflb.lab.apiserver import ApiServerStandIn
-from ebpflb.agent.status import read_status
 
 SCALES = (1_000, 10_000, 30_000)
 ENDPOINTS = 5

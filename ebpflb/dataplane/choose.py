@@ -1,16 +1,16 @@
 """Which data path runs: `--dataplane bpf|userspace` as asked, or `auto`: the kernel
-path when it starts, else the userspace proxy, with one log line that says why and
-what would fix it. Starting one path first removes what the other left behind (a
+path when it starts, else (only when it cannot run here at all and none is in place)
+the userspace proxy, with one log line that says why and what would fix it (the
+error's own fix: see errors). Starting one path first removes what the other left behind (a
 switch on restart): the userspace path detaches ebpflb's tc filters and removes the
 pins; the bpf path removes the `ebpflb0` device and the userspace state file.
 
 Every step is a parameter of `open_dataplane` (`open_bpf`, `open_userspace`,
-`clear_bpf`, `clear_userspace`), so a test can make the kernel path fail in each way it
+`clear_bpf`, `clear_userspace`, `in_place`), so a test can make the kernel path fail in each way it
 fails in life without root."""
 
 from __future__ import annotations
 
-import errno
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,24 +18,19 @@ from dataclasses import dataclass
 from ebpflb.dataplane.base import Dataplane
 from ebpflb.dataplane.bpf.dataplane import BpfConfig
 from ebpflb.dataplane.userspace.dataplane import UserspaceConfig
-from ebpflb.errors import DataplaneError, EbpflbError, PinDirError
+from ebpflb.errors import (
+    BccMissingError,
+    BpfUnavailableError,
+    DataplaneError,
+    EbpflbError,
+    PrivilegeError,
+)
 
 log = logging.getLogger("ebpflb.dataplane")
 
 MODES = ("auto", "bpf", "userspace")
 
-FIX_BCC = ("apt-get install python3-bpfcc, and run ebpflb from a venv made from "
-           "/usr/bin/python3 with --system-site-packages (make setup does both)")
-FIX_PRIVILEGES = "run the agent as root (or with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)"
-FIX_COMPILE = ("the kernel path needs Linux >= 5.10 and its headers under "
-               "/lib/modules/$(uname -r)/build (make setup links them); `ebpflb doctor` "
-               "shows which check fails")
-FIX_ATTACH = ("attaching to tc needs CAP_NET_ADMIN and a clsact qdisc it may add; check "
-              "`tc qdisc show` and `ebpflb doctor`")
-FIX_BPFFS = "mount a BPF filesystem (mount -t bpf bpf /sys/fs/bpf) or pass --pin-dir on one"
-FIX_PIN_DIR = ("use a --pin-dir owned by root with mode 0700 (the agent creates it so); "
-               "the one found was left as it is")
-FIX_OTHER = "run `ebpflb doctor` to see which requirement of the bpf data path fails"
+FIX_OTHER = BpfUnavailableError.fix
 
 
 @dataclass(frozen=True)
@@ -57,30 +52,42 @@ def _first_line(exc: BaseException) -> str:
 
 
 def explain(exc: BaseException) -> Fallback:
-    """The reason (the error's first line) and the fix for a failed kernel path."""
+    """The reason (the error's first line) and the fix for a failed kernel path: the
+    error's own (every EbpflbError carries one), else one by the exception's type."""
     reason = _first_line(exc)
-    text = str(exc).lower()
-    if isinstance(exc, PinDirError):
-        return Fallback(reason, FIX_PIN_DIR)
+    if isinstance(exc, EbpflbError) and exc.fix:
+        return Fallback(reason, exc.fix)
     if isinstance(exc, ImportError):
-        name = exc.name or ("bcc" if "bcc" in text else "a module")
+        name = exc.name or "a module"
         if not reason.startswith(f"{name} is not importable"):
             reason = f"{name} is not importable: {reason}"
-        return Fallback(reason, FIX_BCC if name.startswith("bcc") else
+        return Fallback(reason, BccMissingError.fix if name.startswith("bcc") else
                         "reinstall ebpflb's dependencies (make setup)")
-    if "bcc" in text and ("import" in text or "no module" in text):
-        return Fallback(reason, FIX_BCC)
-    code = getattr(exc, "errno", None)
-    if isinstance(exc, PermissionError) or code in (errno.EPERM, errno.EACCES) or \
-            ("operation not permitted" in text and "attach" not in text):
-        return Fallback(reason, FIX_PRIVILEGES)
-    if "attach" in text or "clsact" in text:
-        return Fallback(reason, FIX_ATTACH)
-    if "bpf filesystem" in text or "pin dir" in text:
-        return Fallback(reason, FIX_BPFFS)
-    if any(w in text for w in ("compile", "header", "verifier", "load", "kernel")):
-        return Fallback(reason, FIX_COMPILE)
+    if isinstance(exc, PermissionError):
+        return Fallback(reason, PrivilegeError.fix)
     return Fallback(reason, FIX_OTHER)
+
+
+def bpf_in_place(config: BpfConfig) -> str | None:
+    """What of a kernel path is in place now (pinned maps, tc filters), or None."""
+    from ebpflb.dataplane.bpf.maps import pins_present
+
+    found = []
+    if pins_present(config.pin_dir):
+        found.append(f"pinned maps under {config.pin_dir}")
+    try:
+        from ebpflb.dataplane.bpf.attach import TcAttacher
+
+        attacher = TcAttacher(-1)
+        try:
+            attached = sorted(attacher.attached())
+        finally:
+            attacher.close()
+    except Exception:  # no pyroute2, no privileges: nothing we could have attached
+        attached = []
+    if attached:
+        found.append(f"tc filters on {', '.join(attached)}")
+    return " and ".join(found) or None
 
 
 def _open_bpf(config: BpfConfig) -> Dataplane:
@@ -151,14 +158,19 @@ def open_dataplane(
     open_userspace: Callable[[UserspaceConfig], Dataplane] | None = None,
     clear_bpf: Callable[[BpfConfig], None] | None = None,
     clear_userspace: Callable[[UserspaceConfig], None] | None = None,
+    in_place: Callable[[BpfConfig], str | None] | None = None,
 ) -> Dataplane:
-    """Start the data path `mode` asks for. `bpf` and `userspace` raise on failure;
-    `auto` falls back to userspace on any failure of the kernel path. The steps
+    """Start the data path `mode` asks for. `bpf` and `userspace` raise on failure.
+    `auto` falls back to userspace only when no kernel path was in place before it
+    tried (then, whatever the failure, the kernel path cannot run here); it never
+    tears down one that serves: a failed restart of one (other map sizes, bcc gone, a
+    refused pin dir) keeps it serving and raises the error with its own fix. The steps
     default to this module's functions, looked up at call time (test seams)."""
     open_bpf = open_bpf or _open_bpf
     open_userspace = open_userspace or _open_userspace
     clear_bpf = clear_bpf or clear_bpf_leftovers
     clear_userspace = clear_userspace or clear_userspace_leftovers
+    in_place = in_place or bpf_in_place
     if mode not in MODES:
         raise EbpflbError(f"unknown data path {mode!r}; one of {', '.join(MODES)}")
     if mode == "userspace":
@@ -168,13 +180,19 @@ def open_dataplane(
         dp = open_bpf(bpf_config)
         clear_userspace(userspace_config)
         return dp
+    serving = in_place(bpf_config)  # before we try: what a start may not tear down
     try:
         dp = open_bpf(bpf_config)
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:  # any failure of the kernel path: bcc, compile, attach
-        log.warning("%s", explain(exc))
         log.debug("the bpf data path failed", exc_info=True)
+        if serving is not None:
+            why = explain(exc)
+            raise DataplaneError(
+                f"the bpf data path did not start: {why.reason}; the kernel path in place "
+                f"({serving}) was left serving", fix=why.fix) from exc
+        log.warning("%s", explain(exc))
     else:
         clear_userspace(userspace_config)
         return dp

@@ -5,7 +5,6 @@ Run on a private bpffs (mode 1777 at its root, as /sys/fs/bpf), unmounted afterw
 
 from __future__ import annotations
 
-import logging
 import os
 import secrets
 import stat
@@ -21,7 +20,7 @@ from ebpflb.dataplane.bpf.dataplane import BpfConfig, BpfDataplane
 from ebpflb.dataplane.bpf.syscall import BPF_MAP_TYPE_ARRAY, map_create, obj_pin
 from ebpflb.dataplane.fake import FakeDataplane
 from ebpflb.dataplane.userspace.dataplane import UserspaceConfig
-from ebpflb.errors import PinDirError
+from ebpflb.errors import DataplaneError, PinDirError
 
 pytestmark = pytest.mark.root
 
@@ -134,8 +133,10 @@ class _NoFilters:
         pass
 
 
-def test_auto_falls_back_without_removing_the_pins_of_a_refused_dir(
-        bpffs: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
+def test_auto_refuses_a_foreign_pin_dir_and_leaves_its_pins(
+        bpffs: str, monkeypatch: pytest.MonkeyPatch):
+    """Pins in a directory another user made: `auto` neither uses them, nor removes
+    them, nor starts the userspace path over them; it stops with the pin dir's fix."""
     from ebpflb.dataplane.bpf import attach
 
     monkeypatch.setattr(attach, "TcAttacher", _NoFilters)
@@ -143,14 +144,19 @@ def test_auto_falls_back_without_removing_the_pins_of_a_refused_dir(
     subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
                     "mkdir", "-m", "0777", pin_dir], check=True)
     pins = [_pin_a_map(pin_dir, name) for name in abi.ALL_MAPS]
-    fake = FakeDataplane()
-    with caplog.at_level(logging.WARNING, logger="ebpflb.dataplane"):
-        dp = choose.open_dataplane("auto", bpf_config=BpfConfig(pin_dir=pin_dir),
-                                   userspace_config=UserspaceConfig(),
-                                   open_bpf=BpfDataplane, open_userspace=lambda _c: fake,
-                                   clear_userspace=lambda _c: None)
-    assert dp is fake
+    started: list[str] = []
+
+    def open_userspace(_c: UserspaceConfig) -> FakeDataplane:
+        started.append("userspace")
+        return FakeDataplane()
+
+    with pytest.raises(DataplaneError) as raised:
+        choose.open_dataplane("auto", bpf_config=BpfConfig(pin_dir=pin_dir),
+                              userspace_config=UserspaceConfig(),
+                              open_bpf=BpfDataplane,
+                              open_userspace=open_userspace,
+                              clear_userspace=lambda _c: None)
+    assert started == []
     assert all(os.path.exists(p) for p in pins)
-    text = caplog.text
-    assert f"pin dir {pin_dir} is owned by" in text and choose.FIX_PIN_DIR in text
-    assert "could not remove the pins" in text
+    assert f"pin dir {pin_dir} is owned by" in str(raised.value)
+    assert raised.value.fix == PinDirError.fix

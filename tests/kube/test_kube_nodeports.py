@@ -9,8 +9,8 @@ import ipaddress
 from collections.abc import Sequence
 from typing import Any
 
-from ebpflb.agent.runner import Agent
 from ebpflb.agent.config import AgentConfig
+from ebpflb.agent.runner import Agent
 from ebpflb.dataplane.fake import FakeDataplane
 from ebpflb.model import FrontendKind
 from ebpflb.rtnetlink import Interface

@@ -18,8 +18,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from ebpflb.agent.runner import Agent
 from ebpflb.agent.config import AgentConfig
+from ebpflb.agent.runner import Agent
 from ebpflb.cli import app
 from ebpflb.dataplane.fake import FakeDataplane
 from ebpflb.errors import SourceError

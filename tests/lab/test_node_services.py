@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
+from ebpflb.agent.nodeports import RESERVED_PORTS_SYSCTL, parse_ports
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import remove_pins
 from ebpflb.lab import build, layout, netns
 from ebpflb.lab.agentproc import AgentProcess
-from ebpflb.agent.nodeports import RESERVED_PORTS_SYSCTL, parse_ports
 
 from . import manifests as k8s
 from .conftest import CNIS, _require_root, unique_lab_name

@@ -228,8 +228,8 @@ def test_a_service_that_does_not_fit_is_refused_whole_and_the_others_apply(
 
 
 class CountingDataplane(FakeDataplane):
-    def __init__(self, **kw: int) -> None:
-        super().__init__(**kw)
+    def __init__(self, *, max_frontends: int) -> None:
+        super().__init__(max_frontends=max_frontends)
         self.attempts = 0
 
     def apply(self, plan: Plan) -> None:

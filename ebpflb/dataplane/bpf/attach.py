@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any
 
-from ebpflb.errors import DataplaneError
+from ebpflb.errors import AttachError, DataplaneError
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class TcAttacher:
     def _index(self, ifname: str) -> int:
         found = self.ipr.link_lookup(ifname=ifname)
         if not found:
-            raise DataplaneError(f"interface {ifname} does not exist")
+            raise AttachError(f"interface {ifname} does not exist")
         return int(found[0])
 
     def attach(self, ifname: str, *, egress: bool = False) -> None:
@@ -109,7 +109,7 @@ class TcAttacher:
             self.ipr.tc("add", "clsact", idx)
         except Exception as exc:
             if getattr(exc, "code", None) != errno.EEXIST:
-                raise DataplaneError(f"cannot add clsact qdisc on {ifname}: {exc}") from exc
+                raise AttachError(f"cannot add clsact qdisc on {ifname}: {exc}") from exc
         hooks = [(INGRESS, self.prog_fd, FILTER_NAME)]
         if egress:
             hooks.append((EGRESS, self.egress_fd, f"{FILTER_NAME}_egress"))
@@ -118,10 +118,10 @@ class TcAttacher:
                 self.ipr.tc("replace-filter", "bpf", idx, handle=TC_HANDLE, fd=fd, name=name,
                             parent=parent, classid=1, direct_action=True, prio=TC_PRIO)
             except Exception as exc:
-                raise DataplaneError(
+                raise AttachError(
                     f"cannot attach tc program {name} to {ifname}: {exc}") from exc
         if not self.is_attached(ifname):
-            raise DataplaneError(f"tc filter on {ifname} not found after attaching")
+            raise AttachError(f"tc filter on {ifname} not found after attaching")
 
     def _our_filters(self, idx: int, parent: int = INGRESS_PARENT) -> list[Any]:
         out = []

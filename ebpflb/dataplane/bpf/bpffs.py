@@ -18,7 +18,7 @@ import os
 import stat
 import subprocess
 
-from ebpflb.errors import DataplaneError, PinDirError
+from ebpflb.errors import BpffsError, PinDirError
 
 BPFFS_ROOT = "/sys/fs/bpf"
 PIN_DIR_MODE = 0o700
@@ -97,10 +97,10 @@ def ensure_pin_dir(pin_dir: str) -> None:
                 text=True,
             )
         except (OSError, subprocess.CalledProcessError) as exc:
-            raise DataplaneError(f"cannot mount the BPF filesystem at {BPFFS_ROOT}: {exc}") from exc
+            raise BpffsError(f"cannot mount the BPF filesystem at {BPFFS_ROOT}: {exc}") from exc
     check_pin_dir(pin_dir)  # before anything is created under a directory not ours
     if not on_bpffs(pin_dir):
-        raise DataplaneError(
+        raise BpffsError(
             f"pin dir {pin_dir} is not on a BPF filesystem (mount -t bpf bpf <dir> first)"
         )
     if not os.path.lexists(pin_dir):

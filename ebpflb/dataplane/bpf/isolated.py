@@ -16,6 +16,7 @@ import secrets
 import subprocess
 import sys
 
+from ebpflb import errors
 from ebpflb.dataplane.bpf.loader import PROGRAM_NAME, SOCK_PROGRAMS, compile_program
 from ebpflb.dataplane.bpf.syscall import obj_get, obj_pin
 from ebpflb.errors import BpfUnavailableError, DataplaneError
@@ -56,10 +57,7 @@ def load_isolated(*, pin_dir: str, max_services: int, max_backends: int,
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise BpfUnavailableError(f"could not run the BPF compiler process: {exc}") from exc
     if proc.returncode != 0:
-        message = proc.stdout.strip() or proc.stderr.strip()[-4000:] or f"exit {proc.returncode}"
-        if proc.returncode == _EXIT_UNAVAILABLE:
-            raise BpfUnavailableError(message)
-        raise DataplaneError(f"the BPF compiler process failed: {message}")
+        raise _child_error(proc)
     paths = [pin, pin + EGRESS_SUFFIX, *(pin + _sock_suffix(n) for n in SOCK_PROGRAMS)]
     fds: list[int] = []
     try:
@@ -77,6 +75,22 @@ def load_isolated(*, pin_dir: str, max_services: int, max_backends: int,
                                                                 strict=True)))
 
 
+def _child_error(proc: subprocess.CompletedProcess[str]) -> DataplaneError:
+    """The error the compiler process reported, as the class it raised (so its fix
+    travels with it); a crash is a plain DataplaneError with its stderr."""
+    try:
+        report = json.loads(proc.stdout.strip().splitlines()[-1])
+        cls = getattr(errors, str(report["error"]), None)
+        if isinstance(cls, type) and issubclass(cls, DataplaneError):
+            return cls(str(report["message"]), fix=str(report["fix"]))
+    except (ValueError, IndexError, KeyError, TypeError):
+        pass
+    message = proc.stdout.strip() or proc.stderr.strip()[-4000:] or f"exit {proc.returncode}"
+    if proc.returncode == _EXIT_UNAVAILABLE:
+        return BpfUnavailableError(message)
+    return DataplaneError(f"the BPF compiler process failed: {message}")
+
+
 def _sock_suffix(name: str) -> str:
     return "_" + name.removeprefix("ebpflb_")
 
@@ -86,12 +100,9 @@ def _child(raw: str) -> int:
     pin = args.pop("prog_pin")
     try:
         program = compile_program(**args)
-    except BpfUnavailableError as exc:
-        print(str(exc))
-        return _EXIT_UNAVAILABLE
-    except DataplaneError as exc:
-        print(str(exc))
-        return 1
+    except DataplaneError as exc:  # the parent raises the same class, with its fix
+        print(json.dumps({"error": type(exc).__name__, "message": str(exc), "fix": exc.fix}))
+        return _EXIT_UNAVAILABLE if isinstance(exc, BpfUnavailableError) else 1
     obj_pin(program.fd, pin)
     obj_pin(program.egress_fd, pin + EGRESS_SUFFIX)
     for name, fd in program.sock_fds.items():

@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from ebpflb.dataplane.bpf.bpffs import BPFFS_ROOT, bpffs_mounts
-from ebpflb.errors import BpfUnavailableError, DataplaneError
+from ebpflb.errors import (
+    BccMissingError,
+    BpffsError,
+    BpfUnavailableError,
+    CompileError,
+    DataplaneError,
+    PrivilegeError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +122,7 @@ def require_bpf_privileges(*, caps: int | None = None, uid: int | None = None) -
     uid = os.geteuid() if uid is None else uid
     if caps & ((1 << CAP_BPF) | (1 << CAP_SYS_ADMIN)):
         return
-    raise BpfUnavailableError(
+    raise PrivilegeError(
         f"operation not permitted: loading BPF programs needs root, CAP_BPF (with "
         f"CAP_PERFMON) or CAP_SYS_ADMIN, and this process (uid {uid}) has none of them "
         f"(CapEff {caps:016x}); run the agent as root or grant CAP_BPF, CAP_PERFMON and "
@@ -148,7 +155,7 @@ def compile_program(*, pin_dir: str, max_services: int, max_backends: int,
     try:
         import bcc  # optional: imported only where it is needed
     except ImportError as exc:
-        raise BpfUnavailableError(
+        raise BccMissingError(
             f"bcc is not importable: install python3-bpfcc and run with Debian's python3 "
             f"(or a venv made with --system-site-packages) ({exc})"
         ) from exc
@@ -157,7 +164,9 @@ def compile_program(*, pin_dir: str, max_services: int, max_backends: int,
     source_dir = bpf_dir()
     source = source_dir / PROGRAM_FILE
     if not source.is_file():
-        raise BpfUnavailableError(f"BPF source not found: {source} (set ${BPF_DIR_ENV})")
+        raise BpfUnavailableError(
+            f"BPF source not found: {source}",
+            fix=f"reinstall ebpflb (its C sources ship as ebpflb/_bpf) or set ${BPF_DIR_ENV}")
     cflags = _cflags(source_dir, pin_dir=pin_dir, max_services=max_services,
                      max_backends=max_backends, max_conntrack=max_conntrack)
     try:
@@ -179,7 +188,7 @@ def compile_program(*, pin_dir: str, max_services: int, max_backends: int,
         if module is not None:
             module.cleanup()
         detail = "\n".join(m.strip() for m in messages if m.strip())
-        raise BpfUnavailableError(
+        raise CompileError(
             f"cannot load {source}: {exc}" + (f"\n{detail}" if detail else "")
         ) from exc
     for text in messages:
@@ -221,7 +230,7 @@ def _scratch_bpffs() -> Iterator[str]:
         with contextlib.suppress(OSError):
             os.rmdir(mount)
     if BPFFS_ROOT not in bpffs_mounts():
-        raise BpfUnavailableError(f"cannot mount a scratch bpffs ({proc.stderr.strip()}) "
+        raise BpffsError(f"cannot mount a scratch bpffs ({proc.stderr.strip()}) "
                                   f"and none is mounted at {BPFFS_ROOT}")
     pin_dir = tempfile.mkdtemp(prefix="ebpflb-compile-check-", dir=BPFFS_ROOT)
     try:

@@ -14,7 +14,7 @@ from typing import Any
 
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.syscall import MapType, PinnedMap
-from ebpflb.errors import DataplaneError, MapMismatchError
+from ebpflb.errors import DataplaneError, MapGeometryError, MapMismatchError
 from ebpflb.model import Frontend, FrontendKey, FrontendKind, Protocol, ServicePortName, ServiceRef
 from ebpflb.plan import BackendKey, BackendState, FrontendState, backend_order
 
@@ -199,10 +199,8 @@ def check_geometry(maps: BpfMaps, *, max_services: int, max_backends: int,
             problems.append(f"{m.path} holds {m.info.max_entries} entries but {flag} is "
                             f"{sizes[option]}")
     if problems:
-        raise DataplaneError(
-            "the pinned maps do not match this agent: " + "; ".join(problems) + ". Run the "
-            "agent with the sizes the maps were made with, or stop it with --cleanup to "
-            "recreate them (tracked connections are lost)")
+        raise MapGeometryError(
+            "the pinned maps do not match this agent: " + "; ".join(problems))
 
 
 def _cstr(raw: bytes) -> str:

@@ -55,8 +55,8 @@ def bpf_syscall_number(machine: str | None = None, *, pointer_bits: int | None =
     if number is None:
         raise BpfUnavailableError(
             f"unknown bpf(2) system call number for machine {machine!r} ({bits}-bit): "
-            f"known are {', '.join(sorted(BPF_SYSCALL_NUMBERS))}"
-        )
+            f"known are {', '.join(sorted(BPF_SYSCALL_NUMBERS))}",
+            fix="run the userspace data path (--dataplane userspace) on this architecture")
     return number
 
 
