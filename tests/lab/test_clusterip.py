@@ -310,12 +310,14 @@ def test_cli_json_keys_are_the_contract(web: Harness):
     assert set(rows[0]) == {"id", "svc_id", "service", "port_name", "frontend", "address",
                             "port", "protocol", "active", "terminating"}
     stats = json.loads(web.cli("stats", "--json")[1])
-    assert set(stats) == {"services", "counters"}
+    assert set(stats) == {"services", "counters", "drops"}
     assert set(stats["counters"]) == {"new_flow", "ct_hit", "reselect", "reply", "no_backend",
                                       "backend_missing", "fragment", "ct_full",
                                       "source_range_drop", "snat", "nat_port_full",
                                       "affinity_hit", "hairpin", "icmp_error", "reject",
-                                      "sock_lb"}
+                                      "sock_lb", "reset"}
+    assert list(stats["drops"]) == ["no_backend", "backend_missing", "ct_full", "write",
+                                    "source_range", "nat_port_full"]
     with traffic.KeepAliveClient(web.client, CLUSTER_IP, 80) as conn:
         conn.get()
         assert web.agent is not None
