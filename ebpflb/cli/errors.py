@@ -1,4 +1,5 @@
-"""Turning an EbpflbError into one line on stderr and exit status 1."""
+"""Turning an EbpflbError into one line on stderr and exit status 1: the error, then
+its own fix (errors.EbpflbError.fix) unless the message already says it."""
 
 from __future__ import annotations
 
@@ -20,7 +21,14 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
         try:
             return fn(*args, **kwargs)
         except EbpflbError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo(one_line(exc), err=True)
             raise typer.Exit(1) from exc
 
     return wrapper
+
+
+def one_line(exc: EbpflbError) -> str:
+    text = " ".join(str(exc).split())
+    if exc.fix and exc.fix not in text:
+        text = f"{text}; fix: {exc.fix}"
+    return f"error: {text}"

@@ -136,3 +136,14 @@ def test_doctor_says_which_cgroup2_socket_lb_would_use(monkeypatch, tmp_path):
     socket_lb = next(c for c in json.loads(result.output)["checks"]
                      if c["name"] == "socket_lb")
     assert socket_lb["cgroup2"]["path"] == own and not socket_lb["ok"]
+
+
+def test_an_error_is_one_line_with_its_own_fix():
+    from ebpflb.cli.errors import one_line
+    from ebpflb.errors import EbpflbError, MapGeometryError
+
+    assert one_line(MapGeometryError("maps differ\nsecond line")) == (
+        f"error: maps differ second line; fix: {MapGeometryError.fix}")
+    said = EbpflbError("no room; raise --max-services", fix="raise --max-services")
+    assert one_line(said) == "error: no room; raise --max-services"
+    assert one_line(EbpflbError("plain")) == "error: plain"

@@ -176,8 +176,7 @@ def check_pinned_maps(maps: Iterable[PinnedMap]) -> None:
     """Raise MapMismatchError (one line, every mismatch) before any map is read."""
     problems = [p for p in map(map_mismatch, maps) if p is not None]
     if problems:
-        raise MapMismatchError("; ".join(problems) + " (remove the pins, or stop the agent "
-                               "with --cleanup, and let the agent recreate them)")
+        raise MapMismatchError("; ".join(problems))
 
 
 def check_geometry(maps: BpfMaps, *, max_services: int, max_backends: int,
