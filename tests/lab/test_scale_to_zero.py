@@ -12,11 +12,14 @@ resets it instead."""
 from __future__ import annotations
 
 import errno
+import json
 import socket
 import time
 
 import pytest
+from typer.testing import CliRunner
 
+from ebpflb.cli import app
 from ebpflb.lab import netns
 
 from . import manifests as k8s
@@ -54,6 +57,14 @@ def _publish(env: Env, endpoints: list[k8s.Obj]) -> None:
     env.publish("drain", SVC_IP, endpoints, ports=[HTTP], slice_ports=SLICE_PORTS)
 
 
+def _counters(env: Env) -> dict[str, int]:
+    out = CliRunner().invoke(app, ["stats", "--json", "--pin-dir", env.pin_dir,
+                                   "--state-dir", env.state_dir])
+    assert out.exit_code == 0, out.output
+    counters: dict[str, int] = json.loads(out.output)["counters"]
+    return counters
+
+
 def _wait_reset(sock: socket.socket) -> tuple[int | None, float]:
     """Send the next request on sock; the errno its connection fails with (None if it
     is answered or times out) and the seconds that took."""
@@ -81,6 +92,9 @@ def test_established_connection_is_reset_when_the_service_scales_to_zero(env: En
         f"expected ECONNRESET within {RESET_WITHIN} s, got "
         f"{errno.errorcode.get(err, err) if err else 'no reset'} after {took:.1f} s")
     assert took < RESET_WITHIN
+    assert env.agent is not None
+    env.agent.wait_for(lambda: _counters(env)["reset"] >= 1, timeout=5,
+                       what="the reset counted in `ebpflb stats`")
     if env.dataplane != "bpf":
         return  # the proxy accepts a new connection before it can refuse it: it resets
     # a new connection is refused at once, as before
