@@ -33,6 +33,7 @@ from ebpflb.dataplane.bpf.socklb import LINK_PINS, pinned_links, remove_links
 from ebpflb.dataplane.bpf.syscall import link_fd_by_id, link_info
 from ebpflb.lab import build, layout, netns, traffic
 from ebpflb.lab.agentproc import AgentProcess
+from ebpflb.lab.traffic import Failure, fails
 
 from . import manifests as k8s
 from .conftest import CNIS, _require_root, unique_lab_name
@@ -197,7 +198,7 @@ def test_the_clean_up_path_removes_the_pinned_links(node: Node) -> None:
     try:
         assert _links(node.pin_dir) == {} and _doctor_links(node) == []
         assert not any(_link_exists(i) for i, _ in links.values())
-        with pytest.raises(OSError):
+        with fails(Failure.REFUSED):
             traffic.http_get(node.lab.node_ns, IP, 80, timeout=1.0)  # nothing translates
     finally:
         node.start()
@@ -247,3 +248,21 @@ def test_unconnected_udp_from_one_socket_keeps_its_backend(node: Node) -> None:
     assert node.agent is not None
     node.agent.wait_for(lambda: len(node.backends()) == 3, what="the backend's return")
     assert set(traffic.spread_udp(node.lab.node_ns, IP, 53, 40)) == pods(node)
+
+
+def test_removing_a_killed_agents_pins_releases_its_links(node: Node) -> None:
+    """The teardown every lab test uses (remove_pins) leaves no hook on the machine's
+    cgroup even when the agent was killed: unpinning a link no process holds releases
+    it, which detaches its program."""
+    assert node.agent is not None
+    links = _links(node.pin_dir)
+    node.agent.kill()
+    node.agent = None
+    assert all(_link_exists(i) for i, _ in links.values())
+    remove_pins(node.pin_dir, abi.ALL_MAPS + abi.LEGACY_MAPS)
+    for _ in range(50):  # the kernel may free a released link from a work queue
+        if not any(_link_exists(i) for i, _ in links.values()):
+            break
+        time.sleep(0.02)
+    assert not any(_link_exists(i) for i, _ in links.values())
+    assert not os.path.exists(node.pin_dir)

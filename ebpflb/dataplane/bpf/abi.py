@@ -49,6 +49,9 @@ ALL_MAPS = (
 # when the agent starts, so nothing reads or keeps them.
 LEGACY_MAPS = ("ebpflb_ct4", "ebpflb_gstat", "ebpflb_gstat_v2")
 
+# Socket-LB's BPF links are pinned beside the maps under this prefix (socklb.LINK_PINS).
+LINK_PIN_PREFIX = "ebpflb_link_"
+
 DEFAULT_PIN_DIR = "/sys/fs/bpf/ebpflb"
 DEFAULT_MAX_SERVICES = 65536
 DEFAULT_MAX_BACKENDS = 262144

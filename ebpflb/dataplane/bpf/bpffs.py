@@ -110,9 +110,16 @@ def ensure_pin_dir(pin_dir: str) -> None:
 
 
 def remove_pins(pin_dir: str, names: tuple[str, ...]) -> None:
-    """Unlink the pins `names` and the directory if then empty; refuses (PinDirError,
-    nothing removed) where check_pin_dir does."""
+    """Unlink the pins `names`, any pinned socket-LB link, and the directory if then
+    empty; refuses (PinDirError, nothing removed) where check_pin_dir does. A link
+    whose last pin goes (and that no process holds open) is released, which detaches
+    its program: a killed agent's teardown leaves no hook on the machine's cgroup."""
+    from ebpflb.dataplane.bpf import abi
+
     check_pin_dir(pin_dir)
+    with contextlib.suppress(OSError):
+        names = (*names, *(n for n in os.listdir(pin_dir)
+                           if n.startswith(abi.LINK_PIN_PREFIX)))
     for name in names:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(pin_dir, name))

@@ -47,7 +47,8 @@ log = logging.getLogger(__name__)
 SO_NETNS_COOKIE = 71
 
 # SOCK_PROGRAMS name -> the name its link is pinned under in the pin directory
-LINK_PINS = {name: "ebpflb_link_" + name.removeprefix("ebpflb_sock_") for name in SOCK_PROGRAMS}
+LINK_PINS = {name: abi.LINK_PIN_PREFIX + name.removeprefix("ebpflb_sock_")
+             for name in SOCK_PROGRAMS}
 
 __all__ = ["LINK_PINS", "SocketLb", "cgroup2_root", "netns_cookie", "pinned_links",
            "remove_links"]
