@@ -39,6 +39,7 @@ class AgentConfig:
     # Seconds between two reads of this node's interface addresses while NodePorts use
     # them (no Node object lists any).
     local_refresh: float = 5.0
+    pin_dir: str | None = None  # published in the status file, for the inspection commands
 
 
 @dataclass(frozen=True)

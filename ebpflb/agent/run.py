@@ -38,7 +38,8 @@ def run_agent(config: RunConfig, stop: threading.Event) -> None:
         reserved = reserve(ReservedPorts(record=os.path.join(state_dir, RESERVED_RECORD)),
                            agent_config.nodeport_range)
         try:
-            Agent(source, dp, agent_config).run(stop)
+            pins = config.bpf.pin_dir if dp.name == "bpf" else None
+            Agent(source, dp, replace(agent_config, pin_dir=pins)).run(stop)
         finally:
             # NodePorts stay served by a bpf data path left in place: keep them reserved.
             if config.cleanup or dp.name != "bpf":

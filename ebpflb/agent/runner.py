@@ -256,6 +256,7 @@ class Agent:
             skipped=len(self.sync.logged_errors),
             unbalanced=self.sync.side.unbalanced_json(),
             **self.sync.nodeports_status(),
+            pin_dir=self.config.pin_dir,
         )
 
     def run(self, stop: threading.Event) -> None:

@@ -16,7 +16,8 @@ which `ebpflb services` lists from here.
      "nodeport_addresses": ["192.168.1.10"],
      "nodeport_address_source": "node-object" | "local-interfaces" | null,
      "nodeport_address_reason": "Node n1" | "no Node object named n1" | ... | null,
-     "nodeport_addresses_filter": "10.0.0.0/8" | "primary" | null}
+     "nodeport_addresses_filter": "10.0.0.0/8" | "primary" | null,
+     "pin_dir": "/sys/fs/bpf/ebpflb" | null}
 
 The NodePort addresses are those that serve NodePorts (and health checks, and source
 NAT) after ``--nodeport-addresses`` (``nodeport_addresses_filter``, null when not
@@ -61,6 +62,7 @@ class AgentStatus:
     nodeport_address_source: str | None = None  # "node-object" | "local-interfaces"
     nodeport_address_reason: str | None = None  # why that source, in words
     nodeport_addresses_filter: str | None = None  # --nodeport-addresses; None: every
+    pin_dir: str | None = None  # the bpf data path's pins (inspection reads them there)
 
     def as_json(self) -> dict[str, Any]:
         return {"version": VERSION, "written_at": time.time(), **asdict(self)}

@@ -62,7 +62,7 @@ STATUS_KEYS = {"version", "written_at", "pid", "source", "dataplane", "synced", 
                "last_full_sync_seconds", "frontends", "backends", "refused", "skipped",
                "unbalanced", "running", "age", "nodeport_addresses",
                "nodeport_address_source", "nodeport_address_reason",
-               "nodeport_addresses_filter"}
+               "nodeport_addresses_filter", "pin_dir"}
 
 
 def _status(pid: int, **overrides: object) -> AgentStatus:

@@ -96,3 +96,24 @@ def test_the_table_says_which_agent(agents: dict[str, Path]):
     result = CliRunner().invoke(app, ["services", "--state-dir", str(agents["user"])])
     assert result.exit_code == 0, result.output
     assert result.stderr.splitlines() == [f"# the userspace agent of {agents['user']}"]
+
+
+def test_state_dir_of_a_bpf_agent_finds_its_own_pin_dir(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch):
+    """A bpf agent run with another --pin-dir publishes it; --state-dir alone then reads
+    those pins, not the default ones."""
+    from ebpflb.agent.config import AgentConfig
+    from ebpflb.agent.runner import Agent
+    from ebpflb.dataplane.fake import FakeDataplane
+    from ebpflb.sources.manifests import ManifestSource
+
+    monkeypatch.setattr(bpf_inspect, "BpfInspector", _Pins)
+    monkeypatch.setattr(cli_inspect, "DEFAULT_PIN_DIR", str(tmp_path / "default-pins"))
+    (tmp_path / "m").mkdir()
+    state_dir = tmp_path / "state"
+    dp = FakeDataplane()
+    dp.name = "bpf"
+    Agent(ManifestSource(tmp_path / "m"), dp,
+          AgentConfig(state_dir=str(state_dir), pin_dir=str(tmp_path / "its-pins"))).step()
+    shown, _ = _services("--state-dir", str(state_dir))
+    assert shown == {"demo/pins-its-pins"}
