@@ -11,8 +11,10 @@ Change detection is polling, not inotify: a file's signature is (mtime_ns, size,
 inode), and ``poll()`` says whether any signature changed since the last ``load()``.
 A file is only re-parsed when its signature changed. When a file does not parse, its
 error is reported (in every ``Snapshot`` until it is fixed; the consumer logs it once,
-so the source does not) and its
-*previous* content is kept, so a half-written file never deletes Services. Writers
+so the source does not) and its *previous* content is kept, so a half-written file
+never deletes Services. Likewise an edit that makes a Service or EndpointSlice invalid
+(``clusterIP: 10.96.0.1O``) keeps the version served before it, with one error naming
+the object and the field, as the API server would have refused it (``lastgood``). Writers
 should still replace files atomically (write elsewhere, then rename): a truncated
 file that happens to parse cannot be told from an intentional edit.
 """
@@ -34,6 +36,7 @@ import yaml
 from ebpflb.errors import SourceError
 from ebpflb.model import ServiceRef
 from ebpflb.sources.base import Changes, FileError, Snapshot
+from ebpflb.sources.lastgood import LastGood
 from ebpflb.sources.tracker import ENDPOINT_SLICE, NODE, SERVICE, ChangeTracker, Key, object_key
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,7 @@ class ManifestSource:
         self._files: dict[Path, _File] = {}
         self._loaded: dict[Path, _Signature] | None = None  # what the last load() saw
         self._tracker = ChangeTracker()
+        self._last_good = LastGood()  # an invalid edit keeps the version before it
         self._passed: dict[str, str] = {}  # entries not read, logged once each
 
     @property
@@ -215,17 +219,26 @@ class ManifestSource:
                 key = object_key(obj)
                 owner = owners.get(key)
                 if owner is not None:
-                    what = f"{key[0]} {key[1]}/{key[2]}" if key[1] else f"{key[0]} {key[2]}"
-                    errors.append(FileError(path, f"{what} is also in {owner.name}; ignored"))
+                    errors.append(FileError(path, f"{_describe(key)} is also in {owner.name}; "
+                                                  "ignored"))
                     continue
                 owners[key] = path
-                by_kind[key[0]].append(obj)
+                served, why = self._last_good.choose(key, obj)
+                if why is not None:
+                    errors.append(FileError(path, f"{_describe(key)}: {why}"))
+                by_kind[key[0]].append(served)
+        self._last_good.forget_except(owners)
         return Snapshot(
             services=tuple(by_kind[SERVICE]),
             slices=tuple(by_kind[ENDPOINT_SLICE]),
             nodes=tuple(by_kind[NODE]),
             errors=tuple(errors),
         )
+
+
+def _describe(key: Key) -> str:
+    """``Service demo/web``, ``Node n1``."""
+    return f"{key[0]} {key[1]}/{key[2]}" if key[1] else f"{key[0]} {key[2]}"
 
 
 def _parse(path: Path, text: str) -> list[Any]:

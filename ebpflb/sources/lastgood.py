@@ -1,0 +1,106 @@
+"""The last good version of each manifest object: an edit that makes a Service or an
+EndpointSlice invalid is not applied, and the version before it keeps being served.
+
+Kubernetes' API server rejects such an edit (``clusterIP: 10.96.0.1O``, ``port:
+80000``) and keeps the old object; a manifest directory has no API server, so without
+this a typo would delete the live frontends (translation skips what it cannot read).
+An object is *invalid* when translating it on its own reports anything (every field
+``translate`` checks; conflicts with other objects, such as a frontend claimed twice,
+are not the object's own fault and are not checked here). Then:
+
+- if the object is being served in a version that was valid, that version is kept and
+  one error names the object and the field, until the edit is fixed or the object is
+  removed from the directory;
+- otherwise (a brand-new object, or one that was never valid) it is passed on as it
+  is, and translation skips what it cannot read, as before.
+
+Only edits are checked, when they are first seen (objects are compared by identity:
+a file that did not change hands out the same dicts), so loading 10,000s of
+unchanged objects costs nothing here. Nodes are not checked: translation reads their
+addresses leniently and reports nothing.
+
+Only the manifest source uses this. The kube source applies what the API server
+accepted: it already rejects these typos, and what it accepts but ebpflb cannot
+serve (an IPv6-only ClusterIP, IPv6-only source ranges) is the cluster's real state,
+which a stale version would contradict (serving a ClusterIP the cluster released).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from ebpflb.sources.endpointslices import _parse_slice
+from ebpflb.sources.fields import ObjectError, _identity
+from ebpflb.sources.services import _parse_service
+from ebpflb.sources.tracker import ENDPOINT_SLICE, SERVICE, Key
+
+Obj = dict[str, Any]
+
+KEPT = "edit not applied, the last good version is kept"
+
+
+def problems(obj: Obj) -> tuple[str, ...]:
+    """What translation finds wrong with one Service or EndpointSlice on its own,
+    without what it would skip for it; () when it is valid (or of another kind)."""
+    errors: list[ObjectError] = []
+    kind = obj.get("kind")
+    if kind == SERVICE:
+        _parse_service(obj, errors)
+    elif kind == ENDPOINT_SLICE:
+        _parse_slice(obj, _identity(obj), errors)
+    return tuple(_cause(e.message) for e in errors)
+
+
+def _cause(message: str) -> str:
+    """``spec.ports[0]: port 80000 is out of range 1-65535`` of ``...; port skipped``."""
+    cause, sep, consequence = message.rpartition("; ")
+    return cause if sep and consequence.endswith(("skipped", "ignored")) else message
+
+
+class LastGood:
+    """Chooses, for each object written in the directory, the version to serve."""
+
+    def __init__(self) -> None:
+        self._written: dict[Key, Obj] = {}  # the version last seen in the directory
+        self._served: dict[Key, Obj] = {}  # the version handed on for it
+        self._valid: dict[Key, bool] = {}  # whether the served version is valid, once known
+        self._held: dict[Key, str] = {}  # why the written version is not served
+
+    def choose(self, key: Key, written: Obj) -> tuple[Obj, str | None]:
+        """The version of ``key`` to serve now that ``written`` is in the directory, and
+        why it is not ``written`` (None when it is)."""
+        if self._written.get(key) is written:
+            return self._served[key], self._held.get(key)
+        served = self._served.get(key)
+        self._written[key] = written
+        if served is None or served == written:  # brand new, or the same content again
+            if served is None:
+                self._valid.pop(key, None)  # not known: checked when an edit needs it
+            self._served[key] = written
+            self._held.pop(key, None)
+            return written, None
+        found = problems(written)
+        if found and self._is_valid(key, served):
+            why = f"{'; '.join(found)}; {KEPT}"
+            self._held[key] = why
+            return served, why
+        self._served[key] = written
+        self._valid[key] = not found
+        self._held.pop(key, None)
+        return written, None
+
+    def forget_except(self, keys: Iterable[Key]) -> None:
+        """Drop every object not in ``keys`` (removed from the directory: it goes)."""
+        keep = set(keys)
+        for table in (self._written, self._served, self._valid, self._held):
+            for key in [k for k in table if k not in keep]:
+                del table[key]
+
+    def _is_valid(self, key: Key, served: Obj | None) -> bool:
+        if served is None:
+            return False
+        valid = self._valid.get(key)
+        if valid is None:
+            valid = self._valid[key] = not problems(served)
+        return valid
