@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from ebpflb.dataplane.userspace.proxy import COUNTERS, Engine, EngineConfig
+from ebpflb.dataplane.userspace.proxy import Engine, EngineConfig
+from ebpflb.dataplane.userspace.views import COUNTERS
 from ebpflb.model import (
     Backend,
     Frontend,
@@ -152,7 +153,7 @@ def env() -> Iterator[Env]:
     finally:
         engine.call(engine.shutdown_on_loop)
         engine.thread.join(5)
-        engine.close_device(remove=False)
+        engine.addresses.close(remove=False)
         backends.close()
 
 
@@ -313,4 +314,4 @@ def test_maglev_choice_is_the_kernel_paths(env: Env) -> None:
     finally:
         engine.call(engine.shutdown_on_loop)
         engine.thread.join(5)
-        engine.close_device(remove=False)
+        engine.addresses.close(remove=False)

@@ -39,7 +39,7 @@ def engine() -> Iterator[Engine]:
     finally:
         eng.call(eng.shutdown_on_loop)
         eng.thread.join(5)
-        eng.close_device(remove=False)
+        eng.addresses.close(remove=False)
 
 
 def _rx(eng: Engine) -> int:

@@ -104,12 +104,12 @@ class UserspaceDataplane:
                 self._publish_on_loop(force=True)
                 return held, errors
 
-            errors = self.engine.sync_addresses(device_addresses(desired), add=True)
+            errors = self.engine.addresses.sync_addresses(device_addresses(desired), add=True)
             held, more = self.engine.call(run)
             self._state = held
             errors += more
             # An address leaves the device once no frontend uses it.
-            errors += self.engine.sync_addresses(device_addresses(held), add=False)
+            errors += self.engine.addresses.sync_addresses(device_addresses(held), add=False)
         if errors:
             raise DataplaneError("; ".join(errors))
 
@@ -132,7 +132,7 @@ class UserspaceDataplane:
                     log.warning("stopping the userspace proxy: %s", exc)
                 self.engine.thread.join(10)
             try:
-                self.engine.close_device(remove=cleanup)
+                self.engine.addresses.close(remove=cleanup)
             except Exception as exc:
                 log.warning("closing %s: %s", self.config.device, exc)
             statefile.remove_state(self.config.state_dir)

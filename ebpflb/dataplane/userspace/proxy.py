@@ -24,30 +24,29 @@ Counters and the flow table are plain attributes touched only by the loop thread
 from __future__ import annotations
 
 import concurrent.futures
-import ctypes
-import ctypes.util
 import functools
-import ipaddress
 import logging
-import os
 import socket
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ebpflb import maglev
-from ebpflb.dataplane.userspace.device import DEVICE_NAME, DummyDevice
+from ebpflb.dataplane.userspace.addresses import FrontendAddresses, setns
+from ebpflb.dataplane.userspace.device import DEVICE_NAME
+from ebpflb.dataplane.userspace.frontend import FrontendRuntime
 from ebpflb.dataplane.userspace.reactor import IN, Reactor
 from ebpflb.dataplane.userspace.target import Target
 from ebpflb.dataplane.userspace.tcp import CHUNK, LINGER_RESET, TcpConn
 from ebpflb.dataplane.userspace.udp import UdpSession, frontend_socket
-from ebpflb.dataplane.view import BackendView, ConnView, ServiceStats, ServiceView, StatsView
+from ebpflb.dataplane.userspace.views import COUNTERS as COUNTERS  # re-exported
+from ebpflb.dataplane.userspace.views import EngineViews
+from ebpflb.dataplane.userspace.views import drops_of as drops_of  # re-exported
 from ebpflb.errors import DataplaneError
-from ebpflb.model import FrontendKey, IPAddress, Protocol
-from ebpflb.plan import BackendKey, FrontendState
+from ebpflb.model import FrontendKey, Protocol
+from ebpflb.plan import FrontendState
 from ebpflb.selection import DEFAULT_AFFINITY_ENTRIES, AffinityTable, choose_backend
 
 log = logging.getLogger(__name__)
@@ -56,40 +55,7 @@ T = TypeVar("T")
 
 LISTEN_BACKLOG = 4096
 IP_FREEBIND = 15
-CLONE_NEWNET = 0x40000000
 ACCEPT_PAUSE = 0.1  # seconds without accepting after EMFILE and the like
-
-# The same global counter names as the kernel path (ebpflb_gstat), so `stats --json`
-# has the same keys. In userspace: new_flow = a TCP connection relayed or a UDP
-# session made; ct_hit = a datagram on an existing session; reselect = a UDP session
-# moved because its backend left; reply = a datagram from a backend to its client;
-# no_backend = a connection or datagram refused for want of an active backend;
-# backend_missing = a connect to a backend that failed (refused, timed out);
-# fragment = 0 (the kernel reassembles); ct_full = a UDP session evicted by the bound;
-# source_range_drop = a connection or datagram from outside loadBalancerSourceRanges;
-# snat = a new flow of a frontend that source-NATs (the proxy's own connection to the
-# backend carries a node address whatever the policy); nat_port_full = a connect that
-# found no free local port (EADDRNOTAVAIL); affinity_hit = a new flow whose backend
-# came from the ClientIP affinity table; hairpin = a new flow whose backend is its
-# own client; icmp_error = an ICMP error from a backend about a UDP session (the
-# client cannot be told: the proxy's socket, not the client's, receives it);
-# reject = 0 (a Service without endpoints: the kernel path answers port unreachable;
-# the proxy has accepted by then and can only reset, counted as no_backend);
-# sock_lb = 0 (the node's own sockets reach the proxy's frontend addresses directly);
-# reset = a relayed TCP connection reset because its Service lost every backend.
-COUNTERS = ("new_flow", "ct_hit", "reselect", "reply", "no_backend", "backend_missing",
-            "fragment", "ct_full", "source_range_drop", "snat", "nat_port_full",
-            "affinity_hit", "hairpin", "icmp_error", "reject", "sock_lb", "reset")
-
-
-def drops_of(counters: dict[str, int]) -> dict[str, int]:
-    """Drops by reason (the kernel path's drop_reasons.h), from the counters: only a
-    connection or datagram refused for want of a backend, or for its source, is one
-    here. A failed connect (backend_missing, nat_port_full) tries the next backend, an
-    evicted UDP session (ct_full) makes room, and nothing is rewritten in place
-    (write): those reasons stay 0."""
-    return {"no_backend": counters["no_backend"],
-            "source_range": counters["source_range_drop"]}
 
 
 @dataclass(frozen=True)
@@ -107,63 +73,11 @@ class EngineConfig:
     maglev_table_size: int = 0  # > 0: new flows choose by Maglev tables of this size
 
 
-def _setns(path: str) -> None:
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            raise DataplaneError(f"setns into {path}: {os.strerror(ctypes.get_errno())}")
-    finally:
-        os.close(fd)
-
-
-class FrontendRuntime:
-    """One frontend's runtime: its state, ids, socket, flows and counters."""
-
-    def __init__(self, state: FrontendState, svc_id: int) -> None:
-        self.state = state
-        self.key: FrontendKey = state.frontend.key
-        self.family = socket.AF_INET if state.frontend.address.version == 4 else socket.AF_INET6
-        self.svc_id = svc_id
-        self.targets: dict[BackendKey, Target] = {}  # every backend
-        self.slot_targets: tuple[Target, ...] = ()  # the active ones, in slot order
-        self.maglev: list[int] = []  # Maglev table: slot -> index into slot_targets
-        self.sock: socket.socket | None = None
-        self.conns: set[TcpConn] = set()
-        self.sessions: OrderedDict[Any, UdpSession] = OrderedDict()
-        self.rx_packets = self.rx_bytes = self.tx_packets = self.tx_bytes = 0
-
-    def conn_view(self, protocol: str, client: tuple[str, int], backend: Target,
-                  created: float, last_seen: float, now: float) -> ConnView:
-        """One flow of this frontend as `ebpflb conntrack` shows it."""
-        front = self.state.frontend
-        return ConnView(protocol, ipaddress.ip_address(client[0]), client[1], front.address,
-                        front.port, backend.key[0], backend.key[1], backend.id, self.svc_id,
-                        str(self.state.port_name), now - created, now - last_seen)
-
-    def preferred(self, host: str, port: int, size: int) -> Target | None:
-        """The backend this frontend's Maglev table gives a new flow from host:port,
-        as the kernel path would (None without a table)."""
-        if not self.maglev:
-            return None
-        front = self.state.frontend
-        h = maglev.flow_hash(ipaddress.ip_address(host), port, front.address, front.port,
-                             front.protocol)
-        return self.slot_targets[self.maglev[h % size]]
-
-    def admits(self, host: str) -> bool:
-        """Whether loadBalancerSourceRanges let this client in (no ranges: everyone)."""
-        ranges = self.state.source_ranges
-        if not ranges:
-            return True
-        addr = ipaddress.ip_address(host)
-        return any(addr.version == net.version and addr in net for net in ranges)
-
-
-class Engine:
-    """The event loop thread and everything it owns, plus a netlink thread for the
-    device. Methods ending in `_on_loop` run on the loop thread (through `call`); the
-    others may be called from any thread."""
+class Engine(EngineViews):
+    """The event loop thread and everything it owns, plus the frontend addresses
+    (addresses.py, with their netlink thread); its views are in views.py. Methods
+    ending in `_on_loop` run on the loop thread (through `call`); the others may be
+    called from any thread."""
 
     def __init__(self, config: EngineConfig, *,
                  on_tick: Callable[[], None] | None = None) -> None:
@@ -178,19 +92,13 @@ class Engine:
         self.buf = bytearray(CHUNK)  # every read of the loop thread lands here first
         self.view = memoryview(self.buf)
         self.dirty = True
-        self.addresses: set[str] = set()
         self._next_svc_id = 1
         self._next_backend_id = 1
         self._on_tick = on_tick
         self._started = concurrent.futures.Future[None]()
-        self.device: DummyDevice | None = None
-        self._nl = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="ebpflb-netlink", initializer=self._netlink_init)
         try:
-            if config.device is not None:
-                self.device = self._nl.submit(self._open_device, config.device).result(60)
+            self.addresses = FrontendAddresses(config.device, netns=config.netns)
         except BaseException:
-            self._nl.shutdown(wait=True)
             self.reactor.close()
             raise
         self.thread = threading.Thread(target=self._run, name="ebpflb-userspace", daemon=True)
@@ -199,38 +107,15 @@ class Engine:
             self._started.result(timeout=30)
         except BaseException:
             self.thread.join(5)
-            self.close_device(remove=False)
+            self.addresses.close(remove=False)
             raise
-
-    def _open_device(self, name: str) -> DummyDevice:
-        dev = DummyDevice(name)
-        try:
-            dev.open()
-            self.addresses = dev.addresses()
-        except BaseException:
-            dev.close()
-            raise
-        return dev
-
-    def close_device(self, *, remove: bool) -> None:
-        """Close (and with remove, delete) the device; then stop the netlink thread."""
-        def run(dev: DummyDevice) -> None:
-            if remove:
-                dev.delete()
-            dev.close()
-
-        try:
-            if self.device is not None:
-                self.netlink(run)
-        finally:
-            self._nl.shutdown(wait=True)
 
     # -- the loop thread -----------------------------------------------------------
 
     def _run(self) -> None:
         try:
             if self.config.netns:
-                _setns(self.config.netns)
+                setns(self.config.netns)
         except BaseException as exc:
             self.reactor.close()
             self._started.set_exception(exc)
@@ -241,38 +126,6 @@ class Engine:
             self.reactor.run_forever()
         finally:
             self.reactor.close()
-
-    def _netlink_init(self) -> None:
-        if self.config.netns:
-            _setns(self.config.netns)
-
-    def netlink(self, fn: Callable[[DummyDevice], T]) -> T:
-        """Run `fn(device)` on the netlink thread (pyroute2 runs its own event loop, so
-        it is kept off the proxy's loop thread)."""
-        assert self.device is not None
-        return self._nl.submit(fn, self.device).result(60)
-
-    def sync_addresses(self, wanted: set[IPAddress], *, add: bool) -> list[str]:
-        """Add the wanted addresses that are missing (add=True), or remove the ones no
-        longer wanted (add=False). Returns errors."""
-        def run(dev: DummyDevice) -> list[str]:
-            errors = []
-            have = self.addresses
-            if add:
-                for a in sorted(wanted, key=str):
-                    if str(a) not in have:
-                        try:
-                            dev.add(a)
-                            have.add(str(a))
-                        except DataplaneError as exc:
-                            errors.append(str(exc))
-            else:
-                for text in sorted(have - {str(a) for a in wanted}):
-                    dev.remove(text)
-                    have.discard(text)
-            return errors
-
-        return self.netlink(run) if self.device is not None else []
 
     def call(self, fn: Callable[[], T], *, timeout: float = 60.0) -> T:
         """Run `fn` on the loop thread and return its result (or raise its error)."""
@@ -566,47 +419,3 @@ class Engine:
         _, fe, client = oldest
         self._drop_session(fe, client)
         return True
-
-    # -- views (on the loop) ---------------------------------------------------------
-
-    def _sorted(self) -> list[FrontendRuntime]:
-        return sorted(self.frontends.values(), key=lambda fe: fe.state.frontend)
-
-    def services(self) -> list[ServiceView]:
-        return [ServiceView(fe.svc_id, fe.state.frontend, fe.state.port_name,
-                            len(fe.state.backends), len(fe.state.slots),
-                            fe.state.affinity_timeout) for fe in self._sorted()]
-
-    def backends(self) -> list[BackendView]:
-        out = []
-        for fe in self._sorted():
-            for b in fe.state.backends:
-                out.append(BackendView(fe.targets[b.key].id, fe.svc_id, fe.state.frontend,
-                                       fe.state.port_name, b.address, b.port, b.active,
-                                       b.terminating))
-        return out
-
-    def conntrack(self) -> list[ConnView]:
-        now = time.monotonic()
-        out: list[ConnView] = []
-        for fe in self.frontends.values():
-            for conn in fe.conns:
-                v = conn.view(now)
-                if v is not None:
-                    out.append(v)
-            out.extend(s.view(now) for s in fe.sessions.values())
-        out.sort(key=lambda c: (c.frontend_address, c.frontend_port, c.client_address,
-                                c.client_port))
-        return out
-
-    def stats(self) -> StatsView:
-        rows = tuple(ServiceStats(fe.svc_id, fe.state.frontend, fe.state.port_name,
-                                  fe.rx_packets, fe.rx_bytes, fe.tx_packets, fe.tx_bytes)
-                     for fe in self._sorted())
-        counters = dict(self.counters)
-        counters["affinity_hit"] = self.affinity.hits
-        return StatsView(rows, counters, drops_of(counters))
-
-    def flows(self) -> int:
-        return sum(len(fe.conns) + len(fe.sessions) for fe in self.frontends.values())
-

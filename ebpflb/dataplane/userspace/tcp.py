@@ -38,7 +38,8 @@ from ebpflb.dataplane.view import ConnView
 from ebpflb.selection import choose_backend
 
 if TYPE_CHECKING:
-    from ebpflb.dataplane.userspace.proxy import Engine, FrontendRuntime
+    from ebpflb.dataplane.userspace.frontend import FrontendRuntime
+    from ebpflb.dataplane.userspace.proxy import Engine
     from ebpflb.dataplane.userspace.target import Target
 
 log = logging.getLogger(__name__)

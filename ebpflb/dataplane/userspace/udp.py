@@ -16,7 +16,8 @@ from ebpflb.dataplane.userspace.reactor import IN
 from ebpflb.dataplane.view import ConnView
 
 if TYPE_CHECKING:
-    from ebpflb.dataplane.userspace.proxy import Engine, FrontendRuntime
+    from ebpflb.dataplane.userspace.frontend import FrontendRuntime
+    from ebpflb.dataplane.userspace.proxy import Engine
     from ebpflb.dataplane.userspace.target import Target
 
 NEW_DGRAM = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
