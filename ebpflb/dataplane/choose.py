@@ -51,7 +51,7 @@ def _first_line(exc: BaseException) -> str:
     return line if len(line) <= 300 else line[:297] + "..."
 
 
-def explain(exc: BaseException) -> Fallback:
+def fallback_for(exc: BaseException) -> Fallback:
     """The reason (the error's first line) and the fix for a failed kernel path: the
     error's own (every EbpflbError carries one), else one by the exception's type."""
     reason = _first_line(exc)
@@ -188,11 +188,11 @@ def open_dataplane(
     except BaseException as exc:  # any failure of the kernel path: bcc, compile, attach
         log.debug("the bpf data path failed", exc_info=True)
         if serving is not None:
-            why = explain(exc)
+            why = fallback_for(exc)
             raise DataplaneError(
                 f"the bpf data path did not start: {why.reason}; the kernel path in place "
                 f"({serving}) was left serving", fix=why.fix) from exc
-        log.warning("%s", explain(exc))
+        log.warning("%s", fallback_for(exc))
     else:
         clear_userspace(userspace_config)
         return dp

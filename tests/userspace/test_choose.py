@@ -141,7 +141,7 @@ def test_every_error_of_the_kernel_path_carries_a_fix():
     for name, cls in inspect.getmembers(errors, inspect.isclass):
         if issubclass(cls, errors.DataplaneError) and cls is not errors.DataplaneError:
             assert cls("x").fix, name
-            assert choose.explain(cls("some words: header verifier attach")).fix == cls.fix
+            assert choose.fallback_for(cls("some words: header verifier attach")).fix == cls.fix
 
 
 def test_auto_runs_bpf_when_it_starts_and_removes_the_userspace_leftovers(
@@ -208,8 +208,8 @@ def test_agent_cli_ends_on_userspace_and_says_why(monkeypatch: pytest.MonkeyPatc
     assert "fix: apt-get install python3-bpfcc" in caplog.text
 
 
-def test_explain_keeps_one_line():
-    fb = choose.explain(DataplaneError("line one\nline two\n" + "x" * 1000))
+def test_fallback_reason_keeps_one_line():
+    fb = choose.fallback_for(DataplaneError("line one\nline two\n" + "x" * 1000))
     assert fb.reason == "line one"
-    long = choose.explain(DataplaneError("y" * 1000))
+    long = choose.fallback_for(DataplaneError("y" * 1000))
     assert len(long.reason) <= 300
