@@ -35,13 +35,15 @@ unit: venv
 ## Services), the control plane (full sync, event-to-map latency, RSS vs iptables-restore),
 ## the userspace path (vs bpf vs direct, with iperf3 bulk throughput), the ClusterIP
 ## path on each node shape (routed, bridge) and the cost of a /metrics scrape at
-## 10,000 Services (vs `ebpflb stats --json`).
+## 10,000 Services (vs `ebpflb stats --json`), and requests lost under faults (agent
+## killed, stopped or paused, backend churn, scale to zero, a bad edit, 20,000 Services).
 bench: setup
 	@$(PY) -m bench.datapath
 	@$(PY) -m bench.controlplane
 	@$(PY) -m bench.userspace
 	@$(PY) -m bench.nodeshapes
 	@$(PY) -m bench.metrics
+	@$(PY) -m bench.faults
 
 clean:
 	@$(PY) -m ebpflb lab down --name ebpflb 2>/dev/null || true
