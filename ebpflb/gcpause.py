@@ -26,12 +26,12 @@ they count in the agent's RSS (~10 MB at 10,000 Services).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from ebpflb import libc
 
 _NEVER = 2**31 - 1  # the largest threshold gc.set_threshold() takes
 _lock = threading.Lock()
@@ -74,13 +74,4 @@ def freeze_survivors() -> None:
 
 def trim_heap() -> None:
     """Return freed heap memory to the kernel (glibc's malloc_trim); a no-op elsewhere."""
-    global _libc
-    if _libc is None:
-        name = ctypes.util.find_library("c")
-        _libc = ctypes.CDLL(name) if name else False
-    trim = getattr(_libc, "malloc_trim", None) if _libc else None
-    if trim is not None:
-        trim(0)
-
-
-_libc: ctypes.CDLL | bool | None = None  # loaded on first use; False: no C library
+    libc.malloc_trim()

@@ -13,8 +13,6 @@ use ``ip netns exec`` (``run``), which is what an engineer types by hand.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import socket
 import subprocess
@@ -22,13 +20,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from ebpflb import libc
 from ebpflb.errors import LabError
 
 NETNS_DIR = "/run/netns"
-CLONE_NEWNET = 0x40000000
 DEFAULT_TIMEOUT = 10.0
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
 def path(ns: str) -> str:
@@ -89,9 +85,10 @@ def spawn(ns: str, argv: Sequence[str], **popen_kwargs: Any) -> subprocess.Popen
 
 
 def _setns(fd: int, what: str) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise LabError(f"setns into {what}: {os.strerror(err)}")
+    try:
+        libc.setns(fd, libc.CLONE_NEWNET)
+    except OSError as exc:
+        raise LabError(f"setns into {what}: {exc.strerror}") from exc
 
 
 @contextmanager

@@ -19,13 +19,12 @@ cgroup a mount shows at its top (its root field), which tells the hierarchy's ro
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import os
 import re
 from dataclasses import dataclass
 
+from ebpflb import libc
 from ebpflb.errors import DataplaneError
 
 log = logging.getLogger(__name__)
@@ -128,23 +127,21 @@ def cgroup2_root() -> str:
     return found.mount_point
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-
-
 def mount_cgroup2(path: str) -> None:
     """mount -t cgroup2 none PATH, with the mount(2) system call."""
     os.makedirs(path, exist_ok=True)
-    if _libc.mount(b"none", os.fsencode(path), CGROUP2.encode(), 0, None) != 0:
-        err = ctypes.get_errno()
-        raise DataplaneError(f"cannot mount cgroup2 at {path}: {os.strerror(err)}")
+    try:
+        libc.mount("none", path, CGROUP2)
+    except OSError as exc:
+        raise DataplaneError(f"cannot mount cgroup2 at {path}: {exc.strerror}") from exc
 
 
 def umount(path: str) -> None:
     """Unmount PATH (lazily: a process may still hold a directory of it open)."""
-    mnt_detach = 2
-    if _libc.umount2(os.fsencode(path), mnt_detach) != 0:
-        err = ctypes.get_errno()
-        raise DataplaneError(f"cannot unmount {path}: {os.strerror(err)}")
+    try:
+        libc.umount2(path, libc.MNT_DETACH)
+    except OSError as exc:
+        raise DataplaneError(f"cannot unmount {path}: {exc.strerror}") from exc
 
 
 def ensure_cgroup2(state_dir: str) -> str:

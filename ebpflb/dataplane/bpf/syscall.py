@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
+from ebpflb import libc
 from ebpflb.errors import BpfUnavailableError, DataplaneError
 
 # __NR_bpf per platform.machine() (uname -m), from the kernel's syscall tables:
@@ -61,11 +62,6 @@ def bpf_syscall_number(machine: str | None = None, *, pointer_bits: int | None =
 
 
 _nr_bpf: int | None = None  # chosen on the first call
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-# syscall(long number, ...): declared so every argument is passed full width (without
-# argtypes ctypes passes a C int, whose upper register half is not defined on arm64).
-_libc.syscall.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_ulong]
-_libc.syscall.restype = ctypes.c_long
 
 BPF_MAP_CREATE = 0
 BPF_MAP_LOOKUP_ELEM = 1
@@ -214,11 +210,7 @@ def _bpf(cmd: int, attr: ctypes.Structure) -> int:
     global _nr_bpf
     if _nr_bpf is None:
         _nr_bpf = bpf_syscall_number()
-    ret = int(_libc.syscall(_nr_bpf, cmd, ctypes.byref(attr), ctypes.sizeof(attr)))
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return ret
+    return libc.syscall(_nr_bpf, cmd, attr, ctypes.sizeof(attr))
 
 
 def _addr(obj: ctypes._CData | None) -> int:
