@@ -10,7 +10,6 @@ import ipaddress
 import json
 import logging
 import os
-import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -107,7 +106,6 @@ def _ip_json(*args: str) -> Any:
     return json.loads(out.stdout)
 
 
-@pytest.mark.skipif(shutil.which("ip") is None, reason="iproute2's ip is not installed")
 def test_rtnetlink_reads_what_ip_shows():
     found = {i.name: i for i in interfaces()}
     links = _ip_json("-d", "addr", "show")
