@@ -4,7 +4,10 @@ from the source and the maps as they are, without touching either.
 Exit status as `git diff`: 0, or with --exit-code 0 for no changes and 1 for changes;
 2 for an error (one line), since 1 means changes here. With --exit-code an object the
 plan had to leave out (invalid, skipped) is also 2: the plan is not the whole source,
-so "no changes" cannot be told."""
+so "no changes" cannot be told.
+
+An invalid edit of a manifest object whose Service the pinned maps serve is shown as
+the agent treats it: named once, and its Service left as served (``lastgood``)."""
 
 from __future__ import annotations
 
@@ -55,6 +58,7 @@ def diff(
     """Dry run: print the plan a sync would apply to the pinned maps."""
     from ebpflb.dataplane.bpf.maps import BpfMaps, pins_present, read_state
     from ebpflb.plan import desired_frontends
+    from ebpflb.sources.lastgood import Held, held_by_agent
     from ebpflb.sources.topology import node_zone
     from ebpflb.sources.translate import node_addresses, translate
     from ebpflb.sync.diff import diff as plan_diff
@@ -72,16 +76,24 @@ def diff(
     zone = node_zone(snap.nodes, node_name) if node_name else None
     result = translate(snap.services, snap.slices, node_name=node_name, node_zone=zone,
                        node_addresses=addrs)
-    skipped = (*snap.errors, *result.errors)
-    for err in skipped:
-        typer.echo(f"skipped: {err}", err=True)
     if pins_present(pin_dir):
         with BpfMaps(pin_dir) as maps:
             current = read_state(maps).frontends
     else:
         typer.echo(f"note: no maps pinned under {pin_dir}; everything would be added", err=True)
         current = {}
-    plan = plan_diff(current, desired_frontends(result.state))
+    # An invalid edit of a served manifest object: the agent keeps what it serves.
+    held = (held_by_agent(snap.services + snap.slices,
+                          {s.port_name.service for s in current.values()})
+            if manifests is not None else Held())
+    skipped = (*snap.errors, *held.lines,
+               *(e for e in result.errors if (e.kind, e.namespace, e.name) not in held.objects))
+    for err in skipped:
+        typer.echo(f"skipped: {err}", err=True)
+    desired = {k: v for k, v in desired_frontends(result.state).items()
+               if v.port_name.service not in held.services}
+    desired |= {k: v for k, v in current.items() if v.port_name.service in held.services}
+    plan = plan_diff(current, desired)
     if json:
         typer.echo(render.to_json(plan.as_json()))
     else:

@@ -27,13 +27,15 @@ which a stale version would contradict (serving a ClusterIP the cluster released
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
 from typing import Any
 
+from ebpflb.model import ServiceRef
 from ebpflb.sources.endpointslices import _parse_slice
 from ebpflb.sources.fields import ObjectError, _identity
 from ebpflb.sources.services import _parse_service
-from ebpflb.sources.tracker import ENDPOINT_SLICE, SERVICE, Key
+from ebpflb.sources.tracker import ENDPOINT_SLICE, SERVICE, Key, slice_owner
 
 Obj = dict[str, Any]
 
@@ -104,3 +106,36 @@ class LastGood:
         if valid is None:
             valid = self._valid[key] = not problems(served)
         return valid
+
+
+@dataclass(frozen=True)
+class Held:
+    """What an agent serving some Services keeps at its last good version."""
+
+    services: frozenset[ServiceRef] = frozenset()  # their frontends stay as served
+    objects: frozenset[tuple[str, str, str]] = frozenset()  # (kind, namespace, name)
+    lines: tuple[str, ...] = ()  # one per object, as the agent logs it
+
+
+def held_by_agent(objects: Iterable[Obj], served: Collection[ServiceRef]) -> Held:
+    """For a dry run against a running agent's data path (``ebpflb diff``), which has
+    no history: the invalid Services and EndpointSlices whose Service the data path
+    serves, which that agent keeps at the version it serves (if that one was valid,
+    which a fresh read cannot tell: the data path serving it is taken as the sign)."""
+    refs: set[ServiceRef] = set()
+    keys: set[tuple[str, str, str]] = set()
+    lines: list[str] = []
+    for obj in objects:
+        found = problems(obj)
+        if not found:
+            continue
+        kind = str(obj.get("kind"))
+        namespace, name = _identity(obj)
+        owner = name if kind == SERVICE else slice_owner(obj)
+        ref = ServiceRef(namespace, owner) if owner else None
+        if ref is None or ref not in served:
+            continue
+        refs.add(ref)
+        keys.add((kind, namespace, name))
+        lines.append(f"{kind} {namespace}/{name}: {'; '.join(found)}; {KEPT}")
+    return Held(frozenset(refs), frozenset(keys), tuple(lines))

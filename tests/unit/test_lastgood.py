@@ -40,6 +40,7 @@ endpoints:
 """
 
 GOOD_IP = "10.96.0.10"
+NOTHING = "0 added, 0 changed, 0 removed (0 operations)\n"
 
 
 def put(path: Path, text: str) -> None:
@@ -193,3 +194,54 @@ def test_problems_names_the_field_without_the_consequence() -> None:
            "spec": {"clusterIP": "10.96.0.1O", "ports": [{"port": 80}]}}
     assert problems(svc) == ("spec.clusterIP '10.96.0.1O' is not an IP address",)
     assert problems({"kind": "Node", "metadata": {"name": "n1"}}) == ()
+
+
+class _Maps:
+    """Stands in for the pinned maps in `ebpflb diff`: holds what the agent serves."""
+
+    def __init__(self, _pin_dir: str) -> None: ...
+
+    def __enter__(self) -> _Maps:
+        return self
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+def test_diff_shows_the_last_good_version_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    from ebpflb.cli import app
+    from ebpflb.dataplane.bpf import maps
+    from ebpflb.plan import desired_frontends
+    from ebpflb.sources.translate import translate
+
+    d = tmp_path / "m"
+    d.mkdir()
+    put_service(d)
+    put_slice(d, ["10.244.0.11"])
+    snap = ManifestSource(d).load()
+    served = desired_frontends(translate(snap.services, snap.slices).state)
+    monkeypatch.setattr(maps, "pins_present", lambda _pin_dir: True)
+    monkeypatch.setattr(maps, "BpfMaps", _Maps)
+    monkeypatch.setattr(maps, "read_state", lambda _maps: SimpleNamespace(frontends=served))
+
+    def diff() -> tuple[int, str, str]:
+        out = CliRunner().invoke(app, ["diff", "--manifests", str(d), "--exit-code"])
+        return out.exit_code, out.stdout, out.stderr
+
+    assert diff() == (0, NOTHING, "")
+    put_service(d, ip="10.96.0.1O")
+    put_slice(d, ["10.244.0.1two"])
+    code, out, err = diff()
+    assert (code, out) == (2, NOTHING)
+    assert err.count("skipped:") == 2, err
+    assert ("skipped: Service demo/web: spec.clusterIP '10.96.0.1O' is not an IP address; "
+            f"{KEPT}") in err
+    assert "EndpointSlice demo/web-1: endpoints[0]: address '10.244.0.1two'" in err
+    put_service(d, port=81)  # valid edits: planned as usual
+    put_slice(d, ["10.244.0.12"])
+    code, out, _ = diff()
+    assert (code, out.splitlines()[-1]) == (1, "1 added, 0 changed, 1 removed (3 operations)")
