@@ -3,13 +3,15 @@ agent runs `--dataplane userspace` in the node namespace with `--node-name` and 
 manifest whose InternalIP is 169.254.1.1 (the node's address on every pod veth), so
 NodePort frontends exist. Covers sessionAffinity: ClientIP (held, then expired),
 loadBalancerSourceRanges on a load-balancer ingress IP (admitted, refused and
-counted) and NodePort frontends (listened on at the node address, shown by
-`ebpflb services`, not added to the frontend device)."""
+counted), NodePort frontends (listened on at the node address, shown by
+`ebpflb services`, not added to the frontend device), and the frontend addresses kept
+to their Service ports (a node listener on 0.0.0.0 does not answer there)."""
 
 from __future__ import annotations
 
 import json
 import secrets
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +38,8 @@ STICKY_IP = "10.96.3.10"
 LB_CLUSTER_IP = "10.96.3.11"
 LB_IPS = {True: "10.96.3.100", False: "10.96.3.101"}  # load-balancer ingress IPs
 NP_CLUSTER_IP = "10.96.3.12"
+CLOSED_CLUSTER_IP = "10.96.3.13"
+NODE_LISTEN_PORT = 2222  # a node process's port (sshd's 22, say), bound to 0.0.0.0
 NODE_PORT_TCP = 30080
 NODE_PORT_UDP = 30053
 HTTP = {"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}
@@ -195,3 +199,44 @@ def test_node_port_is_served_at_the_node_address(env: Env):
     # carry it (ClusterIPs are there).
     out = netns.run(env.lab.node_ns, ["ip", "-4", "addr", "show", "dev", DEVICE_NAME]).stdout
     assert f"{NP_CLUSTER_IP}/32" in out and env.node_ip not in out, out
+
+
+def test_node_listeners_do_not_answer_on_service_addresses(env: Env):
+    """kubernetes issue 72236: a node process on 0.0.0.0 must not answer on a ClusterIP
+    (a local address of the frontend device): TCP to another port of it is reset, UDP
+    is refused and never reaches the node's socket, and the Service ports still work."""
+    env.publish("closed", CLOSED_CLUSTER_IP)
+    env.wait_frontend(f"{CLOSED_CLUSTER_IP}:80/TCP", active_backends=3)
+    env.wait_frontend(f"{CLOSED_CLUSTER_IP}:53/UDP", active_backends=3)
+    pods = {f"{p.name}\n" for p in env.lab.pods}
+    with netns.socket_in(env.lab.node_ns, socket.AF_INET, socket.SOCK_STREAM) as tcp, \
+            netns.socket_in(env.lab.node_ns, socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        tcp.bind(("0.0.0.0", NODE_LISTEN_PORT))
+        tcp.listen(8)
+        udp.bind(("0.0.0.0", NODE_LISTEN_PORT))
+        udp.settimeout(0.5)
+        # The listeners are reachable at the node's own address: the test can fail.
+        with netns.socket_in(env.client, socket.AF_INET, socket.SOCK_STREAM) as c:
+            c.settimeout(2)
+            c.connect((env.node_ip, NODE_LISTEN_PORT))
+        tcp.accept()[0].close()
+        for _ in range(3):
+            with netns.socket_in(env.client, socket.AF_INET, socket.SOCK_STREAM) as c, \
+                    traffic.fails(traffic.Failure.REFUSED):  # a RST answers the SYN
+                c.settimeout(2)
+                c.connect((CLOSED_CLUSTER_IP, NODE_LISTEN_PORT))
+        with netns.socket_in(env.client, socket.AF_INET, socket.SOCK_DGRAM) as c:
+            c.settimeout(2)
+            c.connect((CLOSED_CLUSTER_IP, NODE_LISTEN_PORT))
+            c.send(b"x")
+            with traffic.fails(traffic.Failure.REFUSED):  # ICMP port unreachable
+                c.recv(100)
+        with pytest.raises(TimeoutError):
+            udp.recvfrom(100)  # nothing reached the node's socket
+        # The Service's own ports are served as before.
+        assert set(traffic.spread_tcp(env.client, CLOSED_CLUSTER_IP, 80, 10)) <= pods
+        answer, source = traffic.udp_request(env.client, CLOSED_CLUSTER_IP, 53)
+        assert answer in pods and source == (CLOSED_CLUSTER_IP, 53)
+        # ICMP passes: the ClusterIP answers ping, as on kube-ipvs0.
+        netns.run(env.client, ["ping", "-c", "1", "-W", "2", CLOSED_CLUSTER_IP])

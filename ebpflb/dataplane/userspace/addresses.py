@@ -1,5 +1,6 @@
-"""The frontend addresses on the node: the device that carries them (device.py),
-changed only from one netlink thread that lives in the proxy's network namespace
+"""The frontend addresses on the node: the device that carries them (device.py) and
+the filter that keeps them to their Service ports (portfilter.py), changed only from
+one netlink thread that lives in the proxy's network namespace
 (pyroute2 runs its own event loop, so it is kept off the proxy's loop thread)."""
 
 from __future__ import annotations
@@ -7,13 +8,16 @@ from __future__ import annotations
 import concurrent.futures
 import ctypes
 import ctypes.util
+import ipaddress
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from ebpflb.dataplane.userspace.device import DummyDevice
+from ebpflb.dataplane.userspace.portfilter import Frontend, apply_filter, remove_filter
 from ebpflb.errors import DataplaneError
-from ebpflb.model import IPAddress
+from ebpflb.model import FrontendKind, IPAddress
+from ebpflb.plan import FrontendState
 
 T = TypeVar("T")
 
@@ -54,6 +58,9 @@ class FrontendAddresses:
         try:
             dev.open()
             self.addresses = dev.addresses()
+            # No frontend yet: every address a previous run left on the device is
+            # closed to the node's listeners until the first sync.
+            apply_filter((), self._own(dev, self.addresses))
         except BaseException:
             dev.close()
             raise
@@ -63,6 +70,7 @@ class FrontendAddresses:
         """Close (and with remove, delete) the device; then stop the netlink thread."""
         def run(dev: DummyDevice) -> None:
             if remove:
+                remove_filter()
                 dev.delete()
             dev.close()
 
@@ -102,3 +110,27 @@ class FrontendAddresses:
             return errors
 
         return self.netlink(run) if self.device is not None else []
+
+    def sync_filter(self, frontends: Iterable[FrontendState]) -> list[str]:
+        """Replace the port filter: the frontends on the device pass, every other port
+        of an address on it is refused. Returns errors."""
+        def run(dev: DummyDevice) -> list[str]:
+            fronts: list[Frontend] = [
+                (st.frontend.address, st.frontend.protocol, st.frontend.port)
+                for st in frontends if st.kind is not FrontendKind.NODE_PORT]
+            addrs = self._own(dev, self.addresses | {str(a) for a, _, _ in fronts})
+            try:
+                apply_filter([f for f in fronts if f[0] in addrs], addrs)
+            except DataplaneError as exc:
+                return [str(exc)]
+            return []
+
+        return self.netlink(run) if self.device is not None else []
+
+    @staticmethod
+    def _own(dev: DummyDevice, addresses: Iterable[str]) -> set[IPAddress]:
+        """The addresses that no other device of the node carries: only those the
+        filter may close (a node address that is also a Service's stays the node's)."""
+        others = {str(a.get_attr("IFA_ADDRESS")) for a in dev.ipr.get_addr()
+                  if a["index"] != dev.index}
+        return {ipaddress.ip_address(a) for a in addresses if a not in others}

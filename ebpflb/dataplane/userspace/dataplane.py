@@ -1,6 +1,7 @@
 """The userspace data path behind the Dataplane protocol: frontends become local
-addresses of `ebpflb0` (NodePorts excepted: they are the node's own addresses) and
-sockets of the proxy engine (proxy.py); the state the CLI shows is published to
+addresses of `ebpflb0` (NodePorts excepted: they are the node's own addresses), kept
+to their Service ports by a filter (portfilter.py), and sockets of the proxy engine
+(proxy.py); the state the CLI shows is published to
 `<state dir>/userspace.json` (state.py)."""
 
 from __future__ import annotations
@@ -104,12 +105,17 @@ class UserspaceDataplane:
                 self._publish_on_loop(force=True)
                 return held, errors
 
-            errors = self.engine.addresses.sync_addresses(device_addresses(desired), add=True)
+            addresses = self.engine.addresses
+            # The filter first: a new address is on the device only with the filter
+            # that keeps it to its Service ports (portfilter.py).
+            errors = addresses.sync_filter(desired.values())
+            errors += addresses.sync_addresses(device_addresses(desired), add=True)
             held, more = self.engine.call(run)
             self._state = held
             errors += more
             # An address leaves the device once no frontend uses it.
-            errors += self.engine.addresses.sync_addresses(device_addresses(held), add=False)
+            errors += addresses.sync_addresses(device_addresses(held), add=False)
+            errors += addresses.sync_filter(held.values())
         if errors:
             raise DataplaneError("; ".join(errors))
 

@@ -98,13 +98,17 @@ class DummyDevice:
 
 
 def remove_device(name: str = DEVICE_NAME) -> bool:
-    """Delete the device if it exists (what the bpf data path does on start-up, so a
-    switch from userspace leaves no frontend address behind). True when it existed."""
+    """Delete the device if it exists, and the port filter of its addresses (what the
+    bpf data path does on start-up, so a switch from userspace leaves no frontend
+    address behind). True when the device existed."""
     from pyroute2 import IPRoute
+
+    from ebpflb.dataplane.userspace.portfilter import remove_filter
 
     with IPRoute() as ipr:
         found = ipr.link_lookup(ifname=name)
         if not found:
             return False
         ipr.link("del", index=found[0])
-        return True
+    remove_filter()
+    return True
