@@ -3,7 +3,8 @@
 ``base`` says what a source gives the agent; ``translate`` turns Services and
 EndpointSlices (plain dicts, as the API returns them) into a ``DesiredState``;
 ``tracker`` keeps kube-proxy-style {previous, current} change records and is the store
-behind both sources; ``manifests`` reads a directory of YAML/JSON files. ``kube`` (the
+behind both sources; ``manifests`` reads a directory of YAML/JSON files, keeping the
+last good version of an object an invalid edit would break (``lastgood``). ``kube`` (the
 API client) is imported only by whoever needs it, never from here.
 """
 
