@@ -14,7 +14,6 @@ raises a ``BpfUnavailableError`` naming it, rather than making some other system
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import enum
 import errno
 import os
