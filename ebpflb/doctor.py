@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -208,21 +209,27 @@ def check_socket_lb(state_dir: str = DEFAULT_STATE_DIR, pin_dir: str = DEFAULT_P
                  f"translated at connect(){pinned}", required=False, extra=extra)
 
 
-def check_userspace() -> Check:
-    """The userspace proxy needs CAP_NET_ADMIN (its device and the frontend addresses)
-    and pyroute2. Not required for bpf: a warning when it fails."""
+def check_userspace(*, nft: str | None = None) -> Check:
+    """The userspace proxy needs CAP_NET_ADMIN (its device and the frontend addresses),
+    pyroute2, and nft (the filter that keeps Service addresses to their Service ports).
+    Not required for bpf: a warning when it fails."""
     has_net = bool(_effective_caps() & (1 << CAP_NET_ADMIN))
+    nft = nft if nft is not None else (shutil.which("nft") or "")
     try:
         import pyroute2  # noqa: F401
     except Exception as exc:
         return Check(USERSPACE_CHECK, False, f"pyroute2 not importable: {exc}",
                      "pip install pyroute2 (make setup does it)", required=False)
+    if not nft:
+        return Check(USERSPACE_CHECK, False, "nft not found: the fallback proxy filters its "
+                     "Service addresses to their Service ports with nftables",
+                     "apt-get install nftables (make setup does it)", required=False)
     if not has_net:
         return Check(USERSPACE_CHECK, False, "the fallback proxy needs CAP_NET_ADMIN for "
                      "its device ebpflb0 and the frontend addresses",
                      "run as root (or with CAP_NET_ADMIN)", required=False)
-    return Check(USERSPACE_CHECK, True, "the fallback proxy can run (CAP_NET_ADMIN, pyroute2)",
-                 required=False)
+    return Check(USERSPACE_CHECK, True,
+                 "the fallback proxy can run (CAP_NET_ADMIN, pyroute2, nft)", required=False)
 
 
 def run_checks(*, state_dir: str = DEFAULT_STATE_DIR, pin_dir: str = DEFAULT_PIN_DIR

@@ -147,3 +147,10 @@ def test_an_error_is_one_line_with_its_own_fix():
     said = EbpflbError("no room; raise --max-services", fix="raise --max-services")
     assert one_line(said) == "error: no room; raise --max-services"
     assert one_line(EbpflbError("plain")) == "error: plain"
+
+
+def test_doctor_says_the_userspace_path_needs_nft():
+    from ebpflb.doctor import check_userspace
+
+    check = check_userspace(nft="")
+    assert not check.ok and "nftables" in check.fix and not check.required
