@@ -29,6 +29,7 @@ from ebpflb.dataplane.bpf.cgroup import (
 )
 from ebpflb.lab import build, layout, netns, traffic
 from ebpflb.lab.agentproc import AgentProcess
+from ebpflb.lab.traffic import Failure, fails
 
 from . import manifests as k8s
 from .conftest import _require_root, kernel_counters, unique_lab_name
@@ -194,5 +195,6 @@ def test_an_agent_under_ip_netns_exec_serves_the_nodes_own_sockets(
     assert agent.proc is not None and agent.proc.returncode == 0, agent.log_text()[-2000:]
     # the agent's cgroup2 mount was its namespace's only; its links died with it
     assert _host_cgroup2_mounts_under(str(run_dir)) == []
-    with pytest.raises(OSError):
+    # untranslated, the node's own socket has no route to the ClusterIP
+    with fails(Failure.UNREACHABLE):
         traffic.http_get(lab.node_ns, IP, 80, timeout=1.0)
