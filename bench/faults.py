@@ -555,6 +555,8 @@ def main(argv: list[str] | None = None) -> int:
         print("the benchmark needs root (network namespaces, BPF)", file=sys.stderr)
         return 1
     old = signal.signal(signal.SIGTERM, harness._on_sigterm)
+    # Ctrl-C even where SIGINT came in ignored (a background job of a script)
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         res = run(args.quick, args.paths.split(","), not args.no_capacity)
     except (KeyboardInterrupt, harness.Interrupted):
@@ -562,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, old)
+        signal.signal(signal.SIGINT, old_int)
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(res, indent=2) + "\n")
     report(res)
