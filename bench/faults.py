@@ -411,6 +411,9 @@ def sc_capacity(p: DataPath, quick: bool) -> dict[str, Any]:
         p.pin_dir, p.manifests = pin_dir, cap_dir
         out["first_sync_s"] = round(p.start(*extra, pin_dir=pin_dir, manifests=cap_dir), 2)
         out["web_admitted"] = p.backends() is not None
+        from ebpflb.dataplane.bpf.maps import BpfMaps, read_state
+        with BpfMaps(pin_dir) as maps:
+            out["frontends_in_maps"] = len(read_state(maps).frontends)
         t0 = time.monotonic()
         try:
             p.publish(p.pods[:2])
@@ -435,7 +438,8 @@ def sc_capacity(p: DataPath, quick: bool) -> dict[str, Any]:
         p.stop_all()
         p.cleanup_pins(pin_dir)
     log(f"   over capacity   : {OVER_CAPACITY + 1} Services, --max-services {CAPACITY}: "
-        f"first sync {out['first_sync_s']} s, web admitted {out['web_admitted']}, "
+        f"first sync {out['first_sync_s']} s, {out['frontends_in_maps']} in the maps, "
+        f"web admitted {out['web_admitted']}, "
         f"backend change applied in {out['backend_change_applied_s']} s; SIGTERM "
         f"{out['sigterm_during_first_sync_s']} s half-way through the first sync (not done "
         f"yet: {out['sigterm_before_first_sync_done']}), "
@@ -506,7 +510,8 @@ def report(res: dict[str, Any]) -> None:
     cap = res["paths"].get("bpf", {}).get("capacity")
     if cap:
         log(f"\n   {cap['services']} Services, --max-services {cap['max_services']} (bpf): "
-            f"first sync {cap['first_sync_s']} s; a backend change of an admitted Service "
+            f"first sync {cap['first_sync_s']} s ({cap['frontends_in_maps']} in the maps); "
+            "a backend change of an admitted Service "
             f"applied: {cap['backend_change_applied_s'] is not None} "
             f"({cap['backend_change_applied_s']} s); SIGTERM during the first sync "
             f"{cap['sigterm_during_first_sync_s']} s (sync not done yet: "
