@@ -26,6 +26,7 @@ from ebpflb.dataplane.bpf.bpffs import remove_pins
 from ebpflb.dataplane.bpf.maps import BpfMaps, read_state
 from ebpflb.lab import build, layout, netns, traffic
 from ebpflb.lab.agentproc import AgentProcess
+from ebpflb.lab.traffic import Failure, fails
 
 from . import manifests as k8s
 from .conftest import CNIS, _require_root, kernel_counters, unique_lab_name
@@ -229,7 +230,7 @@ def test_load_balancer_ip_with_source_ranges(cluster: Cluster) -> None:
                     loadBalancerSourceRanges=[f"{cluster.lab.outside[0].ip}/32"])
     assert set(traffic.spread_tcp(cluster.ext(1), LB_IP, 80, 40)) == names([1, 2, 3, 4])
     before = cluster.counters(1)["source_range_drop"]
-    with pytest.raises(OSError):
+    with fails(Failure.TIMEOUT):
         traffic.http_get(cluster.ext(2), LB_IP, 80, timeout=1.0)
     assert cluster.counters(1)["source_range_drop"] > before
 

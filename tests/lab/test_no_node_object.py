@@ -24,6 +24,7 @@ from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import remove_pins
 from ebpflb.lab import build, layout, netns, traffic
 from ebpflb.lab.agentproc import AgentProcess
+from ebpflb.lab.traffic import Failure, fails
 
 from . import manifests as k8s
 from .conftest import CNIS, _require_root, unique_lab_name
@@ -168,7 +169,7 @@ def test_a_node_object_takes_over_and_the_interfaces_serve_again_when_it_goes(
         agent.wait_for(lambda: env.status()["nodeport_address_source"] == "node-object",
                        what="the Node object's addresses")
         assert env.status()["nodeport_addresses"] == ["10.9.0.1"]
-        with pytest.raises(OSError):
+        with fails(Failure.REFUSED):
             traffic.http_get(env.ext, env.node_ip, 30080, timeout=0.5)
         k8s.remove(env.manifests, "node")
         agent.wait_for(lambda: env.status()["nodeport_address_source"] == "local-interfaces",
