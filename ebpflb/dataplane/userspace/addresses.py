@@ -6,13 +6,12 @@ one netlink thread that lives in the proxy's network namespace
 from __future__ import annotations
 
 import concurrent.futures
-import ctypes
-import ctypes.util
 import ipaddress
 import os
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
+from ebpflb import libc
 from ebpflb.dataplane.userspace.device import DummyDevice
 from ebpflb.dataplane.userspace.portfilter import Frontend, apply_filter, remove_filter
 from ebpflb.errors import DataplaneError
@@ -21,16 +20,13 @@ from ebpflb.plan import FrontendState
 
 T = TypeVar("T")
 
-CLONE_NEWNET = 0x40000000
-
-
 def setns(path: str) -> None:
     """Move the calling thread into the network namespace of the file `path`."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            raise DataplaneError(f"setns into {path}: {os.strerror(ctypes.get_errno())}")
+        libc.setns(fd)
+    except OSError as exc:
+        raise DataplaneError(f"setns into {path}: {exc.strerror}") from exc
     finally:
         os.close(fd)
 
