@@ -24,6 +24,7 @@ test: setup lint
 
 lint: venv
 	@$(VENV)/bin/ruff check --no-cache ebpflb tests bench
+	@$(VENV)/bin/ruff format --check --no-cache ebpflb tests bench
 	@$(VENV)/bin/mypy --no-incremental --cache-dir=/dev/null
 
 ## unit: the tests that need no root (EBPFLB_TESTS_NO_ROOT=1: any root test among them

@@ -66,20 +66,31 @@ def _ip(base: int, index: int) -> str:
 
 
 def service(i: int) -> dict[str, Any]:
-    return {"kind": "Service", "metadata": {"name": f"svc-{i}", "namespace": "bench"},
-            "spec": {"type": "ClusterIP", "clusterIP": _ip(CLUSTER_BASE, i + 1),
-                     "ports": [{"name": "http", "port": 80, "protocol": "TCP",
-                                "targetPort": 8080}]}}
+    return {
+        "kind": "Service",
+        "metadata": {"name": f"svc-{i}", "namespace": "bench"},
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": _ip(CLUSTER_BASE, i + 1),
+            "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}],
+        },
+    }
 
 
 def endpoint_slice(i: int, addresses: list[str]) -> dict[str, Any]:
-    return {"kind": "EndpointSlice",
-            "metadata": {"name": f"svc-{i}-a", "namespace": "bench",
-                         "labels": {"kubernetes.io/service-name": f"svc-{i}"}},
-            "addressType": "IPv4",
-            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-            "endpoints": [{"addresses": [a], "conditions": {"ready": True}, "nodeName": NODE}
-                          for a in addresses]}
+    return {
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"svc-{i}-a",
+            "namespace": "bench",
+            "labels": {"kubernetes.io/service-name": f"svc-{i}"},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": [
+            {"addresses": [a], "conditions": {"ready": True}, "nodeName": NODE} for a in addresses
+        ],
+    }
 
 
 def endpoints_of(i: int) -> list[str]:
@@ -108,15 +119,34 @@ class Scale:
 
     def start_agent(self) -> subprocess.Popen[bytes]:
         kubeconfig = self.api.write_kubeconfig(self.work / "kubeconfig")
-        argv = [sys.executable, "-m", "ebpflb", "agent", "--kubeconfig", str(kubeconfig),
-                "--dataplane", "bpf", "--node-name", NODE, "--pin-dir", self.pin_dir,
-                "--state-dir", self.state_dir, "--min-sync-interval", "0",
-                "--max-services", str(abi.DEFAULT_MAX_SERVICES),
-                "--max-backends", str(abi.DEFAULT_MAX_BACKENDS), *self.agent_args]
+        argv = [
+            sys.executable,
+            "-m",
+            "ebpflb",
+            "agent",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--dataplane",
+            "bpf",
+            "--node-name",
+            NODE,
+            "--pin-dir",
+            self.pin_dir,
+            "--state-dir",
+            self.state_dir,
+            "--min-sync-interval",
+            "0",
+            "--max-services",
+            str(abi.DEFAULT_MAX_SERVICES),
+            "--max-backends",
+            str(abi.DEFAULT_MAX_BACKENDS),
+            *self.agent_args,
+        ]
         log = open(self.work / "agent.log", "ab")  # noqa: SIM115 - the child holds it
         try:
-            self.agent = netns.spawn(self.ns, argv, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+            self.agent = netns.spawn(
+                self.ns, argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         finally:
             log.close()
         return self.agent
@@ -225,9 +255,13 @@ def run_scale(n: int, event_count: int, lb_algorithm: str = "random") -> dict[st
         for i in range(n):
             s.api.apply(service(i))
             s.api.apply(endpoint_slice(i, endpoints_of(i)))
-        s.api.apply({"kind": "Node", "metadata": {"name": NODE},
-                     "status": {"addresses": [{"type": "InternalIP",
-                                               "address": "192.168.50.10"}]}})
+        s.api.apply(
+            {
+                "kind": "Node",
+                "metadata": {"name": NODE},
+                "status": {"addresses": [{"type": "InternalIP", "address": "192.168.50.10"}]},
+            }
+        )
         populate_s = time.perf_counter() - t
         t = time.perf_counter()
         agent = s.start_agent()
@@ -242,14 +276,19 @@ def run_scale(n: int, event_count: int, lb_algorithm: str = "random") -> dict[st
         again = s.wait_synced(timeout=600)
         restart_s = time.perf_counter() - t
         return {
-            "services": n, "endpoints": n * ENDPOINTS, "lb_algorithm": lb_algorithm,
+            "services": n,
+            "endpoints": n * ENDPOINTS,
+            "lb_algorithm": lb_algorithm,
             "populate_s": populate_s,
-            "full_sync_s": first["last_full_sync_seconds"], "start_to_synced_s": ready_s,
+            "full_sync_s": first["last_full_sync_seconds"],
+            "start_to_synced_s": ready_s,
             "event_p50_ms": statistics.median(lat) * 1e3,
             "event_p99_ms": lat[max(0, int(len(lat) * 0.99) - 1)] * 1e3,
-            "event_max_ms": lat[-1] * 1e3, "events": len(lat),
+            "event_max_ms": lat[-1] * 1e3,
+            "events": len(lat),
             "full_syncs_after_events": after.get("full_syncs"),
-            "rss_mb": rss, "restart_to_synced_s": restart_s,
+            "rss_mb": rss,
+            "restart_to_synced_s": restart_s,
             "restart_sync_s": again["last_full_sync_seconds"],
         }
 
@@ -257,15 +296,27 @@ def run_scale(n: int, event_count: int, lb_algorithm: str = "random") -> dict[st
 def iptables_restore_seconds(n: int) -> tuple[float, int]:
     """Load kube-proxy's iptables-mode nat table for n Services into a throwaway netns."""
     ns = f"elbcp-{secrets.token_hex(3)}"
-    ports = [p for p in kubeproxy.service_ports(
-        n, base_ip="10.97.0.0", endpoints=tuple(_ip(POD_BASE, j) for j in range(ENDPOINTS)),
-        tcp_target=8080, udp_target=53) if p.protocol == "tcp"]
+    ports = [
+        p
+        for p in kubeproxy.service_ports(
+            n,
+            base_ip="10.97.0.0",
+            endpoints=tuple(_ip(POD_BASE, j) for j in range(ENDPOINTS)),
+            tcp_target=8080,
+            udp_target=53,
+        )
+        if p.protocol == "tcp"
+    ]
     text = kubeproxy.restore_input(ports)
     netns.create(ns)
     try:
         start = time.perf_counter()
-        proc = subprocess.run(["ip", "netns", "exec", ns, "iptables-restore"], input=text,
-                              text=True, capture_output=True)
+        proc = subprocess.run(
+            ["ip", "netns", "exec", ns, "iptables-restore"],
+            input=text,
+            text=True,
+            capture_output=True,
+        )
         elapsed = time.perf_counter() - start
         if proc.returncode != 0:
             raise RuntimeError(f"iptables-restore failed: {proc.stderr[:500]}")
@@ -275,37 +326,57 @@ def iptables_restore_seconds(n: int) -> tuple[float, int]:
 
 
 def report(rows: list[dict[str, Any]]) -> None:
-    print("\ncontrol plane: the agent following the API server stand-in, real pinned maps;"
-          "\nbaseline: iptables-restore of kube-proxy's iptables-mode rules for the same "
-          "Services")
-    print(f"{'Services':>9} {'full sync':>10} {'start->synced':>14} {'event p50':>10} "
-          f"{'p99':>8} {'max':>8} {'RSS MB':>7} {'restart':>8} {'iptables-restore':>17} "
-          f"{'x faster':>9}")
+    print(
+        "\ncontrol plane: the agent following the API server stand-in, real pinned maps;"
+        "\nbaseline: iptables-restore of kube-proxy's iptables-mode rules for the same "
+        "Services"
+    )
+    print(
+        f"{'Services':>9} {'full sync':>10} {'start->synced':>14} {'event p50':>10} "
+        f"{'p99':>8} {'max':>8} {'RSS MB':>7} {'restart':>8} {'iptables-restore':>17} "
+        f"{'x faster':>9}"
+    )
     for r in rows:
         ipt = r["iptables_restore_s"]
-        print(f"{r['services']:>9} {r['full_sync_s']:>9.2f}s {r['start_to_synced_s']:>13.2f}s "
-              f"{r['event_p50_ms']:>8.2f}ms {r['event_p99_ms']:>6.2f}ms "
-              f"{r['event_max_ms']:>6.2f}ms {r['rss_mb']:>7.0f} "
-              f"{r['restart_to_synced_s']:>7.2f}s {ipt:>16.2f}s {ipt / r['full_sync_s']:>8.1f}x")
+        print(
+            f"{r['services']:>9} {r['full_sync_s']:>9.2f}s {r['start_to_synced_s']:>13.2f}s "
+            f"{r['event_p50_ms']:>8.2f}ms {r['event_p99_ms']:>6.2f}ms "
+            f"{r['event_max_ms']:>6.2f}ms {r['rss_mb']:>7.0f} "
+            f"{r['restart_to_synced_s']:>7.2f}s {ipt:>16.2f}s {ipt / r['full_sync_s']:>8.1f}x"
+        )
     print(f"\n{TARGETS}")
     for r in rows:
         if r["services"] == 10_000:
-            checks = [("full sync", r["full_sync_s"] < 1, f"{r['full_sync_s']:.2f}s"),
-                      ("event p99", r["event_p99_ms"] < 5, f"{r['event_p99_ms']:.2f}ms"),
-                      ("RSS", r["rss_mb"] < 200, f"{r['rss_mb']:.0f}MB")]
-            print("  " + "; ".join(f"{name} {value}: {'met' if ok else 'NOT met'}"
-                                   for name, ok, value in checks))
+            checks = [
+                ("full sync", r["full_sync_s"] < 1, f"{r['full_sync_s']:.2f}s"),
+                ("event p99", r["event_p99_ms"] < 5, f"{r['event_p99_ms']:.2f}ms"),
+                ("RSS", r["rss_mb"] < 200, f"{r['rss_mb']:.0f}MB"),
+            ]
+            print(
+                "  "
+                + "; ".join(
+                    f"{name} {value}: {'met' if ok else 'NOT met'}" for name, ok, value in checks
+                )
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="1,000 Services, 50 events")
     ap.add_argument("--events", type=int, default=EVENTS)
-    ap.add_argument("--scales", type=lambda v: tuple(int(x) for x in v.split(",")),
-                    help="comma-separated Service counts (default 1000,10000,30000)")
-    ap.add_argument("--lb-algorithm", choices=("random", "maglev"), default="random",
-                    help="the agent's backend choice (maglev: a table written per frontend)")
+    ap.add_argument(
+        "--scales",
+        type=lambda v: tuple(int(x) for x in v.split(",")),
+        help="comma-separated Service counts (default 1000,10000,30000)",
+    )
+    ap.add_argument(
+        "--lb-algorithm",
+        choices=("random", "maglev"),
+        default="random",
+        help="the agent's backend choice (maglev: a table written per frontend)",
+    )
     args = ap.parse_args(argv)
     scales = args.scales or ((1_000,) if args.quick else SCALES)
     rows = []
@@ -314,8 +385,11 @@ def main(argv: list[str] | None = None) -> int:
         row["iptables_restore_s"], row["iptables_rules"] = iptables_restore_seconds(n)
         rows.append(row)
         print(f"  {n} Services done", flush=True)
-    results = RESULTS if args.lb_algorithm == "random" else RESULTS.with_name(
-        f"controlplane-{args.lb_algorithm}.json")
+    results = (
+        RESULTS
+        if args.lb_algorithm == "random"
+        else RESULTS.with_name(f"controlplane-{args.lb_algorithm}.json")
+    )
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps(rows, indent=2))
     report(rows)

@@ -17,7 +17,6 @@ Everything built is removed at the end, on failure and on Ctrl-C/SIGTERM: agent 
 responders stopped by PID, the lab down, the temporary bpffs unmounted.
 """
 
-
 from __future__ import annotations
 
 import argparse
@@ -76,9 +75,11 @@ def target_met(rat: dict[str, float]) -> bool:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = (f"{'N':>6} {'mode':<9} {'proto':<5} {'req/s':>9} {'p50 us':>8} {'p99 us':>8} "
-            f"{'direct req/s':>12} {'x rps':>6} {'x p50':>6} {'x p99':>6} {'drift':>6} "
-            f"{'xw rps':>6} {'xw p50':>6} {'err':>4}  target")
+    head = (
+        f"{'N':>6} {'mode':<9} {'proto':<5} {'req/s':>9} {'p50 us':>8} {'p99 us':>8} "
+        f"{'direct req/s':>12} {'x rps':>6} {'x p50':>6} {'x p99':>6} {'drift':>6} "
+        f"{'xw rps':>6} {'xw p50':>6} {'err':>4}  target"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         s, rat = r["result"], r["ratio"]
@@ -90,18 +91,23 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{s['p50_us']:>8.1f} {s['p99_us']:>8.1f} {r['baseline']['rps']:>12.0f} "
             f"{rat['rps']:>6.3f} {rat['p50']:>6.3f} {rat['p99']:>6.3f} "
             f"{r['direct_after_over_before_rps']:>6.3f} {r['ratio_same_window']['rps']:>6.3f} "
-            f"{r['ratio_same_window']['p50']:>6.3f} {int(s['errors']):>4}  {met}")
+            f"{r['ratio_same_window']['p50']:>6.3f} {int(s['errors']):>4}  {met}"
+        )
     return "\n".join(lines)
 
 
 def loaded_table(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'N':>6} {'mode loaded':<11} {'proto':<5} {'req/s':>9} {'p50 us':>8} "
-             f"{'x rps':>6} {'x p50':>6} {'x p99':>6}"]
+    lines = [
+        f"{'N':>6} {'mode loaded':<11} {'proto':<5} {'req/s':>9} {'p50 us':>8} "
+        f"{'x rps':>6} {'x p50':>6} {'x p99':>6}"
+    ]
     for r in rows:
         s, rat = r["direct_while_loaded"], r["direct_while_loaded_ratio"]
-        lines.append(f"{r['services']:>6} {r['mode']:<11} {r['proto']:<5} {s['rps']:>9.0f} "
-                     f"{s['p50_us']:>8.1f} {rat['rps']:>6.3f} {rat['p50']:>6.3f} "
-                     f"{rat['p99']:>6.3f}")
+        lines.append(
+            f"{r['services']:>6} {r['mode']:<11} {r['proto']:<5} {s['rps']:>9.0f} "
+            f"{s['p50_us']:>8.1f} {rat['rps']:>6.3f} {rat['p50']:>6.3f} "
+            f"{rat['p99']:>6.3f}"
+        )
     return "\n".join(lines)
 
 
@@ -116,16 +122,25 @@ def run(quick: bool) -> dict[str, Any]:
     load = LOAD_QUICK if quick else LOAD_FULL
     ipt = iptables_version()
     nft_backend = "nf_tables" in ipt
-    log(f"== ebpflb data-path benchmark{' (quick)' if quick else ''}: kernel "
-        f"{platform.release()}, {os.cpu_count()} CPUs, {ipt}")
+    log(
+        f"== ebpflb data-path benchmark{' (quick)' if quick else ''}: kernel "
+        f"{platform.release()}, {os.cpu_count()} CPUs, {ipt}"
+    )
     log(f"   {TARGET}")
-    log(f"   load generator and responders pinned to CPU {harness.LOAD_CPU}, everything else off it"
-        if harness.LOAD_CPU >= 0 else "   no CPU pinning")
-    log(f"   load per measurement: warm-up {load.warmup}, then {load.repeats} runs of up to "
-        f"{load.count} requests / {load.max_seconds:g}s each; median of the runs")
+    log(
+        f"   load generator and responders pinned to CPU {harness.LOAD_CPU}, everything else off it"
+        if harness.LOAD_CPU >= 0
+        else "   no CPU pinning"
+    )
+    log(
+        f"   load per measurement: warm-up {load.warmup}, then {load.repeats} runs of up to "
+        f"{load.count} requests / {load.max_seconds:g}s each; median of the runs"
+    )
     tools = compile_tools()
-    log(f"   compiled {', '.join(str(p.relative_to(BENCH_DIR.parent)) for p in tools.values())}"
-        f" ({' '.join(CFLAGS)})")
+    log(
+        f"   compiled {', '.join(str(p.relative_to(BENCH_DIR.parent)) for p in tools.values())}"
+        f" ({' '.join(CFLAGS)})"
+    )
 
     name = "b" + secrets.token_hex(3)[:5]
     rows: list[dict[str, Any]] = []
@@ -138,8 +153,11 @@ def run(quick: bool) -> dict[str, Any]:
         log(f"== lab {name}: node, 3 pods, client")
         lab = built = build.up(layout.LabSpec(name, pods=3))
         with responders(tools, built) as pids:
-            log(f"   responders (PIDs {', '.join(map(str, pids))}) on ports "
-                + ", ".join(f"{k} {t}/{u}" for k, (t, u) in PORTS.items()))
+            log(
+                f"   responders (PIDs {', '.join(map(str, pids))}) on ports "
+                + ", ".join(f"{k} {t}/{u}" for k, (t, u) in PORTS.items())
+            )
+
             def direct(tag: str) -> Runs:
                 runs = measure(tools, built, {"direct": direct_target(built)}, load)["direct"]
                 raw[tag] = runs
@@ -151,8 +169,10 @@ def run(quick: bool) -> dict[str, Any]:
             f1 = direct("floor/direct-1")
             for proto in ("tcp", "udp"):
                 floor[proto] = ratios(summarize(f_runs[proto]), summarize(f0[proto] + f1[proto]))
-                log(f"   empty tc program {proto}: x{floor[proto]['rps']:.3f} req/s, "
-                    f"x{floor[proto]['p50']:.3f} p50 of direct")
+                log(
+                    f"   empty tc program {proto}: x{floor[proto]['rps']:.3f} req/s, "
+                    f"x{floor[proto]['p50']:.3f} p50 of direct"
+                )
 
             for n in scales:
                 log(f"== {n} Services")
@@ -166,27 +186,41 @@ def run(quick: bool) -> dict[str, Any]:
                 raw[f"{n}/iptables"] = i_runs
                 d2 = direct(f"{n}/direct-2")
                 context[str(n)] = {"ebpflb": e_info, "iptables": i_info}
-                for mode, runs, before, after in (("ebpflb", e_runs, d0, d1),
-                                                  ("iptables", i_runs, d1, d2)):
+                for mode, runs, before, after in (
+                    ("ebpflb", e_runs, d0, d1),
+                    ("iptables", i_runs, d1, d2),
+                ):
                     info = context[str(n)][mode]
                     for proto in ("tcp", "udp"):
                         base = summarize(before[proto] + after[proto])
                         res = summarize(runs[proto])
                         rat = ratios(res, base)
-                        drift = round(_median(after[proto], "rps")
-                                      / max(1.0, _median(before[proto], "rps")), 3)
+                        drift = round(
+                            _median(after[proto], "rps") / max(1.0, _median(before[proto], "rps")),
+                            3,
+                        )
                         loaded = summarize(info["direct_while_loaded"][proto])
-                        rows.append({"services": n, "mode": mode, "proto": proto,
-                                     "result": res, "baseline": base, "ratio": rat,
-                                     "direct_after_over_before_rps": drift,
-                                     "direct_while_loaded": loaded,
-                                     "direct_while_loaded_ratio": ratios(loaded, base),
-                                     "ratio_same_window": ratios(res, loaded),
-                                     "target_met": target_met(rat) and res["errors"] == 0})
-                        log(f"   {mode:<8} {proto}: {res['rps']:.0f} req/s "
+                        rows.append(
+                            {
+                                "services": n,
+                                "mode": mode,
+                                "proto": proto,
+                                "result": res,
+                                "baseline": base,
+                                "ratio": rat,
+                                "direct_after_over_before_rps": drift,
+                                "direct_while_loaded": loaded,
+                                "direct_while_loaded_ratio": ratios(loaded, base),
+                                "ratio_same_window": ratios(res, loaded),
+                                "target_met": target_met(rat) and res["errors"] == 0,
+                            }
+                        )
+                        log(
+                            f"   {mode:<8} {proto}: {res['rps']:.0f} req/s "
                             f"(direct {base['rps']:.0f}; x{rat['rps']:.3f}), p50 "
                             f"{res['p50_us']:.1f}us (x{rat['p50']:.3f}), p99 "
-                            f"{res['p99_us']:.1f}us (x{rat['p99']:.3f})")
+                            f"{res['p99_us']:.1f}us (x{rat['p99']:.3f})"
+                        )
     finally:
         if lab is not None or build.leftovers(name):
             build.down(name)
@@ -195,9 +229,14 @@ def run(quick: bool) -> dict[str, Any]:
     log("== per-packet cost of the tc program (BPF_PROG_TEST_RUN)")
     tr = testrun_cost(tr_scales, tr_count)
     first, last = str(tr_scales[0]), str(tr_scales[-1])
-    tr_ratio = {k: round(tr["scales"][last][k]["ns_per_packet"]
-                         / max(1, tr["scales"][first][k]["ns_per_packet"]), 3)
-                for k in TESTRUN_KINDS}
+    tr_ratio = {
+        k: round(
+            tr["scales"][last][k]["ns_per_packet"]
+            / max(1, tr["scales"][first][k]["ns_per_packet"]),
+            3,
+        )
+        for k in TESTRUN_KINDS
+    }
     tr["ratio_last_to_first"] = tr_ratio
 
     ebpf_rows = [r for r in rows if r["mode"] == "ebpflb"]
@@ -206,8 +245,11 @@ def run(quick: bool) -> dict[str, Any]:
         by_n = {r["services"]: r["ratio"]["rps"] for r in ebpf_rows if r["proto"] == proto}
         if len(by_n) > 1:
             lo, hi = by_n[min(by_n)], by_n[max(by_n)]
-            flat[proto] = {"ratio_rps_first": lo, "ratio_rps_last": hi,
-                           "flat": abs(hi - lo) <= TOLERANCE}
+            flat[proto] = {
+                "ratio_rps_first": lo,
+                "ratio_rps_last": hi,
+                "flat": abs(hi - lo) <= TOLERANCE,
+            }
     runtime = time.monotonic() - started
     return {
         "target": TARGET,
@@ -245,46 +287,64 @@ def run(quick: bool) -> dict[str, Any]:
 def report(res: dict[str, Any]) -> None:
     log("\n== results")
     log(table(res["rows"]))
-    log("   x = ratio to direct (baseline: median of the direct runs before and after the "
+    log(
+        "   x = ratio to direct (baseline: median of the direct runs before and after the "
         "mode);\n   drift = direct req/s after / before the mode: the run-to-run noise floor;"
         "\n   (*) = the direct path itself moved by more than 5% around this mode: the "
         "verdict is within the noise;\n   xw = ratio to the direct path measured in the "
         "same window, runs interleaved with the mode's, while the mode is loaded (drift-free;"
         "\n   for iptables that direct path also walks KUBE-SERVICES, so xw understates "
-        "its cost)")
-    log("\n   direct path (client -> pod IP) while the mode is loaded, ratio to the same "
+        "its cost)"
+    )
+    log(
+        "\n   direct path (client -> pod IP) while the mode is loaded, ratio to the same "
         "baseline\n   (ebpflb: the tc program's pass-through; iptables: PREROUTING walks "
-        "all of KUBE-SERVICES)")
+        "all of KUBE-SERVICES)"
+    )
     log(loaded_table(res["rows"]))
     for n, c in res["context"].items():
         e, i = c["ebpflb"], c["iptables"]
-        log(f"   N={n}: ebpflb agent start -> first sync {e['agent_start_to_first_sync_s']}s "
+        log(
+            f"   N={n}: ebpflb agent start -> first sync {e['agent_start_to_first_sync_s']}s "
             f"({e['frontends']} frontends); iptables-restore {i['restore_s']}s "
-            f"({i['rules']} rules), flush {i['flush_s']}s")
+            f"({i['rules']} rules), flush {i['flush_s']}s"
+        )
     for proto, f in res["flat"].items():
-        log(f"   flat ({proto}): ebpflb x rps {f['ratio_rps_first']} at the smallest N, "
-            f"{f['ratio_rps_last']} at the largest: {'flat' if f['flat'] else 'NOT flat'}")
+        log(
+            f"   flat ({proto}): ebpflb x rps {f['ratio_rps_first']} at the smallest N, "
+            f"{f['ratio_rps_last']} at the largest: {'flat' if f['flat'] else 'NOT flat'}"
+        )
     for proto, rat in res["empty_tc_program"].items():
-        log(f"   floor ({proto}): an empty tc program on every veth alone gives x{rat['rps']} "
-            f"req/s of direct: the part of the gap that is the tc hook, not ebpflb")
-    log("\n   tc program ns per packet (BPF_PROG_TEST_RUN, median of "
-        f"{res['testrun']['count']:,} single runs per packet)")
+        log(
+            f"   floor ({proto}): an empty tc program on every veth alone gives x{rat['rps']} "
+            f"req/s of direct: the part of the gap that is the tc hook, not ebpflb"
+        )
+    log(
+        "\n   tc program ns per packet (BPF_PROG_TEST_RUN, median of "
+        f"{res['testrun']['count']:,} single runs per packet)"
+    )
     log(testrun_table(res["testrun"]))
     rt = res["testrun"]["ratio_last_to_first"]
     log("   ratio largest/smallest N: " + ", ".join(f"{k} {v}" for k, v in rt.items()))
     met = all(r["target_met"] for r in res["rows"] if r["mode"] == "ebpflb")
     flat_ok = all(f["flat"] for f in res["flat"].values())
-    log(f"\n   {res['target']}: "
+    log(
+        f"\n   {res['target']}: "
         f"{'MET' if met and flat_ok else 'NOT MET'} (within 5% in every row: "
-        f"{'yes' if met else 'no'}; flat: {'yes' if flat_ok else 'no' if res['flat'] else 'n/a'})")
+        f"{'yes' if met else 'no'}; flat: {'yes' if flat_ok else 'no' if res['flat'] else 'n/a'})"
+    )
     log(f"   total runtime {res['runtime_s']}s; JSON: {RESULTS}")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="ebpflb data-path benchmark")
     ap.add_argument("--quick", action="store_true", help="N=10 only, fewer requests")
-    ap.add_argument("--cpu", type=int, default=harness.LOAD_CPU,
-                    help="CPU for the load generator and responders (-1: no pinning)")
+    ap.add_argument(
+        "--cpu",
+        type=int,
+        default=harness.LOAD_CPU,
+        help="CPU for the load generator and responders (-1: no pinning)",
+    )
     args = ap.parse_args(argv)
     _place(args.cpu)
     if os.geteuid() != 0:

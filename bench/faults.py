@@ -80,10 +80,28 @@ class Timing:
     drain_cap: float  # scale to zero: give up on a connection after this
 
 
-FULL = Timing(interval=0.01, request_timeout=0.5, before=1.5, after=2.0, outage=3.0,
-              churn_rounds=6, churn_step=0.5, typo=3.0, drain_cap=8.0)
-QUICK = Timing(interval=0.01, request_timeout=0.5, before=0.5, after=1.0, outage=3.0,
-               churn_rounds=2, churn_step=0.5, typo=2.0, drain_cap=4.0)
+FULL = Timing(
+    interval=0.01,
+    request_timeout=0.5,
+    before=1.5,
+    after=2.0,
+    outage=3.0,
+    churn_rounds=6,
+    churn_step=0.5,
+    typo=3.0,
+    drain_cap=8.0,
+)
+QUICK = Timing(
+    interval=0.01,
+    request_timeout=0.5,
+    before=0.5,
+    after=1.0,
+    outage=3.0,
+    churn_rounds=2,
+    churn_step=0.5,
+    typo=2.0,
+    drain_cap=4.0,
+)
 
 
 def log(msg: str) -> None:
@@ -95,16 +113,29 @@ def log(msg: str) -> None:
 
 def service_objects(name: str, cluster_ip: str, pods: list[str]) -> list[dict[str, Any]]:
     return [
-        {"apiVersion": "v1", "kind": "Service",
-         "metadata": {"name": name, "namespace": NAMESPACE},
-         "spec": {"clusterIP": cluster_ip, "ports": [
-             {"name": "http", "port": SVC_PORT, "protocol": "TCP", "targetPort": POD_PORT}]}},
-        {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-         "metadata": {"name": f"{name}-a", "namespace": NAMESPACE,
-                      "labels": {"kubernetes.io/service-name": name}},
-         "addressType": "IPv4",
-         "ports": [{"name": "http", "port": POD_PORT, "protocol": "TCP"}],
-         "endpoints": [{"addresses": [p], "conditions": {"ready": True}} for p in pods]},
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": NAMESPACE},
+            "spec": {
+                "clusterIP": cluster_ip,
+                "ports": [
+                    {"name": "http", "port": SVC_PORT, "protocol": "TCP", "targetPort": POD_PORT}
+                ],
+            },
+        },
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": f"{name}-a",
+                "namespace": NAMESPACE,
+                "labels": {"kubernetes.io/service-name": name},
+            },
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": POD_PORT, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [p], "conditions": {"ready": True}} for p in pods],
+        },
     ]
 
 
@@ -154,8 +185,12 @@ class LoadLoop(threading.Thread):
         marks = [t0, *ok, t1]
         gap = max(b - a for a, b in itertools.pairwise(marks))
         errors = Counter(e for _, e in got if e is not None)
-        return {"sent": len(got), "lost": len(got) - len(ok), "gap_s": round(gap, 3),
-                "errors": dict(errors)}
+        return {
+            "sent": len(got),
+            "lost": len(got) - len(ok),
+            "gap_s": round(gap, 3),
+            "errors": dict(errors),
+        }
 
 
 @contextlib.contextmanager
@@ -184,7 +219,8 @@ class DataPath:
     workdir: Path
     timing: Timing
     pin_dir: str = field(
-        default_factory=lambda: f"/sys/fs/bpf/ebpflb-faults-{secrets.token_hex(3)}")
+        default_factory=lambda: f"/sys/fs/bpf/ebpflb-faults-{secrets.token_hex(3)}"
+    )
     agents: list[AgentProcess] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
 
@@ -198,15 +234,29 @@ class DataPath:
     def agent(self) -> AgentProcess:
         return self.agents[-1]
 
-    def start(self, *extra: str, pin_dir: str | None = None, manifests: Path | None = None,
-              wait: bool = True) -> float:
+    def start(
+        self,
+        *extra: str,
+        pin_dir: str | None = None,
+        manifests: Path | None = None,
+        wait: bool = True,
+    ) -> float:
         """Start an agent; seconds to its first sync (0 when not waited for)."""
-        agent = AgentProcess(self.lab.node_ns, manifests=manifests or self.manifests,
-                             pin_dir=pin_dir or self.pin_dir,
-                             log_path=self.lab.state_dir
-                             / f"agent-{self.dataplane}-{len(self.agents)}.log",
-                             extra_args=["--dataplane", self.dataplane, "--state-dir",
-                                         self.state_dir, "--node-name", NODE, *extra])
+        agent = AgentProcess(
+            self.lab.node_ns,
+            manifests=manifests or self.manifests,
+            pin_dir=pin_dir or self.pin_dir,
+            log_path=self.lab.state_dir / f"agent-{self.dataplane}-{len(self.agents)}.log",
+            extra_args=[
+                "--dataplane",
+                self.dataplane,
+                "--state-dir",
+                self.state_dir,
+                "--node-name",
+                NODE,
+                *extra,
+            ],
+        )
         self.agents.append(agent)
         t0 = time.monotonic()
         agent.start()
@@ -220,32 +270,38 @@ class DataPath:
         frontend = f"{SVC_IP}:{SVC_PORT}/TCP"
         if self.dataplane == "bpf":
             from ebpflb.dataplane.bpf.maps import BpfMaps, read_state
+
             with BpfMaps(self.pin_dir) as maps:
                 held = {str(st.frontend): st for st in read_state(maps).frontends.values()}
             st = held.get(frontend)
             return None if st is None else {str(a) for a, _ in st.slots}
         from ebpflb.dataplane.userspace.state import UserspaceInspector
+
         with UserspaceInspector(self.state_dir) as insp:
             if frontend not in {str(v.frontend) for v in insp.services()}:
                 return None
-            return {str(b.address) for b in insp.backends()
-                    if str(b.frontend) == frontend and b.active}
+            return {
+                str(b.address) for b in insp.backends() if str(b.frontend) == frontend and b.active
+            }
 
     def publish(self, pods: list[str], *, cluster_ip: str = SVC_IP, wait: bool = True) -> None:
         write_list(self.manifests, SVC, service_objects(SVC, cluster_ip, pods))
         if wait:
-            self.agent.wait_for(lambda: self.backends() == set(pods), timeout=20,
-                                what=f"{SVC_IP} -> {pods}")
+            self.agent.wait_for(
+                lambda: self.backends() == set(pods), timeout=20, what=f"{SVC_IP} -> {pods}"
+            )
 
-    def row(self, scenario: str, loops: list[LoadLoop], t0: float, t1: float,
-            **extra: Any) -> None:
+    def row(self, scenario: str, loops: list[LoadLoop], t0: float, t1: float, **extra: Any) -> None:
         for loop in loops:
             w = loop.window(t0, t1)
-            self.rows.append({"scenario": scenario, "client": loop.label,
-                              "path": self.dataplane, **w, **extra})
+            self.rows.append(
+                {"scenario": scenario, "client": loop.label, "path": self.dataplane, **w, **extra}
+            )
             errs = ", ".join(f"{k} {v}" for k, v in w["errors"].items()) or "none"
-            log(f"   {scenario:<16} {loop.label:<4}: sent {w['sent']:>4}, lost {w['lost']:>4}, "
-                f"longest gap {w['gap_s']:.2f}s (errors: {errs})")
+            log(
+                f"   {scenario:<16} {loop.label:<4}: sent {w['sent']:>4}, lost {w['lost']:>4}, "
+                f"longest gap {w['gap_s']:.2f}s (errors: {errs})"
+            )
 
     def stop_all(self) -> None:
         for agent in self.agents:
@@ -260,6 +316,7 @@ class DataPath:
         for pin_dir in (self.pin_dir, *pin_dirs):
             with contextlib.suppress(Exception):
                 from ebpflb.dataplane.bpf.socklb import remove_links
+
                 remove_links(pin_dir)
             with contextlib.suppress(Exception):
                 remove_pins(pin_dir, abi.ALL_MAPS + abi.LEGACY_MAPS)
@@ -325,8 +382,14 @@ def sc_stopped(p: DataPath) -> None:
         time.sleep(t.outage)
         restart_s = p.start()
         time.sleep(t.after)
-        p.row("stopped 3s", loops, t0, time.monotonic(), exit_status=status,
-              restart_s=round(restart_s, 2))
+        p.row(
+            "stopped 3s",
+            loops,
+            t0,
+            time.monotonic(),
+            exit_status=status,
+            restart_s=round(restart_s, 2),
+        )
 
 
 def _drain_one(ns: str, timing: Timing, t_zero: threading.Event, out: dict[str, Any]) -> None:
@@ -347,22 +410,26 @@ def _drain_one(ns: str, timing: Timing, t_zero: threading.Event, out: dict[str, 
                 client.get()
             except OSError as exc:
                 kind = traffic.failure_of(exc)
-                what = {traffic.Failure.RESET: "RST", traffic.Failure.TIMEOUT: "timeout"}.get(
-                    kind, errno.errorcode.get(exc.errno or 0, type(exc).__name__)) \
-                    if kind is not None else type(exc).__name__
+                what = (
+                    {traffic.Failure.RESET: "RST", traffic.Failure.TIMEOUT: "timeout"}.get(
+                        kind, errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+                    )
+                    if kind is not None
+                    else type(exc).__name__
+                )
                 out.update(outcome=what, seconds=round(time.monotonic() - start, 3))
                 return
             time.sleep(0.1)
-        out.update(outcome=f"no error in {timing.drain_cap:g}s",
-                   seconds=timing.drain_cap)
+        out.update(outcome=f"no error in {timing.drain_cap:g}s", seconds=timing.drain_cap)
 
 
 def sc_scale_to_zero(p: DataPath) -> None:
     zero = threading.Event()
     results: dict[str, dict[str, Any]] = {"pod": {}, "node": {}}
-    threads = [threading.Thread(target=_drain_one, args=(ns, p.timing, zero, results[label]),
-                                daemon=True)
-               for label, ns in (("pod", p.lab.client.netns), ("node", p.lab.node_ns))]
+    threads = [
+        threading.Thread(target=_drain_one, args=(ns, p.timing, zero, results[label]), daemon=True)
+        for label, ns in (("pod", p.lab.client.netns), ("node", p.lab.node_ns))
+    ]
     for th in threads:
         th.start()
     time.sleep(0.5)  # both connected and answered once
@@ -371,12 +438,23 @@ def sc_scale_to_zero(p: DataPath) -> None:
     for th in threads:
         th.join(p.timing.drain_cap + 5)
     for label, res in results.items():
-        p.rows.append({"scenario": "scale to zero", "client": label, "path": p.dataplane,
-                       "sent": 1, "lost": 1 if "seconds" in res and
-                       not str(res.get("outcome", "")).startswith("no error") else 0,
-                       "gap_s": res.get("seconds"), "outcome": res.get("outcome")})
-        log(f"   scale to zero    {label:<4}: established connection -> "
-            f"{res.get('outcome')} after {res.get('seconds')} s")
+        p.rows.append(
+            {
+                "scenario": "scale to zero",
+                "client": label,
+                "path": p.dataplane,
+                "sent": 1,
+                "lost": 1
+                if "seconds" in res and not str(res.get("outcome", "")).startswith("no error")
+                else 0,
+                "gap_s": res.get("seconds"),
+                "outcome": res.get("outcome"),
+            }
+        )
+        log(
+            f"   scale to zero    {label:<4}: established connection -> "
+            f"{res.get('outcome')} after {res.get('seconds')} s"
+        )
     p.publish(p.pods)
 
 
@@ -392,8 +470,7 @@ def sc_bad_edit(p: DataPath) -> None:
         fixed = time.monotonic()
         time.sleep(t.after)
         p.row("bad edit (typo)", loops, t0, t1, typo_s=round(t1 - t0, 2))
-        p.row("after the fix", loops, t1, time.monotonic(),
-              fix_applied_s=round(fixed - t1, 2))
+        p.row("after the fix", loops, t1, time.monotonic(), fix_applied_s=round(fixed - t1, 2))
 
 
 def sc_capacity(p: DataPath, quick: bool) -> dict[str, Any]:
@@ -412,6 +489,7 @@ def sc_capacity(p: DataPath, quick: bool) -> dict[str, Any]:
         out["first_sync_s"] = round(p.start(*extra, pin_dir=pin_dir, manifests=cap_dir), 2)
         out["web_admitted"] = p.backends() is not None
         from ebpflb.dataplane.bpf.maps import BpfMaps, read_state
+
         with BpfMaps(pin_dir) as maps:
             out["frontends_in_maps"] = len(read_state(maps).frontends)
         t0 = time.monotonic()
@@ -428,8 +506,7 @@ def sc_capacity(p: DataPath, quick: bool) -> dict[str, Any]:
         write_list(cap_dir, SVC, service_objects(SVC, SVC_IP, p.pods))
         p.start(*extra, pin_dir=pin_dir, manifests=cap_dir, wait=False)
         time.sleep(out["first_sync_s"] / 2)
-        out["sigterm_before_first_sync_done"] = "ready: first sync done" not in \
-            p.agent.log_text()
+        out["sigterm_before_first_sync_done"] = "ready: first sync done" not in p.agent.log_text()
         t0 = time.monotonic()
         out["sigterm_during_first_sync_status"] = p.agent.stop(timeout=30)
         out["sigterm_during_first_sync_s"] = round(time.monotonic() - t0, 2)
@@ -437,24 +514,31 @@ def sc_capacity(p: DataPath, quick: bool) -> dict[str, Any]:
         p.pin_dir, p.manifests = saved_pin, saved_manifests
         p.stop_all()
         p.cleanup_pins(pin_dir)
-    log(f"   over capacity   : {OVER_CAPACITY + 1} Services, --max-services {CAPACITY}: "
+    log(
+        f"   over capacity   : {OVER_CAPACITY + 1} Services, --max-services {CAPACITY}: "
         f"first sync {out['first_sync_s']} s, {out['frontends_in_maps']} in the maps, "
         f"web admitted {out['web_admitted']}, "
         f"backend change applied in {out['backend_change_applied_s']} s; SIGTERM "
         f"{out['sigterm_during_first_sync_s']} s half-way through the first sync (not done "
         f"yet: {out['sigterm_before_first_sync_done']}), "
-        f"{out['sigterm_idle_s']} s after it")
+        f"{out['sigterm_idle_s']} s after it"
+    )
     return out
 
 
 SCENARIOS: list[tuple[str, Callable[[DataPath], None]]] = [
-    ("sigkill", sc_sigkill), ("churn", sc_churn), ("sigstop", sc_sigstop),
-    ("stopped", sc_stopped), ("scale-to-zero", sc_scale_to_zero), ("bad-edit", sc_bad_edit),
+    ("sigkill", sc_sigkill),
+    ("churn", sc_churn),
+    ("sigstop", sc_sigstop),
+    ("stopped", sc_stopped),
+    ("scale-to-zero", sc_scale_to_zero),
+    ("bad-edit", sc_bad_edit),
 ]
 
 
-def run_path(dataplane: str, lab: layout.Lab, workdir: Path, timing: Timing, quick: bool,
-             capacity: bool) -> dict[str, Any]:
+def run_path(
+    dataplane: str, lab: layout.Lab, workdir: Path, timing: Timing, quick: bool, capacity: bool
+) -> dict[str, Any]:
     p = DataPath(dataplane, lab, workdir, timing)
     out: dict[str, Any] = {"rows": p.rows}
     try:
@@ -480,12 +564,15 @@ def run_path(dataplane: str, lab: layout.Lab, workdir: Path, timing: Timing, qui
 
 
 def report(res: dict[str, Any]) -> None:
-    log("\n== requests lost per scenario (one HTTP request per new connection every "
+    log(
+        "\n== requests lost per scenario (one HTTP request per new connection every "
         f"{res['timing']['interval'] * 1000:g} ms per client; gap = longest time without "
-        "an answer)")
+        "an answer)"
+    )
     paths = list(res["paths"])
     head = f"{'scenario':<17} {'client':<6}" + "".join(
-        f" {dp + ' sent/lost':>18} {'gap s':>6}" for dp in paths)
+        f" {dp + ' sent/lost':>18} {'gap s':>6}" for dp in paths
+    )
     log(head)
     keys: list[tuple[str, str]] = []
     for dp in paths:
@@ -496,8 +583,14 @@ def report(res: dict[str, Any]) -> None:
     for scenario, client in keys:
         line = f"{scenario:<17} {client:<6}"
         for dp in paths:
-            r = next((x for x in res["paths"][dp]["rows"]
-                      if x["scenario"] == scenario and x.get("client", "-") == client), None)
+            r = next(
+                (
+                    x
+                    for x in res["paths"][dp]["rows"]
+                    if x["scenario"] == scenario and x.get("client", "-") == client
+                ),
+                None,
+            )
             if r is None:
                 line += f" {'-':>18} {'-':>6}"
             elif "failed" in r:
@@ -509,21 +602,27 @@ def report(res: dict[str, Any]) -> None:
         log(line)
     cap = res["paths"].get("bpf", {}).get("capacity")
     if cap:
-        log(f"\n   {cap['services']} Services, --max-services {cap['max_services']} (bpf): "
+        log(
+            f"\n   {cap['services']} Services, --max-services {cap['max_services']} (bpf): "
             f"first sync {cap['first_sync_s']} s ({cap['frontends_in_maps']} in the maps); "
             "a backend change of an admitted Service "
             f"applied: {cap['backend_change_applied_s'] is not None} "
             f"({cap['backend_change_applied_s']} s); SIGTERM during the first sync "
             f"{cap['sigterm_during_first_sync_s']} s (sync not done yet: "
-            f"{cap['sigterm_before_first_sync_done']}), after it {cap['sigterm_idle_s']} s")
+            f"{cap['sigterm_before_first_sync_done']}), after it {cap['sigterm_idle_s']} s"
+        )
     log(f"   commit {res['commit']}; total runtime {res['runtime_s']} s; JSON: {RESULTS}")
 
 
 def _commit() -> str:
     try:
-        return subprocess.run(["git", "-C", str(harness.BENCH_DIR), "rev-parse", "--short",
-                               "HEAD"], capture_output=True, text=True, timeout=10,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(harness.BENCH_DIR), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -533,10 +632,17 @@ def run(quick: bool, paths: list[str], capacity: bool) -> dict[str, Any]:
     timing = QUICK if quick else FULL
     name = "f" + secrets.token_hex(3)[:5]
     workdir = Path(tempfile.mkdtemp(prefix="ebpflb-faults-"))
-    res: dict[str, Any] = {"quick": quick, "commit": _commit(), "cpus": os.cpu_count(),
-                           "timing": timing.__dict__, "paths": {}}
-    log(f"== ebpflb faults benchmark{' (quick)' if quick else ''}: lab {name}, "
-        f"Service {SVC_IP}:{SVC_PORT} on 3 pods, commit {res['commit']}")
+    res: dict[str, Any] = {
+        "quick": quick,
+        "commit": _commit(),
+        "cpus": os.cpu_count(),
+        "timing": timing.__dict__,
+        "paths": {},
+    }
+    log(
+        f"== ebpflb faults benchmark{' (quick)' if quick else ''}: lab {name}, "
+        f"Service {SVC_IP}:{SVC_PORT} on 3 pods, commit {res['commit']}"
+    )
     try:
         lab = build.up(layout.LabSpec(name, pods=3))
         for dp in paths:
@@ -553,8 +659,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="ebpflb reliability under faults")
     ap.add_argument("--quick", action="store_true", help="shorter windows, fewer rounds")
     ap.add_argument("--paths", default="bpf,userspace", help="data paths, comma-separated")
-    ap.add_argument("--no-capacity", action="store_true",
-                    help="skip the 20,000-Services-over-capacity run")
+    ap.add_argument(
+        "--no-capacity", action="store_true", help="skip the 20,000-Services-over-capacity run"
+    )
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("the benchmark needs root (network namespaces, BPF)", file=sys.stderr)

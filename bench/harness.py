@@ -32,7 +32,6 @@ IDLE_BUSY = 0.15
 IDLE_TIMEOUT = 20.0
 
 
-
 @dataclass(frozen=True)
 class Load:
     repeats: int
@@ -74,10 +73,12 @@ def compile_tools() -> dict[str, Path]:
     out = {}
     for name in ("responder", "loadgen"):
         exe = BIN_DIR / name
-        subprocess.run([gcc, *CFLAGS, "-o", str(exe), str(BENCH_DIR / f"{name}.c")],
-                       check=True, timeout=60)
+        subprocess.run(
+            [gcc, *CFLAGS, "-o", str(exe), str(BENCH_DIR / f"{name}.c")], check=True, timeout=60
+        )
         out[name] = exe
     return out
+
 
 # --- machine state ----------------------------------------------------------------------
 
@@ -112,13 +113,25 @@ def _pin(argv: list[str]) -> list[str]:
     return ["taskset", "-c", str(LOAD_CPU), *argv] if LOAD_CPU >= 0 else argv
 
 
-def loadgen(tools: dict[str, Path], client_ns: str, proto: str, addr: str, port: int,
-            count: int, max_seconds: float) -> dict[str, Any]:
-    argv = ["ip", "netns", "exec", client_ns,
-            *_pin([str(tools["loadgen"]), proto, addr, str(port), str(count),
-                   f"{max_seconds:g}"])]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=max_seconds + 30,
-                          check=False)
+def loadgen(
+    tools: dict[str, Path],
+    client_ns: str,
+    proto: str,
+    addr: str,
+    port: int,
+    count: int,
+    max_seconds: float,
+) -> dict[str, Any]:
+    argv = [
+        "ip",
+        "netns",
+        "exec",
+        client_ns,
+        *_pin([str(tools["loadgen"]), proto, addr, str(port), str(count), f"{max_seconds:g}"]),
+    ]
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, timeout=max_seconds + 30, check=False
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"loadgen failed ({proc.returncode}): {proc.stderr.strip()}")
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -133,8 +146,9 @@ Target = tuple[str, int, int]  # address(es) for loadgen, TCP port, UDP port
 Runs = dict[str, list[dict[str, Any]]]  # proto -> every run's JSON
 
 
-def measure(tools: dict[str, Path], lab: layout.Lab, targets: dict[str, Target],
-            load: Load) -> dict[str, Runs]:
+def measure(
+    tools: dict[str, Path], lab: layout.Lab, targets: dict[str, Target], load: Load
+) -> dict[str, Runs]:
     """Warm-up, then `load.repeats` runs of TCP and then of UDP to every target, the
     targets' runs interleaved (A B A B ...) so that they share the machine's drift."""
     out: dict[str, Runs] = {label: {"tcp": [], "udp": []} for label in targets}
@@ -147,8 +161,11 @@ def measure(tools: dict[str, Path], lab: layout.Lab, targets: dict[str, Target],
         for _ in range(load.repeats):
             for label, (addr, tcp_port, udp_port) in targets.items():
                 port = tcp_port if proto == "tcp" else udp_port
-                out[label][proto].append(loadgen(tools, lab.client.netns, proto, addr, port,
-                                                 load.count, load.max_seconds))
+                out[label][proto].append(
+                    loadgen(
+                        tools, lab.client.netns, proto, addr, port, load.count, load.max_seconds
+                    )
+                )
     return out
 
 
@@ -199,10 +216,16 @@ def responders(tools: dict[str, Path], lab: layout.Lab) -> Iterator[list[int]]:
     try:
         for pod in lab.pods:
             for tcp, udp in PORTS.values():
-                procs.append(netns.spawn(pod.netns,
-                                         _pin([str(tools["responder"]), str(tcp), str(udp)]),
-                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                         stderr=None, start_new_session=True))
+                procs.append(
+                    netns.spawn(
+                        pod.netns,
+                        _pin([str(tools["responder"]), str(tcp), str(udp)]),
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
+                        stderr=None,
+                        start_new_session=True,
+                    )
+                )
         deadline = time.monotonic() + 5.0
         for pod in lab.pods:
             for tcp, _ in PORTS.values():
@@ -220,8 +243,9 @@ def responders(tools: dict[str, Path], lab: layout.Lab) -> Iterator[list[int]]:
                 p.wait(3)
 
 
-def _wait_listening(ns: str, addr: str, port: int, deadline: float,
-                    procs: list[subprocess.Popen[bytes]]) -> None:
+def _wait_listening(
+    ns: str, addr: str, port: int, deadline: float, procs: list[subprocess.Popen[bytes]]
+) -> None:
     while True:
         dead = [p.pid for p in procs if p.poll() is not None]
         if dead:
@@ -240,11 +264,17 @@ def _wait_listening(ns: str, addr: str, port: int, deadline: float,
 def ratios(mode: dict[str, float], base: dict[str, float]) -> dict[str, float]:
     def r(a: float, b: float) -> float:
         return round(a / b, 3) if b else 0.0
-    return {"rps": r(mode["rps"], base["rps"]), "p50": r(mode["p50_us"], base["p50_us"]),
-            "p99": r(mode["p99_us"], base["p99_us"])}
+
+    return {
+        "rps": r(mode["rps"], base["rps"]),
+        "p50": r(mode["p50_us"], base["p50_us"]),
+        "p99": r(mode["p99_us"], base["p99_us"]),
+    }
+
 
 def _on_sigterm(signum: int, _frame: object) -> None:
     raise Interrupted(f"signal {signum}")
+
 
 def _place(cpu: int) -> None:
     """Load on `cpu`; this process (and so the agent, iptables-restore and the lab's

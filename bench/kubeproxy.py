@@ -66,8 +66,7 @@ def svc_chain(sp: ServicePort) -> str:
 
 
 def sep_chain(sp: ServicePort, endpoint: str) -> str:
-    return _chain_hash("KUBE-SEP-", sp.svc_port_name, sp.protocol,
-                       f"{endpoint}:{sp.target_port}")
+    return _chain_hash("KUBE-SEP-", sp.svc_port_name, sp.protocol, f"{endpoint}:{sp.target_port}")
 
 
 def cluster_ip(index: int, base: str) -> str:
@@ -75,30 +74,34 @@ def cluster_ip(index: int, base: str) -> str:
     return str(ipaddress.IPv4Address(base) + 1 + index)
 
 
-def service_ports(n: int, *, base_ip: str, endpoints: tuple[str, ...], tcp_target: int,
-                  udp_target: int, tcp_port: int = 80, udp_port: int = 53,
-                  namespace: str = "bench") -> list[ServicePort]:
+def service_ports(
+    n: int,
+    *,
+    base_ip: str,
+    endpoints: tuple[str, ...],
+    tcp_target: int,
+    udp_target: int,
+    tcp_port: int = 80,
+    udp_port: int = 53,
+    namespace: str = "bench",
+) -> list[ServicePort]:
     """N Services, each with a TCP and a UDP port; the measured one (index n-1) last."""
     out: list[ServicePort] = []
     for i in range(n):
         ip = cluster_ip(i, base_ip)
         name = f"svc-{i}"
-        out.append(ServicePort(namespace, name, "http", "tcp", ip, tcp_port, endpoints,
-                               tcp_target))
-        out.append(ServicePort(namespace, name, "dns", "udp", ip, udp_port, endpoints,
-                               udp_target))
+        out.append(ServicePort(namespace, name, "http", "tcp", ip, tcp_port, endpoints, tcp_target))
+        out.append(ServicePort(namespace, name, "dns", "udp", ip, udp_port, endpoints, udp_target))
     return out
 
 
 def restore_input(ports: list[ServicePort]) -> str:
     """The whole nat table for ``ports`` (in order: the last one is matched last)."""
-    chains: list[str] = ["KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING",
-                         "KUBE-MARK-MASQ"]
+    chains: list[str] = ["KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ"]
     rules: list[str] = [
         '-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
         '-A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
-        '-A POSTROUTING -m comment --comment "kubernetes postrouting rules" '
-        "-j KUBE-POSTROUTING",
+        '-A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING',
         f"-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK} -j RETURN",
         "-A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0",
         '-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring '
@@ -110,10 +113,14 @@ def restore_input(ports: list[ServicePort]) -> str:
         svc = svc_chain(sp)
         chains.append(svc)
         comment = f'-m comment --comment "{sp.svc_port_name} cluster IP"'
-        svc_rules.append(f"-A KUBE-SERVICES -d {sp.cluster_ip}/32 -p {sp.protocol} {comment} "
-                         f"-m {sp.protocol} --dport {sp.port} -j {svc}")
-        rules.append(f"-A {svc} ! -s {CLUSTER_CIDR} -d {sp.cluster_ip}/32 -p {sp.protocol} "
-                     f"{comment} -m {sp.protocol} --dport {sp.port} -j KUBE-MARK-MASQ")
+        svc_rules.append(
+            f"-A KUBE-SERVICES -d {sp.cluster_ip}/32 -p {sp.protocol} {comment} "
+            f"-m {sp.protocol} --dport {sp.port} -j {svc}"
+        )
+        rules.append(
+            f"-A {svc} ! -s {CLUSTER_CIDR} -d {sp.cluster_ip}/32 -p {sp.protocol} "
+            f"{comment} -m {sp.protocol} --dport {sp.port} -j KUBE-MARK-MASQ"
+        )
         k = len(sp.endpoints)
         for j, ep in enumerate(sp.endpoints):
             sep = sep_chain(sp, ep)
@@ -121,18 +128,31 @@ def restore_input(ports: list[ServicePort]) -> str:
             to = f"{ep}:{sp.target_port}"
             ep_comment = f'-m comment --comment "{sp.svc_port_name} -> {to}"'
             remaining = k - j
-            stat = ("" if remaining == 1 else
-                    f" -m statistic --mode random --probability {1.0 / remaining:.11f}")
+            stat = (
+                ""
+                if remaining == 1
+                else f" -m statistic --mode random --probability {1.0 / remaining:.11f}"
+            )
             rules.append(f"-A {svc} {ep_comment}{stat} -j {sep}")
-            rules.append(f'-A {sep} -m comment --comment "{sp.svc_port_name}" -s {ep}/32 '
-                         "-j KUBE-MARK-MASQ")
-            rules.append(f'-A {sep} -m comment --comment "{sp.svc_port_name}" '
-                         f"-p {sp.protocol} -m {sp.protocol} -j DNAT --to-destination {to}")
-    svc_rules.append('-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; '
-                     'NOTE: this must be the last rule in this chain" -m addrtype '
-                     "--dst-type LOCAL -j KUBE-NODEPORTS")
-    lines = ["*nat", ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]",
-             ":OUTPUT ACCEPT [0:0]", ":POSTROUTING ACCEPT [0:0]"]
+            rules.append(
+                f'-A {sep} -m comment --comment "{sp.svc_port_name}" -s {ep}/32 -j KUBE-MARK-MASQ'
+            )
+            rules.append(
+                f'-A {sep} -m comment --comment "{sp.svc_port_name}" '
+                f"-p {sp.protocol} -m {sp.protocol} -j DNAT --to-destination {to}"
+            )
+    svc_rules.append(
+        '-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; '
+        'NOTE: this must be the last rule in this chain" -m addrtype '
+        "--dst-type LOCAL -j KUBE-NODEPORTS"
+    )
+    lines = [
+        "*nat",
+        ":PREROUTING ACCEPT [0:0]",
+        ":INPUT ACCEPT [0:0]",
+        ":OUTPUT ACCEPT [0:0]",
+        ":POSTROUTING ACCEPT [0:0]",
+    ]
     lines += [f":{c} - [0:0]" for c in chains]
     lines += rules + svc_rules + ["COMMIT", ""]
     return "\n".join(lines)
@@ -140,8 +160,17 @@ def restore_input(ports: list[ServicePort]) -> str:
 
 def empty_nat_table() -> str:
     """iptables-restore input that flushes the nat table and deletes its user chains."""
-    return "\n".join(["*nat", ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]",
-                      ":OUTPUT ACCEPT [0:0]", ":POSTROUTING ACCEPT [0:0]", "COMMIT", ""])
+    return "\n".join(
+        [
+            "*nat",
+            ":PREROUTING ACCEPT [0:0]",
+            ":INPUT ACCEPT [0:0]",
+            ":OUTPUT ACCEPT [0:0]",
+            ":POSTROUTING ACCEPT [0:0]",
+            "COMMIT",
+            "",
+        ]
+    )
 
 
 def rule_count(text: str) -> int:

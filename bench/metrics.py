@@ -74,9 +74,13 @@ def run_scale(n: int, runs: int) -> dict[str, Any]:
         for i in range(n):
             s.api.apply(service(i))
             s.api.apply(endpoint_slice(i, endpoints_of(i)))
-        s.api.apply({"kind": "Node", "metadata": {"name": NODE},
-                     "status": {"addresses": [{"type": "InternalIP",
-                                               "address": "192.168.50.10"}]}})
+        s.api.apply(
+            {
+                "kind": "Node",
+                "metadata": {"name": NODE},
+                "status": {"addresses": [{"type": "InternalIP", "address": "192.168.50.10"}]},
+            }
+        )
         s.start_agent()
         s.wait_synced(timeout=600)
         deadline = time.monotonic() + 30
@@ -94,12 +98,19 @@ def run_scale(n: int, runs: int) -> dict[str, Any]:
             tel = read_telemetry(maps)
         with BpfInspector(s.pin_dir) as insp:
             stats = timed(insp.stats, max(3, runs // 5))
-        cli = timed(lambda: subprocess.run(
-            [sys.executable, "-m", "ebpflb", "stats", "--json", "--pin-dir", s.pin_dir],
-            check=True, capture_output=True), 3)
+        cli = timed(
+            lambda: subprocess.run(
+                [sys.executable, "-m", "ebpflb", "stats", "--json", "--pin-dir", s.pin_dir],
+                check=True,
+                capture_output=True,
+            ),
+            3,
+        )
         fill = {t.name: t.entries for t in tel.tables}
         return {
-            "services": n, "endpoints": n * ENDPOINTS, "scrapes": runs,
+            "services": n,
+            "endpoints": n * ENDPOINTS,
+            "scrapes": runs,
             "scrape_p50_ms": statistics.median(scrapes) * 1e3,
             "scrape_max_ms": scrapes[-1] * 1e3,
             "from_pins_p50_ms": statistics.median(collector) * 1e3,
@@ -111,27 +122,39 @@ def run_scale(n: int, runs: int) -> dict[str, Any]:
 
 
 def report(rows: list[dict[str, Any]]) -> None:
-    print("metrics: one /metrics scrape of the agent vs `ebpflb stats --json` "
-          "(medians, same run)")
-    print(f"  {'Services':>8} {'scrape':>9} {'(max)':>9} {'from pins':>10} "
-          f"{'stats()':>9} {'stats CLI':>10} {'bytes':>7}")
+    print("metrics: one /metrics scrape of the agent vs `ebpflb stats --json` (medians, same run)")
+    print(
+        f"  {'Services':>8} {'scrape':>9} {'(max)':>9} {'from pins':>10} "
+        f"{'stats()':>9} {'stats CLI':>10} {'bytes':>7}"
+    )
     for r in rows:
-        print(f"  {r['services']:>8} {r['scrape_p50_ms']:>7.1f}ms {r['scrape_max_ms']:>7.1f}ms "
-              f"{r['from_pins_p50_ms']:>8.1f}ms {r['stats_inprocess_p50_ms']:>7.1f}ms "
-              f"{r['stats_cli_p50_ms']:>8.0f}ms {r['exposition_bytes']:>7}")
-        print(f"    stats() costs {r['stats_inprocess_p50_ms'] / r['scrape_p50_ms']:.0f}x a "
-              f"scrape; map entries {r['map_entries']}")
+        print(
+            f"  {r['services']:>8} {r['scrape_p50_ms']:>7.1f}ms {r['scrape_max_ms']:>7.1f}ms "
+            f"{r['from_pins_p50_ms']:>8.1f}ms {r['stats_inprocess_p50_ms']:>7.1f}ms "
+            f"{r['stats_cli_p50_ms']:>8.0f}ms {r['exposition_bytes']:>7}"
+        )
+        print(
+            f"    stats() costs {r['stats_inprocess_p50_ms'] / r['scrape_p50_ms']:.0f}x a "
+            f"scrape; map entries {r['map_entries']}"
+        )
         if r["services"] == 10_000:
             ok = r["scrape_p50_ms"] < TARGET_MS
-            print(f"  target at 10,000 Services: scrape < {TARGET_MS:.0f} ms: "
-                  f"{'met' if ok else 'NOT met'} ({r['scrape_p50_ms']:.1f} ms)")
+            print(
+                f"  target at 10,000 Services: scrape < {TARGET_MS:.0f} ms: "
+                f"{'met' if ok else 'NOT met'} ({r['scrape_p50_ms']:.1f} ms)"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scales", type=lambda v: tuple(int(x) for x in v.split(",")),
-                    default=(10_000,), help="comma-separated Service counts (default 10000)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--scales",
+        type=lambda v: tuple(int(x) for x in v.split(",")),
+        default=(10_000,),
+        help="comma-separated Service counts (default 10000)",
+    )
     ap.add_argument("--scrapes", type=int, default=SCRAPES)
     args = ap.parse_args(argv)
     rows = [run_scale(n, args.scrapes) for n in args.scales]

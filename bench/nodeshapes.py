@@ -29,8 +29,9 @@ from ebpflb.lab.podnet import Cni
 RESULTS = harness.BENCH_DIR / "results" / "nodeshapes.json"
 
 
-def measure_shape(tools: dict[str, Path], cni: Cni, services: int, load: harness.Load,
-                  workdir: Path) -> dict[str, Any]:
+def measure_shape(
+    tools: dict[str, Path], cni: Cni, services: int, load: harness.Load, workdir: Path
+) -> dict[str, Any]:
     name = "s" + secrets.token_hex(3)[:5]
     harness.log(f"== {cni} lab {name}: node, 3 pods, client; {services} Services")
     try:
@@ -47,11 +48,17 @@ def measure_shape(tools: dict[str, Path], cni: Cni, services: int, load: harness
         base = harness.summarize(d0[proto] + d1[proto])
         res = harness.summarize(runs[proto])
         loaded = harness.summarize(info["direct_while_loaded"][proto])
-        out[proto] = {"direct": base, "ebpflb": res, "ratio": harness.ratios(res, base),
-                      "ratio_same_window": harness.ratios(res, loaded)}
-        harness.log(f"   {proto}: ebpflb {res['rps']:.0f} req/s, direct {base['rps']:.0f}: "
-               f"x{out[proto]['ratio']['rps']:.3f} (xw "
-               f"{out[proto]['ratio_same_window']['rps']:.3f}), errors {res['errors']:.0f}")
+        out[proto] = {
+            "direct": base,
+            "ebpflb": res,
+            "ratio": harness.ratios(res, base),
+            "ratio_same_window": harness.ratios(res, loaded),
+        }
+        harness.log(
+            f"   {proto}: ebpflb {res['rps']:.0f} req/s, direct {base['rps']:.0f}: "
+            f"x{out[proto]['ratio']['rps']:.3f} (xw "
+            f"{out[proto]['ratio_same_window']['rps']:.3f}), errors {res['errors']:.0f}"
+        )
     return out
 
 
@@ -59,8 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="ebpflb on each node shape (routed, bridge)")
     ap.add_argument("--quick", action="store_true", help="fewer requests")
     ap.add_argument("--services", type=int, default=1000, help="Services in the maps")
-    ap.add_argument("--cpu", type=int, default=harness.LOAD_CPU,
-                    help="CPU for the load generator and responders (-1: no pinning)")
+    ap.add_argument(
+        "--cpu",
+        type=int,
+        default=harness.LOAD_CPU,
+        help="CPU for the load generator and responders (-1: no pinning)",
+    )
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("the benchmark needs root (network namespaces, BPF)", file=sys.stderr)
@@ -70,8 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     tools = harness.compile_tools()
     workdir = Path(tempfile.mkdtemp(prefix="ebpflb-shapes-"))
     try:
-        res = {str(cni): measure_shape(tools, cni, args.services, load, workdir)
-               for cni in Cni}
+        res = {str(cni): measure_shape(tools, cni, args.services, load, workdir) for cni in Cni}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     RESULTS.parent.mkdir(exist_ok=True)
@@ -79,10 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     harness.log("\n== ClusterIP req/s as a ratio to direct, per node shape (xw: interleaved)")
     harness.log(f"{'shape':<8} {'TCP x':>7} {'TCP xw':>7} {'UDP x':>7} {'UDP xw':>7}")
     for cni, row in res.items():
-        harness.log(f"{cni:<8} {row['tcp']['ratio']['rps']:>7.3f} "
-               f"{row['tcp']['ratio_same_window']['rps']:>7.3f} "
-               f"{row['udp']['ratio']['rps']:>7.3f} "
-               f"{row['udp']['ratio_same_window']['rps']:>7.3f}")
+        harness.log(
+            f"{cni:<8} {row['tcp']['ratio']['rps']:>7.3f} "
+            f"{row['tcp']['ratio_same_window']['rps']:>7.3f} "
+            f"{row['udp']['ratio']['rps']:>7.3f} "
+            f"{row['udp']['ratio_same_window']['rps']:>7.3f}"
+        )
     harness.log(f"JSON: {RESULTS}")
     return 0
 

@@ -42,17 +42,24 @@ def _testrun_state(n: int) -> DesiredState:
     for i in range(n):
         ip = IPv4Address(kubeproxy.cluster_ip(i, EBPFLB_IP_BASE))
         ref = ServiceRef(NAMESPACE, f"svc-{i}")
-        for port, proto, target, pname in ((SVC_TCP_PORT, Protocol.TCP, 18082, "http"),
-                                           (SVC_UDP_PORT, Protocol.UDP, 19082, "dns")):
-            entries.append(ServiceEntry(Frontend(ip, port, proto),
-                                        ServicePortName(ref, pname, proto),
-                                        tuple(Backend(p, target) for p in pods)))
+        for port, proto, target, pname in (
+            (SVC_TCP_PORT, Protocol.TCP, 18082, "http"),
+            (SVC_UDP_PORT, Protocol.UDP, 19082, "dns"),
+        ):
+            entries.append(
+                ServiceEntry(
+                    Frontend(ip, port, proto),
+                    ServicePortName(ref, pname, proto),
+                    tuple(Backend(p, target) for p in pods),
+                )
+            )
     return DesiredState.build(entries)
 
 
 def _gstat(maps: BpfMaps, stat: abi.GlobalStat) -> int:
-    return sum(v.value for v in maps.global_stats.lookup_percpu(ctypes.c_uint32(stat),
-                                                                ctypes.c_uint64))
+    return sum(
+        v.value for v in maps.global_stats.lookup_percpu(ctypes.c_uint32(stat), ctypes.c_uint64)
+    )
 
 
 def testrun_cost(scales: tuple[int, ...], count: int) -> dict[str, Any]:
@@ -79,13 +86,19 @@ def testrun_cost(scales: tuple[int, ...], count: int) -> dict[str, Any]:
     try:
         subprocess.run(["mount", "-t", "bpf", "bpf", mount], check=True, capture_output=True)
         mounted = True
-        prog = compile_program(pin_dir=mount, max_services=abi.DEFAULT_MAX_SERVICES,
-                               max_backends=abi.DEFAULT_MAX_BACKENDS,
-                               max_conntrack=abi.DEFAULT_MAX_CONNTRACK)
+        prog = compile_program(
+            pin_dir=mount,
+            max_services=abi.DEFAULT_MAX_SERVICES,
+            max_backends=abi.DEFAULT_MAX_BACKENDS,
+            max_conntrack=abi.DEFAULT_MAX_CONNTRACK,
+        )
         try:
             with BpfMaps(mount) as maps:
-                writer = MapWriter(maps, max_services=abi.DEFAULT_MAX_SERVICES,
-                                   max_backends=abi.DEFAULT_MAX_BACKENDS)
+                writer = MapWriter(
+                    maps,
+                    max_services=abi.DEFAULT_MAX_SERVICES,
+                    max_backends=abi.DEFAULT_MAX_BACKENDS,
+                )
                 for n in scales:
                     probe_ip = kubeproxy.cluster_ip(n - 1, EBPFLB_IP_BASE)
                     desired = plan.desired_frontends(_testrun_state(n))
@@ -95,24 +108,44 @@ def testrun_cost(scales: tuple[int, ...], count: int) -> dict[str, Any]:
                     client = f"10.244.1.{len(out['scales']) + 1}"  # fresh flows per scale
                     sport = 1024
                     established = pk.Flow(pk.TCP, client, probe_ip, sport, SVC_TCP_PORT)
-                    first = prog_test_run(prog.fd, pk.frame(established, payload,
-                                                            tcp_flags=pk.TCP_SYN))
+                    first = prog_test_run(
+                        prog.fd, pk.frame(established, payload, tcp_flags=pk.TCP_SYN)
+                    )
                     reply = pk.parse(first.data).flow.reversed()  # backend -> client
-                    new_flows = [pk.frame(pk.Flow(pk.TCP, client, probe_ip, sport + 1 + i,
-                                                  SVC_TCP_PORT), payload, tcp_flags=pk.TCP_SYN)
-                                 for i in range(count)]
+                    new_flows = [
+                        pk.frame(
+                            pk.Flow(pk.TCP, client, probe_ip, sport + 1 + i, SVC_TCP_PORT),
+                            payload,
+                            tcp_flags=pk.TCP_SYN,
+                        )
+                        for i in range(count)
+                    ]
                     packets = {
                         "new_flow": (new_flows, abi.GlobalStat.NEW_FLOW),
-                        "ct_hit": ([pk.frame(established, payload, tcp_flags=pk.TCP_ACK)],
-                                   abi.GlobalStat.CT_HIT),
-                        "reply": ([pk.frame(reply, b"HTTP/1.1 200 OK\r\n\r\n",
-                                            tcp_flags=pk.TCP_ACK)], abi.GlobalStat.REPLY),
-                        "pass_through": ([pk.frame(pk.Flow(pk.TCP, client, "10.244.0.11",
-                                                           40001, 18081), payload,
-                                                   tcp_flags=pk.TCP_ACK)], None),
+                        "ct_hit": (
+                            [pk.frame(established, payload, tcp_flags=pk.TCP_ACK)],
+                            abi.GlobalStat.CT_HIT,
+                        ),
+                        "reply": (
+                            [pk.frame(reply, b"HTTP/1.1 200 OK\r\n\r\n", tcp_flags=pk.TCP_ACK)],
+                            abi.GlobalStat.REPLY,
+                        ),
+                        "pass_through": (
+                            [
+                                pk.frame(
+                                    pk.Flow(pk.TCP, client, "10.244.0.11", 40001, 18081),
+                                    payload,
+                                    tcp_flags=pk.TCP_ACK,
+                                )
+                            ],
+                            None,
+                        ),
                     }
-                    row: dict[str, Any] = {"services": n, "frontends": len(desired),
-                                           "map_write_s": round(write_s, 3)}
+                    row: dict[str, Any] = {
+                        "services": n,
+                        "frontends": len(desired),
+                        "map_write_s": round(write_s, 3),
+                    }
                     for name, (frames, stat) in packets.items():
                         before = _gstat(maps, stat) if stat is not None else 0
                         samples = []
@@ -122,11 +155,15 @@ def testrun_cost(scales: tuple[int, ...], count: int) -> dict[str, Any]:
                                 raise RuntimeError(f"{name}: verdict {res.retval}")
                             samples.append(res.duration_ns)
                         if stat is not None and _gstat(maps, stat) - before != count:
-                            raise RuntimeError(f"{name}: {_gstat(maps, stat) - before} "
-                                               f"{stat.name} events, expected {count}")
+                            raise RuntimeError(
+                                f"{name}: {_gstat(maps, stat) - before} "
+                                f"{stat.name} events, expected {count}"
+                            )
                         samples.sort()
-                        row[name] = {"ns_per_packet": statistics.median(samples),
-                                     "p90_ns": samples[int(len(samples) * 0.9)]}
+                        row[name] = {
+                            "ns_per_packet": statistics.median(samples),
+                            "p90_ns": samples[int(len(samples) * 0.9)],
+                        }
                     out["scales"][str(n)] = row
         finally:
             prog.close()
@@ -141,6 +178,8 @@ def testrun_cost(scales: tuple[int, ...], count: int) -> dict[str, Any]:
 def testrun_table(tr: dict[str, Any]) -> str:
     lines = [f"{'N':>6} {'frontends':>9} " + " ".join(f"{k:>13}" for k in TESTRUN_KINDS)]
     for n, row in tr["scales"].items():
-        lines.append(f"{n:>6} {row['frontends']:>9} " + " ".join(
-            f"{row[k]['ns_per_packet']:>13.0f}" for k in TESTRUN_KINDS))
+        lines.append(
+            f"{n:>6} {row['frontends']:>9} "
+            + " ".join(f"{row[k]['ns_per_packet']:>13.0f}" for k in TESTRUN_KINDS)
+        )
     return "\n".join(lines)

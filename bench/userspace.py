@@ -39,8 +39,10 @@ from ebpflb.lab import build, layout, netns
 from ebpflb.lab.agentproc import AgentProcess
 
 RESULTS = harness.BENCH_DIR / "results" / "userspace.json"
-TARGET = ("target: userspace >= 25% of direct req/s (new-connection HTTP and UDP) and "
-          ">= 1 Gbit/s bulk TCP")
+TARGET = (
+    "target: userspace >= 25% of direct req/s (new-connection HTTP and UDP) and "
+    ">= 1 Gbit/s bulk TCP"
+)
 MODES = {  # mode -> (ClusterIP for request/response, ClusterIP for bulk, datapath ports)
     "bpf": ("10.96.0.1", "10.96.1.1", harness.PORTS["ebpflb"]),
     "userspace": ("10.96.0.2", "10.96.1.2", harness.PORTS["iptables"]),
@@ -60,44 +62,62 @@ def log(msg: str) -> None:
 def manifest(mode: str, pods: list[str]) -> dict[str, Any]:
     ip, bulk_ip, (tcp, udp) = MODES[mode]
 
-    def svc(name: str, cluster_ip: str, ports: list[tuple[str, int, str, int]],
-            endpoints: list[str]) -> list[dict[str, Any]]:
+    def svc(
+        name: str, cluster_ip: str, ports: list[tuple[str, int, str, int]], endpoints: list[str]
+    ) -> list[dict[str, Any]]:
         return [
-            {"apiVersion": "v1", "kind": "Service",
-             "metadata": {"name": name, "namespace": "bench"},
-             "spec": {"clusterIP": cluster_ip, "ports": [
-                 {"name": n, "port": p, "protocol": proto, "targetPort": t}
-                 for n, p, proto, t in ports]}},
-            {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-             "metadata": {"name": f"{name}-x1", "namespace": "bench",
-                          "labels": {"kubernetes.io/service-name": name}},
-             "addressType": "IPv4",
-             "ports": [{"name": n, "port": t, "protocol": proto} for n, _, proto, t in ports],
-             "endpoints": [{"addresses": [a], "conditions": {"ready": True}}
-                           for a in endpoints]},
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": name, "namespace": "bench"},
+                "spec": {
+                    "clusterIP": cluster_ip,
+                    "ports": [
+                        {"name": n, "port": p, "protocol": proto, "targetPort": t}
+                        for n, p, proto, t in ports
+                    ],
+                },
+            },
+            {
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {
+                    "name": f"{name}-x1",
+                    "namespace": "bench",
+                    "labels": {"kubernetes.io/service-name": name},
+                },
+                "addressType": "IPv4",
+                "ports": [{"name": n, "port": t, "protocol": proto} for n, _, proto, t in ports],
+                "endpoints": [{"addresses": [a], "conditions": {"ready": True}} for a in endpoints],
+            },
         ]
 
     items = svc("rr", ip, [("http", 80, "TCP", tcp), ("dns", 53, "UDP", udp)], pods)
-    items += svc("bulk", bulk_ip, [("iperf", BULK_SVC_PORT, "TCP", IPERF_PORT[mode])],
-                 pods[:1])
+    items += svc("bulk", bulk_ip, [("iperf", BULK_SVC_PORT, "TCP", IPERF_PORT[mode])], pods[:1])
     return {"apiVersion": "v1", "kind": "List", "items": items}
 
 
 def iperf(client_ns: str, addr: str, port: int, seconds: float) -> dict[str, Any]:
-    argv = ["ip", "netns", "exec", client_ns,
-            *harness._pin(["iperf3", "-c", addr, "-p", str(port), "-t", f"{seconds:g}", "-J"])]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30,
-                          check=False)
+    argv = [
+        "ip",
+        "netns",
+        "exec",
+        client_ns,
+        *harness._pin(["iperf3", "-c", addr, "-p", str(port), "-t", f"{seconds:g}", "-J"]),
+    ]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=False)
     try:
         out = json.loads(proc.stdout)
     except ValueError:
-        raise RuntimeError(f"iperf3 to {addr}:{port} failed: {proc.stderr.strip()[:500]}") \
-            from None
+        raise RuntimeError(f"iperf3 to {addr}:{port} failed: {proc.stderr.strip()[:500]}") from None
     if "error" in out:
         raise RuntimeError(f"iperf3 to {addr}:{port}: {out['error']}")
     end = out["end"]
-    return {"gbit_s": round(end["sum_received"]["bits_per_second"] / 1e9, 3),
-            "retransmits": end["sum_sent"].get("retransmits", 0), "seconds": seconds}
+    return {
+        "gbit_s": round(end["sum_received"]["bits_per_second"] / 1e9, 3),
+        "retransmits": end["sum_sent"].get("retransmits", 0),
+        "seconds": seconds,
+    }
 
 
 class IperfServers:
@@ -106,10 +126,16 @@ class IperfServers:
     def __init__(self, pod_ns: str) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
         for port in IPERF_PORT.values():
-            self.procs.append(netns.spawn(pod_ns, harness._pin(["iperf3", "-s", "-p", str(port)]),
-                                          stdin=subprocess.DEVNULL,
-                                          stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.DEVNULL, start_new_session=True))
+            self.procs.append(
+                netns.spawn(
+                    pod_ns,
+                    harness._pin(["iperf3", "-s", "-p", str(port)]),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
 
     def wait(self, client_ns: str, pod_ip: str) -> None:
         deadline = time.monotonic() + 5
@@ -128,8 +154,14 @@ class IperfServers:
                 p.wait(3)
 
 
-def run_mode(mode: str, tools: dict[str, Path], lab: layout.Lab, load: harness.Load,
-             workdir: Path, bulk_seconds: float) -> dict[str, Any]:
+def run_mode(
+    mode: str,
+    tools: dict[str, Path],
+    lab: layout.Lab,
+    load: harness.Load,
+    workdir: Path,
+    bulk_seconds: float,
+) -> dict[str, Any]:
     pods = [str(p.ip) for p in lab.pods]
     ip, bulk_ip, _ = MODES[mode]
     manifests = workdir / f"manifests-{mode}"
@@ -137,10 +169,13 @@ def run_mode(mode: str, tools: dict[str, Path], lab: layout.Lab, load: harness.L
     (manifests / "bench.json").write_text(json.dumps(manifest(mode, pods)))
     pin_dir = f"/sys/fs/bpf/ebpflb-bench-{secrets.token_hex(3)}"
     state_dir = str(workdir / f"state-{mode}")
-    agent = AgentProcess(lab.node_ns, manifests=manifests, pin_dir=pin_dir,
-                         log_path=lab.state_dir / f"agent-{mode}.log",
-                         extra_args=["--cleanup", "--dataplane", mode, "--state-dir",
-                                     state_dir])
+    agent = AgentProcess(
+        lab.node_ns,
+        manifests=manifests,
+        pin_dir=pin_dir,
+        log_path=lab.state_dir / f"agent-{mode}.log",
+        extra_args=["--cleanup", "--dataplane", mode, "--state-dir", state_dir],
+    )
     try:
         others = os.sched_getaffinity(0)
         if AGENT_ON_LOAD_CPU and harness.LOAD_CPU >= 0:
@@ -151,8 +186,9 @@ def run_mode(mode: str, tools: dict[str, Path], lab: layout.Lab, load: harness.L
             os.sched_setaffinity(0, others)
         agent.wait_ready(timeout=120)
         harness.wait_idle(f"the {mode} agent's start")
-        both = harness.measure(tools, lab, {"mode": (ip, 80, 53),
-                                            "direct": harness.direct_target(lab)}, load)
+        both = harness.measure(
+            tools, lab, {"mode": (ip, 80, 53), "direct": harness.direct_target(lab)}, load
+        )
         bulk = iperf(lab.client.netns, bulk_ip, BULK_SVC_PORT, bulk_seconds)
         bulk_direct = iperf(lab.client.netns, pods[0], IPERF_PORT["direct"], bulk_seconds)
         if not agent.alive():
@@ -162,13 +198,17 @@ def run_mode(mode: str, tools: dict[str, Path], lab: layout.Lab, load: harness.L
             res = harness.summarize(both["mode"][proto])
             base = harness.summarize(both["direct"][proto])
             out[proto] = {"result": res, "direct": base, "ratio": harness.ratios(res, base)}
-            log(f"   {mode:<9} {proto}: {res['rps']:.0f} req/s (direct {base['rps']:.0f}; "
+            log(
+                f"   {mode:<9} {proto}: {res['rps']:.0f} req/s (direct {base['rps']:.0f}; "
                 f"x{out[proto]['ratio']['rps']:.3f}), p50 {res['p50_us']:.0f}us "
                 f"(direct {base['p50_us']:.0f}), p99 {res['p99_us']:.0f}us "
-                f"(direct {base['p99_us']:.0f}), errors {res['errors']:.0f}")
+                f"(direct {base['p99_us']:.0f}), errors {res['errors']:.0f}"
+            )
         bulk_ratio = bulk["gbit_s"] / max(1e-9, bulk_direct["gbit_s"])
-        log(f"   {mode:<9} bulk: {bulk['gbit_s']:.2f} Gbit/s (direct "
-            f"{bulk_direct['gbit_s']:.2f}; x{bulk_ratio:.3f})")
+        log(
+            f"   {mode:<9} bulk: {bulk['gbit_s']:.2f} Gbit/s (direct "
+            f"{bulk_direct['gbit_s']:.2f}; x{bulk_ratio:.3f})"
+        )
         return out
     finally:
         status = agent.stop()
@@ -180,11 +220,17 @@ def run_mode(mode: str, tools: dict[str, Path], lab: layout.Lab, load: harness.L
 def run(quick: bool, bulk_seconds: float) -> dict[str, Any]:
     started = time.monotonic()
     load = harness.LOAD_QUICK if quick else harness.LOAD_FULL
-    log(f"== ebpflb userspace data-path benchmark{' (quick)' if quick else ''}: "
-        f"{os.cpu_count()} CPUs; {TARGET}")
+    log(
+        f"== ebpflb userspace data-path benchmark{' (quick)' if quick else ''}: "
+        f"{os.cpu_count()} CPUs; {TARGET}"
+    )
     where = "on the same CPU" if AGENT_ON_LOAD_CPU else "on the other CPUs"
-    log(f"   load generator, responders and iperf3 on CPU {harness.LOAD_CPU}; the agent (and its "
-        f"proxy) {where}" if harness.LOAD_CPU >= 0 else "   no CPU pinning")
+    log(
+        f"   load generator, responders and iperf3 on CPU {harness.LOAD_CPU}; the agent (and its "
+        f"proxy) {where}"
+        if harness.LOAD_CPU >= 0
+        else "   no CPU pinning"
+    )
     tools = harness.compile_tools()
     name = "u" + secrets.token_hex(3)[:5]
     workdir = Path(tempfile.mkdtemp(prefix="ebpflb-bench-us-"))
@@ -208,29 +254,58 @@ def run(quick: bool, bulk_seconds: float) -> dict[str, Any]:
             build.down(name)
         shutil.rmtree(workdir, ignore_errors=True)
     us = results["userspace"]
-    met = {"tcp_rps": us["tcp"]["ratio"]["rps"] >= 0.25,
-           "udp_rps": us["udp"]["ratio"]["rps"] >= 0.25,
-           "bulk": us["bulk"]["gbit_s"] >= 1.0}
-    return {"target": TARGET, "quick": quick, "cpus": os.cpu_count(), "load": load.__dict__,
-            "load_cpu": harness.LOAD_CPU, "agent_on_load_cpu": AGENT_ON_LOAD_CPU,
-            "modes": results, "target_met": met,
-            "runtime_s": round(time.monotonic() - started, 1)}
+    met = {
+        "tcp_rps": us["tcp"]["ratio"]["rps"] >= 0.25,
+        "udp_rps": us["udp"]["ratio"]["rps"] >= 0.25,
+        "bulk": us["bulk"]["gbit_s"] >= 1.0,
+    }
+    return {
+        "target": TARGET,
+        "quick": quick,
+        "cpus": os.cpu_count(),
+        "load": load.__dict__,
+        "load_cpu": harness.LOAD_CPU,
+        "agent_on_load_cpu": AGENT_ON_LOAD_CPU,
+        "modes": results,
+        "target_met": met,
+        "runtime_s": round(time.monotonic() - started, 1),
+    }
 
 
 def report(res: dict[str, Any]) -> None:
     log("\n== results (ratio = to the direct path measured interleaved with the mode)")
-    log(f"{'path':<10} {'HTTP req/s':>11} {'x':>6} {'p50 us':>7} {'p99 us':>7} "
-        f"{'UDP req/s':>10} {'x':>6} {'p50 us':>7} {'p99 us':>7} {'bulk Gbit/s':>12}")
+    log(
+        f"{'path':<10} {'HTTP req/s':>11} {'x':>6} {'p50 us':>7} {'p99 us':>7} "
+        f"{'UDP req/s':>10} {'x':>6} {'p50 us':>7} {'p99 us':>7} {'bulk Gbit/s':>12}"
+    )
     first = next(iter(res["modes"].values()))
-    rows = [("direct", first["tcp"]["direct"], 1.0, first["udp"]["direct"], 1.0,
-             first["bulk_direct"]["gbit_s"])]
+    rows = [
+        (
+            "direct",
+            first["tcp"]["direct"],
+            1.0,
+            first["udp"]["direct"],
+            1.0,
+            first["bulk_direct"]["gbit_s"],
+        )
+    ]
     for mode, m in res["modes"].items():
-        rows.append((mode, m["tcp"]["result"], m["tcp"]["ratio"]["rps"], m["udp"]["result"],
-                     m["udp"]["ratio"]["rps"], m["bulk"]["gbit_s"]))
+        rows.append(
+            (
+                mode,
+                m["tcp"]["result"],
+                m["tcp"]["ratio"]["rps"],
+                m["udp"]["result"],
+                m["udp"]["ratio"]["rps"],
+                m["bulk"]["gbit_s"],
+            )
+        )
     for label, t, tx, u, ux, bulk in rows:
-        log(f"{label:<10} {t['rps']:>11.0f} {tx:>6.3f} {t['p50_us']:>7.0f} {t['p99_us']:>7.0f} "
+        log(
+            f"{label:<10} {t['rps']:>11.0f} {tx:>6.3f} {t['p50_us']:>7.0f} {t['p99_us']:>7.0f} "
             f"{u['rps']:>10.0f} {ux:>6.3f} {u['p50_us']:>7.0f} {u['p99_us']:>7.0f} "
-            f"{bulk:>12.2f}")
+            f"{bulk:>12.2f}"
+        )
     met = res["target_met"]
     parts = ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in met.items())
     log(f"\n   {res['target']}: {'MET' if all(met.values()) else 'NOT MET'} ({parts})")
@@ -241,10 +316,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="ebpflb userspace data-path benchmark")
     ap.add_argument("--quick", action="store_true", help="fewer requests")
     ap.add_argument("--seconds", type=float, default=5.0, help="iperf3 duration per path")
-    ap.add_argument("--cpu", type=int, default=harness.LOAD_CPU,
-                    help="CPU for the load generator, responders and iperf3 (-1: no pinning)")
-    ap.add_argument("--agent-cpu", choices=("load", "other"), default="load",
-                    help="run the agent on the load CPU (default) or on the other CPUs")
+    ap.add_argument(
+        "--cpu",
+        type=int,
+        default=harness.LOAD_CPU,
+        help="CPU for the load generator, responders and iperf3 (-1: no pinning)",
+    )
+    ap.add_argument(
+        "--agent-cpu",
+        choices=("load", "other"),
+        default="load",
+        help="run the agent on the load CPU (default) or on the other CPUs",
+    )
     args = ap.parse_args(argv)
     global AGENT_ON_LOAD_CPU
     AGENT_ON_LOAD_CPU = args.agent_cpu == "load"

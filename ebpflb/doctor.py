@@ -31,8 +31,14 @@ class Check:
     extra: Mapping[str, object] = field(default_factory=dict)  # more JSON keys of this check
 
     def as_json(self) -> dict[str, object]:
-        return {"name": self.name, "ok": self.ok, "required": self.required,
-                "detail": self.detail, "fix": self.fix, **self.extra}
+        return {
+            "name": self.name,
+            "ok": self.ok,
+            "required": self.required,
+            "detail": self.detail,
+            "fix": self.fix,
+            **self.extra,
+        }
 
 
 @dataclass(frozen=True)
@@ -69,8 +75,11 @@ class Report:
         return f"the bpf data path cannot run ({why}); nor can the userspace proxy"
 
     def as_json(self) -> dict[str, object]:
-        return {"dataplane": self.dataplane, "reason": self.reason,
-                "checks": [c.as_json() for c in self.checks]}
+        return {
+            "dataplane": self.dataplane,
+            "reason": self.reason,
+            "checks": [c.as_json() for c in self.checks],
+        }
 
 
 def _effective_caps() -> int:
@@ -87,9 +96,12 @@ def check_privileges() -> Check:
     has_bpf = bool(caps & (1 << CAP_BPF)) or has_admin
     has_net = bool(caps & (1 << CAP_NET_ADMIN))
     ok = has_bpf and has_net
-    return Check("privileges", ok,
-                 f"uid {os.geteuid()}, CAP_BPF={has_bpf}, CAP_NET_ADMIN={has_net}",
-                 "" if ok else "run as root (or with CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON)")
+    return Check(
+        "privileges",
+        ok,
+        f"uid {os.geteuid()}, CAP_BPF={has_bpf}, CAP_NET_ADMIN={has_net}",
+        "" if ok else "run as root (or with CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON)",
+    )
 
 
 def check_kernel() -> Check:
@@ -99,8 +111,12 @@ def check_kernel() -> Check:
     except ValueError:
         return Check("kernel", False, f"cannot parse release {release}")
     ok = (major, minor) >= (5, 10)
-    return Check("kernel", ok, f"Linux {release}",
-                 "" if ok else "needs Linux 5.10 or newer (batch map ops, BTF)")
+    return Check(
+        "kernel",
+        ok,
+        f"Linux {release}",
+        "" if ok else "needs Linux 5.10 or newer (batch map ops, BTF)",
+    )
 
 
 def check_arch() -> Check:
@@ -111,8 +127,13 @@ def check_arch() -> Check:
     try:
         number = bpf_syscall_number()
     except EbpflbError as exc:
-        return Check("arch", False, str(exc), "add this machine's __NR_bpf (from the "
-                     "kernel's syscall table) to syscall.BPF_SYSCALL_NUMBERS")
+        return Check(
+            "arch",
+            False,
+            str(exc),
+            "add this machine's __NR_bpf (from the "
+            "kernel's syscall table) to syscall.BPF_SYSCALL_NUMBERS",
+        )
     return Check("arch", True, f"{platform.machine()}: bpf(2) is system call {number}")
 
 
@@ -120,25 +141,38 @@ def check_bcc() -> Check:
     try:
         import bcc  # noqa: F401
     except Exception as exc:
-        return Check("bcc", False, f"not importable: {exc}",
-                     "apt-get install python3-bpfcc, and run ebpflb from a venv made from "
-                     "/usr/bin/python3 with --system-site-packages (make setup does both)")
+        return Check(
+            "bcc",
+            False,
+            f"not importable: {exc}",
+            "apt-get install python3-bpfcc, and run ebpflb from a venv made from "
+            "/usr/bin/python3 with --system-site-packages (make setup does both)",
+        )
     return Check("bcc", True, "python3-bpfcc importable")
 
 
 def check_headers() -> Check:
     build = f"/lib/modules/{platform.release()}/build"
     ok = os.path.isdir(os.path.join(build, "include"))
-    return Check("kernel headers", ok, f"{build} {'present' if ok else 'missing'}",
-                 "" if ok else "install Debian's linux-headers-<flavour> of this "
-                 "architecture and link it there (make setup does both)")
+    return Check(
+        "kernel headers",
+        ok,
+        f"{build} {'present' if ok else 'missing'}",
+        ""
+        if ok
+        else "install Debian's linux-headers-<flavour> of this "
+        "architecture and link it there (make setup does both)",
+    )
 
 
 def check_bpffs() -> Check:
     mounted = BPFFS_ROOT in bpffs_mounts()
-    return Check("bpffs", True,
-                 f"{BPFFS_ROOT} {'mounted' if mounted else 'not mounted; the agent mounts it'}",
-                 required=False)
+    return Check(
+        "bpffs",
+        True,
+        f"{BPFFS_ROOT} {'mounted' if mounted else 'not mounted; the agent mounts it'}",
+        required=False,
+    )
 
 
 def check_compile() -> Check:
@@ -151,10 +185,14 @@ def check_compile() -> Check:
         source_dir = compile_check()
     except Exception as exc:
         first = str(exc).strip().splitlines()[:1]
-        return Check("compile", False, f"bcc could not compile/load the programs in "
-                     f"{bpf_dir()}: {first[0] if first else type(exc).__name__}",
-                     f"see the checks above (headers, privileges); ${BPF_DIR_ENV} names "
-                     "another source directory")
+        return Check(
+            "compile",
+            False,
+            f"bcc could not compile/load the programs in "
+            f"{bpf_dir()}: {first[0] if first else type(exc).__name__}",
+            f"see the checks above (headers, privileges); ${BPF_DIR_ENV} names "
+            "another source directory",
+        )
     return Check("compile", True, f"the programs in {source_dir} compile and load")
 
 
@@ -165,12 +203,18 @@ def check_rp_filter() -> Check:
     except OSError:
         return Check("rp_filter", True, "unknown", required=False)
     ok = value != "1"
-    return Check("rp_filter", ok, f"net.ipv4.conf.all.rp_filter={value}",
-                 "" if ok else "strict reverse-path filtering drops replies rewritten to a "
-                 "Service address; the agent sets rp_filter=0 on the interfaces it attaches "
-                 "to, but the kernel applies the larger of that and all.rp_filter: set "
-                 "net.ipv4.conf.all.rp_filter=0 or 2",
-                 required=False)
+    return Check(
+        "rp_filter",
+        ok,
+        f"net.ipv4.conf.all.rp_filter={value}",
+        ""
+        if ok
+        else "strict reverse-path filtering drops replies rewritten to a "
+        "Service address; the agent sets rp_filter=0 on the interfaces it attaches "
+        "to, but the kernel applies the larger of that and all.rp_filter: set "
+        "net.ipv4.conf.all.rp_filter=0 or 2",
+        required=False,
+    )
 
 
 def pinned_socket_lb_links(pin_dir: str) -> list[str]:
@@ -181,8 +225,7 @@ def pinned_socket_lb_links(pin_dir: str) -> list[str]:
     return [p for p in LINK_PINS.values() if os.path.exists(os.path.join(pin_dir, p))]
 
 
-def check_socket_lb(state_dir: str = DEFAULT_STATE_DIR, pin_dir: str = DEFAULT_PIN_DIR
-                    ) -> Check:
+def check_socket_lb(state_dir: str = DEFAULT_STATE_DIR, pin_dir: str = DEFAULT_PIN_DIR) -> Check:
     """Socket-LB (the node's own sockets) links to the cgroup v2 root: the one visible
     here, or one the agent mounts under its state directory (see
     dataplane.bpf.cgroup). Without it the bpf data path runs anyway, with those sockets
@@ -197,16 +240,28 @@ def check_socket_lb(state_dir: str = DEFAULT_STATE_DIR, pin_dir: str = DEFAULT_P
         return Check("socket_lb", False, f"cannot read the mounts: {exc}", required=False)
     links = pinned_socket_lb_links(pin_dir)
     extra: dict[str, object] = {"cgroup2": choice.as_json(), "pinned_links": links}
-    pinned = (f"; {len(links)} socket-LB links are pinned under {pin_dir} and attached, "
-              "agent or not" if links else "")
+    pinned = (
+        f"; {len(links)} socket-LB links are pinned under {pin_dir} and attached, agent or not"
+        if links
+        else ""
+    )
     if choice.mount and not _effective_caps() & (1 << CAP_SYS_ADMIN):
-        return Check("socket_lb", False, f"{choice.describe()}, which needs CAP_SYS_ADMIN"
-                     f"{pinned}",
-                     f"run as root, or mount cgroup2 first (mount -t cgroup2 none "
-                     f"{choice.path}) so the node's own sockets reach Services",
-                     required=False, extra=extra)
-    return Check("socket_lb", True, f"{choice.describe()}: the node's own sockets are "
-                 f"translated at connect(){pinned}", required=False, extra=extra)
+        return Check(
+            "socket_lb",
+            False,
+            f"{choice.describe()}, which needs CAP_SYS_ADMIN{pinned}",
+            f"run as root, or mount cgroup2 first (mount -t cgroup2 none "
+            f"{choice.path}) so the node's own sockets reach Services",
+            required=False,
+            extra=extra,
+        )
+    return Check(
+        "socket_lb",
+        True,
+        f"{choice.describe()}: the node's own sockets are translated at connect(){pinned}",
+        required=False,
+        extra=extra,
+    )
 
 
 def check_userspace(*, nft: str | None = None) -> Check:
@@ -218,27 +273,53 @@ def check_userspace(*, nft: str | None = None) -> Check:
     try:
         import pyroute2  # noqa: F401
     except Exception as exc:
-        return Check(USERSPACE_CHECK, False, f"pyroute2 not importable: {exc}",
-                     "pip install pyroute2 (make setup does it)", required=False)
+        return Check(
+            USERSPACE_CHECK,
+            False,
+            f"pyroute2 not importable: {exc}",
+            "pip install pyroute2 (make setup does it)",
+            required=False,
+        )
     if not nft:
-        return Check(USERSPACE_CHECK, False, "nft not found: the fallback proxy filters its "
-                     "Service addresses to their Service ports with nftables",
-                     "apt-get install nftables (make setup does it)", required=False)
+        return Check(
+            USERSPACE_CHECK,
+            False,
+            "nft not found: the fallback proxy filters its "
+            "Service addresses to their Service ports with nftables",
+            "apt-get install nftables (make setup does it)",
+            required=False,
+        )
     if not has_net:
-        return Check(USERSPACE_CHECK, False, "the fallback proxy needs CAP_NET_ADMIN for "
-                     "its device ebpflb0 and the frontend addresses",
-                     "run as root (or with CAP_NET_ADMIN)", required=False)
-    return Check(USERSPACE_CHECK, True,
-                 "the fallback proxy can run (CAP_NET_ADMIN, pyroute2, nft)", required=False)
+        return Check(
+            USERSPACE_CHECK,
+            False,
+            "the fallback proxy needs CAP_NET_ADMIN for "
+            "its device ebpflb0 and the frontend addresses",
+            "run as root (or with CAP_NET_ADMIN)",
+            required=False,
+        )
+    return Check(
+        USERSPACE_CHECK,
+        True,
+        "the fallback proxy can run (CAP_NET_ADMIN, pyroute2, nft)",
+        required=False,
+    )
 
 
-def run_checks(*, state_dir: str = DEFAULT_STATE_DIR, pin_dir: str = DEFAULT_PIN_DIR
-               ) -> Report:
+def run_checks(*, state_dir: str = DEFAULT_STATE_DIR, pin_dir: str = DEFAULT_PIN_DIR) -> Report:
     """Every check; ``state_dir`` is the agent's --state-dir (where it would mount what
     it finds missing), ``pin_dir`` its --pin-dir (where its socket-LB links may be
     pinned)."""
-    checks = [check_privileges(), check_kernel(), check_arch(), check_bcc(), check_headers(),
-              check_bpffs(), check_rp_filter(), check_socket_lb(state_dir, pin_dir)]
+    checks = [
+        check_privileges(),
+        check_kernel(),
+        check_arch(),
+        check_bcc(),
+        check_headers(),
+        check_bpffs(),
+        check_rp_filter(),
+        check_socket_lb(state_dir, pin_dir),
+    ]
     if all(c.ok for c in checks if c.required):
         checks.append(check_compile())
     checks.append(check_userspace())

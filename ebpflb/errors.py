@@ -34,8 +34,10 @@ class DataplaneError(EbpflbError):
 class AttachError(DataplaneError):
     """The program could not be attached to an interface's tc hook."""
 
-    fix = ("attaching to tc needs CAP_NET_ADMIN and a clsact qdisc it may add; check "
-           "`tc qdisc show` and `ebpflb doctor`")
+    fix = (
+        "attaching to tc needs CAP_NET_ADMIN and a clsact qdisc it may add; check "
+        "`tc qdisc show` and `ebpflb doctor`"
+    )
 
 
 class BpfUnavailableError(DataplaneError):
@@ -48,8 +50,10 @@ class BpfUnavailableError(DataplaneError):
 class BccMissingError(BpfUnavailableError):
     """bcc (python3-bpfcc) is not importable."""
 
-    fix = ("apt-get install python3-bpfcc, and run ebpflb from a venv made from "
-           "/usr/bin/python3 with --system-site-packages (make setup does both)")
+    fix = (
+        "apt-get install python3-bpfcc, and run ebpflb from a venv made from "
+        "/usr/bin/python3 with --system-site-packages (make setup does both)"
+    )
 
 
 class PrivilegeError(BpfUnavailableError):
@@ -61,9 +65,11 @@ class PrivilegeError(BpfUnavailableError):
 class CompileError(BpfUnavailableError):
     """The program did not compile or load (headers, kernel version, verifier)."""
 
-    fix = ("the kernel path needs Linux >= 5.10 and its headers under "
-           "/lib/modules/$(uname -r)/build (make setup links them); `ebpflb doctor` "
-           "shows which check fails")
+    fix = (
+        "the kernel path needs Linux >= 5.10 and its headers under "
+        "/lib/modules/$(uname -r)/build (make setup links them); `ebpflb doctor` "
+        "shows which check fails"
+    )
 
 
 class BpffsError(BpfUnavailableError):
@@ -75,22 +81,25 @@ class BpffsError(BpfUnavailableError):
 class PinDirError(DataplaneError):
     """The pin directory is not safe to use (owner, mode, symlink); its pins are left."""
 
-    fix = ("use a --pin-dir owned by root with mode 0700 (the agent creates it so); "
-           "the one found was left as it is")
+    fix = (
+        "use a --pin-dir owned by root with mode 0700 (the agent creates it so); "
+        "the one found was left as it is"
+    )
 
 
 class MapMismatchError(DataplaneError):
     """A pinned map under one of ebpflb's names has another type, key or value size."""
 
-    fix = ("remove the pins (or stop the agent with --cleanup) and let the agent "
-           "recreate them")
+    fix = "remove the pins (or stop the agent with --cleanup) and let the agent recreate them"
 
 
 class MapGeometryError(DataplaneError):
     """The pinned maps were made with other sizes or layouts than this agent asks for."""
 
-    fix = ("run the agent with the sizes the maps were made with, or stop it with "
-           "--cleanup to recreate them (tracked connections are lost)")
+    fix = (
+        "run the agent with the sizes the maps were made with, or stop it with "
+        "--cleanup to recreate them (tracked connections are lost)"
+    )
 
 
 class CapacityError(DataplaneError):
@@ -98,8 +107,9 @@ class CapacityError(DataplaneError):
 
     fix = "raise --max-services / --max-backends, or remove Services"
 
-    def __init__(self, message: str, *, frontend: object = None,
-                 frontends: tuple[object, ...] = ()) -> None:
+    def __init__(
+        self, message: str, *, frontend: object = None, frontends: tuple[object, ...] = ()
+    ) -> None:
         super().__init__(message)
         self.frontend = frontend  # the model.Frontend whose change did not fit, if known
         # Every frontend whose change did not fit, in plan order, when the data path

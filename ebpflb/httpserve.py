@@ -31,8 +31,13 @@ MAX_HEAD = 8192  # bytes of request head read at most
 DEFAULT_MAX_CONNECTIONS = 16
 DEFAULT_PER_CLIENT = 8
 DEFAULT_READ_TIMEOUT = 3.0  # seconds a client may take to send its request head
-_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed",
-            500: "Internal Server Error", 503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
 @dataclass(frozen=True)
@@ -48,9 +53,11 @@ Handler = Callable[[], Response]
 def encode(resp: Response, method: bytes) -> bytes:
     """``resp`` as one HTTP/1.1 response that closes the connection (the head alone
     for HEAD)."""
-    head = (f"HTTP/1.1 {resp.status} {_REASONS.get(resp.status, '')}\r\n"
-            f"Content-Type: {resp.content_type}\r\nX-Content-Type-Options: nosniff\r\n"
-            f"Content-Length: {len(resp.body)}\r\nConnection: close\r\n\r\n")
+    head = (
+        f"HTTP/1.1 {resp.status} {_REASONS.get(resp.status, '')}\r\n"
+        f"Content-Type: {resp.content_type}\r\nX-Content-Type-Options: nosniff\r\n"
+        f"Content-Length: {len(resp.body)}\r\nConnection: close\r\n\r\n"
+    )
     return head.encode() + (resp.body if method != b"HEAD" else b"")
 
 
@@ -81,8 +88,9 @@ class ConnectionGuard:
     listener that shares the guard, at most ``per_client`` from one address. Used on
     one event loop's thread only."""
 
-    def __init__(self, max_connections: int = DEFAULT_MAX_CONNECTIONS,
-                 per_client: int = DEFAULT_PER_CLIENT) -> None:
+    def __init__(
+        self, max_connections: int = DEFAULT_MAX_CONNECTIONS, per_client: int = DEFAULT_PER_CLIENT
+    ) -> None:
         self.max_connections = max_connections
         self.per_client = per_client
         self.active = 0
@@ -94,8 +102,7 @@ class ConnectionGuard:
         None when it must be closed at once."""
         peer = writer.get_extra_info("peername")
         client = str(peer[0]) if peer else ""
-        if (self.active >= self.max_connections
-                or self._by_client.get(client, 0) >= self.per_client):
+        if self.active >= self.max_connections or self._by_client.get(client, 0) >= self.per_client:
             self.refused += 1
             return None
         self.active += 1
@@ -111,9 +118,13 @@ class ConnectionGuard:
             del self._by_client[client]
 
 
-async def serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    guard: ConnectionGuard, read_timeout: float,
-                    respond: Callable[[bytes], bytes]) -> None:
+async def serve_one(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    guard: ConnectionGuard,
+    read_timeout: float,
+    respond: Callable[[bytes], bytes],
+) -> None:
     """One connection under ``guard``: read the request head within ``read_timeout``,
     write ``respond(head)`` within it too, close. Never raises."""
     client = guard.admit(writer)
@@ -126,8 +137,7 @@ async def serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
             writer.write(respond(head))
             async with asyncio.timeout(read_timeout):
                 await writer.drain()
-        except (OSError, TimeoutError, asyncio.IncompleteReadError,
-                asyncio.LimitOverrunError):
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass  # a client that went away, was too slow, or sent too much
         finally:
             guard.release(client)
@@ -141,11 +151,17 @@ async def serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
 class HttpServer:
     """Serves ``routes`` (path -> handler) on one address, in a thread of its own."""
 
-    def __init__(self, host: str, port: int, routes: Mapping[str, Handler], *,
-                 name: str = "ebpflb-http",
-                 max_connections: int = DEFAULT_MAX_CONNECTIONS,
-                 per_client: int = DEFAULT_PER_CLIENT,
-                 read_timeout: float = DEFAULT_READ_TIMEOUT) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        routes: Mapping[str, Handler],
+        *,
+        name: str = "ebpflb-http",
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        per_client: int = DEFAULT_PER_CLIENT,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
+    ) -> None:
         self.host, self.port = host, port
         self.routes = dict(routes)
         self.name = name
@@ -161,9 +177,16 @@ class HttpServer:
         free port is chosen and ``port`` says which."""
         loop = asyncio.new_event_loop()
         try:
-            self._server = loop.run_until_complete(asyncio.start_server(
-                self._serve, self.host, self.port, limit=MAX_HEAD, reuse_address=True,
-                backlog=self.max_connections))
+            self._server = loop.run_until_complete(
+                asyncio.start_server(
+                    self._serve,
+                    self.host,
+                    self.port,
+                    limit=MAX_HEAD,
+                    reuse_address=True,
+                    backlog=self.max_connections,
+                )
+            )
         except BaseException:
             loop.close()
             raise
@@ -201,8 +224,7 @@ class HttpServer:
         """Connections being served now."""
         return self.guard.active
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-                     ) -> None:
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await serve_one(reader, writer, self.guard, self.read_timeout, self._respond)
 
     def _respond(self, head: bytes) -> bytes:

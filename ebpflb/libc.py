@@ -38,8 +38,7 @@ def setns(fd: int, nstype: int = CLONE_NEWNET) -> None:
 
 def mount(source: str, target: str, fstype: str, flags: int = 0) -> None:
     """mount(2) with no data: ``mount -t FSTYPE SOURCE TARGET``."""
-    if _libc.mount(os.fsencode(source), os.fsencode(target), os.fsencode(fstype),
-                   flags, None) != 0:
+    if _libc.mount(os.fsencode(source), os.fsencode(target), os.fsencode(fstype), flags, None) != 0:
         raise _error()
 
 

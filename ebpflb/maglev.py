@@ -31,8 +31,9 @@ _MASK = 0xFFFFFFFF
 
 
 def _name_hash(name: str, salt: bytes) -> int:
-    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8, salt=salt).digest(),
-                          "little")
+    return int.from_bytes(
+        hashlib.blake2b(name.encode(), digest_size=8, salt=salt).digest(), "little"
+    )
 
 
 def table(names: Sequence[str], size: int = DEFAULT_TABLE_SIZE) -> list[int]:
@@ -83,8 +84,9 @@ def _be16(port: int) -> int:
     return int.from_bytes(port.to_bytes(2, "big"), sys.byteorder)
 
 
-def flow_hash(client: IPAddress, client_port: int, frontend: IPAddress, frontend_port: int,
-              protocol: Protocol) -> int:
+def flow_hash(
+    client: IPAddress, client_port: int, frontend: IPAddress, frontend_port: int, protocol: Protocol
+) -> int:
     """The kernel's lb4_flow_hash of a flow's first packet (client -> frontend)."""
     h = FLOW_HASH_SEED
     h = _mix32(h ^ _word(client))

@@ -175,9 +175,7 @@ class DesiredState:
     entries: Mapping[FrontendKey, ServiceEntry] = field(
         default_factory=lambda: MappingProxyType({})
     )
-    services: Mapping[ServiceRef, ServiceInfo] = field(
-        default_factory=lambda: MappingProxyType({})
-    )
+    services: Mapping[ServiceRef, ServiceInfo] = field(default_factory=lambda: MappingProxyType({}))
 
     @classmethod
     def build(

@@ -84,8 +84,9 @@ class FrontendState:
             return cls(
                 frontend=entry.frontend,
                 port_name=entry.port_name,
-                backends=tuple([BackendState(b.address, b.port, True, b.terminating)
-                                for b in entry.backends]),
+                backends=tuple(
+                    [BackendState(b.address, b.port, True, b.terminating) for b in entry.backends]
+                ),
                 slots=tuple([b.key for b in entry.backends]),
                 affinity_timeout=entry.affinity_timeout,
                 snat_address=entry.snat_address,
@@ -96,8 +97,10 @@ class FrontendState:
         everyone = len(usable) == len(entry.backends)  # no key set needed
         active = set() if everyone else {b.key for b in usable}
         backends = sorted(
-            (BackendState(b.address, b.port, everyone or b.key in active, b.terminating)
-             for b in entry.backends),
+            (
+                BackendState(b.address, b.port, everyone or b.key in active, b.terminating)
+                for b in entry.backends
+            ),
             key=backend_order,
         )
         return cls(
@@ -114,8 +117,15 @@ class FrontendState:
 
     def service_fields(self) -> tuple[object, ...]:
         """What the service entry itself encodes (not its backends)."""
-        return (self.frontend.kind, self.port_name, self.slots, self.affinity_timeout,
-                self.snat_address, self.source_ranges, self.drop_when_empty)
+        return (
+            self.frontend.kind,
+            self.port_name,
+            self.slots,
+            self.affinity_timeout,
+            self.snat_address,
+            self.source_ranges,
+            self.drop_when_empty,
+        )
 
     def with_backends(self, backends: tuple[BackendState, ...]) -> FrontendState:
         return replace(self, backends=backends)
@@ -130,8 +140,11 @@ class UpsertBackends:
         return f"+ backends {self.frontend}: {', '.join(map(str, self.backends))}"
 
     def as_json(self) -> dict[str, object]:
-        return {"op": "upsert_backends", "frontend": str(self.frontend),
-                "backends": [_backend_json(b) for b in self.backends]}
+        return {
+            "op": "upsert_backends",
+            "frontend": str(self.frontend),
+            "backends": [_backend_json(b) for b in self.backends],
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,14 +165,18 @@ class WriteService:
 
     def as_json(self) -> dict[str, object]:
         s = self.state
-        return {"op": "add_service" if self.new else "change_service",
-                "frontend": str(s.frontend), "service": str(s.port_name.service),
-                "port_name": s.port_name.port, "kind": str(s.kind),
-                "slots": [f"{a}:{p}" for a, p in s.slots],
-                "affinity_timeout": s.affinity_timeout,
-                "snat_address": str(s.snat_address) if s.snat_address else None,
-                "source_ranges": [str(r) for r in s.source_ranges],
-                "drop_when_empty": s.drop_when_empty}
+        return {
+            "op": "add_service" if self.new else "change_service",
+            "frontend": str(s.frontend),
+            "service": str(s.port_name.service),
+            "port_name": s.port_name.port,
+            "kind": str(s.kind),
+            "slots": [f"{a}:{p}" for a, p in s.slots],
+            "affinity_timeout": s.affinity_timeout,
+            "snat_address": str(s.snat_address) if s.snat_address else None,
+            "source_ranges": [str(r) for r in s.source_ranges],
+            "drop_when_empty": s.drop_when_empty,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,8 +189,11 @@ class RemoveBackends:
         return f"- backends {self.frontend}: {keys}"
 
     def as_json(self) -> dict[str, object]:
-        return {"op": "remove_backends", "frontend": str(self.frontend),
-                "backends": [f"{a}:{p}" for a, p in self.backends]}
+        return {
+            "op": "remove_backends",
+            "frontend": str(self.frontend),
+            "backends": [f"{a}:{p}" for a, p in self.backends],
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,8 +205,12 @@ class DeleteService:
         return f"- service {self.frontend} {self.port_name}"
 
     def as_json(self) -> dict[str, object]:
-        return {"op": "remove_service", "frontend": str(self.frontend),
-                "service": str(self.port_name.service), "port_name": self.port_name.port}
+        return {
+            "op": "remove_service",
+            "frontend": str(self.frontend),
+            "service": str(self.port_name.service),
+            "port_name": self.port_name.port,
+        }
 
 
 Op = UpsertBackends | WriteService | RemoveBackends | DeleteService
@@ -235,13 +259,21 @@ class Plan:
         return f"{self.added} added, {self.changed} changed, {self.removed} removed"
 
     def as_json(self) -> dict[str, object]:
-        return {"added": self.added, "changed": self.changed, "removed": self.removed,
-                "ops": [op.as_json() for op in self.ops]}
+        return {
+            "added": self.added,
+            "changed": self.changed,
+            "removed": self.removed,
+            "ops": [op.as_json() for op in self.ops],
+        }
 
 
 def _backend_json(b: BackendState) -> dict[str, object]:
-    return {"address": str(b.address), "port": b.port, "active": b.active,
-            "terminating": b.terminating}
+    return {
+        "address": str(b.address),
+        "port": b.port,
+        "active": b.active,
+        "terminating": b.terminating,
+    }
 
 
 def desired_frontends(state: DesiredState) -> dict[FrontendKey, FrontendState]:

@@ -59,28 +59,48 @@ def interfaces() -> tuple[Interface, ...]:
     """Every interface of the caller's network namespace, by index; raises ``OSError``."""
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE) as sock:
         sock.bind((0, 0))
-        links = [_link(body) for body in _dump(sock, RTM_GETLINK, RTM_NEWLINK,
-                                               IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0))]
+        links = [
+            _link(body)
+            for body in _dump(
+                sock, RTM_GETLINK, RTM_NEWLINK, IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+            )
+        ]
         addresses: dict[int, list[IPAddress]] = {}
-        for body in _dump(sock, RTM_GETADDR, RTM_NEWADDR,
-                          IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)):
+        for body in _dump(
+            sock, RTM_GETADDR, RTM_NEWADDR, IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+        ):
             index, address = _address(body)
             if address is not None:
                 addresses.setdefault(index, []).append(address)
-        default = {oif for body in _dump(sock, RTM_GETROUTE, RTM_NEWROUTE,
-                                         RTMSG.pack(socket.AF_INET, 0, 0, 0, 0, 0, 0, 0, 0))
-                   if (oif := _default_route_oif(body)) is not None}
+        default = {
+            oif
+            for body in _dump(
+                sock, RTM_GETROUTE, RTM_NEWROUTE, RTMSG.pack(socket.AF_INET, 0, 0, 0, 0, 0, 0, 0, 0)
+            )
+            if (oif := _default_route_oif(body)) is not None
+        }
     return tuple(
-        Interface(index, name, kind, master, bool(flags & IFF_LOOPBACK), bool(flags & IFF_UP),
-                  tuple(addresses.get(index, ())), index in default)
-        for index, name, kind, master, flags in sorted(links))
+        Interface(
+            index,
+            name,
+            kind,
+            master,
+            bool(flags & IFF_LOOPBACK),
+            bool(flags & IFF_UP),
+            tuple(addresses.get(index, ())),
+            index in default,
+        )
+        for index, name, kind, master, flags in sorted(links)
+    )
 
 
 def _dump(sock: socket.socket, request: int, reply: int, payload: bytes) -> Iterator[bytes]:
     """The bodies of the ``reply`` messages of one dump request."""
     seq = int.from_bytes(os.urandom(4), "little")
-    sock.send(NLMSGHDR.pack(NLMSGHDR.size + len(payload), request,
-                            NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + payload)
+    sock.send(
+        NLMSGHDR.pack(NLMSGHDR.size + len(payload), request, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
+        + payload
+    )
     for _ in range(MAX_MESSAGES):
         data = sock.recv(RECV_SIZE)
         offset = 0
@@ -88,7 +108,7 @@ def _dump(sock: socket.socket, request: int, reply: int, payload: bytes) -> Iter
             length, kind, _flags, got_seq, _pid = NLMSGHDR.unpack_from(data, offset)
             if length < NLMSGHDR.size:
                 raise OSError(f"rtnetlink: malformed message of {length} bytes")
-            body = data[offset + NLMSGHDR.size:offset + length]
+            body = data[offset + NLMSGHDR.size : offset + length]
             offset += _align(length)
             if got_seq != seq:
                 continue
@@ -111,7 +131,7 @@ def _attributes(data: bytes, offset: int) -> dict[int, bytes]:
         length, kind = RTATTR.unpack_from(data, offset)
         if length < RTATTR.size:
             break
-        found.setdefault(kind & NLA_TYPE_MASK, data[offset + RTATTR.size:offset + length])
+        found.setdefault(kind & NLA_TYPE_MASK, data[offset + RTATTR.size : offset + length])
         offset += _align(length)
     return found
 

@@ -41,8 +41,12 @@ class AffinityTable(Generic[K]):
     Clients and frontends are any hashable values (the userspace proxy uses the
     client's address as text and the frontend's key); `clock` is in seconds."""
 
-    def __init__(self, *, max_entries: int = DEFAULT_AFFINITY_ENTRIES,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        max_entries: int = DEFAULT_AFFINITY_ENTRIES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if max_entries < 1:
             raise ValueError(f"an affinity table holds at least one entry, not {max_entries}")
         self.max_entries = max_entries

@@ -56,8 +56,9 @@ def missing_privileges() -> list[str]:
 
 
 def _can_make_netns() -> bool:
-    done = subprocess.run(["unshare", "--net", "true"], capture_output=True, timeout=10,
-                          check=False)
+    done = subprocess.run(
+        ["unshare", "--net", "true"], capture_output=True, timeout=10, check=False
+    )
     return done.returncode == 0
 
 
@@ -81,11 +82,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             + "; ".join(missing)
             + f". Run them as root on a set-up machine (`sudo make test`), or run only "
             f"the unprivileged tests: `make unit`, or {NO_ROOT_ENV}=1 to deselect the "
-            f"root tests of this selection.")
+            f"root tests of this selection."
+        )
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if _deselected_for_root:
         terminalreporter.write_line(
             f"{NO_ROOT_ENV}=1: {len(_deselected_for_root)} root tests deselected, not run",
-            yellow=True, bold=True)
+            yellow=True,
+            bold=True,
+        )

@@ -70,8 +70,9 @@ class HealthCheckServer:
 
     # --- the agent's side ----------------------------------------------------------
 
-    def update(self, checks: Sequence[HealthCheck], addresses: Sequence[str] = (WILDCARD,)
-               ) -> Future[None] | None:
+    def update(
+        self, checks: Sequence[HealthCheck], addresses: Sequence[str] = (WILDCARD,)
+    ) -> Future[None] | None:
         """Serve exactly ``checks`` on ``addresses``; returns at once (the future says
         when the listeners are in place, for tests). None once closed or with nothing
         to serve and nothing served."""
@@ -111,8 +112,9 @@ class HealthCheckServer:
 
     def _start(self) -> None:
         loop = asyncio.new_event_loop()
-        thread = threading.Thread(target=self._run, args=(loop,), name="ebpflb-healthcheck",
-                                  daemon=True)
+        thread = threading.Thread(
+            target=self._run, args=(loop,), name="ebpflb-healthcheck", daemon=True
+        )
         self._loop, self._thread = loop, thread
         thread.start()
 
@@ -123,16 +125,19 @@ class HealthCheckServer:
 
     # --- the loop's side -----------------------------------------------------------
 
-    async def _apply(self, wanted: tuple[HealthCheck, ...], addresses: tuple[str, ...]
-                     ) -> None:
+    async def _apply(self, wanted: tuple[HealthCheck, ...], addresses: tuple[str, ...]) -> None:
         checks: dict[int, HealthCheck] = {}
         for check in wanted:
             other = checks.get(check.port)
             if other is not None:
-                self._log_once(check.ref, "*", check.port,
-                               f"Service {check.ref}: healthCheckNodePort {check.port} "
-                               f"is already used by Service {other.ref}; health check "
-                               "skipped")
+                self._log_once(
+                    check.ref,
+                    "*",
+                    check.port,
+                    f"Service {check.ref}: healthCheckNodePort {check.port} "
+                    f"is already used by Service {other.ref}; health check "
+                    "skipped",
+                )
                 continue
             checks[check.port] = check
         self._checks = checks
@@ -145,12 +150,17 @@ class HealthCheckServer:
             if (address, port) in self._servers:
                 continue
             try:
-                server = await asyncio.start_server(self._serve, address, port,
-                                                    reuse_address=True, limit=MAX_HEAD)
+                server = await asyncio.start_server(
+                    self._serve, address, port, reuse_address=True, limit=MAX_HEAD
+                )
             except OSError as exc:
-                self._log_once(ref, address, port,
-                               f"cannot listen on {address}:{port} for the health check "
-                               f"of Service {ref}: {exc.strerror or exc}")
+                self._log_once(
+                    ref,
+                    address,
+                    port,
+                    f"cannot listen on {address}:{port} for the health check "
+                    f"of Service {ref}: {exc.strerror or exc}",
+                )
                 continue
             self._failed.discard((ref, address, port))
             self._servers[(address, port)] = (ref, server)
@@ -170,8 +180,7 @@ class HealthCheckServer:
             await server.wait_closed()
         self._servers.clear()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-                     ) -> None:
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         port = writer.get_extra_info("sockname")[1]
 
         def respond(head: bytes) -> bytes:

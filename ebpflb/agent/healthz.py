@@ -56,14 +56,16 @@ def node_eligible(nodes: Sequence[dict[str, Any]], name: str | None) -> bool:
         if meta.get("deletionTimestamp"):
             return False
         taints = (node.get("spec") or {}).get("taints") or ()
-        return not any(isinstance(t, dict) and t.get("key") == TO_BE_DELETED_TAINT
-                       for t in taints)
+        return not any(isinstance(t, dict) and t.get("key") == TO_BE_DELETED_TAINT for t in taints)
     return True
 
 
 def rfc3339(wall: float) -> str:
-    return datetime.datetime.fromtimestamp(wall, datetime.UTC).isoformat(
-        timespec="microseconds").replace("+00:00", "Z")
+    return (
+        datetime.datetime.fromtimestamp(wall, datetime.UTC)
+        .isoformat(timespec="microseconds")
+        .replace("+00:00", "Z")
+    )
 
 
 @dataclass(frozen=True)
@@ -80,8 +82,13 @@ class ProxyHealth:
     ``queued``/``updated``/``set_node_eligible``; the HTTP thread calls ``healthz``
     and ``livez``. ``clock`` is monotonic (for ages), ``wall`` for the bodies."""
 
-    def __init__(self, timeout: float, *, clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        timeout: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self.timeout = timeout
         self._clock, self._wall = clock, wall
         self._lock = threading.Lock()
@@ -128,18 +135,24 @@ class ProxyHealth:
             ready, eligible, last = self._ready, self._eligible, self._last_updated
         healthy = self._live() and ready and eligible
         now = self._wall()
-        return Verdict(200 if healthy else 503, {
-            "lastUpdated": rfc3339(now if healthy else last),
-            "currentTime": rfc3339(now),
-            "nodeEligible": eligible,
-        })
+        return Verdict(
+            200 if healthy else 503,
+            {
+                "lastUpdated": rfc3339(now if healthy else last),
+                "currentTime": rfc3339(now),
+                "nodeEligible": eligible,
+            },
+        )
 
     def livez(self) -> Verdict:
         with self._lock:
             last = self._last_updated
         healthy = self._live()
         now = self._wall()
-        return Verdict(200 if healthy else 503, {
-            "lastUpdated": rfc3339(now if healthy else last),
-            "currentTime": rfc3339(now),
-        })
+        return Verdict(
+            200 if healthy else 503,
+            {
+                "lastUpdated": rfc3339(now if healthy else last),
+                "currentTime": rfc3339(now),
+            },
+        )

@@ -71,8 +71,14 @@ TRIGGER_TIME_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
 SYNC_BUCKETS = tuple(0.001 * 2**i for i in range(15))
 # kube-proxy: metrics.MergeBuckets (which starts with 0) of LinearBuckets(0.25, 0.25, 2),
 # (1, 1, 59), (60, 5, 12), (120, 30, 7)
-PROGRAMMING_BUCKETS = (0.0, 0.25, 0.5, *(float(s) for s in range(1, 60)),
-                       *(60.0 + 5 * i for i in range(12)), *(120.0 + 30 * i for i in range(7)))
+PROGRAMMING_BUCKETS = (
+    0.0,
+    0.25,
+    0.5,
+    *(float(s) for s in range(1, 60)),
+    *(60.0 + 5 * i for i in range(12)),
+    *(120.0 + 30 * i for i in range(7)),
+)
 
 
 @dataclass(frozen=True)
@@ -94,31 +100,62 @@ class AgentMetrics:
         self._started = wall()
         self._seen_triggers: dict[tuple[str, str], str] = {}  # slice -> last observed
         r = self.registry = CollectorRegistry()
-        self.sync = Histogram("kubeproxy_sync_proxy_rules_duration_seconds",
-                              "SyncProxyRules latency in seconds", buckets=SYNC_BUCKETS,
-                              registry=r)
-        self.sync_full = Histogram("kubeproxy_sync_full_proxy_rules_duration_seconds",
-                                   "SyncProxyRules latency in seconds for full resyncs",
-                                   buckets=SYNC_BUCKETS, registry=r)
-        self.sync_partial = Histogram("kubeproxy_sync_partial_proxy_rules_duration_seconds",
-                                      "SyncProxyRules latency in seconds for partial resyncs",
-                                      buckets=SYNC_BUCKETS, registry=r)
-        self.programming = Histogram("kubeproxy_network_programming_duration_seconds",
-                                     "In Cluster Network Programming Latency in seconds",
-                                     buckets=PROGRAMMING_BUCKETS, registry=r)
-        self.last_synced = Gauge("kubeproxy_sync_proxy_rules_last_timestamp_seconds",
-                                 "The last time proxy rules were successfully synced",
-                                 registry=r)
-        self.last_queued = Gauge("kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
-                                 "The last time a sync of proxy rules was queued", registry=r)
-        self.endpoint_changes = Counter("kubeproxy_sync_proxy_rules_endpoint_changes_total",
-                                        "Cumulative proxy rules Endpoint changes", registry=r)
-        self.service_changes = Counter("kubeproxy_sync_proxy_rules_service_changes_total",
-                                       "Cumulative proxy rules Service changes", registry=r)
-        self.healthz = Counter("kubeproxy_proxy_healthz_total",
-                               "Cumulative proxy healthz HTTP status", ["code"], registry=r)
-        self.livez = Counter("kubeproxy_proxy_livez_total",
-                             "Cumulative proxy livez HTTP status", ["code"], registry=r)
+        self.sync = Histogram(
+            "kubeproxy_sync_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds",
+            buckets=SYNC_BUCKETS,
+            registry=r,
+        )
+        self.sync_full = Histogram(
+            "kubeproxy_sync_full_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds for full resyncs",
+            buckets=SYNC_BUCKETS,
+            registry=r,
+        )
+        self.sync_partial = Histogram(
+            "kubeproxy_sync_partial_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds for partial resyncs",
+            buckets=SYNC_BUCKETS,
+            registry=r,
+        )
+        self.programming = Histogram(
+            "kubeproxy_network_programming_duration_seconds",
+            "In Cluster Network Programming Latency in seconds",
+            buckets=PROGRAMMING_BUCKETS,
+            registry=r,
+        )
+        self.last_synced = Gauge(
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+            "The last time proxy rules were successfully synced",
+            registry=r,
+        )
+        self.last_queued = Gauge(
+            "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
+            "The last time a sync of proxy rules was queued",
+            registry=r,
+        )
+        self.endpoint_changes = Counter(
+            "kubeproxy_sync_proxy_rules_endpoint_changes_total",
+            "Cumulative proxy rules Endpoint changes",
+            registry=r,
+        )
+        self.service_changes = Counter(
+            "kubeproxy_sync_proxy_rules_service_changes_total",
+            "Cumulative proxy rules Service changes",
+            registry=r,
+        )
+        self.healthz = Counter(
+            "kubeproxy_proxy_healthz_total",
+            "Cumulative proxy healthz HTTP status",
+            ["code"],
+            registry=r,
+        )
+        self.livez = Counter(
+            "kubeproxy_proxy_livez_total",
+            "Cumulative proxy livez HTTP status",
+            ["code"],
+            registry=r,
+        )
 
     # --- the agent's hooks ---------------------------------------------------------
 
@@ -131,8 +168,14 @@ class AgentMetrics:
         if slices:
             self.endpoint_changes.inc(slices)
 
-    def synced(self, seconds: float, *, full: bool, complete: bool,
-               slices: Iterable[Mapping[str, Any]] = ()) -> None:
+    def synced(
+        self,
+        seconds: float,
+        *,
+        full: bool,
+        complete: bool,
+        slices: Iterable[Mapping[str, Any]] = (),
+    ) -> None:
         """One successful sync of ``seconds``; ``complete``: nothing left unprogrammed.
         ``slices``: the EndpointSlices it programmed (for network programming latency)."""
         self.sync.observe(seconds)
@@ -175,20 +218,25 @@ class ScrapeCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         g = self.gauges()
-        info = GaugeMetricFamily("ebpflb_dataplane_info", "The data path in use",
-                                 labels=["dataplane"])
+        info = GaugeMetricFamily(
+            "ebpflb_dataplane_info", "The data path in use", labels=["dataplane"]
+        )
         info.add_metric([g.dataplane], 1)
         yield info
-        yield GaugeMetricFamily("ebpflb_refused_services",
-                                "Services refused for want of map room (retried every sync)",
-                                value=g.refused_services)
-        yield GaugeMetricFamily("ebpflb_frontends", "Frontends the agent wants served",
-                                value=g.frontends)
-        yield GaugeMetricFamily("ebpflb_backends", "Backends over every frontend",
-                                value=g.backends)
-        yield GaugeMetricFamily("ebpflb_source_stale_seconds",
-                                "Seconds the source has failed to follow its origin (0: not)",
-                                value=g.stale_seconds)
+        yield GaugeMetricFamily(
+            "ebpflb_refused_services",
+            "Services refused for want of map room (retried every sync)",
+            value=g.refused_services,
+        )
+        yield GaugeMetricFamily(
+            "ebpflb_frontends", "Frontends the agent wants served", value=g.frontends
+        )
+        yield GaugeMetricFamily("ebpflb_backends", "Backends over every frontend", value=g.backends)
+        yield GaugeMetricFamily(
+            "ebpflb_source_stale_seconds",
+            "Seconds the source has failed to follow its origin (0: not)",
+            value=g.stale_seconds,
+        )
         tel = self._telemetry()
         if tel is not None:
             yield from telemetry_metrics(tel)
@@ -208,31 +256,44 @@ class ScrapeCollector(Collector):
 
 
 def telemetry_metrics(tel: Telemetry) -> Iterator[Metric]:
-    events = CounterMetricFamily("ebpflb_datapath_events", "Data path events, by the key "
-                                 "of `ebpflb stats --json`", labels=["event"])
-    drops = CounterMetricFamily("ebpflb_datapath_drops", "Packets or connections dropped "
-                                "or refused by the data path, by reason", labels=["reason"])
+    events = CounterMetricFamily(
+        "ebpflb_datapath_events",
+        "Data path events, by the key of `ebpflb stats --json`",
+        labels=["event"],
+    )
+    drops = CounterMetricFamily(
+        "ebpflb_datapath_drops",
+        "Packets or connections dropped or refused by the data path, by reason",
+        labels=["reason"],
+    )
     for name, value in sorted(tel.counters.items()):
         (drops if name in DROP_COUNTERS else events).add_metric([name], value)
     yield events
     yield drops
-    by_reason = CounterMetricFamily("ebpflb_drops", "Packets dropped by the data path, "
-                                    "counted once at its exit, by reason (the \"drops\" of "
-                                    "`ebpflb stats --json`)", labels=["reason"])
+    by_reason = CounterMetricFamily(
+        "ebpflb_drops",
+        "Packets dropped by the data path, "
+        'counted once at its exit, by reason (the "drops" of '
+        "`ebpflb stats --json`)",
+        labels=["reason"],
+    )
     for reason, value in drops_by_reason(tel.drops).items():
         by_reason.add_metric([reason], value)
     yield by_reason
-    entries = GaugeMetricFamily("ebpflb_map_entries", "Entries in a bounded table of the "
-                                "data path", labels=["map"])
-    capacity = GaugeMetricFamily("ebpflb_map_capacity", "Size of a bounded table of the "
-                                 "data path", labels=["map"])
+    entries = GaugeMetricFamily(
+        "ebpflb_map_entries", "Entries in a bounded table of the data path", labels=["map"]
+    )
+    capacity = GaugeMetricFamily(
+        "ebpflb_map_capacity", "Size of a bounded table of the data path", labels=["map"]
+    )
     for t in tel.tables:
         entries.add_metric([t.name], t.entries)
         capacity.add_metric([t.name], t.capacity)
     yield entries
     yield capacity
-    yield GaugeMetricFamily("ebpflb_conntrack_entries", "Flows the data path tracks",
-                            value=tel.conntrack_entries)
+    yield GaugeMetricFamily(
+        "ebpflb_conntrack_entries", "Flows the data path tracks", value=tel.conntrack_entries
+    )
 
 
 def _trigger_times(slices: Iterable[Mapping[str, Any]]) -> Iterator[tuple[tuple[str, str], str]]:

@@ -35,10 +35,20 @@ from ebpflb.rtnetlink import Interface
 from ebpflb.sources.translate import node_addresses
 
 # Devices whose addresses are not the node's (see the module docstring).
-FOREIGN_KINDS = frozenset({
-    "vxlan", "geneve", "ipip", "gre", "gretap", "sit", "ip6tnl", "ip6gre", "wireguard",
-    "dummy",
-})
+FOREIGN_KINDS = frozenset(
+    {
+        "vxlan",
+        "geneve",
+        "ipip",
+        "gre",
+        "gretap",
+        "sit",
+        "ip6tnl",
+        "ip6gre",
+        "wireguard",
+        "dummy",
+    }
+)
 LINK_LOCAL_V4 = ipaddress.ip_network("169.254.0.0/16")
 
 
@@ -59,8 +69,12 @@ class NodePortChoice:
     why: str
 
 
-def choose(nodes: Iterable[Mapping[str, Any]], node_name: str | None,
-           local: Sequence[IPAddress], option: NodePortAddresses) -> NodePortChoice:
+def choose(
+    nodes: Iterable[Mapping[str, Any]],
+    node_name: str | None,
+    local: Sequence[IPAddress],
+    option: NodePortAddresses,
+) -> NodePortChoice:
     """This node's NodePort addresses, from its Node among ``nodes`` when it names any
     InternalIP/ExternalIP, else from ``local`` (the node's own interface addresses,
     the primary one first)."""
@@ -68,17 +82,21 @@ def choose(nodes: Iterable[Mapping[str, Any]], node_name: str | None,
     if node_name:
         listed = node_addresses(nodes, node_name)
         if listed:
-            internal = [a for a in node_addresses(nodes, node_name, types=("InternalIP",))
-                        if a.version == 4]
-            return NodePortChoice(option.select(listed, internal),
-                                  AddressSource.NODE_OBJECT, f"Node {node_name}")
+            internal = [
+                a for a in node_addresses(nodes, node_name, types=("InternalIP",)) if a.version == 4
+            ]
+            return NodePortChoice(
+                option.select(listed, internal), AddressSource.NODE_OBJECT, f"Node {node_name}"
+            )
         exists = any(_name(n) == node_name for n in nodes)
-        why = (f"Node {node_name} lists no InternalIP or ExternalIP" if exists
-               else f"no Node object named {node_name}")
+        why = (
+            f"Node {node_name} lists no InternalIP or ExternalIP"
+            if exists
+            else f"no Node object named {node_name}"
+        )
     else:
         why = "no --node-name"
-    return NodePortChoice(option.select(local, local[:1]), AddressSource.LOCAL_INTERFACES,
-                          why)
+    return NodePortChoice(option.select(local, local[:1]), AddressSource.LOCAL_INTERFACES, why)
 
 
 def own_addresses(interfaces: Iterable[Interface]) -> tuple[IPAddress, ...]:
@@ -100,8 +118,13 @@ def own_addresses(interfaces: Iterable[Interface]) -> tuple[IPAddress, ...]:
 
 
 def _own(address: IPAddress) -> bool:
-    return (address.version == 4 and not address.is_loopback and not address.is_multicast
-            and not address.is_unspecified and address not in LINK_LOCAL_V4)
+    return (
+        address.version == 4
+        and not address.is_loopback
+        and not address.is_multicast
+        and not address.is_unspecified
+        and address not in LINK_LOCAL_V4
+    )
 
 
 def _name(node: Mapping[str, Any]) -> str | None:

@@ -55,7 +55,8 @@ class NodePortAddresses:
             except ValueError:
                 raise ValueError(
                     f"{item!r} is not a CIDR (like 10.0.0.0/8; host bits must be zero) "
-                    f"or {PRIMARY!r}") from None
+                    f"or {PRIMARY!r}"
+                ) from None
         return cls(tuple(dict.fromkeys(networks)))
 
     @property
@@ -63,16 +64,18 @@ class NodePortAddresses:
         """No restriction: every node address (listeners bind the wildcard address)."""
         return not self.networks and not self.primary
 
-    def select(self, addresses: Sequence[IPAddress], internal: Sequence[IPAddress]
-               ) -> tuple[IPAddress, ...]:
+    def select(
+        self, addresses: Sequence[IPAddress], internal: Sequence[IPAddress]
+    ) -> tuple[IPAddress, ...]:
         """The node ``addresses`` that serve NodePorts; ``internal`` are the node's
         InternalIPs in order (the first is its primary address)."""
         if self.primary:
             return tuple(internal[:1])
         if not self.networks:
             return tuple(addresses)
-        return tuple(a for a in addresses
-                     if any(a.version == n.version and a in n for n in self.networks))
+        return tuple(
+            a for a in addresses if any(a.version == n.version and a in n for n in self.networks)
+        )
 
     def __str__(self) -> str:
         if self.primary:
@@ -143,8 +146,9 @@ class ReservedPorts:
     file at ``path`` resolves to the namespace of whoever opens it). ``record`` (in the
     agent's state directory) remembers the ports an agent added and left reserved."""
 
-    def __init__(self, path: str | Path = RESERVED_PORTS_SYSCTL, *,
-                 record: str | Path | None = None) -> None:
+    def __init__(
+        self, path: str | Path = RESERVED_PORTS_SYSCTL, *, record: str | Path | None = None
+    ) -> None:
         self.path = Path(path)
         self.record = Path(record) if record is not None else None
         self.added: set[int] = set()  # what we (or an earlier agent) added

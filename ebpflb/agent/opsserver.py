@@ -16,9 +16,14 @@ log = logging.getLogger(__name__)
 
 
 class OpsServers:
-    def __init__(self, health: ProxyHealth, metrics: AgentMetrics, *,
-                 healthz_at: tuple[str, int] | None, metrics_at: tuple[str, int] | None
-                 ) -> None:
+    def __init__(
+        self,
+        health: ProxyHealth,
+        metrics: AgentMetrics,
+        *,
+        healthz_at: tuple[str, int] | None,
+        metrics_at: tuple[str, int] | None,
+    ) -> None:
         self.health = health
         self.metrics = metrics
         health_routes: dict[str, Handler] = {"/healthz": self._healthz, "/livez": self._livez}
@@ -26,8 +31,7 @@ class OpsServers:
         if healthz_at is not None:
             wanted.setdefault(healthz_at, {}).update(health_routes)
         if metrics_at is not None:
-            wanted.setdefault(metrics_at, {}).update(
-                {**health_routes, "/metrics": self._metrics})
+            wanted.setdefault(metrics_at, {}).update({**health_routes, "/metrics": self._metrics})
         self.wanted = wanted
         self.servers: list[HttpServer] = []
 
@@ -37,8 +41,13 @@ class OpsServers:
             try:
                 server.start()
             except OSError as exc:
-                log.error("cannot serve %s on %s:%d: %s", " ".join(sorted(routes)), host,
-                          port, exc.strerror or exc)
+                log.error(
+                    "cannot serve %s on %s:%d: %s",
+                    " ".join(sorted(routes)),
+                    host,
+                    port,
+                    exc.strerror or exc,
+                )
                 continue
             log.info("serving %s on %s:%d", " ".join(sorted(routes)), host, server.port)
             self.servers.append(server)

@@ -32,11 +32,14 @@ def run_agent(config: RunConfig, stop: threading.Event) -> None:
     agent_config = replace(config.agent, node_name=node_name)
     try:
         with no_full_collections():  # reading back the pinned maps: a state per frontend
-            dp = open_dataplane(config.dataplane, bpf_config=config.bpf,
-                                userspace_config=config.userspace)
+            dp = open_dataplane(
+                config.dataplane, bpf_config=config.bpf, userspace_config=config.userspace
+            )
         state_dir = config.userspace.state_dir
-        reserved = reserve(ReservedPorts(record=os.path.join(state_dir, RESERVED_RECORD)),
-                           agent_config.nodeport_range)
+        reserved = reserve(
+            ReservedPorts(record=os.path.join(state_dir, RESERVED_RECORD)),
+            agent_config.nodeport_range,
+        )
         try:
             pins = config.bpf.pin_dir if dp.name == "bpf" else None
             Agent(source, dp, replace(agent_config, pin_dir=pins)).run(stop)
@@ -62,8 +65,9 @@ def open_source(config: RunConfig) -> tuple[Source, str | None]:
     from ebpflb.sources.kube import KubeSource, default_node_name
 
     node_name = default_node_name(node_name)
-    source = KubeSource(kubeconfig=config.kubeconfig, in_cluster=config.in_cluster,
-                        node_name=node_name)
+    source = KubeSource(
+        kubeconfig=config.kubeconfig, in_cluster=config.in_cluster, node_name=node_name
+    )
     source.start()
     return source, node_name
 
@@ -74,8 +78,13 @@ def reserve(ports: ReservedPorts, port_range: PortRange) -> ReservedPorts | None
     try:
         ports.reserve(port_range)
     except OSError as exc:
-        log.warning("cannot reserve the NodePort range %s in %s: %s; a local socket may "
-                    "take a NodePort as its ephemeral port", port_range, ports.path, exc)
+        log.warning(
+            "cannot reserve the NodePort range %s in %s: %s; a local socket may "
+            "take a NodePort as its ephemeral port",
+            port_range,
+            ports.path,
+            exc,
+        )
         return None
     if ports.added:
         log.info("reserved the NodePort range %s against ephemeral ports", port_range)
@@ -102,8 +111,7 @@ def raise_open_files_limit() -> int:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         except (OSError, ValueError) as exc:
-            log.warning("cannot raise the open-files limit from %d to %d: %s", soft, hard,
-                        exc)
+            log.warning("cannot raise the open-files limit from %d to %d: %s", soft, hard, exc)
             return soft
         log.info("open-files limit raised from %d to %d", soft, hard)
         return hard

@@ -37,26 +37,45 @@ log = logging.getLogger("ebpflb.agent")
 
 
 class Agent:
-    def __init__(self, source: Source, dataplane: Dataplane, config: AgentConfig, *,
-                 clock: Callable[[], float] = time.monotonic,
-                 local_interfaces: Callable[[], Sequence[Interface]] = interfaces) -> None:
+    def __init__(
+        self,
+        source: Source,
+        dataplane: Dataplane,
+        config: AgentConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        local_interfaces: Callable[[], Sequence[Interface]] = interfaces,
+    ) -> None:
         self.source = source
         self.dataplane = dataplane
         self.config = config
         self.clock = clock
         self.health = HealthCheckServer(healthy=self._healthy)
         self.proxy_health = ProxyHealth(
-            config.healthz_timeout if config.healthz_timeout is not None
-            else default_health_timeout(config.sync_period), clock=clock)
+            config.healthz_timeout
+            if config.healthz_timeout is not None
+            else default_health_timeout(config.sync_period),
+            clock=clock,
+        )
         self.proxy_health.queued()  # the initial state waits to be programmed
         self.metrics = AgentMetrics()
-        self.sync = SyncStep(source, dataplane, config, clock=clock,
-                             local_interfaces=local_interfaces, health=self.health,
-                             on_load=self._loaded, on_changes=self._took)
+        self.sync = SyncStep(
+            source,
+            dataplane,
+            config,
+            clock=clock,
+            local_interfaces=local_interfaces,
+            health=self.health,
+            on_load=self._loaded,
+            on_changes=self._took,
+        )
         self.metrics.attach(dataplane, self._gauges)
-        self._ops = OpsServers(self.proxy_health, self.metrics,
-                               healthz_at=config.healthz_address,
-                               metrics_at=config.metrics_address)
+        self._ops = OpsServers(
+            self.proxy_health,
+            self.metrics,
+            healthz_at=config.healthz_address,
+            metrics_at=config.metrics_address,
+        )
         self._initial_counted = False
         self._loaded_slices: Sequence[dict[str, Any]] = ()  # of the last full load
         self._changed_refs: set[ServiceRef] = set()  # of the running partial sync
@@ -107,7 +126,8 @@ class Agent:
         self._changed_refs = set(changes.services) | set(self.sync.refused)
         if changes.nodes:
             self.proxy_health.set_node_eligible(
-                node_eligible(self.source.nodes(), self.config.node_name))
+                node_eligible(self.source.nodes(), self.config.node_name)
+            )
 
     def _queued(self) -> None:
         self.proxy_health.queued()
@@ -123,12 +143,19 @@ class Agent:
         if full:
             slices: Sequence[dict[str, Any]] = self._loaded_slices
             if self.sync.refused:
-                slices = [s for s in slices if ServiceRef(
-                    s.get("metadata", {}).get("namespace", ""), slice_owner(s) or "")
-                    not in self.sync.refused]
+                slices = [
+                    s
+                    for s in slices
+                    if ServiceRef(s.get("metadata", {}).get("namespace", ""), slice_owner(s) or "")
+                    not in self.sync.refused
+                ]
         else:
-            slices = [s for ref in self._changed_refs if ref not in self.sync.refused
-                      for s in self.source.slices_of(ref)]
+            slices = [
+                s
+                for ref in self._changed_refs
+                if ref not in self.sync.refused
+                for s in self.source.slices_of(ref)
+            ]
         self.metrics.synced(seconds, full=full, complete=complete, slices=slices)
         self._loaded_slices = ()
 
@@ -136,10 +163,12 @@ class Agent:
         """For a scrape (on the metrics server's thread: reads only)."""
         stale_since = self.source.stale_since
         return AgentGauges(
-            dataplane=self.dataplane.name, refused_services=len(self.sync.refused),
+            dataplane=self.dataplane.name,
+            refused_services=len(self.sync.refused),
             frontends=len(self.sync.translator.state.entries),
             backends=self.sync.translator.backends,
-            stale_seconds=0.0 if stale_since is None else max(0.0, self.clock() - stale_since))
+            stale_seconds=0.0 if stale_since is None else max(0.0, self.clock() - stale_since),
+        )
 
     # --- the loop ----------------------------------------------------------------------
 
@@ -212,10 +241,14 @@ class Agent:
             self._repairing = False
             plan = self.last_result.plan
             if plan:
-                log.warning("resync: the data path differed from the desired state; "
-                            "repaired %d frontends (%d added, %d changed, %d removed)",
-                            plan.added + plan.changed + plan.removed, plan.added,
-                            plan.changed, plan.removed)
+                log.warning(
+                    "resync: the data path differed from the desired state; "
+                    "repaired %d frontends (%d added, %d changed, %d removed)",
+                    plan.added + plan.changed + plan.removed,
+                    plan.added,
+                    plan.changed,
+                    plan.removed,
+                )
         if self.syncs == 1:
             log.info("ready: first sync done (%d frontends)", self.last_result.frontends)
         self._publish()
@@ -260,8 +293,9 @@ class Agent:
         )
 
     def run(self, stop: threading.Event) -> None:
-        log.info("agent running on the %s data path, source: %s", self.dataplane.name,
-                 self.source.kind)
+        log.info(
+            "agent running on the %s data path, source: %s", self.dataplane.name, self.source.kind
+        )
         self._ops.start()
         try:
             while not stop.is_set():
@@ -278,4 +312,3 @@ class Agent:
         caller's."""
         self.health.close()
         self._ops.close()
-

@@ -84,12 +84,16 @@ class SideTables:
 
     def unbalanced_json(self) -> list[dict[str, str]]:
         """The Services never load-balanced, for the status file."""
-        return [{"service": str(ref),
-                 "kind": "externalname" if info.type is ServiceType.EXTERNAL_NAME
-                 else "headless",
-                 "address": (info.external_name or "") if info.type is
-                 ServiceType.EXTERNAL_NAME else str(info.cluster_ip)}
-                for ref, info in sorted(self.unbalanced.items())]
+        return [
+            {
+                "service": str(ref),
+                "kind": "externalname" if info.type is ServiceType.EXTERNAL_NAME else "headless",
+                "address": (info.external_name or "")
+                if info.type is ServiceType.EXTERNAL_NAME
+                else str(info.cluster_ip),
+            }
+            for ref, info in sorted(self.unbalanced.items())
+        ]
 
     def _note_service(self, ref: ServiceRef, info: ServiceInfo | None) -> None:
         self.health.pop(ref, None)
@@ -97,8 +101,7 @@ class SideTables:
         if info is None:
             return
         if info.health_check_node_port:
-            self.health[ref] = HealthCheck(ref, info.health_check_node_port,
-                                           info.local_endpoints)
+            self.health[ref] = HealthCheck(ref, info.health_check_node_port, info.local_endpoints)
         if info.headless or info.type is ServiceType.EXTERNAL_NAME:
             self.unbalanced[ref] = info
 
@@ -116,23 +119,34 @@ class SideTables:
             if fe.kind is not FrontendKind.NODE_PORT or name not in names:
                 names[name] = str(fe.port)  # the Service port, as its other frontends have
         for name in sorted(set(names) - self._logged_ports):
-            log.warning("Service %s port %s/%s: %s is not supported by the %s data path; "
-                        "skipped", name.service, names[name], name.protocol, name.protocol,
-                        self.dataplane_name)
+            log.warning(
+                "Service %s port %s/%s: %s is not supported by the %s data path; skipped",
+                name.service,
+                names[name],
+                name.protocol,
+                name.protocol,
+                self.dataplane_name,
+            )
         self._logged_ports = set(names)
         outside = {(ref, key[1]) for key, ref in self._out_of_range.items()}
         for ref, port in sorted(outside - self._logged_range):
-            log.warning("Service %s: nodePort %d is outside the NodePort range %s "
-                        "(--nodeport-range); served anyway, but a local socket may take it "
-                        "as its ephemeral port", ref, port, self.nodeport_range)
+            log.warning(
+                "Service %s: nodePort %d is outside the NodePort range %s "
+                "(--nodeport-range); served anyway, but a local socket may take it "
+                "as its ephemeral port",
+                ref,
+                port,
+                self.nodeport_range,
+            )
         self._logged_range = outside
 
 
 class _Without(Mapping[FrontendKey, ServiceEntry]):
     """A read-only view of ``entries`` without ``excluded``: no copy of 10,000s."""
 
-    def __init__(self, entries: Mapping[FrontendKey, ServiceEntry],
-                 excluded: Collection[FrontendKey]) -> None:
+    def __init__(
+        self, entries: Mapping[FrontendKey, ServiceEntry], excluded: Collection[FrontendKey]
+    ) -> None:
         self._entries = entries
         self._excluded = excluded
 

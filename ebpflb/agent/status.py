@@ -88,8 +88,9 @@ def read_status(state_dir: str) -> dict[str, Any]:
         with open(path) as f:
             data: dict[str, Any] = json.load(f)
     except FileNotFoundError:
-        raise EbpflbError(f"no agent status under {state_dir} (is an agent running "
-                          f"with --state-dir {state_dir}?)") from None
+        raise EbpflbError(
+            f"no agent status under {state_dir} (is an agent running with --state-dir {state_dir}?)"
+        ) from None
     except (OSError, ValueError) as e:
         raise EbpflbError(f"cannot read {path}: {e}") from e
     if data.get("version") != VERSION:

@@ -52,12 +52,18 @@ class SyncStep:
     """What one sync does, and what it learnt: the refused Services, the skipped
     objects, this node's NodePort addresses."""
 
-    def __init__(self, source: Source, dataplane: Dataplane, config: AgentConfig, *,
-                 clock: Callable[[], float],
-                 local_interfaces: Callable[[], Sequence[Interface]],
-                 health: HealthCheckServer,
-                 on_load: Callable[[Snapshot], None] = lambda _snap: None,
-                 on_changes: Callable[[Changes], None] = lambda _changes: None) -> None:
+    def __init__(
+        self,
+        source: Source,
+        dataplane: Dataplane,
+        config: AgentConfig,
+        *,
+        clock: Callable[[], float],
+        local_interfaces: Callable[[], Sequence[Interface]],
+        health: HealthCheckServer,
+        on_load: Callable[[Snapshot], None] = lambda _snap: None,
+        on_changes: Callable[[Changes], None] = lambda _changes: None,
+    ) -> None:
         self.source = source
         self.config = config
         self.clock = clock
@@ -65,8 +71,7 @@ class SyncStep:
         self._on_load = on_load  # a full load (health and metrics bookkeeping)
         self._on_changes = on_changes  # the changes an incremental sync takes
         self.syncer = Syncer(dataplane, clock=clock)
-        self.translator = IncrementalTranslator(node_name=config.node_name,
-                                                node_zone=config.zone)
+        self.translator = IncrementalTranslator(node_name=config.node_name, node_zone=config.zone)
         self.side = SideTables(dataplane, config.nodeport_range)
         self.full_due = True  # the next sync translates and compares everything
         self.retry_refused = False  # room was made: retry the refused at the next sync
@@ -118,8 +123,9 @@ class SyncStep:
     def _incremental(self) -> SyncResult:
         changes = self.source.take_changes()
         self._on_changes(changes)
-        if changes.nodes and (self._node_view(self.source.nodes())
-                              != (self.nodeports, self.translator.node_zone)):
+        if changes.nodes and (
+            self._node_view(self.source.nodes()) != (self.nodeports, self.translator.node_zone)
+        ):
             log.info("this node's addresses or zone changed: full sync")
             return self._full()
         refs = set(changes.services) | set(self.refused)
@@ -128,7 +134,8 @@ class SyncStep:
             return SyncResult(Plan(), len(self.translator.state.entries), 0.0)
         try:
             update = self.translator.update(
-                refs, service_of=self.source.service, slices_of=self.source.slices_of)
+                refs, service_of=self.source.service, slices_of=self.source.slices_of
+            )
         except NeedsRebuild:
             log.debug("a frontend moved between Services: full sync")
             return self._full()
@@ -140,8 +147,7 @@ class SyncStep:
 
     # --- this node's addresses ---------------------------------------------------------
 
-    def _node_view(self, nodes: Sequence[dict[str, Any]]
-                   ) -> tuple[NodePortChoice, str | None]:
+    def _node_view(self, nodes: Sequence[dict[str, Any]]) -> tuple[NodePortChoice, str | None]:
         """This node's NodePort addresses (as --nodeport-addresses selects them) and its
         zone (--zone, else its Node's label)."""
         name = self.config.node_name
@@ -170,14 +176,25 @@ class SyncStep:
         if before is not None and before.source is choice.source:
             return
         shown = ", ".join(map(str, choice.addresses)) or "none"
-        narrowed = ("" if self.config.nodeport_addresses.every
-                    else f" (--nodeport-addresses {self.config.nodeport_addresses})")
+        narrowed = (
+            ""
+            if self.config.nodeport_addresses.every
+            else f" (--nodeport-addresses {self.config.nodeport_addresses})"
+        )
         if choice.source is AddressSource.LOCAL_INTERFACES:
-            log.info("%s: NodePorts are served on this node's interface addresses%s: %s",
-                     choice.why, narrowed, shown)
+            log.info(
+                "%s: NodePorts are served on this node's interface addresses%s: %s",
+                choice.why,
+                narrowed,
+                shown,
+            )
         elif before is not None:
-            log.info("NodePorts are served on the addresses of %s again%s: %s", choice.why,
-                     narrowed, shown)
+            log.info(
+                "NodePorts are served on the addresses of %s again%s: %s",
+                choice.why,
+                narrowed,
+                shown,
+            )
 
     def local_addresses_changed(self) -> bool:
         """While NodePorts use the interfaces' addresses: whether they changed (an
@@ -188,8 +205,10 @@ class SyncStep:
         before = self._local
         if self.local_addresses() == before:  # the same tuple until a read is due
             return False
-        log.info("this node's interface addresses changed (%s): full sync",
-                 ", ".join(map(str, self._local)) or "none")
+        log.info(
+            "this node's interface addresses changed (%s): full sync",
+            ", ".join(map(str, self._local)) or "none",
+        )
         self.full_due = True
         return True
 
@@ -198,8 +217,9 @@ class SyncStep:
         choice = self.nodeports
         option = self.config.nodeport_addresses
         return {
-            "nodeport_addresses": ([str(a) for a in choice.addresses if a.version == 4]
-                                   if choice is not None else []),
+            "nodeport_addresses": (
+                [str(a) for a in choice.addresses if a.version == 4] if choice is not None else []
+            ),
             "nodeport_address_source": choice.source.value if choice is not None else None,
             "nodeport_address_reason": choice.why if choice is not None else None,
             "nodeport_addresses_filter": None if option.every else str(option),
@@ -210,8 +230,10 @@ class SyncStep:
     def _push_health(self) -> None:
         checks = self.side.health_checks()
         addresses: tuple[str, ...] = (
-            (WILDCARD,) if self.config.nodeport_addresses.every
-            else tuple(str(a) for a in self.translator.node_addresses))
+            (WILDCARD,)
+            if self.config.nodeport_addresses.every
+            else tuple(str(a) for a in self.translator.node_addresses)
+        )
         if (checks, addresses) != self._health_pushed:
             self._health_pushed = (checks, addresses)
             self.health.update(checks, addresses)
@@ -225,13 +247,18 @@ class SyncStep:
     def _note_refusals(self, result: SyncResult) -> None:
         new = sorted(ref for ref in result.refused if ref not in self.refused)
         for ref in new[:REFUSALS_LOGGED]:
-            log.error("refused Service %s: %s; it keeps what the data path held", ref,
-                      result.refused[ref])
+            log.error(
+                "refused Service %s: %s; it keeps what the data path held", ref, result.refused[ref]
+            )
         if len(new) > REFUSALS_LOGGED:  # thousands over capacity: one line, not thousands
-            log.error("refused %d more Services for lack of map room (all in `ebpflb "
-                      "status`); they keep what the data path held", len(new) - REFUSALS_LOGGED)
+            log.error(
+                "refused %d more Services for lack of map room (all in `ebpflb "
+                "status`); they keep what the data path held",
+                len(new) - REFUSALS_LOGGED,
+            )
         for ref in sorted(set(self.refused) - set(result.refused)):
             log.info("Service %s now fits and is applied", ref)
         self.refused = dict(result.refused)
         self.retry_refused = bool(self.refused) and any(
-            isinstance(op, RemoveBackends | DeleteService) for op in result.plan.ops)
+            isinstance(op, RemoveBackends | DeleteService) for op in result.plan.ops
+        )

@@ -40,91 +40,146 @@ def _split(values: list[str] | None) -> tuple[str, ...]:
 def _source_choice(manifests: str | None, kubeconfig: str | None) -> bool:
     """Check the source options; returns whether the in-cluster configuration is used
     (neither option, in a pod, as a DaemonSet runs)."""
-    in_cluster = manifests is None and kubeconfig is None and bool(
-        os.environ.get("KUBERNETES_SERVICE_HOST"))
+    in_cluster = (
+        manifests is None and kubeconfig is None and bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+    )
     if manifests is not None and kubeconfig is not None:
         raise typer.BadParameter("give one of --manifests DIR or --kubeconfig PATH, not both")
     if manifests is None and kubeconfig is None and not in_cluster:
-        raise typer.BadParameter("give --manifests DIR or --kubeconfig PATH (or run in a "
-                                 "pod, where the in-cluster configuration is used)")
+        raise typer.BadParameter(
+            "give --manifests DIR or --kubeconfig PATH (or run in a "
+            "pod, where the in-cluster configuration is used)"
+        )
     return in_cluster
 
 
 @handle_errors
 def agent(
-    manifests: Annotated[str | None, typer.Option(help="Directory of Service/EndpointSlice "
-                                                    "manifests (YAML or JSON).")] = None,
+    manifests: Annotated[
+        str | None,
+        typer.Option(help="Directory of Service/EndpointSlice manifests (YAML or JSON)."),
+    ] = None,
     kubeconfig: Annotated[str | None, typer.Option(help="Kubeconfig of the cluster.")] = None,
     dataplane: Annotated[DataplaneChoice, typer.Option(help="Data path.")] = DataplaneChoice.auto,
     node_name: Annotated[str | None, typer.Option(help="This node's name.")] = None,
-    pin_dir: Annotated[str, typer.Option(help="BPF filesystem dir for the pinned maps.")]
-    = abi.DEFAULT_PIN_DIR,
-    interfaces: Annotated[list[str] | None, typer.Option(
-        help="Interfaces to attach to (repeat or comma-separate); default: every veth "
-             "and uplink (a NIC, bond or VLAN with an IPv4 address; VXLAN, Geneve).")
+    pin_dir: Annotated[
+        str, typer.Option(help="BPF filesystem dir for the pinned maps.")
+    ] = abi.DEFAULT_PIN_DIR,
+    interfaces: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Interfaces to attach to (repeat or comma-separate); default: every veth "
+            "and uplink (a NIC, bond or VLAN with an IPv4 address; VXLAN, Geneve)."
+        ),
     ] = None,
-    cleanup: Annotated[bool, typer.Option(help="On exit, detach and remove the pinned maps.")]
-    = False,
+    cleanup: Annotated[
+        bool, typer.Option(help="On exit, detach and remove the pinned maps.")
+    ] = False,
     min_sync_interval: Annotated[float, typer.Option(help="Seconds between two syncs.")] = 0.05,
-    socket_lb: Annotated[bool, typer.Option(
-        help="bpf data path: also translate the sockets of the agent's own network "
-             "namespace (host-network pods, node processes) at connect()/sendmsg(), with "
-             "cgroup hooks, as kube-proxy's OUTPUT rules and Cilium's socket-LB do.")
+    socket_lb: Annotated[
+        bool,
+        typer.Option(
+            help="bpf data path: also translate the sockets of the agent's own network "
+            "namespace (host-network pods, node processes) at connect()/sendmsg(), with "
+            "cgroup hooks, as kube-proxy's OUTPUT rules and Cilium's socket-LB do."
+        ),
     ] = True,
-    lb_algorithm: Annotated[LbAlgorithm, typer.Option(
-        help="How a new flow chooses its backend: at random (as kube-proxy), or by Maglev "
-             "consistent hashing (every node picks the same backend for a flow; adding or "
-             "removing a backend moves about 1/N of the flows).")] = LbAlgorithm.RANDOM,
-    maglev_table_size: Annotated[int, typer.Option(
-        help="Slots of each frontend's Maglev table, a prime from "
-             f"{', '.join(map(str, maglev.TABLE_SIZES))}: at least 100x the backends of a "
-             "Service for an even spread.")] = maglev.DEFAULT_TABLE_SIZE,
-    sync_period: Annotated[float, typer.Option(
-        help="Seconds between two resyncs that read back the data path and repair any "
-             "difference (0: never).")] = 300.0,
-    max_services: Annotated[int, typer.Option(help="Service map size.")]
-    = abi.DEFAULT_MAX_SERVICES,
-    max_backends: Annotated[int, typer.Option(help="Backend map size.")]
-    = abi.DEFAULT_MAX_BACKENDS,
-    max_conntrack: Annotated[int, typer.Option(help="Conntrack map size.")]
-    = abi.DEFAULT_MAX_CONNTRACK,
-    state_dir: Annotated[str, typer.Option(help="The agent's run directory: its status and "
-                                                "the userspace data path's state for the CLI; "
-                                                "socket-LB mounts cgroup2 at cgroupv2 under it "
-                                                "when no cgroup v2 is visible.")]
-    = DEFAULT_STATE_DIR,
-    udp_idle_timeout: Annotated[float, typer.Option(help="Userspace data path: seconds "
-                                                        "before an idle UDP session ends.")]
-    = 30.0,
-    zone: Annotated[str | None, typer.Option(
-        help="This node's zone for topology-aware routing; default: its Node's "
-             "topology.kubernetes.io/zone label.")] = None,
-    nodeport_addresses: Annotated[str | None, typer.Option(
-        help="Node addresses that serve NodePorts and health checks: comma-separated "
-             "CIDRs, or 'primary' (the node's first InternalIP); default: every one.")]
-    = None,
-    nodeport_range: Annotated[str, typer.Option(
-        help="The NodePort range, reserved against ephemeral ports in this network "
-             "namespace (net.ipv4.ip_local_reserved_ports).")] = "30000-32767",
-    healthz_bind_address: Annotated[str, typer.Option(
-        help="HOST:PORT of the proxier health server (/healthz, /livez), as kube-proxy's; "
-             "empty or port 0: off.")] = "0.0.0.0:10256",
-    healthz_timeout: Annotated[float | None, typer.Option(
-        help="Seconds a queued change may wait to be programmed before /healthz and "
-             "/livez answer 503; default: 2 x --sync-period (kube-proxy's rule), at most "
-             "60 s (60 s with --sync-period 0).")] = None,
-    metrics_bind_address: Annotated[str, typer.Option(
-        help="HOST:PORT of the Prometheus metrics server (/metrics), as kube-proxy's; "
-             "empty or port 0: off.")] = "127.0.0.1:10249",
+    lb_algorithm: Annotated[
+        LbAlgorithm,
+        typer.Option(
+            help="How a new flow chooses its backend: at random (as kube-proxy), or by Maglev "
+            "consistent hashing (every node picks the same backend for a flow; adding or "
+            "removing a backend moves about 1/N of the flows)."
+        ),
+    ] = LbAlgorithm.RANDOM,
+    maglev_table_size: Annotated[
+        int,
+        typer.Option(
+            help="Slots of each frontend's Maglev table, a prime from "
+            f"{', '.join(map(str, maglev.TABLE_SIZES))}: at least 100x the backends of a "
+            "Service for an even spread."
+        ),
+    ] = maglev.DEFAULT_TABLE_SIZE,
+    sync_period: Annotated[
+        float,
+        typer.Option(
+            help="Seconds between two resyncs that read back the data path and repair any "
+            "difference (0: never)."
+        ),
+    ] = 300.0,
+    max_services: Annotated[int, typer.Option(help="Service map size.")] = abi.DEFAULT_MAX_SERVICES,
+    max_backends: Annotated[int, typer.Option(help="Backend map size.")] = abi.DEFAULT_MAX_BACKENDS,
+    max_conntrack: Annotated[
+        int, typer.Option(help="Conntrack map size.")
+    ] = abi.DEFAULT_MAX_CONNTRACK,
+    state_dir: Annotated[
+        str,
+        typer.Option(
+            help="The agent's run directory: its status and "
+            "the userspace data path's state for the CLI; "
+            "socket-LB mounts cgroup2 at cgroupv2 under it "
+            "when no cgroup v2 is visible."
+        ),
+    ] = DEFAULT_STATE_DIR,
+    udp_idle_timeout: Annotated[
+        float, typer.Option(help="Userspace data path: seconds before an idle UDP session ends.")
+    ] = 30.0,
+    zone: Annotated[
+        str | None,
+        typer.Option(
+            help="This node's zone for topology-aware routing; default: its Node's "
+            "topology.kubernetes.io/zone label."
+        ),
+    ] = None,
+    nodeport_addresses: Annotated[
+        str | None,
+        typer.Option(
+            help="Node addresses that serve NodePorts and health checks: comma-separated "
+            "CIDRs, or 'primary' (the node's first InternalIP); default: every one."
+        ),
+    ] = None,
+    nodeport_range: Annotated[
+        str,
+        typer.Option(
+            help="The NodePort range, reserved against ephemeral ports in this network "
+            "namespace (net.ipv4.ip_local_reserved_ports)."
+        ),
+    ] = "30000-32767",
+    healthz_bind_address: Annotated[
+        str,
+        typer.Option(
+            help="HOST:PORT of the proxier health server (/healthz, /livez), as kube-proxy's; "
+            "empty or port 0: off."
+        ),
+    ] = "0.0.0.0:10256",
+    healthz_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds a queued change may wait to be programmed before /healthz and "
+            "/livez answer 503; default: 2 x --sync-period (kube-proxy's rule), at most "
+            "60 s (60 s with --sync-period 0)."
+        ),
+    ] = None,
+    metrics_bind_address: Annotated[
+        str,
+        typer.Option(
+            help="HOST:PORT of the Prometheus metrics server (/metrics), as kube-proxy's; "
+            "empty or port 0: off."
+        ),
+    ] = "127.0.0.1:10249",
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Run the agent in the foreground (SIGTERM/SIGINT stop it; the bpf data path stays
     in place unless --cleanup is given)."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     if maglev_table_size not in maglev.TABLE_SIZES:
-        raise typer.BadParameter(f"must be one of {', '.join(map(str, maglev.TABLE_SIZES))}",
-                                 param_hint="--maglev-table-size")
+        raise typer.BadParameter(
+            f"must be one of {', '.join(map(str, maglev.TABLE_SIZES))}",
+            param_hint="--maglev-table-size",
+        )
     maglev_size = maglev_table_size if lb_algorithm is LbAlgorithm.MAGLEV else 0
     if sync_period < 0:
         raise typer.BadParameter("--sync-period must be >= 0")
@@ -164,19 +219,37 @@ def agent(
     from ebpflb.dataplane.userspace.dataplane import UserspaceConfig
 
     config = RunConfig(
-        manifests=manifests, kubeconfig=kubeconfig, in_cluster=in_cluster,
-        dataplane=dataplane.value, cleanup=cleanup,
-        bpf=BpfConfig(pin_dir=pin_dir, interfaces=_split(interfaces),
-                      max_services=max_services, max_backends=max_backends,
-                      max_conntrack=max_conntrack, maglev_table_size=maglev_size,
-                      socket_lb=socket_lb, state_dir=state_dir),
-        userspace=UserspaceConfig(state_dir=state_dir, udp_idle_timeout=udp_idle_timeout,
-                                  maglev_table_size=maglev_size),
-        agent=AgentConfig(node_name=node_name, min_sync_interval=min_sync_interval,
-                          sync_period=sync_period, state_dir=state_dir, zone=zone,
-                          nodeport_addresses=addresses, nodeport_range=port_range,
-                          healthz_address=healthz_at, metrics_address=metrics_at,
-                          healthz_timeout=healthz_timeout))
+        manifests=manifests,
+        kubeconfig=kubeconfig,
+        in_cluster=in_cluster,
+        dataplane=dataplane.value,
+        cleanup=cleanup,
+        bpf=BpfConfig(
+            pin_dir=pin_dir,
+            interfaces=_split(interfaces),
+            max_services=max_services,
+            max_backends=max_backends,
+            max_conntrack=max_conntrack,
+            maglev_table_size=maglev_size,
+            socket_lb=socket_lb,
+            state_dir=state_dir,
+        ),
+        userspace=UserspaceConfig(
+            state_dir=state_dir, udp_idle_timeout=udp_idle_timeout, maglev_table_size=maglev_size
+        ),
+        agent=AgentConfig(
+            node_name=node_name,
+            min_sync_interval=min_sync_interval,
+            sync_period=sync_period,
+            state_dir=state_dir,
+            zone=zone,
+            nodeport_addresses=addresses,
+            nodeport_range=port_range,
+            healthz_address=healthz_at,
+            metrics_address=metrics_at,
+            healthz_timeout=healthz_timeout,
+        ),
+    )
 
     # Handlers first: a SIGTERM that arrives while the program compiles must still
     # end in an orderly stop (and --cleanup), not in death by signal.

@@ -30,6 +30,7 @@ EXIT_ERROR = 2
 
 def _errors_exit_2(fn: Callable[P, R]) -> Callable[P, R]:
     """The CLI's one-line error, with diff's status for it (2, not 1)."""
+
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
@@ -46,14 +47,21 @@ def diff(
     manifests: Annotated[str | None, typer.Option(help="Manifest directory.")] = None,
     kubeconfig: Annotated[str | None, typer.Option(help="Kubeconfig of the cluster.")] = None,
     node_name: Annotated[str | None, typer.Option(help="This node's name.")] = None,
-    pin_dir: Annotated[str, typer.Option(help="Where the agent pins its maps.")]
-    = abi.DEFAULT_PIN_DIR,
+    pin_dir: Annotated[
+        str, typer.Option(help="Where the agent pins its maps.")
+    ] = abi.DEFAULT_PIN_DIR,
     json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    exit_code: Annotated[bool, typer.Option(
-        "--exit-code", help="Exit 0 for no changes, 1 for changes, 2 for an error or "
-        "skipped objects (like git diff).")] = False,
-    timeout: Annotated[float, typer.Option(
-        help="Seconds to wait for the API server's lists (--kubeconfig).")] = 30.0,
+    exit_code: Annotated[
+        bool,
+        typer.Option(
+            "--exit-code",
+            help="Exit 0 for no changes, 1 for changes, 2 for an error or "
+            "skipped objects (like git diff).",
+        ),
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the API server's lists (--kubeconfig).")
+    ] = 30.0,
 ) -> None:
     """Dry run: print the plan a sync would apply to the pinned maps."""
     from ebpflb.dataplane.bpf.maps import BpfMaps, pins_present, read_state
@@ -74,8 +82,9 @@ def diff(
         snap = _from_kubernetes(kubeconfig, node_name, timeout)
     addrs = node_addresses(snap.nodes, node_name) if node_name else ()
     zone = node_zone(snap.nodes, node_name) if node_name else None
-    result = translate(snap.services, snap.slices, node_name=node_name, node_zone=zone,
-                       node_addresses=addrs)
+    result = translate(
+        snap.services, snap.slices, node_name=node_name, node_zone=zone, node_addresses=addrs
+    )
     if pins_present(pin_dir):
         with BpfMaps(pin_dir) as maps:
             current = read_state(maps).frontends
@@ -83,15 +92,23 @@ def diff(
         typer.echo(f"note: no maps pinned under {pin_dir}; everything would be added", err=True)
         current = {}
     # An invalid edit of a served manifest object: the agent keeps what it serves.
-    held = (held_by_agent(snap.services + snap.slices,
-                          {s.port_name.service for s in current.values()})
-            if manifests is not None else Held())
-    skipped = (*snap.errors, *held.lines,
-               *(e for e in result.errors if (e.kind, e.namespace, e.name) not in held.objects))
+    held = (
+        held_by_agent(snap.services + snap.slices, {s.port_name.service for s in current.values()})
+        if manifests is not None
+        else Held()
+    )
+    skipped = (
+        *snap.errors,
+        *held.lines,
+        *(e for e in result.errors if (e.kind, e.namespace, e.name) not in held.objects),
+    )
     for err in skipped:
         typer.echo(f"skipped: {err}", err=True)
-    desired = {k: v for k, v in desired_frontends(result.state).items()
-               if v.port_name.service not in held.services}
+    desired = {
+        k: v
+        for k, v in desired_frontends(result.state).items()
+        if v.port_name.service not in held.services
+    }
     desired |= {k: v for k, v in current.items() if v.port_name.service in held.services}
     plan = plan_diff(current, desired)
     if json:
@@ -101,8 +118,9 @@ def diff(
             typer.echo(str(op))
         typer.echo(f"{plan.summary()} ({len(plan)} operations)")
     if exit_code and skipped:
-        typer.echo(f"error: {len(skipped)} object(s) skipped (above): the plan leaves them "
-                   "out", err=True)
+        typer.echo(
+            f"error: {len(skipped)} object(s) skipped (above): the plan leaves them out", err=True
+        )
         raise typer.Exit(EXIT_ERROR)
     if exit_code and plan:
         raise typer.Exit(EXIT_CHANGES)
@@ -114,16 +132,17 @@ def _from_manifests(manifests: str, node_name: str | None) -> Snapshot:
     return ManifestSource(manifests, node_name=node_name).load()
 
 
-def _from_kubernetes(kubeconfig: str | None, node_name: str | None, timeout: float
-                     ) -> Snapshot:
+def _from_kubernetes(kubeconfig: str | None, node_name: str | None, timeout: float) -> Snapshot:
     from ebpflb.sources.kube import KubeSource
 
     source = KubeSource(kubeconfig=kubeconfig, node_name=node_name)
     source.start()
     try:
         if not source.wait_synced(timeout):
-            raise EbpflbError(f"the API server in {kubeconfig} did not list Services, "
-                              f"EndpointSlices and Nodes within {timeout:g}s")
+            raise EbpflbError(
+                f"the API server in {kubeconfig} did not list Services, "
+                f"EndpointSlices and Nodes within {timeout:g}s"
+            )
         return source.load()
     finally:
         source.close()

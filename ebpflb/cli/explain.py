@@ -26,17 +26,17 @@ def _endpoint(text: str, what: str) -> tuple[ipaddress.IPv4Address, int]:
             raise ValueError
         return ipaddress.IPv4Address(host), number
     except ValueError:
-        raise typer.BadParameter(f"{text!r} is not an IPv4 ADDRESS:PORT",
-                                 param_hint=what) from None
+        raise typer.BadParameter(f"{text!r} is not an IPv4 ADDRESS:PORT", param_hint=what) from None
 
 
 @handle_errors
 def explain(
-    frontend: Annotated[str, typer.Argument(
-        help="The frontend: ADDRESS:PORT, or ADDRESS:PORT/UDP (TCP when left out).")],
+    frontend: Annotated[
+        str,
+        typer.Argument(help="The frontend: ADDRESS:PORT, or ADDRESS:PORT/UDP (TCP when left out)."),
+    ],
     client: Annotated[str, typer.Option(help="The client, ADDRESS:PORT.")],
-    pin_dir: Annotated[str, typer.Option(help="Where the agent pins its maps.")]
-    = DEFAULT_PIN_DIR,
+    pin_dir: Annotated[str, typer.Option(help="Where the agent pins its maps.")] = DEFAULT_PIN_DIR,
     json: Annotated[bool, typer.Option("--json", help="Print JSON with stable keys.")] = False,
 ) -> None:
     """Which backend the client's next packet to FRONTEND goes to on the kernel path,
@@ -48,8 +48,9 @@ def explain(
     try:
         protocol = Protocol((proto or "TCP").upper())
     except ValueError:
-        raise typer.BadParameter(f"protocol {proto!r} is not TCP, UDP or SCTP",
-                                 param_hint="FRONTEND") from None
+        raise typer.BadParameter(
+            f"protocol {proto!r} is not TCP, UDP or SCTP", param_hint="FRONTEND"
+        ) from None
     front = _endpoint(address, "FRONTEND")
     source = _endpoint(client, "--client")
     with BpfMaps(pin_dir) as maps:
@@ -57,7 +58,9 @@ def explain(
     if json:
         typer.echo(render.to_json(result.as_json()))
         return
-    typer.echo(f"{result.client} -> {result.frontend}: {result.decision}"
-               + (f" -> {result.backend}" if result.backend else ""))
+    typer.echo(
+        f"{result.client} -> {result.frontend}: {result.decision}"
+        + (f" -> {result.backend}" if result.backend else "")
+    )
     for step in result.steps:
         typer.echo(f"  - {step}")

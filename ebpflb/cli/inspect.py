@@ -24,12 +24,23 @@ if TYPE_CHECKING:
     from ebpflb.dataplane.userspace.state import UserspaceInspector
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON with stable keys.")]
-PinDirOpt = Annotated[str | None, typer.Option(
-    "--pin-dir", help=f"Where the agent pins its maps [default: {DEFAULT_PIN_DIR}].",
-    show_default=False)]
-StateDirOpt = Annotated[str | None, typer.Option(
-    "--state-dir", help=f"The agent's run directory: its status and a userspace agent's "
-    f"{STATE_FILE} [default: {DEFAULT_STATE_DIR}].", show_default=False)]
+PinDirOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--pin-dir",
+        help=f"Where the agent pins its maps [default: {DEFAULT_PIN_DIR}].",
+        show_default=False,
+    ),
+]
+StateDirOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--state-dir",
+        help=f"The agent's run directory: its status and a userspace agent's "
+        f"{STATE_FILE} [default: {DEFAULT_STATE_DIR}].",
+        show_default=False,
+    ),
+]
 
 
 @dataclass
@@ -75,12 +86,16 @@ def _agent(pin_dir: str | None, state_dir: str | None) -> _Agent:
         if not paired or dataplane == "bpf" or not os.path.exists(state_path(sdir)):
             raise
         return _Agent(UserspaceInspector(sdir), sdir, f"the userspace agent of {sdir}")
-    return _Agent(insp, sdir if status else None, f"the bpf maps pinned under {pdir}"
-                  + (f" (agent status in {sdir})" if status else ""))
+    return _Agent(
+        insp,
+        sdir if status else None,
+        f"the bpf maps pinned under {pdir}" + (f" (agent status in {sdir})" if status else ""),
+    )
 
 
-def _inspector(pin_dir: str | None, state_dir: str | None, *, json: bool
-               ) -> BpfInspector | UserspaceInspector:
+def _inspector(
+    pin_dir: str | None, state_dir: str | None, *, json: bool
+) -> BpfInspector | UserspaceInspector:
     agent = _agent(pin_dir, state_dir)
     if not json:
         typer.echo(f"# {agent.which}", err=True)
@@ -88,8 +103,9 @@ def _inspector(pin_dir: str | None, state_dir: str | None, *, json: bool
 
 
 @handle_errors
-def services(json: JsonOpt = False, pin_dir: PinDirOpt = None,
-             state_dir: StateDirOpt = None) -> None:
+def services(
+    json: JsonOpt = False, pin_dir: PinDirOpt = None, state_dir: StateDirOpt = None
+) -> None:
     """Frontends and their backend counts."""
     agent = _agent(pin_dir, state_dir)
     if not json:
@@ -98,11 +114,13 @@ def services(json: JsonOpt = False, pin_dir: PinDirOpt = None,
         views = insp.services()
     unbalanced = _unbalanced(agent.status_dir) if agent.status_dir else []
     if json:
-        typer.echo(render.to_json([*(v.as_json() for v in views),
-                                   *(_unbalanced_json(u) for u in unbalanced)]))
+        typer.echo(
+            render.to_json(
+                [*(v.as_json() for v in views), *(_unbalanced_json(u) for u in unbalanced)]
+            )
+        )
     else:
-        typer.echo(render.services_table(views, extra=[_unbalanced_row(u)
-                                                       for u in unbalanced]))
+        typer.echo(render.services_table(views, extra=[_unbalanced_row(u) for u in unbalanced]))
 
 
 def _unbalanced(state_dir: str) -> list[dict[str, Any]]:
@@ -113,15 +131,26 @@ def _unbalanced(state_dir: str) -> list[dict[str, Any]]:
         items = read_status(state_dir).get("unbalanced")
     except EbpflbError:
         return []
-    return [u for u in items or () if isinstance(u, dict)
-            and {"service", "kind", "address"} <= u.keys()]
+    return [
+        u for u in items or () if isinstance(u, dict) and {"service", "kind", "address"} <= u.keys()
+    ]
 
 
 def _unbalanced_json(u: dict[str, Any]) -> dict[str, object]:
     """A row with the keys of every other row; no frontend, port or backends."""
-    return {"id": None, "service": u["service"], "port_name": None, "protocol": None,
-            "address": u["address"], "port": None, "frontend": None, "kind": u["kind"],
-            "backends": 0, "active_backends": 0, "affinity_timeout": 0}
+    return {
+        "id": None,
+        "service": u["service"],
+        "port_name": None,
+        "protocol": None,
+        "address": u["address"],
+        "port": None,
+        "frontend": None,
+        "kind": u["kind"],
+        "backends": 0,
+        "active_backends": 0,
+        "affinity_timeout": 0,
+    }
 
 
 def _unbalanced_row(u: dict[str, Any]) -> list[object]:
@@ -130,28 +159,31 @@ def _unbalanced_row(u: dict[str, Any]) -> list[object]:
 
 
 @handle_errors
-def backends(json: JsonOpt = False, pin_dir: PinDirOpt = None,
-             state_dir: StateDirOpt = None) -> None:
+def backends(
+    json: JsonOpt = False, pin_dir: PinDirOpt = None, state_dir: StateDirOpt = None
+) -> None:
     """Backends of every frontend."""
     with _inspector(pin_dir, state_dir, json=json) as insp:
         views = insp.backends()
-    typer.echo(render.to_json([v.as_json() for v in views]) if json
-               else render.backends_table(views))
+    typer.echo(
+        render.to_json([v.as_json() for v in views]) if json else render.backends_table(views)
+    )
 
 
 @handle_errors
-def conntrack(json: JsonOpt = False, pin_dir: PinDirOpt = None,
-              state_dir: StateDirOpt = None) -> None:
+def conntrack(
+    json: JsonOpt = False, pin_dir: PinDirOpt = None, state_dir: StateDirOpt = None
+) -> None:
     """Tracked flows: client, frontend and the backend they are pinned to."""
     with _inspector(pin_dir, state_dir, json=json) as insp:
         views = insp.conntrack()
-    typer.echo(render.to_json([v.as_json() for v in views]) if json
-               else render.conntrack_table(views))
+    typer.echo(
+        render.to_json([v.as_json() for v in views]) if json else render.conntrack_table(views)
+    )
 
 
 @handle_errors
-def stats(json: JsonOpt = False, pin_dir: PinDirOpt = None,
-          state_dir: StateDirOpt = None) -> None:
+def stats(json: JsonOpt = False, pin_dir: PinDirOpt = None, state_dir: StateDirOpt = None) -> None:
     """Per-service packet and byte counters, and the data path's global counters."""
     with _inspector(pin_dir, state_dir, json=json) as insp:
         view = insp.stats()

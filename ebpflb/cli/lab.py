@@ -24,6 +24,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
+
 class CniShape(StrEnum):
     """The lab's node shapes (ebpflb.lab.podnet.Cni, repeated here so that `--help`
     does not import the lab)."""
@@ -32,9 +33,7 @@ class CniShape(StrEnum):
     bridge = "bridge"
 
 
-NameOpt = Annotated[
-    str, typer.Option("--name", help="Lab name: 1-8 lowercase letters and digits.")
-]
+NameOpt = Annotated[str, typer.Option("--name", help="Lab name: 1-8 lowercase letters and digits.")]
 
 
 @app.command()
@@ -42,13 +41,24 @@ NameOpt = Annotated[
 def up(
     name: NameOpt = "ebpflb",
     pods: Annotated[int, typer.Option("--pods", help="Backend pods per node.")] = 3,
-    nodes: Annotated[int, typer.Option(
-        "--nodes", help="Nodes (1-4); with 2 or more they share an underlay "
-        "192.168.50.0/24 with two clients outside the cluster.")] = 1,
-    cni: Annotated[CniShape, typer.Option(
-        "--cni", help="How pods are plugged in: routed (veths as L3 hops, as Calico) or "
-        "bridge (veths on bridge cni0 holding the gateway, and with 2+ nodes a VXLAN "
-        "overlay flannel.1, as flannel).", case_sensitive=False)] = CniShape.routed,
+    nodes: Annotated[
+        int,
+        typer.Option(
+            "--nodes",
+            help="Nodes (1-4); with 2 or more they share an underlay "
+            "192.168.50.0/24 with two clients outside the cluster.",
+        ),
+    ] = 1,
+    cni: Annotated[
+        CniShape,
+        typer.Option(
+            "--cni",
+            help="How pods are plugged in: routed (veths as L3 hops, as Calico) or "
+            "bridge (veths on bridge cni0 holding the gateway, and with 2+ nodes a VXLAN "
+            "overlay flannel.1, as flannel).",
+            case_sensitive=False,
+        ),
+    ] = CniShape.routed,
 ) -> None:
     """Build the lab (or keep it, if it already exists as asked) and start the pods'
     servers."""
@@ -57,11 +67,14 @@ def up(
 
     lab = build.up(layout.LabSpec(name, pods, nodes, Cni(cni.value)))
     if len(lab.nodes) == 1:
-        typer.echo(f"lab {lab.name} is up ({lab.cni} pods): node {lab.node_ns}, "
-                   f"client {lab.client.ip}")
+        typer.echo(
+            f"lab {lab.name} is up ({lab.cni} pods): node {lab.node_ns}, client {lab.client.ip}"
+        )
     else:
-        typer.echo(f"lab {lab.name} is up ({lab.cni} pods): {len(lab.nodes)} nodes on "
-                   f"underlay {lab.underlay_ns}")
+        typer.echo(
+            f"lab {lab.name} is up ({lab.cni} pods): {len(lab.nodes)} nodes on "
+            f"underlay {lab.underlay_ns}"
+        )
         typer.echo(_nodes_table(lab))
     typer.echo(_pods_table(lab))
 
@@ -102,16 +115,23 @@ def status(
         typer.echo(render.to_json(data))
         return
     typer.echo(f"lab {lab.name}  (state in {lab.state_dir})")
-    typer.echo(f"pods    {lab.cni}" + (f" on bridge {lab.bridge}" if lab.bridge else "")
-               + (f", overlay {lab.overlay}" if lab.overlay else ""))
+    typer.echo(
+        f"pods    {lab.cni}"
+        + (f" on bridge {lab.bridge}" if lab.bridge else "")
+        + (f", overlay {lab.overlay}" if lab.overlay else "")
+    )
     if len(lab.nodes) == 1:
         typer.echo(f"node    {lab.node_ns}  veths {' '.join(lab.host_ifnames)}")
         typer.echo(f"client  {lab.client.netns}  {lab.client.ip}  via {lab.client.host_ifname}")
     else:
         typer.echo(f"underlay  {lab.underlay_ns}")
         typer.echo(_nodes_table(lab))
-        typer.echo(render.table(["OUTSIDE", "NETNS", "IP", "BRIDGE PORT"],
-                                [[o.name, o.netns, o.ip, o.host_ifname] for o in lab.outside]))
+        typer.echo(
+            render.table(
+                ["OUTSIDE", "NETNS", "IP", "BRIDGE PORT"],
+                [[o.name, o.netns, o.ip, o.host_ifname] for o in lab.outside],
+            )
+        )
     typer.echo(_pods_table(lab))
 
 
@@ -121,8 +141,7 @@ def _nodes_table(lab: Lab) -> str:
          f"{n.client.netns} {n.client.ip}", " ".join(lab.node_ifnames(n.index))]
         for n in lab.nodes
     ]  # fmt: skip
-    return render.table(["NODE", "NETNS", "ADDRESS", "POD CIDR", "ZONE", "CLIENT", "IFACES"],
-                        rows)
+    return render.table(["NODE", "NETNS", "ADDRESS", "POD CIDR", "ZONE", "CLIENT", "IFACES"], rows)
 
 
 def _pods_table(lab: Lab) -> str:

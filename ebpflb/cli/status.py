@@ -19,8 +19,9 @@ from ebpflb.statefile import DEFAULT_STATE_DIR
 @handle_errors
 def status(
     json: Annotated[bool, typer.Option("--json", help="Print JSON with stable keys.")] = False,
-    state_dir: Annotated[str, typer.Option(
-        "--state-dir", help="Where the agent publishes agent.json.")] = DEFAULT_STATE_DIR,
+    state_dir: Annotated[
+        str, typer.Option("--state-dir", help="Where the agent publishes agent.json.")
+    ] = DEFAULT_STATE_DIR,
 ) -> None:
     """The agent's health: source in sync or stale, last sync, refused Services."""
     from ebpflb.agent.status import read_status
@@ -39,30 +40,35 @@ def status_text(d: dict[str, Any]) -> str:
         if d["stale"]:
             state += f" (the source has been unreachable for {d['stale_seconds'] or 0:.0f}s)"
     elif d["stale"]:
-        state = (f"STALE for {d['stale_seconds'] or 0:.0f}s: the source is unreachable; "
-                 "the data path keeps the last synced state")
+        state = (
+            f"STALE for {d['stale_seconds'] or 0:.0f}s: the source is unreachable; "
+            "the data path keeps the last synced state"
+        )
     else:
         state = "in sync"
-    last = ("-" if d["last_sync_seconds"] is None
-            else f"{d['last_sync_seconds'] * 1e3:.1f} ms")
-    full = ("-" if d["last_full_sync_seconds"] is None
-            else f"{d['last_full_sync_seconds'] * 1e3:.1f} ms")
-    rows = [["agent", f"pid {d['pid']}, {state}"],
-            ["source", d["source"]],
-            ["dataplane", d["dataplane"]],
-            ["frontends", d["frontends"]],
-            ["backends", d["backends"]],
-            ["syncs", f"{d['syncs']} ({d['full_syncs']} full)"],
-            ["last sync", last],
-            ["last full sync", full],
-            ["nodeport addresses", nodeport_text(d)],
-            ["skipped objects", d["skipped"]]]
+    last = "-" if d["last_sync_seconds"] is None else f"{d['last_sync_seconds'] * 1e3:.1f} ms"
+    full = (
+        "-"
+        if d["last_full_sync_seconds"] is None
+        else f"{d['last_full_sync_seconds'] * 1e3:.1f} ms"
+    )
+    rows = [
+        ["agent", f"pid {d['pid']}, {state}"],
+        ["source", d["source"]],
+        ["dataplane", d["dataplane"]],
+        ["frontends", d["frontends"]],
+        ["backends", d["backends"]],
+        ["syncs", f"{d['syncs']} ({d['full_syncs']} full)"],
+        ["last sync", last],
+        ["last full sync", full],
+        ["nodeport addresses", nodeport_text(d)],
+        ["skipped objects", d["skipped"]],
+    ]
     rows += [["refused", f"{ref}: {why}"] for ref, why in sorted(d["refused"].items())]
     return render.table(["", ""], rows).split("\n", 1)[1]
 
 
-SOURCES = {"node-object": "from the Node object",
-           "local-interfaces": "from this node's interfaces"}
+SOURCES = {"node-object": "from the Node object", "local-interfaces": "from this node's interfaces"}
 
 
 def nodeport_text(d: dict[str, Any]) -> str:

@@ -61,8 +61,12 @@ def fallback_for(exc: BaseException) -> Fallback:
         name = exc.name or "a module"
         if not reason.startswith(f"{name} is not importable"):
             reason = f"{name} is not importable: {reason}"
-        return Fallback(reason, BccMissingError.fix if name.startswith("bcc") else
-                        "reinstall ebpflb's dependencies (make setup)")
+        return Fallback(
+            reason,
+            BccMissingError.fix
+            if name.startswith("bcc")
+            else "reinstall ebpflb's dependencies (make setup)",
+        )
     if isinstance(exc, PermissionError):
         return Fallback(reason, PrivilegeError.fix)
     return Fallback(reason, FIX_OTHER)
@@ -191,7 +195,9 @@ def open_dataplane(
             why = fallback_for(exc)
             raise DataplaneError(
                 f"the bpf data path did not start: {why.reason}; the kernel path in place "
-                f"({serving}) was left serving", fix=why.fix) from exc
+                f"({serving}) was left serving",
+                fix=why.fix,
+            ) from exc
         log.warning("%s", fallback_for(exc))
     else:
         clear_userspace(userspace_config)

@@ -13,9 +13,13 @@ from ebpflb.plan import FrontendState, Plan, UpsertBackends, WriteService, apply
 class FakeDataplane:
     name = "fake"
 
-    def __init__(self, *, max_frontends: int | None = None,
-                 max_backends: int | None = None,
-                 protocols: frozenset[Protocol] = frozenset(Protocol)) -> None:
+    def __init__(
+        self,
+        *,
+        max_frontends: int | None = None,
+        max_backends: int | None = None,
+        protocols: frozenset[Protocol] = frozenset(Protocol),
+    ) -> None:
         self.protocols = protocols
         self.reloads = 0
         self.state: dict[FrontendKey, FrontendState] = {}
@@ -59,8 +63,11 @@ class FakeDataplane:
                 else:
                     backends += new
         if over:
-            raise CapacityError(f"full: cannot add {over[0]} (and {len(over) - 1} more)",
-                                frontend=over[0], frontends=tuple(dict.fromkeys(over)))
+            raise CapacityError(
+                f"full: cannot add {over[0]} (and {len(over) - 1} more)",
+                frontend=over[0],
+                frontends=tuple(dict.fromkeys(over)),
+            )
 
     def telemetry(self) -> Telemetry:
         """What a test set in ``counters`` and ``tables``; conntrack entries = 0."""

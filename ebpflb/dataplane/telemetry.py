@@ -12,14 +12,21 @@ from typing import Protocol, runtime_checkable
 
 # The counters that count a packet or connection dropped (or refused), by the reason
 # named by the counter; every other counter is an event.
-DROP_COUNTERS = frozenset({"no_backend", "backend_missing", "ct_full", "source_range_drop",
-                           "nat_port_full", "reject"})
+DROP_COUNTERS = frozenset(
+    {"no_backend", "backend_missing", "ct_full", "source_range_drop", "nat_port_full", "reject"}
+)
 
 # The reasons a data path drops a packet (or refuses a connection) for, in the order
 # of bpf/lib/drop_reasons.h (DROP_NO_BACKEND = -1, ...): the keys of "drops" in
 # ``ebpflb stats --json``, every one present on both data paths.
-DROP_REASONS = ("no_backend", "backend_missing", "ct_full", "write", "source_range",
-                "nat_port_full")
+DROP_REASONS = (
+    "no_backend",
+    "backend_missing",
+    "ct_full",
+    "write",
+    "source_range",
+    "nat_port_full",
+)
 
 
 def drops_by_reason(counts: Mapping[str, int]) -> dict[str, int]:

@@ -23,19 +23,31 @@ from ebpflb.lab import netns
 
 
 class AgentProcess:
-    def __init__(self, node_ns: str, *, manifests: str | Path | None = None,
-                 kubeconfig: str | Path | None = None, pin_dir: str,
-                 log_path: str | Path, extra_args: Sequence[str] = (),
-                 ip_netns_exec: bool = False) -> None:
+    def __init__(
+        self,
+        node_ns: str,
+        *,
+        manifests: str | Path | None = None,
+        kubeconfig: str | Path | None = None,
+        pin_dir: str,
+        log_path: str | Path,
+        extra_args: Sequence[str] = (),
+        ip_netns_exec: bool = False,
+    ) -> None:
         if (manifests is None) == (kubeconfig is None):
             raise ValueError("give exactly one of manifests or kubeconfig")
         if ip_netns_exec and os.path.abspath(pin_dir).startswith("/sys/"):
-            raise ValueError(f"pin dir {pin_dir}: under ip netns exec /sys is not the "
-                             "host's; give one on a bpffs mounted elsewhere (e.g. /run)")
+            raise ValueError(
+                f"pin dir {pin_dir}: under ip netns exec /sys is not the "
+                "host's; give one on a bpffs mounted elsewhere (e.g. /run)"
+            )
         self.ip_netns_exec = ip_netns_exec
         self.node_ns = node_ns
-        self.source_args = (("--manifests", str(manifests)) if manifests is not None
-                            else ("--kubeconfig", str(kubeconfig)))
+        self.source_args = (
+            ("--manifests", str(manifests))
+            if manifests is not None
+            else ("--kubeconfig", str(kubeconfig))
+        )
         self.pin_dir = pin_dir
         self.log_path = Path(log_path)
         self.extra_args = tuple(extra_args)
@@ -44,18 +56,36 @@ class AgentProcess:
         self._log_start = 0
 
     def start(self) -> AgentProcess:
-        argv = [sys.executable, "-m", "ebpflb", "agent", *self.source_args,
-                "--pin-dir", self.pin_dir, "--min-sync-interval", "0", *self.extra_args]
+        argv = [
+            sys.executable,
+            "-m",
+            "ebpflb",
+            "agent",
+            *self.source_args,
+            "--pin-dir",
+            self.pin_dir,
+            "--min-sync-interval",
+            "0",
+            *self.extra_args,
+        ]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()/kill()
         if self.ip_netns_exec:  # ip execs the agent in place: the PID is the agent's
-            self.proc = subprocess.Popen(["ip", "netns", "exec", self.node_ns, *argv],
-                                         stdout=self._log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.node_ns, *argv],
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         else:
-            self.proc = netns.spawn(self.node_ns, argv, stdout=self._log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = netns.spawn(
+                self.node_ns,
+                argv,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         return self
 
     @property
@@ -74,6 +104,7 @@ class AgentProcess:
 
     def wait_ready(self, *, timeout: float = 30.0) -> None:
         """Until this run of the agent has finished its first sync."""
+
         def ready() -> bool:
             with open(self.log_path, "rb") as f:
                 f.seek(self._log_start)
@@ -81,8 +112,13 @@ class AgentProcess:
 
         self.wait_for(ready, timeout=timeout, what="the agent's first sync")
 
-    def wait_for(self, predicate: Callable[[], bool], *, timeout: float = 30.0,
-                 what: str = "the agent to sync") -> None:
+    def wait_for(
+        self,
+        predicate: Callable[[], bool],
+        *,
+        timeout: float = 30.0,
+        what: str = "the agent to sync",
+    ) -> None:
         """Poll `predicate` until true; fail with the agent's log if it dies or times out."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

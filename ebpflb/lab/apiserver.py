@@ -52,8 +52,7 @@ class _Kind:
 
 RESOURCES: dict[str, _Kind] = {
     "/api/v1/services": _Kind("Service", "v1", True),
-    "/apis/discovery.k8s.io/v1/endpointslices": _Kind("EndpointSlice", "discovery.k8s.io/v1",
-                                                       True),
+    "/apis/discovery.k8s.io/v1/endpointslices": _Kind("EndpointSlice", "discovery.k8s.io/v1", True),
     "/api/v1/nodes": _Kind("Node", "v1", False),
 }
 KINDS = {r.kind: r for r in RESOURCES.values()}
@@ -97,8 +96,9 @@ class _Watch:
         self.events: queue.Queue[object] = queue.Queue()
 
     def matches(self, obj: Obj | None) -> bool:
-        return obj is not None and _labels_match(obj, self.labels) and _fields_match(
-            obj, self.fields)
+        return (
+            obj is not None and _labels_match(obj, self.labels) and _fields_match(obj, self.fields)
+        )
 
     def translate(self, event: _Event) -> Obj | None:
         """The watch event this client sees for a change, or None."""
@@ -152,8 +152,9 @@ class ApiServerStandIn:
             self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), handler)
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever,
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
         return self
 
@@ -172,11 +173,12 @@ class ApiServerStandIn:
     def write_kubeconfig(self, path: Path) -> Path:
         user: Obj = {"token": self.token} if self.token else {}
         config = {
-            "apiVersion": "v1", "kind": "Config", "current-context": "standin",
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "standin",
             "clusters": [{"name": "standin", "cluster": {"server": self.url}}],
             "users": [{"name": "standin", "user": user}],
-            "contexts": [{"name": "standin",
-                          "context": {"cluster": "standin", "user": "standin"}}],
+            "contexts": [{"name": "standin", "context": {"cluster": "standin", "user": "standin"}}],
         }
         path.write_text(json.dumps(config))
         return path
@@ -225,9 +227,16 @@ class ApiServerStandIn:
             for watch in self._watches:
                 if watch.bookmarks:
                     resource = KINDS[watch.kind]
-                    watch.events.put({"type": "BOOKMARK", "object": {
-                        "kind": resource.kind, "apiVersion": resource.api_version,
-                        "metadata": {"resourceVersion": str(self._rv)}}})
+                    watch.events.put(
+                        {
+                            "type": "BOOKMARK",
+                            "object": {
+                                "kind": resource.kind,
+                                "apiVersion": resource.api_version,
+                                "metadata": {"resourceVersion": str(self._rv)},
+                            },
+                        }
+                    )
             return self._rv
 
     def expire_history(self) -> None:
@@ -274,8 +283,7 @@ class ApiServerStandIn:
 
     def list_requests(self, kind: str, after: float = 0.0) -> list[Request]:
         with self._lock:
-            return [r for r in self.requests
-                    if r.kind == kind and not r.watch and r.at >= after]
+            return [r for r in self.requests if r.kind == kind and not r.watch and r.at >= after]
 
     def open_watches(self, kind: str) -> int:
         with self._lock:
@@ -300,8 +308,11 @@ class ApiServerStandIn:
             else:
                 watch = _Watch(resource.kind, params)  # only for its filters
                 rv = self._rv
-                remaining = [copy.deepcopy(o) for k, o in sorted(self._objects.items())
-                             if k[0] == resource.kind and watch.matches(o)]
+                remaining = [
+                    copy.deepcopy(o)
+                    for k, o in sorted(self._objects.items())
+                    if k[0] == resource.kind and watch.matches(o)
+                ]
             limit = int(params.get("limit") or 0)
             page, rest = (remaining[:limit], remaining[limit:]) if limit > 0 else (remaining, [])
             meta: Obj = {"resourceVersion": str(rv)}
@@ -310,25 +321,36 @@ class ApiServerStandIn:
                 self._continues[next_token] = (rv, rest)
                 meta["continue"] = next_token
         items = [{k: v for k, v in o.items() if k not in ("kind", "apiVersion")} for o in page]
-        return 200, {"kind": f"{resource.kind}List", "apiVersion": resource.api_version,
-                     "metadata": meta, "items": items}
+        return 200, {
+            "kind": f"{resource.kind}List",
+            "apiVersion": resource.api_version,
+            "metadata": meta,
+            "items": items,
+        }
 
-    def open_watch(self, resource: _Kind, params: dict[str, str]
-                   ) -> tuple[_Watch | None, list[Obj]]:
+    def open_watch(
+        self, resource: _Kind, params: dict[str, str]
+    ) -> tuple[_Watch | None, list[Obj]]:
         """Register a watch; returns it and its backlog (or None and one ERROR event)."""
         watch = _Watch(resource.kind, params)
         with self._lock:
             since = params.get("resourceVersion", "")
             if since in ("", "0"):
-                backlog = [{"type": "ADDED", "object": copy.deepcopy(o)}
-                           for k, o in sorted(self._objects.items())
-                           if k[0] == resource.kind and watch.matches(o)]
+                backlog = [
+                    {"type": "ADDED", "object": copy.deepcopy(o)}
+                    for k, o in sorted(self._objects.items())
+                    if k[0] == resource.kind and watch.matches(o)
+                ]
             elif int(since) < self._compacted:
                 message = f"too old resource version: {since} ({self._compacted})"
                 return None, [{"type": "ERROR", "object": _status(410, "Expired", message)}]
             else:
-                backlog = [sent for e in self._history if e.rv > int(since)
-                           if (sent := watch.translate(e)) is not None]
+                backlog = [
+                    sent
+                    for e in self._history
+                    if e.rv > int(since)
+                    if (sent := watch.translate(e)) is not None
+                ]
             self._watches.add(watch)
             return watch, backlog
 
@@ -382,8 +404,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._json(401, _status(401, "Unauthorized", "no or wrong bearer token"))
             return
         if standin.fail_status is not None:
-            self._json(standin.fail_status, _status(standin.fail_status, "ServiceUnavailable",
-                                                    "the stand-in is failing on purpose"))
+            self._json(
+                standin.fail_status,
+                _status(
+                    standin.fail_status, "ServiceUnavailable", "the stand-in is failing on purpose"
+                ),
+            )
             return
         resource = RESOURCES.get(url.path)
         if url.path == "/version":
@@ -445,8 +471,15 @@ def _key(obj: Obj) -> Key:
 
 
 def _status(code: int, reason: str, message: str) -> Obj:
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": message, "reason": reason, "code": code}
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
 
 
 def _labels_match(obj: Obj, selector: str) -> bool:

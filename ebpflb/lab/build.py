@@ -83,8 +83,6 @@ def _delete_order(ns: str) -> int:
     return {"node": 1, "net": 2}.get(kind, 0)
 
 
-
-
 @contextmanager
 def _step(lab: Lab, what: str) -> Iterator[None]:
     try:
@@ -114,19 +112,34 @@ def _build_underlay(lab: Lab, switch_ns: str) -> None:
     for node in lab.nodes:
         assert node.address is not None and node.uplink is not None
         with _step(lab, f"connect {node.name} ({node.netns}) to the underlay"):
-            underlay.plug(switch_ns, node.netns, ifname=node.uplink, port=f"n{node.index}",
-                          address=IPv4Interface((node.address, prefix)))
+            underlay.plug(
+                switch_ns,
+                node.netns,
+                ifname=node.uplink,
+                port=f"n{node.index}",
+                address=IPv4Interface((node.address, prefix)),
+            )
             underlay.no_redirects(node.netns, node.uplink)
             others = [o for o in lab.nodes if o is not node and o.address is not None]
             if lab.cni is Cni.BRIDGE:
                 podnet.build_overlay(
-                    node.netns, index=node.index, pod_cidr=node.pod_cidr,
-                    underlay=node.address, uplink=node.uplink,
-                    peers=[podnet.OverlayPeer(o.pod_cidr, o.address, o.index)
-                           for o in others if o.address is not None])
+                    node.netns,
+                    index=node.index,
+                    pod_cidr=node.pod_cidr,
+                    underlay=node.address,
+                    uplink=node.uplink,
+                    peers=[
+                        podnet.OverlayPeer(o.pod_cidr, o.address, o.index)
+                        for o in others
+                        if o.address is not None
+                    ],
+                )
             else:
-                underlay.add_routes(node.netns, [(o.pod_cidr, o.address) for o in others
-                                                 if o.address is not None], dev=node.uplink)
+                underlay.add_routes(
+                    node.netns,
+                    [(o.pod_cidr, o.address) for o in others if o.address is not None],
+                    dev=node.uplink,
+                )
     gateway = lab.nodes[0].address
     assert gateway is not None
     for ext in lab.outside:
@@ -135,8 +148,13 @@ def _build_underlay(lab: Lab, switch_ns: str) -> None:
             netns.ip_batch(ext.netns, ["link set lo up"])
             underlay.no_rp_filter(ext.netns)
             underlay.no_redirects(ext.netns)
-            underlay.plug(switch_ns, ext.netns, ifname=UPLINK, port=ext.host_ifname,
-                          address=IPv4Interface((ext.ip, prefix)))
+            underlay.plug(
+                switch_ns,
+                ext.netns,
+                ifname=UPLINK,
+                port=ext.host_ifname,
+                address=IPv4Interface((ext.ip, prefix)),
+            )
             underlay.add_routes(ext.netns, [(LB_NET, gateway)], dev=UPLINK)
 
 
@@ -148,9 +166,15 @@ def _build_pod(lab: Lab, pod: Pod) -> None:
         netns.create(pod.netns)
         for conf in ("all", "default"):
             netns.sysctl(pod.netns, f"net.ipv4.conf.{conf}.rp_filter", 0)
-        podnet.plug_pod(node.netns, pod.netns, cni=lab.cni, host_ifname=pod.host_ifname,
-                        ip=pod.ip, pod_cidr=node.pod_cidr,
-                        mtu=podnet.OVERLAY_MTU if lab.overlay else None)
+        podnet.plug_pod(
+            node.netns,
+            pod.netns,
+            cni=lab.cni,
+            host_ifname=pod.host_ifname,
+            ip=pod.ip,
+            pod_cidr=node.pod_cidr,
+            mtu=podnet.OVERLAY_MTU if lab.overlay else None,
+        )
 
 
 def _start_servers(lab: Lab, pods: list[Pod]) -> None:
@@ -176,8 +200,10 @@ def _check_wiring(lab: Lab) -> None:
             break
         pod = targets[0]
         with _step(lab, f"check {node.client.name} reaches {pod.name} ({pod.ip})"):
-            answers = (traffic.http_get(node.client.netns, pod.ip, HTTP_PORT),
-                       traffic.udp_request(node.client.netns, pod.ip, UDP_PORT)[0])
+            answers = (
+                traffic.http_get(node.client.netns, pod.ip, HTTP_PORT),
+                traffic.udp_request(node.client.netns, pod.ip, UDP_PORT)[0],
+            )
             if answers != (f"{pod.name}\n",) * 2:
                 raise LabError(f"{pod.ip} answered {answers!r}, expected {pod.name!r}")
     for ext in lab.outside:
@@ -306,7 +332,11 @@ def _remove(lab: Lab, pod: Pod) -> None:
     if lab.cni is Cni.BRIDGE and pod.node:
         node = lab.node(pod.node)
         with suppress(LabError):
-            podnet.forget_pod([node.netns, node.client.netns,
-                               *(p.netns for p in lab.node_pods(pod.node) if p != pod)],
-                              pod.ip)
-
+            podnet.forget_pod(
+                [
+                    node.netns,
+                    node.client.netns,
+                    *(p.netns for p in lab.node_pods(pod.node) if p != pod),
+                ],
+                pod.ip,
+            )

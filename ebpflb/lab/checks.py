@@ -120,8 +120,9 @@ class Report:
 
     def text(self) -> str:
         lines = [f"{'ok  ' if r.ok else 'FAIL'} {r.name}: {r.detail}" for r in self.results]
-        lines += [f"skip {n}: cluster-only (needs cluster DNS / an API server)"
-                  for n in self.left_out]
+        lines += [
+            f"skip {n}: cluster-only (needs cluster DNS / an API server)" for n in self.left_out
+        ]
         passed = sum(r.ok for r in self.results)
         lines.append(f"{passed} passed, {len(self.results) - passed} failed")
         return "\n".join(lines)
@@ -147,14 +148,19 @@ def _should_spread(backends: int, count: int) -> bool:
     return backends > 1 and backends ** (1 - count) < 1e-5
 
 
-def _judge_spread(name: str, result: Result, subject: Subject,
-                  want_source: str | None = None) -> CheckResult:
+def _judge_spread(
+    name: str, result: Result, subject: Subject, want_source: str | None = None
+) -> CheckResult:
     """Every request answered, only by the Service's backends, by more than one of them
     when it has several; for UDP, every reply from the address the client asked."""
     data = _probe_json(result)
     if data is None:
-        return CheckResult(name, False, f"probe failed (exit {result.returncode}): "
-                                        f"{(result.stderr or result.stdout).strip()[-300:]}")
+        return CheckResult(
+            name,
+            False,
+            f"probe failed (exit {result.returncode}): "
+            f"{(result.stderr or result.stdout).strip()[-300:]}",
+        )
     answers: dict[str, int] = data["answers"]
     errors: list[str] = data["errors"]
     strangers = set(answers) - subject.backends
@@ -167,8 +173,9 @@ def _judge_spread(name: str, result: Result, subject: Subject,
         return CheckResult(name, False, f"{detail}; no balancing")
     sources = set(data.get("sources", []))
     if want_source is not None and sources != {want_source}:
-        return CheckResult(name, False, f"{detail}; replies from {sorted(sources)}, "
-                                        f"not {want_source}")
+        return CheckResult(
+            name, False, f"{detail}; replies from {sorted(sources)}, not {want_source}"
+        )
     return CheckResult(name, True, detail)
 
 
@@ -180,16 +187,18 @@ def _check_clusterip(adapter: Adapter, s: Subject, node: str, proto: str) -> Che
     """Requests from a pod on ``node`` to the ClusterIP reach the backends (on every
     node), and UDP replies come from the ClusterIP's address and port."""
     port = s.tcp_port if proto == "tcp" else s.udp_port
-    result = adapter.in_pod(node, _traffic(s, proto, s.cluster_ip, port),
-                            timeout=DEFAULT_TIMEOUT)
-    return _judge_spread(f"clusterip-{proto} from a pod on {node}", result, s,
-                         want_source=f"{s.cluster_ip}:{port}" if proto == "udp" else None)
+    result = adapter.in_pod(node, _traffic(s, proto, s.cluster_ip, port), timeout=DEFAULT_TIMEOUT)
+    return _judge_spread(
+        f"clusterip-{proto} from a pod on {node}",
+        result,
+        s,
+        want_source=f"{s.cluster_ip}:{port}" if proto == "udp" else None,
+    )
 
 
 def _check_nodeport(adapter: Adapter, s: Subject, node: str, address: str) -> CheckResult:
     """From outside the cluster, the node's address and the NodePort reach the backends."""
-    result = adapter.outside(_traffic(s, "tcp", address, s.node_port),
-                             timeout=DEFAULT_TIMEOUT)
+    result = adapter.outside(_traffic(s, "tcp", address, s.node_port), timeout=DEFAULT_TIMEOUT)
     return _judge_spread(f"nodeport on {node} from outside", result, s)
 
 
@@ -205,20 +214,37 @@ def checks(adapter: Adapter, subject: Subject) -> list[Check]:
     out: list[Check] = []
     for node in s.nodes:
         for proto in ("tcp", "udp"):
-            out.append(Check(f"clusterip-{proto} from a pod on {node}",
-                             partial(_check_clusterip, adapter, s, node, proto)))
+            out.append(
+                Check(
+                    f"clusterip-{proto} from a pod on {node}",
+                    partial(_check_clusterip, adapter, s, node, proto),
+                )
+            )
     for node, address in s.node_addresses.items():
-        out.append(Check(f"nodeport on {node} from outside",
-                         partial(_check_nodeport, adapter, s, node, address)))
+        out.append(
+            Check(
+                f"nodeport on {node} from outside",
+                partial(_check_nodeport, adapter, s, node, address),
+            )
+        )
     out.append(Check("loadbalancer from outside", partial(_check_loadbalancer, adapter, s)))
     for node in sorted({*s.nodes, *s.node_addresses}):
-        out.append(Check(f"ebpflb services on {node}",
-                         partial(_check_services, adapter, s, node)))
+        out.append(Check(f"ebpflb services on {node}", partial(_check_services, adapter, s, node)))
     for node in s.nodes:
-        out.append(Check(f"cluster DNS from a pod on {node}",
-                         partial(_check_dns, adapter, s, node), cluster_only=True))
-        out.append(Check(f"kubernetes.default from a pod on {node}",
-                         partial(_check_api, adapter, s, node), cluster_only=True))
+        out.append(
+            Check(
+                f"cluster DNS from a pod on {node}",
+                partial(_check_dns, adapter, s, node),
+                cluster_only=True,
+            )
+        )
+        out.append(
+            Check(
+                f"kubernetes.default from a pod on {node}",
+                partial(_check_api, adapter, s, node),
+                cluster_only=True,
+            )
+        )
     return out
 
 
@@ -234,17 +260,24 @@ def _check_services(adapter: Adapter, s: Subject, node: str) -> CheckResult:
     except ValueError:
         return CheckResult(name, False, f"not JSON: {result.stdout[:200]!r}")
     held = {r["frontend"]: r for r in rows if r.get("service") == s.service}
-    want = [f"{s.cluster_ip}:{s.tcp_port}/TCP", f"{s.cluster_ip}:{s.udp_port}/UDP",
-            f"{s.lb_ip}:{s.tcp_port}/TCP"]
+    want = [
+        f"{s.cluster_ip}:{s.tcp_port}/TCP",
+        f"{s.cluster_ip}:{s.udp_port}/UDP",
+        f"{s.lb_ip}:{s.tcp_port}/TCP",
+    ]
     missing = [fe for fe in want if fe not in held]
     if missing:
         return CheckResult(name, False, f"{s.service}: missing {missing}; has {sorted(held)}")
-    short = {fe: held[fe]["active_backends"] for fe in want
-             if held[fe]["active_backends"] != len(s.backends)}
+    short = {
+        fe: held[fe]["active_backends"]
+        for fe in want
+        if held[fe]["active_backends"] != len(s.backends)
+    }
     if short:
         return CheckResult(name, False, f"active backends {short}, not {len(s.backends)}")
-    return CheckResult(name, True, f"{len(held)} frontends of {s.service}, "
-                                   f"{len(s.backends)} backends each")
+    return CheckResult(
+        name, True, f"{len(held)} frontends of {s.service}, {len(s.backends)} backends each"
+    )
 
 
 def _check_dns(adapter: Adapter, s: Subject, node: str) -> CheckResult:
@@ -252,8 +285,9 @@ def _check_dns(adapter: Adapter, s: Subject, node: str) -> CheckResult:
     its own ClusterIP through ebpflb) to the Service's ClusterIP."""
     name = f"cluster DNS from a pod on {node}"
     assert s.dns_name is not None
-    data = _probe_json(adapter.in_pod(node, [*PROBE, "resolve", s.dns_name],
-                                      timeout=DEFAULT_TIMEOUT))
+    data = _probe_json(
+        adapter.in_pod(node, [*PROBE, "resolve", s.dns_name], timeout=DEFAULT_TIMEOUT)
+    )
     if data is None or data["errors"]:
         return CheckResult(name, False, f"{s.dns_name}: {data and data['errors']}")
     addresses = data["addresses"]
@@ -264,8 +298,11 @@ def _check_api(adapter: Adapter, s: Subject, node: str) -> CheckResult:
     """Cluster-only: a TCP connection from the pod to kubernetes.default:443 (the API
     server, a host-network endpoint on the control plane) is accepted."""
     name = f"kubernetes.default from a pod on {node}"
-    data = _probe_json(adapter.in_pod(node, [*PROBE, "connect", s.api_name, "443",
-                                             "--count", "3"], timeout=DEFAULT_TIMEOUT))
+    data = _probe_json(
+        adapter.in_pod(
+            node, [*PROBE, "connect", s.api_name, "443", "--count", "3"], timeout=DEFAULT_TIMEOUT
+        )
+    )
     if data is None or data["errors"]:
         return CheckResult(name, False, f"{s.api_name}:443: {data and data['errors']}")
     return CheckResult(name, True, f"{s.api_name}:443 accepted {data['count']} connections")
@@ -333,9 +370,15 @@ def probe(kind: str, host: str, port: int, count: int, timeout: float) -> dict[s
                 addresses = sorted({str(i[4][0]) for i in infos})
         except OSError as exc:
             errors.append(f"{type(exc).__name__}: {exc}")
-    return {"kind": kind, "target": f"{host}:{port}", "count": count,
-            "answers": dict(answers), "sources": sorted(sources), "errors": errors,
-            "addresses": addresses}
+    return {
+        "kind": kind,
+        "target": f"{host}:{port}",
+        "count": count,
+        "answers": dict(answers),
+        "sources": sorted(sources),
+        "errors": errors,
+        "addresses": addresses,
+    }
 
 
 # --- the Vagrant cluster: kubectl for pods, the agent's pod for a node -----------------
@@ -353,30 +396,43 @@ class KubectlAdapter:
 
     def _run(self, argv: Sequence[str], timeout: float) -> Result:
         try:
-            p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                               check=False)
+            p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
             return Result(124, "", f"timed out after {timeout:.0f} s: {shlex.join(argv)}")
         return Result(p.returncode, p.stdout, p.stderr)
 
     def pod_on(self, node: str, namespace: str, selector: str) -> str:
-        out = self._run([*self.kubectl, "-n", namespace, "get", "pods", "-l", selector,
-                         "--field-selector", f"spec.nodeName={node},status.phase=Running",
-                         "-o", "jsonpath={.items[0].metadata.name}"], DEFAULT_TIMEOUT)
+        out = self._run(
+            [
+                *self.kubectl,
+                "-n",
+                namespace,
+                "get",
+                "pods",
+                "-l",
+                selector,
+                "--field-selector",
+                f"spec.nodeName={node},status.phase=Running",
+                "-o",
+                "jsonpath={.items[0].metadata.name}",
+            ],
+            DEFAULT_TIMEOUT,
+        )
         if out.returncode != 0 or not out.stdout.strip():
-            raise RuntimeError(f"no running pod {selector} in {namespace} on {node}: "
-                               f"{out.stderr.strip()}")
+            raise RuntimeError(
+                f"no running pod {selector} in {namespace} on {node}: {out.stderr.strip()}"
+            )
         return out.stdout.strip()
 
     def in_pod(self, node: str, argv: Sequence[str], *, timeout: float) -> Result:
         pod = self.pod_on(node, CHECKS_NAMESPACE, "app=checks-client")
-        return self._run([*self.kubectl, "-n", CHECKS_NAMESPACE, "exec", pod, "--", *argv],
-                         timeout)
+        return self._run([*self.kubectl, "-n", CHECKS_NAMESPACE, "exec", pod, "--", *argv], timeout)
 
     def on_node(self, node: str, argv: Sequence[str], *, timeout: float) -> Result:
         pod = self.pod_on(node, "kube-system", "k8s-app=ebpflb")
-        return self._run([*self.kubectl, "-n", "kube-system", "exec", pod, "-c", "agent",
-                          "--", *argv], timeout)
+        return self._run(
+            [*self.kubectl, "-n", "kube-system", "exec", pod, "-c", "agent", "--", *argv], timeout
+        )
 
     def outside(self, argv: Sequence[str], *, timeout: float) -> Result:
         if argv[0] == "python3":
@@ -385,6 +441,7 @@ class KubectlAdapter:
 
     def subject(self, *, nodes: Sequence[str], requests: int = 20) -> Subject:
         """The Subject from the cluster: vagrant/checks.yaml's Service and pods."""
+
         def get(*args: str) -> Any:
             out = self._run([*self.kubectl, *args, "-o", "json"], DEFAULT_TIMEOUT)
             if out.returncode != 0:
@@ -395,18 +452,28 @@ class KubectlAdapter:
         ports = {p["protocol"]: p for p in svc["spec"]["ports"]}
         pods = get("-n", CHECKS_NAMESPACE, "get", "pods", "-l", "app=echo")["items"]
         every_node = get("get", "nodes")["items"]
-        addresses = {n["metadata"]["name"]: a["address"] for n in every_node
-                     for a in n["status"]["addresses"] if a["type"] == "InternalIP"}
+        addresses = {
+            n["metadata"]["name"]: a["address"]
+            for n in every_node
+            for a in n["status"]["addresses"]
+            if a["type"] == "InternalIP"
+        }
         ingress = svc.get("status", {}).get("loadBalancer", {}).get("ingress") or [{}]
         return Subject(
-            service=f"{CHECKS_NAMESPACE}/echo", nodes=tuple(nodes),
+            service=f"{CHECKS_NAMESPACE}/echo",
+            nodes=tuple(nodes),
             node_addresses=dict(sorted(addresses.items())),
-            cluster_ip=svc["spec"]["clusterIP"], tcp_port=ports["TCP"]["port"],
-            udp_port=ports["UDP"]["port"], node_port=ports["TCP"]["nodePort"],
+            cluster_ip=svc["spec"]["clusterIP"],
+            tcp_port=ports["TCP"]["port"],
+            udp_port=ports["UDP"]["port"],
+            node_port=ports["TCP"]["nodePort"],
             lb_ip=ingress[0].get("ip", ""),
-            backends=frozenset(p["metadata"]["name"] for p in pods
-                               if p["status"].get("phase") == "Running"),
-            dns_name=f"echo.{CHECKS_NAMESPACE}.svc.cluster.local", requests=requests)
+            backends=frozenset(
+                p["metadata"]["name"] for p in pods if p["status"].get("phase") == "Running"
+            ),
+            dns_name=f"echo.{CHECKS_NAMESPACE}.svc.cluster.local",
+            requests=requests,
+        )
 
 
 # --- command line -----------------------------------------------------------------------
@@ -425,8 +492,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     c.add_argument("--kubectl", default="kubectl", help="the kubectl command (split on spaces)")
     c.add_argument("--nodes", required=True, help="comma-separated nodes with client pods")
     c.add_argument("--requests", type=int, default=20)
-    c.add_argument("--wait", type=float, default=0.0,
-                   help="seconds to retry until every check passes")
+    c.add_argument(
+        "--wait", type=float, default=0.0, help="seconds to retry until every check passes"
+    )
     args = parser.parse_args(argv)
     if args.command == "probe":
         if not 1 <= args.count <= 10_000:
@@ -436,8 +504,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     adapter = KubectlAdapter(args.kubectl.split())
     deadline = time.monotonic() + args.wait
     while True:
-        report = run_checks(adapter, adapter.subject(nodes=args.nodes.split(","),
-                                                     requests=args.requests), cluster=True)
+        report = run_checks(
+            adapter,
+            adapter.subject(nodes=args.nodes.split(","), requests=args.requests),
+            cluster=True,
+        )
         if report.ok or time.monotonic() >= deadline:
             break
         time.sleep(5)

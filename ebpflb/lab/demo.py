@@ -45,16 +45,25 @@ def main(argv: list[str] | None = None) -> int:
 
     print("== lab up: node, 3 backend pods (HTTP :8080, UDP echo :9090), a client")
     lab = build.up(layout.LabSpec(name="ebpflb", pods=3))
-    agent = AgentProcess(lab.node_ns, manifests=args.manifests, pin_dir=args.pin_dir,
-                         log_path=lab.state_dir / "agent.log", extra_args=["--cleanup"])
+    agent = AgentProcess(
+        lab.node_ns,
+        manifests=args.manifests,
+        pin_dir=args.pin_dir,
+        log_path=lab.state_dir / "agent.log",
+        extra_args=["--cleanup"],
+    )
     try:
         print(f"== agent: bpf data path on the node's veths, manifests from {args.manifests}")
         agent.start()
-        agent.wait_for(services_synced(args.pin_dir, {f"{CLUSTER_IP}:{HTTP_PORT}/TCP",
-                                                      f"{CLUSTER_IP}:{UDP_PORT}/UDP"}))
+        agent.wait_for(
+            services_synced(
+                args.pin_dir, {f"{CLUSTER_IP}:{HTTP_PORT}/TCP", f"{CLUSTER_IP}:{UDP_PORT}/UDP"}
+            )
+        )
         n = args.requests
-        print(f"\n== {n} HTTP requests, each on a new connection, "
-              f"client -> {CLUSTER_IP}:{HTTP_PORT}")
+        print(
+            f"\n== {n} HTTP requests, each on a new connection, client -> {CLUSTER_IP}:{HTTP_PORT}"
+        )
         tcp = _names(traffic.spread_tcp(lab.client.netns, CLUSTER_IP, HTTP_PORT, n))
         print(_bar(tcp, n))
         print(f"\n== {n} UDP requests, each from a new socket, client -> {CLUSTER_IP}:{UDP_PORT}")
@@ -72,8 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         print("\n== ebpflb status")
         _cli("status")
         ok = set(tcp) == set(udp) == {"pod-1", "pod-2", "pod-3"}
-        print(f"\n== {'OK' if ok else 'UNEXPECTED'}: traffic spread over "
-              f"{len(tcp)} TCP and {len(udp)} UDP backends")
+        print(
+            f"\n== {'OK' if ok else 'UNEXPECTED'}: traffic spread over "
+            f"{len(tcp)} TCP and {len(udp)} UDP backends"
+        )
         return 0 if ok else 1
     except KeyboardInterrupt:
         print("\ninterrupted")

@@ -12,8 +12,9 @@ HOSTNAME_LABEL = "kubernetes.io/hostname"
 ZONE_LABEL = "topology.kubernetes.io/zone"
 
 
-def node(name: str, *, internal_ip: IPv4Address, zone: str, pod_cidr: IPv4Network
-         ) -> dict[str, Any]:
+def node(
+    name: str, *, internal_ip: IPv4Address, zone: str, pod_cidr: IPv4Network
+) -> dict[str, Any]:
     """A Node object: ``internal_ip`` is what kube-proxy opens NodePorts on."""
     return {
         "apiVersion": "v1",
@@ -27,15 +28,25 @@ def node(name: str, *, internal_ip: IPv4Address, zone: str, pod_cidr: IPv4Networ
     }  # fmt: skip
 
 
-def endpoint(address: IPv4Address, *, pod_name: str, node_name: str, zone: str,
-             ready: bool = True, serving: bool | None = None, terminating: bool = False
-             ) -> dict[str, Any]:
+def endpoint(
+    address: IPv4Address,
+    *,
+    pod_name: str,
+    node_name: str,
+    zone: str,
+    ready: bool = True,
+    serving: bool | None = None,
+    terminating: bool = False,
+) -> dict[str, Any]:
     """One item of an EndpointSlice's ``endpoints``; ``serving`` defaults to ``ready``
     as the API does."""
     return {
         "addresses": [str(address)],
-        "conditions": {"ready": ready, "serving": ready if serving is None else serving,
-                       "terminating": terminating},
+        "conditions": {
+            "ready": ready,
+            "serving": ready if serving is None else serving,
+            "terminating": terminating,
+        },
         "nodeName": node_name,
         "zone": zone,
         "targetRef": {"kind": "Pod", "name": pod_name},

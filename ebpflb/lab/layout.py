@@ -77,15 +77,18 @@ class LabSpec:
         try:
             object.__setattr__(self, "cni", Cni(self.cni))
         except ValueError:
-            raise LabError(f"lab CNI shape {self.cni!r}: use one of "
-                           f"{', '.join(c.value for c in Cni)}") from None
+            raise LabError(
+                f"lab CNI shape {self.cni!r}: use one of {', '.join(c.value for c in Cni)}"
+            ) from None
         if not 1 <= self.nodes <= MAX_NODES:
             raise LabError(f"a lab has 1 to {MAX_NODES} nodes, not {self.nodes}")
         if not 1 <= self.pods <= MAX_PODS:
             raise LabError(f"a lab has 1 to {MAX_PODS} pods, not {self.pods}")
         if self.pods * self.nodes > MAX_POD_INDEX:
-            raise LabError(f"a lab of {self.nodes} nodes has at most "
-                           f"{MAX_POD_INDEX // self.nodes} pods per node, not {self.pods}")
+            raise LabError(
+                f"a lab of {self.nodes} nodes has at most "
+                f"{MAX_POD_INDEX // self.nodes} pods per node, not {self.pods}"
+            )
 
 
 @dataclass(frozen=True)
@@ -206,30 +209,45 @@ class Lab:
         node = self.node(index)
         uplink = [node.uplink] if node.uplink else []
         overlay = [self.overlay] if self.overlay else []
-        return [*(p.host_ifname for p in self.node_pods(index)), node.client.host_ifname,
-                *uplink, *overlay]
+        return [
+            *(p.host_ifname for p in self.node_pods(index)),
+            node.client.host_ifname,
+            *uplink,
+            *overlay,
+        ]
 
     def node_manifest(self, index: int) -> dict[str, Any]:
         """Node ``index`` as a Kubernetes Node object (see Node.internal_ip)."""
         node = self.node(index)
-        return kubeobjects.node(node.name, internal_ip=node.internal_ip, zone=node.zone,
-                                pod_cidr=node.pod_cidr)
+        return kubeobjects.node(
+            node.name, internal_ip=node.internal_ip, zone=node.zone, pod_cidr=node.pod_cidr
+        )
 
-    def endpoint(self, pod: Pod | int, *, ready: bool = True, serving: bool | None = None,
-                 terminating: bool = False) -> dict[str, Any]:
+    def endpoint(
+        self,
+        pod: Pod | int,
+        *,
+        ready: bool = True,
+        serving: bool | None = None,
+        terminating: bool = False,
+    ) -> dict[str, Any]:
         """Pod ``pod`` (or pod number) as an EndpointSlice endpoint: its address, node
         name and zone, and the conditions given."""
         p = self.pod(pod) if isinstance(pod, int) else pod
         node = self.node_of(p)
-        return kubeobjects.endpoint(p.ip, pod_name=p.name, node_name=node.name,
-                                    zone=node.zone, ready=ready, serving=serving,
-                                    terminating=terminating)
+        return kubeobjects.endpoint(
+            p.ip,
+            pod_name=p.name,
+            node_name=node.name,
+            zone=node.zone,
+            ready=ready,
+            serving=serving,
+            terminating=terminating,
+        )
 
     def servers_alive(self) -> dict[str, bool]:
         """Pod name -> whether its recorded server is still running."""
-        return {
-            p.name: _is_podserver(self.server_pids.get(p.name, 0), p.name) for p in self.pods
-        }
+        return {p.name: _is_podserver(self.server_pids.get(p.name, 0), p.name) for p in self.pods}
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -259,8 +277,12 @@ class Lab:
     def from_json(cls, data: dict[str, Any], state_dir: Path) -> Lab:
         """The recorded lab; nodes and outside clients follow from the spec, so a
         version 1 record (one node) reads as well."""
-        spec = LabSpec(data["name"], int(data["pods_requested"]),
-                       int(data.get("nodes_requested", 1)), Cni(data.get("cni", "routed")))
+        spec = LabSpec(
+            data["name"],
+            int(data["pods_requested"]),
+            int(data.get("nodes_requested", 1)),
+            Cni(data.get("cni", "routed")),
+        )
         lab = _plan(spec)
         lab.pods = [_pod_from_json(p) for p in data["pods"]]
         lab.state_dir = state_dir
@@ -269,13 +291,23 @@ class Lab:
 
 
 def _pod_json(p: Pod) -> dict[str, Any]:
-    return {"name": p.name, "netns": p.netns, "ip": str(p.ip), "host_ifname": p.host_ifname,
-            "node": p.node}
+    return {
+        "name": p.name,
+        "netns": p.netns,
+        "ip": str(p.ip),
+        "host_ifname": p.host_ifname,
+        "node": p.node,
+    }
 
 
 def _pod_from_json(d: dict[str, Any]) -> Pod:
-    return Pod(str(d["name"]), str(d["netns"]), IPv4Address(d["ip"]), str(d["host_ifname"]),
-               int(d.get("node", 1)))
+    return Pod(
+        str(d["name"]),
+        str(d["netns"]),
+        IPv4Address(d["ip"]),
+        str(d["host_ifname"]),
+        int(d.get("node", 1)),
+    )
 
 
 def _check_name(name: str) -> None:
@@ -318,13 +350,19 @@ def _plan(spec: LabSpec) -> Lab:
     return Lab(
         spec=spec,
         node_ns=nodes[0].netns,
-        pods=[_make_pod(spec.name, (k - 1) * spec.pods + i, k)
-              for k in range(1, spec.nodes + 1) for i in range(1, spec.pods + 1)],
+        pods=[
+            _make_pod(spec.name, (k - 1) * spec.pods + i, k)
+            for k in range(1, spec.nodes + 1)
+            for i in range(1, spec.pods + 1)
+        ],
         client=nodes[0].client,
         state_dir=LAB_ROOT / spec.name,
         nodes=nodes,
-        outside=[Pod(f"ext-{j}", f"{spec.name}-ext-{j}", UNDERLAY_NET[OUTSIDE_HOST_BASE + j],
-                     f"x{j}", 0) for j in range(1, OUTSIDE_CLIENTS + 1)] if multi else [],
+        outside=[
+            Pod(f"ext-{j}", f"{spec.name}-ext-{j}", UNDERLAY_NET[OUTSIDE_HOST_BASE + j], f"x{j}", 0)
+            for j in range(1, OUTSIDE_CLIENTS + 1)
+        ]
+        if multi
+        else [],
         underlay_ns=f"{spec.name}-net" if multi else None,
     )
-

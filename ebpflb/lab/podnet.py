@@ -88,14 +88,24 @@ def prepare_node(ns: str, cni: Cni, pod_cidr: IPv4Network) -> None:
     netns.sysctl(ns, f"net.ipv4.conf.{BRIDGE}.rp_filter", STRICT_RP_FILTER)
 
 
-def plug_pod(node_ns: str, pod_ns: str, *, cni: Cni, host_ifname: str, ip: IPv4Address,
-             pod_cidr: IPv4Network, mtu: int | None = None) -> None:
+def plug_pod(
+    node_ns: str,
+    pod_ns: str,
+    *,
+    cni: Cni,
+    host_ifname: str,
+    ip: IPv4Address,
+    pod_cidr: IPv4Network,
+    mtu: int | None = None,
+) -> None:
     """A veth pair made inside the node with its peer ``eth0`` created straight into the
     pod (nothing appears in the root namespace), wired as ``cni`` wires pods."""
     gw = gateway(cni, pod_cidr)
     mtu_arg = f" mtu {mtu}" if mtu else ""
-    netns.ip_batch(node_ns, [
-        f"link add {host_ifname}{mtu_arg} type veth peer name eth0{mtu_arg} netns {pod_ns}"])
+    netns.ip_batch(
+        node_ns,
+        [f"link add {host_ifname}{mtu_arg} type veth peer name eth0{mtu_arg} netns {pod_ns}"],
+    )
     netns.sysctl(node_ns, f"net.ipv4.conf.{host_ifname}.rp_filter", 0)
     if cni is Cni.ROUTED:
         netns.ip_batch(node_ns, [
@@ -103,14 +113,17 @@ def plug_pod(node_ns: str, pod_ns: str, *, cni: Cni, host_ifname: str, ip: IPv4A
             f"link set {host_ifname} up",
             f"route add {ip}/32 dev {host_ifname} scope link",
         ])  # fmt: skip
-        pod_lines = [f"addr add {ip}/32 dev eth0", "link set eth0 up",
-                     f"route add {gw} dev eth0 scope link"]
+        pod_lines = [
+            f"addr add {ip}/32 dev eth0",
+            "link set eth0 up",
+            f"route add {gw} dev eth0 scope link",
+        ]
     else:
-        netns.ip_batch(node_ns, [f"link set {host_ifname} master {BRIDGE}",
-                                 f"link set {host_ifname} up"])
+        netns.ip_batch(
+            node_ns, [f"link set {host_ifname} master {BRIDGE}", f"link set {host_ifname} up"]
+        )
         pod_lines = [f"addr add {ip}/{pod_cidr.prefixlen} dev eth0", "link set eth0 up"]
-    netns.ip_batch(pod_ns, ["link set lo up", *pod_lines,
-                            f"route add default via {gw} dev eth0"])
+    netns.ip_batch(pod_ns, ["link set lo up", *pod_lines, f"route add default via {gw} dev eth0"])
 
 
 def forget_pod(namespaces: Sequence[str], ip: IPv4Address) -> None:
@@ -123,8 +136,15 @@ def forget_pod(namespaces: Sequence[str], ip: IPv4Address) -> None:
             netns.ip_batch(ns, [f"neigh flush to {ip}"])
 
 
-def build_overlay(ns: str, *, index: int, pod_cidr: IPv4Network, underlay: IPv4Address,
-                  uplink: str, peers: Sequence[OverlayPeer]) -> None:
+def build_overlay(
+    ns: str,
+    *,
+    index: int,
+    pod_cidr: IPv4Network,
+    underlay: IPv4Address,
+    uplink: str,
+    peers: Sequence[OverlayPeer],
+) -> None:
     """flannel's VXLAN backend on node ``index``: ``flannel.1`` over ``uplink``, and for
     each peer a static neighbour (its VTEP MAC at its pod range's network address), an
     FDB entry sending that MAC to its underlay address, and a route to its pod range."""
@@ -142,5 +162,18 @@ def build_overlay(ns: str, *, index: int, pod_cidr: IPv4Network, underlay: IPv4A
         ]
     netns.ip_batch(ns, lines)
     for peer in peers:  # FDB entries are `bridge` commands, not `ip` ones
-        netns.run(ns, ["bridge", "fdb", "append", vtep_mac(peer.index), "dev", OVERLAY,
-                       "dst", str(peer.underlay), "self", "permanent"])
+        netns.run(
+            ns,
+            [
+                "bridge",
+                "fdb",
+                "append",
+                vtep_mac(peer.index),
+                "dev",
+                OVERLAY,
+                "dst",
+                str(peer.underlay),
+                "self",
+                "permanent",
+            ],
+        )

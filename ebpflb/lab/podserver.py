@@ -126,9 +126,7 @@ async def serve(name: str, *, http_port: int, udp_port: int, host: str = "0.0.0.
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, request_stop)
-    udp, _ = await loop.create_datagram_endpoint(
-        lambda: UdpEcho(body), local_addr=(host, udp_port)
-    )
+    udp, _ = await loop.create_datagram_endpoint(lambda: UdpEcho(body), local_addr=(host, udp_port))
     server = await loop.create_server(
         lambda: HttpProtocol(body), host, http_port, reuse_address=True, backlog=1024
     )
@@ -148,8 +146,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on")
     args = parser.parse_args(argv)
     try:
-        asyncio.run(serve(args.name, http_port=args.http_port, udp_port=args.udp_port,
-                          host=args.host))
+        asyncio.run(
+            serve(args.name, http_port=args.http_port, udp_port=args.udp_port, host=args.host)
+        )
     except OSError as exc:
         print(f"podserver {args.name}: {exc}", file=sys.stderr, flush=True)
         sys.exit(1)

@@ -161,4 +161,3 @@ def _wait_ready(lab: Lab, pod: Pod, proc: subprocess.Popen[bytes], deadline: flo
         raise LabError(f"the client cannot reach {pod.ip}: {exc}") from exc
     if answers != (f"{pod.name}\n",) * 2:
         raise LabError(f"{pod.ip} answered {answers!r}, expected {pod.name!r}")
-

@@ -68,8 +68,9 @@ def fails(*expected: Failure) -> Iterator[None]:
     except OSError as exc:
         got = failure_of(exc)
         if got not in expected:
-            raise AssertionError(f"expected the request to be {want}, but it raised "
-                                 f"{type(exc).__name__}: {exc}") from exc
+            raise AssertionError(
+                f"expected the request to be {want}, but it raised {type(exc).__name__}: {exc}"
+            ) from exc
     else:
         raise AssertionError(f"expected the request to be {want}, but it succeeded")
 

@@ -55,9 +55,7 @@ def plug(switch_ns: str, ns: str, *, ifname: str, port: str, address: IPv4Interf
     netns.ip_batch(ns, [f"addr add {address} dev {ifname}", f"link set {ifname} up"])
 
 
-def add_routes(
-    ns: str, routes: Iterable[tuple[IPv4Network, IPv4Address]], *, dev: str
-) -> None:
+def add_routes(ns: str, routes: Iterable[tuple[IPv4Network, IPv4Address]], *, dev: str) -> None:
     """Routes ``network via gateway dev`` in ``ns`` (nothing when there are none)."""
     lines = [f"route add {net} via {gw} dev {dev}" for net, gw in routes]
     if lines:
@@ -80,4 +78,3 @@ def check_tcp(src_ns: str, dst_ns: str, address: IPv4Address) -> None:
                 conn.close()
         except OSError as exc:
             raise LabError(f"{src_ns} cannot reach {address} in {dst_ns}: {exc}") from exc
-

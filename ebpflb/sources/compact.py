@@ -48,8 +48,11 @@ def compact(kind: str, obj: Obj) -> Obj:
             out["endpoints"] = [_endpoint(e) for e in items] if isinstance(items, list) else items
     elif kind == "Node" and "status" in obj:
         status = obj["status"]
-        out["status"] = ({"addresses": status["addresses"]}
-                         if isinstance(status, dict) and "addresses" in status else status)
+        out["status"] = (
+            {"addresses": status["addresses"]}
+            if isinstance(status, dict) and "addresses" in status
+            else status
+        )
     return out
 
 
@@ -81,8 +84,11 @@ def _endpoint(item: Any) -> Any:
         if isinstance(out.get(key), str):
             out[key] = sys.intern(out[key])
     conditions = out.get("conditions")
-    if isinstance(conditions, dict) and conditions.keys() <= _CONDITIONS and all(
-            isinstance(v, bool) for v in conditions.values()):
+    if (
+        isinstance(conditions, dict)
+        and conditions.keys() <= _CONDITIONS
+        and all(isinstance(v, bool) for v in conditions.values())
+    ):
         shape = tuple(sorted(conditions.items()))
         out["conditions"] = _conditions.setdefault(shape, conditions)
     return out

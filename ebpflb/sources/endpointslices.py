@@ -39,8 +39,17 @@ _Known = dict[tuple[int, int], Backend]
 _Backends = dict[_PortKey, _Known]
 # One endpoint before its port is known: address (as int and object), ready, serving,
 # terminating, node, zone, hinted zones, hinted nodes.
-_Endpoint = tuple[int, ipaddress.IPv4Address, bool, bool, bool, str | None, str | None,
-                  tuple[str, ...], tuple[str, ...]]
+_Endpoint = tuple[
+    int,
+    ipaddress.IPv4Address,
+    bool,
+    bool,
+    bool,
+    str | None,
+    str | None,
+    tuple[str, ...],
+    tuple[str, ...],
+]
 
 
 def _collect_backends(slices: Iterable[Obj], errors: list[ObjectError]) -> _Backends:
@@ -70,8 +79,9 @@ def _rank(b: Backend) -> tuple[bool, bool, bool]:
     return (b.ready, b.serving, not b.terminating)
 
 
-def _parse_slice(obj: Obj, identity: tuple[str, str], errors: list[ObjectError]
-                 ) -> list[tuple[_PortKey, _Known]]:
+def _parse_slice(
+    obj: Obj, identity: tuple[str, str], errors: list[ObjectError]
+) -> list[tuple[_PortKey, _Known]]:
     """The backends of each of a slice's ports; `identity` is _identity(obj)."""
     namespace, name = identity
 
@@ -113,8 +123,13 @@ def _parse_slice(obj: Obj, identity: tuple[str, str], errors: list[ObjectError]
     out: list[tuple[_PortKey, _Known]] = []
     for port_name, protocol, port in ports:
         known: _Known = {}
-        _merge(known, (((n, port), Backend(a, port, r, s, t, node, zone, hz, hn))
-                       for n, a, r, s, t, node, zone, hz, hn in endpoints))
+        _merge(
+            known,
+            (
+                ((n, port), Backend(a, port, r, s, t, node, zone, hz, hn))
+                for n, a, r, s, t, node, zone, hz, hn in endpoints
+            ),
+        )
         out.append(((namespace, service, port_name, protocol), known))
     return out
 
@@ -141,8 +156,17 @@ def _endpoint(item: Any) -> _Endpoint:
     zone = _string(item.get("zone"), "zone") or None
     hints = item.get("hints")
     for_zones, for_nodes = _hints(hints) if hints is not None else _NO_HINTS
-    return (number, ipaddress.IPv4Address(number), ready, serving, terminating, node, zone,
-            for_zones, for_nodes)
+    return (
+        number,
+        ipaddress.IPv4Address(number),
+        ready,
+        serving,
+        terminating,
+        node,
+        zone,
+        for_zones,
+        for_nodes,
+    )
 
 
 _NO_HINTS: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
@@ -164,4 +188,3 @@ def _hint_list(hints: Obj, field: str) -> tuple[str, ...]:
         names.append(name)
     found = tuple(dict.fromkeys(names))
     return _hint_names.setdefault(found, found)
-

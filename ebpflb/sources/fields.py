@@ -47,7 +47,6 @@ class ObjectError:
         return InvalidObjectError(str(self))
 
 
-
 class _Invalid(Exception):
     """A field is wrong; caught at the level (object, port, endpoint) that is skipped."""
 

@@ -32,8 +32,13 @@ class Update:
 
 
 class IncrementalTranslator:
-    def __init__(self, *, node_name: str | None = None, node_zone: str | None = None,
-                 node_addresses: Sequence[IPAddress] = ()) -> None:
+    def __init__(
+        self,
+        *,
+        node_name: str | None = None,
+        node_zone: str | None = None,
+        node_addresses: Sequence[IPAddress] = (),
+    ) -> None:
         self.node_name = node_name
         self.node_zone = node_zone
         self.node_addresses = tuple(node_addresses)
@@ -47,9 +52,13 @@ class IncrementalTranslator:
 
     def rebuild(self, services: Iterable[Obj], slices: Iterable[Obj]) -> Update:
         """Translate everything (first sync, relist, node address or zone change)."""
-        result = translate_dicts(services, slices, node_name=self.node_name,
-                                 node_zone=self.node_zone,
-                                 node_addresses=self.node_addresses)
+        result = translate_dicts(
+            services,
+            slices,
+            node_name=self.node_name,
+            node_zone=self.node_zone,
+            node_addresses=self.node_addresses,
+        )
         self._entries = result.entries  # fresh dicts of our own: no copies needed
         self.backends = sum(len(e.backends) for e in self._entries.values())
         self._info = result.services
@@ -65,17 +74,25 @@ class IncrementalTranslator:
         self._other_errors = tuple(other)
         return self._publish(None)
 
-    def update(self, changed: Iterable[ServiceRef], *,
-               service_of: Callable[[ServiceRef], Obj | None],
-               slices_of: Callable[[ServiceRef], Sequence[Obj]]) -> Update:
+    def update(
+        self,
+        changed: Iterable[ServiceRef],
+        *,
+        service_of: Callable[[ServiceRef], Obj | None],
+        slices_of: Callable[[ServiceRef], Sequence[Obj]],
+    ) -> Update:
         """Re-translate only `changed`; falls back to a rebuild when a frontend moves
         between Services (the claim order then matters to others)."""
         touched: set[FrontendKey] = set()
         for ref in changed:
             svc = service_of(ref)
-            result = translate([svc] if svc is not None else [], slices_of(ref),
-                               node_name=self.node_name, node_zone=self.node_zone,
-                               node_addresses=self.node_addresses)
+            result = translate(
+                [svc] if svc is not None else [],
+                slices_of(ref),
+                node_name=self.node_name,
+                node_zone=self.node_zone,
+                node_addresses=self.node_addresses,
+            )
             new_keys = set(result.state.entries)
             for key in new_keys:
                 owner = self._entries.get(key)
@@ -101,8 +118,7 @@ class IncrementalTranslator:
         # Read-only views, not copies: copying 10,000s of entries per event would make
         # every event O(all Services). A published state is therefore valid until the
         # next update() or rebuild(), which is all the agent's single sync loop needs.
-        self.state = DesiredState(MappingProxyType(self._entries),
-                                  MappingProxyType(self._info))
+        self.state = DesiredState(MappingProxyType(self._entries), MappingProxyType(self._info))
         errors = tuple(e for errs in self._errors.values() for e in errs) + self._other_errors
         return Update(self.state, errors, touched)
 

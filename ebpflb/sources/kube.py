@@ -192,8 +192,11 @@ class KubeSource:
         self.list_read_timeout = list_read_timeout
         self.backoff = backoff
         self.clock = clock
-        self.api_client = api_client if api_client is not None else _api_client(
-            kubeconfig, context=context, in_cluster=in_cluster)
+        self.api_client = (
+            api_client
+            if api_client is not None
+            else _api_client(kubeconfig, context=context, in_cluster=in_cluster)
+        )
         self._resources = _resources(self.api_client, node_name)
         self._store = _Store()
         self.changed: threading.Event = self._store.changed
@@ -212,8 +215,12 @@ class KubeSource:
         if self._threads:
             return
         for resource in self._resources:
-            thread = threading.Thread(target=self._run, args=(resource,), daemon=True,
-                                      name=f"ebpflb-kube-{resource.plural}")
+            thread = threading.Thread(
+                target=self._run,
+                args=(resource,),
+                daemon=True,
+                name=f"ebpflb-kube-{resource.plural}",
+            )
             self._threads.append(thread)
             thread.start()
 
@@ -229,8 +236,9 @@ class KubeSource:
             thread.join(max(0.0, deadline - time.monotonic()))
         alive = [t.name for t in self._threads if t.is_alive()]
         if alive:
-            log.warning("kube: %s still in a request after close(); left to finish",
-                        ", ".join(alive))
+            log.warning(
+                "kube: %s still in a request after close(); left to finish", ", ".join(alive)
+            )
         self.changed.set()  # wake a waiter so it sees the source closed
 
     def poll(self) -> bool:
@@ -316,8 +324,13 @@ class KubeSource:
                     break
                 delay = self.backoff.delay(attempt)
                 attempt += 1
-                log.warning("kube: %s: watch stream broke (%s); re-watching from %s in %.2fs",
-                            res.plural, _describe(e.__cause__ or e), rv, delay)
+                log.warning(
+                    "kube: %s: watch stream broke (%s); re-watching from %s in %.2fs",
+                    res.plural,
+                    _describe(e.__cause__ or e),
+                    rv,
+                    delay,
+                )
                 self._stop.wait(delay)
             except (ApiException, Urllib3Error, OSError, ValueError, _WatchError) as e:
                 if self._stop.is_set():
@@ -329,8 +342,13 @@ class KubeSource:
                 delay = self.backoff.delay(attempt)
                 attempt += 1
                 self._set_failing(res, True)
-                log.warning("kube: %s: %s; retrying in %.2fs (attempt %d)",
-                            res.plural, _describe(e), delay, attempt)
+                log.warning(
+                    "kube: %s: %s; retrying in %.2fs (attempt %d)",
+                    res.plural,
+                    _describe(e),
+                    delay,
+                    attempt,
+                )
                 self._stop.wait(delay)
             except Exception:  # a bug must not silently kill the thread
                 log.exception("kube: %s: unexpected error; retrying", res.plural)
@@ -377,9 +395,14 @@ class KubeSource:
             if completes:
                 self.changed.set()  # wake the agent: it may sync now (even with no objects)
             self._synced.add(res.kind)
-        log.info("kube: %s %s: %d objects at resourceVersion %s in %.0f ms",
-                 res.plural, "synced" if first else "relisted", len(objects), rv,
-                 (time.monotonic() - start) * 1e3)
+        log.info(
+            "kube: %s %s: %d objects at resourceVersion %s in %.0f ms",
+            res.plural,
+            "synced" if first else "relisted",
+            len(objects),
+            rv,
+            (time.monotonic() - start) * 1e3,
+        )
         if completes:
             log.info("kube: every resource synced")
         return rv
@@ -387,8 +410,12 @@ class KubeSource:
     def _watch(self, res: _Resource, rv: str) -> None:
         """Watch from ``rv`` until the server ends the stream; every event and bookmark
         advances ``resource_version()``. Raises ``_Gone`` on 410."""
-        kwargs = {"watch": True, "resource_version": rv, "allow_watch_bookmarks": True,
-                  "timeout_seconds": self.watch_timeout}
+        kwargs = {
+            "watch": True,
+            "resource_version": rv,
+            "allow_watch_bookmarks": True,
+            "timeout_seconds": self.watch_timeout,
+        }
         response = self._open(res, kwargs, (self.connect_timeout, self.watch_timeout + 30))
         try:
             self._set_failing(res, False)
@@ -423,16 +450,16 @@ class KubeSource:
         self._set_resource_version(res, new_rv)
         return new_rv
 
-    def _request(self, res: _Resource, kwargs: dict[str, Any],
-                 timeout: tuple[float, float]) -> bytes:
+    def _request(
+        self, res: _Resource, kwargs: dict[str, Any], timeout: tuple[float, float]
+    ) -> bytes:
         response = self._open(res, kwargs, timeout)
         try:
             return b"".join(response.stream(1 << 16))
         finally:
             response.release_conn()
 
-    def _open(self, res: _Resource, kwargs: dict[str, Any],
-              timeout: tuple[float, float]) -> Any:
+    def _open(self, res: _Resource, kwargs: dict[str, Any], timeout: tuple[float, float]) -> Any:
         """Send a list/watch request; the open urllib3 response (2xx only, else
         ``ApiException``), registered so that ``close()`` can shut it down."""
         if res.label_selector:
@@ -460,11 +487,13 @@ class KubeSource:
                 self._failing.pop(res.kind, None)
             now_stale = bool(self._failing)
         if now_stale and not was_stale:
-            log.warning("kube: the API server is unreachable; keeping the last known "
-                        "objects (stale)")
+            log.warning(
+                "kube: the API server is unreachable; keeping the last known objects (stale)"
+            )
         elif was_stale and not now_stale and since is not None:
-            log.info("kube: the API server is back after %.1fs; no longer stale",
-                     self.clock() - since)
+            log.info(
+                "kube: the API server is back after %.1fs; no longer stale", self.clock() - since
+            )
 
 
 # --- helpers ------------------------------------------------------------------------
@@ -476,17 +505,20 @@ def default_node_name(node_name: str | None) -> str:
     return node_name or os.environ.get("NODE_NAME") or socket.gethostname()
 
 
-
 def _api_client(kubeconfig: str | None, *, context: str | None, in_cluster: bool) -> Any:
     configuration = k8s_client.Configuration()
     try:
         if in_cluster:
             k8s_config.load_incluster_config(  # type: ignore[no-untyped-call]
-                client_configuration=configuration)
+                client_configuration=configuration
+            )
         else:
             k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=kubeconfig, context=context,
-                client_configuration=configuration, persist_config=False)
+                config_file=kubeconfig,
+                context=context,
+                client_configuration=configuration,
+                persist_config=False,
+            )
     except (k8s_config.ConfigException, OSError, ValueError) as e:
         where = "in-cluster configuration" if in_cluster else f"kubeconfig {kubeconfig or '~'}"
         raise SourceError(f"cannot load {where}: {e}") from e
@@ -498,15 +530,27 @@ def _resources(api_client: Any, node_name: str | None) -> tuple[_Resource, ...]:
     core = k8s_client.CoreV1Api(api_client)
     discovery = k8s_client.DiscoveryV1Api(api_client)
     found = [
-        _Resource(SERVICE, "v1", "services", core.list_service_for_all_namespaces,
-                  label_selector=PROXY_LABEL_SELECTOR),
-        _Resource(ENDPOINT_SLICE, "discovery.k8s.io/v1", "endpointslices",
-                  discovery.list_endpoint_slice_for_all_namespaces,
-                  label_selector=PROXY_LABEL_SELECTOR),
+        _Resource(
+            SERVICE,
+            "v1",
+            "services",
+            core.list_service_for_all_namespaces,
+            label_selector=PROXY_LABEL_SELECTOR,
+        ),
+        _Resource(
+            ENDPOINT_SLICE,
+            "discovery.k8s.io/v1",
+            "endpointslices",
+            discovery.list_endpoint_slice_for_all_namespaces,
+            label_selector=PROXY_LABEL_SELECTOR,
+        ),
     ]
     if node_name:
-        found.append(_Resource(NODE, "v1", "nodes", core.list_node,
-                               field_selector=f"metadata.name={node_name}"))
+        found.append(
+            _Resource(
+                NODE, "v1", "nodes", core.list_node, field_selector=f"metadata.name={node_name}"
+            )
+        )
     return tuple(found)
 
 

@@ -100,9 +100,13 @@ class ManifestSource:
         """Re-read the changed files; the Services they change."""
         snap = self._refresh()
         changes = self._tracker.take_changes()
-        return Changes(changes.services, changes.nodes, snap.errors,
-                       service_objects=changes.service_objects,
-                       slice_objects=changes.slice_objects)
+        return Changes(
+            changes.services,
+            changes.nodes,
+            snap.errors,
+            service_objects=changes.service_objects,
+            slice_objects=changes.slice_objects,
+        )
 
     def service(self, ref: ServiceRef) -> Obj | None:
         return self._tracker.service(ref)
@@ -160,8 +164,9 @@ class ManifestSource:
                 continue
             try:
                 if entry.is_dir():
-                    passed[entry.path] = ("a subdirectory: only the files directly in "
-                                          "the manifest directory are read")
+                    passed[entry.path] = (
+                        "a subdirectory: only the files directly in the manifest directory are read"
+                    )
                     continue
                 if not entry.name.endswith(SUFFIXES):
                     continue
@@ -169,7 +174,8 @@ class ManifestSource:
                     passed[entry.path] = (
                         f"a dangling symlink to {os.readlink(entry.path)}"
                         if entry.is_symlink() and not os.path.exists(entry.path)
-                        else "not a regular file")
+                        else "not a regular file"
+                    )
                     continue
                 st = entry.stat()
             except OSError as e:
@@ -219,8 +225,9 @@ class ManifestSource:
                 key = object_key(obj)
                 owner = owners.get(key)
                 if owner is not None:
-                    errors.append(FileError(path, f"{_describe(key)} is also in {owner.name}; "
-                                                  "ignored"))
+                    errors.append(
+                        FileError(path, f"{_describe(key)} is also in {owner.name}; ignored")
+                    )
                     continue
                 owners[key] = path
                 served, why = self._last_good.choose(key, obj)

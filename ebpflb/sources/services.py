@@ -35,8 +35,9 @@ DEFAULT_AFFINITY_TIMEOUT = 10800  # seconds; Kubernetes' default for ClientIP af
 MAX_AFFINITY_TIMEOUT = 86400  # seconds; the API server's upper bound
 
 
-def _parse_services(services: Iterable[Obj], errors: list[ObjectError]
-                    ) -> dict[tuple[str, str], _Service]:
+def _parse_services(
+    services: Iterable[Obj], errors: list[ObjectError]
+) -> dict[tuple[str, str], _Service]:
     """Every good Service by (namespace, name): plain tuples hash and sort in C."""
     parsed: dict[tuple[str, str], _Service] = {}
     for obj in services:
@@ -120,7 +121,8 @@ def _parse_service(obj: Obj, errors: list[ObjectError]) -> _Service | None:
     annotations = meta.get("annotations")
     if "trafficDistribution" in spec or annotations:
         wanted, problem = topology.preference(
-            spec, annotations if _is_mapping(annotations) else None)
+            spec, annotations if _is_mapping(annotations) else None
+        )
         if problem:
             report(problem)
     return _Service(  # positionally: keywords make a NamedTuple ~1.7x as costly
@@ -266,8 +268,7 @@ def _source_ranges(values: Any) -> tuple[ipaddress.IPv4Network, ...]:
         try:
             found.append(ipaddress.ip_network(_string(value, "a source range").strip()))
         except ValueError:
-            raise _Invalid(
-                f"spec.loadBalancerSourceRanges: {value!r} is not a CIDR") from None
+            raise _Invalid(f"spec.loadBalancerSourceRanges: {value!r} is not a CIDR") from None
     v4 = tuple(sorted({n for n in found if isinstance(n, ipaddress.IPv4Network)}))
     if found and not v4:
         raise _Invalid("spec.loadBalancerSourceRanges has no IPv4 range (this node is IPv4-only)")

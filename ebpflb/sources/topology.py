@@ -51,8 +51,9 @@ _DISTRIBUTIONS = {
 }
 
 
-def preference(spec: Mapping[str, Any], annotations: Mapping[str, Any] | None
-               ) -> tuple[Preference, str | None]:
+def preference(
+    spec: Mapping[str, Any], annotations: Mapping[str, Any] | None
+) -> tuple[Preference, str | None]:
     """What the Service asks for, and what is wrong with its ``spec.trafficDistribution``
     if anything (an unknown value is ignored: the annotation then decides)."""
     distribution = spec.get("trafficDistribution")
@@ -63,7 +64,8 @@ def preference(spec: Mapping[str, Any], annotations: Mapping[str, Any] | None
         return found, None
     return _annotation_preference(annotations), (
         f"spec.trafficDistribution {distribution!r} is not PreferClose, PreferSameZone or "
-        "PreferSameNode; ignored")
+        "PreferSameNode; ignored"
+    )
 
 
 def _annotation_preference(annotations: Mapping[str, Any] | None) -> Preference:
@@ -88,8 +90,9 @@ def node_zone(nodes: Iterable[Mapping[str, Any]], node_name: str) -> str | None:
     return None
 
 
-def prefer(backends: tuple[Backend, ...], wanted: Preference, *, node_name: str | None,
-           zone: str | None) -> tuple[Backend, ...]:
+def prefer(
+    backends: tuple[Backend, ...], wanted: Preference, *, node_name: str | None, zone: str | None
+) -> tuple[Backend, ...]:
     """``backends`` with the ready ones that topology excludes marked not ready (so they
     take no new flows, while flows already on them stay), or ``backends`` itself when
     topology does not apply."""
@@ -98,21 +101,17 @@ def prefer(backends: tuple[Backend, ...], wanted: Preference, *, node_name: str 
     ready = [b for b in backends if b.ready]
     if not ready:
         return backends
-    if (wanted is Preference.NODE and node_name
-            and _usable(ready, node_name, lambda b: b.for_nodes)):
+    if wanted is Preference.NODE and node_name and _usable(ready, node_name, lambda b: b.for_nodes):
         return _keep(backends, lambda b: node_name in b.for_nodes)
     if zone and _usable(ready, zone, lambda b: b.for_zones):
         return _keep(backends, lambda b: zone in b.for_zones)
     return backends
 
 
-def _usable(ready: list[Backend], name: str,
-            hints: Callable[[Backend], tuple[str, ...]]) -> bool:
+def _usable(ready: list[Backend], name: str, hints: Callable[[Backend], tuple[str, ...]]) -> bool:
     """Every ready endpoint has hints of this kind, and one of them names ``name``."""
     return all(hints(b) for b in ready) and any(name in hints(b) for b in ready)
 
 
-def _keep(backends: tuple[Backend, ...], chosen: Callable[[Backend], bool]
-          ) -> tuple[Backend, ...]:
-    return tuple(b if not b.ready or chosen(b) else replace(b, ready=False)
-                 for b in backends)
+def _keep(backends: tuple[Backend, ...], chosen: Callable[[Backend], bool]) -> tuple[Backend, ...]:
+    return tuple(b if not b.ready or chosen(b) else replace(b, ready=False) for b in backends)

@@ -95,9 +95,12 @@ class ChangeTracker:
         """The changed Services, whether a Node changed, and how many Service and
         EndpointSlice objects changed; ends the change period."""
         real = [k[0] for k, c in self._changes.items() if c.previous != c.current]
-        changes = Changes(frozenset(self.changed_services()), NODE in real,
-                          service_objects=real.count(SERVICE),
-                          slice_objects=real.count(ENDPOINT_SLICE))
+        changes = Changes(
+            frozenset(self.changed_services()),
+            NODE in real,
+            service_objects=real.count(SERVICE),
+            slice_objects=real.count(ENDPOINT_SLICE),
+        )
         self._changes.clear()
         return changes
 

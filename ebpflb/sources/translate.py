@@ -73,8 +73,14 @@ from ebpflb.sources.fields import Obj, ObjectError, _error, _error_order, _ip
 from ebpflb.sources.services import _parse_services, _Service
 from ebpflb.sources.topology import Preference
 
-__all__ = ["ObjectError", "TranslateResult", "Translation", "node_addresses", "translate",
-           "translate_dicts"]
+__all__ = [
+    "ObjectError",
+    "TranslateResult",
+    "Translation",
+    "node_addresses",
+    "translate",
+    "translate_dicts",
+]
 
 
 @dataclass(frozen=True)
@@ -97,8 +103,9 @@ def translate(
     enables the Local traffic policies, and with ``node_zone`` topology-aware routing
     (see the module docstring).
     """
-    t = translate_dicts(services, slices, node_name=node_name, node_zone=node_zone,
-                        node_addresses=node_addresses)
+    t = translate_dicts(
+        services, slices, node_name=node_name, node_zone=node_zone, node_addresses=node_addresses
+    )
     state = DesiredState(MappingProxyType(t.entries), MappingProxyType(t.services))
     return TranslateResult(state, t.errors)
 
@@ -129,8 +136,8 @@ def translate_dicts(
     nodes = tuple(dict.fromkeys(a for a in node_addresses if a.version == 4))
     ordered = [parsed[name] for name in sorted(parsed)]
     entries, keys_of = _claim(
-        ((s.info.ref, _entries(s, backends, node_name, node_zone, nodes))
-         for s in ordered), errors)
+        ((s.info.ref, _entries(s, backends, node_name, node_zone, nodes)) for s in ordered), errors
+    )
     return Translation(
         entries=entries,
         services={s.info.ref: _info(s, backends, node_name) for s in ordered},
@@ -152,8 +159,10 @@ def _claim(
             owner = claimed.get(key)
             if owner is not None:
                 fe = entry.frontend
-                msg = (f"{fe.kind} frontend {fe} is already used by Service "
-                       f"{owner.port_name.service}; skipped")
+                msg = (
+                    f"{fe.kind} frontend {fe} is already used by Service "
+                    f"{owner.port_name.service}; skipped"
+                )
                 errors.append(_error("Service", ref, msg))
                 continue
             claimed[key] = entry
@@ -162,9 +171,9 @@ def _claim(
     return dict(in_order), keys_of  # the key tuples shared with keys_of, not copies
 
 
-def node_addresses(nodes: Iterable[Obj], node_name: str, *,
-                   types: Collection[str] = ("InternalIP", "ExternalIP")
-                   ) -> tuple[IPAddress, ...]:
+def node_addresses(
+    nodes: Iterable[Obj], node_name: str, *, types: Collection[str] = ("InternalIP", "ExternalIP")
+) -> tuple[IPAddress, ...]:
     """The addresses of these ``types`` (by default InternalIP and ExternalIP) of the
     Node named ``node_name`` (malformed ones are left out), in the Node's order; () when
     there is no such Node."""
@@ -207,8 +216,7 @@ def _entries(
         # Topology narrows what the Cluster policies use, never the Local ones'.
         cluster = every
         if svc.topology is not Preference.NONE:
-            cluster = topology.prefer(every, svc.topology, node_name=node_name,
-                                      zone=node_zone)
+            cluster = topology.prefer(every, svc.topology, node_name=node_name, zone=node_zone)
         internal = external = cluster
         if node_name and (svc.internal_local or svc.external_local):
             local = tuple(b for b in every if b.node == node_name)
@@ -217,9 +225,15 @@ def _entries(
         # A Local policy that leaves a frontend empty while the Service has endpoints
         # elsewhere drops its traffic; a Service without any endpoint refuses it.
         elsewhere = bool(node_name) and bool(usable_backends(every))
-        entries.append(ServiceEntry(Frontend(svc.address, port.port, port.protocol),
-                                    name, internal, svc.affinity_timeout,
-                                    drop_when_empty=elsewhere and svc.internal_local))
+        entries.append(
+            ServiceEntry(
+                Frontend(svc.address, port.port, port.protocol),
+                name,
+                internal,
+                svc.affinity_timeout,
+                drop_when_empty=elsewhere and svc.internal_local,
+            )
+        )
         frontends: list[tuple[IPAddress, int, FrontendKind]] = []
         if node_port_type and port.node_port is not None:
             frontends += [(a, port.node_port, FrontendKind.NODE_PORT) for a in nodes]
@@ -228,11 +242,17 @@ def _entries(
         if svc.load_balancer:
             frontends += [(a, port.port, FrontendKind.LOAD_BALANCER) for a in svc.load_balancer]
         for address, number, kind in frontends:
-            entries.append(ServiceEntry(
-                Frontend(address, number, port.protocol, kind), name, external,
-                svc.affinity_timeout, _snat_address(svc, kind, address, nodes),
-                svc.source_ranges if kind is FrontendKind.LOAD_BALANCER else (),
-                elsewhere and svc.external_local))
+            entries.append(
+                ServiceEntry(
+                    Frontend(address, number, port.protocol, kind),
+                    name,
+                    external,
+                    svc.affinity_timeout,
+                    _snat_address(svc, kind, address, nodes),
+                    svc.source_ranges if kind is FrontendKind.LOAD_BALANCER else (),
+                    elsewhere and svc.external_local,
+                )
+            )
     return entries
 
 
@@ -250,8 +270,9 @@ def _info(svc: _Service, backends: _Backends, node_name: str | None) -> ServiceI
     return replace(info, local_endpoints=len(local))
 
 
-def _snat_address(svc: _Service, kind: FrontendKind, address: IPAddress,
-                  nodes: tuple[IPAddress, ...]) -> ipaddress.IPv4Address | None:
+def _snat_address(
+    svc: _Service, kind: FrontendKind, address: IPAddress, nodes: tuple[IPAddress, ...]
+) -> ipaddress.IPv4Address | None:
     """What external clients are source-NATed to: nothing under externalTrafficPolicy:
     Local (the client's address is kept); else the node address the NodePort was
     reached at, or the node's first address for an external or load-balancer IP."""
@@ -259,4 +280,3 @@ def _snat_address(svc: _Service, kind: FrontendKind, address: IPAddress,
         return None
     chosen = address if kind is FrontendKind.NODE_PORT else (nodes[0] if nodes else None)
     return chosen if isinstance(chosen, ipaddress.IPv4Address) else None
-

@@ -32,29 +32,32 @@ class SyncResult:
     frontends: int
     seconds: float
     refused: Mapping[ServiceRef, str] = field(
-        default_factory=lambda: MappingProxyType({}))  # Service -> why it did not fit
+        default_factory=lambda: MappingProxyType({})
+    )  # Service -> why it did not fit
 
 
 class Syncer:
-    def __init__(self, dataplane: Dataplane, *, clock: Callable[[], float] = time.monotonic
-                 ) -> None:
+    def __init__(
+        self, dataplane: Dataplane, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.dataplane = dataplane
         self.clock = clock
 
-    def plan(self, desired: DesiredState,
-             touched: Collection[FrontendKey] | None = None) -> Plan:
+    def plan(self, desired: DesiredState, touched: Collection[FrontendKey] | None = None) -> Plan:
         """The plan to `desired`; with `touched`, only those frontends are compared
         (the incremental path: a change to one Service costs one Service's work)."""
         current = self.dataplane.current()
         if touched is None:
             return diff(current, desired_frontends(desired))
         have = {k: current[k] for k in touched if k in current}
-        want = {k: FrontendState.from_entry(desired.entries[k])
-                for k in touched if k in desired.entries}
+        want = {
+            k: FrontendState.from_entry(desired.entries[k]) for k in touched if k in desired.entries
+        }
         return diff(have, want)
 
-    def sync(self, desired: DesiredState,
-             touched: Collection[FrontendKey] | None = None) -> SyncResult:
+    def sync(
+        self, desired: DesiredState, touched: Collection[FrontendKey] | None = None
+    ) -> SyncResult:
         """Apply the plan to `desired`, less the Services that do not fit. Raises on
         any other data path failure (then the caller resyncs everything later)."""
         start = self.clock()
@@ -80,13 +83,19 @@ class Syncer:
                 plan = plan.without(self._keys_of(set(refused), plan, desired))
                 log.debug("refused %d Services: %s", len(refs), exc)  # the caller logs them
         else:
-            raise CapacityError(f"the plan still does not fit after refusing "
-                                f"{len(refused)} Services")
+            raise CapacityError(
+                f"the plan still does not fit after refusing {len(refused)} Services"
+            )
         elapsed = self.clock() - start
         result = SyncResult(plan, len(desired.entries), elapsed, MappingProxyType(refused))
         if plan:
-            log.info("sync: %d frontends; %s (%d ops) in %.1f ms",
-                     result.frontends, plan.summary(), len(plan), elapsed * 1e3)
+            log.info(
+                "sync: %d frontends; %s (%d ops) in %.1f ms",
+                result.frontends,
+                plan.summary(),
+                len(plan),
+                elapsed * 1e3,
+            )
         return result
 
     def _owner(self, frontend: object, desired: DesiredState) -> ServiceRef | None:
@@ -98,8 +107,9 @@ class Syncer:
         held = self.dataplane.current().get(frontend.key)
         return held.port_name.service if held is not None else None
 
-    def _keys_of(self, refs: Collection[ServiceRef], plan: Plan, desired: DesiredState
-                 ) -> set[FrontendKey]:
+    def _keys_of(
+        self, refs: Collection[ServiceRef], plan: Plan, desired: DesiredState
+    ) -> set[FrontendKey]:
         """The frontends in `plan` that belong to any of `refs`, as desired or as held
         (one pass over the plan)."""
         frontends = {op_frontend(op) for op in plan.ops}

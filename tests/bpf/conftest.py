@@ -43,8 +43,12 @@ def pin_dir() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def program(pin_dir: str) -> Iterator[LoadedProgram]:
-    prog = compile_program(pin_dir=pin_dir, max_services=MAX_SERVICES,
-                           max_backends=MAX_BACKENDS, max_conntrack=MAX_CONNTRACK)
+    prog = compile_program(
+        pin_dir=pin_dir,
+        max_services=MAX_SERVICES,
+        max_backends=MAX_BACKENDS,
+        max_conntrack=MAX_CONNTRACK,
+    )
     try:
         yield prog
     finally:
@@ -75,23 +79,51 @@ class Maps:
         def m(name: str) -> PinnedMap:
             return PinnedMap(os.path.join(pin_dir, name))
 
-        return cls(pin_dir, m(abi.MAP_SERVICES), m(abi.MAP_SLOTS), m(abi.MAP_BACKENDS),
-                   m(abi.MAP_REVNAT), m(abi.MAP_CONNTRACK), m(abi.MAP_SVC_STATS),
-                   m(abi.MAP_GLOBAL_STATS), m(abi.MAP_SVC_META), m(abi.MAP_AFFINITY),
-                   m(abi.MAP_SRC_RANGES), m(abi.MAP_CONFIG), m(abi.MAP_MAGLEV),
-                   m(abi.MAP_DROPS))
+        return cls(
+            pin_dir,
+            m(abi.MAP_SERVICES),
+            m(abi.MAP_SLOTS),
+            m(abi.MAP_BACKENDS),
+            m(abi.MAP_REVNAT),
+            m(abi.MAP_CONNTRACK),
+            m(abi.MAP_SVC_STATS),
+            m(abi.MAP_GLOBAL_STATS),
+            m(abi.MAP_SVC_META),
+            m(abi.MAP_AFFINITY),
+            m(abi.MAP_SRC_RANGES),
+            m(abi.MAP_CONFIG),
+            m(abi.MAP_MAGLEV),
+            m(abi.MAP_DROPS),
+        )
 
     def all(self) -> list[PinnedMap]:
-        return [self.svc4, self.slot4, self.be4, self.rnat4, self.ct4, self.svcstat,
-                self.gstat, self.svcmeta, self.affinity, self.src_ranges, self.config,
-                self.maglev, self.drops]
+        return [
+            self.svc4,
+            self.slot4,
+            self.be4,
+            self.rnat4,
+            self.ct4,
+            self.svcstat,
+            self.gstat,
+            self.svcmeta,
+            self.affinity,
+            self.src_ranges,
+            self.config,
+            self.maglev,
+            self.drops,
+        ]
 
     def clear(self) -> None:
         """Empty the hash maps and zero the per-CPU arrays."""
         hashes: list[tuple[PinnedMap, type[ctypes.Structure]]] = [
-            (self.svc4, abi.Lb4Key), (self.slot4, abi.Lb4SlotKey), (self.ct4, abi.Ct4Key),
-            (self.be4, _U32), (self.rnat4, _U32), (self.svcmeta, _U32),
-            (self.affinity, abi.Aff4Key), (self.src_ranges, abi.SrcRange4Key),
+            (self.svc4, abi.Lb4Key),
+            (self.slot4, abi.Lb4SlotKey),
+            (self.ct4, abi.Ct4Key),
+            (self.be4, _U32),
+            (self.rnat4, _U32),
+            (self.svcmeta, _U32),
+            (self.affinity, abi.Aff4Key),
+            (self.src_ranges, abi.SrcRange4Key),
         ]
         for m, key_type in hashes:
             for key in list(m.keys(key_type)):
@@ -113,26 +145,31 @@ class Maps:
     # Writers, in the order the real map writer uses: backends, slots, reverse NAT,
     # then the service entry whose count makes the slots visible.
     def add_backend(self, svc_id: int, backend_id: int, addr: str, port: int, proto: int) -> None:
-        self.be4.update(ctypes.c_uint32(backend_id),
-                        abi.Lb4Backend(abi.pack_ip4(addr), abi.htons(port), proto,
-                                       abi.BackendFlag.ACTIVE, svc_id))
+        self.be4.update(
+            ctypes.c_uint32(backend_id),
+            abi.Lb4Backend(
+                abi.pack_ip4(addr), abi.htons(port), proto, abi.BackendFlag.ACTIVE, svc_id
+            ),
+        )
 
     def set_slots(self, svc_id: int, backend_ids: list[int]) -> None:
         for slot, backend_id in enumerate(backend_ids):
             self.slot4.update(abi.Lb4SlotKey(svc_id, slot), ctypes.c_uint32(backend_id))
 
-    def add_service(self, svc_id: int, addr: str, port: int, proto: int,
-                    backends: dict[int, tuple[str, int]]) -> None:
+    def add_service(
+        self, svc_id: int, addr: str, port: int, proto: int, backends: dict[int, tuple[str, int]]
+    ) -> None:
         for backend_id, (baddr, bport) in backends.items():
             self.add_backend(svc_id, backend_id, baddr, bport, proto)
         self.set_slots(svc_id, list(backends))
-        self.rnat4.update(ctypes.c_uint32(svc_id),
-                          abi.Lb4Rnat(abi.pack_ip4(addr), abi.htons(port)))
+        self.rnat4.update(ctypes.c_uint32(svc_id), abi.Lb4Rnat(abi.pack_ip4(addr), abi.htons(port)))
         self.set_count(svc_id, addr, port, proto, len(backends))
 
     def set_count(self, svc_id: int, addr: str, port: int, proto: int, count: int) -> None:
-        self.svc4.update(abi.Lb4Key(abi.pack_ip4(addr), abi.htons(port), proto),
-                         abi.Lb4Service(svc_id, count, abi.SvcFlag.CLUSTERIP))
+        self.svc4.update(
+            abi.Lb4Key(abi.pack_ip4(addr), abi.htons(port), proto),
+            abi.Lb4Service(svc_id, count, abi.SvcFlag.CLUSTERIP),
+        )
 
     def gstat_value(self, stat: abi.GlobalStat) -> int:
         return sum(v.value for v in self.gstat.lookup_percpu(ctypes.c_uint32(stat), _U64))

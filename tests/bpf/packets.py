@@ -63,14 +63,22 @@ class Flow:
         return Flow(self.proto, self.daddr, self.saddr, self.dport, self.sport)
 
 
-def l4_segment(flow: Flow, payload: bytes = b"", *, tcp_flags: int = TCP_SYN,
-               udp_zero_csum: bool = False, seq: int = 1000, ack: int = 0) -> bytes:
+def l4_segment(
+    flow: Flow,
+    payload: bytes = b"",
+    *,
+    tcp_flags: int = TCP_SYN,
+    udp_zero_csum: bool = False,
+    seq: int = 1000,
+    ack: int = 0,
+) -> bytes:
     """A TCP (no options) or UDP header plus payload, with its checksum."""
     src = ipaddress.IPv4Address(flow.saddr).packed
     dst = ipaddress.IPv4Address(flow.daddr).packed
     if flow.proto == TCP:
-        hdr = struct.pack("!HHIIBBHHH", flow.sport, flow.dport, seq, ack, 5 << 4, tcp_flags,
-                          65535, 0, 0)
+        hdr = struct.pack(
+            "!HHIIBBHHH", flow.sport, flow.dport, seq, ack, 5 << 4, tcp_flags, 65535, 0, 0
+        )
         seg = hdr + payload
         csum = inet_csum(_pseudo(src, dst, TCP, len(seg)) + seg)
         return seg[:16] + struct.pack("!H", csum) + seg[18:]
@@ -82,27 +90,59 @@ def l4_segment(flow: Flow, payload: bytes = b"", *, tcp_flags: int = TCP_SYN,
     return payload  # another protocol: the payload is the whole L4 part
 
 
-def ipv4(flow: Flow, l4: bytes, *, options: bytes = b"", frag_offset: int = 0,
-         more_fragments: bool = False, ident: int = 0x1234, ttl: int = 64) -> bytes:
+def ipv4(
+    flow: Flow,
+    l4: bytes,
+    *,
+    options: bytes = b"",
+    frag_offset: int = 0,
+    more_fragments: bool = False,
+    ident: int = 0x1234,
+    ttl: int = 64,
+) -> bytes:
     """An IPv4 header (options padded to 4 bytes) in front of l4, with its checksum."""
     options += b"\0" * (-len(options) % 4)
     ihl = 5 + len(options) // 4
     frag = (IP_MF if more_fragments else 0) | (frag_offset // 8)
-    hdr = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, ihl * 4 + len(l4), ident, frag, ttl,
-                      flow.proto, 0, ipaddress.IPv4Address(flow.saddr).packed,
-                      ipaddress.IPv4Address(flow.daddr).packed) + options
+    hdr = (
+        struct.pack(
+            "!BBHHHBBH4s4s",
+            0x40 | ihl,
+            0,
+            ihl * 4 + len(l4),
+            ident,
+            frag,
+            ttl,
+            flow.proto,
+            0,
+            ipaddress.IPv4Address(flow.saddr).packed,
+            ipaddress.IPv4Address(flow.daddr).packed,
+        )
+        + options
+    )
     csum = inet_csum(hdr)
     return hdr[:10] + struct.pack("!H", csum) + hdr[12:] + l4
 
 
-def frame(flow: Flow, payload: bytes = b"", *, options: bytes = b"", frag_offset: int = 0,
-          more_fragments: bool = False, udp_zero_csum: bool = False,
-          tcp_flags: int = TCP_SYN, seq: int = 1000, ack: int = 0) -> bytes:
+def frame(
+    flow: Flow,
+    payload: bytes = b"",
+    *,
+    options: bytes = b"",
+    frag_offset: int = 0,
+    more_fragments: bool = False,
+    udp_zero_csum: bool = False,
+    tcp_flags: int = TCP_SYN,
+    seq: int = 1000,
+    ack: int = 0,
+) -> bytes:
     """An Ethernet frame carrying flow's packet."""
-    l4 = l4_segment(flow, payload, tcp_flags=tcp_flags, udp_zero_csum=udp_zero_csum,
-                    seq=seq, ack=ack)
-    return ethernet(ipv4(flow, l4, options=options, frag_offset=frag_offset,
-                         more_fragments=more_fragments))
+    l4 = l4_segment(
+        flow, payload, tcp_flags=tcp_flags, udp_zero_csum=udp_zero_csum, seq=seq, ack=ack
+    )
+    return ethernet(
+        ipv4(flow, l4, options=options, frag_offset=frag_offset, more_fragments=more_fragments)
+    )
 
 
 def arp_request() -> bytes:
@@ -143,11 +183,17 @@ def parse(data: bytes) -> Parsed:
     ip = data[ETH_HLEN:]
     ihl = _ip_header_len(data)
     proto = ip[9]
-    sport, dport = struct.unpack("!HH", ip[ihl:ihl + 4])
+    sport, dport = struct.unpack("!HH", ip[ihl : ihl + 4])
     csum_at = ihl + (16 if proto == TCP else 6)
-    (l4_csum,) = struct.unpack("!H", ip[csum_at:csum_at + 2])
-    return Parsed(proto, str(ipaddress.IPv4Address(ip[12:16])),
-                  str(ipaddress.IPv4Address(ip[16:20])), sport, dport, l4_csum)
+    (l4_csum,) = struct.unpack("!H", ip[csum_at : csum_at + 2])
+    return Parsed(
+        proto,
+        str(ipaddress.IPv4Address(ip[12:16])),
+        str(ipaddress.IPv4Address(ip[16:20])),
+        sport,
+        dport,
+        l4_csum,
+    )
 
 
 def _ip_checked(data: bytes) -> tuple[bytes, int, bytes, list[str]]:
@@ -174,28 +220,45 @@ def checksum_errors(data: bytes, *, udp_zero_allowed: bool = False) -> list[str]
     return errors
 
 
-def rewritten(data: bytes, *, saddr: str | None = None, daddr: str | None = None,
-              sport: int | None = None, dport: int | None = None) -> bytes:
+def rewritten(
+    data: bytes,
+    *,
+    saddr: str | None = None,
+    daddr: str | None = None,
+    sport: int | None = None,
+    dport: int | None = None,
+) -> bytes:
     """data with the given addresses/ports replaced and both checksums recomputed from
     scratch: what a correct translation must produce, byte for byte (a UDP checksum of
     0 stays 0)."""
     p = parse(data)
-    flow = Flow(p.proto, saddr or p.saddr, daddr or p.daddr,
-                p.sport if sport is None else sport, p.dport if dport is None else dport)
+    flow = Flow(
+        p.proto,
+        saddr or p.saddr,
+        daddr or p.daddr,
+        p.sport if sport is None else sport,
+        p.dport if dport is None else dport,
+    )
     ihl = _ip_header_len(data)
     ip = data[ETH_HLEN:]
     seg = bytearray(ip[ihl:])
     seg[0:4] = struct.pack("!HH", flow.sport, flow.dport)
     csum_at = 16 if p.proto == TCP else 6
     keep_zero = p.proto == UDP and p.l4_csum == 0
-    seg[csum_at:csum_at + 2] = b"\0\0"
+    seg[csum_at : csum_at + 2] = b"\0\0"
     if not keep_zero:
-        csum = inet_csum(_pseudo(ipaddress.IPv4Address(flow.saddr).packed,
-                                 ipaddress.IPv4Address(flow.daddr).packed, p.proto,
-                                 len(seg)) + bytes(seg))
+        csum = inet_csum(
+            _pseudo(
+                ipaddress.IPv4Address(flow.saddr).packed,
+                ipaddress.IPv4Address(flow.daddr).packed,
+                p.proto,
+                len(seg),
+            )
+            + bytes(seg)
+        )
         if p.proto == UDP and csum == 0:
             csum = 0xFFFF
-        seg[csum_at:csum_at + 2] = struct.pack("!H", csum)
+        seg[csum_at : csum_at + 2] = struct.pack("!H", csum)
     hdr = bytearray(ip[:ihl])
     hdr[12:16] = ipaddress.IPv4Address(flow.saddr).packed
     hdr[16:20] = ipaddress.IPv4Address(flow.daddr).packed
@@ -208,12 +271,18 @@ ICMP_DEST_UNREACH = 3
 ICMP_PORT_UNREACH = 3
 
 
-def icmp_error(sender: str, receiver: str, quoted: bytes, *, icmp_type: int = ICMP_DEST_UNREACH,
-               code: int = ICMP_PORT_UNREACH) -> bytes:
+def icmp_error(
+    sender: str,
+    receiver: str,
+    quoted: bytes,
+    *,
+    icmp_type: int = ICMP_DEST_UNREACH,
+    code: int = ICMP_PORT_UNREACH,
+) -> bytes:
     """An Ethernet frame with an ICMP error from sender to receiver quoting the IPv4
     packet `quoted` (an Ethernet frame; its IP header and first 8 L4 bytes are quoted,
     as a kernel does)."""
-    quote = quoted[ETH_HLEN:ETH_HLEN + _ip_header_len(quoted) + 8]
+    quote = quoted[ETH_HLEN : ETH_HLEN + _ip_header_len(quoted) + 8]
     body = struct.pack("!BBHI", icmp_type, code, 0, 0) + quote
     body = body[:2] + struct.pack("!H", inet_csum(body)) + body[4:]
     return ethernet(ipv4(Flow(ICMP, sender, receiver, 0, 0), body))
@@ -231,13 +300,19 @@ class IcmpError:
 def parse_icmp_error(data: bytes) -> IcmpError:
     ip = data[ETH_HLEN:]
     ihl = _ip_header_len(data)
-    inner = ip[ihl + 8:]
+    inner = ip[ihl + 8 :]
     iihl = (inner[0] & 0x0F) * 4
-    sport, dport = struct.unpack("!HH", inner[iihl:iihl + 4])
-    quoted = Flow(inner[9], str(ipaddress.IPv4Address(inner[12:16])),
-                  str(ipaddress.IPv4Address(inner[16:20])), sport, dport)
-    return IcmpError(str(ipaddress.IPv4Address(ip[12:16])),
-                     str(ipaddress.IPv4Address(ip[16:20])), quoted)
+    sport, dport = struct.unpack("!HH", inner[iihl : iihl + 4])
+    quoted = Flow(
+        inner[9],
+        str(ipaddress.IPv4Address(inner[12:16])),
+        str(ipaddress.IPv4Address(inner[16:20])),
+        sport,
+        dport,
+    )
+    return IcmpError(
+        str(ipaddress.IPv4Address(ip[12:16])), str(ipaddress.IPv4Address(ip[16:20])), quoted
+    )
 
 
 def icmp_checksum_errors(data: bytes) -> list[str]:
@@ -245,7 +320,7 @@ def icmp_checksum_errors(data: bytes) -> list[str]:
     ip, ihl, seg, errors = _ip_checked(data)
     if inet_csum(seg) != 0:
         errors.append("ICMP checksum")
-    inner = ip[ihl + 8:]
-    if inet_csum(inner[:(inner[0] & 0x0F) * 4]) != 0:
+    inner = ip[ihl + 8 :]
+    if inet_csum(inner[: (inner[0] & 0x0F) * 4]) != 0:
         errors.append("quoted IPv4 header checksum")
     return errors

@@ -59,8 +59,11 @@ def _defines(header: str, prefix: str) -> dict[str, int]:
 @pytest.mark.parametrize(
     ("header", "prefix", "mirror"),
     [
-        ("drop_reasons.h", "DROP_", {e.name: e.value for e in abi.DropReason}
-         | {"MAX": abi.DROP_MAX}),
+        (
+            "drop_reasons.h",
+            "DROP_",
+            {e.name: e.value for e in abi.DropReason} | {"MAX": abi.DROP_MAX},
+        ),
         ("consts.h", "GSTAT_", {e.name: e.value for e in abi.GlobalStat} | {"MAX": abi.GSTAT_MAX}),
         ("consts.h", "SVC_F_", {e.name: e.value for e in abi.SvcFlag}),
         ("consts.h", "BE_F_", {e.name: e.value for e in abi.BackendFlag}),
@@ -95,8 +98,9 @@ def test_maps_h_declares_exactly_the_abi_maps() -> None:
 
 
 # map -> (key, value, per-CPU) as the Python side reads it
-_CType = (type[ctypes.c_uint8] | type[ctypes.c_uint32] | type[ctypes.c_uint64]
-          | type[ctypes.Structure])
+_CType = (
+    type[ctypes.c_uint8] | type[ctypes.c_uint32] | type[ctypes.c_uint64] | type[ctypes.Structure]
+)
 MAP_LAYOUT: dict[str, tuple[_CType, _CType, bool]] = {
     abi.MAP_SERVICES: (abi.Lb4Key, abi.Lb4Service, False),
     abi.MAP_SLOTS: (abi.Lb4SlotKey, ctypes.c_uint32, False),
@@ -135,8 +139,10 @@ def test_packed_layouts_match_the_ctypes_mirrors():
             abi.Lb4Key(abi.pack_ip4(ip), abi.htons(80), 6, 0),
             (ip.packed, abi.htons(80), 6, 0),
         ),
-        "lb4_service": (abi.Lb4Service(7, 3, 1, 10800, abi.pack_ip4(ip)),
-                        (7, 3, 1, 10800, ip.packed)),
+        "lb4_service": (
+            abi.Lb4Service(7, 3, 1, 10800, abi.pack_ip4(ip)),
+            (7, 3, 1, 10800, ip.packed),
+        ),
         "srcrange4_key": (abi.SrcRange4Key(56, 7, abi.pack_ip4(ip)), (56, 7, ip.packed)),
         "lb4_slot_key": (abi.Lb4SlotKey(7, 2), (7, 2)),
         "lb4_backend": (

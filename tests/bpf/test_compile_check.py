@@ -44,8 +44,9 @@ def test_compiles_the_source_tree_and_leaves_nothing(scratch: Path) -> None:
     assert _leftovers(scratch) == []
 
 
-def test_broken_sources_fail_with_the_file_named(scratch: Path, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_broken_sources_fail_with_the_file_named(
+    scratch: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     broken = tmp_path / "bpf"
     shutil.copytree(loader.bpf_dir(), broken)
     with (broken / loader.PROGRAM_FILE).open("a") as f:
@@ -60,12 +61,27 @@ def test_without_cap_sys_admin_pins_under_sys_fs_bpf(scratch: Path) -> None:
     """With CAP_BPF but no CAP_SYS_ADMIN no bpffs can be mounted: the scratch pins go
     to a directory under the mounted /sys/fs/bpf, removed afterwards."""
     assert BPFFS_ROOT in bpffs_mounts()  # scripts/setup.sh mounts it
-    code = ("from ebpflb.dataplane.bpf import loader\n"
-            "with loader._scratch_bpffs() as d: print(d)\n"
-            "print(loader.compile_check())\n")
-    proc = subprocess.run(["setpriv", "--bounding-set", "-sys_admin", "--inh-caps",
-                           "-sys_admin", sys.executable, "-c", code],
-                          capture_output=True, text=True, timeout=120, check=False)
+    code = (
+        "from ebpflb.dataplane.bpf import loader\n"
+        "with loader._scratch_bpffs() as d: print(d)\n"
+        "print(loader.compile_check())\n"
+    )
+    proc = subprocess.run(
+        [
+            "setpriv",
+            "--bounding-set",
+            "-sys_admin",
+            "--inh-caps",
+            "-sys_admin",
+            sys.executable,
+            "-c",
+            code,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     pin_dir, source = proc.stdout.split()
     assert Path(pin_dir).parent == Path(BPFFS_ROOT)

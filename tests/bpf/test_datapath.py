@@ -51,6 +51,7 @@ def assert_translated(inp: bytes, out: bytes, backends: dict[int, tuple[str, int
 
 # --- translated: (id, frame, backends of its service) -----------------------------
 
+
 @dataclass(frozen=True)
 class Translated:
     id: str
@@ -60,15 +61,17 @@ class Translated:
 
 TRANSLATED = [
     Translated("tcp-syn", pk.frame(TCP_FLOW), TCP_BACKENDS),
-    Translated("tcp-ack-odd-payload", pk.frame(TCP_FLOW, b"hello", tcp_flags=pk.TCP_ACK),
-               TCP_BACKENDS),
+    Translated(
+        "tcp-ack-odd-payload", pk.frame(TCP_FLOW, b"hello", tcp_flags=pk.TCP_ACK), TCP_BACKENDS
+    ),
     Translated("udp", pk.frame(UDP_FLOW, b"query"), UDP_BACKENDS),
-    Translated("udp-zero-checksum", pk.frame(UDP_FLOW, b"query", udp_zero_csum=True),
-               UDP_BACKENDS),
-    Translated("tcp-ip-options", pk.frame(TCP_FLOW, b"x", options=bytes([1, 1, 1, 1] * 3)),
-               TCP_BACKENDS),
-    Translated("udp-ip-options-max", pk.frame(UDP_FLOW, b"x", options=bytes([1] * 40)),
-               UDP_BACKENDS),
+    Translated("udp-zero-checksum", pk.frame(UDP_FLOW, b"query", udp_zero_csum=True), UDP_BACKENDS),
+    Translated(
+        "tcp-ip-options", pk.frame(TCP_FLOW, b"x", options=bytes([1, 1, 1, 1] * 3)), TCP_BACKENDS
+    ),
+    Translated(
+        "udp-ip-options-max", pk.frame(UDP_FLOW, b"x", options=bytes([1] * 40)), UDP_BACKENDS
+    ),
 ]
 
 
@@ -88,25 +91,32 @@ def test_udp_zero_checksum_stays_zero(services: Maps, run: RunFn) -> None:
 
 # --- untouched: (id, frame), verdict TC_ACT_OK and the output byte-for-byte the input --
 
+
 def _truncated(frame: bytes, length: int) -> bytes:
     return frame[:length]
 
 
 def _with_byte(frame: bytes, offset: int, value: int) -> bytes:
-    return frame[:offset] + bytes([value]) + frame[offset + 1:]
+    return frame[:offset] + bytes([value]) + frame[offset + 1 :]
 
 
 def _ip_len_too_long(frame: bytes) -> bytes:
     """A frame cut after the TCP header while the IP header still counts the payload."""
-    return frame[:pk.ETH_HLEN + 20 + 20]
+    return frame[: pk.ETH_HLEN + 20 + 20]
 
 
 UNTOUCHED: list[tuple[str, bytes]] = [
     ("not-a-service", pk.frame(pk.Flow(pk.TCP, CLIENT, "10.0.0.99", 40000, 80))),
     ("service-ip-other-port", pk.frame(pk.Flow(pk.TCP, CLIENT, CLUSTER_IP, 40000, 81))),
     ("service-port-other-proto", pk.frame(pk.Flow(pk.UDP, CLIENT, CLUSTER_IP, 40000, 80))),
-    ("icmp-to-service-ip", pk.ethernet(pk.ipv4(pk.Flow(pk.ICMP, CLIENT, CLUSTER_IP, 0, 0),
-                                               bytes([8, 0, 0xF7, 0xFF, 0, 0, 0, 0])))),
+    (
+        "icmp-to-service-ip",
+        pk.ethernet(
+            pk.ipv4(
+                pk.Flow(pk.ICMP, CLIENT, CLUSTER_IP, 0, 0), bytes([8, 0, 0xF7, 0xFF, 0, 0, 0, 0])
+            )
+        ),
+    ),
     ("reply-without-conntrack", pk.frame(pk.Flow(pk.TCP, "10.0.1.1", CLIENT, 8080, 40000))),
     # The kernel's test run refuses an IPv4 frame shorter than Ethernet + 20 bytes, so a
     # frame cut inside the fixed IP header cannot reach the program here; a cut inside
@@ -114,8 +124,7 @@ UNTOUCHED: list[tuple[str, bytes]] = [
     ("ip-header-only", _truncated(pk.frame(TCP_FLOW), pk.ETH_HLEN + 20)),
     ("ihl-below-5", _with_byte(pk.frame(TCP_FLOW), pk.ETH_HLEN, 0x44)),
     ("ip-version-6-in-ipv4-ethertype", _with_byte(pk.frame(TCP_FLOW), pk.ETH_HLEN, 0x65)),
-    ("cut-in-ip-options", _truncated(pk.frame(TCP_FLOW, options=bytes([1] * 8)),
-                                     pk.ETH_HLEN + 24)),
+    ("cut-in-ip-options", _truncated(pk.frame(TCP_FLOW, options=bytes([1] * 8)), pk.ETH_HLEN + 24)),
     ("cut-in-tcp-header", _truncated(pk.frame(TCP_FLOW), pk.ETH_HLEN + 20 + 10)),
     ("cut-in-udp-header", _truncated(pk.frame(UDP_FLOW), pk.ETH_HLEN + 20 + 6)),
     ("ip-length-beyond-frame", _ip_len_too_long(pk.frame(TCP_FLOW, b"payload"))),
@@ -146,11 +155,12 @@ def test_fragments_counted(services: Maps, run: RunFn) -> None:
 TC_ACT_REDIRECT = 7
 
 
-@pytest.mark.parametrize("flow", [pk.Flow(pk.TCP, CLIENT, EMPTY_IP, 40000, 80),
-                                  pk.Flow(pk.UDP, CLIENT, EMPTY_IP, 40000, 80)],
-                         ids=["tcp", "udp"])
-def test_service_without_any_endpoint_refuses(flow: pk.Flow, services: Maps,
-                                              run: RunFn) -> None:
+@pytest.mark.parametrize(
+    "flow",
+    [pk.Flow(pk.TCP, CLIENT, EMPTY_IP, 40000, 80), pk.Flow(pk.UDP, CLIENT, EMPTY_IP, 40000, 80)],
+    ids=["tcp", "udp"],
+)
+def test_service_without_any_endpoint_refuses(flow: pk.Flow, services: Maps, run: RunFn) -> None:
     """kube-proxy's REJECT: an ICMP port unreachable quoting the packet goes back out
     of the interface it came in on (MACs swapped), so connect() fails at once."""
     services.add_service(4, EMPTY_IP, 80, pk.UDP, {})
@@ -161,7 +171,7 @@ def test_service_without_any_endpoint_refuses(flow: pk.Flow, services: Maps,
     err = pk.parse_icmp_error(res.data)
     assert (err.saddr, err.daddr) == (EMPTY_IP, CLIENT)
     assert err.quoted == flow
-    assert res.data[pk.ETH_HLEN + 20:pk.ETH_HLEN + 22] == bytes([3, 3])  # port unreachable
+    assert res.data[pk.ETH_HLEN + 20 : pk.ETH_HLEN + 22] == bytes([3, 3])  # port unreachable
     assert len(res.data) == pk.ETH_HLEN + 20 + 8 + 28
     assert pk.icmp_checksum_errors(res.data) == []
     assert services.gstat_value(abi.GlobalStat.REJECT) == 1
@@ -169,8 +179,10 @@ def test_service_without_any_endpoint_refuses(flow: pk.Flow, services: Maps,
 
 
 def test_service_left_empty_by_a_local_policy_drops(services: Maps, run: RunFn) -> None:
-    services.svc4.update(abi.Lb4Key(abi.pack_ip4(EMPTY_IP), abi.htons(80), pk.TCP),
-                         abi.Lb4Service(3, 0, abi.SvcFlag.NODEPORT | abi.SvcFlag.DROP_EMPTY))
+    services.svc4.update(
+        abi.Lb4Key(abi.pack_ip4(EMPTY_IP), abi.htons(80), pk.TCP),
+        abi.Lb4Service(3, 0, abi.SvcFlag.NODEPORT | abi.SvcFlag.DROP_EMPTY),
+    )
     res = run(pk.frame(pk.Flow(pk.TCP, CLIENT, EMPTY_IP, 40000, 80)))
     assert res.retval == TC_ACT_SHOT
     assert services.gstat_value(abi.GlobalStat.NO_BACKEND) == 1
@@ -193,6 +205,7 @@ def test_slot_naming_other_services_backend_dropped(maps: Maps, run: RunFn) -> N
 
 
 # --- backend selection and conntrack ---------------------------------------------------
+
 
 def _flow(sport: int, proto: int = pk.TCP) -> pk.Flow:
     return pk.Flow(proto, CLIENT, CLUSTER_IP, sport, 80 if proto == pk.TCP else 53)
@@ -224,8 +237,14 @@ def test_flow_keeps_backend_when_backends_are_added(services: Maps, run: RunFn) 
 
 
 def _ct(maps: Maps, flow: pk.Flow, direction: abi.CtDir) -> abi.Ct4Value | None:
-    key = abi.Ct4Key(abi.pack_ip4(flow.saddr), abi.pack_ip4(flow.daddr), abi.htons(flow.sport),
-                     abi.htons(flow.dport), flow.proto, direction)
+    key = abi.Ct4Key(
+        abi.pack_ip4(flow.saddr),
+        abi.pack_ip4(flow.daddr),
+        abi.htons(flow.sport),
+        abi.htons(flow.dport),
+        flow.proto,
+        direction,
+    )
     return maps.ct4.lookup(key, abi.Ct4Value)
 
 
@@ -236,7 +255,9 @@ def test_conntrack_entries_written(services: Maps, run: RunFn) -> None:
     assert fwd is not None
     assert (fwd.backend_id, fwd.svc_id) == (backend_id, 1)
     assert (abi.unpack_ip4(fwd.nat_address), abi.ntohs(fwd.nat_port)) == (
-        abi.unpack_ip4(abi.pack_ip4(addr)), port)
+        abi.unpack_ip4(abi.pack_ip4(addr)),
+        port,
+    )
     assert fwd.created_ns > 0 and fwd.last_seen_ns >= fwd.created_ns
     rev = _ct(services, pk.Flow(pk.TCP, addr, CLIENT, port, TCP_FLOW.sport), abi.CtDir.REPLY)
     assert rev is not None
@@ -271,16 +292,22 @@ def test_flow_moves_when_its_backend_is_deleted(services: Maps, run: RunFn) -> N
 
 # --- replies -----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("flow", "zero_udp"),
     [(TCP_FLOW, False), (UDP_FLOW, False), (UDP_FLOW, True)],
     ids=["tcp", "udp", "udp-zero-checksum"],
 )
-def test_reply_rewritten_to_frontend(flow: pk.Flow, zero_udp: bool, services: Maps,
-                                     run: RunFn) -> None:
+def test_reply_rewritten_to_frontend(
+    flow: pk.Flow, zero_udp: bool, services: Maps, run: RunFn
+) -> None:
     baddr, bport = backend_of(run(pk.frame(flow, udp_zero_csum=zero_udp)).data)
-    reply = pk.frame(pk.Flow(flow.proto, baddr, CLIENT, bport, flow.sport), b"answer",
-                     tcp_flags=pk.TCP_SYN | pk.TCP_ACK, udp_zero_csum=zero_udp)
+    reply = pk.frame(
+        pk.Flow(flow.proto, baddr, CLIENT, bport, flow.sport),
+        b"answer",
+        tcp_flags=pk.TCP_SYN | pk.TCP_ACK,
+        udp_zero_csum=zero_udp,
+    )
     res = run(reply)
     assert res.retval == TC_ACT_OK
     assert pk.checksum_errors(res.data, udp_zero_allowed=zero_udp) == []
@@ -304,8 +331,9 @@ def test_service_counters(services: Maps, run: RunFn) -> None:
     for inp in requests:
         run(inp)
     baddr, bport = backend_of(run(requests[0]).data)
-    replies = [pk.frame(pk.Flow(pk.TCP, baddr, CLIENT, bport, TCP_FLOW.sport), b"y" * n)
-               for n in (5, 50)]
+    replies = [
+        pk.frame(pk.Flow(pk.TCP, baddr, CLIENT, bport, TCP_FLOW.sport), b"y" * n) for n in (5, 50)
+    ]
     for inp in replies:
         run(inp)
     st = services.svc_stats(1)

@@ -24,8 +24,9 @@ pytestmark = pytest.mark.root
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-def test_diff_reports_the_change_and_leaves_the_maps_alone(maps: Maps, pin_dir: str,
-                                                           tmp_path: Path):
+def test_diff_reports_the_change_and_leaves_the_maps_alone(
+    maps: Maps, pin_dir: str, tmp_path: Path
+):
     snap = ManifestSource(EXAMPLES).load()
     state = translate(snap.services, snap.slices).state
     with BpfMaps(pin_dir) as bmaps:
@@ -33,8 +34,9 @@ def test_diff_reports_the_change_and_leaves_the_maps_alone(maps: Maps, pin_dir: 
         writer.apply(diff({}, desired_frontends(state)))
         before = read_state(bmaps).frontends
 
-    same = CliRunner().invoke(app, ["diff", "--manifests", str(EXAMPLES), "--pin-dir", pin_dir,
-                                    "--json", "--exit-code"])
+    same = CliRunner().invoke(
+        app, ["diff", "--manifests", str(EXAMPLES), "--pin-dir", pin_dir, "--json", "--exit-code"]
+    )
     assert same.exit_code == 0, same.output
     assert json.loads(same.stdout)["ops"] == []
 
@@ -42,8 +44,9 @@ def test_diff_reports_the_change_and_leaves_the_maps_alone(maps: Maps, pin_dir: 
     shutil.copytree(EXAMPLES, changed)
     web = changed / "web.yaml"
     web.write_text(web.read_text().replace("10.244.0.13", "10.244.0.99"))
-    result = CliRunner().invoke(app, ["diff", "--manifests", str(changed), "--pin-dir", pin_dir,
-                                      "--json", "--exit-code"])
+    result = CliRunner().invoke(
+        app, ["diff", "--manifests", str(changed), "--pin-dir", pin_dir, "--json", "--exit-code"]
+    )
     assert result.exit_code == 1, result.output
     plan = json.loads(result.stdout)
     assert (plan["added"], plan["changed"], plan["removed"]) == (0, 2, 0)

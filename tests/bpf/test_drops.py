@@ -31,11 +31,14 @@ FLOW = pk.Flow(pk.TCP, CLIENT, SVC_IP, 40000, 80)
 LB_FLOW = pk.Flow(pk.TCP, CLIENT, LB_IP, 40000, 80)
 
 
-def _service(maps: Maps, addr: str, backends: dict[int, tuple[str, int]],
-             flags: int = abi.SvcFlag.CLUSTERIP) -> None:
+def _service(
+    maps: Maps, addr: str, backends: dict[int, tuple[str, int]], flags: int = abi.SvcFlag.CLUSTERIP
+) -> None:
     maps.add_service(1, addr, 80, pk.TCP, backends)
-    maps.svc4.update(abi.Lb4Key(abi.pack_ip4(addr), abi.htons(80), pk.TCP),
-                     abi.Lb4Service(1, len(backends), flags))
+    maps.svc4.update(
+        abi.Lb4Key(abi.pack_ip4(addr), abi.htons(80), pk.TCP),
+        abi.Lb4Service(1, len(backends), flags),
+    )
 
 
 def empty_local(maps: Maps) -> None:
@@ -54,8 +57,9 @@ def missing_backend(maps: Maps) -> None:
 
 def source_ranges(maps: Maps) -> None:
     _service(maps, LB_IP, BACKENDS, abi.SvcFlag.LOADBALANCER | abi.SvcFlag.SRC_RANGES)
-    maps.src_ranges.update(abi.SrcRange4Key(32 + 24, 1, abi.pack_ip4("192.168.50.0")),
-                           ctypes.c_uint8(1))
+    maps.src_ranges.update(
+        abi.SrcRange4Key(32 + 24, 1, abi.pack_ip4("192.168.50.0")), ctypes.c_uint8(1)
+    )
 
 
 def healthy(maps: Maps) -> None:
@@ -72,24 +76,36 @@ class Case:
 
 
 CASES = [
-    Case("no-backend-local-policy", empty_local, pk.frame(FLOW), TC_ACT_SHOT,
-         {"no_backend": 1}),
+    Case("no-backend-local-policy", empty_local, pk.frame(FLOW), TC_ACT_SHOT, {"no_backend": 1}),
     # a refusal quotes an IP header without options: one with options is dropped
     # (reject.h), which no counter saw before the one exit
-    Case("no-backend-refusal-impossible", empty, pk.frame(FLOW, options=bytes([1] * 4)),
-         TC_ACT_SHOT, {"no_backend": 1}),
-    Case("backend-missing", missing_backend, pk.frame(FLOW), TC_ACT_SHOT,
-         {"backend_missing": 1}),
-    Case("source-range", source_ranges, pk.frame(LB_FLOW), TC_ACT_SHOT,
-         {"source_range": 1}),
+    Case(
+        "no-backend-refusal-impossible",
+        empty,
+        pk.frame(FLOW, options=bytes([1] * 4)),
+        TC_ACT_SHOT,
+        {"no_backend": 1},
+    ),
+    Case("backend-missing", missing_backend, pk.frame(FLOW), TC_ACT_SHOT, {"backend_missing": 1}),
+    Case("source-range", source_ranges, pk.frame(LB_FLOW), TC_ACT_SHOT, {"source_range": 1}),
     # not drops: counted nowhere in ebpflb_drops
     Case("translated", healthy, pk.frame(FLOW), TC_ACT_OK, {}),
-    Case("not-a-service", healthy, pk.frame(pk.Flow(pk.TCP, CLIENT, "10.0.0.99", 1, 80)),
-         TC_ACT_OK, {}),
+    Case(
+        "not-a-service",
+        healthy,
+        pk.frame(pk.Flow(pk.TCP, CLIENT, "10.0.0.99", 1, 80)),
+        TC_ACT_OK,
+        {},
+    ),
     Case("fragment", healthy, pk.frame(FLOW, b"a" * 16, more_fragments=True), TC_ACT_OK, {}),
     Case("refused-by-icmp", empty, pk.frame(FLOW), TC_ACT_REDIRECT, {}),
-    Case("source-range-admitted", source_ranges,
-         pk.frame(pk.Flow(pk.TCP, "192.168.50.7", LB_IP, 40000, 80)), TC_ACT_OK, {}),
+    Case(
+        "source-range-admitted",
+        source_ranges,
+        pk.frame(pk.Flow(pk.TCP, "192.168.50.7", LB_IP, 40000, 80)),
+        TC_ACT_OK,
+        {},
+    ),
 ]
 
 
@@ -130,8 +146,14 @@ def test_stats_cli_shows_the_drops_by_reason(maps: Maps, run: RunFn) -> None:
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
     assert list(out) == ["services", "counters", "drops"]
-    assert out["drops"] == {"no_backend": 1, "backend_missing": 2, "ct_full": 0, "write": 0,
-                            "source_range": 0, "nat_port_full": 0}
+    assert out["drops"] == {
+        "no_backend": 1,
+        "backend_missing": 2,
+        "ct_full": 0,
+        "write": 0,
+        "source_range": 0,
+        "nat_port_full": 0,
+    }
     assert out["counters"]["no_backend"] == 1 and out["counters"]["backend_missing"] == 2
     result = CliRunner().invoke(app, ["stats", "--pin-dir", maps.pin_dir])
     assert result.exit_code == 0, result.output

@@ -25,8 +25,9 @@ pytestmark = pytest.mark.root
 IP = IPv4Address
 
 
-def why(maps: Maps, frontend: str, port: int, client: str, sport: int,
-        protocol: Protocol = Protocol.TCP):
+def why(
+    maps: Maps, frontend: str, port: int, client: str, sport: int, protocol: Protocol = Protocol.TCP
+):
     with BpfMaps(maps.pin_dir) as bmaps:
         return explain(bmaps, (IP(frontend), port), protocol, (IP(client), sport))
 
@@ -69,10 +70,19 @@ def test_maglev_names_the_backend_the_kernel_picks(maps: Maps, run: RunFn) -> No
 
 
 def test_drops_refusals_and_source_nat(maps: Maps, run: RunFn) -> None:
-    add(maps, 1, LB_IP, 80, pk.TCP, BACKENDS,
-        flags=abi.SvcFlag.LOADBALANCER | abi.SvcFlag.SRC_RANGES, snat=NODE_IP)
-    maps.src_ranges.update(abi.SrcRange4Key(32 + 24, 1, abi.pack_ip4("192.168.50.0")),
-                           ctypes.c_uint8(1))
+    add(
+        maps,
+        1,
+        LB_IP,
+        80,
+        pk.TCP,
+        BACKENDS,
+        flags=abi.SvcFlag.LOADBALANCER | abi.SvcFlag.SRC_RANGES,
+        snat=NODE_IP,
+    )
+    maps.src_ranges.update(
+        abi.SrcRange4Key(32 + 24, 1, abi.pack_ip4("192.168.50.0")), ctypes.c_uint8(1)
+    )
     e = why(maps, LB_IP, 80, "10.1.1.1", 40000)
     assert e.decision == "source_range_drop"
     assert run(pk.frame(pk.Flow(pk.TCP, "10.1.1.1", LB_IP, 40000, 80))).retval == TC_ACT_SHOT
@@ -80,24 +90,49 @@ def test_drops_refusals_and_source_nat(maps: Maps, run: RunFn) -> None:
     assert e.decision == "random" and e.snat == f"{NODE_IP}:<NAT port>"
     add(maps, 2, "10.96.0.30", 80, pk.TCP, {})
     assert why(maps, "10.96.0.30", 80, CLIENT, 1).decision == "refused"
-    add(maps, 3, "10.96.0.31", 80, pk.TCP, {},
-        flags=abi.SvcFlag.NODEPORT | abi.SvcFlag.DROP_EMPTY)
+    add(maps, 3, "10.96.0.31", 80, pk.TCP, {}, flags=abi.SvcFlag.NODEPORT | abi.SvcFlag.DROP_EMPTY)
     assert why(maps, "10.96.0.31", 80, CLIENT, 1).decision == "dropped"
 
 
 def test_the_cli(maps: Maps, run: RunFn) -> None:
     add(maps, 1, CLUSTER_IP, 53, pk.UDP, BACKENDS)
     runner = CliRunner()
-    out = runner.invoke(app, ["explain", f"{CLUSTER_IP}:53/udp", "--client", f"{CLIENT}:5353",
-                              "--pin-dir", maps.pin_dir, "--json"])
+    out = runner.invoke(
+        app,
+        [
+            "explain",
+            f"{CLUSTER_IP}:53/udp",
+            "--client",
+            f"{CLIENT}:5353",
+            "--pin-dir",
+            maps.pin_dir,
+            "--json",
+        ],
+    )
     assert out.exit_code == 0, out.output
     data = json.loads(out.output)
-    assert set(data) == {"frontend", "client", "decision", "backend", "service",
-                         "candidates", "snat", "steps"}
+    assert set(data) == {
+        "frontend",
+        "client",
+        "decision",
+        "backend",
+        "service",
+        "candidates",
+        "snat",
+        "steps",
+    }
     assert (data["frontend"], data["decision"]) == (f"{CLUSTER_IP}:53/UDP", "random")
-    text = runner.invoke(app, ["explain", f"{CLUSTER_IP}:53/UDP", "--client",
-                               f"{CLIENT}:5353", "--pin-dir", maps.pin_dir]).output
+    text = runner.invoke(
+        app,
+        [
+            "explain",
+            f"{CLUSTER_IP}:53/UDP",
+            "--client",
+            f"{CLIENT}:5353",
+            "--pin-dir",
+            maps.pin_dir,
+        ],
+    ).output
     assert text.startswith(f"{CLIENT}:5353 -> {CLUSTER_IP}:53/UDP: random")
-    bad = runner.invoke(app, ["explain", CLUSTER_IP, "--client", CLIENT,
-                              "--pin-dir", maps.pin_dir])
+    bad = runner.invoke(app, ["explain", CLUSTER_IP, "--client", CLIENT, "--pin-dir", maps.pin_dir])
     assert bad.exit_code == 2

@@ -33,13 +33,23 @@ BACKENDS = {1: ("10.244.1.11", 8080), 2: ("10.244.1.12", 8080), 3: ("10.244.0.13
 HAIRPIN = str(abi.HAIRPIN_ADDRESS)
 
 
-def add(maps: Maps, svc_id: int, addr: str, port: int, proto: int,
-        backends: dict[int, tuple[str, int]], *, flags: int = abi.SvcFlag.CLUSTERIP,
-        affinity: int = 0, snat: str | None = None) -> None:
+def add(
+    maps: Maps,
+    svc_id: int,
+    addr: str,
+    port: int,
+    proto: int,
+    backends: dict[int, tuple[str, int]],
+    *,
+    flags: int = abi.SvcFlag.CLUSTERIP,
+    affinity: int = 0,
+    snat: str | None = None,
+) -> None:
     maps.add_service(svc_id, addr, port, proto, backends)
-    maps.svc4.update(abi.Lb4Key(abi.pack_ip4(addr), abi.htons(port), proto),
-                     abi.Lb4Service(svc_id, len(backends), flags, affinity,
-                                    abi.pack_ip4(snat) if snat else 0))
+    maps.svc4.update(
+        abi.Lb4Key(abi.pack_ip4(addr), abi.htons(port), proto),
+        abi.Lb4Service(svc_id, len(backends), flags, affinity, abi.pack_ip4(snat) if snat else 0),
+    )
 
 
 def in_nat_range(port: int) -> bool:
@@ -48,11 +58,12 @@ def in_nat_range(port: int) -> bool:
 
 # --- source NAT: NodePort under externalTrafficPolicy: Cluster -------------------------
 
+
 @pytest.mark.parametrize("proto", [pk.TCP, pk.UDP], ids=["tcp", "udp"])
-def test_nodeport_is_source_natted_and_the_reply_goes_back(maps: Maps, run: RunFn,
-                                                           proto: int) -> None:
-    add(maps, 1, NODE_IP, NODE_PORT, proto, BACKENDS, flags=abi.SvcFlag.NODEPORT,
-        snat=NODE_IP)
+def test_nodeport_is_source_natted_and_the_reply_goes_back(
+    maps: Maps, run: RunFn, proto: int
+) -> None:
+    add(maps, 1, NODE_IP, NODE_PORT, proto, BACKENDS, flags=abi.SvcFlag.NODEPORT, snat=NODE_IP)
     flow = pk.Flow(proto, OUTSIDE, NODE_IP, 40000, NODE_PORT)
     inp = pk.frame(flow, b"hello")
     res = run(inp)
@@ -61,8 +72,9 @@ def test_nodeport_is_source_natted_and_the_reply_goes_back(maps: Maps, run: RunF
     assert (out.daddr, out.dport) in BACKENDS.values()
     assert out.saddr == NODE_IP and in_nat_range(out.sport)
     assert pk.checksum_errors(res.data) == []
-    assert res.data == pk.rewritten(inp, saddr=NODE_IP, sport=out.sport, daddr=out.daddr,
-                                    dport=out.dport)
+    assert res.data == pk.rewritten(
+        inp, saddr=NODE_IP, sport=out.sport, daddr=out.daddr, dport=out.dport
+    )
     # the next packet of the flow keeps its backend and its NAT port
     again = pk.parse(run(pk.frame(flow, b"more", tcp_flags=pk.TCP_ACK)).data)
     assert (again.daddr, again.dport, again.sport) == (out.daddr, out.dport, out.sport)
@@ -72,8 +84,9 @@ def test_nodeport_is_source_natted_and_the_reply_goes_back(maps: Maps, run: RunF
     assert back.retval == TC_ACT_OK
     assert pk.parse(back.data).flow == flow.reversed()
     assert pk.checksum_errors(back.data) == []
-    assert back.data == pk.rewritten(reply, saddr=NODE_IP, sport=NODE_PORT, daddr=OUTSIDE,
-                                     dport=40000)
+    assert back.data == pk.rewritten(
+        reply, saddr=NODE_IP, sport=NODE_PORT, daddr=OUTSIDE, dport=40000
+    )
     assert maps.gstat_value(abi.GlobalStat.SNAT) == 1
     assert maps.gstat_value(abi.GlobalStat.REPLY) == 1
 
@@ -94,8 +107,16 @@ def test_nat_ports_never_collide(maps: Maps, run: RunFn) -> None:
     """Many clients with the same source port to one backend: each flow gets its own
     NAT port (random starts collide often at this count, so the retry is exercised),
     and every reply finds its own client."""
-    add(maps, 1, NODE_IP, NODE_PORT, pk.UDP, {1: BACKENDS[1]}, flags=abi.SvcFlag.NODEPORT,
-        snat=NODE_IP)
+    add(
+        maps,
+        1,
+        NODE_IP,
+        NODE_PORT,
+        pk.UDP,
+        {1: BACKENDS[1]},
+        flags=abi.SvcFlag.NODEPORT,
+        snat=NODE_IP,
+    )
     ports: dict[int, str] = {}
     for i in range(300):
         client = f"192.168.{51 + i // 200}.{1 + i % 200}"
@@ -106,15 +127,16 @@ def test_nat_ports_never_collide(maps: Maps, run: RunFn) -> None:
         ports[port] = client
     for port, client in ports.items():
         reply = pk.frame(pk.Flow(pk.UDP, *BACKENDS[1][:1], NODE_IP, BACKENDS[1][1], port))
-        assert pk.parse(run(reply).data).flow == pk.Flow(pk.UDP, NODE_IP, client, NODE_PORT,
-                                                         5000)
+        assert pk.parse(run(reply).data).flow == pk.Flow(pk.UDP, NODE_IP, client, NODE_PORT, 5000)
     assert maps.gstat_value(abi.GlobalStat.NAT_PORT_FULL) == 0
 
 
 # --- hairpin -------------------------------------------------------------------------------
 
-def test_pod_reaching_itself_is_source_natted_to_the_hairpin_address(maps: Maps,
-                                                                     run: RunFn) -> None:
+
+def test_pod_reaching_itself_is_source_natted_to_the_hairpin_address(
+    maps: Maps, run: RunFn
+) -> None:
     add(maps, 1, CLUSTER_IP, 80, pk.TCP, {1: (CLIENT, 8080)})
     flow = pk.Flow(pk.TCP, CLIENT, CLUSTER_IP, 40000, 80)
     res = run(pk.frame(flow))
@@ -129,6 +151,7 @@ def test_pod_reaching_itself_is_source_natted_to_the_hairpin_address(maps: Maps,
 
 
 # --- session affinity ----------------------------------------------------------------------
+
 
 def _backend(run: RunFn, client: str, sport: int) -> tuple[str, int]:
     out = pk.parse(run(pk.frame(pk.Flow(pk.TCP, client, CLUSTER_IP, sport, 80))).data)
@@ -145,8 +168,7 @@ def test_affinity_keeps_a_client_on_one_backend(maps: Maps, run: RunFn) -> None:
     assert others == set(BACKENDS.values())
 
 
-def test_affinity_moves_after_the_timeout_or_when_the_backend_goes(maps: Maps,
-                                                                   run: RunFn) -> None:
+def test_affinity_moves_after_the_timeout_or_when_the_backend_goes(maps: Maps, run: RunFn) -> None:
     add(maps, 1, CLUSTER_IP, 80, pk.TCP, BACKENDS, affinity=5)
     first = _backend(run, CLIENT, 20000)
     key = abi.Aff4Key(abi.pack_ip4(CLIENT), 1)
@@ -164,8 +186,10 @@ def test_affinity_moves_after_the_timeout_or_when_the_backend_goes(maps: Maps,
     gone = next(i for i, b in BACKENDS.items() if b == chosen)
     live = [i for i in BACKENDS if i != gone]
     maps.add_backend(1, gone, *BACKENDS[gone], pk.TCP)  # still known, inactive
-    maps.be4.update(ctypes.c_uint32(gone), abi.Lb4Backend(
-        abi.pack_ip4(BACKENDS[gone][0]), abi.htons(BACKENDS[gone][1]), pk.TCP, 0, 1))
+    maps.be4.update(
+        ctypes.c_uint32(gone),
+        abi.Lb4Backend(abi.pack_ip4(BACKENDS[gone][0]), abi.htons(BACKENDS[gone][1]), pk.TCP, 0, 1),
+    )
     maps.set_slots(1, live)
     add(maps, 1, CLUSTER_IP, 80, pk.TCP, {i: BACKENDS[i] for i in live}, affinity=5)
     moved = _backend(run, CLIENT, 22001)
@@ -175,13 +199,24 @@ def test_affinity_moves_after_the_timeout_or_when_the_backend_goes(maps: Maps,
 
 # --- loadBalancerSourceRanges --------------------------------------------------------------
 
+
 def test_source_ranges_admit_only_their_clients(maps: Maps, run: RunFn) -> None:
-    add(maps, 1, LB_IP, 80, pk.TCP, BACKENDS,
-        flags=abi.SvcFlag.LOADBALANCER | abi.SvcFlag.SRC_RANGES, snat=NODE_IP)
-    maps.src_ranges.update(abi.SrcRange4Key(32 + 24, 1, abi.pack_ip4("192.168.50.0")),
-                           ctypes.c_uint8(1))
-    maps.src_ranges.update(abi.SrcRange4Key(32 + 32, 1, abi.pack_ip4("10.1.2.3")),
-                           ctypes.c_uint8(1))
+    add(
+        maps,
+        1,
+        LB_IP,
+        80,
+        pk.TCP,
+        BACKENDS,
+        flags=abi.SvcFlag.LOADBALANCER | abi.SvcFlag.SRC_RANGES,
+        snat=NODE_IP,
+    )
+    maps.src_ranges.update(
+        abi.SrcRange4Key(32 + 24, 1, abi.pack_ip4("192.168.50.0")), ctypes.c_uint8(1)
+    )
+    maps.src_ranges.update(
+        abi.SrcRange4Key(32 + 32, 1, abi.pack_ip4("10.1.2.3")), ctypes.c_uint8(1)
+    )
     for client in (OUTSIDE, "10.1.2.3"):
         res = run(pk.frame(pk.Flow(pk.TCP, client, LB_IP, 40000, 80)))
         assert res.retval == TC_ACT_OK and pk.parse(res.data).daddr != LB_IP
@@ -189,15 +224,24 @@ def test_source_ranges_admit_only_their_clients(maps: Maps, run: RunFn) -> None:
         assert run(pk.frame(pk.Flow(pk.TCP, client, LB_IP, 40000, 80))).retval == TC_ACT_SHOT
     assert maps.gstat_value(abi.GlobalStat.SOURCE_RANGE_DROP) == 3
     # another frontend's ranges do not count for this one
-    add(maps, 2, LB_IP, 81, pk.TCP, BACKENDS,
-        flags=abi.SvcFlag.LOADBALANCER | abi.SvcFlag.SRC_RANGES)
+    add(
+        maps,
+        2,
+        LB_IP,
+        81,
+        pk.TCP,
+        BACKENDS,
+        flags=abi.SvcFlag.LOADBALANCER | abi.SvcFlag.SRC_RANGES,
+    )
     assert run(pk.frame(pk.Flow(pk.TCP, OUTSIDE, LB_IP, 40000, 81))).retval == TC_ACT_SHOT
 
 
 # --- ICMP errors ---------------------------------------------------------------------------
 
+
 def test_port_unreachable_from_a_backend_reaches_the_client_as_from_the_frontend(
-        maps: Maps, run: RunFn) -> None:
+    maps: Maps, run: RunFn
+) -> None:
     add(maps, 1, CLUSTER_IP, 53, pk.UDP, BACKENDS)
     flow = pk.Flow(pk.UDP, CLIENT, CLUSTER_IP, 40000, 53)
     sent = run(pk.frame(flow, b"query")).data
@@ -211,10 +255,8 @@ def test_port_unreachable_from_a_backend_reaches_the_client_as_from_the_frontend
     assert maps.gstat_value(abi.GlobalStat.ICMP_ERROR) == 1
 
 
-def test_icmp_error_of_a_source_natted_flow_goes_back_to_the_client(maps: Maps,
-                                                                    run: RunFn) -> None:
-    add(maps, 1, NODE_IP, NODE_PORT, pk.UDP, BACKENDS, flags=abi.SvcFlag.NODEPORT,
-        snat=NODE_IP)
+def test_icmp_error_of_a_source_natted_flow_goes_back_to_the_client(maps: Maps, run: RunFn) -> None:
+    add(maps, 1, NODE_IP, NODE_PORT, pk.UDP, BACKENDS, flags=abi.SvcFlag.NODEPORT, snat=NODE_IP)
     flow = pk.Flow(pk.UDP, OUTSIDE, NODE_IP, 40000, NODE_PORT)
     sent = run(pk.frame(flow, b"query")).data
     # from a router between the node and the backend: its own address stays
@@ -236,13 +278,16 @@ def test_icmp_error_of_an_unknown_flow_passes_untouched(maps: Maps, run: RunFn) 
 
 # --- egress: replies of host-network backends -------------------------------------------
 
+
 def test_egress_translates_replies_only_when_a_backend_is_a_node_address(
-        maps: Maps, run: RunFn, run_egress: RunFn) -> None:
+    maps: Maps, run: RunFn, run_egress: RunFn
+) -> None:
     add(maps, 1, CLUSTER_IP, 80, pk.TCP, {1: (NODE_IP, 6443)})
     flow = pk.Flow(pk.TCP, CLIENT, CLUSTER_IP, 40000, 80)
     run(pk.frame(flow))
-    reply = pk.frame(pk.Flow(pk.TCP, NODE_IP, CLIENT, 6443, 40000),
-                     tcp_flags=pk.TCP_SYN | pk.TCP_ACK)
+    reply = pk.frame(
+        pk.Flow(pk.TCP, NODE_IP, CLIENT, 6443, 40000), tcp_flags=pk.TCP_SYN | pk.TCP_ACK
+    )
     assert run_egress(reply).data == reply  # switched off: one look-up, nothing else
     maps.config.update(ctypes.c_uint32(abi.Config.HOST_BACKENDS), ctypes.c_uint32(1))
     res = run_egress(reply)
@@ -262,8 +307,9 @@ def test_host_backends_switch_follows_the_plans(maps: Maps) -> None:
     hb.housekeeping({})
     assert not hb.on
     pods = desired_frontends(state(entry(CLUSTER_IP, 80, [("10.244.1.11", 8080, True)])))
-    host = desired_frontends(state(entry(CLUSTER_IP, 80, [(NODE_IP, 6443, True),
-                                                          ("10.244.1.11", 8080, True)])))
+    host = desired_frontends(
+        state(entry(CLUSTER_IP, 80, [(NODE_IP, 6443, True), ("10.244.1.11", 8080, True)]))
+    )
     hb.applied(diff({}, pods))
     assert not hb.on
     hb.applied(diff(pods, host))
@@ -276,22 +322,24 @@ def test_host_backends_switch_follows_the_plans(maps: Maps) -> None:
 
 # --- Maglev ----------------------------------------------------------------------------------
 
-def _maglev_writer(maps: Maps, backends: list[tuple[str, int, bool]]
-                   ) -> tuple[BpfMaps, MapWriter]:
+
+def _maglev_writer(maps: Maps, backends: list[tuple[str, int, bool]]) -> tuple[BpfMaps, MapWriter]:
     bmaps = BpfMaps(maps.pin_dir)
-    writer = MapWriter(bmaps, max_services=MAX_SERVICES, max_backends=MAX_BACKENDS,
-                       maglev_size=1021)
-    writer.apply(diff(writer.frontends, desired_frontends(state(entry(CLUSTER_IP, 80,
-                                                                      backends)))))
+    writer = MapWriter(
+        bmaps, max_services=MAX_SERVICES, max_backends=MAX_BACKENDS, maglev_size=1021
+    )
+    writer.apply(diff(writer.frontends, desired_frontends(state(entry(CLUSTER_IP, 80, backends)))))
     maps.config.update(ctypes.c_uint32(abi.Config.MAGLEV_SIZE), ctypes.c_uint32(1021))
     return bmaps, writer
 
 
-def _maglev_pick(slots: tuple[tuple[IPAddress, int], ...], sport: int,
-                 frontend: str = CLUSTER_IP) -> tuple[str, int]:
+def _maglev_pick(
+    slots: tuple[tuple[IPAddress, int], ...], sport: int, frontend: str = CLUSTER_IP
+) -> tuple[str, int]:
     table = maglev.table([f"{a}:{p}" for a, p in slots], 1021)
-    h = maglev.flow_hash(ipaddress.IPv4Address(CLIENT), sport,
-                         ipaddress.IPv4Address(frontend), 80, Protocol.TCP)
+    h = maglev.flow_hash(
+        ipaddress.IPv4Address(CLIENT), sport, ipaddress.IPv4Address(frontend), 80, Protocol.TCP
+    )
     address, port = slots[table[h % 1021]]
     return str(address), port
 
@@ -317,8 +365,7 @@ def test_maglev_moves_only_the_flows_of_a_backend_that_leaves(maps: Maps, run: R
         flows = [pk.Flow(pk.TCP, CLIENT, CLUSTER_IP, sport, 80) for sport in range(20000, 20400)]
         before = [pk.parse(run(pk.frame(f)).data).daddr for f in flows]
         four = five[:2] + five[3:]
-        writer.apply(diff(writer.frontends, desired_frontends(state(entry(CLUSTER_IP, 80,
-                                                                          four)))))
+        writer.apply(diff(writer.frontends, desired_frontends(state(entry(CLUSTER_IP, 80, four)))))
         for key in list(maps.ct4.keys(abi.Ct4Key)):  # as new flows, not tracked ones
             maps.ct4.delete(key)
         after = [pk.parse(run(pk.frame(f)).data).daddr for f in flows]
@@ -339,8 +386,9 @@ def test_maglev_table_of_a_reused_frontend_id_is_rewritten(maps: Maps, run: RunF
     try:
         writer.apply(diff(writer.frontends, desired_frontends(state(a, b))))
         writer.apply(diff(writer.frontends, desired_frontends(state(a))))  # b's id 2 freed
-        restarted = MapWriter(bmaps, max_services=MAX_SERVICES, max_backends=MAX_BACKENDS,
-                              maglev_size=1021)
+        restarted = MapWriter(
+            bmaps, max_services=MAX_SERVICES, max_backends=MAX_BACKENDS, maglev_size=1021
+        )
         restarted.apply(diff(restarted.frontends, desired_frontends(state(a, c))))
         assert restarted.svc_ids[c.frontend.key] == 2  # b's id, and its old table
         st = restarted.frontends[c.frontend.key]

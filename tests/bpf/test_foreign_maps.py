@@ -66,28 +66,43 @@ def _pin(path: str, shape: Shape) -> None:
 def _pin_all(pin_dir: str, foreign: dict[str, Shape], *, skip: str = "") -> None:
     for name in abi.ALL_MAPS:
         if name != skip:
-                _pin(os.path.join(pin_dir, name), foreign.get(name, _ours(name)))
+            _pin(os.path.join(pin_dir, name), foreign.get(name, _ours(name)))
 
 
 ARRAY_4_4: Shape = (MapType.ARRAY, 4, 4, 64)
 CASES: list[tuple[str, Shape, str]] = [
     (abi.MAP_SERVICES, ARRAY_4_4, "found a array map with 4-byte keys and 4-byte values"),
     # a value larger than ebpflb's: the kernel would copy it past the caller's buffer
-    (abi.MAP_CONNTRACK, (MapType.LRU_HASH, ctypes.sizeof(abi.Ct4Key), 4096, 64),
-     "4096-byte values"),
-    (abi.MAP_SVC_META, (MapType.HASH, 4, 8, 64), "found a hash map with 4-byte keys and "
-     "8-byte values"),
+    (
+        abi.MAP_CONNTRACK,
+        (MapType.LRU_HASH, ctypes.sizeof(abi.Ct4Key), 4096, 64),
+        "4096-byte values",
+    ),
+    (
+        abi.MAP_SVC_META,
+        (MapType.HASH, 4, 8, 64),
+        "found a hash map with 4-byte keys and 8-byte values",
+    ),
     (abi.MAP_GLOBAL_STATS, (MapType.PERCPU_ARRAY, 4, 8, 2), "expected at least"),
-    (abi.MAP_SVC_STATS, (MapType.PERCPU_HASH, 4, ctypes.sizeof(abi.LbStats), 64),
-     "found a percpu-hash map"),
+    (
+        abi.MAP_SVC_STATS,
+        (MapType.PERCPU_HASH, 4, ctypes.sizeof(abi.LbStats), 64),
+        "found a percpu-hash map",
+    ),
 ]
-COMMANDS = [["services"], ["backends"], ["conntrack"], ["stats"],
-            ["explain", "10.0.0.1:80", "--client", "10.1.0.1:1234"]]
+COMMANDS = [
+    ["services"],
+    ["backends"],
+    ["conntrack"],
+    ["stats"],
+    ["explain", "10.0.0.1:80", "--client", "10.1.0.1:1234"],
+]
 
 
 @pytest.mark.parametrize(("name", "shape", "found"), CASES, ids=[c[0] for c in CASES])
-def test_a_foreign_map_is_one_line_and_exit_1(bpffs: str, tmp_path, name: str, shape: Shape,
-                                             found: str):
+def test_a_foreign_map_is_one_line_and_exit_1(
+    bpffs: str, tmp_path, name: str, shape: Shape, found: str
+):
     _pin_all(bpffs, {name: shape})
     runner = CliRunner()
     for argv in [*COMMANDS, ["diff", "--manifests", str(tmp_path)]]:
@@ -121,10 +136,16 @@ def test_maps_shaped_as_ours_are_read(bpffs: str):
 
 
 class _ProgLoadAttr(ctypes.Structure):
-    _fields_ = [("prog_type", ctypes.c_uint32), ("insn_cnt", ctypes.c_uint32),
-                ("insns", ctypes.c_uint64), ("license", ctypes.c_uint64),
-                ("log_level", ctypes.c_uint32), ("log_size", ctypes.c_uint32),
-                ("log_buf", ctypes.c_uint64), ("kern_version", ctypes.c_uint32)]
+    _fields_ = [
+        ("prog_type", ctypes.c_uint32),
+        ("insn_cnt", ctypes.c_uint32),
+        ("insns", ctypes.c_uint64),
+        ("license", ctypes.c_uint64),
+        ("log_level", ctypes.c_uint32),
+        ("log_size", ctypes.c_uint32),
+        ("log_buf", ctypes.c_uint64),
+        ("kern_version", ctypes.c_uint32),
+    ]
 
 
 def _load_return_zero() -> int:
@@ -133,6 +154,7 @@ def _load_return_zero() -> int:
 
     insns = (ctypes.c_uint64 * 2)(0x00000000000000B7, 0x0000000000000095)
     lic = ctypes.create_string_buffer(b"GPL")
-    attr = _ProgLoadAttr(prog_type=1, insn_cnt=2, insns=ctypes.addressof(insns),
-                         license=ctypes.addressof(lic))
+    attr = _ProgLoadAttr(
+        prog_type=1, insn_cnt=2, insns=ctypes.addressof(insns), license=ctypes.addressof(lic)
+    )
     return syscall._bpf(5, attr)  # BPF_PROG_LOAD

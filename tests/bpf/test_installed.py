@@ -33,12 +33,15 @@ PROJECT_DIRS = ("ebpflb", "bpf")
 STEP_TIMEOUT = 60.0
 
 
-def _run(args: list[str], *, cwd: Path | None = None,
-         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=STEP_TIMEOUT,
-                          check=False, cwd=cwd, env=env)
-    assert proc.returncode == 0, (f"{args[:4]} failed ({proc.returncode}):\n"
-                                  f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+def _run(
+    args: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        args, capture_output=True, text=True, timeout=STEP_TIMEOUT, check=False, cwd=cwd, env=env
+    )
+    assert proc.returncode == 0, (
+        f"{args[:4]} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    )
     return proc
 
 
@@ -52,38 +55,78 @@ def installed() -> Iterator[Path]:
         for name in PROJECT_FILES:
             shutil.copy2(CHECKOUT / name, src / name)
         for name in PROJECT_DIRS:
-            shutil.copytree(CHECKOUT / name, src / name,
-                            ignore=shutil.ignore_patterns("__pycache__", "_bpf"))
-        _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-index",
-              "--no-build-isolation", "--disable-pip-version-check",
-              "-w", str(root / "dist"), str(src)])
+            shutil.copytree(
+                CHECKOUT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "_bpf")
+            )
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "-q",
+                "--no-deps",
+                "--no-index",
+                "--no-build-isolation",
+                "--disable-pip-version-check",
+                "-w",
+                str(root / "dist"),
+                str(src),
+            ]
+        )
         wheels = list((root / "dist").glob("ebpflb-*.whl"))
         assert len(wheels) == 1, wheels
         venv = root / "venv"
-        _run(["/usr/bin/python3", "-m", "venv", "--system-site-packages", "--without-pip",
-              str(venv)])
+        _run(
+            ["/usr/bin/python3", "-m", "venv", "--system-site-packages", "--without-pip", str(venv)]
+        )
         python = venv / "bin" / "python"
-        _run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q",
-              "--no-deps", "--no-index", "--disable-pip-version-check", str(wheels[0])])
-        site = Path(_run([str(python), "-c", "import sysconfig; "
-                          "print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "--python",
+                str(python),
+                "install",
+                "-q",
+                "--no-deps",
+                "--no-index",
+                "--disable-pip-version-check",
+                str(wheels[0]),
+            ]
+        )
+        site = Path(
+            _run(
+                [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]
+            ).stdout.strip()
+        )
         (site / "ebpflb-test-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
         shutil.rmtree(src)  # the installed copy must stand alone
         yield venv
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "EBPFLB_BPF_DIR", "VIRTUAL_ENV")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "EBPFLB_BPF_DIR", "VIRTUAL_ENV")
+    }
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env
 
 
 def test_the_installed_copy_is_imported(installed: Path) -> None:
-    out = _run([str(installed / "bin" / "python"), "-c",
-                "import ebpflb; from ebpflb.dataplane.bpf.loader import bpf_dir; "
-                "print(ebpflb.__file__); print(bpf_dir())"],
-               cwd=installed, env=_env()).stdout.split()
+    out = _run(
+        [
+            str(installed / "bin" / "python"),
+            "-c",
+            "import ebpflb; from ebpflb.dataplane.bpf.loader import bpf_dir; "
+            "print(ebpflb.__file__); print(bpf_dir())",
+        ],
+        cwd=installed,
+        env=_env(),
+    ).stdout.split()
     package = Path(out[0]).parent
     assert package.is_relative_to(installed), out
     assert Path(out[1]) == package / "_bpf"
@@ -94,8 +137,7 @@ def test_the_installed_copy_is_imported(installed: Path) -> None:
 def test_installed_doctor_compiles_the_shipped_sources(installed: Path) -> None:
     """`ebpflb doctor` of the installed copy, run outside the checkout, compiles and
     loads the programs from the package's own C sources."""
-    proc = _run([str(installed / "bin" / "ebpflb"), "doctor", "--json"], cwd=installed,
-                env=_env())
+    proc = _run([str(installed / "bin" / "ebpflb"), "doctor", "--json"], cwd=installed, env=_env())
     report = json.loads(proc.stdout)
     compile_check = next(c for c in report["checks"] if c["name"] == "compile")
     assert compile_check["ok"], compile_check
@@ -131,8 +173,7 @@ finally:
 def test_installed_agent_loads_its_programs(installed: Path) -> None:
     """The agent's load path (compiler child process, pinned maps, program fds) works
     from the installed copy alone."""
-    proc = _run([str(installed / "bin" / "python"), "-c", AGENT_LOAD], cwd=installed,
-                env=_env())
+    proc = _run([str(installed / "bin" / "python"), "-c", AGENT_LOAD], cwd=installed, env=_env())
     loaded = json.loads(proc.stdout)
     assert len(loaded["fds"]) == 6 and all(fd >= 0 for fd in loaded["fds"]), loaded
     assert set(abi.ALL_MAPS) <= set(loaded["pins"]), loaded["pins"]

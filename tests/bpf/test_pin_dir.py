@@ -65,13 +65,27 @@ def test_the_pin_dir_is_created_0700(bpffs: str):
 def test_a_dir_another_user_made_first_is_refused_and_its_pins_kept(bpffs: str):
     pin_dir = os.path.join(bpffs, "ebpflb")
     # The attack: an unprivileged user makes the directory before the agent does.
-    subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-                    "mkdir", "-m", "0700", pin_dir], check=True)
+    subprocess.run(
+        [
+            "setpriv",
+            f"--reuid={NOBODY}",
+            f"--regid={NOBODY}",
+            "--clear-groups",
+            "mkdir",
+            "-m",
+            "0700",
+            pin_dir,
+        ],
+        check=True,
+    )
     os.chmod(pin_dir, 0o777)  # root plants a pin for the test, as the agent once did
     pin = _pin_a_map(pin_dir)
     os.chmod(pin_dir, 0o700)
-    for step in (ensure_pin_dir, remove_legacy_pins,
-                 lambda d: remove_pins(d, abi.ALL_MAPS + abi.LEGACY_MAPS)):
+    for step in (
+        ensure_pin_dir,
+        remove_legacy_pins,
+        lambda d: remove_pins(d, abi.ALL_MAPS + abi.LEGACY_MAPS),
+    ):
         with pytest.raises(PinDirError) as err:
             step(pin_dir)
         msg = str(err.value)
@@ -108,8 +122,19 @@ def test_a_symlinked_dir_is_refused(bpffs: str):
 
 def test_a_dir_under_another_users_dir_is_refused(bpffs: str):
     theirs = os.path.join(bpffs, "theirs")
-    subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-                    "mkdir", "-m", "0755", theirs], check=True)
+    subprocess.run(
+        [
+            "setpriv",
+            f"--reuid={NOBODY}",
+            f"--regid={NOBODY}",
+            "--clear-groups",
+            "mkdir",
+            "-m",
+            "0755",
+            theirs,
+        ],
+        check=True,
+    )
     os.chmod(theirs, 0o777)
     pin_dir = os.path.join(theirs, "ebpflb")
     os.mkdir(pin_dir, 0o700)
@@ -132,15 +157,27 @@ class _NoFilters:
 
 
 def test_auto_refuses_a_foreign_pin_dir_and_leaves_its_pins(
-        bpffs: str, monkeypatch: pytest.MonkeyPatch):
+    bpffs: str, monkeypatch: pytest.MonkeyPatch
+):
     """Pins in a directory another user made: `auto` neither uses them, nor removes
     them, nor starts the userspace path over them; it stops with the pin dir's fix."""
     from ebpflb.dataplane.bpf import attach
 
     monkeypatch.setattr(attach, "TcAttacher", _NoFilters)
     pin_dir = os.path.join(bpffs, "ebpflb")
-    subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-                    "mkdir", "-m", "0777", pin_dir], check=True)
+    subprocess.run(
+        [
+            "setpriv",
+            f"--reuid={NOBODY}",
+            f"--regid={NOBODY}",
+            "--clear-groups",
+            "mkdir",
+            "-m",
+            "0777",
+            pin_dir,
+        ],
+        check=True,
+    )
     pins = [_pin_a_map(pin_dir, name) for name in abi.ALL_MAPS]
     started: list[str] = []
 
@@ -149,11 +186,14 @@ def test_auto_refuses_a_foreign_pin_dir_and_leaves_its_pins(
         return FakeDataplane()
 
     with pytest.raises(DataplaneError) as raised:
-        choose.open_dataplane("auto", bpf_config=BpfConfig(pin_dir=pin_dir),
-                              userspace_config=UserspaceConfig(),
-                              open_bpf=BpfDataplane,
-                              open_userspace=open_userspace,
-                              clear_userspace=lambda _c: None)
+        choose.open_dataplane(
+            "auto",
+            bpf_config=BpfConfig(pin_dir=pin_dir),
+            userspace_config=UserspaceConfig(),
+            open_bpf=BpfDataplane,
+            open_userspace=open_userspace,
+            clear_userspace=lambda _c: None,
+        )
     assert started == []
     assert all(os.path.exists(p) for p in pins)
     assert f"pin dir {pin_dir} is owned by" in str(raised.value)

@@ -15,19 +15,27 @@ pytestmark = pytest.mark.root
 
 def test_matching_maps_are_accepted(program: LoadedProgram, pin_dir: str):
     with BpfMaps(pin_dir) as maps:
-        check_geometry(maps, max_services=MAX_SERVICES, max_backends=MAX_BACKENDS,
-                       max_conntrack=MAX_CONNTRACK)
+        check_geometry(
+            maps, max_services=MAX_SERVICES, max_backends=MAX_BACKENDS, max_conntrack=MAX_CONNTRACK
+        )
 
 
-@pytest.mark.parametrize(("option", "flag"), [
-    ("max_services", "--max-services"),
-    ("max_backends", "--max-backends"),
-    ("max_conntrack", "--max-conntrack"),
-])
-def test_a_size_change_is_refused_naming_the_map_and_flag(program: LoadedProgram, pin_dir: str,
-                                                         option: str, flag: str):
-    sizes = {"max_services": MAX_SERVICES, "max_backends": MAX_BACKENDS,
-             "max_conntrack": MAX_CONNTRACK}
+@pytest.mark.parametrize(
+    ("option", "flag"),
+    [
+        ("max_services", "--max-services"),
+        ("max_backends", "--max-backends"),
+        ("max_conntrack", "--max-conntrack"),
+    ],
+)
+def test_a_size_change_is_refused_naming_the_map_and_flag(
+    program: LoadedProgram, pin_dir: str, option: str, flag: str
+):
+    sizes = {
+        "max_services": MAX_SERVICES,
+        "max_backends": MAX_BACKENDS,
+        "max_conntrack": MAX_CONNTRACK,
+    }
     sizes[option] *= 2
     with BpfMaps(pin_dir) as maps, pytest.raises(DataplaneError) as err:
         check_geometry(maps, **sizes)

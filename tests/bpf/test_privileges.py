@@ -22,13 +22,16 @@ NOBODY = 65534
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize(("caps", "allowed"), [
-    (0, False),
-    (1 << 12, False),  # CAP_NET_ADMIN alone
-    (1 << CAP_BPF, True),
-    (1 << CAP_SYS_ADMIN, True),
-    ((1 << 41) - 1, True),  # root's full set
-])
+@pytest.mark.parametrize(
+    ("caps", "allowed"),
+    [
+        (0, False),
+        (1 << 12, False),  # CAP_NET_ADMIN alone
+        (1 << CAP_BPF, True),
+        (1 << CAP_SYS_ADMIN, True),
+        ((1 << 41) - 1, True),  # root's full set
+    ],
+)
 def test_the_privileges_that_load_bpf(caps: int, allowed: bool):
     if allowed:
         require_bpf_privileges(caps=caps, uid=NOBODY)
@@ -47,15 +50,36 @@ def test_a_non_root_agent_names_the_missing_privilege(tmp_path: Path):
     os.chmod(tmp_path, 0o755)
     try:
         proc = subprocess.run(
-            ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-             "--inh-caps=-all", sys.executable, "-m", "ebpflb", "agent", "--dataplane", "bpf",
-             "--manifests", str(REPO / "examples"), "--pin-dir", pin_dir,
-             "--state-dir", str(state_dir)],
-            capture_output=True, text=True, timeout=60, cwd=REPO, check=False)
+            [
+                "setpriv",
+                f"--reuid={NOBODY}",
+                f"--regid={NOBODY}",
+                "--clear-groups",
+                "--inh-caps=-all",
+                sys.executable,
+                "-m",
+                "ebpflb",
+                "agent",
+                "--dataplane",
+                "bpf",
+                "--manifests",
+                str(REPO / "examples"),
+                "--pin-dir",
+                pin_dir,
+                "--state-dir",
+                str(state_dir),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+            check=False,
+        )
         assert proc.returncode == 1, proc.stderr
         lines = proc.stderr.strip().splitlines()
-        assert lines[-1].startswith("error: operation not permitted: loading BPF programs "
-                                    "needs root, CAP_BPF"), proc.stderr
+        assert lines[-1].startswith(
+            "error: operation not permitted: loading BPF programs needs root, CAP_BPF"
+        ), proc.stderr
         assert "Failed to compile" not in proc.stderr
         assert not os.path.lexists(pin_dir)  # nothing made on the way
     finally:

@@ -41,41 +41,67 @@ class Tcp:
 
 
 def parse_tcp(data: bytes) -> Tcp:
-    ip = data[pk.ETH_HLEN:]
+    ip = data[pk.ETH_HLEN :]
     ihl = (ip[0] & 0x0F) * 4
     total = struct.unpack("!H", ip[2:4])[0]
     sport, dport, seq, ack, doff, flags, window, _csum, urg = struct.unpack(
-        "!HHIIBBHHH", ip[ihl:ihl + 20])
+        "!HHIIBBHHH", ip[ihl : ihl + 20]
+    )
     p = pk.parse(data)
-    return Tcp(p.saddr, p.daddr, sport, dport, seq, ack, doff >> 4, flags, window, urg,
-               ip[ihl + (doff >> 4) * 4:total])
+    return Tcp(
+        p.saddr,
+        p.daddr,
+        sport,
+        dport,
+        seq,
+        ack,
+        doff >> 4,
+        flags,
+        window,
+        urg,
+        ip[ihl + (doff >> 4) * 4 : total],
+    )
 
 
 @dataclass(frozen=True)
 class Case:
     id: str
     frame: bytes
-    seq: int      # the reset's sequence number
-    ack: int      # its acknowledgment number
+    seq: int  # the reset's sequence number
+    ack: int  # its acknowledgment number
     flags: int
 
 
 PAYLOAD = b"GET / HTTP/1.1\r\n\r\n"
 CASES = [
     # a segment with ACK: the reset takes its sequence number from that acknowledgment
-    Case("ack-with-data", pk.frame(FLOW, PAYLOAD, tcp_flags=pk.TCP_ACK | pk.TCP_PSH,
-                                   seq=7000, ack=0x90000001),
-         0x90000001, 0, pk.TCP_RST),
-    Case("pure-ack", pk.frame(FLOW, tcp_flags=pk.TCP_ACK, seq=7000, ack=123), 123, 0,
-         pk.TCP_RST),
-    Case("fin-ack", pk.frame(FLOW, tcp_flags=pk.TCP_FIN | pk.TCP_ACK, seq=7, ack=9), 9, 0,
-         pk.TCP_RST),
+    Case(
+        "ack-with-data",
+        pk.frame(FLOW, PAYLOAD, tcp_flags=pk.TCP_ACK | pk.TCP_PSH, seq=7000, ack=0x90000001),
+        0x90000001,
+        0,
+        pk.TCP_RST,
+    ),
+    Case("pure-ack", pk.frame(FLOW, tcp_flags=pk.TCP_ACK, seq=7000, ack=123), 123, 0, pk.TCP_RST),
+    Case(
+        "fin-ack", pk.frame(FLOW, tcp_flags=pk.TCP_FIN | pk.TCP_ACK, seq=7, ack=9), 9, 0, pk.TCP_RST
+    ),
     # without ACK: sequence 0, acknowledging all the segment occupied (data, FIN)
-    Case("fin-without-ack", pk.frame(FLOW, b"abc", tcp_flags=pk.TCP_FIN, seq=0xFFFFFFFE),
-         0, (0xFFFFFFFE + 3 + 1) % 2**32, pk.TCP_RST | pk.TCP_ACK),
+    Case(
+        "fin-without-ack",
+        pk.frame(FLOW, b"abc", tcp_flags=pk.TCP_FIN, seq=0xFFFFFFFE),
+        0,
+        (0xFFFFFFFE + 3 + 1) % 2**32,
+        pk.TCP_RST | pk.TCP_ACK,
+    ),
     # IP options in the segment: the reset's own header has none
-    Case("ip-options", pk.frame(FLOW, b"xy", tcp_flags=pk.TCP_ACK, seq=5, ack=77,
-                                options=bytes([1] * 8)), 77, 0, pk.TCP_RST),
+    Case(
+        "ip-options",
+        pk.frame(FLOW, b"xy", tcp_flags=pk.TCP_ACK, seq=5, ack=77, options=bytes([1] * 8)),
+        77,
+        0,
+        pk.TCP_RST,
+    ),
 ]
 
 
@@ -86,8 +112,9 @@ def empty(maps: Maps) -> Maps:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_segment_to_a_service_without_endpoints_is_reset(case: Case, empty: Maps,
-                                                        run: RunFn) -> None:
+def test_segment_to_a_service_without_endpoints_is_reset(
+    case: Case, empty: Maps, run: RunFn
+) -> None:
     res = run(case.frame)
     assert res.retval == TC_ACT_REDIRECT
     out = res.data
@@ -119,8 +146,7 @@ def test_a_syn_is_still_refused_with_port_unreachable(empty: Maps, run: RunFn) -
     assert empty.gstat_value(abi.GlobalStat.RESET) == 0
 
 
-def test_established_flow_is_reset_once_its_service_scales_to_zero(maps: Maps,
-                                                                    run: RunFn) -> None:
+def test_established_flow_is_reset_once_its_service_scales_to_zero(maps: Maps, run: RunFn) -> None:
     """The flow is tracked to a backend; the writer then removes the last backend (count
     0, backend entry deleted): the next segment of the flow is reset, not re-chosen."""
     maps.add_service(3, SVC_IP, 80, pk.TCP, BACKENDS)
@@ -138,8 +164,10 @@ def test_established_flow_is_reset_once_its_service_scales_to_zero(maps: Maps,
 
 
 def test_local_policy_frontend_still_drops(maps: Maps, run: RunFn) -> None:
-    maps.svc4.update(abi.Lb4Key(abi.pack_ip4(SVC_IP), abi.htons(80), pk.TCP),
-                     abi.Lb4Service(3, 0, abi.SvcFlag.NODEPORT | abi.SvcFlag.DROP_EMPTY))
+    maps.svc4.update(
+        abi.Lb4Key(abi.pack_ip4(SVC_IP), abi.htons(80), pk.TCP),
+        abi.Lb4Service(3, 0, abi.SvcFlag.NODEPORT | abi.SvcFlag.DROP_EMPTY),
+    )
     assert run(pk.frame(FLOW, tcp_flags=pk.TCP_ACK, ack=5)).retval == TC_ACT_SHOT
     assert maps.gstat_value(abi.GlobalStat.RESET) == 0
     assert maps.drop_counts() == {"no_backend": 1}

@@ -16,14 +16,18 @@ from ebpflb.sync.diff import diff
 from tests.bpf.conftest import MAX_BACKENDS, MAX_SERVICES, Maps
 from tests.unit.test_plan import state_st
 
-SETTINGS = settings(max_examples=60, deadline=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 def _write(maps: Maps, state: DesiredState, **limits: int) -> MapWriter:
     """A fresh writer (as a starting agent makes) that writes `state` into empty maps."""
-    writer = MapWriter(BpfMaps(maps.pin_dir), max_services=limits.get("services", MAX_SERVICES),
-                       max_backends=limits.get("backends", MAX_BACKENDS))
+    writer = MapWriter(
+        BpfMaps(maps.pin_dir),
+        max_services=limits.get("services", MAX_SERVICES),
+        max_backends=limits.get("backends", MAX_BACKENDS),
+    )
     writer.apply(diff(writer.frontends, desired_frontends(state)))
     return writer
 
@@ -109,8 +113,10 @@ def _maglev_tables_match(maps: Maps, writer: MapWriter, size: int) -> None:
             continue
         sid = writer.svc_ids[key]
         owned = writer._backend_ids[sid]
-        want = [owned[backend_key(st.slots[i][0].packed, st.slots[i][1])]
-                for i in maglev.table([f"{a}:{p}" for a, p in st.slots], size)]
+        want = [
+            owned[backend_key(st.slots[i][0].packed, st.slots[i][1])]
+            for i in maglev.table([f"{a}:{p}" for a, p in st.slots], size)
+        ]
         table_id = maps.maglev.lookup(ctypes.c_uint32(sid), ctypes.c_uint32)
         assert table_id is not None, st.frontend
         with PinnedMap("table", fd=map_fd_by_id(table_id.value)) as table:
@@ -118,13 +124,15 @@ def _maglev_tables_match(maps: Maps, writer: MapWriter, size: int) -> None:
         assert [g.value for g in got if g is not None] == want, st.frontend
 
 
-@settings(max_examples=30, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(a=state_st, b=state_st)
 def test_maglev_tables_follow_any_a_to_any_b(maps: Maps, a, b) -> None:
     maps.clear()
-    writer = MapWriter(BpfMaps(maps.pin_dir), max_services=MAX_SERVICES,
-                       max_backends=MAX_BACKENDS, maglev_size=251)
+    writer = MapWriter(
+        BpfMaps(maps.pin_dir), max_services=MAX_SERVICES, max_backends=MAX_BACKENDS, maglev_size=251
+    )
     try:
         writer.apply(diff(writer.frontends, desired_frontends(a)))
         _maglev_tables_match(maps, writer, 251)

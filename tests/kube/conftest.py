@@ -32,15 +32,21 @@ def kubeconfig(apiserver: ApiServerStandIn, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def make_source(kubeconfig: Path, caplog: pytest.LogCaptureFixture
-                ) -> Iterator[Callable[..., KubeSource]]:
+def make_source(
+    kubeconfig: Path, caplog: pytest.LogCaptureFixture
+) -> Iterator[Callable[..., KubeSource]]:
     caplog.set_level(logging.INFO, logger="ebpflb.sources.kube")
     made: list[KubeSource] = []
 
     def make(**kwargs: Any) -> KubeSource:
-        options: dict[str, Any] = {"kubeconfig": str(kubeconfig), "node_name": NODE_NAME,
-                                   "backoff": FAST, "page_size": 3,
-                                   "list_read_timeout": 5.0, "connect_timeout": 1.0}
+        options: dict[str, Any] = {
+            "kubeconfig": str(kubeconfig),
+            "node_name": NODE_NAME,
+            "backoff": FAST,
+            "page_size": 3,
+            "list_read_timeout": 5.0,
+            "connect_timeout": 1.0,
+        }
         options.update(kwargs)
         source = KubeSource(**options)
         made.append(source)

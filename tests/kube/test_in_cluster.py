@@ -36,10 +36,29 @@ def _open(node_name: str) -> tuple[Source, str | None]:
 @pytest.fixture
 def tls_apiserver(tmp_path: Path) -> Iterator[tuple[ApiServerStandIn, Path]]:
     cert, key = tmp_path / "ca.crt", tmp_path / "tls.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
     server = ApiServerStandIn(token="sa-token").start()
@@ -54,8 +73,9 @@ def tls_apiserver(tmp_path: Path) -> Iterator[tuple[ApiServerStandIn, Path]]:
 
 
 @pytest.fixture
-def pod_environment(tls_apiserver: tuple[ApiServerStandIn, Path], tmp_path: Path,
-                    monkeypatch: pytest.MonkeyPatch) -> Path:
+def pod_environment(
+    tls_apiserver: tuple[ApiServerStandIn, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Path:
     """What the kubelet gives a pod: the env and the service account's files."""
     server, cert = tls_apiserver
     token = tmp_path / "token"
@@ -76,7 +96,8 @@ def _lists(source: KubeSource, timeout: float = 10.0) -> bool:
 
 
 def test_the_agent_without_kubeconfig_uses_the_in_cluster_configuration(
-        tls_apiserver: tuple[ApiServerStandIn, Path], pod_environment: Path) -> None:
+    tls_apiserver: tuple[ApiServerStandIn, Path], pod_environment: Path
+) -> None:
     server, _ = tls_apiserver
     server.apply(service("web", "10.96.0.10"))
     server.apply(node(NODE_NAME, "192.168.0.10"))
@@ -91,8 +112,9 @@ def test_the_agent_without_kubeconfig_uses_the_in_cluster_configuration(
         source.close()
 
 
-def test_a_wrong_token_lists_nothing(tls_apiserver: tuple[ApiServerStandIn, Path],
-                                     pod_environment: Path) -> None:
+def test_a_wrong_token_lists_nothing(
+    tls_apiserver: tuple[ApiServerStandIn, Path], pod_environment: Path
+) -> None:
     """The token file is what authenticates: another token gets 401s, never a list."""
     pod_environment.write_text("not-the-token")
     source, _ = _open(NODE_NAME)

@@ -18,8 +18,16 @@ from tests.kube.conftest import NODE_NAME
 from tests.kube.objects import endpoint_slice, node, service
 from tests.kube.test_kube_source import started, until
 
-UPLINK = Interface(2, "eth0", None, None, loopback=False, up=True,
-                   addresses=(ipaddress.ip_address("192.168.50.1"),), default_route=True)
+UPLINK = Interface(
+    2,
+    "eth0",
+    None,
+    None,
+    loopback=False,
+    up=True,
+    addresses=(ipaddress.ip_address("192.168.50.1"),),
+    default_route=True,
+)
 
 
 def nodeport_service() -> dict[str, Any]:
@@ -39,13 +47,20 @@ def test_kube_source_without_this_nodes_node_uses_the_interfaces(apiserver, make
     def uplinks() -> Sequence[Interface]:
         return [UPLINK]
 
-    agent = Agent(source, dp, AgentConfig(node_name=NODE_NAME, min_sync_interval=0.0),
-                  local_interfaces=uplinks)
+    agent = Agent(
+        source,
+        dp,
+        AgentConfig(node_name=NODE_NAME, min_sync_interval=0.0),
+        local_interfaces=uplinks,
+    )
 
     def nodeports() -> set[str]:
         agent.step()
-        return {str(st.frontend.address) for st in dp.state.values()
-                if st.frontend.kind is FrontendKind.NODE_PORT}
+        return {
+            str(st.frontend.address)
+            for st in dp.state.values()
+            if st.frontend.kind is FrontendKind.NODE_PORT
+        }
 
     try:
         assert nodeports() == {"192.168.50.1"}
@@ -58,7 +73,8 @@ def test_kube_source_without_this_nodes_node_uses_the_interfaces(apiserver, make
         apiserver.apply(hostname_only)
         until(lambda: nodeports() == {"192.168.50.1"}, what="the interfaces' address")
         assert agent.status().nodeport_address_reason == (
-            f"Node {NODE_NAME} lists no InternalIP or ExternalIP")
+            f"Node {NODE_NAME} lists no InternalIP or ExternalIP"
+        )
     finally:
         agent.close()
         source.close()

@@ -76,26 +76,36 @@ def names(objects: tuple[dict[str, Any], ...] | list[dict[str, Any]]) -> list[tu
 def expected(server: ApiServerStandIn) -> Snapshot:
     """What the source must hold: what the server lists with kube-proxy's filters, in
     the compact form the source keeps."""
-    services = [compact("Service", s) for s in server.objects("Service")
-                if "service.kubernetes.io/service-proxy-name" not in s["metadata"]["labels"]]
+    services = [
+        compact("Service", s)
+        for s in server.objects("Service")
+        if "service.kubernetes.io/service-proxy-name" not in s["metadata"]["labels"]
+    ]
     slices = [compact("EndpointSlice", s) for s in server.objects("EndpointSlice")]
-    nodes = [compact("Node", n) for n in server.objects("Node")
-             if n["metadata"]["name"] == NODE_NAME]
+    nodes = [
+        compact("Node", n) for n in server.objects("Node") if n["metadata"]["name"] == NODE_NAME
+    ]
     return Snapshot(tuple(services), tuple(slices), tuple(nodes))
 
 
 def same(snap: Snapshot, want: Snapshot) -> bool:
     def keyed(objs: tuple[dict[str, Any], ...]) -> dict[tuple[str, str], dict[str, Any]]:
         return {(o["metadata"].get("namespace", ""), o["metadata"]["name"]): o for o in objs}
-    return (keyed(snap.services) == keyed(want.services)
-            and keyed(snap.slices) == keyed(want.slices)
-            and keyed(snap.nodes) == keyed(want.nodes))
+
+    return (
+        keyed(snap.services) == keyed(want.services)
+        and keyed(snap.slices) == keyed(want.slices)
+        and keyed(snap.nodes) == keyed(want.nodes)
+    )
 
 
 def converges(source: KubeSource, server: ApiServerStandIn, timeout: float = 5.0) -> Snapshot:
     want = expected(server)
-    snap: Snapshot = until(lambda: (s := source.load()) and same(s, want) and s,
-                           timeout, "the source to equal the server")
+    snap: Snapshot = until(
+        lambda: (s := source.load()) and same(s, want) and s,
+        timeout,
+        "the source to equal the server",
+    )
     return snap
 
 
@@ -123,7 +133,10 @@ def test_initial_paginated_list_gives_the_servers_objects(apiserver, make_source
     assert snap.errors == ()
     pages = apiserver.list_requests("Service")
     assert len(pages) == 3 and [p.params.get("continue") is not None for p in pages] == [
-        False, True, True]
+        False,
+        True,
+        True,
+    ]
     assert all(p.params["limit"] == "3" for p in pages)
     assert not source.stale and source.stale_since is None
 
@@ -250,8 +263,7 @@ def test_watch_timeout_rewatches_from_the_last_version(apiserver, make_source):
 # --- faults -------------------------------------------------------------------------
 
 
-def test_gone_forces_a_relist_that_drops_what_was_deleted_meanwhile(
-        apiserver, make_source, caplog):
+def test_gone_forces_a_relist_that_drops_what_was_deleted_meanwhile(apiserver, make_source, caplog):
     populate(apiserver, 4)
     source = started(make_source)
     source.load()
@@ -263,9 +275,14 @@ def test_gone_forces_a_relist_that_drops_what_was_deleted_meanwhile(
         apiserver.expire_history()
         until(lambda: source.stale, what="stale")
     mark = time.monotonic()
-    assert changes_until(source, {
-        ServiceRef("demo", "svc0"), ServiceRef("demo", "svc1"),
-        ServiceRef("demo", "born-while-gone")})
+    assert changes_until(
+        source,
+        {
+            ServiceRef("demo", "svc0"),
+            ServiceRef("demo", "svc1"),
+            ServiceRef("demo", "born-while-gone"),
+        },
+    )
     snap = converges(source, apiserver)
     assert ("demo", "svc0") not in names(snap.services)
     assert apiserver.list_requests("Service", after=mark)  # a relist
@@ -370,14 +387,19 @@ class DataPath:
     def __init__(self, source: KubeSource) -> None:
         self.source = source
         self.dataplane = FakeDataplane()
-        self.agent = Agent(source, self.dataplane,
-                           AgentConfig(node_name=NODE_NAME, min_sync_interval=0.0))
+        self.agent = Agent(
+            source, self.dataplane, AgentConfig(node_name=NODE_NAME, min_sync_interval=0.0)
+        )
 
     @property
     def removed(self) -> list[DeleteService]:
         """Every frontend the agent has removed from the data path."""
-        return [op for plan in self.dataplane.applied for op in plan.ops
-                if isinstance(op, DeleteService)]
+        return [
+            op
+            for plan in self.dataplane.applied
+            for op in plan.ops
+            if isinstance(op, DeleteService)
+        ]
 
     def sync(self) -> None:
         self.agent.step()
@@ -386,8 +408,12 @@ class DataPath:
 
     def matches(self, server: ApiServerStandIn) -> bool:
         want = expected(server)
-        state = translate(want.services, want.slices, node_name=NODE_NAME,
-                          node_addresses=node_addresses(want.nodes, NODE_NAME)).state
+        state = translate(
+            want.services,
+            want.slices,
+            node_name=NODE_NAME,
+            node_addresses=node_addresses(want.nodes, NODE_NAME),
+        ).state
         self.sync()
         return self.dataplane.current() == desired_frontends(state)
 
@@ -443,8 +469,11 @@ def test_the_running_agent_wakes_on_a_watch_event(apiserver, make_source):
     populate(apiserver, 3)
     source = started(make_source)
     dataplane = FakeDataplane()
-    agent = Agent(source, dataplane, AgentConfig(node_name=NODE_NAME, poll_interval=30.0,
-                                                 min_sync_interval=0.0))
+    agent = Agent(
+        source,
+        dataplane,
+        AgentConfig(node_name=NODE_NAME, poll_interval=30.0, min_sync_interval=0.0),
+    )
     stop = threading.Event()
     thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
     thread.start()
@@ -452,8 +481,11 @@ def test_the_running_agent_wakes_on_a_watch_event(apiserver, make_source):
         until(lambda: len(dataplane.state) == 3, what="the first sync")
         apiserver.apply(endpoint_slice("svc1", ["10.244.5.5"]))
         key = (IPv4Address("10.96.0.2"), 80, Protocol.TCP)
-        until(lambda: [str(a) for a, _ in dataplane.state[key].slots] == ["10.244.5.5"],
-              2.0, "the event in the data path")
+        until(
+            lambda: [str(a) for a, _ in dataplane.state[key].slots] == ["10.244.5.5"],
+            2.0,
+            "the event in the data path",
+        )
         apiserver.delete("Service", "demo", "svc2")
         until(lambda: len(dataplane.state) == 2, 2.0, "the deletion in the data path")
         assert agent.full_syncs == 1
@@ -469,25 +501,42 @@ def test_logs_name_the_resource_on_errors(apiserver, make_source, caplog):
     source = started(make_source)
     with apiserver.failing(503):
         until(lambda: source.stale, what="stale")
-        until(lambda: any("HTTP 503" in r.getMessage() for r in caplog.records
-                          if r.levelno == logging.WARNING))
+        until(
+            lambda: any(
+                "HTTP 503" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+            )
+        )
 
 
 def test_diff_from_the_api_server(apiserver, kubeconfig, tmp_path):
     populate(apiserver, 4)
-    result = CliRunner().invoke(app, ["diff", "--kubeconfig", str(kubeconfig), "--node-name",
-                                      NODE_NAME, "--pin-dir", str(tmp_path), "--json"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "diff",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--node-name",
+            NODE_NAME,
+            "--pin-dir",
+            str(tmp_path),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     plan = json.loads(result.stdout)
     assert (plan["added"], plan["changed"], plan["removed"]) == (4, 0, 0)
     assert sorted(op["service"] for op in plan["ops"] if op["op"] == "add_service") == [
-        f"demo/svc{i}" for i in range(4)]
+        f"demo/svc{i}" for i in range(4)
+    ]
 
 
 def test_diff_from_an_unreachable_api_server_fails_in_one_line(apiserver, kubeconfig, tmp_path):
     apiserver.stop()
-    result = CliRunner().invoke(app, ["diff", "--kubeconfig", str(kubeconfig), "--timeout",
-                                      "0.5", "--pin-dir", str(tmp_path)])
+    result = CliRunner().invoke(
+        app,
+        ["diff", "--kubeconfig", str(kubeconfig), "--timeout", "0.5", "--pin-dir", str(tmp_path)],
+    )
     assert result.exit_code == 2  # diff's errors: 1 means changes
     assert result.stderr.strip().startswith("error: the API server in")
 
@@ -502,11 +551,20 @@ def test_deploy_rbac_grants_exactly_what_the_source_asks_for(apiserver, make_sou
     asked = set()
     for request in apiserver.requests:
         prefix = next(p for p in groups if request.path.startswith(p))
-        asked.add((groups[prefix], request.path.removeprefix(prefix),
-                   "watch" if request.watch else "list"))
+        asked.add(
+            (
+                groups[prefix],
+                request.path.removeprefix(prefix),
+                "watch" if request.watch else "list",
+            )
+        )
     rbac = Path(__file__).resolve().parents[2] / "deploy" / "rbac.yaml"
     (role,) = [d for d in yaml.safe_load_all(rbac.read_text()) if d["kind"] == "ClusterRole"]
-    granted = {(group, resource, verb) for rule in role["rules"]
-               for group in rule["apiGroups"] for resource in rule["resources"]
-               for verb in rule["verbs"]}
+    granted = {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
     assert asked == granted

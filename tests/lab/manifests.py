@@ -11,19 +11,38 @@ from typing import Any
 Obj = dict[str, Any]
 
 
-def service(name: str, cluster_ip: str, ports: Iterable[Mapping[str, Any]], *,
-            namespace: str = "demo", **spec: Any) -> Obj:
-    return {"apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"clusterIP": cluster_ip, "ports": [dict(p) for p in ports], **spec}}
+def service(
+    name: str,
+    cluster_ip: str,
+    ports: Iterable[Mapping[str, Any]],
+    *,
+    namespace: str = "demo",
+    **spec: Any,
+) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"clusterIP": cluster_ip, "ports": [dict(p) for p in ports], **spec},
+    }
 
 
-def endpoint(address: str, *, ready: bool = True, serving: bool | None = None,
-             terminating: bool = False, node: str | None = None,
-             zone: str | None = None, for_zones: Iterable[str] = (),
-             for_nodes: Iterable[str] = ()) -> Obj:
-    conditions = {"ready": ready, "serving": ready if serving is None else serving,
-                  "terminating": terminating}
+def endpoint(
+    address: str,
+    *,
+    ready: bool = True,
+    serving: bool | None = None,
+    terminating: bool = False,
+    node: str | None = None,
+    zone: str | None = None,
+    for_zones: Iterable[str] = (),
+    for_nodes: Iterable[str] = (),
+) -> Obj:
+    conditions = {
+        "ready": ready,
+        "serving": ready if serving is None else serving,
+        "terminating": terminating,
+    }
     ep: Obj = {"addresses": [address], "conditions": conditions}
     if node:
         ep["nodeName"] = node
@@ -39,21 +58,38 @@ def endpoint(address: str, *, ready: bool = True, serving: bool | None = None,
     return ep
 
 
-def endpoint_slice(name: str, service_name: str, ports: Iterable[Mapping[str, Any]],
-                   endpoints: Iterable[Obj], *, namespace: str = "demo") -> Obj:
-    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": name, "namespace": namespace,
-                         "labels": {"kubernetes.io/service-name": service_name}},
-            "addressType": "IPv4", "ports": [dict(p) for p in ports],
-            "endpoints": list(endpoints)}
+def endpoint_slice(
+    name: str,
+    service_name: str,
+    ports: Iterable[Mapping[str, Any]],
+    endpoints: Iterable[Obj],
+    *,
+    namespace: str = "demo",
+) -> Obj:
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"kubernetes.io/service-name": service_name},
+        },
+        "addressType": "IPv4",
+        "ports": [dict(p) for p in ports],
+        "endpoints": list(endpoints),
+    }
 
 
 def node(name: str, address: str, *, zone: str | None = None) -> Obj:
     labels = {"kubernetes.io/hostname": name}
     if zone:
         labels["topology.kubernetes.io/zone"] = zone
-    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels},
-            "status": {"addresses": [{"type": "InternalIP", "address": address}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": labels},
+        "status": {"addresses": [{"type": "InternalIP", "address": address}]},
+    }
 
 
 def write(directory: Path, name: str, objects: Iterable[Obj]) -> None:

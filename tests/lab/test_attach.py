@@ -52,6 +52,11 @@ def test_default_interfaces(ns: str) -> None:
         assert attacher.uplinks() == ["flannel.1", "vx2"]
         assert attacher.scan().bridge_of == {"vp1": "cni0"}
         assert {str(a) for a in attacher.local_addresses()} == {
-            "127.0.0.1", "192.0.2.1", "10.42.0.0", "10.96.0.10", "10.244.0.1"}
+            "127.0.0.1",
+            "192.0.2.1",
+            "10.42.0.0",
+            "10.96.0.10",
+            "10.244.0.1",
+        }
     finally:
         attacher.close()

@@ -23,8 +23,9 @@ pytestmark = pytest.mark.root
 
 def _root_net() -> tuple[str, str]:
     def ip(*args: str) -> str:
-        return subprocess.run(["ip", *args], capture_output=True, text=True, check=True,
-                              timeout=10).stdout
+        return subprocess.run(
+            ["ip", *args], capture_output=True, text=True, check=True, timeout=10
+        ).stdout
 
     return ip("-o", "addr"), ip("route", "show", "table", "all")
 
@@ -41,8 +42,9 @@ def _sysctl(ns: str, key: str) -> str:
 def test_two_bridged_nodes_on_an_overlay(lab_names: Callable[[], str]) -> None:
     before = _root_net()
     name = lab_names()
-    result = CliRunner().invoke(app, ["up", "--name", name, "--nodes", "2", "--pods", "2",
-                                      "--cni", "bridge"])
+    result = CliRunner().invoke(
+        app, ["up", "--name", name, "--nodes", "2", "--pods", "2", "--cni", "bridge"]
+    )
     assert result.exit_code == 0, result.output
     assert "(bridge pods)" in result.output
     assert _root_net() == before
@@ -55,9 +57,13 @@ def test_two_bridged_nodes_on_an_overlay(lab_names: Callable[[], str]) -> None:
         assert gw == node.pod_cidr[1]
         ports = _json(ns, "link", "show", "master", podnet.BRIDGE)
         assert sorted(str(p["ifname"]) for p in ports) == sorted(
-            [*(p.host_ifname for p in lab.node_pods(node.index)), "vc1"])
-        addrs = {(a["ifname"], i["local"], i["prefixlen"])
-                 for a in _json(ns, "-4", "addr") for i in a["addr_info"]}
+            [*(p.host_ifname for p in lab.node_pods(node.index)), "vc1"]
+        )
+        addrs = {
+            (a["ifname"], i["local"], i["prefixlen"])
+            for a in _json(ns, "-4", "addr")
+            for i in a["addr_info"]
+        }
         assert {("cni0", str(gw), 24), ("flannel.1", str(node.pod_cidr[0]), 32)} <= addrs
         assert not any(ifname.startswith("vp") for ifname, _, _ in addrs)  # L2 ports only
         # Strict on the bridge, as some distributions default to: the agent must cope.
@@ -70,20 +76,26 @@ def test_two_bridged_nodes_on_an_overlay(lab_names: Callable[[], str]) -> None:
         other = lab.nodes[2 - node.index]
         routes = {(r["dst"], r.get("gateway"), r["dev"]) for r in _json(ns, "-4", "route")}
         assert (str(other.pod_cidr), str(other.pod_cidr[0]), "flannel.1") in routes
-        fdb = subprocess.run(["bridge", "-n", ns, "-j", "fdb", "show", "dev", "flannel.1"],
-                             capture_output=True, text=True, check=True, timeout=10).stdout
+        fdb = subprocess.run(
+            ["bridge", "-n", ns, "-j", "fdb", "show", "dev", "flannel.1"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout
         assert {(e["mac"], e.get("dst")) for e in json.loads(fdb)} >= {
-            (podnet.vtep_mac(other.index), str(other.address))}
+            (podnet.vtep_mac(other.index), str(other.address))
+        }
 
     pod = lab.pod(1)
     pod_routes = {(r["dst"], r.get("gateway")) for r in _json(pod.netns, "-4", "route")}
     assert pod_routes == {("default", "10.244.0.1"), ("10.244.0.0/24", None)}
     for node in lab.nodes:  # across the overlay both ways, TCP and UDP
         for target in lab.pods:
-            assert traffic.http_get(node.client.netns, target.ip, HTTP_PORT) == (
-                f"{target.name}\n")
+            assert traffic.http_get(node.client.netns, target.ip, HTTP_PORT) == (f"{target.name}\n")
             assert traffic.udp_request(node.client.netns, target.ip, UDP_PORT)[0] == (
-                f"{target.name}\n")
+                f"{target.name}\n"
+            )
 
     result = CliRunner().invoke(app, ["status", "--name", name, "--json"])
     assert result.exit_code == 0, result.output

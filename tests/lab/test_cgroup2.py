@@ -37,17 +37,24 @@ from .conftest import _require_root, kernel_counters, unique_lab_name
 pytestmark = pytest.mark.root
 
 IP = "10.96.5.10"
-PORTS = [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080},
-         {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 9090}]
-SLICE = [{"name": "http", "port": 8080, "protocol": "TCP"},
-         {"name": "dns", "port": 9090, "protocol": "UDP"}]
+PORTS = [
+    {"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080},
+    {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 9090},
+]
+SLICE = [
+    {"name": "http", "port": 8080, "protocol": "TCP"},
+    {"name": "dns", "port": 9090, "protocol": "UDP"},
+]
 PODS = {"pod-1\n", "pod-2\n"}
 
 
 def _host_cgroup2_mounts_under(root: str) -> list[str]:
     """cgroup2 mount points under ``root`` in the test's (the host's) mount namespace."""
-    return [m.mount_point for m in parse_mountinfo(read_mountinfo())
-            if m.mount_point.startswith(root.rstrip("/") + "/")]
+    return [
+        m.mount_point
+        for m in parse_mountinfo(read_mountinfo())
+        if m.mount_point.startswith(root.rstrip("/") + "/")
+    ]
 
 
 @pytest.fixture
@@ -78,18 +85,21 @@ def bare_ns() -> Iterator[str]:
 
 
 def _in_ip_netns_exec(ns: str, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=60
+    )
 
 
 def test_doctor_under_ip_netns_exec_names_the_cgroup2_it_would_mount(
-        bare_ns: str, run_dir: Path) -> None:
+    bare_ns: str, run_dir: Path
+) -> None:
     state = str(run_dir / "state")
     here = choose_cgroup2(state)
     assert not here.mount  # the test's own namespace sees this host's cgroup2
 
-    done = _in_ip_netns_exec(bare_ns, sys.executable, "-m", "ebpflb", "doctor", "--json",
-                             "--state-dir", state)
+    done = _in_ip_netns_exec(
+        bare_ns, sys.executable, "-m", "ebpflb", "doctor", "--json", "--state-dir", state
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     socket_lb = next(c for c in report["checks"] if c["name"] == "socket_lb")
@@ -97,8 +107,9 @@ def test_doctor_under_ip_netns_exec_names_the_cgroup2_it_would_mount(
     assert socket_lb["cgroup2"] == {"path": own, "mount": True, "visible": None}
     assert socket_lb["ok"] and f"would mount one at {own}" in socket_lb["detail"]
 
-    text = _in_ip_netns_exec(bare_ns, sys.executable, "-m", "ebpflb", "doctor",
-                             "--state-dir", state)
+    text = _in_ip_netns_exec(
+        bare_ns, sys.executable, "-m", "ebpflb", "doctor", "--state-dir", state
+    )
     assert text.returncode == 0, text.stderr
     assert f"would mount one at {own}" in text.stdout
     assert not os.path.exists(own)  # doctor mounts nothing, makes nothing
@@ -117,7 +128,8 @@ MOUNT_TWICE = textwrap.dedent("""\
 
 
 def test_mounted_once_and_reused_and_the_same_hierarchy_as_the_hosts(
-        bare_ns: str, run_dir: Path) -> None:
+    bare_ns: str, run_dir: Path
+) -> None:
     state = str(run_dir / "state")
     done = _in_ip_netns_exec(bare_ns, sys.executable, "-c", MOUNT_TWICE, state)
     assert done.returncode == 0, done.stderr
@@ -138,17 +150,24 @@ def node(run_dir: Path) -> Iterator[tuple[layout.Lab, Path]]:
     try:
         manifests = run_dir / "manifests"
         manifests.mkdir()
-        k8s.write(manifests, "web", [
-            k8s.service("web", IP, PORTS),
-            k8s.endpoint_slice("web-a", "web", SLICE, [k8s.endpoint(str(p.ip))
-                                                       for p in lab.pods])])
+        k8s.write(
+            manifests,
+            "web",
+            [
+                k8s.service("web", IP, PORTS),
+                k8s.endpoint_slice(
+                    "web-a", "web", SLICE, [k8s.endpoint(str(p.ip)) for p in lab.pods]
+                ),
+            ],
+        )
         yield lab, manifests
     finally:
         build.down(name)
 
 
 def test_an_agent_under_ip_netns_exec_serves_the_nodes_own_sockets(
-        node: tuple[layout.Lab, Path], run_dir: Path) -> None:
+    node: tuple[layout.Lab, Path], run_dir: Path
+) -> None:
     lab, manifests = node
     bpffs = run_dir / "bpf"  # outside /sys: ip netns exec remounts /sys (DESIGN.md)
     bpffs.mkdir()
@@ -156,10 +175,14 @@ def test_an_agent_under_ip_netns_exec_serves_the_nodes_own_sockets(
     pin_dir = str(bpffs / "pins")
     state = run_dir / "state"
     own = str(state / MOUNT_DIR_NAME)
-    agent = AgentProcess(lab.node_ns, manifests=manifests, pin_dir=pin_dir,
-                         log_path=run_dir / "agent.log", ip_netns_exec=True,
-                         extra_args=["--cleanup", "--dataplane", "bpf",
-                                     "--state-dir", str(state)])
+    agent = AgentProcess(
+        lab.node_ns,
+        manifests=manifests,
+        pin_dir=pin_dir,
+        log_path=run_dir / "agent.log",
+        ip_netns_exec=True,
+        extra_args=["--cleanup", "--dataplane", "bpf", "--state-dir", str(state)],
+    )
     try:
         agent.start().wait_ready()
         log = agent.log_text()
@@ -173,7 +196,12 @@ def test_an_agent_under_ip_netns_exec_serves_the_nodes_own_sockets(
         answer, source = traffic.udp_request(lab.node_ns, IP, 53)
         assert answer in PODS and source == (IP, 53)
         # and another process on the node, started the way an engineer would
-        client = netns.run(lab.node_ns, [sys.executable, "-c", textwrap.dedent(f"""\
+        client = netns.run(
+            lab.node_ns,
+            [
+                sys.executable,
+                "-c",
+                textwrap.dedent(f"""\
             import socket
             s = socket.create_connection(("{IP}", 80), timeout=2)
             s.sendall(b"GET / HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n")
@@ -184,7 +212,9 @@ def test_an_agent_under_ip_netns_exec_serves_the_nodes_own_sockets(
                     break
                 data += chunk
             print(data.decode().split("\\r\\n\\r\\n", 1)[1].strip())
-            print(peer)""")])
+            print(peer)"""),
+            ],
+        )
         body, peer = client.stdout.split()
         assert body + "\n" in PODS and peer == IP
         assert kernel_counters(pin_dir)["sock_lb"] >= before + 12

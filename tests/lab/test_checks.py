@@ -34,11 +34,14 @@ pytestmark = pytest.mark.root
 CLUSTER_IP = "10.96.7.10"
 LB_IP = "192.168.60.20"
 NODE_PORT = 30777
-PORTS = [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080,
-          "nodePort": NODE_PORT},
-         {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 9090}]
-SLICE_PORTS = [{"name": "http", "port": 8080, "protocol": "TCP"},
-               {"name": "dns", "port": 9090, "protocol": "UDP"}]
+PORTS = [
+    {"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080, "nodePort": NODE_PORT},
+    {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 9090},
+]
+SLICE_PORTS = [
+    {"name": "http", "port": 8080, "protocol": "TCP"},
+    {"name": "dns", "port": 9090, "protocol": "UDP"},
+]
 
 
 class NetnsAdapter:
@@ -55,8 +58,13 @@ class NetnsAdapter:
         return self.lab.node(int(name.removeprefix("node-")))
 
     def _run(self, ns: str, argv: Sequence[str], timeout: float) -> checks.Result:
-        p = subprocess.run(["nsenter", f"--net={netns.path(ns)}", "--", *argv],
-                           capture_output=True, text=True, timeout=timeout, check=False)
+        p = subprocess.run(
+            ["nsenter", f"--net={netns.path(ns)}", "--", *argv],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
         return checks.Result(p.returncode, p.stdout, p.stderr)
 
     @staticmethod
@@ -69,8 +77,7 @@ class NetnsAdapter:
 
     def on_node(self, node: str, argv: Sequence[str], *, timeout: float) -> checks.Result:
         assert argv[0] == "ebpflb", argv
-        cli = [sys.executable, "-m", "ebpflb", argv[1], "--pin-dir", self.pins[node],
-               *argv[2:]]
+        cli = [sys.executable, "-m", "ebpflb", argv[1], "--pin-dir", self.pins[node], *argv[2:]]
         return self._run(self._node(node).netns, cli, timeout)
 
     def outside(self, argv: Sequence[str], *, timeout: float) -> checks.Result:
@@ -87,10 +94,20 @@ class TwoNodes:
     def start(self, node: str) -> None:
         k = int(node.removeprefix("node-"))
         agent = AgentProcess(
-            self.lab.node(k).netns, manifests=self.manifests, pin_dir=self.pins[node],
+            self.lab.node(k).netns,
+            manifests=self.manifests,
+            pin_dir=self.pins[node],
             log_path=self.lab.state_dir / f"checks-agent-{k}.log",
-            extra_args=["--cleanup", "--dataplane", "bpf", "--node-name", node,
-                        "--state-dir", str(self.manifests.parent / f"state-{k}")])
+            extra_args=[
+                "--cleanup",
+                "--dataplane",
+                "bpf",
+                "--node-name",
+                node,
+                "--state-dir",
+                str(self.manifests.parent / f"state-{k}"),
+            ],
+        )
         self.agents[node] = agent.start()
         agent.wait_ready()
         agent.wait_for(lambda: self._holds(node), what=f"{node} holds the Service")
@@ -102,18 +119,24 @@ class TwoNodes:
 
     def subject(self) -> checks.Subject:
         return checks.Subject(
-            service="demo/echo", nodes=("node-1", "node-2"),
+            service="demo/echo",
+            nodes=("node-1", "node-2"),
             node_addresses={f"node-{k}": str(self.lab.node(k).address) for k in (1, 2)},
-            cluster_ip=CLUSTER_IP, tcp_port=80, udp_port=53, node_port=NODE_PORT,
-            lb_ip=LB_IP, backends=frozenset(f"pod-{i}" for i in range(1, 5)), requests=16)
+            cluster_ip=CLUSTER_IP,
+            tcp_port=80,
+            udp_port=53,
+            node_port=NODE_PORT,
+            lb_ip=LB_IP,
+            backends=frozenset(f"pod-{i}" for i in range(1, 5)),
+            requests=16,
+        )
 
 
 @pytest.fixture(scope="module")
 def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoNodes]:
     _require_root()
     name = unique_lab_name()
-    pins = {f"node-{k}": f"/sys/fs/bpf/ebpflb-{name}-{k}-{secrets.token_hex(2)}"
-            for k in (1, 2)}
+    pins = {f"node-{k}": f"/sys/fs/bpf/ebpflb-{name}-{k}-{secrets.token_hex(2)}" for k in (1, 2)}
     manifests = tmp_path_factory.mktemp("checks") / "manifests"
     manifests.mkdir()
     c = TwoNodes(build.up(layout.LabSpec(name, pods=2, nodes=2)), manifests, pins)
@@ -121,8 +144,16 @@ def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoNodes]:
         svc = k8s.service("echo", CLUSTER_IP, PORTS, type="LoadBalancer")
         svc["status"] = {"loadBalancer": {"ingress": [{"ip": LB_IP}]}}
         k8s.write(manifests, "nodes", [c.lab.node_manifest(1), c.lab.node_manifest(2)])
-        k8s.write(manifests, "echo", [svc, k8s.endpoint_slice(
-            "echo-a", "echo", SLICE_PORTS, [c.lab.endpoint(i) for i in range(1, 5)])])
+        k8s.write(
+            manifests,
+            "echo",
+            [
+                svc,
+                k8s.endpoint_slice(
+                    "echo-a", "echo", SLICE_PORTS, [c.lab.endpoint(i) for i in range(1, 5)]
+                ),
+            ],
+        )
         for node in pins:
             c.start(node)
         yield c
@@ -140,15 +171,25 @@ def test_the_cluster_checks_pass_on_the_netns_lab(two_nodes: TwoNodes) -> None:
     print(report.text())
     assert report.ok, report.text()
     names = set(report.by_name())
-    assert {"clusterip-tcp from a pod on node-1", "clusterip-udp from a pod on node-2",
-            "nodeport on node-2 from outside", "loadbalancer from outside",
-            "ebpflb services on node-1", "ebpflb services on node-2"} <= names
+    assert {
+        "clusterip-tcp from a pod on node-1",
+        "clusterip-udp from a pod on node-2",
+        "nodeport on node-2 from outside",
+        "loadbalancer from outside",
+        "ebpflb services on node-1",
+        "ebpflb services on node-2",
+    } <= names
     # The two that need a real cluster are left out here, and said to be.
     assert sorted(report.left_out) == sorted(
-        [f"{what} from a pod on node-{k}" for k in (1, 2)
-         for what in ("cluster DNS", "kubernetes.default")])
+        [
+            f"{what} from a pod on node-{k}"
+            for k in (1, 2)
+            for what in ("cluster DNS", "kubernetes.default")
+        ]
+    )
     assert "2 failed" not in report.text() and report.text().endswith(
-        f"{len(report.results)} passed, 0 failed")
+        f"{len(report.results)} passed, 0 failed"
+    )
 
 
 def test_the_checks_fail_where_the_agent_is_gone(two_nodes: TwoNodes) -> None:
@@ -157,26 +198,49 @@ def test_the_checks_fail_where_the_agent_is_gone(two_nodes: TwoNodes) -> None:
     adapter = NetnsAdapter(two_nodes.lab, two_nodes.pins)
     two_nodes.agents.pop("node-2").stop()
     try:  # few requests: each failing one waits for its timeout
-        report = checks.run_checks(adapter, replace(two_nodes.subject(), requests=3),
-                                   cluster=False)
+        report = checks.run_checks(adapter, replace(two_nodes.subject(), requests=3), cluster=False)
     finally:
         two_nodes.start("node-2")
     results = report.by_name()
     assert not report.ok
-    for name in ("clusterip-tcp from a pod on node-2", "clusterip-udp from a pod on node-2",
-                 "nodeport on node-2 from outside", "ebpflb services on node-2"):
+    for name in (
+        "clusterip-tcp from a pod on node-2",
+        "clusterip-udp from a pod on node-2",
+        "nodeport on node-2 from outside",
+        "ebpflb services on node-2",
+    ):
         assert not results[name].ok, results[name]
-    for name in ("clusterip-tcp from a pod on node-1", "clusterip-udp from a pod on node-1",
-                 "nodeport on node-1 from outside", "loadbalancer from outside",
-                 "ebpflb services on node-1"):
+    for name in (
+        "clusterip-tcp from a pod on node-1",
+        "clusterip-udp from a pod on node-1",
+        "nodeport on node-1 from outside",
+        "loadbalancer from outside",
+        "ebpflb services on node-1",
+    ):
         assert results[name].ok, results[name]
 
 
 def test_the_probe_prints_a_tally_as_json() -> None:
     """The probe's output is what the checks parse, on both labs; errors are counted,
     not raised (nothing listens on this loopback port)."""
-    out = subprocess.run([sys.executable, "-m", "ebpflb.lab.checks", "probe", "tcp",
-                          "127.0.0.1", "9", "--count", "2", "--timeout", "0.5"],
-                         capture_output=True, text=True, timeout=30, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ebpflb.lab.checks",
+            "probe",
+            "tcp",
+            "127.0.0.1",
+            "9",
+            "--count",
+            "2",
+            "--timeout",
+            "0.5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
     data = json.loads(out.stdout)
     assert data["count"] == 2 and data["answers"] == {} and len(data["errors"]) == 2

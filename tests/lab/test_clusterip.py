@@ -58,8 +58,9 @@ endpoints:
 """
 
 
-def write_service(d: Path, name: str, ip: str, ready: list[str],
-                  not_ready: tuple[str, ...] | list[str] = ()) -> None:
+def write_service(
+    d: Path, name: str, ip: str, ready: list[str], not_ready: tuple[str, ...] | list[str] = ()
+) -> None:
     eps = [f"- addresses: [{a}]\n  conditions: {{ready: true}}" for a in ready]
     eps += [f"- addresses: [{a}]\n  conditions: {{ready: false}}" for a in not_ready]
     text = SERVICE.format(name=name, ip=ip, endpoints="\n".join(eps) or "[]")
@@ -75,8 +76,9 @@ class Harness:
     """The lab, the manifest directory and the agent on one data path, with helpers to
     read what the data path holds and to wait for syncs."""
 
-    def __init__(self, lab: layout.Lab, manifests: Path, pin_dir: str, dataplane: str,
-                 state_dir: str) -> None:
+    def __init__(
+        self, lab: layout.Lab, manifests: Path, pin_dir: str, dataplane: str, state_dir: str
+    ) -> None:
         self.lab = lab
         self.manifests = manifests
         self.pin_dir = pin_dir
@@ -91,8 +93,9 @@ class Harness:
 
     def cli(self, *args: str) -> tuple[int, str]:
         """An inspection command, as a user runs it (pins first, then the state file)."""
-        result = CliRunner().invoke(app, [*args, "--pin-dir", self.pin_dir,
-                                          "--state-dir", self.state_dir])
+        result = CliRunner().invoke(
+            app, [*args, "--pin-dir", self.pin_dir, "--state-dir", self.state_dir]
+        )
         return result.exit_code, result.output
 
     def active_backends(self, frontend: str) -> set[str]:
@@ -101,11 +104,16 @@ class Harness:
         entry that uses them last, so the flags alone can run ahead of the traffic)."""
         if self.dataplane == "bpf":
             with BpfMaps(self.pin_dir) as maps:
-                return {str(a) for st in read_state(maps).frontends.values()
-                        if str(st.frontend) == frontend for a, _ in st.slots}
+                return {
+                    str(a)
+                    for st in read_state(maps).frontends.values()
+                    if str(st.frontend) == frontend
+                    for a, _ in st.slots
+                }
         with self.inspector() as insp:
-            return {f"{b.address}" for b in insp.backends()
-                    if str(b.frontend) == frontend and b.active}
+            return {
+                f"{b.address}" for b in insp.backends() if str(b.frontend) == frontend and b.active
+            }
 
     def frontends(self) -> set[str]:
         with self.inspector() as insp:
@@ -116,11 +124,13 @@ class Harness:
         return self.lab.client.netns
 
     def start_agent(self) -> AgentProcess:
-        self.agent = AgentProcess(self.lab.node_ns, manifests=self.manifests,
-                                  pin_dir=self.pin_dir,
-                                  log_path=self.lab.state_dir / "agent.log",
-                                  extra_args=["--cleanup", "--dataplane", self.dataplane,
-                                              "--state-dir", self.state_dir]).start()
+        self.agent = AgentProcess(
+            self.lab.node_ns,
+            manifests=self.manifests,
+            pin_dir=self.pin_dir,
+            log_path=self.lab.state_dir / "agent.log",
+            extra_args=["--cleanup", "--dataplane", self.dataplane, "--state-dir", self.state_dir],
+        ).start()
         self.agent.wait_ready()
         return self.agent
 
@@ -138,13 +148,16 @@ class Harness:
 
     def wait_backends(self, frontend: str, expected: set[str]) -> None:
         assert self.agent is not None
-        self.agent.wait_for(lambda: self.active_backends(frontend) == expected,
-                            what=f"{frontend} -> {sorted(expected)}")
+        self.agent.wait_for(
+            lambda: self.active_backends(frontend) == expected,
+            what=f"{frontend} -> {sorted(expected)}",
+        )
 
     def wait_frontends(self, expected: set[str]) -> None:
         assert self.agent is not None
-        self.agent.wait_for(lambda: self.frontends() == expected,
-                            what=f"frontends {sorted(expected)}")
+        self.agent.wait_for(
+            lambda: self.frontends() == expected, what=f"frontends {sorted(expected)}"
+        )
 
 
 @pytest.fixture(scope="module", params=DATAPLANES)
@@ -160,8 +173,9 @@ def cni(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="module")
-def harness(tmp_path_factory: pytest.TempPathFactory, dataplane: str, cni: str
-            ) -> Iterator[Harness]:
+def harness(
+    tmp_path_factory: pytest.TempPathFactory, dataplane: str, cni: str
+) -> Iterator[Harness]:
     _require_root()
     name = unique_lab_name()
     pin_dir = f"/sys/fs/bpf/ebpflb-{name}-{secrets.token_hex(2)}"
@@ -261,8 +275,9 @@ def test_removed_backend_gets_no_new_flows_and_udp_flow_moves(web: Harness):
 
 def test_deleted_service_stops_answering(web: Harness):
     write_service(web.manifests, "other", OTHER_IP, web.pods()[:1])
-    web.wait_frontends({f"{CLUSTER_IP}:80/TCP", f"{CLUSTER_IP}:53/UDP",
-                        f"{OTHER_IP}:80/TCP", f"{OTHER_IP}:53/UDP"})
+    web.wait_frontends(
+        {f"{CLUSTER_IP}:80/TCP", f"{CLUSTER_IP}:53/UDP", f"{OTHER_IP}:80/TCP", f"{OTHER_IP}:53/UDP"}
+    )
     assert traffic.http_get(web.client, OTHER_IP, 80).strip() == "pod-1"
     (web.manifests / "other.yaml").unlink()
     web.wait_frontends({f"{CLUSTER_IP}:80/TCP", f"{CLUSTER_IP}:53/UDP"})
@@ -297,39 +312,96 @@ def test_cli_reads_the_data_path(web: Harness):
 
         def tracked() -> bool:
             flows = json.loads(web.cli("conntrack", "--json")[1])
-            return any(f["client_port"] == port and f["frontend_address"] == CLUSTER_IP
-                       and f["service"] == "demo/web:http/TCP" for f in flows)
+            return any(
+                f["client_port"] == port
+                and f["frontend_address"] == CLUSTER_IP
+                and f["service"] == "demo/web:http/TCP"
+                for f in flows
+            )
 
         web.agent.wait_for(tracked, timeout=5, what="the flow in `ebpflb conntrack`")
 
 
 def test_cli_json_keys_are_the_contract(web: Harness):
     rows = json.loads(web.cli("services", "--json")[1])
-    assert set(rows[0]) == {"id", "service", "port_name", "protocol", "address", "port",
-                            "frontend", "kind", "backends", "active_backends",
-                            "affinity_timeout"}
+    assert set(rows[0]) == {
+        "id",
+        "service",
+        "port_name",
+        "protocol",
+        "address",
+        "port",
+        "frontend",
+        "kind",
+        "backends",
+        "active_backends",
+        "affinity_timeout",
+    }
     rows = json.loads(web.cli("backends", "--json")[1])
-    assert set(rows[0]) == {"id", "svc_id", "service", "port_name", "frontend", "address",
-                            "port", "protocol", "active", "terminating"}
+    assert set(rows[0]) == {
+        "id",
+        "svc_id",
+        "service",
+        "port_name",
+        "frontend",
+        "address",
+        "port",
+        "protocol",
+        "active",
+        "terminating",
+    }
     stats = json.loads(web.cli("stats", "--json")[1])
     assert set(stats) == {"services", "counters", "drops"}
-    assert set(stats["counters"]) == {"new_flow", "ct_hit", "reselect", "reply", "no_backend",
-                                      "backend_missing", "fragment", "ct_full",
-                                      "source_range_drop", "snat", "nat_port_full",
-                                      "affinity_hit", "hairpin", "icmp_error", "reject",
-                                      "sock_lb", "reset"}
-    assert list(stats["drops"]) == ["no_backend", "backend_missing", "ct_full", "write",
-                                    "source_range", "nat_port_full"]
+    assert set(stats["counters"]) == {
+        "new_flow",
+        "ct_hit",
+        "reselect",
+        "reply",
+        "no_backend",
+        "backend_missing",
+        "fragment",
+        "ct_full",
+        "source_range_drop",
+        "snat",
+        "nat_port_full",
+        "affinity_hit",
+        "hairpin",
+        "icmp_error",
+        "reject",
+        "sock_lb",
+        "reset",
+    }
+    assert list(stats["drops"]) == [
+        "no_backend",
+        "backend_missing",
+        "ct_full",
+        "write",
+        "source_range",
+        "nat_port_full",
+    ]
     with traffic.KeepAliveClient(web.client, CLUSTER_IP, 80) as conn:
         conn.get()
         assert web.agent is not None
-        web.agent.wait_for(lambda: bool(json.loads(web.cli("conntrack", "--json")[1])),
-                           timeout=5, what="a flow")
+        web.agent.wait_for(
+            lambda: bool(json.loads(web.cli("conntrack", "--json")[1])), timeout=5, what="a flow"
+        )
         flow = json.loads(web.cli("conntrack", "--json")[1])[0]
-    assert set(flow) == {"protocol", "client_address", "client_port", "frontend_address",
-                         "frontend_port", "backend_address", "backend_port", "backend_id",
-                         "svc_id", "service", "age_seconds", "idle_seconds", "snat_address",
-                         "snat_port"}
+    assert set(flow) == {
+        "protocol",
+        "client_address",
+        "client_port",
+        "frontend_address",
+        "frontend_port",
+        "backend_address",
+        "backend_port",
+        "backend_id",
+        "svc_id",
+        "service",
+        "age_seconds",
+        "idle_seconds",
+        "snat_address",
+        "snat_port",
+    }
 
 
 @kernel_path_only

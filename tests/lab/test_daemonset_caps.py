@@ -48,8 +48,9 @@ def _bounding_set() -> set[str]:
     """Names (as Kubernetes spells them) of the capabilities this process can pass on."""
     with open("/proc/self/status") as f:
         mask = int(next(line.split()[1] for line in f if line.startswith("CapBnd:")), 16)
-    out = subprocess.run(["capsh", f"--decode={mask:x}"], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        ["capsh", f"--decode={mask:x}"], capture_output=True, text=True, check=True
+    ).stdout
     return {c.removeprefix("cap_").upper() for c in out.split("=", 1)[1].strip().split(",")}
 
 
@@ -58,11 +59,23 @@ def one_node(lab_names: Callable[[], str], tmp_path: Path) -> Iterator[tuple[lay
     lab = build.up(layout.LabSpec(lab_names(), pods=2))
     manifests = tmp_path / "manifests"
     manifests.mkdir()
-    k8s.write(manifests, "web", [
-        k8s.service("web", CLUSTER_IP, [{"name": "http", "port": 80, "protocol": "TCP",
-                                         "targetPort": 8080}]),
-        k8s.endpoint_slice("web-a", "web", [{"name": "http", "port": 8080, "protocol": "TCP"}],
-                           [lab.endpoint(1), lab.endpoint(2)])])
+    k8s.write(
+        manifests,
+        "web",
+        [
+            k8s.service(
+                "web",
+                CLUSTER_IP,
+                [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}],
+            ),
+            k8s.endpoint_slice(
+                "web-a",
+                "web",
+                [{"name": "http", "port": 8080, "protocol": "TCP"}],
+                [lab.endpoint(1), lab.endpoint(2)],
+            ),
+        ],
+    )
     yield lab, manifests
 
 
@@ -71,10 +84,25 @@ def _run_agent(lab: layout.Lab, manifests: Path, caps: list[str]) -> tuple[bool,
     pin_dir = f"/sys/fs/bpf/ebpflb-{lab.name}-caps"
     log_path = manifests.parent / f"agent-{'-'.join(caps) or 'none'}.log"
     bounding = ",".join(["-all", *(f"+{c.lower()}" for c in caps)])
-    argv = ["setpriv", f"--bounding-set={bounding}", "--inh-caps=-all", "--",
-            sys.executable, "-m", "ebpflb", "agent", "--manifests", str(manifests),
-            "--pin-dir", pin_dir, "--dataplane", "bpf", "--cleanup",
-            "--state-dir", str(manifests.parent / "state")]
+    argv = [
+        "setpriv",
+        f"--bounding-set={bounding}",
+        "--inh-caps=-all",
+        "--",
+        sys.executable,
+        "-m",
+        "ebpflb",
+        "agent",
+        "--manifests",
+        str(manifests),
+        "--pin-dir",
+        pin_dir,
+        "--dataplane",
+        "bpf",
+        "--cleanup",
+        "--state-dir",
+        str(manifests.parent / "state"),
+    ]
     with open(log_path, "wb") as log:
         proc = netns.spawn(lab.node(1).netns, argv, stdout=log, stderr=subprocess.STDOUT)
     reached = False
@@ -82,8 +110,9 @@ def _run_agent(lab: layout.Lab, manifests: Path, caps: list[str]) -> tuple[bool,
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and proc.poll() is None and not reached:
             try:
-                reached = traffic.http_get(lab.node(1).client.netns, CLUSTER_IP, 80,
-                                           timeout=0.5).startswith("pod-")
+                reached = traffic.http_get(
+                    lab.node(1).client.netns, CLUSTER_IP, 80, timeout=0.5
+                ).startswith("pod-")
             except OSError as exc:
                 # not translated (yet): the node has no route for the ClusterIP
                 assert failure_of(exc) in (Failure.UNREACHABLE, Failure.TIMEOUT), exc
@@ -97,7 +126,8 @@ def _run_agent(lab: layout.Lab, manifests: Path, caps: list[str]) -> tuple[bool,
 
 
 def test_the_daemonsets_capabilities_run_the_kernel_data_path(
-        one_node: tuple[layout.Lab, Path]) -> None:
+    one_node: tuple[layout.Lab, Path],
+) -> None:
     lab, manifests = one_node
     caps = daemonset_caps()
     assert {"NET_ADMIN", "BPF", "PERFMON"} <= set(caps)
@@ -110,7 +140,8 @@ def test_the_daemonsets_capabilities_run_the_kernel_data_path(
 
 @pytest.mark.parametrize("missing", ["NET_ADMIN", "BPF", "PERFMON"])
 def test_without_each_capability_the_programs_do_not_load(
-        one_node: tuple[layout.Lab, Path], missing: str) -> None:
+    one_node: tuple[layout.Lab, Path], missing: str
+) -> None:
     lab, manifests = one_node
     caps = [c for c in daemonset_caps() if c in _bounding_set() and c != missing]
     reached, log = _run_agent(lab, manifests, caps)
@@ -124,8 +155,18 @@ def test_without_each_capability_the_programs_do_not_load(
 def test_setpriv_really_narrows_the_capabilities() -> None:
     """The mechanism the tests above rely on: a child's effective set is the bounding
     set given to setpriv, not root's full set."""
-    out = subprocess.run(["setpriv", "--bounding-set=-all,+net_admin", "--inh-caps=-all",
-                          "--", "cat", "/proc/self/status"], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [
+            "setpriv",
+            "--bounding-set=-all,+net_admin",
+            "--inh-caps=-all",
+            "--",
+            "cat",
+            "/proc/self/status",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     eff = int(next(ln.split()[1] for ln in out.splitlines() if ln.startswith("CapEff:")), 16)
     assert eff == 1 << 12  # CAP_NET_ADMIN alone

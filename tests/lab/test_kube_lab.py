@@ -33,27 +33,45 @@ CLUSTER_IP = "10.96.0.30"
 
 
 def service(name: str, ip: str, *, port: int = 80) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": name, "namespace": "demo"},
-            "spec": {"type": "ClusterIP", "clusterIP": ip, "ports": [
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": "demo"},
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": ip,
+            "ports": [
                 {"name": "http", "port": port, "protocol": "TCP", "targetPort": "http"},
-                {"name": "echo", "port": 53, "protocol": "UDP", "targetPort": 9090}]}}
+                {"name": "echo", "port": 53, "protocol": "UDP", "targetPort": 9090},
+            ],
+        },
+    }
 
 
 def endpoint_slice(name: str, addresses: list[str]) -> dict[str, Any]:
-    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": f"{name}-abcde", "namespace": "demo",
-                         "labels": {"kubernetes.io/service-name": name}},
-            "addressType": "IPv4",
-            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"},
-                      {"name": "echo", "port": 9090, "protocol": "UDP"}],
-            "endpoints": [{"addresses": [a], "conditions": {"ready": True}, "nodeName": NODE}
-                          for a in addresses]}
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"{name}-abcde",
+            "namespace": "demo",
+            "labels": {"kubernetes.io/service-name": name},
+        },
+        "addressType": "IPv4",
+        "ports": [
+            {"name": "http", "port": 8080, "protocol": "TCP"},
+            {"name": "echo", "port": 9090, "protocol": "UDP"},
+        ],
+        "endpoints": [
+            {"addresses": [a], "conditions": {"ready": True}, "nodeName": NODE} for a in addresses
+        ],
+    }
 
 
 class KubeLab:
-    def __init__(self, lab: layout.Lab, api: ApiServerStandIn, pin_dir: str,
-                 state_dir: str, kubeconfig: Path) -> None:
+    def __init__(
+        self, lab: layout.Lab, api: ApiServerStandIn, pin_dir: str, state_dir: str, kubeconfig: Path
+    ) -> None:
         self.lab, self.api, self.pin_dir, self.state_dir = lab, api, pin_dir, state_dir
         self.kubeconfig = kubeconfig
         self.agent: AgentProcess | None = None
@@ -111,10 +129,21 @@ def start_agent(h: KubeLab) -> AgentProcess:
     """The module's agent, started on first use."""
     if h.agent is not None and h.agent.alive():
         return h.agent
-    h.agent = AgentProcess(h.lab.node_ns, kubeconfig=h.kubeconfig, pin_dir=h.pin_dir,
-                           log_path=h.lab.state_dir / "agent.log",
-                           extra_args=["--cleanup", "--dataplane", "bpf", "--node-name", NODE,
-                                       "--state-dir", h.state_dir]).start()
+    h.agent = AgentProcess(
+        h.lab.node_ns,
+        kubeconfig=h.kubeconfig,
+        pin_dir=h.pin_dir,
+        log_path=h.lab.state_dir / "agent.log",
+        extra_args=[
+            "--cleanup",
+            "--dataplane",
+            "bpf",
+            "--node-name",
+            NODE,
+            "--state-dir",
+            h.state_dir,
+        ],
+    ).start()
     h.agent.wait_ready()
     return h.agent
 
@@ -138,14 +167,15 @@ def test_services_created_changed_and_deleted_through_the_api_change_traffic(kub
     every = set(kube.pods(1, 2, 3))
     kube.wait_for({f"{CLUSTER_IP}:80/TCP": every, f"{CLUSTER_IP}:53/UDP": every}, "scaled")
     assert names(traffic.spread_tcp(kube.client, CLUSTER_IP, 80, 150)) == {
-        "pod-1", "pod-2", "pod-3"}
+        "pod-1",
+        "pod-2",
+        "pod-3",
+    }
 
     # The Service port changed: the new one answers, the old one no longer does.
     kube.api.apply(service("web", CLUSTER_IP, port=8000))
-    kube.wait_for({f"{CLUSTER_IP}:8000/TCP": every, f"{CLUSTER_IP}:53/UDP": every},
-                  "port changed")
-    assert traffic.http_get(kube.client, CLUSTER_IP, 8000).strip() in {"pod-1", "pod-2",
-                                                                       "pod-3"}
+    kube.wait_for({f"{CLUSTER_IP}:8000/TCP": every, f"{CLUSTER_IP}:53/UDP": every}, "port changed")
+    assert traffic.http_get(kube.client, CLUSTER_IP, 8000).strip() in {"pod-1", "pod-2", "pod-3"}
     # no route on the node: ICMP net unreachable, or no answer at all once the
     # node's kernel rate-limits those ICMP errors
     with fails(Failure.UNREACHABLE, Failure.TIMEOUT):
@@ -171,12 +201,13 @@ def test_traffic_keeps_flowing_while_the_api_server_is_down(kube: KubeLab):
     kube.wait_for({"10.96.0.31:80/TCP": want, "10.96.0.31:53/UDP": want}, "steady")
     with kube.api.down():
         agent.wait_for(lambda: kube.status()["stale"], timeout=10, what="stale")
-        assert names(traffic.spread_tcp(kube.client, "10.96.0.31", 80, 60)) == {
-            "pod-1", "pod-3"}
+        assert names(traffic.spread_tcp(kube.client, "10.96.0.31", 80, 60)) == {"pod-1", "pod-3"}
         assert kube.frontends() == {"10.96.0.31:80/TCP": want, "10.96.0.31:53/UDP": want}
     # Back: no longer stale, and a change made after the outage applies.
     agent.wait_for(lambda: not kube.status()["stale"], timeout=15, what="recovery")
     kube.api.apply(endpoint_slice("steady", kube.pods(2)))
-    kube.wait_for({"10.96.0.31:80/TCP": set(kube.pods(2)),
-                   "10.96.0.31:53/UDP": set(kube.pods(2))}, "a change after the outage")
+    kube.wait_for(
+        {"10.96.0.31:80/TCP": set(kube.pods(2)), "10.96.0.31:53/UDP": set(kube.pods(2))},
+        "a change after the outage",
+    )
     assert names(traffic.spread_tcp(kube.client, "10.96.0.31", 80, 30)) == {"pod-2"}

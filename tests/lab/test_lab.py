@@ -27,14 +27,18 @@ def _root_net() -> dict[str, Any]:
     """The root namespace's links, addresses and routes, minus what changes by itself."""
 
     def ip_json(*args: str) -> Any:
-        out = subprocess.run(["ip", "-j", *args], capture_output=True, text=True, check=True,
-                             timeout=10).stdout
+        out = subprocess.run(
+            ["ip", "-j", *args], capture_output=True, text=True, check=True, timeout=10
+        ).stdout
         return json.loads(out or "[]")
 
     def strip(obj: Any) -> Any:
         if isinstance(obj, dict):
-            return {k: strip(v) for k, v in obj.items()
-                    if not k.endswith("_life_time") and k != "expires"}
+            return {
+                k: strip(v)
+                for k, v in obj.items()
+                if not k.endswith("_life_time") and k != "expires"
+            }
         if isinstance(obj, list):
             return [strip(v) for v in obj]
         return obj

@@ -35,8 +35,10 @@ pytestmark = pytest.mark.root
 
 HTTP = {"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}
 DNS = {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 9090}
-SLICE_PORTS = [{"name": "http", "port": 8080, "protocol": "TCP"},
-               {"name": "dns", "port": 9090, "protocol": "UDP"}]
+SLICE_PORTS = [
+    {"name": "http", "port": 8080, "protocol": "TCP"},
+    {"name": "dns", "port": 9090, "protocol": "UDP"},
+]
 LB_IP = "192.168.60.10"
 EXTERNAL_IP = "192.168.60.11"
 
@@ -51,11 +53,21 @@ class Cluster:
     def start(self, *extra: str) -> None:
         for k, pin_dir in enumerate(self.pins, start=1):
             agent = AgentProcess(
-                self.lab.node(k).netns, manifests=self.manifests, pin_dir=pin_dir,
+                self.lab.node(k).netns,
+                manifests=self.manifests,
+                pin_dir=pin_dir,
                 log_path=self.lab.state_dir / f"agent-{k}.log",
-                extra_args=["--cleanup", "--dataplane", "bpf", "--node-name", f"node-{k}",
-                            "--state-dir", str(self.manifests.parent / f"state-{k}"),
-                            *extra])
+                extra_args=[
+                    "--cleanup",
+                    "--dataplane",
+                    "bpf",
+                    "--node-name",
+                    f"node-{k}",
+                    "--state-dir",
+                    str(self.manifests.parent / f"state-{k}"),
+                    *extra,
+                ],
+            )
             self.agents.append(agent.start())
         for agent in self.agents:
             agent.wait_ready()
@@ -86,34 +98,48 @@ class Cluster:
     def ips(self, pods: list[int]) -> set[str]:
         return {str(self.lab.pod(i).ip) for i in pods}
 
-    def publish(self, name: str, pods: list[int], *,
-                wait: dict[str, dict[str, set[str]]] | None = None,
-                endpoints: list[dict[str, Any]] | None = None, status: Any = None,
-                slice_ports: list[dict[str, Any]] | None = None, **spec: Any) -> None:
+    def publish(
+        self,
+        name: str,
+        pods: list[int],
+        *,
+        wait: dict[str, dict[str, set[str]]] | None = None,
+        endpoints: list[dict[str, Any]] | None = None,
+        status: Any = None,
+        slice_ports: list[dict[str, Any]] | None = None,
+        **spec: Any,
+    ) -> None:
         """Replace every Service with this one (plus the Node objects), and wait until
         each node holds `wait` (node -> frontend -> active backend addresses; default:
         the ClusterIP's TCP frontend with `pods`)."""
         for f in self.manifests.glob("*.json"):
             if f.name != "nodes.json":  # never a moment without this node's addresses
                 f.unlink()
-        svc = k8s.service(name, spec.pop("clusterIP", "10.96.2.10"),
-                          spec.pop("ports", [HTTP, DNS]), **spec)
+        svc = k8s.service(
+            name, spec.pop("clusterIP", "10.96.2.10"), spec.pop("ports", [HTTP, DNS]), **spec
+        )
         if status is not None:
             svc["status"] = status
         eps = endpoints if endpoints is not None else [self.lab.endpoint(i) for i in pods]
-        k8s.write(self.manifests, name, [svc, k8s.endpoint_slice(
-            f"{name}-a", name, slice_ports or SLICE_PORTS, eps)])
+        k8s.write(
+            self.manifests,
+            name,
+            [svc, k8s.endpoint_slice(f"{name}-a", name, slice_ports or SLICE_PORTS, eps)],
+        )
         cluster_ip = svc["spec"]["clusterIP"]
         for k, agent in enumerate(self.agents, start=1):
             expected = (wait or {}).get(f"node-{k}") or {
-                f"{cluster_ip}:80/TCP": self.ips(pods) if endpoints is None else {
-                    e["addresses"][0] for e in endpoints if e["conditions"]["ready"]}}
+                f"{cluster_ip}:80/TCP": self.ips(pods)
+                if endpoints is None
+                else {e["addresses"][0] for e in endpoints if e["conditions"]["ready"]}
+            }
             agent.wait_for(self._holds(k, expected), what=f"node-{k} holds {expected}")
 
     def _holds(self, k: int, expected: dict[str, set[str]]) -> Callable[[], bool]:
         def check() -> bool:
             held = self.frontends(k)
             return all(held.get(fe) == want for fe, want in expected.items())
+
         return check
 
     def counters(self, k: int) -> dict[str, int]:
@@ -121,8 +147,9 @@ class Cluster:
 
 
 @pytest.fixture(scope="module", params=CNIS)
-def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[Cluster]:
+def cluster(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
     _require_root()
     name = unique_lab_name()
     pins = [f"/sys/fs/bpf/ebpflb-{name}-{k}-{secrets.token_hex(2)}" for k in (1, 2)]
@@ -173,32 +200,49 @@ def test_nodeport_cluster_policy_reaches_every_backend_from_anywhere(cluster: Cl
         for c in (1, 2):
             assert traffic.http_get(cluster.client(c), node, 30080) in names([1, 2, 3, 4])
     # a backend sees the node, not the outside client (source NAT)
-    seen = {traffic.udp_request(cluster.ext(1), cluster.node_ip(1), 30053, b"whoami")[0]
-            for _ in range(20)}
-    assert all(line.split()[1] in {cluster.node_ip(1), str(abi.HAIRPIN_ADDRESS)}
-               or line.split()[1].startswith("192.168.50.") for line in seen)
+    seen = {
+        traffic.udp_request(cluster.ext(1), cluster.node_ip(1), 30053, b"whoami")[0]
+        for _ in range(20)
+    }
+    assert all(
+        line.split()[1] in {cluster.node_ip(1), str(abi.HAIRPIN_ADDRESS)}
+        or line.split()[1].startswith("192.168.50.")
+        for line in seen
+    )
     assert all(line.split()[1] != str(cluster.lab.outside[0].ip) for line in seen)
     assert cluster.counters(1)["snat"] > 0
     # `ebpflb conntrack` shows each flow's NAT source next to its client
     out = CliRunner().invoke(app, ["conntrack", "--json", "--pin-dir", cluster.pins[0]])
-    flows = [f for f in json.loads(out.output)
-             if f["frontend_address"] == cluster.node_ip(1) and f["frontend_port"] == 30053]
+    flows = [
+        f
+        for f in json.loads(out.output)
+        if f["frontend_address"] == cluster.node_ip(1) and f["frontend_port"] == 30053
+    ]
     assert flows and all(
         f["client_address"] == str(cluster.lab.outside[0].ip)
         and f["snat_address"] == cluster.node_ip(1)
         and abi.NAT_PORT_MIN <= f["snat_port"] < abi.NAT_PORT_MIN + abi.NAT_PORT_COUNT
-        for f in flows)
+        for f in flows
+    )
 
 
 def test_nodeport_local_policy_keeps_the_client_address_and_only_local_backends(
-        cluster: Cluster) -> None:
+    cluster: Cluster,
+) -> None:
     ports = [dict(HTTP, nodePort=30080), dict(DNS, nodePort=30053)]
     wait: dict[str, dict[str, set[str]]] = {
         "node-1": {f"{cluster.node_ip(1)}:30080/TCP": cluster.ips([1])},
-        "node-2": {f"{cluster.node_ip(2)}:30080/TCP": set()}}
-    cluster.publish("local", [1, 3], type="NodePort", externalTrafficPolicy="Local",
-                    endpoints=[cluster.lab.endpoint(1), cluster.lab.endpoint(3, ready=False)],
-                    wait=wait, ports=ports)
+        "node-2": {f"{cluster.node_ip(2)}:30080/TCP": set()},
+    }
+    cluster.publish(
+        "local",
+        [1, 3],
+        type="NodePort",
+        externalTrafficPolicy="Local",
+        endpoints=[cluster.lab.endpoint(1), cluster.lab.endpoint(3, ready=False)],
+        wait=wait,
+        ports=ports,
+    )
     assert traffic.spread_tcp(cluster.ext(1), cluster.node_ip(1), 30080, 20) == {"pod-1\n": 20}
     answer, _ = traffic.udp_request(cluster.ext(1), cluster.node_ip(1), 30053, b"whoami")
     assert answer == f"pod-1 {cluster.lab.outside[0].ip}\n"
@@ -213,9 +257,17 @@ def test_nodeport_of_a_service_without_endpoints_refuses(cluster: Cluster) -> No
     (Its own nodePort: a frontend left by another test must not satisfy the wait.)"""
     ports = [dict(HTTP, nodePort=30090), dict(DNS, nodePort=30054)]
     wait: dict[str, dict[str, set[str]]] = {
-        f"node-{k}": {f"{cluster.node_ip(k)}:30090/TCP": set()} for k in (1, 2)}
-    cluster.publish("empty", [], type="NodePort", externalTrafficPolicy="Local",
-                    endpoints=[], wait=wait, ports=ports)
+        f"node-{k}": {f"{cluster.node_ip(k)}:30090/TCP": set()} for k in (1, 2)
+    }
+    cluster.publish(
+        "empty",
+        [],
+        type="NodePort",
+        externalTrafficPolicy="Local",
+        endpoints=[],
+        wait=wait,
+        ports=ports,
+    )
     for k in (1, 2):
         with pytest.raises(ConnectionRefusedError):
             traffic.http_get(cluster.ext(1), cluster.node_ip(k), 30090, timeout=1.0)
@@ -226,8 +278,14 @@ def test_load_balancer_ip_with_source_ranges(cluster: Cluster) -> None:
     status = {"loadBalancer": {"ingress": [{"ip": LB_IP}]}}
     every = cluster.ips([1, 2, 3, 4])
     wait = {"node-1": {f"{LB_IP}:80/TCP": every}, "node-2": {f"{LB_IP}:80/TCP": every}}
-    cluster.publish("lb", [1, 2, 3, 4], type="LoadBalancer", status=status, wait=wait,
-                    loadBalancerSourceRanges=[f"{cluster.lab.outside[0].ip}/32"])
+    cluster.publish(
+        "lb",
+        [1, 2, 3, 4],
+        type="LoadBalancer",
+        status=status,
+        wait=wait,
+        loadBalancerSourceRanges=[f"{cluster.lab.outside[0].ip}/32"],
+    )
     assert set(traffic.spread_tcp(cluster.ext(1), LB_IP, 80, 40)) == names([1, 2, 3, 4])
     before = cluster.counters(1)["source_range_drop"]
     with fails(Failure.TIMEOUT):
@@ -257,8 +315,10 @@ def _serve_http(sock: socket.socket, body: bytes, stop: threading.Event) -> None
         with conn:
             conn.settimeout(2.0)
             conn.recv(4096)
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
-                         % len(body) + body)
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+                + body
+            )
 
 
 def test_host_network_backend_answers_as_the_service(cluster: Cluster) -> None:
@@ -276,13 +336,16 @@ def test_host_network_backend_answers_as_the_service(cluster: Cluster) -> None:
         thread.start()
         try:
             endpoint = k8s.endpoint(node_ip, node="node-1")
-            cluster.publish("kubernetes", [], endpoints=[endpoint], clusterIP="10.96.0.1",
-                            ports=[{"name": "https", "port": 80, "protocol": "TCP",
-                                    "targetPort": 7443}],
-                            slice_ports=[{"name": "https", "port": 7443, "protocol": "TCP"}])
+            cluster.publish(
+                "kubernetes",
+                [],
+                endpoints=[endpoint],
+                clusterIP="10.96.0.1",
+                ports=[{"name": "https", "port": 80, "protocol": "TCP", "targetPort": 7443}],
+                slice_ports=[{"name": "https", "port": 7443, "protocol": "TCP"}],
+            )
             for k in (1, 2):
-                assert traffic.spread_tcp(cluster.client(k), "10.96.0.1", 80, 5) == {
-                    "host-1\n": 5}
+                assert traffic.spread_tcp(cluster.client(k), "10.96.0.1", 80, 5) == {"host-1\n": 5}
         finally:
             stop.set()
             thread.join(5)
@@ -291,28 +354,35 @@ def test_host_network_backend_answers_as_the_service(cluster: Cluster) -> None:
 def _zoned(cluster: Cluster, pod: int, *, hint: bool = True) -> dict[str, Any]:
     p = cluster.lab.pod(pod)
     node = cluster.lab.node_of(p)
-    return k8s.endpoint(str(p.ip), node=node.name, zone=node.zone,
-                        for_zones=[node.zone] if hint else [])
+    return k8s.endpoint(
+        str(p.ip), node=node.name, zone=node.zone, for_zones=[node.zone] if hint else []
+    )
 
 
 def test_prefer_close_keeps_traffic_in_the_clients_zone(cluster: Cluster) -> None:
     """trafficDistribution: PreferClose with zone hints: each node's clients reach only
     their own zone's endpoints (zone-k is node-k's, from its Node labels)."""
     eps = [_zoned(cluster, i) for i in (1, 2, 3, 4)]
-    wait = {"node-1": {"10.96.2.10:80/TCP": cluster.ips([1, 2])},
-            "node-2": {"10.96.2.10:80/TCP": cluster.ips([3, 4])}}
-    cluster.publish("close", [1, 2, 3, 4], endpoints=eps, wait=wait,
-                    trafficDistribution="PreferClose")
+    wait = {
+        "node-1": {"10.96.2.10:80/TCP": cluster.ips([1, 2])},
+        "node-2": {"10.96.2.10:80/TCP": cluster.ips([3, 4])},
+    }
+    cluster.publish(
+        "close", [1, 2, 3, 4], endpoints=eps, wait=wait, trafficDistribution="PreferClose"
+    )
     assert set(traffic.spread_tcp(cluster.client(1), "10.96.2.10", 80, 40)) == names([1, 2])
     assert set(traffic.spread_tcp(cluster.client(2), "10.96.2.10", 80, 40)) == names([3, 4])
     # hints incomplete (one endpoint has none): every endpoint, as kube-proxy falls back
     eps[3] = _zoned(cluster, 4, hint=False)
     every = cluster.ips([1, 2, 3, 4])
-    cluster.publish("close", [1, 2, 3, 4], endpoints=eps, trafficDistribution="PreferClose",
-                    wait={"node-1": {"10.96.2.10:80/TCP": every},
-                          "node-2": {"10.96.2.10:80/TCP": every}})
-    assert set(traffic.spread_tcp(cluster.client(1), "10.96.2.10", 80, 60)) == names(
-        [1, 2, 3, 4])
+    cluster.publish(
+        "close",
+        [1, 2, 3, 4],
+        endpoints=eps,
+        trafficDistribution="PreferClose",
+        wait={"node-1": {"10.96.2.10:80/TCP": every}, "node-2": {"10.96.2.10:80/TCP": every}},
+    )
+    assert set(traffic.spread_tcp(cluster.client(1), "10.96.2.10", 80, 60)) == names([1, 2, 3, 4])
 
 
 def test_health_check_node_port_reports_local_endpoints(cluster: Cluster) -> None:
@@ -322,10 +392,18 @@ def test_health_check_node_port_reports_local_endpoints(cluster: Cluster) -> Non
     status = {"loadBalancer": {"ingress": [{"ip": LB_IP}]}}
     wait: dict[str, dict[str, set[str]]] = {
         "node-1": {f"{LB_IP}:80/TCP": cluster.ips([1, 2])},
-        "node-2": {f"{LB_IP}:80/TCP": set()}}
-    cluster.publish("hc", [1, 2], type="LoadBalancer", status=status, wait=wait,
-                    externalTrafficPolicy="Local", healthCheckNodePort=32100,
-                    ports=[dict(HTTP, nodePort=30080), dict(DNS, nodePort=30053)])
+        "node-2": {f"{LB_IP}:80/TCP": set()},
+    }
+    cluster.publish(
+        "hc",
+        [1, 2],
+        type="LoadBalancer",
+        status=status,
+        wait=wait,
+        externalTrafficPolicy="Local",
+        healthCheckNodePort=32100,
+        ports=[dict(HTTP, nodePort=30080), dict(DNS, nodePort=30053)],
+    )
     for k, code, count in ((1, 200, 2), (2, 503, 0)):
         with netns.socket_in(cluster.ext(1)) as s:
             s.settimeout(2.0)
@@ -355,8 +433,7 @@ def _udp_from(ns: str, port: int, address: str, dport: int) -> str:
         return data.decode()
 
 
-def test_maglev_sends_a_flow_to_the_same_backend_through_either_node(
-        cluster: Cluster) -> None:
+def test_maglev_sends_a_flow_to_the_same_backend_through_either_node(cluster: Cluster) -> None:
     """With --lb-algorithm maglev, both nodes choose the same backend for the same flow:
     the outside client's load-balancer traffic moved from node-1 to node-2 (as an ECMP
     change would) still reaches the same pods. (At random, 20 flows would all agree
@@ -367,8 +444,14 @@ def test_maglev_sends_a_flow_to_the_same_backend_through_either_node(
         status = {"loadBalancer": {"ingress": [{"ip": LB_IP}]}}
         every = cluster.ips([1, 2, 3, 4])
         wait = {f"node-{k}": {f"{LB_IP}:53/UDP": every} for k in (1, 2)}
-        cluster.publish("mg", [1, 2, 3, 4], type="LoadBalancer", status=status, wait=wait,
-                        ports=[dict(HTTP, nodePort=30082), dict(DNS, nodePort=30055)])
+        cluster.publish(
+            "mg",
+            [1, 2, 3, 4],
+            type="LoadBalancer",
+            status=status,
+            wait=wait,
+            ports=[dict(HTTP, nodePort=30082), dict(DNS, nodePort=30055)],
+        )
         ports = range(42000, 42020)
         via_1 = [_udp_from(ext, p, LB_IP, 53) for p in ports]
         netns.ip_batch(ext, [f"route replace 192.168.60.0/24 via {cluster.node_ip(2)}"])

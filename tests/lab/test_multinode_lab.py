@@ -45,8 +45,9 @@ def mlab() -> Iterator[Lab]:
 
 def _root_net() -> tuple[str, str]:
     def ip(*args: str) -> str:
-        return subprocess.run(["ip", *args], capture_output=True, text=True, check=True,
-                              timeout=10).stdout
+        return subprocess.run(
+            ["ip", *args], capture_output=True, text=True, check=True, timeout=10
+        ).stdout
 
     return ip("-o", "addr"), ip("route", "show", "table", "all")
 
@@ -71,10 +72,14 @@ def test_two_nodes_are_built_as_described(mlab: Lab) -> None:
         ("pod-3", "10.244.1.13", "vp3", 2), ("pod-4", "10.244.1.14", "vp4", 2),
     ]  # fmt: skip
     assert [(n.client.netns, str(n.client.ip)) for n in mlab.nodes] == [
-        (f"{name}-client", "10.244.0.200"), (f"{name}-client-2", "10.244.1.200")]
+        (f"{name}-client", "10.244.0.200"),
+        (f"{name}-client-2", "10.244.1.200"),
+    ]
     assert (mlab.node_ns, mlab.client) == (mlab.nodes[0].netns, mlab.nodes[0].client)
     assert [(o.netns, str(o.ip)) for o in mlab.outside] == [
-        (f"{name}-ext-1", "192.168.50.101"), (f"{name}-ext-2", "192.168.50.102")]
+        (f"{name}-ext-1", "192.168.50.101"),
+        (f"{name}-ext-2", "192.168.50.102"),
+    ]
     assert mlab.node_of(mlab.pod(3)) is mlab.nodes[1]
     assert mlab.host_ifnames == ["vp1", "vp2", "vc1"]
     assert mlab.node_ifnames(2) == ["vp3", "vp4", "vc1", "eth0"]
@@ -85,23 +90,31 @@ def test_two_nodes_are_built_as_described(mlab: Lab) -> None:
 def test_node_wiring_read_back_from_the_kernel(mlab: Lab) -> None:
     n1, n2 = mlab.nodes
     assert _routes(n1.netns) >= {
-        ("10.244.0.11", None, "vp1"), ("10.244.0.200", None, "vc1"),
-        ("10.244.1.0/24", "192.168.50.2", "eth0"), ("192.168.50.0/24", None, "eth0")}
+        ("10.244.0.11", None, "vp1"),
+        ("10.244.0.200", None, "vc1"),
+        ("10.244.1.0/24", "192.168.50.2", "eth0"),
+        ("192.168.50.0/24", None, "eth0"),
+    }
     assert _routes(n2.netns) >= {
-        ("10.244.1.13", None, "vp3"), ("10.244.1.200", None, "vc1"),
-        ("10.244.0.0/24", "192.168.50.1", "eth0")}
+        ("10.244.1.13", None, "vp3"),
+        ("10.244.1.200", None, "vc1"),
+        ("10.244.0.0/24", "192.168.50.1", "eth0"),
+    }
     for node in mlab.nodes:
         assert _sysctl(node.netns, "net.ipv4.ip_forward") == "1"
         for conf in ("all", "eth0"):
             assert _sysctl(node.netns, f"net.ipv4.conf.{conf}.send_redirects") == "0"
             assert _sysctl(node.netns, f"net.ipv4.conf.{conf}.rp_filter") == "0"
     assert mlab.underlay_ns is not None
-    ports = json.loads(netns.run(mlab.underlay_ns,
-                                 ["ip", "-j", "link", "show", "master", underlay.BRIDGE]).stdout)
+    ports = json.loads(
+        netns.run(mlab.underlay_ns, ["ip", "-j", "link", "show", "master", underlay.BRIDGE]).stdout
+    )
     assert sorted(p["ifname"] for p in ports) == ["n1", "n2", "x1", "x2"]
     for ext in mlab.outside:
-        assert _routes(ext.netns) == {("192.168.50.0/24", None, "eth0"),
-                                      ("192.168.60.0/24", "192.168.50.1", "eth0")}
+        assert _routes(ext.netns) == {
+            ("192.168.50.0/24", None, "eth0"),
+            ("192.168.60.0/24", "192.168.50.1", "eth0"),
+        }
 
 
 def test_every_client_reaches_every_pod_across_the_underlay(mlab: Lab) -> None:
@@ -109,7 +122,9 @@ def test_every_client_reaches_every_pod_across_the_underlay(mlab: Lab) -> None:
         for pod in mlab.pods:
             assert traffic.http_get(node.client.netns, pod.ip, HTTP_PORT) == f"{pod.name}\n"
             assert traffic.udp_request(node.client.netns, pod.ip, UDP_PORT) == (
-                f"{pod.name}\n", (str(pod.ip), UDP_PORT))
+                f"{pod.name}\n",
+                (str(pod.ip), UDP_PORT),
+            )
 
 
 def test_keepalive_across_nodes(mlab: Lab) -> None:
@@ -133,7 +148,11 @@ def test_recorded_state_reads_back(mlab: Lab) -> None:
     recorded = build.status(mlab.name)
     assert recorded is not None
     assert (recorded.spec, recorded.nodes, recorded.outside, recorded.pods) == (
-        mlab.spec, mlab.nodes, mlab.outside, mlab.pods)
+        mlab.spec,
+        mlab.nodes,
+        mlab.outside,
+        mlab.pods,
+    )
     assert recorded.underlay_ns == f"{mlab.name}-net"
 
 
@@ -141,15 +160,20 @@ def test_node_manifests_and_endpoints(mlab: Lab) -> None:
     manifests = [mlab.node_manifest(k) for k in (1, 2)]
     node2 = manifests[1]
     assert node2["kind"] == "Node" and node2["metadata"]["name"] == "node-2"
-    assert node2["metadata"]["labels"] == {"kubernetes.io/hostname": "node-2",
-                                           "topology.kubernetes.io/zone": "zone-2"}
+    assert node2["metadata"]["labels"] == {
+        "kubernetes.io/hostname": "node-2",
+        "topology.kubernetes.io/zone": "zone-2",
+    }
     assert {"type": "InternalIP", "address": "192.168.50.2"} in node2["status"]["addresses"]
     # What the agent reads from them: each node's own underlay address.
     assert node_addresses(manifests, "node-1") == (IPv4Address("192.168.50.1"),)
     assert node_addresses(manifests, "node-2") == (IPv4Address("192.168.50.2"),)
     endpoint = mlab.endpoint(3)
     assert (endpoint["addresses"], endpoint["nodeName"], endpoint["zone"]) == (
-        ["10.244.1.13"], "node-2", "zone-2")
+        ["10.244.1.13"],
+        "node-2",
+        "zone-2",
+    )
     assert endpoint["conditions"] == {"ready": True, "serving": True, "terminating": False}
     draining = mlab.endpoint(mlab.pod(1), ready=False, serving=True, terminating=True)
     assert draining["conditions"] == {"ready": False, "serving": True, "terminating": True}
@@ -161,7 +185,8 @@ def test_node_manifests_and_endpoints(mlab: Lab) -> None:
 
 def test_single_node_lab_has_no_underlay(lab: Lab) -> None:
     assert [(n.name, n.netns, n.address, n.uplink) for n in lab.nodes] == [
-        ("node-1", lab.node_ns, None, None)]
+        ("node-1", lab.node_ns, None, None)
+    ]
     assert lab.outside == [] and lab.underlay_ns is None
     assert lab.node_ifnames(1) == lab.host_ifnames
     # No underlay address: the pod range's first address stands in (see Node.internal_ip).
@@ -174,7 +199,11 @@ def test_add_and_remove_a_pod_on_node_2(mlab: Lab) -> None:
     pod = build.add_pod(mlab, 9, node=2)
     try:
         assert (pod.name, str(pod.ip), pod.host_ifname, pod.node) == (
-            "pod-9", "10.244.1.19", "vp9", 2)
+            "pod-9",
+            "10.244.1.19",
+            "vp9",
+            2,
+        )
         assert ("10.244.1.19", None, "vp9") in _routes(node2.netns)
         for client in (mlab.client, node2.client):
             assert traffic.http_get(client.netns, pod.ip, HTTP_PORT) == "pod-9\n"
@@ -224,15 +253,27 @@ def test_cli_up_status_down_leaves_nothing(lab_names: Callable[[], str]) -> None
     assert "192.168.50.2" in result.output
     assert _root_net() == before
     assert set(build.leftovers(name)) == {
-        f"{name}-{suffix}" for suffix in
-        ("node", "node-2", "client", "client-2", "pod-1", "pod-2", "net", "ext-1", "ext-2")}
+        f"{name}-{suffix}"
+        for suffix in (
+            "node",
+            "node-2",
+            "client",
+            "client-2",
+            "pod-1",
+            "pod-2",
+            "net",
+            "ext-1",
+            "ext-2",
+        )
+    }
 
     result = runner.invoke(app, ["status", "--name", name, "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert [(n["name"], n["address"], n["ifnames"]) for n in data["nodes"]] == [
         ("node-1", "192.168.50.1", ["vp1", "vc1", "eth0"]),
-        ("node-2", "192.168.50.2", ["vp2", "vc1", "eth0"])]
+        ("node-2", "192.168.50.2", ["vp2", "vc1", "eth0"]),
+    ]
     assert [o["ip"] for o in data["outside"]] == ["192.168.50.101", "192.168.50.102"]
     assert [(p["name"], p["node"]) for p in data["pods"]] == [("pod-1", 1), ("pod-2", 2)]
     result = runner.invoke(app, ["status", "--name", name])

@@ -35,8 +35,10 @@ NODE = "node-1"
 HTTP = {"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080, "nodePort": 30080}
 DNS = {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 9090, "nodePort": 30053}
 LOCAL_HTTP = dict(HTTP, nodePort=30081)
-SLICE_PORTS = [{"name": "http", "port": 8080, "protocol": "TCP"},
-               {"name": "dns", "port": 9090, "protocol": "UDP"}]
+SLICE_PORTS = [
+    {"name": "http", "port": 8080, "protocol": "TCP"},
+    {"name": "dns", "port": 9090, "protocol": "UDP"},
+]
 HEALTH_PORT = 32001
 SERVED_LINE = "NodePorts are served on"
 
@@ -54,10 +56,21 @@ class Env:
 
     def start(self, dataplane: str, *extra: str) -> AgentProcess:
         self.agent = AgentProcess(
-            self.lab.node(1).netns, manifests=self.manifests, pin_dir=self.pin_dir,
+            self.lab.node(1).netns,
+            manifests=self.manifests,
+            pin_dir=self.pin_dir,
             log_path=self.lab.state_dir / f"agent-{dataplane}-{secrets.token_hex(2)}.log",
-            extra_args=["--cleanup", "--dataplane", dataplane, "--node-name", NODE,
-                        "--state-dir", self.state_dir, *extra]).start()
+            extra_args=[
+                "--cleanup",
+                "--dataplane",
+                dataplane,
+                "--node-name",
+                NODE,
+                "--state-dir",
+                self.state_dir,
+                *extra,
+            ],
+        ).start()
         self.agent.wait_ready()
         return self.agent
 
@@ -74,26 +87,44 @@ class Env:
 
     def served_lines(self) -> list[str]:
         assert self.agent is not None
-        return [line.split(": ", 1)[1] for line in self.agent.log_text().splitlines()
-                if SERVED_LINE in line]
+        return [
+            line.split(": ", 1)[1]
+            for line in self.agent.log_text().splitlines()
+            if SERVED_LINE in line
+        ]
 
 
 @pytest.fixture(scope="module", params=CNIS)
-def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-        ) -> Iterator[Env]:
+def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     _require_root()
     name = unique_lab_name()
     lab = build.up(layout.LabSpec(name, pods=2, nodes=2, cni=request.param))
     e = Env(lab, tmp_path_factory.mktemp("no-node"))
     try:
         pods = [lab.endpoint(1), lab.endpoint(2)]
-        k8s.write(e.manifests, "np", [
-            k8s.service("np", "10.96.3.10", [HTTP, DNS], type="NodePort"),
-            k8s.endpoint_slice("np-a", "np", SLICE_PORTS, pods)])
-        k8s.write(e.manifests, "local", [
-            k8s.service("local", "10.96.3.11", [LOCAL_HTTP], type="LoadBalancer",
-                        externalTrafficPolicy="Local", healthCheckNodePort=HEALTH_PORT),
-            k8s.endpoint_slice("local-a", "local", SLICE_PORTS[:1], pods)])
+        k8s.write(
+            e.manifests,
+            "np",
+            [
+                k8s.service("np", "10.96.3.10", [HTTP, DNS], type="NodePort"),
+                k8s.endpoint_slice("np-a", "np", SLICE_PORTS, pods),
+            ],
+        )
+        k8s.write(
+            e.manifests,
+            "local",
+            [
+                k8s.service(
+                    "local",
+                    "10.96.3.11",
+                    [LOCAL_HTTP],
+                    type="LoadBalancer",
+                    externalTrafficPolicy="Local",
+                    healthCheckNodePort=HEALTH_PORT,
+                ),
+                k8s.endpoint_slice("local-a", "local", SLICE_PORTS[:1], pods),
+            ],
+        )
         yield e
     finally:
         if e.agent is not None:
@@ -116,7 +147,8 @@ def health(ns: str, address: str) -> tuple[int, dict[str, Any]]:
 
 @pytest.mark.parametrize("dataplane", ["bpf", "userspace"])
 def test_nodeports_open_on_the_nodes_own_address_without_a_node_object(
-        env: Env, dataplane: str) -> None:
+    env: Env, dataplane: str
+) -> None:
     env.start(dataplane)
     try:
         pods = {"pod-1\n", "pod-2\n"}
@@ -125,15 +157,22 @@ def test_nodeports_open_on_the_nodes_own_address_without_a_node_object(
         answer, source = traffic.udp_request(env.ext, env.node_ip, 30053)
         assert answer in pods and source == (env.node_ip, 30053)
         # externalTrafficPolicy: Cluster: the backend does not see the outside client.
-        seen = {traffic.udp_request(env.ext, env.node_ip, 30053, b"whoami")[0].split()[1]
-                for _ in range(10)}
+        seen = {
+            traffic.udp_request(env.ext, env.node_ip, 30053, b"whoami")[0].split()[1]
+            for _ in range(10)
+        }
         assert str(env.lab.outside[0].ip) not in seen
         # externalTrafficPolicy: Local: the client's address is kept, and the health
         # check answers at the node's address.
         assert traffic.http_get(env.ext, env.node_ip, 30081) in pods
-        assert health(env.ext, env.node_ip) == (200, {
-            "service": {"namespace": "demo", "name": "local"}, "localEndpoints": 2,
-            "serviceProxyHealthy": True})
+        assert health(env.ext, env.node_ip) == (
+            200,
+            {
+                "service": {"namespace": "demo", "name": "local"},
+                "localEndpoints": 2,
+                "serviceProxyHealthy": True,
+            },
+        )
 
         status = env.status()
         assert status["dataplane"] == dataplane
@@ -145,16 +184,15 @@ def test_nodeports_open_on_the_nodes_own_address_without_a_node_object(
         assert status["nodeport_addresses_filter"] is None
         assert env.served_lines() == [
             f"no Node object named {NODE}: NodePorts are served on this node's interface "
-            f"addresses: {env.node_ip}"]
+            f"addresses: {env.node_ip}"
+        ]
         text = CliRunner().invoke(app, ["status", "--state-dir", env.state_dir]).output
-        assert (f"{env.node_ip} (from this node's interfaces: no Node object named "
-                f"{NODE})") in text
+        assert (f"{env.node_ip} (from this node's interfaces: no Node object named {NODE})") in text
     finally:
         env.stop()
 
 
-def test_a_node_object_takes_over_and_the_interfaces_serve_again_when_it_goes(
-        env: Env) -> None:
+def test_a_node_object_takes_over_and_the_interfaces_serve_again_when_it_goes(env: Env) -> None:
     """With --nodeport-addresses narrowing both sets; the bpf data path."""
     agent = env.start("bpf", "--nodeport-addresses", "192.168.50.0/24,10.9.0.0/16")
     try:
@@ -162,27 +200,42 @@ def test_a_node_object_takes_over_and_the_interfaces_serve_again_when_it_goes(
         assert traffic.http_get(env.ext, env.node_ip, 30080) in {"pod-1\n", "pod-2\n"}
         # A Node object for this node, with an address the filter keeps and one it
         # drops (a made-up InternalIP: the frontend is only checked in the status).
-        k8s.write(env.manifests, "node", [{
-            **k8s.node(NODE, "10.9.0.1"),
-            "status": {"addresses": [{"type": "InternalIP", "address": "10.9.0.1"},
-                                     {"type": "ExternalIP", "address": "172.16.0.1"}]}}])
-        agent.wait_for(lambda: env.status()["nodeport_address_source"] == "node-object",
-                       what="the Node object's addresses")
+        k8s.write(
+            env.manifests,
+            "node",
+            [
+                {
+                    **k8s.node(NODE, "10.9.0.1"),
+                    "status": {
+                        "addresses": [
+                            {"type": "InternalIP", "address": "10.9.0.1"},
+                            {"type": "ExternalIP", "address": "172.16.0.1"},
+                        ]
+                    },
+                }
+            ],
+        )
+        agent.wait_for(
+            lambda: env.status()["nodeport_address_source"] == "node-object",
+            what="the Node object's addresses",
+        )
         assert env.status()["nodeport_addresses"] == ["10.9.0.1"]
         with fails(Failure.REFUSED):
             traffic.http_get(env.ext, env.node_ip, 30080, timeout=0.5)
         k8s.remove(env.manifests, "node")
-        agent.wait_for(lambda: env.status()["nodeport_address_source"] == "local-interfaces",
-                       what="the interfaces' addresses again")
+        agent.wait_for(
+            lambda: env.status()["nodeport_address_source"] == "local-interfaces",
+            what="the interfaces' addresses again",
+        )
         assert env.status()["nodeport_addresses"] == [env.node_ip]
         assert traffic.http_get(env.ext, env.node_ip, 30080) in {"pod-1\n", "pod-2\n"}
         narrowed = " (--nodeport-addresses 192.168.50.0/24,10.9.0.0/16)"
         assert env.served_lines() == [
             f"no Node object named {NODE}: NodePorts are served on this node's interface "
             f"addresses{narrowed}: {env.node_ip}",
-            f"NodePorts are served on the addresses of Node {NODE} again{narrowed}: "
-            "10.9.0.1",
+            f"NodePorts are served on the addresses of Node {NODE} again{narrowed}: 10.9.0.1",
             f"no Node object named {NODE}: NodePorts are served on this node's interface "
-            f"addresses{narrowed}: {env.node_ip}"]
+            f"addresses{narrowed}: {env.node_ip}",
+        ]
     finally:
         env.stop()

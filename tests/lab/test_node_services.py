@@ -31,8 +31,7 @@ HTTP = {"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}
 
 
 class Env:
-    def __init__(self, lab: layout.Lab, manifests: Path, pin_dir: str, state_dir: str
-                 ) -> None:
+    def __init__(self, lab: layout.Lab, manifests: Path, pin_dir: str, state_dir: str) -> None:
         self.lab = lab
         self.node_ip = str(lab.gateway())  # a node address every client reaches
         self.manifests = manifests
@@ -42,10 +41,21 @@ class Env:
 
     def start(self, *extra: str) -> AgentProcess:
         self.agent = AgentProcess(
-            self.lab.node_ns, manifests=self.manifests, pin_dir=self.pin_dir,
+            self.lab.node_ns,
+            manifests=self.manifests,
+            pin_dir=self.pin_dir,
             log_path=self.lab.state_dir / "agent.log",
-            extra_args=["--cleanup", "--dataplane", "userspace", "--state-dir",
-                        self.state_dir, "--node-name", NODE, *extra]).start()
+            extra_args=[
+                "--cleanup",
+                "--dataplane",
+                "userspace",
+                "--state-dir",
+                self.state_dir,
+                "--node-name",
+                NODE,
+                *extra,
+            ],
+        ).start()
         self.agent.wait_ready()
         return self.agent
 
@@ -56,13 +66,25 @@ class Env:
 
     def web(self, *nodes: str) -> None:
         """Service web: one endpoint per pod, on the nodes given in order."""
-        endpoints = [k8s.endpoint(str(pod.ip), node=node)
-                     for pod, node in zip(self.lab.pods, nodes, strict=False)]
-        k8s.write(self.manifests, "web", [
-            k8s.service("web", "10.96.0.50", [HTTP], type="LoadBalancer",
-                        externalTrafficPolicy="Local", healthCheckNodePort=HEALTH_PORT),
-            k8s.endpoint_slice("web-1", "web", [{"name": "http", "port": 8080}], endpoints),
-        ])
+        endpoints = [
+            k8s.endpoint(str(pod.ip), node=node)
+            for pod, node in zip(self.lab.pods, nodes, strict=False)
+        ]
+        k8s.write(
+            self.manifests,
+            "web",
+            [
+                k8s.service(
+                    "web",
+                    "10.96.0.50",
+                    [HTTP],
+                    type="LoadBalancer",
+                    externalTrafficPolicy="Local",
+                    healthCheckNodePort=HEALTH_PORT,
+                ),
+                k8s.endpoint_slice("web-1", "web", [{"name": "http", "port": 8080}], endpoints),
+            ],
+        )
 
 
 def health(ns: str, address: str, port: int = HEALTH_PORT) -> tuple[int, dict[str, Any]]:
@@ -88,8 +110,7 @@ def reserved(ns: str | None) -> set[int]:
 
 
 @pytest.fixture(scope="module", params=CNIS)
-def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-        ) -> Iterator[Env]:
+def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     _require_root()
     name = unique_lab_name()
     pin_dir = f"/sys/fs/bpf/ebpflb-{name}-{secrets.token_hex(2)}"
@@ -111,17 +132,28 @@ def test_health_check_answers_with_the_local_endpoint_count(env: Env):
     agent = env.start()
     try:
         client = env.lab.client.netns
-        assert health(client, env.node_ip) == (200, {
-            "service": {"namespace": "demo", "name": "web"}, "localEndpoints": 2,
-            "serviceProxyHealthy": True})
+        assert health(client, env.node_ip) == (
+            200,
+            {
+                "service": {"namespace": "demo", "name": "web"},
+                "localEndpoints": 2,
+                "serviceProxyHealthy": True,
+            },
+        )
         env.web(NODE, "node-2")
-        agent.wait_for(lambda: health(client, env.node_ip)[1]["localEndpoints"] == 1,
-                       what="one local endpoint")
+        agent.wait_for(
+            lambda: health(client, env.node_ip)[1]["localEndpoints"] == 1, what="one local endpoint"
+        )
         env.web("node-2", "node-3")  # no endpoint on this node any more
         agent.wait_for(lambda: health(client, env.node_ip)[0] == 503, what="503")
-        assert health(client, env.node_ip) == (503, {
-            "service": {"namespace": "demo", "name": "web"}, "localEndpoints": 0,
-            "serviceProxyHealthy": True})
+        assert health(client, env.node_ip) == (
+            503,
+            {
+                "service": {"namespace": "demo", "name": "web"},
+                "localEndpoints": 0,
+                "serviceProxyHealthy": True,
+            },
+        )
         k8s.remove(env.manifests, "web")
         agent.wait_for(lambda: _refused(client, env.node_ip), what="the listener to close")
     finally:
@@ -148,8 +180,9 @@ def test_nodeport_range_is_reserved_in_the_node_namespace_only(env: Env):
         assert Path(RESERVED_PORTS_SYSCTL).read_text() == root_before
         # An ephemeral port is never a NodePort: with an ephemeral range that overlaps
         # the NodePorts, many bound sockets get none of them.
-        port_range = netns.run(env.lab.node_ns, ["cat", "/proc/sys/net/ipv4/"
-                                                 "ip_local_port_range"]).stdout.split()
+        port_range = netns.run(
+            env.lab.node_ns, ["cat", "/proc/sys/net/ipv4/ip_local_port_range"]
+        ).stdout.split()
         with netns.enter(env.lab.node_ns):
             socks = [socket.socket() for _ in range(150)]
         try:

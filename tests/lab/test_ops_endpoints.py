@@ -62,28 +62,48 @@ def http(ns: str, address: str, port: int, path: str) -> tuple[int, bytes]:
 
 
 class Env:
-    def __init__(self, lab: layout.Lab, manifests: Path, pin_dir: str, state_dir: str,
-                 dataplane: str) -> None:
+    def __init__(
+        self, lab: layout.Lab, manifests: Path, pin_dir: str, state_dir: str, dataplane: str
+    ) -> None:
         self.lab, self.manifests, self.pin_dir = lab, manifests, pin_dir
         self.state_dir, self.dataplane = state_dir, dataplane
         self.node_ip = str(lab.gateway())
         self.agent: AgentProcess | None = None
 
     def service(self, name: str, ip: str, pods: list[str]) -> None:
-        k8s.write(self.manifests, name, [
-            k8s.service(name, ip, [HTTP]),
-            k8s.endpoint_slice(f"{name}-1", name, [{"name": "http", "port": 8080}],
-                               [k8s.endpoint(p) for p in pods])])
+        k8s.write(
+            self.manifests,
+            name,
+            [
+                k8s.service(name, ip, [HTTP]),
+                k8s.endpoint_slice(
+                    f"{name}-1",
+                    name,
+                    [{"name": "http", "port": 8080}],
+                    [k8s.endpoint(p) for p in pods],
+                ),
+            ],
+        )
 
     def start(self) -> AgentProcess:
         # room for two frontends: the writer keeps service id 0 unused
         extra = ["--max-services", "3"] if self.dataplane == "bpf" else []
         self.agent = AgentProcess(
-            self.lab.node_ns, manifests=self.manifests, pin_dir=self.pin_dir,
+            self.lab.node_ns,
+            manifests=self.manifests,
+            pin_dir=self.pin_dir,
             log_path=self.lab.state_dir / "agent.log",
-            extra_args=["--cleanup", "--dataplane", self.dataplane, "--state-dir",
-                        self.state_dir, "--healthz-timeout", str(HEALTH_TIMEOUT),
-                        *extra]).start()
+            extra_args=[
+                "--cleanup",
+                "--dataplane",
+                self.dataplane,
+                "--state-dir",
+                self.state_dir,
+                "--healthz-timeout",
+                str(HEALTH_TIMEOUT),
+                *extra,
+            ],
+        ).start()
         self.agent.wait_ready()
         return self.agent
 
@@ -96,8 +116,10 @@ class Env:
         assert code == 200
         out: Fams = {}
         for fam in text_string_to_metric_families(body.decode()):
-            out[fam.name] = (fam.type, {(s.name, tuple(sorted(s.labels.items()))): s.value
-                                        for s in fam.samples})
+            out[fam.name] = (
+                fam.type,
+                {(s.name, tuple(sorted(s.labels.items()))): s.value for s in fam.samples},
+            )
         return out
 
 
@@ -110,14 +132,18 @@ def drops(fams: Fams) -> float:
 
 
 @pytest.fixture(scope="module", params=["bpf", "userspace"])
-def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-        ) -> Iterator[Env]:
+def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     _require_root()
     name = unique_lab_name()
     pin_dir = f"/sys/fs/bpf/ebpflb-{name}-{secrets.token_hex(2)}"
     lab = build.up(layout.LabSpec(name, pods=2))
-    e = Env(lab, tmp_path_factory.mktemp("manifests"), pin_dir,
-            str(tmp_path_factory.mktemp("state")), request.param)
+    e = Env(
+        lab,
+        tmp_path_factory.mktemp("manifests"),
+        pin_dir,
+        str(tmp_path_factory.mktemp("state")),
+        request.param,
+    )
     try:
         e.service("web", WEB_IP, [str(p.ip) for p in lab.pods])
         e.service("empty", EMPTY_IP, [])
@@ -148,9 +174,11 @@ def test_kube_proxy_series_and_counters_growing_with_traffic_and_drops(env: Env)
     for name, kind in KUBE_PROXY_TYPES.items():
         assert fams[name][0] == kind, name
     assert fams["ebpflb_dataplane_info"][1] == {
-        ("ebpflb_dataplane_info", (("dataplane", env.dataplane),)): 1.0}
+        ("ebpflb_dataplane_info", (("dataplane", env.dataplane),)): 1.0
+    }
     sync_count = fams["kubeproxy_sync_proxy_rules_duration_seconds"][1][
-        ("kubeproxy_sync_proxy_rules_duration_seconds_count", ())]
+        ("kubeproxy_sync_proxy_rules_duration_seconds_count", ())
+    ]
     assert sync_count >= 1
     before_flows = counter(fams, "ebpflb_datapath_events", "event", "new_flow")
     before_drops = drops(fams)
@@ -170,8 +198,10 @@ def test_kube_proxy_series_and_counters_growing_with_traffic_and_drops(env: Env)
     if env.dataplane == "bpf":
         # The same numbers as `ebpflb stats --json`, read from the same per-CPU maps.
         stats = kernel_counters(env.pin_dir)
-        scraped = {**{k[1][0][1]: v for k, v in fams["ebpflb_datapath_events"][1].items()},
-                   **{k[1][0][1]: v for k, v in fams["ebpflb_datapath_drops"][1].items()}}
+        scraped = {
+            **{k[1][0][1]: v for k, v in fams["ebpflb_datapath_events"][1].items()},
+            **{k[1][0][1]: v for k, v in fams["ebpflb_datapath_drops"][1].items()},
+        }
         assert scraped == {k: float(v) for k, v in stats.items()}
         assert stats["reject"] >= 5
         entries = fams["ebpflb_map_entries"][1]
@@ -179,12 +209,13 @@ def test_kube_proxy_series_and_counters_growing_with_traffic_and_drops(env: Env)
         # What the agent counts from its writer is what the pinned maps hold.
         with BpfMaps(env.pin_dir) as maps:
             dumped = {t.name: float(t.entries) for t in read_telemetry(maps).tables}
-        assert {k[1][0][1]: v for k, v in entries.items()
-                if k[1][0][1] != abi.MAP_CONNTRACK} == {
-            k: v for k, v in dumped.items() if k != abi.MAP_CONNTRACK}
+        assert {k[1][0][1]: v for k, v in entries.items() if k[1][0][1] != abi.MAP_CONNTRACK} == {
+            k: v for k, v in dumped.items() if k != abi.MAP_CONNTRACK
+        }
         assert dumped[abi.MAP_SLOTS] == dumped[abi.MAP_BACKENDS] == 2
-        assert fams["ebpflb_map_capacity"][1][
-            ("ebpflb_map_capacity", (("map", "ebpflb_svc4"),))] == 3
+        assert (
+            fams["ebpflb_map_capacity"][1][("ebpflb_map_capacity", (("map", "ebpflb_svc4"),))] == 3
+        )
         assert fams["ebpflb_conntrack_entries"][1][("ebpflb_conntrack_entries", ())] > 0
     else:
         assert counter(fams, "ebpflb_datapath_drops", "reason", "no_backend") >= 5
@@ -196,8 +227,12 @@ def test_a_full_service_map_turns_healthz_to_503_after_the_timeout(env: Env):
     path is tested with the fake data path in tests/unit/test_healthz.py)."""
     assert env.agent is not None
     env.service("extra", EXTRA_IP, [str(env.lab.pods[0].ip)])  # a third frontend: refused
-    env.agent.wait_for(lambda: b"refused Service demo/extra" in env.agent.log_path.read_bytes()
-                       if env.agent else False, what="the refusal")
+    env.agent.wait_for(
+        lambda: (
+            b"refused Service demo/extra" in env.agent.log_path.read_bytes() if env.agent else False
+        ),
+        what="the refusal",
+    )
     assert env.healthz()[0] == 200  # pending, not late yet
     deadline = time.monotonic() + HEALTH_TIMEOUT + 5
     while env.healthz()[0] == 200 and time.monotonic() < deadline:

@@ -39,16 +39,28 @@ def setup(tmp_path: Path) -> Iterator[tuple[layout.Lab, AgentProcess, str]]:
     lab = build.up(layout.LabSpec(name, pods=2))
     agent: AgentProcess | None = None
     try:
-        k8s.write(tmp_path, "web", [
-            k8s.service("web", IP, [{"name": "http", "port": 80, "protocol": "TCP",
-                                     "targetPort": 8080}]),
-            k8s.endpoint_slice("web-a", "web", [{"name": "http", "port": 8080,
-                                                 "protocol": "TCP"}],
-                               [k8s.endpoint(str(p.ip)) for p in lab.pods])])
-        agent = AgentProcess(lab.node_ns, manifests=tmp_path, pin_dir=pin_dir,
-                             log_path=lab.state_dir / "agent.log",
-                             extra_args=["--cleanup", "--dataplane", "bpf",
-                                         "--sync-period", "2"]).start()
+        k8s.write(
+            tmp_path,
+            "web",
+            [
+                k8s.service(
+                    "web", IP, [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]
+                ),
+                k8s.endpoint_slice(
+                    "web-a",
+                    "web",
+                    [{"name": "http", "port": 8080, "protocol": "TCP"}],
+                    [k8s.endpoint(str(p.ip)) for p in lab.pods],
+                ),
+            ],
+        )
+        agent = AgentProcess(
+            lab.node_ns,
+            manifests=tmp_path,
+            pin_dir=pin_dir,
+            log_path=lab.state_dir / "agent.log",
+            extra_args=["--cleanup", "--dataplane", "bpf", "--sync-period", "2"],
+        ).start()
         agent.wait_ready()
         yield lab, agent, pin_dir
     finally:
@@ -78,8 +90,10 @@ def test_a_deleted_service_entry_is_written_again(setup) -> None:
             assert svc.delete(key)
             with traffic.fails(traffic.Failure.UNREACHABLE):  # untranslated: no route
                 traffic.http_get(lab.client.netns, IP, 80, timeout=0.5)
-        agent.wait_for(lambda: svc.lookup(key, abi.Lb4Service) is not None, timeout=10,
-                       what="the service entry written again")
+        agent.wait_for(
+            lambda: svc.lookup(key, abi.Lb4Service) is not None,
+            timeout=10,
+            what="the service entry written again",
+        )
     assert traffic.http_get(lab.client.netns, IP, 80) in {"pod-1\n", "pod-2\n"}
-    assert "resync: the data path differed from the desired state; repaired 1" in (
-        agent.log_text())
+    assert "resync: the data path differed from the desired state; repaired 1" in (agent.log_text())

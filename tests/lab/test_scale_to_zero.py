@@ -44,8 +44,11 @@ def _response(sock: socket.socket) -> bytes:
         assert chunk, f"connection closed after {data!r}"
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
-    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                  if line.lower().startswith(b"content-length:"))
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
     while len(body) < length:
         chunk = sock.recv(4096)
         assert chunk
@@ -58,8 +61,9 @@ def _publish(env: Env, endpoints: list[k8s.Obj]) -> None:
 
 
 def _counters(env: Env) -> dict[str, int]:
-    out = CliRunner().invoke(app, ["stats", "--json", "--pin-dir", env.pin_dir,
-                                   "--state-dir", env.state_dir])
+    out = CliRunner().invoke(
+        app, ["stats", "--json", "--pin-dir", env.pin_dir, "--state-dir", env.state_dir]
+    )
     assert out.exit_code == 0, out.output
     counters: dict[str, int] = json.loads(out.output)["counters"]
     return counters
@@ -90,11 +94,13 @@ def test_established_connection_is_reset_when_the_service_scales_to_zero(env: En
         err, took = _wait_reset(sock)
     assert err == errno.ECONNRESET, (
         f"expected ECONNRESET within {RESET_WITHIN} s, got "
-        f"{errno.errorcode.get(err, err) if err else 'no reset'} after {took:.1f} s")
+        f"{errno.errorcode.get(err, err) if err else 'no reset'} after {took:.1f} s"
+    )
     assert took < RESET_WITHIN
     assert env.agent is not None
-    env.agent.wait_for(lambda: _counters(env)["reset"] >= 1, timeout=5,
-                       what="the reset counted in `ebpflb stats`")
+    env.agent.wait_for(
+        lambda: _counters(env)["reset"] >= 1, timeout=5, what="the reset counted in `ebpflb stats`"
+    )
     if env.dataplane != "bpf":
         return  # the proxy accepts a new connection before it can refuse it: it resets
     # a new connection is refused at once, as before

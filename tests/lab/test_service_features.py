@@ -33,13 +33,16 @@ pytestmark = pytest.mark.root
 NODE = "node-1"
 HTTP = {"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}
 DNS = {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 9090}
-SLICE_PORTS = [{"name": "http", "port": 8080, "protocol": "TCP"},
-               {"name": "dns", "port": 9090, "protocol": "UDP"}]
+SLICE_PORTS = [
+    {"name": "http", "port": 8080, "protocol": "TCP"},
+    {"name": "dns", "port": 9090, "protocol": "UDP"},
+]
 
 
 class Env:
-    def __init__(self, lab: layout.Lab, manifests: Path, pin_dir: str, state_dir: str,
-                 dataplane: str) -> None:
+    def __init__(
+        self, lab: layout.Lab, manifests: Path, pin_dir: str, state_dir: str, dataplane: str
+    ) -> None:
         self.lab = lab
         self.manifests = manifests
         self.pin_dir = pin_dir
@@ -56,10 +59,20 @@ class Env:
 
     def start(self) -> None:
         self.agent = AgentProcess(
-            self.lab.node_ns, manifests=self.manifests, pin_dir=self.pin_dir,
+            self.lab.node_ns,
+            manifests=self.manifests,
+            pin_dir=self.pin_dir,
             log_path=self.lab.state_dir / "agent.log",
-            extra_args=["--cleanup", "--dataplane", self.dataplane, "--state-dir",
-                        self.state_dir, "--node-name", NODE]).start()
+            extra_args=[
+                "--cleanup",
+                "--dataplane",
+                self.dataplane,
+                "--state-dir",
+                self.state_dir,
+                "--node-name",
+                NODE,
+            ],
+        ).start()
         self.agent.wait_ready()
 
     def backends(self, frontend: str) -> set[str] | None:
@@ -74,25 +87,42 @@ class Env:
         with UserspaceInspector(self.state_dir) as insp:
             if frontend not in {str(v.frontend) for v in insp.services()}:
                 return None
-            return {str(b.address) for b in insp.backends()
-                    if str(b.frontend) == frontend and b.active}
+            return {
+                str(b.address) for b in insp.backends() if str(b.frontend) == frontend and b.active
+            }
 
-    def publish(self, name: str, ip: str, endpoints: list[k8s.Obj], *,
-                ports: list[dict[str, object]] | None = None,
-                slice_ports: list[dict[str, object]] | None = None,
-                expect: set[str] | None = None, **spec: Any) -> None:
+    def publish(
+        self,
+        name: str,
+        ip: str,
+        endpoints: list[k8s.Obj],
+        *,
+        ports: list[dict[str, object]] | None = None,
+        slice_ports: list[dict[str, object]] | None = None,
+        expect: set[str] | None = None,
+        **spec: Any,
+    ) -> None:
         """Replace every Service with this one, and wait until its TCP frontend holds
         `expect` (default: the ready endpoints' addresses)."""
         for f in self.manifests.glob("*.json"):
             f.unlink()
-        k8s.write(self.manifests, name, [
-            k8s.service(name, ip, ports or [HTTP, DNS], **spec),
-            k8s.endpoint_slice(f"{name}-a", name, slice_ports or SLICE_PORTS, endpoints)])
-        want = expect if expect is not None else {
-            e["addresses"][0] for e in endpoints if e["conditions"]["ready"]}
+        k8s.write(
+            self.manifests,
+            name,
+            [
+                k8s.service(name, ip, ports or [HTTP, DNS], **spec),
+                k8s.endpoint_slice(f"{name}-a", name, slice_ports or SLICE_PORTS, endpoints),
+            ],
+        )
+        want = (
+            expect
+            if expect is not None
+            else {e["addresses"][0] for e in endpoints if e["conditions"]["ready"]}
+        )
         assert self.agent is not None
-        self.agent.wait_for(lambda: self.backends(f"{ip}:80/TCP") == want,
-                            what=f"{ip}:80/TCP -> {sorted(want)}")
+        self.agent.wait_for(
+            lambda: self.backends(f"{ip}:80/TCP") == want, what=f"{ip}:80/TCP -> {sorted(want)}"
+        )
 
 
 def _setups(*dataplanes: str) -> list[str]:
@@ -101,15 +131,18 @@ def _setups(*dataplanes: str) -> list[str]:
 
 
 @pytest.fixture(scope="module", params=_setups("bpf", "userspace"))
-def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-        ) -> Iterator[Env]:
+def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     _require_root()
     name = unique_lab_name()
     pin_dir = f"/sys/fs/bpf/ebpflb-{name}-{secrets.token_hex(2)}"
     dataplane, cni = request.param.split("-")
-    e = Env(build.up(layout.LabSpec(name, pods=3, cni=cni)),
-            tmp_path_factory.mktemp("manifests"), pin_dir,
-            str(tmp_path_factory.mktemp("state")), dataplane)
+    e = Env(
+        build.up(layout.LabSpec(name, pods=3, cni=cni)),
+        tmp_path_factory.mktemp("manifests"),
+        pin_dir,
+        str(tmp_path_factory.mktemp("state")),
+        dataplane,
+    )
     try:
         e.start()
         yield e
@@ -152,8 +185,13 @@ def test_port_unreachable_from_a_backend_reaches_the_client(env: Env) -> None:
     socket: the client would wait for its timeout. (The userspace proxy has its own
     socket to the backend: the client cannot see the backend's ICMP by design.)"""
     dead = {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 9999}
-    env.publish("dead", "10.96.1.11", [k8s.endpoint(env.ip(2))], ports=[HTTP, dead],
-                slice_ports=[SLICE_PORTS[0], {"name": "dns", "port": 9999, "protocol": "UDP"}])
+    env.publish(
+        "dead",
+        "10.96.1.11",
+        [k8s.endpoint(env.ip(2))],
+        ports=[HTTP, dead],
+        slice_ports=[SLICE_PORTS[0], {"name": "dns", "port": 9999, "protocol": "UDP"}],
+    )
     assert_udp_refused(env.client, "10.96.1.11", 53)
 
 
@@ -163,12 +201,22 @@ def test_client_ip_affinity_holds_then_expires(env: Env) -> None:
     # expire and move, and the test failed with nothing wrong. The timeout is then
     # made 2 s (read at each lookup), and the choice moves once 2 s pass unused.
     sticky = [k8s.endpoint(env.ip(i)) for i in (1, 2, 3)]
-    env.publish("sticky", "10.96.1.12", sticky, sessionAffinity="ClientIP",
-                sessionAffinityConfig={"clientIP": {"timeoutSeconds": 10800}})
+    env.publish(
+        "sticky",
+        "10.96.1.12",
+        sticky,
+        sessionAffinity="ClientIP",
+        sessionAffinityConfig={"clientIP": {"timeoutSeconds": 10800}},
+    )
     seen = traffic.spread_tcp(env.client, "10.96.1.12", 80, 100)
     assert len(seen) == 1 and sum(seen.values()) == 100
-    env.publish("sticky", "10.96.1.12", sticky, sessionAffinity="ClientIP",
-                sessionAffinityConfig={"clientIP": {"timeoutSeconds": 2}})
+    env.publish(
+        "sticky",
+        "10.96.1.12",
+        sticky,
+        sessionAffinity="ClientIP",
+        sessionAffinityConfig={"clientIP": {"timeoutSeconds": 2}},
+    )
     time.sleep(3.0)  # the timeout counts from the last new connection
     moved: set[str] = set(seen)
     for _ in range(10):  # each round: one new choice, then 2.5 s without a connection
@@ -189,10 +237,12 @@ def test_terminating_endpoints_serve_only_when_none_is_ready(env: Env) -> None:
 
 
 def test_internal_traffic_policy_local_uses_only_this_nodes_endpoints(env: Env) -> None:
-    eps = [k8s.endpoint(env.ip(1), node=NODE), k8s.endpoint(env.ip(2), node="node-2"),
-           k8s.endpoint(env.ip(3), node="node-2")]
-    env.publish("local", "10.96.1.14", eps, expect={env.ip(1)},
-                internalTrafficPolicy="Local")
+    eps = [
+        k8s.endpoint(env.ip(1), node=NODE),
+        k8s.endpoint(env.ip(2), node="node-2"),
+        k8s.endpoint(env.ip(3), node="node-2"),
+    ]
+    env.publish("local", "10.96.1.14", eps, expect={env.ip(1)}, internalTrafficPolicy="Local")
     assert traffic.spread_tcp(env.client, "10.96.1.14", 80, 20) == {"pod-1\n": 20}
     assert traffic.spread_udp(env.client, "10.96.1.14", 53, 10) == {"pod-1\n": 10}
 
@@ -203,11 +253,17 @@ def test_named_target_port_over_several_slices(env: Env) -> None:
     sport = [{"name": "web", "port": 8080, "protocol": "TCP"}]
     for f in env.manifests.glob("*.json"):
         f.unlink()
-    k8s.write(env.manifests, "named", [
-        k8s.service("named", "10.96.1.15", ports),
-        k8s.endpoint_slice("named-a", "named", sport,
-                           [k8s.endpoint(env.ip(1)), k8s.endpoint(env.ip(2))]),
-        k8s.endpoint_slice("named-b", "named", sport, [k8s.endpoint(env.ip(3))])])
+    k8s.write(
+        env.manifests,
+        "named",
+        [
+            k8s.service("named", "10.96.1.15", ports),
+            k8s.endpoint_slice(
+                "named-a", "named", sport, [k8s.endpoint(env.ip(1)), k8s.endpoint(env.ip(2))]
+            ),
+            k8s.endpoint_slice("named-b", "named", sport, [k8s.endpoint(env.ip(3))]),
+        ],
+    )
     want = {env.ip(i) for i in (1, 2, 3)}
     assert env.agent is not None
     env.agent.wait_for(lambda: env.backends("10.96.1.15:80/TCP") == want, what="named")
@@ -233,30 +289,45 @@ def test_headless_externalname_and_sctp_are_never_an_error(env: Env) -> None:
     kind; an SCTP port is refused on the kernel path with one line naming it (the
     proxy does not serve it either); the other Services keep working."""
     sctp = {"name": "assoc", "port": 3868, "protocol": "SCTP", "targetPort": 3868}
-    k8s.write(env.manifests, "odd", [
-        k8s.service("headless", "None", [HTTP]),
-        k8s.endpoint_slice("headless-a", "headless", SLICE_PORTS[:1],
-                           [k8s.endpoint(env.ip(1))]),
-        {"apiVersion": "v1", "kind": "Service",
-         "metadata": {"name": "db", "namespace": "demo"},
-         "spec": {"type": "ExternalName", "externalName": "db.example.com"}},
-        k8s.service("diameter", "10.96.1.18", [HTTP, sctp]),
-        k8s.endpoint_slice("diameter-a", "diameter",
-                           [*SLICE_PORTS[:1], {"name": "assoc", "port": 3868,
-                                               "protocol": "SCTP"}],
-                           [k8s.endpoint(env.ip(2))])])
+    k8s.write(
+        env.manifests,
+        "odd",
+        [
+            k8s.service("headless", "None", [HTTP]),
+            k8s.endpoint_slice(
+                "headless-a", "headless", SLICE_PORTS[:1], [k8s.endpoint(env.ip(1))]
+            ),
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "db", "namespace": "demo"},
+                "spec": {"type": "ExternalName", "externalName": "db.example.com"},
+            },
+            k8s.service("diameter", "10.96.1.18", [HTTP, sctp]),
+            k8s.endpoint_slice(
+                "diameter-a",
+                "diameter",
+                [*SLICE_PORTS[:1], {"name": "assoc", "port": 3868, "protocol": "SCTP"}],
+                [k8s.endpoint(env.ip(2))],
+            ),
+        ],
+    )
     assert env.agent is not None
-    env.agent.wait_for(lambda: env.backends("10.96.1.18:80/TCP") == {env.ip(2)},
-                       what="diameter's TCP port")
+    env.agent.wait_for(
+        lambda: env.backends("10.96.1.18:80/TCP") == {env.ip(2)}, what="diameter's TCP port"
+    )
 
     def listed() -> dict[str, str]:
-        out = CliRunner().invoke(app, ["services", "--json", "--pin-dir", env.pin_dir,
-                                       "--state-dir", env.state_dir])
+        out = CliRunner().invoke(
+            app, ["services", "--json", "--pin-dir", env.pin_dir, "--state-dir", env.state_dir]
+        )
         assert out.exit_code == 0, out.output
         return {row["service"]: row["kind"] for row in json.loads(out.output)}
 
-    env.agent.wait_for(lambda: {"demo/headless", "demo/db"} <= listed().keys(),
-                       what="the unbalanced Services listed")
+    env.agent.wait_for(
+        lambda: {"demo/headless", "demo/db"} <= listed().keys(),
+        what="the unbalanced Services listed",
+    )
     kinds = listed()
     assert (kinds["demo/headless"], kinds["demo/db"]) == ("headless", "externalname")
     assert traffic.spread_tcp(env.client, "10.96.1.18", 80, 5) == {"pod-2\n": 5}

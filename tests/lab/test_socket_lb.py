@@ -29,10 +29,14 @@ pytestmark = pytest.mark.root
 
 IP = "10.96.4.10"
 EMPTY = "10.96.4.11"
-PORTS = [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080},
-         {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 9090}]
-SLICE = [{"name": "http", "port": 8080, "protocol": "TCP"},
-         {"name": "dns", "port": 9090, "protocol": "UDP"}]
+PORTS = [
+    {"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080},
+    {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 9090},
+]
+SLICE = [
+    {"name": "http", "port": 8080, "protocol": "TCP"},
+    {"name": "dns", "port": 9090, "protocol": "UDP"},
+]
 
 
 class Node:
@@ -43,9 +47,13 @@ class Node:
     def start(self, *extra: str) -> None:
         if self.agent is not None:
             self.agent.stop()
-        self.agent = AgentProcess(self.lab.node_ns, manifests=self.manifests,
-                                  pin_dir=self.pin_dir, log_path=self.lab.state_dir / "agent.log",
-                                  extra_args=["--cleanup", "--dataplane", "bpf", *extra]).start()
+        self.agent = AgentProcess(
+            self.lab.node_ns,
+            manifests=self.manifests,
+            pin_dir=self.pin_dir,
+            log_path=self.lab.state_dir / "agent.log",
+            extra_args=["--cleanup", "--dataplane", "bpf", *extra],
+        ).start()
         self.agent.wait_ready()
 
     def counters(self) -> dict[str, int]:
@@ -53,8 +61,9 @@ class Node:
 
 
 @pytest.fixture(scope="module", params=CNIS)
-def node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-         ) -> Iterator[Node]:
+def node(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Node]:
     _require_root()
     name = unique_lab_name()
     pin_dir = f"/sys/fs/bpf/ebpflb-{name}-{secrets.token_hex(2)}"
@@ -62,12 +71,18 @@ def node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     manifests = tmp_path_factory.mktemp("manifests")
     n = Node(lab, manifests, pin_dir)
     try:
-        k8s.write(manifests, "web", [
-            k8s.service("web", IP, PORTS),
-            k8s.endpoint_slice("web-a", "web", SLICE, [k8s.endpoint(str(p.ip))
-                                                       for p in lab.pods]),
-            k8s.service("empty", EMPTY, PORTS),
-            k8s.endpoint_slice("empty-a", "empty", SLICE, [])])
+        k8s.write(
+            manifests,
+            "web",
+            [
+                k8s.service("web", IP, PORTS),
+                k8s.endpoint_slice(
+                    "web-a", "web", SLICE, [k8s.endpoint(str(p.ip)) for p in lab.pods]
+                ),
+                k8s.service("empty", EMPTY, PORTS),
+                k8s.endpoint_slice("empty-a", "empty", SLICE, []),
+            ],
+        )
         n.start()
         yield n
     finally:
@@ -100,8 +115,9 @@ def test_the_nodes_own_tcp_and_udp_sockets_reach_services(node: Node) -> None:
     assert node.counters()["sock_lb"] >= before + 33
     # the client pod's traffic is still the tc programs': tracked in conntrack
     assert traffic.http_get(node.lab.client.netns, IP, 80) in PODS
-    flows = json.loads(CliRunner().invoke(app, ["conntrack", "--json", "--pin-dir",
-                                                node.pin_dir]).output)
+    flows = json.loads(
+        CliRunner().invoke(app, ["conntrack", "--json", "--pin-dir", node.pin_dir]).output
+    )
     assert {f["client_address"] for f in flows} == {str(node.lab.client.ip)}
 
 
@@ -131,17 +147,23 @@ def _attached(attach_type: int) -> set[int]:
     from ebpflb.dataplane.bpf.syscall import _bpf
 
     class Query(ctypes.Structure):
-        _fields_ = [("target_fd", ctypes.c_uint32), ("attach_type", ctypes.c_uint32),
-                    ("query_flags", ctypes.c_uint32), ("attach_flags", ctypes.c_uint32),
-                    ("prog_ids", ctypes.c_uint64), ("prog_cnt", ctypes.c_uint32)]
+        _fields_ = [
+            ("target_fd", ctypes.c_uint32),
+            ("attach_type", ctypes.c_uint32),
+            ("query_flags", ctypes.c_uint32),
+            ("attach_flags", ctypes.c_uint32),
+            ("prog_ids", ctypes.c_uint64),
+            ("prog_cnt", ctypes.c_uint32),
+        ]
 
     ids = (ctypes.c_uint32 * 1024)()
     fd = os.open(cgroup2_root(), os.O_RDONLY | os.O_DIRECTORY)
     try:
-        query = Query(target_fd=fd, attach_type=attach_type,
-                      prog_ids=ctypes.addressof(ids), prog_cnt=len(ids))
+        query = Query(
+            target_fd=fd, attach_type=attach_type, prog_ids=ctypes.addressof(ids), prog_cnt=len(ids)
+        )
         _bpf(16, query)  # BPF_PROG_QUERY
-        return set(ids[:query.prog_cnt])
+        return set(ids[: query.prog_cnt])
     finally:
         os.close(fd)
 

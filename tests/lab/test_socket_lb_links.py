@@ -41,10 +41,14 @@ from .conftest import CNIS, _require_root, unique_lab_name
 pytestmark = pytest.mark.root
 
 IP = "10.96.4.20"
-PORTS = [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080},
-         {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 9090}]
-SLICE = [{"name": "http", "port": 8080, "protocol": "TCP"},
-         {"name": "dns", "port": 9090, "protocol": "UDP"}]
+PORTS = [
+    {"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080},
+    {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 9090},
+]
+SLICE = [
+    {"name": "http", "port": 8080, "protocol": "TCP"},
+    {"name": "dns", "port": 9090, "protocol": "UDP"},
+]
 OUTAGE = 2.0  # seconds the agent stays dead before it is started again
 PROBE_PAUSE = 0.002  # between two probes (a TCP request and a datagram)
 PROBE_MAX = 20_000  # probes per run at most (bounded however slow the machine)
@@ -56,14 +60,23 @@ class Node:
         self.agent: AgentProcess | None = None
 
     def write(self, pods: list[layout.Pod]) -> None:
-        k8s.write(self.manifests, "web", [
-            k8s.service("web", IP, PORTS),
-            k8s.endpoint_slice("web-a", "web", SLICE, [k8s.endpoint(str(p.ip)) for p in pods])])
+        k8s.write(
+            self.manifests,
+            "web",
+            [
+                k8s.service("web", IP, PORTS),
+                k8s.endpoint_slice("web-a", "web", SLICE, [k8s.endpoint(str(p.ip)) for p in pods]),
+            ],
+        )
 
     def start(self, *extra: str) -> AgentProcess:
-        self.agent = AgentProcess(self.lab.node_ns, manifests=self.manifests,
-                                  pin_dir=self.pin_dir, log_path=self.lab.state_dir / "agent.log",
-                                  extra_args=["--cleanup", "--dataplane", "bpf", *extra]).start()
+        self.agent = AgentProcess(
+            self.lab.node_ns,
+            manifests=self.manifests,
+            pin_dir=self.pin_dir,
+            log_path=self.lab.state_dir / "agent.log",
+            extra_args=["--cleanup", "--dataplane", "bpf", *extra],
+        ).start()
         self.agent.wait_ready()
         return self.agent
 
@@ -73,8 +86,9 @@ class Node:
 
 
 @pytest.fixture(scope="module", params=CNIS)
-def node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-         ) -> Iterator[Node]:
+def node(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Node]:
     _require_root()
     name = unique_lab_name()
     pin_dir = f"/sys/fs/bpf/ebpflb-{name}-{secrets.token_hex(2)}"
@@ -135,8 +149,10 @@ class Probe:
         self._thread.join(30)
 
     def failed(self) -> tuple[int, int]:
-        return (sum(n for k, n in self.tcp.items() if k != "ok"),
-                sum(n for k, n in self.udp.items() if k != "ok"))
+        return (
+            sum(n for k, n in self.tcp.items() if k != "ok"),
+            sum(n for k, n in self.udp.items() if k != "ok"),
+        )
 
 
 def _links(pin_dir: str) -> dict[str, tuple[int, int]]:
@@ -166,8 +182,7 @@ def _doctor_links(node: Node) -> list[str]:
     return sorted(check["pinned_links"])
 
 
-def test_host_clients_reach_services_while_the_agent_is_killed_and_restarts(
-        node: Node) -> None:
+def test_host_clients_reach_services_while_the_agent_is_killed_and_restarts(node: Node) -> None:
     assert node.agent is not None
     links = _links(node.pin_dir)
     assert set(links) == set(LINK_PINS)
@@ -229,8 +244,9 @@ def _sticky(sock: socket.socket, count: int) -> Counter[str]:
 
 
 def test_unconnected_udp_from_one_socket_keeps_its_backend(node: Node) -> None:
-    with contextlib.closing(netns.socket_in(node.lab.node_ns, socket.AF_INET,
-                                            socket.SOCK_DGRAM)) as sock:
+    with contextlib.closing(
+        netns.socket_in(node.lab.node_ns, socket.AF_INET, socket.SOCK_DGRAM)
+    ) as sock:
         sock.settimeout(2.0)
         first = _sticky(sock, 50)
         assert len(first) == 1, first
@@ -239,8 +255,9 @@ def test_unconnected_udp_from_one_socket_keeps_its_backend(node: Node) -> None:
         node.write(rest)
         try:
             assert node.agent is not None
-            node.agent.wait_for(lambda: node.backends() == {str(p.ip) for p in rest},
-                                what="the backend's removal")
+            node.agent.wait_for(
+                lambda: node.backends() == {str(p.ip) for p in rest}, what="the backend's removal"
+            )
             after = _sticky(sock, 50)
         finally:
             node.write(node.lab.pods)

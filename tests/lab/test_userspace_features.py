@@ -44,8 +44,10 @@ NODE_PORT_TCP = 30080
 NODE_PORT_UDP = 30053
 HTTP = {"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}
 DNS = {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 9090}
-SLICE_PORTS = [{"name": "http", "port": 8080, "protocol": "TCP"},
-               {"name": "dns", "port": 9090, "protocol": "UDP"}]
+SLICE_PORTS = [
+    {"name": "http", "port": 8080, "protocol": "TCP"},
+    {"name": "dns", "port": 9090, "protocol": "UDP"},
+]
 
 
 class Env:
@@ -61,8 +63,9 @@ class Env:
         return self.lab.client.netns
 
     def cli_json(self, command: str) -> Any:
-        result = CliRunner().invoke(app, [command, "--json", "--pin-dir", "/nonexistent",
-                                          "--state-dir", self.state_dir])
+        result = CliRunner().invoke(
+            app, [command, "--json", "--pin-dir", "/nonexistent", "--state-dir", self.state_dir]
+        )
         assert result.exit_code == 0, result.output
         return json.loads(result.output)
 
@@ -75,13 +78,23 @@ class Env:
     def endpoints(self) -> list[k8s.Obj]:
         return [k8s.endpoint(str(p.ip), node=NODE) for p in self.lab.pods]
 
-    def publish(self, name: str, cluster_ip: str, *, status: k8s.Obj | None = None,
-                ports: list[dict[str, object]] | None = None, **spec: Any) -> None:
+    def publish(
+        self,
+        name: str,
+        cluster_ip: str,
+        *,
+        status: k8s.Obj | None = None,
+        ports: list[dict[str, object]] | None = None,
+        **spec: Any,
+    ) -> None:
         svc = k8s.service(name, cluster_ip, ports or [HTTP, DNS], **spec)
         if status is not None:
             svc["status"] = status
-        k8s.write(self.manifests, name,
-                  [svc, k8s.endpoint_slice(f"{name}-a", name, SLICE_PORTS, self.endpoints())])
+        k8s.write(
+            self.manifests,
+            name,
+            [svc, k8s.endpoint_slice(f"{name}-a", name, SLICE_PORTS, self.endpoints())],
+        )
 
     def wait_frontend(self, frontend: str, **fields: Any) -> dict[str, Any]:
         """Until `ebpflb services` shows the frontend with these fields."""
@@ -98,20 +111,33 @@ class Env:
 
 
 @pytest.fixture(scope="module", params=CNIS)
-def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-        ) -> Iterator[Env]:
+def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     _require_root()
     name = unique_lab_name()
     pin_dir = f"/sys/fs/bpf/ebpflb-{name}-{secrets.token_hex(2)}"  # never used: userspace
     manifests = tmp_path_factory.mktemp("manifests")
-    e = Env(build.up(layout.LabSpec(name, pods=3, cni=request.param)), manifests,
-            str(tmp_path_factory.mktemp("state")))
+    e = Env(
+        build.up(layout.LabSpec(name, pods=3, cni=request.param)),
+        manifests,
+        str(tmp_path_factory.mktemp("state")),
+    )
     try:
         k8s.write(manifests, "node", [k8s.node(NODE, e.node_ip)])
-        e.agent = AgentProcess(e.lab.node_ns, manifests=manifests, pin_dir=pin_dir,
-                               log_path=e.lab.state_dir / "agent-userspace.log",
-                               extra_args=["--cleanup", "--dataplane", "userspace",
-                                           "--state-dir", e.state_dir, "--node-name", NODE])
+        e.agent = AgentProcess(
+            e.lab.node_ns,
+            manifests=manifests,
+            pin_dir=pin_dir,
+            log_path=e.lab.state_dir / "agent-userspace.log",
+            extra_args=[
+                "--cleanup",
+                "--dataplane",
+                "userspace",
+                "--state-dir",
+                e.state_dir,
+                "--node-name",
+                NODE,
+            ],
+        )
         e.agent.start()
         e.agent.wait_ready()
         yield e
@@ -126,19 +152,28 @@ def test_client_ip_affinity_holds_over_a_hundred_connections_then_expires(env: E
     # Held under the default timeout (3 h), then expired under 2 s: held under 2 s,
     # any 2 s stall between two of the 100 connections, or the wait for the counters
     # below, let the choice expire and move, and the test failed with nothing wrong.
-    env.publish("sticky", STICKY_IP, sessionAffinity="ClientIP",
-                sessionAffinityConfig={"clientIP": {"timeoutSeconds": 10800}})
+    env.publish(
+        "sticky",
+        STICKY_IP,
+        sessionAffinity="ClientIP",
+        sessionAffinityConfig={"clientIP": {"timeoutSeconds": 10800}},
+    )
     env.wait_frontend(f"{STICKY_IP}:80/TCP", affinity_timeout=10800, active_backends=3)
     hits = env.counter("affinity_hit")
     seen = traffic.spread_tcp(env.client, STICKY_IP, 80, 100)
     assert len(seen) == 1 and sum(seen.values()) == 100, seen
     assert env.agent is not None
-    env.agent.wait_for(lambda: env.counter("affinity_hit") >= hits + 99, timeout=5,
-                       what="99 affinity hits counted")
+    env.agent.wait_for(
+        lambda: env.counter("affinity_hit") >= hits + 99, timeout=5, what="99 affinity hits counted"
+    )
     udp = traffic.spread_udp(env.client, STICKY_IP, 53, 20)  # new source port each time
     assert len(udp) == 1, udp
-    env.publish("sticky", STICKY_IP, sessionAffinity="ClientIP",
-                sessionAffinityConfig={"clientIP": {"timeoutSeconds": 2}})
+    env.publish(
+        "sticky",
+        STICKY_IP,
+        sessionAffinity="ClientIP",
+        sessionAffinityConfig={"clientIP": {"timeoutSeconds": 2}},
+    )
     env.wait_frontend(f"{STICKY_IP}:80/TCP", affinity_timeout=2, active_backends=3)
     # The timeout counts from the last new connection: after 2 s without one, the next
     # connection is chosen afresh (and then held again). Over a few rounds it moves.
@@ -156,9 +191,14 @@ def test_load_balancer_source_ranges(env: Env, admitted: bool):
     ranges = [f"{CLIENT_IP}/32", "192.0.2.0/24"] if admitted else ["10.1.0.0/16"]
     lb_ip = LB_IPS[admitted]  # a new frontend per case: waiting for it waits for the ranges
     ports = [dict(HTTP, nodePort=NODE_PORT_TCP + 1), dict(DNS, nodePort=NODE_PORT_UDP + 1)]
-    env.publish("lb", LB_CLUSTER_IP, ports=ports, type="LoadBalancer",
-                loadBalancerSourceRanges=ranges,
-                status={"loadBalancer": {"ingress": [{"ip": lb_ip}]}})
+    env.publish(
+        "lb",
+        LB_CLUSTER_IP,
+        ports=ports,
+        type="LoadBalancer",
+        loadBalancerSourceRanges=ranges,
+        status={"loadBalancer": {"ingress": [{"ip": lb_ip}]}},
+    )
     env.wait_frontend(f"{lb_ip}:80/TCP", kind="loadbalancer", active_backends=3)
     # The ingress IP is a local address of the frontend device, served by the proxy.
     out = netns.run(env.lab.node_ns, ["ip", "-4", "addr", "show", "dev", DEVICE_NAME]).stdout
@@ -177,8 +217,11 @@ def test_load_balancer_source_ranges(env: Env, admitted: bool):
         with pytest.raises(TimeoutError):
             traffic.udp_request(env.client, lb_ip, 53, timeout=0.5)
         assert env.agent is not None
-        env.agent.wait_for(lambda: env.counter("source_range_drop") == before + 4, timeout=5,
-                           what="4 source-range drops counted")
+        env.agent.wait_for(
+            lambda: env.counter("source_range_drop") == before + 4,
+            timeout=5,
+            what="4 source-range drops counted",
+        )
         # The ClusterIP has no source ranges: the same client is served there.
         assert traffic.http_get(env.client, LB_CLUSTER_IP, 80).strip()
 
@@ -186,8 +229,9 @@ def test_load_balancer_source_ranges(env: Env, admitted: bool):
 def test_node_port_is_served_at_the_node_address(env: Env):
     ports = [dict(HTTP, nodePort=NODE_PORT_TCP), dict(DNS, nodePort=NODE_PORT_UDP)]
     env.publish("np", NP_CLUSTER_IP, ports=ports, type="NodePort")
-    row = env.wait_frontend(f"{env.node_ip}:{NODE_PORT_TCP}/TCP", kind="nodeport",
-                            active_backends=3)
+    row = env.wait_frontend(
+        f"{env.node_ip}:{NODE_PORT_TCP}/TCP", kind="nodeport", active_backends=3
+    )
     assert row["service"] == "demo/np" and row["port_name"] == "http"
     env.wait_frontend(f"{env.node_ip}:{NODE_PORT_UDP}/UDP", kind="nodeport")
     pods = {f"{p.name}\n" for p in env.lab.pods}
@@ -209,8 +253,10 @@ def test_node_listeners_do_not_answer_on_service_addresses(env: Env):
     env.wait_frontend(f"{CLOSED_CLUSTER_IP}:80/TCP", active_backends=3)
     env.wait_frontend(f"{CLOSED_CLUSTER_IP}:53/UDP", active_backends=3)
     pods = {f"{p.name}\n" for p in env.lab.pods}
-    with netns.socket_in(env.lab.node_ns, socket.AF_INET, socket.SOCK_STREAM) as tcp, \
-            netns.socket_in(env.lab.node_ns, socket.AF_INET, socket.SOCK_DGRAM) as udp:
+    with (
+        netns.socket_in(env.lab.node_ns, socket.AF_INET, socket.SOCK_STREAM) as tcp,
+        netns.socket_in(env.lab.node_ns, socket.AF_INET, socket.SOCK_DGRAM) as udp,
+    ):
         tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         tcp.bind(("0.0.0.0", NODE_LISTEN_PORT))
         tcp.listen(8)
@@ -222,8 +268,10 @@ def test_node_listeners_do_not_answer_on_service_addresses(env: Env):
             c.connect((env.node_ip, NODE_LISTEN_PORT))
         tcp.accept()[0].close()
         for _ in range(3):
-            with netns.socket_in(env.client, socket.AF_INET, socket.SOCK_STREAM) as c, \
-                    traffic.fails(traffic.Failure.REFUSED):  # a RST answers the SYN
+            with (
+                netns.socket_in(env.client, socket.AF_INET, socket.SOCK_STREAM) as c,
+                traffic.fails(traffic.Failure.REFUSED),
+            ):  # a RST answers the SYN
                 c.settimeout(2)
                 c.connect((CLOSED_CLUSTER_IP, NODE_LISTEN_PORT))
         with netns.socket_in(env.client, socket.AF_INET, socket.SOCK_DGRAM) as c:

@@ -26,19 +26,44 @@ MARKED = "tests/bpf/test_pins.py"
 BY_FIXTURE = "tests/bpf/test_writer.py"
 PLAIN = "tests/unit/test_maglev.py"
 
-AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-             "--inh-caps=-all,+dac_read_search", "--ambient-caps=+dac_read_search"]
+AS_NOBODY = [
+    "setpriv",
+    "--reuid=65534",
+    "--regid=65534",
+    "--clear-groups",
+    "--inh-caps=-all,+dac_read_search",
+    "--ambient-caps=+dac_read_search",
+]
 AS_ROOT_WITHOUT_CAPS = ["setpriv", "--bounding-set=-all,+dac_read_search"]
 
 
-def _pytest(prefix: list[str], *paths: str, env: dict[str, str] | None = None
-            ) -> subprocess.CompletedProcess[str]:
+def _pytest(
+    prefix: list[str], *paths: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if k != "EBPFLB_TESTS_NO_ROOT"}
     environ.update({"HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1", **(env or {})})
     return subprocess.run(
-        [*prefix, sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         "-p", "no:randomly", "-o", "addopts=", *paths],
-        cwd=ROOT, env=environ, capture_output=True, text=True, timeout=120, check=False)
+        [
+            *prefix,
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:randomly",
+            "-o",
+            "addopts=",
+            *paths,
+        ],
+        cwd=ROOT,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_without_root_the_root_tests_fail_the_run_with_what_is_missing():

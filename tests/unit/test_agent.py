@@ -40,7 +40,8 @@ endpoints:
 def write(d: Path, name: str, ip: str, backends: list[str]) -> None:
     eps = "\n".join(f"  - addresses: [{b}]" for b in backends) or "  []"
     (d / f"{name}.yaml").write_text(
-        textwrap.dedent(SERVICE.format(name=name, ip=ip, endpoints=eps)))
+        textwrap.dedent(SERVICE.format(name=name, ip=ip, endpoints=eps))
+    )
 
 
 class Clock:
@@ -172,8 +173,10 @@ endpoints: [{addresses: [10.244.0.11]}]
 
 
 def node_yaml(address: str) -> str:
-    return (f"apiVersion: v1\nkind: Node\nmetadata: {{name: node-a}}\n"
-            f"status: {{addresses: [{{type: InternalIP, address: {address}}}]}}\n")
+    return (
+        f"apiVersion: v1\nkind: Node\nmetadata: {{name: node-a}}\n"
+        f"status: {{addresses: [{{type: InternalIP, address: {address}}}]}}\n"
+    )
 
 
 def test_a_change_of_this_nodes_addresses_moves_the_nodeports(tmp_path: Path):
@@ -181,8 +184,12 @@ def test_a_change_of_this_nodes_addresses_moves_the_nodeports(tmp_path: Path):
     (tmp_path / "node.yaml").write_text(node_yaml("192.168.0.10"))
     dp = FakeDataplane()
     clock = Clock()
-    agent = Agent(ManifestSource(tmp_path), dp,
-                  AgentConfig(node_name="node-a", min_sync_interval=1.0), clock=clock)
+    agent = Agent(
+        ManifestSource(tmp_path),
+        dp,
+        AgentConfig(node_name="node-a", min_sync_interval=1.0),
+        clock=clock,
+    )
     agent.step()
     assert "192.168.0.10:30080" in backends_of(dp)
     (tmp_path / "node.yaml").write_text(node_yaml("192.168.0.20"))
@@ -193,15 +200,13 @@ def test_a_change_of_this_nodes_addresses_moves_the_nodeports(tmp_path: Path):
     assert agent.full_syncs == 2
 
 
-def test_a_service_that_does_not_fit_is_refused_whole_and_the_others_apply(
-        tmp_path: Path, caplog):
+def test_a_service_that_does_not_fit_is_refused_whole_and_the_others_apply(tmp_path: Path, caplog):
     caplog.set_level(logging.INFO, logger="ebpflb.agent")
     write(tmp_path, "a", "10.96.0.1", ["10.244.0.11", "10.244.0.12"])
     write(tmp_path, "b", "10.96.0.2", ["10.244.0.11"])
     dp = FakeDataplane(max_backends=4)
     clock = Clock()
-    agent = Agent(ManifestSource(tmp_path), dp, AgentConfig(min_sync_interval=1.0),
-                  clock=clock)
+    agent = Agent(ManifestSource(tmp_path), dp, AgentConfig(min_sync_interval=1.0), clock=clock)
     agent.step()
     assert len(dp.state) == 2
     # b grows past the capacity while c is added: b is refused whole, c applies.
@@ -209,9 +214,11 @@ def test_a_service_that_does_not_fit_is_refused_whole_and_the_others_apply(
     write(tmp_path, "c", "10.96.0.3", ["10.244.0.14"])
     clock.t += 1.0
     agent.step()
-    assert backends_of(dp) == {"10.96.0.1:80": ["10.244.0.11", "10.244.0.12"],
-                               "10.96.0.2:80": ["10.244.0.11"],  # as before
-                               "10.96.0.3:80": ["10.244.0.14"]}
+    assert backends_of(dp) == {
+        "10.96.0.1:80": ["10.244.0.11", "10.244.0.12"],
+        "10.96.0.2:80": ["10.244.0.11"],  # as before
+        "10.96.0.3:80": ["10.244.0.14"],
+    }
     assert dict(agent.refused).keys() == {ServiceRef("demo", "b")}
     assert "refused Service demo/b" in caplog.text
     assert agent.status().refused == {"demo/b": agent.refused[ServiceRef("demo", "b")]}
@@ -221,8 +228,10 @@ def test_a_service_that_does_not_fit_is_refused_whole_and_the_others_apply(
     agent.step()
     clock.t += 1.0
     agent.step()
-    assert backends_of(dp) == {"10.96.0.2:80": ["10.244.0.11", "10.244.0.12", "10.244.0.13"],
-                               "10.96.0.3:80": ["10.244.0.14"]}
+    assert backends_of(dp) == {
+        "10.96.0.2:80": ["10.244.0.11", "10.244.0.12", "10.244.0.13"],
+        "10.96.0.3:80": ["10.244.0.14"],
+    }
     assert not agent.refused
     assert "Service demo/b now fits" in caplog.text
 
@@ -237,8 +246,7 @@ class CountingDataplane(FakeDataplane):
         super().apply(plan)
 
 
-def test_refusing_thousands_of_services_costs_two_attempts_not_thousands(
-        tmp_path: Path, caplog):
+def test_refusing_thousands_of_services_costs_two_attempts_not_thousands(tmp_path: Path, caplog):
     """2,000 Services over a capacity of 100 frontends: one sync refuses all 1,900 that
     do not fit at once (the data path names them all in one pass), applies the rest,
     and a removal in a Service that fits is applied in the same sync. Before, each
@@ -247,18 +255,20 @@ def test_refusing_thousands_of_services_costs_two_attempts_not_thousands(
     write(tmp_path, "keep", "10.95.0.1", ["10.244.0.11", "10.244.0.12"])
     dp = CountingDataplane(max_frontends=100)
     clock = Clock()
-    agent = Agent(ManifestSource(tmp_path), dp, AgentConfig(min_sync_interval=1.0),
-                  clock=clock)
+    agent = Agent(ManifestSource(tmp_path), dp, AgentConfig(min_sync_interval=1.0), clock=clock)
     agent.step()
     assert dp.attempts == 1 and len(dp.state) == 1
-    docs = [textwrap.dedent(f"""\
+    docs = [
+        textwrap.dedent(f"""\
         apiVersion: v1
         kind: Service
         metadata: {{name: s{i}, namespace: demo}}
         spec:
           clusterIP: 10.96.{i // 250}.{i % 250 + 1}
           ports: [{{port: 80, targetPort: 8080}}]
-        """) for i in range(2000)]
+        """)
+        for i in range(2000)
+    ]
     (tmp_path / "many.yaml").write_text("---\n".join(docs))
     write(tmp_path, "keep", "10.95.0.1", ["10.244.0.11"])  # a removal that must apply
     dp.attempts = 0
@@ -292,8 +302,12 @@ def test_status_is_published_to_the_state_dir(tmp_path: Path):
     manifests.mkdir()
     write(manifests, "web", "10.96.0.10", ["10.244.0.11", "10.244.0.12"])
     state_dir = tmp_path / "state"
-    agent = Agent(ManifestSource(manifests), FakeDataplane(),
-                  AgentConfig(state_dir=str(state_dir)), clock=Clock())
+    agent = Agent(
+        ManifestSource(manifests),
+        FakeDataplane(),
+        AgentConfig(state_dir=str(state_dir)),
+        clock=Clock(),
+    )
     agent.step()
     data = read_status(str(state_dir))
     assert data["running"] and data["synced"] and not data["stale"]
@@ -332,6 +346,6 @@ def test_a_zero_sync_period_never_resyncs(tmp_path: Path):
     clock = Clock()
     agent = Agent(ManifestSource(tmp_path), dp, AgentConfig(sync_period=0.0), clock=clock)
     agent.step()
-    clock.t += 10 ** 6
+    clock.t += 10**6
     agent.step()
     assert dp.reloads == 0 and agent.full_syncs == 1

@@ -28,8 +28,9 @@ NUMBERS = [
 
 
 @pytest.mark.parametrize(("machine", "bits", "number"), NUMBERS)
-def test_number_per_machine(monkeypatch: pytest.MonkeyPatch, machine: str, bits: int,
-                            number: int) -> None:
+def test_number_per_machine(
+    monkeypatch: pytest.MonkeyPatch, machine: str, bits: int, number: int
+) -> None:
     monkeypatch.setattr(platform, "machine", lambda: machine)
     assert syscall.bpf_syscall_number(pointer_bits=bits) == number
 
@@ -66,13 +67,17 @@ def test_this_machine_number_is_the_one_used() -> None:
     assert info.value.errno in (errno.ENOENT, errno.EPERM)  # EPERM: without privileges
 
 
-@pytest.mark.parametrize(("machine", "ok", "words"), [
-    ("aarch64", True, "aarch64: bpf(2) is system call 280"),
-    ("x86_64", True, "x86_64: bpf(2) is system call 321"),
-    ("sparc64", False, "machine 'sparc64'"),
-])
-def test_doctor_names_the_number(monkeypatch: pytest.MonkeyPatch, machine: str, ok: bool,
-                                 words: str) -> None:
+@pytest.mark.parametrize(
+    ("machine", "ok", "words"),
+    [
+        ("aarch64", True, "aarch64: bpf(2) is system call 280"),
+        ("x86_64", True, "x86_64: bpf(2) is system call 321"),
+        ("sparc64", False, "machine 'sparc64'"),
+    ],
+)
+def test_doctor_names_the_number(
+    monkeypatch: pytest.MonkeyPatch, machine: str, ok: bool, words: str
+) -> None:
     """`ebpflb doctor` shows the number in use, and fails the bpf data path (a required
     check) on a machine whose number is not known."""
     from ebpflb import doctor

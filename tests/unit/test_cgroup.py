@@ -63,20 +63,35 @@ garbage without a separator
 """
 
 
-@pytest.mark.parametrize(("text", "path", "mount", "visible"), [
-    (PURE_V2, "/sys/fs/cgroup", False, "/sys/fs/cgroup"),
-    (HYBRID, "/sys/fs/cgroup/unified", False, "/sys/fs/cgroup/unified"),
-    (NONE, OWN, True, None),
-    (ESCAPED, "/run/my cgroup\tv2\\x", False, "/run/my cgroup\tv2\\x"),
-    (SUBTREE, "/host/sys/fs/cgroup", False, "/host/sys/fs/cgroup"),
-    (SUBTREE_ONLY, OWN, True, "/sys/fs/cgroup"),  # its root is not the hierarchy's
-    (NONE + "99 62 0:38 / /run/ebpflb/cgroupv2 rw - cgroup2 none rw\n",  # a restart
-     OWN, False, OWN),
-    ("", OWN, True, None),
-], ids=["pure-v2", "hybrid", "none", "escaped", "subtree-and-root", "subtree-only",
-        "own-mount-reused", "empty"])
-def test_the_cgroup2_the_agent_uses(text: str, path: str, mount: bool,
-                                    visible: str | None) -> None:
+@pytest.mark.parametrize(
+    ("text", "path", "mount", "visible"),
+    [
+        (PURE_V2, "/sys/fs/cgroup", False, "/sys/fs/cgroup"),
+        (HYBRID, "/sys/fs/cgroup/unified", False, "/sys/fs/cgroup/unified"),
+        (NONE, OWN, True, None),
+        (ESCAPED, "/run/my cgroup\tv2\\x", False, "/run/my cgroup\tv2\\x"),
+        (SUBTREE, "/host/sys/fs/cgroup", False, "/host/sys/fs/cgroup"),
+        (SUBTREE_ONLY, OWN, True, "/sys/fs/cgroup"),  # its root is not the hierarchy's
+        (
+            NONE + "99 62 0:38 / /run/ebpflb/cgroupv2 rw - cgroup2 none rw\n",  # a restart
+            OWN,
+            False,
+            OWN,
+        ),
+        ("", OWN, True, None),
+    ],
+    ids=[
+        "pure-v2",
+        "hybrid",
+        "none",
+        "escaped",
+        "subtree-and-root",
+        "subtree-only",
+        "own-mount-reused",
+        "empty",
+    ],
+)
+def test_the_cgroup2_the_agent_uses(text: str, path: str, mount: bool, visible: str | None) -> None:
     choice = choose_cgroup2(STATE, text)
     assert (choice.path, choice.mount) == (path, mount)
     assert choice.as_json() == {"path": path, "mount": mount, "visible": visible}
@@ -93,9 +108,12 @@ def test_parse_keeps_roots_and_order() -> None:
 
 def test_what_doctor_says() -> None:
     assert choose_cgroup2(STATE, NONE).describe() == (
-        "no cgroup v2 is visible here; the agent would mount one at /run/ebpflb/cgroupv2")
-    assert "sub-cgroup (/kubepods/besteffort/pod1/abc)" in choose_cgroup2(
-        STATE, SUBTREE_ONLY).describe()
+        "no cgroup v2 is visible here; the agent would mount one at /run/ebpflb/cgroupv2"
+    )
+    assert (
+        "sub-cgroup (/kubepods/besteffort/pod1/abc)"
+        in choose_cgroup2(STATE, SUBTREE_ONLY).describe()
+    )
     assert choose_cgroup2(STATE, HYBRID).describe() == "cgroup v2 at /sys/fs/cgroup/unified"
 
 

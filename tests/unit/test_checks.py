@@ -11,31 +11,65 @@ import pytest
 from ebpflb.lab import checks
 
 SUBJECT = checks.Subject(
-    service="demo/echo", nodes=("node-1",), node_addresses={"node-1": "192.168.50.1"},
-    cluster_ip="10.96.7.10", tcp_port=80, udp_port=53, node_port=30777, lb_ip="192.168.60.20",
-    backends=frozenset({"pod-1", "pod-2", "pod-3", "pod-4"}), dns_name="echo.demo.svc")
+    service="demo/echo",
+    nodes=("node-1",),
+    node_addresses={"node-1": "192.168.50.1"},
+    cluster_ip="10.96.7.10",
+    tcp_port=80,
+    udp_port=53,
+    node_port=30777,
+    lb_ip="192.168.60.20",
+    backends=frozenset({"pod-1", "pod-2", "pod-3", "pod-4"}),
+    dns_name="echo.demo.svc",
+)
 
 
-def _probe(answers: dict[str, int], *, errors: Sequence[str] = (), count: int | None = None,
-           sources: Sequence[str] = ()) -> checks.Result:
+def _probe(
+    answers: dict[str, int],
+    *,
+    errors: Sequence[str] = (),
+    count: int | None = None,
+    sources: Sequence[str] = (),
+) -> checks.Result:
     n = count if count is not None else sum(answers.values()) + len(errors)
-    return checks.Result(0, json.dumps({"count": n, "answers": answers, "errors": list(errors),
-                                        "sources": list(sources), "addresses": []}))
+    return checks.Result(
+        0,
+        json.dumps(
+            {
+                "count": n,
+                "answers": answers,
+                "errors": list(errors),
+                "sources": list(sources),
+                "addresses": [],
+            }
+        ),
+    )
 
 
-@pytest.mark.parametrize(("result", "source", "ok", "why"), [
-    (_probe({"pod-1": 10, "pod-3": 10}), None, True, "answered"),
-    (_probe({"pod-1": 20}), None, False, "no balancing"),
-    (_probe({"pod-1": 3}), None, True, "answered"),  # 3 requests: one backend is likely
-    (_probe({"pod-1": 9, "pod-9": 1}), None, False, "not backends"),
-    (_probe({"pod-1": 9}, errors=["TimeoutError: timed out"]), None, False, "1 failed"),
-    (_probe({"pod-1": 10, "pod-2": 10}, sources=["10.244.0.11:9090"]), "10.96.7.10:53",
-     False, "replies from"),
-    (_probe({"pod-1": 10, "pod-2": 10}, sources=["10.96.7.10:53"]), "10.96.7.10:53",
-     True, "answered"),
-    (checks.Result(1, "", "exec failed"), None, False, "probe failed"),
-    (checks.Result(0, "garbage"), None, False, "probe failed"),
-])
+@pytest.mark.parametrize(
+    ("result", "source", "ok", "why"),
+    [
+        (_probe({"pod-1": 10, "pod-3": 10}), None, True, "answered"),
+        (_probe({"pod-1": 20}), None, False, "no balancing"),
+        (_probe({"pod-1": 3}), None, True, "answered"),  # 3 requests: one backend is likely
+        (_probe({"pod-1": 9, "pod-9": 1}), None, False, "not backends"),
+        (_probe({"pod-1": 9}, errors=["TimeoutError: timed out"]), None, False, "1 failed"),
+        (
+            _probe({"pod-1": 10, "pod-2": 10}, sources=["10.244.0.11:9090"]),
+            "10.96.7.10:53",
+            False,
+            "replies from",
+        ),
+        (
+            _probe({"pod-1": 10, "pod-2": 10}, sources=["10.96.7.10:53"]),
+            "10.96.7.10:53",
+            True,
+            "answered",
+        ),
+        (checks.Result(1, "", "exec failed"), None, False, "probe failed"),
+        (checks.Result(0, "garbage"), None, False, "probe failed"),
+    ],
+)
 def test_judge_spread(result: checks.Result, source: str | None, ok: bool, why: str) -> None:
     verdict = checks._judge_spread("x", result, SUBJECT, want_source=source)
     assert (verdict.ok, why in verdict.detail) == (ok, True), verdict
@@ -49,12 +83,16 @@ class Recorder:
 
     def _answer(self, argv: Sequence[str]) -> checks.Result:
         if argv[0] == "ebpflb":
-            rows = [{"service": "demo/echo", "frontend": fe, "active_backends": 4}
-                    for fe in ("10.96.7.10:80/TCP", "10.96.7.10:53/UDP", "192.168.60.20:80/TCP")]
+            rows = [
+                {"service": "demo/echo", "frontend": fe, "active_backends": 4}
+                for fe in ("10.96.7.10:80/TCP", "10.96.7.10:53/UDP", "192.168.60.20:80/TCP")
+            ]
             return checks.Result(0, json.dumps(rows))
         if argv[4] == "resolve":
-            return checks.Result(0, json.dumps({"count": 1, "answers": {}, "errors": [],
-                                                "addresses": ["10.96.7.10"]}))
+            return checks.Result(
+                0,
+                json.dumps({"count": 1, "answers": {}, "errors": [], "addresses": ["10.96.7.10"]}),
+            )
         if argv[4] == "connect":
             return checks.Result(0, json.dumps({"count": 3, "answers": {}, "errors": []}))
         src = [f"10.96.7.10:{argv[6]}"] if argv[4] == "udp" else []

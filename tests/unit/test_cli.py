@@ -26,8 +26,12 @@ def test_doctor_json_has_stable_keys():
     result = runner.invoke(app, ["doctor", "--json"])
     report = json.loads(result.output)
     assert set(report) == {"dataplane", "reason", "checks"}
-    assert {c["name"] for c in report["checks"]} >= {"privileges", "kernel", "bcc",
-                                                     "kernel headers"}
+    assert {c["name"] for c in report["checks"]} >= {
+        "privileges",
+        "kernel",
+        "bcc",
+        "kernel headers",
+    }
     for check in report["checks"]:  # socket_lb adds the cgroup2 it would use, its links
         extra = {"cgroup2", "pinned_links"} if check["name"] == "socket_lb" else set()
         assert set(check) == {"name", "ok", "required", "detail", "fix"} | extra
@@ -57,32 +61,67 @@ def test_unreadable_kubeconfig_is_one_line_naming_it(tmp_path):
     assert len(lines) == 1 and lines[0].startswith(f"error: cannot load kubeconfig {missing}")
 
 
-STATUS_KEYS = {"version", "written_at", "pid", "source", "dataplane", "synced", "stale",
-               "stale_seconds", "syncs", "full_syncs", "last_sync_at", "last_sync_seconds",
-               "last_full_sync_seconds", "frontends", "backends", "refused", "skipped",
-               "unbalanced", "running", "age", "nodeport_addresses",
-               "nodeport_address_source", "nodeport_address_reason",
-               "nodeport_addresses_filter", "pin_dir"}
+STATUS_KEYS = {
+    "version",
+    "written_at",
+    "pid",
+    "source",
+    "dataplane",
+    "synced",
+    "stale",
+    "stale_seconds",
+    "syncs",
+    "full_syncs",
+    "last_sync_at",
+    "last_sync_seconds",
+    "last_full_sync_seconds",
+    "frontends",
+    "backends",
+    "refused",
+    "skipped",
+    "unbalanced",
+    "running",
+    "age",
+    "nodeport_addresses",
+    "nodeport_address_source",
+    "nodeport_address_reason",
+    "nodeport_addresses_filter",
+    "pin_dir",
+}
 
 
 def _status(pid: int, **overrides: object) -> AgentStatus:
     fields: dict[str, object] = dict(
-        pid=pid, source="kubernetes", dataplane="bpf", synced=True, stale=False,
-        stale_seconds=None, syncs=3, full_syncs=1, last_sync_at=1.0, last_sync_seconds=0.002,
-        last_full_sync_seconds=0.4, frontends=2, backends=6)
+        pid=pid,
+        source="kubernetes",
+        dataplane="bpf",
+        synced=True,
+        stale=False,
+        stale_seconds=None,
+        syncs=3,
+        full_syncs=1,
+        last_sync_at=1.0,
+        last_sync_seconds=0.002,
+        last_full_sync_seconds=0.4,
+        frontends=2,
+        backends=6,
+    )
     fields.update(overrides)
     return AgentStatus(**fields)  # type: ignore[arg-type]
 
 
 def test_status_of_a_running_agent(tmp_path):
-    write_status(str(tmp_path), _status(os.getpid(), stale=True, stale_seconds=12.0,
-                                        refused={"demo/big": "backend map full"}))
+    write_status(
+        str(tmp_path),
+        _status(
+            os.getpid(), stale=True, stale_seconds=12.0, refused={"demo/big": "backend map full"}
+        ),
+    )
     result = runner.invoke(app, ["status", "--json", "--state-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert set(data) == STATUS_KEYS
-    assert data["running"] and data["stale"] and data["refused"] == {
-        "demo/big": "backend map full"}
+    assert data["running"] and data["stale"] and data["refused"] == {"demo/big": "backend map full"}
     text = runner.invoke(app, ["status", "--state-dir", str(tmp_path)])
     assert text.exit_code == 0
     assert "STALE for 12s" in text.output and "demo/big: backend map full" in text.output
@@ -99,12 +138,17 @@ def test_status_of_a_dead_agent_or_none_exits_1(tmp_path):
 
 def test_table_aligns_columns():
     assert table(["A", "BB"], [["xyz", 1], ["q", 22]]).splitlines() == [
-        "A    BB", "xyz  1", "q    22"]
+        "A    BB",
+        "xyz  1",
+        "q    22",
+    ]
 
 
 def test_status_of_an_agent_whose_source_never_answered(tmp_path):
-    write_status(str(tmp_path), _status(os.getpid(), synced=False, stale=True,
-                                        stale_seconds=7.0, syncs=0, full_syncs=0))
+    write_status(
+        str(tmp_path),
+        _status(os.getpid(), synced=False, stale=True, stale_seconds=7.0, syncs=0, full_syncs=0),
+    )
     result = runner.invoke(app, ["status", "--state-dir", str(tmp_path)])
     assert result.exit_code == 0
     assert "starting" in result.output and "unreachable for 7s" in result.output
@@ -122,8 +166,11 @@ def test_doctor_says_which_cgroup2_socket_lb_would_use(monkeypatch, tmp_path):
     assert ok.as_json()["cgroup2"] == here.as_json()
     assert here.path in ok.detail
 
-    monkeypatch.setattr(cgroup, "read_mountinfo",
-                        lambda path=cgroup.MOUNTINFO: "1 0 0:1 / / rw - ext4 /dev/vda rw\n")
+    monkeypatch.setattr(
+        cgroup,
+        "read_mountinfo",
+        lambda path=cgroup.MOUNTINFO: "1 0 0:1 / / rw - ext4 /dev/vda rw\n",
+    )
     missing = doctor.check_socket_lb(str(tmp_path))
     own = str(tmp_path / "cgroupv2")
     assert missing.ok and f"would mount one at {own}" in missing.detail
@@ -133,8 +180,7 @@ def test_doctor_says_which_cgroup2_socket_lb_would_use(monkeypatch, tmp_path):
     unprivileged = doctor.check_socket_lb(str(tmp_path))
     assert not unprivileged.ok and f"mount -t cgroup2 none {own}" in unprivileged.fix
     result = runner.invoke(app, ["doctor", "--json", "--state-dir", str(tmp_path)])
-    socket_lb = next(c for c in json.loads(result.output)["checks"]
-                     if c["name"] == "socket_lb")
+    socket_lb = next(c for c in json.loads(result.output)["checks"] if c["name"] == "socket_lb")
     assert socket_lb["cgroup2"]["path"] == own and not socket_lb["ok"]
 
 
@@ -143,7 +189,8 @@ def test_an_error_is_one_line_with_its_own_fix():
     from ebpflb.errors import EbpflbError, MapGeometryError
 
     assert one_line(MapGeometryError("maps differ\nsecond line")) == (
-        f"error: maps differ second line; fix: {MapGeometryError.fix}")
+        f"error: maps differ second line; fix: {MapGeometryError.fix}"
+    )
     said = EbpflbError("no room; raise --max-services", fix="raise --max-services")
     assert one_line(said) == "error: no room; raise --max-services"
     assert one_line(EbpflbError("plain")) == "error: plain"

@@ -16,8 +16,7 @@ from tests.unit.test_translate import BAD, GOOD, GOOD_SLICE, GOOD_SVC, NODE, NOD
 
 
 def compacted(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [compact(o["kind"], o) if isinstance(o, dict) and "kind" in o else o
-            for o in objects]
+    return [compact(o["kind"], o) if isinstance(o, dict) and "kind" in o else o for o in objects]
 
 
 @pytest.mark.parametrize(("services", "slices", "kwargs", "expected"), GOOD)
@@ -31,8 +30,7 @@ def test_bad_objects_are_reported_the_same(objects, names, message, remaining):
     services = [GOOD_SVC, *(o for o in objects if o.get("kind") == "Service")]
     slices = [GOOD_SLICE, *(o for o in objects if o.get("kind") == "EndpointSlice")]
     whole = translate(services, slices, node_addresses=NODE_IPS[:1])
-    assert translate(compacted(services), compacted(slices),
-                     node_addresses=NODE_IPS[:1]) == whole
+    assert translate(compacted(services), compacted(slices), node_addresses=NODE_IPS[:1]) == whole
 
 
 def test_node_addresses_are_kept():
@@ -40,25 +38,44 @@ def test_node_addresses_are_kept():
 
 
 FAT_SERVICE: dict[str, Any] = {
-    "kind": "Service", "apiVersion": "v1",
-    "metadata": {"name": "web", "namespace": "demo", "uid": "u-1", "resourceVersion": "7",
-                 "labels": {"app": "web"},
-                 "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "x" * 2000},
-                 "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}] * 5},
-    "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80,
-                                                   "targetPort": 8080}]},
+    "kind": "Service",
+    "apiVersion": "v1",
+    "metadata": {
+        "name": "web",
+        "namespace": "demo",
+        "uid": "u-1",
+        "resourceVersion": "7",
+        "labels": {"app": "web"},
+        "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "x" * 2000},
+        "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}] * 5,
+    },
+    "spec": {
+        "clusterIP": "10.96.0.10",
+        "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
+    },
     "status": {"loadBalancer": {}, "conditions": [{"type": "x"}] * 3},
 }
 FAT_SLICE: dict[str, Any] = {
-    "kind": "EndpointSlice", "apiVersion": "discovery.k8s.io/v1",
-    "metadata": {"name": "web-1", "namespace": "demo", "resourceVersion": "9",
-                 "labels": {"kubernetes.io/service-name": "web"},
-                 "managedFields": [{"manager": "endpointslice-controller"}] * 5},
-    "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-    "endpoints": [{"addresses": [f"10.244.0.{i}"], "conditions": {"ready": True},
-                   "nodeName": "node-a",
-                   "targetRef": {"kind": "Pod", "name": f"web-{i}", "uid": "u" * 36}}
-                  for i in range(1, 4)],
+    "kind": "EndpointSlice",
+    "apiVersion": "discovery.k8s.io/v1",
+    "metadata": {
+        "name": "web-1",
+        "namespace": "demo",
+        "resourceVersion": "9",
+        "labels": {"kubernetes.io/service-name": "web"},
+        "managedFields": [{"manager": "endpointslice-controller"}] * 5,
+    },
+    "addressType": "IPv4",
+    "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+    "endpoints": [
+        {
+            "addresses": [f"10.244.0.{i}"],
+            "conditions": {"ready": True},
+            "nodeName": "node-a",
+            "targetRef": {"kind": "Pod", "name": f"web-{i}", "uid": "u" * 36},
+        }
+        for i in range(1, 4)
+    ],
 }
 
 

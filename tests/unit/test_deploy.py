@@ -21,14 +21,26 @@ ROOT = Path(__file__).resolve().parents[2]
 # A recent release: the schemas are those of this version (strict: unknown fields are
 # errors, so a misspelt field fails instead of being dropped by the API server).
 K8S_VERSION = "1.33"
-SKIP_DIRS = {".git", ".venv", "node_modules", "__pycache__", ".vagrant", "build",
-             ".mypy_cache", ".ruff_cache", ".pytest_cache"}
+SKIP_DIRS = {
+    ".git",
+    ".venv",
+    "node_modules",
+    "__pycache__",
+    ".vagrant",
+    "build",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".pytest_cache",
+}
 
 
 def _k8s_objects(path: Path) -> list[dict[str, Any]]:
     with open(path) as f:
-        return [d for d in yaml.safe_load_all(f)
-                if isinstance(d, dict) and "apiVersion" in d and "kind" in d]
+        return [
+            d
+            for d in yaml.safe_load_all(f)
+            if isinstance(d, dict) and "apiVersion" in d and "kind" in d
+        ]
 
 
 def _manifests() -> list[Path]:
@@ -42,15 +54,21 @@ def _validate(obj: dict[str, Any]) -> None:
 
 
 def _daemonset() -> dict[str, Any]:
-    (ds,) = [o for o in _k8s_objects(ROOT / "deploy" / "daemonset.yaml")
-             if o["kind"] == "DaemonSet"]
+    (ds,) = [
+        o for o in _k8s_objects(ROOT / "deploy" / "daemonset.yaml") if o["kind"] == "DaemonSet"
+    ]
     return ds
 
 
 def test_the_manifests_are_found() -> None:
     names = {p.relative_to(ROOT).as_posix() for p in _manifests()}
-    assert {"deploy/daemonset.yaml", "deploy/rbac.yaml", "deploy/apiserver.yaml",
-            "vagrant/checks.yaml", "examples/web.yaml"} <= names
+    assert {
+        "deploy/daemonset.yaml",
+        "deploy/rbac.yaml",
+        "deploy/apiserver.yaml",
+        "vagrant/checks.yaml",
+        "examples/web.yaml",
+    } <= names
 
 
 @pytest.mark.parametrize("path", _manifests(), ids=lambda p: p.relative_to(ROOT).as_posix())
@@ -79,8 +97,10 @@ def test_the_daemonset_runs_as_a_kube_proxy_replacement() -> None:
     """The rules of a node proxy that the schema cannot check."""
     ds = _daemonset()
     assert ds["metadata"]["namespace"] == "kube-system"
-    assert ds["spec"]["updateStrategy"] == {"type": "RollingUpdate",
-                                            "rollingUpdate": {"maxUnavailable": 1}}
+    assert ds["spec"]["updateStrategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 1},
+    }
     pod = ds["spec"]["template"]["spec"]
     assert pod["hostNetwork"] is True
     assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"
@@ -108,22 +128,33 @@ def test_the_daemonset_runs_as_a_kube_proxy_replacement() -> None:
         for m in c.get("volumeMounts", []):
             if m.get("mountPropagation") == "Bidirectional":
                 assert c["securityContext"]["privileged"] is True, c["name"]
-    assert any(m.get("mountPropagation") == "Bidirectional"
-               for c in pod["initContainers"] for m in c["volumeMounts"])
+    assert any(
+        m.get("mountPropagation") == "Bidirectional"
+        for c in pod["initContainers"]
+        for m in c["volumeMounts"]
+    )
 
 
 def test_the_rbac_grants_what_the_kube_source_reads_and_nothing_else() -> None:
     objects = {o["kind"]: o for o in _k8s_objects(ROOT / "deploy" / "rbac.yaml")}
-    granted = {(g, r, v) for rule in objects["ClusterRole"]["rules"]
-               for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
-    assert granted == {(g, r, v) for g, r in (("", "services"), ("", "nodes"),
-                                               ("discovery.k8s.io", "endpointslices"))
-                       for v in ("list", "watch")}
+    granted = {
+        (g, r, v)
+        for rule in objects["ClusterRole"]["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
+    assert granted == {
+        (g, r, v)
+        for g, r in (("", "services"), ("", "nodes"), ("discovery.k8s.io", "endpointslices"))
+        for v in ("list", "watch")
+    }
     pod = _daemonset()["spec"]["template"]["spec"]
     sa = objects["ServiceAccount"]["metadata"]
     assert pod["serviceAccountName"] == sa["name"]
     assert objects["ClusterRoleBinding"]["subjects"] == [
-        {"kind": "ServiceAccount", "name": sa["name"], "namespace": sa["namespace"]}]
+        {"kind": "ServiceAccount", "name": sa["name"], "namespace": sa["namespace"]}
+    ]
 
 
 def test_the_containerfile_builds_on_bookworm_with_bcc() -> None:
@@ -143,11 +174,21 @@ def _vagrant_validate(vagrant_dir: Path, dotfiles: Path) -> subprocess.Completed
     Vagrantfile, and checks every machine's settings and provisioners."""
     vagrant = shutil.which("vagrant")
     assert vagrant, "vagrant is missing: scripts/setup.sh installs Debian's vagrant"
-    env = {**os.environ, "VAGRANT_CWD": str(vagrant_dir),
-           "VAGRANT_DOTFILE_PATH": str(dotfiles), "VAGRANT_CHECKPOINT_DISABLE": "1",
-           "VAGRANT_HOME": str(dotfiles.parent / "vagrant.d")}  # not $HOME: any user
-    return subprocess.run([vagrant, "validate", "--ignore-provider"], env=env,
-                          capture_output=True, text=True, timeout=120, check=False)
+    env = {
+        **os.environ,
+        "VAGRANT_CWD": str(vagrant_dir),
+        "VAGRANT_DOTFILE_PATH": str(dotfiles),
+        "VAGRANT_CHECKPOINT_DISABLE": "1",
+        "VAGRANT_HOME": str(dotfiles.parent / "vagrant.d"),
+    }  # not $HOME: any user
+    return subprocess.run(
+        [vagrant, "validate", "--ignore-provider"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_vagrant_validate_accepts_the_cluster_lab(tmp_path: Path) -> None:
@@ -161,8 +202,9 @@ def test_vagrant_validate_refuses_a_broken_vagrantfile(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "vagrant", broken)
     text = (broken / "Vagrantfile").read_text()
     assert 'path: "provision-node.sh"' in text
-    (broken / "Vagrantfile").write_text(text.replace('path: "provision-node.sh"',
-                                                     'path: "no-such-script.sh"'))
+    (broken / "Vagrantfile").write_text(
+        text.replace('path: "provision-node.sh"', 'path: "no-such-script.sh"')
+    )
     out = _vagrant_validate(broken, tmp_path / "dot")
     assert out.returncode != 0
     assert "no-such-script.sh" in out.stdout + out.stderr
@@ -180,7 +222,8 @@ def _is_shell_script(path: Path) -> bool:
     except OSError:
         return False
     return first.startswith(b"#!") and any(
-        first.rstrip().endswith(s) for s in (b"/sh", b"/bash", b" sh", b" bash"))
+        first.rstrip().endswith(s) for s in (b"/sh", b"/bash", b" sh", b" bash")
+    )
 
 
 def shell_scripts(root: Path) -> list[Path]:
@@ -194,14 +237,18 @@ def shell_scripts(root: Path) -> list[Path]:
 def _shellcheck(paths: list[Path]) -> subprocess.CompletedProcess[str]:
     shellcheck = shutil.which("shellcheck")
     assert shellcheck, "shellcheck is missing: scripts/setup.sh installs it"
-    return subprocess.run([shellcheck, "--external-sources", *map(str, paths)],
-                          capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        [shellcheck, "--external-sources", *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_every_shell_script_is_found() -> None:
     names = {p.relative_to(ROOT).as_posix() for p in shell_scripts(ROOT)}
-    assert {".ci/run", "scripts/setup.sh", "vagrant/provision-node.sh",
-            "vagrant/smoke.sh"} <= names
+    assert {".ci/run", "scripts/setup.sh", "vagrant/provision-node.sh", "vagrant/smoke.sh"} <= names
 
 
 def test_shellcheck_passes_on_every_shell_script() -> None:
@@ -211,7 +258,7 @@ def test_shellcheck_passes_on_every_shell_script() -> None:
 
 def test_shellcheck_flags_a_broken_script(tmp_path: Path) -> None:
     bad = tmp_path / "bad.sh"
-    bad.write_text('#!/usr/bin/env bash\nfor f in $(ls *.txt); do rm $f; done\n')
+    bad.write_text("#!/usr/bin/env bash\nfor f in $(ls *.txt); do rm $f; done\n")
     assert shell_scripts(tmp_path) == [bad]
     out = _shellcheck([bad])
     assert out.returncode != 0 and "SC2045" in out.stdout

@@ -34,18 +34,23 @@ def _diff(tmp_path: Path, files: dict[str, str], *extra: str) -> tuple[int, str]
     manifests.mkdir(exist_ok=True)
     for name, text in files.items():
         (manifests / name).write_text(text)
-    result = CliRunner().invoke(app, ["diff", "--manifests", str(manifests), "--pin-dir",
-                                      str(tmp_path / "no-pins"), *extra])
+    result = CliRunner().invoke(
+        app, ["diff", "--manifests", str(manifests), "--pin-dir", str(tmp_path / "no-pins"), *extra]
+    )
     return result.exit_code, result.stderr
 
 
-@pytest.mark.parametrize(("files", "exit_code", "plain"), [
-    ({}, 0, 0),
-    ({"web.yaml": SERVICE}, 1, 0),
-    ({"bad.yaml": INVALID}, 2, 0),
-    ({"web.yaml": SERVICE, "bad.yaml": INVALID}, 2, 0),
-    ({"broken.yaml": "kind: Service\nmetadata: [\n"}, 2, 0),
-], ids=["none", "changes", "invalid", "changes+invalid", "unparsable"])
+@pytest.mark.parametrize(
+    ("files", "exit_code", "plain"),
+    [
+        ({}, 0, 0),
+        ({"web.yaml": SERVICE}, 1, 0),
+        ({"bad.yaml": INVALID}, 2, 0),
+        ({"web.yaml": SERVICE, "bad.yaml": INVALID}, 2, 0),
+        ({"broken.yaml": "kind: Service\nmetadata: [\n"}, 2, 0),
+    ],
+    ids=["none", "changes", "invalid", "changes+invalid", "unparsable"],
+)
 def test_exit_status(tmp_path: Path, files: dict[str, str], exit_code: int, plain: int):
     assert _diff(tmp_path, files, "--exit-code")[0] == exit_code
     assert _diff(tmp_path, files)[0] == plain
@@ -60,8 +65,9 @@ def test_skipped_objects_are_named_and_make_it_2(tmp_path: Path):
 
 @pytest.mark.parametrize("extra", [[], ["--exit-code"]])
 def test_an_error_is_2_in_one_line(tmp_path: Path, extra: list[str]):
-    result = CliRunner().invoke(app, ["diff", "--manifests", str(tmp_path / "missing"),
-                                      "--pin-dir", str(tmp_path), *extra])
+    result = CliRunner().invoke(
+        app, ["diff", "--manifests", str(tmp_path / "missing"), "--pin-dir", str(tmp_path), *extra]
+    )
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: cannot read manifest directory")

@@ -14,8 +14,9 @@ from ebpflb.cli import app
 from ebpflb.dataplane.bpf.socklb import LINK_PINS
 
 
-def test_doctor_lists_the_pinned_socket_lb_links(monkeypatch: pytest.MonkeyPatch,
-                                                 tmp_path: Path) -> None:
+def test_doctor_lists_the_pinned_socket_lb_links(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setattr(doctor, "_effective_caps", lambda: 1 << doctor.CAP_SYS_ADMIN)
     pin_dir = tmp_path / "pins"
     pin_dir.mkdir()
@@ -26,7 +27,8 @@ def test_doctor_lists_the_pinned_socket_lb_links(monkeypatch: pytest.MonkeyPatch
     some = doctor.check_socket_lb(str(tmp_path), str(pin_dir))
     assert some.as_json()["pinned_links"] == list(LINK_PINS.values())
     assert f"4 socket-LB links are pinned under {pin_dir}" in some.detail
-    out = CliRunner().invoke(app, ["doctor", "--json", "--state-dir", str(tmp_path),
-                                   "--pin-dir", str(pin_dir)])
+    out = CliRunner().invoke(
+        app, ["doctor", "--json", "--state-dir", str(tmp_path), "--pin-dir", str(pin_dir)]
+    )
     check = next(c for c in json.loads(out.output)["checks"] if c["name"] == "socket_lb")
     assert check["pinned_links"] == list(LINK_PINS.values())

@@ -72,10 +72,22 @@ def apply(srv: HealthCheckServer, *checks: HealthCheck) -> None:
 def test_answers_200_with_local_endpoints_and_503_without(server: HealthCheckServer):
     p1, p2 = free_port(), free_port()
     apply(server, HealthCheck(WEB, p1, 2), HealthCheck(DB, p2, 0))
-    assert get(p1) == (200, {"service": {"namespace": "demo", "name": "web"},
-                             "localEndpoints": 2, "serviceProxyHealthy": True})
-    assert get(p2) == (503, {"service": {"namespace": "demo", "name": "db"},
-                             "localEndpoints": 0, "serviceProxyHealthy": True})
+    assert get(p1) == (
+        200,
+        {
+            "service": {"namespace": "demo", "name": "web"},
+            "localEndpoints": 2,
+            "serviceProxyHealthy": True,
+        },
+    )
+    assert get(p2) == (
+        503,
+        {
+            "service": {"namespace": "demo", "name": "db"},
+            "localEndpoints": 0,
+            "serviceProxyHealthy": True,
+        },
+    )
     assert get(p1, "HEAD") == (200, None)
 
 
@@ -93,7 +105,8 @@ def test_counts_change_and_listeners_follow_the_services(server: HealthCheckServ
 
 
 def test_a_port_that_cannot_be_bound_is_logged_naming_the_service(
-        server: HealthCheckServer, caplog: pytest.LogCaptureFixture):
+    server: HealthCheckServer, caplog: pytest.LogCaptureFixture
+):
     with socket.socket() as taken:
         taken.bind((LOOPBACK, 0))
         taken.listen()
@@ -108,8 +121,9 @@ def test_a_port_that_cannot_be_bound_is_logged_naming_the_service(
         assert get(ok)[0] == 200  # the other Service is still served
 
 
-def test_two_services_on_one_port_keep_the_first(server: HealthCheckServer,
-                                                 caplog: pytest.LogCaptureFixture):
+def test_two_services_on_one_port_keep_the_first(
+    server: HealthCheckServer, caplog: pytest.LogCaptureFixture
+):
     port = free_port()
     with caplog.at_level(logging.ERROR, logger="ebpflb.agent.healthcheck"):
         apply(server, HealthCheck(WEB, port, 1), HealthCheck(DB, port, 0))
@@ -122,8 +136,14 @@ def test_an_unhealthy_proxy_answers_503():
     srv = HealthCheckServer(healthy=lambda: False)
     try:
         apply(srv, HealthCheck(WEB, port, 4))
-        assert get(port) == (503, {"service": {"namespace": "demo", "name": "web"},
-                                   "localEndpoints": 4, "serviceProxyHealthy": False})
+        assert get(port) == (
+            503,
+            {
+                "service": {"namespace": "demo", "name": "web"},
+                "localEndpoints": 4,
+                "serviceProxyHealthy": False,
+            },
+        )
     finally:
         srv.close()
 
@@ -158,26 +178,37 @@ def test_a_silent_client_does_not_block_others(server: HealthCheckServer):
 
 def lb(name: str, *, etp: str = "Local", hc: Any = 32000, ports: int = 2) -> dict[str, Any]:
     spec: dict[str, Any] = {
-        "type": "LoadBalancer", "clusterIP": f"10.96.0.{len(name)}",
-        "externalTrafficPolicy": etp, "healthCheckNodePort": hc,
-        "ports": [{"name": f"p{i}", "port": 80 + i, "nodePort": 30080 + i}
-                  for i in range(ports)]}
-    return {"kind": "Service", "metadata": {"name": name, "namespace": "demo"},
-            "spec": spec}
+        "type": "LoadBalancer",
+        "clusterIP": f"10.96.0.{len(name)}",
+        "externalTrafficPolicy": etp,
+        "healthCheckNodePort": hc,
+        "ports": [{"name": f"p{i}", "port": 80 + i, "nodePort": 30080 + i} for i in range(ports)],
+    }
+    return {"kind": "Service", "metadata": {"name": name, "namespace": "demo"}, "spec": spec}
 
 
 def eps(name: str, *endpoints: tuple[str, str, bool], ports: int = 2) -> dict[str, Any]:
-    return {"kind": "EndpointSlice",
-            "metadata": {"name": f"{name}-1", "namespace": "demo",
-                         "labels": {"kubernetes.io/service-name": name}},
-            "addressType": "IPv4",
-            "ports": [{"name": f"p{i}", "port": 8080 + i} for i in range(ports)],
-            "endpoints": [{"addresses": [a], "nodeName": n, "conditions": {"ready": r}}
-                          for a, n, r in endpoints]}
+    return {
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"{name}-1",
+            "namespace": "demo",
+            "labels": {"kubernetes.io/service-name": name},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": f"p{i}", "port": 8080 + i} for i in range(ports)],
+        "endpoints": [
+            {"addresses": [a], "nodeName": n, "conditions": {"ready": r}} for a, n, r in endpoints
+        ],
+    }
 
 
-ENDPOINTS = (("10.244.0.1", "node-a", True), ("10.244.0.2", "node-a", True),
-             ("10.244.0.3", "node-a", False), ("10.244.1.1", "node-b", True))
+ENDPOINTS = (
+    ("10.244.0.1", "node-a", True),
+    ("10.244.0.2", "node-a", True),
+    ("10.244.0.3", "node-a", False),
+    ("10.244.1.1", "node-b", True),
+)
 
 
 def test_translation_counts_ready_local_endpoint_addresses_once_over_all_ports():
@@ -188,8 +219,9 @@ def test_translation_counts_ready_local_endpoint_addresses_once_over_all_ports()
     assert elsewhere.state.services[WEB].local_endpoints == 1
 
 
-@pytest.mark.parametrize("svc", [lb("web", etp="Cluster"), lb("web", hc=None)],
-                         ids=["Cluster", "unallocated"])
+@pytest.mark.parametrize(
+    "svc", [lb("web", etp="Cluster"), lb("web", hc=None)], ids=["Cluster", "unallocated"]
+)
 def test_no_health_check_without_local_policy_or_port(svc):
     info = translate([svc], [], node_name="node-a").state.services[WEB]
     assert info.health_check_node_port == 0
@@ -199,7 +231,8 @@ def test_a_bad_health_check_port_is_reported_and_the_service_kept():
     result = translate([lb("web", hc=70000)], [eps("web", *ENDPOINTS)], node_name="node-a")
     assert [str(e) for e in result.errors] == [
         "Service demo/web: spec.healthCheckNodePort 70000 is out of range 1-65535; "
-        "health check skipped"]
+        "health check skipped"
+    ]
     assert result.state.services[WEB].health_check_node_port == 0
     assert len(result.state.entries) == 2
 
@@ -215,9 +248,14 @@ status: {addresses: [{type: InternalIP, address: 127.0.0.1}]}
 
 
 def manifest(port: int, *nodes: str) -> str:
-    endpoints = "\n".join(f"- {{addresses: [10.244.0.{i + 1}], nodeName: {n}}}"
-                          for i, n in enumerate(nodes)) or "[]"
-    return textwrap.dedent(f"""
+    endpoints = (
+        "\n".join(
+            f"- {{addresses: [10.244.0.{i + 1}], nodeName: {n}}}" for i, n in enumerate(nodes)
+        )
+        or "[]"
+    )
+    return (
+        textwrap.dedent(f"""
         apiVersion: v1
         kind: Service
         metadata: {{name: web, namespace: demo}}
@@ -237,7 +275,10 @@ def manifest(port: int, *nodes: str) -> str:
         addressType: IPv4
         ports: [{{name: http, port: 8080}}]
         endpoints:
-        """) + textwrap.indent(endpoints, "") + "\n"
+        """)
+        + textwrap.indent(endpoints, "")
+        + "\n"
+    )
 
 
 class Clock:
@@ -252,10 +293,14 @@ def test_agent_serves_health_checks_as_services_change(tmp_path: Path):
     (tmp_path / "node.yaml").write_text(NODE)
     (tmp_path / "web.yaml").write_text(manifest(port, "node-a", "node-a", "node-b"))
     clock = Clock()
-    config = AgentConfig(node_name="node-a", min_sync_interval=0.0,
-                         nodeport_addresses=NodePortAddresses.parse("127.0.0.0/8"))
+    config = AgentConfig(
+        node_name="node-a",
+        min_sync_interval=0.0,
+        nodeport_addresses=NodePortAddresses.parse("127.0.0.0/8"),
+    )
     agent = Agent(ManifestSource(tmp_path), FakeDataplane(), config, clock=clock)
     try:
+
         def step() -> None:
             clock.t += 1
             agent.step()
@@ -265,8 +310,14 @@ def test_agent_serves_health_checks_as_services_change(tmp_path: Path):
         assert get(port)[1]["localEndpoints"] == 2  # type: ignore[index]
         (tmp_path / "web.yaml").write_text(manifest(port, "node-b"))
         step()
-        assert get(port) == (503, {"service": {"namespace": "demo", "name": "web"},
-                                   "localEndpoints": 0, "serviceProxyHealthy": True})
+        assert get(port) == (
+            503,
+            {
+                "service": {"namespace": "demo", "name": "web"},
+                "localEndpoints": 0,
+                "serviceProxyHealthy": True,
+            },
+        )
         (tmp_path / "web.yaml").unlink()
         step()
         assert refused(port)
@@ -305,14 +356,15 @@ def test_a_slowloris_holds_a_bounded_number_of_descriptors(server: HealthCheckSe
         # our 300 client sockets, plus at most PER_CLIENT held by the server
         assert _open_fds() - fds_before <= 300 + healthcheck.PER_CLIENT
         # a load balancer's checker from another loopback address is still answered
-        conn = socket.create_connection((LOOPBACK, port), timeout=5,
-                                        source_address=("127.0.0.2", 0))
+        conn = socket.create_connection(
+            (LOOPBACK, port), timeout=5, source_address=("127.0.0.2", 0)
+        )
         with conn:
             conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
             assert conn.recv(64).startswith(b"HTTP/1.1 200")
         # the refused ones were closed by the server: reading gives EOF or a reset
         closed = 0
-        for s in hogs[healthcheck.PER_CLIENT + 10:healthcheck.PER_CLIENT + 20]:
+        for s in hogs[healthcheck.PER_CLIENT + 10 : healthcheck.PER_CLIENT + 20]:
             try:
                 closed += s.recv(1) == b""
             except ConnectionResetError:
@@ -324,7 +376,8 @@ def test_a_slowloris_holds_a_bounded_number_of_descriptors(server: HealthCheckSe
 
 
 def test_a_silent_client_is_dropped_after_the_read_timeout(
-        server: HealthCheckServer, monkeypatch: pytest.MonkeyPatch):
+    server: HealthCheckServer, monkeypatch: pytest.MonkeyPatch
+):
     from ebpflb.agent import healthcheck
 
     monkeypatch.setattr(healthcheck, "READ_TIMEOUT", 0.3)

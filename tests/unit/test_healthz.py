@@ -27,8 +27,12 @@ TIMEOUT = 10.0
 
 def make(d: Path, dp: FakeDataplane) -> tuple[Agent, Clock]:
     clock = Clock()
-    agent = Agent(ManifestSource(d), dp, AgentConfig(min_sync_interval=1.0,
-                                                     healthz_timeout=TIMEOUT), clock=clock)
+    agent = Agent(
+        ManifestSource(d),
+        dp,
+        AgentConfig(min_sync_interval=1.0, healthz_timeout=TIMEOUT),
+        clock=clock,
+    )
     return agent, clock
 
 
@@ -136,17 +140,21 @@ def test_node_marked_for_deletion_is_not_eligible(tmp_path: Path):
     write(tmp_path, "a", "10.96.0.1", ["10.244.0.11"])
     (tmp_path / "node.yaml").write_text(
         "apiVersion: v1\nkind: Node\nmetadata: {name: node-a}\n"
-        "spec: {taints: [{key: ToBeDeletedByClusterAutoscaler, effect: NoSchedule}]}\n")
+        "spec: {taints: [{key: ToBeDeletedByClusterAutoscaler, effect: NoSchedule}]}\n"
+    )
     clock = Clock()
-    agent = Agent(ManifestSource(tmp_path), FakeDataplane(),
-                  AgentConfig(node_name="node-a", min_sync_interval=1.0), clock=clock)
+    agent = Agent(
+        ManifestSource(tmp_path),
+        FakeDataplane(),
+        AgentConfig(node_name="node-a", min_sync_interval=1.0),
+        clock=clock,
+    )
     agent.step()
     verdict = agent.proxy_health.healthz()
     assert verdict.status == 503
     assert json.loads(verdict.json())["nodeEligible"] is False
     assert agent.proxy_health.livez().status == 200  # livez ignores eligibility
-    (tmp_path / "node.yaml").write_text(
-        "apiVersion: v1\nkind: Node\nmetadata: {name: node-a}\n")
+    (tmp_path / "node.yaml").write_text("apiVersion: v1\nkind: Node\nmetadata: {name: node-a}\n")
     clock.t += 1.0
     agent.step()
     assert agent.proxy_health.healthz().status == 200
@@ -164,12 +172,15 @@ def test_default_timeout_follows_kube_proxy_capped():
     assert default_health_timeout(0.0) == 60.0
 
 
-@pytest.mark.parametrize(("text", "want"), [
-    ("0.0.0.0:10256", ("0.0.0.0", 10256)),
-    ("[::1]:10249", ("::1", 10249)),
-    ("", None),
-    ("127.0.0.1:0", None),
-])
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("0.0.0.0:10256", ("0.0.0.0", 10256)),
+        ("[::1]:10249", ("::1", 10249)),
+        ("", None),
+        ("127.0.0.1:0", None),
+    ],
+)
 def test_bind_addresses(text: str, want: tuple[str, int] | None):
     assert parse_bind_address(text) == want
 
@@ -193,8 +204,11 @@ def get(port: int, path: str) -> tuple[int, bytes]:
 
 def test_agent_serves_healthz_and_livez(tmp_path: Path):
     write(tmp_path, "web", "10.96.0.10", ["10.244.0.11"])
-    agent = Agent(ManifestSource(tmp_path), FakeDataplane(),
-                  AgentConfig(min_sync_interval=0.0, healthz_address=("127.0.0.1", 0)))
+    agent = Agent(
+        ManifestSource(tmp_path),
+        FakeDataplane(),
+        AgentConfig(min_sync_interval=0.0, healthz_address=("127.0.0.1", 0)),
+    )
     agent._ops.start()
     try:
         port = agent._ops.servers[0].port
@@ -223,8 +237,9 @@ def closed_unanswered(s: socket.socket) -> bool:
 def test_slow_clients_are_bounded():
     """A slowloris holds at most max_connections descriptors, each for read_timeout;
     once they time out, the server answers again."""
-    server = HttpServer("127.0.0.1", 0, {"/x": lambda: Response(200, b"ok")},
-                        max_connections=4, read_timeout=0.5)
+    server = HttpServer(
+        "127.0.0.1", 0, {"/x": lambda: Response(200, b"ok")}, max_connections=4, read_timeout=0.5
+    )
     server.start()
     slow = []
     try:
@@ -264,20 +279,33 @@ def test_oversized_head_is_refused():
         server.close()
 
 
-@pytest.mark.parametrize(("option", "value"), [
-    ("--healthz-bind-address", "10256"),
-    ("--metrics-bind-address", "localhost:10249"),
-    ("--healthz-timeout", "0"),
-])
-def test_agent_refuses_bad_endpoint_options_with_exit_2(tmp_path: Path, option: str,
-                                                         value: str):
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--healthz-bind-address", "10256"),
+        ("--metrics-bind-address", "localhost:10249"),
+        ("--healthz-timeout", "0"),
+    ],
+)
+def test_agent_refuses_bad_endpoint_options_with_exit_2(tmp_path: Path, option: str, value: str):
     from typer.testing import CliRunner
 
     from ebpflb.cli import app
 
-    result = CliRunner().invoke(app, ["agent", "--manifests", str(tmp_path), option, value,
-                                      "--dataplane", "userspace",
-                                      "--state-dir", str(tmp_path / "state")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "agent",
+            "--manifests",
+            str(tmp_path),
+            option,
+            value,
+            "--dataplane",
+            "userspace",
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
+    )
     assert result.exit_code == 2, result.output
     assert option in result.output
     assert not (tmp_path / "state").exists()  # refused before anything started

@@ -14,17 +14,28 @@ from ebpflb.sync.syncer import Syncer
 
 
 def service(i: int, *, port: int = 80, ip: str | None = None) -> dict[str, Any]:
-    return {"kind": "Service", "metadata": {"name": f"s{i}", "namespace": "ns"},
-            "spec": {"clusterIP": ip or f"10.96.0.{i}",
-                     "ports": [{"name": "http", "port": port, "targetPort": 8080}]}}
+    return {
+        "kind": "Service",
+        "metadata": {"name": f"s{i}", "namespace": "ns"},
+        "spec": {
+            "clusterIP": ip or f"10.96.0.{i}",
+            "ports": [{"name": "http", "port": port, "targetPort": 8080}],
+        },
+    }
 
 
 def slice_(i: int, backends: list[int]) -> dict[str, Any]:
-    return {"kind": "EndpointSlice",
-            "metadata": {"name": f"s{i}-a", "namespace": "ns",
-                         "labels": {"kubernetes.io/service-name": f"s{i}"}},
-            "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-            "endpoints": [{"addresses": [f"10.244.0.{b}"]} for b in backends]}
+    return {
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"s{i}-a",
+            "namespace": "ns",
+            "labels": {"kubernetes.io/service-name": f"s{i}"},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [f"10.244.0.{b}"]} for b in backends],
+    }
 
 
 def test_random_changes_match_a_full_translation():
@@ -50,9 +61,11 @@ def test_random_changes_match_a_full_translation():
             services[i] = service(i)
             slices[i] = slice_(i, [3])
         ref = ServiceRef("ns", f"s{i}")
-        update = tr.update([ref], service_of=lambda r: services.get(int(r.name[1:])),
-                           slices_of=lambda r: [s for k, s in slices.items()
-                                                if k == int(r.name[1:])])
+        update = tr.update(
+            [ref],
+            service_of=lambda r: services.get(int(r.name[1:])),
+            slices_of=lambda r: [s for k, s in slices.items() if k == int(r.name[1:])],
+        )
         assert update.touched is not None
         full = translate(services.values(), slices.values()).state
         assert dict(update.state.entries) == dict(full.entries)
@@ -66,8 +79,11 @@ def test_a_frontend_moving_between_services_asks_for_a_rebuild():
     tr = IncrementalTranslator()
     tr.rebuild([service(1), service(2)], [])
     try:
-        tr.update([ServiceRef("ns", "s2")],
-                  service_of=lambda r: service(2, ip="10.96.0.1"), slices_of=lambda r: [])
+        tr.update(
+            [ServiceRef("ns", "s2")],
+            service_of=lambda r: service(2, ip="10.96.0.1"),
+            slices_of=lambda r: [],
+        )
     except NeedsRebuild:
         pass
     else:

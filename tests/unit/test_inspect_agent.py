@@ -24,8 +24,7 @@ from ebpflb.statefile import write_json_atomic
 
 def _view(name: str, ip: str) -> ServiceView:
     fe = Frontend(ipaddress.ip_address(ip), 80, Protocol.TCP)
-    return ServiceView(1, fe, ServicePortName(ServiceRef("demo", name), "http", Protocol.TCP),
-                       1, 1)
+    return ServiceView(1, fe, ServicePortName(ServiceRef("demo", name), "http", Protocol.TCP), 1, 1)
 
 
 class _Pins:
@@ -47,10 +46,18 @@ class _Pins:
 def _status(state_dir: Path, dataplane: str, unbalanced: str) -> None:
     import time
 
-    write_json_atomic(str(state_dir / "agent.json"), {
-        "version": 1, "pid": os.getpid(), "written_at": time.time(), "dataplane": dataplane,
-        "unbalanced": [{"service": f"demo/{unbalanced}", "kind": "headless",
-                        "address": "None"}]})
+    write_json_atomic(
+        str(state_dir / "agent.json"),
+        {
+            "version": 1,
+            "pid": os.getpid(),
+            "written_at": time.time(),
+            "dataplane": dataplane,
+            "unbalanced": [
+                {"service": f"demo/{unbalanced}", "kind": "headless", "address": "None"}
+            ],
+        },
+    )
 
 
 @pytest.fixture
@@ -61,8 +68,10 @@ def agents(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     user_state.mkdir()
     _status(default_state, "bpf", "of-the-default-agent")  # a bpf agent on the defaults
     _status(user_state, "userspace", "of-the-userspace-agent")
-    state.write_state(str(user_state), state.snapshot(
-        [_view("userspace-svc", "10.96.0.2")], [], [], StatsView(())))
+    state.write_state(
+        str(user_state),
+        state.snapshot([_view("userspace-svc", "10.96.0.2")], [], [], StatsView(())),
+    )
     monkeypatch.setattr(cli_inspect, "DEFAULT_STATE_DIR", str(default_state))
     monkeypatch.setattr(cli_inspect, "DEFAULT_PIN_DIR", str(tmp_path / "default-pins"))
     return {"default": default_state, "user": user_state, "root": tmp_path}
@@ -98,8 +107,9 @@ def test_the_table_says_which_agent(agents: dict[str, Path]):
     assert result.stderr.splitlines() == [f"# the userspace agent of {agents['user']}"]
 
 
-def test_state_dir_of_a_bpf_agent_finds_its_own_pin_dir(tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch):
+def test_state_dir_of_a_bpf_agent_finds_its_own_pin_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     """A bpf agent run with another --pin-dir publishes it; --state-dir alone then reads
     those pins, not the default ones."""
     from ebpflb.agent.config import AgentConfig
@@ -113,7 +123,10 @@ def test_state_dir_of_a_bpf_agent_finds_its_own_pin_dir(tmp_path: Path,
     state_dir = tmp_path / "state"
     dp = FakeDataplane()
     dp.name = "bpf"
-    Agent(ManifestSource(tmp_path / "m"), dp,
-          AgentConfig(state_dir=str(state_dir), pin_dir=str(tmp_path / "its-pins"))).step()
+    Agent(
+        ManifestSource(tmp_path / "m"),
+        dp,
+        AgentConfig(state_dir=str(state_dir), pin_dir=str(tmp_path / "its-pins")),
+    ).step()
     shown, _ = _services("--state-dir", str(state_dir))
     assert shown == {"demo/pins-its-pins"}

@@ -72,17 +72,19 @@ class Rig:
         self.dp = FakeDataplane()
         self.clock = Clock()
         self.state_dir = d.parent / "state"
-        self.agent = Agent(ManifestSource(d), self.dp,
-                           AgentConfig(min_sync_interval=1.0, state_dir=str(self.state_dir)),
-                           clock=self.clock)
+        self.agent = Agent(
+            ManifestSource(d),
+            self.dp,
+            AgentConfig(min_sync_interval=1.0, state_dir=str(self.state_dir)),
+            clock=self.clock,
+        )
 
     def step(self) -> None:
         self.clock.t += 1.0
         self.agent.step()
 
     def served(self) -> dict[str, list[str]]:
-        return {f"{k[0]}:{k[1]}": [str(a) for a, _ in v.slots]
-                for k, v in self.dp.state.items()}
+        return {f"{k[0]}:{k[1]}": [str(a) for a, _ in v.slots] for k, v in self.dp.state.items()}
 
     def skipped(self) -> int:
         count: int = read_status(str(self.state_dir))["skipped"]
@@ -105,13 +107,16 @@ def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
 
-@pytest.mark.parametrize(("edit", "field"), [
-    ({"ip": "10.96.0.1O"}, "spec.clusterIP '10.96.0.1O' is not an IP address"),
-    ({"port": 80000}, "spec.ports[0]: port 80000 is out of range 1-65535"),
-])
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        ({"ip": "10.96.0.1O"}, "spec.clusterIP '10.96.0.1O' is not an IP address"),
+        ({"port": 80000}, "spec.ports[0]: port 80000 is out of range 1-65535"),
+    ],
+)
 def test_an_invalid_edit_keeps_the_live_service_until_fixed_or_removed(
-        rig: Rig, tmp_path: Path, caplog: pytest.LogCaptureFixture,
-        edit: dict[str, object], field: str) -> None:
+    rig: Rig, tmp_path: Path, caplog: pytest.LogCaptureFixture, edit: dict[str, object], field: str
+) -> None:
     d = tmp_path / "m"
     caplog.set_level(logging.INFO)
     put_service(d, **edit)  # type: ignore[arg-type]
@@ -134,7 +139,8 @@ def test_an_invalid_edit_keeps_the_live_service_until_fixed_or_removed(
 
 
 def test_an_invalid_endpoint_address_keeps_the_last_good_backends(
-        rig: Rig, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    rig: Rig, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     d = tmp_path / "m"
     put_slice(d, ["10.244.0.11", "10.244.0.1two"])
     rig.step()
@@ -147,7 +153,8 @@ def test_an_invalid_endpoint_address_keeps_the_last_good_backends(
 
 
 def test_a_second_bad_edit_still_keeps_the_first_good_version(
-        rig: Rig, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    rig: Rig, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     d = tmp_path / "m"
     put_service(d, port=80000)
     rig.step()
@@ -158,7 +165,8 @@ def test_a_second_bad_edit_still_keeps_the_first_good_version(
 
 
 def test_a_brand_new_invalid_service_is_skipped_as_before(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     d = tmp_path / "m"
     d.mkdir()
     put_service(d, ip="10.96.0.1O")
@@ -174,8 +182,11 @@ def test_a_brand_new_invalid_service_is_skipped_as_before(
 
 def test_last_good_rechecks_only_new_versions_and_serves_a_revert() -> None:
     """Unit level: identity decides what is re-checked; a revert is served as written."""
-    good = {"kind": "Service", "metadata": {"name": "web", "namespace": "demo"},
-            "spec": {"clusterIP": GOOD_IP, "ports": [{"port": 80}]}}
+    good = {
+        "kind": "Service",
+        "metadata": {"name": "web", "namespace": "demo"},
+        "spec": {"clusterIP": GOOD_IP, "ports": [{"port": 80}]},
+    }
     bad = {**good, "spec": {"clusterIP": GOOD_IP, "ports": [{"port": 0}]}}
     key = ("Service", "demo", "web")
     lg = LastGood()
@@ -190,8 +201,11 @@ def test_last_good_rechecks_only_new_versions_and_serves_a_revert() -> None:
 
 
 def test_problems_names_the_field_without_the_consequence() -> None:
-    svc = {"kind": "Service", "metadata": {"name": "web"},
-           "spec": {"clusterIP": "10.96.0.1O", "ports": [{"port": 80}]}}
+    svc = {
+        "kind": "Service",
+        "metadata": {"name": "web"},
+        "spec": {"clusterIP": "10.96.0.1O", "ports": [{"port": 80}]},
+    }
     assert problems(svc) == ("spec.clusterIP '10.96.0.1O' is not an IP address",)
     assert problems({"kind": "Node", "metadata": {"name": "n1"}}) == ()
 
@@ -208,7 +222,8 @@ class _Maps:
 
 
 def test_diff_shows_the_last_good_version_kept(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from types import SimpleNamespace
 
     from typer.testing import CliRunner
@@ -238,8 +253,9 @@ def test_diff_shows_the_last_good_version_kept(
     code, out, err = diff()
     assert (code, out) == (2, NOTHING)
     assert err.count("skipped:") == 2, err
-    assert ("skipped: Service demo/web: spec.clusterIP '10.96.0.1O' is not an IP address; "
-            f"{KEPT}") in err
+    assert (
+        f"skipped: Service demo/web: spec.clusterIP '10.96.0.1O' is not an IP address; {KEPT}"
+    ) in err
     assert "EndpointSlice demo/web-1: endpoints[0]: address '10.244.0.1two'" in err
     put_service(d, port=81)  # valid edits: planned as usual
     put_slice(d, ["10.244.0.12"])

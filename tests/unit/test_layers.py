@@ -15,19 +15,43 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # package (or module) -> what it must never import, directly or not
 FORBIDDEN = {
-    "ebpflb.model": {"ebpflb.plan", "ebpflb.sources", "ebpflb.sync", "ebpflb.dataplane",
-                     "ebpflb.agent", "ebpflb.cli", "ebpflb.lab"},
-    "ebpflb.plan": {"ebpflb.sources", "ebpflb.sync", "ebpflb.dataplane", "ebpflb.agent",
-                    "ebpflb.cli", "ebpflb.lab"},
-    "ebpflb.sources": {"ebpflb.sync", "ebpflb.dataplane", "ebpflb.agent", "ebpflb.cli",
-                       "ebpflb.lab"},
+    "ebpflb.model": {
+        "ebpflb.plan",
+        "ebpflb.sources",
+        "ebpflb.sync",
+        "ebpflb.dataplane",
+        "ebpflb.agent",
+        "ebpflb.cli",
+        "ebpflb.lab",
+    },
+    "ebpflb.plan": {
+        "ebpflb.sources",
+        "ebpflb.sync",
+        "ebpflb.dataplane",
+        "ebpflb.agent",
+        "ebpflb.cli",
+        "ebpflb.lab",
+    },
+    "ebpflb.sources": {
+        "ebpflb.sync",
+        "ebpflb.dataplane",
+        "ebpflb.agent",
+        "ebpflb.cli",
+        "ebpflb.lab",
+    },
     "ebpflb.sync": {"ebpflb.agent", "ebpflb.cli", "ebpflb.lab", "ebpflb.sources"},
     "ebpflb.dataplane": {"ebpflb.sync", "ebpflb.sources", "ebpflb.agent", "ebpflb.cli"},
     "ebpflb.agent": {"ebpflb.cli", "ebpflb.lab"},
 }
 # the pure core: no bcc, pyroute2 or kubernetes client, so it runs anywhere
-PURE = ("ebpflb.model", "ebpflb.plan", "ebpflb.sources.translate", "ebpflb.sources.tracker",
-        "ebpflb.sync.diff", "ebpflb.errors")
+PURE = (
+    "ebpflb.model",
+    "ebpflb.plan",
+    "ebpflb.sources.translate",
+    "ebpflb.sources.tracker",
+    "ebpflb.sync.diff",
+    "ebpflb.errors",
+)
 FOREIGN = ("bcc", "pyroute2", "kubernetes")
 
 
@@ -44,7 +68,8 @@ def module_files(root: Path, package: str) -> dict[str, Path]:
 
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def imports_of(name: str, path: Path, modules: Mapping[str, Path]) -> set[str]:
@@ -162,9 +187,13 @@ def test_pure_core_imports_no_kernel_or_cluster_library(module: str) -> None:
     modules = module_files(ROOT, "ebpflb")
     edges = graph(ROOT, "ebpflb")
     everything = {module} | reachable(edges, module)
-    foreign = {imp for name in everything if name in modules
-               for imp in imports_of(name, modules[name], modules)
-               if imp.split(".")[0] in FOREIGN}
+    foreign = {
+        imp
+        for name in everything
+        if name in modules
+        for imp in imports_of(name, modules[name], modules)
+        if imp.split(".")[0] in FOREIGN
+    }
     assert foreign == set()
 
 
@@ -176,7 +205,8 @@ def test_the_checker_finds_a_cycle_and_ignores_type_checking(tmp_path: Path) -> 
     (pkg / "low" / "a.py").write_text("def f():\n    from demo.high import b\n")
     (pkg / "high.py").write_text("from .low import a\n")
     (pkg / "typed.py").write_text(
-        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from demo import high\n")
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from demo import high\n"
+    )
     assert cycles(graph(tmp_path, "demo")) == [["demo.high", "demo.low.a"]]
     assert cycles(graph(tmp_path, "demo", depth=2)) == [["demo.high", "demo.low"]]
     assert "demo.typed" not in graph(tmp_path, "demo")

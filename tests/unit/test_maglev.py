@@ -63,13 +63,23 @@ def test_the_flow_hash_spreads_flows_evenly() -> None:
     client = ipaddress.IPv4Address("10.244.0.200")
     vip = ipaddress.IPv4Address("10.96.0.10")
     t = maglev.table(NAMES[:4], 1021)
-    picks = Counter(t[maglev.flow_hash(client, port, vip, 80, Protocol.TCP) % 1021]
-                    for port in range(30000, 34000))
+    picks = Counter(
+        t[maglev.flow_hash(client, port, vip, 80, Protocol.TCP) % 1021]
+        for port in range(30000, 34000)
+    )
     assert set(picks) == {0, 1, 2, 3}
     assert min(picks.values()) > 4000 / 4 * 0.85
     # every field counts
     base = maglev.flow_hash(client, 40000, vip, 80, Protocol.TCP)
-    assert len({base, maglev.flow_hash(client, 40000, vip, 80, Protocol.UDP),
+    assert (
+        len(
+            {
+                base,
+                maglev.flow_hash(client, 40000, vip, 80, Protocol.UDP),
                 maglev.flow_hash(client, 40001, vip, 80, Protocol.TCP),
                 maglev.flow_hash(client, 40000, vip, 81, Protocol.TCP),
-                maglev.flow_hash(vip, 40000, client, 80, Protocol.TCP)}) == 5
+                maglev.flow_hash(vip, 40000, client, 80, Protocol.TCP),
+            }
+        )
+        == 5
+    )

@@ -57,8 +57,12 @@ def names(objects: tuple[dict[str, Any], ...]) -> list[str]:
 
 
 def test_multi_document_yaml(tmp_path):
-    write(tmp_path / "web.yaml", "---\n".join(
-        [SERVICE % {"name": "web", "ip": 10}, SLICE % {"name": "web", "ip": 11}, "", "# c\n"]))
+    write(
+        tmp_path / "web.yaml",
+        "---\n".join(
+            [SERVICE % {"name": "web", "ip": 10}, SLICE % {"name": "web", "ip": 11}, "", "# c\n"]
+        ),
+    )
     snap = ManifestSource(tmp_path).load()
     assert names(snap.services) == ["web"]
     assert names(snap.slices) == ["web-1"]
@@ -66,18 +70,33 @@ def test_multi_document_yaml(tmp_path):
 
 
 def test_json_and_list_kinds(tmp_path):
-    service = {"apiVersion": "v1", "kind": "Service",
-               "metadata": {"name": "api", "namespace": "demo"},
-               "spec": {"clusterIP": "10.96.0.20", "ports": [{"port": 80}]}}
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "api", "namespace": "demo"},
+        "spec": {"clusterIP": "10.96.0.20", "ports": [{"port": 80}]},
+    }
     write(tmp_path / "api.json", json.dumps(service))
     # `kubectl get -o json`: kind List, items carry their kind
-    write(tmp_path / "list.json", json.dumps({"apiVersion": "v1", "kind": "List", "items": [
-        {**service, "metadata": {"name": "db", "namespace": "demo"}},
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm"}},
-    ]}))
+    write(
+        tmp_path / "list.json",
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "List",
+                "items": [
+                    {**service, "metadata": {"name": "db", "namespace": "demo"}},
+                    {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm"}},
+                ],
+            }
+        ),
+    )
     # an API list response: typed list, items without kind
-    write(tmp_path / "nodes.yml", "kind: NodeList\napiVersion: v1\nitems:\n"
-          "  - metadata: {name: n1}\n    status: {addresses: []}\n")
+    write(
+        tmp_path / "nodes.yml",
+        "kind: NodeList\napiVersion: v1\nitems:\n"
+        "  - metadata: {name: n1}\n    status: {addresses: []}\n",
+    )
     write(tmp_path / "notes.txt", "not a manifest")
     snap = ManifestSource(tmp_path).load()
     assert names(snap.services) == ["api", "db"]
@@ -88,12 +107,17 @@ def test_json_and_list_kinds(tmp_path):
 
 
 def test_other_kinds_ignored_and_bad_documents_named(tmp_path):
-    write(tmp_path / "mixed.yaml", "---\n".join([
-        "kind: Namespace\nmetadata: {name: demo}\n",
-        "- just\n- a list\n",
-        "kind: Service\nmetadata: {namespace: demo}\nspec: {}\n",
-        SERVICE % {"name": "web", "ip": 10},
-    ]))
+    write(
+        tmp_path / "mixed.yaml",
+        "---\n".join(
+            [
+                "kind: Namespace\nmetadata: {name: demo}\n",
+                "- just\n- a list\n",
+                "kind: Service\nmetadata: {namespace: demo}\nspec: {}\n",
+                SERVICE % {"name": "web", "ip": 10},
+            ]
+        ),
+    )
     snap = ManifestSource(tmp_path).load()
     assert names(snap.services) == ["web"]
     messages = [str(e) for e in snap.errors]
@@ -206,8 +230,9 @@ def test_watch_calls_back_on_change_until_stopped(tmp_path):
         else:
             stop.set()
 
-    thread = threading.Thread(target=source.watch, args=(callback,),
-                              kwargs={"stop": stop, "interval": 0.01})
+    thread = threading.Thread(
+        target=source.watch, args=(callback,), kwargs={"stop": stop, "interval": 0.01}
+    )
     thread.start()
     thread.join(timeout=5)
     assert not thread.is_alive()
@@ -221,19 +246,29 @@ def test_examples_translate_to_the_demo_service():
     result = translate(snap.services, snap.slices, node_name="ebpflb-node")
     assert result.errors == ()
     summary = {
-        str(e.frontend): (str(e.port_name), [str(b) for b in e.backends],
-                          [str(b) for b in e.active])
+        str(e.frontend): (
+            str(e.port_name),
+            [str(b) for b in e.backends],
+            [str(b) for b in e.active],
+        )
         for e in result.state.entries.values()
     }
     ready = ["10.244.0.11", "10.244.0.12", "10.244.0.13"]
     assert summary == {
-        "10.96.0.10:80/TCP": ("demo/web:http/TCP", [f"{a}:8080" for a in [*ready, "10.244.0.14"]],
-                              [f"{a}:8080" for a in ready]),
-        "10.96.0.10:53/UDP": ("demo/web:echo/UDP", [f"{a}:9090" for a in [*ready, "10.244.0.14"]],
-                              [f"{a}:9090" for a in ready]),
+        "10.96.0.10:80/TCP": (
+            "demo/web:http/TCP",
+            [f"{a}:8080" for a in [*ready, "10.244.0.14"]],
+            [f"{a}:8080" for a in ready],
+        ),
+        "10.96.0.10:53/UDP": (
+            "demo/web:echo/UDP",
+            [f"{a}:9090" for a in [*ready, "10.244.0.14"]],
+            [f"{a}:9090" for a in ready],
+        ),
     }
     assert {e.frontend.protocol for e in result.state.entries.values()} == {
-        Protocol.TCP, Protocol.UDP
+        Protocol.TCP,
+        Protocol.UDP,
     }
 
 
@@ -244,14 +279,20 @@ def test_the_multinode_example_is_what_its_readme_says():
         node_ip = ipaddress.IPv4Address(f"192.168.50.{k}")
         addresses = node_addresses(snap.nodes, f"node-{k}")
         assert addresses == (node_ip,)
-        result = translate(snap.services, snap.slices, node_name=f"node-{k}",
-                           node_addresses=addresses)
+        result = translate(
+            snap.services, snap.slices, node_name=f"node-{k}", node_addresses=addresses
+        )
         assert result.errors == ()
         entries = {str(e.frontend): e for e in result.state.entries.values()}
         assert set(entries) == {
-            "10.96.0.10:80/TCP", "10.96.0.10:53/UDP", "10.96.0.20:80/TCP",
-            f"{node_ip}:30080/TCP", f"{node_ip}:30053/UDP", f"{node_ip}:30081/TCP",
-            "192.168.60.10:80/TCP"}
+            "10.96.0.10:80/TCP",
+            "10.96.0.10:53/UDP",
+            "10.96.0.20:80/TCP",
+            f"{node_ip}:30080/TCP",
+            f"{node_ip}:30053/UDP",
+            f"{node_ip}:30081/TCP",
+            "192.168.60.10:80/TCP",
+        }
         web = entries[f"{node_ip}:30080/TCP"]
         assert len(web.active) == 4 and web.snat_address == node_ip
         lb = entries["192.168.60.10:80/TCP"]
@@ -259,18 +300,19 @@ def test_the_multinode_example_is_what_its_readme_says():
         assert [str(r) for r in lb.source_ranges] == ["192.168.50.101/32"]
         assert len(lb.active) == (2 if k == 1 else 0) and lb.drop_when_empty
         edge = result.state.services[ServiceRef("demo", "edge")]
-        assert (edge.health_check_node_port, edge.local_endpoints) == (
-            32100, 2 if k == 1 else 0)
+        assert (edge.health_check_node_port, edge.local_endpoints) == (32100, 2 if k == 1 else 0)
 
 
 def test_a_parse_error_is_one_line_naming_file_and_line(tmp_path):
     write(tmp_path / "bad.yaml", "kind: Service\nmetadata: [\n")
     write(tmp_path / "bad.json", '{"kind": "Service",\n "metadata": }')
     errors = {e.path.name: str(e) for e in ManifestSource(tmp_path).load().errors}
-    assert errors["bad.yaml"].startswith(f"{tmp_path / 'bad.yaml'}: cannot parse: line 3, "
-                                         "column 1: ")
-    assert errors["bad.json"].startswith(f"{tmp_path / 'bad.json'}: cannot parse: line 2, "
-                                         "column 14: ")
+    assert errors["bad.yaml"].startswith(
+        f"{tmp_path / 'bad.yaml'}: cannot parse: line 3, column 1: "
+    )
+    assert errors["bad.json"].startswith(
+        f"{tmp_path / 'bad.json'}: cannot parse: line 2, column 14: "
+    )
     assert all("\n" not in e for e in errors.values())
 
 
@@ -281,15 +323,16 @@ def test_diff_prints_one_line_per_malformed_file(tmp_path):
 
     (tmp_path / "m").mkdir()
     write(tmp_path / "m" / "bad.yaml", "kind: Service\nmetadata: [\n")
-    result = CliRunner().invoke(app, ["diff", "--manifests", str(tmp_path / "m"),
-                                      "--pin-dir", str(tmp_path / "none")])
+    result = CliRunner().invoke(
+        app, ["diff", "--manifests", str(tmp_path / "m"), "--pin-dir", str(tmp_path / "none")]
+    )
     assert [x for x in result.stderr.splitlines() if "bad.yaml" in x] == [
         f"skipped: {tmp_path / 'm' / 'bad.yaml'}: cannot parse: line 3, column 1: did not "
-        "find expected node content (while parsing a flow node); previous content kept"]
+        "find expected node content (while parsing a flow node); previous content kept"
+    ]
 
 
-def test_subdirectories_and_symlink_loops_are_skipped_with_one_warning_each(tmp_path,
-                                                                             caplog):
+def test_subdirectories_and_symlink_loops_are_skipped_with_one_warning_each(tmp_path, caplog):
     write(tmp_path / "web.yaml", SERVICE % {"name": "web", "ip": 10})
     (tmp_path / "old").mkdir()
     (tmp_path / "more.yaml").mkdir()

@@ -79,14 +79,12 @@ def value(fams: Scrape, family: str, sample: str, **labels: str) -> float:
 
 
 def buckets(fams: Scrape, family: str) -> list[float]:
-    return sorted(float(dict(k[1])["le"]) for k in fams.samples[family]
-                  if k[0].endswith("_bucket"))
+    return sorted(float(dict(k[1])["le"]) for k in fams.samples[family] if k[0].endswith("_bucket"))
 
 
 def make(d: Path, dp: FakeDataplane) -> tuple[Agent, Clock]:
     clock = Clock()
-    return Agent(ManifestSource(d), dp, AgentConfig(min_sync_interval=1.0),
-                 clock=clock), clock
+    return Agent(ManifestSource(d), dp, AgentConfig(min_sync_interval=1.0), clock=clock), clock
 
 
 def test_kube_proxy_series_exist_with_their_types_and_buckets(tmp_path: Path):
@@ -98,8 +96,7 @@ def test_kube_proxy_series_exist_with_their_types_and_buckets(tmp_path: Path):
         assert name in fams, name
         assert family_type(fams, name) == kind, name
     inf = float("inf")
-    assert buckets(fams, "kubeproxy_sync_proxy_rules_duration_seconds") == [
-        *SYNC_BUCKETS, inf]
+    assert buckets(fams, "kubeproxy_sync_proxy_rules_duration_seconds") == [*SYNC_BUCKETS, inf]
     assert SYNC_BUCKETS[0] == 0.001 and SYNC_BUCKETS[-1] == 16.384 and len(SYNC_BUCKETS) == 15
     progs = buckets(fams, "kubeproxy_network_programming_duration_seconds")
     assert progs == [*PROGRAMMING_BUCKETS, inf]
@@ -147,8 +144,10 @@ def test_network_programming_latency_from_the_trigger_time(tmp_path: Path):
     time.sleep(0.01)
     stamp = datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
     (tmp_path / "web.yaml").write_text(
-        (tmp_path / "web.yaml").read_text().split("---")[0] + "---"
-        + SLICE_WITH_TRIGGER.format(stamp=stamp, address="10.244.0.12"))
+        (tmp_path / "web.yaml").read_text().split("---")[0]
+        + "---"
+        + SLICE_WITH_TRIGGER.format(stamp=stamp, address="10.244.0.12")
+    )
     clock.t += 1.0
     agent.step()
     fams = scrape(agent)
@@ -174,18 +173,25 @@ def test_ebpflb_series_are_read_from_the_data_path_when_scraped(tmp_path: Path):
     dp.counters = {"new_flow": 7, "ct_hit": 30, "no_backend": 2, "source_range_drop": 1}
     dp.tables = [TableFill("ebpflb_svc4", 1, 1)]
     fams = scrape(agent)
-    assert value(fams, "ebpflb_datapath_events", "ebpflb_datapath_events_total",
-                 event="new_flow") == 7
-    assert value(fams, "ebpflb_datapath_drops", "ebpflb_datapath_drops_total",
-                 reason="no_backend") == 2
-    assert value(fams, "ebpflb_datapath_drops", "ebpflb_datapath_drops_total",
-                 reason="source_range_drop") == 1
-    assert ("ebpflb_datapath_events_total", (("event", "no_backend"),)) not in \
-        fams.samples["ebpflb_datapath_events"]
+    assert (
+        value(fams, "ebpflb_datapath_events", "ebpflb_datapath_events_total", event="new_flow") == 7
+    )
+    assert (
+        value(fams, "ebpflb_datapath_drops", "ebpflb_datapath_drops_total", reason="no_backend")
+        == 2
+    )
+    assert (
+        value(
+            fams, "ebpflb_datapath_drops", "ebpflb_datapath_drops_total", reason="source_range_drop"
+        )
+        == 1
+    )
+    assert ("ebpflb_datapath_events_total", (("event", "no_backend"),)) not in fams.samples[
+        "ebpflb_datapath_events"
+    ]
     assert value(fams, "ebpflb_map_entries", "ebpflb_map_entries", map="ebpflb_svc4") == 1
     assert value(fams, "ebpflb_map_capacity", "ebpflb_map_capacity", map="ebpflb_svc4") == 1
-    assert value(fams, "ebpflb_dataplane_info", "ebpflb_dataplane_info",
-                 dataplane="fake") == 1
+    assert value(fams, "ebpflb_dataplane_info", "ebpflb_dataplane_info", dataplane="fake") == 1
     assert value(fams, "ebpflb_refused_services", "ebpflb_refused_services") == 0
     assert value(fams, "ebpflb_frontends", "ebpflb_frontends") == 1
     assert value(fams, "ebpflb_source_stale_seconds", "ebpflb_source_stale_seconds") == 0
@@ -195,15 +201,19 @@ def test_ebpflb_series_are_read_from_the_data_path_when_scraped(tmp_path: Path):
     clock.t += 1.0
     agent.step()
     fams = scrape(agent)
-    assert value(fams, "ebpflb_datapath_events", "ebpflb_datapath_events_total",
-                 event="new_flow") == 8
+    assert (
+        value(fams, "ebpflb_datapath_events", "ebpflb_datapath_events_total", event="new_flow") == 8
+    )
     assert value(fams, "ebpflb_refused_services", "ebpflb_refused_services") == 1
 
 
 def test_metrics_are_served_with_health_on_the_metrics_address(tmp_path: Path):
     write(tmp_path, "web", "10.96.0.10", ["10.244.0.11"])
-    agent = Agent(ManifestSource(tmp_path), FakeDataplane(),
-                  AgentConfig(min_sync_interval=0.0, metrics_address=("127.0.0.1", 0)))
+    agent = Agent(
+        ManifestSource(tmp_path),
+        FakeDataplane(),
+        AgentConfig(min_sync_interval=0.0, metrics_address=("127.0.0.1", 0)),
+    )
     agent._ops.start()
     try:
         agent.step()
@@ -237,8 +247,9 @@ def test_grafana_dashboard_uses_only_series_the_agent_exports(tmp_path: Path):
     import json
     import re
 
-    dashboard = json.loads((Path(__file__).parents[2] / "deploy" /
-                            "grafana-dashboard.json").read_text())
+    dashboard = json.loads(
+        (Path(__file__).parents[2] / "deploy" / "grafana-dashboard.json").read_text()
+    )
     write(tmp_path, "web", "10.96.0.10", ["10.244.0.11"])
     dp = FakeDataplane()
     dp.counters = {"new_flow": 1, "reject": 1}
@@ -247,12 +258,21 @@ def test_grafana_dashboard_uses_only_series_the_agent_exports(tmp_path: Path):
     agent.step()
     agent.metrics.healthz.labels("200").inc()
     exposition = agent.metrics.exposition().decode()
-    exported = {line.split("{")[0].split(" ")[0] for line in exposition.splitlines()
-                if line and not line.startswith("#")}
+    exported = {
+        line.split("{")[0].split(" ")[0]
+        for line in exposition.splitlines()
+        if line and not line.startswith("#")
+    }
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", ())]
     used = {m for e in exprs for m in re.findall(r"\b(?:kubeproxy|ebpflb)_\w+", e)}
     assert used and used <= exported, used - exported
     titles = " ".join(p["title"] for p in dashboard["panels"]).lower()
-    for subject in ("sync latency", "programming latency", "new flows", "drops",
-                    "map fill", "stale"):
+    for subject in (
+        "sync latency",
+        "programming latency",
+        "new flows",
+        "drops",
+        "map fill",
+        "stale",
+    ):
         assert subject in titles, subject

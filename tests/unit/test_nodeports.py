@@ -38,18 +38,20 @@ def test_nodeport_addresses_parse_and_select():
     some = NodePortAddresses.parse("10.0.0.0/8, 203.0.113.0/24")
     assert not some.every
     assert some.select(addresses, internal) == (IP("10.0.0.5"), IP("203.0.113.7"))
-    assert NodePortAddresses.parse("primary").select(addresses, internal) == (
-        IP("10.0.0.5"),)
+    assert NodePortAddresses.parse("primary").select(addresses, internal) == (IP("10.0.0.5"),)
     assert NodePortAddresses.parse("primary").select(addresses, ()) == ()
     assert NodePortAddresses.parse("fd00::/8").select(addresses, internal) == ()
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("10.0.0.1", "'10.0.0.1' is not a CIDR"),
-    ("10.0.0.1/8", "host bits must be zero"),
-    ("bogus/8", "'bogus/8' is not a CIDR"),
-    ("primary,10.0.0.0/8", "'primary' cannot be combined"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("10.0.0.1", "'10.0.0.1' is not a CIDR"),
+        ("10.0.0.1/8", "host bits must be zero"),
+        ("bogus/8", "'bogus/8' is not a CIDR"),
+        ("primary,10.0.0.0/8", "'primary' cannot be combined"),
+    ],
+)
 def test_bad_nodeport_addresses(text, message):
     with pytest.raises(ValueError, match=message):
         NodePortAddresses.parse(text)
@@ -110,20 +112,34 @@ def test_a_restarted_agent_takes_back_what_an_earlier_one_left_reserved(tmp_path
 # --- the CLI ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("option", "value", "named"), [
-    ("--nodeport-addresses", "10.0.0.1", "--nodeport-addresses"),
-    ("--nodeport-addresses", "primary,10.0.0.0/8", "--nodeport-addresses"),
-    ("--nodeport-range", "40000-30000", "--nodeport-range"),
-    ("--nodeport-range", "x", "--nodeport-range"),
-    ("--zone", " ", "--zone"),
-    ("--maglev-table-size", "1000", "--maglev-table-size"),
-    ("--lb-algorithm", "roundrobin", "--lb-algorithm"),
-    ("--sync-period", "-1", "--sync-period"),
-])
+@pytest.mark.parametrize(
+    ("option", "value", "named"),
+    [
+        ("--nodeport-addresses", "10.0.0.1", "--nodeport-addresses"),
+        ("--nodeport-addresses", "primary,10.0.0.0/8", "--nodeport-addresses"),
+        ("--nodeport-range", "40000-30000", "--nodeport-range"),
+        ("--nodeport-range", "x", "--nodeport-range"),
+        ("--zone", " ", "--zone"),
+        ("--maglev-table-size", "1000", "--maglev-table-size"),
+        ("--lb-algorithm", "roundrobin", "--lb-algorithm"),
+        ("--sync-period", "-1", "--sync-period"),
+    ],
+)
 def test_agent_refuses_bad_values_with_exit_2(tmp_path: Path, option, value, named):
-    result = CliRunner().invoke(app, ["agent", "--manifests", str(tmp_path), option, value,
-                                      "--dataplane", "userspace",
-                                      "--state-dir", str(tmp_path / "state")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "agent",
+            "--manifests",
+            str(tmp_path),
+            option,
+            value,
+            "--dataplane",
+            "userspace",
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
+    )
     assert result.exit_code == 2, result.output
     assert named in result.output
     assert not (tmp_path / "state").exists()  # refused before anything started
@@ -162,35 +178,42 @@ def nodeport_frontends(tmp_path: Path, **config: object) -> set[str]:
         agent.step()
     finally:
         agent.close()
-    return {str(st.frontend) for st in dp.state.values()
-            if st.frontend.kind is FrontendKind.NODE_PORT}
+    return {
+        str(st.frontend) for st in dp.state.values() if st.frontend.kind is FrontendKind.NODE_PORT
+    }
 
 
 def test_only_matching_node_addresses_get_nodeports(tmp_path: Path):
     (tmp_path / "node.yaml").write_text(NODE)
     (tmp_path / "web.yaml").write_text(service(30080))
     assert nodeport_frontends(tmp_path) == {
-        "203.0.113.7:30080/TCP", "192.168.1.10:30080/TCP", "10.0.0.5:30080/TCP"}
+        "203.0.113.7:30080/TCP",
+        "192.168.1.10:30080/TCP",
+        "10.0.0.5:30080/TCP",
+    }
     assert nodeport_frontends(
-        tmp_path, nodeport_addresses=NodePortAddresses.parse("10.0.0.0/8")) == {
-        "10.0.0.5:30080/TCP"}
-    assert nodeport_frontends(
-        tmp_path, nodeport_addresses=NodePortAddresses.parse("primary")) == {
-        "192.168.1.10:30080/TCP"}
+        tmp_path, nodeport_addresses=NodePortAddresses.parse("10.0.0.0/8")
+    ) == {"10.0.0.5:30080/TCP"}
+    assert nodeport_frontends(tmp_path, nodeport_addresses=NodePortAddresses.parse("primary")) == {
+        "192.168.1.10:30080/TCP"
+    }
 
 
 def test_a_nodeport_outside_the_range_is_served_and_logged_once(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
     (tmp_path / "node.yaml").write_text(NODE)
     (tmp_path / "web.yaml").write_text(service(8080))
     dp = FakeDataplane()
-    agent = Agent(ManifestSource(tmp_path), dp,
-                  AgentConfig(node_name="node-a", min_sync_interval=0.0))
+    agent = Agent(
+        ManifestSource(tmp_path), dp, AgentConfig(node_name="node-a", min_sync_interval=0.0)
+    )
     try:
         with caplog.at_level(logging.WARNING, logger="ebpflb.agent"):
             agent.step()
-            (tmp_path / "other.yaml").write_text(service(30080).replace("web", "other")
-                                                 .replace("10.96.0.10", "10.96.0.11"))
+            (tmp_path / "other.yaml").write_text(
+                service(30080).replace("web", "other").replace("10.96.0.10", "10.96.0.11")
+            )
             agent.step()
             agent.sync_once()  # and once more: still one line
     finally:
@@ -199,5 +222,6 @@ def test_a_nodeport_outside_the_range_is_served_and_logged_once(
     assert warnings == [
         "Service demo/web: nodePort 8080 is outside the NodePort range 30000-32767 "
         "(--nodeport-range); served anyway, but a local socket may take it as its "
-        "ephemeral port"]
+        "ephemeral port"
+    ]
     assert "203.0.113.7:8080/TCP" in {str(st.frontend) for st in dp.state.values()}

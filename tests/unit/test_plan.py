@@ -29,9 +29,18 @@ from ebpflb.plan import (
 from ebpflb.sync.diff import diff
 
 
-def entry(ip: str, port: int, backends: list[tuple[str, int, bool]], *, name: str = "web",
-          proto: Protocol = Protocol.TCP, affinity: int = 0, snat: str | None = None,
-          ranges: tuple[str, ...] = (), drop_when_empty: bool = False) -> ServiceEntry:
+def entry(
+    ip: str,
+    port: int,
+    backends: list[tuple[str, int, bool]],
+    *,
+    name: str = "web",
+    proto: Protocol = Protocol.TCP,
+    affinity: int = 0,
+    snat: str | None = None,
+    ranges: tuple[str, ...] = (),
+    drop_when_empty: bool = False,
+) -> ServiceEntry:
     kind = FrontendKind.LOAD_BALANCER if snat or ranges else FrontendKind.CLUSTER_IP
     return ServiceEntry(
         Frontend(ipaddress.IPv4Address(ip), port, proto, kind),
@@ -60,8 +69,9 @@ def test_no_change_is_an_empty_plan():
 
 
 def test_backend_removed_after_the_service_stops_pointing_at_it():
-    a = desired_frontends(state(entry("10.96.0.1", 80, [("10.0.0.1", 80, True),
-                                                        ("10.0.0.2", 80, True)])))
+    a = desired_frontends(
+        state(entry("10.96.0.1", 80, [("10.0.0.1", 80, True), ("10.0.0.2", 80, True)]))
+    )
     b = desired_frontends(state(entry("10.96.0.1", 80, [("10.0.0.1", 80, True)])))
     plan = diff(a, b)
     assert [type(op) for op in plan.ops] == [WriteService, RemoveBackends]
@@ -69,16 +79,21 @@ def test_backend_removed_after_the_service_stops_pointing_at_it():
 
 
 def test_not_ready_backend_is_kept_but_not_in_the_slots():
-    b = desired_frontends(state(entry("10.96.0.1", 80, [("10.0.0.1", 80, True),
-                                                        ("10.0.0.2", 80, False)])))
+    b = desired_frontends(
+        state(entry("10.96.0.1", 80, [("10.0.0.1", 80, True), ("10.0.0.2", 80, False)]))
+    )
     (fs,) = b.values()
     assert len(fs.backends) == 2
     assert [str(a) for a, _ in fs.slots] == ["10.0.0.1"]
 
 
 def test_deleted_services_come_last():
-    a = desired_frontends(state(entry("10.96.0.1", 80, [("10.0.0.1", 80, True)]),
-                                entry("10.96.0.2", 80, [("10.0.0.2", 80, True)], name="b")))
+    a = desired_frontends(
+        state(
+            entry("10.96.0.1", 80, [("10.0.0.1", 80, True)]),
+            entry("10.96.0.2", 80, [("10.0.0.2", 80, True)], name="b"),
+        )
+    )
     b = desired_frontends(state(entry("10.96.0.2", 80, [("10.0.0.3", 80, True)], name="b")))
     plan = diff(a, b)
     assert isinstance(plan.ops[-1], DeleteService)
@@ -92,14 +107,24 @@ backend_st = st.tuples(st.sampled_from(IPS), st.sampled_from([80, 8080]), st.boo
 RANGES = ["192.168.50.0/24", "10.1.2.3/32", "0.0.0.0/0"]
 entry_st = st.builds(
     lambda fe, bes, aff, snat, ranges, drop: entry(
-        fe[0], fe[1], list({(a, p): (a, p, r) for a, p, r in bes}.values()), affinity=aff,
-        snat=snat, ranges=tuple(sorted(set(ranges))), drop_when_empty=drop),
-    st.sampled_from(FRONTENDS), st.lists(backend_st, max_size=6), st.sampled_from([0, 10800]),
-    st.sampled_from([None, "192.168.50.1"]), st.lists(st.sampled_from(RANGES), max_size=2),
+        fe[0],
+        fe[1],
+        list({(a, p): (a, p, r) for a, p, r in bes}.values()),
+        affinity=aff,
+        snat=snat,
+        ranges=tuple(sorted(set(ranges))),
+        drop_when_empty=drop,
+    ),
+    st.sampled_from(FRONTENDS),
+    st.lists(backend_st, max_size=6),
+    st.sampled_from([0, 10800]),
+    st.sampled_from([None, "192.168.50.1"]),
+    st.lists(st.sampled_from(RANGES), max_size=2),
     st.booleans(),
 )
 state_st = st.lists(entry_st, max_size=3).map(
-    lambda es: state(*{e.frontend.key: e for e in es}.values()))
+    lambda es: state(*{e.frontend.key: e for e in es}.values())
+)
 
 
 @settings(max_examples=300, deadline=None)

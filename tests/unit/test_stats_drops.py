@@ -29,14 +29,21 @@ def test_reasons_mirror_drop_reasons_h() -> None:
 def test_every_reason_is_present_whatever_was_counted() -> None:
     assert StatsView(()).as_json()["drops"] == ZEROS
     view = StatsView((), {"new_flow": 3}, {"source_range": 2})
-    assert view.as_json() == {"services": [], "counters": {"new_flow": 3},
-                              "drops": ZEROS | {"source_range": 2}}
+    assert view.as_json() == {
+        "services": [],
+        "counters": {"new_flow": 3},
+        "drops": ZEROS | {"source_range": 2},
+    }
     assert list(view.as_json()["drops"]) == list(DROP_REASONS)  # type: ignore[call-overload]
 
 
 def test_userspace_drops_are_its_refusals() -> None:
-    counters = dict.fromkeys(COUNTERS, 0) | {"no_backend": 4, "source_range_drop": 1,
-                                             "backend_missing": 9, "ct_full": 2}
+    counters = dict.fromkeys(COUNTERS, 0) | {
+        "no_backend": 4,
+        "source_range_drop": 1,
+        "backend_missing": 9,
+        "ct_full": 2,
+    }
     # a failed connect tries the next backend and an evicted session makes room: no drop
     assert drops_of(counters) == {"no_backend": 4, "source_range": 1}
 
@@ -58,4 +65,3 @@ def test_stats_json_of_the_userspace_path_has_the_drops_key(tmp_path: Path) -> N
     assert result.exit_code == 0, result.output
     rows = [line.split() for line in result.output.splitlines()]
     assert ["DROP", "REASON", "COUNT"] in rows and ["no_backend", "4"] in rows
-

@@ -26,11 +26,18 @@ MODE = "service.kubernetes.io/topology-mode"
 LEGACY = "service.kubernetes.io/topology-aware-hints"
 
 
-def service(*, distribution: str | None = None, annotations: dict[str, str] | None = None,
-            etp: str | None = None, itp: str | None = None) -> dict[str, Any]:
-    spec: dict[str, Any] = {"clusterIP": "10.96.0.10", "type": "NodePort",
-                            "ports": [{"name": "http", "port": 80, "targetPort": "http",
-                                       "nodePort": 30080}]}
+def service(
+    *,
+    distribution: str | None = None,
+    annotations: dict[str, str] | None = None,
+    etp: str | None = None,
+    itp: str | None = None,
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "clusterIP": "10.96.0.10",
+        "type": "NodePort",
+        "ports": [{"name": "http", "port": 80, "targetPort": "http", "nodePort": 30080}],
+    }
     if distribution is not None:
         spec["trafficDistribution"] = distribution
     if etp is not None:
@@ -43,12 +50,19 @@ def service(*, distribution: str | None = None, annotations: dict[str, str] | No
     return {"kind": "Service", "metadata": meta, "spec": spec}
 
 
-def ep(last: int, *, zones: tuple[str, ...] | None = None,
-       nodes: tuple[str, ...] | None = None, node: str | None = None,
-       ready: bool = True, terminating: bool = False) -> dict[str, Any]:
-    item: dict[str, Any] = {"addresses": [f"10.244.0.{last}"],
-                            "conditions": {"ready": ready, "serving": ready or terminating,
-                                           "terminating": terminating}}
+def ep(
+    last: int,
+    *,
+    zones: tuple[str, ...] | None = None,
+    nodes: tuple[str, ...] | None = None,
+    node: str | None = None,
+    ready: bool = True,
+    terminating: bool = False,
+) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "addresses": [f"10.244.0.{last}"],
+        "conditions": {"ready": ready, "serving": ready or terminating, "terminating": terminating},
+    }
     hints: dict[str, Any] = {}
     if zones is not None:
         hints["forZones"] = [{"name": z} for z in zones]
@@ -62,23 +76,43 @@ def ep(last: int, *, zones: tuple[str, ...] | None = None,
 
 
 def slice_of(*endpoints: dict[str, Any]) -> dict[str, Any]:
-    return {"kind": "EndpointSlice",
-            "metadata": {"name": "web-1", "namespace": "demo",
-                         "labels": {"kubernetes.io/service-name": "web"}},
-            "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}],
-            "endpoints": list(endpoints)}
+    return {
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": "web-1",
+            "namespace": "demo",
+            "labels": {"kubernetes.io/service-name": "web"},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080}],
+        "endpoints": list(endpoints),
+    }
 
 
-def entries(svc: dict[str, Any], *endpoints: dict[str, Any], node: str | None = NODE,
-            zone: str | None = ZONE) -> dict[FrontendKind, ServiceEntry]:
-    result = translate([svc], [slice_of(*endpoints)], node_name=node, node_zone=zone,
-                       node_addresses=[ipaddress.ip_address("192.168.1.10")])
+def entries(
+    svc: dict[str, Any],
+    *endpoints: dict[str, Any],
+    node: str | None = NODE,
+    zone: str | None = ZONE,
+) -> dict[FrontendKind, ServiceEntry]:
+    result = translate(
+        [svc],
+        [slice_of(*endpoints)],
+        node_name=node,
+        node_zone=zone,
+        node_addresses=[ipaddress.ip_address("192.168.1.10")],
+    )
     assert result.errors == ()
     return {e.frontend.kind: e for e in result.state.entries.values()}
 
 
-def active(svc: dict[str, Any], *endpoints: dict[str, Any], node: str | None = NODE,
-           zone: str | None = ZONE, kind: FrontendKind = FrontendKind.CLUSTER_IP) -> set[int]:
+def active(
+    svc: dict[str, Any],
+    *endpoints: dict[str, Any],
+    node: str | None = NODE,
+    zone: str | None = ZONE,
+    kind: FrontendKind = FrontendKind.CLUSTER_IP,
+) -> set[int]:
     """The last octets of the endpoints that take new flows on one frontend."""
     entry = entries(svc, *endpoints, node=node, zone=zone)[kind]
     return {int(str(b.address).rsplit(".", 1)[1]) for b in entry.active}
@@ -87,27 +121,34 @@ def active(svc: dict[str, Any], *endpoints: dict[str, Any], node: str | None = N
 ZONED = (ep(1, zones=("zone-a",)), ep(2, zones=("zone-b",)), ep(3, zones=("zone-a", "zone-c")))
 
 
-@pytest.mark.parametrize("svc", [
-    service(distribution="PreferClose"),
-    service(distribution="PreferSameZone"),
-    service(annotations={MODE: "Auto"}),
-    service(annotations={MODE: "auto"}),
-    service(annotations={LEGACY: "auto"}),
-    service(annotations={LEGACY: "Auto"}),
-], ids=["PreferClose", "PreferSameZone", "mode-Auto", "mode-auto", "legacy-auto",
-        "legacy-Auto"])
+@pytest.mark.parametrize(
+    "svc",
+    [
+        service(distribution="PreferClose"),
+        service(distribution="PreferSameZone"),
+        service(annotations={MODE: "Auto"}),
+        service(annotations={MODE: "auto"}),
+        service(annotations={LEGACY: "auto"}),
+        service(annotations={LEGACY: "Auto"}),
+    ],
+    ids=["PreferClose", "PreferSameZone", "mode-Auto", "mode-auto", "legacy-auto", "legacy-Auto"],
+)
 def test_zone_hints_pick_the_endpoints_hinted_for_this_zone(svc):
     assert active(svc, *ZONED) == {1, 3}
     assert active(svc, *ZONED, kind=FrontendKind.NODE_PORT) == {1, 3}
 
 
-@pytest.mark.parametrize("svc", [
-    service(),
-    service(annotations={MODE: "Disabled"}),
-    service(annotations={MODE: ""}),
-    service(annotations={"other": "Auto"}),
-    service(annotations={MODE: "Disabled", LEGACY: "auto"}),  # the current one decides
-], ids=["no-request", "Disabled", "empty", "unrelated", "mode-beats-legacy"])
+@pytest.mark.parametrize(
+    "svc",
+    [
+        service(),
+        service(annotations={MODE: "Disabled"}),
+        service(annotations={MODE: ""}),
+        service(annotations={"other": "Auto"}),
+        service(annotations={MODE: "Disabled", LEGACY: "auto"}),  # the current one decides
+    ],
+    ids=["no-request", "Disabled", "empty", "unrelated", "mode-beats-legacy"],
+)
 def test_hints_are_ignored_unless_the_service_asks(svc):
     assert active(svc, *ZONED) == {1, 2, 3}
 
@@ -134,23 +175,27 @@ def test_unknown_zone_means_every_endpoint():
 
 def test_same_node_uses_node_hints_first():
     svc = service(distribution="PreferSameNode")
-    eps = (ep(1, zones=("zone-a",), nodes=("node-b",)),
-           ep(2, zones=("zone-a",), nodes=("node-a",)),
-           ep(3, zones=("zone-b",), nodes=("node-c",)))
+    eps = (
+        ep(1, zones=("zone-a",), nodes=("node-b",)),
+        ep(2, zones=("zone-a",), nodes=("node-a",)),
+        ep(3, zones=("zone-b",), nodes=("node-c",)),
+    )
     assert active(svc, *eps) == {2}
 
 
 def test_same_node_falls_back_to_zone_hints_when_none_is_for_this_node():
     svc = service(distribution="PreferSameNode")
-    eps = (ep(1, zones=("zone-a",), nodes=("node-b",)),
-           ep(2, zones=("zone-b",), nodes=("node-c",)))
+    eps = (ep(1, zones=("zone-a",), nodes=("node-b",)), ep(2, zones=("zone-b",), nodes=("node-c",)))
     assert active(svc, *eps) == {1}
 
 
 def test_same_node_falls_back_to_zone_hints_when_node_hints_are_incomplete():
     svc = service(distribution="PreferSameNode")
-    eps = (ep(1, zones=("zone-a",), nodes=("node-a",)), ep(2, zones=("zone-a",)),
-           ep(3, zones=("zone-b",)))
+    eps = (
+        ep(1, zones=("zone-a",), nodes=("node-a",)),
+        ep(2, zones=("zone-a",)),
+        ep(3, zones=("zone-b",)),
+    )
     assert active(svc, *eps) == {1, 2}
 
 
@@ -162,16 +207,17 @@ def test_same_node_falls_back_to_every_endpoint_without_usable_hints():
 
 def test_same_node_without_a_node_name_uses_zone_hints():
     svc = service(distribution="PreferSameNode")
-    eps = (ep(1, zones=("zone-a",), nodes=("node-a",)), ep(2, zones=("zone-a",),
-                                                           nodes=("node-b",)),
-           ep(3, zones=("zone-b",), nodes=("node-a",)))
+    eps = (
+        ep(1, zones=("zone-a",), nodes=("node-a",)),
+        ep(2, zones=("zone-a",), nodes=("node-b",)),
+        ep(3, zones=("zone-b",), nodes=("node-a",)),
+    )
     assert active(svc, *eps, node=None) == {1, 2}
 
 
 def test_zone_distribution_ignores_node_hints():
     svc = service(distribution="PreferClose")
-    eps = (ep(1, zones=("zone-a",), nodes=("node-b",)), ep(2, zones=("zone-a",),
-                                                           nodes=("node-a",)))
+    eps = (ep(1, zones=("zone-a",), nodes=("node-b",)), ep(2, zones=("zone-a",), nodes=("node-a",)))
     assert active(svc, *eps) == {1, 2}
 
 
@@ -185,8 +231,10 @@ def test_excluded_endpoints_keep_their_flows_but_take_no_new_ones():
 
 def test_no_ready_endpoint_falls_back_to_terminating_ones_whatever_their_zone():
     svc = service(distribution="PreferClose")
-    eps = (ep(1, zones=("zone-b",), ready=False, terminating=True),
-           ep(2, zones=("zone-a",), ready=False))
+    eps = (
+        ep(1, zones=("zone-b",), ready=False, terminating=True),
+        ep(2, zones=("zone-a",), ready=False),
+    )
     assert active(svc, *eps) == {1}
 
 
@@ -194,8 +242,11 @@ def test_local_policies_are_not_narrowed_by_topology():
     """externalTrafficPolicy: Local uses every local endpoint; the ClusterIP (Cluster
     policy) is narrowed to this zone."""
     svc = service(distribution="PreferClose", etp="Local")
-    eps = (ep(1, zones=("zone-a",), node="node-b"), ep(2, zones=("zone-b",), node=NODE),
-           ep(3, zones=("zone-b",), node="node-c"))
+    eps = (
+        ep(1, zones=("zone-a",), node="node-b"),
+        ep(2, zones=("zone-b",), node=NODE),
+        ep(3, zones=("zone-b",), node="node-c"),
+    )
     assert active(svc, *eps) == {1}
     assert active(svc, *eps, kind=FrontendKind.NODE_PORT) == {2}
     internal_local = service(distribution="PreferClose", itp="Local")
@@ -208,7 +259,8 @@ def test_unknown_traffic_distribution_is_reported_and_ignored():
     result = translate([svc], [slice_of(*ZONED)], node_name=NODE, node_zone=ZONE)
     assert [str(e) for e in result.errors] == [
         "Service demo/web: spec.trafficDistribution 'PreferFar' is not PreferClose, "
-        "PreferSameZone or PreferSameNode; ignored"]
+        "PreferSameZone or PreferSameNode; ignored"
+    ]
     entry = next(iter(result.state.entries.values()))
     assert len(entry.active) == 2  # the annotation still asks for zone hints
 
@@ -219,22 +271,29 @@ def test_malformed_hints_skip_the_endpoint_by_name():
     result = translate([service()], [slice_of(ep(1), bad)])
     assert [str(e) for e in result.errors] == [
         "EndpointSlice demo/web-1: endpoints[1]: hints.forZones[] is not an object; "
-        "endpoint skipped"]
+        "endpoint skipped"
+    ]
 
 
 def test_preference_table():
     assert preference({}, None) == (Preference.NONE, None)
     assert preference({"trafficDistribution": "PreferSameNode"}, {MODE: "Auto"}) == (
-        Preference.NODE, None)
+        Preference.NODE,
+        None,
+    )
     assert preference({}, {LEGACY: "auto"}) == (Preference.ZONE, None)
 
 
 # --- the zone, through every path ------------------------------------------------------------
 
 NODE_OBJ: dict[str, Any] = {
-    "kind": "Node", "metadata": {"name": NODE, "labels": {
-        "topology.kubernetes.io/zone": ZONE, "kubernetes.io/hostname": NODE}},
-    "status": {"addresses": [{"type": "InternalIP", "address": "192.168.1.10"}]}}
+    "kind": "Node",
+    "metadata": {
+        "name": NODE,
+        "labels": {"topology.kubernetes.io/zone": ZONE, "kubernetes.io/hostname": NODE},
+    },
+    "status": {"addresses": [{"type": "InternalIP", "address": "192.168.1.10"}]},
+}
 
 
 def test_node_zone_comes_from_the_node_label():
@@ -244,8 +303,9 @@ def test_node_zone_comes_from_the_node_label():
 
 
 def test_the_kubernetes_source_keeps_hints_topology_annotations_and_node_labels():
-    svc = service(annotations={MODE: "Auto", "kubectl.kubernetes.io/last-applied-"
-                               "configuration": "x" * 500})
+    svc = service(
+        annotations={MODE: "Auto", "kubectl.kubernetes.io/last-applied-configuration": "x" * 500}
+    )
     kept = compact("Service", svc)
     assert kept["metadata"]["annotations"] == {MODE: "Auto"}
     sl = compact("EndpointSlice", slice_of(*ZONED))
@@ -259,11 +319,13 @@ def test_incremental_translator_passes_the_zone():
     svc = service(distribution="PreferClose")
     tr = IncrementalTranslator(node_name=NODE, node_zone=ZONE)
     tr.rebuild([svc], [slice_of(*ZONED)])
-    update = tr.update([next(iter(tr.state.services))], service_of=lambda _: svc,
-                       slices_of=lambda _: [slice_of(*ZONED, ep(9, zones=("zone-a",)))])
+    update = tr.update(
+        [next(iter(tr.state.services))],
+        service_of=lambda _: svc,
+        slices_of=lambda _: [slice_of(*ZONED, ep(9, zones=("zone-a",)))],
+    )
     entry = next(iter(update.state.entries.values()))
-    assert {str(b.address) for b in entry.active} == {"10.244.0.1", "10.244.0.3",
-                                                      "10.244.0.9"}
+    assert {str(b.address) for b in entry.active} == {"10.244.0.1", "10.244.0.3", "10.244.0.9"}
 
 
 MANIFEST = """

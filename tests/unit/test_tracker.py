@@ -11,15 +11,24 @@ from ebpflb.sources.tracker import ChangeTracker, object_key
 
 
 def service(name: str, ns: str = "demo", port: int = 80) -> dict[str, Any]:
-    return {"kind": "Service", "metadata": {"name": name, "namespace": ns},
-            "spec": {"clusterIP": "10.96.0.10", "ports": [{"port": port}]}}
+    return {
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"clusterIP": "10.96.0.10", "ports": [{"port": port}]},
+    }
 
 
 def slice_(name: str, owner: str, ns: str = "demo", address: str = "10.244.0.1") -> dict[str, Any]:
-    return {"kind": "EndpointSlice",
-            "metadata": {"name": name, "namespace": ns,
-                         "labels": {"kubernetes.io/service-name": owner}},
-            "addressType": "IPv4", "endpoints": [{"addresses": [address]}]}
+    return {
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": name,
+            "namespace": ns,
+            "labels": {"kubernetes.io/service-name": owner},
+        },
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [address]}],
+    }
 
 
 def node(name: str) -> dict[str, Any]:
@@ -80,7 +89,9 @@ def test_changed_services_follow_slice_labels():
     tracker.upsert(moved)
     tracker.upsert(service("db", ns="other"))
     assert tracker.changed_services() == {
-        ServiceRef("demo", "web"), ServiceRef("demo", "api"), ServiceRef("other", "db")
+        ServiceRef("demo", "web"),
+        ServiceRef("demo", "api"),
+        ServiceRef("other", "db"),
     }
 
 
@@ -105,7 +116,9 @@ def test_replace_all_adds_updates_and_deletes():
     tracker.take()
     tracker.replace_all([service("a"), service("b", port=81), slice_("c-1", "c")])
     assert tracker.changed_services() == {
-        ServiceRef("demo", "b"), ServiceRef("demo", "a"), ServiceRef("demo", "c")
+        ServiceRef("demo", "b"),
+        ServiceRef("demo", "a"),
+        ServiceRef("demo", "c"),
     }
     services, slices = tracker.take()
     assert [s["metadata"]["name"] for s in services] == ["a", "b"]

@@ -104,8 +104,15 @@ def ep(address: Any, node: str | None = None, **conditions: Any) -> dict[str, An
 
 
 def show(b: Backend) -> str:
-    flags = [f for f, on in (("!ready", not b.ready), ("!serving", not b.serving),
-                             ("terminating", b.terminating)) if on]
+    flags = [
+        f
+        for f, on in (
+            ("!ready", not b.ready),
+            ("!serving", not b.serving),
+            ("terminating", b.terminating),
+        )
+        if on
+    ]
     return " ".join([str(b), *flags])
 
 
@@ -151,8 +158,13 @@ GOOD: list[Any] = [
         [svc("web", port(None, 53, "UDP", target=9090))],
         [eps("web-1", "web", [sport("", 9090, "UDP")], ep("10.244.0.11"))],
         {},
-        {"clusterip 10.96.0.10:53/UDP": ("demo/web/UDP", ["10.244.0.11:9090"],
-                                         ["10.244.0.11:9090"])},
+        {
+            "clusterip 10.96.0.10:53/UDP": (
+                "demo/web/UDP",
+                ["10.244.0.11:9090"],
+                ["10.244.0.11:9090"],
+            )
+        },
         id="numeric-targetport",
     ),
     pytest.param(
@@ -161,21 +173,36 @@ GOOD: list[Any] = [
         {},
         {
             "clusterip 10.96.0.10:80/TCP": ("demo/web:http/TCP", B3[:1], B3[:1]),
-            "clusterip 10.96.0.10:9100/TCP": ("demo/web:metrics/TCP", ["10.244.0.11:9100"],
-                                              ["10.244.0.11:9100"]),
+            "clusterip 10.96.0.10:9100/TCP": (
+                "demo/web:metrics/TCP",
+                ["10.244.0.11:9100"],
+                ["10.244.0.11:9100"],
+            ),
         },
         id="multi-port",
     ),
     pytest.param(
         [svc("dns", port("dns", 53, "UDP"), port("dns-tcp", 53, "TCP"))],
-        [eps("dns-1", "dns", [sport("dns", 53, "UDP"), sport("dns-tcp", 53, "TCP")],
-             ep("10.244.0.11"))],
+        [
+            eps(
+                "dns-1",
+                "dns",
+                [sport("dns", 53, "UDP"), sport("dns-tcp", 53, "TCP")],
+                ep("10.244.0.11"),
+            )
+        ],
         {},
         {
-            "clusterip 10.96.0.10:53/UDP": ("demo/dns:dns/UDP", ["10.244.0.11:53"],
-                                            ["10.244.0.11:53"]),
-            "clusterip 10.96.0.10:53/TCP": ("demo/dns:dns-tcp/TCP", ["10.244.0.11:53"],
-                                            ["10.244.0.11:53"]),
+            "clusterip 10.96.0.10:53/UDP": (
+                "demo/dns:dns/UDP",
+                ["10.244.0.11:53"],
+                ["10.244.0.11:53"],
+            ),
+            "clusterip 10.96.0.10:53/TCP": (
+                "demo/dns:dns-tcp/TCP",
+                ["10.244.0.11:53"],
+                ["10.244.0.11:53"],
+            ),
         },
         id="tcp-and-udp-same-port",
     ),
@@ -197,35 +224,52 @@ GOOD: list[Any] = [
         [svc("web", HTTP)],
         [eps("web-1", "web", [HTTP_SLICE], ep("10.244.0.11"), ep("10.244.0.14", ready=False))],
         {},
-        {"clusterip 10.96.0.10:80/TCP": (
-            "demo/web:http/TCP",
-            ["10.244.0.11:8080", "10.244.0.14:8080 !ready !serving"],
-            ["10.244.0.11:8080"],
-        )},
+        {
+            "clusterip 10.96.0.10:80/TCP": (
+                "demo/web:http/TCP",
+                ["10.244.0.11:8080", "10.244.0.14:8080 !ready !serving"],
+                ["10.244.0.11:8080"],
+            )
+        },
         id="not-ready-known-but-inactive",
     ),
     pytest.param(
         [svc("web", HTTP)],
-        [eps("web-1", "web", [HTTP_SLICE],
-             ep("10.244.0.11", ready=False, serving=True, terminating=True),
-             ep("10.244.0.12", ready=False, serving=False, terminating=True),
-             ep("10.244.0.13", ready=False, terminating=True))],
+        [
+            eps(
+                "web-1",
+                "web",
+                [HTTP_SLICE],
+                ep("10.244.0.11", ready=False, serving=True, terminating=True),
+                ep("10.244.0.12", ready=False, serving=False, terminating=True),
+                ep("10.244.0.13", ready=False, terminating=True),
+            )
+        ],
         {},
-        {"clusterip 10.96.0.10:80/TCP": (
-            "demo/web:http/TCP",
-            ["10.244.0.11:8080 !ready terminating",
-             "10.244.0.12:8080 !ready !serving terminating",
-             "10.244.0.13:8080 !ready !serving terminating"],
-            ["10.244.0.11:8080"],
-        )},
+        {
+            "clusterip 10.96.0.10:80/TCP": (
+                "demo/web:http/TCP",
+                [
+                    "10.244.0.11:8080 !ready terminating",
+                    "10.244.0.12:8080 !ready !serving terminating",
+                    "10.244.0.13:8080 !ready !serving terminating",
+                ],
+                ["10.244.0.11:8080"],
+            )
+        },
         id="terminating-serving-fallback",
     ),
     pytest.param(
         [svc("web", HTTP)],
         [eps("web-1", "web", [HTTP_SLICE], ep("10.244.0.11", ready=True, terminating=True))],
         {},
-        {"clusterip 10.96.0.10:80/TCP": ("demo/web:http/TCP", ["10.244.0.11:8080 terminating"],
-                                         ["10.244.0.11:8080"])},
+        {
+            "clusterip 10.96.0.10:80/TCP": (
+                "demo/web:http/TCP",
+                ["10.244.0.11:8080 terminating"],
+                ["10.244.0.11:8080"],
+            )
+        },
         id="ready-wins-over-terminating",
     ),
     pytest.param(
@@ -321,11 +365,23 @@ GOOD: list[Any] = [
         id="external-ips",
     ),
     pytest.param(
-        [svc("web", port("http", 80, target="http", node_port=30080), type="LoadBalancer",
-             status={"loadBalancer": {"ingress": [
-                 {"ip": "198.51.100.7"}, {"hostname": "lb.example.com"},
-                 {"ip": "198.51.100.8", "ipMode": "Proxy"}, {"ip": "198.51.100.9", "ipMode": "VIP"},
-             ]}})],
+        [
+            svc(
+                "web",
+                port("http", 80, target="http", node_port=30080),
+                type="LoadBalancer",
+                status={
+                    "loadBalancer": {
+                        "ingress": [
+                            {"ip": "198.51.100.7"},
+                            {"hostname": "lb.example.com"},
+                            {"ip": "198.51.100.8", "ipMode": "Proxy"},
+                            {"ip": "198.51.100.9", "ipMode": "VIP"},
+                        ]
+                    }
+                },
+            )
+        ],
         [],
         {"node_addresses": NODE_IPS[:1]},
         {
@@ -344,10 +400,17 @@ GOOD: list[Any] = [
         id="ingress-ignored-unless-loadbalancer",
     ),
     pytest.param(
-        [svc("web", HTTP, sessionAffinity="ClientIP"),
-         svc("api", HTTP, ip="10.96.0.11", sessionAffinity="ClientIP",
-             sessionAffinityConfig={"clientIP": {"timeoutSeconds": 60}}),
-         svc("db", HTTP, ip="10.96.0.12", sessionAffinity="None")],
+        [
+            svc("web", HTTP, sessionAffinity="ClientIP"),
+            svc(
+                "api",
+                HTTP,
+                ip="10.96.0.11",
+                sessionAffinity="ClientIP",
+                sessionAffinityConfig={"clientIP": {"timeoutSeconds": 60}},
+            ),
+            svc("db", HTTP, ip="10.96.0.12", sessionAffinity="None"),
+        ],
         [],
         {},
         {
@@ -358,8 +421,14 @@ GOOD: list[Any] = [
         id="session-affinity",
     ),
     pytest.param(
-        [svc("web", port("http", 80, target="http", node_port=30080), type="NodePort",
-             externalTrafficPolicy="Local")],
+        [
+            svc(
+                "web",
+                port("http", 80, target="http", node_port=30080),
+                type="NodePort",
+                externalTrafficPolicy="Local",
+            )
+        ],
         [eps("web-1", "web", [HTTP_SLICE], ep("10.244.0.11", NODE), ep("10.244.0.12", "node-b"))],
         {"node_addresses": NODE_IPS, "node_name": NODE},
         {
@@ -394,12 +463,19 @@ def test_translate(services, slices, kwargs, expected):
 
 INFOS: list[Any] = [
     pytest.param(svc("web", HTTP), (ServiceType.CLUSTER_IP, "10.96.0.10", None), id="clusterip"),
-    pytest.param(svc("web", HTTP, ip="None"), (ServiceType.CLUSTER_IP, "None", None),
-                 id="headless"),
-    pytest.param(svc("web", ip=None, type="ExternalName", externalName="db.example.com"),
-                 (ServiceType.EXTERNAL_NAME, None, "db.example.com"), id="externalname"),
-    pytest.param(svc("web", port("http", 80, node_port=30080), type="NodePort"),
-                 (ServiceType.NODE_PORT, "10.96.0.10", None), id="nodeport"),
+    pytest.param(
+        svc("web", HTTP, ip="None"), (ServiceType.CLUSTER_IP, "None", None), id="headless"
+    ),
+    pytest.param(
+        svc("web", ip=None, type="ExternalName", externalName="db.example.com"),
+        (ServiceType.EXTERNAL_NAME, None, "db.example.com"),
+        id="externalname",
+    ),
+    pytest.param(
+        svc("web", port("http", 80, node_port=30080), type="NodePort"),
+        (ServiceType.NODE_PORT, "10.96.0.10", None),
+        id="nodeport",
+    ),
 ]
 
 
@@ -437,101 +513,233 @@ def specless() -> dict[str, Any]:
 
 BAD: list[Any] = [
     # (objects, error "Kind ns/name", message part, frontends of the bad objects that remain)
-    pytest.param([svc("bad", HTTP, ip="fd00::30")], "Service demo/bad", "IPv6", set(),
-                 id="ipv6-clusterip"),
-    pytest.param([svc("bad", HTTP, ip="10.96.0.300")], "Service demo/bad", "not an IP", set(),
-                 id="clusterip-not-an-ip"),
-    pytest.param([svc("bad", HTTP, ip=None)], "Service demo/bad", "clusterIP is missing", set(),
-                 id="clusterip-missing"),
-    pytest.param([nameless()], "Service demo/<unnamed>", "metadata.name", set(),
-                 id="missing-name"),
+    pytest.param(
+        [svc("bad", HTTP, ip="fd00::30")], "Service demo/bad", "IPv6", set(), id="ipv6-clusterip"
+    ),
+    pytest.param(
+        [svc("bad", HTTP, ip="10.96.0.300")],
+        "Service demo/bad",
+        "not an IP",
+        set(),
+        id="clusterip-not-an-ip",
+    ),
+    pytest.param(
+        [svc("bad", HTTP, ip=None)],
+        "Service demo/bad",
+        "clusterIP is missing",
+        set(),
+        id="clusterip-missing",
+    ),
+    pytest.param([nameless()], "Service demo/<unnamed>", "metadata.name", set(), id="missing-name"),
     pytest.param([specless()], "Service demo/bad", "spec is missing", set(), id="missing-spec"),
-    pytest.param([svc("bad", HTTP, ip="10.96.0.30", type="Weird")], "Service demo/bad",
-                 "spec.type", set(), id="unknown-type"),
-    pytest.param([svc("bad", HTTP, ip="10.96.0.30", sessionAffinity="Cookie")],
-                 "Service demo/bad", "sessionAffinity", set(), id="unknown-affinity"),
-    pytest.param([svc("bad", HTTP, ip="10.96.0.30", sessionAffinity="ClientIP",
-                      sessionAffinityConfig={"clientIP": {"timeoutSeconds": 0}})],
-                 "Service demo/bad", "timeoutSeconds", set(), id="affinity-timeout-0"),
-    pytest.param([svc("bad", port("a", 0), port("b", 81), ip="10.96.0.30")],
-                 "Service demo/bad", "port 0 is out of range", {"clusterip 10.96.0.30:81/TCP"},
-                 id="port-0"),
-    pytest.param([svc("bad", port("a", 70000), port("b", 81), ip="10.96.0.30")],
-                 "Service demo/bad", "port 70000 is out of range",
-                 {"clusterip 10.96.0.30:81/TCP"}, id="port-70000"),
-    pytest.param([svc("bad", port("a", "80"), port("b", 81), ip="10.96.0.30")],
-                 "Service demo/bad", "not a number", {"clusterip 10.96.0.30:81/TCP"},
-                 id="port-string"),
-    pytest.param([svc("bad", port("a", 80, target=0), port("b", 81), ip="10.96.0.30")],
-                 "Service demo/bad", "targetPort 0", {"clusterip 10.96.0.30:81/TCP"},
-                 id="targetport-0"),
-    pytest.param([svc("bad", port("a", 80, node_port=70000), port("b", 81, node_port=30081),
-                      ip="10.96.0.30", type="NodePort")],
-                 "Service demo/bad", "nodePort 70000",
-                 {"clusterip 10.96.0.30:81/TCP", "nodeport 192.168.1.10:30081/TCP"},
-                 id="nodeport-out-of-range"),
-    pytest.param([svc("bad", port("a", 80, node_port=0), port("b", 81), ip="10.96.0.30",
-                      type="NodePort")],
-                 "Service demo/bad", "nodePort 0", {"clusterip 10.96.0.30:81/TCP"},
-                 id="nodeport-0"),
-    pytest.param([svc("bad", port("a", 80, "ICMP"), port("b", 81), ip="10.96.0.30")],
-                 "Service demo/bad", "protocol 'ICMP'", {"clusterip 10.96.0.30:81/TCP"},
-                 id="unknown-protocol"),
-    pytest.param([svc("bad", port("a", 80), port("b", 80), ip="10.96.0.30")],
-                 "Service demo/bad", "80/TCP is already used", {"clusterip 10.96.0.30:80/TCP"},
-                 id="duplicate-port"),
-    pytest.param([svc("bad", port("a", 80), port("a", 81), ip="10.96.0.30")],
-                 "Service demo/bad", "name 'a' is already used", {"clusterip 10.96.0.30:80/TCP"},
-                 id="duplicate-port-name"),
-    pytest.param([svc("bad", port("a", 80), port(None, 81), ip="10.96.0.30")],
-                 "Service demo/bad", "name is missing", {"clusterip 10.96.0.30:80/TCP"},
-                 id="missing-port-name-multi-port"),
-    pytest.param([svc("bad", HTTP, ip="10.96.0.30", externalIPs=["203.0.113.300", "203.0.113.5"])],
-                 "Service demo/bad", "203.0.113.300",
-                 {"clusterip 10.96.0.30:80/TCP", "external 203.0.113.5:80/TCP"},
-                 id="bad-external-ip"),
-    pytest.param([svc("later", HTTP, ip="10.96.0.20")], "Service demo/later",
-                 "already used by Service demo/good", set(), id="frontend-conflict"),
-    pytest.param([svc("bad", HTTP, ip="10.96.0.30", type="NodePort"),
-                  svc("bad", HTTP, ip="10.96.0.31")],
-                 "Service demo/bad", "defined more than once", {"clusterip 10.96.0.30:80/TCP"},
-                 id="service-defined-twice"),
-    pytest.param([svc("bad", HTTP, ip="10.96.0.30"),
-                  eps("bad-1", "bad", [HTTP_SLICE], ep("10.244.2.300"), ep("10.244.2.2"))],
-                 "EndpointSlice demo/bad-1", "'10.244.2.300' is not an IP",
-                 {"clusterip 10.96.0.30:80/TCP 10.244.2.2:8080"}, id="bad-endpoint-address"),
-    pytest.param([svc("bad", HTTP, ip="10.96.0.30"),
-                  eps("bad-1", "bad", [HTTP_SLICE], ep("fd00::2"), ep("10.244.2.2"))],
-                 "EndpointSlice demo/bad-1", "not IPv4",
-                 {"clusterip 10.96.0.30:80/TCP 10.244.2.2:8080"}, id="ipv6-address-in-ipv4-slice"),
-    pytest.param([svc("bad", HTTP, ip="10.96.0.30"),
-                  eps("bad-1", "bad", [HTTP_SLICE], ep("10.244.2.1\0"), ep("10.244.2.2"))],
-                 "EndpointSlice demo/bad-1", "is not an IP",
-                 {"clusterip 10.96.0.30:80/TCP 10.244.2.2:8080"}, id="nul-in-endpoint-address"),
-    pytest.param([svc("bad", HTTP, ip="10.96.0.30"),
-                  eps("bad-1", "bad", [HTTP_SLICE], ep("10.244.2.1", ready="yes"),
-                      ep("10.244.2.2"))],
-                 "EndpointSlice demo/bad-1", "conditions.ready",
-                 {"clusterip 10.96.0.30:80/TCP 10.244.2.2:8080"}, id="condition-not-bool"),
-    pytest.param([svc("bad", HTTP, port("b", 81), ip="10.96.0.30"),
-                  eps("bad-1", "bad", [sport("http", 0), sport("b", 81)], ep("10.244.2.2"))],
-                 "EndpointSlice demo/bad-1", "port 0",
-                 {"clusterip 10.96.0.30:80/TCP", "clusterip 10.96.0.30:81/TCP 10.244.2.2:81"},
-                 id="slice-port-0"),
-    pytest.param([svc("bad", HTTP, ip="10.96.0.30"),
-                  eps("bad-1", "bad", [sport("http", 8080, "ICMP")], ep("10.244.2.2"))],
-                 "EndpointSlice demo/bad-1", "protocol 'ICMP'", {"clusterip 10.96.0.30:80/TCP"},
-                 id="slice-unknown-protocol"),
-    pytest.param([eps("bad-1", None, [HTTP_SLICE], ep("10.244.2.2"))],
-                 "EndpointSlice demo/bad-1", "kubernetes.io/service-name", set(),
-                 id="slice-without-service-label"),
-    pytest.param([eps("bad-1", "bad", [HTTP_SLICE], ep("10.244.2.2"), address_type="IPX")],
-                 "EndpointSlice demo/bad-1", "addressType", set(), id="slice-unknown-address-type"),
+    pytest.param(
+        [svc("bad", HTTP, ip="10.96.0.30", type="Weird")],
+        "Service demo/bad",
+        "spec.type",
+        set(),
+        id="unknown-type",
+    ),
+    pytest.param(
+        [svc("bad", HTTP, ip="10.96.0.30", sessionAffinity="Cookie")],
+        "Service demo/bad",
+        "sessionAffinity",
+        set(),
+        id="unknown-affinity",
+    ),
+    pytest.param(
+        [
+            svc(
+                "bad",
+                HTTP,
+                ip="10.96.0.30",
+                sessionAffinity="ClientIP",
+                sessionAffinityConfig={"clientIP": {"timeoutSeconds": 0}},
+            )
+        ],
+        "Service demo/bad",
+        "timeoutSeconds",
+        set(),
+        id="affinity-timeout-0",
+    ),
+    pytest.param(
+        [svc("bad", port("a", 0), port("b", 81), ip="10.96.0.30")],
+        "Service demo/bad",
+        "port 0 is out of range",
+        {"clusterip 10.96.0.30:81/TCP"},
+        id="port-0",
+    ),
+    pytest.param(
+        [svc("bad", port("a", 70000), port("b", 81), ip="10.96.0.30")],
+        "Service demo/bad",
+        "port 70000 is out of range",
+        {"clusterip 10.96.0.30:81/TCP"},
+        id="port-70000",
+    ),
+    pytest.param(
+        [svc("bad", port("a", "80"), port("b", 81), ip="10.96.0.30")],
+        "Service demo/bad",
+        "not a number",
+        {"clusterip 10.96.0.30:81/TCP"},
+        id="port-string",
+    ),
+    pytest.param(
+        [svc("bad", port("a", 80, target=0), port("b", 81), ip="10.96.0.30")],
+        "Service demo/bad",
+        "targetPort 0",
+        {"clusterip 10.96.0.30:81/TCP"},
+        id="targetport-0",
+    ),
+    pytest.param(
+        [
+            svc(
+                "bad",
+                port("a", 80, node_port=70000),
+                port("b", 81, node_port=30081),
+                ip="10.96.0.30",
+                type="NodePort",
+            )
+        ],
+        "Service demo/bad",
+        "nodePort 70000",
+        {"clusterip 10.96.0.30:81/TCP", "nodeport 192.168.1.10:30081/TCP"},
+        id="nodeport-out-of-range",
+    ),
+    pytest.param(
+        [svc("bad", port("a", 80, node_port=0), port("b", 81), ip="10.96.0.30", type="NodePort")],
+        "Service demo/bad",
+        "nodePort 0",
+        {"clusterip 10.96.0.30:81/TCP"},
+        id="nodeport-0",
+    ),
+    pytest.param(
+        [svc("bad", port("a", 80, "ICMP"), port("b", 81), ip="10.96.0.30")],
+        "Service demo/bad",
+        "protocol 'ICMP'",
+        {"clusterip 10.96.0.30:81/TCP"},
+        id="unknown-protocol",
+    ),
+    pytest.param(
+        [svc("bad", port("a", 80), port("b", 80), ip="10.96.0.30")],
+        "Service demo/bad",
+        "80/TCP is already used",
+        {"clusterip 10.96.0.30:80/TCP"},
+        id="duplicate-port",
+    ),
+    pytest.param(
+        [svc("bad", port("a", 80), port("a", 81), ip="10.96.0.30")],
+        "Service demo/bad",
+        "name 'a' is already used",
+        {"clusterip 10.96.0.30:80/TCP"},
+        id="duplicate-port-name",
+    ),
+    pytest.param(
+        [svc("bad", port("a", 80), port(None, 81), ip="10.96.0.30")],
+        "Service demo/bad",
+        "name is missing",
+        {"clusterip 10.96.0.30:80/TCP"},
+        id="missing-port-name-multi-port",
+    ),
+    pytest.param(
+        [svc("bad", HTTP, ip="10.96.0.30", externalIPs=["203.0.113.300", "203.0.113.5"])],
+        "Service demo/bad",
+        "203.0.113.300",
+        {"clusterip 10.96.0.30:80/TCP", "external 203.0.113.5:80/TCP"},
+        id="bad-external-ip",
+    ),
+    pytest.param(
+        [svc("later", HTTP, ip="10.96.0.20")],
+        "Service demo/later",
+        "already used by Service demo/good",
+        set(),
+        id="frontend-conflict",
+    ),
+    pytest.param(
+        [svc("bad", HTTP, ip="10.96.0.30", type="NodePort"), svc("bad", HTTP, ip="10.96.0.31")],
+        "Service demo/bad",
+        "defined more than once",
+        {"clusterip 10.96.0.30:80/TCP"},
+        id="service-defined-twice",
+    ),
+    pytest.param(
+        [
+            svc("bad", HTTP, ip="10.96.0.30"),
+            eps("bad-1", "bad", [HTTP_SLICE], ep("10.244.2.300"), ep("10.244.2.2")),
+        ],
+        "EndpointSlice demo/bad-1",
+        "'10.244.2.300' is not an IP",
+        {"clusterip 10.96.0.30:80/TCP 10.244.2.2:8080"},
+        id="bad-endpoint-address",
+    ),
+    pytest.param(
+        [
+            svc("bad", HTTP, ip="10.96.0.30"),
+            eps("bad-1", "bad", [HTTP_SLICE], ep("fd00::2"), ep("10.244.2.2")),
+        ],
+        "EndpointSlice demo/bad-1",
+        "not IPv4",
+        {"clusterip 10.96.0.30:80/TCP 10.244.2.2:8080"},
+        id="ipv6-address-in-ipv4-slice",
+    ),
+    pytest.param(
+        [
+            svc("bad", HTTP, ip="10.96.0.30"),
+            eps("bad-1", "bad", [HTTP_SLICE], ep("10.244.2.1\0"), ep("10.244.2.2")),
+        ],
+        "EndpointSlice demo/bad-1",
+        "is not an IP",
+        {"clusterip 10.96.0.30:80/TCP 10.244.2.2:8080"},
+        id="nul-in-endpoint-address",
+    ),
+    pytest.param(
+        [
+            svc("bad", HTTP, ip="10.96.0.30"),
+            eps("bad-1", "bad", [HTTP_SLICE], ep("10.244.2.1", ready="yes"), ep("10.244.2.2")),
+        ],
+        "EndpointSlice demo/bad-1",
+        "conditions.ready",
+        {"clusterip 10.96.0.30:80/TCP 10.244.2.2:8080"},
+        id="condition-not-bool",
+    ),
+    pytest.param(
+        [
+            svc("bad", HTTP, port("b", 81), ip="10.96.0.30"),
+            eps("bad-1", "bad", [sport("http", 0), sport("b", 81)], ep("10.244.2.2")),
+        ],
+        "EndpointSlice demo/bad-1",
+        "port 0",
+        {"clusterip 10.96.0.30:80/TCP", "clusterip 10.96.0.30:81/TCP 10.244.2.2:81"},
+        id="slice-port-0",
+    ),
+    pytest.param(
+        [
+            svc("bad", HTTP, ip="10.96.0.30"),
+            eps("bad-1", "bad", [sport("http", 8080, "ICMP")], ep("10.244.2.2")),
+        ],
+        "EndpointSlice demo/bad-1",
+        "protocol 'ICMP'",
+        {"clusterip 10.96.0.30:80/TCP"},
+        id="slice-unknown-protocol",
+    ),
+    pytest.param(
+        [eps("bad-1", None, [HTTP_SLICE], ep("10.244.2.2"))],
+        "EndpointSlice demo/bad-1",
+        "kubernetes.io/service-name",
+        set(),
+        id="slice-without-service-label",
+    ),
+    pytest.param(
+        [eps("bad-1", "bad", [HTTP_SLICE], ep("10.244.2.2"), address_type="IPX")],
+        "EndpointSlice demo/bad-1",
+        "addressType",
+        set(),
+        id="slice-unknown-address-type",
+    ),
 ]
 
 
 def frontends_except_good(state: DesiredState) -> set[str]:
     """Every remaining frontend but the good one, with its active backends if any."""
+
     def label(e: ServiceEntry) -> str:
         return " ".join([f"{e.frontend.kind} {e.frontend}", *(str(b) for b in e.active)])
 
@@ -604,15 +812,24 @@ def test_frontend_kinds():
 
 
 NODES = [
-    {"kind": "Node", "metadata": {"name": "other"},
-     "status": {"addresses": [{"type": "InternalIP", "address": "192.168.1.99"}]}},
-    {"kind": "Node", "metadata": {"name": NODE}, "status": {"addresses": [
-        {"type": "Hostname", "address": NODE},
-        {"type": "InternalIP", "address": "192.168.1.10"},
-        {"type": "InternalIP", "address": "not-an-ip"},
-        {"type": "ExternalIP", "address": "203.0.113.10"},
-        {"type": "InternalIP", "address": "fd00::10"},
-    ]}},
+    {
+        "kind": "Node",
+        "metadata": {"name": "other"},
+        "status": {"addresses": [{"type": "InternalIP", "address": "192.168.1.99"}]},
+    },
+    {
+        "kind": "Node",
+        "metadata": {"name": NODE},
+        "status": {
+            "addresses": [
+                {"type": "Hostname", "address": NODE},
+                {"type": "InternalIP", "address": "192.168.1.10"},
+                {"type": "InternalIP", "address": "not-an-ip"},
+                {"type": "ExternalIP", "address": "203.0.113.10"},
+                {"type": "InternalIP", "address": "fd00::10"},
+            ]
+        },
+    },
 ]
 
 

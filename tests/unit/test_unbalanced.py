@@ -71,15 +71,20 @@ def test_agent_publishes_them_and_follows_changes(tmp_path: Path):
     manifests.mkdir()
     (manifests / "all.yaml").write_text(MANIFESTS)
     clock = Clock()
-    agent = Agent(ManifestSource(manifests), FakeDataplane(),
-                  AgentConfig(state_dir=str(state_dir)), clock=clock)
+    agent = Agent(
+        ManifestSource(manifests),
+        FakeDataplane(),
+        AgentConfig(state_dir=str(state_dir)),
+        clock=clock,
+    )
     try:
         agent.step()
         status = read_status(str(state_dir))
         assert status["unbalanced"] == UNBALANCED
         assert status["skipped"] == 0 and status["frontends"] == 1  # never an error
-        (manifests / "all.yaml").write_text(MANIFESTS.replace("clusterIP: None",
-                                                              "clusterIP: 10.96.0.11"))
+        (manifests / "all.yaml").write_text(
+            MANIFESTS.replace("clusterIP: None", "clusterIP: 10.96.0.11")
+        )
         clock.t += 1
         agent.step()
         assert read_status(str(state_dir))["unbalanced"] == UNBALANCED[1:]
@@ -93,21 +98,22 @@ def _publish(tmp_path: Path) -> str:
     state_dir = str(tmp_path)
     fe = Frontend(ipaddress.ip_address("10.96.0.10"), 80, Protocol.TCP)
     pn = ServicePortName(ServiceRef("demo", "web"), "http", Protocol.TCP)
-    state.write_state(state_dir, state.snapshot([ServiceView(1, fe, pn, 2, 2)], [], [],
-                                                StatsView(())))
+    state.write_state(
+        state_dir, state.snapshot([ServiceView(1, fe, pn, 2, 2)], [], [], StatsView(()))
+    )
     manifests = tmp_path / "m"
     manifests.mkdir()
     (manifests / "all.yaml").write_text(MANIFESTS)
-    agent = Agent(ManifestSource(manifests), FakeDataplane(),
-                  AgentConfig(state_dir=state_dir))
+    agent = Agent(ManifestSource(manifests), FakeDataplane(), AgentConfig(state_dir=state_dir))
     agent.step()
     agent.close()
     return state_dir
 
 
 def services(state_dir: str, *args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, ["services", *args, "--pin-dir",
-                                      f"{state_dir}/no-pins", "--state-dir", state_dir])
+    result = CliRunner().invoke(
+        app, ["services", *args, "--pin-dir", f"{state_dir}/no-pins", "--state-dir", state_dir]
+    )
     return result.exit_code, result.stdout
 
 
@@ -116,17 +122,46 @@ def test_services_json_appends_them_with_the_same_keys(tmp_path: Path):
     code, out = services(state_dir, "--json")
     assert code == 0, out
     rows = json.loads(out)
-    assert rows[0] == {"id": 1, "service": "demo/web", "port_name": "http", "protocol": "TCP",
-                       "address": "10.96.0.10", "port": 80, "frontend": "10.96.0.10:80/TCP",
-                       "kind": "clusterip", "backends": 2, "active_backends": 2,
-                       "affinity_timeout": 0}
+    assert rows[0] == {
+        "id": 1,
+        "service": "demo/web",
+        "port_name": "http",
+        "protocol": "TCP",
+        "address": "10.96.0.10",
+        "port": 80,
+        "frontend": "10.96.0.10:80/TCP",
+        "kind": "clusterip",
+        "backends": 2,
+        "active_backends": 2,
+        "affinity_timeout": 0,
+    }
     assert rows[1:] == [
-        {"id": None, "service": "demo/db", "port_name": None, "protocol": None,
-         "address": "None", "port": None, "frontend": None, "kind": "headless",
-         "backends": 0, "active_backends": 0, "affinity_timeout": 0},
-        {"id": None, "service": "demo/mail", "port_name": None, "protocol": None,
-         "address": "smtp.example.com", "port": None, "frontend": None,
-         "kind": "externalname", "backends": 0, "active_backends": 0, "affinity_timeout": 0},
+        {
+            "id": None,
+            "service": "demo/db",
+            "port_name": None,
+            "protocol": None,
+            "address": "None",
+            "port": None,
+            "frontend": None,
+            "kind": "headless",
+            "backends": 0,
+            "active_backends": 0,
+            "affinity_timeout": 0,
+        },
+        {
+            "id": None,
+            "service": "demo/mail",
+            "port_name": None,
+            "protocol": None,
+            "address": "smtp.example.com",
+            "port": None,
+            "frontend": None,
+            "kind": "externalname",
+            "backends": 0,
+            "active_backends": 0,
+            "affinity_timeout": 0,
+        },
     ]
     assert all(set(r) == set(rows[0]) for r in rows)
 
@@ -135,13 +170,26 @@ def test_services_table_appends_them(tmp_path: Path):
     code, out = services(_publish(tmp_path))
     assert code == 0, out
     lines = out.splitlines()
-    assert lines[0].split() == ["ID", "SERVICE", "KIND", "FRONTEND", "BACKENDS", "ACTIVE",
-                                "AFFINITY"]
-    assert lines[1].split() == ["1", "demo/web:http/TCP", "clusterip", "10.96.0.10:80/TCP",
-                                "2", "2", "-"]
+    assert lines[0].split() == [
+        "ID",
+        "SERVICE",
+        "KIND",
+        "FRONTEND",
+        "BACKENDS",
+        "ACTIVE",
+        "AFFINITY",
+    ]
+    assert lines[1].split() == [
+        "1",
+        "demo/web:http/TCP",
+        "clusterip",
+        "10.96.0.10:80/TCP",
+        "2",
+        "2",
+        "-",
+    ]
     assert lines[2].split() == ["-", "demo/db", "headless", "None", "0", "0", "-"]
-    assert lines[3].split() == ["-", "demo/mail", "externalname", "smtp.example.com", "0",
-                                "0", "-"]
+    assert lines[3].split() == ["-", "demo/mail", "externalname", "smtp.example.com", "0", "0", "-"]
 
 
 def test_without_an_agent_status_the_rows_are_the_data_paths_alone(tmp_path: Path):

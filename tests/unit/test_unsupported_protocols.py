@@ -71,8 +71,7 @@ def run(tmp_path: Path, dp: FakeDataplane) -> tuple[Agent, Clock]:
     (tmp_path / "sig.yaml").write_text(SERVICE)
     (tmp_path / "node.yaml").write_text(NODE)
     clock = Clock()
-    agent = Agent(ManifestSource(tmp_path), dp, AgentConfig(node_name="node-a"),
-                  clock=clock)
+    agent = Agent(ManifestSource(tmp_path), dp, AgentConfig(node_name="node-a"), clock=clock)
     agent.step()
     return agent, clock
 
@@ -83,18 +82,17 @@ def held(dp: FakeDataplane) -> set[str]:
 
 HTTP = {"10.96.0.30:80/TCP", "192.168.1.10:30080/TCP"}
 SCTP = {"10.96.0.30:3868/SCTP", "192.168.1.10:30868/SCTP"}
-LINE = ("Service demo/sig port 3868/SCTP: SCTP is not supported by the bpf data path; "
-        "skipped")
+LINE = "Service demo/sig port 3868/SCTP: SCTP is not supported by the bpf data path; skipped"
 
 
 def test_bpf_data_path_gets_no_sctp_frontends_and_each_port_is_logged_once(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
     dp = BpfNamed()
     with caplog.at_level(logging.WARNING, logger="ebpflb.agent"):
         agent, clock = run(tmp_path, dp)
         assert held(dp) == HTTP
-        assert all(op_frontend(op).protocol != "SCTP" for plan in dp.applied
-                   for op in plan.ops)
+        assert all(op_frontend(op).protocol != "SCTP" for plan in dp.applied for op in plan.ops)
         # A change to the Service, an incremental sync and a full one: still one line.
         (tmp_path / "sig.yaml").write_text(SERVICE.replace("10.244.0.11", "10.244.0.12"))
         clock.t += 1
@@ -111,8 +109,9 @@ def test_bpf_data_path_gets_no_sctp_frontends_and_each_port_is_logged_once(
     assert agent.status().frontends == 4  # translated: the data path is what refuses
 
 
-def test_a_removed_and_readded_sctp_port_is_logged_again(tmp_path: Path,
-                                                         caplog: pytest.LogCaptureFixture):
+def test_a_removed_and_readded_sctp_port_is_logged_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
     dp = BpfNamed()
     with caplog.at_level(logging.WARNING, logger="ebpflb.agent"):
         agent, clock = run(tmp_path, dp)
@@ -127,8 +126,9 @@ def test_a_removed_and_readded_sctp_port_is_logged_again(tmp_path: Path,
     assert [r.getMessage() for r in caplog.records if "SCTP" in r.getMessage()] == [LINE] * 2
 
 
-def test_a_data_path_says_which_protocols_it_serves(tmp_path: Path,
-                                                    caplog: pytest.LogCaptureFixture):
+def test_a_data_path_says_which_protocols_it_serves(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
     dp = FakeDataplane(protocols=frozenset({Protocol.TCP}))
     with caplog.at_level(logging.WARNING, logger="ebpflb.agent"):
         run(tmp_path, dp)[0].close()

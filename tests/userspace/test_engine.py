@@ -77,8 +77,10 @@ class Backends:
         self.tcp: dict[str, int] = {}
         self.udp: dict[str, int] = {}
         for i in range(n):
-            for srv, table in ((TcpServer(("127.0.0.1", 0), NameTcp), self.tcp),
-                               (UdpServer(("127.0.0.1", 0), NameUdp), self.udp)):
+            for srv, table in (
+                (TcpServer(("127.0.0.1", 0), NameTcp), self.tcp),
+                (UdpServer(("127.0.0.1", 0), NameUdp), self.udp),
+            ):
                 srv.name = f"b{i}"
                 threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True).start()
                 table[f"b{i}"] = srv.server_address[1]
@@ -90,22 +92,35 @@ class Backends:
             srv.server_close()
 
 
-def state(port: int, protocol: Protocol, ports: dict[str, int], *, affinity: int = 0,
-          ranges: tuple[str, ...] = (),
-          kind: FrontendKind = FrontendKind.LOAD_BALANCER) -> FrontendState:
+def state(
+    port: int,
+    protocol: Protocol,
+    ports: dict[str, int],
+    *,
+    affinity: int = 0,
+    ranges: tuple[str, ...] = (),
+    kind: FrontendKind = FrontendKind.LOAD_BALANCER,
+) -> FrontendState:
     pn = ServicePortName(ServiceRef("t", "svc"), "p", protocol)
     backends = tuple(sorted(Backend(IP("127.0.0.1"), p) for p in ports.values()))
-    return FrontendState.from_entry(ServiceEntry(
-        Frontend(IP(FRONT_IP), port, protocol, kind), pn, backends, affinity,
-        source_ranges=tuple(ipaddress.IPv4Network(r) for r in ranges)))
+    return FrontendState.from_entry(
+        ServiceEntry(
+            Frontend(IP(FRONT_IP), port, protocol, kind),
+            pn,
+            backends,
+            affinity,
+            source_ranges=tuple(ipaddress.IPv4Network(r) for r in ranges),
+        )
+    )
 
 
 class Env:
     def __init__(self, engine: Engine, backends: Backends) -> None:
         self.engine = engine
         self.backends = backends
-        self.names = {p: n for n, p in backends.tcp.items()} | \
-            {p: n for n, p in backends.udp.items()}
+        self.names = {p: n for n, p in backends.tcp.items()} | {
+            p: n for n, p in backends.udp.items()
+        }
         self.tcp_port = free_port(socket.SOCK_STREAM)
         self.udp_port = free_port(socket.SOCK_DGRAM)
 
@@ -115,10 +130,10 @@ class Env:
         assert not errors and set(held) == set(desired)
 
     def serve(self, *, affinity: int = 0, ranges: tuple[str, ...] = ()) -> None:
-        self.apply(state(self.tcp_port, Protocol.TCP, self.backends.tcp, affinity=affinity,
-                         ranges=ranges),
-                   state(self.udp_port, Protocol.UDP, self.backends.udp, affinity=affinity,
-                         ranges=ranges))
+        self.apply(
+            state(self.tcp_port, Protocol.TCP, self.backends.tcp, affinity=affinity, ranges=ranges),
+            state(self.udp_port, Protocol.UDP, self.backends.udp, affinity=affinity, ranges=ranges),
+        )
 
     def counters(self) -> dict[str, int]:
         return self.engine.call(lambda: self.engine.stats().counters)

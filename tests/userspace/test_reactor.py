@@ -69,8 +69,7 @@ def test_timers_and_calls_from_other_threads(reactor: Reactor):
     reactor.call_later(0.02, lambda: record("later"))
     cancelled = reactor.call_later(0.01, lambda: record("cancelled"))
     cancelled.cancel()
-    caller = threading.Thread(target=reactor.call_soon_threadsafe,
-                              args=(lambda: record("call"),))
+    caller = threading.Thread(target=reactor.call_soon_threadsafe, args=(lambda: record("call"),))
     caller.start()
     run(reactor)
     caller.join(5)
@@ -109,8 +108,9 @@ def test_a_stale_event_never_reaches_a_socket_that_reused_the_number(reactor: Re
     assert wrong == []
 
 
-def test_exceptions_in_callbacks_are_logged_and_the_loop_goes_on(reactor: Reactor,
-                                                                  caplog: pytest.LogCaptureFixture):
+def test_exceptions_in_callbacks_are_logged_and_the_loop_goes_on(
+    reactor: Reactor, caplog: pytest.LogCaptureFixture
+):
     a, b = socket.socketpair()
 
     def boom(_ev: int) -> None:

@@ -109,6 +109,7 @@ class Backends:
 
 def echo_after_eof(name: str) -> Any:
     """Reads the request until EOF (the client half-closes), answers `name:` + request."""
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             data = await reader.read()
@@ -133,8 +134,9 @@ async def reset_mid_stream(reader: asyncio.StreamReader, writer: asyncio.StreamW
 
 
 class Env:
-    def __init__(self, lab: layout.Lab, agent: AgentProcess, backends: Backends,
-                 state_dir: str) -> None:
+    def __init__(
+        self, lab: layout.Lab, agent: AgentProcess, backends: Backends, state_dir: str
+    ) -> None:
         self.lab, self.agent, self.backends, self.state_dir = lab, agent, backends, state_dir
 
     @property
@@ -145,14 +147,14 @@ class Env:
         return len(os.listdir(f"/proc/{self.agent.pid}/fd"))
 
     def stats(self) -> dict[str, Any]:
-        result = CliRunner().invoke(app, ["stats", "--json", "--pin-dir", "/nonexistent",
-                                          "--state-dir", self.state_dir])
+        result = CliRunner().invoke(
+            app, ["stats", "--json", "--pin-dir", "/nonexistent", "--state-dir", self.state_dir]
+        )
         assert result.exit_code == 0, result.output
         out: dict[str, Any] = json.loads(result.output)
         return out
 
-    async def request(self, ip: str, port: int, payload: bytes, *,
-                      timeout: float = 10.0) -> bytes:
+    async def request(self, ip: str, port: int, payload: bytes, *, timeout: float = 10.0) -> bytes:
         """Connect from the client, send, half-close, read until EOF."""
         loop = asyncio.get_running_loop()
         sock = netns.socket_in(self.client, socket.AF_INET, socket.SOCK_STREAM)
@@ -186,13 +188,18 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         backends.listen(p2.netns, str(p2.ip), ECHO_PORT, echo_after_eof("pod-2"))
         backends.listen(p3.netns, str(p3.ip), RESET_PORT, reset_mid_stream)
         (manifests / "echo.yaml").write_text(
-            _manifest("echo", ECHO_IP, ECHO_PORT, [str(p.ip) for p in lab.pods]))
+            _manifest("echo", ECHO_IP, ECHO_PORT, [str(p.ip) for p in lab.pods])
+        )
         (manifests / "reset.yaml").write_text(
-            _manifest("reset", RESET_IP, RESET_PORT, [str(p3.ip)]))
-        agent = AgentProcess(lab.node_ns, manifests=manifests, pin_dir=pin_dir,
-                             log_path=Path(lab.state_dir) / "agent-userspace.log",
-                             extra_args=["--dataplane", "userspace", "--state-dir", state_dir,
-                                         "--cleanup"]).start()
+            _manifest("reset", RESET_IP, RESET_PORT, [str(p3.ip)])
+        )
+        agent = AgentProcess(
+            lab.node_ns,
+            manifests=manifests,
+            pin_dir=pin_dir,
+            log_path=Path(lab.state_dir) / "agent-userspace.log",
+            extra_args=["--dataplane", "userspace", "--state-dir", state_dir, "--cleanup"],
+        ).start()
         agent.wait_ready()
         yield Env(lab, agent, backends, state_dir)
     finally:
@@ -210,8 +217,11 @@ def test_refusing_backend_is_retried_on_another(env: Env):
     answers = env.backends.run(many())
     assert all(a in (b"pod-1:hello", b"pod-2:hello") for a in answers), answers
     assert {a.split(b":")[0] for a in answers} == {b"pod-1", b"pod-2"}
-    env.agent.wait_for(lambda: env.stats()["counters"]["backend_missing"] > 0, timeout=5,
-                       what="refused connects counted")
+    env.agent.wait_for(
+        lambda: env.stats()["counters"]["backend_missing"] > 0,
+        timeout=5,
+        what="refused connects counted",
+    )
 
 
 def test_backend_reset_mid_stream_closes_the_client(env: Env):
@@ -253,24 +263,28 @@ def test_a_thousand_concurrent_connections_leak_nothing(env: Env):
 
     async def burst() -> list[bytes | BaseException]:
         return await asyncio.gather(
-            *(env.request(ECHO_IP, ECHO_PORT, b"c%d" % i, timeout=60)
-              for i in range(CONCURRENT)), return_exceptions=True)
+            *(env.request(ECHO_IP, ECHO_PORT, b"c%d" % i, timeout=60) for i in range(CONCURRENT)),
+            return_exceptions=True,
+        )
 
     answers = env.backends.run(burst(), timeout=90)
     failed = [a for a in answers if not isinstance(a, bytes)]
     assert not failed, f"{len(failed)} failed, e.g. {failed[:3]}"
-    assert all(isinstance(a, bytes) and a.endswith(b":c%d" % i)
-               for i, a in enumerate(answers))
+    assert all(isinstance(a, bytes) and a.endswith(b":c%d" % i) for i, a in enumerate(answers))
     # Every socket and pipe of the burst is released.
-    env.agent.wait_for(lambda: env.fds() == before, timeout=15,
-                       what=f"the agent's fds back to {before} (now {env.fds()})")
+    env.agent.wait_for(
+        lambda: env.fds() == before,
+        timeout=15,
+        what=f"the agent's fds back to {before} (now {env.fds()})",
+    )
     env.agent.wait_for(lambda: not _flows(env), timeout=5, what="an empty flow table")
     assert env.backends.run(env.request(ECHO_IP, ECHO_PORT, b"still")).endswith(b":still")
     assert env.agent.alive()
 
 
 def _flows(env: Env) -> list[Any]:
-    result = CliRunner().invoke(app, ["conntrack", "--json", "--pin-dir", "/nonexistent",
-                                      "--state-dir", env.state_dir])
+    result = CliRunner().invoke(
+        app, ["conntrack", "--json", "--pin-dir", "/nonexistent", "--state-dir", env.state_dir]
+    )
     out: list[Any] = json.loads(result.output)
     return out

@@ -32,8 +32,7 @@ def test_uniform_over_the_slots():
 
 def test_exclude_leaves_out_failed_backends_and_stays_uniform():
     rng = random.Random(1)
-    counts = Counter(choose_backend(["a", "b", "c"], exclude={"b"}, rng=rng)
-                     for _ in range(10_000))
+    counts = Counter(choose_backend(["a", "b", "c"], exclude={"b"}, rng=rng) for _ in range(10_000))
     assert set(counts) == {"a", "c"}
     assert abs(counts["a"] - counts["c"]) < 600
 
@@ -41,8 +40,7 @@ def test_exclude_leaves_out_failed_backends_and_stays_uniform():
 def test_affinity_seam_is_accepted():
     import ipaddress
 
-    got = choose_backend(["a"], client=ipaddress.ip_address("10.0.0.1"),
-                         affinity_timeout=10800)
+    got = choose_backend(["a"], client=ipaddress.ip_address("10.0.0.1"), affinity_timeout=10800)
     assert got == "a"
 
 
@@ -58,11 +56,18 @@ SLOTS = ["a", "b", "c", "d"]
 FE = ("10.96.0.10", 80, "TCP")
 
 
-def sticky(table: AffinityTable[str], slots: list[str] = SLOTS, *, client: str = "10.0.0.1",
-           timeout: float = 10, rng: random.Random | None = None,
-           frontend: object = FE) -> str | None:
-    return choose_backend(slots, client=client, affinity_timeout=timeout, affinity=table,
-                          frontend=frontend, rng=rng)
+def sticky(
+    table: AffinityTable[str],
+    slots: list[str] = SLOTS,
+    *,
+    client: str = "10.0.0.1",
+    timeout: float = 10,
+    rng: random.Random | None = None,
+    frontend: object = FE,
+) -> str | None:
+    return choose_backend(
+        slots, client=client, affinity_timeout=timeout, affinity=table, frontend=frontend, rng=rng
+    )
 
 
 def test_affinity_holds_for_a_hundred_new_flows():
@@ -117,8 +122,9 @@ def test_excluded_backend_is_not_kept_by_affinity():
     table: AffinityTable[str] = AffinityTable(clock=Clock())
     first = sticky(table)
     assert first is not None
-    other = choose_backend(SLOTS, client="10.0.0.1", affinity_timeout=10, affinity=table,
-                           frontend=FE, exclude={first})
+    other = choose_backend(
+        SLOTS, client="10.0.0.1", affinity_timeout=10, affinity=table, frontend=FE, exclude={first}
+    )
     assert other not in (first, None)
     assert sticky(table) == other  # the working backend is the one recorded
 
@@ -128,8 +134,15 @@ def test_no_affinity_without_timeout_or_table():
     rng = random.Random(9)
     assert len({sticky(table, timeout=0, rng=rng) for _ in range(60)}) > 1
     assert len(table) == 0
-    assert len({choose_backend(SLOTS, client="10.0.0.1", affinity_timeout=10, rng=rng)
-                for _ in range(60)}) > 1
+    assert (
+        len(
+            {
+                choose_backend(SLOTS, client="10.0.0.1", affinity_timeout=10, rng=rng)
+                for _ in range(60)
+            }
+        )
+        > 1
+    )
 
 
 def test_table_is_a_bounded_lru():

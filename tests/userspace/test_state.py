@@ -21,12 +21,27 @@ def _views() -> tuple[list[ServiceView], list[BackendView], list[ConnView], Stat
     fe = Frontend(IP("10.96.0.10"), 80, Protocol.TCP, FrontendKind.NODE_PORT)
     pn = ServicePortName(ServiceRef("demo", "web"), "http", Protocol.TCP)
     svcs = [ServiceView(3, fe, pn, 2, 1, 0)]
-    bes = [BackendView(7, 3, fe, pn, IP("10.244.0.11"), 8080, True, False),
-           BackendView(8, 3, fe, pn, IP("10.244.0.12"), 8080, False, True)]
-    conns = [ConnView("TCP", IP("10.244.0.200"), 40000, fe.address, 80, IP("10.244.0.11"),
-                      8080, 7, 3, str(pn), 1.5, 0.25)]
-    stats = StatsView((ServiceStats(3, fe, pn, 10, 1000, 9, 2000),),
-                      {"new_flow": 1, "ct_hit": 0})
+    bes = [
+        BackendView(7, 3, fe, pn, IP("10.244.0.11"), 8080, True, False),
+        BackendView(8, 3, fe, pn, IP("10.244.0.12"), 8080, False, True),
+    ]
+    conns = [
+        ConnView(
+            "TCP",
+            IP("10.244.0.200"),
+            40000,
+            fe.address,
+            80,
+            IP("10.244.0.11"),
+            8080,
+            7,
+            3,
+            str(pn),
+            1.5,
+            0.25,
+        )
+    ]
+    stats = StatsView((ServiceStats(3, fe, pn, 10, 1000, 9, 2000),), {"new_flow": 1, "ct_hit": 0})
     return svcs, bes, conns, stats
 
 
@@ -41,8 +56,9 @@ def test_round_trip_keeps_the_json(tmp_path):
     want = conns[0].as_json()
     assert got.keys() == want.keys()
     assert float(str(got.pop("age_seconds"))) >= 1.5  # aged by the time since writing
-    assert {k: v for k, v in want.items() if k not in ("age_seconds", "idle_seconds")} == \
-        {k: v for k, v in got.items() if k != "idle_seconds"}
+    assert {k: v for k, v in want.items() if k not in ("age_seconds", "idle_seconds")} == {
+        k: v for k, v in got.items() if k != "idle_seconds"
+    }
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
 
@@ -65,7 +81,8 @@ def test_stale_state_of_a_dead_agent_is_an_error(tmp_path):
     data = state.snapshot(svcs, bes, conns, stats)
     data["pid"] = 2**22 + 12345  # above pid_max's default: never a live process
     state.write_state(str(tmp_path), data)
-    result = CliRunner().invoke(app, ["services", "--pin-dir", str(tmp_path / "x"),
-                                      "--state-dir", str(tmp_path)])
+    result = CliRunner().invoke(
+        app, ["services", "--pin-dir", str(tmp_path / "x"), "--state-dir", str(tmp_path)]
+    )
     assert result.exit_code == 1
     assert result.output.startswith("error: the userspace data path is not running")

@@ -48,18 +48,26 @@ def _rx(eng: Engine) -> int:
 
 @pytest.mark.parametrize("size", [100, 1400])
 def test_a_2000_datagram_burst_is_not_dropped(engine: Engine, size: int):
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as backend, \
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as backend,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client,
+    ):
         backend.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 32 << 20)  # never the bottleneck
         backend.bind(("127.0.0.1", 0))
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             probe.bind((FRONT_IP, 0))
             port = probe.getsockname()[1]
         pn = ServicePortName(ServiceRef("t", "burst"), "p", Protocol.UDP)
-        st = FrontendState.from_entry(ServiceEntry(
-            Frontend(ipaddress.ip_address(FRONT_IP), port, Protocol.UDP,
-                     FrontendKind.LOAD_BALANCER),
-            pn, (Backend(ipaddress.ip_address("127.0.0.1"), backend.getsockname()[1]),), 0))
+        st = FrontendState.from_entry(
+            ServiceEntry(
+                Frontend(
+                    ipaddress.ip_address(FRONT_IP), port, Protocol.UDP, FrontendKind.LOAD_BALANCER
+                ),
+                pn,
+                (Backend(ipaddress.ip_address("127.0.0.1"), backend.getsockname()[1]),),
+                0,
+            )
+        )
         engine.call(lambda: engine.apply_on_loop({st.frontend.key: st}))
         fe_sock = engine.call(lambda: next(iter(engine.frontends.values())).sock)
         assert fe_sock is not None

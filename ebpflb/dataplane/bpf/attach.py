@@ -49,8 +49,7 @@ class Links:
 
 
 class TcAttacher:
-    def __init__(self, prog_fd: int, *, netns: str | None = None,
-                 egress_fd: int = -1) -> None:
+    def __init__(self, prog_fd: int, *, netns: str | None = None, egress_fd: int = -1) -> None:
         from pyroute2 import IPRoute, NetNS
 
         self.prog_fd = prog_fd
@@ -93,8 +92,9 @@ class TcAttacher:
 
     def local_addresses(self) -> frozenset[IPv4Address]:
         """Every IPv4 address of the namespace's interfaces."""
-        return frozenset(IPv4Address(a.get_attr("IFA_ADDRESS"))
-                         for a in self.ipr.get_addr(family=socket.AF_INET))
+        return frozenset(
+            IPv4Address(a.get_attr("IFA_ADDRESS")) for a in self.ipr.get_addr(family=socket.AF_INET)
+        )
 
     def _index(self, ifname: str) -> int:
         found = self.ipr.link_lookup(ifname=ifname)
@@ -115,11 +115,20 @@ class TcAttacher:
             hooks.append((EGRESS, self.egress_fd, f"{FILTER_NAME}_egress"))
         for parent, fd, name in hooks:
             try:
-                self.ipr.tc("replace-filter", "bpf", idx, handle=TC_HANDLE, fd=fd, name=name,
-                            parent=parent, classid=1, direct_action=True, prio=TC_PRIO)
+                self.ipr.tc(
+                    "replace-filter",
+                    "bpf",
+                    idx,
+                    handle=TC_HANDLE,
+                    fd=fd,
+                    name=name,
+                    parent=parent,
+                    classid=1,
+                    direct_action=True,
+                    prio=TC_PRIO,
+                )
             except Exception as exc:
-                raise AttachError(
-                    f"cannot attach tc program {name} to {ifname}: {exc}") from exc
+                raise AttachError(f"cannot attach tc program {name} to {ifname}: {exc}") from exc
         if not self.is_attached(ifname):
             raise AttachError(f"tc filter on {ifname} not found after attaching")
 
@@ -154,8 +163,7 @@ class TcAttacher:
         self.ipr.tc("del-filter", "bpf", idx, handle=TC_HANDLE, parent=INGRESS, prio=TC_PRIO)
         # Remove the qdisc only when nothing else uses it (another tool's filters stay).
         remaining = [f for f in self.ipr.get_filters(idx, parent=INGRESS_PARENT) if f.get("handle")]
-        remaining += [f for f in self.ipr.get_filters(idx, parent=EGRESS_PARENT)
-                      if f.get("handle")]
+        remaining += [f for f in self.ipr.get_filters(idx, parent=EGRESS_PARENT) if f.get("handle")]
         if not remaining:
             try:
                 self.ipr.tc("del", "clsact", idx)

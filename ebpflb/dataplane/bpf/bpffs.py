@@ -54,25 +54,32 @@ def pin_dir_problem(pin_dir: str) -> str | None:
     except OSError as exc:
         return f"cannot resolve pin dir {path}: {exc.strerror}"
     if real != path:
-        return f"pin dir {path} is reached through a symlink (it resolves to {real}); " \
-               f"pass --pin-dir {real} if that is meant"
+        return (
+            f"pin dir {path} is reached through a symlink (it resolves to {real}); "
+            f"pass --pin-dir {real} if that is meant"
+        )
     st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode):
         return f"pin dir {path} is not a directory; {fix}"
     if st.st_uid not in trusted:
-        return f"pin dir {path} is owned by {_owner(st.st_uid)}, not root: another user " \
-               f"could replace the pins in it; {fix}"
+        return (
+            f"pin dir {path} is owned by {_owner(st.st_uid)}, not root: another user "
+            f"could replace the pins in it; {fix}"
+        )
     if st.st_mode & 0o022:
-        return f"pin dir {path} has mode {stat.S_IMODE(st.st_mode):04o}: others could " \
-               f"replace the pins in it; chmod 0700 {path}, or {fix}"
+        return (
+            f"pin dir {path} has mode {stat.S_IMODE(st.st_mode):04o}: others could "
+            f"replace the pins in it; chmod 0700 {path}, or {fix}"
+        )
     parent = os.path.dirname(path)
     while True:
         pst = os.lstat(parent)
-        if pst.st_uid not in trusted or (pst.st_mode & 0o022 and
-                                         not pst.st_mode & stat.S_ISVTX):
-            return f"pin dir {path} lies under {parent} (owned by {_owner(pst.st_uid)}, " \
-                   f"mode {stat.S_IMODE(pst.st_mode):04o}), where another user could " \
-                   f"rename it away; choose a --pin-dir under a directory only root writes"
+        if pst.st_uid not in trusted or (pst.st_mode & 0o022 and not pst.st_mode & stat.S_ISVTX):
+            return (
+                f"pin dir {path} lies under {parent} (owned by {_owner(pst.st_uid)}, "
+                f"mode {stat.S_IMODE(pst.st_mode):04o}), where another user could "
+                f"rename it away; choose a --pin-dir under a directory only root writes"
+            )
         if parent == "/":
             return None
         parent = os.path.dirname(parent)
@@ -118,8 +125,7 @@ def remove_pins(pin_dir: str, names: tuple[str, ...]) -> None:
 
     check_pin_dir(pin_dir)
     with contextlib.suppress(OSError):
-        names = (*names, *(n for n in os.listdir(pin_dir)
-                           if n.startswith(abi.LINK_PIN_PREFIX)))
+        names = (*names, *(n for n in os.listdir(pin_dir) if n.startswith(abi.LINK_PIN_PREFIX)))
     for name in names:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(pin_dir, name))

@@ -60,14 +60,19 @@ class Cgroup2Choice:
         if not self.mount:
             return f"cgroup v2 at {self.path}"
         if self.visible is not None:
-            return (f"only a sub-cgroup ({self.visible.root}) of cgroup v2 is visible, at "
-                    f"{self.visible.mount_point}; the agent would mount the hierarchy's root at "
-                    f"{self.path}")
+            return (
+                f"only a sub-cgroup ({self.visible.root}) of cgroup v2 is visible, at "
+                f"{self.visible.mount_point}; the agent would mount the hierarchy's root at "
+                f"{self.path}"
+            )
         return f"no cgroup v2 is visible here; the agent would mount one at {self.path}"
 
     def as_json(self) -> dict[str, object]:
-        return {"path": self.path, "mount": self.mount,
-                "visible": None if self.visible is None else self.visible.mount_point}
+        return {
+            "path": self.path,
+            "mount": self.mount,
+            "visible": None if self.visible is None else self.visible.mount_point,
+        }
 
 
 def unescape(field: str) -> str:
@@ -88,8 +93,7 @@ def parse_mountinfo(text: str) -> list[Cgroup2Mount]:
         except ValueError:
             continue
         if len(fields) > sep + 1 and fields[sep + 1] == CGROUP2:
-            mounts.append(Cgroup2Mount(mount_point=unescape(fields[4]),
-                                       root=unescape(fields[3])))
+            mounts.append(Cgroup2Mount(mount_point=unescape(fields[4]), root=unescape(fields[3])))
     return mounts
 
 
@@ -109,21 +113,19 @@ def find_cgroup2(mounts: list[Cgroup2Mount]) -> Cgroup2Mount | None:
 
 def choose_cgroup2(state_dir: str, mountinfo: str | None = None) -> Cgroup2Choice:
     """What the agent with this state directory would use; mounts nothing."""
-    found = find_cgroup2(parse_mountinfo(read_mountinfo() if mountinfo is None
-                                         else mountinfo))
+    found = find_cgroup2(parse_mountinfo(read_mountinfo() if mountinfo is None else mountinfo))
     if found is not None and found.is_hierarchy_root:
         return Cgroup2Choice(path=found.mount_point, mount=False, visible=found)
-    return Cgroup2Choice(path=os.path.join(os.path.abspath(state_dir), MOUNT_DIR_NAME),
-                         mount=True,
-                         visible=found)
+    return Cgroup2Choice(
+        path=os.path.join(os.path.abspath(state_dir), MOUNT_DIR_NAME), mount=True, visible=found
+    )
 
 
 def cgroup2_root() -> str:
     """The visible mount of the cgroup v2 hierarchy's root; DataplaneError if none."""
     found = find_cgroup2(parse_mountinfo(read_mountinfo()))
     if found is None or not found.is_hierarchy_root:
-        raise DataplaneError("no cgroup v2 hierarchy root is mounted here (socket-LB needs "
-                             "one)")
+        raise DataplaneError("no cgroup v2 hierarchy root is mounted here (socket-LB needs one)")
     return found.mount_point
 
 
@@ -155,14 +157,19 @@ def ensure_cgroup2(state_dir: str) -> str:
     except DataplaneError as exc:
         if choice.visible is None:
             raise
-        log.warning("%s: socket-LB acts only on the processes of the sub-cgroup %s, "
-                    "visible at %s", exc, choice.visible.root, choice.visible.mount_point)
+        log.warning(
+            "%s: socket-LB acts only on the processes of the sub-cgroup %s, visible at %s",
+            exc,
+            choice.visible.root,
+            choice.visible.mount_point,
+        )
         return choice.visible.mount_point
     mounted = {m.mount_point: m for m in parse_mountinfo(read_mountinfo())}
     real = os.path.realpath(choice.path)
     if real not in mounted or not mounted[real].is_hierarchy_root:
         umount(choice.path)
-        raise DataplaneError(f"mounted cgroup2 at {choice.path}, but it does not show the "
-                             "hierarchy's root there")
+        raise DataplaneError(
+            f"mounted cgroup2 at {choice.path}, but it does not show the hierarchy's root there"
+        )
     log.info("mounted cgroup v2 at %s (no mount of it was visible)", choice.path)
     return choice.path

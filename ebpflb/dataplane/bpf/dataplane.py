@@ -79,11 +79,18 @@ class BpfDataplane:
         )
         try:
             self.maps = BpfMaps(config.pin_dir)
-            check_geometry(self.maps, max_services=config.max_services,
-                           max_backends=config.max_backends, max_conntrack=config.max_conntrack)
+            check_geometry(
+                self.maps,
+                max_services=config.max_services,
+                max_backends=config.max_backends,
+                max_conntrack=config.max_conntrack,
+            )
             self.writer = MapWriter(
-                self.maps, max_services=config.max_services, max_backends=config.max_backends,
-                maglev_size=config.maglev_table_size)
+                self.maps,
+                max_services=config.max_services,
+                max_backends=config.max_backends,
+                maglev_size=config.maglev_table_size,
+            )
             self._set_algorithm(config.maglev_table_size)
             self.attacher = TcAttacher(self.program.fd, egress_fd=self.program.egress_fd)
             self.host_backends = HostBackends(self.maps.config, self.attacher.local_addresses)
@@ -114,11 +121,18 @@ class BpfDataplane:
             remove_links(self.config.pin_dir)
             return None
         try:
-            return SocketLb(self.maps.config, self.program.sock_fds,
-                            state_dir=self.config.state_dir, pin_dir=self.config.pin_dir)
+            return SocketLb(
+                self.maps.config,
+                self.program.sock_fds,
+                state_dir=self.config.state_dir,
+                pin_dir=self.config.pin_dir,
+            )
         except (DataplaneError, OSError) as exc:
-            log.warning("socket-LB is off (%s): sockets of this node's own namespace "
-                        "reach Service addresses untranslated", exc)
+            log.warning(
+                "socket-LB is off (%s): sockets of this node's own namespace "
+                "reach Service addresses untranslated",
+                exc,
+            )
             return None
 
     def reload(self) -> None:
@@ -135,8 +149,10 @@ class BpfDataplane:
         if held is not None and held.value == maglev_size:
             return
         if self.writer.frontends:
-            log.info("backend choice changed to %s: every frontend is written again",
-                     f"Maglev ({maglev_size} slots)" if maglev_size else "random")
+            log.info(
+                "backend choice changed to %s: every frontend is written again",
+                f"Maglev ({maglev_size} slots)" if maglev_size else "random",
+            )
             self.writer.forget()
         self.maps.config.update(key, ctypes.c_uint32(maglev_size))
 
@@ -186,8 +202,10 @@ class BpfDataplane:
         for bridge in sorted(bridges - self.relaxed_bridges):
             relax_source_checks(bridge)
             self.relaxed_bridges.add(bridge)
-            log.info("pods are bridged on %s: accept_local=1 and rp_filter=0 set on it, "
-                     "as on the veths", bridge)
+            log.info(
+                "pods are bridged on %s: accept_local=1 and rp_filter=0 set on it, as on the veths",
+                bridge,
+            )
 
     def close(self, *, cleanup: bool = False) -> None:
         if self.socket_lb is not None:

@@ -62,5 +62,4 @@ class HostBackends:
 
 
 def any_local(frontends: Iterable[FrontendState], addresses: Addresses) -> bool:
-    return bool(addresses) and any(
-        b.address in addresses for st in frontends for b in st.backends)
+    return bool(addresses) and any(b.address in addresses for st in frontends for b in st.backends)

@@ -29,8 +29,9 @@ EGRESS_SUFFIX = "_egress"
 class PinnedProgram:
     """The tc program as an fd the agent owns; close() drops it (filters keep theirs)."""
 
-    def __init__(self, fd: int, name: str, egress_fd: int,
-                 sock_fds: dict[str, int] | None = None) -> None:
+    def __init__(
+        self, fd: int, name: str, egress_fd: int, sock_fds: dict[str, int] | None = None
+    ) -> None:
         self.fd = fd
         self.egress_fd = egress_fd
         self.sock_fds = sock_fds or {}  # loader.SOCK_PROGRAMS name -> fd
@@ -44,16 +45,26 @@ class PinnedProgram:
         self.sock_fds = {}
 
 
-def load_isolated(*, pin_dir: str, max_services: int, max_backends: int,
-                  max_conntrack: int) -> PinnedProgram:
+def load_isolated(
+    *, pin_dir: str, max_services: int, max_backends: int, max_conntrack: int
+) -> PinnedProgram:
     """compile_program() in a child process; errors come back as the same exceptions."""
     # bpffs refuses names with a dot; the pin lives only until the agent holds an fd.
     pin = os.path.join(pin_dir, f"ebpflb_prog_{os.getpid()}_{secrets.token_hex(3)}")
-    args = {"pin_dir": pin_dir, "max_services": max_services, "max_backends": max_backends,
-            "max_conntrack": max_conntrack, "prog_pin": pin}
+    args = {
+        "pin_dir": pin_dir,
+        "max_services": max_services,
+        "max_backends": max_backends,
+        "max_conntrack": max_conntrack,
+        "prog_pin": pin,
+    }
     try:
-        proc = subprocess.run([sys.executable, "-m", __name__, json.dumps(args)],
-                              capture_output=True, text=True, timeout=COMPILE_TIMEOUT)
+        proc = subprocess.run(
+            [sys.executable, "-m", __name__, json.dumps(args)],
+            capture_output=True,
+            text=True,
+            timeout=COMPILE_TIMEOUT,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise BpfUnavailableError(f"could not run the BPF compiler process: {exc}") from exc
     if proc.returncode != 0:
@@ -71,8 +82,9 @@ def load_isolated(*, pin_dir: str, max_services: int, max_backends: int,
         for path in paths:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-    return PinnedProgram(fds[0], PROGRAM_NAME, fds[1], dict(zip(SOCK_PROGRAMS, fds[2:],
-                                                                strict=True)))
+    return PinnedProgram(
+        fds[0], PROGRAM_NAME, fds[1], dict(zip(SOCK_PROGRAMS, fds[2:], strict=True))
+    )
 
 
 def _child_error(proc: subprocess.CompletedProcess[str]) -> DataplaneError:

@@ -63,8 +63,16 @@ def bpf_dir() -> Path:
 class LoadedProgram:
     """The loaded tc program; keeps bcc's module (and so the program and maps) alive."""
 
-    def __init__(self, *, bpf: Any, fd: int, name: str, pin_dir: str,
-                 egress_fd: int = -1, sock_fds: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        bpf: Any,
+        fd: int,
+        name: str,
+        pin_dir: str,
+        egress_fd: int = -1,
+        sock_fds: dict[str, int] | None = None,
+    ) -> None:
         self.bpf = bpf
         self.fd = fd
         self.egress_fd = egress_fd
@@ -126,15 +134,20 @@ def require_bpf_privileges(*, caps: int | None = None, uid: int | None = None) -
         f"operation not permitted: loading BPF programs needs root, CAP_BPF (with "
         f"CAP_PERFMON) or CAP_SYS_ADMIN, and this process (uid {uid}) has none of them "
         f"(CapEff {caps:016x}); run the agent as root or grant CAP_BPF, CAP_PERFMON and "
-        f"CAP_NET_ADMIN")
+        f"CAP_NET_ADMIN"
+    )
 
 
-def _cflags(source_dir: Path, *, pin_dir: str, max_services: int, max_backends: int,
-            max_conntrack: int) -> list[str]:
+def _cflags(
+    source_dir: Path, *, pin_dir: str, max_services: int, max_backends: int, max_conntrack: int
+) -> list[str]:
     if any(c in pin_dir for c in '"\\\n') or not os.path.isabs(pin_dir):
         raise DataplaneError(f"pin dir must be an absolute path without quotes: {pin_dir!r}")
-    for name, value in (("max_services", max_services), ("max_backends", max_backends),
-                        ("max_conntrack", max_conntrack)):
+    for name, value in (
+        ("max_services", max_services),
+        ("max_backends", max_backends),
+        ("max_conntrack", max_conntrack),
+    ):
         if not 1 <= value <= 1 << 26:
             raise DataplaneError(f"{name} out of range: {value}")
     return [
@@ -148,8 +161,9 @@ def _cflags(source_dir: Path, *, pin_dir: str, max_services: int, max_backends: 
     ]
 
 
-def compile_program(*, pin_dir: str, max_services: int, max_backends: int,
-                    max_conntrack: int) -> LoadedProgram:
+def compile_program(
+    *, pin_dir: str, max_services: int, max_backends: int, max_conntrack: int
+) -> LoadedProgram:
     """Compile bpf/ebpflb_tc.c, create or reuse its maps pinned under ``pin_dir`` (which
     must be on a bpffs), and load the entry program as a tc classifier."""
     try:
@@ -166,9 +180,15 @@ def compile_program(*, pin_dir: str, max_services: int, max_backends: int,
     if not source.is_file():
         raise BpfUnavailableError(
             f"BPF source not found: {source}",
-            fix=f"reinstall ebpflb (its C sources ship as ebpflb/_bpf) or set ${BPF_DIR_ENV}")
-    cflags = _cflags(source_dir, pin_dir=pin_dir, max_services=max_services,
-                     max_backends=max_backends, max_conntrack=max_conntrack)
+            fix=f"reinstall ebpflb (its C sources ship as ebpflb/_bpf) or set ${BPF_DIR_ENV}",
+        )
+    cflags = _cflags(
+        source_dir,
+        pin_dir=pin_dir,
+        max_services=max_services,
+        max_backends=max_backends,
+        max_conntrack=max_conntrack,
+    )
     try:
         os.makedirs(pin_dir, mode=0o700, exist_ok=True)  # see bpffs: only root writes
     except OSError as exc:
@@ -181,9 +201,12 @@ def compile_program(*, pin_dir: str, max_services: int, max_backends: int,
             module = bcc.BPF(src_file=str(source).encode(), cflags=cflags)
             fn = module.load_func(PROGRAM_NAME.encode(), bcc.BPF.SCHED_CLS)
             egress = module.load_func(EGRESS_PROGRAM_NAME.encode(), bcc.BPF.SCHED_CLS)
-            socks = {name: module.load_func(name.encode(), bcc.BPF.CGROUP_SOCK_ADDR,
-                                            attach_type=attach_type)
-                     for name, attach_type in SOCK_PROGRAMS.items()}
+            socks = {
+                name: module.load_func(
+                    name.encode(), bcc.BPF.CGROUP_SOCK_ADDR, attach_type=attach_type
+                )
+                for name, attach_type in SOCK_PROGRAMS.items()
+            }
     except Exception as exc:  # bcc raises bare Exception for compile and verifier errors
         if module is not None:
             module.cleanup()
@@ -194,11 +217,22 @@ def compile_program(*, pin_dir: str, max_services: int, max_backends: int,
     for text in messages:
         if text.strip():
             log.debug("bcc: %s", text.strip())
-    log.info("loaded %s (fd %d) and %s (fd %d), maps pinned under %s", PROGRAM_NAME, fn.fd,
-             EGRESS_PROGRAM_NAME, egress.fd, pin_dir)
-    return LoadedProgram(bpf=module, fd=int(fn.fd), name=PROGRAM_NAME, pin_dir=pin_dir,
-                         egress_fd=int(egress.fd),
-                         sock_fds={name: int(f.fd) for name, f in socks.items()})
+    log.info(
+        "loaded %s (fd %d) and %s (fd %d), maps pinned under %s",
+        PROGRAM_NAME,
+        fn.fd,
+        EGRESS_PROGRAM_NAME,
+        egress.fd,
+        pin_dir,
+    )
+    return LoadedProgram(
+        bpf=module,
+        fd=int(fn.fd),
+        name=PROGRAM_NAME,
+        pin_dir=pin_dir,
+        egress_fd=int(egress.fd),
+        sock_fds={name: int(f.fd) for name, f in socks.items()},
+    )
 
 
 def compile_check() -> Path:
@@ -209,8 +243,7 @@ def compile_check() -> Path:
     ``BpfUnavailableError`` with the compiler's or verifier's words."""
     source_dir = bpf_dir()
     with _scratch_bpffs() as pin_dir:
-        compile_program(pin_dir=pin_dir, max_services=16, max_backends=64,
-                        max_conntrack=64).close()
+        compile_program(pin_dir=pin_dir, max_services=16, max_backends=64, max_conntrack=64).close()
     return source_dir
 
 
@@ -218,8 +251,9 @@ def compile_check() -> Path:
 def _scratch_bpffs() -> Iterator[str]:
     mount = tempfile.mkdtemp(prefix="ebpflb-compile-check-")
     try:
-        proc = subprocess.run(["mount", "-t", "bpf", "bpf", mount], check=False,
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            ["mount", "-t", "bpf", "bpf", mount], check=False, capture_output=True, text=True
+        )
         if proc.returncode == 0:
             try:
                 yield mount
@@ -230,8 +264,10 @@ def _scratch_bpffs() -> Iterator[str]:
         with contextlib.suppress(OSError):
             os.rmdir(mount)
     if BPFFS_ROOT not in bpffs_mounts():
-        raise BpffsError(f"cannot mount a scratch bpffs ({proc.stderr.strip()}) "
-                                  f"and none is mounted at {BPFFS_ROOT}")
+        raise BpffsError(
+            f"cannot mount a scratch bpffs ({proc.stderr.strip()}) "
+            f"and none is mounted at {BPFFS_ROOT}"
+        )
     pin_dir = tempfile.mkdtemp(prefix="ebpflb-compile-check-", dir=BPFFS_ROOT)
     try:
         yield pin_dir

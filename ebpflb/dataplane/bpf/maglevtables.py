@@ -53,8 +53,12 @@ class MaglevTables:
             order = self._orders[names] = maglev.table(names, self.size)
         return order
 
-    def write(self, sid: int, slots: tuple[tuple[IPv4Address | IPv6Address, int], ...],
-              owned: dict[BackendKey, int]) -> None:
+    def write(
+        self,
+        sid: int,
+        slots: tuple[tuple[IPv4Address | IPv6Address, int], ...],
+        owned: dict[BackendKey, int],
+    ) -> None:
         """Fill frontend `sid`'s table from its active backends `slots` (none: nothing
         to fill; the kernel finds no backend before it looks at a table)."""
         if not slots:
@@ -83,8 +87,11 @@ class MaglevTables:
             return
         new, self._new = self._new, []
         try:
-            self.outer.update_batch_raw(b"".join(_U32(sid) for sid, _ in new),
-                                        b"".join(_U32(t.fd) for _, t in new), len(new))
+            self.outer.update_batch_raw(
+                b"".join(_U32(sid) for sid, _ in new),
+                b"".join(_U32(t.fd) for _, t in new),
+                len(new),
+            )
         finally:
             for _, t in new:
                 t.close()  # the outer map holds them now
@@ -101,6 +108,7 @@ class MaglevTables:
         return table
 
     def _create(self, sid: int) -> PinnedMap:
-        return PinnedMap(f"maglev table of frontend {sid}",
-                         fd=map_create(BPF_MAP_TYPE_ARRAY, 4, 4, self.size, "ebpflb_mgt",
-                                       flags=BPF_F_INNER_MAP))
+        return PinnedMap(
+            f"maglev table of frontend {sid}",
+            fd=map_create(BPF_MAP_TYPE_ARRAY, 4, 4, self.size, "ebpflb_mgt", flags=BPF_F_INNER_MAP),
+        )

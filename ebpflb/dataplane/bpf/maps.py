@@ -158,8 +158,9 @@ def map_mismatch(m: PinnedMap) -> str | None:
         return None
     key_t, value_t, _option = _GEOMETRY[name]
     map_type, min_entries = _MAP_TYPES[name]
-    expected = _shape(f"{MapType(map_type).label} map", ctypes.sizeof(key_t),
-                      ctypes.sizeof(value_t))
+    expected = _shape(
+        f"{MapType(map_type).label} map", ctypes.sizeof(key_t), ctypes.sizeof(value_t)
+    )
     kind = m.object_kind()
     if kind != "map":
         return f"pinned map {m.path} is not ebpflb's: expected {expected}, found a BPF {kind}"
@@ -167,8 +168,10 @@ def map_mismatch(m: PinnedMap) -> str | None:
     if found != expected:
         return f"pinned map {m.path} is not ebpflb's: expected {expected}, found {found}"
     if m.info.max_entries < min_entries:
-        return (f"pinned map {m.path} is not ebpflb's: expected at least {min_entries} "
-                f"entries, found {m.info.max_entries}")
+        return (
+            f"pinned map {m.path} is not ebpflb's: expected at least {min_entries} "
+            f"entries, found {m.info.max_entries}"
+        )
     return None
 
 
@@ -179,27 +182,33 @@ def check_pinned_maps(maps: Iterable[PinnedMap]) -> None:
         raise MapMismatchError("; ".join(problems))
 
 
-def check_geometry(maps: BpfMaps, *, max_services: int, max_backends: int,
-                   max_conntrack: int) -> None:
+def check_geometry(
+    maps: BpfMaps, *, max_services: int, max_backends: int, max_conntrack: int
+) -> None:
     """Refuse pinned maps whose layout or size differs from what this agent asked for.
 
     bcc silently reuses a pinned map of the same name whatever its size, so without
     this check a changed --max-* flag (or a struct layout change) would be ignored."""
-    sizes = {"max_services": max_services, "max_backends": max_backends,
-             "max_conntrack": max_conntrack}
+    sizes = {
+        "max_services": max_services,
+        "max_backends": max_backends,
+        "max_conntrack": max_conntrack,
+    }
     problems = []
     for m in maps.all():
         key_t, value_t, option = _GEOMETRY[os.path.basename(m.path)]
         if m.info.key_size != ctypes.sizeof(key_t) or m.info.value_size != ctypes.sizeof(value_t):
-            problems.append(f"{m.path}: key/value size {m.info.key_size}/{m.info.value_size}, "
-                            f"this version expects {ctypes.sizeof(key_t)}/{ctypes.sizeof(value_t)}")
+            problems.append(
+                f"{m.path}: key/value size {m.info.key_size}/{m.info.value_size}, "
+                f"this version expects {ctypes.sizeof(key_t)}/{ctypes.sizeof(value_t)}"
+            )
         elif option is not None and m.info.max_entries != sizes[option]:
             flag = "--" + option.replace("_", "-")
-            problems.append(f"{m.path} holds {m.info.max_entries} entries but {flag} is "
-                            f"{sizes[option]}")
+            problems.append(
+                f"{m.path} holds {m.info.max_entries} entries but {flag} is {sizes[option]}"
+            )
     if problems:
-        raise MapGeometryError(
-            "the pinned maps do not match this agent: " + "; ".join(problems))
+        raise MapGeometryError("the pinned maps do not match this agent: " + "; ".join(problems))
 
 
 def _cstr(raw: bytes) -> str:
@@ -251,8 +260,9 @@ def read_src_ranges(maps: BpfMaps) -> dict[int, tuple[IPv4Network, ...]]:
     return {sid: tuple(sorted(nets)) for sid, nets in found.items()}
 
 
-def _rows(m: PinnedMap, kfmt: struct.Struct, vfmt: struct.Struct
-          ) -> Iterator[tuple[tuple[Any, ...], tuple[Any, ...]]]:
+def _rows(
+    m: PinnedMap, kfmt: struct.Struct, vfmt: struct.Struct
+) -> Iterator[tuple[tuple[Any, ...], tuple[Any, ...]]]:
     keys, values, count = m.dump_raw()
     ks, vs = m.info.key_size, len(values) // count if count else 0
     for i in range(count):
@@ -265,27 +275,38 @@ def read_state(maps: BpfMaps) -> MapState:
     out = MapState()
     u32 = abi.PACK_U32
     by_svc: dict[int, list[tuple[int, BackendState]]] = {}
-    for (bid,), (addr, port, _proto, flags, sid) in _rows(maps.backends, u32,
-                                                          abi.PACK_LB4_BACKEND):
-        by_svc.setdefault(sid, []).append((bid, BackendState(
-            IPv4Address(addr), socket.ntohs(port), bool(flags & _ACTIVE),
-            bool(flags & _TERMINATING))))
+    for (bid,), (addr, port, _proto, flags, sid) in _rows(maps.backends, u32, abi.PACK_LB4_BACKEND):
+        by_svc.setdefault(sid, []).append(
+            (
+                bid,
+                BackendState(
+                    IPv4Address(addr),
+                    socket.ntohs(port),
+                    bool(flags & _ACTIVE),
+                    bool(flags & _TERMINATING),
+                ),
+            )
+        )
     slot_of: dict[tuple[int, int], int] = {
-        k: v[0] for k, v in _rows(maps.slots, abi.PACK_LB4_SLOT_KEY, u32)}
+        k: v[0] for k, v in _rows(maps.slots, abi.PACK_LB4_SLOT_KEY, u32)
+    }
     names: dict[int, tuple[bytes, bytes, bytes]] = {
-        k[0]: v for k, v in _rows(maps.meta, u32, abi.PACK_LB_SVC_META)}
+        k[0]: v for k, v in _rows(maps.meta, u32, abi.PACK_LB_SVC_META)
+    }
     out.src_ranges = read_src_ranges(maps)
     for (addr, dport, proto_no, _pad), (sid, count, flags, affinity, snat) in _rows(
-            maps.svc, abi.PACK_LB4_KEY, abi.PACK_LB4_SERVICE):
+        maps.svc, abi.PACK_LB4_KEY, abi.PACK_LB4_SERVICE
+    ):
         proto = _PROTOCOLS.get(proto_no)
         if proto is None:
             continue
         frontend = Frontend(IPv4Address(addr), socket.ntohs(dport), proto, kind_from_flags(flags))
         meta = names.pop(sid, None)
-        port_name = (ServicePortName(ServiceRef(_cstr(meta[0]), _cstr(meta[1])), _cstr(meta[2]),
-                                     proto)
-                     if meta is not None and meta[0].strip(b"\0")
-                     else ServicePortName(ServiceRef("", f"svc-{sid}"), "", proto))
+        port_name = (
+            ServicePortName(ServiceRef(_cstr(meta[0]), _cstr(meta[1])), _cstr(meta[2]), proto)
+            if meta is not None and meta[0].strip(b"\0")
+            else ServicePortName(ServiceRef("", f"svc-{sid}"), "", proto)
+        )
         key_by_id: dict[int, BackendKey] = {}
         states = []
         for bid, state in by_svc.pop(sid, []):
@@ -301,10 +322,15 @@ def read_state(maps: BpfMaps) -> MapState:
         out.svc_ids[fkey] = sid
         out.slot_counts[sid] = count
         out.frontends[fkey] = FrontendState(
-            frontend, port_name, tuple(sorted(states, key=backend_order)), tuple(slots),
-            affinity, IPv4Address(snat) if snat != _NO_ADDRESS else None,
+            frontend,
+            port_name,
+            tuple(sorted(states, key=backend_order)),
+            tuple(slots),
+            affinity,
+            IPv4Address(snat) if snat != _NO_ADDRESS else None,
             out.src_ranges.get(sid, ()) if flags & _SRC_RANGES else (),
-            bool(flags & _DROP_EMPTY))
+            bool(flags & _DROP_EMPTY),
+        )
     for leftovers in by_svc.values():
         out.orphan_backends.extend(bid for bid, _ in leftovers)
     out.orphan_svc_ids.extend(names)

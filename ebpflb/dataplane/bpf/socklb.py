@@ -47,11 +47,11 @@ log = logging.getLogger(__name__)
 SO_NETNS_COOKIE = 71
 
 # SOCK_PROGRAMS name -> the name its link is pinned under in the pin directory
-LINK_PINS = {name: abi.LINK_PIN_PREFIX + name.removeprefix("ebpflb_sock_")
-             for name in SOCK_PROGRAMS}
+LINK_PINS = {
+    name: abi.LINK_PIN_PREFIX + name.removeprefix("ebpflb_sock_") for name in SOCK_PROGRAMS
+}
 
-__all__ = ["LINK_PINS", "SocketLb", "cgroup2_root", "netns_cookie", "pinned_links",
-           "remove_links"]
+__all__ = ["LINK_PINS", "SocketLb", "cgroup2_root", "netns_cookie", "pinned_links", "remove_links"]
 
 
 def netns_cookie() -> int:
@@ -93,11 +93,14 @@ class SocketLb:
     """The pinned links of the socket-LB programs, adopted or made; close() leaves them
     attached (remove_links detaches them)."""
 
-    def __init__(self, config: PinnedMap, programs: dict[str, int], *, state_dir: str,
-                 pin_dir: str) -> None:
+    def __init__(
+        self, config: PinnedMap, programs: dict[str, int], *, state_dir: str, pin_dir: str
+    ) -> None:
         cookie = netns_cookie()
-        for index, word in ((abi.Config.NETNS_LO, cookie & 0xFFFFFFFF),
-                            (abi.Config.NETNS_HI, cookie >> 32)):
+        for index, word in (
+            (abi.Config.NETNS_LO, cookie & 0xFFFFFFFF),
+            (abi.Config.NETNS_HI, cookie >> 32),
+        ):
             config.update(ctypes.c_uint32(index), ctypes.c_uint32(word))
         root = ensure_cgroup2(state_dir)  # see cgroup: it is not always at /sys/fs/cgroup
         self.cgroup = root
@@ -110,32 +113,41 @@ class SocketLb:
             cgroup_id = os.fstat(cgroup_fd).st_ino  # a cgroup2 directory's inode is its id
             for name, attach_type in SOCK_PROGRAMS.items():
                 link = held.pop(name, None)
-                if link is not None and self._swap(link, programs[name], attach_type,
-                                                   cgroup_id):
+                if link is not None and self._swap(link, programs[name], attach_type, cgroup_id):
                     self.links.append(link)
                     self.adopted += 1
                     continue
-                self.links.append(self._link(name, programs[name], cgroup_fd, attach_type,
-                                             replaces=link))
+                self.links.append(
+                    self._link(name, programs[name], cgroup_fd, attach_type, replaces=link)
+                )
         except OSError as exc:
             self.close()
-            raise DataplaneError(f"cannot attach socket-LB to the cgroup {root}: "
-                                 f"{exc.strerror}") from exc
+            raise DataplaneError(
+                f"cannot attach socket-LB to the cgroup {root}: {exc.strerror}"
+            ) from exc
         finally:
             os.close(cgroup_fd)
             for fd in held.values():
                 os.close(fd)
-        log.info("socket-LB attached to cgroup %s for this namespace (cookie %d): %d "
-                 "pinned links adopted with the new programs, %d made", root, cookie,
-                 self.adopted, len(self.links) - self.adopted)
+        log.info(
+            "socket-LB attached to cgroup %s for this namespace (cookie %d): %d "
+            "pinned links adopted with the new programs, %d made",
+            root,
+            cookie,
+            self.adopted,
+            len(self.links) - self.adopted,
+        )
 
     @staticmethod
     def _swap(link: int, prog_fd: int, attach_type: int, cgroup_id: int) -> bool:
         """Put prog_fd into an earlier agent's link in one step, if the link still
         hooks the same place; False (link untouched) if not or if refused."""
         info = link_info(link)
-        if (info.type, info.cgroup_id, info.attach_type) != (BPF_LINK_TYPE_CGROUP,
-                                                             cgroup_id, attach_type):
+        if (info.type, info.cgroup_id, info.attach_type) != (
+            BPF_LINK_TYPE_CGROUP,
+            cgroup_id,
+            attach_type,
+        ):
             return False
         try:
             old = prog_fd_by_id(info.prog_id)
@@ -144,15 +156,15 @@ class SocketLb:
         try:
             link_update(link, prog_fd, old_prog_fd=old)
         except OSError as exc:
-            log.warning("cannot swap the program of the pinned link %d: %s", info.id,
-                        exc.strerror)
+            log.warning("cannot swap the program of the pinned link %d: %s", info.id, exc.strerror)
             return False
         finally:
             os.close(old)
         return True
 
-    def _link(self, name: str, prog_fd: int, cgroup_fd: int, attach_type: int, *,
-              replaces: int | None) -> int:
+    def _link(
+        self, name: str, prog_fd: int, cgroup_fd: int, attach_type: int, *, replaces: int | None
+    ) -> int:
         """A new link, pinned; an unusable pinned one it `replaces` is detached only
         after the new one runs (both may run a moment: no gap)."""
         fd = link_create(prog_fd, cgroup_fd, attach_type)

@@ -31,13 +31,25 @@ from ebpflb.errors import BpfUnavailableError, DataplaneError
 # include/uapi/asm-generic/unistd.h for the architectures that use the generic table
 # (arm64, riscv, loongarch). mips (a different base per ABI) and sparc are left out.
 BPF_SYSCALL_NUMBERS: dict[str, int] = {
-    "x86_64": 321, "amd64": 321,
-    "i386": 357, "i486": 357, "i586": 357, "i686": 357,
-    "aarch64": 280, "arm64": 280, "aarch64_be": 280,
-    "armv6l": 386, "armv7l": 386, "armv8l": 386,
-    "ppc64le": 361, "ppc64": 361, "ppc": 361,
-    "s390x": 351, "s390": 351,
-    "riscv64": 280, "riscv32": 280,
+    "x86_64": 321,
+    "amd64": 321,
+    "i386": 357,
+    "i486": 357,
+    "i586": 357,
+    "i686": 357,
+    "aarch64": 280,
+    "arm64": 280,
+    "aarch64_be": 280,
+    "armv6l": 386,
+    "armv7l": 386,
+    "armv8l": 386,
+    "ppc64le": 361,
+    "ppc64": 361,
+    "ppc": 361,
+    "s390x": 351,
+    "s390": 351,
+    "riscv64": 280,
+    "riscv32": 280,
     "loongarch64": 280,
 }
 # A 32-bit process on a 64-bit kernel still sees the kernel's machine in uname, but
@@ -56,7 +68,8 @@ def bpf_syscall_number(machine: str | None = None, *, pointer_bits: int | None =
         raise BpfUnavailableError(
             f"unknown bpf(2) system call number for machine {machine!r} ({bits}-bit): "
             f"known are {', '.join(sorted(BPF_SYSCALL_NUMBERS))}",
-            fix="run the userspace data path (--dataplane userspace) on this architecture")
+            fix="run the userspace data path (--dataplane userspace) on this architecture",
+        )
     return number
 
 
@@ -233,14 +246,30 @@ def possible_cpus() -> int:
     return total
 
 
-def map_create(map_type: int, key_size: int, value_size: int, max_entries: int,
-               name: str, *, flags: int = 0, inner_map_fd: int = 0) -> int:
+def map_create(
+    map_type: int,
+    key_size: int,
+    value_size: int,
+    max_entries: int,
+    name: str,
+    *,
+    flags: int = 0,
+    inner_map_fd: int = 0,
+) -> int:
     """A new map's fd (an inner map, which lives as long as an outer map holds it; or a
     map of maps shaped as `inner_map_fd`)."""
-    return _bpf(BPF_MAP_CREATE, _CreateAttr(map_type=map_type, key_size=key_size,
-                                            value_size=value_size, max_entries=max_entries,
-                                            map_flags=flags, inner_map_fd=inner_map_fd,
-                                            map_name=name.encode()[:15]))
+    return _bpf(
+        BPF_MAP_CREATE,
+        _CreateAttr(
+            map_type=map_type,
+            key_size=key_size,
+            value_size=value_size,
+            max_entries=max_entries,
+            map_flags=flags,
+            inner_map_fd=inner_map_fd,
+            map_name=name.encode()[:15],
+        ),
+    )
 
 
 class _GetIdAttr(ctypes.Structure):
@@ -263,8 +292,10 @@ class _LinkCreateAttr(ctypes.Structure):
 def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
     """Attach a program (e.g. to a cgroup) through a link: it stays attached while an
     fd of the link or a pin of it (obj_pin) is held, and no longer."""
-    return _bpf(BPF_LINK_CREATE, _LinkCreateAttr(prog_fd=prog_fd, target_fd=target_fd,
-                                                 attach_type=attach_type))
+    return _bpf(
+        BPF_LINK_CREATE,
+        _LinkCreateAttr(prog_fd=prog_fd, target_fd=target_fd, attach_type=attach_type),
+    )
 
 
 class _LinkUpdateAttr(ctypes.Structure):
@@ -302,16 +333,22 @@ class LinkInfo:
 def link_info(fd: int) -> LinkInfo:
     """What the link behind `fd` is, and which program it runs."""
     info = _LinkInfo()
-    _bpf(BPF_OBJ_GET_INFO_BY_FD,
-         _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info)))
+    _bpf(
+        BPF_OBJ_GET_INFO_BY_FD,
+        _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info)),
+    )
     return LinkInfo(info.type, info.id, info.prog_id, info.cgroup_id, info.attach_type)
 
 
 def link_update(link_fd: int, new_prog_fd: int, *, old_prog_fd: int) -> None:
     """Swap the link's program for another, in one step: the hook never runs without
     one. Refused (EPERM) unless the link still runs old_prog_fd's program."""
-    _bpf(BPF_LINK_UPDATE, _LinkUpdateAttr(link_fd=link_fd, new_prog_fd=new_prog_fd,
-                                          flags=BPF_F_REPLACE, old_prog_fd=old_prog_fd))
+    _bpf(
+        BPF_LINK_UPDATE,
+        _LinkUpdateAttr(
+            link_fd=link_fd, new_prog_fd=new_prog_fd, flags=BPF_F_REPLACE, old_prog_fd=old_prog_fd
+        ),
+    )
 
 
 def link_detach(link_fd: int) -> None:

@@ -46,8 +46,16 @@ def count_entries(m: PinnedMap) -> int:
 def read_telemetry(maps: BpfMaps, *, known: Mapping[str, int] | None = None) -> Telemetry:
     """Counters and fill; ``known``: entries of maps by pin name that the caller
     already knows (the agent's map writer knows what it wrote), not read again."""
-    bounded = (maps.svc, maps.slots, maps.backends, maps.rnat, maps.ct, maps.affinity,
-               maps.src_ranges, maps.sock_nat)
+    bounded = (
+        maps.svc,
+        maps.slots,
+        maps.backends,
+        maps.rnat,
+        maps.ct,
+        maps.affinity,
+        maps.src_ranges,
+        maps.sock_nat,
+    )
     known = known or {}
     tables = []
     conntrack = 0

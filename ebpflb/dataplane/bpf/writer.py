@@ -56,8 +56,7 @@ _NO_ADDRESS = bytes(4)
 
 
 def _range_key(sid: int, net: IPv4Network) -> abi.SrcRange4Key:
-    return abi.SrcRange4Key(SVC_ID_BITS + net.prefixlen, sid,
-                            abi.pack_ip4(net.network_address))
+    return abi.SrcRange4Key(SVC_ID_BITS + net.prefixlen, sid, abi.pack_ip4(net.network_address))
 
 
 _PROTO_NUMBERS = {p: p.number for p in Protocol}
@@ -65,8 +64,9 @@ _htons = socket.htons  # abi.htons, without a Python call per element
 
 
 def pack_lb4_key(frontend: Frontend) -> bytes:
-    return abi.PACK_LB4_KEY.pack(frontend.address.packed, _htons(frontend.port),
-                                 _PROTO_NUMBERS[frontend.protocol], 0)
+    return abi.PACK_LB4_KEY.pack(
+        frontend.address.packed, _htons(frontend.port), _PROTO_NUMBERS[frontend.protocol], 0
+    )
 
 
 def lb4_key(frontend: Frontend) -> abi.Lb4Key:
@@ -74,8 +74,9 @@ def lb4_key(frontend: Frontend) -> abi.Lb4Key:
 
 
 def pack_meta(pn: ServicePortName) -> bytes:
-    return abi.PACK_LB_SVC_META.pack(pn.service.namespace.encode()[:63],
-                                     pn.service.name.encode()[:63], pn.port.encode()[:15])
+    return abi.PACK_LB_SVC_META.pack(
+        pn.service.namespace.encode()[:63], pn.service.name.encode()[:63], pn.port.encode()[:15]
+    )
 
 
 def _update(m: PinnedMap, keys: list[bytes], values: list[bytes]) -> None:
@@ -102,8 +103,9 @@ class _Batch:
 
 
 class MapWriter:
-    def __init__(self, maps: BpfMaps, *, max_services: int, max_backends: int,
-                 maglev_size: int = 0) -> None:
+    def __init__(
+        self, maps: BpfMaps, *, max_services: int, max_backends: int, maglev_size: int = 0
+    ) -> None:
         self.maps = maps
         self.max_services = max_services
         self.max_backends = max_backends
@@ -126,17 +128,23 @@ class MapWriter:
         self.slot_counts: dict[int, int] = st.slot_counts
         live = set(st.svc_ids.values())
         self.src_ranges: dict[int, tuple[IPv4Network, ...]] = {
-            sid: ranges for sid, ranges in st.src_ranges.items() if sid in live}
+            sid: ranges for sid, ranges in st.src_ranges.items() if sid in live
+        }
         self._stale_ranges: list[tuple[int, IPv4Network]] = [
-            (sid, net) for sid, ranges in st.src_ranges.items()
-            if sid not in self.src_ranges for net in ranges]
+            (sid, net)
+            for sid, ranges in st.src_ranges.items()
+            if sid not in self.src_ranges
+            for net in ranges
+        ]
         self._backend_ids: dict[int, dict[BackendKey, int]] = {}  # svc id -> backend -> id
         for (sid, (address, port)), bid in st.backend_ids.items():
             self._backend_ids.setdefault(sid, {})[backend_key(address.packed, port)] = bid
-        self.svc_alloc = IdAllocator(1, self.max_services - 1, what="service",
-                                     used=st.svc_ids.values())
-        self.be_alloc = IdAllocator(1, self.max_backends - 1, what="backend",
-                                    used=st.backend_ids.values())
+        self.svc_alloc = IdAllocator(
+            1, self.max_services - 1, what="service", used=st.svc_ids.values()
+        )
+        self.be_alloc = IdAllocator(
+            1, self.max_backends - 1, what="backend", used=st.backend_ids.values()
+        )
         # Service ids whose counters may hold an earlier owner's numbers: everything
         # the maps held when read, and every id freed since. Fresh ids need no reset.
         self._dirty_stats: set[int] = set(st.svc_ids.values()) | set(st.orphan_svc_ids)
@@ -157,28 +165,41 @@ class MapWriter:
         for op in plan.ops:
             if isinstance(op, WriteService) and op.state.frontend.key not in self.svc_ids:
                 if free_svcs == 0:
-                    over.setdefault(op.state.frontend, (
-                        f"service map full ({self.max_services - 1} frontends): cannot add "
-                        f"{op.state.port_name} at {op.state.frontend}"))
+                    over.setdefault(
+                        op.state.frontend,
+                        (
+                            f"service map full ({self.max_services - 1} frontends): cannot add "
+                            f"{op.state.port_name} at {op.state.frontend}"
+                        ),
+                    )
                 else:
                     free_svcs -= 1
             elif isinstance(op, UpsertBackends):
                 sid = self.svc_ids.get(op.frontend.key)
                 owned = self._backend_ids.get(sid) if sid is not None else None
-                new = (sum(1 for b in op.backends
-                           if backend_key(b.address.packed, b.port) not in owned)
-                       if owned else len(op.backends))  # a new frontend: all are new
+                new = (
+                    sum(
+                        1 for b in op.backends if backend_key(b.address.packed, b.port) not in owned
+                    )
+                    if owned
+                    else len(op.backends)
+                )  # a new frontend: all are new
                 if new > free_bes:
-                    over.setdefault(op.frontend, (
-                        f"backend map full ({self.max_backends - 1} backends): cannot add "
-                        f"the backends of {op.frontend}"))
+                    over.setdefault(
+                        op.frontend,
+                        (
+                            f"backend map full ({self.max_backends - 1} backends): cannot add "
+                            f"the backends of {op.frontend}"
+                        ),
+                    )
                 else:
                     free_bes -= new
         if over:
             first, why = next(iter(over.items()))
             more = f" (and {len(over) - 1} more frontends)" if len(over) > 1 else ""
-            raise CapacityError(f"{why}{more}; nothing was applied", frontend=first,
-                                frontends=tuple(over))
+            raise CapacityError(
+                f"{why}{more}; nothing was applied", frontend=first, frontends=tuple(over)
+            )
 
     def _surely_fits(self, plan: Plan) -> bool:
         """Whether the plan would fit even if all its frontends and backends were new:
@@ -266,8 +287,11 @@ class MapWriter:
             meta.keys.append(key)
             meta.values.append(pack_meta(st.port_name))
             svc.keys.append(_PACK_KEY(address, port, _PROTO_NUMBERS[fe.protocol], 0))
-            flags = (_KIND_BITS[fe.kind] | (_SRC_RANGES if st.source_ranges else 0)
-                     | (_DROP_EMPTY if st.drop_when_empty else 0))
+            flags = (
+                _KIND_BITS[fe.kind]
+                | (_SRC_RANGES if st.source_ranges else 0)
+                | (_DROP_EMPTY if st.drop_when_empty else 0)
+            )
             if self.maglev is not None:
                 flags |= _MAGLEV
                 self.maglev.write(sid, st.slots, owned)
@@ -304,6 +328,7 @@ class MapWriter:
         for sid, net in self._stale_ranges:
             self.maps.src_ranges.delete(_range_key(sid, net))
         self._stale_ranges = []
+
     def _remove_backends(self, ops: list[RemoveBackends]) -> None:
         batch = _Batch()
         for op in ops:
@@ -320,7 +345,8 @@ class MapWriter:
             if st is not None:
                 gone = set(op.backends)
                 self.frontends[op.frontend.key] = st.with_backends(
-                    tuple(b for b in st.backends if b.key not in gone))
+                    tuple(b for b in st.backends if b.key not in gone)
+                )
         batch.delete(self.maps.backends)
 
     def _delete_services(self, ops: list[DeleteService]) -> None:

@@ -20,6 +20,7 @@ from ebpflb.plan import FrontendState
 
 T = TypeVar("T")
 
+
 def setns(path: str) -> None:
     """Move the calling thread into the network namespace of the file `path`."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -41,7 +42,8 @@ class FrontendAddresses:
         self.device: DummyDevice | None = None
         self.addresses: set[str] = set()
         self._nl = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="ebpflb-netlink", initializer=self._netlink_init)
+            max_workers=1, thread_name_prefix="ebpflb-netlink", initializer=self._netlink_init
+        )
         try:
             if device is not None:
                 self.device = self._nl.submit(self._open_device, device).result(60)
@@ -64,6 +66,7 @@ class FrontendAddresses:
 
     def close(self, *, remove: bool) -> None:
         """Close (and with remove, delete) the device; then stop the netlink thread."""
+
         def run(dev: DummyDevice) -> None:
             if remove:
                 remove_filter()
@@ -88,6 +91,7 @@ class FrontendAddresses:
     def sync_addresses(self, wanted: set[IPAddress], *, add: bool) -> list[str]:
         """Add the wanted addresses that are missing (add=True), or remove the ones no
         longer wanted (add=False). Returns errors."""
+
         def run(dev: DummyDevice) -> list[str]:
             errors = []
             have = self.addresses
@@ -110,10 +114,13 @@ class FrontendAddresses:
     def sync_filter(self, frontends: Iterable[FrontendState]) -> list[str]:
         """Replace the port filter: the frontends on the device pass, every other port
         of an address on it is refused. Returns errors."""
+
         def run(dev: DummyDevice) -> list[str]:
             fronts: list[Frontend] = [
                 (st.frontend.address, st.frontend.protocol, st.frontend.port)
-                for st in frontends if st.kind is not FrontendKind.NODE_PORT]
+                for st in frontends
+                if st.kind is not FrontendKind.NODE_PORT
+            ]
             addrs = self._own(dev, self.addresses | {str(a) for a, _, _ in fronts})
             try:
                 apply_filter([f for f in fronts if f[0] in addrs], addrs)
@@ -127,6 +134,7 @@ class FrontendAddresses:
     def _own(dev: DummyDevice, addresses: Iterable[str]) -> set[IPAddress]:
         """The addresses that no other device of the node carries: only those the
         filter may close (a node address that is also a Service's stays the node's)."""
-        others = {str(a.get_attr("IFA_ADDRESS")) for a in dev.ipr.get_addr()
-                  if a["index"] != dev.index}
+        others = {
+            str(a.get_attr("IFA_ADDRESS")) for a in dev.ipr.get_addr() if a["index"] != dev.index
+        }
         return {ipaddress.ip_address(a) for a in addresses if a not in others}

@@ -44,8 +44,9 @@ def device_addresses(frontends: Mapping[FrontendKey, FrontendState]) -> set[IPAd
     are the node's own addresses, local already (as kube-proxy's IPVS mode leaves them
     off kube-ipvs0); an address that is also a ClusterIP, external or load-balancer
     address is on the device for that frontend."""
-    return {st.frontend.address for st in frontends.values()
-            if st.kind is not FrontendKind.NODE_PORT}
+    return {
+        st.frontend.address for st in frontends.values() if st.kind is not FrontendKind.NODE_PORT
+    }
 
 
 def raise_fd_limit() -> int:
@@ -74,13 +75,19 @@ class UserspaceDataplane:
         self._last_publish = 0.0
         self._closed = False
         c = self.config
-        self.engine = Engine(EngineConfig(netns=c.netns, device=c.device,
-                                          udp_idle_timeout=c.udp_idle_timeout,
-                                          max_udp_sessions=c.max_udp_sessions,
-                                          connect_timeout=c.connect_timeout, splice=c.splice,
-                                          tick=min(c.publish_interval, 1.0),
-                                          maglev_table_size=c.maglev_table_size),
-                             on_tick=self._tick)
+        self.engine = Engine(
+            EngineConfig(
+                netns=c.netns,
+                device=c.device,
+                udp_idle_timeout=c.udp_idle_timeout,
+                max_udp_sessions=c.max_udp_sessions,
+                connect_timeout=c.connect_timeout,
+                splice=c.splice,
+                tick=min(c.publish_interval, 1.0),
+                maglev_table_size=c.maglev_table_size,
+            ),
+            on_tick=self._tick,
+        )
         # Start from an empty table; the device may hold a previous run's addresses,
         # which the first apply removes if no frontend wants them.
         try:
@@ -88,8 +95,11 @@ class UserspaceDataplane:
         except Exception:
             self.close()
             raise
-        log.info("userspace data path: frontends on %s, state in %s", c.device,
-                 statefile.state_path(c.state_dir))
+        log.info(
+            "userspace data path: frontends on %s, state in %s",
+            c.device,
+            statefile.state_path(c.state_dir),
+        )
 
     # -- Dataplane -------------------------------------------------------------------
 
@@ -149,12 +159,15 @@ class UserspaceDataplane:
 
     def telemetry(self) -> Telemetry:
         """Counters and table fill, read on the proxy's loop now (for a scrape)."""
+
         def read() -> Telemetry:
             e = self.engine
             counters = dict(e.counters)
             counters["affinity_hit"] = e.affinity.hits
-            tables = (TableFill("udp_sessions", e.udp_sessions, e.config.max_udp_sessions),
-                      TableFill("affinity", len(e.affinity), e.affinity.max_entries))
+            tables = (
+                TableFill("udp_sessions", e.udp_sessions, e.config.max_udp_sessions),
+                TableFill("affinity", len(e.affinity), e.affinity.max_entries),
+            )
             return Telemetry(counters, tables, e.flows(), drops_of(counters))
 
         return self.engine.call(read, timeout=5.0)
@@ -170,8 +183,11 @@ class UserspaceDataplane:
     def _publish_on_loop(self, *, force: bool = False) -> None:
         now = time.monotonic()
         e = self.engine
-        due = force or (e.dirty and now - self._last_publish >= self.config.publish_interval) \
+        due = (
+            force
+            or (e.dirty and now - self._last_publish >= self.config.publish_interval)
             or now - self._last_publish >= self.config.publish_idle
+        )
         if not due:
             return
         e.dirty = False

@@ -67,8 +67,7 @@ class DummyDevice:
 
     def addresses(self) -> set[str]:
         """The IPv4 addresses on the device, read back from the kernel."""
-        return {a.get_attr("IFA_ADDRESS") for a in self.ipr.get_addr(index=self.index,
-                                                                     family=2)}
+        return {a.get_attr("IFA_ADDRESS") for a in self.ipr.get_addr(index=self.index, family=2)}
 
     def add(self, address: IPAddress) -> None:
         mask = 32 if address.version == 4 else 128

@@ -33,13 +33,31 @@ class FrontendRuntime:
         self.sessions: OrderedDict[Any, UdpSession] = OrderedDict()
         self.rx_packets = self.rx_bytes = self.tx_packets = self.tx_bytes = 0
 
-    def conn_view(self, protocol: str, client: tuple[str, int], backend: Target,
-                  created: float, last_seen: float, now: float) -> ConnView:
+    def conn_view(
+        self,
+        protocol: str,
+        client: tuple[str, int],
+        backend: Target,
+        created: float,
+        last_seen: float,
+        now: float,
+    ) -> ConnView:
         """One flow of this frontend as `ebpflb conntrack` shows it."""
         front = self.state.frontend
-        return ConnView(protocol, ipaddress.ip_address(client[0]), client[1], front.address,
-                        front.port, backend.key[0], backend.key[1], backend.id, self.svc_id,
-                        str(self.state.port_name), now - created, now - last_seen)
+        return ConnView(
+            protocol,
+            ipaddress.ip_address(client[0]),
+            client[1],
+            front.address,
+            front.port,
+            backend.key[0],
+            backend.key[1],
+            backend.id,
+            self.svc_id,
+            str(self.state.port_name),
+            now - created,
+            now - last_seen,
+        )
 
     def preferred(self, host: str, port: int, size: int) -> Target | None:
         """The backend this frontend's Maglev table gives a new flow from host:port,
@@ -47,8 +65,9 @@ class FrontendRuntime:
         if not self.maglev:
             return None
         front = self.state.frontend
-        h = maglev.flow_hash(ipaddress.ip_address(host), port, front.address, front.port,
-                             front.protocol)
+        h = maglev.flow_hash(
+            ipaddress.ip_address(host), port, front.address, front.port, front.protocol
+        )
         return self.slot_targets[self.maglev[h % size]]
 
     def admits(self, host: str) -> bool:

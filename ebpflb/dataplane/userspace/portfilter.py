@@ -56,20 +56,22 @@ def ruleset(frontends: Iterable[Frontend], addresses: Iterable[IPAddress]) -> st
     addrs = set(addresses) | {a for a, _, _ in fronts}
     lines = [f"table inet {TABLE}", f"delete table inet {TABLE}", f"table inet {TABLE} {{"]
     for version, kind in ((4, "ipv4_addr"), (6, "ipv6_addr")):
-        fe = (f"{a} . {p.value.lower()} . {port}" for a, p, port in fronts
-              if a.version == version)
-        lines += [f"  set frontends{version} {{ type {kind} . inet_proto . inet_service;"
-                  f"{_elements(fe)} }}",
-                  f"  set addresses{version} {{ type {kind};"
-                  f"{_elements(str(a) for a in addrs if a.version == version)} }}"]
-    lines.append(f"  chain input {{ type filter hook input priority {PRIORITY}; "
-                 "policy accept;")
+        fe = (f"{a} . {p.value.lower()} . {port}" for a, p, port in fronts if a.version == version)
+        lines += [
+            f"  set frontends{version} {{ type {kind} . inet_proto . inet_service;"
+            f"{_elements(fe)} }}",
+            f"  set addresses{version} {{ type {kind};"
+            f"{_elements(str(a) for a in addrs if a.version == version)} }}",
+        ]
+    lines.append(f"  chain input {{ type filter hook input priority {PRIORITY}; policy accept;")
     for version, ip in ((4, "ip"), (6, "ip6")):
         icmp = "icmp" if version == 4 else "ipv6-icmp"
-        lines += [f"    {ip} daddr . meta l4proto . th dport @frontends{version} accept",
-                  f"    {ip} daddr @addresses{version} meta l4proto {icmp} accept",
-                  f"    {ip} daddr @addresses{version} meta l4proto tcp reject with tcp reset",
-                  f"    {ip} daddr @addresses{version} reject"]
+        lines += [
+            f"    {ip} daddr . meta l4proto . th dport @frontends{version} accept",
+            f"    {ip} daddr @addresses{version} meta l4proto {icmp} accept",
+            f"    {ip} daddr @addresses{version} meta l4proto tcp reject with tcp reset",
+            f"    {ip} daddr @addresses{version} reject",
+        ]
     lines += ["  }", "}", ""]
     return "\n".join(lines)
 
@@ -77,11 +79,19 @@ def ruleset(frontends: Iterable[Frontend], addresses: Iterable[IPAddress]) -> st
 def _nft(script: str) -> None:
     nft = shutil.which("nft")
     if nft is None:
-        raise DataplaneError("the userspace data path needs nft to keep the frontend "
-                             "addresses to their Service ports: install nftables")
+        raise DataplaneError(
+            "the userspace data path needs nft to keep the frontend "
+            "addresses to their Service ports: install nftables"
+        )
     try:
-        done = subprocess.run([nft, "-f", "-"], input=script, capture_output=True,
-                              text=True, timeout=NFT_TIMEOUT, check=False)
+        done = subprocess.run(
+            [nft, "-f", "-"],
+            input=script,
+            capture_output=True,
+            text=True,
+            timeout=NFT_TIMEOUT,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise DataplaneError(f"nft: {exc}") from exc
     if done.returncode != 0:

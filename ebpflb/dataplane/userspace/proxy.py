@@ -79,14 +79,14 @@ class Engine(EngineViews):
     ending in `_on_loop` run on the loop thread (through `call`); the others may be
     called from any thread."""
 
-    def __init__(self, config: EngineConfig, *,
-                 on_tick: Callable[[], None] | None = None) -> None:
+    def __init__(self, config: EngineConfig, *, on_tick: Callable[[], None] | None = None) -> None:
         self.config = config
         self.reactor = Reactor()
         self.frontends: dict[FrontendKey, FrontendRuntime] = {}
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.affinity: AffinityTable[Target] = AffinityTable(
-            max_entries=config.max_affinity_entries)
+            max_entries=config.max_affinity_entries
+        )
         self.connecting: dict[TcpConn, None] = {}  # in connect order, so in deadline order
         self.udp_sessions = 0  # over every frontend
         self.buf = bytearray(CHUNK)  # every read of the loop thread lands here first
@@ -185,8 +185,9 @@ class Engine(EngineViews):
 
     # -- applying state (on the loop) ------------------------------------------------
 
-    def apply_on_loop(self, desired: dict[FrontendKey, FrontendState]
-                      ) -> tuple[dict[FrontendKey, FrontendState], list[str]]:
+    def apply_on_loop(
+        self, desired: dict[FrontendKey, FrontendState]
+    ) -> tuple[dict[FrontendKey, FrontendState], list[str]]:
         """Make the frontends match `desired`; returns what is held and the errors of
         frontends that could not be opened (they are not held, so the next sync retries)."""
         errors: list[str] = []
@@ -248,8 +249,7 @@ class Engine(EngineViews):
                     s.listen(LISTEN_BACKLOG)
                     self.reactor.register(s.fileno(), IN, functools.partial(self._on_accept, fe))
                 else:
-                    self.reactor.register(s.fileno(), IN,
-                                          functools.partial(self._on_datagram, fe))
+                    self.reactor.register(s.fileno(), IN, functools.partial(self._on_datagram, fe))
             except OSError:
                 s.close()
                 raise
@@ -373,11 +373,14 @@ class Engine(EngineViews):
 
     def _new_session(self, fe: FrontendRuntime, client: Any) -> UdpSession | None:
         st = fe.state
-        key = choose_backend(fe.slot_targets, client=client[0],
-                             affinity_timeout=st.affinity_timeout, affinity=self.affinity,
-                             frontend=fe.svc_id,
-                             preferred=fe.preferred(client[0], client[1],
-                                                    self.config.maglev_table_size))
+        key = choose_backend(
+            fe.slot_targets,
+            client=client[0],
+            affinity_timeout=st.affinity_timeout,
+            affinity=self.affinity,
+            frontend=fe.svc_id,
+            preferred=fe.preferred(client[0], client[1], self.config.maglev_table_size),
+        )
         if key is None:
             self.counters["no_backend"] += 1
             return None

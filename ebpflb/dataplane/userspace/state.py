@@ -32,14 +32,22 @@ def state_path(state_dir: str) -> str:
     return os.path.join(state_dir, STATE_FILE)
 
 
-def snapshot(services: list[ServiceView], backends: list[BackendView], conns: list[ConnView],
-             stats: StatsView) -> dict[str, Any]:
-    return {"version": VERSION, "dataplane": "userspace", "pid": os.getpid(),
-            "written_at": time.time(),
-            "services": [v.as_json() for v in services],
-            "backends": [v.as_json() for v in backends],
-            "conntrack": [v.as_json() for v in conns],
-            "stats": stats.as_json()}
+def snapshot(
+    services: list[ServiceView],
+    backends: list[BackendView],
+    conns: list[ConnView],
+    stats: StatsView,
+) -> dict[str, Any]:
+    return {
+        "version": VERSION,
+        "dataplane": "userspace",
+        "pid": os.getpid(),
+        "written_at": time.time(),
+        "services": [v.as_json() for v in services],
+        "backends": [v.as_json() for v in backends],
+        "conntrack": [v.as_json() for v in conns],
+        "stats": stats.as_json(),
+    }
 
 
 def write_state(state_dir: str, data: dict[str, Any]) -> None:
@@ -58,8 +66,12 @@ def _port_name(service: str | None, port: str | None, protocol: str) -> ServiceP
 
 
 def _frontend(row: dict[str, Any]) -> Frontend:
-    return Frontend(ipaddress.ip_address(row["address"]), int(row["port"]),
-                    Protocol(row["protocol"]), FrontendKind(row["kind"]))
+    return Frontend(
+        ipaddress.ip_address(row["address"]),
+        int(row["port"]),
+        Protocol(row["protocol"]),
+        FrontendKind(row["kind"]),
+    )
 
 
 class UserspaceInspector:
@@ -78,8 +90,9 @@ class UserspaceInspector:
             raise DataplaneError(f"{path}: unknown version {self.data.get('version')}")
         pid = int(self.data.get("pid", 0))
         if check_pid and not pid_alive(pid):
-            raise DataplaneError(f"the userspace data path is not running (agent pid {pid} "
-                                 f"is gone; stale {path})")
+            raise DataplaneError(
+                f"the userspace data path is not running (agent pid {pid} is gone; stale {path})"
+            )
         self.age = max(0.0, time.time() - float(self.data.get("written_at", time.time())))
         self._frontends = {r["frontend"]: _frontend(r) for r in self.data["services"]}
 
@@ -100,28 +113,55 @@ class UserspaceInspector:
         return Frontend(ipaddress.ip_address(host.strip("[]")), int(port), Protocol(protocol))
 
     def services(self) -> list[ServiceView]:
-        return [ServiceView(r["id"], _frontend(r),
-                            _port_name(r["service"], r["port_name"], r["protocol"]),
-                            r["backends"], r["active_backends"], r["affinity_timeout"])
-                for r in self.data["services"]]
+        return [
+            ServiceView(
+                r["id"],
+                _frontend(r),
+                _port_name(r["service"], r["port_name"], r["protocol"]),
+                r["backends"],
+                r["active_backends"],
+                r["affinity_timeout"],
+            )
+            for r in self.data["services"]
+        ]
 
     def backends(self) -> list[BackendView]:
-        return [BackendView(r["id"], r["svc_id"], self._fe(r["frontend"], r["protocol"]),
-                            _port_name(r["service"], r["port_name"], r["protocol"]),
-                            ipaddress.ip_address(r["address"]), r["port"], r["active"],
-                            r["terminating"])
-                for r in self.data["backends"]]
+        return [
+            BackendView(
+                r["id"],
+                r["svc_id"],
+                self._fe(r["frontend"], r["protocol"]),
+                _port_name(r["service"], r["port_name"], r["protocol"]),
+                ipaddress.ip_address(r["address"]),
+                r["port"],
+                r["active"],
+                r["terminating"],
+            )
+            for r in self.data["backends"]
+        ]
 
     def conntrack(self) -> list[ConnView]:
         out = []
         for r in self.data["conntrack"]:
-            v = ConnView(r["protocol"], ipaddress.ip_address(r["client_address"]),
-                         r["client_port"], ipaddress.ip_address(r["frontend_address"]),
-                         r["frontend_port"], ipaddress.ip_address(r["backend_address"]),
-                         r["backend_port"], r["backend_id"], r["svc_id"], r["service"],
-                         r["age_seconds"], r["idle_seconds"])  # no source NAT of its own
-            out.append(replace(v, age_seconds=v.age_seconds + self.age,
-                               idle_seconds=v.idle_seconds + self.age))
+            v = ConnView(
+                r["protocol"],
+                ipaddress.ip_address(r["client_address"]),
+                r["client_port"],
+                ipaddress.ip_address(r["frontend_address"]),
+                r["frontend_port"],
+                ipaddress.ip_address(r["backend_address"]),
+                r["backend_port"],
+                r["backend_id"],
+                r["svc_id"],
+                r["service"],
+                r["age_seconds"],
+                r["idle_seconds"],
+            )  # no source NAT of its own
+            out.append(
+                replace(
+                    v, age_seconds=v.age_seconds + self.age, idle_seconds=v.idle_seconds + self.age
+                )
+            )
         return out
 
     def stats(self) -> StatsView:
@@ -131,9 +171,19 @@ class UserspaceInspector:
             fe = self._frontends.get(r["frontend"])
             if fe is None:
                 continue
-            rows.append(ServiceStats(r["svc_id"], fe,
-                                     _port_name(r["service"], r["port_name"], str(fe.protocol)),
-                                     r["rx_packets"], r["rx_bytes"], r["tx_packets"],
-                                     r["tx_bytes"]))
-        return StatsView(tuple(rows), {k: int(v) for k, v in st["counters"].items()},
-                         {k: int(v) for k, v in st.get("drops", {}).items()})
+            rows.append(
+                ServiceStats(
+                    r["svc_id"],
+                    fe,
+                    _port_name(r["service"], r["port_name"], str(fe.protocol)),
+                    r["rx_packets"],
+                    r["rx_bytes"],
+                    r["tx_packets"],
+                    r["tx_bytes"],
+                )
+            )
+        return StatsView(
+            tuple(rows),
+            {k: int(v) for k, v in st["counters"].items()},
+            {k: int(v) for k, v in st.get("drops", {}).items()},
+        )

@@ -56,11 +56,25 @@ NEW_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 class Pump:
     """One direction of a relay: src socket -> (pipe) -> dst socket."""
 
-    __slots__ = ("buf", "dfd", "done", "dst", "eof", "pending", "r", "reading", "sfd", "src",
-                 "up", "w", "writing")
+    __slots__ = (
+        "buf",
+        "dfd",
+        "done",
+        "dst",
+        "eof",
+        "pending",
+        "r",
+        "reading",
+        "sfd",
+        "src",
+        "up",
+        "w",
+        "writing",
+    )
 
-    def __init__(self, src: socket.socket, dst: socket.socket, sfd: int, dfd: int, *,
-                 up: bool) -> None:
+    def __init__(
+        self, src: socket.socket, dst: socket.socket, sfd: int, dfd: int, *, up: bool
+    ) -> None:
         self.src, self.dst = src, dst
         self.sfd, self.dfd = sfd, dfd
         self.up = up
@@ -181,11 +195,27 @@ class Pump:
 class TcpConn:
     """A client connection: connecting to a backend, then relayed by two pumps."""
 
-    __slots__ = ("backend", "bfd", "bsock", "caddr", "cfd", "client", "closed", "created",
-                 "deadline", "down", "eng", "fe", "last_seen", "tried", "up")
+    __slots__ = (
+        "backend",
+        "bfd",
+        "bsock",
+        "caddr",
+        "cfd",
+        "client",
+        "closed",
+        "created",
+        "deadline",
+        "down",
+        "eng",
+        "fe",
+        "last_seen",
+        "tried",
+        "up",
+    )
 
-    def __init__(self, eng: Engine, fe: FrontendRuntime, client: socket.socket,
-                 caddr: tuple[str, int]) -> None:
+    def __init__(
+        self, eng: Engine, fe: FrontendRuntime, client: socket.socket, caddr: tuple[str, int]
+    ) -> None:
         self.eng = eng
         self.fe = fe
         self.client = client
@@ -221,10 +251,15 @@ class TcpConn:
         st = fe.state
         preferred = fe.preferred(self.caddr[0], self.caddr[1], eng.config.maglev_table_size)
         while len(self.tried) < MAX_CONNECT_ATTEMPTS:
-            key = choose_backend(fe.slot_targets, client=self.caddr[0],
-                                 affinity_timeout=st.affinity_timeout, exclude=self.tried,
-                                 affinity=eng.affinity, frontend=fe.svc_id,
-                                 preferred=preferred)
+            key = choose_backend(
+                fe.slot_targets,
+                client=self.caddr[0],
+                affinity_timeout=st.affinity_timeout,
+                exclude=self.tried,
+                affinity=eng.affinity,
+                frontend=fe.svc_id,
+                preferred=preferred,
+            )
             if key is None:
                 break
             self.tried += (key,)
@@ -237,8 +272,9 @@ class TcpConn:
             err = s.connect_ex(key.addr)
             if err not in (0, errno.EINPROGRESS):
                 s.close()
-                eng.counters["nat_port_full" if err == errno.EADDRNOTAVAIL
-                             else "backend_missing"] += 1
+                eng.counters[
+                    "nat_port_full" if err == errno.EADDRNOTAVAIL else "backend_missing"
+                ] += 1
                 continue
             self.backend, self.bsock, self.bfd = key, s, s.fileno()
             eng.reactor.register(self.bfd, OUT, self.on_backend)
@@ -353,5 +389,4 @@ class TcpConn:
     def view(self, now: float) -> ConnView | None:
         if self.up is None or self.backend is None:
             return None
-        return self.fe.conn_view("TCP", self.caddr, self.backend, self.created,
-                                 self.last_seen, now)
+        return self.fe.conn_view("TCP", self.caddr, self.backend, self.created, self.last_seen, now)

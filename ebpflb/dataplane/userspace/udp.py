@@ -49,8 +49,7 @@ def frontend_socket(family: int) -> socket.socket:
 class UdpSession:
     __slots__ = ("backend", "client", "created", "eng", "fd", "fe", "last_seen", "sock")
 
-    def __init__(self, eng: Engine, fe: FrontendRuntime, client: Any,
-                 backend: Target) -> None:
+    def __init__(self, eng: Engine, fe: FrontendRuntime, client: Any, backend: Target) -> None:
         self.eng, self.fe, self.client, self.backend = eng, fe, client, backend
         self.sock = socket.socket(backend.family, NEW_DGRAM)
         try:
@@ -90,5 +89,6 @@ class UdpSession:
         self.sock.close()
 
     def view(self, now: float) -> ConnView:
-        return self.fe.conn_view("UDP", self.client, self.backend, self.created,
-                                 self.last_seen, now)
+        return self.fe.conn_view(
+            "UDP", self.client, self.backend, self.created, self.last_seen, now
+        )

@@ -33,9 +33,25 @@ if TYPE_CHECKING:
 # the proxy has accepted by then and can only reset, counted as no_backend);
 # sock_lb = 0 (the node's own sockets reach the proxy's frontend addresses directly);
 # reset = a relayed TCP connection reset because its Service lost every backend.
-COUNTERS = ("new_flow", "ct_hit", "reselect", "reply", "no_backend", "backend_missing",
-            "fragment", "ct_full", "source_range_drop", "snat", "nat_port_full",
-            "affinity_hit", "hairpin", "icmp_error", "reject", "sock_lb", "reset")
+COUNTERS = (
+    "new_flow",
+    "ct_hit",
+    "reselect",
+    "reply",
+    "no_backend",
+    "backend_missing",
+    "fragment",
+    "ct_full",
+    "source_range_drop",
+    "snat",
+    "nat_port_full",
+    "affinity_hit",
+    "hairpin",
+    "icmp_error",
+    "reject",
+    "sock_lb",
+    "reset",
+)
 
 
 def drops_of(counters: dict[str, int]) -> dict[str, int]:
@@ -44,8 +60,7 @@ def drops_of(counters: dict[str, int]) -> dict[str, int]:
     here. A failed connect (backend_missing, nat_port_full) tries the next backend, an
     evicted UDP session (ct_full) makes room, and nothing is rewritten in place
     (write): those reasons stay 0."""
-    return {"no_backend": counters["no_backend"],
-            "source_range": counters["source_range_drop"]}
+    return {"no_backend": counters["no_backend"], "source_range": counters["source_range_drop"]}
 
 
 class EngineViews:
@@ -59,17 +74,34 @@ class EngineViews:
         return sorted(self.frontends.values(), key=lambda fe: fe.state.frontend)
 
     def services(self) -> list[ServiceView]:
-        return [ServiceView(fe.svc_id, fe.state.frontend, fe.state.port_name,
-                            len(fe.state.backends), len(fe.state.slots),
-                            fe.state.affinity_timeout) for fe in self._sorted()]
+        return [
+            ServiceView(
+                fe.svc_id,
+                fe.state.frontend,
+                fe.state.port_name,
+                len(fe.state.backends),
+                len(fe.state.slots),
+                fe.state.affinity_timeout,
+            )
+            for fe in self._sorted()
+        ]
 
     def backends(self) -> list[BackendView]:
         out = []
         for fe in self._sorted():
             for b in fe.state.backends:
-                out.append(BackendView(fe.targets[b.key].id, fe.svc_id, fe.state.frontend,
-                                       fe.state.port_name, b.address, b.port, b.active,
-                                       b.terminating))
+                out.append(
+                    BackendView(
+                        fe.targets[b.key].id,
+                        fe.svc_id,
+                        fe.state.frontend,
+                        fe.state.port_name,
+                        b.address,
+                        b.port,
+                        b.active,
+                        b.terminating,
+                    )
+                )
         return out
 
     def conntrack(self) -> list[ConnView]:
@@ -81,14 +113,24 @@ class EngineViews:
                 if v is not None:
                     out.append(v)
             out.extend(s.view(now) for s in fe.sessions.values())
-        out.sort(key=lambda c: (c.frontend_address, c.frontend_port, c.client_address,
-                                c.client_port))
+        out.sort(
+            key=lambda c: (c.frontend_address, c.frontend_port, c.client_address, c.client_port)
+        )
         return out
 
     def stats(self) -> StatsView:
-        rows = tuple(ServiceStats(fe.svc_id, fe.state.frontend, fe.state.port_name,
-                                  fe.rx_packets, fe.rx_bytes, fe.tx_packets, fe.tx_bytes)
-                     for fe in self._sorted())
+        rows = tuple(
+            ServiceStats(
+                fe.svc_id,
+                fe.state.frontend,
+                fe.state.port_name,
+                fe.rx_packets,
+                fe.rx_bytes,
+                fe.tx_packets,
+                fe.tx_bytes,
+            )
+            for fe in self._sorted()
+        )
         counters = dict(self.counters)
         counters["affinity_hit"] = self.affinity.hits
         return StatsView(rows, counters, drops_of(counters))
