@@ -288,3 +288,8 @@ def test_node_listeners_do_not_answer_on_service_addresses(env: Env):
         assert answer in pods and source == (CLOSED_CLUSTER_IP, 53)
         # ICMP passes: the ClusterIP answers ping, as on kube-ipvs0.
         netns.run(env.client, ["ping", "-c", "1", "-W", "2", CLOSED_CLUSTER_IP])
+        # The node's own sockets still reach the Service: such a client takes the
+        # ClusterIP as its source, and the proxy's answer to it must not be reset.
+        assert set(traffic.spread_tcp(env.lab.node_ns, CLOSED_CLUSTER_IP, 80, 10)) <= pods
+        answer, _ = traffic.udp_request(env.lab.node_ns, CLOSED_CLUSTER_IP, 53)
+        assert answer in pods

@@ -8,8 +8,12 @@ frontends (address . protocol . port) and their addresses, and an input chain: a
 packet to a frontend passes; any other TCP packet to one of those addresses is
 answered with a RST, any other packet (UDP, SCTP ...) with an ICMP port unreachable,
 so it never reaches a node socket. ICMP passes (a ClusterIP answers ping, as on
-kube-ipvs0). The rules are stateless (no conntrack), set lookups cost the same for
-one Service or ten thousand, and the whole table is replaced in one nft transaction.
+kube-ipvs0). Packets on loopback pass: they are the node's own sockets talking to each
+other, and a node client of a Service takes the Service address itself as its source,
+so the proxy's answer comes back to that address on an ephemeral port (without this
+rule every host-network client of a Service was reset). The rules are stateless (no
+conntrack), set lookups cost the same for one Service or ten thousand, and the whole
+table is replaced in one nft transaction.
 
 Why nftables and not the alternatives: binding the frontends with IP_FREEBIND and no
 local address needs a local route to deliver to them, and a local route lets the
@@ -64,6 +68,7 @@ def ruleset(frontends: Iterable[Frontend], addresses: Iterable[IPAddress]) -> st
             f"{_elements(str(a) for a in addrs if a.version == version)} }}",
         ]
     lines.append(f"  chain input {{ type filter hook input priority {PRIORITY}; policy accept;")
+    lines.append('    iif "lo" accept')
     for version, ip in ((4, "ip"), (6, "ip6")):
         icmp = "icmp" if version == 4 else "ipv6-icmp"
         lines += [
