@@ -17,10 +17,12 @@ from ebpflb.agent.runner import Agent
 from ebpflb.agent.status import remove_status
 from ebpflb.gcpause import no_full_collections
 from ebpflb.sources.base import Source
+from ebpflb.statefile import remove_file
 
 log = logging.getLogger("ebpflb.agent")
 
 RESERVED_RECORD = "reserved-ports"  # under the state dir: the ports this agent reserved
+LAST_GOOD_FILE = "last-good.json"  # under the state dir: manifest versions held
 
 
 def run_agent(config: RunConfig, stop: threading.Event) -> None:
@@ -50,6 +52,7 @@ def run_agent(config: RunConfig, stop: threading.Event) -> None:
             dp.close(cleanup=config.cleanup)
             if config.cleanup:
                 remove_status(state_dir)
+                remove_file(os.path.join(state_dir, LAST_GOOD_FILE))
     finally:
         source.close()
 
@@ -61,7 +64,12 @@ def open_source(config: RunConfig) -> tuple[Source, str | None]:
     if config.manifests is not None:
         from ebpflb.sources.manifests import ManifestSource
 
-        return ManifestSource(config.manifests, node_name=node_name), node_name
+        store = (
+            os.path.join(config.agent.state_dir, LAST_GOOD_FILE) if config.agent.state_dir else None
+        )
+        return ManifestSource(
+            config.manifests, node_name=node_name, last_good_store=store
+        ), node_name
     from ebpflb.sources.kube import KubeSource, default_node_name
 
     node_name = default_node_name(node_name)

@@ -19,6 +19,12 @@ a file that did not change hands out the same dicts), so loading 10,000s of
 unchanged objects costs nothing here. Nodes are not checked: translation reads their
 addresses leniently and reports nothing.
 
+The versions held are also written to a file (``store``, under the agent's state
+directory), so an agent restarted while an invalid edit is still in the directory keeps
+serving the version it held, instead of taking the edit for a new object and removing
+the Service. The file holds only what is held (usually nothing), rewritten when that
+changes. An edit made while no agent ran is not covered: nothing saw the version before.
+
 Only the manifest source uses this. The kube source applies what the API server
 accepted: it already rejects these typos, and what it accepts but ebpflb cannot
 serve (an IPv6-only ClusterIP, IPv6-only source ranges) is the cluster's real state,
@@ -27,6 +33,9 @@ which a stale version would contradict (serving a ClusterIP the cluster released
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +45,8 @@ from ebpflb.sources.endpointslices import _parse_slice
 from ebpflb.sources.fields import ObjectError, _identity
 from ebpflb.sources.services import _parse_service
 from ebpflb.sources.tracker import ENDPOINT_SLICE, SERVICE, Key, slice_owner
+
+log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 
@@ -63,11 +74,15 @@ def _cause(message: str) -> str:
 class LastGood:
     """Chooses, for each object written in the directory, the version to serve."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: str | None = None) -> None:
         self._written: dict[Key, Obj] = {}  # the version last seen in the directory
         self._served: dict[Key, Obj] = {}  # the version handed on for it
         self._valid: dict[Key, bool] = {}  # whether the served version is valid, once known
         self._held: dict[Key, str] = {}  # why the written version is not served
+        self._store = store  # where the held versions are kept across restarts
+        self._stored = _load(store)  # what the store holds now
+        for key, obj in self._stored.items():  # held by an earlier agent: valid then
+            self._served[key], self._valid[key] = obj, True
 
     def choose(self, key: Key, written: Obj) -> tuple[Obj, str | None]:
         """The version of ``key`` to serve now that ``written`` is in the directory, and
@@ -93,11 +108,31 @@ class LastGood:
         return written, None
 
     def forget_except(self, keys: Iterable[Key]) -> None:
-        """Drop every object not in ``keys`` (removed from the directory: it goes)."""
+        """Drop every object not in ``keys`` (removed from the directory: it goes), and
+        bring the store up to date with what is held."""
         keep = set(keys)
         for table in (self._written, self._served, self._valid, self._held):
             for key in [k for k in table if k not in keep]:
                 del table[key]
+        self._save()
+
+    def _save(self) -> None:
+        held = {key: self._served[key] for key in self._held}
+        if self._store is None or held == self._stored:
+            return
+        try:
+            if held:
+                os.makedirs(os.path.dirname(self._store) or ".", exist_ok=True)
+                tmp = f"{self._store}.{os.getpid()}.tmp"
+                with open(tmp, "w") as f:
+                    json.dump([{"key": list(k), "object": o} for k, o in held.items()], f)
+                os.replace(tmp, self._store)
+            elif os.path.exists(self._store):
+                os.unlink(self._store)
+        except OSError as exc:
+            log.warning("cannot keep the last good versions in %s: %s", self._store, exc)
+            return
+        self._stored = held
 
     def _is_valid(self, key: Key, served: Obj | None) -> bool:
         if served is None:
@@ -106,6 +141,24 @@ class LastGood:
         if valid is None:
             valid = self._valid[key] = not problems(served)
         return valid
+
+
+def _load(store: str | None) -> dict[Key, Obj]:
+    """The versions an earlier agent held; {} when there are none or the file is not
+    readable (then an invalid edit found now is treated as new, as without a store)."""
+    if store is None:
+        return {}
+    try:
+        with open(store) as f:
+            rows = json.load(f)
+        return {
+            (str(r["key"][0]), str(r["key"][1]), str(r["key"][2])): dict(r["object"]) for r in rows
+        }
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+        log.warning("ignoring the last good versions in %s: %s", store, exc)
+        return {}
 
 
 @dataclass(frozen=True)

@@ -62,14 +62,21 @@ class ManifestSource:
 
     kind = "manifests"
 
-    def __init__(self, directory: str | os.PathLike[str], *, node_name: str | None = None):
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        node_name: str | None = None,
+        last_good_store: str | None = None,
+    ):
         self.directory = Path(directory)
         self.node_name = node_name  # kept for the agent; files are not filtered by node
         self.changed = threading.Event()  # never set: the directory is polled
         self._files: dict[Path, _File] = {}
         self._loaded: dict[Path, _Signature] | None = None  # what the last load() saw
         self._tracker = ChangeTracker()
-        self._last_good = LastGood()  # an invalid edit keeps the version before it
+        # an invalid edit keeps the version before it, across restarts with a store
+        self._last_good = LastGood(last_good_store)
         self._passed: dict[str, str] = {}  # entries not read, logged once each
 
     @property

@@ -261,3 +261,53 @@ def test_diff_shows_the_last_good_version_kept(
     put_slice(d, ["10.244.0.12"])
     code, out, _ = diff()
     assert (code, out.splitlines()[-1]) == (1, "1 added, 0 changed, 1 removed (3 operations)")
+
+
+def test_a_restarted_agent_keeps_the_version_it_held(tmp_path: Path) -> None:
+    """The typo is still in the directory when the agent restarts: the new agent serves
+    the version the old one held (read from the store under its state dir), not the
+    typo taken as a new object (which would remove the Service). Fixing the file
+    applies it and empties the store."""
+    d = tmp_path / "m"
+    d.mkdir()
+    put_service(d)
+    put_slice(d, ["10.244.0.11"])
+    store = str(tmp_path / "state" / "last-good.json")
+
+    clock = Clock()
+
+    def agent() -> tuple[Agent, FakeDataplane]:
+        dp = FakeDataplane()
+        source = ManifestSource(d, last_good_store=store)
+        return Agent(source, dp, AgentConfig(min_sync_interval=1.0), clock=clock), dp
+
+    def step(a: Agent) -> None:
+        clock.t += 1.0
+        a.step()
+
+    first, _ = agent()
+    step(first)
+    put_service(d, ip="10.96.0.1O")
+    step(first)
+    assert os.path.exists(store)
+    first.close()
+
+    second, dp = agent()  # a restart: the maps are read back empty here
+    step(second)
+    assert [str(k[0]) for k in dp.state] == [GOOD_IP]
+    assert second.status().skipped == 1
+    put_service(d, ip="10.96.0.20")
+    step(second)
+    assert [str(k[0]) for k in dp.state] == ["10.96.0.20"]
+    assert not os.path.exists(store)
+
+
+def test_without_a_store_a_restart_takes_the_typo_for_a_new_object(tmp_path: Path) -> None:
+    """What the store is for: the same restart without one loses the Service."""
+    d = tmp_path / "m"
+    d.mkdir()
+    put_service(d, ip="10.96.0.1O")
+    put_slice(d, ["10.244.0.11"])
+    dp = FakeDataplane()
+    Agent(ManifestSource(d), dp, AgentConfig()).step()
+    assert dp.state == {}
