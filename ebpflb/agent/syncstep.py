@@ -45,6 +45,7 @@ from ebpflb.sync.syncer import Syncer, SyncResult
 
 log = logging.getLogger("ebpflb.agent")
 
+HEALTH_SETTLE_SECONDS = 2.0  # longest wait for the health-check listeners in a sync
 REFUSALS_LOGGED = 10  # newly refused Services logged one by one per sync; then a count
 
 
@@ -236,7 +237,16 @@ class SyncStep:
         )
         if (checks, addresses) != self._health_pushed:
             self._health_pushed = (checks, addresses)
-            self.health.update(checks, addresses)
+            done = self.health.update(checks, addresses)
+            # Wait (briefly) for the listeners, as kube-proxy syncs its health server in
+            # the sync: once a sync is done, its health checks answer. Without the wait a
+            # load balancer (or a test) could find the frontend written and the port
+            # still closed, a few milliseconds later.
+            if done is not None:
+                try:
+                    done.result(timeout=HEALTH_SETTLE_SECONDS)
+                except Exception as exc:
+                    log.warning("health-check listeners not in place yet: %s", exc or "timeout")
 
     def _log_errors(self, errors: Iterable[object]) -> None:
         current = frozenset(str(e) for e in errors)
