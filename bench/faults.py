@@ -53,6 +53,7 @@ from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import remove_pins
 from ebpflb.lab import build, layout, traffic
 from ebpflb.lab.agentproc import AgentProcess
+from ebpflb.lab.serving import serving_backends
 
 RESULTS = harness.BENCH_DIR / "results" / "faults.json"
 NODE = "node-1"
@@ -267,22 +268,12 @@ class DataPath:
 
     def backends(self) -> set[str] | None:
         """The backends the data path sends new flows of the Service to."""
-        frontend = f"{SVC_IP}:{SVC_PORT}/TCP"
-        if self.dataplane == "bpf":
-            from ebpflb.dataplane.bpf.maps import BpfMaps, read_state
-
-            with BpfMaps(self.pin_dir) as maps:
-                held = {str(st.frontend): st for st in read_state(maps).frontends.values()}
-            st = held.get(frontend)
-            return None if st is None else {str(a) for a, _ in st.slots}
-        from ebpflb.dataplane.userspace.state import UserspaceInspector
-
-        with UserspaceInspector(self.state_dir) as insp:
-            if frontend not in {str(v.frontend) for v in insp.services()}:
-                return None
-            return {
-                str(b.address) for b in insp.backends() if str(b.frontend) == frontend and b.active
-            }
+        return serving_backends(
+            self.dataplane,
+            f"{SVC_IP}:{SVC_PORT}/TCP",
+            pin_dir=self.pin_dir,
+            state_dir=self.state_dir,
+        )
 
     def publish(self, pods: list[str], *, cluster_ip: str = SVC_IP, wait: bool = True) -> None:
         write_list(self.manifests, SVC, service_objects(SVC, cluster_ip, pods))

@@ -18,12 +18,12 @@ from ebpflb.cli import app
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import remove_pins
 from ebpflb.dataplane.bpf.inspect import BpfInspector
-from ebpflb.dataplane.bpf.maps import BpfMaps, read_state
 from ebpflb.dataplane.userspace.device import DEVICE_NAME
 from ebpflb.dataplane.userspace.state import UserspaceInspector, state_path
 from ebpflb.lab import build, layout, netns, traffic
 from ebpflb.lab.agentproc import AgentProcess
 from ebpflb.lab.podnet import Cni
+from ebpflb.lab.serving import serving_backends
 from ebpflb.lab.traffic import Failure, fails
 
 from .conftest import CNIS, _require_root, unique_lab_name
@@ -99,21 +99,11 @@ class Harness:
         return result.exit_code, result.output
 
     def active_backends(self, frontend: str) -> set[str]:
-        """The backends new flows to `frontend` go to. On the kernel path: the slots as
-        the service entry counts them (a sync writes the backends' flags first and the
-        entry that uses them last, so the flags alone can run ahead of the traffic)."""
-        if self.dataplane == "bpf":
-            with BpfMaps(self.pin_dir) as maps:
-                return {
-                    str(a)
-                    for st in read_state(maps).frontends.values()
-                    if str(st.frontend) == frontend
-                    for a, _ in st.slots
-                }
-        with self.inspector() as insp:
-            return {
-                f"{b.address}" for b in insp.backends() if str(b.frontend) == frontend and b.active
-            }
+        """The backends new flows to `frontend` go to (none while it is not served)."""
+        served = serving_backends(
+            self.dataplane, frontend, pin_dir=self.pin_dir, state_dir=self.state_dir
+        )
+        return served or set()
 
     def frontends(self) -> set[str]:
         with self.inspector() as insp:

@@ -20,10 +20,9 @@ from typer.testing import CliRunner
 from ebpflb.cli import app
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import remove_pins
-from ebpflb.dataplane.bpf.maps import BpfMaps, read_state
-from ebpflb.dataplane.userspace.state import UserspaceInspector
 from ebpflb.lab import build, layout, netns, traffic
 from ebpflb.lab.agentproc import AgentProcess
+from ebpflb.lab.serving import serving_backends
 
 from . import manifests as k8s
 from .conftest import CNIS, _require_root, unique_lab_name
@@ -77,19 +76,10 @@ class Env:
 
     def backends(self, frontend: str) -> set[str] | None:
         """The backends the frontend's new flows go to; None while the data path has
-        no such frontend. On the kernel path: its slots as the service entry counts
-        them (a sync writes the backends' flags first, the entry that uses them last)."""
-        if self.dataplane == "bpf":
-            with BpfMaps(self.pin_dir) as maps:
-                held = {str(st.frontend): st for st in read_state(maps).frontends.values()}
-            st = held.get(frontend)
-            return None if st is None else {str(a) for a, _ in st.slots}
-        with UserspaceInspector(self.state_dir) as insp:
-            if frontend not in {str(v.frontend) for v in insp.services()}:
-                return None
-            return {
-                str(b.address) for b in insp.backends() if str(b.frontend) == frontend and b.active
-            }
+        no such frontend."""
+        return serving_backends(
+            self.dataplane, frontend, pin_dir=self.pin_dir, state_dir=self.state_dir
+        )
 
     def publish(
         self,
