@@ -227,3 +227,19 @@ def run(program: LoadedProgram) -> RunFn:
 def run_egress(program: LoadedProgram) -> RunFn:
     """Run the egress program (reverse translation only) once on a frame."""
     return functools.partial(prog_test_run, program.egress_fd)
+
+
+@pytest.fixture
+def bpffs() -> Iterator[str]:
+    """A private BPF filesystem of the test's own under /run: its pins (and any
+    directory a test makes in it) go with the mount, even when the test fails."""
+    path = f"/run/ebpflb-bpffs-{secrets.token_hex(4)}"
+    os.makedirs(path)
+    try:
+        subprocess.run(["mount", "-t", "bpf", "bpf", path], check=True, capture_output=True)
+        try:
+            yield path
+        finally:
+            subprocess.run(["umount", path], check=True, capture_output=True)
+    finally:
+        os.rmdir(path)

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import secrets
-import subprocess
-from collections.abc import Iterator
 
 import pytest
 from typer.testing import CliRunner
@@ -23,20 +20,6 @@ from ebpflb.dataplane.bpf.syscall import MapType, map_create, obj_pin
 pytestmark = pytest.mark.root
 
 BPF_F_NO_PREALLOC = 1
-
-
-@pytest.fixture
-def bpffs() -> Iterator[str]:
-    path = f"/run/ebpflb-foreign-{secrets.token_hex(4)}"
-    os.makedirs(path)
-    try:
-        subprocess.run(["mount", "-t", "bpf", "bpf", path], check=True, capture_output=True)
-        try:
-            yield path
-        finally:  # the pins go with the mount
-            subprocess.run(["umount", path], check=True, capture_output=True)
-    finally:
-        os.rmdir(path)
 
 
 Shape = tuple[int, int, int, int]  # map type, key size, value size, max entries

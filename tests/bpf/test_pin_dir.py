@@ -6,10 +6,8 @@ Run on a private bpffs (mode 1777 at its root, as /sys/fs/bpf), unmounted afterw
 from __future__ import annotations
 
 import os
-import secrets
 import stat
 import subprocess
-from collections.abc import Iterator
 
 import pytest
 
@@ -25,20 +23,6 @@ from ebpflb.errors import DataplaneError, PinDirError
 pytestmark = pytest.mark.root
 
 NOBODY = 65534
-
-
-@pytest.fixture
-def bpffs() -> Iterator[str]:
-    path = f"/run/ebpflb-pintest-{secrets.token_hex(4)}"
-    os.makedirs(path)
-    try:
-        subprocess.run(["mount", "-t", "bpf", "bpf", path], check=True, capture_output=True)
-        try:
-            yield path
-        finally:  # the pins go with the mount
-            subprocess.run(["umount", path], check=True, capture_output=True)
-    finally:
-        os.rmdir(path)
 
 
 def _pin_a_map(pin_dir: str, name: str = abi.MAP_SERVICES) -> str:
