@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +44,7 @@ from ebpflb.sources.endpointslices import _parse_slice
 from ebpflb.sources.fields import ObjectError, _identity
 from ebpflb.sources.services import _parse_service
 from ebpflb.sources.tracker import ENDPOINT_SLICE, SERVICE, Key, slice_owner
+from ebpflb.statefile import remove_file, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -122,13 +122,10 @@ class LastGood:
             return
         try:
             if held:
-                os.makedirs(os.path.dirname(self._store) or ".", exist_ok=True)
-                tmp = f"{self._store}.{os.getpid()}.tmp"
-                with open(tmp, "w") as f:
-                    json.dump([{"key": list(k), "object": o} for k, o in held.items()], f)
-                os.replace(tmp, self._store)
-            elif os.path.exists(self._store):
-                os.unlink(self._store)
+                rows = [{"key": list(k), "object": o} for k, o in held.items()]
+                write_json_atomic(self._store, {"held": rows})
+            else:
+                remove_file(self._store)
         except OSError as exc:
             log.warning("cannot keep the last good versions in %s: %s", self._store, exc)
             return
@@ -150,7 +147,7 @@ def _load(store: str | None) -> dict[Key, Obj]:
         return {}
     try:
         with open(store) as f:
-            rows = json.load(f)
+            rows = json.load(f)["held"]
         return {
             (str(r["key"][0]), str(r["key"][1]), str(r["key"][2])): dict(r["object"]) for r in rows
         }
