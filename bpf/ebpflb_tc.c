@@ -61,6 +61,31 @@ static __always_inline struct sknat4_value *map_sknat4_lookup(struct sknat4_key 
 static __always_inline int map_sknat4_update(struct sknat4_key *key, struct sknat4_value *v)
 { return ebpflb_sknat4.update(key, v); }
 
+static __always_inline struct lb6_service *map_svc6_lookup(struct lb6_key *key)
+{ return ebpflb_svc6.lookup(key); }
+static __always_inline struct lb6_backend *map_be6_lookup(__u32 *id)
+{ return ebpflb_be6.lookup(id); }
+static __always_inline struct lb6_rnat *map_rnat6_lookup(__u32 *id)
+{ return ebpflb_rnat6.lookup(id); }
+static __always_inline struct ct6_value *map_ct6_lookup(struct ct6_key *key)
+{ return ebpflb_ct6.lookup(key); }
+static __always_inline int map_ct6_update(struct ct6_key *key, struct ct6_value *value)
+{ return ebpflb_ct6.update(key, value); }
+static __always_inline int map_ct6_insert(struct ct6_key *key, struct ct6_value *value)
+{ return ebpflb_ct6.insert(key, value); }
+static __always_inline int map_ct6_delete(struct ct6_key *key)
+{ return ebpflb_ct6.delete(key); }
+static __always_inline struct aff4_value *map_aff6_lookup(struct aff6_key *key)
+{ return ebpflb_aff6.lookup(key); }
+static __always_inline int map_aff6_update(struct aff6_key *key, struct aff4_value *value)
+{ return ebpflb_aff6.update(key, value); }
+static __always_inline __u8 *map_srcr6_lookup(struct srcrange6_key *key)
+{ return ebpflb_srcr6.lookup(key); }
+static __always_inline struct sknat6_value *map_sknat6_lookup(struct sknat6_key *key)
+{ return ebpflb_sknat6.lookup(key); }
+static __always_inline int map_sknat6_update(struct sknat6_key *key, struct sknat6_value *v)
+{ return ebpflb_sknat6.update(key, v); }
+
 /* Choose a backend for a new flow of svc: the client's affinity backend when it has a
  * valid one, else a random slot (remembered for affinity). 0 or DROP_*. */
 static __always_inline int lb4_choose(const struct lb4_service *svc, const struct pkt4 *pkt,

@@ -127,6 +127,109 @@ struct lb_svc_meta {
 	char port[16];		/* Service port name ("" for an unnamed port) */
 };
 
+/* IPv6: separate maps with their own key and value structs, as Cilium keeps lb6_* beside
+ * lb4_*. Sharing one map with 16-byte addresses for both families would double every
+ * IPv4 key the hot path hashes (8 -> 20 bytes for a service, 16 -> 40 for conntrack),
+ * change the layout of maps that live flows are pinned in (an upgrade would drop them),
+ * and buy nothing: a packet is of one family and looks up that family's maps. What is
+ * keyed by id only is shared: frontend ids and backend ids are one space each, so the
+ * slot, Maglev, stats and meta maps serve both families. */
+
+/* An IPv6 address, in network byte order; four words so it compares in four loads. */
+struct addr6 {
+	__be32 w[4];
+};
+
+/* IPv6 service map key (ebpflb_svc6). */
+struct lb6_key {
+	struct addr6 address;	/* frontend IPv6 address */
+	__be16 dport;		/* frontend port */
+	__u8 proto;		/* IPPROTO_TCP / IPPROTO_UDP */
+	__u8 pad;
+};
+
+/* IPv6 service map value: lb4_service with a 16-byte source-NAT address. */
+struct lb6_service {
+	__u32 id;		/* frontend id, from the same space as IPv4's */
+	__u16 count;		/* backend slots usable by new flows (0 = no backend) */
+	__u16 flags;		/* SVC_F_* */
+	__u32 affinity_timeout;	/* seconds of ClientIP affinity, 0 = none */
+	struct addr6 snat_address;	/* node address new flows are source-NATed to;
+					 * all zero = keep the client's */
+};
+
+/* IPv6 backend map value (ebpflb_be6), keyed by a __u32 backend id from the same
+ * space as IPv4's: the slot map (lb4_slot_key) serves both families. */
+struct lb6_backend {
+	struct addr6 address;	/* pod IPv6 address */
+	__be16 port;		/* pod port */
+	__u8 proto;
+	__u8 flags;		/* BE_F_* */
+	__u32 svc_id;		/* owning frontend id */
+};
+
+/* IPv6 reverse-NAT map value, keyed by a __u32 frontend id. */
+struct lb6_rnat {
+	struct addr6 address;	/* frontend address */
+	__be16 port;		/* frontend port */
+	__u16 pad;
+};
+
+/* IPv6 conntrack key: as ct4_key. */
+struct ct6_key {
+	struct addr6 saddr;
+	struct addr6 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 dir;		/* CT_DIR_* */
+	__u16 pad;
+};
+
+/* IPv6 conntrack value: as ct4_value. */
+struct ct6_value {
+	__u64 created_ns;
+	__u64 last_seen_ns;
+	__u32 backend_id;
+	__u32 svc_id;
+	struct addr6 nat_address;	/* SERVICE: backend address; REPLY: frontend address */
+	__be16 nat_port;
+	__u16 flags;		/* CT_F_* */
+	struct addr6 peer_address;	/* as ct4_value.peer_address; all zero = no NAT */
+	__be16 peer_port;
+	__u16 pad;
+};
+
+/* IPv6 session affinity key; the value is an aff4_value. */
+struct aff6_key {
+	struct addr6 client;
+	__u32 svc_id;
+};
+
+/* IPv6 source-range key (an LPM trie): prefixlen counts svc_id's 32 bits plus the
+ * range's own prefix length. */
+struct srcrange6_key {
+	__u32 prefixlen;
+	__u32 svc_id;
+	struct addr6 address;
+};
+
+/* IPv6 socket-LB reverse map key: a socket and the backend it was sent to. */
+struct sknat6_key {
+	__u64 cookie;		/* bpf_get_socket_cookie() */
+	struct addr6 address;	/* backend address */
+	__be16 port;		/* backend port */
+	__u16 pad;
+	__u32 pad2;
+};
+
+/* IPv6 socket-LB reverse map value: the frontend the socket asked for. */
+struct sknat6_value {
+	struct addr6 address;
+	__be16 port;
+	__u16 pad;
+};
+
 _Static_assert(sizeof(struct lb4_key) == 8, "lb4_key");
 _Static_assert(sizeof(struct lb4_service) == 16, "lb4_service");
 _Static_assert(sizeof(struct lb4_slot_key) == 8, "lb4_slot_key");
@@ -141,5 +244,16 @@ _Static_assert(sizeof(struct sknat4_key) == 16, "sknat4_key");
 _Static_assert(sizeof(struct sknat4_value) == 8, "sknat4_value");
 _Static_assert(sizeof(struct lb_stats) == 32, "lb_stats");
 _Static_assert(sizeof(struct lb_svc_meta) == 144, "lb_svc_meta");
+_Static_assert(sizeof(struct addr6) == 16, "addr6");
+_Static_assert(sizeof(struct lb6_key) == 20, "lb6_key");
+_Static_assert(sizeof(struct lb6_service) == 28, "lb6_service");
+_Static_assert(sizeof(struct lb6_backend) == 24, "lb6_backend");
+_Static_assert(sizeof(struct lb6_rnat) == 20, "lb6_rnat");
+_Static_assert(sizeof(struct ct6_key) == 40, "ct6_key");
+_Static_assert(sizeof(struct ct6_value) == 64, "ct6_value");
+_Static_assert(sizeof(struct aff6_key) == 20, "aff6_key");
+_Static_assert(sizeof(struct srcrange6_key) == 24, "srcrange6_key");
+_Static_assert(sizeof(struct sknat6_key) == 32, "sknat6_key");
+_Static_assert(sizeof(struct sknat6_value) == 20, "sknat6_value");
 
 #endif

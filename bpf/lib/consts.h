@@ -34,6 +34,13 @@
 /* A pod reaching its own Service is source-NATed to this link-local address, so its
  * answer (to an address not its own) comes back through the node to be translated. */
 #define HAIRPIN_ADDRESS		0xa9fe2a01	/* 169.254.42.1, host order */
+/* IPv6's hairpin address: a unique-local one (RFC 4193), fd65:6270:6c62::2a ("ebplb"),
+ * not link-local, so the pod's answer is routed back to the node like IPv4's. Its four
+ * words in host order. */
+#define HAIRPIN6_W0		0xfd656270
+#define HAIRPIN6_W1		0x6c620000
+#define HAIRPIN6_W2		0x00000000
+#define HAIRPIN6_W3		0x0000002a
 #define NSEC_PER_SEC		1000000000ULL
 #define FLOW_HASH_SEED		0x6562706cU	/* "ebpl": ebpflb/maglev.py hashes alike */
 

@@ -58,6 +58,31 @@ BPF_TABLE_PINNED("lpm_trie", struct srcrange4_key, __u8, ebpflb_srcr4,
 BPF_TABLE_PINNED("hash", __u32, struct lb_svc_meta, ebpflb_svcmeta,
 		 MAX_SERVICES, PIN_DIR "/ebpflb_svcmeta", BPF_F_NO_PREALLOC);
 
+
+/* IPv6 (abi.h says why these are maps of their own). The slot, Maglev, stats and meta
+ * maps above are keyed by ids from one space and serve both families. */
+/* IPv6 frontend (address, port, proto) -> service */
+BPF_TABLE_PINNED("hash", struct lb6_key, struct lb6_service, ebpflb_svc6,
+		 MAX_SERVICES, PIN_DIR "/ebpflb_svc6");
+/* backend id -> IPv6 backend address, port and owning service */
+BPF_TABLE_PINNED("hash", __u32, struct lb6_backend, ebpflb_be6,
+		 MAX_BACKENDS, PIN_DIR "/ebpflb_be6");
+/* service id -> IPv6 frontend address and port that replies are rewritten to */
+BPF_TABLE_PINNED("hash", __u32, struct lb6_rnat, ebpflb_rnat6,
+		 MAX_SERVICES, PIN_DIR "/ebpflb_rnat6");
+/* IPv6 5-tuple + direction -> flow's backend or frontend; LRU-evicted */
+BPF_TABLE_PINNED("lru_hash", struct ct6_key, struct ct6_value, ebpflb_ct6,
+		 MAX_CONNTRACK, PIN_DIR "/ebpflb_ct6");
+/* (IPv6 client, frontend id) -> the backend its last new flow got; LRU-evicted */
+BPF_TABLE_PINNED("lru_hash", struct aff6_key, struct aff4_value, ebpflb_aff6,
+		 MAX_AFFINITY, PIN_DIR "/ebpflb_aff6");
+/* (frontend id, IPv6 client prefix) -> 1: the clients a SVC_F_SRC_RANGES frontend admits */
+BPF_TABLE_PINNED("lpm_trie", struct srcrange6_key, __u8, ebpflb_srcr6,
+		 MAX_SRC_RANGES, PIN_DIR "/ebpflb_srcr6", BPF_F_NO_PREALLOC);
+/* (IPv6 socket, backend) -> the frontend it asked for; LRU-evicted */
+BPF_TABLE_PINNED("lru_hash", struct sknat6_key, struct sknat6_value, ebpflb_sknat6,
+		 MAX_SOCK_NAT, PIN_DIR "/ebpflb_sknat6");
+
 /* Accessors, defined in ebpflb_tc.c (see above for why). Update/delete return the
  * helper's 0 or negative errno. */
 static __always_inline struct lb4_service *map_svc4_lookup(struct lb4_key *key);
@@ -79,4 +104,16 @@ static __always_inline void *map_mg4_lookup(__u32 *svc_id);
 static __always_inline struct sknat4_value *map_sknat4_lookup(struct sknat4_key *key);
 static __always_inline int map_sknat4_update(struct sknat4_key *key, struct sknat4_value *v);
 
+static __always_inline struct lb6_service *map_svc6_lookup(struct lb6_key *key);
+static __always_inline struct lb6_backend *map_be6_lookup(__u32 *id);
+static __always_inline struct lb6_rnat *map_rnat6_lookup(__u32 *id);
+static __always_inline struct ct6_value *map_ct6_lookup(struct ct6_key *key);
+static __always_inline int map_ct6_update(struct ct6_key *key, struct ct6_value *value);
+static __always_inline int map_ct6_insert(struct ct6_key *key, struct ct6_value *value);
+static __always_inline int map_ct6_delete(struct ct6_key *key);
+static __always_inline struct aff4_value *map_aff6_lookup(struct aff6_key *key);
+static __always_inline int map_aff6_update(struct aff6_key *key, struct aff4_value *value);
+static __always_inline __u8 *map_srcr6_lookup(struct srcrange6_key *key);
+static __always_inline struct sknat6_value *map_sknat6_lookup(struct sknat6_key *key);
+static __always_inline int map_sknat6_update(struct sknat6_key *key, struct sknat6_value *v);
 #endif

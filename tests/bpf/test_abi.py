@@ -86,6 +86,8 @@ def test_default_tunables_match_c() -> None:
     ]:
         assert re.search(rf"^#define\s+{name}\s+{value}\b", text, re.M), name
     assert f'#define PIN_DIR "{abi.DEFAULT_PIN_DIR}"' in text
+    words = [int(m, 16) for m in re.findall(r"^#define\s+HAIRPIN6_W\d\s+0x([0-9a-f]+)", text, re.M)]
+    assert b"".join(w.to_bytes(4, "big") for w in words) == abi.HAIRPIN_ADDRESS6.packed
 
 
 def test_maps_h_declares_exactly_the_abi_maps() -> None:
@@ -116,6 +118,13 @@ MAP_LAYOUT: dict[str, tuple[_CType, _CType, bool]] = {
     abi.MAP_MAGLEV: (ctypes.c_uint32, ctypes.c_uint32, False),
     abi.MAP_SOCK_NAT: (abi.SkNat4Key, abi.SkNat4Value, False),
     abi.MAP_DROPS: (ctypes.c_uint32, ctypes.c_uint64, True),
+    abi.MAP_SERVICES6: (abi.Lb6Key, abi.Lb6Service, False),
+    abi.MAP_BACKENDS6: (ctypes.c_uint32, abi.Lb6Backend, False),
+    abi.MAP_REVNAT6: (ctypes.c_uint32, abi.Lb6Rnat, False),
+    abi.MAP_CONNTRACK6: (abi.Ct6Key, abi.Ct6Value, False),
+    abi.MAP_AFFINITY6: (abi.Aff6Key, abi.Aff4Value, False),
+    abi.MAP_SRC_RANGES6: (abi.SrcRange6Key, ctypes.c_uint8, False),
+    abi.MAP_SOCK_NAT6: (abi.SkNat6Key, abi.SkNat6Value, False),
 }
 
 
@@ -154,6 +163,22 @@ def test_packed_layouts_match_the_ctypes_mirrors():
             (ip.packed, abi.htons(53), 0),
         ),
     }
+    ip6 = ipaddress.IPv6Address("fd00:96::a")
+    a6 = abi.addr6(ip6)
+    cases |= {
+        "lb6_key": (abi.Lb6Key(a6, abi.htons(80), 6, 0), (ip6.packed, abi.htons(80), 6, 0)),
+        "lb6_service": (
+            abi.Lb6Service(7, 3, 1, 10800, a6),
+            (7, 3, 1, 10800, ip6.packed),
+        ),
+        "lb6_backend": (
+            abi.Lb6Backend(a6, abi.htons(8080), 17, 1, 7),
+            (ip6.packed, abi.htons(8080), 17, 1, 7),
+        ),
+        "lb6_rnat": (abi.Lb6Rnat(a6, abi.htons(53), 0), (ip6.packed, abi.htons(53), 0)),
+        "srcrange6_key": (abi.SrcRange6Key(120, 7, a6), (120, 7, ip6.packed)),
+    }
+    assert abi.unpack_addr6(a6) == ip6
     for name, (cobj, fields) in cases.items():
         packer = abi.PACKED[name]
         assert packer.size == ctypes.sizeof(abi.C_STRUCTS[name]), name

@@ -29,6 +29,15 @@ MAP_CONFIG = "ebpflb_cfg"
 MAP_MAGLEV = "ebpflb_mg4"
 MAP_SOCK_NAT = "ebpflb_sknat4"
 MAP_DROPS = "ebpflb_drops"
+# IPv6 maps (bpf/lib/abi.h says why they are separate); ids are shared with IPv4's, so
+# the slot, Maglev, stats and meta maps above serve both families.
+MAP_SERVICES6 = "ebpflb_svc6"
+MAP_BACKENDS6 = "ebpflb_be6"
+MAP_REVNAT6 = "ebpflb_rnat6"
+MAP_CONNTRACK6 = "ebpflb_ct6"
+MAP_AFFINITY6 = "ebpflb_aff6"
+MAP_SRC_RANGES6 = "ebpflb_srcr6"
+MAP_SOCK_NAT6 = "ebpflb_sknat6"
 ALL_MAPS = (
     MAP_SERVICES,
     MAP_SLOTS,
@@ -44,6 +53,13 @@ ALL_MAPS = (
     MAP_MAGLEV,
     MAP_SOCK_NAT,
     MAP_DROPS,
+    MAP_SERVICES6,
+    MAP_BACKENDS6,
+    MAP_REVNAT6,
+    MAP_CONNTRACK6,
+    MAP_AFFINITY6,
+    MAP_SRC_RANGES6,
+    MAP_SOCK_NAT6,
 )
 # Pins of older layouts (renamed when their layout changed): removed on cleanup and
 # when the agent starts, so nothing reads or keeps them.
@@ -114,6 +130,7 @@ GSTAT_MAX = 32
 NAT_PORT_MIN = 61000
 NAT_PORT_COUNT = 4536
 HAIRPIN_ADDRESS = ipaddress.IPv4Address("169.254.42.1")
+HAIRPIN_ADDRESS6 = ipaddress.IPv6Address("fd65:6270:6c62::2a")  # consts.h HAIRPIN6_W*
 
 
 class Config(enum.IntEnum):
@@ -240,6 +257,98 @@ class SrcRange4Key(ctypes.Structure):
     ]
 
 
+class Addr6(ctypes.Structure):
+    """An IPv6 address: 16 network-order bytes, seen as four words (abi.h addr6)."""
+
+    _fields_ = [("w", ctypes.c_uint32 * 4)]
+
+
+class Lb6Key(ctypes.Structure):
+    _fields_ = [
+        ("address", Addr6),
+        ("dport", ctypes.c_uint16),
+        ("proto", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8),
+    ]
+
+
+class Lb6Service(ctypes.Structure):
+    _fields_ = [
+        ("id", ctypes.c_uint32),
+        ("count", ctypes.c_uint16),
+        ("flags", ctypes.c_uint16),
+        ("affinity_timeout", ctypes.c_uint32),
+        ("snat_address", Addr6),
+    ]
+
+
+class Lb6Backend(ctypes.Structure):
+    _fields_ = [
+        ("address", Addr6),
+        ("port", ctypes.c_uint16),
+        ("proto", ctypes.c_uint8),
+        ("flags", ctypes.c_uint8),
+        ("svc_id", ctypes.c_uint32),
+    ]
+
+
+class Lb6Rnat(ctypes.Structure):
+    _fields_ = [("address", Addr6), ("port", ctypes.c_uint16), ("pad", ctypes.c_uint16)]
+
+
+class Ct6Key(ctypes.Structure):
+    _fields_ = [
+        ("saddr", Addr6),
+        ("daddr", Addr6),
+        ("sport", ctypes.c_uint16),
+        ("dport", ctypes.c_uint16),
+        ("proto", ctypes.c_uint8),
+        ("dir", ctypes.c_uint8),
+        ("pad", ctypes.c_uint16),
+    ]
+
+
+class Ct6Value(ctypes.Structure):
+    _fields_ = [
+        ("created_ns", ctypes.c_uint64),
+        ("last_seen_ns", ctypes.c_uint64),
+        ("backend_id", ctypes.c_uint32),
+        ("svc_id", ctypes.c_uint32),
+        ("nat_address", Addr6),
+        ("nat_port", ctypes.c_uint16),
+        ("flags", ctypes.c_uint16),
+        ("peer_address", Addr6),
+        ("peer_port", ctypes.c_uint16),
+        ("pad", ctypes.c_uint16),
+    ]
+
+
+class Aff6Key(ctypes.Structure):
+    _fields_ = [("client", Addr6), ("svc_id", ctypes.c_uint32)]
+
+
+class SrcRange6Key(ctypes.Structure):
+    _fields_ = [
+        ("prefixlen", ctypes.c_uint32),
+        ("svc_id", ctypes.c_uint32),
+        ("address", Addr6),
+    ]
+
+
+class SkNat6Key(ctypes.Structure):
+    _fields_ = [
+        ("cookie", ctypes.c_uint64),
+        ("address", Addr6),
+        ("port", ctypes.c_uint16),
+        ("pad", ctypes.c_uint16),
+        ("pad2", ctypes.c_uint32),
+    ]
+
+
+class SkNat6Value(ctypes.Structure):
+    _fields_ = [("address", Addr6), ("port", ctypes.c_uint16), ("pad", ctypes.c_uint16)]
+
+
 class LbStats(ctypes.Structure):
     _fields_ = [
         ("rx_packets", ctypes.c_uint64),
@@ -273,6 +382,19 @@ C_STRUCTS: dict[str, type[ctypes.Structure]] = {
     "srcrange4_key": SrcRange4Key,
     "lb_stats": LbStats,
     "lb_svc_meta": LbSvcMeta,
+    "sknat4_key": SkNat4Key,
+    "sknat4_value": SkNat4Value,
+    "addr6": Addr6,
+    "lb6_key": Lb6Key,
+    "lb6_service": Lb6Service,
+    "lb6_backend": Lb6Backend,
+    "lb6_rnat": Lb6Rnat,
+    "ct6_key": Ct6Key,
+    "ct6_value": Ct6Value,
+    "aff6_key": Aff6Key,
+    "srcrange6_key": SrcRange6Key,
+    "sknat6_key": SkNat6Key,
+    "sknat6_value": SkNat6Value,
 }
 
 
@@ -285,6 +407,21 @@ def pack_ip4(addr: ipaddress.IPv4Address | str) -> int:
 
 def unpack_ip4(value: int) -> ipaddress.IPv4Address:
     return ipaddress.IPv4Address(value.to_bytes(4, sys.byteorder))
+
+
+def pack_ip6(addr: ipaddress.IPv6Address | str) -> bytes:
+    """An IPv6 address as the 16 network-order bytes of an addr6."""
+    if not isinstance(addr, ipaddress.IPv6Address):
+        addr = ipaddress.IPv6Address(addr)
+    return addr.packed
+
+
+def addr6(addr: ipaddress.IPv6Address | str) -> Addr6:
+    return Addr6.from_buffer_copy(pack_ip6(addr))
+
+
+def unpack_addr6(value: Addr6) -> ipaddress.IPv6Address:
+    return ipaddress.IPv6Address(bytes(value))
 
 
 def htons(port: int) -> int:
@@ -315,6 +452,11 @@ PACK_LB4_RNAT = struct.Struct("<4sHH")
 PACK_LB_SVC_META = struct.Struct("<64s64s16s")
 PACK_U32 = struct.Struct("<I")
 PACK_SRCRANGE4_KEY = struct.Struct("<II4s")
+PACK_LB6_KEY = struct.Struct("<16sHBB")
+PACK_LB6_SERVICE = struct.Struct("<IHHI16s")
+PACK_LB6_BACKEND = struct.Struct("<16sHBBI")
+PACK_LB6_RNAT = struct.Struct("<16sHH")
+PACK_SRCRANGE6_KEY = struct.Struct("<II16s")
 
 PACKED: dict[str, struct.Struct] = {
     "lb4_key": PACK_LB4_KEY,
@@ -324,4 +466,9 @@ PACKED: dict[str, struct.Struct] = {
     "lb4_rnat": PACK_LB4_RNAT,
     "lb_svc_meta": PACK_LB_SVC_META,
     "srcrange4_key": PACK_SRCRANGE4_KEY,
+    "lb6_key": PACK_LB6_KEY,
+    "lb6_service": PACK_LB6_SERVICE,
+    "lb6_backend": PACK_LB6_BACKEND,
+    "lb6_rnat": PACK_LB6_RNAT,
+    "srcrange6_key": PACK_SRCRANGE6_KEY,
 }
