@@ -134,10 +134,10 @@ class ServiceEntry:
     # external and load-balancer frontends under externalTrafficPolicy: Cluster, as
     # kube-proxy masquerades them), so replies come back through this node; None keeps
     # the client's address (ClusterIP, externalTrafficPolicy: Local).
-    snat_address: ipaddress.IPv4Address | None = None
+    snat_address: IPAddress | None = None  # of the frontend's family
     # loadBalancerSourceRanges on a load-balancer frontend: only these clients are
     # admitted; () admits every client.
-    source_ranges: tuple[ipaddress.IPv4Network, ...] = ()
+    source_ranges: tuple[IPNetwork, ...] = ()  # of the frontend's family
     # With no active backend: drop (a Local traffic policy left this node without the
     # Service's endpoints, as kube-proxy drops) rather than refuse (the Service has no
     # endpoint at all: kube-proxy's REJECT).

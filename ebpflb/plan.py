@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Address, IPv4Network
 from itertools import pairwise
 
 from ebpflb.model import (
@@ -22,6 +21,7 @@ from ebpflb.model import (
     FrontendKey,
     FrontendKind,
     IPAddress,
+    IPNetwork,
     ServiceEntry,
     ServicePortName,
 )
@@ -68,8 +68,8 @@ class FrontendState:
     backends: tuple[BackendState, ...]  # sorted by key
     slots: tuple[BackendKey, ...]  # active backends, in slot order
     affinity_timeout: int = 0
-    snat_address: IPv4Address | None = None  # see ServiceEntry
-    source_ranges: tuple[IPv4Network, ...] = ()
+    snat_address: IPAddress | None = None  # see ServiceEntry
+    source_ranges: tuple[IPNetwork, ...] = ()
     drop_when_empty: bool = False  # see ServiceEntry
 
     @property

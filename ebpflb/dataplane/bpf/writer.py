@@ -297,7 +297,9 @@ class MapWriter:
                 self.maglev.write(sid, st.slots, owned)
             snat = st.snat_address.packed if st.snat_address else _NO_ADDRESS
             svc.values.append(pack_svc(sid, count, flags, st.affinity_timeout, snat))
-            self._write_src_ranges(sid, st.source_ranges)
+            self._write_src_ranges(
+                sid, tuple(r for r in st.source_ranges if isinstance(r, IPv4Network))
+            )
             self.slot_counts[sid] = count
             self.frontends[fkey] = st
         slots.update(self.maps.slots)
