@@ -21,6 +21,8 @@
 #include "lib/nat.h"
 #include "lib/icmp.h"
 #include "lib/reject.h"
+#include "lib/icmp6.h"
+#include "lib/reject6.h"
 #include "lib/sock.h"
 
 /* Map accessors declared in lib/maps.h: bcc rewrites map calls in this file only. */
