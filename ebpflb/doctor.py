@@ -217,6 +217,32 @@ def check_rp_filter() -> Check:
     )
 
 
+def check_forwarding(proc: str = "/proc/sys/net") -> Check:
+    """Both families forward: a packet the data path rewrote to a backend is routed by
+    the node, so a node with IPv6 Services and net.ipv6.conf.all.forwarding=0 drops
+    every one of them (kubelet sets IPv4's; a dual-stack CNI sets IPv6's)."""
+    values: dict[str, str] = {}
+    for family, path in (("ipv4", "ipv4/ip_forward"), ("ipv6", "ipv6/conf/all/forwarding")):
+        try:
+            with open(f"{proc}/{path}") as f:
+                values[family] = f.read().strip()
+        except OSError:
+            values[family] = "absent"  # IPv6 disabled in the kernel: nothing to forward
+    off = [f for f, v in values.items() if v == "0"]
+    detail = f"net.ipv4.ip_forward={values['ipv4']}, net.ipv6.conf.all.forwarding={values['ipv6']}"
+    fix = ""
+    if off:
+        fix = (
+            "packets rewritten to a backend are routed by the node: set "
+            + " and ".join(
+                "net.ipv4.ip_forward=1" if f == "ipv4" else "net.ipv6.conf.all.forwarding=1"
+                for f in off
+            )
+            + " (the IPv6 one only matters with IPv6 Services)"
+        )
+    return Check("forwarding", not off, detail, fix, required=False)
+
+
 def pinned_socket_lb_links(pin_dir: str) -> list[str]:
     """The socket-LB links pinned under pin_dir (see dataplane.bpf.socklb): hooks that
     serve the node's own sockets whether or not an agent runs."""
@@ -318,6 +344,7 @@ def run_checks(*, state_dir: str = DEFAULT_STATE_DIR, pin_dir: str = DEFAULT_PIN
         check_headers(),
         check_bpffs(),
         check_rp_filter(),
+        check_forwarding(),
         check_socket_lb(state_dir, pin_dir),
     ]
     if all(c.ok for c in checks if c.required):

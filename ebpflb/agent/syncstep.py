@@ -218,9 +218,7 @@ class SyncStep:
         choice = self.nodeports
         option = self.config.nodeport_addresses
         return {
-            "nodeport_addresses": (
-                [str(a) for a in choice.addresses if a.version == 4] if choice is not None else []
-            ),
+            "nodeport_addresses": [str(a) for a in choice.addresses] if choice is not None else [],
             "nodeport_address_source": choice.source.value if choice is not None else None,
             "nodeport_address_reason": choice.why if choice is not None else None,
             "nodeport_addresses_filter": None if option.every else str(option),
