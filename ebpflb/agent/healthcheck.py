@@ -39,6 +39,7 @@ from ebpflb.model import ServiceRef
 log = logging.getLogger(__name__)
 
 WILDCARD = "0.0.0.0"
+WILDCARD6 = "::"  # with IPV6_V6ONLY (asyncio sets it), beside WILDCARD, not instead
 MAX_CONNECTIONS = 256  # at once, over every health-check listener
 PER_CLIENT = 16  # at once from one address
 READ_TIMEOUT = 3.0  # seconds a client may take to send its request (and read the answer)
@@ -158,13 +159,13 @@ class HealthCheckServer:
                     ref,
                     address,
                     port,
-                    f"cannot listen on {address}:{port} for the health check "
+                    f"cannot listen on {_host(address)}:{port} for the health check "
                     f"of Service {ref}: {exc.strerror or exc}",
                 )
                 continue
             self._failed.discard((ref, address, port))
             self._servers[(address, port)] = (ref, server)
-            log.info("health check of Service %s on %s:%d", ref, address, port)
+            log.info("health check of Service %s on %s:%d", ref, _host(address), port)
         live = {c.ref for c in checks.values()}
         self._failed = {f for f in self._failed if f[0] in live}
 
@@ -206,3 +207,14 @@ def _response(check: HealthCheck | None, method: bytes, healthy: bool) -> bytes:
         code, body = answer(check, healthy)
         return encode(Response(code, json.dumps(body).encode()), method)
     return encode(Response(405, b""), method)
+
+
+def wildcards(node_addresses: Sequence[object]) -> tuple[str, ...]:
+    """Every address of the families the node has: IPv6 load balancers check the node
+    over IPv6. (Binding "::" on a node without IPv6 would fail, hence not always.)"""
+    has_ipv6 = any(":" in str(a) for a in node_addresses)
+    return (WILDCARD, WILDCARD6) if has_ipv6 else (WILDCARD,)
+
+
+def _host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address

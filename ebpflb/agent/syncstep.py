@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ebpflb.agent.config import AgentConfig
-from ebpflb.agent.healthcheck import WILDCARD, HealthCheck, HealthCheckServer
+from ebpflb.agent.healthcheck import HealthCheck, HealthCheckServer, wildcards
 from ebpflb.agent.nodeaddrs import AddressSource, NodePortChoice, choose, own_addresses
 from ebpflb.agent.sidetables import SideTables
 from ebpflb.dataplane.base import Dataplane
@@ -229,7 +229,7 @@ class SyncStep:
     def _push_health(self) -> None:
         checks = self.side.health_checks()
         addresses: tuple[str, ...] = (
-            (WILDCARD,)
+            wildcards(self.translator.node_addresses)
             if self.config.nodeport_addresses.every
             else tuple(str(a) for a in self.translator.node_addresses)
         )

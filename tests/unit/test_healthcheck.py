@@ -403,3 +403,30 @@ def test_the_agent_raises_its_open_files_limit():
         assert now == want == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_health_checks_answer_on_both_families(server: HealthCheckServer):
+    """A dual-stack node serves its health checks over IPv6 too (IPv6 load balancers
+    check the node over IPv6); each family's listener is its own (IPV6_V6ONLY)."""
+    port = free_port()
+    done = server.update([HealthCheck(WEB, port, 1)], (LOOPBACK, "::1"))
+    assert done is not None
+    done.result(timeout=5)
+    conn = http.client.HTTPConnection("::1", port, timeout=5)
+    try:
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().status == 200
+    finally:
+        conn.close()
+    assert get(port)[0] == 200
+
+
+def test_wildcards_follow_the_node_families():
+    import ipaddress
+
+    from ebpflb.agent.healthcheck import wildcards
+
+    v4, v6 = ipaddress.ip_address("192.168.50.1"), ipaddress.ip_address("fd00:192:168:50::1")
+    assert wildcards([v4]) == ("0.0.0.0",)
+    assert wildcards([v4, v6]) == ("0.0.0.0", "::")
+    assert wildcards([]) == ("0.0.0.0",)
