@@ -17,6 +17,12 @@ from ebpflb.plan import (
 )
 
 
+def key_order(key: FrontendKey) -> tuple[int, FrontendKey]:
+    """Frontend keys in order, IPv4 before IPv6: comparing the addresses of two
+    families raises, and a dual-stack state holds both."""
+    return (key[0].version, key)
+
+
 def diff(
     current: Mapping[FrontendKey, FrontendState], desired: Mapping[FrontendKey, FrontendState]
 ) -> Plan:
@@ -25,7 +31,7 @@ def diff(
     writes: list[Op] = []
     removals: list[Op] = []
     deletes: list[Op] = []
-    for key in sorted(desired):
+    for key in sorted(desired, key=key_order):
         want = desired[key]
         have = current.get(key)
         if have is None:
@@ -43,7 +49,7 @@ def diff(
         gone = tuple(sorted(k for k in have_backends if k not in want_keys))
         if gone:
             removals.append(RemoveBackends(want.frontend, gone))
-    for key in sorted(current):
+    for key in sorted(current, key=key_order):
         if key not in desired:
             deletes.append(DeleteService(current[key].frontend, current[key].port_name))
     return Plan(tuple(upserts + writes + removals + deletes))

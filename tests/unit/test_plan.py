@@ -133,3 +133,18 @@ def test_applying_the_plan_from_any_a_to_any_b_leaves_exactly_b(a, b):
     fa, fb = desired_frontends(a), desired_frontends(b)
     assert apply_to(fa, diff(fa, fb)) == fb
     assert not diff(apply_to(fa, diff(fa, fb)), fb)
+
+
+def test_dual_stack_frontends_diff_ipv4_first_then_ipv6():
+    """Addresses of two families do not compare: the diff orders them by family."""
+    pn = ServicePortName(ServiceRef("demo", "web"), "http", Protocol.TCP)
+    ip = ipaddress.ip_address
+    entries = [
+        ServiceEntry(Frontend(ip(f), 80, Protocol.TCP), pn, (Backend(ip(b), 8080),))
+        for f, b in (("fd00:10:96::a", "fd00:10:244::b"), ("10.96.0.1", "10.0.0.1"))
+    ]
+    desired = desired_frontends(state(*entries))
+    plan = diff({}, desired)
+    writes = [str(op.state.frontend) for op in plan.ops if isinstance(op, WriteService)]
+    assert writes == ["10.96.0.1:80/TCP", "[fd00:10:96::a]:80/TCP"]
+    assert [type(op) for op in diff(desired, {}).ops] == [DeleteService, DeleteService]
