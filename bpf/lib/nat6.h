@@ -1,0 +1,109 @@
+/* nat6.h: IPv6 source and destination NAT (nat.h's twin): rewriting 16-byte addresses
+ * and ports with the TCP/UDP checksum fixed incrementally, and claiming a free
+ * source-NAT port (same NAT_PORT_* range as IPv4). Offsets only, no packet pointers. */
+#ifndef EBPFLB_NAT6_H
+#define EBPFLB_NAT6_H
+
+#include "abi.h"
+#include "consts.h"
+#include "csum.h"
+#include "ct6.h"
+#include "drop_reasons.h"
+#include "ip6.h"
+#include "maps.h"
+#include "parse6.h"
+#include "stats.h"
+
+/* UDP checksum 0 would mean "none" (invalid over IPv6, RFC 8200 8.1, but a packet that
+ * has it is passed on as it came): as csum4_l4_flags. */
+static __always_inline __u64 csum6_l4_flags(const struct pkt6 *pkt)
+{
+	return pkt->proto == IP4_PROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+}
+
+/* An IPv6 address changed from old to new. Unlike IPv4 there is no IP header checksum
+ * to fix, only the TCP/UDP one through its pseudo-header; an address is 16 bytes, more
+ * than bpf_l4_csum_replace's 2 or 4, so the difference is summed by bpf_csum_diff and
+ * applied as a diff (size 0). */
+static __always_inline int csum6_addr_replace(struct __sk_buff *skb, const struct pkt6 *pkt,
+					      struct addr6 *old, struct addr6 *new)
+{
+	__s64 diff = bpf_csum_diff(old->w, sizeof(*old), new->w, sizeof(*new), 0);
+
+	if (diff < 0)
+		return DROP_WRITE;
+	if (bpf_l4_csum_replace(skb, pkt->csum_off, 0, diff,
+				BPF_F_PSEUDO_HDR | csum6_l4_flags(pkt)) < 0)
+		return DROP_WRITE;
+	return 0;
+}
+
+/* Write *addr at addr_off and port at port_off, replacing *old_addr/old_port. */
+static __always_inline int nat6_rewrite(struct __sk_buff *skb, const struct pkt6 *pkt,
+					__u32 addr_off, const struct addr6 *old_addr,
+					const struct addr6 *addr, __u32 port_off,
+					__be16 old_port, __be16 port)
+{
+	struct addr6 old = *old_addr, new = *addr;
+
+	if (!addr6_eq(&old, &new)) {
+		if (bpf_skb_store_bytes(skb, addr_off, &new, sizeof(new), 0) < 0)
+			return DROP_WRITE;
+		if (csum6_addr_replace(skb, pkt, &old, &new) < 0)
+			return DROP_WRITE;
+	}
+	if (port != old_port) {
+		if (bpf_skb_store_bytes(skb, port_off, &port, sizeof(port), 0) < 0)
+			return DROP_WRITE;
+		if (bpf_l4_csum_replace(skb, pkt->csum_off, old_port, port,
+					csum6_l4_flags(pkt) | sizeof(port)) < 0)
+			return DROP_WRITE;
+	}
+	return 0;
+}
+
+/* Destination -> addr:port (client -> service becomes client -> backend). */
+static __always_inline int nat6_rewrite_dst(struct __sk_buff *skb, const struct pkt6 *pkt,
+					    const struct addr6 *addr, __be16 port)
+{
+	return nat6_rewrite(skb, pkt, pkt->l3_off + offsetof(struct ip6_hdr, daddr),
+			    &pkt->daddr, addr, pkt->l4_off + offsetof(struct l4_ports, dest),
+			    pkt->dport, port);
+}
+
+/* Source -> addr:port (backend -> client becomes service -> client). */
+static __always_inline int nat6_rewrite_src(struct __sk_buff *skb, const struct pkt6 *pkt,
+					    const struct addr6 *addr, __be16 port)
+{
+	return nat6_rewrite(skb, pkt, pkt->l3_off + offsetof(struct ip6_hdr, saddr),
+			    &pkt->saddr, addr, pkt->l4_off + offsetof(struct l4_ports, source),
+			    pkt->sport, port);
+}
+
+/* Claim a free source-NAT port for a new flow to be from *snat_addr, as
+ * nat4_claim_port: the flow's REPLY entry, inserted only where none exists, owns it.
+ * Fills *key and *snat_port; 0 or DROP_NAT_PORT_FULL (counted). */
+static __always_inline int nat6_claim_port(struct ct6_key *key, struct ct6_value *value,
+					   const struct pkt6 *pkt, const struct lb6_backend *be,
+					   const struct addr6 *snat_addr, __be16 *snat_port)
+{
+	__u32 first = bpf_get_prandom_u32() % NAT_PORT_COUNT;
+	__u32 i;
+
+	value->peer_address = pkt->saddr;
+	value->peer_port = pkt->sport;
+	for (i = 0; i < NAT_PORT_TRIES; i++) {
+		__be16 port = bpf_htons(NAT_PORT_MIN + (first + i) % NAT_PORT_COUNT);
+
+		ct6_key_init(key, &be->address, snat_addr, be->port, port, pkt->proto,
+			     CT_DIR_REPLY);
+		if (map_ct6_insert(key, value) == 0) {
+			*snat_port = port;
+			return 0;
+		}
+	}
+	stats_global_inc(GSTAT_NAT_PORT_FULL);
+	return DROP_NAT_PORT_FULL;
+}
+
+#endif
