@@ -1,5 +1,9 @@
 """The pinned maps of one pin directory, and reading them back into the data-path
-neutral FrontendState (what the agent adopts on start, and what the CLI shows)."""
+neutral FrontendState (what the agent adopts on start, and what the CLI shows).
+
+Both families are read: IPv4 frontends from ebpflb_svc4 and their backends from
+ebpflb_be4, IPv6 ones from ebpflb_svc6 and ebpflb_be6; their ids are one space, so a
+backend's owner id and the slots, names and source ranges find either family's."""
 
 from __future__ import annotations
 
@@ -9,13 +13,21 @@ import socket
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.syscall import MapType, PinnedMap
 from ebpflb.errors import DataplaneError, MapGeometryError, MapMismatchError
-from ebpflb.model import Frontend, FrontendKey, FrontendKind, Protocol, ServicePortName, ServiceRef
+from ebpflb.model import (
+    Frontend,
+    FrontendKey,
+    FrontendKind,
+    IPNetwork,
+    Protocol,
+    ServicePortName,
+    ServiceRef,
+)
 from ebpflb.plan import BackendKey, BackendState, FrontendState, backend_order
 
 _ACTIVE = int(abi.BackendFlag.ACTIVE)
@@ -70,6 +82,13 @@ class BpfMaps:
         self.maglev = PinnedMap(os.path.join(pin_dir, abi.MAP_MAGLEV))
         self.sock_nat = PinnedMap(os.path.join(pin_dir, abi.MAP_SOCK_NAT))
         self.drops = PinnedMap(os.path.join(pin_dir, abi.MAP_DROPS))
+        self.svc6 = PinnedMap(os.path.join(pin_dir, abi.MAP_SERVICES6))
+        self.backends6 = PinnedMap(os.path.join(pin_dir, abi.MAP_BACKENDS6))
+        self.rnat6 = PinnedMap(os.path.join(pin_dir, abi.MAP_REVNAT6))
+        self.ct6 = PinnedMap(os.path.join(pin_dir, abi.MAP_CONNTRACK6))
+        self.affinity6 = PinnedMap(os.path.join(pin_dir, abi.MAP_AFFINITY6))
+        self.src_ranges6 = PinnedMap(os.path.join(pin_dir, abi.MAP_SRC_RANGES6))
+        self.sock_nat6 = PinnedMap(os.path.join(pin_dir, abi.MAP_SOCK_NAT6))
         try:
             check_pinned_maps(self.all())
         except MapMismatchError:
@@ -92,6 +111,13 @@ class BpfMaps:
             self.maglev,
             self.sock_nat,
             self.drops,
+            self.svc6,
+            self.backends6,
+            self.rnat6,
+            self.ct6,
+            self.affinity6,
+            self.src_ranges6,
+            self.sock_nat6,
         )
 
     def close(self) -> None:
@@ -121,6 +147,13 @@ _GEOMETRY: dict[str, tuple[type, type, str | None]] = {
     abi.MAP_MAGLEV: (ctypes.c_uint32, ctypes.c_uint32, "max_services"),
     abi.MAP_SOCK_NAT: (abi.SkNat4Key, abi.SkNat4Value, None),
     abi.MAP_DROPS: (ctypes.c_uint32, ctypes.c_uint64, None),
+    abi.MAP_SERVICES6: (abi.Lb6Key, abi.Lb6Service, "max_services"),
+    abi.MAP_BACKENDS6: (ctypes.c_uint32, abi.Lb6Backend, "max_backends"),
+    abi.MAP_REVNAT6: (ctypes.c_uint32, abi.Lb6Rnat, "max_services"),
+    abi.MAP_CONNTRACK6: (abi.Ct6Key, abi.Ct6Value, "max_conntrack"),
+    abi.MAP_AFFINITY6: (abi.Aff6Key, abi.Aff4Value, None),
+    abi.MAP_SRC_RANGES6: (abi.SrcRange6Key, ctypes.c_uint8, None),
+    abi.MAP_SOCK_NAT6: (abi.SkNat6Key, abi.SkNat6Value, None),
 }
 
 
@@ -141,6 +174,13 @@ _MAP_TYPES: dict[str, tuple[int, int]] = {
     abi.MAP_MAGLEV: (MapType.ARRAY_OF_MAPS, 1),
     abi.MAP_SOCK_NAT: (MapType.LRU_HASH, 1),
     abi.MAP_DROPS: (MapType.PERCPU_ARRAY, abi.DROP_MAX),
+    abi.MAP_SERVICES6: (MapType.HASH, 1),
+    abi.MAP_BACKENDS6: (MapType.HASH, 1),
+    abi.MAP_REVNAT6: (MapType.HASH, 1),
+    abi.MAP_CONNTRACK6: (MapType.LRU_HASH, 1),
+    abi.MAP_AFFINITY6: (MapType.LRU_HASH, 1),
+    abi.MAP_SRC_RANGES6: (MapType.LPM_TRIE, 1),
+    abi.MAP_SOCK_NAT6: (MapType.LRU_HASH, 1),
 }
 
 
@@ -238,26 +278,37 @@ class MapState:
     slot_counts: dict[int, int] = field(default_factory=dict)
     backend_ids: dict[tuple[int, BackendKey], int] = field(default_factory=dict)
     orphan_backends: list[int] = field(default_factory=list)  # owner svc id not in svc map
+    orphan_backends6: list[int] = field(default_factory=list)  # the same, in ebpflb_be6
     orphan_svc_ids: list[int] = field(default_factory=list)  # names/rnat left without a svc
-    src_ranges: dict[int, tuple[IPv4Network, ...]] = field(default_factory=dict)  # by svc id
+    src_ranges: dict[int, tuple[IPNetwork, ...]] = field(default_factory=dict)  # by svc id
 
 
 _PROTOCOLS = {6: Protocol.TCP, 17: Protocol.UDP, 132: Protocol.SCTP}
 _NO_ADDRESS = bytes(4)
+_NO_ADDRESS6 = bytes(16)
 _SRC_RANGES = int(abi.SvcFlag.SRC_RANGES)
 _DROP_EMPTY = int(abi.SvcFlag.DROP_EMPTY)
 SVC_ID_BITS = 32  # an LPM key's svc_id part, always matched whole
 
 
-def read_src_ranges(maps: BpfMaps) -> dict[int, tuple[IPv4Network, ...]]:
+def read_src_ranges(maps: BpfMaps) -> dict[int, tuple[IPNetwork, ...]]:
     """Service id -> its source ranges, sorted (an LPM trie has no batch dump, but it
-    holds only the few frontends that restrict their clients)."""
-    found: dict[int, list[IPv4Network]] = {}
+    holds only the few frontends that restrict their clients). A frontend's ranges are
+    all of its family, in that family's map."""
+    found4: dict[int, list[IPv4Network]] = {}
     for key in maps.src_ranges.keys(abi.SrcRange4Key):
         prefix = key.prefixlen - SVC_ID_BITS
         net = IPv4Network((abi.unpack_ip4(key.address), prefix), strict=False)
-        found.setdefault(key.svc_id, []).append(net)
-    return {sid: tuple(sorted(nets)) for sid, nets in found.items()}
+        found4.setdefault(key.svc_id, []).append(net)
+    found6: dict[int, list[IPv6Network]] = {}
+    for key6 in maps.src_ranges6.keys(abi.SrcRange6Key):
+        prefix = key6.prefixlen - SVC_ID_BITS
+        net6 = IPv6Network((abi.unpack_addr6(key6.address), prefix), strict=False)
+        found6.setdefault(key6.svc_id, []).append(net6)
+    out: dict[int, tuple[IPNetwork, ...]] = {sid: tuple(sorted(n)) for sid, n in found4.items()}
+    for sid, nets in found6.items():
+        out[sid] = out.get(sid, ()) + tuple(sorted(nets))
+    return out
 
 
 def _rows(
@@ -269,24 +320,38 @@ def _rows(
         yield kfmt.unpack_from(keys, i * ks), vfmt.unpack_from(values, i * vs)
 
 
-def read_state(maps: BpfMaps) -> MapState:
-    """Everything the maps hold, read with batch dumps (four syscalls per few thousand
-    elements), so a restarted agent adopts 10,000s of services in well under a second."""
-    out = MapState()
-    u32 = abi.PACK_U32
+_Address = type[IPv4Address] | type[IPv6Address]
+# family -> (address type, backend, key and service layouts, "no address")
+_FAMILIES: dict[int, tuple[_Address, struct.Struct, struct.Struct, struct.Struct, bytes]] = {
+    4: (IPv4Address, abi.PACK_LB4_BACKEND, abi.PACK_LB4_KEY, abi.PACK_LB4_SERVICE, _NO_ADDRESS),
+    6: (IPv6Address, abi.PACK_LB6_BACKEND, abi.PACK_LB6_KEY, abi.PACK_LB6_SERVICE, _NO_ADDRESS6),
+}
+
+
+def _backends_by_svc(m: PinnedMap, family: int) -> dict[int, list[tuple[int, BackendState]]]:
+    """Owner svc id -> (backend id, backend) of one family's backend map."""
+    address, layout = _FAMILIES[family][0], _FAMILIES[family][1]
     by_svc: dict[int, list[tuple[int, BackendState]]] = {}
-    for (bid,), (addr, port, _proto, flags, sid) in _rows(maps.backends, u32, abi.PACK_LB4_BACKEND):
+    for (bid,), (addr, port, _proto, flags, sid) in _rows(m, abi.PACK_U32, layout):
         by_svc.setdefault(sid, []).append(
             (
                 bid,
                 BackendState(
-                    IPv4Address(addr),
+                    address(addr),
                     socket.ntohs(port),
                     bool(flags & _ACTIVE),
                     bool(flags & _TERMINATING),
                 ),
             )
         )
+    return by_svc
+
+
+def read_state(maps: BpfMaps) -> MapState:
+    """Everything the maps hold, read with batch dumps (four syscalls per few thousand
+    elements), so a restarted agent adopts 10,000s of services in well under a second."""
+    out = MapState()
+    u32 = abi.PACK_U32
     slot_of: dict[tuple[int, int], int] = {
         k: v[0] for k, v in _rows(maps.slots, abi.PACK_LB4_SLOT_KEY, u32)
     }
@@ -294,44 +359,50 @@ def read_state(maps: BpfMaps) -> MapState:
         k[0]: v for k, v in _rows(maps.meta, u32, abi.PACK_LB_SVC_META)
     }
     out.src_ranges = read_src_ranges(maps)
-    for (addr, dport, proto_no, _pad), (sid, count, flags, affinity, snat) in _rows(
-        maps.svc, abi.PACK_LB4_KEY, abi.PACK_LB4_SERVICE
+    for family, svc_map, be_map, orphans in (
+        (4, maps.svc, maps.backends, out.orphan_backends),
+        (6, maps.svc6, maps.backends6, out.orphan_backends6),
     ):
-        proto = _PROTOCOLS.get(proto_no)
-        if proto is None:
-            continue
-        frontend = Frontend(IPv4Address(addr), socket.ntohs(dport), proto, kind_from_flags(flags))
-        meta = names.pop(sid, None)
-        port_name = (
-            ServicePortName(ServiceRef(_cstr(meta[0]), _cstr(meta[1])), _cstr(meta[2]), proto)
-            if meta is not None and meta[0].strip(b"\0")
-            else ServicePortName(ServiceRef("", f"svc-{sid}"), "", proto)
-        )
-        key_by_id: dict[int, BackendKey] = {}
-        states = []
-        for bid, state in by_svc.pop(sid, []):
-            key_by_id[bid] = state.key
-            out.backend_ids[(sid, state.key)] = bid
-            states.append(state)
-        slots: list[BackendKey] = []
-        for i in range(count):
-            slot_bid = slot_of.get((sid, i))
-            if slot_bid is not None and slot_bid in key_by_id:
-                slots.append(key_by_id[slot_bid])
-        fkey = frontend.key
-        out.svc_ids[fkey] = sid
-        out.slot_counts[sid] = count
-        out.frontends[fkey] = FrontendState(
-            frontend,
-            port_name,
-            tuple(sorted(states, key=backend_order)),
-            tuple(slots),
-            affinity,
-            IPv4Address(snat) if snat != _NO_ADDRESS else None,
-            out.src_ranges.get(sid, ()) if flags & _SRC_RANGES else (),
-            bool(flags & _DROP_EMPTY),
-        )
-    for leftovers in by_svc.values():
-        out.orphan_backends.extend(bid for bid, _ in leftovers)
+        address, _be, key_layout, svc_layout, no_address = _FAMILIES[family]
+        by_svc = _backends_by_svc(be_map, family)
+        for (addr, dport, proto_no, _pad), (sid, count, flags, affinity, snat) in _rows(
+            svc_map, key_layout, svc_layout
+        ):
+            proto = _PROTOCOLS.get(proto_no)
+            if proto is None:
+                continue
+            frontend = Frontend(address(addr), socket.ntohs(dport), proto, kind_from_flags(flags))
+            meta = names.pop(sid, None)
+            port_name = (
+                ServicePortName(ServiceRef(_cstr(meta[0]), _cstr(meta[1])), _cstr(meta[2]), proto)
+                if meta is not None and meta[0].strip(b"\0")
+                else ServicePortName(ServiceRef("", f"svc-{sid}"), "", proto)
+            )
+            key_by_id: dict[int, BackendKey] = {}
+            states = []
+            for bid, state in by_svc.pop(sid, []):
+                key_by_id[bid] = state.key
+                out.backend_ids[(sid, state.key)] = bid
+                states.append(state)
+            slots: list[BackendKey] = []
+            for i in range(count):
+                slot_bid = slot_of.get((sid, i))
+                if slot_bid is not None and slot_bid in key_by_id:
+                    slots.append(key_by_id[slot_bid])
+            fkey = frontend.key
+            out.svc_ids[fkey] = sid
+            out.slot_counts[sid] = count
+            out.frontends[fkey] = FrontendState(
+                frontend,
+                port_name,
+                tuple(sorted(states, key=backend_order)),
+                tuple(slots),
+                affinity,
+                address(snat) if snat != no_address else None,
+                out.src_ranges.get(sid, ()) if flags & _SRC_RANGES else (),
+                bool(flags & _DROP_EMPTY),
+            )
+        for leftovers in by_svc.values():
+            orphans.extend(bid for bid, _ in leftovers)
     out.orphan_svc_ids.extend(names)
     return out

@@ -55,6 +55,13 @@ def read_telemetry(maps: BpfMaps, *, known: Mapping[str, int] | None = None) -> 
         maps.affinity,
         maps.src_ranges,
         maps.sock_nat,
+        maps.svc6,
+        maps.backends6,
+        maps.rnat6,
+        maps.ct6,
+        maps.affinity6,
+        maps.src_ranges6,
+        maps.sock_nat6,
     )
     known = known or {}
     tables = []
@@ -63,8 +70,8 @@ def read_telemetry(maps: BpfMaps, *, known: Mapping[str, int] | None = None) -> 
         name = os.path.basename(m.path)
         n = known[name] if name in known else count_entries(m)
         tables.append(TableFill(name, n, m.info.max_entries))
-        if m is maps.ct:
-            conntrack = n
+        if m is maps.ct or m is maps.ct6:
+            conntrack += n
     return Telemetry(global_counters(maps), tuple(tables), conntrack, drop_counters(maps))
 
 
@@ -75,10 +82,18 @@ def written_counts(writer: MapWriter) -> dict[str, int]:
     metrics server's thread: len() and list() of a dict are atomic under the GIL."""
     frontends = len(writer.frontends)
     ids = writer.be_alloc
+    backends = ids.high - ids.low + 1 - ids.free_count
+    frontends6, backends6 = writer.ipv6_counts()
+    ranges = [r for rs in list(writer.src_ranges.values()) for r in rs]
+    ranges6 = sum(1 for r in ranges if r.version == 6)
     return {
-        abi.MAP_SERVICES: frontends,
-        abi.MAP_REVNAT: frontends,
+        abi.MAP_SERVICES: frontends - frontends6,
+        abi.MAP_REVNAT: frontends - frontends6,
+        abi.MAP_SERVICES6: frontends6,
+        abi.MAP_REVNAT6: frontends6,
         abi.MAP_SLOTS: sum(list(writer.slot_counts.values())),
-        abi.MAP_BACKENDS: ids.high - ids.low + 1 - ids.free_count,
-        abi.MAP_SRC_RANGES: sum(len(r) for r in list(writer.src_ranges.values())),
+        abi.MAP_BACKENDS: backends - backends6,
+        abi.MAP_BACKENDS6: backends6,
+        abi.MAP_SRC_RANGES: len(ranges) - ranges6,
+        abi.MAP_SRC_RANGES6: ranges6,
     }

@@ -5,6 +5,12 @@ reverse NAT, names and finally the service entries, whose slot count makes the n
 slots visible; then stale slots and departed backends; removed services last, service
 entry first so no new flow can pick what is being removed.
 
+IPv6 frontends are written to their own maps (ebpflb_svc6, _be6, _rnat6, _srcr6)
+with the same ids: frontend and backend ids are one space across both families, so
+the slot, Maglev, names and stats maps serve both, and a frontend's family (that of
+its address; its backends, source ranges and source-NAT address share it) picks the
+maps of the rest.
+
 Elements are packed with struct (abi.PACK_*) into one buffer per map and phase and
 written with one batch syscall: at 10,000 Services this is the difference between
 seconds and a fraction of one. The Maglev tables are ``maglevtables``'s to fill.
@@ -15,7 +21,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import socket
-from ipaddress import IPv4Network
+from ipaddress import IPv6Network
 
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.ids import BackendKey, IdAllocator, backend_key
@@ -29,7 +35,7 @@ from ebpflb.dataplane.bpf.maps import (
 )
 from ebpflb.dataplane.bpf.syscall import PinnedMap
 from ebpflb.errors import CapacityError
-from ebpflb.model import Frontend, FrontendKey, Protocol, ServicePortName
+from ebpflb.model import Frontend, FrontendKey, IPNetwork, Protocol, ServicePortName
 from ebpflb.plan import (
     DeleteService,
     FrontendState,
@@ -53,9 +59,12 @@ _SRC_RANGES = int(abi.SvcFlag.SRC_RANGES)
 _DROP_EMPTY = int(abi.SvcFlag.DROP_EMPTY)
 _MAGLEV = int(abi.SvcFlag.MAGLEV)
 _NO_ADDRESS = bytes(4)
+_NO_ADDRESS6 = bytes(16)
 
 
-def _range_key(sid: int, net: IPv4Network) -> abi.SrcRange4Key:
+def _range_key(sid: int, net: IPNetwork) -> abi.SrcRange4Key | abi.SrcRange6Key:
+    if isinstance(net, IPv6Network):
+        return abi.SrcRange6Key(SVC_ID_BITS + net.prefixlen, sid, abi.addr6(net.network_address))
     return abi.SrcRange4Key(SVC_ID_BITS + net.prefixlen, sid, abi.pack_ip4(net.network_address))
 
 
@@ -65,6 +74,14 @@ _htons = socket.htons  # abi.htons, without a Python call per element
 
 def pack_lb4_key(frontend: Frontend) -> bytes:
     return abi.PACK_LB4_KEY.pack(
+        frontend.address.packed, _htons(frontend.port), _PROTO_NUMBERS[frontend.protocol], 0
+    )
+
+
+def pack_lb_key(frontend: Frontend) -> bytes:
+    """The frontend's key in the service map of its family (lb4_key or lb6_key)."""
+    pack = abi.PACK_LB6_KEY.pack if frontend.address.version == 6 else abi.PACK_LB4_KEY.pack
+    return pack(
         frontend.address.packed, _htons(frontend.port), _PROTO_NUMBERS[frontend.protocol], 0
     )
 
@@ -127,10 +144,10 @@ class MapWriter:
         self.svc_ids: dict[FrontendKey, int] = st.svc_ids
         self.slot_counts: dict[int, int] = st.slot_counts
         live = set(st.svc_ids.values())
-        self.src_ranges: dict[int, tuple[IPv4Network, ...]] = {
+        self.src_ranges: dict[int, tuple[IPNetwork, ...]] = {
             sid: ranges for sid, ranges in st.src_ranges.items() if sid in live
         }
-        self._stale_ranges: list[tuple[int, IPv4Network]] = [
+        self._stale_ranges: list[tuple[int, IPNetwork]] = [
             (sid, net)
             for sid, ranges in st.src_ranges.items()
             if sid not in self.src_ranges
@@ -148,10 +165,21 @@ class MapWriter:
         # Service ids whose counters may hold an earlier owner's numbers: everything
         # the maps held when read, and every id freed since. Fresh ids need no reset.
         self._dirty_stats: set[int] = set(st.svc_ids.values()) | set(st.orphan_svc_ids)
-        if st.orphan_backends:
-            # Left by a write interrupted between its phases: no service points at them.
-            log.info("removing %d orphaned backends", len(st.orphan_backends))
-            self.maps.backends.delete_batch([ctypes.c_uint32(b) for b in st.orphan_backends])
+        for orphans, m in (
+            (st.orphan_backends, self.maps.backends),
+            (st.orphan_backends6, self.maps.backends6),
+        ):
+            if orphans:
+                # Left by a write interrupted between its phases: no service points at them.
+                log.info("removing %d orphaned backends from %s", len(orphans), m.path)
+                m.delete_batch([ctypes.c_uint32(b) for b in orphans])
+
+    def ipv6_counts(self) -> tuple[int, int]:
+        """(frontends, backends) held in the IPv6 maps, for telemetry (another thread:
+        list() of a dict is atomic under the GIL)."""
+        sids = [sid for key, sid in list(self.svc_ids.items()) if key[0].version == 6]
+        owned = self._backend_ids
+        return len(sids), sum(len(owned.get(sid, ())) for sid in sids)
 
     def _check_capacity(self, plan: Plan) -> None:
         """Refuse the whole plan, before writing anything, when it cannot fit. One pass
@@ -229,14 +257,17 @@ class MapWriter:
         self._delete_services([op for op in ops if isinstance(op, DeleteService)])
 
     def _upsert_backends(self, ops: list[UpsertBackends]) -> None:
-        keys: list[bytes] = []
-        values: list[bytes] = []
-        pack = abi.PACK_LB4_BACKEND.pack
+        be4, be6 = _Batch(), _Batch()
+        pack4 = abi.PACK_LB4_BACKEND.pack
+        pack6 = abi.PACK_LB6_BACKEND.pack
         alloc = self.be_alloc.alloc
         for op in ops:
             sid = self._svc_id(op.frontend.key)
             proto = _PROTO_NUMBERS[op.frontend.protocol]
             owned = self._backend_ids.setdefault(sid, {})
+            v6 = op.frontend.address.version == 6
+            batch, pack = (be6, pack6) if v6 else (be4, pack4)
+            keys, values = batch.keys, batch.values
             for b in op.backends:
                 address = b.address.packed
                 id_key = backend_key(address, b.port)
@@ -247,7 +278,8 @@ class MapWriter:
                 keys.append(_U32(bid))
                 values.append(pack(address, _htons(b.port), proto, flags, sid))
             self._cache_backends(op)
-        _update(self.maps.backends, keys, values)
+        be4.update(self.maps.backends)
+        be6.update(self.maps.backends6)
 
     def _cache_backends(self, op: UpsertBackends) -> None:
         """Keep the cached state of a held frontend in step with its backends: no
@@ -264,9 +296,11 @@ class MapWriter:
             self._dirty_stats.discard(sid)
 
     def _write_services(self, ops: list[WriteService]) -> None:
-        slots, rnat, meta, svc, stale = _Batch(), _Batch(), _Batch(), _Batch(), _Batch()
-        pack_rnat = abi.PACK_LB4_RNAT.pack
-        pack_svc = abi.PACK_LB4_SERVICE.pack
+        slots, meta, stale = _Batch(), _Batch(), _Batch()
+        rnat4, svc4, rnat6, svc6 = _Batch(), _Batch(), _Batch(), _Batch()
+        pack_rnat4, pack_rnat6 = abi.PACK_LB4_RNAT.pack, abi.PACK_LB6_RNAT.pack
+        pack_svc4, pack_svc6 = abi.PACK_LB4_SERVICE.pack, abi.PACK_LB6_SERVICE.pack
+        pack_key4, pack_key6 = _PACK_KEY, abi.PACK_LB6_KEY.pack
         for op in ops:
             st = op.state
             fe = st.frontend
@@ -282,11 +316,15 @@ class MapWriter:
             key = _U32(sid)
             address = fe.address.packed
             port = _htons(fe.port)
+            v6 = fe.address.version == 6
+            rnat, svc = (rnat6, svc6) if v6 else (rnat4, svc4)
             rnat.keys.append(key)
-            rnat.values.append(pack_rnat(address, port, 0))
+            rnat.values.append((pack_rnat6 if v6 else pack_rnat4)(address, port, 0))
             meta.keys.append(key)
             meta.values.append(pack_meta(st.port_name))
-            svc.keys.append(_PACK_KEY(address, port, _PROTO_NUMBERS[fe.protocol], 0))
+            svc.keys.append(
+                (pack_key6 if v6 else pack_key4)(address, port, _PROTO_NUMBERS[fe.protocol], 0)
+            )
             flags = (
                 _KIND_BITS[fe.kind]
                 | (_SRC_RANGES if st.source_ranges else 0)
@@ -295,23 +333,30 @@ class MapWriter:
             if self.maglev is not None:
                 flags |= _MAGLEV
                 self.maglev.write(sid, st.slots, owned)
-            snat = st.snat_address.packed if st.snat_address else _NO_ADDRESS
-            svc.values.append(pack_svc(sid, count, flags, st.affinity_timeout, snat))
-            self._write_src_ranges(
-                sid, tuple(r for r in st.source_ranges if isinstance(r, IPv4Network))
-            )
+            if v6:
+                snat = st.snat_address.packed if st.snat_address else _NO_ADDRESS6
+                svc.values.append(pack_svc6(sid, count, flags, st.affinity_timeout, snat))
+            else:
+                snat = st.snat_address.packed if st.snat_address else _NO_ADDRESS
+                svc.values.append(pack_svc4(sid, count, flags, st.affinity_timeout, snat))
+            self._write_src_ranges(sid, st.source_ranges)
             self.slot_counts[sid] = count
             self.frontends[fkey] = st
         slots.update(self.maps.slots)
-        rnat.update(self.maps.rnat)
+        rnat4.update(self.maps.rnat)
+        rnat6.update(self.maps.rnat6)
         meta.update(self.maps.meta)
         if self.maglev is not None:
             self.maglev.flush()  # the tables before the entries that use them
-        svc.update(self.maps.svc)
+        svc4.update(self.maps.svc)
+        svc6.update(self.maps.svc6)
         stale.delete(self.maps.slots)
         self._delete_stale_ranges()
 
-    def _write_src_ranges(self, sid: int, ranges: tuple[IPv4Network, ...]) -> None:
+    def _range_map(self, net: IPNetwork) -> PinnedMap:
+        return self.maps.src_ranges6 if isinstance(net, IPv6Network) else self.maps.src_ranges
+
+    def _write_src_ranges(self, sid: int, ranges: tuple[IPNetwork, ...]) -> None:
         """Add a frontend's new source ranges now, before its service entry (whose flag
         turns them on) is written; the ones it no longer has go after it."""
         old = self.src_ranges.get(sid, ())
@@ -319,7 +364,7 @@ class MapWriter:
             return
         for net in ranges:
             if net not in old:
-                self.maps.src_ranges.update(_range_key(sid, net), ctypes.c_uint8(1))
+                self._range_map(net).update(_range_key(sid, net), ctypes.c_uint8(1))
         self._stale_ranges += [(sid, net) for net in old if net not in ranges]
         if ranges:
             self.src_ranges[sid] = ranges
@@ -328,15 +373,16 @@ class MapWriter:
 
     def _delete_stale_ranges(self) -> None:
         for sid, net in self._stale_ranges:
-            self.maps.src_ranges.delete(_range_key(sid, net))
+            self._range_map(net).delete(_range_key(sid, net))
         self._stale_ranges = []
 
     def _remove_backends(self, ops: list[RemoveBackends]) -> None:
-        batch = _Batch()
+        be4, be6 = _Batch(), _Batch()
         for op in ops:
             sid = self.svc_ids.get(op.frontend.key)
             if sid is None:
                 continue
+            batch = be6 if op.frontend.address.version == 6 else be4
             owned = self._backend_ids.get(sid, {})
             for address, port in op.backends:
                 bid = owned.pop(backend_key(address.packed, port), None)
@@ -349,29 +395,38 @@ class MapWriter:
                 self.frontends[op.frontend.key] = st.with_backends(
                     tuple(b for b in st.backends if b.key not in gone)
                 )
-        batch.delete(self.maps.backends)
+        be4.delete(self.maps.backends)
+        be6.delete(self.maps.backends6)
 
     def _delete_services(self, ops: list[DeleteService]) -> None:
-        svc, slots, ids, bes = _Batch(), _Batch(), _Batch(), _Batch()
+        slots, ids = _Batch(), _Batch()
+        svc4, rnat4, bes4 = _Batch(), _Batch(), _Batch()
+        svc6, rnat6, bes6 = _Batch(), _Batch(), _Batch()
         freed: list[int] = []
         for op in ops:
             sid = self.svc_ids.pop(op.frontend.key, None)
             self.frontends.pop(op.frontend.key, None)
-            svc.add(pack_lb4_key(op.frontend))
+            v6 = op.frontend.address.version == 6
+            svc, rnat, bes = (svc6, rnat6, bes6) if v6 else (svc4, rnat4, bes4)
+            svc.add(pack_lb_key(op.frontend))
             if sid is None:
                 continue
             for i in range(self.slot_counts.pop(sid, 0)):
                 slots.add(_SLOT_KEY(sid, i))
             ids.add(_U32(sid))
+            rnat.add(_U32(sid))
             for bid in self._backend_ids.pop(sid, {}).values():
                 bes.add(_U32(bid))
                 self.be_alloc.free(bid)
             freed.append(sid)
-        svc.delete(self.maps.svc)
+        svc4.delete(self.maps.svc)
+        svc6.delete(self.maps.svc6)
         slots.delete(self.maps.slots)
-        ids.delete(self.maps.rnat)
+        rnat4.delete(self.maps.rnat)
+        rnat6.delete(self.maps.rnat6)
         ids.delete(self.maps.meta)
-        bes.delete(self.maps.backends)
+        bes4.delete(self.maps.backends)
+        bes6.delete(self.maps.backends6)
         for sid in freed:
             self._stale_ranges += [(sid, net) for net in self.src_ranges.pop(sid, ())]
             self.svc_alloc.free(sid)
