@@ -24,6 +24,7 @@
 #include "lib/icmp6.h"
 #include "lib/reject6.h"
 #include "lib/sock.h"
+#include "lib/sock6.h"
 
 /* Map accessors declared in lib/maps.h: bcc rewrites map calls in this file only. */
 static __always_inline struct lb4_service *map_svc4_lookup(struct lb4_key *key)
@@ -299,4 +300,25 @@ int ebpflb_sock_recvmsg4(struct bpf_sock_addr *ctx)
 int ebpflb_sock_getpeername4(struct bpf_sock_addr *ctx)
 {
 	return sock4_reverse(ctx);
+}
+
+/* IPv6 sockets (lib/sock6.h), IPv4-mapped peers of dual-stack sockets included. */
+int ebpflb_sock_connect6(struct bpf_sock_addr *ctx)
+{
+	return sock6_forward(ctx, 0);
+}
+
+int ebpflb_sock_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return sock6_forward(ctx, 1);
+}
+
+int ebpflb_sock_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	return sock6_reverse(ctx);
+}
+
+int ebpflb_sock_getpeername6(struct bpf_sock_addr *ctx)
+{
+	return sock6_reverse(ctx);
 }

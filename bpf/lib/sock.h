@@ -21,8 +21,8 @@
 #define SOCK_PASS	1	/* a cgroup sock_addr hook's "go on" */
 #define SOCK_DENY	0	/* ... and its "refuse" (EPERM) */
 
-/* Whether the socket lives in the agent's network namespace. */
-static __always_inline int sock4_ours(struct bpf_sock_addr *ctx)
+/* Whether the socket (of either family) lives in the agent's network namespace. */
+static __always_inline int sock_ours(struct bpf_sock_addr *ctx)
 {
 	__u32 lo_index = CFG_NETNS_LO, hi_index = CFG_NETNS_HI;
 	__u32 *lo = map_cfg_lookup(&lo_index), *hi = map_cfg_lookup(&hi_index);
@@ -67,66 +67,97 @@ static __always_inline int sock4_stable_backend(struct bpf_sock_addr *ctx,
 	return 0;
 }
 
-/* connect() or sendmsg() to a frontend: address the socket (or datagram) to one of its
- * backends and remember the frontend for the way back. A connect() gets a random
- * backend; a datagram of an unconnected socket (per_socket) the same one as the
- * socket's earlier datagrams to that frontend. SOCK_PASS or SOCK_DENY (a Service
- * without a usable endpoint). */
-static __always_inline int sock4_forward(struct bpf_sock_addr *ctx, int per_socket)
+/* What sock4_translate (and sock6_translate) did. */
+#define SOCK_XLATE_NONE		0	/* not a frontend socket-LB serves: untouched */
+#define SOCK_XLATE_DONE		1	/* sent to *be; the way back is recorded */
+#define SOCK_XLATE_REFUSE	2	/* a frontend without a usable endpoint */
+
+/* connect() or sendmsg() of ctx's socket to the IPv4 frontend in pkt (daddr, dport,
+ * proto): choose one of its backends (*be) and remember the frontend for the way back,
+ * keyed by the socket's cookie and the IPv4 backend. A connect() gets a random backend;
+ * a datagram of an unconnected socket (per_socket) the same one as the socket's
+ * earlier datagrams to that frontend. The caller writes the backend into its own
+ * address field: user_ip4, or the last word of an IPv4-mapped user_ip6 (sock6.h).
+ * A SOCK_XLATE_* value. */
+static __always_inline int sock4_translate(struct bpf_sock_addr *ctx, int per_socket,
+					   const struct pkt4 *pkt, struct lb4_backend **be)
 {
 	struct sknat4_value frontend;
-	struct lb4_backend *be = NULL;
 	struct sknat4_key back;
 	struct lb4_service *svc;
-	struct pkt4 pkt;
 	__u32 backend_id;
+
+	svc = lb4_lookup_service(pkt);
+	if (!svc || (svc->flags & SVC_F_SRC_RANGES))
+		return SOCK_XLATE_NONE;	/* not a frontend, or one for listed clients only */
+	if (svc->count == 0) {
+		stats_global_inc(GSTAT_NO_BACKEND);
+		return SOCK_XLATE_REFUSE;
+	}
+	/* No source port yet, so no Maglev (it needs the whole 5-tuple). */
+	if (per_socket ? sock4_stable_backend(ctx, svc, pkt, &backend_id, be) < 0
+		       : lb4_random_backend(svc, &backend_id, be) < 0)
+		return SOCK_XLATE_REFUSE;
+	__builtin_memset(&back, 0, sizeof(back));
+	back.cookie = bpf_get_socket_cookie(ctx);
+	back.address = (*be)->address;
+	back.port = (*be)->port;
+	__builtin_memset(&frontend, 0, sizeof(frontend));
+	frontend.address = pkt->daddr;
+	frontend.port = pkt->dport;
+	map_sknat4_update(&back, &frontend);
+	stats_global_inc(GSTAT_SOCK_LB);
+	return SOCK_XLATE_DONE;
+}
+
+/* connect() or sendmsg() to an IPv4 frontend: address the socket (or datagram) to one
+ * of its backends. SOCK_PASS or SOCK_DENY (a Service without a usable endpoint). */
+static __always_inline int sock4_forward(struct bpf_sock_addr *ctx, int per_socket)
+{
+	struct lb4_backend *be = NULL;
+	struct pkt4 pkt;
+	int ret;
 
 	if (ctx->protocol != IP4_PROTO_TCP && ctx->protocol != IP4_PROTO_UDP)
 		return SOCK_PASS;
-	if (!sock4_ours(ctx))
+	if (!sock_ours(ctx))
 		return SOCK_PASS;
 	__builtin_memset(&pkt, 0, sizeof(pkt));
 	pkt.daddr = ctx->user_ip4;
 	pkt.dport = (__be16)ctx->user_port;
 	pkt.proto = ctx->protocol;
-	svc = lb4_lookup_service(&pkt);
-	if (!svc || (svc->flags & SVC_F_SRC_RANGES))
-		return SOCK_PASS;	/* not a frontend, or one for listed clients only */
-	if (svc->count == 0) {
-		stats_global_inc(GSTAT_NO_BACKEND);
+	ret = sock4_translate(ctx, per_socket, &pkt, &be);
+	if (ret == SOCK_XLATE_REFUSE)
 		return SOCK_DENY;
+	if (ret == SOCK_XLATE_DONE && be) {
+		ctx->user_ip4 = be->address;
+		ctx->user_port = (__u32)be->port;
 	}
-	/* No source port yet, so no Maglev (it needs the whole 5-tuple). */
-	if (per_socket ? sock4_stable_backend(ctx, svc, &pkt, &backend_id, &be) < 0
-		       : lb4_random_backend(svc, &backend_id, &be) < 0)
-		return SOCK_DENY;
+	return SOCK_PASS;
+}
+
+/* The frontend that ctx's socket asked for when it was sent to the IPv4 backend
+ * address:port, or NULL (not a translated socket). */
+static __always_inline struct sknat4_value *sock4_frontend(struct bpf_sock_addr *ctx,
+							   __be32 address, __be16 port)
+{
+	struct sknat4_key back;
+
 	__builtin_memset(&back, 0, sizeof(back));
 	back.cookie = bpf_get_socket_cookie(ctx);
-	back.address = be->address;
-	back.port = be->port;
-	__builtin_memset(&frontend, 0, sizeof(frontend));
-	frontend.address = pkt.daddr;
-	frontend.port = pkt.dport;
-	map_sknat4_update(&back, &frontend);
-	ctx->user_ip4 = be->address;
-	ctx->user_port = (__u32)be->port;
-	stats_global_inc(GSTAT_SOCK_LB);
-	return SOCK_PASS;
+	back.address = address;
+	back.port = port;
+	return map_sknat4_lookup(&back);
 }
 
 /* getpeername() or recvmsg() of a translated socket: the frontend, not the backend. */
 static __always_inline int sock4_reverse(struct bpf_sock_addr *ctx)
 {
 	struct sknat4_value *frontend;
-	struct sknat4_key back;
 
-	if (!sock4_ours(ctx))
+	if (!sock_ours(ctx))
 		return SOCK_PASS;
-	__builtin_memset(&back, 0, sizeof(back));
-	back.cookie = bpf_get_socket_cookie(ctx);
-	back.address = ctx->user_ip4;
-	back.port = (__be16)ctx->user_port;
-	frontend = map_sknat4_lookup(&back);
+	frontend = sock4_frontend(ctx, ctx->user_ip4, (__be16)ctx->user_port);
 	if (frontend) {
 		ctx->user_ip4 = frontend->address;
 		ctx->user_port = (__u32)frontend->port;

@@ -40,6 +40,10 @@ SOCK_PROGRAMS = {
     "ebpflb_sock_sendmsg4": 14,  # BPF_CGROUP_UDP4_SENDMSG
     "ebpflb_sock_recvmsg4": 19,  # BPF_CGROUP_UDP4_RECVMSG
     "ebpflb_sock_getpeername4": 29,  # BPF_CGROUP_INET4_GETPEERNAME
+    "ebpflb_sock_connect6": 11,  # BPF_CGROUP_INET6_CONNECT
+    "ebpflb_sock_sendmsg6": 15,  # BPF_CGROUP_UDP6_SENDMSG
+    "ebpflb_sock_recvmsg6": 20,  # BPF_CGROUP_UDP6_RECVMSG
+    "ebpflb_sock_getpeername6": 30,  # BPF_CGROUP_INET6_GETPEERNAME
 }
 BPF_DIR_ENV = "EBPFLB_BPF_DIR"
 
