@@ -162,6 +162,10 @@ class ServiceInfo:
     # (distinct addresses) the Service has on this node.
     health_check_node_port: int = 0
     local_endpoints: int = 0
+    # Every ClusterIP of the Service as written (spec.clusterIPs: the primary family's
+    # first, at most one per family; ("None",) when headless), of the families this node
+    # serves or not; () for ExternalName.
+    cluster_ips: tuple[str, ...] = ()
 
     @property
     def headless(self) -> bool:

@@ -15,10 +15,16 @@ Which interface addresses are the node's own: every address of every interface e
   the pods' gateway);
 - devices enslaved to a bridge or bond (the master's address is the node's).
 A veth is kept: on a kind node, and in the lab, the node's uplink is a veth, while the
-host side of a pod's veth carries no address or a link-local one. Only IPv4 addresses
-are returned, as only they get NodePort frontends so far; the interface that holds
-the default route comes first (its address is the "primary" one, and the source NAT
-address for external and load-balancer IPs).
+host side of a pod's veth carries no address or a link-local one. Addresses of both
+families are returned (IPv6 ones of global scope: not fe80::/10, not ::1, not
+multicast; unique-local fd00::/8 is global scope to the kernel and kept); the interface
+that holds the default route comes first (its address of each family is the "primary"
+one, and the source NAT address for external and load-balancer IPs of that family).
+
+The families this node serves (``NodePortChoice.families``) are those it has an
+address of, in its Node object or on its own interfaces, before
+``--nodeport-addresses`` narrows anything: kube-proxy runs a proxier for each family
+the node can serve, and translation skips the Services of a family with none.
 """
 
 from __future__ import annotations
@@ -67,6 +73,9 @@ class NodePortChoice:
     addresses: tuple[IPAddress, ...]
     source: AddressSource
     why: str
+    # the IP versions (4, 6) this node serves: those it has an address of, whatever
+    # --nodeport-addresses selects (see the module docstring)
+    families: frozenset[int] = frozenset({4})
 
 
 def choose(
@@ -77,16 +86,21 @@ def choose(
 ) -> NodePortChoice:
     """This node's NodePort addresses, from its Node among ``nodes`` when it names any
     InternalIP/ExternalIP, else from ``local`` (the node's own interface addresses,
-    the primary one first)."""
+    the primary one first). ``--nodeport-addresses primary`` takes the first InternalIP
+    (or local address) of each family."""
     nodes = list(nodes)
+    listed = node_addresses(nodes, node_name) if node_name else ()
+    families = frozenset(a.version for a in (*listed, *local))
     if node_name:
-        listed = node_addresses(nodes, node_name)
         if listed:
-            internal = [
-                a for a in node_addresses(nodes, node_name, types=("InternalIP",)) if a.version == 4
-            ]
+            internal = _first_of_each_family(
+                node_addresses(nodes, node_name, types=("InternalIP",))
+            )
             return NodePortChoice(
-                option.select(listed, internal), AddressSource.NODE_OBJECT, f"Node {node_name}"
+                _select(option, listed, internal),
+                AddressSource.NODE_OBJECT,
+                f"Node {node_name}",
+                families,
             )
         exists = any(_name(n) == node_name for n in nodes)
         why = (
@@ -96,11 +110,31 @@ def choose(
         )
     else:
         why = "no --node-name"
-    return NodePortChoice(option.select(local, local[:1]), AddressSource.LOCAL_INTERFACES, why)
+    return NodePortChoice(
+        _select(option, local, _first_of_each_family(local)),
+        AddressSource.LOCAL_INTERFACES,
+        why,
+        families,
+    )
+
+
+def _first_of_each_family(addresses: Sequence[IPAddress]) -> tuple[IPAddress, ...]:
+    """The first address of each family, in the order given."""
+    return tuple({a.version: a for a in reversed(addresses)}.values())[::-1]
+
+
+def _select(
+    option: NodePortAddresses, addresses: Sequence[IPAddress], primary: tuple[IPAddress, ...]
+) -> tuple[IPAddress, ...]:
+    """``option.select`` with ``primary`` as the node's primary address of each family
+    (``select`` itself takes one primary address only)."""
+    if option.primary:
+        return primary
+    return option.select(addresses, primary)
 
 
 def own_addresses(interfaces: Iterable[Interface]) -> tuple[IPAddress, ...]:
-    """The node's own IPv4 addresses among ``interfaces`` (see the module docstring),
+    """The node's own addresses of both families among ``interfaces`` (see the module docstring),
     those of the default route's interface first, then by interface index."""
     interfaces = list(interfaces)
     ports: dict[int, list[str | None]] = {}
@@ -118,13 +152,11 @@ def own_addresses(interfaces: Iterable[Interface]) -> tuple[IPAddress, ...]:
 
 
 def _own(address: IPAddress) -> bool:
-    return (
-        address.version == 4
-        and not address.is_loopback
-        and not address.is_multicast
-        and not address.is_unspecified
-        and address not in LINK_LOCAL_V4
-    )
+    if address.is_loopback or address.is_multicast or address.is_unspecified:
+        return False
+    if address.version == 4:
+        return address not in LINK_LOCAL_V4
+    return not address.is_link_local and address.ipv4_mapped is None
 
 
 def _name(node: Mapping[str, Any]) -> str | None:

@@ -2,6 +2,11 @@
 their conditions, node, zone and topology hints, merged over the slices of one
 Service and deduplicated by (address, port). Pure; joined with the Services by
 ``translate``.
+
+Backends are kept per IP family (the slice's ``addressType``), as kube-proxy keeps
+them per family: a Service's IPv4 frontends take endpoints from its IPv4 slices only,
+its IPv6 frontends from its IPv6 slices only. An address of the other family inside a
+slice is reported (naming the slice and the address) and that endpoint skipped.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from collections.abc import Iterable
 from operator import itemgetter
 from typing import Any
 
-from ebpflb.model import Backend, Protocol
+from ebpflb.model import Backend, IPAddress, Protocol
 from ebpflb.sources.fields import (
     Obj,
     ObjectError,
@@ -31,17 +36,17 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
 
 # A ServicePortName as a plain tuple (namespace, Service name, port name, protocol),
-# which hashes in C, unlike the dataclass.
-_PortKey = tuple[str, str, str, Protocol]
-# Backends of one Service port, by (IPv4 address as an int, port): an int hashes and
-# sorts far faster than an IPv4Address, and orders the same way.
+# which hashes in C, unlike the dataclass, and the IP version of its backends.
+_PortKey = tuple[str, str, str, Protocol, int]
+# Backends of one Service port and family, by (address as an int, port): an int hashes
+# and sorts far faster than an address object, and orders the same way within a family.
 _Known = dict[tuple[int, int], Backend]
 _Backends = dict[_PortKey, _Known]
 # One endpoint before its port is known: address (as int and object), ready, serving,
 # terminating, node, zone, hinted zones, hinted nodes.
 _Endpoint = tuple[
     int,
-    ipaddress.IPv4Address,
+    IPAddress,
     bool,
     bool,
     bool,
@@ -96,9 +101,10 @@ def _parse_slice(
         if not service or not isinstance(service, str):
             raise _Invalid(f"label {SERVICE_NAME_LABEL} is missing")
         address_type = obj.get("addressType")
-        if address_type in ("IPv6", "FQDN"):
+        if address_type == "FQDN":
             return []
-        if address_type != "IPv4":
+        version = _ADDRESS_TYPES.get(address_type) if isinstance(address_type, str) else None
+        if version is None:
             raise _Invalid(f"addressType {address_type!r} is not IPv4, IPv6 or FQDN")
         port_items = _list(obj.get("ports"), "ports")
         endpoint_items = _list(obj.get("endpoints"), "endpoints")
@@ -117,7 +123,7 @@ def _parse_slice(
     endpoints: list[_Endpoint] = []
     for i, item in enumerate(endpoint_items):
         try:
-            endpoints.append(_endpoint(item))
+            endpoints.append(_endpoint(item, version))
         except _Invalid as e:
             report(f"endpoints[{i}]: {e}; endpoint skipped")
     out: list[tuple[_PortKey, _Known]] = []
@@ -130,24 +136,30 @@ def _parse_slice(
                 for n, a, r, s, t, node, zone, hz, hn in endpoints
             ),
         )
-        out.append(((namespace, service, port_name, protocol), known))
+        out.append(((namespace, service, port_name, protocol, version), known))
     return out
 
 
-def _endpoint(item: Any) -> _Endpoint:
-    """One endpoint's first address and conditions."""
+_ADDRESS_TYPES = {"IPv4": 4, "IPv6": 6}
+
+
+def _endpoint(item: Any, version: int) -> _Endpoint:
+    """One endpoint's first address (of IP ``version``, the slice's) and conditions."""
     item = _mapping(item, "endpoint")
     addresses = _list(item.get("addresses"), "addresses")
     if not addresses:
         raise _Invalid("addresses is empty")
-    number = _ipv4_int(addresses[0])
-    if number is None:
-        address = _ip(addresses[0])
-        if address is None:
+    number = _ipv4_int(addresses[0]) if version == 4 else None  # the common case, fast
+    address: IPAddress
+    if number is not None:
+        address = ipaddress.IPv4Address(number)
+    else:
+        found = _ip(addresses[0])
+        if found is None:
             raise _Invalid(f"address {addresses[0]!r} is not an IP address")
-        if address.version != 4:
-            raise _Invalid(f"address {address} is not IPv4 (the slice's addressType)")
-        number = int(address)
+        if found.version != version:
+            raise _Invalid(f"address {found} is not IPv{version} (the slice's addressType)")
+        address, number = found, int(found)
     conditions = _mapping(item.get("conditions"), "conditions")
     ready = _flag(conditions.get("ready"), "ready", default=True)
     serving = _flag(conditions.get("serving"), "serving", default=ready)
@@ -158,7 +170,7 @@ def _endpoint(item: Any) -> _Endpoint:
     for_zones, for_nodes = _hints(hints) if hints is not None else _NO_HINTS
     return (
         number,
-        ipaddress.IPv4Address(number),
+        address,
         ready,
         serving,
         terminating,

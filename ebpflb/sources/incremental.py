@@ -6,7 +6,7 @@ another Service (a frontend claimed by two Services, or a first sync)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -38,10 +38,15 @@ class IncrementalTranslator:
         node_name: str | None = None,
         node_zone: str | None = None,
         node_addresses: Sequence[IPAddress] = (),
+        node_families: Collection[int] | None = None,
     ) -> None:
         self.node_name = node_name
         self.node_zone = node_zone
         self.node_addresses = tuple(node_addresses)
+        # the IP versions this node serves (see translate); None: both
+        self.node_families: frozenset[int] | None = (
+            None if node_families is None else frozenset(node_families)
+        )
         self._entries: dict[FrontendKey, ServiceEntry] = {}
         self._keys_of: dict[ServiceRef, set[FrontendKey]] = {}
         self._info: dict[ServiceRef, ServiceInfo] = {}
@@ -58,6 +63,7 @@ class IncrementalTranslator:
             node_name=self.node_name,
             node_zone=self.node_zone,
             node_addresses=self.node_addresses,
+            node_families=self.node_families,
         )
         self._entries = result.entries  # fresh dicts of our own: no copies needed
         self.backends = sum(len(e.backends) for e in self._entries.values())
@@ -92,6 +98,7 @@ class IncrementalTranslator:
                 node_name=self.node_name,
                 node_zone=self.node_zone,
                 node_addresses=self.node_addresses,
+                node_families=self.node_families,
             )
             new_keys = set(result.state.entries)
             for key in new_keys:

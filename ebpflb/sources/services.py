@@ -1,7 +1,19 @@
-"""Service objects -> ``_Service`` records: the Service's info, ClusterIP, ports,
+"""Service objects -> ``_Service`` records: the Service's info, ClusterIPs, ports,
 external and load-balancer addresses and policies, each field checked (what a bad
 field costs is listed in ``translate``'s docstring). Pure; joined with the backends
 by ``translate``.
+
+IP families are read as the API server writes and checks them: ``spec.clusterIPs``
+holds at most one address per family, the primary family's first, and equals
+``spec.clusterIP`` in its first entry; ``spec.ipFamilies`` (when given) names the
+family of each of them in the same order; ``spec.ipFamilyPolicy`` is ``SingleStack``
+(one address), ``PreferDualStack`` or ``RequireDualStack``, and when it is missing it
+is inferred as the API server does (``RequireDualStack`` when two addresses or two
+families are given, else ``SingleStack``). A Service breaking any of these is skipped
+whole, as the API server would have refused it. External, load-balancer and source
+range addresses are kept of both families here; ``translate`` keeps those of each
+family the Service and the node serve. Nothing here depends on the node, so that the
+last-good check (``lastgood``) never holds an edit back for the node's sake.
 """
 
 from __future__ import annotations
@@ -63,15 +75,18 @@ class _Port(NamedTuple):  # private records: a NamedTuple is cheaper to make
 
 class _Service(NamedTuple):
     info: ServiceInfo
-    address: ipaddress.IPv4Address | None  # None: not load-balanced (headless, ExternalName)
+    # The ClusterIPs, primary family first, one per family; (): not load-balanced
+    # (headless, ExternalName).
+    addresses: tuple[IPAddress, ...]
     ports: tuple[_Port, ...] = ()
-    external: tuple[IPAddress, ...] = ()
-    load_balancer: tuple[IPAddress, ...] = ()
+    external: tuple[IPAddress, ...] = ()  # of both families
+    load_balancer: tuple[IPAddress, ...] = ()  # of both families
     affinity_timeout: int = 0
     external_local: bool = False
     internal_local: bool = False
-    source_ranges: tuple[ipaddress.IPv4Network, ...] = ()
+    source_ranges: tuple[IPNetwork, ...] = ()  # of both families, IPv4 first
     topology: Preference = Preference.NONE  # which topology hints to follow
+    require_dual_stack: bool = False  # ipFamilyPolicy: RequireDualStack (said or inferred)
 
 
 def _parse_service(obj: Obj, errors: list[ObjectError]) -> _Service | None:
@@ -90,11 +105,11 @@ def _parse_service(obj: Obj, errors: list[ObjectError]) -> _Service | None:
         svc_type = _service_type(spec.get("type"))
         if svc_type is ServiceType.EXTERNAL_NAME:
             external_name = _string(spec.get("externalName"), "spec.externalName") or None
-            return _Service(ServiceInfo(ref, svc_type, None, external_name), None)
-        raw_ip, address = _cluster_ip(spec)
-        info = ServiceInfo(ref, svc_type, raw_ip)
-        if address is None:
-            return _Service(info, None)
+            return _Service(ServiceInfo(ref, svc_type, None, external_name), ())
+        raw, addresses, require_dual = _cluster_ips(spec)
+        info = ServiceInfo(ref, svc_type, raw[0], cluster_ips=raw)
+        if not addresses:
+            return _Service(info, ())
         affinity = _affinity_timeout(spec)
         external_local = _policy(spec, "externalTrafficPolicy")
         internal_local = _policy(spec, "internalTrafficPolicy")
@@ -107,7 +122,7 @@ def _parse_service(obj: Obj, errors: list[ObjectError]) -> _Service | None:
         errors.append(_error("Service", ref, message))
 
     lb_ips: tuple[IPAddress, ...] = ()
-    ranges: tuple[ipaddress.IPv4Network, ...] = ()
+    ranges: tuple[IPNetwork, ...] = ()
     if svc_type is ServiceType.LOAD_BALANCER:
         lb_ips = _ingress_ips(spec, obj.get("status"), report)
         try:
@@ -127,7 +142,7 @@ def _parse_service(obj: Obj, errors: list[ObjectError]) -> _Service | None:
             report(problem)
     return _Service(  # positionally: keywords make a NamedTuple ~1.7x as costly
         info,
-        address,
+        addresses,
         _service_ports(items, report),
         _addresses(spec.get("externalIPs"), "spec.externalIPs", report),
         lb_ips,
@@ -136,6 +151,7 @@ def _parse_service(obj: Obj, errors: list[ObjectError]) -> _Service | None:
         internal_local,
         ranges,
         wanted,
+        require_dual,
     )
 
 
@@ -150,7 +166,9 @@ def _with_health_check(info: ServiceInfo, spec: Obj, report: _Report) -> Service
     except _Invalid as e:
         report(f"{e}; health check skipped")
         return info
-    return ServiceInfo(info.ref, info.type, info.cluster_ip, info.external_name, port)
+    return ServiceInfo(
+        info.ref, info.type, info.cluster_ip, info.external_name, port, 0, info.cluster_ips
+    )
 
 
 _SERVICE_TYPES = {t.value: t for t in ServiceType}  # a dict look-up: see _PROTOCOLS
@@ -165,25 +183,68 @@ def _service_type(value: Any) -> ServiceType:
     return found
 
 
-def _cluster_ip(spec: Obj) -> tuple[str, ipaddress.IPv4Address | None]:
-    """The ClusterIP as written (``"None"`` when headless) and the IPv4 one to balance
-    (of a dual-stack Service, its IPv4 address whichever family is primary)."""
-    raw = [_string(spec.get("clusterIP"), "spec.clusterIP")]
+_FAMILIES = {"IPv4": 4, "IPv6": 6}
+_POLICIES = ("SingleStack", "PreferDualStack", "RequireDualStack")
+
+
+def _cluster_ips(spec: Obj) -> tuple[tuple[str, ...], tuple[IPAddress, ...], bool]:
+    """The ClusterIPs as written (``("None",)`` when headless), as addresses (primary
+    first; () when headless), and whether the Service requires both families (see the
+    module docstring for the rules checked)."""
+    first = _string(spec.get("clusterIP"), "spec.clusterIP")
     more = spec.get("clusterIPs")
-    if more is not None:
-        raw += [_string(v, "spec.clusterIPs") for v in _list(more, "spec.clusterIPs")]
-    raw = [v for v in raw if v]
-    if not raw:
+    listed = [_string(v, "spec.clusterIPs") for v in _list(more, "spec.clusterIPs")]
+    if first and listed and listed[0] != first:
+        raise _Invalid(f"spec.clusterIP {first} is not spec.clusterIPs[0] {listed[0]}")
+    raw = tuple(listed) if listed else ((first,) if first else ())
+    if not raw or not all(raw):
         raise _Invalid("spec.clusterIP is missing (the API server allocates it; set it here)")
     if raw[0] == "None":
-        return "None", None
-    for value in dict.fromkeys(raw):
+        if len(raw) > 1:
+            raise _Invalid(f"spec.clusterIPs {list(raw)} holds more than None (headless)")
+        return raw, (), False
+    if len(raw) > 2:
+        raise _Invalid(f"spec.clusterIPs has {len(raw)} addresses (at most one per family)")
+    addresses: list[IPAddress] = []
+    for value in raw:
         address = _ip(value)
         if address is None:
-            raise _Invalid(f"spec.clusterIP {value!r} is not an IP address")
-        if isinstance(address, ipaddress.IPv4Address):
-            return value, address
-    raise _Invalid(f"spec.clusterIP {raw[0]} is IPv6; this node is IPv4-only")
+            field = "spec.clusterIP" if len(raw) == 1 else "spec.clusterIPs"
+            raise _Invalid(f"{field} {value!r} is not an IP address")
+        if addresses and addresses[0].version == address.version:
+            raise _Invalid(
+                f"spec.clusterIPs has two IPv{address.version} addresses (at most one per family)"
+            )
+        addresses.append(address)
+    families = _ip_families(spec.get("ipFamilies"))
+    for i, address in enumerate(addresses):
+        if families and (i >= len(families) or families[i] != address.version):
+            raise _Invalid(
+                f"spec.clusterIPs[{i}] {address} is not of spec.ipFamilies[{i}] "
+                f"(ipFamilies {spec.get('ipFamilies')!r})"
+            )
+    policy = spec.get("ipFamilyPolicy")
+    if policy is not None and policy not in _POLICIES:
+        raise _Invalid(f"spec.ipFamilyPolicy {policy!r} is not one of {', '.join(_POLICIES)}")
+    dual = len(addresses) == 2 or len(families) == 2
+    if policy is None:  # as the API server infers it
+        policy = "RequireDualStack" if dual else "SingleStack"
+    if policy == "SingleStack" and dual:
+        raise _Invalid("spec.ipFamilyPolicy is SingleStack but two families are given")
+    return raw, tuple(addresses), policy == "RequireDualStack"
+
+
+def _ip_families(value: Any) -> tuple[int, ...]:
+    """spec.ipFamilies as IP versions, in order; () when not given."""
+    found: list[int] = []
+    for item in _list(value, "spec.ipFamilies"):
+        version = _FAMILIES.get(item) if isinstance(item, str) else None
+        if version is None:
+            raise _Invalid(f"spec.ipFamilies: {item!r} is not IPv4 or IPv6")
+        if version in found:
+            raise _Invalid(f"spec.ipFamilies names {item} twice")
+        found.append(version)
+    return tuple(found)
 
 
 def _affinity_timeout(spec: Obj) -> int:
@@ -256,10 +317,10 @@ def _check_distinct(port: _Port, other: _Port) -> None:
         raise _Invalid(f"nodePort {port.node_port}/{port.protocol} is already used")
 
 
-def _source_ranges(values: Any) -> tuple[ipaddress.IPv4Network, ...]:
-    """spec.loadBalancerSourceRanges as IPv4 networks (host bits set are an error, as
-    the API server says). IPv6 ranges cannot match on this IPv4 node; a list of only
-    IPv6 ranges admits no IPv4 client, so it is refused rather than read as "all"."""
+def _source_ranges(values: Any) -> tuple[IPNetwork, ...]:
+    """spec.loadBalancerSourceRanges as networks of both families, IPv4 first (host bits
+    set are an error, as the API server says). Which family's ranges apply to which
+    frontend is ``translate``'s business."""
     if values is None:
         return ()
     found: list[IPNetwork] = []
@@ -269,10 +330,7 @@ def _source_ranges(values: Any) -> tuple[ipaddress.IPv4Network, ...]:
             found.append(ipaddress.ip_network(_string(value, "a source range").strip()))
         except ValueError:
             raise _Invalid(f"spec.loadBalancerSourceRanges: {value!r} is not a CIDR") from None
-    v4 = tuple(sorted({n for n in found if isinstance(n, ipaddress.IPv4Network)}))
-    if found and not v4:
-        raise _Invalid("spec.loadBalancerSourceRanges has no IPv4 range (this node is IPv4-only)")
-    return v4
+    return tuple(sorted(set(found), key=lambda n: (n.version, int(n.network_address), n.prefixlen)))
 
 
 def _ingress_ips(spec: Obj, status: Any, report: _Report) -> tuple[IPAddress, ...]:
@@ -291,7 +349,8 @@ def _ingress_ips(spec: Obj, status: Any, report: _Report) -> tuple[IPAddress, ..
 
 
 def _addresses(values: Any, where: str, report: _Report) -> tuple[IPAddress, ...]:
-    """The IPv4 addresses in a list; malformed ones are reported and skipped."""
+    """The addresses in a list, of both families; malformed ones are reported and
+    skipped."""
     if values is None:  # the common case
         return ()
     try:
@@ -305,6 +364,5 @@ def _addresses(values: Any, where: str, report: _Report) -> tuple[IPAddress, ...
         if address is None:
             report(f"{where}: {value!r} is not an IP address; address skipped")
             continue
-        if address.version == 4:
-            found.append(address)
+        found.append(address)
     return tuple(dict.fromkeys(found))

@@ -6,10 +6,18 @@ What one bad field costs (the unit that is skipped is always complete, so an err
 never leaves half a Service port applied; every other object still applies):
 
 - **the whole Service** (no entries, no ``ServiceInfo``): missing ``metadata.name`` or
-  ``spec``, unknown ``spec.type``, a missing or malformed ``clusterIP``, a ClusterIP
-  with no IPv4 address (this node is IPv4-only), a bad ``sessionAffinity`` /
-  ``timeoutSeconds`` / traffic policy, ``spec.ports`` not a list, the same
-  namespace/name defined twice (the later copy);
+  ``spec``, unknown ``spec.type``, a missing or malformed ``clusterIP``, ``clusterIPs``
+  that the API server would refuse (``clusterIP`` not ``clusterIPs[0]``, two addresses
+  of one family, families other than ``ipFamilies`` says, two families under
+  ``ipFamilyPolicy: SingleStack``), a bad ``ipFamilies`` / ``ipFamilyPolicy``, a bad
+  ``sessionAffinity`` / ``timeoutSeconds`` / traffic policy, ``spec.ports`` not a
+  list, the same namespace/name defined twice (the later copy);
+- **the Service's frontends, not its info** (it still shows in ``ebpflb services``):
+  no ClusterIP of a family this node serves (see *IP families* below);
+- **one family of a Service**: the family this node lacks under ``ipFamilyPolicy:
+  RequireDualStack`` (the other family is served, as kube-proxy serves the families it
+  runs for); the load-balancer addresses of a family that
+  ``loadBalancerSourceRanges`` gives no range of while it gives ranges of the other;
 - **one Service port** (the other ports apply): ``port``, ``targetPort`` number or
   ``nodePort`` outside 1-65535, unknown protocol, a missing name on a multi-port
   Service, a (port, protocol), name or (nodePort, protocol) already used by an
@@ -25,11 +33,22 @@ never leaves half a Service port applied; every other object still applies):
 
 Quietly ignored (normal, not errors): Services labelled
 ``service.kubernetes.io/service-proxy-name`` (another proxy owns them, as in
-kube-proxy), IPv6 and FQDN slices, IPv6 external/ingress IPs and node addresses
-(dual-stack objects are normal on an IPv4 node), ingress entries with only a
-hostname or ``ipMode: Proxy``, a NodePort/LoadBalancer port without ``nodePort``
-(the API server allocates it; a manifest may leave it out), slices whose Service
-is unknown.
+kube-proxy), FQDN slices, external/ingress IPs, source ranges and slices of a family
+the Service or this node does not serve (dual-stack objects are normal on a
+single-stack node; kube-proxy ignores them too), the missing family of a
+``PreferDualStack`` Service, ingress entries with only a hostname or ``ipMode:
+Proxy``, a NodePort/LoadBalancer port without ``nodePort`` (the API server allocates
+it; a manifest may leave it out), slices whose Service is unknown.
+
+IP families: each family is translated as kube-proxy's proxier of that family does.
+A Service gets, for each of its ClusterIPs of a family this node serves, a ClusterIP
+frontend per port, NodePort frontends on the node addresses of that family, and
+frontends for its external and load-balancer IPs of that family; those frontends take
+the backends of the Service's EndpointSlices of that family only, and the source
+ranges of that family only. This node serves a family when it has an address of it
+(its Node object's or its own interfaces': ``node_families``, computed by the agent's
+``nodeaddrs``), as kube-proxy runs a proxier only for the families the node can
+serve; without ``node_families`` both are served.
 
 Traffic policies need to know which backends are local, so they apply only when
 ``node_name`` is given: ``externalTrafficPolicy: Local`` keeps only node-local
@@ -48,10 +67,10 @@ may number the port differently), so backends take the port of the slice they ar
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import MappingProxyType
+from typing import NamedTuple
 
 from ebpflb.model import (
     DesiredState,
@@ -59,6 +78,7 @@ from ebpflb.model import (
     FrontendKey,
     FrontendKind,
     IPAddress,
+    IPNetwork,
     ServiceEntry,
     ServiceInfo,
     ServicePortName,
@@ -96,15 +116,22 @@ def translate(
     node_name: str | None = None,
     node_zone: str | None = None,
     node_addresses: Sequence[IPAddress] = (),
+    node_families: Collection[int] | None = None,
 ) -> TranslateResult:
     """Translate Services and EndpointSlices into this node's desired state.
 
-    ``node_addresses`` get the NodePort frontends (IPv4 only for now); ``node_name``
-    enables the Local traffic policies, and with ``node_zone`` topology-aware routing
-    (see the module docstring).
+    ``node_addresses`` get the NodePort frontends (of both families); ``node_families``
+    are the IP versions (4, 6) this node serves, None for both; ``node_name`` enables
+    the Local traffic policies, and with ``node_zone`` topology-aware routing (see the
+    module docstring).
     """
     t = translate_dicts(
-        services, slices, node_name=node_name, node_zone=node_zone, node_addresses=node_addresses
+        services,
+        slices,
+        node_name=node_name,
+        node_zone=node_zone,
+        node_addresses=node_addresses,
+        node_families=node_families,
     )
     state = DesiredState(MappingProxyType(t.entries), MappingProxyType(t.services))
     return TranslateResult(state, t.errors)
@@ -128,19 +155,25 @@ def translate_dicts(
     node_name: str | None = None,
     node_zone: str | None = None,
     node_addresses: Sequence[IPAddress] = (),
+    node_families: Collection[int] | None = None,
 ) -> Translation:
     """translate(), without the read-only wrapping."""
     errors: list[ObjectError] = []
     parsed = _parse_services(services, errors)
     backends = _collect_backends(slices, errors)
-    nodes = tuple(dict.fromkeys(a for a in node_addresses if a.version == 4))
+    node = _Node(
+        node_name,
+        node_zone,
+        tuple(dict.fromkeys(node_addresses)),
+        frozenset((4, 6) if node_families is None else node_families),
+    )
     ordered = [parsed[name] for name in sorted(parsed)]
     entries, keys_of = _claim(
-        ((s.info.ref, _entries(s, backends, node_name, node_zone, nodes)) for s in ordered), errors
+        ((s.info.ref, _entries(s, backends, node, errors)) for s in ordered), errors
     )
     return Translation(
         entries=entries,
-        services={s.info.ref: _info(s, backends, node_name) for s in ordered},
+        services={s.info.ref: _info(s, backends, node) for s in ordered},
         keys_of=keys_of,
         errors=tuple(sorted(set(errors), key=_error_order)),
     )
@@ -196,38 +229,102 @@ def node_addresses(
 # --- Entries -----------------------------------------------------------------------------
 
 
-def _entries(
-    svc: _Service,
-    backends: _Backends,
-    node_name: str | None,
-    node_zone: str | None,
-    nodes: tuple[IPAddress, ...],
-) -> list[ServiceEntry]:
-    """One entry per frontend of every port of one Service, in a stable order."""
-    if svc.address is None:
-        return []
+class _Node(NamedTuple):
+    """What translation knows of this node."""
+
+    name: str | None
+    zone: str | None
+    addresses: tuple[IPAddress, ...]  # NodePort addresses, both families, primary first
+    families: frozenset[int]  # the IP versions this node serves
+
+
+def _served(svc: _Service, node: _Node, errors: list[ObjectError]) -> tuple[IPAddress, ...]:
+    """The Service's ClusterIPs of the families this node serves; says (once per
+    Service) when a family it needs is missing."""
+    if len(node.families) == 2:  # the common cases: both families, or not known
+        return svc.addresses
+    served = tuple(a for a in svc.addresses if a.version in node.families)
+    if len(served) == len(svc.addresses):
+        return served
+    have = "/".join(f"IPv{v}" for v in sorted(node.families)) or "no address"
+    lacking = "/".join(f"IPv{a.version}" for a in svc.addresses if a not in served)
     ref = svc.info.ref
+    if not served:
+        message = f"has no ClusterIP of a family this node serves ({have}); Service skipped"
+        errors.append(_error("Service", ref, message))
+    elif svc.require_dual_stack:  # PreferDualStack: serving one family is what it allows
+        message = (
+            f"ipFamilyPolicy RequireDualStack, but this node has no {lacking} address; "
+            f"only {have} served, {lacking} skipped"
+        )
+        errors.append(_error("Service", ref, message))
+    return served
+
+
+def _entries(
+    svc: _Service, backends: _Backends, node: _Node, errors: list[ObjectError]
+) -> list[ServiceEntry]:
+    """One entry per frontend of every port and family of one Service, in a stable
+    order."""
+    if not svc.addresses:
+        return []
+    entries: list[ServiceEntry] = []
+    for cluster_ip in _served(svc, node, errors):
+        entries += _family_entries(svc, cluster_ip, backends, node, errors)
+    return entries
+
+
+def _family_entries(
+    svc: _Service,
+    cluster_ip: IPAddress,
+    backends: _Backends,
+    node: _Node,
+    errors: list[ObjectError],
+) -> list[ServiceEntry]:
+    """The entries of one family of a Service (that of ``cluster_ip``), as kube-proxy's
+    proxier of that family has them: its addresses, backends and source ranges only."""
+    ref = svc.info.ref
+    version = cluster_ip.version
     node_port_type = svc.info.type in (ServiceType.NODE_PORT, ServiceType.LOAD_BALANCER)
+    nodes = node.addresses
+    if nodes and any(a.version != version for a in nodes):
+        nodes = tuple(a for a in nodes if a.version == version)
+    external = _of_family(svc.external, version)
+    load_balancer = _of_family(svc.load_balancer, version)
+    ranges: tuple[IPNetwork, ...] = ()
+    if svc.source_ranges and load_balancer:
+        ranges = tuple(r for r in svc.source_ranges if r.version == version)
+        if not ranges:
+            # kube-proxy keeps each family's own ranges and, finding none of this
+            # family, leaves its load-balancer IPs open to every client of it. A list of
+            # ranges means "only these clients": never admit more than asked, so the
+            # load-balancer frontends of this family are skipped (refused) instead.
+            message = (
+                f"spec.loadBalancerSourceRanges has no IPv{version} range; its "
+                f"IPv{version} load-balancer addresses are skipped rather than open to all"
+            )
+            errors.append(_error("Service", ref, message))
+            load_balancer = ()
     entries: list[ServiceEntry] = []
     for port in svc.ports:
         name = ServicePortName(ref, port.name, port.protocol)
-        known = backends.get((ref.namespace, ref.name, port.name, port.protocol), {})
+        known = backends.get((ref.namespace, ref.name, port.name, port.protocol, version), {})
         every = tuple([known[k] for k in sorted(known)])  # (address, port) order
         # Topology narrows what the Cluster policies use, never the Local ones'.
         cluster = every
         if svc.topology is not Preference.NONE:
-            cluster = topology.prefer(every, svc.topology, node_name=node_name, zone=node_zone)
-        internal = external = cluster
-        if node_name and (svc.internal_local or svc.external_local):
-            local = tuple(b for b in every if b.node == node_name)
+            cluster = topology.prefer(every, svc.topology, node_name=node.name, zone=node.zone)
+        internal = outside = cluster
+        if node.name and (svc.internal_local or svc.external_local):
+            local = tuple(b for b in every if b.node == node.name)
             internal = local if svc.internal_local else cluster
-            external = local if svc.external_local else cluster
+            outside = local if svc.external_local else cluster
         # A Local policy that leaves a frontend empty while the Service has endpoints
         # elsewhere drops its traffic; a Service without any endpoint refuses it.
-        elsewhere = bool(node_name) and bool(usable_backends(every))
+        elsewhere = bool(node.name) and bool(usable_backends(every))
         entries.append(
             ServiceEntry(
-                Frontend(svc.address, port.port, port.protocol),
+                Frontend(cluster_ip, port.port, port.protocol),
                 name,
                 internal,
                 svc.affinity_timeout,
@@ -237,46 +334,61 @@ def _entries(
         frontends: list[tuple[IPAddress, int, FrontendKind]] = []
         if node_port_type and port.node_port is not None:
             frontends += [(a, port.node_port, FrontendKind.NODE_PORT) for a in nodes]
-        if svc.external:  # the common case has none: no empty comprehensions
-            frontends += [(a, port.port, FrontendKind.EXTERNAL) for a in svc.external]
-        if svc.load_balancer:
-            frontends += [(a, port.port, FrontendKind.LOAD_BALANCER) for a in svc.load_balancer]
+        if external:  # the common case has none: no empty comprehensions
+            frontends += [(a, port.port, FrontendKind.EXTERNAL) for a in external]
+        if load_balancer:
+            frontends += [(a, port.port, FrontendKind.LOAD_BALANCER) for a in load_balancer]
         for address, number, kind in frontends:
             entries.append(
                 ServiceEntry(
                     Frontend(address, number, port.protocol, kind),
                     name,
-                    external,
+                    outside,
                     svc.affinity_timeout,
                     _snat_address(svc, kind, address, nodes),
-                    svc.source_ranges if kind is FrontendKind.LOAD_BALANCER else (),
+                    ranges if kind is FrontendKind.LOAD_BALANCER else (),
                     elsewhere and svc.external_local,
                 )
             )
     return entries
 
 
-def _info(svc: _Service, backends: _Backends, node_name: str | None) -> ServiceInfo:
+def _of_family(addresses: tuple[IPAddress, ...], version: int) -> tuple[IPAddress, ...]:
+    if not addresses or all(a.version == version for a in addresses):
+        return addresses
+    return tuple(a for a in addresses if a.version == version)
+
+
+def _info(svc: _Service, backends: _Backends, node: _Node) -> ServiceInfo:
     """The Service's info; with a health check, its count of distinct ready endpoint
-    addresses on this node over all its ports (what kube-proxy's health check reports)."""
+    addresses on this node over all its ports (what kube-proxy's health check reports),
+    of the family that has the most (a dual-stack pod is one endpoint in each family)."""
     info = svc.info
-    if not info.health_check_node_port or not node_name:
+    if not info.health_check_node_port or not node.name:
         return info
     ref = info.ref
-    local: set[IPAddress] = set()
-    for port in svc.ports:
-        known = backends.get((ref.namespace, ref.name, port.name, port.protocol), {})
-        local.update(b.address for b in known.values() if b.ready and b.node == node_name)
-    return replace(info, local_endpoints=len(local))
+    counts = [0]
+    for address in svc.addresses:
+        if address.version not in node.families:
+            continue
+        local: set[IPAddress] = set()
+        for port in svc.ports:
+            key = (ref.namespace, ref.name, port.name, port.protocol, address.version)
+            known = backends.get(key, {})
+            local.update(b.address for b in known.values() if b.ready and b.node == node.name)
+        counts.append(len(local))
+    return replace(info, local_endpoints=max(counts))
 
 
 def _snat_address(
     svc: _Service, kind: FrontendKind, address: IPAddress, nodes: tuple[IPAddress, ...]
-) -> ipaddress.IPv4Address | None:
+) -> IPAddress | None:
     """What external clients are source-NATed to: nothing under externalTrafficPolicy:
     Local (the client's address is kept); else the node address the NodePort was
-    reached at, or the node's first address for an external or load-balancer IP."""
+    reached at, or the node's first address of the frontend's family (``nodes`` are
+    of that family) for an external or load-balancer IP; None when it has none."""
     if svc.external_local:
         return None
-    chosen = address if kind is FrontendKind.NODE_PORT else (nodes[0] if nodes else None)
-    return chosen if isinstance(chosen, ipaddress.IPv4Address) else None
+    if kind is FrontendKind.NODE_PORT:
+        return address
+    return nodes[0] if nodes else None

@@ -112,7 +112,7 @@ def test_a_failed_sync_keeps_the_state_and_is_retried(tmp_path: Path, caplog):
 
 def test_a_bad_service_is_logged_by_name_and_the_others_apply(tmp_path: Path, caplog):
     write(tmp_path, "web", "10.96.0.10", ["10.244.0.11"])
-    write(tmp_path, "broken", "fd00::1", ["10.244.0.11"])
+    write(tmp_path, "broken", "10.96.0.1O", ["10.244.0.11"])
     agent, dp, _ = make(tmp_path)
     agent.step()
     assert list(backends_of(dp)) == ["10.96.0.10:80"]

@@ -164,6 +164,7 @@ NODE_INTERFACES = [
 def test_own_addresses_are_the_uplinks_the_default_route_first():
     assert [str(a) for a in own_addresses(NODE_INTERFACES)] == [
         "192.168.50.1",
+        "2001:db8::1",  # global IPv6 kept; fe80::1 and ::1 are not the node's
         "10.1.2.3",
         "172.18.0.2",
     ]

@@ -299,8 +299,11 @@ GOOD: list[Any] = [
         [svc("web", HTTP, ip="fd00::10", clusterIPs=["fd00::10", "10.96.0.10"])],
         [],
         {},
-        {"clusterip 10.96.0.10:80/TCP": ("demo/web:http/TCP", [], [])},
-        id="dual-stack-ipv6-primary-uses-ipv4",
+        {
+            "clusterip 10.96.0.10:80/TCP": ("demo/web:http/TCP", [], []),
+            "clusterip [fd00::10]:80/TCP": ("demo/web:http/TCP", [], []),
+        },
+        id="dual-stack-ipv6-primary-serves-both",
     ),
     pytest.param(
         [svc("web", HTTP, ip=None, clusterIPs=["10.96.0.10"])],
@@ -514,7 +517,11 @@ def specless() -> dict[str, Any]:
 BAD: list[Any] = [
     # (objects, error "Kind ns/name", message part, frontends of the bad objects that remain)
     pytest.param(
-        [svc("bad", HTTP, ip="fd00::30")], "Service demo/bad", "IPv6", set(), id="ipv6-clusterip"
+        [svc("bad", HTTP, ip="10.96.0.30", clusterIPs=["10.96.0.31"])],
+        "Service demo/bad",
+        "is not spec.clusterIPs[0]",
+        set(),
+        id="clusterip-not-clusterips0",
     ),
     pytest.param(
         [svc("bad", HTTP, ip="10.96.0.300")],
@@ -765,7 +772,11 @@ def test_bad_objects_are_skipped_and_named(objects, names, message, remaining):
 
 def test_skipped_service_has_no_info_but_port_errors_keep_it():
     result = translate(
-        [svc("whole", HTTP, ip="fd00::1"), svc("part", port("a", 0), port("b", 81))], []
+        [
+            svc("whole", HTTP, ip="fd00::1", clusterIPs=["fd00::2"]),
+            svc("part", port("a", 0), port("b", 81)),
+        ],
+        [],
     )
     assert set(result.state.services) == {ServiceRef("demo", "part")}
     assert [e.name for e in result.errors] == ["part", "whole"]
