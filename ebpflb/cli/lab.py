@@ -16,7 +16,7 @@ from ebpflb.cli import render
 from ebpflb.cli.errors import handle_errors
 
 if TYPE_CHECKING:
-    from ebpflb.lab.layout import Lab
+    from ebpflb.lab.layout import Lab, Pod
 
 app = typer.Typer(
     help="A lab of network namespaces (nodes, backend pods with servers, clients) "
@@ -59,24 +59,31 @@ def up(
             case_sensitive=False,
         ),
     ] = CniShape.routed,
+    ipv6: Annotated[
+        bool,
+        typer.Option(
+            "--ipv6",
+            help="Dual-stack: every namespace also gets IPv6 (pods fd00:10:244:<node-1>::/64, "
+            "underlay fd00:192:168:50::/64, load-balancer range fd00:192:168:60::/64).",
+        ),
+    ] = False,
 ) -> None:
     """Build the lab (or keep it, if it already exists as asked) and start the pods'
     servers."""
     from ebpflb.lab import build, layout
     from ebpflb.lab.podnet import Cni
 
-    lab = build.up(layout.LabSpec(name, pods, nodes, Cni(cni.value)))
+    lab = build.up(layout.LabSpec(name, pods, nodes, Cni(cni.value), ipv6))
+    shape = f"{lab.cni} pods{', dual-stack' if lab.ipv6 else ''}"
     if len(lab.nodes) == 1:
-        typer.echo(
-            f"lab {lab.name} is up ({lab.cni} pods): node {lab.node_ns}, client {lab.client.ip}"
-        )
+        typer.echo(f"lab {lab.name} is up ({shape}): node {lab.node_ns}, client {_ips(lab.client)}")
     else:
         typer.echo(
-            f"lab {lab.name} is up ({lab.cni} pods): {len(lab.nodes)} nodes on "
-            f"underlay {lab.underlay_ns}"
+            f"lab {lab.name} is up ({shape}): {len(lab.nodes)} nodes on underlay {lab.underlay_ns}"
         )
         typer.echo(_nodes_table(lab))
     typer.echo(_pods_table(lab))
+    typer.echo(f"manifests {lab.state_dir / 'manifests'}")
 
 
 @app.command()
@@ -119,26 +126,33 @@ def status(
         f"pods    {lab.cni}"
         + (f" on bridge {lab.bridge}" if lab.bridge else "")
         + (f", overlay {lab.overlay}" if lab.overlay else "")
+        + (", dual-stack (IPv4 and IPv6)" if lab.ipv6 else "")
     )
     if len(lab.nodes) == 1:
         typer.echo(f"node    {lab.node_ns}  veths {' '.join(lab.host_ifnames)}")
-        typer.echo(f"client  {lab.client.netns}  {lab.client.ip}  via {lab.client.host_ifname}")
+        typer.echo(f"client  {lab.client.netns}  {_ips(lab.client)}  via {lab.client.host_ifname}")
     else:
         typer.echo(f"underlay  {lab.underlay_ns}")
         typer.echo(_nodes_table(lab))
         typer.echo(
             render.table(
                 ["OUTSIDE", "NETNS", "IP", "BRIDGE PORT"],
-                [[o.name, o.netns, o.ip, o.host_ifname] for o in lab.outside],
+                [[o.name, o.netns, _ips(o), o.host_ifname] for o in lab.outside],
             )
         )
     typer.echo(_pods_table(lab))
 
 
+def _ips(pod: Pod) -> str:
+    """A pod's addresses, IPv4 then IPv6 ("10.244.0.11 fd00:10:244::b")."""
+    return " ".join(str(a) for a in pod.addresses)
+
+
 def _nodes_table(lab: Lab) -> str:
     rows = [
-        [n.name, n.netns, n.address or "-", n.pod_cidr, n.zone,
-         f"{n.client.netns} {n.client.ip}", " ".join(lab.node_ifnames(n.index))]
+        [n.name, n.netns, " ".join(map(str, n.underlay_addresses)) or "-",
+         " ".join(str(c) for c in (n.pod_cidr, n.pod_cidr6) if c is not None), n.zone,
+         f"{n.client.netns} {_ips(n.client)}", " ".join(lab.node_ifnames(n.index))]
         for n in lab.nodes
     ]  # fmt: skip
     return render.table(["NODE", "NETNS", "ADDRESS", "POD CIDR", "ZONE", "CLIENT", "IFACES"], rows)
@@ -148,7 +162,7 @@ def _pods_table(lab: Lab) -> str:
     alive = lab.servers_alive()
     multi = len(lab.nodes) > 1
     rows = [
-        [p.name, p.netns, p.ip, p.host_ifname, *([f"node-{p.node}"] if multi else []),
+        [p.name, p.netns, _ips(p), p.host_ifname, *([f"node-{p.node}"] if multi else []),
          lab.server_pids.get(p.name, "-"), "running" if alive[p.name] else "NOT RUNNING"]
         for p in lab.pods
     ]  # fmt: skip

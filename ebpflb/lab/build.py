@@ -4,7 +4,10 @@ pods added to or removed from a running lab.
 
 ``/run/ebpflb/labs/NAME/state.json`` records what was built (written before the first
 namespace is created, so a half-built lab can be removed from another process), and
-the servers' logs sit beside it. ``down`` does not trust the record alone: it also
+the servers' logs sit beside it, and so does ``manifests/cluster.yaml``: the lab as a
+cluster (its Nodes and the example Services with their EndpointSlices, dual-stack in a
+dual-stack lab), rewritten whenever the record is complete, for ``ebpflb agent
+--manifests``. ``down`` does not trust the record alone: it also
 removes every namespace named like the lab and every pod server found in them.
 """
 
@@ -17,16 +20,20 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from ipaddress import IPv4Interface
+from ipaddress import IPv4Interface, IPv6Address, IPv6Interface
 from pathlib import Path
+
+import yaml
 
 from ebpflb.errors import LabError
 from ebpflb.lab import netns, podnet, traffic, underlay
 from ebpflb.lab.layout import (
     LAB_ROOT,
     LB_NET,
+    LB_NET6,
     MAX_POD_INDEX,
     UNDERLAY_NET,
+    UNDERLAY_NET6,
     UPLINK,
     Lab,
     LabSpec,
@@ -58,6 +65,21 @@ def _write_state(lab: Lab, *, complete: bool) -> None:
     tmp = lab.state_dir / "state.json.tmp"
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, lab.state_dir / "state.json")
+    if complete:
+        _write_manifests(lab)
+
+
+def _write_manifests(lab: Lab) -> None:
+    """``manifests/cluster.yaml``: the lab's Nodes and example Services, replaced
+    atomically (a manifest source watching the directory never reads half a file)."""
+    directory = lab.state_dir / "manifests"
+    directory.mkdir(exist_ok=True)
+    tmp = directory / ".cluster.yaml.tmp"
+    tmp.write_text(
+        f"# lab {lab.name}: written by `ebpflb lab up`; rewritten as pods change\n"
+        + yaml.safe_dump_all(lab.manifests(), sort_keys=False)
+    )
+    os.replace(tmp, directory / "cluster.yaml")
 
 
 def _read_state(name: str) -> tuple[Lab, bool] | None:
@@ -97,17 +119,20 @@ def _build_node(lab: Lab, node: Node) -> None:
         netns.create(ns)
         netns.ip_batch(ns, ["link set lo up"])
         netns.sysctl(ns, "net.ipv4.ip_forward", 1)
+        if lab.ipv6:
+            podnet.enable_ipv6(ns, forwarding=True)
         underlay.no_rp_filter(ns)
         if lab.underlay_ns:
             underlay.no_redirects(ns)
-        podnet.prepare_node(ns, lab.cni, node.pod_cidr)
+        podnet.prepare_node(ns, lab.cni, node.pod_cidr, node.pod_cidr6)
 
 
 def _build_underlay(lab: Lab, switch_ns: str) -> None:
     """The bridge, every node's uplink with routes to the other nodes' pod ranges, and
-    the outside clients (node addresses only, plus the load-balancer range via node 1)."""
+    the outside clients (node addresses only, plus the load-balancer range via node 1);
+    in a dual-stack lab, for both families."""
     with _step(lab, f"create the underlay {switch_ns}"):
-        underlay.build_switch(switch_ns)
+        underlay.build_switch(switch_ns, ipv6=lab.ipv6)
     prefix = UNDERLAY_NET.prefixlen
     for node in lab.nodes:
         assert node.address is not None and node.uplink is not None
@@ -118,6 +143,7 @@ def _build_underlay(lab: Lab, switch_ns: str) -> None:
                 ifname=node.uplink,
                 port=f"n{node.index}",
                 address=IPv4Interface((node.address, prefix)),
+                address6=_interface6(node.address6),
             )
             underlay.no_redirects(node.netns, node.uplink)
             others = [o for o in lab.nodes if o is not node and o.address is not None]
@@ -129,7 +155,7 @@ def _build_underlay(lab: Lab, switch_ns: str) -> None:
                     underlay=node.address,
                     uplink=node.uplink,
                     peers=[
-                        podnet.OverlayPeer(o.pod_cidr, o.address, o.index)
+                        podnet.OverlayPeer(o.pod_cidr, o.address, o.index, o.pod_cidr6)
                         for o in others
                         if o.address is not None
                     ],
@@ -140,12 +166,23 @@ def _build_underlay(lab: Lab, switch_ns: str) -> None:
                     [(o.pod_cidr, o.address) for o in others if o.address is not None],
                     dev=node.uplink,
                 )
+                underlay.add_routes(
+                    node.netns,
+                    [
+                        (o.pod_cidr6, o.address6)
+                        for o in others
+                        if o.pod_cidr6 is not None and o.address6 is not None
+                    ],
+                    dev=node.uplink,
+                )
     gateway = lab.nodes[0].address
     assert gateway is not None
     for ext in lab.outside:
         with _step(lab, f"create outside client {ext.name} ({ext.netns})"):
             netns.create(ext.netns)
             netns.ip_batch(ext.netns, ["link set lo up"])
+            if lab.ipv6:
+                podnet.enable_ipv6(ext.netns, forwarding=False)
             underlay.no_rp_filter(ext.netns)
             underlay.no_redirects(ext.netns)
             underlay.plug(
@@ -154,8 +191,17 @@ def _build_underlay(lab: Lab, switch_ns: str) -> None:
                 ifname=UPLINK,
                 port=ext.host_ifname,
                 address=IPv4Interface((ext.ip, prefix)),
+                address6=_interface6(ext.ip6),
             )
             underlay.add_routes(ext.netns, [(LB_NET, gateway)], dev=UPLINK)
+            gateway6 = lab.nodes[0].address6
+            if gateway6 is not None:
+                underlay.add_routes(ext.netns, [(LB_NET6, gateway6)], dev=UPLINK)
+
+
+def _interface6(address: IPv6Address | None) -> IPv6Interface | None:
+    """``address`` on the underlay's IPv6 network (None stays None)."""
+    return None if address is None else IPv6Interface((address, UNDERLAY_NET6.prefixlen))
 
 
 def _build_pod(lab: Lab, pod: Pod) -> None:
@@ -166,6 +212,8 @@ def _build_pod(lab: Lab, pod: Pod) -> None:
         netns.create(pod.netns)
         for conf in ("all", "default"):
             netns.sysctl(pod.netns, f"net.ipv4.conf.{conf}.rp_filter", 0)
+        if lab.ipv6:
+            podnet.enable_ipv6(pod.netns, forwarding=False)  # before eth0 appears
         podnet.plug_pod(
             node.netns,
             pod.netns,
@@ -174,6 +222,8 @@ def _build_pod(lab: Lab, pod: Pod) -> None:
             ip=pod.ip,
             pod_cidr=node.pod_cidr,
             mtu=podnet.OVERLAY_MTU if lab.overlay else None,
+            ip6=pod.ip6,
+            pod_cidr6=node.pod_cidr6,
         )
 
 
@@ -193,24 +243,26 @@ def _start_servers(lab: Lab, pods: list[Pod]) -> None:
 def _check_wiring(lab: Lab) -> None:
     """Beyond each pod answering node 1's client (checked as its server starts): every
     other node's client reaches a pod on node 1, and every outside client reaches every
-    node's underlay address."""
+    node's underlay address, over each of the lab's families."""
     targets = lab.node_pods(1)
     for node in lab.nodes[1:]:
         if not targets:
             break
         pod = targets[0]
-        with _step(lab, f"check {node.client.name} reaches {pod.name} ({pod.ip})"):
-            answers = (
-                traffic.http_get(node.client.netns, pod.ip, HTTP_PORT),
-                traffic.udp_request(node.client.netns, pod.ip, UDP_PORT)[0],
-            )
-            if answers != (f"{pod.name}\n",) * 2:
-                raise LabError(f"{pod.ip} answered {answers!r}, expected {pod.name!r}")
+        for ip in pod.addresses:
+            with _step(lab, f"check {node.client.name} reaches {pod.name} ({ip})"):
+                answers = (
+                    traffic.http_get(node.client.netns, ip, HTTP_PORT),
+                    traffic.udp_request(node.client.netns, ip, UDP_PORT)[0],
+                )
+                if answers != (f"{pod.name}\n",) * 2:
+                    raise LabError(f"{ip} answered {answers!r}, expected {pod.name!r}")
     for ext in lab.outside:
         for node in lab.nodes:
             assert node.address is not None
-            with _step(lab, f"check {ext.name} reaches {node.name} ({node.address})"):
-                underlay.check_tcp(ext.netns, node.netns, node.address)
+            for address in node.underlay_addresses:
+                with _step(lab, f"check {ext.name} reaches {node.name} ({address})"):
+                    underlay.check_tcp(ext.netns, node.netns, address)
 
 
 def _healthy(lab: Lab, spec: LabSpec) -> bool:
@@ -296,7 +348,7 @@ def add_pod(lab: Lab, index: int, node: int = 1) -> Pod:
     lab.node(node)  # exists
     if any(_index(p) == index for p in lab.pods):
         raise LabError(f"lab {lab.name} already has pod-{index}")
-    pod = _make_pod(lab.name, index, node)
+    pod = _make_pod(lab.name, index, node, ipv6=lab.ipv6)
     try:
         _build_pod(lab, pod)
         _start_servers(lab, [pod])
@@ -312,7 +364,9 @@ def add_pod(lab: Lab, index: int, node: int = 1) -> Pod:
 def remove_pod(lab: Lab, index: int) -> None:
     """Stop pod ``index``'s server and delete its namespace (and with it the veth
     pair and the node's route). Absent is fine."""
-    pod = next((p for p in lab.pods if _index(p) == index), None) or _make_pod(lab.name, index)
+    pod = next((p for p in lab.pods if _index(p) == index), None) or _make_pod(
+        lab.name, index, ipv6=lab.ipv6
+    )
     _remove(lab, pod)
     lab.pods = [p for p in lab.pods if _index(p) != index]
     _write_state(lab, complete=True)
@@ -331,12 +385,11 @@ def _remove(lab: Lab, pod: Pod) -> None:
         raise LabError(f"lab {lab.name}: could not delete namespace {pod.netns}")
     if lab.cni is Cni.BRIDGE and pod.node:
         node = lab.node(pod.node)
-        with suppress(LabError):
-            podnet.forget_pod(
-                [
-                    node.netns,
-                    node.client.netns,
-                    *(p.netns for p in lab.node_pods(pod.node) if p != pod),
-                ],
-                pod.ip,
-            )
+        peers = [
+            node.netns,
+            node.client.netns,
+            *(p.netns for p in lab.node_pods(pod.node) if p != pod),
+        ]
+        for ip in pod.addresses:
+            with suppress(LabError):
+                podnet.forget_pod(peers, ip)

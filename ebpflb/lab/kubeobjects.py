@@ -1,35 +1,69 @@
 """Kubernetes objects describing a lab's nodes and pods, as the plain dicts a manifest
-directory or an API stand-in serves: a Node per lab node and an EndpointSlice
-endpoint per pod. Pure; ``layout.Lab`` fills in the lab's names and addresses.
+directory or an API stand-in serves: a Node per lab node, an EndpointSlice endpoint
+per pod, and the example Services a lab is written with. Pure; ``layout.Lab`` fills in
+the lab's names and addresses.
+
+The example Services (``example_services``) follow ``examples/``: ``demo/web`` on
+ClusterIP 10.96.0.10 (TCP 80 -> 8080, UDP 53 -> 9090) over every pod, and in a
+multi-node lab ``demo/edge``, a LoadBalancer on 192.168.60.10. In a dual-stack lab
+both become ``RequireDualStack`` (second ClusterIP fd00:10:96::a / ::14, a second
+ingress fd00:192:168:60::a) with an IPv4 and an IPv6 EndpointSlice each, and
+``demo/web6`` is IPv6 only (``SingleStack``, fd00:10:96::b).
 """
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network
+from collections.abc import Sequence
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
 HOSTNAME_LABEL = "kubernetes.io/hostname"
 ZONE_LABEL = "topology.kubernetes.io/zone"
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
+NAMESPACE = "demo"
+WEB_IPS = ("10.96.0.10", "fd00:10:96::a")
+WEB6_IP = "fd00:10:96::b"
+EDGE_IPS = ("10.96.0.20", "fd00:10:96::14")
+EDGE_INGRESS = ("192.168.60.10", "fd00:192:168:60::a")
+WEB_PORTS = (
+    {"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080},
+    {"name": "echo", "port": 53, "protocol": "UDP", "targetPort": 9090},
+)
+SLICE_PORTS = (
+    {"name": "http", "port": 8080, "protocol": "TCP"},
+    {"name": "echo", "port": 9090, "protocol": "UDP"},
+)
+
+Obj = dict[str, Any]
 
 
 def node(
-    name: str, *, internal_ip: IPv4Address, zone: str, pod_cidr: IPv4Network
-) -> dict[str, Any]:
-    """A Node object: ``internal_ip`` is what kube-proxy opens NodePorts on."""
+    name: str,
+    *,
+    internal_ip: IPv4Address,
+    zone: str,
+    pod_cidr: IPv4Network,
+    internal_ip6: IPv6Address | None = None,
+    pod_cidr6: IPv6Network | None = None,
+) -> Obj:
+    """A Node object: ``internal_ip`` (and ``internal_ip6`` on a dual-stack node) is
+    what kube-proxy opens NodePorts on."""
+    addresses = [{"type": "InternalIP", "address": str(internal_ip)}]
+    if internal_ip6 is not None:
+        addresses.append({"type": "InternalIP", "address": str(internal_ip6)})
+    cidrs = [str(pod_cidr), *([str(pod_cidr6)] if pod_cidr6 is not None else [])]
     return {
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {"name": name, "labels": {HOSTNAME_LABEL: name, ZONE_LABEL: zone}},
-        "spec": {"podCIDR": str(pod_cidr), "podCIDRs": [str(pod_cidr)]},
-        "status": {"addresses": [
-            {"type": "InternalIP", "address": str(internal_ip)},
-            {"type": "Hostname", "address": name},
-        ]},
-    }  # fmt: skip
+        "spec": {"podCIDR": str(pod_cidr), "podCIDRs": cidrs},
+        "status": {"addresses": [*addresses, {"type": "Hostname", "address": name}]},
+    }
 
 
 def endpoint(
-    address: IPv4Address,
+    address: IPv4Address | IPv6Address,
     *,
     pod_name: str,
     node_name: str,
@@ -37,7 +71,7 @@ def endpoint(
     ready: bool = True,
     serving: bool | None = None,
     terminating: bool = False,
-) -> dict[str, Any]:
+) -> Obj:
     """One item of an EndpointSlice's ``endpoints``; ``serving`` defaults to ``ready``
     as the API does."""
     return {
@@ -51,3 +85,83 @@ def endpoint(
         "zone": zone,
         "targetRef": {"kind": "Pod", "name": pod_name},
     }
+
+
+def service(name: str, cluster_ips: Sequence[str], ports: Sequence[Obj], **spec: Any) -> Obj:
+    """A Service with ``cluster_ips`` (one: single-stack of that address's family; two:
+    ``RequireDualStack``, families in that order)."""
+    families = ["IPv6" if ":" in ip else "IPv4" for ip in cluster_ips]
+    policy = "RequireDualStack" if len(cluster_ips) > 1 else "SingleStack"
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "clusterIP": cluster_ips[0],
+            "clusterIPs": list(cluster_ips),
+            "ipFamilies": families,
+            "ipFamilyPolicy": policy,
+            "ports": [dict(p) for p in ports],
+            **spec,
+        },
+    }
+
+
+def endpoint_slice(
+    name: str, service_name: str, ports: Sequence[Obj], endpoints: Sequence[Obj], *, family: int
+) -> Obj:
+    """An EndpointSlice of ``service_name`` with addressType IPv4 or IPv6 (``family``)."""
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": name,
+            "namespace": NAMESPACE,
+            "labels": {SERVICE_NAME_LABEL: service_name, MANAGED_BY_LABEL: "ebpflb-lab"},
+        },
+        "addressType": f"IPv{family}",
+        "ports": [dict(p) for p in ports],
+        "endpoints": list(endpoints),
+    }
+
+
+def example_services(
+    endpoints4: Sequence[Obj],
+    endpoints6: Sequence[Obj] | None,
+    *,
+    load_balancer: bool,
+    ipv6: bool,
+) -> list[Obj]:
+    """The example Services (see the module's docstring) over the endpoints given: the
+    pods' IPv4 ones, and in a dual-stack lab (``ipv6``) their IPv6 ones."""
+    dual = ipv6 and endpoints6 is not None
+    eps6 = list(endpoints6 or [])
+
+    def both(svc: str, ports: Sequence[Obj]) -> list[Obj]:
+        out = [endpoint_slice(f"{svc}-v4", svc, ports, endpoints4, family=4)]
+        if dual:
+            out.append(endpoint_slice(f"{svc}-v6", svc, ports, eps6, family=6))
+        return out
+
+    objs = [service("web", WEB_IPS if dual else WEB_IPS[:1], WEB_PORTS), *both("web", SLICE_PORTS)]
+    if load_balancer:
+        objs.append(
+            service(
+                "edge",
+                EDGE_IPS if dual else EDGE_IPS[:1],
+                WEB_PORTS[:1],
+                type="LoadBalancer",
+            )
+        )
+        objs[-1]["status"] = {
+            "loadBalancer": {
+                "ingress": [{"ip": ip} for ip in (EDGE_INGRESS if dual else EDGE_INGRESS[:1])]
+            }
+        }
+        objs += both("edge", SLICE_PORTS[:1])
+    if dual:
+        objs += [
+            service("web6", [WEB6_IP], WEB_PORTS),
+            endpoint_slice("web6-v6", "web6", SLICE_PORTS, eps6, family=6),
+        ]
+    return objs

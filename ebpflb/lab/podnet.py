@@ -14,6 +14,15 @@ feature is tested on each shape a user's cluster may have.
   (``flannel.1`` with the node's pod-range network address, static ARP and FDB entries
   per remote node, pod-range routes via the remote VTEP ``onlink``, MTU 1450).
 
+IPv6 (a dual-stack lab) mirrors each shape: ``routed`` puts fe80::1/64 on every
+host-side veth and a /128 route per pod, the pod a /128 and ``default via fe80::1 dev
+eth0`` (as Calico does); ``bridge`` gives cni0 the pod range's ::1/64 and the pod a /64
+with a default route via it, and ``flannel.1`` carries IPv6 pod traffic too, each remote
+pod /64 routed via a static link-local neighbour ``fe80::eb:<node>`` whose MAC is that
+node's VTEP (flannel proper uses a second device, flannel-v6.1, over an IPv6 underlay;
+one device over the IPv4 underlay serves the data path's tests the same way). Every
+address is added ``nodad``: duplicate address detection would hold it tentative.
+
 The bridge gets strict reverse-path filtering, the default of several distributions:
 the lab must not make life easier for the data path than a real node would.
 
@@ -25,11 +34,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from ebpflb.lab import netns
 
 ROUTED_GATEWAY = IPv4Address("169.254.1.1")
+ROUTED_GATEWAY6 = IPv6Address("fe80::1")
 BRIDGE = "cni0"
 OVERLAY = "flannel.1"
 VXLAN_ID = 1  # flannel's VNI
@@ -53,11 +63,36 @@ class OverlayPeer:
     pod_cidr: IPv4Network
     underlay: IPv4Address
     index: int
+    pod_cidr6: IPv6Network | None = None
 
 
 def gateway(cni: Cni, pod_cidr: IPv4Network) -> IPv4Address:
     """The address pods use as their default gateway."""
     return ROUTED_GATEWAY if cni is Cni.ROUTED else pod_cidr[1]
+
+
+def gateway6(cni: Cni, pod_cidr6: IPv6Network) -> IPv6Address:
+    """The address pods use as their IPv6 default gateway."""
+    return ROUTED_GATEWAY6 if cni is Cni.ROUTED else pod_cidr6[1]
+
+
+def vtep6(index: int) -> IPv6Address:
+    """Node ``index``'s IPv6 next hop on the overlay: a link-local address that only
+    the other nodes' static neighbour entries name (nothing needs to hold it)."""
+    return IPv6Address(f"fe80::eb:{index}")
+
+
+def enable_ipv6(ns: str, *, forwarding: bool) -> None:
+    """IPv6 in ``ns`` as a lab wants it: no duplicate address detection on interfaces
+    made from now on (their link-local addresses are usable at once), no router
+    advertisements nor redirects taken, and on a node, forwarding."""
+    for conf in ("all", "default"):
+        netns.sysctl(ns, f"net.ipv6.conf.{conf}.accept_ra", 0)
+        netns.sysctl(ns, f"net.ipv6.conf.{conf}.accept_redirects", 0)
+        netns.sysctl(ns, f"net.ipv6.conf.{conf}.accept_dad", 0)
+        netns.sysctl(ns, f"net.ipv6.conf.{conf}.disable_ipv6", 0)
+    if forwarding:
+        netns.sysctl(ns, "net.ipv6.conf.all.forwarding", 1)
 
 
 def gateway_mac(pod_cidr: IPv4Network) -> str:
@@ -71,9 +106,11 @@ def vtep_mac(index: int) -> str:
     return f"0e:eb:00:00:00:{index:02x}"
 
 
-def prepare_node(ns: str, cni: Cni, pod_cidr: IPv4Network) -> None:
+def prepare_node(
+    ns: str, cni: Cni, pod_cidr: IPv4Network, pod_cidr6: IPv6Network | None = None
+) -> None:
     """What the node needs before its first pod: for a bridge shape, the bridge with
-    the gateway address, up, with strict reverse-path filtering."""
+    the gateway address (and the IPv6 one), up, with strict reverse-path filtering."""
     if cni is Cni.ROUTED:
         return
     # A fixed MAC, as CNIs give their bridge: by default a bridge takes the lowest MAC
@@ -86,6 +123,13 @@ def prepare_node(ns: str, cni: Cni, pod_cidr: IPv4Network) -> None:
         f"link set {BRIDGE} up",
     ])  # fmt: skip
     netns.sysctl(ns, f"net.ipv4.conf.{BRIDGE}.rp_filter", STRICT_RP_FILTER)
+    if pod_cidr6 is not None:
+        # No multicast snooping: without an MLD querier in the lab, a snooping bridge
+        # may stop flooding the neighbour solicitations pods send to each other.
+        netns.ip_batch(ns, [
+            f"link set {BRIDGE} type bridge mcast_snooping 0",
+            f"addr add {pod_cidr6[1]}/{pod_cidr6.prefixlen} dev {BRIDGE} nodad",
+        ])  # fmt: skip
 
 
 def plug_pod(
@@ -97,9 +141,12 @@ def plug_pod(
     ip: IPv4Address,
     pod_cidr: IPv4Network,
     mtu: int | None = None,
+    ip6: IPv6Address | None = None,
+    pod_cidr6: IPv6Network | None = None,
 ) -> None:
     """A veth pair made inside the node with its peer ``eth0`` created straight into the
-    pod (nothing appears in the root namespace), wired as ``cni`` wires pods."""
+    pod (nothing appears in the root namespace), wired as ``cni`` wires pods; with
+    ``ip6`` (and ``pod_cidr6``) for IPv6 as well."""
     gw = gateway(cni, pod_cidr)
     mtu_arg = f" mtu {mtu}" if mtu else ""
     netns.ip_batch(
@@ -124,9 +171,29 @@ def plug_pod(
         )
         pod_lines = [f"addr add {ip}/{pod_cidr.prefixlen} dev eth0", "link set eth0 up"]
     netns.ip_batch(pod_ns, ["link set lo up", *pod_lines, f"route add default via {gw} dev eth0"])
+    if ip6 is not None and pod_cidr6 is not None:
+        _plug_pod6(node_ns, pod_ns, cni=cni, host_ifname=host_ifname, ip6=ip6, cidr6=pod_cidr6)
 
 
-def forget_pod(namespaces: Sequence[str], ip: IPv4Address) -> None:
+def _plug_pod6(
+    node_ns: str, pod_ns: str, *, cni: Cni, host_ifname: str, ip6: IPv6Address, cidr6: IPv6Network
+) -> None:
+    gw6 = gateway6(cni, cidr6)
+    if cni is Cni.ROUTED:
+        netns.ip_batch(node_ns, [
+            f"addr add {gw6}/64 dev {host_ifname} nodad",
+            f"route add {ip6}/128 dev {host_ifname}",
+        ])  # fmt: skip
+        prefix = 128
+    else:
+        prefix = cidr6.prefixlen
+    netns.ip_batch(pod_ns, [
+        f"addr add {ip6}/{prefix} dev eth0 nodad",
+        f"route add ::/0 via {gw6} dev eth0",
+    ])  # fmt: skip
+
+
+def forget_pod(namespaces: Sequence[str], ip: IPv4Address | IPv6Address) -> None:
     """Drop every neighbour entry for a removed bridged pod's address: a pod added
     later with that address has another MAC, and an entry left behind would send its
     first packets to the old one for seconds (the bridge plugin announces a new pod
@@ -160,6 +227,13 @@ def build_overlay(
             f"neigh add {vtep} lladdr {vtep_mac(peer.index)} dev {OVERLAY} nud permanent",
             f"route add {peer.pod_cidr} via {vtep} dev {OVERLAY} onlink",
         ]
+    for peer in peers:
+        if peer.pod_cidr6 is not None:
+            lines += [
+                f"neigh add {vtep6(peer.index)} lladdr {vtep_mac(peer.index)} dev {OVERLAY}"
+                " nud permanent",
+                f"route add {peer.pod_cidr6} via {vtep6(peer.index)} dev {OVERLAY}",
+            ]
     netns.ip_batch(ns, lines)
     for peer in peers:  # FDB entries are `bridge` commands, not `ip` ones
         netns.run(

@@ -6,6 +6,10 @@ half a millisecond a request and would hide the load balancer's cost in benchmar
 The HTTP side understands just enough (request head, Content-Length body,
 keep-alive, ``Connection: close``) for curl, benchmark tools and the lab's clients.
 
+It listens on both families: one IPv4 and one IPv6-only socket per protocol (not a
+single dual-stack one, whose IPv4 peers would show as ``::ffff:a.b.c.d`` in ``whoami``
+answers). Where the kernel has no IPv6, it serves IPv4 alone and says so.
+
 Run as ``python -m ebpflb.lab.podserver --name pod-1 --http-port 8080 --udp-port 9090``.
 """
 
@@ -13,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import signal
+import socket
 import sys
 from typing import cast
 
@@ -114,8 +120,38 @@ class UdpEcho(asyncio.DatagramProtocol):
         self._transport.sendto(self._body, addr)
 
 
-async def serve(name: str, *, http_port: int, udp_port: int, host: str = "0.0.0.0") -> None:
-    """Serve until SIGTERM or SIGINT."""
+ALL_HOSTS = ("0.0.0.0", "::")
+
+
+def _udp_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _usable(hosts: tuple[str, ...]) -> tuple[str, ...]:
+    """``hosts`` less the IPv6 ones when this kernel has no IPv6."""
+    try:
+        socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).close()
+    except OSError as exc:
+        if exc.errno != errno.EAFNOSUPPORT:
+            raise
+        print("podserver: no IPv6 in this kernel; IPv4 only", flush=True)
+        return tuple(h for h in hosts if ":" not in h)
+    return hosts
+
+
+async def serve(
+    name: str, *, http_port: int, udp_port: int, hosts: tuple[str, ...] = ALL_HOSTS
+) -> None:
+    """Serve on every address of ``hosts`` until SIGTERM or SIGINT."""
     body = f"{name}\n".encode()
     loop = asyncio.get_running_loop()
     stop = loop.create_future()
@@ -126,16 +162,27 @@ async def serve(name: str, *, http_port: int, udp_port: int, host: str = "0.0.0.
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, request_stop)
-    udp, _ = await loop.create_datagram_endpoint(lambda: UdpEcho(body), local_addr=(host, udp_port))
+    hosts = _usable(hosts)
+    udps = [
+        (await loop.create_datagram_endpoint(lambda: UdpEcho(body), sock=_udp_socket(h, udp_port)))[
+            0
+        ]
+        for h in hosts
+    ]
+    # create_server makes an IPv6 listener IPv6-only, so the two never clash.
     server = await loop.create_server(
-        lambda: HttpProtocol(body), host, http_port, reuse_address=True, backlog=1024
+        lambda: HttpProtocol(body), list(hosts), http_port, reuse_address=True, backlog=1024
     )
-    print(f"podserver {name}: http tcp/{http_port} udp echo udp/{udp_port}", flush=True)
+    print(
+        f"podserver {name}: http tcp/{http_port} udp echo udp/{udp_port} on {' '.join(hosts)}",
+        flush=True,
+    )
     try:
         await stop
     finally:
         server.close()
-        udp.close()
+        for udp in udps:
+            udp.close()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -143,12 +190,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", required=True, help="the pod name every answer carries")
     parser.add_argument("--http-port", type=int, default=8080)
     parser.add_argument("--udp-port", type=int, default=9090)
-    parser.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    parser.add_argument(
+        "--host",
+        action="append",
+        help="an address to listen on (repeatable; default: 0.0.0.0 and ::)",
+    )
     args = parser.parse_args(argv)
+    hosts = tuple(args.host) if args.host else ALL_HOSTS
     try:
-        asyncio.run(
-            serve(args.name, http_port=args.http_port, udp_port=args.udp_port, host=args.host)
-        )
+        asyncio.run(serve(args.name, http_port=args.http_port, udp_port=args.udp_port, hosts=hosts))
     except OSError as exc:
         print(f"podserver {args.name}: {exc}", file=sys.stderr, flush=True)
         sys.exit(1)

@@ -138,7 +138,8 @@ def _log_tail(lab: Lab, pod: Pod) -> str:
 
 def _wait_ready(lab: Lab, pod: Pod, proc: subprocess.Popen[bytes], deadline: float) -> None:
     """Wait until the pod's server listens, then check the client reaches it over
-    the node: an end-to-end check of the wiring, TCP and UDP."""
+    the node: an end-to-end check of the wiring, TCP and UDP, on each of its addresses
+    (IPv4, and IPv6 in a dual-stack lab)."""
     while True:
         if proc.poll() is not None:
             raise LabError(f"server exited with status {proc.returncode}: {_log_tail(lab, pod)}")
@@ -152,12 +153,13 @@ def _wait_ready(lab: Lab, pod: Pod, proc: subprocess.Popen[bytes], deadline: flo
         if time.monotonic() > deadline:
             raise LabError(f"server not listening after {READY_TIMEOUT:g}s: {_log_tail(lab, pod)}")
         time.sleep(0.02)
-    try:
-        answers = (
-            traffic.http_get(lab.client.netns, pod.ip, HTTP_PORT),
-            traffic.udp_request(lab.client.netns, pod.ip, UDP_PORT)[0],
-        )
-    except OSError as exc:
-        raise LabError(f"the client cannot reach {pod.ip}: {exc}") from exc
-    if answers != (f"{pod.name}\n",) * 2:
-        raise LabError(f"{pod.ip} answered {answers!r}, expected {pod.name!r}")
+    for ip in pod.addresses:
+        try:
+            answers = (
+                traffic.http_get(lab.client.netns, ip, HTTP_PORT),
+                traffic.udp_request(lab.client.netns, ip, UDP_PORT)[0],
+            )
+        except OSError as exc:
+            raise LabError(f"the client cannot reach {ip}: {exc}") from exc
+        if answers != (f"{pod.name}\n",) * 2:
+            raise LabError(f"{ip} answered {answers!r}, expected {pod.name!r}")

@@ -6,6 +6,11 @@ Every call has a timeout; a failure raises ``OSError`` (``TimeoutError``,
 to fail says how with ``fails(Failure.X)``: any ``OSError`` would also pass for a
 typo in an address or a lab that is not up.
 The answers are the pod servers' bodies, i.e. the name of the pod that answered.
+
+Addresses of either family are accepted (``IPv4Address``, ``IPv6Address`` or their
+text, without brackets); a socket of the address's family is opened, and an HTTP
+``Host`` header names an IPv6 address as ``[addr]:port``. Answers' source addresses
+are returned as the socket reports them (IPv6 without its flow info and scope).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import errno
 import socket
 from collections import Counter
 from collections.abc import Iterator
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from types import TracebackType
 from typing import BinaryIO
 
@@ -24,11 +29,28 @@ from ebpflb.lab import netns
 
 MAX_BODY = 64 * 1024
 
-Address = str | IPv4Address
+Address = str | IPv4Address | IPv6Address
 
 
 def _addr(addr: Address) -> str:
-    return str(addr)
+    return str(addr).strip("[]")
+
+
+def family_of(addr: Address) -> socket.AddressFamily:
+    """AF_INET6 for an IPv6 address, AF_INET for anything else (a bad address then
+    fails where it is used, as before)."""
+    if isinstance(addr, str):
+        try:
+            addr = ip_address(addr.strip("[]"))
+        except ValueError:
+            return socket.AF_INET
+    return socket.AF_INET6 if addr.version == 6 else socket.AF_INET
+
+
+def host_port(addr: Address, port: int) -> str:
+    """``addr:port``, or ``[addr]:port`` for IPv6, as a URL or a Host header has it."""
+    text = _addr(addr)
+    return f"[{text}]:{port}" if family_of(addr) == socket.AF_INET6 else f"{text}:{port}"
 
 
 class Failure(enum.Enum):
@@ -76,7 +98,7 @@ def fails(*expected: Failure) -> Iterator[None]:
 
 
 def _connect(ns: str, addr: Address, port: int, timeout: float) -> socket.socket:
-    sock = netns.socket_in(ns, socket.AF_INET, socket.SOCK_STREAM)
+    sock = netns.socket_in(ns, family_of(addr), socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
         sock.connect((_addr(addr), port))
@@ -88,7 +110,7 @@ def _connect(ns: str, addr: Address, port: int, timeout: float) -> socket.socket
 
 def _request(addr: Address, port: int, *, close: bool) -> bytes:
     conn = "Connection: close\r\n" if close else ""
-    return f"GET / HTTP/1.1\r\nHost: {_addr(addr)}:{port}\r\n{conn}\r\n".encode()
+    return f"GET / HTTP/1.1\r\nHost: {host_port(addr, port)}\r\n{conn}\r\n".encode()
 
 
 def _read_response(reader: BinaryIO) -> str:
@@ -127,7 +149,7 @@ def udp_request(
     """Send one datagram from a new, unconnected socket in ``ns``; returns the answer
     and the (address, port) it came from, which shows whether replies are translated
     back to the address the client asked."""
-    with netns.socket_in(ns, socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    with netns.socket_in(ns, family_of(addr), socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)
         sock.sendto(payload, (_addr(addr), port))
         data, src = sock.recvfrom(MAX_BODY)
@@ -190,9 +212,10 @@ class UdpSession:
 
     def __init__(self, ns: str, addr: Address, port: int, *, timeout: float = 1.0) -> None:
         self._dest = (_addr(addr), port)
-        self.sock = netns.socket_in(ns, socket.AF_INET, socket.SOCK_DGRAM)
+        family = family_of(addr)
+        self.sock = netns.socket_in(ns, family, socket.SOCK_DGRAM)
         self.sock.settimeout(timeout)
-        self.sock.bind(("0.0.0.0", 0))
+        self.sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
 
     @property
     def local_port(self) -> int:
