@@ -3,7 +3,8 @@
  * to one of its backends (daddr/dport rewritten; the source too for external traffic
  * and hairpin), a backend's reply (or ICMP error) is sent back as from the frontend
  * (saddr/sport rewritten); everything else passes untouched. ebpflb_tc_egress, on
- * egress of the pod veths, does the reverse translation only. Built by
+ * egress of the pod veths, does the reverse translation only. IPv6 packets take the
+ * lb6_* path: the same stages on the IPv6 maps (parse6.h, lb6.h, ct6.h, nat6.h). Built by
  * ebpflb/dataplane/bpf/loader.py with -I<bpf dir> and -D PIN_DIR/MAX_* flags. */
 #include <uapi/linux/pkt_cls.h>
 
@@ -21,6 +22,11 @@
 #include "lib/nat.h"
 #include "lib/icmp.h"
 #include "lib/reject.h"
+#include "lib/parse6.h"
+#include "lib/lb6.h"
+#include "lib/affinity6.h"
+#include "lib/ct6.h"
+#include "lib/nat6.h"
 #include "lib/icmp6.h"
 #include "lib/reject6.h"
 #include "lib/sock.h"
@@ -236,11 +242,186 @@ static __always_inline int lb4_ingress(struct __sk_buff *skb, const struct pkt4 
 	return svc ? lb4_forward(skb, pkt, svc) : lb4_reverse(skb, pkt);
 }
 
+/* IPv6: the same stages as lb4_* above, on struct pkt6 and the *6 maps. */
+
+/* Choose a backend for a new IPv6 flow of svc (see lb4_choose). 0 or DROP_*. */
+static __always_inline int lb6_choose(const struct lb6_service *svc, const struct pkt6 *pkt,
+				      __u32 *backend_id, struct lb6_backend **be)
+{
+	int ret;
+
+	if (svc->affinity_timeout) {
+		*be = aff6_lookup(svc, &pkt->saddr, backend_id);
+		if (*be) {
+			stats_global_inc(GSTAT_AFFINITY_HIT);
+			aff6_record(svc, &pkt->saddr, *backend_id);
+			return 0;
+		}
+	}
+	ret = lb6_select_backend(svc, pkt, backend_id, be);
+	if (ret == 0 && svc->affinity_timeout)
+		aff6_record(svc, &pkt->saddr, *backend_id);
+	return ret;
+}
+
+/* The address a new IPv6 flow to be is source-NATed to, in *snat_addr (all zero:
+ * none): the hairpin address for a pod reaching itself, else the service's. */
+static __always_inline void lb6_snat_address(const struct lb6_service *svc,
+					     const struct pkt6 *pkt,
+					     const struct lb6_backend *be,
+					     struct addr6 *snat_addr)
+{
+	if (addr6_eq(&be->address, &pkt->saddr)) {
+		stats_global_inc(GSTAT_HAIRPIN);
+		addr6_hairpin(snat_addr);
+		return;
+	}
+	*snat_addr = svc->snat_address;
+}
+
+/* Record a new IPv6 flow to backend be (see lb4_track). 0 or DROP_*. */
+static __always_inline int lb6_track(const struct pkt6 *pkt, __u32 svc_id, __u32 backend_id,
+				     const struct lb6_backend *be,
+				     const struct addr6 *snat_addr, __be16 *snat_port)
+{
+	struct ct6_key reply_key;
+	struct ct6_value value;
+	int ret;
+
+	ct6_value_init(&value, pkt, svc_id, backend_id);
+	if (!addr6_is_zero(snat_addr))
+		ret = nat6_claim_port(&reply_key, &value, pkt, be, snat_addr, snat_port);
+	else
+		ret = ct6_create_reply(&reply_key, &value, pkt, be);
+	if (ret < 0)
+		return ret;
+	return ct6_create_service(&reply_key, &value, pkt, be, snat_addr, *snat_port);
+}
+
+/* Client -> IPv6 frontend (see lb4_forward). VERDICT_GO_ON, VERDICT_REDIRECT or
+ * DROP_*. */
+static __always_inline int lb6_forward(struct __sk_buff *skb, const struct pkt6 *pkt,
+				       const struct lb6_service *svc)
+{
+	struct lb6_backend *be = NULL;
+	struct ct6_value *ct;
+	struct addr6 snat_addr = {};
+	__u32 backend_id = 0, svc_id = svc->id;
+	__u32 event = GSTAT_NEW_FLOW;
+	__be16 snat_port = 0;
+	int ret;
+
+	ct = ct6_lookup(pkt, CT_DIR_SERVICE);
+	if (ct) {
+		be = lb6_lookup_backend(ct->backend_id, svc_id);
+		if (be && ct6_matches_backend(ct, svc_id, be)) {
+			backend_id = ct->backend_id;
+			snat_addr = ct->peer_address;
+			snat_port = ct->peer_port;
+			ct6_touch(ct);
+			event = GSTAT_CT_HIT;
+		} else {
+			be = NULL;
+			event = GSTAT_RESELECT;
+			ct6_delete_reply(pkt, ct);
+		}
+	}
+	if (!be) {
+		if (!lb6_source_allowed(svc, &pkt->saddr)) {
+			stats_global_inc(GSTAT_SOURCE_RANGE_DROP);
+			return DROP_SOURCE_RANGE;
+		}
+		if (svc->count == 0 && !(svc->flags & SVC_F_DROP_EMPTY))
+			return lb6_reject(skb, pkt);
+		ret = lb6_choose(svc, pkt, &backend_id, &be);
+		if (ret < 0)
+			return ret;
+		lb6_snat_address(svc, pkt, be, &snat_addr);
+		ret = lb6_track(pkt, svc_id, backend_id, be, &snat_addr, &snat_port);
+		if (ret < 0)
+			return ret;
+		if (!addr6_is_zero(&snat_addr))
+			stats_global_inc(GSTAT_SNAT);
+	}
+	ret = nat6_rewrite_dst(skb, pkt, &be->address, be->port);
+	if (ret == 0 && !addr6_is_zero(&snat_addr))
+		ret = nat6_rewrite_src(skb, pkt, &snat_addr, snat_port);
+	if (ret < 0)
+		return ret;
+	stats_global_inc(event);
+	stats_svc_rx_add(svc_id, skb->len);
+	return VERDICT_GO_ON;
+}
+
+/* Backend -> client of a tracked IPv6 flow (see lb4_reverse). A VERDICT_* or DROP_*. */
+static __always_inline int lb6_reverse(struct __sk_buff *skb, const struct pkt6 *pkt)
+{
+	struct ct6_value *ct;
+	struct lb6_rnat *rnat;
+	int ret;
+
+	ct = ct6_lookup(pkt, CT_DIR_REPLY);
+	if (!ct)
+		return VERDICT_PASS;
+	rnat = lb6_lookup_rnat(ct->svc_id);
+	if (!rnat)
+		return VERDICT_PASS;
+	ret = nat6_rewrite_src(skb, pkt, &rnat->address, rnat->port);
+	if (ret == 0 && !addr6_is_zero(&ct->peer_address))
+		ret = nat6_rewrite_dst(skb, pkt, &ct->peer_address, ct->peer_port);
+	if (ret < 0)
+		return ret;
+	ct6_touch(ct);
+	stats_global_inc(GSTAT_REPLY);
+	stats_svc_tx_add(ct->svc_id, skb->len);
+	return VERDICT_GO_ON;
+}
+
+/* An IPv6 packet at ingress: forward to a frontend, reverse-translate a reply or an
+ * ICMPv6 error; a fragment is counted; anything else (neighbour discovery, ESP...)
+ * passes untouched. A VERDICT_* or DROP_*. */
+static __always_inline int lb6_ingress(struct __sk_buff *skb)
+{
+	struct lb6_service *svc;
+	struct pkt6 pkt;
+
+	switch (pkt6_parse(skb, &pkt)) {
+	case PKT_L4:
+		svc = lb6_lookup_service(&pkt);
+		return svc ? lb6_forward(skb, &pkt, svc) : lb6_reverse(skb, &pkt);
+	case PKT_ICMP:
+		return icmp6_reverse(skb, &pkt);
+	case PKT_FRAGMENT:
+		stats_global_inc(GSTAT_FRAGMENT);
+		break;
+	}
+	return VERDICT_PASS;
+}
+
+/* An IPv6 packet at egress of a pod veth: reverse translation only (see
+ * ebpflb_tc_egress). */
+static __always_inline int lb6_egress(struct __sk_buff *skb)
+{
+	struct pkt6 pkt;
+
+	switch (pkt6_parse(skb, &pkt)) {
+	case PKT_L4:
+		return lb6_reverse(skb, &pkt);
+	case PKT_ICMP:
+		return icmp6_reverse(skb, &pkt);
+	}
+	return VERDICT_PASS;
+}
+
 int ebpflb_tc(struct __sk_buff *skb)
 {
 	struct pkt4 pkt;
 	int verdict = VERDICT_PASS;
 
+	/* skb->protocol is the ethertype the stack already read: no packet access to
+	 * pick the family, and IPv4 keeps its own path (pkt4_parse checks it again). */
+	if (skb->protocol == bpf_htons(ETH_P_IPV6))
+		return verdict_tc_exit(skb, lb6_ingress(skb));
 	switch (pkt4_parse(skb, &pkt)) {
 	case PKT_L4:
 		verdict = lb4_ingress(skb, &pkt);
@@ -267,7 +448,9 @@ int ebpflb_tc_egress(struct __sk_buff *skb)
 	struct pkt4 pkt;
 	int verdict = VERDICT_PASS;
 
-	if (host_backends && *host_backends) {
+	if (host_backends && *host_backends && skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		verdict = lb6_egress(skb);
+	} else if (host_backends && *host_backends) {
 		switch (pkt4_parse(skb, &pkt)) {
 		case PKT_L4:
 			verdict = lb4_reverse(skb, &pkt);
