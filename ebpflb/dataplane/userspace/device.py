@@ -1,6 +1,13 @@
 """The dummy device that carries the frontend addresses (kube-proxy IPVS mode's
-kube-ipvs0): every Service address is a local /32 on it, so the kernel delivers
-packets for it to the proxy's sockets without any iptables rule.
+kube-ipvs0): every Service address is a local /32 (IPv4) or /128 (IPv6) on it, so the
+kernel delivers packets for it to the proxy's sockets without any iptables rule.
+
+An IPv6 address is added with IFA_F_NODAD (`ip -6 addr add ... nodad`): duplicate
+address detection would hold it tentative for about a second, and a socket cannot
+bind a tentative address, so the first sync of a Service would fail its IPv6
+frontends. A Service address is not the device's to defend on any link (the device
+has no link), so there is nothing for DAD to detect. The device's own link-local
+address (the kernel gives an up device one) is not a frontend: it is left alone.
 
 pyroute2 talks to the network namespace of the calling thread."""
 
@@ -15,6 +22,7 @@ from ebpflb.model import IPAddress
 
 log = logging.getLogger(__name__)
 
+IFA_F_NODAD = 0x02  # linux/if_addr.h: no duplicate address detection
 DEVICE_NAME = "ebpflb0"
 # The kinds tried in order: a dummy device, or, on kernels built without
 # CONFIG_DUMMY, a bridge without ports (up, it carries local addresses just as well).
@@ -66,13 +74,16 @@ class DummyDevice:
         raise DataplaneError(f"cannot create the device {self.name}: {'; '.join(errors)}")
 
     def addresses(self) -> set[str]:
-        """The IPv4 addresses on the device, read back from the kernel."""
-        return {a.get_attr("IFA_ADDRESS") for a in self.ipr.get_addr(index=self.index, family=2)}
+        """The addresses on the device (both families, but its own link-local one),
+        read back from the kernel."""
+        found = (str(a.get_attr("IFA_ADDRESS")) for a in self.ipr.get_addr(index=self.index))
+        return {a for a in found if not a.lower().startswith("fe80:")}
 
     def add(self, address: IPAddress) -> None:
+        extra = {} if address.version == 4 else {"flags": IFA_F_NODAD}
         mask = 32 if address.version == 4 else 128
         try:
-            self.ipr.addr("add", index=self.index, address=str(address), prefixlen=mask)
+            self.ipr.addr("add", index=self.index, address=str(address), prefixlen=mask, **extra)
         except Exception as exc:
             if _code(exc) != errno.EEXIST:
                 raise DataplaneError(f"cannot add {address} to {self.name}: {exc}") from exc

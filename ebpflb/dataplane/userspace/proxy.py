@@ -2,13 +2,18 @@
 and every change to the frontends runs on that loop, so a connection never sees a
 half-applied change.
 
-Per TCP frontend a listening socket accepts; each connection (tcp.py) picks a backend
-with ebpflb.selection, connects and relays. Per UDP frontend one socket bound to the
-frontend address receives datagrams; a session table maps each client (address, port)
-to a connected socket towards its backend (udp.py), and replies are sent back from the
-frontend's own socket. Sessions expire when idle and the table is bounded (least
-recently used evicted). A session whose backend left the frontend moves to a live
-backend at its next datagram, as the kernel path's conntrack does.
+Every frontend has sockets of its own family (AF_INET6 with IPV6_V6ONLY for an IPv6
+one), bound to its address, so an IPv6 frontend never sees IPv4 traffic and the two
+halves of a dual-stack Service are independent frontends. Per TCP frontend a
+listening socket accepts; each connection (tcp.py) picks a backend with
+ebpflb.selection, connects and relays. Per UDP frontend one socket bound to the
+frontend address receives datagrams; a session table maps each client (address,
+port; for IPv6 the 4-tuple recvfrom gives) to a connected socket towards its backend
+(udp.py), and replies are sent back from the frontend's own socket: bound to the
+frontend address, it gives them that source in either family, so no
+IP_PKTINFO/IPV6_PKTINFO is needed. Sessions expire when idle and the table is bounded
+(least recently used evicted). A session whose backend left the frontend moves to a
+live backend at its next datagram, as the kernel path's conntrack does.
 
 Policies, as the kernel path applies them:
 - `sessionAffinity: ClientIP`: new TCP connections and new UDP sessions consult the
@@ -229,16 +234,20 @@ class Engine(EngineViews):
     def _add_frontend(self, st: FrontendState) -> FrontendRuntime:
         fe = FrontendRuntime(st, self._next_svc_id)
         front = st.frontend
-        fam = socket.AF_INET if front.address.version == 4 else socket.AF_INET6
         s: socket.socket | None = None
         if front.protocol is Protocol.TCP:
-            s = socket.socket(fam, socket.SOCK_STREAM)
+            s = socket.socket(fe.family, socket.SOCK_STREAM)
         elif front.protocol is Protocol.UDP:
-            s = frontend_socket(fam)
+            s = frontend_socket(fe.family)
         # Another protocol is held without a socket: the agent sends none, since the data
         # path's `protocols` leave it out (and logs that).
         if s is not None:
             try:
+                if fe.family == socket.AF_INET6:
+                    # Only IPv6 on an IPv6 frontend, whatever net.ipv6.bindv6only says.
+                    # The kernel sets it too when the socket binds one IPv6 address;
+                    # set here, it holds for any address a frontend may ever have.
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 s.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
                 s.setblocking(False)

@@ -1,6 +1,8 @@
 """What the proxy shows of itself: the rows of `ebpflb services`, `backends`,
 `conntrack` and `stats`, and the global counters behind them, read from the engine's
-frontends on its loop thread."""
+frontends on its loop thread. Rows come IPv4 first, then IPv6 (frontend_order), as on
+the kernel path; the views render an IPv6 frontend as `[addr]:port`, its --json rows
+carry plain addresses under the same keys."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ebpflb.dataplane.view import BackendView, ConnView, ServiceStats, ServiceView, StatsView
-from ebpflb.model import FrontendKey
+from ebpflb.model import FrontendKey, frontend_order
 from ebpflb.selection import AffinityTable
 
 if TYPE_CHECKING:
@@ -54,6 +56,13 @@ COUNTERS = (
 )
 
 
+def _conn_order(c: ConnView) -> tuple[int, int, int, int, int, int]:
+    """Flows by frontend then client, IPv4 before IPv6 (addresses of two families do
+    not compare, and a dual-stack Service has flows of both)."""
+    fa, ca = c.frontend_address, c.client_address
+    return (fa.version, int(fa), c.frontend_port, ca.version, int(ca), c.client_port)
+
+
 def drops_of(counters: dict[str, int]) -> dict[str, int]:
     """Drops by reason (the kernel path's drop_reasons.h), from the counters: only a
     connection or datagram refused for want of a backend, or for its source, is one
@@ -71,7 +80,7 @@ class EngineViews:
     affinity: AffinityTable[Target]
 
     def _sorted(self) -> list[FrontendRuntime]:
-        return sorted(self.frontends.values(), key=lambda fe: fe.state.frontend)
+        return sorted(self.frontends.values(), key=lambda fe: frontend_order(fe.state.frontend))
 
     def services(self) -> list[ServiceView]:
         return [
@@ -113,9 +122,7 @@ class EngineViews:
                 if v is not None:
                     out.append(v)
             out.extend(s.view(now) for s in fe.sessions.values())
-        out.sort(
-            key=lambda c: (c.frontend_address, c.frontend_port, c.client_address, c.client_port)
-        )
+        out.sort(key=_conn_order)
         return out
 
     def stats(self) -> StatsView:
