@@ -12,6 +12,8 @@
 #ifndef EBPFLB_ICMP6_H
 #define EBPFLB_ICMP6_H
 
+#include <uapi/asm-generic/errno-base.h>
+
 #include "abi.h"
 #include "consts.h"
 #include "drop_reasons.h"
@@ -29,6 +31,7 @@
 #define ICMP6_T_TIME_EXCEEDED	3
 #define ICMP6_T_PARAM_PROB	4	/* the error types are 1-4; 128 and up are
 					 * informational (echo, neighbour discovery) */
+#define ICMP6_F_IPV6		(1ULL << 7)	/* BPF_F_IPV6, in newer UAPI headers only */
 #define IP6_SADDR_OFF		offsetof(struct ip6_hdr, saddr)
 #define IP6_DADDR_OFF		offsetof(struct ip6_hdr, daddr)
 
@@ -76,6 +79,25 @@ static __always_inline int icmp6_parse_quote(struct __sk_buff *skb, const struct
 	return 0;
 }
 
+/* Add diff to the ICMPv6 checksum. An outer address (BPF_F_PSEUDO_HDR) also says
+ * BPF_F_IPV6 where the kernel knows it (Linux 6.16 and later): without it the helper adjusts
+ * a CHECKSUM_COMPLETE packet's skb->csum as for IPv4, whose pseudo-header addresses
+ * sit outside what that sum covers, and an IPv6 header's are inside it. An older
+ * kernel refuses the flag (-EINVAL, nothing changed) and has that bug anyway. */
+static __always_inline long icmp6_csum_diff(struct __sk_buff *skb, const struct pkt6 *pkt,
+					    __s64 diff, __u64 flags)
+{
+	__u32 off = pkt->l4_off + ICMP6_CSUM_OFF;
+	long ret;
+
+	if (!(flags & BPF_F_PSEUDO_HDR))
+		return bpf_l4_csum_replace(skb, off, 0, diff, flags);
+	ret = bpf_l4_csum_replace(skb, off, 0, diff, flags | ICMP6_F_IPV6);
+	if (ret == -EINVAL)
+		ret = bpf_l4_csum_replace(skb, off, 0, diff, flags);
+	return ret;
+}
+
 /* Replace the address at off (old -> new) and fix the ICMPv6 checksum: flags is
  * BPF_F_PSEUDO_HDR for an outer address, 0 for a quoted one. The 16-byte change goes
  * in as one bpf_csum_diff (l4_csum_replace's size 0: "to" is a diff). */
@@ -92,7 +114,7 @@ static __always_inline int icmp6_store_addr(struct __sk_buff *skb, const struct 
 	if (diff < 0)
 		return DROP_WRITE;
 	if (bpf_skb_store_bytes(skb, off, &to, sizeof(to), 0) < 0 ||
-	    bpf_l4_csum_replace(skb, pkt->l4_off + ICMP6_CSUM_OFF, 0, diff, flags) < 0)
+	    icmp6_csum_diff(skb, pkt, diff, flags) < 0)
 		return DROP_WRITE;
 	return 0;
 }
