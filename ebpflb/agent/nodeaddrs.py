@@ -120,7 +120,10 @@ def choose(
 
 def _first_of_each_family(addresses: Sequence[IPAddress]) -> tuple[IPAddress, ...]:
     """The first address of each family, in the order given."""
-    return tuple({a.version: a for a in reversed(addresses)}.values())[::-1]
+    first: dict[int, IPAddress] = {}
+    for a in addresses:
+        first.setdefault(a.version, a)
+    return tuple(first.values())
 
 
 def _select(
