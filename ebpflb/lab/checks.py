@@ -192,7 +192,7 @@ def _check_clusterip(adapter: Adapter, s: Subject, node: str, proto: str) -> Che
         f"clusterip-{proto} from a pod on {node}",
         result,
         s,
-        want_source=f"{s.cluster_ip}:{port}" if proto == "udp" else None,
+        want_source=_host_port(s.cluster_ip, port) if proto == "udp" else None,
     )
 
 
@@ -326,9 +326,22 @@ def run_checks(adapter: Adapter, subject: Subject, *, cluster: bool) -> Report:
 # --- the probe (the client side of every check) ---------------------------------------
 
 
+def _host(host: str) -> str:
+    """``host`` as a socket takes it: an IPv6 address without its URL brackets."""
+    return host.strip("[]")
+
+
+def _host_port(host: str, port: int) -> str:
+    """``addr:port``, or ``[addr]:port`` for an IPv6 address."""
+    host = _host(host)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _http_get(host: str, port: int, timeout: float) -> str:
+    host = _host(host)
+    name = f"[{host}]" if ":" in host else host
     with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        sock.sendall(f"GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
         data = b""
         while len(data) < 65536:
             chunk = sock.recv(4096)
@@ -342,11 +355,13 @@ def _http_get(host: str, port: int, timeout: float) -> str:
 
 
 def _udp_request(host: str, port: int, timeout: float) -> tuple[str, str]:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    """One datagram; the answer and where it came from (``[addr]:port`` for IPv6)."""
+    family, _, _, _, dest = socket.getaddrinfo(_host(host), port, type=socket.SOCK_DGRAM)[0]
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)
-        sock.sendto(b"x", (host, port))
+        sock.sendto(b"x", dest)
         data, src = sock.recvfrom(65536)
-    return data.decode().strip(), f"{src[0]}:{src[1]}"
+    return data.decode().strip(), _host_port(src[0], src[1])
 
 
 def probe(kind: str, host: str, port: int, count: int, timeout: float) -> dict[str, Any]:
@@ -364,7 +379,7 @@ def probe(kind: str, host: str, port: int, count: int, timeout: float) -> dict[s
                 answers[answer] += 1
                 sources.add(src)
             elif kind == "connect":
-                socket.create_connection((host, port), timeout=timeout).close()
+                socket.create_connection((_host(host), port), timeout=timeout).close()
             else:  # resolve
                 infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
                 addresses = sorted({str(i[4][0]) for i in infos})
@@ -372,7 +387,7 @@ def probe(kind: str, host: str, port: int, count: int, timeout: float) -> dict[s
             errors.append(f"{type(exc).__name__}: {exc}")
     return {
         "kind": kind,
-        "target": f"{host}:{port}",
+        "target": _host_port(host, port),
         "count": count,
         "answers": dict(answers),
         "sources": sorted(sources),
