@@ -26,9 +26,12 @@ the Service. The file holds only what is held (usually nothing), rewritten when 
 changes. An edit made while no agent ran is not covered: nothing saw the version before.
 
 Only the manifest source uses this. The kube source applies what the API server
-accepted: it already rejects these typos, and what it accepts but ebpflb cannot
-serve (an IPv6-only ClusterIP, IPv6-only source ranges) is the cluster's real state,
+accepted: it already rejects these typos, and what it accepts but this node cannot
+serve (a Service of a family the node has no address of) is the cluster's real state,
 which a stale version would contradict (serving a ClusterIP the cluster released).
+For the same reason what depends on the node, or on the family of a frontend
+(source ranges of one family only), is judged by ``translate``, never here: holding
+such an edit back would keep an older version, possibly one open to every client.
 """
 
 from __future__ import annotations
