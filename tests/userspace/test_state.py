@@ -86,3 +86,30 @@ def test_stale_state_of_a_dead_agent_is_an_error(tmp_path):
     )
     assert result.exit_code == 1
     assert result.output.startswith("error: the userspace data path is not running")
+
+
+def test_ipv6_views_round_trip_with_plain_addresses(tmp_path):
+    """An IPv6 frontend reads back from the state file as it was written: `[addr]:port`
+    as the frontend text, plain addresses under the same keys; a backend row whose
+    frontend has no service row is parsed from that text."""
+    fe = Frontend(IP("fd00:10:96::a"), 80, Protocol.TCP, FrontendKind.CLUSTER_IP)
+    gone = Frontend(IP("fd00:10:96::b"), 53, Protocol.UDP)
+    pn = ServicePortName(ServiceRef("demo", "web"), "http", Protocol.TCP)
+    svcs = [ServiceView(3, fe, pn, 1, 1, 0)]
+    bes = [
+        BackendView(7, 3, fe, pn, IP("fd00:10:244::b"), 8080, True, False),
+        BackendView(8, 4, gone, None, IP("fd00:10:244::c"), 9090, True, False),
+    ]
+    client, backend = IP("fd00:192:168:50::64"), IP("fd00:10:244::b")
+    conns = [ConnView("TCP", client, 40000, fe.address, 80, backend, 8080, 7, 3, str(pn), 1, 0)]
+    stats = StatsView((ServiceStats(3, fe, pn, 1, 2, 3, 4),), {"new_flow": 1})
+    state.write_state(str(tmp_path), state.snapshot(svcs, bes, conns, stats))
+    with state.UserspaceInspector(str(tmp_path)) as insp:
+        (svc,) = [v.as_json() for v in insp.services()]
+        assert svc == svcs[0].as_json()
+        assert (svc["frontend"], svc["address"]) == ("[fd00:10:96::a]:80/TCP", "fd00:10:96::a")
+        assert [v.as_json() for v in insp.backends()] == [v.as_json() for v in bes]
+        assert insp.backends()[1].frontend == gone
+        (flow,) = insp.conntrack()
+        assert (flow.client_address, flow.frontend_address) == (client, fe.address)
+        assert insp.stats().as_json() == stats.as_json()
