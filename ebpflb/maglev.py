@@ -10,8 +10,8 @@ for the same flow, and adding or removing one backend moves about 1/N of the flo
 
 The table is computed here, once per set of backends, and written into the kernel's
 per-frontend table map; the kernel only looks it up. `flow_hash` is the kernel's
-`lb4_flow_hash`, bit for bit (on the same network-order words), so the userspace path
-and anyone explaining a choice get the kernel's answer.
+`lb4_flow_hash` (`lb6_flow_hash` for IPv6), bit for bit (on the same network-order
+words), so the userspace path and anyone explaining a choice get the kernel's answer.
 """
 
 from __future__ import annotations
@@ -74,10 +74,11 @@ def _mix32(x: int) -> int:
     return x
 
 
-def _word(address: IPAddress) -> int:
-    """An IPv4 address as the kernel reads its __be32 (network-order bytes, host-order
-    integer)."""
-    return int.from_bytes(address.packed, sys.byteorder)
+def _words(address: IPAddress) -> tuple[int, ...]:
+    """An address as the kernel reads it: each network-order 4-byte word as a
+    host-order integer (one for IPv4's __be32, four for an IPv6 addr6)."""
+    packed = address.packed
+    return tuple(int.from_bytes(packed[i : i + 4], sys.byteorder) for i in range(0, len(packed), 4))
 
 
 def _be16(port: int) -> int:
@@ -87,9 +88,12 @@ def _be16(port: int) -> int:
 def flow_hash(
     client: IPAddress, client_port: int, frontend: IPAddress, frontend_port: int, protocol: Protocol
 ) -> int:
-    """The kernel's lb4_flow_hash of a flow's first packet (client -> frontend)."""
+    """The kernel's lb4_flow_hash (IPv4) or lb6_flow_hash (IPv6: each address's four
+    words mixed in turn, client's first) of a flow's first packet (client -> frontend)."""
     h = FLOW_HASH_SEED
-    h = _mix32(h ^ _word(client))
-    h = _mix32(h ^ _word(frontend))
+    for w in _words(client):
+        h = _mix32(h ^ w)
+    for w in _words(frontend):
+        h = _mix32(h ^ w)
     h = _mix32(h ^ ((_be16(client_port) << 16) | _be16(frontend_port)))
     return _mix32(h ^ protocol.number)

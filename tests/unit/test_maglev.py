@@ -4,6 +4,8 @@ flows moved when one backend comes or goes, the same table on every node."""
 from __future__ import annotations
 
 import ipaddress
+import struct
+import sys
 from collections import Counter
 
 import pytest
@@ -83,3 +85,54 @@ def test_the_flow_hash_spreads_flows_evenly() -> None:
         )
         == 5
     )
+
+
+def _reference_hash(words: list[int], sport: int, dport: int, proto: int) -> int:
+    """The preamble's formula written out again: seed, each 32-bit word (as the kernel
+    reads network-order bytes on this host), the raw ports, the protocol."""
+    h = maglev.FLOW_HASH_SEED
+    for w in [*words, (_raw16(sport) << 16) | _raw16(dport), proto]:
+        h = maglev._mix32(h ^ w)
+    return h
+
+
+def _raw16(port: int) -> int:
+    return int.from_bytes(port.to_bytes(2, "big"), sys.byteorder)
+
+
+def _host_words(*addresses: str) -> list[int]:
+    packed = b"".join(ipaddress.ip_address(a).packed for a in addresses)
+    return list(struct.unpack(f"={len(packed) // 4}I", packed))
+
+
+# (client, client port, frontend, frontend port, protocol, the hash on a little-endian
+# host such as the x86-64 and arm64 machines the kernel path runs on)
+VECTORS = [
+    ("10.244.0.200", 40000, "10.96.0.10", 80, Protocol.TCP, 0xC0DD819E),
+    ("fd00:10:244::c8", 40000, "fd00:10:96::a", 80, Protocol.TCP, 0x748F3441),
+    ("fd00:192:168:50::65", 53, "fd00:192:168:60::5", 30053, Protocol.UDP, 0x5834BEED),
+]
+
+
+@pytest.mark.parametrize(("client", "cport", "frontend", "fport", "proto", "want"), VECTORS)
+def test_the_flow_hash_of_fixed_flows(
+    client: str, cport: int, frontend: str, fport: int, proto: Protocol, want: int
+) -> None:
+    """IPv4 unchanged, IPv6 by lb6_flow_hash's formula (both addresses' four words)."""
+    got = maglev.flow_hash(
+        ipaddress.ip_address(client), cport, ipaddress.ip_address(frontend), fport, proto
+    )
+    assert got == _reference_hash(_host_words(client, frontend), cport, fport, proto.number)
+    if sys.byteorder == "little":
+        assert got == want
+
+
+def test_every_word_of_an_ipv6_address_counts() -> None:
+    base = ipaddress.IPv6Address("fd00:10:96::a")
+    client = ipaddress.IPv6Address("fd00:10:244::c8")
+    hashes = {maglev.flow_hash(client, 40000, base, 80, Protocol.TCP)}
+    for word in range(4):
+        other = ipaddress.IPv6Address(int(base) ^ (1 << (32 * word)))
+        hashes.add(maglev.flow_hash(client, 40000, other, 80, Protocol.TCP))
+        hashes.add(maglev.flow_hash(other, 40000, base, 80, Protocol.TCP))
+    assert len(hashes) == 9
