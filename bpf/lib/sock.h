@@ -19,7 +19,20 @@
 #include "stats.h"
 
 #define SOCK_PASS	1	/* a cgroup sock_addr hook's "go on" */
-#define SOCK_DENY	0	/* ... and its "refuse" (EPERM) */
+#define SOCK_DENY	0	/* ... and its "refuse" (EPERM unless sock_refuse says) */
+#define SOCK_ECONNREFUSED	111
+
+/* Refuse a connect() or sendmsg() to a frontend without a usable endpoint: with
+ * ECONNREFUSED, what kube-proxy's REJECT rule and the tc path's RST give a client,
+ * where the kernel lets a hook choose its errno (bpf_set_retval, Linux 5.18: the
+ * loader passes -DHAVE_SET_RETVAL); else the plain deny's EPERM. */
+static __always_inline int sock_refuse(void)
+{
+#ifdef HAVE_SET_RETVAL
+	bpf_set_retval(-SOCK_ECONNREFUSED);
+#endif
+	return SOCK_DENY;
+}
 
 /* Whether the socket (of either family) lives in the agent's network namespace. */
 static __always_inline int sock_ours(struct bpf_sock_addr *ctx)
@@ -111,7 +124,7 @@ static __always_inline int sock4_translate(struct bpf_sock_addr *ctx, int per_so
 }
 
 /* connect() or sendmsg() to an IPv4 frontend: address the socket (or datagram) to one
- * of its backends. SOCK_PASS or SOCK_DENY (a Service without a usable endpoint). */
+ * of its backends. SOCK_PASS, or sock_refuse() for a Service without a usable endpoint. */
 static __always_inline int sock4_forward(struct bpf_sock_addr *ctx, int per_socket)
 {
 	struct lb4_backend *be = NULL;
@@ -128,7 +141,7 @@ static __always_inline int sock4_forward(struct bpf_sock_addr *ctx, int per_sock
 	pkt.proto = ctx->protocol;
 	ret = sock4_translate(ctx, per_socket, &pkt, &be);
 	if (ret == SOCK_XLATE_REFUSE)
-		return SOCK_DENY;
+		return sock_refuse();
 	if (ret == SOCK_XLATE_DONE && be) {
 		ctx->user_ip4 = be->address;
 		ctx->user_port = (__u32)be->port;

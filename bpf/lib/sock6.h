@@ -163,7 +163,7 @@ static __always_inline int sock6_forward_native(struct bpf_sock_addr *ctx, int p
 }
 
 /* connect() or sendmsg() of an AF_INET6 socket to a frontend of either family:
- * address it to one of the frontend's backends. SOCK_PASS or SOCK_DENY (a Service
+ * address it to one of the frontend's backends. SOCK_PASS, or a refusal (a Service
  * without a usable endpoint), as sock4_forward. */
 static __always_inline int sock6_forward(struct bpf_sock_addr *ctx, int per_socket)
 {
@@ -177,7 +177,7 @@ static __always_inline int sock6_forward(struct bpf_sock_addr *ctx, int per_sock
 		ret = sock6_forward_mapped(ctx, per_socket);
 	else
 		ret = sock6_forward_native(ctx, per_socket);
-	return ret == SOCK_XLATE_REFUSE ? SOCK_DENY : SOCK_PASS;
+	return ret == SOCK_XLATE_REFUSE ? sock_refuse() : SOCK_PASS;
 }
 
 /* getpeername() or recvmsg() of a translated AF_INET6 socket: the frontend, not the

@@ -13,6 +13,7 @@ import contextlib
 import importlib.resources
 import logging
 import os
+import platform
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -142,6 +143,21 @@ def require_bpf_privileges(*, caps: int | None = None, uid: int | None = None) -
     )
 
 
+SET_RETVAL_KERNEL = (5, 18)  # bpf_set_retval() in cgroup hooks
+
+
+def kernel_feature_flags(release: str | None = None) -> list[str]:
+    """The ``-D`` flags of the optional helpers the running kernel (or ``release``)
+    has: HAVE_SET_RETVAL from Linux 5.18, so a socket-LB hook can refuse with
+    ECONNREFUSED instead of its plain EPERM. An unparsable release gets none."""
+    release = platform.release() if release is None else release
+    try:
+        version = tuple(int(x) for x in release.split("-")[0].split(".")[:2])
+    except ValueError:
+        return []
+    return ["-DHAVE_SET_RETVAL"] if version >= SET_RETVAL_KERNEL else []
+
+
 def _cflags(
     source_dir: Path, *, pin_dir: str, max_services: int, max_backends: int, max_conntrack: int
 ) -> list[str]:
@@ -160,6 +176,7 @@ def _cflags(
         f"-DMAX_SERVICES={max_services}",
         f"-DMAX_BACKENDS={max_backends}",
         f"-DMAX_CONNTRACK={max_conntrack}",
+        *kernel_feature_flags(),
         "-Wall",
         "-Werror",
     ]
