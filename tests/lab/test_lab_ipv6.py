@@ -13,6 +13,7 @@ from ipaddress import IPv4Address, IPv6Address, IPv6Network, ip_address
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate.utils as kv
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -157,6 +158,8 @@ def _check_manifests(lab: Lab, name: str) -> None:
     text = (layout.LAB_ROOT / name / "manifests" / "cluster.yaml").read_text()
     objs = list(yaml.safe_load_all(text))
     assert objs == lab.manifests()
+    for obj in objs:  # against the API's schema, strictly (no unknown fields)
+        kv.validate(obj, "1.33", strict=True)
     nodes = [o for o in objs if o["kind"] == "Node"]
     assert len(nodes) == len(lab.nodes)
     for obj, node in zip(nodes, lab.nodes, strict=True):
@@ -314,3 +317,35 @@ def test_ipv6_plan() -> None:
     assert bridged.gateway6() == IPv6Address("fd00:10:244::1")
     endpoint = lab.endpoint(3, ipv6=True)
     assert endpoint["addresses"] == ["fd00:10:244:1::d"] and endpoint["nodeName"] == "node-2"
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _slices(path: Path) -> dict[str, list[str]]:
+    return {
+        o["metadata"]["name"]: [a for e in o["endpoints"] for a in e["addresses"]]
+        for o in yaml.safe_load_all(path.read_text())
+        if o["kind"] == "EndpointSlice"
+    }
+
+
+def test_the_dual_stack_examples_follow_the_lab_plan() -> None:
+    """examples/dualstack and examples/multinode-dualstack name the lab's addresses."""
+    one = _slices(EXAMPLES / "dualstack" / "web.yaml")
+    assert one["web-v6"] == [str(layout.pod_ip6(i)) for i in (1, 2, 3, 4)]
+    assert one["web-v4"] == [str(layout.pod_ip(i)) for i in (1, 2, 3, 4)]
+    mn = layout._plan(LabSpec("mn", pods=2, nodes=2, ipv6=True))
+    two = _slices(EXAMPLES / "multinode-dualstack" / "cluster.yaml")
+    assert two["web-mn-v6"] == [str(p.ip6) for p in mn.pods]
+    nodes = [
+        o for o in yaml.safe_load_all((EXAMPLES / "multinode-dualstack" / "cluster.yaml").open())
+        if o["kind"] == "Node"
+    ]  # fmt: skip
+    assert [[a["address"] for a in n["status"]["addresses"]] for n in nodes] == [
+        [str(n.address), str(n.address6)] for n in mn.nodes
+    ]
+    assert (
+        "fd00:192:168:50::65/128" in (EXAMPLES / "multinode-dualstack" / "cluster.yaml").read_text()
+    )
+    assert mn.outside[0].ip6 == IPv6Address("fd00:192:168:50::65")
