@@ -418,10 +418,6 @@ int ebpflb_tc(struct __sk_buff *skb)
 	struct pkt4 pkt;
 	int verdict = VERDICT_PASS;
 
-	/* skb->protocol is the ethertype the stack already read: no packet access to
-	 * pick the family, and IPv4 keeps its own path (pkt4_parse checks it again). */
-	if (skb->protocol == bpf_htons(ETH_P_IPV6))
-		return verdict_tc_exit(skb, lb6_ingress(skb));
 	switch (pkt4_parse(skb, &pkt)) {
 	case PKT_L4:
 		verdict = lb4_ingress(skb, &pkt);
@@ -431,6 +427,14 @@ int ebpflb_tc(struct __sk_buff *skb)
 		break;
 	case PKT_FRAGMENT:
 		stats_global_inc(GSTAT_FRAGMENT);
+		break;
+	case PKT_PASS:
+		/* Not IPv4: IPv6 is picked by skb->protocol (the ethertype the stack
+		 * read, no packet access). Tested here, after pkt4_parse, rather than
+		 * first: an early IPv6 branch made every IPv4 packet ~15 ns slower
+		 * (code layout), this costs IPv6 one ethertype read. */
+		if (skb->protocol == bpf_htons(ETH_P_IPV6))
+			verdict = lb6_ingress(skb);
 		break;
 	}
 	return verdict_tc_exit(skb, verdict);
@@ -448,15 +452,17 @@ int ebpflb_tc_egress(struct __sk_buff *skb)
 	struct pkt4 pkt;
 	int verdict = VERDICT_PASS;
 
-	if (host_backends && *host_backends && skb->protocol == bpf_htons(ETH_P_IPV6)) {
-		verdict = lb6_egress(skb);
-	} else if (host_backends && *host_backends) {
+	if (host_backends && *host_backends) {
 		switch (pkt4_parse(skb, &pkt)) {
 		case PKT_L4:
 			verdict = lb4_reverse(skb, &pkt);
 			break;
 		case PKT_ICMP:
 			verdict = icmp4_reverse(skb, &pkt);
+			break;
+		case PKT_PASS:
+			if (skb->protocol == bpf_htons(ETH_P_IPV6))
+				verdict = lb6_egress(skb);
 			break;
 		}
 	}
