@@ -1,5 +1,10 @@
-"""Socket-LB for the agent's own network namespace (bpf/lib/sock.h): the cgroup
-sock_addr programs linked to the cgroup v2 root, and the namespace they act in.
+"""Socket-LB for the agent's own network namespace (bpf/lib/sock.h, sock6.h): the
+cgroup sock_addr programs linked to the cgroup v2 root, and the namespace they act in.
+
+Eight programs: connect, sendmsg, recvmsg and getpeername for each family. An
+IPv4-mapped peer of a dual-stack AF_INET6 socket (::ffff:10.96.0.10) is an IPv4
+Service: the IPv6 hooks serve it from the IPv4 maps, except an unconnected sendmsg(),
+which the kernel runs through the IPv4 hook (sock6.h says how the two meet).
 
 The programs run for every socket of every process in the cgroup, but translate only
 those of the namespace whose cookie the agent writes into ebpflb_cfg, so a node's
