@@ -66,6 +66,12 @@ class ServicePortName:
 FrontendKey = tuple[IPAddress, int, Protocol]  # what a frontend is looked up by
 
 
+def hostport(address: IPAddress, port: int | str) -> str:
+    """``address:port``, an IPv6 address in brackets (``[fd00::a]:80``, RFC 3986): the
+    one spelling of an endpoint in tables, plans and explanations."""
+    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+
+
 @dataclass(frozen=True, order=True, slots=True)
 class Frontend:
     address: IPAddress
@@ -78,8 +84,7 @@ class Frontend:
         return (self.address, self.port, self.protocol)
 
     def __str__(self) -> str:
-        host = f"[{self.address}]" if self.address.version == 6 else str(self.address)
-        return f"{host}:{self.port}/{self.protocol}"
+        return f"{hostport(self.address, self.port)}/{self.protocol}"
 
 
 def frontend_order(fe: Frontend) -> tuple[int, int, int, str]:
@@ -108,8 +113,7 @@ class Backend:
         return (self.address, self.port)
 
     def __str__(self) -> str:
-        host = f"[{self.address}]" if self.address.version == 6 else str(self.address)
-        return f"{host}:{self.port}"
+        return hostport(self.address, self.port)
 
 
 def usable_backends(backends: Iterable[Backend]) -> tuple[Backend, ...]:

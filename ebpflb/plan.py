@@ -24,6 +24,7 @@ from ebpflb.model import (
     IPNetwork,
     ServiceEntry,
     ServicePortName,
+    hostport,
 )
 
 BackendKey = tuple[IPAddress, int]
@@ -44,7 +45,7 @@ class BackendState:
 
     def __str__(self) -> str:
         flags = "" if self.active else " (inactive)"
-        return f"{self.address}:{self.port}{flags}"
+        return f"{hostport(self.address, self.port)}{flags}"
 
 
 def backend_order(b: BackendState) -> tuple[int, int, int, bool, bool]:
@@ -171,7 +172,7 @@ class WriteService:
             "service": str(s.port_name.service),
             "port_name": s.port_name.port,
             "kind": str(s.kind),
-            "slots": [f"{a}:{p}" for a, p in s.slots],
+            "slots": [hostport(a, p) for a, p in s.slots],
             "affinity_timeout": s.affinity_timeout,
             "snat_address": str(s.snat_address) if s.snat_address else None,
             "source_ranges": [str(r) for r in s.source_ranges],
@@ -185,14 +186,14 @@ class RemoveBackends:
     backends: tuple[BackendKey, ...]
 
     def __str__(self) -> str:
-        keys = ", ".join(f"{a}:{p}" for a, p in self.backends)
+        keys = ", ".join(hostport(a, p) for a, p in self.backends)
         return f"- backends {self.frontend}: {keys}"
 
     def as_json(self) -> dict[str, object]:
         return {
             "op": "remove_backends",
             "frontend": str(self.frontend),
-            "backends": [f"{a}:{p}" for a, p in self.backends],
+            "backends": [hostport(a, p) for a, p in self.backends],
         }
 
 

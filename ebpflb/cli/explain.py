@@ -1,7 +1,7 @@
-"""`ebpflb explain FRONTEND --client ADDRESS:PORT`: what the kernel path does with that
-client's next packet to the frontend, and why, read from the pinned maps (see
-ebpflb.dataplane.bpf.explain). Exit status 0 with an answer, 1 with `error: ...` when
-no maps are pinned, 2 for a malformed argument."""
+"""`ebpflb explain FRONTEND --client ADDRESS:PORT` (IPv6: `[ADDRESS]:PORT`): what the
+kernel path does with that client's next packet to the frontend, and why, read from
+the pinned maps (see ebpflb.dataplane.bpf.explain). Exit status 0 with an answer, 1
+with `error: ...` when no maps are pinned, 2 for a malformed argument."""
 
 from __future__ import annotations
 
@@ -13,29 +13,44 @@ import typer
 from ebpflb.cli import render
 from ebpflb.cli.errors import handle_errors
 from ebpflb.dataplane.bpf.abi import DEFAULT_PIN_DIR
-from ebpflb.model import Protocol
+from ebpflb.model import IPAddress, Protocol
 
 
-def _endpoint(text: str, what: str) -> tuple[ipaddress.IPv4Address, int]:
+def parse_endpoint(text: str) -> tuple[IPAddress, int]:
+    """``ADDRESS:PORT`` or, for IPv6, ``[ADDRESS]:PORT`` (as the tables print them);
+    ValueError otherwise."""
     host, sep, port = text.rpartition(":")
+    if not sep:
+        raise ValueError(text)
+    if host.startswith("[") and host.endswith("]"):
+        address: IPAddress = ipaddress.IPv6Address(host[1:-1])
+    else:
+        address = ipaddress.IPv4Address(host)  # a bare IPv6 address is ambiguous
+    number = int(port)
+    if not 0 < number < 65536:
+        raise ValueError(text)
+    return address, number
+
+
+def _endpoint(text: str, what: str) -> tuple[IPAddress, int]:
     try:
-        if not sep:
-            raise ValueError
-        number = int(port)
-        if not 0 < number < 65536:
-            raise ValueError
-        return ipaddress.IPv4Address(host), number
+        return parse_endpoint(text)
     except ValueError:
-        raise typer.BadParameter(f"{text!r} is not an IPv4 ADDRESS:PORT", param_hint=what) from None
+        raise typer.BadParameter(
+            f"{text!r} is not ADDRESS:PORT (IPv4) or [ADDRESS]:PORT (IPv6)", param_hint=what
+        ) from None
 
 
 @handle_errors
 def explain(
     frontend: Annotated[
         str,
-        typer.Argument(help="The frontend: ADDRESS:PORT, or ADDRESS:PORT/UDP (TCP when left out)."),
+        typer.Argument(
+            help="The frontend: ADDRESS:PORT or [IPV6-ADDRESS]:PORT, then /UDP or /SCTP "
+            "(TCP when left out)."
+        ),
     ],
-    client: Annotated[str, typer.Option(help="The client, ADDRESS:PORT.")],
+    client: Annotated[str, typer.Option(help="The client, ADDRESS:PORT or [IPV6-ADDRESS]:PORT.")],
     pin_dir: Annotated[str, typer.Option(help="Where the agent pins its maps.")] = DEFAULT_PIN_DIR,
     json: Annotated[bool, typer.Option("--json", help="Print JSON with stable keys.")] = False,
 ) -> None:
@@ -53,6 +68,11 @@ def explain(
         ) from None
     front = _endpoint(address, "FRONTEND")
     source = _endpoint(client, "--client")
+    if front[0].version != source[0].version:
+        raise typer.BadParameter(
+            f"the client {client} and the frontend {address} are of different address families",
+            param_hint="--client",
+        )
     with BpfMaps(pin_dir) as maps:
         result = run(maps, front, protocol, source)
     if json:

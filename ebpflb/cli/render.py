@@ -1,4 +1,6 @@
-"""Pure rendering of views as aligned text tables or JSON."""
+"""Pure rendering of views as aligned text tables or JSON. Every endpoint in a table is
+spelled by ``model.hostport`` (``10.96.0.10:80``, ``[fd00:10:96::a]:80``), as frontends
+and backends print themselves; JSON keeps plain addresses in their own keys."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import json
 from collections.abc import Sequence
 
 from ebpflb.dataplane.view import BackendView, ConnView, ServiceView, StatsView
+from ebpflb.model import hostport
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -53,7 +56,7 @@ def backends_table(views: Sequence[BackendView]) -> str:
                 v.id,
                 _svc(v.port_name),
                 v.frontend,
-                f"{v.address}:{v.port}",
+                hostport(v.address, v.port),
                 ("active" if v.active else "inactive") + (",terminating" if v.terminating else ""),
             ]
             for v in views
@@ -67,10 +70,10 @@ def conntrack_table(views: Sequence[ConnView]) -> str:
         [
             [
                 v.protocol,
-                f"{v.client_address}:{v.client_port}",
-                f"{v.frontend_address}:{v.frontend_port}",
-                f"{v.backend_address}:{v.backend_port}",
-                f"{v.snat_address}:{v.snat_port}" if v.snat_address else "-",
+                hostport(v.client_address, v.client_port),
+                hostport(v.frontend_address, v.frontend_port),
+                hostport(v.backend_address, v.backend_port),
+                hostport(v.snat_address, v.snat_port or 0) if v.snat_address else "-",
                 v.service or "-",
                 f"{v.age_seconds:.1f}s",
                 f"{v.idle_seconds:.1f}s",

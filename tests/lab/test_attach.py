@@ -35,6 +35,7 @@ def test_default_interfaces(ns: str) -> None:
     netns.ip_batch(ns, [
         "link add vh1 type veth peer name vh1p",
         "addr add 192.0.2.1/24 dev vh1",
+        "addr add fd00:192:168:50::1/64 dev vh1 nodad",
         "link add flannel.1 type vxlan id 1 dstport 8472",
         "link add vx2 type vxlan id 2 dstport 4789",
         "addr add 10.42.0.0/32 dev vx2",
@@ -57,6 +58,8 @@ def test_default_interfaces(ns: str) -> None:
             "10.42.0.0",
             "10.96.0.10",
             "10.244.0.1",
+            "::1",  # both families: a host-network backend may be at an IPv6 address
+            "fd00:192:168:50::1",
         }
     finally:
         attacher.close()

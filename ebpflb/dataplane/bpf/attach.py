@@ -10,10 +10,11 @@ import logging
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import ip_address
 from typing import Any
 
 from ebpflb.errors import AttachError, DataplaneError
+from ebpflb.model import IPAddress
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +91,13 @@ class TcAttacher:
         """See scan."""
         return sorted(self.scan().uplinks)
 
-    def local_addresses(self) -> frozenset[IPv4Address]:
-        """Every IPv4 address of the namespace's interfaces."""
+    def local_addresses(self) -> frozenset[IPAddress]:
+        """Every IPv4 and IPv6 address of the namespace's interfaces (a host-network
+        backend may be at either)."""
         return frozenset(
-            IPv4Address(a.get_attr("IFA_ADDRESS")) for a in self.ipr.get_addr(family=socket.AF_INET)
+            ip_address(a.get_attr("IFA_ADDRESS"))
+            for family in (socket.AF_INET, socket.AF_INET6)
+            for a in self.ipr.get_addr(family=family)
         )
 
     def _index(self, ifname: str) -> int:

@@ -3,7 +3,9 @@ from the pinned maps, step by step in the order of bpf/ebpflb_tc.c (conntrack, s
 ranges, affinity, no backend, Maglev or random, source NAT). For `ebpflb explain`.
 
 Read-only; the answer holds for the maps as they are now (a random choice is only
-named as such: the kernel draws it when the packet comes).
+named as such: the kernel draws it when the packet comes). An IPv6 frontend is looked
+up in the IPv6 maps (svc6, be6, ct6, aff6, srcr6) as lb6 does; the slots, Maglev
+tables and names are shared with IPv4's.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 import ctypes
 import time
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from dataclasses import dataclass as _dataclass
+from typing import Any
 
 from ebpflb import maglev
 from ebpflb.dataplane.bpf import abi
@@ -22,9 +25,9 @@ from ebpflb.dataplane.bpf.maps import (
     read_src_ranges,
 )
 from ebpflb.dataplane.bpf.syscall import PinnedMap, map_fd_by_id
-from ebpflb.model import Protocol
+from ebpflb.model import IPAddress, Protocol, hostport
 
-Endpoint = tuple[IPv4Address, int]
+Endpoint = tuple[IPAddress, int]
 
 
 @dataclass
@@ -69,8 +72,71 @@ DECISIONS = (
 )
 
 
-def _ep(address: IPv4Address, port: int) -> str:
-    return f"{address}:{port}"
+def _ep(address: IPAddress, port: int | str) -> str:
+    return hostport(address, port)
+
+
+@_dataclass(frozen=True)
+class _Family:
+    """The maps and structs of one address family, and how to pack its addresses."""
+
+    svc: PinnedMap
+    backends: PinnedMap
+    ct: PinnedMap
+    affinity: PinnedMap
+    key: type[Any]
+    service: type[Any]
+    backend: type[Any]
+    ct_key: type[Any]
+    ct_value: type[Any]
+    aff_key: type[Any]
+    hairpin: IPAddress
+
+    def pack(self, address: IPAddress) -> Any:
+        return abi.addr6(str(address)) if address.version == 6 else abi.pack_ip4(str(address))
+
+    @staticmethod
+    def unpack(value: Any) -> IPAddress | None:
+        """The address in a struct field, None for the zero address ("none")."""
+        if isinstance(value, abi.Addr6):
+            return abi.unpack_addr6(value) if any(value.w) else None
+        return abi.unpack_ip4(value) if value else None
+
+
+def _family(maps: BpfMaps, address: IPAddress) -> _Family:
+    if address.version == 6:
+        return _Family(
+            maps.svc6,
+            maps.backends6,
+            maps.ct6,
+            maps.affinity6,
+            abi.Lb6Key,
+            abi.Lb6Service,
+            abi.Lb6Backend,
+            abi.Ct6Key,
+            abi.Ct6Value,
+            abi.Aff6Key,
+            abi.HAIRPIN_ADDRESS6,
+        )
+    return _Family(
+        maps.svc,
+        maps.backends,
+        maps.ct,
+        maps.affinity,
+        abi.Lb4Key,
+        abi.Lb4Service,
+        abi.Lb4Backend,
+        abi.Ct4Key,
+        abi.Ct4Value,
+        abi.Aff4Key,
+        abi.HAIRPIN_ADDRESS,
+    )
+
+
+def _backend_ep(fam: _Family, be: Any) -> Endpoint:
+    address = fam.unpack(be.address)
+    assert address is not None
+    return address, abi.ntohs(be.port)
 
 
 def explain(
@@ -81,17 +147,24 @@ def explain(
     *,
     now_ns: int | None = None,
 ) -> Explanation:
-    """Follow the kernel's decision for a packet client -> frontend."""
+    """Follow the kernel's decision for a packet client -> frontend (of one family)."""
     (faddr, fport), (caddr, cport) = frontend, client
     out = Explanation(f"{_ep(faddr, fport)}/{protocol}", _ep(caddr, cport), "not_a_frontend")
-    key = abi.Lb4Key(abi.pack_ip4(faddr), abi.htons(fport), protocol.number)
-    svc = maps.svc.lookup(key, abi.Lb4Service)
+    if faddr.version != caddr.version:
+        out.steps.append(
+            f"the client is IPv{caddr.version} and the frontend IPv{faddr.version}: "
+            "no such packet reaches the frontend"
+        )
+        return out
+    fam = _family(maps, faddr)
+    key = fam.key(fam.pack(faddr), abi.htons(fport), protocol.number)
+    svc = fam.svc.lookup(key, fam.service)
     if svc is None:
         out.steps.append(
             "no service entry for this address, port and protocol: the packet passes untouched"
         )
         return out
-    st = _active_backends(maps, svc.id, svc.count)
+    st = _active_backends(maps, fam, svc.id, svc.count)
     meta = maps.meta.lookup(ctypes.c_uint32(svc.id), abi.LbSvcMeta)
     pn = meta_to_port_name(meta, protocol)
     out.service = str(pn) if pn else None
@@ -101,30 +174,32 @@ def explain(
         f"frontend {out.frontend} ({kind}) of {out.service or f'id {svc.id}'}: "
         f"{svc.count} active backends"
     )
-    snat = abi.unpack_ip4(svc.snat_address) if svc.snat_address else None
+    snat = fam.unpack(svc.snat_address)
 
-    tracked = maps.ct.lookup(
-        abi.Ct4Key(
-            abi.pack_ip4(caddr),
-            abi.pack_ip4(faddr),
+    tracked = fam.ct.lookup(
+        fam.ct_key(
+            fam.pack(caddr),
+            fam.pack(faddr),
             abi.htons(cport),
             abi.htons(fport),
             protocol.number,
             abi.CtDir.SERVICE,
         ),
-        abi.Ct4Value,
+        fam.ct_value,
     )
     if tracked is not None and tracked.svc_id == svc.id:
-        be = maps.backends.lookup(ctypes.c_uint32(tracked.backend_id), abi.Lb4Backend)
+        be = fam.backends.lookup(ctypes.c_uint32(tracked.backend_id), fam.backend)
         if (
             be is not None
             and be.svc_id == svc.id
-            and (be.address, be.port) == (tracked.nat_address, tracked.nat_port)
+            and fam.unpack(be.address) == fam.unpack(tracked.nat_address)
+            and be.port == tracked.nat_port
         ):
             out.decision = "tracked"
-            out.backend = _ep(abi.unpack_ip4(be.address), abi.ntohs(be.port))
-            if tracked.peer_address:
-                out.snat = _ep(abi.unpack_ip4(tracked.peer_address), abi.ntohs(tracked.peer_port))
+            out.backend = _ep(*_backend_ep(fam, be))
+            peer = fam.unpack(tracked.peer_address)
+            if peer is not None:
+                out.snat = _ep(peer, abi.ntohs(tracked.peer_port))
             out.steps.append(f"a tracked flow: it keeps backend {out.backend}")
             return out
         out.steps.append("a tracked flow whose backend has left: it chooses again")
@@ -144,11 +219,12 @@ def explain(
             out.decision = "dropped"
             out.steps.append("no endpoint on this node (Local traffic policy): dropped")
         else:
+            icmp = "ICMPv6" if faddr.version == 6 else "ICMP"
             out.decision = "refused"
-            out.steps.append("no endpoint at all: refused with ICMP port unreachable")
+            out.steps.append(f"no endpoint at all: refused with {icmp} port unreachable")
         return out
 
-    backend = _affinity(maps, svc, caddr, now_ns)
+    backend = _affinity(maps, fam, svc, caddr, now_ns)
     picked = None
     if backend is not None:
         out.decision = "affinity"
@@ -157,7 +233,7 @@ def explain(
             f"backend {_ep(*backend)}"
         )
     elif svc.flags & abi.SvcFlag.MAGLEV:
-        picked = _maglev(maps, svc, protocol, frontend, client)
+        picked = _maglev(maps, fam, svc, protocol, frontend, client)
     if picked is not None:
         slot, backend = picked
         out.decision = "maglev"
@@ -168,48 +244,51 @@ def explain(
     if backend is not None:
         out.backend = _ep(*backend)
     if backend is not None and backend[0] == caddr:
-        out.snat = f"{abi.HAIRPIN_ADDRESS}:<NAT port>"
-        out.steps.append(
-            f"the client is its own backend (hairpin): source-NATed to {abi.HAIRPIN_ADDRESS}"
-        )
+        out.snat = _ep(fam.hairpin, "<NAT port>")
+        out.steps.append(f"the client is its own backend (hairpin): source-NATed to {fam.hairpin}")
     elif snat is not None:
-        out.snat = f"{snat}:<NAT port>"
+        out.snat = _ep(snat, "<NAT port>")
         out.steps.append(f"source-NATed to {snat} (externalTrafficPolicy: Cluster)")
     return out
 
 
-def _active_backends(maps: BpfMaps, svc_id: int, count: int) -> list[Endpoint]:
+def _active_backends(maps: BpfMaps, fam: _Family, svc_id: int, count: int) -> list[Endpoint]:
     """The frontend's active backends, in slot order."""
     out = []
     for slot in range(count):
         bid = maps.slots.lookup(abi.Lb4SlotKey(svc_id, slot), ctypes.c_uint32)
-        be = maps.backends.lookup(bid, abi.Lb4Backend) if bid is not None else None
+        be = fam.backends.lookup(bid, fam.backend) if bid is not None else None
         if be is not None:
-            out.append((abi.unpack_ip4(be.address), abi.ntohs(be.port)))
+            out.append(_backend_ep(fam, be))
     return out
 
 
 def _affinity(
-    maps: BpfMaps, svc: abi.Lb4Service, client: IPv4Address, now_ns: int | None
+    maps: BpfMaps, fam: _Family, svc: Any, client: IPAddress, now_ns: int | None
 ) -> Endpoint | None:
     if not svc.affinity_timeout:
         return None
-    entry = maps.affinity.lookup(abi.Aff4Key(abi.pack_ip4(client), svc.id), abi.Aff4Value)
+    entry = fam.affinity.lookup(fam.aff_key(fam.pack(client), svc.id), abi.Aff4Value)
     if entry is None:
         return None
     now = time.monotonic_ns() if now_ns is None else now_ns  # bpf_ktime_get_ns' clock
     if now - entry.last_ns > svc.affinity_timeout * 1_000_000_000:
         return None
-    be = maps.backends.lookup(ctypes.c_uint32(entry.backend_id), abi.Lb4Backend)
+    be = fam.backends.lookup(ctypes.c_uint32(entry.backend_id), fam.backend)
     if be is None or be.svc_id != svc.id or not be.flags & abi.BackendFlag.ACTIVE:
         return None
-    return abi.unpack_ip4(be.address), abi.ntohs(be.port)
+    return _backend_ep(fam, be)
 
 
 def _maglev(
-    maps: BpfMaps, svc: abi.Lb4Service, protocol: Protocol, frontend: Endpoint, client: Endpoint
+    maps: BpfMaps,
+    fam: _Family,
+    svc: Any,
+    protocol: Protocol,
+    frontend: Endpoint,
+    client: Endpoint,
 ) -> tuple[int, Endpoint] | None:
-    """(slot, backend) from the kernel's own table, as lb4_maglev_backend reads it."""
+    """(slot, backend) from the kernel's own table, as lb4/lb6_maglev_backend read it."""
     size = maps.config.lookup(ctypes.c_uint32(abi.Config.MAGLEV_SIZE), ctypes.c_uint32)
     table_id = maps.maglev.lookup(ctypes.c_uint32(svc.id), ctypes.c_uint32)
     if size is None or not size.value or table_id is None:
@@ -217,7 +296,7 @@ def _maglev(
     slot = maglev.flow_hash(client[0], client[1], frontend[0], frontend[1], protocol) % size.value
     with PinnedMap(f"maglev table of frontend {svc.id}", fd=map_fd_by_id(table_id.value)) as t:
         bid = t.lookup(ctypes.c_uint32(slot), ctypes.c_uint32)
-    be = maps.backends.lookup(bid, abi.Lb4Backend) if bid is not None else None
+    be = fam.backends.lookup(bid, fam.backend) if bid is not None else None
     if be is None or be.svc_id != svc.id or not be.flags & abi.BackendFlag.ACTIVE:
         return None
-    return slot, (abi.unpack_ip4(be.address), abi.ntohs(be.port))
+    return slot, _backend_ep(fam, be)

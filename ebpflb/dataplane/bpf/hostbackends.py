@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Callable, Iterable, Mapping
-from ipaddress import IPv4Address
 
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.syscall import PinnedMap
-from ebpflb.model import FrontendKey
+from ebpflb.model import FrontendKey, IPAddress
 from ebpflb.plan import DeleteService, FrontendState, Plan, RemoveBackends, UpsertBackends
 
-Addresses = frozenset[IPv4Address]
+Addresses = frozenset[IPAddress]  # both families: a backend of either may be local
 
 
 class HostBackends:

@@ -1,4 +1,5 @@
-"""Read-only views of the pinned maps for the CLI; needs no agent and no compiler."""
+"""Read-only views of the pinned maps for the CLI; needs no agent and no compiler.
+Both families: IPv4 frontends and flows first, then IPv6 ones (ebpflb_ct6)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.maps import BpfMaps, meta_to_port_name, read_state
 from ebpflb.dataplane.bpf.telemetry import drop_counters, global_counters
 from ebpflb.dataplane.view import BackendView, ConnView, ServiceStats, ServiceView, StatsView
-from ebpflb.model import Frontend, Protocol, ServicePortName
+from ebpflb.model import Frontend, IPAddress, Protocol, ServicePortName, frontend_order
 
 
 class BpfInspector:
@@ -28,7 +29,7 @@ class BpfInspector:
     def _frontends(self) -> list[tuple[int, Frontend, ServicePortName, int, int, int]]:
         st = read_state(self.maps)
         rows = []
-        for key, fs in sorted(st.frontends.items(), key=lambda kv: kv[1].frontend):
+        for key, fs in sorted(st.frontends.items(), key=lambda kv: frontend_order(kv[1].frontend)):
             rows.append(
                 (
                     st.svc_ids[key],
@@ -49,7 +50,7 @@ class BpfInspector:
     def backends(self) -> list[BackendView]:
         st = read_state(self.maps)
         out = []
-        for key, fs in sorted(st.frontends.items(), key=lambda kv: kv[1].frontend):
+        for key, fs in sorted(st.frontends.items(), key=lambda kv: frontend_order(kv[1].frontend)):
             sid = st.svc_ids[key]
             for b in fs.backends:
                 bid = st.backend_ids[(sid, b.key)]
@@ -71,7 +72,11 @@ class BpfInspector:
         now = time.monotonic_ns()
         names: dict[int, str | None] = {}
         out = []
-        for key, val in self.maps.ct.items(abi.Ct4Key, abi.Ct4Value):
+        flows: list[tuple[ctypes.Structure, ctypes.Structure]] = [
+            *self.maps.ct.items(abi.Ct4Key, abi.Ct4Value),
+            *self.maps.ct6.items(abi.Ct6Key, abi.Ct6Value),
+        ]
+        for key, val in flows:
             if key.dir != abi.CtDir.SERVICE:
                 continue
             if val.svc_id not in names:
@@ -79,26 +84,33 @@ class BpfInspector:
                 proto = Protocol(abi.proto_name(key.proto))
                 pn = meta_to_port_name(meta, proto)
                 names[val.svc_id] = str(pn) if pn else None
+            peer = _address(val.peer_address)
             out.append(
                 ConnView(
                     abi.proto_name(key.proto),
-                    abi.unpack_ip4(key.saddr),
+                    _host(key.saddr),
                     abi.ntohs(key.sport),
-                    abi.unpack_ip4(key.daddr),
+                    _host(key.daddr),
                     abi.ntohs(key.dport),
-                    abi.unpack_ip4(val.nat_address),
+                    _host(val.nat_address),
                     abi.ntohs(val.nat_port),
                     val.backend_id,
                     val.svc_id,
                     names[val.svc_id],
                     max(0.0, (now - val.created_ns) / 1e9),
                     max(0.0, (now - val.last_seen_ns) / 1e9),
-                    abi.unpack_ip4(val.peer_address) if val.peer_address else None,
-                    abi.ntohs(val.peer_port) if val.peer_address else None,
+                    peer,
+                    abi.ntohs(val.peer_port) if peer is not None else None,
                 )
             )
         out.sort(
-            key=lambda c: (c.frontend_address, c.frontend_port, c.client_address, c.client_port)
+            key=lambda c: (
+                c.frontend_address.version,
+                int(c.frontend_address),
+                c.frontend_port,
+                int(c.client_address),
+                c.client_port,
+            )
         )
         return out
 
@@ -118,3 +130,14 @@ class BpfInspector:
                 )
             )
         return StatsView(tuple(rows), global_counters(self.maps), drop_counters(self.maps))
+
+
+def _address(value: int | abi.Addr6) -> IPAddress | None:
+    """A struct's address field (an IPv4 __be32 or an addr6); None for all zeros."""
+    if isinstance(value, abi.Addr6):
+        return abi.unpack_addr6(value) if any(value.w) else None
+    return abi.unpack_ip4(value) if value else None
+
+
+def _host(value: int | abi.Addr6) -> IPAddress:
+    return abi.unpack_addr6(value) if isinstance(value, abi.Addr6) else abi.unpack_ip4(value)
