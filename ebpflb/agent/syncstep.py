@@ -107,6 +107,9 @@ class SyncStep:
         choice, zone = self._node_view(snap.nodes)
         self._note_nodeports(choice)
         self.translator.node_addresses, self.translator.node_zone = choice.addresses, zone
+        # A node that shows no address at all (no Node object, no interface address
+        # yet) is not known to lack a family: serve both rather than nothing.
+        self.translator.node_families = choice.families or None
         update = self.translator.rebuild(snap.services, snap.slices)
         self._translate_errors = update.errors
         self._log_errors([*snap.errors, *update.errors])

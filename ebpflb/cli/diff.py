@@ -83,7 +83,14 @@ def diff(
     addrs = node_addresses(snap.nodes, node_name) if node_name else ()
     zone = node_zone(snap.nodes, node_name) if node_name else None
     result = translate(
-        snap.services, snap.slices, node_name=node_name, node_zone=zone, node_addresses=addrs
+        snap.services,
+        snap.slices,
+        node_name=node_name,
+        node_zone=zone,
+        node_addresses=addrs,
+        # The families the Node object shows; without one, both (a dry run cannot see
+        # the agent's interfaces).
+        node_families=frozenset(a.version for a in addrs) or None,
     )
     if pins_present(pin_dir):
         with BpfMaps(pin_dir) as maps:
