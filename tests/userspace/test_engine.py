@@ -50,6 +50,10 @@ class TcpServer(socketserver.ThreadingTCPServer):
     name = ""
 
 
+class TcpServer6(TcpServer):
+    address_family = socket.AF_INET6
+
+
 class UdpServer(socketserver.ThreadingUDPServer):
     daemon_threads = True
     name = ""
@@ -330,3 +334,51 @@ def test_maglev_choice_is_the_kernel_paths(env: Env) -> None:
         engine.call(engine.shutdown_on_loop)
         engine.thread.join(5)
         engine.addresses.close(remove=False)
+
+
+def test_maglev_choice_on_ipv6_is_the_kernel_paths() -> None:
+    """The same for an IPv6 frontend (on ::1, with backends there too): the proxy's
+    choice is maglev.flow_hash's over the IPv6 5-tuple."""
+    from ebpflb import maglev
+
+    servers: list[TcpServer6] = []
+    engine = Engine(EngineConfig(device=None, tick=0.05, maglev_table_size=1021))
+    try:
+        for i in range(3):
+            srv = TcpServer6(("::1", 0), NameTcp)
+            srv.name = f"b{i}"
+            threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True).start()
+            servers.append(srv)
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+            port = s.getsockname()[1]
+        pn = ServicePortName(ServiceRef("t", "v6"), "p", Protocol.TCP)
+        backends = tuple(sorted(Backend(IP("::1"), srv.server_address[1]) for srv in servers))
+        st = FrontendState.from_entry(
+            ServiceEntry(Frontend(IP("::1"), port, Protocol.TCP), pn, backends)
+        )
+        held, errors = engine.call(lambda: engine.apply_on_loop({st.frontend.key: st}))
+        assert set(held) == {st.frontend.key} and not errors
+        names = {srv.server_address[1]: srv.name for srv in servers}
+        table = maglev.table([f"{a}:{p}" for a, p in st.slots], 1021)
+        seen = set()
+        base = 42000 + secrets.randbelow(200) * 30
+        for sport in range(base, base + 30):
+            h = maglev.flow_hash(IP("::1"), sport, IP("::1"), port, Protocol.TCP)
+            want = names[st.slots[table[h % 1021]][1]]
+            with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+                s.settimeout(5)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(("::1", sport))
+                s.connect(("::1", port))
+                s.sendall(b"x")
+                assert s.recv(100).decode() == want
+            seen.add(want)
+        assert len(seen) == 3
+    finally:
+        engine.call(engine.shutdown_on_loop)
+        engine.thread.join(5)
+        engine.addresses.close(remove=False)
+        for srv in servers:
+            srv.shutdown()
+            srv.server_close()
