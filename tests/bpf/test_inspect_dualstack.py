@@ -8,7 +8,9 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import json
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -16,9 +18,12 @@ from typer.testing import CliRunner
 from ebpflb.cli import app
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.explain import explain
-from ebpflb.dataplane.bpf.maps import BpfMaps
+from ebpflb.dataplane.bpf.maps import BpfMaps, read_state
 from ebpflb.dataplane.bpf.writer import MapWriter
 from ebpflb.model import DesiredState, Protocol
+from ebpflb.plan import desired_frontends
+from ebpflb.sources.manifests import ManifestSource
+from ebpflb.sources.translate import translate
 from tests.bpf import packets as pk
 from tests.bpf import packets6 as pk6
 from tests.bpf.conftest import MAX_BACKENDS, MAX_SERVICES, TC_ACT_OK, Maps, RunFn
@@ -113,6 +118,12 @@ def test_explain_follows_an_ipv6_flow(written: MapWriter, dual: Maps, run: RunFn
         assert explain(m, lb, Protocol.TCP, (IP6("fd00:99::1"), 1)).decision == "source_range_drop"
         inside = explain(m, lb, Protocol.TCP, (IP6("fd00:192:168:50::65"), 1))
         assert inside.snat == "[fd00:192:168:50::1]:<NAT port>"
+        # ClientIP affinity: the kernel's aff6 entry from a first flow decides the next.
+        outside = "fd00:192:168:50::65"
+        first = pk6.parse6(run(pk6.frame6(pk.Flow(pk.TCP, outside, str(lb[0]), 42000, 443))).data)
+        again = explain(m, lb, Protocol.TCP, (IP6(outside), 42001))
+        assert again.decision == "affinity"
+        assert again.backend == f"[{first.daddr}]:{first.dport}" == "[fd00:10:244::b]:8443"
         # A family mismatch is named, not looked up.
         e = explain(m, (IP6(VIP6), 80), Protocol.TCP, (ipaddress.IPv4Address("10.0.0.1"), 1))
         assert e.decision == "not_a_frontend"
@@ -171,3 +182,41 @@ def test_an_ipv4_only_state_reads_as_before(dual: Maps) -> None:
         assert V6.frontend.key not in writer.frontends
     finally:
         writer.maps.close()
+
+
+DUALSTACK_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "dualstack"
+
+
+def test_diff_of_a_dual_stack_source(dual: Maps, tmp_path: Path) -> None:
+    """The dual-stack example written, then diffed: nothing to do; one IPv6 endpoint
+    moved: the IPv6 frontends' changes, named in brackets."""
+    snap = ManifestSource(DUALSTACK_EXAMPLE).load()
+    state = translate(snap.services, snap.slices).state
+    assert any(k[0].version == 6 for k in state.entries)
+    writer = _writer(dual.pin_dir)
+    try:
+        _apply(writer, state)
+        with BpfMaps(dual.pin_dir) as fresh:
+            assert read_state(fresh).frontends == desired_frontends(state)
+    finally:
+        writer.maps.close()
+    args = ["diff", "--pin-dir", dual.pin_dir, "--json", "--exit-code"]
+    same = CliRunner().invoke(app, [*args, "--manifests", str(DUALSTACK_EXAMPLE)])
+    assert same.exit_code == 0, same.output
+    assert json.loads(same.stdout)["ops"] == []
+    changed = tmp_path / "m"
+    shutil.copytree(DUALSTACK_EXAMPLE, changed)
+    web = changed / "web.yaml"
+    web.write_text(web.read_text().replace('"fd00:10:244::d"', '"fd00:10:244::99"'))
+    result = CliRunner().invoke(app, [*args, "--manifests", str(changed)])
+    assert result.exit_code == 1, result.output
+    plan = json.loads(result.stdout)
+    removed = [o for o in plan["ops"] if o["op"] == "remove_backends"]
+    assert {o["frontend"] for o in removed} == {
+        "[fd00:10:96::a]:80/TCP",
+        "[fd00:10:96::a]:53/UDP",
+    }
+    assert {tuple(o["backends"]) for o in removed} == {
+        ("[fd00:10:244::d]:8080",),
+        ("[fd00:10:244::d]:9090",),
+    }
