@@ -301,3 +301,22 @@ def test_any_dual_stack_a_to_any_b_leaves_exactly_b(dual: Maps, a, b) -> None:
         assert len(list(writer.maps.rnat6.keys(U32))) == n6
     finally:
         writer.maps.close()
+
+
+def test_the_writers_counts_are_what_the_maps_hold(dual: Maps) -> None:
+    """Telemetry takes the fill of the maps the agent writes from the writer's records:
+    for each family's maps they must be what a dump counts."""
+    import os
+
+    from ebpflb.dataplane.bpf.telemetry import count_entries, written_counts
+
+    writer = _writer(dual.pin_dir)
+    try:
+        _apply(writer, DUAL)
+        known = written_counts(writer)
+        assert known[abi.MAP_SERVICES6] == 2 and known[abi.MAP_BACKENDS6] == 4
+        by_name = {os.path.basename(m.path): m for m in writer.maps.all()}
+        for name, n in known.items():
+            assert count_entries(by_name[name]) == n, name
+    finally:
+        writer.maps.close()
