@@ -4,6 +4,7 @@
 #ifndef EBPFLB_CSUM_H
 #define EBPFLB_CSUM_H
 
+#include <uapi/asm-generic/errno-base.h>
 #include <uapi/linux/ip.h>
 
 #include "drop_reasons.h"
@@ -40,4 +41,22 @@ static __always_inline int csum4_port_replace(struct __sk_buff *skb, const struc
 	return 0;
 }
 
+
+#define CSUM_F_IPV6		(1ULL << 7)	/* BPF_F_IPV6, absent from older UAPI headers */
+
+/* Apply diff (bpf_csum_diff of a changed IPv6 address) to the checksum at off, whose
+ * pseudo-header holds that address (TCP, UDP, ICMPv6). BPF_F_IPV6 (Linux 6.16 and the
+ * stable kernels it went back to) keeps a CHECKSUM_COMPLETE packet's skb->csum right:
+ * an IPv6 header's addresses are inside what that sum covers, IPv4's are not, and
+ * without the flag the helper adjusts it as for IPv4. A kernel that does not know the
+ * flag refuses it (-EINVAL, nothing changed): then the call is made without. */
+static __always_inline long csum6_pseudo_diff(struct __sk_buff *skb, __u32 off, __s64 diff,
+					      __u64 flags)
+{
+	long ret = bpf_l4_csum_replace(skb, off, 0, diff, flags | BPF_F_PSEUDO_HDR | CSUM_F_IPV6);
+
+	if (ret == -EINVAL)
+		ret = bpf_l4_csum_replace(skb, off, 0, diff, flags | BPF_F_PSEUDO_HDR);
+	return ret;
+}
 #endif

@@ -16,6 +16,7 @@
 
 #include "abi.h"
 #include "consts.h"
+#include "csum.h"
 #include "drop_reasons.h"
 #include "ip6.h"
 #include "maps.h"
@@ -31,7 +32,6 @@
 #define ICMP6_T_TIME_EXCEEDED	3
 #define ICMP6_T_PARAM_PROB	4	/* the error types are 1-4; 128 and up are
 					 * informational (echo, neighbour discovery) */
-#define ICMP6_F_IPV6		(1ULL << 7)	/* BPF_F_IPV6, in newer UAPI headers only */
 #define IP6_SADDR_OFF		offsetof(struct ip6_hdr, saddr)
 #define IP6_DADDR_OFF		offsetof(struct ip6_hdr, daddr)
 
@@ -79,23 +79,16 @@ static __always_inline int icmp6_parse_quote(struct __sk_buff *skb, const struct
 	return 0;
 }
 
-/* Add diff to the ICMPv6 checksum. An outer address (BPF_F_PSEUDO_HDR) also says
- * BPF_F_IPV6 where the kernel knows it (Linux 6.16 and later): without it the helper adjusts
- * a CHECKSUM_COMPLETE packet's skb->csum as for IPv4, whose pseudo-header addresses
- * sit outside what that sum covers, and an IPv6 header's are inside it. An older
- * kernel refuses the flag (-EINVAL, nothing changed) and has that bug anyway. */
+/* Add diff to the ICMPv6 checksum: an outer address (BPF_F_PSEUDO_HDR) through the
+ * pseudo-header (csum.h says why with BPF_F_IPV6), a quoted one as payload. */
 static __always_inline long icmp6_csum_diff(struct __sk_buff *skb, const struct pkt6 *pkt,
 					    __s64 diff, __u64 flags)
 {
 	__u32 off = pkt->l4_off + ICMP6_CSUM_OFF;
-	long ret;
 
 	if (!(flags & BPF_F_PSEUDO_HDR))
 		return bpf_l4_csum_replace(skb, off, 0, diff, flags);
-	ret = bpf_l4_csum_replace(skb, off, 0, diff, flags | ICMP6_F_IPV6);
-	if (ret == -EINVAL)
-		ret = bpf_l4_csum_replace(skb, off, 0, diff, flags);
-	return ret;
+	return csum6_pseudo_diff(skb, off, diff, flags & ~BPF_F_PSEUDO_HDR);
 }
 
 /* Replace the address at off (old -> new) and fix the ICMPv6 checksum: flags is

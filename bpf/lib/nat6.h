@@ -32,8 +32,7 @@ static __always_inline int csum6_addr_replace(struct __sk_buff *skb, const struc
 
 	if (diff < 0)
 		return DROP_WRITE;
-	if (bpf_l4_csum_replace(skb, pkt->csum_off, 0, diff,
-				BPF_F_PSEUDO_HDR | csum6_l4_flags(pkt)) < 0)
+	if (csum6_pseudo_diff(skb, pkt->csum_off, diff, csum6_l4_flags(pkt)) < 0)
 		return DROP_WRITE;
 	return 0;
 }
