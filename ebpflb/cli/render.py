@@ -73,7 +73,7 @@ def conntrack_table(views: Sequence[ConnView]) -> str:
                 hostport(v.client_address, v.client_port),
                 hostport(v.frontend_address, v.frontend_port),
                 hostport(v.backend_address, v.backend_port),
-                hostport(v.snat_address, v.snat_port or 0) if v.snat_address else "-",
+                hostport(v.snat_address, str(v.snat_port)) if v.snat_address else "-",
                 v.service or "-",
                 f"{v.age_seconds:.1f}s",
                 f"{v.idle_seconds:.1f}s",
