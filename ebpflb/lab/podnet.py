@@ -110,8 +110,16 @@ def prepare_node(
     ns: str, cni: Cni, pod_cidr: IPv4Network, pod_cidr6: IPv6Network | None = None
 ) -> None:
     """What the node needs before its first pod: for a bridge shape, the bridge with
-    the gateway address (and the IPv6 one), up, with strict reverse-path filtering."""
+    the gateway address (and the IPv6 one), up, with strict reverse-path filtering;
+    for the routed shape with IPv6, a global IPv6 address of its own."""
     if cni is Cni.ROUTED:
+        if pod_cidr6 is not None:
+            # The node's own IPv6 sockets need a global source address: fe80::1 on the
+            # veths is link-local, and a pod answers a link-local source from its own
+            # link-local address, which no translation can match. The range's ::1 (the
+            # one-node lab's IPv6 InternalIP) on lo, as a routed CNI's node has its
+            # own address.
+            netns.ip_batch(ns, [f"addr add {pod_cidr6[1]}/128 dev lo nodad"])
         return
     # A fixed MAC, as CNIs give their bridge: by default a bridge takes the lowest MAC
     # of its ports, so it changed as pods came and went, and every pod's ARP entry for

@@ -175,6 +175,7 @@ def test_installed_agent_loads_its_programs(installed: Path) -> None:
     from the installed copy alone."""
     proc = _run([str(installed / "bin" / "python"), "-c", AGENT_LOAD], cwd=installed, env=_env())
     loaded = json.loads(proc.stdout)
-    assert len(loaded["fds"]) == 6 and all(fd >= 0 for fd in loaded["fds"]), loaded
+    # tc ingress and egress, and the eight socket-LB hooks (four per family)
+    assert len(loaded["fds"]) == 10 and all(fd >= 0 for fd in loaded["fds"]), loaded
     assert set(abi.ALL_MAPS) <= set(loaded["pins"]), loaded["pins"]
     assert Path(loaded["sources"]).is_relative_to(installed)

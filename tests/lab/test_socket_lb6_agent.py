@@ -75,7 +75,6 @@ def node(
                 slice6,
             ],
         )
-        _give_the_node_a_global_address(lab.node_ns)
         n.agent = AgentProcess(
             lab.node_ns,
             manifests=manifests,
@@ -91,20 +90,6 @@ def node(
         remove_links(pin_dir)
         build.down(name)
         remove_pins(pin_dir, abi.ALL_MAPS + abi.LEGACY_MAPS)
-
-
-NODE6 = "fd00:192:168:50::1"  # node 1's underlay address in the lab's plan
-
-
-def _give_the_node_a_global_address(ns: str) -> None:
-    """A real node has a global IPv6 address; the one-node routed lab's node has only
-    fe80::1, so its sockets would send from fe80::1 and a pod's UDP server answer
-    from its own link-local address, which no translation can match. Put the lab
-    plan's node address on lo when no global one is there (the bridge shape has
-    cni0's)."""
-    out = netns.run(ns, ["ip", "-6", "-o", "addr", "show", "scope", "global"]).stdout
-    if not out.strip():
-        netns.ip_batch(ns, [f"addr add {NODE6}/128 dev lo nodad"])
 
 
 def _get(ns: str, addr: str) -> tuple[str, str]:

@@ -26,7 +26,8 @@ def test_doctor_lists_the_pinned_socket_lb_links(
         (pin_dir / name).touch()  # the names are what is looked for
     some = doctor.check_socket_lb(str(tmp_path), str(pin_dir))
     assert some.as_json()["pinned_links"] == list(LINK_PINS.values())
-    assert f"4 socket-LB links are pinned under {pin_dir}" in some.detail
+    assert f"{len(LINK_PINS)} socket-LB links are pinned under {pin_dir}" in some.detail
+    assert len(LINK_PINS) == 8  # connect, sendmsg, recvmsg, getpeername; IPv4 and IPv6
     out = CliRunner().invoke(
         app, ["doctor", "--json", "--state-dir", str(tmp_path), "--pin-dir", str(pin_dir)]
     )
