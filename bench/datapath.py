@@ -1,9 +1,16 @@
 """`make bench`: the data-path benchmark. Direct to a pod vs the ClusterIP through
 ebpflb vs the ClusterIP through kube-proxy-shaped iptables rules, at 10, 1,000 and
-10,000 Services, in a lab of network namespaces; plus the tc program's own cost per
-packet (BPF_PROG_TEST_RUN) at 10 and 10,000 Services.
+10,000 Services, in a lab of network namespaces; IPv6 beside IPv4 through ebpflb at 10
+and 10,000 dual-stack Services; plus the tc program's own cost per packet
+(BPF_PROG_TEST_RUN) at 10 and 10,000 Services, IPv4 and IPv6.
 
-    python -m bench.datapath [--quick]
+    python -m bench.datapath [--quick] [--ipv6-only]
+
+The lab is dual-stack. IPv6 beside IPv4: N dual-stack Services (an IPv4 and an IPv6
+ClusterIP each, an IPv4 and an IPv6 EndpointSlice of the same pods); four paths are
+measured with their runs interleaved: the IPv4 ClusterIP, the pods' IPv4 addresses, the
+IPv6 ClusterIP, the pods' IPv6 addresses; each ClusterIP's ratio is to its own family's
+direct path of the same window. --ipv6-only runs that part and the per-packet cost only.
 
 Traffic: bench/bin/loadgen (C) in the lab's client namespace against bench/bin/responder
 (C) in each of the 3 pods; every measured path has its own server ports (direct
@@ -59,12 +66,14 @@ from bench.testrun import TESTRUN_KINDS, testrun_cost, testrun_table
 from ebpflb.lab import build, layout
 
 RESULTS = BENCH_DIR / "results" / "datapath.json"
+RESULTS_IPV6 = BENCH_DIR / "results" / "datapath-ipv6.json"  # --ipv6-only
 
 TARGET = "target: ebpflb within 5% of direct at every scale, flat from 10 to 10,000 Services"
 TOLERANCE = 0.05
 
 SCALES_FULL = (10, 1000, 10000)
 SCALES_QUICK = (10,)
+FAMILY_SCALES = (10, 10000)
 TESTRUN_SCALES = (10, 10000)
 TESTRUN_COUNT = 20_000  # single runs per packet kind and scale
 
@@ -111,19 +120,61 @@ def loaded_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def family_rows(n: int, runs: Runs, info: dict[str, Any]) -> list[dict[str, Any]]:
+    """IPv4 and IPv6 through ebpflb at N dual-stack Services: each family's ClusterIP
+    against its own direct path, all measured in one window (runs interleaved)."""
+    rows = []
+    six = info["ipv6"]
+    for proto in ("tcp", "udp"):
+        row: dict[str, Any] = {"services": n, "proto": proto, "frontends": info["frontends"]}
+        for family, mode_runs, direct_runs in (
+            ("ipv4", runs[proto], info["direct_while_loaded"][proto]),
+            ("ipv6", six["runs"][proto], six["direct"][proto]),
+        ):
+            res, base = summarize(mode_runs), summarize(direct_runs)
+            row[family] = {"result": res, "direct": base, "ratio": ratios(res, base)}
+        row["v6_over_v4_rps"] = round(
+            row["ipv6"]["result"]["rps"] / max(1.0, row["ipv4"]["result"]["rps"]), 3
+        )
+        row["ipv6_translated_packets"] = six["translated_packets"][proto]
+        rows.append(row)
+    return rows
+
+
+def family_table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        f"{'N':>6} {'proto':<5} {'v4 req/s':>9} {'direct':>9} {'v4 x':>6} {'v4 p50':>7} "
+        f"{'v6 req/s':>9} {'direct6':>9} {'v6 x':>6} {'v6 p50':>7} {'v6/v4':>6} {'err':>4}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        v4, v6 = r["ipv4"], r["ipv6"]
+        err = int(v4["result"]["errors"] + v6["result"]["errors"])
+        lines.append(
+            f"{r['services']:>6} {r['proto']:<5} {v4['result']['rps']:>9.0f} "
+            f"{v4['direct']['rps']:>9.0f} {v4['ratio']['rps']:>6.3f} "
+            f"{v4['result']['p50_us']:>7.1f} {v6['result']['rps']:>9.0f} "
+            f"{v6['direct']['rps']:>9.0f} {v6['ratio']['rps']:>6.3f} "
+            f"{v6['result']['p50_us']:>7.1f} {r['v6_over_v4_rps']:>6.3f} {err:>4}"
+        )
+    return "\n".join(lines)
+
+
 # --- main ---------------------------------------------------------------------------------
 
 
-def run(quick: bool) -> dict[str, Any]:
+def run(quick: bool, ipv6_only: bool = False) -> dict[str, Any]:
     started = time.monotonic()
-    scales = SCALES_QUICK if quick else SCALES_FULL
+    scales: tuple[int, ...] = () if ipv6_only else SCALES_QUICK if quick else SCALES_FULL
+    family_scales = (10,) if quick else FAMILY_SCALES
     tr_scales = (10,) if quick else TESTRUN_SCALES
     tr_count = 2_000 if quick else TESTRUN_COUNT
     load = LOAD_QUICK if quick else LOAD_FULL
     ipt = iptables_version()
     nft_backend = "nf_tables" in ipt
     log(
-        f"== ebpflb data-path benchmark{' (quick)' if quick else ''}: kernel "
+        f"== ebpflb data-path benchmark{' (quick)' if quick else ''}"
+        f"{' (IPv6 beside IPv4 only)' if ipv6_only else ''}: kernel "
         f"{platform.release()}, {os.cpu_count()} CPUs, {ipt}"
     )
     log(f"   {TARGET}")
@@ -144,14 +195,15 @@ def run(quick: bool) -> dict[str, Any]:
 
     name = "b" + secrets.token_hex(3)[:5]
     rows: list[dict[str, Any]] = []
+    rows6: list[dict[str, Any]] = []
     floor: dict[str, dict[str, float]] = {}
     context: dict[str, Any] = {}
     raw: dict[str, Any] = {}
     workdir = Path(tempfile.mkdtemp(prefix="ebpflb-bench-"))
     lab: layout.Lab | None = None
     try:
-        log(f"== lab {name}: node, 3 pods, client")
-        lab = built = build.up(layout.LabSpec(name, pods=3))
+        log(f"== lab {name}: node, 3 pods, client (dual-stack)")
+        lab = built = build.up(layout.LabSpec(name, pods=3, ipv6=True))
         with responders(tools, built) as pids:
             log(
                 f"   responders (PIDs {', '.join(map(str, pids))}) on ports "
@@ -163,16 +215,19 @@ def run(quick: bool) -> dict[str, Any]:
                 raw[tag] = runs
                 return runs
 
-            log("== floor: an empty tc program on every pod veth (the hook's own cost)")
-            f0 = direct("floor/direct-0")
-            raw["floor/empty-tc"] = f_runs = empty_hook_runs(tools, built, load)
-            f1 = direct("floor/direct-1")
-            for proto in ("tcp", "udp"):
-                floor[proto] = ratios(summarize(f_runs[proto]), summarize(f0[proto] + f1[proto]))
-                log(
-                    f"   empty tc program {proto}: x{floor[proto]['rps']:.3f} req/s, "
-                    f"x{floor[proto]['p50']:.3f} p50 of direct"
-                )
+            if not ipv6_only:
+                log("== floor: an empty tc program on every pod veth (the hook's own cost)")
+                f0 = direct("floor/direct-0")
+                raw["floor/empty-tc"] = f_runs = empty_hook_runs(tools, built, load)
+                f1 = direct("floor/direct-1")
+                for proto in ("tcp", "udp"):
+                    floor[proto] = ratios(
+                        summarize(f_runs[proto]), summarize(f0[proto] + f1[proto])
+                    )
+                    log(
+                        f"   empty tc program {proto}: x{floor[proto]['rps']:.3f} req/s, "
+                        f"x{floor[proto]['p50']:.3f} p50 of direct"
+                    )
 
             for n in scales:
                 log(f"== {n} Services")
@@ -221,6 +276,25 @@ def run(quick: bool) -> dict[str, Any]:
                             f"{res['p50_us']:.1f}us (x{rat['p50']:.3f}), p99 "
                             f"{res['p99_us']:.1f}us (x{rat['p99']:.3f})"
                         )
+
+            for n in family_scales:
+                log(f"== IPv6 beside IPv4: {n} dual-stack Services, four paths interleaved")
+                idle = wait_idle("the previous mode")
+                f_runs6, f_info = run_ebpflb(tools, built, n, load, workdir, ipv6=True)
+                raw[f"{n}/dual-stack"] = {
+                    "ipv4": f_runs6,
+                    "direct": f_info["direct_while_loaded"],
+                    "ipv6": f_info["ipv6"]["runs"],
+                    "direct6": f_info["ipv6"]["direct"],
+                }
+                for r in family_rows(n, f_runs6, f_info):
+                    rows6.append(r)
+                    log(
+                        f"   {r['proto']}: IPv4 x{r['ipv4']['ratio']['rps']:.3f} of direct, "
+                        f"IPv6 x{r['ipv6']['ratio']['rps']:.3f} of direct (IPv6 "
+                        f"{r['ipv6']['result']['rps']:.0f} req/s, "
+                        f"{r['ipv6_translated_packets']} packets translated)"
+                    )
     finally:
         if lab is not None or build.leftovers(name):
             build.down(name)
@@ -275,6 +349,7 @@ def run(quick: bool) -> dict[str, Any]:
             "(worst case of the linear match); see bench/kubeproxy.py for what is left out",
         ],
         "rows": rows,
+        "ipv6_rows": rows6,
         "empty_tc_program": floor,
         "flat": flat,
         "context": context,
@@ -286,6 +361,38 @@ def run(quick: bool) -> dict[str, Any]:
 
 def report(res: dict[str, Any]) -> None:
     log("\n== results")
+    if res["rows"]:
+        _report_ipv4(res)
+    if res["ipv6_rows"]:
+        log(
+            "\n   IPv6 beside IPv4 through ebpflb (dual-stack Services; x = ratio to the "
+            "same family's direct path,\n   measured in the same window, runs interleaved)"
+        )
+        log(family_table(res["ipv6_rows"]))
+    log(
+        "\n   tc program ns per packet (BPF_PROG_TEST_RUN, median of "
+        f"{res['testrun']['count']:,} single runs per packet)"
+    )
+    log(testrun_table(res["testrun"]))
+    rt = res["testrun"]["ratio_last_to_first"]
+    log("   ratio largest/smallest N: " + ", ".join(f"{k} {v}" for k, v in rt.items()))
+    if res["rows"]:
+        met = all(r["target_met"] for r in res["rows"] if r["mode"] == "ebpflb")
+        flat_ok = all(f["flat"] for f in res["flat"].values())
+        log(
+            f"\n   {res['target']}: "
+            f"{'MET' if met and flat_ok else 'NOT MET'} (within 5% in every row: "
+            f"{'yes' if met else 'no'}; flat: "
+            f"{'yes' if flat_ok else 'no' if res['flat'] else 'n/a'})"
+        )
+    log(f"   total runtime {res['runtime_s']}s; JSON: {res_path(res)}")
+
+
+def res_path(res: dict[str, Any]) -> Path:
+    return RESULTS_IPV6 if not res["rows"] else RESULTS
+
+
+def _report_ipv4(res: dict[str, Any]) -> None:
     log(table(res["rows"]))
     log(
         "   x = ratio to direct (baseline: median of the direct runs before and after the "
@@ -319,26 +426,16 @@ def report(res: dict[str, Any]) -> None:
             f"   floor ({proto}): an empty tc program on every veth alone gives x{rat['rps']} "
             f"req/s of direct: the part of the gap that is the tc hook, not ebpflb"
         )
-    log(
-        "\n   tc program ns per packet (BPF_PROG_TEST_RUN, median of "
-        f"{res['testrun']['count']:,} single runs per packet)"
-    )
-    log(testrun_table(res["testrun"]))
-    rt = res["testrun"]["ratio_last_to_first"]
-    log("   ratio largest/smallest N: " + ", ".join(f"{k} {v}" for k, v in rt.items()))
-    met = all(r["target_met"] for r in res["rows"] if r["mode"] == "ebpflb")
-    flat_ok = all(f["flat"] for f in res["flat"].values())
-    log(
-        f"\n   {res['target']}: "
-        f"{'MET' if met and flat_ok else 'NOT MET'} (within 5% in every row: "
-        f"{'yes' if met else 'no'}; flat: {'yes' if flat_ok else 'no' if res['flat'] else 'n/a'})"
-    )
-    log(f"   total runtime {res['runtime_s']}s; JSON: {RESULTS}")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="ebpflb data-path benchmark")
     ap.add_argument("--quick", action="store_true", help="N=10 only, fewer requests")
+    ap.add_argument(
+        "--ipv6-only",
+        action="store_true",
+        help="only IPv6 beside IPv4 through ebpflb and the per-packet cost",
+    )
     ap.add_argument(
         "--cpu",
         type=int,
@@ -352,14 +449,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     old = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        res = run(args.quick)
+        res = run(args.quick, args.ipv6_only)
     except (KeyboardInterrupt, Interrupted):
         print("\ninterrupted; cleaned up", file=sys.stderr)
         return 130
     finally:
         signal.signal(signal.SIGTERM, old)
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(res, indent=2) + "\n")
+    res_path(res).write_text(json.dumps(res, indent=2) + "\n")
     report(res)
     return 0
 

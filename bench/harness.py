@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import time
@@ -196,6 +197,13 @@ def direct_target(lab: layout.Lab) -> Target:
     return (",".join(str(p.ip) for p in lab.pods), *PORTS["direct"])
 
 
+def direct_target6(lab: layout.Lab) -> Target:
+    """The pods' IPv6 addresses (a dual-stack lab), spread as `direct_target`'s. The
+    server ports are the IPv4 direct path's: the client's IPv6 address makes these
+    4-tuples its own."""
+    return (",".join(str(lab.ip6(p)) for p in lab.pods), *PORTS["direct"])
+
+
 def summarize(runs: list[dict[str, Any]]) -> dict[str, float]:
     return {
         "rps": round(_median(runs, "rps"), 1),
@@ -211,7 +219,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, float]:
 
 @contextlib.contextmanager
 def responders(tools: dict[str, Path], lab: layout.Lab) -> Iterator[list[int]]:
-    """One responder per pod and measured path; stopped by PID on exit."""
+    """One responder per pod and measured path, on IPv4 and (in a dual-stack lab) IPv6;
+    stopped by PID on exit."""
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for pod in lab.pods:
@@ -230,6 +239,8 @@ def responders(tools: dict[str, Path], lab: layout.Lab) -> Iterator[list[int]]:
         for pod in lab.pods:
             for tcp, _ in PORTS.values():
                 _wait_listening(lab.client.netns, str(pod.ip), tcp, deadline, procs)
+                if lab.ipv6:
+                    _wait_listening(lab.client.netns, str(lab.ip6(pod)), tcp, deadline, procs)
         yield [p.pid for p in procs]
     finally:
         for p in procs:
@@ -251,7 +262,8 @@ def _wait_listening(
         if dead:
             raise RuntimeError(f"responder(s) exited: {dead}")
         try:
-            with netns.socket_in(ns) as s:
+            family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+            with netns.socket_in(ns, family) as s:
                 s.settimeout(0.2)
                 s.connect((addr, port))
             return

@@ -2,6 +2,7 @@
  *
  *   loadgen tcp|udp ADDR[,ADDR...] PORT COUNT MAX_SECONDS
  *
+ * ADDR: IPv4 or IPv6 (all of one family).
  * Several addresses (up to 16): tcp sends each new connection to one of them chosen at
  * random (fixed seed), the spread a load balancer gives; udp uses the first only.
  * tcp: COUNT sequential HTTP requests, each on a NEW connection: connect, send a GET,
@@ -46,19 +47,46 @@ static void set_timeouts(int fd, int ms)
 	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)); /* bounds connect() too */
 }
 
-static int tcp_request(const struct sockaddr_in *dst, const char *req, size_t req_len)
+/* One destination of either family. */
+struct dest {
+	struct sockaddr_storage sa;
+	socklen_t len;
+};
+
+static int parse_dest(const char *s, int port, struct dest *d)
+{
+	struct sockaddr_in *in4 = (struct sockaddr_in *)&d->sa;
+	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&d->sa;
+
+	memset(d, 0, sizeof(*d));
+	if (inet_pton(AF_INET, s, &in4->sin_addr) == 1) {
+		in4->sin_family = AF_INET;
+		in4->sin_port = htons((unsigned short)port);
+		d->len = sizeof(*in4);
+		return 0;
+	}
+	if (inet_pton(AF_INET6, s, &in6->sin6_addr) == 1) {
+		in6->sin6_family = AF_INET6;
+		in6->sin6_port = htons((unsigned short)port);
+		d->len = sizeof(*in6);
+		return 0;
+	}
+	return -1;
+}
+
+static int tcp_request(const struct dest *dst, const char *req, size_t req_len)
 {
 	struct linger lg = { .l_onoff = 1, .l_linger = 0 };
 	char buf[1024];
 	size_t got = 0;
 	int ok = 0;
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	int fd = socket(dst->sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 
 	if (fd < 0)
 		return 0;
 	set_timeouts(fd, TCP_TIMEOUT_MS);
 	setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-	if (connect(fd, (const struct sockaddr *)dst, sizeof(*dst)) < 0)
+	if (connect(fd, (const struct sockaddr *)&dst->sa, dst->len) < 0)
 		goto out;
 	if (write(fd, req, req_len) != (ssize_t)req_len)
 		goto out;
@@ -117,7 +145,7 @@ static double percentile(const double *sorted, long n, double p)
 
 int main(int argc, char **argv)
 {
-	struct sockaddr_in dsts[16], dst;
+	struct dest dsts[16], dst;
 	char req[256], addrs[256], *tok, *save = NULL;
 	unsigned seed = 12345;
 	int ndst = 0;
@@ -135,10 +163,8 @@ int main(int argc, char **argv)
 	max_s = atof(argv[5]);
 	snprintf(addrs, sizeof(addrs), "%s", argv[2]);
 	for (tok = strtok_r(addrs, ",", &save); tok && ndst < 16; tok = strtok_r(NULL, ",", &save)) {
-		memset(&dsts[ndst], 0, sizeof(dsts[ndst]));
-		dsts[ndst].sin_family = AF_INET;
-		dsts[ndst].sin_port = htons((unsigned short)port);
-		if (inet_pton(AF_INET, tok, &dsts[ndst].sin_addr) != 1)
+		if (parse_dest(tok, port, &dsts[ndst]) < 0 ||
+		    (ndst > 0 && dsts[ndst].sa.ss_family != dsts[0].sa.ss_family))
 			ndst = -100;
 		ndst++;
 	}
@@ -157,8 +183,8 @@ int main(int argc, char **argv)
 			   "GET / HTTP/1.1\r\nHost: bench:%d\r\nConnection: close\r\n\r\n",
 			   port);
 	if (!tcp) {
-		udp_fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-		if (udp_fd < 0 || connect(udp_fd, (struct sockaddr *)&dst, sizeof(dst)) < 0) {
+		udp_fd = socket(dst.sa.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+		if (udp_fd < 0 || connect(udp_fd, (struct sockaddr *)&dst.sa, dst.len) < 0) {
 			perror("loadgen: udp socket");
 			return 1;
 		}

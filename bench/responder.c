@@ -2,8 +2,8 @@
  *
  *   responder TCP_PORT UDP_PORT
  *
- * One process, one poll() loop over a TCP listener and a UDP socket (both on
- * 0.0.0.0). TCP: accept, read the HTTP request head, write a tiny fixed
+ * One process, one poll() loop over a TCP listener and a UDP socket on 0.0.0.0,
+ * and another pair on [::] (IPv6 only) where the namespace has IPv6. TCP: accept, read the HTTP request head, write a tiny fixed
  * "HTTP/1.1 200 OK" response with Content-Length and "Connection: close", close.
  * UDP: echo every datagram to its sender. SIGTERM/SIGINT end it. */
 #define _GNU_SOURCE
@@ -46,22 +46,43 @@ static int parse_port(const char *s)
 	return (int)v;
 }
 
-static int make_socket(int type, int port)
+/* A listener (TCP) or socket (UDP) on the family's any-address. IPv6 is optional:
+ * -1 when the kernel or the namespace has none. */
+static int make_socket(int family, int type, int port)
 {
-	struct sockaddr_in addr;
+	struct sockaddr_storage ss;
+	struct sockaddr_in *addr = (struct sockaddr_in *)&ss;
+	struct sockaddr_in6 *addr6 = (struct sockaddr_in6 *)&ss;
+	socklen_t len;
 	int one = 1;
-	int fd = socket(AF_INET, type | SOCK_CLOEXEC, 0);
+	int fd = socket(family, type | SOCK_CLOEXEC, 0);
 
+	if (fd < 0 && family == AF_INET6)
+		return -1;
 	if (fd < 0) {
 		perror("responder: socket");
 		exit(1);
 	}
 	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	memset(&addr, 0, sizeof(addr));
-	addr.sin_family = AF_INET;
-	addr.sin_port = htons((unsigned short)port);
-	addr.sin_addr.s_addr = htonl(INADDR_ANY);
-	if (bind(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
+	memset(&ss, 0, sizeof(ss));
+	if (family == AF_INET6) {
+		/* IPv4 stays on its own socket: no IPv4-mapped peers on this one. */
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+		addr6->sin6_family = AF_INET6;
+		addr6->sin6_port = htons((unsigned short)port);
+		addr6->sin6_addr = in6addr_any;
+		len = sizeof(*addr6);
+	} else {
+		addr->sin_family = AF_INET;
+		addr->sin_port = htons((unsigned short)port);
+		addr->sin_addr.s_addr = htonl(INADDR_ANY);
+		len = sizeof(*addr);
+	}
+	if (bind(fd, (struct sockaddr *)&ss, len) < 0) {
+		if (family == AF_INET6 && errno == EADDRNOTAVAIL) {
+			close(fd);
+			return -1;
+		}
 		perror("responder: bind");
 		exit(1);
 	}
@@ -103,7 +124,7 @@ static void serve_tcp(int lfd)
 static void serve_udp(int fd)
 {
 	char buf[2048];
-	struct sockaddr_in peer;
+	struct sockaddr_storage peer;
 	socklen_t len = sizeof(peer);
 	ssize_t n = recvfrom(fd, buf, sizeof(buf), MSG_DONTWAIT, (struct sockaddr *)&peer, &len);
 
@@ -114,7 +135,9 @@ static void serve_udp(int fd)
 int main(int argc, char **argv)
 {
 	struct sigaction sa;
-	struct pollfd fds[2];
+	struct pollfd fds[4];
+	nfds_t nfds = 2;
+	nfds_t i;
 
 	if (argc != 3) {
 		fprintf(stderr, "usage: responder TCP_PORT UDP_PORT\n");
@@ -126,13 +149,21 @@ int main(int argc, char **argv)
 	sigaction(SIGINT, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
-	fds[0].fd = make_socket(SOCK_STREAM, parse_port(argv[1]));
-	fds[1].fd = make_socket(SOCK_DGRAM, parse_port(argv[2]));
-	fds[0].events = fds[1].events = POLLIN;
-	printf("responder: tcp %s udp %s\n", argv[1], argv[2]);
+	/* Even slots TCP, odd slots UDP: IPv4, then IPv6 if there is any. */
+	fds[0].fd = make_socket(AF_INET, SOCK_STREAM, parse_port(argv[1]));
+	fds[1].fd = make_socket(AF_INET, SOCK_DGRAM, parse_port(argv[2]));
+	fds[2].fd = make_socket(AF_INET6, SOCK_STREAM, parse_port(argv[1]));
+	fds[3].fd = fds[2].fd < 0 ? -1 : make_socket(AF_INET6, SOCK_DGRAM, parse_port(argv[2]));
+	if (fds[2].fd >= 0 && fds[3].fd >= 0)
+		nfds = 4;
+	else if (fds[2].fd >= 0)
+		close(fds[2].fd);
+	for (i = 0; i < nfds; i++)
+		fds[i].events = POLLIN;
+	printf("responder: tcp %s udp %s%s\n", argv[1], argv[2], nfds == 4 ? " (IPv4, IPv6)" : "");
 	fflush(stdout);
 	while (!stopping) {
-		int n = poll(fds, 2, 500);
+		int n = poll(fds, nfds, 500);
 
 		if (n < 0) {
 			if (errno == EINTR)
@@ -140,10 +171,14 @@ int main(int argc, char **argv)
 			perror("responder: poll");
 			return 1;
 		}
-		if (fds[0].revents & POLLIN)
-			serve_tcp(fds[0].fd);
-		if (fds[1].revents & POLLIN)
-			serve_udp(fds[1].fd);
+		for (i = 0; i < nfds; i++) {
+			if (!(fds[i].revents & POLLIN))
+				continue;
+			if (i % 2 == 0)
+				serve_tcp(fds[i].fd);
+			else
+				serve_udp(fds[i].fd);
+		}
 	}
 	return 0;
 }
