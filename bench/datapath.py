@@ -303,15 +303,12 @@ def run(quick: bool, ipv6_only: bool = False) -> dict[str, Any]:
     log("== per-packet cost of the tc program (BPF_PROG_TEST_RUN)")
     tr = testrun_cost(tr_scales, tr_count)
     first, last = str(tr_scales[0]), str(tr_scales[-1])
-    tr_ratio = {
-        k: round(
-            tr["scales"][last][k]["ns_per_packet"]
-            / max(1, tr["scales"][first][k]["ns_per_packet"]),
-            3,
-        )
-        for k in TESTRUN_KINDS
-    }
-    tr["ratio_last_to_first"] = tr_ratio
+    for key, scales_key in (("ratio_last_to_first", "scales"), ("ratio_last_to_first6", "scales6")):
+        by_n = tr[scales_key]
+        tr[key] = {
+            k: round(by_n[last][k]["ns_per_packet"] / max(1, by_n[first][k]["ns_per_packet"]), 3)
+            for k in TESTRUN_KINDS
+        }
 
     ebpf_rows = [r for r in rows if r["mode"] == "ebpflb"]
     flat: dict[str, Any] = {}
@@ -374,8 +371,11 @@ def report(res: dict[str, Any]) -> None:
         f"{res['testrun']['count']:,} single runs per packet)"
     )
     log(testrun_table(res["testrun"]))
-    rt = res["testrun"]["ratio_last_to_first"]
-    log("   ratio largest/smallest N: " + ", ".join(f"{k} {v}" for k, v in rt.items()))
+    for family, key in (("IPv4", "ratio_last_to_first"), ("IPv6", "ratio_last_to_first6")):
+        rt = res["testrun"][key]
+        log(
+            f"   {family} ratio largest/smallest N: " + ", ".join(f"{k} {v}" for k, v in rt.items())
+        )
     if res["rows"]:
         met = all(r["target_met"] for r in res["rows"] if r["mode"] == "ebpflb")
         flat_ok = all(f["flat"] for f in res["flat"].values())
