@@ -15,6 +15,7 @@ from types import MappingProxyType
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+DEFAULT_CLUSTER_DOMAIN = "cluster.local"  # kubelet's and CoreDNS's usual --cluster-domain
 
 
 class Protocol(enum.StrEnum):
@@ -48,6 +49,11 @@ class ServiceRef:
 
     def __str__(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    def dns_name(self, cluster_domain: str = DEFAULT_CLUSTER_DOMAIN) -> str:
+        """The Service's name in the cluster's DNS: ``<name>.<namespace>.svc.<domain>``
+        (the Kubernetes DNS specification), without the root's trailing dot."""
+        return f"{self.name}.{self.namespace}.svc.{cluster_domain.strip('.')}"
 
 
 @dataclass(frozen=True, order=True, slots=True)

@@ -4,10 +4,13 @@ state file (published by a running agent). Same tables, same JSON keys.
 
 `services` also lists the Services that are never load-balanced (headless,
 ExternalName), which have no frontend in any data path, from the agent's status file
-(the last one an agent published under --state-dir, if any)."""
+(the last one an agent published under --state-dir, if any), and every Service's DNS
+name (``<name>.<namespace>.svc.<--cluster-domain>``), computed here from the name the
+data path records: neither data path stores it, so both show it alike."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -18,6 +21,7 @@ from ebpflb.cli.errors import handle_errors
 from ebpflb.dataplane.bpf.abi import DEFAULT_PIN_DIR
 from ebpflb.dataplane.userspace.state import DEFAULT_STATE_DIR, STATE_FILE
 from ebpflb.errors import EbpflbError
+from ebpflb.model import DEFAULT_CLUSTER_DOMAIN, ServiceRef
 
 if TYPE_CHECKING:
     from ebpflb.dataplane.bpf.inspect import BpfInspector
@@ -39,6 +43,26 @@ StateDirOpt = Annotated[
         help=f"The agent's run directory: its status and a userspace agent's "
         f"{STATE_FILE} [default: {DEFAULT_STATE_DIR}].",
         show_default=False,
+    ),
+]
+
+_DNS_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+
+
+def _cluster_domain(value: str) -> str:
+    """A DNS domain (``cluster.local``; a trailing dot allowed), lower-cased."""
+    domain = value.strip().lower().rstrip(".")
+    if len(domain) > 253 or not _DNS_NAME.fullmatch(domain):
+        raise typer.BadParameter(f"{value!r} is not a DNS domain such as cluster.local")
+    return domain
+
+
+ClusterDomainOpt = Annotated[
+    str,
+    typer.Option(
+        "--cluster-domain",
+        help="The cluster's DNS domain, for the DNS NAME column and the dns_name key.",
+        callback=_cluster_domain,
     ),
 ]
 
@@ -104,9 +128,12 @@ def _inspector(
 
 @handle_errors
 def services(
-    json: JsonOpt = False, pin_dir: PinDirOpt = None, state_dir: StateDirOpt = None
+    json: JsonOpt = False,
+    pin_dir: PinDirOpt = None,
+    state_dir: StateDirOpt = None,
+    cluster_domain: ClusterDomainOpt = DEFAULT_CLUSTER_DOMAIN,
 ) -> None:
-    """Frontends and their backend counts."""
+    """Frontends, their backend counts and their Service's DNS name."""
     agent = _agent(pin_dir, state_dir)
     if not json:
         typer.echo(f"# {agent.which}", err=True)
@@ -116,11 +143,20 @@ def services(
     if json:
         typer.echo(
             render.to_json(
-                [*(v.as_json() for v in views), *(_unbalanced_json(u) for u in unbalanced)]
+                [
+                    *(v.as_json(cluster_domain) for v in views),
+                    *(_unbalanced_json(u, cluster_domain) for u in unbalanced),
+                ]
             )
         )
     else:
-        typer.echo(render.services_table(views, extra=[_unbalanced_row(u) for u in unbalanced]))
+        typer.echo(
+            render.services_table(
+                views,
+                extra=[_unbalanced_row(u, cluster_domain) for u in unbalanced],
+                cluster_domain=cluster_domain,
+            )
+        )
 
 
 def _unbalanced(state_dir: str) -> list[dict[str, Any]]:
@@ -136,7 +172,13 @@ def _unbalanced(state_dir: str) -> list[dict[str, Any]]:
     ]
 
 
-def _unbalanced_json(u: dict[str, Any]) -> dict[str, object]:
+def _dns_name(service: str, cluster_domain: str) -> str | None:
+    """The DNS name of a Service the status file names as ``namespace/name``."""
+    namespace, sep, name = service.partition("/")
+    return ServiceRef(namespace, name).dns_name(cluster_domain) if sep and name else None
+
+
+def _unbalanced_json(u: dict[str, Any], cluster_domain: str) -> dict[str, object]:
     """A row with the keys of every other row; no frontend, port or backends."""
     return {
         "id": None,
@@ -150,12 +192,14 @@ def _unbalanced_json(u: dict[str, Any]) -> dict[str, object]:
         "backends": 0,
         "active_backends": 0,
         "affinity_timeout": 0,
+        "dns_name": _dns_name(u["service"], cluster_domain),
     }
 
 
-def _unbalanced_row(u: dict[str, Any]) -> list[object]:
+def _unbalanced_row(u: dict[str, Any], cluster_domain: str) -> list[object]:
     """A table row: the address (None or the DNS name) where a frontend would be."""
-    return ["-", u["service"], u["kind"], u["address"], 0, 0, "-"]
+    dns = _dns_name(u["service"], cluster_domain) or "-"
+    return ["-", u["service"], u["kind"], u["address"], 0, 0, "-", dns]
 
 
 @handle_errors

@@ -8,7 +8,7 @@ import json
 from collections.abc import Sequence
 
 from ebpflb.dataplane.view import BackendView, ConnView, ServiceView, StatsView
-from ebpflb.model import hostport
+from ebpflb.model import DEFAULT_CLUSTER_DOMAIN, hostport
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -26,10 +26,16 @@ def _svc(pn: object) -> str:
     return str(pn) if pn is not None else "-"
 
 
-def services_table(views: Sequence[ServiceView], extra: Sequence[Sequence[object]] = ()) -> str:
-    """``extra``: rows already in the table's columns (Services without a frontend)."""
+def services_table(
+    views: Sequence[ServiceView],
+    extra: Sequence[Sequence[object]] = (),
+    *,
+    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN,
+) -> str:
+    """``extra``: rows already in the table's columns (Services without a frontend).
+    DNS NAME comes last, so the columns before it stay where scripts find them."""
     return table(
-        ["ID", "SERVICE", "KIND", "FRONTEND", "BACKENDS", "ACTIVE", "AFFINITY"],
+        ["ID", "SERVICE", "KIND", "FRONTEND", "BACKENDS", "ACTIVE", "AFFINITY", "DNS NAME"],
         [
             *(
                 [
@@ -40,6 +46,7 @@ def services_table(views: Sequence[ServiceView], extra: Sequence[Sequence[object
                     v.backends,
                     v.active_backends,
                     f"{v.affinity_timeout}s" if v.affinity_timeout else "-",
+                    v.dns_name(cluster_domain) or "-",
                 ]
                 for v in views
             ),

@@ -6,7 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ebpflb.dataplane.telemetry import drops_by_reason
-from ebpflb.model import Frontend, FrontendKind, IPAddress, ServicePortName
+from ebpflb.model import (
+    DEFAULT_CLUSTER_DOMAIN,
+    Frontend,
+    FrontendKind,
+    IPAddress,
+    ServicePortName,
+)
 
 
 @dataclass(frozen=True)
@@ -22,7 +28,11 @@ class ServiceView:
     def kind(self) -> FrontendKind:
         return self.frontend.kind
 
-    def as_json(self) -> dict[str, object]:
+    def dns_name(self, cluster_domain: str = DEFAULT_CLUSTER_DOMAIN) -> str | None:
+        """The Service's DNS name; None when the name is not recorded."""
+        return self.port_name.service.dns_name(cluster_domain) if self.port_name else None
+
+    def as_json(self, cluster_domain: str = DEFAULT_CLUSTER_DOMAIN) -> dict[str, object]:
         pn = self.port_name
         return {
             "id": self.id,
@@ -36,6 +46,7 @@ class ServiceView:
             "backends": self.backends,
             "active_backends": self.active_backends,
             "affinity_timeout": self.affinity_timeout,
+            "dns_name": self.dns_name(cluster_domain),
         }
 
 

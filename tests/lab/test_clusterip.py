@@ -326,7 +326,9 @@ def test_cli_json_keys_are_the_contract(web: Harness):
         "backends",
         "active_backends",
         "affinity_timeout",
+        "dns_name",
     }
+    assert rows[0]["dns_name"] == f"{rows[0]['service'].split('/')[1]}.demo.svc.cluster.local"
     rows = json.loads(web.cli("backends", "--json")[1])
     assert set(rows[0]) == {
         "id",

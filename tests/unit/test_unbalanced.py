@@ -134,6 +134,7 @@ def test_services_json_appends_them_with_the_same_keys(tmp_path: Path):
         "backends": 2,
         "active_backends": 2,
         "affinity_timeout": 0,
+        "dns_name": "web.demo.svc.cluster.local",
     }
     assert rows[1:] == [
         {
@@ -148,6 +149,7 @@ def test_services_json_appends_them_with_the_same_keys(tmp_path: Path):
             "backends": 0,
             "active_backends": 0,
             "affinity_timeout": 0,
+            "dns_name": "db.demo.svc.cluster.local",
         },
         {
             "id": None,
@@ -161,6 +163,7 @@ def test_services_json_appends_them_with_the_same_keys(tmp_path: Path):
             "backends": 0,
             "active_backends": 0,
             "affinity_timeout": 0,
+            "dns_name": "mail.demo.svc.cluster.local",
         },
     ]
     assert all(set(r) == set(rows[0]) for r in rows)
@@ -178,6 +181,8 @@ def test_services_table_appends_them(tmp_path: Path):
         "BACKENDS",
         "ACTIVE",
         "AFFINITY",
+        "DNS",
+        "NAME",
     ]
     assert lines[1].split() == [
         "1",
@@ -187,9 +192,15 @@ def test_services_table_appends_them(tmp_path: Path):
         "2",
         "2",
         "-",
+        "web.demo.svc.cluster.local",
     ]
-    assert lines[2].split() == ["-", "demo/db", "headless", "None", "0", "0", "-"]
-    assert lines[3].split() == ["-", "demo/mail", "externalname", "smtp.example.com", "0", "0", "-"]
+    assert lines[2].split() == [
+        *("-", "demo/db", "headless", "None", "0", "0", "-", "db.demo.svc.cluster.local")
+    ]
+    assert lines[3].split() == [
+        *("-", "demo/mail", "externalname", "smtp.example.com", "0", "0", "-"),
+        "mail.demo.svc.cluster.local",
+    ]
 
 
 def test_without_an_agent_status_the_rows_are_the_data_paths_alone(tmp_path: Path):
