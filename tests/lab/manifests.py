@@ -4,7 +4,8 @@ directory (JSON, one file per Service with its slices, replaced atomically)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +14,31 @@ Obj = dict[str, Any]
 
 def service(
     name: str,
-    cluster_ip: str,
+    cluster_ip: str | Sequence[str],
     ports: Iterable[Mapping[str, Any]],
     *,
     namespace: str = "demo",
     **spec: Any,
 ) -> Obj:
+    """A Service. ``cluster_ip`` a list: ``clusterIPs`` as the API server writes them
+    (``clusterIP`` its first, ``ipFamilies`` in the same order, ``ipFamilyPolicy``
+    SingleStack or RequireDualStack); ``spec`` keys override any of these."""
+    fields: Obj
+    if isinstance(cluster_ip, str):
+        fields = {"clusterIP": cluster_ip}
+    else:
+        ips = list(cluster_ip)
+        fields = {
+            "clusterIP": ips[0],
+            "clusterIPs": ips,
+            "ipFamilies": [f"IPv{ip_address(ip).version}" for ip in ips],
+            "ipFamilyPolicy": "SingleStack" if len(ips) == 1 else "RequireDualStack",
+        }
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": name, "namespace": namespace},
-        "spec": {"clusterIP": cluster_ip, "ports": [dict(p) for p in ports], **spec},
+        "spec": {**fields, "ports": [dict(p) for p in ports], **spec},
     }
 
 
@@ -65,6 +80,7 @@ def endpoint_slice(
     endpoints: Iterable[Obj],
     *,
     namespace: str = "demo",
+    address_type: str = "IPv4",
 ) -> Obj:
     return {
         "apiVersion": "discovery.k8s.io/v1",
@@ -74,7 +90,7 @@ def endpoint_slice(
             "namespace": namespace,
             "labels": {"kubernetes.io/service-name": service_name},
         },
-        "addressType": "IPv4",
+        "addressType": address_type,
         "ports": [dict(p) for p in ports],
         "endpoints": list(endpoints),
     }
