@@ -4,6 +4,8 @@ asks, and the server's handling of wire messages (no sockets: ``respond``)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import dns.flags
 import dns.message
 import dns.opcode
@@ -12,17 +14,27 @@ import dns.rdatatype
 import dns.reversename
 import pytest
 
-from ebpflb.dns import DnsServer, Zone, parse_dns_bind, service_records
+from ebpflb.dns import DnsServer, ServiceRecords, Zone, parse_dns_bind, service_records
 from ebpflb.model import ServiceRef
 
 
-def svc(name, cluster_ips, ports=(), *, ns="demo", **spec):
+def svc(
+    name: str, cluster_ips: str | list[str], ports: Any = (), *, ns: str = "demo", **spec: Any
+) -> dict[str, Any]:
     ips = [cluster_ips] if isinstance(cluster_ips, str) else list(cluster_ips)
     body = {"clusterIP": ips[0] if ips else "", "clusterIPs": ips, "ports": list(ports), **spec}
     return {"kind": "Service", "metadata": {"name": name, "namespace": ns}, "spec": body}
 
 
-def eps(service, endpoints, ports=(), *, ns="demo", family="IPv4", name=None):
+def eps(
+    service: str,
+    endpoints: Any,
+    ports: Any = (),
+    *,
+    ns: str = "demo",
+    family: str = "IPv4",
+    name: str | None = None,
+) -> dict[str, Any]:
     return {
         "kind": "EndpointSlice",
         "metadata": {
@@ -36,7 +48,7 @@ def eps(service, endpoints, ports=(), *, ns="demo", family="IPv4", name=None):
     }
 
 
-def ep(address, *, ready=True, hostname=None):
+def ep(address: str, *, ready: bool = True, hostname: str | None = None) -> dict[str, Any]:
     out = {"addresses": [address], "conditions": {"ready": ready}}
     if hostname:
         out["hostname"] = hostname
@@ -88,12 +100,14 @@ def zone() -> Zone:
     return z
 
 
-def ask(zone, name, rdtype="A"):
+def ask(zone: Zone, name: Any, rdtype: str = "A") -> dns.message.Message:
     return zone.answer(dns.message.make_query(name, rdtype))
 
 
-def values(response, rdtype=None, section="answer"):
-    out = set()
+def values(
+    response: dns.message.Message, rdtype: str | None = None, section: str = "answer"
+) -> set[str]:
+    out: set[str] = set()
     for rrset in getattr(response, section):
         if rdtype is None or rrset.rdtype == dns.rdatatype.from_text(rdtype):
             out |= {rd.to_text() for rd in rrset}
@@ -205,7 +219,7 @@ def test_the_search_path_ends_at_the_service():
     """A resolver with ndots:5 and the pod's search list: every candidate before the
     right one is NXDOMAIN, the right one answers."""
     z = Zone()
-    z.reset([service_records(svc("web", "10.96.0.10"), [])])
+    z.reset([records(svc("web", "10.96.0.10"), [])])
     search = ["demo.svc.cluster.local", "svc.cluster.local", "cluster.local"]
     for typed in ("web", "web.demo", "web.demo.svc"):
         codes = [ask(z, f"{typed}.{suffix}").rcode() for suffix in search]
@@ -239,13 +253,13 @@ def test_ptr_for_published_addresses(zone):
 
 def test_a_domain_other_than_cluster_local():
     z = Zone("k8s.example.")
-    z.reset([service_records(svc("web", "10.96.0.10"), [])])
+    z.reset([records(svc("web", "10.96.0.10"), [])])
     assert values(ask(z, "web.demo.svc.k8s.example")) == {"10.96.0.10"}
     assert ask(z, "web.demo.svc.cluster.local").rcode() == dns.rcode.REFUSED
 
 
 def test_replace_and_remove_one_service(zone):
-    zone.replace(ServiceRef("demo", "web"), service_records(svc("web", "10.96.0.99"), []))
+    zone.replace(ServiceRef("demo", "web"), records(svc("web", "10.96.0.99"), []))
     assert values(ask(zone, "web.demo.svc.cluster.local")) == {"10.96.0.99"}
     assert ask(zone, dns.reversename.from_address("10.96.0.10"), "PTR").rcode() == dns.rcode.REFUSED
     zone.replace(ServiceRef("kube-system", "resolver"), None)
@@ -273,22 +287,32 @@ def test_a_service_without_a_usable_name_has_no_records(obj):
 
 
 def test_malformed_slices_and_ports_are_skipped():
-    rec = service_records(
-        svc("db", "None"),
-        [
-            {"endpoints": "nope"},
-            "not a slice",
-            eps("db", [{"addresses": ["not-an-ip"]}, ep("10.1.0.2")], [{"name": "p", "port": 0}]),
-        ],
-    )
+    slices: list[Any] = [
+        {"endpoints": "nope"},
+        "not a slice",
+        eps("db", [{"addresses": ["not-an-ip"]}, ep("10.1.0.2")], [{"name": "p", "port": 0}]),
+    ]
+    rec = service_records(svc("db", "None"), slices)
     assert rec is not None and [str(a) for a in rec.addresses()] == ["10.1.0.2"]
     assert rec.endpoints[0].ports == ()
 
 
-def make_server(loaded=True):
+def records(service: dict[str, Any], slices: Any = ()) -> ServiceRecords:
+    rec = service_records(service, slices)
+    assert rec is not None
+    return rec
+
+
+def wire(server: DnsServer, query: dns.message.Message, *, udp: bool = True) -> dns.message.Message:
+    data = server.respond(query.to_wire(), udp=udp)
+    assert data is not None
+    return dns.message.from_wire(data)
+
+
+def make_server(loaded: bool = True) -> DnsServer:
     server = DnsServer([("127.0.0.1", 5353)])
     if loaded:
-        server.zone.reset([service_records(svc("web", "10.96.0.10"), [])])
+        server.zone.reset([records(svc("web", "10.96.0.10"), [])])
         server.loaded = True
     return server
 
@@ -334,12 +358,12 @@ def test_not_a_query_opcode_is_notimp():
 def test_too_long_for_udp_is_truncated_and_whole_over_tcp():
     server = DnsServer([("127.0.0.1", 5353)])
     many = [ep(f"10.244.{i // 250}.{i % 250 + 1}") for i in range(100)]
-    server.zone.reset([service_records(svc("big", "None"), [eps("big", many)])])
+    server.zone.reset([records(svc("big", "None"), [eps("big", many)])])
     server.loaded = True
     query = dns.message.make_query("big.demo.svc.cluster.local", "A", use_edns=False)
-    udp = dns.message.from_wire(server.respond(query.to_wire(), udp=True))
+    udp = wire(server, query)
     assert udp.flags & dns.flags.TC and not udp.answer
-    tcp = dns.message.from_wire(server.respond(query.to_wire(), udp=False))
+    tcp = wire(server, query, udp=False)
     assert len(values(tcp)) == 100 and not tcp.flags & dns.flags.TC
 
 
