@@ -1,5 +1,6 @@
-"""The last good version of each manifest object: an edit that makes a Service or an
-EndpointSlice invalid is not applied, and the version before it keeps being served.
+"""The last good version of each manifest object: an edit that makes a Service, an
+EndpointSlice or a Pod invalid is not applied, and the version before it keeps being
+served (a Pod's: malformed labels, addresses or ports; a Pod without an IP yet is valid).
 
 Kubernetes' API server rejects such an edit (``clusterIP: 10.96.0.1O``, ``port:
 80000``) and keeps the old object; a manifest directory has no API server, so without
@@ -44,7 +45,8 @@ from typing import Any
 
 from ebpflb.model import ServiceRef
 from ebpflb.sources.endpointslices import _parse_slice
-from ebpflb.sources.fields import ObjectError, _identity
+from ebpflb.sources.fields import ObjectError, _identity, _Invalid
+from ebpflb.sources.pods import POD, pod_problems, selector
 from ebpflb.sources.services import _parse_service
 from ebpflb.sources.tracker import ENDPOINT_SLICE, SERVICE, Key, slice_owner
 from ebpflb.statefile import remove_file, write_json_atomic
@@ -57,15 +59,24 @@ KEPT = "edit not applied, the last good version is kept"
 
 
 def problems(obj: Obj) -> tuple[str, ...]:
-    """What translation finds wrong with one Service or EndpointSlice on its own,
-    without what it would skip for it; () when it is valid (or of another kind)."""
+    """What translation finds wrong with one Service or EndpointSlice on its own (and a
+    Service's selector, a Pod, as registration reads them), without what it would skip
+    for it; () when it is valid (or of another kind)."""
     errors: list[ObjectError] = []
     kind = obj.get("kind")
     if kind == SERVICE:
         _parse_service(obj, errors)
     elif kind == ENDPOINT_SLICE:
         _parse_slice(obj, _identity(obj), errors)
-    return tuple(_cause(e.message) for e in errors)
+    elif kind == POD:
+        return pod_problems(obj)
+    found = tuple(_cause(e.message) for e in errors)
+    if kind == SERVICE:
+        try:
+            selector(obj)
+        except _Invalid as e:
+            found += (str(e),)
+    return found
 
 
 def _cause(message: str) -> str:

@@ -1,5 +1,9 @@
 """The manifest source: a directory of YAML/JSON files holding Services,
-EndpointSlices and Nodes, so the agent runs with no cluster at all.
+EndpointSlices, Pods and Nodes, so the agent runs with no cluster at all.
+
+A Service with a selector gets the EndpointSlices derived from the Pods it matches, as
+Kubernetes' EndpointSlice controller writes them (``registration``, ``pods``); one
+without keeps its hand-written slices.
 
 Every ``*.yaml``, ``*.yml`` and ``*.json`` file directly in the directory is read
 (not recursively; hidden entries skipped silently, subdirectories, symlink loops and
@@ -12,7 +16,7 @@ inode), and ``poll()`` says whether any signature changed since the last ``load(
 A file is only re-parsed when its signature changed. When a file does not parse, its
 error is reported (in every ``Snapshot`` until it is fixed; the consumer logs it once,
 so the source does not) and its *previous* content is kept, so a half-written file
-never deletes Services. Likewise an edit that makes a Service or EndpointSlice invalid
+never deletes Services. Likewise an edit that makes a Service, EndpointSlice or Pod invalid
 (``clusterIP: 10.96.0.1O``) keeps the version served before it, with one error naming
 the object and the field, as the API server would have refused it (``lastgood``). Writers
 should still replace files atomically (write elsewhere, then rename): a truncated
@@ -37,12 +41,14 @@ from ebpflb.errors import SourceError
 from ebpflb.model import ServiceRef
 from ebpflb.sources.base import Changes, FileError, Snapshot
 from ebpflb.sources.lastgood import LastGood
+from ebpflb.sources.pods import POD
+from ebpflb.sources.registration import Registrar
 from ebpflb.sources.tracker import ENDPOINT_SLICE, NODE, SERVICE, ChangeTracker, Key, object_key
 
 log = logging.getLogger(__name__)
 
 SUFFIXES = (".yaml", ".yml", ".json")
-KINDS = (SERVICE, ENDPOINT_SLICE, NODE)
+KINDS = (SERVICE, ENDPOINT_SLICE, NODE, POD)
 
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 Obj = dict[str, Any]
@@ -78,6 +84,7 @@ class ManifestSource:
         # an invalid edit keeps the version before it, across restarts with a store
         self._last_good = LastGood(last_good_store)
         self._passed: dict[str, str] = {}  # entries not read, logged once each
+        self._registrar = Registrar()  # selector Services' slices, from the Pods
 
     @property
     def synced(self) -> bool:
@@ -242,9 +249,12 @@ class ManifestSource:
                     errors.append(FileError(path, f"{_describe(key)}: {why}"))
                 by_kind[key[0]].append(served)
         self._last_good.forget_except(owners)
+        slices = self._registrar.slices(
+            by_kind[SERVICE], by_kind[ENDPOINT_SLICE], by_kind[POD], by_kind[NODE]
+        )
         return Snapshot(
             services=tuple(by_kind[SERVICE]),
-            slices=tuple(by_kind[ENDPOINT_SLICE]),
+            slices=slices,
             nodes=tuple(by_kind[NODE]),
             errors=tuple(errors),
         )
