@@ -8,6 +8,7 @@ import typer
 from ebpflb.cli import agent as _agent
 from ebpflb.cli import diff as _diff
 from ebpflb.cli import doctor as _doctor
+from ebpflb.cli import env as _env
 from ebpflb.cli import explain as _explain
 from ebpflb.cli import inspect as _inspect
 from ebpflb.cli import status as _status
@@ -29,6 +30,7 @@ app.command()(_status.status)
 app.command()(_doctor.doctor)
 app.command()(_diff.diff)
 app.command()(_explain.explain)
+app.command()(_env.env)
 app.add_typer(lab_app, name="lab")
 
 
