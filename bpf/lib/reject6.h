@@ -1,8 +1,8 @@
 /* reject6.h: an IPv6 Service with no endpoint at all refuses its traffic, as reject.h
  * does for IPv4 (its comment says why each answer): the packet is turned, in place,
- * into an answer sent back out of the interface it came in on. A new flow (and any
- * UDP) gets an ICMPv6 port unreachable (type 1 code 4) quoting it, a segment of an
- * established TCP connection a TCP reset.
+ * into an answer sent back out of the interface it came in on. UDP gets an ICMPv6 port
+ * unreachable (type 1 code 4) quoting it, any TCP segment a TCP reset (a SYN too,
+ * unlike IPv4: lb6_reject says why).
  *
  * The quote is the IPv6 header and the first 8 bytes of TCP/UDP, as reject.h quotes
  * for IPv4: all a receiver needs to find its socket (RFC 4443 2.4 allows up to the
@@ -122,10 +122,11 @@ static __always_inline int lb6_reject_icmp(struct __sk_buff *skb, const struct p
 }
 
 /* Reset the TCP connection the packet belongs to (RFC 9293's reset for a segment with
- * no connection, tcp4_reset_header): VERDICT_REDIRECT once the packet is the reset,
- * else DROP_NO_BACKEND (a reset is never answered; a malformed length) or DROP_WRITE. */
+ * no connection, tcp4_reset_header), counted under `stat`: VERDICT_REDIRECT once the
+ * packet is the reset, else DROP_NO_BACKEND (a reset is never answered; a malformed
+ * length) or DROP_WRITE. */
 static __always_inline int lb6_reject_tcp_reset(struct __sk_buff *skb, const struct pkt6 *pkt,
-						const struct tcp4_hdr *in)
+						const struct tcp4_hdr *in, __u32 stat)
 {
 	struct ip6_hdr ip;
 	struct tcp6_reset r;
@@ -155,13 +156,20 @@ static __always_inline int lb6_reject_tcp_reset(struct __sk_buff *skb, const str
 	ret = reject6_write(skb, &ip, &r.tcp, sizeof(r.tcp));
 	if (ret < 0)
 		return ret;
-	stats_global_inc(GSTAT_RESET);
+	stats_global_inc(stat);
 	return VERDICT_REDIRECT;
 }
 
-/* Refuse the packet of an IPv6 Service without endpoints: a TCP segment that does not
- * open a connection (no SYN, or SYN+ACK) is reset, anything else gets a port
- * unreachable. VERDICT_REDIRECT or DROP_*. */
+/* Refuse the packet of an IPv6 Service without endpoints: any TCP segment is reset (a
+ * SYN counted as a reject, the others as resets), UDP gets a port unreachable.
+ *
+ * A SYN gets a reset, not the port unreachable reject.h sends for IPv4: the answer
+ * comes back while connect() still holds its socket (the SYN is sent from it, and a
+ * veth pair delivers the answer in the same softirq), and the kernel's IPv6 TCP drops
+ * an ICMPv6 error that finds the socket so (TcpExtLockDroppedIcmps): connect() failed
+ * only on the retransmitted SYN's answer, after 1.01 s, where IPv4's took 0.0 s. A
+ * reset is queued to the socket's backlog instead and refuses at once. VERDICT_REDIRECT
+ * or DROP_*. */
 static __always_inline int lb6_reject(struct __sk_buff *skb, const struct pkt6 *pkt)
 {
 	struct tcp4_hdr in;
@@ -169,8 +177,9 @@ static __always_inline int lb6_reject(struct __sk_buff *skb, const struct pkt6 *
 	if (pkt->proto == IP4_PROTO_TCP) {
 		if (bpf_skb_load_bytes(skb, pkt->l4_off, &in, sizeof(in)) < 0)
 			return DROP_NO_BACKEND;
-		if ((in.flags & (TCP_F_SYN | TCP_F_ACK)) != TCP_F_SYN)
-			return lb6_reject_tcp_reset(skb, pkt, &in);
+		return lb6_reject_tcp_reset(skb, pkt, &in,
+					    (in.flags & (TCP_F_SYN | TCP_F_ACK)) == TCP_F_SYN ?
+						    GSTAT_REJECT : GSTAT_RESET);
 	}
 	return lb6_reject_icmp(skb, pkt);
 }

@@ -1,7 +1,8 @@
 """An IPv6 Service without endpoints refuses its traffic (bpf/lib/reject6.h), as
-test_reset and test_datapath check for IPv4: a new flow (and any UDP) gets an ICMPv6
-port unreachable (type 1 code 4) quoting it, a TCP segment that opens nothing the reset
-RFC 9293 prescribes; either is sent back out of the interface the packet came in on.
+test_reset and test_datapath check for IPv4: UDP gets an ICMPv6 port unreachable
+(type 1 code 4) quoting it, any TCP segment (a SYN too, unlike IPv4: the kernel drops
+an ICMPv6 error for a socket that connect() still holds) the reset RFC 9293
+prescribes; either is sent back out of the interface the packet came in on.
 Every checksum of the answer is recomputed in the test over its IPv6 pseudo-header.
 Packet tables through BPF_PROG_TEST_RUN."""
 
@@ -75,7 +76,6 @@ def check_answer(out: bytes, frame: bytes, nexthdr: int) -> f6.Ip6:
 UNREACHABLE = [
     ("udp", f6.frame6(UDP_FLOW, b"query")),
     ("udp-empty", f6.frame6(UDP_FLOW)),
-    ("tcp-syn", f6.frame6(TCP_FLOW, tcp_flags=pk.TCP_SYN, seq=77)),
     ("udp-long", f6.frame6(UDP_FLOW, bytes(range(256)) * 8)),
 ]
 
@@ -91,6 +91,19 @@ def test_new_flow_gets_port_unreachable(frame: bytes, empty: Maps, run: RunFn) -
     assert ip.payload[8:] == frame[pk.ETH_HLEN : pk.ETH_HLEN + 48]
     want = f6.icmp6_message(SVC_IP, CLIENT, 1, 4, b"\0" * 4, frame[pk.ETH_HLEN :][:48])
     assert res.data[pk.ETH_HLEN + f6.IP6_HLEN :] == want
+    assert empty.gstat_value(abi.GlobalStat.REJECT) == 1
+    assert empty.gstat_value(abi.GlobalStat.RESET) == 0
+    assert empty.drop_counts() == {}
+
+
+def test_syn_gets_a_reset_counted_as_a_reject(empty: Maps, run: RunFn) -> None:
+    """RST+ACK acknowledging the SYN: connect() gets ECONNREFUSED at once, where an
+    ICMPv6 error arriving while it holds its socket would be dropped (lb6_reject)."""
+    frame = f6.frame6(TCP_FLOW, tcp_flags=pk.TCP_SYN, seq=77)
+    res = run(frame)
+    assert res.retval == TC_ACT_REDIRECT
+    check_answer(res.data, frame, pk.TCP)
+    assert parse_rst(res.data) == (80, 40000, 0, 78, 5, pk.TCP_RST | pk.TCP_ACK, 0, 0, 20)
     assert empty.gstat_value(abi.GlobalStat.REJECT) == 1
     assert empty.gstat_value(abi.GlobalStat.RESET) == 0
     assert empty.drop_counts() == {}

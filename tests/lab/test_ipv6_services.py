@@ -374,9 +374,11 @@ def test_named_target_port_over_several_ipv6_slices(env: Env) -> None:
 
 def test_a_dual_stack_service_without_endpoints(env: Env) -> None:
     """Kernel path: kube-proxy's REJECT on both families, connect() and a connected UDP
-    socket get ECONNREFUSED at once (an ICMP/ICMPv6 port unreachable), not after a SYN
-    retransmit (1 s) or a timeout. The userspace proxy accepts before it knows, so it
-    can only reset; its UDP is dropped."""
+    socket get ECONNREFUSED at once, not after a SYN retransmit (1 s) or a timeout:
+    UDP from an ICMP/ICMPv6 port unreachable, TCP from an ICMP one (IPv4) or a reset
+    (IPv6: the kernel drops an ICMPv6 error for a socket that connect() still holds,
+    see bpf/lib/reject6.h). The userspace proxy accepts before it knows, so it can only
+    reset; its UDP is dropped."""
     ip4, ip6 = "10.96.6.17", svc6(0x11)
     env.publish("empty", [ip4, ip6], [], [], expect={frontend(ip4): set(), frontend(ip6): set()})
     took: dict[str, float] = {}
