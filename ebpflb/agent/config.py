@@ -40,6 +40,10 @@ class AgentConfig:
     # them (no Node object lists any).
     local_refresh: float = 5.0
     pin_dir: str | None = None  # published in the status file, for the inspection commands
+    # The cluster-domain DNS answerer (ebpflb.dns): (host, port) it listens on, UDP and
+    # TCP; empty: off (the default; in a cluster CoreDNS answers).
+    dns_addresses: tuple[tuple[str, int], ...] = ()
+    cluster_domain: str = "cluster.local"
 
 
 @dataclass(frozen=True)

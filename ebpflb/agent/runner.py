@@ -27,6 +27,7 @@ from ebpflb.agent.opsserver import OpsServers
 from ebpflb.agent.status import AgentStatus, write_status
 from ebpflb.agent.syncstep import SyncStep
 from ebpflb.dataplane.base import Dataplane
+from ebpflb.dns.server import dns_server
 from ebpflb.model import ServiceRef
 from ebpflb.rtnetlink import Interface, interfaces
 from ebpflb.sources.base import Changes, Snapshot, Source
@@ -59,6 +60,7 @@ class Agent:
         )
         self.proxy_health.queued()  # the initial state waits to be programmed
         self.metrics = AgentMetrics()
+        self.dns = dns_server(config)  # None unless --dns-bind
         self.sync = SyncStep(
             source,
             dataplane,
@@ -116,6 +118,8 @@ class Agent:
         """A full load: the slices this sync programs, this node's eligibility, and
         (once) the initial objects as changes, as kube-proxy counts their adds."""
         self._loaded_slices = snap.slices
+        if self.dns is not None:
+            self.dns.load(snap.services, snap.slices)
         self.proxy_health.set_node_eligible(node_eligible(snap.nodes, self.config.node_name))
         if not self._initial_counted:
             self._initial_counted = True
@@ -124,6 +128,13 @@ class Agent:
     def _took(self, changes: Changes) -> None:
         self.metrics.changes(services=changes.service_objects, slices=changes.slice_objects)
         self._changed_refs = set(changes.services) | set(self.sync.refused)
+        if self.dns is not None:
+            self.dns.changed(
+                {
+                    r: (self.source.service(r), tuple(self.source.slices_of(r)))
+                    for r in changes.services
+                }
+            )
         if changes.nodes:
             self.proxy_health.set_node_eligible(
                 node_eligible(self.source.nodes(), self.config.node_name)
@@ -311,4 +322,6 @@ class Agent:
         """Stop the side systems (the health-check listeners); the data path is the
         caller's."""
         self.health.close()
+        if self.dns is not None:
+            self.dns.close()
         self._ops.close()

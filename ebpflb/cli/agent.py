@@ -59,6 +59,19 @@ def agent(
         str | None,
         typer.Option(help="Directory of Service/EndpointSlice manifests (YAML or JSON)."),
     ] = None,
+def _dns_options(binds: list[str] | None, domain: str) -> tuple[tuple[str, int], ...]:
+    """Check --dns-bind and --cluster-domain; the (host, port) pairs to listen on."""
+    labels = domain.strip(".").split(".")
+    if not all(0 < len(x) <= 63 and x.replace("-", "").isalnum() for x in labels):
+        raise typer.BadParameter(f"{domain!r} is not a DNS domain", param_hint="--cluster-domain")
+    from ebpflb.dns.server import parse_dns_bind
+
+    try:
+        return tuple(dict.fromkeys(parse_dns_bind(b) for b in binds or ()))
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--dns-bind") from None
+
+
     kubeconfig: Annotated[str | None, typer.Option(help="Kubeconfig of the cluster.")] = None,
     dataplane: Annotated[DataplaneChoice, typer.Option(help="Data path.")] = DataplaneChoice.auto,
     node_name: Annotated[str | None, typer.Option(help="This node's name.")] = None,
@@ -193,6 +206,17 @@ def agent(
         addresses = NodePortAddresses.parse(nodeport_addresses)
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="--nodeport-addresses") from None
+    dns_bind: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="ADDR[:PORT] ([V6]:PORT) where the agent answers DNS for the cluster domain "
+            "(Services' A/AAAA, SRV, CNAME; UDP and TCP; port 53 by default); repeat for "
+            "more addresses. Default: off (in a cluster, CoreDNS answers)."
+        ),
+    ] = None,
+    cluster_domain: Annotated[
+        str, typer.Option(help="The cluster's DNS domain, as kubelet's --cluster-domain.")
+    ] = "cluster.local",
     try:
         port_range = PortRange.parse(nodeport_range)
     except ValueError as e:
@@ -238,6 +262,7 @@ def agent(
             state_dir=state_dir, udp_idle_timeout=udp_idle_timeout, maglev_table_size=maglev_size
         ),
         agent=AgentConfig(
+    dns_at = _dns_options(dns_bind, cluster_domain)
             node_name=node_name,
             min_sync_interval=min_sync_interval,
             sync_period=sync_period,
@@ -262,3 +287,5 @@ def agent(
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     run_agent(config, stop)
+            dns_addresses=dns_at,
+            cluster_domain=cluster_domain.strip(".").lower(),

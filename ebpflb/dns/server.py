@@ -26,7 +26,7 @@ import struct
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import dns.exception
 import dns.flags
@@ -37,6 +37,9 @@ from ebpflb.dns.records import ServiceRecords, service_records
 from ebpflb.dns.zone import DEFAULT_TTL, Zone
 from ebpflb.httpserve import ConnectionGuard
 from ebpflb.model import DEFAULT_CLUSTER_DOMAIN, ServiceRef
+
+if TYPE_CHECKING:
+    from ebpflb.agent.config import AgentConfig
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,7 @@ class DnsServer:
         self._transports: dict[Address, asyncio.DatagramTransport] = {}
         self._servers: dict[Address, asyncio.Server] = {}
         self._failed: set[tuple[Address, str]] = set()
+        self._turn: asyncio.Lock | None = None  # made on the loop's thread
 
     # --- the agent's side --------------------------------------------------------------
 
@@ -120,7 +124,14 @@ class DnsServer:
                 thread = threading.Thread(target=_run, args=(loop,), name="ebpflb-dns", daemon=True)
                 self._loop, self._thread = loop, thread
                 thread.start()
-            return asyncio.run_coroutine_threadsafe(coro, self._loop)
+            return asyncio.run_coroutine_threadsafe(self._in_turn(coro), self._loop)
+
+    async def _in_turn(self, coro: Any) -> None:
+        """Run hand-overs one at a time in the order given (they await binds)."""
+        if self._turn is None:
+            self._turn = asyncio.Lock()
+        async with self._turn:
+            await coro
 
     # --- the loop's side: contents -----------------------------------------------------
 
@@ -170,7 +181,6 @@ class DnsServer:
                     transport, _ = await loop.create_datagram_endpoint(
                         lambda: _Udp(self), sock=_udp_socket(family, address)
                     )
-                    assert isinstance(transport, asyncio.DatagramTransport)
                     self._transports[address] = transport
                 if address not in self._servers:
                     self._servers[address] = await asyncio.start_server(
@@ -260,8 +270,7 @@ class _Udp(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         answer = self.server.respond(data, udp=True)
@@ -341,3 +350,11 @@ def _port(raw: str, value: str) -> int:
     if not raw.isdigit() or not 0 < int(raw) < 65536:
         raise ValueError(f"{value!r}: port must be 1-65535")
     return int(raw)
+
+
+def dns_server(config: AgentConfig) -> DnsServer | None:
+    """The agent's answerer as ``--dns-bind``/``--cluster-domain`` configure it; None
+    when off. Its listeners open at the first load."""
+    if not config.dns_addresses:
+        return None
+    return DnsServer(config.dns_addresses, domain=config.cluster_domain)
