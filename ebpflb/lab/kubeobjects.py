@@ -1,14 +1,18 @@
 """Kubernetes objects describing a lab's nodes and pods, as the plain dicts a manifest
-directory or an API stand-in serves: a Node per lab node, an EndpointSlice endpoint
-per pod, and the example Services a lab is written with. Pure; ``layout.Lab`` fills in
-the lab's names and addresses.
+directory or an API stand-in serves: a Node per lab node, a Pod per lab pod (or an
+EndpointSlice endpoint, for the tests that write their own slices), and the example
+Services a lab is written with. Pure; ``layout.Lab`` fills in the lab's names and
+addresses.
 
-The example Services (``example_services``) follow ``examples/``: ``demo/web`` on
-ClusterIP 10.96.0.10 (TCP 80 -> 8080, UDP 53 -> 9090) over every pod, and in a
-multi-node lab ``demo/edge``, a LoadBalancer on 192.168.60.10. In a dual-stack lab
-both become ``RequireDualStack`` (second ClusterIP fd00:10:96::a / ::14, a second
-ingress fd00:192:168:60::a) with an IPv4 and an IPv6 EndpointSlice each, and
-``demo/web6`` is IPv6 only (``SingleStack``, fd00:10:96::b).
+The example Services (``example_services``) select their pods as a cluster's do
+(``selector: {app: web}``; the manifest source derives their EndpointSlices from the
+Pods, see ``ebpflb.sources.pods``): ``demo/web`` on ClusterIP 10.96.0.10 (TCP 80 ->
+the pods' port named ``http``, 8080; UDP 53 -> ``echo``, 9090), and in a multi-node
+lab ``demo/edge``, a LoadBalancer on 192.168.60.10. In a dual-stack lab both become
+``RequireDualStack`` (second ClusterIP fd00:10:96::a / ::14, a second ingress
+fd00:192:168:60::a) and the Pods carry both addresses (``status.podIPs``), so each gets
+an IPv4 and an IPv6 slice; ``demo/web6`` is IPv6 only (``SingleStack``,
+fd00:10:96::b).
 """
 
 from __future__ import annotations
@@ -26,9 +30,14 @@ WEB_IPS = ("10.96.0.10", "fd00:10:96::a")
 WEB6_IP = "fd00:10:96::b"
 EDGE_IPS = ("10.96.0.20", "fd00:10:96::14")
 EDGE_INGRESS = ("192.168.60.10", "fd00:192:168:60::a")
+POD_LABELS = {"app": "web"}  # what the example Services select
 WEB_PORTS = (
-    {"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080},
-    {"name": "echo", "port": 53, "protocol": "UDP", "targetPort": 9090},
+    {"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http"},
+    {"name": "echo", "port": 53, "protocol": "UDP", "targetPort": "echo"},
+)
+CONTAINER_PORTS = (  # the pod server's ports, named as the Services' targetPorts
+    {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+    {"name": "echo", "containerPort": 9090, "protocol": "UDP"},
 )
 SLICE_PORTS = (
     {"name": "http", "port": 8080, "protocol": "TCP"},
@@ -87,6 +96,39 @@ def endpoint(
     }
 
 
+def pod(
+    name: str,
+    addresses: Sequence[IPv4Address | IPv6Address],
+    *,
+    node_name: str,
+    ready: bool = True,
+    labels: dict[str, str] | None = None,
+) -> Obj:
+    """A running Pod: ``addresses`` (primary first) as ``status.podIP(s)``, its node,
+    the Ready condition, and the pod server's named container ports."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NAMESPACE, "labels": dict(labels or POD_LABELS)},
+        "spec": {
+            "nodeName": node_name,
+            "containers": [
+                {
+                    "name": "podserver",
+                    "image": "ebpflb-lab/podserver",
+                    "ports": [dict(p) for p in CONTAINER_PORTS],
+                }
+            ],
+        },
+        "status": {
+            "phase": "Running",
+            "podIP": str(addresses[0]),
+            "podIPs": [{"ip": str(a)} for a in addresses],
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        },
+    }
+
+
 def service(name: str, cluster_ips: Sequence[str], ports: Sequence[Obj], **spec: Any) -> Obj:
     """A Service with ``cluster_ips`` (one: single-stack of that address's family; two:
     ``RequireDualStack``, families in that order)."""
@@ -125,43 +167,26 @@ def endpoint_slice(
     }
 
 
-def example_services(
-    endpoints4: Sequence[Obj],
-    endpoints6: Sequence[Obj] | None,
-    *,
-    load_balancer: bool,
-    ipv6: bool,
-) -> list[Obj]:
-    """The example Services (see the module's docstring) over the endpoints given: the
-    pods' IPv4 ones, and in a dual-stack lab (``ipv6``) their IPv6 ones."""
-    dual = ipv6 and endpoints6 is not None
-    eps6 = list(endpoints6 or [])
-
-    def both(svc: str, ports: Sequence[Obj]) -> list[Obj]:
-        out = [endpoint_slice(f"{svc}-v4", svc, ports, endpoints4, family=4)]
-        if dual:
-            out.append(endpoint_slice(f"{svc}-v6", svc, ports, eps6, family=6))
-        return out
-
-    objs = [service("web", WEB_IPS if dual else WEB_IPS[:1], WEB_PORTS), *both("web", SLICE_PORTS)]
+def example_services(*, load_balancer: bool, ipv6: bool) -> list[Obj]:
+    """The example Services (see the module's docstring), selecting the lab's pods
+    (``POD_LABELS``); dual-stack ones in a dual-stack lab (``ipv6``)."""
+    select = {"selector": dict(POD_LABELS)}
+    objs = [service("web", WEB_IPS if ipv6 else WEB_IPS[:1], WEB_PORTS, **select)]
     if load_balancer:
         objs.append(
             service(
                 "edge",
-                EDGE_IPS if dual else EDGE_IPS[:1],
+                EDGE_IPS if ipv6 else EDGE_IPS[:1],
                 WEB_PORTS[:1],
                 type="LoadBalancer",
+                **select,
             )
         )
         objs[-1]["status"] = {
             "loadBalancer": {
-                "ingress": [{"ip": ip} for ip in (EDGE_INGRESS if dual else EDGE_INGRESS[:1])]
+                "ingress": [{"ip": ip} for ip in (EDGE_INGRESS if ipv6 else EDGE_INGRESS[:1])]
             }
         }
-        objs += both("edge", SLICE_PORTS[:1])
-    if dual:
-        objs += [
-            service("web6", [WEB6_IP], WEB_PORTS),
-            endpoint_slice("web6-v6", "web6", SLICE_PORTS, eps6, family=6),
-        ]
+    if ipv6:
+        objs.append(service("web6", [WEB6_IP], WEB_PORTS, **select))
     return objs

@@ -318,16 +318,21 @@ class Lab:
             raise LabError(f"{pod.name} of lab {self.name} has no IPv6 (build it with --ipv6)")
         return pod.ip6
 
+    def pod_manifest(self, pod: Pod | int, *, ready: bool = True) -> dict[str, Any]:
+        """Pod ``pod`` (or pod number) as a Kubernetes Pod object: labelled ``app: web``,
+        its addresses (both in a dual-stack lab), node, Ready condition and named ports."""
+        p = self.pod(pod) if isinstance(pod, int) else pod
+        return kubeobjects.pod(p.name, p.addresses, node_name=self.node_of(p).name, ready=ready)
+
     def manifests(self) -> list[dict[str, Any]]:
-        """The lab as a cluster: its Node objects and the example Services with their
-        EndpointSlices (dual-stack ones and an IPv6-only one in a dual-stack lab), as
-        ``build`` writes them to ``manifests/cluster.yaml`` in the state directory."""
-        ipv6 = self.ipv6
-        eps4 = [self.endpoint(p) for p in self.pods]
-        eps6 = [self.endpoint(p, ipv6=True) for p in self.pods] if ipv6 else None
+        """The lab as a cluster: its Node and Pod objects and the example Services
+        selecting the Pods (dual-stack ones and an IPv6-only one in a dual-stack lab),
+        as ``build`` writes them to ``manifests/cluster.yaml`` in the state directory;
+        the manifest source derives their EndpointSlices from the Pods."""
         return [
             *(self.node_manifest(n.index) for n in self.nodes),
-            *kubeobjects.example_services(eps4, eps6, load_balancer=len(self.nodes) > 1, ipv6=ipv6),
+            *(self.pod_manifest(p) for p in self.pods),
+            *kubeobjects.example_services(load_balancer=len(self.nodes) > 1, ipv6=self.ipv6),
         ]
 
     def servers_alive(self) -> dict[str, bool]:

@@ -22,6 +22,7 @@ from ebpflb.cli.lab import app
 from ebpflb.lab import build, layout, netns, podnet, traffic, underlay
 from ebpflb.lab.layout import Lab, LabSpec
 from ebpflb.lab.processes import HTTP_PORT, UDP_PORT
+from ebpflb.sources.manifests import ManifestSource
 from tests.lab.conftest import CNIS
 
 
@@ -167,7 +168,9 @@ def _check_manifests(lab: Lab, name: str) -> None:
         assert internal == [str(node.internal_ip), str(node.internal_ip6)]
         assert obj["spec"]["podCIDRs"] == [str(node.pod_cidr), str(node.pod_cidr6)]
     services = {o["metadata"]["name"]: o for o in objs if o["kind"] == "Service"}
-    slices = [o for o in objs if o["kind"] == "EndpointSlice"]
+    assert {o["metadata"]["name"] for o in objs if o["kind"] == "Pod"} == {p.name for p in lab.pods}
+    # the slices are derived from the Pods by the manifest source, per family
+    slices = list(ManifestSource(layout.LAB_ROOT / name / "manifests").load().slices)
     web = services["web"]["spec"]
     assert web["ipFamilyPolicy"] == "RequireDualStack"
     assert web["ipFamilies"] == ["IPv4", "IPv6"]
@@ -275,7 +278,8 @@ def test_ipv4_lab_stays_ipv4_only(lab_names: Callable[[], str]) -> None:
     assert {o["spec"].get("ipFamilyPolicy") for o in objs if o["kind"] == "Service"} == {
         "SingleStack"
     }
-    assert {o["addressType"] for o in objs if o["kind"] == "EndpointSlice"} == {"IPv4"}
+    slices = ManifestSource(lab.state_dir / "manifests").load().slices
+    assert {o["addressType"] for o in slices} == {"IPv4"}
     assert json.loads((lab.state_dir / "state.json").read_text())["ipv6"] is False
     build.down(name)
 
