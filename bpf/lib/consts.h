@@ -7,10 +7,10 @@
 #define PIN_DIR "/sys/fs/bpf/ebpflb"
 #endif
 #ifndef MAX_SERVICES
-#define MAX_SERVICES 65536	/* frontends; also the size of id-indexed maps */
+#define MAX_SERVICES 131072	/* frontends; also the size of id-indexed maps */
 #endif
 #ifndef MAX_BACKENDS
-#define MAX_BACKENDS 262144	/* backend ids and backend slots */
+#define MAX_BACKENDS 524288	/* backend ids and backend slots (100,000 Services x 5) */
 #endif
 #ifndef MAX_CONNTRACK
 #define MAX_CONNTRACK 262144	/* conntrack entries (two per flow) */

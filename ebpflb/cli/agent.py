@@ -120,11 +120,27 @@ def _dns_options(binds: list[str] | None, domain: str) -> tuple[tuple[str, int],
             "difference (0: never)."
         ),
     ] = 300.0,
-    max_services: Annotated[int, typer.Option(help="Service map size.")] = abi.DEFAULT_MAX_SERVICES,
-    max_backends: Annotated[int, typer.Option(help="Backend map size.")] = abi.DEFAULT_MAX_BACKENDS,
+    max_services: Annotated[
+        int | None,
+        typer.Option(
+            help="Service map size (frontends). Default: the pinned maps' size, else "
+            f"{abi.DEFAULT_MAX_SERVICES}."
+        ),
+    ] = None,
+    max_backends: Annotated[
+        int | None,
+        typer.Option(
+            help="Backend map size (backends, and slots). Default: the pinned maps' size, "
+            f"else {abi.DEFAULT_MAX_BACKENDS}."
+        ),
+    ] = None,
     max_conntrack: Annotated[
-        int, typer.Option(help="Conntrack map size.")
-    ] = abi.DEFAULT_MAX_CONNTRACK,
+        int | None,
+        typer.Option(
+            help="Conntrack map size. Default: the pinned maps' size, else "
+            f"{abi.DEFAULT_MAX_CONNTRACK}."
+        ),
+    ] = None,
     state_dir: Annotated[
         str,
         typer.Option(

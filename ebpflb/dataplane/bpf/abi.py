@@ -69,8 +69,9 @@ LEGACY_MAPS = ("ebpflb_ct4", "ebpflb_gstat", "ebpflb_gstat_v2")
 LINK_PIN_PREFIX = "ebpflb_link_"
 
 DEFAULT_PIN_DIR = "/sys/fs/bpf/ebpflb"
-DEFAULT_MAX_SERVICES = 65536
-DEFAULT_MAX_BACKENDS = 262144
+# 100,000 Services of 5 endpoints: 100,000 frontends, 500,000 backends and slots
+DEFAULT_MAX_SERVICES = 131072
+DEFAULT_MAX_BACKENDS = 524288
 DEFAULT_MAX_CONNTRACK = 262144
 
 IPPROTO_TCP = 6

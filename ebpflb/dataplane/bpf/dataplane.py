@@ -5,13 +5,13 @@ from __future__ import annotations
 import ctypes
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import ensure_pin_dir, remove_legacy_pins, remove_pins
 from ebpflb.dataplane.bpf.hostbackends import HostBackends
-from ebpflb.dataplane.bpf.maps import BpfMaps, check_geometry
+from ebpflb.dataplane.bpf.maps import BpfMaps, check_geometry, resolve_sizes
 from ebpflb.dataplane.bpf.socklb import SocketLb, remove_links
 from ebpflb.dataplane.bpf.telemetry import read_telemetry, written_counts
 from ebpflb.dataplane.bpf.writer import MapWriter
@@ -29,9 +29,10 @@ class BpfConfig:
     pin_dir: str = abi.DEFAULT_PIN_DIR
     # empty: every veth and uplink (see TcAttacher.uplinks), also ones that appear later
     interfaces: tuple[str, ...] = ()
-    max_services: int = abi.DEFAULT_MAX_SERVICES
-    max_backends: int = abi.DEFAULT_MAX_BACKENDS
-    max_conntrack: int = abi.DEFAULT_MAX_CONNTRACK
+    # map sizes; None: the size of the maps already pinned, else abi.DEFAULT_MAX_*
+    max_services: int | None = None
+    max_backends: int | None = None
+    max_conntrack: int | None = None
     maglev_table_size: int = 0  # > 0: new flows choose by Maglev tables of this size
     socket_lb: bool = True  # translate the agent's own namespace's sockets (socklb)
     state_dir: str = DEFAULT_STATE_DIR  # where socket-LB mounts cgroup2 if none is visible
@@ -67,28 +68,33 @@ class BpfDataplane:
         from ebpflb.dataplane.bpf.isolated import load_isolated
         from ebpflb.dataplane.bpf.loader import require_bpf_privileges
 
-        self.config = config
         require_bpf_privileges()  # before the pin dir is made: it would be the caller's
         ensure_pin_dir(config.pin_dir)
         remove_legacy_pins(config.pin_dir)
-        self.program = load_isolated(
-            pin_dir=config.pin_dir,
+        services, backends, conntrack = resolve_sizes(
+            config.pin_dir,
             max_services=config.max_services,
             max_backends=config.max_backends,
             max_conntrack=config.max_conntrack,
         )
+        self.config = config = replace(
+            config, max_services=services, max_backends=backends, max_conntrack=conntrack
+        )
+        self.program = load_isolated(
+            pin_dir=config.pin_dir,
+            max_services=services,
+            max_backends=backends,
+            max_conntrack=conntrack,
+        )
         try:
             self.maps = BpfMaps(config.pin_dir)
             check_geometry(
-                self.maps,
-                max_services=config.max_services,
-                max_backends=config.max_backends,
-                max_conntrack=config.max_conntrack,
+                self.maps, max_services=services, max_backends=backends, max_conntrack=conntrack
             )
             self.writer = MapWriter(
                 self.maps,
-                max_services=config.max_services,
-                max_backends=config.max_backends,
+                max_services=services,
+                max_backends=backends,
                 maglev_size=config.maglev_table_size,
             )
             self._set_algorithm(config.maglev_table_size)

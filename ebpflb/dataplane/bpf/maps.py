@@ -8,6 +8,7 @@ backend's owner id and the slots, names and source ranges find either family's."
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import socket
 import struct
@@ -29,6 +30,8 @@ from ebpflb.model import (
     ServiceRef,
 )
 from ebpflb.plan import BackendKey, BackendState, FrontendState, backend_order
+
+log = logging.getLogger(__name__)
 
 _ACTIVE = int(abi.BackendFlag.ACTIVE)
 _TERMINATING = int(abi.BackendFlag.TERMINATING)
@@ -220,6 +223,57 @@ def check_pinned_maps(maps: Iterable[PinnedMap]) -> None:
     problems = [p for p in map(map_mismatch, maps) if p is not None]
     if problems:
         raise MapMismatchError("; ".join(problems))
+
+
+# option -> the map whose size tells it (the first map of _GEOMETRY that it sizes)
+_SIZED_BY = {
+    "max_services": abi.MAP_SERVICES,
+    "max_backends": abi.MAP_BACKENDS,
+    "max_conntrack": abi.MAP_CONNTRACK,
+}
+
+
+def resolve_sizes(
+    pin_dir: str, *, max_services: int | None, max_backends: int | None, max_conntrack: int | None
+) -> tuple[int, int, int]:
+    """The map sizes to run with: each size given, else the one the pinned maps were
+    made with (an agent upgraded across a change of the defaults keeps its maps, its
+    ids and its tracked connections), else the default. A pin that cannot be read
+    counts as absent: check_pinned_maps then reports it."""
+    given = {
+        "max_services": max_services,
+        "max_backends": max_backends,
+        "max_conntrack": max_conntrack,
+    }
+    defaults = {
+        "max_services": abi.DEFAULT_MAX_SERVICES,
+        "max_backends": abi.DEFAULT_MAX_BACKENDS,
+        "max_conntrack": abi.DEFAULT_MAX_CONNTRACK,
+    }
+    out: dict[str, int] = {}
+    for option, size in given.items():
+        if size is None:
+            size = _pinned_entries(os.path.join(pin_dir, _SIZED_BY[option]))
+            if size is not None and size != defaults[option]:
+                flag = "--" + option.replace("_", "-")
+                log.info(
+                    "%s not given: keeping the pinned maps' %d (default %d)",
+                    flag,
+                    size,
+                    defaults[option],
+                )
+        out[option] = defaults[option] if size is None else size
+    return out["max_services"], out["max_backends"], out["max_conntrack"]
+
+
+def _pinned_entries(path: str) -> int | None:
+    if not os.path.exists(path):
+        return None
+    try:
+        with PinnedMap(path) as m:
+            return int(m.info.max_entries) if m.object_kind() == "map" else None
+    except (OSError, DataplaneError):
+        return None
 
 
 def check_geometry(
