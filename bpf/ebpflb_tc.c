@@ -94,6 +94,8 @@ static __always_inline struct sknat6_value *map_sknat6_lookup(struct sknat6_key 
 { return ebpflb_sknat6.lookup(key); }
 static __always_inline int map_sknat6_update(struct sknat6_key *key, struct sknat6_value *v)
 { return ebpflb_sknat6.update(key, v); }
+static __always_inline struct sknetns_value *map_sknetns_lookup(__u64 *cookie)
+{ return ebpflb_sknetns.lookup(cookie); }
 
 /* Choose a backend for a new flow of svc: the client's affinity backend when it has a
  * valid one, else a random slot (remembered for affinity). 0 or DROP_*. */
@@ -469,7 +471,8 @@ int ebpflb_tc_egress(struct __sk_buff *skb)
 	return verdict_tc_exit(skb, verdict);
 }
 
-/* Socket-LB (lib/sock.h): cgroup hooks for the sockets of the agent's own namespace. */
+/* Socket-LB (lib/sock.h): cgroup hooks for the sockets of the agent's own namespace
+ * and of this node's pods' namespaces. */
 int ebpflb_sock_connect4(struct bpf_sock_addr *ctx)
 {
 	return sock4_forward(ctx, 0);

@@ -230,6 +230,14 @@ struct sknat6_value {
 	__u16 pad;
 };
 
+/* Socket-LB for pods: the pod of this node whose network namespace has the key's netns
+ * cookie (a __u64, bpf_get_netns_cookie()), and the addresses its packets carry as
+ * their source there: the client address of sessionAffinity, as tc keys it. */
+struct sknetns_value {
+	__be32 addr4;		/* the pod's IPv4 address; 0 = none */
+	struct addr6 addr6;	/* the pod's IPv6 address; all zero = none */
+};
+
 _Static_assert(sizeof(struct lb4_key) == 8, "lb4_key");
 _Static_assert(sizeof(struct lb4_service) == 16, "lb4_service");
 _Static_assert(sizeof(struct lb4_slot_key) == 8, "lb4_slot_key");
@@ -255,5 +263,6 @@ _Static_assert(sizeof(struct aff6_key) == 20, "aff6_key");
 _Static_assert(sizeof(struct srcrange6_key) == 24, "srcrange6_key");
 _Static_assert(sizeof(struct sknat6_key) == 32, "sknat6_key");
 _Static_assert(sizeof(struct sknat6_value) == 20, "sknat6_value");
+_Static_assert(sizeof(struct sknetns_value) == 20, "sknetns_value");
 
 #endif

@@ -18,6 +18,9 @@
 #ifndef MAX_AFFINITY
 #define MAX_AFFINITY 65536	/* (client, frontend) session-affinity entries */
 #endif
+#ifndef MAX_POD_NETNS
+#define MAX_POD_NETNS 4096	/* pod network namespaces socket-LB serves (a node runs ~110) */
+#endif
 #ifndef MAX_SOCK_NAT
 #define MAX_SOCK_NAT 65536	/* (socket, backend) pairs of translated host sockets */
 #endif

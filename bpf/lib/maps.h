@@ -82,6 +82,9 @@ BPF_TABLE_PINNED("lpm_trie", struct srcrange6_key, __u8, ebpflb_srcr6,
 /* (IPv6 socket, backend) -> the frontend it asked for; LRU-evicted */
 BPF_TABLE_PINNED("lru_hash", struct sknat6_key, struct sknat6_value, ebpflb_sknat6,
 		 MAX_SOCK_NAT, PIN_DIR "/ebpflb_sknat6");
+/* netns cookie -> this node's pod living there, whose sockets socket-LB translates */
+BPF_TABLE_PINNED("hash", __u64, struct sknetns_value, ebpflb_sknetns,
+		 MAX_POD_NETNS, PIN_DIR "/ebpflb_sknetns");
 
 /* Accessors, defined in ebpflb_tc.c (see above for why). Update/delete return the
  * helper's 0 or negative errno. */
@@ -116,4 +119,5 @@ static __always_inline int map_aff6_update(struct aff6_key *key, struct aff4_val
 static __always_inline __u8 *map_srcr6_lookup(struct srcrange6_key *key);
 static __always_inline struct sknat6_value *map_sknat6_lookup(struct sknat6_key *key);
 static __always_inline int map_sknat6_update(struct sknat6_key *key, struct sknat6_value *v);
+static __always_inline struct sknetns_value *map_sknetns_lookup(__u64 *cookie);
 #endif

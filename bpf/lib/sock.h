@@ -1,17 +1,28 @@
-/* sock.h: socket-LB for the node's own sockets (host-network pods, the kubelet, any
- * process in the agent's network namespace), whose packets never cross a pod veth or
- * an uplink on their way in, so the tc programs cannot translate them. cgroup hooks
- * translate them where the socket is addressed instead: connect() and sendmsg() are
- * sent to a backend, and getpeername() and recvmsg() show the frontend again, as
- * kube-proxy's OUTPUT chain and Cilium's socket-LB do. Only sockets of the agent's own
- * network namespace are touched (CFG_NETNS_*): every other namespace's traffic is the
- * tc programs' (or another node's agent's, in the lab). */
+/* sock.h: socket-LB, translation where a socket is addressed instead of per packet.
+ * connect() and sendmsg() are sent to a backend, and getpeername() and recvmsg() show
+ * the frontend again, as kube-proxy's OUTPUT chain and Cilium's socket-LB do. Two
+ * kinds of sockets are served:
+ * - the agent's own network namespace (CFG_NETNS_*: host-network pods, the kubelet,
+ *   node processes), whose packets cross no veth or uplink on their way in, so the tc
+ *   programs cannot translate them at all;
+ * - this node's pods (ebpflb_sknetns, `--socket-lb pods`), whose packets tc would
+ *   translate, but at a cost on every packet: a pod's connection sent to the backend
+ *   at connect() is never looked at again (tc sees a pod address, not a frontend, so
+ *   a flow is never translated twice).
+ * The set of pods is a set of netns cookies, not a cgroup: the programs hang on the
+ * cgroup root (every process of the machine) and lab nodes share one machine's
+ * cgroups, so only the namespace tells node 1's pods from node 2's. On a real node a
+ * pod's cgroup would do too (Cilium attaches to the root and serves every namespace);
+ * the cookie set is what keeps each lab node's agent to its own pods, and costs one
+ * hash look-up. Every other namespace's traffic is the tc programs' (or another node's
+ * agent's, in the lab). */
 #ifndef EBPFLB_SOCK_H
 #define EBPFLB_SOCK_H
 
 #include <uapi/linux/bpf.h>
 
 #include "abi.h"
+#include "affinity.h"
 #include "consts.h"
 #include "lb.h"
 #include "maps.h"
@@ -34,17 +45,32 @@ static __always_inline int sock_refuse(void)
 	return SOCK_DENY;
 }
 
-/* Whether the socket (of either family) lives in the agent's network namespace. */
-static __always_inline int sock_ours(struct bpf_sock_addr *ctx)
+/* Whose socket a hook runs for: one the agent serves (ours), and the client addresses
+ * its packets carry (a pod's; zero for the agent's own namespace, whose sockets may
+ * use any node address: no affinity is kept for them, as before). */
+struct sock_client {
+	__be32 addr4;
+	struct addr6 addr6;
+};
+
+/* Whether the socket (of either family) lives in the agent's network namespace or in
+ * one of this node's pods' (then *client holds the pod's addresses). */
+static __always_inline int sock_ours(struct bpf_sock_addr *ctx, struct sock_client *client)
 {
 	__u32 lo_index = CFG_NETNS_LO, hi_index = CFG_NETNS_HI;
 	__u32 *lo = map_cfg_lookup(&lo_index), *hi = map_cfg_lookup(&hi_index);
-	__u64 want;
+	__u64 netns = bpf_get_netns_cookie(ctx);
+	struct sknetns_value *pod;
 
-	if (!lo || !hi)
+	__builtin_memset(client, 0, sizeof(*client));
+	if (lo && hi && netns == (((__u64)*hi << 32) | *lo) && netns)
+		return 1;
+	pod = map_sknetns_lookup(&netns);
+	if (!pod)
 		return 0;
-	want = ((__u64)*hi << 32) | *lo;
-	return want && bpf_get_netns_cookie(ctx) == want;
+	client->addr4 = pod->addr4;
+	client->addr6 = pod->addr6;
+	return 1;
 }
 
 /* The backend for a datagram of an unconnected socket: the slot that a hash of the
@@ -93,12 +119,14 @@ static __always_inline int sock4_stable_backend(struct bpf_sock_addr *ctx,
  * address field: user_ip4, or the last word of an IPv4-mapped user_ip6 (sock6.h).
  * A SOCK_XLATE_* value. */
 static __always_inline int sock4_translate(struct bpf_sock_addr *ctx, int per_socket,
-					   const struct pkt4 *pkt, struct lb4_backend **be)
+					   const struct pkt4 *pkt, __be32 client,
+					   struct lb4_backend **be)
 {
 	struct sknat4_value frontend;
 	struct sknat4_key back;
 	struct lb4_service *svc;
 	__u32 backend_id;
+	int affine;
 
 	svc = lb4_lookup_service(pkt);
 	if (!svc || (svc->flags & SVC_F_SRC_RANGES))
@@ -107,10 +135,18 @@ static __always_inline int sock4_translate(struct bpf_sock_addr *ctx, int per_so
 		stats_global_inc(GSTAT_NO_BACKEND);
 		return SOCK_XLATE_REFUSE;
 	}
+	/* sessionAffinity: ClientIP of a pod: the backend tc would give its address, and
+	 * tc's flows of that pod get the one chosen here (one map, one key). */
+	affine = svc->affinity_timeout && client;
+	*be = affine ? aff4_lookup(svc, client, &backend_id) : NULL;
+	if (*be)
+		stats_global_inc(GSTAT_AFFINITY_HIT);
 	/* No source port yet, so no Maglev (it needs the whole 5-tuple). */
-	if (per_socket ? sock4_stable_backend(ctx, svc, pkt, &backend_id, be) < 0
-		       : lb4_random_backend(svc, &backend_id, be) < 0)
+	else if (per_socket ? sock4_stable_backend(ctx, svc, pkt, &backend_id, be) < 0
+			    : lb4_random_backend(svc, &backend_id, be) < 0)
 		return SOCK_XLATE_REFUSE;
+	if (affine)
+		aff4_record(svc, client, backend_id);
 	__builtin_memset(&back, 0, sizeof(back));
 	back.cookie = bpf_get_socket_cookie(ctx);
 	back.address = (*be)->address;
@@ -128,18 +164,19 @@ static __always_inline int sock4_translate(struct bpf_sock_addr *ctx, int per_so
 static __always_inline int sock4_forward(struct bpf_sock_addr *ctx, int per_socket)
 {
 	struct lb4_backend *be = NULL;
+	struct sock_client client;
 	struct pkt4 pkt;
 	int ret;
 
 	if (ctx->protocol != IP4_PROTO_TCP && ctx->protocol != IP4_PROTO_UDP)
 		return SOCK_PASS;
-	if (!sock_ours(ctx))
+	if (!sock_ours(ctx, &client))
 		return SOCK_PASS;
 	__builtin_memset(&pkt, 0, sizeof(pkt));
 	pkt.daddr = ctx->user_ip4;
 	pkt.dport = (__be16)ctx->user_port;
 	pkt.proto = ctx->protocol;
-	ret = sock4_translate(ctx, per_socket, &pkt, &be);
+	ret = sock4_translate(ctx, per_socket, &pkt, client.addr4, &be);
 	if (ret == SOCK_XLATE_REFUSE)
 		return sock_refuse();
 	if (ret == SOCK_XLATE_DONE && be) {
@@ -167,8 +204,9 @@ static __always_inline struct sknat4_value *sock4_frontend(struct bpf_sock_addr 
 static __always_inline int sock4_reverse(struct bpf_sock_addr *ctx)
 {
 	struct sknat4_value *frontend;
+	struct sock_client client;
 
-	if (!sock_ours(ctx))
+	if (!sock_ours(ctx, &client))
 		return SOCK_PASS;
 	frontend = sock4_frontend(ctx, ctx->user_ip4, (__be16)ctx->user_port);
 	if (frontend) {

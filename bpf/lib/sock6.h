@@ -1,5 +1,5 @@
-/* sock6.h: socket-LB for the IPv6 sockets of the agent's namespace (sock.h says why it
- * exists): connect6, sendmsg6, recvmsg6 and getpeername6 do for an AF_INET6 socket what
+/* sock6.h: socket-LB for the IPv6 sockets of the agent's namespace and of this node's
+ * pods (sock.h says why it exists and which sockets it serves): connect6, sendmsg6, recvmsg6 and getpeername6 do for an AF_INET6 socket what
  * the IPv4 hooks do, with the IPv6 service and backend maps (the slot map is shared:
  * ids are one space). A dual-stack AF_INET6 socket may also name an IPv4 peer as an
  * IPv4-mapped address (::ffff:10.96.0.10): that is an IPv4 flow on the wire, so it is
@@ -18,6 +18,7 @@
 #include <uapi/linux/bpf.h>
 
 #include "abi.h"
+#include "affinity6.h"
 #include "consts.h"
 #include "ip6.h"
 #include "lb.h"
@@ -53,11 +54,12 @@ static __always_inline struct lb6_service *sock6_lookup_service(const struct add
 static __always_inline struct lb6_backend *sock6_backend(struct bpf_sock_addr *ctx,
 							 const struct lb6_service *svc,
 							 const struct addr6 *daddr, __be16 dport,
-							 __u8 proto, int per_socket)
+							 __u8 proto, int per_socket,
+							 __u32 *backend_id)
 {
 	struct lb4_slot_key key;
 	struct lb6_backend *be;
-	__u32 h = FLOW_HASH_SEED, *id, backend_id;
+	__u32 h = FLOW_HASH_SEED, *id;
 	__u64 cookie;
 
 	__builtin_memset(&key, 0, sizeof(key));
@@ -78,8 +80,8 @@ static __always_inline struct lb6_backend *sock6_backend(struct bpf_sock_addr *c
 	id = map_slot4_lookup(&key);
 	if (!id)
 		goto missing;
-	backend_id = *id;
-	be = map_be6_lookup(&backend_id);
+	*backend_id = *id;
+	be = map_be6_lookup(backend_id);
 	if (!be || be->svc_id != svc->id)
 		goto missing;
 	return be;
@@ -93,11 +95,13 @@ missing:
  * SOCK_XLATE_* value, as sock4_translate. */
 static __always_inline int sock6_translate(struct bpf_sock_addr *ctx, int per_socket,
 					   const struct addr6 *daddr, __be16 dport, __u8 proto,
-					   struct lb6_backend **be)
+					   const struct addr6 *client, struct lb6_backend **be)
 {
 	struct sknat6_value frontend;
 	struct sknat6_key back;
 	struct lb6_service *svc;
+	__u32 backend_id;
+	int affine;
 
 	svc = sock6_lookup_service(daddr, dport, proto);
 	if (!svc || (svc->flags & SVC_F_SRC_RANGES))
@@ -106,9 +110,18 @@ static __always_inline int sock6_translate(struct bpf_sock_addr *ctx, int per_so
 		stats_global_inc(GSTAT_NO_BACKEND);
 		return SOCK_XLATE_REFUSE;
 	}
-	*be = sock6_backend(ctx, svc, daddr, dport, proto, per_socket);
-	if (!*be)
-		return SOCK_XLATE_REFUSE;
+	/* A pod's sessionAffinity: ClientIP, in tc's map under its address (sock4_translate). */
+	affine = svc->affinity_timeout && !addr6_is_zero(client);
+	*be = affine ? aff6_lookup(svc, client, &backend_id) : NULL;
+	if (*be) {
+		stats_global_inc(GSTAT_AFFINITY_HIT);
+	} else {
+		*be = sock6_backend(ctx, svc, daddr, dport, proto, per_socket, &backend_id);
+		if (!*be)
+			return SOCK_XLATE_REFUSE;
+	}
+	if (affine)
+		aff6_record(svc, client, backend_id);
 	__builtin_memset(&back, 0, sizeof(back));
 	back.cookie = bpf_get_socket_cookie(ctx);
 	back.address = (*be)->address;
@@ -122,7 +135,8 @@ static __always_inline int sock6_translate(struct bpf_sock_addr *ctx, int per_so
 }
 
 /* An IPv4-mapped connect() or sendmsg(): the IPv4 frontend in the last word. */
-static __always_inline int sock6_forward_mapped(struct bpf_sock_addr *ctx, int per_socket)
+static __always_inline int sock6_forward_mapped(struct bpf_sock_addr *ctx, int per_socket,
+						const struct sock_client *client)
 {
 	struct lb4_backend *be = NULL;
 	struct pkt4 pkt;
@@ -132,7 +146,7 @@ static __always_inline int sock6_forward_mapped(struct bpf_sock_addr *ctx, int p
 	pkt.daddr = ctx->user_ip6[3];
 	pkt.dport = (__be16)ctx->user_port;
 	pkt.proto = ctx->protocol;
-	ret = sock4_translate(ctx, per_socket, &pkt, &be);
+	ret = sock4_translate(ctx, per_socket, &pkt, client->addr4, &be);
 	if (ret == SOCK_XLATE_DONE && be) {
 		ctx->user_ip6[3] = be->address;	/* stays ::ffff:<backend> */
 		ctx->user_port = (__u32)be->port;
@@ -141,7 +155,8 @@ static __always_inline int sock6_forward_mapped(struct bpf_sock_addr *ctx, int p
 }
 
 /* A native IPv6 connect() or sendmsg(). */
-static __always_inline int sock6_forward_native(struct bpf_sock_addr *ctx, int per_socket)
+static __always_inline int sock6_forward_native(struct bpf_sock_addr *ctx, int per_socket,
+						const struct sock_client *client)
 {
 	struct lb6_backend *be = NULL;
 	struct addr6 daddr;
@@ -151,7 +166,8 @@ static __always_inline int sock6_forward_native(struct bpf_sock_addr *ctx, int p
 	daddr.w[1] = ctx->user_ip6[1];
 	daddr.w[2] = ctx->user_ip6[2];
 	daddr.w[3] = ctx->user_ip6[3];
-	ret = sock6_translate(ctx, per_socket, &daddr, (__be16)ctx->user_port, ctx->protocol, &be);
+	ret = sock6_translate(ctx, per_socket, &daddr, (__be16)ctx->user_port, ctx->protocol,
+			      &client->addr6, &be);
 	if (ret == SOCK_XLATE_DONE && be) {
 		ctx->user_ip6[0] = be->address.w[0];
 		ctx->user_ip6[1] = be->address.w[1];
@@ -167,16 +183,17 @@ static __always_inline int sock6_forward_native(struct bpf_sock_addr *ctx, int p
  * without a usable endpoint), as sock4_forward. */
 static __always_inline int sock6_forward(struct bpf_sock_addr *ctx, int per_socket)
 {
+	struct sock_client client;
 	int ret;
 
 	if (ctx->protocol != IP4_PROTO_TCP && ctx->protocol != IP4_PROTO_UDP)
 		return SOCK_PASS;
-	if (!sock_ours(ctx))
+	if (!sock_ours(ctx, &client))
 		return SOCK_PASS;
 	if (sock6_v4mapped(ctx))
-		ret = sock6_forward_mapped(ctx, per_socket);
+		ret = sock6_forward_mapped(ctx, per_socket, &client);
 	else
-		ret = sock6_forward_native(ctx, per_socket);
+		ret = sock6_forward_native(ctx, per_socket, &client);
 	return ret == SOCK_XLATE_REFUSE ? sock_refuse() : SOCK_PASS;
 }
 
@@ -187,8 +204,9 @@ static __always_inline int sock6_reverse(struct bpf_sock_addr *ctx)
 	struct sknat4_value *frontend4;
 	struct sknat6_value *frontend;
 	struct sknat6_key back;
+	struct sock_client client;
 
-	if (!sock_ours(ctx))
+	if (!sock_ours(ctx, &client))
 		return SOCK_PASS;
 	if (sock6_v4mapped(ctx)) {
 		frontend4 = sock4_frontend(ctx, ctx->user_ip6[3], (__be16)ctx->user_port);

@@ -30,6 +30,12 @@ class LbAlgorithm(StrEnum):
     MAGLEV = "maglev"
 
 
+class SocketLbMode(StrEnum):
+    PODS = "pods"  # this node's pods' sockets and the node's own
+    HOST = "host"  # the node's own sockets only (pods go through tc)
+    OFF = "off"
+
+
 def _split(values: list[str] | None) -> tuple[str, ...]:
     out: list[str] = []
     for v in values or []:
@@ -53,12 +59,6 @@ def _source_choice(manifests: str | None, kubeconfig: str | None) -> bool:
     return in_cluster
 
 
-@handle_errors
-def agent(
-    manifests: Annotated[
-        str | None,
-        typer.Option(help="Directory of Service/EndpointSlice manifests (YAML or JSON)."),
-    ] = None,
 def _dns_options(binds: list[str] | None, domain: str) -> tuple[tuple[str, int], ...]:
     """Check --dns-bind and --cluster-domain; the (host, port) pairs to listen on."""
     labels = domain.strip(".").split(".")
@@ -72,6 +72,12 @@ def _dns_options(binds: list[str] | None, domain: str) -> tuple[tuple[str, int],
         raise typer.BadParameter(str(e), param_hint="--dns-bind") from None
 
 
+@handle_errors
+def agent(
+    manifests: Annotated[
+        str | None,
+        typer.Option(help="Directory of Service/EndpointSlice manifests (YAML or JSON)."),
+    ] = None,
     kubeconfig: Annotated[str | None, typer.Option(help="Kubeconfig of the cluster.")] = None,
     dataplane: Annotated[DataplaneChoice, typer.Option(help="Data path.")] = DataplaneChoice.auto,
     node_name: Annotated[str | None, typer.Option(help="This node's name.")] = None,
@@ -90,13 +96,17 @@ def _dns_options(binds: list[str] | None, domain: str) -> tuple[tuple[str, int],
     ] = False,
     min_sync_interval: Annotated[float, typer.Option(help="Seconds between two syncs.")] = 0.05,
     socket_lb: Annotated[
-        bool,
+        SocketLbMode,
         typer.Option(
-            help="bpf data path: also translate the sockets of the agent's own network "
-            "namespace (host-network pods, node processes) at connect()/sendmsg(), with "
-            "cgroup hooks, as kube-proxy's OUTPUT rules and Cilium's socket-LB do."
+            help="bpf data path: translate sockets at connect()/sendmsg() with cgroup hooks, "
+            "as kube-proxy's OUTPUT rules and Cilium's socket-LB do: 'pods' those of this "
+            "node's pods (no per-packet rewrite) and of the node's own namespace; 'host' "
+            "the node's own only (host-network pods, node processes); 'off' none."
         ),
-    ] = True,
+    ] = SocketLbMode.HOST,
+    no_socket_lb: Annotated[
+        bool, typer.Option("--no-socket-lb", help="Same as --socket-lb off.")
+    ] = False,
     lb_algorithm: Annotated[
         LbAlgorithm,
         typer.Option(
@@ -196,6 +206,17 @@ def _dns_options(binds: list[str] | None, domain: str) -> tuple[tuple[str, int],
             "empty or port 0: off."
         ),
     ] = "127.0.0.1:10249",
+    dns_bind: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="ADDR[:PORT] ([V6]:PORT) where the agent answers DNS for the cluster domain "
+            "(Services' A/AAAA, SRV, CNAME; UDP and TCP; port 53 by default); repeat for "
+            "more addresses. Default: off (in a cluster, CoreDNS answers)."
+        ),
+    ] = None,
+    cluster_domain: Annotated[
+        str, typer.Option(help="The cluster's DNS domain, as kubelet's --cluster-domain.")
+    ] = "cluster.local",
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Run the agent in the foreground (SIGTERM/SIGINT stop it; the bpf data path stays
@@ -222,17 +243,6 @@ def _dns_options(binds: list[str] | None, domain: str) -> tuple[tuple[str, int],
         addresses = NodePortAddresses.parse(nodeport_addresses)
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="--nodeport-addresses") from None
-    dns_bind: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="ADDR[:PORT] ([V6]:PORT) where the agent answers DNS for the cluster domain "
-            "(Services' A/AAAA, SRV, CNAME; UDP and TCP; port 53 by default); repeat for "
-            "more addresses. Default: off (in a cluster, CoreDNS answers)."
-        ),
-    ] = None,
-    cluster_domain: Annotated[
-        str, typer.Option(help="The cluster's DNS domain, as kubelet's --cluster-domain.")
-    ] = "cluster.local",
     try:
         port_range = PortRange.parse(nodeport_range)
     except ValueError as e:
@@ -252,6 +262,7 @@ def _dns_options(binds: list[str] | None, domain: str) -> tuple[tuple[str, int],
     if healthz_timeout is not None and healthz_timeout <= 0:
         raise typer.BadParameter("must be > 0", param_hint="--healthz-timeout")
 
+    dns_at = _dns_options(dns_bind, cluster_domain)
     in_cluster = _source_choice(manifests, kubeconfig)
     from ebpflb.agent.config import AgentConfig, RunConfig
     from ebpflb.agent.run import run_agent
@@ -271,14 +282,13 @@ def _dns_options(binds: list[str] | None, domain: str) -> tuple[tuple[str, int],
             max_backends=max_backends,
             max_conntrack=max_conntrack,
             maglev_table_size=maglev_size,
-            socket_lb=socket_lb,
+            socket_lb=SocketLbMode.OFF.value if no_socket_lb else socket_lb.value,
             state_dir=state_dir,
         ),
         userspace=UserspaceConfig(
             state_dir=state_dir, udp_idle_timeout=udp_idle_timeout, maglev_table_size=maglev_size
         ),
         agent=AgentConfig(
-    dns_at = _dns_options(dns_bind, cluster_domain)
             node_name=node_name,
             min_sync_interval=min_sync_interval,
             sync_period=sync_period,
@@ -289,6 +299,8 @@ def _dns_options(binds: list[str] | None, domain: str) -> tuple[tuple[str, int],
             healthz_address=healthz_at,
             metrics_address=metrics_at,
             healthz_timeout=healthz_timeout,
+            dns_addresses=dns_at,
+            cluster_domain=cluster_domain.strip(".").lower(),
         ),
     )
 
@@ -303,5 +315,3 @@ def _dns_options(binds: list[str] | None, domain: str) -> tuple[tuple[str, int],
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     run_agent(config, stop)
-            dns_addresses=dns_at,
-            cluster_domain=cluster_domain.strip(".").lower(),

@@ -125,6 +125,7 @@ MAP_LAYOUT: dict[str, tuple[_CType, _CType, bool]] = {
     abi.MAP_AFFINITY6: (abi.Aff6Key, abi.Aff4Value, False),
     abi.MAP_SRC_RANGES6: (abi.SrcRange6Key, ctypes.c_uint8, False),
     abi.MAP_SOCK_NAT6: (abi.SkNat6Key, abi.SkNat6Value, False),
+    abi.MAP_SOCK_NETNS: (ctypes.c_uint64, abi.SkNetnsValue, False),
 }
 
 

@@ -38,6 +38,7 @@ MAP_CONNTRACK6 = "ebpflb_ct6"
 MAP_AFFINITY6 = "ebpflb_aff6"
 MAP_SRC_RANGES6 = "ebpflb_srcr6"
 MAP_SOCK_NAT6 = "ebpflb_sknat6"
+MAP_SOCK_NETNS = "ebpflb_sknetns"  # socket-LB for pods: netns cookie -> SkNetnsValue
 ALL_MAPS = (
     MAP_SERVICES,
     MAP_SLOTS,
@@ -60,6 +61,7 @@ ALL_MAPS = (
     MAP_AFFINITY6,
     MAP_SRC_RANGES6,
     MAP_SOCK_NAT6,
+    MAP_SOCK_NETNS,
 )
 # Pins of older layouts (renamed when their layout changed): removed on cleanup and
 # when the agent starts, so nothing reads or keeps them.
@@ -350,6 +352,12 @@ class SkNat6Value(ctypes.Structure):
     _fields_ = [("address", Addr6), ("port", ctypes.c_uint16), ("pad", ctypes.c_uint16)]
 
 
+class SkNetnsValue(ctypes.Structure):
+    """A pod network namespace socket-LB serves: the pod's addresses (0: none)."""
+
+    _fields_ = [("addr4", ctypes.c_uint32), ("addr6", Addr6)]
+
+
 class LbStats(ctypes.Structure):
     _fields_ = [
         ("rx_packets", ctypes.c_uint64),
@@ -396,6 +404,7 @@ C_STRUCTS: dict[str, type[ctypes.Structure]] = {
     "srcrange6_key": SrcRange6Key,
     "sknat6_key": SkNat6Key,
     "sknat6_value": SkNat6Value,
+    "sknetns_value": SkNetnsValue,
 }
 
 

@@ -12,6 +12,7 @@ from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import ensure_pin_dir, remove_legacy_pins, remove_pins
 from ebpflb.dataplane.bpf.hostbackends import HostBackends
 from ebpflb.dataplane.bpf.maps import BpfMaps, check_geometry, resolve_sizes
+from ebpflb.dataplane.bpf.podnetns import PodNamespaces
 from ebpflb.dataplane.bpf.socklb import SocketLb, remove_links
 from ebpflb.dataplane.bpf.telemetry import read_telemetry, written_counts
 from ebpflb.dataplane.bpf.writer import MapWriter
@@ -34,7 +35,10 @@ class BpfConfig:
     max_backends: int | None = None
     max_conntrack: int | None = None
     maglev_table_size: int = 0  # > 0: new flows choose by Maglev tables of this size
-    socket_lb: bool = True  # translate the agent's own namespace's sockets (socklb)
+    # Socket-LB (socklb): "pods" translates at connect() the sockets of this node's pods
+    # and of the agent's own namespace; "host" the latter only (pods go through tc);
+    # "off" none (the node's own sockets then cannot reach a ClusterIP).
+    socket_lb: str = "host"
     state_dir: str = DEFAULT_STATE_DIR  # where socket-LB mounts cgroup2 if none is visible
 
 
@@ -101,6 +105,7 @@ class BpfDataplane:
             self.attacher = TcAttacher(self.program.fd, egress_fd=self.program.egress_fd)
             self.host_backends = HostBackends(self.maps.config, self.attacher.local_addresses)
             self.socket_lb = self._socket_lb()
+            self.pod_netns = self._pod_netns()
         except Exception:
             self.program.close()
             raise
@@ -123,7 +128,7 @@ class BpfDataplane:
         """Socket-LB when the machine allows it; without it, only the node's own
         sockets go untranslated, so the data path runs on (and says so). Off by
         configuration: an earlier agent's pinned links are removed."""
-        if not self.config.socket_lb:
+        if self.config.socket_lb == "off":
             remove_links(self.config.pin_dir)
             return None
         try:
@@ -140,6 +145,16 @@ class BpfDataplane:
                 exc,
             )
             return None
+
+    def _pod_netns(self) -> PodNamespaces | None:
+        """The pod namespaces socket-LB serves, kept by housekeeping with --socket-lb
+        pods; otherwise an earlier agent's set is emptied (tc serves the pods)."""
+        pods = PodNamespaces(self.attacher.ipr, self.config.pin_dir)
+        if self.socket_lb is not None and self.config.socket_lb == "pods":
+            return pods
+        pods.write({})
+        pods.close()
+        return None
 
     def reload(self) -> None:
         self.writer.reload()
@@ -200,6 +215,11 @@ class BpfDataplane:
             relax_source_checks(ifname)
             self.attached.add(ifname)
         self._relax_bridges({links.bridge_of[v] for v in self.attached if v in links.bridge_of})
+        if self.pod_netns is not None:
+            try:
+                self.pod_netns.refresh(self.attached & (veths - uplinks))
+            except OSError as exc:  # a namespace read failed: the next round retries
+                log.warning("socket-LB: cannot read the pod namespaces: %s", exc)
 
     def _relax_bridges(self, bridges: set[str]) -> None:
         """Source checks relaxed on the bridges whose veths the program is on (again
@@ -214,6 +234,10 @@ class BpfDataplane:
             )
 
     def close(self, *, cleanup: bool = False) -> None:
+        if self.pod_netns is not None:
+            if cleanup:
+                self.pod_netns.write({})
+            self.pod_netns.close()
         if self.socket_lb is not None:
             self.socket_lb.close()  # its links stay pinned and serving: see socklb
         if cleanup:
