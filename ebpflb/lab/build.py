@@ -9,6 +9,9 @@ cluster (its Nodes and the example Services with their EndpointSlices, dual-stac
 dual-stack lab), rewritten whenever the record is complete, for ``ebpflb agent
 --manifests``. ``down`` does not trust the record alone: it also
 removes every namespace named like the lab and every pod server found in them.
+Each pod (and node client) gets ``/etc/netns/NS/resolv.conf`` pointing at its node's
+gateway address, where ``ebpflb agent --dns-bind`` answers the cluster domain; ``down``
+removes it with the namespace.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import yaml
 
 from ebpflb.errors import LabError
 from ebpflb.lab import netns, podnet, traffic, underlay
+from ebpflb.lab.kubeobjects import NAMESPACE as POD_NAMESPACE
 from ebpflb.lab.layout import (
     LAB_ROOT,
     LB_NET,
@@ -53,6 +57,9 @@ from ebpflb.lab.processes import (
     _stop_servers,
     _wait_ready,
 )
+from ebpflb.model import DEFAULT_CLUSTER_DOMAIN as CLUSTER_DOMAIN
+
+NETNS_ETC = Path("/etc/netns")  # ip netns exec bind-mounts NS/* over /etc/*
 
 
 def _state_file(name: str) -> Path:
@@ -225,6 +232,34 @@ def _build_pod(lab: Lab, pod: Pod) -> None:
             ip6=pod.ip6,
             pod_cidr6=node.pod_cidr6,
         )
+        _write_resolv_conf(pod.netns, lab.gateway(node.index))
+
+
+def _write_resolv_conf(ns: str, nameserver: object) -> None:
+    """A pod's resolv.conf as kubelet writes it (ClusterFirst): the node's DNS answerer
+    (``ebpflb agent --dns-bind`` on the pods' gateway address) and the search path of
+    the pod's namespace, for commands run with ``ip netns exec`` (which bind-mounts
+    /etc/netns/NS/resolv.conf over /etc/resolv.conf). Short timeouts: without an agent
+    answering DNS, a name looked up in a pod fails in seconds, not half a minute."""
+    directory = NETNS_ETC / ns
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "resolv.conf").write_text(
+        f"# lab pod {ns}: written by `ebpflb lab up`, removed by `ebpflb lab down`\n"
+        f"nameserver {nameserver}\n"
+        f"search {POD_NAMESPACE}.svc.{CLUSTER_DOMAIN} svc.{CLUSTER_DOMAIN} {CLUSTER_DOMAIN}\n"
+        "options ndots:5 timeout:1 attempts:2\n"
+    )
+
+
+def _remove_resolv_conf(ns: str) -> None:
+    """Remove what ``_write_resolv_conf`` wrote (nothing else under /etc/netns/NS)."""
+    directory = NETNS_ETC / ns
+    with suppress(OSError):
+        (directory / "resolv.conf").unlink()
+    with suppress(OSError):
+        directory.rmdir()  # only when empty: another file there is not the lab's
+    with suppress(OSError):
+        NETNS_ETC.rmdir()  # the lab made it; left when anything else is in it
 
 
 def _start_servers(lab: Lab, pods: list[Pod]) -> None:
@@ -322,6 +357,7 @@ def down(name: str = "ebpflb") -> None:
     _stop_servers(lab, lab.pods if lab else [], namespaces)
     for ns in sorted(namespaces, key=_delete_order):
         netns.delete(ns)
+        _remove_resolv_conf(ns)
     shutil.rmtree(LAB_ROOT / name, ignore_errors=True)
     left = _lab_namespaces(name)
     if left:
@@ -381,6 +417,7 @@ def _remove(lab: Lab, pod: Pod) -> None:
     with suppress(LabError, OSError):
         netns.ip_batch(node_ns, [f"link del {pod.host_ifname}"])
     netns.delete(pod.netns)
+    _remove_resolv_conf(pod.netns)
     if netns.netns_exists(pod.netns):
         raise LabError(f"lab {lab.name}: could not delete namespace {pod.netns}")
     if lab.cni is Cni.BRIDGE and pod.node:
