@@ -4,7 +4,9 @@
 EndpointSlices (plain dicts, as the API returns them) into a ``DesiredState``;
 ``tracker`` keeps kube-proxy-style {previous, current} change records and is the store
 behind both sources; ``manifests`` reads a directory of YAML/JSON files, keeping the
-last good version of an object an invalid edit would break (``lastgood``). ``kube`` (the
+last good version of an object an invalid edit would break (``lastgood``), and derives
+the EndpointSlices of Services with a selector from the Pods in it (``registration``,
+``pods``). ``kube`` (the
 API client) is imported only by whoever needs it, never from here.
 """
 
