@@ -146,7 +146,8 @@ class Env:
     ) -> None:
         """Replace every Service with this one (an IPv6 slice, and an IPv4 one when
         eps4 is given) and wait until the TCP frontend of each ClusterIP holds
-        `expect` (default: the ready endpoints of that family)."""
+        `expect` (default: the ready endpoints of that family, on the TCP frontend and
+        on the UDP one when the Service has a UDP port)."""
         self.clear()
         sp = slice_ports or SLICE_PORTS
         objs = [k8s.service(name, cluster_ips, ports or [HTTP, DNS], **spec)]
@@ -158,10 +159,13 @@ class Env:
             ready = {
                 e["addresses"][0]: e for e in [*eps6, *(eps4 or [])] if e["conditions"]["ready"]
             }
-            expect = {
-                frontend(ip): {a for a in ready if ip_address(a).version == ip_address(ip).version}
-                for ip in cluster_ips
-            }
+            udp = any(p["protocol"] == "UDP" for p in ports or [DNS])
+            expect = {}
+            for ip in cluster_ips:
+                family = {a for a in ready if ip_address(a).version == ip_address(ip).version}
+                expect[frontend(ip)] = family
+                if udp:  # the UDP frontend too: its entry may be written after TCP's
+                    expect[frontend(ip, 53, "UDP")] = family
         self.wait(expect, f"{name}: {expect}")
 
 
