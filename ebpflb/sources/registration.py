@@ -3,8 +3,12 @@ EndpointSlices derived from the Pods in the directory (``pods``), in place of an
 slice written for it by hand; Services without a selector keep their hand-written
 slices, untouched.
 
-A hand-written slice naming a Service with a selector is ignored, as the controller
-owns that Service's slices in a cluster (one log line per slice). Bad Pods (malformed
+Registration applies in the namespaces the directory gives Pods for. There, a
+hand-written slice naming a Service with a selector is ignored, as the controller owns
+that Service's slices in a cluster (one log line per slice). A namespace without any
+Pod object keeps every slice as written: a directory dumped from a cluster
+(`kubectl get svc,endpointslices -o yaml`: Services with selectors, the controller's
+slices, no Pods) is served as it was before registration existed. Bad Pods (malformed
 labels or addresses), Pods that get no endpoint (no IP yet, finished) and Pods lacking
 a named target port get one log line each, naming them, when the problem first
 appears (the directory is re-read at every change: the same line is not repeated).
@@ -64,10 +68,13 @@ class Registrar:
         selector, and the derived ones of Services with one."""
         notes: dict[_Subject, str] = {}
         by_namespace = self._read_pods(pods, notes)
+        registering = {namespace for namespace, _ in self._pods}
         zones = podlib.node_zones(nodes)
         derived: dict[ServiceRef, _Derived] = {}
         for svc in services:
             namespace, name = _identity(svc)
+            if namespace not in registering:
+                continue  # no Pod given here: its slices are the ones written out
             ref = ServiceRef(namespace, name)
             matched: tuple[Pod, ...] = ()
             try:

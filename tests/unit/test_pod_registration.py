@@ -477,3 +477,20 @@ def test_pod_ips_parse() -> None:
     assert p.ips == (ip_address("fd00::1"), ip_address("10.0.0.1"))
     with pytest.raises(_Invalid, match="two IPv4"):
         podlib.read_pod(pod("a", ("10.0.0.1", "10.0.0.2")))
+
+
+def test_a_cluster_dump_without_pods_keeps_its_slices(tmp_path: Path) -> None:
+    """`kubectl get svc,endpointslices -o yaml` gives Services with selectors and the
+    controller's slices, no Pods: they are served as written. Once the namespace has a
+    Pod, its selector Services are registered from Pods instead."""
+    dump = hand_slice("web-abcde", "web", "10.244.0.99")
+    dump["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"] = (
+        "endpointslice-controller.k8s.io"
+    )
+    write(tmp_path / "a.yaml", [service(selector={"app": "web"}), dump])
+    source = ManifestSource(tmp_path)
+    source.load()
+    assert addresses(source) == {"10.244.0.99": True}
+    write(tmp_path / "b.yaml", [pod("p1", ("10.244.0.11",))])
+    source.load()
+    assert addresses(source) == {"10.244.0.11": True}
