@@ -78,6 +78,7 @@ class DnsServer:
         self._servers: dict[Address, asyncio.Server] = {}
         self._failed: set[tuple[Address, str]] = set()
         self._turn: asyncio.Lock | None = None  # made on the loop's thread
+        self._connections: set[asyncio.Task[Any]] = set()  # TCP handlers running
 
     # --- the agent's side --------------------------------------------------------------
 
@@ -193,6 +194,9 @@ class DnsServer:
                     log.error("DNS: cannot listen on %s: %s", _show(address), exc.strerror or exc)
 
     async def _close_all(self) -> None:
+        for task in self._connections:
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
         for transport in self._transports.values():
             transport.close()
         for server in self._servers.values():
@@ -242,6 +246,9 @@ class DnsServer:
         if client is None:
             writer.close()
             return
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
         try:
             for _ in range(MAX_TCP_QUERIES):
                 try:
@@ -258,6 +265,8 @@ class DnsServer:
         except (TimeoutError, ConnectionError, OSError):
             pass
         finally:
+            if task is not None:
+                self._connections.discard(task)
             self.guard.release(client)
             writer.close()
             with contextlib.suppress(Exception):

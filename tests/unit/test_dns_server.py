@@ -97,3 +97,20 @@ def test_a_port_in_use_is_logged_not_raised(server, caplog):
         busy.bind(("127.0.0.1", port))
         srv.load([WEB], []).result(5)
     assert "cannot listen on 127.0.0.1" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dns-bind", "web"], "--dns-bind"),
+        (["--dns-bind", "10.0.0.1:0"], "--dns-bind"),
+        (["--dns-bind", "10.0.0.1", "--cluster-domain", "bad_domain!"], "--cluster-domain"),
+    ],
+)
+def test_agent_refuses_bad_dns_options(tmp_path, args, message):
+    from typer.testing import CliRunner
+
+    from ebpflb.cli import app
+
+    out = CliRunner().invoke(app, ["agent", "--manifests", str(tmp_path), *args])
+    assert out.exit_code == 2 and message in out.output
