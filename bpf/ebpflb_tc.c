@@ -31,6 +31,7 @@
 #include "lib/reject6.h"
 #include "lib/sock.h"
 #include "lib/sock6.h"
+#include "lib/flow.h"
 
 /* Map accessors declared in lib/maps.h: bcc rewrites map calls in this file only. */
 static __always_inline struct lb4_service *map_svc4_lookup(struct lb4_key *key)
@@ -97,27 +98,6 @@ static __always_inline int map_sknat6_update(struct sknat6_key *key, struct skna
 static __always_inline struct sknetns_value *map_sknetns_lookup(__u64 *cookie)
 { return ebpflb_sknetns.lookup(cookie); }
 
-/* Choose a backend for a new flow of svc: the client's affinity backend when it has a
- * valid one, else a random slot (remembered for affinity). 0 or DROP_*. */
-static __always_inline int lb4_choose(const struct lb4_service *svc, const struct pkt4 *pkt,
-				      __u32 *backend_id, struct lb4_backend **be)
-{
-	int ret;
-
-	if (svc->affinity_timeout) {
-		*be = aff4_lookup(svc, pkt->saddr, backend_id);
-		if (*be) {
-			stats_global_inc(GSTAT_AFFINITY_HIT);
-			aff4_record(svc, pkt->saddr, *backend_id);
-			return 0;
-		}
-	}
-	ret = lb4_select_backend(svc, pkt, backend_id, be);
-	if (ret == 0 && svc->affinity_timeout)
-		aff4_record(svc, pkt->saddr, *backend_id);
-	return ret;
-}
-
 /* The address a new flow to backend be is source-NATed to, or 0: a pod sent to itself
  * gets the hairpin address (else it would answer itself directly), external traffic
  * under externalTrafficPolicy: Cluster the node address (so replies return here). */
@@ -130,27 +110,6 @@ static __always_inline __be32 lb4_snat_address(const struct lb4_service *svc,
 		return bpf_htonl(HAIRPIN_ADDRESS);
 	}
 	return svc->snat_address;
-}
-
-/* Record a new flow of the packet to backend be: its REPLY entry first (with source
- * NAT to snat_addr it is what claims the port, set in *snat_port), then its SERVICE
- * entry. 0 or DROP_* (counted; nothing is left half-written). */
-static __always_inline int lb4_track(const struct pkt4 *pkt, __u32 svc_id, __u32 backend_id,
-				     const struct lb4_backend *be, __be32 snat_addr,
-				     __be16 *snat_port)
-{
-	struct ct4_key reply_key;
-	struct ct4_value value;
-	int ret;
-
-	ct4_value_init(&value, pkt, svc_id, backend_id);
-	if (snat_addr)
-		ret = nat4_claim_port(&reply_key, &value, pkt, be, snat_addr, snat_port);
-	else
-		ret = ct4_create_reply(&reply_key, &value, pkt, be);
-	if (ret < 0)
-		return ret;
-	return ct4_create_service(&reply_key, &value, pkt, be, snat_addr, *snat_port);
 }
 
 /* Client -> frontend: keep the flow's backend while it is valid, else choose one and
@@ -246,26 +205,6 @@ static __always_inline int lb4_ingress(struct __sk_buff *skb, const struct pkt4 
 
 /* IPv6: the same stages as lb4_* above, on struct pkt6 and the *6 maps. */
 
-/* Choose a backend for a new IPv6 flow of svc (see lb4_choose). 0 or DROP_*. */
-static __always_inline int lb6_choose(const struct lb6_service *svc, const struct pkt6 *pkt,
-				      __u32 *backend_id, struct lb6_backend **be)
-{
-	int ret;
-
-	if (svc->affinity_timeout) {
-		*be = aff6_lookup(svc, &pkt->saddr, backend_id);
-		if (*be) {
-			stats_global_inc(GSTAT_AFFINITY_HIT);
-			aff6_record(svc, &pkt->saddr, *backend_id);
-			return 0;
-		}
-	}
-	ret = lb6_select_backend(svc, pkt, backend_id, be);
-	if (ret == 0 && svc->affinity_timeout)
-		aff6_record(svc, &pkt->saddr, *backend_id);
-	return ret;
-}
-
 /* The address a new IPv6 flow to be is source-NATed to, in *snat_addr (all zero:
  * none): the hairpin address for a pod reaching itself, else the service's. */
 static __always_inline void lb6_snat_address(const struct lb6_service *svc,
@@ -279,25 +218,6 @@ static __always_inline void lb6_snat_address(const struct lb6_service *svc,
 		return;
 	}
 	*snat_addr = svc->snat_address;
-}
-
-/* Record a new IPv6 flow to backend be (see lb4_track). 0 or DROP_*. */
-static __always_inline int lb6_track(const struct pkt6 *pkt, __u32 svc_id, __u32 backend_id,
-				     const struct lb6_backend *be,
-				     const struct addr6 *snat_addr, __be16 *snat_port)
-{
-	struct ct6_key reply_key;
-	struct ct6_value value;
-	int ret;
-
-	ct6_value_init(&value, pkt, svc_id, backend_id);
-	if (!addr6_is_zero(snat_addr))
-		ret = nat6_claim_port(&reply_key, &value, pkt, be, snat_addr, snat_port);
-	else
-		ret = ct6_create_reply(&reply_key, &value, pkt, be);
-	if (ret < 0)
-		return ret;
-	return ct6_create_service(&reply_key, &value, pkt, be, snat_addr, *snat_port);
 }
 
 /* Client -> IPv6 frontend (see lb4_forward). VERDICT_GO_ON, VERDICT_REDIRECT or
