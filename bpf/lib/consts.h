@@ -24,6 +24,9 @@
 #ifndef MAX_SOCK_NAT
 #define MAX_SOCK_NAT 65536	/* (socket, backend) pairs of translated host sockets */
 #endif
+#ifndef MAX_XDP_DEVS
+#define MAX_XDP_DEVS 4096	/* interfaces XDP may redirect to (uplinks, pod veths) */
+#endif
 #ifndef MAX_SRC_RANGES
 #define MAX_SRC_RANGES 16384	/* loadBalancerSourceRanges entries, all frontends */
 #endif
@@ -55,6 +58,8 @@
 #define SVC_F_SRC_RANGES	0x0010	/* only clients in ebpflb_srcr4 are admitted */
 #define SVC_F_DROP_EMPTY	0x0020	/* no backend: drop (Local policy), not reject */
 #define SVC_F_MAGLEV		0x0040	/* new flows choose by the Maglev table, not at random */
+/* The kinds whose traffic arrives from outside the node: the XDP program's. */
+#define SVC_F_FROM_OUTSIDE	(SVC_F_NODEPORT | SVC_F_EXTERNAL | SVC_F_LOADBALANCER)
 
 /* ebpflb_cfg: settings the agent writes, by index. */
 #define CFG_HOST_BACKENDS	0	/* non-zero: some backend is an address of this node */
@@ -89,6 +94,9 @@
 #define GSTAT_REJECT		14	/* new flow to a Service without endpoints refused */
 #define GSTAT_SOCK_LB		15	/* host socket translated at connect() or sendmsg() */
 #define GSTAT_RESET		16	/* TCP segment of a Service without endpoints: reset */
+#define GSTAT_XDP_FORWARD	17	/* XDP: translated and redirected (client -> backend) */
+#define GSTAT_XDP_REPLY		18	/* XDP: reply reverse-translated and redirected */
+#define GSTAT_XDP_FIB_PASS	19	/* XDP: translated, no usable next hop: to the stack */
 #define GSTAT_MAX		32	/* room for more without a new map */
 
 #endif

@@ -85,8 +85,14 @@ BPF_TABLE_PINNED("lru_hash", struct sknat6_key, struct sknat6_value, ebpflb_skna
 /* netns cookie -> this node's pod living there, whose sockets socket-LB translates */
 BPF_TABLE_PINNED("hash", __u64, struct sknetns_value, ebpflb_sknetns,
 		 MAX_POD_NETNS, PIN_DIR "/ebpflb_sknetns");
+/* ifindex -> 1: the interfaces the XDP program may redirect a frame to (the agent
+ * writes them; a frame whose FIB next hop is not here goes to the stack). A hash, not
+ * a devmap: ifindexes are sparse and bcc 0.26 knows no devmap_hash. */
+BPF_TABLE_PINNED("hash", __u32, __u32, ebpflb_xdpdev, MAX_XDP_DEVS,
+		 PIN_DIR "/ebpflb_xdpdev");
 
-/* Accessors, defined in ebpflb_tc.c (see above for why). Update/delete return the
+/* Accessors, defined in ebpflb_tc.c (see above for why; ebpflb_xdp.c, a compilation
+ * unit of its own, defines the ones its headers use). Update/delete return the
  * helper's 0 or negative errno. */
 static __always_inline struct lb4_service *map_svc4_lookup(struct lb4_key *key);
 static __always_inline __u32 *map_slot4_lookup(struct lb4_slot_key *key);
@@ -120,4 +126,5 @@ static __always_inline __u8 *map_srcr6_lookup(struct srcrange6_key *key);
 static __always_inline struct sknat6_value *map_sknat6_lookup(struct sknat6_key *key);
 static __always_inline int map_sknat6_update(struct sknat6_key *key, struct sknat6_value *v);
 static __always_inline struct sknetns_value *map_sknetns_lookup(__u64 *cookie);
+static __always_inline __u32 *map_xdpdev_lookup(__u32 *ifindex);
 #endif

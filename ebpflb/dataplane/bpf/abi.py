@@ -39,6 +39,7 @@ MAP_AFFINITY6 = "ebpflb_aff6"
 MAP_SRC_RANGES6 = "ebpflb_srcr6"
 MAP_SOCK_NAT6 = "ebpflb_sknat6"
 MAP_SOCK_NETNS = "ebpflb_sknetns"  # socket-LB for pods: netns cookie -> SkNetnsValue
+MAP_XDP_DEVS = "ebpflb_xdpdev"  # ifindex -> 1: the interfaces XDP may redirect to
 ALL_MAPS = (
     MAP_SERVICES,
     MAP_SLOTS,
@@ -62,6 +63,7 @@ ALL_MAPS = (
     MAP_SRC_RANGES6,
     MAP_SOCK_NAT6,
     MAP_SOCK_NETNS,
+    MAP_XDP_DEVS,
 )
 # Pins of older layouts (renamed when their layout changed): removed on cleanup and
 # when the agent starts, so nothing reads or keeps them.
@@ -127,6 +129,9 @@ class GlobalStat(enum.IntEnum):
     REJECT = 14
     SOCK_LB = 15
     RESET = 16
+    XDP_FORWARD = 17
+    XDP_REPLY = 18
+    XDP_FIB_PASS = 19
 
 
 GSTAT_MAX = 32

@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 # reject = 0 (a Service without endpoints: the kernel path answers port unreachable;
 # the proxy has accepted by then and can only reset, counted as no_backend);
 # sock_lb = 0 (the node's own sockets reach the proxy's frontend addresses directly);
-# reset = a relayed TCP connection reset because its Service lost every backend.
+# reset = a relayed TCP connection reset because its Service lost every backend;
+# xdp_forward, xdp_reply, xdp_fib_pass = 0 (no XDP program in userspace).
 COUNTERS = (
     "new_flow",
     "ct_hit",
@@ -53,6 +54,9 @@ COUNTERS = (
     "reject",
     "sock_lb",
     "reset",
+    "xdp_forward",
+    "xdp_reply",
+    "xdp_fib_pass",
 )
 
 
