@@ -60,8 +60,8 @@ struct ct4_key {
 
 /* Conntrack value. */
 struct ct4_value {
-	__u64 created_ns;	/* bpf_ktime_get_ns() at flow creation */
-	__u64 last_seen_ns;	/* bpf_ktime_get_ns() at the last packet */
+	__u64 created_ns;	/* CLOCK_MONOTONIC ns (ct_now) at flow creation */
+	__u64 last_seen_ns;	/* ct_now() at the last packet, to CT_TOUCH_NS */
 	__u32 backend_id;
 	__u32 svc_id;
 	__be32 nat_address;	/* SERVICE: backend address; REPLY: frontend address */

@@ -48,6 +48,8 @@
 #define HAIRPIN6_W2		0x00000000
 #define HAIRPIN6_W3		0x0000002a
 #define NSEC_PER_SEC		1000000000ULL
+/* A conntrack entry's last_seen_ns moves once it is this old, not on every packet. */
+#define CT_TOUCH_NS		NSEC_PER_SEC
 #define FLOW_HASH_SEED		0x6562706cU	/* "ebpl": ebpflb/maglev.py hashes alike */
 
 /* lb4_service.flags: the frontend's kind, for inspection. */

@@ -7,6 +7,7 @@
 
 #include "abi.h"
 #include "consts.h"
+#include "ct.h"
 #include "drop_reasons.h"
 #include "ip6.h"
 #include "maps.h"
@@ -34,10 +35,13 @@ static __always_inline struct ct6_value *ct6_lookup(const struct pkt6 *pkt, __u8
 	return map_ct6_lookup(&key);
 }
 
-/* A packet of the flow was seen. */
+/* A packet of the flow was seen (see ct4_touch). */
 static __always_inline void ct6_touch(struct ct6_value *ct)
 {
-	ct->last_seen_ns = bpf_ktime_get_ns();
+	__u64 now = ct_now();
+
+	if (now - ct->last_seen_ns >= CT_TOUCH_NS)
+		ct->last_seen_ns = now;
 }
 
 /* Does the SERVICE entry ct still send the flow to backend be of service svc_id? */
@@ -72,7 +76,7 @@ static __always_inline void ct6_delete_reply(const struct pkt6 *pkt, const struc
 static __always_inline void ct6_value_init(struct ct6_value *value, const struct pkt6 *pkt,
 					   __u32 svc_id, __u32 backend_id)
 {
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = ct_now();
 
 	__builtin_memset(value, 0, sizeof(*value));
 	value->created_ns = now;

@@ -4,6 +4,7 @@ output frame, with the maps filled the way the map writer fills them."""
 from __future__ import annotations
 
 import ctypes
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -264,6 +265,32 @@ def test_conntrack_entries_written(services: Maps, run: RunFn) -> None:
     assert (rev.backend_id, rev.svc_id) == (backend_id, 1)
     assert (str(abi.unpack_ip4(rev.nat_address)), abi.ntohs(rev.nat_port)) == (CLUSTER_IP, 80)
     assert len(services.ct4.items(abi.Ct4Key, abi.Ct4Value)) == 2
+
+
+def test_conntrack_last_seen_moves_once_a_second(services: Maps, run: RunFn) -> None:
+    """last_seen_ns is CLOCK_MONOTONIC (what `ebpflb conntrack` subtracts from) and is
+    written only once it is CT_TOUCH_NS (1 s) old, not by every packet."""
+    inp = pk.frame(TCP_FLOW)
+    run(inp)
+    fwd = _ct(services, TCP_FLOW, abi.CtDir.SERVICE)
+    assert fwd is not None
+    assert abs(time.monotonic_ns() - fwd.created_ns) < 1_000_000_000
+    key = abi.Ct4Key(
+        abi.pack_ip4(TCP_FLOW.saddr),
+        abi.pack_ip4(TCP_FLOW.daddr),
+        abi.htons(TCP_FLOW.sport),
+        abi.htons(TCP_FLOW.dport),
+        TCP_FLOW.proto,
+        abi.CtDir.SERVICE,
+    )
+    for age_ns, moves in ((100_000_000, False), (2_000_000_000, True)):
+        old = fwd.last_seen_ns - age_ns
+        fwd.last_seen_ns = old
+        services.ct4.update(key, fwd)
+        run(inp)
+        fwd = _ct(services, TCP_FLOW, abi.CtDir.SERVICE)
+        assert fwd is not None
+        assert (fwd.last_seen_ns != old) is moves, (age_ns, fwd.last_seen_ns - old)
 
 
 def test_flow_moves_when_its_backend_is_deleted(services: Maps, run: RunFn) -> None:
