@@ -47,7 +47,8 @@ PROGRAM_NAME = "ebpflb_xdp"
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
 XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
-XDP_ATTACHED_NONE = 0
+# IFLA_XDP_ATTACHED as pyroute2 decodes it (XDP_ATTACHED_* of uapi if_link.h)
+ATTACHED_MODES = {None: 0, "xdp": 1, "xdpgeneric": 2, "xdpoffload": 3, "xdpmulti": 4}
 
 
 class XdpMode(enum.StrEnum):
@@ -167,16 +168,15 @@ class XdpAttacher:
 
     def attached_id(self, ifname: str) -> int:
         """The id of the XDP program on ifname, 0 when none."""
-        link = self.ipr.get_links(self._index(ifname))[0]
-        xdp = link.get_attr("IFLA_XDP")
-        if xdp is None or xdp.get_attr("IFLA_XDP_ATTACHED") == XDP_ATTACHED_NONE:
+        xdp = self.ipr.get_links(self._index(ifname))[0].get_attr("IFLA_XDP")
+        if xdp is None or not self.attached_mode(ifname):
             return 0
         return int(xdp.get_attr("IFLA_XDP_PROG_ID") or 0)
 
     def attached_mode(self, ifname: str) -> int:
         """IFLA_XDP_ATTACHED of ifname: 0 none, 1 native, 2 generic (XDP_ATTACHED_*)."""
         xdp = self.ipr.get_links(self._index(ifname))[0].get_attr("IFLA_XDP")
-        return int(xdp.get_attr("IFLA_XDP_ATTACHED") or 0) if xdp is not None else 0
+        return ATTACHED_MODES.get(xdp.get_attr("IFLA_XDP_ATTACHED"), 0) if xdp is not None else 0
 
     def is_ours(self, ifname: str) -> bool:
         prog_id = self.attached_id(ifname)
