@@ -12,7 +12,7 @@ import json
 import secrets
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -78,7 +78,10 @@ class Cluster:
         for k, agent in enumerate(self.agents, start=1):
             agent.wait_ready()
             want = self.pod_cookies(k) if mode == "pods" else set()
-            agent.wait_for(lambda k=k, want=want: self.served(k) == want, what=f"node-{k} {want}")
+            agent.wait_for(self._serves(k, want), what=f"node-{k} serves {want}")
+
+    def _serves(self, k: int, want: set[int]) -> Callable[[], bool]:
+        return lambda: self.served(k) == want
 
     def pod_cookies(self, k: int) -> set[int]:
         """The netns cookies of node k's pods and client: what its agent must serve."""
