@@ -24,7 +24,7 @@ case "$arch" in
 esac
 
 PKGS=(python3-bpfcc libbpfcc "linux-headers-$flavour" iproute2 iptables iputils-ping gcc make
-      python3-venv iperf3 nftables util-linux
+      python3-venv iperf3 nftables util-linux ethtool  # ethtool: XDP lab tests (tx csum off)
       vagrant shellcheck)  # make test: `vagrant validate` of vagrant/, shellcheck of scripts
 missing=()
 for p in "${PKGS[@]}"; do
