@@ -45,24 +45,21 @@ def table(names: Sequence[str], size: int = DEFAULT_TABLE_SIZE) -> list[int]:
     if n == 0:
         return []
     # Each backend's permutation is offset, offset+skip, offset+2*skip... (mod size);
-    # `cursor` is where each one's walk stands, advanced by adding (no multiply, no %).
+    # `cursor` is where each one's walk stands. The backends take turns: size // n
+    # whole rounds, then the first size % n backends once more fill the last slots,
+    # so no per-claim count or test of "full" is needed.
     cursor = [_name_hash(b, b"offset") % size for b in names]
-    skips = [_name_hash(b, b"skip") % (size - 1) + 1 for b in names]
+    walkers = [(i, _name_hash(b, b"skip") % (size - 1) + 1) for i, b in enumerate(names)]
     entry = [-1] * size
-    filled = 0
-    while True:
-        for i in range(n):
-            slot, skip = cursor[i], skips[i]
+    rounds, rest = divmod(size, n)
+    for turns in [walkers] * rounds + [walkers[:rest]]:
+        for i, skip in turns:
+            slot = cursor[i]
             while entry[slot] >= 0:
-                slot += skip
-                if slot >= size:
-                    slot -= size
+                slot = (slot + skip) % size
             entry[slot] = i
-            slot += skip
-            cursor[i] = slot - size if slot >= size else slot
-            filled += 1
-            if filled == size:
-                return entry
+            cursor[i] = (slot + skip) % size
+    return entry
 
 
 def _mix32(x: int) -> int:

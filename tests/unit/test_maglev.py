@@ -136,3 +136,40 @@ def test_every_word_of_an_ipv6_address_counts() -> None:
         hashes.add(maglev.flow_hash(client, 40000, other, 80, Protocol.TCP))
         hashes.add(maglev.flow_hash(other, 40000, base, 80, Protocol.TCP))
     assert len(hashes) == 9
+
+
+def _reference_table(names: list[str], size: int) -> list[int]:
+    """The paper's fill, claim by claim, as written before the table was optimised:
+    the kernel's tables were made by it, so the optimised fill must give the same."""
+    n = len(names)
+    cursor = [maglev._name_hash(b, b"offset") % size for b in names]
+    skips = [maglev._name_hash(b, b"skip") % (size - 1) + 1 for b in names]
+    entry = [-1] * size
+    filled = 0
+    while True:
+        for i in range(n):
+            slot = cursor[i]
+            while entry[slot] >= 0:
+                slot = (slot + skips[i]) % size
+            entry[slot] = i
+            cursor[i] = (slot + skips[i]) % size
+            filled += 1
+            if filled == size:
+                return entry
+
+
+@pytest.mark.parametrize("size", [251, 1021, 4093])
+@pytest.mark.parametrize("n", [1, 2, 5, 7, 64, 300])
+def test_the_fill_is_the_papers_claim_by_claim(size: int, n: int) -> None:
+    names = [f"10.{i // 65536}.{i // 256 % 256}.{i % 256}:{8000 + i % 7}" for i in range(n)]
+    assert maglev.table(names, size) == _reference_table(names, size)
+
+
+# A table computed by the fill before it was optimised (see _reference_table).
+KNOWN_251 = (251, [0, 0, 1, 0, 2, 0, 2, 2, 2, 2, 2, 2], 30407)
+
+
+def test_a_known_table_is_unchanged() -> None:
+    """Pinned: every node (and every agent version) must compute the same table."""
+    t = maglev.table(NAMES[:3], 251)
+    assert (len(t), t[:12], sum(i * v for i, v in enumerate(t))) == KNOWN_251
