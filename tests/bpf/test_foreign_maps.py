@@ -141,3 +141,9 @@ def _load_return_zero() -> int:
         prog_type=1, insn_cnt=2, insns=ctypes.addressof(insns), license=ctypes.addressof(lic)
     )
     return syscall._bpf(5, attr)  # BPF_PROG_LOAD
+
+
+def test_every_map_has_a_known_shape() -> None:
+    """A map added to abi.ALL_MAPS without its shape here would go unchecked: the CLI
+    would read a foreign map pinned under its name."""
+    assert set(_GEOMETRY) == set(abi.ALL_MAPS) == set(_MAP_TYPES)

@@ -157,6 +157,8 @@ _GEOMETRY: dict[str, tuple[type, type, str | None]] = {
     abi.MAP_AFFINITY6: (abi.Aff6Key, abi.Aff4Value, None),
     abi.MAP_SRC_RANGES6: (abi.SrcRange6Key, ctypes.c_uint8, None),
     abi.MAP_SOCK_NAT6: (abi.SkNat6Key, abi.SkNat6Value, None),
+    abi.MAP_SOCK_NETNS: (ctypes.c_uint64, abi.SkNetnsValue, None),
+    abi.MAP_XDP_DEVS: (ctypes.c_uint32, ctypes.c_uint32, None),
 }
 
 
@@ -184,6 +186,8 @@ _MAP_TYPES: dict[str, tuple[int, int]] = {
     abi.MAP_AFFINITY6: (MapType.LRU_HASH, 1),
     abi.MAP_SRC_RANGES6: (MapType.LPM_TRIE, 1),
     abi.MAP_SOCK_NAT6: (MapType.LRU_HASH, 1),
+    abi.MAP_SOCK_NETNS: (MapType.HASH, 1),
+    abi.MAP_XDP_DEVS: (MapType.HASH, 1),
 }
 
 
