@@ -159,9 +159,8 @@ static __always_inline int lb4_forward(struct __sk_buff *skb, const struct pkt4 
 		if (snat_addr)
 			stats_global_inc(GSTAT_SNAT);
 	}
-	ret = nat4_rewrite_dst(skb, pkt, be->address, be->port);
-	if (ret == 0 && snat_addr)
-		ret = nat4_rewrite_src(skb, pkt, snat_addr, snat_port);
+	ret = nat4_rewrite_flow(skb, pkt, snat_addr ? snat_addr : pkt->saddr, be->address,
+				snat_addr ? snat_port : pkt->sport, be->port);
 	if (ret < 0)
 		return ret;
 	stats_global_inc(event);
@@ -184,9 +183,9 @@ static __always_inline int lb4_reverse(struct __sk_buff *skb, const struct pkt4 
 	rnat = lb4_lookup_rnat(ct->svc_id);
 	if (!rnat)
 		return VERDICT_PASS;
-	ret = nat4_rewrite_src(skb, pkt, rnat->address, rnat->port);
-	if (ret == 0 && ct->peer_address)
-		ret = nat4_rewrite_dst(skb, pkt, ct->peer_address, ct->peer_port);
+	ret = nat4_rewrite_flow(skb, pkt, rnat->address,
+				ct->peer_address ? ct->peer_address : pkt->daddr, rnat->port,
+				ct->peer_address ? ct->peer_port : pkt->dport);
 	if (ret < 0)
 		return ret;
 	ct4_touch(ct);
@@ -265,9 +264,12 @@ static __always_inline int lb6_forward(struct __sk_buff *skb, const struct pkt6 
 		if (!addr6_is_zero(&snat_addr))
 			stats_global_inc(GSTAT_SNAT);
 	}
-	ret = nat6_rewrite_dst(skb, pkt, &be->address, be->port);
-	if (ret == 0 && !addr6_is_zero(&snat_addr))
-		ret = nat6_rewrite_src(skb, pkt, &snat_addr, snat_port);
+	if (addr6_is_zero(&snat_addr))
+		ret = nat6_rewrite_flow(skb, pkt, &pkt->saddr, &be->address, pkt->sport,
+					be->port);
+	else
+		ret = nat6_rewrite_flow(skb, pkt, &snat_addr, &be->address, snat_port,
+					be->port);
 	if (ret < 0)
 		return ret;
 	stats_global_inc(event);
@@ -288,9 +290,12 @@ static __always_inline int lb6_reverse(struct __sk_buff *skb, const struct pkt6 
 	rnat = lb6_lookup_rnat(ct->svc_id);
 	if (!rnat)
 		return VERDICT_PASS;
-	ret = nat6_rewrite_src(skb, pkt, &rnat->address, rnat->port);
-	if (ret == 0 && !addr6_is_zero(&ct->peer_address))
-		ret = nat6_rewrite_dst(skb, pkt, &ct->peer_address, ct->peer_port);
+	if (addr6_is_zero(&ct->peer_address))
+		ret = nat6_rewrite_flow(skb, pkt, &rnat->address, &pkt->daddr, rnat->port,
+					pkt->dport);
+	else
+		ret = nat6_rewrite_flow(skb, pkt, &rnat->address, &ct->peer_address,
+					rnat->port, ct->peer_port);
 	if (ret < 0)
 		return ret;
 	ct6_touch(ct);

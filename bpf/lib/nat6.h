@@ -79,6 +79,71 @@ static __always_inline int nat6_rewrite_src(struct __sk_buff *skb, const struct 
 			    pkt->sport, port);
 }
 
+/* The bytes from the IPv6 source address to the TCP/UDP destination port: contiguous
+ * when no extension header sits between. */
+struct nat6_block {
+	struct addr6 saddr;
+	struct addr6 daddr;
+	__be16 sport;
+	__be16 dport;
+};
+
+/* The diff of address old -> new added to sum (bpf_csum_diff's, without the call). */
+static __always_inline __u32 csum6_addr_diff(__u32 sum, const struct addr6 *old,
+					     const struct addr6 *new)
+{
+	sum = csum_diff32(sum, old->w[0], new->w[0]);
+	sum = csum_diff32(sum, old->w[1], new->w[1]);
+	sum = csum_diff32(sum, old->w[2], new->w[2]);
+	return csum_diff32(sum, old->w[3], new->w[3]);
+}
+
+/* The packet's addresses and ports become *saddr:sport -> *daddr:dport (see
+ * nat4_rewrite_flow): one bpf_skb_store_bytes, the address diff summed here and applied
+ * in one pseudo-header fix, one fix for the ports. Extension headers between take the
+ * field-by-field way. 0 or DROP_WRITE. */
+static __always_inline int nat6_rewrite_flow(struct __sk_buff *skb, const struct pkt6 *pkt,
+					     const struct addr6 *saddr,
+					     const struct addr6 *daddr, __be16 sport,
+					     __be16 dport)
+{
+	struct nat6_block blk = {};
+	__u64 flags = csum6_l4_flags(pkt);
+	__u32 diff = 0;
+	int moved = 0;
+
+	if (pkt->l4_off != pkt->l3_off + sizeof(struct ip6_hdr)) {
+		int ret = nat6_rewrite_dst(skb, pkt, daddr, dport);
+
+		if (ret == 0)
+			ret = nat6_rewrite_src(skb, pkt, saddr, sport);
+		return ret;
+	}
+	blk.saddr = *saddr;
+	blk.daddr = *daddr;
+	blk.sport = sport;
+	blk.dport = dport;
+	if (!addr6_eq(&blk.saddr, &pkt->saddr)) {
+		diff = csum6_addr_diff(diff, &pkt->saddr, &blk.saddr);
+		moved = 1;
+	}
+	if (!addr6_eq(&blk.daddr, &pkt->daddr)) {
+		diff = csum6_addr_diff(diff, &pkt->daddr, &blk.daddr);
+		moved = 1;
+	}
+	if (bpf_skb_store_bytes(skb, pkt->l3_off + offsetof(struct ip6_hdr, saddr), &blk,
+				sizeof(blk), 0) < 0)
+		return DROP_WRITE;
+	if (moved && csum6_pseudo_diff(skb, pkt->csum_off, diff, flags) < 0)
+		return DROP_WRITE;
+	if ((sport != pkt->sport || dport != pkt->dport) &&
+	    bpf_l4_csum_replace(skb, pkt->csum_off,
+				(__u32)pkt->sport | (__u32)pkt->dport << 16,
+				(__u32)sport | (__u32)dport << 16, flags | 4) < 0)
+		return DROP_WRITE;
+	return 0;
+}
+
 /* Claim a free source-NAT port for a new flow to be from *snat_addr, as
  * nat4_claim_port: the flow's REPLY entry, inserted only where none exists, owns it.
  * Fills *key and *snat_port; 0 or DROP_NAT_PORT_FULL (counted). */
