@@ -22,3 +22,6 @@ def test_both_families_timed_on_the_same_maps() -> None:
     assert set(tr["v6_over_v4"]["2"]) == set(TESTRUN_KINDS)
     text = bench_testrun.testrun_table(tr)
     assert all(family in text for family in FAMILIES) and "v6/v4" in text
+    # the empty program's figure, printed beside the rows it is part of
+    assert 0 < tr["floor_ns"] < tr["scales"]["2"]["new_flow"]["ns_per_packet"]
+    assert "empty program" in text
