@@ -13,6 +13,7 @@
 #include <uapi/linux/ip.h>
 #include <uapi/linux/udp.h>
 
+#include "csum.h"	/* csum_add32 */
 #include "drop_reasons.h"
 #include "ip6.h"
 #include "parse.h"
@@ -33,13 +34,6 @@ struct xdp6_tuple {
 	__be16 sport;
 	__be16 dport;
 };
-
-/* One's-complement addition with end-around carry. */
-static __always_inline __u32 csum_add32(__u32 sum, __u32 x)
-{
-	sum += x;
-	return sum + (sum < x);
-}
 
 /* Sum's change when a word (16 or 32 bits, raw network order) goes from old to new. */
 static __always_inline __u32 csum_replace32(__u32 sum, __u32 old, __u32 new)
