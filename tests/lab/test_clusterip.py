@@ -362,6 +362,9 @@ def test_cli_json_keys_are_the_contract(web: Harness):
         "reject",
         "sock_lb",
         "reset",
+        "xdp_forward",
+        "xdp_reply",
+        "xdp_fib_pass",
     }
     assert list(stats["drops"]) == [
         "no_backend",
