@@ -12,6 +12,12 @@ became due runs once, at the first collection after the bulk work ends (~0.1 s a
 Process-wide, like the collector itself; nesting and threads are counted, so the
 threshold is restored only when the last holder leaves.
 
+``no_collections()`` holds off the young collections too, for a full sync: every
+object it builds survives, so each young (and middle) collection walks objects only
+to promote them, ~30% of a full sync at 100,000 Services (in-process, interleaved:
+6.9-11.6 s with them, 4.9-7.7 s without). Cyclic garbage made meanwhile (by this
+thread or another) waits for the first collection after the block.
+
 ``freeze_survivors()`` ends a bulk step for good: what it built lives until the next
 one, so it is moved out of the collector's sight (``gc.freeze``). The full collection
 that became due then walks only what is young (~0.1 s at 10,000 Services otherwise,
@@ -65,6 +71,29 @@ def _leave() -> None:
         if _holders == 0:
             young, middle, _ = gc.get_threshold()
             gc.set_threshold(young, middle, _saved)
+
+
+_off_holders = 0
+_was_enabled = False
+
+
+@contextmanager
+def no_collections() -> Iterator[None]:
+    """No automatic collection at all starts inside this block (nesting and threads
+    counted, as no_full_collections)."""
+    global _off_holders, _was_enabled
+    with _lock:
+        if _off_holders == 0:
+            _was_enabled = gc.isenabled()
+            gc.disable()
+        _off_holders += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _off_holders -= 1
+            if _off_holders == 0 and _was_enabled:
+                gc.enable()
 
 
 def freeze_survivors() -> None:

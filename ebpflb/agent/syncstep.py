@@ -17,7 +17,7 @@ health-check listeners (``healthcheck``), the Services never load-balanced (publ
 in the status file for ``ebpflb services``), and the frontends the data path cannot
 serve (SCTP on the bpf data path), which are left out of what it is given.
 
-This is also the one place that pauses full GC collections (``gcpause``): a sync
+This is also the one place that pauses GC collections (``gcpause``): a sync
 creates tens of long-lived objects per Service, in translate, plan and writer alike,
 and those pure modules must not change process-wide state.
 """
@@ -33,7 +33,7 @@ from ebpflb.agent.healthcheck import HealthCheck, HealthCheckServer, wildcards
 from ebpflb.agent.nodeaddrs import AddressSource, NodePortChoice, choose, own_addresses
 from ebpflb.agent.sidetables import SideTables
 from ebpflb.dataplane.base import Dataplane
-from ebpflb.gcpause import freeze_survivors, no_full_collections, trim_heap
+from ebpflb.gcpause import freeze_survivors, no_collections, trim_heap
 from ebpflb.model import IPAddress, ServiceRef
 from ebpflb.plan import DeleteService, Plan, RemoveBackends
 from ebpflb.rtnetlink import Interface
@@ -92,7 +92,7 @@ class SyncStep:
         """Sync what changed (everything when a full sync is due); raises on failure,
         after which the next sync is a full one."""
         try:
-            with no_full_collections():
+            with no_collections():  # see gcpause: what a sync builds survives it
                 result = self._full() if self.full_due else self._incremental()
         except Exception:
             self.full_due = True

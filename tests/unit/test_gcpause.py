@@ -6,7 +6,7 @@ from __future__ import annotations
 import gc
 import threading
 
-from ebpflb.gcpause import freeze_survivors, no_full_collections, trim_heap
+from ebpflb.gcpause import freeze_survivors, no_collections, no_full_collections, trim_heap
 
 
 def test_the_oldest_threshold_is_held_and_restored() -> None:
@@ -95,3 +95,35 @@ def test_freeze_survivors_hides_them_from_full_collections():
         del survivors  # frozen objects are still freed by reference counting
     finally:
         gc.unfreeze()
+
+
+def test_no_collections_holds_every_generation_and_restores() -> None:
+    counts: list[int] = []
+
+    def note(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            counts.append(info["generation"])
+
+    assert gc.isenabled()
+    gc.callbacks.append(note)
+    try:
+        with no_collections():
+            with no_collections():
+                pass
+            assert not gc.isenabled()  # the outer holder still holds
+            junk: list[list[int]] = [[] for _ in range(20 * gc.get_threshold()[0])]
+            del junk
+        assert gc.isenabled()
+    finally:
+        gc.callbacks.remove(note)
+    assert counts == []
+
+
+def test_no_collections_leaves_a_disabled_collector_disabled() -> None:
+    gc.disable()
+    try:
+        with no_collections():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
