@@ -30,6 +30,13 @@ class LbAlgorithm(StrEnum):
     MAGLEV = "maglev"
 
 
+class XdpChoice(StrEnum):
+    AUTO = "auto"  # natively on physical NICs whose driver supports it
+    NATIVE = "native"
+    GENERIC = "generic"
+    OFF = "off"
+
+
 class SocketLbMode(StrEnum):
     PODS = "pods"  # this node's pods' sockets and the node's own
     HOST = "host"  # the node's own sockets only (pods go through tc)
@@ -107,6 +114,18 @@ def agent(
     no_socket_lb: Annotated[
         bool, typer.Option("--no-socket-lb", help="Same as --socket-lb off.")
     ] = False,
+    xdp: Annotated[
+        XdpChoice,
+        typer.Option(
+            help="bpf data path: XDP on the uplinks for NodePort, LoadBalancer and external "
+            "traffic from outside (tc carries what XDP passes). 'auto': natively on "
+            "physical NICs (and bonds) whose driver supports it, tc only on virtual "
+            "uplinks (veth, bridge, VXLAN/Geneve, dummy), whose frames from local senders "
+            "may carry partial checksums that XDP cannot fix up; 'native' or 'generic' "
+            "on every uplink (you assert that they deliver complete checksums, as a NIC "
+            "from a wire does); 'off': none, and removes an earlier agent's."
+        ),
+    ] = XdpChoice.AUTO,
     lb_algorithm: Annotated[
         LbAlgorithm,
         typer.Option(
@@ -283,6 +302,7 @@ def agent(
             max_conntrack=max_conntrack,
             maglev_table_size=maglev_size,
             socket_lb=SocketLbMode.OFF.value if no_socket_lb else socket_lb.value,
+            xdp=xdp.value,
             state_dir=state_dir,
         ),
         userspace=UserspaceConfig(

@@ -108,8 +108,8 @@ def _open_userspace(config: UserspaceConfig) -> Dataplane:
 
 def clear_bpf_leftovers(config: BpfConfig) -> None:
     """Remove what a bpf agent left: our tc filters (found by their fixed name and
-    priority) on every interface of this namespace, the pinned socket-LB links and the
-    pinned maps."""
+    priority) and XDP programs (by their name) on every interface of this
+    namespace, the pinned socket-LB links and the pinned maps."""
     from ebpflb.dataplane.bpf import abi
     from ebpflb.dataplane.bpf.bpffs import remove_pins
 
@@ -125,6 +125,16 @@ def clear_bpf_leftovers(config: BpfConfig) -> None:
             attacher.close()
     except Exception as exc:
         log.warning("could not remove the bpf data path's tc filters: %s", exc)
+    try:
+        from pyroute2 import IPRoute
+
+        from ebpflb.dataplane.bpf.xdp import XdpAttacher, XdpMode
+
+        with IPRoute() as ipr:
+            for ifname in XdpAttacher(ipr, -1, XdpMode.OFF).detach_all():
+                log.info("removed the bpf data path's XDP program from %s", ifname)
+    except Exception as exc:
+        log.warning("could not remove the bpf data path's XDP programs: %s", exc)
     try:
         from ebpflb.dataplane.bpf.socklb import remove_links
 

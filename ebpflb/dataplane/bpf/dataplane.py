@@ -16,6 +16,7 @@ from ebpflb.dataplane.bpf.podnetns import PodNamespaces
 from ebpflb.dataplane.bpf.socklb import SocketLb, remove_links
 from ebpflb.dataplane.bpf.telemetry import read_telemetry, written_counts
 from ebpflb.dataplane.bpf.writer import MapWriter
+from ebpflb.dataplane.bpf.xdp import XdpMode, XdpUplinks
 from ebpflb.dataplane.telemetry import Telemetry
 from ebpflb.errors import CapacityError, DataplaneError
 from ebpflb.model import FrontendKey, Protocol
@@ -40,6 +41,9 @@ class BpfConfig:
     # "off" none (the node's own sockets then cannot reach a ClusterIP).
     socket_lb: str = "host"
     state_dir: str = DEFAULT_STATE_DIR  # where socket-LB mounts cgroup2 if none is visible
+    # XDP on the uplinks (xdp.XdpMode): "auto" natively on physical NICs whose driver
+    # supports it, "native"/"generic" on every uplink, "off" none (tc carries all).
+    xdp: str = "auto"
 
 
 # Per-interface settings for the interfaces the program is attached to, as Cilium sets
@@ -106,6 +110,12 @@ class BpfDataplane:
             self.host_backends = HostBackends(self.maps.config, self.attacher.local_addresses)
             self.socket_lb = self._socket_lb()
             self.pod_netns = self._pod_netns()
+            self.xdp = XdpUplinks(
+                self.attacher.ipr,
+                XdpMode(config.xdp),
+                pin_dir=config.pin_dir,
+                sizes=(services, backends, conntrack),
+            )
         except Exception:
             self.program.close()
             raise
@@ -215,6 +225,9 @@ class BpfDataplane:
             relax_source_checks(ifname)
             self.attached.add(ifname)
         self._relax_bridges({links.bridge_of[v] for v in self.attached if v in links.bridge_of})
+        # (a pod's bridge too: a generic redirect to it is a transmit the bridge forwards)
+        pod_devices = (self.attached & (veths - uplinks)) | self.relaxed_bridges
+        self.xdp.refresh(wanted=wanted, uplinks=uplinks, veths=pod_devices)
         if self.pod_netns is not None:
             try:
                 self.pod_netns.refresh(self.attached & (veths - uplinks))
@@ -240,6 +253,7 @@ class BpfDataplane:
             self.pod_netns.close()
         if self.socket_lb is not None:
             self.socket_lb.close()  # its links stay pinned and serving: see socklb
+        self.xdp.close(cleanup=cleanup)
         if cleanup:
             remove_links(self.config.pin_dir)
             for ifname in self.attacher.attached():
