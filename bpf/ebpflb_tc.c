@@ -130,7 +130,7 @@ static __always_inline int lb4_forward(struct __sk_buff *skb, const struct pkt4 
 	ct = ct4_lookup(pkt, CT_DIR_SERVICE);
 	if (ct) {
 		be = lb4_lookup_backend(ct->backend_id, svc_id);
-		if (be && ct4_matches_backend(ct, svc_id, be)) {
+		if (be && ct4_matches_backend(ct, pkt, svc_id, be)) {
 			backend_id = ct->backend_id;
 			snat_addr = ct->peer_address;
 			snat_port = ct->peer_port;
@@ -235,7 +235,7 @@ static __always_inline int lb6_forward(struct __sk_buff *skb, const struct pkt6 
 	ct = ct6_lookup(pkt, CT_DIR_SERVICE);
 	if (ct) {
 		be = lb6_lookup_backend(ct->backend_id, svc_id);
-		if (be && ct6_matches_backend(ct, svc_id, be)) {
+		if (be && ct6_matches_backend(ct, pkt, svc_id, be)) {
 			backend_id = ct->backend_id;
 			snat_addr = ct->peer_address;
 			snat_port = ct->peer_port;

@@ -129,7 +129,7 @@ static __always_inline int xdp4_forward(struct xdp_md *ctx, const struct pkt4 *p
 	ct = ct4_lookup(pkt, CT_DIR_SERVICE);
 	if (ct) {
 		be = lb4_lookup_backend(ct->backend_id, svc_id);
-		if (be && ct4_matches_backend(ct, svc_id, be)) {
+		if (be && ct4_matches_backend(ct, pkt, svc_id, be)) {
 			snat_addr = ct->peer_address;
 			snat_port = ct->peer_port;
 			ct4_touch(ct);
@@ -244,7 +244,7 @@ static __always_inline int xdp6_forward(struct xdp_md *ctx, const struct pkt6 *p
 	ct = ct6_lookup(pkt, CT_DIR_SERVICE);
 	if (ct) {
 		be = lb6_lookup_backend(ct->backend_id, svc_id);
-		if (be && ct6_matches_backend(ct, svc_id, be)) {
+		if (be && ct6_matches_backend(ct, pkt, svc_id, be)) {
 			snat_addr = ct->peer_address;
 			snat_port = ct->peer_port;
 			ct6_touch(ct);

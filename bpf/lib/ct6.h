@@ -44,10 +44,13 @@ static __always_inline void ct6_touch(struct ct6_value *ct)
 		ct->last_seen_ns = now;
 }
 
-/* Does the SERVICE entry ct still send the flow to backend be of service svc_id? */
-static __always_inline int ct6_matches_backend(const struct ct6_value *ct, __u32 svc_id,
-					       const struct lb6_backend *be)
+/* Does the SERVICE entry ct still send the packet's flow to backend be of service
+ * svc_id? As ct4_matches_backend: a SYN to a not-ready backend chooses again. */
+static __always_inline int ct6_matches_backend(const struct ct6_value *ct, const struct pkt6 *pkt,
+					       __u32 svc_id, const struct lb6_backend *be)
 {
+	if (!(be->flags & BE_F_ACTIVE) && pkt_opens_tcp(pkt->proto, pkt->tcp_flags))
+		return 0;
 	return ct->svc_id == svc_id && addr6_eq(&be->address, &ct->nat_address) &&
 	       be->port == ct->nat_port;
 }

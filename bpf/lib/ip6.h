@@ -18,7 +18,8 @@ struct pkt6 {
 	__be16 dport;
 	__u8 proto;		/* IP4_PROTO_TCP / IP4_PROTO_UDP / IP6_PROTO_ICMPV6: the
 				 * upper-layer protocol, after any extension headers */
-	__u8 pad[3];
+	__u8 tcp_flags;		/* TCP: the header's flags byte (TCP_F_*); 0 otherwise */
+	__u8 pad[2];
 	__u32 l3_off;		/* offset of the IPv6 header */
 	__u32 l4_off;		/* offset of the TCP/UDP/ICMPv6 header */
 	__u32 csum_off;		/* offset of the TCP/UDP checksum */

@@ -17,6 +17,9 @@
 #define IP4_PROTO_UDP		17	/* IPPROTO_UDP */
 #define TCP_HDR_LEN		20	/* sizeof(struct tcphdr), without options */
 #define TCP_CSUM_OFF		16	/* offsetof(struct tcphdr, check) */
+#define TCP_FLAGS_OFF		13	/* the byte of struct tcphdr holding FIN..CWR */
+#define TCP_F_SYN		0x02
+#define TCP_F_ACK		0x10
 
 /* The first 4 bytes of a TCP or UDP header alike. */
 struct l4_ports {
@@ -42,11 +45,19 @@ struct pkt4 {
 	__be16 sport;
 	__be16 dport;
 	__u8 proto;		/* IP4_PROTO_TCP / IP4_PROTO_UDP */
-	__u8 pad[3];
+	__u8 tcp_flags;		/* TCP: the header's flags byte (TCP_F_*); 0 otherwise */
+	__u8 pad[2];
 	__u32 l3_off;		/* offset of the IPv4 header */
 	__u32 l4_off;		/* offset of the TCP/UDP header */
 	__u32 csum_off;		/* offset of the TCP/UDP checksum */
 };
+
+/* A TCP segment that opens a connection (SYN without ACK): a new flow even where a
+ * closed one of the same 5-tuple is still in conntrack (clients reuse ports fast). */
+static __always_inline int pkt_opens_tcp(__u8 proto, __u8 tcp_flags)
+{
+	return proto == IP4_PROTO_TCP && (tcp_flags & (TCP_F_SYN | TCP_F_ACK)) == TCP_F_SYN;
+}
 
 static __always_inline int pkt4_is_fragment(const struct iphdr *ip)
 {
@@ -122,6 +133,7 @@ static __always_inline int pkt4_parse(struct __sk_buff *skb, struct pkt4 *pkt)
 	if (pkt->proto == IP4_PROTO_TCP) {
 		if ((void *)ports + TCP_HDR_LEN > data_end)
 			return PKT_PASS;
+		pkt->tcp_flags = *((__u8 *)ports + TCP_FLAGS_OFF);
 		pkt->csum_off = l4_off + TCP_CSUM_OFF;
 	} else {
 		if ((void *)ports + sizeof(struct udphdr) > data_end)

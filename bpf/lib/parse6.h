@@ -119,6 +119,9 @@ static __always_inline int pkt6_parse(struct __sk_buff *skb, struct pkt6 *pkt)
 		return PKT_PASS;
 	pkt->csum_off = l4_off + (nexthdr == IP4_PROTO_TCP ? TCP_CSUM_OFF :
 				   offsetof(struct udphdr, check));
+	/* (checked again with a constant: the verifier does not carry l4_len's bound) */
+	if (nexthdr == IP4_PROTO_TCP && (void *)ports + TCP_HDR_LEN <= data_end)
+		pkt->tcp_flags = *((__u8 *)ports + TCP_FLAGS_OFF);
 	pkt->sport = ports->source;
 	pkt->dport = ports->dest;
 	pkt->l4_off = l4_off;

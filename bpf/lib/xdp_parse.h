@@ -61,6 +61,9 @@ static __always_inline int xdp4_parse(struct xdp_md *ctx, struct pkt4 *pkt, stru
 	pkt->sport = ports->source;
 	pkt->dport = ports->dest;
 	pkt->proto = ip->protocol;
+	/* (checked again with a constant: the verifier does not carry l4_len's bound) */
+	if (pkt->proto == IP4_PROTO_TCP && (void *)ports + TCP_HDR_LEN <= data_end)
+		pkt->tcp_flags = *((__u8 *)ports + TCP_FLAGS_OFF);
 	pkt->l3_off = ETH_HLEN;
 	pkt->l4_off = ETH_HLEN + sizeof(*ip);
 	pkt->csum_off = pkt->l4_off + (pkt->proto == IP4_PROTO_TCP ? TCP_CSUM_OFF :
@@ -103,6 +106,8 @@ static __always_inline int xdp6_parse(struct xdp_md *ctx, struct pkt6 *pkt, stru
 	pkt->sport = ports->source;
 	pkt->dport = ports->dest;
 	pkt->proto = ip->nexthdr;
+	if (pkt->proto == IP4_PROTO_TCP && (void *)ports + TCP_HDR_LEN <= data_end)
+		pkt->tcp_flags = *((__u8 *)ports + TCP_FLAGS_OFF);
 	pkt->l3_off = ETH_HLEN;
 	pkt->l4_off = ETH_HLEN + IP6_HDR_LEN;
 	pkt->csum_off = pkt->l4_off + (pkt->proto == IP4_PROTO_TCP ? TCP_CSUM_OFF :

@@ -317,6 +317,31 @@ def test_flow_moves_when_its_backend_is_deleted(services: Maps, run: RunFn) -> N
     assert _ct(services, new_reply, abi.CtDir.REPLY) is not None
 
 
+def test_a_new_syn_on_a_closed_flows_tuple_leaves_a_not_ready_backend(
+    services: Maps, run: RunFn
+) -> None:
+    """A client reusing a port opens a new connection on the 5-tuple of a closed one
+    still in conntrack: its SYN chooses again when that flow's backend no longer takes
+    new flows (not ready), while segments of the established flow keep draining to it."""
+    old = backend_of(run(pk.frame(TCP_FLOW)).data)
+    old_id = next(i for i, b in TCP_BACKENDS.items() if b == old)
+    (live_id,) = set(TCP_BACKENDS) - {old_id}
+    # the writer's order for a backend turning not ready: shrink, rewrite slots, flag
+    services.set_count(1, CLUSTER_IP, 80, pk.TCP, 1)
+    services.set_slots(1, [live_id])
+    services.be4.update(
+        ctypes.c_uint32(old_id),
+        abi.Lb4Backend(abi.pack_ip4(old[0]), abi.htons(old[1]), pk.TCP, 0, 1),
+    )
+    segment = pk.frame(TCP_FLOW, tcp_flags=pk.TCP_ACK)
+    assert backend_of(run(segment).data) == old  # established: stays
+    res = run(pk.frame(TCP_FLOW))  # a SYN: a new connection
+    assert_translated(pk.frame(TCP_FLOW), res.data, {live_id: TCP_BACKENDS[live_id]})
+    assert services.gstat_value(abi.GlobalStat.RESELECT) == 1
+    fwd = _ct(services, TCP_FLOW, abi.CtDir.SERVICE)
+    assert fwd is not None and fwd.backend_id == live_id
+
+
 # --- replies -----------------------------------------------------------------------------
 
 

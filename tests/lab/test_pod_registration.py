@@ -6,10 +6,9 @@ opened back to back from the edit on, each from a client port not used before, a
 last one pod-2 answered); a Pod removed from the directory goes.
 
 A new connection from a client port an earlier connection to the not-ready pod used
-(the same 5-tuple, as a busy client's port reuse gives) must not go to it either: the
-kernel path still sends it there (its conntrack entry of the closed flow wins over the
-backend's state), a known bug marked xfail(strict) on bpf until the C data path
-re-chooses on a SYN to an inactive backend."""
+(the same 5-tuple, as a busy client's port reuse gives) must not go to it either: on
+the kernel path the SYN finds the closed flow's conntrack entry, and chooses again
+because that entry's backend no longer takes new flows."""
 
 from __future__ import annotations
 
@@ -210,20 +209,9 @@ def test_selected_pods_get_traffic_and_leave_when_not_ready_or_removed(
     assert set(s.spread()) == {"pod-1", "pod-2"}
 
 
-def test_a_reused_client_port_does_not_reach_a_not_ready_pod(
-    setup: tuple[Setup, Path], request: pytest.FixtureRequest
-) -> None:
+def test_a_reused_client_port_does_not_reach_a_not_ready_pod(setup: tuple[Setup, Path]) -> None:
     s, manifests = setup
     lab = s.lab
-    if s.dataplane == "bpf":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="kernel path: a SYN matching the conntrack entry of a closed flow "
-                "keeps that flow's backend even when it is no longer active (lb4_forward "
-                "checks only ct4_matches_backend, not BE_F_ACTIVE on a SYN)",
-            )
-        )
     # The client may hold the port in TIME_WAIT (it closes first behind the userspace
     # proxy): let a new connection take it over, as a busy client's kernel does.
     netns.sysctl(lab.client.netns, "net.ipv4.tcp_tw_reuse", 1)
