@@ -26,6 +26,7 @@ INGRESS_PARENT = 0xFFFFFFF2
 EGRESS = "ffff:fff3"
 EGRESS_PARENT = 0xFFFFFFF3
 UPLINK_KINDS = (None, "bond", "vlan", "team")  # None: a physical device
+RT_SCOPE_UNIVERSE = 0  # an address's scope: global (fe80::/10 is RT_SCOPE_LINK, 253)
 # Overlay devices of the usual CNIs (flannel.1, cilium_vxlan...): replies from backends
 # on other nodes arrive decapsulated here. Ethernet devices only: the program parses
 # an Ethernet header, so L3 tunnels (ipip, wireguard) are left alone.
@@ -67,10 +68,16 @@ class TcAttacher:
         """Veths, uplinks and pod bridges, from one dump of links and one of addresses.
 
         Uplinks are the node's own interfaces towards the network (a NIC, bond or VLAN
-        with an IPv4 address, and overlay devices): where NodePort, external and
-        load-balancer traffic arrives, and replies from backends on other nodes."""
+        with an IPv4 address or a global IPv6 one, and overlay devices): where NodePort,
+        external and load-balancer traffic arrives, and replies from backends on other
+        nodes. (Every IPv6 interface has a link-local address; only a global one says
+        the device faces the network, as on an IPv6-only node.)"""
         links = list(self.ipr.get_links())
-        addressed = {a["index"] for a in self.ipr.get_addr(family=socket.AF_INET)}
+        addressed = {a["index"] for a in self.ipr.get_addr(family=socket.AF_INET)} | {
+            a["index"]
+            for a in self.ipr.get_addr(family=socket.AF_INET6)
+            if a["scope"] == RT_SCOPE_UNIVERSE
+        }
         names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in links}
         kinds = {link["index"]: _kind(link) for link in links}
         veths = [link for link in links if kinds[link["index"]] == "veth"]
