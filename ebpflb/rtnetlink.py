@@ -72,10 +72,13 @@ def interfaces() -> tuple[Interface, ...]:
             index, address = _address(body)
             if address is not None:
                 addresses.setdefault(index, []).append(address)
+        # Either family's default route names a primary interface (an IPv6-only node
+        # has no IPv4 one).
         default = {
             oif
+            for family in (socket.AF_INET, socket.AF_INET6)
             for body in _dump(
-                sock, RTM_GETROUTE, RTM_NEWROUTE, RTMSG.pack(socket.AF_INET, 0, 0, 0, 0, 0, 0, 0, 0)
+                sock, RTM_GETROUTE, RTM_NEWROUTE, RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
             )
             if (oif := _default_route_oif(body)) is not None
         }

@@ -63,3 +63,21 @@ def test_default_interfaces(ns: str) -> None:
         }
     finally:
         attacher.close()
+
+
+def test_an_ipv6_only_default_route_names_the_primary_interface(ns: str) -> None:
+    """On an IPv6-only node the default route is IPv6's: the interface it leaves by is
+    the primary one, whose addresses come first among the node's own."""
+    from ebpflb.rtnetlink import interfaces
+
+    netns.ip_batch(ns, [
+        "link add eth0 type veth peer name eth0p",
+        "addr add fd00:192:168:50::7/64 dev eth0 nodad",
+        "link set eth0 up",
+        "link set eth0p up",
+        "route add default via fd00:192:168:50::1 dev eth0",
+    ])  # fmt: skip
+    with netns.enter(ns):
+        found = {i.name: i for i in interfaces()}
+    assert found["eth0"].default_route
+    assert not found["eth0p"].default_route
