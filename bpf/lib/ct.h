@@ -57,13 +57,12 @@ static __always_inline void ct4_touch(struct ct4_value *ct)
 }
 
 /* Does the SERVICE entry ct still send the packet's flow to backend be of service
- * svc_id? Not when the packet opens a new TCP connection on a 5-tuple whose closed
- * flow went to a backend that no longer takes new flows (not ready): that SYN chooses
- * again, so a port the client reuses never reaches a not-ready pod. */
+ * svc_id? Not when the backend no longer takes new flows and the packet may leave it
+ * (pkt_leaves_inactive: a SYN on a reused port, a UDP datagram): it chooses again. */
 static __always_inline int ct4_matches_backend(const struct ct4_value *ct, const struct pkt4 *pkt,
 					       __u32 svc_id, const struct lb4_backend *be)
 {
-	if (!(be->flags & BE_F_ACTIVE) && pkt_opens_tcp(pkt->proto, pkt->tcp_flags))
+	if (!(be->flags & BE_F_ACTIVE) && pkt_leaves_inactive(pkt->proto, pkt->tcp_flags))
 		return 0;
 	return ct->svc_id == svc_id && be->address == ct->nat_address &&
 	       be->port == ct->nat_port;

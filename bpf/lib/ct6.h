@@ -45,11 +45,11 @@ static __always_inline void ct6_touch(struct ct6_value *ct)
 }
 
 /* Does the SERVICE entry ct still send the packet's flow to backend be of service
- * svc_id? As ct4_matches_backend: a SYN to a not-ready backend chooses again. */
+ * svc_id? As ct4_matches_backend. */
 static __always_inline int ct6_matches_backend(const struct ct6_value *ct, const struct pkt6 *pkt,
 					       __u32 svc_id, const struct lb6_backend *be)
 {
-	if (!(be->flags & BE_F_ACTIVE) && pkt_opens_tcp(pkt->proto, pkt->tcp_flags))
+	if (!(be->flags & BE_F_ACTIVE) && pkt_leaves_inactive(pkt->proto, pkt->tcp_flags))
 		return 0;
 	return ct->svc_id == svc_id && addr6_eq(&be->address, &ct->nat_address) &&
 	       be->port == ct->nat_port;

@@ -52,10 +52,15 @@ struct pkt4 {
 	__u32 csum_off;		/* offset of the TCP/UDP checksum */
 };
 
-/* A TCP segment that opens a connection (SYN without ACK): a new flow even where a
- * closed one of the same 5-tuple is still in conntrack (clients reuse ports fast). */
-static __always_inline int pkt_opens_tcp(__u8 proto, __u8 tcp_flags)
+/* Whether a tracked flow's packet may choose again once its backend stops taking new
+ * flows (not ready, or terminating while others are ready): a TCP segment that opens a
+ * connection (SYN without ACK) on the 5-tuple of a closed one still in conntrack
+ * (clients reuse ports fast), and any UDP datagram, as kube-proxy clears the UDP
+ * conntrack entries of endpoints that are no longer ready. Established TCP drains. */
+static __always_inline int pkt_leaves_inactive(__u8 proto, __u8 tcp_flags)
 {
+	if (proto == IP4_PROTO_UDP)
+		return 1;
 	return proto == IP4_PROTO_TCP && (tcp_flags & (TCP_F_SYN | TCP_F_ACK)) == TCP_F_SYN;
 }
 

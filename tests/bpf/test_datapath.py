@@ -342,6 +342,23 @@ def test_a_new_syn_on_a_closed_flows_tuple_leaves_a_not_ready_backend(
     assert fwd is not None and fwd.backend_id == live_id
 
 
+def test_a_udp_flow_leaves_a_not_ready_backend(services: Maps, run: RunFn) -> None:
+    """A UDP flow's next datagram chooses again once its backend stops taking new flows,
+    as kube-proxy clears the UDP conntrack entries of endpoints no longer ready."""
+    inp = pk.frame(UDP_FLOW)
+    old = backend_of(run(inp).data)
+    old_id = next(i for i, b in UDP_BACKENDS.items() if b == old)
+    (live_id,) = set(UDP_BACKENDS) - {old_id}
+    services.set_count(2, CLUSTER_IP, 53, pk.UDP, 1)
+    services.set_slots(2, [live_id])
+    services.be4.update(
+        ctypes.c_uint32(old_id),
+        abi.Lb4Backend(abi.pack_ip4(old[0]), abi.htons(old[1]), pk.UDP, 0, 2),
+    )
+    assert backend_of(run(inp).data) == UDP_BACKENDS[live_id]
+    assert services.gstat_value(abi.GlobalStat.RESELECT) == 1
+
+
 # --- replies -----------------------------------------------------------------------------
 
 
