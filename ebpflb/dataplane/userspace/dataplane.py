@@ -111,9 +111,7 @@ class UserspaceDataplane:
             desired = apply_to(self._state, plan)
 
             def run() -> tuple[dict[FrontendKey, FrontendState], list[str]]:
-                held, errors = self.engine.apply_on_loop(desired)
-                self._publish_on_loop(force=True)
-                return held, errors
+                return self.engine.apply_on_loop(desired)
 
             addresses = self.engine.addresses
             # The filter first: a new address is on the device only with the filter
@@ -126,6 +124,9 @@ class UserspaceDataplane:
             # An address leaves the device once no frontend uses it.
             errors += addresses.sync_addresses(device_addresses(held), add=False)
             errors += addresses.sync_filter(held.values())
+            # Published last: what the CLI (and a waiting test) reads as served or gone
+            # is then so on the device too, not only in the proxy.
+            self.engine.call(lambda: self._publish_on_loop(force=True))
         if errors:
             raise DataplaneError("; ".join(errors))
 
