@@ -25,15 +25,14 @@ the agent, which then could not read its manifests; now it holds at most
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 
 from ebpflb.httpserve import MAX_HEAD, ConnectionGuard, Response, encode, serve_one
+from ebpflb.loopthread import LoopThread
 from ebpflb.model import ServiceRef
 
 log = logging.getLogger(__name__)
@@ -59,10 +58,7 @@ class HealthCheckServer:
 
     def __init__(self, *, healthy: Callable[[], bool] = lambda: True) -> None:
         self._healthy = healthy
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()  # serialises starting and closing the loop
-        self._closed = False
+        self._loop = LoopThread("ebpflb-healthcheck")
         # Owned by the loop's thread:
         self._servers: dict[tuple[str, int], tuple[ServiceRef, asyncio.Server]] = {}
         self._checks: dict[int, HealthCheck] = {}  # by port
@@ -76,53 +72,18 @@ class HealthCheckServer:
     ) -> Future[None] | None:
         """Serve exactly ``checks`` on ``addresses``; returns at once (the future says
         when the listeners are in place, for tests). None once closed or with nothing
-        to serve and nothing served."""
+        to serve and nothing served (no thread is started for nothing)."""
         wanted = tuple(sorted(checks, key=lambda c: (c.port, c.ref)))
         where = tuple(dict.fromkeys(addresses))
-        with self._lock:
-            if self._closed:
-                return None
-            if self._loop is None:
-                if not wanted:
-                    return None
-                self._start()
-            assert self._loop is not None
-            return asyncio.run_coroutine_threadsafe(self._apply(wanted, where), self._loop)
+        return self._loop.submit(self._apply(wanted, where), start=bool(wanted))
 
     def settle(self, timeout: float = 5.0) -> None:
         """Wait until every update handed over so far is in place (for tests)."""
-        with self._lock:
-            loop = self._loop
-        if loop is not None:
-            asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop).result(timeout)
+        self._loop.settle(timeout)
 
     def close(self) -> None:
         """Close every listener and stop the thread (idempotent)."""
-        with self._lock:
-            self._closed = True
-            loop, thread = self._loop, self._thread
-            self._loop = self._thread = None
-        if loop is None or thread is None:
-            return
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(self._close_all(), loop).result(timeout=5)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=5)
-        if not thread.is_alive():
-            loop.close()
-
-    def _start(self) -> None:
-        loop = asyncio.new_event_loop()
-        thread = threading.Thread(
-            target=self._run, args=(loop,), name="ebpflb-healthcheck", daemon=True
-        )
-        self._loop, self._thread = loop, thread
-        thread.start()
-
-    @staticmethod
-    def _run(loop: asyncio.AbstractEventLoop) -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_forever()
+        self._loop.close(self._close_all)
 
     # --- the loop's side -----------------------------------------------------------
 

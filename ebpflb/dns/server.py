@@ -23,7 +23,6 @@ import contextlib
 import logging
 import socket
 import struct
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, cast
@@ -36,6 +35,7 @@ import dns.rcode
 from ebpflb.dns.records import ServiceRecords, service_records
 from ebpflb.dns.zone import DEFAULT_TTL, Zone
 from ebpflb.httpserve import ConnectionGuard
+from ebpflb.loopthread import LoopThread
 from ebpflb.model import DEFAULT_CLUSTER_DOMAIN, ServiceRef
 
 if TYPE_CHECKING:
@@ -70,10 +70,7 @@ class DnsServer:
         self.loaded = False  # a first load arrived (owned by the loop's thread)
         self.guard = ConnectionGuard(MAX_TCP_CONNECTIONS, PER_CLIENT)
         self.dropped = 0  # malformed packets ignored
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self._closed = False
+        self._loop = LoopThread("ebpflb-dns")
         self._transports: dict[Address, asyncio.DatagramTransport] = {}
         self._servers: dict[Address, asyncio.Server] = {}
         self._failed: set[tuple[Address, str]] = set()
@@ -102,30 +99,10 @@ class DnsServer:
 
     def close(self) -> None:
         """Close every listener and stop the thread (idempotent)."""
-        with self._lock:
-            self._closed = True
-            loop, thread = self._loop, self._thread
-            self._loop = self._thread = None
-        if loop is None or thread is None:
-            return
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(self._close_all(), loop).result(timeout=5)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=5)
-        if not thread.is_alive():
-            loop.close()
+        self._loop.close(self._close_all)
 
     def _submit(self, coro: Any) -> Future[None] | None:
-        with self._lock:
-            if self._closed:
-                coro.close()
-                return None
-            if self._loop is None:
-                loop = asyncio.new_event_loop()
-                thread = threading.Thread(target=_run, args=(loop,), name="ebpflb-dns", daemon=True)
-                self._loop, self._thread = loop, thread
-                thread.start()
-            return asyncio.run_coroutine_threadsafe(self._in_turn(coro), self._loop)
+        return self._loop.submit(self._in_turn(coro))
 
     async def _in_turn(self, coro: Any) -> None:
         """Run hand-overs one at a time in the order given (they await binds)."""
@@ -318,11 +295,6 @@ def _udp_socket(family: int, address: Address) -> socket.socket:
         sock.close()
         raise
     return sock
-
-
-def _run(loop: asyncio.AbstractEventLoop) -> None:
-    asyncio.set_event_loop(loop)
-    loop.run_forever()
 
 
 def _show(address: Address) -> str:

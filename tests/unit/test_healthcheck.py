@@ -162,7 +162,7 @@ def test_close_closes_every_listener_and_later_updates_do_nothing():
 def test_no_thread_until_a_health_check_is_wanted():
     srv = HealthCheckServer()
     assert srv.update([], (LOOPBACK,)) is None
-    assert srv._thread is None
+    assert not srv._loop.running
     srv.close()
 
 
