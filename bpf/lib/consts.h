@@ -37,6 +37,14 @@
 #define NAT_PORT_MIN		61000
 #define NAT_PORT_COUNT		4536	/* 61000..65535 */
 #define NAT_PORT_TRIES		16	/* bounded search for a free port */
+/* A NAT port is held by its flow's REPLY entry; nothing deletes entries but LRU
+ * eviction, so a port is taken over once its flow is over: closed (a FIN or RST seen)
+ * for longer than Linux keeps TIME_WAIT (a SYN reusing the tuple earlier may meet the
+ * backend's TIME_WAIT socket), or idle past its protocol's lifetime (Cilium's CT
+ * lifetimes: 6 h for TCP, 60 s otherwise). */
+#define NAT_REUSE_CLOSED_NS	(60ULL * NSEC_PER_SEC)
+#define NAT_REUSE_TCP_NS	(21600ULL * NSEC_PER_SEC)
+#define NAT_REUSE_OTHER_NS	(60ULL * NSEC_PER_SEC)
 /* A pod reaching its own Service is source-NATed to this link-local address, so its
  * answer (to an address not its own) comes back through the node to be translated. */
 #define HAIRPIN_ADDRESS		0xa9fe2a01	/* 169.254.42.1, host order */
@@ -73,6 +81,9 @@
 /* lb4_backend.flags */
 #define BE_F_ACTIVE		0x01	/* in the slot list (gets new flows) */
 #define BE_F_TERMINATING	0x02
+
+/* ct4_value.flags / ct6_value.flags */
+#define CT_F_CLOSING		0x0001	/* a TCP FIN or RST of the flow was seen */
 
 /* ct4_key.dir */
 #define CT_DIR_SERVICE		0

@@ -27,15 +27,6 @@ static __always_inline void ct4_key_init(struct ct4_key *key, __be32 saddr, __be
 	key->dir = dir;
 }
 
-/* The entry for the packet's own 5-tuple in direction dir, or NULL. */
-static __always_inline struct ct4_value *ct4_lookup(const struct pkt4 *pkt, __u8 dir)
-{
-	struct ct4_key key;
-
-	ct4_key_init(&key, pkt->saddr, pkt->daddr, pkt->sport, pkt->dport, pkt->proto, dir);
-	return map_ct4_lookup(&key);
-}
-
 /* The flows' clock: CLOCK_MONOTONIC, as bpf_ktime_get_ns and userspace's
  * time.monotonic_ns(), at tick resolution. bpf_ktime_get_coarse_ns (Linux 5.11) reads
  * the time of the last tick where bpf_ktime_get_ns reads the clock source: ~35 ns per
@@ -88,6 +79,59 @@ static __always_inline void ct4_delete_reply(const struct pkt4 *pkt, const struc
 
 	ct4_reply_key(&key, pkt, ct);
 	map_ct4_delete(&key);
+}
+
+/* Whether a flow's REPLY entry (flags, last_seen_ns) says the flow is over, so a new
+ * flow may take its NAT port (consts.h NAT_REUSE_*). Family-agnostic. */
+static __always_inline int ct_flow_over(__u16 flags, __u64 last_seen_ns, __u8 proto, __u64 now)
+{
+	__u64 idle = now - last_seen_ns;
+
+	if (now < last_seen_ns)
+		return 0;
+	if (flags & CT_F_CLOSING)
+		return idle > NAT_REUSE_CLOSED_NS;
+	return idle > (proto == IP4_PROTO_TCP ? NAT_REUSE_TCP_NS : NAT_REUSE_OTHER_NS);
+}
+
+/* A TCP FIN or RST marks its flow closing, on the REPLY entry (the one that holds a
+ * NAT port, see ct_flow_over); a SYN opening the tuple again clears the mark. Only
+ * those segments pay for it. */
+static __always_inline void ct4_note_close(const struct pkt4 *pkt, struct ct4_value *ct, __u8 dir)
+{
+	struct ct4_value *reply = ct;
+	struct ct4_key key;
+	int opens;
+
+	if (pkt->proto != IP4_PROTO_TCP)
+		return;
+	opens = (pkt->tcp_flags & (TCP_F_SYN | TCP_F_ACK)) == TCP_F_SYN;
+	if (!opens && !(pkt->tcp_flags & (TCP_F_FIN | TCP_F_RST)))
+		return;
+	if (dir == CT_DIR_SERVICE) {
+		ct4_reply_key(&key, pkt, ct);
+		reply = map_ct4_lookup(&key);
+		if (!reply)
+			return;
+	}
+	if (opens)
+		reply->flags &= ~CT_F_CLOSING;
+	else
+		reply->flags |= CT_F_CLOSING;
+}
+
+/* The entry for the packet's own 5-tuple in direction dir, or NULL; a FIN, RST or SYN
+ * of a tracked flow is noted (ct4_note_close). */
+static __always_inline struct ct4_value *ct4_lookup(const struct pkt4 *pkt, __u8 dir)
+{
+	struct ct4_value *ct;
+	struct ct4_key key;
+
+	ct4_key_init(&key, pkt->saddr, pkt->daddr, pkt->sport, pkt->dport, pkt->proto, dir);
+	ct = map_ct4_lookup(&key);
+	if (ct)
+		ct4_note_close(pkt, ct, dir);
+	return ct;
 }
 
 /* A new flow's value, as its REPLY entry holds it: the backend, the service, the times,

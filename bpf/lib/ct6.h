@@ -26,15 +26,6 @@ static __always_inline void ct6_key_init(struct ct6_key *key, const struct addr6
 	key->dir = dir;
 }
 
-/* The entry for the packet's own 5-tuple in direction dir, or NULL. */
-static __always_inline struct ct6_value *ct6_lookup(const struct pkt6 *pkt, __u8 dir)
-{
-	struct ct6_key key;
-
-	ct6_key_init(&key, &pkt->saddr, &pkt->daddr, pkt->sport, pkt->dport, pkt->proto, dir);
-	return map_ct6_lookup(&key);
-}
-
 /* A packet of the flow was seen (see ct4_touch). */
 static __always_inline void ct6_touch(struct ct6_value *ct)
 {
@@ -64,6 +55,43 @@ static __always_inline void ct6_reply_key(struct ct6_key *key, const struct pkt6
 	ct6_key_init(key, &ct->nat_address, natted ? &ct->peer_address : &pkt->saddr,
 		     ct->nat_port, natted ? ct->peer_port : pkt->sport, pkt->proto,
 		     CT_DIR_REPLY);
+}
+
+/* As ct4_note_close. */
+static __always_inline void ct6_note_close(const struct pkt6 *pkt, struct ct6_value *ct, __u8 dir)
+{
+	struct ct6_value *reply = ct;
+	struct ct6_key key;
+	int opens;
+
+	if (pkt->proto != IP4_PROTO_TCP)
+		return;
+	opens = (pkt->tcp_flags & (TCP_F_SYN | TCP_F_ACK)) == TCP_F_SYN;
+	if (!opens && !(pkt->tcp_flags & (TCP_F_FIN | TCP_F_RST)))
+		return;
+	if (dir == CT_DIR_SERVICE) {
+		ct6_reply_key(&key, pkt, ct);
+		reply = map_ct6_lookup(&key);
+		if (!reply)
+			return;
+	}
+	if (opens)
+		reply->flags &= ~CT_F_CLOSING;
+	else
+		reply->flags |= CT_F_CLOSING;
+}
+
+/* The entry for the packet's own 5-tuple in direction dir, or NULL; as ct4_lookup. */
+static __always_inline struct ct6_value *ct6_lookup(const struct pkt6 *pkt, __u8 dir)
+{
+	struct ct6_value *ct;
+	struct ct6_key key;
+
+	ct6_key_init(&key, &pkt->saddr, &pkt->daddr, pkt->sport, pkt->dport, pkt->proto, dir);
+	ct = map_ct6_lookup(&key);
+	if (ct)
+		ct6_note_close(pkt, ct, dir);
+	return ct;
 }
 
 /* Forget the REPLY entry of the flow whose SERVICE entry is ct. */

@@ -113,6 +113,23 @@ static __always_inline int nat4_rewrite_flow(struct __sk_buff *skb, const struct
 	return 0;
 }
 
+/* Take over the NAT port of the REPLY entry at key if its flow is over (ct_flow_over):
+ * the old client's SERVICE entry goes first, so its next packet is a new flow with a
+ * port of its own, then value replaces the entry. 1 when taken. */
+static __always_inline int nat4_take_over(struct ct4_key *key, struct ct4_value *value)
+{
+	struct ct4_value *old = map_ct4_lookup(key);
+	struct ct4_key service;
+
+	if (!old || !ct_flow_over(old->flags, old->last_seen_ns, key->proto, value->created_ns))
+		return 0;
+	/* keyed as its client sent: peer (the client) -> nat (the frontend) */
+	ct4_key_init(&service, old->peer_address, old->nat_address, old->peer_port, old->nat_port,
+		     key->proto, CT_DIR_SERVICE);
+	map_ct4_delete(&service);
+	return map_ct4_update(key, value) == 0;
+}
+
 /* Claim a free source-NAT port for a new flow to be->address:be->port from snat_addr.
  * The port's owner is the flow's REPLY entry (value, from ct4_value_init; the client
  * is added to it as the peer): it is inserted only where none exists, trying up to
@@ -132,7 +149,7 @@ static __always_inline int nat4_claim_port(struct ct4_key *key, struct ct4_value
 
 		ct4_key_init(key, be->address, snat_addr, be->port, port, pkt->proto,
 			     CT_DIR_REPLY);
-		if (map_ct4_insert(key, value) == 0) {
+		if (map_ct4_insert(key, value) == 0 || nat4_take_over(key, value)) {
 			*snat_port = port;
 			return 0;
 		}

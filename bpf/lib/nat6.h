@@ -144,6 +144,20 @@ static __always_inline int nat6_rewrite_flow(struct __sk_buff *skb, const struct
 	return 0;
 }
 
+/* As nat4_take_over. */
+static __always_inline int nat6_take_over(struct ct6_key *key, struct ct6_value *value)
+{
+	struct ct6_value *old = map_ct6_lookup(key);
+	struct ct6_key service;
+
+	if (!old || !ct_flow_over(old->flags, old->last_seen_ns, key->proto, value->created_ns))
+		return 0;
+	ct6_key_init(&service, &old->peer_address, &old->nat_address, old->peer_port,
+		     old->nat_port, key->proto, CT_DIR_SERVICE);
+	map_ct6_delete(&service);
+	return map_ct6_update(key, value) == 0;
+}
+
 /* Claim a free source-NAT port for a new flow to be from *snat_addr, as
  * nat4_claim_port: the flow's REPLY entry, inserted only where none exists, owns it.
  * Fills *key and *snat_port; 0 or DROP_NAT_PORT_FULL (counted). */
@@ -161,7 +175,7 @@ static __always_inline int nat6_claim_port(struct ct6_key *key, struct ct6_value
 
 		ct6_key_init(key, &be->address, snat_addr, be->port, port, pkt->proto,
 			     CT_DIR_REPLY);
-		if (map_ct6_insert(key, value) == 0) {
+		if (map_ct6_insert(key, value) == 0 || nat6_take_over(key, value)) {
 			*snat_port = port;
 			return 0;
 		}

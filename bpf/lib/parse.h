@@ -18,7 +18,9 @@
 #define TCP_HDR_LEN		20	/* sizeof(struct tcphdr), without options */
 #define TCP_CSUM_OFF		16	/* offsetof(struct tcphdr, check) */
 #define TCP_FLAGS_OFF		13	/* the byte of struct tcphdr holding FIN..CWR */
+#define TCP_F_FIN		0x01
 #define TCP_F_SYN		0x02
+#define TCP_F_RST		0x04
 #define TCP_F_ACK		0x10
 
 /* The first 4 bytes of a TCP or UDP header alike. */

@@ -68,6 +68,7 @@ def _defines(header: str, prefix: str) -> dict[str, int]:
         ("consts.h", "SVC_F_", {e.name: e.value for e in abi.SvcFlag}),
         ("consts.h", "BE_F_", {e.name: e.value for e in abi.BackendFlag}),
         ("consts.h", "CT_DIR_", {e.name: e.value for e in abi.CtDir}),
+        ("consts.h", "CT_F_", {e.name: e.value for e in abi.CtFlag}),
         ("consts.h", "CFG_", {e.name: e.value for e in abi.Config} | {"MAX": abi.CFG_MAX}),
     ],
 )

@@ -6,13 +6,17 @@ egress hook, and Maglev."""
 from __future__ import annotations
 
 import ctypes
+import functools
 import ipaddress
+from collections.abc import Iterator
 
 import pytest
 
 from ebpflb import maglev
 from ebpflb.dataplane.bpf import abi
+from ebpflb.dataplane.bpf.loader import compile_program
 from ebpflb.dataplane.bpf.maps import BpfMaps
+from ebpflb.dataplane.bpf.syscall import prog_test_run
 from ebpflb.dataplane.bpf.writer import MapWriter
 from ebpflb.model import IPAddress, Protocol
 from ebpflb.plan import desired_frontends
@@ -129,6 +133,126 @@ def test_nat_ports_never_collide(maps: Maps, run: RunFn) -> None:
         reply = pk.frame(pk.Flow(pk.UDP, *BACKENDS[1][:1], NODE_IP, BACKENDS[1][1], port))
         assert pk.parse(run(reply).data).flow == pk.Flow(pk.UDP, NODE_IP, client, NODE_PORT, 5000)
     assert maps.gstat_value(abi.GlobalStat.NAT_PORT_FULL) == 0
+
+
+@pytest.fixture
+def roomy(bpffs: str) -> Iterator[tuple[Maps, RunFn]]:
+    """The program with room for every NAT port's two entries: the session's 1,024
+    conntrack entries would free ports by LRU eviction long before they ran out."""
+    prog = compile_program(
+        pin_dir=bpffs, max_services=MAX_SERVICES, max_backends=MAX_BACKENDS,
+        max_conntrack=4 * abi.NAT_PORT_COUNT,
+    )  # fmt: skip
+    maps = Maps.open(bpffs)
+    try:
+        yield maps, functools.partial(prog_test_run, prog.fd)
+    finally:
+        maps.close()
+        prog.close()
+
+
+def _fill_nat_ports(maps: Maps, run: RunFn, proto: int) -> None:
+    """Every NAT port to one backend held: flows through the program until one finds
+    none free among its tries, then the ports still free held by entries written as
+    the program writes them (REPLY and SERVICE), so no new flow can find one."""
+    add(maps, 1, NODE_IP, NODE_PORT, proto, {1: BACKENDS[1]}, flags=abi.SvcFlag.NODEPORT,
+        snat=NODE_IP)  # fmt: skip
+    for i in range(abi.NAT_PORT_COUNT):
+        flow = pk.Flow(proto, f"172.16.{i // 250}.{1 + i % 250}", NODE_IP, 5000, NODE_PORT)
+        if run(pk.frame(flow)).retval != TC_ACT_OK:
+            break
+    assert maps.gstat_value(abi.GlobalStat.NAT_PORT_FULL) > 0
+    replies = [(k, v) for k, v in maps.ct4.items(abi.Ct4Key, abi.Ct4Value) if k.dir]
+    held = {abi.ntohs(k.dport) for k, _ in replies}
+    template = replies[0][1]
+    for n, port in enumerate(sorted(set(range(abi.NAT_PORT_MIN, 65536)) - held)):
+        client = abi.pack_ip4(f"172.17.{n // 250}.{1 + n % 250}")
+        reply = abi.Ct4Value.from_buffer_copy(template)
+        reply.peer_address = client
+        key = abi.Ct4Key(replies[0][0].saddr, replies[0][0].daddr, replies[0][0].sport,
+                         abi.htons(port), proto, abi.CtDir.REPLY)  # fmt: skip
+        maps.ct4.update(key, reply)
+        service = abi.Ct4Value.from_buffer_copy(template)
+        service.peer_port = abi.htons(port)
+        to_frontend = abi.Ct4Key(
+            client, abi.pack_ip4(NODE_IP), abi.htons(5000), abi.htons(NODE_PORT), proto,
+            abi.CtDir.SERVICE,
+        )  # fmt: skip
+        maps.ct4.update(to_frontend, service)
+
+
+def _age_replies(maps: Maps, seconds: float, *, closing: bool) -> None:
+    """Make every REPLY entry as if its last packet came ``seconds`` ago (and closed)."""
+    for key, value in maps.ct4.items(abi.Ct4Key, abi.Ct4Value):
+        if key.dir == abi.CtDir.REPLY:
+            value.last_seen_ns -= int(seconds * 1e9)
+            if closing:
+                value.flags |= abi.CtFlag.CLOSING
+            maps.ct4.update(key, value)
+
+
+@pytest.mark.parametrize(
+    ("proto", "closing", "seconds", "reused"),
+    [
+        (pk.UDP, False, 61, True),  # idle past UDP's 60 s
+        (pk.UDP, False, 30, False),
+        (pk.TCP, True, 61, True),  # closed longer than TIME_WAIT
+        (pk.TCP, False, 61, False),  # an idle open TCP flow keeps its port (6 h)
+    ],
+    ids=["udp-idle", "udp-recent", "tcp-closed", "tcp-open-idle"],
+)
+def test_a_nat_port_is_taken_over_once_its_flow_is_over(
+    roomy: tuple[Maps, RunFn], proto: int, closing: bool, seconds: float, reused: bool
+) -> None:
+    """REPLY entries are deleted by nothing but LRU eviction, so every NAT port to a
+    backend once stayed held, and after 4,536 flows to it through one node each new flow
+    was dropped (nat_port_full). A port is taken over once its flow is over."""
+    maps, run = roomy
+    _fill_nat_ports(maps, run, proto)
+    _age_replies(maps, seconds, closing=closing)
+
+    def services() -> int:
+        return sum(k.dir == abi.CtDir.SERVICE for k, _ in maps.ct4.items(abi.Ct4Key, abi.Ct4Value))
+
+    before = services()
+    new = pk.Flow(proto, "10.9.9.9", NODE_IP, 6000, NODE_PORT)
+    res = run(pk.frame(new))
+    assert (res.retval == TC_ACT_OK) is reused
+    if reused:
+        port = pk.parse(res.data).sport
+        # the port's old client lost its SERVICE entry (its next packet is a new flow
+        # with a port of its own, never the new client's) and the new client has one
+        assert services() == before
+        reply = pk.frame(pk.Flow(proto, BACKENDS[1][0], NODE_IP, BACKENDS[1][1], port))
+        assert pk.parse(run(reply).data).flow == new.reversed()
+
+
+def test_fin_and_rst_mark_the_flow_closing_and_a_syn_reopens_it(maps: Maps, run: RunFn) -> None:
+    add(maps, 1, NODE_IP, NODE_PORT, pk.TCP, {1: BACKENDS[1]}, flags=abi.SvcFlag.NODEPORT,
+        snat=NODE_IP)  # fmt: skip
+    flow = pk.Flow(pk.TCP, OUTSIDE, NODE_IP, 40000, NODE_PORT)
+    out = pk.parse(run(pk.frame(flow)).data)
+
+    def reply_flags() -> int:
+        key = abi.Ct4Key(
+            abi.pack_ip4(out.daddr),
+            abi.pack_ip4(NODE_IP),
+            abi.htons(out.dport),
+            abi.htons(out.sport),
+            pk.TCP,
+            abi.CtDir.REPLY,
+        )
+        value = maps.ct4.lookup(key, abi.Ct4Value)
+        assert value is not None
+        return int(value.flags)
+
+    assert not reply_flags() & abi.CtFlag.CLOSING
+    run(pk.frame(flow, tcp_flags=pk.TCP_FIN | pk.TCP_ACK))  # the client's FIN
+    assert reply_flags() & abi.CtFlag.CLOSING
+    run(pk.frame(flow))  # a SYN opens the tuple again
+    assert not reply_flags() & abi.CtFlag.CLOSING
+    run(pk.frame(out.flow.reversed(), tcp_flags=pk.TCP_RST))  # the backend's RST
+    assert reply_flags() & abi.CtFlag.CLOSING
 
 
 # --- hairpin -------------------------------------------------------------------------------

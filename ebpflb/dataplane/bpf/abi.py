@@ -102,6 +102,12 @@ class BackendFlag(enum.IntFlag):
     TERMINATING = 0x02
 
 
+class CtFlag(enum.IntFlag):
+    """ct4_value.flags / ct6_value.flags."""
+
+    CLOSING = 0x0001
+
+
 class CtDir(enum.IntEnum):
     """ct4_key.dir."""
 
