@@ -279,7 +279,7 @@ def test_nodeport6_cluster_policy_reaches_every_backend_source_nated(cluster: Cl
     )
     for k in (1, 2):
         node = cluster.node6(k)
-        assert set(traffic.spread_tcp(cluster.ext(1), node, 30080, 40)) == names([1, 2, 3, 4])
+        assert set(traffic.spread_tcp(cluster.ext(1), node, 30080, 60)) == names([1, 2, 3, 4])
         answer, source = traffic.udp_request(cluster.ext(1), node, 30053)
         assert answer in names([1, 2, 3, 4]) and source == (node, 30053)
         # a backend never sees the outside client: source NAT to a node address
@@ -381,7 +381,7 @@ def test_load_balancer_ip6_with_source_ranges_and_external_ip6(cluster: Cluster)
         ports=[dict(HTTP, nodePort=30082), dict(DNS, nodePort=30055)],
         wait=wait,
     )
-    assert set(traffic.spread_tcp(cluster.ext(1), LB_IP6, 80, 40)) == names([1, 2, 3, 4])
+    assert set(traffic.spread_tcp(cluster.ext(1), LB_IP6, 80, 60)) == names([1, 2, 3, 4])
     answer, source = traffic.udp_request(cluster.ext(1), LB_IP6, 53)
     assert answer in names([1, 2, 3, 4]) and source == (LB_IP6, 53)
     before = cluster.counter(1, "source_range_drop")
@@ -400,7 +400,7 @@ def test_load_balancer_ip6_with_source_ranges_and_external_ip6(cluster: Cluster)
     )
     # the external IP has no source ranges (kube-proxy applies them to ingress IPs
     # only): ext-2 is served there, and so are the pods of both nodes
-    assert set(traffic.spread_tcp(cluster.ext(2), EXTERNAL_IP6, 80, 30)) == names([1, 2, 3, 4])
+    assert set(traffic.spread_tcp(cluster.ext(2), EXTERNAL_IP6, 80, 60)) == names([1, 2, 3, 4])
     answer, source = traffic.udp_request(cluster.ext(2), EXTERNAL_IP6, 53)
     assert answer in names([1, 2, 3, 4]) and source == (EXTERNAL_IP6, 53)
     for k in (1, 2):
@@ -472,12 +472,12 @@ def test_dual_stack_nodeport_answers_on_both_families_node_addresses(cluster: Cl
     )
     for k in (1, 2):
         for node in (cluster.node4(k), cluster.node6(k)):
-            assert set(traffic.spread_tcp(cluster.ext(2), node, 30084, 30)) == names(every)
+            assert set(traffic.spread_tcp(cluster.ext(2), node, 30084, 60)) == names(every)
             answer, source = traffic.udp_request(cluster.ext(2), node, 30057)
             assert answer in names(every) and source == (node, 30057)
     # and both ClusterIPs, from a pod
     for cip in (CLUSTER_IP4, CLUSTER_IP6):
-        assert set(traffic.spread_tcp(cluster.client(2), cip, 80, 30)) == names(every)
+        assert set(traffic.spread_tcp(cluster.client(2), cip, 80, 60)) == names(every)
 
 
 def _serve_http(sock: socket.socket, body: bytes, stop: threading.Event) -> None:

@@ -132,7 +132,7 @@ def test_nodeport_cluster_policy_local_and_remote_backends(cluster: XdpCluster) 
     )
     for node in (cluster.node4(1), cluster.node6(1)):
         before = cluster.counters(1)
-        assert set(traffic.spread_tcp(cluster.ext(1), node, 30180, 40)) == names([1, 2, 3, 4])
+        assert set(traffic.spread_tcp(cluster.ext(1), node, 30180, 60)) == names([1, 2, 3, 4])
         seen = set(traffic.spread_udp(cluster.ext(1), node, 30153, 24))
         assert seen <= names([1, 2, 3, 4]) and len(seen) > 1
         after = cluster.counters(1)
@@ -186,7 +186,7 @@ def test_load_balancer_ip_with_source_ranges(cluster: XdpCluster) -> None:
     for lb in (LB_IP4, LB_IP6):
         before = cluster.counters(1)
         drops = cluster.counter(1, "source_range_drop")
-        assert set(traffic.spread_tcp(cluster.ext(1), lb, 80, 40)) == names([1, 2, 3, 4])
+        assert set(traffic.spread_tcp(cluster.ext(1), lb, 80, 60)) == names([1, 2, 3, 4])
         answer, source = traffic.udp_request(cluster.ext(1), lb, 53)
         assert answer in names([1, 2, 3, 4]) and source == (lb, 53)
         cluster.moved(before, cluster.counters(1), reply=True)
@@ -232,7 +232,7 @@ def test_auto_leaves_veth_uplinks_to_tc_and_cleanup_removes_the_program(
     )
     before = cluster.counters(1)
     for node in (cluster.node4(1), cluster.node6(1)):
-        assert set(traffic.spread_tcp(cluster.ext(1), node, 30183, 30)) == names([1, 2, 3, 4])
+        assert set(traffic.spread_tcp(cluster.ext(1), node, 30183, 60)) == names([1, 2, 3, 4])
     after = cluster.counters(1)
     assert after["new_flow"] >= before["new_flow"] + 60
     assert all(after[n] == before[n] for n in XDP_COUNTERS), (before, after)
