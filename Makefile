@@ -45,6 +45,7 @@ bench: setup
 	@$(PY) -m bench.nodeshapes
 	@$(PY) -m bench.metrics
 	@$(PY) -m bench.faults
+	@$(PY) -m bench.xdp
 
 clean:
 	@$(PY) -m ebpflb lab down --name ebpflb 2>/dev/null || true
