@@ -72,3 +72,21 @@ def test_each_paths_service_port_leads_to_its_own_server_port() -> None:
     for path in socklb.PATHS:
         want = {f"{p}:{socklb.SERVER_PORT[path]}" for p in pods}
         assert got[f"10.96.0.3:{socklb.SERVICE_PORT[path]}/TCP"] == want
+
+
+def test_a_paths_ratio_is_the_median_of_its_windows_ratios() -> None:
+    fast = socklb.path_figures([_run(990, 50)], [_run(1000, 50)])  # x0.99
+    slow = socklb.path_figures([_run(500, 100)], [_run(505, 100)])  # machine busy: x0.99
+    bad = socklb.path_figures([_run(900, 50)], [_run(1000, 50)])  # x0.90
+    pooled = socklb.path_figures(
+        [_run(990, 50), _run(500, 100), _run(500, 100)],
+        [_run(1000, 50), _run(1000, 50), _run(505, 100)],
+    )
+    pooled["per_round"] = [fast, slow, slow]
+    socklb.window_ratios(pooled)
+    assert pooled["pooled_ratio_rps"] == 0.5
+    assert (pooled["ratio_rps"], pooled["ratio_p50"]) == (0.99, 1.0)
+    assert pooled["target_met"]
+    pooled["per_round"] = [fast, bad, bad]
+    socklb.window_ratios(pooled)
+    assert pooled["ratio_rps"] == 0.9 and not pooled["target_met"]
