@@ -46,6 +46,7 @@ bench: setup
 	@$(PY) -m bench.metrics
 	@$(PY) -m bench.faults
 	@$(PY) -m bench.xdp
+	@$(PY) -m bench.socklb --scales 10,1000,10000,100000
 
 clean:
 	@$(PY) -m ebpflb lab down --name ebpflb 2>/dev/null || true
