@@ -15,6 +15,31 @@ from ebpflb.errors import LabError
 from ebpflb.lab import build, layout
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_stale_default_status() -> Iterator[None]:
+    """Agents that the tests start without --state-dir publish to the default one, and
+    one killed (SIGKILL tests) leaves its status behind, naming pins the test removed:
+    `ebpflb services` on this machine would then point at them. Remove what this
+    session's agents left there (written since it began, by a process now gone)."""
+    import json
+    import time
+
+    from ebpflb.agent.status import status_path
+    from ebpflb.statefile import DEFAULT_STATE_DIR
+
+    began = time.time()
+    yield
+    path = status_path(DEFAULT_STATE_DIR)
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        pid, written = int(data["pid"]), float(data["written_at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if written >= began and not os.path.exists(f"/proc/{pid}"):
+        os.unlink(path)
+
+
 def unique_lab_name() -> str:
     return "t" + secrets.token_hex(3)[:5]
 
