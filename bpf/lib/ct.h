@@ -94,19 +94,39 @@ static __always_inline int ct_flow_over(__u16 flags, __u64 last_seen_ns, __u8 pr
 	return idle > (proto == IP4_PROTO_TCP ? NAT_REUSE_TCP_NS : NAT_REUSE_OTHER_NS);
 }
 
+#define CT_NOTE_NONE		0	/* the segment says nothing of the flow's end */
+#define CT_NOTE_CLOSE		1	/* a TCP FIN or RST */
+#define CT_NOTE_OPEN		2	/* a SYN opening the tuple again */
+
+/* What a packet says of its flow's end (family-agnostic). */
+static __always_inline int ct_note_of(__u8 proto, __u8 tcp_flags)
+{
+	if (pkt_opens_tcp(proto, tcp_flags))
+		return CT_NOTE_OPEN;
+	if (proto == IP4_PROTO_TCP && (tcp_flags & (TCP_F_FIN | TCP_F_RST)))
+		return CT_NOTE_CLOSE;
+	return CT_NOTE_NONE;
+}
+
+/* Mark (CT_NOTE_CLOSE) or clear (CT_NOTE_OPEN) CT_F_CLOSING in a REPLY entry's flags. */
+static __always_inline void ct_apply_note(__u16 *flags, int note)
+{
+	if (note == CT_NOTE_OPEN)
+		*flags &= ~CT_F_CLOSING;
+	else
+		*flags |= CT_F_CLOSING;
+}
+
 /* A TCP FIN or RST marks its flow closing, on the REPLY entry (the one that holds a
  * NAT port, see ct_flow_over); a SYN opening the tuple again clears the mark. Only
  * those segments pay for it. */
 static __always_inline void ct4_note_close(const struct pkt4 *pkt, struct ct4_value *ct, __u8 dir)
 {
+	int note = ct_note_of(pkt->proto, pkt->tcp_flags);
 	struct ct4_value *reply = ct;
 	struct ct4_key key;
-	int opens;
 
-	if (pkt->proto != IP4_PROTO_TCP)
-		return;
-	opens = (pkt->tcp_flags & (TCP_F_SYN | TCP_F_ACK)) == TCP_F_SYN;
-	if (!opens && !(pkt->tcp_flags & (TCP_F_FIN | TCP_F_RST)))
+	if (note == CT_NOTE_NONE)
 		return;
 	if (dir == CT_DIR_SERVICE) {
 		ct4_reply_key(&key, pkt, ct);
@@ -114,10 +134,7 @@ static __always_inline void ct4_note_close(const struct pkt4 *pkt, struct ct4_va
 		if (!reply)
 			return;
 	}
-	if (opens)
-		reply->flags &= ~CT_F_CLOSING;
-	else
-		reply->flags |= CT_F_CLOSING;
+	ct_apply_note(&reply->flags, note);
 }
 
 /* The entry for the packet's own 5-tuple in direction dir, or NULL; a FIN, RST or SYN

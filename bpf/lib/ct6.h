@@ -60,14 +60,11 @@ static __always_inline void ct6_reply_key(struct ct6_key *key, const struct pkt6
 /* As ct4_note_close. */
 static __always_inline void ct6_note_close(const struct pkt6 *pkt, struct ct6_value *ct, __u8 dir)
 {
+	int note = ct_note_of(pkt->proto, pkt->tcp_flags);
 	struct ct6_value *reply = ct;
 	struct ct6_key key;
-	int opens;
 
-	if (pkt->proto != IP4_PROTO_TCP)
-		return;
-	opens = (pkt->tcp_flags & (TCP_F_SYN | TCP_F_ACK)) == TCP_F_SYN;
-	if (!opens && !(pkt->tcp_flags & (TCP_F_FIN | TCP_F_RST)))
+	if (note == CT_NOTE_NONE)
 		return;
 	if (dir == CT_DIR_SERVICE) {
 		ct6_reply_key(&key, pkt, ct);
@@ -75,10 +72,7 @@ static __always_inline void ct6_note_close(const struct pkt6 *pkt, struct ct6_va
 		if (!reply)
 			return;
 	}
-	if (opens)
-		reply->flags &= ~CT_F_CLOSING;
-	else
-		reply->flags |= CT_F_CLOSING;
+	ct_apply_note(&reply->flags, note);
 }
 
 /* The entry for the packet's own 5-tuple in direction dir, or NULL; as ct4_lookup. */

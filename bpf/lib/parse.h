@@ -18,7 +18,7 @@
 #define TCP_HDR_LEN		20	/* sizeof(struct tcphdr), without options */
 #define TCP_CSUM_OFF		16	/* offsetof(struct tcphdr, check) */
 #define TCP_FLAGS_OFF		13	/* the byte of struct tcphdr holding FIN..CWR */
-#define TCP_F_FIN		0x01
+#define TCP_F_FIN		0x01	/* tcphdr flag bits (the byte at TCP_FLAGS_OFF) */
 #define TCP_F_SYN		0x02
 #define TCP_F_RST		0x04
 #define TCP_F_ACK		0x10
@@ -54,6 +54,12 @@ struct pkt4 {
 	__u32 csum_off;		/* offset of the TCP/UDP checksum */
 };
 
+/* A TCP segment that opens a connection: SYN without ACK. */
+static __always_inline int pkt_opens_tcp(__u8 proto, __u8 tcp_flags)
+{
+	return proto == IP4_PROTO_TCP && (tcp_flags & (TCP_F_SYN | TCP_F_ACK)) == TCP_F_SYN;
+}
+
 /* Whether a tracked flow's packet may choose again once its backend stops taking new
  * flows (not ready, or terminating while others are ready): a TCP segment that opens a
  * connection (SYN without ACK) on the 5-tuple of a closed one still in conntrack
@@ -61,9 +67,7 @@ struct pkt4 {
  * conntrack entries of endpoints that are no longer ready. Established TCP drains. */
 static __always_inline int pkt_leaves_inactive(__u8 proto, __u8 tcp_flags)
 {
-	if (proto == IP4_PROTO_UDP)
-		return 1;
-	return proto == IP4_PROTO_TCP && (tcp_flags & (TCP_F_SYN | TCP_F_ACK)) == TCP_F_SYN;
+	return proto == IP4_PROTO_UDP || pkt_opens_tcp(proto, tcp_flags);
 }
 
 static __always_inline int pkt4_is_fragment(const struct iphdr *ip)

@@ -23,10 +23,6 @@
 
 #define ICMP_C_PORT_UNREACH	3
 #define REJECT_QUOTE_LEN	28	/* the quoted IPv4 header (no options) + 8 bytes */
-#define TCP_F_FIN		0x01	/* tcphdr flag bits (the byte at offset 13) */
-#define TCP_F_SYN		0x02
-#define TCP_F_RST		0x04
-#define TCP_F_ACK		0x10
 #define TCP_DOFF_5		0x50	/* data offset 5 words (no options), reserved 0 */
 
 /* The IPv4 packet that replaces the refused one. */
@@ -203,7 +199,7 @@ static __always_inline int lb4_reject(struct __sk_buff *skb, const struct pkt4 *
 	if (pkt->proto == IP4_PROTO_TCP) {
 		if (bpf_skb_load_bytes(skb, pkt->l4_off, &in, sizeof(in)) < 0)
 			return DROP_NO_BACKEND;
-		if ((in.flags & (TCP_F_SYN | TCP_F_ACK)) != TCP_F_SYN)
+		if (!pkt_opens_tcp(pkt->proto, in.flags))
 			return lb4_reject_tcp_reset(skb, pkt, &in);
 	}
 	return lb4_reject_icmp(skb, pkt);

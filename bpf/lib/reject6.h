@@ -178,7 +178,7 @@ static __always_inline int lb6_reject(struct __sk_buff *skb, const struct pkt6 *
 		if (bpf_skb_load_bytes(skb, pkt->l4_off, &in, sizeof(in)) < 0)
 			return DROP_NO_BACKEND;
 		return lb6_reject_tcp_reset(skb, pkt, &in,
-					    (in.flags & (TCP_F_SYN | TCP_F_ACK)) == TCP_F_SYN ?
+					    pkt_opens_tcp(pkt->proto, in.flags) ?
 						    GSTAT_REJECT : GSTAT_RESET);
 	}
 	return lb6_reject_icmp(skb, pkt);
