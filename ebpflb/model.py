@@ -72,10 +72,12 @@ class ServicePortName:
 FrontendKey = tuple[IPAddress, int, Protocol]  # what a frontend is looked up by
 
 
-def hostport(address: IPAddress, port: int | str) -> str:
+def hostport(address: IPAddress | str, port: int | str) -> str:
     """``address:port``, an IPv6 address in brackets (``[fd00::a]:80``, RFC 3986): the
-    one spelling of an endpoint in tables, plans and explanations."""
-    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+    one spelling of an endpoint in tables, plans, explanations and logs. A string
+    address (a bind address such as ``::``) is IPv6 when it has a colon."""
+    v6 = ":" in address if isinstance(address, str) else address.version == 6
+    return f"[{address}]:{port}" if v6 else f"{address}:{port}"
 
 
 @dataclass(frozen=True, order=True, slots=True)

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from ebpflb.httpserve import MAX_HEAD, ConnectionGuard, Response, encode, serve_one
 from ebpflb.loopthread import LoopThread
-from ebpflb.model import ServiceRef
+from ebpflb.model import ServiceRef, hostport
 
 log = logging.getLogger(__name__)
 
@@ -120,13 +120,13 @@ class HealthCheckServer:
                     ref,
                     address,
                     port,
-                    f"cannot listen on {_host(address)}:{port} for the health check "
+                    f"cannot listen on {hostport(address, port)} for the health check "
                     f"of Service {ref}: {exc.strerror or exc}",
                 )
                 continue
             self._failed.discard((ref, address, port))
             self._servers[(address, port)] = (ref, server)
-            log.info("health check of Service %s on %s:%d", ref, _host(address), port)
+            log.info("health check of Service %s on %s", ref, hostport(address, port))
         live = {c.ref for c in checks.values()}
         self._failed = {f for f in self._failed if f[0] in live}
 
@@ -175,7 +175,3 @@ def wildcards(node_addresses: Sequence[object]) -> tuple[str, ...]:
     over IPv6. (Binding "::" on a node without IPv6 would fail, hence not always.)"""
     has_ipv6 = any(":" in str(a) for a in node_addresses)
     return (WILDCARD, WILDCARD6) if has_ipv6 else (WILDCARD,)
-
-
-def _host(address: str) -> str:
-    return f"[{address}]" if ":" in address else address

@@ -36,7 +36,7 @@ from ebpflb.dns.records import ServiceRecords, service_records
 from ebpflb.dns.zone import DEFAULT_TTL, Zone
 from ebpflb.httpserve import ConnectionGuard
 from ebpflb.loopthread import LoopThread
-from ebpflb.model import DEFAULT_CLUSTER_DOMAIN, ServiceRef
+from ebpflb.model import DEFAULT_CLUSTER_DOMAIN, ServiceRef, hostport
 
 if TYPE_CHECKING:
     from ebpflb.agent.config import AgentConfig
@@ -136,7 +136,7 @@ class DnsServer:
                 "DNS: answering %s for %d Services on %s",
                 self.zone.origin.to_text(omit_final_dot=True),
                 len(self.zone),
-                ", ".join(_show(a) for a in self.addresses),
+                ", ".join(hostport(*a) for a in self.addresses),
             )
         await self._bind()
 
@@ -164,11 +164,13 @@ class DnsServer:
                     self._servers[address] = await asyncio.start_server(
                         self._serve_tcp, host, port, family=family, reuse_address=True
                     )
-                    log.info("DNS: listening on %s (UDP and TCP)", _show(address))
+                    log.info("DNS: listening on %s (UDP and TCP)", hostport(*address))
             except OSError as exc:
                 if (address, str(exc)) not in self._failed:
                     self._failed.add((address, str(exc)))
-                    log.error("DNS: cannot listen on %s: %s", _show(address), exc.strerror or exc)
+                    log.error(
+                        "DNS: cannot listen on %s: %s", hostport(*address), exc.strerror or exc
+                    )
 
     async def _close_all(self) -> None:
         for task in self._connections:
@@ -295,11 +297,6 @@ def _udp_socket(family: int, address: Address) -> socket.socket:
         sock.close()
         raise
     return sock
-
-
-def _show(address: Address) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def parse_dns_bind(value: str) -> Address:

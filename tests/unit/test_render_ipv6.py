@@ -34,11 +34,14 @@ FE4 = Frontend(A("10.96.0.10"), 80, Protocol.TCP, FrontendKind.CLUSTER_IP)
         ("10.96.0.10", 80, "10.96.0.10:80"),
         ("fd00:10:96::a", 80, "[fd00:10:96::a]:80"),
         ("2001:db8::1", 65535, "[2001:db8::1]:65535"),
+        ("::", 53, "[::]:53"),
+        ("0.0.0.0", 10256, "0.0.0.0:10256"),
     ],
 )
 def test_one_spelling_everywhere(address: str, port: int, text: str) -> None:
     addr = A(address)
     assert hostport(addr, port) == text
+    assert hostport(address, port) == text  # a bind address given as text
     assert str(Backend(addr, port)) == text
     assert str(BackendState(addr, port)) == text
     assert str(Frontend(addr, port, Protocol.UDP)) == f"{text}/UDP"
