@@ -8,6 +8,14 @@ package-dir mapping ("ebpflb._bpf" = "bpf") is ignored while packages are found
 automatically (it would need every subpackage listed by hand), and a symlink
 ebpflb/_bpf -> ../bpf is followed by some archivers and copied as a link by others.
 An editable install builds nothing here: bpf_dir() then uses the checkout's bpf/.
+
+The one native module, ebpflb._maglevfill (the Maglev table fill in C,
+ebpflb/_maglevfill.c), is built by every install, editable ones too (beside its
+source). It needs a C compiler and the Python headers (Debian: gcc, python3-dev);
+it is optional so that an install without them still works: ebpflb.maglev then fills
+its tables in Python, about 30x slower. The image (deploy/Containerfile) and the unit
+tests insist on it.
+
 Everything else is configured in pyproject.toml; MANIFEST.in puts bpf/ in the sdist.
 """
 
@@ -15,7 +23,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_py import build_py
 
 BPF_SOURCES = ("*.c", "lib/*.h")
@@ -37,4 +45,11 @@ class BuildPyWithBpf(build_py):
                 self.copy_file(str(path), str(dest))
 
 
-setup(cmdclass={"build_py": BuildPyWithBpf})
+MAGLEV_FILL = Extension(
+    "ebpflb._maglevfill",
+    sources=["ebpflb/_maglevfill.c"],
+    extra_compile_args=["-O2", "-Wall", "-Wextra"],
+    optional=True,
+)
+
+setup(cmdclass={"build_py": BuildPyWithBpf}, ext_modules=[MAGLEV_FILL])

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from collections.abc import Sequence
+from array import array
+from collections.abc import Callable, Sequence
 
 from ebpflb.model import IPAddress, Protocol
 
@@ -30,28 +31,77 @@ FLOW_HASH_SEED = 0x6562706C  # bpf/lib/consts.h
 _MASK = 0xFFFFFFFF
 
 
+# Each backend's walk comes from two blake2b hashes of its name; hashing from copies
+# of these salted hashers costs half as much as making a hasher per name.
+_OFFSET_HASH = hashlib.blake2b(digest_size=8, salt=b"offset")
+_SKIP_HASH = hashlib.blake2b(digest_size=8, salt=b"skip")
+_SALTED = {b"offset": _OFFSET_HASH, b"skip": _SKIP_HASH}
+
+
 def _name_hash(name: str, salt: bytes) -> int:
-    return int.from_bytes(
-        hashlib.blake2b(name.encode(), digest_size=8, salt=salt).digest(), "little"
-    )
+    h = _SALTED[salt].copy()
+    h.update(name.encode())
+    return int.from_bytes(h.digest(), "little")
+
+
+def _walks(names: Sequence[str], size: int) -> tuple[list[int], list[int]]:
+    """Each backend's permutation of the slots: offset, offset+skip, offset+2*skip...
+    (mod size; size is prime, so every skip in [1, size) visits every slot)."""
+    offsets = []
+    skips = []
+    for name in names:
+        key = name.encode()
+        h = _OFFSET_HASH.copy()
+        h.update(key)
+        offsets.append(int.from_bytes(h.digest(), "little") % size)
+        h = _SKIP_HASH.copy()
+        h.update(key)
+        skips.append(int.from_bytes(h.digest(), "little") % (size - 1) + 1)
+    return offsets, skips
+
+
+def _check_size(size: int) -> None:
+    if size not in TABLE_SIZES:
+        raise ValueError(f"Maglev table size {size} is not one of {TABLE_SIZES}")
 
 
 def table(names: Sequence[str], size: int = DEFAULT_TABLE_SIZE) -> list[int]:
     """The Maglev table: slot -> index into `names` (the active backends, each named
     by "address:port" so that every node computes the same table). [] for none."""
-    if size not in TABLE_SIZES:
-        raise ValueError(f"Maglev table size {size} is not one of {TABLE_SIZES}")
-    n = len(names)
-    if n == 0:
+    _check_size(size)
+    if not names:
         return []
-    # Each backend's permutation is offset, offset+skip, offset+2*skip... (mod size);
-    # `cursor` is where each one's walk stands. The backends take turns: size // n
-    # whole rounds, then the first size % n backends once more fill the last slots,
-    # so no per-claim count or test of "full" is needed.
-    cursor = [_name_hash(b, b"offset") % size for b in names]
-    walkers = [(i, _name_hash(b, b"skip") % (size - 1) + 1) for i, b in enumerate(names)]
+    offsets, skips = _walks(names, size)
+    if _native_fill is not None:
+        return _native_fill(offsets, skips, size)
+    return _fill(offsets, skips, size)
+
+
+def table_ids(names: Sequence[str], ids: Sequence[int], size: int = DEFAULT_TABLE_SIZE) -> bytes:
+    """`table(names, size)` with each backend index replaced by its id (`ids[i]` for
+    `names[i]`, a u32): a Maglev inner map's values, native u32s, as
+    array("I", ...).tobytes(). b"" for no backend."""
+    _check_size(size)
+    if len(ids) != len(names):
+        raise ValueError(f"{len(ids)} Maglev ids for {len(names)} backends")
+    if not names:
+        return b""
+    offsets, skips = _walks(names, size)
+    if _native_fill_ids is not None:
+        return _native_fill_ids(offsets, skips, size, ids)
+    return array("I", map(ids.__getitem__, _fill(offsets, skips, size))).tobytes()
+
+
+def _fill(offsets: list[int], skips: list[int], size: int) -> list[int]:
+    """The fill in Python: the reference for ebpflb/_maglevfill.c's, and the fill
+    when that extension is not built. `cursor` is where each backend's walk stands.
+    The backends take turns: size // n whole rounds, then the first size % n
+    backends once more fill the last slots, so no per-claim count or test of "full"
+    is needed (with more backends than slots, the first `size` take one each)."""
+    cursor = list(offsets)
+    walkers = list(enumerate(skips))
     entry = [-1] * size
-    rounds, rest = divmod(size, n)
+    rounds, rest = divmod(size, len(walkers))
     for turns in [walkers] * rounds + [walkers[:rest]]:
         for i, skip in turns:
             slot = cursor[i]
@@ -60,6 +110,19 @@ def table(names: Sequence[str], size: int = DEFAULT_TABLE_SIZE) -> list[int]:
             entry[slot] = i
             cursor[i] = (slot + skip) % size
     return entry
+
+
+# The same fill in C (ebpflb/_maglevfill.c, built by `pip install`): about 30x
+# faster, which a full sync of thousands of Maglev frontends needs. Without a
+# compiler at install time, the Python fill above does the same work.
+_native_fill: Callable[[list[int], list[int], int], list[int]] | None
+_native_fill_ids: Callable[[list[int], list[int], int, Sequence[int]], bytes] | None
+try:
+    from ebpflb import _maglevfill
+except ImportError:
+    _native_fill = _native_fill_ids = None
+else:
+    _native_fill, _native_fill_ids = _maglevfill.fill, _maglevfill.fill_ids
 
 
 def _mix32(x: int) -> int:
