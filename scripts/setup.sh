@@ -24,7 +24,8 @@ case "$arch" in
 esac
 
 PKGS=(python3-bpfcc libbpfcc "linux-headers-$flavour" iproute2 iptables iputils-ping gcc make
-      python3-venv iperf3 nftables util-linux ethtool  # ethtool: XDP lab tests (tx csum off)
+      python3-venv python3-dev  # python3-dev: Python.h, for ebpflb._maglevfill (setup.py)
+      iperf3 nftables util-linux ethtool  # ethtool: XDP lab tests (tx csum off)
       vagrant shellcheck)  # make test: `vagrant validate` of vagrant/, shellcheck of scripts
 missing=()
 for p in "${PKGS[@]}"; do

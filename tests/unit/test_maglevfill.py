@@ -7,8 +7,13 @@ Python headers): that is a failure here, not a skip."""
 from __future__ import annotations
 
 import random
+import shutil
+import subprocess
+import sys
 import timeit
+import zipfile
 from array import array
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -16,6 +21,7 @@ from hypothesis import strategies as st
 
 from ebpflb import _maglevfill, maglev
 
+ROOT = Path(__file__).resolve().parents[2]
 NAMES = [f"10.244.{i // 250}.{i % 250 + 1}:8080" for i in range(600)]
 NAME = st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=24)
 
@@ -166,3 +172,37 @@ def test_random_name_sets_at_the_default_size() -> None:
     for _ in range(50):
         names = rng.sample(NAMES, rng.randint(1, 64))
         assert maglev.table(names) == _python_table(names, maglev.DEFAULT_TABLE_SIZE)
+
+
+def test_the_images_build_stage_builds_the_extension(tmp_path: Path) -> None:
+    """deploy/Containerfile's build stage, replayed without podman: from the files it
+    copies (and nothing else), pip builds a wheel with the compiled module in it."""
+    text = (ROOT / "deploy" / "Containerfile").read_text()
+    build, runtime = text.split(" AS build\n", 1)[1].split("\nFROM ", 1)
+    assert "python3-dev" in build and "gcc" in build
+    assert "import bcc, ebpflb, ebpflb._maglevfill" in runtime  # the image insists
+    src = tmp_path / "src"
+    src.mkdir()
+    copies = [line.split()[1:] for line in build.splitlines() if line.startswith("COPY ")]
+    assert copies
+    for *paths, dest in copies:
+        for path in paths:
+            target = src / dest / Path(path).name if dest.endswith("/") else src / dest
+            if (ROOT / path).is_dir():
+                skip = shutil.ignore_patterns("*.so", "__pycache__")
+                shutil.copytree(ROOT / path, target, ignore=skip)
+            else:
+                shutil.copy(ROOT / path, target)
+    wheels = tmp_path / "wheels"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+    out = subprocess.run(
+        [*pip, "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    (wheel,) = wheels.glob("ebpflb-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert any(n.startswith("ebpflb/_maglevfill.") and n.endswith(".so") for n in names)
