@@ -65,7 +65,7 @@ static __always_inline __u8 *map_srcr4_lookup(struct srcrange4_key *key)
 static __always_inline __u32 *map_cfg_lookup(__u32 *index)
 { return ebpflb_cfg.lookup(index); }
 static __always_inline void *map_mg4_lookup(__u32 *svc_id)
-{ return ebpflb_mg4.lookup(svc_id); }
+{ return ebpflb_mg4_v2.lookup(svc_id); }
 static __always_inline struct lb6_service *map_svc6_lookup(struct lb6_key *key)
 { return ebpflb_svc6.lookup(key); }
 static __always_inline struct lb6_backend *map_be6_lookup(__u32 *id)

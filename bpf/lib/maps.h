@@ -38,11 +38,13 @@ BPF_TABLE_PINNED("percpu_array", __u32, __u64, ebpflb_gstat_v3,
 /* -DROP_* reason -> per-CPU count of packets dropped for it (at the programs' exit) */
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, ebpflb_drops, DROP_MAX,
 		 PIN_DIR "/ebpflb_drops");
-/* The shape of every Maglev table (BPF_F_INNER_MAP: tables of any size fit in). */
-BPF_F_TABLE("array", __u32, __u32, ebpflb_mgtmpl, 1, BPF_F_INNER_MAP);
-/* frontend id -> its Maglev table: slot -> backend id (the agent swaps whole tables) */
-BPF_TABLE_PINNED("array_of_maps$ebpflb_mgtmpl", __u32, __u32, ebpflb_mg4, MAX_SERVICES,
-		 PIN_DIR "/ebpflb_mg4");
+/* The shape of every Maglev table (BPF_F_INNER_MAP: tables of any size fit in;
+ * BPF_F_MMAPABLE: the agent writes a table with one copy into its memory). */
+BPF_F_TABLE("array", __u32, __u32, ebpflb_mgtmpl, 1, BPF_F_INNER_MAP | BPF_F_MMAPABLE);
+/* frontend id -> its Maglev table: slot -> backend id, rewritten in place by the agent
+ * (_v2: the tables became mmapable; an outer map's inner-map flags are fixed) */
+BPF_TABLE_PINNED("array_of_maps$ebpflb_mgtmpl", __u32, __u32, ebpflb_mg4_v2, MAX_SERVICES,
+		 PIN_DIR "/ebpflb_mg4_v2");
 /* (host socket, backend) -> the frontend it asked for; LRU-evicted */
 BPF_TABLE_PINNED("lru_hash", struct sknat4_key, struct sknat4_value, ebpflb_sknat4,
 		 MAX_SOCK_NAT, PIN_DIR "/ebpflb_sknat4");

@@ -16,7 +16,8 @@ import pytest
 
 from ebpflb import maglev
 from ebpflb.dataplane.bpf import abi
-from ebpflb.dataplane.bpf.syscall import BPF_F_INNER_MAP, MapType, PinnedMap, map_create
+from ebpflb.dataplane.bpf.maglevtables import TABLE_FLAGS
+from ebpflb.dataplane.bpf.syscall import MapType, PinnedMap, map_create
 from tests.bpf import packets as pk
 from tests.bpf import packets6 as p6
 from tests.bpf.conftest import TC_ACT_OK, TC_ACT_SHOT, Maps, RunFn
@@ -376,7 +377,7 @@ def test_maglev_choice_is_the_table_python_computes(maps6: Maps6, run: RunFn) ->
     table = maglev.table(names, MAGLEV_SIZE)
     ids = list(backends)
     maps6.add_service(1, CLUSTER_IP, 80, pk.TCP, backends, flags=abi.SvcFlag.MAGLEV)
-    inner = map_create(MapType.ARRAY, 4, 4, MAGLEV_SIZE, "test_mg6", flags=BPF_F_INNER_MAP)
+    inner = map_create(MapType.ARRAY, 4, 4, MAGLEV_SIZE, "test_mg6", flags=TABLE_FLAGS)
     with PinnedMap("", fd=inner) as tbl:  # closes inner; the outer map keeps the table
         for slot, index in enumerate(table):
             tbl.update(ctypes.c_uint32(slot), ctypes.c_uint32(ids[index]))

@@ -26,7 +26,7 @@ MAP_SVC_META = "ebpflb_svcmeta"
 MAP_AFFINITY = "ebpflb_aff4"
 MAP_SRC_RANGES = "ebpflb_srcr4"
 MAP_CONFIG = "ebpflb_cfg"
-MAP_MAGLEV = "ebpflb_mg4"
+MAP_MAGLEV = "ebpflb_mg4_v2"  # _v2: mmapable tables (maglevtables says why)
 MAP_SOCK_NAT = "ebpflb_sknat4"
 MAP_DROPS = "ebpflb_drops"
 # IPv6 maps (bpf/lib/abi.h says why they are separate); ids are shared with IPv4's, so
@@ -67,7 +67,7 @@ ALL_MAPS = (
 )
 # Pins of older layouts (renamed when their layout changed): removed on cleanup and
 # when the agent starts, so nothing reads or keeps them.
-LEGACY_MAPS = ("ebpflb_ct4", "ebpflb_gstat", "ebpflb_gstat_v2")
+LEGACY_MAPS = ("ebpflb_ct4", "ebpflb_gstat", "ebpflb_gstat_v2", "ebpflb_mg4")
 
 # Socket-LB's BPF links are pinned beside the maps under this prefix (socklb.LINK_PINS).
 LINK_PIN_PREFIX = "ebpflb_link_"

@@ -1,6 +1,6 @@
 """The bpf(2) system call through ctypes: open pinned maps, read and write elements
-(one at a time or in batches), read map info, create, update and detach links, and
-BPF_PROG_TEST_RUN.
+(one at a time or in batches, or through an mmapable array's memory), read map info,
+create, update and detach links, and BPF_PROG_TEST_RUN.
 
 Kept free of bcc so that inspection (``ebpflb services`` ...) works on a machine
 where bcc cannot compile, and while the agent is down.
@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import enum
 import errno
+import mmap
 import os
 import platform
 from collections.abc import Iterator
@@ -103,6 +104,7 @@ BPF_EXIST = 2
 
 BPF_MAP_TYPE_ARRAY = 2
 BPF_F_INNER_MAP = 1 << 12  # an inner map whose size may differ from the template's
+BPF_F_MMAPABLE = 1 << 10  # an array whose values userspace may mmap() (map_mmap)
 BPF_MAP_TYPE_PERCPU_HASH = 5
 BPF_MAP_TYPE_PERCPU_ARRAY = 6
 BPF_MAP_TYPE_LRU_PERCPU_HASH = 10
@@ -391,10 +393,44 @@ class MapInfo:
     value_size: int
     max_entries: int
     name: str
+    flags: int = 0  # BPF_F_* it was made with
 
     @property
     def percpu(self) -> bool:
         return self.type in _PERCPU_TYPES
+
+
+def map_info(fd: int) -> MapInfo:
+    """Type, id, key and value size, entries and name of the map behind `fd`."""
+    info = _MapInfo()
+    _bpf(
+        BPF_OBJ_GET_INFO_BY_FD,
+        _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info)),
+    )
+    return MapInfo(
+        info.type,
+        info.id,
+        info.key_size,
+        info.value_size,
+        info.max_entries,
+        info.name.decode(errors="replace"),
+        info.map_flags,
+    )
+
+
+def array_stride(value_size: int) -> int:
+    """Bytes from one element of an array map to the next, as mmap() shows them: the
+    kernel rounds each value up to 8 bytes (a u32 value sits in the first 4)."""
+    return (value_size + 7) & ~7
+
+
+def map_mmap(fd: int, length: int) -> mmap.mmap:
+    """The values of the BPF_F_MMAPABLE array behind `fd`, mapped shared and writable:
+    element i at i * array_stride(value_size). A store is seen by the programs at
+    once (no system call per element). `length` may not exceed the map's values
+    rounded up to a page (EINVAL). Close it (or use it as a context manager): the
+    mapping holds the map alive."""
+    return mmap.mmap(fd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
 
 
 K = TypeVar("K", bound="ctypes._CData")
@@ -419,19 +455,7 @@ class PinnedMap:
         self._ncpu = possible_cpus() if self.info.percpu else 1
 
     def _info(self) -> MapInfo:
-        info = _MapInfo()
-        _bpf(
-            BPF_OBJ_GET_INFO_BY_FD,
-            _InfoAttr(bpf_fd=self.fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info)),
-        )
-        return MapInfo(
-            info.type,
-            info.id,
-            info.key_size,
-            info.value_size,
-            info.max_entries,
-            info.name.decode(errors="replace"),
-        )
+        return map_info(self.fd)
 
     def object_kind(self) -> str:
         """What the pin holds: "map", "program", "link" (BPF_OBJ_GET opens any of them,
