@@ -194,7 +194,7 @@ def test_the_images_build_stage_builds_the_extension(tmp_path: Path) -> None:
             else:
                 shutil.copy(ROOT / path, target)
     wheels = tmp_path / "wheels"
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-cache-dir"]
     out = subprocess.run(
         [*pip, "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(src)],
         capture_output=True,
