@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-from array import array
 from ipaddress import IPv4Address, IPv6Address
 
 from ebpflb import maglev
@@ -50,8 +49,7 @@ class MaglevTables:
     all of a plan's at once with one batch update (one wait). A table stays with its
     frontend id after the frontend is deleted (no wait for that either) and is
     rewritten in place when the id is given out again; the kernel never reads a table
-    without a service entry that uses it. The slot -> backend order depends only on
-    the backends' names, so frontends with the same backends share the work.
+    without a service entry that uses it.
 
     A table is written through a mapping of its memory (``map_mmap``), as the batch
     update it replaces wrote it: slot by slot with plain stores, no slot ever holding
@@ -61,16 +59,7 @@ class MaglevTables:
     def __init__(self, outer: PinnedMap, size: int) -> None:
         self.outer = outer
         self.size = size
-        self._orders: dict[tuple[str, ...], list[int]] = {}
         self._new: list[tuple[int, int]] = []  # (frontend id, its new table's fd): pending
-
-    def _order(self, names: tuple[str, ...]) -> list[int]:
-        """The table over these names; computed once per write phase (a Service port's
-        ClusterIP and NodePort frontends share it), forgotten after it (`flush`)."""
-        order = self._orders.get(names)
-        if order is None:
-            order = self._orders[names] = maglev.table(names, self.size)
-        return order
 
     def write(
         self,
@@ -82,9 +71,11 @@ class MaglevTables:
         to fill; the kernel finds no backend before it looks at a table)."""
         if not slots:
             return
-        ids = [owned[backend_key(a.packed, p)] for a, p in slots]
-        order = self._order(tuple(f"{a}:{p}" for a, p in slots))
-        values = array("I", map(ids.__getitem__, order))  # native: as the map
+        values = maglev.table_ids(
+            [f"{a}:{p}" for a, p in slots],
+            [owned[backend_key(a.packed, p)] for a, p in slots],
+            self.size,
+        )  # native u32s, as the map holds them
         fd = self._held(sid)
         if fd is not None:
             try:
@@ -100,7 +91,7 @@ class MaglevTables:
             raise
         self._new.append((sid, fd))
 
-    def _fill(self, fd: int, values: array[int]) -> None:
+    def _fill(self, fd: int, values: bytes) -> None:
         """Copy `values` (one u32 per slot) into the table behind `fd`: one strided
         copy into its memory, each id in the first 4 of its slot's 8 bytes (the other
         4 stay the zeros the kernel made the table with)."""
@@ -108,13 +99,14 @@ class MaglevTables:
             map_mmap(fd, self.size * _STRIDE) as mem,
             memoryview(mem) as raw,
             raw.cast("I") as words,
+            memoryview(values) as given,
+            given.cast("I") as ids,
         ):
-            words[::_WORDS_PER_SLOT] = values
+            words[::_WORDS_PER_SLOT] = ids
 
     def flush(self) -> None:
         """End of a write phase: put the new tables into the outer map (one batch, one
         RCU wait)."""
-        self._orders.clear()
         if not self._new:
             return
         new, self._new = self._new, []
