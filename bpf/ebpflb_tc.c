@@ -64,6 +64,8 @@ static __always_inline __u8 *map_srcr4_lookup(struct srcrange4_key *key)
 { return ebpflb_srcr4.lookup(key); }
 static __always_inline __u32 *map_cfg_lookup(__u32 *index)
 { return ebpflb_cfg.lookup(index); }
+static __always_inline struct ct_clock *map_clock_lookup(__u32 *index)
+{ return ebpflb_clock.lookup(index); }
 static __always_inline void *map_mg4_lookup(__u32 *svc_id)
 { return ebpflb_mg4_v2.lookup(svc_id); }
 static __always_inline struct sknat4_value *map_sknat4_lookup(struct sknat4_key *key)

@@ -28,13 +28,26 @@ static __always_inline void ct4_key_init(struct ct4_key *key, __be32 saddr, __be
 }
 
 /* The flows' clock: CLOCK_MONOTONIC, as bpf_ktime_get_ns and userspace's
- * time.monotonic_ns(), at tick resolution. bpf_ktime_get_coarse_ns (Linux 5.11) reads
- * the time of the last tick where bpf_ktime_get_ns reads the clock source: ~35 ns per
- * call on this VM's TSC, a third of a conntrack hit's own work. A flow's age and idle
- * time (ebpflb conntrack) need no better than a tick. */
+ * time.monotonic_ns(), at tick resolution (a flow's age and idle time, ebpflb
+ * conntrack, need no better). bpf_ktime_get_coarse_ns reads the time of the last tick;
+ * as a helper call it costs ~35 ns here, a tenth of a conntrack hit. bpf_jiffies64 is
+ * inlined by the verifier into one load: the coarse time is read again only when
+ * jiffies moved since this CPU last read it, and cached per CPU (ebpflb_clock) in
+ * between. The timekeeper updates the coarse time just after jiffies, so the cached
+ * value may lag it by up to a tick (1-4 ms): still tick resolution. */
 static __always_inline __u64 ct_now(void)
 {
-	return bpf_ktime_get_coarse_ns();
+	__u32 index = 0;
+	struct ct_clock *clock = map_clock_lookup(&index);
+	__u64 jiffies = bpf_jiffies64();
+
+	if (!clock)
+		return bpf_ktime_get_coarse_ns();
+	if (clock->jiffies != jiffies || !clock->now_ns) {
+		clock->now_ns = bpf_ktime_get_coarse_ns();
+		clock->jiffies = jiffies;
+	}
+	return clock->now_ns;
 }
 
 /* A packet of the flow was seen. last_seen_ns moves only once it is CT_TOUCH_NS old:

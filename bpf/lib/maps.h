@@ -48,6 +48,13 @@ BPF_TABLE_PINNED("array_of_maps$ebpflb_mgtmpl", __u32, __u32, ebpflb_mg4_v2, MAX
 /* (host socket, backend) -> the frontend it asked for; LRU-evicted */
 BPF_TABLE_PINNED("lru_hash", struct sknat4_key, struct sknat4_value, ebpflb_sknat4,
 		 MAX_SOCK_NAT, PIN_DIR "/ebpflb_sknat4");
+/* One per CPU: the jiffies value at which the coarse clock was last read, and what it
+ * read (ct.h ct_now). A cache, never pinned: each load starts it afresh. */
+struct ct_clock {
+	__u64 jiffies;
+	__u64 now_ns;
+};
+BPF_PERCPU_ARRAY(ebpflb_clock, struct ct_clock, 1);
 /* CFG_* index -> a setting written by the agent */
 BPF_TABLE_PINNED("array", __u32, __u32, ebpflb_cfg, CFG_MAX, PIN_DIR "/ebpflb_cfg");
 /* (client, frontend id) -> the backend its last new flow got; LRU-evicted */
@@ -111,6 +118,7 @@ static __always_inline struct aff4_value *map_aff4_lookup(struct aff4_key *key);
 static __always_inline int map_aff4_update(struct aff4_key *key, struct aff4_value *value);
 static __always_inline __u8 *map_srcr4_lookup(struct srcrange4_key *key);
 static __always_inline __u32 *map_cfg_lookup(__u32 *index);
+static __always_inline struct ct_clock *map_clock_lookup(__u32 *index);
 static __always_inline void *map_mg4_lookup(__u32 *svc_id);
 static __always_inline struct sknat4_value *map_sknat4_lookup(struct sknat4_key *key);
 static __always_inline int map_sknat4_update(struct sknat4_key *key, struct sknat4_value *v);
