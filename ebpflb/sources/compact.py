@@ -9,7 +9,13 @@ means an update that touches only such fields compares equal to what is held, so
 costs no sync at all.
 
 Of the annotations only the topology ones are kept (translation reads them to enable
-topology-aware routing); of a Node, its labels (its zone) and addresses.
+topology-aware routing); of the labels, those read downstream (a slice's Service, a
+Service's proxy name, a Node's zone); of a Node, its addresses.
+
+What is kept is kept small, as 100,000s of objects are: a value that thousands of
+objects repeat (a Service's ports, endpoint conditions, names) is one shared copy; an
+endpoint of the usual shape becomes a ``CompactEndpoint`` (its address parsed once,
+here, not at every full sync), a quarter of the dict it was.
 
 Malformed parts are kept as they are, so translation still reports them by name.
 Objects are never mutated afterwards, which is what makes sharing safe.
@@ -18,34 +24,73 @@ Objects are never mutated afterwards, which is what makes sharing safe.
 from __future__ import annotations
 
 import sys
+from collections.abc import Hashable
 from typing import Any
 
-from ebpflb.sources.topology import ANNOTATIONS
+from ebpflb.sources.endpointslices import SERVICE_NAME_LABEL, CompactEndpoint
+from ebpflb.sources.services import SERVICE_PROXY_NAME_LABEL
+from ebpflb.sources.topology import ANNOTATIONS, ZONE_LABEL
 
 Obj = dict[str, Any]
 
 _META = ("name", "namespace", "labels")
+# The labels anything downstream reads: a slice's Service, a Service's proxy, a
+# Node's zone (the API server's selectors read the others before we get the object).
+_LABELS = (SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL, ZONE_LABEL)
+# What translation (services, topology) and the DNS records read of a Service's spec.
+_SPEC = (
+    "type",
+    "clusterIP",
+    "clusterIPs",
+    "ipFamilies",
+    "ipFamilyPolicy",
+    "ports",
+    "externalIPs",
+    "externalName",
+    "externalTrafficPolicy",
+    "internalTrafficPolicy",
+    "healthCheckNodePort",
+    "loadBalancerSourceRanges",
+    "sessionAffinity",
+    "sessionAffinityConfig",
+    "trafficDistribution",
+    "publishNotReadyAddresses",
+)
+# Spec values that thousands of Services repeat (one shared copy each); the others
+# (addresses) are unique to their Service.
+_SPEC_SHARED = frozenset(
+    {"ports", "ipFamilies", "sessionAffinityConfig", "loadBalancerSourceRanges"}
+)
 _ENDPOINT = ("addresses", "conditions", "nodeName", "zone", "hints")
-_CONDITIONS = frozenset({"ready", "serving", "terminating"})
-_conditions: dict[tuple[tuple[str, Any], ...], Obj] = {}  # shared; at most 27 shapes
+_ADDRESS_TYPES = {"IPv4": 4, "IPv6": 6}
+
+# Values seen before, by content: a repeat is replaced by the first copy. Bounded: when
+# full it starts again (sharing less for a while, never sharing wrongly).
+_SHARED_MAX = 4096
+_shared: dict[Hashable, Any] = {}
 
 
 def compact(kind: str, obj: Obj) -> Obj:
     """The part of ``obj`` (a Service, EndpointSlice or Node) that translation reads."""
-    out: Obj = {k: obj[k] for k in ("kind", "apiVersion") if k in obj}
+    out: Obj = {k: _string(obj[k]) for k in ("kind", "apiVersion") if k in obj}
     if "metadata" in obj:
         out["metadata"] = _metadata(obj["metadata"])
     if kind == "Service":
-        for key in ("spec", "status"):
-            if key in obj:
-                out[key] = obj[key] if key == "spec" else _service_status(obj[key])
+        if "spec" in obj:
+            out["spec"] = _service_spec(obj["spec"])
+        if "status" in obj:
+            out["status"] = _service_status(obj["status"])
     elif kind == "EndpointSlice":
-        for key in ("addressType", "ports"):
-            if key in obj:
-                out[key] = obj[key]
+        if "addressType" in obj:
+            out["addressType"] = _string(obj["addressType"])
+        if "ports" in obj:
+            out["ports"] = share(obj["ports"])
         if "endpoints" in obj:
             items = obj["endpoints"]
-            out["endpoints"] = [_endpoint(e) for e in items] if isinstance(items, list) else items
+            version = _ADDRESS_TYPES.get(out.get("addressType"))  # type: ignore[arg-type]
+            out["endpoints"] = (
+                [_endpoint(e, version) for e in items] if isinstance(items, list) else items
+            )
     elif kind == "Node" and "status" in obj:
         status = obj["status"]
         out["status"] = (
@@ -56,17 +101,63 @@ def compact(kind: str, obj: Obj) -> Obj:
     return out
 
 
+def share(value: Any) -> Any:
+    """``value``, or an equal value met before (of the same types throughout, so that
+    ``1`` never stands for ``True``). Neither may be mutated afterwards."""
+    try:
+        key = _frozen(value)
+        found = _shared.get(key)
+    except TypeError:  # not JSON
+        return value
+    if found is None:
+        if len(_shared) >= _SHARED_MAX:
+            _shared.clear()
+        _shared[key] = found = value
+    return found
+
+
+def _frozen(value: Any) -> Hashable:
+    kind = type(value)
+    if kind is dict:
+        return (dict, tuple([(k, _frozen(v)) for k, v in value.items()]))
+    if kind is list:
+        return (list, tuple([_frozen(v) for v in value]))
+    return (kind, value)
+
+
+def _string(value: Any) -> Any:
+    return sys.intern(value) if type(value) is str else value
+
+
 def _metadata(meta: Any) -> Any:
     if not isinstance(meta, dict):
         return meta
     out = {k: meta[k] for k in _META if k in meta}
+    labels = out.get("labels")
+    if isinstance(labels, dict):
+        out["labels"] = share({k: _string(labels[k]) for k in _LABELS if k in labels})
     annotations = meta.get("annotations")
     if isinstance(annotations, dict):
         kept = {k: annotations[k] for k in ANNOTATIONS if k in annotations}
         if kept:
-            out["annotations"] = kept
-    if isinstance(out.get("namespace"), str):
-        out["namespace"] = sys.intern(out["namespace"])
+            out["annotations"] = share(kept)
+    for key in ("name", "namespace"):
+        if key in out:
+            out[key] = _string(out[key])
+    return out
+
+
+def _service_spec(spec: Any) -> Any:
+    if not isinstance(spec, dict):
+        return spec
+    out = {}
+    for key in _SPEC:
+        if key in spec:
+            value = spec[key]
+            out[key] = share(value) if key in _SPEC_SHARED else _string(value)
+    ips = out.get("clusterIPs")
+    if isinstance(ips, list) and ips and ips[0] == out.get("clusterIP"):
+        out["clusterIPs"] = [out["clusterIP"], *ips[1:]]  # one string for both
     return out
 
 
@@ -76,19 +167,15 @@ def _service_status(status: Any) -> Any:
     return status
 
 
-def _endpoint(item: Any) -> Any:
+def _endpoint(item: Any, version: int | None) -> Any:
+    """A CompactEndpoint where it qualifies, else a dict of the fields read."""
     if not isinstance(item, dict):
         return item
     out = {k: item[k] for k in _ENDPOINT if k in item}
     for key in ("nodeName", "zone"):
-        if isinstance(out.get(key), str):
-            out[key] = sys.intern(out[key])
-    conditions = out.get("conditions")
-    if (
-        isinstance(conditions, dict)
-        and conditions.keys() <= _CONDITIONS
-        and all(isinstance(v, bool) for v in conditions.values())
-    ):
-        shape = tuple(sorted(conditions.items()))
-        out["conditions"] = _conditions.setdefault(shape, conditions)
-    return out
+        if key in out:
+            out[key] = _string(out[key])
+    for key in ("conditions", "hints"):
+        if key in out:
+            out[key] = share(out[key])
+    return CompactEndpoint.of(out, version) or out

@@ -12,7 +12,7 @@ slice is reported (naming the slice and the address) and that endpoint skipped.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from operator import itemgetter
 from typing import Any
 
@@ -55,6 +55,88 @@ _Endpoint = tuple[
     tuple[str, ...],
     tuple[str, ...],
 ]
+
+
+class CompactEndpoint(Mapping[str, Any]):
+    """One endpoint of an EndpointSlice as the Kubernetes source keeps it (see
+    ``compact``): its one address already parsed, and a quarter of the memory of the
+    dict it was made from, which it still reads as (a read-only Mapping, equal to that
+    dict). Only endpoints that translate without a question become one: one address,
+    of the slice's family, in its canonical spelling; ``conditions`` a dict; node and
+    zone strings; no hints. Every other endpoint stays a dict, so that translation
+    reports what is wrong with it exactly as before."""
+
+    __slots__ = ("address", "conditions", "node", "zone")
+
+    def __init__(
+        self, address: IPAddress, conditions: Obj | None, node: str | None, zone: str | None
+    ) -> None:
+        self.address = address
+        self.conditions = conditions  # None: absent
+        self.node = node  # nodeName; None: absent
+        self.zone = zone  # None: absent
+
+    @classmethod
+    def of(cls, item: Obj, version: int | None) -> CompactEndpoint | None:
+        """``item`` (an endpoint of a slice of IP ``version``) compacted, or None when it
+        does not qualify (see the class)."""
+        addresses = item.get("addresses")
+        conditions = item.get("conditions")
+        node = item.get("nodeName")
+        zone = item.get("zone")
+        if (
+            version is None
+            or type(addresses) is not list
+            or len(addresses) != 1
+            or not (conditions is None or type(conditions) is dict)
+            or not (node is None or type(node) is str)
+            or not (zone is None or type(zone) is str)
+            or len(item) != len(_FIELDS.intersection(item))
+        ):
+            return None
+        text = addresses[0]
+        address = _ip(text)
+        if address is None or address.version != version or str(address) != text:
+            return None
+        return cls(address, conditions, node, zone)
+
+    def _fields(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"addresses": [str(self.address)]}
+        for key, value in (
+            ("conditions", self.conditions),
+            ("nodeName", self.node),
+            ("zone", self.zone),
+        ):
+            if value is not None:
+                out[key] = value
+        return out
+
+    def __getitem__(self, key: str) -> Any:
+        return self._fields()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._fields())
+
+    def __len__(self) -> int:
+        return 1 + sum(v is not None for v in (self.conditions, self.node, self.zone))
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is CompactEndpoint:  # the common case (a relist), without dicts
+            return (self.address, self.conditions, self.node, self.zone) == (
+                other.address,
+                other.conditions,
+                other.node,
+                other.zone,
+            )
+        return super().__eq__(other)
+
+    __hash__ = None  # type: ignore[assignment]  # a Mapping is not hashable
+
+    def __repr__(self) -> str:
+        return f"CompactEndpoint({self._fields()!r})"
+
+
+_FIELDS = frozenset({"addresses", "conditions", "nodeName", "zone"})
 
 
 def _collect_backends(slices: Iterable[Obj], errors: list[ObjectError]) -> _Backends:
@@ -145,6 +227,20 @@ _ADDRESS_TYPES = {"IPv4": 4, "IPv6": 6}
 
 def _endpoint(item: Any, version: int) -> _Endpoint:
     """One endpoint's first address (of IP ``version``, the slice's) and conditions."""
+    if type(item) is CompactEndpoint and item.address.version == version:
+        conditions = item.conditions or _NO_CONDITIONS
+        ready = _flag(conditions.get("ready"), "ready", default=True)
+        return (
+            int(item.address),
+            item.address,
+            ready,
+            _flag(conditions.get("serving"), "serving", default=ready),
+            _flag(conditions.get("terminating"), "terminating", default=False),
+            item.node or None,
+            item.zone or None,
+            (),
+            (),
+        )
     item = _mapping(item, "endpoint")
     addresses = _list(item.get("addresses"), "addresses")
     if not addresses:
@@ -181,6 +277,7 @@ def _endpoint(item: Any, version: int) -> _Endpoint:
     )
 
 
+_NO_CONDITIONS: Obj = {}
 _NO_HINTS: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
 _hint_names: dict[tuple[str, ...], tuple[str, ...]] = {}  # shared: few distinct lists
 

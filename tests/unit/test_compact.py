@@ -5,14 +5,31 @@ bad object of the translation tables), while what a proxy never reads is gone.""
 from __future__ import annotations
 
 import copy
+import ipaddress
 import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from ebpflb.sources.compact import compact
+from ebpflb.sources.compact import compact, share
+from ebpflb.sources.endpointslices import CompactEndpoint
 from ebpflb.sources.translate import node_addresses, translate
-from tests.unit.test_translate import BAD, GOOD, GOOD_SLICE, GOOD_SVC, NODE, NODE_IPS, NODES
+from tests.unit.test_translate import (
+    BAD,
+    GOOD,
+    GOOD_SLICE,
+    GOOD_SVC,
+    NODE,
+    NODE_IPS,
+    NODES,
+    ep,
+    eps,
+    port,
+    sport,
+    svc,
+)
 
 
 def compacted(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -86,6 +103,7 @@ def test_what_a_proxy_never_reads_is_dropped_and_repeats_are_shared():
     assert set(svc["metadata"]) == {"name", "namespace", "labels"}
     assert svc["status"] == {"loadBalancer": {}}
     assert all(set(e) == {"addresses", "conditions", "nodeName"} for e in sl["endpoints"])
+    assert all(isinstance(e, CompactEndpoint) for e in sl["endpoints"])
     assert len(json.dumps(svc)) < len(json.dumps(FAT_SERVICE)) / 5
     first, second = sl["endpoints"][0], sl["endpoints"][1]
     assert first["conditions"] is second["conditions"]  # one dict for every {ready: true}
@@ -97,3 +115,99 @@ def test_an_update_of_unread_fields_compares_equal():
     touched["metadata"]["resourceVersion"] = "10"
     touched["endpoints"][0]["targetRef"]["resourceVersion"] = "11"
     assert compact("EndpointSlice", touched) == compact("EndpointSlice", FAT_SLICE)
+
+
+# --- endpoints kept as CompactEndpoint ------------------------------------------------------
+
+_ADDRESS = st.sampled_from(
+    ["10.244.0.7", "10.244.0.8", "010.244.0.7", "fd00::7", "FD00::7", "fd00:0::8", "x", "", 7]
+)
+_VALUE = st.one_of(st.none(), st.booleans(), st.integers(0, 2), st.text(max_size=3))
+_CONDITIONS = st.dictionaries(st.sampled_from(["ready", "serving", "terminating"]), st.booleans())
+# Endpoints as the API server serves them, which become CompactEndpoints ...
+_PLAIN = st.fixed_dictionaries(
+    {
+        "addresses": st.lists(
+            st.sampled_from(["10.244.0.7", "10.244.0.8", "fd00::7"]), min_size=1, max_size=1
+        )
+    },
+    optional={
+        "conditions": _CONDITIONS,
+        "nodeName": st.sampled_from([NODE, "node-b"]),
+        "zone": st.sampled_from(["z1", "z2"]),
+    },
+)
+# ... and anything else, which stays a dict.
+_MESSY = st.fixed_dictionaries(
+    {},
+    optional={
+        "addresses": st.one_of(st.lists(_ADDRESS, max_size=2), _ADDRESS),
+        "conditions": st.one_of(
+            st.dictionaries(st.sampled_from(["ready", "serving", "terminating"]), _VALUE),
+            _VALUE,
+        ),
+        "nodeName": st.one_of(st.sampled_from([NODE, "node-b", ""]), _VALUE),
+        "zone": st.one_of(st.sampled_from(["z1", "z2"]), _VALUE),
+        "hints": st.just({"forZones": [{"name": "z1"}]}),
+        "hostname": st.just("pod-1"),
+        "targetRef": st.just({"kind": "Pod", "name": "web-1"}),
+    },
+)
+_ENDPOINT = st.one_of(_PLAIN, _MESSY)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    endpoints=st.lists(_ENDPOINT, max_size=4),
+    address_type=st.sampled_from(["IPv4", "IPv6"]),
+    local=st.booleans(),
+)
+def test_any_endpoint_compacts_to_what_translates_the_same(endpoints, address_type, local):
+    """Whatever the endpoints hold (good, malformed, of either family), translating the
+    compact slice gives the state and errors that translating the whole slice gives."""
+    service = svc("web", port("http", 80), ipFamilies=[address_type], ip=None)
+    service["spec"]["clusterIP"] = "10.96.0.10" if address_type == "IPv4" else "fd00:96::a"
+    if local:
+        service["spec"]["internalTrafficPolicy"] = "Local"
+    whole = eps("web-1", "web", [sport("http", 8080)], *endpoints, address_type=address_type)
+    small = compact("EndpointSlice", whole)
+    got = translate([service], [small], node_name=NODE, node_zone="z1")
+    assert got == translate([service], [whole], node_name=NODE, node_zone="z1")
+
+
+def test_a_plain_endpoint_is_kept_small_and_reads_as_the_dict_it_came_from():
+    slice_ = eps(
+        "web-1",
+        "web",
+        [sport("http", 8080)],
+        ep("10.244.0.7", NODE, ready=True),
+        {"addresses": ["fd00::7"], "zone": "z1"},  # of the other family: a dict
+        {"addresses": ["10.244.0.8", "10.244.0.9"]},  # two addresses: a dict
+    )
+    plain = {"addresses": ["10.244.0.7"], "conditions": {"ready": True}, "nodeName": NODE}
+    small, other, named = compact("EndpointSlice", slice_)["endpoints"]
+    assert isinstance(small, CompactEndpoint) and small.address == ipaddress.ip_address(
+        "10.244.0.7"
+    )
+    assert small == plain and plain == small and dict(small) == plain
+    assert small.get("zone") is None and "zone" not in small and len(small) == 3
+    assert small != {**plain, "nodeName": "node-b"}
+    assert compact("EndpointSlice", slice_)["endpoints"][0] == small  # a relist compares equal
+    assert type(other) is dict and type(named) is dict
+
+
+def test_a_non_canonical_address_stays_as_written():
+    slice_ = eps("web-1", "web", [sport("http", 8080)], ep("FD00::7"), address_type="IPv6")
+    (kept,) = compact("EndpointSlice", slice_)["endpoints"]
+    assert kept == {"addresses": ["FD00::7"], "conditions": {}}
+    assert type(kept) is dict
+
+
+def test_repeated_values_are_shared_and_one_never_stands_for_true():
+    a = compact("Service", svc("a", port("http", 80)))
+    b = compact("Service", svc("b", port("http", 80)))
+    assert a["spec"]["ports"] is b["spec"]["ports"]
+    flag = compact("Service", svc("c", port("http", 80), publishNotReadyAddresses=True))
+    one = share([{"name": "http", "port": True}])
+    assert share([{"name": "http", "port": 1}])[0]["port"] is not True
+    assert one[0]["port"] is True and flag["spec"]["publishNotReadyAddresses"] is True
