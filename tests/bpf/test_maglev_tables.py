@@ -187,3 +187,21 @@ def test_an_agent_over_an_old_ebpflb_mg4_pin_removes_it(bpffs: str) -> None:
             maps.close()
     finally:
         prog.close()
+
+
+def test_a_table_taken_out_behind_the_writers_back_is_made_again(maps: Maps) -> None:
+    """The writer remembers which ids hold a table (read once from the outer map) only
+    as a hint: an id whose table is gone gets a new one, not a write into nothing."""
+    five = [(f"10.244.1.{i}", 8080, True) for i in range(1, 6)]
+    writer = _writer(maps)
+    try:
+        _apply(writer, five)
+        (sid,) = writer.svc_ids.values()
+        assert maps.maglev.delete(ctypes.c_uint32(sid))
+        _apply(writer, five[:4])
+        table_id, want = _table_id(maps, writer)
+        with PinnedMap("table", fd=map_fd_by_id(table_id)) as t:
+            got = [t.lookup(ctypes.c_uint32(i), ctypes.c_uint32) for i in range(SIZE)]
+        assert [g.value for g in got if g is not None] == want
+    finally:
+        writer.maps.close()
