@@ -31,7 +31,7 @@ NODE = "Node"
 _CLUSTER_SCOPED = frozenset({NODE})
 
 
-@dataclass
+@dataclass(slots=True)
 class _Change:
     previous: Obj | None  # as it was at the last take(); None = did not exist
     current: Obj | None  # as it is now; None = deleted
@@ -44,7 +44,8 @@ class ChangeTracker:
     def __init__(self) -> None:
         self._objects: dict[Key, Obj] = {}
         self._changes: dict[Key, _Change] = {}
-        self._slices: dict[ServiceRef, dict[Key, Obj]] = {}  # by owning Service
+        # the keys of each Service's slices, sorted: a tuple, as most have one or two
+        self._slices: dict[ServiceRef, tuple[Key, ...]] = {}
 
     def upsert(self, obj: Obj, *, kind: str | None = None) -> None:
         """Add or replace an object. ``kind`` is for objects that do not carry one (the
@@ -118,8 +119,8 @@ class ChangeTracker:
 
     def slices_of(self, ref: ServiceRef) -> tuple[Obj, ...]:
         """The EndpointSlices labelled with ``ref``'s name in its namespace, in key order."""
-        owned = self._slices.get(ref)
-        return tuple(owned[k] for k in sorted(owned)) if owned else ()
+        objects = self._objects
+        return tuple([objects[k] for k in self._slices.get(ref, ())])
 
     def __len__(self) -> int:
         return len(self._objects)
@@ -141,15 +142,20 @@ class ChangeTracker:
 
     def _index_slice(self, key: Key, old: Obj | None, new: Obj | None) -> None:
         old_owner, new_owner = slice_owner(old), slice_owner(new)
-        if old_owner and old_owner != new_owner:
+        if old_owner == new_owner and (old is None) == (new is None):
+            return  # the same Service's slice, changed: its key stays where it is
+        if old_owner and old is not None:
             ref = ServiceRef(key[1], old_owner)
-            owned = self._slices.get(ref)
-            if owned is not None:
-                owned.pop(key, None)
-                if not owned:
-                    del self._slices[ref]
+            kept = tuple([k for k in self._slices.get(ref, ()) if k != key])
+            if kept:
+                self._slices[ref] = kept
+            else:
+                self._slices.pop(ref, None)
         if new_owner and new is not None:
-            self._slices.setdefault(ServiceRef(key[1], new_owner), {})[key] = new
+            ref = ServiceRef(key[1], new_owner)
+            owned = self._slices.get(ref, ())
+            if key not in owned:
+                self._slices[ref] = tuple(sorted((*owned, key)))
 
 
 def object_key(obj: Obj, *, kind: str | None = None) -> Key:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ebpflb.model import ServiceRef
 from ebpflb.sources.tracker import ChangeTracker, object_key
@@ -179,3 +181,46 @@ def test_object_key(obj, expected):
 def test_object_key_refuses_unnamed(obj):
     with pytest.raises(ValueError):
         object_key(obj)
+
+
+_SLICE_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["upsert", "delete", "relist"]),
+        st.sampled_from(["a-1", "a-2", "b-1", "c-1"]),  # slice name
+        st.sampled_from(["a", "b", None]),  # owner; None: no service-name label
+        st.sampled_from(["demo", "other"]),
+        st.sampled_from(["10.244.0.1", "10.244.0.2"]),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops=_SLICE_OPS)
+def test_slices_of_is_every_slice_labelled_with_the_service(ops):
+    """Whatever the adds, updates (of content or of owner), deletes and relists,
+    slices_of(ref) is the current slices whose label names ref, in key order."""
+    tracker = ChangeTracker()
+    for i, (op, name, owner, ns, address) in enumerate(ops):
+        obj = slice_(name, owner or "", ns, address)
+        if owner is None:
+            del obj["metadata"]["labels"]
+        if op == "upsert":
+            tracker.upsert(obj)
+        elif op == "delete":
+            tracker.delete("EndpointSlice", ns, name)
+        else:
+            tracker.replace_all([obj], kinds=("EndpointSlice",))
+        if i % 3 == 2:
+            tracker.take_changes()  # the index outlives change periods
+    current = tracker.objects("EndpointSlice")
+    for ns in ("demo", "other"):
+        for owner in ("a", "b", ""):
+            want = tuple(
+                o
+                for o in current
+                if o["metadata"]["namespace"] == ns
+                and o["metadata"].get("labels", {}).get("kubernetes.io/service-name") == owner
+                and owner
+            )
+            assert tracker.slices_of(ServiceRef(ns, owner)) == want
