@@ -57,60 +57,99 @@ static __always_inline int nat4_rewrite_src(struct __sk_buff *skb, const struct 
 			    addr, pkt->l4_off + offsetof(struct l4_ports, source), pkt->sport, port);
 }
 
-/* The bytes from the IPv4 header checksum to the TCP/UDP destination port: contiguous
- * when the IP header has no options. */
+/* The bytes from the IPv4 header checksum to the TCP checksum, contiguous when the IP
+ * header has no options; a UDP header ends with its checksum, 10 bytes sooner
+ * (NAT4_BLOCK_UDP). */
 struct nat4_block {
 	__sum16 check;
 	__be32 saddr;
 	__be32 daddr;
 	__be16 sport;
 	__be16 dport;
+	__be16 mid[6];		/* TCP seq, ack, offset/flags, window; UDP length, check */
+	__sum16 tcp_check;
 } __attribute__((packed));
 
-/* The packet's addresses and ports become saddr:sport -> daddr:dport, with one
- * bpf_skb_store_bytes (the IP header checksum computed here, in the same write) and at
- * most two L4 checksum fixes (the addresses through the pseudo-header, the ports), where
- * rewriting address and port one at a time takes up to four writes and six checksum
- * calls. A header with options takes that slower way. 0 or DROP_WRITE. */
-static __always_inline int nat4_rewrite_flow(struct __sk_buff *skb, const struct pkt4 *pkt,
-					     __be32 saddr, __be32 daddr, __be16 sport,
-					     __be16 dport)
-{
-	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
-	struct nat4_block *old = data + ETH_HLEN + offsetof(struct iphdr, check);
-	struct nat4_block blk;
-	__u64 flags = csum4_l4_flags(pkt);
-	__u32 diff = 0;
-	int ret;
+#define NAT4_BLOCK_TCP		sizeof(struct nat4_block)
+#define NAT4_BLOCK_UDP		(offsetof(struct nat4_block, mid) + 4)
 
-	if (pkt->l3_off != ETH_HLEN || pkt->l4_off != ETH_HLEN + sizeof(struct iphdr) ||
-	    (void *)(old + 1) > data_end) {
-		ret = nat4_rewrite_dst(skb, pkt, daddr, dport);
-		if (ret == 0)
-			ret = nat4_rewrite_src(skb, pkt, saddr, sport);
-		return ret;
-	}
+/* nat4_rewrite_flow on a header without options, the block (len bytes: NAT4_BLOCK_*)
+ * in the packet: the IP header checksum is computed here, the address change goes into
+ * the L4 checksum with one bpf_l4_csum_replace (BPF_F_PSEUDO_HDR: right in every
+ * checksum state), the port change is added here (csum_l4_ports), and one
+ * bpf_skb_store_bytes writes it all: two helper calls, where the fields one at a time
+ * took up to four writes and six checksum calls. 1 when the block is not in the linear
+ * data (the caller then goes field by field), else 0 or DROP_WRITE. */
+static __always_inline int nat4_rewrite_block(struct __sk_buff *skb, const struct pkt4 *pkt,
+					      __be32 saddr, __be32 daddr, __be16 sport,
+					      __be16 dport, const __u32 len)
+{
+	void *data, *data_end, *at;
+	__u32 from = (__u32)pkt->sport | (__u32)pkt->dport << 16;
+	__u32 to = (__u32)sport | (__u32)dport << 16;
+	__u32 diff = 0, l4_check = CSUM_L4_UNKNOWN;
+	__u64 flags = csum4_l4_flags(pkt);
+	struct nat4_block blk;
+	__u16 *blk_l4_check = (void *)&blk + len - 2;
+	__u16 after;
+
+	skb_barrier(skb);
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	at = data + ETH_HLEN + offsetof(struct iphdr, check);
+	if (at + len > data_end)
+		return 1;
+	__builtin_memcpy(&blk, at, len);
 	if (saddr != pkt->saddr)
 		diff = csum_diff32(diff, pkt->saddr, saddr);
 	if (daddr != pkt->daddr)
 		diff = csum_diff32(diff, pkt->daddr, daddr);
-	blk.check = diff ? csum4_hdr_update(old->check, diff) : old->check;
+	if (diff) {
+		if (bpf_l4_csum_replace(skb, pkt->csum_off, 0, diff, BPF_F_PSEUDO_HDR | flags) < 0)
+			return DROP_WRITE;
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+		at = data + ETH_HLEN + offsetof(struct iphdr, check);
+		if (at + len > data_end)
+			return DROP_WRITE;
+		__builtin_memcpy(&after, at + len - 2, sizeof(after));
+		l4_check = csum_l4_ports(*blk_l4_check, after, diff, from, to,
+					 pkt->proto == IP4_PROTO_UDP);
+		*blk_l4_check = l4_check == CSUM_L4_UNKNOWN ? after : l4_check;
+		blk.check = csum4_hdr_update(blk.check, diff);
+	}
 	blk.saddr = saddr;
 	blk.daddr = daddr;
 	blk.sport = sport;
 	blk.dport = dport;
-	if (bpf_skb_store_bytes(skb, pkt->l3_off + offsetof(struct iphdr, check), &blk,
-				sizeof(blk), 0) < 0)
+	if (bpf_skb_store_bytes(skb, pkt->l3_off + offsetof(struct iphdr, check), &blk, len,
+				0) < 0)
 		return DROP_WRITE;
-	if (diff && bpf_l4_csum_replace(skb, pkt->csum_off, 0, diff,
-					BPF_F_PSEUDO_HDR | flags) < 0)
-		return DROP_WRITE;
-	if ((sport != pkt->sport || dport != pkt->dport) &&
-	    bpf_l4_csum_replace(skb, pkt->csum_off,
-				(__u32)pkt->sport | (__u32)pkt->dport << 16,
-				(__u32)sport | (__u32)dport << 16, flags | 4) < 0)
+	if (l4_check == CSUM_L4_UNKNOWN && from != to &&
+	    bpf_l4_csum_replace(skb, pkt->csum_off, from, to, flags | 4) < 0)
 		return DROP_WRITE;
 	return 0;
+}
+
+/* The packet's addresses and ports become saddr:sport -> daddr:dport, in one store
+ * (nat4_rewrite_block) when the IP header has no options, else field by field. 0 or
+ * DROP_WRITE. */
+static __always_inline int nat4_rewrite_flow(struct __sk_buff *skb, const struct pkt4 *pkt,
+					     __be32 saddr, __be32 daddr, __be16 sport,
+					     __be16 dport)
+{
+	int ret = 1;
+
+	if (pkt->l3_off == ETH_HLEN && pkt->l4_off == ETH_HLEN + sizeof(struct iphdr))
+		ret = pkt->proto == IP4_PROTO_TCP ?
+		      nat4_rewrite_block(skb, pkt, saddr, daddr, sport, dport, NAT4_BLOCK_TCP) :
+		      nat4_rewrite_block(skb, pkt, saddr, daddr, sport, dport, NAT4_BLOCK_UDP);
+	if (ret <= 0)
+		return ret;
+	ret = nat4_rewrite_dst(skb, pkt, daddr, dport);
+	if (ret == 0)
+		ret = nat4_rewrite_src(skb, pkt, saddr, sport);
+	return ret;
 }
 
 /* Take over the NAT port of the REPLY entry at key if its flow is over (ct_flow_over):

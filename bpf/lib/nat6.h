@@ -79,14 +79,20 @@ static __always_inline int nat6_rewrite_src(struct __sk_buff *skb, const struct 
 			    pkt->sport, port);
 }
 
-/* The bytes from the IPv6 source address to the TCP/UDP destination port: contiguous
- * when no extension header sits between. */
+/* The bytes from the IPv6 source address to the TCP checksum, contiguous when no
+ * extension header sits between; a UDP header ends with its checksum, 10 bytes sooner
+ * (NAT6_BLOCK_UDP). */
 struct nat6_block {
 	struct addr6 saddr;
 	struct addr6 daddr;
 	__be16 sport;
 	__be16 dport;
-};
+	__be16 mid[6];		/* TCP seq, ack, offset/flags, window; UDP length, check */
+	__sum16 tcp_check;
+} __attribute__((packed));
+
+#define NAT6_BLOCK_TCP		sizeof(struct nat6_block)
+#define NAT6_BLOCK_UDP		(offsetof(struct nat6_block, mid) + 4)
 
 /* The diff of address old -> new added to sum (bpf_csum_diff's, without the call). */
 static __always_inline __u32 csum6_addr_diff(__u32 sum, const struct addr6 *old,
@@ -98,31 +104,34 @@ static __always_inline __u32 csum6_addr_diff(__u32 sum, const struct addr6 *old,
 	return csum_diff32(sum, old->w[3], new->w[3]);
 }
 
-/* The packet's addresses and ports become *saddr:sport -> *daddr:dport (see
- * nat4_rewrite_flow): one bpf_skb_store_bytes, the address diff summed here and applied
- * in one pseudo-header fix, one fix for the ports. Extension headers between take the
- * field-by-field way. 0 or DROP_WRITE. */
-static __always_inline int nat6_rewrite_flow(struct __sk_buff *skb, const struct pkt6 *pkt,
-					     const struct addr6 *saddr,
-					     const struct addr6 *daddr, __be16 sport,
-					     __be16 dport)
+/* nat6_rewrite_flow without extension headers, the block (len bytes: NAT6_BLOCK_*) in
+ * the packet: as nat4_rewrite_block, the address diff summed here and applied in one
+ * pseudo-header fix, the port change added here (csum_l4_ports), one store. 1 when the
+ * block is not in the linear data, else 0 or DROP_WRITE. */
+static __always_inline int nat6_rewrite_block(struct __sk_buff *skb, const struct pkt6 *pkt,
+					      const struct addr6 *saddr,
+					      const struct addr6 *daddr, __be16 sport,
+					      __be16 dport, const __u32 len)
 {
-	struct nat6_block blk = {};
+	void *data, *data_end, *at;
+	__u32 from = (__u32)pkt->sport | (__u32)pkt->dport << 16;
+	__u32 to = (__u32)sport | (__u32)dport << 16;
+	__u32 diff = 0, l4_check = CSUM_L4_UNKNOWN;
 	__u64 flags = csum6_l4_flags(pkt);
-	__u32 diff = 0;
+	struct nat6_block blk;
+	__u16 *blk_l4_check = (void *)&blk + len - 2;
 	int moved = 0;
+	__u16 after;
 
-	if (pkt->l4_off != pkt->l3_off + sizeof(struct ip6_hdr)) {
-		int ret = nat6_rewrite_dst(skb, pkt, daddr, dport);
-
-		if (ret == 0)
-			ret = nat6_rewrite_src(skb, pkt, saddr, sport);
-		return ret;
-	}
+	skb_barrier(skb);
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	at = data + ETH_HLEN + offsetof(struct ip6_hdr, saddr);
+	if (at + len > data_end)
+		return 1;
+	__builtin_memcpy(&blk, at, len);
 	blk.saddr = *saddr;
 	blk.daddr = *daddr;
-	blk.sport = sport;
-	blk.dport = dport;
 	if (!addr6_eq(&blk.saddr, &pkt->saddr)) {
 		diff = csum6_addr_diff(diff, &pkt->saddr, &blk.saddr);
 		moved = 1;
@@ -131,17 +140,50 @@ static __always_inline int nat6_rewrite_flow(struct __sk_buff *skb, const struct
 		diff = csum6_addr_diff(diff, &pkt->daddr, &blk.daddr);
 		moved = 1;
 	}
-	if (bpf_skb_store_bytes(skb, pkt->l3_off + offsetof(struct ip6_hdr, saddr), &blk,
-				sizeof(blk), 0) < 0)
+	if (moved) {
+		if (csum6_pseudo_diff(skb, pkt->csum_off, diff, flags) < 0)
+			return DROP_WRITE;
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+		at = data + ETH_HLEN + offsetof(struct ip6_hdr, saddr);
+		if (at + len > data_end)
+			return DROP_WRITE;
+		__builtin_memcpy(&after, at + len - 2, sizeof(after));
+		l4_check = csum_l4_ports(*blk_l4_check, after, diff, from, to,
+					 pkt->proto == IP4_PROTO_UDP);
+		*blk_l4_check = l4_check == CSUM_L4_UNKNOWN ? after : l4_check;
+	}
+	blk.sport = sport;
+	blk.dport = dport;
+	if (bpf_skb_store_bytes(skb, pkt->l3_off + offsetof(struct ip6_hdr, saddr), &blk, len,
+				0) < 0)
 		return DROP_WRITE;
-	if (moved && csum6_pseudo_diff(skb, pkt->csum_off, diff, flags) < 0)
-		return DROP_WRITE;
-	if ((sport != pkt->sport || dport != pkt->dport) &&
-	    bpf_l4_csum_replace(skb, pkt->csum_off,
-				(__u32)pkt->sport | (__u32)pkt->dport << 16,
-				(__u32)sport | (__u32)dport << 16, flags | 4) < 0)
+	if (l4_check == CSUM_L4_UNKNOWN && from != to &&
+	    bpf_l4_csum_replace(skb, pkt->csum_off, from, to, flags | 4) < 0)
 		return DROP_WRITE;
 	return 0;
+}
+
+/* The packet's addresses and ports become *saddr:sport -> *daddr:dport, in one store
+ * (nat6_rewrite_block) when no extension header sits between, else field by field. 0
+ * or DROP_WRITE. */
+static __always_inline int nat6_rewrite_flow(struct __sk_buff *skb, const struct pkt6 *pkt,
+					     const struct addr6 *saddr,
+					     const struct addr6 *daddr, __be16 sport,
+					     __be16 dport)
+{
+	int ret = 1;
+
+	if (pkt->l3_off == ETH_HLEN && pkt->l4_off == ETH_HLEN + sizeof(struct ip6_hdr))
+		ret = pkt->proto == IP4_PROTO_TCP ?
+		      nat6_rewrite_block(skb, pkt, saddr, daddr, sport, dport, NAT6_BLOCK_TCP) :
+		      nat6_rewrite_block(skb, pkt, saddr, daddr, sport, dport, NAT6_BLOCK_UDP);
+	if (ret <= 0)
+		return ret;
+	ret = nat6_rewrite_dst(skb, pkt, daddr, dport);
+	if (ret == 0)
+		ret = nat6_rewrite_src(skb, pkt, saddr, sport);
+	return ret;
 }
 
 /* As nat4_take_over. */

@@ -75,6 +75,12 @@ static __always_inline int pkt4_is_fragment(const struct iphdr *ip)
 	return (ip->frag_off & bpf_htons(IP4_MF | IP4_OFFSET)) != 0;
 }
 
+/* Verifier workaround: with several reads of skb->data/data_end in one function, clang
+ * may compute &skb->data_end once and load through that copy, which the verifier
+ * refuses ("dereference of modified ctx ptr"). A function that re-reads them after a
+ * helper call first hides skb behind this empty asm, so no address is shared. */
+#define skb_barrier(skb)	asm volatile("" : "+r"(skb))
+
 /* Make the first len bytes linear, when they are not already. Almost always they are
  * (a sender puts every header in the skb's head), and then nothing is done: pulling
  * un-clones the skb, which a TCP sender's packet always is, and copying its head

@@ -385,6 +385,36 @@ def test_reply_rewritten_to_frontend(
     assert services.gstat_value(abi.GlobalStat.REPLY) == 1
 
 
+# A backend whose address sums (16-bit words, ones' complement) as the frontend's: the
+# address change leaves the L4 checksum's pseudo-header sum where it was, so the
+# program cannot tell a partial checksum from a full one by the pseudo-header fix
+# (csum.h csum_l4_ports) and must fix the ports with the kernel helper.
+SAME_SUM_BACKENDS = {7: ("10.97.0.9", 8080)}  # 0x0a61 + 0x0009 == 0x0a60 + 0x000a
+
+
+@pytest.mark.parametrize(
+    ("proto", "zero_udp"),
+    [(pk.TCP, False), (pk.UDP, False), (pk.UDP, True)],
+    ids=["tcp", "udp", "udp-zero-checksum"],
+)
+def test_address_change_summing_to_zero(proto: int, zero_udp: bool, maps: Maps, run: RunFn) -> None:
+    maps.add_service(1, CLUSTER_IP, 80, proto, SAME_SUM_BACKENDS)
+    flow = pk.Flow(proto, CLIENT, CLUSTER_IP, 40000, 80)
+    inp = pk.frame(flow, b"ask", tcp_flags=pk.TCP_ACK, udp_zero_csum=zero_udp)
+    res = run(inp)
+    assert res.retval == TC_ACT_OK
+    assert_translated(inp, res.data, SAME_SUM_BACKENDS)
+    reply = pk.frame(
+        pk.Flow(proto, "10.97.0.9", CLIENT, 8080, flow.sport),
+        b"answer",
+        tcp_flags=pk.TCP_ACK,
+        udp_zero_csum=zero_udp,
+    )
+    res = run(reply)
+    assert pk.checksum_errors(res.data, udp_zero_allowed=zero_udp) == []
+    assert res.data == pk.rewritten(reply, saddr=CLUSTER_IP, sport=80)
+
+
 def test_reply_after_service_deleted_passes_unchanged(services: Maps, run: RunFn) -> None:
     baddr, bport = backend_of(run(pk.frame(TCP_FLOW)).data)
     services.rnat4.delete(ctypes.c_uint32(1))
