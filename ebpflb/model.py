@@ -86,10 +86,13 @@ class Frontend:
     port: int
     protocol: Protocol
     kind: FrontendKind = field(compare=False, default=FrontendKind.CLUSTER_IP)
+    # (address, port, protocol), made once: the desired state, the plan and the data
+    # path's tables are all keyed by it, and share this one tuple (at 100,000s of
+    # frontends, a tuple made per use was one kept per table).
+    key: FrontendKey = field(init=False, compare=False, repr=False)
 
-    @property
-    def key(self) -> FrontendKey:
-        return (self.address, self.port, self.protocol)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.address, self.port, self.protocol))
 
     def __str__(self) -> str:
         return f"{hostport(self.address, self.port)}/{self.protocol}"
