@@ -130,7 +130,7 @@ class ApiServerStandIn:
         self._compacted = 1  # a watch from a resourceVersion below this is 410 Gone
         self._history: list[_Event] = []
         self._watches: set[_Watch] = set()
-        self._continues: dict[str, tuple[int, list[Obj]]] = {}
+        self._continues: dict[str, tuple[int, list[Obj], int]] = {}  # rv, snapshot, offset
         self._tokens = itertools.count(1)
         self._connections: set[socket.socket] = set()
         self._httpd: http.server.ThreadingHTTPServer | None = None
@@ -304,21 +304,25 @@ class ApiServerStandIn:
             if token:
                 if token not in self._continues:
                     return 410, _status(410, "Expired", "the continue token has expired")
-                rv, remaining = self._continues.pop(token)
+                rv, listed, offset = self._continues.pop(token)
             else:
+                # The snapshot holds the stored objects themselves, not copies: they are
+                # never changed in place (apply() stores a new copy; a DELETED event
+                # copies before it edits), as the real watch cache's are not.
                 watch = _Watch(resource.kind, params)  # only for its filters
-                rv = self._rv
-                remaining = [
-                    copy.deepcopy(o)
+                rv, offset = self._rv, 0
+                listed = [
+                    o
                     for k, o in sorted(self._objects.items())
                     if k[0] == resource.kind and watch.matches(o)
                 ]
             limit = int(params.get("limit") or 0)
-            page, rest = (remaining[:limit], remaining[limit:]) if limit > 0 else (remaining, [])
+            end = offset + limit if limit > 0 else len(listed)
+            page = listed[offset:end]
             meta: Obj = {"resourceVersion": str(rv)}
-            if rest:
+            if end < len(listed):
                 next_token = f"c{next(self._tokens)}"
-                self._continues[next_token] = (rv, rest)
+                self._continues[next_token] = (rv, listed, end)
                 meta["continue"] = next_token
         items = [{k: v for k, v in o.items() if k not in ("kind", "apiVersion")} for o in page]
         return 200, {
