@@ -52,6 +52,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from ebpflb.errors import SourceError
+from ebpflb.gcpause import no_collections
 from ebpflb.model import ServiceRef
 from ebpflb.sources.base import Changes, Snapshot
 from ebpflb.sources.compact import compact
@@ -359,7 +360,14 @@ class KubeSource:
 
     def _list(self, res: _Resource) -> str:
         """List every page; replace the store's objects of this kind; return the list's
-        resourceVersion."""
+        resourceVersion. No garbage collection runs meanwhile (see gcpause): every
+        object parsed survives into the store, so each collection would only walk the
+        growing heap to promote them (at 100,000 EndpointSlices that was most of the
+        list's time: json.loads alone 4.6 s with collections, 0.55 s without)."""
+        with no_collections():
+            return self._list_pages(res)
+
+    def _list_pages(self, res: _Resource) -> str:
         start = time.monotonic()
         objects: dict[Key, Obj] = {}
         token: str | None = None
