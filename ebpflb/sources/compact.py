@@ -28,6 +28,7 @@ from collections.abc import Hashable
 from typing import Any
 
 from ebpflb.sources.endpointslices import SERVICE_NAME_LABEL, CompactEndpoint
+from ebpflb.sources.fields import CompactMeta
 from ebpflb.sources.services import SERVICE_PROXY_NAME_LABEL
 from ebpflb.sources.topology import ANNOTATIONS, ZONE_LABEL
 
@@ -144,7 +145,7 @@ def _metadata(meta: Any) -> Any:
     for key in ("name", "namespace"):
         if key in out:
             out[key] = _string(out[key])
-    return out
+    return CompactMeta.of(out)
 
 
 def _service_spec(spec: Any) -> Any:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
@@ -60,9 +60,98 @@ def _error(kind: str, ref: ServiceRef, message: str) -> ObjectError:
     return ObjectError(kind, ref.namespace, ref.name, message)
 
 
+class CompactMeta(Mapping[str, Any]):
+    """An object's metadata as the Kubernetes source keeps it (see ``compact``): name,
+    namespace and at most one label in one slotted object, not two dicts, still reading
+    as (a read-only Mapping equal to) the dict it was made from. Only metadata of a
+    name and a namespace (both non-empty strings) and maybe labels (a dict of at most
+    one string label) becomes one, as that of every Service and EndpointSlice does once
+    ``compact`` has dropped the fields nothing reads."""
+
+    __slots__ = ("label", "name", "namespace", "value")
+
+    def __init__(self, name: str, namespace: str, label: str | None, value: str | None) -> None:
+        self.name = name
+        self.namespace = namespace
+        # labels: {label: value}; {} when label is None and value ""; absent when both None
+        self.label = label
+        self.value = value
+
+    @classmethod
+    def of(cls, meta: dict[str, Any]) -> CompactMeta | dict[str, Any]:
+        """``meta`` as a CompactMeta where it qualifies, else ``meta`` itself."""
+        name, namespace = meta.get("name"), meta.get("namespace")
+        labels = meta.get("labels", _ABSENT)
+        if (
+            type(name) is not str
+            or type(namespace) is not str
+            or not name
+            or not namespace
+            or len(meta) != (2 if labels is _ABSENT else 3)
+        ):
+            return meta
+        if labels is _ABSENT:
+            return cls(name, namespace, None, None)
+        if type(labels) is not dict or len(labels) > 1:
+            return meta
+        for label, value in labels.items():
+            return cls(name, namespace, label, value) if type(value) is str else meta
+        return cls(name, namespace, None, "")
+
+    def _labels(self) -> dict[str, str] | None:
+        if self.label is not None:
+            assert self.value is not None
+            return {self.label: self.value}
+        return None if self.value is None else {}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key == "name":
+            return self.name
+        if key == "namespace":
+            return self.namespace
+        if key == "labels" and self.value is not None:
+            return self._labels()
+        return default
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self:
+            raise KeyError(key)
+        return self.get(key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in _META_KEYS and (key != "labels" or self.value is not None)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_META_KEYS if self.value is not None else _META_KEYS[:2])
+
+    def __len__(self) -> int:
+        return 3 if self.value is not None else 2
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is CompactMeta:  # a relist compares each object: without dicts
+            return (self.name, self.namespace, self.label, self.value) == (
+                other.name,
+                other.namespace,
+                other.label,
+                other.value,
+            )
+        return super().__eq__(other)
+
+    __hash__ = None  # type: ignore[assignment]  # a Mapping is not hashable
+
+    def __repr__(self) -> str:
+        return f"CompactMeta({dict(self)!r})"
+
+
+_ABSENT = object()
+_META_KEYS = ("name", "namespace", "labels")
+
+
 def _identity(obj: Obj) -> tuple[str, str]:
     """(namespace, name) as well as can be told; "" for a missing name."""
     meta = obj.get("metadata") if _is_mapping(obj) else None
+    if type(meta) is CompactMeta:  # a name and a namespace, always
+        return meta.namespace, meta.name
     if not _is_mapping(meta):
         return DEFAULT_NAMESPACE, ""
     namespace = meta.get("namespace")

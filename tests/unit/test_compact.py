@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 
 from ebpflb.sources.compact import compact, share
 from ebpflb.sources.endpointslices import CompactEndpoint
+from ebpflb.sources.fields import CompactMeta
+from ebpflb.sources.tracker import object_key, slice_owner
 from ebpflb.sources.translate import node_addresses, translate
 from tests.unit.test_translate import (
     BAD,
@@ -104,7 +106,7 @@ def test_what_a_proxy_never_reads_is_dropped_and_repeats_are_shared():
     assert svc["status"] == {"loadBalancer": {}}
     assert all(set(e) == {"addresses", "conditions", "nodeName"} for e in sl["endpoints"])
     assert all(isinstance(e, CompactEndpoint) for e in sl["endpoints"])
-    assert len(json.dumps(svc)) < len(json.dumps(FAT_SERVICE)) / 5
+    assert len(json.dumps(svc, default=dict)) < len(json.dumps(FAT_SERVICE)) / 5
     first, second = sl["endpoints"][0], sl["endpoints"][1]
     assert first["conditions"] is second["conditions"]  # one dict for every {ready: true}
     assert translate([svc], [sl]) == translate([FAT_SERVICE], [FAT_SLICE])
@@ -211,3 +213,84 @@ def test_repeated_values_are_shared_and_one_never_stands_for_true():
     one = share([{"name": "http", "port": True}])
     assert share([{"name": "http", "port": 1}])[0]["port"] is not True
     assert one[0]["port"] is True and flag["spec"]["publishNotReadyAddresses"] is True
+
+
+# --- metadata kept as CompactMeta -----------------------------------------------------------
+
+_LABEL_NAMES = st.sampled_from(
+    ["kubernetes.io/service-name", "service.kubernetes.io/service-proxy-name", "app"]
+)
+# Metadata as the API server serves it, which becomes a CompactMeta ...
+_PLAIN_METADATA = st.fixed_dictionaries(
+    {
+        "name": st.sampled_from(["web", "web-1"]),
+        "namespace": st.sampled_from(["demo", "default", ""]),
+    },
+    optional={
+        "labels": st.dictionaries(_LABEL_NAMES, st.sampled_from(["web", "x"]), max_size=2),
+        "resourceVersion": st.just("7"),
+    },
+)
+# ... and anything else, which stays a dict.
+_MESSY_METADATA = st.fixed_dictionaries(
+    {},
+    optional={
+        "name": st.one_of(st.sampled_from(["web", "web-1", ""]), _VALUE),
+        "namespace": st.one_of(st.sampled_from(["demo", ""]), _VALUE),
+        "labels": st.one_of(
+            st.dictionaries(_LABEL_NAMES, st.one_of(st.sampled_from(["web", "x"]), _VALUE)),
+            _VALUE,
+        ),
+        "annotations": st.one_of(
+            st.just({"service.kubernetes.io/topology-mode": "Auto"}), st.just({"a": "b"})
+        ),
+        "uid": st.just("u-1"),
+    },
+)
+
+
+_METADATA = st.one_of(_PLAIN_METADATA, _MESSY_METADATA)
+
+
+@settings(max_examples=300, deadline=None)
+@given(svc_meta=_METADATA, slice_meta=_METADATA)
+def test_any_metadata_compacts_to_what_translates_and_keys_the_same(svc_meta, slice_meta):
+    service = svc("web", port("http", 80))
+    service["metadata"] = svc_meta
+    whole = eps("web-1", "web", [sport("http", 8080)], ep("10.244.0.7"))
+    whole["metadata"] = slice_meta
+    small_svc, small_slice = compact("Service", service), compact("EndpointSlice", whole)
+    assert translate([small_svc], [small_slice]) == translate([service], [whole])
+    for small, obj in ((small_svc, service), (small_slice, whole)):
+        assert slice_owner(small) == slice_owner(obj)
+        try:
+            key = object_key(obj)
+        except ValueError:
+            with pytest.raises(ValueError):
+                object_key(small)
+        else:
+            assert object_key(small) == key
+
+
+def test_plain_metadata_is_kept_small_and_reads_as_the_dict_it_came_from():
+    sl = compact("EndpointSlice", eps("web-1", "web", [sport("http", 8080)]))
+    meta = sl["metadata"]
+    plain = {"name": "web-1", "namespace": "demo", "labels": {"kubernetes.io/service-name": "web"}}
+    assert isinstance(meta, CompactMeta)
+    assert meta == plain and plain == meta and dict(meta) == plain and len(meta) == 3
+    assert meta.get("annotations") is None and "annotations" not in meta
+    with pytest.raises(KeyError):
+        meta["annotations"]
+    again = compact("EndpointSlice", eps("web-1", "web", [sport("http", 8080)]))["metadata"]
+    assert again == meta and again != compact("EndpointSlice", eps("web-2", "web", []))["metadata"]
+    unlabelled = svc("web", port("http", 80))
+    del unlabelled["metadata"]["labels"]
+    bare = compact("Service", unlabelled)["metadata"]
+    assert isinstance(bare, CompactMeta) and bare == {"name": "web", "namespace": "demo"}
+    assert "labels" not in bare and bare.get("labels") is None and len(bare) == 2
+    service = compact("Service", svc("web", port("http", 80)))["metadata"]
+    assert isinstance(service, CompactMeta) and service == {
+        "name": "web",
+        "namespace": "demo",
+        "labels": {},
+    }
