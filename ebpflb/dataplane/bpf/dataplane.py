@@ -11,7 +11,14 @@ from types import MappingProxyType
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import ensure_pin_dir, remove_legacy_pins, remove_pins
 from ebpflb.dataplane.bpf.hostbackends import HostBackends
-from ebpflb.dataplane.bpf.maps import BpfMaps, check_geometry, resolve_sizes
+from ebpflb.dataplane.bpf.maps import (
+    BpfMaps,
+    MapState,
+    check_geometry,
+    pins_present,
+    read_state,
+    resolve_sizes,
+)
 from ebpflb.dataplane.bpf.podnetns import PodNamespaces
 from ebpflb.dataplane.bpf.socklb import SocketLb, remove_links
 from ebpflb.dataplane.bpf.telemetry import read_telemetry, written_counts
@@ -66,6 +73,39 @@ def relax_source_checks(ifname: str) -> None:
             log.warning("cannot set %s to %s: %s", path, value, exc)
 
 
+@dataclass(frozen=True)
+class EarlyState:
+    """The pinned maps read back before the program was loaded, and which maps (by
+    kernel id) they were."""
+
+    ids: tuple[int, ...]
+    state: MapState
+
+    def same_maps(self, maps: BpfMaps) -> bool:
+        return self.ids == _map_ids(maps)
+
+
+def _map_ids(maps: BpfMaps) -> tuple[int, ...]:
+    return tuple(m.info.id for m in maps.all())
+
+
+def read_early(pin_dir: str) -> EarlyState | None:
+    """What the pinned maps of an earlier agent hold, read while the compiler child
+    runs (at 100,000 Services both take seconds; one after the other they added up).
+    The child only creates maps that are missing and reuses the others untouched, so
+    what is read stays valid if the maps are still the same ones afterwards (the caller
+    checks their ids; it reads again if not). None when there is nothing (whole) to
+    read: a first start, or pins that do not match (the loader then reports them)."""
+    if not pins_present(pin_dir):
+        return None
+    try:
+        with BpfMaps(pin_dir) as maps:
+            return EarlyState(_map_ids(maps), read_state(maps))
+    except (DataplaneError, OSError) as exc:
+        log.debug("pinned maps not read ahead of the program load: %s", exc)
+        return None
+
+
 class BpfDataplane:
     name = "bpf"
     # SCTP: a port rewrite needs the CRC32c over the whole packet recomputed
@@ -73,7 +113,7 @@ class BpfDataplane:
 
     def __init__(self, config: BpfConfig) -> None:
         from ebpflb.dataplane.bpf.attach import TcAttacher
-        from ebpflb.dataplane.bpf.isolated import load_isolated
+        from ebpflb.dataplane.bpf.isolated import start_isolated
         from ebpflb.dataplane.bpf.loader import require_bpf_privileges
 
         require_bpf_privileges()  # before the pin dir is made: it would be the caller's
@@ -88,12 +128,18 @@ class BpfDataplane:
         self.config = config = replace(
             config, max_services=services, max_backends=backends, max_conntrack=conntrack
         )
-        self.program = load_isolated(
+        loading = start_isolated(
             pin_dir=config.pin_dir,
             max_services=services,
             max_backends=backends,
             max_conntrack=conntrack,
         )
+        try:
+            early = read_early(config.pin_dir)  # while the child compiles
+            self.program = loading.wait()
+        except BaseException:
+            loading.kill()
+            raise
         try:
             self.maps = BpfMaps(config.pin_dir)
             check_geometry(
@@ -104,6 +150,7 @@ class BpfDataplane:
                 max_services=services,
                 max_backends=backends,
                 maglev_size=config.maglev_table_size,
+                adopted=early.state if early is not None and early.same_maps(self.maps) else None,
             )
             self._set_algorithm(config.maglev_table_size)
             self.attacher = TcAttacher(self.program.fd, egress_fd=self.program.egress_fd)

@@ -5,6 +5,8 @@ for its whole life. The agent only needs the loaded program's fd, so a short-liv
 child (`python -m ebpflb.dataplane.bpf.isolated`) compiles and loads the program,
 which also creates or reuses the pinned maps, and pins the program at a temporary path.
 The agent takes an fd from that pin and removes it; the child's memory goes with it.
+``start_isolated`` returns while the child compiles (seconds of CPU on another core),
+so a restarting agent reads back its pinned maps meanwhile (see dataplane).
 """
 
 from __future__ import annotations
@@ -49,6 +51,19 @@ def load_isolated(
     *, pin_dir: str, max_services: int, max_backends: int, max_conntrack: int
 ) -> PinnedProgram:
     """compile_program() in a child process; errors come back as the same exceptions."""
+    return start_isolated(
+        pin_dir=pin_dir,
+        max_services=max_services,
+        max_backends=max_backends,
+        max_conntrack=max_conntrack,
+    ).wait()
+
+
+def start_isolated(
+    *, pin_dir: str, max_services: int, max_backends: int, max_conntrack: int
+) -> IsolatedLoad:
+    """Start compile_program() in a child process and return at once: the caller may
+    work meanwhile (a restarting agent reads back its pinned maps) and then ``wait()``."""
     # bpffs refuses names with a dot; the pin lives only until the agent holds an fd.
     pin = os.path.join(pin_dir, f"ebpflb_prog_{os.getpid()}_{secrets.token_hex(3)}")
     args = {
@@ -59,32 +74,61 @@ def load_isolated(
         "prog_pin": pin,
     }
     try:
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             [sys.executable, "-m", __name__, json.dumps(args)],
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=COMPILE_TIMEOUT,
         )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise BpfUnavailableError(f"could not run the BPF compiler process: {exc}") from exc
-    if proc.returncode != 0:
-        raise _child_error(proc)
-    paths = [pin, pin + EGRESS_SUFFIX, *(pin + _sock_suffix(n) for n in SOCK_PROGRAMS)]
-    fds: list[int] = []
-    try:
-        for path in paths:
-            fds.append(obj_get(path))
     except OSError as exc:
-        for fd in fds:
-            os.close(fd)
-        raise DataplaneError(f"cannot open the loaded program at {pin}: {exc.strerror}") from exc
-    finally:
-        for path in paths:
+        raise BpfUnavailableError(f"could not run the BPF compiler process: {exc}") from exc
+    return IsolatedLoad(proc, pin)
+
+
+class IsolatedLoad:
+    """A compiler child under way; ``wait()`` for its program (or its error)."""
+
+    def __init__(self, proc: subprocess.Popen[str], pin: str) -> None:
+        self.proc = proc
+        self.pin = pin
+
+    def wait(self, timeout: float = COMPILE_TIMEOUT) -> PinnedProgram:
+        try:
+            stdout, stderr = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            self.kill()
+            raise BpfUnavailableError(f"could not run the BPF compiler process: {exc}") from exc
+        done = subprocess.CompletedProcess(self.proc.args, self.proc.returncode, stdout, stderr)
+        if done.returncode != 0:
+            raise _child_error(done)
+        pin = self.pin
+        paths = [pin, pin + EGRESS_SUFFIX, *(pin + _sock_suffix(n) for n in SOCK_PROGRAMS)]
+        fds: list[int] = []
+        try:
+            for path in paths:
+                fds.append(obj_get(path))
+        except OSError as exc:
+            for fd in fds:
+                os.close(fd)
+            raise DataplaneError(
+                f"cannot open the loaded program at {pin}: {exc.strerror}"
+            ) from exc
+        finally:
+            for path in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+        return PinnedProgram(
+            fds[0], PROGRAM_NAME, fds[1], dict(zip(SOCK_PROGRAMS, fds[2:], strict=True))
+        )
+
+    def kill(self) -> None:
+        """Stop the child (the caller failed meanwhile) and remove what it pinned."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate()
+        for suffix in ("", EGRESS_SUFFIX, *(_sock_suffix(n) for n in SOCK_PROGRAMS)):
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-    return PinnedProgram(
-        fds[0], PROGRAM_NAME, fds[1], dict(zip(SOCK_PROGRAMS, fds[2:], strict=True))
-    )
+                os.unlink(self.pin + suffix)
 
 
 def _child_error(proc: subprocess.CompletedProcess[str]) -> DataplaneError:

@@ -121,13 +121,21 @@ class _Batch:
 
 class MapWriter:
     def __init__(
-        self, maps: BpfMaps, *, max_services: int, max_backends: int, maglev_size: int = 0
+        self,
+        maps: BpfMaps,
+        *,
+        max_services: int,
+        max_backends: int,
+        maglev_size: int = 0,
+        adopted: MapState | None = None,
     ) -> None:
+        """``adopted``: what these very maps hold, read back already (by a caller that
+        had the time to spare); else they are read now."""
         self.maps = maps
         self.max_services = max_services
         self.max_backends = max_backends
         self.maglev = MaglevTables(maps.maglev, maglev_size) if maglev_size else None
-        self.reload()
+        self._adopt(adopted if adopted is not None else read_state(self.maps))
 
     def forget(self) -> None:
         """Forget what the service entries hold, keeping every id: the next plan from
