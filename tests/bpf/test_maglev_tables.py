@@ -18,7 +18,7 @@ from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import ensure_pin_dir, remove_legacy_pins
 from ebpflb.dataplane.bpf.ids import backend_key
 from ebpflb.dataplane.bpf.loader import compile_program
-from ebpflb.dataplane.bpf.maglevtables import TABLE_FLAGS
+from ebpflb.dataplane.bpf.maglevtables import TABLE_FLAGS, MaglevTables
 from ebpflb.dataplane.bpf.maps import BpfMaps
 from ebpflb.dataplane.bpf.syscall import (
     BPF_F_INNER_MAP,
@@ -203,5 +203,44 @@ def test_a_table_taken_out_behind_the_writers_back_is_made_again(maps: Maps) -> 
         with PinnedMap("table", fd=map_fd_by_id(table_id)) as t:
             got = [t.lookup(ctypes.c_uint32(i), ctypes.c_uint32) for i in range(SIZE)]
         assert [g.value for g in got if g is not None] == want
+    finally:
+        writer.maps.close()
+
+
+def test_new_tables_beyond_pending_max_go_into_the_outer_map_early(
+    maps: Maps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plan with more new tables than may wait (each holds an fd) puts them into the
+    outer map in several batches; every frontend gets its right table, no fd stays."""
+    batches: list[int] = []
+    update = maps.maglev.update_batch_raw
+
+    def counted(keys: bytes, values: bytes, count: int, flags: int = 0) -> None:
+        batches.append(count)
+        update(keys, values, count, flags)
+
+    monkeypatch.setattr(maps.maglev, "update_batch_raw", counted)
+    writer = _writer(maps)
+    try:
+        assert writer.maglev is not None
+        writer.maglev = MaglevTables(maps.maglev, SIZE, pending_max=2)
+        held = _fds()
+        entries = [
+            entry(f"10.96.1.{i}", 80, [(f"10.244.{i}.{j}", 8080, True) for j in range(1, 4)])
+            for i in range(1, 6)
+        ]
+        writer.apply(diff(writer.frontends, desired_frontends(state(*entries))))
+        assert batches == [2, 2, 1]
+        assert _fds() == held
+        for key, st in writer.frontends.items():
+            sid = writer.svc_ids[key]
+            owned = writer._backend_ids[sid]
+            ids = [owned[backend_key(a.packed, p)] for a, p in st.slots]
+            want = [ids[i] for i in maglev.table([f"{a}:{p}" for a, p in st.slots], SIZE)]
+            found = maps.maglev.lookup(ctypes.c_uint32(sid), ctypes.c_uint32)
+            assert found is not None, st.frontend
+            with PinnedMap("table", fd=map_fd_by_id(found.value)) as t:
+                got = [t.lookup(ctypes.c_uint32(i), ctypes.c_uint32) for i in range(SIZE)]
+            assert [g.value for g in got if g is not None] == want, st.frontend
     finally:
         writer.maps.close()

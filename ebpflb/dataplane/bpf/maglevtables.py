@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import resource
 from array import array
 from ipaddress import IPv4Address, IPv6Address
 
@@ -38,6 +39,7 @@ _U32 = abi.PACK_U32.pack
 TABLE_FLAGS = BPF_F_INNER_MAP | BPF_F_MMAPABLE
 _STRIDE = array_stride(4)  # a table's u32 backend ids lie 8 bytes apart in its memory
 _WORDS_PER_SLOT = _STRIDE // 4
+_PENDING_MAX = 8192  # new tables' fds held until they go into the outer map
 
 
 class MaglevTables:
@@ -48,7 +50,8 @@ class MaglevTables:
     frontend (or one leaving it, which the kernel then passes over for a random one).
     Swapping a new inner map in instead would make every update wait for an RCU grace
     period (about 9 ms here), so only new frontends' tables are put into the outer map,
-    all of a plan's at once with one batch update (one wait). A table stays with its
+    all of a plan's at once with one batch update (one wait; one per `pending_max` new
+    tables in a large plan). A table stays with its
     frontend id after the frontend is deleted (no wait for that either) and is
     rewritten in place when the id is given out again; the kernel never reads a table
     without a service entry that uses it.
@@ -58,9 +61,18 @@ class MaglevTables:
     anything but an old or a new backend id of the frontend (the kernel's own copy of
     a batch update is a memcpy too)."""
 
-    def __init__(self, outer: PinnedMap, size: int) -> None:
+    def __init__(self, outer: PinnedMap, size: int, *, pending_max: int | None = None) -> None:
+        """`pending_max`: how many new tables (an fd each) may wait for `flush`; more
+        are put into the outer map at once, at the cost of one more RCU wait (default:
+        8,192, or half the open-files limit if that is lower: a full sync of 100,000
+        frontends would otherwise hold 100,000 fds)."""
         self.outer = outer
         self.size = size
+        if pending_max is None:
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            limit = _PENDING_MAX if soft == resource.RLIM_INFINITY else soft // 2
+            pending_max = max(1, min(_PENDING_MAX, limit))
+        self.pending_max = pending_max
         self._new: list[tuple[int, int]] = []  # (frontend id, its new table's fd): pending
         self._image = array("I", bytes(size * _STRIDE))  # a table's memory, as _fill writes it
         # frontend id -> 1 where the outer map may hold a table: read from it once, then
@@ -97,6 +109,8 @@ class MaglevTables:
             os.close(fd)
             raise
         self._new.append((sid, fd))
+        if len(self._new) >= self.pending_max:
+            self._put_new()
 
     def _fill(self, fd: int, values: bytes) -> None:
         """Copy `values` (one u32 per slot) into the table behind `fd`: laid out as the
@@ -110,6 +124,9 @@ class MaglevTables:
     def flush(self) -> None:
         """End of a write phase: put the new tables into the outer map (one batch, one
         RCU wait)."""
+        self._put_new()
+
+    def _put_new(self) -> None:
         if not self._new:
             return
         new, self._new = self._new, []
