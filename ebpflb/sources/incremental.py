@@ -48,7 +48,7 @@ class IncrementalTranslator:
             None if node_families is None else frozenset(node_families)
         )
         self._entries: dict[FrontendKey, ServiceEntry] = {}
-        self._keys_of: dict[ServiceRef, set[FrontendKey]] = {}
+        self._keys_of: dict[ServiceRef, tuple[FrontendKey, ...]] = {}  # see translate
         self._info: dict[ServiceRef, ServiceInfo] = {}
         self._errors: dict[ServiceRef, tuple[ObjectError, ...]] = {}
         self._other_errors: tuple[ObjectError, ...] = ()
@@ -105,14 +105,14 @@ class IncrementalTranslator:
                 owner = self._entries.get(key)
                 if owner is not None and owner.port_name.service != ref:
                     raise _NeedsRebuild
-            old_keys = self._keys_of.pop(ref, set())
+            old_keys = set(self._keys_of.pop(ref, ()))
             self.backends -= sum(len(self._entries[k].backends) for k in old_keys)
             for key in old_keys - new_keys:
                 del self._entries[key]
             self._entries.update(result.state.entries)
             self.backends += sum(len(e.backends) for e in result.state.entries.values())
             if new_keys:
-                self._keys_of[ref] = new_keys
+                self._keys_of[ref] = tuple(new_keys)
             self._info.pop(ref, None)
             self._info.update(result.state.services)
             self._errors.pop(ref, None)
