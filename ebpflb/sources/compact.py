@@ -13,9 +13,10 @@ topology-aware routing); of the labels, those read downstream (a slice's Service
 Service's proxy name, a Node's zone); of a Node, its addresses.
 
 What is kept is kept small, as 100,000s of objects are: a value that thousands of
-objects repeat (a Service's ports, endpoint conditions, names) is one shared copy; an
-endpoint of the usual shape becomes a ``CompactEndpoint`` (its address parsed once,
-here, not at every full sync), a quarter of the dict it was.
+objects repeat (a Service's ports, endpoint conditions, namespaces, node names) is one
+shared copy; an endpoint of the usual shape becomes a ``CompactEndpoint`` (its address
+parsed once, here, not at every full sync), a quarter of the dict it was; metadata of
+the usual shape a ``CompactMeta``.
 
 Malformed parts are kept as they are, so translation still reports them by name.
 Objects are never mutated afterwards, which is what makes sharing safe.
@@ -61,6 +62,18 @@ _SPEC = (
 # (addresses) are unique to their Service.
 _SPEC_SHARED = frozenset(
     {"ports", "ipFamilies", "sessionAffinityConfig", "loadBalancerSourceRanges"}
+)
+# Spec values of a few words (types, policies), interned: names and addresses are not,
+# as interning a string met once costs more than it saves.
+_SPEC_WORDS = frozenset(
+    {
+        "type",
+        "ipFamilyPolicy",
+        "externalTrafficPolicy",
+        "internalTrafficPolicy",
+        "sessionAffinity",
+        "trafficDistribution",
+    }
 )
 _ENDPOINT = ("addresses", "conditions", "nodeName", "zone", "hints")
 _ADDRESS_TYPES = {"IPv4": 4, "IPv6": 6}
@@ -134,18 +147,23 @@ def _metadata(meta: Any) -> Any:
     if not isinstance(meta, dict):
         return meta
     out = {k: meta[k] for k in _META if k in meta}
+    if "namespace" in out:
+        out["namespace"] = _string(out["namespace"])
     labels = out.get("labels")
     if isinstance(labels, dict):
-        out["labels"] = share({k: _string(labels[k]) for k in _LABELS if k in labels})
+        out["labels"] = {k: labels[k] for k in _LABELS if k in labels}
     annotations = meta.get("annotations")
     if isinstance(annotations, dict):
         kept = {k: annotations[k] for k in ANNOTATIONS if k in annotations}
         if kept:
-            out["annotations"] = share(kept)
-    for key in ("name", "namespace"):
-        if key in out:
-            out[key] = _string(out[key])
-    return CompactMeta.of(out)
+            out["annotations"] = kept
+    small = CompactMeta.of(out)
+    if small is not out:
+        return small
+    for key in ("labels", "annotations"):  # shared only here: a slice's label is its own
+        if isinstance(out.get(key), dict):
+            out[key] = share(out[key])
+    return out
 
 
 def _service_spec(spec: Any) -> Any:
@@ -155,7 +173,11 @@ def _service_spec(spec: Any) -> Any:
     for key in _SPEC:
         if key in spec:
             value = spec[key]
-            out[key] = share(value) if key in _SPEC_SHARED else _string(value)
+            if key in _SPEC_SHARED:
+                value = share(value)
+            elif key in _SPEC_WORDS:
+                value = _string(value)
+            out[key] = value
     ips = out.get("clusterIPs")
     if isinstance(ips, list) and ips and ips[0] == out.get("clusterIP"):
         out["clusterIPs"] = [out["clusterIP"], *ips[1:]]  # one string for both
