@@ -102,9 +102,7 @@ def compact(kind: str, obj: Obj) -> Obj:
         if "endpoints" in obj:
             items = obj["endpoints"]
             version = _ADDRESS_TYPES.get(out.get("addressType"))  # type: ignore[arg-type]
-            out["endpoints"] = (
-                [_endpoint(e, version) for e in items] if isinstance(items, list) else items
-            )
+            out["endpoints"] = _endpoints(items, version) if isinstance(items, list) else items
     elif kind == "Node" and "status" in obj:
         status = obj["status"]
         out["status"] = (
@@ -188,6 +186,15 @@ def _service_status(status: Any) -> Any:
     if isinstance(status, dict):
         return {"loadBalancer": status["loadBalancer"]} if "loadBalancer" in status else {}
     return status
+
+
+def _endpoints(items: list[Any], version: int | None) -> list[Any]:
+    """The endpoints compacted, in a list of exactly their number (a comprehension's
+    list keeps room to grow)."""
+    out: list[Any] = [None] * len(items)
+    for i, item in enumerate(items):
+        out[i] = _endpoint(item, version)
+    return out
 
 
 def _endpoint(item: Any, version: int | None) -> Any:
