@@ -25,3 +25,11 @@ def test_both_families_timed_on_the_same_maps() -> None:
     # the empty program's figure, printed beside the rows it is part of
     assert 0 < tr["floor_ns"] < tr["scales"]["2"]["new_flow"]["ns_per_packet"]
     assert "empty program" in text
+
+
+def test_every_scale_starts_from_an_empty_conntrack_table() -> None:
+    """The second scale's rows are timed on a table emptied of the first one's flows
+    (else its new flows would meet a fuller table, and differ by more than Services)."""
+    tr = bench_testrun.testrun_cost((2, 3), 20)
+    for rows in (tr["scales"], tr["scales6"]):
+        assert [rows[n]["conntrack_at_start"] for n in ("2", "3")] == [0, 0]
