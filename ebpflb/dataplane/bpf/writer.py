@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import socket
+import struct
 from ipaddress import IPv6Network
 
 from ebpflb.dataplane.bpf import abi
@@ -37,6 +38,7 @@ from ebpflb.dataplane.bpf.syscall import PinnedMap
 from ebpflb.errors import CapacityError
 from ebpflb.model import Frontend, FrontendKey, IPNetwork, Protocol, ServicePortName
 from ebpflb.plan import (
+    BackendState,
     DeleteService,
     FrontendState,
     Plan,
@@ -51,6 +53,7 @@ _ACTIVE = int(abi.BackendFlag.ACTIVE)
 _TERMINATING = int(abi.BackendFlag.TERMINATING)
 _KIND_BITS = {kind: int(flag) for kind, flag in KIND_FLAGS.items()}
 _U32 = abi.PACK_U32.pack
+_U16 = struct.Struct("<H").pack  # ids.backend_key's port part
 _SLOT_KEY = abi.PACK_LB4_SLOT_KEY.pack
 _PACK_KEY = abi.PACK_LB4_KEY.pack
 
@@ -259,33 +262,48 @@ class MapWriter:
     def apply(self, plan: Plan) -> None:
         self._check_capacity(plan)
         ops = plan.ops
-        self._upsert_backends([op for op in ops if isinstance(op, UpsertBackends)])
-        self._write_services([op for op in ops if isinstance(op, WriteService)])
+        # sid -> (the backends just upserted, their ids in that order): the slots of
+        # the service write that follows, when they are those backends, need no look-up
+        upserted: dict[int, tuple[tuple[BackendState, ...], list[int]]] = {}
+        self._upsert_backends([op for op in ops if isinstance(op, UpsertBackends)], upserted)
+        self._write_services([op for op in ops if isinstance(op, WriteService)], upserted)
         self._remove_backends([op for op in ops if isinstance(op, RemoveBackends)])
         self._delete_services([op for op in ops if isinstance(op, DeleteService)])
 
-    def _upsert_backends(self, ops: list[UpsertBackends]) -> None:
+    def _upsert_backends(
+        self,
+        ops: list[UpsertBackends],
+        upserted: dict[int, tuple[tuple[BackendState, ...], list[int]]],
+    ) -> None:
         be4, be6 = _Batch(), _Batch()
         pack4 = abi.PACK_LB4_BACKEND.pack
         pack6 = abi.PACK_LB6_BACKEND.pack
         alloc = self.be_alloc.alloc
+        u16 = _U16
         for op in ops:
-            sid = self._svc_id(op.frontend.key)
-            proto = _PROTO_NUMBERS[op.frontend.protocol]
+            fe = op.frontend
+            fkey = fe.key
+            sid = self._svc_id(fkey)
+            proto = _PROTO_NUMBERS[fe.protocol]
             owned = self._backend_ids.setdefault(sid, {})
-            v6 = op.frontend.address.version == 6
+            v6 = fe.address.version == 6
             batch, pack = (be6, pack6) if v6 else (be4, pack4)
             keys, values = batch.keys, batch.values
+            bids: list[int] = []
             for b in op.backends:
                 address = b.address.packed
-                id_key = backend_key(address, b.port)
+                port = b.port
+                id_key = address + u16(port)  # ids.backend_key, without a call
                 bid = owned.get(id_key)
                 if bid is None:
                     bid = owned[id_key] = alloc()
+                bids.append(bid)
                 flags = (_ACTIVE if b.active else 0) | (_TERMINATING if b.terminating else 0)
                 keys.append(_U32(bid))
-                values.append(pack(address, _htons(b.port), proto, flags, sid))
-            self._cache_backends(op)
+                values.append(pack(address, _htons(port), proto, flags, sid))
+            upserted[sid] = (op.backends, bids)
+            if self.frontends:  # none held: a first sync has nothing to keep in step
+                self._cache_backends(op)
         be4.update(self.maps.backends)
         be6.update(self.maps.backends6)
 
@@ -303,7 +321,11 @@ class MapWriter:
             self.maps.svc_stats.update_percpu(ctypes.c_uint32(sid), abi.LbStats())
             self._dirty_stats.discard(sid)
 
-    def _write_services(self, ops: list[WriteService]) -> None:
+    def _write_services(
+        self,
+        ops: list[WriteService],
+        upserted: dict[int, tuple[tuple[BackendState, ...], list[int]]],
+    ) -> None:
         slots, meta, stale = _Batch(), _Batch(), _Batch()
         rnat4, svc4, rnat6, svc6 = _Batch(), _Batch(), _Batch(), _Batch()
         pack_rnat4, pack_rnat6 = abi.PACK_LB4_RNAT.pack, abi.PACK_LB6_RNAT.pack
@@ -316,10 +338,9 @@ class MapWriter:
             sid = self._svc_id(fkey)
             if fkey not in self.frontends:
                 self._reset_stats(sid)  # a reused id must not inherit old counters
-            owned = self._backend_ids.get(sid, {})
             count = len(st.slots)
             slots.keys += [_SLOT_KEY(sid, i) for i in range(count)]
-            slots.values += [_U32(owned[backend_key(a.packed, p)]) for a, p in st.slots]
+            slots.values += [_U32(bid) for bid in self._slot_ids(sid, st, upserted.get(sid))]
             stale.keys += [_SLOT_KEY(sid, i) for i in range(count, self.slot_counts.get(sid, 0))]
             key = _U32(sid)
             address = fe.address.packed
@@ -340,7 +361,7 @@ class MapWriter:
             )
             if self.maglev is not None:
                 flags |= _MAGLEV
-                self.maglev.write(sid, st.slots, owned)
+                self.maglev.write(sid, st.slots, self._backend_ids.get(sid, {}))
             if v6:
                 snat = st.snat_address.packed if st.snat_address else _NO_ADDRESS6
                 svc.values.append(pack_svc6(sid, count, flags, st.affinity_timeout, snat))
@@ -360,6 +381,26 @@ class MapWriter:
         svc6.update(self.maps.svc6)
         stale.delete(self.maps.slots)
         self._delete_stale_ranges()
+
+    def _slot_ids(
+        self,
+        sid: int,
+        st: FrontendState,
+        upserted: tuple[tuple[BackendState, ...], list[int]] | None,
+    ) -> list[int]:
+        """The backend id of each of the frontend's slots. When its slots are the
+        backends this apply just upserted, in their order (a new frontend, all ready:
+        the same address objects and ports), their ids are known already; else each
+        is looked up by its key."""
+        slots = st.slots
+        if upserted is not None:
+            backends, bids = upserted
+            if len(backends) == len(slots) and all(
+                a is b.address and p == b.port for (a, p), b in zip(slots, backends, strict=True)
+            ):
+                return bids
+        owned = self._backend_ids.get(sid, {})
+        return [owned[backend_key(a.packed, p)] for a, p in slots]
 
     def _range_map(self, net: IPNetwork) -> PinnedMap:
         return self.maps.src_ranges6 if isinstance(net, IPv6Network) else self.maps.src_ranges
