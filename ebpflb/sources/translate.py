@@ -191,8 +191,8 @@ def _claim(
         got: list[FrontendKey] = []
         for entry in entries:
             key = entry.frontend.key
-            owner = claimed.get(key)
-            if owner is not None:
+            owner = claimed.setdefault(key, entry)  # one hash of the key, not two
+            if owner is not entry:
                 fe = entry.frontend
                 msg = (
                     f"{fe.kind} frontend {fe} is already used by Service "
@@ -200,7 +200,6 @@ def _claim(
                 )
                 errors.append(_error("Service", ref, msg))
                 continue
-            claimed[key] = entry
             got.append(key)
         if got:
             keys_of[ref] = tuple(got)
@@ -325,7 +324,12 @@ def _family_entries(
             outside = local if svc.external_local else cluster
         # A Local policy that leaves a frontend empty while the Service has endpoints
         # elsewhere drops its traffic; a Service without any endpoint refuses it.
-        elsewhere = bool(node.name) and bool(usable_backends(every))
+        # (Only a Local policy asks: the common Service skips the look at its backends.)
+        elsewhere = (
+            (svc.internal_local or svc.external_local)
+            and bool(node.name)
+            and bool(usable_backends(every))
+        )
         entries.append(
             ServiceEntry(
                 Frontend(cluster_ip, port.port, port.protocol),
