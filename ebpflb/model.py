@@ -10,8 +10,9 @@ from __future__ import annotations
 import enum
 import ipaddress
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import FrozenInstanceError, dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -104,27 +105,171 @@ def frontend_order(fe: Frontend) -> tuple[int, int, int, str]:
     return (fe.address.version, int(fe.address), fe.port, fe.protocol)
 
 
-@dataclass(frozen=True, order=True, slots=True)
+_READY, _SERVING, _TERMINATING = 4, 2, 1  # Backend's conditions, in their order
+# (node, zone, for_zones, for_nodes) -> that tuple: shared by every backend of one place
+_places: dict[tuple[str | None, str | None, tuple[str, ...], tuple[str, ...]], object] = {}
+_PLACES_MAX = 4096  # bounded: when full it starts again (sharing less, never wrongly)
+_NOWHERE = (None, None, (), ())
+
+
 class Backend:
-    """One endpoint address and its resolved pod port, with its conditions."""
+    """One endpoint address and its resolved pod port, with its conditions.
+
+    Frozen, equal and ordered by (address, port, ready, serving, terminating) as the
+    dataclass it was; node, zone and the topology hints (the EndpointSlice's
+    hints.forZones / hints.forNodes names) take no part in comparisons. Four slots,
+    not nine, as there are 100,000s of them (64 B each, not 112): the conditions in one
+    small int, and node, zone and hints in one tuple, shared by the backends of a place.
+    """
+
+    __slots__ = ("_flags", "_place", "address", "port")
+    __match_args__ = ("address", "port", "ready", "serving", "terminating")
 
     address: IPAddress
     port: int
-    ready: bool = True
-    serving: bool = True
-    terminating: bool = False
-    node: str | None = field(default=None, compare=False)
-    zone: str | None = field(default=None, compare=False)
-    # Topology hints of the EndpointSlice (hints.forZones / hints.forNodes names).
-    for_zones: tuple[str, ...] = field(default=(), compare=False)
-    for_nodes: tuple[str, ...] = field(default=(), compare=False)
+    _flags: int
+    _place: tuple[str | None, str | None, tuple[str, ...], tuple[str, ...]] | None
+
+    def __init__(
+        self,
+        address: IPAddress,
+        port: int,
+        ready: bool = True,
+        serving: bool = True,
+        terminating: bool = False,
+        node: str | None = None,
+        zone: str | None = None,
+        for_zones: tuple[str, ...] = (),
+        for_nodes: tuple[str, ...] = (),
+    ) -> None:
+        flags = (_READY if ready else 0) | (_SERVING if serving else 0)
+        place = (node, zone, for_zones, for_nodes)
+        if place == _NOWHERE:
+            shared = None
+        else:
+            shared = _places.get(place)
+            if shared is None:
+                if len(_places) >= _PLACES_MAX:
+                    _places.clear()
+                _places[place] = shared = place
+        setter = object.__setattr__
+        setter(self, "address", address)
+        setter(self, "port", port)
+        setter(self, "_flags", flags | (_TERMINATING if terminating else 0))
+        setter(self, "_place", shared)
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._flags & _READY)
+
+    @property
+    def serving(self) -> bool:
+        return bool(self._flags & _SERVING)
+
+    @property
+    def terminating(self) -> bool:
+        return bool(self._flags & _TERMINATING)
+
+    @property
+    def node(self) -> str | None:
+        return self._place[0] if self._place is not None else None
+
+    @property
+    def zone(self) -> str | None:
+        return self._place[1] if self._place is not None else None
+
+    @property
+    def for_zones(self) -> tuple[str, ...]:
+        return self._place[2] if self._place is not None else ()
+
+    @property
+    def for_nodes(self) -> tuple[str, ...]:
+        return self._place[3] if self._place is not None else ()
 
     @property
     def key(self) -> tuple[IPAddress, int]:
         return (self.address, self.port)
 
+    def _order(self) -> tuple[IPAddress, int, int]:
+        # (ready, serving, terminating) compare as the flags' int does, bit by bit
+        return (self.address, self.port, self._flags)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not Backend:
+            return NotImplemented
+        assert isinstance(other, Backend)
+        return self._order() == other._order()
+
+    def __lt__(self, other: Backend) -> bool:
+        if other.__class__ is not Backend:
+            return NotImplemented
+        return self._order() < other._order()
+
+    def __le__(self, other: Backend) -> bool:
+        if other.__class__ is not Backend:
+            return NotImplemented
+        return self._order() <= other._order()
+
+    def __gt__(self, other: Backend) -> bool:
+        if other.__class__ is not Backend:
+            return NotImplemented
+        return self._order() > other._order()
+
+    def __ge__(self, other: Backend) -> bool:
+        if other.__class__ is not Backend:
+            return NotImplemented
+        return self._order() >= other._order()
+
+    def __hash__(self) -> int:
+        return hash(self._order())
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def replace(self, **changes: Any) -> Backend:
+        """A copy with ``changes`` (by the constructor's names), as dataclasses.replace."""
+        fields: dict[str, Any] = dict(zip(_BACKEND_FIELDS, self._args(), strict=True))
+        fields.update(changes)
+        return Backend(**fields)
+
+    def __reduce__(self) -> tuple[type[Backend], tuple[object, ...]]:
+        return (Backend, self._args())
+
+    def _args(self) -> tuple[object, ...]:
+        return (
+            self.address,
+            self.port,
+            self.ready,
+            self.serving,
+            self.terminating,
+            self.node,
+            self.zone,
+            self.for_zones,
+            self.for_nodes,
+        )
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{n}={v!r}" for n, v in zip(_BACKEND_FIELDS, self._args(), strict=True))
+        return f"Backend({shown})"
+
     def __str__(self) -> str:
         return hostport(self.address, self.port)
+
+
+_BACKEND_FIELDS = (
+    "address",
+    "port",
+    "ready",
+    "serving",
+    "terminating",
+    "node",
+    "zone",
+    "for_zones",
+    "for_nodes",
+)
 
 
 def usable_backends(backends: Iterable[Backend]) -> tuple[Backend, ...]:

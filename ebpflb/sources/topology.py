@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import replace
 from typing import Any
 
 from ebpflb.model import Backend
@@ -114,4 +113,4 @@ def _usable(ready: list[Backend], name: str, hints: Callable[[Backend], tuple[st
 
 
 def _keep(backends: tuple[Backend, ...], chosen: Callable[[Backend], bool]) -> tuple[Backend, ...]:
-    return tuple(b if not b.ready or chosen(b) else replace(b, ready=False) for b in backends)
+    return tuple(b if not b.ready or chosen(b) else b.replace(ready=False) for b in backends)
