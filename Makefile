@@ -37,10 +37,14 @@ unit: venv
 ## the userspace path (vs bpf vs direct, with iperf3 bulk throughput), the ClusterIP
 ## path on each node shape (routed, bridge) and the cost of a /metrics scrape at
 ## 10,000 Services (vs `ebpflb stats --json`), and requests lost under faults (agent
-## killed, stopped or paused, backend churn, scale to zero, a bad edit, 20,000 Services).
+## killed, stopped or paused, backend churn, scale to zero, a bad edit, 20,000 Services),
+## traffic from outside (XDP vs tc vs iptables), socket-LB vs tc for pods, the tc
+## program's per-packet cost up to 100,000 Services and the Maglev full sync.
 bench: setup
 	@$(PY) -m bench.datapath
 	@$(PY) -m bench.controlplane
+	@$(PY) -m bench.controlplane --lb-algorithm maglev --scales 10000
+	@$(PY) -m bench.testrun --scales 10,10000,100000
 	@$(PY) -m bench.userspace
 	@$(PY) -m bench.nodeshapes
 	@$(PY) -m bench.metrics
