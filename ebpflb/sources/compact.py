@@ -201,6 +201,15 @@ def _endpoint(item: Any, version: int | None) -> Any:
     """A CompactEndpoint where it qualifies, else a dict of the fields read."""
     if not isinstance(item, dict):
         return item
+    small = CompactEndpoint.of(item, version)
+    if small is not None:  # just made, seen by no one yet: its values can still be swapped
+        if small.conditions is not None:
+            small.conditions = _conditions(small.conditions)
+        if small.node is not None:
+            small.node = sys.intern(small.node)
+        if small.zone is not None:
+            small.zone = sys.intern(small.zone)
+        return small
     out = {k: item[k] for k in _ENDPOINT if k in item}
     for key in ("nodeName", "zone"):
         if key in out:
@@ -208,4 +217,20 @@ def _endpoint(item: Any, version: int | None) -> Any:
     for key in ("conditions", "hints"):
         if key in out:
             out[key] = share(out[key])
-    return CompactEndpoint.of(out, version) or out
+    return out
+
+
+def _conditions(value: Any) -> Any:
+    """``share(value)``, faster for the usual shape (a few booleans)."""
+    if (
+        type(value) is dict
+        and value.keys() <= _CONDITION_NAMES
+        and set(map(type, value.values())) <= _BOOL  # so that 1 never stands for True
+    ):
+        return _condition_shapes.setdefault(tuple(value.items()), value)
+    return share(value)
+
+
+_CONDITION_NAMES = frozenset({"ready", "serving", "terminating"})
+_BOOL = frozenset({bool})
+_condition_shapes: dict[tuple[tuple[str, Any], ...], Any] = {}  # at most 79 shapes

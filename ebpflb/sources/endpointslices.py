@@ -79,7 +79,8 @@ class CompactEndpoint(Mapping[str, Any]):
     @classmethod
     def of(cls, item: Obj, version: int | None) -> CompactEndpoint | None:
         """``item`` (an endpoint of a slice of IP ``version``) compacted, or None when it
-        does not qualify (see the class)."""
+        does not qualify (see the class). Fields other than the four it holds (and
+        hints, which disqualify) are not read."""
         addresses = item.get("addresses")
         conditions = item.get("conditions")
         node = item.get("nodeName")
@@ -91,13 +92,18 @@ class CompactEndpoint(Mapping[str, Any]):
             or not (conditions is None or type(conditions) is dict)
             or not (node is None or type(node) is str)
             or not (zone is None or type(zone) is str)
-            or len(item) != len(_FIELDS.intersection(item))
+            or "hints" in item
         ):
             return None
         text = addresses[0]
-        address = _ip(text)
-        if address is None or address.version != version or str(address) != text:
-            return None
+        number = _ipv4_int(text) if version == 4 else None
+        address: IPAddress | None
+        if number is not None:  # inet_pton takes only the canonical dotted quad
+            address = ipaddress.IPv4Address(number)
+        else:
+            address = _ip(text)
+            if address is None or address.version != version or str(address) != text:
+                return None
         return cls(address, conditions, node, zone)
 
     def _fields(self) -> dict[str, Any]:
@@ -134,9 +140,6 @@ class CompactEndpoint(Mapping[str, Any]):
 
     def __repr__(self) -> str:
         return f"CompactEndpoint({self._fields()!r})"
-
-
-_FIELDS = frozenset({"addresses", "conditions", "nodeName", "zone"})
 
 
 def _collect_backends(slices: Iterable[Obj], errors: list[ObjectError]) -> _Backends:
