@@ -62,7 +62,6 @@ from ebpflb.sources.tracker import (
     NODE,
     SERVICE,
     ChangeTracker,
-    Key,
     object_key,
 )
 
@@ -369,7 +368,7 @@ class KubeSource:
 
     def _list_pages(self, res: _Resource) -> str:
         start = time.monotonic()
-        objects: dict[Key, Obj] = {}
+        objects: list[Obj] = []  # keyed once, by the store (a later copy wins there)
         token: str | None = None
         rv = ""
         while True:
@@ -386,7 +385,7 @@ class KubeSource:
             for item in page.get("items") or ():
                 item.setdefault("kind", res.kind)
                 item.setdefault("apiVersion", res.api_version)
-                objects[object_key(item, kind=res.kind)] = compact(res.kind, item)
+                objects.append(compact(res.kind, item))
             meta = page.get("metadata") or {}
             rv = str(meta.get("resourceVersion") or "")
             token = meta.get("continue") or None
@@ -394,7 +393,7 @@ class KubeSource:
                 break
         if self._stop.is_set():
             return rv
-        self._store.replace(res.kind, list(objects.values()))
+        self._store.replace(res.kind, objects)
         self._set_resource_version(res, rv)
         self._set_failing(res, False)
         with self._state_lock:
