@@ -52,7 +52,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from ebpflb.errors import SourceError
-from ebpflb.gcpause import no_collections
+from ebpflb.gcpause import no_collections, no_full_collections
 from ebpflb.model import ServiceRef
 from ebpflb.sources.base import Changes, Snapshot
 from ebpflb.sources.compact import compact
@@ -359,11 +359,13 @@ class KubeSource:
 
     def _list(self, res: _Resource) -> str:
         """List every page; replace the store's objects of this kind; return the list's
-        resourceVersion. No garbage collection runs meanwhile (see gcpause): every
-        object parsed survives into the store, so each collection would only walk the
-        growing heap to promote them (at 100,000 EndpointSlices that was most of the
-        list's time: json.loads alone 4.6 s with collections, 0.55 s without)."""
-        with no_collections():
+        resourceVersion. Every object parsed survives into the store, so a collection
+        meanwhile would only walk the growing heap to promote them (at 100,000
+        EndpointSlices that was most of the list's time: json.loads alone 4.6 s with
+        collections, 0.55 s without; see gcpause): no full collection runs during the
+        list, and none at all while a page is parsed (not while waiting for one, which
+        a slow API server can make long)."""
+        with no_full_collections():
             return self._list_pages(res)
 
     def _list_pages(self, res: _Resource) -> str:
@@ -381,11 +383,12 @@ class KubeSource:
                 if e.status == 410 and token:
                     raise _Gone("continue token expired") from e
                 raise
-            page = json.loads(body)
-            for item in page.get("items") or ():
-                item.setdefault("kind", res.kind)
-                item.setdefault("apiVersion", res.api_version)
-                objects.append(compact(res.kind, item))
+            with no_collections():
+                page = json.loads(body)
+                for item in page.get("items") or ():
+                    item.setdefault("kind", res.kind)
+                    item.setdefault("apiVersion", res.api_version)
+                    objects.append(compact(res.kind, item))
             meta = page.get("metadata") or {}
             rv = str(meta.get("resourceVersion") or "")
             token = meta.get("continue") or None
