@@ -21,6 +21,7 @@ from typing import Any
 from ebpflb.model import ServiceRef
 from ebpflb.sources.base import Changes
 from ebpflb.sources.endpointslices import SERVICE_NAME_LABEL
+from ebpflb.sources.fields import CompactMeta
 
 Obj = dict[str, Any]
 Key = tuple[str, str, str]  # (kind, namespace, name); namespace "" when cluster-scoped
@@ -163,6 +164,8 @@ def object_key(obj: Obj, *, kind: str | None = None) -> Key:
     for cluster-scoped kinds. Raises ``ValueError`` when kind or name is missing."""
     kind = kind or obj.get("kind")
     meta = obj.get("metadata")
+    if type(meta) is CompactMeta and type(kind) is str and kind:  # names always given
+        return (kind, "" if kind in _CLUSTER_SCOPED else meta.namespace, meta.name)
     name = meta.get("name") if isinstance(meta, Mapping) else None
     if not isinstance(kind, str) or not kind:
         raise ValueError("object has no kind")
@@ -175,6 +178,8 @@ def object_key(obj: Obj, *, kind: str | None = None) -> Key:
 def slice_owner(obj: Obj | None) -> str | None:
     """The name of the Service an EndpointSlice belongs to (its service-name label)."""
     meta = obj.get("metadata") if obj is not None else None
+    if type(meta) is CompactMeta:  # without making its labels dict
+        return meta.value if meta.label == SERVICE_NAME_LABEL else None
     labels = meta.get("labels") if isinstance(meta, Mapping) else None
     owner = labels.get(SERVICE_NAME_LABEL) if isinstance(labels, Mapping) else None
     return owner if isinstance(owner, str) else None
