@@ -165,8 +165,12 @@ class MapWriter:
             for net in ranges
         ]
         self._backend_ids: dict[int, dict[BackendKey, int]] = {}  # svc id -> backend -> id
-        for (sid, (address, port)), bid in st.backend_ids.items():
-            self._backend_ids.setdefault(sid, {})[backend_key(address.packed, port)] = bid
+        owned: dict[BackendKey, int] = {}
+        last: int | None = None
+        for (sid, (address, port)), bid in st.backend_ids.items():  # a frontend's in a row
+            if sid != last:
+                owned, last = self._backend_ids.setdefault(sid, {}), sid
+            owned[address.packed + _U16(port)] = bid  # ids.backend_key, without a call
         self.svc_alloc = IdAllocator(
             1, self.max_services - 1, what="service", used=st.svc_ids.values()
         )
