@@ -53,7 +53,7 @@ class BpfInspector:
         for key, fs in sorted(st.frontends.items(), key=lambda kv: frontend_order(kv[1].frontend)):
             sid = st.svc_ids[key]
             for b in fs.backends:
-                bid = st.backend_ids[(sid, b.key)]
+                bid = st.backend_id(sid, b.address, b.port)
                 out.append(
                     BackendView(
                         bid,

@@ -12,24 +12,27 @@ import logging
 import os
 import socket
 import struct
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
 from ebpflb.dataplane.bpf import abi
+from ebpflb.dataplane.bpf.ids import BackendKey, backend_key
 from ebpflb.dataplane.bpf.syscall import MapType, PinnedMap
 from ebpflb.errors import DataplaneError, MapGeometryError, MapMismatchError
 from ebpflb.model import (
     Frontend,
     FrontendKey,
     FrontendKind,
+    IPAddress,
     IPNetwork,
     Protocol,
     ServicePortName,
     ServiceRef,
 )
-from ebpflb.plan import BackendKey, BackendState, FrontendState, backend_order
+from ebpflb.plan import BackendState, FrontendState, backend_order
 
 log = logging.getLogger(__name__)
 
@@ -334,11 +337,19 @@ class MapState:
     frontends: dict[FrontendKey, FrontendState] = field(default_factory=dict)
     svc_ids: dict[FrontendKey, int] = field(default_factory=dict)
     slot_counts: dict[int, int] = field(default_factory=dict)
-    backend_ids: dict[tuple[int, BackendKey], int] = field(default_factory=dict)
+    # svc id -> ids.backend_key of each backend -> its id: the writer's id tables
+    backend_ids: dict[int, dict[BackendKey, int]] = field(default_factory=dict)
     orphan_backends: list[int] = field(default_factory=list)  # owner svc id not in svc map
     orphan_backends6: list[int] = field(default_factory=list)  # the same, in ebpflb_be6
     orphan_svc_ids: list[int] = field(default_factory=list)  # names/rnat left without a svc
     src_ranges: dict[int, tuple[IPNetwork, ...]] = field(default_factory=dict)  # by svc id
+
+    def backend_id(self, sid: int, address: IPAddress, port: int) -> int:
+        return self.backend_ids[sid][backend_key(address.packed, port)]
+
+    def all_backend_ids(self) -> Iterator[int]:
+        for ids in self.backend_ids.values():
+            yield from ids.values()
 
 
 _PROTOCOLS = {6: Protocol.TCP, 17: Protocol.UDP, 132: Protocol.SCTP}
@@ -347,6 +358,9 @@ _NO_ADDRESS6 = bytes(16)
 _SRC_RANGES = int(abi.SvcFlag.SRC_RANGES)
 _DROP_EMPTY = int(abi.SvcFlag.DROP_EMPTY)
 SVC_ID_BITS = 32  # an LPM key's svc_id part, always matched whole
+_U16 = struct.Struct("<H").pack  # ids.backend_key's port part
+# where an lb4_slot_key's svc id and slot land in the u64 of its bytes
+_SID_SHIFT, _SLOT_SHIFT = (0, 32) if sys.byteorder == "little" else (32, 0)
 
 
 def read_src_ranges(maps: BpfMaps) -> dict[int, tuple[IPNetwork, ...]]:
@@ -372,10 +386,17 @@ def read_src_ranges(maps: BpfMaps) -> dict[int, tuple[IPNetwork, ...]]:
 def _rows(
     m: PinnedMap, kfmt: struct.Struct, vfmt: struct.Struct
 ) -> Iterator[tuple[tuple[Any, ...], tuple[Any, ...]]]:
+    """Every element of a map decoded: one iter_unpack over each dumped buffer (a
+    Python call per element, not two per element and a generator step)."""
     keys, values, count = m.dump_raw()
-    ks, vs = m.info.key_size, len(values) // count if count else 0
-    for i in range(count):
-        yield kfmt.unpack_from(keys, i * ks), vfmt.unpack_from(values, i * vs)
+    if not count:
+        return iter(())
+    return zip(kfmt.iter_unpack(keys[: count * kfmt.size]), vfmt.iter_unpack(values), strict=True)
+
+
+def _u32s(raw: bytes) -> list[int]:
+    """Packed host-order u32s (a map's ids, as the kernel holds them) as ints."""
+    return memoryview(raw).cast("I").tolist()
 
 
 _Address = type[IPv4Address] | type[IPv6Address]
@@ -385,36 +406,86 @@ _FAMILIES: dict[int, tuple[_Address, struct.Struct, struct.Struct, struct.Struct
     6: (IPv6Address, abi.PACK_LB6_BACKEND, abi.PACK_LB6_KEY, abi.PACK_LB6_SERVICE, _NO_ADDRESS6),
 }
 
+# (packed address, port in host order, flags, backend id): sorted, a frontend's
+# backends are in BackendState order (within one family the packed address orders as
+# the address), unless one address and port occur twice (see _backend_states).
+_Row = tuple[bytes, int, int, int]
 
-def _backends_by_svc(m: PinnedMap, family: int) -> dict[int, list[tuple[int, BackendState]]]:
-    """Owner svc id -> (backend id, backend) of one family's backend map."""
-    address, layout = _FAMILIES[family][0], _FAMILIES[family][1]
-    by_svc: dict[int, list[tuple[int, BackendState]]] = {}
-    for (bid,), (addr, port, _proto, flags, sid) in _rows(m, abi.PACK_U32, layout):
-        by_svc.setdefault(sid, []).append(
-            (
-                bid,
-                BackendState(
-                    address(addr),
-                    socket.ntohs(port),
-                    bool(flags & _ACTIVE),
-                    bool(flags & _TERMINATING),
-                ),
-            )
-        )
+
+def _backends_by_svc(m: PinnedMap, family: int) -> dict[int, list[_Row]]:
+    """Owner svc id -> the rows of its backends, in one family's backend map."""
+    layout = _FAMILIES[family][1]
+    keys, values, count = m.dump_raw()
+    by_svc: dict[int, list[_Row]] = {}
+    if not count:
+        return by_svc
+    ntohs = socket.ntohs
+    for bid, (addr, port, _proto, flags, sid) in zip(
+        _u32s(keys[: count * 4]), layout.iter_unpack(values), strict=True
+    ):
+        row = (addr, ntohs(port), flags, bid)
+        rows = by_svc.get(sid)
+        if rows is None:
+            by_svc[sid] = [row]
+        else:
+            rows.append(row)
     return by_svc
+
+
+class _Addresses(dict[bytes, IPv4Address | IPv6Address]):
+    """Packed address -> its address object, made once per read: a pod backing several
+    frontends (ports, NodePort beside ClusterIP) shares one object, and comparing two
+    states that share them stops at identity."""
+
+    def __init__(self, address: _Address) -> None:
+        super().__init__()
+        self.address = address
+
+    def __missing__(self, packed: bytes) -> IPv4Address | IPv6Address:
+        obj = self[packed] = self.address(packed)
+        return obj
+
+
+def _backend_states(
+    rows: list[_Row], addresses: _Addresses, ids: dict[BackendKey, int]
+) -> tuple[tuple[BackendState, ...], dict[int, tuple[IPAddress, int]]]:
+    """One frontend's backends in order, and its backend ids: id -> backend key (for
+    the slots) and, into ``ids``, ids.backend_key -> id (the writer's id table)."""
+    rows.sort()
+    states = []
+    key_by_id: dict[int, tuple[IPAddress, int]] = {}
+    last = None
+    twice = False
+    for addr, port, flags, bid in rows:
+        address = addresses[addr]
+        states.append(BackendState(address, port, flags & _ACTIVE != 0, flags & _TERMINATING != 0))
+        key_by_id[bid] = (address, port)
+        key = addr + _U16(port)
+        twice = twice or key == last
+        ids[key] = bid
+        last = key
+    if twice:  # one key under two ids: the flags order them as BackendState does
+        states.sort(key=backend_order)
+    return tuple(states), key_by_id
 
 
 def read_state(maps: BpfMaps) -> MapState:
     """Everything the maps hold, read with batch dumps (four syscalls per few thousand
-    elements), so a restarted agent adopts 10,000s of services in well under a second."""
+    elements) and decoded from the dumped buffers whole, so a restarted agent adopts
+    100,000 services in about a second."""
     out = MapState()
-    u32 = abi.PACK_U32
-    slot_of: dict[tuple[int, int], int] = {
-        k: v[0] for k, v in _rows(maps.slots, abi.PACK_LB4_SLOT_KEY, u32)
-    }
+    slot_keys, slot_values, slot_count = maps.slots.dump_raw()
+    # (svc id, slot) -> backend id, keyed by an lb4_slot_key's two host-order u32s read
+    # as one u64 (an int key hashes and compares in C, a tuple not)
+    slot_of: dict[int, int] = dict(
+        zip(
+            memoryview(slot_keys[: slot_count * 8]).cast("Q").tolist(),
+            _u32s(slot_values[: slot_count * 4]),
+            strict=True,
+        )
+    )
     names: dict[int, tuple[bytes, bytes, bytes]] = {
-        k[0]: v for k, v in _rows(maps.meta, u32, abi.PACK_LB_SVC_META)
+        k[0]: v for k, v in _rows(maps.meta, abi.PACK_U32, abi.PACK_LB_SVC_META)
     }
     out.src_ranges = read_src_ranges(maps)
     for family, svc_map, be_map, orphans in (
@@ -422,6 +493,7 @@ def read_state(maps: BpfMaps) -> MapState:
         (6, maps.svc6, maps.backends6, out.orphan_backends6),
     ):
         address, _be, key_layout, svc_layout, no_address = _FAMILIES[family]
+        addresses = _Addresses(address)
         by_svc = _backends_by_svc(be_map, family)
         for (addr, dport, proto_no, _pad), (sid, count, flags, affinity, snat) in _rows(
             svc_map, key_layout, svc_layout
@@ -436,15 +508,11 @@ def read_state(maps: BpfMaps) -> MapState:
                 if meta is not None and meta[0].strip(b"\0")
                 else ServicePortName(ServiceRef("", f"svc-{sid}"), "", proto)
             )
-            key_by_id: dict[int, BackendKey] = {}
-            states = []
-            for bid, state in by_svc.pop(sid, []):
-                key_by_id[bid] = state.key
-                out.backend_ids[(sid, state.key)] = bid
-                states.append(state)
-            slots: list[BackendKey] = []
+            ids = out.backend_ids[sid] = {}
+            states, key_by_id = _backend_states(by_svc.pop(sid, []), addresses, ids)
+            slots: list[tuple[IPAddress, int]] = []
             for i in range(count):
-                slot_bid = slot_of.get((sid, i))
+                slot_bid = slot_of.get(sid << _SID_SHIFT | i << _SLOT_SHIFT)
                 if slot_bid is not None and slot_bid in key_by_id:
                     slots.append(key_by_id[slot_bid])
             fkey = frontend.key
@@ -453,14 +521,14 @@ def read_state(maps: BpfMaps) -> MapState:
             out.frontends[fkey] = FrontendState(
                 frontend,
                 port_name,
-                tuple(sorted(states, key=backend_order)),
+                states,
                 tuple(slots),
                 affinity,
-                address(snat) if snat != no_address else None,
+                addresses[snat] if snat != no_address else None,
                 out.src_ranges.get(sid, ()) if flags & _SRC_RANGES else (),
                 bool(flags & _DROP_EMPTY),
             )
         for leftovers in by_svc.values():
-            orphans.extend(bid for bid, _ in leftovers)
+            orphans.extend(row[3] for row in leftovers)
     out.orphan_svc_ids.extend(names)
     return out

@@ -164,18 +164,13 @@ class MapWriter:
             if sid not in self.src_ranges
             for net in ranges
         ]
-        self._backend_ids: dict[int, dict[BackendKey, int]] = {}  # svc id -> backend -> id
-        owned: dict[BackendKey, int] = {}
-        last: int | None = None
-        for (sid, (address, port)), bid in st.backend_ids.items():  # a frontend's in a row
-            if sid != last:
-                owned, last = self._backend_ids.setdefault(sid, {}), sid
-            owned[address.packed + _U16(port)] = bid  # ids.backend_key, without a call
+        # svc id -> backend -> id, as read (keyed by ids.backend_key already)
+        self._backend_ids: dict[int, dict[BackendKey, int]] = st.backend_ids
         self.svc_alloc = IdAllocator(
             1, self.max_services - 1, what="service", used=st.svc_ids.values()
         )
         self.be_alloc = IdAllocator(
-            1, self.max_backends - 1, what="backend", used=st.backend_ids.values()
+            1, self.max_backends - 1, what="backend", used=st.all_backend_ids()
         )
         # Service ids whose counters may hold an earlier owner's numbers: everything
         # the maps held when read, and every id freed since. Fresh ids need no reset.
