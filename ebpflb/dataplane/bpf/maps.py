@@ -432,32 +432,34 @@ def _backends_by_svc(m: PinnedMap, family: int) -> dict[int, list[_Row]]:
     return by_svc
 
 
-class _Addresses(dict[bytes, IPv4Address | IPv6Address]):
-    """Packed address -> its address object, made once per read: a pod backing several
-    frontends (ports, NodePort beside ClusterIP) shares one object, and comparing two
-    states that share them stops at identity."""
+# packed address -> its address object, made once per read (see _backend_states)
+_Addresses = dict[bytes, IPAddress]
 
-    def __init__(self, address: _Address) -> None:
-        super().__init__()
-        self.address = address
 
-    def __missing__(self, packed: bytes) -> IPv4Address | IPv6Address:
-        obj = self[packed] = self.address(packed)
-        return obj
+def _address(addresses: _Addresses, make: _Address, packed: bytes) -> IPAddress:
+    found = addresses.get(packed)
+    if found is None:
+        found = addresses[packed] = make(packed)
+    return found
 
 
 def _backend_states(
-    rows: list[_Row], addresses: _Addresses, ids: dict[BackendKey, int]
+    rows: list[_Row], make: _Address, addresses: _Addresses, ids: dict[BackendKey, int]
 ) -> tuple[tuple[BackendState, ...], dict[int, tuple[IPAddress, int]]]:
     """One frontend's backends in order, and its backend ids: id -> backend key (for
-    the slots) and, into ``ids``, ids.backend_key -> id (the writer's id table)."""
+    the slots) and, into ``ids``, ids.backend_key -> id (the writer's id table).
+    Address objects are shared through ``addresses``: a pod backing several frontends
+    (ports, NodePort beside ClusterIP) is one object, and comparing two states that
+    share them stops at identity."""
     rows.sort()
     states = []
     key_by_id: dict[int, tuple[IPAddress, int]] = {}
     last = None
     twice = False
     for addr, port, flags, bid in rows:
-        address = addresses[addr]
+        address = addresses.get(addr)
+        if address is None:
+            address = addresses[addr] = make(addr)
         states.append(BackendState(address, port, flags & _ACTIVE != 0, flags & _TERMINATING != 0))
         key_by_id[bid] = (address, port)
         key = addr + _U16(port)
@@ -493,7 +495,7 @@ def read_state(maps: BpfMaps) -> MapState:
         (6, maps.svc6, maps.backends6, out.orphan_backends6),
     ):
         address, _be, key_layout, svc_layout, no_address = _FAMILIES[family]
-        addresses = _Addresses(address)
+        addresses: _Addresses = {}
         by_svc = _backends_by_svc(be_map, family)
         for (addr, dport, proto_no, _pad), (sid, count, flags, affinity, snat) in _rows(
             svc_map, key_layout, svc_layout
@@ -508,8 +510,10 @@ def read_state(maps: BpfMaps) -> MapState:
                 if meta is not None and meta[0].strip(b"\0")
                 else ServicePortName(ServiceRef("", f"svc-{sid}"), "", proto)
             )
-            ids = out.backend_ids[sid] = {}
-            states, key_by_id = _backend_states(by_svc.pop(sid, []), addresses, ids)
+            ids: dict[BackendKey, int] = {}
+            states, key_by_id = _backend_states(by_svc.pop(sid, []), address, addresses, ids)
+            if ids:  # as the writer keeps them: a table per frontend with backends
+                out.backend_ids[sid] = ids
             slots: list[tuple[IPAddress, int]] = []
             for i in range(count):
                 slot_bid = slot_of.get(sid << _SID_SHIFT | i << _SLOT_SHIFT)
@@ -524,7 +528,7 @@ def read_state(maps: BpfMaps) -> MapState:
                 states,
                 tuple(slots),
                 affinity,
-                addresses[snat] if snat != no_address else None,
+                _address(addresses, address, snat) if snat != no_address else None,
                 out.src_ranges.get(sid, ()) if flags & _SRC_RANGES else (),
                 bool(flags & _DROP_EMPTY),
             )
