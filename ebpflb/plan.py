@@ -12,10 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
-from itertools import pairwise
 
 from ebpflb.model import (
-    Backend,
     DesiredState,
     Frontend,
     FrontendKey,
@@ -54,12 +52,6 @@ def backend_order(b: BackendState) -> tuple[int, int, int, bool, bool]:
     return (b.address.version, int(b.address), b.port, b.active, b.terminating)
 
 
-def _ascending(backends: tuple[Backend, ...]) -> bool:
-    """Whether the backends' keys are strictly ascending (sorted, none twice)."""
-    keys = [(b.address.version, int(b.address), b.port) for b in backends]
-    return all(a < b for a, b in pairwise(keys))
-
-
 @dataclass(frozen=True, slots=True)
 class FrontendState:
     """Everything a data path holds for one frontend, independent of its encoding."""
@@ -79,16 +71,32 @@ class FrontendState:
 
     @classmethod
     def from_entry(cls, entry: ServiceEntry) -> FrontendState:
-        if all(b.ready for b in entry.backends) and _ascending(entry.backends):
-            # translate's usual output: in key order, each key once, all active; the
-            # general path below gives the same, sorting and de-duplicating.
+        # translate's usual output first: in key order, each key once, all active; the
+        # general path below gives the same, sorting and de-duplicating. One pass that
+        # checks and builds (an address compares with one Python call, where its
+        # version and int() took two).
+        states: list[BackendState] = []
+        slots: list[BackendKey] = []
+        last: IPAddress | None = None
+        last_port = 0
+        for b in entry.backends:
+            address, port = b.address, b.port
+            if not b.ready:
+                break
+            if last is not None and not (
+                address.__class__ is last.__class__
+                and (last < address or (port > last_port and last == address))  # type: ignore[operator]
+            ):
+                break
+            last, last_port = address, port
+            states.append(BackendState(address, port, True, b.terminating))
+            slots.append((address, port))
+        else:
             return cls(
                 frontend=entry.frontend,
                 port_name=entry.port_name,
-                backends=tuple(
-                    [BackendState(b.address, b.port, True, b.terminating) for b in entry.backends]
-                ),
-                slots=tuple([b.key for b in entry.backends]),
+                backends=tuple(states),
+                slots=tuple(slots),
                 affinity_timeout=entry.affinity_timeout,
                 snat_address=entry.snat_address,
                 source_ranges=entry.source_ranges,
