@@ -16,7 +16,8 @@ from ebpflb.agent.config import RunConfig
 from ebpflb.agent.nodeports import PortRange, ReservedPorts
 from ebpflb.agent.runner import Agent
 from ebpflb.agent.status import remove_status
-from ebpflb.gcpause import no_collections
+from ebpflb.dataplane.base import Dataplane
+from ebpflb.gcpause import freeze_survivors, no_collections
 from ebpflb.sources.base import Source
 from ebpflb.statefile import remove_file
 
@@ -35,19 +36,12 @@ LAST_GOOD_FILE = "last-good.json"  # under the state dir: manifest versions held
 
 def run_agent(config: RunConfig, stop: threading.Event) -> None:
     """Run until ``stop`` is set; raises an EbpflbError when the agent cannot start."""
-    from ebpflb.dataplane.choose import open_dataplane
-
     raise_open_files_limit()
     sys.setswitchinterval(SWITCH_INTERVAL)
     source, node_name = open_source(config)
     agent_config = replace(config.agent, node_name=node_name)
     try:
-        # Reading back the pinned maps builds a state per frontend, all of which
-        # survive: no collection would free anything (see gcpause).
-        with no_collections():
-            dp = open_dataplane(
-                config.dataplane, bpf_config=config.bpf, userspace_config=config.userspace
-            )
+        dp = open_dataplane_held(config)
         state_dir = config.userspace.state_dir
         reserved = reserve(
             ReservedPorts(record=os.path.join(state_dir, RESERVED_RECORD)),
@@ -66,6 +60,23 @@ def run_agent(config: RunConfig, stop: threading.Event) -> None:
                 remove_file(os.path.join(state_dir, LAST_GOOD_FILE))
     finally:
         source.close()
+
+
+def open_dataplane_held(config: RunConfig) -> Dataplane:
+    """The data path the configuration names, and what it read back kept out of the
+    collector's sight. Reading back the pinned maps builds a state per frontend (some
+    ten objects each), all of which survive: no collection runs meanwhile, and they
+    are frozen afterwards (see gcpause). Unfrozen, the first young collection after
+    the read walked them all to promote them: at a restart on 100,000 Services, 1.4 s
+    between the read-back and the first sync."""
+    from ebpflb.dataplane.choose import open_dataplane
+
+    with no_collections():
+        dp = open_dataplane(
+            config.dataplane, bpf_config=config.bpf, userspace_config=config.userspace
+        )
+        freeze_survivors()
+    return dp
 
 
 def open_source(config: RunConfig) -> tuple[Source, str | None]:
