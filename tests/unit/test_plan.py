@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +20,7 @@ from ebpflb.model import (
     ServiceRef,
 )
 from ebpflb.plan import (
+    BackendState,
     DeleteService,
     RemoveBackends,
     UpsertBackends,
@@ -148,3 +150,22 @@ def test_dual_stack_frontends_diff_ipv4_first_then_ipv6():
     writes = [str(op.state.frontend) for op in plan.ops if isinstance(op, WriteService)]
     assert writes == ["10.96.0.1:80/TCP", "[fd00:10:96::a]:80/TCP"]
     assert [type(op) for op in diff(desired, {}).ops] == [DeleteService, DeleteService]
+
+
+def test_backend_state_orders_and_compares_by_its_fields():
+    a, b = ipaddress.ip_address("10.0.0.2"), ipaddress.ip_address("10.0.0.10")
+    states = [
+        BackendState(b, 80),
+        BackendState(a, 81),
+        BackendState(a, 80, active=True),
+        BackendState(a, 80, active=False, terminating=True),
+        BackendState(a, 80, active=False),
+    ]
+    assert sorted(states) == [states[4], states[3], states[2], states[1], states[0]]
+    assert BackendState(a, 80) == BackendState(ipaddress.ip_address("10.0.0.2"), 80, True, False)
+    assert BackendState(a, 80) != BackendState(a, 80, terminating=True)
+    assert hash(BackendState(a, 80)) == hash(BackendState(a, 80))
+    assert BackendState(a, 80).key == (a, 80)
+    assert str(BackendState(a, 80, active=False)) == "10.0.0.2:80 (inactive)"
+    with pytest.raises(AttributeError):
+        BackendState(a, 80).port = 81  # type: ignore[misc]
