@@ -679,6 +679,8 @@ class PinnedMap:
 
 @dataclass(frozen=True)
 class TestRunResult:
+    __test__ = False  # a result, not a test class pytest should try to collect
+
     retval: int
     data: bytes
     duration_ns: int
