@@ -5,7 +5,9 @@ At 100,000 frontends the diff runs on every full sync, and after a restart it is
 of the plan (what the maps hold already equals what is desired), so its per-frontend
 cost is kept small: keys sort by plain integers, not by ipaddress' Python comparisons;
 a frontend that is held exactly as desired is passed over with one comparison; and
-only the departed keys are sorted for the deletions.
+only the departed keys are sorted for the deletions, looked for only when some held
+key was not desired (each look-up hashes an address in Python: 0.17 of the 0.75 s an
+unchanged diff took after a restart).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def diff(
     upserts: list[Op] = []
     writes: list[Op] = []
     removals: list[Op] = []
+    held = 0  # desired keys that `current` holds
     for key in sorted(desired, key=key_order):
         want = desired[key]
         have = current.get(key)
@@ -47,6 +50,7 @@ def diff(
                 upserts.append(UpsertBackends(want.frontend, want.backends))
             writes.append(WriteService(want, new=True))
             continue
+        held += 1
         if have == want:  # the usual case of a full sync: nothing to do
             continue
         have_backends = {b.key: b for b in have.backends}
@@ -59,6 +63,8 @@ def diff(
         gone = tuple(sorted(k for k in have_backends if k not in want_keys))
         if gone:
             removals.append(RemoveBackends(want.frontend, gone))
+    if held == len(current):  # every held key is desired: no look-up per held key
+        return Plan(tuple(upserts + writes + removals))
     departed = sorted((key for key in current if key not in desired), key=key_order)
     deletes: list[Op] = [
         DeleteService(current[key].frontend, current[key].port_name) for key in departed

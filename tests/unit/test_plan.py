@@ -4,6 +4,7 @@ order that never exposes a half-written service."""
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -13,6 +14,7 @@ from ebpflb.model import (
     Backend,
     DesiredState,
     Frontend,
+    FrontendKey,
     FrontendKind,
     Protocol,
     ServiceEntry,
@@ -22,6 +24,7 @@ from ebpflb.model import (
 from ebpflb.plan import (
     BackendState,
     DeleteService,
+    FrontendState,
     RemoveBackends,
     UpsertBackends,
     WriteService,
@@ -169,3 +172,27 @@ def test_backend_state_orders_and_compares_by_its_fields():
     assert str(BackendState(a, 80, active=False)) == "10.0.0.2:80 (inactive)"
     with pytest.raises(AttributeError):
         BackendState(a, 80).port = 81  # type: ignore[misc]
+
+
+class _CountingHeld(dict[FrontendKey, FrontendState]):
+    """What a data path holds, counting the passes over all of its keys."""
+
+    passes = 0
+
+    def __iter__(self) -> Iterator[FrontendKey]:
+        self.passes += 1
+        return super().__iter__()
+
+
+def test_departed_keys_are_looked_for_only_when_some_held_key_is_not_desired():
+    a = entry("10.96.0.1", 80, [("10.0.0.1", 8080, True)])
+    b = entry("10.96.0.2", 80, [("10.0.0.2", 8080, True)], name="api")
+    both = desired_frontends(state(a, b))
+    held = _CountingHeld(both)
+    # every held key desired (and one more): no pass over the held keys
+    plan = diff(held, desired_frontends(state(a, b, entry("10.96.0.3", 80, []))))
+    assert held.passes == 0 and plan.added == 1 and plan.removed == 0
+    # one held key not desired: found, and deleted last
+    plan = diff(held, desired_frontends(state(a)))
+    assert held.passes == 1
+    assert plan.ops == (DeleteService(both[b.frontend.key].frontend, b.port_name),)
