@@ -291,9 +291,61 @@ def _backend_json(b: BackendState) -> dict[str, object]:
     }
 
 
-def desired_frontends(state: DesiredState) -> dict[FrontendKey, FrontendState]:
-    """Each frontend of the desired state as a data path would hold it."""
-    return {key: FrontendState.from_entry(entry) for key, entry in state.entries.items()}
+def desired_frontends(
+    state: DesiredState, held: Mapping[FrontendKey, FrontendState] | None = None
+) -> dict[FrontendKey, FrontendState]:
+    """Each frontend of the desired state as a data path would hold it. With ``held``
+    (what the data path holds), a frontend held exactly as desired is that held state
+    itself, not a copy built to be compared with it: after a restart or at a periodic
+    resync that is nearly every frontend, and the diff then passes it over at once."""
+    if not held:
+        return {key: FrontendState.from_entry(entry) for key, entry in state.entries.items()}
+    out: dict[FrontendKey, FrontendState] = {}
+    for key, entry in state.entries.items():
+        have = held.get(key)
+        out[key] = (
+            have
+            if have is not None and _held_as_built(entry, have)
+            else FrontendState.from_entry(entry)
+        )
+    return out
+
+
+def _held_as_built(entry: ServiceEntry, have: FrontendState) -> bool:
+    """Whether ``FrontendState.from_entry(entry) == have``, on translate's usual output
+    (every backend ready, in key order, each key once: from_entry's one-pass case)
+    without building it; any other entry is built and compared."""
+    backends, held, slots = entry.backends, have.backends, have.slots
+    if (
+        len(held) == len(backends) == len(slots)
+        and entry.frontend == have.frontend
+        and entry.port_name == have.port_name
+        and entry.affinity_timeout == have.affinity_timeout
+        and entry.snat_address == have.snat_address
+        and entry.source_ranges == have.source_ranges
+        and entry.drop_when_empty == have.drop_when_empty
+    ):
+        last: IPAddress | None = None
+        last_port = 0
+        for b, h, slot in zip(backends, held, slots, strict=True):  # lengths checked above
+            address, port = b.address, b.port
+            if (
+                not b.ready
+                or (
+                    last is not None
+                    and not (
+                        address.__class__ is last.__class__
+                        and (last < address or (port > last_port and last == address))  # type: ignore[operator]
+                    )
+                )
+                or h != (address, port, True, b.terminating)
+                or slot != (address, port)
+            ):
+                break
+            last, last_port = address, port
+        else:
+            return True
+    return FrontendState.from_entry(entry) == have
 
 
 def apply_to(

@@ -51,7 +51,7 @@ def diff(
             writes.append(WriteService(want, new=True))
             continue
         held += 1
-        if have == want:  # the usual case of a full sync: nothing to do
+        if have is want or have == want:  # the usual case of a full sync: nothing to do
             continue
         have_backends = {b.key: b for b in have.backends}
         changed = tuple(b for b in want.backends if have_backends.get(b.key) != b)

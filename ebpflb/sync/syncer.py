@@ -48,7 +48,7 @@ class Syncer:
         (the incremental path: a change to one Service costs one Service's work)."""
         current = self.dataplane.current()
         if touched is None:
-            return diff(current, desired_frontends(desired))
+            return diff(current, desired_frontends(desired, current))
         have = {k: current[k] for k in touched if k in current}
         want = {
             k: FrontendState.from_entry(desired.entries[k]) for k in touched if k in desired.entries

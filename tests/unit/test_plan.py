@@ -3,6 +3,7 @@ order that never exposes a half-written service."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Iterator
 
@@ -196,3 +197,47 @@ def test_departed_keys_are_looked_for_only_when_some_held_key_is_not_desired():
     plan = diff(held, desired_frontends(state(a)))
     assert held.passes == 1
     assert plan.ops == (DeleteService(both[b.frontend.key].frontend, b.port_name),)
+
+
+def _perturbed(held: FrontendState, how: int) -> FrontendState:
+    """A held state one detail away from what was desired."""
+    bs = held.backends
+    if how == 0 and bs:  # a backend's terminating flag
+        return held.with_backends((bs[0]._replace(terminating=not bs[0].terminating), *bs[1:]))
+    if how == 1 and len(held.slots) > 1:  # slots in another order
+        return dataclasses.replace(held, slots=held.slots[::-1])
+    if how == 2 and bs:  # a backend held inactive
+        return held.with_backends((bs[0]._replace(active=not bs[0].active), *bs[1:]))
+    if how == 3:
+        return dataclasses.replace(held, affinity_timeout=held.affinity_timeout + 1)
+    return held
+
+
+@settings(max_examples=300, deadline=None)
+@given(state_st, state_st, st.integers(0, 4))
+def test_desired_frontends_given_the_held_state_plans_the_same(a, b, how):
+    fa = {k: _perturbed(v, how) for k, v in desired_frontends(a).items()}
+    plain, given_held = desired_frontends(b), desired_frontends(b, fa)
+    assert given_held == plain and list(given_held) == list(plain)
+    for key, want in given_held.items():
+        # a held state is used only where it is exactly what would be built
+        assert (want is fa.get(key)) == (fa.get(key) == plain[key])
+    assert diff(fa, given_held) == diff(fa, plain)
+
+
+def test_a_frontend_held_as_desired_is_the_held_state_itself():
+    s = state(
+        entry("10.96.0.1", 80, [("10.0.0.1", 8080, True), ("10.0.0.2", 8080, True)]),
+        entry("10.96.0.2", 80, [("10.0.0.1", 8080, True), ("10.0.0.2", 8080, False)]),
+    )
+    # as a read-back holds them: equal states, other objects
+    held = {k: dataclasses.replace(v) for k, v in desired_frontends(s).items()}
+    got = desired_frontends(s, held)
+    assert all(got[k] is held[k] for k in held)
+    assert not diff(held, got)
+    moved = {k: _perturbed(v, 1) for k, v in held.items()}  # slots reversed: rewritten
+    got = desired_frontends(s, moved)
+    first, second = held
+    assert got[first] is not moved[first] and got[first] == held[first]
+    assert got[second] is moved[second]  # one slot: reversed, it is the same
+    assert diff(moved, got).changed == 1
