@@ -272,3 +272,25 @@ def test_orphans_and_a_key_under_two_ids_read_as_before(written: MapWriter) -> N
     assert fast.orphan_backends6 == slow.orphan_backends6 == [202]
     assert fast.orphan_svc_ids == slow.orphan_svc_ids == [61]
     assert fast.backend_ids[sid6] == slow.backend_ids[sid6]
+
+
+def test_frontends_are_read_back_in_address_order(maps: Maps) -> None:
+    """In the order translation builds them (and the first sync's diff walks them):
+    the states are then made, and laid out in memory, in that order."""
+    maps.clear()
+    _clear6(maps.pin_dir)
+    entries = [
+        _entry(f"10.96.{i % 7}.{i}", 80, [(f"10.244.0.{i}", 8080, True, False)], name=f"s{i}")
+        for i in range(1, 40)
+    ]
+    writer = MapWriter(BpfMaps(maps.pin_dir), max_services=MAX_SERVICES, max_backends=MAX_BACKENDS)
+    try:
+        want = desired_frontends(DesiredState.build(entries))
+        writer.apply(diff(writer.frontends, want))
+        got = read_state(writer.maps)
+        assert got.frontends == want
+        addresses = [int(key[0]) for key in got.frontends]
+        assert addresses == sorted(addresses)
+    finally:
+        writer.maps.close()
+        maps.clear()

@@ -505,8 +505,12 @@ def _read_state(maps: BpfMaps) -> MapState:
         address, _be, key_layout, svc_layout, no_address = _FAMILIES[family]
         addresses: _Addresses = {}
         by_svc = _backends_by_svc(be_map, family)
-        for (addr, dport, proto_no, _pad), (sid, count, flags, affinity, snat) in _rows(
-            svc_map, key_layout, svc_layout
+        # In address order, as translation builds its frontends: the states are made
+        # in the order the first sync's diff then walks them, which touches memory in
+        # order (in the map's own order, that diff took 0.9 s at 100,000 Services, not
+        # 0.6 s)
+        for (addr, dport, proto_no, _pad), (sid, count, flags, affinity, snat) in sorted(
+            _rows(svc_map, key_layout, svc_layout)
         ):
             proto = _PROTOCOLS.get(proto_no)
             if proto is None:
