@@ -146,8 +146,9 @@ def _collect_backends(slices: Iterable[Obj], errors: list[ObjectError]) -> _Back
     """Every slice's backends, merged per Service port and deduplicated by (address,
     port), the ready copy winning. Slices are read in (namespace, name) order."""
     found: _Backends = {}
+    cache = _Cache()
     for identity, obj in sorted(((_identity(obj), obj) for obj in slices), key=itemgetter(0)):
-        for key, backends in _parse_slice(obj, identity, errors):
+        for key, backends in _parse_slice(obj, identity, errors, cache):
             known = found.get(key)
             if known is None:
                 found[key] = backends
@@ -169,10 +170,27 @@ def _rank(b: Backend) -> tuple[bool, bool, bool]:
     return (b.ready, b.serving, not b.terminating)
 
 
+_SlicePorts = tuple[list[tuple[str, Protocol, int]], list[str]]  # ports, messages
+_Flags = tuple[bool, bool, bool]  # ready, serving, terminating
+
+
+class _Cache:
+    """What one translation parsed of the values slices share (``compact`` makes equal
+    port lists and endpoint conditions one object): each is parsed once, by identity.
+    Each entry keeps its object, so that its id is not reused while the cache lives."""
+
+    __slots__ = ("conditions", "ports")
+
+    def __init__(self) -> None:
+        self.ports: dict[int, tuple[Any, _SlicePorts]] = {}
+        self.conditions: dict[int, tuple[Any, _Flags]] = {}
+
+
 def _parse_slice(
-    obj: Obj, identity: tuple[str, str], errors: list[ObjectError]
+    obj: Obj, identity: tuple[str, str], errors: list[ObjectError], cache: _Cache | None = None
 ) -> list[tuple[_PortKey, _Known]]:
-    """The backends of each of a slice's ports; `identity` is _identity(obj)."""
+    """The backends of each of a slice's ports; `identity` is _identity(obj); `cache`
+    shares the parsing of shared values between the slices of one translation."""
     namespace, name = identity
 
     def report(message: str) -> None:
@@ -197,48 +215,75 @@ def _parse_slice(
         report(f"{e}; EndpointSlice skipped")
         return []
 
+    if cache is None:
+        ports, messages = _slice_ports(port_items)
+    else:
+        held = cache.ports.get(id(port_items))
+        if held is None:
+            held = cache.ports[id(port_items)] = (port_items, _slice_ports(port_items))
+        ports, messages = held[1]
+    for message in messages:
+        report(message)
+    endpoints: list[_Endpoint] = []
+    conditions_cache = cache.conditions if cache is not None else None
+    for i, item in enumerate(endpoint_items):
+        try:
+            endpoints.append(_endpoint(item, version, conditions_cache))
+        except _Invalid as e:
+            report(f"endpoints[{i}]: {e}; endpoint skipped")
+    out: list[tuple[_PortKey, _Known]] = []
+    for port_name, protocol, port in ports:
+        known: _Known = {}
+        for n, a, r, s, t, node, zone, hz, hn in endpoints:
+            backend = Backend(a, port, r, s, t, node, zone, hz, hn)
+            bkey = (n, port)
+            old = known.get(bkey)
+            if old is None or _rank(backend) > _rank(old):  # as _merge
+                known[bkey] = backend
+        out.append(((namespace, service, port_name, protocol, version), known))
+    return out
+
+
+def _slice_ports(port_items: list[Any]) -> _SlicePorts:
+    """A slice's ports, and the messages on those skipped (a pure function of the
+    list, so that slices sharing one list share its result)."""
     ports: list[tuple[str, Protocol, int]] = []
+    messages: list[str] = []
     for i, item in enumerate(port_items):
         try:
             item = _mapping(item, "port")
             port = _port_number(item.get("port"), "port")
             ports.append((_string(item.get("name"), "name"), _protocol(item.get("protocol")), port))
         except _Invalid as e:
-            report(f"ports[{i}]: {e}; slice port skipped")
-    endpoints: list[_Endpoint] = []
-    for i, item in enumerate(endpoint_items):
-        try:
-            endpoints.append(_endpoint(item, version))
-        except _Invalid as e:
-            report(f"endpoints[{i}]: {e}; endpoint skipped")
-    out: list[tuple[_PortKey, _Known]] = []
-    for port_name, protocol, port in ports:
-        known: _Known = {}
-        _merge(
-            known,
-            (
-                ((n, port), Backend(a, port, r, s, t, node, zone, hz, hn))
-                for n, a, r, s, t, node, zone, hz, hn in endpoints
-            ),
-        )
-        out.append(((namespace, service, port_name, protocol, version), known))
-    return out
+            messages.append(f"ports[{i}]: {e}; slice port skipped")
+    return ports, messages
 
 
 _ADDRESS_TYPES = {"IPv4": 4, "IPv6": 6}
 
 
-def _endpoint(item: Any, version: int) -> _Endpoint:
-    """One endpoint's first address (of IP ``version``, the slice's) and conditions."""
+def _endpoint(
+    item: Any, version: int, cache: dict[int, tuple[Any, _Flags]] | None = None
+) -> _Endpoint:
+    """One endpoint's first address (of IP ``version``, the slice's) and conditions;
+    ``cache`` holds the flags of conditions objects already read (by identity)."""
     if type(item) is CompactEndpoint and item.address.version == version:
         conditions = item.conditions or _NO_CONDITIONS
-        ready = _flag(conditions.get("ready"), "ready", default=True)
+        held = cache.get(id(conditions)) if cache is not None else None
+        if held is not None:
+            ready, serving, terminating = held[1]
+        else:
+            ready = _flag(conditions.get("ready"), "ready", default=True)
+            serving = _flag(conditions.get("serving"), "serving", default=ready)
+            terminating = _flag(conditions.get("terminating"), "terminating", default=False)
+            if cache is not None:
+                cache[id(conditions)] = (conditions, (ready, serving, terminating))
         return (
             int(item.address),
             item.address,
             ready,
-            _flag(conditions.get("serving"), "serving", default=ready),
-            _flag(conditions.get("terminating"), "terminating", default=False),
+            serving,
+            terminating,
             item.node or None,
             item.zone or None,
             (),

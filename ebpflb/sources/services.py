@@ -31,6 +31,7 @@ from ebpflb.sources.fields import (
     _identity,
     _Invalid,
     _ip,
+    _ipv4_int,
     _is_int,
     _is_mapping,
     _list,
@@ -52,8 +53,9 @@ def _parse_services(
 ) -> dict[tuple[str, str], _Service]:
     """Every good Service by (namespace, name): plain tuples hash and sort in C."""
     parsed: dict[tuple[str, str], _Service] = {}
+    ports_cache: _PortsCache = {}
     for obj in services:
-        svc = _parse_service(obj, errors)
+        svc = _parse_service(obj, errors, ports_cache)
         if svc is None:
             continue
         ref = svc.info.ref
@@ -89,7 +91,15 @@ class _Service(NamedTuple):
     require_dual_stack: bool = False  # ipFamilyPolicy: RequireDualStack (said or inferred)
 
 
-def _parse_service(obj: Obj, errors: list[ObjectError]) -> _Service | None:
+# Parsed ports (and the messages on those skipped) by the identity of a ports list,
+# which ``compact`` shares between Services; each entry keeps its list alive, so that
+# its id is not reused while the cache lives.
+_PortsCache = dict[int, tuple[Any, tuple[_Port, ...], list[str]]]
+
+
+def _parse_service(
+    obj: Obj, errors: list[ObjectError], ports_cache: _PortsCache | None = None
+) -> _Service | None:
     namespace, name = _identity(obj)
     ref = ServiceRef(namespace, name)
     try:
@@ -140,10 +150,24 @@ def _parse_service(obj: Obj, errors: list[ObjectError]) -> _Service | None:
         )
         if problem:
             report(problem)
+    if ports_cache is None:
+        ports = _service_ports(items, report)
+    else:
+        held = ports_cache.get(id(items))
+        if held is None:
+            messages: list[str] = []
+            held = ports_cache[id(items)] = (
+                items,
+                _service_ports(items, messages.append),
+                messages,
+            )
+        ports = held[1]
+        for message in held[2]:
+            report(message)
     return _Service(  # positionally: keywords make a NamedTuple ~1.7x as costly
         info,
         addresses,
-        _service_ports(items, report),
+        ports,
         _addresses(spec.get("externalIPs"), "spec.externalIPs", report),
         lb_ips,
         affinity,
@@ -193,6 +217,11 @@ def _cluster_ips(spec: Obj) -> tuple[tuple[str, ...], tuple[IPAddress, ...], boo
     module docstring for the rules checked)."""
     first = _string(spec.get("clusterIP"), "spec.clusterIP")
     more = spec.get("clusterIPs")
+    if more is None and "ipFamilies" not in spec and "ipFamilyPolicy" not in spec:
+        # The common single-stack shape, fast: what the checks below find for it.
+        number = _ipv4_int(first)
+        if number is not None:
+            return (first,), (ipaddress.IPv4Address(number),), False
     listed = [_string(v, "spec.clusterIPs") for v in _list(more, "spec.clusterIPs")]
     if first and listed and listed[0] != first:
         raise _Invalid(f"spec.clusterIP {first} is not spec.clusterIPs[0] {listed[0]}")
