@@ -17,6 +17,7 @@ import pytest
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.loader import LoadedProgram, compile_program
 from ebpflb.dataplane.bpf.syscall import PinnedMap, TestRunResult, possible_cpus, prog_test_run
+from tests.bpffs import private_bpffs
 
 MAX_SERVICES = 64
 MAX_BACKENDS = 256
@@ -29,16 +30,8 @@ TC_ACT_SHOT = 2
 @pytest.fixture(scope="session")
 def pin_dir() -> Iterator[str]:
     """A fresh bpffs under /run, unmounted and removed at the end of the session."""
-    path = f"/run/ebpflb-test-{secrets.token_hex(4)}"
-    os.makedirs(path)
-    try:
-        subprocess.run(["mount", "-t", "bpf", "bpf", path], check=True, capture_output=True)
-        try:
-            yield path
-        finally:
-            subprocess.run(["umount", path], check=True, capture_output=True)
-    finally:
-        os.rmdir(path)
+    with private_bpffs("ebpflb-test") as path:
+        yield path
 
 
 @pytest.fixture(scope="session")

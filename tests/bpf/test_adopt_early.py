@@ -5,8 +5,6 @@ it is refused once any pinned map is another map than the one it was read from."
 from __future__ import annotations
 
 import os
-import secrets
-import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -19,6 +17,7 @@ from ebpflb.dataplane.bpf.writer import MapWriter
 from ebpflb.plan import desired_frontends
 from ebpflb.sync.diff import diff
 from tests.bpf.conftest import MAX_BACKENDS, MAX_SERVICES, Maps
+from tests.bpffs import private_bpffs
 from tests.unit.test_plan import entry, state
 
 STATE = state(
@@ -29,16 +28,8 @@ STATE = state(
 
 @pytest.fixture
 def other_bpffs() -> Iterator[str]:
-    path = f"/run/ebpflb-test-early-{secrets.token_hex(3)}"
-    os.makedirs(path)
-    try:
-        subprocess.run(["mount", "-t", "bpf", "bpf", path], check=True, capture_output=True)
-        try:
-            yield path
-        finally:
-            subprocess.run(["umount", path], check=True, capture_output=True)
-    finally:
-        os.rmdir(path)
+    with private_bpffs("ebpflb-test-early") as path:
+        yield path
 
 
 def _write(maps: Maps) -> MapWriter:

@@ -17,7 +17,6 @@ import ipaddress
 import os
 import secrets
 import socket
-import subprocess
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -36,6 +35,7 @@ from ebpflb.dataplane.bpf.loader import (
 from ebpflb.dataplane.bpf.socklb import LINK_PINS, SocketLb, remove_links
 from ebpflb.dataplane.bpf.syscall import PinnedMap
 from ebpflb.lab import netns
+from tests.bpffs import private_bpffs
 
 from .conftest import _require_root
 
@@ -211,20 +211,6 @@ def _namespace(ns: str, addresses: list[str]) -> None:
     )
 
 
-@contextlib.contextmanager
-def _private_bpffs() -> Iterator[str]:
-    path = f"/run/ebpflb-sk6-{secrets.token_hex(4)}"
-    os.makedirs(path)
-    try:
-        subprocess.run(["mount", "-t", "bpf", "bpf", path], check=True, capture_output=True)
-        try:
-            yield path
-        finally:
-            subprocess.run(["umount", path], check=True, capture_output=True)
-    finally:
-        os.rmdir(path)
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     _require_root()
@@ -232,7 +218,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     ns, other = f"ebpflb-sk6a-{tag}", f"ebpflb-sk6b-{tag}"
     state_dir: Path = tmp_path_factory.mktemp("sk6-state")
     with contextlib.ExitStack() as stack:
-        pin_dir = stack.enter_context(_private_bpffs())
+        pin_dir = stack.enter_context(private_bpffs("ebpflb-sk6"))
         prog: LoadedProgram = compile_program(
             pin_dir=pin_dir, max_services=64, max_backends=256, max_conntrack=1024
         )
