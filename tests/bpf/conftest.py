@@ -7,8 +7,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
-import secrets
-import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -17,6 +15,7 @@ import pytest
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.loader import LoadedProgram, compile_program
 from ebpflb.dataplane.bpf.syscall import PinnedMap, TestRunResult, possible_cpus, prog_test_run
+from tests.bpf.maps6 import Maps6
 from tests.bpffs import private_bpffs
 
 MAX_SERVICES = 64
@@ -226,13 +225,32 @@ def run_egress(program: LoadedProgram) -> RunFn:
 def bpffs() -> Iterator[str]:
     """A private BPF filesystem of the test's own under /run: its pins (and any
     directory a test makes in it) go with the mount, even when the test fails."""
-    path = f"/run/ebpflb-bpffs-{secrets.token_hex(4)}"
-    os.makedirs(path)
+    with private_bpffs("ebpflb-bpffs") as path:
+        yield path
+
+
+@pytest.fixture(scope="session")
+def session_maps6(session_maps: Maps) -> Iterator[Maps6]:
+    def m(name: str) -> PinnedMap:
+        return PinnedMap(os.path.join(session_maps.pin_dir, name))
+
+    maps6 = Maps6(
+        session_maps,
+        m(abi.MAP_SERVICES6),
+        m(abi.MAP_BACKENDS6),
+        m(abi.MAP_REVNAT6),
+        m(abi.MAP_CONNTRACK6),
+        m(abi.MAP_AFFINITY6),
+        m(abi.MAP_SRC_RANGES6),
+    )
     try:
-        subprocess.run(["mount", "-t", "bpf", "bpf", path], check=True, capture_output=True)
-        try:
-            yield path
-        finally:
-            subprocess.run(["umount", path], check=True, capture_output=True)
+        yield maps6
     finally:
-        os.rmdir(path)
+        maps6.close()
+
+
+@pytest.fixture
+def maps6(maps: Maps, session_maps6: Maps6) -> Maps6:
+    """Every map, IPv4, shared and IPv6, emptied before the test."""
+    session_maps6.clear()
+    return session_maps6

@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
-import os
 import struct
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
@@ -20,7 +17,8 @@ from ebpflb.dataplane.bpf.maglevtables import TABLE_FLAGS
 from ebpflb.dataplane.bpf.syscall import MapType, PinnedMap, map_create
 from tests.bpf import packets as pk
 from tests.bpf import packets6 as p6
-from tests.bpf.conftest import TC_ACT_OK, TC_ACT_SHOT, Maps, RunFn
+from tests.bpf.conftest import TC_ACT_OK, TC_ACT_SHOT, RunFn
+from tests.bpf.maps6 import Maps6
 
 pytestmark = pytest.mark.root
 
@@ -36,96 +34,6 @@ UDP_BACKENDS = {13: (POD1, 5353), 14: (POD2, 5353)}
 TCP_FLOW = pk.Flow(pk.TCP, CLIENT, CLUSTER_IP, 40000, 80)
 UDP_FLOW = pk.Flow(pk.UDP, CLIENT, CLUSTER_IP, 40000, 53)
 PAYLOAD = b"GET / HTTP/1.1\r\n\r\n"
-
-
-class _U32(ctypes.Structure):
-    _fields_ = [("value", ctypes.c_uint32)]
-
-
-@dataclass
-class Maps6:
-    """The IPv6 maps beside the shared ones (v4: the conftest's Maps), and writers."""
-
-    v4: Maps
-    svc6: PinnedMap
-    be6: PinnedMap
-    rnat6: PinnedMap
-    ct6: PinnedMap
-    aff6: PinnedMap
-    srcr6: PinnedMap
-
-    def clear(self) -> None:
-        for m, key_type in (
-            (self.svc6, abi.Lb6Key),
-            (self.be6, _U32),
-            (self.rnat6, _U32),
-            (self.ct6, abi.Ct6Key),
-            (self.aff6, abi.Aff6Key),
-            (self.srcr6, abi.SrcRange6Key),
-        ):
-            for key in list(m.keys(key_type)):
-                m.delete(key)
-
-    def close(self) -> None:
-        for m in (self.svc6, self.be6, self.rnat6, self.ct6, self.aff6, self.srcr6):
-            m.close()
-
-    def add_service(
-        self,
-        svc_id: int,
-        addr: str,
-        port: int,
-        proto: int,
-        backends: dict[int, tuple[str, int]],
-        *,
-        flags: int = abi.SvcFlag.CLUSTERIP,
-        affinity: int = 0,
-        snat: str = "::",
-    ) -> None:
-        """Backends, slots, reverse NAT, then the service entry (the writer's order)."""
-        for backend_id, (baddr, bport) in backends.items():
-            self.be6.update(
-                ctypes.c_uint32(backend_id),
-                abi.Lb6Backend(
-                    abi.addr6(baddr), abi.htons(bport), proto, abi.BackendFlag.ACTIVE, svc_id
-                ),
-            )
-        self.v4.set_slots(svc_id, list(backends))
-        self.rnat6.update(ctypes.c_uint32(svc_id), abi.Lb6Rnat(abi.addr6(addr), abi.htons(port)))
-        self.svc6.update(
-            abi.Lb6Key(abi.addr6(addr), abi.htons(port), proto),
-            abi.Lb6Service(svc_id, len(backends), flags, affinity, abi.addr6(snat)),
-        )
-
-    def ct_entries(self) -> list[tuple[abi.Ct6Key, abi.Ct6Value]]:
-        return self.ct6.items(abi.Ct6Key, abi.Ct6Value)
-
-
-@pytest.fixture(scope="session")
-def session_maps6(session_maps: Maps) -> Iterator[Maps6]:
-    def m(name: str) -> PinnedMap:
-        return PinnedMap(os.path.join(session_maps.pin_dir, name))
-
-    maps6 = Maps6(
-        session_maps,
-        m(abi.MAP_SERVICES6),
-        m(abi.MAP_BACKENDS6),
-        m(abi.MAP_REVNAT6),
-        m(abi.MAP_CONNTRACK6),
-        m(abi.MAP_AFFINITY6),
-        m(abi.MAP_SRC_RANGES6),
-    )
-    try:
-        yield maps6
-    finally:
-        maps6.close()
-
-
-@pytest.fixture
-def maps6(maps: Maps, session_maps6: Maps6) -> Maps6:
-    """Every map, IPv4, shared and IPv6, emptied before the test."""
-    session_maps6.clear()
-    return session_maps6
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ each after the program (taps come after the egress hook) and before any completi
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
 import select
 import socket
@@ -21,14 +20,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.attach import TcAttacher
 from ebpflb.dataplane.bpf.loader import LoadedProgram
-from ebpflb.dataplane.bpf.syscall import PinnedMap
 from ebpflb.lab import netns
 from tests.bpf import packets as pk
 from tests.bpf.conftest import Maps
-from tests.bpf.test_lb6_packets import Maps6
+from tests.bpf.maps6 import Maps6
 
 pytestmark = pytest.mark.root
 
@@ -143,27 +140,6 @@ def test_partial_checksum_holds_the_new_pseudo_header(proto: int, maps: Maps, ve
     assert (parsed.daddr, parsed.dport) == (BACKEND, 8080)
     field, pseudo = _field_and_pseudo(frame)
     assert field == pseudo, f"L4 checksum field {field:#06x}, pseudo-header sum {pseudo:#06x}"
-
-
-@pytest.fixture
-def maps6(maps: Maps) -> Iterator[Maps6]:
-    def m(name: str) -> PinnedMap:
-        return PinnedMap(os.path.join(maps.pin_dir, name))
-
-    m6 = Maps6(
-        maps,
-        m(abi.MAP_SERVICES6),
-        m(abi.MAP_BACKENDS6),
-        m(abi.MAP_REVNAT6),
-        m(abi.MAP_CONNTRACK6),
-        m(abi.MAP_AFFINITY6),
-        m(abi.MAP_SRC_RANGES6),
-    )
-    m6.clear()
-    try:
-        yield m6
-    finally:
-        m6.close()
 
 
 @pytest.mark.parametrize("proto", [pk.TCP, pk.UDP], ids=["tcp", "udp"])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
-import os
 import secrets
 import struct
 import subprocess
@@ -21,13 +20,13 @@ import pytest
 
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.loader import LoadedProgram
-from ebpflb.dataplane.bpf.syscall import PinnedMap, TestRunResult, prog_test_run
+from ebpflb.dataplane.bpf.syscall import TestRunResult, prog_test_run
 from ebpflb.dataplane.bpf.xdp import LoadedXdp, compile_xdp, write_targets
 from ebpflb.lab import netns
 from tests.bpf import packets as pk
 from tests.bpf import packets6 as p6
 from tests.bpf.conftest import MAX_BACKENDS, MAX_CONNTRACK, MAX_SERVICES, Maps
-from tests.bpf.test_lb6_packets import Maps6
+from tests.bpf.maps6 import Maps6
 
 pytestmark = pytest.mark.root
 
@@ -142,27 +141,6 @@ def run_xdp(xdp: LoadedXdp, fib_ns: str, maps: Maps) -> RunXdp:
         return result
 
     return run
-
-
-@pytest.fixture
-def maps6(maps: Maps) -> Iterator[Maps6]:
-    def m(name: str) -> PinnedMap:
-        return PinnedMap(os.path.join(maps.pin_dir, name))
-
-    m6 = Maps6(
-        maps,
-        m(abi.MAP_SERVICES6),
-        m(abi.MAP_BACKENDS6),
-        m(abi.MAP_REVNAT6),
-        m(abi.MAP_CONNTRACK6),
-        m(abi.MAP_AFFINITY6),
-        m(abi.MAP_SRC_RANGES6),
-    )
-    m6.clear()
-    try:
-        yield m6
-    finally:
-        m6.close()
 
 
 def add_nodeport(
