@@ -488,6 +488,8 @@ class KubeSource:
             self._resource_versions[res.kind] = rv
 
     def _set_failing(self, res: _Resource, failing: bool) -> None:
+        # The change is logged under the lock: whoever sees ``stale`` flip (a status
+        # page, a test) finds its log line already written.
         with self._state_lock:
             was_stale = bool(self._failing)
             since = min(self._failing.values(), default=None)
@@ -496,14 +498,15 @@ class KubeSource:
             else:
                 self._failing.pop(res.kind, None)
             now_stale = bool(self._failing)
-        if now_stale and not was_stale:
-            log.warning(
-                "kube: the API server is unreachable; keeping the last known objects (stale)"
-            )
-        elif was_stale and not now_stale and since is not None:
-            log.info(
-                "kube: the API server is back after %.1fs; no longer stale", self.clock() - since
-            )
+            if now_stale and not was_stale:
+                log.warning(
+                    "kube: the API server is unreachable; keeping the last known objects (stale)"
+                )
+            elif was_stale and not now_stale and since is not None:
+                log.info(
+                    "kube: the API server is back after %.1fs; no longer stale",
+                    self.clock() - since,
+                )
 
 
 # --- helpers ------------------------------------------------------------------------
