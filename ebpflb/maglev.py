@@ -47,16 +47,8 @@ def _name_hash(name: str, salt: bytes) -> int:
 def _walks(names: Sequence[str], size: int) -> tuple[list[int], list[int]]:
     """Each backend's permutation of the slots: offset, offset+skip, offset+2*skip...
     (mod size; size is prime, so every skip in [1, size) visits every slot)."""
-    offsets = []
-    skips = []
-    for name in names:
-        key = name.encode()
-        h = _OFFSET_HASH.copy()
-        h.update(key)
-        offsets.append(int.from_bytes(h.digest(), "little") % size)
-        h = _SKIP_HASH.copy()
-        h.update(key)
-        skips.append(int.from_bytes(h.digest(), "little") % (size - 1) + 1)
+    offsets = [_name_hash(name, b"offset") % size for name in names]
+    skips = [_name_hash(name, b"skip") % (size - 1) + 1 for name in names]
     return offsets, skips
 
 
