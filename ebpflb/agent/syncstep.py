@@ -17,9 +17,10 @@ health-check listeners (``healthcheck``), the Services never load-balanced (publ
 in the status file for ``ebpflb services``), and the frontends the data path cannot
 serve (SCTP on the bpf data path), which are left out of what it is given.
 
-This is also the one place that pauses GC collections (``gcpause``): a sync
-creates tens of long-lived objects per Service, in translate, plan and writer alike,
-and those pure modules must not change process-wide state.
+This is also where a sync pauses GC collections (``gcpause``): a sync creates tens
+of long-lived objects per Service, in translate, plan and writer alike, and those pure
+modules must not change process-wide state. (The other holders are I/O, not syncs:
+the Kubernetes source's list parsing, and the read-back of the pinned maps.)
 """
 
 from __future__ import annotations
