@@ -18,6 +18,14 @@ to promote them, ~30% of a full sync at 100,000 Services (in-process, interleave
 6.9-11.6 s with them, 4.9-7.7 s without). Cyclic garbage made meanwhile (by this
 thread or another) waits for the first collection after the block.
 
+``paced_collections(interval)`` is ``no_collections()`` for bulk work that waits on a
+peer between its units (a list's pages): a young collection runs between units once
+``interval`` seconds have passed, so that the cyclic garbage other threads make while
+a slow API server keeps the list going waits a bounded time. Re-enabling collections
+after each page instead cost 0.6 s of a 100,000-Service list (in-process, 2.3 -> 1.7 s
+for Services and EndpointSlices): the first young collection after each page walked
+the page's survivors, and every tenth one walked ten pages again.
+
 ``freeze_survivors()`` ends a bulk step for good: what it built lives until the next
 one, so it is moved out of the collector's sight (``gc.freeze``). The full collection
 that became due then walks only what is young (~0.1 s at 10,000 Services otherwise,
@@ -34,7 +42,8 @@ from __future__ import annotations
 
 import gc
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from ebpflb import libc
@@ -94,6 +103,26 @@ def no_collections() -> Iterator[None]:
             _off_holders -= 1
             if _off_holders == 0 and _was_enabled:
                 gc.enable()
+
+
+@contextmanager
+def paced_collections(
+    interval: float, clock: Callable[[], float] = time.monotonic
+) -> Iterator[Callable[[], None]]:
+    """No automatic collection inside this block (as ``no_collections``); the callable
+    it gives, called between units of the bulk work, runs a young collection when
+    ``interval`` seconds have passed since the block began or the last one ran. Each
+    object is then walked at most once per interval, not at every unit."""
+    last = clock()
+
+    def between_units() -> None:
+        nonlocal last
+        if clock() - last >= interval:
+            gc.collect(0)
+            last = clock()
+
+    with no_collections():
+        yield between_units
 
 
 def freeze_survivors() -> None:

@@ -52,7 +52,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from ebpflb.errors import SourceError
-from ebpflb.gcpause import no_collections, no_full_collections
+from ebpflb.gcpause import no_full_collections, paced_collections
 from ebpflb.model import ServiceRef
 from ebpflb.sources.base import Changes, Snapshot
 from ebpflb.sources.compact import compact
@@ -72,6 +72,9 @@ Obj = dict[str, Any]
 HEADLESS_LABEL = "service.kubernetes.io/headless"
 # kube-proxy's selector for both Services and EndpointSlices.
 PROXY_LABEL_SELECTOR = f"!{SERVICE_PROXY_NAME_LABEL},!{HEADLESS_LABEL}"
+# While a list runs, the longest other threads' cyclic garbage waits for a collection
+# (a list of 100,000 EndpointSlices takes ~5 s, and no young collection walks it then).
+LIST_GC_INTERVAL = 10.0
 
 
 @dataclass(frozen=True)
@@ -362,18 +365,19 @@ class KubeSource:
         resourceVersion. Every object parsed survives into the store, so a collection
         meanwhile would only walk the growing heap to promote them (at 100,000
         EndpointSlices that was most of the list's time: json.loads alone 4.6 s with
-        collections, 0.55 s without; see gcpause): no full collection runs during the
-        list, and none at all while a page is parsed (not while waiting for one, which
-        a slow API server can make long)."""
-        with no_full_collections():
-            return self._list_pages(res)
+        collections, 0.55 s without; see gcpause): no collection runs during the list,
+        but a young one between pages every LIST_GC_INTERVAL seconds, as a slow API
+        server can make a list long."""
+        with no_full_collections(), paced_collections(LIST_GC_INTERVAL) as between_pages:
+            return self._list_pages(res, between_pages)
 
-    def _list_pages(self, res: _Resource) -> str:
+    def _list_pages(self, res: _Resource, between_pages: Callable[[], None]) -> str:
         start = time.monotonic()
         objects: list[Obj] = []  # keyed once, by the store (a later copy wins there)
         token: str | None = None
         rv = ""
         while True:
+            between_pages()
             kwargs: dict[str, Any] = {"limit": self.page_size}
             if token:
                 kwargs["_continue"] = token
@@ -383,12 +387,11 @@ class KubeSource:
                 if e.status == 410 and token:
                     raise _Gone("continue token expired") from e
                 raise
-            with no_collections():
-                page = json.loads(body)
-                for item in page.get("items") or ():
-                    item.setdefault("kind", res.kind)
-                    item.setdefault("apiVersion", res.api_version)
-                    objects.append(compact(res.kind, item))
+            page = json.loads(body)
+            for item in page.get("items") or ():
+                item.setdefault("kind", res.kind)
+                item.setdefault("apiVersion", res.api_version)
+                objects.append(compact(res.kind, item))
             meta = page.get("metadata") or {}
             rv = str(meta.get("resourceVersion") or "")
             token = meta.get("continue") or None

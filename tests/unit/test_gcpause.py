@@ -6,7 +6,13 @@ from __future__ import annotations
 import gc
 import threading
 
-from ebpflb.gcpause import freeze_survivors, no_collections, no_full_collections, trim_heap
+from ebpflb.gcpause import (
+    freeze_survivors,
+    no_collections,
+    no_full_collections,
+    paced_collections,
+    trim_heap,
+)
 
 
 def test_the_oldest_threshold_is_held_and_restored() -> None:
@@ -127,3 +133,36 @@ def test_no_collections_leaves_a_disabled_collector_disabled() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_paced_collections_hold_automatic_ones_and_collect_young_when_due() -> None:
+    generations: list[int] = []
+
+    def note(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            generations.append(info["generation"])
+
+    now = [0.0]
+    gc.callbacks.append(note)
+    try:
+        with paced_collections(10.0, clock=lambda: now[0]) as between_units:
+            assert not gc.isenabled()
+            junk: list[list[int]] = [[] for _ in range(20 * gc.get_threshold()[0])]
+            between_units()  # not due yet
+            assert generations == []
+            now[0] = 9.9
+            between_units()
+            assert generations == []
+            now[0] = 10.0
+            between_units()  # due: one young collection, and the pace starts again
+            assert generations == [0]
+            now[0] = 19.0
+            between_units()
+            assert generations == [0]
+            now[0] = 20.0
+            between_units()
+            assert generations == [0, 0]
+            del junk
+        assert gc.isenabled()
+    finally:
+        gc.callbacks.remove(note)
