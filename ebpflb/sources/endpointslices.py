@@ -30,6 +30,7 @@ from ebpflb.sources.fields import (
     _port_number,
     _protocol,
     _string,
+    _take_parse,
 )
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
@@ -148,7 +149,13 @@ def _collect_backends(slices: Iterable[Obj], errors: list[ObjectError]) -> _Back
     found: _Backends = {}
     cache = _Cache()
     for identity, obj in sorted(((_identity(obj), obj) for obj in slices), key=itemgetter(0)):
-        for key, backends in _parse_slice(obj, identity, errors, cache):
+        ahead = _take_parse(obj)
+        if ahead is None:
+            parsed = _parse_slice(obj, identity, errors, cache)
+        else:
+            parsed = ahead[0]
+            errors += ahead[1]
+        for key, backends in parsed:
             known = found.get(key)
             if known is None:
                 found[key] = backends

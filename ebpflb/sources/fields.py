@@ -47,6 +47,28 @@ class ObjectError:
         return InvalidObjectError(str(self))
 
 
+class Preparsed(dict[str, Any]):
+    """An object as a source keeps it (a dict, equal to the one it was made from, and
+    read as one), carrying what translation parsed of it as it arrived (``ahead``)
+    until the first translation that reads it takes it (``_take_parse``): the parse
+    and the errors it found."""
+
+    __slots__ = ("parse",)
+
+    def __init__(self, obj: Mapping[str, Any], parse: tuple[Any, tuple[ObjectError, ...]]) -> None:
+        super().__init__(obj)
+        self.parse: tuple[Any, tuple[ObjectError, ...]] | None = parse
+
+
+def _take_parse(obj: Obj) -> tuple[Any, tuple[ObjectError, ...]] | None:
+    """The parse ``obj`` carries, once: later translations parse it again (what it
+    carried is theirs to change, and it would hold memory for nothing)."""
+    if type(obj) is not Preparsed:
+        return None
+    parse, obj.parse = obj.parse, None
+    return parse
+
+
 class _Invalid(Exception):
     """A field is wrong; caught at the level (object, port, endpoint) that is skipped."""
 

@@ -40,6 +40,7 @@ from ebpflb.sources.fields import (
     _protocol,
     _Report,
     _string,
+    _take_parse,
 )
 from ebpflb.sources.topology import Preference
 
@@ -55,7 +56,12 @@ def _parse_services(
     parsed: dict[tuple[str, str], _Service] = {}
     ports_cache: _PortsCache = {}
     for obj in services:
-        svc = _parse_service(obj, errors, ports_cache)
+        ahead = _take_parse(obj)
+        if ahead is None:
+            svc = _parse_service(obj, errors, ports_cache)
+        else:
+            svc = ahead[0]
+            errors += ahead[1]
         if svc is None:
             continue
         ref = svc.info.ref
