@@ -39,9 +39,9 @@ static __always_inline struct lb4_service *map_svc4_lookup(struct lb4_key *key)
 static __always_inline __u32 *map_slot4_lookup(struct lb4_slot_key *key)
 { return ebpflb_slot4.lookup(key); }
 static __always_inline struct lb4_backend *map_be4_lookup(__u32 *id)
-{ return ebpflb_be4.lookup(id); }
+{ return ebpflb_be4_v2.lookup(id); }
 static __always_inline struct lb4_rnat *map_rnat4_lookup(__u32 *id)
-{ return ebpflb_rnat4.lookup(id); }
+{ return ebpflb_rnat4_v2.lookup(id); }
 static __always_inline struct ct4_value *map_ct4_lookup(struct ct4_key *key)
 { return ebpflb_ct4_v2.lookup(key); }
 static __always_inline int map_ct4_update(struct ct4_key *key, struct ct4_value *value)
@@ -76,9 +76,9 @@ static __always_inline int map_sknat4_update(struct sknat4_key *key, struct skna
 static __always_inline struct lb6_service *map_svc6_lookup(struct lb6_key *key)
 { return ebpflb_svc6.lookup(key); }
 static __always_inline struct lb6_backend *map_be6_lookup(__u32 *id)
-{ return ebpflb_be6.lookup(id); }
+{ return ebpflb_be6_v2.lookup(id); }
 static __always_inline struct lb6_rnat *map_rnat6_lookup(__u32 *id)
-{ return ebpflb_rnat6.lookup(id); }
+{ return ebpflb_rnat6_v2.lookup(id); }
 static __always_inline struct ct6_value *map_ct6_lookup(struct ct6_key *key)
 { return ebpflb_ct6.lookup(key); }
 static __always_inline int map_ct6_update(struct ct6_key *key, struct ct6_value *value)

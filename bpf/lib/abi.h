@@ -158,7 +158,7 @@ struct lb6_service {
 					 * all zero = keep the client's */
 };
 
-/* IPv6 backend map value (ebpflb_be6), keyed by a __u32 backend id from the same
+/* IPv6 backend map value (ebpflb_be6_v2), keyed by a __u32 backend id from the same
  * space as IPv4's: the slot map (lb4_slot_key) serves both families. */
 struct lb6_backend {
 	struct addr6 address;	/* pod IPv6 address */

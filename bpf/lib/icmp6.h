@@ -151,7 +151,7 @@ static __always_inline int icmp6_reverse(struct __sk_buff *skb, const struct pkt
 		return VERDICT_PASS;
 	svc_id = ct->svc_id;
 	rnat = map_rnat6_lookup(&svc_id);
-	if (!rnat)
+	if (!rnat || !rnat->port)	/* a deleted service's entry is zeroed */
 		return VERDICT_PASS;
 	ret = icmp6_store_addr(skb, pkt, q.l3_off + IP6_DADDR_OFF, &q.daddr, &rnat->address, 0);
 	if (!ret)

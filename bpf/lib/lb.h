@@ -24,7 +24,8 @@ static __always_inline struct lb4_service *lb4_lookup_service(const struct pkt4 
 	return map_svc4_lookup(&key);
 }
 
-/* Backend id's entry if it still belongs to service svc_id, else NULL. */
+/* Backend id's entry if it still belongs to service svc_id, else NULL. A removed
+ * backend's entry is all zero: its svc_id 0 is never a service's (ids start at 1). */
 static __always_inline struct lb4_backend *lb4_lookup_backend(__u32 backend_id, __u32 svc_id)
 {
 	struct lb4_backend *be = map_be4_lookup(&backend_id);
@@ -34,10 +35,15 @@ static __always_inline struct lb4_backend *lb4_lookup_backend(__u32 backend_id, 
 	return be;
 }
 
-/* Where replies of service svc_id are rewritten to, or NULL once it is deleted. */
+/* Where replies of service svc_id are rewritten to, or NULL once it is deleted (its
+ * entry zeroed: a frontend's port is never 0). */
 static __always_inline struct lb4_rnat *lb4_lookup_rnat(__u32 svc_id)
 {
-	return map_rnat4_lookup(&svc_id);
+	struct lb4_rnat *rnat = map_rnat4_lookup(&svc_id);
+
+	if (!rnat || !rnat->port)
+		return NULL;
+	return rnat;
 }
 
 /* Whether svc admits a new flow from saddr: always, unless it has source ranges

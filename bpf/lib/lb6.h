@@ -25,7 +25,8 @@ static __always_inline struct lb6_service *lb6_lookup_service(const struct pkt6 
 	return map_svc6_lookup(&key);
 }
 
-/* Backend id's entry if it still belongs to service svc_id, else NULL. */
+/* Backend id's entry if it still belongs to service svc_id, else NULL (a removed
+ * one's is all zero, see lb4_lookup_backend). */
 static __always_inline struct lb6_backend *lb6_lookup_backend(__u32 backend_id, __u32 svc_id)
 {
 	struct lb6_backend *be = map_be6_lookup(&backend_id);
@@ -35,10 +36,15 @@ static __always_inline struct lb6_backend *lb6_lookup_backend(__u32 backend_id, 
 	return be;
 }
 
-/* Where replies of service svc_id are rewritten to, or NULL once it is deleted. */
+/* Where replies of service svc_id are rewritten to, or NULL once it is deleted (its
+ * entry zeroed, see lb4_lookup_rnat). */
 static __always_inline struct lb6_rnat *lb6_lookup_rnat(__u32 svc_id)
 {
-	return map_rnat6_lookup(&svc_id);
+	struct lb6_rnat *rnat = map_rnat6_lookup(&svc_id);
+
+	if (!rnat || !rnat->port)
+		return NULL;
+	return rnat;
 }
 
 /* Whether svc admits a new flow from saddr (see lb4_source_allowed). */

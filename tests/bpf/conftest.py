@@ -14,6 +14,7 @@ import pytest
 
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.loader import LoadedProgram, compile_program
+from ebpflb.dataplane.bpf.maps import open_map
 from ebpflb.dataplane.bpf.syscall import PinnedMap, TestRunResult, possible_cpus, prog_test_run
 from tests.bpf.maps6 import Maps6
 from tests.bpffs import private_bpffs
@@ -69,7 +70,7 @@ class Maps:
     @classmethod
     def open(cls, pin_dir: str) -> Maps:
         def m(name: str) -> PinnedMap:
-            return PinnedMap(os.path.join(pin_dir, name))
+            return open_map(os.path.join(pin_dir, name))
 
         return cls(
             pin_dir,
@@ -232,7 +233,7 @@ def bpffs() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def session_maps6(session_maps: Maps) -> Iterator[Maps6]:
     def m(name: str) -> PinnedMap:
-        return PinnedMap(os.path.join(session_maps.pin_dir, name))
+        return open_map(os.path.join(session_maps.pin_dir, name))
 
     maps6 = Maps6(
         session_maps,

@@ -13,6 +13,7 @@ import struct
 from dataclasses import dataclass
 
 from ebpflb.dataplane.bpf import abi
+from ebpflb.dataplane.bpf.maps import open_map
 from ebpflb.dataplane.bpf.syscall import PinnedMap
 from tests.bpf import packets as pk
 from tests.bpf.packets6 import pseudo6
@@ -226,7 +227,7 @@ def open_maps6(pin_dir: str) -> Maps6:
     """The IPv6 maps pinned under pin_dir (close them after use)."""
 
     def m(name: str) -> PinnedMap:
-        return PinnedMap(os.path.join(pin_dir, name))
+        return open_map(os.path.join(pin_dir, name))
 
     return Maps6(
         m(abi.MAP_SERVICES6), m(abi.MAP_BACKENDS6), m(abi.MAP_REVNAT6), m(abi.MAP_CONNTRACK6)

@@ -17,8 +17,9 @@ import sys
 # Map names (<= 15 chars); each is pinned as PIN_DIR/<name>.
 MAP_SERVICES = "ebpflb_svc4"
 MAP_SLOTS = "ebpflb_slot4"
-MAP_BACKENDS = "ebpflb_be4"
-MAP_REVNAT = "ebpflb_rnat4"
+# _v2: arrays indexed by id, an all-zero entry for "none" (maps.IdArrayMap says why)
+MAP_BACKENDS = "ebpflb_be4_v2"
+MAP_REVNAT = "ebpflb_rnat4_v2"
 MAP_CONNTRACK = "ebpflb_ct4_v2"
 MAP_SVC_STATS = "ebpflb_svcstat"
 MAP_GLOBAL_STATS = "ebpflb_gstat_v3"
@@ -32,8 +33,8 @@ MAP_DROPS = "ebpflb_drops"
 # IPv6 maps (bpf/lib/abi.h says why they are separate); ids are shared with IPv4's, so
 # the slot, Maglev, stats and meta maps above serve both families.
 MAP_SERVICES6 = "ebpflb_svc6"
-MAP_BACKENDS6 = "ebpflb_be6"
-MAP_REVNAT6 = "ebpflb_rnat6"
+MAP_BACKENDS6 = "ebpflb_be6_v2"
+MAP_REVNAT6 = "ebpflb_rnat6_v2"
 MAP_CONNTRACK6 = "ebpflb_ct6"
 MAP_AFFINITY6 = "ebpflb_aff6"
 MAP_SRC_RANGES6 = "ebpflb_srcr6"
@@ -67,7 +68,26 @@ ALL_MAPS = (
 )
 # Pins of older layouts (renamed when their layout changed): removed on cleanup and
 # when the agent starts, so nothing reads or keeps them.
-LEGACY_MAPS = ("ebpflb_ct4", "ebpflb_gstat", "ebpflb_gstat_v2", "ebpflb_mg4")
+LEGACY_MAPS = (
+    "ebpflb_ct4",
+    "ebpflb_gstat",
+    "ebpflb_gstat_v2",
+    "ebpflb_mg4",
+    "ebpflb_be4",
+    "ebpflb_rnat4",
+    "ebpflb_be6",
+    "ebpflb_rnat6",
+)
+# Hash maps keyed by an id that became arrays indexed by it (same value layout): their
+# entries are copied into the new map before the old pin goes (maps.migrate_legacy_pins),
+# so live flows keep their backend ids across the upgrade.
+ID_MAPS_MIGRATED = {
+    "ebpflb_be4": MAP_BACKENDS,
+    "ebpflb_rnat4": MAP_REVNAT,
+    "ebpflb_be6": MAP_BACKENDS6,
+    "ebpflb_rnat6": MAP_REVNAT6,
+}
+ID_ARRAY_MAPS = frozenset(ID_MAPS_MIGRATED.values())
 
 # Socket-LB's BPF links are pinned beside the maps under this prefix (socklb.LINK_PINS).
 LINK_PIN_PREFIX = "ebpflb_link_"

@@ -15,6 +15,7 @@ from ebpflb.dataplane.bpf.maps import (
     BpfMaps,
     MapState,
     check_geometry,
+    migrate_legacy_pins,
     pins_present,
     read_state,
     resolve_sizes,
@@ -118,6 +119,7 @@ class BpfDataplane:
 
         require_bpf_privileges()  # before the pin dir is made: it would be the caller's
         ensure_pin_dir(config.pin_dir)
+        migrate_legacy_pins(config.pin_dir)  # what the old pins hold, before they go
         remove_legacy_pins(config.pin_dir)
         services, backends, conntrack = resolve_sizes(
             config.pin_dir,
