@@ -9,17 +9,29 @@
  *
  *   fill(offsets, skips, size) -> list[int]        slot -> index into the backends
  *   fill_ids(offsets, skips, size, ids) -> bytes   ids[index] per slot, native u32s
+ *   TableWriter(size=, stride=, spots=).write(fd, offsets, skips, ids)
+ *                                                  ids[index] per slot, stored into
+ *                                                  the memory of the map behind fd
+ *   make_maps(map_type=, ..., count=) -> list[int] new maps' fds, made without the GIL
  *
  * fill_ids' bytes are what a Maglev inner map holds (array('I', ...).tobytes()), so a
- * writer gets them without a Python object per slot. Every walk must be a permutation
+ * writer gets them without a Python object per slot; TableWriter goes one step
+ * further and stores them straight into the table (ebpflb.dataplane.bpf.maglevtables
+ * says why, with figures). Every walk must be a permutation
  * of the slots (0 <= offset < size, 0 < skip < size, gcd(skip, size) == 1): then a
  * claim always finds a free slot and every loop here is bounded by `size`.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 
+#include <errno.h>
+#include <linux/bpf.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 /* Far above maglev.TABLE_SIZES' largest (65521): a bound on memory, not a policy. */
 #define MAX_SIZE (1u << 24)
@@ -188,9 +200,53 @@ out:
 	return list;
 }
 
+/* The backends' ids (a sequence of n u32s) as a PyMem array (PyMem_Free it), or NULL
+ * with an exception set. */
+static uint32_t *ids_parse(PyObject *ids, Py_ssize_t n)
+{
+	PyObject *seq = PySequence_Fast(ids, "Maglev ids must be a sequence of ints");
+	uint32_t *values = NULL;
+
+	if (!seq)
+		return NULL;
+	if (PySequence_Fast_GET_SIZE(seq) != n) {
+		PyErr_Format(PyExc_ValueError, "%zd Maglev ids for %zd backends",
+			     PySequence_Fast_GET_SIZE(seq), n);
+		goto fail;
+	}
+	values = PyMem_New(uint32_t, n ? n : 1);
+	if (!values) {
+		PyErr_NoMemory();
+		goto fail;
+	}
+	for (Py_ssize_t i = 0; i < n; i++) {
+		PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+		if (!PyLong_Check(item)) {
+			PyErr_Format(PyExc_TypeError, "Maglev ids must be ints, not %.100s",
+				     Py_TYPE(item)->tp_name);
+			goto fail;
+		}
+		int overflow = 0;
+		long long v = PyLong_AsLongLongAndOverflow(item, &overflow);
+		if (v == -1 && PyErr_Occurred())
+			goto fail;
+		if (overflow || v < 0 || v > (long long)UINT32_MAX) {
+			PyErr_SetString(PyExc_OverflowError, "Maglev ids must be u32s");
+			goto fail;
+		}
+		values[i] = (uint32_t)v;
+	}
+	Py_DECREF(seq);
+	return values;
+fail:
+	PyMem_Free(values);
+	Py_DECREF(seq);
+	return NULL;
+}
+
 static PyObject *maglev_fill_ids(PyObject *self, PyObject *args)
 {
-	PyObject *offsets, *skips, *ids, *idseq = NULL, *out = NULL;
+	PyObject *offsets, *skips, *ids, *out = NULL;
 	Py_ssize_t size;
 	uint32_t *values = NULL;
 	struct walks w;
@@ -200,39 +256,12 @@ static PyObject *maglev_fill_ids(PyObject *self, PyObject *args)
 		return NULL;
 	if (walks_parse(offsets, skips, size, &w) < 0)
 		goto done;
-	idseq = PySequence_Fast(ids, "Maglev ids must be a sequence of ints");
-	if (!idseq)
+	values = ids_parse(ids, w.n);
+	if (!values)
 		goto done;
-	if (PySequence_Fast_GET_SIZE(idseq) != w.n) {
-		PyErr_Format(PyExc_ValueError, "%zd Maglev ids for %zd backends",
-			     PySequence_Fast_GET_SIZE(idseq), w.n);
-		goto done;
-	}
 	if (w.n == 0) {
 		out = PyBytes_FromStringAndSize(NULL, 0);
 		goto done;
-	}
-	values = PyMem_New(uint32_t, w.n);
-	if (!values) {
-		PyErr_NoMemory();
-		goto done;
-	}
-	for (Py_ssize_t i = 0; i < w.n; i++) {
-		PyObject *item = PySequence_Fast_GET_ITEM(idseq, i);
-		if (!PyLong_Check(item)) {
-			PyErr_Format(PyExc_TypeError, "Maglev ids must be ints, not %.100s",
-				     Py_TYPE(item)->tp_name);
-			goto done;
-		}
-		int overflow = 0;
-		long long v = PyLong_AsLongLongAndOverflow(item, &overflow);
-		if (v == -1 && PyErr_Occurred())
-			goto done;
-		if (overflow || v < 0 || v > (long long)UINT32_MAX) {
-			PyErr_SetString(PyExc_OverflowError, "Maglev ids must be u32s");
-			goto done;
-		}
-		values[i] = (uint32_t)v;
 	}
 	out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)w.size * (Py_ssize_t)sizeof(uint32_t));
 	if (!out)
@@ -245,9 +274,272 @@ static PyObject *maglev_fill_ids(PyObject *self, PyObject *args)
 	Py_END_ALLOW_THREADS
 done:
 	PyMem_Free(values);
-	Py_XDECREF(idseq);
 	walks_free(&w);
 	return out;
+}
+
+/* TableWriter: tables written straight into the memory of mmapable BPF arrays.
+ *
+ * Each table's memory is mapped (MAP_SHARED) at the next free spot of a span of
+ * address space reserved for the purpose, filled there slot by slot, and left mapped
+ * until the span is full or `release` is called, which unmaps the whole span at once.
+ * One munmap per table would cost a TLB shootdown per table: in a process whose other
+ * threads have run on another CPU, every munmap interrupts that CPU (about 25 us in a
+ * VM), more than all the rest of a table's write. A span of k tables costs one.
+ *
+ * A slot's id is one aligned 4-byte store, as the copy it replaces made it: a program
+ * reading the table meanwhile sees each slot's old or new id, nothing else; the bytes
+ * after it in the slot (the kernel's padding up to `stride`) are not touched.
+ */
+typedef struct {
+	PyObject_HEAD
+	uint32_t size;    /* slots of each table */
+	uint32_t stride;  /* bytes from one slot to the next in a table's memory */
+	uint32_t spots;   /* tables a span holds */
+	uint32_t mapped;  /* tables mapped into the span so far */
+	size_t length;    /* bytes of a table's memory mapped: size * stride */
+	size_t spot;      /* bytes of the span per table: length rounded up to pages */
+	char *span;       /* NULL: none reserved (before the first write, after a release) */
+} TableWriter;
+
+static int span_unmap(TableWriter *self)
+{
+	char *span = self->span;
+
+	self->span = NULL;
+	self->mapped = 0;
+	if (span && munmap(span, self->spot * self->spots) < 0) {
+		PyErr_SetFromErrno(PyExc_OSError);
+		return -1;
+	}
+	return 0;
+}
+
+/* The memory of the table behind `fd`, mapped at the span's next spot; NULL with an
+ * exception set. */
+static char *span_map(TableWriter *self, int fd)
+{
+	if (self->span && self->mapped == self->spots && span_unmap(self) < 0)
+		return NULL;
+	if (!self->span) {
+		void *p = mmap(NULL, self->spot * self->spots, PROT_NONE,
+			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		if (p == MAP_FAILED) {
+			PyErr_SetFromErrno(PyExc_OSError);
+			return NULL;
+		}
+		self->span = p;
+	}
+	char *at = self->span + (size_t)self->mapped * self->spot;
+	void *table = mmap(at, self->length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0);
+	if (table == MAP_FAILED) {
+		/* Older kernels unmap the spot before they learn that fd cannot be mapped,
+		 * and another thread's mmap may then take it: the span is given up around
+		 * the spot, which is never touched again. */
+		int err = errno;
+		size_t after = (size_t)(self->spots - self->mapped - 1) * self->spot;
+
+		if (self->mapped)
+			munmap(self->span, (size_t)(at - self->span));
+		if (after)
+			munmap(at + self->spot, after);
+		self->span = NULL;
+		self->mapped = 0;
+		errno = err;
+		PyErr_SetFromErrno(PyExc_OSError);
+		return NULL;
+	}
+	self->mapped++;
+	return table;
+}
+
+static PyObject *table_writer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+	static char *kwlist[] = {"size", "stride", "spots", NULL};
+	Py_ssize_t size, stride, spots;
+
+	if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$nnn:TableWriter", kwlist, &size, &stride,
+					 &spots))
+		return NULL;
+	if (size < 2 || (size_t)size > MAX_SIZE) {
+		PyErr_Format(PyExc_ValueError, "Maglev table size must be in [2, %u], not %zd",
+			     MAX_SIZE, size);
+		return NULL;
+	}
+	if (stride < 4 || stride > 4096 || stride % 4) {
+		PyErr_Format(PyExc_ValueError,
+			     "a Maglev table's stride must be a multiple of 4 in [4, 4096], not %zd",
+			     stride);
+		return NULL;
+	}
+	if (spots < 1 || spots > (1 << 20)) {
+		PyErr_Format(PyExc_ValueError, "a span must hold 1 to %d tables, not %zd", 1 << 20,
+			     spots);
+		return NULL;
+	}
+	long page = sysconf(_SC_PAGESIZE);
+	if (page <= 0) {
+		PyErr_SetFromErrno(PyExc_OSError);
+		return NULL;
+	}
+	TableWriter *self = (TableWriter *)type->tp_alloc(type, 0);
+	if (!self)
+		return NULL;
+	self->size = (uint32_t)size;
+	self->stride = (uint32_t)stride;
+	self->spots = (uint32_t)spots;
+	self->length = (size_t)size * (size_t)stride;
+	self->spot = (self->length + (size_t)page - 1) / (size_t)page * (size_t)page;
+	return (PyObject *)self;
+}
+
+static void table_writer_dealloc(TableWriter *self)
+{
+	if (self->span)
+		munmap(self->span, self->spot * self->spots);
+	Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *table_writer_write(TableWriter *self, PyObject *args)
+{
+	PyObject *offsets, *skips, *ids, *ret = NULL;
+	uint32_t *values = NULL;
+	int fd;
+	struct walks w;
+
+	if (!PyArg_ParseTuple(args, "iOOO:write", &fd, &offsets, &skips, &ids))
+		return NULL;
+	if (walks_parse(offsets, skips, self->size, &w) < 0)
+		goto done;
+	if (w.n == 0) {
+		PyErr_SetString(PyExc_ValueError, "a Maglev table needs a backend");
+		goto done;
+	}
+	values = ids_parse(ids, w.n);
+	if (!values)
+		goto done;
+	char *table = span_map(self, fd);
+	if (!table)
+		goto done;
+	walks_fill(&w);
+	for (uint32_t s = 0; s < w.size; s++)
+		__atomic_store_n((uint32_t *)(table + (size_t)s * self->stride),
+				 values[w.entry[s]], __ATOMIC_RELAXED);
+	ret = Py_NewRef(Py_None);
+done:
+	PyMem_Free(values);
+	walks_free(&w);
+	return ret;
+}
+
+static PyObject *table_writer_release(TableWriter *self, PyObject *unused)
+{
+	(void)unused;
+	if (span_unmap(self) < 0)
+		return NULL;
+	Py_RETURN_NONE;
+}
+
+static PyMethodDef table_writer_methods[] = {
+	{"write", (PyCFunction)table_writer_write, METH_VARARGS,
+	 "write(fd, offsets, skips, ids): fill the table behind fd (an mmapable array of "
+	 "`size` slots) with ids[index] per slot, in its memory."},
+	{"release", (PyCFunction)table_writer_release, METH_NOARGS,
+	 "release(): unmap every table written since the last release (one munmap)."},
+	{NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef table_writer_members[] = {
+	{"size", T_UINT, offsetof(TableWriter, size), READONLY, "slots of each table"},
+	{"stride", T_UINT, offsetof(TableWriter, stride), READONLY, "bytes from slot to slot"},
+	{"spots", T_UINT, offsetof(TableWriter, spots), READONLY, "tables mapped per munmap"},
+	{"mapped", T_UINT, offsetof(TableWriter, mapped), READONLY,
+	 "tables mapped now (written since the last release or full span)"},
+	{NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject TableWriterType = {
+	PyVarObject_HEAD_INIT(NULL, 0)
+	.tp_name = "ebpflb._maglevfill.TableWriter",
+	.tp_doc = "TableWriter(*, size, stride, spots): Maglev tables written into the memory "
+		  "of mmapable BPF arrays, `spots` tables unmapped at a time.",
+	.tp_basicsize = sizeof(TableWriter),
+	.tp_flags = Py_TPFLAGS_DEFAULT,
+	.tp_new = table_writer_new,
+	.tp_dealloc = (destructor)table_writer_dealloc,
+	.tp_methods = table_writer_methods,
+	.tp_members = table_writer_members,
+};
+
+/* make_maps: `count` BPF maps of one shape, made with the GIL released throughout, so
+ * that a thread can make a plan's new Maglev tables while another writes the rest
+ * (each costs the kernel 5-35 us, most of it the first touch of its fresh pages).
+ * All or nothing: on an error the maps made so far are closed. */
+static PyObject *maglev_make_maps(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+	static char *kwlist[] = {"map_type", "key_size", "value_size", "max_entries",
+				 "flags",    "name",     "count",      NULL};
+	unsigned int type, key_size, value_size, max_entries, flags;
+	const char *name;
+	Py_ssize_t name_len, count, made = 0;
+	PyObject *list = NULL;
+	int *fds, err = 0;
+
+	(void)self;
+	if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$IIIIIs#n:make_maps", kwlist, &type,
+					 &key_size, &value_size, &max_entries, &flags, &name,
+					 &name_len, &count))
+		return NULL;
+	if (count < 0 || count > (1 << 20)) {
+		PyErr_Format(PyExc_ValueError, "can make 0 to %d maps at once, not %zd", 1 << 20,
+			     count);
+		return NULL;
+	}
+	fds = PyMem_New(int, count ? count : 1);
+	if (!fds)
+		return PyErr_NoMemory();
+
+	union bpf_attr attr;
+	memset(&attr, 0, sizeof(attr));
+	attr.map_type = type;
+	attr.key_size = key_size;
+	attr.value_size = value_size;
+	attr.max_entries = max_entries;
+	attr.map_flags = flags;
+	memcpy(attr.map_name, name,
+	       (size_t)name_len < BPF_OBJ_NAME_LEN - 1 ? (size_t)name_len : BPF_OBJ_NAME_LEN - 1);
+
+	Py_BEGIN_ALLOW_THREADS
+	for (; made < count; made++) {
+		long fd = syscall(__NR_bpf, BPF_MAP_CREATE, &attr, sizeof(attr));
+		if (fd < 0) {
+			err = errno;
+			break;
+		}
+		fds[made] = (int)fd;
+	}
+	Py_END_ALLOW_THREADS
+	if (!err) {
+		list = PyList_New(count);
+		for (Py_ssize_t i = 0; list && i < count; i++) {
+			PyObject *fd = PyLong_FromLong(fds[i]);
+			if (!fd) {
+				Py_CLEAR(list);
+				break;
+			}
+			PyList_SET_ITEM(list, i, fd);
+		}
+	}
+	if (!list) {
+		for (Py_ssize_t i = 0; i < made; i++)
+			close(fds[i]);
+		if (err) {
+			errno = err;
+			PyErr_SetFromErrno(PyExc_OSError);
+		}
+	}
+	PyMem_Free(fds);
+	return list;
 }
 
 static PyMethodDef maglevfill_methods[] = {
@@ -255,7 +547,22 @@ static PyMethodDef maglevfill_methods[] = {
 	 "fill(offsets, skips, size) -> list[int]: the Maglev table, slot -> backend index."},
 	{"fill_ids", maglev_fill_ids, METH_VARARGS,
 	 "fill_ids(offsets, skips, size, ids) -> bytes: ids[index] of each slot, native u32s."},
+	{"make_maps", (PyCFunction)(void (*)(void))maglev_make_maps, METH_VARARGS | METH_KEYWORDS,
+	 "make_maps(*, map_type, key_size, value_size, max_entries, flags, name, count) -> "
+	 "list[int]: the fds of `count` new BPF maps, made without the GIL."},
 	{NULL, NULL, 0, NULL},
+};
+
+static int maglevfill_exec(PyObject *module)
+{
+	if (PyType_Ready(&TableWriterType) < 0)
+		return -1;
+	return PyModule_AddType(module, &TableWriterType);
+}
+
+static PyModuleDef_Slot maglevfill_slots[] = {
+	{Py_mod_exec, maglevfill_exec},
+	{0, NULL},
 };
 
 static struct PyModuleDef maglevfill_module = {
@@ -264,6 +571,7 @@ static struct PyModuleDef maglevfill_module = {
 	.m_doc = "The Maglev table fill of ebpflb.maglev, in C (see ebpflb/_maglevfill.c).",
 	.m_size = 0,
 	.m_methods = maglevfill_methods,
+	.m_slots = maglevfill_slots,
 };
 
 PyMODINIT_FUNC PyInit__maglevfill(void)

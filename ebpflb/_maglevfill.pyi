@@ -6,3 +6,28 @@ def fill(offsets: Sequence[int], skips: Sequence[int], size: int, /) -> list[int
 def fill_ids(
     offsets: Sequence[int], skips: Sequence[int], size: int, ids: Sequence[int], /
 ) -> bytes: ...
+
+class TableWriter:
+    """Maglev tables written into the memory of mmapable BPF arrays (MAP_SHARED), each
+    left mapped in a reserved span until `release` or a full span unmaps them all."""
+
+    size: int
+    stride: int
+    spots: int
+    mapped: int
+    def __init__(self, *, size: int, stride: int, spots: int) -> None: ...
+    def write(
+        self, fd: int, offsets: Sequence[int], skips: Sequence[int], ids: Sequence[int], /
+    ) -> None: ...
+    def release(self) -> None: ...
+
+def make_maps(
+    *,
+    map_type: int,
+    key_size: int,
+    value_size: int,
+    max_entries: int,
+    flags: int,
+    name: str,
+    count: int,
+) -> list[int]: ...

@@ -44,9 +44,11 @@ def _name_hash(name: str, salt: bytes) -> int:
     return int.from_bytes(h.digest(), "little")
 
 
-def _walks(names: Sequence[str], size: int) -> tuple[list[int], list[int]]:
+def walks(names: Sequence[str], size: int) -> tuple[list[int], list[int]]:
     """Each backend's permutation of the slots: offset, offset+skip, offset+2*skip...
-    (mod size; size is prime, so every skip in [1, size) visits every slot)."""
+    (mod size; size is prime, so every skip in [1, size) visits every slot). The
+    offsets and skips that `_fill` and ebpflb/_maglevfill.c's fills take."""
+    _check_size(size)
     offsets = [_name_hash(name, b"offset") % size for name in names]
     skips = [_name_hash(name, b"skip") % (size - 1) + 1 for name in names]
     return offsets, skips
@@ -63,7 +65,7 @@ def table(names: Sequence[str], size: int = DEFAULT_TABLE_SIZE) -> list[int]:
     _check_size(size)
     if not names:
         return []
-    offsets, skips = _walks(names, size)
+    offsets, skips = walks(names, size)
     if _native_fill is not None:
         return _native_fill(offsets, skips, size)
     return _fill(offsets, skips, size)
@@ -78,7 +80,7 @@ def table_ids(names: Sequence[str], ids: Sequence[int], size: int = DEFAULT_TABL
         raise ValueError(f"{len(ids)} Maglev ids for {len(names)} backends")
     if not names:
         return b""
-    offsets, skips = _walks(names, size)
+    offsets, skips = walks(names, size)
     if _native_fill_ids is not None:
         return _native_fill_ids(offsets, skips, size, ids)
     return array("I", map(ids.__getitem__, _fill(offsets, skips, size))).tobytes()

@@ -27,7 +27,7 @@ NAME = st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=24
 
 
 def _python_table(names: list[str], size: int) -> list[int]:
-    return maglev._fill(*maglev._walks(names, size), size)
+    return maglev._fill(*maglev.walks(names, size), size)
 
 
 def _python_ids(names: list[str], ids: list[int], size: int) -> bytes:
@@ -161,7 +161,7 @@ def test_without_the_extension_the_python_fill_gives_the_same(
 
 def test_the_c_fill_is_much_faster() -> None:
     """About 30x on an idle machine; 5x leaves room for a loaded one."""
-    walks = maglev._walks(NAMES[:5], 1021)
+    walks = maglev.walks(NAMES[:5], 1021)
     c = min(timeit.repeat(lambda: _maglevfill.fill(*walks, 1021), number=200, repeat=5))
     py = min(timeit.repeat(lambda: maglev._fill(*walks, 1021), number=20, repeat=5)) * 10
     assert py > 5 * c, (py, c)

@@ -3,9 +3,17 @@ filled from ``ebpflb.maglev``'s slot order over the frontend's active backends,
 rewritten in place when they change (see ``MaglevTables``). The writer calls it in
 its service phase, before the entries that make the tables used.
 
-The tables are BPF_F_MMAPABLE arrays, written by mmap() and one copy: a batch update
-costs the kernel about 190 ns per element (a 1021-slot table 0.2 ms, 10,000 tables
-2 s); mmap + copy + munmap costs ~8 us of CPU per table, map_create ~7 us per new one.
+The tables are BPF_F_MMAPABLE arrays, written in their memory: a batch update costs
+the kernel about 190 ns per element (a 1021-slot table 0.2 ms, 10,000 tables 2 s).
+Measured in the agent's full sync of 10,000 frontends (2-vCPU VM), a new table cost
+~70 us: map_create ~35 us (the kernel zeroing three fresh pages, which the VM's host
+backs only when first touched), mmap ~10 us, the hashes of the backends' names ~8 us,
+the fill ~3 us. Hence, with ebpflb/_maglevfill.c: a plan's new tables are made ahead
+by a thread that holds no GIL (`MaglevTables.expect`), on the other CPU while this
+one writes; its TableWriter maps each table into a span of address space, stores the
+ids there (no intermediate buffer, no copy) and unmaps a whole span at once. Without
+the extension, each table is made here, filled in Python and copied through an mmap
+of its own.
 The outer map accepts only inner maps made with its template's flags (ebpflb_mgtmpl
 in bpf/lib/maps.h), hence the _v2 name that came with them: the old ebpflb_mg4 could
 not hold them.
@@ -14,10 +22,15 @@ not hold them.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import resource
+import threading
 from array import array
+from collections import deque
+from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
+from typing import TYPE_CHECKING
 
 from ebpflb import maglev
 from ebpflb.dataplane.bpf import abi
@@ -34,12 +47,32 @@ from ebpflb.dataplane.bpf.syscall import (
     map_mmap,
 )
 
+if TYPE_CHECKING:
+    from ebpflb._maglevfill import TableWriter
+
+# ebpflb/_maglevfill.c's writer and map maker; without the extension (see setup.py),
+# each table is filled in Python and copied through a mapping of its own, and every
+# table is made by the writing thread
+_TableWriter: type[TableWriter] | None
+_make_maps: Callable[..., list[int]] | None
+try:
+    from ebpflb import _maglevfill
+except ImportError:
+    _TableWriter = _make_maps = None
+else:
+    _TableWriter, _make_maps = _maglevfill.TableWriter, _maglevfill.make_maps
+
+log = logging.getLogger(__name__)
+
 _U32 = abi.PACK_U32.pack
 # the template's flags (ebpflb_mgtmpl): the outer map refuses a table made otherwise
 TABLE_FLAGS = BPF_F_INNER_MAP | BPF_F_MMAPABLE
 _STRIDE = array_stride(4)  # a table's u32 backend ids lie 8 bytes apart in its memory
 _WORDS_PER_SLOT = _STRIDE // 4
 _PENDING_MAX = 8192  # new tables' fds held until they go into the outer map
+_SPAN_BYTES = 4 << 20  # tables' memory mapped at once (their pages count as our RSS)
+_MAKE_MIN = 64  # fewer new tables than this are not worth a thread
+_MAKE_BATCH = 128  # tables made per native call (~1-5 ms) by the thread of `expect`
 
 
 class MaglevTables:
@@ -56,25 +89,40 @@ class MaglevTables:
     rewritten in place when the id is given out again; the kernel never reads a table
     without a service entry that uses it.
 
-    A table is written through a mapping of its memory (``map_mmap``), as the batch
-    update it replaces wrote it: slot by slot with plain stores, no slot ever holding
+    A table is written through a mapping of its memory, as the batch update it
+    replaces wrote it: slot by slot with plain 4-byte stores, no slot ever holding
     anything but an old or a new backend id of the frontend (the kernel's own copy of
-    a batch update is a memcpy too)."""
+    a batch update is a memcpy too). The mappings of the tables written are undone
+    together, by `flush` or when their span of address space is full (4 MiB: 512
+    tables of 1021 slots)."""
 
     def __init__(self, outer: PinnedMap, size: int, *, pending_max: int | None = None) -> None:
         """`pending_max`: how many new tables (an fd each) may wait for `flush`; more
-        are put into the outer map at once, at the cost of one more RCU wait (default:
-        8,192, or half the open-files limit if that is lower: a full sync of 100,000
-        frontends would otherwise hold 100,000 fds)."""
+        are put into the outer map at once, at the cost of one more RCU wait; as many
+        may be made ahead by `expect` (default: 8,192, or a quarter of the open-files
+        limit if that is lower: a full sync of 100,000 frontends would otherwise hold
+        100,000 fds)."""
         self.outer = outer
         self.size = size
         if pending_max is None:
             soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-            limit = _PENDING_MAX if soft == resource.RLIM_INFINITY else soft // 2
+            limit = _PENDING_MAX if soft == resource.RLIM_INFINITY else soft // 4
             pending_max = max(1, min(_PENDING_MAX, limit))
         self.pending_max = pending_max
         self._new: list[tuple[int, int]] = []  # (frontend id, its new table's fd): pending
-        self._image = array("I", bytes(size * _STRIDE))  # a table's memory, as _fill writes it
+        # empty tables made ahead by expect's thread (which appends) for write (which
+        # takes them); the thread and what stops it
+        self._made: deque[int] = deque()
+        self._maker: tuple[threading.Thread, threading.Event] | None = None
+        # the extension's writer; without it, a table's memory as _fill lays it out
+        self._writer = (
+            None
+            if _TableWriter is None
+            else _TableWriter(
+                size=size, stride=_STRIDE, spots=max(1, _SPAN_BYTES // (size * _STRIDE))
+            )
+        )
+        self._image = array("I", b"" if self._writer else bytes(size * _STRIDE))
         # frontend id -> 1 where the outer map may hold a table: read from it once, then
         # kept by flush (tables are never taken out), so that a new frontend's id costs
         # no lookup. Only a hint: _held still asks the outer map where it says 1.
@@ -90,21 +138,21 @@ class MaglevTables:
         to fill; the kernel finds no backend before it looks at a table)."""
         if not slots:
             return
-        values = maglev.table_ids(
-            [f"{a}:{p}" for a, p in slots],
-            [owned[backend_key(a.packed, p)] for a, p in slots],
-            self.size,
-        )  # native u32s, as the map holds them
+        names = [f"{a}:{p}" for a, p in slots]
+        ids = [owned[backend_key(a.packed, p)] for a, p in slots]
         fd = self._held(sid)
         if fd is not None:
             try:
-                self._fill(fd, values)
+                self._fill(fd, names, ids)
             finally:
                 os.close(fd)
             return
-        fd = map_create(BPF_MAP_TYPE_ARRAY, 4, 4, self.size, "ebpflb_mgt", flags=TABLE_FLAGS)
+        if self._made:
+            fd = self._made.popleft()
+        else:
+            fd = map_create(BPF_MAP_TYPE_ARRAY, 4, 4, self.size, "ebpflb_mgt", flags=TABLE_FLAGS)
         try:
-            self._fill(fd, values)
+            self._fill(fd, names, ids)
         except BaseException:
             os.close(fd)
             raise
@@ -112,19 +160,80 @@ class MaglevTables:
         if len(self._new) >= self.pending_max:
             self._put_new()
 
-    def _fill(self, fd: int, values: bytes) -> None:
-        """Copy `values` (one u32 per slot) into the table behind `fd`: laid out as the
-        kernel lays out the table's memory (each id in the first 4 of its slot's 8
-        bytes, zeros after it) in a buffer kept for it, then one copy into the table
-        (1.8 us per 1021 slots, against 3.4 us for a strided copy into the mapping)."""
-        self._image[::_WORDS_PER_SLOT] = array("I", values)
+    def _fill(self, fd: int, names: list[str], ids: list[int]) -> None:
+        """Fill the table behind `fd` with `ids` (`ids[i]` for backend `names[i]`) in
+        Maglev's slot order, in its memory: each id in the first 4 of its slot's 8
+        bytes. The extension's writer stores them into the mapped table; without it,
+        a buffer laid out as the table is filled, then copied into a mapping of it."""
+        if self._writer is not None:
+            self._writer.write(fd, *maglev.walks(names, self.size), ids)
+            return
+        self._image[::_WORDS_PER_SLOT] = array("I", maglev.table_ids(names, ids, self.size))
         with map_mmap(fd, len(self._image) * 4) as mem:
             mem[:] = self._image
 
+    def expect(self, count: int) -> None:
+        """About `count` new frontends are to be written: make their tables (up to
+        `pending_max`) in a thread beside this one meanwhile, for `write` to take.
+
+        Making a table costs the kernel 5-35 us (its fresh pages, zeroed; the most in
+        a VM that has not touched them yet), the largest part of a new table's write:
+        the thread makes them with the extension's ``make_maps``, which holds no GIL,
+        so they are made on another CPU while this thread writes the backends and
+        the other service entries. `write` takes a made table when there is one and
+        makes its own otherwise; `flush` stops the thread and closes what is left.
+        Without the extension, or for fewer than 64, nothing is made ahead."""
+        self._stop_making()
+        if _make_maps is None or count < _MAKE_MIN:
+            return
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=self._make,
+            args=(min(count, self.pending_max), stop),
+            name="ebpflb-maglev-tables",
+            daemon=True,
+        )
+        self._maker = (thread, stop)
+        thread.start()
+
+    def _make(self, count: int, stop: threading.Event) -> None:
+        """The thread of `expect`: `count` tables, a batch at a time, until stopped."""
+        assert _make_maps is not None
+        try:
+            while count > 0 and not stop.is_set():
+                batch = _make_maps(
+                    map_type=BPF_MAP_TYPE_ARRAY,
+                    key_size=4,
+                    value_size=4,
+                    max_entries=self.size,
+                    flags=TABLE_FLAGS,
+                    name="ebpflb_mgt",
+                    count=min(count, _MAKE_BATCH),
+                )
+                self._made.extend(batch)
+                count -= len(batch)
+        except OSError as exc:  # write makes its own instead, and meets the error there
+            log.debug("Maglev tables: making them ahead stopped: %s", exc)
+
+    def _stop_making(self) -> None:
+        if self._maker is not None:
+            thread, stop = self._maker
+            self._maker = None
+            stop.set()
+            thread.join()  # at most one batch (a few ms) to finish
+        while self._made:
+            os.close(self._made.popleft())
+
     def flush(self) -> None:
         """End of a write phase: put the new tables into the outer map (one batch, one
-        RCU wait)."""
-        self._put_new()
+        RCU wait), unmap the tables written (one munmap), close those made ahead and
+        not used."""
+        try:
+            self._stop_making()
+            self._put_new()
+        finally:
+            if self._writer is not None:
+                self._writer.release()
 
     def _put_new(self) -> None:
         if not self._new:

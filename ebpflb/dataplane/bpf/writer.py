@@ -264,6 +264,9 @@ class MapWriter:
         # sid -> (the backends just upserted, their ids in that order): the slots of
         # the service write that follows, when they are those backends, need no look-up
         upserted: dict[int, tuple[tuple[BackendState, ...], list[int]]] = {}
+        if self.maglev is not None:  # new frontends' tables made meanwhile, beside this
+            tabled = [op for op in ops if isinstance(op, WriteService) and op.state.slots]
+            self.maglev.expect(sum(op.state.frontend.key not in self.frontends for op in tabled))
         self._upsert_backends([op for op in ops if isinstance(op, UpsertBackends)], upserted)
         self._write_services([op for op in ops if isinstance(op, WriteService)], upserted)
         self._remove_backends([op for op in ops if isinstance(op, RemoveBackends)])
