@@ -6,6 +6,7 @@ removed when an agent of this version starts over its pins."""
 from __future__ import annotations
 
 import ctypes
+import errno
 import mmap
 import os
 from array import array
@@ -13,9 +14,10 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from ebpflb import maglev
-from ebpflb.dataplane.bpf import abi
+from ebpflb import _maglevfill, maglev
+from ebpflb.dataplane.bpf import abi, maglevtables
 from ebpflb.dataplane.bpf.bpffs import ensure_pin_dir, remove_legacy_pins
+from ebpflb.dataplane.bpf.ids import backend_key
 from ebpflb.dataplane.bpf.loader import compile_program
 from ebpflb.dataplane.bpf.maglevtables import TABLE_FLAGS, MaglevTables
 from ebpflb.dataplane.bpf.maps import BpfMaps
@@ -247,5 +249,198 @@ def test_new_tables_beyond_pending_max_go_into_the_outer_map_early(
             with PinnedMap("table", fd=map_fd_by_id(found.value)) as t:
                 got = [t.lookup(ctypes.c_uint32(i), ctypes.c_uint32) for i in range(SIZE)]
             assert [g.value for g in got if g is not None] == want, st.frontend
+    finally:
+        writer.maps.close()
+
+
+def _tables(maps: Maps, pending_max: int | None = None) -> MaglevTables:
+    return MaglevTables(maps.maglev, SIZE, pending_max=pending_max)
+
+
+def _backends(i: int, n: int) -> tuple[tuple[IPv4Address, int], ...]:
+    return tuple((IPv4Address(f"10.244.{i}.{j}"), 8080) for j in range(1, n + 1))
+
+
+def _write(tables: MaglevTables, sid: int, slots: tuple[tuple[IPv4Address, int], ...]) -> None:
+    tables.write(
+        sid, slots, {backend_key(a.packed, p): 100 * sid + j for j, (a, p) in enumerate(slots)}
+    )
+
+
+def _table_of(maps: Maps, sid: int) -> tuple[int, list[int]]:
+    """Frontend `sid`'s table: its map id and the id in each slot, as the kernel reads them."""
+    found = maps.maglev.lookup(ctypes.c_uint32(sid), ctypes.c_uint32)
+    assert found is not None
+    with PinnedMap("table", fd=map_fd_by_id(found.value)) as t:
+        got = [t.lookup(ctypes.c_uint32(i), ctypes.c_uint32) for i in range(SIZE)]
+    return found.value, [g.value for g in got if g is not None]
+
+
+def _want_of(sid: int, slots: tuple[tuple[IPv4Address, int], ...]) -> list[int]:
+    return [100 * sid + i for i in maglev.table([f"{a}:{p}" for a, p in slots], SIZE)]
+
+
+def test_make_maps_makes_maps_of_the_shape_asked() -> None:
+    fds = _maglevfill.make_maps(
+        map_type=BPF_MAP_TYPE_ARRAY,
+        key_size=4,
+        value_size=4,
+        max_entries=SIZE,
+        flags=TABLE_FLAGS,
+        name="ebpflb_mgt_but_longer",
+        count=3,
+    )
+    try:
+        assert len(set(fds)) == 3
+        for fd in fds:
+            info = map_info(fd)
+            assert (info.type, info.key_size, info.value_size, info.max_entries) == (
+                BPF_MAP_TYPE_ARRAY,
+                4,
+                4,
+                SIZE,
+            )
+            assert (info.flags, info.name) == (TABLE_FLAGS, "ebpflb_mgt_but_")  # 15 chars
+            assert os.get_inheritable(fd) is False
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert (
+        _maglevfill.make_maps(
+            map_type=BPF_MAP_TYPE_ARRAY,
+            key_size=4,
+            value_size=4,
+            max_entries=SIZE,
+            flags=0,
+            name="x",
+            count=0,
+        )
+        == []
+    )
+
+
+def test_make_maps_fails_whole_and_leaves_no_fd() -> None:
+    held = _fds()
+    with pytest.raises(OSError) as failed:
+        _maglevfill.make_maps(
+            map_type=BPF_MAP_TYPE_ARRAY,
+            key_size=4,
+            value_size=0,  # refused by the kernel
+            max_entries=SIZE,
+            flags=0,
+            name="x",
+            count=2,
+        )
+    assert failed.value.errno == errno.EINVAL
+    with pytest.raises(ValueError, match="0 to"):
+        _maglevfill.make_maps(
+            map_type=BPF_MAP_TYPE_ARRAY,
+            key_size=4,
+            value_size=4,
+            max_entries=SIZE,
+            flags=0,
+            name="x",
+            count=-1,
+        )
+    assert _fds() == held
+
+
+def test_expected_tables_are_made_ahead_and_written(maps: Maps) -> None:
+    held = _fds()
+    tables = _tables(maps)
+    tables.expect(70)
+    assert tables._maker is not None
+    tables._maker[0].join()  # all made: the writes below take only made ones
+    made_ids = {map_info(fd).id for fd in tables._made}
+    assert len(made_ids) == 70
+    slots = {sid: _backends(sid, 3 + sid % 4) for sid in range(1, 61)}
+    for sid, s in slots.items():
+        _write(tables, sid, s)
+    assert len(tables._made) == 10
+    tables.flush()
+    assert _fds() == held  # the 10 not used closed, the 60 written held by the outer map
+    for sid, s in slots.items():
+        table_id, got = _table_of(maps, sid)
+        assert table_id in made_ids
+        assert got == _want_of(sid, s)
+
+
+def test_flush_stops_the_thread_and_closes_what_it_made(maps: Maps) -> None:
+    held = _fds()
+    tables = _tables(maps)
+    tables.expect(1000)  # many more than written: the thread is likely still at it below
+    _write(tables, 1, _backends(1, 5))
+    tables.flush()  # stops the thread, closes what it made
+    assert tables._maker is None and not tables._made
+    assert _fds() == held
+    assert _table_of(maps, 1)[1] == _want_of(1, _backends(1, 5))
+
+
+def test_few_or_no_extension_no_thread(maps: Maps, monkeypatch: pytest.MonkeyPatch) -> None:
+    tables = _tables(maps)
+    tables.expect(63)
+    assert tables._maker is None
+    monkeypatch.setattr(maglevtables, "_make_maps", None)
+    tables.expect(1000)
+    assert tables._maker is None
+
+
+def test_made_ahead_no_more_than_may_wait(maps: Maps) -> None:
+    tables = _tables(maps, pending_max=100)
+    tables.expect(1000)
+    assert tables._maker is not None
+    tables._maker[0].join()
+    assert len(tables._made) == 100
+    tables.flush()
+    assert not tables._made
+
+
+def test_without_the_extension_the_tables_are_the_same(
+    maps: Maps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Python fill and its copy through a mapping of each table, as a build
+    without the extension writes them: new tables and a rewrite in place."""
+    monkeypatch.setattr(maglevtables, "_TableWriter", None)
+    monkeypatch.setattr(maglevtables, "_make_maps", None)
+    held = _fds()
+    tables = _tables(maps)
+    assert tables._writer is None
+    tables.expect(100)
+    for sid in (1, 2):
+        _write(tables, sid, _backends(sid, 5))
+    tables.flush()
+    first_id, got = _table_of(maps, 1)
+    assert got == _want_of(1, _backends(1, 5))
+    assert _table_of(maps, 2)[1] == _want_of(2, _backends(2, 5))
+    _write(tables, 1, _backends(1, 3))
+    tables.flush()
+    assert _table_of(maps, 1) == (first_id, _want_of(1, _backends(1, 3)))
+    with (
+        PinnedMap("table", fd=map_fd_by_id(first_id)) as t,
+        mmap.mmap(t.fd, SIZE * 8, prot=mmap.PROT_READ) as m,
+    ):
+        assert not any(array("I", m[:])[1::2])  # zeros between the ids
+    assert _fds() == held
+
+
+def test_the_writer_expects_its_plans_new_tables(
+    maps: Maps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before its first write, MapWriter.apply tells the tables how many new frontends
+    with an active backend (each a new table) its plan writes."""
+    expected: list[int] = []
+    writer = _writer(maps)
+    try:
+        assert writer.maglev is not None
+        monkeypatch.setattr(writer.maglev, "expect", expected.append)
+        backends = [(f"10.244.1.{i}", 8080, True) for i in range(1, 4)]
+        entries = [entry(f"10.96.1.{i}", 80, backends) for i in range(1, 4)]
+        idle = entry("10.96.1.9", 80, [("10.244.1.9", 8080, False)])  # no active backend
+        writer.apply(diff(writer.frontends, desired_frontends(state(*entries, idle))))
+        more = entry("10.96.1.4", 80, backends)
+        changed = entry("10.96.1.1", 80, backends[:2])
+        want = desired_frontends(state(changed, *entries[1:], idle, more))
+        writer.apply(diff(writer.frontends, want))
+        assert expected == [3, 1]
     finally:
         writer.maps.close()
