@@ -11,8 +11,9 @@ new backends visible), then backends that left a service, and removed services l
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, replace
-from typing import NamedTuple
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import Any, NamedTuple
 
 from ebpflb.model import (
     DesiredState,
@@ -58,22 +59,84 @@ def backend_order(b: BackendState) -> tuple[int, int, int, bool, bool]:
     return (b.address.version, int(b.address), b.port, b.active, b.terminating)
 
 
-@dataclass(frozen=True, slots=True)
+_backend_key = itemgetter(0, 1)  # BackendState.key, in C
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class FrontendState:
-    """Everything a data path holds for one frontend, independent of its encoding."""
+    """Everything a data path holds for one frontend, independent of its encoding.
+
+    ``slots`` (the active backends' keys in slot order) are usually every backend's
+    key in the backends' order: then they are not stored but made when asked for. At
+    100,000 Services a tuple of (address, port) tuples per frontend held 34 MiB beside
+    the backends. Whatever the ``slots`` given, a state stores None exactly when they
+    are the backends' keys, so equal states store equal fields: equality and hashing
+    stay those of the fields (``slots`` made or stored alike)."""
 
     frontend: Frontend
     port_name: ServicePortName
     backends: tuple[BackendState, ...]  # sorted by key
-    slots: tuple[BackendKey, ...]  # active backends, in slot order
-    affinity_timeout: int = 0
-    snat_address: IPAddress | None = None  # see ServiceEntry
-    source_ranges: tuple[IPNetwork, ...] = ()
-    drop_when_empty: bool = False  # see ServiceEntry
+    _slots: tuple[BackendKey, ...] | None  # see the docstring: None = the backends' keys
+    affinity_timeout: int
+    snat_address: IPAddress | None  # see ServiceEntry
+    source_ranges: tuple[IPNetwork, ...]
+    drop_when_empty: bool  # see ServiceEntry
+
+    def __init__(
+        self,
+        frontend: Frontend,
+        port_name: ServicePortName,
+        backends: tuple[BackendState, ...],
+        slots: tuple[BackendKey, ...] | None,
+        affinity_timeout: int = 0,
+        snat_address: IPAddress | None = None,
+        source_ranges: tuple[IPNetwork, ...] = (),
+        drop_when_empty: bool = False,
+    ) -> None:
+        """``slots`` None: the backends' keys, in their order."""
+        if slots is not None and (
+            len(slots) == len(backends) and slots == tuple(map(_backend_key, backends))
+        ):
+            slots = None
+        setter = object.__setattr__
+        setter(self, "frontend", frontend)
+        setter(self, "port_name", port_name)
+        setter(self, "backends", backends)
+        setter(self, "_slots", slots)
+        setter(self, "affinity_timeout", affinity_timeout)
+        setter(self, "snat_address", snat_address)
+        setter(self, "source_ranges", source_ranges)
+        setter(self, "drop_when_empty", drop_when_empty)
+
+    @property
+    def slots(self) -> tuple[BackendKey, ...]:
+        """The active backends' keys, in slot order."""
+        stored = self._slots
+        return tuple(map(_backend_key, self.backends)) if stored is None else stored
+
+    @property
+    def slot_count(self) -> int:
+        """len(slots), without making them."""
+        stored = self._slots
+        return len(self.backends) if stored is None else len(stored)
+
+    @property
+    def slots_are_backends(self) -> bool:
+        """Whether the slots are every backend's key, in the backends' order."""
+        return self._slots is None
 
     @property
     def kind(self) -> FrontendKind:
         return self.frontend.kind
+
+    def __repr__(self) -> str:
+        return (
+            f"FrontendState(frontend={self.frontend!r}, port_name={self.port_name!r}, "
+            f"backends={self.backends!r}, slots={self.slots!r}, "
+            f"affinity_timeout={self.affinity_timeout!r}, "
+            f"snat_address={self.snat_address!r}, source_ranges={self.source_ranges!r}, "
+            f"drop_when_empty={self.drop_when_empty!r})"
+        )
 
     @classmethod
     def from_entry(cls, entry: ServiceEntry) -> FrontendState:
@@ -82,7 +145,6 @@ class FrontendState:
         # checks and builds (an address compares with one Python call, where its
         # version and int() took two).
         states: list[BackendState] = []
-        slots: list[BackendKey] = []
         last: IPAddress | None = None
         last_port = 0
         for b in entry.backends:
@@ -96,13 +158,12 @@ class FrontendState:
                 break
             last, last_port = address, port
             states.append(BackendState(address, port, True, b.terminating))
-            slots.append((address, port))
         else:
             return cls(
                 frontend=entry.frontend,
                 port_name=entry.port_name,
                 backends=tuple(states),
-                slots=tuple(slots),
+                slots=None,  # every backend, in order
                 affinity_timeout=entry.affinity_timeout,
                 snat_address=entry.snat_address,
                 source_ranges=entry.source_ranges,
@@ -143,7 +204,25 @@ class FrontendState:
         )
 
     def with_backends(self, backends: tuple[BackendState, ...]) -> FrontendState:
-        return replace(self, backends=backends)
+        """This state with other backends, and the same slots."""
+        return self.replace(backends=backends)
+
+    def replace(self, **changes: Any) -> FrontendState:
+        """A copy with ``changes`` (by the constructor's names), as dataclasses.replace
+        (which cannot: the constructor's ``slots`` is not the stored field). The slots
+        stay this state's unless given, whatever the backends."""
+        fields: dict[str, Any] = {
+            "frontend": self.frontend,
+            "port_name": self.port_name,
+            "backends": self.backends,
+            "slots": self.slots,
+            "affinity_timeout": self.affinity_timeout,
+            "snat_address": self.snat_address,
+            "source_ranges": self.source_ranges,
+            "drop_when_empty": self.drop_when_empty,
+        }
+        fields.update(changes)
+        return FrontendState(**fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +251,7 @@ class WriteService:
         s = self.state
         return (
             f"{sign} service {s.frontend} {s.port_name} [{s.kind}] "
-            f"slots={len(s.slots)} affinity={s.affinity_timeout}s"
+            f"slots={s.slot_count} affinity={s.affinity_timeout}s"
             + (f" snat={s.snat_address}" if s.snat_address else "")
             + (f" ranges={','.join(map(str, s.source_ranges))}" if s.source_ranges else "")
             + (" drop-when-empty" if s.drop_when_empty else "")
@@ -315,9 +394,10 @@ def _held_as_built(entry: ServiceEntry, have: FrontendState) -> bool:
     """Whether ``FrontendState.from_entry(entry) == have``, on translate's usual output
     (every backend ready, in key order, each key once: from_entry's one-pass case)
     without building it; any other entry is built and compared."""
-    backends, held, slots = entry.backends, have.backends, have.slots
+    backends, held = entry.backends, have.backends
     if (
-        len(held) == len(backends) == len(slots)
+        len(held) == len(backends)
+        and have.slots_are_backends
         and entry.frontend == have.frontend
         and entry.port_name == have.port_name
         and entry.affinity_timeout == have.affinity_timeout
@@ -327,7 +407,7 @@ def _held_as_built(entry: ServiceEntry, have: FrontendState) -> bool:
     ):
         last: IPAddress | None = None
         last_port = 0
-        for b, h, slot in zip(backends, held, slots, strict=True):  # lengths checked above
+        for b, h in zip(backends, held, strict=True):  # lengths checked above
             address, port = b.address, b.port
             if (
                 not b.ready
@@ -339,7 +419,6 @@ def _held_as_built(entry: ServiceEntry, have: FrontendState) -> bool:
                     )
                 )
                 or h != (address, port, True, b.terminating)
-                or slot != (address, port)
             ):
                 break
             last, last_port = address, port

@@ -52,7 +52,7 @@ def test_read_ahead_is_adopted_as_a_read_now(maps: Maps) -> None:
             )
             assert early.state.frontends == now.frontends == desired_frontends(STATE)
             assert adopted.svc_ids == writer.svc_ids and adopted.slot_counts == writer.slot_counts
-            assert adopted._backend_ids == writer._backend_ids
+            assert adopted.backend_ids() == writer.backend_ids()
             assert not diff(adopted.frontends, desired_frontends(STATE))
     finally:
         writer.maps.close()

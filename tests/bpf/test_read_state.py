@@ -230,7 +230,7 @@ def test_the_batch_read_equals_the_element_reads(written: MapWriter) -> None:
     fast, slow = read_state(written.maps), _reference(written.maps)
     assert fast.frontends == slow.frontends == desired_frontends(MIXED)
     assert fast.svc_ids == slow.svc_ids and fast.slot_counts == slow.slot_counts
-    assert fast.backend_ids == slow.backend_ids == written._backend_ids
+    assert fast.backend_ids == slow.backend_ids == written.backend_ids()
     assert fast.src_ranges == slow.src_ranges
     assert not fast.orphan_backends and not fast.orphan_svc_ids
     # one address object per pod in a read: the two ports and the NodePort share it

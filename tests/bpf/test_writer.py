@@ -47,6 +47,8 @@ def test_any_a_to_any_b_leaves_exactly_b_in_the_maps(maps: Maps, a, b) -> None:
         writer.apply(diff(writer.frontends, desired_frontends(b)))
         assert _held(maps) == desired_frontends(b)
         assert writer.frontends == desired_frontends(b)  # its cache agrees with the maps
+        with BpfMaps(maps.pin_dir) as fresh:  # and so do its (packed) id tables
+            assert writer.backend_ids() == read_state(fresh).backend_ids
     finally:
         writer.maps.close()
 
@@ -112,7 +114,7 @@ def _maglev_tables_match(maps: Maps, writer: MapWriter, size: int) -> None:
         if not st.slots:
             continue
         sid = writer.svc_ids[key]
-        owned = writer._backend_ids[sid]
+        owned = writer.owned(sid, v6=key[0].version == 6)
         want = [
             owned[backend_key(st.slots[i][0].packed, st.slots[i][1])]
             for i in maglev.table([f"{a}:{p}" for a, p in st.slots], size)

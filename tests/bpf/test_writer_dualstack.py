@@ -184,20 +184,20 @@ def test_a_restarted_writer_adopts_both_families_ids(dual: Maps) -> None:
     first = _writer(dual.pin_dir)
     try:
         _apply(first, DUAL)
-        ids, owned = dict(first.svc_ids), {k: dict(v) for k, v in first._backend_ids.items()}
+        ids, owned = dict(first.svc_ids), first.backend_ids()
     finally:
         first.maps.close()
     again = _writer(dual.pin_dir)
     try:
         assert again.svc_ids == ids
-        assert again._backend_ids == owned
+        assert again.backend_ids() == owned
         assert again.frontends == desired_frontends(DUAL)
         assert not diff(again.frontends, desired_frontends(DUAL))  # nothing to write
         # A new frontend gets an id neither family uses.
         extra = entry("fd00:10:96::b", 53, [("fd00:10:244::e", 53, True)], name="dns")
         _apply(again, DesiredState.build([V4, V6, V6_LB, extra]))
         assert again.svc_ids[extra.frontend.key] not in ids.values()
-        (new_bid,) = again._backend_ids[again.svc_ids[extra.frontend.key]].values()
+        (new_bid,) = again.owned(again.svc_ids[extra.frontend.key], v6=True).values()
         assert new_bid not in {b for v in owned.values() for b in v.values()}
     finally:
         again.maps.close()

@@ -8,7 +8,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ebpflb.dataplane.bpf.ids import IdAllocator
+from ebpflb.dataplane.bpf.ids import (
+    IdAllocator,
+    backend_key,
+    pack_ids,
+    pack_tables,
+    table_ids,
+    table_size,
+    unpack_ids,
+)
 from ebpflb.errors import CapacityError
 
 
@@ -72,3 +80,27 @@ def test_adopted_ids_outside_the_range_stay_taken() -> None:
     assert sorted(alloc.alloc() for _ in range(2)) == [1, 3]
     alloc.free(9)
     assert 9 not in alloc
+
+
+def _table_st(size: int) -> st.SearchStrategy[dict[bytes, int]]:
+    key = st.builds(backend_key, st.binary(min_size=size, max_size=size), st.integers(0, 65535))
+    return st.dictionaries(key, st.integers(0, 2**32 - 1), max_size=8)
+
+
+@settings(max_examples=200)
+@given(_table_st(4), _table_st(16))
+def test_a_packed_id_table_reads_back_as_the_mapping(
+    v4: dict[bytes, int], v6: dict[bytes, int]
+) -> None:
+    for ids, is_v6 in ((v4, False), (v6, True)):
+        table = pack_ids(ids, v6=is_v6)
+        assert unpack_ids(table, v6=is_v6) == ids
+        assert list(unpack_ids(table, v6=is_v6)) == list(ids)  # in the mapping's order
+        assert table_ids(table, v6=is_v6) == list(ids.values())
+        assert table_size(table, v6=is_v6) == len(ids)
+        assert len(table) == len(ids) * (22 if is_v6 else 10)
+    # read back as mappings, each table's family is that of its keys
+    packed = pack_tables({1: v4, 2: v6, 3: {}})
+    assert 3 not in packed
+    assert unpack_ids(packed.get(1, b""), v6=False) == v4
+    assert unpack_ids(packed.get(2, b""), v6=True) == v6

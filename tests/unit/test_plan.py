@@ -3,7 +3,6 @@ order that never exposes a half-written service."""
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 from collections.abc import Iterator
 
@@ -205,11 +204,11 @@ def _perturbed(held: FrontendState, how: int) -> FrontendState:
     if how == 0 and bs:  # a backend's terminating flag
         return held.with_backends((bs[0]._replace(terminating=not bs[0].terminating), *bs[1:]))
     if how == 1 and len(held.slots) > 1:  # slots in another order
-        return dataclasses.replace(held, slots=held.slots[::-1])
+        return held.replace(slots=held.slots[::-1])
     if how == 2 and bs:  # a backend held inactive
         return held.with_backends((bs[0]._replace(active=not bs[0].active), *bs[1:]))
     if how == 3:
-        return dataclasses.replace(held, affinity_timeout=held.affinity_timeout + 1)
+        return held.replace(affinity_timeout=held.affinity_timeout + 1)
     return held
 
 
@@ -231,7 +230,7 @@ def test_a_frontend_held_as_desired_is_the_held_state_itself():
         entry("10.96.0.2", 80, [("10.0.0.1", 8080, True), ("10.0.0.2", 8080, False)]),
     )
     # as a read-back holds them: equal states, other objects
-    held = {k: dataclasses.replace(v) for k, v in desired_frontends(s).items()}
+    held = {k: v.replace() for k, v in desired_frontends(s).items()}
     got = desired_frontends(s, held)
     assert all(got[k] is held[k] for k in held)
     assert not diff(held, got)

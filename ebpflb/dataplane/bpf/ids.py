@@ -1,12 +1,14 @@
 """Id allocation for frontends and backends. Ids are adopted from the pinned maps on
 start, so live flows (whose conntrack entries name ids) keep their meaning, and a freed
 id is reused as late as possible so a stale conntrack entry rarely meets a new owner.
-``backend_key`` is a backend's key in the writer's per-frontend id tables."""
+``backend_key`` is a backend's key in the writer's per-frontend id tables, which are
+kept packed (``pack_ids``): at 100,000 Services a dict per frontend, its key bytes and
+its id ints held ~63 MiB; packed, one bytes object per frontend, ~10 MiB."""
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from ebpflb.errors import CapacityError
 
@@ -19,6 +21,33 @@ _U16 = struct.Struct("<H").pack
 
 def backend_key(packed_address: bytes, port: int) -> BackendKey:
     return packed_address + _U16(port)
+
+
+# A frontend's id table: its backends' keys, each followed by its id (u32), one record
+# per backend in the table's order. Its family (that of the frontend, which its
+# backends share) gives the record's size: 10 bytes, or 22 for IPv6.
+IdTable = bytes
+_RECORDS = (struct.Struct("<6sI"), struct.Struct("<18sI"))
+
+
+def pack_ids(ids: Mapping[BackendKey, int], *, v6: bool) -> IdTable:
+    """A frontend's id table from its backend key -> id mapping."""
+    return b"".join(map(_RECORDS[v6].pack, ids.keys(), ids.values()))
+
+
+def unpack_ids(table: IdTable, *, v6: bool) -> dict[BackendKey, int]:
+    """A frontend's id table as its backend key -> id mapping."""
+    return dict(_RECORDS[v6].iter_unpack(table))
+
+
+def table_ids(table: IdTable, *, v6: bool) -> list[int]:
+    """The backend ids in a frontend's id table."""
+    return [bid for _key, bid in _RECORDS[v6].iter_unpack(table)]
+
+
+def table_size(table: IdTable, *, v6: bool) -> int:
+    """How many backends a frontend's id table holds."""
+    return len(table) // _RECORDS[v6].size
 
 
 class IdAllocator:
@@ -80,3 +109,16 @@ class IdAllocator:
         if self.low <= ident <= self.high:
             return bool(self._used[ident - self.low])
         return ident in self._outside
+
+
+def pack_tables(tables: Mapping[int, Mapping[BackendKey, int]]) -> dict[int, IdTable]:
+    """Id tables read back as mappings (``maps.MapState.backend_ids``), packed; each
+    table's family is that of its keys' length. Empty tables are left out."""
+    packs = (_RECORDS[0].pack, _RECORDS[1].pack)
+    v6_key = len(backend_key(bytes(16), 0))
+    out: dict[int, IdTable] = {}
+    for sid, ids in tables.items():
+        for key in ids:  # the first key's length tells the family
+            out[sid] = b"".join(map(packs[len(key) == v6_key], ids.keys(), ids.values()))
+            break
+    return out

@@ -25,7 +25,17 @@ import struct
 from ipaddress import IPv6Network
 
 from ebpflb.dataplane.bpf import abi
-from ebpflb.dataplane.bpf.ids import BackendKey, IdAllocator, backend_key
+from ebpflb.dataplane.bpf.ids import (
+    BackendKey,
+    IdAllocator,
+    IdTable,
+    backend_key,
+    pack_ids,
+    pack_tables,
+    table_ids,
+    table_size,
+    unpack_ids,
+)
 from ebpflb.dataplane.bpf.maglevtables import MaglevTables
 from ebpflb.dataplane.bpf.maps import (
     KIND_FLAGS,
@@ -164,8 +174,8 @@ class MapWriter:
             if sid not in self.src_ranges
             for net in ranges
         ]
-        # svc id -> backend -> id, as read (keyed by ids.backend_key already)
-        self._backend_ids: dict[int, dict[BackendKey, int]] = st.backend_ids
+        # svc id -> its backends' ids, packed (see ids.pack_ids); no entry: none
+        self._backend_ids: dict[int, IdTable] = pack_tables(st.backend_ids)
         self.svc_alloc = IdAllocator(
             1, self.max_services - 1, what="service", used=st.svc_ids.values()
         )
@@ -184,12 +194,26 @@ class MapWriter:
                 log.info("removing %d orphaned backends from %s", len(orphans), m.path)
                 m.delete_batch([ctypes.c_uint32(b) for b in orphans])
 
+    def owned(self, sid: int, *, v6: bool) -> dict[BackendKey, int]:
+        """Frontend ``sid``'s backends' ids by backend key (``v6``: its family)."""
+        table = self._backend_ids.get(sid)
+        return unpack_ids(table, v6=v6) if table else {}
+
+    def backend_ids(self) -> dict[int, dict[BackendKey, int]]:
+        """Every frontend's backend ids, as ``maps.MapState.backend_ids`` reads them."""
+        families = {sid: key[0].version == 6 for key, sid in self.svc_ids.items()}
+        return {
+            sid: unpack_ids(table, v6=families[sid])
+            for sid, table in self._backend_ids.items()
+            if table
+        }
+
     def ipv6_counts(self) -> tuple[int, int]:
         """(frontends, backends) held in the IPv6 maps, for telemetry (another thread:
         list() of a dict is atomic under the GIL)."""
         sids = [sid for key, sid in list(self.svc_ids.items()) if key[0].version == 6]
         owned = self._backend_ids
-        return len(sids), sum(len(owned.get(sid, ())) for sid in sids)
+        return len(sids), sum(table_size(owned.get(sid, b""), v6=True) for sid in sids)
 
     def _check_capacity(self, plan: Plan) -> None:
         """Refuse the whole plan, before writing anything, when it cannot fit. One pass
@@ -214,7 +238,11 @@ class MapWriter:
                     free_svcs -= 1
             elif isinstance(op, UpsertBackends):
                 sid = self.svc_ids.get(op.frontend.key)
-                owned = self._backend_ids.get(sid) if sid is not None else None
+                owned = (
+                    self.owned(sid, v6=op.frontend.address.version == 6)
+                    if sid is not None
+                    else None
+                )
                 new = (
                     sum(
                         1 for b in op.backends if backend_key(b.address.packed, b.port) not in owned
@@ -282,13 +310,16 @@ class MapWriter:
         pack6 = abi.PACK_LB6_BACKEND.pack
         alloc = self.be_alloc.alloc
         u16 = _U16
+        tables = self._backend_ids
         for op in ops:
             fe = op.frontend
             fkey = fe.key
             sid = self._svc_id(fkey)
             proto = _PROTO_NUMBERS[fe.protocol]
-            owned = self._backend_ids.setdefault(sid, {})
             v6 = fe.address.version == 6
+            table = tables.get(sid)
+            owned = unpack_ids(table, v6=v6) if table else {}
+            held = len(owned)
             batch, pack = (be6, pack6) if v6 else (be4, pack4)
             keys, values = batch.keys, batch.values
             bids: list[int] = []
@@ -303,6 +334,8 @@ class MapWriter:
                 flags = (_ACTIVE if b.active else 0) | (_TERMINATING if b.terminating else 0)
                 keys.append(_U32(bid))
                 values.append(pack(address, _htons(port), proto, flags, sid))
+            if len(owned) != held:
+                tables[sid] = pack_ids(owned, v6=v6)
             upserted[sid] = (op.backends, bids)
             if self.frontends:  # none held: a first sync has nothing to keep in step
                 self._cache_backends(op)
@@ -340,7 +373,7 @@ class MapWriter:
             sid = self._svc_id(fkey)
             if fkey not in self.frontends:
                 self._reset_stats(sid)  # a reused id must not inherit old counters
-            count = len(st.slots)
+            count = st.slot_count
             slots.keys += [_SLOT_KEY(sid, i) for i in range(count)]
             slots.values += [_U32(bid) for bid in self._slot_ids(sid, st, upserted.get(sid))]
             stale.keys += [_SLOT_KEY(sid, i) for i in range(count, self.slot_counts.get(sid, 0))]
@@ -363,7 +396,7 @@ class MapWriter:
             )
             if self.maglev is not None:
                 flags |= _MAGLEV
-                self.maglev.write(sid, st.slots, self._backend_ids.get(sid, {}))
+                self.maglev.write(sid, st.slots, self.owned(sid, v6=v6))
             if v6:
                 snat = st.snat_address.packed if st.snat_address else _NO_ADDRESS6
                 svc.values.append(pack_svc6(sid, count, flags, st.affinity_timeout, snat))
@@ -394,14 +427,18 @@ class MapWriter:
         backends this apply just upserted, in their order (a new frontend, all ready:
         the same address objects and ports), their ids are known already; else each
         is looked up by its key."""
-        slots = st.slots
-        if upserted is not None:
+        if upserted is None:
+            slots = st.slots
+        else:
             backends, bids = upserted
+            if backends is st.backends and st.slots_are_backends:  # no slots made
+                return bids
+            slots = st.slots
             if len(backends) == len(slots) and all(
                 a is b.address and p == b.port for (a, p), b in zip(slots, backends, strict=True)
             ):
                 return bids
-        owned = self._backend_ids.get(sid, {})
+        owned = self.owned(sid, v6=st.frontend.address.version == 6)
         return [owned[backend_key(a.packed, p)] for a, p in slots]
 
     def _range_map(self, net: IPNetwork) -> PinnedMap:
@@ -433,13 +470,18 @@ class MapWriter:
             sid = self.svc_ids.get(op.frontend.key)
             if sid is None:
                 continue
-            batch = be6 if op.frontend.address.version == 6 else be4
-            owned = self._backend_ids.get(sid, {})
+            v6 = op.frontend.address.version == 6
+            batch = be6 if v6 else be4
+            owned = self.owned(sid, v6=v6)
             for address, port in op.backends:
                 bid = owned.pop(backend_key(address.packed, port), None)
                 if bid is not None:
                     batch.add(_U32(bid))
                     self.be_alloc.free(bid)
+            if owned:
+                self._backend_ids[sid] = pack_ids(owned, v6=v6)
+            else:
+                self._backend_ids.pop(sid, None)
             st = self.frontends.get(op.frontend.key)
             if st is not None:
                 gone = set(op.backends)
@@ -466,7 +508,7 @@ class MapWriter:
                 slots.add(_SLOT_KEY(sid, i))
             ids.add(_U32(sid))
             rnat.add(_U32(sid))
-            for bid in self._backend_ids.pop(sid, {}).values():
+            for bid in table_ids(self._backend_ids.pop(sid, b""), v6=v6):
                 bes.add(_U32(bid))
                 self.be_alloc.free(bid)
             freed.append(sid)
