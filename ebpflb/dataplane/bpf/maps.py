@@ -78,13 +78,13 @@ def pins_present(pin_dir: str) -> bool:
 class IdArrayMap(PinnedMap):
     """An array indexed by an id whose all-zero element means "none": the backend and
     reverse-NAT maps (_v2). They were hashes keyed by the id; as arrays the verifier
-    inlines their look-up (bench.testrun: a conntrack hit and a reply ~30 ns less, a
-    new flow ~60 ns). An array element cannot be deleted, so this class keeps the
-    hash's behaviour for everything above it (the map writer, the CLI, the tests): a
-    delete writes zeros, and look-ups, keys and dumps leave all-zero elements out. The
-    data path reads zero as absent too (lb4_lookup_backend: svc_id 0 is no service's;
-    lb4_lookup_rnat: a frontend's port is never 0). Ids are < max_entries: the
-    allocators hand out [1, size - 1]."""
+    inlines their look-up (bench.testrun: a conntrack hit and a reply 20-40 ns less; a
+    new flow, which makes one of them, too, within its noise). An array element cannot
+    be deleted, so this class keeps the hash's behaviour for everything above it (the
+    map writer, the CLI, the tests): a delete writes zeros, and look-ups, keys and
+    dumps leave all-zero elements out. The data path reads zero as absent too
+    (lb4_lookup_backend: svc_id 0 is no service's; lb4_lookup_rnat: a frontend's port
+    is never 0). Ids are < max_entries: the allocators hand out [1, size - 1]."""
 
     BLOCK = 1024  # elements compared with zero at once: most of an array is zero
 
