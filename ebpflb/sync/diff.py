@@ -46,20 +46,21 @@ def diff(
         want = desired[key]
         have = current.get(key)
         if have is None:
-            if want.backends:
-                upserts.append(UpsertBackends(want.frontend, want.backends))
+            if want.backend_count:
+                upserts.append(UpsertBackends.of(want))
             writes.append(WriteService(want, new=True))
             continue
         held += 1
         if have is want or have == want:  # the usual case of a full sync: nothing to do
             continue
+        wanted = want.backends  # made anew at each read (see FrontendState)
         have_backends = {b.key: b for b in have.backends}
-        changed = tuple(b for b in want.backends if have_backends.get(b.key) != b)
+        changed = tuple(b for b in wanted if have_backends.get(b.key) != b)
         if changed:
             upserts.append(UpsertBackends(want.frontend, changed))
         if want.service_fields() != have.service_fields():
             writes.append(WriteService(want, new=False))
-        want_keys = {b.key for b in want.backends}
+        want_keys = {b.key for b in wanted}
         gone = tuple(sorted(k for k in have_backends if k not in want_keys))
         if gone:
             removals.append(RemoveBackends(want.frontend, gone))

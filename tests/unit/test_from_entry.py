@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from ebpflb.model import (
     Backend,
+    DesiredState,
     Frontend,
     Protocol,
     ServiceEntry,
@@ -19,7 +20,7 @@ from ebpflb.model import (
     ServiceRef,
     usable_backends,
 )
-from ebpflb.plan import BackendState, FrontendState, backend_order
+from ebpflb.plan import BackendState, FrontendState, backend_order, desired_frontends
 
 ADDRESSES = ["10.0.0.1", "10.0.0.2", "10.0.0.10", "fd00::1", "fd00::2"]
 PN = ServicePortName(ServiceRef("demo", "web"), "http", Protocol.TCP)
@@ -85,3 +86,28 @@ def test_the_cases_the_one_pass_path_leaves_to_the_general_rule() -> None:
         (ip("10.0.0.1"), 80),
         (ip("10.0.0.1"), 8080),
     )
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(backend_st, max_size=5), st.lists(st.sampled_from(["ready", "term", ""])))
+def test_a_held_state_stands_for_the_entry_only_when_it_is_as_built(
+    backends: list[Backend], flips: list[str]
+) -> None:
+    """desired_frontends passes a held state over without building the entry's only
+    when building it gives an equal state: held states that differ from the entry's by
+    one flag (as read back from the maps, or as built) are never taken for it."""
+    family = backends[0].address.version if backends else 4
+    backends = sorted(b for b in backends if b.address.version == family)
+    flip = {
+        "ready": lambda b: b.replace(ready=not b.ready),
+        "term": lambda b: b.replace(terminating=not b.terminating),
+        "": lambda b: b,
+    }
+    changed = [flip[f](b) for b, f in zip(backends, flips + [""] * len(backends), strict=False)]
+    entry = _entry(tuple(backends))
+    want = FrontendState.from_entry(entry)
+    for held in (FrontendState.from_entry(_entry(tuple(changed))), want):
+        read_back = FrontendState(held.frontend, held.port_name, held.backends, held.slots)
+        for have in (held, read_back.replace(affinity_timeout=held.affinity_timeout)):
+            got = desired_frontends(DesiredState.build([entry]), {entry.frontend.key: have})
+            assert got[entry.frontend.key] == want

@@ -1,9 +1,10 @@
-"""FrontendState keeps its slots only when they are not the backends' keys in order, and
-makes them when asked otherwise. Against a plain reference that stores every field
-(what FrontendState was): any slots given (all backends, the active ones, a Maglev or
-random order, a subset, keys of no backend) read back as given, and two states are
-equal, hash alike and compare alike in the diff exactly when the reference says so,
-through with_backends and replace too."""
+"""FrontendState stores its backends flat when each is active and not terminating, and
+keeps its slots only when they are not the backends' keys in order; it makes them when
+asked otherwise. Against a plain reference that stores every field (what FrontendState
+was): any backends and slots given (all backends, the active ones, a Maglev or random
+order, a subset, keys of no backend) read back as given, and two states are equal,
+hash alike and compare alike in the diff exactly when the reference says so, through
+with_backends and replace too. UpsertBackends stores its backends the same way."""
 
 from __future__ import annotations
 
@@ -14,7 +15,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ebpflb.model import Frontend, FrontendKind, IPAddress, Protocol, ServicePortName, ServiceRef
-from ebpflb.plan import BackendKey, BackendState, FrontendState, WriteService, backend_order
+from ebpflb.plan import (
+    BackendKey,
+    BackendState,
+    FrontendState,
+    UpsertBackends,
+    WriteService,
+    backend_order,
+)
 from ebpflb.sync.diff import diff
 
 FAMILIES = (
@@ -91,6 +99,8 @@ def test_the_slots_read_back_as_given(ref: Reference) -> None:
     assert built.slots == ref.slots
     assert built.slot_count == len(ref.slots)
     assert built.backends == ref.backends
+    assert built.backend_count == len(ref.backends)
+    assert [type(b) for b in built.backends] == [BackendState] * len(ref.backends)
     assert built.slots_are_backends == (ref.slots == _keys(ref.backends))
     assert f"slots={ref.slots!r}" in repr(built)
     assert built.service_fields()[2] == ref.slots
@@ -141,3 +151,31 @@ def test_none_stands_for_the_backends_keys() -> None:
     assert active_only.slots == ((a, 80),)
     reversed_ = FrontendState(FRONTEND, PN, backends, ((b, 80), (a, 80)))
     assert reversed_ != derived and reversed_.slots == ((b, 80), (a, 80))
+
+
+@settings(max_examples=300, deadline=None)
+@given(reference_st(), reference_st())
+def test_an_upsert_holds_the_backends_given(a: Reference, b: Reference) -> None:
+    op = UpsertBackends(FRONTEND, a.backends)
+    assert op.backends == a.backends and op.backend_count == len(a.backends)
+    assert [tuple(row) for row in op.rows()] == [tuple(x) for x in a.backends]
+    assert str(op) == f"+ backends {FRONTEND}: {', '.join(map(str, a.backends))}"
+    assert (op == UpsertBackends(FRONTEND, b.backends)) == (a.backends == b.backends)
+    assert f"backends={a.backends!r}" in repr(op)
+    whole = UpsertBackends.of(a.build())
+    assert whole == op
+    state = a.build()
+    assert UpsertBackends.of(state).holds_backends_of(state)
+    assert [tuple(row) for row in UpsertBackends.of(state).rows()] == [tuple(x) for x in a.backends]
+
+
+def test_plain_backends_are_the_flat_store_others_are_kept() -> None:
+    a, b = FAMILIES[0][:2]
+    plain = (BackendState(a, 80), BackendState(b, 80))
+    flat = FrontendState(FRONTEND, PN, plain, None)
+    assert flat.backends == plain and flat.backend_count == 2
+    assert hash(flat) == hash(FrontendState(FRONTEND, PN, plain, ((a, 80), (b, 80))))
+    for odd in (BackendState(b, 80, active=False), BackendState(b, 80, terminating=True)):
+        kept = FrontendState(FRONTEND, PN, (plain[0], odd), None)
+        assert kept.backends == (plain[0], odd) and kept != flat
+        assert kept.slots == ((a, 80), (b, 80))

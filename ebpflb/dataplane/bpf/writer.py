@@ -23,6 +23,7 @@ import logging
 import socket
 import struct
 from ipaddress import IPv6Network
+from operator import itemgetter
 
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.ids import (
@@ -48,7 +49,6 @@ from ebpflb.dataplane.bpf.syscall import PinnedMap
 from ebpflb.errors import CapacityError
 from ebpflb.model import Frontend, FrontendKey, IPNetwork, Protocol, ServicePortName
 from ebpflb.plan import (
-    BackendState,
     DeleteService,
     FrontendState,
     Plan,
@@ -66,6 +66,7 @@ _U32 = abi.PACK_U32.pack
 _U16 = struct.Struct("<H").pack  # ids.backend_key's port part
 _SLOT_KEY = abi.PACK_LB4_SLOT_KEY.pack
 _PACK_KEY = abi.PACK_LB4_KEY.pack
+_backend_key = itemgetter(0, 1)  # BackendState.key, in C
 
 
 _SRC_RANGES = int(abi.SvcFlag.SRC_RANGES)
@@ -248,7 +249,7 @@ class MapWriter:
                         1 for b in op.backends if backend_key(b.address.packed, b.port) not in owned
                     )
                     if owned
-                    else len(op.backends)
+                    else op.backend_count
                 )  # a new frontend: all are new
                 if new > free_bes:
                     over.setdefault(
@@ -275,7 +276,7 @@ class MapWriter:
             if isinstance(op, WriteService):
                 services += 1
             elif isinstance(op, UpsertBackends):
-                backends += len(op.backends)
+                backends += op.backend_count
         return services <= self.svc_alloc.free_count and backends <= self.be_alloc.free_count
 
     def _svc_id(self, key: FrontendKey) -> int:
@@ -289,9 +290,10 @@ class MapWriter:
     def apply(self, plan: Plan) -> None:
         self._check_capacity(plan)
         ops = plan.ops
-        # sid -> (the backends just upserted, their ids in that order): the slots of
-        # the service write that follows, when they are those backends, need no look-up
-        upserted: dict[int, tuple[tuple[BackendState, ...], list[int]]] = {}
+        # sid -> (the op that just upserted its backends, their ids in that order): the
+        # slots of the service write that follows, when they are those backends, need
+        # no look-up
+        upserted: dict[int, tuple[UpsertBackends, list[int]]] = {}
         if self.maglev is not None:  # new frontends' tables made meanwhile, beside this
             tabled = [op for op in ops if isinstance(op, WriteService) and op.state.slots]
             self.maglev.expect(sum(op.state.frontend.key not in self.frontends for op in tabled))
@@ -303,7 +305,7 @@ class MapWriter:
     def _upsert_backends(
         self,
         ops: list[UpsertBackends],
-        upserted: dict[int, tuple[tuple[BackendState, ...], list[int]]],
+        upserted: dict[int, tuple[UpsertBackends, list[int]]],
     ) -> None:
         be4, be6 = _Batch(), _Batch()
         pack4 = abi.PACK_LB4_BACKEND.pack
@@ -323,20 +325,19 @@ class MapWriter:
             batch, pack = (be6, pack6) if v6 else (be4, pack4)
             keys, values = batch.keys, batch.values
             bids: list[int] = []
-            for b in op.backends:
-                address = b.address.packed
-                port = b.port
+            for address_object, port, active, terminating in op.rows():
+                address = address_object.packed
                 id_key = address + u16(port)  # ids.backend_key, without a call
                 bid = owned.get(id_key)
                 if bid is None:
                     bid = owned[id_key] = alloc()
                 bids.append(bid)
-                flags = (_ACTIVE if b.active else 0) | (_TERMINATING if b.terminating else 0)
+                flags = (_ACTIVE if active else 0) | (_TERMINATING if terminating else 0)
                 keys.append(_U32(bid))
                 values.append(pack(address, _htons(port), proto, flags, sid))
             if len(owned) != held:
                 tables[sid] = pack_ids(owned, v6=v6)
-            upserted[sid] = (op.backends, bids)
+            upserted[sid] = (op, bids)
             if self.frontends:  # none held: a first sync has nothing to keep in step
                 self._cache_backends(op)
         be4.update(self.maps.backends)
@@ -359,7 +360,7 @@ class MapWriter:
     def _write_services(
         self,
         ops: list[WriteService],
-        upserted: dict[int, tuple[tuple[BackendState, ...], list[int]]],
+        upserted: dict[int, tuple[UpsertBackends, list[int]]],
     ) -> None:
         slots, meta, stale = _Batch(), _Batch(), _Batch()
         rnat4, svc4, rnat6, svc6 = _Batch(), _Batch(), _Batch(), _Batch()
@@ -373,9 +374,10 @@ class MapWriter:
             sid = self._svc_id(fkey)
             if fkey not in self.frontends:
                 self._reset_stats(sid)  # a reused id must not inherit old counters
-            count = st.slot_count
+            bids = self._slot_ids(sid, st, upserted.get(sid))
+            count = len(bids)
             slots.keys += [_SLOT_KEY(sid, i) for i in range(count)]
-            slots.values += [_U32(bid) for bid in self._slot_ids(sid, st, upserted.get(sid))]
+            slots.values += [_U32(bid) for bid in bids]
             stale.keys += [_SLOT_KEY(sid, i) for i in range(count, self.slot_counts.get(sid, 0))]
             key = _U32(sid)
             address = fe.address.packed
@@ -421,23 +423,18 @@ class MapWriter:
         self,
         sid: int,
         st: FrontendState,
-        upserted: tuple[tuple[BackendState, ...], list[int]] | None,
+        upserted: tuple[UpsertBackends, list[int]] | None,
     ) -> list[int]:
-        """The backend id of each of the frontend's slots. When its slots are the
-        backends this apply just upserted, in their order (a new frontend, all ready:
-        the same address objects and ports), their ids are known already; else each
-        is looked up by its key."""
-        if upserted is None:
-            slots = st.slots
-        else:
-            backends, bids = upserted
-            if backends is st.backends and st.slots_are_backends:  # no slots made
+        """The backend id of each of the frontend's slots. When they are the keys of
+        the backends this apply just upserted, in their order (a new frontend, all
+        ready), their ids are known already; else each is looked up by its key."""
+        if upserted is not None:
+            op, bids = upserted
+            if st.slots_are_backends and op.holds_backends_of(st):  # no slots made
                 return bids
-            slots = st.slots
-            if len(backends) == len(slots) and all(
-                a is b.address and p == b.port for (a, p), b in zip(slots, backends, strict=True)
-            ):
-                return bids
+        slots = st.slots  # made anew at each read (see FrontendState)
+        if upserted is not None and slots == tuple(map(_backend_key, upserted[0].backends)):
+            return upserted[1]
         owned = self.owned(sid, v6=st.frontend.address.version == 6)
         return [owned[backend_key(a.packed, p)] for a, p in slots]
 
