@@ -12,7 +12,7 @@
  *   TableWriter(size=, stride=, spots=).write(fd, offsets, skips, ids)
  *                                                  ids[index] per slot, stored into
  *                                                  the memory of the map behind fd
- *   make_maps(map_type=, ..., count=) -> list[int] new maps' fds, made without the GIL
+ *   MapMaker(map_type=, ..., count=).take() -> fd  maps made by a thread of its own
  *
  * fill_ids' bytes are what a Maglev inner map holds (array('I', ...).tobytes()), so a
  * writer gets them without a Python object per slot; TableWriter goes one step
@@ -27,6 +27,8 @@
 
 #include <errno.h>
 #include <linux/bpf.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -471,93 +473,216 @@ static PyTypeObject TableWriterType = {
 	.tp_members = table_writer_members,
 };
 
-/* make_maps: `count` BPF maps of one shape, made with the GIL released throughout, so
- * that a thread can make a plan's new Maglev tables while another writes the rest
- * (each costs the kernel 5-35 us, most of it the first touch of its fresh pages).
- * All or nothing: on an error the maps made so far are closed. */
-static PyObject *maglev_make_maps(PyObject *self, PyObject *args, PyObject *kwargs)
+/* MapMaker: `count` BPF maps of one shape, made by a thread of its own (a pthread that
+ * never takes the GIL) while the caller goes on, and handed out by take().
+ *
+ * A plan's new Maglev tables cost the kernel 5-35 us each (most of it the first
+ * touch of their fresh pages), which another CPU can spend while the writing thread
+ * does the rest of the sync. A Python thread could not: each time it came back from
+ * the kernel it would wait for the GIL (up to the 5 ms switch interval) while the
+ * writing thread runs Python. take() waits for the next map without the GIL, so the
+ * maps are all made by the one thread, in order, and none by two at once.
+ */
+typedef struct {
+	PyObject_HEAD
+	pthread_mutex_t lock;
+	pthread_cond_t ready;  /* signalled when a map is made and when the thread ends */
+	pthread_t thread;
+	union bpf_attr attr;   /* the maps' shape: BPF_MAP_CREATE's attributes */
+	int *fds;              /* count: the maps made, in order */
+	Py_ssize_t count;      /* maps to make */
+	Py_ssize_t made;       /* maps made so far (fds[0..made)) */
+	Py_ssize_t taken;      /* maps handed out so far (fds[0..taken)) */
+	int started;           /* the thread runs or ran (to be joined) */
+	int stop;              /* asked to stop before `count` */
+	int done;              /* the thread is finished making */
+	int closed;            /* stopped, the maps not taken closed: take() hands out none */
+	int err;               /* errno of the make that failed, or 0 */
+} MapMaker;
+
+static void *map_maker_run(void *arg)
+{
+	MapMaker *self = arg;
+
+	pthread_mutex_lock(&self->lock);
+	while (!self->stop && self->made < self->count) {
+		pthread_mutex_unlock(&self->lock);
+		long fd = syscall(__NR_bpf, BPF_MAP_CREATE, &self->attr, sizeof(self->attr));
+		int err = fd < 0 ? errno : 0;
+		pthread_mutex_lock(&self->lock);
+		if (err) {
+			self->err = err;
+			break;
+		}
+		self->fds[self->made++] = (int)fd;
+		pthread_cond_signal(&self->ready);
+	}
+	self->done = 1;
+	pthread_cond_broadcast(&self->ready);
+	pthread_mutex_unlock(&self->lock);
+	return NULL;
+}
+
+/* Stop the thread, wait for it, close the maps not handed out. */
+static void map_maker_stop(MapMaker *self)
+{
+	if (!self->started)
+		return;
+	pthread_mutex_lock(&self->lock);
+	self->stop = 1;
+	self->closed = 1;  /* from now on take() hands out nothing */
+	pthread_mutex_unlock(&self->lock);
+	Py_BEGIN_ALLOW_THREADS
+	pthread_join(self->thread, NULL);  /* at most one make to finish */
+	Py_END_ALLOW_THREADS
+	self->started = 0;
+	for (Py_ssize_t i = self->taken; i < self->made; i++)
+		close(self->fds[i]);
+}
+
+static PyObject *map_maker_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
 	static char *kwlist[] = {"map_type", "key_size", "value_size", "max_entries",
 				 "flags",    "name",     "count",      NULL};
-	unsigned int type, key_size, value_size, max_entries, flags;
+	unsigned int map_type, key_size, value_size, max_entries, flags;
 	const char *name;
-	Py_ssize_t name_len, count, made = 0;
-	PyObject *list = NULL;
-	int *fds, err = 0;
+	Py_ssize_t name_len, count;
 
-	(void)self;
-	if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$IIIIIs#n:make_maps", kwlist, &type,
+	if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$IIIIIs#n:MapMaker", kwlist, &map_type,
 					 &key_size, &value_size, &max_entries, &flags, &name,
 					 &name_len, &count))
 		return NULL;
 	if (count < 0 || count > (1 << 20)) {
-		PyErr_Format(PyExc_ValueError, "can make 0 to %d maps at once, not %zd", 1 << 20,
+		PyErr_Format(PyExc_ValueError, "a MapMaker makes 0 to %d maps, not %zd", 1 << 20,
 			     count);
 		return NULL;
 	}
-	fds = PyMem_New(int, count ? count : 1);
-	if (!fds)
+	MapMaker *self = (MapMaker *)type->tp_alloc(type, 0);
+	if (!self)
+		return NULL;
+	pthread_mutex_init(&self->lock, NULL);
+	pthread_cond_init(&self->ready, NULL);
+	self->count = count;
+	self->fds = PyMem_New(int, count ? count : 1);
+	if (!self->fds) {
+		Py_DECREF(self);
 		return PyErr_NoMemory();
-
-	union bpf_attr attr;
-	memset(&attr, 0, sizeof(attr));
-	attr.map_type = type;
-	attr.key_size = key_size;
-	attr.value_size = value_size;
-	attr.max_entries = max_entries;
-	attr.map_flags = flags;
-	memcpy(attr.map_name, name,
+	}
+	memset(&self->attr, 0, sizeof(self->attr));
+	self->attr.map_type = map_type;
+	self->attr.key_size = key_size;
+	self->attr.value_size = value_size;
+	self->attr.max_entries = max_entries;
+	self->attr.map_flags = flags;
+	memcpy(self->attr.map_name, name,
 	       (size_t)name_len < BPF_OBJ_NAME_LEN - 1 ? (size_t)name_len : BPF_OBJ_NAME_LEN - 1);
 
-	Py_BEGIN_ALLOW_THREADS
-	for (; made < count; made++) {
-		long fd = syscall(__NR_bpf, BPF_MAP_CREATE, &attr, sizeof(attr));
-		if (fd < 0) {
-			err = errno;
-			break;
-		}
-		fds[made] = (int)fd;
+	/* no signal for the thread: Python's handlers belong to its own threads */
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	int err = pthread_create(&self->thread, NULL, map_maker_run, self);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (err) {
+		Py_DECREF(self);
+		errno = err;
+		return PyErr_SetFromErrno(PyExc_OSError);
 	}
-	Py_END_ALLOW_THREADS
-	if (!err) {
-		list = PyList_New(count);
-		for (Py_ssize_t i = 0; list && i < count; i++) {
-			PyObject *fd = PyLong_FromLong(fds[i]);
-			if (!fd) {
-				Py_CLEAR(list);
-				break;
-			}
-			PyList_SET_ITEM(list, i, fd);
-		}
-	}
-	if (!list) {
-		for (Py_ssize_t i = 0; i < made; i++)
-			close(fds[i]);
-		if (err) {
-			errno = err;
-			PyErr_SetFromErrno(PyExc_OSError);
-		}
-	}
-	PyMem_Free(fds);
-	return list;
+	self->started = 1;
+	return (PyObject *)self;
 }
+
+static void map_maker_dealloc(MapMaker *self)
+{
+	map_maker_stop(self);
+	PyMem_Free(self->fds);
+	pthread_cond_destroy(&self->ready);
+	pthread_mutex_destroy(&self->lock);
+	Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *map_maker_take(MapMaker *self, PyObject *unused)
+{
+	int fd = -1;
+
+	(void)unused;
+	Py_BEGIN_ALLOW_THREADS
+	pthread_mutex_lock(&self->lock);
+	while (self->taken == self->made && !self->done)
+		pthread_cond_wait(&self->ready, &self->lock);
+	if (self->taken < self->made && !self->closed)
+		fd = self->fds[self->taken++];
+	pthread_mutex_unlock(&self->lock);
+	Py_END_ALLOW_THREADS
+	if (fd < 0)
+		Py_RETURN_NONE;
+	return PyLong_FromLong(fd);
+}
+
+static PyObject *map_maker_close(MapMaker *self, PyObject *unused)
+{
+	(void)unused;
+	map_maker_stop(self);
+	Py_RETURN_NONE;
+}
+
+static PyObject *map_maker_counts(MapMaker *self, void *closure)
+{
+	Py_ssize_t made, taken;
+	int err;
+
+	(void)closure;
+	pthread_mutex_lock(&self->lock);
+	made = self->made;
+	taken = self->taken;
+	err = self->err;
+	pthread_mutex_unlock(&self->lock);
+	return Py_BuildValue("(nni)", made, taken, err);
+}
+
+static PyMethodDef map_maker_methods[] = {
+	{"take", (PyCFunction)map_maker_take, METH_NOARGS,
+	 "take() -> int | None: the next map's fd (yours to close), waiting for it without "
+	 "the GIL; None when no more will come (all taken, the thread failed or closed)."},
+	{"close", (PyCFunction)map_maker_close, METH_NOARGS,
+	 "close(): stop making, wait for the thread, close the maps not taken."},
+	{NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef map_maker_getset[] = {
+	{"counts", (getter)map_maker_counts, NULL,
+	 "(made, taken, errno of the failed make or 0), at this moment", NULL},
+	{NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject MapMakerType = {
+	PyVarObject_HEAD_INIT(NULL, 0)
+	.tp_name = "ebpflb._maglevfill.MapMaker",
+	.tp_doc = "MapMaker(*, map_type, key_size, value_size, max_entries, flags, name, count): "
+		  "`count` BPF maps made by a thread of its own, handed out by take().",
+	.tp_basicsize = sizeof(MapMaker),
+	.tp_flags = Py_TPFLAGS_DEFAULT,
+	.tp_new = map_maker_new,
+	.tp_dealloc = (destructor)map_maker_dealloc,
+	.tp_methods = map_maker_methods,
+	.tp_getset = map_maker_getset,
+};
 
 static PyMethodDef maglevfill_methods[] = {
 	{"fill", maglev_fill, METH_VARARGS,
 	 "fill(offsets, skips, size) -> list[int]: the Maglev table, slot -> backend index."},
 	{"fill_ids", maglev_fill_ids, METH_VARARGS,
 	 "fill_ids(offsets, skips, size, ids) -> bytes: ids[index] of each slot, native u32s."},
-	{"make_maps", (PyCFunction)(void (*)(void))maglev_make_maps, METH_VARARGS | METH_KEYWORDS,
-	 "make_maps(*, map_type, key_size, value_size, max_entries, flags, name, count) -> "
-	 "list[int]: the fds of `count` new BPF maps, made without the GIL."},
 	{NULL, NULL, 0, NULL},
 };
 
 static int maglevfill_exec(PyObject *module)
 {
-	if (PyType_Ready(&TableWriterType) < 0)
+	if (PyType_Ready(&TableWriterType) < 0 || PyType_Ready(&MapMakerType) < 0)
 		return -1;
-	return PyModule_AddType(module, &TableWriterType);
+	if (PyModule_AddType(module, &TableWriterType) < 0)
+		return -1;
+	return PyModule_AddType(module, &MapMakerType);
 }
 
 static PyModuleDef_Slot maglevfill_slots[] = {

@@ -21,13 +21,23 @@ class TableWriter:
     ) -> None: ...
     def release(self) -> None: ...
 
-def make_maps(
-    *,
-    map_type: int,
-    key_size: int,
-    value_size: int,
-    max_entries: int,
-    flags: int,
-    name: str,
-    count: int,
-) -> list[int]: ...
+class MapMaker:
+    """`count` BPF maps of one shape, made by a native thread of its own (which never
+    takes the GIL) from the moment it is made; `take` hands them out in order."""
+
+    def __init__(
+        self,
+        *,
+        map_type: int,
+        key_size: int,
+        value_size: int,
+        max_entries: int,
+        flags: int,
+        name: str,
+        count: int,
+    ) -> None: ...
+    @property
+    def counts(self) -> tuple[int, int, int]:
+        """(made, taken, errno of the failed make or 0), at this moment."""
+    def take(self) -> int | None: ...
+    def close(self) -> None: ...

@@ -280,68 +280,67 @@ def _want_of(sid: int, slots: tuple[tuple[IPv4Address, int], ...]) -> list[int]:
     return [100 * sid + i for i in maglev.table([f"{a}:{p}" for a, p in slots], SIZE)]
 
 
-def test_make_maps_makes_maps_of_the_shape_asked() -> None:
-    fds = _maglevfill.make_maps(
+def _maker(count: int, *, value_size: int = 4) -> _maglevfill.MapMaker:
+    return _maglevfill.MapMaker(
         map_type=BPF_MAP_TYPE_ARRAY,
         key_size=4,
-        value_size=4,
+        value_size=value_size,
         max_entries=SIZE,
         flags=TABLE_FLAGS,
         name="ebpflb_mgt_but_longer",
-        count=3,
+        count=count,
     )
+
+
+def test_the_map_maker_makes_maps_of_the_shape_asked() -> None:
+    held = _fds()
+    maker = _maker(3)
+    fds = [maker.take() for _ in range(3)]
+    assert maker.take() is None  # all made and taken: no more will come
+    assert maker.counts == (3, 3, 0)
     try:
-        assert len(set(fds)) == 3
+        assert len({fd for fd in fds if fd is not None}) == 3
         for fd in fds:
+            assert fd is not None
             info = map_info(fd)
-            assert (info.type, info.key_size, info.value_size, info.max_entries) == (
-                BPF_MAP_TYPE_ARRAY,
-                4,
-                4,
-                SIZE,
-            )
-            assert (info.flags, info.name) == (TABLE_FLAGS, "ebpflb_mgt_but_")  # 15 chars
+            shape = (info.type, info.key_size, info.value_size, info.max_entries, info.flags)
+            assert shape == (BPF_MAP_TYPE_ARRAY, 4, 4, SIZE, TABLE_FLAGS)
+            assert info.name == "ebpflb_mgt_but_"  # cut to 15 characters
             assert os.get_inheritable(fd) is False
     finally:
         for fd in fds:
-            os.close(fd)
-    assert (
-        _maglevfill.make_maps(
-            map_type=BPF_MAP_TYPE_ARRAY,
-            key_size=4,
-            value_size=4,
-            max_entries=SIZE,
-            flags=0,
-            name="x",
-            count=0,
-        )
-        == []
-    )
+            if fd is not None:
+                os.close(fd)
+    maker.close()
+    assert _fds() == held
+    assert _maker(0).take() is None
 
 
-def test_make_maps_fails_whole_and_leaves_no_fd() -> None:
+def test_closing_the_map_maker_closes_what_was_not_taken() -> None:
     held = _fds()
-    with pytest.raises(OSError) as failed:
-        _maglevfill.make_maps(
-            map_type=BPF_MAP_TYPE_ARRAY,
-            key_size=4,
-            value_size=0,  # refused by the kernel
-            max_entries=SIZE,
-            flags=0,
-            name="x",
-            count=2,
-        )
-    assert failed.value.errno == errno.EINVAL
+    maker = _maker(5000)
+    first = maker.take()
+    assert first is not None
+    os.close(first)
+    maker.close()  # stops it mid-way: what it made and nobody took is closed
+    made, taken, err = maker.counts
+    assert taken == 1 and 1 <= made <= 5000 and not err
+    assert maker.take() is None
+    maker.close()  # twice is fine
+    assert _fds() == held
+    del maker  # and so is dropping it while it runs
+    _maker(5000)
+    assert _fds() == held
+
+
+def test_a_map_maker_that_fails_hands_out_nothing_more() -> None:
+    held = _fds()
+    maker = _maker(2, value_size=0)  # refused by the kernel
+    assert maker.take() is None
+    assert maker.counts == (0, 0, errno.EINVAL)
+    maker.close()
     with pytest.raises(ValueError, match="0 to"):
-        _maglevfill.make_maps(
-            map_type=BPF_MAP_TYPE_ARRAY,
-            key_size=4,
-            value_size=4,
-            max_entries=SIZE,
-            flags=0,
-            name="x",
-            count=-1,
-        )
+        _maker(-1)
     assert _fds() == held
 
 
@@ -350,37 +349,38 @@ def test_expected_tables_are_made_ahead_and_written(maps: Maps) -> None:
     tables = _tables(maps)
     tables.expect(70)
     assert tables._maker is not None
-    tables._maker[0].join()  # all made: the writes below take only made ones
-    made_ids = {map_info(fd).id for fd in tables._made}
-    assert len(made_ids) == 70
+    maker = tables._maker
     slots = {sid: _backends(sid, 3 + sid % 4) for sid in range(1, 61)}
     for sid, s in slots.items():
         _write(tables, sid, s)
-    assert len(tables._made) == 10
+    assert maker.counts[1] == 60  # every table written was made ahead
     tables.flush()
-    assert _fds() == held  # the 10 not used closed, the 60 written held by the outer map
+    assert tables._maker is None
+    assert _fds() == held  # the ones not used closed, the 60 written held by the outer map
     for sid, s in slots.items():
-        table_id, got = _table_of(maps, sid)
-        assert table_id in made_ids
-        assert got == _want_of(sid, s)
+        assert _table_of(maps, sid)[1] == _want_of(sid, s)
 
 
-def test_flush_stops_the_thread_and_closes_what_it_made(maps: Maps) -> None:
+def test_more_new_tables_than_expected_are_made_by_write(
+    maps: Maps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(maglevtables, "_MAKE_MIN", 4)
     held = _fds()
     tables = _tables(maps)
-    tables.expect(1000)  # many more than written: the thread is likely still at it below
-    _write(tables, 1, _backends(1, 5))
-    tables.flush()  # stops the thread, closes what it made
-    assert tables._maker is None and not tables._made
+    tables.expect(10)
+    for sid in range(1, 31):
+        _write(tables, sid, _backends(sid, 2))
+    tables.flush()
     assert _fds() == held
-    assert _table_of(maps, 1)[1] == _want_of(1, _backends(1, 5))
+    for sid in range(1, 31):
+        assert _table_of(maps, sid)[1] == _want_of(sid, _backends(sid, 2))
 
 
 def test_few_or_no_extension_no_thread(maps: Maps, monkeypatch: pytest.MonkeyPatch) -> None:
     tables = _tables(maps)
     tables.expect(63)
     assert tables._maker is None
-    monkeypatch.setattr(maglevtables, "_make_maps", None)
+    monkeypatch.setattr(maglevtables, "_MapMaker", None)
     tables.expect(1000)
     assert tables._maker is None
 
@@ -389,10 +389,13 @@ def test_made_ahead_no_more_than_may_wait(maps: Maps) -> None:
     tables = _tables(maps, pending_max=100)
     tables.expect(1000)
     assert tables._maker is not None
-    tables._maker[0].join()
-    assert len(tables._made) == 100
+    maker = tables._maker
+    taken = [maker.take() for _ in range(101)]
+    assert taken[-1] is None and maker.counts == (100, 100, 0)
+    for fd in taken:
+        if fd is not None:
+            os.close(fd)
     tables.flush()
-    assert not tables._made
 
 
 def test_without_the_extension_the_tables_are_the_same(
@@ -401,7 +404,7 @@ def test_without_the_extension_the_tables_are_the_same(
     """The Python fill and its copy through a mapping of each table, as a build
     without the extension writes them: new tables and a rewrite in place."""
     monkeypatch.setattr(maglevtables, "_TableWriter", None)
-    monkeypatch.setattr(maglevtables, "_make_maps", None)
+    monkeypatch.setattr(maglevtables, "_MapMaker", None)
     held = _fds()
     tables = _tables(maps)
     assert tables._writer is None

@@ -8,12 +8,14 @@ the kernel about 190 ns per element (a 1021-slot table 0.2 ms, 10,000 tables 2 s
 Measured in the agent's full sync of 10,000 frontends (2-vCPU VM), a new table cost
 ~70 us: map_create ~35 us (the kernel zeroing three fresh pages, which the VM's host
 backs only when first touched), mmap ~10 us, the hashes of the backends' names ~8 us,
-the fill ~3 us. Hence, with ebpflb/_maglevfill.c: a plan's new tables are made ahead
-by a thread that holds no GIL (`MaglevTables.expect`), on the other CPU while this
-one writes; its TableWriter maps each table into a span of address space, stores the
-ids there (no intermediate buffer, no copy) and unmaps a whole span at once. Without
-the extension, each table is made here, filled in Python and copied through an mmap
-of its own.
+the fill ~3 us (in a process whose pages are warm, map_create costs ~4 us). Hence,
+with ebpflb/_maglevfill.c: a plan's new tables are made by a native thread that
+never takes the GIL (`MaglevTables.expect`), on another CPU when one is free, while
+this one writes; its TableWriter maps each table into a span of address space,
+stores the ids there (no intermediate buffer, no copy) and unmaps a whole span at
+once. Without the extension, each table is made here, filled in Python and copied
+through an mmap of its own.
+
 The outer map accepts only inner maps made with its template's flags (ebpflb_mgtmpl
 in bpf/lib/maps.h), hence the _v2 name that came with them: the old ebpflb_mg4 could
 not hold them.
@@ -25,10 +27,7 @@ import ctypes
 import logging
 import os
 import resource
-import threading
 from array import array
-from collections import deque
-from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
 from typing import TYPE_CHECKING
 
@@ -48,19 +47,19 @@ from ebpflb.dataplane.bpf.syscall import (
 )
 
 if TYPE_CHECKING:
-    from ebpflb._maglevfill import TableWriter
+    from ebpflb._maglevfill import MapMaker, TableWriter
 
 # ebpflb/_maglevfill.c's writer and map maker; without the extension (see setup.py),
 # each table is filled in Python and copied through a mapping of its own, and every
 # table is made by the writing thread
 _TableWriter: type[TableWriter] | None
-_make_maps: Callable[..., list[int]] | None
+_MapMaker: type[MapMaker] | None
 try:
     from ebpflb import _maglevfill
 except ImportError:
-    _TableWriter = _make_maps = None
+    _TableWriter = _MapMaker = None
 else:
-    _TableWriter, _make_maps = _maglevfill.TableWriter, _maglevfill.make_maps
+    _TableWriter, _MapMaker = _maglevfill.TableWriter, _maglevfill.MapMaker
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +71,6 @@ _WORDS_PER_SLOT = _STRIDE // 4
 _PENDING_MAX = 8192  # new tables' fds held until they go into the outer map
 _SPAN_BYTES = 4 << 20  # tables' memory mapped at once (their pages count as our RSS)
 _MAKE_MIN = 64  # fewer new tables than this are not worth a thread
-_MAKE_BATCH = 128  # tables made per native call (~1-5 ms) by the thread of `expect`
 
 
 class MaglevTables:
@@ -110,10 +108,8 @@ class MaglevTables:
             pending_max = max(1, min(_PENDING_MAX, limit))
         self.pending_max = pending_max
         self._new: list[tuple[int, int]] = []  # (frontend id, its new table's fd): pending
-        # empty tables made ahead by expect's thread (which appends) for write (which
-        # takes them); the thread and what stops it
-        self._made: deque[int] = deque()
-        self._maker: tuple[threading.Thread, threading.Event] | None = None
+        # the new tables being made ahead by a thread of its own (see expect)
+        self._maker: MapMaker | None = None
         # the extension's writer; without it, a table's memory as _fill lays it out
         self._writer = (
             None
@@ -147,9 +143,8 @@ class MaglevTables:
             finally:
                 os.close(fd)
             return
-        if self._made:
-            fd = self._made.popleft()
-        else:
+        fd = self._maker.take() if self._maker is not None else None
+        if fd is None:
             fd = map_create(BPF_MAP_TYPE_ARRAY, 4, 4, self.size, "ebpflb_mgt", flags=TABLE_FLAGS)
         try:
             self._fill(fd, names, ids)
@@ -173,56 +168,37 @@ class MaglevTables:
             mem[:] = self._image
 
     def expect(self, count: int) -> None:
-        """About `count` new frontends are to be written: make their tables (up to
-        `pending_max`) in a thread beside this one meanwhile, for `write` to take.
+        """About `count` new frontends are to be written: have their tables (up to
+        `pending_max`) made meanwhile by a thread of their own, for `write` to take.
 
         Making a table costs the kernel 5-35 us (its fresh pages, zeroed; the most in
-        a VM that has not touched them yet), the largest part of a new table's write:
-        the thread makes them with the extension's ``make_maps``, which holds no GIL,
-        so they are made on another CPU while this thread writes the backends and
-        the other service entries. `write` takes a made table when there is one and
-        makes its own otherwise; `flush` stops the thread and closes what is left.
-        Without the extension, or for fewer than 64, nothing is made ahead."""
+        a VM whose host backs a page only when it is first touched), the largest part
+        of a new table's write. The extension's MapMaker makes them in a native
+        thread, which never waits for the GIL, so they are made on another CPU (when
+        there is one to spare) while this thread writes the backends and the service
+        entries; `write` takes them in turn, waiting for the next one if it is ahead,
+        and makes its own once the maker is done (or failed). `flush` stops it and
+        closes what was not taken. Without the extension, or for fewer than 64, each
+        table is made by `write`."""
         self._stop_making()
-        if _make_maps is None or count < _MAKE_MIN:
+        if _MapMaker is None or count < _MAKE_MIN:
             return
-        stop = threading.Event()
-        thread = threading.Thread(
-            target=self._make,
-            args=(min(count, self.pending_max), stop),
-            name="ebpflb-maglev-tables",
-            daemon=True,
+        self._maker = _MapMaker(
+            map_type=BPF_MAP_TYPE_ARRAY,
+            key_size=4,
+            value_size=4,
+            max_entries=self.size,
+            flags=TABLE_FLAGS,
+            name="ebpflb_mgt",
+            count=min(count, self.pending_max),
         )
-        self._maker = (thread, stop)
-        thread.start()
-
-    def _make(self, count: int, stop: threading.Event) -> None:
-        """The thread of `expect`: `count` tables, a batch at a time, until stopped."""
-        assert _make_maps is not None
-        try:
-            while count > 0 and not stop.is_set():
-                batch = _make_maps(
-                    map_type=BPF_MAP_TYPE_ARRAY,
-                    key_size=4,
-                    value_size=4,
-                    max_entries=self.size,
-                    flags=TABLE_FLAGS,
-                    name="ebpflb_mgt",
-                    count=min(count, _MAKE_BATCH),
-                )
-                self._made.extend(batch)
-                count -= len(batch)
-        except OSError as exc:  # write makes its own instead, and meets the error there
-            log.debug("Maglev tables: making them ahead stopped: %s", exc)
 
     def _stop_making(self) -> None:
-        if self._maker is not None:
-            thread, stop = self._maker
-            self._maker = None
-            stop.set()
-            thread.join()  # at most one batch (a few ms) to finish
-        while self._made:
-            os.close(self._made.popleft())
+        maker, self._maker = self._maker, None
+        if maker is not None:
+            maker.close()
+            if maker.counts[2]:  # write made its own instead, and met the error there
+                log.debug("making Maglev tables ahead failed: %s", os.strerror(maker.counts[2]))
 
     def flush(self) -> None:
         """End of a write phase: put the new tables into the outer map (one batch, one
