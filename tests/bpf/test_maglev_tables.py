@@ -17,7 +17,6 @@ import pytest
 from ebpflb import _maglevfill, maglev
 from ebpflb.dataplane.bpf import abi, maglevtables
 from ebpflb.dataplane.bpf.bpffs import ensure_pin_dir, remove_legacy_pins
-from ebpflb.dataplane.bpf.ids import backend_key
 from ebpflb.dataplane.bpf.loader import compile_program
 from ebpflb.dataplane.bpf.maglevtables import TABLE_FLAGS, MaglevTables
 from ebpflb.dataplane.bpf.maps import BpfMaps
@@ -262,9 +261,7 @@ def _backends(i: int, n: int) -> tuple[tuple[IPv4Address, int], ...]:
 
 
 def _write(tables: MaglevTables, sid: int, slots: tuple[tuple[IPv4Address, int], ...]) -> None:
-    tables.write(
-        sid, slots, {backend_key(a.packed, p): 100 * sid + j for j, (a, p) in enumerate(slots)}
-    )
+    tables.write(sid, slots, [100 * sid + j for j in range(len(slots))])
 
 
 def _table_of(maps: Maps, sid: int) -> tuple[int, list[int]]:
@@ -447,3 +444,10 @@ def test_the_writer_expects_its_plans_new_tables(
         assert expected == [3, 1]
     finally:
         writer.maps.close()
+
+
+def test_ids_must_match_the_slots(maps: Maps) -> None:
+    tables = _tables(maps)
+    with pytest.raises(ValueError, match="2 backend ids for 3 Maglev slots"):
+        tables.write(1, _backends(1, 3), [1, 2])
+    tables.flush()

@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING
 
 from ebpflb import maglev
 from ebpflb.dataplane.bpf import abi
-from ebpflb.dataplane.bpf.ids import BackendKey, backend_key
 from ebpflb.dataplane.bpf.syscall import (
     BPF_F_INNER_MAP,
     BPF_F_MMAPABLE,
@@ -128,14 +127,16 @@ class MaglevTables:
         self,
         sid: int,
         slots: tuple[tuple[IPv4Address | IPv6Address, int], ...],
-        owned: dict[BackendKey, int],
+        ids: list[int],
     ) -> None:
-        """Fill frontend `sid`'s table from its active backends `slots` (none: nothing
-        to fill; the kernel finds no backend before it looks at a table)."""
+        """Fill frontend `sid`'s table from its active backends `slots`, whose backend
+        ids are `ids` (in the same order; none: nothing to fill, the kernel finds no
+        backend before it looks at a table)."""
         if not slots:
             return
+        if len(ids) != len(slots):
+            raise ValueError(f"{len(ids)} backend ids for {len(slots)} Maglev slots")
         names = [f"{a}:{p}" for a, p in slots]
-        ids = [owned[backend_key(a.packed, p)] for a, p in slots]
         fd = self._held(sid)
         if fd is not None:
             try:

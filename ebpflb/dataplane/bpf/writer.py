@@ -398,7 +398,7 @@ class MapWriter:
             )
             if self.maglev is not None:
                 flags |= _MAGLEV
-                self.maglev.write(sid, st.slots, self.owned(sid, v6=v6))
+                self.maglev.write(sid, st.slots, bids)
             if v6:
                 snat = st.snat_address.packed if st.snat_address else _NO_ADDRESS6
                 svc.values.append(pack_svc6(sid, count, flags, st.affinity_timeout, snat))
