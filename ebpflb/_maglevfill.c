@@ -7,6 +7,7 @@
  * slot of its walk, then the first size % n backends once more (with more backends
  * than slots, the first `size` claim one slot each and the others none).
  *
+ *   walks(names, size) -> (offsets, skips)         each name's walk (blake2b, RFC 7693)
  *   fill(offsets, skips, size) -> list[int]        slot -> index into the backends
  *   fill_ids(offsets, skips, size, ids) -> bytes   ids[index] per slot, native u32s
  *   TableWriter(size=, stride=, spots=).write(fd, offsets, skips, ids)
@@ -166,6 +167,166 @@ static void walks_fill(struct walks *w)
 			claim(w, i);
 	for (uint32_t i = 0; i < rest; i++)
 		claim(w, i);
+}
+
+/* BLAKE2b (RFC 7693), as ebpflb.maglev hashes a backend's name: unkeyed, an 8-byte
+ * digest, a 16-byte salt ("offset" or "skip", zero-padded), no personalisation. With
+ * an 8-byte digest, the digest read as a little-endian integer is h[0]. */
+static const uint64_t blake2b_iv[8] = {
+	0x6a09e667f3bcc908ULL, 0xbb67ae8584caa73bULL, 0x3c6ef372fe94f82bULL,
+	0xa54ff53a5f1d36f1ULL, 0x510e527fade682d1ULL, 0x9b05688c2b3e6c1fULL,
+	0x1f83d9abfb41bd6bULL, 0x5be0cd19137e2179ULL,
+};
+
+static const uint8_t blake2b_sigma[12][16] = {
+	{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+	{14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
+	{11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4},
+	{7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8},
+	{9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13},
+	{2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9},
+	{12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11},
+	{13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10},
+	{6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5},
+	{10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0},
+	{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+	{14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
+};
+
+static inline uint64_t rotr64(uint64_t x, unsigned n)
+{
+	return (x >> n) | (x << (64 - n));
+}
+
+static inline uint64_t load64(const uint8_t *p)
+{
+	uint64_t v = 0;
+
+	for (int i = 7; i >= 0; i--)
+		v = (v << 8) | p[i];
+	return v;
+}
+
+#define G(a, b, c, d, x, y)                     \
+	do {                                    \
+		v[a] = v[a] + v[b] + (x);       \
+		v[d] = rotr64(v[d] ^ v[a], 32); \
+		v[c] = v[c] + v[d];             \
+		v[b] = rotr64(v[b] ^ v[c], 24); \
+		v[a] = v[a] + v[b] + (y);       \
+		v[d] = rotr64(v[d] ^ v[a], 16); \
+		v[c] = v[c] + v[d];             \
+		v[b] = rotr64(v[b] ^ v[c], 63); \
+	} while (0)
+
+/* Compress one 128-byte block into h; `bytes` counted so far, `last` for the final. */
+static void blake2b_compress(uint64_t h[8], const uint8_t block[128], uint64_t bytes, int last)
+{
+	uint64_t m[16], v[16];
+
+	for (int i = 0; i < 16; i++)
+		m[i] = load64(block + 8 * i);
+	for (int i = 0; i < 8; i++) {
+		v[i] = h[i];
+		v[i + 8] = blake2b_iv[i];
+	}
+	v[12] ^= bytes;  /* the counter's high word stays 0: names are short */
+	if (last)
+		v[14] = ~v[14];
+#pragma GCC unroll 12
+	for (int r = 0; r < 12; r++) {
+		const uint8_t *s = blake2b_sigma[r];
+
+		G(0, 4, 8, 12, m[s[0]], m[s[1]]);
+		G(1, 5, 9, 13, m[s[2]], m[s[3]]);
+		G(2, 6, 10, 14, m[s[4]], m[s[5]]);
+		G(3, 7, 11, 15, m[s[6]], m[s[7]]);
+		G(0, 5, 10, 15, m[s[8]], m[s[9]]);
+		G(1, 6, 11, 12, m[s[10]], m[s[11]]);
+		G(2, 7, 8, 13, m[s[12]], m[s[13]]);
+		G(3, 4, 9, 14, m[s[14]], m[s[15]]);
+	}
+	for (int i = 0; i < 8; i++)
+		h[i] ^= v[i] ^ v[i + 8];
+}
+
+#undef G
+
+/* The 8-byte salted digest of `len` bytes at `data`, as an integer (h[0]). */
+static uint64_t blake2b_salted64(const uint8_t *data, size_t len, const uint8_t salt[16])
+{
+	uint64_t h[8];
+	uint8_t block[128];
+
+	memcpy(h, blake2b_iv, sizeof(h));
+	h[0] ^= 0x01010000ULL | 8;  /* digest length 8, no key, fanout 1, depth 1 */
+	h[4] ^= load64(salt);
+	h[5] ^= load64(salt + 8);
+	size_t done = 0;
+	while (len - done > 128) {
+		blake2b_compress(h, data + done, done + 128, 0);
+		done += 128;
+	}
+	memset(block, 0, sizeof(block));
+	memcpy(block, data + done, len - done);
+	blake2b_compress(h, block, len, 1);
+	return h[0];
+}
+
+static const uint8_t salt_offset[16] = "offset";
+static const uint8_t salt_skip[16] = "skip";
+
+/* walks(names, size) -> (offsets, skips): ebpflb.maglev.walks's, hashed here. */
+static PyObject *maglev_walks(PyObject *self, PyObject *args)
+{
+	PyObject *names, *seq, *offsets = NULL, *skips = NULL, *out = NULL;
+	Py_ssize_t size;
+
+	(void)self;
+	if (!PyArg_ParseTuple(args, "On:walks", &names, &size))
+		return NULL;
+	if (size < 2 || (size_t)size > MAX_SIZE) {
+		PyErr_Format(PyExc_ValueError, "Maglev table size must be in [2, %u], not %zd",
+			     MAX_SIZE, size);
+		return NULL;
+	}
+	seq = PySequence_Fast(names, "Maglev names must be a sequence of str");
+	if (!seq)
+		return NULL;
+	Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+	offsets = PyList_New(n);
+	skips = PyList_New(n);
+	if (!offsets || !skips)
+		goto done;
+	for (Py_ssize_t i = 0; i < n; i++) {
+		PyObject *name = PySequence_Fast_GET_ITEM(seq, i);
+		Py_ssize_t len;
+
+		if (!PyUnicode_Check(name)) {
+			PyErr_Format(PyExc_TypeError, "Maglev names must be str, not %.100s",
+				     Py_TYPE(name)->tp_name);
+			goto done;
+		}
+		const char *utf8 = PyUnicode_AsUTF8AndSize(name, &len);  /* as str.encode() */
+		if (!utf8)
+			goto done;
+		uint64_t o = blake2b_salted64((const uint8_t *)utf8, (size_t)len, salt_offset);
+		uint64_t k = blake2b_salted64((const uint8_t *)utf8, (size_t)len, salt_skip);
+		PyObject *ov = PyLong_FromUnsignedLongLong(o % (uint64_t)size);
+		if (!ov)
+			goto done;
+		PyList_SET_ITEM(offsets, i, ov);
+		PyObject *kv = PyLong_FromUnsignedLongLong(k % (uint64_t)(size - 1) + 1);
+		if (!kv)
+			goto done;
+		PyList_SET_ITEM(skips, i, kv);
+	}
+	out = PyTuple_Pack(2, offsets, skips);
+done:
+	Py_XDECREF(offsets);
+	Py_XDECREF(skips);
+	Py_DECREF(seq);
+	return out;
 }
 
 static PyObject *maglev_fill(PyObject *self, PyObject *args)
@@ -669,6 +830,9 @@ static PyTypeObject MapMakerType = {
 };
 
 static PyMethodDef maglevfill_methods[] = {
+	{"walks", maglev_walks, METH_VARARGS,
+	 "walks(names, size) -> (offsets, skips): each backend's walk, from the salted "
+	 "blake2b hashes of its name (ebpflb.maglev.walks)."},
 	{"fill", maglev_fill, METH_VARARGS,
 	 "fill(offsets, skips, size) -> list[int]: the Maglev table, slot -> backend index."},
 	{"fill_ids", maglev_fill_ids, METH_VARARGS,

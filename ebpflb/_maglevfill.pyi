@@ -2,6 +2,7 @@
 
 from collections.abc import Sequence
 
+def walks(names: Sequence[str], size: int, /) -> tuple[list[int], list[int]]: ...
 def fill(offsets: Sequence[int], skips: Sequence[int], size: int, /) -> list[int]: ...
 def fill_ids(
     offsets: Sequence[int], skips: Sequence[int], size: int, ids: Sequence[int], /

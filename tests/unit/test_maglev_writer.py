@@ -34,7 +34,7 @@ def _words(fd: int, size: int, stride: int) -> list[int]:
 
 
 def _want(names: list[str], ids: list[int], size: int) -> list[int]:
-    return [ids[i] for i in maglev._fill(*maglev.walks(names, size), size)]
+    return [ids[i] for i in maglev._fill(*maglev._walks(names, size), size)]
 
 
 def _maps_of(fd: int) -> int:

@@ -6,6 +6,7 @@ Python headers): that is a failure here, not a skip."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 import shutil
 import subprocess
@@ -27,7 +28,7 @@ NAME = st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=24
 
 
 def _python_table(names: list[str], size: int) -> list[int]:
-    return maglev._fill(*maglev.walks(names, size), size)
+    return maglev._fill(*maglev._walks(names, size), size)
 
 
 def _python_ids(names: list[str], ids: list[int], size: int) -> bytes:
@@ -161,7 +162,7 @@ def test_without_the_extension_the_python_fill_gives_the_same(
 
 def test_the_c_fill_is_much_faster() -> None:
     """About 30x on an idle machine; 5x leaves room for a loaded one."""
-    walks = maglev.walks(NAMES[:5], 1021)
+    walks = maglev._walks(NAMES[:5], 1021)
     c = min(timeit.repeat(lambda: _maglevfill.fill(*walks, 1021), number=200, repeat=5))
     py = min(timeit.repeat(lambda: maglev._fill(*walks, 1021), number=20, repeat=5)) * 10
     assert py > 5 * c, (py, c)
@@ -206,3 +207,62 @@ def test_the_images_build_stage_builds_the_extension(tmp_path: Path) -> None:
     (wheel,) = wheels.glob("ebpflb-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert any(n.startswith("ebpflb/_maglevfill.") and n.endswith(".so") for n in names)
+
+
+LONG_NAME = st.text(st.characters(exclude_categories=["Cs"]), min_size=0, max_size=200)
+
+
+@pytest.mark.parametrize("size", maglev.TABLE_SIZES)
+@settings(max_examples=25, deadline=None)
+@given(names=st.lists(LONG_NAME, max_size=12))
+def test_the_c_walks_are_the_python_walks(size: int, names: list[str]) -> None:
+    """Names of 0 to 800 UTF-8 bytes: none, one and several BLAKE2b blocks."""
+    assert _maglevfill.walks(names, size) == maglev._walks(names, size)
+
+
+@pytest.mark.parametrize("length", [0, 1, 127, 128, 129, 255, 256, 257, 1000])
+def test_the_c_walks_at_block_edges(length: int) -> None:
+    names = ["x" * length, "é" * length]
+    assert _maglevfill.walks(names, 1021) == maglev._walks(names, 1021)
+
+
+def test_the_c_walks_are_salted_blake2b() -> None:
+    """hashlib's, written out: an 8-byte digest salted "offset" / "skip", little-endian."""
+    name = "10.244.1.7:8080"
+
+    def h(salt: bytes) -> int:
+        digest = hashlib.blake2b(name.encode(), digest_size=8, salt=salt).digest()
+        return int.from_bytes(digest, "little")
+
+    assert _maglevfill.walks([name], 1021) == ([h(b"offset") % 1021], [h(b"skip") % 1020 + 1])
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "match"),
+    [
+        (([b"x"], 1021), TypeError, "names must be str"),
+        ((5, 1021), TypeError, "sequence of str"),
+        ((["\ud800"], 1021), UnicodeEncodeError, "surrogate"),
+        ((["x"], 1), ValueError, "table size must be in"),
+    ],
+)
+def test_bad_names_are_refused(args: tuple[object, ...], error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        _maglevfill.walks(*args)  # type: ignore[arg-type]
+
+
+def test_maglev_walks_with_and_without_the_extension(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert maglev._native_walks is _maglevfill.walks
+    native = maglev.walks(NAMES[:7], 4093)
+    monkeypatch.setattr(maglev, "_native_walks", None)
+    assert maglev.walks(NAMES[:7], 4093) == native
+    with pytest.raises(UnicodeEncodeError):
+        maglev.walks(["\ud800"], 1021)  # as the C walks refuse it
+
+
+def test_the_c_walks_are_faster() -> None:
+    """About 2x on an idle machine."""
+    names = NAMES[:5]
+    c = min(timeit.repeat(lambda: _maglevfill.walks(names, 1021), number=2000, repeat=5))
+    py = min(timeit.repeat(lambda: maglev._walks(names, 1021), number=2000, repeat=5))
+    assert py > 1.2 * c, (py, c)
