@@ -90,6 +90,8 @@ static __always_inline __u8 *map_srcr6_lookup(struct srcrange6_key *key)
 { return ebpflb_srcr6.lookup(key); }
 static __always_inline __u32 *map_xdpdev_lookup(__u32 *ifindex)
 { return ebpflb_xdpdev.lookup(ifindex); }
+static __always_inline struct xdp4_fib_cache *map_fibc4_lookup(__u32 *slot)
+{ return ebpflb_fibc4.lookup(slot); }
 
 /* Send the IPv4 frame, whose flow is decided, to t: rewritten and redirected when the
  * FIB gives its next hop (*ifindex), else rewritten and handed to the stack. */

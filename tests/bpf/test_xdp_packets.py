@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
+import os
 import secrets
 import struct
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -134,6 +137,7 @@ def listed(maps: Maps, fib_ns: str) -> int:
 @pytest.fixture
 def run_xdp(xdp: LoadedXdp, fib_ns: str, maps: Maps) -> RunXdp:
     write_targets(maps.pin_dir, [])
+    xdp.bpf[b"ebpflb_fibc4"].clear()  # the kept look-ups of earlier tests, this tick
 
     def run(frame: bytes) -> TestRunResult:
         result = _in_ns(fib_ns, prog_test_run, xdp.fd, frame)
@@ -233,8 +237,11 @@ def test_udp_zero_checksum_stays_zero(maps: Maps, run_xdp: RunXdp, listed: int) 
     assert pk.checksum_errors(res.data) == []
 
 
-def test_unlisted_interface_goes_translated_to_the_stack(maps: Maps, run_xdp: RunXdp) -> None:
-    """No redirect target listed (a native veth): translated, TTL and MACs untouched."""
+def test_unlisted_interface_goes_translated_to_the_stack(
+    maps: Maps, run_xdp: RunXdp, xdp: LoadedXdp
+) -> None:
+    """No redirect target listed (a native veth): translated, TTL and MACs untouched,
+    the next frame too, from the kept look-up."""
     add_nodeport(maps, {21: (POD_REMOTE, 8080)})
     frame = pk.frame(CLIENT_FLOW)
     res = run_xdp(frame)
@@ -244,6 +251,85 @@ def test_unlisted_interface_goes_translated_to_the_stack(maps: Maps, run_xdp: Ru
     assert pk.checksum_errors(res.data) == [] and ttl(res.data) == 64
     assert res.data[:12] == frame[:12]
     assert maps.gstat_value(abi.GlobalStat.XDP_FIB_PASS) == 1
+    assert [k.ifindex for k in kept_lookups(xdp)] == [0]
+    res = run_xdp(pk.frame(CLIENT_FLOW, tcp_flags=pk.TCP_ACK))
+    assert res.retval == XDP_PASS and ttl(res.data) == 64
+    assert maps.gstat_value(abi.GlobalStat.XDP_FIB_PASS) == 2
+
+
+def kept_lookups(xdp: LoadedXdp) -> list[Any]:
+    """The IPv4 FIB look-ups the program keeps (ebpflb_fibc4), over every CPU."""
+    table = xdp.bpf[b"ebpflb_fibc4"]
+    return [v for per_cpu in table.values() for v in per_cpu if v.jiffies]
+
+
+def _mac(text: str) -> bytes:
+    return bytes.fromhex(text.replace(":", ""))
+
+
+def test_fib_answer_is_kept_for_the_next_frames(
+    maps: Maps, run_xdp: RunXdp, listed: int, xdp: LoadedXdp
+) -> None:
+    """The look-up's answer is kept per CPU for the tick it was made in: the flow's
+    next frames (and its reply's, a look-up of their own) leave by the same hop."""
+    add_nodeport(maps, {21: (POD_REMOTE, 8080)})
+    first = run_xdp(pk.frame(CLIENT_FLOW))
+    kept = kept_lookups(xdp)
+    assert [(k.ifindex, bytes(k.dmac), bytes(k.smac)) for k in kept] == [
+        (listed, _mac(ROUTER_MAC), _mac("02:00:00:00:00:01"))
+    ]
+    assert kept[0].t.daddr == int.from_bytes(ipaddress.IPv4Address(POD_REMOTE).packed, "little")
+    for _ in range(3):
+        res = run_xdp(pk.frame(CLIENT_FLOW, tcp_flags=pk.TCP_ACK))
+        assert res.retval == XDP_REDIRECT and res.data[:12] == first.data[:12]
+        assert pk.checksum_errors(res.data) == [] and ttl(res.data) == 63
+    reply = pk.Flow(pk.TCP, POD_REMOTE, NODE, 8080, pk.parse(first.data).sport)
+    res = run_xdp(pk.frame(reply, tcp_flags=pk.TCP_ACK))
+    assert res.retval == XDP_REDIRECT and macs(res.data)[0] == CLIENT_MAC
+
+
+def test_frame_longer_than_the_kept_one_is_looked_up_again(
+    maps: Maps, run_xdp: RunXdp, listed: int, fib_ns: str, xdp: LoadedXdp
+) -> None:
+    """A kept answer holds for frames up to the length it was looked up with: a longer
+    one is looked up again, and one over the path's MTU is the stack's (ICMP)."""
+    add_nodeport(maps, {21: (POD_REMOTE, 5353)}, proto=pk.UDP)
+    flow = pk.Flow(pk.UDP, CLIENT, NODE, 40000, NODE_PORT)
+
+    def both() -> tuple[TestRunResult, TestRunResult]:  # back to back: the same tick
+        return prog_test_run(xdp.fd, pk.frame(flow, b"q")), prog_test_run(
+            xdp.fd, pk.frame(flow, b"q" * 1600)
+        )
+
+    small, big = _in_ns(fib_ns, both)  # type: ignore[misc]
+    assert small.retval == XDP_REDIRECT
+    assert big.retval == XDP_PASS and ttl(big.data) == 64
+    assert pk.parse(big.data).daddr == POD_REMOTE
+    assert maps.gstat_value(abi.GlobalStat.XDP_FIB_PASS) == 1
+
+
+def test_neighbour_change_reaches_xdp_a_tick_later(
+    maps: Maps, run_xdp: RunXdp, listed: int, fib_ns: str, xdp: LoadedXdp
+) -> None:
+    """On one CPU (the cache is per CPU), a kept answer is not used past its tick."""
+    add_nodeport(maps, {21: (POD_REMOTE, 8080)})
+
+    def on_cpu0(frame: bytes) -> TestRunResult:
+        os.sched_setaffinity(0, {0})  # this thread only
+        return prog_test_run(xdp.fd, frame)
+
+    first = _in_ns(fib_ns, on_cpu0, pk.frame(CLIENT_FLOW))
+    assert isinstance(first, TestRunResult) and macs(first.data)[0] == ROUTER_MAC
+    moved = "02:00:00:00:00:22"
+    _ip(fib_ns, "neigh", "replace", ROUTER, "lladdr", moved, "dev", "up0", "nud", "permanent")
+    try:
+        time.sleep(0.05)  # 12 ticks at HZ=250, 50 at 1000
+        res = _in_ns(fib_ns, on_cpu0, pk.frame(CLIENT_FLOW, tcp_flags=pk.TCP_ACK))
+        assert isinstance(res, TestRunResult)
+        assert res.retval == XDP_REDIRECT and macs(res.data)[0] == moved
+    finally:
+        _ip(fib_ns, "neigh", "replace", ROUTER, "lladdr", ROUTER_MAC, "dev", "up0", "nud",
+            "permanent")  # fmt: skip
 
 
 def test_no_neighbour_goes_translated_to_the_stack(
