@@ -179,8 +179,9 @@ class MaglevTables:
         there is one to spare) while this thread writes the backends and the service
         entries; `write` takes them in turn, waiting for the next one if it is ahead,
         and makes its own once the maker is done (or failed). `flush` stops it and
-        closes what was not taken. Without the extension, or for fewer than 64, each
-        table is made by `write`."""
+        closes what was not taken (a plan that fails before its flush leaves that to
+        the next `expect` or `flush`). Without the extension, or for fewer than 64,
+        each table is made by `write`."""
         self._stop_making()
         if _MapMaker is None or count < _MAKE_MIN:
             return
