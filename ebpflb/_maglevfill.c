@@ -635,7 +635,8 @@ static PyTypeObject TableWriterType = {
 };
 
 /* MapMaker: `count` BPF maps of one shape, made by a thread of its own (a pthread that
- * never takes the GIL) while the caller goes on, and handed out by take().
+ * never takes the GIL) while the caller goes on, and handed out by take(); at most
+ * `ahead` made and not taken at a time (each holds an fd).
  *
  * A plan's new Maglev tables cost the kernel 5-35 us each (most of it the first
  * touch of their fresh pages), which another CPU can spend while the writing thread
@@ -648,12 +649,14 @@ typedef struct {
 	PyObject_HEAD
 	pthread_mutex_t lock;
 	pthread_cond_t ready;  /* signalled when a map is made and when the thread ends */
+	pthread_cond_t room;   /* signalled when a map is taken and when asked to stop */
 	pthread_t thread;
 	union bpf_attr attr;   /* the maps' shape: BPF_MAP_CREATE's attributes */
 	int *fds;              /* count: the maps made, in order */
 	Py_ssize_t count;      /* maps to make */
 	Py_ssize_t made;       /* maps made so far (fds[0..made)) */
 	Py_ssize_t taken;      /* maps handed out so far (fds[0..taken)) */
+	Py_ssize_t ahead;      /* most maps made and not taken at a time (fds held) */
 	int started;           /* the thread runs or ran (to be joined) */
 	int stop;              /* asked to stop before `count` */
 	int done;              /* the thread is finished making */
@@ -667,6 +670,10 @@ static void *map_maker_run(void *arg)
 
 	pthread_mutex_lock(&self->lock);
 	while (!self->stop && self->made < self->count) {
+		if (self->made - self->taken >= self->ahead) {
+			pthread_cond_wait(&self->room, &self->lock);
+			continue;
+		}
 		pthread_mutex_unlock(&self->lock);
 		long fd = syscall(__NR_bpf, BPF_MAP_CREATE, &self->attr, sizeof(self->attr));
 		int err = fd < 0 ? errno : 0;
@@ -692,6 +699,7 @@ static void map_maker_stop(MapMaker *self)
 	pthread_mutex_lock(&self->lock);
 	self->stop = 1;
 	self->closed = 1;  /* from now on take() hands out nothing */
+	pthread_cond_broadcast(&self->room);
 	pthread_mutex_unlock(&self->lock);
 	Py_BEGIN_ALLOW_THREADS
 	pthread_join(self->thread, NULL);  /* at most one make to finish */
@@ -703,19 +711,24 @@ static void map_maker_stop(MapMaker *self)
 
 static PyObject *map_maker_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-	static char *kwlist[] = {"map_type", "key_size", "value_size", "max_entries",
-				 "flags",    "name",     "count",      NULL};
+	static char *kwlist[] = {"map_type", "key_size", "value_size", "max_entries", "flags",
+				 "name",     "count",    "ahead",      NULL};
 	unsigned int map_type, key_size, value_size, max_entries, flags;
 	const char *name;
-	Py_ssize_t name_len, count;
+	Py_ssize_t name_len, count, ahead;
 
-	if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$IIIIIs#n:MapMaker", kwlist, &map_type,
+	if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$IIIIIs#nn:MapMaker", kwlist, &map_type,
 					 &key_size, &value_size, &max_entries, &flags, &name,
-					 &name_len, &count))
+					 &name_len, &count, &ahead))
 		return NULL;
 	if (count < 0 || count > (1 << 20)) {
 		PyErr_Format(PyExc_ValueError, "a MapMaker makes 0 to %d maps, not %zd", 1 << 20,
 			     count);
+		return NULL;
+	}
+	if (ahead < 1) {
+		PyErr_Format(PyExc_ValueError, "a MapMaker keeps at least 1 map ahead, not %zd",
+			     ahead);
 		return NULL;
 	}
 	MapMaker *self = (MapMaker *)type->tp_alloc(type, 0);
@@ -723,7 +736,9 @@ static PyObject *map_maker_new(PyTypeObject *type, PyObject *args, PyObject *kwa
 		return NULL;
 	pthread_mutex_init(&self->lock, NULL);
 	pthread_cond_init(&self->ready, NULL);
+	pthread_cond_init(&self->room, NULL);
 	self->count = count;
+	self->ahead = ahead;
 	self->fds = PyMem_New(int, count ? count : 1);
 	if (!self->fds) {
 		Py_DECREF(self);
@@ -758,6 +773,7 @@ static void map_maker_dealloc(MapMaker *self)
 	map_maker_stop(self);
 	PyMem_Free(self->fds);
 	pthread_cond_destroy(&self->ready);
+	pthread_cond_destroy(&self->room);
 	pthread_mutex_destroy(&self->lock);
 	Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -771,8 +787,10 @@ static PyObject *map_maker_take(MapMaker *self, PyObject *unused)
 	pthread_mutex_lock(&self->lock);
 	while (self->taken == self->made && !self->done)
 		pthread_cond_wait(&self->ready, &self->lock);
-	if (self->taken < self->made && !self->closed)
+	if (self->taken < self->made && !self->closed) {
 		fd = self->fds[self->taken++];
+		pthread_cond_signal(&self->room);
+	}
 	pthread_mutex_unlock(&self->lock);
 	Py_END_ALLOW_THREADS
 	if (fd < 0)
@@ -819,8 +837,9 @@ static PyGetSetDef map_maker_getset[] = {
 static PyTypeObject MapMakerType = {
 	PyVarObject_HEAD_INIT(NULL, 0)
 	.tp_name = "ebpflb._maglevfill.MapMaker",
-	.tp_doc = "MapMaker(*, map_type, key_size, value_size, max_entries, flags, name, count): "
-		  "`count` BPF maps made by a thread of its own, handed out by take().",
+	.tp_doc = "MapMaker(*, map_type, key_size, value_size, max_entries, flags, name, count, "
+		  "ahead): `count` BPF maps made by a thread of its own (at most `ahead` of "
+		  "take()), handed out by take().",
 	.tp_basicsize = sizeof(MapMaker),
 	.tp_flags = Py_TPFLAGS_DEFAULT,
 	.tp_new = map_maker_new,

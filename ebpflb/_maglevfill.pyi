@@ -24,7 +24,8 @@ class TableWriter:
 
 class MapMaker:
     """`count` BPF maps of one shape, made by a native thread of its own (which never
-    takes the GIL) from the moment it is made; `take` hands them out in order."""
+    takes the GIL) from the moment it is made, at most `ahead` of `take`, which hands
+    them out in order."""
 
     def __init__(
         self,
@@ -36,6 +37,7 @@ class MapMaker:
         flags: int,
         name: str,
         count: int,
+        ahead: int,
     ) -> None: ...
     @property
     def counts(self) -> tuple[int, int, int]:

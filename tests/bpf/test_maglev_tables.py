@@ -9,6 +9,7 @@ import ctypes
 import errno
 import mmap
 import os
+import time
 from array import array
 from ipaddress import IPv4Address
 
@@ -277,7 +278,7 @@ def _want_of(sid: int, slots: tuple[tuple[IPv4Address, int], ...]) -> list[int]:
     return [100 * sid + i for i in maglev.table([f"{a}:{p}" for a, p in slots], SIZE)]
 
 
-def _maker(count: int, *, value_size: int = 4) -> _maglevfill.MapMaker:
+def _maker(count: int, *, value_size: int = 4, ahead: int = 8192) -> _maglevfill.MapMaker:
     return _maglevfill.MapMaker(
         map_type=BPF_MAP_TYPE_ARRAY,
         key_size=4,
@@ -286,6 +287,7 @@ def _maker(count: int, *, value_size: int = 4) -> _maglevfill.MapMaker:
         flags=TABLE_FLAGS,
         name="ebpflb_mgt_but_longer",
         count=count,
+        ahead=ahead,
     )
 
 
@@ -338,6 +340,38 @@ def test_a_map_maker_that_fails_hands_out_nothing_more() -> None:
     maker.close()
     with pytest.raises(ValueError, match="0 to"):
         _maker(-1)
+    with pytest.raises(ValueError, match="at least 1 map ahead"):
+        _maker(1, ahead=0)
+    assert _fds() == held
+
+
+def _stays_at(maker: _maglevfill.MapMaker, want: tuple[int, int, int]) -> bool:
+    """The maker's counts reach `want` (within 2 s) and are still `want` 50 ms later:
+    it waits for room instead of making more."""
+    for _ in range(200):
+        if maker.counts == want:
+            time.sleep(0.05)
+            return maker.counts == want
+        time.sleep(0.01)
+    return False
+
+
+def test_the_map_maker_keeps_no_more_than_ahead_untaken() -> None:
+    held = _fds()
+    maker = _maker(100, ahead=10)
+    assert _stays_at(maker, (10, 0, 0))
+    taken = [maker.take() for _ in range(4)]
+    assert _stays_at(maker, (14, 4, 0))  # made as many more as were taken
+    taken += [maker.take() for _ in range(96)]
+    assert maker.take() is None and maker.counts == (100, 100, 0)
+    assert None not in taken and len(set(taken)) == 100
+    for fd in taken:
+        if fd is not None:
+            os.close(fd)
+    stalled = _maker(100, ahead=10)
+    assert _stays_at(stalled, (10, 0, 0))
+    stalled.close()  # stops it while it waits for room
+    assert stalled.counts[:2] == (10, 0)
     assert _fds() == held
 
 
@@ -383,16 +417,14 @@ def test_few_or_no_extension_no_thread(maps: Maps, monkeypatch: pytest.MonkeyPat
 
 
 def test_made_ahead_no_more_than_may_wait(maps: Maps) -> None:
+    """Every expected table is made, but no more than pending_max at a time wait to be
+    taken (each holds an fd, as many as the new tables waiting for the outer map)."""
     tables = _tables(maps, pending_max=100)
     tables.expect(1000)
     assert tables._maker is not None
-    maker = tables._maker
-    taken = [maker.take() for _ in range(101)]
-    assert taken[-1] is None and maker.counts == (100, 100, 0)
-    for fd in taken:
-        if fd is not None:
-            os.close(fd)
+    assert _stays_at(tables._maker, (100, 0, 0))
     tables.flush()
+    assert tables._maker is None
 
 
 def test_without_the_extension_the_tables_are_the_same(

@@ -169,8 +169,9 @@ class MaglevTables:
             mem[:] = self._image
 
     def expect(self, count: int) -> None:
-        """About `count` new frontends are to be written: have their tables (up to
-        `pending_max`) made meanwhile by a thread of their own, for `write` to take.
+        """About `count` new frontends are to be written: have their tables made
+        meanwhile by a thread of their own (at most `pending_max` ahead of `write`,
+        each holding an fd), for `write` to take.
 
         Making a table costs the kernel 5-35 us (its fresh pages, zeroed; the most in
         a VM whose host backs a page only when it is first touched), the largest part
@@ -192,7 +193,8 @@ class MaglevTables:
             max_entries=self.size,
             flags=TABLE_FLAGS,
             name="ebpflb_mgt",
-            count=min(count, self.pending_max),
+            count=count,
+            ahead=self.pending_max,
         )
 
     def _stop_making(self) -> None:
