@@ -105,7 +105,8 @@ def frontend_order(fe: Frontend) -> tuple[int, int, int, str]:
     return (fe.address.version, int(fe.address), fe.port, fe.protocol)
 
 
-_READY, _SERVING, _TERMINATING = 4, 2, 1  # Backend's conditions, in their order
+# Backend.conditions' bits, in the order they compare (ready first)
+READY, SERVING, TERMINATING = 4, 2, 1
 # (node, zone, for_zones, for_nodes) -> that tuple: shared by every backend of one place
 _places: dict[tuple[str | None, str | None, tuple[str, ...], tuple[str, ...]], object] = {}
 _PLACES_MAX = 4096  # bounded: when full it starts again (sharing less, never wrongly)
@@ -122,12 +123,12 @@ class Backend:
     small int, and node, zone and hints in one tuple, shared by the backends of a place.
     """
 
-    __slots__ = ("_flags", "_place", "address", "port")
+    __slots__ = ("_place", "address", "conditions", "port")
     __match_args__ = ("address", "port", "ready", "serving", "terminating")
 
     address: IPAddress
     port: int
-    _flags: int
+    conditions: int  # READY | SERVING | TERMINATING bits: one attribute read for all
     _place: tuple[str | None, str | None, tuple[str, ...], tuple[str, ...]] | None
 
     def __init__(
@@ -142,7 +143,7 @@ class Backend:
         for_zones: tuple[str, ...] = (),
         for_nodes: tuple[str, ...] = (),
     ) -> None:
-        flags = (_READY if ready else 0) | (_SERVING if serving else 0)
+        flags = (READY if ready else 0) | (SERVING if serving else 0)
         place = (node, zone, for_zones, for_nodes)
         if place == _NOWHERE:
             shared = None
@@ -155,20 +156,20 @@ class Backend:
         setter = object.__setattr__
         setter(self, "address", address)
         setter(self, "port", port)
-        setter(self, "_flags", flags | (_TERMINATING if terminating else 0))
+        setter(self, "conditions", flags | (TERMINATING if terminating else 0))
         setter(self, "_place", shared)
 
     @property
     def ready(self) -> bool:
-        return bool(self._flags & _READY)
+        return bool(self.conditions & READY)
 
     @property
     def serving(self) -> bool:
-        return bool(self._flags & _SERVING)
+        return bool(self.conditions & SERVING)
 
     @property
     def terminating(self) -> bool:
-        return bool(self._flags & _TERMINATING)
+        return bool(self.conditions & TERMINATING)
 
     @property
     def node(self) -> str | None:
@@ -192,7 +193,7 @@ class Backend:
 
     def _order(self) -> tuple[IPAddress, int, int]:
         # (ready, serving, terminating) compare as the flags' int does, bit by bit
-        return (self.address, self.port, self._flags)
+        return (self.address, self.port, self.conditions)
 
     def __eq__(self, other: object) -> bool:
         if other.__class__ is not Backend:

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 from itertools import chain, repeat
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any, NamedTuple
 
 from ebpflb.model import (
+    READY,
+    TERMINATING,
     DesiredState,
     Frontend,
     FrontendKey,
@@ -61,6 +64,10 @@ def backend_order(b: BackendState) -> tuple[int, int, int, bool, bool]:
 
 
 _backend_key = itemgetter(0, 1)  # BackendState.key, in C
+# An address' number, read in C: int() and ipaddress' comparisons are Python calls
+# (two addresses of one class compare as their numbers do).
+_ip_of = attrgetter("_ip")
+_READY_TERMINATING = READY | TERMINATING  # from_entry's one pass: ready, not terminating
 _active, _terminating = itemgetter(2), itemgetter(3)  # BackendState's flags, in C
 
 
@@ -216,18 +223,20 @@ class FrontendState:
         # de-duplicating. One pass that checks and builds the flat store (an address
         # compares with one Python call, where its version and int() took two).
         flat: list[Any] = []
-        last: IPAddress | None = None
-        last_port = 0
+        family: type | None = None  # of the last backend, and its number and port
+        last_ip = last_port = 0
         for b in entry.backends:
             address, port = b.address, b.port
-            if not b.ready or b.terminating:
-                break
-            if last is not None and not (
-                address.__class__ is last.__class__
-                and (last < address or (port > last_port and last == address))  # type: ignore[operator]
+            ip = _ip_of(address)
+            if b.conditions & _READY_TERMINATING != READY or (
+                family is not None
+                and not (
+                    address.__class__ is family
+                    and (last_ip < ip or (ip == last_ip and port > last_port))
+                )
             ):
                 break
-            last, last_port = address, port
+            family, last_ip, last_port = address.__class__, ip, port
             flat += (address, port)
         else:
             state = object.__new__(cls)
@@ -517,26 +526,35 @@ def _held_as_built(entry: ServiceEntry, have: FrontendState) -> bool:
         and entry.source_ranges == have.source_ranges
         and entry.drop_when_empty == have.drop_when_empty
     ):
-        last: IPAddress | None = None
-        last_port = 0
+        family: type | None = None  # as in from_entry's one pass
+        last_ip = last_port = 0
         # lengths checked above
         for b, held_address, held_port in zip(backends, held[::2], held[1::2], strict=True):
             address, port = b.address, b.port
+            ip = _ip_of(address)
             if (
-                not b.ready
-                or b.terminating
+                b.conditions & _READY_TERMINATING != READY
                 or (
-                    last is not None
+                    family is not None
                     and not (
-                        address.__class__ is last.__class__
-                        and (last < address or (port > last_port and last == address))  # type: ignore[operator]
+                        address.__class__ is family
+                        and (last_ip < ip or (ip == last_ip and port > last_port))
                     )
                 )
                 or port != held_port
-                or (address is not held_address and address != held_address)
+                or (
+                    address is not held_address
+                    # IPv4 by number; IPv6 by ipaddress, which also compares scope ids
+                    and not (
+                        address.__class__ is IPv4Address
+                        and held_address.__class__ is IPv4Address
+                        and _ip_of(held_address) == ip
+                    )
+                    and address != held_address
+                )
             ):
                 break
-            last, last_port = address, port
+            family, last_ip, last_port = address.__class__, ip, port
         else:
             return True
     return FrontendState.from_entry(entry) == have

@@ -14,6 +14,7 @@ from ebpflb.model import (
     Backend,
     DesiredState,
     Frontend,
+    IPAddress,
     Protocol,
     ServiceEntry,
     ServicePortName,
@@ -50,6 +51,10 @@ def _general(entry: ServiceEntry) -> FrontendState:
         entry.source_ranges,
         entry.drop_when_empty,
     )
+
+
+def _copy(address: IPAddress) -> IPAddress:
+    return ipaddress.ip_address(str(address))
 
 
 def _entry(backends: tuple[Backend, ...]) -> ServiceEntry:
@@ -89,25 +94,34 @@ def test_the_cases_the_one_pass_path_leaves_to_the_general_rule() -> None:
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.lists(backend_st, max_size=5), st.lists(st.sampled_from(["ready", "term", ""])))
+@given(
+    st.lists(backend_st, max_size=5),
+    st.lists(st.sampled_from(["ready", "term", "port", "address", ""]), min_size=5, max_size=5),
+)
 def test_a_held_state_stands_for_the_entry_only_when_it_is_as_built(
     backends: list[Backend], flips: list[str]
 ) -> None:
     """desired_frontends passes a held state over without building the entry's only
     when building it gives an equal state: held states that differ from the entry's by
-    one flag (as read back from the maps, or as built) are never taken for it."""
+    a flag, a port or an address (as read back from the maps, or as built) are never
+    taken for it."""
     family = backends[0].address.version if backends else 4
     backends = sorted(b for b in backends if b.address.version == family)
     flip = {
         "ready": lambda b: b.replace(ready=not b.ready),
         "term": lambda b: b.replace(terminating=not b.terminating),
+        "port": lambda b: b.replace(port=b.port + 1),
+        "address": lambda b: b.replace(address=b.address + 1),
         "": lambda b: b,
     }
-    changed = [flip[f](b) for b, f in zip(backends, flips + [""] * len(backends), strict=False)]
+    changed = [flip[f](b) for b, f in zip(backends, flips, strict=False)]
     entry = _entry(tuple(backends))
     want = FrontendState.from_entry(entry)
     for held in (FrontendState.from_entry(_entry(tuple(changed))), want):
-        read_back = FrontendState(held.frontend, held.port_name, held.backends, held.slots)
+        # as read back from the maps: other address objects, equal to the entry's
+        copied = tuple(b._replace(address=_copy(b.address)) for b in held.backends)
+        slots = tuple((_copy(a), p) for a, p in held.slots)
+        read_back = FrontendState(held.frontend, held.port_name, copied, slots)
         for have in (held, read_back.replace(affinity_timeout=held.affinity_timeout)):
             got = desired_frontends(DesiredState.build([entry]), {entry.frontend.key: have})
             assert got[entry.frontend.key] == want
