@@ -92,6 +92,8 @@ static __always_inline __u32 *map_xdpdev_lookup(__u32 *ifindex)
 { return ebpflb_xdpdev.lookup(ifindex); }
 static __always_inline struct xdp4_fib_cache *map_fibc4_lookup(__u32 *slot)
 { return ebpflb_fibc4.lookup(slot); }
+static __always_inline struct xdp6_fib_cache *map_fibc6_lookup(__u32 *slot)
+{ return ebpflb_fibc6.lookup(slot); }
 
 /* Send the IPv4 frame, whose flow is decided, to t: rewritten and redirected when the
  * FIB gives its next hop (*ifindex), else rewritten and handed to the stack. */

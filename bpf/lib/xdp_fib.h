@@ -6,11 +6,12 @@
  * does a next hop out of an interface ebpflb_xdpdev does not list: the agent lists only
  * those a redirected frame reaches (ebpflb/dataplane/bpf/xdp.py says which).
  *
- * An IPv4 look-up's answer is kept per CPU for the rest of the jiffy it was made in
+ * A look-up's answer is kept per CPU for the rest of the jiffy it was made in
  * (ebpflb_fibc4): bpf_fib_lookup is half of a translated frame's cost (~220 of ~410 ns
- * in BPF_PROG_TEST_RUN here, the cached answer ~20), and a flow's frames come in
+ * in BPF_PROG_TEST_RUN here, the kept answer ~20), and a flow's frames come in
  * bursts. So a route, neighbour or ebpflb_xdpdev change reaches XDP at most one tick
- * (1/HZ: 4 ms at HZ=250) late; a failed look-up is never kept. IPv6 looks up per frame. */
+ * (1/HZ: 4 ms at HZ=250) late; a failed look-up is never kept. IPv6 likewise
+ * (ebpflb_fibc6). */
 #ifndef EBPFLB_XDP_FIB_H
 #define EBPFLB_XDP_FIB_H
 
@@ -38,35 +39,74 @@ static __always_inline int xdp_fib_usable(long ret, struct bpf_fib_lookup *fib)
 	return 1;
 }
 
+/* A kept look-up's answer. */
+struct xdp_fib_answer {
+	__u32 ifindex;		/* the next hop's interface; 0: not usable, to the stack */
+	__u8 dmac[ETH_ALEN];	/* the next hop's Ethernet address */
+	__u8 smac[ETH_ALEN];	/* ifindex's own */
+};
+
 /* One kept IPv4 look-up: its inputs (the translated tuple, protocol, ingress
  * interface, and the frame length that fitted the path's MTU) and its answer. */
 struct xdp4_fib_cache {
 	__u64 jiffies;		/* bpf_jiffies64() at the look-up; 0: empty */
 	struct xdp4_tuple t;	/* the addresses and ports looked up */
 	__u32 ingress;		/* the frame's ingress ifindex */
-	__u32 ifindex;		/* the next hop's interface; 0: not usable, to the stack */
-	__u16 ip_len;		/* IP length of the frame looked up: no longer one re-looks up */
+	__u16 ip_len;		/* IP length of the frame looked up: a longer one looks up */
 	__u8 proto;		/* IP4_PROTO_TCP or IP4_PROTO_UDP */
 	__u8 pad;
-	__u8 dmac[ETH_ALEN];	/* the next hop's Ethernet address */
-	__u8 smac[ETH_ALEN];	/* ifindex's own */
+	struct xdp_fib_answer a;
+};
+
+/* As xdp4_fib_cache, for IPv6. */
+struct xdp6_fib_cache {
+	__u64 jiffies;
+	struct xdp6_tuple t;
+	__u32 ingress;
+	__u16 ip_len;
+	__u8 proto;
+	__u8 pad;
+	struct xdp_fib_answer a;
 };
 
 #ifndef XDP_FIB_CACHE_SLOTS
-#define XDP_FIB_CACHE_SLOTS 256	/* kept look-ups per CPU, direct-mapped (a power of 2) */
+#define XDP_FIB_CACHE_SLOTS 256	/* kept look-ups per CPU and family, direct-mapped (2^n) */
 #endif
 
-/* slot (a hash of the tuple) -> per CPU, the last IPv4 look-up that hashed there. A
- * cache, never pinned: each load starts it empty. XDP only: declared here, not in
- * maps.h, as ebpflb_tc.c has no use for it. */
+/* slot (a hash of the tuple) -> per CPU, the last look-up that hashed there. Caches,
+ * never pinned: each load starts them empty. XDP only: declared here, not in maps.h,
+ * as ebpflb_tc.c has no use for them. */
 BPF_PERCPU_ARRAY(ebpflb_fibc4, struct xdp4_fib_cache, XDP_FIB_CACHE_SLOTS);
+BPF_PERCPU_ARRAY(ebpflb_fibc6, struct xdp6_fib_cache, XDP_FIB_CACHE_SLOTS);
 static __always_inline struct xdp4_fib_cache *map_fibc4_lookup(__u32 *slot);
+static __always_inline struct xdp6_fib_cache *map_fibc6_lookup(__u32 *slot);
 
-static __always_inline __u32 xdp4_fib_slot(const struct xdp4_tuple *t, __u8 proto)
+static __always_inline __u32 xdp_fib_slot(__u32 h)
 {
-	__u32 h = t->saddr ^ t->daddr ^ (((__u32)t->sport << 16) | t->dport) ^ proto;
-
 	return (h * 0x9e3779b1) >> 16 & (XDP_FIB_CACHE_SLOTS - 1);
+}
+
+/* A kept answer as a look-up's: 1 when the frame can be forwarded from here. */
+static __always_inline int xdp_fib_reuse(const struct xdp_fib_answer *a,
+					 struct bpf_fib_lookup *fib)
+{
+	if (!a->ifindex) {
+		stats_global_inc(GSTAT_XDP_FIB_PASS);
+		return 0;
+	}
+	fib->ifindex = a->ifindex;
+	__builtin_memcpy(fib->dmac, a->dmac, ETH_ALEN);
+	__builtin_memcpy(fib->smac, a->smac, ETH_ALEN);
+	return 1;
+}
+
+/* Keep a successful look-up's answer (usable: whether its interface may take it). */
+static __always_inline void xdp_fib_keep(struct xdp_fib_answer *a,
+					 const struct bpf_fib_lookup *fib, int usable)
+{
+	a->ifindex = usable ? fib->ifindex : 0;
+	__builtin_memcpy(a->dmac, fib->dmac, ETH_ALEN);
+	__builtin_memcpy(a->smac, fib->smac, ETH_ALEN);
 }
 
 /* Whether c holds this tick's look-up of t from ingress, for a frame of ip_len. */
@@ -87,7 +127,8 @@ static __always_inline int xdp4_fib_lookup(struct xdp_md *ctx, const struct pkt4
 					   const struct xdp4_tuple *t,
 					   struct bpf_fib_lookup *fib)
 {
-	__u32 slot = xdp4_fib_slot(t, pkt->proto);
+	__u32 slot = xdp_fib_slot(t->saddr ^ t->daddr ^ ((__u32)t->sport << 16 | t->dport) ^
+				  pkt->proto);
 	__u32 ingress = ctx->ingress_ifindex;
 	struct xdp4_fib_cache *c;
 	__u64 now;
@@ -98,16 +139,8 @@ static __always_inline int xdp4_fib_lookup(struct xdp_md *ctx, const struct pkt4
 		return 0;
 	now = bpf_jiffies64();
 	c = map_fibc4_lookup(&slot);
-	if (c && xdp4_fib_cached(c, now, t, pkt->proto, ingress, xip->ip_len)) {
-		if (!c->ifindex) {
-			stats_global_inc(GSTAT_XDP_FIB_PASS);
-			return 0;
-		}
-		fib->ifindex = c->ifindex;
-		__builtin_memcpy(fib->dmac, c->dmac, ETH_ALEN);
-		__builtin_memcpy(fib->smac, c->smac, ETH_ALEN);
-		return 1;
-	}
+	if (c && xdp4_fib_cached(c, now, t, pkt->proto, ingress, xip->ip_len))
+		return xdp_fib_reuse(&c->a, fib);
 	__builtin_memset(fib, 0, sizeof(*fib));
 	fib->family = XDP_AF_INET;
 	fib->l4_protocol = pkt->proto;
@@ -123,13 +156,22 @@ static __always_inline int xdp4_fib_lookup(struct xdp_md *ctx, const struct pkt4
 		c->jiffies = now;
 		c->t = *t;
 		c->ingress = ingress;
-		c->ifindex = usable ? fib->ifindex : 0;
 		c->ip_len = xip->ip_len;
 		c->proto = pkt->proto;
-		__builtin_memcpy(c->dmac, fib->dmac, ETH_ALEN);
-		__builtin_memcpy(c->smac, fib->smac, ETH_ALEN);
+		xdp_fib_keep(&c->a, fib, usable);
 	}
 	return usable;
+}
+
+/* As xdp4_fib_cached, for IPv6. */
+static __always_inline int xdp6_fib_cached(const struct xdp6_fib_cache *c, __u64 now,
+					   const struct xdp6_tuple *t, __u8 proto,
+					   __u32 ingress, __u16 ip_len)
+{
+	return c->jiffies == now && addr6_eq(&c->t.saddr, &t->saddr) &&
+	       addr6_eq(&c->t.daddr, &t->daddr) && c->t.sport == t->sport &&
+	       c->t.dport == t->dport && c->proto == proto && c->ingress == ingress &&
+	       ip_len <= c->ip_len;
 }
 
 /* As xdp4_fib_lookup, for IPv6. */
@@ -138,8 +180,20 @@ static __always_inline int xdp6_fib_lookup(struct xdp_md *ctx, const struct pkt6
 					   const struct xdp6_tuple *t,
 					   struct bpf_fib_lookup *fib)
 {
+	__u32 slot = xdp_fib_slot(t->saddr.w[3] ^ t->daddr.w[3] ^ t->daddr.w[2] ^
+				  ((__u32)t->sport << 16 | t->dport) ^ pkt->proto);
+	__u32 ingress = ctx->ingress_ifindex;
+	struct xdp6_fib_cache *c;
+	__u64 now;
+	long ret;
+	int usable;
+
 	if (xip->ttl <= 1)
 		return 0;
+	now = bpf_jiffies64();
+	c = map_fibc6_lookup(&slot);
+	if (c && xdp6_fib_cached(c, now, t, pkt->proto, ingress, xip->ip_len))
+		return xdp_fib_reuse(&c->a, fib);
 	__builtin_memset(fib, 0, sizeof(*fib));
 	fib->family = XDP_AF_INET6;
 	fib->l4_protocol = pkt->proto;
@@ -148,8 +202,18 @@ static __always_inline int xdp6_fib_lookup(struct xdp_md *ctx, const struct pkt6
 	fib->tot_len = xip->ip_len;
 	__builtin_memcpy(fib->ipv6_src, t->saddr.w, sizeof(t->saddr));
 	__builtin_memcpy(fib->ipv6_dst, t->daddr.w, sizeof(t->daddr));
-	fib->ifindex = ctx->ingress_ifindex;
-	return xdp_fib_usable(bpf_fib_lookup(ctx, fib, sizeof(*fib), 0), fib);
+	fib->ifindex = ingress;
+	ret = bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
+	usable = xdp_fib_usable(ret, fib);
+	if (c && ret == BPF_FIB_LKUP_RET_SUCCESS) {
+		c->jiffies = now;
+		c->t = *t;
+		c->ingress = ingress;
+		c->ip_len = xip->ip_len;
+		c->proto = pkt->proto;
+		xdp_fib_keep(&c->a, fib, usable);
+	}
+	return usable;
 }
 
 /* The next hop's Ethernet addresses, from a successful look-up. 0 or DROP_WRITE. */

@@ -137,7 +137,8 @@ def listed(maps: Maps, fib_ns: str) -> int:
 @pytest.fixture
 def run_xdp(xdp: LoadedXdp, fib_ns: str, maps: Maps) -> RunXdp:
     write_targets(maps.pin_dir, [])
-    xdp.bpf[b"ebpflb_fibc4"].clear()  # the kept look-ups of earlier tests, this tick
+    for family in (4, 6):  # the kept look-ups of earlier tests, this tick
+        xdp.bpf[f"ebpflb_fibc{family}".encode()].clear()
 
     def run(frame: bytes) -> TestRunResult:
         result = _in_ns(fib_ns, prog_test_run, xdp.fd, frame)
@@ -251,15 +252,15 @@ def test_unlisted_interface_goes_translated_to_the_stack(
     assert pk.checksum_errors(res.data) == [] and ttl(res.data) == 64
     assert res.data[:12] == frame[:12]
     assert maps.gstat_value(abi.GlobalStat.XDP_FIB_PASS) == 1
-    assert [k.ifindex for k in kept_lookups(xdp)] == [0]
+    assert [k.a.ifindex for k in kept_lookups(xdp)] == [0]
     res = run_xdp(pk.frame(CLIENT_FLOW, tcp_flags=pk.TCP_ACK))
     assert res.retval == XDP_PASS and ttl(res.data) == 64
     assert maps.gstat_value(abi.GlobalStat.XDP_FIB_PASS) == 2
 
 
-def kept_lookups(xdp: LoadedXdp) -> list[Any]:
-    """The IPv4 FIB look-ups the program keeps (ebpflb_fibc4), over every CPU."""
-    table = xdp.bpf[b"ebpflb_fibc4"]
+def kept_lookups(xdp: LoadedXdp, family: int = 4) -> list[Any]:
+    """The FIB look-ups the program keeps (ebpflb_fibc4 or 6), over every CPU."""
+    table = xdp.bpf[f"ebpflb_fibc{family}".encode()]
     return [v for per_cpu in table.values() for v in per_cpu if v.jiffies]
 
 
@@ -275,7 +276,7 @@ def test_fib_answer_is_kept_for_the_next_frames(
     add_nodeport(maps, {21: (POD_REMOTE, 8080)})
     first = run_xdp(pk.frame(CLIENT_FLOW))
     kept = kept_lookups(xdp)
-    assert [(k.ifindex, bytes(k.dmac), bytes(k.smac)) for k in kept] == [
+    assert [(k.a.ifindex, bytes(k.a.dmac), bytes(k.a.smac)) for k in kept] == [
         (listed, _mac(ROUTER_MAC), _mac("02:00:00:00:00:01"))
     ]
     assert kept[0].t.daddr == int.from_bytes(ipaddress.IPv4Address(POD_REMOTE).packed, "little")
@@ -391,7 +392,7 @@ def test_service_without_endpoints_is_left_to_tc(maps: Maps, run_xdp: RunXdp) ->
 
 
 def test_ipv6_nodeport_new_flow_and_reply(
-    maps: Maps, maps6: Maps6, run_xdp: RunXdp, listed: int
+    maps: Maps, maps6: Maps6, run_xdp: RunXdp, listed: int, xdp: LoadedXdp
 ) -> None:
     maps6.add_service(3, NODE6, NODE_PORT, pk.TCP, {24: (POD6_REMOTE, 8080)},
                       flags=abi.SvcFlag.NODEPORT, snat=NODE6)  # fmt: skip
@@ -410,6 +411,13 @@ def test_ipv6_nodeport_new_flow_and_reply(
     assert p6.checksum_errors6(res.data) == []
     assert maps.gstat_value(abi.GlobalStat.XDP_FORWARD) == 1
     assert maps.gstat_value(abi.GlobalStat.XDP_REPLY) == 1
+    # both look-ups kept; the flow's next frame leaves by the kept hop
+    assert sorted(bytes(k.a.dmac) for k in kept_lookups(xdp, 6)) == sorted(
+        [_mac(ROUTER_MAC), _mac(CLIENT_MAC)]
+    )
+    res = run_xdp(p6.frame6(flow, b"more", tcp_flags=pk.TCP_ACK))
+    assert res.retval == XDP_REDIRECT and macs(res.data)[0] == ROUTER_MAC
+    assert p6.checksum_errors6(res.data) == []
 
 
 def test_tc_carries_a_flow_xdp_started(
