@@ -1,0 +1,207 @@
+"""read_state decodes the backend map by column and a frontend's backends as one slice
+(maps._BackendColumns); here random states, written by the real map writer, are read
+back and compared, field by field of MapState, with the element-by-element reference
+of test_read_state: IPv4 and IPv6, shared pods and names, inactive and terminating
+backends, slots permuted, repeated or a subset (as Maglev or a weighted writer may
+hold them), affinity, source NAT, source ranges, drop-when-empty; then after churn
+(ids reused, a frontend's backends no longer one run of ids), and with orphans and one
+backend key held under two ids."""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import random
+from collections.abc import Iterator
+
+import pytest
+
+from ebpflb.dataplane.bpf import abi
+from ebpflb.dataplane.bpf.maps import BpfMaps, MapState, read_state
+from ebpflb.dataplane.bpf.writer import MapWriter
+from ebpflb.model import (
+    Frontend,
+    FrontendKey,
+    FrontendKind,
+    IPAddress,
+    Protocol,
+    ServicePortName,
+    ServiceRef,
+)
+from ebpflb.plan import BackendState, FrontendState, backend_order
+from ebpflb.sync.diff import diff
+from tests.bpf.conftest import MAX_BACKENDS, MAX_SERVICES, Maps
+from tests.bpf.test_read_state import _reference
+from tests.bpf.test_writer_dualstack import _clear6
+
+U32 = ctypes.c_uint32
+TERMINATING = int(abi.BackendFlag.TERMINATING)
+FIELDS = (
+    "frontends",
+    "svc_ids",
+    "slot_counts",
+    "backend_ids",
+    "orphan_backends",
+    "orphan_backends6",
+    "orphan_svc_ids",
+    "src_ranges",
+)
+
+
+def _pods(family: int) -> list[IPAddress]:
+    if family == 4:
+        return [ipaddress.ip_address(f"10.244.{i // 7}.{i % 7 + 2}") for i in range(12)]
+    return [ipaddress.ip_address(f"fd00:10:244::{i + 2:x}") for i in range(12)]
+
+
+def _random_states(rng: random.Random, count: int) -> dict[FrontendKey, FrontendState]:
+    """count frontends; fewer than MAX_BACKENDS backends in all."""
+    out: dict[FrontendKey, FrontendState] = {}
+    names = [
+        ServicePortName(ServiceRef(rng.choice(("default", "kube-system", "a")), f"s{i}"), p, proto)
+        for i in range(count // 2)
+        for p, proto in (("http", Protocol.TCP), ("", Protocol.UDP))
+    ]
+    while len(out) < count:
+        family = rng.choice((4, 4, 6))
+        kind = rng.choice(list(FrontendKind))
+        host = rng.randrange(1, 9)  # few addresses: several ports on one
+        address = ipaddress.ip_address(
+            f"10.96.0.{host}" if family == 4 else f"fd00:10:96::{host:x}"
+        )
+        port_name = rng.choice(names)
+        fe = Frontend(address, rng.choice((53, 80, 443, 30080)), port_name.protocol, kind)
+        if fe.key in out:
+            continue
+        pods = rng.sample(_pods(family), rng.choice((0, 1, 2, 3, 5)))
+        backends = tuple(
+            sorted(
+                (
+                    BackendState(
+                        a, rng.choice((8080, 8443)), rng.random() < 0.8, rng.random() < 0.2
+                    )
+                    for a in pods
+                ),
+                key=backend_order,
+            )
+        )
+        backends = tuple({b.key: b for b in backends}.values())  # one state per key
+        active = [b.key for b in backends if b.active]
+        shape = rng.choice(("sorted", "permuted", "subset", "repeated"))
+        if shape == "permuted":
+            rng.shuffle(active)
+        elif shape == "subset":
+            active = active[: len(active) // 2]
+        elif shape == "repeated" and active:
+            active = [*active, active[0], *active]
+        snat = rng.choice((None, _pods(family)[0]))
+        ranges = (
+            tuple(sorted({ipaddress.ip_network(f"10.{rng.randrange(4)}.0.0/16")}))
+            if family == 4
+            else (ipaddress.ip_network("2001:db8::/32"),)
+        )
+        out[fe.key] = FrontendState(
+            fe,
+            port_name,
+            backends,
+            tuple(active),
+            rng.choice((0, 0, 60, 10800)),
+            snat,
+            ranges if rng.random() < 0.3 else (),
+            rng.random() < 0.2,
+        )
+    return out
+
+
+def _same(fast: MapState, slow: MapState) -> None:
+    for name in FIELDS:
+        assert getattr(fast, name) == getattr(slow, name), name
+    for key, state in fast.frontends.items():  # the stored form too (a compact slot store)
+        assert state.slots == slow.frontends[key].slots
+        assert state.slots_are_backends == slow.frontends[key].slots_are_backends
+
+
+@pytest.fixture
+def writer(maps: Maps) -> Iterator[MapWriter]:
+    maps.clear()
+    _clear6(maps.pin_dir)
+    w = MapWriter(BpfMaps(maps.pin_dir), max_services=MAX_SERVICES, max_backends=MAX_BACKENDS)
+    try:
+        yield w
+    finally:
+        w.maps.close()
+        maps.clear()
+        _clear6(maps.pin_dir)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_states_read_as_the_reference_reads_them(writer: MapWriter, seed: int) -> None:
+    rng = random.Random(seed)
+    for _round in range(3):  # the later rounds reuse ids: backends in no id order
+        want = _random_states(rng, 30)
+        writer.apply(diff(writer.frontends, want))
+        fast, slow = read_state(writer.maps), _reference(writer.maps)
+        _same(fast, slow)
+        assert fast.frontends == want
+        assert fast.backend_ids == writer.backend_ids()
+        # one port name object per distinct name, and one address per distinct address
+        by_name: dict[ServicePortName, ServicePortName] = {}
+        for state in fast.frontends.values():
+            assert by_name.setdefault(state.port_name, state.port_name) is state.port_name
+        addresses: dict[IPAddress, IPAddress] = {}
+        for state in fast.frontends.values():
+            for b in state.backends:
+                assert addresses.setdefault(b.address, b.address) is b.address
+
+
+def test_orphans_twins_and_unnamed_services(writer: MapWriter) -> None:
+    want = _random_states(random.Random(7), 20)
+    writer.apply(diff(writer.frontends, want))
+    maps = writer.maps
+    st = read_state(maps)
+    # a backend of every frontend's key again, under a new id, terminating
+    for n, (key, state) in enumerate(list(st.frontends.items())[:3]):
+        if not state.backends:
+            continue
+        b = state.backends[-1]
+        sid = st.svc_ids[key]
+        if b.address.version == 4:
+            maps.backends.update(
+                U32(240 + n),
+                abi.Lb4Backend(abi.pack_ip4(b.address), abi.htons(b.port), 6, TERMINATING, sid),
+            )
+        else:
+            maps.backends6.update(
+                U32(240 + n),
+                abi.Lb6Backend(abi.addr6(b.address), abi.htons(b.port), 6, TERMINATING, sid),
+            )
+    # orphans of two owners, interleaved by id, in both families
+    for bid, owner in ((230, 62), (231, 61), (232, 62)):
+        maps.backends.update(
+            U32(bid),
+            abi.Lb4Backend(
+                abi.pack_ip4(ipaddress.IPv4Address("10.9.9.9")), abi.htons(bid), 6, 1, owner
+            ),
+        )
+    maps.backends6.update(
+        U32(233),
+        abi.Lb6Backend(abi.addr6(ipaddress.IPv6Address("fd00::9")), abi.htons(1), 6, 1, 60),
+    )
+    maps.meta.update(U32(59), abi.LbSvcMeta(b"gone", b"svc", b"p"))
+    fast, slow = read_state(maps), _reference(maps)
+    _same(fast, slow)
+    assert fast.orphan_backends == [230, 232, 231]
+    assert fast.orphan_backends6 == [233]
+    assert fast.orphan_svc_ids == [59]
+    assert any(len(s.backends) > len(want[k].backends) for k, s in fast.frontends.items())
+    # a service whose names were lost (the reference cannot read it): read as svc-<id>
+    lost_key, lost = next(iter(fast.frontends.items()))
+    sid = st.svc_ids[lost_key]
+    maps.meta.delete(U32(sid))
+    again = read_state(maps)
+    assert again.frontends[lost_key] == lost.replace(
+        port_name=ServicePortName(ServiceRef("", f"svc-{sid}"), "", lost.frontend.protocol)
+    )
+    assert {k: s for k, s in again.frontends.items() if k != lost_key} == {
+        k: s for k, s in fast.frontends.items() if k != lost_key
+    }
