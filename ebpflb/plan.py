@@ -504,13 +504,13 @@ def desired_frontends(
         have = held.get(key)
         out[key] = (
             have
-            if have is not None and _held_as_built(entry, have)
+            if have is not None and held_as_built(entry, have)
             else FrontendState.from_entry(entry)
         )
     return out
 
 
-def _held_as_built(entry: ServiceEntry, have: FrontendState) -> bool:
+def held_as_built(entry: ServiceEntry, have: FrontendState) -> bool:
     """Whether ``FrontendState.from_entry(entry) == have``, on translate's usual output
     (every backend ready and not terminating, in key order, each key once: from_entry's
     one-pass case) without building it; any other entry is built and compared."""

@@ -7,14 +7,15 @@ cost is kept small: keys sort by plain integers, not by ipaddress' Python compar
 a frontend that is held exactly as desired is passed over with one comparison; and
 only the departed keys are sorted for the deletions, looked for only when some held
 key was not desired (each look-up hashes an address in Python: 0.17 of the 0.75 s an
-unchanged diff took after a restart).
+unchanged diff took after a restart). ``diff_state`` diffs a desired state itself, and
+passes over a frontend held as desired before it is built, sorted or looked up again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 
-from ebpflb.model import FrontendKey, Protocol
+from ebpflb.model import DesiredState, FrontendKey, Protocol
 from ebpflb.plan import (
     DeleteService,
     FrontendState,
@@ -23,6 +24,7 @@ from ebpflb.plan import (
     RemoveBackends,
     UpsertBackends,
     WriteService,
+    held_as_built,
 )
 
 
@@ -38,10 +40,38 @@ def diff(
     current: Mapping[FrontendKey, FrontendState], desired: Mapping[FrontendKey, FrontendState]
 ) -> Plan:
     """The ordered plan that turns `current` into `desired`."""
+    ops, held = _changes(current, desired)
+    return Plan(tuple(ops + _deletes(current, desired, held)))
+
+
+def diff_state(current: Mapping[FrontendKey, FrontendState], state: DesiredState) -> Plan:
+    """``diff(current, desired_frontends(state, current))``, without building, looking
+    up again or sorting the frontends that `current` holds exactly as desired: after a
+    restart, and at each periodic resync, that is nearly all of them (at 100,000
+    Services, in-process, an empty plan: 0.34-0.41 -> 0.23-0.25 s against states read
+    back, 0.27-0.42 -> 0.17-0.20 s against the states of the last sync)."""
+    want: dict[FrontendKey, FrontendState] = {}
+    held = 0  # desired keys that `current` holds
+    for key, entry in state.entries.items():
+        have = current.get(key)
+        if have is not None:
+            held += 1
+            if held_as_built(entry, have):
+                continue
+        want[key] = FrontendState.from_entry(entry)
+    ops, _ = _changes(current, want)
+    return Plan(tuple(ops + _deletes(current, state.entries, held)))
+
+
+def _changes(
+    current: Mapping[FrontendKey, FrontendState], desired: Mapping[FrontendKey, FrontendState]
+) -> tuple[list[Op], int]:
+    """The upserts, service writes and backend removals, in that order, and how many
+    desired keys `current` holds."""
     upserts: list[Op] = []
     writes: list[Op] = []
     removals: list[Op] = []
-    held = 0  # desired keys that `current` holds
+    held = 0
     for key in sorted(desired, key=key_order):
         want = desired[key]
         have = current.get(key)
@@ -64,10 +94,15 @@ def diff(
         gone = tuple(sorted(k for k in have_backends if k not in want_keys))
         if gone:
             removals.append(RemoveBackends(want.frontend, gone))
-    if held == len(current):  # every held key is desired: no look-up per held key
-        return Plan(tuple(upserts + writes + removals))
+    return upserts + writes + removals, held
+
+
+def _deletes(
+    current: Mapping[FrontendKey, FrontendState], desired: Container[FrontendKey], held: int
+) -> list[Op]:
+    """The deletions of the held frontends not desired, in key order (none looked for
+    when every held key is desired: `held` of them are)."""
+    if held == len(current):
+        return []
     departed = sorted((key for key in current if key not in desired), key=key_order)
-    deletes: list[Op] = [
-        DeleteService(current[key].frontend, current[key].port_name) for key in departed
-    ]
-    return Plan(tuple(upserts + writes + removals + deletes))
+    return [DeleteService(current[key].frontend, current[key].port_name) for key in departed]

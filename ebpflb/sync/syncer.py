@@ -18,8 +18,8 @@ from types import MappingProxyType
 from ebpflb.dataplane.base import Dataplane
 from ebpflb.errors import CapacityError
 from ebpflb.model import DesiredState, Frontend, FrontendKey, ServiceRef
-from ebpflb.plan import FrontendState, Plan, desired_frontends, op_frontend
-from ebpflb.sync.diff import diff
+from ebpflb.plan import FrontendState, Plan, op_frontend
+from ebpflb.sync.diff import diff, diff_state
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class Syncer:
         (the incremental path: a change to one Service costs one Service's work)."""
         current = self.dataplane.current()
         if touched is None:
-            return diff(current, desired_frontends(desired, current))
+            return diff_state(current, desired)
         have = {k: current[k] for k in touched if k in current}
         want = {
             k: FrontendState.from_entry(desired.entries[k]) for k in touched if k in desired.entries

@@ -31,7 +31,7 @@ from ebpflb.plan import (
     apply_to,
     desired_frontends,
 )
-from ebpflb.sync.diff import diff
+from ebpflb.sync.diff import diff, diff_state
 
 
 def entry(
@@ -222,6 +222,22 @@ def test_desired_frontends_given_the_held_state_plans_the_same(a, b, how):
         # a held state is used only where it is exactly what would be built
         assert (want is fa.get(key)) == (fa.get(key) == plain[key])
     assert diff(fa, given_held) == diff(fa, plain)
+    assert diff_state(fa, b) == diff(fa, plain)  # the same plan, passing the held over
+    copies = {k: v.replace() for k, v in fa.items()}  # as read back: other objects
+    assert diff_state(copies, b) == diff(copies, plain)
+
+
+def test_diff_state_deletes_what_is_held_and_not_desired() -> None:
+    a = entry("10.96.0.1", 80, [("10.0.0.1", 8080, True)])
+    b = entry("10.96.0.2", 80, [("10.0.0.2", 8080, True)], name="api")
+    both = desired_frontends(state(a, b))
+    assert not diff_state(both, state(a, b))
+    held = _CountingHeld(both)  # every held key desired: no pass over the held keys
+    assert diff_state(held, state(a, b, entry("10.96.0.3", 80, []))).added == 1
+    assert held.passes == 0
+    plan = diff_state(both, state(b))
+    assert plan.ops == (DeleteService(both[a.frontend.key].frontend, a.port_name),)
+    assert diff_state({}, state(a)) == diff({}, desired_frontends(state(a)))
 
 
 def test_a_frontend_held_as_desired_is_the_held_state_itself():
