@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from ebpflb.dataplane.bpf import abi
+from ebpflb.dataplane.bpf.ids import unpack_ids
 from ebpflb.dataplane.bpf.maps import BpfMaps, MapState, read_state
 from ebpflb.dataplane.bpf.writer import MapWriter
 from ebpflb.model import (
@@ -114,6 +115,12 @@ def _random_states(rng: random.Random, count: int) -> dict[FrontendKey, Frontend
 
 
 def _same(fast: MapState, slow: MapState) -> None:
+    # the id tables as read (packed, as the writer adopts them), then as mappings
+    six = {sid for key, sid in slow.svc_ids.items() if key[0].version == 6}
+    assert sorted(fast.all_backend_ids()) == sorted(slow.all_backend_ids())
+    tables = fast.id_tables()
+    assert {sid: unpack_ids(t, v6=sid in six) for sid, t in tables.items()} == slow.backend_ids
+    assert fast.tables6 == six & tables.keys()
     for name in FIELDS:
         assert getattr(fast, name) == getattr(slow, name), name
     for key, state in fast.frontends.items():  # the stored form too (a compact slot store)

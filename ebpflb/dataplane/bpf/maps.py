@@ -23,7 +23,15 @@ from operator import eq, itemgetter, ne
 from typing import Any
 
 from ebpflb.dataplane.bpf import abi
-from ebpflb.dataplane.bpf.ids import BackendKey, backend_key
+from ebpflb.dataplane.bpf.ids import (
+    BackendKey,
+    IdTable,
+    backend_key,
+    pack_ids,
+    pack_tables,
+    table_ids,
+    unpack_ids,
+)
 from ebpflb.dataplane.bpf.syscall import (
     BPF_F_MMAPABLE,
     BPF_MAP_TYPE_ARRAY,
@@ -483,18 +491,47 @@ class MapState:
     frontends: dict[FrontendKey, FrontendState] = field(default_factory=dict)
     svc_ids: dict[FrontendKey, int] = field(default_factory=dict)
     slot_counts: dict[int, int] = field(default_factory=dict)
-    # svc id -> ids.backend_key of each backend -> its id: the writer's id tables
-    backend_ids: dict[int, dict[BackendKey, int]] = field(default_factory=dict)
     orphan_backends: list[int] = field(default_factory=list)  # owner svc id not in svc map
     orphan_backends6: list[int] = field(default_factory=list)  # the same, in ebpflb_be6_v2
     orphan_svc_ids: list[int] = field(default_factory=list)  # names/rnat left without a svc
     src_ranges: dict[int, tuple[IPNetwork, ...]] = field(default_factory=dict)  # by svc id
+    # svc id -> its backends' ids, packed as the writer keeps them (ids.pack_ids): read
+    # in bulk, a slice of one buffer per frontend, where a dict per frontend (and the
+    # writer packing it) cost ~0.2 s at 100,000 Services; tables6: the IPv6 ones
+    tables: dict[int, IdTable] = field(default_factory=dict)
+    tables6: set[int] = field(default_factory=set)
+    _backend_ids: dict[int, dict[BackendKey, int]] | None = field(
+        default=None, init=False, repr=False
+    )
+
+    @property
+    def backend_ids(self) -> dict[int, dict[BackendKey, int]]:
+        """svc id -> ids.backend_key of each backend -> its id: the id tables as
+        mappings, made at the first use and kept (a change to them is this state's)."""
+        if self._backend_ids is None:
+            six = self.tables6
+            self._backend_ids = {
+                sid: unpack_ids(table, v6=sid in six) for sid, table in self.tables.items()
+            }
+        return self._backend_ids
+
+    def id_tables(self) -> dict[int, IdTable]:
+        """The writer's id tables: as read, or packed from ``backend_ids`` once those
+        were asked for (and may have been changed)."""
+        if self._backend_ids is None:
+            return self.tables
+        return pack_tables(self._backend_ids)
 
     def backend_id(self, sid: int, address: IPAddress, port: int) -> int:
         return self.backend_ids[sid][backend_key(address.packed, port)]
 
     def all_backend_ids(self) -> Iterator[int]:
-        for ids in self.backend_ids.values():
+        if self._backend_ids is None:
+            six = self.tables6
+            for sid, table in self.tables.items():
+                yield from table_ids(table, v6=sid in six)
+            return
+        for ids in self._backend_ids.values():
             yield from ids.values()
 
 
@@ -613,6 +650,7 @@ class _Layouts:
     (packed), order (the packed address and the port in network order: as bytes they
     sort as (address, port) do), port (host order), flags and owner (svc id)."""
 
+    element: struct.Struct  # the whole element, as bytes
     address: struct.Struct
     order: struct.Struct
     port: struct.Struct
@@ -623,6 +661,7 @@ class _Layouts:
     def of(cls, address_size: int) -> _Layouts:
         n = address_size
         return cls(
+            struct.Struct(f"<{n + 8}s"),
             struct.Struct(f"<{n}s8x"),
             struct.Struct(f"<{n + 2}s6x"),
             struct.Struct(f">{n}xH6x"),
@@ -632,6 +671,27 @@ class _Layouts:
 
 
 _LAYOUTS = {4: _Layouts.of(4), 6: _Layouts.of(16)}
+
+
+def _id_records(values: bytes, ids: list[int], family: int) -> bytes:
+    """The id table records (ids.pack_ids: packed address, port little-endian, id
+    little-endian) of the backend elements in ``values`` and their ``ids``, made with
+    one strided copy per byte of a record, not a Python step per backend."""
+    n = _LAYOUTS[family].address.size - 8  # the address's bytes
+    size, record = n + 8, n + 6
+    count = len(ids)
+    id_bytes = array("I", ids)
+    if sys.byteorder == "big":
+        id_bytes.byteswap()
+    raw = id_bytes.tobytes()
+    out = bytearray(count * record)
+    for i in range(n):
+        out[i::record] = values[i::size]
+    out[n::record] = values[n + 1 :: size]  # the port: network order in the element
+    out[n + 1 :: record] = values[n::size]
+    for i in range(4):
+        out[n + 2 + i :: record] = raw[i::4]
+    return bytes(out)
 
 
 @dataclass
@@ -650,7 +710,7 @@ class _BackendColumns:
     # in (owner, address, port) order
     states: tuple[BackendState, ...]
     ids: list[int]
-    id_keys: list[BackendKey]  # ids.backend_key of each
+    records: bytes  # each one's record of an id table (ids.pack_ids), one after another
     packed: list[bytes]
     ports: list[int]
     flags: list[int]
@@ -675,11 +735,17 @@ class _BackendColumns:
             map(bytes.__add__, map(_BE32, map_owners), _column(layouts.order, values))
         )
         order = sorted(range(count), key=order_keys.__getitem__)
-        owners = list(map(map_owners.__getitem__, order))
-        ids = list(map(map_ids.__getitem__, order))
-        packed = list(map(_column(layouts.address, values).__getitem__, order))
-        ports = list(map(_column(layouts.port, values).__getitem__, order))
-        flags = list(map(_column(layouts.flags, values).__getitem__, order))
+        if order == list(range(count)):  # in order already (as a first sync writes)
+            ids, in_order = map_ids, order_keys
+        else:  # the elements (and their ids) in order
+            values = b"".join(map(_column(layouts.element, values).__getitem__, order))
+            ids = list(map(map_ids.__getitem__, order))
+            in_order = list(map(order_keys.__getitem__, order))
+        owners = _column(layouts.owner, values)
+        packed = _column(layouts.address, values)
+        ports = _column(layouts.port, values)
+        flags = _column(layouts.flags, values)
+        records = _id_records(values, ids, family)
         distinct = dict.fromkeys(packed)
         new = [p for p in distinct if p not in addresses] if addresses else list(distinct)
         addresses.update(zip(new, map(make, map(_from_big, new)), strict=True))
@@ -696,15 +762,13 @@ class _BackendColumns:
                 ),
             )
         )
-        id_keys = list(map(bytes.__add__, packed, map(_U16, ports)))
         starts = [0, *compress(range(1, count), map(ne, owners, owners[1:]))] if count else []
         ends = [*starts[1:], count] if count else []
         spans = dict(
             zip(map(owners.__getitem__, starts), zip(starts, ends, strict=True), strict=True)
         )
-        in_order = list(map(order_keys.__getitem__, order))
         twins = {owners[i] for i in compress(range(1, count), map(eq, in_order, in_order[1:]))}
-        return cls(states, ids, id_keys, packed, ports, flags, spans, twins, map_ids, map_owners)
+        return cls(states, ids, records, packed, ports, flags, spans, twins, map_ids, map_owners)
 
     def rows(self, start: int, end: int) -> list[_Row]:
         return [
@@ -756,13 +820,15 @@ def _read_state(maps: BpfMaps) -> MapState:
         address, _be, _key, svc_layout, no_address = _FAMILIES[family]
         addresses: _Addresses = {}
         be = _BackendColumns.read(be_map, family, addresses)
-        spans, twins, all_states, all_ids, all_keys = (
+        spans, twins, all_states, all_ids, records = (
             be.spans,
             be.twins,
             be.states,
             be.ids,
-            be.id_keys,
+            be.records,
         )
+        record = len(records) // len(all_ids) if all_ids else 0
+        tables, six = out.tables, family == 6
         # In (address, port, protocol) order, as translation builds its frontends: the
         # states are made in the order the first sync's diff then walks them, which
         # touches memory in order (in the map's own order, desired state + diff took
@@ -807,7 +873,9 @@ def _read_state(maps: BpfMaps) -> MapState:
                 start, end = span
                 states = all_states[start:end]
                 ids = all_ids[start:end]
-                out.backend_ids[sid] = dict(zip(all_keys[start:end], ids, strict=True))
+                tables[sid] = records[start * record : end * record]
+                if six:
+                    out.tables6.add(sid)
                 if slot_ids == ids:  # the usual: every backend, in order
                     slots = None
                 else:
@@ -816,7 +884,9 @@ def _read_state(maps: BpfMaps) -> MapState:
             else:
                 table: dict[BackendKey, int] = {}
                 states, key_by_id = _backend_states(be.rows(*span), address, addresses, table)
-                out.backend_ids[sid] = table
+                tables[sid] = pack_ids(table, v6=six)
+                if six:
+                    out.tables6.add(sid)
                 slots = tuple([key_by_id[b] for b in slot_ids if b in key_by_id])
             fkey = frontend.key
             out.svc_ids[fkey] = sid

@@ -32,7 +32,6 @@ from ebpflb.dataplane.bpf.ids import (
     IdTable,
     backend_key,
     pack_ids,
-    pack_tables,
     table_ids,
     table_size,
     unpack_ids,
@@ -176,7 +175,7 @@ class MapWriter:
             for net in ranges
         ]
         # svc id -> its backends' ids, packed (see ids.pack_ids); no entry: none
-        self._backend_ids: dict[int, IdTable] = pack_tables(st.backend_ids)
+        self._backend_ids: dict[int, IdTable] = st.id_tables()
         self.svc_alloc = IdAllocator(
             1, self.max_services - 1, what="service", used=st.svc_ids.values()
         )
