@@ -694,21 +694,35 @@ def _id_records(values: bytes, ids: list[int], family: int) -> bytes:
     return bytes(out)
 
 
+_Slots = tuple[tuple[IPAddress, int], ...]
+
+
+def _slot_keys(slot_ids: list[int | None], key_by_id: dict[int, tuple[IPAddress, int]]) -> _Slots:
+    """The backend keys of a frontend's slots (an id that none of its backends has,
+    or a missing slot, is left out)."""
+    return tuple([key_by_id[b] for b in slot_ids if b in key_by_id])
+
+
 @dataclass
 class _BackendColumns:
     """One family's backend map decoded column by column, each column with one
-    C-level pass over the dumped buffer, then put in (owner, address, port) order by
-    one sort: a frontend's backends are then one slice of each (``spans``), in
-    BackendState order. No Python code runs per backend, only per frontend: at 100,000
-    Services of 5 backends the row-by-row decoding (a tuple, a sort, an address, a
-    state and two dict entries per backend, in Python) was about half of the read.
-    Address objects are made once per distinct address (from its int:
-    IPv4Address(bytes) runs a Python check more), into the read's ``addresses``: a pod
-    backing several frontends (ports, NodePort beside ClusterIP) is one object, and
-    comparing two states that share them stops at identity."""
+    C-level pass over the dumped buffer, and put in (owner, address, port) order by one
+    sort: a frontend's backends are then one slice of each (``spans``), in
+    BackendState order, and its id table one slice of ``records``. No Python code runs
+    per backend, only per frontend: at 100,000 Services of 5 backends the row-by-row
+    decoding (a tuple, a sort, an address, a state and two dict entries per backend,
+    in Python) was about half of the read. Address objects are made once per distinct
+    address (from its int: IPv4Address(bytes) runs a Python check more), into the
+    read's ``addresses``: a pod backing several frontends (ports, NodePort beside
+    ClusterIP) is one object, and comparing two states that share them stops at
+    identity. BackendStates are made only for the frontends that need them: the usual
+    one (every backend active, none terminating, each in the slots in order) takes a
+    slice of ``flat``, which is FrontendState's own compact store."""
 
+    family: int
+    addresses: _Addresses
     # in (owner, address, port) order
-    states: tuple[BackendState, ...]
+    flat: tuple[Any, ...]  # address, port, address, port, ...
     ids: list[int]
     records: bytes  # each one's record of an id table (ids.pack_ids), one after another
     packed: list[bytes]
@@ -716,6 +730,7 @@ class _BackendColumns:
     flags: list[int]
     spans: dict[int, tuple[int, int]]  # owner -> its backends' [start, end)
     twins: set[int]  # owners holding one address and port under two ids
+    mixed: set[int]  # owners with a backend that is not active, or terminating
     # in the map's (id) order
     map_ids: list[int]
     map_owners: list[int]
@@ -745,30 +760,78 @@ class _BackendColumns:
         packed = _column(layouts.address, values)
         ports = _column(layouts.port, values)
         flags = _column(layouts.flags, values)
-        records = _id_records(values, ids, family)
         distinct = dict.fromkeys(packed)
         new = [p for p in distinct if p not in addresses] if addresses else list(distinct)
         addresses.update(zip(new, map(make, map(_from_big, new)), strict=True))
-        states: tuple[BackendState, ...] = tuple(
+        flat: list[Any] = [None] * (2 * count)
+        flat[0::2] = map(addresses.__getitem__, packed)
+        flat[1::2] = ports
+        starts = [0, *compress(range(1, count), map(ne, owners, owners[1:]))] if count else []
+        ends = [*starts[1:], count] if count else []
+        return cls(
+            family,
+            addresses,
+            tuple(flat),
+            ids,
+            _id_records(values, ids, family),
+            packed,
+            ports,
+            flags,
+            dict(zip(map(owners.__getitem__, starts), zip(starts, ends, strict=True), strict=True)),
+            {owners[i] for i in compress(range(1, count), map(eq, in_order, in_order[1:]))},
+            set(compress(owners, map(ne, flags, repeat(_ACTIVE)))),
+            map_ids,
+            map_owners,
+        )
+
+    def take(
+        self, sid: int, slot_ids: list[int | None]
+    ) -> tuple[tuple[Any, ...], _Slots | None, bool, IdTable]:
+        """The backends of frontend ``sid`` (taken out of ``spans``), given the backend
+        ids of its slots: (backends, slots, flat, its id table). ``flat``: the usual
+        frontend, whose backends come as FrontendState's flat store and slots as None;
+        else they are BackendStates and the slots their keys (None: the backends')."""
+        span = self.spans.pop(sid, None)
+        if span is None:
+            return (), (), False, b""
+        start, end = span
+        if sid in self.twins:
+            table: dict[BackendKey, int] = {}
+            make = _FAMILIES[self.family][0]
+            states, key_by_id = _backend_states(self.rows(start, end), make, self.addresses, table)
+            return (
+                states,
+                _slot_keys(slot_ids, key_by_id),
+                False,
+                pack_ids(table, v6=self.family == 6),
+            )
+        ids = self.ids[start:end]
+        record = len(self.records) // len(self.ids)
+        id_table = self.records[start * record : end * record]
+        if slot_ids == ids:  # every backend, in order: the usual
+            if sid not in self.mixed:
+                return self.flat[2 * start : 2 * end], None, True, id_table
+            return self.states(start, end), None, False, id_table
+        states = self.states(start, end)
+        key_by_id = dict(zip(ids, map(_backend_key, states), strict=True))
+        return states, _slot_keys(slot_ids, key_by_id), False, id_table
+
+    def states(self, start: int, end: int) -> tuple[BackendState, ...]:
+        """The BackendStates of the backends [start, end)."""
+        flat, flags = self.flat, self.flags[start:end]
+        return tuple(
             map(
                 _make_tuple,
                 repeat(BackendState),
                 zip(
-                    map(addresses.__getitem__, packed),
-                    ports,
+                    flat[2 * start : 2 * end : 2],
+                    flat[2 * start + 1 : 2 * end : 2],
                     map(_IS_ACTIVE.__getitem__, flags),
                     map(_IS_TERMINATING.__getitem__, flags),
                     strict=True,
                 ),
             )
         )
-        starts = [0, *compress(range(1, count), map(ne, owners, owners[1:]))] if count else []
-        ends = [*starts[1:], count] if count else []
-        spans = dict(
-            zip(map(owners.__getitem__, starts), zip(starts, ends, strict=True), strict=True)
-        )
-        twins = {owners[i] for i in compress(range(1, count), map(eq, in_order, in_order[1:]))}
-        return cls(states, ids, records, packed, ports, flags, spans, twins, map_ids, map_owners)
 
     def rows(self, start: int, end: int) -> list[_Row]:
         return [
@@ -789,7 +852,7 @@ class _BackendColumns:
 def read_state(maps: BpfMaps) -> MapState:
     """Everything the maps hold, read with batch dumps (four syscalls per few thousand
     elements) and decoded from the dumped buffers whole, so a restarted agent adopts
-    100,000 services in about 1.6 s of CPU. No collection runs meanwhile (see
+    100,000 services in about 1.3 s of CPU. No collection runs meanwhile (see
     gcpause): every object built survives the read, and at 100,000 services the
     collections cost more than the read itself (the CLI's reads: 5.4 s, not 1.8 s)."""
     with no_collections():
@@ -809,108 +872,93 @@ def _read_state(maps: BpfMaps) -> MapState:
             strict=True,
         )
     )
-    names = _read_names(maps.meta)
+    names = _PortNames(maps.meta)
     out.src_ranges = read_src_ranges(maps)
-    port_names: dict[tuple[_Names, int], ServicePortName] = {}
-    kinds: dict[int, FrontendKind] = {}
     for family, svc_map, be_map, orphans in (
         (4, maps.svc, maps.backends, out.orphan_backends),
         (6, maps.svc6, maps.backends6, out.orphan_backends6),
     ):
-        address, _be, _key, svc_layout, no_address = _FAMILIES[family]
-        addresses: _Addresses = {}
-        be = _BackendColumns.read(be_map, family, addresses)
-        spans, twins, all_states, all_ids, records = (
-            be.spans,
-            be.twins,
-            be.states,
-            be.ids,
-            be.records,
-        )
-        record = len(records) // len(all_ids) if all_ids else 0
-        tables, six = out.tables, family == 6
-        # In (address, port, protocol) order, as translation builds its frontends: the
-        # states are made in the order the first sync's diff then walks them, which
-        # touches memory in order (in the map's own order, desired state + diff took
-        # 0.9 s at 100,000 Services, not 0.7 s). Sorted as the keys' bytes (address
-        # and port in network order), which compare in C, not as tuples.
-        keys, values, n = svc_map.dump_raw()
-        key_layout = _SVC_KEYS[family]
-        keys = keys[: n * key_layout.size]
-        order = sorted(range(n), key=_column(_SVC_KEY_BYTES[family], keys).__getitem__)
-        fronts = list(key_layout.iter_unpack(keys))
-        entries = list(svc_layout.iter_unpack(values[: n * svc_layout.size]))
-        for (addr, dport, proto_no, _pad), (sid, count, flags, affinity, snat) in zip(
-            map(fronts.__getitem__, order), map(entries.__getitem__, order), strict=True
-        ):
-            proto = _PROTOCOLS.get(proto_no)
-            if proto is None:
-                continue
-            kind = kinds.get(flags)
-            if kind is None:
-                kind = kinds[flags] = kind_from_flags(flags)
-            fe_address = addresses.get(addr)
-            if fe_address is None:
-                fe_address = addresses[addr] = address(addr)
-            frontend = Frontend(fe_address, dport, proto, kind)
-            meta = names.pop(sid, None)
-            if meta is None or meta[0] is None:
-                port_name = ServicePortName(ServiceRef("", f"svc-{sid}"), "", proto)
-            else:
-                port_name = port_names.get((meta, proto_no))  # type: ignore[assignment]
-                if port_name is None:
-                    port_name = port_names[(meta, proto_no)] = ServicePortName(
-                        ServiceRef(meta[0], meta[1]), meta[2], proto
-                    )
-            base = sid << _SID_SHIFT
-            slot_ids = list(map(slot_of.get, range(base, base + count * _SLOT_STEP, _SLOT_STEP)))
-            span = spans.pop(sid, None)
-            slots: tuple[tuple[IPAddress, int], ...] | None
-            if span is None:
-                states: tuple[BackendState, ...] = ()
-                slots = ()
-            elif sid not in twins:
-                start, end = span
-                states = all_states[start:end]
-                ids = all_ids[start:end]
-                tables[sid] = records[start * record : end * record]
-                if six:
-                    out.tables6.add(sid)
-                if slot_ids == ids:  # the usual: every backend, in order
-                    slots = None
-                else:
-                    key_by_id = dict(zip(ids, map(_backend_key, states), strict=True))
-                    slots = tuple([key_by_id[b] for b in slot_ids if b in key_by_id])
-            else:
-                table: dict[BackendKey, int] = {}
-                states, key_by_id = _backend_states(be.rows(*span), address, addresses, table)
-                tables[sid] = pack_ids(table, v6=six)
-                if six:
-                    out.tables6.add(sid)
-                slots = tuple([key_by_id[b] for b in slot_ids if b in key_by_id])
-            fkey = frontend.key
-            out.svc_ids[fkey] = sid
-            out.slot_counts[sid] = count
-            out.frontends[fkey] = FrontendState(
-                frontend,
-                port_name,
-                states,
-                slots,
-                affinity,
-                _address(addresses, address, snat) if snat != no_address else None,
-                out.src_ranges.get(sid, ()) if flags & _SRC_RANGES else (),
-                bool(flags & _DROP_EMPTY),
-            )
-        orphans.extend(be.orphans())
-    out.orphan_svc_ids.extend(names)
+        backends = _BackendColumns.read(be_map, family, {})
+        _read_frontends(out, svc_map, backends, slot_of, names)
+        orphans.extend(backends.orphans())
+    out.orphan_svc_ids.extend(names.left())
     return out
 
 
 _SLOT_STEP = 1 << _SLOT_SHIFT
+
+
+def _read_frontends(
+    out: MapState,
+    svc_map: PinnedMap,
+    be: _BackendColumns,
+    slot_of: dict[int, int],
+    names: _PortNames,
+) -> None:
+    """Every frontend of one family's service map into ``out``, each with its
+    backends (taken out of ``be``)."""
+    family, addresses = be.family, be.addresses
+    make, _element, _key, _service, no_address = _FAMILIES[family]
+    kinds: dict[int, FrontendKind] = {}
+    tables, tables6 = out.tables, (out.tables6 if family == 6 else None)
+    for (addr, dport, proto_no, _pad), (sid, count, flags, affinity, snat) in _services(
+        svc_map, family
+    ):
+        proto = _PROTOCOLS.get(proto_no)
+        if proto is None:
+            continue
+        kind = kinds.get(flags)
+        if kind is None:
+            kind = kinds[flags] = kind_from_flags(flags)
+        frontend = Frontend(_address(addresses, make, addr), dport, proto, kind)
+        base = sid << _SID_SHIFT
+        slot_ids = list(map(slot_of.get, range(base, base + count * _SLOT_STEP, _SLOT_STEP)))
+        backends, slots, flat, table = be.take(sid, slot_ids)
+        if table:  # as the writer keeps them: a table per frontend with backends
+            tables[sid] = table
+            if tables6 is not None:
+                tables6.add(sid)
+        port_name = names.get(sid, proto, proto_no)
+        snat_address = _address(addresses, make, snat) if snat != no_address else None
+        ranges = out.src_ranges.get(sid, ()) if flags & _SRC_RANGES else ()
+        drop = bool(flags & _DROP_EMPTY)
+        if flat:  # the compact store as it is, as FrontendState.from_entry makes it
+            state = object.__new__(FrontendState)
+            state._set(frontend, port_name, backends, None, affinity, snat_address, ranges, drop)
+        else:
+            state = FrontendState(
+                frontend, port_name, backends, slots, affinity, snat_address, ranges, drop
+            )
+        fkey = frontend.key
+        out.svc_ids[fkey] = sid
+        out.slot_counts[sid] = count
+        out.frontends[fkey] = state
+
+
 # a service key (abi.PACK_LB4_KEY / _LB6_) with its port read in network order, and
 # whole, as bytes
 _SVC_KEYS = {4: struct.Struct(">4sHBB"), 6: struct.Struct(">16sHBB")}
 _SVC_KEY_BYTES = {family: struct.Struct(f"{s.size}s") for family, s in _SVC_KEYS.items()}
+
+
+def _services(
+    m: PinnedMap, family: int
+) -> Iterator[tuple[tuple[bytes, int, int, int], tuple[int, int, int, int, bytes]]]:
+    """A service map's elements decoded (the key's port in host order), in (address,
+    port, protocol) order, as translation builds its frontends: the states are made in
+    the order the first sync's diff then walks them, which touches memory in order (in
+    the map's own order, desired state + diff took 0.9 s at 100,000 Services, not
+    0.7 s). Sorted as the keys' bytes (address and port in network order), which
+    compare in C, not as tuples."""
+    keys, values, n = m.dump_raw()
+    key_layout, value_layout = _SVC_KEYS[family], _FAMILIES[family][3]
+    keys = keys[: n * key_layout.size]
+    order = sorted(range(n), key=_column(_SVC_KEY_BYTES[family], keys).__getitem__)
+    fronts = list(key_layout.iter_unpack(keys))
+    entries = list(value_layout.iter_unpack(values[: n * value_layout.size]))
+    return zip(map(fronts.__getitem__, order), map(entries.__getitem__, order), strict=True)
+
+
 # a service's names: namespace (None: the element names no Service), name, port name
 _Names = tuple[str | None, str, str]
 _META_FIELDS = (
@@ -920,29 +968,50 @@ _META_FIELDS = (
 )
 
 
-def _read_names(m: PinnedMap) -> dict[int, _Names]:
-    """Service id -> its names, decoded by column: a namespace or port name string is
-    made once per distinct value (shared by every frontend that names it)."""
-    keys, values, count = m.dump_raw()
-    values = values[: count * abi.PACK_LB_SVC_META.size]
-    ns_raw, name_raw, port_raw = (_column(layout, values) for layout in _META_FIELDS)
-    namespaces = {raw: _cstr(raw) if raw.strip(b"\0") else None for raw in dict.fromkeys(ns_raw)}
-    port_names = {raw: _cstr(raw) for raw in dict.fromkeys(port_raw)}
-    service_names = map(
-        bytes.decode,
-        map(_first, map(bytes.split, name_raw, repeat(b"\0"), repeat(1))),
-        repeat("utf-8"),
-        repeat("replace"),
-    )
-    return dict(
-        zip(
-            _u32s(keys[: count * 4]),
-            zip(
-                map(namespaces.__getitem__, ns_raw),
-                service_names,
-                map(port_names.__getitem__, port_raw),
-                strict=True,
-            ),
-            strict=True,
+class _PortNames:
+    """The service meta map read (decoded by column: a namespace or port name string
+    is made once per distinct value), and each frontend's ServicePortName made from it
+    once per distinct (names, protocol): the frontends of one Service port (ClusterIP,
+    NodePort on each node address, load-balancer IPs) share one."""
+
+    def __init__(self, m: PinnedMap) -> None:
+        keys, values, count = m.dump_raw()
+        values = values[: count * abi.PACK_LB_SVC_META.size]
+        ns_raw, name_raw, port_raw = (_column(layout, values) for layout in _META_FIELDS)
+        namespaces = {r: _cstr(r) if r.strip(b"\0") else None for r in dict.fromkeys(ns_raw)}
+        ports = {raw: _cstr(raw) for raw in dict.fromkeys(port_raw)}
+        service_names = map(
+            bytes.decode,
+            map(_first, map(bytes.split, name_raw, repeat(b"\0"), repeat(1))),
+            repeat("utf-8"),
+            repeat("replace"),
         )
-    )
+        self._names: dict[int, _Names] = dict(
+            zip(
+                _u32s(keys[: count * 4]),
+                zip(
+                    map(namespaces.__getitem__, ns_raw),
+                    service_names,
+                    map(ports.__getitem__, port_raw),
+                    strict=True,
+                ),
+                strict=True,
+            )
+        )
+        self._made: dict[tuple[_Names, int], ServicePortName] = {}
+
+    def get(self, sid: int, proto: Protocol, proto_no: int) -> ServicePortName:
+        """Frontend ``sid``'s (its names are taken: see ``left``)."""
+        names = self._names.pop(sid, None)
+        if names is None or names[0] is None:
+            return ServicePortName(ServiceRef("", f"svc-{sid}"), "", proto)
+        found = self._made.get((names, proto_no))
+        if found is None:
+            found = self._made[(names, proto_no)] = ServicePortName(
+                ServiceRef(names[0], names[1]), names[2], proto
+            )
+        return found
+
+    def left(self) -> list[int]:
+        """The svc ids of the names that no frontend took."""
+        return list(self._names)
