@@ -190,14 +190,12 @@ def test_relay_spreads_new_flows_and_counts_them(env: Env):
 
 
 def test_hairpin_snat_and_icmp_errors_are_counted(env: Env):
-    from dataclasses import replace
-
     tcp = state(env.tcp_port, Protocol.TCP, env.backends.tcp)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # nobody listens there
         s.bind(("127.0.0.1", 0))
         dead = s.getsockname()[1]
     udp = state(env.udp_port, Protocol.UDP, {"dead": dead})
-    env.apply(replace(tcp, snat_address=ipaddress.IPv4Address("127.0.0.1")), udp)
+    env.apply(tcp.replace(snat_address=ipaddress.IPv4Address("127.0.0.1")), udp)
     assert env.tcp("127.0.0.1") in {"b0", "b1", "b2"}  # the backends' own address
     with pytest.raises(TimeoutError):
         env.udp(CLIENT_A, timeout=0.5)
