@@ -22,7 +22,8 @@ via node-1 (the direct path: the same hops, no translation). Two NodePorts on no
   shared underlay, a hop and a bridge crossing fewer (about 10% more packets/s here,
   with or without the agent): source NAT's cost, not the data path's.
 
-Modes: ``xdp`` (agent ``--xdp native``), ``xdp-generic`` (``--xdp generic``), ``tc``
+Modes: ``xdp`` (agent ``--xdp native``), ``xdp-redirect`` (native, the lab's wire made
+to take XDP frames, below), ``xdp-generic`` (``--xdp generic``), ``tc``
 (``--xdp off``: the tc programs on the uplink and the pod veths), and ``iptables``
 (kube-proxy's nat rules for ``--services`` Services plus the two NodePorts'
 KUBE-NODEPORTS/KUBE-EXT (and for Local KUBE-SVL) chains, no agent). While the agent
@@ -34,8 +35,15 @@ does (see tests/lab/test_xdp.py). The lab's uplinks are veths, and a native XDP
 redirect into a veth needs NAPI on its peer (no XDP program there, none in the pods):
 native XDP therefore translates in the driver hook and hands the frame to the stack
 (xdp_fib_pass), while generic XDP redirects to the pod's veth or out of the uplink
-(xdp_forward, xdp_reply) after the skb is built. Both are measured; the self-check
-asserts each one's counters moved and tc-only's xdp_* counters did not.
+(xdp_forward, xdp_reply) after the skb is built. ``xdp-redirect`` shows what native
+XDP does where its uplink can transmit XDP frames, as a NIC's driver can: the bench
+turns GRO on at node-1's port of the underlay bridge (the lab's wire; a veth runs NAPI,
+and so takes redirected frames, when GRO is on or an XDP program is attached) and
+lists node-1's eth0 in ebpflb_xdpdev, as the agent lists a NIC uplink (it does not list
+a veth: it cannot see its peer). The UDP flow's frames are then redirected back out of
+eth0 in the driver hook (xdp_forward, xdp_reply), the TCP one's still go to the stack
+(the pod veths' peers run no NAPI). The self-check asserts each mode's counters moved
+and tc-only's xdp_* counters did not.
 
 Everything built is removed at the end, on failure and on Ctrl-C/SIGTERM: the agent
 stopped with ``--cleanup`` (its XDP and tc programs detached; checked, and detached by
@@ -47,6 +55,7 @@ ip(8) if not), pins removed, the nat table flushed, the lab taken down.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import functools
 import json
 import os
@@ -61,6 +70,8 @@ from typing import Any
 from bench import harness, kubeproxy, lbmodes
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import remove_pins
+from ebpflb.dataplane.bpf.syscall import PinnedMap
+from ebpflb.dataplane.bpf.xdp import write_targets
 from ebpflb.lab import build, layout, netns
 from ebpflb.lab.agentproc import AgentProcess
 from ebpflb.lab.podnet import Cni
@@ -68,8 +79,9 @@ from ebpflb.lab.podnet import Cni
 RESULTS = harness.BENCH_DIR / "results" / "xdp.json"
 NODEPORT_TCP, NODEPORT_UDP = 30800, 30801  # Local (TCP), Cluster (UDP)
 CLUSTER_IPS = {"tcp": "10.96.200.1", "udp": "10.96.200.2"}
-AGENT_MODES = {"xdp": "native", "xdp-generic": "generic", "tc": "off"}
-MODES = ("xdp", "xdp-generic", "tc", "iptables")
+AGENT_MODES = {"xdp": "native", "xdp-redirect": "native", "xdp-generic": "generic", "tc": "off"}
+MODES = ("xdp", "xdp-redirect", "xdp-generic", "tc", "iptables")
+WIRE_PORT = "n1"  # node-1's port on the underlay bridge (ebpflb.lab.build)
 XDP_COUNTERS = ("xdp_forward", "xdp_reply", "xdp_fib_pass")
 XDP_ATTACHED = {"native": 1, "generic": 2}  # ip -d link's xdp.mode (XDP_ATTACHED_*)
 PROTOS = ("tcp", "udp")
@@ -200,11 +212,24 @@ def check_counters(mode: str, moved: dict[str, int], requests: int) -> list[str]
     elif mode == "xdp":
         if moved["xdp_fib_pass"] < requests:
             problems.append(f"xdp: xdp_fib_pass {moved['xdp_fib_pass']} < {requests} requests")
-    elif mode == "xdp-generic":
+    elif mode in ("xdp-generic", "xdp-redirect"):
         for k in ("xdp_forward", "xdp_reply"):
             if moved[k] <= 0:
-                problems.append(f"xdp-generic: {k} did not move")
+                problems.append(f"{mode}: {k} did not move")
     return problems
+
+
+def _wire_takes_xdp(lab: layout.Lab, pin_dir: str) -> None:
+    """xdp-redirect: GRO on node-1's bridge port (its veth peer then runs NAPI and takes
+    XDP frames) and node-1's eth0 added to ebpflb_xdpdev (the agent rewrites the map
+    only when its own set of targets changes)."""
+    assert lab.underlay_ns is not None
+    netns.run(lab.underlay_ns, ["ethtool", "-K", WIRE_PORT, "gro", "on"])
+    out = netns.run(lab.node(1).netns, ["ip", "-j", "link", "show", "eth0"])
+    eth0 = int(json.loads(out.stdout)[0]["ifindex"])
+    with PinnedMap(os.path.join(pin_dir, abi.MAP_XDP_DEVS)) as m:
+        listed = {int(k.value) for k in m.keys(ctypes.c_uint32)}
+    write_targets(pin_dir, listed | {eth0})
 
 
 def run_agent_mode(
@@ -242,11 +267,15 @@ def run_agent_mode(
             )
             agent.wait_for(ready, timeout=30, what=f"{node}:{port} in the pinned maps")
         info["xdp_attached"] = xdp_attached(node_ns)
+        if mode == "xdp-redirect":
+            _wire_takes_xdp(lab, pin_dir)
         harness.wait_idle("the agent's start")
         before = _counters(pin_dir)
         runs = _measure(tools, lab.outside[0].netns, targets(lab), load)
         after = _counters(pin_dir)
     finally:
+        if mode == "xdp-redirect" and lab.underlay_ns and netns.netns_exists(lab.underlay_ns):
+            netns.run(lab.underlay_ns, ["ethtool", "-K", WIRE_PORT, "gro", "off"])
         agent.stop()
         if netns.netns_exists(node_ns) and xdp_attached(node_ns) is not None:
             info["xdp_left_attached"] = True

@@ -67,3 +67,17 @@ def test_the_agent_gets_a_local_tcp_and_a_cluster_udp_nodeport() -> None:
         "conditions": {"ready": True},
         "nodeName": "node-1",
     }
+
+
+def test_each_xdp_mode_must_show_its_own_path_in_the_counters() -> None:
+    """Native without a usable next hop goes to the stack (xdp_fib_pass for every
+    request); with the wire taking XDP frames, and generic, XDP redirects both ways."""
+    passed = {"xdp_forward": 0, "xdp_reply": 0, "xdp_fib_pass": 400, "new_flow": 3}
+    redirected = {"xdp_forward": 200, "xdp_reply": 200, "xdp_fib_pass": 0, "new_flow": 3}
+    assert xdp.check_counters("xdp", passed, 400) == []
+    assert xdp.check_counters("xdp", redirected, 400) != []
+    for mode in ("xdp-redirect", "xdp-generic"):
+        assert xdp.check_counters(mode, redirected, 400) == []
+        assert len(xdp.check_counters(mode, passed, 400)) == 2
+    assert xdp.check_counters("tc", redirected, 400) != []
+    assert xdp.check_counters("tc", dict(passed, xdp_fib_pass=0), 400) == []
