@@ -441,6 +441,258 @@ done:
 	return out;
 }
 
+/* MapMaker: `count` BPF maps of one shape, made by a thread of its own (a pthread that
+ * never takes the GIL) while the caller goes on, and handed out by take(); at most
+ * `ahead` made and not taken at a time (each holds an fd).
+ *
+ * A plan's new Maglev tables cost the kernel 5-35 us each (most of it the first
+ * touch of their fresh pages), which another CPU can spend while the writing thread
+ * does the rest of the sync. A Python thread could not: each time it came back from
+ * the kernel it would wait for the GIL (up to the 5 ms switch interval) while the
+ * writing thread runs Python. take() waits for the next map without the GIL, so the
+ * maps are all made by the one thread, in order, and none by two at once.
+ */
+typedef struct {
+	PyObject_HEAD
+	pthread_mutex_t lock;
+	pthread_cond_t ready;  /* signalled when a map is made and when the thread ends */
+	pthread_cond_t room;   /* signalled when a map is taken and when asked to stop */
+	pthread_t thread;
+	union bpf_attr attr;   /* the maps' shape: BPF_MAP_CREATE's attributes */
+	int *fds;              /* count: the maps made, in order */
+	char **addrs;          /* count: where each is mapped (map_bytes > 0), else NULL */
+	size_t map_bytes;      /* > 0: each map's memory mapped by the thread, so long */
+	Py_ssize_t count;      /* maps to make */
+	Py_ssize_t made;       /* maps made so far (fds[0..made)) */
+	Py_ssize_t taken;      /* maps handed out so far (fds[0..taken)) */
+	Py_ssize_t ahead;      /* most maps made and not taken at a time (fds held) */
+	int started;           /* the thread runs or ran (to be joined) */
+	int stop;              /* asked to stop before `count` */
+	int done;              /* the thread is finished making */
+	int closed;            /* stopped, the maps not taken closed: take() hands out none */
+	int err;               /* errno of the make that failed, or 0 */
+} MapMaker;
+
+static void *map_maker_run(void *arg)
+{
+	MapMaker *self = arg;
+
+	pthread_mutex_lock(&self->lock);
+	while (!self->stop && self->made < self->count) {
+		if (self->made - self->taken >= self->ahead) {
+			pthread_cond_wait(&self->room, &self->lock);
+			continue;
+		}
+		pthread_mutex_unlock(&self->lock);
+		long fd = syscall(__NR_bpf, BPF_MAP_CREATE, &self->attr, sizeof(self->attr));
+		int err = fd < 0 ? errno : 0;
+		void *addr = NULL;
+		if (!err && self->map_bytes) {
+			addr = mmap(NULL, self->map_bytes, PROT_READ | PROT_WRITE, MAP_SHARED,
+				    (int)fd, 0);
+			if (addr == MAP_FAILED) {
+				err = errno;
+				close((int)fd);
+			}
+		}
+		pthread_mutex_lock(&self->lock);
+		if (err) {
+			self->err = err;
+			break;
+		}
+		if (self->addrs)
+			self->addrs[self->made] = addr;
+		self->fds[self->made++] = (int)fd;
+		pthread_cond_signal(&self->ready);
+	}
+	self->done = 1;
+	pthread_cond_broadcast(&self->ready);
+	pthread_mutex_unlock(&self->lock);
+	return NULL;
+}
+
+/* Stop the thread, wait for it, close the maps not handed out. */
+static void map_maker_stop(MapMaker *self)
+{
+	if (!self->started)
+		return;
+	pthread_mutex_lock(&self->lock);
+	self->stop = 1;
+	self->closed = 1;  /* from now on take() hands out nothing */
+	pthread_cond_broadcast(&self->room);
+	pthread_mutex_unlock(&self->lock);
+	Py_BEGIN_ALLOW_THREADS
+	pthread_join(self->thread, NULL);  /* at most one make to finish */
+	Py_END_ALLOW_THREADS
+	self->started = 0;
+	for (Py_ssize_t i = self->taken; i < self->made; i++) {
+		if (self->addrs)
+			munmap(self->addrs[i], self->map_bytes);
+		close(self->fds[i]);
+	}
+}
+
+/* The next map made (its fd and where it is mapped), waiting for it without the GIL;
+ * 0, or -1 when no more will come. */
+static int map_maker_next(MapMaker *self, int *fd, char **addr)
+{
+	int ret = -1;
+
+	Py_BEGIN_ALLOW_THREADS
+	pthread_mutex_lock(&self->lock);
+	while (self->taken == self->made && !self->done)
+		pthread_cond_wait(&self->ready, &self->lock);
+	if (self->taken < self->made && !self->closed) {
+		*addr = self->addrs ? self->addrs[self->taken] : NULL;
+		*fd = self->fds[self->taken++];
+		pthread_cond_signal(&self->room);
+		ret = 0;
+	}
+	pthread_mutex_unlock(&self->lock);
+	Py_END_ALLOW_THREADS
+	return ret;
+}
+
+static PyObject *map_maker_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+	static char *kwlist[] = {"map_type", "key_size", "value_size", "max_entries", "flags",
+				 "name",     "count",    "ahead",      "map_bytes",   NULL};
+	unsigned int map_type, key_size, value_size, max_entries, flags;
+	const char *name;
+	Py_ssize_t name_len, count, ahead, map_bytes;
+
+	if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$IIIIIs#nnn:MapMaker", kwlist, &map_type,
+					 &key_size, &value_size, &max_entries, &flags, &name,
+					 &name_len, &count, &ahead, &map_bytes))
+		return NULL;
+	if (map_bytes < 0) {
+		PyErr_Format(PyExc_ValueError, "map_bytes must be >= 0, not %zd", map_bytes);
+		return NULL;
+	}
+	if (count < 0 || count > (1 << 20)) {
+		PyErr_Format(PyExc_ValueError, "a MapMaker makes 0 to %d maps, not %zd", 1 << 20,
+			     count);
+		return NULL;
+	}
+	if (ahead < 1) {
+		PyErr_Format(PyExc_ValueError, "a MapMaker keeps at least 1 map ahead, not %zd",
+			     ahead);
+		return NULL;
+	}
+	MapMaker *self = (MapMaker *)type->tp_alloc(type, 0);
+	if (!self)
+		return NULL;
+	pthread_mutex_init(&self->lock, NULL);
+	pthread_cond_init(&self->ready, NULL);
+	pthread_cond_init(&self->room, NULL);
+	self->count = count;
+	self->ahead = ahead;
+	self->map_bytes = (size_t)map_bytes;
+	self->fds = PyMem_New(int, count ? count : 1);
+	if (map_bytes)
+		self->addrs = PyMem_New(char *, count ? count : 1);
+	if (!self->fds || (map_bytes && !self->addrs)) {
+		Py_DECREF(self);
+		return PyErr_NoMemory();
+	}
+	memset(&self->attr, 0, sizeof(self->attr));
+	self->attr.map_type = map_type;
+	self->attr.key_size = key_size;
+	self->attr.value_size = value_size;
+	self->attr.max_entries = max_entries;
+	self->attr.map_flags = flags;
+	memcpy(self->attr.map_name, name,
+	       (size_t)name_len < BPF_OBJ_NAME_LEN - 1 ? (size_t)name_len : BPF_OBJ_NAME_LEN - 1);
+
+	/* no signal for the thread: Python's handlers belong to its own threads */
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	int err = pthread_create(&self->thread, NULL, map_maker_run, self);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (err) {
+		Py_DECREF(self);
+		errno = err;
+		return PyErr_SetFromErrno(PyExc_OSError);
+	}
+	self->started = 1;
+	return (PyObject *)self;
+}
+
+static void map_maker_dealloc(MapMaker *self)
+{
+	map_maker_stop(self);
+	PyMem_Free(self->fds);
+	PyMem_Free(self->addrs);
+	pthread_cond_destroy(&self->ready);
+	pthread_cond_destroy(&self->room);
+	pthread_mutex_destroy(&self->lock);
+	Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *map_maker_take(MapMaker *self, PyObject *unused)
+{
+	int fd;
+	char *addr;
+
+	(void)unused;
+	if (map_maker_next(self, &fd, &addr) < 0)
+		Py_RETURN_NONE;
+	if (addr)
+		munmap(addr, self->map_bytes);  /* the caller gets the map, not its mapping */
+	return PyLong_FromLong(fd);
+}
+
+static PyObject *map_maker_close(MapMaker *self, PyObject *unused)
+{
+	(void)unused;
+	map_maker_stop(self);
+	Py_RETURN_NONE;
+}
+
+static PyObject *map_maker_counts(MapMaker *self, void *closure)
+{
+	Py_ssize_t made, taken;
+	int err;
+
+	(void)closure;
+	pthread_mutex_lock(&self->lock);
+	made = self->made;
+	taken = self->taken;
+	err = self->err;
+	pthread_mutex_unlock(&self->lock);
+	return Py_BuildValue("(nni)", made, taken, err);
+}
+
+static PyMethodDef map_maker_methods[] = {
+	{"take", (PyCFunction)map_maker_take, METH_NOARGS,
+	 "take() -> int | None: the next map's fd (yours to close), waiting for it without "
+	 "the GIL; None when no more will come (all taken, the thread failed or closed)."},
+	{"close", (PyCFunction)map_maker_close, METH_NOARGS,
+	 "close(): stop making, wait for the thread, close the maps not taken."},
+	{NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef map_maker_getset[] = {
+	{"counts", (getter)map_maker_counts, NULL,
+	 "(made, taken, errno of the failed make or 0), at this moment", NULL},
+	{NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject MapMakerType = {
+	PyVarObject_HEAD_INIT(NULL, 0)
+	.tp_name = "ebpflb._maglevfill.MapMaker",
+	.tp_doc = "MapMaker(*, map_type, key_size, value_size, max_entries, flags, name, count, "
+		  "ahead): `count` BPF maps made by a thread of its own (at most `ahead` of "
+		  "take()), handed out by take().",
+	.tp_basicsize = sizeof(MapMaker),
+	.tp_flags = Py_TPFLAGS_DEFAULT,
+	.tp_new = map_maker_new,
+	.tp_dealloc = (destructor)map_maker_dealloc,
+	.tp_methods = map_maker_methods,
+	.tp_getset = map_maker_getset,
+};
+
 /* TableWriter: tables written straight into the memory of mmapable BPF arrays.
  *
  * Each table's memory is mapped (MAP_SHARED) at the next free spot of a span of
@@ -463,7 +715,38 @@ typedef struct {
 	size_t length;    /* bytes of a table's memory mapped: size * stride */
 	size_t spot;      /* bytes of the span per table: length rounded up to pages */
 	char *span;       /* NULL: none reserved (before the first write, after a release) */
+	char **made;      /* spots: tables mapped by a MapMaker, written, not yet unmapped */
+	uint32_t nmade;   /* how many */
 } TableWriter;
+
+static int addr_cmp(const void *a, const void *b)
+{
+	uintptr_t x = (uintptr_t) * (char *const *)a, y = (uintptr_t) * (char *const *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* Unmap the tables a MapMaker mapped and write_made wrote: one munmap per run of
+ * adjacent mappings (the kernel places consecutive mmaps next to each other, so
+ * usually a few). A run covers only these mappings, never a gap between them. */
+static void made_unmap(TableWriter *self)
+{
+	uint32_t n = self->nmade;
+
+	self->nmade = 0;
+	if (!n)
+		return;
+	qsort(self->made, n, sizeof(self->made[0]), addr_cmp);
+	char *start = self->made[0], *end = start + self->spot;
+	for (uint32_t i = 1; i < n; i++) {
+		if (self->made[i] != end) {
+			munmap(start, (size_t)(end - start));
+			start = self->made[i];
+		}
+		end = self->made[i] + self->spot;
+	}
+	munmap(start, (size_t)(end - start));
+}
 
 static int span_unmap(TableWriter *self)
 {
@@ -553,6 +836,11 @@ static PyObject *table_writer_new(PyTypeObject *type, PyObject *args, PyObject *
 	self->spots = (uint32_t)spots;
 	self->length = (size_t)size * (size_t)stride;
 	self->spot = (self->length + (size_t)page - 1) / (size_t)page * (size_t)page;
+	self->made = PyMem_New(char *, self->spots);
+	if (!self->made) {
+		Py_DECREF(self);
+		return PyErr_NoMemory();
+	}
 	return (PyObject *)self;
 }
 
@@ -560,7 +848,19 @@ static void table_writer_dealloc(TableWriter *self)
 {
 	if (self->span)
 		munmap(self->span, self->spot * self->spots);
+	if (self->made)
+		made_unmap(self);
+	PyMem_Free(self->made);
 	Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Fill a table's memory at `table`: ids[index] per slot, one 4-byte store each. */
+static void table_store(TableWriter *self, char *table, struct walks *w, const uint32_t *ids)
+{
+	walks_fill(w);
+	for (uint32_t s = 0; s < w->size; s++)
+		__atomic_store_n((uint32_t *)(table + (size_t)s * self->stride), ids[w->entry[s]],
+				 __ATOMIC_RELAXED);
 }
 
 static PyObject *table_writer_write(TableWriter *self, PyObject *args)
@@ -584,11 +884,50 @@ static PyObject *table_writer_write(TableWriter *self, PyObject *args)
 	char *table = span_map(self, fd);
 	if (!table)
 		goto done;
-	walks_fill(&w);
-	for (uint32_t s = 0; s < w.size; s++)
-		__atomic_store_n((uint32_t *)(table + (size_t)s * self->stride),
-				 values[w.entry[s]], __ATOMIC_RELAXED);
+	table_store(self, table, &w, values);
 	ret = Py_NewRef(Py_None);
+done:
+	PyMem_Free(values);
+	walks_free(&w);
+	return ret;
+}
+
+static PyObject *table_writer_write_made(TableWriter *self, PyObject *args)
+{
+	PyObject *maker, *offsets, *skips, *ids, *ret = NULL;
+	uint32_t *values = NULL;
+	struct walks w;
+	int fd;
+	char *table;
+
+	if (!PyArg_ParseTuple(args, "O!OOO:write_made", &MapMakerType, &maker, &offsets, &skips,
+			      &ids))
+		return NULL;
+	if (((MapMaker *)maker)->map_bytes != self->length) {
+		PyErr_Format(PyExc_ValueError, "the maker maps %zu bytes of each map, not %zu",
+			     ((MapMaker *)maker)->map_bytes, self->length);
+		return NULL;
+	}
+	if (walks_parse(offsets, skips, self->size, &w) < 0)
+		goto done;
+	if (w.n == 0) {
+		PyErr_SetString(PyExc_ValueError, "a Maglev table needs a backend");
+		goto done;
+	}
+	values = ids_parse(ids, w.n);
+	if (!values)
+		goto done;
+	if (map_maker_next((MapMaker *)maker, &fd, &table) < 0) {
+		ret = Py_NewRef(Py_None);
+		goto done;
+	}
+	if (self->nmade == self->spots)
+		made_unmap(self);
+	self->made[self->nmade++] = table;
+	table_store(self, table, &w, values);
+	ret = PyLong_FromLong(fd);
+	if (!ret)
+		close(fd);
 done:
 	PyMem_Free(values);
 	walks_free(&w);
@@ -598,6 +937,7 @@ done:
 static PyObject *table_writer_release(TableWriter *self, PyObject *unused)
 {
 	(void)unused;
+	made_unmap(self);
 	if (span_unmap(self) < 0)
 		return NULL;
 	Py_RETURN_NONE;
@@ -607,8 +947,13 @@ static PyMethodDef table_writer_methods[] = {
 	{"write", (PyCFunction)table_writer_write, METH_VARARGS,
 	 "write(fd, offsets, skips, ids): fill the table behind fd (an mmapable array of "
 	 "`size` slots) with ids[index] per slot, in its memory."},
+	{"write_made", (PyCFunction)table_writer_write_made, METH_VARARGS,
+	 "write_made(maker, offsets, skips, ids) -> int | None: fill the next map the "
+	 "MapMaker made and mapped (map_bytes == size * stride), in that mapping; its fd "
+	 "(yours to close), or None when the maker has no more."},
 	{"release", (PyCFunction)table_writer_release, METH_NOARGS,
-	 "release(): unmap every table written since the last release (one munmap)."},
+	 "release(): unmap every table written since the last release (a munmap per run "
+	 "of adjacent mappings)."},
 	{NULL, NULL, 0, NULL},
 };
 
@@ -617,7 +962,9 @@ static PyMemberDef table_writer_members[] = {
 	{"stride", T_UINT, offsetof(TableWriter, stride), READONLY, "bytes from slot to slot"},
 	{"spots", T_UINT, offsetof(TableWriter, spots), READONLY, "tables mapped per munmap"},
 	{"mapped", T_UINT, offsetof(TableWriter, mapped), READONLY,
-	 "tables mapped now (written since the last release or full span)"},
+	 "tables mapped in the span now (written since the last release or full span)"},
+	{"mapped_made", T_UINT, offsetof(TableWriter, nmade), READONLY,
+	 "tables a MapMaker mapped, written by write_made, not unmapped yet"},
 	{NULL, 0, 0, 0, NULL},
 };
 
@@ -632,220 +979,6 @@ static PyTypeObject TableWriterType = {
 	.tp_dealloc = (destructor)table_writer_dealloc,
 	.tp_methods = table_writer_methods,
 	.tp_members = table_writer_members,
-};
-
-/* MapMaker: `count` BPF maps of one shape, made by a thread of its own (a pthread that
- * never takes the GIL) while the caller goes on, and handed out by take(); at most
- * `ahead` made and not taken at a time (each holds an fd).
- *
- * A plan's new Maglev tables cost the kernel 5-35 us each (most of it the first
- * touch of their fresh pages), which another CPU can spend while the writing thread
- * does the rest of the sync. A Python thread could not: each time it came back from
- * the kernel it would wait for the GIL (up to the 5 ms switch interval) while the
- * writing thread runs Python. take() waits for the next map without the GIL, so the
- * maps are all made by the one thread, in order, and none by two at once.
- */
-typedef struct {
-	PyObject_HEAD
-	pthread_mutex_t lock;
-	pthread_cond_t ready;  /* signalled when a map is made and when the thread ends */
-	pthread_cond_t room;   /* signalled when a map is taken and when asked to stop */
-	pthread_t thread;
-	union bpf_attr attr;   /* the maps' shape: BPF_MAP_CREATE's attributes */
-	int *fds;              /* count: the maps made, in order */
-	Py_ssize_t count;      /* maps to make */
-	Py_ssize_t made;       /* maps made so far (fds[0..made)) */
-	Py_ssize_t taken;      /* maps handed out so far (fds[0..taken)) */
-	Py_ssize_t ahead;      /* most maps made and not taken at a time (fds held) */
-	int started;           /* the thread runs or ran (to be joined) */
-	int stop;              /* asked to stop before `count` */
-	int done;              /* the thread is finished making */
-	int closed;            /* stopped, the maps not taken closed: take() hands out none */
-	int err;               /* errno of the make that failed, or 0 */
-} MapMaker;
-
-static void *map_maker_run(void *arg)
-{
-	MapMaker *self = arg;
-
-	pthread_mutex_lock(&self->lock);
-	while (!self->stop && self->made < self->count) {
-		if (self->made - self->taken >= self->ahead) {
-			pthread_cond_wait(&self->room, &self->lock);
-			continue;
-		}
-		pthread_mutex_unlock(&self->lock);
-		long fd = syscall(__NR_bpf, BPF_MAP_CREATE, &self->attr, sizeof(self->attr));
-		int err = fd < 0 ? errno : 0;
-		pthread_mutex_lock(&self->lock);
-		if (err) {
-			self->err = err;
-			break;
-		}
-		self->fds[self->made++] = (int)fd;
-		pthread_cond_signal(&self->ready);
-	}
-	self->done = 1;
-	pthread_cond_broadcast(&self->ready);
-	pthread_mutex_unlock(&self->lock);
-	return NULL;
-}
-
-/* Stop the thread, wait for it, close the maps not handed out. */
-static void map_maker_stop(MapMaker *self)
-{
-	if (!self->started)
-		return;
-	pthread_mutex_lock(&self->lock);
-	self->stop = 1;
-	self->closed = 1;  /* from now on take() hands out nothing */
-	pthread_cond_broadcast(&self->room);
-	pthread_mutex_unlock(&self->lock);
-	Py_BEGIN_ALLOW_THREADS
-	pthread_join(self->thread, NULL);  /* at most one make to finish */
-	Py_END_ALLOW_THREADS
-	self->started = 0;
-	for (Py_ssize_t i = self->taken; i < self->made; i++)
-		close(self->fds[i]);
-}
-
-static PyObject *map_maker_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
-{
-	static char *kwlist[] = {"map_type", "key_size", "value_size", "max_entries", "flags",
-				 "name",     "count",    "ahead",      NULL};
-	unsigned int map_type, key_size, value_size, max_entries, flags;
-	const char *name;
-	Py_ssize_t name_len, count, ahead;
-
-	if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$IIIIIs#nn:MapMaker", kwlist, &map_type,
-					 &key_size, &value_size, &max_entries, &flags, &name,
-					 &name_len, &count, &ahead))
-		return NULL;
-	if (count < 0 || count > (1 << 20)) {
-		PyErr_Format(PyExc_ValueError, "a MapMaker makes 0 to %d maps, not %zd", 1 << 20,
-			     count);
-		return NULL;
-	}
-	if (ahead < 1) {
-		PyErr_Format(PyExc_ValueError, "a MapMaker keeps at least 1 map ahead, not %zd",
-			     ahead);
-		return NULL;
-	}
-	MapMaker *self = (MapMaker *)type->tp_alloc(type, 0);
-	if (!self)
-		return NULL;
-	pthread_mutex_init(&self->lock, NULL);
-	pthread_cond_init(&self->ready, NULL);
-	pthread_cond_init(&self->room, NULL);
-	self->count = count;
-	self->ahead = ahead;
-	self->fds = PyMem_New(int, count ? count : 1);
-	if (!self->fds) {
-		Py_DECREF(self);
-		return PyErr_NoMemory();
-	}
-	memset(&self->attr, 0, sizeof(self->attr));
-	self->attr.map_type = map_type;
-	self->attr.key_size = key_size;
-	self->attr.value_size = value_size;
-	self->attr.max_entries = max_entries;
-	self->attr.map_flags = flags;
-	memcpy(self->attr.map_name, name,
-	       (size_t)name_len < BPF_OBJ_NAME_LEN - 1 ? (size_t)name_len : BPF_OBJ_NAME_LEN - 1);
-
-	/* no signal for the thread: Python's handlers belong to its own threads */
-	sigset_t all, old;
-	sigfillset(&all);
-	pthread_sigmask(SIG_SETMASK, &all, &old);
-	int err = pthread_create(&self->thread, NULL, map_maker_run, self);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	if (err) {
-		Py_DECREF(self);
-		errno = err;
-		return PyErr_SetFromErrno(PyExc_OSError);
-	}
-	self->started = 1;
-	return (PyObject *)self;
-}
-
-static void map_maker_dealloc(MapMaker *self)
-{
-	map_maker_stop(self);
-	PyMem_Free(self->fds);
-	pthread_cond_destroy(&self->ready);
-	pthread_cond_destroy(&self->room);
-	pthread_mutex_destroy(&self->lock);
-	Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static PyObject *map_maker_take(MapMaker *self, PyObject *unused)
-{
-	int fd = -1;
-
-	(void)unused;
-	Py_BEGIN_ALLOW_THREADS
-	pthread_mutex_lock(&self->lock);
-	while (self->taken == self->made && !self->done)
-		pthread_cond_wait(&self->ready, &self->lock);
-	if (self->taken < self->made && !self->closed) {
-		fd = self->fds[self->taken++];
-		pthread_cond_signal(&self->room);
-	}
-	pthread_mutex_unlock(&self->lock);
-	Py_END_ALLOW_THREADS
-	if (fd < 0)
-		Py_RETURN_NONE;
-	return PyLong_FromLong(fd);
-}
-
-static PyObject *map_maker_close(MapMaker *self, PyObject *unused)
-{
-	(void)unused;
-	map_maker_stop(self);
-	Py_RETURN_NONE;
-}
-
-static PyObject *map_maker_counts(MapMaker *self, void *closure)
-{
-	Py_ssize_t made, taken;
-	int err;
-
-	(void)closure;
-	pthread_mutex_lock(&self->lock);
-	made = self->made;
-	taken = self->taken;
-	err = self->err;
-	pthread_mutex_unlock(&self->lock);
-	return Py_BuildValue("(nni)", made, taken, err);
-}
-
-static PyMethodDef map_maker_methods[] = {
-	{"take", (PyCFunction)map_maker_take, METH_NOARGS,
-	 "take() -> int | None: the next map's fd (yours to close), waiting for it without "
-	 "the GIL; None when no more will come (all taken, the thread failed or closed)."},
-	{"close", (PyCFunction)map_maker_close, METH_NOARGS,
-	 "close(): stop making, wait for the thread, close the maps not taken."},
-	{NULL, NULL, 0, NULL},
-};
-
-static PyGetSetDef map_maker_getset[] = {
-	{"counts", (getter)map_maker_counts, NULL,
-	 "(made, taken, errno of the failed make or 0), at this moment", NULL},
-	{NULL, NULL, NULL, NULL, NULL},
-};
-
-static PyTypeObject MapMakerType = {
-	PyVarObject_HEAD_INIT(NULL, 0)
-	.tp_name = "ebpflb._maglevfill.MapMaker",
-	.tp_doc = "MapMaker(*, map_type, key_size, value_size, max_entries, flags, name, count, "
-		  "ahead): `count` BPF maps made by a thread of its own (at most `ahead` of "
-		  "take()), handed out by take().",
-	.tp_basicsize = sizeof(MapMaker),
-	.tp_flags = Py_TPFLAGS_DEFAULT,
-	.tp_new = map_maker_new,
-	.tp_dealloc = (destructor)map_maker_dealloc,
-	.tp_methods = map_maker_methods,
-	.tp_getset = map_maker_getset,
 };
 
 static PyMethodDef maglevfill_methods[] = {

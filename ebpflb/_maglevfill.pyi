@@ -20,12 +20,17 @@ class TableWriter:
     def write(
         self, fd: int, offsets: Sequence[int], skips: Sequence[int], ids: Sequence[int], /
     ) -> None: ...
+    @property
+    def mapped_made(self) -> int: ...
+    def write_made(
+        self, maker: MapMaker, offsets: Sequence[int], skips: Sequence[int], ids: Sequence[int], /
+    ) -> int | None: ...
     def release(self) -> None: ...
 
 class MapMaker:
-    """`count` BPF maps of one shape, made by a native thread of its own (which never
-    takes the GIL) from the moment it is made, at most `ahead` of `take`, which hands
-    them out in order."""
+    """`count` BPF maps of one shape, made (and with `map_bytes`, mapped) by a native
+    thread of its own (which never takes the GIL) from the moment it is made, at most
+    `ahead` of `take` (or TableWriter.write_made), which hands them out in order."""
 
     def __init__(
         self,
@@ -38,6 +43,7 @@ class MapMaker:
         name: str,
         count: int,
         ahead: int,
+        map_bytes: int,
     ) -> None: ...
     @property
     def counts(self) -> tuple[int, int, int]:

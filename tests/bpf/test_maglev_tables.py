@@ -278,7 +278,9 @@ def _want_of(sid: int, slots: tuple[tuple[IPv4Address, int], ...]) -> list[int]:
     return [100 * sid + i for i in maglev.table([f"{a}:{p}" for a, p in slots], SIZE)]
 
 
-def _maker(count: int, *, value_size: int = 4, ahead: int = 8192) -> _maglevfill.MapMaker:
+def _maker(
+    count: int, *, value_size: int = 4, ahead: int = 8192, map_bytes: int = 0
+) -> _maglevfill.MapMaker:
     return _maglevfill.MapMaker(
         map_type=BPF_MAP_TYPE_ARRAY,
         key_size=4,
@@ -288,6 +290,7 @@ def _maker(count: int, *, value_size: int = 4, ahead: int = 8192) -> _maglevfill
         name="ebpflb_mgt_but_longer",
         count=count,
         ahead=ahead,
+        map_bytes=map_bytes,
     )
 
 
@@ -483,3 +486,67 @@ def test_ids_must_match_the_slots(maps: Maps) -> None:
     with pytest.raises(ValueError, match="2 backend ids for 3 Maglev slots"):
         tables.write(1, _backends(1, 3), [1, 2])
     tables.flush()
+
+
+def _bpf_mappings() -> int:
+    """How many mappings of BPF maps this process holds."""
+    with open("/proc/self/maps") as f:
+        return sum(1 for line in f if "bpf-map" in line)
+
+
+def test_tables_made_and_mapped_ahead_are_written_in_place() -> None:
+    held, mapped = _fds(), _bpf_mappings()
+    maker = _maker(5, ahead=5, map_bytes=SIZE * 8)
+    writer = _maglevfill.TableWriter(size=SIZE, stride=8, spots=2)
+    assert _stays_at(maker, (5, 0, 0))
+    assert _bpf_mappings() == mapped + 5  # mapped by the maker's thread
+    names = [f"10.244.1.{i}:8080" for i in range(1, 4)]
+    fds = []
+    for i in range(5):
+        fd = writer.write_made(maker, *maglev.walks(names, SIZE), [i, 10 + i, 20 + i])
+        assert fd is not None
+        fds.append(fd)
+        assert writer.mapped_made == (i % 2) + 1  # unmapped two at a time (spots)
+    assert writer.write_made(maker, *maglev.walks(names, SIZE), [1, 2, 3]) is None  # no more
+    writer.release()
+    assert writer.mapped_made == 0 and _bpf_mappings() == mapped
+    order = maglev.table(names, SIZE)
+    for i, fd in enumerate(fds):
+        with PinnedMap("table", fd=fd) as t:
+            got = [t.lookup(ctypes.c_uint32(s), ctypes.c_uint32) for s in range(SIZE)]
+            assert [g.value for g in got if g is not None] == [
+                [i, 10 + i, 20 + i][j] for j in order
+            ]
+            with mmap.mmap(t.fd, SIZE * 8, prot=mmap.PROT_READ) as m:
+                assert not any(array("I", m[:])[1::2])  # zeros between the ids
+    maker.close()
+    assert _fds() == held
+
+
+def test_write_made_refuses_before_taking_a_table() -> None:
+    held, mapped = _fds(), _bpf_mappings()
+    maker = _maker(2, ahead=2, map_bytes=SIZE * 8)
+    writer = _maglevfill.TableWriter(size=SIZE, stride=8, spots=4)
+    with pytest.raises(ValueError, match="maps 8168 bytes of each map, not 2008"):
+        _maglevfill.TableWriter(size=251, stride=8, spots=1).write_made(maker, [0], [1], [1])
+    with pytest.raises(ValueError, match="skips must be in"):
+        writer.write_made(maker, [0], [0], [1])
+    with pytest.raises(ValueError, match="1 Maglev ids for 2 backends"):
+        writer.write_made(maker, [0, 1], [1, 2], [1])
+    with pytest.raises(TypeError):
+        writer.write_made(object(), [0], [1], [1])  # type: ignore[arg-type]
+    assert _stays_at(maker, (2, 0, 0))  # nothing taken
+    maker.close()  # closes and unmaps the two
+    assert _fds() == held and _bpf_mappings() == mapped
+
+
+def test_take_of_a_mapping_maker_gives_the_map_unmapped() -> None:
+    mapped = _bpf_mappings()
+    maker = _maker(1, map_bytes=SIZE * 8)
+    fd = maker.take()
+    assert fd is not None
+    try:
+        assert _bpf_mappings() == mapped
+        assert map_info(fd).max_entries == SIZE
+    finally:
+        os.close(fd)

@@ -70,6 +70,7 @@ _WORDS_PER_SLOT = _STRIDE // 4
 _PENDING_MAX = 8192  # new tables' fds held until they go into the outer map
 _SPAN_BYTES = 4 << 20  # tables' memory mapped at once (their pages count as our RSS)
 _MAKE_MIN = 64  # fewer new tables than this are not worth a thread
+_AHEAD_BYTES = 16 << 20  # tables' memory the maker may map ahead of the writes
 
 
 class MaglevTables:
@@ -109,6 +110,7 @@ class MaglevTables:
         self._new: list[tuple[int, int]] = []  # (frontend id, its new table's fd): pending
         # the new tables being made ahead by a thread of its own (see expect)
         self._maker: MapMaker | None = None
+        self._table_bytes = size * _STRIDE
         # the extension's writer; without it, a table's memory as _fill lays it out
         self._writer = (
             None
@@ -144,14 +146,16 @@ class MaglevTables:
             finally:
                 os.close(fd)
             return
-        fd = self._maker.take() if self._maker is not None else None
+        fd = None
+        if self._maker is not None and self._writer is not None:  # made and mapped ahead
+            fd = self._writer.write_made(self._maker, *maglev.walks(names, self.size), ids)
         if fd is None:
             fd = map_create(BPF_MAP_TYPE_ARRAY, 4, 4, self.size, "ebpflb_mgt", flags=TABLE_FLAGS)
-        try:
-            self._fill(fd, names, ids)
-        except BaseException:
-            os.close(fd)
-            raise
+            try:
+                self._fill(fd, names, ids)
+            except BaseException:
+                os.close(fd)
+                raise
         self._new.append((sid, fd))
         if len(self._new) >= self.pending_max:
             self._put_new()
@@ -169,22 +173,23 @@ class MaglevTables:
             mem[:] = self._image
 
     def expect(self, count: int) -> None:
-        """About `count` new frontends are to be written: have their tables made
-        meanwhile by a thread of their own (at most `pending_max` ahead of `write`,
-        each holding an fd), for `write` to take.
+        """About `count` new frontends are to be written: have their tables made and
+        mapped meanwhile by a thread of their own, for `write` to fill.
 
         Making a table costs the kernel 5-35 us (its fresh pages, zeroed; the most in
-        a VM whose host backs a page only when it is first touched), the largest part
-        of a new table's write. The extension's MapMaker makes them in a native
-        thread, which never waits for the GIL, so they are made on another CPU (when
-        there is one to spare) while this thread writes the backends and the service
-        entries; `write` takes them in turn, waiting for the next one if it is ahead,
-        and makes its own once the maker is done (or failed). `flush` stops it and
-        closes what was not taken (a plan that fails before its flush leaves that to
-        the next `expect` or `flush`). Without the extension, or for fewer than 64,
+        a VM whose host backs a page only when it is first touched) and mapping it
+        7-15 us, most of a new table's write. The extension's MapMaker does both in a
+        native thread, which never waits for the GIL, so on another CPU (when there is
+        one to spare) while this thread writes the backends and the service entries;
+        `write` fills them in turn (TableWriter.write_made), waiting for the next one
+        if it is ahead, and makes its own once the maker is done (or failed). The
+        maker stays at most 16 MiB of mappings (2,048 tables of 1021 slots) and
+        `pending_max` fds ahead. `flush` stops it and closes what was not taken (a
+        plan that fails before its flush leaves that to the next `expect` or
+        `flush`). Without the extension, or for fewer than 64,
         each table is made by `write`."""
         self._stop_making()
-        if _MapMaker is None or count < _MAKE_MIN:
+        if _MapMaker is None or self._writer is None or count < _MAKE_MIN:
             return
         self._maker = _MapMaker(
             map_type=BPF_MAP_TYPE_ARRAY,
@@ -194,7 +199,8 @@ class MaglevTables:
             flags=TABLE_FLAGS,
             name="ebpflb_mgt",
             count=count,
-            ahead=self.pending_max,
+            ahead=min(self.pending_max, max(1, _AHEAD_BYTES // self._table_bytes)),
+            map_bytes=self._table_bytes,
         )
 
     def _stop_making(self) -> None:
