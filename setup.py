@@ -9,12 +9,13 @@ automatically (it would need every subpackage listed by hand), and a symlink
 ebpflb/_bpf -> ../bpf is followed by some archivers and copied as a link by others.
 An editable install builds nothing here: bpf_dir() then uses the checkout's bpf/.
 
-The one native module, ebpflb._maglevfill (the Maglev table fill in C,
-ebpflb/_maglevfill.c), is built by every install, editable ones too (beside its
-source). It needs a C compiler and the Python headers (Debian: gcc, python3-dev);
-it is optional so that an install without them still works: ebpflb.maglev then fills
-its tables in Python, about 30x slower. The image (deploy/Containerfile) and the unit
-tests insist on it.
+The one native module, ebpflb._maglevfill (ebpflb/_maglevfill.c: the Maglev walks and
+fill in C, and the writer that makes, maps and fills the kernel's tables), is built by
+every install, editable ones too (beside its source). It needs a C compiler and the
+Python and Linux headers (Debian: gcc, python3-dev, which brings linux-libc-dev); it
+is optional so that an install without them still works: ebpflb.maglev then fills its
+tables in Python, about 30x slower, and the map writer makes and copies each table
+itself. The image (deploy/Containerfile) and the unit tests insist on it.
 
 Everything else is configured in pyproject.toml; MANIFEST.in puts bpf/ in the sdist.
 """
