@@ -17,7 +17,8 @@ from collections.abc import Iterator
 import pytest
 
 from ebpflb.dataplane.bpf import abi
-from ebpflb.dataplane.bpf.ids import unpack_ids
+from ebpflb.dataplane.bpf import maps as bpf_maps
+from ebpflb.dataplane.bpf.ids import backend_key, pack_ids, unpack_ids
 from ebpflb.dataplane.bpf.maps import BpfMaps, MapState, read_state
 from ebpflb.dataplane.bpf.writer import MapWriter
 from ebpflb.model import (
@@ -212,3 +213,40 @@ def test_orphans_twins_and_unnamed_services(writer: MapWriter) -> None:
     assert {k: s for k, s in again.frontends.items() if k != lost_key} == {
         k: s for k, s in fast.frontends.items() if k != lost_key
     }
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_the_column_layouts_pick_the_fields_of_abi_elements(family: int) -> None:
+    """maps' one-field layouts against the abi's packing of whole elements."""
+    element = (abi.PACK_LB4_BACKEND if family == 4 else abi.PACK_LB6_BACKEND).pack(
+        bytes(range(1, 5 if family == 4 else 17)), abi.htons(8443), 17, 3, 0x01020304
+    )
+    layouts = bpf_maps._LAYOUTS[family]
+    n = 4 if family == 4 else 16
+    other = (abi.PACK_LB4_BACKEND if family == 4 else abi.PACK_LB6_BACKEND).pack(
+        bytes(n), abi.htons(1), 6, 1, 7
+    )
+    assert layouts.element.size == layouts.address.size == len(element)
+    assert layouts.element.unpack(element) == (element,)
+    assert layouts.address.unpack(element) == (bytes(range(1, n + 1)),)
+    assert layouts.order.unpack(element) == (bytes(range(1, n + 1)) + (8443).to_bytes(2, "big"),)
+    assert layouts.ports(element + other) == [8443, 1]
+    assert layouts.flags(element + other) == [3, 1]
+    assert layouts.owners(element + other) == [0x01020304, 7]
+    record = bpf_maps._id_records(element, [0x0A0B0C0D], family)
+    assert record == pack_ids(
+        {backend_key(bytes(range(1, n + 1)), 8443): 0x0A0B0C0D}, v6=family == 6
+    )
+    key = (abi.PACK_LB4_KEY if family == 4 else abi.PACK_LB6_KEY).pack(
+        bytes(range(1, n + 1)), abi.htons(30080), 6, 0
+    )
+    assert bpf_maps._SVC_KEYS[family].unpack(key) == (bytes(range(1, n + 1)), 30080, 6, 0)
+
+
+def test_the_meta_layouts_pick_the_names() -> None:
+    meta = abi.PACK_LB_SVC_META.pack(b"kube-system", b"dns", b"udp-53")
+    assert [layout.unpack(meta)[0].rstrip(b"\0") for layout in bpf_maps._META_FIELDS] == [
+        b"kube-system",
+        b"dns",
+        b"udp-53",
+    ]

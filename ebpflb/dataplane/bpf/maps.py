@@ -566,17 +566,6 @@ def read_src_ranges(maps: BpfMaps) -> dict[int, tuple[IPNetwork, ...]]:
     return out
 
 
-def _rows(
-    m: PinnedMap, kfmt: struct.Struct, vfmt: struct.Struct
-) -> Iterator[tuple[tuple[Any, ...], tuple[Any, ...]]]:
-    """Every element of a map decoded: one iter_unpack over each dumped buffer (a
-    Python call per element, not two per element and a generator step)."""
-    keys, values, count = m.dump_raw()
-    if not count:
-        return iter(())
-    return zip(kfmt.iter_unpack(keys[: count * kfmt.size]), vfmt.iter_unpack(values), strict=True)
-
-
 def _u32s(raw: bytes) -> list[int]:
     """Packed host-order u32s (a map's ids, as the kernel holds them) as ints."""
     return memoryview(raw).cast("I").tolist()
@@ -646,28 +635,45 @@ def _column(layout: struct.Struct, buf: bytes) -> list[Any]:
 
 @dataclass(frozen=True)
 class _Layouts:
-    """One field each of a backend element (abi.PACK_LB4_BACKEND / _LB6_): address
-    (packed), order (the packed address and the port in network order: as bytes they
-    sort as (address, port) do), port (host order), flags and owner (svc id)."""
+    """The fields of a backend element (abi.PACK_LB4_BACKEND / _LB6_: address, port
+    in network order, protocol, flags, owner svc id), each as a column of a buffer of
+    elements: the bytes ones with a one-field layout (address; order: the packed
+    address and the port in network order, which as bytes sort as (address, port)
+    do; element: the whole), the int ones by slicing the buffer, with no object per
+    element but the int (a one-field iter_unpack makes a tuple each)."""
 
-    element: struct.Struct  # the whole element, as bytes
+    address_size: int
+    element: struct.Struct
     address: struct.Struct
     order: struct.Struct
-    port: struct.Struct
-    flags: struct.Struct
-    owner: struct.Struct
 
     @classmethod
     def of(cls, address_size: int) -> _Layouts:
         n = address_size
         return cls(
+            n,
             struct.Struct(f"<{n + 8}s"),
             struct.Struct(f"<{n}s8x"),
             struct.Struct(f"<{n + 2}s6x"),
-            struct.Struct(f">{n}xH6x"),
-            struct.Struct(f"<{n + 3}xB4x"),
-            struct.Struct(f"<{n + 4}xI"),
         )
+
+    def owners(self, values: bytes) -> list[int]:
+        """Host-order u32s, last in an element whose size is a multiple of 4."""
+        words = self.element.size // 4
+        return memoryview(values).cast("I")[words - 1 :: words].tolist()
+
+    def ports(self, values: bytes) -> list[int]:
+        n, size = self.address_size, self.element.size
+        pairs = bytearray(2 * (len(values) // size))
+        pairs[0::2] = values[n + 1 :: size]  # little-endian u16s
+        pairs[1::2] = values[n::size]
+        ports = array("H", pairs)
+        if sys.byteorder == "big":
+            ports.byteswap()
+        return ports.tolist()
+
+    def flags(self, values: bytes) -> list[int]:
+        return list(values[self.address_size + 3 :: self.element.size])
 
 
 _LAYOUTS = {4: _Layouts.of(4), 6: _Layouts.of(16)}
@@ -677,7 +683,7 @@ def _id_records(values: bytes, ids: list[int], family: int) -> bytes:
     """The id table records (ids.pack_ids: packed address, port little-endian, id
     little-endian) of the backend elements in ``values`` and their ``ids``, made with
     one strided copy per byte of a record, not a Python step per backend."""
-    n = _LAYOUTS[family].address.size - 8  # the address's bytes
+    n = _LAYOUTS[family].address_size
     size, record = n + 8, n + 6
     count = len(ids)
     id_bytes = array("I", ids)
@@ -742,7 +748,7 @@ class _BackendColumns:
         keys, values, count = m.dump_raw()
         values = values[: count * element.size]
         map_ids = _u32s(keys[: count * 4])
-        map_owners = _column(layouts.owner, values)
+        map_owners = layouts.owners(values)
         # one sort of the whole map by (owner, address, port); a frontend's backends
         # are usually one run of ids already in that order (the writer allocates them
         # so), which the sort only checks
@@ -756,10 +762,10 @@ class _BackendColumns:
             values = b"".join(map(_column(layouts.element, values).__getitem__, order))
             ids = list(map(map_ids.__getitem__, order))
             in_order = list(map(order_keys.__getitem__, order))
-        owners = _column(layouts.owner, values)
+        owners = layouts.owners(values)
         packed = _column(layouts.address, values)
-        ports = _column(layouts.port, values)
-        flags = _column(layouts.flags, values)
+        ports = layouts.ports(values)
+        flags = layouts.flags(values)
         distinct = dict.fromkeys(packed)
         new = [p for p in distinct if p not in addresses] if addresses else list(distinct)
         addresses.update(zip(new, map(make, map(_from_big, new)), strict=True))
