@@ -583,14 +583,15 @@ _FAMILIES: dict[int, tuple[_Address, struct.Struct, struct.Struct, struct.Struct
 # the address), unless one address and port occur twice (see _backend_states).
 _Row = tuple[bytes, int, int, int]
 
+_from_big = partial(int.from_bytes, byteorder="big")  # a packed address's int
 # packed address -> its address object, made once per read (see _BackendColumns)
 _Addresses = dict[bytes, IPAddress]
 
 
 def _address(addresses: _Addresses, make: _Address, packed: bytes) -> IPAddress:
     found = addresses.get(packed)
-    if found is None:
-        found = addresses[packed] = make(packed)
+    if found is None:  # from its int: from the bytes, ipaddress checks them in Python
+        found = addresses[packed] = make(_from_big(packed))
     return found
 
 
@@ -623,7 +624,6 @@ _first = itemgetter(0)
 _backend_key = itemgetter(0, 1)  # BackendState.key, in C
 _make_tuple = tuple.__new__  # BackendState(*row), in C: a named tuple is a tuple
 _BE32 = struct.Struct(">I").pack
-_from_big = partial(int.from_bytes, byteorder="big")  # a packed address's int
 _IS_ACTIVE = tuple(bool(f & _ACTIVE) for f in range(256))
 _IS_TERMINATING = tuple(bool(f & _TERMINATING) for f in range(256))
 
