@@ -526,10 +526,11 @@ class MapState:
         return self.backend_ids[sid][backend_key(address.packed, port)]
 
     def all_backend_ids(self) -> Iterator[int]:
-        if self._backend_ids is None:
-            six = self.tables6
-            for sid, table in self.tables.items():
-                yield from table_ids(table, v6=sid in six)
+        if self._backend_ids is None:  # the tables of a family, as one: one unpack each
+            six, tables = self.tables6, self.tables
+            four = [t for sid, t in tables.items() if sid not in six] if six else tables.values()
+            yield from table_ids(b"".join(four), v6=False)
+            yield from table_ids(b"".join([tables[sid] for sid in six]), v6=True)
             return
         for ids in self._backend_ids.values():
             yield from ids.values()
