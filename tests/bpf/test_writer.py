@@ -143,3 +143,29 @@ def test_maglev_tables_follow_any_a_to_any_b(maps: Maps, a, b) -> None:
         assert _held(maps) == desired_frontends(b)
     finally:
         writer.maps.close()
+
+
+def test_a_reused_service_id_starts_with_zero_counters(maps: Maps) -> None:
+    """A service id freed and handed to another frontend has its counters reset; the
+    frontend's own counters stay across a restart."""
+    import ctypes
+
+    from ebpflb.dataplane.bpf import abi
+    from tests.unit.test_plan import entry, state
+
+    a, b, c = (entry(f"10.96.0.{i}", 80, [("10.0.0.1", 80, True)], name=f"s{i}") for i in (1, 2, 3))
+    writer = _write(maps, state(a), services=3)  # ids 1..2
+    try:
+        sid = writer.svc_ids[a.frontend.key]
+        counted = abi.LbStats(rx_packets=7, rx_bytes=700)
+        writer.maps.svc_stats.update_percpu(ctypes.c_uint32(sid), counted)
+        writer.apply(diff(writer.frontends, desired_frontends(state(b))))  # frees a's id
+        writer.apply(diff(writer.frontends, desired_frontends(state(c))))  # b's id is next
+        assert writer.svc_ids[c.frontend.key] == sid
+        assert maps.svc_stats(sid).rx_packets == maps.svc_stats(sid).rx_bytes == 0
+        writer.maps.svc_stats.update_percpu(ctypes.c_uint32(sid), counted)
+        writer.maps.close()
+        writer = _write(maps, state(c), services=3)  # a restart: nothing to write
+        assert maps.svc_stats(sid).rx_packets > 0  # the live frontend's counters stay
+    finally:
+        writer.maps.close()
