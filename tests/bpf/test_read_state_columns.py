@@ -152,14 +152,16 @@ def test_random_states_read_as_the_reference_reads_them(writer: MapWriter, seed:
         _same(fast, slow)
         assert fast.frontends == want
         assert fast.backend_ids == writer.backend_ids()
-        # one port name object per distinct name, and one address per distinct address
+        # one port name object per distinct name, one address and port object per value
         by_name: dict[ServicePortName, ServicePortName] = {}
         for state in fast.frontends.values():
             assert by_name.setdefault(state.port_name, state.port_name) is state.port_name
         addresses: dict[IPAddress, IPAddress] = {}
+        ports: dict[int, int] = {}  # 8080 and 8443: ints Python does not share itself
         for state in fast.frontends.values():
             for b in state.backends:
                 assert addresses.setdefault(b.address, b.address) is b.address
+                assert ports.setdefault(b.port, b.port) is b.port
 
 
 def test_orphans_twins_and_unnamed_services(writer: MapWriter) -> None:
