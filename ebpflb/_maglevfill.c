@@ -532,21 +532,25 @@ static void map_maker_stop(MapMaker *self)
 	}
 }
 
-/* The next map made (its fd and where it is mapped), waiting for it without the GIL;
- * 0, or -1 when no more will come. */
-static int map_maker_next(MapMaker *self, int *fd, char **addr)
+/* The next map made (its fd and where it is mapped): 0, or -1 when there is none.
+ * `wait`: for it, without the GIL, until there is one or no more will come. Else a
+ * caller that finds none ready makes its own, and the thread makes one fewer: the
+ * caller goes on when the thread is slow (or has no CPU) instead of waiting idle. */
+static int map_maker_next(MapMaker *self, int *fd, char **addr, int wait)
 {
 	int ret = -1;
 
-	Py_BEGIN_ALLOW_THREADS
+	Py_BEGIN_ALLOW_THREADS  /* never wait for the lock holding the GIL */
 	pthread_mutex_lock(&self->lock);
-	while (self->taken == self->made && !self->done)
+	while (wait && self->taken == self->made && !self->done)
 		pthread_cond_wait(&self->ready, &self->lock);
 	if (self->taken < self->made && !self->closed) {
 		*addr = self->addrs ? self->addrs[self->taken] : NULL;
 		*fd = self->fds[self->taken++];
 		pthread_cond_signal(&self->room);
 		ret = 0;
+	} else if (!wait && self->count > self->made) {
+		self->count--;
 	}
 	pthread_mutex_unlock(&self->lock);
 	Py_END_ALLOW_THREADS
@@ -636,7 +640,7 @@ static PyObject *map_maker_take(MapMaker *self, PyObject *unused)
 	char *addr;
 
 	(void)unused;
-	if (map_maker_next(self, &fd, &addr) < 0)
+	if (map_maker_next(self, &fd, &addr, 1) < 0)
 		Py_RETURN_NONE;
 	if (addr)
 		munmap(addr, self->map_bytes);  /* the caller gets the map, not its mapping */
@@ -917,7 +921,7 @@ static PyObject *table_writer_write_made(TableWriter *self, PyObject *args)
 	values = ids_parse(ids, w.n);
 	if (!values)
 		goto done;
-	if (map_maker_next((MapMaker *)maker, &fd, &table) < 0) {
+	if (map_maker_next((MapMaker *)maker, &fd, &table, 0) < 0) {
 		ret = Py_NewRef(Py_None);
 		goto done;
 	}
@@ -950,7 +954,8 @@ static PyMethodDef table_writer_methods[] = {
 	{"write_made", (PyCFunction)table_writer_write_made, METH_VARARGS,
 	 "write_made(maker, offsets, skips, ids) -> int | None: fill the next map the "
 	 "MapMaker made and mapped (map_bytes == size * stride), in that mapping; its fd "
-	 "(yours to close), or None when the maker has no more."},
+	 "(yours to close). None when it has none ready (then it makes one fewer: make "
+	 "your own) or no more."},
 	{"release", (PyCFunction)table_writer_release, METH_NOARGS,
 	 "release(): unmap every table written since the last release (a munmap per run "
 	 "of adjacent mappings)."},

@@ -12,6 +12,7 @@ import os
 import time
 from array import array
 from ipaddress import IPv4Address
+from typing import Any
 
 import pytest
 
@@ -384,6 +385,7 @@ def test_expected_tables_are_made_ahead_and_written(maps: Maps) -> None:
     tables.expect(70)
     assert tables._maker is not None
     maker = tables._maker
+    assert _stays_at(maker, (70, 0, 0))  # all made before the first write
     slots = {sid: _backends(sid, 3 + sid % 4) for sid in range(1, 61)}
     for sid, s in slots.items():
         _write(tables, sid, s)
@@ -393,6 +395,38 @@ def test_expected_tables_are_made_ahead_and_written(maps: Maps) -> None:
     assert _fds() == held  # the ones not used closed, the 60 written held by the outer map
     for sid, s in slots.items():
         assert _table_of(maps, sid)[1] == _want_of(sid, s)
+
+
+def test_write_makes_its_own_when_none_is_ready_and_the_maker_one_fewer(
+    maps: Maps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes right after expect outrun the maker: each write that finds no table
+    ready makes its own instead of waiting, and the maker makes one fewer (one more at
+    most, when it was already making it), so no table is made twice over."""
+    monkeypatch.setattr(maglevtables, "_MAKE_MIN", 4)
+    own: list[int] = []
+    create = map_create
+
+    def counted(*args: Any, **kwargs: Any) -> int:
+        fd = create(*args, **kwargs)
+        own.append(fd)
+        return fd
+
+    monkeypatch.setattr(maglevtables, "map_create", counted)
+    held = _fds()
+    tables = _tables(maps)
+    tables.expect(60)
+    assert tables._maker is not None
+    maker = tables._maker
+    for sid in range(1, 61):
+        _write(tables, sid, _backends(sid, 3))
+    made, taken, err = maker.counts
+    assert taken + len(own) == 60 and not err
+    assert taken <= made <= taken + 1 + len(own)  # never more than 60 + 1 in all
+    tables.flush()
+    assert _fds() == held
+    for sid in range(1, 61):
+        assert _table_of(maps, sid)[1] == _want_of(sid, _backends(sid, 3))
 
 
 def test_more_new_tables_than_expected_are_made_by_write(

@@ -181,8 +181,9 @@ class MaglevTables:
         7-15 us, most of a new table's write. The extension's MapMaker does both in a
         native thread, which never waits for the GIL, so on another CPU (when there is
         one to spare) while this thread writes the backends and the service entries;
-        `write` fills them in turn (TableWriter.write_made), waiting for the next one
-        if it is ahead, and makes its own once the maker is done (or failed). The
+        `write` fills them in turn (TableWriter.write_made); when none is ready it
+        makes its own instead of waiting (and the maker one fewer), so a maker with
+        no CPU to run on costs the sync nothing but the tables it did make. The
         maker stays at most 16 MiB of mappings (2,048 tables of 1021 slots) and
         `pending_max` fds ahead. `flush` stops it and closes what was not taken (a
         plan that fails before its flush leaves that to the next `expect` or
