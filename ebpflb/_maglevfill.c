@@ -867,6 +867,21 @@ static void table_store(TableWriter *self, char *table, struct walks *w, const u
 				 __ATOMIC_RELAXED);
 }
 
+/* A table's walks and ids, as write and write_made take them: NULL (an exception set)
+ * when they are not a table's (none at all included); the caller walks_free's w either
+ * way. */
+static uint32_t *table_args(Py_ssize_t size, PyObject *offsets, PyObject *skips, PyObject *ids,
+			    struct walks *w)
+{
+	if (walks_parse(offsets, skips, size, w) < 0)
+		return NULL;
+	if (w->n == 0) {
+		PyErr_SetString(PyExc_ValueError, "a Maglev table needs a backend");
+		return NULL;
+	}
+	return ids_parse(ids, w->n);
+}
+
 static PyObject *table_writer_write(TableWriter *self, PyObject *args)
 {
 	PyObject *offsets, *skips, *ids, *ret = NULL;
@@ -876,13 +891,7 @@ static PyObject *table_writer_write(TableWriter *self, PyObject *args)
 
 	if (!PyArg_ParseTuple(args, "iOOO:write", &fd, &offsets, &skips, &ids))
 		return NULL;
-	if (walks_parse(offsets, skips, self->size, &w) < 0)
-		goto done;
-	if (w.n == 0) {
-		PyErr_SetString(PyExc_ValueError, "a Maglev table needs a backend");
-		goto done;
-	}
-	values = ids_parse(ids, w.n);
+	values = table_args(self->size, offsets, skips, ids, &w);
 	if (!values)
 		goto done;
 	char *table = span_map(self, fd);
@@ -912,13 +921,7 @@ static PyObject *table_writer_write_made(TableWriter *self, PyObject *args)
 			     ((MapMaker *)maker)->map_bytes, self->length);
 		return NULL;
 	}
-	if (walks_parse(offsets, skips, self->size, &w) < 0)
-		goto done;
-	if (w.n == 0) {
-		PyErr_SetString(PyExc_ValueError, "a Maglev table needs a backend");
-		goto done;
-	}
-	values = ids_parse(ids, w.n);
+	values = table_args(self->size, offsets, skips, ids, &w);
 	if (!values)
 		goto done;
 	if (map_maker_next((MapMaker *)maker, &fd, &table, 0) < 0) {
