@@ -71,6 +71,11 @@ _READY_TERMINATING = READY | TERMINATING  # from_entry's one pass: ready, not te
 _active, _terminating = itemgetter(2), itemgetter(3)  # BackendState's flags, in C
 
 
+def _stored_count(stored: tuple[Any, ...]) -> int:
+    """How many backends a store holds (a flat one holds two items per backend)."""
+    return len(stored) // 2 if _is_flat(stored) else len(stored)
+
+
 def _is_flat(stored: tuple[Any, ...]) -> bool:
     """Whether stored backends (see FrontendState) are (address, port, ...), not
     states (a state is a tuple; an address is not). Empty: both, and the same."""
@@ -178,8 +183,7 @@ class FrontendState:
     @property
     def backend_count(self) -> int:
         """len(backends), without making them."""
-        stored = self._backends
-        return len(stored) // 2 if _is_flat(stored) else len(stored)
+        return _stored_count(self._backends)
 
     @property
     def slots(self) -> tuple[BackendKey, ...]:
@@ -333,8 +337,7 @@ class UpsertBackends:
 
     @property
     def backend_count(self) -> int:
-        stored = self._backends
-        return len(stored) // 2 if _is_flat(stored) else len(stored)
+        return _stored_count(self._backends)
 
     def rows(self) -> Iterable[BackendRow]:
         """The backends' fields, without making a BackendState of a flat store."""
