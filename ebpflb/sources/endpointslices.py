@@ -149,12 +149,8 @@ def _collect_backends(slices: Iterable[Obj], errors: list[ObjectError]) -> _Back
     found: _Backends = {}
     cache = _Cache()
     for identity, obj in sorted(((_identity(obj), obj) for obj in slices), key=itemgetter(0)):
-        ahead = _take_parse(obj)
-        if ahead is None:
-            parsed = _parse_slice(obj, identity, errors, cache)
-        else:
-            parsed = ahead[0]
-            errors += ahead[1]
+        ahead = _take_parse(obj, errors)
+        parsed = _parse_slice(obj, identity, errors, cache) if ahead is None else ahead[0]
         for key, backends in parsed:
             known = found.get(key)
             if known is None:

@@ -60,13 +60,18 @@ class Preparsed(dict[str, Any]):
         self.parse: tuple[Any, tuple[ObjectError, ...]] | None = parse
 
 
-def _take_parse(obj: Obj) -> tuple[Any, tuple[ObjectError, ...]] | None:
-    """The parse ``obj`` carries, once: later translations parse it again (what it
-    carried is theirs to change, and it would hold memory for nothing)."""
+def _take_parse(obj: Obj, errors: list[ObjectError]) -> tuple[Any, ...] | None:
+    """The parse ``obj`` carries (a 1-tuple: a parse may be None), its errors added to
+    ``errors``; once: later translations parse it again (what it carried is theirs to
+    change, and it would hold memory for nothing). None: it carries none."""
     if type(obj) is not Preparsed:
         return None
-    parse, obj.parse = obj.parse, None
-    return parse
+    held, obj.parse = obj.parse, None
+    if held is None:
+        return None
+    parse, found = held
+    errors += found
+    return (parse,)
 
 
 class _Invalid(Exception):

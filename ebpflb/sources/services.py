@@ -56,12 +56,8 @@ def _parse_services(
     parsed: dict[tuple[str, str], _Service] = {}
     ports_cache: _PortsCache = {}
     for obj in services:
-        ahead = _take_parse(obj)
-        if ahead is None:
-            svc = _parse_service(obj, errors, ports_cache)
-        else:
-            svc = ahead[0]
-            errors += ahead[1]
+        ahead = _take_parse(obj, errors)
+        svc = _parse_service(obj, errors, ports_cache) if ahead is None else ahead[0]
         if svc is None:
             continue
         ref = svc.info.ref
