@@ -176,7 +176,7 @@ class Agent:
         return AgentGauges(
             dataplane=self.dataplane.name,
             refused_services=len(self.sync.refused),
-            frontends=len(self.sync.translator.state.entries),
+            frontends=self.sync.translator.frontends,
             backends=self.sync.translator.backends,
             stale_seconds=0.0 if stale_since is None else max(0.0, self.clock() - stale_since),
         )
@@ -294,7 +294,7 @@ class Agent:
             last_sync_at=self.last_sync_at,
             last_sync_seconds=result.seconds if result is not None else None,
             last_full_sync_seconds=self.sync.last_full_sync_seconds,
-            frontends=len(self.sync.translator.state.entries),
+            frontends=self.sync.translator.frontends,
             backends=self.sync.translator.backends,
             refused={str(ref): why for ref, why in self.sync.refused.items()},
             skipped=len(self.sync.logged_errors),

@@ -103,6 +103,19 @@ class SyncStep:
 
     def _full(self) -> SyncResult:
         start = self.clock()
+        result = self._translate_and_write()  # what it read and translated is garbage now
+        freeze_survivors()  # see gcpause: no full collection walks them afterwards
+        self.full_due = False
+        self.full_syncs += 1
+        # Read, translate, plan and write: the whole of a full sync, not just the write.
+        self.last_full_sync_seconds = self.clock() - start
+        trim_heap()  # the previous translation and the list responses are garbage now
+        return result
+
+    def _translate_and_write(self) -> SyncResult:
+        """Read and translate everything, feed the side systems, plan and write. The
+        translation is released before returning (the data path holds what it needs),
+        so that the heap trimmed after this returns has it freed."""
         snap = self.source.load()
         self._on_load(snap)
         choice, zone = self._node_view(snap.nodes)
@@ -112,18 +125,14 @@ class SyncStep:
         # yet) is not known to lack a family: serve both rather than nothing.
         self.translator.node_families = choice.families or None
         update = self.translator.rebuild(snap.services, snap.slices)
-        self._translate_errors = update.errors
-        self._log_errors([*snap.errors, *update.errors])
-        self.side.rebuild(update.state)
-        self._push_health()
-        result = self.syncer.sync(self.side.served(update.state))
-        freeze_survivors()  # see gcpause: no full collection walks them afterwards
-        self.full_due = False
-        self.full_syncs += 1
-        # Read, translate, plan and write: the whole of a full sync, not just the write.
-        self.last_full_sync_seconds = self.clock() - start
-        trim_heap()  # the previous translation and the list responses are garbage now
-        return result
+        try:
+            self._translate_errors = update.errors
+            self._log_errors([*snap.errors, *update.errors])
+            self.side.rebuild(update.state)
+            self._push_health()
+            return self.syncer.sync(self.side.served(update.state))
+        finally:
+            self.translator.release()
 
     def _incremental(self) -> SyncResult:
         changes = self.source.take_changes()
@@ -136,7 +145,7 @@ class SyncStep:
         refs = set(changes.services) | set(self.refused)
         if not refs:
             self._log_errors([*changes.errors, *self._translate_errors])
-            return SyncResult(Plan(), len(self.translator.state.entries), 0.0)
+            return SyncResult(Plan(), self.translator.frontends, 0.0)
         try:
             update = self.translator.update(
                 refs, service_of=self.source.service, slices_of=self.source.slices_of
