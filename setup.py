@@ -15,7 +15,10 @@ every install, editable ones too (beside its source). It needs a C compiler and 
 Python and Linux headers (Debian: gcc, python3-dev, which brings linux-libc-dev); it
 is optional so that an install without them still works: ebpflb.maglev then fills its
 tables in Python, about 30x slower, and the map writer makes and copies each table
-itself. The image (deploy/Containerfile) and the unit tests insist on it.
+itself. The image (deploy/Containerfile) and the unit tests insist on it. A second,
+ebpflb._readback (ebpflb/_readback.c: read_state's bulk steps, the pinned maps read
+back on a restart), is built the same way and optional too: without it
+ebpflb.dataplane.bpf.maps does those steps in Python (about half the speed).
 
 Everything else is configured in pyproject.toml; MANIFEST.in puts bpf/ in the sdist.
 """
@@ -53,4 +56,11 @@ MAGLEV_FILL = Extension(
     optional=True,
 )
 
-setup(cmdclass={"build_py": BuildPyWithBpf}, ext_modules=[MAGLEV_FILL])
+READBACK = Extension(
+    "ebpflb._readback",
+    sources=["ebpflb/_readback.c"],
+    extra_compile_args=["-O2", "-Wall", "-Wextra"],
+    optional=True,
+)
+
+setup(cmdclass={"build_py": BuildPyWithBpf}, ext_modules=[MAGLEV_FILL, READBACK])

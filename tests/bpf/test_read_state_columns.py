@@ -5,7 +5,8 @@ of test_read_state: IPv4 and IPv6, shared pods and names, inactive and terminati
 backends, slots permuted, repeated or a subset (as Maglev or a weighted writer may
 hold them), affinity, source NAT, source ranges, drop-when-empty; then after churn
 (ids reused, a frontend's backends no longer one run of ids), and with orphans and one
-backend key held under two ids."""
+backend key held under two ids. Each twice: with the native steps (ebpflb/_readback.c)
+and with the Python ones that stand in where that module was not built."""
 
 from __future__ import annotations
 
@@ -129,8 +130,27 @@ def _same(fast: MapState, slow: MapState) -> None:
         assert state.slots_are_backends == slow.frontends[key].slots_are_backends
 
 
+NATIVE = (
+    "_native_objects",
+    "_native_addresses",
+    "_native_backends",
+    "_native_order",
+    "_native_runs",
+)
+
+
+@pytest.fixture(params=["native", "python"])
+def steps(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """read_state with ebpflb._readback's steps, or with maps' Python ones only."""
+    assert all(getattr(bpf_maps, name) is not None for name in NATIVE)  # built: setup.py
+    if request.param == "python":
+        for name in NATIVE:
+            monkeypatch.setattr(bpf_maps, name, None)
+    return str(request.param)
+
+
 @pytest.fixture
-def writer(maps: Maps) -> Iterator[MapWriter]:
+def writer(maps: Maps, steps: str) -> Iterator[MapWriter]:
     maps.clear()
     _clear6(maps.pin_dir)
     w = MapWriter(BpfMaps(maps.pin_dir), max_services=MAX_SERVICES, max_backends=MAX_BACKENDS)

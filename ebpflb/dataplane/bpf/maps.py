@@ -14,13 +14,13 @@ import os
 import struct
 import sys
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from itertools import chain, compress, repeat
-from operator import eq, itemgetter, ne
-from typing import Any
+from operator import and_, eq, is_, itemgetter, mul, ne
+from typing import Any, TypeVar, cast
 
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.ids import (
@@ -585,14 +585,15 @@ _FAMILIES: dict[int, tuple[_Address, struct.Struct, struct.Struct, struct.Struct
 _Row = tuple[bytes, int, int, int]
 
 _from_big = partial(int.from_bytes, byteorder="big")  # a packed address's int
-# packed address -> its address object, made once per read (see _BackendColumns)
-_Addresses = dict[bytes, IPAddress]
+# an address' int -> its address object, made once per read (see _BackendColumns)
+_Addresses = dict[int, IPAddress]
 
 
 def _address(addresses: _Addresses, make: _Address, packed: bytes) -> IPAddress:
-    found = addresses.get(packed)
+    value = _from_big(packed)
+    found = addresses.get(value)
     if found is None:  # from its int: from the bytes, ipaddress checks them in Python
-        found = addresses[packed] = make(_from_big(packed))
+        found = addresses[value] = make(value)
     return found
 
 
@@ -622,6 +623,7 @@ def _backend_states(
 
 
 _first = itemgetter(0)
+_third = itemgetter(2)
 _backend_key = itemgetter(0, 1)  # BackendState.key, in C
 _make_tuple = tuple.__new__  # BackendState(*row), in C: a named tuple is a tuple
 _BE32 = struct.Struct(">I").pack
@@ -710,11 +712,220 @@ def _slot_keys(slot_ids: list[int | None], key_by_id: dict[int, tuple[IPAddress,
     return tuple([key_by_id[b] for b in slot_ids if b in key_by_id])
 
 
+# read_state's bulk steps in C (ebpflb/_readback.c, built by `pip install` beside
+# ebpflb._maglevfill, see setup.py): the backend sort, the check of the usual
+# frontends' slots and the making of the objects, with the loops over buffers outside
+# the GIL (a restarted agent reads while its Kubernetes lists run). Without it, the
+# same steps in Python: _order_py, _SlotMap.runs, _objects (the tests run both).
+_native_objects: Callable[..., list[Any]] | None
+_native_addresses: Callable[..., list[Any]] | None
+_native_backends: Callable[..., tuple[tuple[Any, ...], dict[int, tuple[int, int]], set[int]]] | None
+_native_order: Callable[[bytes, bytes, int], tuple[bytes, bytes, set[int]]] | None
+_native_runs: Callable[..., bytes] | None
+try:
+    from ebpflb import _readback
+except ImportError:
+    _native_objects = _native_addresses = _native_backends = _native_order = _native_runs = None
+else:
+    _native_objects, _native_addresses, _native_backends = (
+        _readback.objects,
+        _readback.addresses,
+        _readback.backends,
+    )
+    _native_order, _native_runs = _readback.order, _readback.runs
+
+_T = TypeVar("_T")
+# the fields that _objects sets, in the order of each class's dataclass fields (a test
+# holds them to dataclasses.fields): every field, as the constructors set them
+_FRONTEND_FIELDS = ("address", "port", "protocol", "kind", "key")
+_STATE_FIELDS = (
+    "frontend",
+    "port_name",
+    "_backends",
+    "_slots",
+    "affinity_timeout",
+    "snat_address",
+    "source_ranges",
+    "drop_when_empty",
+)
+_REF_FIELDS = ("namespace", "name")
+_PORT_NAME_FIELDS = ("service", "port", "protocol")
+# what IPv4Address(int) / IPv6Address(int) set (ipaddress: an int is taken as it is):
+# None where this Python's ipaddress has other slots (the constructor then makes them)
+_ADDRESS_FIELDS: dict[int, tuple[str, ...] | None] = {
+    4: ("_ip",) if IPv4Address.__slots__ == ("_ip", "__weakref__") else None,
+    6: ("_ip", "_scope_id")
+    if IPv6Address.__slots__ == ("_ip", "_scope_id", "__weakref__")
+    else None,
+}
+
+
+def _objects(cls: type[_T], fields: tuple[str, ...], *columns: Sequence[Any]) -> list[_T]:
+    """cls objects made by object.__new__, each field set from its column as
+    object.__setattr__ sets it (no __init__ runs: the caller gives every field, as
+    the constructor would set it). In C one object costs less than a Python call."""
+    if _native_objects is not None:
+        return _native_objects(cls, fields, *columns)
+    new, setter = object.__new__, object.__setattr__
+    out = []
+    for values in zip(*columns, strict=True):
+        obj = new(cls)
+        for name, value in zip(fields, values, strict=True):
+            setter(obj, name, value)
+        out.append(obj)
+    return out
+
+
+def _addresses_of(
+    addresses: _Addresses, family: int, buf: bytes, stride: int, offset: int
+) -> list[IPAddress]:
+    """The address object of the address at ``offset`` of each ``stride``-byte element
+    of buf, from ``addresses`` (those not there made and added: one object per
+    distinct address in a read)."""
+    size, fields = (4 if family == 4 else 16), _ADDRESS_FIELDS[family]
+    make = _FAMILIES[family][0]
+    if _native_addresses is not None and fields is not None:
+        return _native_addresses(make, fields, buf, stride, offset, size, addresses)
+    layout = struct.Struct(f"{offset}x{size}s{stride - offset - size}x")
+    return _addresses_py(addresses, make, _column(layout, buf))
+
+
+def _addresses_py(addresses: _Addresses, make: _Address, packed: list[bytes]) -> list[IPAddress]:
+    ints = list(map(_from_big, packed))
+    distinct = dict.fromkeys(ints)
+    new = [v for v in distinct if v not in addresses] if addresses else list(distinct)
+    addresses.update(zip(new, map(make, new), strict=True))
+    return list(map(addresses.__getitem__, ints))
+
+
+def _backends(
+    values: bytes, family: int, addresses: _Addresses, shared_ports: dict[int, int]
+) -> tuple[tuple[Any, ...], dict[int, tuple[int, int]], set[int]]:
+    """Of backend elements in owner order: the flat store (address, port, address,
+    port, ...: the address objects from ``addresses``, each port int from
+    ``shared_ports``, those not there added), each owner's [start, end), and the
+    owners with a backend that is not active, or terminating."""
+    fields = _ADDRESS_FIELDS[family]
+    if _native_backends is not None and fields is not None:
+        return _native_backends(
+            values,
+            _LAYOUTS[family].address_size,
+            _FAMILIES[family][0],
+            fields,
+            addresses,
+            shared_ports,
+            _ACTIVE,
+        )
+    layouts = _LAYOUTS[family]
+    count = len(values) // layouts.element.size
+    owners = layouts.owners(values)
+    ports = layouts.ports(values)
+    # one int object per distinct port in the read, not one per backend: the flat
+    # stores hold them for as long as the state lives (8080 at 500,000 backends:
+    # 14 MB)
+    for port in set(ports).difference(shared_ports):
+        shared_ports[port] = port
+    flags = layouts.flags(values)
+    flat: list[Any] = [None] * (2 * count)
+    flat[0::2] = _addresses_py(addresses, _FAMILIES[family][0], _column(layouts.address, values))
+    flat[1::2] = map(shared_ports.__getitem__, ports)
+    starts = [0, *compress(range(1, count), map(ne, owners, owners[1:]))] if count else []
+    ends = [*starts[1:], count] if count else []
+    return (
+        tuple(flat),
+        dict(zip(map(owners.__getitem__, starts), zip(starts, ends, strict=True), strict=True)),
+        set(compress(owners, map(ne, flags, repeat(_ACTIVE)))),
+    )
+
+
+_FAMILY_OF_SIZE = {4: 4, 16: 6}
+_ID = struct.Struct("4s")
+
+
+def _order(values: bytes, ids: bytes, address_size: int) -> tuple[bytes, bytes, set[int]]:
+    """Backend elements (packed, one after another) and their ids (packed u32s) in
+    (owner, address, port) order, ties in their order (a stable sort), and the owners
+    that hold one address and port under two ids (twins). In C (outside the GIL) or
+    in Python (_order_py)."""
+    if _native_order is not None:
+        return _native_order(bytes(values), bytes(ids), address_size)
+    return _order_py(values, ids, address_size)
+
+
+def _order_py(values: bytes, ids: bytes, address_size: int) -> tuple[bytes, bytes, set[int]]:
+    layouts = _LAYOUTS[_FAMILY_OF_SIZE[address_size]]
+    count = len(ids) // 4
+    owners = layouts.owners(values)
+    # a key per element as bytes, which compare in C: the owner in network order, the
+    # packed address and the port in network order; a frontend's backends are usually
+    # one run of ids already in that order (the writer allocates them so), which the
+    # sort only checks
+    order_keys = list(map(bytes.__add__, map(_BE32, owners), _column(layouts.order, values)))
+    order = sorted(range(count), key=order_keys.__getitem__)
+    if order != list(range(count)):  # else in order already (as a first sync writes)
+        values = b"".join(map(_column(layouts.element, values).__getitem__, order))
+        ids = b"".join(map(_column(_ID, ids).__getitem__, order))
+        order_keys = list(map(order_keys.__getitem__, order))
+        owners = list(map(owners.__getitem__, order))
+    twins = {owners[i] for i in compress(range(1, count), map(eq, order_keys, order_keys[1:]))}
+    return values, ids, twins
+
+
+class _SlotMap:
+    """The slot map dumped: (svc id, slot) -> backend id, each key an lb4_slot_key's two
+    host-order u32s. Looked up as a dict keyed by those bytes read as one u64 (an int
+    key hashes and compares in C, a tuple not), made at its first use: with the native
+    module, the usual frontends' slots are checked in bulk (``runs``) without it."""
+
+    def __init__(self, keys: bytes, values: bytes) -> None:
+        self.keys, self.values = keys, values
+        self._of: dict[int, int] | None = None
+
+    @classmethod
+    def read(cls, m: PinnedMap) -> _SlotMap:
+        keys, values, count = m.dump_raw()
+        return cls(keys[: count * 8], values[: count * 4])
+
+    def of(self) -> dict[int, int]:
+        if self._of is None:
+            self._of = dict(
+                zip(memoryview(self.keys).cast("Q").tolist(), _u32s(self.values), strict=True)
+            )
+        return self._of
+
+    def ids(self, sid: int, count: int) -> list[int | None]:
+        """The backend ids in frontend ``sid``'s slots 0 .. count - 1 (None: missing):
+        the keys range(sid << _SID_SHIFT, ..., 1 << _SLOT_SHIFT), looked up in C."""
+        base = sid << _SID_SHIFT
+        return list(map(self.of().get, range(base, base + count * _SLOT_STEP, _SLOT_STEP)))
+
+    def runs(
+        self, sids: list[int], counts: list[int], starts: list[int], ends: list[int], ids: bytes
+    ) -> bytes:
+        """Per frontend (svc id, slot count), 1 where its slots hold exactly the ids
+        (packed u32s) [start, end), in order (start -1: none), else 0."""
+        if _native_runs is not None:
+            return _native_runs(
+                self.keys,
+                self.values,
+                array("I", sids),
+                array("I", counts),
+                array("q", starts),
+                array("q", ends),
+                ids,
+            )
+        every = _u32s(ids)
+        return bytes(
+            start >= 0 and self.ids(sid, count) == every[start:end]
+            for sid, count, start, end in zip(sids, counts, starts, ends, strict=True)
+        )
+
+
 @dataclass
 class _BackendColumns:
     """One family's backend map decoded column by column, each column with one
     C-level pass over the dumped buffer, and put in (owner, address, port) order by one
-    sort: a frontend's backends are then one slice of each (``spans``), in
+    sort (_order): a frontend's backends are then one slice of each (``spans``), in
     BackendState order, and its id table one slice of ``records``. No Python code runs
     per backend, only per frontend: at 100,000 Services of 5 backends the row-by-row
     decoding (a tuple, a sort, an address, a state and two dict entries per backend,
@@ -731,73 +942,96 @@ class _BackendColumns:
     # in (owner, address, port) order
     flat: tuple[Any, ...]  # address, port, address, port, ...
     ids: list[int]
+    id_bytes: bytes  # the same, packed u32s
     records: bytes  # each one's record of an id table (ids.pack_ids), one after another
-    packed: list[bytes]
-    ports: list[int]
-    flags: list[int]
+    values: bytes  # the elements
     spans: dict[int, tuple[int, int]]  # owner -> its backends' [start, end)
     twins: set[int]  # owners holding one address and port under two ids
     mixed: set[int]  # owners with a backend that is not active, or terminating
-    # in the map's (id) order
-    map_ids: list[int]
-    map_owners: list[int]
+    # in the map's (id) order: the elements and their ids (for ``orphans``)
+    map_values: bytes
+    map_ids: bytes
 
     @classmethod
     def read(
         cls, m: PinnedMap, family: int, addresses: _Addresses, shared_ports: dict[int, int]
     ) -> _BackendColumns:
-        make, element = _FAMILIES[family][0], _FAMILIES[family][1]
-        layouts = _LAYOUTS[family]
-        keys, values, count = m.dump_raw()
-        values = values[: count * element.size]
-        map_ids = _u32s(keys[: count * 4])
-        map_owners = layouts.owners(values)
-        # one sort of the whole map by (owner, address, port); a frontend's backends
-        # are usually one run of ids already in that order (the writer allocates them
-        # so), which the sort only checks
-        order_keys = list(
-            map(bytes.__add__, map(_BE32, map_owners), _column(layouts.order, values))
-        )
-        order = sorted(range(count), key=order_keys.__getitem__)
-        if order == list(range(count)):  # in order already (as a first sync writes)
-            ids, in_order = map_ids, order_keys
-        else:  # the elements (and their ids) in order
-            values = b"".join(map(_column(layouts.element, values).__getitem__, order))
-            ids = list(map(map_ids.__getitem__, order))
-            in_order = list(map(order_keys.__getitem__, order))
-        owners = layouts.owners(values)
-        packed = _column(layouts.address, values)
-        ports = layouts.ports(values)
-        # one int object per distinct port in the read, not one per backend: the flat
-        # stores hold them for as long as the state lives (8080 at 500,000 backends:
-        # 14 MB)
-        for port in set(ports).difference(shared_ports):
-            shared_ports[port] = port
-        ports = list(map(shared_ports.__getitem__, ports))
-        flags = layouts.flags(values)
-        distinct = dict.fromkeys(packed)
-        new = [p for p in distinct if p not in addresses] if addresses else list(distinct)
-        addresses.update(zip(new, map(make, map(_from_big, new)), strict=True))
-        flat: list[Any] = [None] * (2 * count)
-        flat[0::2] = map(addresses.__getitem__, packed)
-        flat[1::2] = ports
-        starts = [0, *compress(range(1, count), map(ne, owners, owners[1:]))] if count else []
-        ends = [*starts[1:], count] if count else []
+        element = _FAMILIES[family][1]
+        keys, map_values, count = m.dump_raw()
+        map_values = map_values[: count * element.size]
+        map_ids = keys[: count * 4]
+        values, id_bytes, twins = _order(map_values, map_ids, _LAYOUTS[family].address_size)
+        ids = _u32s(id_bytes)
+        flat, spans, mixed = _backends(values, family, addresses, shared_ports)
         return cls(
             family,
             addresses,
-            tuple(flat),
+            flat,
             ids,
+            id_bytes,
             _id_records(values, ids, family),
-            packed,
-            ports,
-            flags,
-            dict(zip(map(owners.__getitem__, starts), zip(starts, ends, strict=True), strict=True)),
-            {owners[i] for i in compress(range(1, count), map(eq, in_order, in_order[1:]))},
-            set(compress(owners, map(ne, flags, repeat(_ACTIVE)))),
+            values,
+            spans,
+            twins,
+            mixed,
+            map_values,
             map_ids,
-            map_owners,
         )
+
+    def take_all(
+        self, sids: list[int], counts: list[int], slots: _SlotMap
+    ) -> tuple[list[tuple[Any, ...]], list[_Slots | None], list[bool], list[IdTable]]:
+        """``take`` for frontends ``sids`` (with their slot ``counts``), as columns in
+        their order. The usual frontends (one run of backends, none a twin, all active
+        and not terminating, in the slots in order: every one, after a first sync) are
+        found together (_SlotMap.runs) and their stores and id tables cut as slices
+        with no Python step each; only the others take one."""
+        spans, n = self.spans, len(sids)
+        if not n:
+            return [], [], [], []
+        starts, ends = zip(*map(spans.get, sids, repeat((-1, -1))), strict=True)
+        runs = slots.runs(sids, counts, list(starts), list(ends), self.id_bytes)
+        odd = self.twins | self.mixed
+        usual: Sequence[int] = (
+            [r and s not in odd for r, s in zip(runs, sids, strict=True)] if odd else runs
+        )
+        first, last = list(compress(starts, usual)), list(compress(ends, usual))
+        record = len(self.records) // len(self.ids) if self.ids else 0
+        stored = list(
+            map(
+                self.flat.__getitem__,
+                map(slice, map(mul, first, repeat(2)), map(mul, last, repeat(2))),
+            )
+        )
+        tables = list(
+            map(
+                self.records.__getitem__,
+                map(slice, map(mul, first, repeat(record)), map(mul, last, repeat(record))),
+            )
+        )
+        for sid in compress(sids, usual):
+            del spans[sid]
+        if len(stored) == n:
+            return stored, [None] * n, [True] * n, tables
+        backends: list[tuple[Any, ...]] = []
+        slot_keys: list[_Slots | None] = []
+        flat: list[bool] = []
+        id_tables: list[IdTable] = []
+        made = zip(stored, tables, strict=True)
+        for sid, count, is_usual in zip(sids, counts, usual, strict=True):
+            if is_usual:
+                store, table = next(made)
+                backends.append(store)
+                slot_keys.append(None)
+                flat.append(True)
+                id_tables.append(table)
+            else:
+                store, keys, compact, table = self.take(sid, slots.ids(sid, count))
+                backends.append(store)
+                slot_keys.append(keys)
+                flat.append(compact)
+                id_tables.append(table)
+        return backends, slot_keys, flat, id_tables
 
     def take(
         self, sid: int, slot_ids: list[int | None]
@@ -833,7 +1067,8 @@ class _BackendColumns:
 
     def states(self, start: int, end: int) -> tuple[BackendState, ...]:
         """The BackendStates of the backends [start, end)."""
-        flat, flags = self.flat, self.flags[start:end]
+        flat, size = self.flat, _LAYOUTS[self.family].element.size
+        flags = _LAYOUTS[self.family].flags(self.values[start * size : end * size])
         return tuple(
             map(
                 _make_tuple,
@@ -849,16 +1084,26 @@ class _BackendColumns:
         )
 
     def rows(self, start: int, end: int) -> list[_Row]:
-        return [
-            (self.packed[i], self.ports[i], self.flags[i], self.ids[i]) for i in range(start, end)
-        ]
+        layouts = _LAYOUTS[self.family]
+        values = self.values[start * layouts.element.size : end * layouts.element.size]
+        return list(
+            zip(
+                _column(layouts.address, values),
+                layouts.ports(values),
+                layouts.flags(values),
+                self.ids[start:end],
+                strict=True,
+            )
+        )
 
     def orphans(self) -> list[int]:
         """The ids of the backends of the owners left in ``spans``: grouped by owner
         in the order each owner first occurs in the map, each owner's in id order."""
         left = self.spans.keys()
+        if not left:
+            return []
         by_owner: dict[int, list[int]] = {}
-        owners, ids = self.map_owners, self.map_ids
+        owners, ids = _LAYOUTS[self.family].owners(self.map_values), _u32s(self.map_ids)
         for i in compress(range(len(ids)), map(left.__contains__, owners)):
             by_owner.setdefault(owners[i], []).append(ids[i])
         return list(chain.from_iterable(by_owner.values()))
@@ -866,27 +1111,18 @@ class _BackendColumns:
 
 def read_state(maps: BpfMaps) -> MapState:
     """Everything the maps hold, read with batch dumps (four syscalls per few thousand
-    elements) and decoded from the dumped buffers whole, so a restarted agent adopts
-    100,000 services in about 1.3 s of CPU. No collection runs meanwhile (see
-    gcpause): every object built survives the read, and at 100,000 services the
-    collections cost more than the read itself (the CLI's reads: 5.4 s, not 1.8 s)."""
+    elements) and decoded from the dumped buffers whole, column by column, so a
+    restarted agent adopts 100,000 services in about 0.6 s of CPU (with
+    ebpflb._readback; 1.3 s in Python). No collection runs meanwhile (see gcpause):
+    every object built survives the read, and at 100,000 services the collections cost
+    more than the read itself (the CLI's reads: 5.4 s, not 1.8 s)."""
     with no_collections():
         return _read_state(maps)
 
 
 def _read_state(maps: BpfMaps) -> MapState:
     out = MapState()
-    slot_keys, slot_values, slot_count = maps.slots.dump_raw()
-    # (svc id, slot) -> backend id, keyed by an lb4_slot_key's two host-order u32s read
-    # as one u64 (an int key hashes and compares in C, a tuple not); a frontend's slots
-    # are then the keys range(sid << _SID_SHIFT, ..., 1 << _SLOT_SHIFT), looked up in C
-    slot_of: dict[int, int] = dict(
-        zip(
-            memoryview(slot_keys[: slot_count * 8]).cast("Q").tolist(),
-            _u32s(slot_values[: slot_count * 4]),
-            strict=True,
-        )
-    )
+    slots = _SlotMap.read(maps.slots)
     names = _PortNames(maps.meta)
     shared_ports: dict[int, int] = {}  # see _BackendColumns.read
     out.src_ranges = read_src_ranges(maps)
@@ -895,7 +1131,7 @@ def _read_state(maps: BpfMaps) -> MapState:
         (6, maps.svc6, maps.backends6, out.orphan_backends6),
     ):
         backends = _BackendColumns.read(be_map, family, {}, shared_ports)
-        _read_frontends(out, svc_map, backends, slot_of, names)
+        _read_frontends(out, svc_map, backends, slots, names)
         orphans.extend(backends.orphans())
     out.orphan_svc_ids.extend(names.left())
     return out
@@ -908,47 +1144,62 @@ def _read_frontends(
     out: MapState,
     svc_map: PinnedMap,
     be: _BackendColumns,
-    slot_of: dict[int, int],
+    slots: _SlotMap,
     names: _PortNames,
 ) -> None:
     """Every frontend of one family's service map into ``out``, each with its
-    backends (taken out of ``be``)."""
+    backends (taken out of ``be``): field by field, as columns in the frontends'
+    order, so that the usual frontend takes no Python step of its own (at 100,000
+    Services, one step per frontend was ~0.9 s of the read)."""
     family, addresses = be.family, be.addresses
-    make, _element, _key, _service, no_address = _FAMILIES[family]
-    kinds: dict[int, FrontendKind] = {}
-    tables, tables6 = out.tables, (out.tables6 if family == 6 else None)
-    for (addr, dport, proto_no, _pad), (sid, count, flags, affinity, snat) in _services(
-        svc_map, family
-    ):
-        proto = _PROTOCOLS.get(proto_no)
-        if proto is None:
-            continue
-        kind = kinds.get(flags)
-        if kind is None:
-            kind = kinds[flags] = kind_from_flags(flags)
-        frontend = Frontend(_address(addresses, make, addr), dport, proto, kind)
-        base = sid << _SID_SHIFT
-        slot_ids = list(map(slot_of.get, range(base, base + count * _SLOT_STEP, _SLOT_STEP)))
-        backends, slots, flat, table = be.take(sid, slot_ids)
-        if table:  # as the writer keeps them: a table per frontend with backends
-            tables[sid] = table
-            if tables6 is not None:
-                tables6.add(sid)
-        port_name = names.get(sid, proto, proto_no)
-        snat_address = _address(addresses, make, snat) if snat != no_address else None
-        ranges = out.src_ranges.get(sid, ()) if flags & _SRC_RANGES else ()
-        drop = bool(flags & _DROP_EMPTY)
-        if flat:  # the compact store as it is, as FrontendState.from_entry makes it
-            state = object.__new__(FrontendState)
-            state._set(frontend, port_name, backends, None, affinity, snat_address, ranges, drop)
-        else:
-            state = FrontendState(
-                frontend, port_name, backends, slots, affinity, snat_address, ranges, drop
-            )
-        fkey = frontend.key
-        out.svc_ids[fkey] = sid
-        out.slot_counts[sid] = count
-        out.frontends[fkey] = state
+    make, no_address = _FAMILIES[family][0], _FAMILIES[family][4]
+    key_buf, fronts, entries = _services(svc_map, family)
+    if not fronts:
+        return
+    _packed, dports, proto_nos, _pads = zip(*fronts, strict=True)
+    sids, counts, flags, affinity, snat = (list(c) for c in zip(*entries, strict=True))
+    protos = list(map(_PROTOCOLS.__getitem__, proto_nos))
+    kind_of = {f: kind_from_flags(f) for f in set(flags)}
+    front_addresses = _addresses_of(addresses, family, key_buf, _SVC_KEYS[family].size, 0)
+    keys = list(zip(front_addresses, dports, protos, strict=True))
+    frontends = _objects(
+        Frontend,
+        _FRONTEND_FIELDS,
+        front_addresses,
+        dports,
+        protos,
+        list(map(kind_of.__getitem__, flags)),
+        keys,
+    )
+    port_names = names.take_all(sids, protos, proto_nos)
+    backends, slot_keys, flat, tables = be.take_all(sids, counts, slots)
+    n = len(sids)
+    snat_addresses: list[IPAddress | None] = [None] * n
+    for i in compress(range(n), map(ne, snat, repeat(no_address))):
+        snat_addresses[i] = _address(addresses, make, snat[i])
+    ranges: list[tuple[IPNetwork, ...]] = [()] * n
+    for i in compress(range(n), map(and_, flags, repeat(_SRC_RANGES))):
+        ranges[i] = out.src_ranges.get(sids[i], ())
+    drops = list(map(bool, map(and_, flags, repeat(_DROP_EMPTY))))
+    columns = (frontends, port_names, backends, slot_keys, affinity, snat_addresses, ranges, drops)
+    # the usual ones with their compact store as it is (as FrontendState.from_entry
+    # makes it), the others through the constructor
+    states: list[FrontendState] = _objects(
+        FrontendState, _STATE_FIELDS, *(list(compress(c, flat)) for c in columns)
+    )
+    if len(states) < n:
+        made = iter(states)
+        states = [
+            next(made) if is_flat else FrontendState(*fields)
+            for is_flat, *fields in zip(flat, *columns, strict=True)
+        ]
+    out.svc_ids.update(zip(keys, sids, strict=True))
+    out.slot_counts.update(zip(sids, counts, strict=True))
+    out.frontends.update(zip(keys, states, strict=True))
+    # as the writer keeps them: a table per frontend with backends
+    out.tables.update(compress(zip(sids, tables, strict=True), tables))
+    if family == 6:
+        out.tables6.update(compress(sids, tables))
 
 
 # a service key (abi.PACK_LB4_KEY / _LB6_) with its port read in network order, and
@@ -959,20 +1210,27 @@ _SVC_KEY_BYTES = {family: struct.Struct(f"{s.size}s") for family, s in _SVC_KEYS
 
 def _services(
     m: PinnedMap, family: int
-) -> Iterator[tuple[tuple[bytes, int, int, int], tuple[int, int, int, int, bytes]]]:
-    """A service map's elements decoded (the key's port in host order), in (address,
-    port, protocol) order, as translation builds its frontends: the states are made in
-    the order the first sync's diff then walks them, which touches memory in order (in
-    the map's own order, desired state + diff took 0.9 s at 100,000 Services, not
-    0.7 s). Sorted as the keys' bytes (address and port in network order), which
-    compare in C, not as tuples."""
+) -> tuple[bytes, list[tuple[bytes, int, int, int]], list[tuple[int, int, int, int, bytes]]]:
+    """A service map's elements in (address, port, protocol) order, as translation
+    builds its frontends, and those of a known protocol only: their keys packed, one
+    after another, and decoded (the port in host order), and their values decoded.
+    The states are made in the order the first sync's diff then walks them, which
+    touches memory in order (in the map's own order, desired state + diff took 0.9 s
+    at 100,000 Services, not 0.7 s). Sorted as the keys' bytes (address and port in
+    network order), which compare in C, not as tuples."""
     keys, values, n = m.dump_raw()
     key_layout, value_layout = _SVC_KEYS[family], _FAMILIES[family][3]
-    keys = keys[: n * key_layout.size]
-    order = sorted(range(n), key=_column(_SVC_KEY_BYTES[family], keys).__getitem__)
-    fronts = list(key_layout.iter_unpack(keys))
+    key_bytes = _column(_SVC_KEY_BYTES[family], keys[: n * key_layout.size])
+    order = sorted(range(n), key=key_bytes.__getitem__)
+    key_buf = b"".join(map(key_bytes.__getitem__, order))
+    fronts = list(key_layout.iter_unpack(key_buf))
     entries = list(value_layout.iter_unpack(values[: n * value_layout.size]))
-    return zip(map(fronts.__getitem__, order), map(entries.__getitem__, order), strict=True)
+    known = list(map(_PROTOCOLS.__contains__, map(_third, fronts)))
+    if not all(known):
+        order = list(compress(order, known))
+        fronts = list(compress(fronts, known))
+        key_buf = b"".join(map(key_bytes.__getitem__, order))
+    return key_buf, fronts, list(map(entries.__getitem__, order))
 
 
 # a service's names: namespace (None: the element names no Service), name, port name
@@ -1014,19 +1272,34 @@ class _PortNames:
                 strict=True,
             )
         )
-        self._made: dict[tuple[_Names, int], ServicePortName] = {}
+        self._made: dict[tuple[_Names | None, int], ServicePortName] = {}
 
-    def get(self, sid: int, proto: Protocol, proto_no: int) -> ServicePortName:
-        """Frontend ``sid``'s (its names are taken: see ``left``)."""
-        names = self._names.pop(sid, None)
-        if names is None or names[0] is None:
-            return ServicePortName(ServiceRef("", f"svc-{sid}"), "", proto)
-        found = self._made.get((names, proto_no))
-        if found is None:
-            found = self._made[(names, proto_no)] = ServicePortName(
-                ServiceRef(names[0], names[1]), names[2], proto
+    def take_all(
+        self, sids: list[int], protos: list[Protocol], proto_nos: Sequence[int]
+    ) -> list[ServicePortName]:
+        """Frontends ``sids``' (their names are taken: see ``left``), the new ones
+        made together; a frontend without names gets ``svc-<id>`` in namespace ""."""
+        names = list(map(self._names.pop, sids, repeat(None)))
+        keys = list(zip(names, proto_nos, strict=True))
+        made = self._made
+        new = [k for k in dict.fromkeys(keys) if k not in made and k[0] and k[0][0] is not None]
+        if new:
+            named, numbers = zip(*new, strict=True)
+            namespaces, service_names, ports = zip(*named, strict=True)
+            refs = _objects(ServiceRef, _REF_FIELDS, namespaces, service_names)
+            protocols = list(map(_PROTOCOLS.__getitem__, numbers))
+            made.update(
+                zip(
+                    new,
+                    _objects(ServicePortName, _PORT_NAME_FIELDS, refs, ports, protocols),
+                    strict=True,
+                )
             )
-        return found
+        found = list(map(made.get, keys))
+        out = cast(list[ServicePortName], found)  # each None replaced below
+        for i in compress(range(len(found)), map(is_, found, repeat(None))):
+            out[i] = ServicePortName(ServiceRef("", f"svc-{sids[i]}"), "", protos[i])
+        return out
 
     def left(self) -> list[int]:
         """The svc ids of the names that no frontend took."""
