@@ -231,6 +231,9 @@ def test_the_agent_moves_a_frontend_between_services_after_its_first_sync(tmp_pa
     )
     agent.step()
     assert agent.full_syncs == 1
+    # the first sync's plan (every frontend's operations) is not kept once logged
+    assert agent.last_result is not None and not agent.last_result.plan
+    assert agent.last_result.frontends == 2
     write("a", "10.96.0.11", "10.244.0.1")
     write("b", "10.96.0.10", "10.244.0.2")  # b takes a's old ClusterIP
     now[0] += 1.0
