@@ -8,11 +8,20 @@
  *
  *   objects(cls, fields, *columns) -> list     cls objects with fields set from the
  *                                              columns, as object.__setattr__ sets them
+ *   addresses(cls, fields, buffer, stride, offset, address_size, cache) -> list
+ *                                              the address objects of a field of each
+ *                                              element, one per distinct address
+ *   backends(values, address_size, cls, fields, addresses, ports, active)
+ *     -> (flat, spans, mixed)                  sorted backend elements as FrontendState's
+ *                                              flat store, each owner's [start, end),
+ *                                              the owners with a backend not active
  *   order(values, ids, address_size) -> (values, ids, twins)
  *                                              backend elements (lb4_backend /
  *                                              lb6_backend) and their ids sorted by
  *                                              (owner, address, port); the owners
  *                                              holding one address and port twice
+ *   records(keys, key_size, values, value_size) -> (keys, values)
+ *                                              elements sorted by their keys' bytes
  *   runs(slot_keys, slot_values, sids, counts, starts, ends, ids) -> bytes
  *                                              per frontend, 1 where its slots hold
  *                                              ids[start:end], in order, and no more
@@ -412,6 +421,70 @@ done:
 	return out;
 }
 
+/* ---- records ------------------------------------------------------------------ */
+
+struct records {
+	const unsigned char *keys;
+	size_t key_size;
+};
+
+static int record_cmp(const void *x, const void *y, void *ctx)
+{
+	const struct records *r = ctx;
+	uint32_t i = *(const uint32_t *)x, j = *(const uint32_t *)y;
+	int c = memcmp(r->keys + i * r->key_size, r->keys + j * r->key_size, r->key_size);
+	if (c)
+		return c;
+	return i < j ? -1 : i > j;
+}
+
+/* records(keys, key_size, values, value_size) -> (keys, values) sorted by key bytes */
+static PyObject *rb_records(PyObject *self, PyObject *args)
+{
+	(void)self;
+	Py_buffer keys, values;
+	Py_ssize_t key_size, value_size;
+	if (!PyArg_ParseTuple(args, "y*ny*n:records", &keys, &key_size, &values, &value_size))
+		return NULL;
+	PyObject *out = NULL, *new_keys = NULL, *new_values = NULL;
+	uint32_t *order = NULL;
+	size_t n = key_size > 0 ? (size_t)keys.len / (size_t)key_size : 0;
+	if (key_size <= 0 || value_size < 0 || (size_t)keys.len != n * (size_t)key_size ||
+	    (size_t)values.len != n * (size_t)value_size || n > UINT32_MAX) {
+		PyErr_SetString(PyExc_ValueError, "records: keys and values differ in count");
+		goto done;
+	}
+	order = PyMem_RawMalloc(n ? n * sizeof *order : 1);
+	new_keys = PyBytes_FromStringAndSize(NULL, keys.len);
+	new_values = PyBytes_FromStringAndSize(NULL, values.len);
+	if (order == NULL || new_keys == NULL || new_values == NULL) {
+		if (!PyErr_Occurred())
+			PyErr_NoMemory();
+		goto done;
+	}
+	struct records r = {keys.buf, (size_t)key_size};
+	unsigned char *to_keys = (unsigned char *)PyBytes_AS_STRING(new_keys);
+	unsigned char *to_values = (unsigned char *)PyBytes_AS_STRING(new_values);
+	size_t ks = (size_t)key_size, vs = (size_t)value_size;
+	Py_BEGIN_ALLOW_THREADS
+	for (size_t i = 0; i < n; i++)
+		order[i] = (uint32_t)i;
+	qsort_r(order, n, sizeof *order, record_cmp, &r);
+	for (size_t i = 0; i < n; i++) {
+		memcpy(to_keys + i * ks, (const unsigned char *)keys.buf + order[i] * ks, ks);
+		memcpy(to_values + i * vs, (const unsigned char *)values.buf + order[i] * vs, vs);
+	}
+	Py_END_ALLOW_THREADS
+	out = PyTuple_Pack(2, new_keys, new_values);
+done:
+	Py_XDECREF(new_keys);
+	Py_XDECREF(new_values);
+	PyMem_RawFree(order);
+	PyBuffer_Release(&keys);
+	PyBuffer_Release(&values);
+	return out;
+}
+
 /* ---- runs --------------------------------------------------------------------- */
 
 /* The slot map, (svc id, slot) -> backend id, as an open-addressing hash table. */
@@ -564,6 +637,8 @@ static PyMethodDef readback_methods[] = {
 	 "mixed) of backend elements sorted by owner"},
 	{"order", rb_order, METH_VARARGS,
 	 "order(values, ids, address_size): backend elements sorted by (owner, address, port)"},
+	{"records", rb_records, METH_VARARGS,
+	 "records(keys, key_size, values, value_size): (keys, values) sorted by the keys' bytes"},
 	{"runs", rb_runs, METH_VARARGS,
 	 "runs(slot_keys, slot_values, sids, counts, starts, ends, ids): 1 per frontend whose "
 	 "slots hold ids[start:end]"},

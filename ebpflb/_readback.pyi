@@ -39,3 +39,6 @@ def runs(
     ids: Buffer,
     /,
 ) -> bytes: ...
+def records(
+    keys: Buffer, key_size: int, values: Buffer, value_size: int, /
+) -> tuple[bytes, bytes]: ...

@@ -136,6 +136,7 @@ NATIVE = (
     "_native_backends",
     "_native_order",
     "_native_runs",
+    "_native_records",
 )
 
 
@@ -272,3 +273,26 @@ def test_the_meta_layouts_pick_the_names() -> None:
         b"dns",
         b"udp-53",
     ]
+
+
+def test_a_frontend_of_an_unknown_protocol_is_left_out(writer: MapWriter) -> None:
+    """(ICMP, say, from a newer writer): its backends are read as orphans, its names
+    as left, the frontends beside it as they are."""
+    want = _random_states(random.Random(11), 12)
+    writer.apply(diff(writer.frontends, want))
+    maps = writer.maps
+    before = read_state(maps)
+    assert 60 not in before.slot_counts  # an id no frontend has
+    address = abi.pack_ip4(ipaddress.IPv4Address("10.96.0.5"))
+    maps.svc.update(abi.Lb4Key(address, abi.htons(7), 1, 0), abi.Lb4Service(60, 1, 1, 0, 0))
+    maps.backends.update(
+        U32(250),
+        abi.Lb4Backend(abi.pack_ip4(ipaddress.IPv4Address("10.9.9.8")), abi.htons(7), 1, 1, 60),
+    )
+    maps.meta.update(U32(60), abi.LbSvcMeta(b"ns", b"icmp", b""))
+    after = read_state(maps)
+    assert after.frontends == before.frontends == want
+    assert list(after.frontends) == list(before.frontends)  # in the same order
+    assert after.orphan_backends == [250]
+    assert after.orphan_svc_ids == [60]
+    assert 60 not in after.slot_counts and after.id_tables() == before.id_tables()

@@ -29,6 +29,7 @@ NATIVE = (
     "_native_backends",
     "_native_order",
     "_native_runs",
+    "_native_records",
 )
 
 
@@ -38,6 +39,7 @@ def test_maps_uses_the_native_module() -> None:
     assert bpf_maps._native_runs is _readback.runs
     assert bpf_maps._native_objects is _readback.objects
     assert bpf_maps._native_backends is _readback.backends
+    assert bpf_maps._native_records is _readback.records
     assert bpf_maps._ADDRESS_FIELDS[4] is not None and bpf_maps._ADDRESS_FIELDS[6] is not None
 
 
@@ -84,6 +86,23 @@ def test_order_finds_twins_and_keeps_their_ids_in_map_order() -> None:
     assert values == first + one + other
     assert struct.unpack("=3I", ids) == (9, 5, 4)
     assert twins == {7}
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_records_sort_as_python_does(seed: int) -> None:
+    rng = random.Random(seed)
+    key_size, value_size = rng.choice(((8, 16), (20, 28), (1, 3)))
+    n = rng.choice((0, 1, 2, 50, 1000))
+    keys = b"".join(rng.choice((b"a", b"b", b"c")) * key_size for _ in range(n // 2))
+    keys += rng.randbytes(key_size * (n - n // 2))  # repeated keys: ties keep their order
+    values = rng.randbytes(value_size * n)
+    got = _readback.records(keys, key_size, values, value_size)
+    assert got == bpf_maps._records_py(keys, key_size, values, value_size)
+    assert sorted(keys[i : i + key_size] for i in range(0, len(keys), key_size)) == [
+        got[0][i : i + key_size] for i in range(0, len(keys), key_size)
+    ]
+    with pytest.raises(ValueError):
+        _readback.records(keys + b"x", key_size, values, value_size)
 
 
 def test_order_refuses_bad_buffers() -> None:

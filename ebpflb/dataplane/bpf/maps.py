@@ -722,17 +722,23 @@ _native_addresses: Callable[..., list[Any]] | None
 _native_backends: Callable[..., tuple[tuple[Any, ...], dict[int, tuple[int, int]], set[int]]] | None
 _native_order: Callable[[bytes, bytes, int], tuple[bytes, bytes, set[int]]] | None
 _native_runs: Callable[..., bytes] | None
+_native_records: Callable[[bytes, int, bytes, int], tuple[bytes, bytes]] | None
 try:
     from ebpflb import _readback
 except ImportError:
-    _native_objects = _native_addresses = _native_backends = _native_order = _native_runs = None
+    _native_objects = _native_addresses = _native_backends = None
+    _native_order = _native_runs = _native_records = None
 else:
     _native_objects, _native_addresses, _native_backends = (
         _readback.objects,
         _readback.addresses,
         _readback.backends,
     )
-    _native_order, _native_runs = _readback.order, _readback.runs
+    _native_order, _native_runs, _native_records = (
+        _readback.order,
+        _readback.runs,
+        _readback.records,
+    )
 
 _T = TypeVar("_T")
 # the fields that _objects sets, in the order of each class's dataclass fields (a test
@@ -1208,6 +1214,24 @@ _SVC_KEYS = {4: struct.Struct(">4sHBB"), 6: struct.Struct(">16sHBB")}
 _SVC_KEY_BYTES = {family: struct.Struct(f"{s.size}s") for family, s in _SVC_KEYS.items()}
 
 
+def _records(keys: bytes, key_size: int, values: bytes, value_size: int) -> tuple[bytes, bytes]:
+    """Elements (a key and a value each, packed in two buffers) sorted by their keys'
+    bytes, ties in their order: in C, outside the GIL, or in Python (_records_py)."""
+    if _native_records is not None:
+        return _native_records(keys, key_size, values, value_size)
+    return _records_py(keys, key_size, values, value_size)
+
+
+def _records_py(keys: bytes, key_size: int, values: bytes, value_size: int) -> tuple[bytes, bytes]:
+    key_bytes = _column(struct.Struct(f"{key_size}s"), keys)
+    order = sorted(range(len(key_bytes)), key=key_bytes.__getitem__)
+    value_bytes = _column(struct.Struct(f"{value_size}s"), values)
+    return (
+        b"".join(map(key_bytes.__getitem__, order)),
+        b"".join(map(value_bytes.__getitem__, order)),
+    )
+
+
 def _services(
     m: PinnedMap, family: int
 ) -> tuple[bytes, list[tuple[bytes, int, int, int]], list[tuple[int, int, int, int, bytes]]]:
@@ -1220,17 +1244,15 @@ def _services(
     network order), which compare in C, not as tuples."""
     keys, values, n = m.dump_raw()
     key_layout, value_layout = _SVC_KEYS[family], _FAMILIES[family][3]
-    key_bytes = _column(_SVC_KEY_BYTES[family], keys[: n * key_layout.size])
-    order = sorted(range(n), key=key_bytes.__getitem__)
-    key_buf = b"".join(map(key_bytes.__getitem__, order))
-    fronts = list(key_layout.iter_unpack(key_buf))
-    entries = list(value_layout.iter_unpack(values[: n * value_layout.size]))
+    keys, values = keys[: n * key_layout.size], values[: n * value_layout.size]
+    keys, values = _records(keys, key_layout.size, values, value_layout.size)
+    fronts = list(key_layout.iter_unpack(keys))
+    entries = list(value_layout.iter_unpack(values))
     known = list(map(_PROTOCOLS.__contains__, map(_third, fronts)))
     if not all(known):
-        order = list(compress(order, known))
-        fronts = list(compress(fronts, known))
-        key_buf = b"".join(map(key_bytes.__getitem__, order))
-    return key_buf, fronts, list(map(entries.__getitem__, order))
+        keys = b"".join(compress(_column(_SVC_KEY_BYTES[family], keys), known))
+        return keys, list(compress(fronts, known)), list(compress(entries, known))
+    return keys, fronts, entries
 
 
 # a service's names: namespace (None: the element names no Service), name, port name
