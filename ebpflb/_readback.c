@@ -6,6 +6,9 @@
  * over buffers run with the GIL released (a restart reads the maps while the
  * Kubernetes lists, which need the GIL, run beside it).
  *
+ *   nonzero(buffer, size, stride) -> (indexes, values)
+ *                                              an array map's elements that are not all
+ *                                              zero (read through mmap)
  *   objects(cls, fields, *columns) -> list     cls objects with fields set from the
  *                                              columns, as object.__setattr__ sets them
  *   addresses(cls, fields, buffer, stride, offset, address_size, cache) -> list
@@ -36,6 +39,66 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* ---- nonzero ------------------------------------------------------------------ */
+
+static int all_zero(const unsigned char *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (p[i])
+			return 0;
+	}
+	return 1;
+}
+
+/* nonzero(buffer, size, stride) -> (indexes, values): the elements that are not all
+ * zero (an array map's memory: size bytes each, stride apart), their indexes as
+ * native u32s and their values packed. */
+static PyObject *rb_nonzero(PyObject *self, PyObject *args)
+{
+	(void)self;
+	Py_buffer buf;
+	Py_ssize_t size, stride;
+	if (!PyArg_ParseTuple(args, "y*nn:nonzero", &buf, &size, &stride))
+		return NULL;
+	PyObject *out = NULL, *indexes = NULL, *values = NULL;
+	unsigned char *to_values = NULL;
+	uint32_t *to_indexes = NULL;
+	size_t n = stride > 0 ? (size_t)buf.len / (size_t)stride : 0;
+	if (size <= 0 || stride < size || (size_t)buf.len != n * (size_t)stride ||
+	    n > UINT32_MAX) {
+		PyErr_SetString(PyExc_ValueError, "nonzero: not a buffer of stride-apart elements");
+		goto done;
+	}
+	to_values = PyMem_RawMalloc(n ? n * (size_t)size : 1);
+	to_indexes = PyMem_RawMalloc(n ? n * sizeof *to_indexes : 1);
+	if (to_values == NULL || to_indexes == NULL) {
+		PyErr_NoMemory();
+		goto done;
+	}
+	size_t live = 0;
+	const unsigned char *base = buf.buf;
+	Py_BEGIN_ALLOW_THREADS
+	for (size_t i = 0; i < n; i++) {
+		const unsigned char *e = base + i * (size_t)stride;
+		if (all_zero(e, (size_t)size))
+			continue;
+		memcpy(to_values + live * (size_t)size, e, (size_t)size);
+		to_indexes[live++] = (uint32_t)i;
+	}
+	Py_END_ALLOW_THREADS
+	indexes = PyBytes_FromStringAndSize((const char *)to_indexes, (Py_ssize_t)(live * 4));
+	values = PyBytes_FromStringAndSize((const char *)to_values, (Py_ssize_t)(live * (size_t)size));
+	if (indexes != NULL && values != NULL)
+		out = PyTuple_Pack(2, indexes, values);
+done:
+	Py_XDECREF(indexes);
+	Py_XDECREF(values);
+	PyMem_RawFree(to_values);
+	PyMem_RawFree(to_indexes);
+	PyBuffer_Release(&buf);
+	return out;
+}
 
 /* ---- objects ------------------------------------------------------------------ */
 
@@ -627,6 +690,8 @@ release:
 }
 
 static PyMethodDef readback_methods[] = {
+	{"nonzero", rb_nonzero, METH_VARARGS,
+	 "nonzero(buffer, size, stride): (indexes, values) of the elements not all zero"},
 	{"objects", rb_objects, METH_VARARGS,
 	 "objects(cls, fields, *columns): cls objects, fields set from the columns"},
 	{"addresses", rb_addresses, METH_VARARGS,

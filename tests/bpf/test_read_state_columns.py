@@ -137,6 +137,7 @@ NATIVE = (
     "_native_order",
     "_native_runs",
     "_native_records",
+    "_native_nonzero",
 )
 
 

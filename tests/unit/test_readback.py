@@ -30,6 +30,7 @@ NATIVE = (
     "_native_order",
     "_native_runs",
     "_native_records",
+    "_native_nonzero",
 )
 
 
@@ -40,6 +41,7 @@ def test_maps_uses_the_native_module() -> None:
     assert bpf_maps._native_objects is _readback.objects
     assert bpf_maps._native_backends is _readback.backends
     assert bpf_maps._native_records is _readback.records
+    assert bpf_maps._native_nonzero is _readback.nonzero
     assert bpf_maps._ADDRESS_FIELDS[4] is not None and bpf_maps._ADDRESS_FIELDS[6] is not None
 
 
@@ -103,6 +105,29 @@ def test_records_sort_as_python_does(seed: int) -> None:
     ]
     with pytest.raises(ValueError):
         _readback.records(keys + b"x", key_size, values, value_size)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_nonzero_finds_the_elements_python_finds(seed: int) -> None:
+    rng = random.Random(seed)
+    size, stride = rng.choice(((12, 16), (28, 32), (4, 4), (3, 8)))
+    n = rng.choice((0, 1, 1024, 3000))
+    elements = [
+        rng.choice((bytes(size), bytes(size), rng.randbytes(size), b"\1" + bytes(size - 1)))
+        for _ in range(n)
+    ]
+    if n > 2048:  # a block of zeros, and a block with none
+        elements[1024:2048] = [bytes(size)] * 1024
+        elements[2048:3000] = [b"\7" * size] * 952
+    buf = b"".join(e + rng.randbytes(stride - size) for e in elements)  # padding: ignored
+    indexes, values = _readback.nonzero(buf, size, stride)
+    want_indexes, want_values = bpf_maps._nonzero_py(buf, size, stride)
+    assert (indexes, values) == (want_indexes.tobytes(), want_values)
+    assert list(struct.unpack(f"={len(indexes) // 4}I", indexes)) == [
+        i for i, e in enumerate(elements) if any(e)
+    ]
+    with pytest.raises(ValueError):
+        _readback.nonzero(buf + b"x", size, stride)
 
 
 def test_order_refuses_bad_buffers() -> None:

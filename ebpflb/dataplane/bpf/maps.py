@@ -141,9 +141,20 @@ class IdArrayMap(PinnedMap):
 
 def _nonzero(buf: bytes | mmap.mmap, size: int, stride: int) -> tuple[array[int], bytes]:
     """The indexes and the packed values of the elements of buf (size bytes each,
-    stride apart) that are not all zero. Blocks of zeros are skipped, and blocks with
-    no zero element taken whole, at C speed; no object per element outlives its block
-    (at 500,000 backends a bytes object each would have added ~30 MB to the peak)."""
+    stride apart) that are not all zero: in C, outside the GIL (ebpflb._readback), or
+    in Python (_nonzero_py)."""
+    if _native_nonzero is None:
+        return _nonzero_py(buf, size, stride)
+    packed, values = _native_nonzero(buf, size, stride)
+    indexes: array[int] = array("I")
+    indexes.frombytes(packed)
+    return indexes, values
+
+
+def _nonzero_py(buf: bytes | mmap.mmap, size: int, stride: int) -> tuple[array[int], bytes]:
+    """_nonzero in Python. Blocks of zeros are skipped, and blocks with no zero element
+    taken whole, at C speed; no object per element outlives its block (at 500,000
+    backends a bytes object each would have added ~30 MB to the peak)."""
     block_len = stride * IdArrayMap.BLOCK
     element = struct.Struct(f"{size}s{stride - size}x")
     zero, zeros = bytes(size), bytes(block_len)
@@ -723,21 +734,23 @@ _native_backends: Callable[..., tuple[tuple[Any, ...], dict[int, tuple[int, int]
 _native_order: Callable[[bytes, bytes, int], tuple[bytes, bytes, set[int]]] | None
 _native_runs: Callable[..., bytes] | None
 _native_records: Callable[[bytes, int, bytes, int], tuple[bytes, bytes]] | None
+_native_nonzero: Callable[[bytes | mmap.mmap, int, int], tuple[bytes, bytes]] | None
 try:
     from ebpflb import _readback
 except ImportError:
     _native_objects = _native_addresses = _native_backends = None
-    _native_order = _native_runs = _native_records = None
+    _native_order = _native_runs = _native_records = _native_nonzero = None
 else:
     _native_objects, _native_addresses, _native_backends = (
         _readback.objects,
         _readback.addresses,
         _readback.backends,
     )
-    _native_order, _native_runs, _native_records = (
+    _native_order, _native_runs, _native_records, _native_nonzero = (
         _readback.order,
         _readback.runs,
         _readback.records,
+        _readback.nonzero,
     )
 
 _T = TypeVar("_T")
