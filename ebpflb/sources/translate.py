@@ -67,8 +67,9 @@ may number the port differently), so backends take the port of the slice they ar
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from operator import attrgetter
 from types import MappingProxyType
 from typing import NamedTuple
 
@@ -161,22 +162,72 @@ def translate_dicts(
     errors: list[ObjectError] = []
     parsed = _parse_services(services, errors)
     backends = _collect_backends(slices, errors)
+    addresses = tuple(dict.fromkeys(node_addresses))
     node = _Node(
         node_name,
         node_zone,
-        tuple(dict.fromkeys(node_addresses)),
+        addresses,
         frozenset((4, 6) if node_families is None else node_families),
+        {v: tuple(a for a in addresses if a.version == v) for v in (4, 6)},
     )
     ordered = [parsed[name] for name in sorted(parsed)]
-    entries, keys_of = _claim(
-        ((s.info.ref, _entries(s, backends, node, errors)) for s in ordered), errors
-    )
+    # Every Service's entries, in claim order, and each Service's frontends: what the
+    # claim gives when no frontend is asked for twice, the usual case (checked below).
+    asked: list[ServiceEntry] = []
+    keys_of: dict[ServiceRef, tuple[FrontendKey, ...]] = {}
+    every_family = len(node.families) == 2  # see _served
+    for svc in ordered:
+        served = svc.addresses
+        if not served:
+            continue
+        if not every_family:
+            served = _served(svc, node, errors)
+        if len(served) == 1:  # single-stack: one family's entries are all of them
+            found = _family_entries(svc, served[0], backends, node, errors)
+        else:
+            found = _entries(svc, served, backends, node, errors)
+        if found:
+            asked += found
+            keys_of[svc.info.ref] = tuple(map(_key_of, found))
+    entries = _in_frontend_order(asked)
+    if len(entries) != len(asked):  # some frontend asked for twice: claim them in turn
+        entries, keys_of = _claim(_regroup(asked, keys_of), errors)
     return Translation(
         entries=entries,
-        services={s.info.ref: _info(s, backends, node) for s in ordered},
+        services={
+            s.info.ref: _info(s, backends, node) if s.info.health_check_node_port else s.info
+            for s in ordered
+        },
         keys_of=keys_of,
         errors=tuple(sorted(set(errors), key=_error_order)),
     )
+
+
+# A ServiceEntry's frontend key, and frontend_order's key of it, read in C: the
+# address' version is a class attribute (its property is a Python call) and its
+# number the int it holds.
+_key_of = attrgetter("frontend.key")
+_entry_order = attrgetter(
+    "frontend.address._version", "frontend.address._ip", "frontend.port", "frontend.protocol"
+)
+
+
+def _in_frontend_order(entries: list[ServiceEntry]) -> dict[FrontendKey, ServiceEntry]:
+    """``entries`` by frontend key, in frontend order; of two entries with one key, the
+    later one (the caller checks that there are none: the dict is then shorter)."""
+    ordered = sorted(entries, key=_entry_order)  # stable: as _claim sorts
+    return dict(zip(map(_key_of, ordered), ordered, strict=True))
+
+
+def _regroup(
+    entries: list[ServiceEntry], keys_of: Mapping[ServiceRef, tuple[FrontendKey, ...]]
+) -> Iterator[tuple[ServiceRef, list[ServiceEntry]]]:
+    """Each Service's entries again, out of ``entries`` (all Services' in claim order)
+    and the frontends each asked for (``keys_of``, in the same order)."""
+    start = 0
+    for ref, keys in keys_of.items():
+        yield ref, entries[start : start + len(keys)]
+        start += len(keys)
 
 
 def _claim(
@@ -239,6 +290,7 @@ class _Node(NamedTuple):
     zone: str | None
     addresses: tuple[IPAddress, ...]  # NodePort addresses, both families, primary first
     families: frozenset[int]  # the IP versions this node serves
+    of_family: Mapping[int, tuple[IPAddress, ...]]  # the addresses of each IP version
 
 
 def _served(svc: _Service, node: _Node, errors: list[ObjectError]) -> tuple[IPAddress, ...]:
@@ -265,14 +317,16 @@ def _served(svc: _Service, node: _Node, errors: list[ObjectError]) -> tuple[IPAd
 
 
 def _entries(
-    svc: _Service, backends: _Backends, node: _Node, errors: list[ObjectError]
+    svc: _Service,
+    served: tuple[IPAddress, ...],
+    backends: _Backends,
+    node: _Node,
+    errors: list[ObjectError],
 ) -> list[ServiceEntry]:
     """One entry per frontend of every port and family of one Service, in a stable
-    order."""
-    if not svc.addresses:
-        return []
+    order; ``served`` are its ClusterIPs of the families this node serves."""
     entries: list[ServiceEntry] = []
-    for cluster_ip in _served(svc, node, errors):
+    for cluster_ip in served:
         entries += _family_entries(svc, cluster_ip, backends, node, errors)
     return entries
 
@@ -285,80 +339,99 @@ def _family_entries(
     errors: list[ObjectError],
 ) -> list[ServiceEntry]:
     """The entries of one family of a Service (that of ``cluster_ip``), as kube-proxy's
-    proxier of that family has them: its addresses, backends and source ranges only."""
+    proxier of that family has them: its addresses, backends and source ranges only.
+
+    Run once per Service and family at every full sync (100,000s of times), so the
+    usual Service (ClusterIP only, Cluster policies, no topology) takes the shortest
+    way through: no look at external or load-balancer IPs it has none of, nor at the
+    Local policies it does not ask for, and no empty lists made."""
     ref = svc.info.ref
     version = cluster_ip.version
-    node_port_type = svc.info.type in (ServiceType.NODE_PORT, ServiceType.LOAD_BALANCER)
-    nodes = node.addresses
-    if nodes and any(a.version != version for a in nodes):
-        nodes = tuple(a for a in nodes if a.version == version)
-    external = _of_family(svc.external, version)
-    load_balancer = _of_family(svc.load_balancer, version)
+    node_port_type = svc.info.type in _NODE_PORT_TYPES
+    nodes = node.of_family[version]  # also what external clients are source-NATed to
+    external = svc.external
+    if external:
+        external = _of_family(external, version)
+    load_balancer = svc.load_balancer
     ranges: tuple[IPNetwork, ...] = ()
-    if svc.source_ranges and load_balancer:
-        ranges = tuple(r for r in svc.source_ranges if r.version == version)
-        if not ranges:
-            # kube-proxy keeps each family's own ranges and, finding none of this
-            # family, leaves its load-balancer IPs open to every client of it. A list of
-            # ranges means "only these clients": never admit more than asked, so the
-            # load-balancer frontends of this family are skipped (refused) instead.
-            message = (
-                f"spec.loadBalancerSourceRanges has no IPv{version} range; its "
-                f"IPv{version} load-balancer addresses are skipped rather than open to all"
-            )
-            errors.append(_error("Service", ref, message))
-            load_balancer = ()
+    if load_balancer:
+        load_balancer = _of_family(load_balancer, version)
+        if svc.source_ranges and load_balancer:
+            ranges = tuple(r for r in svc.source_ranges if r.version == version)
+            if not ranges:
+                # kube-proxy keeps each family's own ranges and, finding none of this
+                # family, leaves its load-balancer IPs open to every client of it. A list
+                # of ranges means "only these clients": never admit more than asked, so
+                # the load-balancer frontends of this family are skipped (refused)
+                # instead.
+                message = (
+                    f"spec.loadBalancerSourceRanges has no IPv{version} range; its "
+                    f"IPv{version} load-balancer addresses are skipped rather than open "
+                    "to all"
+                )
+                errors.append(_error("Service", ref, message))
+                load_balancer = ()
+    # The Local policies and topology only where the Service asks for them.
+    local = bool(node.name) and (svc.internal_local or svc.external_local)
+    topology_wanted = svc.topology is not Preference.NONE
+    affinity = svc.affinity_timeout
+    namespace, name = ref.namespace, ref.name
     entries: list[ServiceEntry] = []
     for port in svc.ports:
-        name = ServicePortName(ref, port.name, port.protocol)
-        known = backends.get((ref.namespace, ref.name, port.name, port.protocol, version), {})
-        every = tuple([known[k] for k in sorted(known)])  # (address, port) order
+        protocol = port.protocol
+        port_name = ServicePortName(ref, port.name, protocol)
+        known = backends.get((namespace, name, port.name, protocol, version))
+        # (address, port) order
+        every = tuple(map(known.__getitem__, sorted(known))) if known else ()
         # Topology narrows what the Cluster policies use, never the Local ones'.
         cluster = every
-        if svc.topology is not Preference.NONE:
+        if topology_wanted:
             cluster = topology.prefer(every, svc.topology, node_name=node.name, zone=node.zone)
         internal = outside = cluster
-        if node.name and (svc.internal_local or svc.external_local):
-            local = tuple(b for b in every if b.node == node.name)
-            internal = local if svc.internal_local else cluster
-            outside = local if svc.external_local else cluster
         # A Local policy that leaves a frontend empty while the Service has endpoints
         # elsewhere drops its traffic; a Service without any endpoint refuses it.
         # (Only a Local policy asks: the common Service skips the look at its backends.)
-        elsewhere = (
-            (svc.internal_local or svc.external_local)
-            and bool(node.name)
-            and bool(usable_backends(every))
-        )
+        elsewhere = False
+        if local:
+            mine = tuple(b for b in every if b.node == node.name)
+            internal = mine if svc.internal_local else cluster
+            outside = mine if svc.external_local else cluster
+            elsewhere = bool(usable_backends(every))
         entries.append(
             ServiceEntry(
-                Frontend(cluster_ip, port.port, port.protocol),
-                name,
+                Frontend(cluster_ip, port.port, protocol),
+                port_name,
                 internal,
-                svc.affinity_timeout,
+                affinity,
                 drop_when_empty=elsewhere and svc.internal_local,
             )
         )
+        node_ports = node_port_type and port.node_port is not None
+        if not node_ports and not external and not load_balancer:
+            continue  # the usual Service: its ClusterIP frontend only
         frontends: list[tuple[IPAddress, int, FrontendKind]] = []
-        if node_port_type and port.node_port is not None:
+        if node_ports and port.node_port is not None:
             frontends += [(a, port.node_port, FrontendKind.NODE_PORT) for a in nodes]
-        if external:  # the common case has none: no empty comprehensions
+        if external:
             frontends += [(a, port.port, FrontendKind.EXTERNAL) for a in external]
         if load_balancer:
             frontends += [(a, port.port, FrontendKind.LOAD_BALANCER) for a in load_balancer]
         for address, number, kind in frontends:
             entries.append(
                 ServiceEntry(
-                    Frontend(address, number, port.protocol, kind),
-                    name,
+                    Frontend(address, number, protocol, kind),
+                    port_name,
                     outside,
-                    svc.affinity_timeout,
+                    affinity,
                     _snat_address(svc, kind, address, nodes),
                     ranges if kind is FrontendKind.LOAD_BALANCER else (),
                     elsewhere and svc.external_local,
                 )
             )
     return entries
+
+
+_NODE_PORT_TYPES = (ServiceType.NODE_PORT, ServiceType.LOAD_BALANCER)
 
 
 def _of_family(addresses: tuple[IPAddress, ...], version: int) -> tuple[IPAddress, ...]:
