@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 from ebpflb.model import (
     READY,
     TERMINATING,
+    Backend,
     DesiredState,
     Frontend,
     FrontendKey,
@@ -28,6 +29,7 @@ from ebpflb.model import (
     IPNetwork,
     ServiceEntry,
     ServicePortName,
+    ServiceRef,
     hostport,
 )
 
@@ -516,51 +518,97 @@ def desired_frontends(
 def held_as_built(entry: ServiceEntry, have: FrontendState) -> bool:
     """Whether ``FrontendState.from_entry(entry) == have``, on translate's usual output
     (every backend ready and not terminating, in key order, each key once: from_entry's
-    one-pass case) without building it; any other entry is built and compared."""
+    one-pass case) without building it; any other entry is built and compared.
+
+    After a restart every held state is read back from the maps, so none of its values
+    is the entry's own object: IPv4 addresses compare by their numbers, the frontend and
+    the port name field by field (the dataclasses' and ipaddress' comparisons are each
+    a Python call or two), and the backends' order is checked in the same pass."""
     backends, held = entry.backends, have._backends
     if (
         len(held) == 2 * len(backends)
-        and _is_flat(held)
-        and have.slots_are_backends
-        and entry.frontend == have.frontend
-        and entry.port_name == have.port_name
+        and have._slots is None
+        and (not held or not isinstance(held[0], tuple))  # flat (_is_flat, inlined)
         and entry.affinity_timeout == have.affinity_timeout
         and entry.snat_address == have.snat_address
         and entry.source_ranges == have.source_ranges
         and entry.drop_when_empty == have.drop_when_empty
+        and _same_frontend(entry.frontend, have.frontend)
+        and _same_port_name(entry.port_name, have.port_name)
+        and (not backends or _held_as_flat(backends, held))
     ):
-        family: type | None = None  # as in from_entry's one pass
-        last_ip = last_port = 0
-        # lengths checked above
-        for b, held_address, held_port in zip(backends, held[::2], held[1::2], strict=True):
-            address, port = b.address, b.port
-            ip = _ip_of(address)
-            if (
-                b.conditions & _READY_TERMINATING != READY
-                or (
-                    family is not None
-                    and not (
-                        address.__class__ is family
-                        and (last_ip < ip or (ip == last_ip and port > last_port))
-                    )
-                )
-                or port != held_port
-                or (
-                    address is not held_address
-                    # IPv4 by number; IPv6 by ipaddress, which also compares scope ids
-                    and not (
-                        address.__class__ is IPv4Address
-                        and held_address.__class__ is IPv4Address
-                        and _ip_of(held_address) == ip
-                    )
-                    and address != held_address
-                )
-            ):
-                break
-            family, last_ip, last_port = address.__class__, ip, port
-        else:
-            return True
+        return True
     return FrontendState.from_entry(entry) == have
+
+
+def _held_as_flat(backends: tuple[Backend, ...], held: tuple[Any, ...]) -> bool:
+    """Whether ``backends`` (one at least) are from_entry's one-pass case (see there)
+    and its flat store of them is ``held`` (of the same length)."""
+    family = backends[0].address.__class__
+    numbered = family is IPv4Address  # equal exactly when their numbers are
+    last_ip = last_port = -1
+    for b, held_address, held_port in zip(backends, held[::2], held[1::2], strict=True):
+        address = b.address
+        ip = _ip_of(address)
+        port = b.port
+        if (
+            b.conditions & _READY_TERMINATING != READY
+            or port != held_port
+            or address.__class__ is not family
+            or not (last_ip < ip or (ip == last_ip and port > last_port))
+        ):
+            return False
+        if (
+            address is not held_address
+            # IPv4 by number; IPv6 by ipaddress, which also compares scope ids
+            and not (
+                numbered and held_address.__class__ is IPv4Address and _ip_of(held_address) == ip
+            )
+            and address != held_address
+        ):
+            return False
+        last_ip, last_port = ip, port
+    return True
+
+
+def _same_frontend(a: Frontend, b: Frontend) -> bool:
+    """a == b, field by field for the common class (IPv4 addresses by number)."""
+    if a is b:
+        return True
+    if a.__class__ is b.__class__ is Frontend:
+        x, y = a.address, b.address
+        return (
+            a.port == b.port
+            and a.protocol == b.protocol
+            and (
+                x is y
+                or (x.__class__ is y.__class__ is IPv4Address and _ip_of(x) == _ip_of(y))
+                or x == y
+            )
+        )
+    return a == b
+
+
+def _same_port_name(a: ServicePortName, b: ServicePortName) -> bool:
+    """a == b, field by field for the common classes."""
+    if a is b:
+        return True
+    if not (a.__class__ is b.__class__ is ServicePortName):
+        return a == b
+    s, t = a.service, b.service
+    return (
+        a.port == b.port
+        and a.protocol == b.protocol
+        and (
+            s is t
+            or (
+                s.__class__ is t.__class__ is ServiceRef
+                and s.namespace == t.namespace
+                and s.name == t.name
+            )
+            or s == t
+        )
+    )
 
 
 def apply_to(
