@@ -297,3 +297,23 @@ def test_a_frontend_of_an_unknown_protocol_is_left_out(writer: MapWriter) -> Non
     assert after.orphan_backends == [250]
     assert after.orphan_svc_ids == [60]
     assert 60 not in after.slot_counts and after.id_tables() == before.id_tables()
+
+
+def test_names_without_a_namespace_read_as_none(writer: MapWriter) -> None:
+    """A meta element whose namespace is empty names no Service: its frontend reads as
+    svc-<id>, as one whose element is missing, and the element is taken (not left)."""
+    want = _random_states(random.Random(5), 10)
+    writer.apply(diff(writer.frontends, want))
+    maps = writer.maps
+    before = read_state(maps)
+    key, state = next(iter(before.frontends.items()))
+    sid = before.svc_ids[key]
+    maps.meta.update(U32(sid), abi.LbSvcMeta(b"", b"name", b"port"))
+    after = read_state(maps)
+    assert after.frontends[key] == state.replace(
+        port_name=ServicePortName(ServiceRef("", f"svc-{sid}"), "", key[2])
+    )
+    assert after.orphan_svc_ids == before.orphan_svc_ids == []
+    assert {k: s for k, s in after.frontends.items() if k != key} == {
+        k: s for k, s in before.frontends.items() if k != key
+    }

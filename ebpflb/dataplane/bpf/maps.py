@@ -1295,7 +1295,8 @@ class _PortNames:
             repeat("utf-8"),
             repeat("replace"),
         )
-        self._names: dict[int, _Names] = dict(
+        # svc id -> its names; None: the element names no Service (no namespace)
+        self._names: dict[int, _Names | None] = dict(
             zip(
                 _u32s(keys[: count * 4]),
                 zip(
@@ -1307,34 +1308,53 @@ class _PortNames:
                 strict=True,
             )
         )
-        self._made: dict[tuple[_Names | None, int], ServicePortName] = {}
+        if None in namespaces.values():
+            unnamed = [sid for sid, names in self._names.items() if names and names[0] is None]
+            self._names.update(zip(unnamed, repeat(None)))
+        # protocol number -> names -> the ServicePortName made of them (None: none)
+        self._made: dict[int, dict[_Names | None, ServicePortName]] = {}
 
     def take_all(
         self, sids: list[int], protos: list[Protocol], proto_nos: Sequence[int]
     ) -> list[ServicePortName]:
         """Frontends ``sids``' (their names are taken: see ``left``), the new ones
-        made together; a frontend without names gets ``svc-<id>`` in namespace ""."""
-        names = list(map(self._names.pop, sids, repeat(None)))
-        keys = list(zip(names, proto_nos, strict=True))
-        made = self._made
-        new = [k for k in dict.fromkeys(keys) if k not in made and k[0] and k[0][0] is not None]
-        if new:
-            named, numbers = zip(*new, strict=True)
-            namespaces, service_names, ports = zip(*named, strict=True)
-            refs = _objects(ServiceRef, _REF_FIELDS, namespaces, service_names)
-            protocols = list(map(_PROTOCOLS.__getitem__, numbers))
-            made.update(
-                zip(
-                    new,
-                    _objects(ServicePortName, _PORT_NAME_FIELDS, refs, ports, protocols),
-                    strict=True,
+        made together, protocol by protocol; a frontend without names gets
+        ``svc-<id>`` in namespace ""."""
+        every: list[_Names | None] = list(map(self._names.pop, sids, repeat(None)))
+        numbers = set(proto_nos)
+        out: list[ServicePortName | None] = [None] * len(sids) if len(numbers) > 1 else []
+        for number in numbers:
+            mine = list(map(eq, proto_nos, repeat(number))) if len(numbers) > 1 else None
+            names = every if mine is None else list(compress(every, mine))
+            made = self._made.setdefault(number, {})
+            new = dict.fromkeys(names)
+            new.pop(None, None)
+            fresh = [n for n in new if n not in made] if made else list(new)
+            if fresh:
+                namespaces, service_names, ports = zip(*fresh, strict=True)
+                refs = _objects(ServiceRef, _REF_FIELDS, namespaces, service_names)
+                made.update(
+                    zip(
+                        fresh,
+                        _objects(
+                            ServicePortName,
+                            _PORT_NAME_FIELDS,
+                            refs,
+                            ports,
+                            [_PROTOCOLS[number]] * len(fresh),
+                        ),
+                        strict=True,
+                    )
                 )
-            )
-        found = list(map(made.get, keys))
-        out = cast(list[ServicePortName], found)  # each None replaced below
-        for i in compress(range(len(found)), map(is_, found, repeat(None))):
+            found: list[ServicePortName | None] = list(map(made.get, names))
+            if mine is None:
+                out = found
+            else:
+                at = iter(found)
+                out = [next(at) if is_mine else o for o, is_mine in zip(out, mine, strict=True)]
+        for i in compress(range(len(out)), map(is_, out, repeat(None))):
             out[i] = ServicePortName(ServiceRef("", f"svc-{sids[i]}"), "", protos[i])
-        return out
+        return cast(list[ServicePortName], out)  # each None replaced
 
     def left(self) -> list[int]:
         """The svc ids of the names that no frontend took."""
