@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ebpflb.sources.compact import compact
 from ebpflb.sources.endpointslices import _Cache, _parse_slice
 from ebpflb.sources.fields import ObjectError, Preparsed, _identity
 from ebpflb.sources.services import _parse_service, _PortsCache
@@ -45,3 +46,18 @@ class ParseAhead:
         else:
             return obj
         return Preparsed(obj, (parse, tuple(errors)))
+
+    def compact(self, kind: str, obj: Obj) -> Obj:
+        """``ahead(kind, compact(kind, obj))``, without copying the compact object: it
+        is made a ``Preparsed`` directly."""
+        if kind != SERVICE and kind != ENDPOINT_SLICE:
+            return compact(kind, obj)
+        out = Preparsed()
+        compact(kind, obj, into=out)
+        errors: list[ObjectError] = []
+        if kind == SERVICE:
+            parse: Any = _parse_service(out, errors, self._ports)
+        else:
+            parse = _parse_slice(out, _identity(out), errors, self._slices)
+        out.parse = (parse, tuple(errors))
+        return out

@@ -12,12 +12,14 @@ slice is reported (naming the slice and the address) and that endpoint skipped.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Iterator, Mapping
+import struct
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from operator import itemgetter
-from typing import Any
+from typing import Any, overload
 
 from ebpflb.model import Backend, IPAddress, Protocol
 from ebpflb.sources.fields import (
+    CompactMeta,
     Obj,
     ObjectError,
     _flag,
@@ -143,6 +145,94 @@ class CompactEndpoint(Mapping[str, Any]):
         return f"CompactEndpoint({self._fields()!r})"
 
 
+# Where an endpoint is: (conditions, nodeName, zone), each None when absent.
+_Place = tuple[Obj | None, str | None, str | None]
+
+
+class PackedEndpoints(Sequence[CompactEndpoint]):
+    """The endpoints of an EndpointSlice as the Kubernetes source keeps them when every
+    one qualifies as a ``CompactEndpoint`` (see ``compact``): their addresses packed in
+    one bytes object (4 or 16 bytes each, network order), and where each is (its
+    conditions, node and zone) once for the whole slice when all share it, else one
+    shared tuple per endpoint. A slice of 5 endpoints is then ~120 B, not ~800: no
+    object per endpoint, nor per address, until translation parses it (``_parse_slice``
+    reads the packed form directly). It reads as the sequence of its CompactEndpoints
+    (made on each access), and compares equal to a list of equal endpoints. Never
+    mutated, so it may be shared."""
+
+    __slots__ = ("packed", "place", "places", "version")
+
+    def __init__(
+        self,
+        version: int,
+        packed: bytes,
+        place: _Place | None,
+        places: tuple[_Place, ...] | None,
+    ) -> None:
+        self.version = version  # 4 or 6: the slice's addressType
+        self.packed = packed
+        self.place = place  # that of every endpoint; None: see places
+        self.places = places  # one per endpoint; None when place is shared
+
+    def __len__(self) -> int:
+        return len(self.packed) >> (2 if self.version == 4 else 4)
+
+    def numbers(self) -> tuple[int, ...]:
+        """The addresses as ints, in order."""
+        if self.version == 4:
+            return struct.unpack(f">{len(self.packed) >> 2}I", self.packed)
+        packed = self.packed
+        return tuple([int.from_bytes(packed[i : i + 16]) for i in range(0, len(packed), 16)])
+
+    def places_of(self) -> Sequence[_Place]:
+        """Each endpoint's (conditions, node, zone), in order."""
+        if self.places is not None:
+            return self.places
+        assert self.place is not None
+        return (self.place,) * len(self)
+
+    def _at(self, i: int, number: int) -> CompactEndpoint:
+        conditions, node, zone = self.place if self.place is not None else self.places[i]  # type: ignore[index]
+        address: IPAddress = (
+            ipaddress.IPv4Address(number) if self.version == 4 else ipaddress.IPv6Address(number)
+        )
+        return CompactEndpoint(address, conditions, node, zone)
+
+    @overload
+    def __getitem__(self, i: int) -> CompactEndpoint: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[CompactEndpoint]: ...
+    def __getitem__(self, i: int | slice) -> CompactEndpoint | list[CompactEndpoint]:
+        if isinstance(i, slice):
+            return list(self)[i]
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("endpoint index out of range")
+        return self._at(i, self.numbers()[i])
+
+    def __iter__(self) -> Iterator[CompactEndpoint]:
+        for i, number in enumerate(self.numbers()):
+            yield self._at(i, number)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is PackedEndpoints:  # a relist compares each slice: without objects
+            if self.version != other.version or self.packed != other.packed:
+                return False
+            if self.place == other.place and self.places == other.places:
+                return True
+            return tuple(self.places_of()) == tuple(other.places_of())
+        if isinstance(other, (list, tuple)):
+            return len(other) == len(self) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # not hashable, as the list it stands for
+
+    def __repr__(self) -> str:
+        return f"PackedEndpoints({list(self)!r})"
+
+
 def _collect_backends(slices: Iterable[Obj], errors: list[ObjectError]) -> _Backends:
     """Every slice's backends, merged per Service port and deduplicated by (address,
     port), the ready copy winning. Slices are read in (namespace, name) order."""
@@ -202,8 +292,12 @@ def _parse_slice(
     try:
         if not name:
             raise _Invalid("metadata.name is missing")
-        labels = _mapping(_mapping(obj.get("metadata"), "metadata").get("labels"), "labels")
-        service = labels.get(SERVICE_NAME_LABEL)
+        meta = obj.get("metadata")
+        if type(meta) is CompactMeta:  # without making its labels dict
+            service = meta.value if meta.label == SERVICE_NAME_LABEL else None
+        else:
+            labels = _mapping(_mapping(meta, "metadata").get("labels"), "labels")
+            service = labels.get(SERVICE_NAME_LABEL)
         if not service or not isinstance(service, str):
             raise _Invalid(f"label {SERVICE_NAME_LABEL} is missing")
         address_type = obj.get("addressType")
@@ -213,7 +307,9 @@ def _parse_slice(
         if version is None:
             raise _Invalid(f"addressType {address_type!r} is not IPv4, IPv6 or FQDN")
         port_items = _list(obj.get("ports"), "ports")
-        endpoint_items = _list(obj.get("endpoints"), "endpoints")
+        endpoint_items = obj.get("endpoints")
+        if type(endpoint_items) is not PackedEndpoints:
+            endpoint_items = _list(endpoint_items, "endpoints")
     except _Invalid as e:
         report(f"{e}; EndpointSlice skipped")
         return []
@@ -229,11 +325,14 @@ def _parse_slice(
         report(message)
     endpoints: list[_Endpoint] = []
     conditions_cache = cache.conditions if cache is not None else None
-    for i, item in enumerate(endpoint_items):
-        try:
-            endpoints.append(_endpoint(item, version, conditions_cache))
-        except _Invalid as e:
-            report(f"endpoints[{i}]: {e}; endpoint skipped")
+    if type(endpoint_items) is PackedEndpoints:
+        _packed_endpoints(endpoint_items, version, endpoints, report, conditions_cache)
+    else:
+        for i, item in enumerate(endpoint_items):
+            try:
+                endpoints.append(_endpoint(item, version, conditions_cache))
+            except _Invalid as e:
+                report(f"endpoints[{i}]: {e}; endpoint skipped")
     out: list[tuple[_PortKey, _Known]] = []
     for port_name, protocol, port in ports:
         known: _Known = {}
@@ -265,22 +364,65 @@ def _slice_ports(port_items: list[Any]) -> _SlicePorts:
 _ADDRESS_TYPES = {"IPv4": 4, "IPv6": 6}
 
 
+def _packed_endpoints(
+    items: PackedEndpoints,
+    version: int,
+    out: list[_Endpoint],
+    report: Callable[[str], None],
+    cache: dict[int, tuple[Any, _Flags]] | None,
+) -> None:
+    """``_endpoint`` of each of ``items`` appended to ``out`` (errors reported as
+    ``_parse_slice`` reports them), read from the packed form: each address parsed
+    once, each place's conditions once."""
+    if items.version != version:  # never made so (compact packs a slice's own family)
+        for i, item in enumerate(items):
+            try:
+                out.append(_endpoint(item, version, cache))
+            except _Invalid as e:
+                report(f"endpoints[{i}]: {e}; endpoint skipped")
+        return
+    make = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
+    flags_of: dict[int, _Flags | str] = {}  # by id(conditions): the flags, or the error
+    for i, (number, (conditions, node, zone)) in enumerate(
+        zip(items.numbers(), items.places_of(), strict=True)
+    ):
+        flags = flags_of.get(id(conditions))
+        if flags is None:
+            try:
+                flags = _flags(conditions or _NO_CONDITIONS, cache)
+            except _Invalid as e:
+                flags = str(e)
+            flags_of[id(conditions)] = flags
+        if isinstance(flags, str):
+            report(f"endpoints[{i}]: {flags}; endpoint skipped")
+            continue
+        ready, serving, terminating = flags
+        out.append(
+            (number, make(number), ready, serving, terminating, node or None, zone or None, (), ())
+        )
+
+
+def _flags(conditions: Obj, cache: dict[int, tuple[Any, _Flags]] | None) -> _Flags:
+    """(ready, serving, terminating) of a conditions object; ``cache`` holds those of
+    conditions objects already read (by identity)."""
+    held = cache.get(id(conditions)) if cache is not None else None
+    if held is not None:
+        return held[1]
+    ready = _flag(conditions.get("ready"), "ready", default=True)
+    serving = _flag(conditions.get("serving"), "serving", default=ready)
+    terminating = _flag(conditions.get("terminating"), "terminating", default=False)
+    if cache is not None:
+        cache[id(conditions)] = (conditions, (ready, serving, terminating))
+    return ready, serving, terminating
+
+
 def _endpoint(
     item: Any, version: int, cache: dict[int, tuple[Any, _Flags]] | None = None
 ) -> _Endpoint:
     """One endpoint's first address (of IP ``version``, the slice's) and conditions;
     ``cache`` holds the flags of conditions objects already read (by identity)."""
     if type(item) is CompactEndpoint and item.address.version == version:
-        conditions = item.conditions or _NO_CONDITIONS
-        held = cache.get(id(conditions)) if cache is not None else None
-        if held is not None:
-            ready, serving, terminating = held[1]
-        else:
-            ready = _flag(conditions.get("ready"), "ready", default=True)
-            serving = _flag(conditions.get("serving"), "serving", default=ready)
-            terminating = _flag(conditions.get("terminating"), "terminating", default=False)
-            if cache is not None:
-                cache[id(conditions)] = (conditions, (ready, serving, terminating))
+        ready, serving, terminating = _flags(item.conditions or _NO_CONDITIONS, cache)
         return (
             int(item.address),
             item.address,

@@ -47,6 +47,9 @@ class ObjectError:
         return InvalidObjectError(str(self))
 
 
+_EMPTY: Mapping[str, Any] = {}
+
+
 class Preparsed(dict[str, Any]):
     """An object as a source keeps it (a dict, equal to the one it was made from, and
     read as one), carrying what translation parsed of it as it arrived (``ahead``)
@@ -55,7 +58,13 @@ class Preparsed(dict[str, Any]):
 
     __slots__ = ("parse",)
 
-    def __init__(self, obj: Mapping[str, Any], parse: tuple[Any, tuple[ObjectError, ...]]) -> None:
+    def __init__(
+        self,
+        obj: Mapping[str, Any] = _EMPTY,
+        parse: tuple[Any, tuple[ObjectError, ...]] | None = None,
+    ) -> None:
+        """A copy of ``obj`` (by default empty, to be filled by its maker before anyone
+        else sees it, which saves the copy) carrying ``parse``."""
         super().__init__(obj)
         self.parse: tuple[Any, tuple[ObjectError, ...]] | None = parse
 
@@ -190,13 +199,16 @@ def _identity(obj: Obj) -> tuple[str, str]:
 
 
 def _is_mapping(value: Any) -> TypeGuard[Mapping[str, Any]]:
-    # A dict is the common case, told without the slower ABC check.
-    return type(value) is dict or isinstance(value, Mapping)
+    # A dict (or an object as a source keeps it) is the common case, told without the
+    # slower ABC check.
+    kind = type(value)
+    return kind is dict or kind is Preparsed or isinstance(value, Mapping)
 
 
 def _mapping(value: Any, where: str) -> Mapping[str, Any]:
-    if type(value) is dict:  # the common case, without the slower ABC check
-        return value
+    kind = type(value)
+    if kind is dict or kind is CompactMeta:  # the common cases, without the ABC check
+        return value  # type: ignore[no-any-return]
     if value is None:
         return {}
     if not isinstance(value, Mapping):

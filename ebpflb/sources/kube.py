@@ -393,7 +393,7 @@ class KubeSource:
             for item in page.get("items") or ():
                 item.setdefault("kind", res.kind)
                 item.setdefault("apiVersion", res.api_version)
-                objects.append(ahead(res.kind, compact(res.kind, item)))
+                objects.append(ahead.compact(res.kind, item))
             meta = page.get("metadata") or {}
             rv = str(meta.get("resourceVersion") or "")
             token = meta.get("continue") or None

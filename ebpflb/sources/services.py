@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 from ebpflb.model import IPAddress, IPNetwork, Protocol, ServiceInfo, ServiceRef, ServiceType
 from ebpflb.sources import topology
 from ebpflb.sources.fields import (
+    CompactMeta,
     Obj,
     ObjectError,
     _error,
@@ -108,8 +109,10 @@ def _parse_service(
         if not name:
             raise _Invalid("metadata.name is missing")
         meta = _mapping(obj.get("metadata"), "metadata")
-        labels = _mapping(meta.get("labels"), "labels")
-        if labels.get(SERVICE_PROXY_NAME_LABEL):
+        if type(meta) is CompactMeta:  # without making its labels dict
+            if meta.label == SERVICE_PROXY_NAME_LABEL and meta.value:
+                return None
+        elif _mapping(meta.get("labels"), "labels").get(SERVICE_PROXY_NAME_LABEL):
             return None
         spec = obj.get("spec")
         if not _is_mapping(spec):
