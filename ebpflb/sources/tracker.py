@@ -43,8 +43,12 @@ class ChangeTracker:
     ``take()``/``take_changes()``, and each Service's slices (by their label)."""
 
     def __init__(self) -> None:
-        self._objects: dict[Key, Obj] = {}
+        self._objects: dict[str, dict[Key, Obj]] = {}  # by kind
         self._changes: dict[Key, _Change] = {}
+        # Kinds first populated in bulk since the last take: every object of theirs
+        # without a record in ``_changes`` is new since then (as a _Change(None, it)
+        # would say), without a record each (``_fresh_changes`` makes them when asked).
+        self._fresh: set[str] = set()
         # the keys of each Service's slices, sorted: a tuple, as most have one or two
         self._slices: dict[ServiceRef, tuple[Key, ...]] = {}
 
@@ -57,7 +61,7 @@ class ChangeTracker:
     def delete(self, kind: str, namespace: str, name: str) -> None:
         """Forget an object; deleting an unknown object is a no-op."""
         key = (kind, "" if kind in _CLUSTER_SCOPED else namespace, name)
-        if key in self._objects or key in self._changes:
+        if key in self._objects.get(kind, _NONE) or key in self._changes:
             self._record(key, None)
 
     def replace_all(self, objects: Iterable[Obj], *, kinds: Collection[str] | None = None) -> None:
@@ -65,21 +69,64 @@ class ChangeTracker:
         each, delete every other object of the given ``kinds`` (default: every kind).
         Raises ``ValueError`` (before changing anything) when an object has no key."""
         keyed = {object_key(obj): obj for obj in objects}
+        if kinds is not None and self._first(kinds):
+            self._populate(keyed, kinds)
+            return
         for key, obj in keyed.items():
-            have = self._objects.get(key)
+            have = self._objects.get(key[0], _NONE).get(key)
             if have is not obj and have != obj:
                 self._record(key, obj)
-        for key in [k for k in self._objects if k not in keyed]:
-            if kinds is None or key[0] in kinds:
-                self._record(key, None)
+        for kind, held in list(self._objects.items()):
+            if kinds is None or kind in kinds:
+                for key in [k for k in held if k not in keyed]:
+                    self._record(key, None)
+
+    def _first(self, kinds: Collection[str]) -> bool:
+        """Whether ``kinds`` have no objects and no changes since the last take."""
+        return not any(self._objects.get(kind) for kind in kinds) and not any(
+            key[0] in kinds for key in self._changes
+        )
+
+    def _populate(self, keyed: dict[Key, Obj], kinds: Collection[str]) -> None:
+        """``replace_all`` into kinds of which nothing is held nor changed: each object
+        of theirs is stored, without a change record (they are ``_fresh``), and the
+        slices indexed in one pass (the first list of 100,000 objects: 0.3 -> 0.1 s)."""
+        owned: dict[ServiceRef, list[Key]] = {}
+        for key, obj in keyed.items():
+            kind = key[0]
+            if kind not in kinds:  # an object of another kind: upserted as one
+                self._record(key, obj)
+                continue
+            held = self._objects.get(kind)
+            if held is None:
+                held = self._objects[kind] = {}
+            held[key] = obj
+            if kind == ENDPOINT_SLICE:
+                owner = slice_owner(obj)
+                if owner:
+                    owned.setdefault(ServiceRef(key[1], owner), []).append(key)
+        for ref, keys in owned.items():
+            self._slices[ref] = tuple(sorted(keys))
+        self._fresh.update(k for k in kinds if self._objects.get(k))
+
+    def _fresh_changes(self) -> None:
+        """Turn the ``_fresh`` kinds' objects into change records (before a question
+        about the changes: the usual first take() ends the period without asking)."""
+        for kind in self._fresh:
+            for key, obj in self._objects.get(kind, _NONE).items():
+                if key not in self._changes:
+                    self._changes[key] = _Change(None, obj)
+        self._fresh.clear()
 
     def pending(self) -> bool:
         """Whether anything really changed since the last take."""
+        self._fresh_changes()
         return any(c.previous != c.current for c in self._changes.values())
 
     def changed_services(self) -> set[ServiceRef]:
         """The Services whose own object or whose EndpointSlices changed since the last
         take (a slice counts for the Service named by its label, before and after)."""
+        self._fresh_changes()
         refs: set[ServiceRef] = set()
         for (kind, namespace, name), change in self._changes.items():
             if change.previous == change.current:
@@ -96,6 +143,7 @@ class ChangeTracker:
     def take_changes(self) -> Changes:
         """The changed Services, whether a Node changed, and how many Service and
         EndpointSlice objects changed; ends the change period."""
+        self._fresh_changes()
         real = [k[0] for k, c in self._changes.items() if c.previous != c.current]
         changes = Changes(
             frozenset(self.changed_services()),
@@ -109,45 +157,43 @@ class ChangeTracker:
     def take(self) -> tuple[tuple[Obj, ...], tuple[Obj, ...]]:
         """The full current (services, slices) in key order, ending the change period."""
         self._changes.clear()
-        of = self._of_kinds((SERVICE, ENDPOINT_SLICE))
-        return of[SERVICE], of[ENDPOINT_SLICE]
+        self._fresh.clear()
+        return self.objects(SERVICE), self.objects(ENDPOINT_SLICE)
 
     def objects(self, kind: str) -> tuple[Obj, ...]:
-        """The current objects of one kind (e.g. ``"Node"``), in key order."""
-        return self._of_kinds((kind,))[kind]
-
-    def _of_kinds(self, kinds: Collection[str]) -> dict[str, tuple[Obj, ...]]:
-        """The current objects of each of ``kinds``, in key order: the keys sorted once
-        for all of them (0.2 -> 0.1 s for a full sync's take at 100,000 Services)."""
-        found: dict[str, list[Obj]] = {kind: [] for kind in kinds}
-        objects = self._objects
-        for key in sorted(objects):
-            bucket = found.get(key[0])
-            if bucket is not None:
-                bucket.append(objects[key])
-        return {kind: tuple(bucket) for kind, bucket in found.items()}
+        """The current objects of one kind (e.g. ``"Node"``), in key order: only that
+        kind's keys are sorted (kept apart by kind, a Node's take is not a sort of
+        every Service's and slice's key)."""
+        held = self._objects.get(kind)
+        if not held:
+            return ()
+        return tuple([held[key] for key in sorted(held)])
 
     def service(self, ref: ServiceRef) -> Obj | None:
-        return self._objects.get((SERVICE, ref.namespace, ref.name))
+        return self._objects.get(SERVICE, _NONE).get((SERVICE, ref.namespace, ref.name))
 
     def slices_of(self, ref: ServiceRef) -> tuple[Obj, ...]:
         """The EndpointSlices labelled with ``ref``'s name in its namespace, in key order."""
-        objects = self._objects
-        return tuple([objects[k] for k in self._slices.get(ref, ())])
+        held = self._objects.get(ENDPOINT_SLICE, _NONE)
+        return tuple([held[k] for k in self._slices.get(ref, ())])
 
     def __len__(self) -> int:
-        return len(self._objects)
+        return sum(map(len, self._objects.values()))
 
     def _record(self, key: Key, obj: Obj | None) -> None:
         change = self._changes.get(key)
-        old = self._objects.get(key)
-        if change is None:
-            change = self._changes[key] = _Change(old, None)
+        held = self._objects.get(key[0])
+        if held is None:
+            held = self._objects[key[0]] = {}
+        old = held.get(key)
+        if change is None:  # a fresh kind's object was new at the last take
+            previous = None if key[0] in self._fresh else old
+            change = self._changes[key] = _Change(previous, None)
         change.current = obj
         if obj is None:
-            self._objects.pop(key, None)
+            held.pop(key, None)
         else:
-            self._objects[key] = obj
+            held[key] = obj
         if key[0] == ENDPOINT_SLICE:
             self._index_slice(key, old, obj)
         if change.previous is None and change.current is None:
@@ -169,6 +215,9 @@ class ChangeTracker:
             owned = self._slices.get(ref, ())
             if key not in owned:
                 self._slices[ref] = tuple(sorted((*owned, key)))
+
+
+_NONE: dict[Key, Obj] = {}  # the objects of a kind of which none is held; never filled
 
 
 def object_key(obj: Obj, *, kind: str | None = None) -> Key:
