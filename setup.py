@@ -18,7 +18,9 @@ tables in Python, about 30x slower, and the map writer makes and copies each tab
 itself. The image (deploy/Containerfile) and the unit tests insist on it. A second,
 ebpflb._readback (ebpflb/_readback.c: read_state's bulk steps, the pinned maps read
 back on a restart), is built the same way and optional too: without it
-ebpflb.dataplane.bpf.maps does those steps in Python (about half the speed).
+ebpflb.dataplane.bpf.maps does those steps in Python (about half the speed). So is a
+third, ebpflb._plancheck (ebpflb/_plancheck.c: a full sync's per-frontend checks, see
+ebpflb.plan), without which they run in Python (~7x the instructions).
 
 Everything else is configured in pyproject.toml; MANIFEST.in puts bpf/ in the sdist.
 """
@@ -63,4 +65,11 @@ READBACK = Extension(
     optional=True,
 )
 
-setup(cmdclass={"build_py": BuildPyWithBpf}, ext_modules=[MAGLEV_FILL, READBACK])
+PLANCHECK = Extension(
+    "ebpflb._plancheck",
+    sources=["ebpflb/_plancheck.c"],
+    extra_compile_args=["-O2", "-Wall", "-Wextra"],
+    optional=True,
+)
+
+setup(cmdclass={"build_py": BuildPyWithBpf}, ext_modules=[MAGLEV_FILL, READBACK, PLANCHECK])

@@ -2,16 +2,22 @@
 a held state stands for an entry exactly when building the entry's state gives an
 equal one: checked on random entries and held states that differ from them (or not)
 in any field, as built from an entry or as read back from the maps (no object shared
-with the entry)."""
+with the entry); with the C checks of ebpflb/_plancheck.c (which must say True only
+when it is so, and do say it for the usual IPv4 frontend) and without them (the
+Python path, where the module was not built). from_entry's C one-pass case builds
+what the Python one does."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from typing import Any
+from unittest import mock
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ebpflb import _plancheck, plan
 from ebpflb.model import (
     Backend,
     Frontend,
@@ -104,13 +110,37 @@ def _read_back(state: FrontendState) -> FrontendState:
 def test_held_as_built_is_building_and_comparing(
     entry: ServiceEntry, other: ServiceEntry, read_back: bool
 ) -> None:
-    usual = tuple(b.replace(ready=True, terminating=False) for b in entry.backends)
-    # held as desired, as another entry's, or as the entry's were it ready throughout
-    for source in (entry, other, ServiceEntry(entry.frontend, entry.port_name, usual)):
+    def changed(change: Any) -> ServiceEntry:
+        backends = tuple(b.replace(**change(b)) for b in entry.backends)
+        return dataclasses.replace(entry, backends=backends)
+
+    # held as desired, as another entry's, or as the entry's were it ready throughout,
+    # on other ports, or at other addresses
+    for source in (
+        entry,
+        other,
+        changed(lambda b: {"ready": True, "terminating": False}),
+        changed(lambda b: {"port": 80 if b.port == 8080 else 8080}),
+        changed(lambda b: {"address": b.address + 1}),
+    ):
         held = FrontendState.from_entry(source)
         if read_back:
             held = _read_back(held)
-        assert held_as_built(entry, held) == (FrontendState.from_entry(entry) == held)
+        equal = FrontendState.from_entry(entry) == held
+        assert held_as_built(entry, held) == equal
+        assert not _plancheck.held(entry, held) or equal  # True only when it is so
+        with mock.patch.object(plan, "_native_held", None):
+            assert held_as_built(entry, held) == equal
+
+
+@settings(max_examples=800, deadline=None)
+@given(_entry())
+def test_from_entry_builds_in_c_what_it_builds_in_python(entry: ServiceEntry) -> None:
+    native = FrontendState.from_entry(entry)
+    with mock.patch.object(plan, "_native_flat", None):
+        python = FrontendState.from_entry(entry)
+    assert native == python
+    assert native._backends == python._backends and native._slots == python._slots
 
 
 def test_a_read_back_state_of_the_usual_entry_is_taken_for_it() -> None:
@@ -122,9 +152,37 @@ def test_a_read_back_state_of_the_usual_entry_is_taken_for_it() -> None:
     held = _read_back(FrontendState.from_entry(entry))
     assert held.frontend.address is not frontend.address
     assert held_as_built(entry, held)
+    assert _plancheck.held(entry, held)  # decided in C
+    assert _plancheck.flat(backends) == FrontendState.from_entry(entry)._backends
     changed = _read_back(
         FrontendState.from_entry(
             ServiceEntry(frontend, entry.port_name, (*backends[:4], Backend(_ip("10.0.0.9"), 8080)))
         )
     )
     assert not held_as_built(entry, changed)
+
+
+def test_the_c_checks_leave_what_they_cannot_read_to_python() -> None:
+    class Odd(ipaddress.IPv4Address):
+        pass
+
+    port_name = ServicePortName(ServiceRef("d", "w"), "", Protocol.TCP)
+    usual = (Backend(_ip("10.0.0.1"), 8080), Backend(_ip("10.0.0.2"), 8080))
+    cases = [
+        (Backend(_ip("fd00::1"), 8080),),  # IPv6
+        (Backend(Odd("10.0.0.1"), 8080),),  # another address class
+        (Backend(_ip("10.0.0.1"), 70000),),  # a port no map holds
+        (Backend(_ip("10.0.0.1"), 8080, terminating=True),),
+        tuple(reversed(usual)),
+        (usual[0], usual[0]),
+    ]
+    for backends in cases:
+        assert _plancheck.flat(backends) is None
+        entry = ServiceEntry(Frontend(_ip("10.96.0.1"), 80, Protocol.TCP), port_name, backends)
+        held = _read_back(FrontendState.from_entry(entry))
+        assert not _plancheck.held(entry, held)
+        assert held_as_built(entry, held)  # Python says so
+    unset = object.__new__(FrontendState)  # no slot set: not known, and no crash
+    entry = ServiceEntry(Frontend(_ip("10.96.0.1"), 80, Protocol.TCP), port_name, usual)
+    assert not _plancheck.held(entry, unset)
+    assert len(_plancheck.flat(usual) or ()) == 4

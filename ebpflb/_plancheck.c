@@ -1,0 +1,331 @@
+/* ebpflb._plancheck: the per-frontend checks of a full sync's diff in C
+ * (ebpflb/plan.py: held_as_built and FrontendState.from_entry's one-pass case).
+ *
+ * A full sync at 100,000 Services asks, of every desired entry, whether the state the
+ * data path holds is the one the entry builds; after a restart nothing held shares an
+ * object with the entry, and the Python check (dataclass fields, ipaddress numbers,
+ * a loop over the backends) was most of the sync's diff. These functions answer for
+ * the usual shape only, and only where the answer is certain: an IPv4 frontend, each
+ * backend an IPv4 address, ready and not terminating, in strictly increasing (address,
+ * port) order. Anything else (another class, IPv6, a field they cannot read) gets
+ * "not known" (False / None), and plan.py then decides in Python, as without this
+ * module. A test holds them to the Python rule on random entries.
+ *
+ *   bind(Backend, Frontend, ServicePortName, ServiceRef, ServiceEntry, FrontendState,
+ *        IPv4Address)                  the classes, and where their slots are
+ *   held(entry, have) -> bool          True: FrontendState.from_entry(entry) == have,
+ *                                      surely; False: not known
+ *   flat(backends) -> tuple | None     the backends' flat store (address, port, ...)
+ *                                      when they are the usual IPv4 shape, else None
+ *
+ * Fields are read at their slots' offsets, and only from objects of exactly the bound
+ * classes (a subclass could lay them out otherwise); an unset slot is "not known".
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#include <stdint.h>
+
+/* the bound classes, and the offsets of the slots read */
+static PyTypeObject *Backend, *Frontend, *PortName, *Ref, *Entry, *State, *V4;
+static Py_ssize_t be_address, be_port, be_conditions;
+static Py_ssize_t fe_address, fe_port, fe_protocol;
+static Py_ssize_t pn_service, pn_port, pn_protocol;
+static Py_ssize_t ref_namespace, ref_name;
+static Py_ssize_t en_frontend, en_port_name, en_backends, en_affinity, en_snat, en_ranges,
+	en_drop;
+static Py_ssize_t st_frontend, st_port_name, st_backends, st_slots, st_affinity, st_snat,
+	st_ranges, st_drop;
+static Py_ssize_t v4_ip;
+
+#define READY 4
+#define TERMINATING 1
+
+/* the slot at `offset` of `obj` (borrowed; NULL when unset) */
+#define SLOT(obj, offset) (*(PyObject **)((char *)(obj) + (offset)))
+
+static int slot_offset(PyTypeObject *type, const char *name, Py_ssize_t *out)
+{
+	PyObject *d = PyDict_GetItemString(type->tp_dict, name); /* borrowed */
+	if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type)) {
+		PyErr_Format(PyExc_TypeError, "%s.%s is not a slot", type->tp_name, name);
+		return -1;
+	}
+	PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+	if (m->type != T_OBJECT_EX) {
+		PyErr_Format(PyExc_TypeError, "%s.%s is not an object slot", type->tp_name, name);
+		return -1;
+	}
+	*out = m->offset;
+	return 0;
+}
+
+static PyObject *pc_bind(PyObject *self, PyObject *args)
+{
+	(void)self;
+	PyTypeObject *t[7];
+	if (!PyArg_ParseTuple(args, "O!O!O!O!O!O!O!:bind", &PyType_Type, &t[0], &PyType_Type,
+			      &t[1], &PyType_Type, &t[2], &PyType_Type, &t[3], &PyType_Type,
+			      &t[4], &PyType_Type, &t[5], &PyType_Type, &t[6]))
+		return NULL;
+	struct {
+		int type;
+		const char *name;
+		Py_ssize_t *offset;
+	} slots[] = {
+		{0, "address", &be_address},	 {0, "port", &be_port},
+		{0, "conditions", &be_conditions}, {1, "address", &fe_address},
+		{1, "port", &fe_port},		 {1, "protocol", &fe_protocol},
+		{2, "service", &pn_service},	 {2, "port", &pn_port},
+		{2, "protocol", &pn_protocol},	 {3, "namespace", &ref_namespace},
+		{3, "name", &ref_name},		 {4, "frontend", &en_frontend},
+		{4, "port_name", &en_port_name},	 {4, "backends", &en_backends},
+		{4, "affinity_timeout", &en_affinity}, {4, "snat_address", &en_snat},
+		{4, "source_ranges", &en_ranges},	 {4, "drop_when_empty", &en_drop},
+		{5, "frontend", &st_frontend},	 {5, "port_name", &st_port_name},
+		{5, "_backends", &st_backends},	 {5, "_slots", &st_slots},
+		{5, "affinity_timeout", &st_affinity}, {5, "snat_address", &st_snat},
+		{5, "source_ranges", &st_ranges},	 {5, "drop_when_empty", &st_drop},
+		{6, "_ip", &v4_ip},
+	};
+	for (size_t i = 0; i < sizeof slots / sizeof slots[0]; i++) {
+		if (slot_offset(t[slots[i].type], slots[i].name, slots[i].offset) < 0)
+			return NULL;
+	}
+	PyTypeObject **bound[7] = {&Backend, &Frontend, &PortName, &Ref, &Entry, &State, &V4};
+	for (int i = 0; i < 7; i++) {
+		Py_INCREF(t[i]);
+		Py_XSETREF(*bound[i], t[i]);
+	}
+	Py_RETURN_NONE;
+}
+
+/* 1: a and b are the same int (or object); 0: not, or not known */
+static int same_object_or_int(PyObject *a, PyObject *b)
+{
+	if (a == b)
+		return 1;
+	if (a == NULL || b == NULL || !PyLong_CheckExact(a) || !PyLong_CheckExact(b))
+		return 0;
+	return PyObject_RichCompareBool(a, b, Py_EQ) == 1;
+}
+
+/* 1: a and b are the same str (or object); 0: not, or not known */
+static int same_str(PyObject *a, PyObject *b)
+{
+	if (a == b)
+		return 1;
+	if (a == NULL || b == NULL || !PyUnicode_CheckExact(a) || !PyUnicode_CheckExact(b))
+		return 0;
+	return PyUnicode_Compare(a, b) == 0 && !PyErr_Occurred();
+}
+
+/* An IPv4 address' number, or -1 when `a` is not exactly an IPv4Address holding one */
+static long long v4_number(PyObject *a)
+{
+	if (a == NULL || Py_TYPE(a) != V4)
+		return -1;
+	PyObject *ip = SLOT(a, v4_ip);
+	if (ip == NULL || !PyLong_CheckExact(ip))
+		return -1;
+	long long n = PyLong_AsLongLong(ip);
+	if (n == -1 && PyErr_Occurred()) {
+		PyErr_Clear();
+		return -1;
+	}
+	return n < 0 || n > 0xffffffffLL ? -1 : n;
+}
+
+/* 1: the same IPv4 address (or object); 0: not, or not known */
+static int same_v4(PyObject *a, PyObject *b)
+{
+	if (a == b)
+		return a != NULL;
+	long long x = v4_number(a);
+	return x >= 0 && x == v4_number(b);
+}
+
+/* A port (or any small int) as a C long, or -1 when it is not exactly an int in
+ * [0, 65535] */
+static long port_number(PyObject *p)
+{
+	if (p == NULL || !PyLong_CheckExact(p))
+		return -1;
+	long n = PyLong_AsLong(p);
+	if (n == -1 && PyErr_Occurred()) {
+		PyErr_Clear();
+		return -1;
+	}
+	return n < 0 || n > 0xffff ? -1 : n;
+}
+
+/* 1: a is b, or both exactly Frontend with one IPv4 address, port and protocol
+ * (Frontend's equality leaves its kind out); 0: not, or not known */
+static int same_frontend(PyObject *a, PyObject *b)
+{
+	if (a == b)
+		return a != NULL;
+	if (a == NULL || b == NULL || Py_TYPE(a) != Frontend || Py_TYPE(b) != Frontend)
+		return 0;
+	PyObject *pa = SLOT(a, fe_protocol), *pb = SLOT(b, fe_protocol);
+	return pa != NULL && pa == pb && same_object_or_int(SLOT(a, fe_port), SLOT(b, fe_port)) &&
+	       same_v4(SLOT(a, fe_address), SLOT(b, fe_address));
+}
+
+/* 1: a is b, or both exactly ServicePortName of one ServiceRef, port name and
+ * protocol; 0: not, or not known */
+static int same_port_name(PyObject *a, PyObject *b)
+{
+	if (a == b)
+		return a != NULL;
+	if (a == NULL || b == NULL || Py_TYPE(a) != PortName || Py_TYPE(b) != PortName)
+		return 0;
+	PyObject *pa = SLOT(a, pn_protocol), *pb = SLOT(b, pn_protocol);
+	if (pa == NULL || pa != pb || !same_str(SLOT(a, pn_port), SLOT(b, pn_port)))
+		return 0;
+	PyObject *s = SLOT(a, pn_service), *t = SLOT(b, pn_service);
+	if (s == t)
+		return s != NULL;
+	if (s == NULL || t == NULL || Py_TYPE(s) != Ref || Py_TYPE(t) != Ref)
+		return 0;
+	return same_str(SLOT(s, ref_namespace), SLOT(t, ref_namespace)) &&
+	       same_str(SLOT(s, ref_name), SLOT(t, ref_name));
+}
+
+/* The backends' (number, port) when each is exactly a Backend with an IPv4 address,
+ * ready and not terminating, in strictly increasing order; -1 otherwise. `numbers` and
+ * `ports` get n entries. */
+static int usual_v4(PyObject *backends, Py_ssize_t n, long long *numbers, long *ports)
+{
+	long long last = -1;
+	for (Py_ssize_t i = 0; i < n; i++) {
+		PyObject *b = PyTuple_GET_ITEM(backends, i);
+		if (Py_TYPE(b) != Backend)
+			return -1;
+		long port = port_number(SLOT(b, be_port));
+		long flags = port_number(SLOT(b, be_conditions));
+		long long ip = v4_number(SLOT(b, be_address));
+		if (port < 0 || flags < 0 || ip < 0 || (flags & (READY | TERMINATING)) != READY)
+			return -1;
+		long long key = ip << 16 | port; /* ports checked to fit 16 bits */
+		if (key <= last)
+			return -1;
+		last = key;
+		numbers[i] = ip;
+		ports[i] = port;
+	}
+	return 0;
+}
+
+#define SMALL 16 /* backends checked without an allocation */
+
+static PyObject *pc_held(PyObject *self, PyObject *args)
+{
+	(void)self;
+	PyObject *entry, *have;
+	if (!PyArg_ParseTuple(args, "OO:held", &entry, &have))
+		return NULL;
+	if (Backend == NULL || Py_TYPE(entry) != Entry || Py_TYPE(have) != State)
+		Py_RETURN_FALSE;
+	PyObject *backends = SLOT(entry, en_backends), *stored = SLOT(have, st_backends);
+	if (backends == NULL || stored == NULL || !PyTuple_CheckExact(backends) ||
+	    !PyTuple_CheckExact(stored) || SLOT(have, st_slots) != Py_None)
+		Py_RETURN_FALSE;
+	Py_ssize_t n = PyTuple_GET_SIZE(backends);
+	if (PyTuple_GET_SIZE(stored) != 2 * n)
+		Py_RETURN_FALSE;
+	PyObject *drop = SLOT(entry, en_drop), *ranges = SLOT(entry, en_ranges);
+	PyObject *held_ranges = SLOT(have, st_ranges);
+	PyObject *snat = SLOT(entry, en_snat), *held_snat = SLOT(have, st_snat);
+	if (drop == NULL || drop != SLOT(have, st_drop) || (drop != Py_True && drop != Py_False) ||
+	    !same_object_or_int(SLOT(entry, en_affinity), SLOT(have, st_affinity)) ||
+	    snat == NULL || !(snat == held_snat || same_v4(snat, held_snat)) || ranges == NULL ||
+	    held_ranges == NULL ||
+	    !(ranges == held_ranges ||
+	      (PyTuple_CheckExact(ranges) && PyTuple_CheckExact(held_ranges) &&
+	       PyTuple_GET_SIZE(ranges) == 0 && PyTuple_GET_SIZE(held_ranges) == 0)) ||
+	    !same_frontend(SLOT(entry, en_frontend), SLOT(have, st_frontend)) ||
+	    !same_port_name(SLOT(entry, en_port_name), SLOT(have, st_port_name)))
+		Py_RETURN_FALSE;
+	long long small_numbers[SMALL], *numbers = small_numbers;
+	long small_ports[SMALL], *ports = small_ports;
+	if (n > SMALL) {
+		numbers = PyMem_Malloc((size_t)n * sizeof *numbers);
+		ports = PyMem_Malloc((size_t)n * sizeof *ports);
+		if (numbers == NULL || ports == NULL) {
+			PyMem_Free(numbers == small_numbers ? NULL : numbers);
+			PyMem_Free(ports == small_ports ? NULL : ports);
+			return PyErr_NoMemory();
+		}
+	}
+	int same = usual_v4(backends, n, numbers, ports) == 0;
+	for (Py_ssize_t i = 0; same && i < n; i++) {
+		PyObject *address = PyTuple_GET_ITEM(stored, 2 * i);
+		same = port_number(PyTuple_GET_ITEM(stored, 2 * i + 1)) == ports[i] &&
+		       v4_number(address) == numbers[i];
+	}
+	if (numbers != small_numbers) {
+		PyMem_Free(numbers);
+		PyMem_Free(ports);
+	}
+	return PyBool_FromLong(same);
+}
+
+static PyObject *pc_flat(PyObject *self, PyObject *arg)
+{
+	(void)self;
+	if (Backend == NULL || !PyTuple_CheckExact(arg))
+		Py_RETURN_NONE;
+	Py_ssize_t n = PyTuple_GET_SIZE(arg);
+	long long small_numbers[SMALL], *numbers = small_numbers;
+	long small_ports[SMALL], *ports = small_ports;
+	if (n > SMALL) {
+		numbers = PyMem_Malloc((size_t)n * sizeof *numbers);
+		ports = PyMem_Malloc((size_t)n * sizeof *ports);
+		if (numbers == NULL || ports == NULL) {
+			PyMem_Free(numbers == small_numbers ? NULL : numbers);
+			PyMem_Free(ports == small_ports ? NULL : ports);
+			return PyErr_NoMemory();
+		}
+	}
+	int usual = usual_v4(arg, n, numbers, ports) == 0;
+	if (numbers != small_numbers) {
+		PyMem_Free(numbers);
+		PyMem_Free(ports);
+	}
+	if (!usual)
+		Py_RETURN_NONE;
+	PyObject *out = PyTuple_New(2 * n);
+	if (out == NULL)
+		return NULL;
+	for (Py_ssize_t i = 0; i < n; i++) {
+		PyObject *b = PyTuple_GET_ITEM(arg, i);
+		PyObject *address = SLOT(b, be_address), *port = SLOT(b, be_port);
+		Py_INCREF(address);
+		Py_INCREF(port);
+		PyTuple_SET_ITEM(out, 2 * i, address);
+		PyTuple_SET_ITEM(out, 2 * i + 1, port);
+	}
+	return out;
+}
+
+static PyMethodDef methods[] = {
+	{"bind", pc_bind, METH_VARARGS, "Bind the model's classes (see the module)."},
+	{"held", pc_held, METH_VARARGS,
+	 "held(entry, have): True when from_entry(entry) == have surely, False: not known."},
+	{"flat", pc_flat, METH_O,
+	 "flat(backends): their flat store when they are the usual IPv4 shape, else None."},
+	{NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+	PyModuleDef_HEAD_INIT, "_plancheck",
+	"The per-frontend checks of a full sync's diff in C (see ebpflb/_plancheck.c).", -1,
+	methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__plancheck(void)
+{
+	return PyModule_Create(&module);
+}
