@@ -53,12 +53,24 @@ class SideTables:
 
     def rebuild(self, state: DesiredState) -> None:
         """Everything anew, after a full translation."""
+        self.begin()
+        self.add(state)
+        self.finish()
+
+    def begin(self) -> None:
+        """Everything anew, from a full translation given in parts (``add``)."""
         self.health, self.unbalanced = {}, {}
+        self.unsupported, self._out_of_range = {}, {}
+
+    def add(self, state: DesiredState) -> None:
+        """One part of a full translation (its Services and their frontends)."""
         for info in state.services.values():
             self._note_service(info.ref, info)
-        self.unsupported, self._out_of_range = {}, {}
         for key, entry in state.entries.items():
             self._note_entry(key, entry)
+
+    def finish(self) -> None:
+        """Every part was added: log what is new."""
         self._log()
 
     def update(self, update: Update, refs: Iterable[ServiceRef]) -> None:

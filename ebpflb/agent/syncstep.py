@@ -5,7 +5,9 @@ Syncs are incremental, as in kube-proxy: the first sync (and any sync after a fa
 a change of this node's addresses or zone, or a frontend moving between Services)
 translates everything and compares every frontend; every other sync re-translates only
 the Services the source reports as changed and compares only their frontends, so one
-event costs one Service's work however many Services there are.
+event costs one Service's work however many Services there are. A full sync
+translates and plans a chunk of Services at a time, then writes the plan at once (see
+``_translate_and_write``); what it translated is garbage by the time it returns.
 
 NodePorts open on this node's Node object's addresses, or on its own interfaces'
 addresses when it has no Node object or its Node lists none (``nodeaddrs``); the
@@ -26,7 +28,7 @@ the Kubernetes source's list parsing, and the read-back of the pinned maps.)
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from ebpflb.agent.config import AgentConfig
@@ -35,7 +37,7 @@ from ebpflb.agent.nodeaddrs import AddressSource, NodePortChoice, choose, own_ad
 from ebpflb.agent.sidetables import SideTables
 from ebpflb.dataplane.base import Dataplane
 from ebpflb.gcpause import freeze_survivors, no_collections, trim_heap
-from ebpflb.model import IPAddress, ServiceRef
+from ebpflb.model import DesiredState, IPAddress, ServiceRef
 from ebpflb.plan import DeleteService, Plan, RemoveBackends
 from ebpflb.rtnetlink import Interface
 from ebpflb.sources.base import Changes, Snapshot, Source
@@ -114,8 +116,10 @@ class SyncStep:
 
     def _translate_and_write(self) -> SyncResult:
         """Read and translate everything, feed the side systems, plan and write. The
-        translation is released before returning (the data path holds what it needs),
-        so that the heap trimmed after this returns has it freed."""
+        translation goes a chunk of Services at a time (``rebuild_in_chunks``), each
+        chunk planned and then dropped; what the data path keeps is made among the
+        chunks' garbage, not among one translation of everything, so the memory freed
+        after the sync is not left in holes around it."""
         snap = self.source.load()
         self._on_load(snap)
         choice, zone = self._node_view(snap.nodes)
@@ -124,15 +128,24 @@ class SyncStep:
         # A node that shows no address at all (no Node object, no interface address
         # yet) is not known to lack a family: serve both rather than nothing.
         self.translator.node_families = choice.families or None
-        update = self.translator.rebuild(snap.services, snap.slices)
-        try:
-            self._translate_errors = update.errors
-            self._log_errors([*snap.errors, *update.errors])
-            self.side.rebuild(update.state)
-            self._push_health()
-            return self.syncer.sync(self.side.served(update.state))
-        finally:
-            self.translator.release()
+        start = self.clock()
+        self.side.begin()
+        plan = self.syncer.plan_in_parts(
+            self._served_parts(self.translator.rebuild_in_chunks(snap.services, snap.slices)),
+            desired=lambda key: self.translator.owner(key) is not None,
+        )
+        self._translate_errors = errors = self.translator.errors
+        self._log_errors([*snap.errors, *errors])
+        self.side.finish()
+        self._push_health()
+        return self.syncer.apply(
+            plan, owner=self.translator.owner, frontends=self.translator.frontends, start=start
+        )
+
+    def _served_parts(self, parts: Iterable[DesiredState]) -> Iterator[DesiredState]:
+        for part in parts:
+            self.side.add(part)
+            yield self.side.served(part)
 
     def _incremental(self) -> SyncResult:
         changes = self.source.take_changes()

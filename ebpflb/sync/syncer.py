@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from ebpflb.dataplane.base import Dataplane
 from ebpflb.errors import CapacityError
 from ebpflb.model import DesiredState, Frontend, FrontendKey, ServiceRef
-from ebpflb.plan import FrontendState, Plan, op_frontend
+from ebpflb.plan import FrontendState, Op, Plan, op_frontend
 from ebpflb.sync.diff import diff, diff_state
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,20 @@ class Syncer:
         }
         return diff(have, want)
 
+    def plan_in_parts(
+        self, parts: Iterable[DesiredState], *, desired: Callable[[FrontendKey], bool]
+    ) -> Plan:
+        """The plan to a desired state given in parts with no frontend in two (each
+        part may be dropped once planned): the writes of each part, then the removal of
+        every frontend held that ``desired`` says no part has."""
+        current = self.dataplane.current()
+        ops: list[Op] = []
+        for part in parts:
+            have = {k: current[k] for k in part.entries if k in current}
+            ops += diff_state(have, part).ops  # removes nothing: `have` is all desired
+        gone = {k: st for k, st in current.items() if not desired(k)}
+        return Plan(tuple(ops + list(diff(gone, {}).ops)))
+
     def sync(
         self, desired: DesiredState, touched: Collection[FrontendKey] | None = None
     ) -> SyncResult:
@@ -62,6 +76,24 @@ class Syncer:
         any other data path failure (then the caller resyncs everything later)."""
         start = self.clock()
         plan = self.plan(desired, touched)
+
+        def owner(key: FrontendKey) -> ServiceRef | None:
+            entry = desired.entries.get(key)
+            return entry.port_name.service if entry is not None else None
+
+        return self.apply(plan, owner=owner, frontends=len(desired.entries), start=start)
+
+    def apply(
+        self,
+        plan: Plan,
+        *,
+        owner: Callable[[FrontendKey], ServiceRef | None],
+        frontends: int,
+        start: float | None = None,
+    ) -> SyncResult:
+        """Apply `plan`, less the Services that do not fit (``owner``: each desired
+        frontend's Service). Raises on any other data path failure."""
+        start = self.clock() if start is None else start
         refused: dict[ServiceRef, str] = {}
         # Each round drops every Service the data path named at once, and dropping only
         # frees room: two rounds suffice; the bound only guards a data path that names
@@ -73,21 +105,21 @@ class Syncer:
                 self.dataplane.apply(plan)
                 break
             except CapacityError as exc:
-                refs = {self._owner(fe, desired) for fe in exc.frontends}
+                refs = {self._owner(fe, owner) for fe in exc.frontends}
                 if not refs or None in refs or refs <= set(refused):
                     raise
                 why = str(exc)
                 for ref in refs - set(refused):
                     assert ref is not None
                     refused[ref] = why
-                plan = plan.without(self._keys_of(set(refused), plan, desired))
+                plan = plan.without(self._keys_of(set(refused), plan, owner))
                 log.debug("refused %d Services: %s", len(refs), exc)  # the caller logs them
         else:
             raise CapacityError(
                 f"the plan still does not fit after refusing {len(refused)} Services"
             )
         elapsed = self.clock() - start
-        result = SyncResult(plan, len(desired.entries), elapsed, MappingProxyType(refused))
+        result = SyncResult(plan, frontends, elapsed, MappingProxyType(refused))
         if plan:
             log.info(
                 "sync: %d frontends; %s (%d ops) in %.1f ms",
@@ -98,19 +130,24 @@ class Syncer:
             )
         return result
 
-    def _owner(self, frontend: object, desired: DesiredState) -> ServiceRef | None:
+    def _owner(
+        self, frontend: object, owner: Callable[[FrontendKey], ServiceRef | None]
+    ) -> ServiceRef | None:
         if not isinstance(frontend, Frontend):
             return None
-        entry = desired.entries.get(frontend.key)
-        if entry is not None:
-            return entry.port_name.service
+        ref = owner(frontend.key)
+        if ref is not None:
+            return ref
         held = self.dataplane.current().get(frontend.key)
         return held.port_name.service if held is not None else None
 
     def _keys_of(
-        self, refs: Collection[ServiceRef], plan: Plan, desired: DesiredState
+        self,
+        refs: Collection[ServiceRef],
+        plan: Plan,
+        owner: Callable[[FrontendKey], ServiceRef | None],
     ) -> set[FrontendKey]:
         """The frontends in `plan` that belong to any of `refs`, as desired or as held
         (one pass over the plan)."""
         frontends = {op_frontend(op) for op in plan.ops}
-        return {fe.key for fe in frontends if self._owner(fe, desired) in refs}
+        return {fe.key for fe in frontends if self._owner(fe, owner) in refs}

@@ -248,3 +248,111 @@ def test_the_agent_moves_a_frontend_between_services_after_its_first_sync(tmp_pa
     }
     status = agent.status()
     assert (status.frontends, status.backends) == (2, 2)
+
+
+def chunked_sync(tr: IncrementalTranslator, world: World, dp: FakeDataplane, size: int) -> None:
+    """A full sync as the agent makes it: a chunk of Services at a time."""
+    syncer = Syncer(dp)
+    plan = syncer.plan_in_parts(
+        tr.rebuild_in_chunks(world.services.values(), world.slices.values(), size=size),
+        desired=lambda key: tr.owner(key) is not None,
+    )
+    syncer.apply(plan, owner=tr.owner, frontends=tr.frontends)
+
+
+def _odd_objects() -> list[dict[str, Any]]:
+    """A copy of s1, a slice of no Service, a slice without its label, a nameless one."""
+    orphan = slice_(9, [1])
+    unlabelled = slice_(8, [1])
+    del unlabelled["metadata"]["labels"]
+    nameless = service(7, "10.96.0.7", 80, None)
+    del nameless["metadata"]["name"]
+    return [service(1, "10.96.0.3", 80, None), orphan, unlabelled, nameless]
+
+
+WORLDS = st.lists(
+    st.tuples(
+        st.integers(1, 6),
+        st.sampled_from(IPS),
+        st.sampled_from([80, 81]),
+        st.sampled_from([None, *NODE_PORTS]),
+        st.lists(st.integers(1, 9), max_size=3, unique=True),
+    ),
+    max_size=8,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(world_spec=WORLDS, size=st.integers(1, 4), odd=st.booleans())
+def test_a_chunked_full_translation_equals_one_translation(
+    world_spec: list[Any], size: int, odd: bool
+) -> None:
+    world = World()
+    for i, ip, port, node_port, backends in world_spec:
+        world.services[i] = service(i, ip, port, node_port)
+        world.slices[i] = slice_(i, backends)
+    services: list[dict[str, Any]] = list(world.services.values())
+    slices: list[dict[str, Any]] = list(world.slices.values())
+    if odd:
+        extra = _odd_objects()
+        services += [o for o in extra if o["kind"] == "Service"]
+        slices += [o for o in extra if o["kind"] == "EndpointSlice"]
+    full = translate(services, slices, node_addresses=_node())
+    tr = translator()
+    entries: dict[Any, Any] = {}
+    infos: dict[Any, Any] = {}
+    for part in tr.rebuild_in_chunks(services, slices, size=size):
+        assert not entries.keys() & part.entries.keys()  # no frontend in two chunks
+        entries.update(part.entries)
+        infos.update(part.services)
+    assert entries == dict(full.state.entries)
+    assert infos == dict(full.state.services)
+    assert sorted(map(str, tr.errors)) == sorted(map(str, full.errors))
+    assert tr.frontends == len(full.state.entries)
+    assert tr.backends == sum(len(e.backends) for e in full.state.entries.values())
+    assert set(tr.state.services) == set(full.state.services)
+
+
+@settings(max_examples=100, deadline=None)
+@given(before=WORLDS, after=WORLDS, size=st.integers(1, 4))
+def test_a_chunked_full_sync_plans_what_one_full_sync_plans(
+    before: list[Any], after: list[Any], size: int
+) -> None:
+    def world_of(spec: list[Any]) -> World:
+        world = World()
+        for i, ip, port, node_port, backends in spec:
+            world.services[i] = service(i, ip, port, node_port)
+            world.slices[i] = slice_(i, backends)
+        return world
+
+    dp = FakeDataplane()
+    Syncer(dp).sync(world_of(before).full())  # what the data path holds (a restart)
+    world = world_of(after)
+    tr = translator()
+    syncer = Syncer(dp)
+    planned = syncer.plan_in_parts(
+        tr.rebuild_in_chunks(world.services.values(), world.slices.values(), size=size),
+        desired=lambda key: tr.owner(key) is not None,
+    )
+    assert Counter(planned.ops) == Counter(syncer.plan(world.full()).ops)
+    syncer.apply(planned, owner=tr.owner, frontends=tr.frontends)
+    fresh = FakeDataplane()
+    Syncer(fresh).sync(world.full())
+    assert dp.state == fresh.state
+
+
+def test_a_chunked_full_sync_refuses_what_does_not_fit_and_applies_the_rest():
+    world = World()
+    world.services = {i: service(i, f"10.96.1.{i}", 80, None) for i in range(1, 6)}
+    world.slices = {i: slice_(i, [1, 2]) for i in range(1, 6)}
+    dp = FakeDataplane(max_frontends=3)
+    tr = translator()
+    syncer = Syncer(dp)
+    plan = syncer.plan_in_parts(
+        tr.rebuild_in_chunks(world.services.values(), world.slices.values(), size=2),
+        desired=lambda key: tr.owner(key) is not None,
+    )
+    result = syncer.apply(plan, owner=tr.owner, frontends=tr.frontends)
+    assert len(dp.state) == 3
+    assert len(result.refused) == 2
+    assert {st.port_name.service for st in dp.state.values()}.isdisjoint(result.refused)
