@@ -19,7 +19,7 @@ itself. The image (deploy/Containerfile) and the unit tests insist on it. A seco
 ebpflb._readback (ebpflb/_readback.c: read_state's bulk steps, the pinned maps read
 back on a restart), is built the same way and optional too: without it
 ebpflb.dataplane.bpf.maps does those steps in Python (about half the speed). So is a
-third, ebpflb._plancheck (ebpflb/_plancheck.c: a full sync's per-frontend checks, see
+third, ebpflb._fullsync (ebpflb/_fullsync.c: a full sync's per-frontend checks, see
 ebpflb.plan), without which they run in Python (~7x the instructions).
 
 Everything else is configured in pyproject.toml; MANIFEST.in puts bpf/ in the sdist.
@@ -66,8 +66,8 @@ READBACK = Extension(
 )
 
 PLANCHECK = Extension(
-    "ebpflb._plancheck",
-    sources=["ebpflb/_plancheck.c"],
+    "ebpflb._fullsync",
+    sources=["ebpflb/_fullsync.c"],
     extra_compile_args=["-O2", "-Wall", "-Wextra"],
     optional=True,
 )

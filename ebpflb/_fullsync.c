@@ -1,25 +1,37 @@
-/* ebpflb._plancheck: the per-frontend checks of a full sync's diff in C
- * (ebpflb/plan.py: held_as_built and FrontendState.from_entry's one-pass case).
+/* ebpflb._fullsync: a full sync's per-Service and per-frontend steps in C, for the
+ * usual shape only (ebpflb/sources/translate.py: the entries of a ClusterIP Service;
+ * ebpflb/plan.py: held_as_built and FrontendState.from_entry's one-pass case).
  *
- * A full sync at 100,000 Services asks, of every desired entry, whether the state the
- * data path holds is the one the entry builds; after a restart nothing held shares an
- * object with the entry, and the Python check (dataclass fields, ipaddress numbers,
- * a loop over the backends) was most of the sync's diff. These functions answer for
- * the usual shape only, and only where the answer is certain: an IPv4 frontend, each
- * backend an IPv4 address, ready and not terminating, in strictly increasing (address,
- * port) order. Anything else (another class, IPv6, a field they cannot read) gets
- * "not known" (False / None), and plan.py then decides in Python, as without this
- * module. A test holds them to the Python rule on random entries.
+ * A full sync at 100,000 Services builds every Service's entries, then asks of each
+ * whether the state the data path holds is the one the entry builds; after a restart
+ * nothing held shares an object with the entry. In Python each step was ~2 us per
+ * Service (dataclass constructors and comparisons, ipaddress numbers, loops over the
+ * backends), most of a restart's full sync. These functions take the usual shape and
+ * only where the answer is certain: a Service of type ClusterIP with no external or
+ * load-balancer IP, Cluster policies and no topology (translate checks that); an IPv4
+ * frontend whose backends are IPv4, ready, not terminating and in strictly increasing
+ * (address, port) order. Anything else gets "not known" (False / None), and the Python
+ * code then does the work, as it does where this module was not built. Tests hold
+ * both paths equal on random input.
  *
  *   bind(Backend, Frontend, ServicePortName, ServiceRef, ServiceEntry, FrontendState,
  *        IPv4Address)                  the classes, and where their slots are
+ *   bind_entries(Frontend, ServicePortName, ServiceEntry, ServiceRef,
+ *                FrontendKind.CLUSTER_IP)
+ *                                      the classes entries() makes; raises unless
+ *                                      their slots are exactly the fields it sets
  *   held(entry, have) -> bool          True: FrontendState.from_entry(entry) == have,
  *                                      surely; False: not known
  *   flat(backends) -> tuple | None     the backends' flat store (address, port, ...)
  *                                      when they are the usual IPv4 shape, else None
+ *   entries(ref, cluster_ip, version, ports, backends, affinity) -> list
+ *                                      a ClusterIP-only Service's entries, one per
+ *                                      port (translate's _family_entries, usual case)
  *
  * Fields are read at their slots' offsets, and only from objects of exactly the bound
  * classes (a subclass could lay them out otherwise); an unset slot is "not known".
+ * entries() makes its objects as their constructors would, setting every slot (as
+ * object.__setattr__ does; the classes are frozen dataclasses without validation).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -310,22 +322,230 @@ static PyObject *pc_flat(PyObject *self, PyObject *arg)
 	return out;
 }
 
+/* ---- entries ------------------------------------------------------------------ */
+
+static PyTypeObject *MkFrontend, *MkPortName, *MkEntry, *MkRef;
+static PyObject *ClusterIP; /* FrontendKind.CLUSTER_IP */
+static Py_ssize_t mr_namespace, mr_name;
+static Py_ssize_t mf_address, mf_port, mf_protocol, mf_kind, mf_key;
+static Py_ssize_t mp_service, mp_port, mp_protocol;
+static Py_ssize_t me_frontend, me_port_name, me_backends, me_affinity, me_snat, me_ranges,
+	me_drop;
+
+/* 0 when type.__slots__ is exactly `names` (n of them), else -1 with TypeError */
+static int exact_slots(PyTypeObject *type, const char *const *names, Py_ssize_t n)
+{
+	PyObject *slots = PyObject_GetAttrString((PyObject *)type, "__slots__");
+	if (slots == NULL)
+		return -1;
+	int ok = PyTuple_Check(slots) && PyTuple_GET_SIZE(slots) == n;
+	for (Py_ssize_t i = 0; ok && i < n; i++) {
+		PyObject *name = PyTuple_GET_ITEM(slots, i);
+		ok = PyUnicode_Check(name) && PyUnicode_CompareWithASCIIString(name, names[i]) == 0;
+	}
+	Py_DECREF(slots);
+	if (!ok) {
+		PyErr_Format(PyExc_TypeError, "%s's slots are not the fields entries() sets",
+			     type->tp_name);
+		return -1;
+	}
+	return 0;
+}
+
+static PyObject *pc_bind_entries(PyObject *self, PyObject *args)
+{
+	(void)self;
+	PyTypeObject *fe, *pn, *en, *ref;
+	PyObject *kind;
+	if (!PyArg_ParseTuple(args, "O!O!O!O!O:bind_entries", &PyType_Type, &fe, &PyType_Type,
+			      &pn, &PyType_Type, &en, &PyType_Type, &ref, &kind))
+		return NULL;
+	if (slot_offset(ref, "namespace", &mr_namespace) < 0 ||
+	    slot_offset(ref, "name", &mr_name) < 0)
+		return NULL;
+	static const char *const fe_names[] = {"address", "port", "protocol", "kind", "key"};
+	static const char *const pn_names[] = {"service", "port", "protocol"};
+	static const char *const en_names[] = {"frontend",	   "port_name",	   "backends",
+					       "affinity_timeout", "snat_address", "source_ranges",
+					       "drop_when_empty"};
+	if (exact_slots(fe, fe_names, 5) < 0 || exact_slots(pn, pn_names, 3) < 0 ||
+	    exact_slots(en, en_names, 7) < 0)
+		return NULL;
+	Py_ssize_t *fe_at[] = {&mf_address, &mf_port, &mf_protocol, &mf_kind, &mf_key};
+	Py_ssize_t *pn_at[] = {&mp_service, &mp_port, &mp_protocol};
+	Py_ssize_t *en_at[] = {&me_frontend, &me_port_name, &me_backends, &me_affinity,
+			       &me_snat,     &me_ranges,    &me_drop};
+	for (int i = 0; i < 5; i++) {
+		if (slot_offset(fe, fe_names[i], fe_at[i]) < 0)
+			return NULL;
+	}
+	for (int i = 0; i < 3; i++) {
+		if (slot_offset(pn, pn_names[i], pn_at[i]) < 0)
+			return NULL;
+	}
+	for (int i = 0; i < 7; i++) {
+		if (slot_offset(en, en_names[i], en_at[i]) < 0)
+			return NULL;
+	}
+	Py_INCREF(fe);
+	Py_XSETREF(MkFrontend, fe);
+	Py_INCREF(pn);
+	Py_XSETREF(MkPortName, pn);
+	Py_INCREF(en);
+	Py_XSETREF(MkEntry, en);
+	Py_INCREF(ref);
+	Py_XSETREF(MkRef, ref);
+	Py_INCREF(kind);
+	Py_XSETREF(ClusterIP, kind);
+	Py_RETURN_NONE;
+}
+
+/* A new object of `type` with its slots at `offsets` set to `values` (n of them; new
+ * references taken), as the constructor would set them; NULL on failure. */
+static PyObject *make(PyTypeObject *type, const Py_ssize_t *offsets, PyObject *const *values,
+		      int n)
+{
+	PyObject *obj = type->tp_alloc(type, 0);
+	if (obj == NULL)
+		return NULL;
+	for (int i = 0; i < n; i++) {
+		Py_INCREF(values[i]);
+		SLOT(obj, offsets[i]) = values[i];
+	}
+	return obj;
+}
+
+/* known's values in the order of its keys (a new tuple), () when it is None */
+static PyObject *sorted_values(PyObject *known)
+{
+	if (known == NULL || known == Py_None)
+		return PyTuple_New(0);
+	if (!PyDict_CheckExact(known)) {
+		PyErr_SetString(PyExc_TypeError, "entries: backends of a port not a dict");
+		return NULL;
+	}
+	PyObject *keys = PyDict_Keys(known);
+	if (keys == NULL)
+		return NULL;
+	if (PyList_Sort(keys) < 0) {
+		Py_DECREF(keys);
+		return NULL;
+	}
+	Py_ssize_t n = PyList_GET_SIZE(keys);
+	PyObject *out = PyTuple_New(n);
+	for (Py_ssize_t i = 0; out != NULL && i < n; i++) {
+		PyObject *value = PyDict_GetItemWithError(known, PyList_GET_ITEM(keys, i));
+		if (value == NULL) {
+			if (!PyErr_Occurred())
+				PyErr_SetString(PyExc_RuntimeError, "entries: backends changed");
+			Py_CLEAR(out);
+			break;
+		}
+		Py_INCREF(value);
+		PyTuple_SET_ITEM(out, i, value);
+	}
+	Py_DECREF(keys);
+	return out;
+}
+
+/* entries(ref, cluster_ip, version, ports, backends, affinity): for each port (a
+ * tuple whose items 0-2 are name, protocol, port), ServiceEntry(Frontend(cluster_ip,
+ * port, protocol), ServicePortName(ref, name, protocol), the port's backends in key
+ * order, affinity), its backends backends.get((namespace, name, port name, protocol,
+ * version)) in key order, () when none. */
+static PyObject *pc_entries(PyObject *self, PyObject *args)
+{
+	(void)self;
+	PyObject *ref, *cluster_ip, *version, *ports, *backends, *affinity;
+	if (!PyArg_ParseTuple(args, "OOOO!O!O:entries", &ref, &cluster_ip, &version,
+			      &PyTuple_Type, &ports, &PyDict_Type, &backends, &affinity))
+		return NULL;
+	if (MkEntry == NULL || Py_TYPE(ref) != MkRef) {
+		PyErr_SetString(PyExc_TypeError, "entries: not bound, or ref not a ServiceRef");
+		return NULL;
+	}
+	PyObject *namespace = SLOT(ref, mr_namespace), *name = SLOT(ref, mr_name);
+	if (namespace == NULL || name == NULL) {
+		PyErr_SetString(PyExc_TypeError, "entries: ref without its fields");
+		return NULL;
+	}
+	Py_ssize_t n = PyTuple_GET_SIZE(ports);
+	PyObject *out = PyList_New(n);
+	if (out == NULL)
+		return NULL;
+	for (Py_ssize_t i = 0; i < n; i++) {
+		PyObject *port = PyTuple_GET_ITEM(ports, i);
+		if (!PyTuple_Check(port) || PyTuple_GET_SIZE(port) < 3) {
+			PyErr_SetString(PyExc_TypeError, "entries: a port not a (name, protocol, "
+							 "port, ...) tuple");
+			goto fail;
+		}
+		PyObject *port_name = PyTuple_GET_ITEM(port, 0);
+		PyObject *protocol = PyTuple_GET_ITEM(port, 1);
+		PyObject *number = PyTuple_GET_ITEM(port, 2);
+		PyObject *key = PyTuple_Pack(5, namespace, name, port_name, protocol, version);
+		if (key == NULL)
+			goto fail;
+		PyObject *known = PyDict_GetItemWithError(backends, key); /* borrowed */
+		Py_DECREF(key);
+		if (known == NULL && PyErr_Occurred())
+			goto fail;
+		PyObject *every = sorted_values(known);
+		if (every == NULL)
+			goto fail;
+		PyObject *pn_values[] = {ref, port_name, protocol};
+		const Py_ssize_t pn_at[] = {mp_service, mp_port, mp_protocol};
+		PyObject *pn = make(MkPortName, pn_at, pn_values, 3);
+		PyObject *fkey = PyTuple_Pack(3, cluster_ip, number, protocol);
+		PyObject *fe = NULL, *entry = NULL;
+		if (pn != NULL && fkey != NULL) {
+			PyObject *fe_values[] = {cluster_ip, number, protocol, ClusterIP, fkey};
+			const Py_ssize_t fe_at[] = {mf_address, mf_port, mf_protocol, mf_kind, mf_key};
+			fe = make(MkFrontend, fe_at, fe_values, 5);
+		}
+		PyObject *no_ranges = PyTuple_New(0);
+		if (fe != NULL && no_ranges != NULL) {
+			PyObject *en_values[] = {fe, pn, every, affinity, Py_None, no_ranges, Py_False};
+			const Py_ssize_t en_at[] = {me_frontend, me_port_name, me_backends, me_affinity,
+						    me_snat,	 me_ranges,    me_drop};
+			entry = make(MkEntry, en_at, en_values, 7);
+		}
+		Py_XDECREF(no_ranges);
+		Py_XDECREF(fe);
+		Py_XDECREF(fkey);
+		Py_XDECREF(pn);
+		Py_DECREF(every);
+		if (entry == NULL)
+			goto fail;
+		PyList_SET_ITEM(out, i, entry);
+	}
+	return out;
+fail:
+	Py_DECREF(out);
+	return NULL;
+}
+
 static PyMethodDef methods[] = {
 	{"bind", pc_bind, METH_VARARGS, "Bind the model's classes (see the module)."},
 	{"held", pc_held, METH_VARARGS,
 	 "held(entry, have): True when from_entry(entry) == have surely, False: not known."},
 	{"flat", pc_flat, METH_O,
 	 "flat(backends): their flat store when they are the usual IPv4 shape, else None."},
+	{"bind_entries", pc_bind_entries, METH_VARARGS,
+	 "Bind the classes entries() makes (see the module)."},
+	{"entries", pc_entries, METH_VARARGS,
+	 "entries(ref, cluster_ip, version, ports, backends, affinity): a ClusterIP "
+	 "Service's entries."},
 	{NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-	PyModuleDef_HEAD_INIT, "_plancheck",
-	"The per-frontend checks of a full sync's diff in C (see ebpflb/_plancheck.c).", -1,
+	PyModuleDef_HEAD_INIT, "_fullsync",
+	"A full sync's per-Service and per-frontend steps in C (see ebpflb/_fullsync.c).", -1,
 	methods, NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__plancheck(void)
+PyMODINIT_FUNC PyInit__fullsync(void)
 {
 	return PyModule_Create(&module);
 }

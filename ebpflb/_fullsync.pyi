@@ -1,4 +1,5 @@
-"""ebpflb/_plancheck.c: the per-frontend checks of a full sync's diff (see ebpflb.plan)."""
+"""ebpflb/_fullsync.c: a full sync's per-Service and per-frontend steps in C (see
+ebpflb.sources.translate and ebpflb.plan)."""
 
 from typing import Any
 
@@ -14,3 +15,15 @@ def bind(
 ) -> None: ...
 def held(entry: Any, have: Any, /) -> bool: ...
 def flat(backends: tuple[Any, ...], /) -> tuple[Any, ...] | None: ...
+def bind_entries(
+    frontend: type, port_name: type, entry: type, ref: type, cluster_ip_kind: Any, /
+) -> None: ...
+def entries(
+    ref: Any,
+    cluster_ip: Any,
+    version: int,
+    ports: tuple[Any, ...],
+    backends: dict[Any, Any],
+    affinity: int,
+    /,
+) -> list[Any]: ...

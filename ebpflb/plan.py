@@ -328,21 +328,21 @@ class FrontendState:
         return FrontendState(**fields)
 
 
-# The usual frontend's checks in C (ebpflb/_plancheck.c), where the module was built:
+# The usual frontend's checks in C (ebpflb/_fullsync.c), where the module was built:
 # held_as_built and from_entry's one-pass case for IPv4, each answering only where it
 # is certain (else the Python below decides). At 100,000 Services a restart's diff
 # asks held_as_built of every frontend; in Python that was ~2 us each.
 _native_held: Callable[[ServiceEntry, FrontendState], bool] | None
 _native_flat: Callable[[tuple[Backend, ...]], tuple[Any, ...] | None] | None
 try:
-    from ebpflb import _plancheck
+    from ebpflb import _fullsync
 except ImportError:  # no C compiler where it was installed: the Python path alone
     _native_held = _native_flat = None
 else:
-    _plancheck.bind(
+    _fullsync.bind(
         Backend, Frontend, ServicePortName, ServiceRef, ServiceEntry, FrontendState, IPv4Address
     )
-    _native_held, _native_flat = _plancheck.held, _plancheck.flat
+    _native_held, _native_flat = _fullsync.held, _fullsync.flat
 
 
 @dataclass(frozen=True, slots=True, init=False)

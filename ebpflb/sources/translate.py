@@ -67,11 +67,11 @@ may number the port differently), so backends take the port of the slice they ar
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from operator import attrgetter
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ebpflb.model import (
     DesiredState,
@@ -344,9 +344,19 @@ def _family_entries(
     Run once per Service and family at every full sync (100,000s of times), so the
     usual Service (ClusterIP only, Cluster policies, no topology) takes the shortest
     way through: no look at external or load-balancer IPs it has none of, nor at the
-    Local policies it does not ask for, and no empty lists made."""
+    Local policies it does not ask for, and no empty lists made; where the native
+    module was built, the ClusterIP-only Service's entries are made in C."""
     ref = svc.info.ref
     version = cluster_ip.version
+    if (
+        _native_entries is not None
+        and svc.info.type is ServiceType.CLUSTER_IP
+        and not svc.external
+        and not svc.load_balancer
+        and svc.topology is Preference.NONE
+        and not (node.name and (svc.internal_local or svc.external_local))
+    ):
+        return _native_entries(ref, cluster_ip, version, svc.ports, backends, svc.affinity_timeout)
     node_port_type = svc.info.type in _NODE_PORT_TYPES
     nodes = node.of_family[version]  # also what external clients are source-NATed to
     external = svc.external
@@ -432,6 +442,25 @@ def _family_entries(
 
 
 _NODE_PORT_TYPES = (ServiceType.NODE_PORT, ServiceType.LOAD_BALANCER)
+
+# A ClusterIP-only Service's entries made in C (ebpflb/_fullsync.c), where the module
+# was built and the model's classes are what it makes: one ServiceEntry, Frontend and
+# ServicePortName per port without their Python constructors, and the port's backends
+# sorted in C (at 100,000 Services, ~2 us of each Service's translation in Python).
+_native_entries: (
+    Callable[[ServiceRef, IPAddress, int, tuple[Any, ...], _Backends, int], list[ServiceEntry]]
+    | None
+)
+try:
+    from ebpflb import _fullsync
+
+    _fullsync.bind_entries(
+        Frontend, ServicePortName, ServiceEntry, ServiceRef, FrontendKind.CLUSTER_IP
+    )
+except (ImportError, TypeError):  # not built, or the model's classes changed shape
+    _native_entries = None
+else:
+    _native_entries = _fullsync.entries
 
 
 def _of_family(addresses: tuple[IPAddress, ...], version: int) -> tuple[IPAddress, ...]:

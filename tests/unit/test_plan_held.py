@@ -2,7 +2,7 @@
 a held state stands for an entry exactly when building the entry's state gives an
 equal one: checked on random entries and held states that differ from them (or not)
 in any field, as built from an entry or as read back from the maps (no object shared
-with the entry); with the C checks of ebpflb/_plancheck.c (which must say True only
+with the entry); with the C checks of ebpflb/_fullsync.c (which must say True only
 when it is so, and do say it for the usual IPv4 frontend) and without them (the
 Python path, where the module was not built). from_entry's C one-pass case builds
 what the Python one does."""
@@ -17,7 +17,7 @@ from unittest import mock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ebpflb import _plancheck, plan
+from ebpflb import _fullsync, plan
 from ebpflb.model import (
     Backend,
     Frontend,
@@ -128,7 +128,7 @@ def test_held_as_built_is_building_and_comparing(
             held = _read_back(held)
         equal = FrontendState.from_entry(entry) == held
         assert held_as_built(entry, held) == equal
-        assert not _plancheck.held(entry, held) or equal  # True only when it is so
+        assert not _fullsync.held(entry, held) or equal  # True only when it is so
         with mock.patch.object(plan, "_native_held", None):
             assert held_as_built(entry, held) == equal
 
@@ -152,8 +152,8 @@ def test_a_read_back_state_of_the_usual_entry_is_taken_for_it() -> None:
     held = _read_back(FrontendState.from_entry(entry))
     assert held.frontend.address is not frontend.address
     assert held_as_built(entry, held)
-    assert _plancheck.held(entry, held)  # decided in C
-    assert _plancheck.flat(backends) == FrontendState.from_entry(entry)._backends
+    assert _fullsync.held(entry, held)  # decided in C
+    assert _fullsync.flat(backends) == FrontendState.from_entry(entry)._backends
     changed = _read_back(
         FrontendState.from_entry(
             ServiceEntry(frontend, entry.port_name, (*backends[:4], Backend(_ip("10.0.0.9"), 8080)))
@@ -177,12 +177,12 @@ def test_the_c_checks_leave_what_they_cannot_read_to_python() -> None:
         (usual[0], usual[0]),
     ]
     for backends in cases:
-        assert _plancheck.flat(backends) is None
+        assert _fullsync.flat(backends) is None
         entry = ServiceEntry(Frontend(_ip("10.96.0.1"), 80, Protocol.TCP), port_name, backends)
         held = _read_back(FrontendState.from_entry(entry))
-        assert not _plancheck.held(entry, held)
+        assert not _fullsync.held(entry, held)
         assert held_as_built(entry, held)  # Python says so
     unset = object.__new__(FrontendState)  # no slot set: not known, and no crash
     entry = ServiceEntry(Frontend(_ip("10.96.0.1"), 80, Protocol.TCP), port_name, usual)
-    assert not _plancheck.held(entry, unset)
-    assert len(_plancheck.flat(usual) or ()) == 4
+    assert not _fullsync.held(entry, unset)
+    assert len(_fullsync.flat(usual) or ()) == 4

@@ -110,6 +110,7 @@ def _claimed_in_turn(services: list[Any], slices: list[Any], **kw: Any) -> Trans
         return translate_dicts(services, slices, **kw)
 
 
+SERVICE = "kubernetes.io/service-name"
 _NODE_ADDRESSES = [(), ("10.0.0.1",), ("10.0.0.1", "fd00::a")]
 
 
@@ -173,3 +174,48 @@ def test_a_frontend_asked_for_twice_goes_to_the_first_service_by_name() -> None:
     assert [(e.name, e.message) for e in t.errors] == [
         ("z", "external frontend 192.0.2.1:80/TCP is already used by Service demo/a; skipped")
     ]
+
+
+@settings(max_examples=400, deadline=None)
+@given(_objects(), _pick(_NODE_ADDRESSES), _pick([None, (4,), (6,)]), st.booleans())
+def test_the_c_entries_are_the_python_ones(
+    objects: tuple[list[Any], list[Any]], addresses: tuple[str, ...], families: Any, local: bool
+) -> None:
+    """ebpflb/_fullsync.c makes a ClusterIP-only Service's entries as the Python does
+    (every field, each frontend's kind and key too)."""
+    services, slices = objects
+    kw: dict[str, Any] = {
+        "node_name": "node-a" if local else None,
+        "node_addresses": tuple(map(ipaddress.ip_address, addresses)),
+        "node_families": families,
+    }
+    native = translate_dicts(services, slices, **kw)
+    with mock.patch.object(translate_module, "_native_entries", None):
+        python = translate_dicts(services, slices, **kw)
+    assert _shown(native) == _shown(python)
+    assert [repr(e) for e in native.entries.values()] == [repr(e) for e in python.entries.values()]
+    assert [e.frontend.key for e in native.entries.values()] == list(native.entries)
+
+
+def test_a_cluster_ip_service_is_made_in_c() -> None:
+    service = _svc("a", "10.96.0.1")
+    service["spec"]["ports"] = [{"name": "http", "port": 80}, {"name": "dns", "port": 53}]
+    endpoint = {"addresses": ["10.128.0.2"], "conditions": {"ready": True}}
+    other = {"addresses": ["10.128.0.1"], "conditions": {"ready": True}}
+    slice_ = {
+        "kind": "EndpointSlice",
+        "metadata": {"name": "a-1", "namespace": "demo", "labels": {SERVICE: "a"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080}],
+        "endpoints": [endpoint, other],
+    }
+    with mock.patch.object(
+        translate_module, "_native_entries", wraps=translate_module._native_entries
+    ) as made:
+        t = translate_dicts([service], [slice_])
+    assert made.call_count == 1
+    http, dns = sorted(t.entries.values(), key=lambda e: e.frontend.port, reverse=True)
+    assert [str(b) for b in http.backends] == ["10.128.0.1:8080", "10.128.0.2:8080"]
+    assert dns.backends == () and dns.port_name.port == "dns"
+    assert http.frontend.kind is FrontendKind.CLUSTER_IP
+    assert http.frontend.key == (ipaddress.ip_address("10.96.0.1"), 80, http.frontend.protocol)
