@@ -102,27 +102,51 @@ done:
 
 /* ---- objects ------------------------------------------------------------------ */
 
-/* Objects of a class made by object.__new__ (no __init__ runs) whose fields are slots
- * (member descriptors): each set through its descriptor, as object.__setattr__ does,
- * which a frozen dataclass' own __setattr__ would refuse. */
+/* The member descriptor (a slot) of each of fields in cls, a class made by
+ * object.__new__, into descrs (new references: release_slots), or -1 with an
+ * exception set. */
+static int slots_of(PyObject *cls, PyObject *fields, PyObject **descrs)
+{
+	if (!PyType_Check(cls) || ((PyTypeObject *)cls)->tp_new != PyBaseObject_Type.tp_new) {
+		PyErr_SetString(PyExc_TypeError, "cls must be a class made by object.__new__");
+		return -1;
+	}
+	for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(fields); j++) {
+		PyObject *name = PyTuple_GET_ITEM(fields, j);
+		PyObject *descr =
+			PyUnicode_Check(name) ? _PyType_Lookup((PyTypeObject *)cls, name) : NULL;
+		if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+			PyErr_Format(PyExc_TypeError, "%R is not a slot of %.100s", name,
+				     ((PyTypeObject *)cls)->tp_name);
+			return -1;
+		}
+		Py_INCREF(descr);
+		descrs[j] = descr;
+	}
+	return 0;
+}
+
+static void release_slots(PyObject **descrs, Py_ssize_t count)
+{
+	for (Py_ssize_t j = 0; j < count; j++)
+		Py_CLEAR(descrs[j]);
+}
+
+/* objects(cls, fields, *columns): objects made by object.__new__ (no __init__ runs),
+ * each field set from its column through the slot's descriptor, as object.__setattr__
+ * sets it (which a frozen dataclass' own __setattr__ would refuse). */
 static PyObject *rb_objects(PyObject *self, PyObject *args)
 {
 	(void)self;
 	Py_ssize_t nargs = PyTuple_GET_SIZE(args);
-	if (nargs < 3) {
-		PyErr_SetString(PyExc_TypeError, "objects(cls, fields, *columns): one column at least");
+	if (nargs < 3 || !PyTuple_Check(PyTuple_GET_ITEM(args, 1)) ||
+	    PyTuple_GET_SIZE(PyTuple_GET_ITEM(args, 1)) != nargs - 2) {
+		PyErr_SetString(PyExc_TypeError,
+				"objects(cls, fields, *columns): a tuple of fields, one column each");
 		return NULL;
 	}
 	PyObject *cls = PyTuple_GET_ITEM(args, 0), *fields = PyTuple_GET_ITEM(args, 1);
-	if (!PyType_Check(cls) || ((PyTypeObject *)cls)->tp_new != PyBaseObject_Type.tp_new) {
-		PyErr_SetString(PyExc_TypeError, "objects: cls must be a class made by object.__new__");
-		return NULL;
-	}
 	PyTypeObject *type = (PyTypeObject *)cls;
-	if (!PyTuple_Check(fields) || PyTuple_GET_SIZE(fields) != nargs - 2) {
-		PyErr_SetString(PyExc_TypeError, "objects: fields must be a tuple, one per column");
-		return NULL;
-	}
 	Py_ssize_t k = nargs - 2, n = -1;
 	PyObject *out = NULL;
 	PyObject **descrs = PyMem_Calloc((size_t)k, sizeof(PyObject *));
@@ -131,17 +155,11 @@ static PyObject *rb_objects(PyObject *self, PyObject *args)
 		PyErr_NoMemory();
 		goto done;
 	}
+	if (slots_of(cls, fields, descrs) < 0)
+		goto done;
 	for (Py_ssize_t j = 0; j < k; j++) {
-		PyObject *name = PyTuple_GET_ITEM(fields, j);
-		PyObject *descr = PyUnicode_Check(name) ? _PyType_Lookup(type, name) : NULL;
-		if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
-			PyErr_Format(PyExc_TypeError, "objects: %R is not a slot of %.100s", name,
-				     type->tp_name);
-			goto done;
-		}
-		descrs[j] = descr;
-		Py_INCREF(descr);
-		columns[j] = PySequence_Fast(PyTuple_GET_ITEM(args, j + 2), "objects: columns must be sequences");
+		columns[j] = PySequence_Fast(PyTuple_GET_ITEM(args, j + 2),
+					     "objects: columns must be sequences");
 		if (columns[j] == NULL)
 			goto done;
 		Py_ssize_t len = PySequence_Fast_GET_SIZE(columns[j]);
@@ -169,10 +187,10 @@ static PyObject *rb_objects(PyObject *self, PyObject *args)
 fail:
 	Py_CLEAR(out);
 done:
-	for (Py_ssize_t j = 0; j < k && descrs != NULL && columns != NULL; j++) {
-		Py_XDECREF(descrs[j]);
+	if (descrs != NULL)
+		release_slots(descrs, k);
+	for (Py_ssize_t j = 0; j < k && columns != NULL; j++)
 		Py_XDECREF(columns[j]);
-	}
 	PyMem_Free(descrs);
 	PyMem_Free(columns);
 	return out;
@@ -187,34 +205,6 @@ struct address_class {
 	PyObject *descrs[4];
 	Py_ssize_t fields;
 };
-
-/* The member descriptor of each field of cls (borrowed: the class holds them). */
-static int slots_of(PyObject *cls, PyObject *fields, PyObject **descrs, Py_ssize_t max,
-		    Py_ssize_t *count)
-{
-	if (!PyType_Check(cls) || ((PyTypeObject *)cls)->tp_new != PyBaseObject_Type.tp_new) {
-		PyErr_SetString(PyExc_TypeError, "cls must be a class made by object.__new__");
-		return -1;
-	}
-	if (!PyTuple_Check(fields) || PyTuple_GET_SIZE(fields) < 1 ||
-	    PyTuple_GET_SIZE(fields) > max) {
-		PyErr_Format(PyExc_TypeError, "fields must be a tuple of 1 to %zd names", max);
-		return -1;
-	}
-	for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(fields); j++) {
-		PyObject *name = PyTuple_GET_ITEM(fields, j);
-		PyObject *descr =
-			PyUnicode_Check(name) ? _PyType_Lookup((PyTypeObject *)cls, name) : NULL;
-		if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
-			PyErr_Format(PyExc_TypeError, "%R is not a slot of %.100s", name,
-				     ((PyTypeObject *)cls)->tp_name);
-			return -1;
-		}
-		descrs[j] = descr;
-	}
-	*count = PyTuple_GET_SIZE(fields);
-	return 0;
-}
 
 /* The address object of the address_size bytes at raw (network order) from cache
  * (int -> object), made and added if missing: a new reference. */
@@ -253,10 +243,27 @@ static PyObject *address_at(const struct address_class *c, PyObject *cache,
 	return obj;
 }
 
+/* The class and its fields' descriptors (released by address_class_release). */
 static int address_class_of(struct address_class *c, PyObject *cls, PyObject *fields)
 {
 	c->type = (PyTypeObject *)cls;
-	return slots_of(cls, fields, c->descrs, 4, &c->fields);
+	c->fields = 0;
+	if (PyTuple_GET_SIZE(fields) < 1 || PyTuple_GET_SIZE(fields) > 4) {
+		PyErr_SetString(PyExc_TypeError, "an address class' fields: 1 to 4 names");
+		return -1;
+	}
+	memset(c->descrs, 0, sizeof c->descrs);
+	if (slots_of(cls, fields, c->descrs) < 0) {
+		release_slots(c->descrs, 4);
+		return -1;
+	}
+	c->fields = PyTuple_GET_SIZE(fields);
+	return 0;
+}
+
+static void address_class_release(struct address_class *c)
+{
+	release_slots(c->descrs, c->fields);
 }
 
 /* addresses(cls, fields, buffer, stride, offset, address_size, cache) */
@@ -290,6 +297,7 @@ static PyObject *rb_addresses(PyObject *self, PyObject *args)
 			PyList_SET_ITEM(out, i, obj);
 	}
 release:
+	address_class_release(&c);
 	PyBuffer_Release(&buf);
 	return out;
 }
@@ -308,14 +316,14 @@ static PyObject *rb_backends(PyObject *self, PyObject *args)
 			      &address_size, &cls, &PyTuple_Type, &fields, &PyDict_Type, &cache,
 			      &PyDict_Type, &ports, &active))
 		return NULL;
-	if (address_class_of(&c, cls, fields) < 0)
-		return NULL;
 	size_t size = (size_t)address_size + 8;
 	if ((address_size != 4 && address_size != 16) ||
 	    (size_t)PyBytes_GET_SIZE(values) % size) {
 		PyErr_SetString(PyExc_ValueError, "backends: not a buffer of backend elements");
 		return NULL;
 	}
+	if (address_class_of(&c, cls, fields) < 0)
+		return NULL;
 	const unsigned char *base = (const unsigned char *)PyBytes_AS_STRING(values);
 	Py_ssize_t n = PyBytes_GET_SIZE(values) / (Py_ssize_t)size;
 	PyObject *flat = PyTuple_New(2 * n), *spans = PyDict_New(), *mixed = PySet_New(NULL);
@@ -363,6 +371,7 @@ static PyObject *rb_backends(PyObject *self, PyObject *args)
 	}
 	out = PyTuple_Pack(3, flat, spans, mixed);
 done:
+	address_class_release(&c);
 	Py_XDECREF(flat);
 	Py_XDECREF(spans);
 	Py_XDECREF(mixed);
