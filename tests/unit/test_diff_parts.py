@@ -1,0 +1,34 @@
+"""diff_state with ``deletes=False`` diffs one part of a desired state against
+everything the data path holds: the plan of that part alone (what diffing it against
+the held frontends of the part gives), and nothing about the frontends it leaves out;
+the parts' plans and the removals of what no part has make the whole plan."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ebpflb.model import DesiredState
+from ebpflb.plan import DeleteService, Op, Plan, desired_frontends
+from ebpflb.sync.diff import diff, diff_state
+from tests.unit.test_plan import state, state_st
+
+
+@settings(max_examples=300, deadline=None)
+@given(state_st, state_st, st.integers(0, 3))
+def test_a_part_diffed_against_everything_held_is_its_own_plan(
+    held_state: DesiredState, desired: DesiredState, cut: int
+) -> None:
+    current = desired_frontends(held_state)
+    entries = list(desired.entries.values())
+    parts = [state(*entries[:cut]), state(*entries[cut:])]
+    ops: list[Op] = []
+    for part in parts:
+        plan = diff_state(current, part, deletes=False)
+        own = {k: current[k] for k in part.entries if k in current}
+        assert plan == diff_state(own, part)
+        assert not any(isinstance(op, DeleteService) for op in plan.ops)
+        ops += plan.ops
+    gone = {k: v for k, v in current.items() if k not in desired.entries}
+    whole = Plan(tuple(ops) + diff(gone, {}).ops)
+    assert sorted(map(str, whole.ops)) == sorted(map(str, diff_state(current, desired).ops))
