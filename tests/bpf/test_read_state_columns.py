@@ -317,3 +317,36 @@ def test_names_without_a_namespace_read_as_none(writer: MapWriter) -> None:
     assert {k: s for k, s in after.frontends.items() if k != key} == {
         k: s for k, s in before.frontends.items() if k != key
     }
+
+
+def test_one_id_under_two_frontends_is_read_as_before(writer: MapWriter) -> None:
+    """A damaged service map (two elements with one svc id): the frontend first in key
+    order takes the id's backends and names, the other reads with none, svc-<id>."""
+    want = _random_states(random.Random(3), 12)
+    usual = FrontendState(  # every backend active, in the slots in order
+        Frontend(ipaddress.IPv4Address("10.96.0.50"), 80, Protocol.TCP),
+        ServicePortName(ServiceRef("default", "usual"), "http", Protocol.TCP),
+        tuple(BackendState(a, 8080, True, False) for a in _pods(4)[:3]),
+        None,
+    )
+    key = usual.frontend.key
+    want[key] = usual
+    writer.apply(diff(writer.frontends, want))
+    maps = writer.maps
+    before = read_state(maps)
+    assert before.frontends[key] == usual
+    sid = before.svc_ids[key]
+    address = ipaddress.IPv4Address("10.96.0.99")  # after every frontend's address
+    maps.svc.update(
+        abi.Lb4Key(abi.pack_ip4(address), abi.htons(9), 6, 0),
+        abi.Lb4Service(sid, before.slot_counts[sid], int(abi.SvcFlag.CLUSTERIP), 0, 0),
+    )
+    after = read_state(maps)
+    other = Frontend(address, 9, Protocol.TCP, FrontendKind.CLUSTER_IP)
+    assert after.frontends[other.key] == FrontendState(
+        other, ServicePortName(ServiceRef("", f"svc-{sid}"), "", Protocol.TCP), (), ()
+    )
+    assert after.svc_ids[other.key] == sid
+    assert {k: s for k, s in after.frontends.items() if k != other.key} == before.frontends
+    assert after.id_tables() == before.id_tables()
+    assert after.orphan_backends == before.orphan_backends == []

@@ -1012,11 +1012,14 @@ class _BackendColumns:
         if not n:
             return [], [], [], []
         starts, ends = zip(*map(spans.get, sids, repeat((-1, -1))), strict=True)
-        runs = slots.runs(sids, counts, list(starts), list(ends), self.id_bytes)
-        odd = self.twins | self.mixed
-        usual: Sequence[int] = (
-            [r and s not in odd for r, s in zip(runs, sids, strict=True)] if odd else runs
-        )
+        usual: Sequence[int]
+        if len(set(sids)) < n:  # one id under two frontends (a damaged map): one by one
+            usual = bytes(n)
+        else:
+            usual = slots.runs(sids, counts, list(starts), list(ends), self.id_bytes)
+            odd = self.twins | self.mixed
+            if odd:
+                usual = [r and s not in odd for r, s in zip(usual, sids, strict=True)]
         first, last = list(compress(starts, usual)), list(compress(ends, usual))
         record = len(self.records) // len(self.ids) if self.ids else 0
         stored = list(
