@@ -52,7 +52,7 @@ class ParseAhead:
         is made a ``Preparsed`` directly."""
         if kind != SERVICE and kind != ENDPOINT_SLICE:
             return compact(kind, obj)
-        out = Preparsed()
+        out = Preparsed.empty()
         compact(kind, obj, into=out)
         errors: list[ObjectError] = []
         if kind == SERVICE:

@@ -260,29 +260,15 @@ def _packed(items: list[Any], version: int) -> PackedEndpoints | None:
     with a scope also fails here, as packing would lose it)."""
     chunks: list[bytes] = []
     places: list[tuple[Any, Any, Any]] = []
-    place = _place
-    last: Any = None
-    last_conditions: Any = _ABSENT  # the raw values of the place before
+    last: Any = None  # the place of the endpoint before, and its raw values
+    last_conditions: Any = _ABSENT
     last_node: Any = _ABSENT
     last_zone: Any = _ABSENT
     for item in items:
         if type(item) is not dict:
             return None
-        get = item.get
-        addresses, conditions, node, zone = (
-            get("addresses"),
-            get("conditions"),
-            get("nodeName"),
-            get("zone"),
-        )
-        if (
-            type(addresses) is not list
-            or len(addresses) != 1
-            or not (conditions is None or type(conditions) is dict)
-            or not (node is None or type(node) is str)
-            or not (zone is None or type(zone) is str)
-            or "hints" in item
-        ):
+        addresses = item.get("addresses")
+        if type(addresses) is not list or len(addresses) != 1 or "hints" in item:
             return None
         text = addresses[0]
         if type(text) is not str:
@@ -302,26 +288,30 @@ def _packed(items: list[Any], version: int) -> PackedEndpoints | None:
             ):
                 return None
             chunks.append(address.packed)
-        if not (
-            node == last_node  # both None or strings (checked above)
+        conditions, node, zone = item.get("conditions"), item.get("nodeName"), item.get("zone")
+        if (
+            node == last_node  # then as last_node, None or a string
             and zone == last_zone
             and (
-                conditions is last_conditions
+                conditions is last_conditions  # None
                 or (
-                    conditions is not None
-                    and last_conditions is not None
+                    type(conditions) is dict
                     and conditions == last_conditions
                     # identical values, so of one type: ``{ready: 1} == {ready: True}``
                     and all(map(_is, conditions.values(), last_conditions.values()))
                 )
             )
-        ):  # not the place of the endpoint before
-            last, last_conditions, last_node, last_zone = (
-                place(conditions, node, zone),
-                conditions,
-                node,
-                zone,
-            )
+        ):
+            places.append(last)
+            continue
+        if (
+            not (conditions is None or type(conditions) is dict)
+            or not (node is None or type(node) is str)
+            or not (zone is None or type(zone) is str)
+        ):
+            return None
+        last = _place(conditions, node, zone)
+        last_conditions, last_node, last_zone = conditions, node, zone
         places.append(last)
     first = places[0]
     # by identity: equal places are one tuple (and ``{ready: 1} == {ready: True}``,

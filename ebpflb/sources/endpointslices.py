@@ -339,8 +339,8 @@ def _parse_slice(
         for n, a, r, s, t, node, zone, hz, hn in endpoints:
             backend = Backend(a, port, r, s, t, node, zone, hz, hn)
             bkey = (n, port)
-            old = known.get(bkey)
-            if old is None or _rank(backend) > _rank(old):  # as _merge
+            old = known.setdefault(bkey, backend)  # one look-up where new, as is usual
+            if old is not backend and _rank(backend) > _rank(old):  # as _merge
                 known[bkey] = backend
         out.append(((namespace, service, port_name, protocol, version), known))
     return out
@@ -382,6 +382,20 @@ def _packed_endpoints(
                 report(f"endpoints[{i}]: {e}; endpoint skipped")
         return
     make = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
+    if items.place is not None:  # one place for all (the usual slice): read once
+        conditions, node, zone = items.place
+        try:
+            ready, serving, terminating = _flags(conditions or _NO_CONDITIONS, cache)
+        except _Invalid as e:
+            for i in range(len(items)):
+                report(f"endpoints[{i}]: {e}; endpoint skipped")
+            return
+        node, zone = node or None, zone or None
+        out += [
+            (number, make(number), ready, serving, terminating, node, zone, (), ())
+            for number in items.numbers()
+        ]
+        return
     flags_of: dict[int, _Flags | str] = {}  # by id(conditions): the flags, or the error
     for i, (number, (conditions, node, zone)) in enumerate(
         zip(items.numbers(), items.places_of(), strict=True)

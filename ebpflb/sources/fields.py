@@ -47,9 +47,6 @@ class ObjectError:
         return InvalidObjectError(str(self))
 
 
-_EMPTY: Mapping[str, Any] = {}
-
-
 class Preparsed(dict[str, Any]):
     """An object as a source keeps it (a dict, equal to the one it was made from, and
     read as one), carrying what translation parsed of it as it arrived (``ahead``)
@@ -58,15 +55,17 @@ class Preparsed(dict[str, Any]):
 
     __slots__ = ("parse",)
 
-    def __init__(
-        self,
-        obj: Mapping[str, Any] = _EMPTY,
-        parse: tuple[Any, tuple[ObjectError, ...]] | None = None,
-    ) -> None:
-        """A copy of ``obj`` (by default empty, to be filled by its maker before anyone
-        else sees it, which saves the copy) carrying ``parse``."""
+    def __init__(self, obj: Mapping[str, Any], parse: tuple[Any, tuple[ObjectError, ...]]) -> None:
         super().__init__(obj)
         self.parse: tuple[Any, tuple[ObjectError, ...]] | None = parse
+
+    @staticmethod
+    def empty() -> Preparsed:
+        """An empty one carrying nothing, for its maker to fill before anyone else sees
+        it (which saves the copy ``__init__`` makes)."""
+        made: Preparsed = dict.__new__(Preparsed)  # empty, without the Python __init__
+        made.parse = None
+        return made
 
 
 def _take_parse(obj: Obj, errors: list[ObjectError]) -> tuple[Any, ...] | None:
