@@ -64,8 +64,7 @@ class Syncer:
         current = self.dataplane.current()
         ops: list[Op] = []
         for part in parts:
-            have = {k: current[k] for k in part.entries if k in current}
-            ops += diff_state(have, part).ops  # removes nothing: `have` is all desired
+            ops += diff_state(current, part, deletes=False).ops
         gone = {k: st for k, st in current.items() if not desired(k)}
         return Plan(tuple(ops + list(diff(gone, {}).ops)))
 
