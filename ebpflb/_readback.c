@@ -6,6 +6,9 @@
  * over buffers run with the GIL released (a restart reads the maps while the
  * Kubernetes lists, which need the GIL, run beside it).
  *
+ *   cut(flat, records, record_size, spans, sids, mask) -> (stores, tables)
+ *                                              the usual frontends' slices of the flat
+ *                                              store and of the id table records
  *   nonzero(buffer, size, stride) -> (indexes, values)
  *                                              an array map's elements that are not all
  *                                              zero (read through mmap)
@@ -378,6 +381,79 @@ done:
 	return out;
 }
 
+/* ---- cut ---------------------------------------------------------------------- */
+
+/* The [start, end) of a span tuple (start, end) of ints, or -1 with an exception. */
+static int span_of(PyObject *span, Py_ssize_t *start, Py_ssize_t *end)
+{
+	if (!PyTuple_Check(span) || PyTuple_GET_SIZE(span) != 2) {
+		PyErr_SetString(PyExc_TypeError, "cut: a span must be a (start, end) tuple");
+		return -1;
+	}
+	*start = PyLong_AsSsize_t(PyTuple_GET_ITEM(span, 0));
+	*end = PyLong_AsSsize_t(PyTuple_GET_ITEM(span, 1));
+	return PyErr_Occurred() ? -1 : 0;
+}
+
+/* cut(flat, records, record_size, spans, sids, mask) -> (stores, tables): for each
+ * frontend i whose mask[i] is set, its backends' slice of the flat store and of the
+ * id table records, its span taken out of spans (svc id -> (start, end)). */
+static PyObject *rb_cut(PyObject *self, PyObject *args)
+{
+	(void)self;
+	PyObject *flat, *records, *spans, *sids;
+	Py_ssize_t record;
+	Py_buffer mask;
+	if (!PyArg_ParseTuple(args, "O!O!nO!O!y*:cut", &PyTuple_Type, &flat, &PyBytes_Type,
+			      &records, &record, &PyDict_Type, &spans, &PyList_Type, &sids, &mask))
+		return NULL;
+	PyObject *out = NULL, *stores = PyList_New(0), *tables = PyList_New(0);
+	if (stores == NULL || tables == NULL)
+		goto done;
+	if (mask.len != PyList_GET_SIZE(sids) || record < 0) {
+		PyErr_SetString(PyExc_ValueError, "cut: one mask byte per svc id");
+		goto done;
+	}
+	const unsigned char *usual = mask.buf;
+	const char *raw = PyBytes_AS_STRING(records);
+	for (Py_ssize_t i = 0; i < mask.len; i++) {
+		if (!usual[i])
+			continue;
+		PyObject *sid = PyList_GET_ITEM(sids, i);
+		Py_INCREF(sid);  /* the list may lose it meanwhile: a dict's key compares */
+		PyObject *span = PyDict_GetItemWithError(spans, sid);
+		Py_XINCREF(span);
+		Py_ssize_t start, end;
+		int failed = span == NULL || span_of(span, &start, &end) < 0;
+		if (!failed && (start < 0 || end < start || 2 * end > PyTuple_GET_SIZE(flat) ||
+				end * record > PyBytes_GET_SIZE(records))) {
+			PyErr_SetString(PyExc_ValueError, "cut: a span out of the columns");
+			failed = 1;
+		}
+		if (span == NULL && !PyErr_Occurred())
+			PyErr_SetObject(PyExc_KeyError, sid);
+		if (!failed) {
+			PyObject *store = PyTuple_GetSlice(flat, 2 * start, 2 * end);
+			PyObject *table =
+				PyBytes_FromStringAndSize(raw + start * record, (end - start) * record);
+			failed = store == NULL || table == NULL || PyList_Append(stores, store) < 0 ||
+				 PyList_Append(tables, table) < 0 || PyDict_DelItem(spans, sid) < 0;
+			Py_XDECREF(store);
+			Py_XDECREF(table);
+		}
+		Py_XDECREF(span);
+		Py_DECREF(sid);
+		if (failed)
+			goto done;
+	}
+	out = PyTuple_Pack(2, stores, tables);
+done:
+	Py_XDECREF(stores);
+	Py_XDECREF(tables);
+	PyBuffer_Release(&mask);
+	return out;
+}
+
 /* ---- order -------------------------------------------------------------------- */
 
 struct elements {
@@ -704,6 +780,9 @@ release:
 }
 
 static PyMethodDef readback_methods[] = {
+	{"cut", rb_cut, METH_VARARGS,
+	 "cut(flat, records, record_size, spans, sids, mask): (stores, tables) of the usual "
+	 "frontends, their spans taken out"},
 	{"nonzero", rb_nonzero, METH_VARARGS,
 	 "nonzero(buffer, size, stride): (indexes, values) of the elements not all zero"},
 	{"objects", rb_objects, METH_VARARGS,

@@ -43,3 +43,12 @@ def records(
     keys: Buffer, key_size: int, values: Buffer, value_size: int, /
 ) -> tuple[bytes, bytes]: ...
 def nonzero(buffer: Buffer, size: int, stride: int, /) -> tuple[bytes, bytes]: ...
+def cut(
+    flat: tuple[Any, ...],
+    records: bytes,
+    record_size: int,
+    spans: dict[int, tuple[int, int]],
+    sids: list[int],
+    mask: Buffer,
+    /,
+) -> tuple[list[tuple[Any, ...]], list[bytes]]: ...

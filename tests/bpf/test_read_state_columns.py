@@ -138,6 +138,7 @@ NATIVE = (
     "_native_runs",
     "_native_records",
     "_native_nonzero",
+    "_native_cut",
 )
 
 

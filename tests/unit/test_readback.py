@@ -13,6 +13,7 @@ import pickle
 import random
 import struct
 from ipaddress import IPv4Address, IPv6Address
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -31,6 +32,7 @@ NATIVE = (
     "_native_runs",
     "_native_records",
     "_native_nonzero",
+    "_native_cut",
 )
 
 
@@ -42,6 +44,7 @@ def test_maps_uses_the_native_module() -> None:
     assert bpf_maps._native_backends is _readback.backends
     assert bpf_maps._native_records is _readback.records
     assert bpf_maps._native_nonzero is _readback.nonzero
+    assert bpf_maps._native_cut is _readback.cut
     assert bpf_maps._ADDRESS_FIELDS[4] is not None and bpf_maps._ADDRESS_FIELDS[6] is not None
 
 
@@ -128,6 +131,36 @@ def test_nonzero_finds_the_elements_python_finds(seed: int) -> None:
     ]
     with pytest.raises(ValueError):
         _readback.nonzero(buf + b"x", size, stride)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_cut_takes_the_usual_frontends_slices(seed: int) -> None:
+    rng = random.Random(seed)
+    count, record = rng.choice((0, 1, 40)), rng.choice((10, 22))
+    flat = tuple(rng.randrange(100) for _ in range(2 * count))
+    records = rng.randbytes(count * record)
+    bounds = sorted({0, count, *rng.sample(range(count + 1), min(count, 8))})
+    runs = list(pairwise(bounds))
+    spans = dict(zip(rng.sample(range(1, 999), len(runs)), runs, strict=True))
+    sids = [*spans, 5000]  # one with no backends: never usual
+    mask = bytes(rng.random() < 0.7 for _ in spans) + b"\0"
+    left = dict(spans)
+    stores, tables = _readback.cut(flat, records, record, left, sids, mask)
+    usual = [sid for sid, m in zip(sids, mask, strict=True) if m]
+    assert stores == [flat[2 * spans[s][0] : 2 * spans[s][1]] for s in usual]
+    assert tables == [records[spans[s][0] * record : spans[s][1] * record] for s in usual]
+    assert left == {sid: span for sid, span in spans.items() if sid not in usual}
+
+
+def test_cut_refuses_missing_and_bad_spans() -> None:
+    with pytest.raises(KeyError):
+        _readback.cut((1, 2), b"ab", 2, {}, [7], b"\1")
+    with pytest.raises(ValueError):
+        _readback.cut((1, 2), b"ab", 2, {7: (0, 2)}, [7], b"\1")
+    with pytest.raises(ValueError):
+        _readback.cut((1, 2), b"ab", 2, {7: (0, 1)}, [7], b"\1\1")
+    spans = {7: (0, 1)}
+    assert _readback.cut((1, 2), b"ab", 2, spans, [7], b"\0") == ([], []) and spans
 
 
 def test_order_refuses_bad_buffers() -> None:

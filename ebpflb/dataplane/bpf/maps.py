@@ -729,7 +729,8 @@ def _slot_keys(slot_ids: list[int | None], key_by_id: dict[int, tuple[IPAddress,
 # the GIL: a restarted agent reads while its Kubernetes lists run), the backend
 # columns, the address objects and the other objects made field by field. Without
 # it, the same steps in Python: _nonzero_py, _order_py, _records_py, _SlotMap.runs,
-# _backends, _addresses_py, _objects (the tests run both ways and compare them).
+# _backends, _addresses_py, _objects, take_all's slicing (the tests run both ways and
+# compare them).
 _native_objects: Callable[..., list[Any]] | None
 _native_addresses: Callable[..., list[Any]] | None
 _native_backends: Callable[..., tuple[tuple[Any, ...], dict[int, tuple[int, int]], set[int]]] | None
@@ -737,22 +738,24 @@ _native_order: Callable[[bytes, bytes, int], tuple[bytes, bytes, set[int]]] | No
 _native_runs: Callable[..., bytes] | None
 _native_records: Callable[[bytes, int, bytes, int], tuple[bytes, bytes]] | None
 _native_nonzero: Callable[[bytes | mmap.mmap, int, int], tuple[bytes, bytes]] | None
+_native_cut: Callable[..., tuple[list[tuple[Any, ...]], list[bytes]]] | None
 try:
     from ebpflb import _readback
 except ImportError:
     _native_objects = _native_addresses = _native_backends = None
-    _native_order = _native_runs = _native_records = _native_nonzero = None
+    _native_order = _native_runs = _native_records = _native_nonzero = _native_cut = None
 else:
     _native_objects, _native_addresses, _native_backends = (
         _readback.objects,
         _readback.addresses,
         _readback.backends,
     )
-    _native_order, _native_runs, _native_records, _native_nonzero = (
+    _native_order, _native_runs, _native_records, _native_nonzero, _native_cut = (
         _readback.order,
         _readback.runs,
         _readback.records,
         _readback.nonzero,
+        _readback.cut,
     )
 
 _T = TypeVar("_T")
@@ -1020,22 +1023,25 @@ class _BackendColumns:
             odd = self.twins | self.mixed
             if odd:
                 usual = [r and s not in odd for r, s in zip(usual, sids, strict=True)]
-        first, last = list(compress(starts, usual)), list(compress(ends, usual))
         record = len(self.records) // len(self.ids) if self.ids else 0
-        stored = list(
-            map(
-                self.flat.__getitem__,
-                map(slice, map(mul, first, repeat(2)), map(mul, last, repeat(2))),
+        if _native_cut is not None:
+            stored, tables = _native_cut(self.flat, self.records, record, spans, sids, bytes(usual))
+        else:
+            first, last = list(compress(starts, usual)), list(compress(ends, usual))
+            stored = list(
+                map(
+                    self.flat.__getitem__,
+                    map(slice, map(mul, first, repeat(2)), map(mul, last, repeat(2))),
+                )
             )
-        )
-        tables = list(
-            map(
-                self.records.__getitem__,
-                map(slice, map(mul, first, repeat(record)), map(mul, last, repeat(record))),
+            tables = list(
+                map(
+                    self.records.__getitem__,
+                    map(slice, map(mul, first, repeat(record)), map(mul, last, repeat(record))),
+                )
             )
-        )
-        for sid in compress(sids, usual):
-            del spans[sid]
+            for sid in compress(sids, usual):
+                del spans[sid]
         if len(stored) == n:
             return stored, [None] * n, [True] * n, tables
         backends: list[tuple[Any, ...]] = []
