@@ -351,3 +351,24 @@ def test_one_id_under_two_frontends_is_read_as_before(writer: MapWriter) -> None
     assert {k: s for k, s in after.frontends.items() if k != other.key} == before.frontends
     assert after.id_tables() == before.id_tables()
     assert after.orphan_backends == before.orphan_backends == []
+
+
+def test_a_dual_stack_services_frontends_share_one_port_name(writer: MapWriter) -> None:
+    """Each Service port's names its own (the usual case, read in one pass): its IPv4
+    and IPv6 frontends, read from two maps, still share one ServicePortName."""
+    want: dict[FrontendKey, FrontendState] = {}
+    for i in range(20):
+        port_name = ServicePortName(ServiceRef("ns", f"s{i}"), "http", Protocol.TCP)
+        for address in (f"10.96.1.{i + 1}", f"fd00:10:96::1:{i + 1:x}"):
+            fe = Frontend(ipaddress.ip_address(address), 80, Protocol.TCP)
+            pods = _pods(fe.address.version)[i % 5 : i % 5 + 2]
+            backends = tuple(BackendState(a, 8080, True, False) for a in pods)
+            want[fe.key] = FrontendState(fe, port_name, backends, None)
+    writer.apply(diff(writer.frontends, want))
+    got = read_state(writer.maps)
+    assert got.frontends == want
+    by_name: dict[ServicePortName, list[ServicePortName]] = {}
+    for state in got.frontends.values():
+        by_name.setdefault(state.port_name, []).append(state.port_name)
+    assert len(by_name) == 20
+    assert all(len(same) == 2 and same[0] is same[1] for same in by_name.values())

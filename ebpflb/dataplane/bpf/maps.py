@@ -1324,8 +1324,16 @@ class _PortNames:
         if None in namespaces.values():
             unnamed = [sid for sid, names in self._names.items() if names and names[0] is None]
             self._names.update(zip(unnamed, repeat(None)))
-        # protocol number -> names -> the ServicePortName made of them (None: none)
+        # protocol number -> names -> the ServicePortName made of them (None: none),
+        # and those made but not yet put there (a later take_all needs them, if any)
         self._made: dict[int, dict[_Names | None, ServicePortName]] = {}
+        self._pending: dict[int, list[tuple[list[_Names | None], list[ServicePortName]]]] = {}
+
+    def _made_for(self, number: int) -> dict[_Names | None, ServicePortName]:
+        made = self._made.setdefault(number, {})
+        for names, port_names in self._pending.pop(number, ()):
+            made.update(zip(names, port_names, strict=True))
+        return made
 
     def take_all(
         self, sids: list[int], protos: list[Protocol], proto_nos: Sequence[int]
@@ -1339,27 +1347,28 @@ class _PortNames:
         for number in numbers:
             mine = list(map(eq, proto_nos, repeat(number))) if len(numbers) > 1 else None
             names = every if mine is None else list(compress(every, mine))
-            made = self._made.setdefault(number, {})
+            made = self._made_for(number)
             new = dict.fromkeys(names)
             new.pop(None, None)
             fresh = [n for n in new if n not in made] if made else list(new)
+            port_names: list[ServicePortName] = []
             if fresh:
                 namespaces, service_names, ports = zip(*fresh, strict=True)
                 refs = _objects(ServiceRef, _REF_FIELDS, namespaces, service_names)
-                made.update(
-                    zip(
-                        fresh,
-                        _objects(
-                            ServicePortName,
-                            _PORT_NAME_FIELDS,
-                            refs,
-                            ports,
-                            [_PROTOCOLS[number]] * len(fresh),
-                        ),
-                        strict=True,
-                    )
+                port_names = _objects(
+                    ServicePortName,
+                    _PORT_NAME_FIELDS,
+                    refs,
+                    ports,
+                    [_PROTOCOLS[number]] * len(fresh),
                 )
-            found: list[ServicePortName | None] = list(map(made.get, names))
+            found: list[ServicePortName | None]
+            if len(fresh) == len(names):  # each frontend's names its own, and new: in order
+                found = list(port_names)
+                self._pending.setdefault(number, []).append((fresh, port_names))
+            else:
+                made.update(zip(fresh, port_names, strict=True))
+                found = list(map(made.get, names))
             if mine is None:
                 out = found
             else:
