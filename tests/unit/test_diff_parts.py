@@ -1,9 +1,12 @@
 """diff_state with ``deletes=False`` diffs one part of a desired state against
 everything the data path holds: the plan of that part alone (what diffing it against
 the held frontends of the part gives), and nothing about the frontends it leaves out;
-the parts' plans and the removals of what no part has make the whole plan."""
+the parts' plans and the removals of what no part has make the whole plan. And
+diff_state plans in key order whatever the order of the state's entries."""
 
 from __future__ import annotations
+
+from types import MappingProxyType
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -32,3 +35,16 @@ def test_a_part_diffed_against_everything_held_is_its_own_plan(
     gone = {k: v for k, v in current.items() if k not in desired.entries}
     whole = Plan(tuple(ops) + diff(gone, {}).ops)
     assert sorted(map(str, whole.ops)) == sorted(map(str, diff_state(current, desired).ops))
+
+
+@settings(max_examples=300, deadline=None)
+@given(state_st, state_st)
+def test_diff_state_plans_in_key_order_whatever_the_order_of_the_state(
+    held_state: DesiredState, desired: DesiredState
+) -> None:
+    current = desired_frontends(held_state)
+    backwards = DesiredState(
+        MappingProxyType(dict(reversed(list(desired.entries.items())))), desired.services
+    )
+    assert diff_state(current, backwards) == diff(current, desired_frontends(desired))
+    assert diff_state({}, backwards) == diff({}, desired_frontends(desired))
