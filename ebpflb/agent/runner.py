@@ -254,15 +254,15 @@ class Agent:
         self._synced(self.clock() - began, full=full)
         if self._repairing:
             self._repairing = False
-            plan = self.last_result.plan
-            if plan:
+            applied = self.last_result.applied
+            if applied:
                 log.warning(
                     "resync: the data path differed from the desired state; "
                     "repaired %d frontends (%d added, %d changed, %d removed)",
-                    plan.added + plan.changed + plan.removed,
-                    plan.added,
-                    plan.changed,
-                    plan.removed,
+                    applied.added + applied.changed + applied.removed,
+                    applied.added,
+                    applied.changed,
+                    applied.removed,
                 )
         if self.syncs == 1:
             log.info("ready: first sync done (%d frontends)", self.last_result.frontends)

@@ -6,8 +6,9 @@ a change of this node's addresses or zone, or a frontend moving between Services
 translates everything and compares every frontend; every other sync re-translates only
 the Services the source reports as changed and compares only their frontends, so one
 event costs one Service's work however many Services there are. A full sync
-translates and plans a chunk of Services at a time, then writes the plan at once (see
-``_translate_and_write``); what it translated is garbage by the time it returns.
+translates, plans and writes a chunk of Services at a time, and removes what no chunk
+has last (see ``_translate_and_write``); what it translated is garbage by the time it
+returns.
 
 NodePorts open on this node's Node object's addresses, or on its own interfaces'
 addresses when it has no Node object or its Node lists none (``nodeaddrs``); the
@@ -38,7 +39,7 @@ from ebpflb.agent.sidetables import SideTables
 from ebpflb.dataplane.base import Dataplane
 from ebpflb.gcpause import freeze_survivors, no_collections, trim_heap
 from ebpflb.model import DesiredState, IPAddress, ServiceRef
-from ebpflb.plan import DeleteService, Plan, RemoveBackends
+from ebpflb.plan import Plan
 from ebpflb.rtnetlink import Interface
 from ebpflb.sources.base import Changes, Snapshot, Source
 from ebpflb.sources.incremental import IncrementalTranslator, NeedsRebuild
@@ -115,11 +116,13 @@ class SyncStep:
         return result
 
     def _translate_and_write(self) -> SyncResult:
-        """Read and translate everything, feed the side systems, plan and write. The
-        translation goes a chunk of Services at a time (``rebuild_in_chunks``), each
-        chunk planned and then dropped; what the data path keeps is made among the
-        chunks' garbage, not among one translation of everything, so the memory freed
-        after the sync is not left in holes around it."""
+        """Read and translate everything, feed the side systems, plan and write, a
+        chunk of Services at a time (``rebuild_in_chunks``, ``Syncer.sync_in_parts``):
+        each chunk is translated, planned, written and dropped before the next, so what
+        the data path keeps is made among one chunk's garbage, not among one
+        translation and plan of everything, and the memory freed after the sync is not
+        left in holes around what it keeps. The health checks are pushed once every
+        chunk is known, before the sync returns."""
         snap = self.source.load()
         self._on_load(snap)
         choice, zone = self._node_view(snap.nodes)
@@ -128,19 +131,20 @@ class SyncStep:
         # A node that shows no address at all (no Node object, no interface address
         # yet) is not known to lack a family: serve both rather than nothing.
         self.translator.node_families = choice.families or None
-        start = self.clock()
         self.side.begin()
-        plan = self.syncer.plan_in_parts(
+        result = self.syncer.sync_in_parts(
             self._served_parts(self.translator.rebuild_in_chunks(snap.services, snap.slices)),
-            desired=lambda key: self.translator.owner(key) is not None,
+            owner=self.translator.owner,
+            frontends=lambda: self.translator.frontends,
+            # The bpf writer's write costs what it is given; the userspace proxy's
+            # re-derives everything it holds, so it is given the parts at once.
+            write_each=self.syncer.dataplane.name == "bpf",
         )
         self._translate_errors = errors = self.translator.errors
         self._log_errors([*snap.errors, *errors])
         self.side.finish()
         self._push_health()
-        return self.syncer.apply(
-            plan, owner=self.translator.owner, frontends=self.translator.frontends, start=start
-        )
+        return result
 
     def _served_parts(self, parts: Iterable[DesiredState]) -> Iterator[DesiredState]:
         for part in parts:
@@ -293,6 +297,4 @@ class SyncStep:
         for ref in sorted(set(self.refused) - set(result.refused)):
             log.info("Service %s now fits and is applied", ref)
         self.refused = dict(result.refused)
-        self.retry_refused = bool(self.refused) and any(
-            isinstance(op, RemoveBackends | DeleteService) for op in result.plan.ops
-        )
+        self.retry_refused = bool(self.refused) and result.applied.frees

@@ -25,7 +25,7 @@ from ebpflb.model import DesiredState, IPAddress, ServiceRef
 from ebpflb.sources.incremental import IncrementalTranslator, NeedsRebuild
 from ebpflb.sources.manifests import ManifestSource
 from ebpflb.sources.translate import translate
-from ebpflb.sync.syncer import Syncer
+from ebpflb.sync.syncer import Applied, Syncer
 
 NODE = ("192.168.50.10",)
 IPS = ("10.96.0.1", "10.96.0.2", "10.96.0.3")  # few, so that Services collide
@@ -252,12 +252,11 @@ def test_the_agent_moves_a_frontend_between_services_after_its_first_sync(tmp_pa
 
 def chunked_sync(tr: IncrementalTranslator, world: World, dp: FakeDataplane, size: int) -> None:
     """A full sync as the agent makes it: a chunk of Services at a time."""
-    syncer = Syncer(dp)
-    plan = syncer.plan_in_parts(
+    Syncer(dp).sync_in_parts(
         tr.rebuild_in_chunks(world.services.values(), world.slices.values(), size=size),
-        desired=lambda key: tr.owner(key) is not None,
+        owner=tr.owner,
+        frontends=lambda: tr.frontends,
     )
-    syncer.apply(plan, owner=tr.owner, frontends=tr.frontends)
 
 
 def _odd_objects() -> list[dict[str, Any]]:
@@ -314,9 +313,9 @@ def test_a_chunked_full_translation_equals_one_translation(
 
 
 @settings(max_examples=100, deadline=None)
-@given(before=WORLDS, after=WORLDS, size=st.integers(1, 4))
-def test_a_chunked_full_sync_plans_what_one_full_sync_plans(
-    before: list[Any], after: list[Any], size: int
+@given(before=WORLDS, after=WORLDS, size=st.integers(1, 4), write_each=st.booleans())
+def test_a_chunked_full_sync_writes_what_one_full_sync_writes(
+    before: list[Any], after: list[Any], size: int, write_each: bool
 ) -> None:
     def world_of(spec: list[Any]) -> World:
         world = World()
@@ -328,14 +327,22 @@ def test_a_chunked_full_sync_plans_what_one_full_sync_plans(
     dp = FakeDataplane()
     Syncer(dp).sync(world_of(before).full())  # what the data path holds (a restart)
     world = world_of(after)
+    whole = Syncer(dp).plan(world.full())
+    dp.applied.clear()
     tr = translator()
-    syncer = Syncer(dp)
-    planned = syncer.plan_in_parts(
+    result = Syncer(dp).sync_in_parts(
         tr.rebuild_in_chunks(world.services.values(), world.slices.values(), size=size),
-        desired=lambda key: tr.owner(key) is not None,
+        owner=tr.owner,
+        frontends=lambda: tr.frontends,
+        write_each=write_each,
     )
-    assert Counter(planned.ops) == Counter(syncer.plan(world.full()).ops)
-    syncer.apply(planned, owner=tr.owner, frontends=tr.frontends)
+    # written a part at a time (or at once): the plans applied make the whole plan
+    assert Counter(op for plan in dp.applied for op in plan.ops) == Counter(whole.ops)
+    if not write_each:
+        assert len(dp.applied) <= 1
+        assert Counter(result.plan.ops) == Counter(whole.ops)
+    assert result.applied == Applied.of(whole)
+    assert result.frontends == len(world.full().entries)
     fresh = FakeDataplane()
     Syncer(fresh).sync(world.full())
     assert dp.state == fresh.state
@@ -347,12 +354,11 @@ def test_a_chunked_full_sync_refuses_what_does_not_fit_and_applies_the_rest():
     world.slices = {i: slice_(i, [1, 2]) for i in range(1, 6)}
     dp = FakeDataplane(max_frontends=3)
     tr = translator()
-    syncer = Syncer(dp)
-    plan = syncer.plan_in_parts(
+    result = Syncer(dp).sync_in_parts(
         tr.rebuild_in_chunks(world.services.values(), world.slices.values(), size=2),
-        desired=lambda key: tr.owner(key) is not None,
+        owner=tr.owner,
+        frontends=lambda: tr.frontends,
     )
-    result = syncer.apply(plan, owner=tr.owner, frontends=tr.frontends)
     assert len(dp.state) == 3
     assert len(result.refused) == 2
     assert {st.port_name.service for st in dp.state.values()}.isdisjoint(result.refused)
