@@ -333,7 +333,8 @@ static PyObject *rb_backends(PyObject *self, PyObject *args)
 	PyObject *out = NULL;
 	if (flat == NULL || spans == NULL || mixed == NULL)
 		goto done;
-	Py_ssize_t start = 0;
+	/* the flat store first, then the spans and mixed owners, which are dropped
+	 * sooner: made in a pass of their own, they do not pin the store's memory */
 	for (Py_ssize_t i = 0; i < n; i++) {
 		const unsigned char *e = base + (size_t)i * size;
 		PyObject *address = address_at(&c, cache, e, address_size);
@@ -349,7 +350,11 @@ static PyObject *rb_backends(PyObject *self, PyObject *args)
 			goto done;
 		Py_INCREF(shared);
 		PyTuple_SET_ITEM(flat, 2 * i + 1, shared);
-		uint32_t owner;
+	}
+	Py_ssize_t start = 0;
+	for (Py_ssize_t i = 0; i < n; i++) {
+		const unsigned char *e = base + (size_t)i * size;
+		uint32_t owner, next_owner = 0;
 		memcpy(&owner, e + address_size + 4, 4);
 		if (e[address_size + 3] != active) {
 			PyObject *o = PyLong_FromUnsignedLong(owner);
@@ -358,7 +363,6 @@ static PyObject *rb_backends(PyObject *self, PyObject *args)
 			if (failed)
 				goto done;
 		}
-		uint32_t next_owner = 0;
 		if (i + 1 < n)
 			memcpy(&next_owner, e + size + address_size + 4, 4);
 		if (i + 1 == n || next_owner != owner) {  /* the end of owner's run */
