@@ -190,4 +190,5 @@ def _mapping(value: object) -> Mapping[str, Any]:
 
 
 def _list(value: object) -> Sequence[Any]:
-    return value if isinstance(value, list) else ()
+    # a list, or the Kubernetes source's packed endpoints (a Sequence, not a list)
+    return value if isinstance(value, Sequence) and not isinstance(value, (str, bytes)) else ()

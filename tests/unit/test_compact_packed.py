@@ -13,6 +13,7 @@ from unittest import mock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ebpflb.dns.records import service_records
 from ebpflb.sources import compact as compact_module
 from ebpflb.sources.ahead import ParseAhead
 from ebpflb.sources.compact import compact
@@ -264,3 +265,19 @@ def test_metadata_made_directly_is_what_the_general_path_makes(meta: dict[str, A
             general.label,
             general.value,
         )
+
+
+def test_dns_reads_packed_endpoints_as_the_plain_ones() -> None:
+    headless = svc("web", port("http", 80), ip="None")
+    whole = eps(
+        "web-1",
+        "web",
+        [sport("http", 8080)],
+        ep("10.244.0.1", "node-a", ready=True),
+        ep("10.244.0.2", "node-b", ready=False),
+    )
+    small = compact("EndpointSlice", whole)
+    assert type(small["endpoints"]) is PackedEndpoints
+    got = service_records(compact("Service", headless), [small])
+    assert got is not None and got.endpoints
+    assert got == service_records(headless, [whole])
