@@ -9,6 +9,9 @@
  *   cut(flat, records, record_size, spans, sids, mask) -> (stores, tables)
  *                                              the usual frontends' slices of the flat
  *                                              store and of the id table records
+ *   names(keys, values, ns_size, name_size, port_size) -> dict
+ *                                              the service meta map decoded: svc id ->
+ *                                              (namespace, name, port), or None
  *   nonzero(buffer, size, stride) -> (indexes, values)
  *                                              an array map's elements that are not all
  *                                              zero (read through mmap)
@@ -458,6 +461,81 @@ done:
 	return out;
 }
 
+/* ---- names ------------------------------------------------------------------- */
+
+/* The C string at raw (up to its first NUL, at most size bytes) decoded as UTF-8,
+ * errors replaced, as bytes.split(b"\0", 1)[0].decode(errors="replace") does; the
+ * one equal string already in cache when there is one (a new reference). */
+static PyObject *c_string(const unsigned char *raw, size_t size, PyObject *cache)
+{
+	const unsigned char *nul = memchr(raw, 0, size);
+	size_t len = nul == NULL ? size : (size_t)(nul - raw);
+	PyObject *text = PyUnicode_DecodeUTF8((const char *)raw, (Py_ssize_t)len, "replace");
+	if (text == NULL || cache == NULL)
+		return text;
+	PyObject *shared = PyDict_SetDefault(cache, text, text);
+	Py_XINCREF(shared);
+	Py_DECREF(text);
+	return shared;
+}
+
+/* names(keys, values, ns_size, name_size, port_size) -> {svc id: (namespace, name,
+ * port) or None}: the service meta map's elements (svc ids as native u32s, each value
+ * the three NUL-padded strings one after another); None where the namespace is all
+ * NULs (the element names no Service). A namespace or port string is made once per
+ * distinct value. */
+static PyObject *rb_names(PyObject *self, PyObject *args)
+{
+	(void)self;
+	Py_buffer keys, values;
+	Py_ssize_t ns_size, name_size, port_size;
+	if (!PyArg_ParseTuple(args, "y*y*nnn:names", &keys, &values, &ns_size, &name_size,
+			      &port_size))
+		return NULL;
+	PyObject *out = NULL, *namespaces = PyDict_New(), *ports = PyDict_New();
+	size_t n = (size_t)keys.len / 4;
+	size_t size = (size_t)ns_size + (size_t)name_size + (size_t)port_size;
+	if (namespaces == NULL || ports == NULL)
+		goto done;
+	if (ns_size < 0 || name_size < 0 || port_size < 0 || (size_t)keys.len != n * 4 ||
+	    (size_t)values.len != n * size) {
+		PyErr_SetString(PyExc_ValueError, "names: keys and values differ in count");
+		goto done;
+	}
+	out = PyDict_New();
+	for (size_t i = 0; out != NULL && i < n; i++) {
+		const unsigned char *v = (const unsigned char *)values.buf + i * size;
+		uint32_t sid;
+		memcpy(&sid, (const unsigned char *)keys.buf + i * 4, 4);
+		PyObject *key = PyLong_FromUnsignedLong(sid), *value = NULL;
+		int failed = key == NULL;
+		if (!failed && all_zero(v, (size_t)ns_size)) {
+			value = Py_None;
+			Py_INCREF(value);
+		} else if (!failed) {
+			PyObject *ns = c_string(v, (size_t)ns_size, namespaces);
+			PyObject *name = c_string(v + ns_size, (size_t)name_size, NULL);
+			PyObject *port = c_string(v + ns_size + name_size, (size_t)port_size, ports);
+			if (ns != NULL && name != NULL && port != NULL)
+				value = PyTuple_Pack(3, ns, name, port);
+			Py_XDECREF(ns);
+			Py_XDECREF(name);
+			Py_XDECREF(port);
+		}
+		failed = value == NULL || PyDict_SetItem(out, key, value) < 0;
+		Py_XDECREF(key);
+		Py_XDECREF(value);
+		if (failed)
+			Py_CLEAR(out);
+	}
+done:
+	Py_XDECREF(namespaces);
+	Py_XDECREF(ports);
+	PyBuffer_Release(&keys);
+	PyBuffer_Release(&values);
+	return out;
+}
+
 /* ---- order -------------------------------------------------------------------- */
 
 struct elements {
@@ -787,6 +865,9 @@ static PyMethodDef readback_methods[] = {
 	{"cut", rb_cut, METH_VARARGS,
 	 "cut(flat, records, record_size, spans, sids, mask): (stores, tables) of the usual "
 	 "frontends, their spans taken out"},
+	{"names", rb_names, METH_VARARGS,
+	 "names(keys, values, ns_size, name_size, port_size): svc id -> (namespace, name, "
+	 "port), or None"},
 	{"nonzero", rb_nonzero, METH_VARARGS,
 	 "nonzero(buffer, size, stride): (indexes, values) of the elements not all zero"},
 	{"objects", rb_objects, METH_VARARGS,

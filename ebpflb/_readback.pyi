@@ -52,3 +52,6 @@ def cut(
     mask: Buffer,
     /,
 ) -> tuple[list[tuple[Any, ...]], list[bytes]]: ...
+def names(
+    keys: Buffer, values: Buffer, ns_size: int, name_size: int, port_size: int, /
+) -> dict[int, tuple[str, str, str] | None]: ...

@@ -139,6 +139,7 @@ NATIVE = (
     "_native_records",
     "_native_nonzero",
     "_native_cut",
+    "_native_names",
 )
 
 

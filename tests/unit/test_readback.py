@@ -33,6 +33,7 @@ NATIVE = (
     "_native_records",
     "_native_nonzero",
     "_native_cut",
+    "_native_names",
 )
 
 
@@ -45,6 +46,7 @@ def test_maps_uses_the_native_module() -> None:
     assert bpf_maps._native_records is _readback.records
     assert bpf_maps._native_nonzero is _readback.nonzero
     assert bpf_maps._native_cut is _readback.cut
+    assert bpf_maps._native_names is _readback.names
     assert bpf_maps._ADDRESS_FIELDS[4] is not None and bpf_maps._ADDRESS_FIELDS[6] is not None
 
 
@@ -161,6 +163,48 @@ def test_cut_refuses_missing_and_bad_spans() -> None:
         _readback.cut((1, 2), b"ab", 2, {7: (0, 1)}, [7], b"\1\1")
     spans = {7: (0, 1)}
     assert _readback.cut((1, 2), b"ab", 2, spans, [7], b"\0") == ([], []) and spans
+
+
+def _meta_field(rng: random.Random, size: int) -> bytes:
+    """A NUL-padded string field as a writer leaves it, or as a foreign one might."""
+    shape = rng.choice(("text", "text", "zero", "full", "garbage", "bad utf-8", "lead nul"))
+    if shape == "zero":
+        return bytes(size)
+    if shape == "full":
+        return bytes(rng.choice(b"abc-") for _ in range(size))
+    text = rng.choice(("default", "kube-system", "http", "dns", "ünï", ""))
+    raw = text.encode()[: size - 1]
+    if shape == "garbage":
+        return (raw + b"\0" + rng.randbytes(size))[:size]
+    if shape == "bad utf-8":
+        return (raw + b"\xff\xfe" + b"\0" * size)[:size]
+    if shape == "lead nul":
+        return (b"\0" + rng.randbytes(size))[:size]
+    return raw.ljust(size, b"\0")
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_names_decode_as_python_does(seed: int) -> None:
+    rng = random.Random(seed)
+    n = rng.choice((0, 1, 300))
+    sizes = bpf_maps._META_SIZES
+    values = b"".join(b"".join(_meta_field(rng, size) for size in sizes) for _ in range(n))
+    keys = struct.pack(f"={n}I", *rng.sample(range(2**32), n))
+    got = _readback.names(keys, values, *sizes)
+    want = bpf_maps._names_of_py(keys, values)
+    assert got == want and list(got) == list(want)
+    assert None in got.values() or n < 300  # both kinds occur
+    # one namespace and one port string per value
+    assert len({id(v[0]) for v in got.values() if v}) == len({v[0] for v in got.values() if v})
+    assert len({id(v[2]) for v in got.values() if v}) == len({v[2] for v in got.values() if v})
+    with pytest.raises(ValueError):
+        _readback.names(keys + b"x", values, *sizes)
+
+
+def test_the_meta_sizes_are_the_abis() -> None:
+    fields = [getattr(abi.LbSvcMeta, field[0]).size for field in abi.LbSvcMeta._fields_]
+    assert tuple(fields) == bpf_maps._META_SIZES
+    assert sum(bpf_maps._META_SIZES) == abi.PACK_LB_SVC_META.size
 
 
 def test_order_refuses_bad_buffers() -> None:

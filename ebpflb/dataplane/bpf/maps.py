@@ -729,8 +729,8 @@ def _slot_keys(slot_ids: list[int | None], key_by_id: dict[int, tuple[IPAddress,
 # the GIL: a restarted agent reads while its Kubernetes lists run), the backend
 # columns, the address objects and the other objects made field by field. Without
 # it, the same steps in Python: _nonzero_py, _order_py, _records_py, _SlotMap.runs,
-# _backends, _addresses_py, _objects, take_all's slicing (the tests run both ways and
-# compare them).
+# _backends, _addresses_py, _objects, take_all's slicing, _names_of_py (the tests run
+# both ways and compare them).
 _native_objects: Callable[..., list[Any]] | None
 _native_addresses: Callable[..., list[Any]] | None
 _native_backends: Callable[..., tuple[tuple[Any, ...], dict[int, tuple[int, int]], set[int]]] | None
@@ -739,11 +739,13 @@ _native_runs: Callable[..., bytes] | None
 _native_records: Callable[[bytes, int, bytes, int], tuple[bytes, bytes]] | None
 _native_nonzero: Callable[[bytes | mmap.mmap, int, int], tuple[bytes, bytes]] | None
 _native_cut: Callable[..., tuple[list[tuple[Any, ...]], list[bytes]]] | None
+_native_names: Callable[[bytes, bytes, int, int, int], dict[int, Any]] | None
 try:
     from ebpflb import _readback
 except ImportError:
     _native_objects = _native_addresses = _native_backends = None
     _native_order = _native_runs = _native_records = _native_nonzero = _native_cut = None
+    _native_names = None
 else:
     _native_objects, _native_addresses, _native_backends = (
         _readback.objects,
@@ -757,6 +759,7 @@ else:
         _readback.nonzero,
         _readback.cut,
     )
+    _native_names = _readback.names
 
 _T = TypeVar("_T")
 # the fields that _objects sets, in the order of each class's dataclass fields (a test
@@ -1288,6 +1291,45 @@ _META_FIELDS = (
     struct.Struct("<64x64s16x"),
     struct.Struct("<128x16s"),
 )
+_META_SIZES = (64, 64, 16)  # the sizes of those fields, as abi.LbSvcMeta has them
+
+
+def _names_of(keys: bytes, values: bytes) -> dict[int, _Names | None]:
+    """The service meta map's elements (svc ids as native u32s, packed values): svc id
+    -> (namespace, name, port name), or None where the namespace is all NULs (the
+    element names no Service). A namespace or port name string is made once per
+    distinct value. In C (ebpflb._readback.names) or in Python (_names_of_py)."""
+    if _native_names is not None:
+        return _native_names(keys, values, *_META_SIZES)
+    return _names_of_py(keys, values)
+
+
+def _names_of_py(keys: bytes, values: bytes) -> dict[int, _Names | None]:
+    ns_raw, name_raw, port_raw = (_column(layout, values) for layout in _META_FIELDS)
+    namespaces = {r: _cstr(r) if r.strip(b"\0") else None for r in dict.fromkeys(ns_raw)}
+    ports = {raw: _cstr(raw) for raw in dict.fromkeys(port_raw)}
+    service_names = map(
+        bytes.decode,
+        map(_first, map(bytes.split, name_raw, repeat(b"\0"), repeat(1))),
+        repeat("utf-8"),
+        repeat("replace"),
+    )
+    names: dict[int, _Names | None] = dict(
+        zip(
+            _u32s(keys),
+            zip(
+                map(namespaces.__getitem__, ns_raw),
+                service_names,
+                map(ports.__getitem__, port_raw),
+                strict=True,
+            ),
+            strict=True,
+        )
+    )
+    if None in namespaces.values():
+        unnamed = [sid for sid, found in names.items() if found and found[0] is None]
+        names.update(zip(unnamed, repeat(None)))
+    return names
 
 
 class _PortNames:
@@ -1298,32 +1340,10 @@ class _PortNames:
 
     def __init__(self, m: PinnedMap) -> None:
         keys, values, count = m.dump_raw()
-        values = values[: count * abi.PACK_LB_SVC_META.size]
-        ns_raw, name_raw, port_raw = (_column(layout, values) for layout in _META_FIELDS)
-        namespaces = {r: _cstr(r) if r.strip(b"\0") else None for r in dict.fromkeys(ns_raw)}
-        ports = {raw: _cstr(raw) for raw in dict.fromkeys(port_raw)}
-        service_names = map(
-            bytes.decode,
-            map(_first, map(bytes.split, name_raw, repeat(b"\0"), repeat(1))),
-            repeat("utf-8"),
-            repeat("replace"),
-        )
         # svc id -> its names; None: the element names no Service (no namespace)
-        self._names: dict[int, _Names | None] = dict(
-            zip(
-                _u32s(keys[: count * 4]),
-                zip(
-                    map(namespaces.__getitem__, ns_raw),
-                    service_names,
-                    map(ports.__getitem__, port_raw),
-                    strict=True,
-                ),
-                strict=True,
-            )
+        self._names: dict[int, _Names | None] = _names_of(
+            keys[: count * 4], values[: count * abi.PACK_LB_SVC_META.size]
         )
-        if None in namespaces.values():
-            unnamed = [sid for sid, names in self._names.items() if names and names[0] is None]
-            self._names.update(zip(unnamed, repeat(None)))
         # protocol number -> names -> the ServicePortName made of them (None: none),
         # and those made but not yet put there (a later take_all needs them, if any)
         self._made: dict[int, dict[_Names | None, ServicePortName]] = {}
