@@ -93,7 +93,7 @@ def _changes(pairs: Iterable[tuple[FrontendState, FrontendState | None]]) -> lis
     removals: list[Op] = []
     for want, have in pairs:
         if have is None:
-            if want.backend_count:
+            if want._backends:  # backend_count without its calls (asked of every new one)
                 upserts.append(UpsertBackends.of(want))
             writes.append(WriteService(want, new=True))
             continue

@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ebpflb.model import DesiredState
-from ebpflb.plan import DeleteService, Op, Plan, desired_frontends
+from ebpflb.plan import DeleteService, Op, Plan, UpsertBackends, WriteService, desired_frontends
 from ebpflb.sync.diff import diff, diff_state
-from tests.unit.test_plan import state, state_st
+from tests.unit.test_plan import entry, state, state_st
 
 
 @settings(max_examples=300, deadline=None)
@@ -48,3 +48,17 @@ def test_diff_state_plans_in_key_order_whatever_the_order_of_the_state(
     )
     assert diff_state(current, backwards) == diff(current, desired_frontends(desired))
     assert diff_state({}, backwards) == diff({}, desired_frontends(desired))
+
+
+def test_a_new_frontend_gets_its_backends_written_only_when_it_has_some() -> None:
+    empty = entry("10.96.0.1", 80, [])
+    plain = entry("10.96.0.2", 80, [("10.0.0.1", 8080, True)])
+    inactive = entry("10.96.0.3", 80, [("10.0.0.2", 8080, False)])  # not flat: a state
+    plan = diff_state({}, state(empty, plain, inactive))
+    upserts = [op for op in plan.ops if isinstance(op, UpsertBackends)]
+    assert [op.frontend for op in upserts] == [plain.frontend, inactive.frontend]
+    assert [op.state.frontend for op in plan.ops if isinstance(op, WriteService)] == [
+        empty.frontend,
+        plain.frontend,
+        inactive.frontend,
+    ]
