@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from ebpflb.agent.config import AgentConfig
 from ebpflb.agent.runner import Agent
 from ebpflb.dataplane.fake import FakeDataplane
-from ebpflb.model import DesiredState, IPAddress, ServiceRef
+from ebpflb.model import DesiredState, IPAddress, Protocol, ServiceRef
 from ebpflb.sources.incremental import IncrementalTranslator, NeedsRebuild
 from ebpflb.sources.manifests import ManifestSource
 from ebpflb.sources.translate import translate
@@ -362,3 +362,40 @@ def test_a_chunked_full_sync_refuses_what_does_not_fit_and_applies_the_rest():
     assert len(dp.state) == 3
     assert len(result.refused) == 2
     assert {st.port_name.service for st in dp.state.values()}.isdisjoint(result.refused)
+
+
+SCTP_SERVICE = """
+apiVersion: v1
+kind: Service
+metadata: {name: sig, namespace: demo}
+spec:
+  clusterIP: 10.96.0.30
+  ports:
+  - {name: diameter, port: 3868, protocol: SCTP}
+  - {name: http, port: 80, protocol: TCP}
+"""
+
+
+class _BpfNamed(FakeDataplane):
+    """The fake data path under the bpf data path's name (written a chunk at a time),
+    without SCTP."""
+
+    name = "bpf"
+
+    def __init__(self) -> None:
+        super().__init__(protocols=frozenset({Protocol.TCP, Protocol.UDP}))
+
+
+@pytest.mark.parametrize("dp_class", [FakeDataplane, _BpfNamed])
+def test_a_chunked_full_sync_counts_the_frontends_the_data_path_serves(
+    tmp_path: Path, dp_class: type[FakeDataplane]
+) -> None:
+    (tmp_path / "sig.yaml").write_text(SCTP_SERVICE)
+    dp = dp_class()
+    agent = Agent(ManifestSource(tmp_path), dp, AgentConfig(), clock=lambda: 1000.0)
+    agent.step()
+    served = 2 if dp_class is FakeDataplane else 1
+    assert len(dp.state) == served
+    assert agent.last_result is not None and agent.last_result.frontends == served
+    assert agent.last_result.applied.added == served
+    assert agent.status().frontends == 2  # translated: the data path is what refuses
