@@ -37,7 +37,8 @@ from ebpflb.model import (
     ServiceInfo,
     ServiceRef,
 )
-from ebpflb.sources.fields import _error_order, _identity
+from ebpflb.sources.endpointslices import SERVICE_NAME_LABEL
+from ebpflb.sources.fields import CompactMeta, _error_order, _identity
 from ebpflb.sources.tracker import slice_owner
 from ebpflb.sources.translate import ObjectError, Translation, translate_dicts
 
@@ -136,11 +137,16 @@ class IncrementalTranslator:
         grouped: dict[tuple[str, str], list[Obj]] = {}  # by (namespace, Service name)
         others: list[Obj] = []  # slices of no Service (their errors are still told)
         for obj in slices:
-            owner = slice_owner(obj)
+            meta = obj.get("metadata")
+            if type(meta) is CompactMeta:  # the usual: no call, no tuple
+                owner = meta.value if meta.label == SERVICE_NAME_LABEL else None
+                namespace = meta.namespace
+            else:
+                owner, namespace = slice_owner(obj), _identity(obj)[0]
             if owner is None:
                 others.append(obj)
             else:
-                grouped.setdefault((_identity(obj)[0], owner), []).append(obj)
+                grouped.setdefault((namespace, owner), []).append(obj)
         ordered = sorted(((_identity(obj), obj) for obj in services), key=itemgetter(0))
         start = 0
         while start < len(ordered):
@@ -154,9 +160,8 @@ class IncrementalTranslator:
             )
             start = end
             found = list(result.errors)
-            self._claim_across(result, found)
+            self._keep_chunk(result, found)
             errors += found
-            self._keep_chunk(result)
             yield DesiredState(MappingProxyType(result.entries), MappingProxyType(result.services))
             del result
         del ordered
@@ -188,14 +193,40 @@ class IncrementalTranslator:
                 other.append(err)
         self._other_errors = tuple(other)
 
-    def _claim_across(self, result: Translation, errors: list[ObjectError]) -> None:
-        """Skip the frontends of ``result`` that an earlier chunk's Service holds, as
-        translate's claim order does within one translation; ``errors`` (the chunk's)
-        then name that Service where they named the chunk's own loser of it."""
+    def _keep_chunk(self, result: Translation, errors: list[ObjectError]) -> None:
+        """What later updates need of one chunk of a full translation. A frontend of
+        ``result`` that an earlier chunk's Service holds is skipped, as translate's
+        claim order does within one translation; ``errors`` (the chunk's) then name
+        that Service where they named the chunk's own loser of it."""
+        owners = self._owner
+        taken: list[tuple[FrontendKey, ServiceRef]] = []
+        count = 0
+        for key, entry in result.entries.items():
+            ref = entry.port_name.service
+            owner = owners.setdefault(key, ref)  # one hash of the key (a Python hash)
+            if owner is not ref and owner != ref:
+                taken.append((key, owner))
+                continue
+            n = len(entry.backends)
+            if n:
+                self._backends_of[ref] = self._backends_of.get(ref, 0) + n
+                count += n
+        self.backends += count
+        if taken:
+            self._skip_taken(result, taken, errors)
+        for ref in result.services:
+            self._keys_of[ref] = result.keys_of.get(ref, _NO_KEYS)
+
+    def _skip_taken(
+        self,
+        result: Translation,
+        taken: list[tuple[FrontendKey, ServiceRef]],
+        errors: list[ObjectError],
+    ) -> None:
         renamed: dict[str, str] = {}  # the end of a message: as it should end
-        for key in [key for key in result.entries if key in self._owner]:
+        for key, owner in taken:
             entry = result.entries.pop(key)
-            ref, fe, owner = entry.port_name.service, entry.frontend, self._owner[key]
+            ref, fe = entry.port_name.service, entry.frontend
             message = f"{fe.kind} frontend {fe}{_CLAIMED_BY_ANOTHER}{owner}; skipped"
             errors.append(ObjectError("Service", ref.namespace, ref.name, message))
             renamed[f" {fe}{_CLAIMED_BY_ANOTHER}{ref}; skipped"] = (
@@ -206,22 +237,10 @@ class IncrementalTranslator:
                 result.keys_of[ref] = kept
             else:
                 del result.keys_of[ref]
-        for i, err in enumerate(errors if renamed else ()):
+        for i, err in enumerate(errors):
             for end, fixed in renamed.items():
                 if err.message.endswith(end):
                     errors[i] = replace(err, message=err.message[: -len(end)] + fixed)
-
-    def _keep_chunk(self, result: Translation) -> None:
-        """What later updates need of one chunk of a full translation."""
-        for key, entry in result.entries.items():
-            ref = entry.port_name.service
-            self._owner[key] = ref
-            count = len(entry.backends)
-            if count:
-                self._backends_of[ref] = self._backends_of.get(ref, 0) + count
-                self.backends += count
-        for ref in result.services:
-            self._keys_of[ref] = result.keys_of.get(ref, _NO_KEYS)
 
     def release(self) -> None:
         """Drop the full translation published by ``rebuild``: its sync is done, and

@@ -101,7 +101,8 @@ class Syncer:
         """A full sync of a desired state given in parts with no frontend in two: each
         part planned against what the data path holds and written (less the Services
         that do not fit) before the next part is made, then the removal of every
-        frontend held that no part has (``owner`` None: known once every part is).
+        frontend held that no part has (``owner`` None: known once every part is);
+        ``frontends`` counts the frontends desired that the data path serves.
 
         Only one part's plan is alive at a time: at 100,000 Services, one plan of
         everything kept ~30 MiB of operations alive while the data path's own state was
@@ -124,7 +125,10 @@ class Syncer:
                 held += plan.ops
             del plan
         current = self.dataplane.current()
-        gone = diff({k: st for k, st in current.items() if owner(k) is None}, {})
+        if write_each and not refused and len(current) == frontends():
+            gone = Plan()  # it holds every frontend desired and written: nothing else
+        else:  # a look-up per frontend held (a Python hash of its address each)
+            gone = diff({k: st for k, st in current.items() if owner(k) is None}, {})
         if write_each:
             applied += Applied.of(self._apply(gone, owner, refused))
             return self._result(Plan(), frontends(), start, refused, applied)
