@@ -27,6 +27,12 @@
  *   entries(ref, cluster_ip, version, ports, backends, affinity) -> list
  *                                      a ClusterIP-only Service's entries, one per
  *                                      port (translate's _family_entries, usual case)
+ *   bind_services(_Service._fields, ServiceInfo, ServiceType.CLUSTER_IP,
+ *                 Preference.NONE, IPv4Address, IPv6Address)
+ *                                      what services() reads of a parsed Service
+ *   services(ordered, start, backends, local, asked, keys_of) -> int
+ *                                      translate_dicts' loop over the Services, for
+ *                                      the usual ones, up to the first other one
  *
  * Fields are read at their slots' offsets, and only from objects of exactly the bound
  * classes (a subclass could lay them out otherwise); an unset slot is "not known".
@@ -453,13 +459,9 @@ static PyObject *sorted_values(PyObject *known)
  * port, protocol), ServicePortName(ref, name, protocol), the port's backends in key
  * order, affinity), its backends backends.get((namespace, name, port name, protocol,
  * version)) in key order, () when none. */
-static PyObject *pc_entries(PyObject *self, PyObject *args)
+static PyObject *build_entries(PyObject *ref, PyObject *cluster_ip, PyObject *version,
+				PyObject *ports, PyObject *backends, PyObject *affinity)
 {
-	(void)self;
-	PyObject *ref, *cluster_ip, *version, *ports, *backends, *affinity;
-	if (!PyArg_ParseTuple(args, "OOOO!O!O:entries", &ref, &cluster_ip, &version,
-			      &PyTuple_Type, &ports, &PyDict_Type, &backends, &affinity))
-		return NULL;
 	if (MkEntry == NULL || Py_TYPE(ref) != MkRef) {
 		PyErr_SetString(PyExc_TypeError, "entries: not bound, or ref not a ServiceRef");
 		return NULL;
@@ -525,6 +527,162 @@ fail:
 	return NULL;
 }
 
+static PyObject *pc_entries(PyObject *self, PyObject *args)
+{
+	(void)self;
+	PyObject *ref, *cluster_ip, *version, *ports, *backends, *affinity;
+	if (!PyArg_ParseTuple(args, "OOOO!O!O:entries", &ref, &cluster_ip, &version,
+			      &PyTuple_Type, &ports, &PyDict_Type, &backends, &affinity))
+		return NULL;
+	return build_entries(ref, cluster_ip, version, ports, backends, affinity);
+}
+
+/* ---- services ------------------------------------------------------------------ */
+
+/* translate's parsed Service (a named tuple): the items read, by their field names */
+enum { S_INFO, S_ADDRESSES, S_PORTS, S_EXTERNAL, S_LOAD_BALANCER, S_AFFINITY,
+       S_EXTERNAL_LOCAL, S_INTERNAL_LOCAL, S_TOPOLOGY, S_FIELDS };
+static const char *const service_fields[S_FIELDS] = {
+	"info",		    "addresses",      "ports",		"external",
+	"load_balancer",    "affinity_timeout", "external_local", "internal_local",
+	"topology",
+};
+static Py_ssize_t at[S_FIELDS], service_size;
+static PyTypeObject *Info, *V4Type, *V6Type;
+static Py_ssize_t info_type, info_ref;
+static PyObject *TypeClusterIP, *NoTopology, *Four, *Six;
+
+static PyObject *pc_bind_services(PyObject *self, PyObject *args)
+{
+	(void)self;
+	PyObject *fields, *type_cluster_ip, *no_topology;
+	PyTypeObject *info, *v4, *v6;
+	if (!PyArg_ParseTuple(args, "O!O!OOO!O!:bind_services", &PyTuple_Type, &fields,
+			      &PyType_Type, &info, &type_cluster_ip, &no_topology, &PyType_Type,
+			      &v4, &PyType_Type, &v6))
+		return NULL;
+	service_size = PyTuple_GET_SIZE(fields);
+	for (int f = 0; f < S_FIELDS; f++) {
+		at[f] = -1;
+		for (Py_ssize_t i = 0; i < service_size; i++) {
+			PyObject *name = PyTuple_GET_ITEM(fields, i);
+			if (PyUnicode_Check(name) &&
+			    PyUnicode_CompareWithASCIIString(name, service_fields[f]) == 0)
+				at[f] = i;
+		}
+		if (at[f] < 0) {
+			PyErr_Format(PyExc_TypeError, "a parsed Service has no %s",
+				     service_fields[f]);
+			return NULL;
+		}
+	}
+	if (slot_offset(info, "type", &info_type) < 0 || slot_offset(info, "ref", &info_ref) < 0)
+		return NULL;
+	PyObject *four = PyLong_FromLong(4), *six = PyLong_FromLong(6);
+	if (four == NULL || six == NULL) {
+		Py_XDECREF(four);
+		Py_XDECREF(six);
+		return NULL;
+	}
+	Py_XSETREF(Four, four);
+	Py_XSETREF(Six, six);
+	Py_INCREF(info);
+	Py_XSETREF(Info, info);
+	Py_INCREF(v4);
+	Py_XSETREF(V4Type, v4);
+	Py_INCREF(v6);
+	Py_XSETREF(V6Type, v6);
+	Py_INCREF(type_cluster_ip);
+	Py_XSETREF(TypeClusterIP, type_cluster_ip);
+	Py_INCREF(no_topology);
+	Py_XSETREF(NoTopology, no_topology);
+	Py_RETURN_NONE;
+}
+
+/* 1: `value` is an empty tuple; 0: anything else */
+static int empty_tuple(PyObject *value)
+{
+	return PyTuple_Check(value) && PyTuple_GET_SIZE(value) == 0;
+}
+
+/* services(ordered, start, backends, local, asked, keys_of) -> index: from `start` on,
+ * each Service of the usual shape (see the module; with `local`, this node's name is
+ * known and a Local policy would apply) gets its entries appended to `asked` and its
+ * frontends' keys put in `keys_of`, as translate_dicts does, until the first Service
+ * that is not of that shape: its index is returned (len(ordered) when none), for
+ * translate to do in Python. A Service without a ClusterIP has no entries. Called only
+ * when the node serves both families (every ClusterIP is served). */
+static PyObject *pc_services(PyObject *self, PyObject *args)
+{
+	(void)self;
+	PyObject *ordered, *backends, *asked, *keys_of;
+	Py_ssize_t start;
+	int local;
+	if (!PyArg_ParseTuple(args, "O!nO!pO!O!:services", &PyList_Type, &ordered, &start,
+			      &PyDict_Type, &backends, &local, &PyList_Type, &asked, &PyDict_Type,
+			      &keys_of))
+		return NULL;
+	if (Info == NULL || MkEntry == NULL) {
+		PyErr_SetString(PyExc_TypeError, "services: not bound");
+		return NULL;
+	}
+	Py_ssize_t i = start < 0 ? 0 : start;
+	for (; i < PyList_GET_SIZE(ordered); i++) {
+		PyObject *svc = PyList_GET_ITEM(ordered, i);
+		if (!PyTuple_Check(svc) || PyTuple_GET_SIZE(svc) != service_size)
+			break;
+		PyObject *addresses = PyTuple_GET_ITEM(svc, at[S_ADDRESSES]);
+		if (empty_tuple(addresses))
+			continue; /* not load-balanced: no entries */
+		if (!PyTuple_Check(addresses) || PyTuple_GET_SIZE(addresses) != 1)
+			break;
+		PyObject *cluster_ip = PyTuple_GET_ITEM(addresses, 0);
+		PyObject *version = Py_TYPE(cluster_ip) == V4Type   ? Four
+				    : Py_TYPE(cluster_ip) == V6Type ? Six
+								    : NULL;
+		PyObject *info = PyTuple_GET_ITEM(svc, at[S_INFO]);
+		PyObject *internal_local = PyTuple_GET_ITEM(svc, at[S_INTERNAL_LOCAL]);
+		PyObject *external_local = PyTuple_GET_ITEM(svc, at[S_EXTERNAL_LOCAL]);
+		if (version == NULL || Py_TYPE(info) != Info ||
+		    SLOT(info, info_type) != TypeClusterIP ||
+		    !empty_tuple(PyTuple_GET_ITEM(svc, at[S_EXTERNAL])) ||
+		    !empty_tuple(PyTuple_GET_ITEM(svc, at[S_LOAD_BALANCER])) ||
+		    PyTuple_GET_ITEM(svc, at[S_TOPOLOGY]) != NoTopology ||
+		    (internal_local != Py_False && internal_local != Py_True) ||
+		    (external_local != Py_False && external_local != Py_True) ||
+		    (local && (internal_local == Py_True || external_local == Py_True)))
+			break;
+		PyObject *ports = PyTuple_GET_ITEM(svc, at[S_PORTS]);
+		PyObject *ref = SLOT(info, info_ref);
+		if (ref == NULL || !PyTuple_Check(ports))
+			break;
+		PyObject *found = build_entries(ref, cluster_ip, version, ports, backends,
+						PyTuple_GET_ITEM(svc, at[S_AFFINITY]));
+		if (found == NULL)
+			return NULL;
+		Py_ssize_t n = PyList_GET_SIZE(found);
+		int failed = 0;
+		if (n > 0) {
+			PyObject *keys = PyTuple_New(n);
+			failed = keys == NULL;
+			for (Py_ssize_t k = 0; !failed && k < n; k++) {
+				PyObject *fe = SLOT(PyList_GET_ITEM(found, k), me_frontend);
+				PyObject *key = SLOT(fe, mf_key);
+				Py_INCREF(key);
+				PyTuple_SET_ITEM(keys, k, key);
+			}
+			failed = failed || PyList_SetSlice(asked, PY_SSIZE_T_MAX, PY_SSIZE_T_MAX,
+							   found) < 0 ||
+				 PyDict_SetItem(keys_of, ref, keys) < 0;
+			Py_XDECREF(keys);
+		}
+		Py_DECREF(found);
+		if (failed)
+			return NULL;
+	}
+	return PyLong_FromSsize_t(i);
+}
+
 static PyMethodDef methods[] = {
 	{"bind", pc_bind, METH_VARARGS, "Bind the model's classes (see the module)."},
 	{"held", pc_held, METH_VARARGS,
@@ -533,6 +691,11 @@ static PyMethodDef methods[] = {
 	 "flat(backends): their flat store when they are the usual IPv4 shape, else None."},
 	{"bind_entries", pc_bind_entries, METH_VARARGS,
 	 "Bind the classes entries() makes (see the module)."},
+	{"bind_services", pc_bind_services, METH_VARARGS,
+	 "Bind translate's parsed Service fields and the values services() checks."},
+	{"services", pc_services, METH_VARARGS,
+	 "services(ordered, start, backends, local, asked, keys_of): the usual Services' "
+	 "entries, up to the first other one (its index)."},
 	{"entries", pc_entries, METH_VARARGS,
 	 "entries(ref, cluster_ip, version, ports, backends, affinity): a ClusterIP "
 	 "Service's entries."},

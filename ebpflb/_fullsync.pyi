@@ -27,3 +27,21 @@ def entries(
     affinity: int,
     /,
 ) -> list[Any]: ...
+def bind_services(
+    fields: tuple[str, ...],
+    info: type,
+    type_cluster_ip: Any,
+    no_topology: Any,
+    ipv4: type,
+    ipv6: type,
+    /,
+) -> None: ...
+def services(
+    ordered: list[Any],
+    start: int,
+    backends: dict[Any, Any],
+    local: bool,
+    asked: list[Any],
+    keys_of: dict[Any, Any],
+    /,
+) -> int: ...

@@ -69,6 +69,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from ipaddress import IPv4Address, IPv6Address
 from operator import attrgetter
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -176,7 +177,17 @@ def translate_dicts(
     asked: list[ServiceEntry] = []
     keys_of: dict[ServiceRef, tuple[FrontendKey, ...]] = {}
     every_family = len(node.families) == 2  # see _served
-    for svc in ordered:
+    # Where the native module was built, it runs this loop for the usual Services (see
+    # _native_services), up to each other one, which is translated here.
+    native = _native_services if every_family else None
+    i, count = 0, len(ordered)
+    while i < count:
+        if native is not None:
+            i = native(ordered, i, backends, bool(node.name), asked, keys_of)
+            if i >= count:
+                break
+        svc = ordered[i]
+        i += 1
         served = svc.addresses
         if not served:
             continue
@@ -451,6 +462,14 @@ _native_entries: (
     Callable[[ServiceRef, IPAddress, int, tuple[Any, ...], _Backends, int], list[ServiceEntry]]
     | None
 )
+# And translate_dicts' loop itself, for the usual Services (ClusterIP only, as above, on
+# a node that serves both families), up to each other Service: each entry appended and
+# each Service's keys noted without a Python call per Service (~1.5 us each at
+# 100,000 Services: 0.29 -> 0.14 s in-process).
+_native_services: (
+    Callable[[list[_Service], int, _Backends, bool, list[ServiceEntry], dict[ServiceRef, Any]], int]
+    | None
+)
 try:
     from ebpflb import _fullsync
 
@@ -458,9 +477,22 @@ try:
         Frontend, ServicePortName, ServiceEntry, ServiceRef, FrontendKind.CLUSTER_IP
     )
 except (ImportError, TypeError):  # not built, or the model's classes changed shape
-    _native_entries = None
+    _native_entries = _native_services = None
 else:
     _native_entries = _fullsync.entries
+    try:
+        _fullsync.bind_services(
+            _Service._fields,
+            ServiceInfo,
+            ServiceType.CLUSTER_IP,
+            Preference.NONE,
+            IPv4Address,
+            IPv6Address,
+        )
+    except TypeError:  # a parsed Service without a field it reads: the loop in Python
+        _native_services = None
+    else:
+        _native_services = _fullsync.services
 
 
 def _of_family(addresses: tuple[IPAddress, ...], version: int) -> tuple[IPAddress, ...]:

@@ -49,6 +49,8 @@ def _service(draw: st.DrawFn, i: int) -> dict[str, Any]:
         spec["externalIPs"] = draw(st.lists(_pick(_OUTSIDE_IPS), max_size=3))
     if draw(st.booleans()):
         spec["externalTrafficPolicy"] = "Local"
+    if draw(st.booleans()):
+        spec["internalTrafficPolicy"] = "Local"
     obj: dict[str, Any] = {
         "kind": "Service",
         "metadata": {"name": f"svc-{draw(st.integers(0, i))}", "namespace": draw(_pick("ab"))},
@@ -182,7 +184,8 @@ def test_the_c_entries_are_the_python_ones(
     objects: tuple[list[Any], list[Any]], addresses: tuple[str, ...], families: Any, local: bool
 ) -> None:
     """ebpflb/_fullsync.c makes a ClusterIP-only Service's entries as the Python does
-    (every field, each frontend's kind and key too)."""
+    (every field, each frontend's kind and key too), whether it runs the loop over the
+    Services (services) or is called per Service (entries)."""
     services, slices = objects
     kw: dict[str, Any] = {
         "node_name": "node-a" if local else None,
@@ -190,11 +193,16 @@ def test_the_c_entries_are_the_python_ones(
         "node_families": families,
     }
     native = translate_dicts(services, slices, **kw)
-    with mock.patch.object(translate_module, "_native_entries", None):
-        python = translate_dicts(services, slices, **kw)
-    assert _shown(native) == _shown(python)
-    assert [repr(e) for e in native.entries.values()] == [repr(e) for e in python.entries.values()]
-    assert [e.frontend.key for e in native.entries.values()] == list(native.entries)
+    with mock.patch.object(translate_module, "_native_services", None):
+        entries_only = translate_dicts(services, slices, **kw)  # the loop in Python
+        with mock.patch.object(translate_module, "_native_entries", None):
+            python = translate_dicts(services, slices, **kw)
+    for made in (native, entries_only):
+        assert _shown(made) == _shown(python)
+        assert [repr(e) for e in made.entries.values()] == [
+            repr(e) for e in python.entries.values()
+        ]
+        assert [e.frontend.key for e in made.entries.values()] == list(made.entries)
 
 
 def test_a_cluster_ip_service_is_made_in_c() -> None:
@@ -210,12 +218,59 @@ def test_a_cluster_ip_service_is_made_in_c() -> None:
         "endpoints": [endpoint, other],
     }
     with mock.patch.object(
-        translate_module, "_native_entries", wraps=translate_module._native_entries
-    ) as made:
+        translate_module, "_native_services", wraps=translate_module._native_services
+    ) as looped:
         t = translate_dicts([service], [slice_])
+    assert looped.call_count == 1  # the whole loop in C
+    with (
+        mock.patch.object(translate_module, "_native_services", None),
+        mock.patch.object(
+            translate_module, "_native_entries", wraps=translate_module._native_entries
+        ) as made,
+    ):
+        assert translate_dicts([service], [slice_]) == t
     assert made.call_count == 1
     http, dns = sorted(t.entries.values(), key=lambda e: e.frontend.port, reverse=True)
     assert [str(b) for b in http.backends] == ["10.128.0.1:8080", "10.128.0.2:8080"]
     assert dns.backends == () and dns.port_name.port == "dns"
     assert http.frontend.kind is FrontendKind.CLUSTER_IP
     assert http.frontend.key == (ipaddress.ip_address("10.96.0.1"), 80, http.frontend.protocol)
+
+
+def test_what_the_c_loop_leaves_to_python_is_translated_there() -> None:
+    """A Local policy on a named node, a NodePort, an external IP: each Service is
+    translated in Python between Services the C loop takes, in claim order."""
+    local = _svc("b", "10.96.0.2")
+    local["spec"]["internalTrafficPolicy"] = "Local"
+    node_port = _svc("c", "10.96.0.3")
+    node_port["spec"].update(
+        type="NodePort", ports=[{"name": "http", "port": 80, "nodePort": 30080}]
+    )
+    services = [_svc("a", "10.96.0.1"), local, node_port, _svc("d", "10.96.0.4", ["192.0.2.1"])]
+    slices = [
+        {
+            "kind": "EndpointSlice",
+            "metadata": {"name": f"{n}-1", "namespace": "demo", "labels": {SERVICE: n}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080}],
+            "endpoints": [{"addresses": ["10.128.0.1"], "conditions": {"ready": True}}],
+        }
+        for n in "abcd"
+    ]
+    kw: dict[str, Any] = {
+        "node_name": "node-a",
+        "node_addresses": (ipaddress.ip_address("10.0.0.1"),),
+    }
+    t = translate_dicts(services, slices, **kw)
+    with (
+        mock.patch.object(translate_module, "_native_services", None),
+        mock.patch.object(translate_module, "_native_entries", None),
+    ):
+        assert _shown(t) == _shown(translate_dicts(services, slices, **kw))
+    by_port = {(str(k[0]), k[1]): e for k, e in t.entries.items()}
+    assert by_port[("10.96.0.2", 80)].backends == ()  # no endpoint on node-a: Local
+    assert by_port[("10.96.0.2", 80)].drop_when_empty
+    assert by_port[("10.0.0.1", 30080)].frontend.kind is FrontendKind.NODE_PORT
+    assert by_port[("192.0.2.1", 80)].frontend.kind is FrontendKind.EXTERNAL
+    assert len(by_port[("10.96.0.1", 80)].backends) == 1
+    assert list(t.keys_of) == [ServiceRef("demo", n) for n in "abcd"]
