@@ -19,8 +19,9 @@ itself. The image (deploy/Containerfile) and the unit tests insist on it. A seco
 ebpflb._readback (ebpflb/_readback.c: read_state's bulk steps, the pinned maps read
 back on a restart), is built the same way and optional too: without it
 ebpflb.dataplane.bpf.maps does those steps in Python (about half the speed). So is a
-third, ebpflb._fullsync (ebpflb/_fullsync.c: a full sync's per-frontend checks, see
-ebpflb.plan), without which they run in Python (~7x the instructions).
+third, ebpflb._fullsync (ebpflb/_fullsync.c: a full sync's per-Service and per-frontend
+steps, see ebpflb.sources.translate and ebpflb.plan), without which they run in Python
+(about half the speed).
 
 Everything else is configured in pyproject.toml; MANIFEST.in puts bpf/ in the sdist.
 """
