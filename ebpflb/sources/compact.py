@@ -296,9 +296,12 @@ def _packed(items: list[Any], version: int) -> PackedEndpoints | None:
                 conditions is last_conditions  # None
                 or (
                     type(conditions) is dict
-                    and conditions == last_conditions
-                    # identical values, so of one type: ``{ready: 1} == {ready: True}``
+                    and type(last_conditions) is dict
+                    and len(conditions) == len(last_conditions)
+                    # identical values (so of one type: ``{ready: 1} == {ready: True}``)
+                    # under the same keys, in the same order
                     and all(map(_is, conditions.values(), last_conditions.values()))
+                    and list(conditions) == list(last_conditions)
                 )
             )
         ):

@@ -195,6 +195,25 @@ def test_endpoints_equal_by_value_but_not_by_type_are_not_one_place() -> None:
     _same(got, _translate([service], [whole]))
 
 
+def test_conditions_of_one_value_each_under_other_names_are_not_one_place() -> None:
+    """Their values are the same objects, in the same order, and the dicts are equal
+    (``1 == True``), but not under the same names: one reports ready, one serving."""
+    whole = eps(
+        "web-1",
+        "web",
+        [sport("http", 8080)],
+        {"addresses": ["10.244.0.1"], "conditions": {"serving": 1, "ready": True}},
+        {"addresses": ["10.244.0.2"], "conditions": {"ready": 1, "serving": True}},
+    )
+    service = svc("web", port("http", 80))
+    got = _translate([service], [compact("EndpointSlice", whole)])
+    assert [e.message for e in got.errors] == [
+        "endpoints[0]: conditions.serving 1 is not true or false; endpoint skipped",
+        "endpoints[1]: conditions.ready 1 is not true or false; endpoint skipped",
+    ]
+    _same(got, _translate([service], [whole]))
+
+
 def test_packed_endpoints_compare_by_address_and_place() -> None:
     def packed(*endpoints: dict[str, Any], family: str = "IPv4") -> Any:
         return compact("EndpointSlice", eps("s", "web", [], *endpoints, address_type=family))[
