@@ -214,8 +214,11 @@ class IncrementalTranslator:
         self.backends += count
         if taken:
             self._skip_taken(result, taken, errors)
-        for ref in result.services:
-            self._keys_of[ref] = result.keys_of.get(ref, _NO_KEYS)
+        keys_of = self._keys_of
+        keys_of.update(result.keys_of)  # the hashes translate's dict holds: none made
+        if len(result.keys_of) != len(result.services):
+            for ref in result.services:  # the Services without a frontend
+                keys_of.setdefault(ref, _NO_KEYS)
 
     def _skip_taken(
         self,
