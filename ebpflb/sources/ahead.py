@@ -8,6 +8,10 @@ kube-proxy's change trackers turn each object into its endpoints in the event ha
 and leave only the rules to the sync. At 100,000 Services that is 0.6 s of a full
 sync's 5 (in-process: translation 1.57 -> 0.90-0.97 s).
 
+``ParseAhead.compact`` compacts an object (``compact``) straight into the
+``Preparsed`` that carries its parse: one pass over each object, and no copy of it. A
+packed slice (``PackedEndpoints``) is parsed from its packed form.
+
 A parse is taken once: the next translation of the same object parses it again, so
 that nothing but the source's own copy of an object outlives the sync. What translation
 finds is the same either way (the same functions, on the same object), errors
