@@ -93,11 +93,9 @@ _inet_pton, _AF_INET = socket.inet_pton, socket.AF_INET
 _shared: dict[Hashable, Any] = {}
 
 
-def compact(kind: str, obj: Obj, *, into: Obj | None = None) -> Obj:
-    """The part of ``obj`` (a Service, EndpointSlice or Node) that translation reads;
-    written into ``into`` (an empty dict, or a dict subclass such as ``Preparsed``)
-    when given, else into a new dict."""
-    out: Obj = {} if into is None else into
+def compact(kind: str, obj: Obj) -> Obj:
+    """The part of ``obj`` (a Service, EndpointSlice or Node) that translation reads."""
+    out: Obj = {}
     for k in ("kind", "apiVersion"):
         if k in obj:
             out[k] = _string(obj[k])

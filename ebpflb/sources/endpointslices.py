@@ -32,7 +32,6 @@ from ebpflb.sources.fields import (
     _port_number,
     _protocol,
     _string,
-    _take_parse,
 )
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
@@ -239,9 +238,7 @@ def _collect_backends(slices: Iterable[Obj], errors: list[ObjectError]) -> _Back
     found: _Backends = {}
     cache = _Cache()
     for identity, obj in sorted(((_identity(obj), obj) for obj in slices), key=itemgetter(0)):
-        ahead = _take_parse(obj, errors)
-        parsed = _parse_slice(obj, identity, errors, cache) if ahead is None else ahead[0]
-        for key, backends in parsed:
+        for key, backends in _parse_slice(obj, identity, errors, cache):
             known = found.get(key)
             if known is None:
                 found[key] = backends

@@ -47,41 +47,6 @@ class ObjectError:
         return InvalidObjectError(str(self))
 
 
-class Preparsed(dict[str, Any]):
-    """An object as a source keeps it (a dict, equal to the one it was made from, and
-    read as one), carrying what translation parsed of it as it arrived (``ahead``)
-    until the first translation that reads it takes it (``_take_parse``): the parse
-    and the errors it found."""
-
-    __slots__ = ("parse",)
-
-    def __init__(self, obj: Mapping[str, Any], parse: tuple[Any, tuple[ObjectError, ...]]) -> None:
-        super().__init__(obj)
-        self.parse: tuple[Any, tuple[ObjectError, ...]] | None = parse
-
-    @staticmethod
-    def empty() -> Preparsed:
-        """An empty one carrying nothing, for its maker to fill before anyone else sees
-        it (which saves the copy ``__init__`` makes)."""
-        made: Preparsed = dict.__new__(Preparsed)  # empty, without the Python __init__
-        made.parse = None
-        return made
-
-
-def _take_parse(obj: Obj, errors: list[ObjectError]) -> tuple[Any, ...] | None:
-    """The parse ``obj`` carries (a 1-tuple: a parse may be None), its errors added to
-    ``errors``; once: later translations parse it again (what it carried is theirs to
-    change, and it would hold memory for nothing). None: it carries none."""
-    if type(obj) is not Preparsed:
-        return None
-    held, obj.parse = obj.parse, None
-    if held is None:
-        return None
-    parse, found = held
-    errors += found
-    return (parse,)
-
-
 class _Invalid(Exception):
     """A field is wrong; caught at the level (object, port, endpoint) that is skipped."""
 
@@ -198,10 +163,8 @@ def _identity(obj: Obj) -> tuple[str, str]:
 
 
 def _is_mapping(value: Any) -> TypeGuard[Mapping[str, Any]]:
-    # A dict (or an object as a source keeps it) is the common case, told without the
-    # slower ABC check.
-    kind = type(value)
-    return kind is dict or kind is Preparsed or isinstance(value, Mapping)
+    # A dict is the common case, told without the slower ABC check.
+    return type(value) is dict or isinstance(value, Mapping)
 
 
 def _mapping(value: Any, where: str) -> Mapping[str, Any]:

@@ -54,7 +54,6 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from ebpflb.errors import SourceError
 from ebpflb.gcpause import freeze_survivors, no_full_collections, paced_collections
 from ebpflb.model import ServiceRef
-from ebpflb.sources.ahead import ParseAhead
 from ebpflb.sources.base import Changes, Snapshot
 from ebpflb.sources.compact import compact
 from ebpflb.sources.services import SERVICE_PROXY_NAME_LABEL
@@ -380,7 +379,6 @@ class KubeSource:
     def _list_pages(self, res: _Resource, between_pages: Callable[[], None]) -> str:
         start = time.monotonic()
         objects: list[Obj] = []  # keyed once, by the store (a later copy wins there)
-        ahead = ParseAhead()  # parsed now, between pages, not in the sync that reads them
         token: str | None = None
         rv = ""
         while True:
@@ -398,7 +396,7 @@ class KubeSource:
             for item in page.get("items") or ():
                 item.setdefault("kind", res.kind)
                 item.setdefault("apiVersion", res.api_version)
-                objects.append(ahead.compact(res.kind, item))
+                objects.append(compact(res.kind, item))
             meta = page.get("metadata") or {}
             rv = str(meta.get("resourceVersion") or "")
             token = meta.get("continue") or None

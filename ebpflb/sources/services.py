@@ -41,7 +41,6 @@ from ebpflb.sources.fields import (
     _protocol,
     _Report,
     _string,
-    _take_parse,
 )
 from ebpflb.sources.topology import Preference
 
@@ -57,8 +56,7 @@ def _parse_services(
     parsed: dict[tuple[str, str], _Service] = {}
     ports_cache: _PortsCache = {}
     for obj in services:
-        ahead = _take_parse(obj, errors)
-        svc = _parse_service(obj, errors, ports_cache) if ahead is None else ahead[0]
+        svc = _parse_service(obj, errors, ports_cache)
         if svc is None:
             continue
         ref = svc.info.ref

@@ -1,7 +1,6 @@
 """A slice whose endpoints are all of the usual shape keeps them packed
 (``PackedEndpoints``): it reads as the endpoints it was made from, compares as they
-do, and translates to exactly what the plain dict translates to, errors included,
-whether parsed as it arrives (``ParseAhead.compact``) or at the sync."""
+do, and translates to exactly what the plain dict translates to, errors included."""
 
 from __future__ import annotations
 
@@ -15,10 +14,9 @@ from hypothesis import strategies as st
 
 from ebpflb.dns.records import service_records
 from ebpflb.sources import compact as compact_module
-from ebpflb.sources.ahead import ParseAhead
 from ebpflb.sources.compact import compact
 from ebpflb.sources.endpointslices import CompactEndpoint, PackedEndpoints
-from ebpflb.sources.fields import CompactMeta, Preparsed
+from ebpflb.sources.fields import CompactMeta
 from ebpflb.sources.translate import Translation, translate_dicts
 from tests.unit.test_translate import ep, eps, port, sport, svc
 
@@ -124,11 +122,9 @@ def test_a_packed_slice_translates_and_reads_as_the_plain_one(
     before = copy.deepcopy(whole)
     reference = _translate([service], [whole])
     small = compact("EndpointSlice", whole)
-    ahead = ParseAhead().compact("EndpointSlice", whole)
     assert whole == before  # the input is left alone
     _same(_translate([service], [small]), reference)
-    _same(_translate([service], [ahead]), reference)  # parsed as it arrived
-    _same(_translate([service], [ahead]), reference)  # and again, parsed at the sync
+    _same(_translate([service], [small]), reference)  # and again: nothing is used up
     endpoints = small["endpoints"]
     if type(endpoints) is PackedEndpoints:
         # it reads as what was kept of each endpoint, as CompactEndpoints
@@ -141,7 +137,6 @@ def test_a_packed_slice_translates_and_reads_as_the_plain_one(
         assert [endpoints[i] for i in range(-len(kept), len(kept))] == kept + kept
         assert endpoints[1:] == kept[1:]
         assert compact("EndpointSlice", copy.deepcopy(whole)) == small  # a relist: equal
-        assert ahead == small
 
 
 def test_the_usual_slice_is_packed_and_small() -> None:
@@ -239,15 +234,6 @@ def test_packed_endpoints_compare_by_address_and_place() -> None:
     same = PackedEndpoints(4, a.packed, None, (a.place, a.place))
     assert same == a and a == same
     assert a != "not endpoints" and a != [ep("10.244.0.1", "node-a", ready=True)]
-
-
-def test_ahead_compact_is_compact_then_ahead_without_a_copy() -> None:
-    whole = eps("web-1", "web", [sport("http", 8080)], ep("10.244.0.1", "node-a", ready=True))
-    made = ParseAhead().compact("EndpointSlice", whole)
-    assert type(made) is Preparsed and made.parse is not None
-    assert made == ParseAhead()("EndpointSlice", compact("EndpointSlice", whole))
-    node = {"kind": "Node", "metadata": {"name": "n", "uid": "u"}, "status": {"addresses": []}}
-    assert ParseAhead().compact("Node", node) == compact("Node", node)
 
 
 _LABEL = st.sampled_from(
