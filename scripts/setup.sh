@@ -24,7 +24,7 @@ case "$arch" in
 esac
 
 PKGS=(python3-bpfcc libbpfcc "linux-headers-$flavour" iproute2 iptables iputils-ping gcc make
-      python3-venv python3-dev  # python3-dev: Python.h, for ebpflb._maglevfill (setup.py)
+      python3-venv python3-dev  # python3-dev: Python.h, for ebpflb's native modules (setup.py)
       iperf3 nftables util-linux ethtool  # ethtool: XDP lab tests (tx csum off)
       vagrant shellcheck)  # make test: `vagrant validate` of vagrant/, shellcheck of scripts
 missing=()

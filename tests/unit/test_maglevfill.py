@@ -177,11 +177,12 @@ def test_random_name_sets_at_the_default_size() -> None:
 
 def test_the_images_build_stage_builds_the_extension(tmp_path: Path) -> None:
     """deploy/Containerfile's build stage, replayed without podman: from the files it
-    copies (and nothing else), pip builds a wheel with the compiled module in it."""
+    copies (and nothing else), pip builds a wheel with the compiled modules in it."""
     text = (ROOT / "deploy" / "Containerfile").read_text()
     build, runtime = text.split(" AS build\n", 1)[1].split("\nFROM ", 1)
     assert "python3-dev" in build and "gcc" in build
-    assert "import bcc, ebpflb, ebpflb._maglevfill" in runtime  # the image insists
+    # the image insists on every native module
+    assert "import bcc, ebpflb, ebpflb._maglevfill, ebpflb._readback, ebpflb._fullsync" in runtime
     src = tmp_path / "src"
     src.mkdir()
     copies = [line.split()[1:] for line in build.splitlines() if line.startswith("COPY ")]
@@ -206,7 +207,8 @@ def test_the_images_build_stage_builds_the_extension(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     (wheel,) = wheels.glob("ebpflb-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert any(n.startswith("ebpflb/_maglevfill.") and n.endswith(".so") for n in names)
+    for module in ("_maglevfill", "_readback", "_fullsync"):
+        assert any(n.startswith(f"ebpflb/{module}.") and n.endswith(".so") for n in names)
 
 
 LONG_NAME = st.text(st.characters(exclude_categories=["Cs"]), min_size=0, max_size=200)
