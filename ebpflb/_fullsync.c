@@ -238,6 +238,36 @@ static int usual_v4(PyObject *backends, Py_ssize_t n, long long *numbers, long *
 
 #define SMALL 16 /* backends checked without an allocation */
 
+/* Room for n backends' addresses (as numbers) and ports: on the stack up to SMALL. */
+struct v4_room {
+	long long small_numbers[SMALL], *numbers;
+	long small_ports[SMALL], *ports;
+};
+
+static int room_take(struct v4_room *room, Py_ssize_t n)
+{
+	room->numbers = room->small_numbers;
+	room->ports = room->small_ports;
+	if (n <= SMALL)
+		return 0;
+	room->numbers = PyMem_Malloc((size_t)n * sizeof *room->numbers);
+	room->ports = PyMem_Malloc((size_t)n * sizeof *room->ports);
+	if (room->numbers != NULL && room->ports != NULL)
+		return 0;
+	PyMem_Free(room->numbers);
+	PyMem_Free(room->ports);
+	PyErr_NoMemory();
+	return -1;
+}
+
+static void room_give(struct v4_room *room)
+{
+	if (room->numbers != room->small_numbers) {
+		PyMem_Free(room->numbers);
+		PyMem_Free(room->ports);
+	}
+}
+
 static PyObject *pc_held(PyObject *self, PyObject *args)
 {
 	(void)self;
@@ -266,27 +296,16 @@ static PyObject *pc_held(PyObject *self, PyObject *args)
 	    !same_frontend(SLOT(entry, en_frontend), SLOT(have, st_frontend)) ||
 	    !same_port_name(SLOT(entry, en_port_name), SLOT(have, st_port_name)))
 		Py_RETURN_FALSE;
-	long long small_numbers[SMALL], *numbers = small_numbers;
-	long small_ports[SMALL], *ports = small_ports;
-	if (n > SMALL) {
-		numbers = PyMem_Malloc((size_t)n * sizeof *numbers);
-		ports = PyMem_Malloc((size_t)n * sizeof *ports);
-		if (numbers == NULL || ports == NULL) {
-			PyMem_Free(numbers == small_numbers ? NULL : numbers);
-			PyMem_Free(ports == small_ports ? NULL : ports);
-			return PyErr_NoMemory();
-		}
-	}
-	int same = usual_v4(backends, n, numbers, ports) == 0;
+	struct v4_room room;
+	if (room_take(&room, n) < 0)
+		return NULL;
+	int same = usual_v4(backends, n, room.numbers, room.ports) == 0;
 	for (Py_ssize_t i = 0; same && i < n; i++) {
 		PyObject *address = PyTuple_GET_ITEM(stored, 2 * i);
-		same = port_number(PyTuple_GET_ITEM(stored, 2 * i + 1)) == ports[i] &&
-		       v4_number(address) == numbers[i];
+		same = port_number(PyTuple_GET_ITEM(stored, 2 * i + 1)) == room.ports[i] &&
+		       v4_number(address) == room.numbers[i];
 	}
-	if (numbers != small_numbers) {
-		PyMem_Free(numbers);
-		PyMem_Free(ports);
-	}
+	room_give(&room);
 	return PyBool_FromLong(same);
 }
 
@@ -296,22 +315,11 @@ static PyObject *pc_flat(PyObject *self, PyObject *arg)
 	if (Backend == NULL || !PyTuple_CheckExact(arg))
 		Py_RETURN_NONE;
 	Py_ssize_t n = PyTuple_GET_SIZE(arg);
-	long long small_numbers[SMALL], *numbers = small_numbers;
-	long small_ports[SMALL], *ports = small_ports;
-	if (n > SMALL) {
-		numbers = PyMem_Malloc((size_t)n * sizeof *numbers);
-		ports = PyMem_Malloc((size_t)n * sizeof *ports);
-		if (numbers == NULL || ports == NULL) {
-			PyMem_Free(numbers == small_numbers ? NULL : numbers);
-			PyMem_Free(ports == small_ports ? NULL : ports);
-			return PyErr_NoMemory();
-		}
-	}
-	int usual = usual_v4(arg, n, numbers, ports) == 0;
-	if (numbers != small_numbers) {
-		PyMem_Free(numbers);
-		PyMem_Free(ports);
-	}
+	struct v4_room room;
+	if (room_take(&room, n) < 0)
+		return NULL;
+	int usual = usual_v4(arg, n, room.numbers, room.ports) == 0;
+	room_give(&room);
 	if (!usual)
 		Py_RETURN_NONE;
 	PyObject *out = PyTuple_New(2 * n);

@@ -162,6 +162,19 @@ def test_a_read_back_state_of_the_usual_entry_is_taken_for_it() -> None:
     assert not held_as_built(entry, changed)
 
 
+def test_a_frontend_of_more_backends_than_the_c_checks_keep_on_the_stack() -> None:
+    # 40 backends: past _fullsync.c's SMALL (16), so its arrays are allocated
+    backends = tuple(Backend(_ip(f"10.0.{i // 250}.{i % 250 + 1}"), 8080) for i in range(40))
+    frontend = Frontend(_ip("10.96.0.1"), 80, Protocol.TCP)
+    port_name = ServicePortName(ServiceRef("d", "w"), "", Protocol.TCP)
+    entry = ServiceEntry(frontend, port_name, backends)
+    assert _fullsync.held(entry, _read_back(FrontendState.from_entry(entry)))
+    assert _fullsync.flat(backends) == FrontendState.from_entry(entry)._backends
+    last = (*backends[:-1], Backend(_ip("10.0.9.9"), 8080))
+    other = _read_back(FrontendState.from_entry(ServiceEntry(frontend, port_name, last)))
+    assert not _fullsync.held(entry, other)
+
+
 def test_the_c_checks_leave_what_they_cannot_read_to_python() -> None:
     class Odd(ipaddress.IPv4Address):
         pass
