@@ -130,17 +130,7 @@ def _same(fast: MapState, slow: MapState) -> None:
         assert state.slots_are_backends == slow.frontends[key].slots_are_backends
 
 
-NATIVE = (
-    "_native_objects",
-    "_native_addresses",
-    "_native_backends",
-    "_native_order",
-    "_native_runs",
-    "_native_records",
-    "_native_nonzero",
-    "_native_cut",
-    "_native_names",
-)
+NATIVE = bpf_maps.NATIVE_STEPS
 
 
 @pytest.fixture(params=["native", "python"])

@@ -24,17 +24,7 @@ from ebpflb.dataplane.bpf import maps as bpf_maps
 from ebpflb.model import Frontend, FrontendKind, Protocol, ServicePortName, ServiceRef
 from ebpflb.plan import FrontendState
 
-NATIVE = (
-    "_native_objects",
-    "_native_addresses",
-    "_native_backends",
-    "_native_order",
-    "_native_runs",
-    "_native_records",
-    "_native_nonzero",
-    "_native_cut",
-    "_native_names",
-)
+NATIVE = bpf_maps.NATIVE_STEPS
 
 
 def test_maps_uses_the_native_module() -> None:
@@ -47,6 +37,8 @@ def test_maps_uses_the_native_module() -> None:
     assert bpf_maps._native_nonzero is _readback.nonzero
     assert bpf_maps._native_cut is _readback.cut
     assert bpf_maps._native_names is _readback.names
+    # every hook is named where the tests switch them off
+    assert set(NATIVE) == {n for n in vars(bpf_maps) if n.startswith("_native_")}
     assert bpf_maps._ADDRESS_FIELDS[4] is not None and bpf_maps._ADDRESS_FIELDS[6] is not None
 
 

@@ -731,6 +731,17 @@ def _slot_keys(slot_ids: list[int | None], key_by_id: dict[int, tuple[IPAddress,
 # it, the same steps in Python: _nonzero_py, _order_py, _records_py, _SlotMap.runs,
 # _backends, _addresses_py, _objects, take_all's slicing, _names_of_py (the tests run
 # both ways and compare them).
+NATIVE_STEPS = (  # the hooks below, by name (tests switch them off to run the Python)
+    "_native_objects",
+    "_native_addresses",
+    "_native_backends",
+    "_native_order",
+    "_native_runs",
+    "_native_records",
+    "_native_nonzero",
+    "_native_cut",
+    "_native_names",
+)
 _native_objects: Callable[..., list[Any]] | None
 _native_addresses: Callable[..., list[Any]] | None
 _native_backends: Callable[..., tuple[tuple[Any, ...], dict[int, tuple[int, int]], set[int]]] | None
