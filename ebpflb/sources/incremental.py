@@ -107,7 +107,8 @@ class IncrementalTranslator:
     def rebuild(self, services: Iterable[Obj], slices: Iterable[Obj]) -> Update:
         """Translate everything (first sync, relist, node address or zone change)."""
         result = self._translate_objects(services, slices)
-        self._keep(result)
+        self._forget()
+        self._keep_chunk(result, [])  # one translation: no frontend claimed before it
         self._note_errors(result.errors)
         self._state = DesiredState(
             MappingProxyType(result.entries), MappingProxyType(result.services)
@@ -130,8 +131,7 @@ class IncrementalTranslator:
         wholly free) for 345 MB of live objects, and the agent's RSS stayed at 616 MB
         (bench stand-in). A chunk's garbage is reused by the next chunk instead: RSS
         570 MB, 531 MB with each chunk written before the next (Syncer.sync_in_parts)."""
-        self._owner, self._keys_of, self._backends_of = {}, {}, {}
-        self.backends = 0
+        self._forget()
         self._state = self._lazy_state({}, None, None)
         errors: list[ObjectError] = []
         grouped: dict[tuple[str, str], list[Obj]] = {}  # by (namespace, Service name)
@@ -194,7 +194,8 @@ class IncrementalTranslator:
         self._other_errors = tuple(other)
 
     def _keep_chunk(self, result: Translation, errors: list[ObjectError]) -> None:
-        """What later updates need of one chunk of a full translation. A frontend of
+        """What later updates need of one chunk of a full translation (or of a whole
+        one, taken as its only chunk). A frontend of
         ``result`` that an earlier chunk's Service holds is skipped, as translate's
         claim order does within one translation; ``errors`` (the chunk's) then name
         that Service where they named the chunk's own loser of it."""
@@ -295,24 +296,10 @@ class IncrementalTranslator:
         self._state = self._lazy_state(fresh, service_of, slices_of)
         return Update(self._state, self._all_errors(), frozenset(touched))
 
-    def _keep(self, result: Translation) -> None:
-        """What later updates need of a full translation."""
-        owner: dict[FrontendKey, ServiceRef] = {}
-        backends_of: dict[ServiceRef, int] = {}
-        total = 0
-        for key, entry in result.entries.items():
-            ref = entry.port_name.service
-            owner[key] = ref
-            count = len(entry.backends)
-            if count:
-                backends_of[ref] = backends_of.get(ref, 0) + count
-                total += count
-        keys_of = result.keys_of  # a fresh dict of translate's: no copy needed
-        if len(keys_of) != len(result.services):
-            for ref in result.services:  # the Services without a frontend
-                keys_of.setdefault(ref, _NO_KEYS)
-        self._owner, self._keys_of, self._backends_of = owner, keys_of, backends_of
-        self.backends = total
+    def _forget(self) -> None:
+        """Start a full translation's bookkeeping afresh."""
+        self._owner, self._keys_of, self._backends_of = {}, {}, {}
+        self.backends = 0
 
     def _wanted_by_losers(
         self, freed: set[FrontendKey], service_of: ServiceOf, slices_of: SlicesOf
