@@ -136,9 +136,7 @@ class SyncStep:
             self._served_parts(self.translator.rebuild_in_chunks(snap.services, snap.slices)),
             owner=self.translator.owner,
             frontends=lambda: self.translator.frontends - len(self.side.unsupported),
-            # The bpf writer's write costs what it is given; the userspace proxy's
-            # re-derives everything it holds, so it is given the parts at once.
-            write_each=self.syncer.dataplane.name == "bpf",
+            write_each=self.syncer.dataplane.applies_in_parts,
         )
         self._translate_errors = errors = self.translator.errors
         self._log_errors([*snap.errors, *errors])

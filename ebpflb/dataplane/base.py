@@ -18,6 +18,10 @@ class Dataplane(Protocol):
     # The protocols it serves; frontends of others are never sent to it (the agent
     # logs each such Service port once).
     protocols: frozenset[ModelProtocol]
+    # Whether an apply costs what the plan holds (True) or re-derives everything held
+    # (False): a full sync in parts writes each part to the first kind, and gives the
+    # second the parts' plans at once (Syncer.sync_in_parts).
+    applies_in_parts: bool
 
     def current(self) -> Mapping[FrontendKey, FrontendState]:
         """What the data path holds now: a read-only view, valid until the next apply."""

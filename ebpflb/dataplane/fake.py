@@ -12,6 +12,7 @@ from ebpflb.plan import FrontendState, Plan, UpsertBackends, WriteService, apply
 
 class FakeDataplane:
     name = "fake"
+    applies_in_parts = False  # each read copies everything held
 
     def __init__(
         self,

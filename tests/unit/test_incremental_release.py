@@ -377,10 +377,11 @@ spec:
 
 
 class _BpfNamed(FakeDataplane):
-    """The fake data path under the bpf data path's name (written a chunk at a time),
-    without SCTP."""
+    """The fake data path as the bpf data path (written a chunk at a time), without
+    SCTP."""
 
     name = "bpf"
+    applies_in_parts = True
 
     def __init__(self) -> None:
         super().__init__(protocols=frozenset({Protocol.TCP, Protocol.UDP}))

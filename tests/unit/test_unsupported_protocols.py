@@ -55,6 +55,7 @@ class BpfNamed(FakeDataplane):
     """The fake data path under the bpf data path's name, serving what it serves."""
 
     name = "bpf"
+    applies_in_parts = BpfDataplane.applies_in_parts
 
     def __init__(self) -> None:
         super().__init__(protocols=BpfDataplane.protocols)

@@ -109,6 +109,7 @@ def read_early(pin_dir: str) -> EarlyState | None:
 
 class BpfDataplane:
     name = "bpf"
+    applies_in_parts = True  # the writer writes what it is given
     # SCTP: a port rewrite needs the CRC32c over the whole packet recomputed
     protocols = frozenset({Protocol.TCP, Protocol.UDP})
 

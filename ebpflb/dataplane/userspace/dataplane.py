@@ -65,6 +65,7 @@ def raise_fd_limit() -> int:
 
 class UserspaceDataplane:
     name = "userspace"
+    applies_in_parts = False  # the proxy re-derives its whole state at each apply
     protocols = frozenset({Protocol.TCP, Protocol.UDP})  # no SCTP sockets relayed
 
     def __init__(self, config: UserspaceConfig | None = None) -> None:
