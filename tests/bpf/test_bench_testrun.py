@@ -33,3 +33,30 @@ def test_every_scale_starts_from_an_empty_conntrack_table() -> None:
     tr = bench_testrun.testrun_cost((2, 3), 20)
     for rows in (tr["scales"], tr["scales6"]):
         assert [rows[n]["conntrack_at_start"] for n in ("2", "3")] == [0, 0]
+
+
+def test_the_issue_baseline_is_timed_beside_todays_program() -> None:
+    """bench.testrun_baseline exports the issue's tree from git and times it and today's
+    program alternately: each side's every kind is a real figure (each tree's bench
+    raises when a packet took the wrong path), and the ratios are today's over it."""
+    from bench import testrun_baseline as tb
+
+    result = tb.compare(tb.BASELINE_REV, rounds=2, count=20)
+    for side in ("baseline", "current"):
+        assert len(result["runs"][side]) == 2
+        assert all(result["medians"][side][k] > 0 for k in tb.KINDS)
+    for k in tb.KINDS:
+        assert result["ratios"][k] == round(
+            result["medians"]["current"][k] / result["medians"]["baseline"][k], 3
+        )
+    text = tb.table(result)
+    assert "new_flow" in text and "ct_hit" in text and "target" in text
+
+
+def test_an_unknown_baseline_revision_is_refused(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from bench import testrun_baseline as tb
+
+    with pytest.raises(RuntimeError, match="not in"):
+        tb.export_tree("0" * 40, Path(str(tmp_path)))
