@@ -487,14 +487,6 @@ def meta_to_port_name(meta: abi.LbSvcMeta | None, proto: Protocol) -> ServicePor
     return ServicePortName(ServiceRef(_cstr(meta.ns), _cstr(meta.name)), _cstr(meta.port), proto)
 
 
-def port_name_to_meta(pn: ServicePortName) -> abi.LbSvcMeta:
-    meta = abi.LbSvcMeta()
-    meta.ns = pn.service.namespace.encode()[:63]
-    meta.name = pn.service.name.encode()[:63]
-    meta.port = pn.port.encode()[:15]
-    return meta
-
-
 @dataclass
 class MapState:
     """The pinned maps read back: frontends plus the ids that encode them."""
