@@ -19,6 +19,10 @@ one ``PackedEndpoints`` (their addresses packed in one bytes object, where each 
 shared tuple: ~120 B for a slice of 5, not ~800), an endpoint of the usual shape in any
 other slice a ``CompactEndpoint`` (its address parsed once, here, not at every full
 sync), a quarter of the dict it was; metadata of the usual shape a ``CompactMeta``.
+A whole Service or slice of the usual shape is then one slotted object
+(``CompactService``: its name, namespace, ClusterIP and a ``ServiceShape`` shared with
+every Service of its spec's shape; ``CompactSlice``: its names and packed endpoints),
+~0.35 KB a pair with its strings where the dicts were ~1.2 KB.
 
 Malformed parts are kept as they are, so translation still reports them by name.
 Objects are never mutated afterwards, which is what makes sharing safe.
@@ -30,11 +34,21 @@ import socket
 import sys
 from collections.abc import Hashable, Sequence
 from operator import is_ as _is
-from typing import Any
+from typing import Any, cast
 
-from ebpflb.sources.endpointslices import SERVICE_NAME_LABEL, CompactEndpoint, PackedEndpoints
+from ebpflb.sources.endpointslices import (
+    SERVICE_NAME_LABEL,
+    CompactEndpoint,
+    CompactSlice,
+    PackedEndpoints,
+)
 from ebpflb.sources.fields import CompactMeta, _ip
-from ebpflb.sources.services import SERVICE_PROXY_NAME_LABEL
+from ebpflb.sources.services import (
+    _NO_STATUS,
+    SERVICE_PROXY_NAME_LABEL,
+    CompactService,
+    ServiceShape,
+)
 from ebpflb.sources.topology import ANNOTATIONS, ZONE_LABEL
 
 Obj = dict[str, Any]
@@ -85,6 +99,7 @@ _SPEC_HOW = {
 }
 _ENDPOINT = ("addresses", "conditions", "nodeName", "zone", "hints")
 _ADDRESS_TYPES = {"IPv4": 4, "IPv6": 6}
+_ADDRESS_TYPE_NAMES = {v: k for k, v in _ADDRESS_TYPES.items()}
 
 # Values seen before, by content: a repeat is replaced by the first copy. Bounded: when
 # full it starts again (sharing less for a while, never sharing wrongly).
@@ -94,7 +109,21 @@ _shared: dict[Hashable, Any] = {}
 
 
 def compact(kind: str, obj: Obj) -> Obj:
-    """The part of ``obj`` (a Service, EndpointSlice or Node) that translation reads."""
+    """The part of ``obj`` (a Service, EndpointSlice or Node) that translation reads:
+    a CompactService or CompactSlice where it is of the usual shape, else a dict.
+
+    Typed as the dict it reads as: the store and its readers take dicts and read
+    them as Mappings only (``get``, ``in``, items), which these are."""
+    out = _compact_dict(kind, obj)
+    small: CompactService | CompactSlice | None = None
+    if kind == "Service":
+        small = _service(out)
+    elif kind == "EndpointSlice":
+        small = _slice(out)
+    return out if small is None else cast(Obj, small)
+
+
+def _compact_dict(kind: str, obj: Obj) -> Obj:
     out: Obj = {}
     for k in ("kind", "apiVersion"):
         if k in obj:
@@ -113,7 +142,8 @@ def compact(kind: str, obj: Obj) -> Obj:
             out["ports"] = share(obj["ports"])
         if "endpoints" in obj:
             items = obj["endpoints"]
-            version = _ADDRESS_TYPES.get(out.get("addressType"))  # type: ignore[arg-type]
+            address_type = out.get("addressType")
+            version = _ADDRESS_TYPES.get(address_type) if type(address_type) is str else None
             out["endpoints"] = _endpoints(items, version) if isinstance(items, list) else items
     elif kind == "Node" and "status" in obj:
         status = obj["status"]
@@ -235,8 +265,91 @@ def _service_spec(spec: Any) -> Any:
 
 def _service_status(status: Any) -> Any:
     if isinstance(status, dict):
-        return {"loadBalancer": status["loadBalancer"]} if "loadBalancer" in status else {}
+        kept = {"loadBalancer": status["loadBalancer"]} if "loadBalancer" in status else {}
+        # shared when of no address (most Services'), so that a shape may hold it
+        return share(kept) if kept in _USUAL_STATUSES else kept
     return status
+
+
+_USUAL_STATUSES: list[Any] = [{}, {"loadBalancer": {}}]
+
+
+# Spec fields a CompactService's shape holds: those of the values thousands of
+# Services repeat (shared or interned, so that a shape is told by their identities).
+_SHAPED = _SPEC_SHARED | _SPEC_WORDS | {"publishNotReadyAddresses"}
+_shapes: dict[Hashable, ServiceShape] = {}
+_spec_keys: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
+def _service(out: Obj) -> CompactService | None:
+    """``out`` (a compacted Service) as a CompactService, or None when it is not of
+    the usual shape (see the class)."""
+    meta, spec = out.get("metadata"), out.get("spec")
+    status = out.get("status", _NO_STATUS)
+    if (
+        (status is not _NO_STATUS and (type(status) is not dict or status not in _USUAL_STATUSES))
+        or type(meta) is not CompactMeta
+        or meta.label is not None
+        or type(spec) is not dict
+        or len(out) != (4 if status is _NO_STATUS else 5)
+        or out.get("kind") != CompactService.KIND
+        or out.get("apiVersion") != CompactService.API_VERSION
+    ):
+        return None
+    ip = spec.get("clusterIP")
+    if type(ip) is not str:
+        return None
+    values: list[Any] = []
+    cluster_ips = False
+    for key, value in spec.items():
+        if key == "clusterIP":
+            value = None
+        elif key == "clusterIPs":
+            if type(value) is not list or len(value) != 1 or value[0] is not ip:
+                return None  # compact makes [clusterIP] of that very string
+            cluster_ips, value = True, None
+        elif (
+            key not in _SHAPED
+            or (key in _SPEC_WORDS and type(value) is not str)
+            or (key == "publishNotReadyAddresses" and type(value) is not bool)
+        ):
+            return None
+        values.append(value)
+    keys = tuple(spec)
+    if len(_spec_keys) >= _SHARED_MAX:
+        _spec_keys.clear()
+    keys = _spec_keys.setdefault(keys, keys)  # a few orders, one copy each
+    # by identity: the values are shared (interned words, shared lists and dicts), and
+    # the shape keeps them, so that their ids stay theirs while it is held
+    found_key = (keys, tuple(map(id, values)), cluster_ips, meta.value, id(status))
+    shape = _shapes.get(found_key)
+    if shape is None:
+        if len(_shapes) >= _SHARED_MAX:
+            _shapes.clear()
+        shape = _shapes[found_key] = ServiceShape(
+            keys, tuple(values), cluster_ips=cluster_ips, labels=meta.value, status=status
+        )
+    return CompactService(meta.name, meta.namespace, ip, shape)
+
+
+def _slice(out: Obj) -> CompactSlice | None:
+    """``out`` (a compacted EndpointSlice) as a CompactSlice, or None when it is not
+    of the usual shape (see the class)."""
+    meta, endpoints = out.get("metadata"), out.get("endpoints")
+    if (
+        type(meta) is not CompactMeta
+        or meta.label != SERVICE_NAME_LABEL
+        or not meta.value
+        or type(endpoints) is not PackedEndpoints
+        or len(out) != 6
+        or "ports" not in out
+        or out.get("kind") != CompactSlice.KIND
+        or out.get("apiVersion") != CompactSlice.API_VERSION
+        or out.get("addressType") != _ADDRESS_TYPE_NAMES.get(endpoints.version)
+    ):
+        return None
+    assert meta.value is not None
+    return CompactSlice(meta.name, meta.namespace, meta.value, out["ports"], endpoints)
 
 
 def _endpoints(items: list[Any], version: int | None) -> Sequence[Any]:

@@ -20,6 +20,7 @@ from typing import Any, overload
 from ebpflb.model import Backend, IPAddress, Protocol
 from ebpflb.sources.fields import (
     CompactMeta,
+    CompactObject,
     Obj,
     ObjectError,
     _flag,
@@ -217,11 +218,7 @@ class PackedEndpoints(Sequence[CompactEndpoint]):
 
     def __eq__(self, other: object) -> bool:
         if type(other) is PackedEndpoints:  # a relist compares each slice: without objects
-            if self.version != other.version or self.packed != other.packed:
-                return False
-            if self.place == other.place and self.places == other.places:
-                return True
-            return tuple(self.places_of()) == tuple(other.places_of())
+            return _same_endpoints(self, other)
         if isinstance(other, (list, tuple)):
             return len(other) == len(self) and all(a == b for a, b in zip(self, other, strict=True))
         return NotImplemented
@@ -230,6 +227,103 @@ class PackedEndpoints(Sequence[CompactEndpoint]):
 
     def __repr__(self) -> str:
         return f"PackedEndpoints({list(self)!r})"
+
+
+def _same_endpoints(a: PackedEndpoints | CompactSlice, b: PackedEndpoints | CompactSlice) -> bool:
+    """Whether two packed forms hold equal endpoints."""
+    if a.version != b.version or a.packed != b.packed:
+        return False
+    if a.place == b.place and a.places == b.places:
+        return True
+    return tuple(a.places_of()) == tuple(b.places_of())
+
+
+_SLICE_KEYS = ("kind", "apiVersion", "metadata", "addressType", "ports", "endpoints")
+_ADDRESS_TYPE_NAMES = {4: "IPv4", 6: "IPv6"}
+
+
+class CompactSlice(CompactObject):
+    """An EndpointSlice as the Kubernetes source keeps it when it is of the usual
+    shape: the usual kind and apiVersion, metadata of a name, a namespace and just the
+    Service's label, addressType IPv4 or IPv6, and every endpoint of the usual shape
+    (``PackedEndpoints``, whose fields it holds: no object of its own). 96 B and its
+    names and packed addresses, where the dicts and PackedEndpoints were ~400 B. It
+    reads as the dict it was made from (``endpoints`` a PackedEndpoints made on each
+    access); every other slice stays a dict, so that translation reads it (and
+    reports what is wrong with it) as before."""
+
+    __slots__ = ("packed", "place", "places", "ports", "service", "version")
+
+    KIND = "EndpointSlice"
+    API_VERSION = "discovery.k8s.io/v1"
+
+    def __init__(
+        self,
+        name: str,
+        namespace: str,
+        service: str,
+        ports: Any,
+        endpoints: PackedEndpoints,
+    ) -> None:
+        self.name = name
+        self.namespace = namespace
+        self.service = service  # the kubernetes.io/service-name label
+        self.ports = ports  # as given (shared)
+        self.version = endpoints.version  # 4 or 6: the addressType
+        self.packed = endpoints.packed
+        self.place = endpoints.place
+        self.places = endpoints.places
+
+    @property
+    def metadata(self) -> CompactMeta:
+        return CompactMeta(self.name, self.namespace, SERVICE_NAME_LABEL, self.service)
+
+    @property
+    def endpoints(self) -> PackedEndpoints:
+        return PackedEndpoints(self.version, self.packed, self.place, self.places)
+
+    def places_of(self) -> Sequence[_Place]:
+        return self.endpoints.places_of()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key == "metadata":
+            return self.metadata
+        if key == "endpoints":
+            return self.endpoints
+        if key == "ports":
+            return self.ports
+        if key == "addressType":
+            return _ADDRESS_TYPE_NAMES[self.version]
+        if key == "kind":
+            return self.KIND
+        if key == "apiVersion":
+            return self.API_VERSION
+        return default
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in _SLICE_KEYS:
+            raise KeyError(key)
+        return self.get(key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in _SLICE_KEYS
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_SLICE_KEYS)
+
+    def __len__(self) -> int:
+        return len(_SLICE_KEYS)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is CompactSlice:  # a relist compares each slice: without objects
+            return (
+                self.name == other.name
+                and self.namespace == other.namespace
+                and self.service == other.service
+                and (self.ports is other.ports or self.ports == other.ports)
+                and _same_endpoints(self, other)
+            )
+        return super().__eq__(other)
 
 
 def _collect_backends(slices: Iterable[Obj], errors: list[ObjectError]) -> _Backends:
@@ -286,27 +380,34 @@ def _parse_slice(
     def report(message: str) -> None:
         errors.append(ObjectError("EndpointSlice", namespace, name, message))
 
+    endpoint_items: PackedEndpoints | list[Any]
     try:
-        if not name:
-            raise _Invalid("metadata.name is missing")
-        meta = obj.get("metadata")
-        if type(meta) is CompactMeta:  # without making its labels dict
-            service = meta.value if meta.label == SERVICE_NAME_LABEL else None
+        if type(obj) is CompactSlice:  # a name, a label, packed endpoints: its slots
+            service: Any = obj.service
+            version: int = obj.version
+            port_items = _list(obj.ports, "ports")
+            endpoint_items = obj.endpoints
         else:
-            labels = _mapping(_mapping(meta, "metadata").get("labels"), "labels")
-            service = labels.get(SERVICE_NAME_LABEL)
-        if not service or not isinstance(service, str):
-            raise _Invalid(f"label {SERVICE_NAME_LABEL} is missing")
-        address_type = obj.get("addressType")
-        if address_type == "FQDN":
-            return []
-        version = _ADDRESS_TYPES.get(address_type) if isinstance(address_type, str) else None
-        if version is None:
-            raise _Invalid(f"addressType {address_type!r} is not IPv4, IPv6 or FQDN")
-        port_items = _list(obj.get("ports"), "ports")
-        endpoint_items = obj.get("endpoints")
-        if type(endpoint_items) is not PackedEndpoints:
-            endpoint_items = _list(endpoint_items, "endpoints")
+            if not name:
+                raise _Invalid("metadata.name is missing")
+            meta = obj.get("metadata")
+            if type(meta) is CompactMeta:  # without making its labels dict
+                service = meta.value if meta.label == SERVICE_NAME_LABEL else None
+            else:
+                labels = _mapping(_mapping(meta, "metadata").get("labels"), "labels")
+                service = labels.get(SERVICE_NAME_LABEL)
+            if not service or not isinstance(service, str):
+                raise _Invalid(f"label {SERVICE_NAME_LABEL} is missing")
+            address_type = obj.get("addressType")
+            if address_type == "FQDN":
+                return []
+            found = _ADDRESS_TYPES.get(address_type) if isinstance(address_type, str) else None
+            if found is None:
+                raise _Invalid(f"addressType {address_type!r} is not IPv4, IPv6 or FQDN")
+            version = found
+            port_items = _list(obj.get("ports"), "ports")
+            raw = obj.get("endpoints")
+            endpoint_items = raw if type(raw) is PackedEndpoints else _list(raw, "endpoints")
     except _Invalid as e:
         report(f"{e}; EndpointSlice skipped")
         return []

@@ -15,7 +15,7 @@ import ipaddress
 import socket
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeGuard
+from typing import Any, ClassVar, TypeGuard
 
 from ebpflb.errors import InvalidObjectError
 from ebpflb.model import IPAddress, Protocol, ServiceRef
@@ -147,8 +147,40 @@ _ABSENT = object()
 _META_KEYS = ("name", "namespace", "labels")
 
 
+class CompactObject(Mapping[str, Any]):
+    """A whole object as the Kubernetes source keeps it when it is of the usual shape
+    (``CompactService``, ``CompactSlice``): one slotted object holding the few values
+    that are its own (names, addresses), the rest read from values that thousands of
+    objects share, still reading as (a read-only Mapping equal to) the dict it was made
+    from. Its ``metadata`` is a ``CompactMeta``, made on each access, so that readers
+    of metadata take their usual fast path; parsers read the slots directly."""
+
+    __slots__ = ("name", "namespace")
+
+    KIND: ClassVar[str]  # "kind" and "apiVersion": the usual ones, never held
+    API_VERSION: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _COMPACT_OBJECTS.add(cls)
+
+    @property
+    def metadata(self) -> CompactMeta:
+        raise NotImplementedError
+
+    __hash__ = None  # type: ignore[assignment]  # a Mapping is not hashable
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({dict(self)!r})"
+
+
+_COMPACT_OBJECTS: set[type[CompactObject]] = set()
+
+
 def _identity(obj: Obj) -> tuple[str, str]:
     """(namespace, name) as well as can be told; "" for a missing name."""
+    if type(obj) in _COMPACT_OBJECTS:  # a name and a namespace, always
+        return obj.namespace, obj.name  # type: ignore[attr-defined]
     meta = obj.get("metadata") if _is_mapping(obj) else None
     if type(meta) is CompactMeta:  # a name and a namespace, always
         return meta.namespace, meta.name
