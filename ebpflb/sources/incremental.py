@@ -6,14 +6,14 @@ remains the fallback whenever a change could touch another Service (a frontend
 claimed by two Services, or a first sync).
 
 What is kept between translations is small: each frontend's owner (to see a frontend
-move between Services), each Service's frontend keys and backend count, and its
-errors. The translated entries themselves are not: the data path's writer holds what
-was written, and at 100,000 Services of 5 endpoints the entries and their backends
-were ~70 MiB that only the full sync reads. A full translation's state is therefore
-garbage once its sync is done (``release``), and the state published after an
-incremental one (``Update.state``) holds the changed Services' entries and translates
-any other Service again, from the source, when it is read (nothing in the agent's
-incremental sync reads one; tests may).
+move between Services), each Service's backend count and frontend keys (in one tuple,
+the keys being those translation made), and its errors. The translated entries
+themselves are not: the data path's writer holds what was written, and at 100,000
+Services of 5 endpoints the entries and their backends were ~70 MiB that only the
+full sync reads. A full translation's state is therefore garbage once its sync is done
+(``release``), and the state published after an incremental one (``Update.state``)
+holds the changed Services' entries and translates any other Service again, from the
+source, when it is read (nothing in the agent's incremental sync reads one; tests may).
 
 The agent's full sync translates a chunk of Services at a time (``rebuild_in_chunks``),
 so that what the data path keeps is not made in among one translation of everything,
@@ -50,7 +50,11 @@ SlicesOf = Callable[[ServiceRef], Sequence[Obj]]
 # later Service is then a "loser", which a freed frontend may have to go to.
 _CLAIMED_BY_ANOTHER = " is already used by Service "
 
-_NO_KEYS: tuple[FrontendKey, ...] = ()
+# What is kept of one translated Service: (its backends, *the frontends it got), one
+# tuple (a Service of one frontend: 56 B, where a 1-tuple of its key and an entry in a
+# second dict of counts were ~100 B); its keys are the ones translation made, shared.
+_Kept = tuple[Any, ...]
+_NOTHING: _Kept = (0,)  # a Service without frontends
 
 # Services translated at a time by rebuild_in_chunks: a chunk's parse and entries are
 # garbage before the next chunk makes its own, so they reuse the same memory.
@@ -84,9 +88,9 @@ class IncrementalTranslator:
             None if node_families is None else frozenset(node_families)
         )
         self._owner: dict[FrontendKey, ServiceRef] = {}  # every frontend's Service
-        # every translated Service (with or without frontends): the frontends it got
-        self._keys_of: dict[ServiceRef, tuple[FrontendKey, ...]] = {}
-        self._backends_of: dict[ServiceRef, int] = {}  # Services with backends only
+        # every translated Service (with or without frontends): its backends and the
+        # frontends it got (see _Kept)
+        self._kept: dict[ServiceRef, _Kept] = {}
         self._losers: set[ServiceRef] = set()  # denied a frontend an earlier one holds
         self._errors: dict[ServiceRef, tuple[ObjectError, ...]] = {}
         self._other_errors: tuple[ObjectError, ...] = ()
@@ -201,25 +205,28 @@ class IncrementalTranslator:
         that Service where they named the chunk's own loser of it."""
         owners = self._owner
         taken: list[tuple[FrontendKey, ServiceRef]] = []
-        count = 0
         for key, entry in result.entries.items():
             ref = entry.port_name.service
             owner = owners.setdefault(key, ref)  # one hash of the key (a Python hash)
             if owner is not ref and owner != ref:
                 taken.append((key, owner))
-                continue
-            n = len(entry.backends)
-            if n:
-                self._backends_of[ref] = self._backends_of.get(ref, 0) + n
-                count += n
-        self.backends += count
         if taken:
             self._skip_taken(result, taken, errors)
-        keys_of = self._keys_of
-        keys_of.update(result.keys_of)  # the hashes translate's dict holds: none made
+        entries, kept = result.entries, self._kept
+        count = 0
+        for ref, keys in result.keys_of.items():
+            if len(keys) == 1:  # the usual
+                key = keys[0]
+                n = len(entries[key].backends)
+                kept[ref] = (n, key)
+            else:
+                n = sum([len(entries[k].backends) for k in keys])
+                kept[ref] = (n, *keys)
+            count += n
+        self.backends += count
         if len(result.keys_of) != len(result.services):
             for ref in result.services:  # the Services without a frontend
-                keys_of.setdefault(ref, _NO_KEYS)
+                kept.setdefault(ref, _NOTHING)
 
     def _skip_taken(
         self,
@@ -271,19 +278,18 @@ class IncrementalTranslator:
                 owner = self._owner.get(key)
                 if owner is not None and owner != ref:
                     raise _NeedsRebuild
-            old_keys = self._keys_of.pop(ref, _NO_KEYS)
-            self.backends -= self._backends_of.pop(ref, 0)
+            old = self._kept.pop(ref, _NOTHING)
+            old_keys: tuple[FrontendKey, ...] = old[1:]
+            self.backends -= old[0]
             for key in old_keys:
                 del self._owner[key]
             count = 0
             for key, entry in result.entries.items():
                 self._owner[key] = ref
                 count += len(entry.backends)
-            if count:
-                self._backends_of[ref] = count
             self.backends += count
             if ref in result.services:
-                self._keys_of[ref] = tuple(new_keys)
+                self._kept[ref] = (count, *new_keys) if new_keys else _NOTHING
             self._losers.discard(ref)  # translated alone, it got every frontend it asks
             self._errors.pop(ref, None)
             if result.errors:
@@ -298,7 +304,7 @@ class IncrementalTranslator:
 
     def _forget(self) -> None:
         """Start a full translation's bookkeeping afresh."""
-        self._owner, self._keys_of, self._backends_of = {}, {}, {}
+        self._owner, self._kept = {}, {}
         self.backends = 0
 
     def _wanted_by_losers(
@@ -355,7 +361,7 @@ class _Translations:
         slices_of: SlicesOf | None,
     ) -> None:
         self.owner = translator._owner
-        self.keys_of = translator._keys_of
+        self.kept = translator._kept
         self._translator = translator
         self._fresh = fresh
         self._lookups = (service_of, slices_of)
@@ -403,18 +409,18 @@ class _Services(Mapping[ServiceRef, ServiceInfo]):
         self._views = views
 
     def __getitem__(self, ref: ServiceRef) -> ServiceInfo:
-        if ref not in self._views.keys_of:
+        if ref not in self._views.kept:
             raise KeyError(ref)
         return self._views.of(ref).services[ref]
 
     def __contains__(self, ref: object) -> bool:
-        return ref in self._views.keys_of
+        return ref in self._views.kept
 
     def __iter__(self) -> Iterator[ServiceRef]:
-        return iter(self._views.keys_of)
+        return iter(self._views.kept)
 
     def __len__(self) -> int:
-        return len(self._views.keys_of)
+        return len(self._views.kept)
 
 
 class _NeedsRebuild(Exception):

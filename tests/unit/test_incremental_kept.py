@@ -1,0 +1,94 @@
+"""What the incremental translator keeps of each Service between syncs is one tuple,
+(its backends, *the frontends it got), whose keys are the very tuples translation made
+(shared with its entries, not copies), and it stays in step with a full translation
+as Services lose, gain, drop and get back frontends."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ebpflb.model import ServiceRef
+from ebpflb.sources.incremental import IncrementalTranslator
+from tests.unit.test_incremental_release import World, _node, ref, service, slice_
+
+
+def _world() -> World:
+    world = World()
+    world.services = {
+        1: service(1, "10.96.1.1", 80, None),  # one frontend
+        2: service(2, "10.96.1.2", 80, 30001),  # cluster IP and a node port
+        3: service(3, "10.96.1.3", 80, None),  # no slice: no backends
+        4: headless(4),  # no frontend
+    }
+    world.slices = {1: slice_(1, [1, 2, 3]), 2: slice_(2, [4, 5]), 4: slice_(4, [6])}
+    return world
+
+
+def headless(i: int) -> dict[str, Any]:
+    svc = service(i, "None", 80, None)
+    svc["spec"]["clusterIP"] = "None"
+    return svc
+
+
+def _check(tr: IncrementalTranslator, world: World) -> None:
+    """Counts, owners and kept tuples as a full translation of ``world`` gives them."""
+    full = world.full()
+    assert tr.frontends == len(full.entries)
+    assert tr.backends == sum(len(e.backends) for e in full.entries.values())
+    assert set(tr._kept) == set(full.services)
+    for r in full.services:
+        keys = [k for k, e in full.entries.items() if e.port_name.service == r]
+        kept = tr._kept[r]
+        assert kept[0] == sum(len(full.entries[k].backends) for k in keys)
+        assert sorted(kept[1:], key=str) == sorted(keys, key=str)
+        assert all(tr.owner(k) == r for k in keys)
+
+
+def test_a_chunked_full_sync_keeps_one_tuple_per_service_of_its_own_keys() -> None:
+    world = _world()
+    tr = IncrementalTranslator(node_addresses=_node())
+    chunks = tr.rebuild_in_chunks(world.services.values(), world.slices.values(), size=1)
+    held = {}
+    for state in chunks:
+        held.update({k: k for k in state.entries})  # the key objects each chunk made
+        for r in state.services:
+            kept = tr._kept[r]
+            assert all(key is held[key] for key in kept[1:])  # shared, not copies
+    _check(tr, world)
+    assert len(tr._kept[ref(1)]) == 2 and tr._kept[ref(1)][0] == 3
+    assert len(tr._kept[ref(2)]) == 3 and tr._kept[ref(2)][0] == 4
+    assert tr._kept[ref(3)][0] == 0
+    assert tr._kept[ref(4)] == (0,)  # a Service without frontends: no key, no count
+
+
+def test_kept_tuples_follow_a_service_removed_and_added_again() -> None:
+    world = _world()
+    tr = IncrementalTranslator(node_addresses=_node())
+    tr.rebuild(world.services.values(), world.slices.values())
+    tr.release()
+    _check(tr, world)
+
+    def update(*changed: int) -> None:
+        tr.update([ref(i) for i in changed], service_of=world.service_of, slices_of=world.slices_of)
+        _check(tr, world)
+
+    del world.services[2]  # its two frontends and its backends go
+    update(2)
+    assert ServiceRef("ns", "s2") not in tr._kept
+    world.services[2] = service(2, "10.96.1.22", 81, None)  # back, with one frontend
+    update(2)
+    assert len(tr._kept[ref(2)]) == 2
+    world.services[1] = service(1, "10.96.1.1", 80, 30002)  # one frontend -> two
+    del world.slices[1]  # and no backends
+    update(1)
+    assert tr._kept[ref(1)][0] == 0 and len(tr._kept[ref(1)]) == 3
+    world.services[1] = headless(1)  # no frontend at all
+    world.slices[3] = slice_(3, [7])
+    update(1, 3)
+    world.services[1] = service(1, "10.96.1.1", 80, None)
+    world.slices[1] = slice_(1, [1])
+    update(1)
+    assert tr._kept[ref(1)][0] == 1 and len(tr._kept[ref(1)]) == 2
+    del world.services[3], world.slices[3]
+    update(3)
+    assert ref(3) not in tr._kept
