@@ -158,8 +158,20 @@ class ChangeTracker:
 
     def pending(self) -> bool:
         """Whether anything really changed since the last take."""
+        if self._fresh_object():
+            return True  # without a record of each (the agent asks before its first take)
         self._fresh_changes()
         return any(c.previous != c.current for c in self._changes.values())
+
+    def _fresh_object(self) -> bool:
+        """Whether a ``_fresh`` kind holds an object without a change record: one new
+        since the last take, a real change."""
+        for kind in self._fresh:
+            for namespace, held in self._objects.get(kind, _NONE).items():
+                for name in held:
+                    if (kind, namespace, name) not in self._changes:
+                        return True
+        return False
 
     def changed_services(self) -> set[ServiceRef]:
         """The Services whose own object or whose EndpointSlices changed since the last

@@ -255,3 +255,16 @@ def test_a_first_list_keeps_the_last_copy_of_a_key_and_checks_every_key_first() 
     else:
         raise AssertionError("an object without a name was taken")
     assert len(fresh) == 0 and fresh.objects("Service") == ()
+
+
+def test_pending_after_a_first_list_makes_no_record_of_each_object() -> None:
+    tracker = ChangeTracker()
+    tracker.replace_all([service(f"s{i}") for i in range(100)], kinds=("Service",))
+    assert tracker.pending()
+    assert not tracker._changes  # the agent asks before its first take: 200,000 there
+    tracker.take()
+    assert not tracker.pending()
+    tracker.replace_all([slice_("web-1", "web")], kinds=("EndpointSlice",))
+    tracker.delete("EndpointSlice", "demo", "web-1")  # new since the take: cancels out
+    assert not tracker.pending()
+    assert tracker.take_changes().services == frozenset()
