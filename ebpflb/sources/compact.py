@@ -278,58 +278,79 @@ _USUAL_STATUSES: list[Any] = [{}, {"loadBalancer": {}}]
 # Services repeat (shared or interned, so that a shape is told by their identities).
 _SHAPED = _SPEC_SHARED | _SPEC_WORDS | {"publishNotReadyAddresses"}
 _shapes: dict[Hashable, ServiceShape] = {}
-_spec_keys: dict[tuple[str, ...], tuple[str, ...]] = {}
+# By the keys of a spec, in order: where its ClusterIPs are (see _spec_places); the
+# keys are the shapes' (one copy of each order).
+_spec_keys: dict[tuple[str, ...], tuple[tuple[str, ...], int, int] | None] = {}
 
 
 def _service(out: Obj) -> CompactService | None:
     """``out`` (a compacted Service) as a CompactService, or None when it is not of
     the usual shape (see the class)."""
     meta, spec = out.get("metadata"), out.get("spec")
-    status = out.get("status", _NO_STATUS)
+    if type(meta) is not CompactMeta or meta.label is not None or type(spec) is not dict:
+        return None
+    if len(out) == 4:
+        status = _NO_STATUS
+    else:
+        status = out.get("status", _NO_STATUS)
+        if len(out) != 5 or type(status) is not dict or status not in _USUAL_STATUSES:
+            return None
     if (
-        (status is not _NO_STATUS and (type(status) is not dict or status not in _USUAL_STATUSES))
-        or type(meta) is not CompactMeta
-        or meta.label is not None
-        or type(spec) is not dict
-        or len(out) != (4 if status is _NO_STATUS else 5)
-        or out.get("kind") != CompactService.KIND
+        out.get("kind") != CompactService.KIND
         or out.get("apiVersion") != CompactService.API_VERSION
     ):
         return None
-    ip = spec.get("clusterIP")
+    keys = tuple(spec)
+    where = _spec_keys.get(keys, _UNKNOWN)
+    if where is _UNKNOWN:
+        where = _spec_places(keys)
+        if len(_spec_keys) >= _SHARED_MAX:
+            _spec_keys.clear()
+        _spec_keys[keys] = where
+    if where is None:
+        return None
+    keys, ip_at, ips_at = where
+    values = list(spec.values())
+    ip = values[ip_at]
     if type(ip) is not str:
         return None
-    values: list[Any] = []
-    cluster_ips = False
-    for key, value in spec.items():
-        if key == "clusterIP":
-            value = None
-        elif key == "clusterIPs":
-            if type(value) is not list or len(value) != 1 or value[0] is not ip:
-                return None  # compact makes [clusterIP] of that very string
-            cluster_ips, value = True, None
-        elif (
-            key not in _SHAPED
-            or (key in _SPEC_WORDS and type(value) is not str)
-            or (key == "publishNotReadyAddresses" and type(value) is not bool)
-        ):
-            return None
-        values.append(value)
-    keys = tuple(spec)
-    if len(_spec_keys) >= _SHARED_MAX:
-        _spec_keys.clear()
-    keys = _spec_keys.setdefault(keys, keys)  # a few orders, one copy each
-    # by identity: the values are shared (interned words, shared lists and dicts), and
-    # the shape keeps them, so that their ids stay theirs while it is held
-    found_key = (keys, tuple(map(id, values)), cluster_ips, meta.value, id(status))
+    values[ip_at] = None
+    if ips_at >= 0:
+        ips = values[ips_at]
+        if type(ips) is not list or len(ips) != 1 or ips[0] is not ip:
+            return None  # compact makes [clusterIP] of that very string
+        values[ips_at] = None
+    # By identity: the values are shared (interned words, shared lists and dicts), and
+    # a shape keeps them, so that their ids stay theirs while it is held; a shape is
+    # checked once, when made.
+    found_key = (keys, meta.value, id(status), *map(id, values))
     shape = _shapes.get(found_key)
     if shape is None:
+        for key, value in zip(keys, values, strict=True):
+            if (key in _SPEC_WORDS and type(value) is not str) or (
+                key == "publishNotReadyAddresses" and type(value) is not bool
+            ):
+                return None
         if len(_shapes) >= _SHARED_MAX:
             _shapes.clear()
         shape = _shapes[found_key] = ServiceShape(
-            keys, tuple(values), cluster_ips=cluster_ips, labels=meta.value, status=status
+            keys, tuple(values), cluster_ips=ips_at >= 0, labels=meta.value, status=status
         )
     return CompactService(meta.name, meta.namespace, ip, shape)
+
+
+def _spec_places(keys: tuple[str, ...]) -> tuple[tuple[str, ...], int, int] | None:
+    """For a spec of ``keys``: (keys, where clusterIP is, where clusterIPs is or -1),
+    or None when a Service of such a spec is not a CompactService."""
+    if "clusterIP" not in keys or any(
+        k not in _SHAPED and k not in ("clusterIP", "clusterIPs") for k in keys
+    ):
+        return None
+    ips_at = keys.index("clusterIPs") if "clusterIPs" in keys else -1
+    return keys, keys.index("clusterIP"), ips_at
+
+
+_UNKNOWN: Any = object()
 
 
 def _slice(out: Obj) -> CompactSlice | None:
