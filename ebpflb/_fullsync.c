@@ -1,6 +1,7 @@
 /* ebpflb._fullsync: a full sync's per-Service and per-frontend steps in C, for the
  * usual shape only (ebpflb/sources/translate.py: the entries of a ClusterIP Service;
- * ebpflb/plan.py: held_as_built and FrontendState.from_entry's one-pass case).
+ * ebpflb/plan.py: held_as_built, FrontendState.from_entry's one-pass case and
+ * compact_store).
  *
  * A full sync at 100,000 Services builds every Service's entries, then asks of each
  * whether the state the data path holds is the one the entry builds; after a restart
@@ -22,8 +23,14 @@
  *                                      their slots are exactly the fields it sets
  *   held(entry, have) -> bool          True: FrontendState.from_entry(entry) == have,
  *                                      surely; False: not known
- *   flat(backends) -> tuple | None     the backends' flat store (address, port, ...)
- *                                      when they are the usual IPv4 shape, else None
+ *   flat(backends) -> bytes | () | None
+ *                                      the backends' packed store (FrontendState's:
+ *                                      a tag 4, then each address and port, big-endian)
+ *                                      when they are the usual IPv4 shape ((): none),
+ *                                      else None
+ *   pack(flat) -> bytes | None         the packed store of a flat one (address, port,
+ *                                      ...: the maps' read-back) of IPv4 addresses,
+ *                                      else None
  *   entries(ref, cluster_ip, version, ports, backends, affinity) -> list
  *                                      a ClusterIP-only Service's entries, one per
  *                                      port (translate's _family_entries, usual case)
@@ -44,6 +51,7 @@
 #include <structmember.h>
 
 #include <stdint.h>
+#include <string.h>
 
 /* the bound classes, and the offsets of the slots read */
 static PyTypeObject *Backend, *Frontend, *PortName, *Ref, *Entry, *State, *V4;
@@ -268,6 +276,34 @@ static void room_give(struct v4_room *room)
 	}
 }
 
+/* FrontendState's packed store (ebpflb/plan.py): a family tag, then per backend its
+ * address in network order and its port big-endian; an IPv4 record is 6 bytes */
+#define TAG4 4
+#define RECORD4 6
+
+static void put_record4(unsigned char *out, long long number, long port)
+{
+	out[0] = (unsigned char)(number >> 24);
+	out[1] = (unsigned char)(number >> 16);
+	out[2] = (unsigned char)(number >> 8);
+	out[3] = (unsigned char)number;
+	out[4] = (unsigned char)(port >> 8);
+	out[5] = (unsigned char)port;
+}
+
+/* A new packed IPv4 store of n backends (numbers and ports checked to fit) */
+static PyObject *packed4(const long long *numbers, const long *ports, Py_ssize_t n)
+{
+	PyObject *out = PyBytes_FromStringAndSize(NULL, 1 + RECORD4 * n);
+	if (out == NULL)
+		return NULL;
+	unsigned char *at = (unsigned char *)PyBytes_AS_STRING(out);
+	at[0] = TAG4;
+	for (Py_ssize_t i = 0; i < n; i++)
+		put_record4(at + 1 + RECORD4 * i, numbers[i], ports[i]);
+	return out;
+}
+
 static PyObject *pc_held(PyObject *self, PyObject *args)
 {
 	(void)self;
@@ -278,10 +314,13 @@ static PyObject *pc_held(PyObject *self, PyObject *args)
 		Py_RETURN_FALSE;
 	PyObject *backends = SLOT(entry, en_backends), *stored = SLOT(have, st_backends);
 	if (backends == NULL || stored == NULL || !PyTuple_CheckExact(backends) ||
-	    !PyTuple_CheckExact(stored) || SLOT(have, st_slots) != Py_None)
+	    SLOT(have, st_slots) != Py_None)
 		Py_RETURN_FALSE;
 	Py_ssize_t n = PyTuple_GET_SIZE(backends);
-	if (PyTuple_GET_SIZE(stored) != 2 * n)
+	/* the store from_entry makes: () without backends, else packed */
+	if (n == 0 ? !(PyTuple_CheckExact(stored) && PyTuple_GET_SIZE(stored) == 0)
+		   : !(PyBytes_CheckExact(stored) && PyBytes_GET_SIZE(stored) == 1 + RECORD4 * n &&
+		       PyBytes_AS_STRING(stored)[0] == TAG4))
 		Py_RETURN_FALSE;
 	PyObject *drop = SLOT(entry, en_drop), *ranges = SLOT(entry, en_ranges);
 	PyObject *held_ranges = SLOT(have, st_ranges);
@@ -296,14 +335,17 @@ static PyObject *pc_held(PyObject *self, PyObject *args)
 	    !same_frontend(SLOT(entry, en_frontend), SLOT(have, st_frontend)) ||
 	    !same_port_name(SLOT(entry, en_port_name), SLOT(have, st_port_name)))
 		Py_RETURN_FALSE;
+	if (n == 0)
+		Py_RETURN_TRUE;
 	struct v4_room room;
 	if (room_take(&room, n) < 0)
 		return NULL;
 	int same = usual_v4(backends, n, room.numbers, room.ports) == 0;
+	const unsigned char *held = (const unsigned char *)PyBytes_AS_STRING(stored) + 1;
 	for (Py_ssize_t i = 0; same && i < n; i++) {
-		PyObject *address = PyTuple_GET_ITEM(stored, 2 * i);
-		same = port_number(PyTuple_GET_ITEM(stored, 2 * i + 1)) == room.ports[i] &&
-		       v4_number(address) == room.numbers[i];
+		unsigned char record[RECORD4];
+		put_record4(record, room.numbers[i], room.ports[i]);
+		same = memcmp(record, held + RECORD4 * i, RECORD4) == 0;
 	}
 	room_give(&room);
 	return PyBool_FromLong(same);
@@ -315,24 +357,48 @@ static PyObject *pc_flat(PyObject *self, PyObject *arg)
 	if (Backend == NULL || !PyTuple_CheckExact(arg))
 		Py_RETURN_NONE;
 	Py_ssize_t n = PyTuple_GET_SIZE(arg);
+	if (n == 0)
+		return PyTuple_New(0); /* from_entry's store of no backend */
 	struct v4_room room;
 	if (room_take(&room, n) < 0)
 		return NULL;
-	int usual = usual_v4(arg, n, room.numbers, room.ports) == 0;
-	room_give(&room);
-	if (!usual)
-		Py_RETURN_NONE;
-	PyObject *out = PyTuple_New(2 * n);
-	if (out == NULL)
-		return NULL;
-	for (Py_ssize_t i = 0; i < n; i++) {
-		PyObject *b = PyTuple_GET_ITEM(arg, i);
-		PyObject *address = SLOT(b, be_address), *port = SLOT(b, be_port);
-		Py_INCREF(address);
-		Py_INCREF(port);
-		PyTuple_SET_ITEM(out, 2 * i, address);
-		PyTuple_SET_ITEM(out, 2 * i + 1, port);
+	PyObject *out = NULL;
+	if (usual_v4(arg, n, room.numbers, room.ports) == 0)
+		out = packed4(room.numbers, room.ports, n);
+	else {
+		Py_INCREF(Py_None);
+		out = Py_None;
 	}
+	room_give(&room);
+	return out;
+}
+
+/* pack(flat) -> bytes | None: the packed store of a flat one (address, port, ...) whose
+ * addresses are each exactly an IPv4Address and ports ints of 16 bits; else None */
+static PyObject *pc_pack(PyObject *self, PyObject *arg)
+{
+	(void)self;
+	if (V4 == NULL || !PyTuple_CheckExact(arg) || PyTuple_GET_SIZE(arg) == 0 ||
+	    PyTuple_GET_SIZE(arg) % 2 != 0)
+		Py_RETURN_NONE;
+	Py_ssize_t n = PyTuple_GET_SIZE(arg) / 2;
+	struct v4_room room;
+	if (room_take(&room, n) < 0)
+		return NULL;
+	int usual = 1;
+	for (Py_ssize_t i = 0; usual && i < n; i++) {
+		room.numbers[i] = v4_number(PyTuple_GET_ITEM(arg, 2 * i));
+		room.ports[i] = port_number(PyTuple_GET_ITEM(arg, 2 * i + 1));
+		usual = room.numbers[i] >= 0 && room.ports[i] >= 0;
+	}
+	PyObject *out = NULL;
+	if (usual)
+		out = packed4(room.numbers, room.ports, n);
+	else {
+		Py_INCREF(Py_None);
+		out = Py_None;
+	}
+	room_give(&room);
 	return out;
 }
 
@@ -696,7 +762,9 @@ static PyMethodDef methods[] = {
 	{"held", pc_held, METH_VARARGS,
 	 "held(entry, have): True when from_entry(entry) == have surely, False: not known."},
 	{"flat", pc_flat, METH_O,
-	 "flat(backends): their flat store when they are the usual IPv4 shape, else None."},
+	 "flat(backends): their packed store when they are the usual IPv4 shape, else None."},
+	{"pack", pc_pack, METH_O,
+	 "pack(flat): the packed store of a flat IPv4 one (address, port, ...), else None."},
 	{"bind_entries", pc_bind_entries, METH_VARARGS,
 	 "Bind the classes entries() makes (see the module)."},
 	{"bind_services", pc_bind_services, METH_VARARGS,

@@ -10,9 +10,10 @@ new backends visible), then backends that left a service, and removed services l
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from itertools import chain, repeat
 from operator import attrgetter, itemgetter
 from typing import Any, NamedTuple
@@ -73,32 +74,101 @@ _READY_TERMINATING = READY | TERMINATING  # from_entry's one pass: ready, not te
 _active, _terminating = itemgetter(2), itemgetter(3)  # BackendState's flags, in C
 
 
-def _stored_count(stored: tuple[Any, ...]) -> int:
-    """How many backends a store holds (a flat one holds two items per backend)."""
-    return len(stored) // 2 if _is_flat(stored) else len(stored)
+# FrontendState's packed store (see there): a family tag, then per backend its address
+# (network order) and port (big-endian), so records compare as the backends' keys do.
+_TAG4, _TAG6 = 4, 6
+_RECORD4, _RECORD6 = struct.Struct(">IH"), struct.Struct(">16sH")
+_PORT = struct.Struct(">H")
 
 
-def _is_flat(stored: tuple[Any, ...]) -> bool:
-    """Whether stored backends (see FrontendState) are (address, port, ...), not
-    states (a state is a tuple; an address is not). Empty: both, and the same."""
-    return not stored or not isinstance(stored[0], tuple)
+def _pack(keys: Iterable[BackendKey]) -> bytes | None:
+    """The packed store of backends whose keys are ``keys`` (each active, none
+    terminating), or None where one does not pack: not every address exactly an
+    IPv4Address, or exactly an IPv6Address without a scope id; a port not exactly an
+    int of 16 bits. Empty keys: None (an empty store is ())."""
+    keys = tuple(keys)
+    if not keys:
+        return None
+    family = keys[0][0].__class__
+    if family is IPv4Address:
+        addresses, ports = zip(*keys, strict=True)
+        if any(a.__class__ is not IPv4Address for a in addresses) or any(
+            p.__class__ is not int for p in ports
+        ):
+            return None
+        try:
+            return bytes((_TAG4,)) + struct.pack(
+                ">" + "IH" * len(keys),
+                *chain.from_iterable(zip(map(_ip_of, addresses), ports, strict=True)),
+            )
+        except struct.error:  # a port past 16 bits
+            return None
+    if family is IPv6Address:
+        out = [bytes((_TAG6,))]
+        for address, port in keys:
+            if (
+                address.__class__ is not IPv6Address
+                or address.scope_id is not None
+                or port.__class__ is not int
+                or not 0 <= port <= 0xFFFF
+            ):
+                return None
+            out.append(address.packed + _PORT.pack(port))
+        return b"".join(out)
+    return None
 
 
-def _store(backends: tuple[BackendState, ...]) -> tuple[Any, ...]:
-    """Backends as FrontendState stores them: flat when each is active and not
-    terminating, else as they are."""
-    if all(map(_active, backends)) and not any(map(_terminating, backends)):
-        return tuple(chain.from_iterable(map(_backend_key, backends)))
+def _unpacked(stored: bytes) -> tuple[list[IPAddress], list[int]]:
+    """A packed store's addresses (new objects) and ports, in order."""
+    view = memoryview(stored)[1:]
+    if stored[0] == _TAG4:
+        numbers, ports = zip(*_RECORD4.iter_unpack(view), strict=True)
+        return list(map(IPv4Address, numbers)), list(ports)
+    raw, ports = zip(*_RECORD6.iter_unpack(view), strict=True)
+    return list(map(IPv6Address, raw)), list(ports)
+
+
+def _stored_count(stored: bytes | tuple[Any, ...]) -> int:
+    """How many backends a store holds (see FrontendState)."""
+    if isinstance(stored, bytes):
+        return (len(stored) - 1) // (_RECORD4.size if stored[0] == _TAG4 else _RECORD6.size)
+    return len(stored)
+
+
+def _store(backends: tuple[BackendState, ...]) -> bytes | tuple[BackendState, ...]:
+    """Backends as FrontendState stores them: packed when each is active and not
+    terminating and they pack, else as they are."""
+    if backends and all(map(_active, backends)) and not any(map(_terminating, backends)):
+        packed = _pack(map(_backend_key, backends))
+        if packed is not None:
+            return packed
     return backends
 
 
-def _stored_states(stored: tuple[Any, ...]) -> tuple[BackendState, ...]:
-    if _is_flat(stored):
-        return tuple(map(BackendState, stored[::2], stored[1::2]))
+def _stored_states(stored: bytes | tuple[BackendState, ...]) -> tuple[BackendState, ...]:
+    if isinstance(stored, bytes):
+        return tuple(map(BackendState, *_unpacked(stored)))
     return stored
 
 
+def compact_store(stored: tuple[Any, ...]) -> bytes | tuple[Any, ...]:
+    """FrontendState's store of a flat one (address, port, address, port, ...: every
+    backend active, not terminating, as the maps' read-back cuts it); a store of
+    BackendStates (or none) as it is."""
+    if not stored or stored[0].__class__ is BackendState:
+        return stored
+    if _native_pack is not None:
+        packed = _native_pack(stored)
+        if packed is not None:
+            return packed
+    keys = tuple(zip(stored[::2], stored[1::2], strict=True))
+    packed = _pack(keys)
+    return packed if packed is not None else tuple(map(BackendState, stored[::2], stored[1::2]))
+
+
 BackendRow = tuple[IPAddress, int, bool, bool]  # a BackendState's fields
+PackedRow = tuple[bytes, int, bool, bool]  # the same, the address packed
+_PACKED_ROW4, _PACKED_ROW6 = struct.Struct(">4sH"), struct.Struct(">16sH")
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -108,9 +178,14 @@ class FrontendState:
     Stored compactly, made on demand, for the usual frontend (every backend active, not
     terminating, and in the slots in the backends' order):
 
-    - ``backends``, when each is active and not terminating, are stored as one flat
-      tuple (address, port, address, port, ...), not as a BackendState each (80
-      bytes each; 38 MiB at 100,000 Services of 5 endpoints).
+    - ``backends``, when each is active and not terminating and their addresses are
+      exactly IPv4Address (or IPv6Address without a scope id, all of one family) with
+      16-bit ports, are stored packed: one bytes object, a family tag (4 or 6) then
+      per backend its address in network order and its port big-endian (6 or 18
+      bytes). Not a BackendState each (80 bytes each; 38 MiB at 100,000 Services of 5
+      endpoints), nor a flat tuple (address, port, ...) of the address objects, which
+      with their ints held 48 MiB (in-process, tracemalloc, bench Services), where
+      the packed stores hold 6 MiB. Otherwise they are a tuple of BackendStates.
     - ``slots`` (the active backends' keys in slot order), when they are every
       backend's key in the backends' order, are not stored (None): a tuple of
       (address, port) tuples per frontend held 34 MiB.
@@ -122,7 +197,7 @@ class FrontendState:
 
     frontend: Frontend
     port_name: ServicePortName
-    _backends: tuple[Any, ...]  # BackendStates sorted by key, or flat: see the docstring
+    _backends: bytes | tuple[BackendState, ...]  # sorted by key, or packed: see the docstring
     _slots: tuple[BackendKey, ...] | None  # see the docstring: None = the backends' keys
     affinity_timeout: int
     snat_address: IPAddress | None  # see ServiceEntry
@@ -141,15 +216,16 @@ class FrontendState:
         drop_when_empty: bool = False,
     ) -> None:
         """``backends`` sorted by key; ``slots`` None: the backends' keys, in order."""
-        # _store, inlined with the keys made once: a restart builds 100,000 of these
+        # _store, inlined with the keys made once
         keys = tuple(map(_backend_key, backends))
         plain = all(map(_active, backends)) and not any(map(_terminating, backends))
         if slots is not None and slots == keys:
             slots = None
+        packed = _pack(keys) if plain else None
         setter = object.__setattr__
         setter(self, "frontend", frontend)
         setter(self, "port_name", port_name)
-        setter(self, "_backends", tuple(chain.from_iterable(keys)) if plain else backends)
+        setter(self, "_backends", backends if packed is None else packed)
         setter(self, "_slots", slots)
         setter(self, "affinity_timeout", affinity_timeout)
         setter(self, "snat_address", snat_address)
@@ -160,7 +236,7 @@ class FrontendState:
         self,
         frontend: Frontend,
         port_name: ServicePortName,
-        stored: tuple[Any, ...],
+        stored: bytes | tuple[BackendState, ...],
         slots: tuple[BackendKey, ...] | None,
         affinity_timeout: int,
         snat_address: IPAddress | None,
@@ -179,7 +255,7 @@ class FrontendState:
 
     @property
     def backends(self) -> tuple[BackendState, ...]:
-        """Every backend, sorted by key (made anew from a flat store: see the class)."""
+        """Every backend, sorted by key (made anew from a packed store: see the class)."""
         return _stored_states(self._backends)
 
     @property
@@ -194,8 +270,8 @@ class FrontendState:
         if slots is not None:
             return slots
         stored = self._backends
-        if _is_flat(stored):
-            return tuple(zip(stored[::2], stored[1::2], strict=True))
+        if isinstance(stored, bytes):
+            return tuple(zip(*_unpacked(stored), strict=True))
         return tuple(map(_backend_key, stored))
 
     @property
@@ -225,46 +301,18 @@ class FrontendState:
     @classmethod
     def from_entry(cls, entry: ServiceEntry) -> FrontendState:
         # translate's usual output first: in key order, each key once, all active and
-        # none terminating; the general path below gives the same, sorting and
-        # de-duplicating. In C for IPv4 (see _native_flat), else one pass that checks
-        # and builds the flat store (an address compares with one Python call, where
-        # its version and int() took two).
-        native = _native_flat(entry.backends) if _native_flat is not None else None
-        if native is not None:
+        # none terminating, packed (see the class); the general path below gives the
+        # same, sorting and de-duplicating. In C for IPv4 (see _native_flat), else
+        # _usual_store's one pass.
+        stored = _native_flat(entry.backends) if _native_flat is not None else None
+        if stored is None:
+            stored = _usual_store(entry.backends)
+        if stored is not None:
             state = object.__new__(cls)
             state._set(
                 entry.frontend,
                 entry.port_name,
-                native,
-                None,
-                entry.affinity_timeout,
-                entry.snat_address,
-                entry.source_ranges,
-                entry.drop_when_empty,
-            )
-            return state
-        flat: list[Any] = []
-        family: type | None = None  # of the last backend, and its number and port
-        last_ip = last_port = 0
-        for b in entry.backends:
-            address, port = b.address, b.port
-            ip = _ip_of(address)
-            if b.conditions & _READY_TERMINATING != READY or (
-                family is not None
-                and not (
-                    address.__class__ is family
-                    and (last_ip < ip or (ip == last_ip and port > last_port))
-                )
-            ):
-                break
-            family, last_ip, last_port = address.__class__, ip, port
-            flat += (address, port)
-        else:
-            state = object.__new__(cls)
-            state._set(
-                entry.frontend,
-                entry.port_name,
-                tuple(flat),  # every backend active, none terminating
+                stored,  # every backend active, none terminating
                 None,  # every backend, in order
                 entry.affinity_timeout,
                 entry.snat_address,
@@ -328,21 +376,56 @@ class FrontendState:
         return FrontendState(**fields)
 
 
+def _usual_store(backends: tuple[Backend, ...]) -> bytes | tuple[()] | None:
+    """from_entry's store of ``backends`` when they are translate's usual output (in
+    key order, each key once, all ready and not terminating, and they pack: see
+    FrontendState), else None; in one pass (an address compares with one Python call,
+    where its version and int() took two)."""
+    if not backends:
+        return ()
+    numbers: list[int] = []
+    ports: list[int] = []
+    family = backends[0].address.__class__
+    last_ip = last_port = -1
+    for b in backends:
+        address, port = b.address, b.port
+        ip = _ip_of(address)
+        if (
+            b.conditions & _READY_TERMINATING != READY
+            or address.__class__ is not family
+            or port.__class__ is not int
+            or not (last_ip < ip or (ip == last_ip and port > last_port))
+        ):
+            return None
+        last_ip, last_port = ip, port
+        numbers.append(ip)
+        ports.append(port)
+    if family is IPv4Address:
+        try:
+            return bytes((_TAG4,)) + struct.pack(
+                ">" + "IH" * len(numbers), *chain.from_iterable(zip(numbers, ports, strict=True))
+            )
+        except struct.error:  # a port past 16 bits
+            return None
+    return _pack([(b.address, b.port) for b in backends])
+
+
 # The usual frontend's checks in C (ebpflb/_fullsync.c), where the module was built:
-# held_as_built and from_entry's one-pass case for IPv4, each answering only where it
-# is certain (else the Python below decides). At 100,000 Services a restart's diff
-# asks held_as_built of every frontend; in Python that was ~2 us each.
+# held_as_built, from_entry's one-pass case and compact_store for IPv4, each answering
+# only where it is certain (else the Python below decides). At 100,000 Services a
+# restart's diff asks held_as_built of every frontend; in Python that was ~2 us each.
 _native_held: Callable[[ServiceEntry, FrontendState], bool] | None
-_native_flat: Callable[[tuple[Backend, ...]], tuple[Any, ...] | None] | None
+_native_flat: Callable[[tuple[Backend, ...]], bytes | tuple[()] | None] | None
+_native_pack: Callable[[tuple[Any, ...]], bytes | None] | None
 try:
     from ebpflb import _fullsync
 except ImportError:  # no C compiler where it was installed: the Python path alone
-    _native_held = _native_flat = None
+    _native_held = _native_flat = _native_pack = None
 else:
     _fullsync.bind(
         Backend, Frontend, ServicePortName, ServiceRef, ServiceEntry, FrontendState, IPv4Address
     )
-    _native_held, _native_flat = _fullsync.held, _fullsync.flat
+    _native_held, _native_flat, _native_pack = _fullsync.held, _fullsync.flat, _fullsync.pack
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -351,7 +434,7 @@ class UpsertBackends:
     ``of`` shares a state's store: a first sync makes no BackendState at all."""
 
     frontend: Frontend
-    _backends: tuple[Any, ...]  # see FrontendState
+    _backends: bytes | tuple[BackendState, ...]  # see FrontendState
 
     def __init__(self, frontend: Frontend, backends: tuple[BackendState, ...]) -> None:
         object.__setattr__(self, "frontend", frontend)
@@ -374,11 +457,24 @@ class UpsertBackends:
         return _stored_count(self._backends)
 
     def rows(self) -> Iterable[BackendRow]:
-        """The backends' fields, without making a BackendState of a flat store."""
+        """The backends' fields, without making a BackendState of a packed store."""
         stored = self._backends
-        if _is_flat(stored):
-            return zip(stored[::2], stored[1::2], repeat(True), repeat(False))
+        if isinstance(stored, bytes):
+            addresses, ports = _unpacked(stored)
+            return zip(addresses, ports, repeat(True), repeat(False))
         return stored
+
+    def packed_rows(self) -> Iterable[PackedRow]:
+        """The backends' fields with each address packed (network order), as the maps
+        hold it: read from a packed store with no address object made."""
+        stored = self._backends
+        if isinstance(stored, bytes):
+            record = _PACKED_ROW4 if stored[0] == _TAG4 else _PACKED_ROW6
+            return (
+                (address, port, True, False)
+                for address, port in record.iter_unpack(memoryview(stored)[1:])
+            )
+        return ((b.address.packed, b.port, b.active, b.terminating) for b in stored)
 
     def holds_backends_of(self, state: FrontendState) -> bool:
         """Whether this is ``of(state)`` (or as good: the same store)."""
@@ -554,56 +650,24 @@ def held_as_built(entry: ServiceEntry, have: FrontendState) -> bool:
 
     After a restart every held state is read back from the maps, so none of its values
     is the entry's own object. The usual IPv4 frontend is checked in C (see
-    _native_held); in Python, IPv4 addresses compare by their numbers, the frontend and
-    the port name field by field (the dataclasses' and ipaddress' comparisons are each
-    a Python call or two), and the backends' order is checked in the same pass."""
+    _native_held); in Python, the frontend and the port name field by field (the
+    dataclasses' and ipaddress' comparisons are each a Python call or two, IPv4
+    addresses compare by their numbers), the backends as their packed store."""
     if _native_held is not None and _native_held(entry, have):
         return True
-    backends, held = entry.backends, have._backends
     if (
-        len(held) == 2 * len(backends)
-        and have._slots is None
-        and (not held or not isinstance(held[0], tuple))  # flat (_is_flat, inlined)
+        have._slots is None
         and entry.affinity_timeout == have.affinity_timeout
         and entry.snat_address == have.snat_address
         and entry.source_ranges == have.source_ranges
         and entry.drop_when_empty == have.drop_when_empty
         and _same_frontend(entry.frontend, have.frontend)
         and _same_port_name(entry.port_name, have.port_name)
-        and (not backends or _held_as_flat(backends, held))
     ):
-        return True
+        stored = _usual_store(entry.backends)
+        if stored is not None:
+            return stored == have._backends
     return FrontendState.from_entry(entry) == have
-
-
-def _held_as_flat(backends: tuple[Backend, ...], held: tuple[Any, ...]) -> bool:
-    """Whether ``backends`` (one at least) are from_entry's one-pass case (see there)
-    and its flat store of them is ``held`` (of the same length)."""
-    family = backends[0].address.__class__
-    numbered = family is IPv4Address  # equal exactly when their numbers are
-    last_ip = last_port = -1
-    for b, held_address, held_port in zip(backends, held[::2], held[1::2], strict=True):
-        address = b.address
-        ip = _ip_of(address)
-        port = b.port
-        if (
-            b.conditions & _READY_TERMINATING != READY
-            or port != held_port
-            or address.__class__ is not family
-            or not (last_ip < ip or (ip == last_ip and port > last_port))
-        ):
-            return False
-        if (
-            address is not held_address
-            # IPv4 by number; IPv6 by ipaddress, which also compares scope ids
-            and not (
-                numbered and held_address.__class__ is IPv4Address and _ip_of(held_address) == ip
-            )
-            and address != held_address
-        ):
-            return False
-        last_ip, last_port = ip, port
-    return True
 
 
 def _same_frontend(a: Frontend, b: Frontend) -> bool:

@@ -28,9 +28,10 @@ from ebpflb.model import (
     ServicePortName,
     ServiceRef,
 )
-from ebpflb.plan import FrontendState, held_as_built
+from ebpflb.plan import BackendState, FrontendState, UpsertBackends, held_as_built
 
 _ADDRESSES = ["10.0.0.1", "10.0.0.2", "10.0.0.10", "fd00::1", "fd00::2", "fe80::1%eth0"]
+_PORTS = [80, 255, 256, 8080, 65535, 70000]  # 70000: no map holds it, nothing packs it
 _pick = st.sampled_from
 
 
@@ -46,11 +47,26 @@ _backend = st.builds(
     st.booleans(),
     st.booleans(),
 )
+# more of them, on more ports, usually ready: past _fullsync.c's 16 on the stack
+_many_backends = st.lists(
+    st.builds(
+        lambda a, p, r, t: Backend(a, p, ready=r, terminating=t),
+        st.one_of(
+            st.integers(0x0A000000, 0x0A0000FF).map(ipaddress.IPv4Address),
+            st.integers(1, 255).map(lambda i: ipaddress.IPv6Address(0xFD00 << 112 | i)),
+            _pick(_ADDRESSES).map(_ip),
+        ),
+        _pick(_PORTS),
+        st.booleans() | st.just(True),
+        st.just(False) | st.booleans(),
+    ),
+    max_size=24,
+)
 
 
 @st.composite
 def _entry(draw: st.DrawFn) -> ServiceEntry:
-    backends = draw(st.lists(_backend, max_size=5))
+    backends = draw(st.lists(_backend, max_size=5) | _many_backends)
     if draw(st.booleans()):  # translate's own shape: one family, in key order
         family = backends[0].address.version if backends else 4
         backends = sorted(b for b in backends if b.address.version == family)
@@ -80,6 +96,8 @@ def _copy(value: Any) -> Any:
     """An equal value that shares no object with ``value`` (as read back)."""
     if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
         return ipaddress.ip_address(str(value))
+    if isinstance(value, bytes):
+        return bytes(bytearray(value))
     if isinstance(value, tuple):
         return tuple(_copy(v) for v in value)
     if isinstance(value, Frontend):
@@ -198,4 +216,102 @@ def test_the_c_checks_leave_what_they_cannot_read_to_python() -> None:
     unset = object.__new__(FrontendState)  # no slot set: not known, and no crash
     entry = ServiceEntry(Frontend(_ip("10.96.0.1"), 80, Protocol.TCP), port_name, usual)
     assert not _fullsync.held(entry, unset)
-    assert len(_fullsync.flat(usual) or ()) == 4
+    assert len(_fullsync.flat(usual) or ()) == 1 + 2 * 6  # a tag, then 6 bytes each
+
+
+_FRONTEND = Frontend(_ip("10.96.0.1"), 80, Protocol.TCP)
+_PORT_NAME = ServicePortName(ServiceRef("d", "w"), "http", Protocol.TCP)
+
+
+def _states(backends: list[Backend]) -> tuple[BackendState, ...]:
+    """BackendStates of ``backends`` in key order, each key once (a state's own)."""
+    made = {
+        (b.address, b.port): BackendState(b.address, b.port, b.ready, b.terminating)
+        for b in backends
+    }
+    return tuple(sorted(made.values(), key=plan.backend_order))
+
+
+def _packs(states: tuple[BackendState, ...]) -> bool:
+    """Whether FrontendState packs these backends (see its docstring)."""
+    families = {s.address.__class__ for s in states}
+    return (
+        bool(states)
+        and all(s.active and not s.terminating and s.port <= 0xFFFF for s in states)
+        and (
+            families == {ipaddress.IPv4Address}
+            or (
+                families == {ipaddress.IPv6Address}
+                and all(s.address.scope_id is None for s in states)  # type: ignore[union-attr]
+            )
+        )
+    )
+
+
+@settings(max_examples=600, deadline=None)
+@given(_many_backends, st.booleans())
+def test_a_packed_store_reads_as_the_backend_states_it_stands_for(
+    backends: list[Backend], own_slots: bool
+) -> None:
+    states = _states(backends)
+    keys = tuple(s.key for s in states if s.active)
+    slots = tuple(reversed(keys)) if own_slots else keys
+    state = FrontendState(_FRONTEND, _PORT_NAME, states, slots)
+    assert isinstance(state._backends, bytes) == _packs(states)
+    if isinstance(state._backends, bytes):  # the tag, then 6 or 18 bytes a backend
+        size = 6 if states[0].address.version == 4 else 18
+        assert len(state._backends) == 1 + size * len(states)
+    assert state.backends == states and state.backend_count == len(states)
+    assert state.slots == slots and state.slot_count == len(slots)
+    assert state.slots_are_backends == (slots == tuple(s.key for s in states))
+    # the views make the same objects' values, and the fields compare as the views do
+    assert all(
+        type(a.address) is type(b.address) for a, b in zip(state.backends, states, strict=True)
+    )
+    again = FrontendState(_FRONTEND, _PORT_NAME, state.backends, state.slots)
+    assert again == state and hash(again) == hash(state)
+    assert state.replace() == state and state.with_backends(states) == state
+    op, shared = UpsertBackends(_FRONTEND, states), UpsertBackends.of(state)
+    for upsert in (op, shared):
+        assert upsert.backends == states and upsert.backend_count == len(states)
+        assert [tuple(r) for r in upsert.rows()] == [tuple(s) for s in states]
+        assert list(upsert.packed_rows()) == [
+            (s.address.packed, s.port, s.active, s.terminating) for s in states
+        ]
+    assert shared.holds_backends_of(state) and op._backends == state._backends
+
+
+@settings(max_examples=600, deadline=None)
+@given(_many_backends)
+def test_a_flat_store_read_back_is_packed_as_the_constructor_packs(
+    backends: list[Backend],
+) -> None:
+    states = tuple(s._replace(active=True, terminating=False) for s in _states(backends))
+    flat = tuple(x for s in states for x in s.key)  # as the maps' read-back cuts it
+    built = FrontendState(_FRONTEND, _PORT_NAME, states, None)._backends
+    native = plan.compact_store(flat)
+    with mock.patch.object(plan, "_native_pack", None):
+        python = plan.compact_store(flat)
+    assert native == python == built
+    assert type(native) is type(built)
+    assert plan.compact_store(states) is states  # BackendStates: as they are
+
+
+def test_the_packed_store_is_the_records_of_the_keys() -> None:
+    states = (
+        BackendState(_ip("10.0.0.1"), 8080),
+        BackendState(_ip("10.0.1.2"), 443),
+    )
+    packed = FrontendState(_FRONTEND, _PORT_NAME, states, None)._backends
+    assert packed == b"\x04" + bytes([10, 0, 0, 1, 0x1F, 0x90, 10, 0, 1, 2, 0x01, 0xBB])
+    six = (BackendState(_ip("fd00::1"), 80),)
+    packed6 = FrontendState(_FRONTEND, _PORT_NAME, six, None)._backends
+    assert packed6 == b"\x06" + _ip("fd00::1").packed + b"\x00\x50"
+    # not packed: an inactive or terminating backend, a scope id, two families
+    for odd in (
+        (BackendState(_ip("10.0.0.1"), 80, active=False),),
+        (BackendState(_ip("10.0.0.1"), 80, terminating=True),),
+        (BackendState(_ip("fe80::1%eth0"), 80),),
+        (states[0], six[0]),
+    ):
+        assert FrontendState(_FRONTEND, _PORT_NAME, odd, None)._backends == odd

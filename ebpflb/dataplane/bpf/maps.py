@@ -55,7 +55,7 @@ from ebpflb.model import (
     ServicePortName,
     ServiceRef,
 )
-from ebpflb.plan import BackendState, FrontendState, backend_order
+from ebpflb.plan import BackendState, FrontendState, backend_order, compact_store
 
 log = logging.getLogger(__name__)
 
@@ -1211,6 +1211,7 @@ def _read_frontends(
     )
     port_names = names.take_all(sids, protos, proto_nos)
     backends, slot_keys, flat, tables = be.take_all(sids, counts, slots)
+    stores = list(map(compact_store, backends))  # the flat ones packed, as plan stores them
     n = len(sids)
     snat_addresses: list[IPAddress | None] = [None] * n
     for i in compress(range(n), map(ne, snat, repeat(no_address))):
@@ -1219,7 +1220,7 @@ def _read_frontends(
     for i in compress(range(n), map(and_, flags, repeat(_SRC_RANGES))):
         ranges[i] = out.src_ranges.get(sids[i], ())
     drops = list(map(bool, map(and_, flags, repeat(_DROP_EMPTY))))
-    columns = (frontends, port_names, backends, slot_keys, affinity, snat_addresses, ranges, drops)
+    columns = (frontends, port_names, stores, slot_keys, affinity, snat_addresses, ranges, drops)
     # the usual ones with their compact store as it is (as FrontendState.from_entry
     # makes it), the others through the constructor
     states: list[FrontendState] = _objects(

@@ -328,8 +328,7 @@ class MapWriter:
             batch, pack = (be6, pack6) if v6 else (be4, pack4)
             keys, values = batch.keys, batch.values
             bids: list[int] = []
-            for address_object, port, active, terminating in op.rows():
-                address = address_object.packed
+            for address, port, active, terminating in op.packed_rows():
                 id_key = address + u16(port)  # ids.backend_key, without a call
                 bid = owned.get(id_key)
                 if bid is None:
