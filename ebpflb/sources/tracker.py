@@ -128,20 +128,25 @@ class ChangeTracker:
         for key, obj in dict(others).items():
             self._record(key, obj)
         for namespace, held in stores.get(ENDPOINT_SLICE, _NONE).items():
-            owned: dict[str, list[str]] = {}
+            owned: dict[str, Any] = {}  # _Names; a list only while several are gathered
+            several = False
             for name, obj in held.items():
                 owner = slice_owner(obj)
                 if owner:
-                    names = owned.get(owner)
-                    if names is None:
-                        owned[owner] = [name]
+                    names = owned.setdefault(owner, name)
+                    if names is name:
+                        continue
+                    if type(names) is str:
+                        owned[owner] = [names, name]
+                        several = True
                     else:
                         names.append(name)
+            if several:
+                for owner, names in owned.items():  # (no key added: safe to iterate)
+                    if type(names) is list:
+                        owned[owner] = tuple(sorted(names))
             if owned:
-                self._slices[namespace] = {
-                    owner: names[0] if len(names) == 1 else tuple(sorted(names))
-                    for owner, names in owned.items()
-                }
+                self._slices[namespace] = owned
         self._fresh.update(k for k in kinds if self._objects.get(k))
 
     def _fresh_changes(self) -> None:
