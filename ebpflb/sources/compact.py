@@ -336,7 +336,11 @@ def _service(out: Obj) -> CompactService | None:
         shape = _shapes[found_key] = ServiceShape(
             keys, tuple(values), cluster_ips=ips_at >= 0, labels=meta.value, status=status
         )
-    return CompactService(meta.name, meta.namespace, ip, shape)
+    try:  # a dotted quad (only the canonical one) held as an int
+        number: str | int = int.from_bytes(_inet_pton(_AF_INET, ip))
+    except (OSError, ValueError):  # ValueError: an embedded NUL
+        number = ip
+    return CompactService(meta.name, meta.namespace, number, shape)
 
 
 def _spec_places(keys: tuple[str, ...]) -> tuple[tuple[str, ...], int, int] | None:

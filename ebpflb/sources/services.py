@@ -19,6 +19,7 @@ last-good check (``lastgood``) never holds an edit back for the node's sake.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
@@ -55,7 +56,7 @@ class ServiceShape:
     spec in order, and its values but the ClusterIPs; whether their metadata has
     labels; their status. ``compact`` makes one per shape met and shares it."""
 
-    __slots__ = ("cluster_ips", "keys", "labels", "status", "values")
+    __slots__ = ("cluster_ips", "keys", "labels", "single", "status", "values")
 
     def __init__(
         self,
@@ -69,6 +70,9 @@ class ServiceShape:
         self.keys = keys  # the spec's keys, in order
         self.values = values  # the spec's values; None for clusterIP and clusterIPs
         self.cluster_ips = cluster_ips  # whether spec.clusterIPs is [spec.clusterIP]
+        # whether spec.clusterIP is all there is of the ClusterIPs and families (the
+        # single-stack shape _cluster_ips reads fast)
+        self.single = not {"clusterIPs", "ipFamilies", "ipFamilyPolicy"} & set(keys)
         self.labels = labels  # metadata.labels: absent when None, {} when ""
         self.status = status  # _NO_STATUS: absent
 
@@ -83,6 +87,7 @@ class ServiceShape:
 
 
 _NO_STATUS: Any = object()
+_inet_ntoa = socket.inet_ntoa
 _NO_META: Obj = {}  # a CompactService's, as _parse_service reads it; never filled
 _SERVICE_KEYS = ("kind", "apiVersion", "metadata", "spec")
 
@@ -104,11 +109,21 @@ class CompactService(CompactObject):
     KIND = "Service"
     API_VERSION = "v1"
 
-    def __init__(self, name: str, namespace: str, cluster_ip: str, shape: ServiceShape) -> None:
+    def __init__(
+        self, name: str, namespace: str, cluster_ip: str | int, shape: ServiceShape
+    ) -> None:
         self.name = name
         self.namespace = namespace
+        # spec.clusterIP: an int when a dotted quad (an int is half a string's size),
+        # else as written; so one address is always held in the same form
         self.cluster_ip = cluster_ip
         self.shape = shape
+
+    @property
+    def cluster_ip_text(self) -> str:
+        """spec.clusterIP as written."""
+        ip = self.cluster_ip
+        return ip if type(ip) is str else _inet_ntoa(ip.to_bytes(4))  # type: ignore[union-attr]
 
     @property
     def metadata(self) -> CompactMeta:
@@ -118,9 +133,9 @@ class CompactService(CompactObject):
     def spec(self) -> dict[str, Any]:
         shape = self.shape
         spec = dict(zip(shape.keys, shape.values, strict=True))
-        spec["clusterIP"] = self.cluster_ip  # in its place: the key is there
+        spec["clusterIP"] = ip = self.cluster_ip_text  # in its place: the key is there
         if shape.cluster_ips:
-            spec["clusterIPs"] = [self.cluster_ip]
+            spec["clusterIPs"] = [ip]
         return spec
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -218,8 +233,10 @@ def _parse_service(
 ) -> _Service | None:
     meta: Obj = _NO_META
     spec: Any = None
+    small: CompactService | None = None
     compacted = type(obj) is CompactService
     if type(obj) is CompactService:  # a name, no label, no annotation: read its slots
+        small = obj
         ref = ServiceRef(obj.namespace, obj.name)
         spec = obj.spec
     else:
@@ -242,7 +259,13 @@ def _parse_service(
         if svc_type is ServiceType.EXTERNAL_NAME:
             external_name = _string(spec.get("externalName"), "spec.externalName") or None
             return _Service(ServiceInfo(ref, svc_type, None, external_name), ())
-        raw, addresses, require_dual = _cluster_ips(spec)
+        if small is not None and small.shape.single and type(small.cluster_ip) is int:
+            # what _cluster_ips finds, without parsing the address back
+            raw: tuple[str, ...] = (spec["clusterIP"],)
+            addresses: tuple[IPAddress, ...] = (ipaddress.IPv4Address(small.cluster_ip),)
+            require_dual = False
+        else:
+            raw, addresses, require_dual = _cluster_ips(spec)
         info = ServiceInfo(ref, svc_type, raw[0], cluster_ips=raw)
         if not addresses:
             return _Service(info, ())

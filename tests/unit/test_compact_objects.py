@@ -485,3 +485,31 @@ def test_a_relist_of_equal_objects_changes_nothing() -> None:
     assert tracker.slices_of(tracker.changed_services().pop()) == (
         _compact("EndpointSlice", moved),
     )
+
+
+@pytest.mark.parametrize(
+    "ip",
+    [
+        "10.96.0.10",
+        "0.0.0.0",
+        "255.255.255.255",
+        "01.2.3.4",
+        "1.2.3.04",
+        "1.2.3",
+        "1.2.3.4 ",
+        "fd00:96::a",
+        "FD00:96::A",
+        "None",
+        "",
+    ],
+)
+def test_a_cluster_ip_is_held_as_a_number_only_when_it_reads_back_the_same(ip: str) -> None:
+    for spec in ({}, {"clusterIPs": [ip]}, {"ipFamilyPolicy": "SingleStack"}):
+        whole = svc("web", port("http", 80), ip=ip, **copy.deepcopy(spec))
+        small = _compact("Service", copy.deepcopy(whole))
+        assert type(small) is CompactService
+        canonical = ip in ("10.96.0.10", "0.0.0.0", "255.255.255.255")
+        assert type(small.cluster_ip) is (int if canonical else str)
+        assert small.spec["clusterIP"] == ip and small.cluster_ip_text == ip
+        _reads_as(small, _compact_dict("Service", whole))
+        _same(_translate([small], []), _translate([whole], []))
