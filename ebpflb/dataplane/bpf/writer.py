@@ -22,6 +22,7 @@ import ctypes
 import logging
 import socket
 import struct
+from array import array
 from ipaddress import IPv6Network
 from operator import itemgetter
 
@@ -73,6 +74,7 @@ _DROP_EMPTY = int(abi.SvcFlag.DROP_EMPTY)
 _MAGLEV = int(abi.SvcFlag.MAGLEV)
 _NO_ADDRESS = bytes(4)
 _NO_ADDRESS6 = bytes(16)
+_NO_SLOTS = -1  # in MapWriter._slot_counts: the id has no service entry
 
 
 def _range_key(sid: int, net: IPNetwork) -> abi.SrcRange4Key | abi.SrcRange6Key:
@@ -163,7 +165,15 @@ class MapWriter:
     def _adopt(self, st: MapState) -> None:
         self.frontends: dict[FrontendKey, FrontendState] = st.frontends
         self.svc_ids: dict[FrontendKey, int] = st.svc_ids
-        self.slot_counts: dict[int, int] = st.slot_counts
+        # Service ids are indexes (below max_services, or adopted from maps pinned
+        # with other sizes): per id, lists and arrays are smaller than dicts (at
+        # 100,000 frontends a dict of them held 5 MiB, its int values 3 more).
+        dirty = [*st.svc_ids.values(), *st.orphan_svc_ids]
+        room = max(self.max_services, 1 + max(dirty, default=0))
+        # svc id -> its service entry's slot count; _NO_SLOTS: no entry
+        self._slot_counts = array("i", [_NO_SLOTS]) * room
+        for sid, count in st.slot_counts.items():
+            self._slot_counts[sid] = count
         live = set(st.svc_ids.values())
         self.src_ranges: dict[int, tuple[IPNetwork, ...]] = {
             sid: ranges for sid, ranges in st.src_ranges.items() if sid in live
@@ -174,8 +184,10 @@ class MapWriter:
             if sid not in self.src_ranges
             for net in ranges
         ]
-        # svc id -> its backends' ids, packed (see ids.pack_ids); no entry: none
-        self._backend_ids: dict[int, IdTable] = st.id_tables()
+        # svc id -> its backends' ids, packed (see ids.pack_ids); empty: none
+        self._backend_ids: list[IdTable] = [b""] * room
+        for sid, table in st.id_tables().items():
+            self._backend_ids[sid] = table
         self.svc_alloc = IdAllocator(
             1, self.max_services - 1, what="service", used=st.svc_ids.values()
         )
@@ -185,8 +197,7 @@ class MapWriter:
         # Service ids whose counters may hold an earlier owner's numbers: everything
         # the maps held when read, and every id freed since. Fresh ids need no reset.
         # (a byte per id, not a set: 4 MiB at 100,000 adopted frontends)
-        dirty = [*st.svc_ids.values(), *st.orphan_svc_ids]
-        self._dirty_stats = bytearray(max(self.max_services, 1 + max(dirty, default=0)))
+        self._dirty_stats = bytearray(room)
         for sid in dirty:
             self._dirty_stats[sid] = 1
         for orphans, m in (
@@ -198,9 +209,14 @@ class MapWriter:
                 log.info("removing %d orphaned backends from %s", len(orphans), m.path)
                 m.delete_batch([ctypes.c_uint32(b) for b in orphans])
 
+    @property
+    def slot_counts(self) -> dict[int, int]:
+        """Each service entry's slot count by service id (a new dict each time)."""
+        return {sid: count for sid, count in enumerate(self._slot_counts) if count != _NO_SLOTS}
+
     def owned(self, sid: int, *, v6: bool) -> dict[BackendKey, int]:
         """Frontend ``sid``'s backends' ids by backend key (``v6``: its family)."""
-        table = self._backend_ids.get(sid)
+        table = self._backend_ids[sid]
         return unpack_ids(table, v6=v6) if table else {}
 
     def backend_ids(self) -> dict[int, dict[BackendKey, int]]:
@@ -208,7 +224,7 @@ class MapWriter:
         families = {sid: key[0].version == 6 for key, sid in self.svc_ids.items()}
         return {
             sid: unpack_ids(table, v6=families[sid])
-            for sid, table in self._backend_ids.items()
+            for sid, table in enumerate(self._backend_ids)
             if table
         }
 
@@ -217,7 +233,7 @@ class MapWriter:
         list() of a dict is atomic under the GIL)."""
         sids = [sid for key, sid in list(self.svc_ids.items()) if key[0].version == 6]
         owned = self._backend_ids
-        return len(sids), sum(table_size(owned.get(sid, b""), v6=True) for sid in sids)
+        return len(sids), sum(table_size(owned[sid], v6=True) for sid in sids)
 
     def _check_capacity(self, plan: Plan) -> None:
         """Refuse the whole plan, before writing anything, when it cannot fit. One pass
@@ -287,7 +303,7 @@ class MapWriter:
         if sid is None:
             sid = self.svc_alloc.alloc()
             self.svc_ids[key] = sid
-            self.slot_counts[sid] = 0
+            self._slot_counts[sid] = 0
         return sid
 
     def apply(self, plan: Plan) -> None:
@@ -322,7 +338,7 @@ class MapWriter:
             sid = self._svc_id(fkey)
             proto = _PROTO_NUMBERS[fe.protocol]
             v6 = fe.address.version == 6
-            table = tables.get(sid)
+            table = tables[sid]
             owned = unpack_ids(table, v6=v6) if table else {}
             held = len(owned)
             batch, pack = (be6, pack6) if v6 else (be4, pack4)
@@ -380,7 +396,7 @@ class MapWriter:
             count = len(bids)
             slots.keys += [_SLOT_KEY(sid, i) for i in range(count)]
             slots.values += [_U32(bid) for bid in bids]
-            stale.keys += [_SLOT_KEY(sid, i) for i in range(count, self.slot_counts.get(sid, 0))]
+            stale.keys += [_SLOT_KEY(sid, i) for i in range(count, self._slot_counts[sid])]
             key = _U32(sid)
             address = fe.address.packed
             port = _htons(fe.port)
@@ -408,7 +424,7 @@ class MapWriter:
                 snat = st.snat_address.packed if st.snat_address else _NO_ADDRESS
                 svc.values.append(pack_svc4(sid, count, flags, st.affinity_timeout, snat))
             self._write_src_ranges(sid, st.source_ranges)
-            self.slot_counts[sid] = count
+            self._slot_counts[sid] = count
             self.frontends[fkey] = st
         slots.update(self.maps.slots)
         rnat4.update(self.maps.rnat)
@@ -477,10 +493,7 @@ class MapWriter:
                 if bid is not None:
                     batch.add(_U32(bid))
                     self.be_alloc.free(bid)
-            if owned:
-                self._backend_ids[sid] = pack_ids(owned, v6=v6)
-            else:
-                self._backend_ids.pop(sid, None)
+            self._backend_ids[sid] = pack_ids(owned, v6=v6)  # b"" when none is left
             st = self.frontends.get(op.frontend.key)
             if st is not None:
                 gone = set(op.backends)
@@ -503,11 +516,13 @@ class MapWriter:
             svc.add(pack_lb_key(op.frontend))
             if sid is None:
                 continue
-            for i in range(self.slot_counts.pop(sid, 0)):
+            for i in range(self._slot_counts[sid]):
                 slots.add(_SLOT_KEY(sid, i))
+            self._slot_counts[sid] = _NO_SLOTS
             ids.add(_U32(sid))
             rnat.add(_U32(sid))
-            for bid in table_ids(self._backend_ids.pop(sid, b""), v6=v6):
+            table, self._backend_ids[sid] = self._backend_ids[sid], b""
+            for bid in table_ids(table, v6=v6):
                 bes.add(_U32(bid))
                 self.be_alloc.free(bid)
             freed.append(sid)
