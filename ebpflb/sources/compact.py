@@ -41,6 +41,7 @@ from ebpflb.sources.endpointslices import (
     CompactEndpoint,
     CompactSlice,
     PackedEndpoints,
+    SliceHead,
 )
 from ebpflb.sources.fields import CompactMeta, _ip
 from ebpflb.sources.services import (
@@ -374,7 +375,21 @@ def _slice(out: Obj) -> CompactSlice | None:
     ):
         return None
     assert meta.value is not None
-    return CompactSlice(meta.name, meta.namespace, meta.value, out["ports"], endpoints)
+    ports, place = out["ports"], endpoints.place
+    # by identity: ports are shared, a place is one of _places' (and the head keeps
+    # both, so that their ids stay theirs while it is held)
+    key = (endpoints.version, id(ports), id(place))
+    head = _heads.get(key)
+    if head is None:
+        if len(_heads) >= _SHARED_MAX:
+            _heads.clear()
+        head = _heads[key] = (endpoints.version, ports, place)
+    return CompactSlice(
+        meta.name, meta.namespace, meta.value, head, endpoints.packed, endpoints.places
+    )
+
+
+_heads: dict[tuple[int, int, int], SliceHead] = {}
 
 
 def _endpoints(items: list[Any], version: int | None) -> Sequence[Any]:

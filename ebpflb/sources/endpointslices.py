@@ -238,6 +238,9 @@ def _same_endpoints(a: PackedEndpoints | CompactSlice, b: PackedEndpoints | Comp
     return tuple(a.places_of()) == tuple(b.places_of())
 
 
+# A CompactSlice's (IP version, ports, place of every endpoint or None), one tuple
+# for the slices of one Service port list and node (``compact`` shares them).
+SliceHead = tuple[int, Any, "_Place | None"]
 _SLICE_KEYS = ("kind", "apiVersion", "metadata", "addressType", "ports", "endpoints")
 _ADDRESS_TYPE_NAMES = {4: "IPv4", 6: "IPv6"}
 
@@ -246,13 +249,14 @@ class CompactSlice(CompactObject):
     """An EndpointSlice as the Kubernetes source keeps it when it is of the usual
     shape: the usual kind and apiVersion, metadata of a name, a namespace and just the
     Service's label, addressType IPv4 or IPv6, and every endpoint of the usual shape
-    (``PackedEndpoints``, whose fields it holds: no object of its own). 96 B and its
-    names and packed addresses, where the dicts and PackedEndpoints were ~400 B. It
-    reads as the dict it was made from (``endpoints`` a PackedEndpoints made on each
-    access); every other slice stays a dict, so that translation reads it (and
-    reports what is wrong with it) as before."""
+    (``PackedEndpoints``, whose fields it holds: no object of its own), its family,
+    ports and shared place in one ``head`` that slices alike share. 80 B and its names
+    and packed addresses, where the dicts and PackedEndpoints were ~400 B. It reads as
+    the dict it was made from (``endpoints`` a PackedEndpoints made on each access);
+    every other slice stays a dict, so that translation reads it (and reports what is
+    wrong with it) as before."""
 
-    __slots__ = ("packed", "place", "places", "ports", "service", "version")
+    __slots__ = ("head", "packed", "places", "service")
 
     KIND = "EndpointSlice"
     API_VERSION = "discovery.k8s.io/v1"
@@ -262,17 +266,28 @@ class CompactSlice(CompactObject):
         name: str,
         namespace: str,
         service: str,
-        ports: Any,
-        endpoints: PackedEndpoints,
+        head: SliceHead,
+        packed: bytes,
+        places: tuple[_Place, ...] | None,
     ) -> None:
         self.name = name
         self.namespace = namespace
         self.service = service  # the kubernetes.io/service-name label
-        self.ports = ports  # as given (shared)
-        self.version = endpoints.version  # 4 or 6: the addressType
-        self.packed = endpoints.packed
-        self.place = endpoints.place
-        self.places = endpoints.places
+        self.head = head  # (IP version, ports, place): see SliceHead
+        self.packed = packed  # as PackedEndpoints holds them
+        self.places = places
+
+    @property
+    def version(self) -> int:
+        return self.head[0]
+
+    @property
+    def ports(self) -> Any:
+        return self.head[1]
+
+    @property
+    def place(self) -> _Place | None:
+        return self.head[2]
 
     @property
     def metadata(self) -> CompactMeta:
@@ -280,7 +295,8 @@ class CompactSlice(CompactObject):
 
     @property
     def endpoints(self) -> PackedEndpoints:
-        return PackedEndpoints(self.version, self.packed, self.place, self.places)
+        version, _, place = self.head
+        return PackedEndpoints(version, self.packed, place, self.places)
 
     def places_of(self) -> Sequence[_Place]:
         return self.endpoints.places_of()
@@ -320,8 +336,11 @@ class CompactSlice(CompactObject):
                 self.name == other.name
                 and self.namespace == other.namespace
                 and self.service == other.service
-                and (self.ports is other.ports or self.ports == other.ports)
-                and _same_endpoints(self, other)
+                and self.packed == other.packed
+                and (
+                    (self.head is other.head and self.places == other.places)
+                    or (self.ports == other.ports and _same_endpoints(self, other))
+                )
             )
         return super().__eq__(other)
 
@@ -384,9 +403,9 @@ def _parse_slice(
     try:
         if type(obj) is CompactSlice:  # a name, a label, packed endpoints: its slots
             service: Any = obj.service
-            version: int = obj.version
-            port_items = _list(obj.ports, "ports")
-            endpoint_items = obj.endpoints
+            version, raw_ports, place = obj.head
+            port_items = _list(raw_ports, "ports")
+            endpoint_items = PackedEndpoints(version, obj.packed, place, obj.places)
         else:
             if not name:
                 raise _Invalid("metadata.name is missing")

@@ -396,6 +396,12 @@ def test_a_slice_is_one_object_and_reads_its_endpoints_packed() -> None:
     assert small["addressType"] == "IPv4" and small["ports"] == [sport("http", 8080, "TCP")]
     other = _compact("EndpointSlice", _api_slice("db-a", "db"))
     assert type(other) is CompactSlice and other.ports is small.ports and other != small
+    assert other.head is small.head  # one family, port list and node: one head
+    spread = _api_slice()
+    spread["endpoints"][0]["nodeName"] = "node-b"
+    apart = _compact("EndpointSlice", spread)
+    assert type(apart) is CompactSlice and apart.head[2] is None and apart.places is not None
+    assert apart != small and apart["endpoints"][1] == small["endpoints"][1]
 
 
 @pytest.mark.parametrize(
