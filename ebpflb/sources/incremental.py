@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from operator import itemgetter
 from types import MappingProxyType
 from typing import Any
 
@@ -55,6 +54,8 @@ _CLAIMED_BY_ANOTHER = " is already used by Service "
 # second dict of counts were ~100 B); its keys are the ones translation made, shared.
 _Kept = tuple[Any, ...]
 _NOTHING: _Kept = (0,)  # a Service without frontends
+
+_NO_SLICES: dict[str, Any] = {}  # the slices of a namespace with none; never filled
 
 # Services translated at a time by rebuild_in_chunks: a chunk's parse and entries are
 # garbage before the next chunk makes its own, so they reuse the same memory.
@@ -138,7 +139,10 @@ class IncrementalTranslator:
         self._forget()
         self._state = self._lazy_state({}, None, None)
         errors: list[ObjectError] = []
-        grouped: dict[tuple[str, str], list[Obj]] = {}  # by (namespace, Service name)
+        # namespace -> Service name -> its slice, or a list of them where several: no
+        # tuple key nor list for the usual Service's one slice (these are made before
+        # the data path's first state, and freed in among it)
+        grouped: dict[str, dict[str, Any]] = {}
         others: list[Obj] = []  # slices of no Service (their errors are still told)
         for obj in slices:
             meta = obj.get("metadata")
@@ -149,19 +153,34 @@ class IncrementalTranslator:
                 owner, namespace = slice_owner(obj), _identity(obj)[0]
             if owner is None:
                 others.append(obj)
+                continue
+            owners = grouped.get(namespace)
+            if owners is None:
+                owners = grouped[namespace] = {}
+            have = owners.setdefault(owner, obj)
+            if have is obj:
+                continue
+            if type(have) is list:
+                have.append(obj)
             else:
-                grouped.setdefault((namespace, owner), []).append(obj)
-        ordered = sorted(((_identity(obj), obj) for obj in services), key=itemgetter(0))
+                owners[owner] = [have, obj]
+        ordered = _in_claim_order(services)
         start = 0
         while start < len(ordered):
             end = min(start + size, len(ordered))
-            while end < len(ordered) and ordered[end][0] == ordered[end - 1][0]:
+            last = _identity(ordered[end - 1])
+            while end < len(ordered) and _identity(ordered[end]) == last:
                 end += 1  # the copies of one Service in one chunk (the later is an error)
-            names = dict.fromkeys(name for name, _ in ordered[start:end])
-            result = self._translate_objects(
-                [obj for _, obj in ordered[start:end]],
-                [s for name in names for s in grouped.pop(name, ())],
-            )
+            chunk = ordered[start:end]
+            owned: list[Obj] = []
+            for namespace, name in dict.fromkeys(map(_identity, chunk)):
+                got = grouped.get(namespace, _NO_SLICES).pop(name, None)
+                if type(got) is list:
+                    owned += got
+                elif got is not None:
+                    owned.append(got)
+            result = self._translate_objects(chunk, owned)
+            del chunk, owned
             start = end
             found = list(result.errors)
             self._keep_chunk(result, found)
@@ -169,7 +188,12 @@ class IncrementalTranslator:
             yield DesiredState(MappingProxyType(result.entries), MappingProxyType(result.services))
             del result
         del ordered
-        others += (s for group in grouped.values() for s in group)
+        for owners in grouped.values():
+            for got in owners.values():
+                if type(got) is list:
+                    others += got
+                else:
+                    others.append(got)
         if others:
             errors += self._translate_objects([], others).errors
         self._note_errors(sorted(set(errors), key=_error_order))
@@ -347,6 +371,20 @@ class IncrementalTranslator:
 
     def _all_errors(self) -> tuple[ObjectError, ...]:
         return tuple(e for errs in self._errors.values() for e in errs) + self._other_errors
+
+
+def _in_claim_order(services: Iterable[Obj]) -> Sequence[Obj]:
+    """``services`` by (namespace, name), as translate claims frontends; the order
+    kept among copies of one. Sorted only when they are not in order already (a
+    tracker's take is), so that no (namespace, name) tuple is kept for each."""
+    listed = services if isinstance(services, (tuple, list)) else list(services)
+    previous: tuple[str, str] | None = None
+    for obj in listed:
+        identity = _identity(obj)
+        if previous is not None and identity < previous:
+            return sorted(listed, key=_identity)  # stable: copies stay in turn
+        previous = identity
+    return listed
 
 
 class _Translations:

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from ebpflb.model import ServiceRef
 from ebpflb.sources.incremental import IncrementalTranslator
-from tests.unit.test_incremental_release import World, _node, ref, service, slice_
+from ebpflb.sources.translate import translate
+from tests.unit.test_incremental_release import IPS, World, _node, ref, service, slice_
 
 
 def _world() -> World:
@@ -92,3 +96,46 @@ def test_kept_tuples_follow_a_service_removed_and_added_again() -> None:
     del world.services[3], world.slices[3]
     update(3)
     assert ref(3) not in tr._kept
+
+
+def _in(namespace: str, obj: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+    meta = {**obj["metadata"], "namespace": namespace}
+    if name is not None:
+        meta["name"] = name
+    return {**obj, "metadata": meta}
+
+
+SPACED = st.lists(
+    st.tuples(
+        st.sampled_from(["a", "b", "ns"]),  # namespace
+        st.integers(1, 4),  # Service
+        st.sampled_from(IPS),
+        st.lists(st.lists(st.integers(1, 9), max_size=2, unique=True), max_size=3),  # slices
+    ),
+    max_size=8,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(spec=SPACED, size=st.integers(1, 4), shuffle=st.randoms(use_true_random=False))
+def test_chunks_group_each_services_slices_across_namespaces(
+    spec: list[Any], size: int, shuffle: Any
+) -> None:
+    services: list[dict[str, Any]] = []
+    slices: list[dict[str, Any]] = []
+    for namespace, i, ip, owned in spec:
+        services.append(_in(namespace, service(i, ip, 80, None)))
+        for j, backends in enumerate(owned):
+            slices.append(_in(namespace, slice_(i, backends), name=f"s{i}-{j}-{len(slices)}"))
+    slices.append(_in("b", slice_(5, [1])))  # of no Service held
+    shuffle.shuffle(services)
+    shuffle.shuffle(slices)
+    full = translate(services, slices, node_addresses=_node())
+    tr = IncrementalTranslator(node_addresses=_node())
+    entries: dict[Any, Any] = {}
+    for part in tr.rebuild_in_chunks(services, slices, size=size):
+        entries.update(part.entries)
+    assert entries == dict(full.state.entries)
+    assert sorted(map(str, tr.errors)) == sorted(map(str, full.errors))
+    assert tr.backends == sum(len(e.backends) for e in full.state.entries.values())
+    assert set(tr._kept) == set(full.state.services)
