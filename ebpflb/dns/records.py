@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ebpflb.model import IPAddress, ServiceRef
+from ebpflb.sources.services import CompactService
 
 TOLERATE_UNREADY = "service.alpha.kubernetes.io/tolerate-unready-endpoints"
 PROTOCOLS = ("TCP", "UDP", "SCTP")
@@ -76,8 +77,15 @@ def service_records(
 ) -> ServiceRecords | None:
     """The records of ``service`` given its EndpointSlices; None when it has no usable
     name (nothing can be published for it)."""
-    meta = _mapping(service.get("metadata"))
-    name, namespace = meta.get("name"), meta.get("namespace") or "default"
+    small = service if type(service) is CompactService else None
+    meta: Mapping[str, Any]
+    name: Any
+    namespace: Any
+    if small is not None:  # the Kubernetes source's usual Service: read its slots
+        meta, name, namespace = _NO_META, small.name, small.namespace
+    else:
+        meta = _mapping(service.get("metadata"))
+        name, namespace = meta.get("name"), meta.get("namespace") or "default"
     if not (_is_label(name) and _is_label(namespace)):
         return None
     ref = ServiceRef(str(namespace).lower(), str(name).lower())
@@ -87,7 +95,11 @@ def service_records(
         if not isinstance(target, str) or not target.strip(". "):
             return ServiceRecords(ref)
         return ServiceRecords(ref, external_name=target.strip().rstrip(".").lower())
-    ips = _cluster_ips(spec)
+    if small is not None and small.shape.single and type(small.cluster_ip) is int:
+        # what _cluster_ips reads of a dotted quad, without parsing it back
+        ips: tuple[IPAddress, ...] | None = (ipaddress.IPv4Address(small.cluster_ip),)
+    else:
+        ips = _cluster_ips(spec)
     if ips is None:  # headless
         tolerate = bool(spec.get("publishNotReadyAddresses")) or (
             str(_mapping(meta.get("annotations")).get(TOLERATE_UNREADY, "")).lower() == "true"
@@ -183,6 +195,9 @@ def _is_label(value: object) -> bool:
         and all(c.isalnum() or c == "-" for c in value)
         and value.isascii()
     )
+
+
+_NO_META: Mapping[str, Any] = {}  # a CompactService's: no annotation; never filled
 
 
 def _mapping(value: object) -> Mapping[str, Any]:
