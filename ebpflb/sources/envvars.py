@@ -44,7 +44,7 @@ from ebpflb.sources.fields import (
     _is_mapping,
     _list,
 )
-from ebpflb.sources.services import _cluster_ips, _Port, _service_ports, _service_type
+from ebpflb.sources.services import _cluster_ips_of, _Port, _service_ports, _service_type
 
 MASTER_SERVICE = ServiceRef(DEFAULT_NAMESPACE, "kubernetes")  # kubelet's masterServices
 
@@ -107,7 +107,7 @@ def _linked(obj: Obj, ref: ServiceRef, errors: list[ObjectError]) -> _Linked | N
             raise _Invalid("spec is missing")
         if _service_type(spec.get("type")) is ServiceType.EXTERNAL_NAME:
             return None
-        raw, addresses, _dual = _cluster_ips(spec)
+        raw, addresses, _dual = _cluster_ips_of(obj, spec)
         if not addresses:  # headless
             return None
         items = _list(spec.get("ports"), "spec.ports")

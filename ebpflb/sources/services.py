@@ -233,10 +233,8 @@ def _parse_service(
 ) -> _Service | None:
     meta: Obj = _NO_META
     spec: Any = None
-    small: CompactService | None = None
     compacted = type(obj) is CompactService
     if type(obj) is CompactService:  # a name, no label, no annotation: read its slots
-        small = obj
         ref = ServiceRef(obj.namespace, obj.name)
         spec = obj.spec
     else:
@@ -259,13 +257,7 @@ def _parse_service(
         if svc_type is ServiceType.EXTERNAL_NAME:
             external_name = _string(spec.get("externalName"), "spec.externalName") or None
             return _Service(ServiceInfo(ref, svc_type, None, external_name), ())
-        if small is not None and small.shape.single and type(small.cluster_ip) is int:
-            # what _cluster_ips finds, without parsing the address back
-            raw: tuple[str, ...] = (spec["clusterIP"],)
-            addresses: tuple[IPAddress, ...] = (ipaddress.IPv4Address(small.cluster_ip),)
-            require_dual = False
-        else:
-            raw, addresses, require_dual = _cluster_ips(spec)
+        raw, addresses, require_dual = _cluster_ips_of(obj, spec)
         info = ServiceInfo(ref, svc_type, raw[0], cluster_ips=raw)
         if not addresses:
             return _Service(info, ())
@@ -358,6 +350,14 @@ def _service_type(value: Any) -> ServiceType:
 
 _FAMILIES = {"IPv4": 4, "IPv6": 6}
 _POLICIES = ("SingleStack", "PreferDualStack", "RequireDualStack")
+
+
+def _cluster_ips_of(obj: Obj, spec: Obj) -> tuple[tuple[str, ...], tuple[IPAddress, ...], bool]:
+    """``_cluster_ips(spec)`` of ``obj``, whose spec is ``spec``: for a CompactService
+    of one dotted-quad ClusterIP, what it finds, without parsing the address back."""
+    if type(obj) is CompactService and obj.shape.single and type(obj.cluster_ip) is int:
+        return (spec["clusterIP"],), (ipaddress.IPv4Address(obj.cluster_ip),), False
+    return _cluster_ips(spec)
 
 
 def _cluster_ips(spec: Obj) -> tuple[tuple[str, ...], tuple[IPAddress, ...], bool]:
