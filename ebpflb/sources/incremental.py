@@ -173,7 +173,7 @@ class IncrementalTranslator:
                 end += 1  # the copies of one Service in one chunk (the later is an error)
             chunk = ordered[start:end]
             owned: list[Obj] = []
-            for namespace, name in dict.fromkeys(map(_identity, chunk)):
+            for namespace, name in map(_identity, chunk):  # a copy finds none left
                 got = grouped.get(namespace, _NO_SLICES).pop(name, None)
                 if type(got) is list:
                     owned += got
