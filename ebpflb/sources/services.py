@@ -87,6 +87,7 @@ class ServiceShape:
 
 
 _NO_STATUS: Any = object()
+_MISSING: Any = object()
 _inet_ntoa = socket.inet_ntoa
 _NO_META: Obj = {}  # a CompactService's, as _parse_service reads it; never filled
 _SERVICE_KEYS = ("kind", "apiVersion", "metadata", "spec")
@@ -98,11 +99,11 @@ class CompactService(CompactObject):
     annotation), a ClusterIP in ``spec.clusterIP`` (and ``spec.clusterIPs`` empty or
     just that one) and no other spec field of its own (no external IPs, no external
     name, no health check port), so that the rest (type, ports, policies, families,
-    status) is one ``ServiceShape`` shared with every Service of the same shape. 64 B
-    and its name and address, where the dicts were ~430 B. It reads as the dict it
-    was made from (``spec``, made on each access, is a plain dict); every other
-    Service stays a dict, so that translation reads it (and reports what is wrong
-    with it) as before."""
+    status) is one ``ServiceShape`` shared with every Service of the same shape. 64 B,
+    its name and its address (an int when a dotted quad), where the dicts were ~430 B.
+    It reads as the dict it was made from (``spec``, made on each access, is a plain
+    dict); every other Service stays a dict, so that translation reads it (and reports
+    what is wrong with it) as before."""
 
     __slots__ = ("cluster_ip", "shape")
 
@@ -152,8 +153,8 @@ class CompactService(CompactObject):
         return default
 
     def __getitem__(self, key: str) -> Any:
-        found = self.get(key, _NO_STATUS)
-        if found is _NO_STATUS:
+        found = self.get(key, _MISSING)
+        if found is _MISSING:
             raise KeyError(key)
         return found
 
