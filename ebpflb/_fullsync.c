@@ -31,6 +31,9 @@
  *   pack(flat) -> bytes | None         the packed store of a flat one (address, port,
  *                                      ...: the maps' read-back) of IPv4 addresses,
  *                                      else None
+ *   unpack(packed) -> (addresses, ports) | None
+ *                                      a packed IPv4 store's addresses (new objects)
+ *                                      and ports, else None
  *   entries(ref, cluster_ip, version, ports, backends, affinity) -> list
  *                                      a ClusterIP-only Service's entries, one per
  *                                      port (translate's _family_entries, usual case)
@@ -402,6 +405,51 @@ static PyObject *pc_pack(PyObject *self, PyObject *arg)
 	return out;
 }
 
+/* unpack(packed) -> (addresses, ports) | None: a packed IPv4 store's addresses (new
+ * IPv4Address objects, made as IPv4Address(int) makes them) and ports, as two tuples;
+ * None for any other store */
+static PyObject *pc_unpack(PyObject *self, PyObject *arg)
+{
+	(void)self;
+	if (V4 == NULL || !PyBytes_CheckExact(arg))
+		Py_RETURN_NONE;
+	Py_ssize_t size = PyBytes_GET_SIZE(arg);
+	const unsigned char *at = (const unsigned char *)PyBytes_AS_STRING(arg);
+	if (size < 1 || at[0] != TAG4 || (size - 1) % RECORD4 != 0)
+		Py_RETURN_NONE;
+	Py_ssize_t n = (size - 1) / RECORD4;
+	PyObject *addresses = PyTuple_New(n), *ports = PyTuple_New(n);
+	if (addresses == NULL || ports == NULL)
+		goto fail;
+	for (Py_ssize_t i = 0; i < n; i++) {
+		const unsigned char *r = at + 1 + RECORD4 * i;
+		unsigned long number = (unsigned long)r[0] << 24 | (unsigned long)r[1] << 16 |
+				       (unsigned long)r[2] << 8 | r[3];
+		PyObject *port = PyLong_FromLong((long)(r[4] << 8 | r[5]));
+		if (port == NULL)
+			goto fail;
+		PyTuple_SET_ITEM(ports, i, port);
+		PyObject *ip = PyLong_FromUnsignedLong(number);
+		if (ip == NULL)
+			goto fail;
+		PyObject *address = V4->tp_alloc(V4, 0);
+		if (address == NULL) {
+			Py_DECREF(ip);
+			goto fail;
+		}
+		SLOT(address, v4_ip) = ip; /* the reference taken */
+		PyTuple_SET_ITEM(addresses, i, address);
+	}
+	PyObject *out = PyTuple_Pack(2, addresses, ports);
+	Py_DECREF(addresses);
+	Py_DECREF(ports);
+	return out;
+fail:
+	Py_XDECREF(addresses);
+	Py_XDECREF(ports);
+	return NULL;
+}
+
 /* ---- entries ------------------------------------------------------------------ */
 
 static PyTypeObject *MkFrontend, *MkPortName, *MkEntry, *MkRef;
@@ -763,6 +811,8 @@ static PyMethodDef methods[] = {
 	 "held(entry, have): True when from_entry(entry) == have surely, False: not known."},
 	{"flat", pc_flat, METH_O,
 	 "flat(backends): their packed store when they are the usual IPv4 shape, else None."},
+	{"unpack", pc_unpack, METH_O,
+	 "unpack(packed): a packed IPv4 store's (addresses, ports), else None."},
 	{"pack", pc_pack, METH_O,
 	 "pack(flat): the packed store of a flat IPv4 one (address, port, ...), else None."},
 	{"bind_entries", pc_bind_entries, METH_VARARGS,

@@ -11,7 +11,7 @@ new backends visible), then backends that left a service, and removed services l
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from itertools import chain, repeat
@@ -118,8 +118,14 @@ def _pack(keys: Iterable[BackendKey]) -> bytes | None:
     return None
 
 
-def _unpacked(stored: bytes) -> tuple[list[IPAddress], list[int]]:
-    """A packed store's addresses (new objects) and ports, in order."""
+def _unpacked(stored: bytes) -> tuple[Sequence[IPAddress], Sequence[int]]:
+    """A packed store's addresses (new objects) and ports, in order: for IPv4 in C
+    where it was built (IPv4Address(int) is a Python call: 2.4 -> 0.9 us for the
+    BackendStates of 5)."""
+    if _native_unpack is not None:
+        native = _native_unpack(stored)
+        if native is not None:
+            return native
     view = memoryview(stored)[1:]
     if stored[0] == _TAG4:
         numbers, ports = zip(*_RECORD4.iter_unpack(view), strict=True)
@@ -417,15 +423,17 @@ def _usual_store(backends: tuple[Backend, ...]) -> bytes | tuple[()] | None:
 _native_held: Callable[[ServiceEntry, FrontendState], bool] | None
 _native_flat: Callable[[tuple[Backend, ...]], bytes | tuple[()] | None] | None
 _native_pack: Callable[[tuple[Any, ...]], bytes | None] | None
+_native_unpack: Callable[[bytes], tuple[tuple[Any, ...], tuple[int, ...]] | None] | None
 try:
     from ebpflb import _fullsync
 except ImportError:  # no C compiler where it was installed: the Python path alone
-    _native_held = _native_flat = _native_pack = None
+    _native_held = _native_flat = _native_pack = _native_unpack = None
 else:
     _fullsync.bind(
         Backend, Frontend, ServicePortName, ServiceRef, ServiceEntry, FrontendState, IPv4Address
     )
-    _native_held, _native_flat, _native_pack = _fullsync.held, _fullsync.flat, _fullsync.pack
+    _native_held, _native_flat = _fullsync.held, _fullsync.flat
+    _native_pack, _native_unpack = _fullsync.pack, _fullsync.unpack
 
 
 @dataclass(frozen=True, slots=True, init=False)

@@ -263,6 +263,10 @@ def test_a_packed_store_reads_as_the_backend_states_it_stands_for(
         assert len(state._backends) == 1 + size * len(states)
     assert state.backends == states and state.backend_count == len(states)
     assert state.slots == slots and state.slot_count == len(slots)
+    with mock.patch.object(plan, "_native_unpack", None):  # the Python views
+        assert state.backends == states and state.slots == slots
+        python = state.backends
+        assert all(type(a.address) is type(b.address) for a, b in zip(python, states, strict=True))
     assert state.slots_are_backends == (slots == tuple(s.key for s in states))
     # the views make the same objects' values, and the fields compare as the views do
     assert all(

@@ -35,8 +35,8 @@ class BpfInspector:
                     st.svc_ids[key],
                     fs.frontend,
                     fs.port_name,
-                    len(fs.backends),
-                    len(fs.slots),
+                    fs.backend_count,  # neither made to be counted (see FrontendState)
+                    fs.slot_count,
                     fs.affinity_timeout,
                 )
             )
