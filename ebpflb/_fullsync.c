@@ -16,7 +16,7 @@
  * both paths equal on random input.
  *
  *   bind(Backend, Frontend, ServicePortName, ServiceRef, ServiceEntry, FrontendState,
- *        IPv4Address)                  the classes, and where their slots are
+ *        IPv4Address, IPv6Address)     the classes, and where their slots are
  *   bind_entries(Frontend, ServicePortName, ServiceEntry, ServiceRef,
  *                FrontendKind.CLUSTER_IP)
  *                                      the classes entries() makes; raises unless
@@ -29,11 +29,11 @@
  *                                      when they are the usual IPv4 shape ((): none),
  *                                      else None
  *   pack(flat) -> bytes | None         the packed store of a flat one (address, port,
- *                                      ...: the maps' read-back) of IPv4 addresses,
- *                                      else None
+ *                                      ...: the maps' read-back) of IPv4 addresses or
+ *                                      of IPv6 ones without a scope id, else None
  *   unpack(packed) -> (addresses, ports) | None
- *                                      a packed IPv4 store's addresses (new objects)
- *                                      and ports, else None
+ *                                      a packed store's addresses (new objects) and
+ *                                      ports, else None
  *   entries(ref, cluster_ip, version, ports, backends, affinity) -> list
  *                                      a ClusterIP-only Service's entries, one per
  *                                      port (translate's _family_entries, usual case)
@@ -57,7 +57,7 @@
 #include <string.h>
 
 /* the bound classes, and the offsets of the slots read */
-static PyTypeObject *Backend, *Frontend, *PortName, *Ref, *Entry, *State, *V4;
+static PyTypeObject *Backend, *Frontend, *PortName, *Ref, *Entry, *State, *V4, *V6;
 static Py_ssize_t be_address, be_port, be_conditions;
 static Py_ssize_t fe_address, fe_port, fe_protocol;
 static Py_ssize_t pn_service, pn_port, pn_protocol;
@@ -66,7 +66,7 @@ static Py_ssize_t en_frontend, en_port_name, en_backends, en_affinity, en_snat, 
 	en_drop;
 static Py_ssize_t st_frontend, st_port_name, st_backends, st_slots, st_affinity, st_snat,
 	st_ranges, st_drop;
-static Py_ssize_t v4_ip;
+static Py_ssize_t v4_ip, v6_ip, v6_scope;
 
 #define READY 4
 #define TERMINATING 1
@@ -93,10 +93,11 @@ static int slot_offset(PyTypeObject *type, const char *name, Py_ssize_t *out)
 static PyObject *pc_bind(PyObject *self, PyObject *args)
 {
 	(void)self;
-	PyTypeObject *t[7];
-	if (!PyArg_ParseTuple(args, "O!O!O!O!O!O!O!:bind", &PyType_Type, &t[0], &PyType_Type,
+	PyTypeObject *t[8];
+	if (!PyArg_ParseTuple(args, "O!O!O!O!O!O!O!O!:bind", &PyType_Type, &t[0], &PyType_Type,
 			      &t[1], &PyType_Type, &t[2], &PyType_Type, &t[3], &PyType_Type,
-			      &t[4], &PyType_Type, &t[5], &PyType_Type, &t[6]))
+			      &t[4], &PyType_Type, &t[5], &PyType_Type, &t[6], &PyType_Type,
+			      &t[7]))
 		return NULL;
 	struct {
 		int type;
@@ -116,14 +117,16 @@ static PyObject *pc_bind(PyObject *self, PyObject *args)
 		{5, "_backends", &st_backends},	 {5, "_slots", &st_slots},
 		{5, "affinity_timeout", &st_affinity}, {5, "snat_address", &st_snat},
 		{5, "source_ranges", &st_ranges},	 {5, "drop_when_empty", &st_drop},
-		{6, "_ip", &v4_ip},
+		{6, "_ip", &v4_ip},		 {7, "_ip", &v6_ip},
+		{7, "_scope_id", &v6_scope},
 	};
 	for (size_t i = 0; i < sizeof slots / sizeof slots[0]; i++) {
 		if (slot_offset(t[slots[i].type], slots[i].name, slots[i].offset) < 0)
 			return NULL;
 	}
-	PyTypeObject **bound[7] = {&Backend, &Frontend, &PortName, &Ref, &Entry, &State, &V4};
-	for (int i = 0; i < 7; i++) {
+	PyTypeObject **bound[8] = {&Backend, &Frontend, &PortName, &Ref,
+				   &Entry,   &State,    &V4,	&V6};
+	for (int i = 0; i < 8; i++) {
 		Py_INCREF(t[i]);
 		Py_XSETREF(*bound[i], t[i]);
 	}
@@ -376,8 +379,61 @@ static PyObject *pc_flat(PyObject *self, PyObject *arg)
 	return out;
 }
 
+/* 0: an IPv6 address' 16 bytes (network order) into `out`, when `a` is exactly an
+ * IPv6Address with no scope id; -1 otherwise */
+static int v6_bytes(PyObject *a, unsigned char *out)
+{
+	if (a == NULL || Py_TYPE(a) != V6 || SLOT(a, v6_scope) != Py_None)
+		return -1;
+	PyObject *ip = SLOT(a, v6_ip);
+	if (ip == NULL || !PyLong_CheckExact(ip))
+		return -1;
+#if PY_VERSION_HEX >= 0x030D0000
+	Py_ssize_t need = PyLong_AsNativeBytes(ip, out, 16,
+					       Py_ASNATIVEBYTES_BIG_ENDIAN |
+						       Py_ASNATIVEBYTES_UNSIGNED_BUFFER |
+						       Py_ASNATIVEBYTES_REJECT_NEGATIVE);
+	if (need < 0 || need > 16) {
+		PyErr_Clear();
+		return -1;
+	}
+#else
+	if (_PyLong_AsByteArray((PyLongObject *)ip, out, 16, 0, 0) < 0) {
+		PyErr_Clear(); /* negative, or past 128 bits */
+		return -1;
+	}
+#endif
+	return 0;
+}
+
+#define TAG6 6
+#define RECORD6 18
+
+/* The packed IPv6 store of a flat one (n backends), or None where one is not exactly
+ * an IPv6Address without a scope id, or its port not an int of 16 bits */
+static PyObject *packed6(PyObject *flat, Py_ssize_t n)
+{
+	PyObject *out = PyBytes_FromStringAndSize(NULL, 1 + RECORD6 * n);
+	if (out == NULL)
+		return NULL;
+	unsigned char *at = (unsigned char *)PyBytes_AS_STRING(out);
+	at[0] = TAG6;
+	for (Py_ssize_t i = 0; i < n; i++) {
+		unsigned char *r = at + 1 + RECORD6 * i;
+		long port = port_number(PyTuple_GET_ITEM(flat, 2 * i + 1));
+		if (port < 0 || v6_bytes(PyTuple_GET_ITEM(flat, 2 * i), r) < 0) {
+			Py_DECREF(out);
+			Py_RETURN_NONE;
+		}
+		r[16] = (unsigned char)(port >> 8);
+		r[17] = (unsigned char)port;
+	}
+	return out;
+}
+
 /* pack(flat) -> bytes | None: the packed store of a flat one (address, port, ...) whose
- * addresses are each exactly an IPv4Address and ports ints of 16 bits; else None */
+ * addresses are each exactly an IPv4Address, or each exactly an IPv6Address without a
+ * scope id, and ports ints of 16 bits; else None */
 static PyObject *pc_pack(PyObject *self, PyObject *arg)
 {
 	(void)self;
@@ -385,6 +441,8 @@ static PyObject *pc_pack(PyObject *self, PyObject *arg)
 	    PyTuple_GET_SIZE(arg) % 2 != 0)
 		Py_RETURN_NONE;
 	Py_ssize_t n = PyTuple_GET_SIZE(arg) / 2;
+	if (Py_TYPE(PyTuple_GET_ITEM(arg, 0)) == V6)
+		return packed6(arg, n);
 	struct v4_room room;
 	if (room_take(&room, n) < 0)
 		return NULL;
@@ -405,39 +463,73 @@ static PyObject *pc_pack(PyObject *self, PyObject *arg)
 	return out;
 }
 
-/* unpack(packed) -> (addresses, ports) | None: a packed IPv4 store's addresses (new
- * IPv4Address objects, made as IPv4Address(int) makes them) and ports, as two tuples;
- * None for any other store */
+/* A new IPv6Address of 16 bytes (network order), as IPv6Address(int) makes it */
+static PyObject *v6_address(const unsigned char *bytes)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+	PyObject *ip = PyLong_FromUnsignedNativeBytes(bytes, 16, Py_ASNATIVEBYTES_BIG_ENDIAN);
+#else
+	PyObject *ip = _PyLong_FromByteArray(bytes, 16, 0, 0);
+#endif
+	if (ip == NULL)
+		return NULL;
+	PyObject *address = V6->tp_alloc(V6, 0);
+	if (address == NULL) {
+		Py_DECREF(ip);
+		return NULL;
+	}
+	SLOT(address, v6_ip) = ip; /* the reference taken */
+	Py_INCREF(Py_None);
+	SLOT(address, v6_scope) = Py_None;
+	return address;
+}
+
+/* A new IPv4Address of its number, as IPv4Address(int) makes it */
+static PyObject *v4_address(unsigned long number)
+{
+	PyObject *ip = PyLong_FromUnsignedLong(number);
+	if (ip == NULL)
+		return NULL;
+	PyObject *address = V4->tp_alloc(V4, 0);
+	if (address == NULL) {
+		Py_DECREF(ip);
+		return NULL;
+	}
+	SLOT(address, v4_ip) = ip; /* the reference taken */
+	return address;
+}
+
+/* unpack(packed) -> (addresses, ports) | None: a packed store's addresses (new
+ * IPv4Address or IPv6Address objects, made as IPv4Address(int) makes them) and ports,
+ * as two tuples; None for anything else */
 static PyObject *pc_unpack(PyObject *self, PyObject *arg)
 {
 	(void)self;
-	if (V4 == NULL || !PyBytes_CheckExact(arg))
+	if (V4 == NULL || V6 == NULL || !PyBytes_CheckExact(arg))
 		Py_RETURN_NONE;
 	Py_ssize_t size = PyBytes_GET_SIZE(arg);
 	const unsigned char *at = (const unsigned char *)PyBytes_AS_STRING(arg);
-	if (size < 1 || at[0] != TAG4 || (size - 1) % RECORD4 != 0)
+	Py_ssize_t record = size < 1 ? 0 : at[0] == TAG4 ? RECORD4 : at[0] == TAG6 ? RECORD6 : 0;
+	if (record == 0 || (size - 1) % record != 0)
 		Py_RETURN_NONE;
-	Py_ssize_t n = (size - 1) / RECORD4;
+	Py_ssize_t n = (size - 1) / record;
 	PyObject *addresses = PyTuple_New(n), *ports = PyTuple_New(n);
 	if (addresses == NULL || ports == NULL)
 		goto fail;
 	for (Py_ssize_t i = 0; i < n; i++) {
-		const unsigned char *r = at + 1 + RECORD4 * i;
-		unsigned long number = (unsigned long)r[0] << 24 | (unsigned long)r[1] << 16 |
-				       (unsigned long)r[2] << 8 | r[3];
-		PyObject *port = PyLong_FromLong((long)(r[4] << 8 | r[5]));
+		const unsigned char *r = at + 1 + record * i;
+		const unsigned char *p = r + record - 2;
+		PyObject *port = PyLong_FromLong((long)(p[0] << 8 | p[1]));
 		if (port == NULL)
 			goto fail;
 		PyTuple_SET_ITEM(ports, i, port);
-		PyObject *ip = PyLong_FromUnsignedLong(number);
-		if (ip == NULL)
+		PyObject *address =
+			record == RECORD6
+				? v6_address(r)
+				: v4_address((unsigned long)r[0] << 24 | (unsigned long)r[1] << 16 |
+					     (unsigned long)r[2] << 8 | r[3]);
+		if (address == NULL)
 			goto fail;
-		PyObject *address = V4->tp_alloc(V4, 0);
-		if (address == NULL) {
-			Py_DECREF(ip);
-			goto fail;
-		}
-		SLOT(address, v4_ip) = ip; /* the reference taken */
 		PyTuple_SET_ITEM(addresses, i, address);
 	}
 	PyObject *out = PyTuple_Pack(2, addresses, ports);
@@ -812,9 +904,9 @@ static PyMethodDef methods[] = {
 	{"flat", pc_flat, METH_O,
 	 "flat(backends): their packed store when they are the usual IPv4 shape, else None."},
 	{"unpack", pc_unpack, METH_O,
-	 "unpack(packed): a packed IPv4 store's (addresses, ports), else None."},
+	 "unpack(packed): a packed store's (addresses, ports), else None."},
 	{"pack", pc_pack, METH_O,
-	 "pack(flat): the packed store of a flat IPv4 one (address, port, ...), else None."},
+	 "pack(flat): the packed store of a flat one (address, port, ...), else None."},
 	{"bind_entries", pc_bind_entries, METH_VARARGS,
 	 "Bind the classes entries() makes (see the module)."},
 	{"bind_services", pc_bind_services, METH_VARARGS,

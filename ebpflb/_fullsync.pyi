@@ -11,6 +11,7 @@ def bind(
     entry: type,
     state: type,
     ipv4: type,
+    ipv6: type,
     /,
 ) -> None: ...
 def held(entry: Any, have: Any, /) -> bool: ...

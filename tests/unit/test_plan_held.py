@@ -319,3 +319,22 @@ def test_the_packed_store_is_the_records_of_the_keys() -> None:
         (states[0], six[0]),
     ):
         assert FrontendState(_FRONTEND, _PORT_NAME, odd, None)._backends == odd
+
+
+def test_the_c_store_helpers_leave_what_they_cannot_read_to_python() -> None:
+    for odd in (b"", b"\x05" + bytes(6), b"\x04" + bytes(5), b"\x06" + bytes(17), ()):
+        assert _fullsync.unpack(odd) is None  # type: ignore[arg-type]
+    v4, v6 = _ip("10.0.0.1"), _ip("fd00::1")
+    for flat in (
+        (_ip("fe80::1%eth0"), 80),  # a scope id
+        (v6, 80, v4, 80),  # two families
+        (v4, 80, v6, 80),
+        (v6, 70000),  # a port no map holds
+        (v4, True),  # a port not exactly an int
+        (v4,),
+        (),
+    ):
+        assert _fullsync.pack(flat) is None
+        if len(flat) % 2 == 0:  # a flat store read back is (address, port) pairs
+            with mock.patch.object(plan, "_native_pack", None):
+                assert not isinstance(plan.compact_store(flat), bytes)
