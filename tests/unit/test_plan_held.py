@@ -155,7 +155,10 @@ def test_held_as_built_is_building_and_comparing(
 @given(_entry())
 def test_from_entry_builds_in_c_what_it_builds_in_python(entry: ServiceEntry) -> None:
     native = FrontendState.from_entry(entry)
-    with mock.patch.object(plan, "_native_flat", None):
+    with (
+        mock.patch.object(plan, "_native_flat", None),
+        mock.patch.object(plan, "_native_pack", None),
+    ):
         python = FrontendState.from_entry(entry)
     assert native == python
     assert native._backends == python._backends and native._slots == python._slots
@@ -258,6 +261,8 @@ def test_a_packed_store_reads_as_the_backend_states_it_stands_for(
     slots = tuple(reversed(keys)) if own_slots else keys
     state = FrontendState(_FRONTEND, _PORT_NAME, states, slots)
     assert isinstance(state._backends, bytes) == _packs(states)
+    with mock.patch.object(plan, "_native_pack", None):  # packed in Python
+        assert FrontendState(_FRONTEND, _PORT_NAME, states, slots)._backends == state._backends
     if isinstance(state._backends, bytes):  # the tag, then 6 or 18 bytes a backend
         size = 6 if states[0].address.version == 4 else 18
         assert len(state._backends) == 1 + size * len(states)
