@@ -169,3 +169,62 @@ def test_a_reused_service_id_starts_with_zero_counters(maps: Maps) -> None:
         assert maps.svc_stats(sid).rx_packets > 0  # the live frontend's counters stay
     finally:
         writer.maps.close()
+
+
+@SETTINGS
+@given(a=state_st, b=state_st)
+def test_a_reload_keeps_the_held_objects_the_maps_still_hold(maps: Maps, a, b) -> None:
+    """The periodic repair reads the maps back: where they hold what the writer held,
+    the writer keeps its own objects (so they are not replaced by copies at every
+    repair); where the maps changed behind its back, what they hold wins."""
+    maps.clear()
+    writer = _write(maps, a)
+    other = _write_beside(maps, a, b)  # another writer moves the maps from A to B
+    try:
+        before = dict(writer.frontends)
+        keys_before = {id(k) for k in writer.frontends}
+        writer.reload()
+        assert writer.frontends == desired_frontends(b)
+        with BpfMaps(maps.pin_dir) as fresh:
+            assert writer.svc_ids == read_state(fresh).svc_ids
+        for key, state in writer.frontends.items():
+            held = before.get(key)
+            if held is not None and held == state:
+                assert state is held and id(key) in keys_before
+            else:
+                assert state is not held
+        writer.apply(diff(writer.frontends, desired_frontends(b)))  # nothing to write
+        assert _held(maps) == desired_frontends(b)
+    finally:
+        writer.maps.close()
+        other.maps.close()
+
+
+def _write_beside(maps: Maps, a: DesiredState, b: DesiredState) -> MapWriter:
+    """A second writer that adopts the maps (holding A) and writes B into them."""
+    writer = MapWriter(BpfMaps(maps.pin_dir), max_services=MAX_SERVICES, max_backends=MAX_BACKENDS)
+    assert writer.frontends == desired_frontends(a)
+    writer.apply(diff(writer.frontends, desired_frontends(b)))
+    return writer
+
+
+def test_a_reload_of_unchanged_maps_keeps_every_held_object(maps: Maps) -> None:
+    from tests.unit.test_plan import entry, state
+
+    maps.clear()
+    a = state(
+        entry("10.96.0.1", 80, [("10.0.0.1", 80, True), ("10.0.0.2", 80, True)]),
+        entry("10.96.0.2", 53, [("10.0.0.3", 5353, True)]),
+    )
+    writer = _write(maps, a)
+    try:
+        before = dict(writer.frontends)
+        ids, tables = dict(writer.svc_ids), list(writer._backend_ids)
+        writer.reload()
+        assert writer.frontends == before
+        assert all(writer.frontends[k] is v for k, v in before.items())
+        assert writer.svc_ids == ids and all(writer.svc_ids[k] is v for k, v in ids.items())
+        assert [t for t in writer._backend_ids if t] == [t for t in tables if t]
+        assert all(t is tables[sid] for sid, t in enumerate(writer._backend_ids) if t)
+    finally:
+        writer.maps.close()
