@@ -54,6 +54,8 @@ _CLAIMED_BY_ANOTHER = " is already used by Service "
 # second dict of counts were ~100 B); its keys are the ones translation made, shared.
 _Kept = tuple[Any, ...]
 _NOTHING: _Kept = (0,)  # a Service without frontends
+_NO_OWNERS: dict[FrontendKey, ServiceRef] = {}  # never filled
+_NO_KEPT: dict[ServiceRef, _Kept] = {}  # never filled
 
 _NO_SLICES: dict[str, Any] = {}  # the slices of a namespace with none; never filled
 
@@ -136,6 +138,7 @@ class IncrementalTranslator:
         wholly free) for 345 MB of live objects, and the agent's RSS stayed at 616 MB
         (bench stand-in). A chunk's garbage is reused by the next chunk instead: RSS
         570 MB, 531 MB with each chunk written before the next (Syncer.sync_in_parts)."""
+        before = (self._owner, self._kept)  # equal keys and refs are taken from it
         self._forget()
         self._state = self._lazy_state({}, None, None)
         errors: list[ObjectError] = []
@@ -183,11 +186,11 @@ class IncrementalTranslator:
             del chunk, owned
             start = end
             found = list(result.errors)
-            self._keep_chunk(result, found)
+            self._keep_chunk(result, found, before)
             errors += found
             yield DesiredState(MappingProxyType(result.entries), MappingProxyType(result.services))
             del result
-        del ordered
+        del ordered, before
         for owners in grouped.values():
             for got in owners.values():
                 if type(got) is list:
@@ -221,16 +224,36 @@ class IncrementalTranslator:
                 other.append(err)
         self._other_errors = tuple(other)
 
-    def _keep_chunk(self, result: Translation, errors: list[ObjectError]) -> None:
+    def _keep_chunk(
+        self,
+        result: Translation,
+        errors: list[ObjectError],
+        before: tuple[dict[FrontendKey, ServiceRef], dict[ServiceRef, _Kept]] | None = None,
+    ) -> None:
         """What later updates need of one chunk of a full translation (or of a whole
         one, taken as its only chunk). A frontend of
         ``result`` that an earlier chunk's Service holds is skipped, as translate's
         claim order does within one translation; ``errors`` (the chunk's) then name
-        that Service where they named the chunk's own loser of it."""
+        that Service where they named the chunk's own loser of it.
+
+        ``before``: the bookkeeping of the full translation before this one. Where it
+        holds the same frontend of the same Service, its key and ServiceRef objects are
+        kept, and so is the Service's kept tuple where equal: the periodic repair
+        translates everything again, and replacing 100,000s of long-lived objects by
+        equal copies left pymalloc arenas it could not give back (agent RSS at 100,000
+        Services grew ~60 MB at the first repair)."""
         owners = self._owner
+        old_owner, old_kept = before if before is not None else (_NO_OWNERS, _NO_KEPT)
         taken: list[tuple[FrontendKey, ServiceRef]] = []
         for key, entry in result.entries.items():
             ref = entry.port_name.service
+            was = old_owner.get(key)
+            if was is not None and was == ref:
+                ref = was
+                for old_key in old_kept.get(was, _NOTHING)[1:]:
+                    if old_key == key:
+                        key = old_key
+                        break
             owner = owners.setdefault(key, ref)  # one hash of the key (a Python hash)
             if owner is not ref and owner != ref:
                 taken.append((key, owner))
@@ -242,10 +265,18 @@ class IncrementalTranslator:
             if len(keys) == 1:  # the usual
                 key = keys[0]
                 n = len(entries[key].backends)
-                kept[ref] = (n, key)
+                value: _Kept = (n, key)
             else:
                 n = sum([len(entries[k].backends) for k in keys])
-                kept[ref] = (n, *keys)
+                value = (n, *keys)
+            if old_kept:
+                was = old_owner.get(keys[0])
+                if was is not None and was == ref:
+                    ref = was  # the dict's key: the old ServiceRef
+                    old = old_kept.get(was)
+                    if old is not None and old == value:
+                        value = old
+            kept[ref] = value
             count += n
         self.backends += count
         if len(result.keys_of) != len(result.services):

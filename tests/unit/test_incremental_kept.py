@@ -139,3 +139,32 @@ def test_chunks_group_each_services_slices_across_namespaces(
     assert sorted(map(str, tr.errors)) == sorted(map(str, full.errors))
     assert tr.backends == sum(len(e.backends) for e in full.state.entries.values())
     assert set(tr._kept) == set(full.state.services)
+
+
+def test_a_second_full_sync_keeps_the_first_ones_objects_where_equal() -> None:
+    """The periodic repair translates everything again: where a Service's frontends and
+    backends are as before, the translator keeps the earlier translation's tuples,
+    keys and ServiceRefs (equal copies replacing them left pymalloc arenas behind);
+    what changed is taken from the new translation, and everything stays in step."""
+    import copy
+
+    world = _world()
+    tr = IncrementalTranslator(node_addresses=_node())
+    for _ in tr.rebuild_in_chunks(world.services.values(), world.slices.values(), size=1):
+        pass
+    first_kept = dict(tr._kept)
+    first_refs = {id(r) for r in tr._kept}
+    first_keys = {id(k) for k in tr._owner}
+    world.slices[2] = slice_(2, [4, 5, 6])  # Service 2 gets a backend more
+    again = copy.deepcopy(world)  # objects as a relist gives them: equal, not the same
+    for _ in tr.rebuild_in_chunks(again.services.values(), again.slices.values(), size=2):
+        pass
+    _check(tr, again)
+    same, moved = ref(1), ref(2)
+    assert tr._kept[same] is first_kept[same]
+    assert tr._kept[moved] is not first_kept[moved]
+    assert tr._kept[moved][0] == first_kept[moved][0] + 2  # a backend more, two frontends
+    kept_refs = {r: r for r in tr._kept}
+    assert id(kept_refs[same]) in first_refs and id(kept_refs[moved]) in first_refs
+    assert all(id(k) in first_keys for k in tr._owner)  # every frontend is as before
+    assert all(id(tr.owner(k)) in first_refs for k in tr._owner)
