@@ -58,6 +58,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ebpflb.dataplane.telemetry import DROP_COUNTERS, HasTelemetry, Telemetry, drops_by_reason
+from ebpflb.sources.fields import TRIGGER_TIME_ANNOTATION
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,6 @@ log = logging.getLogger(__name__)
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-TRIGGER_TIME_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
 # kube-proxy: metrics.ExponentialBuckets(0.001, 2, 15)
 SYNC_BUCKETS = tuple(0.001 * 2**i for i in range(15))
 # kube-proxy: metrics.MergeBuckets (which starts with 0) of LinearBuckets(0.25, 0.25, 2),

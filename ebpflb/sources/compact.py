@@ -43,7 +43,7 @@ from ebpflb.sources.endpointslices import (
     PackedEndpoints,
     SliceHead,
 )
-from ebpflb.sources.fields import CompactMeta, _ip
+from ebpflb.sources.fields import TRIGGER_TIME_ANNOTATION, CompactMeta, _ip
 from ebpflb.sources.services import (
     _NO_STATUS,
     SERVICE_PROXY_NAME_LABEL,
@@ -58,6 +58,9 @@ _META = ("name", "namespace", "labels")
 # The labels anything downstream reads: a slice's Service, a Service's proxy, a
 # Node's zone (the API server's selectors read the others before we get the object).
 _LABELS = (SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL, ZONE_LABEL)
+# The annotations anything downstream reads: topology (translation) and a slice's
+# trigger time (the network programming latency metric).
+_ANNOTATIONS = (*ANNOTATIONS, TRIGGER_TIME_ANNOTATION)
 # What translation (services, topology) and the DNS records read of a Service's spec.
 _SPEC = (
     "type",
@@ -206,7 +209,7 @@ def _metadata(meta: Any) -> Any:
         out["labels"] = {k: labels[k] for k in _LABELS if k in labels}
     annotations = meta.get("annotations")
     if isinstance(annotations, dict):
-        kept = {k: annotations[k] for k in ANNOTATIONS if k in annotations}
+        kept = {k: annotations[k] for k in _ANNOTATIONS if k in annotations}
         if kept:
             out["annotations"] = kept
     small = CompactMeta.of(out)
@@ -225,20 +228,27 @@ def _compact_meta(meta: dict[str, Any]) -> CompactMeta | None:
     if type(name) is not str or type(namespace) is not str or not name or not namespace:
         return None
     annotations = meta.get("annotations")
-    if isinstance(annotations, dict) and any(k in annotations for k in ANNOTATIONS):
-        return None  # kept: more than a CompactMeta holds
+    trigger = None
+    if isinstance(annotations, dict):
+        if any(k in annotations for k in ANNOTATIONS):
+            return None  # kept: more than a CompactMeta holds
+        trigger = annotations.get(TRIGGER_TIME_ANNOTATION)
+        if trigger is not None:
+            if type(trigger) is not str:
+                return None
+            trigger = share(trigger)  # a second's changes share their stamp
     labels = meta.get("labels", _ABSENT)
     if labels is _ABSENT:
-        return CompactMeta(name, sys.intern(namespace), None, None)
+        return CompactMeta(name, sys.intern(namespace), None, None, trigger)
     if type(labels) is not dict:
         return None
     kept = [k for k in _LABELS if k in labels]
     if not kept:
-        return CompactMeta(name, sys.intern(namespace), None, "")
+        return CompactMeta(name, sys.intern(namespace), None, "", trigger)
     if len(kept) == 1:
         value = labels[kept[0]]
         if type(value) is str:
-            return CompactMeta(name, sys.intern(namespace), kept[0], value)
+            return CompactMeta(name, sys.intern(namespace), kept[0], value, trigger)
     return None
 
 
@@ -288,7 +298,12 @@ def _service(out: Obj) -> CompactService | None:
     """``out`` (a compacted Service) as a CompactService, or None when it is not of
     the usual shape (see the class)."""
     meta, spec = out.get("metadata"), out.get("spec")
-    if type(meta) is not CompactMeta or meta.label is not None or type(spec) is not dict:
+    if (
+        type(meta) is not CompactMeta
+        or meta.label is not None
+        or meta.trigger is not None  # not a Service's: kept as it came
+        or type(spec) is not dict
+    ):
         return None
     if len(out) == 4:
         status = _NO_STATUS
@@ -385,7 +400,13 @@ def _slice(out: Obj) -> CompactSlice | None:
             _heads.clear()
         head = _heads[key] = (endpoints.version, ports, place)
     return CompactSlice(
-        meta.name, meta.namespace, meta.value, head, endpoints.packed, endpoints.places
+        meta.name,
+        meta.namespace,
+        meta.value,
+        head,
+        endpoints.packed,
+        endpoints.places,
+        meta.trigger,
     )
 
 

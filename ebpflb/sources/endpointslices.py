@@ -247,16 +247,17 @@ _ADDRESS_TYPE_NAMES = {4: "IPv4", 6: "IPv6"}
 
 class CompactSlice(CompactObject):
     """An EndpointSlice as the Kubernetes source keeps it when it is of the usual
-    shape: the usual kind and apiVersion, metadata of a name, a namespace and just the
-    Service's label, addressType IPv4 or IPv6, and every endpoint of the usual shape
-    (``PackedEndpoints``, whose fields it holds: no object of its own), its family,
+    shape: the usual kind and apiVersion, metadata of a name, a namespace, just the
+    Service's label and maybe its trigger-time annotation, addressType IPv4 or IPv6,
+    and every endpoint of the usual shape (``PackedEndpoints``, whose fields it holds:
+    no object of its own), its family,
     ports and shared place in one ``head`` that slices alike share. 80 B and its names
     and packed addresses, where the dicts and PackedEndpoints were ~400 B. It reads as
     the dict it was made from (``endpoints`` a PackedEndpoints made on each access);
     every other slice stays a dict, so that translation reads it (and reports what is
     wrong with it) as before."""
 
-    __slots__ = ("head", "packed", "places", "service")
+    __slots__ = ("head", "packed", "places", "service", "trigger")
 
     KIND = "EndpointSlice"
     API_VERSION = "discovery.k8s.io/v1"
@@ -269,6 +270,7 @@ class CompactSlice(CompactObject):
         head: SliceHead,
         packed: bytes,
         places: tuple[_Place, ...] | None,
+        trigger: str | None = None,
     ) -> None:
         self.name = name
         self.namespace = namespace
@@ -276,6 +278,7 @@ class CompactSlice(CompactObject):
         self.head = head  # (IP version, ports, place): see SliceHead
         self.packed = packed  # as PackedEndpoints holds them
         self.places = places
+        self.trigger = trigger  # its TRIGGER_TIME_ANNOTATION, or None: none
 
     @property
     def version(self) -> int:
@@ -291,7 +294,9 @@ class CompactSlice(CompactObject):
 
     @property
     def metadata(self) -> CompactMeta:
-        return CompactMeta(self.name, self.namespace, SERVICE_NAME_LABEL, self.service)
+        return CompactMeta(
+            self.name, self.namespace, SERVICE_NAME_LABEL, self.service, self.trigger
+        )
 
     @property
     def endpoints(self) -> PackedEndpoints:
@@ -337,6 +342,7 @@ class CompactSlice(CompactObject):
                 and self.namespace == other.namespace
                 and self.service == other.service
                 and self.packed == other.packed
+                and self.trigger == other.trigger
                 and (
                     (self.head is other.head and self.places == other.places)
                     or (self.ports == other.ports and _same_endpoints(self, other))

@@ -62,41 +62,59 @@ def _error(kind: str, ref: ServiceRef, message: str) -> ObjectError:
 
 class CompactMeta(Mapping[str, Any]):
     """An object's metadata as the Kubernetes source keeps it (see ``compact``): name,
-    namespace and at most one label in one slotted object, not two dicts, still reading
-    as (a read-only Mapping equal to) the dict it was made from. Only metadata of a
-    name and a namespace (both non-empty strings) and maybe labels (a dict of at most
-    one string label) becomes one, as that of every Service and EndpointSlice does once
-    ``compact`` has dropped the fields nothing reads."""
+    namespace, at most one label and an EndpointSlice's trigger time in one slotted
+    object, not three dicts, still reading as (a read-only Mapping equal to) the dict it
+    was made from. Only metadata of a name and a namespace (both non-empty strings),
+    maybe labels (a dict of at most one string label) and maybe annotations (just a
+    string TRIGGER_TIME_ANNOTATION) becomes one, as that of every Service and
+    EndpointSlice does once ``compact`` has dropped the fields nothing reads."""
 
-    __slots__ = ("label", "name", "namespace", "value")
+    __slots__ = ("label", "name", "namespace", "trigger", "value")
 
-    def __init__(self, name: str, namespace: str, label: str | None, value: str | None) -> None:
+    def __init__(
+        self,
+        name: str,
+        namespace: str,
+        label: str | None,
+        value: str | None,
+        trigger: str | None = None,
+    ) -> None:
         self.name = name
         self.namespace = namespace
         # labels: {label: value}; {} when label is None and value ""; absent when both None
         self.label = label
         self.value = value
+        # annotations: {TRIGGER_TIME_ANNOTATION: trigger}; absent when None
+        self.trigger = trigger
 
     @classmethod
     def of(cls, meta: dict[str, Any]) -> CompactMeta | dict[str, Any]:
         """``meta`` as a CompactMeta where it qualifies, else ``meta`` itself."""
         name, namespace = meta.get("name"), meta.get("namespace")
         labels = meta.get("labels", _ABSENT)
+        annotations = meta.get("annotations", _ABSENT)
+        trigger = None
+        if annotations is not _ABSENT:
+            if type(annotations) is not dict or list(annotations) != [TRIGGER_TIME_ANNOTATION]:
+                return meta
+            trigger = annotations[TRIGGER_TIME_ANNOTATION]
+            if type(trigger) is not str:
+                return meta
         if (
             type(name) is not str
             or type(namespace) is not str
             or not name
             or not namespace
-            or len(meta) != (2 if labels is _ABSENT else 3)
+            or len(meta) != 2 + (labels is not _ABSENT) + (trigger is not None)
         ):
             return meta
         if labels is _ABSENT:
-            return cls(name, namespace, None, None)
+            return cls(name, namespace, None, None, trigger)
         if type(labels) is not dict or len(labels) > 1:
             return meta
         for label, value in labels.items():
-            return cls(name, namespace, label, value) if type(value) is str else meta
-        return cls(name, namespace, None, "")
+            return cls(name, namespace, label, value, trigger) if type(value) is str else meta
+        return cls(name, namespace, None, "", trigger)
 
     def _labels(self) -> dict[str, str] | None:
         if self.label is not None:
@@ -111,6 +129,8 @@ class CompactMeta(Mapping[str, Any]):
             return self.namespace
         if key == "labels" and self.value is not None:
             return self._labels()
+        if key == "annotations" and self.trigger is not None:
+            return {TRIGGER_TIME_ANNOTATION: self.trigger}
         return default
 
     def __getitem__(self, key: str) -> Any:
@@ -119,21 +139,31 @@ class CompactMeta(Mapping[str, Any]):
         return self.get(key)
 
     def __contains__(self, key: object) -> bool:
-        return key in _META_KEYS and (key != "labels" or self.value is not None)
+        if key == "labels":
+            return self.value is not None
+        if key == "annotations":
+            return self.trigger is not None
+        return key == "name" or key == "namespace"
 
     def __iter__(self) -> Iterator[str]:
-        return iter(_META_KEYS if self.value is not None else _META_KEYS[:2])
+        yield "name"
+        yield "namespace"
+        if self.value is not None:
+            yield "labels"
+        if self.trigger is not None:
+            yield "annotations"
 
     def __len__(self) -> int:
-        return 3 if self.value is not None else 2
+        return 2 + (self.value is not None) + (self.trigger is not None)
 
     def __eq__(self, other: object) -> bool:
         if type(other) is CompactMeta:  # a relist compares each object: without dicts
-            return (self.name, self.namespace, self.label, self.value) == (
+            return (self.name, self.namespace, self.label, self.value, self.trigger) == (
                 other.name,
                 other.namespace,
                 other.label,
                 other.value,
+                other.trigger,
             )
         return super().__eq__(other)
 
@@ -144,7 +174,9 @@ class CompactMeta(Mapping[str, Any]):
 
 
 _ABSENT = object()
-_META_KEYS = ("name", "namespace", "labels")
+# Set by the EndpointSlice controller on each slice it changes: when the change that
+# led to it happened (kube-proxy's network programming latency is measured from it).
+TRIGGER_TIME_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
 
 
 class CompactObject(Mapping[str, Any]):

@@ -580,3 +580,48 @@ def test_deploy_rbac_grants_exactly_what_the_source_asks_for(apiserver, make_sou
         for verb in rule["verbs"]
     }
     assert asked == granted
+
+
+def test_network_programming_latency_from_a_listed_and_a_watched_slice(apiserver, make_source):
+    """The EndpointSlice controller stamps each slice it changes with its trigger time;
+    the source keeps that annotation (a compact slice holds it), so the agent observes
+    kube-proxy's network programming latency for a slice met in the list and for one
+    met in a watch event, each once."""
+    import datetime
+
+    from ebpflb.sources.endpointslices import CompactSlice
+    from ebpflb.sources.fields import TRIGGER_TIME_ANNOTATION
+
+    def stamped(name: str, backends: list[str]) -> dict[str, Any]:
+        obj = endpoint_slice(name, backends)
+        now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+        stamp = now.isoformat().replace("+00:00", "Z")
+        obj["metadata"]["annotations"] = {TRIGGER_TIME_ANNOTATION: stamp, "other": "x"}
+        return obj
+
+    populate(apiserver, 2)
+    apiserver.apply(stamped("svc0", ["10.244.4.4"]))
+    source = started(make_source)
+    agent = Agent(source, FakeDataplane(), AgentConfig(node_name=NODE_NAME, min_sync_interval=0))
+    agent.metrics._started = 0.0  # the stamps are in whole seconds, maybe before the start
+    prog = "kubeproxy_network_programming_duration_seconds_count"
+
+    def observed() -> float:
+        text = agent.metrics.exposition().decode()
+        return next(float(x.split()[-1]) for x in text.splitlines() if x.startswith(prog))
+
+    until(lambda: agent.step() is not None and agent.syncs >= 1, what="the first sync")
+    assert observed() == 1  # the listed slice
+    apiserver.apply(stamped("svc1", ["10.244.5.5"]))
+    until(lambda: agent.step() is not None and observed() == 2, what="the watched slice")
+    held = source.slices_of(ServiceRef("demo", "svc1"))
+    kinds: list[object] = [type(s) for s in held]
+    assert kinds == [CompactSlice]  # kept compact, annotation and all
+    sent = next(o for o in apiserver.objects("EndpointSlice") if o["metadata"]["name"] == "svc1-1")
+    assert held[0]["metadata"]["annotations"] == {
+        TRIGGER_TIME_ANNOTATION: sent["metadata"]["annotations"][TRIGGER_TIME_ANNOTATION]
+    }
+    agent.sync.full_due = True  # a full sync meets the same stamps: not observed again
+    agent._dirty = True
+    agent.step()
+    assert agent.full_syncs == 2 and observed() == 2

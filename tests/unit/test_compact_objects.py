@@ -19,7 +19,7 @@ from ebpflb.dns.records import service_records
 from ebpflb.sources.compact import _compact_dict, compact
 from ebpflb.sources.endpointslices import CompactSlice, PackedEndpoints
 from ebpflb.sources.envvars import service_env
-from ebpflb.sources.fields import CompactMeta, _identity
+from ebpflb.sources.fields import TRIGGER_TIME_ANNOTATION, CompactMeta, _identity
 from ebpflb.sources.services import CompactService
 from ebpflb.sources.tracker import ChangeTracker, object_key, slice_owner
 from ebpflb.sources.translate import Translation, translate_dicts
@@ -87,6 +87,8 @@ def _service(draw: st.DrawFn) -> dict[str, Any]:
         meta["labels"] = labels
     if _rarely(draw, 9):
         meta["annotations"] = {"service.kubernetes.io/topology-mode": "Auto"}
+    elif _rarely(draw, 9):  # a slice's annotation on a Service: kept as it came
+        meta["annotations"] = {TRIGGER_TIME_ANNOTATION: "2026-12-05T10:00:00Z"}
     obj["metadata"] = meta
     spec: dict[str, Any] = {}
     ip = _pick(draw, ["10.96.0.10"] * 4 + ["10.96.0.11", "fd00:96::a", "None", _ABSENT, 7])
@@ -190,6 +192,12 @@ def _slice(draw: st.DrawFn) -> dict[str, Any]:
         obj["metadata"]["labels"]["kubernetes.io/hostname"] = "x"  # not read: dropped
     if _rarely(draw, 9):
         obj["metadata"]["labels"]["topology.kubernetes.io/zone"] = "z1"  # kept
+    if not _rarely(draw, 3):  # the EndpointSlice controller stamps most slices: kept
+        stamp = _pick(draw, ["2026-12-05T10:00:00Z"] * 4 + ["2026-12-05T10:00:01Z", 7])
+        annotations = {TRIGGER_TIME_ANNOTATION: stamp}
+        if _rarely(draw, 5):
+            annotations["example.com/not-read"] = "x"  # dropped
+        obj["metadata"]["annotations"] = annotations
     return obj
 
 
@@ -519,3 +527,36 @@ def test_a_cluster_ip_is_held_as_a_number_only_when_it_reads_back_the_same(ip: s
         assert small.spec["clusterIP"] == ip and small.cluster_ip_text == ip
         _reads_as(small, _compact_dict("Service", whole))
         _same(_translate([small], []), _translate([whole], []))
+
+
+def test_a_slice_keeps_its_trigger_time_and_compares_by_it() -> None:
+    """The network programming latency metric reads a slice's trigger time: a usual
+    slice keeps it in its compact form (shared with the slices stamped in the same
+    second), reads it back as the annotation, and a new stamp is a change."""
+    stamp = "2026-12-05T10:00:00Z"
+
+    def stamped(name: str, when: str) -> dict[str, Any]:
+        obj = eps(name, "web", [sport("http", 8080)], ep("10.244.0.7", "node-a", ready=True))
+        obj["metadata"]["annotations"] = {TRIGGER_TIME_ANNOTATION: when, "other": "x"}
+        return obj
+
+    one, two = (compact("EndpointSlice", stamped(n, "".join(stamp))) for n in ("a", "b"))
+    kinds: list[object] = [type(one), type(two)]
+    assert kinds == [CompactSlice, CompactSlice]
+    assert one["metadata"]["annotations"] == two["metadata"]["annotations"]
+    assert one.trigger == stamp and one.trigger is two.trigger  # type: ignore[attr-defined]
+    meta = one["metadata"]
+    assert type(meta) is CompactMeta and meta["annotations"] == {TRIGGER_TIME_ANNOTATION: stamp}
+    plain = {
+        "name": "a",
+        "namespace": one["metadata"]["namespace"],
+        "labels": {"kubernetes.io/service-name": "web"},
+        "annotations": {TRIGGER_TIME_ANNOTATION: stamp},
+    }
+    _reads_as(meta, plain)
+    assert CompactMeta.of(plain) == meta and type(CompactMeta.of(plain)) is CompactMeta
+    later = compact("EndpointSlice", stamped("a", "2026-12-05T10:00:05Z"))
+    assert later != one and one == compact("EndpointSlice", stamped("a", stamp))
+    unstamped = eps("a", "web", [sport("http", 8080)], ep("10.244.0.7", "node-a", ready=True))
+    assert compact("EndpointSlice", unstamped) != one
+    assert "annotations" not in compact("EndpointSlice", unstamped)["metadata"]
