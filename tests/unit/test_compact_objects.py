@@ -22,7 +22,7 @@ from ebpflb.sources.envvars import service_env
 from ebpflb.sources.fields import TRIGGER_TIME_ANNOTATION, CompactMeta, _identity
 from ebpflb.sources.services import CompactService
 from ebpflb.sources.tracker import ChangeTracker, object_key, slice_owner
-from ebpflb.sources.translate import Translation, translate_dicts
+from tests.unit.test_compact_packed import _same, _translate
 from tests.unit.test_translate import ep, eps, port, sport, svc
 
 _ABSENT = object()
@@ -219,17 +219,6 @@ def _reads_as(small: Any, plain: dict[str, Any]) -> None:
             with pytest.raises(KeyError):
                 small[absent]
     assert small.keys() == plain.keys() and (small.items() == plain.items())
-
-
-def _translate(services: list[Any], slices: list[Any]) -> Translation:
-    return translate_dicts(services, slices, node_name="node-a", node_zone="z1")
-
-
-def _same(a: Translation, b: Translation) -> None:
-    assert a.errors == b.errors
-    assert a.entries == b.entries
-    assert list(a.entries) == list(b.entries)
-    assert a.keys_of == b.keys_of
 
 
 @settings(max_examples=400, deadline=None)
