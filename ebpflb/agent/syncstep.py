@@ -133,7 +133,11 @@ class SyncStep:
         self.translator.node_families = choice.families or None
         self.side.begin()
         result = self.syncer.sync_in_parts(
-            self._served_parts(self.translator.rebuild_in_chunks(snap.services, snap.slices)),
+            self._served_parts(
+                self.translator.rebuild_in_chunks(
+                    snap.services, snap.slices, held=self.syncer.dataplane.current
+                )
+            ),
             owner=self.translator.owner,
             frontends=lambda: self.translator.frontends - len(self.side.unsupported),
             write_each=self.syncer.dataplane.applies_in_parts,

@@ -36,6 +36,7 @@ from ebpflb.model import (
     ServiceInfo,
     ServiceRef,
 )
+from ebpflb.plan import FrontendState
 from ebpflb.sources.endpointslices import SERVICE_NAME_LABEL
 from ebpflb.sources.fields import CompactMeta, _error_order, _identity
 from ebpflb.sources.tracker import slice_owner
@@ -56,6 +57,7 @@ _Kept = tuple[Any, ...]
 _NOTHING: _Kept = (0,)  # a Service without frontends
 _NO_OWNERS: dict[FrontendKey, ServiceRef] = {}  # never filled
 _NO_KEPT: dict[ServiceRef, _Kept] = {}  # never filled
+_NO_STATES: dict[FrontendKey, FrontendState] = {}  # never filled
 
 _NO_SLICES: dict[str, Any] = {}  # the slices of a namespace with none; never filled
 
@@ -123,13 +125,19 @@ class IncrementalTranslator:
         return Update(self._state, self._all_errors(), None)
 
     def rebuild_in_chunks(
-        self, services: Iterable[Obj], slices: Iterable[Obj], *, size: int = CHUNK_SERVICES
+        self,
+        services: Iterable[Obj],
+        slices: Iterable[Obj],
+        *,
+        size: int = CHUNK_SERVICES,
+        held: Callable[[], Mapping[FrontendKey, FrontendState]] | None = None,
     ) -> Iterator[DesiredState]:
         """rebuild(), ``size`` Services at a time in the claim order ((namespace,
         name)), each with its own slices: yields each chunk's state, valid until the
         next is asked for; the errors are in ``errors`` once every chunk is taken, and
         the state published is then a released one. A frontend that an earlier chunk's
-        Service claimed is skipped with the error a full translation gives.
+        Service claimed is skipped with the error a full translation gives. ``held``:
+        what the data path holds, asked before each chunk is kept (see ``_keep_chunk``).
 
         This is what a full sync writes from. With one translation of everything, its
         parse, entries and plan were alive at once, and what the sync keeps (the data
@@ -186,7 +194,7 @@ class IncrementalTranslator:
             del chunk, owned
             start = end
             found = list(result.errors)
-            self._keep_chunk(result, found, before)
+            self._keep_chunk(result, found, before, held() if held is not None else None)
             errors += found
             yield DesiredState(MappingProxyType(result.entries), MappingProxyType(result.services))
             del result
@@ -229,6 +237,7 @@ class IncrementalTranslator:
         result: Translation,
         errors: list[ObjectError],
         before: tuple[dict[FrontendKey, ServiceRef], dict[ServiceRef, _Kept]] | None = None,
+        held: Mapping[FrontendKey, FrontendState] | None = None,
     ) -> None:
         """What later updates need of one chunk of a full translation (or of a whole
         one, taken as its only chunk). A frontend of
@@ -236,24 +245,34 @@ class IncrementalTranslator:
         claim order does within one translation; ``errors`` (the chunk's) then name
         that Service where they named the chunk's own loser of it.
 
-        ``before``: the bookkeeping of the full translation before this one. Where it
-        holds the same frontend of the same Service, its key and ServiceRef objects are
-        kept, and so is the Service's kept tuple where equal: the periodic repair
-        translates everything again, and replacing 100,000s of long-lived objects by
-        equal copies left pymalloc arenas it could not give back (agent RSS at 100,000
-        Services grew ~60 MB at the first repair)."""
+        Kept objects are taken, where equal, from what already holds them: ``held``
+        (the data path's states: its writer read them back after a restart) for a
+        frontend's key and ServiceRef, and ``before`` (the bookkeeping of the full
+        translation before this one) for those and a Service's kept tuple. Every
+        periodic repair translates everything again, and new, equal copies of 100,000s
+        of long-lived objects, made among the repair's garbage, left pymalloc arenas it
+        could not give back (agent RSS at 100,000 Services grew ~60 MB at the first
+        repair); after a restart, the translator's copies of what the writer read back
+        cost ~25 MB more."""
         owners = self._owner
         old_owner, old_kept = before if before is not None else (_NO_OWNERS, _NO_KEPT)
+        held = held or _NO_STATES
+        canon: dict[FrontendKey, tuple[FrontendKey, ServiceRef]] = {}  # the objects kept
         taken: list[tuple[FrontendKey, ServiceRef]] = []
         for key, entry in result.entries.items():
             ref = entry.port_name.service
-            was = old_owner.get(key)
-            if was is not None and was == ref:
-                ref = was
-                for old_key in old_kept.get(was, _NOTHING)[1:]:
-                    if old_key == key:
-                        key = old_key
-                        break
+            state = held.get(key)
+            if state is not None and state.port_name.service == ref:
+                canon[key] = key, ref = state.frontend.key, state.port_name.service
+            else:
+                was = old_owner.get(key)
+                if was is not None and was == ref:
+                    ref = was
+                    for old_key in old_kept.get(was, _NOTHING)[1:]:
+                        if old_key == key:
+                            key = old_key
+                            break
+                    canon[key] = key, ref
             owner = owners.setdefault(key, ref)  # one hash of the key (a Python hash)
             if owner is not ref and owner != ref:
                 taken.append((key, owner))
@@ -262,6 +281,11 @@ class IncrementalTranslator:
         entries, kept = result.entries, self._kept
         count = 0
         for ref, keys in result.keys_of.items():
+            if canon:
+                known = canon.get(keys[0])
+                if known is not None:
+                    ref = known[1]  # the dict's key: the ServiceRef kept
+                keys = tuple([canon.get(k, (k,))[0] for k in keys])
             if len(keys) == 1:  # the usual
                 key = keys[0]
                 n = len(entries[key].backends)
@@ -269,13 +293,9 @@ class IncrementalTranslator:
             else:
                 n = sum([len(entries[k].backends) for k in keys])
                 value = (n, *keys)
-            if old_kept:
-                was = old_owner.get(keys[0])
-                if was is not None and was == ref:
-                    ref = was  # the dict's key: the old ServiceRef
-                    old = old_kept.get(was)
-                    if old is not None and old == value:
-                        value = old
+            old = old_kept.get(ref)
+            if old is not None and old == value:
+                value = old
             kept[ref] = value
             count += n
         self.backends += count

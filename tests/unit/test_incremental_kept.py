@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ebpflb.model import ServiceRef
+from ebpflb.model import ServiceEntry, ServicePortName, ServiceRef
 from ebpflb.sources.incremental import IncrementalTranslator
 from ebpflb.sources.translate import translate
 from tests.unit.test_incremental_release import IPS, World, _node, ref, service, slice_
@@ -168,3 +168,40 @@ def test_a_second_full_sync_keeps_the_first_ones_objects_where_equal() -> None:
     assert id(kept_refs[same]) in first_refs and id(kept_refs[moved]) in first_refs
     assert all(id(k) in first_keys for k in tr._owner)  # every frontend is as before
     assert all(id(tr.owner(k)) in first_refs for k in tr._owner)
+
+
+def test_a_full_sync_keeps_the_data_paths_objects_where_it_holds_the_same() -> None:
+    """After a restart the data path's writer holds what it read back; a full sync
+    given those states keeps their key and ServiceRef objects (not copies of its own),
+    except where the data path holds a frontend for another Service."""
+    import copy
+
+    from ebpflb.plan import FrontendState
+
+    world = _world()
+    full = world.full()
+    read_back = {
+        key: FrontendState.from_entry(copy.deepcopy(entry)) for key, entry in full.entries.items()
+    }
+    moved = next(iter(read_back))  # held for another Service: its objects are not taken
+    other = ServiceRef("else", "where")
+    name = read_back[moved].port_name
+    read_back[moved] = FrontendState.from_entry(
+        ServiceEntry(
+            read_back[moved].frontend, ServicePortName(other, name.port, name.protocol), ()
+        )
+    )
+    tr = IncrementalTranslator(node_addresses=_node())
+    for _ in tr.rebuild_in_chunks(
+        world.services.values(), world.slices.values(), size=1, held=lambda: read_back
+    ):
+        pass
+    _check(tr, world)
+    held_keys = {id(st.frontend.key) for st in read_back.values()}
+    held_refs = {id(st.port_name.service) for st in read_back.values()}
+    for key in tr._owner:
+        assert (id(key) in held_keys) == (key != moved)
+        assert (id(tr.owner(key)) in held_refs) == (key != moved)
+    for kept in tr._kept.values():
+        for key in kept[1:]:
+            assert (id(key) in held_keys) == (key != moved)
