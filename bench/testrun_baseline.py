@@ -36,15 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Each tree's own testrun, in a child whose imports are that tree's: the baseline's
 # lives in bench.datapath, today's in bench.testrun (its IPv4 rows).
-_BASELINE_RUN = (
-    "import json, sys\n"
-    "from bench.datapath import testrun_cost\n"
-    "row = testrun_cost(({n},), {count})['scales']['{n}']\n"
-    "print(json.dumps({{k: row[k]['ns_per_packet'] for k in {kinds!r}}}))\n"
-)
-_CURRENT_RUN = (
-    "import json, sys\n"
-    "from bench.testrun import testrun_cost\n"
+_RUN = (
+    "import json\n"
+    "from {module} import testrun_cost\n"
     "row = testrun_cost(({n},), {count})['scales']['{n}']\n"
     "print(json.dumps({{k: row[k]['ns_per_packet'] for k in {kinds!r}}}))\n"
 )
@@ -90,8 +84,8 @@ def compare(rev: str, rounds: int, count: int) -> dict[str, Any]:
         tree = Path(tmp)
         export_tree(rev, tree)
         sides = {
-            "baseline": (tree, _BASELINE_RUN.format(**fill)),
-            "current": (ROOT, _CURRENT_RUN.format(**fill)),
+            "baseline": (tree, _RUN.format(module="bench.datapath", **fill)),
+            "current": (ROOT, _RUN.format(module="bench.testrun", **fill)),
         }
         for i in range(rounds):
             order = ("baseline", "current") if i % 2 == 0 else ("current", "baseline")
