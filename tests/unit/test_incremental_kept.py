@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from ebpflb.model import ServiceEntry, ServicePortName, ServiceRef
 from ebpflb.sources.incremental import IncrementalTranslator
 from ebpflb.sources.translate import translate
-from tests.unit.test_incremental_release import IPS, World, _node, ref, service, slice_
+from tests.unit.test_incremental import slice_
+from tests.unit.test_incremental_release import IPS, World, _node, ref, service
 
 
 def _world() -> World:

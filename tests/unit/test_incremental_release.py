@@ -26,6 +26,7 @@ from ebpflb.sources.incremental import IncrementalTranslator, NeedsRebuild
 from ebpflb.sources.manifests import ManifestSource
 from ebpflb.sources.translate import translate
 from ebpflb.sync.syncer import Applied, Syncer
+from tests.unit.test_incremental import slice_
 
 NODE = ("192.168.50.10",)
 IPS = ("10.96.0.1", "10.96.0.2", "10.96.0.3")  # few, so that Services collide
@@ -39,20 +40,6 @@ def service(i: int, ip: str, port: int, node_port: int | None) -> dict[str, Any]
         spec["type"] = "NodePort"
         ports["nodePort"] = node_port
     return {"kind": "Service", "metadata": {"name": f"s{i}", "namespace": "ns"}, "spec": spec}
-
-
-def slice_(i: int, backends: list[int]) -> dict[str, Any]:
-    return {
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": f"s{i}-a",
-            "namespace": "ns",
-            "labels": {"kubernetes.io/service-name": f"s{i}"},
-        },
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-        "endpoints": [{"addresses": [f"10.244.0.{b}"]} for b in backends],
-    }
 
 
 class World:
