@@ -103,13 +103,7 @@ def _pack_py(keys: tuple[BackendKey, ...]) -> bytes | None:
             p.__class__ is not int for p in ports
         ):
             return None
-        try:
-            return bytes((_TAG4,)) + struct.pack(
-                ">" + "IH" * len(keys),
-                *chain.from_iterable(zip(map(_ip_of, addresses), ports, strict=True)),
-            )
-        except struct.error:  # a port past 16 bits
-            return None
+        return _pack4(list(map(_ip_of, addresses)), ports)
     if family is IPv6Address:
         out = [bytes((_TAG6,))]
         for address, port in keys:
@@ -123,6 +117,17 @@ def _pack_py(keys: tuple[BackendKey, ...]) -> bytes | None:
             out.append(address.packed + _PORT.pack(port))
         return b"".join(out)
     return None
+
+
+def _pack4(numbers: Sequence[int], ports: Sequence[int]) -> bytes | None:
+    """The packed IPv4 store of these address numbers and int ports, or None when a
+    port is past 16 bits."""
+    try:
+        return bytes((_TAG4,)) + struct.pack(
+            ">" + "IH" * len(numbers), *chain.from_iterable(zip(numbers, ports, strict=True))
+        )
+    except struct.error:
+        return None
 
 
 def _unpacked(stored: bytes) -> tuple[Sequence[IPAddress], Sequence[int]]:
@@ -412,12 +417,7 @@ def _usual_store(backends: tuple[Backend, ...]) -> bytes | tuple[()] | None:
         numbers.append(ip)
         ports.append(port)
     if family is IPv4Address:
-        try:
-            return bytes((_TAG4,)) + struct.pack(
-                ">" + "IH" * len(numbers), *chain.from_iterable(zip(numbers, ports, strict=True))
-            )
-        except struct.error:  # a port past 16 bits
-            return None
+        return _pack4(numbers, ports)
     return _pack([(b.address, b.port) for b in backends])
 
 
