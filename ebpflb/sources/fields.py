@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeGuard
 
 from ebpflb.errors import InvalidObjectError
@@ -34,6 +34,9 @@ class ObjectError:
     namespace: str  # "" for cluster-scoped objects
     name: str  # "" when metadata.name itself is missing
     message: str  # what is wrong and what was skipped
+    # A frontend that an earlier Service holds: (the frontend as the message names it,
+    # that Service); None for any other error. Not compared: the message says it too.
+    claimed: tuple[str, ServiceRef] | None = field(default=None, compare=False)
 
     @property
     def object(self) -> str:
@@ -56,8 +59,10 @@ def _error_order(e: ObjectError) -> tuple[str, str, str, str]:
     return (e.kind, e.namespace, e.name, e.message)
 
 
-def _error(kind: str, ref: ServiceRef, message: str) -> ObjectError:
-    return ObjectError(kind, ref.namespace, ref.name, message)
+def _error(
+    kind: str, ref: ServiceRef, message: str, *, claimed: tuple[str, ServiceRef] | None = None
+) -> ObjectError:
+    return ObjectError(kind, ref.namespace, ref.name, message, claimed)
 
 
 class CompactMeta(Mapping[str, Any]):

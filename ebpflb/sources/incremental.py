@@ -24,12 +24,13 @@ there for the figures).
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
 from ebpflb.model import (
     DesiredState,
+    Frontend,
     FrontendKey,
     IPAddress,
     ServiceEntry,
@@ -40,15 +41,11 @@ from ebpflb.plan import FrontendState
 from ebpflb.sources.endpointslices import SERVICE_NAME_LABEL
 from ebpflb.sources.fields import CompactMeta, _error_order, _identity
 from ebpflb.sources.tracker import slice_owner
-from ebpflb.sources.translate import ObjectError, Translation, translate_dicts
+from ebpflb.sources.translate import ObjectError, Translation, claimed_error, translate_dicts
 
 Obj = dict[str, Any]
 ServiceOf = Callable[[ServiceRef], Obj | None]
 SlicesOf = Callable[[ServiceRef], Sequence[Obj]]
-
-# How translate's claim order reports a frontend that an earlier Service holds: the
-# later Service is then a "loser", which a freed frontend may have to go to.
-_CLAIMED_BY_ANOTHER = " is already used by Service "
 
 # What is kept of one translated Service: (its backends, *the frontends it got), one
 # tuple (a Service of one frontend: 56 B, where a 1-tuple of its key and an entry in a
@@ -226,7 +223,7 @@ class IncrementalTranslator:
             ref = ServiceRef(err.namespace, err.name)
             if err.kind == "Service":
                 self._errors[ref] = (*self._errors.get(ref, ()), err)
-                if _CLAIMED_BY_ANOTHER in err.message:
+                if err.claimed is not None:  # a loser, which a freed frontend may go to
                     self._losers.add(ref)
             else:
                 other.append(err)
@@ -309,24 +306,22 @@ class IncrementalTranslator:
         taken: list[tuple[FrontendKey, ServiceRef]],
         errors: list[ObjectError],
     ) -> None:
-        renamed: dict[str, str] = {}  # the end of a message: as it should end
+        # (frontend, the chunk's claimant of it) -> (the frontend, the earlier holder)
+        holders: dict[tuple[str, ServiceRef], tuple[Frontend, ServiceRef]] = {}
         for key, owner in taken:
             entry = result.entries.pop(key)
             ref, fe = entry.port_name.service, entry.frontend
-            message = f"{fe.kind} frontend {fe}{_CLAIMED_BY_ANOTHER}{owner}; skipped"
-            errors.append(ObjectError("Service", ref.namespace, ref.name, message))
-            renamed[f" {fe}{_CLAIMED_BY_ANOTHER}{ref}; skipped"] = (
-                f" {fe}{_CLAIMED_BY_ANOTHER}{owner}; skipped"
-            )
+            errors.append(claimed_error(ref, fe, owner))
+            holders[str(fe), ref] = fe, owner
             kept = tuple(k for k in result.keys_of[ref] if k != key)
             if kept:
                 result.keys_of[ref] = kept
             else:
                 del result.keys_of[ref]
         for i, err in enumerate(errors):
-            for end, fixed in renamed.items():
-                if err.message.endswith(end):
-                    errors[i] = replace(err, message=err.message[: -len(end)] + fixed)
+            held = holders.get(err.claimed) if err.claimed is not None else None
+            if held is not None:  # lost to the chunk's claimant, which lost it in turn
+                errors[i] = claimed_error(ServiceRef(err.namespace, err.name), *held)
 
     def release(self) -> None:
         """Drop the full translation published by ``rebuild``: its sync is done, and

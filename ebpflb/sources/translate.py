@@ -241,6 +241,16 @@ def _regroup(
         start += len(keys)
 
 
+def claimed_error(ref: ServiceRef, fe: Frontend, owner: ServiceRef) -> ObjectError:
+    """Service ``ref`` does not get frontend ``fe``: Service ``owner`` holds it."""
+    return _error(
+        "Service",
+        ref,
+        f"{fe.kind} frontend {fe} is already used by Service {owner}; skipped",
+        claimed=(str(fe), owner),
+    )
+
+
 def _claim(
     entries_of: Iterable[tuple[ServiceRef, list[ServiceEntry]]], errors: list[ObjectError]
 ) -> tuple[dict[FrontendKey, ServiceEntry], dict[ServiceRef, tuple[FrontendKey, ...]]]:
@@ -255,12 +265,7 @@ def _claim(
             key = entry.frontend.key
             owner = claimed.setdefault(key, entry)  # one hash of the key, not two
             if owner is not entry:
-                fe = entry.frontend
-                msg = (
-                    f"{fe.kind} frontend {fe} is already used by Service "
-                    f"{owner.port_name.service}; skipped"
-                )
-                errors.append(_error("Service", ref, msg))
+                errors.append(claimed_error(ref, entry.frontend, owner.port_name.service))
                 continue
             got.append(key)
         if got:
