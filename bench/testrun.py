@@ -263,11 +263,9 @@ def testrun_cost(scales: tuple[int, ...], count: int) -> dict[str, Any]:
 def _churn_conntrack(prog_fd: int, maps: BpfMaps, new_flows: list[bytes]) -> None:
     """Run the new-flow frames once, untimed, then remove every conntrack entry (both
     families): each (scale, family) is timed on an empty table that has been used, as a
-    node's is. A never-used LRU table hands out its entries in memory order (one new
-    flow's two entries side by side, warm); a used one hands out what was freed, spread
-    over the table. Without this the first scale timed the pristine table and later
-    ones a used and fuller one: new flows 50-100 ns slower at 100,000 Services than at
-    10 with no Service look-up any slower."""
+    node's is, and every scale alike. (With the LRU maps of earlier versions, a
+    never-used table handed out its entries side by side in memory, which made the
+    first scale's new flows look 50-100 ns cheaper than the others'.)"""
     from ebpflb.dataplane.bpf.syscall import prog_test_run
 
     for frame in new_flows:

@@ -42,14 +42,8 @@ static __always_inline struct lb4_backend *map_be4_lookup(__u32 *id)
 { return ebpflb_be4_v2.lookup(id); }
 static __always_inline struct lb4_rnat *map_rnat4_lookup(__u32 *id)
 { return ebpflb_rnat4_v2.lookup(id); }
-static __always_inline struct ct4_value *map_ct4_lookup(struct ct4_key *key)
-{ return ebpflb_ct4_v2.lookup(key); }
-static __always_inline int map_ct4_update(struct ct4_key *key, struct ct4_value *value)
-{ return ebpflb_ct4_v2.update(key, value); }
-static __always_inline int map_ct4_insert(struct ct4_key *key, struct ct4_value *value)
-{ return ebpflb_ct4_v2.insert(key, value); }
-static __always_inline int map_ct4_delete(struct ct4_key *key)
-{ return ebpflb_ct4_v2.delete(key); }
+static __always_inline struct ct4_bucket *map_ct4_bucket(__u32 *index)
+{ return ebpflb_ct4_v3.lookup(index); }
 static __always_inline struct lb_stats *map_svcstat_lookup(__u32 *id)
 { return ebpflb_svcstat.lookup(id); }
 static __always_inline __u64 *map_gstat_lookup(__u32 *index)
@@ -66,6 +60,8 @@ static __always_inline __u32 *map_cfg_lookup(__u32 *index)
 { return ebpflb_cfg.lookup(index); }
 static __always_inline struct ct_clock *map_clock_lookup(__u32 *index)
 { return ebpflb_clock.lookup(index); }
+static __always_inline struct ct_scratch *map_ctscr_lookup(__u32 *index)
+{ return ebpflb_ctscr.lookup(index); }
 static __always_inline void *map_mg4_lookup(__u32 *svc_id)
 { return ebpflb_mg4_v2.lookup(svc_id); }
 static __always_inline struct sknat4_value *map_sknat4_lookup(struct sknat4_key *key)
@@ -79,14 +75,8 @@ static __always_inline struct lb6_backend *map_be6_lookup(__u32 *id)
 { return ebpflb_be6_v2.lookup(id); }
 static __always_inline struct lb6_rnat *map_rnat6_lookup(__u32 *id)
 { return ebpflb_rnat6_v2.lookup(id); }
-static __always_inline struct ct6_value *map_ct6_lookup(struct ct6_key *key)
-{ return ebpflb_ct6.lookup(key); }
-static __always_inline int map_ct6_update(struct ct6_key *key, struct ct6_value *value)
-{ return ebpflb_ct6.update(key, value); }
-static __always_inline int map_ct6_insert(struct ct6_key *key, struct ct6_value *value)
-{ return ebpflb_ct6.insert(key, value); }
-static __always_inline int map_ct6_delete(struct ct6_key *key)
-{ return ebpflb_ct6.delete(key); }
+static __always_inline struct ct6_bucket *map_ct6_bucket(__u32 *index)
+{ return ebpflb_ct6_v2.lookup(index); }
 static __always_inline struct aff4_value *map_aff6_lookup(struct aff6_key *key)
 { return ebpflb_aff6.lookup(key); }
 static __always_inline int map_aff6_update(struct aff6_key *key, struct aff4_value *value)
@@ -342,6 +332,18 @@ static __always_inline int lb6_egress(struct __sk_buff *skb)
 	return VERDICT_PASS;
 }
 
+/* The IPv6 ingress path runs as a program of its own, ebpflb_tc6, reached by a tail
+ * call: the verifier walks a program's every path within a budget (a million
+ * instructions) and a stack of 512 bytes, and the IPv4 and IPv6 paths with the
+ * conntrack tables inlined (cttable.h) do not fit in one. The loader puts it at
+ * TAIL_IPV6; an IPv6 packet costs the call (~10 ns), IPv4 nothing. */
+BPF_PROG_ARRAY(ebpflb_tail, TAIL_MAX);
+
+int ebpflb_tc6(struct __sk_buff *skb)
+{
+	return verdict_tc_exit(skb, lb6_ingress(skb));
+}
+
 int ebpflb_tc(struct __sk_buff *skb)
 {
 	struct pkt4 pkt;
@@ -363,7 +365,7 @@ int ebpflb_tc(struct __sk_buff *skb)
 		 * first: an early IPv6 branch made every IPv4 packet ~15 ns slower
 		 * (code layout), this costs IPv6 one ethertype read. */
 		if (skb->protocol == bpf_htons(ETH_P_IPV6))
-			verdict = lb6_ingress(skb);
+			ebpflb_tail.call(skb, TAIL_IPV6);  /* returns only if unset */
 		break;
 	}
 	return verdict_tc_exit(skb, verdict);

@@ -42,14 +42,8 @@ static __always_inline struct lb4_backend *map_be4_lookup(__u32 *id)
 { return ebpflb_be4_v2.lookup(id); }
 static __always_inline struct lb4_rnat *map_rnat4_lookup(__u32 *id)
 { return ebpflb_rnat4_v2.lookup(id); }
-static __always_inline struct ct4_value *map_ct4_lookup(struct ct4_key *key)
-{ return ebpflb_ct4_v2.lookup(key); }
-static __always_inline int map_ct4_update(struct ct4_key *key, struct ct4_value *value)
-{ return ebpflb_ct4_v2.update(key, value); }
-static __always_inline int map_ct4_insert(struct ct4_key *key, struct ct4_value *value)
-{ return ebpflb_ct4_v2.insert(key, value); }
-static __always_inline int map_ct4_delete(struct ct4_key *key)
-{ return ebpflb_ct4_v2.delete(key); }
+static __always_inline struct ct4_bucket *map_ct4_bucket(__u32 *index)
+{ return ebpflb_ct4_v3.lookup(index); }
 static __always_inline struct lb_stats *map_svcstat_lookup(__u32 *id)
 { return ebpflb_svcstat.lookup(id); }
 static __always_inline __u64 *map_gstat_lookup(__u32 *index)
@@ -66,6 +60,8 @@ static __always_inline __u32 *map_cfg_lookup(__u32 *index)
 { return ebpflb_cfg.lookup(index); }
 static __always_inline struct ct_clock *map_clock_lookup(__u32 *index)
 { return ebpflb_clock.lookup(index); }
+static __always_inline struct ct_scratch *map_ctscr_lookup(__u32 *index)
+{ return ebpflb_ctscr.lookup(index); }
 static __always_inline void *map_mg4_lookup(__u32 *svc_id)
 { return ebpflb_mg4_v2.lookup(svc_id); }
 static __always_inline struct lb6_service *map_svc6_lookup(struct lb6_key *key)
@@ -74,14 +70,8 @@ static __always_inline struct lb6_backend *map_be6_lookup(__u32 *id)
 { return ebpflb_be6_v2.lookup(id); }
 static __always_inline struct lb6_rnat *map_rnat6_lookup(__u32 *id)
 { return ebpflb_rnat6_v2.lookup(id); }
-static __always_inline struct ct6_value *map_ct6_lookup(struct ct6_key *key)
-{ return ebpflb_ct6.lookup(key); }
-static __always_inline int map_ct6_update(struct ct6_key *key, struct ct6_value *value)
-{ return ebpflb_ct6.update(key, value); }
-static __always_inline int map_ct6_insert(struct ct6_key *key, struct ct6_value *value)
-{ return ebpflb_ct6.insert(key, value); }
-static __always_inline int map_ct6_delete(struct ct6_key *key)
-{ return ebpflb_ct6.delete(key); }
+static __always_inline struct ct6_bucket *map_ct6_bucket(__u32 *index)
+{ return ebpflb_ct6_v2.lookup(index); }
 static __always_inline struct aff4_value *map_aff6_lookup(struct aff6_key *key)
 { return ebpflb_aff6.lookup(key); }
 static __always_inline int map_aff6_update(struct aff6_key *key, struct aff4_value *value)
@@ -353,6 +343,17 @@ static __always_inline int xdp6_ingress(struct xdp_md *ctx, __u32 *ifindex)
 	return VERDICT_PASS;
 }
 
+/* The IPv6 path as a program of its own, reached by a tail call (see ebpflb_tc.c). */
+BPF_PROG_ARRAY(ebpflb_xtail, TAIL_MAX);
+
+int ebpflb_xdp6(struct xdp_md *ctx)
+{
+	__u32 ifindex = 0;
+	int verdict = xdp6_ingress(ctx, &ifindex);
+
+	return verdict_xdp_exit(verdict, ifindex);
+}
+
 int ebpflb_xdp(struct xdp_md *ctx)
 {
 	struct lb4_service *svc;
@@ -371,7 +372,7 @@ int ebpflb_xdp(struct xdp_md *ctx)
 		stats_global_inc(GSTAT_FRAGMENT);
 		break;
 	case PKT_PASS:
-		verdict = xdp6_ingress(ctx, &ifindex);
+		ebpflb_xtail.call(ctx, TAIL_IPV6);  /* returns only if unset */
 		break;
 	}
 	return verdict_xdp_exit(verdict, ifindex);

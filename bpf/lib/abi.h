@@ -5,6 +5,8 @@
 #ifndef EBPFLB_ABI_H
 #define EBPFLB_ABI_H
 
+#include "consts.h"
+
 /* Service map key: one frontend (ClusterIP:port/proto, NodePort, external IP...). */
 struct lb4_key {
 	__be32 address;		/* frontend IPv4 address */
@@ -175,6 +177,27 @@ struct lb6_rnat {
 	__u16 pad;
 };
 
+/* The conntrack tables (cttable.h) are arrays of buckets of CT_WAYS entries. A
+ * bucket's head fills one cache line: a writer's lock, each way's tag (0: empty, else
+ * 16 bits of the key's hash | 1, so a look-up compares keys only where a tag matches)
+ * and, in bucket 0 only, the seed the table's keys are hashed with. */
+struct ct_head {
+	__u64 lock;		/* 0: free; 1: a writer holds the bucket */
+	__u16 tags[CT_WAYS];
+	__u32 seed;		/* bucket 0: the hash seed the table was made with */
+	__u32 pad[9];
+};
+
+struct ct4_slot {
+	struct ct4_key key;
+	struct ct4_value value;
+};
+
+struct ct4_bucket {
+	struct ct_head head;
+	struct ct4_slot ways[CT_WAYS];
+};
+
 /* IPv6 conntrack key: as ct4_key. */
 struct ct6_key {
 	struct addr6 saddr;
@@ -198,6 +221,16 @@ struct ct6_value {
 	struct addr6 peer_address;	/* as ct4_value.peer_address; all zero = no NAT */
 	__be16 peer_port;
 	__u16 pad;
+};
+
+struct ct6_slot {
+	struct ct6_key key;
+	struct ct6_value value;
+};
+
+struct ct6_bucket {
+	struct ct_head head;
+	struct ct6_slot ways[CT_WAYS];
 };
 
 /* IPv6 session affinity key; the value is an aff4_value. */
@@ -245,6 +278,8 @@ _Static_assert(sizeof(struct lb4_backend) == 12, "lb4_backend");
 _Static_assert(sizeof(struct lb4_rnat) == 8, "lb4_rnat");
 _Static_assert(sizeof(struct ct4_key) == 16, "ct4_key");
 _Static_assert(sizeof(struct ct4_value) == 40, "ct4_value");
+_Static_assert(sizeof(struct ct_head) == 64, "ct_head");
+_Static_assert(sizeof(struct ct4_bucket) == 64 + CT_WAYS * 56, "ct4_bucket");
 _Static_assert(sizeof(struct aff4_key) == 8, "aff4_key");
 _Static_assert(sizeof(struct aff4_value) == 16, "aff4_value");
 _Static_assert(sizeof(struct srcrange4_key) == 12, "srcrange4_key");
@@ -259,6 +294,7 @@ _Static_assert(sizeof(struct lb6_backend) == 24, "lb6_backend");
 _Static_assert(sizeof(struct lb6_rnat) == 20, "lb6_rnat");
 _Static_assert(sizeof(struct ct6_key) == 40, "ct6_key");
 _Static_assert(sizeof(struct ct6_value) == 64, "ct6_value");
+_Static_assert(sizeof(struct ct6_bucket) == 64 + CT_WAYS * 104, "ct6_bucket");
 _Static_assert(sizeof(struct aff6_key) == 20, "aff6_key");
 _Static_assert(sizeof(struct srcrange6_key) == 24, "srcrange6_key");
 _Static_assert(sizeof(struct sknat6_key) == 32, "sknat6_key");

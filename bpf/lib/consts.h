@@ -15,6 +15,18 @@
 #ifndef MAX_CONNTRACK
 #define MAX_CONNTRACK 262144	/* conntrack entries (two per flow) */
 #endif
+/* The conntrack tables (cttable.h): CT_BUCKETS buckets of CT_WAYS entries each. The
+ * loader sets CT_BUCKETS to a power of two holding twice MAX_CONNTRACK rounded up to
+ * one (ebpflb/dataplane/bpf/cttable.py ct_buckets), so a bucket is rarely full, and
+ * CT_SEED to the seed the pinned tables were made with. */
+#define CT_WAYS			8
+#ifndef CT_BUCKETS
+#define CT_BUCKETS		65536
+#endif
+#ifndef CT_SEED
+#define CT_SEED			0
+#endif
+#define CT_LOCK_TRIES		16	/* a bucket's writer holds it for ~20 instructions */
 #ifndef MAX_AFFINITY
 #define MAX_AFFINITY 65536	/* (client, frontend) session-affinity entries */
 #endif
@@ -37,8 +49,8 @@
 #define NAT_PORT_MIN		61000
 #define NAT_PORT_COUNT		4536	/* 61000..65535 */
 #define NAT_PORT_TRIES		16	/* bounded search for a free port */
-/* A NAT port is held by its flow's REPLY entry; nothing deletes entries but LRU
- * eviction, so a port is taken over once its flow is over: closed (a FIN or RST seen)
+/* A NAT port is held by its flow's REPLY entry; nothing deletes entries but eviction
+ * from a full bucket (cttable.h), so a port is taken over once its flow is over: closed (a FIN or RST seen)
  * for longer than Linux keeps TIME_WAIT (a SYN reusing the tuple earlier may meet the
  * backend's TIME_WAIT socket), or idle past its protocol's lifetime (Cilium's CT
  * lifetimes: 6 h for TCP, 60 s otherwise). */
@@ -70,6 +82,10 @@
 #define SVC_F_MAGLEV		0x0040	/* new flows choose by the Maglev table, not at random */
 /* The kinds whose traffic arrives from outside the node: the XDP program's. */
 #define SVC_F_FROM_OUTSIDE	(SVC_F_NODEPORT | SVC_F_EXTERNAL | SVC_F_LOADBALANCER)
+
+/* The entry programs' tail calls (ebpflb_tail, ebpflb_xtail), by index. */
+#define TAIL_IPV6		0	/* ebpflb_tc6 / ebpflb_xdp6: the IPv6 path */
+#define TAIL_MAX		1
 
 /* ebpflb_cfg: settings the agent writes, by index. */
 #define CFG_HOST_BACKENDS	0	/* non-zero: some backend is an address of this node */

@@ -195,24 +195,22 @@ static __always_inline int ct4_create_reply(struct ct4_key *key, struct ct4_valu
 	return 0;
 }
 
-/* Write (or overwrite) the SERVICE entry of the packet's flow, now sent to backend be
- * (and source-NATed to snat_addr:snat_port when snat_addr != 0), once its REPLY entry
- * (reply_key) is written. 0 or DROP_CT_FULL (counted; the REPLY entry is removed
- * again, so nothing is left half-written). */
-static __always_inline int ct4_create_service(struct ct4_key *reply_key,
+/* Write (or overwrite) the SERVICE entry of the packet's flow (its key made in *key),
+ * now sent to backend be (and source-NATed to snat_addr:snat_port when snat_addr != 0),
+ * once its REPLY entry (reply_key) is written. 0 or DROP_CT_FULL (counted; the REPLY
+ * entry is removed again, so nothing is left half-written). */
+static __always_inline int ct4_create_service(struct ct4_key *key, struct ct4_key *reply_key,
 					      struct ct4_value *value, const struct pkt4 *pkt,
 					      const struct lb4_backend *be, __be32 snat_addr,
 					      __be16 snat_port)
 {
-	struct ct4_key key;
-
-	ct4_key_init(&key, pkt->saddr, pkt->daddr, pkt->sport, pkt->dport, pkt->proto,
+	ct4_key_init(key, pkt->saddr, pkt->daddr, pkt->sport, pkt->dport, pkt->proto,
 		     CT_DIR_SERVICE);
 	value->nat_address = be->address;
 	value->nat_port = be->port;
 	value->peer_address = snat_addr;
 	value->peer_port = snat_addr ? snat_port : 0;
-	if (map_ct4_update(&key, value) < 0) {
+	if (map_ct4_update(key, value) < 0) {
 		map_ct4_delete(reply_key);
 		stats_global_inc(GSTAT_CT_FULL);
 		return DROP_CT_FULL;

@@ -129,20 +129,18 @@ static __always_inline int ct6_create_reply(struct ct6_key *key, struct ct6_valu
 /* Write the SERVICE entry of the packet's flow, now sent to backend be and source-NATed
  * to *snat_addr:snat_port unless snat_addr is all zero, once its REPLY entry
  * (reply_key) is written. 0 or DROP_CT_FULL (counted; the REPLY entry is removed). */
-static __always_inline int ct6_create_service(struct ct6_key *reply_key,
+static __always_inline int ct6_create_service(struct ct6_key *key, struct ct6_key *reply_key,
 					      struct ct6_value *value, const struct pkt6 *pkt,
 					      const struct lb6_backend *be,
 					      const struct addr6 *snat_addr, __be16 snat_port)
 {
-	struct ct6_key key;
-
-	ct6_key_init(&key, &pkt->saddr, &pkt->daddr, pkt->sport, pkt->dport, pkt->proto,
+	ct6_key_init(key, &pkt->saddr, &pkt->daddr, pkt->sport, pkt->dport, pkt->proto,
 		     CT_DIR_SERVICE);
 	value->nat_address = be->address;
 	value->nat_port = be->port;
 	value->peer_address = *snat_addr;
 	value->peer_port = addr6_is_zero(snat_addr) ? 0 : snat_port;
-	if (map_ct6_update(&key, value) < 0) {
+	if (map_ct6_update(key, value) < 0) {
 		map_ct6_delete(reply_key);
 		stats_global_inc(GSTAT_CT_FULL);
 		return DROP_CT_FULL;

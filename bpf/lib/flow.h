@@ -1,7 +1,8 @@
 /* flow.h: the new-flow stages both entry programs (tc, XDP) share: choosing a backend
  * for a new flow (affinity first, then lb.h's selection) and recording the flow in
  * conntrack (its REPLY entry, which claims the source-NAT port when there is one, then
- * its SERVICE entry). No packet access: they work on the parsed pkt4/pkt6 only. */
+ * its SERVICE entry). No packet access: they work on the parsed pkt4/pkt6 only. The
+ * flow's keys and value are built in the per-CPU ebpflb_ctscr (maps.h says why). */
 #ifndef EBPFLB_FLOW_H
 #define EBPFLB_FLOW_H
 
@@ -45,18 +46,22 @@ static __always_inline int lb4_track(const struct pkt4 *pkt, __u32 svc_id, __u32
 				     const struct lb4_backend *be, __be32 snat_addr,
 				     __be16 *snat_port)
 {
-	struct ct4_key reply_key;
-	struct ct4_value value;
+	__u32 zero = 0;
+	struct ct_scratch *s = map_ctscr_lookup(&zero);
 	int ret;
 
-	ct4_value_init(&value, pkt, svc_id, backend_id);
+	if (!s)
+		return DROP_CT_FULL;
+	ct4_value_init(&s->value4, pkt, svc_id, backend_id);
 	if (snat_addr)
-		ret = nat4_claim_port(&reply_key, &value, pkt, be, snat_addr, snat_port);
+		ret = nat4_claim_port(&s->reply4, &s->value4, &s->service4, pkt, be, snat_addr,
+				      snat_port);
 	else
-		ret = ct4_create_reply(&reply_key, &value, pkt, be);
+		ret = ct4_create_reply(&s->reply4, &s->value4, pkt, be);
 	if (ret < 0)
 		return ret;
-	return ct4_create_service(&reply_key, &value, pkt, be, snat_addr, *snat_port);
+	return ct4_create_service(&s->service4, &s->reply4, &s->value4, pkt, be, snat_addr,
+				  *snat_port);
 }
 
 /* IPv6: the same stages on struct pkt6 and the *6 maps. */
@@ -86,18 +91,22 @@ static __always_inline int lb6_track(const struct pkt6 *pkt, __u32 svc_id, __u32
 				     const struct lb6_backend *be,
 				     const struct addr6 *snat_addr, __be16 *snat_port)
 {
-	struct ct6_key reply_key;
-	struct ct6_value value;
+	__u32 zero = 0;
+	struct ct_scratch *s = map_ctscr_lookup(&zero);
 	int ret;
 
-	ct6_value_init(&value, pkt, svc_id, backend_id);
+	if (!s)
+		return DROP_CT_FULL;
+	ct6_value_init(&s->value6, pkt, svc_id, backend_id);
 	if (!addr6_is_zero(snat_addr))
-		ret = nat6_claim_port(&reply_key, &value, pkt, be, snat_addr, snat_port);
+		ret = nat6_claim_port(&s->reply6, &s->value6, &s->service6, pkt, be, snat_addr,
+				      snat_port);
 	else
-		ret = ct6_create_reply(&reply_key, &value, pkt, be);
+		ret = ct6_create_reply(&s->reply6, &s->value6, pkt, be);
 	if (ret < 0)
 		return ret;
-	return ct6_create_service(&reply_key, &value, pkt, be, snat_addr, *snat_port);
+	return ct6_create_service(&s->service6, &s->reply6, &s->value6, pkt, be, snat_addr,
+				  *snat_port);
 }
 
 #endif

@@ -30,9 +30,11 @@ BPF_TABLE_PINNED("array", __u32, struct lb4_backend, ebpflb_be4_v2,
  * frontend (_v2: an array, as ebpflb_be4_v2) */
 BPF_TABLE_PINNED("array", __u32, struct lb4_rnat, ebpflb_rnat4_v2,
 		 MAX_SERVICES, PIN_DIR "/ebpflb_rnat4_v2", BPF_F_MMAPABLE);
-/* 5-tuple + direction -> flow's backend (SERVICE) or frontend (REPLY); LRU-evicted */
-BPF_TABLE_PINNED("lru_hash", struct ct4_key, struct ct4_value, ebpflb_ct4_v2,
-		 MAX_CONNTRACK, PIN_DIR "/ebpflb_ct4_v2");
+/* 5-tuple + direction -> flow's backend (SERVICE) or frontend (REPLY): cttable.h's
+ * buckets (_v3: an array of buckets, no longer an LRU hash; BPF_F_MMAPABLE: the CLI
+ * reads it in one copy) */
+BPF_TABLE_PINNED("array", __u32, struct ct4_bucket, ebpflb_ct4_v3,
+		 CT_BUCKETS, PIN_DIR "/ebpflb_ct4_v3", BPF_F_MMAPABLE);
 /* service id -> per-CPU packet and byte counters */
 BPF_TABLE_PINNED("percpu_array", __u32, struct lb_stats, ebpflb_svcstat,
 		 MAX_SERVICES, PIN_DIR "/ebpflb_svcstat");
@@ -59,6 +61,18 @@ struct ct_clock {
 	__u64 now_ns;
 };
 BPF_PERCPU_ARRAY(ebpflb_clock, struct ct_clock, 1);
+/* One per CPU: where a new flow's conntrack keys and value are built (flow.h), off the
+ * entry programs' stack, whose 512 bytes the IPv4 and IPv6 paths all but fill. A
+ * scratch, never pinned. */
+struct ct_scratch {
+	struct ct4_key reply4;
+	struct ct4_key service4;
+	struct ct4_value value4;
+	struct ct6_key reply6;
+	struct ct6_key service6;
+	struct ct6_value value6;
+};
+BPF_PERCPU_ARRAY(ebpflb_ctscr, struct ct_scratch, 1);
 /* CFG_* index -> a setting written by the agent */
 BPF_TABLE_PINNED("array", __u32, __u32, ebpflb_cfg, CFG_MAX, PIN_DIR "/ebpflb_cfg");
 /* (client, frontend id) -> the backend its last new flow got; LRU-evicted */
@@ -85,9 +99,10 @@ BPF_TABLE_PINNED("array", __u32, struct lb6_backend, ebpflb_be6_v2,
  * (_v2: an array, as ebpflb_be4_v2) */
 BPF_TABLE_PINNED("array", __u32, struct lb6_rnat, ebpflb_rnat6_v2,
 		 MAX_SERVICES, PIN_DIR "/ebpflb_rnat6_v2", BPF_F_MMAPABLE);
-/* IPv6 5-tuple + direction -> flow's backend or frontend; LRU-evicted */
-BPF_TABLE_PINNED("lru_hash", struct ct6_key, struct ct6_value, ebpflb_ct6,
-		 MAX_CONNTRACK, PIN_DIR "/ebpflb_ct6");
+/* IPv6 5-tuple + direction -> flow's backend or frontend (_v2: buckets, as
+ * ebpflb_ct4_v3) */
+BPF_TABLE_PINNED("array", __u32, struct ct6_bucket, ebpflb_ct6_v2,
+		 CT_BUCKETS, PIN_DIR "/ebpflb_ct6_v2", BPF_F_MMAPABLE);
 /* (IPv6 client, frontend id) -> the backend its last new flow got; LRU-evicted */
 BPF_TABLE_PINNED("lru_hash", struct aff6_key, struct aff4_value, ebpflb_aff6,
 		 MAX_AFFINITY, PIN_DIR "/ebpflb_aff6");
@@ -113,10 +128,7 @@ static __always_inline struct lb4_service *map_svc4_lookup(struct lb4_key *key);
 static __always_inline __u32 *map_slot4_lookup(struct lb4_slot_key *key);
 static __always_inline struct lb4_backend *map_be4_lookup(__u32 *id);
 static __always_inline struct lb4_rnat *map_rnat4_lookup(__u32 *id);
-static __always_inline struct ct4_value *map_ct4_lookup(struct ct4_key *key);
-static __always_inline int map_ct4_update(struct ct4_key *key, struct ct4_value *value);
-static __always_inline int map_ct4_insert(struct ct4_key *key, struct ct4_value *value);
-static __always_inline int map_ct4_delete(struct ct4_key *key);
+static __always_inline struct ct4_bucket *map_ct4_bucket(__u32 *index);
 static __always_inline struct lb_stats *map_svcstat_lookup(__u32 *id);
 static __always_inline __u64 *map_gstat_lookup(__u32 *index);
 static __always_inline __u64 *map_drops_lookup(__u32 *reason);
@@ -125,6 +137,7 @@ static __always_inline int map_aff4_update(struct aff4_key *key, struct aff4_val
 static __always_inline __u8 *map_srcr4_lookup(struct srcrange4_key *key);
 static __always_inline __u32 *map_cfg_lookup(__u32 *index);
 static __always_inline struct ct_clock *map_clock_lookup(__u32 *index);
+static __always_inline struct ct_scratch *map_ctscr_lookup(__u32 *index);
 static __always_inline void *map_mg4_lookup(__u32 *svc_id);
 static __always_inline struct sknat4_value *map_sknat4_lookup(struct sknat4_key *key);
 static __always_inline int map_sknat4_update(struct sknat4_key *key, struct sknat4_value *v);
@@ -132,10 +145,7 @@ static __always_inline int map_sknat4_update(struct sknat4_key *key, struct skna
 static __always_inline struct lb6_service *map_svc6_lookup(struct lb6_key *key);
 static __always_inline struct lb6_backend *map_be6_lookup(__u32 *id);
 static __always_inline struct lb6_rnat *map_rnat6_lookup(__u32 *id);
-static __always_inline struct ct6_value *map_ct6_lookup(struct ct6_key *key);
-static __always_inline int map_ct6_update(struct ct6_key *key, struct ct6_value *value);
-static __always_inline int map_ct6_insert(struct ct6_key *key, struct ct6_value *value);
-static __always_inline int map_ct6_delete(struct ct6_key *key);
+static __always_inline struct ct6_bucket *map_ct6_bucket(__u32 *index);
 static __always_inline struct aff4_value *map_aff6_lookup(struct aff6_key *key);
 static __always_inline int map_aff6_update(struct aff6_key *key, struct aff4_value *value);
 static __always_inline __u8 *map_srcr6_lookup(struct srcrange6_key *key);
@@ -143,4 +153,7 @@ static __always_inline struct sknat6_value *map_sknat6_lookup(struct sknat6_key 
 static __always_inline int map_sknat6_update(struct sknat6_key *key, struct sknat6_value *v);
 static __always_inline struct sknetns_value *map_sknetns_lookup(__u64 *cookie);
 static __always_inline __u32 *map_xdpdev_lookup(__u32 *ifindex);
+
+/* The conntrack tables' map_ct4_* and map_ct6_* operations, on the buckets above. */
+#include "cttable.h"
 #endif

@@ -152,46 +152,60 @@ static __always_inline int nat4_rewrite_flow(struct __sk_buff *skb, const struct
 	return ret;
 }
 
-/* Take over the NAT port of the REPLY entry at key if its flow is over (ct_flow_over):
- * the old client's SERVICE entry goes first, so its next packet is a new flow with a
- * port of its own, then value replaces the entry. 1 when taken. */
-static __always_inline int nat4_take_over(struct ct4_key *key, struct ct4_value *value)
+/* Write the REPLY entry (key, value) that owns a NAT port: inserted where the port was
+ * free (old NULL), else written over old, the entry of a flow that is over
+ * (ct_flow_over), whose client's SERVICE entry (made in *service) goes first, so its
+ * next packet is a new flow with a port of its own. 0, or < 0 where another CPU took
+ * the free port meanwhile. */
+static __always_inline int nat4_take_port(struct ct4_key *key, struct ct4_value *value,
+					  const struct ct4_value *old, struct ct4_key *service)
 {
-	struct ct4_value *old = map_ct4_lookup(key);
-	struct ct4_key service;
-
-	if (!old || !ct_flow_over(old->flags, old->last_seen_ns, key->proto, value->created_ns))
-		return 0;
+	if (!old)
+		return map_ct4_insert(key, value);
 	/* keyed as its client sent: peer (the client) -> nat (the frontend) */
-	ct4_key_init(&service, old->peer_address, old->nat_address, old->peer_port, old->nat_port,
+	ct4_key_init(service, old->peer_address, old->nat_address, old->peer_port, old->nat_port,
 		     key->proto, CT_DIR_SERVICE);
-	map_ct4_delete(&service);
-	return map_ct4_update(key, value) == 0;
+	map_ct4_delete(service);
+	return map_ct4_update(key, value);
 }
 
 /* Claim a free source-NAT port for a new flow to be->address:be->port from snat_addr.
  * The port's owner is the flow's REPLY entry (value, from ct4_value_init; the client
- * is added to it as the peer): it is inserted only where none exists, trying up to
- * NAT_PORT_TRIES ports from a random start. Fills *key and *snat_port; 0 or
- * DROP_NAT_PORT_FULL (counted). */
+ * is added to it as the peer): up to NAT_PORT_TRIES ports from a random start are
+ * looked up, and the first one free, or whose flow is over, is taken (nat4_take_port).
+ * Only the look-up is in the loop: the verifier walks a loop's body once per try.
+ * Fills *key and *snat_port (*service is scratch); 0 or DROP_NAT_PORT_FULL (counted,
+ * also when another CPU took the port between look-up and insert). */
 static __always_inline int nat4_claim_port(struct ct4_key *key, struct ct4_value *value,
-					   const struct pkt4 *pkt, const struct lb4_backend *be,
-					   __be32 snat_addr, __be16 *snat_port)
+					   struct ct4_key *service, const struct pkt4 *pkt,
+					   const struct lb4_backend *be, __be32 snat_addr,
+					   __be16 *snat_port)
 {
 	__u32 first = bpf_get_prandom_u32() % NAT_PORT_COUNT;
+	struct ct4_value *old = NULL;
+	__be16 port = 0;
+	int found = 0;
+	__u64 sum;
 	__u32 i;
 
 	value->peer_address = pkt->saddr;
 	value->peer_port = pkt->sport;
+	/* the key with port 0, then only its port changes: and its hash sum with it */
+	ct4_key_init(key, be->address, snat_addr, be->port, 0, pkt->proto, CT_DIR_REPLY);
+	sum = ct_hash_sum((const __u32 *)key, sizeof(*key) / 4);
 	for (i = 0; i < NAT_PORT_TRIES; i++) {
-		__be16 port = bpf_htons(NAT_PORT_MIN + (first + i) % NAT_PORT_COUNT);
-
-		ct4_key_init(key, be->address, snat_addr, be->port, port, pkt->proto,
-			     CT_DIR_REPLY);
-		if (map_ct4_insert(key, value) == 0 || nat4_take_over(key, value)) {
-			*snat_port = port;
-			return 0;
+		port = bpf_htons(NAT_PORT_MIN + (first + i) % NAT_PORT_COUNT);
+		key->dport = port;
+		if (!map_ct4_probe(key, sum + CT4_DPORT_SUM(port), &old) ||
+		    (old && ct_flow_over(old->flags, old->last_seen_ns, key->proto,
+					 value->created_ns))) {
+			found = 1;
+			break;
 		}
+	}
+	if (found && nat4_take_port(key, value, old, service) == 0) {
+		*snat_port = port;
+		return 0;
 	}
 	stats_global_inc(GSTAT_NAT_PORT_FULL);
 	return DROP_NAT_PORT_FULL;

@@ -186,41 +186,51 @@ static __always_inline int nat6_rewrite_flow(struct __sk_buff *skb, const struct
 	return ret;
 }
 
-/* As nat4_take_over. */
-static __always_inline int nat6_take_over(struct ct6_key *key, struct ct6_value *value)
+/* As nat4_take_port. */
+static __always_inline int nat6_take_port(struct ct6_key *key, struct ct6_value *value,
+					  const struct ct6_value *old, struct ct6_key *service)
 {
-	struct ct6_value *old = map_ct6_lookup(key);
-	struct ct6_key service;
-
-	if (!old || !ct_flow_over(old->flags, old->last_seen_ns, key->proto, value->created_ns))
-		return 0;
-	ct6_key_init(&service, &old->peer_address, &old->nat_address, old->peer_port,
+	if (!old)
+		return map_ct6_insert(key, value);
+	ct6_key_init(service, &old->peer_address, &old->nat_address, old->peer_port,
 		     old->nat_port, key->proto, CT_DIR_SERVICE);
-	map_ct6_delete(&service);
-	return map_ct6_update(key, value) == 0;
+	map_ct6_delete(service);
+	return map_ct6_update(key, value);
 }
 
 /* Claim a free source-NAT port for a new flow to be from *snat_addr, as
- * nat4_claim_port: the flow's REPLY entry, inserted only where none exists, owns it.
- * Fills *key and *snat_port; 0 or DROP_NAT_PORT_FULL (counted). */
+ * nat4_claim_port: the flow's REPLY entry owns it. Fills *key and *snat_port; 0 or
+ * DROP_NAT_PORT_FULL (counted). */
 static __always_inline int nat6_claim_port(struct ct6_key *key, struct ct6_value *value,
-					   const struct pkt6 *pkt, const struct lb6_backend *be,
+					   struct ct6_key *service, const struct pkt6 *pkt,
+					   const struct lb6_backend *be,
 					   const struct addr6 *snat_addr, __be16 *snat_port)
 {
 	__u32 first = bpf_get_prandom_u32() % NAT_PORT_COUNT;
+	struct ct6_value *old = NULL;
+	__be16 port = 0;
+	int found = 0;
+	__u64 sum;
 	__u32 i;
 
 	value->peer_address = pkt->saddr;
 	value->peer_port = pkt->sport;
+	/* the key with port 0, then only its port changes: and its hash sum with it */
+	ct6_key_init(key, &be->address, snat_addr, be->port, 0, pkt->proto, CT_DIR_REPLY);
+	sum = ct_hash_sum((const __u32 *)key, sizeof(*key) / 4);
 	for (i = 0; i < NAT_PORT_TRIES; i++) {
-		__be16 port = bpf_htons(NAT_PORT_MIN + (first + i) % NAT_PORT_COUNT);
-
-		ct6_key_init(key, &be->address, snat_addr, be->port, port, pkt->proto,
-			     CT_DIR_REPLY);
-		if (map_ct6_insert(key, value) == 0 || nat6_take_over(key, value)) {
-			*snat_port = port;
-			return 0;
+		port = bpf_htons(NAT_PORT_MIN + (first + i) % NAT_PORT_COUNT);
+		key->dport = port;
+		if (!map_ct6_probe(key, sum + CT6_DPORT_SUM(port), &old) ||
+		    (old && ct_flow_over(old->flags, old->last_seen_ns, key->proto,
+					 value->created_ns))) {
+			found = 1;
+			break;
 		}
+	}
+	if (found && nat6_take_port(key, value, old, service) == 0) {
+		*snat_port = port;
+		return 0;
 	}
 	stats_global_inc(GSTAT_NAT_PORT_FULL);
 	return DROP_NAT_PORT_FULL;

@@ -70,6 +70,7 @@ def _defines(header: str, prefix: str) -> dict[str, int]:
         ("consts.h", "CT_DIR_", {e.name: e.value for e in abi.CtDir}),
         ("consts.h", "CT_F_", {e.name: e.value for e in abi.CtFlag}),
         ("consts.h", "CFG_", {e.name: e.value for e in abi.Config} | {"MAX": abi.CFG_MAX}),
+        ("consts.h", "TAIL_", {"IPV6": abi.TAIL_IPV6, "MAX": abi.TAIL_MAX}),
     ],
 )
 def test_constants_match_c(header: str, prefix: str, mirror: dict[str, int]) -> None:
@@ -84,6 +85,7 @@ def test_default_tunables_match_c() -> None:
         ("MAX_CONNTRACK", abi.DEFAULT_MAX_CONNTRACK),
         ("NAT_PORT_MIN", abi.NAT_PORT_MIN),
         ("NAT_PORT_COUNT", abi.NAT_PORT_COUNT),
+        ("CT_WAYS", abi.CT_WAYS),
     ]:
         assert re.search(rf"^#define\s+{name}\s+{value}\b", text, re.M), name
     assert f'#define PIN_DIR "{abi.DEFAULT_PIN_DIR}"' in text
@@ -109,7 +111,7 @@ MAP_LAYOUT: dict[str, tuple[_CType, _CType, bool]] = {
     abi.MAP_SLOTS: (abi.Lb4SlotKey, ctypes.c_uint32, False),
     abi.MAP_BACKENDS: (ctypes.c_uint32, abi.Lb4Backend, False),
     abi.MAP_REVNAT: (ctypes.c_uint32, abi.Lb4Rnat, False),
-    abi.MAP_CONNTRACK: (abi.Ct4Key, abi.Ct4Value, False),
+    abi.MAP_CONNTRACK: (ctypes.c_uint32, abi.Ct4Bucket, False),
     abi.MAP_SVC_STATS: (ctypes.c_uint32, abi.LbStats, True),
     abi.MAP_GLOBAL_STATS: (ctypes.c_uint32, ctypes.c_uint64, True),
     abi.MAP_SVC_META: (ctypes.c_uint32, abi.LbSvcMeta, False),
@@ -122,7 +124,7 @@ MAP_LAYOUT: dict[str, tuple[_CType, _CType, bool]] = {
     abi.MAP_SERVICES6: (abi.Lb6Key, abi.Lb6Service, False),
     abi.MAP_BACKENDS6: (ctypes.c_uint32, abi.Lb6Backend, False),
     abi.MAP_REVNAT6: (ctypes.c_uint32, abi.Lb6Rnat, False),
-    abi.MAP_CONNTRACK6: (abi.Ct6Key, abi.Ct6Value, False),
+    abi.MAP_CONNTRACK6: (ctypes.c_uint32, abi.Ct6Bucket, False),
     abi.MAP_AFFINITY6: (abi.Aff6Key, abi.Aff4Value, False),
     abi.MAP_SRC_RANGES6: (abi.SrcRange6Key, ctypes.c_uint8, False),
     abi.MAP_SOCK_NAT6: (abi.SkNat6Key, abi.SkNat6Value, False),

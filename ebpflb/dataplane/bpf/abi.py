@@ -20,7 +20,7 @@ MAP_SLOTS = "ebpflb_slot4"
 # _v2: arrays indexed by id, an all-zero entry for "none" (maps.IdArrayMap says why)
 MAP_BACKENDS = "ebpflb_be4_v2"
 MAP_REVNAT = "ebpflb_rnat4_v2"
-MAP_CONNTRACK = "ebpflb_ct4_v2"
+MAP_CONNTRACK = "ebpflb_ct4_v3"  # _v3: buckets of cttable.h, not an LRU hash
 MAP_SVC_STATS = "ebpflb_svcstat"
 MAP_GLOBAL_STATS = "ebpflb_gstat_v3"
 MAP_SVC_META = "ebpflb_svcmeta"
@@ -35,7 +35,7 @@ MAP_DROPS = "ebpflb_drops"
 MAP_SERVICES6 = "ebpflb_svc6"
 MAP_BACKENDS6 = "ebpflb_be6_v2"
 MAP_REVNAT6 = "ebpflb_rnat6_v2"
-MAP_CONNTRACK6 = "ebpflb_ct6"
+MAP_CONNTRACK6 = "ebpflb_ct6_v2"  # _v2: as MAP_CONNTRACK
 MAP_AFFINITY6 = "ebpflb_aff6"
 MAP_SRC_RANGES6 = "ebpflb_srcr6"
 MAP_SOCK_NAT6 = "ebpflb_sknat6"
@@ -70,6 +70,8 @@ ALL_MAPS = (
 # when the agent starts, so nothing reads or keeps them.
 LEGACY_MAPS = (
     "ebpflb_ct4",
+    "ebpflb_ct4_v2",
+    "ebpflb_ct6",
     "ebpflb_gstat",
     "ebpflb_gstat_v2",
     "ebpflb_mg4",
@@ -78,6 +80,9 @@ LEGACY_MAPS = (
     "ebpflb_be6",
     "ebpflb_rnat6",
 )
+# Conntrack LRU hashes whose entries are copied into the bucket tables that replaced them
+# (cttable.migrate_conntrack), so established flows survive the upgrade.
+CONNTRACK_MIGRATED = {"ebpflb_ct4_v2": MAP_CONNTRACK, "ebpflb_ct6": MAP_CONNTRACK6}
 # Hash maps keyed by an id that became arrays indexed by it (same value layout): their
 # entries are copied into the new map before the old pin goes (maps.migrate_legacy_pins),
 # so live flows keep their backend ids across the upgrade.
@@ -258,6 +263,28 @@ class Ct4Value(ctypes.Structure):
     ]
 
 
+CT_WAYS = 8  # consts.h: entries per conntrack bucket
+TAIL_IPV6 = 0  # consts.h: the IPv6 path's index in the entry programs' tail-call arrays
+TAIL_MAX = 1
+
+
+class CtHead(ctypes.Structure):
+    _fields_ = [
+        ("lock", ctypes.c_uint64),
+        ("tags", ctypes.c_uint16 * CT_WAYS),
+        ("seed", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32 * 9),
+    ]
+
+
+class Ct4Slot(ctypes.Structure):
+    _fields_ = [("key", Ct4Key), ("value", Ct4Value)]
+
+
+class Ct4Bucket(ctypes.Structure):
+    _fields_ = [("head", CtHead), ("ways", Ct4Slot * CT_WAYS)]
+
+
 class Aff4Key(ctypes.Structure):
     _fields_ = [("client", ctypes.c_uint32), ("svc_id", ctypes.c_uint32)]
 
@@ -357,6 +384,14 @@ class Ct6Value(ctypes.Structure):
     ]
 
 
+class Ct6Slot(ctypes.Structure):
+    _fields_ = [("key", Ct6Key), ("value", Ct6Value)]
+
+
+class Ct6Bucket(ctypes.Structure):
+    _fields_ = [("head", CtHead), ("ways", Ct6Slot * CT_WAYS)]
+
+
 class Aff6Key(ctypes.Structure):
     _fields_ = [("client", Addr6), ("svc_id", ctypes.c_uint32)]
 
@@ -417,6 +452,9 @@ C_STRUCTS: dict[str, type[ctypes.Structure]] = {
     "lb4_rnat": Lb4Rnat,
     "ct4_key": Ct4Key,
     "ct4_value": Ct4Value,
+    "ct_head": CtHead,
+    "ct4_slot": Ct4Slot,
+    "ct4_bucket": Ct4Bucket,
     "aff4_key": Aff4Key,
     "aff4_value": Aff4Value,
     "srcrange4_key": SrcRange4Key,
@@ -431,6 +469,8 @@ C_STRUCTS: dict[str, type[ctypes.Structure]] = {
     "lb6_rnat": Lb6Rnat,
     "ct6_key": Ct6Key,
     "ct6_value": Ct6Value,
+    "ct6_slot": Ct6Slot,
+    "ct6_bucket": Ct6Bucket,
     "aff6_key": Aff6Key,
     "srcrange6_key": SrcRange6Key,
     "sknat6_key": SkNat6Key,

@@ -10,6 +10,7 @@ from types import MappingProxyType
 
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import ensure_pin_dir, remove_legacy_pins, remove_pins
+from ebpflb.dataplane.bpf.cttable import migrate_conntrack
 from ebpflb.dataplane.bpf.hostbackends import HostBackends
 from ebpflb.dataplane.bpf.maps import (
     BpfMaps,
@@ -121,6 +122,7 @@ class BpfDataplane:
         require_bpf_privileges()  # before the pin dir is made: it would be the caller's
         ensure_pin_dir(config.pin_dir)
         migrate_legacy_pins(config.pin_dir)  # what the old pins hold, before they go
+        migrate_conntrack(config.pin_dir)
         remove_legacy_pins(config.pin_dir)
         services, backends, conntrack = resolve_sizes(
             config.pin_dir,

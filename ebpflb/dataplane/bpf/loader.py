@@ -10,6 +10,7 @@ that text into the ``BpfUnavailableError`` it raises. The maps are pinned under
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib.resources
 import logging
 import os
@@ -20,7 +21,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import BPFFS_ROOT, bpffs_mounts
+from ebpflb.dataplane.bpf.cttable import ct_buckets, ct_multipliers, stamp_seed, table_seed
 from ebpflb.errors import (
     BccMissingError,
     BpffsError,
@@ -34,6 +37,10 @@ log = logging.getLogger(__name__)
 
 PROGRAM_FILE = "ebpflb_tc.c"
 PROGRAM_NAME = "ebpflb_tc"
+# The IPv6 ingress path, a program of its own reached by a tail call (ebpflb_tc.c says
+# why) through the module's (unpinned) program array.
+IPV6_PROGRAM_NAME = "ebpflb_tc6"
+TAIL_MAP = "ebpflb_tail"
 EGRESS_PROGRAM_NAME = "ebpflb_tc_egress"
 # Socket-LB programs (cgroup sock_addr hooks) -> their attach types (uapi bpf.h).
 SOCK_PROGRAMS = {
@@ -159,7 +166,13 @@ def kernel_feature_flags(release: str | None = None) -> list[str]:
 
 
 def _cflags(
-    source_dir: Path, *, pin_dir: str, max_services: int, max_backends: int, max_conntrack: int
+    source_dir: Path,
+    *,
+    pin_dir: str,
+    max_services: int,
+    max_backends: int,
+    max_conntrack: int,
+    ct_seed: int,
 ) -> list[str]:
     if any(c in pin_dir for c in '"\\\n') or not os.path.isabs(pin_dir):
         raise DataplaneError(f"pin dir must be an absolute path without quotes: {pin_dir!r}")
@@ -176,6 +189,8 @@ def _cflags(
         f"-DMAX_SERVICES={max_services}",
         f"-DMAX_BACKENDS={max_backends}",
         f"-DMAX_CONNTRACK={max_conntrack}",
+        f"-DCT_BUCKETS={ct_buckets(max_conntrack)}",
+        *(f"-DCT_M{i}={m:#x}ULL" for i, m in enumerate(ct_multipliers(ct_seed))),
         *kernel_feature_flags(),
         "-Wall",
         "-Werror",
@@ -203,12 +218,14 @@ def compile_program(
             f"BPF source not found: {source}",
             fix=f"reinstall ebpflb (its C sources ship as ebpflb/_bpf) or set ${BPF_DIR_ENV}",
         )
+    seed = table_seed(pin_dir)  # the pinned tables', or a new one stamped after the load
     cflags = _cflags(
         source_dir,
         pin_dir=pin_dir,
         max_services=max_services,
         max_backends=max_backends,
         max_conntrack=max_conntrack,
+        ct_seed=seed,
     )
     try:
         os.makedirs(pin_dir, mode=0o700, exist_ok=True)  # see bpffs: only root writes
@@ -221,6 +238,8 @@ def compile_program(
         with _captured_stderr(messages):
             module = bcc.BPF(src_file=str(source).encode(), cflags=cflags)
             fn = module.load_func(PROGRAM_NAME.encode(), bcc.BPF.SCHED_CLS)
+            fn6 = module.load_func(IPV6_PROGRAM_NAME.encode(), bcc.BPF.SCHED_CLS)
+            set_tail_call(module, TAIL_MAP, abi.TAIL_IPV6, fn6.fd)
             egress = module.load_func(EGRESS_PROGRAM_NAME.encode(), bcc.BPF.SCHED_CLS)
             socks = {
                 name: module.load_func(
@@ -238,6 +257,13 @@ def compile_program(
     for text in messages:
         if text.strip():
             log.debug("bcc: %s", text.strip())
+    try:
+        stamp_seed(pin_dir, seed)
+    except (OSError, DataplaneError) as exc:
+        module.cleanup()
+        raise CompileError(
+            f"cannot write the conntrack tables' seed under {pin_dir}: {exc}"
+        ) from exc
     log.info(
         "loaded %s (fd %d) and %s (fd %d), maps pinned under %s",
         PROGRAM_NAME,
@@ -254,6 +280,11 @@ def compile_program(
         egress_fd=int(egress.fd),
         sock_fds={name: int(f.fd) for name, f in socks.items()},
     )
+
+
+def set_tail_call(module: Any, table: str, index: int, fd: int) -> None:
+    """Put the program ``fd`` at ``index`` of the module's program array ``table``."""
+    module[table.encode()][ctypes.c_int(index)] = ctypes.c_int(fd)
 
 
 def compile_check() -> Path:

@@ -23,6 +23,7 @@ from operator import and_, eq, is_, itemgetter, mul, ne
 from typing import Any, TypeVar, cast
 
 from ebpflb.dataplane.bpf import abi
+from ebpflb.dataplane.bpf.cttable import ConntrackTable, ct_buckets, max_conntrack_of
 from ebpflb.dataplane.bpf.ids import (
     BackendKey,
     IdTable,
@@ -177,10 +178,20 @@ def _nonzero_py(buf: bytes | mmap.mmap, size: int, stride: int) -> tuple[array[i
 
 
 def open_map(path: str) -> PinnedMap:
-    """The map pinned at path, as IdArrayMap where its name is one of those arrays."""
-    if os.path.basename(path) in abi.ID_ARRAY_MAPS:
+    """The map pinned at path, as IdArrayMap where its name is one of those arrays and
+    as ConntrackTable where it is a conntrack table."""
+    name = os.path.basename(path)
+    if name in abi.ID_ARRAY_MAPS:
         return IdArrayMap(path)
+    if name in _CT_KEYS:
+        return ConntrackTable(path, _CT_KEYS[name])
     return PinnedMap(path)
+
+
+_CT_KEYS: dict[str, type[ctypes.Structure]] = {
+    abi.MAP_CONNTRACK: abi.Ct4Key,
+    abi.MAP_CONNTRACK6: abi.Ct6Key,
+}
 
 
 def migrate_legacy_pins(pin_dir: str) -> None:
@@ -243,7 +254,7 @@ class BpfMaps:
         self.slots = PinnedMap(os.path.join(pin_dir, abi.MAP_SLOTS))
         self.backends = IdArrayMap(os.path.join(pin_dir, abi.MAP_BACKENDS))
         self.rnat = IdArrayMap(os.path.join(pin_dir, abi.MAP_REVNAT))
-        self.ct = PinnedMap(os.path.join(pin_dir, abi.MAP_CONNTRACK))
+        self.ct = ConntrackTable(os.path.join(pin_dir, abi.MAP_CONNTRACK), abi.Ct4Key)
         self.svc_stats = PinnedMap(os.path.join(pin_dir, abi.MAP_SVC_STATS))
         self.global_stats = PinnedMap(os.path.join(pin_dir, abi.MAP_GLOBAL_STATS))
         self.meta = PinnedMap(os.path.join(pin_dir, abi.MAP_SVC_META))
@@ -256,7 +267,7 @@ class BpfMaps:
         self.svc6 = PinnedMap(os.path.join(pin_dir, abi.MAP_SERVICES6))
         self.backends6 = IdArrayMap(os.path.join(pin_dir, abi.MAP_BACKENDS6))
         self.rnat6 = IdArrayMap(os.path.join(pin_dir, abi.MAP_REVNAT6))
-        self.ct6 = PinnedMap(os.path.join(pin_dir, abi.MAP_CONNTRACK6))
+        self.ct6 = ConntrackTable(os.path.join(pin_dir, abi.MAP_CONNTRACK6), abi.Ct6Key)
         self.affinity6 = PinnedMap(os.path.join(pin_dir, abi.MAP_AFFINITY6))
         self.src_ranges6 = PinnedMap(os.path.join(pin_dir, abi.MAP_SRC_RANGES6))
         self.sock_nat6 = PinnedMap(os.path.join(pin_dir, abi.MAP_SOCK_NAT6))
@@ -308,7 +319,7 @@ _GEOMETRY: dict[str, tuple[type, type, str | None]] = {
     abi.MAP_SLOTS: (abi.Lb4SlotKey, ctypes.c_uint32, "max_backends"),
     abi.MAP_BACKENDS: (ctypes.c_uint32, abi.Lb4Backend, "max_backends"),
     abi.MAP_REVNAT: (ctypes.c_uint32, abi.Lb4Rnat, "max_services"),
-    abi.MAP_CONNTRACK: (abi.Ct4Key, abi.Ct4Value, "max_conntrack"),
+    abi.MAP_CONNTRACK: (ctypes.c_uint32, abi.Ct4Bucket, "max_conntrack"),
     abi.MAP_SVC_STATS: (ctypes.c_uint32, abi.LbStats, "max_services"),
     abi.MAP_GLOBAL_STATS: (ctypes.c_uint32, ctypes.c_uint64, None),
     abi.MAP_SVC_META: (ctypes.c_uint32, abi.LbSvcMeta, "max_services"),
@@ -321,7 +332,7 @@ _GEOMETRY: dict[str, tuple[type, type, str | None]] = {
     abi.MAP_SERVICES6: (abi.Lb6Key, abi.Lb6Service, "max_services"),
     abi.MAP_BACKENDS6: (ctypes.c_uint32, abi.Lb6Backend, "max_backends"),
     abi.MAP_REVNAT6: (ctypes.c_uint32, abi.Lb6Rnat, "max_services"),
-    abi.MAP_CONNTRACK6: (abi.Ct6Key, abi.Ct6Value, "max_conntrack"),
+    abi.MAP_CONNTRACK6: (ctypes.c_uint32, abi.Ct6Bucket, "max_conntrack"),
     abi.MAP_AFFINITY6: (abi.Aff6Key, abi.Aff4Value, None),
     abi.MAP_SRC_RANGES6: (abi.SrcRange6Key, ctypes.c_uint8, None),
     abi.MAP_SOCK_NAT6: (abi.SkNat6Key, abi.SkNat6Value, None),
@@ -337,7 +348,7 @@ _MAP_TYPES: dict[str, tuple[int, int]] = {
     abi.MAP_SLOTS: (MapType.HASH, 1),
     abi.MAP_BACKENDS: (MapType.ARRAY, 1),
     abi.MAP_REVNAT: (MapType.ARRAY, 1),
-    abi.MAP_CONNTRACK: (MapType.LRU_HASH, 1),
+    abi.MAP_CONNTRACK: (MapType.ARRAY, 1),
     abi.MAP_SVC_STATS: (MapType.PERCPU_ARRAY, 1),
     abi.MAP_GLOBAL_STATS: (MapType.PERCPU_ARRAY, max(abi.GlobalStat) + 1),
     abi.MAP_SVC_META: (MapType.HASH, 1),
@@ -350,7 +361,7 @@ _MAP_TYPES: dict[str, tuple[int, int]] = {
     abi.MAP_SERVICES6: (MapType.HASH, 1),
     abi.MAP_BACKENDS6: (MapType.ARRAY, 1),
     abi.MAP_REVNAT6: (MapType.ARRAY, 1),
-    abi.MAP_CONNTRACK6: (MapType.LRU_HASH, 1),
+    abi.MAP_CONNTRACK6: (MapType.ARRAY, 1),
     abi.MAP_AFFINITY6: (MapType.LRU_HASH, 1),
     abi.MAP_SRC_RANGES6: (MapType.LPM_TRIE, 1),
     abi.MAP_SOCK_NAT6: (MapType.LRU_HASH, 1),
@@ -426,6 +437,8 @@ def resolve_sizes(
     for option, size in given.items():
         if size is None:
             size = _pinned_entries(os.path.join(pin_dir, _SIZED_BY[option]))
+            if size is not None and option == "max_conntrack":
+                size = max_conntrack_of(size)  # the table's buckets
             if size is not None and size != defaults[option]:
                 flag = "--" + option.replace("_", "-")
                 log.info(
@@ -468,13 +481,23 @@ def check_geometry(
                 f"{m.path}: key/value size {m.info.key_size}/{m.info.value_size}, "
                 f"this version expects {ctypes.sizeof(key_t)}/{ctypes.sizeof(value_t)}"
             )
-        elif option is not None and m.info.max_entries != sizes[option]:
+        elif option is not None and m.info.max_entries != _entries(option, sizes[option]):
             flag = "--" + option.replace("_", "-")
             problems.append(
-                f"{m.path} holds {m.info.max_entries} entries but {flag} is {sizes[option]}"
+                f"{m.path} holds {m.info.max_entries} {_UNIT.get(option, 'entries')} but "
+                f"{flag} is {sizes[option]} ({_entries(option, sizes[option])})"
             )
     if problems:
         raise MapGeometryError("the pinned maps do not match this agent: " + "; ".join(problems))
+
+
+# what a conntrack table's max_entries counts: buckets of cttable.WAYS entries
+_UNIT = {"max_conntrack": "buckets"}
+
+
+def _entries(option: str, size: int) -> int:
+    """max_entries of a map sized by ``option`` = size."""
+    return ct_buckets(size) if option == "max_conntrack" else size
 
 
 def _cstr(raw: bytes) -> str:

@@ -15,6 +15,7 @@ import os
 from collections.abc import Mapping
 
 from ebpflb.dataplane.bpf import abi
+from ebpflb.dataplane.bpf.cttable import ConntrackTable
 from ebpflb.dataplane.bpf.maps import BpfMaps
 from ebpflb.dataplane.bpf.syscall import PinnedMap
 from ebpflb.dataplane.bpf.writer import MapWriter
@@ -40,7 +41,14 @@ def drop_counters(maps: BpfMaps) -> dict[str, int]:
 
 
 def count_entries(m: PinnedMap) -> int:
+    if isinstance(m, ConntrackTable):
+        return m.count()  # its tags only, not every entry's key and value
     return m.dump_raw()[2]
+
+
+def capacity(m: PinnedMap) -> int:
+    """Entries a map holds: a conntrack table's max_entries counts buckets."""
+    return m.capacity if isinstance(m, ConntrackTable) else int(m.info.max_entries)
 
 
 def read_telemetry(maps: BpfMaps, *, known: Mapping[str, int] | None = None) -> Telemetry:
@@ -69,7 +77,7 @@ def read_telemetry(maps: BpfMaps, *, known: Mapping[str, int] | None = None) -> 
     for m in bounded:
         name = os.path.basename(m.path)
         n = known[name] if name in known else count_entries(m)
-        tables.append(TableFill(name, n, m.info.max_entries))
+        tables.append(TableFill(name, n, capacity(m)))
         if m is maps.ct or m is maps.ct6:
             conntrack += n
     return Telemetry(global_counters(maps), tuple(tables), conntrack, drop_counters(maps))

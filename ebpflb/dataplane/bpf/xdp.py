@@ -39,7 +39,14 @@ from ipaddress import ip_address
 from typing import Any
 
 from ebpflb.dataplane.bpf import abi
-from ebpflb.dataplane.bpf.loader import _captured_stderr, _cflags, bpf_dir, require_bpf_privileges
+from ebpflb.dataplane.bpf.cttable import table_seed
+from ebpflb.dataplane.bpf.loader import (
+    _captured_stderr,
+    _cflags,
+    bpf_dir,
+    require_bpf_privileges,
+    set_tail_call,
+)
 from ebpflb.dataplane.bpf.syscall import (
     BPF_OBJ_GET_INFO_BY_FD,
     PinnedMap,
@@ -53,6 +60,8 @@ log = logging.getLogger(__name__)
 
 PROGRAM_FILE = "ebpflb_xdp.c"
 PROGRAM_NAME = "ebpflb_xdp"
+IPV6_PROGRAM_NAME = "ebpflb_xdp6"  # the IPv6 path, reached by a tail call (as ebpflb_tc6)
+TAIL_MAP = "ebpflb_xtail"
 
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
 XDP_FLAGS_SKB_MODE = 1 << 1
@@ -139,6 +148,7 @@ def compile_xdp(
         max_services=max_services,
         max_backends=max_backends,
         max_conntrack=max_conntrack,
+        ct_seed=table_seed(pin_dir),  # the tc program's load made and stamped the tables
     )
     messages: list[str] = []
     module: Any = None
@@ -146,6 +156,8 @@ def compile_xdp(
         with _captured_stderr(messages):
             module = bcc.BPF(src_file=str(source).encode(), cflags=cflags)
             fn = module.load_func(PROGRAM_NAME.encode(), bcc.BPF.XDP)
+            fn6 = module.load_func(IPV6_PROGRAM_NAME.encode(), bcc.BPF.XDP)
+            set_tail_call(module, TAIL_MAP, abi.TAIL_IPV6, fn6.fd)
     except Exception as exc:  # bcc raises bare Exception for compile and verifier errors
         if module is not None:
             module.cleanup()
