@@ -336,9 +336,7 @@ static __always_inline int lb6_egress(struct __sk_buff *skb)
  * call: the verifier walks a program's every path within a budget (a million
  * instructions) and a stack of 512 bytes, and the IPv4 and IPv6 paths with the
  * conntrack tables inlined (cttable.h) do not fit in one. The loader puts it at
- * TAIL_IPV6; an IPv6 packet costs the call (~10 ns), IPv4 nothing. */
-BPF_PROG_ARRAY(ebpflb_tail, TAIL_MAX);
-
+ * TAIL_IPV6 of ebpflb_tail (maps.h); an IPv6 packet pays the call, IPv4 nothing. */
 int ebpflb_tc6(struct __sk_buff *skb)
 {
 	return verdict_tc_exit(skb, lb6_ingress(skb));

@@ -344,8 +344,6 @@ static __always_inline int xdp6_ingress(struct xdp_md *ctx, __u32 *ifindex)
 }
 
 /* The IPv6 path as a program of its own, reached by a tail call (see ebpflb_tc.c). */
-BPF_PROG_ARRAY(ebpflb_xtail, TAIL_MAX);
-
 int ebpflb_xdp6(struct xdp_md *ctx)
 {
 	__u32 ifindex = 0;

@@ -120,6 +120,12 @@ BPF_TABLE_PINNED("hash", __u64, struct sknetns_value, ebpflb_sknetns,
  * a devmap: ifindexes are sparse and bcc 0.26 knows no devmap_hash. */
 BPF_TABLE_PINNED("hash", __u32, __u32, ebpflb_xdpdev, MAX_XDP_DEVS,
 		 PIN_DIR "/ebpflb_xdpdev");
+/* TAIL_* -> the entry programs' tail-called parts: the tc program's (ebpflb_tc6) and
+ * the XDP program's (ebpflb_xdp6). Pinned: the kernel empties a program array once no
+ * file or pin holds it, and the loader's process (the agent's isolated child, then
+ * the agent itself) goes while the programs stay attached. */
+BPF_TABLE_PINNED("prog", __u32, __u32, ebpflb_tail, TAIL_MAX, PIN_DIR "/ebpflb_tail");
+BPF_TABLE_PINNED("prog", __u32, __u32, ebpflb_xtail, TAIL_MAX, PIN_DIR "/ebpflb_xtail");
 
 /* Accessors, defined in ebpflb_tc.c (see above for why; ebpflb_xdp.c, a compilation
  * unit of its own, defines the ones its headers use). Update/delete return the

@@ -130,6 +130,8 @@ MAP_LAYOUT: dict[str, tuple[_CType, _CType, bool]] = {
     abi.MAP_SOCK_NAT6: (abi.SkNat6Key, abi.SkNat6Value, False),
     abi.MAP_SOCK_NETNS: (ctypes.c_uint64, abi.SkNetnsValue, False),
     abi.MAP_XDP_DEVS: (ctypes.c_uint32, ctypes.c_uint32, False),
+    abi.MAP_TAIL: (ctypes.c_uint32, ctypes.c_uint32, False),
+    abi.MAP_XDP_TAIL: (ctypes.c_uint32, ctypes.c_uint32, False),
 }
 
 

@@ -41,6 +41,8 @@ MAP_SRC_RANGES6 = "ebpflb_srcr6"
 MAP_SOCK_NAT6 = "ebpflb_sknat6"
 MAP_SOCK_NETNS = "ebpflb_sknetns"  # socket-LB for pods: netns cookie -> SkNetnsValue
 MAP_XDP_DEVS = "ebpflb_xdpdev"  # ifindex -> 1: the interfaces XDP may redirect to
+MAP_TAIL = "ebpflb_tail"  # TAIL_* -> the tc program's tail-called parts (ebpflb_tc6)
+MAP_XDP_TAIL = "ebpflb_xtail"  # TAIL_* -> the XDP program's (ebpflb_xdp6)
 ALL_MAPS = (
     MAP_SERVICES,
     MAP_SLOTS,
@@ -65,6 +67,8 @@ ALL_MAPS = (
     MAP_SOCK_NAT6,
     MAP_SOCK_NETNS,
     MAP_XDP_DEVS,
+    MAP_TAIL,
+    MAP_XDP_TAIL,
 )
 # Pins of older layouts (renamed when their layout changed): removed on cleanup and
 # when the agent starts, so nothing reads or keeps them.

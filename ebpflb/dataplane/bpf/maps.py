@@ -338,6 +338,8 @@ _GEOMETRY: dict[str, tuple[type, type, str | None]] = {
     abi.MAP_SOCK_NAT6: (abi.SkNat6Key, abi.SkNat6Value, None),
     abi.MAP_SOCK_NETNS: (ctypes.c_uint64, abi.SkNetnsValue, None),
     abi.MAP_XDP_DEVS: (ctypes.c_uint32, ctypes.c_uint32, None),
+    abi.MAP_TAIL: (ctypes.c_uint32, ctypes.c_uint32, None),
+    abi.MAP_XDP_TAIL: (ctypes.c_uint32, ctypes.c_uint32, None),
 }
 
 
@@ -367,6 +369,8 @@ _MAP_TYPES: dict[str, tuple[int, int]] = {
     abi.MAP_SOCK_NAT6: (MapType.LRU_HASH, 1),
     abi.MAP_SOCK_NETNS: (MapType.HASH, 1),
     abi.MAP_XDP_DEVS: (MapType.HASH, 1),
+    abi.MAP_TAIL: (MapType.PROG_ARRAY, abi.TAIL_MAX),
+    abi.MAP_XDP_TAIL: (MapType.PROG_ARRAY, abi.TAIL_MAX),
 }
 
 
