@@ -1,5 +1,5 @@
-/* ct6.h: IPv6 connection tracking in ebpflb_ct6, as ct.h does it for IPv4: two entries
- * per flow, SERVICE (client -> frontend, names the backend) and REPLY (backend ->
+/* ct6.h: IPv6 connection tracking in ebpflb_ct6_v2, as ct.h does it for IPv4: two
+ * entries per flow, SERVICE (client -> frontend, names the backend) and REPLY (backend ->
  * client or the source-NAT address, names the service and, when NATed, the client).
  * An all-zero peer_address means "not source-NATed" (:: is never a NAT address). */
 #ifndef EBPFLB_CT6_H
