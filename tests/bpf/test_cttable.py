@@ -9,7 +9,6 @@ from __future__ import annotations
 import ctypes
 import os
 import random
-import struct
 from collections.abc import Iterator
 
 import pytest
@@ -49,20 +48,6 @@ def _reply(client: str, sport: int) -> bytes:
     return pk.frame(flow, b"y", tcp_flags=pk.TCP_ACK)
 
 
-class Placer:
-    """Where keys go in one table: its bucket and tag, by the table's own seed."""
-
-    def __init__(self, table: cttable.ConntrackTable) -> None:
-        self.m = cttable.ct_multipliers(table.seed())
-        self.mask = table.info.max_entries - 1
-
-    def place(self, key: ctypes.Structure) -> tuple[int, int]:
-        words = struct.unpack(f"<{ctypes.sizeof(key) // 4}I", bytes(key))
-        total = self.m[0] + sum(w * m for w, m in zip(words, self.m[1:], strict=False))
-        h = (total & ((1 << 64) - 1)) >> 32
-        return h & self.mask, (h >> 16) | 1
-
-
 @pytest.fixture
 def table(maps: Maps) -> cttable.ConntrackTable:
     return _table(maps)
@@ -82,11 +67,10 @@ def test_userspace_finds_every_entry_where_the_program_put_it(
         assert found.nat_address == abi.pack_ip4(BACKEND)
         assert table.lookup(reply, abi.Ct4Value) is not None
     # the placement the lookups used is the program's: each entry sits in its bucket
-    placer = Placer(table)
     buckets = table._all_buckets()
     for sport in range(20000, 20200):
         for key in _keys("10.244.0.7", sport):
-            index, tag = placer.place(key)
+            index, tag = table.place(key)
             at = index * table.stride
             head = abi.CtHead.from_buffer_copy(buckets[at : at + ctypes.sizeof(abi.CtHead)])
             assert tag in list(head.tags)
@@ -104,14 +88,14 @@ def test_the_program_finds_an_entry_userspace_wrote(
     assert pk.parse(out.data).flow == pk.Flow(pk.TCP, CLUSTER_IP, "10.244.0.8", PORT, 41000)
 
 
-def _key_in(placer: Placer, index: int, rng: random.Random) -> abi.Ct4Key:
+def _key_in(table: cttable.ConntrackTable, index: int, rng: random.Random) -> abi.Ct4Key:
     """A made-up REPLY key that lands in bucket index."""
     while True:
         key = abi.Ct4Key(
             rng.getrandbits(32), rng.getrandbits(32), rng.getrandbits(16), rng.getrandbits(16),
             pk.UDP, abi.CtDir.REPLY,
         )  # fmt: skip
-        if placer.place(key)[0] == index:
+        if table.place(key)[0] == index:
             return key
 
 
@@ -119,17 +103,17 @@ def test_a_full_bucket_gives_up_its_least_recently_seen_entry(
     maps: Maps, run: RunFn, table: cttable.ConntrackTable
 ) -> None:
     _service(maps)
-    placer, rng = Placer(table), random.Random(7)
+    rng = random.Random(7)
     sport = next(
         p
         for p in range(42000, 43000)
-        if len({placer.place(k)[0] for k in _keys("10.244.0.9", p)}) == 2
+        if len({table.place(k)[0] for k in _keys("10.244.0.9", p)}) == 2
     )
     _, reply = _keys("10.244.0.9", sport)
-    index = placer.place(reply)[0]
+    index = table.place(reply)[0]
     # eight entries in the REPLY key's bucket, seen at different times; way 5 the oldest
     seen = [9004, 9001, 9006, 9000, 9007, 10, 9002, 9005]
-    others = [_key_in(placer, index, rng) for _ in range(abi.CT_WAYS)]
+    others = [_key_in(table, index, rng) for _ in range(abi.CT_WAYS)]
     for key, when in zip(others, seen, strict=True):
         table.update(key, abi.Ct4Value(when, when, 1, 1))
     assert table.count() == abi.CT_WAYS
@@ -144,7 +128,7 @@ def test_a_bucket_held_by_another_writer_drops_the_new_flow_as_ct_full(
 ) -> None:
     _service(maps)
     _, reply = _keys("10.244.0.10", 43000)
-    index = Placer(table).place(reply)[0]
+    index = table.place(reply)[0]
     bucket = table._bucket(index)
     bucket[:8] = (1).to_bytes(8, "little")  # the lock word, as a writer holds it
     PinnedMap.update(
@@ -166,14 +150,13 @@ def test_a_third_entry_of_one_tag_takes_the_first_ones_way(
     """Look-ups compare two ways of a tag; the program never lets a bucket hold three.
     Three flows whose REPLY keys share bucket and tag are found by search."""
     _service(maps)
-    placer = Placer(table)
     by_place: dict[tuple[int, int], list[tuple[str, int]]] = {}
     flows: list[tuple[str, int]] = []
     rng = random.Random(11)  # random flows: a grid of them falls on a lattice of sums
     for _ in range(400_000):
         client = f"10.244.{rng.randrange(2, 250)}.{rng.randrange(1, 250)}"
         sport = rng.randrange(1024, 61000)
-        got = by_place.setdefault(placer.place(_keys(client, sport)[1]), [])
+        got = by_place.setdefault(table.place(_keys(client, sport)[1]), [])
         got.append((client, sport))
         if len(got) == 3:
             flows = got

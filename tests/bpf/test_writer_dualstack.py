@@ -308,7 +308,7 @@ def test_the_writers_counts_are_what_the_maps_hold(dual: Maps) -> None:
     for each family's maps they must be what a dump counts."""
     import os
 
-    from ebpflb.dataplane.bpf.telemetry import count_entries, written_counts
+    from ebpflb.dataplane.bpf.telemetry import written_counts
 
     writer = _writer(dual.pin_dir)
     try:
@@ -317,6 +317,6 @@ def test_the_writers_counts_are_what_the_maps_hold(dual: Maps) -> None:
         assert known[abi.MAP_SERVICES6] == 2 and known[abi.MAP_BACKENDS6] == 4
         by_name = {os.path.basename(m.path): m for m in writer.maps.all()}
         for name, n in known.items():
-            assert count_entries(by_name[name]) == n, name
+            assert by_name[name].count() == n, name
     finally:
         writer.maps.close()

@@ -68,10 +68,9 @@ def ct_multipliers(seed: int) -> list[int]:
     return out
 
 
-def hash_words(words: list[int], seed: int) -> int:
-    """cttable.h's hash of a key's 32-bit words: the top 32 bits of
+def _hash(words: list[int], m: list[int]) -> int:
+    """cttable.h's hash of a key's 32-bit words with multipliers m: the top 32 bits of
     m0 + m1 w0 + m2 w1 + ... mod 2^64."""
-    m = ct_multipliers(seed)
     total = m[0]
     for i, w in enumerate(words):
         total += w * m[i + 1]
@@ -89,6 +88,7 @@ class ConntrackTable(PinnedMap):
         self.key_size = ctypes.sizeof(key_type)
         self.slot_size = (self.info.value_size - _HEAD) // WAYS
         self.stride = array_stride(self.info.value_size)
+        self._multipliers: list[int] | None = None  # the seed's, read at the first key
 
     def __enter__(self) -> ConntrackTable:
         return self
@@ -108,11 +108,16 @@ class ConntrackTable(PinnedMap):
         if int.from_bytes(bucket[_SEED_AT : _SEED_AT + 4], "little") != seed:
             bucket[_SEED_AT : _SEED_AT + 4] = seed.to_bytes(4, "little")
             self._write_bucket(0, bucket)
+        self._multipliers = ct_multipliers(seed)
 
-    def _place(self, key: ctypes._CData, seed: int) -> tuple[int, int]:
+    def place(self, key: ctypes._CData) -> tuple[int, int]:
+        """The bucket and the tag of ``key``, as the programs hash it."""
+        if self._multipliers is None:  # the seed is fixed once the programs run
+            self._multipliers = ct_multipliers(self.seed())
         raw = bytes(key)[: self.key_size]
-        h = hash_words(
-            [int.from_bytes(raw[i : i + 4], "little") for i in range(0, len(raw), 4)], seed
+        h = _hash(
+            [int.from_bytes(raw[i : i + 4], "little") for i in range(0, len(raw), 4)],
+            self._multipliers,
         )
         return h & (self.info.max_entries - 1), (h >> 16) | 1
 
@@ -147,7 +152,7 @@ class ConntrackTable(PinnedMap):
         return -1
 
     def lookup(self, key: ctypes._CData, value_type: type[V]) -> V | None:
-        index, tag = self._place(key, self.seed())
+        index, tag = self.place(key)
         bucket = self._bucket(index)
         way = self._way_of(bucket, bytes(key)[: self.key_size], tag)
         if way < 0:
@@ -158,7 +163,7 @@ class ConntrackTable(PinnedMap):
     def update(self, key: ctypes._CData, value: ctypes._CData, flags: int = BPF_ANY) -> None:
         """Write key's entry (BPF_NOEXIST: only where there is none, else FileExistsError)
         into an empty way, or the least recently seen one's, as the programs do."""
-        index, tag = self._place(key, self.seed())
+        index, tag = self.place(key)
         raw_key = bytes(key)[: self.key_size]
         bucket = self._bucket(index)
         way = self._way_of(bucket, raw_key, tag)
@@ -174,17 +179,13 @@ class ConntrackTable(PinnedMap):
         self._write_bucket(index, bucket)
 
     def delete(self, key: ctypes._CData) -> bool:
-        index, tag = self._place(key, self.seed())
+        index, tag = self.place(key)
         bucket = self._bucket(index)
         way = self._way_of(bucket, bytes(key)[: self.key_size], tag)
         if way >= 0:
             self._set_tag(bucket, way, 0)
             self._write_bucket(index, bucket)
         return way >= 0
-
-    def delete_batch(self, keys: list[K]) -> None:
-        for key in keys:
-            self.delete(key)
 
     def delete_batch_raw(self, keys: bytes, count: int) -> None:
         for i in range(count):
@@ -246,7 +247,7 @@ class ConntrackTable(PinnedMap):
         return bytes(keys), bytes(values), count
 
     def count(self) -> int:
-        """Entries in use."""
+        """Entries in use (the tags only, not every entry's key and value)."""
         buckets = self._all_buckets()
         return sum(len(c) - c.tolist().count(0) for c in self._tag_columns(buckets))
 

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 PROGRAM_FILE = "ebpflb_tc.c"
 PROGRAM_NAME = "ebpflb_tc"
 # The IPv6 ingress path, a program of its own reached by a tail call (ebpflb_tc.c says
-# why) through the module's (unpinned) program array.
+# why) through the pinned program array ebpflb_tail (maps.h says why it is pinned).
 IPV6_PROGRAM_NAME = "ebpflb_tc6"
 TAIL_MAP = "ebpflb_tail"
 EGRESS_PROGRAM_NAME = "ebpflb_tc_egress"

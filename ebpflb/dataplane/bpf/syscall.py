@@ -549,6 +549,15 @@ class PinnedMap:
             yield nxt
             prev = nxt
 
+    @property
+    def capacity(self) -> int:
+        """Entries the map holds (a map whose elements are not entries says otherwise)."""
+        return int(self.info.max_entries)
+
+    def count(self) -> int:
+        """Entries in use."""
+        return self.dump_raw()[2]
+
     def items(self, key_type: type[K], value_type: type[V]) -> list[tuple[K, V]]:
         out: list[tuple[K, V]] = []
         for key in self.keys(key_type):

@@ -15,9 +15,7 @@ import os
 from collections.abc import Mapping
 
 from ebpflb.dataplane.bpf import abi
-from ebpflb.dataplane.bpf.cttable import ConntrackTable
 from ebpflb.dataplane.bpf.maps import BpfMaps
-from ebpflb.dataplane.bpf.syscall import PinnedMap
 from ebpflb.dataplane.bpf.writer import MapWriter
 from ebpflb.dataplane.telemetry import TableFill, Telemetry
 
@@ -38,17 +36,6 @@ def drop_counters(maps: BpfMaps) -> dict[str, int]:
         vals = maps.drops.lookup_percpu(ctypes.c_uint32(-reason), ctypes.c_uint64)
         out[reason.name.lower()] = sum(v.value for v in vals)
     return out
-
-
-def count_entries(m: PinnedMap) -> int:
-    if isinstance(m, ConntrackTable):
-        return m.count()  # its tags only, not every entry's key and value
-    return m.dump_raw()[2]
-
-
-def capacity(m: PinnedMap) -> int:
-    """Entries a map holds: a conntrack table's max_entries counts buckets."""
-    return m.capacity if isinstance(m, ConntrackTable) else int(m.info.max_entries)
 
 
 def read_telemetry(maps: BpfMaps, *, known: Mapping[str, int] | None = None) -> Telemetry:
@@ -76,8 +63,8 @@ def read_telemetry(maps: BpfMaps, *, known: Mapping[str, int] | None = None) -> 
     conntrack = 0
     for m in bounded:
         name = os.path.basename(m.path)
-        n = known[name] if name in known else count_entries(m)
-        tables.append(TableFill(name, n, capacity(m)))
+        n = known[name] if name in known else m.count()
+        tables.append(TableFill(name, n, m.capacity))
         if m is maps.ct or m is maps.ct6:
             conntrack += n
     return Telemetry(global_counters(maps), tuple(tables), conntrack, drop_counters(maps))
