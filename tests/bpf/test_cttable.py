@@ -157,6 +157,8 @@ def test_a_third_entry_of_one_tag_takes_the_first_ones_way(
         client = f"10.244.{rng.randrange(2, 250)}.{rng.randrange(1, 250)}"
         sport = rng.randrange(1024, 61000)
         got = by_place.setdefault(table.place(_keys(client, sport)[1]), [])
+        if (client, sport) in got:  # the same flow drawn again: no second key
+            continue
         got.append((client, sport))
         if len(got) == 3:
             flows = got
