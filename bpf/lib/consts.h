@@ -18,13 +18,10 @@
 /* The conntrack tables (cttable.h): CT_BUCKETS buckets of CT_WAYS entries each. The
  * loader sets CT_BUCKETS to a power of two holding twice MAX_CONNTRACK rounded up to
  * one (ebpflb/dataplane/bpf/cttable.py ct_buckets), so a bucket is rarely full, and
- * CT_SEED to the seed the pinned tables were made with. */
+ * the hash's multipliers (CT_M*, cttable.h) to those of the pinned tables' seed. */
 #define CT_WAYS			8
 #ifndef CT_BUCKETS
 #define CT_BUCKETS		65536
-#endif
-#ifndef CT_SEED
-#define CT_SEED			0
 #endif
 #define CT_LOCK_TRIES		16	/* a bucket's writer holds it for ~20 instructions */
 #ifndef MAX_AFFINITY
@@ -50,10 +47,10 @@
 #define NAT_PORT_COUNT		4536	/* 61000..65535 */
 #define NAT_PORT_TRIES		16	/* bounded search for a free port */
 /* A NAT port is held by its flow's REPLY entry; nothing deletes entries but eviction
- * from a full bucket (cttable.h), so a port is taken over once its flow is over: closed (a FIN or RST seen)
- * for longer than Linux keeps TIME_WAIT (a SYN reusing the tuple earlier may meet the
- * backend's TIME_WAIT socket), or idle past its protocol's lifetime (Cilium's CT
- * lifetimes: 6 h for TCP, 60 s otherwise). */
+ * from a full bucket (cttable.h), so a port is taken over once its flow is over:
+ * closed (a FIN or RST seen) for longer than Linux keeps TIME_WAIT (a SYN reusing the
+ * tuple earlier may meet the backend's TIME_WAIT socket), or idle past its protocol's
+ * lifetime (Cilium's CT lifetimes: 6 h for TCP, 60 s otherwise). */
 #define NAT_REUSE_CLOSED_NS	(60ULL * NSEC_PER_SEC)
 #define NAT_REUSE_TCP_NS	(21600ULL * NSEC_PER_SEC)
 #define NAT_REUSE_OTHER_NS	(60ULL * NSEC_PER_SEC)
