@@ -250,26 +250,27 @@ def test_compact_objects_read_and_translate_as_the_dicts(
     assert slice_owner(small_slice) == slice_owner(plain_slice)
 
 
+def _assert_compare_as_dicts(kind: str, a: dict[str, Any], b: dict[str, Any], same: bool) -> None:
+    """Two compacted objects of ``kind`` are equal (both ways) exactly when their dicts
+    are; ``same``: b a deep copy of a."""
+    if same:
+        b = copy.deepcopy(a)
+    small_a, small_b = _compact(kind, a), _compact(kind, b)
+    expected = _compact_dict(kind, a) == _compact_dict(kind, b)
+    assert (small_a == small_b) is expected and (small_a != small_b) is not expected
+    assert (small_b == small_a) is expected
+
+
 @settings(max_examples=300, deadline=None)
 @given(_service(), _service(), st.booleans())
 def test_services_compare_as_their_dicts(a: dict[str, Any], b: dict[str, Any], same: bool) -> None:
-    if same:
-        b = copy.deepcopy(a)
-    small_a, small_b = _compact("Service", a), _compact("Service", b)
-    expected = _compact_dict("Service", a) == _compact_dict("Service", b)
-    assert (small_a == small_b) is expected and (small_a != small_b) is not expected
-    assert (small_b == small_a) is expected
+    _assert_compare_as_dicts("Service", a, b, same)
 
 
 @settings(max_examples=300, deadline=None)
 @given(_slice(), _slice(), st.booleans())
 def test_slices_compare_as_their_dicts(a: dict[str, Any], b: dict[str, Any], same: bool) -> None:
-    if same:
-        b = copy.deepcopy(a)
-    small_a, small_b = _compact("EndpointSlice", a), _compact("EndpointSlice", b)
-    expected = _compact_dict("EndpointSlice", a) == _compact_dict("EndpointSlice", b)
-    assert (small_a == small_b) is expected and (small_a != small_b) is not expected
-    assert (small_b == small_a) is expected
+    _assert_compare_as_dicts("EndpointSlice", a, b, same)
 
 
 def _api_service(name: str = "web", ip: str = "10.96.0.10") -> dict[str, Any]:
