@@ -436,9 +436,12 @@ def test_ipv6_session_affinity_holds(env: Env) -> None:
         entry(STICKY6, 53, Protocol.UDP, affinity=60),
     )
     tcp = {tcp_ask(env.client, STICKY6, 80, source=CLIENT6) for _ in range(30)}
-    udp = {udp_ask(env.client, STICKY6, 53, source=CLIENT6)[0] for _ in range(30)}
+    ports: set[int] = set()
+    udp = {udp_ask(env.client, STICKY6, 53, source=CLIENT6, used=ports)[0] for _ in range(30)}
     assert len(tcp) == 1 and len(udp) == 1
-    assert env.counters()["affinity_hit"] >= 58
+    # A client port drawn twice is the session it already has, not a new choice:
+    # every TCP connection after the first, and every UDP port after the first.
+    assert env.counters()["affinity_hit"] >= 29 + len(ports) - 1
 
 
 def test_views_show_ipv6_as_the_kernel_path_does(env: Env) -> None:
