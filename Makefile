@@ -40,13 +40,15 @@ unit: venv
 ## killed, stopped or paused, backend churn, scale to zero, a bad edit, 20,000 Services),
 ## traffic from outside (XDP vs tc vs iptables), socket-LB vs tc for pods, the tc
 ## program's per-packet cost up to 100,000 Services (and against issue 15's baseline
-## program, timed alternately with it) and the Maglev full sync.
+## program, timed alternately with it), what its two cold conntrack buckets cost
+## (bench.ctmemory) and the Maglev full sync.
 bench: setup
 	@$(PY) -m bench.datapath
 	@$(PY) -m bench.controlplane
 	@$(PY) -m bench.controlplane --lb-algorithm maglev --scales 10000
 	@$(PY) -m bench.testrun --scales 10,10000,100000
 	@$(PY) -m bench.testrun_baseline
+	@$(PY) -m bench.ctmemory
 	@$(PY) -m bench.userspace
 	@$(PY) -m bench.nodeshapes
 	@$(PY) -m bench.metrics

@@ -60,3 +60,20 @@ def test_an_unknown_baseline_revision_is_refused(tmp_path: object) -> None:
 
     with pytest.raises(RuntimeError, match="not in"):
         tb.export_tree("0" * 40, Path(str(tmp_path)))
+
+
+def test_the_cold_bucket_bench_times_every_layout_against_the_empty_program() -> None:
+    """bench.ctmemory: each variant is a figure of its own, the extras and ratios are
+    computed from them, and the small arrays really are outside vmalloc (else its
+    "direct map" row would time 4 KiB pages again)."""
+    from bench import ctmemory
+
+    result = ctmemory.measure(rounds=2, count=50)
+    ns, extra = result["ns_per_run"], result["ns_over_empty"]
+    assert set(ns) == set(ctmemory.VARIANTS) and all(v > 0 for v in ns.values())
+    for variant in ("array", "direct", "overlap"):
+        assert extra[variant] == ns[variant] - ns["empty"]
+        assert result["ratio_to_array"][variant] == round(
+            extra[variant] / max(1.0, extra["array"]), 2
+        )
+    assert result["direct_arrays_kmalloced"] is True
