@@ -65,12 +65,35 @@ static __always_inline void touch(struct bucket *b)
 	b->w[8] += 1;
 }
 
-static __always_inline struct bucket *direct_bucket(u32 n)
+/* Bucket n of the one array, or of the small arrays (direct: a constant, so the
+ * compiler keeps one branch of each program). */
+static __always_inline struct bucket *bucket_at(u32 n, const int direct)
 {
 	u32 o = n / INNER, k = n % INNER;
-	void *inner = outer.lookup(&o);
+	void *inner;
 
+	if (!direct)
+		return big.lookup(&n);
+	inner = outer.lookup(&o);
 	return inner ? bpf_map_lookup_elem(inner, &k) : NULL;
+}
+
+static __always_inline int touch_two(const int direct)
+{
+	u32 i, j;
+	struct bucket *b;
+
+	if (two_buckets(&i, &j) < 0)
+		return 1;
+	b = bucket_at(i, direct);
+	if (!b)
+		return 1;
+	touch(b);
+	b = bucket_at(j, direct);
+	if (!b)
+		return 1;
+	touch(b);
+	return 0;
 }
 
 int empty(struct __sk_buff *skb)
@@ -82,38 +105,12 @@ int empty(struct __sk_buff *skb)
 
 int array(struct __sk_buff *skb)
 {
-	u32 i, j;
-	struct bucket *a, *b;
-
-	if (two_buckets(&i, &j) < 0)
-		return 1;
-	a = big.lookup(&i);
-	if (!a)
-		return 1;
-	touch(a);
-	b = big.lookup(&j);
-	if (!b)
-		return 1;
-	touch(b);
-	return 0;
+	return touch_two(0);
 }
 
 int direct(struct __sk_buff *skb)
 {
-	u32 i, j;
-	struct bucket *a, *b;
-
-	if (two_buckets(&i, &j) < 0)
-		return 1;
-	a = direct_bucket(i);
-	if (!a)
-		return 1;
-	touch(a);
-	b = direct_bucket(j);
-	if (!b)
-		return 1;
-	touch(b);
-	return 0;
+	return touch_two(1);
 }
 
 int overlap(struct __sk_buff *skb)
