@@ -1,5 +1,6 @@
-"""What the two cold conntrack buckets of a new flow cost, and whether page size or
-overlapping the two misses would buy any of it back.
+"""What a new flow's two cold conntrack buckets cost, by memory layout.
+
+Whether page size or overlapping the two misses would buy any of it back.
 
 A new flow writes two entries (SERVICE and REPLY) into two random buckets of a table
 of 32 MiB at the default size, each under a compare-and-swap on its bucket's head.
