@@ -36,7 +36,8 @@ VARIANTS = ("empty", "array", "direct", "overlap")
 
 _SOURCE = r"""
 struct bucket { __u64 w[BUCKET_SIZE / 8]; };
-BPF_ARRAY(big, struct bucket, BUCKETS);
+/* mmapable, as the tables are: its values then start on a page, buckets on lines */
+BPF_F_TABLE("array", u32, struct bucket, big, BUCKETS, BPF_F_MMAPABLE);
 BPF_TABLE("array", u32, struct bucket, inner_tpl, INNER);
 BPF_ARRAY_OF_MAPS(outer, "inner_tpl", BUCKETS / INNER);
 BPF_ARRAY(draws, u64, 1);
