@@ -10,6 +10,7 @@ import ctypes
 import os
 import random
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,7 @@ from ebpflb.dataplane.bpf import abi, cttable
 from ebpflb.dataplane.bpf.loader import LoadedProgram, compile_program
 from ebpflb.dataplane.bpf.maps import open_map
 from ebpflb.dataplane.bpf.syscall import MapType, PinnedMap, map_create, obj_pin, prog_test_run
+from ebpflb.errors import DataplaneError
 from tests.bpf import packets as pk
 from tests.bpf.conftest import MAX_BACKENDS, MAX_SERVICES, TC_ACT_OK, TC_ACT_SHOT, Maps, RunFn
 
@@ -256,3 +258,20 @@ def test_an_upgrade_carries_the_lru_tables_flows_over(fresh: str) -> None:
         maps.close()
     finally:
         prog.close()
+
+
+def test_tables_too_big_for_the_node_are_refused_before_anything_is_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loader checks the tables' size against the node's memory (here a node of
+    1 GiB: 2^21 entries would take 704 MiB) before it compiles or makes a pin dir."""
+    from ebpflb.dataplane.bpf import loader
+
+    monkeypatch.setattr(loader, "memory_total", lambda: 1 << 30)
+    pin_dir = tmp_path / "pins"
+    with pytest.raises(DataplaneError, match=r"^--max-conntrack 2097152: .* 0\.7 GiB"):
+        compile_program(
+            pin_dir=str(pin_dir), max_services=MAX_SERVICES, max_backends=MAX_BACKENDS,
+            max_conntrack=1 << 21,
+        )  # fmt: skip
+    assert not pin_dir.exists()

@@ -50,6 +50,40 @@ def ct_buckets(max_conntrack: int) -> int:
     return max(1, slots // WAYS)
 
 
+def tables_bytes(max_conntrack: int) -> int:
+    """Kernel memory both families' tables take for --max-conntrack entries."""
+    bucket_bytes = ctypes.sizeof(abi.Ct4Bucket) + ctypes.sizeof(abi.Ct6Bucket)
+    return ct_buckets(max_conntrack) * bucket_bytes
+
+
+def check_tables_fit(max_conntrack: int, memory_bytes: int | None) -> None:
+    """Refuse a --max-conntrack whose tables would take more than half the node's
+    memory (``memory_bytes``; None: unknown, nothing refused). The tables are allocated
+    whole at load, so a stray digit would otherwise take the node's memory, not fail."""
+    need = tables_bytes(max_conntrack)
+    if memory_bytes is not None and need > memory_bytes // 2:
+        gib = 1 << 30
+        raise DataplaneError(
+            f"--max-conntrack {max_conntrack}: the conntrack tables would take "
+            f"{need / gib:.1f} GiB of kernel memory, more than half of this node's "
+            f"{memory_bytes / gib:.1f} GiB",
+            fix="give a smaller --max-conntrack (the default is "
+            f"{abi.DEFAULT_MAX_CONNTRACK}: {tables_bytes(abi.DEFAULT_MAX_CONNTRACK) >> 20} MiB)",
+        )
+
+
+def memory_total(meminfo: str = "/proc/meminfo") -> int | None:
+    """The node's memory in bytes (MemTotal), or None where it cannot be read."""
+    try:
+        with open(meminfo) as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def max_conntrack_of(buckets: int) -> int:
     """The --max-conntrack a table of ``buckets`` buckets was made for (rounded up to a
     power of two, as ct_buckets rounds it)."""

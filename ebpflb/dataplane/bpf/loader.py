@@ -23,7 +23,14 @@ from typing import Any
 
 from ebpflb.dataplane.bpf import abi
 from ebpflb.dataplane.bpf.bpffs import BPFFS_ROOT, bpffs_mounts
-from ebpflb.dataplane.bpf.cttable import ct_buckets, ct_multipliers, stamp_seed, table_seed
+from ebpflb.dataplane.bpf.cttable import (
+    check_tables_fit,
+    ct_buckets,
+    ct_multipliers,
+    memory_total,
+    stamp_seed,
+    table_seed,
+)
 from ebpflb.errors import (
     BccMissingError,
     BpffsError,
@@ -183,6 +190,7 @@ def _cflags(
     ):
         if not 1 <= value <= 1 << 26:
             raise DataplaneError(f"{name} out of range: {value}")
+    check_tables_fit(max_conntrack, memory_total())
     return [
         f"-I{source_dir}",
         f'-DPIN_DIR="{pin_dir.rstrip("/")}"',
